@@ -1,0 +1,20 @@
+"""streamtrain: train a two-layer neural network on datasets larger than memory."""
+
+__version__ = "0.1.0"
+
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .errors import CheckpointError, DataError, StreamtrainError, TrainingError  # noqa: E402
+from .loader import Loader  # noqa: E402
+from .nn.network import TwoLayerNet  # noqa: E402
+from .readers import ArrayDataset, Dataset, open_dataset  # noqa: E402
+from .sampling import Sampler  # noqa: E402
+from .scaling import Scaler  # noqa: E402
+from .synthetic import make_data  # noqa: E402
+from .trainer import Trainer  # noqa: E402
+
+__all__ = [
+    "__version__", "open_dataset", "Dataset", "ArrayDataset", "Sampler", "Loader", "Scaler",
+    "TwoLayerNet", "Trainer", "TrainConfig", "save_checkpoint", "load_checkpoint", "make_data",
+    "StreamtrainError", "DataError", "CheckpointError", "TrainingError",
+]

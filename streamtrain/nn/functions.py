@@ -1,0 +1,115 @@
+"""Pure functions of the network, in name -> function tables.
+
+``ACTIVATIONS[name] = (f, df)`` where ``df`` takes the activation's *output*
+(cheaper than recomputing from the input). ``TASKS[name]`` pairs the output
+link with its loss: ``loss_delta(z, y) -> (mean loss, dL/dz)`` works from the
+logits ``z`` so the log loss never takes the log of a rounded probability.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+__all__ = ["ACTIVATIONS", "TASKS", "INITS", "sigmoid", "softmax", "Task"]
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    # 0.5*(1+tanh(z/2)) equals 1/(1+exp(-z)) but never overflows for large |z|.
+    out = np.multiply(z, 0.5)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
+    return out
+
+
+def _sigmoid_grad(a):
+    return a * (1.0 - a)
+
+
+def _tanh_grad(a):
+    return 1.0 - a * a
+
+
+def _relu(z):
+    return np.maximum(z, 0.0)
+
+
+def _relu_grad(a):
+    return (a > 0).astype(a.dtype)
+
+
+ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
+    "sigmoid": (sigmoid, _sigmoid_grad),
+    "tanh": (np.tanh, _tanh_grad),
+    "relu": (_relu, _relu_grad),
+}
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum (log-sum-exp) so exp never overflows."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def _binary_loss_delta(z, y):
+    # Log loss of sigmoid(z): softplus(z) - y*z, exact for any z (logaddexp is stable).
+    z = z[:, 0]
+    t = y.astype(z.dtype, copy=False)
+    loss = np.mean(np.logaddexp(0.0, z) - t * z)
+    delta = (sigmoid(z) - t) / z.shape[0]
+    return float(loss), delta[:, None]
+
+
+def _multiclass_loss_delta(z, y):
+    if y.ndim == 2:  # one-hot
+        y = np.argmax(y, axis=1)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    rows = np.arange(z.shape[0])
+    loss = np.mean(log_norm - shifted[rows, y])
+    delta = softmax(z)
+    delta[rows, y] -= 1.0
+    delta /= z.shape[0]
+    return float(loss), delta
+
+
+def _regression_loss_delta(z, y):
+    t = y.reshape(z.shape).astype(z.dtype, copy=False)
+    diff = z - t
+    # Half the squared error, as scikit-learn, so the gradient is the plain residual.
+    loss = 0.5 * np.mean(np.sum(diff * diff, axis=1))
+    return float(loss), diff / z.shape[0]
+
+
+class Task(NamedTuple):
+    loss_delta: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+    output: Callable[[np.ndarray], np.ndarray]  # logits -> probabilities / values
+
+
+TASKS: dict[str, Task] = {
+    "binary": Task(_binary_loss_delta, sigmoid),
+    "multiclass": Task(_multiclass_loss_delta, softmax),
+    "regression": Task(_regression_loss_delta, lambda z: z),
+}
+
+
+def _init_normal(rng, n_in, n_out, activation):
+    # The textbook's small random normal weights.
+    return rng.normal(0.0, 0.1, size=(n_in, n_out))
+
+
+def _init_glorot(rng, n_in, n_out, activation):
+    limit = np.sqrt(6.0 / (n_in + n_out))
+    if activation == "sigmoid":
+        limit *= 4.0  # Glorot & Bengio's factor for the logistic function
+    return rng.uniform(-limit, limit, size=(n_in, n_out))
+
+
+def _init_he(rng, n_in, n_out, activation):
+    return rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
+
+
+INITS: dict[str, Callable] = {"normal": _init_normal, "glorot": _init_glorot, "he": _init_he}

@@ -1,0 +1,95 @@
+"""TwoLayerNet: input -> hidden layer -> output, with analytic backpropagation."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from .functions import ACTIVATIONS, INITS, TASKS
+
+__all__ = ["TwoLayerNet", "PARAM_NAMES"]
+
+PARAM_NAMES = ("W1", "b1", "W2", "b2")
+
+
+class TwoLayerNet:
+    """A two-layer perceptron.
+
+    Parameters ``W1`` (n_in, hidden), ``b1`` (hidden,), ``W2`` (hidden, n_out),
+    ``b2`` (n_out,). Regularisation (``l1``, ``l2``) applies to the weights,
+    not the biases, and is added to the mean batch loss as
+    ``l2/2 * sum(W**2) + l1 * sum(|W|)``.
+
+    >>> net = TwoLayerNet(3, 4, 1, seed=0)
+    >>> net.predict_output(np.zeros((2, 3), np.float32)).shape
+    (2, 1)
+    """
+
+    def __init__(self, n_in: int, hidden: int, n_out: int, activation: str = "sigmoid",
+                 task: str = "binary", init: str = "normal", seed: int = 0,
+                 dtype: npt.DTypeLike = np.float32):
+        for name, table, value in (("activation", ACTIVATIONS, activation), ("task", TASKS, task),
+                                   ("init", INITS, init)):
+            if value not in table:
+                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(table)}")
+        self.n_in, self.hidden, self.n_out = int(n_in), int(hidden), int(n_out)
+        self.activation, self.task, self.init = activation, task, init
+        self.dtype = np.dtype(dtype)
+        self._act, self._act_grad = ACTIVATIONS[activation]
+        self._task = TASKS[task]
+        rng = np.random.default_rng([int(seed), 0x1417])
+        make = INITS[init]
+        self.params = {
+            "W1": make(rng, n_in, hidden, activation).astype(self.dtype),
+            "b1": np.zeros(hidden, self.dtype),
+            "W2": make(rng, hidden, n_out, activation).astype(self.dtype),
+            "b2": np.zeros(n_out, self.dtype),
+        }
+
+    def forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hidden activations ``(rows, hidden)`` and output logits ``(rows, n_out)``."""
+        p = self.params
+        a1 = self._act(X @ p["W1"] + p["b1"])
+        return a1, a1 @ p["W2"] + p["b2"]
+
+    def penalty(self, l1: float, l2: float) -> float:
+        """The regularisation term added to the loss."""
+        total = 0.0
+        for w in (self.params["W1"], self.params["W2"]):
+            if l2:
+                total += 0.5 * l2 * float(np.vdot(w, w))
+            if l1:
+                total += l1 * float(np.abs(w).sum())
+        return total
+
+    def loss_and_grads(self, X: np.ndarray, y: np.ndarray, l1: float = 0.0,
+                       l2: float = 0.0) -> tuple[float, float, dict[str, np.ndarray]]:
+        """Mean data loss, the penalty, and the gradients of their sum w.r.t. every parameter."""
+        p = self.params
+        a1, z = self.forward(X)
+        loss, dz = self._task.loss_delta(z, y)
+        dz = dz.astype(self.dtype, copy=False)
+        grads = {"W2": a1.T @ dz, "b2": dz.sum(axis=0)}
+        da1 = dz @ p["W2"].T
+        da1 *= self._act_grad(a1)
+        grads["W1"] = X.T @ da1
+        grads["b1"] = da1.sum(axis=0)
+        for name in ("W1", "W2"):
+            if l2:
+                grads[name] += l2 * p[name]
+            if l1:
+                grads[name] += l1 * np.sign(p[name])
+        return loss, self.penalty(l1, l2), grads
+
+    def predict_output(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities (classification) or values (regression), ``(rows, n_out)``."""
+        return self._task.output(self.forward(X)[1])
+
+    def loss(self, X: np.ndarray, y: np.ndarray) -> float:
+        """Mean data loss of a batch, without the penalty."""
+        return self._task.loss_delta(self.forward(X)[1], y)[0]
+
+    def config(self) -> dict:
+        return {"n_in": self.n_in, "hidden": self.hidden, "n_out": self.n_out,
+                "activation": self.activation, "task": self.task, "init": self.init,
+                "dtype": self.dtype.name}

@@ -1,0 +1,69 @@
+"""Chunked readers: one module per format, one Dataset interface for all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import DataError
+from .base import DEFAULT_CACHE_BYTES, Dataset
+from .memory import ArrayDataset
+
+__all__ = ["open_dataset", "Dataset", "ArrayDataset", "detect_format", "FORMATS"]
+
+FORMATS = {
+    "hdf5": (".h5", ".hdf5", ".hdf", ".he5"),
+    "zarr": (".zarr", ".zip"),
+    "parquet": (".parquet", ".pq", ".parq"),
+}
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format name of a path, from its suffix or (for directories) its contents."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    for name, suffixes in FORMATS.items():
+        if suffix in suffixes:
+            return name
+    if p.is_dir():
+        if (p / "zarr.json").exists() or (p / ".zgroup").exists():
+            return "zarr"
+        if any(p.glob("*.parquet")):
+            return "parquet"
+    known = ", ".join(s for v in FORMATS.values() for s in v)
+    raise DataError(f"{path}: unknown format; use one of {known}")
+
+
+def open_dataset(source, features=None, label: str | None = None, *,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32) -> Dataset:
+    """Open a dataset without reading its rows.
+
+    ``source`` is a path (``.h5``, ``.zarr``, ``.parquet``), a ``Dataset``, or a
+    ``(X, y)`` tuple of arrays. ``features`` names the feature dataset/array or
+    columns (a glob allowed); ``label`` names the label. Without them the
+    readers' auto-detection applies (see the README).
+
+    >>> ds = open_dataset("data/breast_cancer.h5")
+    >>> ds.n_rows, ds.n_features, ds.label_name
+    (569, 30, 'y')
+    """
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, tuple) and len(source) == 2:
+        return ArrayDataset(source[0], source[1], cache_bytes=cache_bytes, dtype=dtype)
+    if isinstance(source, np.ndarray):
+        return ArrayDataset(source, None, cache_bytes=cache_bytes, dtype=dtype)
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or directory")
+    fmt = detect_format(path)
+    if fmt == "hdf5":
+        from .hdf5 import HDF5Dataset as cls
+    elif fmt == "zarr":
+        from .zarr import ZarrDataset as cls
+    else:
+        from .parquet import ParquetDataset as cls
+    return cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype)

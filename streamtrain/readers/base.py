@@ -1,0 +1,270 @@
+"""The Dataset interface every reader implements: chunks of rows, read whole or gathered.
+
+A dataset is a table of ``n_rows`` rows split into chunks (row ranges that are
+cheap to read whole: HDF5 chunks, Zarr chunks or shards, Parquet row groups).
+Readers implement ``_load_chunk``; gathering arbitrary sorted rows and the
+bounded chunk cache are shared here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import DataError
+
+__all__ = ["Dataset", "DEFAULT_CACHE_BYTES", "uniform_bounds", "as_features", "as_labels"]
+
+DEFAULT_CACHE_BYTES = 64 << 20
+# Contiguous (unchunked) sources are split into virtual chunks of about this size.
+VIRTUAL_CHUNK_BYTES = 4 << 20
+
+Batch = tuple[np.ndarray, "np.ndarray | None"]
+
+
+def uniform_bounds(n_rows: int, chunk_rows: int) -> np.ndarray:
+    """Chunk boundaries ``[0, r, 2r, ..., n_rows]`` for chunks of ``chunk_rows`` rows."""
+    chunk_rows = max(1, int(chunk_rows))
+    bounds = np.arange(0, n_rows, chunk_rows, dtype=np.int64)
+    return np.append(bounds, np.int64(n_rows))
+
+
+def virtual_chunk_rows(n_features: int, itemsize: int) -> int:
+    """Rows per virtual chunk for a source without a chunk layout of its own."""
+    return max(1, VIRTUAL_CHUNK_BYTES // max(1, n_features * itemsize))
+
+
+def as_features(X: np.ndarray, dtype: npt.DTypeLike, path: str) -> np.ndarray:
+    """Cast a block of raw feature values to ``dtype`` as a 2-D C-contiguous array."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{path}: features have non-numeric dtype {X.dtype}")
+    if X.ndim == 1:
+        X = X[:, None]
+    return np.ascontiguousarray(X, dtype=dtype)
+
+
+def as_labels(y: np.ndarray | None, path: str) -> np.ndarray | None:
+    """Labels as stored, except bool becomes int8 so arithmetic works."""
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{path}: label has non-numeric dtype {y.dtype}")
+    if y.dtype.kind == "b":
+        y = y.astype(np.int8)
+    return y
+
+
+class Dataset:
+    """Rows of features (and optionally a label) stored in chunks.
+
+    Subclasses set ``path``, ``n_rows``, ``feature_names``, ``label_name``,
+    ``bounds`` (int64 chunk boundaries, shape ``(n_chunks + 1,)``), ``format``
+    and implement ``_load_chunk(i) -> (X, y)``.
+    """
+
+    format: str = "?"
+    path: str
+    n_rows: int
+    feature_names: list[str]
+    label_name: str | None
+    bounds: np.ndarray
+    dtype: np.dtype
+
+    def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
+        self.cache_bytes = int(cache_bytes)
+        self.dtype = np.dtype(dtype)
+        self._cache: OrderedDict[int, Batch] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    # -- layout -----------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.bounds) - 1
+
+    @property
+    def chunk_sizes(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+    def _check_layout(self) -> None:
+        if self.n_rows == 0:
+            raise DataError(f"{self.path}: the dataset has zero rows")
+        if self.n_features == 0:
+            raise DataError(f"{self.path}: no feature columns selected")
+
+    # -- reading ----------------------------------------------------------
+    def _load_chunk(self, i: int) -> Batch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _in_child_process(self) -> bool:
+        """True after a fork: file handles opened by the parent must not be reused."""
+        return os.getpid() != self._pid
+
+    def read_chunk(self, i: int) -> Batch:
+        """Features ``(rows, n_features)`` and labels ``(rows,)`` of chunk ``i``."""
+        if not 0 <= i < self.n_chunks:
+            raise IndexError(f"chunk {i} out of range for {self.n_chunks} chunks")
+        with self._lock:
+            hit = self._cache.get(i)
+            if hit is not None:
+                self._cache.move_to_end(i)
+                return hit
+        X, y = self._load_chunk(i)
+        self._remember(i, (X, y))
+        return X, y
+
+    def _remember(self, i: int, block: Batch) -> None:
+        size = block[0].nbytes + (0 if block[1] is None else block[1].nbytes)
+        if size > self.cache_bytes:
+            return
+        with self._lock:
+            self._cache[i] = block
+            self._cached_bytes += size
+            while self._cached_bytes > self.cache_bytes:
+                _, (X, y) = self._cache.popitem(last=False)
+                self._cached_bytes -= X.nbytes + (0 if y is None else y.nbytes)
+
+    def read(self, rows: npt.ArrayLike) -> Batch:
+        """Gather the given rows (sorted ascending) as ``(X, y)``.
+
+        Only the chunks that hold the rows are read, each once.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows[0] < 0 or rows[-1] >= self.n_rows):
+            raise IndexError(f"row index out of range for {self.n_rows} rows")
+        if rows.size > 1 and np.any(rows[1:] < rows[:-1]):
+            raise ValueError("rows must be sorted ascending")
+        chunk_of = np.searchsorted(self.bounds, rows, side="right") - 1
+        # Start of each run of rows that fall in the same chunk.
+        starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]) if rows.size else []
+        ends = np.r_[starts[1:], rows.size] if rows.size else []
+        X_out = np.empty((rows.size, self.n_features), dtype=self.dtype)
+        y_out = None
+        for a, b in zip(starts, ends):
+            c = int(chunk_of[a])
+            X, y = self.read_chunk(c)
+            local = rows[a:b] - self.bounds[c]
+            X_out[a:b] = X[local]
+            if y is not None:
+                if y_out is None:
+                    y_out = np.empty((rows.size,) + y.shape[1:], dtype=y.dtype)
+                y_out[a:b] = y[local]
+        return X_out, y_out
+
+    def iter_chunks(self):
+        """Yield ``(X, y)`` for every chunk in order, bypassing the cache."""
+        for i in range(self.n_chunks):
+            yield self._load_chunk(i)
+
+    # -- description ------------------------------------------------------
+    def label_dtype(self) -> str | None:
+        """The stored label dtype as a string, or None without a label."""
+        return None
+
+    def extra_info(self) -> dict[str, Any]:
+        """Format-specific facts for ``inspect`` (compression, dataset paths...)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """What ``inspect`` prints: layout and selection, without reading data."""
+        sizes = self.chunk_sizes
+        info = {
+            "path": self.path,
+            "format": self.format,
+            "n_rows": int(self.n_rows),
+            "n_features": self.n_features,
+            "feature_names": list(self.feature_names),
+            "label": self.label_name,
+            "label_dtype": self.label_dtype(),
+            "n_chunks": int(self.n_chunks),
+            "chunk_rows_max": int(sizes.max()) if sizes.size else 0,
+            "chunk_rows_min": int(sizes.min()) if sizes.size else 0,
+        }
+        info.update(self.extra_info())
+        return info
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the data for resume checks: layout and names, not a hash of the data."""
+        return {
+            "path": os.path.abspath(self.path) if self.format != "memory" else self.path,
+            "format": self.format,
+            "n_rows": int(self.n_rows),
+            "feature_names": list(self.feature_names),
+            "label": self.label_name,
+            "n_chunks": int(self.n_chunks),
+            "chunk_rows_max": int(self.chunk_sizes.max()),
+        }
+
+    def close(self) -> None:
+        """Release file handles and cached chunks."""
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.path!r}: {self.n_rows} rows x "
+                f"{self.n_features} features, label={self.label_name!r}, {self.n_chunks} chunks>")
+
+
+# -- selecting features and label ----------------------------------------------
+# Auto-detection, documented in the README: an array/dataset named like a feature
+# matrix and one named like a label; for column formats a label column and every
+# other numeric column as a feature.
+FEATURE_KEYS = ("X", "x", "features", "data", "inputs")
+LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+
+
+def find_key(available: list[str], wanted: str | None, candidates: tuple[str, ...],
+             what: str, path: str, required: bool) -> str | None:
+    """The array/column name to use: ``wanted`` if given, else the first candidate present."""
+    if wanted is not None:
+        if wanted not in available:
+            raise DataError(f"{path}: no {what} named {wanted!r} (found: {', '.join(available) or 'nothing'})")
+        return wanted
+    for name in candidates:
+        if name in available:
+            return name
+    if required:
+        raise DataError(f"{path}: no {what} found; name it with --{what.split()[0]} "
+                        f"(looked for {', '.join(candidates)}; found: {', '.join(available) or 'nothing'})")
+    return None
+
+
+def select_columns(numeric: list[str], all_columns: list[str], features: list[str] | str | None,
+                   label: str | None, path: str) -> tuple[list[str], str | None]:
+    """Feature and label column names from explicit names, globs, or auto-detection."""
+    import fnmatch
+
+    label_name = find_key(all_columns, label, LABEL_KEYS, "label column", path, required=False)
+    if features is None:
+        names = [c for c in numeric if c != label_name]
+    else:
+        patterns = [features] if isinstance(features, str) else list(features)
+        names = []
+        for pat in patterns:
+            hits = [c for c in all_columns if fnmatch.fnmatchcase(c, pat)]
+            if not hits:
+                raise DataError(f"{path}: no column matches {pat!r} (columns: {', '.join(all_columns)})")
+            names.extend(h for h in hits if h not in names and h != label_name)
+    bad = [c for c in names if c not in numeric]
+    if bad:
+        raise DataError(f"{path}: feature column {bad[0]!r} is not numeric")
+    return names, label_name

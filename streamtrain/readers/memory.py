@@ -1,0 +1,45 @@
+"""In-memory arrays behind the same Dataset interface (for library users and tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import DataError
+from .base import DEFAULT_CACHE_BYTES, Dataset, as_features, as_labels, uniform_bounds, virtual_chunk_rows
+
+__all__ = ["ArrayDataset"]
+
+
+class ArrayDataset(Dataset):
+    """A Dataset over numpy arrays ``X`` (rows, features) and optional ``y`` (rows,)."""
+
+    format = "memory"
+
+    def __init__(self, X: npt.ArrayLike, y: npt.ArrayLike | None = None, *, chunk_rows: int | None = None,
+                 feature_names: list[str] | None = None, label_name: str | None = "y",
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
+        super().__init__(cache_bytes, dtype)
+        self.path = "<memory>"
+        self._X = as_features(X, self.dtype, self.path)
+        self._y = as_labels(None if y is None else np.asarray(y), self.path)
+        self.n_rows = self._X.shape[0]
+        if self._y is not None and self._y.shape[0] != self.n_rows:
+            raise DataError(f"{self.path}: X has {self.n_rows} rows but y has {self._y.shape[0]}")
+        self.feature_names = list(feature_names) if feature_names else [f"f{j}" for j in range(self._X.shape[1])]
+        self.label_name = label_name if self._y is not None else None
+        rows = chunk_rows or virtual_chunk_rows(self._X.shape[1], self._X.dtype.itemsize)
+        self.bounds = uniform_bounds(self.n_rows, rows)
+        self._check_layout()
+
+    def _load_chunk(self, i: int):
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        return self._X[a:b], None if self._y is None else self._y[a:b]
+
+    def read(self, rows):
+        # Arrays are already in memory: index directly instead of chunk by chunk.
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._X[rows], None if self._y is None else self._y[rows]
+
+    def label_dtype(self):
+        return None if self._y is None else str(self._y.dtype)

@@ -1,0 +1,373 @@
+"""Trainer: for each batch from the loader, forward, backward, update; per-epoch history; checkpoints.
+
+Exact resume: everything that decides the next update (parameters,
+optimiser arrays, the sampler's epoch and position, the running epoch loss)
+goes into the checkpoint, and nothing else is random, so a resumed run
+produces bitwise the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
+from .config import TrainConfig
+from .errors import CheckpointError, DataError, TrainingError
+from .loader import Loader
+from .metrics import metrics_for
+from .nn.network import PARAM_NAMES, TwoLayerNet
+from .nn.optim import make_optimizer
+from .readers import open_dataset
+from .readers.base import Dataset
+from .readers.subset import HoldoutSplit
+from .sampling import Sampler
+from .scaling import DataStats, Scaler, scan
+
+__all__ = ["Trainer", "infer_task"]
+
+# Integral labels with more distinct values than this are taken as a regression target.
+MAX_AUTO_CLASSES = 100
+
+
+def infer_task(stats: DataStats) -> str:
+    """binary / multiclass / regression, from what the labels look like."""
+    if stats.label_ndim == 2 or not stats.label_integral or len(stats.classes) > MAX_AUTO_CLASSES:
+        return "regression"
+    return "binary" if len(stats.classes) <= 2 else "multiclass"
+
+
+class Trainer:
+    """Trains a ``TwoLayerNet`` on a dataset; evaluates and predicts with it.
+
+    >>> from streamtrain import Trainer, TrainConfig
+    >>> t = Trainer(TrainConfig(hidden=8, epochs=2, batch_size=16))
+    >>> history = t.fit("data/breast_cancer.parquet", log=None)
+    >>> len(history), t.task
+    (2, 'binary')
+    """
+
+    def __init__(self, config: TrainConfig | None = None, **settings):
+        self.config = config or TrainConfig()
+        if settings:
+            self.config = TrainConfig.from_dict({**self.config.to_dict(), **settings})
+        self.net: TwoLayerNet | None = None
+        self.scaler: Scaler | None = None
+        self.optimizer = None
+        self.task: str | None = None
+        self.classes: list = []
+        self.feature_names: list[str] = []
+        self.label_name: str | None = None
+        self.history: list[dict[str, Any]] = []
+        self.global_step = 0
+        self.fingerprint: dict[str, Any] = {}
+        self._sampler_state: dict[str, Any] | None = None
+        self._epoch_acc = {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
+        self._early = {"best_loss": None, "best_epoch": None, "wait": 0}
+        self._best_params: dict[str, np.ndarray] | None = None
+        self.stop_requested: str | None = None
+
+    # -- setting up ---------------------------------------------------------
+    def _split(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
+        cfg = self.config
+        data = open_dataset(source, features, label, dtype=cfg.dtype)
+        if val is not None:
+            return data, open_dataset(val, features or data.feature_names, label or data.label_name, dtype=cfg.dtype)
+        if cfg.val_fraction:
+            return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
+                    HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"))
+        return data, None
+
+    def _initialise(self, data: Dataset, log) -> None:
+        cfg = self.config
+        if data.label_name is None:
+            raise DataError(f"{data.path}: no label found; name it with --label")
+        stats = scan(data)
+        self.task = infer_task(stats) if cfg.task == "auto" else cfg.task
+        if cfg.task == "auto" and log:
+            log(f"task: {self.task} (chosen from label {data.label_name!r}; set --task to override)")
+        if self.task == "regression":
+            self.classes, n_out = [], 1
+        else:
+            if not stats.label_integral:
+                raise DataError(f"{data.path}: label {data.label_name!r} has non-integral values; use --task regression")
+            self.classes = sorted(stats.classes)
+            if self.task == "binary" and len(self.classes) > 2:
+                raise DataError(f"{data.path}: binary task but label has {len(self.classes)} classes")
+            n_out = 1 if self.task == "binary" else len(self.classes)
+        self.scaler = Scaler.from_stats(cfg.scale, stats, cfg.dtype)
+        self.net = TwoLayerNet(data.n_features, cfg.hidden, n_out, cfg.activation, self.task, cfg.init,
+                               cfg.seed, cfg.dtype)
+        self.optimizer = make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
+        self.feature_names, self.label_name = list(data.feature_names), data.label_name
+
+    def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
+        """Labels as the network wants them: class indices, or float values for regression."""
+        if self.task == "regression":
+            return y.astype(self.net.dtype, copy=False)
+        idx = np.searchsorted(self.classes, y)
+        idx = np.minimum(idx, len(self.classes) - 1)
+        if not np.array_equal(np.asarray(self.classes)[idx], y):
+            bad = y[np.asarray(self.classes)[idx] != y][0]
+            raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training {self.classes}")
+        return idx
+
+    # -- training -------------------------------------------------------------
+    def fit(self, source, val=None, *, features=None, label=None, checkpoint_dir=None,
+            resume: bool = False, force: bool = False, callbacks: Iterable = (),
+            log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` epochs are done; returns the history (one dict per epoch).
+
+        With ``checkpoint_dir`` a checkpoint is written at the end of every
+        epoch (and every ``checkpoint_every`` batches); with ``resume`` the run
+        continues from the newest valid checkpoint there, if any.
+        """
+        cfg = self.config
+        train, val_ds = self._split(source, val, features, label)
+        try:
+            if resume and checkpoint_dir and self._resume(checkpoint_dir, train, force, log):
+                pass
+            else:
+                if resume and log:
+                    log(f"no checkpoint in {checkpoint_dir}; starting fresh")
+                self._initialise(train, log)
+                self.fingerprint = train.fingerprint()
+            row_bytes = train.n_features * train.dtype.itemsize
+            sampler = Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
+                              window_rows=max(1, int(cfg.window_mb * 2**20 / row_bytes)))
+            if self._sampler_state:
+                sampler.load_state_dict(self._sampler_state)
+            self._run(train, val_ds, sampler, checkpoint_dir, list(callbacks), log)
+        finally:
+            train.close()
+            if val_ds is not None:
+                val_ds.close()
+        return self.history
+
+    def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log) -> None:
+        cfg = self.config
+        loader = Loader(train, sampler)
+        params = self.net.params
+        while sampler.epoch < cfg.epochs and not self._early_stopped():
+            started = time.perf_counter()
+            acc = self._epoch_acc
+            for rows, X, y in loader.iter_epoch():
+                Xs = self.scaler.transform(X)
+                loss, penalty, grads = self.net.loss_and_grads(Xs, self.targets(y, train.path), cfg.l1, cfg.l2)
+                if not np.isfinite(loss + penalty):
+                    raise TrainingError(
+                        f"training diverged at epoch {sampler.epoch + 1}, batch step {self.global_step + 1} "
+                        f"(loss is {loss + penalty}); lower --lr or check the data for extreme values")
+                self.optimizer.step(params, grads)
+                n = len(rows)
+                sampler.advance(n)
+                acc["loss_sum"] += (loss + penalty) * n
+                acc["n"] += n
+                self.global_step += 1
+                for cb in callbacks:
+                    if hasattr(cb, "on_batch_end"):
+                        cb.on_batch_end(self, rows, loss + penalty)
+                interval = cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+                if checkpoint_dir and (interval or self.stop_requested):
+                    acc["seconds"] += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self._save(checkpoint_dir, sampler)
+                if self.stop_requested:
+                    return
+            acc["seconds"] += time.perf_counter() - started
+            record = self._end_epoch(sampler, val_ds)
+            if log:
+                log(format_epoch(record, cfg.epochs))
+            for cb in callbacks:
+                if hasattr(cb, "on_epoch_end"):
+                    cb.on_epoch_end(self, record)
+            if checkpoint_dir:
+                self._save(checkpoint_dir, sampler)
+        if self._early_stopped() and self._best_params is not None:
+            for k in PARAM_NAMES:
+                params[k][...] = self._best_params[k]
+            if log:
+                log(f"early stopping: restored the parameters of epoch {self._early['best_epoch']}")
+
+    def _end_epoch(self, sampler: Sampler, val_ds) -> dict[str, Any]:
+        acc = self._epoch_acc
+        record = {"epoch": sampler.epoch + 1, "train_loss": acc["loss_sum"] / max(acc["n"], 1),
+                  "samples": acc["n"], "seconds": acc["seconds"],
+                  "samples_per_s": acc["n"] / acc["seconds"] if acc["seconds"] > 0 else None}
+        if val_ds is not None:
+            result = self.evaluate(val_ds)
+            record["val_loss"] = result["loss"]
+            key = "r2" if self.task == "regression" else "accuracy"
+            record[f"val_{key}"] = result[key]
+            self._update_early_stopping(record)
+        self.history.append(record)
+        sampler.next_epoch()
+        self._epoch_acc = {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
+        return record
+
+    def _update_early_stopping(self, record) -> None:
+        early = self._early
+        if early["best_loss"] is None or record["val_loss"] < early["best_loss"]:
+            early.update(best_loss=record["val_loss"], best_epoch=record["epoch"], wait=0)
+            if self.config.early_stopping:
+                self._best_params = {k: v.copy() for k, v in self.net.params.items()}
+        else:
+            early["wait"] += 1
+
+    def _early_stopped(self) -> bool:
+        patience = self.config.early_stopping
+        return bool(patience) and self._early["wait"] >= patience
+
+    # -- checkpoints ------------------------------------------------------------
+    def state(self, sampler: Sampler | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything a checkpoint holds: arrays and JSON metadata."""
+        arrays = {f"param.{k}": v for k, v in self.net.params.items()}
+        arrays.update({f"optim.{k}": v for k, v in self.optimizer.state_dict().items()})
+        arrays.update({f"scaler.{k}": v for k, v in self.scaler.state().items() if k != "kind"})
+        if self._best_params is not None:
+            arrays.update({f"best.{k}": v for k, v in self._best_params.items()})
+        meta = {
+            "streamtrain_version": __version__,
+            "config": self.config.to_dict(),
+            "model": self.net.config(),
+            "task": self.task,
+            "classes": self.classes,
+            "feature_names": self.feature_names,
+            "label": self.label_name,
+            "scale": self.scaler.kind,
+            "global_step": self.global_step,
+            "sampler": sampler.state_dict() if sampler else self._sampler_state,
+            "epoch_acc": self._epoch_acc,
+            "early_stopping": self._early,
+            "history": self.history,
+            "fingerprint": self.fingerprint,
+        }
+        return arrays, meta
+
+    def _save(self, directory, sampler: Sampler) -> Path:
+        for k, v in self.net.params.items():
+            if not np.all(np.isfinite(v)):
+                raise TrainingError(f"parameter {k} is not finite; refusing to write a checkpoint")
+        arrays, meta = self.state(sampler)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        path = save_checkpoint(Path(directory) / checkpoint_name(self.global_step), arrays, meta)
+        rotate(directory, self.config.keep)
+        return path
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the current model and training state to a checkpoint file."""
+        arrays, meta = self.state()
+        return save_checkpoint(path, arrays, meta)
+
+    def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        m = meta["model"]
+        self.task, self.classes = meta["task"], list(meta["classes"])
+        self.feature_names, self.label_name = list(meta["feature_names"]), meta["label"]
+        self.net = TwoLayerNet(m["n_in"], m["hidden"], m["n_out"], m["activation"], m["task"], m["init"],
+                               dtype=m["dtype"])
+        for k in PARAM_NAMES:
+            self.net.params[k] = np.array(arrays[f"param.{k}"])
+        self.scaler = Scaler(meta["scale"], arrays.get("scaler.mean"), arrays.get("scaler.scale"), m["dtype"])
+        self.optimizer = make_optimizer(self.config.optimizer, lr=self.config.lr, momentum=self.config.momentum)
+        self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
+        best = {k[5:]: np.array(v) for k, v in arrays.items() if k.startswith("best.")}
+        self._best_params = best or None
+        self.global_step = int(meta["global_step"])
+        self._sampler_state = meta.get("sampler")
+        self._epoch_acc = dict(meta["epoch_acc"])
+        self._early = dict(meta["early_stopping"])
+        self.history = list(meta["history"])
+        self.fingerprint = meta["fingerprint"]
+
+    def _resume(self, directory, train: Dataset, force: bool, log) -> bool:
+        found = latest_checkpoint(directory, warn=log)
+        if found is None:
+            return False
+        path, arrays, meta = found
+        saved = TrainConfig.from_dict(meta["config"])
+        problems = self.config.differences(saved)
+        fp = train.fingerprint()
+        problems += [f"data {k}: {meta['fingerprint'].get(k)!r} -> {fp[k]!r}"
+                     for k in fp if meta["fingerprint"].get(k) != fp[k]]
+        if problems and not force:
+            raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
+                                  f"{'; '.join(problems)} (pass --force to resume anyway)")
+        self._restore(arrays, meta)
+        self.fingerprint = fp
+        if log:
+            s = meta["sampler"]
+            log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
+        return True
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Trainer":
+        """A Trainer restored from a checkpoint file or directory (its newest valid checkpoint)."""
+        _, arrays, meta = resolve_checkpoint(path)
+        t = cls(TrainConfig.from_dict(meta["config"]))
+        t._restore(arrays, meta)
+        return t
+
+    # -- using the model ----------------------------------------------------------
+    def _check_ready(self):
+        if self.net is None:
+            raise TrainingError("the model is not trained yet: call fit() or load a checkpoint")
+
+    def _open_like_training(self, source) -> Dataset:
+        if isinstance(source, Dataset):
+            return source
+        return open_dataset(source, self.feature_names, self.label_name, dtype=self.net.dtype)
+
+    def iter_outputs(self, source) -> Iterator[tuple[Dataset, np.ndarray, np.ndarray | None]]:
+        """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None)."""
+        self._check_ready()
+        ds = self._open_like_training(source)
+        if ds.n_features != self.net.n_in:
+            raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
+        for X, y in ds.iter_chunks():
+            yield ds, self.net.predict_output(self.scaler.transform(X)), y
+
+    def evaluate(self, source) -> dict[str, Any]:
+        """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming."""
+        self._check_ready()
+        ds = self._open_like_training(source)
+        if ds.label_name is None:
+            raise DataError(f"{ds.path}: no label to evaluate against")
+        acc = metrics_for(self.task, self.classes)
+        for X, y in ds.iter_chunks():
+            Xs = self.scaler.transform(X)
+            t = self.targets(y, ds.path)
+            z = self.net.forward(Xs)[1]
+            loss, _ = self.net._task.loss_delta(z, t)
+            acc.update(loss, t, self.net._task.output(z))
+        return {"path": ds.path, "task": self.task, **acc.result()}
+
+    def predict_proba(self, source) -> np.ndarray:
+        """Class probabilities ``(rows, n_classes)`` (in memory: for small data)."""
+        out = np.concatenate([o for _, o, _ in self.iter_outputs(source)])
+        return np.hstack([1 - out, out]) if self.task == "binary" else out
+
+    def predict(self, source) -> np.ndarray:
+        """Predicted labels (classification) or values (regression) (in memory: for small data)."""
+        out = np.concatenate([o for _, o, _ in self.iter_outputs(source)])
+        if self.task == "regression":
+            return out[:, 0] if out.shape[1] == 1 else out
+        idx = (out[:, 0] > 0.5).astype(int) if self.task == "binary" else out.argmax(axis=1)
+        return np.asarray(self.classes)[idx]
+
+
+def format_epoch(r: dict[str, Any], epochs: int) -> str:
+    """The one-line per-epoch summary."""
+    parts = [f"epoch {r['epoch']}/{epochs}", f"train_loss {r['train_loss']:.4f}"]
+    if "val_loss" in r:
+        parts.append(f"val_loss {r['val_loss']:.4f}")
+    for key in ("val_accuracy", "val_r2"):
+        if key in r:
+            parts.append(f"{key} {r[key]:.4f}")
+    if r.get("samples_per_s"):
+        parts.append(f"{r['samples_per_s']:,.0f} samples/s")
+    return "  ".join(parts)

@@ -1,0 +1,174 @@
+"""Chunk-by-chunk writers for HDF5, Zarr and Parquet, each committed atomically.
+
+Used by ``make-data``, ``predict`` and the sample-data script: rows arrive in
+blocks and are written as they come, so memory stays flat whatever the size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import DataError
+from .readers import detect_format
+
+__all__ = ["open_writer", "DEFAULT_COMPRESSION"]
+
+DEFAULT_COMPRESSION = {"hdf5": None, "zarr": "zstd", "parquet": "snappy"}
+
+
+class _Writer:
+    def __init__(self, path: Path, n_rows: int, feature_names, label_name, label_dtype,
+                 chunk_rows: int, compression, dtype):
+        self.path, self.n_rows, self.chunk_rows = path, int(n_rows), int(chunk_rows)
+        self.feature_names, self.label_name = list(feature_names), label_name
+        self.label_dtype = None if label_dtype is None else np.dtype(label_dtype)
+        self.compression, self.dtype = compression, np.dtype(dtype)
+        self.written = 0
+
+    def write(self, X: np.ndarray, y: np.ndarray | None) -> None:
+        """Append a block of rows."""
+        n = X.shape[0]
+        if self.written + n > self.n_rows:
+            raise ValueError(f"{self.path}: more rows written than the {self.n_rows} declared")
+        self._write(self.written, X, y)
+        self.written += n
+
+    def close(self) -> None:
+        if self.written != self.n_rows:
+            raise ValueError(f"{self.path}: {self.written} rows written, {self.n_rows} declared")
+
+
+class _HDF5Writer(_Writer):
+    def open(self, tmp: Path):
+        import h5py
+
+        opts = {} if self.compression in (None, "none") else {"compression": self.compression}
+        self._f = h5py.File(tmp, "w")
+        chunks = (min(self.chunk_rows, self.n_rows), len(self.feature_names))
+        self._X = self._f.create_dataset("X", (self.n_rows, len(self.feature_names)), self.dtype, chunks=chunks, **opts)
+        self._X.attrs["feature_names"] = np.array(self.feature_names, dtype=h5py.string_dtype())
+        self._y = None
+        if self.label_name:
+            self._y = self._f.create_dataset(self.label_name, (self.n_rows,), self.label_dtype,
+                                             chunks=(chunks[0],), **opts)
+
+    def _write(self, a, X, y):
+        self._X[a:a + len(X)] = X
+        if self._y is not None:
+            self._y[a:a + len(X)] = y
+
+    def close(self):
+        super().close()
+        self._f.close()
+
+    def abort(self):
+        self._f.close()
+
+
+class _ZarrWriter(_Writer):
+    def open(self, tmp: Path):
+        import zarr
+
+        compressors = None if self.compression in (None, "none") else [_zarr_codec(self.compression)]
+        group = zarr.create_group(store=str(tmp), zarr_format=3)
+        rows = min(self.chunk_rows, self.n_rows)
+        self._X = group.create_array("X", shape=(self.n_rows, len(self.feature_names)), chunks=(rows, len(self.feature_names)),
+                                     dtype=self.dtype, compressors=compressors)
+        self._X.attrs["feature_names"] = self.feature_names
+        self._y = None
+        if self.label_name:
+            self._y = group.create_array(self.label_name, shape=(self.n_rows,), chunks=(rows,),
+                                         dtype=self.label_dtype, compressors=compressors)
+
+    def _write(self, a, X, y):
+        self._X[a:a + len(X)] = X
+        if self._y is not None:
+            self._y[a:a + len(X)] = y
+
+    def abort(self):
+        pass
+
+
+def _zarr_codec(name: str):
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    table = {"zstd": lambda: ZstdCodec(level=3), "gzip": lambda: GzipCodec(level=5),
+             "blosc": lambda: BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")}
+    if name not in table:
+        raise DataError(f"zarr compression {name!r} unknown; use one of none, {', '.join(table)}")
+    return table[name]()
+
+
+class _ParquetWriter(_Writer):
+    def open(self, tmp: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fields = [pa.field(n, pa.from_numpy_dtype(self.dtype)) for n in self.feature_names]
+        if self.label_name:
+            fields.append(pa.field(self.label_name, pa.from_numpy_dtype(self.label_dtype)))
+        self._schema = pa.schema(fields)
+        self._w = pq.ParquetWriter(tmp, self._schema, compression=self.compression or "none")
+        self._pending_X, self._pending_y, self._pending = [], [], 0
+
+    def _write(self, a, X, y):
+        # Buffer blocks so each row group has chunk_rows rows whatever the block size.
+        self._pending_X.append(X)
+        self._pending_y.append(y)
+        self._pending += len(X)
+        while self._pending >= self.chunk_rows:
+            self._flush(self.chunk_rows)
+
+    def _flush(self, n):
+        import pyarrow as pa
+
+        X = np.concatenate(self._pending_X)
+        y = np.concatenate(self._pending_y) if self.label_name else None
+        cols = [pa.array(X[:n, j]) for j in range(X.shape[1])]
+        if self.label_name:
+            cols.append(pa.array(y[:n]))
+        self._w.write_table(pa.Table.from_arrays(cols, schema=self._schema), row_group_size=n)
+        self._pending_X, self._pending_y = [X[n:]], [y[n:] if y is not None else None]
+        self._pending = len(X) - n
+
+    def close(self):
+        super().close()
+        if self._pending:
+            self._flush(self._pending)
+        self._w.close()
+
+    def abort(self):
+        self._w.close()
+
+
+_WRITERS = {"hdf5": _HDF5Writer, "zarr": _ZarrWriter, "parquet": _ParquetWriter}
+
+
+@contextlib.contextmanager
+def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name: str | None = "y",
+                label_dtype="int32", chunk_rows: int = 16384, compression: str | None = "default",
+                dtype="float32", overwrite: bool = False):
+    """Context manager yielding a writer with ``write(X, y)``; the file appears atomically on success.
+
+    The format comes from the suffix of ``path``. ``n_rows`` must be known up front.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if compression == "default":
+        compression = DEFAULT_COMPRESSION[fmt]
+    if path.exists() and not overwrite:
+        raise DataError(f"{path}: already exists; remove it or pass --overwrite")
+    writer = _WRITERS[fmt](path, n_rows, feature_names, label_name, label_dtype, chunk_rows, compression, dtype)
+    with atomic_path(path) as tmp:
+        writer.open(tmp)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
