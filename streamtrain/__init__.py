@@ -1,6 +1,6 @@
 """streamtrain: train a two-layer neural network on datasets larger than memory."""
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import TrainConfig  # noqa: E402

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError, DataError, TrainingError
@@ -23,7 +23,7 @@ from .loader import Loader
 from .metrics import metrics_for
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .nn.optim import make_optimizer
-from .readers import open_dataset
+from .readers import detect_format, open_dataset
 from .readers.base import Dataset
 from .readers.subset import HoldoutSplit
 from .sampling import Sampler
@@ -62,6 +62,7 @@ class Trainer:
         self.task: str | None = None
         self.classes: list = []
         self.feature_names: list[str] = []
+        self.selection: str | list[str] | None = None
         self.label_name: str | None = None
         self.history: list[dict[str, Any]] = []
         self.global_step = 0
@@ -77,7 +78,7 @@ class Trainer:
         cfg = self.config
         data = open_dataset(source, features, label, dtype=cfg.dtype)
         if val is not None:
-            return data, open_dataset(val, features or data.feature_names, label or data.label_name, dtype=cfg.dtype)
+            return data, open_dataset(val, data.selection, data.label_name, dtype=cfg.dtype)
         if cfg.val_fraction:
             return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                     HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"))
@@ -105,6 +106,7 @@ class Trainer:
                                cfg.seed, cfg.dtype)
         self.optimizer = make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
         self.feature_names, self.label_name = list(data.feature_names), data.label_name
+        self.selection = data.selection
 
     def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
         """Labels as the network wants them: class indices, or float values for regression."""
@@ -238,6 +240,7 @@ class Trainer:
             "task": self.task,
             "classes": self.classes,
             "feature_names": self.feature_names,
+            "selection": self.selection,
             "label": self.label_name,
             "scale": self.scaler.kind,
             "global_step": self.global_step,
@@ -268,6 +271,7 @@ class Trainer:
         m = meta["model"]
         self.task, self.classes = meta["task"], list(meta["classes"])
         self.feature_names, self.label_name = list(meta["feature_names"]), meta["label"]
+        self.selection = meta["selection"]
         self.net = TwoLayerNet(m["n_in"], m["hidden"], m["n_out"], m["activation"], m["task"], m["init"],
                                dtype=m["dtype"])
         for k in PARAM_NAMES:
@@ -289,7 +293,10 @@ class Trainer:
         if found is None:
             return False
         path, arrays, meta = found
-        saved = TrainConfig.from_dict(meta["config"])
+        try:
+            saved = TrainConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
         problems = self.config.differences(saved)
         fp = train.fingerprint()
         problems += [f"data {k}: {meta['fingerprint'].get(k)!r} -> {fp[k]!r}"
@@ -297,7 +304,10 @@ class Trainer:
         if problems and not force:
             raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
                                   f"{'; '.join(problems)} (pass --force to resume anyway)")
-        self._restore(arrays, meta)
+        try:
+            self._restore(arrays, meta)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
         self.fingerprint = fp
         if log:
             s = meta["sampler"]
@@ -307,9 +317,12 @@ class Trainer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trainer":
         """A Trainer restored from a checkpoint file or directory (its newest valid checkpoint)."""
-        _, arrays, meta = resolve_checkpoint(path)
-        t = cls(TrainConfig.from_dict(meta["config"]))
-        t._restore(arrays, meta)
+        found, arrays, meta = resolve_checkpoint(path)
+        try:
+            t = cls(TrainConfig.from_dict(meta["config"]))
+            t._restore(arrays, meta)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{found}: incomplete checkpoint ({type(e).__name__}: {e})") from None
         return t
 
     # -- using the model ----------------------------------------------------------
@@ -317,24 +330,33 @@ class Trainer:
         if self.net is None:
             raise TrainingError("the model is not trained yet: call fit() or load a checkpoint")
 
-    def _open_like_training(self, source) -> Dataset:
+    def open_like_training(self, source) -> Dataset:
+        """Open ``source`` with the feature and label selection used in training, and check it fits."""
         if isinstance(source, Dataset):
-            return source
-        return open_dataset(source, self.feature_names, self.label_name, dtype=self.net.dtype)
+            ds = source
+        elif isinstance(source, (str, os.PathLike)) and detect_format(source) != self.fingerprint.get("format"):
+            # Another format stores the same columns differently: select by name, detect the label.
+            ds = open_dataset(source, self.feature_names, None, dtype=self.net.dtype)
+        else:
+            ds = open_dataset(source, self.selection, self.label_name, dtype=self.net.dtype)
+        if ds.n_features != self.net.n_in:
+            raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
+        if ds.format != "memory" and list(ds.feature_names) != self.feature_names:
+            diff = next(f"{a!r} vs {b!r}" for a, b in zip(ds.feature_names, self.feature_names) if a != b)
+            raise DataError(f"{ds.path}: feature names differ from the model's ({diff})")
+        return ds
 
     def iter_outputs(self, source) -> Iterator[tuple[Dataset, np.ndarray, np.ndarray | None]]:
         """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None)."""
         self._check_ready()
-        ds = self._open_like_training(source)
-        if ds.n_features != self.net.n_in:
-            raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
+        ds = self.open_like_training(source)
         for X, y in ds.iter_chunks():
             yield ds, self.net.predict_output(self.scaler.transform(X)), y
 
     def evaluate(self, source) -> dict[str, Any]:
         """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming."""
         self._check_ready()
-        ds = self._open_like_training(source)
+        ds = self.open_like_training(source)
         if ds.label_name is None:
             raise DataError(f"{ds.path}: no label to evaluate against")
         acc = metrics_for(self.task, self.classes)

@@ -87,6 +87,11 @@ class Dataset:
 
     # -- layout -----------------------------------------------------------
     @property
+    def selection(self):
+        """The ``features`` argument that reopens this dataset with the same feature selection."""
+        return getattr(self, "_x_key", None) or list(self.feature_names)
+
+    @property
     def n_features(self) -> int:
         return len(self.feature_names)
 

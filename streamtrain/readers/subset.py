@@ -61,6 +61,10 @@ class HoldoutSplit(Dataset):
         keep = self._keep(c)
         return X[keep], None if y is None else y[keep]
 
+    @property
+    def selection(self):
+        return self.parent.selection
+
     def label_dtype(self):
         return self.parent.label_dtype()
 

@@ -1,0 +1,241 @@
+"""The ``streamtrain`` command: parses options, calls the library, prints. No logic lives only here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .checkpoint import params_digest, resolve_checkpoint
+from .config import TrainConfig
+from .errors import StreamtrainError
+from .nn.functions import ACTIVATIONS, INITS
+from .nn.optim import OPTIMIZERS
+from .readers import open_dataset
+from .readers.subset import HoldoutSplit
+from .sampling import SHUFFLES
+from .scaling import SCALINGS
+from .synthetic import TASKS, make_data
+from .trainer import Trainer
+
+__all__ = ["cli", "main"]
+
+_DEFAULTS = TrainConfig()
+
+
+def _selection(features: tuple[str, ...]):
+    """``--features`` given once is a dataset path or glob; several times, a list of columns."""
+    if not features:
+        return None
+    return features[0] if len(features) == 1 else list(features)
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _selection_options(f):
+    f = click.option("--label", default=None, help="Label dataset/array/column name.")(f)
+    f = click.option("--features", multiple=True,
+                     help="Feature dataset/array path, or column names/globs (repeatable), e.g. 'f*'.")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamtrain")
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """Train a two-layer neural network on HDF5, Zarr or Parquet data larger than memory.
+
+    Example: streamtrain train data/breast_cancer.h5 --hidden 10 --val-fraction 0.2
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command("make-data")
+@click.argument("out", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--rows", type=click.IntRange(min=1), required=True, help="Number of rows.")
+@click.option("--features", type=click.IntRange(min=1), required=True, help="Number of features.")
+@click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True)
+@click.option("--classes", type=click.IntRange(min=2), default=2, show_default=True,
+              help="Classes for --task multiclass.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=16384, show_default=True,
+              help="Rows per chunk / row group.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--noise", type=float, default=0.5, show_default=True, help="Label noise of the teacher.")
+@click.option("--compression", default="default", show_default=True,
+              help="none, or the format's codec (hdf5: gzip, lzf; zarr: zstd, gzip, blosc; parquet: snappy, zstd, gzip).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, compression, overwrite):
+    """Write a synthetic dataset to OUT (.h5, .zarr or .parquet), chunk by chunk in flat memory.
+
+    Labels come from a fixed random teacher network plus noise.
+
+    Example: streamtrain make-data big.h5 --rows 20000000 --features 64
+    """
+    started = time.perf_counter()
+    info = make_data(out, rows, features, task, classes, chunk_rows, seed, noise,
+                     None if compression == "none" else compression, overwrite)
+    secs = time.perf_counter() - started
+    click.echo(f"wrote {info['path']}: {rows} rows x {features} features, task {task}, "
+               f"{info['chunks']} chunks, in {secs:.1f}s")
+
+
+@cli.command()
+@click.argument("data")
+@_selection_options
+@click.option("--val", default=None, help="A separate validation dataset.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="Hold out this fraction of DATA's rows (hash of the row number) for validation.")
+@click.option("--task", type=click.Choice(["auto", *TASKS]), default=_DEFAULTS.task, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS.hidden, show_default=True)
+@click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default=_DEFAULTS.activation, show_default=True)
+@click.option("--init", type=click.Choice(list(INITS)), default=_DEFAULTS.init, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr, show_default=True)
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=_DEFAULTS.optimizer, show_default=True)
+@click.option("--momentum", type=float, default=_DEFAULTS.momentum, show_default=True)
+@click.option("--l1", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--shuffle", type=click.Choice(list(SHUFFLES)), default=_DEFAULTS.shuffle, show_default=True)
+@click.option("--window-mb", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.window_mb,
+              show_default=True, help="Memory budget of one shuffle window.")
+@click.option("--scale", type=click.Choice(list(SCALINGS)), default=_DEFAULTS.scale, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS.dtype, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
+              help="Also checkpoint every N batches (0: only at epoch ends).")
+@click.option("--keep", type=click.IntRange(min=1), default=_DEFAULTS.keep, show_default=True,
+              help="Checkpoints to keep.")
+@click.option("--resume", is_flag=True, help="Continue from the newest valid checkpoint in --checkpoint-dir.")
+@click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
+@click.option("--early-stopping", type=click.IntRange(min=0), default=0,
+              help="Stop after this many epochs without a better validation loss (0: off).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+def train(data, features, label, val, val_fraction, checkpoint_dir, resume, force, quiet, **settings):
+    """Train on DATA, streaming it in minibatches.
+
+    Example: streamtrain train data/breast_cancer.h5 --hidden 10 --l2 0.01 --val-fraction 0.2
+    --checkpoint-dir runs/bc --epochs 30
+    """
+    if resume and checkpoint_dir is None:
+        raise click.UsageError("--resume needs --checkpoint-dir")
+    if val is not None and val_fraction:
+        raise click.UsageError("give --val or --val-fraction, not both")
+    config = TrainConfig.from_dict({**_DEFAULTS.to_dict(), **settings, "val_fraction": val_fraction})
+    trainer = Trainer(config)
+    log = None if quiet else _echo_err
+    history = trainer.fit(data, val, features=_selection(features), label=label,
+                          checkpoint_dir=checkpoint_dir, resume=resume, force=force, log=log)
+    if quiet:
+        return
+    if not history:
+        click.echo("nothing to do: the checkpoint already holds all requested epochs")
+        return
+    last = history[-1]
+    samples = sum(h["samples"] for h in history)
+    seconds = sum(h["seconds"] for h in history)
+    parts = [f"trained {len(history)} epochs", f"train_loss {last['train_loss']:.4f}"]
+    for key in ("val_loss", "val_accuracy", "val_r2"):
+        if key in last:
+            parts.append(f"{key} {last[key]:.4f}")
+    parts.append(f"{samples / seconds:,.0f} samples/s" if seconds else "")
+    click.echo(", ".join(p for p in parts if p))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("data")
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="Evaluate on the training run's --val-fraction hold-out (val) or the rest (train).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(checkpoint, data, split, as_json):
+    """Evaluate the model in CHECKPOINT (a file or a checkpoint directory) on DATA.
+
+    Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
+    """
+    trainer = Trainer.load(checkpoint)
+    ds = trainer.open_like_training(data)
+    if split != "all":
+        cfg = trainer.config
+        if not cfg.val_fraction:
+            raise click.UsageError(f"{checkpoint}: the run had no --val-fraction, so --split {split} has no meaning")
+        ds = HoldoutSplit(ds, cfg.val_fraction, cfg.seed, split)
+    result = trainer.evaluate(ds)
+    result["split"] = split
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['path']} ({split}): {result['n']} rows, loss {result['loss']:.4f}")
+    if trainer.task == "regression":
+        click.echo(f"mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}")
+        return
+    click.echo(f"accuracy {result['accuracy']:.4f}")
+    click.echo(f"{'class':>8} {'precision':>9} {'recall':>7} {'f1':>6}")
+    for c, p, r, f in zip(result["classes"], result["precision"], result["recall"], result["f1"]):
+        click.echo(f"{c!s:>8} {p:9.3f} {r:7.3f} {f:6.3f}")
+    click.echo("confusion matrix (rows: true, columns: predicted):")
+    for row in result["confusion_matrix"]:
+        click.echo("  " + " ".join(f"{v:6d}" for v in row))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(path, features, label, as_json):
+    """Describe a dataset (layout, selection) or a checkpoint (metadata, history, parameter digest).
+
+    Example: streamtrain inspect data/digits.parquet --json
+    """
+    if path.suffix == ".npz" or (path.is_dir() and any(path.glob("ckpt-*.npz"))):
+        found, arrays, meta = resolve_checkpoint(path)
+        params = {k: v for k, v in arrays.items() if k.startswith("param.")}
+        info = {"checkpoint": str(found), **meta, "params_sha256": params_digest(params)}
+    else:
+        with open_dataset(path, _selection(features), label) as ds:
+            info = ds.describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        if key == "history":
+            click.echo(f"history: {len(value)} epochs")
+        elif isinstance(value, (list, dict)) and len(value) > 12:
+            click.echo(f"{key}: {json.dumps(value[:8] if isinstance(value, list) else value, default=str)}"
+                       f"{' ...' if isinstance(value, list) else ''}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+def main(argv=None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2 (1 for training failures)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="streamtrain", standalone_mode=False)
+    except click.exceptions.Abort:
+        _echo_err("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except StreamtrainError as e:
+        if debug:
+            traceback.print_exc()
+        _echo_err(f"error: {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _echo_err("interrupted")
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(0)
