@@ -33,7 +33,7 @@ _NAME = re.compile(r"^ckpt-(\d{12})\.npz$")
 def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256(meta_bytes)
     for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
+        a = np.asarray(arrays[name], order="C")
         h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -49,7 +49,7 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     path = Path(path)
     meta = {"format_version": FORMAT_VERSION, **meta}
     meta_bytes = json.dumps(meta, sort_keys=True).encode()
-    payload = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    payload = {name: np.asarray(a, order="C") for name, a in arrays.items()}
     payload[_META] = np.frombuffer(meta_bytes, dtype=np.uint8)
     payload[_SUM] = np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8)
     with atomic_path(path) as tmp:

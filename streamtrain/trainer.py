@@ -158,30 +158,12 @@ class Trainer:
         while sampler.epoch < cfg.epochs and not self._early_stopped():
             started = time.perf_counter()
             acc = self._epoch_acc
-            for rows, X, y in loader.iter_epoch():
-                Xs = self.scaler.transform(X)
-                loss, penalty, grads = self.net.loss_and_grads(Xs, self.targets(y, train.path), cfg.l1, cfg.l2)
-                if not np.isfinite(loss + penalty):
-                    raise TrainingError(
-                        f"training diverged at epoch {sampler.epoch + 1}, batch step {self.global_step + 1} "
-                        f"(loss is {loss + penalty}); lower --lr or check the data for extreme values")
-                self.optimizer.step(params, grads)
-                n = len(rows)
-                sampler.advance(n)
-                acc["loss_sum"] += (loss + penalty) * n
-                acc["n"] += n
-                self.global_step += 1
-                for cb in callbacks:
-                    if hasattr(cb, "on_batch_end"):
-                        cb.on_batch_end(self, rows, loss + penalty)
-                interval = cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
-                if checkpoint_dir and (interval or self.stop_requested):
-                    acc["seconds"] += time.perf_counter() - started
-                    started = time.perf_counter()
-                    self._save(checkpoint_dir, sampler)
-                if self.stop_requested:
-                    return
-            acc["seconds"] += time.perf_counter() - started
+            # A diverging run overflows on its way to inf/NaN; the finite check below reports it.
+            with np.errstate(over="ignore", invalid="ignore"):
+                done = self._run_epoch(train, loader, sampler, acc, started, checkpoint_dir, callbacks)
+            if done is None:
+                return
+            acc["seconds"] += time.perf_counter() - done
             record = self._end_epoch(sampler, val_ds)
             if log:
                 log(format_epoch(record, cfg.epochs))
@@ -195,6 +177,34 @@ class Trainer:
                 params[k][...] = self._best_params[k]
             if log:
                 log(f"early stopping: restored the parameters of epoch {self._early['best_epoch']}")
+
+    def _run_epoch(self, train, loader, sampler, acc, started, checkpoint_dir, callbacks) -> float | None:
+        """Train on the rest of the epoch; returns the time the last interval started, or None if stopped."""
+        cfg, params = self.config, self.net.params
+        for rows, X, y in loader.iter_epoch():
+            Xs = self.scaler.transform(X)
+            loss, penalty, grads = self.net.loss_and_grads(Xs, self.targets(y, train.path), cfg.l1, cfg.l2)
+            if not np.isfinite(loss + penalty):
+                raise TrainingError(
+                    f"training diverged at epoch {sampler.epoch + 1}, batch step {self.global_step + 1} "
+                    f"(loss is {loss + penalty}); lower --lr or check the data for extreme values")
+            self.optimizer.step(params, grads)
+            n = len(rows)
+            sampler.advance(n)
+            acc["loss_sum"] += (loss + penalty) * n
+            acc["n"] += n
+            self.global_step += 1
+            for cb in callbacks:
+                if hasattr(cb, "on_batch_end"):
+                    cb.on_batch_end(self, rows, loss + penalty)
+            interval = cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+            if checkpoint_dir and (interval or self.stop_requested):
+                acc["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                self._save(checkpoint_dir, sampler)
+            if self.stop_requested:
+                return None
+        return started
 
     def _end_epoch(self, sampler: Sampler, val_ds) -> dict[str, Any]:
         acc = self._epoch_acc
@@ -255,7 +265,8 @@ class Trainer:
     def _save(self, directory, sampler: Sampler) -> Path:
         for k, v in self.net.params.items():
             if not np.all(np.isfinite(v)):
-                raise TrainingError(f"parameter {k} is not finite; refusing to write a checkpoint")
+                raise TrainingError(f"training diverged: parameter {k} is not finite after batch step "
+                                    f"{self.global_step}; refusing to write a checkpoint (lower --lr)")
         arrays, meta = self.state(sampler)
         Path(directory).mkdir(parents=True, exist_ok=True)
         path = save_checkpoint(Path(directory) / checkpoint_name(self.global_step), arrays, meta)

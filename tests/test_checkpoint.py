@@ -1,0 +1,69 @@
+"""Checkpoint files: round trip, no pickle, checksum, fallback to an older good one, rotation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtrain import CheckpointError, TrainConfig, Trainer
+from streamtrain.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, params_digest,
+                                    save_checkpoint)
+
+
+def test_round_trip(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "t": np.array(7)}
+    save_checkpoint(tmp_path / "c.npz", arrays, {"x": [1, "two"]})
+    got, meta = load_checkpoint(tmp_path / "c.npz")
+    assert meta["x"] == [1, "two"] and meta["format_version"] == 1
+    np.testing.assert_array_equal(got["a"], arrays["a"])
+    assert got["t"].shape == () and int(got["t"]) == 7
+    assert params_digest(got) == params_digest(arrays)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "foreign", "pickle"])
+def test_damaged_files_are_refused(tmp_path, damage):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"w": np.ones((50, 50))}, {"k": 1})
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flip":
+        i = data.find(b"\x00\x00\xf0\x3f")  # inside the float64 ones
+        data[i + 3] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "foreign":
+        np.savez(path, w=np.ones(3))
+    else:  # an object array would need pickle to load: it must not be loaded
+        np.savez(path, w=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_newest_corrupt_checkpoint_falls_back_to_the_previous(tmp_path):
+    save_checkpoint(tmp_path / "ckpt-000000000010.npz", {"w": np.zeros(3)}, {"step": 10})
+    save_checkpoint(tmp_path / "ckpt-000000000020.npz", {"w": np.ones(3)}, {"step": 20})
+    (tmp_path / "ckpt-000000000020.npz").write_bytes(b"junk")
+    warnings = []
+    path, _, meta = latest_checkpoint(tmp_path, warn=warnings.append)
+    assert meta["step"] == 10 and path.name == "ckpt-000000000010.npz"
+    assert "ckpt-000000000020.npz" in warnings[0]
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    data = (np.random.default_rng(0).standard_normal((100, 3)), np.arange(100) % 2)
+    Trainer(TrainConfig(hidden=3, epochs=5, batch_size=10, keep=2)).fit(data, checkpoint_dir=tmp_path, log=None)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-000000000050.npz", "ckpt-000000000040.npz"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_checkpoint_is_all_prediction_needs(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 4)) * 100 + 50
+    t = Trainer(TrainConfig(hidden=5, epochs=3))
+    t.fit((X, (X[:, 0] > 50).astype(int)), log=None)
+    t.save(tmp_path / "model.npz")
+    loaded = Trainer.load(tmp_path / "model.npz")
+    np.testing.assert_array_equal(loaded.scaler.mean, t.scaler.mean)
+    np.testing.assert_array_equal(loaded.predict_proba(X), t.predict_proba(X))

@@ -1,0 +1,117 @@
+"""The command line, through click's CliRunner and as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from streamtrain import open_dataset
+from streamtrain.cli import cli
+
+from .conftest import DATA
+
+BIN = Path(sys.executable).with_name("streamtrain")
+
+
+def run(*args, **kw):
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr", ".parquet"])
+def test_make_data_writes_what_it_says(tmp_path, suffix):
+    out = tmp_path / f"s{suffix}"
+    res = invoke("make-data", out, "--rows", 1000, "--features", 6, "--task", "multiclass",
+                 "--classes", 4, "--chunk-rows", 300, "--seed", 9)
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}: 1000 rows x 6 features" in res.output
+    with open_dataset(out) as ds:
+        assert (ds.n_rows, ds.n_features, ds.n_chunks) == (1000, 6, 4)
+        assert set(np.unique(ds.read(np.arange(1000))[1])) == {0, 1, 2, 3}
+
+
+def test_train_checkpoint_resume_evaluate(tmp_path):
+    ck = tmp_path / "run"
+    common = [DATA / "breast_cancer.parquet", "--hidden", 10, "--l2", 0.01, "--val-fraction", 0.2,
+              "--checkpoint-dir", ck]
+    first = run("train", *common, "--epochs", 3)
+    assert first.returncode == 0, first.stderr
+    assert "epoch 3/3" in first.stderr and "task: binary" in first.stderr
+    assert "trained 3 epochs" in first.stdout and "samples/s" in first.stdout
+    again = run("train", *common, "--epochs", 5, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stderr and "epoch 4/5" in again.stderr and "epoch 1/5" not in again.stderr
+    ev = run("evaluate", ck, DATA / "breast_cancer.parquet", "--split", "val", "--json")
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    assert result["split"] == "val" and 80 < result["n"] < 150 and result["accuracy"] > 0.85
+    assert np.array(result["confusion_matrix"]).sum() == result["n"]
+    info = json.loads(run("inspect", ck, "--json").stdout)
+    assert len(info["history"]) == 5 and len(info["params_sha256"]) == 64
+
+
+def test_resume_without_checkpoint_starts_fresh_and_says_so(tmp_path):
+    res = invoke("train", DATA / "digits.h5", "--epochs", 1, "--checkpoint-dir", tmp_path / "new", "--resume")
+    assert res.exit_code == 0
+    assert "starting fresh" in res.output
+
+
+def test_inspect_dataset_json():
+    res = invoke("inspect", DATA / "digits.zarr", "--json")
+    info = json.loads(res.output)
+    assert info["n_rows"] == 1797 and info["n_features"] == 64 and info["label"] == "y"
+    assert info["format"] == "zarr" and info["n_chunks"] == 8
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "missing.h5"], "missing.h5: no such file"),
+    (["train", DATA / "README.md"], "unknown format"),
+    (["train", DATA / "digits.h5", "--label", "nope"], "no label dataset named 'nope'"),
+    (["evaluate", DATA / "digits.h5", DATA / "digits.h5"], "not a readable streamtrain checkpoint"),
+    (["make-data", "x.csv", "--rows", 5, "--features", 2], "unknown format"),
+])
+def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):
+    res = run(*args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    debug = run("--debug", *args, cwd=tmp_path)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_usage_errors_exit_2():
+    assert run("train").returncode == 2
+    assert run("train", DATA / "digits.h5", "--resume").returncode == 2
+    assert run("train", DATA / "digits.h5", "--batch-size", 0).returncode == 2
+
+
+def test_divergence_exits_1(tmp_path):
+    rng = np.random.default_rng(0)
+    import h5py
+
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f["X"] = rng.standard_normal((64, 3)).astype(np.float32)
+        f["y"] = (rng.standard_normal(64) * 1e6).astype(np.float32)
+    res = run("train", tmp_path / "big.h5", "--lr", 1e4, "--scale", "none", "--epochs", 5)
+    assert res.returncode == 1 and "diverged" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_every_command_has_help_with_an_example():
+    for command in ("train", "evaluate", "inspect", "make-data"):
+        res = invoke(command, "--help")
+        assert res.exit_code == 0 and "Example: streamtrain" in res.output
+
+
+def test_console_script_is_installed():
+    assert BIN.exists() and os.access(BIN, os.X_OK)
+    assert run("--version").stdout.strip().endswith("0.1.0")

@@ -1,0 +1,77 @@
+"""The network against central-difference gradients, and the numerically delicate spots."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+from streamtrain.nn.functions import ACTIVATIONS, TASKS, sigmoid, softmax
+from streamtrain.nn.network import TwoLayerNet
+from streamtrain.nn.optim import make_optimizer
+
+
+def _data(task, rng, n=7, d=4):
+    X = rng.standard_normal((n, d))
+    if task == "binary":
+        return X, rng.integers(0, 2, n), 1
+    if task == "multiclass":
+        return X, rng.integers(0, 3, n), 3
+    return X, rng.standard_normal(n), 1
+
+
+@pytest.mark.parametrize("activation,task,reg", list(itertools.product(
+    ACTIVATIONS, TASKS, [(0.0, 0.0), (0.0, 0.1), (0.05, 0.0), (0.05, 0.1)])))
+def test_gradients_match_central_differences(activation, task, reg):
+    rng = np.random.default_rng(0)
+    X, y, n_out = _data(task, rng)
+    net = TwoLayerNet(4, 5, n_out, activation, task, "glorot", seed=1, dtype=np.float64)
+    l1, l2 = reg
+    _, _, grads = net.loss_and_grads(X, y, l1, l2)
+    eps = 1e-6
+    for name, p in net.params.items():
+        num = np.zeros_like(p)
+        for idx in np.ndindex(p.shape):
+            old = p[idx]
+            p[idx] = old + eps
+            up = sum(net.loss_and_grads(X, y, l1, l2)[:2])
+            p[idx] = old - eps
+            down = sum(net.loss_and_grads(X, y, l1, l2)[:2])
+            p[idx] = old
+            num[idx] = (up - down) / (2 * eps)
+        rel = np.linalg.norm(num - grads[name]) / max(np.linalg.norm(num) + np.linalg.norm(grads[name]), 1e-12)
+        assert rel < 1e-6, (name, rel)
+
+
+def test_no_overflow_warnings_on_extreme_inputs():
+    z = np.array([[-1e4, 0.0, 1e4]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sigmoid(z).tolist() == [[0.0, 0.5, 1.0]]
+        np.testing.assert_allclose(softmax(z), [[0, 0, 1]])
+        loss, _ = TASKS["binary"].loss_delta(np.array([[1e4], [-1e4]], np.float32), np.array([0, 1]))
+        assert np.isfinite(loss) and loss == pytest.approx(1e4)
+
+
+def test_float32_by_default_and_seeded():
+    a, b = TwoLayerNet(3, 4, 1, seed=7), TwoLayerNet(3, 4, 1, seed=7)
+    assert a.params["W1"].dtype == np.float32
+    np.testing.assert_array_equal(a.params["W1"], b.params["W1"])
+    assert not np.array_equal(a.params["W1"], TwoLayerNet(3, 4, 1, seed=8).params["W1"])
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam"])
+def test_optimisers_minimise_a_quadratic_and_round_trip_their_state(name):
+    params = {"w": np.array([3.0, -2.0])}
+    opt = make_optimizer(name, lr=0.05)
+    for _ in range(500):
+        opt.step(params, {"w": 2 * params["w"]})
+    assert np.abs(params["w"]).max() < 1e-2
+    twin = make_optimizer(name, lr=0.05)
+    twin.load_state_dict(opt.state_dict())
+    p1, p2 = {"w": params["w"].copy()}, {"w": params["w"].copy()}
+    opt.step(p1, {"w": np.array([1.0, 1.0])})
+    twin.step(p2, {"w": np.array([1.0, 1.0])})
+    np.testing.assert_array_equal(p1["w"], p2["w"])

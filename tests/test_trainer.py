@@ -1,0 +1,132 @@
+"""The trainer end to end: learning real data, exact resume, divergence, early stopping, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtrain import ArrayDataset, TrainConfig, Trainer, TrainingError, make_data
+from streamtrain.checkpoint import list_checkpoints
+
+from .conftest import DATA
+
+
+def test_textbook_recipe_learns_breast_cancer():
+    t = Trainer(TrainConfig(hidden=10, batch_size=32, lr=0.1, l2=0.01, epochs=60, val_fraction=0.2))
+    history = t.fit(DATA / "breast_cancer.h5", log=None)
+    assert len(history) == 60
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 3
+    assert history[-1]["val_accuracy"] >= 0.97
+    assert t.task == "binary" and t.classes == [0, 1]
+
+
+def test_digits_multiclass_from_parquet():
+    t = Trainer(TrainConfig(hidden=32, epochs=15, val_fraction=0.2, seed=1))
+    history = t.fit(DATA / "digits.parquet", log=None)
+    assert t.task == "multiclass" and len(t.classes) == 10
+    assert history[-1]["val_accuracy"] > 0.9
+
+
+def test_regression_learns_a_teacher(tmp_path):
+    make_data(tmp_path / "r.h5", rows=4000, features=8, task="regression", noise=0.1)
+    t = Trainer(TrainConfig(hidden=32, epochs=20, lr=0.05, val_fraction=0.25, activation="tanh"))
+    history = t.fit(tmp_path / "r.h5", log=None)
+    assert t.task == "regression" and history[-1]["val_r2"] > 0.8
+
+
+class StopAt:
+    """A callback that asks the trainer to stop (as SIGINT will) after ``step`` batches."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, trainer, rows, loss):
+        if trainer.global_step == self.step:
+            trainer.stop_requested = "test"
+
+
+@pytest.mark.parametrize("shuffle", ["window", "global", "none"])
+@pytest.mark.parametrize("batch", [1, 32, 37])
+def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, shuffle, batch):
+    make_data(tmp_path / "d.parquet", rows=600, features=5, chunk_rows=64, seed=2)
+    cfg = TrainConfig(hidden=6, epochs=3, batch_size=batch, shuffle=shuffle, window_mb=0.004,
+                      val_fraction=0.2, optimizer="adam", lr=0.01, early_stopping=5)
+    ref = Trainer(cfg)
+    ref.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "ref", log=None)
+
+    n_batches = ref.global_step
+    stop = int(np.random.default_rng(batch).integers(1, n_batches - 1))
+    first = Trainer(cfg)
+    first.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "run", callbacks=[StopAt(stop)], log=None)
+    assert first.global_step == stop
+    second = Trainer(cfg)
+    second.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "run", resume=True, log=None)
+    assert second.global_step == n_batches
+    for k in ref.net.params:
+        np.testing.assert_array_equal(second.net.params[k], ref.net.params[k])
+    assert [h["train_loss"] for h in second.history] == [h["train_loss"] for h in ref.history]
+    assert [h["val_loss"] for h in second.history] == [h["val_loss"] for h in ref.history]
+
+
+def test_resume_refuses_changed_settings_unless_forced(tmp_path):
+    data = (np.random.default_rng(0).standard_normal((200, 3)), np.arange(200) % 2)
+    Trainer(TrainConfig(hidden=4, epochs=1)).fit(data, checkpoint_dir=tmp_path, log=None)
+    with pytest.raises(Exception, match=r"lr: 0.1 -> 0.5"):
+        Trainer(TrainConfig(hidden=4, epochs=2, lr=0.5)).fit(data, checkpoint_dir=tmp_path, resume=True, log=None)
+    t = Trainer(TrainConfig(hidden=4, epochs=2, lr=0.5))
+    t.fit(data, checkpoint_dir=tmp_path, resume=True, force=True, log=None)
+    assert len(t.history) == 2
+
+
+def test_divergence_stops_with_a_clear_error_and_finite_checkpoints(tmp_path):
+    X = np.random.default_rng(0).standard_normal((256, 4)).astype(np.float32)
+    y = X.sum(1) * 1e3
+    t = Trainer(TrainConfig(hidden=8, epochs=50, lr=1e3, scale="none", task="regression", checkpoint_every=1))
+    with pytest.raises(TrainingError, match="diverged"):
+        t.fit((X, y), checkpoint_dir=tmp_path, log=None)
+    for path in list_checkpoints(tmp_path):
+        restored = Trainer.load(path)
+        assert all(np.isfinite(v).all() for v in restored.net.params.values())
+
+
+def test_early_stopping_restores_the_best_epoch():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 20))
+    y = rng.integers(0, 2, 300)  # pure noise: validation loss soon rises
+    t = Trainer(TrainConfig(hidden=64, epochs=200, lr=0.5, val_fraction=0.3, early_stopping=3))
+    history = t.fit((X, y), log=None)
+    assert len(history) < 200
+    best = min(history, key=lambda h: h["val_loss"])
+    assert t._early["best_epoch"] == best["epoch"]
+    assert len(history) == best["epoch"] + 3
+
+
+def test_callbacks_see_every_batch_and_epoch():
+    calls = {"batch": 0, "epoch": []}
+
+    class CB:
+        def on_batch_end(self, trainer, rows, loss):
+            calls["batch"] += 1
+
+        def on_epoch_end(self, trainer, record):
+            calls["epoch"].append(record["epoch"])
+
+    Trainer(TrainConfig(hidden=3, epochs=2, batch_size=10)).fit(
+        (np.zeros((95, 2)), np.arange(95) % 2), callbacks=[CB()], log=None)
+    assert calls == {"batch": 20, "epoch": [1, 2]}
+
+
+def test_evaluate_and_predict_from_a_checkpoint_alone(tmp_path, breast_cancer):
+    t = Trainer(TrainConfig(hidden=10, epochs=20, l2=0.01))
+    t.fit(DATA / "breast_cancer.zarr", checkpoint_dir=tmp_path, log=None)
+    loaded = Trainer.load(tmp_path)
+    X, y = breast_cancer
+    result = loaded.evaluate(ArrayDataset(X, y))
+    assert result["accuracy"] > 0.95
+    assert np.array_equal(np.array(result["confusion_matrix"]).sum(), 569)
+    pred = loaded.predict(ArrayDataset(X))
+    assert np.mean(pred == y) == pytest.approx(result["accuracy"])
+    proba = loaded.predict_proba(ArrayDataset(X))
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-6)
+    # The same model evaluated on the Parquet copy: columns selected by name, label detected.
+    assert loaded.evaluate(DATA / "breast_cancer.parquet")["accuracy"] == result["accuracy"]
