@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .callbacks import ProgressBar
 from .checkpoint import params_digest, resolve_checkpoint
 from .config import TrainConfig
 from .errors import StreamtrainError
@@ -134,8 +135,10 @@ def train(data, features, label, val, val_fraction, checkpoint_dir, resume, forc
     config = TrainConfig.from_dict({**_DEFAULTS.to_dict(), **settings, "val_fraction": val_fraction})
     trainer = Trainer(config)
     log = None if quiet else _echo_err
-    history = trainer.fit(data, val, features=_selection(features), label=label,
-                          checkpoint_dir=checkpoint_dir, resume=resume, force=force, log=log)
+    # A live bar only on a terminal; in a pipe or a log file the per-epoch lines suffice.
+    callbacks = [ProgressBar()] if not quiet and sys.stderr.isatty() else []
+    history = trainer.fit(data, val, features=_selection(features), label=label, checkpoint_dir=checkpoint_dir,
+                          resume=resume, force=force, callbacks=callbacks, log=log)
     if quiet:
         return
     if not history:

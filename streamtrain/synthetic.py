@@ -37,9 +37,10 @@ class Teacher:
         self.task, self.noise = task, float(noise)
         self.n_out = n_classes if task == "multiclass" else 1
         self.n_classes = n_classes if task == "multiclass" else 2
-        self.W1 = rng.standard_normal((n_features, hidden)) / np.sqrt(n_features)
-        self.b1 = 0.1 * rng.standard_normal(hidden)
-        self.W2 = rng.standard_normal((hidden, self.n_out)) * (3.0 / np.sqrt(hidden * 0.4))
+        # float32 throughout, so no chunk-sized float64 temporaries are made.
+        self.W1 = (rng.standard_normal((n_features, hidden)) / np.sqrt(n_features)).astype(np.float32)
+        self.b1 = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
+        self.W2 = (rng.standard_normal((hidden, self.n_out)) * (3.0 / np.sqrt(hidden * 0.4))).astype(np.float32)
         # Features are stored with varied scales and offsets so standardisation matters.
         self.scale = np.exp(rng.uniform(-2.0, 2.0, n_features)).astype(np.float32)
         self.offset = rng.uniform(-5.0, 5.0, n_features).astype(np.float32)
@@ -58,8 +59,9 @@ class Teacher:
             y = np.argmax(z + self.noise * rng.gumbel(size=z.shape), axis=1).astype(np.int32)
         else:
             y = (z[:, 0] + self.noise * rng.standard_normal(n)).astype(np.float32)
-        X = Z * self.scale + self.offset
-        return X, y
+        Z *= self.scale  # in place: Z becomes the stored features
+        Z += self.offset
+        return Z, y
 
 
 def make_data(out: str | os.PathLike, rows: int, features: int, task: str = "binary",

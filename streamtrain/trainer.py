@@ -72,6 +72,7 @@ class Trainer:
         self._early = {"best_loss": None, "best_epoch": None, "wait": 0}
         self._best_params: dict[str, np.ndarray] | None = None
         self.stop_requested: str | None = None
+        self.sampler: Sampler | None = None
 
     # -- setting up ---------------------------------------------------------
     def _split(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
@@ -144,6 +145,7 @@ class Trainer:
                               window_rows=max(1, int(cfg.window_mb * 2**20 / row_bytes)))
             if self._sampler_state:
                 sampler.load_state_dict(self._sampler_state)
+            self.sampler = sampler
             self._run(train, val_ds, sampler, checkpoint_dir, list(callbacks), log)
         finally:
             train.close()
