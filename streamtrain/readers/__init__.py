@@ -11,6 +11,7 @@ import numpy.typing as npt
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Dataset
 from .memory import ArrayDataset
+from .remote import is_url
 
 __all__ = ["open_dataset", "Dataset", "ArrayDataset", "detect_format", "FORMATS"]
 
@@ -23,7 +24,7 @@ FORMATS = {
 
 def detect_format(path: str | os.PathLike) -> str:
     """The format name of a path, from its suffix or (for directories) its contents."""
-    p = Path(path)
+    p = Path(str(path).rstrip("/"))
     suffix = p.suffix.lower()
     for name, suffixes in FORMATS.items():
         if suffix in suffixes:
@@ -38,11 +39,14 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def open_dataset(source, features=None, label: str | None = None, *,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32) -> Dataset:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
+                 **options) -> Dataset:
     """Open a dataset without reading its rows.
 
     ``source`` is a path (``.h5``, ``.zarr``, ``.parquet``), a ``Dataset``, or a
-    ``(X, y)`` tuple of arrays. ``features`` names the feature dataset/array or
+    ``(X, y)`` tuple of arrays, a pandas DataFrame or an Arrow table (label
+    column detected as for Parquet). URLs (``s3://...``) are read through
+    fsspec; ``storage_options=`` goes to it. ``features`` names the feature dataset/array or
     columns (a glob allowed); ``label`` names the label. Without them the
     readers' auto-detection applies (see the README).
 
@@ -56,8 +60,10 @@ def open_dataset(source, features=None, label: str | None = None, *,
         return ArrayDataset(source[0], source[1], cache_bytes=cache_bytes, dtype=dtype)
     if isinstance(source, np.ndarray):
         return ArrayDataset(source, None, cache_bytes=cache_bytes, dtype=dtype)
+    if _is_table(source):
+        return ArrayDataset.from_table(source, features, label, cache_bytes=cache_bytes, dtype=dtype)
     path = os.fspath(source)
-    if not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise DataError(f"{path}: no such file or directory")
     fmt = detect_format(path)
     if fmt == "hdf5":
@@ -66,4 +72,14 @@ def open_dataset(source, features=None, label: str | None = None, *,
         from .zarr import ZarrDataset as cls
     else:
         from .parquet import ParquetDataset as cls
-    return cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype)
+    try:
+        return cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype, **options)
+    except TypeError as e:
+        if "unexpected keyword" in str(e):
+            raise DataError(f"{path}: option not supported for {fmt}: {e}") from None
+        raise
+
+
+def _is_table(obj) -> bool:
+    """A pandas DataFrame or an Arrow table (checked by name, to import neither)."""
+    return type(obj).__name__ in ("DataFrame", "Table") and hasattr(obj, "columns")

@@ -245,31 +245,21 @@ def find_key(available: list[str], wanted: str | None, candidates: tuple[str, ..
             raise DataError(f"{path}: no {what} named {wanted!r} (found: {', '.join(available) or 'nothing'})")
         return wanted
     for name in candidates:
-        if name in available:
-            return name
+        # A candidate matches a top-level name first, then the last part of a nested path.
+        for key in [k for k in available if k == name] + [k for k in available if k.split("/")[-1] == name]:
+            return key
     if required:
         raise DataError(f"{path}: no {what} found; name it with --{what.split()[0]} "
                         f"(looked for {', '.join(candidates)}; found: {', '.join(available) or 'nothing'})")
     return None
 
 
-def select_columns(numeric: list[str], all_columns: list[str], features: list[str] | str | None,
-                   label: str | None, path: str) -> tuple[list[str], str | None]:
-    """Feature and label column names from explicit names, globs, or auto-detection."""
-    import fnmatch
+# A declared chunk larger than this is refused before anything is allocated for it.
+MAX_CHUNK_BYTES = 1 << 30
 
-    label_name = find_key(all_columns, label, LABEL_KEYS, "label column", path, required=False)
-    if features is None:
-        names = [c for c in numeric if c != label_name]
-    else:
-        patterns = [features] if isinstance(features, str) else list(features)
-        names = []
-        for pat in patterns:
-            hits = [c for c in all_columns if fnmatch.fnmatchcase(c, pat)]
-            if not hits:
-                raise DataError(f"{path}: no column matches {pat!r} (columns: {', '.join(all_columns)})")
-            names.extend(h for h in hits if h not in names and h != label_name)
-    bad = [c for c in names if c not in numeric]
-    if bad:
-        raise DataError(f"{path}: feature column {bad[0]!r} is not numeric")
-    return names, label_name
+
+def check_chunk_size(nbytes: int, path: str, what: str) -> None:
+    """Refuse absurd declared chunk sizes (malformed or hostile metadata) before allocating."""
+    if nbytes > MAX_CHUNK_BYTES:
+        raise DataError(f"{path}: {what} declares chunks of {nbytes / 2**30:.1f} GiB; refused "
+                        f"(more than {MAX_CHUNK_BYTES >> 30} GiB per chunk)")

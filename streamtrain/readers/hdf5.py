@@ -1,65 +1,166 @@
-"""HDF5 reader: a 2-D feature dataset and a label dataset, read chunk by chunk with h5py."""
+"""HDF5 reader: a 2-D feature dataset plus a label dataset, or a table (compound dataset) with
+named columns as PyTables and pandas ``to_hdf(format="table")`` write it; read chunk by chunk."""
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (DEFAULT_CACHE_BYTES, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features,
-                   as_labels, find_key, uniform_bounds, virtual_chunk_rows)
+from .base import (DEFAULT_CACHE_BYTES, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features, as_labels,
+                   check_chunk_size, find_key, uniform_bounds, virtual_chunk_rows)
+from .columns import Column, fill_features, select_columns, vector_columns
 
 __all__ = ["HDF5Dataset"]
 
+# pandas stores a block's column names as a protocol-0 pickle of a list of str. We never unpickle:
+# this grammar accepts only that shape and yields the names as text.
+_PICKLED_NAMES = re.compile(r"^\(lp0\n(?:V[^\n]*\np\d+\na)+\.$")
 
-def _dataset_paths(f) -> list[str]:
+
+def _pandas_names(raw) -> list[str] | None:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if not _PICKLED_NAMES.match(text):
+        return None
+    # Protocol 0 writes each str as V<raw-unicode-escaped text>\n.
+    return [codecs.decode(n, "raw_unicode_escape") for n in re.findall(r"V([^\n]*)\n", text)]
+
+
+def _datasets(f) -> dict[str, object]:
     import h5py
 
-    found: list[str] = []
-    f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+    found: dict[str, object] = {}
+
+    def visit(name, link):
+        if isinstance(link, (h5py.ExternalLink,)):
+            found[name] = link
+        elif isinstance(link, h5py.HardLink):
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset):
+                found[name] = obj
+
+    f.visititems_links(visit) if hasattr(f, "visititems_links") else f.visititems(
+        lambda n, o: found.__setitem__(n, o) if isinstance(o, h5py.Dataset) else None)
     return found
 
 
+def _check_safe(dset, path: str, allow_external: bool) -> None:
+    """Refuse data stored outside the file unless explicitly allowed."""
+    if allow_external:
+        return
+    if dset.external:
+        raise DataError(f"{path}: dataset {dset.name!r} uses external storage; "
+                        "refused (pass allow_external=True if you trust it)")
+    if dset.is_virtual and any(src.file_name != "." for src in dset.virtual_sources()):
+        raise DataError(f"{path}: dataset {dset.name!r} is a virtual dataset pointing to other files; "
+                        "refused (pass allow_external=True if you trust it)")
+
+
 class HDF5Dataset(Dataset):
-    """Features from one 2-D HDF5 dataset, label from a 1-D one, chunk by chunk.
+    """Features from a 2-D HDF5 dataset (label from a 1-D one), or columns of an HDF5 table.
 
     The file is opened lazily and reopened in a child process, so no h5py
-    handle crosses a fork.
+    handle crosses a fork. External storage, external links and virtual
+    datasets pointing outside the file are refused unless ``allow_external``.
     """
 
     format = "hdf5"
 
-    def __init__(self, path: str, features: str | None = None, label: str | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
+    def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
+                 allow_external: bool = False):
         super().__init__(cache_bytes, dtype)
         self.path = str(path)
         self._file = None
+        self._allow_external = allow_external
         f = self._handle()
-        names = _dataset_paths(f)
-        x_key = find_key(names, _strip(features), FEATURE_KEYS, "features dataset", self.path, True)
-        y_key = find_key(names, _strip(label), LABEL_KEYS, "label dataset", self.path, False)
-        X = f[x_key]
+        found = _datasets(f)
+        for name, obj in found.items():
+            if not hasattr(obj, "shape") and not allow_external:
+                raise DataError(f"{self.path}: {name!r} is an external link to another file; refused "
+                                "(pass allow_external=True if you trust it)")
+        dsets = {k: v for k, v in found.items() if hasattr(v, "shape")}
+        tables = [k for k, v in dsets.items() if v.dtype.names and v.ndim == 1]
+        want = features.lstrip("/") if isinstance(features, str) else None
+        if want in dsets and dsets[want].dtype.names is None:
+            self._open_matrix(dsets, want, _strip(label))
+        elif want in dsets or (features is None and not _has_matrix(dsets)) or (
+                features is not None and want not in dsets):
+            if not tables:
+                if features is None or want in dsets:
+                    raise DataError(f"{self.path}: no features dataset found; name it with --features "
+                                    f"(looked for {', '.join(FEATURE_KEYS)}; found: {', '.join(dsets) or 'nothing'})")
+                raise DataError(f"{self.path}: no features dataset named {features!r} "
+                                f"(found: {', '.join(dsets) or 'nothing'})")
+            table = want if want in tables else tables[0]
+            self._open_table(dsets[table], table, None if want == table else features, label)
+        else:
+            self._open_matrix(dsets, None, _strip(label))
+        self._check_layout()
+
+    # -- the two layouts ------------------------------------------------------
+    def _open_matrix(self, dsets, x_key, y_key) -> None:
+        names = list(dsets)
+        x_key = find_key(names, x_key, FEATURE_KEYS, "features dataset", self.path, True)
+        y_key = find_key(names, y_key, LABEL_KEYS, "label dataset", self.path, False)
+        X = dsets[x_key]
         if X.ndim != 2:
             raise DataError(f"{self.path}: features dataset {x_key!r} has shape {X.shape}; need 2-D (rows, features)")
+        if X.dtype.kind not in "biuf":
+            raise DataError(f"{self.path}: features dataset {x_key!r} has non-numeric dtype {X.dtype}")
+        for d in (X, dsets.get(y_key)):
+            if d is not None:
+                _check_safe(d, self.path, self._allow_external)
+        self._table = None
         self._x_key, self._y_key = x_key, y_key
         self.n_rows = int(X.shape[0])
-        if y_key is not None and f[y_key].shape[0] != self.n_rows:
-            raise DataError(f"{self.path}: features have {self.n_rows} rows but label {y_key!r} has {f[y_key].shape[0]}")
+        if y_key is not None and dsets[y_key].shape[0] != self.n_rows:
+            raise DataError(f"{self.path}: features have {self.n_rows} rows but label {y_key!r} has "
+                            f"{dsets[y_key].shape[0]}")
         names_attr = X.attrs.get("feature_names")
         if names_attr is not None and len(names_attr) == X.shape[1]:
             self.feature_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names_attr]
         else:
             self.feature_names = [f"f{j}" for j in range(X.shape[1])]
         self.label_name = y_key
-        chunk_rows = X.chunks[0] if X.chunks else virtual_chunk_rows(X.shape[1], X.dtype.itemsize)
-        self.bounds = uniform_bounds(self.n_rows, chunk_rows)
-        self._compression = X.compression
+        self._set_bounds(X)
         self._stored_dtype = str(X.dtype)
-        self._label_dtype = None if y_key is None else str(f[y_key].dtype)
-        self._check_layout()
+        self._label_dtype = None if y_key is None else str(dsets[y_key].dtype)
 
+    def _open_table(self, T, key, features, label) -> None:
+        _check_safe(T, self.path, self._allow_external)
+        columns: list[Column] = []
+        for field in T.dtype.names:
+            sub = T.dtype.fields[field][0]
+            numeric = sub.base.kind in "biuf"
+            if field == "index" and T.attrs.get("index_kind") is not None:
+                continue  # the pandas index, not data
+            width = sub.shape[0] if sub.shape else None
+            names = _pandas_names(T.attrs.get(f"{field}_kind", b"")) if width else None
+            columns += vector_columns(field, width, numeric, names)
+        self._table = key
+        self._x_key = key
+        self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
+        self.feature_names = [c.name for c in self._feature_cols]
+        self.label_name = self._label_col.name if self._label_col else None
+        self.n_rows = int(T.shape[0])
+        self._set_bounds(T)
+        self._stored_dtype = "table"
+        self._label_dtype = None if self._label_col is None else str(T.dtype.fields[self._label_col.key][0].base)
+
+    def _set_bounds(self, d) -> None:
+        row_bytes = d.dtype.itemsize * (d.shape[1] if d.ndim == 2 else 1)
+        if d.chunks:
+            check_chunk_size(d.chunks[0] * row_bytes, self.path, d.name)
+        chunk_rows = d.chunks[0] if d.chunks else virtual_chunk_rows(1, row_bytes)
+        self.bounds = uniform_bounds(self.n_rows, chunk_rows)
+        self._compression = d.compression or ",".join(map(str, d._filters)) or None
+
+    # -- reading ------------------------------------------------------------------
     def _handle(self):
         import h5py
         import hdf5plugin  # noqa: F401  (registers Blosc/Zstd/LZ4 filters)
@@ -78,8 +179,15 @@ class HDF5Dataset(Dataset):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         f = self._handle()
         try:
-            X = as_features(f[self._x_key][a:b], self.dtype, self.path)
-            y = None if self._y_key is None else as_labels(f[self._y_key][a:b], self.path)
+            if self._table is not None:
+                rows = f[self._table][a:b]
+                X = fill_features(self._feature_cols, b - a, self.dtype, lambda k: rows[k])
+                y = as_labels(rows[self._label_col.key], self.path) if self._label_col else None
+                if y is not None and y.ndim == 2 and self._label_col.index is not None:
+                    y = y[:, self._label_col.index]
+            else:
+                X = as_features(f[self._x_key][a:b], self.dtype, self.path)
+                y = None if self._y_key is None else as_labels(f[self._y_key][a:b], self.path)
         except OSError as e:
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
         return X, y
@@ -91,11 +199,19 @@ class HDF5Dataset(Dataset):
         return {"features_dataset": self._x_key, "stored_dtype": self._stored_dtype,
                 "compression": self._compression}
 
+    @property
+    def selection(self):
+        return list(self.feature_names) if self._table is not None else self._x_key
+
     def close(self):
         super().close()
         if self._file is not None and not self._in_child_process():
             self._file.close()
         self._file = None
+
+
+def _has_matrix(dsets) -> bool:
+    return any(k.split("/")[-1] in FEATURE_KEYS and v.ndim == 2 and v.dtype.names is None for k, v in dsets.items())
 
 
 def _strip(key: str | None) -> str | None:

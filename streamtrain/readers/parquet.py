@@ -1,86 +1,158 @@
-"""Parquet reader: one column per feature plus a label column; row groups are the chunks."""
+"""Parquet reader: a file or a (hive-partitioned) directory of files; row groups are the chunks.
+
+Columns may be one per feature or a fixed-size-list column holding all
+features; only the selected columns of each row group are read.
+"""
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import DEFAULT_CACHE_BYTES, Dataset, as_labels, select_columns
+from .base import DEFAULT_CACHE_BYTES, Dataset, as_labels
+from .columns import Column, fill_features, select_columns, vector_columns
+from .remote import is_url, open_filesystem
 
 __all__ = ["ParquetDataset"]
 
+# Open file handles kept at once for a many-file dataset.
+MAX_OPEN_FILES = 16
 
-def _is_numeric(arrow_type) -> bool:
+
+def _columns(schema) -> list[Column]:
     import pyarrow.types as pat
 
-    return pat.is_integer(arrow_type) or pat.is_floating(arrow_type) or pat.is_boolean(arrow_type)
+    def numeric(t):
+        return pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t)
+
+    cols: list[Column] = []
+    for field in schema:
+        t = field.type
+        if pat.is_dictionary(t):
+            t = t.value_type
+        if pat.is_fixed_size_list(t):
+            cols += vector_columns(field.name, t.list_size, numeric(t.value_type))
+        else:
+            cols.append(Column(field.name, field.name, None, numeric(t)))
+    return cols
 
 
 class ParquetDataset(Dataset):
-    """Rows of a Parquet file; only the selected columns of each row group are read."""
+    """Rows of a Parquet file or directory dataset (pandas, polars, DuckDB, Spark, pyarrow.dataset)."""
 
     format = "parquet"
 
     def __init__(self, path: str, features: list[str] | str | None = None, label: str | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
-        import pyarrow.parquet as pq
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
+                 storage_options: dict | None = None):
+        import pyarrow.dataset as pds
 
         super().__init__(cache_bytes, dtype)
         self.path = str(path)
-        if not os.path.exists(self.path):
-            raise DataError(f"{self.path}: no such file")
-        self._file = None
+        self._storage_options = storage_options or {}
+        fs, root = open_filesystem(self.path, self._storage_options)
+        self._fs = fs
+        if not is_url(self.path) and not os.path.exists(self.path):
+            raise DataError(f"{self.path}: no such file or directory")
         try:
-            meta = pq.read_metadata(self.path)
-            schema = pq.read_schema(self.path)
+            dataset = pds.dataset(root, format="parquet", partitioning="hive", filesystem=fs)
+            fragments = list(dataset.get_fragments())
+            parts, self._files, self._partitions = [], [], []
+            for f_idx, frag in enumerate(fragments):
+                frag.ensure_complete_metadata()
+                self._files.append(frag.path)
+                self._partitions.append(pds.get_partition_keys(frag.partition_expression) or {})
+                parts += [(f_idx, rg.id, rg.num_rows) for rg in frag.row_groups if rg.num_rows]
+        except DataError:
+            raise
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a bad footer
-            raise DataError(f"{self.path}: not a readable Parquet file ({e})") from None
-        all_columns = list(schema.names)
-        numeric = [f.name for f in schema if _is_numeric(f.type)]
-        self.feature_names, self.label_name = select_columns(numeric, all_columns, features, label, self.path)
-        if self.label_name is not None and self.label_name not in numeric:
-            raise DataError(f"{self.path}: label column {self.label_name!r} is not numeric")
-        self._label_type = None if self.label_name is None else str(schema.field(self.label_name).type)
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self.bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
-        self.n_rows = int(meta.num_rows)
-        self._compression = meta.row_group(0).column(0).compression if meta.num_row_groups else None
+            raise DataError(f"{self.path}: not a readable Parquet file or dataset ({_first_line(e)})") from None
+        if not fragments:
+            raise DataError(f"{self.path}: no Parquet files found")
+        schema = dataset.schema
+        self.columns = _columns(schema)
+        self._feature_cols, self._label_col = select_columns(self.columns, features, label, self.path)
+        self.feature_names = [c.name for c in self._feature_cols]
+        self.label_name = self._label_col.name if self._label_col else None
+        self._label_type = None if self._label_col is None else str(schema.field(self._label_col.key).type)
+        self._parts = parts
+        self.bounds = np.concatenate([[0], np.cumsum([p[2] for p in parts], dtype=np.int64)]).astype(np.int64)
+        self.n_rows = int(self.bounds[-1])
+        self._keys = list(dict.fromkeys([c.key for c in self._feature_cols]
+                                        + ([self._label_col.key] if self._label_col else [])))
+        self._handles: OrderedDict[int, object] = OrderedDict()
+        first = fragments[0].metadata
+        self._compression = first.row_group(0).column(0).compression if first.num_row_groups else None
+        self._n_files = len(fragments)
         self._check_layout()
 
-    def _handle(self):
+    def _file(self, f_idx: int):
         import pyarrow.parquet as pq
 
-        if self._file is None or self._in_child_process():
-            self._file = pq.ParquetFile(self.path, memory_map=False)
+        if self._in_child_process():
+            self._handles.clear()
             self._pid = os.getpid()
-        return self._file
+        handle = self._handles.get(f_idx)
+        if handle is None:
+            handle = pq.ParquetFile(self._fs.open_input_file(self._files[f_idx]) if hasattr(self._fs, "open_input_file")
+                                    else self._fs.open(self._files[f_idx], "rb"))
+            self._handles[f_idx] = handle
+            while len(self._handles) > MAX_OPEN_FILES:
+                self._handles.popitem(last=False)[1].close()
+        else:
+            self._handles.move_to_end(f_idx)
+        return handle
 
     def _load_chunk(self, i: int):
-        columns = self.feature_names + ([self.label_name] if self.label_name else [])
+        import pyarrow.types as pat
+
+        f_idx, rg, n = self._parts[i]
+        partition = self._partitions[f_idx]
+        stored = [k for k in self._keys if k not in partition]
         try:
-            table = self._handle().read_row_group(i, columns=columns)
+            table = self._file(f_idx).read_row_group(rg, columns=stored)
         except Exception as e:
-            raise DataError(f"{self.path}: cannot read row group {i} ({e})") from None
-        X = np.empty((table.num_rows, self.n_features), dtype=self.dtype)
-        for j, name in enumerate(self.feature_names):
-            # Filling a preallocated array column by column avoids a second copy.
-            X[:, j] = table.column(name).to_numpy()
-        y = None
-        if self.label_name:
-            y = as_labels(table.column(self.label_name).to_numpy(), self.path)
+            raise DataError(f"{self._files[f_idx]}: cannot read row group {rg} ({_first_line(e)})") from None
+
+        def fetch(key):
+            if key in partition:  # hive partition value: constant for the whole file
+                return np.full(n, partition[key])
+            col = table.column(key)
+            if col.null_count:
+                raise DataError(f"{self._files[f_idx]}: column {key!r} has missing values in row group {rg}")
+            if pat.is_fixed_size_list(col.type):
+                flat = col.combine_chunks().flatten().to_numpy()
+                return flat.reshape(n, col.type.list_size)
+            return col.to_numpy()
+
+        try:
+            X = fill_features(self._feature_cols, n, self.dtype, fetch)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{self._files[f_idx]}: cannot convert features to numbers ({e})") from None
+        y = as_labels(fetch(self._label_col.key), self.path) if self._label_col else None
         return X, y
+
+    @property
+    def selection(self):
+        return list(self.feature_names)
 
     def label_dtype(self):
         return self._label_type
 
     def extra_info(self):
-        return {"compression": self._compression}
+        return {"files": self._n_files, "compression": self._compression}
 
     def close(self):
         super().close()
-        if self._file is not None and not self._in_child_process():
-            self._file.close()
-        self._file = None
+        if not self._in_child_process():
+            for h in self._handles.values():
+                h.close()
+        self._handles.clear()
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,4 +1,8 @@
-"""Zarr reader (format 2 and 3 through zarr-python 3): a feature array and a label array in a group."""
+"""Zarr reader (format 2 and 3, through zarr-python 3): directory, zip or remote stores.
+
+Either a 2-D feature array plus a label array, or a group of 1-D arrays, one
+per feature, as xarray's ``Dataset.to_zarr`` writes it.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +12,104 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (DEFAULT_CACHE_BYTES, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features,
-                   as_labels, find_key, uniform_bounds)
+from .base import (DEFAULT_CACHE_BYTES, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features, as_labels,
+                   check_chunk_size, find_key, uniform_bounds)
+from .columns import Column, fill_features, select_columns
+from .remote import is_url
 
 __all__ = ["ZarrDataset"]
 
+# Codecs that can execute code while decoding: never used on untrusted data.
+UNSAFE_CODECS = ("pickle", "numcodecs.pickle", "msgpack2", "json2", "vlen-utf8")
 
-def _array_paths(group, prefix: str = "") -> list[str]:
+
+def _arrays(group, prefix: str = "") -> dict[str, object]:
     import zarr
 
-    found = []
+    found = {}
     for name, member in group.members():
         path = f"{prefix}{name}"
         if isinstance(member, zarr.Array):
-            found.append(path)
+            found[path] = member
         else:
-            found.extend(_array_paths(member, path + "/"))
+            found.update(_arrays(member, path + "/"))
     return found
 
 
+def _codec_names(arr) -> list[str]:
+    names = []
+    for codec in [*(arr.filters or ()), *(arr.compressors or ()), getattr(arr, "serializer", None)]:
+        if codec is None:
+            continue
+        cid = getattr(codec, "codec_id", None) or getattr(codec, "codec_name", None)
+        inner = getattr(codec, "codec", None)  # zarr 3 wraps numcodecs codecs
+        cid = cid or getattr(inner, "codec_id", None) or type(codec).__name__
+        names.append(str(cid).lower())
+    return names
+
+
+def _check_safe(arr, path: str) -> None:
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{path}: array {arr.path!r} has dtype {arr.dtype}; only numeric and bool arrays are read")
+    bad = [c for c in _codec_names(arr) if any(u in c for u in UNSAFE_CODECS)]
+    if bad:
+        raise DataError(f"{path}: array {arr.path!r} uses the {bad[0]} codec, which can run code; refused")
+
+
+def _dims(arr) -> tuple[str, ...] | None:
+    """Dimension names, from Zarr 3 metadata or xarray's Zarr 2 attribute."""
+    names = getattr(arr.metadata, "dimension_names", None)
+    return tuple(names) if names else tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ())) or None
+
+
+def _open_group(path: str, storage_options: dict | None):
+    import zarr
+
+    if is_url(path):
+        return zarr.open_group(path, mode="r", storage_options=storage_options or {})
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or directory")
+    if path.endswith(".zip"):
+        from zarr.storage import ZipStore
+
+        return zarr.open_group(ZipStore(path, mode="r"), mode="r")
+    return zarr.open_group(path, mode="r")
+
+
 class ZarrDataset(Dataset):
-    """Features from a 2-D Zarr array, label from a 1-D one; chunks are the row chunks (or shards)."""
+    """Rows of a Zarr group; chunks are the row chunks (or shards) of the feature array(s)."""
 
     format = "zarr"
 
-    def __init__(self, path: str, features: str | None = None, label: str | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
-        import zarr
-
+    def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
+                 storage_options: dict | None = None):
         super().__init__(cache_bytes, dtype)
         self.path = str(path)
-        if not os.path.exists(self.path):
-            raise DataError(f"{self.path}: no such file or directory")
         try:
-            group = zarr.open_group(self.path, mode="r")
-        except Exception as e:  # zarr raises several types for a bad store
-            raise DataError(f"{self.path}: not a readable Zarr group ({e})") from None
-        names = _array_paths(group)
-        x_key = find_key(names, features, FEATURE_KEYS, "features array", self.path, True)
-        y_key = find_key(names, label, LABEL_KEYS, "label array", self.path, False)
-        X = group[x_key]
-        if X.ndim != 2:
-            raise DataError(f"{self.path}: features array {x_key!r} has shape {X.shape}; need 2-D (rows, features)")
-        if X.dtype.kind not in "biuf":
-            raise DataError(f"{self.path}: features array {x_key!r} has non-numeric dtype {X.dtype}")
-        self._X = X
-        self._y = None if y_key is None else group[y_key]
+            group = _open_group(self.path, storage_options)
+            arrays = _arrays(group)
+        except DataError:
+            raise
+        except Exception as e:  # zarr raises many types for a bad store
+            raise DataError(f"{self.path}: not a readable Zarr group ({type(e).__name__}: {e})") from None
+        want = features if isinstance(features, str) else None
+        matrix = want if want in arrays and arrays[want].ndim == 2 else None
+        if matrix is None and features is None:
+            matrix = next((k for k in FEATURE_KEYS if k in arrays and arrays[k].ndim == 2), None)
+        if matrix is not None:
+            self._open_matrix(arrays, matrix, label)
+        else:
+            self._open_columns(arrays, features, label)
+        self._check_layout()
+
+    def _open_matrix(self, arrays, x_key, label) -> None:
+        y_key = find_key(list(arrays), label, LABEL_KEYS, "label array", self.path, False)
+        X = arrays[x_key]
+        _check_safe(X, self.path)
+        self._X, self._y, self._columns = X, None if y_key is None else arrays[y_key], None
+        if self._y is not None:
+            _check_safe(self._y, self.path)
         self.n_rows = int(X.shape[0])
         if self._y is not None and self._y.shape[0] != self.n_rows:
             raise DataError(f"{self.path}: features have {self.n_rows} rows but label {y_key!r} has {self._y.shape[0]}")
@@ -62,24 +118,60 @@ class ZarrDataset(Dataset):
                               and len(names_attr) == X.shape[1] else [f"f{j}" for j in range(X.shape[1])])
         self.label_name = y_key
         self._x_key = x_key
+        self._set_bounds(X, X.shape[1])
+
+    def _open_columns(self, arrays, features, label) -> None:
+        # Arrays that index a dimension (xarray coordinates such as "time") are not features.
+        one_d = {k: a for k, a in arrays.items() if a.ndim == 1 and _dims(a) != (k.split("/")[-1],)}
+        if not one_d:
+            raise DataError(f"{self.path}: no 2-D features array and no 1-D feature arrays "
+                            f"(looked for {', '.join(FEATURE_KEYS)}; found: {', '.join(arrays) or 'nothing'})")
+        columns = [Column(k, k, None, a.dtype.kind in "biuf") for k, a in one_d.items()]
+        self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
+        keys = [c.key for c in self._feature_cols] + ([self._label_col.key] if self._label_col else [])
+        lengths = {one_d[k].shape[0] for k in keys}
+        if len(lengths) > 1:
+            raise DataError(f"{self.path}: feature and label arrays have different lengths {sorted(lengths)}")
+        for k in keys:
+            _check_safe(one_d[k], self.path)
+        self._columns = {k: one_d[k] for k in keys}
+        first = self._columns[keys[0]]
+        self._X = first
+        self._y = None if self._label_col is None else one_d[self._label_col.key]
+        self.feature_names = [c.name for c in self._feature_cols]
+        self.label_name = self._label_col.name if self._label_col else None
+        self._x_key = None
+        self.n_rows = int(first.shape[0])
+        self._set_bounds(first, 1)
+
+    def _set_bounds(self, arr, width: int) -> None:
         # A shard is the unit one read fetches; reading less than a shard decodes it anyway.
-        unit = getattr(X, "shards", None) or X.chunks
+        unit = getattr(arr, "shards", None) or arr.chunks
+        row_bytes = arr.dtype.itemsize * (arr.shape[1] if arr.ndim == 2 else width)
+        check_chunk_size(unit[0] * row_bytes, self.path, f"array {arr.path!r}")
         self.bounds = uniform_bounds(self.n_rows, unit[0])
-        self._check_layout()
 
     def _load_chunk(self, i: int):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         try:
-            X = as_features(self._X[a:b], self.dtype, self.path)
+            if self._columns is not None:
+                X = fill_features(self._feature_cols, b - a, self.dtype, lambda k: self._columns[k][a:b])
+            else:
+                X = as_features(self._X[a:b], self.dtype, self.path)
             y = None if self._y is None else as_labels(self._y[a:b], self.path)
+        except DataError:
+            raise
         except Exception as e:
-            raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
+            raise DataError(f"{self.path}: cannot read rows {a}-{b} ({type(e).__name__}: {e})") from None
         return X, y
+
+    @property
+    def selection(self):
+        return self._x_key or list(self.feature_names)
 
     def label_dtype(self):
         return None if self._y is None else str(self._y.dtype)
 
     def extra_info(self):
         return {"features_array": self._x_key, "stored_dtype": str(self._X.dtype),
-                "zarr_format": self._X.metadata.zarr_format,
-                "compressors": [type(c).__name__ for c in (self._X.compressors or ())]}
+                "zarr_format": self._X.metadata.zarr_format, "codecs": _codec_names(self._X)}

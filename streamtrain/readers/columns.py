@@ -1,0 +1,81 @@
+"""Column-oriented sources: each feature is a named column (a Parquet column, a field of an
+HDF5 table, a 1-D Zarr array), possibly one element of a vector-valued column."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DataError
+from .base import LABEL_KEYS, find_key
+
+__all__ = ["Column", "vector_columns", "select_columns", "fill_features"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One feature or label: ``name`` as the user sees it, stored in ``key`` (at ``index`` if vector-valued)."""
+
+    name: str
+    key: str
+    index: int | None = None
+    numeric: bool = True
+
+
+def vector_columns(key: str, width: int | None, numeric: bool = True, names: list[str] | None = None) -> list[Column]:
+    """The columns of one stored key: itself if scalar, else ``key[0]``... (or ``names``) for each element."""
+    if width is None:
+        return [Column(key, key, None, numeric)]
+    names = names if names and len(names) == width else [f"{key}[{i}]" for i in range(width)]
+    return [Column(n, key, i, numeric) for i, n in enumerate(names)]
+
+
+def select_columns(columns: list[Column], features: list[str] | str | None, label: str | None,
+                   path: str) -> tuple[list[Column], Column | None]:
+    """Feature and label columns from explicit names, globs, or auto-detection.
+
+    Without ``features`` every numeric column except the label is a feature.
+    """
+    by_name = {c.name: c for c in columns}
+    label_name = find_key(list(by_name), label, LABEL_KEYS, "label column", path, required=False)
+    label_col = by_name.get(label_name) if label_name else None
+    if label_col is not None and not label_col.numeric:
+        raise DataError(f"{path}: label column {label_name!r} is not numeric")
+    if features is None:
+        chosen = [c for c in columns if c.numeric and c.name != label_name]
+    else:
+        chosen, seen = [], set()
+        for pat in [features] if isinstance(features, str) else list(features):
+            hits = [c for c in columns if fnmatch.fnmatchcase(c.name, pat) or c.key == pat]
+            if not hits:
+                raise DataError(f"{path}: no column matches {pat!r} (columns: {_listing(columns)})")
+            for c in hits:
+                if c.name not in seen and c.name != label_name:
+                    seen.add(c.name)
+                    chosen.append(c)
+        bad = [c for c in chosen if not c.numeric]
+        if bad:
+            raise DataError(f"{path}: feature column {bad[0].name!r} is not numeric")
+    if not chosen:
+        raise DataError(f"{path}: no numeric feature columns (columns: {_listing(columns)})")
+    return chosen, label_col
+
+
+def _listing(columns: list[Column], most: int = 12) -> str:
+    names = [c.name for c in columns]
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def fill_features(columns: list[Column], n: int, dtype, fetch: Callable[[str], np.ndarray]) -> np.ndarray:
+    """A ``(n, len(columns))`` array filled column by column; ``fetch(key)`` is called once per key."""
+    X = np.empty((n, len(columns)), dtype=dtype)
+    cache: dict[str, np.ndarray] = {}
+    for j, c in enumerate(columns):
+        a = cache.get(c.key)
+        if a is None:
+            a = cache[c.key] = np.asarray(fetch(c.key))
+        X[:, j] = a if c.index is None else a[:, c.index]
+    return X
