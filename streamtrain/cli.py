@@ -112,6 +112,7 @@ def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, c
 @click.option("--scale", type=click.Choice(list(SCALINGS)), default=_DEFAULTS.scale, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS.dtype, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--skip-nonfinite", is_flag=True, help="Skip rows with NaN or Inf instead of stopping with an error.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
               help="Also checkpoint every N batches (0: only at epoch ends).")

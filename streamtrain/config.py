@@ -31,6 +31,7 @@ class TrainConfig:
     scale: str = "standard"
     dtype: str = "float32"
     val_fraction: float = 0.0
+    skip_nonfinite: bool = False
     early_stopping: int = 0
     checkpoint_every: int = 0
     keep: int = 3

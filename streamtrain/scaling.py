@@ -33,11 +33,10 @@ class DataStats:
 
     def update(self, X: np.ndarray, y: np.ndarray | None, where: str) -> None:
         """Merge one block of rows (Chan et al.'s parallel variance formula, in float64)."""
-        Xd = X.astype(np.float64, copy=False)
-        if not np.isfinite(Xd).all():
-            bad = int(np.argwhere(~np.isfinite(Xd))[0][0])
-            raise DataError(f"{where}: NaN or Inf in the features (row {bad} of a block); clean the data first")
         n_b = X.shape[0]
+        if n_b == 0:
+            return
+        Xd = X.astype(np.float64, copy=False)
         mean_b = Xd.mean(axis=0)
         m2_b = ((Xd - mean_b) ** 2).sum(axis=0)
         if self.n == 0:
@@ -51,8 +50,6 @@ class DataStats:
         if y is not None:
             self.label_ndim = y.ndim
             if y.dtype.kind == "f":
-                if not np.isfinite(y).all():
-                    raise DataError(f"{where}: NaN or Inf in the label")
                 self.label_integral = self.label_integral and bool(np.all(y == np.round(y)))
             if self.label_integral and y.ndim == 1 and len(self.classes) <= MAX_CLASSES:
                 self.classes.update(np.unique(y).tolist())

@@ -77,13 +77,18 @@ class Trainer:
     # -- setting up ---------------------------------------------------------
     def _split(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
         cfg = self.config
-        data = open_dataset(source, features, label, dtype=cfg.dtype)
+        data = open_dataset(source, features, label, dtype=cfg.dtype, nonfinite=self._nonfinite)
         if val is not None:
-            return data, open_dataset(val, data.selection, data.label_name, dtype=cfg.dtype)
+            return data, open_dataset(val, data.selection, data.label_name, dtype=cfg.dtype,
+                                      nonfinite=self._nonfinite)
         if cfg.val_fraction:
             return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                     HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"))
         return data, None
+
+    @property
+    def _nonfinite(self) -> str:
+        return "skip" if self.config.skip_nonfinite else "error"
 
     def _initialise(self, data: Dataset, log) -> None:
         cfg = self.config
@@ -184,6 +189,10 @@ class Trainer:
         """Train on the rest of the epoch; returns the time the last interval started, or None if stopped."""
         cfg, params = self.config, self.net.params
         for rows, X, y in loader.iter_epoch():
+            sampler.advance(len(rows))
+            n = len(X)  # fewer than len(rows) when rows with NaN/Inf are skipped
+            if n == 0:
+                continue
             Xs = self.scaler.transform(X)
             loss, penalty, grads = self.net.loss_and_grads(Xs, self.targets(y, train.path), cfg.l1, cfg.l2)
             if not np.isfinite(loss + penalty):
@@ -191,8 +200,6 @@ class Trainer:
                     f"training diverged at epoch {sampler.epoch + 1}, batch step {self.global_step + 1} "
                     f"(loss is {loss + penalty}); lower --lr or check the data for extreme values")
             self.optimizer.step(params, grads)
-            n = len(rows)
-            sampler.advance(n)
             acc["loss_sum"] += (loss + penalty) * n
             acc["n"] += n
             self.global_step += 1
@@ -349,9 +356,10 @@ class Trainer:
             ds = source
         elif isinstance(source, (str, os.PathLike)) and detect_format(source) != self.fingerprint.get("format"):
             # Another format stores the same columns differently: select by name, detect the label.
-            ds = open_dataset(source, self.feature_names, None, dtype=self.net.dtype)
+            ds = open_dataset(source, self.feature_names, None, dtype=self.net.dtype, nonfinite=self._nonfinite)
         else:
-            ds = open_dataset(source, self.selection, self.label_name, dtype=self.net.dtype)
+            ds = open_dataset(source, self.selection, self.label_name, dtype=self.net.dtype,
+                              nonfinite=self._nonfinite)
         if ds.n_features != self.net.n_in:
             raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
         if ds.format != "memory" and list(ds.feature_names) != self.feature_names:

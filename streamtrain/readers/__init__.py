@@ -32,18 +32,35 @@ def detect_format(path: str | os.PathLike) -> str:
     if p.is_dir():
         if (p / "zarr.json").exists() or (p / ".zgroup").exists():
             return "zarr"
-        if any(p.glob("*.parquet")):
+        if _first_data_file_is_parquet(p):
             return "parquet"
     known = ", ".join(s for v in FORMATS.values() for s in v)
     raise DataError(f"{path}: unknown format; use one of {known}")
 
 
+def _first_data_file_is_parquet(directory: Path) -> bool:
+    """True if the first data file under ``directory`` (hidden and ``_`` files skipped, as Spark
+    and pyarrow.dataset do) is Parquet, by suffix or by its ``PAR1`` magic bytes."""
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        for name in sorted(files):
+            if name.startswith((".", "_")):
+                continue
+            if name.endswith(FORMATS["parquet"]):
+                return True
+            with open(os.path.join(root, name), "rb") as fh:
+                return fh.read(4) == b"PAR1"
+    return False
+
+
 def open_dataset(source, features=None, label: str | None = None, *,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
-                 **options) -> Dataset:
+                 nonfinite: str = "error", **options) -> Dataset:
     """Open a dataset without reading its rows.
 
     ``source`` is a path (``.h5``, ``.zarr``, ``.parquet``), a ``Dataset``, or a
+    ``nonfinite="skip"`` drops rows holding NaN or Inf instead of raising an
+    error that names the first such row. ``source`` may also be a
     ``(X, y)`` tuple of arrays, a pandas DataFrame or an Arrow table (label
     column detected as for Parquet). URLs (``s3://...``) are read through
     fsspec; ``storage_options=`` goes to it. ``features`` names the feature dataset/array or
@@ -54,8 +71,16 @@ def open_dataset(source, features=None, label: str | None = None, *,
     >>> ds.n_rows, ds.n_features, ds.label_name
     (569, 30, 'y')
     """
+    if nonfinite not in ("error", "skip"):
+        raise ValueError("nonfinite must be 'error' or 'skip'")
     if isinstance(source, Dataset):
-        return source
+        return source  # already open: its own settings stand
+    ds = _open(source, features, label, cache_bytes, dtype, options)
+    ds.nonfinite = nonfinite
+    return ds
+
+
+def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
     if isinstance(source, tuple) and len(source) == 2:
         return ArrayDataset(source[0], source[1], cache_bytes=cache_bytes, dtype=dtype)
     if isinstance(source, np.ndarray):

@@ -77,6 +77,9 @@ class Dataset:
     bounds: np.ndarray
     dtype: np.dtype
 
+    #: What to do with rows holding NaN or Inf: "error" (naming the row) or "skip" them.
+    nonfinite: str = "error"
+
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
         self.cache_bytes = int(cache_bytes)
         self.dtype = np.dtype(dtype)
@@ -84,6 +87,7 @@ class Dataset:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._skipped: dict[int, np.ndarray] = {}  # chunk -> keep mask, for nonfinite="skip"
 
     # -- layout -----------------------------------------------------------
     @property
@@ -126,8 +130,27 @@ class Dataset:
             if hit is not None:
                 self._cache.move_to_end(i)
                 return hit
-        X, y = self._load_chunk(i)
+        X, y = self._checked(i, *self._load_chunk(i))
         self._remember(i, (X, y))
+        return X, y
+
+    def _checked(self, i: int, X: np.ndarray, y: np.ndarray | None) -> Batch:
+        """Chunk ``i`` after the NaN/Inf policy: unchanged, an error naming the row, or rows dropped.
+
+        With "skip", the chunk is returned whole (so row numbers still line up with the
+        file) and a keep-mask is remembered; ``read`` and ``iter_chunks`` drop those rows.
+        """
+        bad = ~np.isfinite(X).all(axis=1) if X.dtype.kind == "f" else None
+        if y is not None and y.dtype.kind == "f":
+            ybad = ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+            bad = ybad if bad is None else bad | ybad
+        if bad is None or not bad.any():
+            return X, y
+        row = int(self.bounds[i]) + int(np.argmax(bad))
+        if self.nonfinite == "error":
+            raise DataError(f"{self.path}: NaN or Inf in row {row}; clean the data or skip such rows "
+                            "(--skip-nonfinite, nonfinite='skip')")
+        self._skipped[i] = ~bad
         return X, y
 
     def _remember(self, i: int, block: Batch) -> None:
@@ -157,6 +180,7 @@ class Dataset:
         ends = np.r_[starts[1:], rows.size] if rows.size else []
         X_out = np.empty((rows.size, self.n_features), dtype=self.dtype)
         y_out = None
+        keep = None
         for a, b in zip(starts, ends):
             c = int(chunk_of[a])
             X, y = self.read_chunk(c)
@@ -166,12 +190,22 @@ class Dataset:
                 if y_out is None:
                     y_out = np.empty((rows.size,) + y.shape[1:], dtype=y.dtype)
                 y_out[a:b] = y[local]
+            if c in self._skipped:
+                if keep is None:
+                    keep = np.ones(rows.size, dtype=bool)
+                keep[a:b] = self._skipped[c][local]
+        if keep is not None:  # rows with NaN/Inf under nonfinite="skip"
+            return X_out[keep], None if y_out is None else y_out[keep]
         return X_out, y_out
 
     def iter_chunks(self):
-        """Yield ``(X, y)`` for every chunk in order, bypassing the cache."""
+        """Yield ``(X, y)`` for every chunk in order, bypassing the cache (skipped rows dropped)."""
         for i in range(self.n_chunks):
-            yield self._load_chunk(i)
+            X, y = self._checked(i, *self._load_chunk(i))
+            keep = self._skipped.get(i)
+            if keep is not None:
+                X, y = X[keep], None if y is None else y[keep]
+            yield X, y
 
     # -- description ------------------------------------------------------
     def label_dtype(self) -> str | None:

@@ -52,10 +52,5 @@ class ArrayDataset(Dataset):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         return self._X[a:b], None if self._y is None else self._y[a:b]
 
-    def read(self, rows):
-        # Arrays are already in memory: index directly instead of chunk by chunk.
-        rows = np.asarray(rows, dtype=np.int64)
-        return self._X[rows], None if self._y is None else self._y[rows]
-
     def label_dtype(self):
         return None if self._y is None else str(self._y.dtype)

@@ -59,7 +59,12 @@ class ParquetDataset(Dataset):
         if not is_url(self.path) and not os.path.exists(self.path):
             raise DataError(f"{self.path}: no such file or directory")
         try:
-            dataset = pds.dataset(root, format="parquet", partitioning="hive", filesystem=fs)
+            try:
+                dataset = pds.dataset(root, format="parquet", partitioning="hive", filesystem=fs)
+            except Exception:
+                # Some writers (polars) also keep the partition column in the files, with another
+                # type than hive discovery infers: then the files' own columns are the truth.
+                dataset = pds.dataset(root, format="parquet", filesystem=fs)
             fragments = list(dataset.get_fragments())
             parts, self._files, self._partitions = [], [], []
             for f_idx, frag in enumerate(fragments):

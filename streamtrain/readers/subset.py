@@ -36,6 +36,7 @@ class HoldoutSplit(Dataset):
             raise ValueError("part must be 'train' or 'val'")
         super().__init__(parent.cache_bytes, parent.dtype)
         self.parent, self.fraction, self.seed, self.part = parent, float(fraction), int(seed), part
+        self.nonfinite = parent.nonfinite
         self.path, self.format = parent.path, parent.format
         self.feature_names, self.label_name = parent.feature_names, parent.label_name
         counts, parents = [], []
@@ -57,7 +58,9 @@ class HoldoutSplit(Dataset):
 
     def _load_chunk(self, i: int):
         c = int(self._parents[i])
-        X, y = self.parent._load_chunk(c)
+        # The parent applies its NaN/Inf policy, so errors name the row of the file.
+        # With "skip" this split's own check then marks the NaN/Inf rows, keeping row counts aligned.
+        X, y = self.parent._checked(c, *self.parent._load_chunk(c))
         keep = self._keep(c)
         return X[keep], None if y is None else y[keep]
 
