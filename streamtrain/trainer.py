@@ -121,7 +121,7 @@ class Trainer:
         idx = np.searchsorted(self.classes, y)
         idx = np.minimum(idx, len(self.classes) - 1)
         if not np.array_equal(np.asarray(self.classes)[idx], y):
-            bad = y[np.asarray(self.classes)[idx] != y][0]
+            bad = y[np.asarray(self.classes)[idx] != y][0].item()
             raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training {self.classes}")
         return idx
 

@@ -27,9 +27,16 @@ VIRTUAL_CHUNK_BYTES = 4 << 20
 Batch = tuple[np.ndarray, "np.ndarray | None"]
 
 
-def uniform_bounds(n_rows: int, chunk_rows: int) -> np.ndarray:
+# More chunks than this (a 128 MB boundary table) means malformed metadata, not data.
+MAX_CHUNKS = 1 << 24
+
+
+def uniform_bounds(n_rows: int, chunk_rows: int, path: str = "<data>") -> np.ndarray:
     """Chunk boundaries ``[0, r, 2r, ..., n_rows]`` for chunks of ``chunk_rows`` rows."""
     chunk_rows = max(1, int(chunk_rows))
+    if -(-int(n_rows) // chunk_rows) > MAX_CHUNKS:
+        raise DataError(f"{path}: declares {n_rows} rows in chunks of {chunk_rows}: more than "
+                        f"{MAX_CHUNKS} chunks; refused as malformed")
     bounds = np.arange(0, n_rows, chunk_rows, dtype=np.int64)
     return np.append(bounds, np.int64(n_rows))
 

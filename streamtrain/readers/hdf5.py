@@ -73,6 +73,8 @@ class HDF5Dataset(Dataset):
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
                  allow_external: bool = False):
+        import h5py
+
         super().__init__(cache_bytes, dtype)
         self.path = str(path)
         self._file = None
@@ -83,23 +85,27 @@ class HDF5Dataset(Dataset):
             if not hasattr(obj, "shape") and not allow_external:
                 raise DataError(f"{self.path}: {name!r} is an external link to another file; refused "
                                 "(pass allow_external=True if you trust it)")
-        dsets = {k: v for k, v in found.items() if hasattr(v, "shape")}
+        # Trusted external links are followed; h5py opens the other file.
+        dsets = {k: (v if hasattr(v, "shape") else f.get(k)) for k, v in found.items()}
+        dsets = {k: v for k, v in dsets.items() if isinstance(v, h5py.Dataset)}
         tables = [k for k, v in dsets.items() if v.dtype.names and v.ndim == 1]
         want = features.lstrip("/") if isinstance(features, str) else None
-        if want in dsets and dsets[want].dtype.names is None:
+        plain = {k: v for k, v in dsets.items() if v.dtype.names is None}
+        if want in plain:
             self._open_matrix(dsets, want, _strip(label))
-        elif want in dsets or (features is None and not _has_matrix(dsets)) or (
-                features is not None and want not in dsets):
-            if not tables:
-                if features is None or want in dsets:
-                    raise DataError(f"{self.path}: no features dataset found; name it with --features "
-                                    f"(looked for {', '.join(FEATURE_KEYS)}; found: {', '.join(dsets) or 'nothing'})")
-                raise DataError(f"{self.path}: no features dataset named {features!r} "
-                                f"(found: {', '.join(dsets) or 'nothing'})")
-            table = want if want in tables else tables[0]
-            self._open_table(dsets[table], table, None if want == table else features, label)
+        elif want in tables:
+            self._open_table(dsets[want], want, None, label)
+        elif features is None:
+            key = find_key(list(plain), None, FEATURE_KEYS, "features dataset", self.path, required=not tables)
+            if key is not None:
+                self._open_matrix(dsets, key, _strip(label))
+            else:
+                self._open_table(dsets[tables[0]], tables[0], None, label)
+        elif tables:  # column names or globs: columns of the (first) table
+            self._open_table(dsets[tables[0]], tables[0], features, label)
         else:
-            self._open_matrix(dsets, None, _strip(label))
+            raise DataError(f"{self.path}: no features dataset named {features!r} "
+                            f"(found: {', '.join(dsets) or 'nothing'})")
         self._check_layout()
 
     # -- the two layouts ------------------------------------------------------
@@ -157,7 +163,7 @@ class HDF5Dataset(Dataset):
         if d.chunks:
             check_chunk_size(d.chunks[0] * row_bytes, self.path, d.name)
         chunk_rows = d.chunks[0] if d.chunks else virtual_chunk_rows(1, row_bytes)
-        self.bounds = uniform_bounds(self.n_rows, chunk_rows)
+        self.bounds = uniform_bounds(self.n_rows, chunk_rows, self.path)
         self._compression = d.compression or ",".join(map(str, d._filters)) or None
 
     # -- reading ------------------------------------------------------------------
@@ -208,10 +214,6 @@ class HDF5Dataset(Dataset):
         if self._file is not None and not self._in_child_process():
             self._file.close()
         self._file = None
-
-
-def _has_matrix(dsets) -> bool:
-    return any(k.split("/")[-1] in FEATURE_KEYS and v.ndim == 2 and v.dtype.names is None for k, v in dsets.items())
 
 
 def _strip(key: str | None) -> str | None:

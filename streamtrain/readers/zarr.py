@@ -149,7 +149,7 @@ class ZarrDataset(Dataset):
         unit = getattr(arr, "shards", None) or arr.chunks
         row_bytes = arr.dtype.itemsize * (arr.shape[1] if arr.ndim == 2 else width)
         check_chunk_size(unit[0] * row_bytes, self.path, f"array {arr.path!r}")
-        self.bounds = uniform_bounds(self.n_rows, unit[0])
+        self.bounds = uniform_bounds(self.n_rows, unit[0], self.path)
 
     def _load_chunk(self, i: int):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])

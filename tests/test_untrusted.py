@@ -1,0 +1,181 @@
+"""Data files are untrusted input: no code runs, nothing outside the file is read, malformed
+metadata is a clean error (never a crash), NaN/Inf rows are named or skipped."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from streamtrain import DataError, Trainer, TrainConfig, open_dataset
+
+
+def _open_in_subprocess(path, **kw):
+    """Open and read a file in a child process; a crash shows as a negative return code."""
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, streamtrain as st
+        try:
+            ds = st.open_dataset({str(path)!r}, **{kw!r})
+            ds.read(np.arange(min(ds.n_rows, 10)))
+        except st.DataError as e:
+            print("DataError:", e)
+            sys.exit(3)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def _random_h5(p):
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    return p
+
+
+def _truncated_h5(p):
+    with h5py.File(p, "w") as f:
+        f.create_dataset("X", data=np.ones((5000, 8)), chunks=(500, 8))
+        f["y"] = np.zeros(5000)
+    p.write_bytes(p.read_bytes()[:20000])
+    return p
+
+
+def _no_footer_parquet(p):
+    import pandas as pd
+
+    pd.DataFrame({"a": np.arange(100.0), "target": np.arange(100) % 2}).to_parquet(p)
+    p.write_bytes(p.read_bytes()[:-12])
+    return p
+
+
+def _absurd_zarr(p, chunks):
+    p.mkdir()
+    (p / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    (p / "X").mkdir()
+    (p / "X" / "zarr.json").write_text(json.dumps({
+        "zarr_format": 3, "node_type": "array", "shape": [10**18, 64], "data_type": "float32",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}], "attributes": {}}))
+    return p
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: _random_h5(p / "r.h5"), "not a readable HDF5 file"),
+    (lambda p: _truncated_h5(p / "t.h5"), "t.h5"),
+    (lambda p: _no_footer_parquet(p / "n.parquet"), "not a readable Parquet"),
+    (lambda p: _absurd_zarr(p / "a.zarr", [10**18, 64]), "refused"),
+    (lambda p: _absurd_zarr(p / "b.zarr", [1000, 64]), "refused as malformed"),
+    (lambda p: (p / "e.parquet").write_bytes(b"") or p / "e.parquet", "not a readable Parquet"),
+], ids=["random-bytes-h5", "truncated-h5", "parquet-without-footer", "absurd-zarr-chunk", "absurd-zarr-rows", "empty"])
+def test_malformed_files_fail_cleanly_in_a_subprocess(tmp_path, make, message):
+    path = make(tmp_path)
+    res = _open_in_subprocess(path)
+    assert res.returncode == 3, (res.returncode, res.stderr[-2000:])  # a clean DataError, not a signal
+    assert message in res.stdout and str(path) in res.stdout
+
+
+def test_zarr_pickle_codecs_never_run(tmp_path):
+    canary = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(canary), "w"))
+
+    for i, meta in enumerate([
+        {"dtype": "|O", "compressor": None, "filters": [{"id": "pickle"}]},
+        {"dtype": "<f4", "compressor": {"id": "pickle"}, "filters": None},
+        {"dtype": "<f4", "compressor": None, "filters": [{"id": "pickle"}]},
+    ]):
+        store = tmp_path / f"evil{i}.zarr"
+        (store / "X").mkdir(parents=True)
+        (store / ".zgroup").write_text('{"zarr_format": 2}')
+        (store / "X" / ".zarray").write_text(json.dumps(
+            {"zarr_format": 2, "shape": [4, 2], "chunks": [4, 2], "fill_value": 0, "order": "C", **meta}))
+        (store / "X" / "0.0").write_bytes(pickle.dumps(Evil()))
+        with pytest.raises(DataError, match=str(store)):
+            open_dataset(store).read([0])
+    assert not canary.exists()
+
+
+def test_hdf5_references_outside_the_file_are_refused(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["X"] = np.ones((10, 2))
+        f["y"] = np.zeros(10)
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.ones((10, 2), np.float64).tobytes())
+    with h5py.File(tmp_path / "extlink.h5", "w") as f:
+        f["X"] = h5py.ExternalLink(str(other), "X")
+        f["y"] = np.zeros(10)
+    with h5py.File(tmp_path / "external.h5", "w") as f:
+        f.create_dataset("X", (10, 2), "f8", external=[(str(raw), 0, 160)])
+        f["y"] = np.zeros(10)
+    layout = h5py.VirtualLayout((10, 2), "f8")
+    layout[:] = h5py.VirtualSource(str(other), "X", shape=(10, 2))
+    with h5py.File(tmp_path / "vds.h5", "w") as f:
+        f.create_virtual_dataset("X", layout)
+        f["y"] = np.zeros(10)
+    for name, word in [("extlink.h5", "external link"), ("external.h5", "external storage"),
+                       ("vds.h5", "virtual dataset")]:
+        with pytest.raises(DataError, match=word):
+            open_dataset(tmp_path / name)
+        trusted = open_dataset(tmp_path / name, allow_external=True)
+        np.testing.assert_array_equal(trusted.read([0, 9])[0], np.ones((2, 2)))
+
+
+def test_nan_is_an_error_naming_the_row_unless_skipped(tmp_path):
+    X = np.random.default_rng(0).standard_normal((300, 3)).astype(np.float32)
+    y = (np.arange(300) % 2).astype(np.float32)
+    X[123, 1], y[250] = np.nan, np.inf
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(64, 3))
+        f.create_dataset("y", data=y, chunks=(64,))
+    with pytest.raises(DataError, match=r"n.h5: NaN or Inf in row 123"):
+        open_dataset(tmp_path / "n.h5").read(np.arange(300))
+    ds = open_dataset(tmp_path / "n.h5", nonfinite="skip")
+    got, labels = ds.read(np.arange(300))
+    assert len(got) == 298 and np.isfinite(got).all() and np.isfinite(labels).all()
+    assert sum(len(c[0]) for c in ds.iter_chunks()) == 298
+    with pytest.raises(DataError, match="row 123"):
+        Trainer(TrainConfig(hidden=3, epochs=1)).fit(tmp_path / "n.h5", log=None)
+    t = Trainer(TrainConfig(hidden=3, epochs=1, skip_nonfinite=True, val_fraction=0.2))
+    history = t.fit(tmp_path / "n.h5", log=None)
+    assert history[0]["samples"] + t.evaluate(tmp_path / "n.h5")["n"] - 298 < 300
+
+
+@pytest.mark.parametrize("labels,message", [
+    (np.array([0.5, 1.0] * 50), "non-integral"),
+])
+def test_bad_labels_for_classification(labels, message):
+    X = np.ones((100, 2))
+    with pytest.raises(DataError, match=message):
+        Trainer(TrainConfig(hidden=2, epochs=1, task="binary")).fit((X, labels), log=None)
+
+
+def test_labels_outside_the_classes_seen_are_an_error(tmp_path):
+    t = Trainer(TrainConfig(hidden=2, epochs=1))
+    t.fit((np.ones((50, 2)), np.arange(50) % 2), log=None)
+    with pytest.raises(DataError, match=r"label value 7 is not one of the classes"):
+        t.evaluate((np.ones((3, 2)), np.array([0, 1, 7])))
+
+
+def test_features_and_labels_of_different_lengths(tmp_path):
+    with h5py.File(tmp_path / "l.h5", "w") as f:
+        f["X"], f["y"] = np.ones((10, 2)), np.ones(9)
+    with pytest.raises(DataError, match="10 rows but label 'y' has 9"):
+        open_dataset(tmp_path / "l.h5")
+
+
+def test_zero_rows_and_one_dimensional_features(tmp_path):
+    with h5py.File(tmp_path / "z.h5", "w") as f:
+        f["X"], f["y"] = np.ones((0, 2)), np.ones(0)
+    with pytest.raises(DataError, match="zero rows"):
+        open_dataset(tmp_path / "z.h5")
+    with h5py.File(tmp_path / "o.h5", "w") as f:
+        f["X"], f["y"] = np.ones(10), np.ones(10)
+    with pytest.raises(DataError, match=r"shape \(10,\); need 2-D"):
+        open_dataset(tmp_path / "o.h5")
