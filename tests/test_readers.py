@@ -146,3 +146,29 @@ def test_string_parquet_feature_is_refused(tmp_path):
     with pytest.raises(DataError, match="'b' is not numeric"):
         open_dataset(tmp_path / "s.parquet", features=["a", "b"])
     assert open_dataset(tmp_path / "s.parquet").feature_names == ["a"]  # auto-detection skips it
+
+
+def test_scanning_2gb_with_a_64mb_cache_stays_under_400mb(tmp_path):
+    """Peak RSS while reading every chunk (and random gathers) of 2 GB through a 64 MB cache."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.h5"
+    make_data(path, rows=8_000_000, features=64, chunk_rows=32768)  # 2.05 GB of float32
+    code = (
+        "import re, sys, numpy as np, streamtrain as st\n"
+        "ds = st.open_dataset(sys.argv[1], cache_bytes=64 << 20)\n"
+        "total = 0\n"
+        "for i in range(ds.n_chunks):\n"
+        "    total += len(ds.read_chunk(i)[0])\n"
+        "rng = np.random.default_rng(0)\n"
+        "for _ in range(50):\n"
+        "    total += len(ds.read(np.sort(rng.choice(ds.n_rows, 256, replace=False)))[0])\n"
+        "assert ds._cached_bytes <= 64 << 20\n"
+        "print(total, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    total, peak_kb = map(int, res.stdout.split())
+    assert total == 8_000_000 + 50 * 256
+    assert peak_kb / 1024 < 400, f"peak RSS {peak_kb / 1024:.0f} MiB"

@@ -11,7 +11,7 @@ import numpy.typing as npt
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Dataset
 from .memory import ArrayDataset
-from .remote import is_url
+from .remote import is_url, open_filesystem
 
 __all__ = ["open_dataset", "Dataset", "ArrayDataset", "detect_format", "FORMATS"]
 
@@ -29,6 +29,8 @@ def detect_format(path: str | os.PathLike) -> str:
     for name, suffixes in FORMATS.items():
         if suffix in suffixes:
             return name
+    if is_url(path):
+        return _detect_remote(str(path))
     if p.is_dir():
         if (p / "zarr.json").exists() or (p / ".zgroup").exists():
             return "zarr"
@@ -36,6 +38,17 @@ def detect_format(path: str | os.PathLike) -> str:
             return "parquet"
     known = ", ".join(s for v in FORMATS.values() for s in v)
     raise DataError(f"{path}: unknown format; use one of {known}")
+
+
+def _detect_remote(url: str) -> str:
+    """The format of a remote prefix without a telling suffix: a Zarr group or Parquet files under it."""
+    fs, root = open_filesystem(url)
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/zarr.json") or fs.exists(f"{root}/.zgroup"):
+        return "zarr"
+    if any(f.endswith(FORMATS["parquet"]) for f in fs.find(root)):
+        return "parquet"
+    raise DataError(f"{url}: no Zarr group or Parquet files found there")
 
 
 def _first_data_file_is_parquet(directory: Path) -> bool:

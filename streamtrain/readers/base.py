@@ -21,6 +21,8 @@ from ..errors import DataError
 __all__ = ["Dataset", "DEFAULT_CACHE_BYTES", "uniform_bounds", "as_features", "as_labels"]
 
 DEFAULT_CACHE_BYTES = 64 << 20
+# A run of rows from an uncached chunk spanning at most 1/this of it is read on its own.
+SPARSE_SPAN_FRACTION = 8
 # Contiguous (unchunked) sources are split into virtual chunks of about this size.
 VIRTUAL_CHUNK_BYTES = 4 << 20
 
@@ -142,67 +144,102 @@ class Dataset:
         return X, y
 
     def _checked(self, i: int, X: np.ndarray, y: np.ndarray | None) -> Batch:
-        """Chunk ``i`` after the NaN/Inf policy: unchanged, an error naming the row, or rows dropped.
+        """Chunk ``i`` after the NaN/Inf policy: unchanged, or an error naming the row.
 
         With "skip", the chunk is returned whole (so row numbers still line up with the
         file) and a keep-mask is remembered; ``read`` and ``iter_chunks`` drop those rows.
         """
+        bad = self._bad_rows(int(self.bounds[i]), X, y)
+        if bad is not None:
+            self._skipped[i] = ~bad
+        return X, y
+
+    def _bad_rows(self, first_row: int, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
+        """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error"."""
         bad = ~np.isfinite(X).all(axis=1) if X.dtype.kind == "f" else None
         if y is not None and y.dtype.kind == "f":
             ybad = ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
             bad = ybad if bad is None else bad | ybad
         if bad is None or not bad.any():
-            return X, y
-        row = int(self.bounds[i]) + int(np.argmax(bad))
+            return None
         if self.nonfinite == "error":
+            row = first_row + int(np.argmax(bad))
             raise DataError(f"{self.path}: NaN or Inf in row {row}; clean the data or skip such rows "
                             "(--skip-nonfinite, nonfinite='skip')")
-        self._skipped[i] = ~bad
-        return X, y
+        return bad
 
     def _remember(self, i: int, block: Batch) -> None:
         size = block[0].nbytes + (0 if block[1] is None else block[1].nbytes)
         if size > self.cache_bytes:
             return
         with self._lock:
+            if i in self._cache:
+                return
             self._cache[i] = block
             self._cached_bytes += size
             while self._cached_bytes > self.cache_bytes:
                 _, (X, y) = self._cache.popitem(last=False)
                 self._cached_bytes -= X.nbytes + (0 if y is None else y.nbytes)
 
+    def _load_range(self, start: int, stop: int) -> Batch | None:
+        """Rows ``start:stop`` read directly, or None where the format only reads whole chunks."""
+        return None
+
+    def _gather_from(self, c: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(X, y, keep)`` for sorted ``local`` rows of chunk ``c``.
+
+        A cached chunk serves them; a few rows of an uncached chunk are read as one
+        short span when the format allows (global shuffle touches many chunks for a
+        row or two each, and reading whole chunks for them would multiply the I/O);
+        otherwise the whole chunk is read and cached.
+        """
+        with self._lock:
+            hit = self._cache.get(c)
+        span = int(local[-1] - local[0]) + 1
+        if hit is None and span * SPARSE_SPAN_FRACTION <= self.chunk_sizes[c]:
+            start = int(self.bounds[c] + local[0])
+            got = self._load_range(start, start + span)
+            if got is not None:
+                X, y = got
+                bad = self._bad_rows(start, X, y)
+                idx = local - local[0]
+                return X[idx], None if y is None else y[idx], None if bad is None else ~bad[idx]
+        X, y = hit if hit is not None else self.read_chunk(c)
+        keep = self._skipped.get(c)
+        return X[local], None if y is None else y[local], None if keep is None else keep[local]
+
     def read(self, rows: npt.ArrayLike) -> Batch:
         """Gather the given rows (sorted ascending) as ``(X, y)``.
 
-        Only the chunks that hold the rows are read, each once.
+        Only the chunks that hold the rows are touched, each once. Under
+        nonfinite="skip" rows holding NaN/Inf are left out.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows[0] < 0 or rows[-1] >= self.n_rows):
             raise IndexError(f"row index out of range for {self.n_rows} rows")
         if rows.size > 1 and np.any(rows[1:] < rows[:-1]):
             raise ValueError("rows must be sorted ascending")
-        chunk_of = np.searchsorted(self.bounds, rows, side="right") - 1
-        # Start of each run of rows that fall in the same chunk.
-        starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]]) if rows.size else []
-        ends = np.r_[starts[1:], rows.size] if rows.size else []
         X_out = np.empty((rows.size, self.n_features), dtype=self.dtype)
         y_out = None
-        keep = None
-        for a, b in zip(starts, ends):
-            c = int(chunk_of[a])
-            X, y = self.read_chunk(c)
-            local = rows[a:b] - self.bounds[c]
-            X_out[a:b] = X[local]
-            if y is not None:
-                if y_out is None:
-                    y_out = np.empty((rows.size,) + y.shape[1:], dtype=y.dtype)
-                y_out[a:b] = y[local]
-            if c in self._skipped:
-                if keep is None:
-                    keep = np.ones(rows.size, dtype=bool)
-                keep[a:b] = self._skipped[c][local]
-        if keep is not None:  # rows with NaN/Inf under nonfinite="skip"
-            return X_out[keep], None if y_out is None else y_out[keep]
+        keep_out = None
+        if rows.size:
+            chunk_of = np.searchsorted(self.bounds, rows, side="right") - 1
+            # Start of each run of rows that fall in the same chunk.
+            starts = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1]])
+            for a, b in zip(starts, np.r_[starts[1:], rows.size]):
+                c = int(chunk_of[a])
+                X, y, keep = self._gather_from(c, rows[a:b] - self.bounds[c])
+                X_out[a:b] = X
+                if y is not None:
+                    if y_out is None:
+                        y_out = np.empty((rows.size,) + y.shape[1:], dtype=y.dtype)
+                    y_out[a:b] = y
+                if keep is not None:
+                    if keep_out is None:
+                        keep_out = np.ones(rows.size, dtype=bool)
+                    keep_out[a:b] = keep
+        if keep_out is not None:  # rows with NaN/Inf under nonfinite="skip"
+            return X_out[keep_out], None if y_out is None else y_out[keep_out]
         return X_out, y_out
 
     def iter_chunks(self):

@@ -198,6 +198,13 @@ class HDF5Dataset(Dataset):
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
         return X, y
 
+    def _load_range(self, start: int, stop: int):
+        if self._table is not None or self._compression:
+            return None  # compressed chunks decode whole anyway: read and cache the chunk
+        f = self._handle()
+        X = as_features(f[self._x_key][start:stop], self.dtype, self.path)
+        return X, None if self._y_key is None else as_labels(f[self._y_key][start:stop], self.path)
+
     def label_dtype(self):
         return self._label_dtype
 

@@ -49,7 +49,12 @@ class ArrayDataset(Dataset):
         return cls(X, y, feature_names=[c.name for c in feats], label_name=lab.name if lab else None, **kwargs)
 
     def _load_chunk(self, i: int):
-        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        return self._load_chunk_rows(int(self.bounds[i]), int(self.bounds[i + 1]))
+
+    def _load_range(self, start: int, stop: int):
+        return self._load_chunk_rows(start, stop)
+
+    def _load_chunk_rows(self, a: int, b: int):
         return self._X[a:b], None if self._y is None else self._y[a:b]
 
     def label_dtype(self):
