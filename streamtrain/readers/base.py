@@ -156,11 +156,17 @@ class Dataset:
 
     def _bad_rows(self, first_row: int, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error"."""
-        bad = ~np.isfinite(X).all(axis=1) if X.dtype.kind == "f" else None
+        # One summing pass finds NaN/Inf (they propagate); only then is the row located.
+        # An overflowing sum of finite values also lands here and is sorted out exactly.
+        with np.errstate(over="ignore", invalid="ignore"):
+            suspect = (X.dtype.kind == "f" and not np.isfinite(X.sum())) or (
+                y is not None and y.dtype.kind == "f" and not np.isfinite(y.sum()))
+        if not suspect:
+            return None
+        bad = ~np.isfinite(X).all(axis=1) if X.dtype.kind == "f" else np.zeros(len(X), bool)
         if y is not None and y.dtype.kind == "f":
-            ybad = ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
-            bad = ybad if bad is None else bad | ybad
-        if bad is None or not bad.any():
+            bad |= ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+        if not bad.any():
             return None
         if self.nonfinite == "error":
             row = first_row + int(np.argmax(bad))

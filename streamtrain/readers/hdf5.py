@@ -78,6 +78,7 @@ class HDF5Dataset(Dataset):
         super().__init__(cache_bytes, dtype)
         self.path = str(path)
         self._file = None
+        self._nodes: dict[str, object] = {}
         self._allow_external = allow_external
         f = self._handle()
         found = _datasets(f)
@@ -179,21 +180,29 @@ class HDF5Dataset(Dataset):
             except OSError as e:
                 raise DataError(f"{self.path}: not a readable HDF5 file ({e})") from None
             self._pid = os.getpid()
+            self._nodes = {}
         return self._file
+
+    def _node(self, key: str):
+        """The h5py Dataset object for ``key``, looked up once per open file."""
+        f = self._handle()
+        node = self._nodes.get(key)
+        if node is None:
+            node = self._nodes[key] = f[key]
+        return node
 
     def _load_chunk(self, i: int):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
-        f = self._handle()
         try:
             if self._table is not None:
-                rows = f[self._table][a:b]
+                rows = self._node(self._table)[a:b]
                 X = fill_features(self._feature_cols, b - a, self.dtype, lambda k: rows[k])
                 y = as_labels(rows[self._label_col.key], self.path) if self._label_col else None
                 if y is not None and y.ndim == 2 and self._label_col.index is not None:
                     y = y[:, self._label_col.index]
             else:
-                X = as_features(f[self._x_key][a:b], self.dtype, self.path)
-                y = None if self._y_key is None else as_labels(f[self._y_key][a:b], self.path)
+                X = as_features(self._node(self._x_key)[a:b], self.dtype, self.path)
+                y = None if self._y_key is None else as_labels(self._node(self._y_key)[a:b], self.path)
         except OSError as e:
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
         return X, y
@@ -201,9 +210,8 @@ class HDF5Dataset(Dataset):
     def _load_range(self, start: int, stop: int):
         if self._table is not None or self._compression:
             return None  # compressed chunks decode whole anyway: read and cache the chunk
-        f = self._handle()
-        X = as_features(f[self._x_key][start:stop], self.dtype, self.path)
-        return X, None if self._y_key is None else as_labels(f[self._y_key][start:stop], self.path)
+        X = as_features(self._node(self._x_key)[start:stop], self.dtype, self.path)
+        return X, None if self._y_key is None else as_labels(self._node(self._y_key)[start:stop], self.path)
 
     def label_dtype(self):
         return self._label_dtype

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""streamtrain's benchmark: measured speeds as ratios against baselines run in the same process.
+
+Writes benchmarks/report.md (Markdown) and benchmarks/results.json (raw figures).
+Creates its data with make-data under benchmarks/scratch/ and removes it at the end.
+
+    .venv/bin/python scripts/bench.py [--rows 1000000] [--features 64] [--only readers,...]
+
+Sections:
+  readers   full sequential scan through streamtrain vs h5py / zarr / pyarrow reading the same
+            chunks in a bare loop (target: >= 0.80 of the bare loop)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks"
+SCRATCH = OUT / "scratch"
+
+# name -> (suffix, compression) of the files the benchmark makes.
+FORMATS = {
+    "hdf5": (".h5", None),
+    "hdf5-gzip": (".h5", "gzip"),
+    "zarr-zstd": (".zarr", "zstd"),
+    "parquet-snappy": (".parquet", "snappy"),
+}
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` runs (the first warms the page cache)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def make_files(rows: int, features: int, chunk_rows: int) -> dict[str, Path]:
+    from streamtrain.synthetic import make_data
+
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, (suffix, compression) in FORMATS.items():
+        path = SCRATCH / f"{name}{suffix}"
+        if not path.exists():
+            make_data(path, rows, features, chunk_rows=chunk_rows, compression=compression or "none", seed=1)
+        files[name] = path
+    return files
+
+
+# -- bare-library loops: the baselines -------------------------------------------------
+def raw_scan(name: str, path: Path, chunk_rows: int) -> int:
+    """Read every chunk with the library alone into float32 (rows, features) arrays."""
+    n = 0
+    if name.startswith("hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            X, y = f["X"], f["y"]
+            for a in range(0, X.shape[0], chunk_rows):
+                n += len(X[a:a + chunk_rows]) + 0 * len(y[a:a + chunk_rows])
+    elif name.startswith("zarr"):
+        import zarr
+
+        g = zarr.open_group(str(path), mode="r")
+        X, y = g["X"], g["y"]
+        for a in range(0, X.shape[0], chunk_rows):
+            n += len(X[a:a + chunk_rows]) + 0 * len(y[a:a + chunk_rows])
+    else:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        cols = pf.schema_arrow.names
+        for i in range(pf.num_row_groups):
+            t = pf.read_row_group(i, columns=cols)
+            X = np.empty((t.num_rows, len(cols) - 1), np.float32)
+            for j, c in enumerate(cols[:-1]):
+                X[:, j] = t.column(c).to_numpy()
+            n += len(X) + 0 * len(t.column(cols[-1]).to_numpy())
+    return n
+
+
+def stream_scan(path: Path) -> int:
+    import streamtrain as st
+
+    with st.open_dataset(path) as ds:
+        return sum(len(ds.read_chunk(i)[0]) for i in range(ds.n_chunks))
+
+
+def bench_readers(files, rows, chunk_rows) -> list[dict]:
+    results = []
+    for name, path in files.items():
+        assert raw_scan(name, path, chunk_rows) == rows and stream_scan(path) == rows
+        # Interleaved, best of 5 each, so page-cache and CPU-frequency drift hit both alike.
+        raw, ours = float("inf"), float("inf")
+        for _ in range(5):
+            raw = min(raw, best_of(lambda: raw_scan(name, path, chunk_rows), 1))
+            ours = min(ours, best_of(lambda: stream_scan(path), 1))
+        results.append({"format": name, "bare_rows_per_s": rows / raw, "streamtrain_rows_per_s": rows / ours,
+                        "ratio": raw / ours, "target": 0.80, "met": raw / ours >= 0.80})
+        print(f"readers  {name:15s} bare {rows / raw:12,.0f} rows/s  streamtrain {rows / ours:12,.0f} rows/s"
+              f"  ratio {raw / ours:.2f}", flush=True)
+    return results
+
+
+SECTIONS = {"readers": bench_readers}
+
+
+def machine() -> dict:
+    import h5py
+    import pyarrow
+    import zarr
+
+    import streamtrain
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(), "numpy": np.__version__,
+            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "zarr": zarr.__version__,
+            "pyarrow": pyarrow.__version__, "streamtrain": streamtrain.__version__}
+
+
+def report(results: dict, meta: dict) -> str:
+    lines = ["# streamtrain benchmark", "",
+             f"{meta['rows']:,} rows x {meta['features']} features (float32), chunks of {meta['chunk_rows']:,} rows; "
+             f"{meta['machine']['cpus']} CPUs, {meta['machine']['platform']}, Python {meta['machine']['python']}, "
+             f"numpy {meta['machine']['numpy']}, h5py {meta['machine']['h5py']} (HDF5 {meta['machine']['hdf5']}), "
+             f"zarr {meta['machine']['zarr']}, pyarrow {meta['machine']['pyarrow']}. Date: {meta['date']}.", ""]
+    if "readers" in results:
+        lines += ["## Sequential scan: streamtrain vs the bare library loop", "",
+                  "| format | bare library rows/s | streamtrain rows/s | ratio | target >= 0.80 |",
+                  "|---|---:|---:|---:|---|"]
+        for r in results["readers"]:
+            lines.append(f"| {r['format']} | {r['bare_rows_per_s']:,.0f} | {r['streamtrain_rows_per_s']:,.0f} | "
+                         f"{r['ratio']:.2f} | {'met' if r['met'] else 'MISSED by ' + format(0.80 - r['ratio'], '.2f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--chunk-rows", type=int, default=16384)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    parser.add_argument("--keep-data", action="store_true", help="keep benchmarks/scratch for another run")
+    args = parser.parse_args()
+    files = make_files(args.rows, args.features, args.chunk_rows)
+    try:
+        results = {name: SECTIONS[name](files, args.rows, args.chunk_rows) for name in args.only.split(",")}
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(SCRATCH, ignore_errors=True)
+    meta = {"rows": args.rows, "features": args.features, "chunk_rows": args.chunk_rows,
+            "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    (OUT / "report.md").write_text(report(results, meta))
+    print(f"wrote {OUT / 'report.md'} and {OUT / 'results.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
