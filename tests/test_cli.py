@@ -115,3 +115,13 @@ def test_every_command_has_help_with_an_example():
 def test_console_script_is_installed():
     assert BIN.exists() and os.access(BIN, os.X_OK)
     assert run("--version").stdout.strip().endswith("0.1.0")
+
+
+def test_inspect_with_selection_shows_what_was_found(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"a1": [1.0, 2.0], "a2": [3.0, 4.0], "b": [5.0, 6.0], "cls": [0, 1]}).to_parquet(tmp_path / "t.parquet")
+    info = json.loads(invoke("inspect", tmp_path / "t.parquet", "--features", "a*", "--label", "cls", "--json").output)
+    assert info["feature_names"] == ["a1", "a2"] and info["label"] == "cls" and info["compression"] == "SNAPPY"
+    text = invoke("inspect", DATA / "breast_cancer.h5").output
+    assert "n_rows: 569" in text and "features_dataset: X" in text
