@@ -108,7 +108,8 @@ def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, c
 @click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--shuffle", type=click.Choice(list(SHUFFLES)), default=_DEFAULTS.shuffle, show_default=True)
 @click.option("--window-mb", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.window_mb,
-              show_default=True, help="Memory budget of one shuffle window.")
+              show_default=True, help="Memory budget of the shuffle buffer (two windows of rows).")
+@click.option("--replacement", is_flag=True, help="Draw each batch i.i.d. (with replacement) instead of shuffling.")
 @click.option("--scale", type=click.Choice(list(SCALINGS)), default=_DEFAULTS.scale, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS.dtype, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -27,6 +27,7 @@ class TrainConfig:
     shuffle: str = "window"
     window_mb: float = 256.0
     drop_last: bool = False
+    replacement: bool = False
     seed: int = 0
     scale: str = "standard"
     dtype: str = "float32"

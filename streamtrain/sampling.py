@@ -1,9 +1,10 @@
 """Which rows each minibatch holds: pure shuffle plans from (rows, chunks, seed, epoch).
 
 Resume is recomputation, not saved iterators: a ``Sampler``'s state is the
-seed, the epoch and the position in it, and the plan of an epoch is a pure
-function of those, so a resumed run sees exactly the batches the
-uninterrupted run would have seen.
+seed, the epoch and the position in it, and an epoch's plan is a pure function
+of those, so a resumed run sees exactly the batches the uninterrupted run would
+have seen, without reading or replaying what came before. No plan holds an
+index per row: memory is O(chunks) (window), O(window) or O(1) (global).
 """
 
 from __future__ import annotations
@@ -12,66 +13,138 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["SHUFFLES", "epoch_order", "Sampler"]
+__all__ = ["SHUFFLES", "Sampler", "FeistelPermutation", "epoch_order"]
+
+_U64 = np.uint64
+_MASK64 = (1 << 64) - 1
 
 
-def _rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(epoch), stream])
+def _key(seed: int, epoch: int, stream: int) -> list[int]:
+    return [int(seed) & _MASK64, int(epoch), int(stream)]
 
 
-def order_none(bounds: np.ndarray, seed: int, epoch: int, window_rows: int) -> np.ndarray:
-    """Rows in storage order."""
-    return np.arange(bounds[-1], dtype=np.int64)
+class FeistelPermutation:
+    """A pseudo-random permutation of ``range(n)`` evaluated index by index, in O(1) memory.
 
-
-def order_global(bounds: np.ndarray, seed: int, epoch: int, window_rows: int) -> np.ndarray:
-    """A uniformly random permutation of all rows."""
-    return _rng(seed, epoch).permutation(int(bounds[-1])).astype(np.int64)
-
-
-def order_window(bounds: np.ndarray, seed: int, epoch: int, window_rows: int) -> np.ndarray:
-    """Chunks in random order, grouped into windows of about ``window_rows`` rows, rows shuffled within each window.
-
-    Every row appears once and every chunk is needed by one window only, so
-    with a cache the size of a window each chunk is read once per epoch.
+    A balanced Feistel network on the smallest even number of bits covering
+    ``n``, with cycle walking (re-encrypt until the value falls below ``n``), as
+    Grain's ``index_shuffle`` and TensorFlow's ``random_index_shuffle`` do.
     """
-    rng = _rng(seed, epoch)
-    sizes = np.diff(bounds)
-    chunks = rng.permutation(len(sizes))
-    out = np.empty(int(bounds[-1]), dtype=np.int64)
-    pos = 0
-    i = 0
-    while i < len(chunks):
-        # At least one chunk per window, then as many as fit in the budget.
-        j, rows = i + 1, int(sizes[chunks[i]])
-        while j < len(chunks) and rows + sizes[chunks[j]] <= window_rows:
-            rows += int(sizes[chunks[j]])
-            j += 1
-        window = np.concatenate([np.arange(bounds[c], bounds[c + 1], dtype=np.int64) for c in chunks[i:j]])
-        out[pos:pos + rows] = window[rng.permutation(rows)]
-        pos += rows
-        i = j
-    return out
+
+    ROUNDS = 8
+
+    def __init__(self, n: int, key: list[int]):
+        self.n = int(n)
+        bits = max(2, (self.n - 1).bit_length())
+        bits += bits % 2
+        self.half = bits // 2
+        self.mask = _U64((1 << self.half) - 1)
+        rng = np.random.default_rng(key)
+        self.keys = rng.integers(0, 1 << 63, size=self.ROUNDS, dtype=np.uint64)
+
+    def _round(self, r: np.ndarray, k: np.uint64) -> np.ndarray:
+        # splitmix64 finaliser of (r, k): cheap and well mixed; uint64 arrays wrap silently.
+        x = (r + k) * _U64(0x9E3779B97F4A7C15)
+        x ^= x >> _U64(31)
+        x *= _U64(0xBF58476D1CE4E5B9)
+        x ^= x >> _U64(29)
+        return x & self.mask
+
+    def _encrypt(self, v: np.ndarray) -> np.ndarray:
+        left, right = v >> _U64(self.half), v & self.mask
+        for k in self.keys:
+            left, right = right, left ^ self._round(right, k)
+        return (left << _U64(self.half)) | right
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """The permuted value of each position (int64 array of the same shape)."""
+        v = np.asarray(positions, dtype=np.uint64)
+        out = self._encrypt(v)
+        todo = out >= self.n
+        while todo.any():  # cycle walking: the domain is < 4n, so this ends fast
+            out[todo] = self._encrypt(out[todo])
+            todo = out >= self.n
+        return out.astype(np.int64)
 
 
-SHUFFLES: dict[str, Callable[[np.ndarray, int, int, int], np.ndarray]] = {
-    "window": order_window,
-    "global": order_global,
-    "none": order_none,
-}
+class _NonePlan:
+    def __init__(self, bounds, seed, epoch, window_rows):
+        pass
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        return positions
+
+
+class _GlobalPlan:
+    def __init__(self, bounds, seed, epoch, window_rows):
+        self.perm = FeistelPermutation(int(bounds[-1]), _key(seed, epoch, 1))
+
+    def at(self, positions):
+        return self.perm(positions)
+
+
+class _WindowPlan:
+    """Chunks in random order, grouped into windows of at most ``window_rows`` rows (at least
+    one chunk), rows shuffled within each window. Every row once per epoch, and each chunk is
+    needed by one window only, so with a cache the size of a window each chunk is read once."""
+
+    def __init__(self, bounds, seed, epoch, window_rows):
+        self.bounds, self.seed, self.epoch = bounds, seed, epoch
+        sizes = np.diff(bounds)
+        self.chunks = np.random.default_rng(_key(seed, epoch, 2)).permutation(len(sizes))
+        cum = np.cumsum(sizes[self.chunks])
+        # Greedy grouping in chunk order: a window closes when the next chunk would overflow it.
+        starts, used = [0], 0
+        for i in range(len(self.chunks)):
+            size = int(sizes[self.chunks[i]])
+            if used and used + size > window_rows:
+                starts.append(i)
+                used = 0
+            used += size
+        self.win_chunk_start = np.asarray(starts + [len(self.chunks)], dtype=np.int64)
+        self.win_row_start = np.concatenate([[0], cum])[self.win_chunk_start]
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _window_rows(self, w: int) -> np.ndarray:
+        if self._cached is not None and self._cached[0] == w:
+            return self._cached[1]
+        members = self.chunks[self.win_chunk_start[w]:self.win_chunk_start[w + 1]]
+        rows = np.concatenate([np.arange(self.bounds[c], self.bounds[c + 1], dtype=np.int64) for c in members])
+        rows = rows[np.random.default_rng(_key(self.seed, self.epoch, 3 + w)).permutation(len(rows))]
+        self._cached = (w, rows)
+        return rows
+
+    def at(self, positions):
+        win = np.searchsorted(self.win_row_start, positions, side="right") - 1
+        out = np.empty(len(positions), dtype=np.int64)
+        for w in np.unique(win):
+            sel = win == w
+            out[sel] = self._window_rows(int(w))[positions[sel] - self.win_row_start[w]]
+        return out
+
+
+SHUFFLES: dict[str, Callable[..., Any]] = {"window": _WindowPlan, "global": _GlobalPlan, "none": _NonePlan}
 
 
 def epoch_order(shuffle: str, bounds: np.ndarray, seed: int, epoch: int, window_rows: int) -> np.ndarray:
-    """The order in which epoch ``epoch`` visits the rows (int64, shape ``(n_rows,)``)."""
+    """The whole order in which an epoch visits the rows (int64, ``(n_rows,)``; for small data and tests)."""
     if shuffle not in SHUFFLES:
         raise ValueError(f"unknown shuffle {shuffle!r}; use one of {', '.join(SHUFFLES)}")
-    return SHUFFLES[shuffle](np.asarray(bounds, dtype=np.int64), seed, epoch, window_rows)
+    bounds = np.asarray(bounds, dtype=np.int64)
+    return SHUFFLES[shuffle](bounds, seed, epoch, window_rows).at(np.arange(bounds[-1], dtype=np.int64))
 
 
 class Sampler:
     """Minibatches of sorted row indices, epoch after epoch, resumable mid-epoch.
 
-    ``position`` counts the rows of the current epoch already consumed; the
+    ``shuffle`` is "window" (chunk order shuffled, rows shuffled within windows
+    of ``window_rows``), "global" (a uniformly random permutation of all rows)
+    or "none". ``replacement=True`` draws each batch i.i.d. instead. With
+    ``world_size > 1``, worker ``rank`` gets every ``world_size``-th position of
+    the epoch's order, so workers get disjoint, equal shares (``n_rows //
+    world_size`` rows each; the remainder is left out of that epoch).
+
+    ``position`` counts the rows of this worker's epoch already consumed; the
     consumer calls ``advance`` after using a batch, so prefetched but unused
     batches are not counted.
 
@@ -81,35 +154,55 @@ class Sampler:
     """
 
     def __init__(self, bounds: np.ndarray, batch_size: int = 32, shuffle: str = "window",
-                 seed: int = 0, drop_last: bool = False, window_rows: int = 1 << 20):
+                 seed: int = 0, drop_last: bool = False, window_rows: int = 1 << 20,
+                 replacement: bool = False, rank: int = 0, world_size: int = 1):
         if shuffle not in SHUFFLES:
             raise ValueError(f"unknown shuffle {shuffle!r}; use one of {', '.join(SHUFFLES)}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.bounds = np.asarray(bounds, dtype=np.int64)
         self.n_rows = int(self.bounds[-1])
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), bool(drop_last)
-        self.window_rows = int(window_rows)
+        self.window_rows = max(1, int(window_rows))
+        self.replacement = bool(replacement)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         self.position = 0
 
     @property
     def rows_per_epoch(self) -> int:
-        if self.drop_last:
-            return self.n_rows - self.n_rows % self.batch_size
-        return self.n_rows
+        """Rows this worker sees per epoch."""
+        share = self.n_rows // self.world_size if self.world_size > 1 else self.n_rows
+        return share - share % self.batch_size if self.drop_last else share
 
     def __len__(self) -> int:
         """Batches per epoch."""
         return -(-self.rows_per_epoch // self.batch_size)
 
+    def plan(self, epoch: int | None = None):
+        """The shuffle plan of an epoch (``plan.at(positions) -> rows``)."""
+        e = self.epoch if epoch is None else epoch
+        return SHUFFLES[self.shuffle](self.bounds, self.seed, e, self.window_rows)
+
     def iter_epoch(self) -> Iterator[np.ndarray]:
-        """The remaining batches of the current epoch, each sorted ascending."""
-        order = epoch_order(self.shuffle, self.bounds, self.seed, self.epoch, self.window_rows)
-        end = self.rows_per_epoch
-        for a in range(self.position, end, self.batch_size):
-            yield np.sort(order[a:min(a + self.batch_size, end)])
+        """The remaining batches of the current epoch, each sorted ascending (int64)."""
+        end, bs = self.rows_per_epoch, self.batch_size
+        if self.replacement:
+            for start in range(self.position, end, bs):
+                rng = np.random.default_rng(_key(self.seed, self.epoch, 1_000_003 + self.rank) + [start])
+                yield np.sort(rng.integers(0, self.n_rows, size=min(bs, end - start), dtype=np.int64))
+            return
+        plan = self.plan()
+        # Positions are mapped to rows a block at a time, so per-batch work stays small at batch size 1.
+        block = max(bs, (65536 // bs) * bs)
+        for b0 in range(self.position, end, block):
+            local = np.arange(b0, min(b0 + block, end), dtype=np.int64)
+            rows = plan.at(local * self.world_size + self.rank)
+            for a in range(0, len(rows), bs):
+                yield np.sort(rows[a:a + bs])
 
     def advance(self, n: int) -> None:
         """Record that ``n`` more rows of this epoch were consumed."""
@@ -119,14 +212,15 @@ class Sampler:
         self.epoch += 1
         self.position = 0
 
+    _FIXED = ("shuffle", "batch_size", "drop_last", "window_rows", "n_rows", "seed", "replacement",
+              "rank", "world_size")
+
     def state_dict(self) -> dict[str, Any]:
-        """Seed, epoch and position: all that resuming needs (JSON-able)."""
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
-                "shuffle": self.shuffle, "batch_size": self.batch_size,
-                "drop_last": self.drop_last, "window_rows": self.window_rows, "n_rows": self.n_rows}
+        """Seed, epoch and position (and the settings they are relative to): all that resuming needs."""
+        return {"epoch": self.epoch, "position": self.position, **{k: getattr(self, k) for k in self._FIXED}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("shuffle", "batch_size", "drop_last", "window_rows", "n_rows", "seed"):
+        for key in self._FIXED:
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler {getattr(self, key)!r}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -19,7 +19,7 @@ from ._version import __version__
 from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError, DataError, TrainingError
-from .loader import Loader
+from .loader import Loader, window_rows_for
 from .metrics import metrics_for
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .nn.optim import make_optimizer
@@ -145,9 +145,9 @@ class Trainer:
                     log(f"no checkpoint in {checkpoint_dir}; starting fresh")
                 self._initialise(train, log)
                 self.fingerprint = train.fingerprint()
-            row_bytes = train.n_features * train.dtype.itemsize
             sampler = Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
-                              window_rows=max(1, int(cfg.window_mb * 2**20 / row_bytes)))
+                              window_rows=window_rows_for(cfg.window_mb * 2**20, train),
+                              replacement=cfg.replacement)
             if self._sampler_state:
                 sampler.load_state_dict(self._sampler_state)
             self.sampler = sampler

@@ -62,22 +62,25 @@ def test_window_mode_needs_one_window_of_chunks_at_a_time():
     assert np.mean(np.diff(order) == 1) < 0.1
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + ["replacement", "sharded"])
 @pytest.mark.parametrize("batch", [1, 32, 77])
 def test_resume_mid_epoch_continues_the_same_batches(mode, batch):
     bounds = uniform_bounds(600, 64)
-    full = Sampler(bounds, batch, mode, seed=9, window_rows=150)
+    kw = {"replacement": True} if mode == "replacement" else {"rank": 1, "world_size": 3} if mode == "sharded" else {}
+    mode = mode if mode in MODES else "window"
+    full = Sampler(bounds, batch, mode, seed=9, window_rows=150, **kw)
     full.epoch = 2
     expected = list(full.iter_epoch())
-    s = Sampler(bounds, batch, mode, seed=9, window_rows=150)
+    s = Sampler(bounds, batch, mode, seed=9, window_rows=150, **kw)
     s.epoch = 2
-    for b in list(s.iter_epoch())[:5]:
+    k = min(5, len(expected) - 1)
+    for b in list(s.iter_epoch())[:k]:
         s.advance(len(b))
-    resumed = Sampler(bounds, batch, mode, seed=9, window_rows=150)
+    resumed = Sampler(bounds, batch, mode, seed=9, window_rows=150, **kw)
     resumed.load_state_dict(s.state_dict())
     got = list(resumed.iter_epoch())
-    assert len(got) == len(expected) - 5
-    for a, b in zip(got, expected[5:]):
+    assert len(got) == len(expected) - k
+    for a, b in zip(got, expected[k:]):
         np.testing.assert_array_equal(a, b)
 
 
@@ -100,7 +103,7 @@ def test_loader_yields_the_sampler_rows_and_stops_its_thread():
     it = loader.iter_epoch()
     next(it)
     it.close()  # consumer stops early
-    assert not [t for t in threading.enumerate() if t.name == "streamtrain-loader"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
 
 
 def test_loader_reraises_reader_errors():
@@ -111,4 +114,140 @@ def test_loader_reraises_reader_errors():
     ds = Broken(np.zeros((50, 2)), np.zeros(50), chunk_rows=10)
     with pytest.raises(OSError, match="disk on fire"):
         list(Loader(ds, Sampler(ds.bounds, 8, "none")).iter_epoch())
-    assert not [t for t in threading.enumerate() if t.name == "streamtrain-loader"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+
+
+def test_global_shuffle_positions_are_uniform():
+    """Over many epochs each row lands in each position equally often (chi-square)."""
+    from scipy.stats import chisquare
+
+    n, epochs = 12, 6000
+    counts = np.zeros((n, n))
+    for e in range(epochs):
+        order = epoch_order("global", uniform_bounds(n, 4), seed=3, epoch=e, window_rows=0)
+        counts[order, np.arange(n)] += 1
+    for row in range(n):
+        assert chisquare(counts[row]).pvalue > 1e-4, counts[row]
+    # and not just the marginals: successive rows are not stuck together
+    follows = sum(epoch_order("global", uniform_bounds(n, 4), 3, e, 0).tolist().index(5) + 1 ==
+                  epoch_order("global", uniform_bounds(n, 4), 3, e, 0).tolist().index(6) for e in range(600))
+    assert abs(follows / 600 - 1 / n) < 0.05
+
+
+def test_global_shuffle_of_ten_billion_rows_needs_no_index_memory():
+    import tracemalloc
+
+    tracemalloc.start()
+    s = Sampler(uniform_bounds(10**10, 1 << 20), 256, "global", seed=1)
+    batch = next(s.iter_epoch())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20, peak  # a block of positions, not 80 GB of indices
+    assert len(batch) == 256 and batch.max() < 10**10 and len(np.unique(batch)) == 256
+
+
+def test_window_shuffle_spreads_each_chunk_over_many_batches():
+    bounds = uniform_bounds(4000, 100)
+    s = Sampler(bounds, 10, "window", seed=0, window_rows=800)
+    batches_of_chunk = {}
+    for k, b in enumerate(s.iter_epoch()):
+        for c in np.unique(b // 100):
+            batches_of_chunk.setdefault(int(c), set()).add(k)
+    assert min(len(v) for v in batches_of_chunk.values()) >= 5  # 100 rows of a chunk across >= 5 batches of 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 500), world=st.integers(1, 5), batch=st.integers(1, 64), mode=st.sampled_from(MODES))
+def test_shards_are_disjoint_equal_and_cover_the_epoch(n, world, batch, mode):
+    bounds = uniform_bounds(n, 37)
+    shares = []
+    for rank in range(world):
+        s = Sampler(bounds, batch, mode, seed=4, window_rows=90, rank=rank, world_size=world)
+        batches = list(s.iter_epoch())
+        shares.append(np.concatenate(batches) if batches else np.array([], int))
+    sizes = {len(x) for x in shares}
+    assert sizes == {n // world}
+    allrows = np.concatenate(shares)
+    assert len(np.unique(allrows)) == len(allrows)  # disjoint
+    if world == 1:
+        assert len(allrows) == n
+
+
+def test_replacement_draws_iid_batches():
+    s = Sampler(uniform_bounds(1000, 100), 64, "global", seed=2, replacement=True)
+    batches = list(s.iter_epoch())
+    assert len(batches) == 16 and sum(map(len, batches)) == 1000
+    rows = np.concatenate(batches)
+    assert rows.min() >= 0 and rows.max() < 1000
+    assert len(np.unique(rows)) < 1000  # with replacement some rows repeat (about 63% unique)
+    s.next_epoch()
+    assert not np.array_equal(np.concatenate(list(s.iter_epoch())), rows)
+
+
+def test_loader_is_safe_across_fork(tmp_path):
+    import multiprocessing as mp
+
+    from streamtrain import make_data, open_dataset
+
+    make_data(tmp_path / "f.h5", rows=2000, features=4, chunk_rows=256)
+    ds = open_dataset(tmp_path / "f.h5")
+    expected = ds.read(np.arange(0, 2000, 7))[0]  # parent has an open h5py handle now
+    global _FORKED
+    _FORKED = ds
+    for method in ("fork", "spawn"):  # fork inherits the dataset; spawn pickles it
+        with mp.get_context(method).Pool(2) as pool:
+            results = pool.map(_read_in_child, [(ds if method == "spawn" else None, np.arange(0, 2000, 7))] * 2)
+        for got in results:
+            np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(ds.read(np.arange(0, 2000, 7))[0], expected)  # parent handle still fine
+
+
+_FORKED = None
+
+
+def _read_in_child(args):
+    ds, rows = args
+    return (ds or _FORKED).read(rows)[0]
+
+
+def test_loader_stops_cleanly_on_ctrl_c_and_closes_files(tmp_path):
+    import os
+
+    from streamtrain import make_data, open_dataset
+
+    make_data(tmp_path / "k.parquet", rows=5000, features=4, chunk_rows=500)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    ds = open_dataset(tmp_path / "k.parquet")
+    loader = Loader(ds, Sampler(ds.bounds, 50, "global"))
+    with pytest.raises(KeyboardInterrupt):
+        for k, _ in enumerate(loader.iter_epoch()):
+            if k == 3:
+                raise KeyboardInterrupt
+    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    ds.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr", ".parquet"])
+@pytest.mark.parametrize("mode", MODES)
+def test_loader_batches_match_the_sampler_and_window_reads_each_chunk_once(tmp_path, suffix, mode):
+    from streamtrain import make_data, open_dataset
+    from streamtrain.loader import window_rows_for
+
+    path = tmp_path / f"w{suffix}"
+    make_data(path, rows=20000, features=8, chunk_rows=1000, compression="gzip" if suffix == ".h5" else "default")
+    ds = open_dataset(path)
+    everything = ds.read(np.arange(20000))
+    ds.close()
+    ds = open_dataset(path, cache_bytes=1 << 20)
+    sampler = Sampler(ds.bounds, 64, mode, seed=3, window_rows=window_rows_for(200_000, ds))
+    expected = list(Sampler(ds.bounds, 64, mode, seed=3, window_rows=sampler.window_rows).iter_epoch())
+    got = list(Loader(ds, sampler).iter_epoch())
+    assert len(got) == len(expected)
+    for (rows, X, y), want in zip(got, expected):
+        np.testing.assert_array_equal(rows, want)
+        np.testing.assert_array_equal(X, everything[0][rows])
+        np.testing.assert_array_equal(y, everything[1][rows])
+    if mode != "global":
+        assert ds.stats["chunks_read"] == ds.n_chunks  # sequential I/O: every chunk decoded once
+    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]

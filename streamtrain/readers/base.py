@@ -88,6 +88,8 @@ class Dataset:
 
     #: What to do with rows holding NaN or Inf: "error" (naming the row) or "skip" them.
     nonfinite: str = "error"
+    #: Whether decoding chunks ahead in a second thread pays (not for data read in place).
+    prefetchable: bool = True
 
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
         self.cache_bytes = int(cache_bytes)
@@ -95,8 +97,12 @@ class Dataset:
         self._cache: OrderedDict[int, Batch] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._inflight: dict[int, threading.Event] = {}
         self._pid = os.getpid()
         self._skipped: dict[int, np.ndarray] = {}  # chunk -> keep mask, for nonfinite="skip"
+        # What reading cost: decoded bytes and chunks read, rows taken directly (read amplification).
+        self.stats = {"bytes_read": 0, "chunks_read": 0, "rows_taken": 0}
 
     # -- layout -----------------------------------------------------------
     @property
@@ -134,14 +140,38 @@ class Dataset:
         """Features ``(rows, n_features)`` and labels ``(rows,)`` of chunk ``i``."""
         if not 0 <= i < self.n_chunks:
             raise IndexError(f"chunk {i} out of range for {self.n_chunks} chunks")
+        # Two threads (the loader and its chunk prefetcher) may ask for the same chunk:
+        # the first decodes it, the other waits for that result instead of decoding it again.
         with self._lock:
             hit = self._cache.get(i)
             if hit is not None:
                 self._cache.move_to_end(i)
                 return hit
-        X, y = self._checked(i, *self._load_chunk(i))
-        self._remember(i, (X, y))
+            pending = self._inflight.get(i)
+            if pending is None:
+                self._inflight[i] = threading.Event()
+        if pending is not None:
+            pending.wait()
+            with self._lock:
+                hit = self._cache.get(i)
+            if hit is not None:
+                return hit
+            return self._checked(i, *self._load_locked(i))  # evicted meanwhile: read it again, uncached
+        try:
+            X, y = self._checked(i, *self._load_locked(i))
+            self.stats["chunks_read"] += 1
+            self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
+            self._remember(i, (X, y))
+        finally:
+            with self._lock:
+                self._inflight.pop(i).set()
         return X, y
+
+    def _load_locked(self, i: int) -> Batch:
+        # File handles are not shared between threads mid-read: one decode at a time per
+        # dataset; the other thread meanwhile gathers rows from cached chunks.
+        with self._io_lock:
+            return self._load_chunk(i)
 
     def _checked(self, i: int, X: np.ndarray, y: np.ndarray | None) -> Batch:
         """Chunk ``i`` after the NaN/Inf policy: unchanged, or an error naming the row.
@@ -187,29 +217,33 @@ class Dataset:
                 _, (X, y) = self._cache.popitem(last=False)
                 self._cached_bytes -= X.nbytes + (0 if y is None else y.nbytes)
 
-    def _load_range(self, start: int, stop: int) -> Batch | None:
-        """Rows ``start:stop`` read directly, or None where the format only reads whole chunks."""
+    def _take(self, c: int, local: np.ndarray, sparse: bool) -> Batch | None:
+        """Rows ``local`` (sorted) of chunk ``c`` read directly, without the whole chunk, or None.
+
+        ``sparse`` says the rows span a small part of the chunk. Formats that can
+        read a few rows cheaply (uncompressed HDF5, memory) override this.
+        """
         return None
 
     def _gather_from(self, c: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(X, y, keep)`` for sorted ``local`` rows of chunk ``c``.
 
-        A cached chunk serves them; a few rows of an uncached chunk are read as one
-        short span when the format allows (global shuffle touches many chunks for a
-        row or two each, and reading whole chunks for them would multiply the I/O);
-        otherwise the whole chunk is read and cached.
+        A cached chunk serves them; otherwise the format may read just those rows
+        (global shuffle touches many chunks for a row or two each, and reading
+        whole chunks for them would multiply the I/O); otherwise the whole chunk
+        is read and cached.
         """
         with self._lock:
             hit = self._cache.get(c)
-        span = int(local[-1] - local[0]) + 1
-        if hit is None and span * SPARSE_SPAN_FRACTION <= self.chunk_sizes[c]:
-            start = int(self.bounds[c] + local[0])
-            got = self._load_range(start, start + span)
+        if hit is None:
+            sparse = (int(local[-1] - local[0]) + 1) * SPARSE_SPAN_FRACTION <= self.chunk_sizes[c]
+            got = self._take(c, local, sparse)
             if got is not None:
                 X, y = got
-                bad = self._bad_rows(start, X, y)
-                idx = local - local[0]
-                return X[idx], None if y is None else y[idx], None if bad is None else ~bad[idx]
+                self.stats["rows_taken"] += len(local)
+                self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
+                bad = self._bad_rows(int(self.bounds[c]), X, y)
+                return X, y, None if bad is None else ~bad
         X, y = hit if hit is not None else self.read_chunk(c)
         keep = self._skipped.get(c)
         return X[local], None if y is None else y[local], None if keep is None else keep[local]
@@ -301,6 +335,23 @@ class Dataset:
         with self._lock:
             self._cache.clear()
             self._cached_bytes = 0
+
+    # Picklable (for spawn-started worker processes): handles, lock and cache stay behind.
+    _UNPICKLED = {"_file": None, "_nodes": {}, "_maps": None, "_handles": None, "_cache": None,
+                  "_cached_bytes": 0, "_lock": None, "_io_lock": None, "_inflight": None}
+
+    def __getstate__(self):
+        return {k: (self._UNPICKLED[k] if k in self._UNPICKLED else v) for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state):
+        from collections import OrderedDict as _OD
+
+        self.__dict__.update(state)
+        self._cache, self._cached_bytes, self._lock = _OD(), 0, threading.Lock()
+        self._io_lock, self._inflight = threading.Lock(), {}
+        if "_handles" in state:
+            self._handles = _OD()
+        self._pid = os.getpid()
 
     def __enter__(self):
         return self

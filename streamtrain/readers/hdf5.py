@@ -79,6 +79,7 @@ class HDF5Dataset(Dataset):
         self.path = str(path)
         self._file = None
         self._nodes: dict[str, object] = {}
+        self._maps: dict | None = None
         self._allow_external = allow_external
         f = self._handle()
         found = _datasets(f)
@@ -207,11 +208,51 @@ class HDF5Dataset(Dataset):
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
         return X, y
 
-    def _load_range(self, start: int, stop: int):
-        if self._table is not None or self._compression:
+    def _take(self, c, local, sparse):
+        if not sparse or self._table is not None or self._compression:
             return None  # compressed chunks decode whole anyway: read and cache the chunk
-        X = as_features(self._node(self._x_key)[start:stop], self.dtype, self.path)
-        return X, None if self._y_key is None else as_labels(self._node(self._y_key)[start:stop], self.path)
+        start = int(self.bounds[c] + local[0])
+        stop = int(self.bounds[c] + local[-1]) + 1
+        idx = local - local[0]
+        X = as_features(self._node(self._x_key)[start:stop][idx], self.dtype, self.path)
+        y = None if self._y_key is None else as_labels(self._node(self._y_key)[start:stop][idx], self.path)
+        return X, y
+
+    def read(self, rows):
+        """Gather sorted rows; uncompressed data is gathered straight from the file's pages."""
+        maps = self._row_maps()
+        if maps is None:
+            return super().read(rows)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows[0] < 0 or rows[-1] >= self.n_rows):
+            raise IndexError(f"row index out of range for {self.n_rows} rows")
+        X = as_features(maps[0].take(rows), self.dtype, self.path)
+        y = None if maps[1] is None else as_labels(maps[1].take(rows), self.path)
+        self.stats["rows_taken"] += len(rows)
+        self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
+        bad = self._bad_rows(int(rows[0]) if rows.size else 0, X, y)
+        if bad is not None:  # nonfinite="skip" (an error was raised otherwise)
+            return X[~bad], None if y is None else y[~bad]
+        return X, y
+
+    @property
+    def prefetchable(self) -> bool:
+        return self._row_maps() is None
+
+    def _row_maps(self):
+        """``(X map, y map)`` over the file's bytes when every row lies plainly in it, else None.
+
+        The OS page cache is then the cache, and a gather of any rows is one
+        vectorised copy: no per-chunk work, which is what makes global shuffle fast.
+        """
+        if self._maps is None or self._in_child_process():
+            self._maps = {}
+            if self._table is None:
+                x = _RowMap.of(self.path, self._node(self._x_key))
+                y = None if self._y_key is None else _RowMap.of(self.path, self._node(self._y_key))
+                if x is not None and (self._y_key is None or y is not None):
+                    self._maps["rows"] = (x, y)
+        return self._maps.get("rows")
 
     def label_dtype(self):
         return self._label_dtype
@@ -228,7 +269,56 @@ class HDF5Dataset(Dataset):
         super().close()
         if self._file is not None and not self._in_child_process():
             self._file.close()
-        self._file = None
+        self._file, self._nodes, self._maps = None, {}, None
+
+
+class _RowMap:
+    """Rows of an uncompressed HDF5 dataset as byte offsets into a read-only map of the file."""
+
+    def __init__(self, file_map, chunk_offsets, chunk_rows, row_bytes, dtype, row_shape):
+        self.file_map, self.chunk_offsets, self.chunk_rows = file_map, chunk_offsets, chunk_rows
+        self.row_bytes, self.dtype, self.row_shape = row_bytes, dtype, row_shape
+        # Every byte offset as the start of a row_bytes-long row: fancy indexing then copies rows.
+        self.rows_view = np.lib.stride_tricks.as_strided(
+            file_map, shape=(len(file_map) - row_bytes + 1, row_bytes), strides=(1, 1), writeable=False)
+
+    @classmethod
+    def of(cls, path: str, d):
+        if d.compression or d._filters or d.external or d.is_virtual or d.dtype.kind not in "biuf":
+            return None
+        row_shape = d.shape[1:]
+        row_bytes = d.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        try:
+            if d.chunks is None:
+                offset = d.id.get_offset()
+                if offset is None:
+                    return None
+                offsets, chunk_rows = np.array([offset], np.int64), max(1, d.shape[0])
+            else:
+                if tuple(d.chunks[1:]) != tuple(row_shape):
+                    return None  # chunks split the columns: rows are not contiguous bytes
+                n_chunks = -(-d.shape[0] // d.chunks[0])
+                offsets = np.full(n_chunks, -1, np.int64)
+
+                def note(info):
+                    offsets[info.chunk_offset[0] // d.chunks[0]] = info.byte_offset
+
+                d.id.chunk_iter(note)
+                if (offsets < 0).any():
+                    return None  # unwritten chunks read as fill values: let h5py handle them
+                chunk_rows = d.chunks[0]
+            file_map = np.memmap(path, np.uint8, "r")
+        except (OSError, ValueError, AttributeError, RuntimeError, TypeError):
+            return None
+        if file_map.size < offsets.max() + min(chunk_rows, d.shape[0]) * row_bytes:
+            return None  # a truncated file: let h5py report it
+        return cls(file_map, offsets, chunk_rows, row_bytes, d.dtype, row_shape)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        c = rows // self.chunk_rows
+        starts = self.chunk_offsets[c] + (rows - c * self.chunk_rows) * self.row_bytes
+        raw = self.rows_view[starts]  # (n, row_bytes) uint8, one copy
+        return raw.view(self.dtype).reshape((len(rows), *self.row_shape))
 
 
 def _strip(key: str | None) -> str | None:

@@ -15,6 +15,7 @@ class ArrayDataset(Dataset):
     """A Dataset over numpy arrays ``X`` (rows, features) and optional ``y`` (rows,)."""
 
     format = "memory"
+    prefetchable = False
 
     def __init__(self, X: npt.ArrayLike, y: npt.ArrayLike | None = None, *, chunk_rows: int | None = None,
                  feature_names: list[str] | None = None, label_name: str | None = "y",
@@ -49,13 +50,12 @@ class ArrayDataset(Dataset):
         return cls(X, y, feature_names=[c.name for c in feats], label_name=lab.name if lab else None, **kwargs)
 
     def _load_chunk(self, i: int):
-        return self._load_chunk_rows(int(self.bounds[i]), int(self.bounds[i + 1]))
-
-    def _load_range(self, start: int, stop: int):
-        return self._load_chunk_rows(start, stop)
-
-    def _load_chunk_rows(self, a: int, b: int):
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         return self._X[a:b], None if self._y is None else self._y[a:b]
+
+    def _take(self, c, local, sparse):
+        rows = local + self.bounds[c]
+        return self._X[rows], None if self._y is None else self._y[rows]
 
     def label_dtype(self):
         return None if self._y is None else str(self._y.dtype)
