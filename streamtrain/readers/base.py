@@ -23,6 +23,8 @@ __all__ = ["Dataset", "DEFAULT_CACHE_BYTES", "uniform_bounds", "as_features", "a
 DEFAULT_CACHE_BYTES = 64 << 20
 # A run of rows from an uncached chunk spanning at most 1/this of it is read on its own.
 SPARSE_SPAN_FRACTION = 8
+# A gather taking at most 1/this of the rows of the chunks it touches reads just those rows.
+SPARSE_ROWS_FRACTION = 32
 # Contiguous (unchunked) sources are split into virtual chunks of about this size.
 VIRTUAL_CHUNK_BYTES = 4 << 20
 

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (DEFAULT_CACHE_BYTES, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features, as_labels,
+from .base import (DEFAULT_CACHE_BYTES, SPARSE_ROWS_FRACTION, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features, as_labels,
                    check_chunk_size, find_key, uniform_bounds, virtual_chunk_rows)
 from .columns import Column, fill_features, select_columns, vector_columns
 
@@ -219,25 +219,24 @@ class HDF5Dataset(Dataset):
         return X, y
 
     def read(self, rows):
-        """Gather sorted rows; uncompressed data is gathered straight from the file's pages."""
-        maps = self._row_maps()
+        """Gather sorted rows. Sparse gathers of uncompressed data read just those rows' bytes."""
+        rows = np.asarray(rows, dtype=np.int64)
+        maps = self._row_maps() if rows.size else None
         if maps is None:
             return super().read(rows)
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and (rows[0] < 0 or rows[-1] >= self.n_rows):
+        touched = int(np.count_nonzero(np.diff(rows // int(self.bounds[1]))) + 1)
+        if len(rows) * SPARSE_ROWS_FRACTION > touched * int(self.bounds[1]):
+            return super().read(rows)  # dense (window, sequential): whole chunks through the cache
+        if rows[0] < 0 or rows[-1] >= self.n_rows:
             raise IndexError(f"row index out of range for {self.n_rows} rows")
         X = as_features(maps[0].take(rows), self.dtype, self.path)
         y = None if maps[1] is None else as_labels(maps[1].take(rows), self.path)
         self.stats["rows_taken"] += len(rows)
         self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
-        bad = self._bad_rows(int(rows[0]) if rows.size else 0, X, y)
+        bad = self._bad_rows(int(rows[0]), X, y)
         if bad is not None:  # nonfinite="skip" (an error was raised otherwise)
             return X[~bad], None if y is None else y[~bad]
         return X, y
-
-    @property
-    def prefetchable(self) -> bool:
-        return self._row_maps() is None
 
     def _row_maps(self):
         """``(X map, y map)`` over the file's bytes when every row lies plainly in it, else None.
@@ -267,20 +266,28 @@ class HDF5Dataset(Dataset):
 
     def close(self):
         super().close()
-        if self._file is not None and not self._in_child_process():
-            self._file.close()
+        if not self._in_child_process():
+            if self._file is not None:
+                self._file.close()
+            for x, y in (self._maps or {}).values():
+                for m in (x, y):
+                    if m is not None:
+                        m.close()
         self._file, self._nodes, self._maps = None, {}, None
 
 
 class _RowMap:
-    """Rows of an uncompressed HDF5 dataset as byte offsets into a read-only map of the file."""
+    """Rows of an uncompressed HDF5 dataset located by byte offset in the file, read with pread.
 
-    def __init__(self, file_map, chunk_offsets, chunk_rows, row_bytes, dtype, row_shape):
-        self.file_map, self.chunk_offsets, self.chunk_rows = file_map, chunk_offsets, chunk_rows
+    pread rather than mmap: mapping a file maps whole page-cache folios per fault
+    (megabytes on current kernels), which would show a random gather as hundreds of
+    MB of resident memory.
+    """
+
+    def __init__(self, path, chunk_offsets, chunk_rows, row_bytes, dtype, row_shape):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.chunk_offsets, self.chunk_rows = chunk_offsets, chunk_rows
         self.row_bytes, self.dtype, self.row_shape = row_bytes, dtype, row_shape
-        # Every byte offset as the start of a row_bytes-long row: fancy indexing then copies rows.
-        self.rows_view = np.lib.stride_tricks.as_strided(
-            file_map, shape=(len(file_map) - row_bytes + 1, row_bytes), strides=(1, 1), writeable=False)
 
     @classmethod
     def of(cls, path: str, d):
@@ -297,8 +304,7 @@ class _RowMap:
             else:
                 if tuple(d.chunks[1:]) != tuple(row_shape):
                     return None  # chunks split the columns: rows are not contiguous bytes
-                n_chunks = -(-d.shape[0] // d.chunks[0])
-                offsets = np.full(n_chunks, -1, np.int64)
+                offsets = np.full(-(-d.shape[0] // d.chunks[0]), -1, np.int64)
 
                 def note(info):
                     offsets[info.chunk_offset[0] // d.chunks[0]] = info.byte_offset
@@ -307,18 +313,27 @@ class _RowMap:
                 if (offsets < 0).any():
                     return None  # unwritten chunks read as fill values: let h5py handle them
                 chunk_rows = d.chunks[0]
-            file_map = np.memmap(path, np.uint8, "r")
+            if os.path.getsize(path) < offsets.max() + min(chunk_rows, d.shape[0]) * row_bytes:
+                return None  # a truncated file: let h5py report it
         except (OSError, ValueError, AttributeError, RuntimeError, TypeError):
             return None
-        if file_map.size < offsets.max() + min(chunk_rows, d.shape[0]) * row_bytes:
-            return None  # a truncated file: let h5py report it
-        return cls(file_map, offsets, chunk_rows, row_bytes, d.dtype, row_shape)
+        return cls(path, offsets, chunk_rows, row_bytes, d.dtype, row_shape)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         c = rows // self.chunk_rows
         starts = self.chunk_offsets[c] + (rows - c * self.chunk_rows) * self.row_bytes
-        raw = self.rows_view[starts]  # (n, row_bytes) uint8, one copy
-        return raw.view(self.dtype).reshape((len(rows), *self.row_shape))
+        # Rows that follow each other in the file are read with one call.
+        breaks = np.flatnonzero(np.diff(starts) != self.row_bytes) + 1
+        firsts = np.r_[0, breaks]
+        counts = np.diff(np.r_[firsts, len(rows)])
+        fd, rb = self.fd, self.row_bytes
+        buf = b"".join([os.pread(fd, int(n) * rb, int(o)) for o, n in zip(starts[firsts], counts)])
+        if len(buf) != len(rows) * rb:
+            raise OSError("short read (truncated file?)")
+        return np.frombuffer(buf, self.dtype).reshape((len(rows), *self.row_shape))
+
+    def close(self):
+        os.close(self.fd)
 
 
 def _strip(key: str | None) -> str | None:
