@@ -224,8 +224,10 @@ class HDF5Dataset(Dataset):
         maps = self._row_maps() if rows.size else None
         if maps is None:
             return super().read(rows)
-        touched = int(np.count_nonzero(np.diff(rows // int(self.bounds[1]))) + 1)
-        if len(rows) * SPARSE_ROWS_FRACTION > touched * int(self.bounds[1]):
+        chunk_rows = int(self.bounds[1])
+        touched = int(np.count_nonzero(np.diff(rows // chunk_rows)) + 1)
+        fits = touched * chunk_rows * (self.n_features * self.dtype.itemsize + 8) <= self.cache_bytes
+        if fits and len(rows) * SPARSE_ROWS_FRACTION > touched * chunk_rows:
             return super().read(rows)  # dense (window, sequential): whole chunks through the cache
         if rows[0] < 0 or rows[-1] >= self.n_rows:
             raise IndexError(f"row index out of range for {self.n_rows} rows")
