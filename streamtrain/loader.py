@@ -14,6 +14,10 @@ from .sampling import Sampler
 __all__ = ["Loader", "window_rows_for"]
 
 _DONE = object()
+
+
+class _Stopped(Exception):
+    """The consumer went away while the gatherer waited for a window."""
 # Rows gathered per read: big enough that per-chunk bookkeeping is amortised over many batches.
 GROUP_ROWS = 32768
 # How many groups ahead the chunk prefetcher may decode.
@@ -21,9 +25,101 @@ AHEAD = 2
 
 
 def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
-    """Rows per shuffle window so that the loader's cache (two windows) fits in ``budget_bytes``."""
+    """Rows per shuffle window so that the loader's buffers (three windows: the one being
+    served, the next for batches that straddle the two, and the one being decoded) fit in
+    ``budget_bytes``."""
     row_bytes = dataset.n_features * dataset.dtype.itemsize + 8
-    return max(1, int(budget_bytes / 2 / row_bytes))
+    return max(1, int(budget_bytes / 3 / row_bytes))
+
+
+class _WindowBuffers:
+    """Window shuffle served from contiguous window buffers.
+
+    A helper thread decodes each window's chunks, in order and once each, into one
+    array; batches are then one fancy index into it, in batch order (no sort, no
+    scatter, no per-chunk work per batch).
+    """
+
+    def __init__(self, dataset: Dataset, sampler: Sampler, stop: threading.Event):
+        self.ds, self.stop = dataset, stop
+        self.plan = sampler.plan()
+        plan = self.plan
+        self.window_of_chunk = np.empty(dataset.n_chunks, dtype=np.int64)
+        for w in range(len(plan.win_chunk_start) - 1):
+            self.window_of_chunk[plan.chunks[plan.win_chunk_start[w]:plan.win_chunk_start[w + 1]]] = w
+        first = sampler.position * sampler.world_size + sampler.rank
+        self.first_window = int(np.searchsorted(plan.win_row_start, first, side="right") - 1)
+        self.ready: queue.Queue = queue.Queue(maxsize=1)
+        self.resident: dict[int, tuple] = {}
+
+    def build(self) -> None:
+        """Decode windows one after another into buffers (runs in the helper thread)."""
+        ds, plan = self.ds, self.plan
+        for w in range(self.first_window, len(plan.win_chunk_start) - 1):
+            chunks = plan.chunks[plan.win_chunk_start[w]:plan.win_chunk_start[w + 1]]
+            sizes = ds.chunk_sizes[chunks]
+            offset = np.full(ds.n_chunks, -1, dtype=np.int64)
+            offset[chunks] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            X = np.empty((int(sizes.sum()), ds.n_features), dtype=ds.dtype)
+            y, keep = None, None
+            for c, off, n in zip(chunks, offset[chunks], sizes):
+                if self.stop.is_set():
+                    return
+                Xc, yc = ds._checked(int(c), *ds._load_locked(int(c)))
+                ds.stats["chunks_read"] += 1
+                ds.stats["bytes_read"] += Xc.nbytes + (0 if yc is None else yc.nbytes)
+                X[off:off + n] = Xc
+                if yc is not None:
+                    if y is None:
+                        y = np.empty((len(X),) + yc.shape[1:], dtype=yc.dtype)
+                    y[off:off + n] = yc
+                mask = ds._skipped.pop(int(c), None)
+                if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
+                    keep = np.ones(len(X), bool) if keep is None else keep
+                    keep[off:off + n] = mask
+            while not self.stop.is_set():
+                try:
+                    self.ready.put((w, (X, y, keep, offset)), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def _window(self, w: int):
+        while w not in self.resident:
+            try:
+                got = self.ready.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise _Stopped from None
+                continue
+            if isinstance(got, BaseException):
+                raise got
+            self.resident[got[0]] = got[1]
+        for old in [k for k in self.resident if k < w - 1]:
+            del self.resident[old]  # served: free it for the windows to come
+        return self.resident[w]
+
+    def gather(self, rows: np.ndarray):
+        chunk = np.searchsorted(self.ds.bounds, rows, side="right") - 1
+        wins = self.window_of_chunk[chunk]
+        w_lo, w_hi = int(wins.min()), int(wins.max())
+        X = np.empty((len(rows), self.ds.n_features), dtype=self.ds.dtype)
+        y = keep = None
+        for w in range(w_lo, w_hi + 1):
+            Xw, yw, kw, offset = self._window(w)
+            sel = slice(None) if w_lo == w_hi else (wins == w)
+            pos = offset[chunk[sel]] + (rows[sel] - self.ds.bounds[chunk[sel]])
+            X[sel] = Xw[pos]
+            if yw is not None:
+                if y is None:
+                    y = np.empty((len(rows),) + yw.shape[1:], dtype=yw.dtype)
+                y[sel] = yw[pos]
+            if kw is not None:
+                keep = np.ones(len(rows), bool) if keep is None else keep
+                keep[sel] = kw[pos]
+        if keep is not None:
+            return X[keep], None if y is None else y[keep]
+        return X, y
 
 
 class Loader:
@@ -38,12 +134,9 @@ class Loader:
 
     def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2):
         self.dataset, self.sampler, self.prefetch = dataset, sampler, max(1, int(prefetch))
-        if sampler.shuffle == "window":
-            # A group of batches at a window boundary needs two windows at once: hold both,
-            # or the second would evict chunks the first still needs.
-            row_bytes = dataset.n_features * dataset.dtype.itemsize + 8
-            need = (2 * sampler.window_rows + 2 * int(dataset.chunk_sizes.max())) * row_bytes
-            dataset.cache_bytes = max(dataset.cache_bytes, need)
+        # Window shuffle of data read whole-chunk goes through window buffers; data read in
+        # place (memory, uncompressed HDF5 gathers) and sharded workers use the gather path.
+        self.buffered = sampler.shuffle == "window" and sampler.world_size == 1 and dataset.prefetchable
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         return self.iter_epoch()
@@ -124,17 +217,39 @@ class Loader:
         # The prefetcher may start AHEAD groups before the gatherer; each group gathered frees one more.
         done = threading.Semaphore(AHEAD)
         helpers = []
-        if self.dataset.prefetchable:
+        windows = None
+        if self.buffered:
+            windows = _WindowBuffers(self.dataset, self.sampler, stop)
+
+            def build():
+                try:
+                    windows.build()
+                except BaseException as e:  # re-raised by the gatherer
+                    while not stop.is_set():
+                        try:
+                            windows.ready.put(e, timeout=0.1)
+                            return
+                        except queue.Full:
+                            continue
+
+            helpers.append(threading.Thread(target=build, name="streamtrain-windows", daemon=True))
+        elif self.dataset.prefetchable:
             helpers.append(threading.Thread(target=self._swallow(self._prefetch_chunks), args=(done, stop),
                                             name="streamtrain-prefetch", daemon=True))
 
         def produce():
             try:
                 for group in self._row_groups():
-                    if not put(self._read_group(group)):
+                    if windows is not None:
+                        batches = [(r, *windows.gather(r)) for r in group]
+                    else:
+                        batches = self._read_group(group)
+                    if not put(batches):
                         return
                     done.release()
                 item = _DONE
+            except _Stopped:
+                return
             except BaseException as e:  # handed to the consumer, re-raised there
                 item = e
             put(item)
