@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ._malloc import reuse_freed_memory
 from .callbacks import ProgressBar
 from .checkpoint import params_digest, resolve_checkpoint
 from .config import TrainConfig
@@ -225,6 +226,7 @@ def inspect(path, features, label, as_json):
 def main(argv=None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2 (1 for training failures)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    reuse_freed_memory()
     try:
         cli.main(args=argv, prog_name="streamtrain", standalone_mode=False)
     except click.exceptions.Abort:

@@ -73,7 +73,7 @@ class _WindowBuffers:
                     if y is None:
                         y = np.empty((len(X),) + yc.shape[1:], dtype=yc.dtype)
                     y[off:off + n] = yc
-                mask = ds._skipped.pop(int(c), None)
+                mask = ds._skipped.get(int(c))
                 if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
                     keep = np.ones(len(X), bool) if keep is None else keep
                     keep[off:off + n] = mask
