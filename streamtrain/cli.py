@@ -9,7 +9,6 @@ import traceback
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ._malloc import reuse_freed_memory
 from .callbacks import ProgressBar

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
 from .readers.base import Dataset
 
 __all__ = ["DataStats", "scan", "Scaler", "SCALINGS"]
