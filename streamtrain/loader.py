@@ -99,6 +99,18 @@ class _WindowBuffers:
             del self.resident[old]  # served: free it for the windows to come
         return self.resident[w]
 
+    def gather_group(self, group: list[np.ndarray]):
+        """``[(rows, X, y), ...]`` for a list of batches, gathered with one fancy index."""
+        rows = np.concatenate(group) if len(group) > 1 else group[0]
+        X, y = self.gather(rows)
+        if len(X) != len(rows):  # rows skipped for NaN/Inf: batch by batch
+            return [(r, *self.gather(r)) for r in group]
+        out, a = [], 0
+        for r in group:
+            out.append((r, X[a:a + len(r)], None if y is None else y[a:a + len(r)]))
+            a += len(r)
+        return out
+
     def gather(self, rows: np.ndarray):
         chunk = np.searchsorted(self.ds.bounds, rows, side="right") - 1
         wins = self.window_of_chunk[chunk]
@@ -241,7 +253,7 @@ class Loader:
             try:
                 for group in self._row_groups():
                     if windows is not None:
-                        batches = [(r, *windows.gather(r)) for r in group]
+                        batches = windows.gather_group(group)
                     else:
                         batches = self._read_group(group)
                     if not put(batches):
