@@ -144,8 +144,11 @@ class Loader:
     or Ctrl-C all stop and join the thread.
     """
 
-    def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2):
+    def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2, whole_groups: bool = False):
         self.dataset, self.sampler, self.prefetch = dataset, sampler, max(1, int(prefetch))
+        # whole_groups: yield each group of consecutive batches as one (rows, X, y), in order
+        # (the compiled online loop takes them so; batch boundaries are then the caller's).
+        self.whole_groups = whole_groups
         # Window shuffle of data read whole-chunk goes through window buffers; data read in
         # place (memory, uncompressed HDF5 gathers) and sharded workers use the gather path.
         self.buffered = sampler.shuffle == "window" and sampler.world_size == 1 and dataset.prefetchable
@@ -190,6 +193,26 @@ class Loader:
                 if stop.is_set():
                     return
                 ds.read_chunk(c)
+
+    def _read_in_order(self, rows: np.ndarray):
+        """``(X, y)`` of ``rows`` in the given order (the dataset reads sorted rows)."""
+        order = np.argsort(rows, kind="stable")
+        X_sorted, y_sorted = self.dataset.read(rows[order])
+        if len(X_sorted) != len(rows):  # NaN/Inf rows skipped: keep the others' order
+            Xs, ys = [], []
+            for r in rows:
+                Xr, yr = self.dataset.read(np.array([r]))
+                Xs.append(Xr)
+                ys.append(yr)
+            X = np.concatenate(Xs)
+            return X, None if ys[0] is None else np.concatenate(ys)
+        X = np.empty_like(X_sorted)
+        X[order] = X_sorted
+        y = None
+        if y_sorted is not None:
+            y = np.empty_like(y_sorted)
+            y[order] = y_sorted
+        return X, y
 
     def _read_group(self, group: list[np.ndarray]):
         if len(group) == 1:
@@ -252,7 +275,10 @@ class Loader:
         def produce():
             try:
                 for group in self._row_groups():
-                    if windows is not None:
+                    if self.whole_groups:
+                        rows = np.concatenate(group)
+                        batches = [(rows, *(windows.gather(rows) if windows is not None else self._read_in_order(rows)))]
+                    elif windows is not None:
                         batches = windows.gather_group(group)
                     else:
                         batches = self._read_group(group)

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .errors import CheckpointError, DataError, TrainingError
 from .loader import Loader, window_rows_for
 from .metrics import metrics_for
+from .nn import online
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .nn.optim import make_optimizer
 from .readers import detect_format, open_dataset
@@ -160,14 +161,16 @@ class Trainer:
 
     def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log) -> None:
         cfg = self.config
-        loader = Loader(train, sampler)
+        online = self._compiled_online(callbacks)
+        loader = Loader(train, sampler, whole_groups=online)
         params = self.net.params
         while sampler.epoch < cfg.epochs and not self._early_stopped():
             started = time.perf_counter()
             acc = self._epoch_acc
             # A diverging run overflows on its way to inf/NaN; the finite check below reports it.
             with np.errstate(over="ignore", invalid="ignore"):
-                done = self._run_epoch(train, loader, sampler, acc, started, checkpoint_dir, callbacks)
+                run = self._run_epoch_online if online else self._run_epoch
+                done = run(train, loader, sampler, acc, started, checkpoint_dir, callbacks)
             if done is None:
                 return
             acc["seconds"] += time.perf_counter() - done
@@ -208,6 +211,42 @@ class Trainer:
                     cb.on_batch_end(self, rows, loss + penalty)
             interval = cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
             if checkpoint_dir and (interval or self.stop_requested):
+                acc["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                self._save(checkpoint_dir, sampler)
+            if self.stop_requested:
+                return None
+        return started
+
+    def _compiled_online(self, callbacks) -> bool:
+        """Whether batch_size=1 runs in the compiled per-sample loop (plain SGD, no per-batch callbacks)."""
+        cfg = self.config
+        return (cfg.batch_size == 1 and cfg.optimizer == "sgd" and cfg.scale != "batch-center"
+                and online.available() and not any(hasattr(cb, "on_batch_end") for cb in callbacks))
+
+    def _run_epoch_online(self, train, loader, sampler, acc, started, checkpoint_dir, callbacks) -> float | None:
+        """As ``_run_epoch`` for batch_size=1, a block of single-sample updates per compiled call."""
+        cfg, params = self.config, self.net.params
+        every = cfg.checkpoint_every
+        for rows, X, y in loader.iter_epoch():
+            sampler.advance(len(rows))
+            n = len(X)
+            if n == 0:
+                continue
+            before = {k: v.copy() for k, v in params.items()}
+            loss_sum = online.sgd_online(params, self.scaler.transform(X), self.targets(y, train.path),
+                                         cfg.lr, cfg.l1, cfg.l2, self.net.activation, self.task)
+            if not (np.isfinite(loss_sum) and all(np.isfinite(v).all() for v in params.values())):
+                for k, v in before.items():  # leave the last good state
+                    params[k][...] = v
+                raise TrainingError(
+                    f"training diverged at epoch {sampler.epoch + 1}, within steps {self.global_step + 1}-"
+                    f"{self.global_step + n}; lower --lr or check the data for extreme values")
+            acc["loss_sum"] += loss_sum
+            acc["n"] += n
+            crossed = every and (self.global_step + n) // every > self.global_step // every
+            self.global_step += n
+            if checkpoint_dir and (crossed or self.stop_requested):
                 acc["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 self._save(checkpoint_dir, sampler)
