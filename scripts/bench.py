@@ -11,6 +11,8 @@ Sections:
             chunks in a bare loop (target: >= 0.80 of the bare loop)
   loader    sampler + prefetching loader per shuffle mode vs the sequential scan (targets: window
             >= 0.80 on every format, global >= 0.25 on uncompressed HDF5), with read amplification
+  training  in-memory step cost vs a hand-written numpy loop (batch 1, 32, 256, 1024); end-to-end
+            samples/s from each format with window shuffle; scikit-learn partial_fit as a peer
 """
 
 from __future__ import annotations
@@ -158,7 +160,88 @@ def bench_loader(files, rows, chunk_rows) -> list[dict]:
     return results
 
 
-SECTIONS = {"readers": bench_readers, "loader": bench_loader}
+def numpy_loop(X, y, batch, hidden=64, lr=0.1, seed=0):
+    """The compute ceiling: a hand-written numpy minibatch SGD loop of the same math (forward, the
+    batch's log loss for the epoch's training loss, backward, update), data in RAM."""
+    rng = np.random.default_rng(seed)
+    W1 = rng.normal(0, 0.1, (X.shape[1], hidden)).astype(np.float32)
+    W2 = rng.normal(0, 0.1, (hidden, 1)).astype(np.float32)
+    b1, b2 = np.zeros(hidden, np.float32), np.zeros(1, np.float32)
+    yf = y.astype(np.float32)[:, None]
+    loss = 0.0
+    for a in range(0, len(X), batch):
+        xb, yb = X[a:a + batch], yf[a:a + batch]
+        h = 0.5 * (1 + np.tanh(0.5 * (xb @ W1 + b1)))
+        z = h @ W2 + b2
+        loss += float(np.mean(np.logaddexp(0, z) - yb * z)) * len(xb)  # the epoch's training loss, as reported
+        p = 0.5 * (1 + np.tanh(0.5 * z))
+        dz = (p - yb) / len(xb)
+        dh = (dz @ W2.T) * h * (1 - h)
+        W2 -= lr * (h.T @ dz)
+        b2 -= lr * dz.sum(0)
+        W1 -= lr * (xb.T @ dh)
+        b1 -= lr * dh.sum(0)
+    return len(X)
+
+
+def train_rate(source, batch, shuffle="window", scale="standard", rows=None):
+    """Samples/s of one epoch of streamtrain training (64 sigmoid hidden units, SGD)."""
+    import streamtrain as st
+
+    t = st.Trainer(st.TrainConfig(hidden=64, epochs=1, batch_size=batch, lr=0.1 if batch > 1 else 0.01,
+                                  shuffle=shuffle, scale=scale, task="binary"))
+    history = t.fit(source, log=None)
+    return history[0]["samples"] / history[0]["seconds"]
+
+
+def bench_training(files, rows, chunk_rows) -> list[dict]:
+    import h5py
+
+    with h5py.File(files["hdf5"], "r") as f:
+        X, y = f["X"][:], f["y"][:]
+    X = (X - X.mean(0)) / X.std(0)  # the ceiling trains on standardised data, as streamtrain does
+    train_rate((X[:1000], y[:1000]), 1)  # compile the online loop once (numba caches it on disk after)
+    results = []
+    for batch in (1, 32, 256, 1024):
+        n = min(len(X), 20_000 if batch == 1 else 400_000 if batch == 32 else len(X))
+        ceiling = n / min(best_of(lambda: numpy_loop(X[:n], y[:n], batch), 1) for _ in range(2))
+        ours_mem = train_rate((X[:n], y[:n]), batch, shuffle="none", scale="none")
+        r = {"what": "in-memory step", "batch_size": batch, "streamtrain": ours_mem, "numpy_loop": ceiling,
+             "ratio": ours_mem / ceiling}
+        results.append(r)
+        print(f"training in-memory batch {batch:5d}: streamtrain {ours_mem:10,.0f}/s  numpy loop {ceiling:10,.0f}/s"
+              f"  ratio {ours_mem / ceiling:.2f}", flush=True)
+        for name, path in files.items():
+            if batch == 1024 and name != "hdf5":
+                continue
+            io = rows / min(best_of(lambda: stream_scan(path), 1) for _ in range(2))
+            rate = train_rate(path, batch)
+            eff = rate / min(ceiling, io)
+            results.append({"what": "end-to-end window shuffle", "format": name, "batch_size": batch,
+                            "samples_per_s": rate, "compute_ceiling": ceiling, "io_ceiling": io, "efficiency": eff,
+                            "target": 0.85 if batch == 256 else None})
+            print(f"training {name:15s} batch {batch:5d}: {rate:10,.0f} samples/s  efficiency {eff:.2f}", flush=True)
+    # the usual out-of-core scikit-learn recipe: partial_fit on shuffled chunks of the same file
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(hidden_layer_sizes=(64,), activation="logistic", solver="sgd", batch_size=256,
+                        learning_rate_init=0.1)
+    order = np.random.default_rng(0).permutation(rows // chunk_rows)[:12]
+    t = time.perf_counter()
+    with h5py.File(files["hdf5"], "r") as f:
+        for c in order:
+            clf.partial_fit(f["X"][c * chunk_rows:(c + 1) * chunk_rows], f["y"][c * chunk_rows:(c + 1) * chunk_rows],
+                            classes=[0, 1])
+    sk = len(order) * chunk_rows / (time.perf_counter() - t)
+    ours = next(r["samples_per_s"] for r in results if r.get("format") == "hdf5" and r["batch_size"] == 256)
+    results.append({"what": "peer", "peer": "scikit-learn MLPClassifier.partial_fit, shuffled HDF5 chunks",
+                    "batch_size": 256, "peer_samples_per_s": sk, "streamtrain_samples_per_s": ours,
+                    "speedup": ours / sk, "target": 8.0})
+    print(f"peer     scikit-learn partial_fit {sk:10,.0f}/s  streamtrain {ours:10,.0f}/s  x{ours / sk:.1f}", flush=True)
+    return results
+
+
+SECTIONS = {"readers": bench_readers, "loader": bench_loader, "training": bench_training}
 
 
 def machine() -> dict:
@@ -198,6 +281,33 @@ def report(results: dict, meta: dict) -> str:
                 "met" if r["met"] else f"MISSED by {r['target'] - r['ratio']:.2f}"))
             lines.append(f"| {r['format']} | {r['shuffle']} | {r['rows_per_s']:,.0f} | {r['ratio']:.2f} | "
                          f"{r['read_amplification']:.2f} | {verdict} |")
+        lines.append("")
+    if "training" in results:
+        rs = results["training"]
+        lines += ["## Training throughput (64 features, 64 sigmoid hidden units, SGD)", "",
+                  "In memory: one epoch through streamtrain (sampler, loader thread, trainer; no scaling) vs a",
+                  "hand-written numpy loop of the same math. Target at batch 256: streamtrain's step costs <= 1.1x",
+                  "the loop's (ratio >= 0.91); at batch 1 (compiled loop) >= 300k samples/s.", "",
+                  "| batch | streamtrain samples/s | numpy loop samples/s | ratio |", "|---:|---:|---:|---:|"]
+        for r in rs:
+            if r["what"] == "in-memory step":
+                lines.append(f"| {r['batch_size']} | {r['streamtrain']:,.0f} | {r['numpy_loop']:,.0f} | {r['ratio']:.2f} |")
+        lines += ["", "End to end from files with window shuffle; efficiency = samples/s / min(compute ceiling,",
+                  "I/O ceiling). Target 0.85 at batch 256.", "",
+                  "| format | batch | samples/s | compute ceiling | I/O ceiling | efficiency | target |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for r in rs:
+            if r["what"] == "end-to-end window shuffle":
+                verdict = "-" if r["target"] is None else (
+                    "met" if r["efficiency"] >= r["target"] else f"MISSED by {r['target'] - r['efficiency']:.2f}")
+                lines.append(f"| {r['format']} | {r['batch_size']} | {r['samples_per_s']:,.0f} | "
+                             f"{r['compute_ceiling']:,.0f} | {r['io_ceiling']:,.0f} | {r['efficiency']:.2f} | {verdict} |")
+        for r in rs:
+            if r["what"] == "peer":
+                lines += ["", f"Peer: {r['peer']} at batch 256: {r['peer_samples_per_s']:,.0f} samples/s; "
+                          f"streamtrain from the same file {r['streamtrain_samples_per_s']:,.0f} samples/s = "
+                          f"{r['speedup']:.1f}x (target >= 8x: {'met' if r['speedup'] >= 8 else 'missed'}). "
+                          "PyTorch is not installed here, so its recipe was not measured."]
         lines.append("")
     return "\n".join(lines)
 

@@ -115,10 +115,20 @@ class Trainer:
         self.feature_names, self.label_name = list(data.feature_names), data.label_name
         self.selection = data.selection
 
+    @property
+    def _identity_classes(self) -> bool:
+        return self.classes == list(range(len(self.classes)))
+
     def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
         """Labels as the network wants them: class indices, or float values for regression."""
         if self.task == "regression":
             return y.astype(self.net.dtype, copy=False)
+        if self._identity_classes and y.dtype.kind in "iu" and y.ndim == 1:
+            # Classes 0..K-1 are their own indices: a range check replaces the lookup.
+            if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
+                bad = y[(y < 0) | (y >= len(self.classes))][0].item()
+                raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training {self.classes}")
+            return y
         idx = np.searchsorted(self.classes, y)
         idx = np.minimum(idx, len(self.classes) - 1)
         if not np.array_equal(np.asarray(self.classes)[idx], y):
