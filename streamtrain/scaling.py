@@ -25,6 +25,8 @@ class DataStats:
     classes: set = field(default_factory=set)
     label_integral: bool = True
     label_ndim: int = 1
+    label_width: int = 1
+    onehot: bool = True
 
     @property
     def var(self) -> np.ndarray:
@@ -48,6 +50,9 @@ class DataStats:
             self.n = n
         if y is not None:
             self.label_ndim = y.ndim
+            self.label_width = y.shape[1] if y.ndim == 2 else 1
+            if y.ndim == 2:  # one-hot class labels, or several regression targets
+                self.onehot = self.onehot and bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1))
             if y.dtype.kind == "f":
                 self.label_integral = self.label_integral and bool(np.all(y == np.round(y)))
             if self.label_integral and y.ndim == 1 and len(self.classes) <= MAX_CLASSES:

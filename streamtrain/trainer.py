@@ -38,7 +38,9 @@ MAX_AUTO_CLASSES = 100
 
 def infer_task(stats: DataStats) -> str:
     """binary / multiclass / regression, from what the labels look like."""
-    if stats.label_ndim == 2 or not stats.label_integral or len(stats.classes) > MAX_AUTO_CLASSES:
+    if stats.label_ndim == 2:
+        return "multiclass" if stats.onehot and stats.label_width > 2 else "regression"
+    if not stats.label_integral or len(stats.classes) > MAX_AUTO_CLASSES:
         return "regression"
     return "binary" if len(stats.classes) <= 2 else "multiclass"
 
@@ -100,7 +102,11 @@ class Trainer:
         if cfg.task == "auto" and log:
             log(f"task: {self.task} (chosen from label {data.label_name!r}; set --task to override)")
         if self.task == "regression":
-            self.classes, n_out = [], 1
+            self.classes, n_out = [], stats.label_width
+        elif stats.label_ndim == 2:  # one-hot: the columns are the classes
+            if not stats.onehot:
+                raise DataError(f"{data.path}: 2-D label {data.label_name!r} is not one-hot; use --task regression")
+            self.classes, n_out = list(range(stats.label_width)), stats.label_width
         else:
             if not stats.label_integral:
                 raise DataError(f"{data.path}: label {data.label_name!r} has non-integral values; use --task regression")
@@ -123,6 +129,8 @@ class Trainer:
         """Labels as the network wants them: class indices, or float values for regression."""
         if self.task == "regression":
             return y.astype(self.net.dtype, copy=False)
+        if y.ndim == 2:  # one-hot rows -> class indices
+            return y.argmax(axis=1)
         if self._identity_classes and y.dtype.kind in "iu" and y.ndim == 1:
             # Classes 0..K-1 are their own indices: a range check replaces the lookup.
             if y.size and (y.min() < 0 or y.max() >= len(self.classes)):

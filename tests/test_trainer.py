@@ -130,3 +130,18 @@ def test_evaluate_and_predict_from_a_checkpoint_alone(tmp_path, breast_cancer):
     np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-6)
     # The same model evaluated on the Parquet copy: columns selected by name, label detected.
     assert loaded.evaluate(DATA / "breast_cancer.parquet")["accuracy"] == result["accuracy"]
+
+
+def test_multi_output_regression_and_one_hot_labels():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 4))
+    Y = np.column_stack([X[:, 0] + X[:, 1], X[:, 2] - X[:, 3]])
+    t = Trainer(TrainConfig(hidden=16, epochs=30, lr=0.05, activation="tanh", init="glorot", val_fraction=0.2))
+    history = t.fit((X, Y), log=None)
+    assert t.task == "regression" and t.net.n_out == 2 and history[-1]["val_r2"] > 0.9
+    assert t.predict(X[:5]).shape == (5, 2)
+    labels = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0).astype(int)  # 3 classes
+    onehot = np.eye(3, dtype=np.int8)[labels]
+    t = Trainer(TrainConfig(hidden=16, epochs=30, val_fraction=0.2, optimizer="momentum", lr=0.05))
+    history = t.fit((X, onehot), log=None)
+    assert t.task == "multiclass" and t.classes == [0, 1, 2] and history[-1]["val_accuracy"] > 0.85
