@@ -219,16 +219,21 @@ class Loader:
             X, y = self.dataset.read(group[0])
             return [(group[0], X, y)]
         rows = np.concatenate(group)
-        order = np.argsort(rows, kind="stable")
-        X_sorted, y_sorted = self.dataset.read(rows[order])
+        if rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+            order = None  # storage order (shuffle="none"): no sort, no scatter
+            X_sorted, y_sorted = self.dataset.read(rows)
+        else:
+            order = np.argsort(rows, kind="stable")
+            X_sorted, y_sorted = self.dataset.read(rows[order])
         if len(X_sorted) != len(rows):  # rows skipped for NaN/Inf: read batch by batch instead
             return [(r, *self.dataset.read(r)) for r in group]
-        X = np.empty_like(X_sorted)
-        X[order] = X_sorted
-        y = None
-        if y_sorted is not None:
-            y = np.empty_like(y_sorted)
-            y[order] = y_sorted
+        X, y = X_sorted, y_sorted
+        if order is not None:
+            X = np.empty_like(X_sorted)
+            X[order] = X_sorted
+            if y_sorted is not None:
+                y = np.empty_like(y_sorted)
+                y[order] = y_sorted
         out, a = [], 0
         for r in group:
             out.append((r, X[a:a + len(r)], None if y is None else y[a:a + len(r)]))
