@@ -4,7 +4,7 @@ from ._version import __version__  # noqa: E402
 
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import TrainConfig  # noqa: E402
-from .errors import CheckpointError, DataError, StreamtrainError, TrainingError  # noqa: E402
+from .errors import CheckpointError, DataError, Interrupted, StreamtrainError, TrainingError  # noqa: E402
 from .loader import Loader  # noqa: E402
 from .nn.network import TwoLayerNet  # noqa: E402
 from .readers import ArrayDataset, Dataset, open_dataset  # noqa: E402
@@ -16,5 +16,5 @@ from .trainer import Trainer  # noqa: E402
 __all__ = [
     "__version__", "open_dataset", "Dataset", "ArrayDataset", "Sampler", "Loader", "Scaler",
     "TwoLayerNet", "Trainer", "TrainConfig", "save_checkpoint", "load_checkpoint", "make_data",
-    "StreamtrainError", "DataError", "CheckpointError", "TrainingError",
+    "StreamtrainError", "DataError", "CheckpointError", "TrainingError", "Interrupted",
 ]

@@ -14,7 +14,7 @@ from ._malloc import reuse_freed_memory
 from .callbacks import ProgressBar
 from .checkpoint import params_digest, resolve_checkpoint
 from .config import TrainConfig
-from .errors import StreamtrainError
+from .errors import Interrupted, StreamtrainError
 from .nn.functions import ACTIVATIONS, INITS
 from .nn.optim import OPTIMIZERS
 from .readers import open_dataset
@@ -233,6 +233,9 @@ def main(argv=None) -> None:
         sys.exit(130)
     except click.ClickException as e:
         e.show()
+        sys.exit(e.exit_code)
+    except Interrupted as e:
+        _echo_err(str(e))
         sys.exit(e.exit_code)
     except StreamtrainError as e:
         if debug:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StreamtrainError", "DataError", "CheckpointError", "TrainingError"]
+__all__ = ["StreamtrainError", "DataError", "CheckpointError", "TrainingError", "Interrupted"]
 
 
 class StreamtrainError(Exception):
@@ -23,3 +23,13 @@ class TrainingError(StreamtrainError, RuntimeError):
     """Training failed after it started (divergence, I/O error mid-run)."""
 
     exit_code = 1
+
+
+class Interrupted(StreamtrainError):
+    """Training stopped on SIGINT or SIGTERM after finishing its batch (and writing a checkpoint)."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+        # The shell's convention: 128 + signal number (130 for SIGINT, 143 for SIGTERM).
+        self.exit_code = 130 if signal_name == "SIGINT" else 143

@@ -8,7 +8,10 @@ produces bitwise the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -18,7 +21,7 @@ import numpy as np
 from ._version import __version__
 from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
 from .config import TrainConfig
-from .errors import CheckpointError, DataError, TrainingError
+from .errors import CheckpointError, DataError, Interrupted, TrainingError
 from .loader import Loader, window_rows_for
 from .metrics import metrics_for
 from .nn import online
@@ -155,6 +158,7 @@ class Trainer:
         continues from the newest valid checkpoint there, if any.
         """
         cfg = self.config
+        self.stop_requested = None
         train, val_ds = self._split(source, val, features, label)
         try:
             if resume and checkpoint_dir and self._resume(checkpoint_dir, train, force, log):
@@ -170,12 +174,34 @@ class Trainer:
             if self._sampler_state:
                 sampler.load_state_dict(self._sampler_state)
             self.sampler = sampler
-            self._run(train, val_ds, sampler, checkpoint_dir, list(callbacks), log)
+            with self._signals_stop_training():
+                self._run(train, val_ds, sampler, checkpoint_dir, list(callbacks), log)
+            if self.stop_requested in ("SIGINT", "SIGTERM"):
+                where = f"; checkpoint written to {checkpoint_dir}" if checkpoint_dir else " (no --checkpoint-dir: nothing saved)"
+                raise Interrupted(f"interrupted by {self.stop_requested} after batch step {self.global_step}{where}",
+                                  self.stop_requested)
         finally:
             train.close()
             if val_ds is not None:
                 val_ds.close()
         return self.history
+
+    @contextlib.contextmanager
+    def _signals_stop_training(self):
+        """While training, SIGINT and SIGTERM ask the loop to stop after its current batch."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask_to_stop(signum, frame):
+            self.stop_requested = signal.Signals(signum).name
+
+        previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log) -> None:
         cfg = self.config

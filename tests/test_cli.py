@@ -125,3 +125,34 @@ def test_inspect_with_selection_shows_what_was_found(tmp_path):
     assert info["feature_names"] == ["a1", "a2"] and info["label"] == "cls" and info["compression"] == "SNAPPY"
     text = invoke("inspect", DATA / "breast_cancer.h5").output
     assert "n_rows: 569" in text and "features_dataset: X" in text
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_finishes_the_batch_checkpoints_and_resume_is_exact(tmp_path, sig, code):
+    import signal
+    import time
+
+    from streamtrain import make_data
+
+    make_data(tmp_path / "d.h5", rows=100000, features=16, chunk_rows=4096)
+    args = [tmp_path / "d.h5", "--hidden", 16, "--batch-size", 4, "--epochs", 3, "--shuffle", "global"]
+    ref = run("train", *args, "--checkpoint-dir", tmp_path / "ref", "--quiet")
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen([str(BIN), "train", *map(str, args), "--checkpoint-dir", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # wait for the end of epoch 1: the signal lands inside epoch 2
+        seen.append(line)
+        if line.startswith("epoch 1/3"):
+            break
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
+    assert "epoch 2/3" not in err
+    assert proc.returncode == code, err
+    assert f"interrupted by {sig}" in err and "Traceback" not in err
+    again = run("train", *args, "--checkpoint-dir", tmp_path / "run", "--resume")
+    assert again.returncode == 0 and "resuming from" in again.stderr
+    digest = [json.loads(run("inspect", tmp_path / d, "--json").stdout)["params_sha256"] for d in ("ref", "run")]
+    assert digest[0] == digest[1]
