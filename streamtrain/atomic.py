@@ -44,7 +44,7 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, overwrite: bool = True):
+def atomic_path(final: str | os.PathLike, overwrite: bool = True, before_rename=None):
     """Yield a temporary path to write; on success it replaces ``final`` atomically.
 
     Works for files and directories (a Zarr store). On error the temporary
@@ -58,6 +58,8 @@ def atomic_path(final: str | os.PathLike, overwrite: bool = True):
     try:
         yield tmp
         _fsync_tree(tmp)
+        if before_rename is not None:
+            before_rename()
         if final.is_dir() and not final.is_symlink():
             # os.replace cannot replace a non-empty directory: move the old one aside first.
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

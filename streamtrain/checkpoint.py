@@ -22,7 +22,7 @@ from .atomic import atomic_path
 from .errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
-           "resolve_checkpoint", "params_digest", "FORMAT_VERSION"]
+           "resolve_checkpoint", "params_digest", "DirectoryLock", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _META = "__meta__"
@@ -52,12 +52,71 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     payload = {name: np.asarray(a, order="C") for name, a in arrays.items()}
     payload[_META] = np.frombuffer(meta_bytes, dtype=np.uint8)
     payload[_SUM] = np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, before_rename=lambda: crash_point("after_data")) as tmp:
+        crash_point("before_data")
         with open(tmp, "wb") as fh:
             np.savez(fh, **payload)
             fh.flush()
             os.fsync(fh.fileno())
+    crash_point("after_rename")
     return path
+
+
+_CRASH_COUNTS: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Die here, as kill -9 would, when STREAMTRAIN_CRASH_AT is "NAME" or "NAME:K" (the K-th time).
+
+    For the fault-injection tests; costs one environment lookup per checkpoint otherwise.
+    """
+    want = os.environ.get("STREAMTRAIN_CRASH_AT")
+    if not want or want.split(":")[0] != name:
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    if _CRASH_COUNTS[name] >= int(want.split(":")[1] if ":" in want else 1):
+        os._exit(137)
+
+
+class DirectoryLock:
+    """An exclusive lock on a checkpoint directory (flock on DIR/.lock), so two trainers never
+    write into the same directory. The kernel drops it when the process dies, however it dies."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "DirectoryLock":
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CheckpointError(f"{self.directory}: another trainer (pid {holder}) is writing checkpoints here; "
+                                  "stop it or use another --checkpoint-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        remove_leftovers(self.directory)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files a crashed save left behind (never a finished checkpoint)."""
+    gone = []
+    for p in Path(directory).glob(".ckpt-*.npz.tmp-*"):
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -130,3 +189,4 @@ def rotate(directory: str | os.PathLike, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints (never the newest)."""
     for old in list_checkpoints(directory)[max(1, keep):]:
         old.unlink(missing_ok=True)
+        crash_point("during_rotation")

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ._version import __version__
-from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
+from .checkpoint import (DirectoryLock, checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate,
+                         save_checkpoint)
 from .config import TrainConfig
 from .errors import CheckpointError, DataError, Interrupted, TrainingError
 from .loader import Loader, window_rows_for
@@ -157,27 +158,18 @@ class Trainer:
         epoch (and every ``checkpoint_every`` batches); with ``resume`` the run
         continues from the newest valid checkpoint there, if any.
         """
-        cfg = self.config
         self.stop_requested = None
         train, val_ds = self._split(source, val, features, label)
+        # The directory lock is taken before reading any checkpoint, and held until training ends.
+        lock = DirectoryLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         try:
-            if resume and checkpoint_dir and self._resume(checkpoint_dir, train, force, log):
-                pass
-            else:
-                if resume and log:
-                    log(f"no checkpoint in {checkpoint_dir}; starting fresh")
-                self._initialise(train, log)
-                self.fingerprint = train.fingerprint()
-            sampler = Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
-                              window_rows=window_rows_for(cfg.window_mb * 2**20, train),
-                              replacement=cfg.replacement)
-            if self._sampler_state:
-                sampler.load_state_dict(self._sampler_state)
-            self.sampler = sampler
-            with self._signals_stop_training():
-                self._run(train, val_ds, sampler, checkpoint_dir, list(callbacks), log)
+            with lock:
+                self._prepare(train, checkpoint_dir, resume, force, log)
+                with self._signals_stop_training():
+                    self._run(train, val_ds, self.sampler, checkpoint_dir, list(callbacks), log)
             if self.stop_requested in ("SIGINT", "SIGTERM"):
-                where = f"; checkpoint written to {checkpoint_dir}" if checkpoint_dir else " (no --checkpoint-dir: nothing saved)"
+                where = (f"; checkpoint written to {checkpoint_dir}" if checkpoint_dir
+                         else " (no --checkpoint-dir: nothing saved)")
                 raise Interrupted(f"interrupted by {self.stop_requested} after batch step {self.global_step}{where}",
                                   self.stop_requested)
         finally:
@@ -185,6 +177,20 @@ class Trainer:
             if val_ds is not None:
                 val_ds.close()
         return self.history
+
+    def _prepare(self, train: Dataset, checkpoint_dir, resume: bool, force: bool, log) -> None:
+        """Resume from the newest valid checkpoint, or initialise; then build the sampler."""
+        cfg = self.config
+        if not (resume and checkpoint_dir and self._resume(checkpoint_dir, train, force, log)):
+            if resume and log:
+                log(f"no checkpoint in {checkpoint_dir}; starting fresh")
+            self._initialise(train, log)
+            self.fingerprint = train.fingerprint()
+        self.sampler = Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
+                               window_rows=window_rows_for(cfg.window_mb * 2**20, train),
+                               replacement=cfg.replacement)
+        if self._sampler_state:
+            self.sampler.load_state_dict(self._sampler_state)
 
     @contextlib.contextmanager
     def _signals_stop_training(self):
@@ -361,7 +367,12 @@ class Trainer:
                                     f"{self.global_step}; refusing to write a checkpoint (lower --lr)")
         arrays, meta = self.state(sampler)
         Path(directory).mkdir(parents=True, exist_ok=True)
-        path = save_checkpoint(Path(directory) / checkpoint_name(self.global_step), arrays, meta)
+        path = Path(directory) / checkpoint_name(self.global_step)
+        try:
+            save_checkpoint(path, arrays, meta)
+        except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
+            raise TrainingError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+                                "the previous checkpoint is kept") from None
         rotate(directory, self.config.keep)
         return path
 
