@@ -117,8 +117,11 @@ def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, c
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
               help="Also checkpoint every N batches (0: only at epoch ends).")
+@click.option("--checkpoint-seconds", type=click.FloatRange(min=0), default=0.0,
+              help="Also checkpoint when this many seconds have passed since the last one (0: off).")
 @click.option("--keep", type=click.IntRange(min=1), default=_DEFAULTS.keep, show_default=True,
               help="Checkpoints to keep.")
+@click.option("--keep-best", is_flag=True, help="Also keep the best epoch by validation loss as best.npz.")
 @click.option("--resume", is_flag=True, help="Continue from the newest valid checkpoint in --checkpoint-dir.")
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
 @click.option("--early-stopping", type=click.IntRange(min=0), default=0,

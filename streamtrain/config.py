@@ -35,7 +35,9 @@ class TrainConfig:
     skip_nonfinite: bool = False
     early_stopping: int = 0
     checkpoint_every: int = 0
+    checkpoint_seconds: float = 0.0
     keep: int = 3
+    keep_best: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,4 +57,5 @@ class TrainConfig:
 
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
-RESUME_MAY_CHANGE = frozenset({"epochs", "checkpoint_every", "keep", "early_stopping"})
+RESUME_MAY_CHANGE = frozenset({"epochs", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
+                               "early_stopping"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import threading
 import time
@@ -80,6 +81,7 @@ class Trainer:
         self._best_params: dict[str, np.ndarray] | None = None
         self.stop_requested: str | None = None
         self.sampler: Sampler | None = None
+        self._last_save = time.monotonic()
 
     # -- setting up ---------------------------------------------------------
     def _split(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
@@ -231,7 +233,11 @@ class Trainer:
                 if hasattr(cb, "on_epoch_end"):
                     cb.on_epoch_end(self, record)
             if checkpoint_dir:
-                self._save(checkpoint_dir, sampler)
+                path = self._save(checkpoint_dir, sampler)
+                if cfg.keep_best and record.get("val_loss") is not None and self._early["best_epoch"] == record["epoch"]:
+                    # The best epoch by validation loss, kept apart from the rotation.
+                    shutil.copyfile(path, Path(checkpoint_dir) / ".best.npz.tmp")
+                    os.replace(Path(checkpoint_dir) / ".best.npz.tmp", Path(checkpoint_dir) / "best.npz")
         if self._early_stopped() and self._best_params is not None:
             for k in PARAM_NAMES:
                 params[k][...] = self._best_params[k]
@@ -259,7 +265,7 @@ class Trainer:
             for cb in callbacks:
                 if hasattr(cb, "on_batch_end"):
                     cb.on_batch_end(self, rows, loss + penalty)
-            interval = cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+            interval = (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0) or self._time_due()
             if checkpoint_dir and (interval or self.stop_requested):
                 acc["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
@@ -267,6 +273,11 @@ class Trainer:
             if self.stop_requested:
                 return None
         return started
+
+    def _time_due(self) -> bool:
+        """True when --checkpoint-seconds have passed since the last checkpoint."""
+        secs = self.config.checkpoint_seconds
+        return bool(secs) and time.monotonic() - self._last_save >= secs
 
     def _compiled_online(self, callbacks) -> bool:
         """Whether batch_size=1 runs in the compiled per-sample loop (plain SGD, no per-batch callbacks)."""
@@ -296,7 +307,7 @@ class Trainer:
             acc["n"] += n
             crossed = every and (self.global_step + n) // every > self.global_step // every
             self.global_step += n
-            if checkpoint_dir and (crossed or self.stop_requested):
+            if checkpoint_dir and (crossed or self._time_due() or self.stop_requested):
                 acc["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 self._save(checkpoint_dir, sampler)
@@ -374,6 +385,7 @@ class Trainer:
             raise TrainingError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
                                 "the previous checkpoint is kept") from None
         rotate(directory, self.config.keep)
+        self._last_save = time.monotonic()
         return path
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -67,3 +67,20 @@ def test_a_checkpoint_is_all_prediction_needs(tmp_path):
     loaded = Trainer.load(tmp_path / "model.npz")
     np.testing.assert_array_equal(loaded.scaler.mean, t.scaler.mean)
     np.testing.assert_array_equal(loaded.predict_proba(X), t.predict_proba(X))
+
+
+def test_time_interval_and_best_checkpoint(tmp_path, monkeypatch):
+    import streamtrain.trainer as trainer_module
+
+    clock = iter(range(0, 10**6, 7))  # each look at the clock: 7 "seconds" later
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: float(next(clock)))
+    X = np.random.default_rng(0).standard_normal((300, 3))
+    y = (X[:, 0] > 0).astype(int)
+    t = Trainer(TrainConfig(hidden=3, epochs=3, batch_size=50, checkpoint_seconds=10, keep=100, keep_best=True,
+                            val_fraction=0.2))
+    t.fit((X, y), checkpoint_dir=tmp_path, log=None)
+    steps = sorted(int(p.name[5:17]) for p in list_checkpoints(tmp_path))
+    assert len(steps) > 3  # more than the three epoch ends: the clock triggered saves mid-epoch
+    best = load_checkpoint(tmp_path / "best.npz")[1]
+    best_epoch = min(t.history, key=lambda h: h["val_loss"])["epoch"]
+    assert len(best["history"]) == best_epoch
