@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 __all__ = ["ProgressBar"]
@@ -22,8 +23,11 @@ class ProgressBar:
         s = trainer.sampler
         if self.bar is None:
             done = -(-(s.position - len(rows)) // s.batch_size)
+            # A terminal reporting no size (0 x 0, e.g. a fresh pty) would hide the bar: assume 100 x 20.
+            size = shutil.get_terminal_size((100, 20))
             self.bar = tqdm(total=len(s), initial=done, desc=f"epoch {s.epoch + 1}/{trainer.config.epochs}",
-                            unit="batch", leave=False, file=self.file, dynamic_ncols=True)
+                            unit="batch", leave=False, file=self.file, ncols=size.columns or 100,
+                            nrows=size.lines or 20)
         self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
         self.bar.update(1)
         if self.bar.n % self.every == 0:

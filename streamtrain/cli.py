@@ -89,8 +89,31 @@ def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, c
                f"{info['chunks']} chunks, in {secs:.1f}s")
 
 
+def _load_config(ctx, param, value):
+    """--config FILE.toml: its keys become the defaults, so the command line still overrides them."""
+    if value is None:
+        return None
+    import tomllib
+
+    try:
+        with open(value, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise click.BadParameter(f"{value}: {e}") from None
+    table = raw.get("train", raw)  # a [train] table, or top-level keys
+    names = {p.name for p in ctx.command.params}
+    settings = {k.replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise click.BadParameter(f"{value}: unknown setting(s) {', '.join(unknown)}")
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return value
+
+
 @cli.command()
 @click.argument("data")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_config, is_eager=True,
+              expose_value=False, help="TOML file of train options (keys as the option names); the command line wins.")
 @_selection_options
 @click.option("--val", default=None, help="A separate validation dataset.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
@@ -194,6 +217,36 @@ def evaluate(checkpoint, data, split, as_json):
     click.echo("confusion matrix (rows: true, columns: predicted):")
     for row in result["confusion_matrix"]:
         click.echo("  " + " ".join(f"{v:6d}" for v in row))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("data")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output file: .parquet, .h5, .zarr or .csv (written atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def predict(checkpoint, data, out, overwrite):
+    """Write predictions (and class probabilities) for every row of DATA, chunk by chunk.
+
+    Example: streamtrain predict runs/bc data/breast_cancer.parquet --out predictions.csv
+    """
+    trainer = Trainer.load(checkpoint)
+    info = trainer.write_predictions(data, out, overwrite=overwrite)
+    click.echo(f"wrote {info['path']}: {info['rows']} rows, columns {', '.join(info['columns'])}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+def plot(checkpoint, out):
+    """Plot training and validation loss and accuracy per epoch from a checkpoint (file or directory).
+
+    Example: streamtrain plot runs/bc --out curves.png
+    """
+    from .plot import plot_history
+
+    found, _, meta = resolve_checkpoint(checkpoint)
+    click.echo(f"wrote {plot_history(meta['history'], out, title=str(found))}")
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from .errors import DataError
+from .readers import detect_format
 from .writers import open_writer
 
 __all__ = ["Teacher", "make_data", "TASKS"]
@@ -75,6 +76,7 @@ def make_data(out: str | os.PathLike, rows: int, features: int, task: str = "bin
     >>> make_data("/tmp/st_doc.parquet", rows=1000, features=8, overwrite=True)["rows"]
     1000
     """
+    detect_format(out)  # only formats streamtrain reads back (not CSV)
     if rows < 1 or features < 1:
         raise DataError(f"{out}: --rows and --features must be at least 1")
     if chunk_rows < 1:

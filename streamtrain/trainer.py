@@ -9,6 +9,7 @@ produces bitwise the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -233,6 +234,8 @@ class Trainer:
                 if hasattr(cb, "on_epoch_end"):
                     cb.on_epoch_end(self, record)
             if checkpoint_dir:
+                with open(Path(checkpoint_dir) / "metrics.jsonl", "a") as fh:  # for any tool to plot
+                    fh.write(json.dumps(record) + "\n")
                 path = self._save(checkpoint_dir, sampler)
                 if cfg.keep_best and record.get("val_loss") is not None and self._early["best_epoch"] == record["epoch"]:
                     # The best epoch by validation loss, kept apart from the rotation.
@@ -494,6 +497,33 @@ class Trainer:
             loss, _ = self.net._task.loss_delta(z, t)
             acc.update(loss, t, self.net._task.output(z))
         return {"path": ds.path, "task": self.task, **acc.result()}
+
+    def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
+        """Stream predictions for every row of ``source`` to ``out`` (.parquet, .h5, .zarr, .csv), chunk by
+        chunk and atomically. Classification: columns ``p_<class>`` and ``prediction``; regression:
+        ``prediction`` (or ``prediction_<j>`` for several outputs)."""
+        from .writers import open_writer
+
+        self._check_ready()
+        ds = self.open_like_training(source)
+        if self.task == "regression":
+            names = ["prediction"] if self.net.n_out == 1 else [f"prediction_{j}" for j in range(self.net.n_out)]
+            label, label_dtype = None, None
+        else:
+            names = [f"p_{c}" for c in self.classes]
+            label = "prediction"
+            label_dtype = np.asarray(self.classes).dtype
+        n = 0
+        with open_writer(out, ds.n_rows, names, label, label_dtype, chunk_rows=int(ds.chunk_sizes.max()),
+                         overwrite=overwrite) as w:
+            for _, output, _ in self.iter_outputs(ds):
+                if self.task == "regression":
+                    w.write(output.astype(np.float32), None)
+                else:
+                    proba = np.hstack([1 - output, output]) if self.task == "binary" else output
+                    w.write(proba.astype(np.float32), np.asarray(self.classes)[proba.argmax(axis=1)])
+                n += len(output)
+        return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else [])}
 
     def predict_proba(self, source) -> np.ndarray:
         """Class probabilities ``(rows, n_classes)`` (in memory: for small data)."""

@@ -146,7 +146,33 @@ class _ParquetWriter(_Writer):
         self._w.close()
 
 
-_WRITERS = {"hdf5": _HDF5Writer, "zarr": _ZarrWriter, "parquet": _ParquetWriter}
+class _CSVWriter(_Writer):
+    """Plain CSV with a header row (for predictions; streamtrain does not read CSV)."""
+
+    def open(self, tmp: Path):
+        self._fh = open(tmp, "w", newline="")
+        header = self.feature_names + ([self.label_name] if self.label_name else [])
+        self._fh.write(",".join(_csv_field(h) for h in header) + "\n")
+
+    def _write(self, a, X, y):
+        block = X if y is None else np.column_stack([X, y.astype(np.float64)])
+        fmt = ["%.9g"] * X.shape[1] + (["%.17g" if self.label_dtype is not None and self.label_dtype.kind == "f"
+                                         else "%d"] if y is not None else [])
+        np.savetxt(self._fh, block, fmt=fmt, delimiter=",")
+
+    def close(self):
+        super().close()
+        self._fh.close()
+
+    def abort(self):
+        self._fh.close()
+
+
+def _csv_field(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n') else name
+
+
+_WRITERS = {"hdf5": _HDF5Writer, "zarr": _ZarrWriter, "parquet": _ParquetWriter, "csv": _CSVWriter}
 
 
 @contextlib.contextmanager
@@ -155,12 +181,13 @@ def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name:
                 dtype="float32", overwrite: bool = False):
     """Context manager yielding a writer with ``write(X, y)``; the file appears atomically on success.
 
-    The format comes from the suffix of ``path``. ``n_rows`` must be known up front.
+    The format comes from the suffix of ``path`` (.h5, .zarr, .parquet, or .csv). ``n_rows``
+    must be known up front.
     """
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = "csv" if path.suffix.lower() == ".csv" else detect_format(path)
     if compression == "default":
-        compression = DEFAULT_COMPRESSION[fmt]
+        compression = DEFAULT_COMPRESSION.get(fmt)
     if path.exists() and not overwrite:
         raise DataError(f"{path}: already exists; remove it or pass --overwrite")
     writer = _WRITERS[fmt](path, n_rows, feature_names, label_name, label_dtype, chunk_rows, compression, dtype)

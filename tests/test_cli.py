@@ -107,7 +107,7 @@ def test_divergence_exits_1(tmp_path):
 
 
 def test_every_command_has_help_with_an_example():
-    for command in ("train", "evaluate", "inspect", "make-data"):
+    for command in ("train", "evaluate", "inspect", "make-data", "predict", "plot"):
         res = invoke(command, "--help")
         assert res.exit_code == 0 and "Example: streamtrain" in res.output
 
@@ -156,3 +156,93 @@ def test_signal_finishes_the_batch_checkpoints_and_resume_is_exact(tmp_path, sig
     assert again.returncode == 0 and "resuming from" in again.stderr
     digest = [json.loads(run("inspect", tmp_path / d, "--json").stdout)["params_sha256"] for d in ("ref", "run")]
     assert digest[0] == digest[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ck = tmp_path_factory.mktemp("trained")
+    res = run("train", DATA / "digits.parquet", "--hidden", 16, "--epochs", 3, "--val-fraction", 0.2,
+              "--checkpoint-dir", ck, "--quiet")
+    assert res.returncode == 0, res.stderr
+    return ck
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".h5"])
+def test_predict_streams_predictions_to_a_file(tmp_path, trained, suffix):
+    import pandas as pd
+
+    from streamtrain import Trainer
+
+    out = tmp_path / f"pred{suffix}"
+    res = run("predict", trained, DATA / "digits.parquet", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert "1797 rows" in res.stdout
+    expected = Trainer.load(trained).predict(DATA / "digits.parquet")
+    if suffix == ".csv":
+        df = pd.read_csv(out)
+        assert list(df.columns) == [f"p_{c}" for c in range(10)] + ["prediction"]
+        np.testing.assert_allclose(df[[f"p_{c}" for c in range(10)]].sum(axis=1), 1, atol=1e-5)
+        got = df["prediction"].to_numpy()
+    elif suffix == ".parquet":
+        got = pd.read_parquet(out)["prediction"].to_numpy()
+    else:
+        import h5py
+
+        with h5py.File(out) as f:
+            got = f["prediction"][:]
+    np.testing.assert_array_equal(got, expected)
+    again = run("predict", trained, DATA / "digits.parquet", "--out", out)
+    assert again.returncode == 2 and "already exists" in again.stderr  # nothing the user had is lost
+
+
+def test_plot_writes_a_png_and_metrics_jsonl_has_every_epoch(tmp_path, trained):
+    lines = (trained / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    res = run("plot", trained, "--out", tmp_path / "curves.png")
+    assert res.returncode == 0, res.stderr
+    data = (tmp_path / "curves.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "curves.png").shape[:2] == (400, 1000)
+
+
+def test_toml_config_with_command_line_override(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[train]\nhidden = 5\nepochs = 2\nlr = 0.05\nval-fraction = 0.25\n')
+    res = run("train", DATA / "breast_cancer.h5", "--config", cfg, "--epochs", 3, "--checkpoint-dir", tmp_path / "c",
+              "--quiet")
+    assert res.returncode == 0, res.stderr
+    config = json.loads(run("inspect", tmp_path / "c", "--json").stdout)["config"]
+    assert (config["hidden"], config["epochs"], config["lr"], config["val_fraction"]) == (5, 3, 0.05, 0.25)
+    (tmp_path / "bad.toml").write_text("hiden = 5\n")
+    bad = run("train", DATA / "breast_cancer.h5", "--config", tmp_path / "bad.toml")
+    assert bad.returncode == 2 and "unknown setting(s) hiden" in bad.stderr
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path):
+    import os
+    import pty
+
+    args = [str(BIN), "train", str(DATA / "digits.h5"), "--epochs", "2", "--batch-size", "8"]
+    plain = subprocess.run(args, capture_output=True, text=True)
+    assert "\r" not in plain.stderr and plain.stderr.count("epoch ") == 2
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    tty = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "batch/s" in tty and "\r" in tty and "epoch 2/2" in tty
+    quiet = subprocess.run(args + ["--quiet"], capture_output=True, text=True)
+    assert quiet.stderr == "" and quiet.stdout == ""
