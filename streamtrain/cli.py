@@ -36,6 +36,14 @@ def _selection(features: tuple[str, ...]):
     return features[0] if len(features) == 1 else list(features)
 
 
+def _open_selected(trainer: Trainer, data, features, label):
+    """DATA as given, or opened with explicit --features/--label (else the checkpoint's selection)."""
+    if not features and label is None:
+        return data
+    return open_dataset(data, _selection(features), label, dtype=trainer.net.dtype,
+                        nonfinite="skip" if trainer.config.skip_nonfinite else "error")
+
+
 def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -188,14 +196,15 @@ def train(data, features, label, val, val_fraction, checkpoint_dir, resume, forc
 @click.argument("data")
 @click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
               help="Evaluate on the training run's --val-fraction hold-out (val) or the rest (train).")
+@_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(checkpoint, data, split, as_json):
+def evaluate(checkpoint, data, split, features, label, as_json):
     """Evaluate the model in CHECKPOINT (a file or a checkpoint directory) on DATA.
 
     Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
     """
     trainer = Trainer.load(checkpoint)
-    ds = trainer.open_like_training(data)
+    ds = trainer.open_like_training(_open_selected(trainer, data, features, label))
     if split != "all":
         cfg = trainer.config
         if not cfg.val_fraction:
@@ -225,13 +234,14 @@ def evaluate(checkpoint, data, split, as_json):
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Output file: .parquet, .h5, .zarr or .csv (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def predict(checkpoint, data, out, overwrite):
+@_selection_options
+def predict(checkpoint, data, out, overwrite, features, label):
     """Write predictions (and class probabilities) for every row of DATA, chunk by chunk.
 
     Example: streamtrain predict runs/bc data/breast_cancer.parquet --out predictions.csv
     """
     trainer = Trainer.load(checkpoint)
-    info = trainer.write_predictions(data, out, overwrite=overwrite)
+    info = trainer.write_predictions(_open_selected(trainer, data, features, label), out, overwrite=overwrite)
     click.echo(f"wrote {info['path']}: {info['rows']} rows, columns {', '.join(info['columns'])}")
 
 

@@ -246,3 +246,18 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path):
     assert "batch/s" in tty and "\r" in tty and "epoch 2/2" in tty
     quiet = subprocess.run(args + ["--quiet"], capture_output=True, text=True)
     assert quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_evaluate_and_predict_take_the_selection_options(tmp_path, trained):
+    import pandas as pd
+
+    df = pd.read_parquet(DATA / "digits.parquet").rename(columns={"target": "digit"})
+    df["noise"] = 1.0
+    df.to_parquet(tmp_path / "renamed.parquet")
+    res = run("evaluate", trained, tmp_path / "renamed.parquet", "--features", "pixel_*", "--label", "digit", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["n"] == 1797
+    out = run("predict", trained, tmp_path / "renamed.parquet", "--features", "pixel_*", "--out", tmp_path / "p.csv")
+    assert out.returncode == 0, out.stderr
+    wrong = run("evaluate", trained, tmp_path / "renamed.parquet", "--features", "noise", "--label", "digit")
+    assert wrong.returncode == 2 and "has 1 features, the model expects 64" in wrong.stderr

@@ -45,27 +45,54 @@ class StopAt:
             trainer.stop_requested = "test"
 
 
+class RecordRows:
+    """Records the row indices of every batch the trainer consumed."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_batch_end(self, trainer, rows, loss):
+        self.rows.append(rows.copy())
+
+
+@pytest.mark.parametrize("validation", [True, False])
 @pytest.mark.parametrize("shuffle", ["window", "global", "none"])
 @pytest.mark.parametrize("batch", [1, 32, 37])
-def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, shuffle, batch):
+def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, shuffle, batch, validation):
     make_data(tmp_path / "d.parquet", rows=600, features=5, chunk_rows=64, seed=2)
+    extra = {"val_fraction": 0.2, "early_stopping": 5} if validation else {}
     cfg = TrainConfig(hidden=6, epochs=3, batch_size=batch, shuffle=shuffle, window_mb=0.004,
-                      val_fraction=0.2, optimizer="adam", lr=0.01, early_stopping=5)
-    ref = Trainer(cfg)
-    ref.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "ref", log=None)
+                      optimizer="adam", lr=0.01, **extra)
+    ref, ref_rows = Trainer(cfg), RecordRows()
+    ref.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "ref", callbacks=[ref_rows], log=None)
 
     n_batches = ref.global_step
     stop = int(np.random.default_rng(batch).integers(1, n_batches - 1))
-    first = Trainer(cfg)
-    first.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "run", callbacks=[StopAt(stop)], log=None)
+    first, first_rows = Trainer(cfg), RecordRows()
+    first.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "run", callbacks=[StopAt(stop), first_rows], log=None)
     assert first.global_step == stop
-    second = Trainer(cfg)
-    second.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "run", resume=True, log=None)
+    second, second_rows = Trainer(cfg), RecordRows()
+    second.fit(tmp_path / "d.parquet", checkpoint_dir=tmp_path / "run", resume=True, callbacks=[second_rows],
+               log=None)
     assert second.global_step == n_batches
     for k in ref.net.params:
         np.testing.assert_array_equal(second.net.params[k], ref.net.params[k])
+    # the same samples, in the same batches, in the same order
+    consumed = first_rows.rows + second_rows.rows
+    assert len(consumed) == len(ref_rows.rows)
+    assert all(np.array_equal(a, b) for a, b in zip(consumed, ref_rows.rows))
     assert [h["train_loss"] for h in second.history] == [h["train_loss"] for h in ref.history]
-    assert [h["val_loss"] for h in second.history] == [h["val_loss"] for h in ref.history]
+    if validation:
+        assert [h["val_loss"] for h in second.history] == [h["val_loss"] for h in ref.history]
+
+
+def test_resume_refuses_different_data_unless_forced(tmp_path):
+    make_data(tmp_path / "a.h5", rows=300, features=4)
+    make_data(tmp_path / "b.h5", rows=400, features=4)
+    Trainer(TrainConfig(hidden=3, epochs=1)).fit(tmp_path / "a.h5", checkpoint_dir=tmp_path / "c", log=None)
+    with pytest.raises(Exception, match=r"data n_rows: 300 -> 400"):
+        Trainer(TrainConfig(hidden=3, epochs=2)).fit(tmp_path / "b.h5", checkpoint_dir=tmp_path / "c", resume=True,
+                                                     log=None)
 
 
 def test_resume_refuses_changed_settings_unless_forced(tmp_path):
