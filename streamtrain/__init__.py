@@ -2,6 +2,7 @@
 
 from ._version import __version__  # noqa: E402
 
+from .batches import BatchIterator  # noqa: E402
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .config import TrainConfig  # noqa: E402
 from .errors import CheckpointError, DataError, Interrupted, StreamtrainError, TrainingError  # noqa: E402
@@ -14,7 +15,7 @@ from .synthetic import make_data  # noqa: E402
 from .trainer import Trainer  # noqa: E402
 
 __all__ = [
-    "__version__", "open_dataset", "Dataset", "ArrayDataset", "Sampler", "Loader", "Scaler",
+    "__version__", "open_dataset", "Dataset", "ArrayDataset", "Sampler", "Loader", "BatchIterator", "Scaler",
     "TwoLayerNet", "Trainer", "TrainConfig", "save_checkpoint", "load_checkpoint", "make_data",
     "StreamtrainError", "DataError", "CheckpointError", "TrainingError", "Interrupted",
 ]

@@ -101,32 +101,72 @@ class Trainer:
         return "skip" if self.config.skip_nonfinite else "error"
 
     def _initialise(self, data: Dataset, log) -> None:
-        cfg = self.config
         if data.label_name is None:
             raise DataError(f"{data.path}: no label found; name it with --label")
-        stats = scan(data)
+        self._setup(scan(data), data.n_features, list(data.feature_names), data.label_name, data.selection,
+                    data.path, log)
+
+    def _setup(self, stats: DataStats, n_features: int, feature_names, label_name, selection, where, log) -> None:
+        """Task, classes, scaler, network and optimiser from the label summary and feature statistics."""
+        cfg = self.config
         self.task = infer_task(stats) if cfg.task == "auto" else cfg.task
         if cfg.task == "auto" and log:
-            log(f"task: {self.task} (chosen from label {data.label_name!r}; set --task to override)")
+            log(f"task: {self.task} (chosen from label {label_name!r}; set --task to override)")
         if self.task == "regression":
             self.classes, n_out = [], stats.label_width
         elif stats.label_ndim == 2:  # one-hot: the columns are the classes
             if not stats.onehot:
-                raise DataError(f"{data.path}: 2-D label {data.label_name!r} is not one-hot; use --task regression")
+                raise DataError(f"{where}: 2-D label {label_name!r} is not one-hot; use --task regression")
             self.classes, n_out = list(range(stats.label_width)), stats.label_width
         else:
             if not stats.label_integral:
-                raise DataError(f"{data.path}: label {data.label_name!r} has non-integral values; use --task regression")
+                raise DataError(f"{where}: label {label_name!r} has non-integral values; use --task regression")
             self.classes = sorted(stats.classes)
             if self.task == "binary" and len(self.classes) > 2:
-                raise DataError(f"{data.path}: binary task but label has {len(self.classes)} classes")
+                raise DataError(f"{where}: binary task but label has {len(self.classes)} classes")
             n_out = 1 if self.task == "binary" else len(self.classes)
         self.scaler = Scaler.from_stats(cfg.scale, stats, cfg.dtype)
-        self.net = TwoLayerNet(data.n_features, cfg.hidden, n_out, cfg.activation, self.task, cfg.init,
-                               cfg.seed, cfg.dtype)
+        self.net = TwoLayerNet(n_features, cfg.hidden, n_out, cfg.activation, self.task, cfg.init, cfg.seed, cfg.dtype)
         self.optimizer = make_optimizer(cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
-        self.feature_names, self.label_name = list(data.feature_names), data.label_name
-        self.selection = data.selection
+        self.feature_names, self.label_name, self.selection = feature_names, label_name, selection
+
+    def partial_fit(self, X, y, classes=None) -> "Trainer":
+        """Update the model on the rows given, in order, in minibatches of ``config.batch_size``.
+
+        For pipelines that own the data flow (pure online use). The first call sets the
+        model up lazily: scaling statistics come from this first block, and ``classes``
+        (all the labels that will ever occur) must be given there unless the block holds
+        them all. Checkpoints remain available through ``save``.
+
+        >>> import numpy as np
+        >>> t = Trainer(hidden=4, batch_size=8)
+        >>> X = np.random.default_rng(0).standard_normal((64, 3))
+        >>> t.partial_fit(X, (X[:, 0] > 0).astype(int), classes=[0, 1]).task
+        'binary'
+        """
+        X = np.asarray(X, dtype=self.config.dtype)
+        y = np.asarray(y)
+        if X.ndim != 2 or len(X) != len(y):
+            raise DataError(f"partial_fit: X must be (rows, features) with one label per row; got {X.shape}, {y.shape}")
+        if self.net is None:
+            stats = DataStats()
+            stats.update(X, y, "partial_fit")
+            if classes is not None:
+                stats.classes |= set(np.asarray(classes).tolist())
+            self._setup(stats, X.shape[1], [f"f{j}" for j in range(X.shape[1])], "y", None, "partial_fit", None)
+        elif X.shape[1] != self.net.n_in:
+            raise DataError(f"partial_fit: {X.shape[1]} features, the model expects {self.net.n_in}")
+        cfg = self.config
+        T = self.targets(y, "partial_fit")
+        for a in range(0, len(X), cfg.batch_size):
+            Xs = self.scaler.transform(X[a:a + cfg.batch_size])
+            loss, penalty, grads = self.net.loss_and_grads(Xs, T[a:a + cfg.batch_size], cfg.l1, cfg.l2)
+            if not np.isfinite(loss + penalty):
+                raise TrainingError(f"training diverged at batch step {self.global_step + 1} (loss is {loss + penalty});"
+                                    " lower the learning rate")
+            self.optimizer.step(self.net.params, grads)
+            self.global_step += 1
+        return self
 
     @property
     def _identity_classes(self) -> bool:

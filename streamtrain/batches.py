@@ -1,0 +1,85 @@
+"""A batch iterator over a source, for other frameworks (a PyTorch DataLoader's IterableDataset shape)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+
+from .loader import Loader, window_rows_for
+from .readers import open_dataset
+from .sampling import Sampler
+
+__all__ = ["BatchIterator"]
+
+
+class BatchIterator:
+    """Iterate ``(X, y)`` minibatches of a source with the sampler's shuffling, sharding and
+    resumable state. Each ``iter()`` is one epoch; the next ``iter()`` is the next epoch.
+
+    It has the shape of a PyTorch ``IterableDataset`` (use ``DataLoader(it, batch_size=None)``),
+    without streamtrain importing torch: when torch is already loaded and the iterator runs in
+    a DataLoader worker, each worker takes a disjoint share of the rows. The file is opened
+    lazily in each process.
+
+    >>> it = BatchIterator("data/breast_cancer.h5", batch_size=100, shuffle="none")
+    >>> [len(X) for X, y in it]
+    [100, 100, 100, 100, 100, 69]
+    """
+
+    def __init__(self, source, batch_size: int = 32, shuffle: str = "window", seed: int = 0,
+                 drop_last: bool = False, window_mb: float = 256.0, replacement: bool = False,
+                 rank: int = 0, world_size: int = 1, features=None, label: str | None = None,
+                 dtype="float32"):
+        self.source, self.features, self.label, self.dtype = source, features, label, dtype
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.window_mb, self.replacement, self.rank, self.world_size = window_mb, replacement, rank, world_size
+        self.epoch, self.position = 0, 0
+        self._dataset = None
+
+    def _open(self):
+        if self._dataset is None:
+            self._dataset = open_dataset(self.source, self.features, self.label, dtype=self.dtype)
+        return self._dataset
+
+    def _shard(self) -> tuple[int, int]:
+        rank, world = self.rank, self.world_size
+        torch = sys.modules.get("torch")  # only if the caller already imported it
+        info = torch.utils.data.get_worker_info() if torch is not None else None
+        if info is not None:
+            rank, world = rank * info.num_workers + info.id, world * info.num_workers
+        return rank, world
+
+    def _sampler(self) -> Sampler:
+        ds = self._open()
+        rank, world = self._shard()
+        s = Sampler(ds.bounds, self.batch_size, self.shuffle, self.seed, self.drop_last,
+                    window_rows_for(self.window_mb * 2**20, ds), self.replacement, rank, world)
+        s.epoch, s.position = self.epoch, self.position
+        return s
+
+    def __len__(self) -> int:
+        """Batches in an epoch (of this shard)."""
+        return len(self._sampler())
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, Any]]:
+        sampler = self._sampler()
+        for rows, X, y in Loader(self._open(), sampler).iter_epoch():
+            self.position += len(rows)
+            yield X, y
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and position: resume with ``load_state_dict`` to get exactly the batches that come next."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "batch_size": self.batch_size,
+                "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "batch_size", "shuffle"):
+            if state.get(key, getattr(self, key)) != getattr(self, key):
+                raise ValueError(f"state has {key}={state[key]!r}, this iterator {getattr(self, key)!r}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __getstate__(self):
+        return {**self.__dict__, "_dataset": None}  # reopened in the worker process
