@@ -19,3 +19,12 @@ __all__ = [
     "TwoLayerNet", "Trainer", "TrainConfig", "save_checkpoint", "load_checkpoint", "make_data",
     "StreamtrainError", "DataError", "CheckpointError", "TrainingError", "Interrupted",
 ]
+
+
+def __getattr__(name):
+    # The scikit-learn estimators import scikit-learn (an optional extra) only when asked for.
+    if name in ("StreamClassifier", "StreamRegressor"):
+        from . import estimator
+
+        return getattr(estimator, name)
+    raise AttributeError(f"module 'streamtrain' has no attribute {name!r}")

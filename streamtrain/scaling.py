@@ -100,9 +100,14 @@ def _standard(s: Scaler, X: np.ndarray) -> np.ndarray:
     return out
 
 
-SCALINGS = {
-    "standard": _standard,
-    "none": lambda s, X: X,
+def _none(s: Scaler, X: np.ndarray) -> np.ndarray:
+    return X
+
+
+def _batch_center(s: Scaler, X: np.ndarray) -> np.ndarray:
     # Subtract each batch's own mean, as the seed material describes.
-    "batch-center": lambda s, X: X - X.mean(axis=0, keepdims=True),
-}
+    return X - X.mean(axis=0, keepdims=True)
+
+
+# Named functions, not lambdas: a trained model must pickle (scikit-learn estimators, workers).
+SCALINGS = {"standard": _standard, "none": _none, "batch-center": _batch_center}

@@ -84,6 +84,10 @@ def _regression_loss_delta(z, y):
     return float(loss), diff / z.shape[0]
 
 
+def _identity(z):
+    return z
+
+
 class Task(NamedTuple):
     loss_delta: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
     output: Callable[[np.ndarray], np.ndarray]  # logits -> probabilities / values
@@ -92,7 +96,7 @@ class Task(NamedTuple):
 TASKS: dict[str, Task] = {
     "binary": Task(_binary_loss_delta, sigmoid),
     "multiclass": Task(_multiclass_loss_delta, softmax),
-    "regression": Task(_regression_loss_delta, lambda z: z),
+    "regression": Task(_regression_loss_delta, _identity),
 }
 
 
