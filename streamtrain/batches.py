@@ -18,9 +18,9 @@ class BatchIterator:
     """Iterate ``(X, y)`` minibatches of a source with the sampler's shuffling, sharding and
     resumable state. Each ``iter()`` is one epoch; the next ``iter()`` is the next epoch.
 
-    It has the shape of a PyTorch ``IterableDataset`` (use ``DataLoader(it, batch_size=None)``),
-    without streamtrain importing torch: when torch is already loaded and the iterator runs in
-    a DataLoader worker, each worker takes a disjoint share of the rows. The file is opened
+    It has the shape of a PyTorch ``IterableDataset``; ``DataLoader(it.as_torch(), batch_size=None)``
+    uses it directly (streamtrain imports torch only inside ``as_torch``). When it runs in a
+    DataLoader worker, each worker takes a disjoint share of the rows. The file is opened
     lazily in each process.
 
     >>> it = BatchIterator("data/breast_cancer.h5", batch_size=100, shuffle="none")
@@ -81,5 +81,29 @@ class BatchIterator:
                 raise ValueError(f"state has {key}={state[key]!r}, this iterator {getattr(self, key)!r}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
+    def as_torch(self):
+        """This iterator as a ``torch.utils.data.IterableDataset`` (torch is imported only here).
+
+        A DataLoader decides between map-style and iterable datasets with ``isinstance``,
+        so the wrapper subclasses torch's class; use ``DataLoader(it.as_torch(), batch_size=None)``.
+        """
+        import torch.utils.data
+
+        return _torch_wrapper(torch.utils.data.IterableDataset)(self)
+
     def __getstate__(self):
         return {**self.__dict__, "_dataset": None}  # reopened in the worker process
+
+
+def _torch_wrapper(base):
+    class TorchBatches(base):
+        def __init__(self, batches: BatchIterator):
+            self.batches = batches
+
+        def __iter__(self):
+            return iter(self.batches)
+
+        def __len__(self):
+            return len(self.batches)
+
+    return TorchBatches

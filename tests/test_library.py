@@ -66,8 +66,8 @@ def test_batch_iterator_epochs_state_and_sharding(monkeypatch):
 
 def test_batch_iterator_in_a_real_torch_dataloader():
     torch = pytest.importorskip("torch")
-    loader = torch.utils.data.DataLoader(BatchIterator(DATA / "digits.h5", batch_size=100), batch_size=None,
-                                         num_workers=2)
+    loader = torch.utils.data.DataLoader(BatchIterator(DATA / "digits.h5", batch_size=100).as_torch(),
+                                         batch_size=None, num_workers=2)
     assert sum(len(X) for X, _ in loader) == 1796  # two workers, 898 rows each
 
 
