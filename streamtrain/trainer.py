@@ -308,13 +308,19 @@ class Trainer:
             for cb in callbacks:
                 if hasattr(cb, "on_batch_end"):
                     cb.on_batch_end(self, rows, loss + penalty)
-            interval = (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0) or self._time_due()
-            if checkpoint_dir and (interval or self.stop_requested):
-                acc["seconds"] += time.perf_counter() - started
-                started = time.perf_counter()
-                self._save(checkpoint_dir, sampler)
+            due = cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+            started = self._checkpoint_if_due(checkpoint_dir, sampler, acc, started, due)
             if self.stop_requested:
                 return None
+        return started
+
+    def _checkpoint_if_due(self, checkpoint_dir, sampler, acc, started: float, due) -> float:
+        """Write a checkpoint when the batch interval, the time interval or a stop request says so;
+        the write is kept out of the epoch's training time. Returns the new interval start."""
+        if checkpoint_dir and (due or self._time_due() or self.stop_requested):
+            acc["seconds"] += time.perf_counter() - started
+            self._save(checkpoint_dir, sampler)
+            return time.perf_counter()
         return started
 
     def _time_due(self) -> bool:
@@ -350,10 +356,7 @@ class Trainer:
             acc["n"] += n
             crossed = every and (self.global_step + n) // every > self.global_step // every
             self.global_step += n
-            if checkpoint_dir and (crossed or self._time_due() or self.stop_requested):
-                acc["seconds"] += time.perf_counter() - started
-                started = time.perf_counter()
-                self._save(checkpoint_dir, sampler)
+            started = self._checkpoint_if_due(checkpoint_dir, sampler, acc, started, crossed)
             if self.stop_requested:
                 return None
         return started
