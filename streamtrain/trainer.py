@@ -16,25 +16,24 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ._version import __version__
-from .checkpoint import (DirectoryLock, checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate,
-                         save_checkpoint)
+from .checkpoint import (DirectoryLock)
 from .config import TrainConfig
-from .errors import CheckpointError, DataError, Interrupted, TrainingError
+from .errors import DataError, Interrupted, TrainingError
+from .inference import ModelUse
 from .loader import Loader, window_rows_for
-from .metrics import metrics_for
 from .nn import online
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .nn.optim import make_optimizer
-from .readers import detect_format, open_dataset
+from .readers import open_dataset
 from .readers.base import Dataset
 from .readers.subset import HoldoutSplit
 from .sampling import Sampler
 from .scaling import DataStats, Scaler, scan
+from .state import CheckpointState
 
 __all__ = ["Trainer", "infer_task"]
 
@@ -51,7 +50,7 @@ def infer_task(stats: DataStats) -> str:
     return "binary" if len(stats.classes) <= 2 else "multiclass"
 
 
-class Trainer:
+class Trainer(CheckpointState, ModelUse):
     """Trains a ``TwoLayerNet`` on a dataset; evaluates and predicts with it.
 
     >>> from streamtrain import Trainer, TrainConfig
@@ -389,198 +388,6 @@ class Trainer:
     def _early_stopped(self) -> bool:
         patience = self.config.early_stopping
         return bool(patience) and self._early["wait"] >= patience
-
-    # -- checkpoints ------------------------------------------------------------
-    def state(self, sampler: Sampler | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Everything a checkpoint holds: arrays and JSON metadata."""
-        arrays = {f"param.{k}": v for k, v in self.net.params.items()}
-        arrays.update({f"optim.{k}": v for k, v in self.optimizer.state_dict().items()})
-        arrays.update({f"scaler.{k}": v for k, v in self.scaler.state().items() if k != "kind"})
-        if self._best_params is not None:
-            arrays.update({f"best.{k}": v for k, v in self._best_params.items()})
-        meta = {
-            "streamtrain_version": __version__,
-            "config": self.config.to_dict(),
-            "model": self.net.config(),
-            "task": self.task,
-            "classes": self.classes,
-            "feature_names": self.feature_names,
-            "selection": self.selection,
-            "label": self.label_name,
-            "scale": self.scaler.kind,
-            "global_step": self.global_step,
-            "sampler": sampler.state_dict() if sampler else self._sampler_state,
-            "epoch_acc": self._epoch_acc,
-            "early_stopping": self._early,
-            "history": self.history,
-            "fingerprint": self.fingerprint,
-        }
-        return arrays, meta
-
-    def _save(self, directory, sampler: Sampler) -> Path:
-        for k, v in self.net.params.items():
-            if not np.all(np.isfinite(v)):
-                raise TrainingError(f"training diverged: parameter {k} is not finite after batch step "
-                                    f"{self.global_step}; refusing to write a checkpoint (lower --lr)")
-        arrays, meta = self.state(sampler)
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        path = Path(directory) / checkpoint_name(self.global_step)
-        try:
-            save_checkpoint(path, arrays, meta)
-        except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
-            raise TrainingError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
-                                "the previous checkpoint is kept") from None
-        rotate(directory, self.config.keep)
-        self._last_save = time.monotonic()
-        return path
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the current model and training state to a checkpoint file."""
-        arrays, meta = self.state()
-        return save_checkpoint(path, arrays, meta)
-
-    def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        m = meta["model"]
-        self.task, self.classes = meta["task"], list(meta["classes"])
-        self.feature_names, self.label_name = list(meta["feature_names"]), meta["label"]
-        self.selection = meta["selection"]
-        self.net = TwoLayerNet(m["n_in"], m["hidden"], m["n_out"], m["activation"], m["task"], m["init"],
-                               dtype=m["dtype"])
-        for k in PARAM_NAMES:
-            self.net.params[k] = np.array(arrays[f"param.{k}"])
-        self.scaler = Scaler(meta["scale"], arrays.get("scaler.mean"), arrays.get("scaler.scale"), m["dtype"])
-        self.optimizer = make_optimizer(self.config.optimizer, lr=self.config.lr, momentum=self.config.momentum)
-        self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
-        best = {k[5:]: np.array(v) for k, v in arrays.items() if k.startswith("best.")}
-        self._best_params = best or None
-        self.global_step = int(meta["global_step"])
-        self._sampler_state = meta.get("sampler")
-        self._epoch_acc = dict(meta["epoch_acc"])
-        self._early = dict(meta["early_stopping"])
-        self.history = list(meta["history"])
-        self.fingerprint = meta["fingerprint"]
-
-    def _resume(self, directory, train: Dataset, force: bool, log) -> bool:
-        found = latest_checkpoint(directory, warn=log)
-        if found is None:
-            return False
-        path, arrays, meta = found
-        try:
-            saved = TrainConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
-        problems = self.config.differences(saved)
-        fp = train.fingerprint()
-        problems += [f"data {k}: {meta['fingerprint'].get(k)!r} -> {fp[k]!r}"
-                     for k in fp if meta["fingerprint"].get(k) != fp[k]]
-        if problems and not force:
-            raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
-                                  f"{'; '.join(problems)} (pass --force to resume anyway)")
-        try:
-            self._restore(arrays, meta)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
-        self.fingerprint = fp
-        if log:
-            s = meta["sampler"]
-            log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
-        return True
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Trainer":
-        """A Trainer restored from a checkpoint file or directory (its newest valid checkpoint)."""
-        found, arrays, meta = resolve_checkpoint(path)
-        try:
-            t = cls(TrainConfig.from_dict(meta["config"]))
-            t._restore(arrays, meta)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{found}: incomplete checkpoint ({type(e).__name__}: {e})") from None
-        return t
-
-    # -- using the model ----------------------------------------------------------
-    def _check_ready(self):
-        if self.net is None:
-            raise TrainingError("the model is not trained yet: call fit() or load a checkpoint")
-
-    def open_like_training(self, source) -> Dataset:
-        """Open ``source`` with the feature and label selection used in training, and check it fits."""
-        if isinstance(source, Dataset):
-            ds = source
-        elif isinstance(source, (str, os.PathLike)) and detect_format(source) != self.fingerprint.get("format"):
-            # Another format stores the same columns differently: select by name, detect the label.
-            ds = open_dataset(source, self.feature_names, None, dtype=self.net.dtype, nonfinite=self._nonfinite)
-        else:
-            ds = open_dataset(source, self.selection, self.label_name, dtype=self.net.dtype,
-                              nonfinite=self._nonfinite)
-        if ds.n_features != self.net.n_in:
-            raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
-        if ds.format != "memory" and list(ds.feature_names) != self.feature_names:
-            diff = next(f"{a!r} vs {b!r}" for a, b in zip(ds.feature_names, self.feature_names) if a != b)
-            raise DataError(f"{ds.path}: feature names differ from the model's ({diff})")
-        return ds
-
-    def iter_outputs(self, source) -> Iterator[tuple[Dataset, np.ndarray, np.ndarray | None]]:
-        """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None)."""
-        self._check_ready()
-        ds = self.open_like_training(source)
-        for X, y in ds.iter_chunks():
-            yield ds, self.net.predict_output(self.scaler.transform(X)), y
-
-    def evaluate(self, source) -> dict[str, Any]:
-        """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming."""
-        self._check_ready()
-        ds = self.open_like_training(source)
-        if ds.label_name is None:
-            raise DataError(f"{ds.path}: no label to evaluate against")
-        acc = metrics_for(self.task, self.classes)
-        for X, y in ds.iter_chunks():
-            Xs = self.scaler.transform(X)
-            t = self.targets(y, ds.path)
-            z = self.net.forward(Xs)[1]
-            loss, _ = self.net._task.loss_delta(z, t)
-            acc.update(loss, t, self.net._task.output(z))
-        return {"path": ds.path, "task": self.task, **acc.result()}
-
-    def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
-        """Stream predictions for every row of ``source`` to ``out`` (.parquet, .h5, .zarr, .csv), chunk by
-        chunk and atomically. Classification: columns ``p_<class>`` and ``prediction``; regression:
-        ``prediction`` (or ``prediction_<j>`` for several outputs)."""
-        from .writers import open_writer
-
-        self._check_ready()
-        ds = self.open_like_training(source)
-        if self.task == "regression":
-            names = ["prediction"] if self.net.n_out == 1 else [f"prediction_{j}" for j in range(self.net.n_out)]
-            label, label_dtype = None, None
-        else:
-            names = [f"p_{c}" for c in self.classes]
-            label = "prediction"
-            label_dtype = np.asarray(self.classes).dtype
-        n = 0
-        with open_writer(out, ds.n_rows, names, label, label_dtype, chunk_rows=int(ds.chunk_sizes.max()),
-                         overwrite=overwrite) as w:
-            for _, output, _ in self.iter_outputs(ds):
-                if self.task == "regression":
-                    w.write(output.astype(np.float32), None)
-                else:
-                    proba = np.hstack([1 - output, output]) if self.task == "binary" else output
-                    w.write(proba.astype(np.float32), np.asarray(self.classes)[proba.argmax(axis=1)])
-                n += len(output)
-        return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else [])}
-
-    def predict_proba(self, source) -> np.ndarray:
-        """Class probabilities ``(rows, n_classes)`` (in memory: for small data)."""
-        out = np.concatenate([o for _, o, _ in self.iter_outputs(source)])
-        return np.hstack([1 - out, out]) if self.task == "binary" else out
-
-    def predict(self, source) -> np.ndarray:
-        """Predicted labels (classification) or values (regression) (in memory: for small data)."""
-        out = np.concatenate([o for _, o, _ in self.iter_outputs(source)])
-        if self.task == "regression":
-            return out[:, 0] if out.shape[1] == 1 else out
-        idx = (out[:, 0] > 0.5).astype(int) if self.task == "binary" else out.argmax(axis=1)
-        return np.asarray(self.classes)[idx]
-
 
 def format_epoch(r: dict[str, Any], epochs: int) -> str:
     """The one-line per-epoch summary."""
