@@ -15,6 +15,9 @@ Sections:
             samples/s from each format with window shuffle; scikit-learn partial_fit as a peer
   checkpoint  overhead of checkpointing every 1000 batches; time to the first batch after resuming
             10% and 90% into an epoch (should not depend on how far in)
+  scaling   peak RSS and time per sample of a training epoch at 0.25 and 1 GB (--large: up to 16 GB)
+  torch     PyTorch's per-row h5py Dataset + DataLoader(shuffle=True), num_workers 0 and 2, if torch
+            is installed (pip install torch==2.13.0)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -304,8 +308,80 @@ def bench_checkpoint(files, rows, chunk_rows) -> list[dict]:
     return results
 
 
+_SCALING_CODE = """
+import re, sys, time, streamtrain as st
+from streamtrain._malloc import reuse_freed_memory
+reuse_freed_memory()
+t = st.Trainer(st.TrainConfig(hidden=64, epochs=1, batch_size=256, lr=0.1, task="binary", window_mb=128))
+h = t.fit(sys.argv[1], log=None)[0]
+print(h["samples"], h["seconds"], re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+"""
+
+
+def bench_scaling(files, rows, chunk_rows, sizes_gb=(0.25, 1.0)) -> list[dict]:
+    """Peak RSS and time per sample of one training epoch as the file grows (memory must stay flat)."""
+    from streamtrain.synthetic import make_data
+
+    results = []
+    for gb in sizes_gb:
+        n = int(gb * 2**30 / (64 * 4))
+        path = SCRATCH / f"scale-{gb}.h5"
+        make_data(path, n, 64, chunk_rows=chunk_rows, seed=2, compression="none", overwrite=True)
+        out = subprocess.run([sys.executable, "-c", _SCALING_CODE, str(path)], capture_output=True, text=True,
+                             check=True).stdout.split()
+        samples, secs, peak_kb = int(out[0]), float(out[1]), int(out[2])
+        path.unlink()
+        results.append({"gb": gb, "rows": n, "peak_rss_mb": peak_kb / 1024, "us_per_sample": secs / samples * 1e6})
+        print(f"scaling  {gb:6.2f} GB: peak RSS {peak_kb / 1024:7.1f} MB, {secs / samples * 1e6:.3f} us/sample",
+              flush=True)
+    return results
+
+
+def bench_torch(files, rows, chunk_rows) -> list[dict]:
+    """PyTorch's usual recipe: DataLoader(shuffle=True) over a per-row h5py Dataset (if torch is installed)."""
+    try:
+        import torch
+    except ImportError:
+        print("torch     not installed (pip install torch==2.13.0): skipped", flush=True)
+        return [{"skipped": "torch not installed"}]
+    import h5py
+
+    class RowDataset(torch.utils.data.Dataset):
+        def __init__(self, path):
+            self.path, self.f = path, None
+
+        def __len__(self):
+            return rows
+
+        def __getitem__(self, i):
+            if self.f is None:  # opened in each worker
+                self.f = h5py.File(self.path, "r")
+            return torch.from_numpy(self.f["X"][i]), int(self.f["y"][i])
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Sigmoid(), torch.nn.Linear(64, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    results = []
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(RowDataset(files["hdf5"]), batch_size=256, shuffle=True,
+                                             num_workers=workers)
+        t, n = time.perf_counter(), 0
+        for k, (X, y) in enumerate(loader):
+            opt.zero_grad()
+            loss_fn(net(X).squeeze(1), y.float()).backward()
+            opt.step()
+            n += len(X)
+            if k == 80:
+                break
+        rate = n / (time.perf_counter() - t)
+        results.append({"peer": f"PyTorch {torch.__version__} per-row h5py Dataset, num_workers={workers}",
+                        "samples_per_s": rate})
+        print(f"torch    num_workers={workers}: {rate:10,.0f} samples/s", flush=True)
+    return results
+
+
 SECTIONS = {"readers": bench_readers, "loader": bench_loader, "training": bench_training,
-            "checkpoint": bench_checkpoint}
+            "checkpoint": bench_checkpoint, "scaling": bench_scaling, "torch": bench_torch}
 
 
 def machine() -> dict:
@@ -345,6 +421,19 @@ def report(results: dict, meta: dict) -> str:
                 "met" if r["met"] else f"MISSED by {r['target'] - r['ratio']:.2f}"))
             lines.append(f"| {r['format']} | {r['shuffle']} | {r['rows_per_s']:,.0f} | {r['ratio']:.2f} | "
                          f"{r['read_amplification']:.2f} | {verdict} |")
+        lines.append("")
+    if "scaling" in results:
+        lines += ["## Scaling: one training epoch (batch 256, window shuffle) as the file grows", "",
+                  "| GB | rows | peak RSS MB | us per sample |", "|---:|---:|---:|---:|"]
+        for r in results["scaling"]:
+            lines.append(f"| {r['gb']} | {r['rows']:,} | {r['peak_rss_mb']:.0f} | {r['us_per_sample']:.3f} |")
+        rss = [r["peak_rss_mb"] for r in results["scaling"]]
+        lines += ["", f"Peak RSS spread: {max(rss) / min(rss) - 1:+.0%} (target: flat within 10%).", ""]
+    if "torch" in results:
+        lines += ["## PyTorch's usual recipe (per-row h5py Dataset, DataLoader(shuffle=True), batch 256)", ""]
+        for r in results["torch"]:
+            lines.append(f"- {r.get('peer', r.get('skipped'))}: "
+                         + (f"{r['samples_per_s']:,.0f} samples/s" if "samples_per_s" in r else "not measured"))
         lines.append("")
     if "checkpoint" in results:
         lines += ["## Checkpoints", ""]
@@ -386,6 +475,47 @@ def report(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_results(results: dict) -> None:
+    """PNG plots of the main figures under benchmarks/ (matplotlib, if installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    if "training" in results:
+        rows = [r for r in results["training"] if r.get("what") == "end-to-end window shuffle"]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        formats = sorted({r["format"] for r in rows})
+        for i, fmt in enumerate(formats):
+            pts = sorted((r["batch_size"], r["samples_per_s"]) for r in rows if r["format"] == fmt)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fmt)
+        ceil = sorted((r["batch_size"], r["numpy_loop"]) for r in results["training"] if r.get("what") == "in-memory step")
+        ax.plot([c[0] for c in ceil], [c[1] for c in ceil], "k--", label="numpy loop in RAM")
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s", title="Training throughput")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(OUT / "training.png", dpi=100)
+        plt.close(fig)
+    if "loader" in results:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        labels = [f"{r['format']}\n{r['shuffle']}" for r in results["loader"]]
+        ax.bar(range(len(labels)), [r["ratio"] for r in results["loader"]])
+        ax.set_xticks(range(len(labels)), labels, fontsize=6)
+        ax.set(ylabel="loader / sequential scan", title="Loader throughput relative to a scan", yscale="log")
+        fig.tight_layout()
+        fig.savefig(OUT / "loader.png", dpi=100)
+        plt.close(fig)
+    if "scaling" in results:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["gb"] for r in results["scaling"]], [r["peak_rss_mb"] for r in results["scaling"]], marker="o")
+        ax.set(xlabel="dataset size (GB)", ylabel="peak RSS (MB)", title="Memory while training", ylim=(0, None))
+        fig.tight_layout()
+        fig.savefig(OUT / "scaling.png", dpi=100)
+        plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -393,21 +523,30 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=16384)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--keep-data", action="store_true", help="keep benchmarks/scratch for another run")
+    parser.add_argument("--large", action="store_true",
+                        help="scaling section up to 16 GB (beyond this machine's RAM needs more disk than RAM)")
     args = parser.parse_args()
     from streamtrain._malloc import reuse_freed_memory
 
     reuse_freed_memory()  # as the streamtrain command does; the bare loops benefit alike
     files = make_files(args.rows, args.features, args.chunk_rows)
     try:
-        results = {name: SECTIONS[name](files, args.rows, args.chunk_rows) for name in args.only.split(",")}
+        sizes = (0.25, 1.0, 4.0, 16.0) if args.large else (0.25, 1.0)
+        results = {name: (bench_scaling(files, args.rows, args.chunk_rows, sizes) if name == "scaling"
+                          else SECTIONS[name](files, args.rows, args.chunk_rows)) for name in args.only.split(",")}
     finally:
         if not args.keep_data:
             shutil.rmtree(SCRATCH, ignore_errors=True)
     meta = {"rows": args.rows, "features": args.features, "chunk_rows": args.chunk_rows,
             "date": time.strftime("%Y-%m-%d"), "machine": machine()}
     OUT.mkdir(exist_ok=True)
+    previous = OUT / "results.json"
+    if previous.exists() and set(results) != set(SECTIONS):
+        # A partial run (--only) updates its sections and keeps the others' last figures.
+        results = {**json.loads(previous.read_text()).get("results", {}), **results}
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (OUT / "report.md").write_text(report(results, meta))
+    plot_results(results)
     print(f"wrote {OUT / 'report.md'} and {OUT / 'results.json'}", file=sys.stderr)
 
 
