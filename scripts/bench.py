@@ -394,7 +394,17 @@ def machine() -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "numpy": np.__version__,
             "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "zarr": zarr.__version__,
-            "pyarrow": pyarrow.__version__, "streamtrain": streamtrain.__version__}
+            "pyarrow": pyarrow.__version__, "streamtrain": streamtrain.__version__,
+            **{name: _version_of(name) for name in ("scikit-learn", "numba", "torch", "hdf5plugin")}}
+
+
+def _version_of(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def report(results: dict, meta: dict) -> str:
