@@ -55,6 +55,9 @@ class ArrayDataset(Dataset):
 
     def _take(self, c, local, sparse):
         rows = local + self.bounds[c]
+        if rows[-1] - rows[0] + 1 == len(rows):  # a run of consecutive rows: a view, no copy
+            sl = slice(int(rows[0]), int(rows[-1]) + 1)
+            return self._X[sl], None if self._y is None else self._y[sl]
         return self._X[rows], None if self._y is None else self._y[rows]
 
     def label_dtype(self):
