@@ -169,7 +169,12 @@ class Trainer(CheckpointState, ModelUse):
 
     @property
     def _identity_classes(self) -> bool:
-        return self.classes == list(range(len(self.classes)))
+        # Checked per batch: remember the answer for the current class list.
+        key = id(self.classes), len(self.classes)
+        if getattr(self, "_identity_key", None) != key:
+            self._identity_key = key
+            self._identity_value = self.classes == list(range(len(self.classes)))
+        return self._identity_value
 
     def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
         """Labels as the network wants them: class indices, or float values for regression."""
