@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +25,10 @@ class _Stopped(Exception):
 GROUP_ROWS = 32768
 # How many groups ahead the chunk prefetcher may decode.
 AHEAD = 2
+# GIL switch interval while a decoding thread shares the process with the trainer. The
+# default 5 ms makes a thread returning from a GIL-free decode wait up to 5 ms for a
+# Python-busy trainer to let go: measured, reads of gzip HDF5 chunks ran 1.7x slower.
+SWITCH_INTERVAL = 0.0002
 
 
 def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
@@ -99,17 +106,13 @@ class _WindowBuffers:
             del self.resident[old]  # served: free it for the windows to come
         return self.resident[w]
 
-    def gather_group(self, group: list[np.ndarray]):
+    def gather_group(self, group: list[np.ndarray], transform):
         """``[(rows, X, y), ...]`` for a list of batches, gathered with one fancy index."""
         rows = np.concatenate(group) if len(group) > 1 else group[0]
         X, y = self.gather(rows)
         if len(X) != len(rows):  # rows skipped for NaN/Inf: batch by batch
-            return [(r, *self.gather(r)) for r in group]
-        out, a = [], 0
-        for r in group:
-            out.append((r, X[a:a + len(r)], None if y is None else y[a:a + len(r)]))
-            a += len(r)
-        return out
+            return [(r, *transform(*self.gather(r))) for r in group]
+        return _split(group, *transform(X, y))
 
     def gather(self, rows: np.ndarray):
         chunk = np.searchsorted(self.ds.bounds, rows, side="right") - 1
@@ -134,18 +137,35 @@ class _WindowBuffers:
         return X, y
 
 
+def _split(group: list[np.ndarray], X: np.ndarray, y: np.ndarray | None):
+    """The group's arrays cut back into its batches: ``[(rows, X, y), ...]``."""
+    out, a = [], 0
+    for r in group:
+        out.append((r, X[a:a + len(r)], None if y is None else y[a:a + len(r)]))
+        a += len(r)
+    return out
+
+
+def _as_is(X, y):
+    return X, y
+
+
 class Loader:
     """Iterate ``(rows, X, y)`` batches of a dataset in the sampler's order.
 
     A background thread reads ahead into a bounded queue, so decoding overlaps
     with training. It reads groups of consecutive batches with one sorted
     gather each (every touched chunk once per group) and splits them again, so
-    the per-batch cost is a slice. Stopping early, an exception on either side,
+    the per-batch cost is a slice. ``transform(X, y) -> (X, y)``, if given, is
+    applied there too, to whole groups (it must work row by row, as feature
+    scaling and label encoding do). Stopping early, an exception on either side,
     or Ctrl-C all stop and join the thread.
     """
 
-    def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2, whole_groups: bool = False):
+    def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2, whole_groups: bool = False,
+                 transform: Callable | None = None):
         self.dataset, self.sampler, self.prefetch = dataset, sampler, max(1, int(prefetch))
+        self.transform = transform or _as_is
         # whole_groups: yield each group of consecutive batches as one (rows, X, y), in order
         # (the compiled online loop takes them so; batch boundaries are then the caller's).
         self.whole_groups = whole_groups
@@ -155,6 +175,30 @@ class Loader:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         return self.iter_epoch()
+
+    @contextlib.contextmanager
+    def sharing_cores(self):
+        """Run the consumer's numerical work in here so that it leaves a core to the decoding thread.
+
+        While the data is decoded in the background, BLAS is limited to the other
+        cores (OpenBLAS threads busy-wait, and on 2 cores a second one takes the
+        decoder's core: measured, decoding then stopped overlapping with training
+        at all) and the GIL switch interval is shortened. Both are restored after.
+        Data already in memory needs no decoding and changes nothing.
+        """
+        if not self.dataset.prefetchable:
+            yield
+            return
+        from threadpoolctl import threadpool_limits
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+        try:
+            with threadpool_limits(max(1, cores - 1), user_api="blas"):
+                yield
+        finally:
+            sys.setswitchinterval(interval)
 
     def _row_groups(self):
         """The epoch's remaining batches (index arrays), in lists of about GROUP_ROWS rows."""
@@ -215,18 +259,20 @@ class Loader:
         return X, y
 
     def _read_group(self, group: list[np.ndarray]):
+        transform = self.transform
         if len(group) == 1:
-            X, y = self.dataset.read(group[0])
-            return [(group[0], X, y)]
+            return [(group[0], *transform(*self.dataset.read(group[0])))]
         rows = np.concatenate(group)
         if rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
             order = None  # storage order (shuffle="none"): no sort, no scatter
-            X_sorted, y_sorted = self.dataset.read(rows)
+            # In-memory data in storage order is served as views: nothing to copy.
+            got = self.dataset.view(int(rows[0]), int(rows[-1]) + 1) if hasattr(self.dataset, "view") else None
+            X_sorted, y_sorted = got or self.dataset.read(rows)
         else:
             order = np.argsort(rows, kind="stable")
             X_sorted, y_sorted = self.dataset.read(rows[order])
         if len(X_sorted) != len(rows):  # rows skipped for NaN/Inf: read batch by batch instead
-            return [(r, *self.dataset.read(r)) for r in group]
+            return [(r, *transform(*self.dataset.read(r))) for r in group]
         X, y = X_sorted, y_sorted
         if order is not None:
             X = np.empty_like(X_sorted)
@@ -234,11 +280,7 @@ class Loader:
             if y_sorted is not None:
                 y = np.empty_like(y_sorted)
                 y[order] = y_sorted
-        out, a = [], 0
-        for r in group:
-            out.append((r, X[a:a + len(r)], None if y is None else y[a:a + len(r)]))
-            a += len(r)
-        return out
+        return _split(group, *transform(X, y))
 
     def iter_epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """The remaining batches of the sampler's current epoch."""
@@ -282,9 +324,10 @@ class Loader:
                 for group in self._row_groups():
                     if self.whole_groups:
                         rows = np.concatenate(group)
-                        batches = [(rows, *(windows.gather(rows) if windows is not None else self._read_in_order(rows)))]
+                        got = windows.gather(rows) if windows is not None else self._read_in_order(rows)
+                        batches = [(rows, *self.transform(*got))]
                     elif windows is not None:
-                        batches = windows.gather_group(group)
+                        batches = windows.gather_group(group, self.transform)
                     else:
                         batches = self._read_group(group)
                     if not put(batches):

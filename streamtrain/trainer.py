@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -259,8 +260,37 @@ class Trainer(CheckpointState, ModelUse):
     def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log) -> None:
         cfg = self.config
         online = self._compiled_online(callbacks)
-        loader = Loader(train, sampler, whole_groups=online)
+        prepare = self._batch_prep(train.path)
+        loader = Loader(train, sampler, whole_groups=online, transform=prepare)
+        # Scaling and label encoding run per group in the loader thread unless they are per batch.
+        self._prepared = prepare is not None
         params = self.net.params
+        with loader.sharing_cores():
+            self._run_epochs(train, val_ds, loader, sampler, online, checkpoint_dir, callbacks, log)
+        if self._early_stopped() and self._best_params is not None:
+            for k in PARAM_NAMES:
+                params[k][...] = self._best_params[k]
+            if log:
+                log(f"early stopping: restored the parameters of epoch {self._early['best_epoch']}")
+
+    def _batch_prep(self, where):
+        """``(X, y) -> (scaled X, targets)`` for the loader to apply to whole groups, or None
+        when scaling depends on the batch (batch-center) and stays in the training loop."""
+        if self.config.scale == "batch-center":
+            return None
+
+        def prepare(X, y):
+            return self.scaler.transform(X), self.targets(y, where)
+        return prepare
+
+    def _inputs(self, X, y, where):
+        """A batch's scaled features and targets (the loader may have made them already)."""
+        if self._prepared:
+            return X, y
+        return self.scaler.transform(X), self.targets(y, where)
+
+    def _run_epochs(self, train, val_ds, loader, sampler, online, checkpoint_dir, callbacks, log) -> None:
+        cfg = self.config
         while sampler.epoch < cfg.epochs and not self._early_stopped():
             started = time.perf_counter()
             acc = self._epoch_acc
@@ -285,11 +315,6 @@ class Trainer(CheckpointState, ModelUse):
                     # The best epoch by validation loss, kept apart from the rotation.
                     shutil.copyfile(path, Path(checkpoint_dir) / ".best.npz.tmp")
                     os.replace(Path(checkpoint_dir) / ".best.npz.tmp", Path(checkpoint_dir) / "best.npz")
-        if self._early_stopped() and self._best_params is not None:
-            for k in PARAM_NAMES:
-                params[k][...] = self._best_params[k]
-            if log:
-                log(f"early stopping: restored the parameters of epoch {self._early['best_epoch']}")
 
     def _run_epoch(self, train, loader, sampler, acc, started, checkpoint_dir, callbacks) -> float | None:
         """Train on the rest of the epoch; returns the time the last interval started, or None if stopped."""
@@ -299,9 +324,8 @@ class Trainer(CheckpointState, ModelUse):
             n = len(X)  # fewer than len(rows) when rows with NaN/Inf are skipped
             if n == 0:
                 continue
-            Xs = self.scaler.transform(X)
-            loss, penalty, grads = self.net.loss_and_grads(Xs, self.targets(y, train.path), cfg.l1, cfg.l2)
-            if not np.isfinite(loss + penalty):
+            loss, penalty, grads = self.net.loss_and_grads(*self._inputs(X, y, train.path), cfg.l1, cfg.l2)
+            if not math.isfinite(loss + penalty):
                 raise TrainingError(
                     f"training diverged at epoch {sampler.epoch + 1}, batch step {self.global_step + 1} "
                     f"(loss is {loss + penalty}); lower --lr or check the data for extreme values")
@@ -348,7 +372,7 @@ class Trainer(CheckpointState, ModelUse):
             if n == 0:
                 continue
             before = {k: v.copy() for k, v in params.items()}
-            loss_sum = online.sgd_online(params, self.scaler.transform(X), self.targets(y, train.path),
+            loss_sum = online.sgd_online(params, *self._inputs(X, y, train.path),
                                          cfg.lr, cfg.l1, cfg.l2, self.net.activation, self.task)
             if not (np.isfinite(loss_sum) and all(np.isfinite(v).all() for v in params.values())):
                 for k, v in before.items():  # leave the last good state

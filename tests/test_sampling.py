@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -110,6 +111,8 @@ def test_loader_reraises_reader_errors():
     class Broken(ArrayDataset):
         def read(self, rows):
             raise OSError("disk on fire")
+
+        view = lambda self, a, b: self.read(np.arange(a, b))  # noqa: E731
 
     ds = Broken(np.zeros((50, 2)), np.zeros(50), chunk_rows=10)
     with pytest.raises(OSError, match="disk on fire"):
@@ -251,3 +254,57 @@ def test_loader_batches_match_the_sampler_and_window_reads_each_chunk_once(tmp_p
     if mode != "global":
         assert ds.stats["chunks_read"] == ds.n_chunks  # sequential I/O: every chunk decoded once
     assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+
+
+def test_loader_applies_transform_to_whole_groups_in_batch_order():
+    X = np.arange(600, dtype=np.float32).reshape(300, 2)
+    ds = ArrayDataset(X, np.arange(300), chunk_rows=40)
+    calls = []
+
+    def transform(Xg, yg):
+        calls.append(len(Xg))
+        return Xg * 2, yg + 1000
+
+    for mode in MODES:
+        calls.clear()
+        loader = Loader(ds, Sampler(ds.bounds, 16, mode, seed=3, window_rows=80), transform=transform)
+        for rows, Xb, yb in loader.iter_epoch():
+            np.testing.assert_array_equal(Xb, X[rows] * 2)
+            np.testing.assert_array_equal(yb, rows + 1000)
+        assert sum(calls) == 300 and len(calls) < 300 // 16  # per group of batches, not per batch
+
+
+def test_in_memory_rows_in_storage_order_are_views_not_copies():
+    X = np.random.default_rng(0).standard_normal((500, 3)).astype(np.float32)
+    ds = ArrayDataset(X, np.zeros(500), chunk_rows=64)
+    for rows, Xb, _ in Loader(ds, Sampler(ds.bounds, 50, "none")).iter_epoch():
+        assert np.shares_memory(Xb, X)
+        np.testing.assert_array_equal(Xb, X[rows])
+    X[7, 1] = np.nan  # a skipped row: the copying path drops it
+    ds = ArrayDataset(X, np.zeros(500), chunk_rows=64)
+    ds.nonfinite = "skip"
+    got = [Xb for _, Xb, _ in Loader(ds, Sampler(ds.bounds, 50, "none")).iter_epoch()]
+    assert sum(map(len, got)) == 499 and not np.isnan(np.concatenate(got)).any()
+
+
+def test_sharing_cores_limits_blas_and_the_switch_interval_only_for_files(tmp_path):
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    from streamtrain import open_dataset
+    from streamtrain.synthetic import make_data
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before, interval = blas_threads(), sys.getswitchinterval()
+    make_data(tmp_path / "s.h5", rows=500, features=3, chunk_rows=100)
+    with open_dataset(tmp_path / "s.h5") as ds:
+        with Loader(ds, Sampler(ds.bounds, 10, "none")).sharing_cores():
+            assert all(n <= max(1, len(os.sched_getaffinity(0)) - 1) for n in blas_threads())
+            assert sys.getswitchinterval() < interval
+    assert blas_threads() == before and sys.getswitchinterval() == interval
+    mem = ArrayDataset(np.zeros((10, 2)), np.zeros(10))
+    with Loader(mem, Sampler(mem.bounds, 5, "none")).sharing_cores():  # nothing decodes: nothing changes
+        assert blas_threads() == before and sys.getswitchinterval() == interval

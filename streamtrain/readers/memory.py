@@ -53,6 +53,15 @@ class ArrayDataset(Dataset):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         return self._X[a:b], None if self._y is None else self._y[a:b]
 
+    def view(self, a: int, b: int):
+        """``(X, y)`` of rows ``a:b`` as views, no copy (None where NaN/Inf rows are skipped there)."""
+        first, last = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1
+        for c in range(int(first), int(last) + 1):
+            self._checked(c, *self._load_chunk(c))
+            if c in self._skipped:
+                return None
+        return self._X[a:b], None if self._y is None else self._y[a:b]
+
     def _take(self, c, local, sparse):
         rows = local + self.bounds[c]
         if rows[-1] - rows[0] + 1 == len(rows):  # a run of consecutive rows: a view, no copy
