@@ -26,6 +26,7 @@ class TrainConfig:
     l2: float = 0.0
     shuffle: str = "window"
     window_mb: float = 256.0
+    decoder: str = "auto"
     drop_last: bool = False
     replacement: bool = False
     seed: int = 0
@@ -58,4 +59,4 @@ class TrainConfig:
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
 RESUME_MAY_CHANGE = frozenset({"epochs", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
-                               "early_stopping"})
+                               "early_stopping", "decoder"})

@@ -11,10 +11,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import decoder as _decoder
 from .readers.base import Dataset
 from .sampling import Sampler
 
-__all__ = ["Loader", "window_rows_for"]
+__all__ = ["Loader", "window_rows_for", "start_decoder"]
 
 _DONE = object()
 
@@ -29,6 +30,9 @@ AHEAD = 2
 # default 5 ms makes a thread returning from a GIL-free decode wait up to 5 ms for a
 # Python-busy trainer to let go: measured, reads of gzip HDF5 chunks ran 1.7x slower.
 SWITCH_INTERVAL = 0.0002
+# Who decodes shuffle windows: "thread" (a helper thread), "process" (a worker process, where
+# the platform allows), or "auto" (the process for data of MIN_BYTES or more).
+DECODERS = ("auto", "thread", "process")
 
 
 def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
@@ -39,16 +43,39 @@ def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
     return max(1, int(budget_bytes / 3 / row_bytes))
 
 
+def _wants_process(dataset: Dataset, shuffle: str, world_size: int, decoder: str) -> bool:
+    """Whether windows of this data are decoded by a worker process (see DECODERS)."""
+    if decoder == "thread" or shuffle != "window" or world_size != 1 or not dataset.prefetchable:
+        return False
+    if not _decoder.usable(dataset):
+        return False
+    return decoder == "process" or dataset.n_rows * dataset.n_features * dataset.dtype.itemsize >= _decoder.MIN_BYTES
+
+
+def _slot_rows(dataset: Dataset, window_rows: int) -> int:
+    return max(int(window_rows), int(dataset.chunk_sizes.max()))
+
+
+def start_decoder(dataset: Dataset, window_rows: int, shuffle: str = "window", world_size: int = 1,
+                  decoder: str = "auto"):
+    """The window-decoding process for this data, started now so that its start-up (~0.2 s)
+    overlaps other set-up work; hand it to ``Loader(process=...)``. None where none is used."""
+    if not _wants_process(dataset, shuffle, world_size, decoder):
+        return None
+    return _decoder.DecoderProcess(dataset, _slot_rows(dataset, window_rows))
+
+
 class _WindowBuffers:
     """Window shuffle served from contiguous window buffers.
 
     A helper thread decodes each window's chunks, in order and once each, into one
-    array; batches are then one fancy index into it, in batch order (no sort, no
-    scatter, no per-chunk work per batch).
+    array (or has a ``DecoderProcess`` do so, into shared memory); batches are then
+    one fancy index into it, in batch order (no sort, no scatter, no per-chunk work
+    per batch).
     """
 
-    def __init__(self, dataset: Dataset, sampler: Sampler, stop: threading.Event):
-        self.ds, self.stop = dataset, stop
+    def __init__(self, dataset: Dataset, sampler: Sampler, stop: threading.Event, decoder=None):
+        self.ds, self.stop, self.decoder = dataset, stop, decoder
         self.plan = sampler.plan()
         plan = self.plan
         self.window_of_chunk = np.empty(dataset.n_chunks, dtype=np.int64)
@@ -67,6 +94,17 @@ class _WindowBuffers:
             sizes = ds.chunk_sizes[chunks]
             offset = np.full(ds.n_chunks, -1, dtype=np.int64)
             offset[chunks] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            slot = None
+            if self.decoder is not None:
+                slot = self.decoder.acquire(self.stop)
+                if slot is None:
+                    return
+                X, y, keep, chunks_read, bytes_read = self.decoder.decode(slot, chunks, int(sizes.sum()))
+                ds.stats["chunks_read"] += chunks_read
+                ds.stats["bytes_read"] += bytes_read
+                if not self._hand_over(w, (X, y, keep, offset, slot)):
+                    return
+                continue
             X = np.empty((int(sizes.sum()), ds.n_features), dtype=ds.dtype)
             y, keep = None, None
             for c, off, n in zip(chunks, offset[chunks], sizes):
@@ -84,12 +122,18 @@ class _WindowBuffers:
                 if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
                     keep = np.ones(len(X), bool) if keep is None else keep
                     keep[off:off + n] = mask
-            while not self.stop.is_set():
-                try:
-                    self.ready.put((w, (X, y, keep, offset)), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            if not self._hand_over(w, (X, y, keep, offset, None)):
+                return
+
+    def _hand_over(self, w: int, window) -> bool:
+        """Queue a decoded window for the gatherer; False if the consumer stopped meanwhile."""
+        while not self.stop.is_set():
+            try:
+                self.ready.put((w, window), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _window(self, w: int):
         while w not in self.resident:
@@ -103,25 +147,40 @@ class _WindowBuffers:
                 raise got
             self.resident[got[0]] = got[1]
         for old in [k for k in self.resident if k < w - 1]:
-            del self.resident[old]  # served: free it for the windows to come
+            slot = self.resident.pop(old)[4]  # served: free it for the windows to come
+            if slot is not None:
+                self.decoder.release(slot)
         return self.resident[w]
 
     def gather_group(self, group: list[np.ndarray], transform):
         """``[(rows, X, y), ...]`` for a list of batches, gathered with one fancy index."""
         rows = np.concatenate(group) if len(group) > 1 else group[0]
-        X, y = self.gather(rows)
-        if len(X) != len(rows):  # rows skipped for NaN/Inf: batch by batch
-            return [(r, *transform(*self.gather(r))) for r in group]
-        return _split(group, *transform(X, y))
+        X, y, keep = self._gather(rows)
+        if keep is None:
+            return _split(group, *transform(X, y))
+        out, a = [], 0
+        for r in group:  # rows skipped for NaN/Inf: each batch keeps the rest of its rows
+            k = keep[a:a + len(r)]
+            out.append((r, *transform(X[a:a + len(r)][k], None if y is None else y[a:a + len(r)][k])))
+            a += len(r)
+        return out
 
     def gather(self, rows: np.ndarray):
+        """``(X, y)`` of ``rows`` (in this order), less rows skipped for NaN/Inf."""
+        X, y, keep = self._gather(rows)
+        if keep is not None:
+            return X[keep], None if y is None else y[keep]
+        return X, y
+
+    def _gather(self, rows: np.ndarray):
+        # Windows are visited in order and dropped once passed: each group is gathered once.
         chunk = np.searchsorted(self.ds.bounds, rows, side="right") - 1
         wins = self.window_of_chunk[chunk]
         w_lo, w_hi = int(wins.min()), int(wins.max())
         X = np.empty((len(rows), self.ds.n_features), dtype=self.ds.dtype)
         y = keep = None
         for w in range(w_lo, w_hi + 1):
-            Xw, yw, kw, offset = self._window(w)
+            Xw, yw, kw, offset, _ = self._window(w)
             sel = slice(None) if w_lo == w_hi else (wins == w)
             pos = offset[chunk[sel]] + (rows[sel] - self.ds.bounds[chunk[sel]])
             X[sel] = Xw[pos]
@@ -132,9 +191,7 @@ class _WindowBuffers:
             if kw is not None:
                 keep = np.ones(len(rows), bool) if keep is None else keep
                 keep[sel] = kw[pos]
-        if keep is not None:
-            return X[keep], None if y is None else y[keep]
-        return X, y
+        return X, y, keep
 
 
 def _split(group: list[np.ndarray], X: np.ndarray, y: np.ndarray | None):
@@ -163,15 +220,44 @@ class Loader:
     """
 
     def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2, whole_groups: bool = False,
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, decoder: str = "auto", process=None):
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
         self.dataset, self.sampler, self.prefetch = dataset, sampler, max(1, int(prefetch))
         self.transform = transform or _as_is
+        self.decoder = decoder
+        self._process: _decoder.DecoderProcess | None = process  # from start_decoder, if any
         # whole_groups: yield each group of consecutive batches as one (rows, X, y), in order
         # (the compiled online loop takes them so; batch boundaries are then the caller's).
         self.whole_groups = whole_groups
         # Window shuffle of data read whole-chunk goes through window buffers; data read in
         # place (memory, uncompressed HDF5 gathers) and sharded workers use the gather path.
         self.buffered = sampler.shuffle == "window" and sampler.world_size == 1 and dataset.prefetchable
+
+    def _decoder_process(self):
+        """The worker process decoding windows, started on first use and kept across epochs, or None."""
+        ds, s = self.dataset, self.sampler
+        if not _wants_process(ds, s.shuffle, s.world_size, self.decoder):
+            return None
+        slot_rows = _slot_rows(ds, s.window_rows)
+        if self._process is not None and self._process.slot_rows < slot_rows:
+            self.close()
+        if self._process is None:
+            self._process = _decoder.DecoderProcess(ds, slot_rows)
+        self._process.begin_epoch()
+        return self._process
+
+    def close(self) -> None:
+        """Stop the decoding process, if one was started (iterating again starts a new one)."""
+        if self._process is not None:
+            self._process.close()
+            self._process = None
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         return self.iter_epoch()
@@ -301,7 +387,7 @@ class Loader:
         helpers = []
         windows = None
         if self.buffered:
-            windows = _WindowBuffers(self.dataset, self.sampler, stop)
+            windows = _WindowBuffers(self.dataset, self.sampler, stop, self._decoder_process())
 
             def build():
                 try:
@@ -353,6 +439,8 @@ class Loader:
                 yield from item
         finally:
             stop.set()
+            if self._process is not None and self._process.busy:
+                self.close()  # mid-window: stopping the worker is the quick way out
             for t in [thread, *helpers]:
                 t.join()
 

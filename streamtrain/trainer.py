@@ -25,7 +25,7 @@ from .checkpoint import (DirectoryLock)
 from .config import TrainConfig
 from .errors import DataError, Interrupted, TrainingError
 from .inference import ModelUse
-from .loader import Loader, window_rows_for
+from .loader import Loader, start_decoder, window_rows_for
 from .nn import online
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .nn.optim import make_optimizer
@@ -208,19 +208,25 @@ class Trainer(CheckpointState, ModelUse):
         """
         self.stop_requested = None
         train, val_ds = self._split(source, val, features, label)
+        cfg = self.config
+        # Started first, so that its start-up overlaps the statistics pass and checkpoint loading.
+        process = start_decoder(train, window_rows_for(cfg.window_mb * 2**20, train), cfg.shuffle,
+                                decoder=cfg.decoder)
         # The directory lock is taken before reading any checkpoint, and held until training ends.
         lock = DirectoryLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         try:
             with lock:
                 self._prepare(train, checkpoint_dir, resume, force, log)
                 with self._signals_stop_training():
-                    self._run(train, val_ds, self.sampler, checkpoint_dir, list(callbacks), log)
+                    self._run(train, val_ds, self.sampler, checkpoint_dir, list(callbacks), log, process)
             if self.stop_requested in ("SIGINT", "SIGTERM"):
                 where = (f"; checkpoint written to {checkpoint_dir}" if checkpoint_dir
                          else " (no --checkpoint-dir: nothing saved)")
                 raise Interrupted(f"interrupted by {self.stop_requested} after batch step {self.global_step}{where}",
                                   self.stop_requested)
         finally:
+            if process is not None:
+                process.close()
             train.close()
             if val_ds is not None:
                 val_ds.close()
@@ -257,15 +263,15 @@ class Trainer(CheckpointState, ModelUse):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log) -> None:
+    def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log, process=None) -> None:
         cfg = self.config
         online = self._compiled_online(callbacks)
         prepare = self._batch_prep(train.path)
-        loader = Loader(train, sampler, whole_groups=online, transform=prepare)
+        loader = Loader(train, sampler, whole_groups=online, transform=prepare, decoder=cfg.decoder, process=process)
         # Scaling and label encoding run per group in the loader thread unless they are per batch.
         self._prepared = prepare is not None
         params = self.net.params
-        with loader.sharing_cores():
+        with loader, loader.sharing_cores():
             self._run_epochs(train, val_ds, loader, sampler, online, checkpoint_dir, callbacks, log)
         if self._early_stopped() and self._best_params is not None:
             for k in PARAM_NAMES:

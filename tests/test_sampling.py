@@ -308,3 +308,93 @@ def test_sharing_cores_limits_blas_and_the_switch_interval_only_for_files(tmp_pa
     mem = ArrayDataset(np.zeros((10, 2)), np.zeros(10))
     with Loader(mem, Sampler(mem.bounds, 5, "none")).sharing_cores():  # nothing decodes: nothing changes
         assert blas_threads() == before and sys.getswitchinterval() == interval
+
+
+def _decoder_children():
+    """Live window-decoding worker processes started by this process."""
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except (OSError, ValueError):
+            continue
+        if ppid == os.getpid() and b"streamtrain._worker" in cmd:
+            out.append(int(pid))
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr", ".parquet"])
+def test_process_decoder_serves_the_same_batches_and_stops_with_the_loader(tmp_path, suffix):
+    from streamtrain import make_data, open_dataset
+
+    path = tmp_path / f"p{suffix}"
+    make_data(path, rows=6000, features=5, chunk_rows=500, compression="gzip" if suffix == ".h5" else "default")
+    everything = open_dataset(path).read(np.arange(6000))
+    ds = open_dataset(path, cache_bytes=1 << 20)
+    sampler = Sampler(ds.bounds, 64, "window", seed=3, window_rows=1200)
+    with Loader(ds, sampler, decoder="process") as loader:
+        for epoch in range(2):  # one worker serves every epoch
+            got = list(loader.iter_epoch())
+            rows = np.concatenate([r for r, _, _ in got])
+            assert sorted(rows.tolist()) == list(range(6000))
+            for r, X, y in got:
+                np.testing.assert_array_equal(X, everything[0][r])
+                np.testing.assert_array_equal(y, everything[1][r])
+            assert loader._process is not None and len(_decoder_children()) == 1
+            sampler.next_epoch()
+        assert ds.stats["chunks_read"] == 2 * ds.n_chunks  # each chunk decoded once per epoch
+        thread_rows = [r for r, _, _ in Loader(ds, Sampler(ds.bounds, 64, "window", seed=3, window_rows=1200),
+                                              decoder="thread").iter_epoch()]
+        sampler.epoch = 0
+        process_rows = [r for r, _, _ in loader.iter_epoch()]
+        assert all(np.array_equal(a, b) for a, b in zip(thread_rows, process_rows))
+    assert not _decoder_children() and not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+
+
+def test_process_decoder_early_stop_errors_and_skipped_rows(tmp_path):
+    import h5py
+
+    from streamtrain import open_dataset
+    from streamtrain.errors import DataError
+
+    X = np.random.default_rng(0).standard_normal((3000, 4)).astype(np.float32)
+    X[2222, 1] = np.nan
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(300, 4))
+        f.create_dataset("y", data=np.arange(3000))
+    ds = open_dataset(tmp_path / "nan.h5")
+    with Loader(ds, Sampler(ds.bounds, 32, "window", window_rows=600), decoder="process") as loader:
+        with pytest.raises(DataError, match=r"nan\.h5: NaN or Inf in row 2222"):
+            list(loader.iter_epoch())
+    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+
+    ds = open_dataset(tmp_path / "nan.h5", nonfinite="skip")
+    for decoder in ("thread", "process"):  # several windows in one group of batches
+        loader = Loader(ds, Sampler(ds.bounds, 32, "window", window_rows=600), decoder=decoder)
+        got = list(loader.iter_epoch())
+        ys = np.concatenate([y for _, _, y in got])
+        assert len(ys) == 2999 and 2222 not in ys and not np.isnan(np.concatenate([x for _, x, _ in got])).any()
+    it = loader.iter_epoch()  # a new epoch, abandoned after one batch
+    next(it)
+    it.close()
+    loader.close()
+    assert not _decoder_children() and not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+
+
+def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
+    from streamtrain import make_data, open_dataset
+    from streamtrain.loader import _wants_process
+
+    make_data(tmp_path / "s.h5", rows=1000, features=4, chunk_rows=100)
+    ds = open_dataset(tmp_path / "s.h5")
+    assert ds.reopen["source"] == str(tmp_path / "s.h5")
+    assert _wants_process(ds, "window", 1, "process")
+    assert not _wants_process(ds, "window", 1, "auto")  # small data: start-up would cost more than it saves
+    assert not _wants_process(ds, "global", 1, "process") and not _wants_process(ds, "window", 2, "process")
+    mem = ArrayDataset(np.zeros((10, 2)), np.zeros(10))
+    assert mem.reopen is None and not _wants_process(mem, "window", 1, "process")
+    with pytest.raises(ValueError, match="unknown decoder"):
+        Loader(ds, Sampler(ds.bounds, 10, "window"), decoder="fork")

@@ -172,3 +172,16 @@ def test_multi_output_regression_and_one_hot_labels():
     t = Trainer(TrainConfig(hidden=16, epochs=30, val_fraction=0.2, optimizer="momentum", lr=0.05))
     history = t.fit((X, onehot), log=None)
     assert t.task == "multiclass" and t.classes == [0, 1, 2] and history[-1]["val_accuracy"] > 0.85
+
+
+def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp_path):
+    make_data(tmp_path / "d.zarr", rows=3000, features=5, chunk_rows=128, seed=4)
+    cfg = TrainConfig(hidden=6, epochs=2, batch_size=32, shuffle="window", window_mb=0.1, lr=0.05)
+    thread = Trainer(cfg, decoder="thread")
+    thread.fit(tmp_path / "d.zarr", log=None)
+    process = Trainer(cfg, decoder="process")
+    process.fit(tmp_path / "d.zarr", checkpoint_dir=tmp_path / "ck", callbacks=[StopAt(70)], log=None)
+    process.fit(tmp_path / "d.zarr", checkpoint_dir=tmp_path / "ck", resume=True, log=None)
+    for k in thread.net.params:
+        np.testing.assert_array_equal(process.net.params[k], thread.net.params[k])
+    assert [h["train_loss"] for h in process.history] == [h["train_loss"] for h in thread.history]

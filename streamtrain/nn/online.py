@@ -8,6 +8,8 @@ followed by ``SGD.step`` computes for one row, up to float rounding.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 __all__ = ["available", "sgd_online"]
@@ -15,117 +17,121 @@ __all__ = ["available", "sgd_online"]
 ACT_IDS = {"sigmoid": 0, "tanh": 1, "relu": 2}
 TASK_IDS = {"binary": 0, "multiclass": 1, "regression": 2}
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency, but stay importable without it
-    numba = None
+_compiled = None
 
 
 def available() -> bool:
     """True when numba is importable (the compiled loop can run)."""
-    return numba is not None
+    return importlib.util.find_spec("numba") is not None
 
 
-if numba is not None:
+def _get_loop():
+    # numba is imported on first use: it costs 0.1 s of start-up to every process that never needs it.
+    global _compiled
+    if _compiled is None:
+        import numba
 
-    @numba.njit(cache=True, fastmath=True, nogil=True)
-    def _loop(W1, b1, W2, b2, X, T, lr, l1, l2, act, task):  # pragma: no cover - compiled
-        n, d = X.shape
-        h = W1.shape[1]
-        o = W2.shape[1]
-        a = np.empty(h, W1.dtype)
-        da = np.empty(h, W1.dtype)
-        z = np.empty(o, W1.dtype)
-        loss_sum = 0.0
-        for i in range(n):
-            x = X[i]
-            # forward: hidden layer
+        _compiled = numba.njit(cache=True, fastmath=True, nogil=True)(_loop)
+    return _compiled
+
+
+def _loop(W1, b1, W2, b2, X, T, lr, l1, l2, act, task):  # pragma: no cover - compiled
+    n, d = X.shape
+    h = W1.shape[1]
+    o = W2.shape[1]
+    a = np.empty(h, W1.dtype)
+    da = np.empty(h, W1.dtype)
+    z = np.empty(o, W1.dtype)
+    loss_sum = 0.0
+    for i in range(n):
+        x = X[i]
+        # forward: hidden layer
+        for j in range(h):
+            a[j] = b1[j]
+        for k in range(d):
+            xk = x[k]
             for j in range(h):
-                a[j] = b1[j]
-            for k in range(d):
-                xk = x[k]
-                for j in range(h):
-                    a[j] += xk * W1[k, j]
-            for j in range(h):
-                s = a[j]
-                if act == 0:
-                    a[j] = 1.0 / (1.0 + np.exp(-s)) if s >= 0 else np.exp(s) / (1.0 + np.exp(s))
-                elif act == 1:
-                    a[j] = np.tanh(s)
-                else:
-                    a[j] = s if s > 0 else 0.0
-            # forward: output layer
-            for m in range(o):
-                z[m] = b2[m]
-            for j in range(h):
-                for m in range(o):
-                    z[m] += a[j] * W2[j, m]
-            # loss and dL/dz (into z)
-            if task == 0:
-                zz, t = z[0], T[i, 0]
-                loss_sum += max(zz, 0.0) + np.log1p(np.exp(-abs(zz))) - t * zz
-                p = 1.0 / (1.0 + np.exp(-zz)) if zz >= 0 else np.exp(zz) / (1.0 + np.exp(zz))
-                z[0] = p - t
-            elif task == 1:
-                top = z[0]
-                for m in range(1, o):
-                    top = max(top, z[m])
-                total = 0.0
-                for m in range(o):
-                    total += np.exp(z[m] - top)
-                c = int(T[i, 0])
-                loss_sum += np.log(total) - (z[c] - top)
-                for m in range(o):
-                    z[m] = np.exp(z[m] - top) / total
-                z[c] -= 1.0
+                a[j] += xk * W1[k, j]
+        for j in range(h):
+            s = a[j]
+            if act == 0:
+                a[j] = 1.0 / (1.0 + np.exp(-s)) if s >= 0 else np.exp(s) / (1.0 + np.exp(s))
+            elif act == 1:
+                a[j] = np.tanh(s)
             else:
-                sq = 0.0
-                for m in range(o):
-                    r = z[m] - T[i, m]
-                    sq += r * r
-                    z[m] = r
-                loss_sum += 0.5 * sq
-            # the penalty of the weights this sample's loss was computed with
-            if l1 != 0.0 or l2 != 0.0:
-                pen = 0.0
-                for k in range(d):
-                    for j in range(h):
-                        w = W1[k, j]
-                        pen += 0.5 * l2 * w * w + l1 * abs(w)
+                a[j] = s if s > 0 else 0.0
+        # forward: output layer
+        for m in range(o):
+            z[m] = b2[m]
+        for j in range(h):
+            for m in range(o):
+                z[m] += a[j] * W2[j, m]
+        # loss and dL/dz (into z)
+        if task == 0:
+            zz, t = z[0], T[i, 0]
+            loss_sum += max(zz, 0.0) + np.log1p(np.exp(-abs(zz))) - t * zz
+            p = 1.0 / (1.0 + np.exp(-zz)) if zz >= 0 else np.exp(zz) / (1.0 + np.exp(zz))
+            z[0] = p - t
+        elif task == 1:
+            top = z[0]
+            for m in range(1, o):
+                top = max(top, z[m])
+            total = 0.0
+            for m in range(o):
+                total += np.exp(z[m] - top)
+            c = int(T[i, 0])
+            loss_sum += np.log(total) - (z[c] - top)
+            for m in range(o):
+                z[m] = np.exp(z[m] - top) / total
+            z[c] -= 1.0
+        else:
+            sq = 0.0
+            for m in range(o):
+                r = z[m] - T[i, m]
+                sq += r * r
+                z[m] = r
+            loss_sum += 0.5 * sq
+        # the penalty of the weights this sample's loss was computed with
+        if l1 != 0.0 or l2 != 0.0:
+            pen = 0.0
+            for k in range(d):
                 for j in range(h):
-                    for m in range(o):
-                        w = W2[j, m]
-                        pen += 0.5 * l2 * w * w + l1 * abs(w)
-                loss_sum += pen
-            # backward through the output weights (before they change)
-            for j in range(h):
-                s = 0.0
-                for m in range(o):
-                    s += z[m] * W2[j, m]
-                aj = a[j]
-                if act == 0:
-                    da[j] = s * aj * (1.0 - aj)
-                elif act == 1:
-                    da[j] = s * (1.0 - aj * aj)
-                else:
-                    da[j] = s if aj > 0 else 0.0
-            # SGD updates, regularisation from the current weights
+                    w = W1[k, j]
+                    pen += 0.5 * l2 * w * w + l1 * abs(w)
             for j in range(h):
                 for m in range(o):
                     w = W2[j, m]
-                    g = a[j] * z[m] + l2 * w + (l1 * np.sign(w) if l1 != 0.0 else 0.0)
-                    W2[j, m] = w - lr * g
+                    pen += 0.5 * l2 * w * w + l1 * abs(w)
+            loss_sum += pen
+        # backward through the output weights (before they change)
+        for j in range(h):
+            s = 0.0
             for m in range(o):
-                b2[m] -= lr * z[m]
-            for k in range(d):
-                xk = x[k]
-                for j in range(h):
-                    w = W1[k, j]
-                    g = xk * da[j] + l2 * w + (l1 * np.sign(w) if l1 != 0.0 else 0.0)
-                    W1[k, j] = w - lr * g
+                s += z[m] * W2[j, m]
+            aj = a[j]
+            if act == 0:
+                da[j] = s * aj * (1.0 - aj)
+            elif act == 1:
+                da[j] = s * (1.0 - aj * aj)
+            else:
+                da[j] = s if aj > 0 else 0.0
+        # SGD updates, regularisation from the current weights
+        for j in range(h):
+            for m in range(o):
+                w = W2[j, m]
+                g = a[j] * z[m] + l2 * w + (l1 * np.sign(w) if l1 != 0.0 else 0.0)
+                W2[j, m] = w - lr * g
+        for m in range(o):
+            b2[m] -= lr * z[m]
+        for k in range(d):
+            xk = x[k]
             for j in range(h):
-                b1[j] -= lr * da[j]
-        return loss_sum
+                w = W1[k, j]
+                g = xk * da[j] + l2 * w + (l1 * np.sign(w) if l1 != 0.0 else 0.0)
+                W1[k, j] = w - lr * g
+        for j in range(h):
+            b1[j] -= lr * da[j]
+    return loss_sum
 
 
 def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: float, l1: float, l2: float,
@@ -136,5 +142,5 @@ def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: 
     ``params`` is updated in place.
     """
     T2 = np.ascontiguousarray(T, dtype=X.dtype).reshape(len(T), -1)
-    return float(_loop(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X), T2,
-                       X.dtype.type(lr), X.dtype.type(l1), X.dtype.type(l2), ACT_IDS[activation], TASK_IDS[task]))
+    return float(_get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X), T2,
+                             X.dtype.type(lr), X.dtype.type(l1), X.dtype.type(l2), ACT_IDS[activation], TASK_IDS[task]))

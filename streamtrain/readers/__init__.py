@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def open_dataset(source, features=None, label: str | None = None, *,
         return source  # already open: its own settings stand
     ds = _open(source, features, label, cache_bytes, dtype, options)
     ds.nonfinite = nonfinite
+    if isinstance(source, (str, os.PathLike)):
+        # How to open it again elsewhere (the decoding process), as plain JSON.
+        reopen = {"source": os.fspath(source), "features": features, "label": label,
+                  "dtype": np.dtype(dtype).str, "nonfinite": nonfinite, "options": options}
+        try:
+            ds.reopen = json.loads(json.dumps(reopen))
+        except (TypeError, ValueError):
+            pass
     return ds
 
 

@@ -92,6 +92,8 @@ class Dataset:
     nonfinite: str = "error"
     #: Whether decoding chunks ahead in a second thread pays (not for data read in place).
     prefetchable: bool = True
+    #: How ``open_dataset`` can open this dataset again in another process (JSON), if it can.
+    reopen: dict | None = None
 
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
         self.cache_bytes = int(cache_bytes)

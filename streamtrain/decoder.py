@@ -1,0 +1,217 @@
+"""Shuffle windows decoded in a second process, so decoding never waits on the trainer's GIL.
+
+On 2 cores a decoding thread and the training loop contend for one GIL: every
+small numpy call of a training step hands it over, and the Zarr and Parquet
+decode paths run Python between their compiled parts. A worker process (its own
+interpreter, its own GIL) decodes each window's chunks straight into shared memory
+(a Linux memfd); the parent gathers batches from there. The worker is started with
+``python -m streamtrain._worker``, not multiprocessing, so the user's main module is
+never re-imported, and it reopens the dataset from its path: no pickle crosses.
+
+Protocol, on two pipes: the parent sends ``{"slot", "chunks", "rows"}`` requests;
+the worker answers with a header (label dtype and shape, NaN/Inf keep mask, what
+it read) followed by the raw label and mask bytes, or with an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["DecoderProcess", "usable", "MIN_BYTES"]
+
+# Shared window buffers: the one being served, the next (batches straddle the two), the one decoding.
+SLOTS = 3
+# Below this much feature data the worker's start-up (~0.3 s) costs more than it saves.
+MIN_BYTES = 64 << 20
+_LEN = struct.Struct("<Q")
+
+
+def usable(dataset) -> bool:
+    """Whether this dataset can be decoded by a worker process here (Linux, reopenable path, 2+ cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return hasattr(os, "memfd_create") and getattr(dataset, "reopen", None) is not None and cores >= 2
+
+
+def _send(fh, header: dict, *payloads: bytes) -> None:
+    data = json.dumps(header).encode()
+    fh.write(_LEN.pack(len(data)) + data)
+    for p in payloads:
+        fh.write(p)
+    fh.flush()
+
+
+def _receive(fh) -> dict | None:
+    head = fh.read(_LEN.size)
+    if len(head) < _LEN.size:
+        return None  # the other side is gone
+    return json.loads(fh.read(_LEN.unpack(head)[0]))
+
+
+def _exact(fh, n: int) -> bytes:
+    data = fh.read(n)
+    if len(data) != n:
+        raise EOFError
+    return data
+
+
+class DecoderProcess:
+    """A worker process that decodes windows of ``dataset`` into ``SLOTS`` shared buffers."""
+
+    def __init__(self, dataset, slot_rows: int):
+        self.ds = dataset
+        self.slot_rows = int(slot_rows)
+        self.slot_bytes = max(1, self.slot_rows * dataset.n_features * dataset.dtype.itemsize)
+        fd = os.memfd_create("streamtrain-windows", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, self.slot_bytes * SLOTS)
+            self.buf = mmap.mmap(fd, self.slot_bytes * SLOTS)
+            cmd_r, cmd_w = os.pipe()
+            rep_r, rep_w = os.pipe()
+            setup = {"reopen": dataset.reopen, "memfd": fd, "commands": cmd_r, "replies": rep_w,
+                     "slot_bytes": self.slot_bytes, "n_rows": int(dataset.n_rows), "n_chunks": int(dataset.n_chunks)}
+            self.proc = subprocess.Popen([sys.executable, "-m", "streamtrain._worker", json.dumps(setup)],
+                                         pass_fds=(fd, cmd_r, rep_w), stdin=subprocess.DEVNULL)
+        finally:
+            os.close(fd)
+        os.close(cmd_r)
+        os.close(rep_w)
+        self._commands = os.fdopen(cmd_w, "wb")
+        self._replies = os.fdopen(rep_r, "rb")
+        self.free: queue.Queue = queue.Queue()
+        self.begin_epoch()
+        self.busy = False
+        # A forgotten decoder must not outlive its owner.
+        self._finalizer = weakref.finalize(self, _shut, self.proc, self._commands, self._replies)
+
+    def begin_epoch(self) -> None:
+        """All slots free again (the previous epoch's windows are no longer used)."""
+        self.free = queue.Queue()
+        for s in range(SLOTS):
+            self.free.put(s)
+
+    def acquire(self, stop: threading.Event) -> int | None:
+        """A free slot, waiting for the consumer to release one; None once ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                return self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def release(self, slot: int) -> None:
+        self.free.put(slot)
+
+    def decode(self, slot: int, chunks: np.ndarray, rows: int):
+        """Decode ``chunks``, in order, into ``slot``: ``(X, y, keep, chunks_read, bytes_read)``."""
+        if rows > self.slot_rows:
+            raise ValueError(f"window of {rows} rows exceeds the {self.slot_rows}-row slots")
+        self.busy = True
+        try:
+            _send(self._commands, {"slot": slot, "chunks": [int(c) for c in chunks], "rows": int(rows)})
+            reply = _receive(self._replies)
+            if reply is None:
+                raise DataError(f"{self.ds.path}: the decoding process ended unexpectedly"
+                                f" (exit code {self.proc.poll()})")
+            if "error" in reply:
+                raise DataError(reply["error"])
+            y = keep = None
+            if reply["y_dtype"] is not None:
+                shape = tuple(reply["y_shape"])
+                n = int(np.prod(shape)) * np.dtype(reply["y_dtype"]).itemsize
+                y = np.frombuffer(_exact(self._replies, n), dtype=reply["y_dtype"]).reshape(shape)
+            if reply["keep"]:
+                keep = np.frombuffer(_exact(self._replies, rows), dtype=bool)
+        except (EOFError, OSError) as e:
+            raise DataError(f"{self.ds.path}: lost the decoding process ({e or 'end of stream'})") from None
+        finally:
+            self.busy = False
+        X = np.frombuffer(self.buf, dtype=self.ds.dtype, count=rows * self.ds.n_features,
+                          offset=slot * self.slot_bytes).reshape(rows, self.ds.n_features)
+        return X, y, keep, reply["chunks_read"], reply["bytes_read"]
+
+    def close(self) -> None:
+        """Stop the worker (killing it if it is mid-window) and free the buffers."""
+        self._finalizer()
+        try:
+            self.buf.close()
+        except BufferError:  # arrays still view it: freed with them
+            pass
+
+
+def _shut(proc, commands, replies) -> None:
+    for fh in (commands, replies):
+        try:
+            fh.close()
+        except OSError:
+            pass
+    if proc.poll() is None:
+        proc.kill()  # a window in progress is of no use to anyone now
+    proc.wait()
+
+
+def serve(setup: dict) -> None:
+    """The worker's loop: decode the windows asked for until the command pipe closes."""
+    from .readers import open_dataset
+
+    commands = os.fdopen(setup["commands"], "rb")
+    replies = os.fdopen(setup["replies"], "wb")
+    buf = mmap.mmap(setup["memfd"], 0)
+    ds, failure = None, None
+    try:
+        r = setup["reopen"]
+        ds = open_dataset(r["source"], r["features"], r["label"], cache_bytes=0, dtype=r["dtype"],
+                          nonfinite=r["nonfinite"], **r["options"])
+        if (ds.n_rows, ds.n_chunks) != (setup["n_rows"], setup["n_chunks"]):
+            failure = f"{ds.path}: the file changed while training (row or chunk count differs)"
+    except Exception as e:  # reported on the first request
+        failure = str(e) if isinstance(e, DataError) else f"{r['source']}: {type(e).__name__}: {e}"
+    while (req := _receive(commands)) is not None:
+        if failure:
+            _send(replies, {"error": failure})
+            continue
+        try:
+            _send(replies, *_decode_window(ds, buf, setup["slot_bytes"], req))
+        except Exception as e:
+            _send(replies, {"error": str(e) if isinstance(e, DataError)
+                            else f"{ds.path}: {type(e).__name__}: {e}"})
+
+
+def _decode_window(ds, buf, slot_bytes: int, req: dict):
+    rows = req["rows"]
+    X = np.frombuffer(buf, dtype=ds.dtype, count=rows * ds.n_features,
+                      offset=req["slot"] * slot_bytes).reshape(rows, ds.n_features)
+    y = keep = None
+    off = chunks_read = bytes_read = 0
+    for c in req["chunks"]:
+        Xc, yc = ds._checked(c, *ds._load_chunk(c))
+        n = len(Xc)
+        X[off:off + n] = Xc
+        chunks_read += 1
+        bytes_read += Xc.nbytes + (0 if yc is None else yc.nbytes)
+        if yc is not None:
+            if y is None:
+                y = np.empty((rows,) + yc.shape[1:], dtype=yc.dtype)
+            y[off:off + n] = yc
+        mask = ds._skipped.get(c)
+        if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
+            keep = np.ones(rows, bool) if keep is None else keep
+            keep[off:off + n] = mask
+        off += n
+    header = {"y_dtype": None if y is None else y.dtype.str, "y_shape": None if y is None else list(y.shape),
+              "keep": keep is not None, "chunks_read": chunks_read, "bytes_read": bytes_read}
+    payloads = [] if y is None else [np.ascontiguousarray(y).tobytes()]
+    if keep is not None:
+        payloads.append(keep.tobytes())
+    return (header, *payloads)
