@@ -92,8 +92,19 @@ class DecoderProcess:
         self.free: queue.Queue = queue.Queue()
         self.begin_epoch()
         self.busy = False
+        self._ready = False
         # A forgotten decoder must not outlive its owner.
         self._finalizer = weakref.finalize(self, _shut, self.proc, self._commands, self._replies)
+
+    def wait_ready(self) -> None:
+        """Block until the worker has started and opened the data (decode waits for this itself)."""
+        if not self._ready:
+            hello = _receive(self._replies)
+            if hello is None:
+                raise DataError(f"{self.ds.path}: the decoding process did not start (exit code {self.proc.poll()})")
+            self._ready = True
+            if "error" in hello:
+                raise DataError(hello["error"])
 
     def begin_epoch(self) -> None:
         """All slots free again (the previous epoch's windows are no longer used)."""
@@ -117,6 +128,7 @@ class DecoderProcess:
         """Decode ``chunks``, in order, into ``slot``: ``(X, y, keep, chunks_read, bytes_read)``."""
         if rows > self.slot_rows:
             raise ValueError(f"window of {rows} rows exceeds the {self.slot_rows}-row slots")
+        self.wait_ready()
         self.busy = True
         try:
             _send(self._commands, {"slot": slot, "chunks": [int(c) for c in chunks], "rows": int(rows)})
@@ -175,12 +187,12 @@ def serve(setup: dict) -> None:
                           nonfinite=r["nonfinite"], **r["options"])
         if (ds.n_rows, ds.n_chunks) != (setup["n_rows"], setup["n_chunks"]):
             failure = f"{ds.path}: the file changed while training (row or chunk count differs)"
-    except Exception as e:  # reported on the first request
+    except Exception as e:
         failure = str(e) if isinstance(e, DataError) else f"{r['source']}: {type(e).__name__}: {e}"
+    _send(replies, {"error": failure} if failure else {"ready": True})
+    if failure:
+        return
     while (req := _receive(commands)) is not None:
-        if failure:
-            _send(replies, {"error": failure})
-            continue
         try:
             _send(replies, *_decode_window(ds, buf, setup["slot_bytes"], req))
         except Exception as e:

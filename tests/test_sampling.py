@@ -398,3 +398,16 @@ def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
     assert mem.reopen is None and not _wants_process(mem, "window", 1, "process")
     with pytest.raises(ValueError, match="unknown decoder"):
         Loader(ds, Sampler(ds.bounds, 10, "window"), decoder="fork")
+
+
+def test_process_decoder_reports_a_file_it_cannot_reopen(tmp_path):
+    from streamtrain import make_data, open_dataset
+    from streamtrain.errors import DataError
+
+    make_data(tmp_path / "gone.h5", rows=600, features=3, chunk_rows=100)
+    ds = open_dataset(tmp_path / "gone.h5")
+    (tmp_path / "gone.h5").rename(tmp_path / "moved.h5")  # the parent opened it; the worker cannot
+    with Loader(ds, Sampler(ds.bounds, 10, "window", window_rows=200), decoder="process") as loader:
+        with pytest.raises(DataError, match=r"gone\.h5: no such file"):
+            list(loader.iter_epoch())
+    assert not _decoder_children()
