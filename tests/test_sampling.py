@@ -112,7 +112,7 @@ def test_loader_reraises_reader_errors():
         def read(self, rows):
             raise OSError("disk on fire")
 
-        view = lambda self, a, b: self.read(np.arange(a, b))  # noqa: E731
+        view = lambda self, a, b: self.read(np.arange(a, b))
 
     ds = Broken(np.zeros((50, 2)), np.zeros(50), chunk_rows=10)
     with pytest.raises(OSError, match="disk on fire"):
