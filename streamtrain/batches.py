@@ -65,9 +65,10 @@ class BatchIterator:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, Any]]:
         sampler = self._sampler()
-        for rows, X, y in Loader(self._open(), sampler).iter_epoch():
-            self.position += len(rows)
-            yield X, y
+        with Loader(self._open(), sampler) as loader:  # stops a decoding process, if one was started
+            for rows, X, y in loader.iter_epoch():
+                self.position += len(rows)
+                yield X, y
         self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, Any]:

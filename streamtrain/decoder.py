@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["DecoderProcess", "usable", "MIN_BYTES"]
+__all__ = ["DecoderProcess", "usable", "usable_cores", "decode_window", "MIN_BYTES"]
 
 # Shared window buffers: the one being served, the next (batches straddle the two), the one decoding.
 SLOTS = 3
@@ -38,10 +38,40 @@ MIN_BYTES = 64 << 20
 _LEN = struct.Struct("<Q")
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def usable(dataset) -> bool:
     """Whether this dataset can be decoded by a worker process here (Linux, reopenable path, 2+ cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return hasattr(os, "memfd_create") and getattr(dataset, "reopen", None) is not None and cores >= 2
+    return hasattr(os, "memfd_create") and getattr(dataset, "reopen", None) is not None and usable_cores() >= 2
+
+
+def decode_window(ds, X: np.ndarray, chunks, stop: threading.Event | None = None):
+    """Decode ``chunks`` in order into consecutive rows of ``X`` (the decoding thread's and
+    the worker's loop): ``(y, keep, chunks_read, bytes_read)``, where ``keep`` is the NaN/Inf
+    keep mask (None when no row is skipped). A set ``stop`` cuts it short."""
+    y = keep = None
+    off = chunks_read = bytes_read = 0
+    for c in chunks:
+        if stop is not None and stop.is_set():
+            break
+        Xc, yc = ds._checked(int(c), *ds._load_locked(int(c)))
+        n = len(Xc)
+        X[off:off + n] = Xc
+        chunks_read += 1
+        bytes_read += Xc.nbytes + (0 if yc is None else yc.nbytes)
+        if yc is not None:
+            if y is None:
+                y = np.empty((len(X),) + yc.shape[1:], dtype=yc.dtype)
+            y[off:off + n] = yc
+        mask = ds._skipped.get(int(c))
+        if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
+            keep = np.ones(len(X), bool) if keep is None else keep
+            keep[off:off + n] = mask
+        off += n
+    return y, keep, chunks_read, bytes_read
 
 
 def _send(fh, header: dict, *payloads: bytes) -> None:
@@ -204,23 +234,7 @@ def _decode_window(ds, buf, slot_bytes: int, req: dict):
     rows = req["rows"]
     X = np.frombuffer(buf, dtype=ds.dtype, count=rows * ds.n_features,
                       offset=req["slot"] * slot_bytes).reshape(rows, ds.n_features)
-    y = keep = None
-    off = chunks_read = bytes_read = 0
-    for c in req["chunks"]:
-        Xc, yc = ds._checked(c, *ds._load_chunk(c))
-        n = len(Xc)
-        X[off:off + n] = Xc
-        chunks_read += 1
-        bytes_read += Xc.nbytes + (0 if yc is None else yc.nbytes)
-        if yc is not None:
-            if y is None:
-                y = np.empty((rows,) + yc.shape[1:], dtype=yc.dtype)
-            y[off:off + n] = yc
-        mask = ds._skipped.get(c)
-        if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
-            keep = np.ones(rows, bool) if keep is None else keep
-            keep[off:off + n] = mask
-        off += n
+    y, keep, chunks_read, bytes_read = decode_window(ds, X, req["chunks"])
     header = {"y_dtype": None if y is None else y.dtype.str, "y_shape": None if y is None else list(y.shape),
               "keep": keep is not None, "chunks_read": chunks_read, "bytes_read": bytes_read}
     payloads = [] if y is None else [np.ascontiguousarray(y).tobytes()]

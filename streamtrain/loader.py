@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import sys
 import threading
@@ -43,11 +42,15 @@ def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
     return max(1, int(budget_bytes / 3 / row_bytes))
 
 
+def _buffered(dataset: Dataset, shuffle: str, world_size: int) -> bool:
+    """Whether batches come from window buffers: window shuffle of data read whole-chunk, one worker.
+    (Data read in place, such as memory or uncompressed HDF5 gathers, and shards use the gather path.)"""
+    return shuffle == "window" and world_size == 1 and dataset.prefetchable
+
+
 def _wants_process(dataset: Dataset, shuffle: str, world_size: int, decoder: str) -> bool:
     """Whether windows of this data are decoded by a worker process (see DECODERS)."""
-    if decoder == "thread" or shuffle != "window" or world_size != 1 or not dataset.prefetchable:
-        return False
-    if not _decoder.usable(dataset):
+    if decoder == "thread" or not _buffered(dataset, shuffle, world_size) or not _decoder.usable(dataset):
         return False
     return decoder == "process" or dataset.n_rows * dataset.n_features * dataset.dtype.itemsize >= _decoder.MIN_BYTES
 
@@ -94,35 +97,18 @@ class _WindowBuffers:
             sizes = ds.chunk_sizes[chunks]
             offset = np.full(ds.n_chunks, -1, dtype=np.int64)
             offset[chunks] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            slot = None
             if self.decoder is not None:
                 slot = self.decoder.acquire(self.stop)
                 if slot is None:
                     return
                 X, y, keep, chunks_read, bytes_read = self.decoder.decode(slot, chunks, int(sizes.sum()))
-                ds.stats["chunks_read"] += chunks_read
-                ds.stats["bytes_read"] += bytes_read
-                if not self._hand_over(w, (X, y, keep, offset, slot)):
-                    return
-                continue
-            X = np.empty((int(sizes.sum()), ds.n_features), dtype=ds.dtype)
-            y, keep = None, None
-            for c, off, n in zip(chunks, offset[chunks], sizes):
-                if self.stop.is_set():
-                    return
-                Xc, yc = ds._checked(int(c), *ds._load_locked(int(c)))
-                ds.stats["chunks_read"] += 1
-                ds.stats["bytes_read"] += Xc.nbytes + (0 if yc is None else yc.nbytes)
-                X[off:off + n] = Xc
-                if yc is not None:
-                    if y is None:
-                        y = np.empty((len(X),) + yc.shape[1:], dtype=yc.dtype)
-                    y[off:off + n] = yc
-                mask = ds._skipped.get(int(c))
-                if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
-                    keep = np.ones(len(X), bool) if keep is None else keep
-                    keep[off:off + n] = mask
-            if not self._hand_over(w, (X, y, keep, offset, None)):
+            else:
+                slot = None
+                X = np.empty((int(sizes.sum()), ds.n_features), dtype=ds.dtype)
+                y, keep, chunks_read, bytes_read = _decoder.decode_window(ds, X, chunks, self.stop)
+            ds.stats["chunks_read"] += chunks_read
+            ds.stats["bytes_read"] += bytes_read
+            if self.stop.is_set() or not self._hand_over(w, (X, y, keep, offset, slot)):
                 return
 
     def _hand_over(self, w: int, window) -> bool:
@@ -230,9 +216,7 @@ class Loader:
         # whole_groups: yield each group of consecutive batches as one (rows, X, y), in order
         # (the compiled online loop takes them so; batch boundaries are then the caller's).
         self.whole_groups = whole_groups
-        # Window shuffle of data read whole-chunk goes through window buffers; data read in
-        # place (memory, uncompressed HDF5 gathers) and sharded workers use the gather path.
-        self.buffered = sampler.shuffle == "window" and sampler.world_size == 1 and dataset.prefetchable
+        self.buffered = _buffered(dataset, sampler.shuffle, sampler.world_size)
 
     def _decoder_process(self):
         """The worker process decoding windows, started on first use and kept across epochs, or None."""
@@ -277,7 +261,7 @@ class Loader:
             return
         from threadpoolctl import threadpool_limits
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = _decoder.usable_cores()
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
