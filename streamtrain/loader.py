@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import decoder as _decoder
-from .readers.base import Dataset
+from .readers.base import Dataset, kept
 from .sampling import Sampler
 
 __all__ = ["Loader", "window_rows_for", "start_decoder"]
@@ -43,9 +43,9 @@ def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
 
 
 def _buffered(dataset: Dataset, shuffle: str, world_size: int) -> bool:
-    """Whether batches come from window buffers: window shuffle of data read whole-chunk, one worker.
-    (Data read in place, such as memory or uncompressed HDF5 gathers, and shards use the gather path.)"""
-    return shuffle == "window" and world_size == 1 and dataset.prefetchable
+    """Whether batches come from window buffers: window shuffle of data decoded whole-chunk, one worker.
+    (Data gathered in place, memory or uncompressed HDF5, and shards use the gather path.)"""
+    return shuffle == "window" and world_size == 1 and dataset.prefetchable and not dataset.in_place
 
 
 def _wants_process(dataset: Dataset, shuffle: str, world_size: int, decoder: str) -> bool:
@@ -140,23 +140,11 @@ class _WindowBuffers:
 
     def gather_group(self, group: list[np.ndarray], transform):
         """``[(rows, X, y), ...]`` for a list of batches, gathered with one fancy index."""
-        rows = np.concatenate(group) if len(group) > 1 else group[0]
-        X, y, keep = self._gather(rows)
-        if keep is None:
-            return _split(group, *transform(X, y))
-        out, a = [], 0
-        for r in group:  # rows skipped for NaN/Inf: each batch keeps the rest of its rows
-            k = keep[a:a + len(r)]
-            out.append((r, *transform(X[a:a + len(r)][k], None if y is None else y[a:a + len(r)][k])))
-            a += len(r)
-        return out
+        return _split(group, *self._gather(np.concatenate(group) if len(group) > 1 else group[0]), transform)
 
     def gather(self, rows: np.ndarray):
         """``(X, y)`` of ``rows`` (in this order), less rows skipped for NaN/Inf."""
-        X, y, keep = self._gather(rows)
-        if keep is not None:
-            return X[keep], None if y is None else y[keep]
-        return X, y
+        return kept(*self._gather(rows))
 
     def _gather(self, rows: np.ndarray):
         # Windows are visited in order and dropped once passed: each group is gathered once.
@@ -180,11 +168,45 @@ class _WindowBuffers:
         return X, y, keep
 
 
-def _split(group: list[np.ndarray], X: np.ndarray, y: np.ndarray | None):
-    """The group's arrays cut back into its batches: ``[(rows, X, y), ...]``."""
+class _ReadAhead:
+    """Tells data gathered in place from a file map which chunks come next, so that the OS reads
+    them while the current ones are used: the next window (window shuffle) or the next rows
+    (storage order). Global shuffle touches the whole file at random and gets no hints."""
+
+    def __init__(self, dataset: Dataset, sampler: Sampler):
+        self.ds, self.shuffle = dataset, None if sampler.replacement else sampler.shuffle
+        self.stride, self.offset = sampler.world_size, sampler.rank
+        self.plan = sampler.plan() if self.shuffle == "window" else None
+        self.hinted = -1  # the last window (window shuffle) or chunk (storage order) hinted
+
+    def at(self, position: int, ahead: int) -> None:
+        """The consumer is at ``position`` of its epoch and will soon need the ``ahead`` rows after it."""
+        first = position * self.stride + self.offset
+        if self.plan is not None:  # the windows of those rows, and the one after
+            plan = self.plan
+            w0, w1 = np.searchsorted(plan.win_row_start, [first, first + ahead * self.stride], side="right") - 1
+            for v in range(max(int(w0), self.hinted + 1), min(int(w1) + 2, len(plan.win_chunk_start) - 1)):
+                for c in plan.chunks[plan.win_chunk_start[v]:plan.win_chunk_start[v + 1]].tolist():
+                    self.ds.prefetch(c)
+                self.hinted = v
+        elif self.shuffle == "none":
+            last = min(first + ahead * self.stride, self.ds.n_rows - 1)
+            c0, c1 = np.searchsorted(self.ds.bounds, [first, last], side="right") - 1
+            for c in range(max(int(c0), self.hinted + 1), int(c1) + 1):
+                self.ds.prefetch(c)
+            self.hinted = max(self.hinted, int(c1))
+
+
+def _split(group: list[np.ndarray], X: np.ndarray, y: np.ndarray | None, keep: np.ndarray | None, transform):
+    """The group's arrays cut back into its batches and transformed: ``[(rows, X, y), ...]``."""
+    if keep is None:
+        X, y = transform(X, y)
     out, a = [], 0
     for r in group:
-        out.append((r, X[a:a + len(r)], None if y is None else y[a:a + len(r)]))
+        Xb, yb = X[a:a + len(r)], None if y is None else y[a:a + len(r)]
+        if keep is not None:  # rows skipped for NaN/Inf: each batch keeps the rest of its rows
+            Xb, yb = transform(*kept(Xb, yb, keep[a:a + len(r)]))
+        out.append((r, Xb, yb))
         a += len(r)
     return out
 
@@ -217,6 +239,7 @@ class Loader:
         # (the compiled online loop takes them so; batch boundaries are then the caller's).
         self.whole_groups = whole_groups
         self.buffered = _buffered(dataset, sampler.shuffle, sampler.world_size)
+        dataset.set_budget(3 * sampler.window_rows * (dataset.n_features * dataset.dtype.itemsize + 8))
 
     def _decoder_process(self):
         """The worker process decoding windows, started on first use and kept across epochs, or None."""
@@ -306,51 +329,16 @@ class Loader:
             for c in sorted(chunks):
                 if stop.is_set():
                     return
-                ds.read_chunk(c)
-
-    def _read_in_order(self, rows: np.ndarray):
-        """``(X, y)`` of ``rows`` in the given order (the dataset reads sorted rows)."""
-        order = np.argsort(rows, kind="stable")
-        X_sorted, y_sorted = self.dataset.read(rows[order])
-        if len(X_sorted) != len(rows):  # NaN/Inf rows skipped: keep the others' order
-            Xs, ys = [], []
-            for r in rows:
-                Xr, yr = self.dataset.read(np.array([r]))
-                Xs.append(Xr)
-                ys.append(yr)
-            X = np.concatenate(Xs)
-            return X, None if ys[0] is None else np.concatenate(ys)
-        X = np.empty_like(X_sorted)
-        X[order] = X_sorted
-        y = None
-        if y_sorted is not None:
-            y = np.empty_like(y_sorted)
-            y[order] = y_sorted
-        return X, y
+                ds.prefetch(c)
 
     def _read_group(self, group: list[np.ndarray]):
-        transform = self.transform
-        if len(group) == 1:
-            return [(group[0], *transform(*self.dataset.read(group[0])))]
-        rows = np.concatenate(group)
-        if rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
-            order = None  # storage order (shuffle="none"): no sort, no scatter
-            # In-memory data in storage order is served as views: nothing to copy.
-            got = self.dataset.view(int(rows[0]), int(rows[-1]) + 1) if hasattr(self.dataset, "view") else None
-            X_sorted, y_sorted = got or self.dataset.read(rows)
-        else:
-            order = np.argsort(rows, kind="stable")
-            X_sorted, y_sorted = self.dataset.read(rows[order])
-        if len(X_sorted) != len(rows):  # rows skipped for NaN/Inf: read batch by batch instead
-            return [(r, *transform(*self.dataset.read(r))) for r in group]
-        X, y = X_sorted, y_sorted
-        if order is not None:
-            X = np.empty_like(X_sorted)
-            X[order] = X_sorted
-            if y_sorted is not None:
-                y = np.empty_like(y_sorted)
-                y[order] = y_sorted
-        return _split(group, *transform(X, y))
+        rows = np.concatenate(group) if len(group) > 1 else group[0]
+        got = None
+        if hasattr(self.dataset, "view") and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+            # In-memory data in storage order (shuffle="none") is served as views: nothing to copy.
+            got = self.dataset.view(int(rows[0]), int(rows[-1]) + 1)
+        X, y, keep = (*got, None) if got is not None else self.dataset.gather(rows)
+        return _split(group, X, y, keep, self.transform)
 
     def iter_epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """The remaining batches of the sampler's current epoch."""
@@ -385,16 +373,24 @@ class Loader:
                             continue
 
             helpers.append(threading.Thread(target=build, name="streamtrain-windows", daemon=True))
-        elif self.dataset.prefetchable:
+        elif self.dataset.prefetchable and not self.dataset.in_place:
             helpers.append(threading.Thread(target=self._swallow(self._prefetch_chunks), args=(done, stop),
                                             name="streamtrain-prefetch", daemon=True))
 
+        ds = self.dataset
+        read_ahead = _ReadAhead(ds, self.sampler) if ds.in_place and ds.prefetchable else None
+
         def produce():
             try:
+                position = self.sampler.position
                 for group in self._row_groups():
+                    if read_ahead is not None:
+                        size = sum(len(r) for r in group)
+                        read_ahead.at(position, size + GROUP_ROWS)
+                        position += size
                     if self.whole_groups:
                         rows = np.concatenate(group)
-                        got = windows.gather(rows) if windows is not None else self._read_in_order(rows)
+                        got = windows.gather(rows) if windows is not None else kept(*self.dataset.gather(rows))
                         batches = [(rows, *self.transform(*got))]
                     elif windows is not None:
                         batches = windows.gather_group(group, self.transform)

@@ -117,9 +117,10 @@ class _WindowPlan:
     def at(self, positions):
         win = np.searchsorted(self.win_row_start, positions, side="right") - 1
         out = np.empty(len(positions), dtype=np.int64)
-        for w in np.unique(win):
-            sel = win == w
-            out[sel] = self._window_rows(int(w))[positions[sel] - self.win_row_start[w]]
+        lo, hi = (int(win.min()), int(win.max())) if len(win) else (0, -1)
+        for w in range(lo, hi + 1):  # positions come in order: a window or two
+            sel = slice(None) if lo == hi else win == w
+            out[sel] = self._window_rows(w)[positions[sel] - self.win_row_start[w]]
         return out
 
 
@@ -201,8 +202,10 @@ class Sampler:
         for b0 in range(self.position, end, block):
             local = np.arange(b0, min(b0 + block, end), dtype=np.int64)
             rows = plan.at(local * self.world_size + self.rank)
-            for a in range(0, len(rows), bs):
-                yield np.sort(rows[a:a + bs])
+            full = len(rows) - len(rows) % bs
+            yield from np.sort(rows[:full].reshape(-1, bs), axis=1)  # the block's whole batches, one sort call
+            if full < len(rows):
+                yield np.sort(rows[full:])
 
     def advance(self, n: int) -> None:
         """Record that ``n`` more rows of this epoch were consumed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,15 @@ class ReaderTests:
     def test_out_of_range(self, ds):
         with pytest.raises(IndexError):
             ds.read([self.N])
+        with pytest.raises(IndexError):
+            ds.gather([3, -1])
+
+    def test_gather_rows_in_any_order_with_repeats(self, ds, arrays):
+        rows = np.random.default_rng(2).integers(0, self.N, 300)  # unsorted, with repeats
+        X, y, keep = ds.gather(rows)
+        np.testing.assert_array_equal(X, arrays[0][rows])
+        np.testing.assert_array_equal(y, arrays[1][rows])
+        assert keep is None and X.dtype == np.float32
 
 
 def _write(tmp_path, suffix, X, y, chunk_rows):
@@ -62,6 +73,23 @@ class TestHDF5(ReaderTests):
     def make(self, tmp_path, X, y, chunk_rows):
         return _write(tmp_path, ".h5", X, y, chunk_rows)
 
+    def test_uncompressed_rows_are_gathered_in_place(self, ds):
+        assert ds.in_place
+
+
+class TestHDF5BigEndianFloat64(ReaderTests):
+    """Written by h5py as big-endian float64 in chunks: gathered from the file map, converted."""
+
+    def make(self, tmp_path, X, y, chunk_rows):
+        import h5py
+
+        with h5py.File(tmp_path / "be.h5", "w") as f:
+            f.create_dataset("X", data=X.astype(">f8"), chunks=(chunk_rows, X.shape[1]))
+            f.create_dataset("y", data=y.astype(">i2"), chunks=(chunk_rows,))
+        ds = open_dataset(tmp_path / "be.h5")
+        assert ds.in_place
+        return ds
+
 
 class TestHDF5Contiguous(ReaderTests):
     """Written by plain h5py, unchunked: virtual chunks are used."""
@@ -72,7 +100,9 @@ class TestHDF5Contiguous(ReaderTests):
         with h5py.File(tmp_path / "c.h5", "w") as f:
             f["grp/features"] = X
             f["grp/target"] = y
-        return open_dataset(tmp_path / "c.h5", features="grp/features", label="grp/target")
+        ds = open_dataset(tmp_path / "c.h5", features="grp/features", label="grp/target")
+        assert ds.in_place
+        return ds
 
 
 class TestZarr(ReaderTests):
@@ -172,3 +202,50 @@ def test_scanning_2gb_with_a_64mb_cache_stays_under_400mb(tmp_path):
     total, peak_kb = map(int, res.stdout.split())
     assert total == 8_000_000 + 50 * 256
     assert peak_kb / 1024 < 400, f"peak RSS {peak_kb / 1024:.0f} MiB"
+
+
+def _mapped_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[2]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_pages_mapped_from_an_uncompressed_file_stay_within_the_budget(tmp_path):
+    """Random gathers from a 40 MB file with an 8 MB budget: the pages mapped into the process
+    (counted in its resident memory) stay within the budget, not the file size."""
+    from streamtrain.readers.hdf5 import FOLIO_BYTES
+
+    make_data(tmp_path / "m.h5", rows=160_000, features=64, chunk_rows=4096, compression="none")
+    with open_dataset(tmp_path / "m.h5", cache_bytes=8 << 20) as ds:
+        X_all = np.concatenate([ds.read_chunk(i)[0] for i in range(ds.n_chunks)])
+        base, grown = _mapped_bytes(), 0
+        rng = np.random.default_rng(0)
+        for _ in range(6):
+            rows = rng.integers(0, ds.n_rows, 20_000)
+            X, _, _ = ds.gather(rows)
+            np.testing.assert_array_equal(X, X_all[rows])
+            grown = max(grown, _mapped_bytes() - base)
+        assert grown <= (8 << 20) + 2 * FOLIO_BYTES, f"{grown / 2**20:.0f} MB mapped"
+        ds.set_budget(64 << 20)  # a budget the file fits in: no drops, the whole file stays mapped
+        for _ in range(3):
+            ds.gather(rng.integers(0, ds.n_rows, 20_000))
+        assert _mapped_bytes() - base > 16 << 20
+
+
+def test_nonfinite_rows_in_a_mapped_gather(tmp_path):
+    import h5py
+
+    X = np.arange(2000 * 3, dtype=np.float32).reshape(2000, 3)
+    X[777, 1] = np.nan
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(100, 3))
+        f["y"] = np.arange(2000) % 2
+    with open_dataset(tmp_path / "n.h5") as ds:
+        assert ds.in_place
+        with pytest.raises(DataError, match=r"n\.h5: NaN or Inf in row 777\b"):
+            ds.gather([1500, 5, 777, 1999])
+    with open_dataset(tmp_path / "n.h5", nonfinite="skip") as ds:
+        got, labels, keep = ds.gather([1500, 5, 777, 1999, 777])
+        np.testing.assert_array_equal(keep, [True, True, False, True, False])
+        np.testing.assert_array_equal(got[keep], X[[1500, 5, 1999]])
+        np.testing.assert_array_equal(ds.read([5, 777, 1500])[0], X[[5, 1500]])

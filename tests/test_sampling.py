@@ -231,14 +231,15 @@ def test_loader_stops_cleanly_on_ctrl_c_and_closes_files(tmp_path):
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".zarr", ".parquet"])
+@pytest.mark.parametrize("suffix", [".h5", "-plain.h5", ".zarr", ".parquet"])
 @pytest.mark.parametrize("mode", MODES)
 def test_loader_batches_match_the_sampler_and_window_reads_each_chunk_once(tmp_path, suffix, mode):
     from streamtrain import make_data, open_dataset
     from streamtrain.loader import window_rows_for
 
-    path = tmp_path / f"w{suffix}"
-    make_data(path, rows=20000, features=8, chunk_rows=1000, compression="gzip" if suffix == ".h5" else "default")
+    path = tmp_path / f"w{suffix}"  # -plain.h5: uncompressed, gathered in place from a file map
+    codec = "none" if suffix == "-plain.h5" else "gzip" if suffix == ".h5" else "default"
+    make_data(path, rows=20000, features=8, chunk_rows=1000, compression=codec)
     ds = open_dataset(path)
     everything = ds.read(np.arange(20000))
     ds.close()
@@ -254,6 +255,23 @@ def test_loader_batches_match_the_sampler_and_window_reads_each_chunk_once(tmp_p
     if mode != "global":
         assert ds.stats["chunks_read"] == ds.n_chunks  # sequential I/O: every chunk decoded once
     assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_file_map_is_told_the_chunks_to_come(tmp_path, mode):
+    """Data gathered in place from a file map asks the OS to read ahead: each window's chunks
+    (window shuffle) or the next chunks (storage order) once, in the order they will be used."""
+    from streamtrain import make_data, open_dataset
+
+    make_data(tmp_path / "m.h5", rows=20000, features=4, chunk_rows=1000, compression="none")
+    ds = open_dataset(tmp_path / "m.h5")
+    hinted = []
+    ds.prefetch = hinted.append
+    sampler = Sampler(ds.bounds, 64, mode, seed=1, window_rows=3000)
+    assert sum(len(r) for r, _, _ in Loader(ds, sampler).iter_epoch()) == 20000
+    expected = sampler.plan().chunks.tolist() if mode == "window" else list(range(20)) if mode == "none" else []
+    assert hinted == expected
+    ds.close()
 
 
 def test_loader_applies_transform_to_whole_groups_in_batch_order():
@@ -388,10 +406,13 @@ def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
     from streamtrain import make_data, open_dataset
     from streamtrain.loader import _wants_process
 
-    make_data(tmp_path / "s.h5", rows=1000, features=4, chunk_rows=100)
+    make_data(tmp_path / "s.h5", rows=1000, features=4, chunk_rows=100, compression="gzip")
     ds = open_dataset(tmp_path / "s.h5")
     assert ds.reopen["source"] == str(tmp_path / "s.h5")
     assert _wants_process(ds, "window", 1, "process")
+    make_data(tmp_path / "u.h5", rows=1000, features=4, chunk_rows=100)
+    plain = open_dataset(tmp_path / "u.h5")  # uncompressed: gathered in place from the page cache
+    assert plain.in_place and not _wants_process(plain, "window", 1, "process")
     assert not _wants_process(ds, "window", 1, "auto")  # small data: start-up would cost more than it saves
     assert not _wants_process(ds, "global", 1, "process") and not _wants_process(ds, "window", 2, "process")
     mem = ArrayDataset(np.zeros((10, 2)), np.zeros(10))
@@ -404,7 +425,7 @@ def test_process_decoder_reports_a_file_it_cannot_reopen(tmp_path):
     from streamtrain import make_data, open_dataset
     from streamtrain.errors import DataError
 
-    make_data(tmp_path / "gone.h5", rows=600, features=3, chunk_rows=100)
+    make_data(tmp_path / "gone.h5", rows=600, features=3, chunk_rows=100, compression="gzip")
     ds = open_dataset(tmp_path / "gone.h5")
     (tmp_path / "gone.h5").rename(tmp_path / "moved.h5")  # the parent opened it; the worker cannot
     with Loader(ds, Sampler(ds.bounds, 10, "window", window_rows=200), decoder="process") as loader:

@@ -18,13 +18,11 @@ import numpy.typing as npt
 
 from ..errors import DataError
 
-__all__ = ["Dataset", "DEFAULT_CACHE_BYTES", "uniform_bounds", "as_features", "as_labels"]
+__all__ = ["Dataset", "DEFAULT_CACHE_BYTES", "uniform_bounds", "as_features", "as_labels", "kept"]
 
 DEFAULT_CACHE_BYTES = 64 << 20
 # A run of rows from an uncached chunk spanning at most 1/this of it is read on its own.
 SPARSE_SPAN_FRACTION = 8
-# A gather taking at most 1/this of the rows of the chunks it touches reads just those rows.
-SPARSE_ROWS_FRACTION = 32
 # Contiguous (unchunked) sources are split into virtual chunks of about this size.
 VIRTUAL_CHUNK_BYTES = 4 << 20
 
@@ -72,6 +70,13 @@ def as_labels(y: np.ndarray | None, path: str) -> np.ndarray | None:
     return y
 
 
+def kept(X: np.ndarray, y: np.ndarray | None, keep: np.ndarray | None = None) -> Batch:
+    """``(X, y)`` less the rows that ``keep`` leaves out (rows skipped for NaN/Inf)."""
+    if keep is None:
+        return X, y
+    return X[keep], None if y is None else y[keep]
+
+
 class Dataset:
     """Rows of features (and optionally a label) stored in chunks.
 
@@ -90,8 +95,11 @@ class Dataset:
 
     #: What to do with rows holding NaN or Inf: "error" (naming the row) or "skip" them.
     nonfinite: str = "error"
-    #: Whether decoding chunks ahead in a second thread pays (not for data read in place).
+    #: Whether decoding chunks ahead in a second thread pays (not for data already in memory).
     prefetchable: bool = True
+    #: Whether any rows, in any order, are gathered straight from memory or the page cache with
+    #: no chunk to decode (in-memory arrays, uncompressed HDF5): shuffling then needs no window buffers.
+    in_place: bool = False
     #: How ``open_dataset`` can open this dataset again in another process (JSON), if it can.
     reopen: dict | None = None
 
@@ -183,9 +191,7 @@ class Dataset:
         With "skip", the chunk is returned whole (so row numbers still line up with the
         file) and a keep-mask is remembered; ``read`` and ``iter_chunks`` drop those rows.
         """
-        clean = self.__dict__.get("_clean")
-        if clean is None or len(clean) != self.n_chunks:
-            clean = self._clean = np.zeros(self.n_chunks, dtype=bool)
+        clean = self._clean_flags()
         if clean[i] or i in self._skipped:
             return X, y  # screened before: files are taken as unchanging while open
         bad = self._bad_rows(int(self.bounds[i]), X, y)
@@ -195,8 +201,40 @@ class Dataset:
             self._skipped[i] = ~bad
         return X, y
 
-    def _bad_rows(self, first_row: int, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
-        """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error"."""
+    def _clean_flags(self) -> np.ndarray:
+        """Per chunk: screened and free of NaN/Inf."""
+        clean = self.__dict__.get("_clean")
+        if clean is None or len(clean) != self.n_chunks:
+            clean = self._clean = np.zeros(self.n_chunks, dtype=bool)
+        return clean
+
+    def _screened(self, rows: np.ndarray) -> np.ndarray | None:
+        """Keep-mask of ``rows`` under the NaN/Inf policy (None: keep all), for formats that gather
+        rows without reading their chunks: each chunk touched is screened whole, once per open."""
+        chunk_of = np.searchsorted(self.bounds, rows, side="right") - 1
+        clean = self._clean_flags()
+        if clean[chunk_of].all():
+            return None
+        touched = np.unique(chunk_of).tolist()
+        for c in touched:
+            if not clean[c] and c not in self._skipped:
+                X, y = self._load_locked(c)
+                self.stats["chunks_read"] += 1
+                self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
+                self._checked(c, X, y)
+        keep = None
+        for c in touched:
+            mask = self._skipped.get(c)
+            if mask is not None:
+                keep = np.ones(len(rows), dtype=bool) if keep is None else keep
+                sel = chunk_of == c
+                keep[sel] = mask[rows[sel] - self.bounds[c]]
+        return keep
+
+    def _bad_rows(self, rows: int | np.ndarray, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
+        """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error".
+
+        ``rows``: the row number of each row of ``X``, or of its first row where they follow on."""
         # A cheap screen finds NaN/Inf; only then is the row located exactly.
         with np.errstate(over="ignore", invalid="ignore"):
             # min and max propagate NaN and show +-Inf; single-threaded, unlike a BLAS dot whose
@@ -211,7 +249,8 @@ class Dataset:
         if not bad.any():
             return None
         if self.nonfinite == "error":
-            row = first_row + int(np.argmax(bad))
+            at = int(np.argmax(bad))
+            row = rows + at if isinstance(rows, int) else int(rows[at])
             raise DataError(f"{self.path}: NaN or Inf in row {row}; clean the data or skip such rows "
                             "(--skip-nonfinite, nonfinite='skip')")
         return bad
@@ -254,7 +293,7 @@ class Dataset:
                 X, y = got
                 self.stats["rows_taken"] += len(local)
                 self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
-                bad = self._bad_rows(int(self.bounds[c]), X, y)
+                bad = self._bad_rows(local + self.bounds[c], X, y)
                 return X, y, None if bad is None else ~bad
         X, y = hit if hit is not None else self.read_chunk(c)
         keep = self._skipped.get(c)
@@ -266,11 +305,39 @@ class Dataset:
         Only the chunks that hold the rows are touched, each once. Under
         nonfinite="skip" rows holding NaN/Inf are left out.
         """
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and (rows[0] < 0 or rows[-1] >= self.n_rows):
-            raise IndexError(f"row index out of range for {self.n_rows} rows")
+        rows = self._checked_rows(rows)
         if rows.size > 1 and np.any(rows[1:] < rows[:-1]):
             raise ValueError("rows must be sorted ascending")
+        return kept(*self._read_sorted(rows))
+
+    def gather(self, rows: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(X, y, keep)`` of ``rows`` in the given order (any order, repeats allowed).
+
+        ``keep`` is None, or marks the rows to use: the others hold NaN/Inf and are
+        skipped under nonfinite="skip" (``kept`` applies it).
+        """
+        rows = self._checked_rows(rows)
+        if rows.size < 2 or not np.any(rows[1:] < rows[:-1]):
+            return self._read_sorted(rows)
+        order = np.argsort(rows, kind="stable")
+        sorted_parts = self._read_sorted(rows[order])
+        out = []
+        for a in sorted_parts:  # back to the asked order
+            if a is not None:
+                b = np.empty_like(a)
+                b[order] = a
+                a = b
+            out.append(a)
+        return tuple(out)
+
+    def _checked_rows(self, rows: npt.ArrayLike) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise IndexError(f"row index out of range for {self.n_rows} rows")
+        return rows
+
+    def _read_sorted(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(X, y, keep)`` of sorted ``rows``, chunk by chunk."""
         X_out = np.empty((rows.size, self.n_features), dtype=self.dtype)
         y_out = None
         keep_out = None
@@ -290,9 +357,15 @@ class Dataset:
                     if keep_out is None:
                         keep_out = np.ones(rows.size, dtype=bool)
                     keep_out[a:b] = keep
-        if keep_out is not None:  # rows with NaN/Inf under nonfinite="skip"
-            return X_out[keep_out], None if y_out is None else y_out[keep_out]
-        return X_out, y_out
+        return X_out, y_out, keep_out
+
+    def set_budget(self, nbytes: int) -> None:
+        """The memory the loader's shuffle may use (only data gathered in place from a mapped file
+        has a use for it: its mapped pages, there being no window buffers)."""
+
+    def prefetch(self, i: int) -> None:
+        """Have chunk ``i`` ready for the reads to come (a hint: errors surface when it is read)."""
+        self.read_chunk(i)
 
     def iter_chunks(self):
         """Yield ``(X, y)`` for every chunk in order, bypassing the cache (skipped rows dropped)."""

@@ -4,6 +4,7 @@ named columns as PyTables and pandas ``to_hdf(format="table")`` write it; read c
 from __future__ import annotations
 
 import codecs
+import mmap
 import os
 import re
 
@@ -11,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (DEFAULT_CACHE_BYTES, SPARSE_ROWS_FRACTION, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features, as_labels,
+from .base import (DEFAULT_CACHE_BYTES, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features, as_labels,
                    check_chunk_size, find_key, uniform_bounds, virtual_chunk_rows)
 from .columns import Column, fill_features, select_columns, vector_columns
 
@@ -80,6 +81,7 @@ class HDF5Dataset(Dataset):
         self._file = None
         self._nodes: dict[str, object] = {}
         self._maps: dict | None = None
+        self._budget = self.cache_bytes  # for pages mapped from the file (see set_budget)
         self._allow_external = allow_external
         f = self._handle()
         found = _datasets(f)
@@ -218,30 +220,55 @@ class HDF5Dataset(Dataset):
         y = None if self._y_key is None else as_labels(self._node(self._y_key)[start:stop][idx], self.path)
         return X, y
 
-    def read(self, rows):
-        """Gather sorted rows. Sparse gathers of uncompressed data read just those rows' bytes."""
-        rows = np.asarray(rows, dtype=np.int64)
+    @property
+    def in_place(self) -> bool:
+        return self._row_maps() is not None
+
+    def gather(self, rows):
+        rows = self._checked_rows(rows)
+        return self._read_sorted(rows) if self._row_maps() is not None else super().gather(rows)
+
+    def _read_sorted(self, rows):
         maps = self._row_maps() if rows.size else None
         if maps is None:
-            return super().read(rows)
-        chunk_rows = int(self.bounds[1])
-        touched = int(np.count_nonzero(np.diff(rows // chunk_rows)) + 1)
-        fits = touched * chunk_rows * (self.n_features * self.dtype.itemsize + 8) <= self.cache_bytes
-        if fits and len(rows) * SPARSE_ROWS_FRACTION > touched * chunk_rows:
-            return super().read(rows)  # dense (window, sequential): whole chunks through the cache
-        if rows[0] < 0 or rows[-1] >= self.n_rows:
-            raise IndexError(f"row index out of range for {self.n_rows} rows")
-        X = as_features(maps[0].take(rows), self.dtype, self.path)
-        y = None if maps[1] is None else as_labels(maps[1].take(rows), self.path)
+            return super()._read_sorted(rows)
+        # Rows in any order, no sort: vectorised copies from the page cache, in as few pieces as
+        # the budget for mapped pages allows.
+        x, y, file_map = maps
+        X = Y = None
+        for part in file_map.pieces(np.searchsorted(self.bounds, rows, side="right") - 1):
+            if isinstance(part, slice):  # the whole gather at once
+                X, Y = x.take(rows), None if y is None else y.take(rows)
+                break
+            if X is None:
+                X = np.empty((len(rows), *x.row_shape), dtype=x.dtype)
+                Y = None if y is None else np.empty((len(rows), *y.row_shape), dtype=y.dtype)
+            X[part] = x.take(rows[part])
+            if Y is not None:
+                Y[part] = y.take(rows[part])
+        X = as_features(X, self.dtype, self.path)
+        Y = as_labels(Y, self.path)
         self.stats["rows_taken"] += len(rows)
-        self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
-        bad = self._bad_rows(int(rows[0]), X, y)
-        if bad is not None:  # nonfinite="skip" (an error was raised otherwise)
-            return X[~bad], None if y is None else y[~bad]
-        return X, y
+        self.stats["bytes_read"] += X.nbytes + (0 if Y is None else Y.nbytes)
+        return X, Y, self._screened(rows)
+
+    def set_budget(self, nbytes: int) -> None:
+        """Pages mapped from the file stay within ``max(cache_bytes, nbytes)`` (the shuffle's budget,
+        which data gathered in place spends on mapped pages rather than window buffers)."""
+        self._budget = max(self.cache_bytes, int(nbytes))
+        for maps in (self._maps or {}).values():
+            maps[2].limit_bytes = self._budget
+
+    def prefetch(self, i: int) -> None:
+        maps = self._row_maps()
+        if maps is None:
+            return super().prefetch(i)
+        for m in maps[:2]:
+            if m is not None:
+                m.will_need(int(self.bounds[i]), int(self.bounds[i + 1]))
 
     def _row_maps(self):
-        """``(X map, y map)`` over the file's bytes when every row lies plainly in it, else None.
+        """``(X map, y map, file map)`` over the file's bytes when every row lies plainly in it, else None.
 
         The OS page cache is then the cache, and a gather of any rows is one
         vectorised copy: no per-chunk work, which is what makes global shuffle fast.
@@ -249,10 +276,16 @@ class HDF5Dataset(Dataset):
         if self._maps is None or self._in_child_process():
             self._maps = {}
             if self._table is None:
-                x = _RowMap.of(self.path, self._node(self._x_key))
-                y = None if self._y_key is None else _RowMap.of(self.path, self._node(self._y_key))
+                x = _RowMap.locate(self.path, self._node(self._x_key))
+                y = None if self._y_key is None else _RowMap.locate(self.path, self._node(self._y_key))
                 if x is not None and (self._y_key is None or y is not None):
-                    self._maps["rows"] = (x, y)
+                    file_map = _FileMap(self.path, self._budget)
+                    maps = [None if loc is None else _RowMap(file_map, *loc) for loc in (x, y)]
+                    for m in maps:
+                        if m is not None:  # each chunk's rows' bytes
+                            firsts, lasts = m.byte_start(self.bounds[:-1]), m.byte_start(self.bounds[1:] - 1)
+                            file_map.add_ranges(firsts, lasts + m.row_bytes)
+                    self._maps["rows"] = (*maps, file_map)
         return self._maps.get("rows")
 
     def label_dtype(self):
@@ -271,28 +304,124 @@ class HDF5Dataset(Dataset):
         if not self._in_child_process():
             if self._file is not None:
                 self._file.close()
-            for x, y in (self._maps or {}).values():
-                for m in (x, y):
+            for maps in (self._maps or {}).values():
+                for m in maps:
                     if m is not None:
                         m.close()
         self._file, self._nodes, self._maps = None, {}, None
 
 
-class _RowMap:
-    """Rows of an uncompressed HDF5 dataset located by byte offset in the file, read with pread.
+# The largest page-cache folio a fault may map (the PMD size: 2 MB with 4 KB pages).
+FOLIO_BYTES = mmap.PAGESIZE * mmap.PAGESIZE // 8
 
-    pread rather than mmap: mapping a file maps whole page-cache folios per fault
-    (megabytes on current kernels), which would show a random gather as hundreds of
-    MB of resident memory.
+
+class _FileMap:
+    """A read-only memory map of a file, whose pages mapped into this process stay within a limit.
+
+    A fault maps a whole page-cache folio (up to FOLIO_BYTES, aligned), so a random
+    gather soon maps much of the file. Gathers are therefore planned by chunk: the
+    folio-sized blocks of the file that the chunks touched since the last drop
+    overlap are counted, and before the count would pass the limit the mapped pages
+    are dropped from this process (``MADV_DONTNEED``: the OS keeps them cached, the
+    next access maps them again). Resident memory stays bounded by configuration;
+    reads run at memory speed.
     """
 
-    def __init__(self, path, chunk_offsets, chunk_rows, row_bytes, dtype, row_shape):
-        self.fd = os.open(path, os.O_RDONLY)
+    def __init__(self, path: str, limit_bytes: int):
+        with open(path, "rb") as f:
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):
+            self.map.madvise(mmap.MADV_RANDOM)  # no read-around: a fault maps one folio, not several
+        self.bytes = np.frombuffer(self.map, dtype=np.uint8)
+        self.limit_bytes = int(limit_bytes)
+        self._ranges: list[tuple[np.ndarray, np.ndarray]] = []  # per chunk: first and last block
+        self._mapped = np.zeros(-(-len(self.map) // FOLIO_BYTES), dtype=bool)  # blocks since the last drop
+        self._n_mapped = 0
+
+    def add_ranges(self, starts: np.ndarray, stops: np.ndarray) -> None:
+        """Each chunk's bytes ``starts[c]:stops[c]`` (one call per dataset sharing the chunks)."""
+        self._ranges.append((starts // FOLIO_BYTES, (stops - 1) // FOLIO_BYTES))
+
+    def _blocks(self, chunks: np.ndarray) -> np.ndarray:
+        firsts = np.concatenate([lo[chunks] for lo, _ in self._ranges])
+        counts = np.concatenate([hi[chunks] - lo[chunks] + 1 for lo, hi in self._ranges])
+        # Every block of every range: each first block repeated, plus 0, 1, ... within its range.
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.unique(np.repeat(firsts, counts) + within)
+
+    def pieces(self, chunk_of: np.ndarray):
+        """Positions into a gather's rows (whose chunks are ``chunk_of``), piece by piece, each
+        gathered before the next is asked for: pages are dropped in between where needed."""
+        touched = np.unique(chunk_of)
+        blocks = self._blocks(touched)
+        new = blocks[~self._mapped[blocks]]
+        if (self._n_mapped + len(new)) * FOLIO_BYTES > self.limit_bytes:
+            self._drop()
+            new = blocks
+        capacity = max(1, self.limit_bytes // FOLIO_BYTES)
+        if len(blocks) <= capacity:
+            self._note(new)
+            yield slice(None)
+            return
+        # More of the file than the limit maps at once (global shuffle of a file larger than it):
+        # gather a run of chunks at a time, dropping the pages in between.
+        order = np.argsort(chunk_of, kind="stable")
+        firsts = np.append(np.searchsorted(chunk_of[order], touched), len(order))
+        start, piece = 0, np.zeros(0, dtype=np.int64)
+        for k in range(len(touched) + 1):
+            mine = self._blocks(touched[k:k + 1]) if k < len(touched) else None
+            if mine is not None and (k == start or len(np.union1d(piece, mine)) <= capacity):
+                piece = np.union1d(piece, mine)
+                continue
+            if self._n_mapped:
+                self._drop()
+            self._note(piece)
+            yield order[firsts[start]:firsts[k]]
+            start, piece = k, mine
+
+    def _note(self, blocks: np.ndarray) -> None:
+        self._mapped[blocks] = True
+        self._n_mapped += len(blocks)
+
+    def _drop(self) -> None:
+        self.map.madvise(mmap.MADV_DONTNEED)
+        self._mapped[:] = False
+        self._n_mapped = 0
+
+    def will_need(self, start: int, stop: int) -> None:
+        """Ask the OS to start reading bytes ``start:stop`` (for data not in the page cache yet)."""
+        if hasattr(mmap, "MADV_WILLNEED") and stop > start:
+            start -= start % mmap.PAGESIZE
+            self.map.madvise(mmap.MADV_WILLNEED, start, min(stop, len(self.map)) - start)
+
+    def close(self) -> None:
+        self.bytes = None
+        try:
+            self.map.close()
+        except BufferError:  # a row view is still alive somewhere: the map goes with it
+            pass
+
+
+class _RowMap:
+    """Rows of an uncompressed HDF5 dataset, located by byte offset in a ``_FileMap`` of the file.
+
+    The file must not be truncated while open (a mapped read past its end would
+    kill the process); ``locate`` checks its size when it is opened.
+    """
+
+    def __init__(self, file_map: _FileMap, chunk_offsets, chunk_rows, row_bytes, dtype, row_shape):
+        self.file_map = file_map
         self.chunk_offsets, self.chunk_rows = chunk_offsets, chunk_rows
         self.row_bytes, self.dtype, self.row_shape = row_bytes, dtype, row_shape
+        # Every byte offset as the start of a row, each row one opaque item: a gather is then one
+        # fancy index copying whole rows (measured twice as fast as indexing rows of numbers).
+        self._rows = np.ndarray((len(file_map.map) - row_bytes + 1,), np.dtype((np.void, row_bytes)),
+                                buffer=file_map.map, strides=(1,))
 
-    @classmethod
-    def of(cls, path: str, d):
+    @staticmethod
+    def locate(path: str, d):
+        """``(chunk byte offsets, chunk rows, row bytes, dtype, row shape)`` of dataset ``d``, or
+        None where its rows are not plain bytes in the file (compressed, split columns, virtual...)."""
         if d.compression or d._filters or d.external or d.is_virtual or d.dtype.kind not in "biuf":
             return None
         row_shape = d.shape[1:]
@@ -319,23 +448,33 @@ class _RowMap:
                 return None  # a truncated file: let h5py report it
         except (OSError, ValueError, AttributeError, RuntimeError, TypeError):
             return None
-        return cls(path, offsets, chunk_rows, row_bytes, d.dtype, row_shape)
+        return offsets, chunk_rows, row_bytes, d.dtype, row_shape
+
+    def byte_start(self, rows: np.ndarray) -> np.ndarray:
+        """Where each row starts in the file."""
+        c = rows // self.chunk_rows
+        return self.chunk_offsets[c] + (rows - c * self.chunk_rows) * self.row_bytes
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        c = rows // self.chunk_rows
-        starts = self.chunk_offsets[c] + (rows - c * self.chunk_rows) * self.row_bytes
-        # Rows that follow each other in the file are read with one call.
-        breaks = np.flatnonzero(np.diff(starts) != self.row_bytes) + 1
-        firsts = np.r_[0, breaks]
-        counts = np.diff(np.r_[firsts, len(rows)])
-        fd, rb = self.fd, self.row_bytes
-        buf = b"".join([os.pread(fd, int(n) * rb, int(o)) for o, n in zip(starts[firsts], counts)])
-        if len(buf) != len(rows) * rb:
-            raise OSError("short read (truncated file?)")
-        return np.frombuffer(buf, self.dtype).reshape((len(rows), *self.row_shape))
+        """Rows ``rows`` (any order), as stored."""
+        starts = self.byte_start(rows)
+        rb = self.row_bytes
+        n = len(rows)
+        if n and starts[-1] - starts[0] == (n - 1) * rb and np.all(np.diff(starts) == rb):
+            s = int(starts[0])
+            out = self.file_map.bytes[s:s + n * rb].copy()  # rows that follow on in the file: one copy
+        else:
+            out = self._rows[starts]
+        return out.view(self.dtype).reshape((n, *self.row_shape))
 
-    def close(self):
-        os.close(self.fd)
+    def close(self) -> None:
+        self._rows = None  # releases the file map's buffer, so that it can close
+
+    def will_need(self, a: int, b: int) -> None:
+        """Start reading rows ``a:b`` (of one chunk) into the page cache."""
+        if b > a:
+            first, last = self.byte_start(np.array([a, b - 1], np.int64))
+            self.file_map.will_need(int(first), int(last) + self.row_bytes)
 
 
 def _strip(key: str | None) -> str | None:

@@ -16,6 +16,7 @@ class ArrayDataset(Dataset):
 
     format = "memory"
     prefetchable = False
+    in_place = True
 
     def __init__(self, X: npt.ArrayLike, y: npt.ArrayLike | None = None, *, chunk_rows: int | None = None,
                  feature_names: list[str] | None = None, label_name: str | None = "y",
@@ -62,12 +63,12 @@ class ArrayDataset(Dataset):
                 return None
         return self._X[a:b], None if self._y is None else self._y[a:b]
 
-    def _take(self, c, local, sparse):
-        rows = local + self.bounds[c]
-        if rows[-1] - rows[0] + 1 == len(rows):  # a run of consecutive rows: a view, no copy
-            sl = slice(int(rows[0]), int(rows[-1]) + 1)
-            return self._X[sl], None if self._y is None else self._y[sl]
-        return self._X[rows], None if self._y is None else self._y[rows]
+    def gather(self, rows):
+        return self._read_sorted(self._checked_rows(rows))
+
+    def _read_sorted(self, rows):
+        # Any order: one fancy index, no sort.
+        return self._X[rows], None if self._y is None else self._y[rows], self._screened(rows)
 
     def label_dtype(self):
         return None if self._y is None else str(self._y.dtype)
