@@ -361,7 +361,7 @@ def test_process_decoder_serves_the_same_batches_and_stops_with_the_loader(tmp_p
             for r, X, y in got:
                 np.testing.assert_array_equal(X, everything[0][r])
                 np.testing.assert_array_equal(y, everything[1][r])
-            assert loader._process is not None and len(_decoder_children()) == 1
+            assert loader._process is not None and len(_decoder_children()) == len(loader._process.workers) == 2
             sampler.next_epoch()
         assert ds.stats["chunks_read"] == 2 * ds.n_chunks  # each chunk decoded once per epoch
         thread_rows = [r for r, _, _ in Loader(ds, Sampler(ds.bounds, 64, "window", seed=3, window_rows=1200),
@@ -400,6 +400,41 @@ def test_process_decoder_early_stop_errors_and_skipped_rows(tmp_path):
     it.close()
     loader.close()
     assert not _decoder_children() and not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_windows_split_between_decoding_workers_give_the_same_batches(tmp_path, workers):
+    """Each window's chunks are split between the workers (uneven runs, some windows of one chunk,
+    NaN rows skipped in several): the batches are those the decoding thread gives."""
+    import h5py
+
+    from streamtrain import open_dataset
+    from streamtrain.decoder import DecoderProcess
+    from streamtrain.loader import _slot_rows
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((3000, 3)).astype(np.float32)
+    X[[5, 777, 1500, 2999]] = np.nan
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(170, 3), compression="gzip")
+        f.create_dataset("y", data=np.arange(3000) % 3, chunks=(170,), compression="gzip")
+
+    def batches(decoder, process=None):
+        ds = open_dataset(tmp_path / "n.h5", nonfinite="skip")
+        sampler = Sampler(ds.bounds, 50, "window", seed=2, window_rows=700)
+        if process:
+            process = DecoderProcess(ds, _slot_rows(ds, sampler.window_rows), workers=workers)
+            assert len(process.workers) == workers
+        with Loader(ds, sampler, decoder=decoder, process=process) as loader:
+            return list(loader.iter_epoch())
+
+    want, got = batches("thread"), batches("process", True)
+    assert len(got) == len(want) and sum(len(X) for _, X, _ in got) == 2996
+    for (r1, X1, y1), (r2, X2, y2) in zip(want, got):
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(X1, X2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not _decoder_children()
 
 
 def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
