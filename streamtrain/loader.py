@@ -157,11 +157,15 @@ class _WindowBuffers:
             Xw, yw, kw, offset, _ = self._window(w)
             sel = slice(None) if w_lo == w_hi else (wins == w)
             pos = offset[chunk[sel]] + (rows[sel] - self.ds.bounds[chunk[sel]])
-            X[sel] = Xw[pos]
+            # np.take copies whole rows straight into the output (fancy indexing: a temporary, 2x slower).
+            if w_lo == w_hi:
+                np.take(Xw, pos, axis=0, out=X)
+            else:
+                X[sel] = np.take(Xw, pos, axis=0)
             if yw is not None:
                 if y is None:
                     y = np.empty((len(rows),) + yw.shape[1:], dtype=yw.dtype)
-                y[sel] = yw[pos]
+                y[sel] = np.take(yw, pos, axis=0)
             if kw is not None:
                 keep = np.ones(len(rows), bool) if keep is None else keep
                 keep[sel] = kw[pos]

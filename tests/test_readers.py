@@ -249,3 +249,13 @@ def test_nonfinite_rows_in_a_mapped_gather(tmp_path):
         np.testing.assert_array_equal(keep, [True, True, False, True, False])
         np.testing.assert_array_equal(got[keep], X[[1500, 5, 1999]])
         np.testing.assert_array_equal(ds.read([5, 777, 1500])[0], X[[5, 1500]])
+
+
+@pytest.mark.parametrize("bounds", [[0, 4, 8, 10], [0, 3, 10, 12], [0, 5]])
+def test_chunk_of_rows(bounds):
+    ds = ArrayDataset(np.zeros((bounds[-1], 2)), chunk_rows=bounds[1])
+    ds.bounds = np.asarray(bounds, dtype=np.int64)  # uniform, uneven or a single chunk
+    rows = np.array([bounds[-1] - 1, 0, min(bounds[1], bounds[-1] - 1), bounds[1] - 1])
+    chunk_of, touched = ds.chunk_of(rows)
+    np.testing.assert_array_equal(chunk_of, np.searchsorted(ds.bounds, rows, side="right") - 1)
+    np.testing.assert_array_equal(touched, np.unique(chunk_of))

@@ -208,17 +208,33 @@ class Dataset:
             clean = self._clean = np.zeros(self.n_chunks, dtype=bool)
         return clean
 
-    def _screened(self, rows: np.ndarray) -> np.ndarray | None:
+    def chunk_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk of each row, and the chunks touched (ascending)."""
+        uniform = self.__dict__.get("_uniform_rows")
+        if uniform is None:  # rows per chunk if all chunks but a shorter last one are equal, else 0
+            sizes = self.chunk_sizes
+            same = len(sizes) == 1 or sizes[:-1].min() == sizes[:-1].max() >= sizes[-1]
+            uniform = self._uniform_rows = int(sizes[0]) if same else 0
+        if uniform:
+            chunk_of = rows // uniform
+        else:
+            chunk_of = np.searchsorted(self.bounds, rows, side="right") - 1
+        seen = np.zeros(self.n_chunks, dtype=bool)
+        seen[chunk_of] = True
+        return chunk_of, np.flatnonzero(seen)
+
+    def _screened(self, rows: np.ndarray, chunks: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
         """Keep-mask of ``rows`` under the NaN/Inf policy (None: keep all), for formats that gather
-        rows without reading their chunks: each chunk touched is screened whole, once per open."""
-        chunk_of = np.searchsorted(self.bounds, rows, side="right") - 1
+        rows without reading their chunks: each chunk touched is screened whole, once per open.
+        ``chunks``: ``self.chunk_of(rows)``, if known."""
+        chunk_of, touched = chunks or self.chunk_of(rows)
         clean = self._clean_flags()
-        if clean[chunk_of].all():
+        if clean[touched].all():
             return None
-        touched = np.unique(chunk_of).tolist()
+        touched = touched.tolist()
         for c in touched:
             if not clean[c] and c not in self._skipped:
-                X, y = self._load_locked(c)
+                X, y = self._chunk_to_screen(c)
                 self.stats["chunks_read"] += 1
                 self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
                 self._checked(c, X, y)
@@ -230,6 +246,10 @@ class Dataset:
                 sel = chunk_of == c
                 keep[sel] = mask[rows[sel] - self.bounds[c]]
         return keep
+
+    def _chunk_to_screen(self, c: int) -> Batch:
+        """Chunk ``c`` as stored, for the NaN/Inf screen (formats gathering in place may lend a view)."""
+        return self._load_locked(c)
 
     def _bad_rows(self, rows: int | np.ndarray, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error".

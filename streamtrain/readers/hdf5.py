@@ -236,7 +236,8 @@ class HDF5Dataset(Dataset):
         # the budget for mapped pages allows.
         x, y, file_map = maps
         X = Y = None
-        for part in file_map.pieces(np.searchsorted(self.bounds, rows, side="right") - 1):
+        chunks = self.chunk_of(rows)
+        for part in file_map.pieces(*chunks):
             if isinstance(part, slice):  # the whole gather at once
                 X, Y = x.take(rows), None if y is None else y.take(rows)
                 break
@@ -250,7 +251,17 @@ class HDF5Dataset(Dataset):
         Y = as_labels(Y, self.path)
         self.stats["rows_taken"] += len(rows)
         self.stats["bytes_read"] += X.nbytes + (0 if Y is None else Y.nbytes)
-        return X, Y, self._screened(rows)
+        return X, Y, self._screened(rows, chunks)
+
+    def _chunk_to_screen(self, c: int):
+        maps = self._row_maps()
+        if maps is None:
+            return super()._chunk_to_screen(c)
+        x, y, file_map = maps
+        for _ in file_map.pieces(np.array([c]), np.array([c])):  # count the pages the screen maps
+            pass
+        a, b = int(self.bounds[c]), int(self.bounds[c + 1])
+        return x.view(a, b), None if y is None else y.view(a, b)  # screened where they lie: no copy
 
     def set_budget(self, nbytes: int) -> None:
         """Pages mapped from the file stay within ``max(cache_bytes, nbytes)`` (the shuffle's budget,
@@ -349,10 +360,10 @@ class _FileMap:
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.unique(np.repeat(firsts, counts) + within)
 
-    def pieces(self, chunk_of: np.ndarray):
-        """Positions into a gather's rows (whose chunks are ``chunk_of``), piece by piece, each
-        gathered before the next is asked for: pages are dropped in between where needed."""
-        touched = np.unique(chunk_of)
+    def pieces(self, chunk_of: np.ndarray, touched: np.ndarray):
+        """Positions into a gather's rows (whose chunks are ``chunk_of``; ``touched``, ascending,
+        without repeats), piece by piece, each gathered before the next is asked for: pages are
+        dropped in between where needed."""
         blocks = self._blocks(touched)
         new = blocks[~self._mapped[blocks]]
         if (self._n_mapped + len(new)) * FOLIO_BYTES > self.limit_bytes:
@@ -466,6 +477,11 @@ class _RowMap:
         else:
             out = self._rows[starts]
         return out.view(self.dtype).reshape((n, *self.row_shape))
+
+    def view(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b`` of one chunk, as stored, viewed in the map (valid while it is open)."""
+        return np.ndarray((b - a, *self.row_shape), self.dtype, buffer=self.file_map.map,
+                          offset=int(self.byte_start(np.array([a]))[0]))
 
     def close(self) -> None:
         self._rows = None  # releases the file map's buffer, so that it can close
