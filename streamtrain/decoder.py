@@ -36,6 +36,11 @@ SLOTS = 3
 # Below this much feature data the worker's start-up (~0.3 s) costs more than it saves.
 MIN_BYTES = 64 << 20
 _LEN = struct.Struct("<Q")
+# The workers run at a lower priority than the trainer: where decoding and training want more
+# cores than there are, the training step (the critical path) keeps its core and decoding takes
+# what is left. Measured on 2 cores with two workers: Zarr +10%, Parquet +7%, gzip HDF5 (where
+# the trainer waits on decoding) unchanged at 5; at 10 gzip HDF5 lost 5%.
+NICENESS = 5
 
 
 def usable_cores() -> int:
@@ -263,6 +268,9 @@ def default_workers() -> int:
 def serve(setup: dict) -> None:
     """The worker's loop: decode the windows asked for until the command pipe closes."""
     from .readers import open_dataset
+
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
 
     commands = os.fdopen(setup["commands"], "rb")
     replies = os.fdopen(setup["replies"], "wb")

@@ -305,7 +305,7 @@ def test_in_memory_rows_in_storage_order_are_views_not_copies():
     assert sum(map(len, got)) == 499 and not np.isnan(np.concatenate(got)).any()
 
 
-def test_sharing_cores_limits_blas_and_the_switch_interval_only_for_files(tmp_path):
+def test_sharing_cores_limits_blas_and_the_switch_interval_while_the_loader_works(tmp_path):
     import sys
 
     from threadpoolctl import threadpool_info
@@ -324,8 +324,13 @@ def test_sharing_cores_limits_blas_and_the_switch_interval_only_for_files(tmp_pa
             assert sys.getswitchinterval() < interval
     assert blas_threads() == before and sys.getswitchinterval() == interval
     mem = ArrayDataset(np.zeros((10, 2)), np.zeros(10))
-    with Loader(mem, Sampler(mem.bounds, 5, "none")).sharing_cores():  # nothing decodes: nothing changes
+    with Loader(mem, Sampler(mem.bounds, 5, "none")).sharing_cores():  # views as they are: nothing changes
         assert blas_threads() == before and sys.getswitchinterval() == interval
+    for loader in (Loader(mem, Sampler(mem.bounds, 5, "window")),  # shuffled rows are gathered
+                   Loader(mem, Sampler(mem.bounds, 5, "none"), transform=lambda X, y: (X * 2, y))):  # scaled
+        with loader.sharing_cores():
+            assert sys.getswitchinterval() < interval
+    assert blas_threads() == before and sys.getswitchinterval() == interval
 
 
 def _decoder_children():
@@ -435,6 +440,20 @@ def test_windows_split_between_decoding_workers_give_the_same_batches(tmp_path, 
         np.testing.assert_array_equal(X1, X2)
         np.testing.assert_array_equal(y1, y2)
     assert not _decoder_children()
+
+
+def test_decoding_workers_run_below_the_trainers_priority(tmp_path):
+    from streamtrain import make_data, open_dataset
+    from streamtrain.decoder import NICENESS
+    from streamtrain.loader import start_decoder
+
+    make_data(tmp_path / "g.h5", rows=1000, features=3, chunk_rows=100, compression="gzip")
+    with open_dataset(tmp_path / "g.h5") as ds:
+        process = start_decoder(ds, 300, decoder="process")
+        process.wait_ready()
+        stats = [open(f"/proc/{w.proc.pid}/stat").read() for w in process.workers]
+        process.close()
+    assert [int(line.rsplit(")", 1)[1].split()[16]) for line in stats] == [min(19, os.nice(0) + NICENESS)] * 2
 
 
 def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
