@@ -175,13 +175,15 @@ class _WindowBuffers:
 class _ReadAhead:
     """Tells data gathered in place from a file map which chunks come next, so that the OS reads
     them while the current ones are used: the next window (window shuffle) or the next rows
-    (storage order). Global shuffle touches the whole file at random and gets no hints."""
+    (storage order), and when a window is done with, so that its pages leave the process.
+    Global shuffle touches the whole file at random and gets no hints."""
 
     def __init__(self, dataset: Dataset, sampler: Sampler):
         self.ds, self.shuffle = dataset, None if sampler.replacement else sampler.shuffle
         self.stride, self.offset = sampler.world_size, sampler.rank
         self.plan = sampler.plan() if self.shuffle == "window" else None
         self.hinted = -1  # the last window (window shuffle) or chunk (storage order) hinted
+        self.window = 0  # the window being served
 
     def at(self, position: int, ahead: int) -> None:
         """The consumer is at ``position`` of its epoch and will soon need the ``ahead`` rows after it."""
@@ -189,6 +191,9 @@ class _ReadAhead:
         if self.plan is not None:  # the windows of those rows, and the one after
             plan = self.plan
             w0, w1 = np.searchsorted(plan.win_row_start, [first, first + ahead * self.stride], side="right") - 1
+            if w0 > self.window:  # the windows before are done with: their pages can go
+                self.ds.release()
+                self.window = int(w0)
             for v in range(max(int(w0), self.hinted + 1), min(int(w1) + 2, len(plan.win_chunk_start) - 1)):
                 for c in plan.chunks[plan.win_chunk_start[v]:plan.win_chunk_start[v + 1]].tolist():
                     self.ds.prefetch(c)
@@ -277,15 +282,16 @@ class Loader:
     def sharing_cores(self):
         """Run the consumer's numerical work in here so that it leaves a core to the loader's threads.
 
-        While the loader works in the background (decoding, gathering shuffled rows,
-        scaling), BLAS is limited to the other cores (OpenBLAS threads busy-wait, and
-        on 2 cores a second one takes the loader's core: measured, decoding then
-        stopped overlapping with training at all, and in-memory window shuffle
-        trained 10% slower) and the GIL switch interval is shortened. Both are
-        restored after. In-memory rows served as views, as they are, change nothing.
+        While the loader works in the background (decoding, gathering shuffled rows),
+        BLAS is limited to the other cores (OpenBLAS threads busy-wait, and on 2 cores
+        a second one takes the loader's core: measured, decoding then stopped
+        overlapping with training at all, and in-memory window shuffle trained 10%
+        slower) and the GIL switch interval is shortened. Both are restored after.
+        In-memory rows in storage order, served as views, change nothing (measured:
+        limiting BLAS there cost the in-memory step 10%).
         """
         s = self.sampler
-        if not (self.dataset.prefetchable or s.shuffle != "none" or s.replacement or self.transform is not _as_is):
+        if not (self.dataset.prefetchable or s.shuffle != "none" or s.replacement):
             yield
             return
         from threadpoolctl import threadpool_limits

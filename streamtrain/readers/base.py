@@ -383,6 +383,10 @@ class Dataset:
         """The memory the loader's shuffle may use (only data gathered in place from a mapped file
         has a use for it: its mapped pages, there being no window buffers)."""
 
+    def release(self) -> None:
+        """The rows read so far are done with (only data gathered in place from a mapped file acts
+        on it: its mapped pages leave the process)."""
+
     def prefetch(self, i: int) -> None:
         """Have chunk ``i`` ready for the reads to come (a hint: errors surface when it is read)."""
         self.read_chunk(i)

@@ -263,6 +263,10 @@ class HDF5Dataset(Dataset):
         a, b = int(self.bounds[c]), int(self.bounds[c + 1])
         return x.view(a, b), None if y is None else y.view(a, b)  # screened where they lie: no copy
 
+    def release(self) -> None:
+        for maps in (self._maps or {}).values():
+            maps[2].drop()
+
     def set_budget(self, nbytes: int) -> None:
         """Pages mapped from the file stay within ``max(cache_bytes, nbytes)`` (the shuffle's budget,
         which data gathered in place spends on mapped pages rather than window buffers)."""
@@ -367,7 +371,7 @@ class _FileMap:
         blocks = self._blocks(touched)
         new = blocks[~self._mapped[blocks]]
         if (self._n_mapped + len(new)) * FOLIO_BYTES > self.limit_bytes:
-            self._drop()
+            self.drop()
             new = blocks
         capacity = max(1, self.limit_bytes // FOLIO_BYTES)
         if len(blocks) <= capacity:
@@ -385,7 +389,7 @@ class _FileMap:
                 piece = np.union1d(piece, mine)
                 continue
             if self._n_mapped:
-                self._drop()
+                self.drop()
             self._note(piece)
             yield order[firsts[start]:firsts[k]]
             start, piece = k, mine
@@ -394,7 +398,8 @@ class _FileMap:
         self._mapped[blocks] = True
         self._n_mapped += len(blocks)
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
+        """Unmap every page from this process now (the OS keeps them cached)."""
         self.map.madvise(mmap.MADV_DONTNEED)
         self._mapped[:] = False
         self._n_mapped = 0
