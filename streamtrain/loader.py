@@ -138,15 +138,15 @@ class _WindowBuffers:
                 self.decoder.release(slot)
         return self.resident[w]
 
-    def gather_group(self, group: list[np.ndarray], transform):
+    def gather_group(self, group: list[np.ndarray], transform, scale=None):
         """``[(rows, X, y), ...]`` for a list of batches, gathered with one fancy index."""
-        return _split(group, *self._gather(np.concatenate(group) if len(group) > 1 else group[0]), transform)
+        return _split(group, *self._gather(np.concatenate(group) if len(group) > 1 else group[0], scale), transform)
 
-    def gather(self, rows: np.ndarray):
+    def gather(self, rows: np.ndarray, scale=None):
         """``(X, y)`` of ``rows`` (in this order), less rows skipped for NaN/Inf."""
-        return kept(*self._gather(rows))
+        return kept(*self._gather(rows, scale))
 
-    def _gather(self, rows: np.ndarray):
+    def _gather(self, rows: np.ndarray, scale=None):
         # Windows are visited in order and dropped once passed: each group is gathered once.
         chunk = np.searchsorted(self.ds.bounds, rows, side="right") - 1
         wins = self.window_of_chunk[chunk]
@@ -169,7 +169,7 @@ class _WindowBuffers:
             if kw is not None:
                 keep = np.ones(len(rows), bool) if keep is None else keep
                 keep[sel] = kw[pos]
-        return X, y, keep
+        return _scaled(X, scale, owned=True), y, keep
 
 
 class _ReadAhead:
@@ -224,6 +224,20 @@ def _as_is(X, y):
     return X, y
 
 
+def _scaled(X: np.ndarray, scale, owned: bool) -> np.ndarray:
+    """``(X - mean) * factor``, in place where ``X`` is the loader's own array (no new array to
+    allocate and fault in; the same roundings as the scaler's)."""
+    if scale is None:
+        return X
+    mean, factor = scale
+    if owned and X.flags.writeable:
+        X -= mean
+    else:
+        X = X - mean
+    X *= factor
+    return X
+
+
 class Loader:
     """Iterate ``(rows, X, y)`` batches of a dataset in the sampler's order.
 
@@ -237,11 +251,14 @@ class Loader:
     """
 
     def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2, whole_groups: bool = False,
-                 transform: Callable | None = None, decoder: str = "auto", process=None):
+                 transform: Callable | None = None, decoder: str = "auto", process=None,
+                 scale: tuple[np.ndarray, np.ndarray] | None = None):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
         self.dataset, self.sampler, self.prefetch = dataset, sampler, max(1, int(prefetch))
         self.transform = transform or _as_is
+        # Features become (X - mean) * factor, in the arrays the rows are gathered into, before ``transform``.
+        self.scale = None if scale is None else tuple(np.asarray(a, dtype=dataset.dtype) for a in scale)
         self.decoder = decoder
         self._process: _decoder.DecoderProcess | None = process  # from start_decoder, if any
         # whole_groups: yield each group of consecutive batches as one (rows, X, y), in order
@@ -350,7 +367,7 @@ class Loader:
             # In-memory data in storage order (shuffle="none") is served as views: nothing to copy.
             got = self.dataset.view(int(rows[0]), int(rows[-1]) + 1)
         X, y, keep = (*got, None) if got is not None else self.dataset.gather(rows)
-        return _split(group, X, y, keep, self.transform)
+        return _split(group, _scaled(X, self.scale, owned=got is None), y, keep, self.transform)
 
     def iter_epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """The remaining batches of the sampler's current epoch."""
@@ -402,10 +419,14 @@ class Loader:
                         position += size
                     if self.whole_groups:
                         rows = np.concatenate(group)
-                        got = windows.gather(rows) if windows is not None else kept(*self.dataset.gather(rows))
-                        batches = [(rows, *self.transform(*got))]
+                        if windows is not None:
+                            X, y = windows.gather(rows, self.scale)
+                        else:
+                            X, y = kept(*self.dataset.gather(rows))
+                            X = _scaled(X, self.scale, owned=True)
+                        batches = [(rows, *self.transform(X, y))]
                     elif windows is not None:
-                        batches = windows.gather_group(group, self.transform)
+                        batches = windows.gather_group(group, self.transform, self.scale)
                     else:
                         batches = self._read_group(group)
                     if not put(batches):

@@ -266,8 +266,9 @@ class Trainer(CheckpointState, ModelUse):
     def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log, process=None) -> None:
         cfg = self.config
         online = self._compiled_online(callbacks)
-        prepare = self._batch_prep(train.path)
-        loader = Loader(train, sampler, whole_groups=online, transform=prepare, decoder=cfg.decoder, process=process)
+        prepare, scale = self._batch_prep(train.path)
+        loader = Loader(train, sampler, whole_groups=online, transform=prepare, decoder=cfg.decoder, process=process,
+                        scale=scale)
         # Scaling and label encoding run per group in the loader thread unless they are per batch.
         self._prepared = prepare is not None
         params = self.net.params
@@ -280,14 +281,19 @@ class Trainer(CheckpointState, ModelUse):
                 log(f"early stopping: restored the parameters of epoch {self._early['best_epoch']}")
 
     def _batch_prep(self, where):
-        """``(X, y) -> (scaled X, targets)`` for the loader to apply to whole groups, or None
+        """What the loader applies to whole groups: ``(transform, scale)``, where ``transform(X, y)
+        -> (scaled X, targets)`` and ``scale`` is the standard scaling's ``(mean, factor)``, which
+        the loader applies in place to the rows it gathers (the transform then leaves X alone). ``(None, None)``
         when scaling depends on the batch (batch-center) and stays in the training loop."""
         if self.config.scale == "batch-center":
-            return None
+            return None, None
+        scaler = self.scaler
+        if scaler.kind == "standard" and scaler.mean is not None:
+            return (lambda X, y: (X, self.targets(y, where))), (scaler.mean, scaler.scale)
 
         def prepare(X, y):
-            return self.scaler.transform(X), self.targets(y, where)
-        return prepare
+            return scaler.transform(X), self.targets(y, where)
+        return prepare, None
 
     def _inputs(self, X, y, where):
         """A batch's scaled features and targets (the loader may have made them already)."""

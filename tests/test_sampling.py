@@ -278,6 +278,43 @@ def test_file_map_is_told_the_chunks_to_come(tmp_path, mode, monkeypatch):
     ds.close()
 
 
+@pytest.mark.parametrize("source", ["gzip.h5", "plain.h5", "memory"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("whole_groups", [False, True])
+def test_scaling_in_the_gathered_rows_gives_the_same_bits(tmp_path, source, mode, whole_groups, monkeypatch):
+    """Loader(scale=(mean, factor)) scales the rows in the arrays it gathered them into (in place),
+    or into a new array where they are views of the data: the batches equal those scaled
+    afterwards, groups within one window and across two alike."""
+    from streamtrain import make_data, open_dataset
+
+    monkeypatch.setattr("streamtrain.loader.GROUP_ROWS", 256)  # most groups inside one window, some across
+    if source == "memory":
+        ds = ArrayDataset(np.random.default_rng(1).standard_normal((3000, 6)) * 3 + 1, np.arange(3000) % 2,
+                          chunk_rows=300)
+    else:
+        make_data(tmp_path / source, rows=3000, features=6, chunk_rows=300,
+                  compression="gzip" if source == "gzip.h5" else "none")
+        ds = open_dataset(tmp_path / source)
+    rng = np.random.default_rng(2)
+    mean, factor = rng.standard_normal(6).astype(np.float32), rng.uniform(0.5, 2, 6).astype(np.float32)
+
+    def after(X, y):
+        out = X - mean
+        out *= factor
+        return out, y
+
+    def batches(**how):
+        sampler = Sampler(ds.bounds, 64, mode, seed=5, window_rows=900)
+        return list(Loader(ds, sampler, decoder="thread", whole_groups=whole_groups, **how).iter_epoch())
+
+    fused, plain = batches(scale=(mean, factor)), batches(transform=after)
+    assert len(fused) == len(plain) > 1
+    for (r1, X1, y1), (r2, X2, y2) in zip(fused, plain):
+        np.testing.assert_array_equal(r1, r2)
+        assert X1.dtype == X2.dtype == np.float32 and X1.tobytes() == X2.tobytes()
+        np.testing.assert_array_equal(y1, y2)
+
+
 def test_loader_applies_transform_to_whole_groups_in_batch_order():
     X = np.arange(600, dtype=np.float32).reshape(300, 2)
     ds = ArrayDataset(X, np.arange(300), chunk_rows=40)
