@@ -525,3 +525,13 @@ def test_process_decoder_reports_a_file_it_cannot_reopen(tmp_path):
         with pytest.raises(DataError, match=r"gone\.h5: no such file"):
             list(loader.iter_epoch())
     assert not _decoder_children()
+
+
+def test_global_shuffle_order_is_pinned_across_versions():
+    """Checkpoints resume by recomputing the order: the permutation must never change between releases."""
+    from streamtrain.sampling import FeistelPermutation
+
+    perm = FeistelPermutation(1_000_000, [0, 0, 1])
+    assert perm(np.arange(5)).tolist() == [625457, 872054, 372041, 553759, 328593]
+    assert epoch_order("global", np.array([0, 7, 10]), seed=3, epoch=2, window_rows=4).tolist() == \
+        FeistelPermutation(10, [3, 2, 1])(np.arange(10)).tolist()
