@@ -400,7 +400,8 @@ class _FileMap:
 
     def drop(self) -> None:
         """Unmap every page from this process now (the OS keeps them cached)."""
-        self.map.madvise(mmap.MADV_DONTNEED)
+        if hasattr(self.map, "madvise"):  # not on Windows, whose OS trims working sets itself
+            self.map.madvise(mmap.MADV_DONTNEED)
         self._mapped[:] = False
         self._n_mapped = 0
 
