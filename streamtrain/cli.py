@@ -140,10 +140,11 @@ def _load_config(ctx, param, value):
 @click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--shuffle", type=click.Choice(list(SHUFFLES)), default=_DEFAULTS.shuffle, show_default=True)
 @click.option("--window-mb", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.window_mb,
-              show_default=True, help="Memory budget of the shuffle buffers (three windows of rows: "
-              "the one served, the next, the one being decoded).")
+              show_default=True, help="Memory budget of the shuffle: three decoded windows of rows (the one served, "
+              "the next, the one being decoded), or for uncompressed HDF5 the file pages mapped in.")
 @click.option("--decoder", type=click.Choice(list(DECODERS)), default=_DEFAULTS.decoder, show_default=True,
-              help="Who decodes shuffle windows: a worker process (auto: for data of 64 MB or more) or a thread.")
+              help="Who decodes shuffle windows of compressed data: two worker processes (auto: for data of "
+              "64 MB or more) or a thread.")
 @click.option("--replacement", is_flag=True, help="Draw each batch i.i.d. (with replacement) instead of shuffling.")
 @click.option("--scale", type=click.Choice(list(SCALINGS)), default=_DEFAULTS.scale, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS.dtype, show_default=True)

@@ -2,9 +2,9 @@
 
 On 2 cores a decoding thread and the training loop contend for one GIL: every
 small numpy call of a training step hands it over, and the Zarr and Parquet
-decode paths run Python between their compiled parts. A worker process (its own
-interpreter, its own GIL) decodes each window's chunks straight into shared memory
-(a Linux memfd); the parent gathers batches from there. The worker is started with
+decode paths run Python between their compiled parts. Worker processes (their own
+interpreters, their own GILs; two, each a run of the window's chunks) decode each
+window straight into shared memory (a Linux memfd); the parent gathers batches from there. The worker is started with
 ``python -m streamtrain._worker``, not multiprocessing, so the user's main module is
 never re-imported, and it reopens the dataset from its path: no pickle crosses.
 
@@ -49,7 +49,7 @@ def usable_cores() -> int:
 
 
 def usable(dataset) -> bool:
-    """Whether this dataset can be decoded by a worker process here (Linux, reopenable path, 2+ cores)."""
+    """Whether this dataset can be decoded by worker processes here (Linux, reopenable path, 2+ cores)."""
     return hasattr(os, "memfd_create") and getattr(dataset, "reopen", None) is not None and usable_cores() >= 2
 
 

@@ -29,8 +29,8 @@ AHEAD = 2
 # default 5 ms makes a thread returning from a GIL-free decode wait up to 5 ms for a
 # Python-busy trainer to let go: measured, reads of gzip HDF5 chunks ran 1.7x slower.
 SWITCH_INTERVAL = 0.0002
-# Who decodes shuffle windows: "thread" (a helper thread), "process" (a worker process, where
-# the platform allows), or "auto" (the process for data of MIN_BYTES or more).
+# Who decodes shuffle windows: "thread" (a helper thread), "process" (worker processes, where
+# the platform allows), or "auto" (the processes for compressed data of MIN_BYTES or more).
 DECODERS = ("auto", "thread", "process")
 
 
@@ -49,7 +49,7 @@ def _buffered(dataset: Dataset, shuffle: str, world_size: int) -> bool:
 
 
 def _wants_process(dataset: Dataset, shuffle: str, world_size: int, decoder: str) -> bool:
-    """Whether windows of this data are decoded by a worker process (see DECODERS)."""
+    """Whether windows of this data are decoded by worker processes (see DECODERS)."""
     if decoder == "thread" or not _buffered(dataset, shuffle, world_size) or not _decoder.usable(dataset):
         return False
     return decoder == "process" or dataset.n_rows * dataset.n_features * dataset.dtype.itemsize >= _decoder.MIN_BYTES
@@ -268,7 +268,7 @@ class Loader:
         dataset.set_budget(3 * sampler.window_rows * (dataset.n_features * dataset.dtype.itemsize + 8))
 
     def _decoder_process(self):
-        """The worker process decoding windows, started on first use and kept across epochs, or None."""
+        """The worker processes decoding windows, started on first use and kept across epochs, or None."""
         ds, s = self.dataset, self.sampler
         if not _wants_process(ds, s.shuffle, s.world_size, self.decoder):
             return None
