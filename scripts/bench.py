@@ -452,6 +452,14 @@ def _version_of(dist: str) -> str | None:
         return None
 
 
+def _verdict(value: float, target: float | None, show_target: bool = False) -> str:
+    """'met' or 'MISSED by x' for a ratio against its target ('-' where there is none)."""
+    if target is None:
+        return "-"
+    verdict = "met" if value >= target else f"MISSED by {target - value:.2f}"
+    return f">= {target:.2f}: {verdict}" if show_target else verdict
+
+
 def report(results: dict, meta: dict) -> str:
     lines = ["# streamtrain benchmark", "",
              f"{meta['rows']:,} rows x {meta['features']} features (float32), chunks of {meta['chunk_rows']:,} rows; "
@@ -464,7 +472,7 @@ def report(results: dict, meta: dict) -> str:
                   "|---|---:|---:|---:|---|"]
         for r in results["readers"]:
             lines.append(f"| {r['format']} | {r['bare_rows_per_s']:,.0f} | {r['streamtrain_rows_per_s']:,.0f} | "
-                         f"{r['ratio']:.2f} | {'met' if r['met'] else 'MISSED by ' + format(0.80 - r['ratio'], '.2f')} |")
+                         f"{r['ratio']:.2f} | {_verdict(r['ratio'], 0.80)} |")
         lines.append("")
     if "loader" in results:
         lines += ["## Sampler + prefetching loader (batch 256) vs a sequential scan of the same file", "",
@@ -475,10 +483,8 @@ def report(results: dict, meta: dict) -> str:
                   "| format | shuffle | budget MB | rows/s | of scan | read amplification | target |",
                   "|---|---|---:|---:|---:|---:|---|"]
         for r in results["loader"]:
-            verdict = "-" if r["target"] is None else (f">= {r['target']:.2f}: " + (
-                "met" if r["met"] else f"MISSED by {r['target'] - r['ratio']:.2f}"))
             lines.append(f"| {r['format']} | {r['shuffle']} | {r.get('budget_mb', 128)} | {r['rows_per_s']:,.0f} | "
-                         f"{r['ratio']:.2f} | {r['read_amplification']:.2f} | {verdict} |")
+                         f"{r['ratio']:.2f} | {r['read_amplification']:.2f} | {_verdict(r['ratio'], r['target'], True)} |")
         lines.append("")
     if "scaling" in results:
         lines += ["## Scaling: one training epoch (batch 256, window shuffle) as the file grows", "",
@@ -533,8 +539,7 @@ def report(results: dict, meta: dict) -> str:
                   "|---|---:|---|---:|---:|---:|---:|---|---:|"]
         for r in rs:
             if r["what"] == "end-to-end window shuffle":
-                verdict = "-" if r["target"] is None else (
-                    "met" if r["efficiency"] >= r["target"] else f"MISSED by {r['target'] - r['efficiency']:.2f}")
+                verdict = _verdict(r["efficiency"], r["target"])
                 ref = r.get("of_in_memory_shuffled")
                 lines.append(f"| {r['format']} | {r['batch_size']} | {r.get('decoder', 'thread')} | "
                              f"{r['samples_per_s']:,.0f} | "
