@@ -242,12 +242,15 @@ class Loader:
     """Iterate ``(rows, X, y)`` batches of a dataset in the sampler's order.
 
     A background thread reads ahead into a bounded queue, so decoding overlaps
-    with training. It reads groups of consecutive batches with one sorted
-    gather each (every touched chunk once per group) and splits them again, so
-    the per-batch cost is a slice. ``transform(X, y) -> (X, y)``, if given, is
-    applied there too, to whole groups (it must work row by row, as feature
-    scaling and label encoding do). Stopping early, an exception on either side,
-    or Ctrl-C all stop and join the thread.
+    with training. It reads groups of consecutive batches with one gather each
+    (every touched chunk once per group; windows of compressed data are decoded
+    ahead, by worker processes where ``decoder`` allows) and splits them again,
+    so the per-batch cost is a slice. ``scale=(mean, factor)`` makes the features
+    ``(X - mean) * factor`` in the arrays they were gathered into;
+    ``transform(X, y) -> (X, y)``, if given, is applied after it, to whole groups
+    (it must work row by row, as feature scaling and label encoding do). Stopping
+    early, an exception on either side, or Ctrl-C all stop and join the threads
+    and processes.
     """
 
     def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2, whole_groups: bool = False,
