@@ -267,7 +267,7 @@ def default_workers() -> int:
 
 def serve(setup: dict) -> None:
     """The worker's loop: decode the windows asked for until the command pipe closes."""
-    from .readers import open_dataset
+    from .readers import reopen_dataset
 
     if hasattr(os, "nice"):
         os.nice(NICENESS)
@@ -278,8 +278,7 @@ def serve(setup: dict) -> None:
     ds, failure = None, None
     try:
         r = setup["reopen"]
-        ds = open_dataset(r["source"], r["features"], r["label"], cache_bytes=0, dtype=r["dtype"],
-                          nonfinite=r["nonfinite"], **r["options"])
+        ds = reopen_dataset(r, cache_bytes=0)
         if (ds.n_rows, ds.n_chunks) != (setup["n_rows"], setup["n_chunks"]):
             failure = f"{ds.path}: the file changed while training (row or chunk count differs)"
         else:

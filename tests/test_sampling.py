@@ -514,6 +514,31 @@ def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
         Loader(ds, Sampler(ds.bounds, 10, "window"), decoder="fork")
 
 
+def test_hold_out_split_is_decoded_by_workers_like_by_the_thread(tmp_path):
+    """--val-fraction training data (a hash split of the file) reopens in the decoding workers."""
+    from streamtrain import make_data, open_dataset
+    from streamtrain.loader import _wants_process
+    from streamtrain.readers.subset import HoldoutSplit
+
+    make_data(tmp_path / "v.zarr", rows=5000, features=4, chunk_rows=400)
+    train = HoldoutSplit(HoldoutSplit(open_dataset(tmp_path / "v.zarr"), 0.3, seed=2), 0.1, seed=5)
+    assert train.reopen["splits"] == [{"fraction": 0.3, "seed": 2, "part": "train"},
+                                      {"fraction": 0.1, "seed": 5, "part": "train"}]
+    assert _wants_process(train, "window", 1, "process")
+
+    def batches(decoder):
+        with Loader(train, Sampler(train.bounds, 32, "window", seed=1, window_rows=900), decoder=decoder) as loader:
+            return list(loader.iter_epoch())
+
+    got, want = batches("process"), batches("thread")
+    assert len(got) == len(want) and sum(len(r) for r, _, _ in got) == train.n_rows
+    for (r1, X1, y1), (r2, X2, y2) in zip(got, want):
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(X1, X2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not _decoder_children()
+
+
 def test_process_decoder_reports_a_file_it_cannot_reopen(tmp_path):
     from streamtrain import make_data, open_dataset
     from streamtrain.errors import DataError
@@ -535,3 +560,17 @@ def test_global_shuffle_order_is_pinned_across_versions():
     assert perm(np.arange(5)).tolist() == [625457, 872054, 372041, 553759, 328593]
     assert epoch_order("global", np.array([0, 7, 10]), seed=3, epoch=2, window_rows=4).tolist() == \
         FeistelPermutation(10, [3, 2, 1])(np.arange(10)).tolist()
+
+
+def test_holdout_split_of_any_seed_is_pinned_and_warns_nothing():
+    """The seed's hash term once overflowed as a numpy scalar (a RuntimeWarning for every seed but 0);
+    the split itself must stay what it was, so that resumed runs see the same rows."""
+    import warnings
+
+    from streamtrain.readers.subset import holdout_mask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert holdout_mask(np.arange(8), 0.3, 2).astype(int).tolist() == [1, 0, 0, 0, 0, 1, 1, 0]
+        assert holdout_mask(np.arange(8), 0.3, 0).astype(int).tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
+        assert int(holdout_mask(np.arange(100_000), 0.3, 12345).sum()) == 29863

@@ -102,6 +102,17 @@ def open_dataset(source, features=None, label: str | None = None, *,
     return ds
 
 
+def reopen_dataset(spec: dict, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Dataset:
+    """Open again, in another process, the dataset whose ``reopen`` spec (plain JSON) this is."""
+    from .subset import HoldoutSplit
+
+    ds = open_dataset(spec["source"], spec["features"], spec["label"], cache_bytes=cache_bytes,
+                      dtype=spec["dtype"], nonfinite=spec["nonfinite"], **spec["options"])
+    for split in spec.get("splits", []):  # hold-out splits taken of it, innermost first
+        ds = HoldoutSplit(ds, **split)
+    return ds
+
+
 def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
     if isinstance(source, tuple) and len(source) == 2:
         return ArrayDataset(source[0], source[1], cache_bytes=cache_bytes, dtype=dtype)

@@ -14,8 +14,10 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 def holdout_mask(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """True for the rows that belong to the hold-out: a hash of (row, seed) below ``fraction``."""
-    # splitmix64: a cheap, well-mixed hash; uint64 array arithmetic wraps silently.
-    x = rows.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFF) * _GOLDEN + _GOLDEN
+    # splitmix64: a cheap, well-mixed hash; uint64 array arithmetic wraps silently (numpy scalar
+    # arithmetic warns instead, so the seed's term is wrapped in Python first: the same value).
+    offset = ((seed & 0xFFFFFFFF) * int(_GOLDEN) + int(_GOLDEN)) % (1 << 64)
+    x = rows.astype(np.uint64) + np.uint64(offset)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
@@ -50,6 +52,9 @@ class HoldoutSplit(Dataset):
         self.n_rows = int(self.bounds[-1])
         if self.n_rows == 0:
             raise DataError(f"{parent.path}: the {part} split of fraction {fraction} is empty")
+        if parent.reopen is not None:  # a decoding process opens the file and takes the same split
+            split = {"fraction": self.fraction, "seed": self.seed, "part": part}
+            self.reopen = {**parent.reopen, "splits": [*parent.reopen.get("splits", []), split]}
 
     def _keep(self, c: int) -> np.ndarray:
         rows = np.arange(self.parent.bounds[c], self.parent.bounds[c + 1], dtype=np.int64)
