@@ -145,6 +145,8 @@ def _load_config(ctx, param, value):
 @click.option("--decoder", type=click.Choice(list(DECODERS)), default=_DEFAULTS.decoder, show_default=True,
               help="Who decodes shuffle windows of compressed data: two worker processes (auto: for data of "
               "64 MB or more) or a thread.")
+@click.option("--decoder-workers", type=click.IntRange(min=0), default=_DEFAULTS.decoder_workers,
+              help="Decoding processes (0: two where there are two cores or more).")
 @click.option("--replacement", is_flag=True, help="Draw each batch i.i.d. (with replacement) instead of shuffling.")
 @click.option("--scale", type=click.Choice(list(SCALINGS)), default=_DEFAULTS.scale, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS.dtype, show_default=True)

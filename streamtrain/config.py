@@ -27,6 +27,7 @@ class TrainConfig:
     shuffle: str = "window"
     window_mb: float = 256.0
     decoder: str = "auto"
+    decoder_workers: int = 0
     drop_last: bool = False
     replacement: bool = False
     seed: int = 0
@@ -59,4 +60,4 @@ class TrainConfig:
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
 RESUME_MAY_CHANGE = frozenset({"epochs", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
-                               "early_stopping", "decoder"})
+                               "early_stopping", "decoder", "decoder_workers"})

@@ -60,12 +60,13 @@ def _slot_rows(dataset: Dataset, window_rows: int) -> int:
 
 
 def start_decoder(dataset: Dataset, window_rows: int, shuffle: str = "window", world_size: int = 1,
-                  decoder: str = "auto"):
-    """The window-decoding process for this data, started now so that its start-up (~0.2 s)
-    overlaps other set-up work; hand it to ``Loader(process=...)``. None where none is used."""
+                  decoder: str = "auto", workers: int | None = None):
+    """The window-decoding processes for this data (``workers`` of them; None: the default), started
+    now so that their start-up (~0.35 s) overlaps other set-up work; hand them to
+    ``Loader(process=...)``. None where none are used."""
     if not _wants_process(dataset, shuffle, world_size, decoder):
         return None
-    return _decoder.DecoderProcess(dataset, _slot_rows(dataset, window_rows))
+    return _decoder.DecoderProcess(dataset, _slot_rows(dataset, window_rows), workers)
 
 
 class _WindowBuffers:
@@ -255,14 +256,14 @@ class Loader:
 
     def __init__(self, dataset: Dataset, sampler: Sampler, prefetch: int = 2, whole_groups: bool = False,
                  transform: Callable | None = None, decoder: str = "auto", process=None,
-                 scale: tuple[np.ndarray, np.ndarray] | None = None):
+                 scale: tuple[np.ndarray, np.ndarray] | None = None, workers: int | None = None):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
         self.dataset, self.sampler, self.prefetch = dataset, sampler, max(1, int(prefetch))
         self.transform = transform or _as_is
         # Features become (X - mean) * factor, in the arrays the rows are gathered into, before ``transform``.
         self.scale = None if scale is None else tuple(np.asarray(a, dtype=dataset.dtype) for a in scale)
-        self.decoder = decoder
+        self.decoder, self.workers = decoder, workers
         self._process: _decoder.DecoderProcess | None = process  # from start_decoder, if any
         # whole_groups: yield each group of consecutive batches as one (rows, X, y), in order
         # (the compiled online loop takes them so; batch boundaries are then the caller's).
@@ -279,7 +280,7 @@ class Loader:
         if self._process is not None and self._process.slot_rows < slot_rows:
             self.close()
         if self._process is None:
-            self._process = _decoder.DecoderProcess(ds, slot_rows)
+            self._process = _decoder.DecoderProcess(ds, slot_rows, self.workers)
         self._process.begin_epoch()
         return self._process
 

@@ -211,7 +211,7 @@ class Trainer(CheckpointState, ModelUse):
         cfg = self.config
         # Started first, so that its start-up overlaps the statistics pass and checkpoint loading.
         process = start_decoder(train, window_rows_for(cfg.window_mb * 2**20, train), cfg.shuffle,
-                                decoder=cfg.decoder)
+                                decoder=cfg.decoder, workers=cfg.decoder_workers or None)
         # The directory lock is taken before reading any checkpoint, and held until training ends.
         lock = DirectoryLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         try:
@@ -268,7 +268,7 @@ class Trainer(CheckpointState, ModelUse):
         online = self._compiled_online(callbacks)
         prepare, scale = self._batch_prep(train.path)
         loader = Loader(train, sampler, whole_groups=online, transform=prepare, decoder=cfg.decoder, process=process,
-                        scale=scale)
+                        scale=scale, workers=cfg.decoder_workers or None)
         # Scaling and label encoding run per group in the loader thread unless they are per batch.
         self._prepared = prepare is not None
         params = self.net.params

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -174,14 +176,26 @@ def test_multi_output_regression_and_one_hot_labels():
     assert t.task == "multiclass" and t.classes == [0, 1, 2] and history[-1]["val_accuracy"] > 0.85
 
 
-def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("workers", [0, 3])
+def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp_path, workers, monkeypatch):
+    from streamtrain.decoder import DecoderProcess, default_workers, usable_cores
+
+    started, init = [], DecoderProcess.__init__
+
+    def counting_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        started.append(len(self.workers))
+
+    monkeypatch.setattr(DecoderProcess, "__init__", counting_init)
     make_data(tmp_path / "d.zarr", rows=3000, features=5, chunk_rows=128, seed=4)
     cfg = TrainConfig(hidden=6, epochs=2, batch_size=32, shuffle="window", window_mb=0.1, lr=0.05)
     thread = Trainer(cfg, decoder="thread")
     thread.fit(tmp_path / "d.zarr", log=None)
-    process = Trainer(cfg, decoder="process")
+    process = Trainer(cfg, decoder="process", decoder_workers=workers)  # 0: the default, two
     process.fit(tmp_path / "d.zarr", checkpoint_dir=tmp_path / "ck", callbacks=[StopAt(70)], log=None)
     process.fit(tmp_path / "d.zarr", checkpoint_dir=tmp_path / "ck", resume=True, log=None)
     for k in thread.net.params:
         np.testing.assert_array_equal(process.net.params[k], thread.net.params[k])
     assert [h["train_loss"] for h in process.history] == [h["train_loss"] for h in thread.history]
+    if hasattr(os, "memfd_create") and usable_cores() >= 2:  # else the thread decodes
+        assert started and set(started) == {workers or default_workers()}  # the run and the resumed run
