@@ -372,6 +372,15 @@ def test_sharing_cores_limits_blas_and_the_switch_interval_while_the_loader_work
     assert blas_threads() == before and sys.getswitchinterval() == interval
 
 
+def _assert_same_batches(got, want):
+    """The same ``(rows, X, y)`` batches, in the same order, to the bit."""
+    assert len(got) == len(want)
+    for (r1, X1, y1), (r2, X2, y2) in zip(got, want):
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(X1, X2)
+        np.testing.assert_array_equal(y1, y2)
+
+
 def _decoder_children():
     """Live window-decoding worker processes started by this process."""
     out = []
@@ -473,11 +482,8 @@ def test_windows_split_between_decoding_workers_give_the_same_batches(tmp_path, 
             return list(loader.iter_epoch())
 
     want, got = batches("thread"), batches("process", True)
-    assert len(got) == len(want) and sum(len(X) for _, X, _ in got) == 2996
-    for (r1, X1, y1), (r2, X2, y2) in zip(want, got):
-        np.testing.assert_array_equal(r1, r2)
-        np.testing.assert_array_equal(X1, X2)
-        np.testing.assert_array_equal(y1, y2)
+    _assert_same_batches(got, want)
+    assert sum(len(X) for _, X, _ in got) == 2996
     assert not _decoder_children()
 
 
@@ -531,11 +537,8 @@ def test_hold_out_split_is_decoded_by_workers_like_by_the_thread(tmp_path):
             return list(loader.iter_epoch())
 
     got, want = batches("process"), batches("thread")
-    assert len(got) == len(want) and sum(len(r) for r, _, _ in got) == train.n_rows
-    for (r1, X1, y1), (r2, X2, y2) in zip(got, want):
-        np.testing.assert_array_equal(r1, r2)
-        np.testing.assert_array_equal(X1, X2)
-        np.testing.assert_array_equal(y1, y2)
+    _assert_same_batches(got, want)
+    assert sum(len(r) for r, _, _ in got) == train.n_rows
     assert not _decoder_children()
 
 
