@@ -142,7 +142,6 @@ class DecoderProcess:
                 self.workers.append(_Worker({**setup, "populate": [i, n]}, fd))
         finally:
             os.close(fd)
-        self.proc = self.workers[0].proc
         self.free: queue.Queue = queue.Queue()
         self.begin_epoch()
         self.busy = False

@@ -38,8 +38,12 @@ def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
     """Rows per shuffle window so that the loader's buffers (three windows: the one being
     served, the next for batches that straddle the two, and the one being decoded) fit in
     ``budget_bytes``."""
-    row_bytes = dataset.n_features * dataset.dtype.itemsize + 8
-    return max(1, int(budget_bytes / 3 / row_bytes))
+    return max(1, int(budget_bytes / 3 / _row_bytes(dataset)))
+
+
+def _row_bytes(dataset: Dataset) -> int:
+    """Bytes a row takes in the loader's buffers: features, plus up to 8 for its label."""
+    return dataset.n_features * dataset.dtype.itemsize + 8
 
 
 def _buffered(dataset: Dataset, shuffle: str, world_size: int) -> bool:
@@ -269,7 +273,7 @@ class Loader:
         # (the compiled online loop takes them so; batch boundaries are then the caller's).
         self.whole_groups = whole_groups
         self.buffered = _buffered(dataset, sampler.shuffle, sampler.world_size)
-        dataset.set_budget(3 * sampler.window_rows * (dataset.n_features * dataset.dtype.itemsize + 8))
+        dataset.set_budget(3 * sampler.window_rows * _row_bytes(dataset))  # what window_rows_for was given
 
     def _decoder_process(self):
         """The worker processes decoding windows, started on first use and kept across epochs, or None."""
@@ -346,7 +350,7 @@ class Loader:
         (window and sequential order; not global shuffle of compressed chunks).
         """
         ds = self.dataset
-        chunk_bytes = int(ds.chunk_sizes.max()) * (ds.n_features * ds.dtype.itemsize + 8)
+        chunk_bytes = int(ds.chunk_sizes.max()) * _row_bytes(ds)
         capacity = ds.cache_bytes // max(chunk_bytes, 1)
         recent: list[set[int]] = []  # chunks of the groups that may still be in use
         for group in self._row_groups():

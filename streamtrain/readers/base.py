@@ -328,7 +328,7 @@ class Dataset:
         rows = self._checked_rows(rows)
         if rows.size > 1 and np.any(rows[1:] < rows[:-1]):
             raise ValueError("rows must be sorted ascending")
-        return kept(*self._read_sorted(rows))
+        return kept(*self._read_rows(rows))
 
     def gather(self, rows: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(X, y, keep)`` of ``rows`` in the given order (any order, repeats allowed).
@@ -337,10 +337,10 @@ class Dataset:
         skipped under nonfinite="skip" (``kept`` applies it).
         """
         rows = self._checked_rows(rows)
-        if rows.size < 2 or not np.any(rows[1:] < rows[:-1]):
-            return self._read_sorted(rows)
+        if self.in_place or rows.size < 2 or not np.any(rows[1:] < rows[:-1]):
+            return self._read_rows(rows)  # data gathered in place takes rows in any order: no sort
         order = np.argsort(rows, kind="stable")
-        sorted_parts = self._read_sorted(rows[order])
+        sorted_parts = self._read_rows(rows[order])
         out = []
         for a in sorted_parts:  # back to the asked order
             if a is not None:
@@ -356,8 +356,9 @@ class Dataset:
             raise IndexError(f"row index out of range for {self.n_rows} rows")
         return rows
 
-    def _read_sorted(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """``(X, y, keep)`` of sorted ``rows``, chunk by chunk."""
+    def _read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(X, y, keep)`` of ``rows``: sorted, chunk by chunk here; in any order where the
+        format gathers in place (``in_place``)."""
         X_out = np.empty((rows.size, self.n_features), dtype=self.dtype)
         y_out = None
         keep_out = None

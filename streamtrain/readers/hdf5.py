@@ -224,14 +224,10 @@ class HDF5Dataset(Dataset):
     def in_place(self) -> bool:
         return self._row_maps() is not None
 
-    def gather(self, rows):
-        rows = self._checked_rows(rows)
-        return self._read_sorted(rows) if self._row_maps() is not None else super().gather(rows)
-
-    def _read_sorted(self, rows):
+    def _read_rows(self, rows):
         maps = self._row_maps() if rows.size else None
         if maps is None:
-            return super()._read_sorted(rows)
+            return super()._read_rows(rows)
         # Rows in any order, no sort: vectorised copies from the page cache, in as few pieces as
         # the budget for mapped pages allows.
         x, y, file_map = maps

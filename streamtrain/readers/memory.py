@@ -63,10 +63,7 @@ class ArrayDataset(Dataset):
                 return None
         return self._X[a:b], None if self._y is None else self._y[a:b]
 
-    def gather(self, rows):
-        return self._read_sorted(self._checked_rows(rows))
-
-    def _read_sorted(self, rows):
+    def _read_rows(self, rows):
         # Any order, no sort: np.take copies whole rows (measured 2x faster than fancy indexing).
         y = None if self._y is None else np.take(self._y, rows, axis=0)
         return np.take(self._X, rows, axis=0), y, self._screened(rows)
