@@ -254,8 +254,7 @@ class HDF5Dataset(Dataset):
         if maps is None:
             return super()._chunk_to_screen(c)
         x, y, file_map = maps
-        for _ in file_map.pieces(np.array([c]), np.array([c])):  # count the pages the screen maps
-            pass
+        file_map.admit(file_map.blocks(np.array([c])))  # count the pages the screen maps
         a, b = int(self.bounds[c]), int(self.bounds[c + 1])
         return x.view(a, b), None if y is None else y.view(a, b)  # screened where they lie: no copy
 
@@ -353,25 +352,31 @@ class _FileMap:
         """Each chunk's bytes ``starts[c]:stops[c]`` (one call per dataset sharing the chunks)."""
         self._ranges.append((starts // FOLIO_BYTES, (stops - 1) // FOLIO_BYTES))
 
-    def _blocks(self, chunks: np.ndarray) -> np.ndarray:
+    def blocks(self, chunks: np.ndarray) -> np.ndarray:
+        """The folio-sized blocks of the file that these chunks' bytes overlap (ascending)."""
         firsts = np.concatenate([lo[chunks] for lo, _ in self._ranges])
         counts = np.concatenate([hi[chunks] - lo[chunks] + 1 for lo, hi in self._ranges])
         # Every block of every range: each first block repeated, plus 0, 1, ... within its range.
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.unique(np.repeat(firsts, counts) + within)
 
+    def admit(self, blocks: np.ndarray) -> None:
+        """Count ``blocks`` as mapped, first dropping the mapped pages if the count would pass the limit."""
+        new = blocks[~self._mapped[blocks]]
+        if self._n_mapped and (self._n_mapped + len(new)) * FOLIO_BYTES > self.limit_bytes:
+            self.drop()
+            new = blocks
+        self._mapped[new] = True
+        self._n_mapped += len(new)
+
     def pieces(self, chunk_of: np.ndarray, touched: np.ndarray):
         """Positions into a gather's rows (whose chunks are ``chunk_of``; ``touched``, ascending,
         without repeats), piece by piece, each gathered before the next is asked for: pages are
         dropped in between where needed."""
-        blocks = self._blocks(touched)
-        new = blocks[~self._mapped[blocks]]
-        if (self._n_mapped + len(new)) * FOLIO_BYTES > self.limit_bytes:
-            self.drop()
-            new = blocks
+        blocks = self.blocks(touched)
         capacity = max(1, self.limit_bytes // FOLIO_BYTES)
         if len(blocks) <= capacity:
-            self._note(new)
+            self.admit(blocks)
             yield slice(None)
             return
         # More of the file than the limit maps at once (global shuffle of a file larger than it):
@@ -380,19 +385,17 @@ class _FileMap:
         firsts = np.append(np.searchsorted(chunk_of[order], touched), len(order))
         start, piece = 0, np.zeros(0, dtype=np.int64)
         for k in range(len(touched) + 1):
-            mine = self._blocks(touched[k:k + 1]) if k < len(touched) else None
-            if mine is not None and (k == start or len(np.union1d(piece, mine)) <= capacity):
-                piece = np.union1d(piece, mine)
-                continue
-            if self._n_mapped:
-                self.drop()
-            self._note(piece)
+            if k < len(touched):
+                grown = np.union1d(piece, self.blocks(touched[k:k + 1]))
+                if k == start or len(grown) <= capacity:
+                    piece = grown
+                    continue
+            self.drop()  # a piece is as much as the limit allows: nothing mapped before can stay
+            self.admit(piece)
             yield order[firsts[start]:firsts[k]]
-            start, piece = k, mine
-
-    def _note(self, blocks: np.ndarray) -> None:
-        self._mapped[blocks] = True
-        self._n_mapped += len(blocks)
+            start, piece = k, np.zeros(0, dtype=np.int64)
+            if k < len(touched):
+                piece = self.blocks(touched[k:k + 1])
 
     def drop(self) -> None:
         """Unmap every page from this process now (the OS keeps them cached)."""
