@@ -13,6 +13,7 @@ import numpy as np
 from . import decoder as _decoder
 from .readers.base import Dataset, kept
 from .sampling import Sampler
+from .scaling import standardize
 
 __all__ = ["Loader", "window_rows_for", "start_decoder"]
 
@@ -230,17 +231,8 @@ def _as_is(X, y):
 
 
 def _scaled(X: np.ndarray, scale, owned: bool) -> np.ndarray:
-    """``(X - mean) * factor``, in place where ``X`` is the loader's own array (no new array to
-    allocate and fault in; the same roundings as the scaler's)."""
-    if scale is None:
-        return X
-    mean, factor = scale
-    if owned and X.flags.writeable:
-        X -= mean
-    else:
-        X = X - mean
-    X *= factor
-    return X
+    """The scaler's standardisation, in place where ``X`` is the loader's own array."""
+    return X if scale is None else standardize(X, *scale, in_place=owned and X.flags.writeable)
 
 
 class Loader:

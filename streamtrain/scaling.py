@@ -9,7 +9,7 @@ import numpy as np
 
 from .readers.base import Dataset
 
-__all__ = ["DataStats", "scan", "Scaler", "SCALINGS"]
+__all__ = ["DataStats", "scan", "Scaler", "SCALINGS", "standardize"]
 
 # More distinct integer label values than this means the label is not a class id.
 MAX_CLASSES = 10_000
@@ -94,10 +94,16 @@ class Scaler:
         return {"kind": self.kind, **arrays}
 
 
-def _standard(s: Scaler, X: np.ndarray) -> np.ndarray:
-    out = X - s.mean
-    out *= s.scale
+def standardize(X: np.ndarray, mean: np.ndarray, factor: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``(X - mean) * factor``: a new array, or ``X`` itself changed where ``in_place`` (the loader
+    does so to the arrays it gathered rows into: no new array to allocate)."""
+    out = np.subtract(X, mean, out=X if in_place else None)
+    out *= factor
     return out
+
+
+def _standard(s: Scaler, X: np.ndarray) -> np.ndarray:
+    return standardize(X, s.mean, s.scale)
 
 
 def _none(s: Scaler, X: np.ndarray) -> np.ndarray:
