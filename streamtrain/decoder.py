@@ -1,14 +1,14 @@
-"""Shuffle windows decoded in a second process, so decoding never waits on the trainer's GIL.
+"""Shuffle windows decoded in worker processes, so decoding never waits on the trainer's GIL.
 
-On 2 cores a decoding thread and the training loop contend for one GIL: every
-small numpy call of a training step hands it over, and the Zarr and Parquet
-decode paths run Python between their compiled parts. Worker processes (their own
-interpreters, their own GILs; two, each a run of the window's chunks) decode each
-window straight into shared memory (a Linux memfd); the parent gathers batches from there. The worker is started with
-``python -m streamtrain._worker``, not multiprocessing, so the user's main module is
-never re-imported, and it reopens the dataset from its path: no pickle crosses.
+On 2 cores a decoding thread and the training loop contend for one GIL: every small
+numpy call of a training step hands it over, and the Zarr and Parquet decode paths run
+Python between their compiled parts. Worker processes (their own interpreters, their own
+GILs; two, each a run of the window's chunks) decode each window straight into shared
+memory (a Linux memfd); the parent gathers batches from there. Workers are started
+with ``python -m streamtrain._worker``, not multiprocessing, so the user's main module
+is never re-imported, and they reopen the dataset from its path: no pickle crosses.
 
-Protocol, on two pipes: the parent sends ``{"slot", "chunks", "rows"}`` requests;
+Protocol, on two pipes per worker: the parent sends ``{"slot", "offset", "chunks", "rows"}`` requests;
 the worker answers with a header (label dtype and shape, NaN/Inf keep mask, what
 it read) followed by the raw label and mask bytes, or with an error message.
 """
@@ -193,13 +193,14 @@ class DecoderProcess:
         ends = np.searchsorted(np.cumsum(sizes), np.arange(1, len(self.workers)) * rows / len(self.workers))
         cuts = np.unique(np.r_[0, np.minimum(ends + 1, len(chunks)), len(chunks)])
         offsets = np.r_[0, np.cumsum(sizes)]
-        parts = [(w, int(a), int(b)) for w, (a, b) in zip(self.workers, zip(cuts[:-1], cuts[1:]))]
+        # (worker, first chunk, end chunk, first row in the slot, rows)
+        parts = [(w, int(a), int(b), int(offsets[a]), int(offsets[b] - offsets[a]))
+                 for w, (a, b) in zip(self.workers, zip(cuts[:-1], cuts[1:]))]
         self.busy = True
         try:
-            for w, a, b in parts:
-                _send(w.commands, {"slot": slot, "offset": int(offsets[a]), "chunks": chunks[a:b].tolist(),
-                                   "rows": int(offsets[b] - offsets[a])})
-            replies = [self._reply(w, int(offsets[b] - offsets[a])) for w, a, b in parts]
+            for w, a, b, first, n in parts:
+                _send(w.commands, {"slot": slot, "offset": first, "chunks": chunks[a:b].tolist(), "rows": n})
+            replies = [self._reply(w, n) for w, _, _, _, n in parts]
         except (EOFError, OSError) as e:
             raise DataError(f"{self.ds.path}: lost the decoding process ({e or 'end of stream'})") from None
         finally:
@@ -210,8 +211,7 @@ class DecoderProcess:
         y = None if replies[0][1] is None else np.concatenate([yp for _, yp, _ in replies])
         keep = None
         if any(k is not None for _, _, k in replies):
-            keep = np.concatenate([np.ones(int(offsets[b] - offsets[a]), bool) if k is None else k
-                                   for (_, _, k), (_, a, b) in zip(replies, parts)])
+            keep = np.concatenate([np.ones(n, bool) if k is None else k for (_, _, k), (*_, n) in zip(replies, parts)])
         X = np.frombuffer(self.buf, dtype=self.ds.dtype, count=rows * self.ds.n_features,
                           offset=slot * self.slot_bytes).reshape(rows, self.ds.n_features)
         return (X, y, keep, sum(r["chunks_read"] for r, _, _ in replies),
