@@ -33,6 +33,8 @@ class TrainConfig:
     seed: int = 0
     scale: str = "standard"
     dtype: str = "float32"
+    # SGD steps in numba-compiled loops where they apply (batch_size=1; minibatches); False: the numpy path
+    compiled: bool = True
     val_fraction: float = 0.0
     skip_nonfinite: bool = False
     early_stopping: int = 0

@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .errors import DataError, Interrupted, TrainingError
 from .inference import ModelUse
 from .loader import Loader, start_decoder, window_rows_for
-from .nn import online
+from .nn import minibatch, online
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .nn.optim import make_optimizer
 from .readers import open_dataset
@@ -158,15 +158,35 @@ class Trainer(CheckpointState, ModelUse):
             raise DataError(f"partial_fit: {X.shape[1]} features, the model expects {self.net.n_in}")
         cfg = self.config
         T = self.targets(y, "partial_fit")
+        self._choose_step()
         for a in range(0, len(X), cfg.batch_size):
-            Xs = self.scaler.transform(X[a:a + cfg.batch_size])
-            loss, penalty, grads = self.net.loss_and_grads(Xs, T[a:a + cfg.batch_size], cfg.l1, cfg.l2)
-            if not np.isfinite(loss + penalty):
-                raise TrainingError(f"training diverged at batch step {self.global_step + 1} (loss is {loss + penalty});"
+            loss = self._train_step(self.scaler.transform(X[a:a + cfg.batch_size]), T[a:a + cfg.batch_size])
+            if not math.isfinite(loss):
+                raise TrainingError(f"training diverged at batch step {self.global_step + 1} (loss is {loss});"
                                     " lower the learning rate")
-            self.optimizer.step(self.net.params, grads)
             self.global_step += 1
         return self
+
+    def _train_step(self, X: np.ndarray, T: np.ndarray) -> float:
+        """Update the parameters on one batch; returns its mean loss plus the penalty, and leaves
+        the parameters alone when that is not finite (the caller reports the divergence)."""
+        cfg, net = self.config, self.net
+        if self._compiled_step:
+            return minibatch.sgd_step(net.params, X, T, cfg.lr, cfg.l1, cfg.l2, net.activation, self.task)
+        loss, penalty, grads = net.loss_and_grads(X, T, cfg.l1, cfg.l2)
+        if math.isfinite(loss + penalty):
+            self.optimizer.step(net.params, grads)
+        return loss + penalty
+
+    def _compiled_step_applies(self) -> bool:
+        """Minibatches run in the compiled SGD step where it applies: plain SGD, numba and scipy importable."""
+        cfg = self.config
+        return cfg.compiled and cfg.optimizer == "sgd" and minibatch.available()
+
+    def _choose_step(self) -> None:
+        self._compiled_step = self._compiled_step_applies()
+        if self._compiled_step:
+            minibatch.load()  # before any thread limit is set: it loads scipy's BLAS
 
     @property
     def _identity_classes(self) -> bool:
@@ -207,8 +227,10 @@ class Trainer(CheckpointState, ModelUse):
         continues from the newest valid checkpoint there, if any.
         """
         self.stop_requested = None
-        train, val_ds = self._split(source, val, features, label)
         cfg = self.config
+        if cfg.batch_size > 1 and self._compiled_step_applies():  # (batch_size=1 has its own compiled loop)
+            minibatch.load_in_background()  # overlaps opening the data, the statistics pass, a checkpoint's loading
+        train, val_ds = self._split(source, val, features, label)
         # Started first, so that its start-up overlaps the statistics pass and checkpoint loading.
         process = start_decoder(train, window_rows_for(cfg.window_mb * 2**20, train), cfg.shuffle,
                                 decoder=cfg.decoder, workers=cfg.decoder_workers or None)
@@ -266,6 +288,8 @@ class Trainer(CheckpointState, ModelUse):
     def _run(self, train, val_ds, sampler, checkpoint_dir, callbacks, log, process=None) -> None:
         cfg = self.config
         online = self._compiled_online(callbacks)
+        if not online:
+            self._choose_step()
         prepare, scale = self._batch_prep(train.path)
         loader = Loader(train, sampler, whole_groups=online, transform=prepare, decoder=cfg.decoder, process=process,
                         scale=scale, workers=cfg.decoder_workers or None)
@@ -330,24 +354,23 @@ class Trainer(CheckpointState, ModelUse):
 
     def _run_epoch(self, train, loader, sampler, acc, started, checkpoint_dir, callbacks) -> float | None:
         """Train on the rest of the epoch; returns the time the last interval started, or None if stopped."""
-        cfg, params = self.config, self.net.params
+        cfg, step = self.config, self._train_step
         for rows, X, y in loader.iter_epoch():
             sampler.advance(len(rows))
             n = len(X)  # fewer than len(rows) when rows with NaN/Inf are skipped
             if n == 0:
                 continue
-            loss, penalty, grads = self.net.loss_and_grads(*self._inputs(X, y, train.path), cfg.l1, cfg.l2)
-            if not math.isfinite(loss + penalty):
+            loss = step(*self._inputs(X, y, train.path))
+            if not math.isfinite(loss):
                 raise TrainingError(
                     f"training diverged at epoch {sampler.epoch + 1}, batch step {self.global_step + 1} "
-                    f"(loss is {loss + penalty}); lower --lr or check the data for extreme values")
-            self.optimizer.step(params, grads)
-            acc["loss_sum"] += (loss + penalty) * n
+                    f"(loss is {loss}); lower --lr or check the data for extreme values")
+            acc["loss_sum"] += loss * n
             acc["n"] += n
             self.global_step += 1
             for cb in callbacks:
                 if hasattr(cb, "on_batch_end"):
-                    cb.on_batch_end(self, rows, loss + penalty)
+                    cb.on_batch_end(self, rows, loss)
             due = cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
             started = self._checkpoint_if_due(checkpoint_dir, sampler, acc, started, due)
             if self.stop_requested:
@@ -371,7 +394,7 @@ class Trainer(CheckpointState, ModelUse):
     def _compiled_online(self, callbacks) -> bool:
         """Whether batch_size=1 runs in the compiled per-sample loop (plain SGD, no per-batch callbacks)."""
         cfg = self.config
-        return (cfg.batch_size == 1 and cfg.optimizer == "sgd" and cfg.scale != "batch-center"
+        return (cfg.batch_size == 1 and cfg.compiled and cfg.optimizer == "sgd" and cfg.scale != "batch-center"
                 and online.available() and not any(hasattr(cb, "on_batch_end") for cb in callbacks))
 
     def _run_epoch_online(self, train, loader, sampler, acc, started, checkpoint_dir, callbacks) -> float | None:

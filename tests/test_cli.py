@@ -134,7 +134,8 @@ def test_signal_finishes_the_batch_checkpoints_and_resume_is_exact(tmp_path, sig
 
     from streamtrain import make_data
 
-    make_data(tmp_path / "d.h5", rows=100000, features=16, chunk_rows=4096)
+    # an epoch of ~0.4 s with the compiled step: long enough for the signal to land inside epoch 2
+    make_data(tmp_path / "d.h5", rows=250000, features=16, chunk_rows=4096)
     args = [tmp_path / "d.h5", "--hidden", 16, "--batch-size", 4, "--epochs", 3, "--shuffle", "global"]
     ref = run("train", *args, "--checkpoint-dir", tmp_path / "ref", "--quiet")
     assert ref.returncode == 0, ref.stderr
@@ -145,7 +146,7 @@ def test_signal_finishes_the_batch_checkpoints_and_resume_is_exact(tmp_path, sig
         seen.append(line)
         if line.startswith("epoch 1/3"):
             break
-    time.sleep(0.3)
+    time.sleep(0.05)
     proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
     err = "".join(seen) + err

@@ -12,7 +12,7 @@ import importlib.util
 
 import numpy as np
 
-__all__ = ["available", "sgd_online"]
+__all__ = ["available", "sgd_online", "targets_2d"]
 
 ACT_IDS = {"sigmoid": 0, "tanh": 1, "relu": 2}
 TASK_IDS = {"binary": 0, "multiclass": 1, "regression": 2}
@@ -134,6 +134,11 @@ def _loop(W1, b1, W2, b2, X, T, lr, l1, l2, act, task):  # pragma: no cover - co
     return loss_sum
 
 
+def targets_2d(T: np.ndarray, dtype) -> np.ndarray:
+    """Targets as a contiguous (rows, columns) array of the network's dtype, as the compiled loops take them."""
+    return np.ascontiguousarray(T, dtype=dtype).reshape(len(T), -1)
+
+
 def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: float, l1: float, l2: float,
                activation: str, task: str) -> float:
     """Apply one SGD step per row of ``X`` (rows, features), in order; returns the summed loss.
@@ -141,6 +146,6 @@ def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: 
     ``T`` holds class indices (binary, multiclass) or targets (regression).
     ``params`` is updated in place.
     """
-    T2 = np.ascontiguousarray(T, dtype=X.dtype).reshape(len(T), -1)
-    return float(_get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X), T2,
+    return float(_get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
+                             targets_2d(T, X.dtype),
                              X.dtype.type(lr), X.dtype.type(l1), X.dtype.type(l2), ACT_IDS[activation], TASK_IDS[task]))

@@ -1,0 +1,234 @@
+"""The compiled minibatch SGD step: forward, loss, backward and update of one batch in one call.
+
+A numpy step is some thirty array operations, each paying Python's call overhead
+and writing a temporary; at batch 256 they cost more than the two matrix
+products. Here the products go to BLAS (numba's ``np.dot``, through scipy) and
+everything else runs in fused loops that LLVM vectorises. It computes what
+``TwoLayerNet.loss_and_grads`` followed by ``SGD.step`` computes, up to float
+rounding: the float32 sigmoid uses a polynomial exponential (within 2.5 ulp) that
+vectorises where the C library's ``expf`` does not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+
+import numpy as np
+
+from .online import ACT_IDS, TASK_IDS, targets_2d
+
+__all__ = ["available", "sgd_step"]
+
+_compiled = None
+_loaded = False
+_load_lock = threading.Lock()
+BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 128 KB at 64 wide, fit L2
+
+
+def available() -> bool:
+    """True when numba and scipy are importable (numba's matrix product calls BLAS through scipy)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("numba", "scipy"))
+
+
+def load() -> None:
+    """Compile (or load from numba's cache) the step now and run it once: the first product loads
+    scipy's BLAS, which a thread limit set afterwards (``Loader.sharing_cores``) must see."""
+    global _loaded
+    with _load_lock:
+        if not _loaded:
+            for dtype in (np.float32, np.float64):
+                z = np.zeros((1, 1), dtype)
+                _get_step()(z, z[0], z, z[0], z, z, z[0, 0], z[0, 0], z[0, 0], 0, 0, dtype == np.float32, BLOCK_ROWS)
+            _loaded = True
+
+
+def load_in_background() -> None:
+    """Start ``load`` in a thread: its 0.3-0.5 s (importing numba and scipy's BLAS, reading the
+    cached machine code) then overlaps what the caller does before its first step."""
+    if not _loaded:
+        threading.Thread(target=load, name="streamtrain-compile", daemon=True).start()
+
+
+def _get_step():
+    global _compiled
+    if _compiled is None:
+        import numba
+
+        # Not fastmath=True: it assumes no inf/NaN, which would fold away the divergence check; and
+        # no reassociation in the exponential, which would undo its exact range reduction.
+        # error_model="numpy": no zero-division branch, so the division loops vectorise.
+        opts = dict(cache=True, nogil=True, error_model="numpy")
+        fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
+        # The helpers are compiled first and bound in this module, where _step's global names find them.
+        for fn in (_activate, _loss_delta, _penalty, _update):
+            globals()[fn.__name__] = numba.njit(fastmath=fast, **opts)(fn)
+        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast - {"reassoc"}, **opts)(_exp_neg_f32)
+        _compiled = numba.njit(fastmath=fast, **opts)(_step)
+    return _compiled
+
+
+# float32 e^-x = p * 2^n with x = n ln2 + r, |r| <= ln2/2 (Cephes' expf polynomial)
+_LOG2E, _LN2_HI, _LN2_LO = 1.44269504088896341, 0.693359375, -2.12194440e-4
+_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+def _exp_neg_f32(Z, E):  # pragma: no cover - compiled
+    # Z <- the mantissa part of exp(-Z), E <- 2^n as float32 bits. Split in two so both loops
+    # vectorise (no scalar bit cast in numba); -Z is clamped to +-80 so nothing overflows or
+    # turns subnormal (sigmoid(-80) is 1.8e-35, not 0; the numpy path's tanh form gives 0 there).
+    f = np.float32
+    flat, bits = Z.reshape(-1), E.reshape(-1)
+    for i in range(flat.size):
+        x = min(max(-flat[i], f(-80.0)), f(80.0))
+        n = np.floor(x * f(_LOG2E) + f(0.5))
+        r = x - n * f(_LN2_HI) - n * f(_LN2_LO)
+        p = f(_P[0])
+        p = p * r + f(_P[1])
+        p = p * r + f(_P[2])
+        p = p * r + f(_P[3])
+        p = p * r + f(_P[4])
+        p = p * r + f(_P[5])
+        flat[i] = p * r * r + r + f(1.0)
+        bits[i] = (np.int32(n) + np.int32(127)) << np.int32(23)
+
+
+def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
+    # Z <- act(Z + b), one loop per activation so each vectorises
+    rows, h = Z.shape
+    one = Z.dtype.type(1)
+    for i in range(rows):
+        for j in range(h):
+            Z[i, j] += b[j]
+    if act == 2:
+        for i in range(rows):
+            for j in range(h):
+                Z[i, j] = max(Z[i, j], Z.dtype.type(0))
+        return
+    if act == 1:  # tanh(z) = 2 sigmoid(2z) - 1
+        Z *= Z.dtype.type(2)
+    if fast_exp:  # float32
+        E = np.empty(Z.shape, np.int32)
+        _exp_neg_f32(Z, E)
+        F = E.view(np.float32)
+        for i in range(rows):
+            for j in range(h):
+                Z[i, j] = one / (one + Z[i, j] * F[i, j])
+    else:
+        for i in range(rows):
+            for j in range(h):
+                Z[i, j] = one / (one + np.exp(-Z[i, j]))
+    if act == 1:
+        two = Z.dtype.type(2)
+        for i in range(rows):
+            for j in range(h):
+                Z[i, j] = two * Z[i, j] - one
+
+
+def _loss_delta(Z, T, task, n):  # pragma: no cover - compiled
+    # These rows' share of the mean loss over a batch of n; Z (logits) <- dL/dZ, as functions.TASKS computes them.
+    rows, o = Z.shape
+    total = 0.0
+    for i in range(rows):
+        if task == 0:
+            z, t = Z[i, 0], T[i, 0]
+            total += max(z, 0.0) + np.log1p(np.exp(-abs(z))) - t * z  # softplus(z) - t z, stable
+            p = 1.0 / (1.0 + np.exp(-z)) if z >= 0 else np.exp(z) / (1.0 + np.exp(z))
+            Z[i, 0] = (p - t) / n
+        elif task == 1:
+            top = Z[i, 0]
+            for m in range(1, o):
+                top = max(top, Z[i, m])
+            s = 0.0
+            for m in range(o):
+                s += np.exp(Z[i, m] - top)
+            c = int(T[i, 0])
+            total += np.log(s) - (Z[i, c] - top)
+            for m in range(o):
+                Z[i, m] = np.exp(Z[i, m] - top) / s / n
+            Z[i, c] -= 1.0 / n
+        else:
+            sq = 0.0
+            for m in range(o):
+                r = Z[i, m] - T[i, m]
+                sq += r * r
+                Z[i, m] = r / n
+            total += 0.5 * sq
+    return total / n
+
+
+def _penalty(W, l1, l2):  # pragma: no cover - compiled
+    s = 0.0
+    for w in W.reshape(-1):
+        s += 0.5 * l2 * w * w + l1 * abs(w)
+    return s
+
+
+def _update(W, G, lr, l1, l2):  # pragma: no cover - compiled
+    # W -= lr (G + l2 W + l1 sign W): the penalty's gradient from the weights before this step
+    w, g = W.reshape(-1), G.reshape(-1)
+    if l1 == 0:
+        for i in range(w.size):
+            w[i] -= lr * (g[i] + l2 * w[i])
+    else:
+        for i in range(w.size):
+            w[i] -= lr * (g[i] + l2 * w[i] + l1 * np.sign(w[i]))
+
+
+def _step(W1, b1, W2, b2, X, T, lr, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
+    # Rows in blocks, so a large batch's activations stay in the core's cache; the gradients add up.
+    n = X.shape[0]
+    h, o = W2.shape
+    gW1, gW2 = np.zeros_like(W1), np.zeros_like(W2)
+    gb1, gb2 = np.zeros_like(b1), np.zeros_like(b2)
+    one = W1.dtype.type(1)
+    total = 0.0
+    for r0 in range(0, n, block):
+        Xb = X[r0:r0 + block]
+        A = np.dot(Xb, W1)
+        _activate(A, b1, act, fast_exp)
+        Z = np.dot(A, W2)
+        rows = Z.shape[0]
+        for i in range(rows):
+            for m in range(o):
+                Z[i, m] += b2[m]
+        total += _loss_delta(Z, T[r0:r0 + block], task, n)
+        D = np.dot(Z, W2.T)
+        for i in range(rows):
+            for j in range(h):
+                a = A[i, j]
+                if act == 0:
+                    D[i, j] *= a * (one - a)
+                elif act == 1:
+                    D[i, j] *= one - a * a
+                elif a <= 0:
+                    D[i, j] = 0
+        gW2 += np.dot(A.T, Z)
+        gW1 += np.dot(Xb.T, D)
+        for i in range(rows):
+            for m in range(o):
+                gb2[m] += Z[i, m]
+            for j in range(h):
+                gb1[j] += D[i, j]
+    if l1 != 0 or l2 != 0:
+        total += _penalty(W1, l1, l2) + _penalty(W2, l1, l2)
+    if not np.isfinite(total):
+        return total  # diverged: the caller reports it, the weights stay as they were
+    _update(W2, gW2, lr, l1, l2)
+    _update(W1, gW1, lr, l1, l2)
+    b2 -= lr * gb2
+    b1 -= lr * gb1
+    return total
+
+
+def sgd_step(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: float, l1: float, l2: float,
+             activation: str, task: str) -> float:
+    """One SGD step on the batch ``X`` (rows, features); returns the batch's mean loss plus the penalty.
+
+    ``T`` holds class indices (binary, multiclass) or targets (regression). ``params`` is
+    updated in place, unless the loss is not finite (the caller reports the divergence).
+    """
+    t = X.dtype.type
+    return float(_get_step()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
+                             targets_2d(T, X.dtype), t(lr), t(l1), t(l2), ACT_IDS[activation], TASK_IDS[task],
+                             X.dtype == np.float32, BLOCK_ROWS))

@@ -1,0 +1,148 @@
+"""The compiled minibatch SGD step against the numpy path, in the trainer and alone."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+
+from streamtrain import TrainConfig, Trainer
+from streamtrain.errors import TrainingError
+from streamtrain.nn import minibatch
+from streamtrain.nn.network import TwoLayerNet
+from streamtrain.nn.optim import SGD
+
+from .conftest import DATA
+
+pytestmark = pytest.mark.skipif(not minibatch.available(), reason="numba or scipy not importable")
+
+CASES = list(itertools.product(["sigmoid", "tanh", "relu"], ["binary", "multiclass", "regression"],
+                               [(0.0, 0.0), (0.001, 0.01)]))
+
+
+def _pair(activation, task, dtype, seed=1):
+    n_out = 4 if task == "multiclass" else 1
+    return [TwoLayerNet(7, 5, n_out, activation, task, "glorot", seed=seed, dtype=dtype) for _ in range(2)]
+
+
+def _data(task, rows=230, dtype=np.float64):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, 7)).astype(dtype)
+    y = rng.standard_normal(rows) if task == "regression" else rng.integers(0, 4 if task == "multiclass" else 2, rows)
+    return X, y
+
+
+@pytest.mark.parametrize("block", [512, 10])  # 10: each batch in blocks of rows, the last one short
+@pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("activation,task,reg", CASES)
+def test_compiled_step_equals_numpy_step(activation, task, reg, dtype, atol, block, monkeypatch):
+    monkeypatch.setattr(minibatch, "BLOCK_ROWS", block)
+    X, y = _data(task, dtype=dtype)
+    a, b = _pair(activation, task, dtype)
+    sgd = SGD(0.05)
+    for s in range(0, len(X), 32):  # 230 rows: the last batch has 6
+        loss, penalty, grads = a.loss_and_grads(X[s:s + 32], y[s:s + 32], *reg)
+        sgd.step(a.params, grads)
+        total = minibatch.sgd_step(b.params, X[s:s + 32], y[s:s + 32], 0.05, *reg, activation, task)
+        assert total == pytest.approx(loss + penalty, rel=10 * atol, abs=atol)
+    for k in a.params:
+        assert b.params[k].dtype == dtype
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=0, atol=atol)
+
+
+def test_float32_sigmoid_is_within_2_5_ulp_and_never_subnormal():
+    z = np.concatenate([np.linspace(-120, 120, 200_001), [-80, 80, -1e30, 1e30]]).astype(np.float32)
+    out = z.reshape(-1, 1).copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        minibatch._get_step()  # binds the compiled helpers
+        minibatch._activate(out, np.zeros(1, np.float32), 0, True)
+    from scipy.special import expit
+
+    exact = expit(z.astype(np.float64))
+    inside = np.abs(z) <= 80
+    ulp = np.spacing(exact[inside].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(out[inside, 0] - exact[inside]) / ulp) <= 2.5
+    # beyond +-80 it saturates at sigmoid(+-80): normal floats, no overflow, no subnormal slow path
+    assert out.min() == pytest.approx(1.8048513e-35, rel=1e-6) and out.max() == 1.0
+    assert np.all((out == 0) | (np.abs(out) >= np.finfo(np.float32).tiny))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_diverging_batch_leaves_the_parameters_alone(compiled):
+    X = np.full((8, 7), 1e30, np.float32)
+    net = TwoLayerNet(7, 5, 1, "relu", "regression", seed=0)
+    before = {k: v.copy() for k, v in net.params.items()}
+    if compiled:
+        total = minibatch.sgd_step(net.params, X, np.full(8, 1e30), 0.1, 0, 0, "relu", "regression")
+    else:
+        t = Trainer(TrainConfig(compiled=False))
+        t.net, t.task, t.optimizer, t._compiled_step = net, "regression", SGD(0.1), False
+        with np.errstate(over="ignore", invalid="ignore"):  # as the trainer runs its steps
+            total = t._train_step(X, np.full((8, 1), 1e30, np.float32))
+    assert not np.isfinite(total)
+    for k in before:
+        np.testing.assert_array_equal(net.params[k], before[k])
+
+
+def test_load_brings_in_every_blas_the_step_uses():
+    # Loader.sharing_cores limits the BLAS libraries loaded when it starts: the step's must be among them.
+    from threadpoolctl import threadpool_info
+
+    minibatch.load()
+    loaded = {lib["filepath"] for lib in threadpool_info()}
+    net = TwoLayerNet(64, 64, 1, seed=0)
+    minibatch.sgd_step(net.params, np.ones((256, 64), np.float32), np.ones(256), 0.1, 0, 0, "sigmoid", "binary")
+    assert {lib["filepath"] for lib in threadpool_info()} == loaded
+
+
+def test_trainer_uses_the_compiled_step_and_matches_the_numpy_path():
+    runs = {}
+    for compiled in (True, False):
+        t = Trainer(TrainConfig(hidden=10, epochs=30, batch_size=32, lr=0.1, l2=0.01, val_fraction=0.2,
+                                compiled=compiled))
+        runs[compiled] = (t, t.fit(DATA / "breast_cancer.h5", log=None))
+        assert t._compiled_step is compiled
+    (fast, h_fast), (slow, h_slow) = runs[True], runs[False]
+    for k in fast.net.params:
+        np.testing.assert_allclose(fast.net.params[k], slow.net.params[k], atol=1e-4)
+    assert h_fast[-1]["train_loss"] == pytest.approx(h_slow[-1]["train_loss"], rel=1e-4)
+    assert h_fast[-1]["val_accuracy"] >= 0.97  # the textbook recipe's accuracy
+
+
+def test_other_optimisers_keep_the_numpy_path():
+    t = Trainer(TrainConfig(hidden=4, epochs=1, optimizer="adam"))
+    t.fit((np.random.default_rng(0).standard_normal((64, 3)), np.arange(64) % 2), log=None)
+    assert t._compiled_step is False
+
+
+def test_partial_fit_runs_the_same_steps_as_fit():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    cfg = dict(hidden=6, batch_size=50, epochs=1, shuffle="none", scale="none", task="binary")
+    a = Trainer(TrainConfig(**cfg)).partial_fit(X, y, classes=[0, 1])
+    b = Trainer(TrainConfig(**cfg))
+    b.fit((X, y), log=None)
+    assert a._compiled_step and b._compiled_step
+    for k in a.net.params:
+        np.testing.assert_array_equal(a.net.params[k], b.net.params[k])
+
+
+def test_compiled_false_runs_every_step_in_numpy(monkeypatch):
+    from streamtrain.nn import online
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a compiled loop ran")
+
+    monkeypatch.setattr(online, "sgd_online", refuse)
+    monkeypatch.setattr(minibatch, "sgd_step", refuse)
+    data = (np.random.default_rng(0).standard_normal((64, 3)), np.arange(64) % 2)
+    for batch_size in (1, 16):
+        t = Trainer(TrainConfig(hidden=4, epochs=1, batch_size=batch_size, compiled=False))
+        t.fit(data, log=None)
+        assert t.global_step == 64 // batch_size
+    with pytest.raises(AssertionError, match="a compiled loop ran"):  # and the default does run them
+        Trainer(TrainConfig(hidden=4, epochs=1, batch_size=16)).fit(data, log=None)
