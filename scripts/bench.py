@@ -201,13 +201,13 @@ def numpy_loop(X, y, batch, hidden=64, lr=0.1, seed=0):
     return len(X)
 
 
-def train_rate(source, batch, shuffle="window", scale="standard", decoder="auto", epochs=2):
+def train_rate(source, batch, shuffle="window", scale="standard", decoder="auto", epochs=2, compiled=True):
     """Samples/s of streamtrain training (64 sigmoid hidden units, SGD): the last epoch of a run of
     ``epochs``, so that one-time start-up (numba, the decoding process) is not counted per epoch."""
     import streamtrain as st
 
     t = st.Trainer(st.TrainConfig(hidden=64, epochs=epochs, batch_size=batch, lr=0.1 if batch > 1 else 0.01,
-                                  shuffle=shuffle, scale=scale, task="binary", decoder=decoder))
+                                  shuffle=shuffle, scale=scale, task="binary", decoder=decoder, compiled=compiled))
     history = t.fit(source, log=None)
     return history[-1]["samples"] / history[-1]["seconds"]
 
@@ -223,15 +223,21 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
     for batch in (1, 32, 256, 1024):
         n = min(len(X), 20_000 if batch == 1 else 400_000 if batch == 32 else len(X))
         # Interleaved, best of 3 each: this machine's speed drifts by 20% from run to run.
-        ceiling = ours_mem = 0.0
+        ceiling = ours_mem = ours_numpy = 0.0
         for _ in range(3):
             ceiling = max(ceiling, n / best_of(lambda: numpy_loop(X[:n], y[:n], batch), 1))
             ours_mem = max(ours_mem, train_rate((X[:n], y[:n]), batch, shuffle="none", scale="none", epochs=1))
+            if batch > 1:  # streamtrain's numpy path (--no-compiled), the same math step by step
+                ours_numpy = max(ours_numpy, train_rate((X[:n], y[:n]), batch, shuffle="none", scale="none",
+                                                        epochs=1, compiled=False))
         r = {"what": "in-memory step", "batch_size": batch, "streamtrain": ours_mem, "numpy_loop": ceiling,
-             "ratio": ours_mem / ceiling}
+             "ratio": ours_mem / ceiling, "streamtrain_numpy_path": ours_numpy or None}
         results.append(r)
         print(f"training in-memory batch {batch:5d}: streamtrain {ours_mem:10,.0f}/s  numpy loop {ceiling:10,.0f}/s"
-              f"  ratio {ours_mem / ceiling:.2f}", flush=True)
+              f"  ratio {ours_mem / ceiling:.2f}  (--no-compiled {ours_numpy:10,.0f}/s)", flush=True)
+        # Once streamtrain's compiled step outruns the numpy loop, the loop is no ceiling: the strict
+        # efficiency divides by the faster of the two.
+        fastest = max(ceiling, ours_mem)
         shuffled = None
         if batch >= 256:
             # For reference, not a target: the same data in memory with the same window shuffle and
@@ -247,14 +253,15 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
             decoders = ("auto", "thread") if batch == 256 and not in_place else ("auto",)
             for decoder in decoders:
                 rate = max(train_rate(path, batch, decoder=decoder) for _ in range(2 if batch >= 256 else 1))
-                eff = rate / min(ceiling, io)
+                eff, strict = rate / min(ceiling, io), rate / min(fastest, io)
                 results.append({"what": "end-to-end window shuffle", "format": name, "batch_size": batch,
                                 "decoder": "in place" if in_place else "process" if decoder == "auto" else decoder,
                                 "samples_per_s": rate, "compute_ceiling": ceiling, "io_ceiling": io,
-                                "efficiency": eff, "of_in_memory_shuffled": None if shuffled is None else rate / shuffled,
+                                "efficiency": eff, "fastest_in_memory": fastest, "efficiency_strict": strict,
+                                "of_in_memory_shuffled": None if shuffled is None else rate / shuffled,
                                 "target": 0.85 if batch == 256 and decoder == "auto" else None})
                 print(f"training {name:15s} batch {batch:5d} {decoder:6s}: {rate:10,.0f} samples/s  "
-                      f"efficiency {eff:.2f}", flush=True)
+                      f"efficiency {eff:.2f} (strict {strict:.2f})", flush=True)
     # one-time start-up of the decoding process (overlapped with the statistics pass in training)
     t0 = time.perf_counter()
     import streamtrain as st
@@ -517,33 +524,42 @@ def report(results: dict, meta: dict) -> str:
         rs = results["training"]
         lines += ["## Training throughput (64 features, 64 sigmoid hidden units, SGD)", "",
                   "In memory: one epoch through streamtrain (sampler, loader thread, trainer; no scaling) vs a",
-                  "hand-written numpy loop of the same math, interleaved, best of 3 each. Target at batch 256:",
-                  "streamtrain's step costs <= 1.1x the loop's (ratio >= 0.91); at batch 1 (compiled loop)",
-                  ">= 300k samples/s.", "",
-                  "| batch | streamtrain samples/s | numpy loop samples/s | ratio |", "|---:|---:|---:|---:|"]
+                  "hand-written numpy loop of the same math, interleaved, best of 3 each. streamtrain runs SGD in",
+                  "compiled loops (batch 1: per sample; minibatches: one fused step per batch, its two products in",
+                  "BLAS); the last column is streamtrain's numpy path (`--no-compiled`). Target at batch 256:",
+                  "streamtrain's step costs <= 1.1x the loop's (ratio >= 0.91); at batch 1 >= 300k samples/s.", "",
+                  "| batch | streamtrain samples/s | numpy loop samples/s | ratio | streamtrain --no-compiled |",
+                  "|---:|---:|---:|---:|---:|"]
         for r in rs:
             if r["what"] == "in-memory step":
-                lines.append(f"| {r['batch_size']} | {r['streamtrain']:,.0f} | {r['numpy_loop']:,.0f} | {r['ratio']:.2f} |")
+                slow = r.get("streamtrain_numpy_path")
+                lines.append(f"| {r['batch_size']} | {r['streamtrain']:,.0f} | {r['numpy_loop']:,.0f} | {r['ratio']:.2f} "
+                             f"| {'-' if not slow else f'{slow:,.0f}'} |")
         lines += ["", "End to end from files with window shuffle (the second epoch of a 2-epoch run, best of 2 at",
                   "batch >= 256); efficiency = samples/s / min(compute ceiling, I/O ceiling). The compute ceiling",
                   "is the numpy loop above with BLAS on both cores; the I/O ceiling is streamtrain's sequential",
                   "scan on one core. Windows of compressed data are decoded by two worker processes (the",
                   "default for data of 64 MB or more); the thread rows show the same run with a decoding thread.",
                   "Uncompressed HDF5 is gathered in place from the page cache. Target 0.85 at batch 256.", "",
+                  "Since streamtrain's compiled step outruns the numpy loop, that loop is no longer a ceiling: the",
+                  "strict efficiency divides by the faster of the two in-memory rates (streamtrain's, in storage",
+                  "order with BLAS on both cores), and the verdict is on the strict figure.", "",
                   "The last column, for reference only, compares with streamtrain on the same data in memory",
                   "with the same window shuffle and scaling (the numpy ceiling neither shuffles nor scales): "
                   + "; ".join(f"batch {r['batch_size']}: {r['samples_per_s']:,.0f} samples/s" for r in rs
                               if r["what"] == "in-memory window shuffle") + ".", "",
-                  "| format | batch | decoder | samples/s | compute ceiling | I/O ceiling | efficiency | target "
-                  "| of in-memory shuffled |",
-                  "|---|---:|---|---:|---:|---:|---:|---|---:|"]
+                  "| format | batch | decoder | samples/s | numpy loop | fastest in memory | I/O ceiling "
+                  "| efficiency (numpy loop) | strict efficiency | target | of in-memory shuffled |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
         for r in rs:
             if r["what"] == "end-to-end window shuffle":
-                verdict = _verdict(r["efficiency"], r["target"])
+                strict = r.get("efficiency_strict", r["efficiency"])
+                verdict = _verdict(strict, r["target"])
                 ref = r.get("of_in_memory_shuffled")
                 lines.append(f"| {r['format']} | {r['batch_size']} | {r.get('decoder', 'thread')} | "
-                             f"{r['samples_per_s']:,.0f} | "
-                             f"{r['compute_ceiling']:,.0f} | {r['io_ceiling']:,.0f} | {r['efficiency']:.2f} | {verdict} "
+                             f"{r['samples_per_s']:,.0f} | {r['compute_ceiling']:,.0f} | "
+                             f"{r.get('fastest_in_memory', r['compute_ceiling']):,.0f} | {r['io_ceiling']:,.0f} | "
+                             f"{r['efficiency']:.2f} | {strict:.2f} | {verdict} "
                              f"| {'-' if ref is None else f'{ref:.2f}'} |")
         for r in rs:
             if r["what"] == "decoder start-up":
