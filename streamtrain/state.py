@@ -6,6 +6,7 @@ is bitwise the run that never stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
+from .checkpoint import BackgroundWriter, checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingError
 from .nn.network import PARAM_NAMES, TwoLayerNet
@@ -55,7 +56,9 @@ class CheckpointState:
         }
         return arrays, meta
 
-    def _save(self, directory, sampler: Sampler) -> Path:
+    def _save(self, directory, sampler: Sampler, writer: BackgroundWriter | None = None) -> Path:
+        """Checkpoint the current state into ``directory`` (rotating old ones); with ``writer``, the
+        state is copied now and written in the background (``writer.wait()`` for it to be on disk)."""
         for k, v in self.net.params.items():
             if not np.all(np.isfinite(v)):
                 raise TrainingError(f"training diverged: parameter {k} is not finite after batch step "
@@ -63,12 +66,23 @@ class CheckpointState:
         arrays, meta = self.state(sampler)
         Path(directory).mkdir(parents=True, exist_ok=True)
         path = Path(directory) / checkpoint_name(self.global_step)
-        try:
-            save_checkpoint(path, arrays, meta)
-        except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
-            raise TrainingError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
-                                "the previous checkpoint is kept") from None
-        rotate(directory, self.config.keep)
+        keep = self.config.keep
+
+        def write():
+            try:
+                save_checkpoint(path, arrays, meta)
+            except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
+                raise TrainingError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+                                    "the previous checkpoint is kept") from None
+            rotate(directory, keep)
+
+        if writer is None:
+            write()
+        else:
+            # A snapshot: training changes the arrays and dicts in place while the write runs.
+            arrays = {k: np.array(v) for k, v in arrays.items()}
+            meta = json.loads(json.dumps(meta))
+            writer.submit(write)
         self._last_save = time.monotonic()
         return path
 

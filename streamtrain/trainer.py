@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .checkpoint import (DirectoryLock)
+from .checkpoint import BackgroundWriter, DirectoryLock
 from .config import TrainConfig
 from .errors import DataError, Interrupted, TrainingError
 from .inference import ModelUse
@@ -83,6 +83,7 @@ class Trainer(CheckpointState, ModelUse):
         self.stop_requested: str | None = None
         self.sampler: Sampler | None = None
         self._last_save = time.monotonic()
+        self._writer = BackgroundWriter()  # checkpoints are written beside training
 
     # -- setting up ---------------------------------------------------------
     def _split(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
@@ -239,8 +240,11 @@ class Trainer(CheckpointState, ModelUse):
         try:
             with lock:
                 self._prepare(train, checkpoint_dir, resume, force, log)
-                with self._signals_stop_training():
-                    self._run(train, val_ds, self.sampler, checkpoint_dir, list(callbacks), log, process)
+                try:
+                    with self._signals_stop_training():
+                        self._run(train, val_ds, self.sampler, checkpoint_dir, list(callbacks), log, process)
+                finally:
+                    self._writer.wait()  # the last checkpoint is on disk before the lock is released
             if self.stop_requested in ("SIGINT", "SIGTERM"):
                 where = (f"; checkpoint written to {checkpoint_dir}" if checkpoint_dir
                          else " (no --checkpoint-dir: nothing saved)")
@@ -346,9 +350,10 @@ class Trainer(CheckpointState, ModelUse):
             if checkpoint_dir:
                 with open(Path(checkpoint_dir) / "metrics.jsonl", "a") as fh:  # for any tool to plot
                     fh.write(json.dumps(record) + "\n")
-                path = self._save(checkpoint_dir, sampler)
+                path = self._save(checkpoint_dir, sampler, self._writer)
                 if cfg.keep_best and record.get("val_loss") is not None and self._early["best_epoch"] == record["epoch"]:
                     # The best epoch by validation loss, kept apart from the rotation.
+                    self._writer.wait()
                     shutil.copyfile(path, Path(checkpoint_dir) / ".best.npz.tmp")
                     os.replace(Path(checkpoint_dir) / ".best.npz.tmp", Path(checkpoint_dir) / "best.npz")
 
@@ -382,7 +387,7 @@ class Trainer(CheckpointState, ModelUse):
         the write is kept out of the epoch's training time. Returns the new interval start."""
         if checkpoint_dir and (due or self._time_due() or self.stop_requested):
             acc["seconds"] += time.perf_counter() - started
-            self._save(checkpoint_dir, sampler)
+            self._save(checkpoint_dir, sampler, self._writer)
             return time.perf_counter()
         return started
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,45 @@ def test_time_interval_and_best_checkpoint(tmp_path, monkeypatch):
     best = load_checkpoint(tmp_path / "best.npz")[1]
     best_epoch = min(t.history, key=lambda h: h["val_loss"])["epoch"]
     assert len(best["history"]) == best_epoch
+
+
+def _untimed(meta):
+    """Checkpoint metadata without its wall-clock figures."""
+    if isinstance(meta, dict):
+        return {k: _untimed(v) for k, v in meta.items() if "second" not in k and "per_s" not in k}
+    return [_untimed(v) for v in meta] if isinstance(meta, list) else meta
+
+
+def test_checkpoints_written_in_the_background_hold_the_state_of_their_step(tmp_path, monkeypatch):
+    # A slow disk: each write sleeps while training goes on and changes the parameters in place.
+    # Every checkpoint must still hold exactly what a synchronous save at its step holds.
+    import time as _time
+
+    from streamtrain import state as state_module
+    from streamtrain.checkpoint import BackgroundWriter, load_checkpoint
+
+    data = (np.random.default_rng(0).standard_normal((3000, 5)).astype(np.float32), np.arange(3000) % 2)
+    cfg = TrainConfig(hidden=6, epochs=2, batch_size=10, checkpoint_every=50, keep=1000)
+    real_save = state_module.save_checkpoint
+    steps_seen = []
+
+    def slow_save(path, arrays, meta):
+        _time.sleep(0.05)
+        steps_seen.append((int(Path(path).name[5:17]), trainer.global_step))  # where training is meanwhile
+        real_save(path, arrays, meta)
+
+    monkeypatch.setattr(state_module, "save_checkpoint", slow_save)
+    trainer = Trainer(cfg)
+    trainer.fit(data, checkpoint_dir=tmp_path / "bg", log=None)
+    monkeypatch.setattr(state_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(BackgroundWriter, "submit", lambda self, write: write())  # synchronous saves
+    Trainer(cfg).fit(data, checkpoint_dir=tmp_path / "sync", log=None)
+    bg, sync = sorted((tmp_path / "bg").glob("ckpt-*.npz")), sorted((tmp_path / "sync").glob("ckpt-*.npz"))
+    assert [p.name for p in bg] == [p.name for p in sync] and len(bg) == 3000 // 10 * 2 // 50
+    for a, b in zip(bg, sync):
+        (arrays_a, meta_a), (arrays_b, meta_b) = load_checkpoint(a), load_checkpoint(b)
+        assert _untimed(meta_a) == _untimed(meta_b)
+        for k in arrays_b:
+            np.testing.assert_array_equal(arrays_a[k], arrays_b[k])
+    # the writes really overlapped training: it had moved on by the time most of them ran
+    assert sum(now > step for step, now in steps_seen) >= len(steps_seen) // 2
