@@ -172,17 +172,21 @@ class Trainer(CheckpointState, ModelUse):
         """Update the parameters on one batch; returns its mean loss plus the penalty, and leaves
         the parameters alone when that is not finite (the caller reports the divergence)."""
         cfg, net = self.config, self.net
-        if self._compiled_step:
+        if self._compiled_step and cfg.optimizer == "sgd":
             return minibatch.sgd_step(net.params, X, T, cfg.lr, cfg.l1, cfg.l2, net.activation, self.task)
-        loss, penalty, grads = net.loss_and_grads(X, T, cfg.l1, cfg.l2)
-        if math.isfinite(loss + penalty):
+        if self._compiled_step:
+            total, grads = minibatch.loss_and_grads(net.params, X, T, cfg.l1, cfg.l2, net.activation, self.task)
+        else:
+            loss, penalty, grads = net.loss_and_grads(X, T, cfg.l1, cfg.l2)
+            total = loss + penalty
+        if math.isfinite(total):
             self.optimizer.step(net.params, grads)
-        return loss + penalty
+        return total
 
     def _compiled_step_applies(self) -> bool:
-        """Minibatches run in the compiled SGD step where it applies: plain SGD, numba and scipy importable."""
-        cfg = self.config
-        return cfg.compiled and cfg.optimizer == "sgd" and minibatch.available()
+        """Minibatches run in the compiled step (numba and scipy importable; fused with the update
+        for plain SGD, gradients for the other optimisers)."""
+        return self.config.compiled and minibatch.available()
 
     def _choose_step(self) -> None:
         self._compiled_step = self._compiled_step_applies()

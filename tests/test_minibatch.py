@@ -57,7 +57,7 @@ def test_float32_sigmoid_is_within_2_5_ulp_and_never_subnormal():
     out = z.reshape(-1, 1).copy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        minibatch._get_step()  # binds the compiled helpers
+        minibatch._get("_sgd")  # binds the compiled helpers
         minibatch._activate(out, np.zeros(1, np.float32), 0, True)
     from scipy.special import expit
 
@@ -112,10 +112,34 @@ def test_trainer_uses_the_compiled_step_and_matches_the_numpy_path():
     assert h_fast[-1]["val_accuracy"] >= 0.97  # the textbook recipe's accuracy
 
 
-def test_other_optimisers_keep_the_numpy_path():
-    t = Trainer(TrainConfig(hidden=4, epochs=1, optimizer="adam"))
-    t.fit((np.random.default_rng(0).standard_normal((64, 3)), np.arange(64) % 2), log=None)
-    assert t._compiled_step is False
+@pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+@pytest.mark.parametrize("activation,task,reg", CASES)
+def test_compiled_gradients_equal_numpy_gradients(activation, task, reg, dtype, atol, monkeypatch):
+    monkeypatch.setattr(minibatch, "BLOCK_ROWS", 10)  # 32 rows in blocks of 10, 10, 10, 2
+    X, y = _data(task, rows=32, dtype=dtype)
+    net = _pair(activation, task, dtype)[0]
+    before = {k: v.copy() for k, v in net.params.items()}
+    loss, penalty, want = net.loss_and_grads(X, y, *reg)
+    total, got = minibatch.loss_and_grads(net.params, X, y, *reg, activation, task)
+    assert total == pytest.approx(loss + penalty, rel=10 * atol, abs=atol)
+    for k in want:
+        assert got[k].dtype == dtype and got[k].shape == want[k].shape
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=atol)
+        np.testing.assert_array_equal(net.params[k], before[k])  # gradients only: nothing updated
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+def test_other_optimisers_take_compiled_gradients(optimizer):
+    runs = {}
+    for compiled in (True, False):
+        t = Trainer(TrainConfig(hidden=10, epochs=5, batch_size=32, lr=0.01, optimizer=optimizer, l2=0.01,
+                                compiled=compiled, dtype="float64"))
+        runs[compiled] = (t, t.fit(DATA / "breast_cancer.h5", log=None))
+        assert t._compiled_step is compiled
+    (fast, h_fast), (slow, h_slow) = runs[True], runs[False]
+    for k in fast.net.params:
+        np.testing.assert_allclose(fast.net.params[k], slow.net.params[k], rtol=0, atol=1e-9)
+    assert h_fast[-1]["train_loss"] == pytest.approx(h_slow[-1]["train_loss"], rel=1e-9)
 
 
 def test_partial_fit_runs_the_same_steps_as_fit():

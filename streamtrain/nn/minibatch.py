@@ -1,4 +1,4 @@
-"""The compiled minibatch SGD step: forward, loss, backward and update of one batch in one call.
+"""The compiled minibatch step: forward, loss, backward (and for plain SGD the update) of a batch in one call.
 
 A numpy step is some thirty array operations, each paying Python's call overhead
 and writing a temporary; at batch 256 they cost more than the two matrix
@@ -18,7 +18,7 @@ import numpy as np
 
 from .online import ACT_IDS, TASK_IDS, targets_2d
 
-__all__ = ["available", "sgd_step"]
+__all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads"]
 
 _compiled = None
 _loaded = False
@@ -37,9 +37,8 @@ def load() -> None:
     global _loaded
     with _load_lock:
         if not _loaded:
-            for dtype in (np.float32, np.float64):
-                z = np.zeros((1, 1), dtype)
-                _get_step()(z, z[0], z, z[0], z, z, z[0, 0], z[0, 0], z[0, 0], 0, 0, dtype == np.float32, BLOCK_ROWS)
+            z = np.zeros((1, 1), np.float32)
+            _get("_sgd")(z, z[0], z, z[0], z, z, z[0, 0], z[0, 0], z[0, 0], 0, 0, True, BLOCK_ROWS)
             _loaded = True
 
 
@@ -50,7 +49,8 @@ def load_in_background() -> None:
         threading.Thread(target=load, name="streamtrain-compile", daemon=True).start()
 
 
-def _get_step():
+def _get(name: str):
+    """The compiled entry point ``_sgd`` or ``_grads``."""
     global _compiled
     if _compiled is None:
         import numba
@@ -60,12 +60,12 @@ def _get_step():
         # error_model="numpy": no zero-division branch, so the division loops vectorise.
         opts = dict(cache=True, nogil=True, error_model="numpy")
         fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
-        # The helpers are compiled first and bound in this module, where _step's global names find them.
-        for fn in (_activate, _loss_delta, _penalty, _update):
-            globals()[fn.__name__] = numba.njit(fastmath=fast, **opts)(fn)
+        # Helpers are compiled first and bound in this module, where the entries' global names find them.
         globals()["_exp_neg_f32"] = numba.njit(fastmath=fast - {"reassoc"}, **opts)(_exp_neg_f32)
-        _compiled = numba.njit(fastmath=fast, **opts)(_step)
-    return _compiled
+        for fn in (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads):
+            globals()[fn.__name__] = numba.njit(fastmath=fast, **opts)(fn)
+        _compiled = {"_grads": globals()["_grads"], "_sgd": numba.njit(fastmath=fast, **opts)(_sgd)}
+    return _compiled[name]
 
 
 # float32 e^-x = p * 2^n with x = n ln2 + r, |r| <= ln2/2 (Cephes' expf polynomial)
@@ -164,19 +164,20 @@ def _penalty(W, l1, l2):  # pragma: no cover - compiled
     return s
 
 
-def _update(W, G, lr, l1, l2):  # pragma: no cover - compiled
-    # W -= lr (G + l2 W + l1 sign W): the penalty's gradient from the weights before this step
+def _add_penalty_grad(W, G, l1, l2):  # pragma: no cover - compiled
+    # G += l2 W + l1 sign W: the penalty's gradient, from the weights before the step
     w, g = W.reshape(-1), G.reshape(-1)
     if l1 == 0:
         for i in range(w.size):
-            w[i] -= lr * (g[i] + l2 * w[i])
+            g[i] += l2 * w[i]
     else:
         for i in range(w.size):
-            w[i] -= lr * (g[i] + l2 * w[i] + l1 * np.sign(w[i]))
+            g[i] += l2 * w[i] + l1 * np.sign(w[i])
 
 
-def _step(W1, b1, W2, b2, X, T, lr, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
-    # Rows in blocks, so a large batch's activations stay in the core's cache; the gradients add up.
+def _grads(W1, b1, W2, b2, X, T, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
+    # The mean loss plus the penalty, and its gradients. Rows in blocks, so a large batch's
+    # activations stay in the core's cache; the gradients add up.
     n = X.shape[0]
     h, o = W2.shape
     gW1, gW2 = np.zeros_like(W1), np.zeros_like(W2)
@@ -212,13 +213,29 @@ def _step(W1, b1, W2, b2, X, T, lr, l1, l2, act, task, fast_exp, block):  # prag
                 gb1[j] += D[i, j]
     if l1 != 0 or l2 != 0:
         total += _penalty(W1, l1, l2) + _penalty(W2, l1, l2)
-    if not np.isfinite(total):
-        return total  # diverged: the caller reports it, the weights stay as they were
-    _update(W2, gW2, lr, l1, l2)
-    _update(W1, gW1, lr, l1, l2)
-    b2 -= lr * gb2
-    b1 -= lr * gb1
+        _add_penalty_grad(W1, gW1, l1, l2)
+        _add_penalty_grad(W2, gW2, l1, l2)
+    return total, gW1, gb1, gW2, gb2
+
+
+def _sgd(W1, b1, W2, b2, X, T, lr, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
+    total, gW1, gb1, gW2, gb2 = _grads(W1, b1, W2, b2, X, T, l1, l2, act, task, fast_exp, block)
+    if np.isfinite(total):  # (diverged: the caller reports it, the weights stay as they were)
+        for W, G in ((W1, gW1), (W2, gW2)):
+            w, g = W.reshape(-1), G.reshape(-1)
+            for i in range(w.size):  # in place: "W -= lr * G" would allocate lr * G first
+                w[i] -= lr * g[i]
+        for j in range(b1.size):
+            b1[j] -= lr * gb1[j]
+        for m in range(b2.size):
+            b2[m] -= lr * gb2[m]
     return total
+
+
+def _args(params, X, T, l1, l2, activation, task):
+    t = X.dtype.type
+    return (params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X), targets_2d(T, X.dtype),
+            t(l1), t(l2), ACT_IDS[activation], TASK_IDS[task], X.dtype == np.float32, BLOCK_ROWS)
 
 
 def sgd_step(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: float, l1: float, l2: float,
@@ -228,7 +245,13 @@ def sgd_step(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: fl
     ``T`` holds class indices (binary, multiclass) or targets (regression). ``params`` is
     updated in place, unless the loss is not finite (the caller reports the divergence).
     """
-    t = X.dtype.type
-    return float(_get_step()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
-                             targets_2d(T, X.dtype), t(lr), t(l1), t(l2), ACT_IDS[activation], TASK_IDS[task],
-                             X.dtype == np.float32, BLOCK_ROWS))
+    W1, b1, W2, b2, X, T, l1, l2, *rest = _args(params, X, T, l1, l2, activation, task)
+    return float(_get("_sgd")(W1, b1, W2, b2, X, T, X.dtype.type(lr), l1, l2, *rest))
+
+
+def loss_and_grads(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, l1: float, l2: float,
+                   activation: str, task: str) -> tuple[float, dict[str, np.ndarray]]:
+    """The batch's mean loss plus the penalty, and the gradients of that sum (as
+    ``TwoLayerNet.loss_and_grads`` returns them), for optimisers other than plain SGD."""
+    total, *grads = _get("_grads")(*_args(params, X, T, l1, l2, activation, task))
+    return float(total), dict(zip(("W1", "b1", "W2", "b2"), grads))
