@@ -262,3 +262,16 @@ def test_evaluate_and_predict_take_the_selection_options(tmp_path, trained):
     assert out.returncode == 0, out.stderr
     wrong = run("evaluate", trained, tmp_path / "renamed.parquet", "--features", "noise", "--label", "digit")
     assert wrong.returncode == 2 and "has 1 features, the model expects 64" in wrong.stderr
+
+
+def test_no_compiled_runs_the_numpy_path_and_records_it(tmp_path):
+    # --no-compiled trains the same math step by step in numpy: close to the compiled run, not equal
+    digests = {}
+    for flag in ("--compiled", "--no-compiled"):
+        ck = tmp_path / flag
+        res = run("train", DATA / "breast_cancer.h5", "--epochs", 3, "--seed", 1, flag, "--checkpoint-dir", ck, "--quiet")
+        assert res.returncode == 0, res.stderr
+        info = json.loads(run("inspect", ck, "--json").stdout)
+        assert info["config"]["compiled"] is (flag == "--compiled")
+        digests[flag] = info["params_sha256"]
+    assert digests["--compiled"] != digests["--no-compiled"]
