@@ -22,7 +22,7 @@ __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grad
 
 _compiled = None
 _loaded = False
-_load_lock = threading.Lock()
+_load_lock = threading.RLock()  # load() in a background thread may meet a first call here
 BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 128 KB at 64 wide, fit L2
 
 
@@ -52,20 +52,25 @@ def load_in_background() -> None:
 def _get(name: str):
     """The compiled entry point ``_sgd`` or ``_grads``."""
     global _compiled
-    if _compiled is None:
-        import numba
-
-        # Not fastmath=True: it assumes no inf/NaN, which would fold away the divergence check; and
-        # no reassociation in the exponential, which would undo its exact range reduction.
-        # error_model="numpy": no zero-division branch, so the division loops vectorise.
-        opts = dict(cache=True, nogil=True, error_model="numpy")
-        fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
-        # Helpers are compiled first and bound in this module, where the entries' global names find them.
-        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast - {"reassoc"}, **opts)(_exp_neg_f32)
-        for fn in (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads):
-            globals()[fn.__name__] = numba.njit(fastmath=fast, **opts)(fn)
-        _compiled = {"_grads": globals()["_grads"], "_sgd": numba.njit(fastmath=fast, **opts)(_sgd)}
+    with _load_lock:
+        if _compiled is None:
+            _compiled = _compile()
     return _compiled[name]
+
+
+def _compile() -> dict:
+    import numba
+
+    # Not fastmath=True: it assumes no inf/NaN, which would fold away the divergence check; and
+    # no reassociation in the exponential, which would undo its exact range reduction.
+    # error_model="numpy": no zero-division branch, so the division loops vectorise.
+    opts = dict(cache=True, nogil=True, error_model="numpy")
+    fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
+    # Helpers are compiled first and bound in this module, where the entries' global names find them.
+    globals()["_exp_neg_f32"] = numba.njit(fastmath=fast - {"reassoc"}, **opts)(_exp_neg_f32)
+    for fn in (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads):
+        globals()[fn.__name__] = numba.njit(fastmath=fast, **opts)(fn)
+    return {"_grads": globals()["_grads"], "_sgd": numba.njit(fastmath=fast, **opts)(_sgd)}
 
 
 # float32 e^-x = p * 2^n with x = n ln2 + r, |r| <= ln2/2 (Cephes' expf polynomial)
