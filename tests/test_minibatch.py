@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from streamtrain import TrainConfig, Trainer
-from streamtrain.errors import TrainingError
 from streamtrain.nn import minibatch
 from streamtrain.nn.network import TwoLayerNet
 from streamtrain.nn.optim import SGD
