@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .checkpoint import BackgroundWriter, checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
+from .checkpoint import (BackgroundWriter, checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate,
+                         save_checkpoint)
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingError
 from .nn.network import PARAM_NAMES, TwoLayerNet

@@ -191,7 +191,8 @@ class Trainer(CheckpointState, ModelUse):
     def _choose_step(self) -> None:
         self._compiled_step = self._compiled_step_applies()
         if self._compiled_step:
-            minibatch.load()  # before any thread limit is set: it loads scipy's BLAS
+            # before any thread limit is set: it loads scipy's BLAS
+            minibatch.load(self.config.dtype, self.config.optimizer == "sgd")
 
     @property
     def _identity_classes(self) -> bool:
@@ -234,7 +235,8 @@ class Trainer(CheckpointState, ModelUse):
         self.stop_requested = None
         cfg = self.config
         if cfg.batch_size > 1 and self._compiled_step_applies():  # (batch_size=1 has its own compiled loop)
-            minibatch.load_in_background()  # overlaps opening the data, the statistics pass, a checkpoint's loading
+            # overlaps opening the data, the statistics pass, a checkpoint's loading
+            minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd")
         train, val_ds = self._split(source, val, features, label)
         # Started first, so that its start-up overlaps the statistics pass and checkpoint loading.
         process = start_decoder(train, window_rows_for(cfg.window_mb * 2**20, train), cfg.shuffle,

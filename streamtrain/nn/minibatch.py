@@ -21,7 +21,7 @@ from .online import ACT_IDS, TASK_IDS, targets_2d
 __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads"]
 
 _compiled = None
-_loaded = False
+_loaded: set = set()  # (dtype, sgd) entries loaded and run once
 _load_lock = threading.RLock()  # load() in a background thread may meet a first call here
 BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 128 KB at 64 wide, fit L2
 
@@ -31,22 +31,27 @@ def available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("numba", "scipy"))
 
 
-def load() -> None:
-    """Compile (or load from numba's cache) the step now and run it once: the first product loads
-    scipy's BLAS, which a thread limit set afterwards (``Loader.sharing_cores``) must see."""
-    global _loaded
+def load(dtype="float32", sgd: bool = True) -> None:
+    """Compile (or load from numba's cache) the entry a run will use (``sgd_step``, or
+    ``loss_and_grads`` for other optimisers) and run it once: the first product loads scipy's
+    BLAS, which a thread limit set afterwards (``Loader.sharing_cores``) must see."""
+    key = (np.dtype(dtype), sgd)
     with _load_lock:
-        if not _loaded:
-            z = np.zeros((1, 1), np.float32)
-            _get("_sgd")(z, z[0], z, z[0], z, z, z[0, 0], z[0, 0], z[0, 0], 0, 0, True, BLOCK_ROWS)
-            _loaded = True
+        if key not in _loaded:
+            z = np.zeros((1, 1), key[0])
+            args = (z, z[0], z, z[0], z, z, z[0, 0], z[0, 0], 0, 0, key[0] == np.float32, BLOCK_ROWS)
+            if sgd:
+                _get("_sgd")(*args[:6], z[0, 0], *args[6:])
+            else:
+                _get("_grads")(*args)
+            _loaded.add(key)
 
 
-def load_in_background() -> None:
+def load_in_background(dtype="float32", sgd: bool = True) -> None:
     """Start ``load`` in a thread: its 0.3-0.5 s (importing numba and scipy's BLAS, reading the
     cached machine code) then overlaps what the caller does before its first step."""
-    if not _loaded:
-        threading.Thread(target=load, name="streamtrain-compile", daemon=True).start()
+    if (np.dtype(dtype), sgd) not in _loaded:
+        threading.Thread(target=load, args=(dtype, sgd), name="streamtrain-compile", daemon=True).start()
 
 
 def _get(name: str):
