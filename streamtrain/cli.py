@@ -151,7 +151,7 @@ def _load_config(ctx, param, value):
 @click.option("--scale", type=click.Choice(list(SCALINGS)), default=_DEFAULTS.scale, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS.dtype, show_default=True)
 @click.option("--compiled/--no-compiled", default=_DEFAULTS.compiled, show_default=True,
-              help="Run plain SGD steps in compiled loops (numba); --no-compiled: the numpy path, same math.")
+              help="Run training steps in compiled code (numba); --no-compiled: the numpy path, same math.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--skip-nonfinite", is_flag=True, help="Skip rows with NaN or Inf instead of stopping with an error.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)

@@ -33,7 +33,7 @@ class TrainConfig:
     seed: int = 0
     scale: str = "standard"
     dtype: str = "float32"
-    # SGD steps in numba-compiled loops where they apply (batch_size=1; minibatches); False: the numpy path
+    # training steps in numba-compiled code (batch_size=1 with SGD: per sample); False: the numpy path
     compiled: bool = True
     val_fraction: float = 0.0
     skip_nonfinite: bool = False
