@@ -169,3 +169,16 @@ def test_compiled_false_runs_every_step_in_numpy(monkeypatch):
         assert t.global_step == 64 // batch_size
     with pytest.raises(AssertionError, match="a compiled loop ran"):  # and the default does run them
         Trainer(TrainConfig(hidden=4, epochs=1, batch_size=16)).fit(data, log=None)
+
+
+def test_multi_output_regression_step_equals_numpy_step():
+    rng = np.random.default_rng(3)
+    X, Y = rng.standard_normal((70, 7)), rng.standard_normal((70, 3))
+    a, b = (TwoLayerNet(7, 5, 3, "tanh", "regression", "glorot", seed=2, dtype=np.float64) for _ in range(2))
+    for s in range(0, 70, 32):
+        loss, penalty, grads = a.loss_and_grads(X[s:s + 32], Y[s:s + 32], 0.001, 0.01)
+        SGD(0.05).step(a.params, grads)
+        total = minibatch.sgd_step(b.params, X[s:s + 32], Y[s:s + 32], 0.05, 0.001, 0.01, "tanh", "regression")
+        assert total == pytest.approx(loss + penalty, rel=1e-12)
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=0, atol=1e-12)
