@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .checkpoint import (BackgroundWriter, checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate,
-                         save_checkpoint)
+from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError, TrainingError
 from .nn.network import PARAM_NAMES, TwoLayerNet
@@ -57,14 +56,17 @@ class CheckpointState:
         }
         return arrays, meta
 
-    def _save(self, directory, sampler: Sampler, writer: BackgroundWriter | None = None) -> Path:
-        """Checkpoint the current state into ``directory`` (rotating old ones); with ``writer``, the
-        state is copied now and written in the background (``writer.wait()`` for it to be on disk)."""
+    def _save(self, directory, sampler: Sampler) -> Path:
+        """Checkpoint the current state into ``directory`` (rotating old ones): the state is copied
+        now and written by the background writer (``self._writer.wait()`` for it to be on disk)."""
         for k, v in self.net.params.items():
             if not np.all(np.isfinite(v)):
                 raise TrainingError(f"training diverged: parameter {k} is not finite after batch step "
                                     f"{self.global_step}; refusing to write a checkpoint (lower --lr)")
         arrays, meta = self.state(sampler)
+        # A snapshot: training changes the arrays and dicts in place while the write runs.
+        arrays = {k: np.array(v) for k, v in arrays.items()}
+        meta = json.loads(json.dumps(meta))
         Path(directory).mkdir(parents=True, exist_ok=True)
         path = Path(directory) / checkpoint_name(self.global_step)
         keep = self.config.keep
@@ -77,13 +79,7 @@ class CheckpointState:
                                     "the previous checkpoint is kept") from None
             rotate(directory, keep)
 
-        if writer is None:
-            write()
-        else:
-            # A snapshot: training changes the arrays and dicts in place while the write runs.
-            arrays = {k: np.array(v) for k, v in arrays.items()}
-            meta = json.loads(json.dumps(meta))
-            writer.submit(write)
+        self._writer.submit(write)
         self._last_save = time.monotonic()
         return path
 

@@ -356,7 +356,7 @@ class Trainer(CheckpointState, ModelUse):
             if checkpoint_dir:
                 with open(Path(checkpoint_dir) / "metrics.jsonl", "a") as fh:  # for any tool to plot
                     fh.write(json.dumps(record) + "\n")
-                path = self._save(checkpoint_dir, sampler, self._writer)
+                path = self._save(checkpoint_dir, sampler)
                 if cfg.keep_best and record.get("val_loss") is not None and self._early["best_epoch"] == record["epoch"]:
                     # The best epoch by validation loss, kept apart from the rotation.
                     self._writer.wait()
@@ -393,7 +393,7 @@ class Trainer(CheckpointState, ModelUse):
         the write is kept out of the epoch's training time. Returns the new interval start."""
         if checkpoint_dir and (due or self._time_due() or self.stop_requested):
             acc["seconds"] += time.perf_counter() - started
-            self._save(checkpoint_dir, sampler, self._writer)
+            self._save(checkpoint_dir, sampler)
             return time.perf_counter()
         return started
 

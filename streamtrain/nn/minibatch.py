@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 
+from . import online
 from .online import ACT_IDS, TASK_IDS, targets_2d
 
 __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads"]
@@ -28,7 +29,7 @@ BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 1
 
 def available() -> bool:
     """True when numba and scipy are importable (numba's matrix product calls BLAS through scipy)."""
-    return all(importlib.util.find_spec(m) is not None for m in ("numba", "scipy"))
+    return online.available() and importlib.util.find_spec("scipy") is not None
 
 
 def load(dtype="float32", sgd: bool = True) -> None:
@@ -57,9 +58,10 @@ def load_in_background(dtype="float32", sgd: bool = True) -> None:
 def _get(name: str):
     """The compiled entry point ``_sgd`` or ``_grads``."""
     global _compiled
-    with _load_lock:
-        if _compiled is None:
-            _compiled = _compile()
+    if _compiled is None:  # (the lock only until the first compilation: this runs per batch)
+        with _load_lock:
+            if _compiled is None:
+                _compiled = _compile()
     return _compiled[name]
 
 
