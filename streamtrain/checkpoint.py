@@ -23,7 +23,8 @@ from .atomic import atomic_path
 from .errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
-           "resolve_checkpoint", "params_digest", "DirectoryLock", "BackgroundWriter", "FORMAT_VERSION"]
+           "resolve_checkpoint", "params_digest", "DirectoryLock", "BackgroundWriter", "FORMAT_VERSION",
+           "Schema"]
 
 FORMAT_VERSION = 1
 _META = "__meta__"
@@ -154,29 +155,157 @@ def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
     return gone
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays and metadata of a checkpoint file, after verifying its checksum."""
+# Bounds on what a checkpoint may declare, checked before anything is read or allocated: a
+# checkpoint is untrusted input (its checksum detects accidents, not someone who can write it).
+MAX_META_BYTES = 16 << 20
+MAX_JSON_DEPTH = 32
+MAX_MEMBERS = 64
+# Without a schema (a plain ``load_checkpoint``), the arrays together may declare at most this.
+MAX_UNCHECKED_BYTES = 1 << 30
+
+
+class Schema:
+    """What a kind of checkpoint holds: ``arrays(meta)`` validates the metadata and returns
+    ``(required, optional_groups)``, each a mapping of array name -> ``(dtype, shape)`` (an
+    optional group is present whole or not at all); ``check(arrays, meta)`` validates the
+    values once read. Both raise ``ValueError`` with the problem."""
+
+    def arrays(self, meta: dict) -> tuple[dict, list[dict]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def check(self, arrays: dict[str, np.ndarray], meta: dict) -> None:  # pragma: no cover - interface
+        pass
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text (strings skipped), without parsing it:
+    ``json.loads`` recurses, so deep input must be refused before it is parsed."""
+    text = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", data)
+    opens = np.frombuffer(text, np.uint8)
+    step = np.isin(opens, (ord("["), ord("{"))).astype(np.int64) - np.isin(opens, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str):
+    """``(shape, dtype, data offset)`` of an NPY member, from its header alone."""
+    from numpy.lib import format as npf
+
+    with zf.open(info) as fh:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(fh, max_header_size=4096)
+        elif version == (2, 0):
+            shape, fortran, dtype = npf.read_array_header_2_0(fh, max_header_size=4096)
+        else:
+            raise ValueError(f"array {where}: unsupported NPY version {version}")
+        offset = fh.tell()
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ValueError(f"array {where}: dtype {dtype} is not allowed")
+    if fortran and len(shape) > 1:
+        raise ValueError(f"array {where}: Fortran order is not allowed")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"array {where}: negative dimension in {shape}")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if info.file_size != offset + nbytes:
+        raise ValueError(f"array {where}: declares {shape} {dtype} ({nbytes} bytes) but holds "
+                         f"{info.file_size - offset}")
+    return tuple(int(d) for d in shape), dtype, offset
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape, dtype, offset) -> np.ndarray:
+    """The member's data, exactly as many bytes as its (already checked) header declares."""
+    buf = bytearray(info.file_size - offset)
+    with zf.open(info) as fh:
+        fh.seek(offset)
+        if fh.readinto(buf) != len(buf):
+            raise EOFError("array data ends early")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _expect(meta: dict, schema: Schema | None, headers: dict) -> None:
+    """Check the arrays the file declares (names, dtypes, shapes) against what ``meta`` implies."""
+    if schema is None:
+        total = sum(int(np.prod(s, dtype=object)) * d.itemsize for s, d, _ in headers.values())
+        if total > MAX_UNCHECKED_BYTES:
+            raise ValueError(f"the arrays declare {total} bytes, more than {MAX_UNCHECKED_BYTES}")
+        return
+    required, groups = schema.arrays(meta)
+    names = set(headers)
+    missing = sorted(set(required) - names)
+    if missing:
+        raise ValueError(f"array {missing[0]} is missing")
+    expected = dict(required)
+    for group in groups:
+        present = names & set(group)
+        if present and present != set(group):
+            raise ValueError(f"array {sorted(set(group) - present)[0]} is missing")
+        if present:
+            expected.update(group)
+    extra = sorted(names - set(expected))
+    if extra:
+        raise ValueError(f"unexpected array {extra[0]}")
+    for name, (dtype, shape) in expected.items():
+        got_shape, got_dtype, _ = headers[name]
+        if got_dtype != np.dtype(dtype) or got_shape != tuple(shape):
+            raise ValueError(f"array {name} is {got_dtype} {got_shape}; the model needs "
+                             f"{np.dtype(dtype)} {tuple(shape)}")
+
+
+def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and metadata of a checkpoint file, after verifying its checksum.
+
+    Nothing is trusted: member count, metadata size and nesting, and every array's declared
+    dtype and shape are checked before data is read (against ``schema``, the model the
+    metadata describes, where given); any problem is a ``CheckpointError``.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable streamtrain checkpoint ({type(e).__name__}: {e})") from None
-    if _META not in arrays or _SUM not in arrays:
-        raise CheckpointError(f"{path}: not a streamtrain checkpoint (no metadata)")
-    meta_bytes = arrays.pop(_META).tobytes()
-    expected = arrays.pop(_SUM).tobytes().decode("ascii", "replace")
-    if _digest(meta_bytes, arrays) != expected:
+        with zipfile.ZipFile(path) as zf:
+            infos = {}
+            for info in zf.infolist():
+                if len(infos) >= MAX_MEMBERS or not info.filename.endswith(".npy"):
+                    raise ValueError(f"unexpected member {info.filename!r}")
+                infos[info.filename[:-4]] = info
+            if _META not in infos or _SUM not in infos:
+                raise CheckpointError(f"{path}: not a streamtrain checkpoint (no metadata)")
+            headers = {name: _npy_header(zf, info, name) for name, info in infos.items()}
+            for name, limit in ((_META, MAX_META_BYTES), (_SUM, 64)):
+                shape, dtype, _ = headers.pop(name)
+                if dtype != np.uint8 or len(shape) != 1 or shape[0] > limit:
+                    raise ValueError(f"{name} is {dtype} {shape}")
+            meta_bytes = _read_member(zf, infos[_META], *_npy_header(zf, infos[_META], _META)).tobytes()
+            expected = _read_member(zf, infos[_SUM], *_npy_header(zf, infos[_SUM], _SUM)).tobytes()
+            if json_depth(meta_bytes) > MAX_JSON_DEPTH:
+                raise ValueError(f"metadata nested more than {MAX_JSON_DEPTH} deep")
+            meta = json.loads(meta_bytes)
+            if not isinstance(meta, dict):
+                raise ValueError(f"metadata is a {type(meta).__name__}, not a mapping")
+            version = meta.get("format_version", 0)
+            if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+                raise CheckpointError(f"{path}: written by a newer streamtrain (format {version}); upgrade")
+            _expect(meta, schema, headers)
+            arrays = {name: _read_member(zf, infos[name], *h) for name, h in headers.items()}
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, zipfile.BadZipFile, EOFError,
+            RecursionError, UnicodeDecodeError, NotImplementedError, OverflowError, MemoryError) as e:
+        raise CheckpointError(f"{path}: not a valid streamtrain checkpoint ({_one_line(e)})") from None
+    if _digest(meta_bytes, arrays) != expected.decode("ascii", "replace"):
         raise CheckpointError(f"{path}: checksum mismatch; the file is corrupt")
-    try:
-        meta = json.loads(meta_bytes)
-    except ValueError:
-        raise CheckpointError(f"{path}: corrupt metadata") from None
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer streamtrain (format {meta['format_version']}); upgrade")
+    if schema is not None:
+        try:
+            schema.check(arrays, meta)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{path}: not a valid streamtrain checkpoint ({_one_line(e)})") from None
     return arrays, meta
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
 def checkpoint_name(step: int) -> str:
@@ -191,32 +320,37 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return sorted((p for p in d.iterdir() if _NAME.match(p.name)), reverse=True)
 
 
-def latest_checkpoint(directory: str | os.PathLike, warn=None):
-    """``(path, arrays, meta)`` of the newest checkpoint that loads, or None.
+def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | None = None):
+    """``(path, arrays, meta)`` of the newest checkpoint that loads (and fits ``schema``), or None
+    when the directory holds no checkpoint at all.
 
-    A newer checkpoint that fails to load is reported through ``warn`` and
-    skipped, so a crash while writing never costs more than one interval.
+    A newer checkpoint that fails to load is reported through ``warn`` and skipped, so a
+    crash while writing (or a damaged file) never costs more than one interval; when every
+    one fails, that is a ``CheckpointError``.
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    for p in list_checkpoints(directory):
+    found = list_checkpoints(directory)
+    for i, p in enumerate(found):
         try:
-            arrays, meta = load_checkpoint(p)
+            arrays, meta = load_checkpoint(p, schema)
         except CheckpointError as e:
+            if i + 1 == len(found):
+                raise CheckpointError(f"{e}; no valid checkpoint left in {directory}") from None
             warn(f"{e}; using an older checkpoint")
             continue
         return p, arrays, meta
     return None
 
 
-def resolve_checkpoint(path: str | os.PathLike):
+def resolve_checkpoint(path: str | os.PathLike, schema: Schema | None = None, warn=None):
     """``(path, arrays, meta)`` from a checkpoint file, or from a directory's newest valid one."""
     path = Path(path)
     if path.is_dir():
-        found = latest_checkpoint(path)
+        found = latest_checkpoint(path, warn, schema)
         if found is None:
-            raise CheckpointError(f"{path}: no valid checkpoint in this directory")
+            raise CheckpointError(f"{path}: no checkpoint in this directory")
         return found
-    arrays, meta = load_checkpoint(path)
+    arrays, meta = load_checkpoint(path, schema)
     return path, arrays, meta
 
 

@@ -22,6 +22,7 @@ from .readers import open_dataset
 from .readers.subset import HoldoutSplit
 from .sampling import SHUFFLES
 from .scaling import SCALINGS
+from .schema import TRAINER
 from .synthetic import TASKS, make_data
 from .trainer import Trainer
 
@@ -264,7 +265,7 @@ def plot(checkpoint, out):
     """
     from .plot import plot_history
 
-    found, _, meta = resolve_checkpoint(checkpoint)
+    found, _, meta = resolve_checkpoint(checkpoint, TRAINER)
     click.echo(f"wrote {plot_history(meta['history'], out, title=str(found))}")
 
 
@@ -278,7 +279,7 @@ def inspect(path, features, label, as_json):
     Example: streamtrain inspect data/digits.parquet --json
     """
     if path.suffix == ".npz" or (path.is_dir() and any(path.glob("ckpt-*.npz"))):
-        found, arrays, meta = resolve_checkpoint(path)
+        found, arrays, meta = resolve_checkpoint(path, TRAINER)
         params = {k: v for k, v in arrays.items() if k.startswith("param.")}
         info = {"checkpoint": str(found), **meta, "params_sha256": params_digest(params)}
     else:

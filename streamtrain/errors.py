@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StreamtrainError", "DataError", "CheckpointError", "TrainingError", "Interrupted"]
+__all__ = ["StreamtrainError", "DataError", "CheckpointError", "ConfigError", "TrainingError", "Interrupted"]
 
 
 class StreamtrainError(Exception):
@@ -17,6 +17,10 @@ class DataError(StreamtrainError, ValueError):
 
 class CheckpointError(StreamtrainError, ValueError):
     """A checkpoint is missing, corrupt or does not match the run."""
+
+
+class ConfigError(StreamtrainError, ValueError):
+    """A setting of the wrong type or out of range."""
 
 
 class TrainingError(StreamtrainError, RuntimeError):

@@ -23,6 +23,7 @@ from .nn.optim import make_optimizer
 from .readers.base import Dataset
 from .sampling import Sampler
 from .scaling import Scaler
+from .schema import TRAINER
 
 __all__ = ["CheckpointState"]
 
@@ -106,42 +107,41 @@ class CheckpointState:
         self._sampler_state = meta.get("sampler")
         self._epoch_acc = dict(meta["epoch_acc"])
         self._early = dict(meta["early_stopping"])
-        self.history = list(meta["history"])
+        self.history = list(meta.get("history", []))
         self.fingerprint = meta["fingerprint"]
 
     def _resume(self, directory, train: Dataset, force: bool, log) -> bool:
-        found = latest_checkpoint(directory, warn=log)
+        found = latest_checkpoint(directory, warn=log and (lambda m: log(f"warning: {m}")), schema=TRAINER)
         if found is None:
             return False
         path, arrays, meta = found
-        try:
-            saved = TrainConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
+        saved = TrainConfig.from_dict(meta["config"])  # validated by the schema
+        changed = [k for k in ("hidden", "activation", "dtype") if getattr(saved, k) != getattr(self.config, k)]
+        if changed:  # not even --force: the saved parameters have another shape
+            raise CheckpointError(f"{path}: cannot resume with another {changed[0]} "
+                                  f"({getattr(saved, changed[0])!r} -> {getattr(self.config, changed[0])!r}); "
+                                  "use another --checkpoint-dir for a new model")
         problems = self.config.differences(saved)
         fp = train.fingerprint()
         problems += [f"data {k}: {meta['fingerprint'].get(k)!r} -> {fp[k]!r}"
-                     for k in fp if meta["fingerprint"].get(k) != fp[k]]
+                     for k in fp if k in meta["fingerprint"] and meta["fingerprint"][k] != fp[k]]
         if problems and not force:
             raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
                                   f"{'; '.join(problems)} (pass --force to resume anyway)")
-        try:
-            self._restore(arrays, meta)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
+        if meta["model"]["n_in"] != train.n_features:
+            raise CheckpointError(f"{path}: the model takes {meta['model']['n_in']} features, "
+                                  f"{train.path} has {train.n_features}")
+        self._restore(arrays, meta)
         self.fingerprint = fp
         if log:
-            s = meta["sampler"]
+            s = meta["sampler"] or {"epoch": 0, "position": 0}
             log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
         return True
 
     @classmethod
     def load(cls, path: str | os.PathLike):
         """A Trainer restored from a checkpoint file or directory (its newest valid checkpoint)."""
-        found, arrays, meta = resolve_checkpoint(path)
-        try:
-            t = cls(TrainConfig.from_dict(meta["config"]))
-            t._restore(arrays, meta)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{found}: incomplete checkpoint ({type(e).__name__}: {e})") from None
+        found, arrays, meta = resolve_checkpoint(path, schema=TRAINER)
+        t = cls(TrainConfig.from_dict(meta["config"]))
+        t._restore(arrays, meta)
         return t

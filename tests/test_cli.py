@@ -77,7 +77,7 @@ def test_inspect_dataset_json():
     (["train", "missing.h5"], "missing.h5: no such file"),
     (["train", DATA / "README.md"], "unknown format"),
     (["train", DATA / "digits.h5", "--label", "nope"], "no label dataset named 'nope'"),
-    (["evaluate", DATA / "digits.h5", DATA / "digits.h5"], "not a readable streamtrain checkpoint"),
+    (["evaluate", DATA / "digits.h5", DATA / "digits.h5"], "not a valid streamtrain checkpoint"),
     (["make-data", "x.csv", "--rows", 5, "--features", 2], "unknown format"),
 ])
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):

@@ -1,0 +1,203 @@
+"""What a trainer's checkpoint must hold, checked before any of it reaches the network or compiled code.
+
+A checkpoint is untrusted input: its checksum detects accidents, not someone who can
+rewrite the file and the checksum with it. ``TRAINER`` validates every metadata field
+(type, range, names from their tables), derives from the model's size the exact dtype and
+shape of every array the file may hold, and after reading checks the values (finite
+parameters, positive scales). Arrays of the wrong shape would otherwise let the compiled
+step index out of bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import FORMAT_VERSION, Schema
+from .config import LIMITS, TrainConfig
+
+__all__ = ["TRAINER", "TrainerSchema", "MAX_FEATURES", "MAX_OUTPUTS"]
+
+# A model's size is bounded so that a checkpoint cannot make the loader allocate without limit.
+MAX_FEATURES = 1 << 20
+MAX_OUTPUTS = 1 << 16
+MAX_PARAMS = 1 << 31
+_INT64 = (1 << 63) - 1
+
+
+def _field(meta: dict, key: str, where: str = ""):
+    if not isinstance(meta, dict):
+        raise ValueError(f"metadata field {where or 'top level'} must be a mapping")
+    if key not in meta:
+        raise ValueError(f"metadata field {where + '.' if where else ''}{key} is missing")
+    return meta[key]
+
+
+def _int(value, name: str, lo: int = 0, hi: int = _INT64) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"metadata field {name} must be an integer in [{lo}, {hi}], got {_short(value)}")
+    return value
+
+
+def _number(value, name: str, lo: float = -math.inf, hi: float = math.inf, none: bool = False):
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        raise ValueError(f"metadata field {name} must be a finite number in [{lo}, {hi}], got {_short(value)}")
+    return value
+
+
+def _str(value, name: str, choices=None, none: bool = False):
+    if value is None and none:
+        return None
+    if not isinstance(value, str) or (choices is not None and value not in choices):
+        want = f"one of {', '.join(choices)}" if choices is not None else "a string"
+        raise ValueError(f"metadata field {name} must be {want}, got {_short(value)}")
+    return value
+
+
+def _str_list(value, name: str, length: int | None = None) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or \
+            (length is not None and len(value) != length):
+        raise ValueError(f"metadata field {name} must be a list of {length if length is not None else ''} "
+                         f"strings, got {_short(value)}")
+    return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class TrainerSchema(Schema):
+    """The checkpoint a ``Trainer`` writes (see ``Trainer.state``)."""
+
+    TOP = {"format_version", "streamtrain_version", "config", "model", "task", "classes", "feature_names",
+           "selection", "label", "scale", "global_step", "sampler", "epoch_acc", "early_stopping", "history",
+           "fingerprint"}
+
+    def arrays(self, meta: dict) -> tuple[dict, list[dict]]:
+        self.validate_meta(meta)
+        m = meta["model"]
+        dt = np.dtype(m["dtype"])
+        n_in, hidden, n_out = m["n_in"], m["hidden"], m["n_out"]
+        shapes = {"W1": (n_in, hidden), "b1": (hidden,), "W2": (hidden, n_out), "b2": (n_out,)}
+        required = {f"param.{k}": (dt, s) for k, s in shapes.items()}
+        groups = [{f"best.{k}": (dt, s) for k, s in shapes.items()},
+                  {"scaler.mean": (dt, (n_in,)), "scaler.scale": (dt, (n_in,))}]
+        optimizer = meta["config"]["optimizer"]
+        if optimizer in ("momentum", "nesterov"):
+            groups.append({f"optim.v.{k}": (dt, s) for k, s in shapes.items()})
+        elif optimizer == "adam":
+            groups.append({"optim.t": (np.dtype(np.int64), ()),
+                           **{f"optim.m.{k}": (dt, s) for k, s in shapes.items()},
+                           **{f"optim.v.{k}": (dt, s) for k, s in shapes.items()}})
+        return required, groups
+
+    def check(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        for name, a in arrays.items():
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise ValueError(f"array {name} holds NaN or Inf")
+        if "scaler.scale" in arrays and not (arrays["scaler.scale"] > 0).all():
+            raise ValueError("array scaler.scale holds values that are not positive")
+        if "optim.t" in arrays and not 0 <= int(arrays["optim.t"]) <= _INT64 // 2:
+            raise ValueError("array optim.t is out of range")
+        for name, a in arrays.items():
+            if name.startswith("optim.v.") and meta["config"]["optimizer"] == "adam" and (a < 0).any():
+                raise ValueError(f"array {name} holds negative second moments")
+
+    def validate_meta(self, meta: dict) -> None:
+        """Raise ``ValueError`` naming the first metadata field of the wrong type or out of range."""
+        unknown = sorted(set(meta) - self.TOP, key=str)
+        if unknown:
+            raise ValueError(f"unexpected metadata field {_short(unknown[0])}")
+        _int(_field(meta, "format_version"), "format_version", 1, FORMAT_VERSION)
+        _str(meta.get("streamtrain_version", ""), "streamtrain_version")
+        try:
+            config = TrainConfig.from_dict(_field(meta, "config"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"metadata field config: {e}") from None
+        model = _field(meta, "model")
+        for key in ("n_in", "hidden", "n_out", "activation", "task", "init", "dtype"):
+            _field(model, key, "model")
+        if set(model) - {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype"}:
+            raise ValueError("metadata field model has unexpected entries")
+        from .nn.functions import ACTIVATIONS, INITS, TASKS
+        from .scaling import SCALINGS
+
+        n_in = _int(model["n_in"], "model.n_in", 1, MAX_FEATURES)
+        hidden = _int(model["hidden"], "model.hidden", *LIMITS["hidden"])
+        n_out = _int(model["n_out"], "model.n_out", 1, MAX_OUTPUTS)
+        if (n_in + n_out + 1) * hidden + n_out > MAX_PARAMS:
+            raise ValueError(f"metadata field model describes {(n_in + n_out + 1) * hidden} parameters, "
+                             f"more than {MAX_PARAMS}")
+        _str(model["activation"], "model.activation", tuple(ACTIVATIONS))
+        task = _str(model["task"], "model.task", tuple(TASKS))
+        _str(model["init"], "model.init", tuple(INITS))
+        _str(model["dtype"], "model.dtype", ("float32", "float64"))
+        if (model["dtype"], model["activation"], model["hidden"]) != (config.dtype, config.activation, config.hidden):
+            raise ValueError("metadata fields model and config disagree on dtype, activation or hidden")
+        if _field(meta, "task") != task:
+            raise ValueError("metadata fields task and model.task disagree")
+        self._check_classes(_field(meta, "classes"), task, n_out)
+        _str_list(_field(meta, "feature_names"), "feature_names", n_in)
+        selection = _field(meta, "selection")
+        if selection is not None and not isinstance(selection, str):
+            _str_list(selection, "selection")
+        _str(_field(meta, "label"), "label", none=True)
+        _str(_field(meta, "scale"), "scale", tuple(SCALINGS))
+        _int(_field(meta, "global_step"), "global_step")
+        self._check_sampler(_field(meta, "sampler"))
+        acc = _field(meta, "epoch_acc")
+        _number(_field(acc, "loss_sum", "epoch_acc"), "epoch_acc.loss_sum")
+        _int(_field(acc, "n", "epoch_acc"), "epoch_acc.n")
+        _number(_field(acc, "seconds", "epoch_acc"), "epoch_acc.seconds", 0)
+        early = _field(meta, "early_stopping")
+        _number(_field(early, "best_loss", "early_stopping"), "early_stopping.best_loss", none=True)
+        if _field(early, "best_epoch", "early_stopping") is not None:
+            _int(early["best_epoch"], "early_stopping.best_epoch", 1)
+        _int(_field(early, "wait", "early_stopping"), "early_stopping.wait")
+        history = meta.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+            raise ValueError("metadata field history must be a list of mappings")
+        if not isinstance(_field(meta, "fingerprint"), dict):
+            raise ValueError("metadata field fingerprint must be a mapping")
+
+    @staticmethod
+    def _check_classes(classes: Any, task: str, n_out: int) -> None:
+        if not isinstance(classes, list) or not all(
+                isinstance(c, (int, float, str)) and not isinstance(c, bool) for c in classes):
+            raise ValueError("metadata field classes must be a list of numbers or strings")
+        want = {"regression": 0, "binary": 2, "multiclass": n_out}[task]
+        if len(classes) != want and not (task == "binary" and len(classes) == 1):
+            raise ValueError(f"metadata field classes has {len(classes)} entries; a {task} model "
+                             f"with {n_out} outputs needs {want}")
+        if task == "binary" and n_out != 1:
+            raise ValueError("a binary model has one output")
+        if len(set(map(repr, classes))) != len(classes):
+            raise ValueError("metadata field classes has repeated entries")
+
+    @staticmethod
+    def _check_sampler(s: Any) -> None:
+        if s is None:
+            return
+        if not isinstance(s, dict):
+            raise ValueError("metadata field sampler must be a mapping")
+        for key in ("epoch", "position", "batch_size", "window_rows", "n_rows", "seed", "rank", "world_size"):
+            if key in s:
+                _int(s[key], f"sampler.{key}", 1 if key in ("batch_size", "window_rows", "world_size") else 0)
+        for key in ("epoch", "position"):
+            _field(s, key, "sampler")
+        if "shuffle" in s:
+            from .sampling import SHUFFLES
+
+            _str(s["shuffle"], "sampler.shuffle", tuple(SHUFFLES))
+        for key in ("drop_last", "replacement"):
+            if key in s and not isinstance(s[key], bool):
+                raise ValueError(f"metadata field sampler.{key} must be true or false")
+
+
+TRAINER = TrainerSchema()
