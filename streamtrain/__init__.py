@@ -1,30 +1,38 @@
-"""streamtrain: train a two-layer neural network on datasets larger than memory."""
+"""streamtrain: train a two-layer neural network on datasets larger than memory.
 
-from ._version import __version__  # noqa: E402
+The public names are imported on first use, so ``import streamtrain`` (and the command line's
+start, which must install its signal handlers before anything slow) stays cheap.
+"""
 
-from .batches import BatchIterator  # noqa: E402
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .errors import CheckpointError, DataError, Interrupted, StreamtrainError, TrainingError  # noqa: E402
-from .loader import Loader  # noqa: E402
-from .nn.network import TwoLayerNet  # noqa: E402
-from .readers import ArrayDataset, Dataset, open_dataset  # noqa: E402
-from .sampling import Sampler  # noqa: E402
-from .scaling import Scaler  # noqa: E402
-from .synthetic import make_data  # noqa: E402
-from .trainer import Trainer  # noqa: E402
+from __future__ import annotations
 
-__all__ = [
-    "__version__", "open_dataset", "Dataset", "ArrayDataset", "Sampler", "Loader", "BatchIterator", "Scaler",
-    "TwoLayerNet", "Trainer", "TrainConfig", "save_checkpoint", "load_checkpoint", "make_data",
-    "StreamtrainError", "DataError", "CheckpointError", "TrainingError", "Interrupted",
-]
+import importlib
+
+from ._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "open_dataset": "readers", "Dataset": "readers", "ArrayDataset": "readers",
+    "Sampler": "sampling", "Loader": "loader", "BatchIterator": "batches", "Scaler": "scaling",
+    "TwoLayerNet": "nn.network", "Trainer": "trainer", "TrainConfig": "config",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "make_data": "synthetic",
+    "StreamtrainError": "errors", "DataError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
+    "TrainingError": "errors", "Interrupted": "errors",
+    # the scikit-learn estimators import scikit-learn (an optional extra)
+    "StreamClassifier": "estimator", "StreamRegressor": "estimator",
+}
+
+__all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name):
-    # The scikit-learn estimators import scikit-learn (an optional extra) only when asked for.
-    if name in ("StreamClassifier", "StreamRegressor"):
-        from . import estimator
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamtrain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(estimator, name)
-    raise AttributeError(f"module 'streamtrain' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(__all__)

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .loader import Loader, window_rows_for
+from .loader import Loader, check_budget, window_rows_for
 from .readers import open_dataset
 from .sampling import Sampler
 
@@ -32,6 +32,7 @@ class BatchIterator:
                  drop_last: bool = False, window_mb: float = 256.0, replacement: bool = False,
                  rank: int = 0, world_size: int = 1, features=None, label: str | None = None,
                  dtype="float32"):
+        check_budget(window_mb)
         self.source, self.features, self.label, self.dtype = source, features, label, dtype
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.window_mb, self.replacement, self.rank, self.world_size = window_mb, replacement, rank, world_size

@@ -116,34 +116,71 @@ def crash_point(name: str) -> None:
 
 class DirectoryLock:
     """An exclusive lock on a checkpoint directory (flock on DIR/.lock), so two trainers never
-    write into the same directory. The kernel drops it when the process dies, however it dies."""
+    write into the same directory. The kernel drops it when the process dies, however it dies.
+
+    The directory itself stays open while the lock is held: if it is deleted or replaced
+    meanwhile (which would let a second trainer take a fresh lock there), ``check`` says so.
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self._fd: int | None = None
+        self._dir_fd: int | None = None
 
     def __enter__(self) -> "DirectoryLock":
         import fcntl
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._dir_fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._close_dir()
+            raise CheckpointError(f"{self.directory}: cannot use it as the checkpoint directory "
+                                  f"({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
+            self._close_dir()
             raise CheckpointError(f"{self.directory}: another trainer (pid {holder}) is writing checkpoints here; "
                                   "stop it or use another --checkpoint-dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            os.close(fd)
+            self._close_dir()
+            raise CheckpointError(f"{self.directory}: cannot write in the checkpoint directory "
+                                  f"({e.strerror or e})") from None
         self._fd = fd
         remove_leftovers(self.directory)
         return self
+
+    def check(self) -> None:
+        """Raise ``CheckpointError`` if the directory or its lock file is no longer the one locked."""
+        if self._fd is None:
+            return
+        try:
+            same_dir = os.path.samestat(os.stat(self.directory), os.fstat(self._dir_fd))
+            same_lock = os.path.samestat(os.stat(self.directory / ".lock"), os.fstat(self._fd))
+        except OSError:
+            same_dir = same_lock = False
+        if not (same_dir and same_lock):
+            raise CheckpointError(f"{self.directory}: the checkpoint directory was deleted or replaced while "
+                                  "this run was using it; stopping without writing there")
+
+    def _close_dir(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+        self._close_dir()
 
 
 def remove_leftovers(directory: str | os.PathLike) -> list[Path]:

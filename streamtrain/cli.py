@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
+import math
 import sys
 import time
 import traceback
@@ -13,12 +16,14 @@ import click
 from ._malloc import reuse_freed_memory
 from .callbacks import ProgressBar
 from .checkpoint import params_digest, resolve_checkpoint
-from .config import TrainConfig
+from .config import LIMITS, MAX_FEATURES, TrainConfig
+from .config import choices as config_choices
 from .errors import Interrupted, StreamtrainError
 from .loader import DECODERS
 from .nn.functions import ACTIVATIONS, INITS
 from .nn.optim import OPTIMIZERS
 from .readers import open_dataset
+from .readers.remote import is_url
 from .readers.subset import HoldoutSplit
 from .sampling import SHUFFLES
 from .scaling import SCALINGS
@@ -57,6 +62,18 @@ def _selection_options(f):
     return f
 
 
+class FiniteFloat(click.FloatRange):
+    """A float in a range that also refuses NaN and infinity (``float("nan")`` passes any range)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="streamtrain")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
@@ -72,15 +89,16 @@ def cli(ctx, debug):
 
 @cli.command("make-data")
 @click.argument("out", type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--rows", type=click.IntRange(min=1), required=True, help="Number of rows.")
-@click.option("--features", type=click.IntRange(min=1), required=True, help="Number of features.")
+@click.option("--rows", type=click.IntRange(1, 1 << 62), required=True, help="Number of rows.")
+@click.option("--features", type=click.IntRange(1, MAX_FEATURES), required=True, help="Number of features.")
 @click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True)
-@click.option("--classes", type=click.IntRange(min=2), default=2, show_default=True,
+@click.option("--classes", type=click.IntRange(2, 1 << 16), default=2, show_default=True,
               help="Classes for --task multiclass.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=16384, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(1, 1 << 31), default=16384, show_default=True,
               help="Rows per chunk / row group.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--noise", type=float, default=0.5, show_default=True, help="Label noise of the teacher.")
+@click.option("--seed", type=click.IntRange(*LIMITS["seed"]), default=0, show_default=True,
+              help="Seed of the features and labels.")
+@click.option("--noise", type=FiniteFloat(0, 1e6), default=0.5, show_default=True, help="Label noise of the teacher.")
 @click.option("--compression", default="default", show_default=True,
               help="none, or the format's codec (hdf5: gzip, lzf; zarr: zstd, gzip, blosc; parquet: snappy, zstd, gzip).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
@@ -99,8 +117,34 @@ def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, c
                f"{info['chunks']} chunks, in {secs:.1f}s")
 
 
+def _config_option(f: dataclasses.Field):
+    """The ``train`` option of one ``TrainConfig`` field: type and range from the config's tables."""
+    name, default, meta = f.name, f.default, f.metadata
+    flag = "--" + name.replace("_", "-")
+    table = config_choices()
+    if isinstance(default, bool):
+        if default:
+            return click.option(f"{flag}/--no-{flag[2:]}", name, default=True, show_default=True, help=meta["help"])
+        return click.option(flag, name, is_flag=True, help=meta["help"])
+    if name in table:
+        kind = click.Choice(list(table[name]))
+    elif isinstance(default, int):
+        kind = click.IntRange(*LIMITS.get(name, (None, None)))
+    else:
+        lo, hi = LIMITS[name]
+        kind = FiniteFloat(lo, hi, min_open=meta["min_open"], max_open=meta["max_open"])
+    return click.option(flag, name, type=kind, default=default, show_default=True, help=meta["help"])
+
+
+def _config_options(command):
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        command = _config_option(f)(command)
+    return command
+
+
 def _load_config(ctx, param, value):
-    """--config FILE.toml: its keys become the defaults, so the command line still overrides them."""
+    """--config FILE.toml: its keys become the defaults, so the command line still overrides them.
+    Each value is checked here by its option's type, so an error names the file and the key."""
     if value is None:
         return None
     import tomllib
@@ -108,14 +152,28 @@ def _load_config(ctx, param, value):
     try:
         with open(value, "rb") as fh:
             raw = tomllib.load(fh)
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{value}: not UTF-8 text (TOML files are UTF-8)") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise click.BadParameter(f"{value}: {e}") from None
     table = raw.get("train", raw)  # a [train] table, or top-level keys
-    names = {p.name for p in ctx.command.params}
-    settings = {k.replace("-", "_"): v for k, v in table.items()}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise click.BadParameter(f"{value}: unknown setting(s) {', '.join(unknown)}")
+    if not isinstance(table, dict):
+        raise click.BadParameter(f"{value}: [train] must be a table")
+    params = {p.name: p for p in ctx.command.params}
+    settings = {}
+    for key, v in table.items():
+        name = key.replace("-", "_")
+        if name not in params or name == "config":
+            hint = difflib.get_close_matches(name, params, n=1)
+            raise click.BadParameter(f"{value}: unknown setting {key!r}"
+                                     + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        p = params[name]
+        try:
+            if p.multiple and not isinstance(v, list):
+                raise click.BadParameter("expected a list")
+            settings[name] = p.type_cast_value(ctx, v)
+        except click.BadParameter as e:
+            raise click.BadParameter(f"{value}: {key}: {e.message}") from None
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     return value
 
@@ -126,49 +184,13 @@ def _load_config(ctx, param, value):
               expose_value=False, help="TOML file of train options (keys as the option names); the command line wins.")
 @_selection_options
 @click.option("--val", default=None, help="A separate validation dataset.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
-              help="Hold out this fraction of DATA's rows (hash of the row number) for validation.")
-@click.option("--task", type=click.Choice(["auto", *TASKS]), default=_DEFAULTS.task, show_default=True)
-@click.option("--hidden", type=click.IntRange(min=1), default=_DEFAULTS.hidden, show_default=True)
-@click.option("--activation", type=click.Choice(list(ACTIVATIONS)), default=_DEFAULTS.activation, show_default=True)
-@click.option("--init", type=click.Choice(list(INITS)), default=_DEFAULTS.init, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=_DEFAULTS.batch_size, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=_DEFAULTS.epochs, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.lr, show_default=True)
-@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=_DEFAULTS.optimizer, show_default=True)
-@click.option("--momentum", type=float, default=_DEFAULTS.momentum, show_default=True)
-@click.option("--l1", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--l2", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--shuffle", type=click.Choice(list(SHUFFLES)), default=_DEFAULTS.shuffle, show_default=True)
-@click.option("--window-mb", type=click.FloatRange(min=0, min_open=True), default=_DEFAULTS.window_mb,
-              show_default=True, help="Memory budget of the shuffle: three decoded windows of rows (the one served, "
-              "the next, the one being decoded), or for uncompressed HDF5 the file pages mapped in.")
-@click.option("--decoder", type=click.Choice(list(DECODERS)), default=_DEFAULTS.decoder, show_default=True,
-              help="Who decodes shuffle windows of compressed data: two worker processes (auto: for data of "
-              "64 MB or more) or a thread.")
-@click.option("--decoder-workers", type=click.IntRange(min=0), default=_DEFAULTS.decoder_workers,
-              help="Decoding processes (0: two where there are two cores or more).")
-@click.option("--replacement", is_flag=True, help="Draw each batch i.i.d. (with replacement) instead of shuffling.")
-@click.option("--scale", type=click.Choice(list(SCALINGS)), default=_DEFAULTS.scale, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=_DEFAULTS.dtype, show_default=True)
-@click.option("--compiled/--no-compiled", default=_DEFAULTS.compiled, show_default=True,
-              help="Run training steps in compiled code (numba); --no-compiled: the numpy path, same math.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--skip-nonfinite", is_flag=True, help="Skip rows with NaN or Inf instead of stopping with an error.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0,
-              help="Also checkpoint every N batches (0: only at epoch ends).")
-@click.option("--checkpoint-seconds", type=click.FloatRange(min=0), default=0.0,
-              help="Also checkpoint when this many seconds have passed since the last one (0: off).")
-@click.option("--keep", type=click.IntRange(min=1), default=_DEFAULTS.keep, show_default=True,
-              help="Checkpoints to keep.")
-@click.option("--keep-best", is_flag=True, help="Also keep the best epoch by validation loss as best.npz.")
+@_config_options
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of this run's checkpoints and metrics.jsonl (one run per directory).")
 @click.option("--resume", is_flag=True, help="Continue from the newest valid checkpoint in --checkpoint-dir.")
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
-@click.option("--early-stopping", type=click.IntRange(min=0), default=0,
-              help="Stop after this many epochs without a better validation loss (0: off).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def train(data, features, label, val, val_fraction, checkpoint_dir, resume, force, quiet, **settings):
+def train(data, features, label, val, checkpoint_dir, resume, force, quiet, **settings):
     """Train on DATA, streaming it in minibatches.
 
     Example: streamtrain train data/breast_cancer.h5 --hidden 10 --l2 0.01 --val-fraction 0.2
@@ -176,9 +198,9 @@ def train(data, features, label, val, val_fraction, checkpoint_dir, resume, forc
     """
     if resume and checkpoint_dir is None:
         raise click.UsageError("--resume needs --checkpoint-dir")
-    if val is not None and val_fraction:
+    if val is not None and settings["val_fraction"]:
         raise click.UsageError("give --val or --val-fraction, not both")
-    config = TrainConfig.from_dict({**_DEFAULTS.to_dict(), **settings, "val_fraction": val_fraction})
+    config = TrainConfig(**settings)
     trainer = Trainer(config)
     log = None if quiet else _echo_err
     # A live bar only on a terminal; in a pipe or a log file the per-epoch lines suffice.
@@ -270,7 +292,7 @@ def plot(checkpoint, out):
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def inspect(path, features, label, as_json):
@@ -278,8 +300,9 @@ def inspect(path, features, label, as_json):
 
     Example: streamtrain inspect data/digits.parquet --json
     """
-    if path.suffix == ".npz" or (path.is_dir() and any(path.glob("ckpt-*.npz"))):
-        found, arrays, meta = resolve_checkpoint(path, TRAINER)
+    local = None if is_url(path) else Path(path)
+    if local is not None and (local.suffix == ".npz" or (local.is_dir() and any(local.glob("ckpt-*.npz")))):
+        found, arrays, meta = resolve_checkpoint(local, TRAINER)
         params = {k: v for k, v in arrays.items() if k.startswith("param.")}
         info = {"checkpoint": str(found), **meta, "params_sha256": params_digest(params)}
     else:
@@ -299,28 +322,39 @@ def inspect(path, features, label, as_json):
 
 
 def main(argv=None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2 (1 for training failures)."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """Run the command: user errors become one line on stderr and exit code 2 (1 for training
+    failures, 130 / 143 for SIGINT / SIGTERM); ``--debug`` shows the traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
     reuse_freed_memory()
     try:
-        cli.main(args=argv, prog_name="streamtrain", standalone_mode=False)
-    except click.exceptions.Abort:
-        _echo_err("interrupted")
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except Interrupted as e:
-        _echo_err(str(e))
-        sys.exit(e.exit_code)
-    except StreamtrainError as e:
-        if debug:
-            traceback.print_exc()
-        _echo_err(f"error: {e}")
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        _echo_err("interrupted")
-        sys.exit(130)
+        cli.main(args=args, prog_name="streamtrain", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130, debug)
+    except click.ClickException as e:
+        hint = ""
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            hint = f" (see '{e.ctx.command_path} --help')"
+        _fail(f"error: {e.format_message()}{hint}", e.exit_code, debug)
+    except Interrupted as e:
+        _fail(str(e), e.exit_code, debug)
+    except StreamtrainError as e:
+        _fail(f"error: {e}", e.exit_code, debug)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130, debug)
+    except OSError as e:  # an output or input the library did not name: still one line
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _fail(f"error: {where}{e.strerror or e}", 2, debug)
+    except MemoryError:
+        _fail("error: out of memory; lower --window-mb, --batch-size or --hidden", 2, debug)
     sys.exit(0)
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    # one line, whatever the message holds
+    _echo_err(" ".join(message.split()) if "\n" in message else message)
+    sys.exit(code)

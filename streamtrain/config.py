@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "ConfigError", "LIMITS"]
+__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "ConfigError", "LIMITS", "MAX_FEATURES", "choices"]
+
+# The widest data a model (and make-data) takes.
+MAX_FEATURES = 1 << 20
 
 # Bounds that keep a setting from exhausting the machine (a typo of 1e9 hidden units, say).
 LIMITS = {
@@ -36,7 +39,13 @@ LIMITS = {
 }
 
 
-def _choices() -> dict[str, tuple[str, ...]]:
+def _f(default, help: str, min_open: bool = False, max_open: bool = False):
+    """A field with its help text (the CLI's option is made from it) and open range ends."""
+    return field(default=default, metadata={"help": help, "min_open": min_open, "max_open": max_open})
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The names each named setting may take, from the tables of the code that implements them."""
     # The tables live with the code they name; imported here lazily (they import numpy).
     from .loader import DECODERS
     from .nn.functions import ACTIVATIONS, INITS, TASKS
@@ -56,45 +65,51 @@ class TrainConfig:
     >>> TrainConfig(hidden=0)
     Traceback (most recent call last):
     ...
-    streamtrain.config.ConfigError: hidden: must be between 1 and 1048576, got 0
+    streamtrain.errors.ConfigError: hidden: must be between 1 and 1048576, got 0
     """
 
-    hidden: int = 64
-    activation: str = "sigmoid"
-    task: str = "auto"
-    init: str = "normal"
-    batch_size: int = 32
-    epochs: int = 10
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    l1: float = 0.0
-    l2: float = 0.0
-    shuffle: str = "window"
-    window_mb: float = 256.0
-    decoder: str = "auto"
-    decoder_workers: int = 0
-    drop_last: bool = False
-    replacement: bool = False
-    seed: int = 0
-    scale: str = "standard"
-    dtype: str = "float32"
-    # training steps in numba-compiled code (batch_size=1 with SGD: per sample); False: the numpy path
-    compiled: bool = True
-    val_fraction: float = 0.0
-    skip_nonfinite: bool = False
-    early_stopping: int = 0
-    checkpoint_every: int = 0
-    checkpoint_seconds: float = 0.0
-    keep: int = 3
-    keep_best: bool = False
+    hidden: int = _f(64, "Hidden units.")
+    activation: str = _f("sigmoid", "Hidden-layer activation.")
+    task: str = _f("auto", "binary, multiclass or regression (auto: from the labels).")
+    init: str = _f("normal", "Weight initialisation.")
+    batch_size: int = _f(32, "Rows per update (1: online learning; the row count: full-batch descent).")
+    epochs: int = _f(10, "Passes over the data (on resume: the total to reach).")
+    lr: float = _f(0.1, "Learning rate.", min_open=True)
+    optimizer: str = _f("sgd", "Optimiser.")
+    momentum: float = _f(0.9, "Momentum of the momentum and nesterov optimisers.", max_open=True)
+    l1: float = _f(0.0, "L1 penalty on the weights.")
+    l2: float = _f(0.0, "L2 penalty on the weights.")
+    shuffle: str = _f("window", "window: chunk order shuffled, rows within windows; global: all rows; "
+                      "none: storage order.")
+    window_mb: float = _f(256.0, "Memory budget of the shuffle: three decoded windows of rows (the one served, "
+                          "the next, the one being decoded), or for uncompressed HDF5 the file pages mapped in.")
+    decoder: str = _f("auto", "Who decodes shuffle windows of compressed data: worker processes (auto: for "
+                      "data of 64 MB or more) or a thread.")
+    decoder_workers: int = _f(0, "Decoding processes (0: two where there are two cores or more; at most "
+                              "the cores and the windows).")
+    drop_last: bool = _f(False, "Drop the last partial batch of each epoch.")
+    replacement: bool = _f(False, "Draw each batch i.i.d. (with replacement) instead of shuffling.")
+    seed: int = _f(0, "Seed of the shuffle, the initial weights and the hold-out split.")
+    scale: str = _f("standard", "Feature scaling (standard: mean and variance from one pass).")
+    dtype: str = _f("float32", "Floating-point type of the model and the features.")
+    compiled: bool = _f(True, "Run training steps in compiled code (numba); --no-compiled: the numpy path, "
+                        "same math.")
+    val_fraction: float = _f(0.0, "Hold out this fraction of DATA's rows (hash of the row number) for "
+                             "validation.", max_open=True)
+    skip_nonfinite: bool = _f(False, "Skip rows with NaN or Inf instead of stopping with an error.")
+    early_stopping: int = _f(0, "Stop after this many epochs without a better validation loss (0: off).")
+    checkpoint_every: int = _f(0, "Also checkpoint every N batches (0: only at epoch ends).")
+    checkpoint_seconds: float = _f(0.0, "Also checkpoint when this many seconds have passed since the last "
+                                   "one (0: off).")
+    keep: int = _f(3, "Checkpoints to keep.")
+    keep_best: bool = _f(False, "Also keep the best epoch by validation loss as best.npz.")
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first field of the wrong type or out of range."""
-        choices = _choices()
+        table = choices()
         for f in fields(self):
             name, value = f.name, getattr(self, f.name)
             kind = type(f.default)
@@ -108,20 +123,18 @@ class TrainConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ConfigError(f"{name}: must be a finite number, got {value!r}")
                 setattr(self, name, float(value))
-            elif name in choices and value not in choices[name]:
-                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices[name])}")
+            elif name in table and value not in table[name]:
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(table[name])}")
             if name in LIMITS:
                 lo, hi = LIMITS[name]
                 v = getattr(self, name)
                 if not lo <= v <= hi:
                     raise ConfigError(f"{name}: must be between {lo:g} and {hi:g}, got {v!r}" if kind is float
                                       else f"{name}: must be between {lo} and {hi}, got {v!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr: must be greater than 0, got {self.lr!r}")
-        if self.momentum >= 1:
-            raise ConfigError(f"momentum: must be below 1, got {self.momentum!r}")
-        if self.val_fraction >= 1:
-            raise ConfigError(f"val_fraction: must be below 1, got {self.val_fraction!r}")
+            if f.metadata.get("min_open") and getattr(self, name) <= LIMITS[name][0]:
+                raise ConfigError(f"{name}: must be greater than {LIMITS[name][0]:g}, got {value!r}")
+            if f.metadata.get("max_open") and getattr(self, name) >= LIMITS[name][1]:
+                raise ConfigError(f"{name}: must be below {LIMITS[name][1]:g}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,7 +29,8 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["DecoderProcess", "usable", "usable_cores", "default_workers", "decode_window", "MIN_BYTES"]
+__all__ = ["DecoderProcess", "usable", "usable_cores", "default_workers", "worker_count", "decode_window",
+           "MIN_BYTES", "available_memory"]
 
 # Shared window buffers: the one being served, the next (batches straddle the two), the one decoding.
 SLOTS = 3
@@ -46,6 +47,18 @@ NICENESS = 5
 def usable_cores() -> int:
     """CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def usable(dataset) -> bool:
@@ -252,6 +265,14 @@ def _shut(workers) -> None:
             proc.kill()  # a window in progress is of no use to anyone now
     for proc, _, _ in workers:
         proc.wait()
+
+
+def worker_count(dataset, slot_rows: int, workers: int | None = None) -> int:
+    """Decoding processes for windows of ``slot_rows`` rows: as asked (None: the default), but no
+    more than the cores, nor than the chunks a window holds (each worker decodes whole chunks)."""
+    n = default_workers() if workers is None else max(1, int(workers))
+    chunks_per_window = max(1, int(slot_rows) // max(1, int(dataset.chunk_sizes.max())))
+    return max(1, min(n, usable_cores(), chunks_per_window))
 
 
 def default_workers() -> int:

@@ -15,7 +15,7 @@ from .readers.base import Dataset, kept
 from .sampling import Sampler
 from .scaling import standardize
 
-__all__ = ["Loader", "window_rows_for", "start_decoder"]
+__all__ = ["Loader", "window_rows_for", "start_decoder", "check_budget"]
 
 _DONE = object()
 
@@ -33,6 +33,16 @@ SWITCH_INTERVAL = 0.0002
 # Who decodes shuffle windows: "thread" (a helper thread), "process" (worker processes, where
 # the platform allows), or "auto" (the processes for compressed data of MIN_BYTES or more).
 DECODERS = ("auto", "thread", "process")
+
+
+def check_budget(window_mb: float) -> None:
+    """Refuse a shuffle budget beyond the memory this machine has available now."""
+    from .errors import ConfigError
+
+    available = _decoder.available_memory()
+    if available is not None and window_mb * 2**20 > available:
+        raise ConfigError(f"--window-mb {window_mb:g} is more than the memory available now "
+                          f"({available / 2**20:,.0f} MB); lower it")
 
 
 def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
@@ -61,7 +71,8 @@ def _wants_process(dataset: Dataset, shuffle: str, world_size: int, decoder: str
 
 
 def _slot_rows(dataset: Dataset, window_rows: int) -> int:
-    return max(int(window_rows), int(dataset.chunk_sizes.max()))
+    """Rows of a shared window buffer: a window (at least a chunk), never more than the data holds."""
+    return min(max(int(window_rows), int(dataset.chunk_sizes.max())), int(dataset.n_rows))
 
 
 def start_decoder(dataset: Dataset, window_rows: int, shuffle: str = "window", world_size: int = 1,
@@ -71,7 +82,8 @@ def start_decoder(dataset: Dataset, window_rows: int, shuffle: str = "window", w
     ``Loader(process=...)``. None where none are used."""
     if not _wants_process(dataset, shuffle, world_size, decoder):
         return None
-    return _decoder.DecoderProcess(dataset, _slot_rows(dataset, window_rows), workers)
+    slot_rows = _slot_rows(dataset, window_rows)
+    return _decoder.DecoderProcess(dataset, slot_rows, _decoder.worker_count(dataset, slot_rows, workers))
 
 
 class _WindowBuffers:
@@ -276,7 +288,7 @@ class Loader:
         if self._process is not None and self._process.slot_rows < slot_rows:
             self.close()
         if self._process is None:
-            self._process = _decoder.DecoderProcess(ds, slot_rows, self.workers)
+            self._process = _decoder.DecoderProcess(ds, slot_rows, _decoder.worker_count(ds, slot_rows, self.workers))
         self._process.begin_epoch()
         return self._process
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from .atomic import atomic_path
 from .errors import StreamtrainError
+from .writers import check_output_dir
 
 __all__ = ["plot_history"]
 
@@ -22,6 +23,7 @@ def plot_history(history: list[dict[str, Any]], out: str | os.PathLike, title: s
         raise StreamtrainError("plotting needs matplotlib: pip install 'streamtrain[plot]'") from None
     if not history:
         raise StreamtrainError("nothing to plot: the history is empty")
+    check_output_dir(out)
     epochs = [h["epoch"] for h in history]
     metric = "val_accuracy" if "val_accuracy" in history[0] else "val_r2" if "val_r2" in history[0] else None
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
@@ -40,7 +42,11 @@ def plot_history(history: list[dict[str, Any]], out: str | os.PathLike, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    except OSError as e:
+        raise StreamtrainError(f"{out}: cannot write ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
     return os.fspath(out)

@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import FORMAT_VERSION, Schema
-from .config import LIMITS, TrainConfig
+from .config import LIMITS, MAX_FEATURES, TrainConfig
 
 __all__ = ["TRAINER", "TrainerSchema", "MAX_FEATURES", "MAX_OUTPUTS"]
 
 # A model's size is bounded so that a checkpoint cannot make the loader allocate without limit.
-MAX_FEATURES = 1 << 20
 MAX_OUTPUTS = 1 << 16
 MAX_PARAMS = 1 << 31
 _INT64 = (1 << 63) - 1

@@ -64,11 +64,12 @@ class CheckpointState:
             if not np.all(np.isfinite(v)):
                 raise TrainingError(f"training diverged: parameter {k} is not finite after batch step "
                                     f"{self.global_step}; refusing to write a checkpoint (lower --lr)")
+        if self._lock is not None:
+            self._lock.check()
         arrays, meta = self.state(sampler)
         # A snapshot: training changes the arrays and dicts in place while the write runs.
         arrays = {k: np.array(v) for k, v in arrays.items()}
         meta = json.loads(json.dumps(meta))
-        Path(directory).mkdir(parents=True, exist_ok=True)
         path = Path(directory) / checkpoint_name(self.global_step)
         keep = self.config.keep
 
@@ -76,7 +77,7 @@ class CheckpointState:
             try:
                 save_checkpoint(path, arrays, meta)
             except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
-                raise TrainingError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+                raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
                                     "the previous checkpoint is kept") from None
             rotate(directory, keep)
 

@@ -11,8 +11,10 @@ import os
 
 import numpy as np
 
+from .config import MAX_FEATURES
 from .errors import DataError
 from .readers import detect_format
+from .readers.base import check_chunk_size
 from .writers import open_writer
 
 __all__ = ["Teacher", "make_data", "TASKS"]
@@ -81,6 +83,9 @@ def make_data(out: str | os.PathLike, rows: int, features: int, task: str = "bin
         raise DataError(f"{out}: --rows and --features must be at least 1")
     if chunk_rows < 1:
         raise DataError(f"{out}: --chunk-rows must be at least 1")
+    if features > MAX_FEATURES:
+        raise DataError(f"{out}: at most {MAX_FEATURES} features")
+    check_chunk_size(min(chunk_rows, rows) * features * 8, os.fspath(out), "--chunk-rows x --features")
     teacher = Teacher(features, task, classes, seed, noise=noise)
     names = [f"f{j}" for j in range(features)]
     n_chunks = -(-rows // chunk_rows)

@@ -23,9 +23,9 @@ import numpy as np
 
 from .checkpoint import BackgroundWriter, DirectoryLock
 from .config import TrainConfig
-from .errors import DataError, Interrupted, TrainingError
+from .errors import CheckpointError, DataError, Interrupted, TrainingError
 from .inference import ModelUse
-from .loader import Loader, start_decoder, window_rows_for
+from .loader import Loader, check_budget, start_decoder, window_rows_for
 from .nn import minibatch, online
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .nn.optim import make_optimizer
@@ -84,6 +84,7 @@ class Trainer(CheckpointState, ModelUse):
         self.sampler: Sampler | None = None
         self._last_save = time.monotonic()
         self._writer = BackgroundWriter()  # checkpoints are written beside training
+        self._lock, self._lock_checked = None, 0.0
 
     # -- setting up ---------------------------------------------------------
     def _split(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
@@ -234,6 +235,7 @@ class Trainer(CheckpointState, ModelUse):
         """
         self.stop_requested = None
         cfg = self.config
+        check_budget(cfg.window_mb)
         if cfg.batch_size > 1 and self._compiled_step_applies():  # (batch_size=1 has its own compiled loop)
             # overlaps opening the data, the statistics pass, a checkpoint's loading
             minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd")
@@ -243,6 +245,7 @@ class Trainer(CheckpointState, ModelUse):
                                 decoder=cfg.decoder, workers=cfg.decoder_workers or None)
         # The directory lock is taken before reading any checkpoint, and held until training ends.
         lock = DirectoryLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
+        self._lock = lock if checkpoint_dir else None
         try:
             with lock:
                 self._prepare(train, checkpoint_dir, resume, force, log)
@@ -354,9 +357,9 @@ class Trainer(CheckpointState, ModelUse):
                 if hasattr(cb, "on_epoch_end"):
                     cb.on_epoch_end(self, record)
             if checkpoint_dir:
-                with open(Path(checkpoint_dir) / "metrics.jsonl", "a") as fh:  # for any tool to plot
-                    fh.write(json.dumps(record) + "\n")
+                # The checkpoint first: a full disk that refuses the metrics line must not cost it.
                 path = self._save(checkpoint_dir, sampler)
+                self._append_metrics(checkpoint_dir, record)
                 if cfg.keep_best and record.get("val_loss") is not None and self._early["best_epoch"] == record["epoch"]:
                     # The best epoch by validation loss, kept apart from the rotation.
                     self._writer.wait()
@@ -388,9 +391,22 @@ class Trainer(CheckpointState, ModelUse):
                 return None
         return started
 
+    def _append_metrics(self, checkpoint_dir, record) -> None:
+        """One JSON line per epoch in DIR/metrics.jsonl, for any tool to plot."""
+        path = Path(checkpoint_dir) / "metrics.jsonl"
+        try:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot write ({e.strerror or e}); the checkpoint of epoch "
+                                  f"{record['epoch']} is saved, so --resume continues from it") from None
+
     def _checkpoint_if_due(self, checkpoint_dir, sampler, acc, started: float, due) -> float:
         """Write a checkpoint when the batch interval, the time interval or a stop request says so;
         the write is kept out of the epoch's training time. Returns the new interval start."""
+        if checkpoint_dir and time.monotonic() - self._lock_checked > 1.0:  # cheap: two stats a second
+            self._lock.check()
+            self._lock_checked = time.monotonic()
         if checkpoint_dir and (due or self._time_due() or self.stop_requested):
             acc["seconds"] += time.perf_counter() - started
             self._save(checkpoint_dir, sampler)

@@ -16,9 +16,12 @@ from .atomic import atomic_path
 from .errors import DataError
 from .readers import detect_format
 
-__all__ = ["open_writer", "DEFAULT_COMPRESSION"]
+__all__ = ["open_writer", "DEFAULT_COMPRESSION", "COMPRESSIONS", "check_output_dir"]
 
 DEFAULT_COMPRESSION = {"hdf5": None, "zarr": "zstd", "parquet": "snappy"}
+# What each writer can compress with (None: uncompressed).
+COMPRESSIONS = {"hdf5": (None, "gzip", "lzf"), "zarr": (None, "zstd", "gzip", "blosc"),
+                "parquet": (None, "snappy", "zstd", "gzip", "lz4", "brotli"), "csv": (None,)}
 
 
 class _Writer:
@@ -188,14 +191,29 @@ def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name:
     fmt = "csv" if path.suffix.lower() == ".csv" else detect_format(path)
     if compression == "default":
         compression = DEFAULT_COMPRESSION.get(fmt)
+    compression = None if compression == "none" else compression
+    if compression not in COMPRESSIONS[fmt]:
+        raise DataError(f"{path}: {fmt} compression {compression!r} unknown; use one of "
+                        f"{', '.join(c or 'none' for c in COMPRESSIONS[fmt])}")
     if path.exists() and not overwrite:
         raise DataError(f"{path}: already exists; remove it or pass --overwrite")
+    check_output_dir(path)
     writer = _WRITERS[fmt](path, n_rows, feature_names, label_name, label_dtype, chunk_rows, compression, dtype)
-    with atomic_path(path) as tmp:
-        writer.open(tmp)
-        try:
-            yield writer
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
+    try:
+        with atomic_path(path) as tmp:
+            writer.open(tmp)
+            try:
+                yield writer
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+    except OSError as e:  # disk full, permissions, a vanished directory: the old file (if any) is intact
+        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Refuse an output whose directory does not exist (before any work is done for it)."""
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise DataError(f"{path}: the directory {parent} does not exist")

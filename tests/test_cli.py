@@ -218,7 +218,7 @@ def test_toml_config_with_command_line_override(tmp_path):
     assert (config["hidden"], config["epochs"], config["lr"], config["val_fraction"]) == (5, 3, 0.05, 0.25)
     (tmp_path / "bad.toml").write_text("hiden = 5\n")
     bad = run("train", DATA / "breast_cancer.h5", "--config", tmp_path / "bad.toml")
-    assert bad.returncode == 2 and "unknown setting(s) hiden" in bad.stderr
+    assert bad.returncode == 2 and "unknown setting 'hiden' (did you mean 'hidden'?)" in bad.stderr
 
 
 def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path):

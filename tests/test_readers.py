@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import h5py
 import numpy as np
 import pytest
 
@@ -259,3 +260,37 @@ def test_chunk_of_rows(bounds):
     chunk_of, touched = ds.chunk_of(rows)
     np.testing.assert_array_equal(chunk_of, np.searchsorted(ds.bounds, rows, side="right") - 1)
     np.testing.assert_array_equal(touched, np.unique(chunk_of))
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.3, 0.97])
+@pytest.mark.parametrize("part", ["train", "val"])
+def test_a_split_of_in_place_data_gathers_in_place_exactly(tmp_path, monkeypatch, fraction, part):
+    # A hold-out split of uncompressed HDF5 (or arrays) maps its rows to the file's and gathers them
+    # in place, in any order: the same rows as reading its chunks, and never a chunk decoded.
+    from streamtrain.loader import Loader
+    from streamtrain.readers.hdf5 import HDF5Dataset
+    from streamtrain.readers.subset import HoldoutSplit
+    from streamtrain.sampling import Sampler
+
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((5000, 4)).astype(np.float32), np.arange(5000) % 3
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(300, 4))
+        f["y"] = y
+    for parent in (open_dataset(tmp_path / "u.h5"), ArrayDataset(X, y)):
+        split = HoldoutSplit(parent, fraction, seed=11, part=part)
+        inner = HoldoutSplit(split, 0.5, seed=1, part="train")  # a split of a split
+        for ds in (split, inner):
+            assert ds.in_place
+            expected_X = np.concatenate([c[0] for c in ds.iter_chunks()])
+            expected_y = np.concatenate([c[1] for c in ds.iter_chunks()])
+            rows = np.concatenate([rng.permutation(ds.n_rows), rng.integers(0, ds.n_rows, 50)])
+            got_X, got_y, keep = ds.gather(rows)
+            assert keep is None
+            np.testing.assert_array_equal(got_X, expected_X[rows])
+            np.testing.assert_array_equal(got_y, expected_y[rows])
+    # Training's loader, global shuffle: no HDF5 chunk is decoded for the split's rows.
+    split = HoldoutSplit(open_dataset(tmp_path / "u.h5"), fraction, seed=11, part=part)
+    monkeypatch.setattr(HDF5Dataset, "_load_chunk", lambda self, i: pytest.fail("a chunk was decoded"))
+    seen = np.concatenate([rows for rows, _, _ in Loader(split, Sampler(split.bounds, 64, "global")).iter_epoch()])
+    assert np.array_equal(np.sort(seen), np.arange(split.n_rows))

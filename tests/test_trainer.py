@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from streamtrain import ArrayDataset, TrainConfig, Trainer, TrainingError, make_data
+from streamtrain import ArrayDataset, TrainConfig, Trainer, TrainingError, make_data, open_dataset
 from streamtrain.checkpoint import list_checkpoints
 
 from .conftest import DATA
@@ -178,7 +178,8 @@ def test_multi_output_regression_and_one_hot_labels():
 
 @pytest.mark.parametrize("workers", [0, 3])
 def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp_path, workers, monkeypatch):
-    from streamtrain.decoder import DecoderProcess, default_workers, usable_cores
+    from streamtrain.decoder import DecoderProcess, usable_cores, worker_count
+    from streamtrain.loader import _slot_rows, window_rows_for
 
     started, init = [], DecoderProcess.__init__
 
@@ -198,4 +199,7 @@ def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp
         np.testing.assert_array_equal(process.net.params[k], thread.net.params[k])
     assert [h["train_loss"] for h in process.history] == [h["train_loss"] for h in thread.history]
     if hasattr(os, "memfd_create") and usable_cores() >= 2:  # else the thread decodes
-        assert started and set(started) == {workers or default_workers()}  # the run and the resumed run
+        ds = open_dataset(tmp_path / "d.zarr")
+        expected = worker_count(ds, _slot_rows(ds, window_rows_for(0.1 * 2**20, ds)), workers or None)
+        assert started and set(started) == {expected}  # the run and the resumed run; capped by the cores
+        assert expected == min(workers or 2, usable_cores())

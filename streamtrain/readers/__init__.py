@@ -12,7 +12,7 @@ import numpy.typing as npt
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Dataset
 from .memory import ArrayDataset
-from .remote import is_url, open_filesystem
+from .remote import is_url, open_filesystem, remote_error
 
 __all__ = ["open_dataset", "Dataset", "ArrayDataset", "detect_format", "FORMATS"]
 
@@ -45,10 +45,13 @@ def _detect_remote(url: str) -> str:
     """The format of a remote prefix without a telling suffix: a Zarr group or Parquet files under it."""
     fs, root = open_filesystem(url)
     root = root.rstrip("/")
-    if fs.exists(f"{root}/zarr.json") or fs.exists(f"{root}/.zgroup"):
-        return "zarr"
-    if any(f.endswith(FORMATS["parquet"]) for f in fs.find(root)):
-        return "parquet"
+    try:
+        if fs.exists(f"{root}/zarr.json") or fs.exists(f"{root}/.zgroup"):
+            return "zarr"
+        if any(f.endswith(FORMATS["parquet"]) for f in fs.find(root)):
+            return "parquet"
+    except Exception as e:  # credentials, network, permissions: whatever the filesystem raises
+        raise DataError(f"{url}: cannot list it ({remote_error(e)})") from None
     raise DataError(f"{url}: no Zarr group or Parquet files found there")
 
 

@@ -66,11 +66,12 @@ class ParquetDataset(Dataset):
                 # type than hive discovery infers: then the files' own columns are the truth.
                 dataset = pds.dataset(root, format="parquet", filesystem=fs)
             fragments = list(dataset.get_fragments())
-            parts, self._files, self._partitions = [], [], []
+            parts, self._files, self._partitions, stored = [], [], [], []
             for f_idx, frag in enumerate(fragments):
                 frag.ensure_complete_metadata()
                 self._files.append(frag.path)
                 self._partitions.append(pds.get_partition_keys(frag.partition_expression) or {})
+                stored.append(set(frag.physical_schema.names))
                 parts += [(f_idx, rg.id, rg.num_rows) for rg in frag.row_groups if rg.num_rows]
         except DataError:
             raise
@@ -89,6 +90,11 @@ class ParquetDataset(Dataset):
         self.n_rows = int(self.bounds[-1])
         self._keys = list(dict.fromkeys([c.key for c in self._feature_cols]
                                         + ([self._label_col.key] if self._label_col else [])))
+        for f_idx, names in enumerate(stored):  # files of one dataset whose columns disagree
+            missing = [k for k in self._keys if k not in names and k not in self._partitions[f_idx]]
+            if missing:
+                raise DataError(f"{self._files[f_idx]}: has no column {missing[0]!r}, which {self.path} "
+                                "selects (the files' columns disagree; select common columns with --features)")
         self._handles: OrderedDict[int, object] = OrderedDict()
         first = fragments[0].metadata
         self._compression = first.row_group(0).column(0).compression if first.num_row_groups else None
@@ -120,6 +126,11 @@ class ParquetDataset(Dataset):
         stored = [k for k in self._keys if k not in partition]
         try:
             table = self._file(f_idx).read_row_group(rg, columns=stored)
+            missing = [k for k in stored if k not in table.column_names]
+            if missing:
+                raise DataError(f"{self._files[f_idx]}: has no column {missing[0]!r} (changed since it was opened?)")
+        except DataError:
+            raise
         except Exception as e:
             raise DataError(f"{self._files[f_idx]}: cannot read row group {rg} ({_first_line(e)})") from None
 

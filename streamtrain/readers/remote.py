@@ -7,7 +7,7 @@ import re
 
 from ..errors import DataError
 
-__all__ = ["is_url", "open_filesystem"]
+__all__ = ["is_url", "open_filesystem", "remote_error"]
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -32,3 +32,9 @@ def open_filesystem(path: str, storage_options: dict | None = None):
     except (ImportError, ValueError) as e:
         raise DataError(f"{path}: cannot open this URL ({e})") from None
     return fs, inner
+
+
+def remote_error(e: BaseException) -> str:
+    """A remote failure in a few words: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
