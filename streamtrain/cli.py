@@ -47,8 +47,7 @@ def _open_selected(trainer: Trainer, data, features, label):
     """DATA as given, or opened with explicit --features/--label (else the checkpoint's selection)."""
     if not features and label is None:
         return data
-    return open_dataset(data, _selection(features), label, dtype=trainer.net.dtype,
-                        nonfinite="skip" if trainer.config.skip_nonfinite else "error")
+    return open_dataset(data, _selection(features), label, **trainer._read_options(trainer.net.dtype))
 
 
 def _echo_err(msg: str) -> None:
@@ -355,6 +354,13 @@ def main(argv=None) -> None:
 def _fail(message: str, code: int, debug: bool) -> None:
     if debug:
         traceback.print_exc()
+    else:
+        # A run cut short leaves zarr's or s3fs's event loop with pending tasks, which asyncio
+        # reports at interpreter exit ("Task was destroyed but it is pending!"): after the one
+        # line that says what happened, that is noise.
+        import logging
+
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     # one line, whatever the message holds
     _echo_err(" ".join(message.split()) if "\n" in message else message)
     sys.exit(code)

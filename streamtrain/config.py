@@ -97,6 +97,8 @@ class TrainConfig:
     val_fraction: float = _f(0.0, "Hold out this fraction of DATA's rows (hash of the row number) for "
                              "validation.", max_open=True)
     skip_nonfinite: bool = _f(False, "Skip rows with NaN or Inf instead of stopping with an error.")
+    allow_missing_chunks: bool = _f(False, "Train on the fill values of chunks never written (HDF5, Zarr) "
+                                    "instead of stopping with an error.")
     early_stopping: int = _f(0, "Stop after this many epochs without a better validation loss (0: off).")
     checkpoint_every: int = _f(0, "Also checkpoint every N batches (0: only at epoch ends).")
     checkpoint_seconds: float = _f(0.0, "Also checkpoint when this many seconds have passed since the last "

@@ -120,7 +120,7 @@ class _Worker:
     def __init__(self, setup: dict, fd: int):
         cmd_r, cmd_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        setup = {**setup, "memfd": fd, "commands": cmd_r, "replies": rep_w}
+        setup = {**setup, "memfd": fd, "commands": cmd_r, "replies": rep_w, "parent": os.getpid()}
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "streamtrain._worker", json.dumps(setup)],
                                          pass_fds=(fd, cmd_r, rep_w), stdin=subprocess.DEVNULL)

@@ -29,8 +29,11 @@ class TrainingError(StreamtrainError, RuntimeError):
     exit_code = 1
 
 
-class Interrupted(StreamtrainError):
-    """Training stopped on SIGINT or SIGTERM after finishing its batch (and writing a checkpoint)."""
+class Interrupted(BaseException):
+    """Stopped on SIGINT or SIGTERM: during training after finishing its batch (and writing a
+    checkpoint), before it at once. A ``BaseException``, as ``KeyboardInterrupt`` is, so that no
+    ``except Exception`` on the way (a reader wrapping its library's errors) mistakes it for a
+    failure."""
 
     def __init__(self, message: str, signal_name: str):
         super().__init__(message)

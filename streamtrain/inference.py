@@ -32,10 +32,9 @@ class ModelUse:
             ds = source
         elif isinstance(source, (str, os.PathLike)) and detect_format(source) != self.fingerprint.get("format"):
             # Another format stores the same columns differently: select by name, detect the label.
-            ds = open_dataset(source, self.feature_names, None, dtype=self.net.dtype, nonfinite=self._nonfinite)
+            ds = open_dataset(source, self.feature_names, None, **self._read_options(self.net.dtype))
         else:
-            ds = open_dataset(source, self.selection, self.label_name, dtype=self.net.dtype,
-                              nonfinite=self._nonfinite)
+            ds = open_dataset(source, self.selection, self.label_name, **self._read_options(self.net.dtype))
         if ds.n_features != self.net.n_in:
             raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
         if ds.format != "memory" and list(ds.feature_names) != self.feature_names:

@@ -124,8 +124,10 @@ class CheckpointState:
                                   "use another --checkpoint-dir for a new model")
         problems = self.config.differences(saved)
         fp = train.fingerprint()
-        problems += [f"data {k}: {meta['fingerprint'].get(k)!r} -> {fp[k]!r}"
-                     for k in fp if k in meta["fingerprint"] and meta["fingerprint"][k] != fp[k]]
+        saved_fp = meta["fingerprint"]
+        problems += [("data changed in place (its files' sizes or modification times, or sampled chunks, differ)"
+                      if k == "content" else f"data {k}: {saved_fp[k]!r} -> {fp[k]!r}")
+                     for k in fp if k in saved_fp and saved_fp[k] != fp[k]]
         if problems and not force:
             raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
                                   f"{'; '.join(problems)} (pass --force to resume anyway)")

@@ -89,18 +89,19 @@ class Trainer(CheckpointState, ModelUse):
     # -- setting up ---------------------------------------------------------
     def _split(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
         cfg = self.config
-        data = open_dataset(source, features, label, dtype=cfg.dtype, nonfinite=self._nonfinite)
+        data = open_dataset(source, features, label, **self._read_options(cfg.dtype))
         if val is not None:
-            return data, open_dataset(val, data.selection, data.label_name, dtype=cfg.dtype,
-                                      nonfinite=self._nonfinite)
+            return data, open_dataset(val, data.selection, data.label_name, **self._read_options(cfg.dtype))
         if cfg.val_fraction:
             return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                     HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"))
         return data, None
 
-    @property
-    def _nonfinite(self) -> str:
-        return "skip" if self.config.skip_nonfinite else "error"
+    def _read_options(self, dtype) -> dict:
+        """How this run opens data: ``open_dataset``'s keyword arguments."""
+        cfg = self.config
+        return {"dtype": dtype, "nonfinite": "skip" if cfg.skip_nonfinite else "error",
+                "allow_missing_chunks": cfg.allow_missing_chunks}
 
     def _initialise(self, data: Dataset, log) -> None:
         if data.label_name is None:

@@ -8,6 +8,7 @@ bounded chunk cache are shared here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -432,7 +433,8 @@ class Dataset:
         return info
 
     def fingerprint(self) -> dict[str, Any]:
-        """Identity of the data for resume checks: layout and names, not a hash of the data."""
+        """Identity of the data for resume checks: layout and names, and ``content``, which changes
+        when the data is rewritten in place (see ``content_stamp``)."""
         return {
             "path": os.path.abspath(self.path) if self.format != "memory" else self.path,
             "format": self.format,
@@ -441,7 +443,33 @@ class Dataset:
             "label": self.label_name,
             "n_chunks": int(self.n_chunks),
             "chunk_rows_max": int(self.chunk_sizes.max()),
+            "content": self.content_stamp(),
         }
+
+    #: Chunks whose bytes ``content_stamp`` hashes (first, middle, last).
+    SAMPLED_CHUNKS = 3
+
+    def content_stamp(self) -> str:
+        """A SHA-256 of what is cheap to know about the data's content: the size and modification
+        time of each local file read (``_stamped_files``) and the decoded bytes of a few chunks."""
+        h = hashlib.sha256()
+        for path in self._stamped_files():
+            try:
+                st = os.stat(path)
+                h.update(f"{os.path.basename(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}|missing\n".encode())
+        picks = sorted({0, self.n_chunks // 2, self.n_chunks - 1})[:self.SAMPLED_CHUNKS]
+        for c in picks:
+            X, y = self._load_locked(c)
+            h.update(np.ascontiguousarray(X).tobytes())
+            if y is not None:
+                h.update(np.ascontiguousarray(y).tobytes())
+        return h.hexdigest()
+
+    def _stamped_files(self) -> list[str]:
+        """The local files whose size and modification time stand for the content (none here)."""
+        return []
 
     def close(self) -> None:
         """Release file handles and cached chunks."""

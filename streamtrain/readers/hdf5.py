@@ -73,10 +73,11 @@ class HDF5Dataset(Dataset):
 
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
-                 allow_external: bool = False):
+                 allow_external: bool = False, allow_missing_chunks: bool = False):
         import h5py
 
         super().__init__(cache_bytes, dtype)
+        self._allow_missing = allow_missing_chunks
         self.path = str(path)
         self._file = None
         self._nodes: dict[str, object] = {}
@@ -125,6 +126,7 @@ class HDF5Dataset(Dataset):
         for d in (X, dsets.get(y_key)):
             if d is not None:
                 _check_safe(d, self.path, self._allow_external)
+                self._check_written(d)
         self._table = None
         self._x_key, self._y_key = x_key, y_key
         self.n_rows = int(X.shape[0])
@@ -143,6 +145,7 @@ class HDF5Dataset(Dataset):
 
     def _open_table(self, T, key, features, label) -> None:
         _check_safe(T, self.path, self._allow_external)
+        self._check_written(T)
         columns: list[Column] = []
         for field in T.dtype.names:
             sub = T.dtype.fields[field][0]
@@ -161,6 +164,24 @@ class HDF5Dataset(Dataset):
         self._set_bounds(T)
         self._stored_dtype = "table"
         self._label_dtype = None if self._label_col is None else str(T.dtype.fields[self._label_col.key][0].base)
+
+    def _check_written(self, d) -> None:
+        """Refuse a dataset with chunks (or contiguous storage) never written: HDF5 reads them as
+        fill values, which would be trained on as data (``allow_missing_chunks`` accepts that)."""
+        if self._allow_missing or d.shape[0] == 0 or d.is_virtual or d.external:
+            return
+        try:
+            if d.chunks is None:
+                missing, total = (1, 1) if d.id.get_offset() is None else (0, 1)
+            else:
+                total = int(np.prod([-(-n // c) for n, c in zip(d.shape, d.chunks)], dtype=object))
+                missing = total - d.id.get_num_chunks()
+        except (AttributeError, OSError, RuntimeError):  # an old HDF5 library without the query
+            return
+        if missing > 0:
+            what = "its storage was" if d.chunks is None else f"{missing} of its {total} chunks were"
+            raise DataError(f"{self.path}: dataset {d.name!r} has {d.shape[0]} rows, but {what} never written "
+                            "(HDF5 would read fill values); pass --allow-missing-chunks to train on them")
 
     def _set_bounds(self, d) -> None:
         row_bytes = d.dtype.itemsize * (d.shape[1] if d.ndim == 2 else 1)
@@ -297,6 +318,9 @@ class HDF5Dataset(Dataset):
                             file_map.add_ranges(firsts, lasts + m.row_bytes)
                     self._maps["rows"] = (*maps, file_map)
         return self._maps.get("rows")
+
+    def _stamped_files(self):
+        return [self.path]
 
     def label_dtype(self):
         return self._label_dtype

@@ -48,7 +48,8 @@ class ParquetDataset(Dataset):
 
     def __init__(self, path: str, features: list[str] | str | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, allow_missing_chunks: bool = False):
+        # (allow_missing_chunks: accepted for every format; a Parquet row group is always written)
         import pyarrow.dataset as pds
 
         super().__init__(cache_bytes, dtype)
@@ -151,6 +152,9 @@ class ParquetDataset(Dataset):
             raise DataError(f"{self._files[f_idx]}: cannot convert features to numbers ({e})") from None
         y = as_labels(fetch(self._label_col.key), self.path) if self._label_col else None
         return X, y
+
+    def _stamped_files(self):
+        return [] if is_url(self.path) else list(self._files)
 
     @property
     def selection(self):

@@ -83,9 +83,10 @@ class ZarrDataset(Dataset):
 
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, allow_missing_chunks: bool = False):
         super().__init__(cache_bytes, dtype)
         self.path = str(path)
+        self._allow_missing = allow_missing_chunks
         try:
             group = _open_group(self.path, storage_options)
             arrays = _arrays(group)
@@ -97,6 +98,7 @@ class ZarrDataset(Dataset):
         matrix = want if want in arrays and arrays[want].ndim == 2 else None
         if matrix is None and features is None:
             matrix = next((k for k in FEATURE_KEYS if k in arrays and arrays[k].ndim == 2), None)
+        self._seen_written: set[int] = set()  # row chunks seen stored (files are taken as unchanging)
         if matrix is not None:
             self._open_matrix(arrays, matrix, label)
         else:
@@ -151,8 +153,45 @@ class ZarrDataset(Dataset):
         check_chunk_size(unit[0] * row_bytes, self.path, f"array {arr.path!r}")
         self.bounds = uniform_bounds(self.n_rows, unit[0], self.path)
 
+    def _feature_arrays(self) -> list:
+        return list(self._columns[c.key] for c in self._feature_cols) if self._columns is not None else [self._X]
+
+    def _written(self, a: int, b: int) -> bool:
+        """Whether any feature array stores an object (chunk or shard) holding rows ``a:b``.
+
+        zarr reads a missing object as fill values, and by default does not write an object
+        equal to the fill value, so one missing column chunk can be genuine data; rows for which
+        no feature array stores anything were never written (or were deleted)."""
+        from zarr.core.sync import sync
+
+        for arr in self._feature_arrays():
+            unit = (getattr(arr, "shards", None) or arr.chunks)[0]
+            grid = arr._shard_grid_shape
+            first, last = a // unit, (b - 1) // unit
+            keys = arr._iter_shard_keys(origin=(first, *[0] * (arr.ndim - 1)),
+                                        selection_shape=(last - first + 1, *grid[1:]))
+            store, prefix = arr.store_path.store, arr.store_path.path
+            for key in keys:
+                if sync(store.exists(f"{prefix}/{key}" if prefix else key)):
+                    return True
+        return False
+
+    def _check_written(self, i: int, a: int, b: int) -> None:
+        if self._allow_missing or i in self._seen_written:
+            return
+        try:
+            written = self._written(a, b)
+        except (AttributeError, TypeError, NotImplementedError):  # a zarr without these internals
+            written = True
+        if not written:
+            raise DataError(f"{self.path}: rows {a}-{b} were never written (no chunk of the features holds "
+                            "them; zarr would read fill values); pass --allow-missing-chunks to train on them")
+        self._seen_written.add(i)
+
     def _load_chunk(self, i: int):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        if not self._allow_missing:
+            self._check_written(i, a, b)
         try:
             if self._columns is not None:
                 X = fill_features(self._feature_cols, b - a, self.dtype, lambda k: self._columns[k][a:b])
@@ -164,6 +203,21 @@ class ZarrDataset(Dataset):
         except Exception as e:
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({type(e).__name__}: {e})") from None
         return X, y
+
+    # A store of more files than this is stamped by its metadata files alone (and sampled chunks).
+    MAX_STAMPED_FILES = 10_000
+
+    def _stamped_files(self):
+        if is_url(self.path) or not os.path.isdir(self.path):
+            return [] if is_url(self.path) else [self.path]  # a zip store is one file
+        files, meta = [], []
+        for root, dirs, names in os.walk(self.path):
+            dirs.sort()
+            for n in sorted(names):
+                (meta if n in ("zarr.json", ".zarray", ".zgroup", ".zattrs") else files).append(os.path.join(root, n))
+            if len(files) > self.MAX_STAMPED_FILES:
+                return meta
+        return meta + files
 
     @property
     def selection(self):
