@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamtrain.writers import open_writer
+from streamtrain.io.writers import open_writer
 
 # Small files: a few row groups / chunks each, so the chunked code paths run.
 CHUNK_ROWS = {"breast_cancer": 128, "digits": 256}

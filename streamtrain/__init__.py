@@ -13,9 +13,9 @@ from ._version import __version__
 # public name -> the module that defines it
 _EXPORTS = {
     "open_dataset": "readers", "Dataset": "readers", "ArrayDataset": "readers",
-    "Sampler": "sampling", "Loader": "loader", "BatchIterator": "batches", "Scaler": "scaling",
-    "TwoLayerNet": "nn.network", "Trainer": "trainer", "TrainConfig": "config",
-    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "make_data": "synthetic",
+    "Sampler": "data.sampling", "Loader": "data.loader", "BatchIterator": "batches", "Scaler": "data.scaling",
+    "TwoLayerNet": "nn.network", "Trainer": "train.trainer", "TrainConfig": "config",
+    "save_checkpoint": "io.checkpoint", "load_checkpoint": "io.checkpoint", "make_data": "synthetic",
     "StreamtrainError": "errors", "DataError": "errors", "CheckpointError": "errors", "ConfigError": "errors",
     "TrainingError": "errors", "Interrupted": "errors",
     # the scikit-learn estimators import scikit-learn (an optional extra)

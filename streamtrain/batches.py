@@ -7,9 +7,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .loader import Loader, check_budget, window_rows_for
+from .data.loader import Loader, check_budget, window_rows_for
+from .data.sampling import Sampler
 from .readers import open_dataset
-from .sampling import Sampler
 
 __all__ = ["BatchIterator"]
 

@@ -14,22 +14,17 @@ from pathlib import Path
 import click
 
 from ._malloc import reuse_freed_memory
-from .callbacks import ProgressBar
-from .checkpoint import params_digest, resolve_checkpoint
 from .config import LIMITS, MAX_FEATURES, TrainConfig
 from .config import choices as config_choices
 from .errors import Interrupted, StreamtrainError
-from .loader import DECODERS
-from .nn.functions import ACTIVATIONS, INITS
-from .nn.optim import OPTIMIZERS
+from .io.checkpoint import params_digest, resolve_checkpoint
 from .readers import open_dataset
 from .readers.remote import is_url
 from .readers.subset import HoldoutSplit
-from .sampling import SHUFFLES
-from .scaling import SCALINGS
-from .schema import TRAINER
 from .synthetic import TASKS, make_data
-from .trainer import Trainer
+from .train.hooks import ProgressBar
+from .train.schema import TRAINER
+from .train.trainer import Trainer
 
 __all__ = ["cli", "main"]
 

@@ -47,11 +47,11 @@ def _f(default, help: str, min_open: bool = False, max_open: bool = False):
 def choices() -> dict[str, tuple[str, ...]]:
     """The names each named setting may take, from the tables of the code that implements them."""
     # The tables live with the code they name; imported here lazily (they import numpy).
-    from .loader import DECODERS
+    from .data.loader import DECODERS
+    from .data.sampling import SHUFFLES
+    from .data.scaling import SCALINGS
     from .nn.functions import ACTIVATIONS, INITS, TASKS
     from .nn.optim import OPTIMIZERS
-    from .sampling import SHUFFLES
-    from .scaling import SCALINGS
 
     return {"activation": tuple(ACTIVATIONS), "task": ("auto", *TASKS), "init": tuple(INITS),
             "optimizer": tuple(OPTIMIZERS), "shuffle": tuple(SHUFFLES), "decoder": tuple(DECODERS),

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
         return est._validate_data(X, y, reset=reset, **kw)
 
 from .config import TrainConfig
-from .trainer import Trainer
+from .train.trainer import Trainer
 
 __all__ = ["StreamClassifier", "StreamRegressor"]
 

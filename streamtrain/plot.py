@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .atomic import atomic_path
 from .errors import StreamtrainError
-from .writers import check_output_dir
+from .io.atomic import atomic_path
+from .io.writers import check_output_dir
 
 __all__ = ["plot_history"]
 

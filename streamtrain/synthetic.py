@@ -13,9 +13,9 @@ import numpy as np
 
 from .config import MAX_FEATURES
 from .errors import DataError
+from .io.writers import open_writer
 from .readers import detect_format
 from .readers.base import check_chunk_size
-from .writers import open_writer
 
 __all__ = ["Teacher", "make_data", "TASKS"]
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from streamtrain import DataError, TrainConfig, Trainer, make_data, open_dataset
-from streamtrain.checkpoint import list_checkpoints
+from streamtrain.io.checkpoint import list_checkpoints
 
 from .conftest import DATA
 
@@ -196,8 +196,8 @@ def test_deleting_the_checkpoint_directory_mid_run_stops_that_run(tmp_path):
 
 # -- resources bounded by the data and the machine --------------------------------------------------------
 def test_decoding_workers_and_their_buffers_are_bounded_by_the_data_and_the_cores(tmp_path):
-    from streamtrain.decoder import SLOTS, usable_cores
-    from streamtrain.loader import start_decoder, window_rows_for
+    from streamtrain.data.decoder import SLOTS, usable_cores
+    from streamtrain.data.loader import start_decoder, window_rows_for
 
     make_data(tmp_path / "small.zarr", rows=1000, features=5, chunk_rows=100)
     ds = open_dataset(tmp_path / "small.zarr")

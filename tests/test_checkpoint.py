@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from streamtrain import CheckpointError, TrainConfig, Trainer
-from streamtrain.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, params_digest,
-                                    save_checkpoint)
+from streamtrain.io.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    params_digest,
+    save_checkpoint,
+)
 
 
 def test_round_trip(tmp_path):
@@ -72,7 +77,7 @@ def test_a_checkpoint_is_all_prediction_needs(tmp_path):
 
 
 def test_time_interval_and_best_checkpoint(tmp_path, monkeypatch):
-    import streamtrain.trainer as trainer_module
+    import streamtrain.train.trainer as trainer_module
 
     clock = iter(range(0, 10**6, 7))  # each look at the clock: 7 "seconds" later
     monkeypatch.setattr(trainer_module.time, "monotonic", lambda: float(next(clock)))
@@ -100,8 +105,8 @@ def test_checkpoints_written_in_the_background_hold_the_state_of_their_step(tmp_
     # Every checkpoint must still hold exactly what a synchronous save at its step holds.
     import time as _time
 
-    from streamtrain import state as state_module
-    from streamtrain.checkpoint import BackgroundWriter, load_checkpoint
+    from streamtrain.io.checkpoint import BackgroundWriter, load_checkpoint
+    from streamtrain.train import state as state_module
 
     data = (np.random.default_rng(0).standard_normal((3000, 5)).astype(np.float32), np.arange(3000) % 2)
     cfg = TrainConfig(hidden=6, epochs=2, batch_size=10, checkpoint_every=50, keep=1000)

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamtrain import CheckpointError, TrainConfig, Trainer
-from streamtrain.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from streamtrain.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from streamtrain.nn import minibatch
-from streamtrain.schema import TRAINER
+from streamtrain.train.schema import TRAINER
 
 BIN = Path(sys.executable).with_name("streamtrain")
 
@@ -50,7 +50,7 @@ def _rewrite(path, arrays, meta):
 
 def _save_raw(path, arrays, meta):
     """A checkpoint whose metadata is any JSON value (save_checkpoint insists on a mapping)."""
-    from streamtrain.checkpoint import _digest
+    from streamtrain.io.checkpoint import _digest
 
     meta_bytes = json.dumps(meta).encode()
     payload = dict(arrays, __meta__=np.frombuffer(meta_bytes, np.uint8),
@@ -124,8 +124,9 @@ def test_metadata_that_is_not_a_mapping_or_nested_too_deep_is_refused(tmp_path, 
 
 
 def _npy_header(shape, dtype="<f4") -> bytes:
-    from numpy.lib import format as npf
     import io
+
+    from numpy.lib import format as npf
 
     buf = io.BytesIO()
     npf.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})

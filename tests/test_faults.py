@@ -14,8 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamtrain import CheckpointError, TrainConfig, Trainer, TrainingError, make_data
-from streamtrain.checkpoint import DirectoryLock, latest_checkpoint, list_checkpoints, save_checkpoint
+from streamtrain import CheckpointError, TrainConfig, Trainer, make_data
+from streamtrain.io.checkpoint import (
+    DirectoryLock,
+    latest_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 
 BIN = Path(sys.executable).with_name("streamtrain")
 

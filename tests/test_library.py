@@ -71,7 +71,7 @@ def test_batch_iterator_in_a_real_torch_dataloader():
     assert sum(len(X) for X, _ in loader) == 1796  # two workers, 898 rows each
 
 
-@pytest.mark.parametrize("module", ["streamtrain.readers", "streamtrain.sampling", "streamtrain.trainer",
+@pytest.mark.parametrize("module", ["streamtrain.readers", "streamtrain.data.sampling", "streamtrain.train.trainer",
                                     "streamtrain.nn.network", "streamtrain.synthetic", "streamtrain.batches"])
 def test_docstring_examples_run(module, monkeypatch):
     monkeypatch.chdir(ROOT)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamtrain import TrainConfig, Trainer, make_data
-from streamtrain import loader as loader_module
+from streamtrain.data import loader as loader_module
 from streamtrain.nn import online
 from streamtrain.nn.network import TwoLayerNet
 from streamtrain.nn.optim import SGD

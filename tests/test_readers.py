@@ -62,7 +62,7 @@ class ReaderTests:
 
 
 def _write(tmp_path, suffix, X, y, chunk_rows):
-    from streamtrain.writers import open_writer
+    from streamtrain.io.writers import open_writer
 
     path = tmp_path / f"t{suffix}"
     with open_writer(path, len(X), [f"c{j}" for j in range(X.shape[1])], "y", "int32", chunk_rows) as w:
@@ -267,10 +267,10 @@ def test_chunk_of_rows(bounds):
 def test_a_split_of_in_place_data_gathers_in_place_exactly(tmp_path, monkeypatch, fraction, part):
     # A hold-out split of uncompressed HDF5 (or arrays) maps its rows to the file's and gathers them
     # in place, in any order: the same rows as reading its chunks, and never a chunk decoded.
-    from streamtrain.loader import Loader
+    from streamtrain.data.loader import Loader
+    from streamtrain.data.sampling import Sampler
     from streamtrain.readers.hdf5 import HDF5Dataset
     from streamtrain.readers.subset import HoldoutSplit
-    from streamtrain.sampling import Sampler
 
     rng = np.random.default_rng(3)
     X, y = rng.standard_normal((5000, 4)).astype(np.float32), np.arange(5000) % 3

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from streamtrain import Trainer, TrainConfig, open_dataset
+from streamtrain import TrainConfig, Trainer, open_dataset
 
 from .conftest import DATA
 

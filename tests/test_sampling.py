@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamtrain import ArrayDataset, Loader, Sampler
+from streamtrain.data.sampling import SHUFFLES, epoch_order
 from streamtrain.readers.base import uniform_bounds
-from streamtrain.sampling import SHUFFLES, epoch_order
 
 MODES = sorted(SHUFFLES)
 
@@ -235,7 +235,7 @@ def test_loader_stops_cleanly_on_ctrl_c_and_closes_files(tmp_path):
 @pytest.mark.parametrize("mode", MODES)
 def test_loader_batches_match_the_sampler_and_window_reads_each_chunk_once(tmp_path, suffix, mode):
     from streamtrain import make_data, open_dataset
-    from streamtrain.loader import window_rows_for
+    from streamtrain.data.loader import window_rows_for
 
     path = tmp_path / f"w{suffix}"  # -plain.h5: uncompressed, gathered in place from a file map
     codec = "none" if suffix == "-plain.h5" else "gzip" if suffix == ".h5" else "default"
@@ -265,7 +265,7 @@ def test_file_map_is_told_the_chunks_to_come(tmp_path, mode, monkeypatch):
 
     make_data(tmp_path / "m.h5", rows=20000, features=4, chunk_rows=1000, compression="none")
     ds = open_dataset(tmp_path / "m.h5")
-    monkeypatch.setattr("streamtrain.loader.GROUP_ROWS", 500)  # several groups per window
+    monkeypatch.setattr("streamtrain.data.loader.GROUP_ROWS", 500)  # several groups per window
     hinted, released = [], []
     ds.prefetch = hinted.append
     ds.release = lambda: released.append(len(hinted))
@@ -287,7 +287,7 @@ def test_scaling_in_the_gathered_rows_gives_the_same_bits(tmp_path, source, mode
     afterwards, groups within one window and across two alike."""
     from streamtrain import make_data, open_dataset
 
-    monkeypatch.setattr("streamtrain.loader.GROUP_ROWS", 256)  # most groups inside one window, some across
+    monkeypatch.setattr("streamtrain.data.loader.GROUP_ROWS", 256)  # most groups inside one window, some across
     if source == "memory":
         ds = ArrayDataset(np.random.default_rng(1).standard_normal((3000, 6)) * 3 + 1, np.arange(3000) % 2,
                           chunk_rows=300)
@@ -392,7 +392,7 @@ def _decoder_children():
                 cmd = fh.read()
         except (OSError, ValueError):
             continue
-        if ppid == os.getpid() and b"streamtrain._worker" in cmd:
+        if ppid == os.getpid() and b"streamtrain.data._worker" in cmd:
             out.append(int(pid))
     return out
 
@@ -462,8 +462,8 @@ def test_windows_split_between_decoding_workers_give_the_same_batches(tmp_path, 
     import h5py
 
     from streamtrain import open_dataset
-    from streamtrain.decoder import DecoderProcess
-    from streamtrain.loader import _slot_rows
+    from streamtrain.data.decoder import DecoderProcess
+    from streamtrain.data.loader import _slot_rows
 
     rng = np.random.default_rng(4)
     X = rng.standard_normal((3000, 3)).astype(np.float32)
@@ -489,8 +489,8 @@ def test_windows_split_between_decoding_workers_give_the_same_batches(tmp_path, 
 
 def test_decoding_workers_run_below_the_trainers_priority(tmp_path):
     from streamtrain import make_data, open_dataset
-    from streamtrain.decoder import NICENESS
-    from streamtrain.loader import start_decoder
+    from streamtrain.data.decoder import NICENESS
+    from streamtrain.data.loader import start_decoder
 
     make_data(tmp_path / "g.h5", rows=1000, features=3, chunk_rows=100, compression="gzip")
     with open_dataset(tmp_path / "g.h5") as ds:
@@ -503,7 +503,7 @@ def test_decoding_workers_run_below_the_trainers_priority(tmp_path):
 
 def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
     from streamtrain import make_data, open_dataset
-    from streamtrain.loader import _wants_process
+    from streamtrain.data.loader import _wants_process
 
     make_data(tmp_path / "s.h5", rows=1000, features=4, chunk_rows=100, compression="gzip")
     ds = open_dataset(tmp_path / "s.h5")
@@ -523,7 +523,7 @@ def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
 def test_hold_out_split_is_decoded_by_workers_like_by_the_thread(tmp_path):
     """--val-fraction training data (a hash split of the file) reopens in the decoding workers."""
     from streamtrain import make_data, open_dataset
-    from streamtrain.loader import _wants_process
+    from streamtrain.data.loader import _wants_process
     from streamtrain.readers.subset import HoldoutSplit
 
     make_data(tmp_path / "v.zarr", rows=5000, features=4, chunk_rows=400)
@@ -557,7 +557,7 @@ def test_process_decoder_reports_a_file_it_cannot_reopen(tmp_path):
 
 def test_global_shuffle_order_is_pinned_across_versions():
     """Checkpoints resume by recomputing the order: the permutation must never change between releases."""
-    from streamtrain.sampling import FeistelPermutation
+    from streamtrain.data.sampling import FeistelPermutation
 
     perm = FeistelPermutation(1_000_000, [0, 0, 1])
     assert perm(np.arange(5)).tolist() == [625457, 872054, 372041, 553759, 328593]

@@ -4,7 +4,6 @@ dies: one line, exit 130 / 143, no traceback, no process left behind."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ BIN = Path(sys.executable).with_name("streamtrain")
 
 def _workers_of(marker: str) -> list[int]:
     """Decoding processes whose command line names ``marker`` (the test's data path)."""
-    out = subprocess.run(["pgrep", "-f", f"streamtrain._worker.*{marker}"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", f"streamtrain.data._worker.*{marker}"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split() if _running(int(p))]
 
 
@@ -76,7 +75,7 @@ def test_workers_exit_quietly_and_promptly_when_their_parent_is_killed_mid_windo
     code = textwrap.dedent(f"""
         import json, sys, threading, numpy as np
         from streamtrain import open_dataset
-        from streamtrain.decoder import DecoderProcess
+        from streamtrain.data.decoder import DecoderProcess
         ds = open_dataset({str(zarr_data)!r})
         d = DecoderProcess(ds, ds.n_rows, workers=2)
         d.wait_ready()

@@ -7,8 +7,15 @@ import os
 import numpy as np
 import pytest
 
-from streamtrain import ArrayDataset, TrainConfig, Trainer, TrainingError, make_data, open_dataset
-from streamtrain.checkpoint import list_checkpoints
+from streamtrain import (
+    ArrayDataset,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    make_data,
+    open_dataset,
+)
+from streamtrain.io.checkpoint import list_checkpoints
 
 from .conftest import DATA
 
@@ -178,8 +185,8 @@ def test_multi_output_regression_and_one_hot_labels():
 
 @pytest.mark.parametrize("workers", [0, 3])
 def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp_path, workers, monkeypatch):
-    from streamtrain.decoder import DecoderProcess, usable_cores, worker_count
-    from streamtrain.loader import _slot_rows, window_rows_for
+    from streamtrain.data.decoder import DecoderProcess, usable_cores, worker_count
+    from streamtrain.data.loader import _slot_rows, window_rows_for
 
     started, init = [], DecoderProcess.__init__
 

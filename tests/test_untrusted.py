@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from streamtrain import DataError, Trainer, TrainConfig, open_dataset
+from streamtrain import DataError, TrainConfig, Trainer, open_dataset
 
 
 def _open_in_subprocess(path, **kw):

@@ -12,8 +12,18 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (DEFAULT_CACHE_BYTES, FEATURE_KEYS, LABEL_KEYS, Dataset, as_features, as_labels,
-                   check_chunk_size, find_key, uniform_bounds, virtual_chunk_rows)
+from .base import (
+    DEFAULT_CACHE_BYTES,
+    FEATURE_KEYS,
+    LABEL_KEYS,
+    Dataset,
+    as_features,
+    as_labels,
+    check_chunk_size,
+    find_key,
+    uniform_bounds,
+    virtual_chunk_rows,
+)
 from .columns import Column, fill_features, select_columns, vector_columns
 
 __all__ = ["HDF5Dataset"]

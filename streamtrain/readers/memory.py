@@ -6,7 +6,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import DEFAULT_CACHE_BYTES, Dataset, as_features, as_labels, uniform_bounds, virtual_chunk_rows
+from .base import (
+    DEFAULT_CACHE_BYTES,
+    Dataset,
+    as_features,
+    as_labels,
+    uniform_bounds,
+    virtual_chunk_rows,
+)
 
 __all__ = ["ArrayDataset"]
 

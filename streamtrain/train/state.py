@@ -14,15 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
-from .checkpoint import checkpoint_name, latest_checkpoint, resolve_checkpoint, rotate, save_checkpoint
-from .config import TrainConfig
-from .errors import CheckpointError, TrainingError
-from .nn.network import PARAM_NAMES, TwoLayerNet
-from .nn.optim import make_optimizer
-from .readers.base import Dataset
-from .sampling import Sampler
-from .scaling import Scaler
+from .._version import __version__
+from ..config import TrainConfig
+from ..data.sampling import Sampler
+from ..data.scaling import Scaler
+from ..errors import CheckpointError, TrainingError
+from ..io.checkpoint import (
+    checkpoint_name,
+    latest_checkpoint,
+    resolve_checkpoint,
+    rotate,
+    save_checkpoint,
+)
+from ..nn.network import PARAM_NAMES, TwoLayerNet
+from ..nn.optim import make_optimizer
+from ..readers.base import Dataset
 from .schema import TRAINER
 
 __all__ = ["CheckpointState"]

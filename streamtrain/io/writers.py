@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+from ..readers import detect_format
 from .atomic import atomic_path
-from .errors import DataError
-from .readers import detect_format
 
 __all__ = ["open_writer", "DEFAULT_COMPRESSION", "COMPRESSIONS", "check_output_dir"]
 

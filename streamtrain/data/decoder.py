@@ -5,7 +5,7 @@ numpy call of a training step hands it over, and the Zarr and Parquet decode pat
 Python between their compiled parts. Worker processes (their own interpreters, their own
 GILs; two, each a run of the window's chunks) decode each window straight into shared
 memory (a Linux memfd); the parent gathers batches from there. Workers are started
-with ``python -m streamtrain._worker``, not multiprocessing, so the user's main module
+with ``python -m streamtrain.data._worker``, not multiprocessing, so the user's main module
 is never re-imported, and they reopen the dataset from its path: no pickle crosses.
 
 Protocol, on two pipes per worker: the parent sends ``{"slot", "offset", "chunks", "rows"}`` requests;
@@ -27,7 +27,7 @@ import weakref
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["DecoderProcess", "usable", "usable_cores", "default_workers", "worker_count", "decode_window",
            "MIN_BYTES", "available_memory"]
@@ -122,7 +122,7 @@ class _Worker:
         rep_r, rep_w = os.pipe()
         setup = {**setup, "memfd": fd, "commands": cmd_r, "replies": rep_w, "parent": os.getpid()}
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streamtrain._worker", json.dumps(setup)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "streamtrain.data._worker", json.dumps(setup)],
                                          pass_fds=(fd, cmd_r, rep_w), stdin=subprocess.DEVNULL)
         finally:
             os.close(cmd_r)
@@ -287,7 +287,7 @@ def default_workers() -> int:
 
 def serve(setup: dict) -> None:
     """The worker's loop: decode the windows asked for until the command pipe closes."""
-    from .readers import reopen_dataset
+    from ..readers import reopen_dataset
 
     if hasattr(os, "nice"):
         os.nice(NICENESS)

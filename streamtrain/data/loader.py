@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import decoder as _decoder
-from .readers.base import Dataset, kept
+from ..readers.base import Dataset, kept
 from .sampling import Sampler
 from .scaling import standardize
 
@@ -37,7 +37,7 @@ DECODERS = ("auto", "thread", "process")
 
 def check_budget(window_mb: float) -> None:
     """Refuse a shuffle budget beyond the memory this machine has available now."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     available = _decoder.available_memory()
     if available is not None and window_mb * 2**20 > available:

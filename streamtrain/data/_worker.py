@@ -1,6 +1,6 @@
-"""Entry point of the window-decoding process (``python -m streamtrain._worker SETUP``).
+"""Entry point of the window-decoding process (``python -m streamtrain.data._worker SETUP``).
 
-Kept apart from ``streamtrain.decoder`` so that running it does not re-import a module
+Kept apart from ``streamtrain.data.decoder`` so that running it does not re-import a module
 the package has already imported.
 """
 
@@ -25,7 +25,7 @@ if __name__ == "__main__":
     setup = json.loads(sys.argv[1])
     threading.Thread(target=_exit_with_parent, args=(setup.get("parent", os.getppid()),), daemon=True).start()
     from streamtrain._malloc import reuse_freed_memory
-    from streamtrain.decoder import serve
+    from streamtrain.data.decoder import serve
 
     reuse_freed_memory()  # as the streamtrain command does: chunk buffers reused, not faulted in afresh
     try:

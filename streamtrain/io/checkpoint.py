@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .atomic import atomic_path
-from .errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
            "resolve_checkpoint", "params_digest", "DirectoryLock", "BackgroundWriter", "FORMAT_VERSION",

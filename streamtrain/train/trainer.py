@@ -21,19 +21,19 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .checkpoint import BackgroundWriter, DirectoryLock
-from .config import TrainConfig
-from .errors import CheckpointError, DataError, Interrupted, TrainingError
-from .inference import ModelUse
-from .loader import Loader, check_budget, start_decoder, window_rows_for
-from .nn import minibatch, online
-from .nn.network import PARAM_NAMES, TwoLayerNet
-from .nn.optim import make_optimizer
-from .readers import open_dataset
-from .readers.base import Dataset
-from .readers.subset import HoldoutSplit
-from .sampling import Sampler
-from .scaling import DataStats, Scaler, scan
+from ..config import TrainConfig
+from ..data.loader import Loader, check_budget, start_decoder, window_rows_for
+from ..data.sampling import Sampler
+from ..data.scaling import DataStats, Scaler, scan
+from ..errors import CheckpointError, DataError, Interrupted, TrainingError
+from ..io.checkpoint import BackgroundWriter, DirectoryLock
+from ..model import ModelUse
+from ..nn import minibatch, online
+from ..nn.network import PARAM_NAMES, TwoLayerNet
+from ..nn.optim import make_optimizer
+from ..readers import open_dataset
+from ..readers.base import Dataset
+from ..readers.subset import HoldoutSplit
 from .state import CheckpointState
 
 __all__ = ["Trainer", "infer_task"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import FORMAT_VERSION, Schema
-from .config import LIMITS, MAX_FEATURES, TrainConfig
+from ..config import LIMITS, MAX_FEATURES, TrainConfig
+from ..io.checkpoint import FORMAT_VERSION, Schema
 
 __all__ = ["TRAINER", "TrainerSchema", "MAX_FEATURES", "MAX_OUTPUTS"]
 
@@ -124,8 +124,8 @@ class TrainerSchema(Schema):
             _field(model, key, "model")
         if set(model) - {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype"}:
             raise ValueError("metadata field model has unexpected entries")
-        from .nn.functions import ACTIVATIONS, INITS, TASKS
-        from .scaling import SCALINGS
+        from ..data.scaling import SCALINGS
+        from ..nn.functions import ACTIVATIONS, INITS, TASKS
 
         n_in = _int(model["n_in"], "model.n_in", 1, MAX_FEATURES)
         hidden = _int(model["hidden"], "model.hidden", *LIMITS["hidden"])
@@ -191,7 +191,7 @@ class TrainerSchema(Schema):
         for key in ("epoch", "position"):
             _field(s, key, "sampler")
         if "shuffle" in s:
-            from .sampling import SHUFFLES
+            from ..data.sampling import SHUFFLES
 
             _str(s["shuffle"], "sampler.shuffle", tuple(SHUFFLES))
         for key in ("drop_last", "replacement"):

@@ -68,7 +68,7 @@ class ModelUse:
         """Stream predictions for every row of ``source`` to ``out`` (.parquet, .h5, .zarr, .csv), chunk by
         chunk and atomically. Classification: columns ``p_<class>`` and ``prediction``; regression:
         ``prediction`` (or ``prediction_<j>`` for several outputs)."""
-        from .writers import open_writer
+        from .io.writers import open_writer
 
         self._check_ready()
         ds = self.open_like_training(source)

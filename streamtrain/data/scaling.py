@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .readers.base import Dataset
+from ..readers.base import Dataset
 
 __all__ = ["DataStats", "scan", "Scaler", "SCALINGS", "standardize"]
 

@@ -1,0 +1,1 @@
+"""From a dataset to batches: shuffle plans, the loader and its sources, scaling."""

@@ -1,0 +1,1 @@
+"""Files streamtrain writes: checkpoints, predictions, atomically."""

@@ -1,0 +1,1 @@
+"""The training loop, its state, hooks and the trainer facade."""
