@@ -15,7 +15,7 @@ from .config import MAX_FEATURES
 from .errors import DataError
 from .io.writers import open_writer
 from .readers import detect_format
-from .readers.base import check_chunk_size
+from .readers.layout import check_chunk_size
 
 __all__ = ["Teacher", "make_data", "TASKS"]
 

@@ -75,7 +75,7 @@ class TestHDF5(ReaderTests):
         return _write(tmp_path, ".h5", X, y, chunk_rows)
 
     def test_uncompressed_rows_are_gathered_in_place(self, ds):
-        assert ds.in_place
+        assert ds.capabilities.in_place
 
 
 class TestHDF5BigEndianFloat64(ReaderTests):
@@ -88,7 +88,7 @@ class TestHDF5BigEndianFloat64(ReaderTests):
             f.create_dataset("X", data=X.astype(">f8"), chunks=(chunk_rows, X.shape[1]))
             f.create_dataset("y", data=y.astype(">i2"), chunks=(chunk_rows,))
         ds = open_dataset(tmp_path / "be.h5")
-        assert ds.in_place
+        assert ds.capabilities.in_place
         return ds
 
 
@@ -102,7 +102,7 @@ class TestHDF5Contiguous(ReaderTests):
             f["grp/features"] = X
             f["grp/target"] = y
         ds = open_dataset(tmp_path / "c.h5", features="grp/features", label="grp/target")
-        assert ds.in_place
+        assert ds.capabilities.in_place
         return ds
 
 
@@ -148,7 +148,7 @@ def test_chunk_cache_is_bounded(tmp_path):
     ds = open_dataset(tmp_path / "c.h5", cache_bytes=3 * 256 * 8 * 4 + 3 * 256 * 4)
     for i in range(ds.n_chunks):
         ds.read_chunk(i)
-    assert len(ds._cache) == 3 and ds._cached_bytes <= ds.cache_bytes
+    assert len(ds._cache) == 3 and ds._cache.nbytes <= ds.cache_bytes
 
 
 @pytest.mark.parametrize("make,match", [
@@ -195,7 +195,7 @@ def test_scanning_2gb_with_a_64mb_cache_stays_under_400mb(tmp_path):
         "rng = np.random.default_rng(0)\n"
         "for _ in range(50):\n"
         "    total += len(ds.read(np.sort(rng.choice(ds.n_rows, 256, replace=False)))[0])\n"
-        "assert ds._cached_bytes <= 64 << 20\n"
+        "assert ds._cache.nbytes <= 64 << 20\n"
         "print(total, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
     )
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
@@ -214,7 +214,7 @@ def _mapped_bytes():
 def test_pages_mapped_from_an_uncompressed_file_stay_within_the_budget(tmp_path):
     """Random gathers from a 40 MB file with an 8 MB budget: the pages mapped into the process
     (counted in its resident memory) stay within the budget, not the file size."""
-    from streamtrain.readers.hdf5 import FOLIO_BYTES
+    from streamtrain.readers.filemap import FOLIO_BYTES
 
     make_data(tmp_path / "m.h5", rows=160_000, features=64, chunk_rows=4096, compression="none")
     with open_dataset(tmp_path / "m.h5", cache_bytes=8 << 20) as ds:
@@ -242,7 +242,7 @@ def test_nonfinite_rows_in_a_mapped_gather(tmp_path):
         f.create_dataset("X", data=X, chunks=(100, 3))
         f["y"] = np.arange(2000) % 2
     with open_dataset(tmp_path / "n.h5") as ds:
-        assert ds.in_place
+        assert ds.capabilities.in_place
         with pytest.raises(DataError, match=r"n\.h5: NaN or Inf in row 777\b"):
             ds.gather([1500, 5, 777, 1999])
     with open_dataset(tmp_path / "n.h5", nonfinite="skip") as ds:
@@ -281,7 +281,7 @@ def test_a_split_of_in_place_data_gathers_in_place_exactly(tmp_path, monkeypatch
         split = HoldoutSplit(parent, fraction, seed=11, part=part)
         inner = HoldoutSplit(split, 0.5, seed=1, part="train")  # a split of a split
         for ds in (split, inner):
-            assert ds.in_place
+            assert ds.capabilities.in_place
             expected_X = np.concatenate([c[0] for c in ds.iter_chunks()])
             expected_y = np.concatenate([c[1] for c in ds.iter_chunks()])
             rows = np.concatenate([rng.permutation(ds.n_rows), rng.integers(0, ds.n_rows, 50)])
@@ -294,3 +294,16 @@ def test_a_split_of_in_place_data_gathers_in_place_exactly(tmp_path, monkeypatch
     monkeypatch.setattr(HDF5Dataset, "_load_chunk", lambda self, i: pytest.fail("a chunk was decoded"))
     seen = np.concatenate([rows for rows, _, _ in Loader(split, Sampler(split.bounds, 64, "global")).iter_epoch()])
     assert np.array_equal(np.sort(seen), np.arange(split.n_rows))
+
+
+def test_each_reader_declares_how_it_is_read(tmp_path):
+    from streamtrain.readers.base import Capabilities
+
+    make_data(tmp_path / "u.h5", rows=100, features=3, compression=None)
+    make_data(tmp_path / "g.h5", rows=100, features=3, compression="gzip")
+    make_data(tmp_path / "z.zarr", rows=100, features=3)
+    make_data(tmp_path / "p.parquet", rows=100, features=3)
+    caps = {name: open_dataset(tmp_path / name).capabilities for name in ("u.h5", "g.h5", "z.zarr", "p.parquet")}
+    assert caps["u.h5"] == Capabilities(in_place=True, decodes_chunks=False)
+    assert caps["g.h5"] == caps["z.zarr"] == caps["p.parquet"] == Capabilities(decodes_chunks=True)
+    assert ArrayDataset(np.zeros((4, 2))).capabilities == Capabilities(True, True, False, False)

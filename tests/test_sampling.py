@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streamtrain import ArrayDataset, Loader, Sampler
 from streamtrain.data.sampling import SHUFFLES, epoch_order
-from streamtrain.readers.base import uniform_bounds
+from streamtrain.readers.layout import uniform_bounds
 
 MODES = sorted(SHUFFLES)
 
@@ -511,7 +511,7 @@ def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
     assert _wants_process(ds, "window", 1, "process")
     make_data(tmp_path / "u.h5", rows=1000, features=4, chunk_rows=100)
     plain = open_dataset(tmp_path / "u.h5")  # uncompressed: gathered in place from the page cache
-    assert plain.in_place and not _wants_process(plain, "window", 1, "process")
+    assert plain.capabilities.in_place and not _wants_process(plain, "window", 1, "process")
     assert not _wants_process(ds, "window", 1, "auto")  # small data: start-up would cost more than it saves
     assert not _wants_process(ds, "global", 1, "process") and not _wants_process(ds, "window", 2, "process")
     mem = ArrayDataset(np.zeros((10, 2)), np.zeros(10))

@@ -75,7 +75,7 @@ def decode_window(ds, X: np.ndarray, chunks, stop: threading.Event | None = None
     for c in chunks:
         if stop is not None and stop.is_set():
             break
-        Xc, yc = ds._checked(int(c), *ds._load_locked(int(c)))
+        Xc, yc, mask = ds.load_chunk(int(c))
         n = len(Xc)
         X[off:off + n] = Xc
         chunks_read += 1
@@ -84,7 +84,6 @@ def decode_window(ds, X: np.ndarray, chunks, stop: threading.Event | None = None
             if y is None:
                 y = np.empty((len(X),) + yc.shape[1:], dtype=yc.dtype)
             y[off:off + n] = yc
-        mask = ds._skipped.get(int(c))
         if mask is not None:  # rows with NaN/Inf under nonfinite="skip"
             keep = np.ones(len(X), bool) if keep is None else keep
             keep[off:off + n] = mask
@@ -304,7 +303,7 @@ def serve(setup: dict) -> None:
         else:
             # Read a chunk now: a file that opens but cannot be read is reported at start-up, and the
             # format's first-use costs (thread pools, buffers; 50 ms for Parquet) are paid here.
-            ds._load_chunk(setup.get("populate", [0, 1])[0] % ds.n_chunks)
+            ds.load_chunk(setup.get("populate", [0, 1])[0] % ds.n_chunks)
     except Exception as e:
         failure = str(e) if isinstance(e, DataError) else f"{r['source']}: {type(e).__name__}: {e}"
     if not failure:

@@ -10,8 +10,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..readers.base import Dataset
+from ..readers.layout import kept
 from . import decoder as _decoder
-from ..readers.base import Dataset, kept
 from .sampling import Sampler
 from .scaling import standardize
 
@@ -60,7 +61,7 @@ def _row_bytes(dataset: Dataset) -> int:
 def _buffered(dataset: Dataset, shuffle: str, world_size: int) -> bool:
     """Whether batches come from window buffers: window shuffle of data decoded whole-chunk, one worker.
     (Data gathered in place, memory or uncompressed HDF5, and shards use the gather path.)"""
-    return shuffle == "window" and world_size == 1 and dataset.prefetchable and not dataset.in_place
+    return shuffle == "window" and world_size == 1 and dataset.capabilities.decodes_chunks
 
 
 def _wants_process(dataset: Dataset, shuffle: str, world_size: int, decoder: str) -> bool:
@@ -320,7 +321,7 @@ class Loader:
         limiting BLAS there cost the in-memory step 10%).
         """
         s = self.sampler
-        if not (self.dataset.prefetchable or s.shuffle != "none" or s.replacement):
+        if not (not self.dataset.capabilities.in_memory or s.shuffle != "none" or s.replacement):
             yield
             return
         from threadpoolctl import threadpool_limits
@@ -414,12 +415,13 @@ class Loader:
                             continue
 
             helpers.append(threading.Thread(target=build, name="streamtrain-windows", daemon=True))
-        elif self.dataset.prefetchable and not self.dataset.in_place:
+        elif self.dataset.capabilities.decodes_chunks:
             helpers.append(threading.Thread(target=self._swallow(self._prefetch_chunks), args=(done, stop),
                                             name="streamtrain-prefetch", daemon=True))
 
         ds = self.dataset
-        read_ahead = _ReadAhead(ds, self.sampler) if ds.in_place and ds.prefetchable else None
+        caps = ds.capabilities
+        read_ahead = _ReadAhead(ds, self.sampler) if caps.in_place and not caps.in_memory else None
 
         def produce():
             try:

@@ -2,8 +2,9 @@
 
 A dataset is a table of ``n_rows`` rows split into chunks (row ranges that are
 cheap to read whole: HDF5 chunks, Zarr chunks or shards, Parquet row groups).
-Readers implement ``_load_chunk``; gathering arbitrary sorted rows and the
-bounded chunk cache are shared here.
+Readers implement ``_load_chunk`` and declare their ``capabilities``; gathering
+arbitrary rows, the bounded chunk cache (``cache.py``) and the NaN/Inf screen
+(``screen.py``) are shared here.
 """
 
 from __future__ import annotations
@@ -11,71 +12,42 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
+from .cache import ChunkCache
+from .layout import kept
+from .screen import bad_rows
 
-__all__ = ["Dataset", "DEFAULT_CACHE_BYTES", "uniform_bounds", "as_features", "as_labels", "kept"]
+__all__ = ["Dataset", "Capabilities", "DEFAULT_CACHE_BYTES"]
 
 DEFAULT_CACHE_BYTES = 64 << 20
 # A run of rows from an uncached chunk spanning at most 1/this of it is read on its own.
 SPARSE_SPAN_FRACTION = 8
-# Contiguous (unchunked) sources are split into virtual chunks of about this size.
-VIRTUAL_CHUNK_BYTES = 4 << 20
 
 Batch = tuple[np.ndarray, "np.ndarray | None"]
 
 
-# More chunks than this (a 128 MB boundary table) means malformed metadata, not data.
-MAX_CHUNKS = 1 << 24
+@dataclass(frozen=True)
+class Capabilities:
+    """How a dataset is read, which decides how the loader serves it.
 
+    ``in_place``: any rows, in any order, are copied straight from memory or the page cache, with
+    no chunk to decode (arrays, uncompressed HDF5): a shuffle needs no window buffers.
+    ``in_memory``: every row is in this process's memory already: nothing to read ahead.
+    ``decodes_chunks``: reading means decoding whole chunks (compression, columnar files): worth
+    doing ahead, in worker processes for shuffle windows.
+    ``remote``: rows come over a network (fsspec URLs).
+    """
 
-def uniform_bounds(n_rows: int, chunk_rows: int, path: str = "<data>") -> np.ndarray:
-    """Chunk boundaries ``[0, r, 2r, ..., n_rows]`` for chunks of ``chunk_rows`` rows."""
-    chunk_rows = max(1, int(chunk_rows))
-    if -(-int(n_rows) // chunk_rows) > MAX_CHUNKS:
-        raise DataError(f"{path}: declares {n_rows} rows in chunks of {chunk_rows}: more than "
-                        f"{MAX_CHUNKS} chunks; refused as malformed")
-    bounds = np.arange(0, n_rows, chunk_rows, dtype=np.int64)
-    return np.append(bounds, np.int64(n_rows))
-
-
-def virtual_chunk_rows(n_features: int, itemsize: int) -> int:
-    """Rows per virtual chunk for a source without a chunk layout of its own."""
-    return max(1, VIRTUAL_CHUNK_BYTES // max(1, n_features * itemsize))
-
-
-def as_features(X: np.ndarray, dtype: npt.DTypeLike, path: str) -> np.ndarray:
-    """Cast a block of raw feature values to ``dtype`` as a 2-D C-contiguous array."""
-    X = np.asarray(X)
-    if X.dtype.kind not in "biuf":
-        raise DataError(f"{path}: features have non-numeric dtype {X.dtype}")
-    if X.ndim == 1:
-        X = X[:, None]
-    return np.ascontiguousarray(X, dtype=dtype)
-
-
-def as_labels(y: np.ndarray | None, path: str) -> np.ndarray | None:
-    """Labels as stored, except bool becomes int8 so arithmetic works."""
-    if y is None:
-        return None
-    y = np.asarray(y)
-    if y.dtype.kind not in "biuf":
-        raise DataError(f"{path}: label has non-numeric dtype {y.dtype}")
-    if y.dtype.kind == "b":
-        y = y.astype(np.int8)
-    return y
-
-
-def kept(X: np.ndarray, y: np.ndarray | None, keep: np.ndarray | None = None) -> Batch:
-    """``(X, y)`` less the rows that ``keep`` leaves out (rows skipped for NaN/Inf)."""
-    if keep is None:
-        return X, y
-    return X[keep], None if y is None else y[keep]
+    in_place: bool = False
+    in_memory: bool = False
+    decodes_chunks: bool = True
+    remote: bool = False
 
 
 class Dataset:
@@ -96,26 +68,23 @@ class Dataset:
 
     #: What to do with rows holding NaN or Inf: "error" (naming the row) or "skip" them.
     nonfinite: str = "error"
-    #: Whether decoding chunks ahead in a second thread pays (not for data already in memory).
-    prefetchable: bool = True
-    #: Whether any rows, in any order, are gathered straight from memory or the page cache with
-    #: no chunk to decode (in-memory arrays, uncompressed HDF5): shuffling then needs no window buffers.
-    in_place: bool = False
     #: How ``open_dataset`` can open this dataset again in another process (JSON), if it can.
     reopen: dict | None = None
 
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32):
         self.cache_bytes = int(cache_bytes)
         self.dtype = np.dtype(dtype)
-        self._cache: OrderedDict[int, Batch] = OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()
+        self._cache = ChunkCache(self.cache_bytes)
         self._io_lock = threading.Lock()
-        self._inflight: dict[int, threading.Event] = {}
         self._pid = os.getpid()
         self._skipped: dict[int, np.ndarray] = {}  # chunk -> keep mask, for nonfinite="skip"
         # What reading cost: decoded bytes and chunks read, rows taken directly (read amplification).
         self.stats = {"bytes_read": 0, "chunks_read": 0, "rows_taken": 0}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """How this dataset is read (the loader chooses its source from this)."""
+        return Capabilities()
 
     # -- layout -----------------------------------------------------------
     @property
@@ -150,35 +119,20 @@ class Dataset:
         return os.getpid() != self._pid
 
     def read_chunk(self, i: int) -> Batch:
-        """Features ``(rows, n_features)`` and labels ``(rows,)`` of chunk ``i``."""
+        """Features ``(rows, n_features)`` and labels ``(rows,)`` of chunk ``i`` (cached)."""
         if not 0 <= i < self.n_chunks:
             raise IndexError(f"chunk {i} out of range for {self.n_chunks} chunks")
-        # Two threads (the loader and its chunk prefetcher) may ask for the same chunk:
-        # the first decodes it, the other waits for that result instead of decoding it again.
-        with self._lock:
-            hit = self._cache.get(i)
-            if hit is not None:
-                self._cache.move_to_end(i)
-                return hit
-            pending = self._inflight.get(i)
-            if pending is None:
-                self._inflight[i] = threading.Event()
-        if pending is not None:
-            pending.wait()
-            with self._lock:
-                hit = self._cache.get(i)
-            if hit is not None:
-                return hit
-            return self._checked(i, *self._load_locked(i))  # evicted meanwhile: read it again, uncached
-        try:
-            X, y = self._checked(i, *self._load_locked(i))
+        block, loaded = self._cache.get_or_load(i, lambda: self._checked(i, *self._load_locked(i)))
+        if loaded:
             self.stats["chunks_read"] += 1
-            self.stats["bytes_read"] += X.nbytes + (0 if y is None else y.nbytes)
-            self._remember(i, (X, y))
-        finally:
-            with self._lock:
-                self._inflight.pop(i).set()
-        return X, y
+            self.stats["bytes_read"] += block[0].nbytes + (0 if block[1] is None else block[1].nbytes)
+        return block
+
+    def load_chunk(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Chunk ``i`` decoded now, bypassing the cache: ``(X, y, keep)``, where ``keep`` marks the
+        rows to use under nonfinite="skip" (None: all). For readers that decode windows of chunks."""
+        X, y = self._checked(i, *self._load_locked(i))
+        return X, y, self._skipped.get(i)
 
     def _load_locked(self, i: int) -> Batch:
         # File handles are not shared between threads mid-read: one decode at a time per
@@ -253,41 +207,8 @@ class Dataset:
         return self._load_locked(c)
 
     def _bad_rows(self, rows: int | np.ndarray, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
-        """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error".
-
-        ``rows``: the row number of each row of ``X``, or of its first row where they follow on."""
-        # A cheap screen finds NaN/Inf; only then is the row located exactly.
-        with np.errstate(over="ignore", invalid="ignore"):
-            # min and max propagate NaN and show +-Inf; single-threaded, unlike a BLAS dot whose
-            # spinning worker threads slow the reader on a 2-core machine.
-            suspect = (X.dtype.kind == "f" and len(X) and not (np.isfinite(X.min()) and np.isfinite(X.max()))) or (
-                y is not None and y.dtype.kind == "f" and not np.isfinite(y.sum()))
-        if not suspect:
-            return None
-        bad = ~np.isfinite(X).all(axis=1) if X.dtype.kind == "f" else np.zeros(len(X), bool)
-        if y is not None and y.dtype.kind == "f":
-            bad |= ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
-        if not bad.any():
-            return None
-        if self.nonfinite == "error":
-            at = int(np.argmax(bad))
-            row = rows + at if isinstance(rows, int) else int(rows[at])
-            raise DataError(f"{self.path}: NaN or Inf in row {row}; clean the data or skip such rows "
-                            "(--skip-nonfinite, nonfinite='skip')")
-        return bad
-
-    def _remember(self, i: int, block: Batch) -> None:
-        size = block[0].nbytes + (0 if block[1] is None else block[1].nbytes)
-        if size > self.cache_bytes:
-            return
-        with self._lock:
-            if i in self._cache:
-                return
-            self._cache[i] = block
-            self._cached_bytes += size
-            while self._cached_bytes > self.cache_bytes:
-                _, (X, y) = self._cache.popitem(last=False)
-                self._cached_bytes -= X.nbytes + (0 if y is None else y.nbytes)
+        """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error"."""
+        return bad_rows(X, y, rows, self.nonfinite, self.path)
 
     def _take(self, c: int, local: np.ndarray, sparse: bool) -> Batch | None:
         """Rows ``local`` (sorted) of chunk ``c`` read directly, without the whole chunk, or None.
@@ -305,8 +226,7 @@ class Dataset:
         whole chunks for them would multiply the I/O); otherwise the whole chunk
         is read and cached.
         """
-        with self._lock:
-            hit = self._cache.get(c)
+        hit = self._cache.get(c)
         if hit is None:
             sparse = (int(local[-1] - local[0]) + 1) * SPARSE_SPAN_FRACTION <= self.chunk_sizes[c]
             got = self._take(c, local, sparse)
@@ -338,7 +258,7 @@ class Dataset:
         skipped under nonfinite="skip" (``kept`` applies it).
         """
         rows = self._checked_rows(rows)
-        if self.in_place or rows.size < 2 or not np.any(rows[1:] < rows[:-1]):
+        if self.capabilities.in_place or rows.size < 2 or not np.any(rows[1:] < rows[:-1]):
             return self._read_rows(rows)  # data gathered in place takes rows in any order: no sort
         order = np.argsort(rows, kind="stable")
         sorted_parts = self._read_rows(rows[order])
@@ -359,7 +279,7 @@ class Dataset:
 
     def _read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(X, y, keep)`` of ``rows``: sorted, chunk by chunk here; in any order where the
-        format gathers in place (``in_place``)."""
+        format gathers in place (``capabilities.in_place``)."""
         X_out = np.empty((rows.size, self.n_features), dtype=self.dtype)
         y_out = None
         keep_out = None
@@ -473,25 +393,21 @@ class Dataset:
 
     def close(self) -> None:
         """Release file handles and cached chunks."""
-        with self._lock:
-            self._cache.clear()
-            self._cached_bytes = 0
+        self._cache.clear()
 
-    # Picklable (for spawn-started worker processes): handles, lock and cache stay behind.
-    _UNPICKLED = {"_file": None, "_nodes": {}, "_maps": None, "_handles": None, "_cache": None,
-                  "_cached_bytes": 0, "_lock": None, "_io_lock": None, "_inflight": None}
+    # Picklable (for spawn-started worker processes): handles, locks and cache stay behind.
+    _UNPICKLED = {"_file": None, "_nodes": {}, "_maps": None, "_handles": None, "_cache": None, "_io_lock": None}
 
     def __getstate__(self):
         return {k: (self._UNPICKLED[k] if k in self._UNPICKLED else v) for k, v in self.__dict__.items()}
 
     def __setstate__(self, state):
-        from collections import OrderedDict as _OD
+        from collections import OrderedDict
 
         self.__dict__.update(state)
-        self._cache, self._cached_bytes, self._lock = _OD(), 0, threading.Lock()
-        self._io_lock, self._inflight = threading.Lock(), {}
+        self._cache, self._io_lock = ChunkCache(self.cache_bytes), threading.Lock()
         if "_handles" in state:
-            self._handles = _OD()
+            self._handles = OrderedDict()
         self._pid = os.getpid()
 
     def __enter__(self):
@@ -503,39 +419,3 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.path!r}: {self.n_rows} rows x "
                 f"{self.n_features} features, label={self.label_name!r}, {self.n_chunks} chunks>")
-
-
-# -- selecting features and label ----------------------------------------------
-# Auto-detection, documented in the README: an array/dataset named like a feature
-# matrix and one named like a label; for column formats a label column and every
-# other numeric column as a feature.
-FEATURE_KEYS = ("X", "x", "features", "data", "inputs")
-LABEL_KEYS = ("y", "label", "labels", "target", "targets")
-
-
-def find_key(available: list[str], wanted: str | None, candidates: tuple[str, ...],
-             what: str, path: str, required: bool) -> str | None:
-    """The array/column name to use: ``wanted`` if given, else the first candidate present."""
-    if wanted is not None:
-        if wanted not in available:
-            raise DataError(f"{path}: no {what} named {wanted!r} (found: {', '.join(available) or 'nothing'})")
-        return wanted
-    for name in candidates:
-        # A candidate matches a top-level name first, then the last part of a nested path.
-        for key in [k for k in available if k == name] + [k for k in available if k.split("/")[-1] == name]:
-            return key
-    if required:
-        raise DataError(f"{path}: no {what} found; name it with --{what.split()[0]} "
-                        f"(looked for {', '.join(candidates)}; found: {', '.join(available) or 'nothing'})")
-    return None
-
-
-# A declared chunk larger than this is refused before anything is allocated for it.
-MAX_CHUNK_BYTES = 1 << 30
-
-
-def check_chunk_size(nbytes: int, path: str, what: str) -> None:
-    """Refuse absurd declared chunk sizes (malformed or hostile metadata) before allocating."""
-    if nbytes > MAX_CHUNK_BYTES:
-        raise DataError(f"{path}: {what} declares chunks of {nbytes / 2**30:.1f} GiB; refused "
-                        f"(more than {MAX_CHUNK_BYTES >> 30} GiB per chunk)")

@@ -10,9 +10,31 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DataError
-from .base import LABEL_KEYS, find_key
 
-__all__ = ["Column", "vector_columns", "select_columns", "fill_features"]
+__all__ = ["Column", "vector_columns", "select_columns", "fill_features", "find_key", "FEATURE_KEYS", "LABEL_KEYS"]
+
+# Auto-detection, documented in the README: an array/dataset named like a feature
+# matrix and one named like a label; for column formats a label column and every
+# other numeric column as a feature.
+FEATURE_KEYS = ("X", "x", "features", "data", "inputs")
+LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+
+
+def find_key(available: list[str], wanted: str | None, candidates: tuple[str, ...],
+             what: str, path: str, required: bool) -> str | None:
+    """The array/column name to use: ``wanted`` if given, else the first candidate present."""
+    if wanted is not None:
+        if wanted not in available:
+            raise DataError(f"{path}: no {what} named {wanted!r} (found: {', '.join(available) or 'nothing'})")
+        return wanted
+    for name in candidates:
+        # A candidate matches a top-level name first, then the last part of a nested path.
+        for key in [k for k in available if k == name] + [k for k in available if k.split("/")[-1] == name]:
+            return key
+    if required:
+        raise DataError(f"{path}: no {what} found; name it with --{what.split()[0]} "
+                        f"(looked for {', '.join(candidates)}; found: {', '.join(available) or 'nothing'})")
+    return None
 
 
 @dataclass(frozen=True)

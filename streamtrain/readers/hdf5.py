@@ -4,7 +4,6 @@ named columns as PyTables and pandas ``to_hdf(format="table")`` write it; read c
 from __future__ import annotations
 
 import codecs
-import mmap
 import os
 import re
 
@@ -12,19 +11,24 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (
-    DEFAULT_CACHE_BYTES,
+from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
+from .columns import (
     FEATURE_KEYS,
     LABEL_KEYS,
-    Dataset,
+    Column,
+    fill_features,
+    find_key,
+    select_columns,
+    vector_columns,
+)
+from .filemap import FileMap, RowMap
+from .layout import (
     as_features,
     as_labels,
     check_chunk_size,
-    find_key,
     uniform_bounds,
     virtual_chunk_rows,
 )
-from .columns import Column, fill_features, select_columns, vector_columns
 
 __all__ = ["HDF5Dataset"]
 
@@ -199,7 +203,9 @@ class HDF5Dataset(Dataset):
             check_chunk_size(d.chunks[0] * row_bytes, self.path, d.name)
         chunk_rows = d.chunks[0] if d.chunks else virtual_chunk_rows(1, row_bytes)
         self.bounds = uniform_bounds(self.n_rows, chunk_rows, self.path)
-        self._compression = d.compression or ",".join(map(str, d._filters)) or None
+        plist = d.id.get_create_plist()
+        filters = [plist.get_filter(k)[3].decode(errors="replace") for k in range(plist.get_nfilters())]
+        self._compression = d.compression or ",".join(filters) or None
 
     # -- reading ------------------------------------------------------------------
     def _handle(self):
@@ -252,8 +258,9 @@ class HDF5Dataset(Dataset):
         return X, y
 
     @property
-    def in_place(self) -> bool:
-        return self._row_maps() is not None
+    def capabilities(self) -> Capabilities:
+        in_place = self._row_maps() is not None
+        return Capabilities(in_place=in_place, decodes_chunks=not in_place)
 
     def _read_rows(self, rows):
         maps = self._row_maps() if rows.size else None
@@ -317,11 +324,11 @@ class HDF5Dataset(Dataset):
         if self._maps is None or self._in_child_process():
             self._maps = {}
             if self._table is None:
-                x = _RowMap.locate(self.path, self._node(self._x_key))
-                y = None if self._y_key is None else _RowMap.locate(self.path, self._node(self._y_key))
+                x = _locate(self.path, self._node(self._x_key))
+                y = None if self._y_key is None else _locate(self.path, self._node(self._y_key))
                 if x is not None and (self._y_key is None or y is not None):
-                    file_map = _FileMap(self.path, self._budget)
-                    maps = [None if loc is None else _RowMap(file_map, *loc) for loc in (x, y)]
+                    file_map = FileMap(self.path, self._budget)
+                    maps = [None if loc is None else RowMap(file_map, *loc) for loc in (x, y)]
                     for m in maps:
                         if m is not None:  # each chunk's rows' bytes
                             firsts, lasts = m.byte_start(self.bounds[:-1]), m.byte_start(self.bounds[1:] - 1)
@@ -355,181 +362,41 @@ class HDF5Dataset(Dataset):
         self._file, self._nodes, self._maps = None, {}, None
 
 
-# The largest page-cache folio a fault may map (the PMD size: 2 MB with 4 KB pages).
-FOLIO_BYTES = mmap.PAGESIZE * mmap.PAGESIZE // 8
-
-
-class _FileMap:
-    """A read-only memory map of a file, whose pages mapped into this process stay within a limit.
-
-    A fault maps a whole page-cache folio (up to FOLIO_BYTES, aligned), so a random
-    gather soon maps much of the file. Gathers are therefore planned by chunk: the
-    folio-sized blocks of the file that the chunks touched since the last drop
-    overlap are counted, and before the count would pass the limit the mapped pages
-    are dropped from this process (``MADV_DONTNEED``: the OS keeps them cached, the
-    next access maps them again). Resident memory stays bounded by configuration;
-    reads run at memory speed.
-    """
-
-    def __init__(self, path: str, limit_bytes: int):
-        with open(path, "rb") as f:
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if hasattr(mmap, "MADV_RANDOM"):
-            self.map.madvise(mmap.MADV_RANDOM)  # no read-around: a fault maps one folio, not several
-        self.bytes = np.frombuffer(self.map, dtype=np.uint8)
-        self.limit_bytes = int(limit_bytes)
-        self._ranges: list[tuple[np.ndarray, np.ndarray]] = []  # per chunk: first and last block
-        self._mapped = np.zeros(-(-len(self.map) // FOLIO_BYTES), dtype=bool)  # blocks since the last drop
-        self._n_mapped = 0
-
-    def add_ranges(self, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Each chunk's bytes ``starts[c]:stops[c]`` (one call per dataset sharing the chunks)."""
-        self._ranges.append((starts // FOLIO_BYTES, (stops - 1) // FOLIO_BYTES))
-
-    def blocks(self, chunks: np.ndarray) -> np.ndarray:
-        """The folio-sized blocks of the file that these chunks' bytes overlap (ascending)."""
-        firsts = np.concatenate([lo[chunks] for lo, _ in self._ranges])
-        counts = np.concatenate([hi[chunks] - lo[chunks] + 1 for lo, hi in self._ranges])
-        # Every block of every range: each first block repeated, plus 0, 1, ... within its range.
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        return np.unique(np.repeat(firsts, counts) + within)
-
-    def admit(self, blocks: np.ndarray) -> None:
-        """Count ``blocks`` as mapped, first dropping the mapped pages if the count would pass the limit."""
-        new = blocks[~self._mapped[blocks]]
-        if self._n_mapped and (self._n_mapped + len(new)) * FOLIO_BYTES > self.limit_bytes:
-            self.drop()
-            new = blocks
-        self._mapped[new] = True
-        self._n_mapped += len(new)
-
-    def pieces(self, chunk_of: np.ndarray, touched: np.ndarray):
-        """Positions into a gather's rows (whose chunks are ``chunk_of``; ``touched``, ascending,
-        without repeats), piece by piece, each gathered before the next is asked for: pages are
-        dropped in between where needed."""
-        blocks = self.blocks(touched)
-        capacity = max(1, self.limit_bytes // FOLIO_BYTES)
-        if len(blocks) <= capacity:
-            self.admit(blocks)
-            yield slice(None)
-            return
-        # More of the file than the limit maps at once (global shuffle of a file larger than it):
-        # gather a run of chunks at a time, dropping the pages in between.
-        order = np.argsort(chunk_of, kind="stable")
-        firsts = np.append(np.searchsorted(chunk_of[order], touched), len(order))
-        start, piece = 0, np.zeros(0, dtype=np.int64)
-        for k in range(len(touched) + 1):
-            if k < len(touched):
-                grown = np.union1d(piece, self.blocks(touched[k:k + 1]))
-                if k == start or len(grown) <= capacity:
-                    piece = grown
-                    continue
-            self.drop()  # a piece is as much as the limit allows: nothing mapped before can stay
-            self.admit(piece)
-            yield order[firsts[start]:firsts[k]]
-            start, piece = k, np.zeros(0, dtype=np.int64)
-            if k < len(touched):
-                piece = self.blocks(touched[k:k + 1])
-
-    def drop(self) -> None:
-        """Unmap every page from this process now (the OS keeps them cached)."""
-        if hasattr(self.map, "madvise"):  # not on Windows, whose OS trims working sets itself
-            self.map.madvise(mmap.MADV_DONTNEED)
-        self._mapped[:] = False
-        self._n_mapped = 0
-
-    def will_need(self, start: int, stop: int) -> None:
-        """Ask the OS to start reading bytes ``start:stop`` (for data not in the page cache yet)."""
-        if hasattr(mmap, "MADV_WILLNEED") and stop > start:
-            start -= start % mmap.PAGESIZE
-            self.map.madvise(mmap.MADV_WILLNEED, start, min(stop, len(self.map)) - start)
-
-    def close(self) -> None:
-        self.bytes = None
-        try:
-            self.map.close()
-        except BufferError:  # a row view is still alive somewhere: the map goes with it
-            pass
-
-
-class _RowMap:
-    """Rows of an uncompressed HDF5 dataset, located by byte offset in a ``_FileMap`` of the file.
-
-    The file must not be truncated while open (a mapped read past its end would
-    kill the process); ``locate`` checks its size when it is opened.
-    """
-
-    def __init__(self, file_map: _FileMap, chunk_offsets, chunk_rows, row_bytes, dtype, row_shape):
-        self.file_map = file_map
-        self.chunk_offsets, self.chunk_rows = chunk_offsets, chunk_rows
-        self.row_bytes, self.dtype, self.row_shape = row_bytes, dtype, row_shape
-        # Every byte offset as the start of a row, each row one opaque item: a gather is then one
-        # fancy index copying whole rows (measured twice as fast as indexing rows of numbers).
-        self._rows = np.ndarray((len(file_map.map) - row_bytes + 1,), np.dtype((np.void, row_bytes)),
-                                buffer=file_map.map, strides=(1,))
-
-    @staticmethod
-    def locate(path: str, d):
-        """``(chunk byte offsets, chunk rows, row bytes, dtype, row shape)`` of dataset ``d``, or
-        None where its rows are not plain bytes in the file (compressed, split columns, virtual...)."""
-        if d.compression or d._filters or d.external or d.is_virtual or d.dtype.kind not in "biuf":
-            return None
-        row_shape = d.shape[1:]
-        row_bytes = d.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-        try:
-            if d.chunks is None:
-                offset = d.id.get_offset()
-                if offset is None:
-                    return None
-                offsets, chunk_rows = np.array([offset], np.int64), max(1, d.shape[0])
-            else:
-                if tuple(d.chunks[1:]) != tuple(row_shape):
-                    return None  # chunks split the columns: rows are not contiguous bytes
-                offsets = np.full(-(-d.shape[0] // d.chunks[0]), -1, np.int64)
-
-                def note(info):
-                    offsets[info.chunk_offset[0] // d.chunks[0]] = info.byte_offset
-
-                d.id.chunk_iter(note)
-                if (offsets < 0).any():
-                    return None  # unwritten chunks read as fill values: let h5py handle them
-                chunk_rows = d.chunks[0]
-            if os.path.getsize(path) < offsets.max() + min(chunk_rows, d.shape[0]) * row_bytes:
-                return None  # a truncated file: let h5py report it
-        except (OSError, ValueError, AttributeError, RuntimeError, TypeError):
-            return None
-        return offsets, chunk_rows, row_bytes, d.dtype, row_shape
-
-    def byte_start(self, rows: np.ndarray) -> np.ndarray:
-        """Where each row starts in the file."""
-        c = rows // self.chunk_rows
-        return self.chunk_offsets[c] + (rows - c * self.chunk_rows) * self.row_bytes
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (any order), as stored."""
-        starts = self.byte_start(rows)
-        rb = self.row_bytes
-        n = len(rows)
-        if n and starts[-1] - starts[0] == (n - 1) * rb and np.all(np.diff(starts) == rb):
-            s = int(starts[0])
-            out = self.file_map.bytes[s:s + n * rb].copy()  # rows that follow on in the file: one copy
+def _locate(path: str, d):
+    """``(chunk byte offsets, chunk rows, row bytes, dtype, row shape)`` of dataset ``d``, or
+    None where its rows are not plain bytes in the file (compressed, split columns, virtual...)."""
+    if _filtered(d) or d.external or d.is_virtual or d.dtype.kind not in "biuf":
+        return None
+    row_shape = d.shape[1:]
+    row_bytes = d.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+    try:
+        if d.chunks is None:
+            offset = d.id.get_offset()
+            if offset is None:
+                return None
+            offsets, chunk_rows = np.array([offset], np.int64), max(1, d.shape[0])
         else:
-            out = self._rows[starts]
-        return out.view(self.dtype).reshape((n, *self.row_shape))
+            if tuple(d.chunks[1:]) != tuple(row_shape):
+                return None  # chunks split the columns: rows are not contiguous bytes
+            offsets = np.full(-(-d.shape[0] // d.chunks[0]), -1, np.int64)
 
-    def view(self, a: int, b: int) -> np.ndarray:
-        """Rows ``a:b`` of one chunk, as stored, viewed in the map (valid while it is open)."""
-        return np.ndarray((b - a, *self.row_shape), self.dtype, buffer=self.file_map.map,
-                          offset=int(self.byte_start(np.array([a]))[0]))
+            def note(info):
+                offsets[info.chunk_offset[0] // d.chunks[0]] = info.byte_offset
 
-    def close(self) -> None:
-        self._rows = None  # releases the file map's buffer, so that it can close
+            d.id.chunk_iter(note)
+            if (offsets < 0).any():
+                return None  # unwritten chunks read as fill values: let h5py handle them
+            chunk_rows = d.chunks[0]
+        if os.path.getsize(path) < offsets.max() + min(chunk_rows, d.shape[0]) * row_bytes:
+            return None  # a truncated file: let h5py report it
+    except (OSError, ValueError, AttributeError, RuntimeError, TypeError):
+        return None
+    return offsets, chunk_rows, row_bytes, d.dtype, row_shape
 
-    def will_need(self, a: int, b: int) -> None:
-        """Start reading rows ``a:b`` (of one chunk) into the page cache."""
-        if b > a:
-            first, last = self.byte_start(np.array([a, b - 1], np.int64))
-            self.file_map.will_need(int(first), int(last) + self.row_bytes)
+
+def _filtered(d) -> bool:
+    """Whether any HDF5 filter (compression, shuffle, checksum...) transforms the stored bytes."""
+    return bool(d.compression) or d.id.get_create_plist().get_nfilters() > 0
 
 
 def _strip(key: str | None) -> str | None:

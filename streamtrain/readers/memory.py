@@ -6,14 +6,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (
-    DEFAULT_CACHE_BYTES,
-    Dataset,
-    as_features,
-    as_labels,
-    uniform_bounds,
-    virtual_chunk_rows,
-)
+from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
+from .layout import as_features, as_labels, uniform_bounds, virtual_chunk_rows
 
 __all__ = ["ArrayDataset"]
 
@@ -22,8 +16,7 @@ class ArrayDataset(Dataset):
     """A Dataset over numpy arrays ``X`` (rows, features) and optional ``y`` (rows,)."""
 
     format = "memory"
-    prefetchable = False
-    in_place = True
+    capabilities = Capabilities(in_place=True, in_memory=True, decodes_chunks=False)
 
     def __init__(self, X: npt.ArrayLike, y: npt.ArrayLike | None = None, *, chunk_rows: int | None = None,
                  feature_names: list[str] | None = None, label_name: str | None = "y",
@@ -65,8 +58,7 @@ class ArrayDataset(Dataset):
         """``(X, y)`` of rows ``a:b`` as views, no copy (None where NaN/Inf rows are skipped there)."""
         first, last = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1
         for c in range(int(first), int(last) + 1):
-            self._checked(c, *self._load_chunk(c))
-            if c in self._skipped:
+            if self.load_chunk(c)[2] is not None:  # (screened once: cheap after the first time)
                 return None
         return self._X[a:b], None if self._y is None else self._y[a:b]
 

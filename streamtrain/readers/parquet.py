@@ -13,8 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import DEFAULT_CACHE_BYTES, Dataset, as_labels
+from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .columns import Column, fill_features, select_columns, vector_columns
+from .layout import as_labels
 from .remote import is_url, open_filesystem
 
 __all__ = ["ParquetDataset"]
@@ -152,6 +153,10 @@ class ParquetDataset(Dataset):
             raise DataError(f"{self._files[f_idx]}: cannot convert features to numbers ({e})") from None
         y = as_labels(fetch(self._label_col.key), self.path) if self._label_col else None
         return X, y
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(decodes_chunks=True, remote=is_url(self.path))
 
     def _stamped_files(self):
         return [] if is_url(self.path) else list(self._files)

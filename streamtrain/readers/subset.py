@@ -67,12 +67,8 @@ class HoldoutSplit(Dataset):
             self.reopen = {**parent.reopen, "splits": [*parent.reopen.get("splits", []), split]}
 
     @property
-    def in_place(self) -> bool:
-        return self.parent.in_place
-
-    @property
-    def prefetchable(self) -> bool:
-        return self.parent.prefetchable
+    def capabilities(self):
+        return self.parent.capabilities
 
     def _rank_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """``(masks, ends, before, first, step)`` per 64 parent rows: the bits of this part's rows,
@@ -116,12 +112,12 @@ class HoldoutSplit(Dataset):
         return word * 64 + byte * 8 + _SELECT.ravel()[octet * 8 + (k - prior).astype(np.int64)]
 
     def _read_rows(self, rows):
-        if rows.size and self.parent.in_place:
-            return self.parent._read_rows(self.parent_rows(rows))
+        if rows.size and self.parent.capabilities.in_place:
+            return self.parent.gather(self.parent_rows(rows))  # in place: any order, no sort
         return super()._read_rows(rows)
 
     def prefetch(self, i: int) -> None:
-        if self.parent.in_place:
+        if self.parent.capabilities.in_place:
             self.parent.prefetch(int(self._parents[i]))
         else:
             super().prefetch(i)
@@ -141,7 +137,7 @@ class HoldoutSplit(Dataset):
         c = int(self._parents[i])
         # The parent applies its NaN/Inf policy, so errors name the row of the file.
         # With "skip" this split's own check then marks the NaN/Inf rows, keeping row counts aligned.
-        X, y = self.parent._checked(c, *self.parent._load_chunk(c))
+        X, y, _ = self.parent.load_chunk(c)
         keep = self._keep(c)
         return X[keep], None if y is None else y[keep]
 

@@ -6,24 +6,23 @@ per feature, as xarray's ``Dataset.to_zarr`` writes it.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
-from .base import (
-    DEFAULT_CACHE_BYTES,
+from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
+from .columns import (
     FEATURE_KEYS,
     LABEL_KEYS,
-    Dataset,
-    as_features,
-    as_labels,
-    check_chunk_size,
+    Column,
+    fill_features,
     find_key,
-    uniform_bounds,
+    select_columns,
 )
-from .columns import Column, fill_features, select_columns
+from .layout import as_features, as_labels, check_chunk_size, uniform_bounds
 from .remote import is_url
 
 __all__ = ["ZarrDataset"]
@@ -174,13 +173,12 @@ class ZarrDataset(Dataset):
         from zarr.core.sync import sync
 
         for arr in self._feature_arrays():
-            unit = (getattr(arr, "shards", None) or arr.chunks)[0]
-            grid = arr._shard_grid_shape
-            first, last = a // unit, (b - 1) // unit
-            keys = arr._iter_shard_keys(origin=(first, *[0] * (arr.ndim - 1)),
-                                        selection_shape=(last - first + 1, *grid[1:]))
+            unit = getattr(arr, "shards", None) or arr.chunks  # the stored objects' grid
+            grid = [range(-(-n // u)) for n, u in zip(arr.shape, unit)]
+            grid[0] = range(a // unit[0], (b - 1) // unit[0] + 1)
             store, prefix = arr.store_path.store, arr.store_path.path
-            for key in keys:
+            for coords in itertools.product(*grid):
+                key = arr.metadata.encode_chunk_key(coords)
                 if sync(store.exists(f"{prefix}/{key}" if prefix else key)):
                     return True
         return False
@@ -227,6 +225,10 @@ class ZarrDataset(Dataset):
             if len(files) > self.MAX_STAMPED_FILES:
                 return meta
         return meta + files
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(decodes_chunks=True, remote=is_url(self.path))
 
     @property
     def selection(self):
