@@ -12,7 +12,6 @@ process's allocator.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["reuse_freed_memory"]
 
@@ -22,12 +21,9 @@ _M_MMAP_THRESHOLD = -3
 
 def reuse_freed_memory(limit_bytes: int = 64 << 20) -> bool:
     """Keep freed blocks up to ``limit_bytes`` for reuse (glibc only); True if applied."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The process's own symbols hold the C library's (no ldconfig subprocess, as find_library runs).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

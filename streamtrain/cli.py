@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -320,11 +321,11 @@ def main(argv=None) -> None:
     failures, 130 / 143 for SIGINT / SIGTERM); ``--debug`` shows the traceback."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
-    reuse_freed_memory()
     try:
+        reuse_freed_memory()
         cli.main(args=args, prog_name="streamtrain", standalone_mode=False)
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        exit_now(e.exit_code)
     except click.exceptions.Abort:
         _fail("interrupted", 130, debug)
     except click.ClickException as e:
@@ -343,19 +344,29 @@ def main(argv=None) -> None:
         _fail(f"error: {where}{e.strerror or e}", 2, debug)
     except MemoryError:
         _fail("error: out of memory; lower --window-mb, --batch-size or --hidden", 2, debug)
-    sys.exit(0)
+    exit_now(0)
 
 
 def _fail(message: str, code: int, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    else:
-        # A run cut short leaves zarr's or s3fs's event loop with pending tasks, which asyncio
-        # reports at interpreter exit ("Task was destroyed but it is pending!"): after the one
-        # line that says what happened, that is noise.
-        import logging
-
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     # one line, whatever the message holds
     _echo_err(" ".join(message.split()) if "\n" in message else message)
-    sys.exit(code)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """End the process after a failure or an interrupt, skipping interpreter finalisation.
+
+    What streamtrain must clean up (decoding workers, the checkpoint writer, the directory
+    lock) is cleaned up before this. Finalisation would then only add noise (asyncio reporting
+    zarr's or s3fs's pending tasks) or hang: a run cut short can leave a daemon thread (the
+    compiled step's loader, importing numba) frozen while it holds the import lock, and a
+    warning printed at shutdown imports.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -198,11 +198,13 @@ def test_deleting_the_checkpoint_directory_mid_run_stops_that_run(tmp_path):
 def test_decoding_workers_and_their_buffers_are_bounded_by_the_data_and_the_cores(tmp_path):
     from streamtrain.data.decoder import SLOTS, usable_cores
     from streamtrain.data.loader import start_decoder, window_rows_for
+    from streamtrain.data.sampling import Sampler
 
     make_data(tmp_path / "small.zarr", rows=1000, features=5, chunk_rows=100)
     ds = open_dataset(tmp_path / "small.zarr")
     # 40 workers and a 2000 MB budget asked for 20 KB of data
-    process = start_decoder(ds, window_rows_for(2000 * 2**20, ds), decoder="process", workers=40)
+    process = start_decoder(ds, Sampler(ds.bounds, 10, window_rows=window_rows_for(2000 * 2**20, ds)),
+                            decoder="process", workers=40)
     if process is None:
         pytest.skip("no worker processes on this platform")
     try:
@@ -212,7 +214,7 @@ def test_decoding_workers_and_their_buffers_are_bounded_by_the_data_and_the_core
     finally:
         process.close()
     # windows of one chunk: one worker, whatever was asked (each decodes whole chunks)
-    process = start_decoder(ds, 100, decoder="process", workers=8)
+    process = start_decoder(ds, Sampler(ds.bounds, 10, window_rows=100), decoder="process", workers=8)
     try:
         assert len(process.workers) == 1
     finally:

@@ -271,10 +271,10 @@ def test_file_map_is_told_the_chunks_to_come(tmp_path, mode, monkeypatch):
     ds.release = lambda: released.append(len(hinted))
     sampler = Sampler(ds.bounds, 64, mode, seed=1, window_rows=3000)
     assert sum(len(r) for r, _, _ in Loader(ds, sampler).iter_epoch()) == 20000
-    expected = sampler.plan().chunks.tolist() if mode == "window" else list(range(20)) if mode == "none" else []
+    expected = sampler.plan().windows.chunks.tolist() if mode == "window" else list(range(20)) if mode == "none" else []
     assert hinted == expected
     # Window shuffle: the pages of the windows served so far leave the process as each new one starts.
-    assert len(released) == (len(sampler.plan().win_chunk_start) - 2 if mode == "window" else 0)
+    assert len(released) == (len(sampler.plan().windows) - 1 if mode == "window" else 0)
     ds.close()
 
 
@@ -463,7 +463,7 @@ def test_windows_split_between_decoding_workers_give_the_same_batches(tmp_path, 
 
     from streamtrain import open_dataset
     from streamtrain.data.decoder import DecoderProcess
-    from streamtrain.data.loader import _slot_rows
+    from streamtrain.data.sources import slot_rows
 
     rng = np.random.default_rng(4)
     X = rng.standard_normal((3000, 3)).astype(np.float32)
@@ -476,7 +476,7 @@ def test_windows_split_between_decoding_workers_give_the_same_batches(tmp_path, 
         ds = open_dataset(tmp_path / "n.h5", nonfinite="skip")
         sampler = Sampler(ds.bounds, 50, "window", seed=2, window_rows=700)
         if process:
-            process = DecoderProcess(ds, _slot_rows(ds, sampler.window_rows), workers=workers)
+            process = DecoderProcess(ds, slot_rows(ds, sampler.window_rows), workers=workers)
             assert len(process.workers) == workers
         with Loader(ds, sampler, decoder=decoder, process=process) as loader:
             return list(loader.iter_epoch())
@@ -494,7 +494,7 @@ def test_decoding_workers_run_below_the_trainers_priority(tmp_path):
 
     make_data(tmp_path / "g.h5", rows=1000, features=3, chunk_rows=100, compression="gzip")
     with open_dataset(tmp_path / "g.h5") as ds:
-        process = start_decoder(ds, 300, decoder="process")
+        process = start_decoder(ds, Sampler(ds.bounds, 10, "window", window_rows=300), decoder="process")
         process.wait_ready()
         stats = [open(f"/proc/{w.proc.pid}/stat").read() for w in process.workers]
         process.close()
@@ -503,19 +503,19 @@ def test_decoding_workers_run_below_the_trainers_priority(tmp_path):
 
 def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
     from streamtrain import make_data, open_dataset
-    from streamtrain.data.loader import _wants_process
+    from streamtrain.data.sources import wants_process
 
     make_data(tmp_path / "s.h5", rows=1000, features=4, chunk_rows=100, compression="gzip")
     ds = open_dataset(tmp_path / "s.h5")
     assert ds.reopen["source"] == str(tmp_path / "s.h5")
-    assert _wants_process(ds, "window", 1, "process")
+    assert wants_process(ds, Sampler(ds.bounds, 10, "window", world_size=1), "process")
     make_data(tmp_path / "u.h5", rows=1000, features=4, chunk_rows=100)
     plain = open_dataset(tmp_path / "u.h5")  # uncompressed: gathered in place from the page cache
-    assert plain.capabilities.in_place and not _wants_process(plain, "window", 1, "process")
-    assert not _wants_process(ds, "window", 1, "auto")  # small data: start-up would cost more than it saves
-    assert not _wants_process(ds, "global", 1, "process") and not _wants_process(ds, "window", 2, "process")
+    assert plain.capabilities.in_place and not wants_process(plain, Sampler(plain.bounds, 10, "window", world_size=1), "process")
+    assert not wants_process(ds, Sampler(ds.bounds, 10, "window", world_size=1), "auto")  # small data: start-up would cost more than it saves
+    assert not wants_process(ds, Sampler(ds.bounds, 10, "global", world_size=1), "process") and not wants_process(ds, Sampler(ds.bounds, 10, "window", world_size=2), "process")
     mem = ArrayDataset(np.zeros((10, 2)), np.zeros(10))
-    assert mem.reopen is None and not _wants_process(mem, "window", 1, "process")
+    assert mem.reopen is None and not wants_process(mem, Sampler(mem.bounds, 10, "window", world_size=1), "process")
     with pytest.raises(ValueError, match="unknown decoder"):
         Loader(ds, Sampler(ds.bounds, 10, "window"), decoder="fork")
 
@@ -523,14 +523,14 @@ def test_process_decoder_is_used_only_where_it_can_be(tmp_path):
 def test_hold_out_split_is_decoded_by_workers_like_by_the_thread(tmp_path):
     """--val-fraction training data (a hash split of the file) reopens in the decoding workers."""
     from streamtrain import make_data, open_dataset
-    from streamtrain.data.loader import _wants_process
+    from streamtrain.data.sources import wants_process
     from streamtrain.readers.subset import HoldoutSplit
 
     make_data(tmp_path / "v.zarr", rows=5000, features=4, chunk_rows=400)
     train = HoldoutSplit(HoldoutSplit(open_dataset(tmp_path / "v.zarr"), 0.3, seed=2), 0.1, seed=5)
     assert train.reopen["splits"] == [{"fraction": 0.3, "seed": 2, "part": "train"},
                                       {"fraction": 0.1, "seed": 5, "part": "train"}]
-    assert _wants_process(train, "window", 1, "process")
+    assert wants_process(train, Sampler(train.bounds, 10, "window", world_size=1), "process")
 
     def batches(decoder):
         with Loader(train, Sampler(train.bounds, 32, "window", seed=1, window_rows=900), decoder=decoder) as loader:

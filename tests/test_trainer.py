@@ -186,7 +186,8 @@ def test_multi_output_regression_and_one_hot_labels():
 @pytest.mark.parametrize("workers", [0, 3])
 def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp_path, workers, monkeypatch):
     from streamtrain.data.decoder import DecoderProcess, usable_cores, worker_count
-    from streamtrain.data.loader import _slot_rows, window_rows_for
+    from streamtrain.data.loader import window_rows_for
+    from streamtrain.data.sources import slot_rows
 
     started, init = [], DecoderProcess.__init__
 
@@ -207,6 +208,6 @@ def test_decoding_process_trains_bitwise_like_the_thread_and_resumes_exactly(tmp
     assert [h["train_loss"] for h in process.history] == [h["train_loss"] for h in thread.history]
     if hasattr(os, "memfd_create") and usable_cores() >= 2:  # else the thread decodes
         ds = open_dataset(tmp_path / "d.zarr")
-        expected = worker_count(ds, _slot_rows(ds, window_rows_for(0.1 * 2**20, ds)), workers or None)
+        expected = worker_count(ds, slot_rows(ds, window_rows_for(0.1 * 2**20, ds)), workers or None)
         assert started and set(started) == {expected}  # the run and the resumed run; capped by the cores
         assert expected == min(workers or 2, usable_cores())

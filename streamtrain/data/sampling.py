@@ -9,11 +9,12 @@ index per row: memory is O(chunks) (window), O(window) or O(1) (global).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["SHUFFLES", "Sampler", "FeistelPermutation", "epoch_order"]
+__all__ = ["SHUFFLES", "Sampler", "Plan", "Windows", "FeistelPermutation", "epoch_order"]
 
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
@@ -77,7 +78,44 @@ class FeistelPermutation:
         return out.astype(np.int64)
 
 
-class _NonePlan:
+@dataclass(frozen=True)
+class Windows:
+    """An epoch's shuffle windows: ``chunks`` in the order the epoch visits them, window ``w``
+    holding ``chunks[chunk_start[w]:chunk_start[w + 1]]`` and serving the epoch's positions
+    ``row_start[w]:row_start[w + 1]`` (its rows shuffled among themselves)."""
+
+    chunks: np.ndarray
+    chunk_start: np.ndarray
+    row_start: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.chunk_start) - 1
+
+    def chunks_of(self, w: int) -> np.ndarray:
+        return self.chunks[self.chunk_start[w]:self.chunk_start[w + 1]]
+
+    def of_position(self, positions) -> np.ndarray:
+        """The window serving each epoch position."""
+        return np.searchsorted(self.row_start, positions, side="right") - 1
+
+
+class Plan:
+    """An epoch's order of rows: ``at(positions) -> rows``. ``windows`` describes a windowed
+    order (None otherwise); ``sequential`` is true for storage order. Both tell a loader how
+    to read ahead; neither changes which rows come when."""
+
+    windows: Windows | None = None
+    sequential: bool = False
+    #: Whether the plans of this kind have windows (known before any epoch's plan is made).
+    windowed = False
+
+    def at(self, positions: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _NonePlan(Plan):
+    sequential = True
+
     def __init__(self, bounds, seed, epoch, window_rows):
         pass
 
@@ -85,7 +123,7 @@ class _NonePlan:
         return positions
 
 
-class _GlobalPlan:
+class _GlobalPlan(Plan):
     def __init__(self, bounds, seed, epoch, window_rows):
         self.perm = FeistelPermutation(int(bounds[-1]), _key(seed, epoch, 1))
 
@@ -93,44 +131,56 @@ class _GlobalPlan:
         return self.perm(positions)
 
 
-class _WindowPlan:
+class _RandomPlan(Plan):
+    """Batches drawn i.i.d. (with replacement): no order to read ahead in (the sampler draws them)."""
+
+    def __init__(self, bounds, seed, epoch, window_rows):
+        pass
+
+    def at(self, positions):  # pragma: no cover - the sampler draws such batches itself
+        raise NotImplementedError("batches drawn with replacement have no epoch order")
+
+
+class _WindowPlan(Plan):
     """Chunks in random order, grouped into windows of at most ``window_rows`` rows (at least
     one chunk), rows shuffled within each window. Every row once per epoch, and each chunk is
     needed by one window only, so with a cache the size of a window each chunk is read once."""
 
+    windowed = True
+
     def __init__(self, bounds, seed, epoch, window_rows):
         self.bounds, self.seed, self.epoch = bounds, seed, epoch
         sizes = np.diff(bounds)
-        self.chunks = np.random.default_rng(_key(seed, epoch, 2)).permutation(len(sizes))
-        cum = np.cumsum(sizes[self.chunks])
+        chunks = np.random.default_rng(_key(seed, epoch, 2)).permutation(len(sizes))
+        cum = np.cumsum(sizes[chunks])
         # Greedy grouping in chunk order: a window closes when the next chunk would overflow it.
         starts, used = [0], 0
-        for i in range(len(self.chunks)):
-            size = int(sizes[self.chunks[i]])
+        for i in range(len(chunks)):
+            size = int(sizes[chunks[i]])
             if used and used + size > window_rows:
                 starts.append(i)
                 used = 0
             used += size
-        self.win_chunk_start = np.asarray(starts + [len(self.chunks)], dtype=np.int64)
-        self.win_row_start = np.concatenate([[0], cum])[self.win_chunk_start]
+        chunk_start = np.asarray(starts + [len(chunks)], dtype=np.int64)
+        self.windows = Windows(chunks, chunk_start, np.concatenate([[0], cum])[chunk_start])
         self._cached: tuple[int, np.ndarray] | None = None
 
     def _window_rows(self, w: int) -> np.ndarray:
         if self._cached is not None and self._cached[0] == w:
             return self._cached[1]
-        members = self.chunks[self.win_chunk_start[w]:self.win_chunk_start[w + 1]]
-        rows = np.concatenate([np.arange(self.bounds[c], self.bounds[c + 1], dtype=np.int64) for c in members])
+        rows = np.concatenate([np.arange(self.bounds[c], self.bounds[c + 1], dtype=np.int64)
+                               for c in self.windows.chunks_of(w)])
         rows = rows[np.random.default_rng(_key(self.seed, self.epoch, 3 + w)).permutation(len(rows))]
         self._cached = (w, rows)
         return rows
 
     def at(self, positions):
-        win = np.searchsorted(self.win_row_start, positions, side="right") - 1
+        win = self.windows.of_position(positions)
         out = np.empty(len(positions), dtype=np.int64)
         lo, hi = (int(win.min()), int(win.max())) if len(win) else (0, -1)
         for w in range(lo, hi + 1):  # positions come in order: a window or two
             sel = slice(None) if lo == hi else win == w
-            out[sel] = self._window_rows(w)[positions[sel] - self.win_row_start[w]]
+            out[sel] = self._window_rows(w)[positions[sel] - self.windows.row_start[w]]
         return out
 
 
@@ -193,10 +243,20 @@ class Sampler:
         """Batches per epoch."""
         return -(-self.rows_per_epoch // self.batch_size)
 
-    def plan(self, epoch: int | None = None):
-        """The shuffle plan of an epoch (``plan.at(positions) -> rows``)."""
+    def plan(self, epoch: int | None = None) -> Plan:
+        """The shuffle plan of an epoch (``plan.at(positions) -> rows``; its windows, if any)."""
         e = self.epoch if epoch is None else epoch
-        return SHUFFLES[self.shuffle](self.bounds, self.seed, e, self.window_rows)
+        kind = _RandomPlan if self.replacement else SHUFFLES[self.shuffle]
+        return kind(self.bounds, self.seed, e, self.window_rows)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether this sampler's epochs visit the data window by window."""
+        return not self.replacement and SHUFFLES[self.shuffle].windowed
+
+    def global_position(self, position: int | np.ndarray):
+        """Where this worker's epoch ``position`` lies in the whole epoch's order."""
+        return position * self.world_size + self.rank
 
     def iter_epoch(self) -> Iterator[np.ndarray]:
         """The remaining batches of the current epoch, each sorted ascending (int64)."""
@@ -206,7 +266,7 @@ class Sampler:
                 rng = np.random.default_rng(_key(self.seed, self.epoch, 1_000_003 + self.rank) + [start])
                 yield np.sort(rng.integers(0, self.n_rows, size=min(bs, end - start), dtype=np.int64))
             return
-        plan = self.plan()
+        plan = SHUFFLES[self.shuffle](self.bounds, self.seed, self.epoch, self.window_rows)
         # Positions are mapped to rows a block at a time, so per-batch work stays small at batch size 1.
         block = max(bs, (65536 // bs) * bs)
         for b0 in range(self.position, end, block):

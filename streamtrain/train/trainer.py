@@ -242,8 +242,7 @@ class Trainer(CheckpointState, ModelUse):
             minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd")
         train, val_ds = self._split(source, val, features, label)
         # Started first, so that its start-up overlaps the statistics pass and checkpoint loading.
-        process = start_decoder(train, window_rows_for(cfg.window_mb * 2**20, train), cfg.shuffle,
-                                decoder=cfg.decoder, workers=cfg.decoder_workers or None)
+        process = start_decoder(train, self._sampler(train), decoder=cfg.decoder, workers=cfg.decoder_workers or None)
         # The directory lock is taken before reading any checkpoint, and held until training ends.
         lock = DirectoryLock(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext()
         self._lock = lock if checkpoint_dir else None
@@ -276,11 +275,14 @@ class Trainer(CheckpointState, ModelUse):
                 log(f"no checkpoint in {checkpoint_dir}; starting fresh")
             self._initialise(train, log)
             self.fingerprint = train.fingerprint()
-        self.sampler = Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
-                               window_rows=window_rows_for(cfg.window_mb * 2**20, train),
-                               replacement=cfg.replacement)
+        self.sampler = self._sampler(train)
         if self._sampler_state:
             self.sampler.load_state_dict(self._sampler_state)
+
+    def _sampler(self, train: Dataset) -> Sampler:
+        cfg = self.config
+        return Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
+                       window_rows=window_rows_for(cfg.window_mb * 2**20, train), replacement=cfg.replacement)
 
     @contextlib.contextmanager
     def _signals_stop_training(self):
