@@ -7,18 +7,22 @@ import difflib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import traceback
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ._malloc import reuse_freed_memory
 from .config import LIMITS, MAX_FEATURES, TrainConfig
 from .config import choices as config_choices
 from .errors import Interrupted, StreamtrainError
 from .io.checkpoint import params_digest, resolve_checkpoint
+from .io.rundir import read_history
+from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
 from .readers import open_dataset
 from .readers.remote import is_url
 from .readers.subset import HoldoutSplit
@@ -43,7 +47,7 @@ def _open_selected(trainer: Trainer, data, features, label):
     """DATA as given, or opened with explicit --features/--label (else the checkpoint's selection)."""
     if not features and label is None:
         return data
-    return open_dataset(data, _selection(features), label, **trainer._read_options(trainer.net.dtype))
+    return open_dataset(data, _selection(features), label, **trainer.model.read_options)
 
 
 def _echo_err(msg: str) -> None:
@@ -117,6 +121,9 @@ def _config_option(f: dataclasses.Field):
     name, default, meta = f.name, f.default, f.metadata
     flag = "--" + name.replace("_", "-")
     table = config_choices()
+    if name == "lr":
+        lo, hi = LIMITS[name]
+        return click.option(flag, name, type=FiniteFloat(lo, hi, min_open=True), default=None, help=meta["help"])
     if isinstance(default, bool):
         if default:
             return click.option(f"{flag}/--no-{flag[2:]}", name, default=True, show_default=True, help=meta["help"])
@@ -131,10 +138,34 @@ def _config_option(f: dataclasses.Field):
     return click.option(flag, name, type=kind, default=default, show_default=True, help=meta["help"])
 
 
+def _hyperparameter_option(name: str):
+    """The option of an optimiser hyperparameter (collected into ``optimizer_params``)."""
+    users = HYPERPARAMETERS[name]
+    spec = OPTIMIZERS[users[0]].params[name]
+    kind = FiniteFloat(spec.low, spec.high, min_open=spec.low_open, max_open=spec.high_open)
+    return click.option(f"--{name}", f"hp_{name}", type=kind, default=None,
+                        help=f"{spec.help} [default: {spec.default:g}; for {', '.join(users)}]")
+
+
 def _config_options(command):
     for f in reversed(dataclasses.fields(TrainConfig)):
-        command = _config_option(f)(command)
+        if f.name == "optimizer_params":
+            for name in reversed(list(HYPERPARAMETERS)):
+                command = _hyperparameter_option(name)(command)
+        else:
+            command = _config_option(f)(command)
     return command
+
+
+def _given_settings(ctx, settings: dict) -> dict:
+    """The settings given on the command line or in --config (the rest: defaults, or when resuming
+    the run's own), with the optimiser's hyperparameters gathered into ``optimizer_params``."""
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP, ParameterSource.ENVIRONMENT)
+    given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) in sources}
+    params = {k[3:]: given.pop(k) for k in list(given) if k.startswith("hp_")}
+    if params:
+        given["optimizer_params"] = params
+    return given
 
 
 def _load_config(ctx, param, value):
@@ -182,38 +213,56 @@ def _load_config(ctx, param, value):
 @_config_options
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of this run's checkpoints and metrics.jsonl (one run per directory).")
-@click.option("--resume", is_flag=True, help="Continue from the newest valid checkpoint in --checkpoint-dir.")
+@click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir from its newest valid checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --checkpoint-dir with a new one.")
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def train(data, features, label, val, checkpoint_dir, resume, force, quiet, **settings):
+@click.pass_context
+def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, force, quiet, **settings):
     """Train on DATA, streaming it in minibatches.
+
+    One run per --checkpoint-dir: --resume continues it there (its settings come from the
+    checkpoint; --epochs may be raised), --overwrite replaces it.
 
     Example: streamtrain train data/breast_cancer.h5 --hidden 10 --l2 0.01 --val-fraction 0.2
     --checkpoint-dir runs/bc --epochs 30
     """
     if resume and checkpoint_dir is None:
         raise click.UsageError("--resume needs --checkpoint-dir")
+    if resume and overwrite:
+        raise click.UsageError("give --resume or --overwrite, not both")
     if val is not None and settings["val_fraction"]:
         raise click.UsageError("give --val or --val-fraction, not both")
-    config = TrainConfig(**settings)
-    trainer = Trainer(config)
+    trainer = Trainer(**_given_settings(ctx, settings))
     log = None if quiet else _echo_err
     # A live bar only on a terminal; in a pipe or a log file the per-epoch lines suffice.
     callbacks = [ProgressBar()] if not quiet and sys.stderr.isatty() else []
-    history = trainer.fit(data, val, features=_selection(features), label=label, checkpoint_dir=checkpoint_dir,
-                          resume=resume, force=force, callbacks=callbacks, log=log)
+    try:
+        history = trainer.fit(data, val, features=_selection(features), label=label, checkpoint_dir=checkpoint_dir,
+                              resume=resume, force=force, overwrite=overwrite, callbacks=callbacks, log=log)
+    except Interrupted as e:
+        if checkpoint_dir is not None and trainer.global_step:
+            again = ["streamtrain", "train", data, "--checkpoint-dir", str(checkpoint_dir), "--resume"]
+            again += [a for f in features for a in ("--features", f)]
+            again += (["--label", label] if label else []) + (["--val", val] if val else [])
+            e.args = (f"{e.args[0]}; continue with: {shlex.join(again)}",)
+        raise
     if quiet:
         return
     if not history:
         click.echo("nothing to do: the checkpoint already holds all requested epochs")
         return
-    last = history[-1]
+    shown = trainer.summary
     samples = sum(h["samples"] for h in history)
     seconds = sum(h["seconds"] for h in history)
-    parts = [f"trained {len(history)} epochs", f"train_loss {last['train_loss']:.4f}"]
+    n = len(history)
+    parts = [f"trained {n} epoch{'s' if n != 1 else ''}"]
+    if trainer.state.restored_best:
+        parts.append(f"model of epoch {trainer.state.restored_best} (the best by validation loss)")
+    parts.append(f"train_loss {shown['train_loss']:.4f}")
     for key in ("val_loss", "val_accuracy", "val_r2"):
-        if key in last:
-            parts.append(f"{key} {last[key]:.4f}")
+        if key in shown:
+            parts.append(f"{key} {shown[key]:.4f}")
     parts.append(f"{samples / seconds:,.0f} samples/s" if seconds else "")
     click.echo(", ".join(p for p in parts if p))
 
@@ -283,7 +332,8 @@ def plot(checkpoint, out):
     from .plot import plot_history
 
     found, _, meta = resolve_checkpoint(checkpoint, TRAINER)
-    click.echo(f"wrote {plot_history(meta['history'], out, title=str(found))}")
+    history = read_history(found) or [r for r in [meta["state"]["record"]] if r]
+    click.echo(f"wrote {plot_history(history, out, title=str(found))}")
 
 
 @cli.command()
@@ -299,7 +349,9 @@ def inspect(path, features, label, as_json):
     if local is not None and (local.suffix == ".npz" or (local.is_dir() and any(local.glob("ckpt-*.npz")))):
         found, arrays, meta = resolve_checkpoint(local, TRAINER)
         params = {k: v for k, v in arrays.items() if k.startswith("param.")}
-        info = {"checkpoint": str(found), **meta, "params_sha256": params_digest(params)}
+        state = meta.pop("state")
+        info = {"checkpoint": str(found), **meta, **state, "history": read_history(found),
+                "params_sha256": params_digest(params)}
     else:
         with open_dataset(path, _selection(features), label) as ds:
             info = ds.describe()

@@ -39,9 +39,11 @@ LIMITS = {
 }
 
 
-def _f(default, help: str, min_open: bool = False, max_open: bool = False):
-    """A field with its help text (the CLI's option is made from it) and open range ends."""
-    return field(default=default, metadata={"help": help, "min_open": min_open, "max_open": max_open})
+def _f(default, help: str, min_open: bool = False, max_open: bool = False, kind: type | None = None):
+    """A field with its help text (the CLI's option is made from it), open range ends, and its
+    kind where the default does not tell it (a float that may be None)."""
+    return field(default=default, metadata={"help": help, "min_open": min_open, "max_open": max_open,
+                                            "kind": kind or type(default)})
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -74,9 +76,12 @@ class TrainConfig:
     init: str = _f("normal", "Weight initialisation.")
     batch_size: int = _f(32, "Rows per update (1: online learning; the row count: full-batch descent).")
     epochs: int = _f(10, "Passes over the data (on resume: the total to reach).")
-    lr: float = _f(0.1, "Learning rate.", min_open=True)
+    lr: float | None = _f(None, "Learning rate (default: the optimiser's, 0.1 for sgd, momentum and nesterov, "
+                          "0.001 for adam).", min_open=True, kind=float)
     optimizer: str = _f("sgd", "Optimiser.")
-    momentum: float = _f(0.9, "Momentum of the momentum and nesterov optimisers.", max_open=True)
+    # The optimiser's own hyperparameters (see nn.optim.OPTIMIZERS), those not given at their defaults.
+    optimizer_params: dict = field(default_factory=dict, metadata={"kind": dict, "help": "Hyperparameters of "
+                                                                   "the optimiser."})
     l1: float = _f(0.0, "L1 penalty on the weights.")
     l2: float = _f(0.0, "L2 penalty on the weights.")
     shuffle: str = _f("window", "window: chunk order shuffled, rows within windows; global: all rows; "
@@ -114,7 +119,11 @@ class TrainConfig:
         table = choices()
         for f in fields(self):
             name, value = f.name, getattr(self, f.name)
-            kind = type(f.default)
+            kind = f.metadata["kind"]
+            if value is None and f.default is None:
+                continue
+            if kind is dict:
+                continue  # optimizer_params: checked against the optimiser below
             if kind is bool:
                 if not isinstance(value, bool):
                     raise ConfigError(f"{name}: must be true or false, got {value!r}")
@@ -138,6 +147,38 @@ class TrainConfig:
             if f.metadata.get("max_open") and getattr(self, name) >= LIMITS[name][1]:
                 raise ConfigError(f"{name}: must be below {LIMITS[name][1]:g}, got {value!r}")
 
+        self._check_optimizer_params()
+
+    def _check_optimizer_params(self) -> None:
+        from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
+
+        params = self.optimizer_params
+        if not isinstance(params, dict):
+            raise ConfigError(f"optimizer_params: must be a mapping, got {params!r}")
+        spec = OPTIMIZERS[self.optimizer]
+        for key, value in params.items():
+            if key not in spec.params:
+                users = HYPERPARAMETERS.get(key)
+                where = f" (it applies to {', '.join(users)})" if users else ""
+                raise ConfigError(f"{key}: does nothing with optimizer {self.optimizer!r}{where}")
+            problem = spec.params[key].check(value)
+            if problem:
+                raise ConfigError(f"{key}: {problem}")
+            params[key] = float(value)
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate used: ``lr``, or the optimiser's default."""
+        from .nn.optim import OPTIMIZERS
+
+        return OPTIMIZERS[self.optimizer].lr if self.lr is None else self.lr
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The optimiser's hyperparameters used: those given, the others at their defaults."""
+        from .nn.optim import OPTIMIZERS
+
+        return {k: self.optimizer_params.get(k, h.default) for k, h in OPTIMIZERS[self.optimizer].params.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -145,16 +186,29 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         if not isinstance(d, dict):
             raise ConfigError(f"settings must be a mapping, got {type(d).__name__}")
+        if "momentum" in d and "optimizer_params" not in d:  # stored by streamtrain < 0.2
+            d = dict(d)
+            momentum = d.pop("momentum")
+            d["optimizer_params"] = {"momentum": momentum} if d.get("optimizer") in ("momentum", "nesterov") else {}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(map(str, unknown)))}")
         return cls(**d)
 
-    def differences(self, other: "TrainConfig") -> list[str]:
-        """Settings that differ from ``other`` and would make a resumed run differ from an uninterrupted one."""
-        a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in a if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
+    def differences(self, other: "TrainConfig", names=None) -> list[str]:
+        """Settings (of ``names``, or all) that differ from ``other`` and would make a resumed run
+        differ from an uninterrupted one; the learning rate and hyperparameters as used."""
+        a, b = self._effective(), other._effective()
+        keys = [k for k in a if names is None or k in names or (k == "hyperparameters" and "optimizer_params" in names)]
+        return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in keys if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
+
+    def _effective(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d["lr"] = self.learning_rate
+        d.pop("optimizer_params")
+        d["hyperparameters"] = self.hyperparameters()
+        return d
 
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.

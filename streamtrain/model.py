@@ -1,7 +1,12 @@
-"""Using a trained model: evaluate and predict, streaming over any source.
+"""A model: the network with what using it needs (scaler, labels, feature selection, how its data
+is read); evaluate and predict, streaming over any source.
 
-A mixin of ``Trainer``: it relies on the trainer's network, scaler, task, classes and the
-feature selection recorded in training.
+>>> import numpy as np
+>>> from streamtrain import Trainer
+>>> t = Trainer(hidden=4, epochs=2)
+>>> _ = t.fit((np.random.default_rng(0).standard_normal((64, 3)), np.arange(64) % 2), log=None)
+>>> t.model.predict(np.zeros((2, 3))).shape
+(2,)
 """
 
 from __future__ import annotations
@@ -11,30 +16,75 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import DataError, TrainingError
+from .data.scaling import DataStats, Scaler
+from .errors import DataError
 from .metrics import metrics_for
+from .nn.network import PARAM_NAMES, TwoLayerNet
 from .readers import detect_format, open_dataset
 from .readers.base import Dataset
+from .train.labels import Labels
 
-__all__ = ["ModelUse"]
+__all__ = ["Model"]
 
 
-class ModelUse:
-    """Evaluation and prediction methods of ``Trainer``."""
+class Model:
+    """``net`` (a ``TwoLayerNet``), ``scaler``, ``labels`` (task and classes) and the feature
+    selection of training (``feature_names``, ``selection``, ``label_name``, the ``source_format``
+    it was trained from); ``nonfinite`` and ``allow_missing_chunks`` say how data is read."""
 
-    def _check_ready(self):
-        if self.net is None:
-            raise TrainingError("the model is not trained yet: call fit() or load a checkpoint")
+    def __init__(self, net: TwoLayerNet, scaler: Scaler, labels: Labels, feature_names: list[str], selection,
+                 label_name: str | None, source_format: str | None = None, nonfinite: str = "error",
+                 allow_missing_chunks: bool = False):
+        self.net, self.scaler, self.labels = net, scaler, labels
+        self.feature_names, self.selection, self.label_name = list(feature_names), selection, label_name
+        self.source_format = source_format
+        self.nonfinite, self.allow_missing_chunks = nonfinite, allow_missing_chunks
 
+    @classmethod
+    def build(cls, config, stats: DataStats, n_features: int, feature_names, label_name: str, selection,
+              source_format: str | None, where: str, log=None) -> "Model":
+        """A new model for data of this shape: task and classes from the label summary, the
+        scaler from the feature statistics, the network initialised from ``config.seed``."""
+        labels = Labels.from_stats(stats, config.task, label_name, where, log)
+        net = TwoLayerNet(n_features, config.hidden, labels.n_out, config.activation, labels.task, config.init,
+                          config.seed, config.dtype)
+        return cls(net, Scaler.from_stats(config.scale, stats, config.dtype), labels, feature_names, selection,
+                   label_name, source_format, "skip" if config.skip_nonfinite else "error",
+                   config.allow_missing_chunks)
+
+    @property
+    def task(self) -> str:
+        return self.labels.task
+
+    @property
+    def classes(self) -> list:
+        return self.labels.classes
+
+    @property
+    def read_options(self) -> dict[str, Any]:
+        """How this model's data is opened: ``open_dataset``'s keyword arguments."""
+        return {"dtype": self.net.dtype, "nonfinite": self.nonfinite, "allow_missing_chunks": self.allow_missing_chunks}
+
+    # -- what training feeds the network ---------------------------------------
+    def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
+        """Labels as the network wants them: class indices, or values of the network's dtype."""
+        t = self.labels.targets(y, where)
+        return t.astype(self.net.dtype, copy=False) if self.task == "regression" else t
+
+    def prepare(self, X: np.ndarray, y: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """A block's scaled features and targets."""
+        return self.scaler.transform(X), self.targets(y, where)
+
+    # -- using it --------------------------------------------------------------
     def open_like_training(self, source) -> Dataset:
         """Open ``source`` with the feature and label selection used in training, and check it fits."""
         if isinstance(source, Dataset):
             ds = source
-        elif isinstance(source, (str, os.PathLike)) and detect_format(source) != self.fingerprint.get("format"):
+        elif isinstance(source, (str, os.PathLike)) and detect_format(source) != self.source_format:
             # Another format stores the same columns differently: select by name, detect the label.
-            ds = open_dataset(source, self.feature_names, None, **self._read_options(self.net.dtype))
+            ds = open_dataset(source, self.feature_names, None, **self.read_options)
         else:
-            ds = open_dataset(source, self.selection, self.label_name, **self._read_options(self.net.dtype))
+            ds = open_dataset(source, self.selection, self.label_name, **self.read_options)
         if ds.n_features != self.net.n_in:
             raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
         if ds.format != "memory" and list(ds.feature_names) != self.feature_names:
@@ -44,24 +94,20 @@ class ModelUse:
 
     def iter_outputs(self, source) -> Iterator[tuple[Dataset, np.ndarray, np.ndarray | None]]:
         """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None)."""
-        self._check_ready()
         ds = self.open_like_training(source)
         for X, y in ds.iter_chunks():
             yield ds, self.net.predict_output(self.scaler.transform(X)), y
 
     def evaluate(self, source) -> dict[str, Any]:
         """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming."""
-        self._check_ready()
         ds = self.open_like_training(source)
         if ds.label_name is None:
             raise DataError(f"{ds.path}: no label to evaluate against")
         acc = metrics_for(self.task, self.classes)
         for X, y in ds.iter_chunks():
-            Xs = self.scaler.transform(X)
             t = self.targets(y, ds.path)
-            z = self.net.forward(Xs)[1]
-            loss, _ = self.net._task.loss_delta(z, t)
-            acc.update(loss, t, self.net._task.output(z))
+            loss, output = self.net.loss_and_output(self.scaler.transform(X), t)
+            acc.update(loss, t, output)
         return {"path": ds.path, "task": self.task, **acc.result()}
 
     def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
@@ -70,7 +116,6 @@ class ModelUse:
         ``prediction`` (or ``prediction_<j>`` for several outputs)."""
         from .io.writers import open_writer
 
-        self._check_ready()
         ds = self.open_like_training(source)
         if self.task == "regression":
             names = ["prediction"] if self.net.n_out == 1 else [f"prediction_{j}" for j in range(self.net.n_out)]
@@ -87,7 +132,7 @@ class ModelUse:
                     w.write(output.astype(np.float32), None)
                 else:
                     proba = np.hstack([1 - output, output]) if self.task == "binary" else output
-                    w.write(proba.astype(np.float32), np.asarray(self.classes)[proba.argmax(axis=1)])
+                    w.write(proba.astype(np.float32), self.labels.decode(proba.argmax(axis=1)))
                 n += len(output)
         return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else [])}
 
@@ -102,4 +147,28 @@ class ModelUse:
         if self.task == "regression":
             return out[:, 0] if out.shape[1] == 1 else out
         idx = (out[:, 0] > 0.5).astype(int) if self.task == "binary" else out.argmax(axis=1)
-        return np.asarray(self.classes)[idx]
+        return self.labels.decode(idx)
+
+    # -- as a checkpoint holds it ----------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Parameters and scaling statistics, by checkpoint name."""
+        arrays = {f"param.{k}": v for k, v in self.net.params.items()}
+        arrays.update({f"scaler.{k}": v for k, v in self.scaler.state().items() if k != "kind"})
+        return arrays
+
+    def meta(self) -> dict[str, Any]:
+        return {**self.net.config(), "classes": self.classes, "feature_names": self.feature_names,
+                "selection": self.selection, "label": self.label_name, "scale": self.scaler.kind,
+                "source_format": self.source_format}
+
+    @classmethod
+    def from_checkpoint(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], config) -> "Model":
+        """The model of a (validated) checkpoint."""
+        net = TwoLayerNet(meta["n_in"], meta["hidden"], meta["n_out"], meta["activation"], meta["task"], meta["init"],
+                          dtype=meta["dtype"])
+        for k in PARAM_NAMES:
+            net.params[k] = np.array(arrays[f"param.{k}"])
+        scaler = Scaler(meta["scale"], arrays.get("scaler.mean"), arrays.get("scaler.scale"), meta["dtype"])
+        return cls(net, scaler, Labels(meta["task"], meta["classes"], meta["n_out"]), meta["feature_names"],
+                   meta["selection"], meta["label"], meta.get("source_format"),
+                   "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks)

@@ -187,9 +187,20 @@ def test_deleting_the_checkpoint_directory_mid_run_stops_that_run(tmp_path):
     second = subprocess.Popen(args[:-2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _, err = first.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        dump = subprocess.run([str(Path(sys.executable).with_name("py-spy")), "dump", "--pid", str(first.pid)],
+                              capture_output=True, text=True).stdout
+        first.kill()
+        pytest.fail("FIRST HUNG\n" + dump)
     finally:
         second.send_signal(signal.SIGTERM)
-        second.communicate(timeout=60)
+        try:
+            second.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            dump = subprocess.run([str(Path(sys.executable).with_name("py-spy")), "dump", "--pid", str(second.pid)],
+                                  capture_output=True, text=True).stdout
+            second.kill()
+            pytest.fail("SECOND HUNG\n" + dump)
     assert first.returncode == 2, err
     assert "was deleted or replaced while this run was using it" in err.strip().splitlines()[-1]
 

@@ -82,17 +82,20 @@ def _step_runs(t: Trainer) -> None:
     (lambda a, m: m["model"].update(hidden=5), "disagree"),
     (lambda a, m: m["model"].update(n_in="5"), "model.n_in"),
     (lambda a, m: m["model"].update(activation="gelu"), "model.activation"),
-    (lambda a, m: m.update(task="ranking"), "task"),
-    (lambda a, m: m.update(classes=[0, 1, 2]), "classes"),
-    (lambda a, m: m.update(global_step=-1), "global_step"),
-    (lambda a, m: m.update(global_step=True), "global_step"),
-    (lambda a, m: m["sampler"].update(position=1.5), "sampler.position"),
-    (lambda a, m: m["sampler"].update(epoch="1"), "sampler.epoch"),
+    (lambda a, m: m["model"].update(task="ranking"), "model.task"),
+    (lambda a, m: m["model"].update(classes=[0, 1, 2]), "classes"),
+    (lambda a, m: m["state"].update(global_step=-1), "state.global_step"),
+    (lambda a, m: m["state"].update(global_step=True), "state.global_step"),
+    (lambda a, m: m["state"]["sampler"].update(position=1.5), "sampler.position"),
+    (lambda a, m: m["state"]["sampler"].update(epoch="1"), "sampler.epoch"),
     (lambda a, m: m["config"].update(lr=-1), "config: lr"),
     (lambda a, m: m["config"].update(batch_size=0), "config: batch_size"),
     (lambda a, m: m["config"].update(optimizer="sgd"), "unexpected array optim"),
-    (lambda a, m: m.update(feature_names=[1, 2, 3, 4, 5]), "feature_names"),
-    (lambda a, m: m.update(epoch_acc=[]), "epoch_acc"),
+    (lambda a, m: m["model"].update(feature_names=[1, 2, 3, 4, 5]), "model.feature_names"),
+    (lambda a, m: m["state"].update(epoch_acc=[]), "state.epoch_acc"),
+    (lambda a, m: m["state"].update(record=[1]), "state.record"),
+    (lambda a, m: m["state"].update(restored_best=0), "state.restored_best"),
+    (lambda a, m: m["model"].update(source_format=3), "model.source_format"),
     (lambda a, m: m.update(fingerprint=None), "fingerprint"),
     (lambda a, m: m.pop("model"), "model is missing"),
     (lambda a, m: m.update(surprise=1), "unexpected metadata field"),
@@ -313,3 +316,26 @@ def test_exit_2_when_no_valid_checkpoint_is_left(run_dir, command, tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "param.b1" in lines[0] and "no valid checkpoint left" in lines[0], lines
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_format_1_checkpoint_is_upgraded_and_resumes(tmp_path, good):
+    """Checkpoints written before the history moved to metrics.jsonl (format 1) still load."""
+    _, arrays, meta = good
+    m = copy.deepcopy(meta)
+    v1 = {"streamtrain_version": "0.1.0", "config": {**m["config"], "momentum": 0.9}, "task": m["model"]["task"],
+          "model": {k: m["model"][k] for k in ("n_in", "hidden", "n_out", "activation", "task", "init", "dtype")},
+          **{k: m["model"][k] for k in ("classes", "feature_names", "selection", "scale")},
+          "label": m["model"]["label"], **{k: m["state"][k] for k in ("global_step", "sampler", "epoch_acc",
+                                                                           "early_stopping")},
+          "history": [m["state"]["record"]], "fingerprint": m["fingerprint"]}
+    del v1["config"]["optimizer_params"]
+    path = tmp_path / "old.npz"
+    from streamtrain.io.checkpoint import _digest
+
+    meta_bytes = json.dumps({"format_version": 1, **v1}).encode()
+    np.savez(path, **arrays, __meta__=np.frombuffer(meta_bytes, np.uint8),
+             __sha256__=np.frombuffer(_digest(meta_bytes, arrays).encode(), np.uint8))
+    old, new = Trainer.load(path), Trainer.load(good[0])
+    for k in new.net.params:
+        np.testing.assert_array_equal(old.net.params[k], new.net.params[k])
+    assert old.state.record == new.state.record and old.config == new.config

@@ -77,10 +77,14 @@ def test_a_diverging_batch_leaves_the_parameters_alone(compiled):
     if compiled:
         total = minibatch.sgd_step(net.params, X, np.full(8, 1e30), 0.1, 0, 0, "relu", "regression")
     else:
-        t = Trainer(TrainConfig(compiled=False))
-        t.net, t.task, t.optimizer, t._compiled_step = net, "regression", SGD(0.1), False
+        from types import SimpleNamespace
+
+        from streamtrain.train.step import Stepper
+
+        model = SimpleNamespace(net=net, task="regression")
+        step = Stepper(TrainConfig(compiled=False, lr=0.1), model, SGD(0.1))
         with np.errstate(over="ignore", invalid="ignore"):  # as the trainer runs its steps
-            total = t._train_step(X, np.full((8, 1), 1e30, np.float32))
+            total = step.batch(X, np.full((8, 1), 1e30, np.float32))
     assert not np.isfinite(total)
     for k in before:
         np.testing.assert_array_equal(net.params[k], before[k])
@@ -103,7 +107,7 @@ def test_trainer_uses_the_compiled_step_and_matches_the_numpy_path():
         t = Trainer(TrainConfig(hidden=10, epochs=30, batch_size=32, lr=0.1, l2=0.01, val_fraction=0.2,
                                 compiled=compiled))
         runs[compiled] = (t, t.fit(DATA / "breast_cancer.h5", log=None))
-        assert t._compiled_step is compiled
+        assert t.stepper.compiled is compiled
     (fast, h_fast), (slow, h_slow) = runs[True], runs[False]
     for k in fast.net.params:
         np.testing.assert_allclose(fast.net.params[k], slow.net.params[k], atol=1e-4)
@@ -134,7 +138,7 @@ def test_other_optimisers_take_compiled_gradients(optimizer):
         t = Trainer(TrainConfig(hidden=10, epochs=5, batch_size=32, lr=0.01, optimizer=optimizer, l2=0.01,
                                 compiled=compiled, dtype="float64"))
         runs[compiled] = (t, t.fit(DATA / "breast_cancer.h5", log=None))
-        assert t._compiled_step is compiled
+        assert t.stepper.compiled is compiled
     (fast, h_fast), (slow, h_slow) = runs[True], runs[False]
     for k in fast.net.params:
         np.testing.assert_allclose(fast.net.params[k], slow.net.params[k], rtol=0, atol=1e-9)
@@ -149,7 +153,7 @@ def test_partial_fit_runs_the_same_steps_as_fit():
     a = Trainer(TrainConfig(**cfg)).partial_fit(X, y, classes=[0, 1])
     b = Trainer(TrainConfig(**cfg))
     b.fit((X, y), log=None)
-    assert a._compiled_step and b._compiled_step
+    assert a.stepper.compiled and b.stepper.compiled
     for k in a.net.params:
         np.testing.assert_array_equal(a.net.params[k], b.net.params[k])
 

@@ -133,7 +133,7 @@ def test_early_stopping_restores_the_best_epoch():
     history = t.fit((X, y), log=None)
     assert len(history) < 200
     best = min(history, key=lambda h: h["val_loss"])
-    assert t._early["best_epoch"] == best["epoch"]
+    assert t.state.early["best_epoch"] == best["epoch"]
     assert len(history) == best["epoch"] + 3
 
 

@@ -26,7 +26,8 @@ __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_che
            "resolve_checkpoint", "params_digest", "DirectoryLock", "BackgroundWriter", "FORMAT_VERSION",
            "Schema"]
 
-FORMAT_VERSION = 1
+# 2: config, model, state and fingerprint sections; the history is in metrics.jsonl, not here.
+FORMAT_VERSION = 2
 _META = "__meta__"
 _SUM = "__sha256__"
 _NAME = re.compile(r"^ckpt-(\d{12})\.npz$")
@@ -87,6 +88,13 @@ class BackgroundWriter:
 
         self._thread = threading.Thread(target=run, name="streamtrain-checkpoint")
         self._thread.start()
+
+    def wait_quietly(self) -> None:
+        """Block until the last write is done, dropping its error (another one is on its way up)."""
+        try:
+            self.wait()
+        except Exception:
+            pass
 
     def wait(self) -> None:
         """Block until the last write is on disk; raise its error, if it failed."""
@@ -207,6 +215,10 @@ class Schema:
     optional group is present whole or not at all); ``check(arrays, meta)`` validates the
     values once read. Both raise ``ValueError`` with the problem."""
 
+    def upgrade(self, meta: dict) -> dict:
+        """Metadata written by an older version, in today's layout (unchanged here)."""
+        return meta
+
     def arrays(self, meta: dict) -> tuple[dict, list[dict]]:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -323,6 +335,8 @@ def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None
             version = meta.get("format_version", 0)
             if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
                 raise CheckpointError(f"{path}: written by a newer streamtrain (format {version}); upgrade")
+            if schema is not None:
+                meta = schema.upgrade(meta)
             _expect(meta, schema, headers)
             arrays = {name: _read_member(zf, infos[name], *h) for name, h in headers.items()}
     except CheckpointError:

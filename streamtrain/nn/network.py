@@ -81,6 +81,11 @@ class TwoLayerNet:
                 grads[name] += l1 * np.sign(p[name])
         return loss, self.penalty(l1, l2), grads
 
+    def loss_and_output(self, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean data loss of a batch (no penalty) and its outputs (probabilities or values)."""
+        z = self.forward(X)[1]
+        return self._task.loss_delta(z, y)[0], self._task.output(z)
+
     def predict_output(self, X: np.ndarray) -> np.ndarray:
         """Probabilities (classification) or values (regression), ``(rows, n_out)``."""
         return self._task.output(self.forward(X)[1])

@@ -1,16 +1,24 @@
-"""Optimisers with one verb, ``step(params, grads)``; their state is plain arrays."""
+"""Optimisers with one verb, ``step(params, grads)``; their state is plain arrays.
+
+``OPTIMIZERS`` names each with its class, its default learning rate and its hyperparameters
+(default, range, help): the configuration validates against this table and the command
+line makes one option per hyperparameter from it, so a hyperparameter is added here once.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
-__all__ = ["SGD", "Momentum", "Adam", "OPTIMIZERS", "make_optimizer"]
+__all__ = ["SGD", "Momentum", "Adam", "OPTIMIZERS", "Hyper", "OptimizerSpec", "make_optimizer", "HYPERPARAMETERS"]
 
 
 class SGD:
     """Plain gradient descent: ``p -= lr * g``."""
 
-    def __init__(self, lr: float = 0.1, **_):
+    def __init__(self, lr: float = 0.1):
         self.lr = float(lr)
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
@@ -27,7 +35,7 @@ class SGD:
 class Momentum(SGD):
     """Heavy-ball momentum, optionally Nesterov's."""
 
-    def __init__(self, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False, **_):
+    def __init__(self, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False):
         super().__init__(lr)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.velocity: dict[str, np.ndarray] = {}
@@ -54,7 +62,7 @@ class Momentum(SGD):
 class Adam(SGD):
     """Adam (Kingma & Ba), with bias correction."""
 
-    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, **_):
+    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(lr)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.t = 0
@@ -87,12 +95,65 @@ class Adam(SGD):
         self.v = {k[2:]: np.array(a) for k, a in state.items() if k.startswith("v.")}
 
 
-OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": lambda **kw: Momentum(nesterov=True, **kw),
-              "adam": Adam}
+@dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter: its default and the range it may take (an open end excludes the bound)."""
+
+    default: float
+    low: float
+    high: float
+    help: str
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable, or None."""
+        import math
+
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        if value < self.low or value > self.high or (self.low_open and value == self.low) or (
+                self.high_open and value == self.high):
+            lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"must be in {lo}{self.low:g}, {self.high:g}{hi}, got {value!r}"
+        return None
 
 
-def make_optimizer(name: str, **kwargs):
-    """An optimiser by name (see ``OPTIMIZERS``)."""
+@dataclass(frozen=True)
+class OptimizerSpec:
+    make: Any
+    lr: float  # the default learning rate
+    params: dict[str, Hyper] = field(default_factory=dict)
+
+
+_MOMENTUM = Hyper(0.9, 0.0, 1.0, "Momentum (momentum and nesterov optimisers).", high_open=True)
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "sgd": OptimizerSpec(SGD, 0.1),
+    "momentum": OptimizerSpec(Momentum, 0.1, {"momentum": _MOMENTUM}),
+    "nesterov": OptimizerSpec(lambda **kw: Momentum(nesterov=True, **kw), 0.1, {"momentum": _MOMENTUM}),
+    "adam": OptimizerSpec(Adam, 0.001, {
+        "beta1": Hyper(0.9, 0.0, 1.0, "Adam's decay of the gradient's running mean.", high_open=True),
+        "beta2": Hyper(0.999, 0.0, 1.0, "Adam's decay of the squared gradient's running mean.", high_open=True),
+        "eps": Hyper(1e-8, 0.0, 1.0, "Adam's epsilon, added to the root mean square.", low_open=True),
+    }),
+}
+
+# Every hyperparameter name, with the optimisers that take it.
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = {}
+for _name, _spec in OPTIMIZERS.items():
+    for _p in _spec.params:
+        HYPERPARAMETERS[_p] = HYPERPARAMETERS.get(_p, ()) + (_name,)
+
+
+def make_optimizer(name: str, lr: float | None = None, **params):
+    """An optimiser by name (see ``OPTIMIZERS``): ``lr`` None takes its default learning rate,
+    hyperparameters not given take theirs."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](**kwargs)
+    spec = OPTIMIZERS[name]
+    unknown = set(params) - set(spec.params)
+    if unknown:
+        raise ValueError(f"optimizer {name!r} takes no {', '.join(sorted(unknown))}")
+    values = {k: params.get(k, h.default) for k, h in spec.params.items()}
+    return spec.make(lr=spec.lr if lr is None else lr, **values)

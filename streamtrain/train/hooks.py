@@ -1,40 +1,271 @@
-"""Ready-made trainer callbacks (``on_batch_end(trainer, rows, loss)``, ``on_epoch_end(trainer, record)``)."""
+"""Hooks: what runs around the training loop, built-in or a user's, all alike.
+
+A hook has any of ``on_train_begin(trainer)``, ``on_epoch_begin(trainer)``,
+``on_batch_end(trainer, rows, loss)``, ``on_epoch_end(trainer, record)``,
+``on_train_end(trainer)`` and ``close(trainer)`` (always called last, also after an error),
+and says how often ``on_batch_end`` must run with ``every``:
+
+- ``Every(steps=N)``: after every N-th batch (``Every(steps=1)``: every batch; at batch size 1
+  this makes the loop take one row per compiled call, so ask for it only if it is needed);
+- ``Every(seconds=T)``: at least T seconds apart, whatever the batch size;
+- ``Every(always=True)``: after every update the loop makes (a batch, or at batch size 1 a
+  block of rows), for cheap checks.
+
+Without ``every``, a hook with ``on_batch_end`` runs after every batch. ``rows`` are the row
+indices the update used and ``loss`` its mean loss. A hook stops training with
+``trainer.stop(reason)``: the loop finishes the current update, the hooks' ``on_train_end``
+run (a checkpoint is written), and ``fit`` returns (raising ``Interrupted`` for signals).
+"""
 
 from __future__ import annotations
 
+import math
 import shutil
+import signal
 import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
-__all__ = ["ProgressBar"]
+import numpy as np
+
+from ..errors import TrainingError
+
+__all__ = ["Every", "Hook", "schedule", "DivergenceGuard", "Validation", "EarlyStopping", "EpochLog",
+           "Checkpointer", "MetricsLog", "DirectoryWatch", "StopOnSignals", "ProgressBar", "format_epoch"]
 
 
-class ProgressBar:
-    """A tqdm bar per epoch on stderr: batches done, samples/s, ETA and a running loss."""
+@dataclass(frozen=True)
+class Every:
+    """When a hook's ``on_batch_end`` runs (see the module's documentation)."""
 
-    def __init__(self, file=None, every: int = 50):
-        self.file = file or sys.stderr
-        self.every = every  # postfix formatting is not free: update it every N batches
-        self.bar = None
-        self.loss = None
+    steps: int = 0
+    seconds: float = 0.0
+    always: bool = False
+
+
+class Hook:
+    """A hook that does nothing: subclass it and define what you need."""
+
+    every: Every | None = None
+
+
+def schedule(hook) -> Every | None:
+    """When ``hook.on_batch_end`` runs, or None if never."""
+    if not hasattr(hook, "on_batch_end"):
+        return None
+    every = getattr(hook, "every", None)
+    return Every(steps=1) if every is None else every
+
+
+class DivergenceGuard(Hook):
+    """A loss that is not finite ends training with an error (the step changed nothing, so the
+    parameters are the last good ones and no checkpoint of a diverged model is written)."""
+
+    every = Every(always=True)
 
     def on_batch_end(self, trainer, rows, loss):
+        if not math.isfinite(loss):
+            s, epoch = trainer.global_step, trainer.sampler.epoch + 1
+            where = f"batch step {s}" if len(rows) <= 1 or not trainer.stepper.per_sample \
+                else f"within steps {s - len(rows) + 1}-{s}"
+            raise TrainingError(f"training diverged at epoch {epoch}, {where} (loss is {loss}); lower --lr "
+                                "or check the data for extreme values")
+
+
+class Validation(Hook):
+    """Each epoch's validation loss and accuracy (R^2 for regression), added to its record."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_end(self, trainer, record):
+        result = trainer.model.evaluate(self.dataset)
+        record["val_loss"] = result["loss"]
+        key = "r2" if trainer.model.task == "regression" else "accuracy"
+        record[f"val_{key}"] = result[key]
+
+
+class EarlyStopping(Hook):
+    """Tracks the best validation loss; with ``patience``, stops after that many epochs without a
+    better one and restores the best epoch's parameters at the end."""
+
+    def __init__(self, patience: int, log: Callable | None = None):
+        self.patience, self.log = patience, log
+
+    def _waited_enough(self, trainer) -> bool:
+        return bool(self.patience) and trainer.state.early["wait"] >= self.patience
+
+    def on_train_begin(self, trainer):
+        if self._waited_enough(trainer):  # resumed after it stopped
+            trainer.stop("early stopping")
+
+    def on_epoch_end(self, trainer, record):
+        early, state = trainer.state.early, trainer.state
+        if early["best_loss"] is None or record["val_loss"] < early["best_loss"]:
+            early.update(best_loss=record["val_loss"], best_epoch=record["epoch"], wait=0)
+            if self.patience:
+                state.best_params = {k: v.copy() for k, v in trainer.net.params.items()}
+        else:
+            early["wait"] += 1
+        if self._waited_enough(trainer):
+            trainer.stop("early stopping")
+
+    def on_train_end(self, trainer):
+        state = trainer.state
+        if self._waited_enough(trainer) and state.best_params is not None and state.restored_best is None:
+            for k, v in trainer.net.params.items():
+                v[...] = state.best_params[k]
+            state.restored_best = state.early["best_epoch"]
+            if self.log:
+                self.log(f"early stopping: restored the parameters of epoch {state.restored_best}")
+
+
+def format_epoch(r: dict[str, Any], epochs: int) -> str:
+    """The one-line per-epoch summary."""
+    parts = [f"epoch {r['epoch']}/{epochs}", f"train_loss {r['train_loss']:.4f}"]
+    if "val_loss" in r:
+        parts.append(f"val_loss {r['val_loss']:.4f}")
+    for key in ("val_accuracy", "val_r2"):
+        if key in r:
+            parts.append(f"{key} {r[key]:.4f}")
+    if r.get("samples_per_s"):
+        parts.append(f"{r['samples_per_s']:,.0f} samples/s")
+    return "  ".join(parts)
+
+
+class EpochLog(Hook):
+    """One line per epoch through ``log``."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+
+    def on_epoch_end(self, trainer, record):
+        self.log(format_epoch(record, trainer.config.epochs))
+
+
+class Checkpointer(Hook):
+    """Checkpoints into the run directory: every ``checkpoint_every`` batches, every
+    ``checkpoint_seconds``, at every epoch's end (``best.npz`` too with ``keep_best``), and when
+    training ends or stops anywhere else (with early stopping's restored parameters)."""
+
+    def __init__(self, rundir, config):
+        self.rundir, self.config = rundir, config
+        every = Every(steps=config.checkpoint_every, seconds=config.checkpoint_seconds)
+        self.every = every if (every.steps or every.seconds) else None
+        self.saved_at: tuple | None = None  # (step, epoch, position) of the last save
+        self.last_save = time.monotonic()
+
+    def _save(self, trainer):
+        self.saved_at = trainer.progress()
+        self.last_save = time.monotonic()
+        return self.rundir.save(*trainer.checkpoint_contents(), trainer.global_step, self.config.keep)
+
+    def on_batch_end(self, trainer, rows, loss):
+        cfg = self.config
+        if (cfg.checkpoint_every and trainer.global_step % cfg.checkpoint_every == 0) or \
+                (cfg.checkpoint_seconds and time.monotonic() - self.last_save >= cfg.checkpoint_seconds):
+            self._save(trainer)
+
+    def on_epoch_end(self, trainer, record):
+        path = self._save(trainer)
+        early = trainer.state.early
+        if self.config.keep_best and record.get("val_loss") is not None and early["best_epoch"] == record["epoch"]:
+            self.rundir.keep_as_best(path)
+
+    def on_train_end(self, trainer):
+        if trainer.progress() != self.saved_at or trainer.state.restored_best is not None:
+            self._save(trainer)
+        self.rundir.wait()
+
+
+class MetricsLog(Hook):
+    """Each epoch's record as a line of the run directory's ``metrics.jsonl`` (after its checkpoint)."""
+
+    def __init__(self, rundir):
+        self.rundir = rundir
+
+    def on_epoch_end(self, trainer, record):
+        self.rundir.append_metrics(record)
+
+
+class DirectoryWatch(Hook):
+    """Stops training with an error if the run directory is deleted or replaced (its lock with it)."""
+
+    every = Every(seconds=1.0)
+
+    def __init__(self, rundir):
+        self.rundir = rundir
+
+    def on_batch_end(self, trainer, rows, loss):
+        self.rundir.check()
+
+
+class StopOnSignals(Hook):
+    """While training, SIGINT and SIGTERM ask the loop to stop after its current update."""
+
+    def __init__(self):
+        self.previous: dict = {}
+
+    def on_train_begin(self, trainer):
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def ask_to_stop(signum, frame):
+            trainer.stop(signal.Signals(signum).name)
+
+        self.previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def close(self, trainer):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+class ProgressBar(Hook):
+    """A tqdm bar per epoch on stderr: batches done, samples/s, ETA and a running loss.
+
+    It updates a few times a second, so at batch size 1 the compiled loop keeps its blocks."""
+
+    every = Every(seconds=0.1)
+
+    def __init__(self, file=None):
+        self.file = file or sys.stderr
+        self.bar = None
+        self.loss = None
+        self.done = 0
+
+    def on_epoch_begin(self, trainer):
         from tqdm import tqdm
 
         s = trainer.sampler
+        self.done = -(-s.position // s.batch_size)
+        # A terminal reporting no size (0 x 0, e.g. a fresh pty) would hide the bar: assume 100 x 20.
+        size = shutil.get_terminal_size((100, 20))
+        self.bar = tqdm(total=len(s), initial=self.done, desc=f"epoch {s.epoch + 1}/{trainer.config.epochs}",
+                        unit="batch", leave=False, file=self.file, ncols=size.columns or 100,
+                        nrows=size.lines or 20, mininterval=0.1)
+
+    def on_batch_end(self, trainer, rows, loss):
         if self.bar is None:
-            done = -(-(s.position - len(rows)) // s.batch_size)
-            # A terminal reporting no size (0 x 0, e.g. a fresh pty) would hide the bar: assume 100 x 20.
-            size = shutil.get_terminal_size((100, 20))
-            self.bar = tqdm(total=len(s), initial=done, desc=f"epoch {s.epoch + 1}/{trainer.config.epochs}",
-                            unit="batch", leave=False, file=self.file, ncols=size.columns or 100,
-                            nrows=size.lines or 20)
-        self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
-        self.bar.update(1)
-        if self.bar.n % self.every == 0:
-            rate = self.bar.format_dict.get("rate") or 0
-            self.bar.set_postfix_str(f"loss {self.loss:.4f}, {rate * s.batch_size:,.0f} samples/s", refresh=False)
+            return
+        s = trainer.sampler
+        done = -(-s.position // s.batch_size)
+        if np.isfinite(loss):
+            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
+        self.bar.update(done - self.done)
+        self.done = done
+        rate = self.bar.format_dict.get("rate") or 0
+        self.bar.set_postfix_str(f"loss {self.loss or 0:.4f}, {rate * s.batch_size:,.0f} samples/s", refresh=False)
 
     def on_epoch_end(self, trainer, record):
         if self.bar is not None:
+            self.bar.update(self.bar.total - self.bar.n)
             self.bar.close()
         self.bar, self.loss = None, None
+
+    def close(self, trainer):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

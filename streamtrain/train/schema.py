@@ -1,6 +1,7 @@
 """What a trainer's checkpoint must hold, checked before any of it reaches the network or compiled code.
 
-A checkpoint is untrusted input: its checksum detects accidents, not someone who can
+Format-1 checkpoints (streamtrain before the history moved to ``metrics.jsonl``) are
+upgraded to today's layout first. A checkpoint is untrusted input: its checksum detects accidents, not someone who can
 rewrite the file and the checksum with it. ``TRAINER`` validates every metadata field
 (type, range, names from their tables), derives from the model's size the exact dtype and
 shape of every array the file may hold, and after reading checks the values (finite
@@ -72,11 +73,26 @@ def _short(value) -> str:
 
 
 class TrainerSchema(Schema):
-    """The checkpoint a ``Trainer`` writes (see ``Trainer.state``)."""
+    """The checkpoint a ``Trainer`` writes (see ``train.state.checkpoint_contents``)."""
 
-    TOP = {"format_version", "streamtrain_version", "config", "model", "task", "classes", "feature_names",
-           "selection", "label", "scale", "global_step", "sampler", "epoch_acc", "early_stopping", "history",
-           "fingerprint"}
+    TOP = {"format_version", "streamtrain_version", "config", "model", "state", "fingerprint"}
+    MODEL = {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype", "classes", "feature_names",
+             "selection", "label", "scale", "source_format"}
+    STATE = {"global_step", "sampler", "epoch_acc", "early_stopping", "record", "restored_best"}
+
+    def upgrade(self, meta: dict) -> dict:
+        """A format-1 checkpoint's metadata in today's layout (its history dropped but the last epoch)."""
+        if meta.get("format_version") != 1 or not isinstance(meta.get("model"), dict):
+            return meta
+        history = meta.get("history")
+        fingerprint = meta.get("fingerprint")
+        model = {**meta["model"], **{k: meta.get(k) for k in ("classes", "feature_names", "selection", "label",
+                                                              "scale")},
+                 "source_format": fingerprint.get("format") if isinstance(fingerprint, dict) else None}
+        state = {k: meta.get(k) for k in ("global_step", "sampler", "epoch_acc", "early_stopping")}
+        state.update(record=history[-1] if isinstance(history, list) and history else None, restored_best=None)
+        return {"format_version": 2, "streamtrain_version": meta.get("streamtrain_version", ""),
+                "config": meta.get("config"), "model": model, "state": state, "fingerprint": fingerprint}
 
     def arrays(self, meta: dict) -> tuple[dict, list[dict]]:
         self.validate_meta(meta)
@@ -110,58 +126,60 @@ class TrainerSchema(Schema):
 
     def validate_meta(self, meta: dict) -> None:
         """Raise ``ValueError`` naming the first metadata field of the wrong type or out of range."""
-        unknown = sorted(set(meta) - self.TOP, key=str)
-        if unknown:
-            raise ValueError(f"unexpected metadata field {_short(unknown[0])}")
+        for where, table, keys in (("", meta, self.TOP), ("model", _field(meta, "model"), self.MODEL),
+                                   ("state", _field(meta, "state"), self.STATE)):
+            if not isinstance(table, dict):
+                raise ValueError(f"metadata field {where} must be a mapping")
+            unknown = sorted(set(table) - keys, key=str)
+            if unknown:
+                raise ValueError(f"unexpected metadata field {where + '.' if where else ''}{_short(unknown[0])}")
         _int(_field(meta, "format_version"), "format_version", 1, FORMAT_VERSION)
         _str(meta.get("streamtrain_version", ""), "streamtrain_version")
         try:
             config = TrainConfig.from_dict(_field(meta, "config"))
         except (TypeError, ValueError) as e:
             raise ValueError(f"metadata field config: {e}") from None
-        model = _field(meta, "model")
-        for key in ("n_in", "hidden", "n_out", "activation", "task", "init", "dtype"):
-            _field(model, key, "model")
-        if set(model) - {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype"}:
-            raise ValueError("metadata field model has unexpected entries")
+        model = meta["model"]
         from ..data.scaling import SCALINGS
         from ..nn.functions import ACTIVATIONS, INITS, TASKS
 
-        n_in = _int(model["n_in"], "model.n_in", 1, MAX_FEATURES)
-        hidden = _int(model["hidden"], "model.hidden", *LIMITS["hidden"])
-        n_out = _int(model["n_out"], "model.n_out", 1, MAX_OUTPUTS)
-        if (n_in + n_out + 1) * hidden + n_out > MAX_PARAMS:
-            raise ValueError(f"metadata field model describes {(n_in + n_out + 1) * hidden} parameters, "
+        n_in = _int(_field(model, "n_in", "model"), "model.n_in", 1, MAX_FEATURES)
+        _int(_field(model, "hidden", "model"), "model.hidden", *LIMITS["hidden"])
+        n_out = _int(_field(model, "n_out", "model"), "model.n_out", 1, MAX_OUTPUTS)
+        if (n_in + n_out + 1) * model["hidden"] + n_out > MAX_PARAMS:
+            raise ValueError(f"metadata field model describes {(n_in + n_out + 1) * model['hidden']} parameters, "
                              f"more than {MAX_PARAMS}")
-        _str(model["activation"], "model.activation", tuple(ACTIVATIONS))
-        task = _str(model["task"], "model.task", tuple(TASKS))
-        _str(model["init"], "model.init", tuple(INITS))
-        _str(model["dtype"], "model.dtype", ("float32", "float64"))
+        _str(_field(model, "activation", "model"), "model.activation", tuple(ACTIVATIONS))
+        task = _str(_field(model, "task", "model"), "model.task", tuple(TASKS))
+        _str(_field(model, "init", "model"), "model.init", tuple(INITS))
+        _str(_field(model, "dtype", "model"), "model.dtype", ("float32", "float64"))
         if (model["dtype"], model["activation"], model["hidden"]) != (config.dtype, config.activation, config.hidden):
             raise ValueError("metadata fields model and config disagree on dtype, activation or hidden")
-        if _field(meta, "task") != task:
-            raise ValueError("metadata fields task and model.task disagree")
-        self._check_classes(_field(meta, "classes"), task, n_out)
-        _str_list(_field(meta, "feature_names"), "feature_names", n_in)
-        selection = _field(meta, "selection")
+        self._check_classes(_field(model, "classes", "model"), task, n_out)
+        _str_list(_field(model, "feature_names", "model"), "model.feature_names", n_in)
+        selection = _field(model, "selection", "model")
         if selection is not None and not isinstance(selection, str):
-            _str_list(selection, "selection")
-        _str(_field(meta, "label"), "label", none=True)
-        _str(_field(meta, "scale"), "scale", tuple(SCALINGS))
-        _int(_field(meta, "global_step"), "global_step")
-        self._check_sampler(_field(meta, "sampler"))
-        acc = _field(meta, "epoch_acc")
-        _number(_field(acc, "loss_sum", "epoch_acc"), "epoch_acc.loss_sum")
-        _int(_field(acc, "n", "epoch_acc"), "epoch_acc.n")
-        _number(_field(acc, "seconds", "epoch_acc"), "epoch_acc.seconds", 0)
-        early = _field(meta, "early_stopping")
-        _number(_field(early, "best_loss", "early_stopping"), "early_stopping.best_loss", none=True)
-        if _field(early, "best_epoch", "early_stopping") is not None:
-            _int(early["best_epoch"], "early_stopping.best_epoch", 1)
-        _int(_field(early, "wait", "early_stopping"), "early_stopping.wait")
-        history = meta.get("history", [])
-        if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-            raise ValueError("metadata field history must be a list of mappings")
+            _str_list(selection, "model.selection")
+        _str(_field(model, "label", "model"), "model.label", none=True)
+        _str(_field(model, "scale", "model"), "model.scale", tuple(SCALINGS))
+        _str(model.get("source_format"), "model.source_format", none=True)
+        state = meta["state"]
+        _int(_field(state, "global_step", "state"), "state.global_step")
+        self._check_sampler(_field(state, "sampler", "state"))
+        acc = _field(state, "epoch_acc", "state")
+        _number(_field(acc, "loss_sum", "state.epoch_acc"), "state.epoch_acc.loss_sum")
+        _int(_field(acc, "n", "state.epoch_acc"), "state.epoch_acc.n")
+        _number(_field(acc, "seconds", "state.epoch_acc"), "state.epoch_acc.seconds", 0)
+        early = _field(state, "early_stopping", "state")
+        _number(_field(early, "best_loss", "state.early_stopping"), "state.early_stopping.best_loss", none=True)
+        if _field(early, "best_epoch", "state.early_stopping") is not None:
+            _int(early["best_epoch"], "state.early_stopping.best_epoch", 1)
+        _int(_field(early, "wait", "state.early_stopping"), "state.early_stopping.wait")
+        record = state.get("record")
+        if record is not None and (not isinstance(record, dict) or not isinstance(record.get("epoch"), int)):
+            raise ValueError("metadata field state.record must be a mapping with an epoch")
+        if state.get("restored_best") is not None:
+            _int(state["restored_best"], "state.restored_best", 1)
         if not isinstance(_field(meta, "fingerprint"), dict):
             raise ValueError("metadata field fingerprint must be a mapping")
 

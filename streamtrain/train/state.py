@@ -1,156 +1,86 @@
-"""A trainer's state as a checkpoint: what is saved, and how a run is restored or resumed.
+"""A run's state between updates, and the checkpoint that holds it with the model and settings.
 
-A mixin of ``Trainer``. Everything that decides the next update goes in, so a resumed run
-is bitwise the run that never stopped.
+Everything that decides the next update is here (parameters and optimiser state live with the
+model and the optimiser): the sampler's epoch and position, the step count, the running epoch
+loss, early stopping's best epoch and parameters. A resumed run is therefore bitwise the run
+that never stopped. The history of epochs is not: it is in ``metrics.jsonl`` beside the
+checkpoints, so a checkpoint's size stays constant however long the run.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .._version import __version__
 from ..config import TrainConfig
-from ..data.sampling import Sampler
-from ..data.scaling import Scaler
-from ..errors import CheckpointError, TrainingError
-from ..io.checkpoint import (
-    checkpoint_name,
-    latest_checkpoint,
-    resolve_checkpoint,
-    rotate,
-    save_checkpoint,
-)
-from ..nn.network import PARAM_NAMES, TwoLayerNet
 from ..nn.optim import make_optimizer
-from ..readers.base import Dataset
-from .schema import TRAINER
 
-__all__ = ["CheckpointState"]
+__all__ = ["TrainState", "checkpoint_contents", "restore", "make_run_optimizer"]
 
 
-class CheckpointState:
-    """Checkpoint methods of ``Trainer``."""
+def _acc() -> dict[str, Any]:
+    return {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
 
-    def state(self, sampler: Sampler | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Everything a checkpoint holds: arrays and JSON metadata."""
-        arrays = {f"param.{k}": v for k, v in self.net.params.items()}
-        arrays.update({f"optim.{k}": v for k, v in self.optimizer.state_dict().items()})
-        arrays.update({f"scaler.{k}": v for k, v in self.scaler.state().items() if k != "kind"})
-        if self._best_params is not None:
-            arrays.update({f"best.{k}": v for k, v in self._best_params.items()})
-        meta = {
-            "streamtrain_version": __version__,
-            "config": self.config.to_dict(),
-            "model": self.net.config(),
-            "task": self.task,
-            "classes": self.classes,
-            "feature_names": self.feature_names,
-            "selection": self.selection,
-            "label": self.label_name,
-            "scale": self.scaler.kind,
-            "global_step": self.global_step,
-            "sampler": sampler.state_dict() if sampler else self._sampler_state,
-            "epoch_acc": self._epoch_acc,
-            "early_stopping": self._early,
-            "history": self.history,
-            "fingerprint": self.fingerprint,
-        }
-        return arrays, meta
 
-    def _save(self, directory, sampler: Sampler) -> Path:
-        """Checkpoint the current state into ``directory`` (rotating old ones): the state is copied
-        now and written by the background writer (``self._writer.wait()`` for it to be on disk)."""
-        for k, v in self.net.params.items():
-            if not np.all(np.isfinite(v)):
-                raise TrainingError(f"training diverged: parameter {k} is not finite after batch step "
-                                    f"{self.global_step}; refusing to write a checkpoint (lower --lr)")
-        if self._lock is not None:
-            self._lock.check()
-        arrays, meta = self.state(sampler)
-        # A snapshot: training changes the arrays and dicts in place while the write runs.
-        arrays = {k: np.array(v) for k, v in arrays.items()}
-        meta = json.loads(json.dumps(meta))
-        path = Path(directory) / checkpoint_name(self.global_step)
-        keep = self.config.keep
+@dataclass
+class TrainState:
+    """``global_step``: updates so far; ``sampler``: the sampler's state (epoch, position...);
+    ``epoch_acc``: the running epoch's loss sum, rows and seconds; ``early``: early stopping's
+    best validation loss and epoch and the epochs waited since; ``best_params``: that epoch's
+    parameters (kept when early stopping may restore them); ``record``: the last finished
+    epoch's metrics; ``restored_best``: the epoch whose parameters were restored at the end."""
 
-        def write():
-            try:
-                save_checkpoint(path, arrays, meta)
-            except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
-                raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
-                                    "the previous checkpoint is kept") from None
-            rotate(directory, keep)
+    global_step: int = 0
+    sampler: dict[str, Any] | None = None
+    epoch_acc: dict[str, Any] = field(default_factory=_acc)
+    early: dict[str, Any] = field(default_factory=lambda: {"best_loss": None, "best_epoch": None, "wait": 0})
+    best_params: dict[str, np.ndarray] | None = None
+    record: dict[str, Any] | None = None
+    restored_best: int | None = None
 
-        self._writer.submit(write)
-        self._last_save = time.monotonic()
-        return path
+    def new_epoch(self) -> None:
+        self.epoch_acc = _acc()
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the current model and training state to a checkpoint file."""
-        arrays, meta = self.state()
-        return save_checkpoint(path, arrays, meta)
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"best.{k}": v for k, v in (self.best_params or {}).items()}
 
-    def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        m = meta["model"]
-        self.task, self.classes = meta["task"], list(meta["classes"])
-        self.feature_names, self.label_name = list(meta["feature_names"]), meta["label"]
-        self.selection = meta["selection"]
-        self.net = TwoLayerNet(m["n_in"], m["hidden"], m["n_out"], m["activation"], m["task"], m["init"],
-                               dtype=m["dtype"])
-        for k in PARAM_NAMES:
-            self.net.params[k] = np.array(arrays[f"param.{k}"])
-        self.scaler = Scaler(meta["scale"], arrays.get("scaler.mean"), arrays.get("scaler.scale"), m["dtype"])
-        self.optimizer = make_optimizer(self.config.optimizer, lr=self.config.lr, momentum=self.config.momentum)
-        self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
-        best = {k[5:]: np.array(v) for k, v in arrays.items() if k.startswith("best.")}
-        self._best_params = best or None
-        self.global_step = int(meta["global_step"])
-        self._sampler_state = meta.get("sampler")
-        self._epoch_acc = dict(meta["epoch_acc"])
-        self._early = dict(meta["early_stopping"])
-        self.history = list(meta.get("history", []))
-        self.fingerprint = meta["fingerprint"]
-
-    def _resume(self, directory, train: Dataset, force: bool, log) -> bool:
-        found = latest_checkpoint(directory, warn=log and (lambda m: log(f"warning: {m}")), schema=TRAINER)
-        if found is None:
-            return False
-        path, arrays, meta = found
-        saved = TrainConfig.from_dict(meta["config"])  # validated by the schema
-        changed = [k for k in ("hidden", "activation", "dtype") if getattr(saved, k) != getattr(self.config, k)]
-        if changed:  # not even --force: the saved parameters have another shape
-            raise CheckpointError(f"{path}: cannot resume with another {changed[0]} "
-                                  f"({getattr(saved, changed[0])!r} -> {getattr(self.config, changed[0])!r}); "
-                                  "use another --checkpoint-dir for a new model")
-        problems = self.config.differences(saved)
-        fp = train.fingerprint()
-        saved_fp = meta["fingerprint"]
-        problems += [("data changed in place (its files' sizes or modification times, or sampled chunks, differ)"
-                      if k == "content" else f"data {k}: {saved_fp[k]!r} -> {fp[k]!r}")
-                     for k in fp if k in saved_fp and saved_fp[k] != fp[k]]
-        if problems and not force:
-            raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
-                                  f"{'; '.join(problems)} (pass --force to resume anyway)")
-        if meta["model"]["n_in"] != train.n_features:
-            raise CheckpointError(f"{path}: the model takes {meta['model']['n_in']} features, "
-                                  f"{train.path} has {train.n_features}")
-        self._restore(arrays, meta)
-        self.fingerprint = fp
-        if log:
-            s = meta["sampler"] or {"epoch": 0, "position": 0}
-            log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
-        return True
+    def meta(self) -> dict[str, Any]:
+        return {"global_step": self.global_step, "sampler": self.sampler, "epoch_acc": self.epoch_acc,
+                "early_stopping": self.early, "record": self.record, "restored_best": self.restored_best}
 
     @classmethod
-    def load(cls, path: str | os.PathLike):
-        """A Trainer restored from a checkpoint file or directory (its newest valid checkpoint)."""
-        found, arrays, meta = resolve_checkpoint(path, schema=TRAINER)
-        t = cls(TrainConfig.from_dict(meta["config"]))
-        t._restore(arrays, meta)
-        return t
+    def from_checkpoint(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "TrainState":
+        best = {k[5:]: np.array(v) for k, v in arrays.items() if k.startswith("best.")}
+        return cls(int(meta["global_step"]), meta["sampler"], dict(meta["epoch_acc"]), dict(meta["early_stopping"]),
+                   best or None, meta.get("record"), meta.get("restored_best"))
+
+
+def make_run_optimizer(config: TrainConfig, arrays: dict[str, np.ndarray] | None = None):
+    """The optimiser a run's settings name, with its learning rate and hyperparameters, and the
+    state a checkpoint's ``arrays`` hold for it."""
+    optimizer = make_optimizer(config.optimizer, config.lr, **config.optimizer_params)
+    if arrays is not None:
+        optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
+    return optimizer
+
+
+def checkpoint_contents(config: TrainConfig, model, optimizer, state: TrainState,
+                        fingerprint: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(arrays, meta)`` of a checkpoint: a snapshot (copies), so training may go on while it is written."""
+    arrays = {**model.arrays(), **{f"optim.{k}": v for k, v in optimizer.state_dict().items()}, **state.arrays()}
+    meta = {"streamtrain_version": __version__, "config": config.to_dict(), "model": model.meta(),
+            "state": state.meta(), "fingerprint": fingerprint}
+    return {k: np.array(v) for k, v in arrays.items()}, json.loads(json.dumps(meta))
+
+
+def restore(arrays: dict[str, np.ndarray], meta: dict[str, Any]):
+    """``(config, model, optimizer, state, fingerprint)`` of a checkpoint validated by ``TRAINER``."""
+    from ..model import Model
+
+    config = TrainConfig.from_dict(meta["config"])
+    return (config, Model.from_checkpoint(arrays, meta["model"], config), make_run_optimizer(config, arrays),
+            TrainState.from_checkpoint(arrays, meta["state"]), meta["fingerprint"])

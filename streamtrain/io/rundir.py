@@ -1,0 +1,174 @@
+"""A run's directory: its checkpoints, ``best.npz``, ``metrics.jsonl`` and the lock that makes it one run's.
+
+A directory holds one run. Its checkpoints are ``ckpt-<step>.npz``, newest by step, which
+within one run is the order they were written (an invalid newer checkpoint passed over on
+resume is moved aside, so it cannot outrank the ones written after it). ``metrics.jsonl``
+holds one line per finished epoch of this run, up to the checkpoint resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+from .atomic import atomic_path
+from .checkpoint import (
+    BackgroundWriter,
+    DirectoryLock,
+    Schema,
+    checkpoint_name,
+    list_checkpoints,
+    load_checkpoint,
+    rotate,
+    save_checkpoint,
+)
+
+__all__ = ["RunDirectory", "read_history"]
+
+
+class RunDirectory:
+    """``with RunDirectory(path):`` locks it for this process until the last write is done."""
+
+    METRICS = "metrics.jsonl"
+    BEST = "best.npz"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lock = DirectoryLock(self.path)
+        self.writer = BackgroundWriter()  # checkpoints are written beside training
+
+    def __enter__(self) -> "RunDirectory":
+        self.lock.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.writer.wait()  # the last checkpoint is on disk before the lock is released
+            else:
+                self.writer.wait_quietly()
+        finally:
+            self.lock.__exit__(*exc)
+
+    # -- whose directory -----------------------------------------------------
+    def holds_run(self) -> bool:
+        """Whether checkpoints of a run are here."""
+        return bool(list_checkpoints(self.path)) or (self.path / self.BEST).exists()
+
+    def clear(self) -> None:
+        """Remove a previous run's checkpoints and metrics (``--overwrite``)."""
+        for p in [*list_checkpoints(self.path), *self.path.glob("ckpt-*.npz.invalid"), self.path / self.BEST,
+                  self.path / self.METRICS]:
+            p.unlink(missing_ok=True)
+
+    def check(self) -> None:
+        """Raise if the directory was deleted or replaced since it was locked."""
+        self.lock.check()
+
+    # -- checkpoints -------------------------------------------------------------
+    def resume_point(self, schema: Schema, warn=None):
+        """``(path, arrays, meta)`` of the newest valid checkpoint, or None if there is none; newer
+        invalid ones are reported, moved aside (``.invalid``) and passed over; none valid is an error."""
+        warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        found = list_checkpoints(self.path)
+        for i, p in enumerate(found):
+            try:
+                arrays, meta = load_checkpoint(p, schema)
+            except CheckpointError as e:
+                if i + 1 == len(found):
+                    raise CheckpointError(f"{e}; no valid checkpoint left in {self.path}") from None
+                aside = p.with_name(p.name + ".invalid")
+                os.replace(p, aside)
+                warn(f"{e}; moved aside to {aside.name}, using an older checkpoint")
+                continue
+            return p, arrays, meta
+        return None
+
+    def save(self, arrays: dict, meta: dict, step: int, keep: int) -> Path:
+        """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones."""
+        self.check()
+        path = self.path / checkpoint_name(step)
+
+        def write():
+            try:
+                save_checkpoint(path, arrays, meta)
+            except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
+                raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+                                      "the previous checkpoint is kept") from None
+            rotate(self.path, keep)
+
+        self.writer.submit(write)
+        return path
+
+    def keep_as_best(self, path: Path) -> None:
+        """Copy the checkpoint at ``path`` (once written) to ``best.npz``, apart from the rotation."""
+        self.writer.wait()
+        with atomic_path(self.path / self.BEST) as tmp:
+            shutil.copyfile(path, tmp)
+
+    def wait(self) -> None:
+        self.writer.wait()
+
+    # -- metrics -----------------------------------------------------------------
+    def start_metrics(self) -> None:
+        """A new run's metrics start empty."""
+        path = self.path / self.METRICS
+        if path.exists():
+            try:
+                with open(path, "w"):
+                    pass
+            except OSError as e:
+                raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+
+    def metrics_upto(self, epochs: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """This run's records of the first ``epochs`` epochs (the checkpoint resumed from), the file
+        rewritten to hold just those; ``last``, the checkpoint's own record, fills a line a crash lost."""
+        path = self.path / self.METRICS
+        by_epoch: dict[int, dict] = {}
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and 1 <= record["epoch"] <= epochs:
+                by_epoch[record["epoch"]] = record
+        if last is not None and last.get("epoch") not in by_epoch and last.get("epoch", 0) <= epochs:
+            by_epoch[last["epoch"]] = last
+        history = [by_epoch[e] for e in sorted(by_epoch)]
+        kept = "".join(json.dumps(r) + "\n" for r in history)
+        if kept != text:
+            with atomic_path(path) as tmp:
+                tmp.write_text(kept)
+        return history
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON line per epoch, for any tool to plot."""
+        path = self.path / self.METRICS
+        try:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot write ({e.strerror or e}); the checkpoint of epoch "
+                                  f"{record['epoch']} is saved, so --resume continues from it") from None
+
+
+def read_history(checkpoint: str | os.PathLike) -> list[dict[str, Any]]:
+    """The epochs recorded in ``metrics.jsonl`` beside a checkpoint (or in a run directory)."""
+    p = Path(checkpoint)
+    path = (p if p.is_dir() else p.parent) / RunDirectory.METRICS
+    history = []
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                history.append(record)
+    return history

@@ -1,0 +1,79 @@
+"""The task and its classes: raw labels in, what the network is trained on out, and back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.scaling import DataStats
+from ..errors import DataError
+
+__all__ = ["Labels", "infer_task", "MAX_AUTO_CLASSES"]
+
+# Integral labels with more distinct values than this are taken as a regression target.
+MAX_AUTO_CLASSES = 100
+
+
+def infer_task(stats: DataStats) -> str:
+    """binary / multiclass / regression, from what the labels look like."""
+    if stats.label_ndim == 2:
+        return "multiclass" if stats.onehot and stats.label_width > 2 else "regression"
+    if not stats.label_integral or len(stats.classes) > MAX_AUTO_CLASSES:
+        return "regression"
+    return "binary" if len(stats.classes) <= 2 else "multiclass"
+
+
+class Labels:
+    """``task`` and ``classes`` (sorted label values; empty for regression), and ``n_out``, the
+    network's outputs. ``targets`` encodes raw labels as class indices (or float values),
+    ``decode`` maps class indices back to label values.
+
+    >>> Labels("multiclass", [3, 5, 7]).targets(np.array([7, 3]))
+    array([2, 0])
+    """
+
+    def __init__(self, task: str, classes: list, n_out: int | None = None):
+        self.task, self.classes = task, list(classes)
+        self.n_out = n_out if n_out is not None else (1 if task == "binary" else len(self.classes))
+        self._identity = self.classes == list(range(len(self.classes)))
+        self._table = np.asarray(self.classes) if self.classes else None
+
+    @classmethod
+    def from_stats(cls, stats: DataStats, task: str, label_name: str, where: str, log=None) -> "Labels":
+        """The task (``"auto"``: inferred) and classes the label summary ``stats`` shows."""
+        chosen = infer_task(stats) if task == "auto" else task
+        if task == "auto" and log:
+            log(f"task: {chosen} (chosen from label {label_name!r}; set --task to override)")
+        if chosen == "regression":
+            return cls(chosen, [], stats.label_width)
+        if stats.label_ndim == 2:  # one-hot: the columns are the classes
+            if not stats.onehot:
+                raise DataError(f"{where}: 2-D label {label_name!r} is not one-hot; use --task regression")
+            return cls(chosen, list(range(stats.label_width)), stats.label_width)
+        if not stats.label_integral:
+            raise DataError(f"{where}: label {label_name!r} has non-integral values; use --task regression")
+        classes = sorted(stats.classes)
+        if chosen == "binary" and len(classes) > 2:
+            raise DataError(f"{where}: binary task but label has {len(classes)} classes")
+        return cls(chosen, classes)
+
+    def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
+        """Labels as the network wants them: class indices, or float values for regression."""
+        if self.task == "regression":
+            return y
+        if y.ndim == 2:  # one-hot rows -> class indices
+            return y.argmax(axis=1)
+        if self._identity and y.dtype.kind in "iu":
+            # Classes 0..K-1 are their own indices: a range check replaces the lookup.
+            if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
+                bad = y[(y < 0) | (y >= len(self.classes))][0].item()
+                raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training {self.classes}")
+            return y
+        idx = np.minimum(np.searchsorted(self._table, y), len(self.classes) - 1)
+        if not np.array_equal(self._table[idx], y):
+            bad = y[self._table[idx] != y][0].item()
+            raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training {self.classes}")
+        return idx
+
+    def decode(self, idx: np.ndarray) -> np.ndarray:
+        """Label values of class indices."""
+        return self._table[idx]

@@ -1,0 +1,125 @@
+"""The training loop: batches from the loader -> one update each -> hooks, epoch after epoch.
+
+One loop for every batch size. At batch size 1 with the compiled per-sample loop an
+update covers a block of rows (one compiled call); the block ends where a hook asks to run
+(``Every(steps=N)``) so that hook sees the same steps whatever the blocks. The loop reads and
+writes nothing itself: checkpoints, logs, validation and signals are hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .hooks import schedule
+
+__all__ = ["Loop"]
+
+
+class Loop:
+    """Runs ``trainer``'s epochs: ``loader`` yields ``(rows, X, T)`` (single batches, or whole groups
+    of rows where ``stepper.per_sample``), ``prepare(X, y) -> (X, T)`` if the loader did not."""
+
+    def __init__(self, trainer, stepper, loader, hooks: list, prepare: Callable | None = None):
+        self.trainer, self.stepper, self.loader, self.hooks, self.prepare = trainer, stepper, loader, hooks, prepare
+        self.always, self.by_steps, self.by_time = [], [], []
+        for h in hooks:
+            every = schedule(h)
+            if every is None:
+                continue
+            if every.always:
+                self.always.append(h)
+            if every.steps:
+                self.by_steps.append((h, every.steps))
+            if every.seconds:
+                self.by_time.append((h, every.seconds))
+        self.last_run: dict[int, float] = {}
+
+    def _each(self, name: str, *args) -> None:
+        for h in self.hooks:
+            method = getattr(h, name, None)
+            if method is not None:
+                method(self.trainer, *args)
+
+    def run(self) -> None:
+        t, sampler = self.trainer, self.trainer.sampler
+        self._each("on_train_begin")
+        now = time.monotonic()
+        self.last_run = {id(h): now for h, _ in self.by_time}
+        while sampler.epoch < t.config.epochs and not t.stop_requested:
+            self._each("on_epoch_begin")
+            if not self._epoch():
+                break
+            self._each("on_epoch_end", t.end_epoch())
+        self._each("on_train_end")
+
+    def _epoch(self) -> bool:
+        """Train on the rest of the epoch; False if a hook (or a signal) stopped it."""
+        t, stepper, sampler = self.trainer, self.stepper, self.trainer.sampler
+        state = t.state
+        acc = state.epoch_acc
+        started, in_hooks = time.perf_counter(), 0.0
+        skip_empty = not stepper.reduces  # with several processes every one takes part in every step
+        # A diverging run overflows on its way to inf/NaN; the divergence guard reports it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for rows, X, T in self.loader.iter_epoch():
+                if self.prepare is not None:
+                    X, T = self.prepare(X, T)
+                for span_rows, Xs, Ts in self._spans(rows, X, T):
+                    n = len(Xs)
+                    if n == 0 and skip_empty:  # every row skipped for NaN/Inf
+                        sampler.advance(len(span_rows))
+                        continue
+                    if stepper.per_sample:
+                        loss_sum, steps = stepper.samples(Xs, Ts), n
+                        loss = loss_sum / n
+                    else:
+                        loss, steps = stepper.batch(Xs, Ts), 1
+                        loss_sum = loss * n
+                    sampler.advance(len(span_rows))
+                    state.global_step += steps
+                    acc["loss_sum"] += loss_sum
+                    acc["n"] += n
+                    in_hooks += self._after(span_rows, loss, steps)
+                    if t.stop_requested:
+                        acc["seconds"] += time.perf_counter() - started - in_hooks
+                        return False
+        acc["seconds"] += time.perf_counter() - started - in_hooks
+        return True
+
+    def _spans(self, rows, X, T):
+        """The updates an item of the loader makes: itself, or (per-sample blocks) the pieces that
+        end where a step-scheduled hook is due."""
+        if not self.stepper.per_sample or not self.by_steps or len(X) != len(rows):
+            yield rows, X, T
+            return
+        a, n = 0, len(X)
+        while a < n:
+            step = self.trainer.state.global_step
+            b = min(n, a + min(k - step % k for _, k in self.by_steps))
+            yield rows[a:b], X[a:b], T[a:b]
+            a = b
+
+    def _after(self, rows, loss: float, steps: int) -> float:
+        """Run the hooks due after an update of ``steps`` steps; the seconds the scheduled ones took."""
+        t = self.trainer
+        for h in self.always:
+            h.on_batch_end(t, rows, loss)
+        due = []
+        if self.by_steps:
+            step = t.state.global_step
+            due = [h for h, k in self.by_steps if (step - steps) // k != step // k]
+        if self.by_time:
+            now = time.monotonic()
+            for h, seconds in self.by_time:
+                if now - self.last_run[id(h)] >= seconds and h not in due:
+                    due.append(h)
+                    self.last_run[id(h)] = now
+        if not due:
+            return 0.0
+        started = time.perf_counter()
+        for h in due:
+            h.on_batch_end(t, rows, loss)
+        return time.perf_counter() - started

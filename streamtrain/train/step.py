@@ -1,0 +1,108 @@
+"""How a span of rows updates the parameters, chosen once per run: the one place for fast paths.
+
+- batch size 1 with plain SGD on one process: the compiled per-sample loop, a whole block
+  of single-sample updates per call;
+- minibatches with plain SGD on one process: the fused compiled step (forward, backward and
+  update in one call; it leaves the weights alone when the loss is not finite);
+- otherwise (another optimiser, or several processes): the batch's gradients (compiled, or
+  numpy) -> the sum over processes -> the optimiser's step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..nn import minibatch, online
+from ..nn.network import PARAM_NAMES
+from .distributed import LOCAL, Communicator
+
+__all__ = ["Stepper"]
+
+
+class Stepper:
+    """``batch(X, T)``: one update on a batch, returning its mean loss plus the penalty;
+    ``samples(X, T)``: one update per row, returning the sum of their losses. A step whose
+    loss is not finite changes nothing (the caller reports the divergence)."""
+
+    def __init__(self, config, model, optimizer, comm: Communicator = LOCAL):
+        cfg = self.config = config
+        self.net, self.task, self.optimizer, self.comm = model.net, model.task, optimizer, comm
+        self.lr, self.l1, self.l2 = config.learning_rate, config.l1, config.l2
+        alone = comm.size == 1
+        self.compiled = cfg.compiled and minibatch.available()
+        sgd = cfg.optimizer == "sgd"
+        self.per_sample = (cfg.batch_size == 1 and cfg.compiled and sgd and cfg.scale != "batch-center" and alone
+                           and online.available())
+        self.fused = self.compiled and sgd and alone
+        self.reduces = not alone
+
+    def load(self) -> None:
+        """Compile (or load) the compiled code this run uses; before any BLAS thread limit is set
+        (the first product loads scipy's BLAS, which the limit must see)."""
+        if self.compiled and not self.per_sample:
+            minibatch.load(self.config.dtype, self.fused)
+
+    def batch(self, X: np.ndarray, T: np.ndarray) -> float:
+        net = self.net
+        if self.fused:
+            return minibatch.sgd_step(net.params, X, T, self.lr, self.l1, self.l2, net.activation, self.task)
+        if self.reduces:
+            total, grads = self._reduced(X, T)
+        elif self.compiled:
+            total, grads = minibatch.loss_and_grads(net.params, X, T, self.l1, self.l2, net.activation, self.task)
+        else:
+            loss, penalty, grads = net.loss_and_grads(X, T, self.l1, self.l2)
+            total = loss + penalty
+        if math.isfinite(total):
+            self.optimizer.step(net.params, grads)
+        return total
+
+    def samples(self, X: np.ndarray, T: np.ndarray) -> float:
+        params = self.net.params
+        before = {k: v.copy() for k, v in params.items()}
+        loss_sum = online.sgd_online(params, X, T, self.lr, self.l1, self.l2, self.net.activation, self.task)
+        if not (np.isfinite(loss_sum) and all(np.isfinite(v).all() for v in params.values())):
+            for k, v in before.items():  # leave the last good state
+                params[k][...] = v
+            return math.nan
+        return loss_sum
+
+    def _reduced(self, X: np.ndarray, T: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """The mean loss and gradients over every process's rows of this step's global batch.
+
+        Each process's data gradients, weighted by its rows, its loss and its row count go in
+        one contiguous buffer and one sum; the penalty (of the weights every process shares)
+        is added once, after."""
+        net = self.net
+        n = len(X)
+        if n == 0:
+            loss, grads = 0.0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
+        elif self.compiled:
+            loss, grads = minibatch.loss_and_grads(net.params, X, T, 0.0, 0.0, net.activation, self.task)
+        else:
+            loss, _, grads = net.loss_and_grads(X, T)
+        sizes = [grads[k].size for k in PARAM_NAMES]
+        buf = np.empty(sum(sizes) + 2, dtype=np.float64)
+        at = 0
+        for k, size in zip(PARAM_NAMES, sizes):
+            np.multiply(grads[k].reshape(-1), n, out=buf[at:at + size])
+            at += size
+        buf[at], buf[at + 1] = loss * n, n
+        self.comm.allreduce(buf)
+        total_n = buf[-1]
+        if total_n == 0:
+            return 0.0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
+        buf /= total_n
+        at, out = 0, {}
+        for k, size in zip(PARAM_NAMES, sizes):
+            out[k] = buf[at:at + size].reshape(net.params[k].shape).astype(net.dtype)
+            at += size
+        for k in ("W1", "W2"):
+            w = net.params[k]
+            if self.l2:
+                out[k] += self.l2 * w
+            if self.l1:
+                out[k] += self.l1 * np.sign(w)
+        return float(buf[at]) + net.penalty(self.l1, self.l2), out
