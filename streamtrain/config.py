@@ -70,15 +70,15 @@ class TrainConfig:
     streamtrain.errors.ConfigError: hidden: must be between 1 and 1048576, got 0
     """
 
-    hidden: int = _f(64, "Hidden units.")
+    hidden: int = _f(64, "Units of the hidden layer.")
     activation: str = _f("sigmoid", "Hidden-layer activation.")
     task: str = _f("auto", "binary, multiclass or regression (auto: from the labels).")
-    init: str = _f("normal", "Weight initialisation.")
+    init: str = _f("normal", "Weight initialisation (normal: N(0, 0.1); glorot; he).")
     batch_size: int = _f(32, "Rows per update (1: online learning; the row count: full-batch descent).")
     epochs: int = _f(10, "Passes over the data (on resume: the total to reach).")
     lr: float | None = _f(None, "Learning rate (default: the optimiser's, 0.1 for sgd, momentum and nesterov, "
                           "0.001 for adam).", min_open=True, kind=float)
-    optimizer: str = _f("sgd", "Optimiser.")
+    optimizer: str = _f("sgd", "The optimiser (each has its default learning rate and its hyperparameters).")
     # The optimiser's own hyperparameters (see nn.optim.OPTIMIZERS), those not given at their defaults.
     optimizer_params: dict = field(default_factory=dict, metadata={"kind": dict, "help": "Hyperparameters of "
                                                                    "the optimiser."})

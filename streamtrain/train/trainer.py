@@ -118,30 +118,28 @@ class Trainer:
         check_budget(self.config.window_mb)
         self.model, self.optimizer, self.state, self.history = None, None, TrainState(), []
         self.stop_requested, self.fingerprint = None, {}
-        cfg = self.config
-        if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
-            # overlaps opening the data, the statistics pass, a checkpoint's loading
-            minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd")
-        train, val_ds = self._open(source, val, features, label)
         rundir = RunDirectory(checkpoint_dir) if checkpoint_dir else None
-        process = None
+        train = val_ds = process = None
         try:
             # The directory lock is taken before reading any checkpoint, and held until training ends.
             with rundir or contextlib.nullcontext():
                 found = self._claim(rundir, resume, overwrite, log)
                 if found is not None:
                     self._adopt_settings(found, force)
+                cfg = self.config
+                if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
+                    # overlaps opening the data, the statistics pass, a checkpoint's restoring
+                    minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd")
+                train, val_ds = self._open(source, val, features, label)
                 self.sampler = self._make_sampler(train)
                 # Started before the statistics pass or the restore, so that its start-up overlaps them.
-                process = start_decoder(train, self.sampler, self.config.decoder, self.config.decoder_workers or None)
+                process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None)
                 if found is not None:
                     self._resume(found, train, rundir, force, log)
                 else:
                     if resume and log:
                         log(f"no checkpoint in {checkpoint_dir}; starting fresh")
                     self._initialise(train, log)
-                if self.state.sampler:
-                    self.sampler.load_state_dict(self.state.sampler)
                 hooks = self._hooks(val_ds, rundir, list(callbacks), log)
                 try:
                     self._train(train, process, hooks)
@@ -155,11 +153,9 @@ class Trainer:
                 raise Interrupted(f"interrupted by {self.stop_requested} after batch step {self.global_step}{where}",
                                   self.stop_requested)
         finally:
-            if process is not None:
-                process.close()
-            train.close()
-            if val_ds is not None:
-                val_ds.close()
+            for resource in (process, train, val_ds):
+                if resource is not None:
+                    resource.close()
         return self.history
 
     def _check_settings(self, has_val: bool, resume: bool, overwrite: bool, checkpoint_dir) -> None:
