@@ -134,14 +134,14 @@ def loader_pass(path: Path, shuffle: str, batch: int, window_mb: float = 256.0, 
     import itertools
 
     import streamtrain as st
+    from streamtrain.data.loader import start_decoder, window_rows_for
 
     with st.open_dataset(path) as ds:
         row_bytes = ds.n_features * 4
-        sampler = st.Sampler(ds.bounds, batch, shuffle, seed=0,
-                             window_rows=st.loader.window_rows_for(window_mb * 2**20, ds))
+        sampler = st.Sampler(ds.bounds, batch, shuffle, seed=0, window_rows=window_rows_for(window_mb * 2**20, ds))
         # The decoding process is started before the clock, as the trainer starts it before its
         # statistics pass; its start-up is reported by the training section.
-        process = st.loader.start_decoder(ds, sampler.window_rows, shuffle)
+        process = start_decoder(ds, sampler)
         if process is not None:
             process.wait_ready()
         with st.Loader(ds, sampler, process=process) as loader:
@@ -266,8 +266,10 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
     t0 = time.perf_counter()
     import streamtrain as st
 
+    from streamtrain.data.loader import start_decoder
+
     with st.open_dataset(files["zarr-zstd"]) as ds:
-        proc = st.loader.start_decoder(ds, 100_000, decoder="process")
+        proc = start_decoder(ds, st.Sampler(ds.bounds, 256, window_rows=100_000), decoder="process")
         proc.decode(0, np.array([0]), int(ds.chunk_sizes[0]))
         proc.close()
     results.append({"what": "decoder start-up", "seconds": time.perf_counter() - t0})
@@ -303,10 +305,13 @@ def bench_checkpoint(files, rows, chunk_rows) -> list[dict]:
     every = 1000  # batches: a checkpoint every 256k samples
     # Wall-time differences between whole runs are noisier than the effect on this machine, so
     # the time spent inside the checkpoint writes is measured directly, against the epoch's time.
-    # The training thread's time in Trainer._save (a snapshot handed to the background writer, or
-    # a wait for the write before it) against the epoch's; the writes themselves are timed apart.
+    # The training thread's time in the checkpointer's saves (a snapshot handed to the background
+    # writer, or a wait for the write before it) against the epoch's; the writes themselves are timed apart.
+    from streamtrain.io import rundir
+    from streamtrain.train.hooks import Checkpointer
+
     spent, written = [], []
-    real_save, real_write = st.Trainer._save, st.state.save_checkpoint
+    real_save, real_write = Checkpointer._save, rundir.save_checkpoint
 
     def timed(fn, into):
         def run(*a, **kw):
@@ -317,13 +322,13 @@ def bench_checkpoint(files, rows, chunk_rows) -> list[dict]:
                 into.append(time.perf_counter() - t0)
         return run
 
-    st.Trainer._save, st.state.save_checkpoint = timed(real_save, spent), timed(real_write, written)
+    Checkpointer._save, rundir.save_checkpoint = timed(real_save, spent), timed(real_write, written)
     try:
         with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
             t = st.Trainer(st.TrainConfig(**cfg, checkpoint_every=every))
             seconds = t.fit(path, checkpoint_dir=d, log=None)[0]["seconds"]
     finally:
-        st.Trainer._save, st.state.save_checkpoint = real_save, real_write
+        Checkpointer._save, rundir.save_checkpoint = real_save, real_write
     overhead = sum(spent) / (seconds - sum(spent))
     results.append({"what": "checkpoint overhead", "every_batches": every, "overhead": overhead,
                     "saves": len(spent), "save_seconds": sum(spent), "background_write_seconds": sum(written),
@@ -459,6 +464,18 @@ SECTIONS = {"readers": bench_readers, "loader": bench_loader, "training": bench_
             "checkpoint": bench_checkpoint, "scaling": bench_scaling, "torch": bench_torch}
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux), so figures from different machines are not mistaken for a change."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict:
     import h5py
     import pyarrow
@@ -467,7 +484,7 @@ def machine() -> dict:
     import streamtrain
 
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "numpy": np.__version__,
+            "processor": platform.processor() or platform.machine(), "cpu_model": _cpu_model(), "numpy": np.__version__,
             "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "zarr": zarr.__version__,
             "pyarrow": pyarrow.__version__, "streamtrain": streamtrain.__version__,
             "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

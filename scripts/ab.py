@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Training speed of a git revision against the working tree, interleaved in one run (an A/B).
+
+    .venv/bin/python scripts/ab.py REV [--rows 1000000] [--reps 3]
+
+Each case trains in a fresh process that imports streamtrain from either a worktree of REV
+or this checkout; the two alternate, and the best of ``--reps`` runs of each is compared
+(this machine's speed drifts by tens of percent between runs, less between neighbours).
+Cases: batch 256 with window shuffle from uncompressed HDF5, gzip HDF5, Zarr and Parquet;
+batch 1 from uncompressed HDF5 without and with a progress bar. Writes
+``benchmarks/ab.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / "benchmarks" / "scratch"
+
+# One training run; prints the last epoch's samples/s. Works with every streamtrain since the
+# compiled step (only the progress bar's module moved).
+CODE = """
+import io, sys
+import streamtrain as st
+path, batch, bar = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "bar"
+hooks = []
+if bar:
+    try:
+        from streamtrain.train.hooks import ProgressBar
+    except ImportError:
+        from streamtrain.callbacks import ProgressBar
+    hooks = [ProgressBar(file=io.StringIO())]
+from streamtrain._malloc import reuse_freed_memory
+reuse_freed_memory()
+t = st.Trainer(st.TrainConfig(hidden=64, epochs=2, batch_size=batch, lr=0.1 if batch > 1 else 0.01, task="binary"))
+h = t.fit(path, callbacks=hooks, log=None)[-1]
+print(h["samples"] / h["seconds"])
+"""
+
+
+def rate(tree: Path, path: Path, batch: int, bar: bool) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", CODE, str(path), str(batch), "bar" if bar else "plain"],
+                         capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rev")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    from streamtrain import make_data
+
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    files = {"hdf5": ("ab.h5", None), "hdf5-gzip": ("ab-gzip.h5", "gzip"), "zarr-zstd": ("ab.zarr", "zstd"),
+             "parquet-snappy": ("ab.parquet", "snappy")}
+    paths = {}
+    for name, (fname, codec) in files.items():
+        paths[name] = SCRATCH / fname
+        if not paths[name].exists():
+            make_data(paths[name], rows=args.rows, features=64, chunk_rows=16384, compression=codec or "none")
+    old = SCRATCH / "ab-old"
+    if old.exists():
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.rev], cwd=ROOT, check=True,
+                   capture_output=True)
+    cases = [(name, 256, False) for name in files] + [("hdf5", 1, False), ("hdf5", 1, True)]
+    results = []
+    try:
+        for tree in (old, ROOT):  # compile (or load numba's cache) once per tree
+            rate(tree, paths["hdf5"], 1, False)
+        for name, batch, bar in cases:
+            a = b = 0.0
+            for _ in range(args.reps):
+                a = max(a, rate(old, paths[name], batch, bar))
+                b = max(b, rate(ROOT, paths[name], batch, bar))
+            results.append({"format": name, "batch_size": batch, "progress_bar": bar, "rev": a, "tree": b,
+                            "ratio": b / a})
+            print(f"{name:15s} batch {batch:4d} {'bar' if bar else '   '}  {args.rev}: {a:12,.0f}/s   "
+                  f"tree: {b:12,.0f}/s   ratio {b / a:.3f}", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+        shutil.rmtree(old, ignore_errors=True)
+    bar = next(r for r in results if r["progress_bar"])["tree"]
+    plain = next(r for r in results if r["batch_size"] == 1 and not r["progress_bar"])["tree"]
+    print(f"batch 1 with the progress bar / without it (tree): {bar / plain:.3f}")
+    out = {"rev": args.rev, "rows": args.rows, "reps": args.reps, "cases": results,
+           "batch1_bar_over_plain": bar / plain}
+    (ROOT / "benchmarks" / "ab.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
