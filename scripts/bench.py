@@ -265,7 +265,6 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
     # one-time start-up of the decoding process (overlapped with the statistics pass in training)
     t0 = time.perf_counter()
     import streamtrain as st
-
     from streamtrain.data.loader import start_decoder
 
     with st.open_dataset(files["zarr-zstd"]) as ds:

@@ -201,8 +201,8 @@ def test_early_stopping_leaves_the_best_model_everywhere(tmp_path):
     loaded = Trainer.load(tmp_path)  # the final checkpoint on disk
     for k in t.net.params:
         np.testing.assert_array_equal(loaded.net.params[k], t.net.params[k])
-    from streamtrain.readers.subset import HoldoutSplit
     from streamtrain import ArrayDataset
+    from streamtrain.readers.subset import HoldoutSplit
 
     val = HoldoutSplit(ArrayDataset(X, y, dtype="float32"), 0.3, 0, "val")
     assert loaded.evaluate(val)["loss"] == pytest.approx(best["val_loss"], rel=1e-6)

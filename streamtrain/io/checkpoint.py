@@ -371,12 +371,14 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return sorted((p for p in d.iterdir() if _NAME.match(p.name)), reverse=True)
 
 
-def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | None = None):
+def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | None = None,
+                      set_aside: bool = False):
     """``(path, arrays, meta)`` of the newest checkpoint that loads (and fits ``schema``), or None
     when the directory holds no checkpoint at all.
 
-    A newer checkpoint that fails to load is reported through ``warn`` and skipped, so a
-    crash while writing (or a damaged file) never costs more than one interval; when every
+    A newer checkpoint that fails to load is reported through ``warn`` and skipped (with
+    ``set_aside``, renamed ``*.invalid`` so it cannot outrank the checkpoints written after it),
+    so a crash while writing (or a damaged file) never costs more than one interval; when every
     one fails, that is a ``CheckpointError``.
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -387,7 +389,11 @@ def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | 
         except CheckpointError as e:
             if i + 1 == len(found):
                 raise CheckpointError(f"{e}; no valid checkpoint left in {directory}") from None
-            warn(f"{e}; using an older checkpoint")
+            if set_aside:
+                os.replace(p, p.with_name(p.name + ".invalid"))
+                warn(f"{e}; moved aside to {p.name}.invalid, using an older checkpoint")
+            else:
+                warn(f"{e}; using an older checkpoint")
             continue
         return p, arrays, meta
     return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from .checkpoint import (
     DirectoryLock,
     Schema,
     checkpoint_name,
+    latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     rotate,
     save_checkpoint,
 )
@@ -73,21 +72,8 @@ class RunDirectory:
     # -- checkpoints -------------------------------------------------------------
     def resume_point(self, schema: Schema, warn=None):
         """``(path, arrays, meta)`` of the newest valid checkpoint, or None if there is none; newer
-        invalid ones are reported, moved aside (``.invalid``) and passed over; none valid is an error."""
-        warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-        found = list_checkpoints(self.path)
-        for i, p in enumerate(found):
-            try:
-                arrays, meta = load_checkpoint(p, schema)
-            except CheckpointError as e:
-                if i + 1 == len(found):
-                    raise CheckpointError(f"{e}; no valid checkpoint left in {self.path}") from None
-                aside = p.with_name(p.name + ".invalid")
-                os.replace(p, aside)
-                warn(f"{e}; moved aside to {aside.name}, using an older checkpoint")
-                continue
-            return p, arrays, meta
-        return None
+        invalid ones are reported and moved aside (``.invalid``); none valid is an error."""
+        return latest_checkpoint(self.path, warn, schema, set_aside=True)
 
     def save(self, arrays: dict, meta: dict, step: int, keep: int) -> Path:
         """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones."""
