@@ -12,15 +12,7 @@ import numpy.typing as npt
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
-from .columns import (
-    FEATURE_KEYS,
-    LABEL_KEYS,
-    Column,
-    fill_features,
-    find_key,
-    select_columns,
-    vector_columns,
-)
+from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, select_columns, vector_columns
 from .filemap import FileMap, RowMap
 from .layout import (
     as_features,

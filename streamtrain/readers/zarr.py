@@ -14,14 +14,7 @@ import numpy.typing as npt
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
-from .columns import (
-    FEATURE_KEYS,
-    LABEL_KEYS,
-    Column,
-    fill_features,
-    find_key,
-    select_columns,
-)
+from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, select_columns
 from .layout import as_features, as_labels, check_chunk_size, uniform_bounds
 from .remote import is_url
 
