@@ -76,31 +76,80 @@ class Model:
         return self.scaler.transform(X), self.targets(y, where)
 
     # -- using it --------------------------------------------------------------
-    def open_like_training(self, source) -> Dataset:
-        """Open ``source`` with the feature and label selection used in training, and check it fits."""
+    @property
+    def generic_names(self) -> bool:
+        """Whether the features bear no names of their own (f0, f1, ...: a 2-D array without
+        names, arrays, partial_fit), so that any source of the same width may be matched."""
+        return self.feature_names == [f"f{j}" for j in range(self.net.n_in)]
+
+    def open_like_training(self, source, need_label: bool = True) -> Dataset:
+        """Open ``source`` with the features of training, in whatever layout it stores them, and check
+        they fit: the selection of training (the same dataset path, or the same columns), the
+        feature names (another layout of the same columns), or, where the names are generic
+        (f0, f1, ...), whatever features the source has if their number agrees. ``need_label``:
+        evaluation needs the label (the training label's name, or one detected); prediction does not."""
         if isinstance(source, Dataset):
-            ds = source
-        elif isinstance(source, (str, os.PathLike)) and detect_format(source) != self.source_format:
-            # Another format stores the same columns differently: select by name, detect the label.
-            ds = open_dataset(source, self.feature_names, None, **self.read_options)
-        else:
-            ds = open_dataset(source, self.selection, self.label_name, **self.read_options)
+            return self._fits(source)
+        labels = [self.label_name, None] if need_label else [False]
+        tries = [self.feature_names]
+        if isinstance(source, (str, os.PathLike)) and detect_format(source) == self.source_format:
+            tries.insert(0, self.selection)
+        if self.generic_names:
+            tries.append(None)
+        unlabelled = None
+        for features in tries:
+            # Found by itself, a label column must be told apart from the features, used or not.
+            for label in (labels if features is not None else [self.label_name, None]):
+                try:
+                    ds = open_dataset(source, features, label, **self.read_options)
+                except DataError:
+                    continue
+                if ds.n_features == self.net.n_in and (need_label is False or ds.label_name is not None):
+                    return self._fits(ds)
+                if ds.n_features == self.net.n_in:
+                    unlabelled = ds.path
+                ds.close()
+        if unlabelled is not None:
+            raise DataError(f"{unlabelled}: no label to evaluate against (the model's was {self.label_name!r}); "
+                            "name it with --label")
+        raise DataError(self._mismatch(source, need_label))
+
+    def _fits(self, ds: Dataset) -> Dataset:
         if ds.n_features != self.net.n_in:
             raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
-        if ds.format != "memory" and list(ds.feature_names) != self.feature_names:
+        generic = self.generic_names or list(ds.feature_names) == [f"f{j}" for j in range(ds.n_features)]
+        if ds.format != "memory" and not generic and list(ds.feature_names) != self.feature_names:
             diff = next(f"{a!r} vs {b!r}" for a, b in zip(ds.feature_names, self.feature_names) if a != b)
             raise DataError(f"{ds.path}: feature names differ from the model's ({diff})")
         return ds
 
+    def _mismatch(self, source, need_label: bool) -> str:
+        """Why ``source`` cannot be matched: what the model expects, what the file has, what selects it."""
+        names = self.feature_names
+        expects = f"{len(names)} features ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+        where = f"{source}" if isinstance(source, (str, os.PathLike)) else "<data>"
+        try:
+            with open_dataset(source, None, None, **self.read_options) as found:
+                has = (f"{found.n_features} features ({', '.join(found.feature_names[:4])}"
+                       f"{', ...' if found.n_features > 4 else ''})" + (f" in {found.selection!r}"
+                                                                          if isinstance(found.selection, str) else ""))
+                hint = (f"--features {found.selection}" if isinstance(found.selection, str)
+                        else "--features NAME for each column (or a glob such as 'f*')")
+        except DataError as e:
+            has, hint = f"no features streamtrain finds by itself ({e})", "--features"
+        label = f" and the label {self.label_name!r}" if need_label and self.label_name else ""
+        return (f"{where}: the model expects {expects}{label}; the file has {has}; select them with {hint}"
+                + (" (and --label)" if label else ""))
+
     def iter_outputs(self, source) -> Iterator[tuple[Dataset, np.ndarray, np.ndarray | None]]:
         """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None)."""
-        ds = self.open_like_training(source)
+        ds = self.open_like_training(source, need_label=False)
         for X, y in ds.iter_chunks():
             yield ds, self.net.predict_output(self.scaler.transform(X)), y
 
     def evaluate(self, source) -> dict[str, Any]:
         """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming."""
-        ds = self.open_like_training(source)
+        ds = self.open_like_training(source, need_label=True)
         if ds.label_name is None:
             raise DataError(f"{ds.path}: no label to evaluate against")
         acc = metrics_for(self.task, self.classes)
@@ -116,7 +165,7 @@ class Model:
         ``prediction`` (or ``prediction_<j>`` for several outputs)."""
         from .io.writers import open_writer
 
-        ds = self.open_like_training(source)
+        ds = self.open_like_training(source, need_label=False)
         if self.task == "regression":
             names = ["prediction"] if self.net.n_out == 1 else [f"prediction_{j}" for j in range(self.net.n_out)]
             label, label_dtype = None, None

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamtrain import CheckpointError, ConfigError, TrainConfig, Trainer, make_data
+from streamtrain import ConfigError, TrainConfig, Trainer, make_data
 from streamtrain.io.checkpoint import list_checkpoints, load_checkpoint
 from streamtrain.train.hooks import Every, Hook
 

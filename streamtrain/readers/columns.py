@@ -22,7 +22,10 @@ LABEL_KEYS = ("y", "label", "labels", "target", "targets")
 
 def find_key(available: list[str], wanted: str | None, candidates: tuple[str, ...],
              what: str, path: str, required: bool) -> str | None:
-    """The array/column name to use: ``wanted`` if given, else the first candidate present."""
+    """The array/column name to use: ``wanted`` if given, else the first candidate present
+    (``wanted=False``: none, do not look for one)."""
+    if wanted is False:
+        return None
     if wanted is not None:
         if wanted not in available:
             raise DataError(f"{path}: no {what} named {wanted!r} (found: {', '.join(available) or 'nothing'})")
@@ -45,6 +48,7 @@ class Column:
     key: str
     index: int | None = None
     numeric: bool = True
+    auto: bool = True  # chosen as a feature when features are not named (not a hive partition key)
 
 
 def vector_columns(key: str, width: int | None, numeric: bool = True, names: list[str] | None = None) -> list[Column]:
@@ -67,7 +71,7 @@ def select_columns(columns: list[Column], features: list[str] | str | None, labe
     if label_col is not None and not label_col.numeric:
         raise DataError(f"{path}: label column {label_name!r} is not numeric")
     if features is None:
-        chosen = [c for c in columns if c.numeric and c.name != label_name]
+        chosen = [c for c in columns if c.numeric and c.auto and c.name != label_name]
     else:
         chosen, seen = [], set()
         for pat in [features] if isinstance(features, str) else list(features):

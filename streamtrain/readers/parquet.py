@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -82,7 +83,9 @@ class ParquetDataset(Dataset):
         if not fragments:
             raise DataError(f"{self.path}: no Parquet files found")
         schema = dataset.schema
-        self.columns = _columns(schema)
+        # Hive partition keys (part=a/ directories) are not features unless named.
+        partition_keys = set().union(*self._partitions) if self._partitions else set()
+        self.columns = [c if c.key not in partition_keys else replace(c, auto=False) for c in _columns(schema)]
         self._feature_cols, self._label_col = select_columns(self.columns, features, label, self.path)
         self.feature_names = [c.name for c in self._feature_cols]
         self.label_name = self._label_col.name if self._label_col else None

@@ -377,8 +377,8 @@ class Trainer:
             raise TrainingError("the model is not trained yet: call fit() or load a checkpoint")
         return self.model
 
-    def open_like_training(self, source) -> Dataset:
-        return self._require_model().open_like_training(source)
+    def open_like_training(self, source, need_label: bool = True) -> Dataset:
+        return self._require_model().open_like_training(source, need_label)
 
     def evaluate(self, source) -> dict[str, Any]:
         return self._require_model().evaluate(source)
