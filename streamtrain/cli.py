@@ -23,6 +23,7 @@ from .errors import Interrupted, StreamtrainError
 from .io.checkpoint import params_digest, resolve_checkpoint
 from .io.rundir import read_history
 from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
+from .progress import DEFAULT_EVERY, Progress
 from .readers import open_dataset
 from .readers.remote import is_url
 from .readers.subset import HoldoutSplit
@@ -52,6 +53,16 @@ def _open_selected(trainer: Trainer, data, features, label):
 
 def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def _log_every_option(f):
+    return click.option("--log-every", type=FiniteFloat(0, 86400), default=DEFAULT_EVERY, show_default=True,
+                        help="Seconds between progress lines where stderr is not a terminal (a terminal shows bars).")(f)
+
+
+def _progress(what: str, total: int | None, quiet: bool = False, every: float = DEFAULT_EVERY) -> Progress:
+    """Progress on stderr: a bar on a terminal, a line every ``every`` seconds otherwise."""
+    return Progress(total, what, None if quiet else _echo_err, every)
 
 
 def _selection_options(f):
@@ -90,7 +101,8 @@ def cli(ctx, debug):
 @click.argument("out", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--rows", type=click.IntRange(1, 1 << 62), required=True, help="Number of rows.")
 @click.option("--features", type=click.IntRange(1, MAX_FEATURES), required=True, help="Number of features.")
-@click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True)
+@click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True,
+              help="What the teacher's labels are: two classes, several, or real values.")
 @click.option("--classes", type=click.IntRange(2, 1 << 16), default=2, show_default=True,
               help="Classes for --task multiclass.")
 @click.option("--chunk-rows", type=click.IntRange(1, 1 << 31), default=16384, show_default=True,
@@ -101,7 +113,8 @@ def cli(ctx, debug):
 @click.option("--compression", default="default", show_default=True,
               help="none, or the format's codec (hdf5: gzip, lzf; zarr: zstd, gzip, blosc; parquet: snappy, zstd, gzip).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, compression, overwrite):
+@_log_every_option
+def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, compression, overwrite, log_every):
     """Write a synthetic dataset to OUT (.h5, .zarr or .parquet), chunk by chunk in flat memory.
 
     Labels come from a fixed random teacher network plus noise.
@@ -109,10 +122,11 @@ def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, c
     Example: streamtrain make-data big.h5 --rows 20000000 --features 64
     """
     started = time.perf_counter()
-    info = make_data(out, rows, features, task, classes, chunk_rows, seed, noise,
-                     None if compression == "none" else compression, overwrite)
+    with _progress(f"writing {out}", rows, every=log_every) as progress:
+        info = make_data(out, rows, features, task, classes, chunk_rows, seed, noise,
+                         None if compression == "none" else compression, overwrite, progress.update)
     secs = time.perf_counter() - started
-    click.echo(f"wrote {info['path']}: {rows} rows x {features} features, task {task}, "
+    click.echo(f"wrote {info['path']}: {rows:,} rows x {features} features, task {task}, "
                f"{info['chunks']} chunks, in {secs:.1f}s")
 
 
@@ -155,6 +169,13 @@ def _config_options(command):
         else:
             command = _config_option(f)(command)
     return command
+
+
+class JsonLines:
+    """``train --json``: each epoch's record as one JSON object on stdout, for a pipeline to read."""
+
+    def on_epoch_end(self, trainer, record):
+        click.echo(json.dumps(record))
 
 
 def _given_settings(ctx, settings: dict) -> dict:
@@ -217,8 +238,11 @@ def _load_config(ctx, param, value):
 @click.option("--overwrite", is_flag=True, help="Replace the run in --checkpoint-dir with a new one.")
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Write each epoch's record to stdout as one JSON object per line.")
+@_log_every_option
 @click.pass_context
-def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, force, quiet, **settings):
+def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, force, quiet, as_json, log_every,
+          **settings):
     """Train on DATA, streaming it in minibatches.
 
     One run per --checkpoint-dir: --resume continues it there (its settings come from the
@@ -237,9 +261,12 @@ def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, fo
     log = None if quiet else _echo_err
     # A live bar only on a terminal; in a pipe or a log file the per-epoch lines suffice.
     callbacks = [ProgressBar()] if not quiet and sys.stderr.isatty() else []
+    if as_json:
+        callbacks.append(JsonLines())
     try:
         history = trainer.fit(data, val, features=_selection(features), label=label, checkpoint_dir=checkpoint_dir,
-                              resume=resume, force=force, overwrite=overwrite, callbacks=callbacks, log=log)
+                              resume=resume, force=force, overwrite=overwrite, callbacks=callbacks, log=log,
+                              log_every=log_every)
     except Interrupted as e:
         if checkpoint_dir is not None and trainer.global_step:
             again = ["streamtrain", "train", data, "--checkpoint-dir", str(checkpoint_dir), "--resume"]
@@ -247,7 +274,7 @@ def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, fo
             again += (["--label", label] if label else []) + (["--val", val] if val else [])
             e.args = (f"{e.args[0]}; continue with: {shlex.join(again)}",)
         raise
-    if quiet:
+    if quiet or as_json:
         return
     if not history:
         click.echo("nothing to do: the checkpoint already holds all requested epochs")
@@ -274,7 +301,8 @@ def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, fo
               help="Evaluate on the training run's --val-fraction hold-out (val) or the rest (train).")
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(checkpoint, data, split, features, label, as_json):
+@_log_every_option
+def evaluate(checkpoint, data, split, features, label, as_json, log_every):
     """Evaluate the model in CHECKPOINT (a file or a checkpoint directory) on DATA.
 
     Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
@@ -286,19 +314,26 @@ def evaluate(checkpoint, data, split, features, label, as_json):
         if not cfg.val_fraction:
             raise click.UsageError(f"{checkpoint}: the run had no --val-fraction, so --split {split} has no meaning")
         ds = HoldoutSplit(ds, cfg.val_fraction, cfg.seed, split)
-    result = trainer.evaluate(ds)
+    with _progress(f"evaluating {ds.path}", ds.n_rows, as_json, log_every) as progress:
+        result = trainer.evaluate(ds, progress.update)
     result["split"] = split
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{result['path']} ({split}): {result['n']} rows, loss {result['loss']:.4f}")
+    click.echo(f"{result['path']} ({split}): {result['n']:,} rows")
     if trainer.task == "regression":
-        click.echo(f"mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}")
+        click.echo(f"loss {result['loss']:.4f} (half the squared error, summed over outputs: what training "
+                   f"minimises)  mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}")
         return
-    click.echo(f"accuracy {result['accuracy']:.4f}")
-    click.echo(f"{'class':>8} {'precision':>9} {'recall':>7} {'f1':>6}")
-    for c, p, r, f in zip(result["classes"], result["precision"], result["recall"], result["f1"]):
-        click.echo(f"{c!s:>8} {p:9.3f} {r:7.3f} {f:6.3f}")
+    auc = f"  roc_auc {result['roc_auc']:.4f}" if result.get("roc_auc") is not None else ""
+    click.echo(f"accuracy {result['accuracy']:.4f}  log_loss {result['log_loss']:.4f}{auc}")
+    click.echo(f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>9}")
+    for c, p, r, f, n in zip(result["classes"], result["precision"], result["recall"], result["f1"],
+                             result["support"]):
+        click.echo(f"{c!s:>12} {p:9.3f} {r:7.3f} {f:6.3f} {n:9,d}")
+    for avg in ("macro", "weighted"):
+        m = result[avg]
+        click.echo(f"{avg + ' avg':>12} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {result['n']:9,d}")
     click.echo("confusion matrix (rows: true, columns: predicted):")
     for row in result["confusion_matrix"]:
         click.echo("  " + " ".join(f"{v:6d}" for v in row))
@@ -311,13 +346,16 @@ def evaluate(checkpoint, data, split, features, label, as_json):
               help="Output file: .parquet, .h5, .zarr or .csv (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_selection_options
-def predict(checkpoint, data, out, overwrite, features, label):
+@_log_every_option
+def predict(checkpoint, data, out, overwrite, features, label, log_every):
     """Write predictions (and class probabilities) for every row of DATA, chunk by chunk.
 
     Example: streamtrain predict runs/bc data/breast_cancer.parquet --out predictions.csv
     """
     trainer = Trainer.load(checkpoint)
-    info = trainer.write_predictions(_open_selected(trainer, data, features, label), out, overwrite=overwrite)
+    ds = trainer.open_like_training(_open_selected(trainer, data, features, label), need_label=False)
+    with _progress(f"predicting {ds.path}", ds.n_rows, every=log_every) as progress:
+        info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update)
     click.echo(f"wrote {info['path']}: {info['rows']} rows, columns {', '.join(info['columns'])}")
 
 

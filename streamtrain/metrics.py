@@ -9,8 +9,14 @@ import numpy as np
 __all__ = ["ClassificationMetrics", "RegressionMetrics", "metrics_for"]
 
 
+# Binary scores are binned by their log-odds for the ROC AUC: 2^16 bins over [-30, 30] resolve
+# 1e-3 in log-odds, so only scores that close count as ties (half a pair each).
+AUC_BINS, AUC_LOGIT = 1 << 16, 30.0
+
+
 class ClassificationMetrics:
-    """Mean loss, accuracy, confusion matrix and per-class precision / recall / F1."""
+    """Mean loss (the log loss), accuracy, confusion matrix, per-class precision / recall / F1 and
+    support with their macro and weighted averages; for two classes the ROC AUC as well."""
 
     def __init__(self, classes: list):
         self.classes = list(classes)
@@ -18,6 +24,7 @@ class ClassificationMetrics:
         self.confusion = np.zeros((k, k), dtype=np.int64)
         self.loss_sum = 0.0
         self.n = 0
+        self.scores = np.zeros((2, AUC_BINS), dtype=np.int64) if k == 2 else None  # [negatives, positives]
 
     def update(self, loss: float, target: np.ndarray, output: np.ndarray) -> None:
         """Add a batch: its mean loss, class indices ``(rows,)`` and probabilities ``(rows, n_out)``."""
@@ -26,28 +33,52 @@ class ClassificationMetrics:
         self.confusion += np.bincount(target * k + pred, minlength=k * k).reshape(k, k)
         self.loss_sum += loss * len(target)
         self.n += len(target)
+        if self.scores is not None:
+            p = output[:, 0] if output.shape[1] == 1 else output[:, 1]
+            with np.errstate(divide="ignore"):
+                logit = np.clip(np.log(p) - np.log1p(-p), -AUC_LOGIT, AUC_LOGIT)
+            b = ((logit + AUC_LOGIT) * ((AUC_BINS - 1) / (2 * AUC_LOGIT))).astype(np.int64)
+            self.scores += np.bincount(target * AUC_BINS + b, minlength=2 * AUC_BINS).reshape(2, AUC_BINS)
+
+    def _auc(self) -> float | None:
+        neg, pos = self.scores
+        if not neg.sum() or not pos.sum():
+            return None
+        below = np.cumsum(neg) - neg  # negatives scored lower than each bin
+        return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
     def result(self) -> dict[str, Any]:
         c = self.confusion
         tp = np.diag(c).astype(np.float64)
+        support = c.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = np.where(c.sum(0) > 0, tp / c.sum(0), 0.0)
-            recall = np.where(c.sum(1) > 0, tp / c.sum(1), 0.0)
+            recall = np.where(support > 0, tp / support, 0.0)
             f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-        return {
+        weights = support / max(support.sum(), 1)
+        out = {
             "n": self.n,
             "loss": self.loss_sum / max(self.n, 1),
+            "log_loss": self.loss_sum / max(self.n, 1),
             "accuracy": float(tp.sum() / max(self.n, 1)),
             "classes": self.classes,
             "precision": precision.tolist(),
             "recall": recall.tolist(),
             "f1": f1.tolist(),
+            "support": support.tolist(),
+            "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+            "weighted": {"precision": float(precision @ weights), "recall": float(recall @ weights),
+                         "f1": float(f1 @ weights)},
             "confusion_matrix": c.tolist(),
         }
+        if self.scores is not None:
+            out["roc_auc"] = self._auc()
+        return out
 
 
 class RegressionMetrics:
-    """Mean loss, MSE, MAE and R^2 (over all outputs), from running sums."""
+    """Mean loss (half the squared error summed over the outputs: what training minimises), MSE,
+    MAE and R^2 (over all outputs), from running sums."""
 
     def __init__(self):
         self.n = 0

@@ -141,14 +141,18 @@ class Model:
         return (f"{where}: the model expects {expects}{label}; the file has {has}; select them with {hint}"
                 + (" (and --label)" if label else ""))
 
-    def iter_outputs(self, source) -> Iterator[tuple[Dataset, np.ndarray, np.ndarray | None]]:
-        """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None)."""
+    def iter_outputs(self, source, progress=None) -> Iterator[tuple[Dataset, np.ndarray, np.ndarray | None]]:
+        """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None);
+        ``progress(rows)`` hears of each chunk."""
         ds = self.open_like_training(source, need_label=False)
         for X, y in ds.iter_chunks():
             yield ds, self.net.predict_output(self.scaler.transform(X)), y
+            if progress is not None:
+                progress(len(X))
 
-    def evaluate(self, source) -> dict[str, Any]:
-        """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming."""
+    def evaluate(self, source, progress=None) -> dict[str, Any]:
+        """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming;
+        ``progress(rows)`` hears of each chunk."""
         ds = self.open_like_training(source, need_label=True)
         if ds.label_name is None:
             raise DataError(f"{ds.path}: no label to evaluate against")
@@ -157,9 +161,12 @@ class Model:
             t = self.targets(y, ds.path)
             loss, output = self.net.loss_and_output(self.scaler.transform(X), t)
             acc.update(loss, t, output)
+            if progress is not None:
+                progress(len(X))
         return {"path": ds.path, "task": self.task, **acc.result()}
 
-    def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
+    def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False,
+                          progress=None) -> dict[str, Any]:
         """Stream predictions for every row of ``source`` to ``out`` (.parquet, .h5, .zarr, .csv), chunk by
         chunk and atomically. Classification: columns ``p_<class>`` and ``prediction``; regression:
         ``prediction`` (or ``prediction_<j>`` for several outputs)."""
@@ -176,7 +183,7 @@ class Model:
         n = 0
         with open_writer(out, ds.n_rows, names, label, label_dtype, chunk_rows=int(ds.chunk_sizes.max()),
                          overwrite=overwrite) as w:
-            for _, output, _ in self.iter_outputs(ds):
+            for _, output, _ in self.iter_outputs(ds, progress):
                 if self.task == "regression":
                     w.write(output.astype(np.float32), None)
                 else:

@@ -69,11 +69,11 @@ class Teacher:
 
 def make_data(out: str | os.PathLike, rows: int, features: int, task: str = "binary",
               classes: int = 2, chunk_rows: int = 16384, seed: int = 0, noise: float = 0.5,
-              compression: str | None = "default", overwrite: bool = False) -> dict:
+              compression: str | None = "default", overwrite: bool = False, progress=None) -> dict:
     """Write a synthetic dataset to ``out`` (.h5, .zarr or .parquet), chunk by chunk.
 
     Returns a summary dict (path, rows, features, task, chunks). The same
-    arguments always produce the same data.
+    arguments always produce the same data. ``progress(rows)`` hears of each chunk written.
 
     >>> make_data("/tmp/st_doc.parquet", rows=1000, features=8, overwrite=True)["rows"]
     1000
@@ -96,6 +96,8 @@ def make_data(out: str | os.PathLike, rows: int, features: int, task: str = "bin
             rng = np.random.default_rng([seed, i])
             n = min(chunk_rows, rows - i * chunk_rows)
             w.write(*teacher.sample(n, rng))
+            if progress is not None:
+                progress(n)
     return {"path": os.fspath(out), "rows": rows, "features": features, "task": task,
             "classes": teacher.n_classes if task != "regression" else None,
             "chunks": n_chunks, "chunk_rows": chunk_rows}

@@ -34,7 +34,7 @@ def test_make_data_writes_what_it_says(tmp_path, suffix):
     res = invoke("make-data", out, "--rows", 1000, "--features", 6, "--task", "multiclass",
                  "--classes", 4, "--chunk-rows", 300, "--seed", 9)
     assert res.exit_code == 0, res.output
-    assert f"wrote {out}: 1000 rows x 6 features" in res.output
+    assert f"wrote {out}: 1,000 rows x 6 features" in res.output
     with open_dataset(out) as ds:
         assert (ds.n_rows, ds.n_features, ds.n_chunks) == (1000, 6, 4)
         assert set(np.unique(ds.read(np.arange(1000))[1])) == {0, 1, 2, 3}

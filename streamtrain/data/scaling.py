@@ -17,53 +17,97 @@ MAX_CLASSES = 10_000
 
 @dataclass
 class DataStats:
-    """Row count, per-feature mean and sum of squared deviations, and what the labels look like."""
+    """Row count, per-feature mean and sum of squared deviations, and what the labels look like
+    (classes and how often each occurs, integral or not, width, one-hot or not)."""
 
     n: int = 0
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None
     classes: set = field(default_factory=set)
+    counts: dict = field(default_factory=dict)
     label_integral: bool = True
     label_ndim: int = 1
     label_width: int = 1
     onehot: bool = True
+    labelled: int = 0  # rows whose labels were read
 
     @property
     def var(self) -> np.ndarray:
         return self.m2 / max(self.n, 1)
 
-    def update(self, X: np.ndarray, y: np.ndarray | None, where: str) -> None:
-        """Merge one block of rows (Chan et al.'s parallel variance formula, in float64)."""
-        n_b = X.shape[0]
-        if n_b == 0:
+    def update(self, X: np.ndarray, y: np.ndarray | None, where: str = "") -> None:
+        """Merge one block of rows (features and labels)."""
+        self.update_features(X)
+        if y is not None:
+            self.update_labels(y)
+
+    def update_features(self, X: np.ndarray) -> None:
+        """Merge one block of feature rows (Chan et al.'s parallel variance formula, in float64)."""
+        if X.shape[0] == 0:
             return
         Xd = X.astype(np.float64, copy=False)
         mean_b = Xd.mean(axis=0)
-        m2_b = ((Xd - mean_b) ** 2).sum(axis=0)
+        self._merge(X.shape[0], mean_b, ((Xd - mean_b) ** 2).sum(axis=0))
+
+    def _merge(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         if self.n == 0:
             self.n, self.mean, self.m2 = n_b, mean_b, m2_b
-        else:
-            n = self.n + n_b
-            delta = mean_b - self.mean
-            self.mean = self.mean + delta * (n_b / n)
-            self.m2 = self.m2 + m2_b + delta**2 * (self.n * n_b / n)
-            self.n = n
-        if y is not None:
-            self.label_ndim = y.ndim
-            self.label_width = y.shape[1] if y.ndim == 2 else 1
-            if y.ndim == 2:  # one-hot class labels, or several regression targets
-                self.onehot = self.onehot and bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1))
-            if y.dtype.kind == "f":
-                self.label_integral = self.label_integral and bool(np.all(y == np.round(y)))
-            if self.label_integral and y.ndim == 1 and len(self.classes) <= MAX_CLASSES:
-                self.classes.update(np.unique(y).tolist())
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.n * n_b / n)
+        self.n = n
+
+    def update_labels(self, y: np.ndarray) -> None:
+        """Merge one block of labels."""
+        if len(y) == 0:
+            return
+        self.labelled += len(y)
+        self.label_ndim = y.ndim
+        self.label_width = y.shape[1] if y.ndim == 2 else 1
+        if y.ndim == 2:  # one-hot class labels, or several regression targets
+            self.onehot = self.onehot and bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1))
+        if y.dtype.kind == "f":
+            self.label_integral = self.label_integral and bool(np.all(y == np.round(y)))
+        if self.label_integral and len(self.classes) <= MAX_CLASSES:
+            values, counts = np.unique(y.argmax(axis=1) if y.ndim == 2 and self.onehot else y, return_counts=True)
+            if y.ndim == 1:
+                self.classes.update(values.tolist())
+            for v, c in zip(values.tolist(), counts.tolist()):
+                self.counts[v] = self.counts.get(v, 0) + c
+
+    def merge(self, other: "DataStats") -> None:
+        """Add another part's statistics (another block of files, or another process's share)."""
+        if other.n:
+            self._merge(other.n, other.mean, other.m2)
+        if other.labelled:
+            self.labelled += other.labelled
+            self.label_ndim, self.label_width = other.label_ndim, other.label_width
+            self.onehot = self.onehot and other.onehot
+            self.label_integral = self.label_integral and other.label_integral
+            self.classes |= other.classes
+            for v, c in other.counts.items():
+                self.counts[v] = self.counts.get(v, 0) + c
 
 
-def scan(dataset: Dataset) -> DataStats:
-    """Feature mean/variance and label summary in one pass over the chunks."""
+def scan(dataset: Dataset, features: bool = True, progress=None, first_only: bool = False) -> DataStats:
+    """Feature mean/variance (``features``) and the labels' summary in one pass over the chunks
+    (``first_only``: the first chunk's labels, enough for a regression's width);
+    ``progress(rows)`` hears of each chunk done."""
     stats = DataStats()
-    for i, (X, y) in enumerate(dataset.iter_chunks()):
-        stats.update(X, y, f"{dataset.path} (chunk {i})")
+    if features:
+        for X, y in dataset.iter_chunks():
+            stats.update(X, y)
+            if progress is not None:
+                progress(len(X))
+        return stats
+    for y in dataset.iter_labels():
+        stats.update_labels(y)
+        if progress is not None:
+            progress(len(y))
+        if first_only:
+            break
     return stats
 
 
@@ -80,6 +124,8 @@ class Scaler:
 
     @classmethod
     def from_stats(cls, kind: str, stats: DataStats, dtype=np.float32) -> "Scaler":
+        if stats.mean is None:  # no feature statistics: a scaling that needs none
+            return cls(kind, None, None, dtype)
         std = np.sqrt(stats.var)
         # A constant feature would divide by zero; leave it unscaled.
         std[std == 0] = 1.0

@@ -325,6 +325,20 @@ class Dataset:
             # (fresh pages cost a page fault each: as much as reading uncompressed data).
             del X, y
 
+    def _load_labels(self, i: int) -> np.ndarray | None:
+        """The labels of chunk ``i`` as stored (formats that can read them alone override this)."""
+        return self._load_chunk(i)[1]
+
+    def iter_labels(self):
+        """Yield the labels of every chunk in order, without reading features where the format
+        stores them apart (rows with a non-finite label: an error, or skipped)."""
+        for i in range(self.n_chunks):
+            y = self._load_labels(i)
+            if y is None:
+                return
+            bad = bad_rows(np.zeros((len(y), 0), np.float32), y, int(self.bounds[i]), self.nonfinite, self.path)
+            yield y if bad is None else y[~bad]
+
     # -- description ------------------------------------------------------
     def label_dtype(self) -> str | None:
         """The stored label dtype as a string, or None without a label."""

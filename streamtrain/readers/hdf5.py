@@ -239,6 +239,15 @@ class HDF5Dataset(Dataset):
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
         return X, y
 
+    def _load_labels(self, i: int):
+        if self._table is not None:
+            return super()._load_labels(i)
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        try:
+            return None if self._y_key is None else as_labels(self._node(self._y_key)[a:b], self.path)
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
+
     def _take(self, c, local, sparse):
         if not sparse or self._table is not None or self._compression:
             return None  # compressed chunks decode whole anyway: read and cache the chunk

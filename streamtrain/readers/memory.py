@@ -54,6 +54,9 @@ class ArrayDataset(Dataset):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         return self._X[a:b], None if self._y is None else self._y[a:b]
 
+    def _load_labels(self, i: int):
+        return None if self._y is None else self._y[int(self.bounds[i]):int(self.bounds[i + 1])]
+
     def view(self, a: int, b: int):
         """``(X, y)`` of rows ``a:b`` as views, no copy (None where NaN/Inf rows are skipped there)."""
         first, last = np.searchsorted(self.bounds, [a, b - 1], side="right") - 1

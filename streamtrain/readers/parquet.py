@@ -123,12 +123,13 @@ class ParquetDataset(Dataset):
             self._handles.move_to_end(f_idx)
         return handle
 
-    def _load_chunk(self, i: int):
+    def _fetcher(self, i: int, keys: list[str]):
+        """``(fetch(key) -> array, rows)`` over row group ``i``'s ``keys`` (only those columns read)."""
         import pyarrow.types as pat
 
         f_idx, rg, n = self._parts[i]
         partition = self._partitions[f_idx]
-        stored = [k for k in self._keys if k not in partition]
+        stored = [k for k in keys if k not in partition]
         try:
             table = self._file(f_idx).read_row_group(rg, columns=stored)
             missing = [k for k in stored if k not in table.column_names]
@@ -150,12 +151,22 @@ class ParquetDataset(Dataset):
                 return flat.reshape(n, col.type.list_size)
             return col.to_numpy()
 
+        return fetch, n
+
+    def _load_chunk(self, i: int):
+        fetch, n = self._fetcher(i, self._keys)
         try:
             X = fill_features(self._feature_cols, n, self.dtype, fetch)
         except (ValueError, TypeError) as e:
-            raise DataError(f"{self._files[f_idx]}: cannot convert features to numbers ({e})") from None
+            raise DataError(f"{self._files[self._parts[i][0]]}: cannot convert features to numbers ({e})") from None
         y = as_labels(fetch(self._label_col.key), self.path) if self._label_col else None
         return X, y
+
+    def _load_labels(self, i: int):
+        if self._label_col is None:
+            return None
+        fetch, _ = self._fetcher(i, [self._label_col.key])
+        return as_labels(fetch(self._label_col.key), self.path)
 
     @property
     def capabilities(self) -> Capabilities:

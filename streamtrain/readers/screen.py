@@ -23,7 +23,7 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
     with np.errstate(over="ignore", invalid="ignore"):
         # min and max propagate NaN and show +-Inf; single-threaded, unlike a BLAS dot whose
         # spinning worker threads slow the reader on a 2-core machine.
-        suspect = (X.dtype.kind == "f" and len(X) and not (np.isfinite(X.min()) and np.isfinite(X.max()))) or (
+        suspect = (X.dtype.kind == "f" and X.size and not (np.isfinite(X.min()) and np.isfinite(X.max()))) or (
             y is not None and y.dtype.kind == "f" and not np.isfinite(y.sum()))
     if not suspect:
         return None

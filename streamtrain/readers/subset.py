@@ -141,6 +141,11 @@ class HoldoutSplit(Dataset):
         keep = self._keep(c)
         return X[keep], None if y is None else y[keep]
 
+    def _load_labels(self, i: int):
+        c = int(self._parents[i])
+        y = self.parent._load_labels(c)
+        return None if y is None else y[self._keep(c)]
+
     @property
     def selection(self):
         return self.parent.selection

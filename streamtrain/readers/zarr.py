@@ -204,6 +204,13 @@ class ZarrDataset(Dataset):
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({type(e).__name__}: {e})") from None
         return X, y
 
+    def _load_labels(self, i: int):
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        try:
+            return None if self._y is None else as_labels(self._y[a:b], self.path)
+        except Exception as e:
+            raise DataError(f"{self.path}: cannot read rows {a}-{b} ({type(e).__name__}: {e})") from None
+
     # A store of more files than this is stamped by its metadata files alone (and sampled chunks).
     MAX_STAMPED_FILES = 10_000
 

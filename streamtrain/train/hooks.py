@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import TrainingError
 
 __all__ = ["Every", "Hook", "schedule", "DivergenceGuard", "Validation", "EarlyStopping", "EpochLog",
-           "Checkpointer", "MetricsLog", "DirectoryWatch", "StopOnSignals", "ProgressBar", "format_epoch"]
+           "Checkpointer", "MetricsLog", "DirectoryWatch", "StopOnSignals", "ProgressBar", "ProgressLines",
+           "format_epoch"]
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,14 @@ class DivergenceGuard(Hook):
 class Validation(Hook):
     """Each epoch's validation loss and accuracy (R^2 for regression), added to its record."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, log=None, every: float = 5.0):
+        self.dataset, self.log, self.every_s = dataset, log, every
 
     def on_epoch_end(self, trainer, record):
-        result = trainer.model.evaluate(self.dataset)
+        from ..progress import Progress
+
+        with Progress(self.dataset.n_rows, f"validation of epoch {record['epoch']}", self.log, self.every_s) as p:
+            result = trainer.model.evaluate(self.dataset, progress=p.update)
         record["val_loss"] = result["loss"]
         key = "r2" if trainer.model.task == "regression" else "accuracy"
         record[f"val_{key}"] = result[key]
@@ -221,6 +225,26 @@ class StopOnSignals(Hook):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+
+class ProgressLines(Hook):
+    """Where no terminal shows a bar: a line every ``seconds`` during an epoch (position, loss, speed)."""
+
+    def __init__(self, log: Callable[[str], None], seconds: float = 5.0):
+        self.log = log
+        self.every = Every(seconds=seconds) if seconds > 0 else Every(always=True)
+        self.started = time.monotonic()
+        self.rows = 0
+
+    def on_epoch_begin(self, trainer):
+        self.started, self.rows = time.monotonic(), trainer.sampler.position
+
+    def on_batch_end(self, trainer, rows, loss):
+        s, acc = trainer.sampler, trainer.state.epoch_acc
+        rate = (s.position - self.rows) / max(time.monotonic() - self.started, 1e-9)
+        mean = acc["loss_sum"] / max(acc["n"], 1)
+        self.log(f"epoch {s.epoch + 1}/{trainer.config.epochs}: {s.position:,} of {s.rows_per_epoch:,} rows "
+                 f"({s.position / max(s.rows_per_epoch, 1):.0%}), train_loss {mean:.4f}, {rate:,.0f} samples/s")
 
 
 class ProgressBar(Hook):

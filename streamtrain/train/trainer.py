@@ -25,6 +25,7 @@ from ..io.checkpoint import resolve_checkpoint, save_checkpoint
 from ..io.rundir import RunDirectory
 from ..model import Model
 from ..nn import minibatch
+from ..progress import DEFAULT_EVERY, Progress
 from ..readers import open_dataset
 from ..readers.base import Dataset
 from ..readers.subset import HoldoutSplit
@@ -35,6 +36,8 @@ from .hooks import (
     EarlyStopping,
     EpochLog,
     MetricsLog,
+    ProgressBar,
+    ProgressLines,
     StopOnSignals,
     Validation,
 )
@@ -74,6 +77,7 @@ class Trainer:
         self.stepper: Stepper | None = None
         self.fingerprint: dict[str, Any] = {}
         self.stop_requested: str | None = None
+        self.log_every = DEFAULT_EVERY
 
     # -- the model's parts, for convenience ------------------------------------
     net = property(lambda self: None if self.model is None else self.model.net)
@@ -106,14 +110,16 @@ class Trainer:
     # -- training ---------------------------------------------------------------
     def fit(self, source, val=None, *, features=None, label=None, checkpoint_dir=None, resume: bool = False,
             force: bool = False, overwrite: bool = False, callbacks: Iterable = (),
-            log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+            log: Callable[[str], None] | None = print, log_every: float = DEFAULT_EVERY) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done; returns the history (one dict per epoch).
 
         With ``checkpoint_dir`` a checkpoint is written at the end of every epoch (and every
         ``checkpoint_every`` batches or ``checkpoint_seconds``); the directory holds one run:
         ``resume`` continues the run there, ``overwrite`` replaces it. ``callbacks`` are hooks
-        (see ``streamtrain.train.hooks``).
+        (see ``streamtrain.train.hooks``). ``log`` hears what happens (a line per epoch; on long
+        passes a line every ``log_every`` seconds, or a bar on a terminal).
         """
+        self.log_every = log_every
         self._check_settings(val is not None, resume, overwrite, checkpoint_dir)
         check_budget(self.config.window_mb)
         self.model, self.optimizer, self.state, self.history = None, None, TrainState(), []
@@ -245,7 +251,17 @@ class Trainer:
     def _initialise(self, data: Dataset, log) -> None:
         if data.label_name is None:
             raise DataError(f"{data.path}: no label found; name it with --label")
-        self.model = Model.build(self.config, scan(data), data.n_features, list(data.feature_names), data.label_name,
+        cfg = self.config
+        # Only what the run needs: feature statistics for standard scaling, else the labels alone
+        # (the classes; for a regression the first chunk's width).
+        features = cfg.scale == "standard"
+        first_only = not features and cfg.task == "regression"
+        what = (f"statistics pass over {data.path} (feature means and variances for --scale standard; the label's "
+                "classes)" if features else f"reading the labels of {data.path} ("
+                + ("their width" if first_only else "the classes") + f"; --scale {cfg.scale} needs no feature statistics)")
+        with Progress(data.n_rows, what, log, self.log_every) as progress:
+            stats = scan(data, features, progress.update, first_only)
+        self.model = Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name,
                                  data.selection, data.format, data.path, log)
         self.optimizer = make_run_optimizer(self.config)
         self.state = TrainState()
@@ -259,9 +275,11 @@ class Trainer:
     def _hooks(self, val_ds, rundir, callbacks: list, log) -> list:
         hooks: list = [DivergenceGuard()]
         if val_ds is not None:
-            hooks += [Validation(val_ds), EarlyStopping(self.config.early_stopping, log)]
+            hooks += [Validation(val_ds, log, self.log_every), EarlyStopping(self.config.early_stopping, log)]
         if log:
             hooks.append(EpochLog(log))
+            if not any(isinstance(h, ProgressBar) for h in callbacks):
+                hooks.append(ProgressLines(log, self.log_every))
         hooks += callbacks
         if rundir is not None:
             hooks += [Checkpointer(rundir, self.config), MetricsLog(rundir), DirectoryWatch(rundir)]
@@ -380,8 +398,8 @@ class Trainer:
     def open_like_training(self, source, need_label: bool = True) -> Dataset:
         return self._require_model().open_like_training(source, need_label)
 
-    def evaluate(self, source) -> dict[str, Any]:
-        return self._require_model().evaluate(source)
+    def evaluate(self, source, progress=None) -> dict[str, Any]:
+        return self._require_model().evaluate(source, progress)
 
     def predict(self, source) -> np.ndarray:
         return self._require_model().predict(source)
@@ -389,8 +407,8 @@ class Trainer:
     def predict_proba(self, source) -> np.ndarray:
         return self._require_model().predict_proba(source)
 
-    def write_predictions(self, source, out, overwrite: bool = False) -> dict[str, Any]:
-        return self._require_model().write_predictions(source, out, overwrite)
+    def write_predictions(self, source, out, overwrite: bool = False, progress=None) -> dict[str, Any]:
+        return self._require_model().write_predictions(source, out, overwrite, progress)
 
     for _name in ("open_like_training", "evaluate", "predict", "predict_proba", "write_predictions"):
         locals()[_name].__doc__ = getattr(Model, _name).__doc__
