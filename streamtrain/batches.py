@@ -31,9 +31,15 @@ class BatchIterator:
     def __init__(self, source, batch_size: int = 32, shuffle: str = "window", seed: int = 0,
                  drop_last: bool = False, window_mb: float = 256.0, replacement: bool = False,
                  rank: int = 0, world_size: int = 1, features=None, label: str | None = None,
-                 dtype="float32"):
+                 dtype="float32", scale=None, transform=None):
         check_budget(window_mb)
+        if isinstance(scale, str) and scale not in ("standard", "none"):
+            raise ValueError(f"scale must be 'standard', 'none', a Scaler or None, got {scale!r}")
         self.source, self.features, self.label, self.dtype = source, features, label, dtype
+        # scale: "standard" (mean and variance from one pass over the data, as the trainer's), a
+        # Scaler (a trained model's: trainer.scaler), or None / "none"; transform(X, y) -> (X, y) after it
+        self.scale, self.transform = scale, transform
+        self._scaling = None
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.window_mb, self.replacement, self.rank, self.world_size = window_mb, replacement, rank, world_size
         self.epoch, self.position = 0, 0
@@ -64,9 +70,24 @@ class BatchIterator:
         """Batches in an epoch (of this shard)."""
         return len(self._sampler())
 
+    def _standardisation(self):
+        """``(mean, factor)`` the loader scales rows with, or None."""
+        if self.scale is None or self.scale == "none":
+            return None
+        if self._scaling is None:
+            if self.scale == "standard":
+                from .data.scaling import Scaler, scan
+
+                scaler = Scaler.from_stats("standard", scan(self._open()), self.dtype)
+            else:
+                scaler = self.scale
+            self._scaling = (scaler.mean, scaler.scale)
+        return self._scaling
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, Any]]:
         sampler = self._sampler()
-        with Loader(self._open(), sampler) as loader:  # stops a decoding process, if one was started
+        with Loader(self._open(), sampler, scale=self._standardisation(),
+                    transform=self.transform) as loader:  # stops a decoding process, if one was started
             for rows, X, y in loader.iter_epoch():
                 self.position += len(rows)
                 yield X, y
@@ -94,7 +115,7 @@ class BatchIterator:
         return _torch_wrapper(torch.utils.data.IterableDataset)(self)
 
     def __getstate__(self):
-        return {**self.__dict__, "_dataset": None}  # reopened in the worker process
+        return {**self.__dict__, "_dataset": None}  # reopened in the worker process (the scaling travels)
 
 
 def _torch_wrapper(base):
@@ -103,7 +124,11 @@ def _torch_wrapper(base):
             self.batches = batches
 
         def __iter__(self):
-            return iter(self.batches)
+            # class labels as int64, which torch's losses (F.cross_entropy, nll_loss) insist on
+            for X, y in self.batches:
+                if y is not None and y.dtype.kind in "iub":
+                    y = y.astype(np.int64, copy=False)
+                yield X, y
 
         def __len__(self):
             return len(self.batches)

@@ -144,6 +144,8 @@ def _config_option(f: dataclasses.Field):
         return click.option(flag, name, is_flag=True, help=meta["help"])
     if name in table:
         kind = click.Choice(list(table[name]))
+    elif isinstance(default, str):
+        kind = click.STRING
     elif isinstance(default, int):
         kind = click.IntRange(*LIMITS.get(name, (None, None)))
     else:
@@ -231,6 +233,7 @@ def _load_config(ctx, param, value):
               expose_value=False, help="TOML file of train options (keys as the option names); the command line wins.")
 @_selection_options
 @click.option("--val", default=None, help="A separate validation dataset.")
+@click.option("--weight", default=None, help="A column whose values weigh each row's loss (one column per feature).")
 @_config_options
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of this run's checkpoints and metrics.jsonl (one run per directory).")
@@ -241,7 +244,7 @@ def _load_config(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Write each epoch's record to stdout as one JSON object per line.")
 @_log_every_option
 @click.pass_context
-def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, force, quiet, as_json, log_every,
+def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overwrite, force, quiet, as_json, log_every,
           **settings):
     """Train on DATA, streaming it in minibatches.
 
@@ -264,7 +267,8 @@ def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, fo
     if as_json:
         callbacks.append(JsonLines())
     try:
-        history = trainer.fit(data, val, features=_selection(features), label=label, checkpoint_dir=checkpoint_dir,
+        history = trainer.fit(data, val, features=_selection(features), label=label, weight=weight,
+                              checkpoint_dir=checkpoint_dir,
                               resume=resume, force=force, overwrite=overwrite, callbacks=callbacks, log=log,
                               log_every=log_every)
     except Interrupted as e:
@@ -272,6 +276,7 @@ def train(ctx, data, features, label, val, checkpoint_dir, resume, overwrite, fo
             again = ["streamtrain", "train", data, "--checkpoint-dir", str(checkpoint_dir), "--resume"]
             again += [a for f in features for a in ("--features", f)]
             again += (["--label", label] if label else []) + (["--val", val] if val else [])
+            again += ["--weight", weight] if weight else []
             e.args = (f"{e.args[0]}; continue with: {shlex.join(again)}",)
         raise
     if quiet or as_json:

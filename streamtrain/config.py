@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "ConfigError", "LIMITS", "MAX_FEATURES", "choices"]
+__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "ConfigError", "LIMITS", "MAX_FEATURES", "choices", "class_weights"]
 
 # The widest data a model (and make-data) takes.
 MAX_FEATURES = 1 << 20
@@ -36,7 +36,21 @@ LIMITS = {
     "l2": (0.0, 1e6),
     "val_fraction": (0.0, 1.0),
     "checkpoint_seconds": (0.0, 1e9),
+    "power_t": (0.0, 10.0),
+    "lr_gamma": (0.0, 1e3),
+    "lr_step": (1, 1 << 62),
+    "lr_min": (0.0, 1e6),
+    "warmup": (0, 1 << 62),
+    "min_delta": (0.0, 1e9),
 }
+
+# What early stopping may watch: each epoch's record has these (accuracy for classification, R^2
+# for regression); a loss is better lower, the others higher.
+EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy", "val_r2", "train_loss", "train_accuracy")
+
+# Settings that only one schedule reads: given another, they would do nothing.
+_SCHEDULE_SETTINGS = {"power_t": ("invscaling",), "lr_gamma": ("step", "exponential"),
+                      "lr_step": ("step", "exponential"), "lr_min": ("cosine",)}
 
 
 def _f(default, help: str, min_open: bool = False, max_open: bool = False, kind: type | None = None):
@@ -44,6 +58,31 @@ def _f(default, help: str, min_open: bool = False, max_open: bool = False, kind:
     kind where the default does not tell it (a float that may be None)."""
     return field(default=default, metadata={"help": help, "min_open": min_open, "max_open": max_open,
                                             "kind": kind or type(default)})
+
+
+def class_weights(spec: str) -> str | dict[str, float] | None:
+    """``class_weight`` read: None, "balanced", or {label as text: weight}.
+
+    >>> class_weights("0=1, 1=4.5")
+    {'0': 1.0, '1': 4.5}
+    """
+    spec = spec.strip()
+    if not spec:
+        return None
+    if spec == "balanced":
+        return spec
+    out = {}
+    for part in spec.split(","):
+        label, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or not label.strip() or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"class_weight: {part.strip()!r} is not label=weight (a weight >= 0); give "
+                              "'balanced' or e.g. '0=1,1=5'")
+        out[label.strip()] = weight
+    return out
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -54,10 +93,12 @@ def choices() -> dict[str, tuple[str, ...]]:
     from .data.scaling import SCALINGS
     from .nn.functions import ACTIVATIONS, INITS, TASKS
     from .nn.optim import OPTIMIZERS
+    from .nn.schedules import SCHEDULES
 
     return {"activation": tuple(ACTIVATIONS), "task": ("auto", *TASKS), "init": tuple(INITS),
             "optimizer": tuple(OPTIMIZERS), "shuffle": tuple(SHUFFLES), "decoder": tuple(DECODERS),
-            "scale": tuple(SCALINGS), "dtype": ("float32", "float64")}
+            "scale": tuple(SCALINGS), "dtype": ("float32", "float64"), "lr_schedule": tuple(SCHEDULES),
+            "early_stopping_metric": EARLY_STOPPING_METRICS}
 
 
 @dataclass
@@ -78,6 +119,14 @@ class TrainConfig:
     epochs: int = _f(10, "Passes over the data (on resume: the total to reach).")
     lr: float | None = _f(None, "Learning rate (default: the optimiser's, 0.1 for sgd, momentum and nesterov, "
                           "0.001 for adam).", min_open=True, kind=float)
+    lr_schedule: str = _f("constant", "How the learning rate changes with the step t: constant; invscaling "
+                          "(lr / t^power_t); step (times lr_gamma every lr_step steps); exponential "
+                          "(lr * lr_gamma^(t / lr_step)); cosine (to lr_min over the run).")
+    power_t: float = _f(0.5, "The exponent of the invscaling schedule (scikit-learn's power_t, VW's --power_t).")
+    lr_gamma: float = _f(0.1, "The factor of the step and exponential schedules.", min_open=True)
+    lr_step: int = _f(1000, "The steps over which the step and exponential schedules multiply by lr_gamma.")
+    lr_min: float = _f(0.0, "The learning rate the cosine schedule ends at.")
+    warmup: int = _f(0, "Steps over which the learning rate ramps up linearly from 0 (0: none).")
     optimizer: str = _f("sgd", "The optimiser (each has its default learning rate and its hyperparameters).")
     # The optimiser's own hyperparameters (see nn.optim.OPTIMIZERS), those not given at their defaults.
     optimizer_params: dict = field(default_factory=dict, metadata={"kind": dict, "help": "Hyperparameters of "
@@ -101,10 +150,16 @@ class TrainConfig:
                         "same math.")
     val_fraction: float = _f(0.0, "Hold out this fraction of DATA's rows (hash of the row number) for "
                              "validation.", max_open=True)
+    class_weight: str = _f("", "Weigh each class's rows: 'balanced' (inversely to its frequency) or "
+                           "'label=weight,...' (others 1); empty: all 1.")
     skip_nonfinite: bool = _f(False, "Skip rows with NaN or Inf instead of stopping with an error.")
     allow_missing_chunks: bool = _f(False, "Train on the fill values of chunks never written (HDF5, Zarr) "
                                     "instead of stopping with an error.")
-    early_stopping: int = _f(0, "Stop after this many epochs without a better validation loss (0: off).")
+    early_stopping: int = _f(0, "Stop after this many epochs without a better early_stopping_metric (0: off), "
+                             "then keep the best epoch's parameters.")
+    early_stopping_metric: str = _f("val_loss", "What early stopping (and --keep-best) watches: a loss is "
+                                    "better lower, an accuracy or R^2 higher.")
+    min_delta: float = _f(0.0, "How much better the metric must be to count as better.")
     checkpoint_every: int = _f(0, "Also checkpoint every N batches (0: only at epoch ends).")
     checkpoint_seconds: float = _f(0.0, "Also checkpoint when this many seconds have passed since the last "
                                    "one (0: off).")
@@ -134,6 +189,8 @@ class TrainConfig:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ConfigError(f"{name}: must be a finite number, got {value!r}")
                 setattr(self, name, float(value))
+            elif kind is str and not isinstance(value, str):
+                raise ConfigError(f"{name}: must be text, got {value!r}")
             elif name in table and value not in table[name]:
                 raise ConfigError(f"{name}: {value!r} is not one of {', '.join(table[name])}")
             if name in LIMITS:
@@ -148,6 +205,12 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be below {LIMITS[name][1]:g}, got {value!r}")
 
         self._check_optimizer_params()
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, schedules in _SCHEDULE_SETTINGS.items():
+            if getattr(self, name) != defaults[name] and self.lr_schedule not in schedules:
+                raise ConfigError(f"{name}: does nothing with lr_schedule {self.lr_schedule!r} "
+                                  f"(it applies to {', '.join(schedules)})")
+        class_weights(self.class_weight)  # raises ConfigError if it cannot be read
 
     def _check_optimizer_params(self) -> None:
         from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
@@ -201,7 +264,8 @@ class TrainConfig:
         differ from an uninterrupted one; the learning rate and hyperparameters as used."""
         a, b = self._effective(), other._effective()
         keys = [k for k in a if names is None or k in names or (k == "hyperparameters" and "optimizer_params" in names)]
-        return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in keys if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
+        may_change = RESUME_MAY_CHANGE - ({"epochs"} if other.lr_schedule == "cosine" else set())
+        return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in keys if k not in may_change and a[k] != b[k]]
 
     def _effective(self) -> dict[str, Any]:
         d = self.to_dict()
@@ -213,4 +277,4 @@ class TrainConfig:
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
 RESUME_MAY_CHANGE = frozenset({"epochs", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
-                               "early_stopping", "decoder", "decoder_workers"})
+                               "early_stopping", "min_delta", "decoder", "decoder_workers"})

@@ -34,23 +34,37 @@ class Model:
 
     def __init__(self, net: TwoLayerNet, scaler: Scaler, labels: Labels, feature_names: list[str], selection,
                  label_name: str | None, source_format: str | None = None, nonfinite: str = "error",
-                 allow_missing_chunks: bool = False):
+                 allow_missing_chunks: bool = False, weight: str | None = None, class_weights: list | None = None):
         self.net, self.scaler, self.labels = net, scaler, labels
         self.feature_names, self.selection, self.label_name = list(feature_names), selection, label_name
         self.source_format = source_format
         self.nonfinite, self.allow_missing_chunks = nonfinite, allow_missing_chunks
+        # training only: the column whose values weigh each row's loss (read after the features), and
+        # each class's weight
+        self.weight, self.class_weights = weight, class_weights
+
+    @property
+    def class_weight_vector(self) -> np.ndarray | None:
+        """Each class index's loss weight, or None (all 1)."""
+        return None if self.class_weights is None else np.asarray(self.class_weights, dtype=self.net.dtype)
 
     @classmethod
     def build(cls, config, stats: DataStats, n_features: int, feature_names, label_name: str, selection,
-              source_format: str | None, where: str, log=None) -> "Model":
+              source_format: str | None, where: str, log=None, weight: str | None = None) -> "Model":
         """A new model for data of this shape: task and classes from the label summary, the
-        scaler from the feature statistics, the network initialised from ``config.seed``."""
+        scaler from the feature statistics, the network initialised from ``config.seed``.
+        ``weight``: the last of the ``n_features`` columns weighs each row's loss (not a feature)."""
         labels = Labels.from_stats(stats, config.task, label_name, where, log)
-        net = TwoLayerNet(n_features, config.hidden, labels.n_out, config.activation, labels.task, config.init,
+        n_in = n_features - (weight is not None)
+        if weight is not None:
+            feature_names = list(feature_names)[:n_in]
+            if stats.mean is not None:
+                stats.mean, stats.m2 = stats.mean[:n_in], stats.m2[:n_in]
+        net = TwoLayerNet(n_in, config.hidden, labels.n_out, config.activation, labels.task, config.init,
                           config.seed, config.dtype)
         return cls(net, Scaler.from_stats(config.scale, stats, config.dtype), labels, feature_names, selection,
                    label_name, source_format, "skip" if config.skip_nonfinite else "error",
-                   config.allow_missing_chunks)
+                   config.allow_missing_chunks, weight, _class_weights(config.class_weight, labels, stats, where))
 
     @property
     def task(self) -> str:
@@ -72,8 +86,43 @@ class Model:
         return t.astype(self.net.dtype, copy=False) if self.task == "regression" else t
 
     def prepare(self, X: np.ndarray, y: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
-        """A block's scaled features and targets."""
-        return self.scaler.transform(X), self.targets(y, where)
+        """A block's scaled features and targets (packed with the weight column's values, where the
+        run has one: a record array of ``t`` and ``w``)."""
+        X, w = self.split_weight(X)
+        return self.scaler.transform(X), self.pack(self.targets(y, where), w)
+
+    def split_weight(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(features, weights)`` of rows read with the weight column after the features."""
+        if self.weight is None or X.shape[1] == self.net.n_in:
+            return X, None
+        return np.ascontiguousarray(X[:, :self.net.n_in]), X[:, self.net.n_in].copy()
+
+    @staticmethod
+    def pack(T: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        """Targets with their rows' weights, as one array the loader can slice into batches."""
+        if w is None:
+            return T
+        packed = np.empty(len(T), dtype=[("t", T.dtype, T.shape[1:]), ("w", w.dtype)])
+        packed["t"], packed["w"] = T, w
+        return packed
+
+    def loader_steps(self, config, where: str):
+        """``(transform, scale, prepare)`` for the loader and the loop: the loader scales gathered rows
+        in place where the scaling is standard (``scale``, a weight column left as it is) and
+        ``transform`` makes targets; ``prepare`` runs per batch where scaling depends on it."""
+        if config.scale == "batch-center":
+            return None, None, (lambda X, y: self.prepare(X, y, where))
+        scaler = self.scaler
+        if scaler.kind == "standard" and scaler.mean is not None:
+            mean, factor = scaler.mean, scaler.scale
+            if self.weight is not None:
+                mean, factor = np.append(mean, 0), np.append(factor, 1)
+
+            def transform(X, y):
+                X, w = self.split_weight(X)
+                return X, self.pack(self.targets(y, where), w)
+            return transform, (mean, factor), None
+        return (lambda X, y: self.prepare(X, y, where)), None, None
 
     # -- using it --------------------------------------------------------------
     @property
@@ -115,8 +164,11 @@ class Model:
         raise DataError(self._mismatch(source, need_label))
 
     def _fits(self, ds: Dataset) -> Dataset:
-        if ds.n_features != self.net.n_in:
+        weighted = self.weight is not None and list(ds.feature_names)[-1:] == [self.weight]
+        if ds.n_features != self.net.n_in + weighted:
             raise DataError(f"{ds.path}: has {ds.n_features} features, the model expects {self.net.n_in}")
+        if weighted:
+            return ds
         generic = self.generic_names or list(ds.feature_names) == [f"f{j}" for j in range(ds.n_features)]
         if ds.format != "memory" and not generic and list(ds.feature_names) != self.feature_names:
             diff = next(f"{a!r} vs {b!r}" for a, b in zip(ds.feature_names, self.feature_names) if a != b)
@@ -146,7 +198,7 @@ class Model:
         ``progress(rows)`` hears of each chunk."""
         ds = self.open_like_training(source, need_label=False)
         for X, y in ds.iter_chunks():
-            yield ds, self.net.predict_output(self.scaler.transform(X)), y
+            yield ds, self.net.predict_output(self.scaler.transform(self.split_weight(X)[0])), y
             if progress is not None:
                 progress(len(X))
 
@@ -159,7 +211,7 @@ class Model:
         acc = metrics_for(self.task, self.classes)
         for X, y in ds.iter_chunks():
             t = self.targets(y, ds.path)
-            loss, output = self.net.loss_and_output(self.scaler.transform(X), t)
+            loss, output = self.net.loss_and_output(self.scaler.transform(self.split_weight(X)[0]), t)
             acc.update(loss, t, output)
             if progress is not None:
                 progress(len(X))
@@ -215,7 +267,7 @@ class Model:
     def meta(self) -> dict[str, Any]:
         return {**self.net.config(), "classes": self.classes, "feature_names": self.feature_names,
                 "selection": self.selection, "label": self.label_name, "scale": self.scaler.kind,
-                "source_format": self.source_format}
+                "source_format": self.source_format, "weight": self.weight, "class_weights": self.class_weights}
 
     @classmethod
     def from_checkpoint(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], config) -> "Model":
@@ -227,4 +279,25 @@ class Model:
         scaler = Scaler(meta["scale"], arrays.get("scaler.mean"), arrays.get("scaler.scale"), meta["dtype"])
         return cls(net, scaler, Labels(meta["task"], meta["classes"], meta["n_out"]), meta["feature_names"],
                    meta["selection"], meta["label"], meta.get("source_format"),
-                   "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks)
+                   "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, meta.get("weight"),
+                   meta.get("class_weights"))
+
+
+def _class_weights(spec: str, labels: Labels, stats: DataStats, where: str) -> list[float] | None:
+    """Each class index's weight from ``class_weight`` ("balanced": n / (classes x rows of the class))."""
+    from .config import class_weights
+
+    chosen = class_weights(spec)
+    if chosen is None:
+        return None
+    if labels.task == "regression":
+        raise DataError(f"{where}: class_weight applies to classification, and the task is regression")
+    classes = labels.classes if len(labels.classes) > 1 else [0, 1]
+    if chosen == "balanced":
+        counts = [stats.counts.get(c, 0) for c in classes]
+        total = sum(counts)
+        return [total / (len(classes) * c) if c else 0.0 for c in counts]
+    unknown = set(chosen) - {str(c) for c in classes}
+    if unknown:
+        raise DataError(f"{where}: class_weight names {sorted(unknown)[0]!r}, not one of the classes {classes}")
+    return [chosen.get(str(c), 1.0) for c in classes]

@@ -90,3 +90,34 @@ def test_readme_library_examples_run(tmp_path, monkeypatch):
     assert blocks
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_batch_iterator_scales_as_the_trainer_and_transforms():
+    from streamtrain import Trainer
+
+    raw = np.concatenate([X for X, _ in BatchIterator(DATA / "digits.h5", batch_size=100, shuffle="none")])
+    std = np.concatenate([X for X, _ in BatchIterator(DATA / "digits.h5", batch_size=100, shuffle="none",
+                                                       scale="standard")])
+    t = Trainer(hidden=4, epochs=1)
+    t.fit(DATA / "digits.h5", log=None)
+    np.testing.assert_allclose(std, t.scaler.transform(raw), rtol=1e-6, atol=1e-6)  # the trainer's scaling
+    from_model = np.concatenate([X for X, _ in BatchIterator(DATA / "digits.h5", batch_size=100, shuffle="none",
+                                                              scale=t.scaler)])
+    np.testing.assert_array_equal(from_model, std)
+    doubled = BatchIterator(DATA / "digits.h5", batch_size=100, shuffle="none", transform=lambda X, y: (X * 2, y + 1))
+    X0, y0 = next(iter(doubled))
+    np.testing.assert_array_equal(X0, raw[:100] * 2)
+    assert y0.min() >= 1
+
+
+def test_torch_batches_carry_int64_class_labels():
+    from streamtrain.batches import _torch_wrapper
+
+    batches = _torch_wrapper(object)(BatchIterator(DATA / "digits.h5", batch_size=100))  # no torch needed
+    _, y = next(iter(batches))
+    assert y.dtype == np.int64
+    torch = pytest.importorskip("torch")
+    X, y = next(iter(torch.utils.data.DataLoader(BatchIterator(DATA / "digits.h5", batch_size=64).as_torch(),
+                                                 batch_size=None)))
+    loss = torch.nn.functional.cross_entropy(torch.zeros((len(y), 10)), y)  # refuses int32 labels
+    assert y.dtype == torch.int64 and torch.isfinite(loss)

@@ -132,7 +132,7 @@ def test_gradients_through_a_reduction_update_as_the_one_process_step(optimizer,
         model.labels = type("L", (), {"task": "binary"})()
         step = Stepper(cfg, model, make_run_optimizer(cfg), **({} if comm is None else {"comm": comm}))
         assert step.reduces == (comm is not None) and step.fused == (comm is None and optimizer == "sgd")
-        losses = [step.batch(X[a:a + 16], y[a:a + 16]) for a in range(0, 64, 16)]
+        losses = [step.batch(X[a:a + 16], y[a:a + 16])[0] for a in range(0, 64, 16)]
         nets.append((net, losses))
     (a, la), (b, lb) = nets
     np.testing.assert_allclose(la, lb, rtol=1e-12)
@@ -150,8 +150,8 @@ def test_every_setting_has_a_cli_option_with_help_and_every_option_a_setting():
     options = {p.name: p for p in train.params if p.name not in ("data", "config")}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     expected = (fields - {"optimizer_params"}) | {f"hp_{h}" for h in HYPERPARAMETERS}
-    run_options = {"features", "label", "val", "checkpoint_dir", "resume", "overwrite", "force", "quiet", "as_json",
-                   "log_every"}
+    run_options = {"features", "label", "val", "weight", "checkpoint_dir", "resume", "overwrite", "force", "quiet",
+                   "as_json", "log_every"}
     assert set(options) - run_options == expected
     for name, p in options.items():
         assert p.help and len(p.help) > 10, name

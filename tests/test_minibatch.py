@@ -44,7 +44,7 @@ def test_compiled_step_equals_numpy_step(activation, task, reg, dtype, atol, blo
     for s in range(0, len(X), 32):  # 230 rows: the last batch has 6
         loss, penalty, grads = a.loss_and_grads(X[s:s + 32], y[s:s + 32], *reg)
         sgd.step(a.params, grads)
-        total = minibatch.sgd_step(b.params, X[s:s + 32], y[s:s + 32], 0.05, *reg, activation, task)
+        total, _ = minibatch.sgd_step(b.params, X[s:s + 32], y[s:s + 32], 0.05, *reg, activation, task)
         assert total == pytest.approx(loss + penalty, rel=10 * atol, abs=atol)
     for k in a.params:
         assert b.params[k].dtype == dtype
@@ -75,7 +75,7 @@ def test_a_diverging_batch_leaves_the_parameters_alone(compiled):
     net = TwoLayerNet(7, 5, 1, "relu", "regression", seed=0)
     before = {k: v.copy() for k, v in net.params.items()}
     if compiled:
-        total = minibatch.sgd_step(net.params, X, np.full(8, 1e30), 0.1, 0, 0, "relu", "regression")
+        total, _ = minibatch.sgd_step(net.params, X, np.full(8, 1e30), 0.1, 0, 0, "relu", "regression")
     else:
         from types import SimpleNamespace
 
@@ -84,7 +84,7 @@ def test_a_diverging_batch_leaves_the_parameters_alone(compiled):
         model = SimpleNamespace(net=net, task="regression")
         step = Stepper(TrainConfig(compiled=False, lr=0.1), model, SGD(0.1))
         with np.errstate(over="ignore", invalid="ignore"):  # as the trainer runs its steps
-            total = step.batch(X, np.full((8, 1), 1e30, np.float32))
+            total, _ = step.batch(X, np.full((8, 1), 1e30, np.float32))
     assert not np.isfinite(total)
     for k in before:
         np.testing.assert_array_equal(net.params[k], before[k])
@@ -123,7 +123,8 @@ def test_compiled_gradients_equal_numpy_gradients(activation, task, reg, dtype, 
     net = _pair(activation, task, dtype)[0]
     before = {k: v.copy() for k, v in net.params.items()}
     loss, penalty, want = net.loss_and_grads(X, y, *reg)
-    total, got = minibatch.loss_and_grads(net.params, X, y, *reg, activation, task)
+    total, correct, got = minibatch.loss_and_grads(net.params, X, y, *reg, activation, task)
+    assert correct == net.last_correct  # the rows classified right, before any update
     assert total == pytest.approx(loss + penalty, rel=10 * atol, abs=atol)
     for k in want:
         assert got[k].dtype == dtype and got[k].shape == want[k].shape
@@ -182,7 +183,7 @@ def test_multi_output_regression_step_equals_numpy_step():
     for s in range(0, 70, 32):
         loss, penalty, grads = a.loss_and_grads(X[s:s + 32], Y[s:s + 32], 0.001, 0.01)
         SGD(0.05).step(a.params, grads)
-        total = minibatch.sgd_step(b.params, X[s:s + 32], Y[s:s + 32], 0.05, 0.001, 0.01, "tanh", "regression")
+        total, _ = minibatch.sgd_step(b.params, X[s:s + 32], Y[s:s + 32], 0.05, 0.001, 0.01, "tanh", "regression")
         assert total == pytest.approx(loss + penalty, rel=1e-12)
     for k in a.params:
         np.testing.assert_allclose(b.params[k], a.params[k], rtol=0, atol=1e-12)

@@ -32,7 +32,7 @@ def test_compiled_loop_equals_numpy_steps_in_float64(activation, task, reg):
         loss, penalty, grads = a.loss_and_grads(X[i:i + 1], y[i:i + 1], *reg)
         total += loss + penalty
         sgd.step(a.params, grads)
-    compiled_total = online.sgd_online(b.params, X, y, 0.05, reg[0], reg[1], activation, task)
+    compiled_total, _ = online.sgd_online(b.params, X, y, 0.05, reg[0], reg[1], activation, task)
     for k in a.params:
         np.testing.assert_allclose(b.params[k], a.params[k], rtol=0, atol=1e-12)
     assert compiled_total == pytest.approx(total, rel=1e-12)

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "TASKS", "INITS", "sigmoid", "softmax", "Task"]
+__all__ = ["ACTIVATIONS", "TASKS", "INITS", "sigmoid", "softmax", "Task", "correct_count"]
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -54,34 +54,51 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e
 
 
-def _binary_loss_delta(z, y):
+# Each task's loss_delta(z, y, w=None) -> (mean loss, dL/dz): ``w`` (rows,) weighs each row's
+# loss, the mean staying over the rows (Keras's sample weights); None weighs them all 1.
+def _weighted(per_row: np.ndarray, delta: np.ndarray, w) -> tuple[float, np.ndarray]:
+    if w is None:
+        return float(np.mean(per_row)), delta
+    w = np.asarray(w, dtype=delta.dtype)
+    return float(np.mean(per_row * w)), delta * w.reshape(-1, *([1] * (delta.ndim - 1)))
+
+
+def _binary_loss_delta(z, y, w=None):
     # Log loss of sigmoid(z): softplus(z) - y*z, exact for any z (logaddexp is stable).
     z = z[:, 0]
     t = y.astype(z.dtype, copy=False)
-    loss = np.mean(np.logaddexp(0.0, z) - t * z)
     delta = (sigmoid(z) - t) / z.shape[0]
-    return float(loss), delta[:, None]
+    loss, delta = _weighted(np.logaddexp(0.0, z) - t * z, delta, w)
+    return loss, delta[:, None]
 
 
-def _multiclass_loss_delta(z, y):
+def _multiclass_loss_delta(z, y, w=None):
     if y.ndim == 2:  # one-hot
         y = np.argmax(y, axis=1)
     shifted = z - z.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(axis=1))
     rows = np.arange(z.shape[0])
-    loss = np.mean(log_norm - shifted[rows, y])
     delta = softmax(z)
     delta[rows, y] -= 1.0
     delta /= z.shape[0]
-    return float(loss), delta
+    return _weighted(log_norm - shifted[rows, y], delta, w)
 
 
-def _regression_loss_delta(z, y):
+def _regression_loss_delta(z, y, w=None):
     t = y.reshape(z.shape).astype(z.dtype, copy=False)
     diff = z - t
     # Half the squared error, as scikit-learn, so the gradient is the plain residual.
-    loss = 0.5 * np.mean(np.sum(diff * diff, axis=1))
-    return float(loss), diff / z.shape[0]
+    return _weighted(0.5 * np.sum(diff * diff, axis=1), diff / z.shape[0], w)
+
+
+def correct_count(task: str, z: np.ndarray, y: np.ndarray) -> int:
+    """How many rows the logits ``z`` classify right (0 for regression)."""
+    if task == "binary":
+        return int(np.count_nonzero((z[:, 0] > 0) == (np.asarray(y).reshape(-1) > 0.5)))
+    if task == "multiclass":
+        t = np.argmax(y, axis=1) if y.ndim == 2 else y
+        return int(np.count_nonzero(z.argmax(axis=1) == t))
+    return 0
 
 
 def _identity(z):
@@ -89,7 +106,7 @@ def _identity(z):
 
 
 class Task(NamedTuple):
-    loss_delta: Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+    loss_delta: Callable[..., tuple[float, np.ndarray]]
     output: Callable[[np.ndarray], np.ndarray]  # logits -> probabilities / values
 
 

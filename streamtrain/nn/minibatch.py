@@ -40,9 +40,9 @@ def load(dtype="float32", sgd: bool = True) -> None:
     with _load_lock:
         if key not in _loaded:
             z = np.zeros((1, 1), key[0])
-            args = (z, z[0], z, z[0], z, z, z[0, 0], z[0, 0], 0, 0, key[0] == np.float32, BLOCK_ROWS)
+            args = (z, z[0], z, z[0], z, z, z[0], z[0, 0], z[0, 0], 0, 0, key[0] == np.float32, BLOCK_ROWS)
             if sgd:
-                _get("_sgd")(*args[:6], z[0, 0], *args[6:])
+                _get("_sgd")(*args[:7], z[0, 0], *args[7:])
             else:
                 _get("_grads")(*args)
             _loaded.add(key)
@@ -137,36 +137,42 @@ def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
                 Z[i, j] = two * Z[i, j] - one
 
 
-def _loss_delta(Z, T, task, n):  # pragma: no cover - compiled
-    # These rows' share of the mean loss over a batch of n; Z (logits) <- dL/dZ, as functions.TASKS computes them.
+def _loss_delta(Z, T, R, task, n):  # pragma: no cover - compiled
+    # These rows' share of the mean weighted loss over a batch of n, and how many of them the logits
+    # classify right (before any update: a progressive score); Z (logits) <- dL/dZ, as functions.TASKS does.
     rows, o = Z.shape
     total = 0.0
+    correct = 0
     for i in range(rows):
+        w = R[i]
         if task == 0:
             z, t = Z[i, 0], T[i, 0]
-            total += max(z, 0.0) + np.log1p(np.exp(-abs(z))) - t * z  # softplus(z) - t z, stable
+            correct += (z > 0) == (t > 0.5)
+            total += w * (max(z, 0.0) + np.log1p(np.exp(-abs(z))) - t * z)  # softplus(z) - t z, stable
             p = 1.0 / (1.0 + np.exp(-z)) if z >= 0 else np.exp(z) / (1.0 + np.exp(z))
-            Z[i, 0] = (p - t) / n
+            Z[i, 0] = w * (p - t) / n
         elif task == 1:
-            top = Z[i, 0]
+            top, best = Z[i, 0], 0
             for m in range(1, o):
-                top = max(top, Z[i, m])
+                if Z[i, m] > top:
+                    top, best = Z[i, m], m
             s = 0.0
             for m in range(o):
                 s += np.exp(Z[i, m] - top)
             c = int(T[i, 0])
-            total += np.log(s) - (Z[i, c] - top)
+            correct += best == c
+            total += w * (np.log(s) - (Z[i, c] - top))
             for m in range(o):
-                Z[i, m] = np.exp(Z[i, m] - top) / s / n
-            Z[i, c] -= 1.0 / n
+                Z[i, m] = w * np.exp(Z[i, m] - top) / s / n
+            Z[i, c] -= w / n
         else:
             sq = 0.0
             for m in range(o):
                 r = Z[i, m] - T[i, m]
                 sq += r * r
-                Z[i, m] = r / n
-            total += 0.5 * sq
-    return total / n
+                Z[i, m] = w * r / n
+            total += w * 0.5 * sq
+    return total / n, correct
 
 
 def _penalty(W, l1, l2):  # pragma: no cover - compiled
@@ -187,15 +193,16 @@ def _add_penalty_grad(W, G, l1, l2):  # pragma: no cover - compiled
             g[i] += l2 * w[i] + l1 * np.sign(w[i])
 
 
-def _grads(W1, b1, W2, b2, X, T, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
-    # The mean loss plus the penalty, and its gradients. Rows in blocks, so a large batch's
-    # activations stay in the core's cache; the gradients add up.
+def _grads(W1, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
+    # The mean (weighted) loss plus the penalty, its gradients, and the rows classified right. Rows
+    # in blocks, so a large batch's activations stay in the core's cache; the gradients add up.
     n = X.shape[0]
     h, o = W2.shape
     gW1, gW2 = np.zeros_like(W1), np.zeros_like(W2)
     gb1, gb2 = np.zeros_like(b1), np.zeros_like(b2)
     one = W1.dtype.type(1)
     total = 0.0
+    correct = 0
     for r0 in range(0, n, block):
         Xb = X[r0:r0 + block]
         A = np.dot(Xb, W1)
@@ -205,7 +212,9 @@ def _grads(W1, b1, W2, b2, X, T, l1, l2, act, task, fast_exp, block):  # pragma:
         for i in range(rows):
             for m in range(o):
                 Z[i, m] += b2[m]
-        total += _loss_delta(Z, T[r0:r0 + block], task, n)
+        part, right = _loss_delta(Z, T[r0:r0 + block], R[r0:r0 + block], task, n)
+        total += part
+        correct += right
         D = np.dot(Z, W2.T)
         for i in range(rows):
             for j in range(h):
@@ -227,11 +236,11 @@ def _grads(W1, b1, W2, b2, X, T, l1, l2, act, task, fast_exp, block):  # pragma:
         total += _penalty(W1, l1, l2) + _penalty(W2, l1, l2)
         _add_penalty_grad(W1, gW1, l1, l2)
         _add_penalty_grad(W2, gW2, l1, l2)
-    return total, gW1, gb1, gW2, gb2
+    return total, correct, gW1, gb1, gW2, gb2
 
 
-def _sgd(W1, b1, W2, b2, X, T, lr, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
-    total, gW1, gb1, gW2, gb2 = _grads(W1, b1, W2, b2, X, T, l1, l2, act, task, fast_exp, block)
+def _sgd(W1, b1, W2, b2, X, T, R, lr, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
+    total, correct, gW1, gb1, gW2, gb2 = _grads(W1, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block)
     if np.isfinite(total):  # (diverged: the caller reports it, the weights stay as they were)
         for W, G in ((W1, gW1), (W2, gW2)):
             w, g = W.reshape(-1), G.reshape(-1)
@@ -241,29 +250,41 @@ def _sgd(W1, b1, W2, b2, X, T, lr, l1, l2, act, task, fast_exp, block):  # pragm
             b1[j] -= lr * gb1[j]
         for m in range(b2.size):
             b2[m] -= lr * gb2[m]
-    return total
+    return total, correct
 
 
-def _args(params, X, T, l1, l2, activation, task):
+def _weights(weights, n: int, dtype) -> np.ndarray:
+    """Per-row loss weights as the compiled code takes them (all ones where none are given)."""
+    if weights is None:
+        return np.ones(n, dtype)
+    return np.ascontiguousarray(weights, dtype=dtype).reshape(n)
+
+
+def _args(params, X, T, weights, l1, l2, activation, task):
     t = X.dtype.type
     return (params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X), targets_2d(T, X.dtype),
-            t(l1), t(l2), ACT_IDS[activation], TASK_IDS[task], X.dtype == np.float32, BLOCK_ROWS)
+            _weights(weights, len(X), X.dtype), t(l1), t(l2), ACT_IDS[activation], TASK_IDS[task],
+            X.dtype == np.float32, BLOCK_ROWS)
 
 
 def sgd_step(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: float, l1: float, l2: float,
-             activation: str, task: str) -> float:
-    """One SGD step on the batch ``X`` (rows, features); returns the batch's mean loss plus the penalty.
+             activation: str, task: str, weights: np.ndarray | None = None) -> tuple[float, int]:
+    """One SGD step on the batch ``X`` (rows, features): ``(mean loss plus the penalty, rows the
+    network classified right before the step)``.
 
-    ``T`` holds class indices (binary, multiclass) or targets (regression). ``params`` is
-    updated in place, unless the loss is not finite (the caller reports the divergence).
+    ``T`` holds class indices (binary, multiclass) or targets (regression); ``weights`` (rows,),
+    if given, weigh each row's loss (the mean is still over the rows). ``params`` is updated in
+    place, unless the loss is not finite (the caller reports the divergence).
     """
-    W1, b1, W2, b2, X, T, l1, l2, *rest = _args(params, X, T, l1, l2, activation, task)
-    return float(_get("_sgd")(W1, b1, W2, b2, X, T, X.dtype.type(lr), l1, l2, *rest))
+    W1, b1, W2, b2, X, T, R, l1, l2, *rest = _args(params, X, T, weights, l1, l2, activation, task)
+    total, correct = _get("_sgd")(W1, b1, W2, b2, X, T, R, X.dtype.type(lr), l1, l2, *rest)
+    return float(total), int(correct)
 
 
 def loss_and_grads(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, l1: float, l2: float,
-                   activation: str, task: str) -> tuple[float, dict[str, np.ndarray]]:
-    """The batch's mean loss plus the penalty, and the gradients of that sum (as
-    ``TwoLayerNet.loss_and_grads`` returns them), for optimisers other than plain SGD."""
-    total, *grads = _get("_grads")(*_args(params, X, T, l1, l2, activation, task))
-    return float(total), dict(zip(("W1", "b1", "W2", "b2"), grads))
+                   activation: str, task: str, weights: np.ndarray | None = None
+                   ) -> tuple[float, int, dict[str, np.ndarray]]:
+    """The batch's mean loss plus the penalty, the rows classified right, and the gradients of that
+    loss (as ``TwoLayerNet.loss_and_grads`` returns them), for optimisers other than plain SGD."""
+    total, correct, *grads = _get("_grads")(*_args(params, X, T, weights, l1, l2, activation, task))
+    return float(total), int(correct), dict(zip(("W1", "b1", "W2", "b2"), grads))

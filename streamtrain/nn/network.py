@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from .functions import ACTIVATIONS, INITS, TASKS
+from .functions import ACTIVATIONS, INITS, TASKS, correct_count
 
 __all__ = ["TwoLayerNet", "PARAM_NAMES"]
 
@@ -62,12 +62,14 @@ class TwoLayerNet:
                 total += l1 * float(np.abs(w).sum())
         return total
 
-    def loss_and_grads(self, X: np.ndarray, y: np.ndarray, l1: float = 0.0,
-                       l2: float = 0.0) -> tuple[float, float, dict[str, np.ndarray]]:
-        """Mean data loss, the penalty, and the gradients of their sum w.r.t. every parameter."""
+    def loss_and_grads(self, X: np.ndarray, y: np.ndarray, l1: float = 0.0, l2: float = 0.0,
+                       weights: np.ndarray | None = None) -> tuple[float, float, dict[str, np.ndarray]]:
+        """Mean (weighted) data loss, the penalty, and the gradients of their sum w.r.t. every parameter;
+        ``self.last_correct``: the rows the network classified right before these gradients."""
         p = self.params
         a1, z = self.forward(X)
-        loss, dz = self._task.loss_delta(z, y)
+        self.last_correct = correct_count(self.task, z, y)
+        loss, dz = self._task.loss_delta(z, y, weights)
         dz = dz.astype(self.dtype, copy=False)
         grads = {"W2": a1.T @ dz, "b2": dz.sum(axis=0)}
         da1 = dz @ p["W2"].T

@@ -35,7 +35,8 @@ def _get_loop():
     return _compiled
 
 
-def _loop(W1, b1, W2, b2, X, T, lr, l1, l2, act, task):  # pragma: no cover - compiled
+def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task):  # pragma: no cover - compiled
+    # R: each row's loss weight; LR: the learning rate of each row's step (a schedule's values)
     n, d = X.shape
     h = W1.shape[1]
     o = W2.shape[1]
@@ -43,8 +44,10 @@ def _loop(W1, b1, W2, b2, X, T, lr, l1, l2, act, task):  # pragma: no cover - co
     da = np.empty(h, W1.dtype)
     z = np.empty(o, W1.dtype)
     loss_sum = 0.0
+    correct = 0
     for i in range(n):
         x = X[i]
+        w_i, lr = R[i], LR[i]
         # forward: hidden layer
         for j in range(h):
             a[j] = b1[j]
@@ -66,31 +69,34 @@ def _loop(W1, b1, W2, b2, X, T, lr, l1, l2, act, task):  # pragma: no cover - co
         for j in range(h):
             for m in range(o):
                 z[m] += a[j] * W2[j, m]
-        # loss and dL/dz (into z)
+        # loss and dL/dz (into z); the prediction is scored before the row's update (test, then train)
         if task == 0:
             zz, t = z[0], T[i, 0]
-            loss_sum += max(zz, 0.0) + np.log1p(np.exp(-abs(zz))) - t * zz
+            correct += (zz > 0) == (t > 0.5)
+            loss_sum += w_i * (max(zz, 0.0) + np.log1p(np.exp(-abs(zz))) - t * zz)
             p = 1.0 / (1.0 + np.exp(-zz)) if zz >= 0 else np.exp(zz) / (1.0 + np.exp(zz))
-            z[0] = p - t
+            z[0] = w_i * (p - t)
         elif task == 1:
-            top = z[0]
+            top, best = z[0], 0
             for m in range(1, o):
-                top = max(top, z[m])
+                if z[m] > top:
+                    top, best = z[m], m
             total = 0.0
             for m in range(o):
                 total += np.exp(z[m] - top)
             c = int(T[i, 0])
-            loss_sum += np.log(total) - (z[c] - top)
+            correct += best == c
+            loss_sum += w_i * (np.log(total) - (z[c] - top))
             for m in range(o):
-                z[m] = np.exp(z[m] - top) / total
-            z[c] -= 1.0
+                z[m] = w_i * np.exp(z[m] - top) / total
+            z[c] -= w_i
         else:
             sq = 0.0
             for m in range(o):
                 r = z[m] - T[i, m]
                 sq += r * r
-                z[m] = r
-            loss_sum += 0.5 * sq
+                z[m] = w_i * r
+            loss_sum += w_i * 0.5 * sq
         # the penalty of the weights this sample's loss was computed with
         if l1 != 0.0 or l2 != 0.0:
             pen = 0.0
@@ -131,7 +137,7 @@ def _loop(W1, b1, W2, b2, X, T, lr, l1, l2, act, task):  # pragma: no cover - co
                 W1[k, j] = w - lr * g
         for j in range(h):
             b1[j] -= lr * da[j]
-    return loss_sum
+    return loss_sum, correct
 
 
 def targets_2d(T: np.ndarray, dtype) -> np.ndarray:
@@ -139,13 +145,19 @@ def targets_2d(T: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(T, dtype=dtype).reshape(len(T), -1)
 
 
-def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: float, l1: float, l2: float,
-               activation: str, task: str) -> float:
-    """Apply one SGD step per row of ``X`` (rows, features), in order; returns the summed loss.
+def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, l1: float, l2: float,
+               activation: str, task: str, weights: np.ndarray | None = None) -> tuple[float, int]:
+    """Apply one SGD step per row of ``X`` (rows, features), in order: ``(summed loss, rows
+    classified right, each before its own step)``.
 
-    ``T`` holds class indices (binary, multiclass) or targets (regression).
+    ``T`` holds class indices (binary, multiclass) or targets (regression); ``lr`` is a rate,
+    or one per row (a schedule's); ``weights`` (rows,), if given, weigh each row's loss.
     ``params`` is updated in place.
     """
-    return float(_get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
-                             targets_2d(T, X.dtype),
-                             X.dtype.type(lr), X.dtype.type(l1), X.dtype.type(l2), ACT_IDS[activation], TASK_IDS[task]))
+    n, t = len(X), X.dtype.type
+    rates = np.full(n, lr, X.dtype) if np.ndim(lr) == 0 else np.ascontiguousarray(lr, dtype=X.dtype)
+    R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
+    loss_sum, correct = _get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
+                                    targets_2d(T, X.dtype), R, rates, t(l1), t(l2), ACT_IDS[activation],
+                                    TASK_IDS[task])
+    return float(loss_sum), int(correct)

@@ -92,11 +92,13 @@ class Validation(Hook):
 
 
 class EarlyStopping(Hook):
-    """Tracks the best validation loss; with ``patience``, stops after that many epochs without a
-    better one and restores the best epoch's parameters at the end."""
+    """Tracks the best epoch by ``metric`` (a loss lower, an accuracy or R^2 higher, better by more
+    than ``min_delta``); with ``patience``, stops after that many epochs without a better one and
+    restores the best epoch's parameters at the end."""
 
-    def __init__(self, patience: int, log: Callable | None = None):
-        self.patience, self.log = patience, log
+    def __init__(self, patience: int, log: Callable | None = None, metric: str = "val_loss", min_delta: float = 0.0):
+        self.patience, self.log, self.metric, self.min_delta = patience, log, metric, min_delta
+        self.sign = 1.0 if metric.endswith("loss") else -1.0  # compare as a loss: lower is better
 
     def _waited_enough(self, trainer) -> bool:
         return bool(self.patience) and trainer.state.early["wait"] >= self.patience
@@ -107,8 +109,9 @@ class EarlyStopping(Hook):
 
     def on_epoch_end(self, trainer, record):
         early, state = trainer.state.early, trainer.state
-        if early["best_loss"] is None or record["val_loss"] < early["best_loss"]:
-            early.update(best_loss=record["val_loss"], best_epoch=record["epoch"], wait=0)
+        value = record[self.metric]
+        if early["best"] is None or self.sign * value < self.sign * early["best"] - self.min_delta:
+            early.update(best=value, best_epoch=record["epoch"], wait=0)
             if self.patience:
                 state.best_params = {k: v.copy() for k, v in trainer.net.params.items()}
         else:
@@ -175,7 +178,7 @@ class Checkpointer(Hook):
     def on_epoch_end(self, trainer, record):
         path = self._save(trainer)
         early = trainer.state.early
-        if self.config.keep_best and record.get("val_loss") is not None and early["best_epoch"] == record["epoch"]:
+        if self.config.keep_best and early["best_epoch"] == record["epoch"]:
             self.rundir.keep_as_best(path)
 
     def on_train_end(self, trainer):

@@ -72,15 +72,18 @@ class Loop:
                     if n == 0 and skip_empty:  # every row skipped for NaN/Inf
                         sampler.advance(len(span_rows))
                         continue
+                    # targets packed with a weight column's values, where the run has one
+                    Ts, w = (Ts["t"], Ts["w"]) if Ts.dtype.names else (Ts, None)
                     if stepper.per_sample:
-                        loss_sum, steps = stepper.samples(Xs, Ts), n
+                        (loss_sum, correct), steps = stepper.samples(Xs, Ts, state.global_step, w), n
                         loss = loss_sum / n
                     else:
-                        loss, steps = stepper.batch(Xs, Ts), 1
+                        (loss, correct), steps = stepper.batch(Xs, Ts, state.global_step, w), 1
                         loss_sum = loss * n
                     sampler.advance(len(span_rows))
                     state.global_step += steps
                     acc["loss_sum"] += loss_sum
+                    acc["correct"] = acc.get("correct", 0) + correct
                     acc["n"] += n
                     in_hooks += self._after(span_rows, loss, steps)
                     if t.stop_requested:

@@ -77,7 +77,7 @@ class TrainerSchema(Schema):
 
     TOP = {"format_version", "streamtrain_version", "config", "model", "state", "fingerprint"}
     MODEL = {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype", "classes", "feature_names",
-             "selection", "label", "scale", "source_format"}
+             "selection", "label", "scale", "source_format", "weight", "class_weights"}
     STATE = {"global_step", "sampler", "epoch_acc", "early_stopping", "record", "restored_best"}
 
     def upgrade(self, meta: dict) -> dict:
@@ -90,6 +90,10 @@ class TrainerSchema(Schema):
                                                               "scale")},
                  "source_format": fingerprint.get("format") if isinstance(fingerprint, dict) else None}
         state = {k: meta.get(k) for k in ("global_step", "sampler", "epoch_acc", "early_stopping")}
+        early = state["early_stopping"]
+        if isinstance(early, dict) and "best_loss" in early:  # the best validation loss, by its old name
+            state["early_stopping"] = {"best": early["best_loss"], **{k: v for k, v in early.items()
+                                                                      if k != "best_loss"}}
         state.update(record=history[-1] if isinstance(history, list) and history else None, restored_best=None)
         return {"format_version": 2, "streamtrain_version": meta.get("streamtrain_version", ""),
                 "config": meta.get("config"), "model": model, "state": state, "fingerprint": fingerprint}
@@ -163,15 +167,23 @@ class TrainerSchema(Schema):
         _str(_field(model, "label", "model"), "model.label", none=True)
         _str(_field(model, "scale", "model"), "model.scale", tuple(SCALINGS))
         _str(model.get("source_format"), "model.source_format", none=True)
+        _str(model.get("weight"), "model.weight", none=True)
+        cw = model.get("class_weights")
+        if cw is not None:
+            if not isinstance(cw, list) or len(cw) != max(len(model["classes"]), 2 if task == "binary" else 0):
+                raise ValueError("metadata field model.class_weights must be a weight for each class")
+            for i, v in enumerate(cw):
+                _number(v, f"model.class_weights[{i}]", 0.0)
         state = meta["state"]
         _int(_field(state, "global_step", "state"), "state.global_step")
         self._check_sampler(_field(state, "sampler", "state"))
         acc = _field(state, "epoch_acc", "state")
         _number(_field(acc, "loss_sum", "state.epoch_acc"), "state.epoch_acc.loss_sum")
         _int(_field(acc, "n", "state.epoch_acc"), "state.epoch_acc.n")
+        _int(acc.get("correct", 0), "state.epoch_acc.correct")
         _number(_field(acc, "seconds", "state.epoch_acc"), "state.epoch_acc.seconds", 0)
         early = _field(state, "early_stopping", "state")
-        _number(_field(early, "best_loss", "state.early_stopping"), "state.early_stopping.best_loss", none=True)
+        _number(_field(early, "best", "state.early_stopping"), "state.early_stopping.best", none=True)
         if _field(early, "best_epoch", "state.early_stopping") is not None:
             _int(early["best_epoch"], "state.early_stopping.best_epoch", 1)
         _int(_field(early, "wait", "state.early_stopping"), "state.early_stopping.wait")

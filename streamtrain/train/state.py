@@ -23,7 +23,7 @@ __all__ = ["TrainState", "checkpoint_contents", "restore", "make_run_optimizer"]
 
 
 def _acc() -> dict[str, Any]:
-    return {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
+    return {"loss_sum": 0.0, "n": 0, "correct": 0, "seconds": 0.0}
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainState:
     global_step: int = 0
     sampler: dict[str, Any] | None = None
     epoch_acc: dict[str, Any] = field(default_factory=_acc)
-    early: dict[str, Any] = field(default_factory=lambda: {"best_loss": None, "best_epoch": None, "wait": 0})
+    early: dict[str, Any] = field(default_factory=lambda: {"best": None, "best_epoch": None, "wait": 0})
     best_params: dict[str, np.ndarray] | None = None
     record: dict[str, Any] | None = None
     restored_best: int | None = None

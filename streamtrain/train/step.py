@@ -16,20 +16,26 @@ import numpy as np
 
 from ..nn import minibatch, online
 from ..nn.network import PARAM_NAMES
+from ..nn.schedules import rates
 from .distributed import LOCAL, Communicator
 
 __all__ = ["Stepper"]
 
 
 class Stepper:
-    """``batch(X, T)``: one update on a batch, returning its mean loss plus the penalty;
-    ``samples(X, T)``: one update per row, returning the sum of their losses. A step whose
-    loss is not finite changes nothing (the caller reports the divergence)."""
+    """``batch(X, T, step, w)``: one update on a batch (the run's ``step``-th), returning its mean
+    loss plus the penalty and the rows it classified right before the update; ``samples(X, T,
+    step, w)``: one update per row, returning the sum of their losses and the rows classified
+    right. ``w``: per-row loss weights (a weight column; class weights are applied here). A step
+    whose loss is not finite changes nothing (the caller reports the divergence)."""
 
-    def __init__(self, config, model, optimizer, comm: Communicator = LOCAL):
+    def __init__(self, config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0):
         cfg = self.config = config
         self.net, self.task, self.optimizer, self.comm = model.net, model.task, optimizer, comm
         self.lr, self.l1, self.l2 = config.learning_rate, config.l1, config.l2
+        self.scheduled = cfg.lr_schedule != "constant" or cfg.warmup > 0
+        self.total_steps = total_steps
+        self.class_weights = getattr(model, "class_weight_vector", None)
         alone = comm.size == 1
         self.compiled = cfg.compiled and minibatch.available()
         sgd = cfg.optimizer == "sgd"
@@ -44,32 +50,49 @@ class Stepper:
         if self.compiled and not self.per_sample:
             minibatch.load(self.config.dtype, self.fused)
 
-    def batch(self, X: np.ndarray, T: np.ndarray) -> float:
-        net = self.net
-        if self.fused:
-            return minibatch.sgd_step(net.params, X, T, self.lr, self.l1, self.l2, net.activation, self.task)
-        if self.reduces:
-            total, grads = self._reduced(X, T)
-        elif self.compiled:
-            total, grads = minibatch.loss_and_grads(net.params, X, T, self.l1, self.l2, net.activation, self.task)
-        else:
-            loss, penalty, grads = net.loss_and_grads(X, T, self.l1, self.l2)
-            total = loss + penalty
-        if math.isfinite(total):
-            self.optimizer.step(net.params, grads)
-        return total
+    def rate(self, step: int) -> float:
+        """The learning rate of the run's ``step``-th update."""
+        return float(rates(self.config, np.array([step]), self.total_steps)[0]) if self.scheduled else self.lr
 
-    def samples(self, X: np.ndarray, T: np.ndarray) -> float:
+    def weights(self, T: np.ndarray, w: np.ndarray | None) -> np.ndarray | None:
+        """Each row's loss weight: its class's (if any) times its own (if any)."""
+        if self.class_weights is None:
+            return w
+        by_class = self.class_weights[T]
+        return by_class if w is None else by_class * w
+
+    def batch(self, X: np.ndarray, T: np.ndarray, step: int = 0, w: np.ndarray | None = None) -> tuple[float, int]:
+        net = self.net
+        w = self.weights(T, w)
+        lr = self.rate(step)
+        if self.fused:
+            return minibatch.sgd_step(net.params, X, T, lr, self.l1, self.l2, net.activation, self.task, w)
+        if self.reduces:
+            total, correct, grads = self._reduced(X, T, w)
+        elif self.compiled:
+            total, correct, grads = minibatch.loss_and_grads(net.params, X, T, self.l1, self.l2, net.activation,
+                                                             self.task, w)
+        else:
+            loss, penalty, grads = net.loss_and_grads(X, T, self.l1, self.l2, w)
+            total, correct = loss + penalty, net.last_correct
+        if math.isfinite(total):
+            self.optimizer.lr = lr
+            self.optimizer.step(net.params, grads)
+        return total, correct
+
+    def samples(self, X: np.ndarray, T: np.ndarray, step: int = 0, w: np.ndarray | None = None) -> tuple[float, int]:
         params = self.net.params
         before = {k: v.copy() for k, v in params.items()}
-        loss_sum = online.sgd_online(params, X, T, self.lr, self.l1, self.l2, self.net.activation, self.task)
+        lr = rates(self.config, step + np.arange(len(X)), self.total_steps) if self.scheduled else self.lr
+        loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
+                                              self.weights(T, w))
         if not (np.isfinite(loss_sum) and all(np.isfinite(v).all() for v in params.values())):
             for k, v in before.items():  # leave the last good state
                 params[k][...] = v
-            return math.nan
-        return loss_sum
+            return math.nan, correct
+        return loss_sum, correct
 
-    def _reduced(self, X: np.ndarray, T: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def _reduced(self, X: np.ndarray, T: np.ndarray, w=None) -> tuple[float, int, dict[str, np.ndarray]]:
         """The mean loss and gradients over every process's rows of this step's global batch.
 
         Each process's data gradients, weighted by its rows, its loss and its row count go in
@@ -78,22 +101,24 @@ class Stepper:
         net = self.net
         n = len(X)
         if n == 0:
-            loss, grads = 0.0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
+            loss, correct, grads = 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
         elif self.compiled:
-            loss, grads = minibatch.loss_and_grads(net.params, X, T, 0.0, 0.0, net.activation, self.task)
+            loss, correct, grads = minibatch.loss_and_grads(net.params, X, T, 0.0, 0.0, net.activation, self.task, w)
         else:
-            loss, _, grads = net.loss_and_grads(X, T)
+            loss, _, grads = net.loss_and_grads(X, T, weights=w)
+            correct = net.last_correct
         sizes = [grads[k].size for k in PARAM_NAMES]
-        buf = np.empty(sum(sizes) + 2, dtype=np.float64)
+        buf = np.empty(sum(sizes) + 3, dtype=np.float64)
         at = 0
         for k, size in zip(PARAM_NAMES, sizes):
             np.multiply(grads[k].reshape(-1), n, out=buf[at:at + size])
             at += size
-        buf[at], buf[at + 1] = loss * n, n
+        buf[at], buf[at + 1], buf[at + 2] = loss * n, correct, n
         self.comm.allreduce(buf)
         total_n = buf[-1]
         if total_n == 0:
-            return 0.0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
+            return 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
+        correct = int(round(buf[at + 1]))
         buf /= total_n
         at, out = 0, {}
         for k, size in zip(PARAM_NAMES, sizes):
@@ -105,4 +130,4 @@ class Stepper:
                 out[k] += self.l2 * w
             if self.l1:
                 out[k] += self.l1 * np.sign(w)
-        return float(buf[at]) + net.penalty(self.l1, self.l2), out
+        return float(buf[at]) + net.penalty(self.l1, self.l2), correct, out

@@ -26,7 +26,7 @@ from ..io.rundir import RunDirectory
 from ..model import Model
 from ..nn import minibatch
 from ..progress import DEFAULT_EVERY, Progress
-from ..readers import open_dataset
+from ..readers import ArrayDataset, open_dataset
 from ..readers.base import Dataset
 from ..readers.subset import HoldoutSplit
 from .hooks import (
@@ -78,6 +78,8 @@ class Trainer:
         self.fingerprint: dict[str, Any] = {}
         self.stop_requested: str | None = None
         self.log_every = DEFAULT_EVERY
+        self.weight: str | None = None
+        self.last_loss: float | None = None
 
     # -- the model's parts, for convenience ------------------------------------
     net = property(lambda self: None if self.model is None else self.model.net)
@@ -108,7 +110,7 @@ class Trainer:
         return self.state.global_step, (s.epoch if s else 0), (s.position if s else 0)
 
     # -- training ---------------------------------------------------------------
-    def fit(self, source, val=None, *, features=None, label=None, checkpoint_dir=None, resume: bool = False,
+    def fit(self, source, val=None, *, features=None, label=None, weight=None, checkpoint_dir=None, resume: bool = False,
             force: bool = False, overwrite: bool = False, callbacks: Iterable = (),
             log: Callable[[str], None] | None = print, log_every: float = DEFAULT_EVERY) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done; returns the history (one dict per epoch).
@@ -116,7 +118,8 @@ class Trainer:
         With ``checkpoint_dir`` a checkpoint is written at the end of every epoch (and every
         ``checkpoint_every`` batches or ``checkpoint_seconds``); the directory holds one run:
         ``resume`` continues the run there, ``overwrite`` replaces it. ``callbacks`` are hooks
-        (see ``streamtrain.train.hooks``). ``log`` hears what happens (a line per epoch; on long
+        (see ``streamtrain.train.hooks``). ``weight`` names a column whose values weigh each row's
+        loss (or, with arrays, holds those values). ``log`` hears what happens (a line per epoch; on long
         passes a line every ``log_every`` seconds, or a bar on a terminal).
         """
         self.log_every = log_every
@@ -132,11 +135,16 @@ class Trainer:
                 found = self._claim(rundir, resume, overwrite, log)
                 if found is not None:
                     self._adopt_settings(found, force)
+                    saved_weight = found[2]["model"].get("weight")
+                    if weight is None or weight == saved_weight:
+                        weight = saved_weight  # the run's weight column, like its settings
+                    elif isinstance(weight, str):
+                        raise CheckpointError(f"{found[0]}: the run weighs rows by {saved_weight!r}, not {weight!r}")
                 cfg = self.config
                 if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
                     # overlaps opening the data, the statistics pass, a checkpoint's restoring
                     minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd")
-                train, val_ds = self._open(source, val, features, label)
+                train, val_ds = self._open(source, val, features, label, weight)
                 self.sampler = self._make_sampler(train)
                 # Started before the statistics pass or the restore, so that its start-up overlaps them.
                 process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None)
@@ -172,21 +180,51 @@ class Trainer:
         if (resume or overwrite) and not checkpoint_dir:
             raise ConfigError(f"{'resume' if resume else 'overwrite'} needs a checkpoint directory")
         validation = has_val or cfg.val_fraction > 0
+        watched = cfg.early_stopping_metric.startswith("val_")
         for name, on in (("early_stopping", cfg.early_stopping), ("keep_best", cfg.keep_best)):
-            if on and not validation:
+            if on and watched and not validation:
                 raise ConfigError(f"{name} needs validation data (--val or --val-fraction): without it, it does nothing")
+        if cfg.early_stopping_metric.endswith("_r2") and cfg.task in ("binary", "multiclass") or \
+                cfg.early_stopping_metric.endswith("_accuracy") and cfg.task == "regression":
+            raise ConfigError(f"early_stopping_metric: a {cfg.task} run has no {cfg.early_stopping_metric}")
 
-    def _open(self, source, val, features, label) -> tuple[Dataset, Dataset | None]:
+    def _open(self, source, val, features, label, weight=None) -> tuple[Dataset, Dataset | None]:
         cfg = self.config
         opts = {"dtype": cfg.dtype, "nonfinite": "skip" if cfg.skip_nonfinite else "error",
                 "allow_missing_chunks": cfg.allow_missing_chunks}
+        self.weight = None
+        if weight is not None and not isinstance(weight, str):  # per-row values for (X, y) arrays
+            if not (isinstance(source, tuple) and len(source) == 2):
+                raise DataError("per-row weights go with (X, y) arrays; for a file, name its weight column")
+            X, y = np.asarray(source[0]), source[1]
+            w = np.asarray(weight, dtype=np.float64).reshape(-1)
+            if X.ndim != 2 or len(w) != len(X):
+                raise DataError(f"sample weights: {len(w)} values for {len(X)} rows")
+            source = ArrayDataset(np.column_stack([X, w]), y, dtype=cfg.dtype,
+                                  feature_names=[f"f{j}" for j in range(X.shape[1])] + ["sample_weight"])
+            weight = "sample_weight"
         data = open_dataset(source, features, label, **opts)
+        if weight is not None:
+            data = self._with_weight(source, data, features, label, weight, opts)
+            self.weight = weight
         if val is not None:
             return data, open_dataset(val, data.selection, data.label_name, **opts)
         if cfg.val_fraction:
             return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                     HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"))
         return data, None
+
+    @staticmethod
+    def _with_weight(source, data: Dataset, features, label, weight: str, opts: dict) -> Dataset:
+        """The dataset read with the weight column after the features (one column per feature)."""
+        if list(data.feature_names)[-1:] == [weight] and data.format == "memory":
+            return data
+        if isinstance(data.selection, str):
+            raise DataError(f"{data.path}: a weight column goes with one column per feature (Parquet, Zarr or "
+                            f"HDF5 columns), not a 2-D features array ({data.selection!r})")
+        names = [n for n in data.feature_names if n != weight]
+        data.close()
+        return open_dataset(source, names + [weight], label, **opts)
 
     def _claim(self, rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
         """The checkpoint to resume from (or None), the directory made this run's."""
@@ -262,7 +300,7 @@ class Trainer:
         with Progress(data.n_rows, what, log, self.log_every) as progress:
             stats = scan(data, features, progress.update, first_only)
         self.model = Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name,
-                                 data.selection, data.format, data.path, log)
+                                 data.selection, data.format, data.path, log, self.weight)
         self.optimizer = make_run_optimizer(self.config)
         self.state = TrainState()
         self.fingerprint = data.fingerprint()
@@ -273,9 +311,16 @@ class Trainer:
                        window_rows=window_rows_for(cfg.window_mb * 2**20, train), replacement=cfg.replacement)
 
     def _hooks(self, val_ds, rundir, callbacks: list, log) -> list:
+        cfg = self.config
         hooks: list = [DivergenceGuard()]
         if val_ds is not None:
-            hooks += [Validation(val_ds, log, self.log_every), EarlyStopping(self.config.early_stopping, log)]
+            hooks.append(Validation(val_ds, log, self.log_every))
+        metric, regression = cfg.early_stopping_metric, self.model.task == "regression"
+        recorded = not (metric.endswith("_r2") and not regression or metric.endswith("_accuracy") and regression)
+        if not recorded and (cfg.early_stopping or cfg.keep_best):
+            raise ConfigError(f"early_stopping_metric: a {self.model.task} run has no {metric}")
+        if recorded and (val_ds is not None or not metric.startswith("val_")):
+            hooks.append(EarlyStopping(cfg.early_stopping, log, metric, cfg.min_delta))
         if log:
             hooks.append(EpochLog(log))
             if not any(isinstance(h, ProgressBar) for h in callbacks):
@@ -288,17 +333,9 @@ class Trainer:
 
     def _train(self, train: Dataset, process, hooks: list) -> None:
         cfg, model = self.config, self.model
-        self.stepper = Stepper(cfg, model, self.optimizer)
+        self.stepper = Stepper(cfg, model, self.optimizer, total_steps=cfg.epochs * len(self.sampler))
         self.stepper.load()  # before the loader limits BLAS threads: it loads scipy's BLAS
-        where = train.path
-        if cfg.scale == "batch-center":  # scaling depends on the batch: applied per batch
-            transform, scale, prepare = None, None, (lambda X, y: model.prepare(X, y, where))
-        elif model.scaler.kind == "standard" and model.scaler.mean is not None:
-            # the loader scales the rows in the arrays it gathered them into; labels per group
-            transform, scale, prepare = (lambda X, y: (X, model.targets(y, where))), \
-                (model.scaler.mean, model.scaler.scale), None
-        else:
-            transform, scale, prepare = (lambda X, y: model.prepare(X, y, where)), None, None
+        transform, scale, prepare = model.loader_steps(cfg, train.path)
         loader = Loader(train, self.sampler, whole_groups=self.stepper.per_sample, transform=transform,
                         decoder=cfg.decoder, process=process, scale=scale, workers=cfg.decoder_workers or None)
         with loader, loader.sharing_cores():
@@ -307,22 +344,25 @@ class Trainer:
     def end_epoch(self) -> dict[str, Any]:
         """Close the epoch the sampler is in: its record (hooks add to it), the next epoch begun."""
         acc = self.state.epoch_acc
-        record = {"epoch": self.sampler.epoch + 1, "train_loss": acc["loss_sum"] / max(acc["n"], 1),
-                  "samples": acc["n"], "seconds": acc["seconds"],
-                  "samples_per_s": acc["n"] / acc["seconds"] if acc["seconds"] > 0 else None}
+        record = {"epoch": self.sampler.epoch + 1, "train_loss": acc["loss_sum"] / max(acc["n"], 1)}
+        if self.model.task != "regression":  # each batch scored before its update: progressive validation
+            record["train_accuracy"] = acc.get("correct", 0) / max(acc["n"], 1)
+        record.update({"samples": acc["n"], "seconds": acc["seconds"],
+                       "samples_per_s": acc["n"] / acc["seconds"] if acc["seconds"] > 0 else None})
         self.history.append(record)
         self.state.record = record
         self.sampler.next_epoch()
         self.state.new_epoch()
         return record
 
-    def partial_fit(self, X, y, classes=None) -> "Trainer":
+    def partial_fit(self, X, y, classes=None, sample_weight=None) -> "Trainer":
         """Update the model on the rows given, in order, in minibatches of ``config.batch_size``.
 
         For pipelines that own the data flow (pure online use). The first call sets the
         model up lazily: scaling statistics come from this first block, and ``classes``
         (all the labels that will ever occur) must be given there unless the block holds
-        them all. Batch size 1 with plain SGD runs the compiled per-sample loop.
+        them all. ``sample_weight`` weighs each row's loss. Batch size 1 with plain SGD runs the
+        compiled per-sample loop. A cosine schedule needs a run's length, which partial_fit has not.
 
         >>> import numpy as np
         >>> t = Trainer(hidden=4, batch_size=8)
@@ -331,10 +371,16 @@ class Trainer:
         'binary'
         """
         cfg = self.config
+        if cfg.lr_schedule == "cosine":
+            raise ConfigError("lr_schedule cosine decays over a run's steps, which partial_fit does not know; "
+                              "use another schedule")
         X = np.asarray(X, dtype=cfg.dtype)
         y = np.asarray(y)
         if X.ndim != 2 or len(X) != len(y):
             raise DataError(f"partial_fit: X must be (rows, features) with one label per row; got {X.shape}, {y.shape}")
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=cfg.dtype).reshape(-1)
+        if w is not None and len(w) != len(X):
+            raise DataError(f"partial_fit: {len(w)} sample weights for {len(X)} rows")
         if self.model is None:
             stats = DataStats()
             stats.update(X, y, "partial_fit")
@@ -348,17 +394,23 @@ class Trainer:
         elif X.shape[1] != self.net.n_in:
             raise DataError(f"partial_fit: {X.shape[1]} features, the model expects {self.net.n_in}")
         Xs, T = self.model.prepare(X, y, "partial_fit")
+        step, bs = self.stepper, cfg.batch_size
         with np.errstate(over="ignore", invalid="ignore"):
-            if self.stepper.per_sample:
-                spans = [(self.stepper.samples(Xs, T), len(Xs))]
+            if step.per_sample:  # (steps, the loss it returns summed over rows, run)
+                spans = [(len(Xs), True, lambda: step.samples(Xs, T, self.global_step, w))]
             else:
-                spans = ((self.stepper.batch(Xs[a:a + cfg.batch_size], T[a:a + cfg.batch_size]), 1)
-                         for a in range(0, len(Xs), cfg.batch_size))
-            for loss, steps in spans:
+                spans = [(1, False, lambda a=a: step.batch(Xs[a:a + bs], T[a:a + bs], self.global_step,
+                                                            None if w is None else w[a:a + bs]))
+                         for a in range(0, len(Xs), bs)]
+            total = 0.0
+            for i, (steps, summed, run) in enumerate(spans):
+                loss, _ = run()
                 if not np.isfinite(loss):
                     raise TrainingError(f"training diverged at batch step {self.global_step + 1} (loss is {loss});"
                                         " lower the learning rate")
                 self.state.global_step += steps
+                total += loss if summed else loss * len(Xs[i * bs:(i + 1) * bs])
+        self.last_loss = total / max(len(Xs), 1)  # the call's mean loss (per row)
         return self
 
     # -- checkpoints ------------------------------------------------------------
