@@ -7,8 +7,12 @@ start, which must install its signal handlers before anything slow) stays cheap.
 from __future__ import annotations
 
 import importlib
+import logging
 
 from ._version import __version__
+
+# The library logs through "streamtrain" and shows nothing unless the application sets logging up.
+logging.getLogger("streamtrain").addHandler(logging.NullHandler())
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -20,6 +24,7 @@ _EXPORTS = {
     "TrainingError": "errors", "Interrupted": "errors",
     # the scikit-learn estimators import scikit-learn (an optional extra)
     "StreamClassifier": "estimator", "StreamRegressor": "estimator",
+    "MLflowLogger": "train.tracking",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -242,10 +242,13 @@ def _load_config(ctx, param, value):
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Write each epoch's record to stdout as one JSON object per line.")
+@click.option("--mlflow", "mlflow_uri", default=None, metavar="URI",
+              help="Log the run to MLflow at this tracking URI (e.g. file:./mlruns): settings, each epoch's "
+              "metrics, the final checkpoint. Needs pip install 'streamtrain[mlflow]'.")
 @_log_every_option
 @click.pass_context
-def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overwrite, force, quiet, as_json, log_every,
-          **settings):
+def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overwrite, force, quiet, as_json, mlflow_uri,
+          log_every, **settings):
     """Train on DATA, streaming it in minibatches.
 
     One run per --checkpoint-dir: --resume continues it there (its settings come from the
@@ -266,6 +269,11 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
     callbacks = [ProgressBar()] if not quiet and sys.stderr.isatty() else []
     if as_json:
         callbacks.append(JsonLines())
+    if mlflow_uri:
+        from .train.tracking import MLflowLogger
+
+        callbacks.append(MLflowLogger(mlflow_uri, experiment="streamtrain",
+                                      run_name=Path(checkpoint_dir).name if checkpoint_dir else None))
     try:
         history = trainer.fit(data, val, features=_selection(features), label=label, weight=weight,
                               checkpoint_dir=checkpoint_dir,
@@ -376,7 +384,9 @@ def plot(checkpoint, out):
 
     found, _, meta = resolve_checkpoint(checkpoint, TRAINER)
     history = read_history(found) or [r for r in [meta["state"]["record"]] if r]
-    click.echo(f"wrote {plot_history(history, out, title=str(found))}")
+    run = checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    best = meta["state"]["restored_best"] or meta["state"]["early_stopping"]["best_epoch"]
+    click.echo(f"wrote {plot_history(history, out, title=f'run {Path(run).resolve().name}', best_epoch=best)}")
 
 
 @cli.command()
@@ -403,12 +413,29 @@ def inspect(path, features, label, as_json):
         return
     for key, value in info.items():
         if key == "history":
-            click.echo(f"history: {len(value)} epochs")
-        elif isinstance(value, (list, dict)) and len(value) > 12:
-            click.echo(f"{key}: {json.dumps(value[:8] if isinstance(value, list) else value, default=str)}"
-                       f"{' ...' if isinstance(value, list) else ''}")
+            click.echo(f"history: {len(value)} epoch{'s' if len(value) != 1 else ''} (metrics.jsonl)")
+        elif isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {_text(v)}")
         else:
-            click.echo(f"{key}: {value}")
+            click.echo(f"{key}: {_text(value)}")
+
+
+def _text(value, most: int = 12) -> str:
+    """A value as inspect prints it: plain words, no Python reprs."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(_text(v) for v in value[:most])
+        return shown + (f", ... ({len(value)} in all)" if len(value) > most else "")
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 def main(argv=None) -> None:
@@ -416,6 +443,7 @@ def main(argv=None) -> None:
     failures, 130 / 143 for SIGINT / SIGTERM); ``--debug`` shows the traceback."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    _show_library_warnings()
     try:
         reuse_freed_memory()
         cli.main(args=args, prog_name="streamtrain", standalone_mode=False)
@@ -440,6 +468,18 @@ def main(argv=None) -> None:
     except MemoryError:
         _fail("error: out of memory; lower --window-mb, --batch-size or --hidden", 2, debug)
     exit_now(0)
+
+
+def _show_library_warnings() -> None:
+    """The library's warnings (a damaged checkpoint passed over, say) as "warning: ..." lines on stderr."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger = logging.getLogger("streamtrain")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _fail(message: str, code: int, debug: bool) -> None:

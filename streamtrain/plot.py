@@ -12,33 +12,41 @@ from .io.writers import check_output_dir
 __all__ = ["plot_history"]
 
 
-def plot_history(history: list[dict[str, Any]], out: str | os.PathLike, title: str = "") -> str:
-    """Write a PNG of training/validation loss and validation accuracy (or R^2) per epoch."""
+def plot_history(history: list[dict[str, Any]], out: str | os.PathLike, title: str = "",
+                 best_epoch: int | None = None) -> str:
+    """Write a PNG of training (and validation) loss and accuracy (or R^2) per epoch; ``best_epoch``,
+    if given (the one early stopping kept), is marked."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise StreamtrainError("plotting needs matplotlib: pip install 'streamtrain[plot]'") from None
     if not history:
         raise StreamtrainError("nothing to plot: the history is empty")
     check_output_dir(out)
     epochs = [h["epoch"] for h in history]
-    metric = "val_accuracy" if "val_accuracy" in history[0] else "val_r2" if "val_r2" in history[0] else None
-    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
-    ax = axes[0][0]
-    ax.plot(epochs, [h["train_loss"] for h in history], label="training")
-    if "val_loss" in history[0]:
-        ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend()
-    if metric:
-        ax = axes[0][1]
-        ax.plot(epochs, [h[metric] for h in history], color="tab:green")
+    metrics = [m for m in ("train_accuracy", "val_accuracy", "val_r2") if m in history[-1]]
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(10 if metrics else 5, 4), squeeze=False)
+    panels = [(axes[0][0], [("train_loss", "training"), ("val_loss", "validation")], "loss")]
+    if metrics:
+        label = "R^2" if metrics == ["val_r2"] else "accuracy"
+        panels.append((axes[0][1], [(m, "training" if m.startswith("train") else "validation") for m in metrics],
+                       label))
+    for ax, series, ylabel in panels:
+        for key, name in series:
+            points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, markersize=3, label=name)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("validation accuracy" if metric == "val_accuracy" else "validation R^2")
+        ax.set_ylabel(ylabel)
+        ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -275,3 +275,46 @@ def test_no_compiled_runs_the_numpy_path_and_records_it(tmp_path):
         assert info["config"]["compiled"] is (flag == "--compiled")
         digests[flag] = info["params_sha256"]
     assert digests["--compiled"] != digests["--no-compiled"]
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    for name, command in cli.commands.items():
+        assert command.help and "Example:" in command.help, name
+        for p in command.params:
+            if isinstance(p, __import__("click").Option):
+                assert p.help and len(p.help) > 10, f"{name} {p.opts}"
+
+
+def test_inspect_prints_words_not_python(tmp_path):
+    ck = tmp_path / "ck"
+    assert run("train", DATA / "breast_cancer.h5", "--epochs", 1, "--checkpoint-dir", ck).returncode == 0
+    for target in (ck, DATA / "digits.zarr", DATA / "breast_cancer.h5"):
+        out = run("inspect", target).stdout
+        assert not any(s in out for s in ("None", "True", "False", "[", "{", "'")), out
+    assert "history: 1 epoch (metrics.jsonl)" in run("inspect", ck).stdout
+    assert "codecs: zstd, bytes" in run("inspect", DATA / "digits.zarr").stdout
+
+
+def test_plot_is_titled_by_run_and_marks_the_best_epoch(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from streamtrain.plot import plot_history
+
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e + (e - 3) ** 2 / 10, "train_accuracy": 0.5,
+                "val_accuracy": 0.6} for e in range(1, 7)]
+    seen = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, *a, **kw):
+        seen["title"] = fig._suptitle.get_text()
+        seen["ticks"] = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 6]
+        seen["lines"] = [line.get_label() for line in fig.axes[0].get_lines()]
+        return real(fig, *a, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    plot_history(history, tmp_path / "p.png", title="run digits", best_epoch=3)
+    assert seen["title"] == "run digits" and all(float(t).is_integer() for t in seen["ticks"])
+    assert "best epoch (3)" in seen["lines"] and (tmp_path / "p.png").stat().st_size > 1000

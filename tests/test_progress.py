@@ -112,3 +112,29 @@ def test_evaluate_says_what_the_regression_loss_is(tmp_path):
     assert _cli("train", tmp_path / "r.h5", "--epochs", 2, "--checkpoint-dir", tmp_path / "ck").returncode == 0
     res = _cli("evaluate", tmp_path / "ck", tmp_path / "r.h5")
     assert "half the squared error" in res.stdout and "mse" in res.stdout
+
+
+def test_the_mlflow_hook_logs_settings_metrics_and_the_final_checkpoint(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store for local use
+    uri = f"file://{tmp_path / 'mlruns'}"
+    res = subprocess.run([str(BIN), "train", str(DATA / "breast_cancer.h5"), "--epochs", "3", "--hidden", "5",
+                          "--val-fraction", "0.2", "--checkpoint-dir", str(tmp_path / "run"), "--mlflow", uri],
+                         capture_output=True, text=True, env={**__import__("os").environ})
+    assert res.returncode == 0, res.stderr
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.tracking.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("streamtrain").experiment_id])
+    assert run.data.params["hidden"] == "5" and run.data.params["data.format"] == "hdf5"
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3] and run.info.run_name == "run"
+    (art,) = client.list_artifacts(run.info.run_id, "checkpoint")
+    assert art.path.endswith(".npz") and run.info.status == "FINISHED"
+
+
+def test_library_messages_go_through_logging(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="streamtrain"):
+        Trainer(hidden=3, epochs=2).fit(DATA / "breast_cancer.h5")  # the default log
+    assert any(r.name == "streamtrain" and r.getMessage().startswith("epoch 2/2") for r in caplog.records)

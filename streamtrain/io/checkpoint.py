@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -381,7 +381,7 @@ def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | 
     so a crash while writing (or a damaged file) never costs more than one interval; when every
     one fails, that is a ``CheckpointError``.
     """
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    warn = warn or logging.getLogger("streamtrain").warning
     found = list_checkpoints(directory)
     for i, p in enumerate(found):
         try:

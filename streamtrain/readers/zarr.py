@@ -44,7 +44,13 @@ def _codec_names(arr) -> list[str]:
             continue
         cid = getattr(codec, "codec_id", None) or getattr(codec, "codec_name", None)
         inner = getattr(codec, "codec", None)  # zarr 3 wraps numcodecs codecs
-        cid = cid or getattr(inner, "codec_id", None) or type(codec).__name__
+        cid = cid or getattr(inner, "codec_id", None)
+        if not cid and hasattr(codec, "to_dict"):  # zarr 3's own codecs name themselves so: zstd, blosc, bytes
+            try:
+                cid = codec.to_dict().get("name")
+            except Exception:
+                cid = None
+        cid = cid or type(codec).__name__
         names.append(str(cid).lower())
     return names
 

@@ -28,8 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
 from ..errors import TrainingError
 
 __all__ = ["Every", "Hook", "schedule", "DivergenceGuard", "Validation", "EarlyStopping", "EpochLog",
@@ -243,11 +241,20 @@ class ProgressLines(Hook):
         self.started, self.rows = time.monotonic(), trainer.sampler.position
 
     def on_batch_end(self, trainer, rows, loss):
-        s, acc = trainer.sampler, trainer.state.epoch_acc
+        s = trainer.sampler
         rate = (s.position - self.rows) / max(time.monotonic() - self.started, 1e-9)
-        mean = acc["loss_sum"] / max(acc["n"], 1)
         self.log(f"epoch {s.epoch + 1}/{trainer.config.epochs}: {s.position:,} of {s.rows_per_epoch:,} rows "
-                 f"({s.position / max(s.rows_per_epoch, 1):.0%}), train_loss {mean:.4f}, {rate:,.0f} samples/s")
+                 f"({s.position / max(s.rows_per_epoch, 1):.0%}), {running(trainer)}, {rate:,.0f} samples/s")
+
+
+def running(trainer) -> str:
+    """The epoch's running training loss, and accuracy (each batch scored before its update)."""
+    acc = trainer.state.epoch_acc
+    n = max(acc["n"], 1)
+    text = f"train_loss {acc['loss_sum'] / n:.4f}"
+    if trainer.model.task != "regression":
+        text += f", train_accuracy {acc.get('correct', 0) / n:.4f}"
+    return text
 
 
 class ProgressBar(Hook):
@@ -260,7 +267,6 @@ class ProgressBar(Hook):
     def __init__(self, file=None):
         self.file = file or sys.stderr
         self.bar = None
-        self.loss = None
         self.done = 0
 
     def on_epoch_begin(self, trainer):
@@ -279,18 +285,16 @@ class ProgressBar(Hook):
             return
         s = trainer.sampler
         done = -(-s.position // s.batch_size)
-        if np.isfinite(loss):
-            self.loss = loss if self.loss is None else 0.9 * self.loss + 0.1 * loss
         self.bar.update(done - self.done)
         self.done = done
         rate = self.bar.format_dict.get("rate") or 0
-        self.bar.set_postfix_str(f"loss {self.loss or 0:.4f}, {rate * s.batch_size:,.0f} samples/s", refresh=False)
+        self.bar.set_postfix_str(f"{running(trainer)}, {rate * s.batch_size:,.0f} samples/s", refresh=False)
 
     def on_epoch_end(self, trainer, record):
         if self.bar is not None:
-            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.update(self.bar.total - self.bar.n)  # a finished bar shows 100%
             self.bar.close()
-        self.bar, self.loss = None, None
+        self.bar = None
 
     def close(self, trainer):
         if self.bar is not None:

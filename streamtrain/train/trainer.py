@@ -10,6 +10,7 @@ continue a run, ``fit(..., checkpoint_dir=..., resume=True)``, or ``partial_fit`
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -48,6 +49,9 @@ from .step import Stepper
 
 __all__ = ["Trainer"]
 
+# The library's messages (set up logging to see them: logging.basicConfig(level=logging.INFO)).
+_LOG = logging.getLogger("streamtrain")
+
 
 class Trainer:
     """Trains a ``TwoLayerNet`` on a dataset; evaluates and predicts with it.
@@ -80,6 +84,7 @@ class Trainer:
         self.log_every = DEFAULT_EVERY
         self.weight: str | None = None
         self.last_loss: float | None = None
+        self.rundir: RunDirectory | None = None
 
     # -- the model's parts, for convenience ------------------------------------
     net = property(lambda self: None if self.model is None else self.model.net)
@@ -112,7 +117,7 @@ class Trainer:
     # -- training ---------------------------------------------------------------
     def fit(self, source, val=None, *, features=None, label=None, weight=None, checkpoint_dir=None, resume: bool = False,
             force: bool = False, overwrite: bool = False, callbacks: Iterable = (),
-            log: Callable[[str], None] | None = print, log_every: float = DEFAULT_EVERY) -> list[dict[str, Any]]:
+            log: Callable[[str], None] | None = _LOG.info, log_every: float = DEFAULT_EVERY) -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done; returns the history (one dict per epoch).
 
         With ``checkpoint_dir`` a checkpoint is written at the end of every epoch (and every
@@ -154,6 +159,7 @@ class Trainer:
                     if resume and log:
                         log(f"no checkpoint in {checkpoint_dir}; starting fresh")
                     self._initialise(train, log)
+                self.rundir = rundir
                 hooks = self._hooks(val_ds, rundir, list(callbacks), log)
                 try:
                     self._train(train, process, hooks)
@@ -325,9 +331,9 @@ class Trainer:
             hooks.append(EpochLog(log))
             if not any(isinstance(h, ProgressBar) for h in callbacks):
                 hooks.append(ProgressLines(log, self.log_every))
-        hooks += callbacks
         if rundir is not None:
             hooks += [Checkpointer(rundir, self.config), MetricsLog(rundir), DirectoryWatch(rundir)]
+        hooks += callbacks  # after the checkpointer: at the end of training, the final checkpoint is there
         hooks.append(StopOnSignals())
         return hooks
 
