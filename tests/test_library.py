@@ -80,16 +80,17 @@ def test_docstring_examples_run(module, monkeypatch):
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_readme_library_examples_run(tmp_path, monkeypatch):
-    """Every ```python block of the README runs as written (from a copy of data/)."""
+@pytest.mark.parametrize("page", ["README.md", "docs/library.md", "docs/user-guide.md"])
+def test_documented_python_examples_run(tmp_path, monkeypatch, page):
+    """Every ```python block of the page runs as written (from a copy of data/)."""
     import shutil
 
     shutil.copytree(DATA, tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert blocks
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+    assert blocks or page == "docs/user-guide.md"
     for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, page, "exec"), {})
 
 
 def test_batch_iterator_scales_as_the_trainer_and_transforms():

@@ -197,3 +197,12 @@ def test_early_stopping_on_a_chosen_metric_with_min_delta():
     with pytest.raises(ConfigError, match="a regression run has no val_accuracy"):
         Trainer(hidden=3, epochs=2, task="regression", val_fraction=0.2, early_stopping=2,
                 early_stopping_metric="val_accuracy").fit((X, X[:, 0]), log=None)
+
+
+def test_partial_fit_at_batch_size_1_runs_the_compiled_per_sample_loop(monkeypatch):
+    X, y = _data(rows=200)
+    calls = []
+    real = online.sgd_online
+    monkeypatch.setattr(online, "sgd_online", lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw))
+    t = Trainer(hidden=4, batch_size=1).partial_fit(X, y, classes=[0, 1])
+    assert t.stepper.per_sample and calls == [200] and t.global_step == 200  # one compiled call, 200 updates

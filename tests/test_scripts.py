@@ -41,3 +41,9 @@ def test_quickstart_trains_resumes_and_evaluates(tmp_path):
         acc = float(re.search(r"^accuracy (\S+)", res.stdout, re.M).group(1))
         assert acc > 0.95
         assert re.search(r"trained 60 epochs, .*samples/s", res.stdout)
+
+
+def test_the_cli_reference_is_generated_from_the_commands(root):
+    res = subprocess.run([sys.executable, str(root / "scripts" / "cli_reference.py"), "--check"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
