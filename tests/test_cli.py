@@ -127,6 +127,7 @@ def test_inspect_with_selection_shows_what_was_found(tmp_path):
     assert "n_rows: 569" in text and "features_dataset: X" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_signal_finishes_the_batch_checkpoints_and_resume_is_exact(tmp_path, sig, code):
     import signal

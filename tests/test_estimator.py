@@ -101,6 +101,7 @@ def test_predict_on_a_path_streams_like_fit(tmp_path, monkeypatch):
     assert reg.predict(X[:3, 1:]).dtype == np.float64
 
 
+@pytest.mark.slow
 def test_a_fresh_process_loads_the_compiled_step_from_the_disk_cache():
     # A first fit in a new process (a notebook, a worker) reads numba's on-disk cache: no compiling.
     import subprocess

@@ -56,6 +56,7 @@ def reference(data, tmp_path_factory):
     return _digest(ckpt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["before_data:2", "after_data:2", "after_rename:2", "during_rotation:1"])
 def test_crash_at_each_step_of_a_save(data, tmp_path, reference, point):
     crashed = _train(data, tmp_path, env={"STREAMTRAIN_CRASH_AT": point})
@@ -66,6 +67,7 @@ def test_crash_at_each_step_of_a_save(data, tmp_path, reference, point):
     assert not list(tmp_path.glob(".*tmp*")), "leftover temporary files are cleaned on the next run"
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_many_times(data, tmp_path, reference):
     rng = np.random.default_rng(0)
     for _ in range(4):

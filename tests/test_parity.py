@@ -20,6 +20,7 @@ def _accuracy(trainer, X, y):
     return float(np.mean(trainer.predict(X) == y))
 
 
+@pytest.mark.slow
 def test_breast_cancer_textbook_recipe_matches_scikit_learn(breast_cancer):
     X, y = breast_cancer
     X_rest, _, y_rest, _ = train_test_split(X, y, test_size=0.2, stratify=y, random_state=42)
@@ -41,6 +42,7 @@ def test_breast_cancer_textbook_recipe_matches_scikit_learn(breast_cancer):
     assert np.median(ours) >= 0.95
 
 
+@pytest.mark.slow
 def test_digits_matches_scikit_learn(digits):
     X, y = digits
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, random_state=42)

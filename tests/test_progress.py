@@ -114,6 +114,7 @@ def test_evaluate_says_what_the_regression_loss_is(tmp_path):
     assert "half the squared error" in res.stdout and "mse" in res.stdout
 
 
+@pytest.mark.slow
 def test_the_mlflow_hook_logs_settings_metrics_and_the_final_checkpoint(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store for local use

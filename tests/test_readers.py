@@ -179,6 +179,7 @@ def test_string_parquet_feature_is_refused(tmp_path):
     assert open_dataset(tmp_path / "s.parquet").feature_names == ["a"]  # auto-detection skips it
 
 
+@pytest.mark.slow
 def test_scanning_2gb_with_a_64mb_cache_stays_under_400mb(tmp_path):
     """Peak RSS while reading every chunk (and random gathers) of 2 GB through a 64 MB cache."""
     import subprocess

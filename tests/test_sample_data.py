@@ -40,6 +40,7 @@ def test_layout_is_as_data_readme_says():
         assert word in readme
 
 
+@pytest.mark.slow
 def test_regeneration_reproduces_the_shipped_arrays(tmp_path, root):
     res = subprocess.run([sys.executable, str(root / "scripts" / "make_sample_data.py"), "--out", str(tmp_path)],
                          capture_output=True, text=True)

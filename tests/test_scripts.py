@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -28,6 +30,7 @@ def test_ci_fails_when_pytest_collects_nothing(tmp_path):
     assert res.returncode == 5 and "no tests" in res.stderr
 
 
+@pytest.mark.slow
 def test_quickstart_trains_resumes_and_evaluates(tmp_path):
     # Run in a copy of the checkout that shares this .venv, skipping the install step.
     for name in ("scripts", "data"):

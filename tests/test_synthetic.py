@@ -85,6 +85,7 @@ def test_refuses_to_overwrite_and_cleans_up_on_failure(tmp_path):
     assert open_dataset(out).n_rows == 20
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_as_rows_grow(tmp_path):
     """Peak RSS of make-data for 64 MB and 512 MB of features differs by far less than the data."""
     # VmHWM, not getrusage: ru_maxrss survives exec and would include this (large) pytest process.
