@@ -28,6 +28,8 @@ from .readers import open_dataset
 from .readers.remote import is_url
 from .readers.subset import HoldoutSplit
 from .synthetic import TASKS, make_data
+from .train.distributed import active as active_communicator
+from .train.distributed import communicator
 from .train.hooks import ProgressBar
 from .train.schema import TRAINER
 from .train.trainer import Trainer
@@ -242,13 +244,15 @@ def _load_config(ctx, param, value):
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Write each epoch's record to stdout as one JSON object per line.")
+@click.option("--distributed", type=click.Choice(["auto", "none", "mpi"]), default="auto", show_default=True,
+              help="Data-parallel training: auto (on MPI where mpiexec or srun started several processes), none, mpi.")
 @click.option("--mlflow", "mlflow_uri", default=None, metavar="URI",
               help="Log the run to MLflow at this tracking URI (e.g. file:./mlruns): settings, each epoch's "
               "metrics, the final checkpoint. Needs pip install 'streamtrain[mlflow]'.")
 @_log_every_option
 @click.pass_context
-def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overwrite, force, quiet, as_json, mlflow_uri,
-          log_every, **settings):
+def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overwrite, force, quiet, as_json, distributed,
+          mlflow_uri, log_every, **settings):
     """Train on DATA, streaming it in minibatches.
 
     One run per --checkpoint-dir: --resume continues it there (its settings come from the
@@ -264,12 +268,15 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
     if val is not None and settings["val_fraction"]:
         raise click.UsageError("give --val or --val-fraction, not both")
     trainer = Trainer(**_given_settings(ctx, settings))
+    comm = communicator(distributed)
+    lead = comm.rank == 0  # with several processes, rank 0 alone speaks
+    quiet = quiet or not lead
     log = None if quiet else _echo_err
     # A live bar only on a terminal; in a pipe or a log file the per-epoch lines suffice.
     callbacks = [ProgressBar()] if not quiet and sys.stderr.isatty() else []
-    if as_json:
+    if as_json and lead:
         callbacks.append(JsonLines())
-    if mlflow_uri:
+    if mlflow_uri and lead:
         from .train.tracking import MLflowLogger
 
         callbacks.append(MLflowLogger(mlflow_uri, experiment="streamtrain",
@@ -278,7 +285,7 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
         history = trainer.fit(data, val, features=_selection(features), label=label, weight=weight,
                               checkpoint_dir=checkpoint_dir,
                               resume=resume, force=force, overwrite=overwrite, callbacks=callbacks, log=log,
-                              log_every=log_every)
+                              log_every=log_every, distributed=comm)
     except Interrupted as e:
         if checkpoint_dir is not None and trainer.global_step:
             again = ["streamtrain", "train", data, "--checkpoint-dir", str(checkpoint_dir), "--resume"]
@@ -483,10 +490,23 @@ def _show_library_warnings() -> None:
 
 
 def _fail(message: str, code: int, debug: bool) -> None:
+    comm = active_communicator()
+    if comm.size > 1 and code not in (130, 143):
+        # MPI's model: an error on one process ends the job. Rank 0 speaks first; the others wait a
+        # moment so that, where every rank fails alike, the job usually ends before they repeat it.
+        if comm.rank:
+            time.sleep(0.5)
+        message = message.replace("error: ", f"error: rank {comm.rank}: ", 1)
+    elif comm.size > 1 and comm.rank:
+        message = ""  # an interrupt: every rank stops at the same step; rank 0 says so
     if debug:
         traceback.print_exc()
-    # one line, whatever the message holds
-    _echo_err(" ".join(message.split()) if "\n" in message else message)
+    if message:  # one line, whatever the message holds
+        _echo_err(" ".join(message.split()) if "\n" in message else message)
+    if comm.size > 1 and code not in (130, 143):
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        comm.abort(code)
     exit_now(code)
 
 

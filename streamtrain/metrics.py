@@ -40,6 +40,20 @@ class ClassificationMetrics:
             b = ((logit + AUC_LOGIT) * ((AUC_BINS - 1) / (2 * AUC_LOGIT))).astype(np.int64)
             self.scores += np.bincount(target * AUC_BINS + b, minlength=2 * AUC_BINS).reshape(2, AUC_BINS)
 
+    def reduce(self, comm) -> None:
+        """Sum this accumulator over every process (each evaluated its share of the rows)."""
+        if comm.size == 1:
+            return
+        k = self.confusion.size
+        parts = [self.confusion.ravel(), [self.loss_sum, self.n]]
+        if self.scores is not None:
+            parts.append(self.scores.ravel())
+        buf = comm.allreduce(np.concatenate(parts).astype(np.float64))
+        self.confusion = np.rint(buf[:k]).astype(np.int64).reshape(self.confusion.shape)
+        self.loss_sum, self.n = float(buf[k]), int(round(buf[k + 1]))
+        if self.scores is not None:
+            self.scores = np.rint(buf[k + 2:]).astype(np.int64).reshape(self.scores.shape)
+
     def _auc(self) -> float | None:
         neg, pos = self.scores
         if not neg.sum() or not pos.sum():
@@ -94,6 +108,16 @@ class RegressionMetrics:
         self.y_sum += float(t.sum())
         self.y_sq += float(np.sum(t * t))
         self._width = t.shape[1]
+
+    def reduce(self, comm) -> None:
+        """Sum this accumulator over every process (each evaluated its share of the rows)."""
+        if comm.size == 1:
+            return
+        width = max(comm.allgather(getattr(self, "_width", 0)))  # ranks without rows know none
+        buf = comm.allreduce(np.array([self.n, self.loss_sum, self.se, self.ae, self.y_sum, self.y_sq], np.float64))
+        self.n = int(round(buf[0]))
+        self.loss_sum, self.se, self.ae, self.y_sum, self.y_sq = map(float, buf[1:])
+        self._width = width or 1
 
     def result(self) -> dict[str, Any]:
         m = max(self.n * getattr(self, "_width", 1), 1)

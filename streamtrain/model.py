@@ -202,19 +202,23 @@ class Model:
             if progress is not None:
                 progress(len(X))
 
-    def evaluate(self, source, progress=None) -> dict[str, Any]:
+    def evaluate(self, source, progress=None, comm=None) -> dict[str, Any]:
         """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming;
-        ``progress(rows)`` hears of each chunk."""
+        ``progress(rows)`` hears of each chunk. With a communicator of several processes, each
+        evaluates its share of the chunks and the metrics are summed over all."""
         ds = self.open_like_training(source, need_label=True)
+        part = (0, 1) if comm is None else (comm.rank, comm.size)
         if ds.label_name is None:
             raise DataError(f"{ds.path}: no label to evaluate against")
         acc = metrics_for(self.task, self.classes)
-        for X, y in ds.iter_chunks():
+        for X, y in ds.iter_chunks(part):
             t = self.targets(y, ds.path)
             loss, output = self.net.loss_and_output(self.scaler.transform(self.split_weight(X)[0]), t)
             acc.update(loss, t, output)
             if progress is not None:
                 progress(len(X))
+        if comm is not None:
+            acc.reduce(comm)
         return {"path": ds.path, "task": self.task, **acc.result()}
 
     def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False,

@@ -151,7 +151,7 @@ def test_every_setting_has_a_cli_option_with_help_and_every_option_a_setting():
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     expected = (fields - {"optimizer_params"}) | {f"hp_{h}" for h in HYPERPARAMETERS}
     run_options = {"features", "label", "val", "weight", "checkpoint_dir", "resume", "overwrite", "force", "quiet",
-                   "as_json", "mlflow_uri", "log_every"}
+                   "as_json", "distributed", "mlflow_uri", "log_every"}
     assert set(options) - run_options == expected
     for name, p in options.items():
         assert p.help and len(p.help) > 10, name

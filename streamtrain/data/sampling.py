@@ -201,13 +201,18 @@ class Sampler:
     ``shuffle`` is "window" (chunk order shuffled, rows shuffled within windows
     of ``window_rows``), "global" (a uniformly random permutation of all rows)
     or "none". ``replacement=True`` draws each batch i.i.d. instead. With
-    ``world_size > 1``, worker ``rank`` gets every ``world_size``-th position of
-    the epoch's order, so workers get disjoint, equal shares (``n_rows //
-    world_size`` rows each; the remainder is left out of that epoch).
+    ``world_size > 1`` the workers share the epoch in one of two ways (``shard``):
 
-    ``position`` counts the rows of this worker's epoch already consumed; the
-    consumer calls ``advance`` after using a batch, so prefetched but unused
-    batches are not counted.
+    - ``"positions"``: worker ``rank`` gets every ``world_size``-th position of the epoch's
+      order, batches of its own (disjoint, equal shares of ``n_rows // world_size`` rows; the
+      remainder is left out of that epoch): independent workers, a DataLoader's;
+    - ``"batches"``: the epoch's batches are those of one process with ``batch_size`` (the
+      global batch), and worker ``rank`` takes every ``world_size``-th row of each: data-parallel
+      training, the same run whatever the number of workers; ``position`` is then global.
+
+    ``position`` counts the rows of the epoch already consumed; the consumer calls
+    ``advance`` (or ``advance_batch``) after using a batch, so prefetched but unused batches
+    are not counted.
 
     >>> s = Sampler(np.array([0, 4, 10]), batch_size=4, shuffle="none")
     >>> [b.tolist() for b in s.iter_epoch()]
@@ -216,13 +221,15 @@ class Sampler:
 
     def __init__(self, bounds: np.ndarray, batch_size: int = 32, shuffle: str = "window",
                  seed: int = 0, drop_last: bool = False, window_rows: int = 1 << 20,
-                 replacement: bool = False, rank: int = 0, world_size: int = 1):
+                 replacement: bool = False, rank: int = 0, world_size: int = 1, shard: str = "positions"):
         if shuffle not in SHUFFLES:
             raise ValueError(f"unknown shuffle {shuffle!r}; use one of {', '.join(SHUFFLES)}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        if shard not in ("positions", "batches"):
+            raise ValueError(f"shard must be 'positions' or 'batches', got {shard!r}")
         self.bounds = np.asarray(bounds, dtype=np.int64)
         self.n_rows = int(self.bounds[-1])
         self.batch_size = int(batch_size)
@@ -230,13 +237,18 @@ class Sampler:
         self.window_rows = max(1, int(window_rows))
         self.replacement = bool(replacement)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.shard = shard
         self.epoch = 0
         self.position = 0
 
     @property
+    def _by_position(self) -> bool:
+        return self.world_size > 1 and self.shard == "positions"
+
+    @property
     def rows_per_epoch(self) -> int:
-        """Rows this worker sees per epoch."""
-        share = self.n_rows // self.world_size if self.world_size > 1 else self.n_rows
+        """Rows this worker's epoch counts (every worker's together where batches are shared)."""
+        share = self.n_rows // self.world_size if self._by_position else self.n_rows
         return share - share % self.batch_size if self.drop_last else share
 
     def __len__(self) -> int:
@@ -256,14 +268,22 @@ class Sampler:
 
     def global_position(self, position: int | np.ndarray):
         """Where this worker's epoch ``position`` lies in the whole epoch's order."""
-        return position * self.world_size + self.rank
+        return position * self.world_size + self.rank if self._by_position else position
 
     def iter_epoch(self) -> Iterator[np.ndarray]:
-        """The remaining batches of the current epoch, each sorted ascending (int64)."""
+        """The remaining batches of the current epoch, each sorted ascending (int64); where batches
+        are shared, this worker's slice of each."""
+        if self.world_size > 1 and self.shard == "batches":
+            for batch in self._batches(0, 1):
+                yield batch[self.rank::self.world_size]
+            return
+        yield from self._batches(self.rank, self.world_size)
+
+    def _batches(self, rank: int, world: int) -> Iterator[np.ndarray]:
         end, bs = self.rows_per_epoch, self.batch_size
         if self.replacement:
             for start in range(self.position, end, bs):
-                rng = np.random.default_rng(_key(self.seed, self.epoch, 1_000_003 + self.rank) + [start])
+                rng = np.random.default_rng(_key(self.seed, self.epoch, 1_000_003 + rank) + [start])
                 yield np.sort(rng.integers(0, self.n_rows, size=min(bs, end - start), dtype=np.int64))
             return
         plan = SHUFFLES[self.shuffle](self.bounds, self.seed, self.epoch, self.window_rows)
@@ -271,7 +291,7 @@ class Sampler:
         block = max(bs, (65536 // bs) * bs)
         for b0 in range(self.position, end, block):
             local = np.arange(b0, min(b0 + block, end), dtype=np.int64)
-            rows = plan.at(local * self.world_size + self.rank)
+            rows = plan.at(local * world + rank)
             full = len(rows) - len(rows) % bs
             yield from np.sort(rows[:full].reshape(-1, bs), axis=1)  # the block's whole batches, one sort call
             if full < len(rows):
@@ -279,6 +299,13 @@ class Sampler:
 
     def advance(self, n: int) -> None:
         """Record that ``n`` more rows of this epoch were consumed."""
+        self.position += int(n)
+
+    def advance_batch(self, n: int) -> None:
+        """Record that the next batch was consumed (``n`` rows here; where batches are shared, the
+        whole global batch counts)."""
+        if self.world_size > 1 and self.shard == "batches":
+            n = min(self.batch_size, self.rows_per_epoch - self.position)
         self.position += int(n)
 
     def next_epoch(self) -> None:
@@ -293,7 +320,9 @@ class Sampler:
         return {"epoch": self.epoch, "position": self.position, **{k: getattr(self, k) for k in self._FIXED}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Shared batches make the state global: any rank of any world size continues from it.
+        free = ("rank", "world_size") if self.shard == "batches" else ()
         for key in self._FIXED:
-            if key in state and state[key] != getattr(self, key):
+            if key in state and key not in free and state[key] != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler {getattr(self, key)!r}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -91,18 +91,46 @@ class DataStats:
                 self.counts[v] = self.counts.get(v, 0) + c
 
 
-def scan(dataset: Dataset, features: bool = True, progress=None, first_only: bool = False) -> DataStats:
+    def to_json(self) -> dict[str, Any]:
+        """As plain JSON (for another process to merge)."""
+        return {"n": self.n, "mean": None if self.mean is None else self.mean.tolist(),
+                "m2": None if self.m2 is None else self.m2.tolist(), "classes": sorted(self.classes, key=repr),
+                "counts": [[k, v] for k, v in self.counts.items()], "label_integral": self.label_integral,
+                "label_ndim": self.label_ndim, "label_width": self.label_width, "onehot": self.onehot,
+                "labelled": self.labelled}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DataStats":
+        s = cls(n=d["n"], mean=None if d["mean"] is None else np.asarray(d["mean"], np.float64),
+                m2=None if d["m2"] is None else np.asarray(d["m2"], np.float64), classes=set(d["classes"]),
+                counts={k: v for k, v in d["counts"]}, label_integral=d["label_integral"],
+                label_ndim=d["label_ndim"], label_width=d["label_width"], onehot=d["onehot"], labelled=d["labelled"])
+        return s
+
+    def merged_across(self, comm) -> "DataStats":
+        """Every process's statistics merged (Chan's merge, in rank order, so each gets the same)."""
+        if comm.size == 1:
+            return self
+        total = DataStats()
+        for part in comm.allgather(self.to_json()):
+            total.merge(DataStats.from_json(part))
+        return total
+
+
+def scan(dataset: Dataset, features: bool = True, progress=None, first_only: bool = False,
+         part: tuple[int, int] = (0, 1)) -> DataStats:
     """Feature mean/variance (``features``) and the labels' summary in one pass over the chunks
     (``first_only``: the first chunk's labels, enough for a regression's width);
-    ``progress(rows)`` hears of each chunk done."""
+    ``progress(rows)`` hears of each chunk done. ``part=(k, n)``: only the chunks ``i`` with
+    ``i % n == k`` (one process's share, to be merged with ``merged_across``)."""
     stats = DataStats()
     if features:
-        for X, y in dataset.iter_chunks():
+        for X, y in dataset.iter_chunks(part):
             stats.update(X, y)
             if progress is not None:
                 progress(len(X))
         return stats
-    for y in dataset.iter_labels():
+    for y in dataset.iter_labels(part):
         stats.update_labels(y)
         if progress is not None:
             progress(len(y))

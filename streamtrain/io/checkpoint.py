@@ -308,11 +308,14 @@ def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None
     dtype and shape are checked before data is read (against ``schema``, the model the
     metadata describes, where given); any problem is a ``CheckpointError``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    if hasattr(path, "read"):  # the bytes of a checkpoint, in memory (broadcast to other processes)
+        source, path = path, Path(getattr(path, "name", "<checkpoint>"))
+    else:
+        source = path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             infos = {}
             for info in zf.infolist():
                 if len(infos) >= MAX_MEMBERS or not info.filename.endswith(".npy"):

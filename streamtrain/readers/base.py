@@ -313,9 +313,10 @@ class Dataset:
         """Have chunk ``i`` ready for the reads to come (a hint: errors surface when it is read)."""
         self.read_chunk(i)
 
-    def iter_chunks(self):
-        """Yield ``(X, y)`` for every chunk in order, bypassing the cache (skipped rows dropped)."""
-        for i in range(self.n_chunks):
+    def iter_chunks(self, part: tuple[int, int] = (0, 1)):
+        """Yield ``(X, y)`` for every chunk in order, bypassing the cache (skipped rows dropped);
+        ``part=(k, n)``: only chunks ``i`` with ``i % n == k`` (one process's share)."""
+        for i in range(part[0], self.n_chunks, part[1]):
             X, y = self._checked(i, *self._load_chunk(i))
             keep = self._skipped.get(i)
             if keep is not None:
@@ -329,10 +330,11 @@ class Dataset:
         """The labels of chunk ``i`` as stored (formats that can read them alone override this)."""
         return self._load_chunk(i)[1]
 
-    def iter_labels(self):
-        """Yield the labels of every chunk in order, without reading features where the format
-        stores them apart (rows with a non-finite label: an error, or skipped)."""
-        for i in range(self.n_chunks):
+    def iter_labels(self, part: tuple[int, int] = (0, 1)):
+        """Yield the labels of every chunk in order (of chunks ``i % part[1] == part[0]``), without
+        reading features where the format stores them apart (rows with a non-finite label: an
+        error, or skipped)."""
+        for i in range(part[0], self.n_chunks, part[1]):
             y = self._load_labels(i)
             if y is None:
                 return

@@ -1,18 +1,46 @@
 """The processes that train together: a small communicator, one implementation per engine.
 
-A communicator has a ``rank`` and a ``size`` and sums a buffer in place across the
-processes (``allreduce``); it broadcasts JSON-able values from rank 0 and waits for all
-(``barrier``). ``LOCAL`` is the one-process communicator: nothing to reduce, so the training
-loop keeps its fused single-process steps.
+A communicator has a ``rank`` and a ``size``; it sums a float64 buffer in place across the
+processes (``allreduce``), broadcasts bytes or JSON-able values from rank 0, gathers JSON-able
+values from every rank, and waits for all (``barrier``). ``LOCAL`` is the one-process
+communicator: nothing to reduce, so the training loop keeps its fused single-process steps.
+``MPICommunicator`` runs over mpi4py (MPICH, Open MPI, a site's MPI); nothing is pickled.
+
+The world is detected from the environment the launchers set (``mpiexec``/``mpirun`` of MPICH
+or Open MPI, Slurm's ``srun``), so ``import mpi4py`` (and MPI's initialisation) happens only in
+processes an MPI launcher started, and only when a world of several processes needs it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Communicator", "LOCAL"]
+from ..errors import ConfigError
+
+__all__ = ["Communicator", "LOCAL", "MPICommunicator", "communicator", "active", "detect_world", "DISTRIBUTED"]
+
+# What --distributed may say: auto (MPI where a launcher started several processes), none, mpi.
+DISTRIBUTED = ("auto", "none", "mpi")
+
+# (rank, size) variables, by launcher: MPICH's hydra (and Intel MPI), Open MPI, MVAPICH, Slurm.
+_WORLD_VARS = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+               ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))
+
+
+def detect_world(environ=None) -> tuple[int, int] | None:
+    """``(rank, size)`` as the launcher that started this process set them, or None."""
+    env = os.environ if environ is None else environ
+    for rank, size in _WORLD_VARS:
+        if rank in env and size in env:
+            try:
+                return int(env[rank]), int(env[size])
+            except ValueError:
+                continue
+    return None
 
 
 class Communicator:
@@ -23,18 +51,96 @@ class Communicator:
     name = "none"
 
     def allreduce(self, buffer: np.ndarray) -> np.ndarray:
-        """Sum ``buffer`` over all processes, in place; returns it."""
+        """Sum ``buffer`` (float64) over all processes, in place; returns it."""
         return buffer
 
     def broadcast(self, value: Any, root: int = 0) -> Any:
-        """``value`` as rank ``root`` has it."""
+        """A JSON-able ``value`` as rank ``root`` has it."""
         return value
+
+    def broadcast_bytes(self, data: bytes | None, root: int = 0) -> bytes:
+        """``data`` as rank ``root`` has it."""
+        return data
+
+    def allgather(self, value: Any) -> list:
+        """Every rank's JSON-able ``value``, by rank."""
+        return [value]
 
     def barrier(self) -> None:
         """Wait until every process is here."""
 
-    def close(self) -> None:
-        pass
+    def abort(self, code: int) -> None:
+        """End every process of the job (MPI's way out of an error on one rank)."""
+        os._exit(code)
 
 
 LOCAL = Communicator()
+
+
+class MPICommunicator(Communicator):
+    """The processes of ``MPI.COMM_WORLD`` (mpi4py)."""
+
+    name = "mpi"
+
+    def __init__(self):
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise ConfigError("distributed training needs mpi4py and an MPI: pip install 'streamtrain[mpi]'") from None
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    def allreduce(self, buffer):
+        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+        return buffer
+
+    def broadcast_bytes(self, data, root=0):
+        n = np.array([0 if data is None else len(data)], dtype=np.int64)
+        self.comm.Bcast(n, root=root)
+        buf = np.frombuffer(data, np.uint8).copy() if self.rank == root else np.empty(int(n[0]), np.uint8)
+        self.comm.Bcast(buf, root=root)
+        return buf.tobytes()
+
+    def broadcast(self, value, root=0):
+        data = json.dumps(value).encode() if self.rank == root else None
+        return json.loads(self.broadcast_bytes(data, root))
+
+    def allgather(self, value):
+        mine = np.frombuffer(json.dumps(value).encode(), np.uint8)
+        sizes = np.zeros(self.size, dtype=np.int64)
+        self.comm.Allgather(np.array([len(mine)], np.int64), sizes)
+        everything = np.empty(int(sizes.sum()), np.uint8)
+        self.comm.Allgatherv(mine, (everything, sizes))
+        ends = np.cumsum(sizes)
+        return [json.loads(everything[e - n:e].tobytes()) for e, n in zip(ends, sizes)]
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, code):
+        self.comm.Abort(code)
+
+
+_ACTIVE: list[Communicator] = []  # the MPI communicator made in this process, if any
+
+
+def active() -> Communicator:
+    """The communicator this process trains in (``LOCAL`` unless MPI's was made)."""
+    return _ACTIVE[0] if _ACTIVE else LOCAL
+
+
+def communicator(setting: str = "auto") -> Communicator:
+    """The communicator of ``--distributed``: ``auto`` is MPI where a launcher started several
+    processes, else ``LOCAL``; ``mpi`` insists on MPI (a world of one is fine); ``none`` is ``LOCAL``."""
+    if setting not in DISTRIBUTED:
+        raise ConfigError(f"distributed: {setting!r} is not one of {', '.join(DISTRIBUTED)}")
+    if setting == "none":
+        return LOCAL
+    world = detect_world()
+    if setting == "auto" and (world is None or world[1] < 2):
+        return LOCAL
+    comm = _ACTIVE[0] if _ACTIVE else MPICommunicator()
+    if not _ACTIVE:
+        _ACTIVE.append(comm)
+    return comm if comm.size > 1 or setting == "mpi" else LOCAL

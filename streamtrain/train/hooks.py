@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ..errors import TrainingError
 
 __all__ = ["Every", "Hook", "schedule", "DivergenceGuard", "Validation", "EarlyStopping", "EpochLog",
-           "Checkpointer", "MetricsLog", "DirectoryWatch", "StopOnSignals", "ProgressBar", "ProgressLines",
+           "Checkpointer", "MetricsLog", "DirectoryWatch", "StopOnSignals", "ProgressBar", "ProgressLines", "RanksAgree",
            "format_epoch"]
 
 
@@ -83,7 +83,7 @@ class Validation(Hook):
         from ..progress import Progress
 
         with Progress(self.dataset.n_rows, f"validation of epoch {record['epoch']}", self.log, self.every_s) as p:
-            result = trainer.model.evaluate(self.dataset, progress=p.update)
+            result = trainer.model.evaluate(self.dataset, progress=p.update, comm=trainer.comm)
         record["val_loss"] = result["loss"]
         key = "r2" if trainer.model.task == "regression" else "accuracy"
         record[f"val_{key}"] = result[key]
@@ -226,6 +226,29 @@ class StopOnSignals(Hook):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+
+class RanksAgree(Hook):
+    """With several processes, the parameters must be the same on all: their digests are compared
+    every ``steps`` steps and at the end; a difference stops the job with an error."""
+
+    def __init__(self, comm, steps: int = 1000):
+        self.comm, self.every = comm, Every(steps=steps)
+
+    def _check(self, trainer) -> None:
+        from ..io.checkpoint import params_digest
+
+        digests = self.comm.allgather(params_digest(trainer.net.params))
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        if odd:
+            raise TrainingError(f"the parameters differ across processes after step {trainer.global_step} "
+                                f"(rank {odd[0]} differs from rank 0); the run cannot go on")
+
+    def on_batch_end(self, trainer, rows, loss):
+        self._check(trainer)
+
+    def on_train_end(self, trainer):
+        self._check(trainer)
 
 
 class ProgressLines(Hook):

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .hooks import schedule
+from .step import agreed_stop, stop_votes
 
 __all__ = ["Loop"]
 
@@ -48,12 +49,23 @@ class Loop:
         self._each("on_train_begin")
         now = time.monotonic()
         self.last_run = {id(h): now for h, _ in self.by_time}
-        while sampler.epoch < t.config.epochs and not t.stop_requested:
+        while sampler.epoch < t.config.epochs and not self._stopping():
             self._each("on_epoch_begin")
             if not self._epoch():
                 break
             self._each("on_epoch_end", t.end_epoch())
         self._each("on_train_end")
+
+    def _stopping(self) -> bool:
+        """Whether to stop here: this process's wish, or with several, what they all agree."""
+        t, stepper = self.trainer, self.stepper
+        if not stepper.reduces:
+            return bool(t.stop_requested)
+        votes = self.stepper.comm.allreduce(np.array(stop_votes(t.stop_requested), dtype=np.float64))
+        agreed = agreed_stop(votes)
+        if agreed and not t.stop_requested:
+            t.stop(agreed)
+        return bool(agreed)
 
     def _epoch(self) -> bool:
         """Train on the rest of the epoch; False if a hook (or a signal) stopped it."""
@@ -77,16 +89,26 @@ class Loop:
                     if stepper.per_sample:
                         (loss_sum, correct), steps = stepper.samples(Xs, Ts, state.global_step, w), n
                         loss = loss_sum / n
+                        sampler.advance(len(span_rows))
                     else:
+                        stepper.local_stop = t.stop_requested
                         (loss, correct), steps = stepper.batch(Xs, Ts, state.global_step, w), 1
+                        if stepper.reduces:  # loss and count are the global batch's: count its rows
+                            n = stepper.last_rows
                         loss_sum = loss * n
-                    sampler.advance(len(span_rows))
+                        sampler.advance_batch(len(span_rows))
                     state.global_step += steps
                     acc["loss_sum"] += loss_sum
                     acc["correct"] = acc.get("correct", 0) + correct
                     acc["n"] += n
                     in_hooks += self._after(span_rows, loss, steps)
-                    if t.stop_requested:
+                    if stepper.reduces:  # several processes stop at the same step, or not at all
+                        if stepper.stop_everywhere and not t.stop_requested:
+                            t.stop(stepper.stop_everywhere)
+                        stop = stepper.stop_everywhere is not None
+                    else:
+                        stop = bool(t.stop_requested)
+                    if stop:
                         acc["seconds"] += time.perf_counter() - started - in_hooks
                         return False
         acc["seconds"] += time.perf_counter() - started - in_hooks

@@ -19,7 +19,18 @@ from ..nn.network import PARAM_NAMES
 from ..nn.schedules import rates
 from .distributed import LOCAL, Communicator
 
-__all__ = ["Stepper"]
+__all__ = ["Stepper", "stop_votes", "agreed_stop"]
+
+
+def stop_votes(reason: str | None) -> tuple[float, float, float]:
+    """A process's wish to stop, as three counts to sum: (SIGTERM, SIGINT, anything else)."""
+    return (float(reason == "SIGTERM"), float(reason == "SIGINT"), float(reason not in (None, "SIGTERM", "SIGINT")))
+
+
+def agreed_stop(votes) -> str | None:
+    """Why every process stops, from the summed votes (a signal names it), or None."""
+    term, sigint, other = votes
+    return "SIGTERM" if term else "SIGINT" if sigint else "stopped by another process" if other else None
 
 
 class Stepper:
@@ -43,6 +54,11 @@ class Stepper:
                            and online.available())
         self.fused = self.compiled and sgd and alone
         self.reduces = not alone
+        # Several processes stop together: each step's sum carries each one's wish to stop
+        # (``local_stop``, the reason), and ``stop_everywhere`` is what they agreed.
+        self.local_stop: str | None = None
+        self.stop_everywhere: str | None = None
+        self.last_rows = 0
 
     def load(self) -> None:
         """Compile (or load) the compiled code this run uses; before any BLAS thread limit is set
@@ -108,14 +124,16 @@ class Stepper:
             loss, _, grads = net.loss_and_grads(X, T, weights=w)
             correct = net.last_correct
         sizes = [grads[k].size for k in PARAM_NAMES]
-        buf = np.empty(sum(sizes) + 3, dtype=np.float64)
+        buf = np.empty(sum(sizes) + 6, dtype=np.float64)
         at = 0
         for k, size in zip(PARAM_NAMES, sizes):
             np.multiply(grads[k].reshape(-1), n, out=buf[at:at + size])
             at += size
-        buf[at], buf[at + 1], buf[at + 2] = loss * n, correct, n
+        buf[at:at + 6] = (loss * n, correct, *stop_votes(self.local_stop), n)
         self.comm.allreduce(buf)
+        self.stop_everywhere = agreed_stop(buf[at + 2:at + 5])
         total_n = buf[-1]
+        self.last_rows = int(total_n)  # the global batch's rows
         if total_n == 0:
             return 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
         correct = int(round(buf[at + 1]))

@@ -10,6 +10,7 @@ continue a run, ``fit(..., checkpoint_dir=..., resume=True)``, or ``partial_fit`
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -21,8 +22,8 @@ from ..config import RESUME_MAY_CHANGE, TrainConfig
 from ..data.loader import Loader, check_budget, start_decoder, window_rows_for
 from ..data.sampling import Sampler
 from ..data.scaling import DataStats, scan
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
-from ..io.checkpoint import resolve_checkpoint, save_checkpoint
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted, StreamtrainError, TrainingError
+from ..io.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..io.rundir import RunDirectory
 from ..model import Model
 from ..nn import minibatch
@@ -30,6 +31,7 @@ from ..progress import DEFAULT_EVERY, Progress
 from ..readers import ArrayDataset, open_dataset
 from ..readers.base import Dataset
 from ..readers.subset import HoldoutSplit
+from .distributed import LOCAL, Communicator, communicator
 from .hooks import (
     Checkpointer,
     DirectoryWatch,
@@ -39,6 +41,7 @@ from .hooks import (
     MetricsLog,
     ProgressBar,
     ProgressLines,
+    RanksAgree,
     StopOnSignals,
     Validation,
 )
@@ -85,6 +88,7 @@ class Trainer:
         self.weight: str | None = None
         self.last_loss: float | None = None
         self.rundir: RunDirectory | None = None
+        self.comm: Communicator = LOCAL
 
     # -- the model's parts, for convenience ------------------------------------
     net = property(lambda self: None if self.model is None else self.model.net)
@@ -117,7 +121,8 @@ class Trainer:
     # -- training ---------------------------------------------------------------
     def fit(self, source, val=None, *, features=None, label=None, weight=None, checkpoint_dir=None, resume: bool = False,
             force: bool = False, overwrite: bool = False, callbacks: Iterable = (),
-            log: Callable[[str], None] | None = _LOG.info, log_every: float = DEFAULT_EVERY) -> list[dict[str, Any]]:
+            log: Callable[[str], None] | None = _LOG.info, log_every: float = DEFAULT_EVERY,
+            distributed: str | Communicator = "auto") -> list[dict[str, Any]]:
         """Train until ``config.epochs`` epochs are done; returns the history (one dict per epoch).
 
         With ``checkpoint_dir`` a checkpoint is written at the end of every epoch (and every
@@ -126,18 +131,26 @@ class Trainer:
         (see ``streamtrain.train.hooks``). ``weight`` names a column whose values weigh each row's
         loss (or, with arrays, holds those values). ``log`` hears what happens (a line per epoch; on long
         passes a line every ``log_every`` seconds, or a bar on a terminal).
+
+        ``distributed``: "auto" trains data-parallel on MPI where an MPI launcher started several
+        processes (each reads its slice of every global batch; one allreduce per step; rank 0
+        logs and writes the checkpoints), "none" alone, "mpi" on MPI; or a ``Communicator``.
         """
         self.log_every = log_every
+        comm = self.comm = distributed if isinstance(distributed, Communicator) else communicator(distributed)
+        if comm.rank != 0:
+            log = None  # one voice: rank 0's
         self._check_settings(val is not None, resume, overwrite, checkpoint_dir)
         check_budget(self.config.window_mb)
         self.model, self.optimizer, self.state, self.history = None, None, TrainState(), []
         self.stop_requested, self.fingerprint = None, {}
-        rundir = RunDirectory(checkpoint_dir) if checkpoint_dir else None
+        # Rank 0 alone owns the run directory; the others never touch it.
+        rundir = RunDirectory(checkpoint_dir) if checkpoint_dir and comm.rank == 0 else None
         train = val_ds = process = None
         try:
             # The directory lock is taken before reading any checkpoint, and held until training ends.
             with rundir or contextlib.nullcontext():
-                found = self._claim(rundir, resume, overwrite, log)
+                found = self._claim_everywhere(rundir, resume, overwrite, log)
                 if found is not None:
                     self._adopt_settings(found, force)
                     saved_weight = found[2]["model"].get("weight")
@@ -183,6 +196,10 @@ class Trainer:
         cfg = self.config
         if resume and overwrite:
             raise ConfigError("resume and overwrite contradict each other: give one")
+        if self.comm.size > 1 and cfg.batch_size == 1:
+            raise ConfigError(f"batch_size 1 on {self.comm.size} processes would make an allreduce per row: train "
+                              "online on one process (its compiled per-sample loop does 500k+ rows/s), or give a "
+                              f"batch of at least {self.comm.size} rows")
         if (resume or overwrite) and not checkpoint_dir:
             raise ConfigError(f"{'resume' if resume else 'overwrite'} needs a checkpoint directory")
         validation = has_val or cfg.val_fraction > 0
@@ -231,6 +248,33 @@ class Trainer:
         names = [n for n in data.feature_names if n != weight]
         data.close()
         return open_dataset(source, names + [weight], label, **opts)
+
+    def _claim_everywhere(self, rundir, resume: bool, overwrite: bool, log):
+        """``_claim`` on rank 0; the other processes get its outcome: the checkpoint to resume from
+        (its bytes, validated again by each), or the same refusal."""
+        comm = self.comm
+        if comm.size == 1:
+            return self._claim(rundir, resume, overwrite, log)
+        outcome, found = None, None
+        if comm.rank == 0:
+            try:
+                found = self._claim(rundir, resume, overwrite, log)
+                outcome = {"path": None if found is None else str(found[0])}
+            except StreamtrainError as e:
+                outcome = {"error": str(e), "kind": type(e).__name__}
+                comm.broadcast(outcome)
+                raise
+        outcome = comm.broadcast(outcome)
+        if "error" in outcome:
+            raise {"ConfigError": ConfigError, "DataError": DataError}.get(outcome["kind"], CheckpointError)(
+                outcome["error"])
+        if outcome["path"] is None:
+            return None
+        data = comm.broadcast_bytes(Path(found[0]).read_bytes() if comm.rank == 0 else None)
+        if comm.rank == 0:
+            return found
+        arrays, meta = load_checkpoint(io.BytesIO(data), TRAINER)
+        return Path(outcome["path"]), arrays, meta
 
     def _claim(self, rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
         """The checkpoint to resume from (or None), the directory made this run's."""
@@ -283,7 +327,7 @@ class Trainer:
         self.optimizer = make_run_optimizer(self.config, arrays)  # this run's settings, the saved state
         self.fingerprint = fp
         s = self.state.sampler or {"epoch": 0, "position": 0}
-        self.history = rundir.metrics_upto(s["epoch"], self.state.record)
+        self.history = rundir.metrics_upto(s["epoch"], self.state.record) if rundir is not None else []
         if self.state.sampler:
             try:
                 self.sampler.load_state_dict(self.state.sampler)
@@ -303,8 +347,10 @@ class Trainer:
         what = (f"statistics pass over {data.path} (feature means and variances for --scale standard; the label's "
                 "classes)" if features else f"reading the labels of {data.path} ("
                 + ("their width" if first_only else "the classes") + f"; --scale {cfg.scale} needs no feature statistics)")
+        comm = self.comm
         with Progress(data.n_rows, what, log, self.log_every) as progress:
-            stats = scan(data, features, progress.update, first_only)
+            # with several processes, each reads its share of the chunks; the statistics are merged
+            stats = scan(data, features, progress.update, first_only, (comm.rank, comm.size)).merged_across(comm)
         self.model = Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name,
                                  data.selection, data.format, data.path, log, self.weight)
         self.optimizer = make_run_optimizer(self.config)
@@ -314,7 +360,8 @@ class Trainer:
     def _make_sampler(self, train: Dataset) -> Sampler:
         cfg = self.config
         return Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
-                       window_rows=window_rows_for(cfg.window_mb * 2**20, train), replacement=cfg.replacement)
+                       window_rows=window_rows_for(cfg.window_mb * 2**20, train), replacement=cfg.replacement,
+                       rank=self.comm.rank, world_size=self.comm.size, shard="batches")
 
     def _hooks(self, val_ds, rundir, callbacks: list, log) -> list:
         cfg = self.config
@@ -333,13 +380,15 @@ class Trainer:
                 hooks.append(ProgressLines(log, self.log_every))
         if rundir is not None:
             hooks += [Checkpointer(rundir, self.config), MetricsLog(rundir), DirectoryWatch(rundir)]
+        if self.comm.size > 1:
+            hooks.append(RanksAgree(self.comm))
         hooks += callbacks  # after the checkpointer: at the end of training, the final checkpoint is there
         hooks.append(StopOnSignals())
         return hooks
 
     def _train(self, train: Dataset, process, hooks: list) -> None:
         cfg, model = self.config, self.model
-        self.stepper = Stepper(cfg, model, self.optimizer, total_steps=cfg.epochs * len(self.sampler))
+        self.stepper = Stepper(cfg, model, self.optimizer, self.comm, total_steps=cfg.epochs * len(self.sampler))
         self.stepper.load()  # before the loader limits BLAS threads: it loads scipy's BLAS
         transform, scale, prepare = model.loader_steps(cfg, train.path)
         loader = Loader(train, self.sampler, whole_groups=self.stepper.per_sample, transform=transform,
