@@ -16,6 +16,9 @@ Sections:
   checkpoint  overhead of checkpointing every 1000 batches; time to the first batch after resuming
             10% and 90% into an epoch (should not depend on how far in)
   scaling   peak RSS and time per sample of a training epoch at 0.25 and 1 GB (--large: up to 16 GB)
+  mpi       data-parallel training under mpiexec: samples/s at 1 and 2 processes, the allreduce's share
+            of a step at 64-4096 rows per rank, a model of 2-64 processes from the latency and bandwidth
+            measured here
   torch     PyTorch's per-row h5py Dataset + DataLoader(shuffle=True), num_workers 0 and 2, if torch
             is installed (pip install torch==2.13.0)
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -487,8 +491,107 @@ def bench_torch(files, rows, chunk_rows) -> list[dict]:
     return results
 
 
+_MPI_TRAIN_CODE = """
+import json, sys
+import streamtrain as st
+from streamtrain.train.hooks import Hook
+
+class CommPerEpoch(Hook):  # the allreduce's seconds in the last epoch (waits for the slower rank included)
+    def on_epoch_begin(self, trainer):
+        self.start = getattr(trainer.stepper, "comm_seconds", 0.0)
+    def on_epoch_end(self, trainer, record):
+        record["comm_seconds"] = getattr(trainer.stepper, "comm_seconds", 0.0) - self.start
+
+t = st.Trainer(st.TrainConfig(hidden=64, epochs=2, batch_size=int(sys.argv[2]), lr=0.1, shuffle="window",
+                              task="binary"))
+h = t.fit(sys.argv[1], callbacks=[CommPerEpoch()], log=None)
+if t.comm.rank == 0:
+    print(json.dumps({**h[-1], "steps": len(t.sampler), "world": t.comm.size}))
+"""
+
+_ALLREDUCE_CODE = """
+import json, time, numpy as np
+from mpi4py import MPI
+comm, out = MPI.COMM_WORLD, {}
+for n in (1, 64, 1024, 4231, 16384, 131072, 1048576):  # 4231: the 64x64 network's gradients + 6
+    b = np.ones(n)
+    reps = max(20, min(2000, int(2e8 / (n * 8 + 1e4))))
+    for _ in range(10):
+        comm.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM)
+    comm.Barrier()
+    t = time.perf_counter()
+    for _ in range(reps):
+        comm.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM)
+    out[n] = (time.perf_counter() - t) / reps
+if comm.rank == 0:
+    print(json.dumps(out))
+"""
+
+
+def _mpiexec(k: int, *args: str) -> str:
+    launcher = Path(sys.executable).with_name("mpiexec")
+    return subprocess.run([str(launcher), "-n", str(k), sys.executable, *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def allreduce_model(round_seconds: float, k: int) -> float:
+    """Seconds of one allreduce on ``k`` processes: recursive doubling, ceil(log2 k) rounds, each
+    an exchange of the whole buffer costing what the 2-process allreduce of it costs here. Where
+    the buffer is small (latency-bound, as the network's gradients are), that is an upper bound
+    for MPICH's algorithms; across machines, a round costs the network's latency and bandwidth."""
+    return 0.0 if k == 1 else round_seconds * math.ceil(math.log2(k))
+
+
+def bench_mpi(files, rows, chunk_rows) -> list[dict]:
+    """Data-parallel training under mpiexec (the mpich wheel): samples/s at 1 and 2 processes, the
+    allreduce's share of a step, and a model of larger worlds from the latency and bandwidth measured here."""
+    if not Path(sys.executable).with_name("mpiexec").exists():
+        print("mpi       mpiexec not installed (pip install 'streamtrain[mpi]'): skipped", flush=True)
+        return [{"skipped": "mpiexec not installed"}]
+    path = str(files["hdf5"])
+    times = {int(n): t for n, t in json.loads(_mpiexec(2, "-c", _ALLREDUCE_CODE)).items()}
+    latency = times[1]
+    bandwidth = 2 * (2 - 1) / 2 * 1048576 * 8 / (times[1048576] - latency)
+    results = [{"what": "allreduce", "seconds_by_values": times, "latency_s": latency, "bandwidth_bytes_s": bandwidth}]
+    print(f"mpi      allreduce (2 processes): {latency * 1e6:.1f} us latency, {bandwidth / 1e9:.1f} GB/s; "
+          f"4231 float64 (the 64x64 network's gradients) {times[4231] * 1e6:.1f} us", flush=True)
+    local = {}
+    for per_rank in (64, 256, 1024, 4096):
+        for k in (1, 2):
+            runs = [json.loads(_mpiexec(k, "-c", _MPI_TRAIN_CODE, path, str(per_rank * k))) for _ in range(2)]
+            r = max(runs, key=lambda r: r["samples"] / r["seconds"])
+            step = r["seconds"] / r["steps"]
+            comm = r.get("comm_seconds", 0.0) / r["steps"]
+            results.append({"what": "training", "processes": k, "per_rank_batch": per_rank, "global_batch": per_rank * k,
+                            "samples_per_s": r["samples"] / r["seconds"], "step_s": step, "allreduce_s": comm,
+                            "allreduce_share": comm / step})
+            if k == 2:
+                local[per_rank] = step - comm
+            print(f"mpi      {k} process{'es' if k > 1 else ''}, batch {per_rank:5d} per rank: "
+                  f"{r['samples'] / r['seconds']:12,.0f} samples/s, step {step * 1e6:8.1f} us, allreduce "
+                  f"{comm * 1e6:6.1f} us ({comm / step:.1%})", flush=True)
+    # Each rank's own work per step, fitted as fixed + per-row cost over the measured batches.
+    b = np.array(sorted(local), dtype=float)
+    per_row, fixed = map(float, np.polyfit(b, np.array([local[int(x)] for x in b]), 1))
+    values = 64 * 64 + 64 + 64 + 1 + 6
+    model = []
+    for k in (2, 4, 8, 16, 32, 64):
+        ar = allreduce_model(times[values], k)
+        # the smallest global batch (a multiple of k, per-rank batch a power of two) keeping the allreduce under 10%
+        under = next((k * 2**j for j in range(20) if ar / (fixed + per_row * 2**j + ar) < 0.10), None)
+        shares = {g: ar / (fixed + per_row * max(g / k, 1) + ar) for g in (1024, 8192, 65536)}
+        model.append({"processes": k, "allreduce_s": ar, "global_batch_under_10pct": under,
+                      "share_at_global_batch": shares})
+    results.append({"what": "model", "fixed_s": fixed, "per_row_s": per_row, "values": values, "worlds": model})
+    for m in model:
+        print(f"mpi      model {m['processes']:3d} processes: allreduce {m['allreduce_s'] * 1e6:6.1f} us, under 10% "
+              f"from a global batch of {m['global_batch_under_10pct']:,}", flush=True)
+    return results
+
+
 SECTIONS = {"readers": bench_readers, "loader": bench_loader, "holdout": bench_holdout, "training": bench_training,
-            "checkpoint": bench_checkpoint, "scaling": bench_scaling, "torch": bench_torch}
+            "checkpoint": bench_checkpoint, "scaling": bench_scaling, "torch": bench_torch,
+            "mpi": bench_mpi}
 
 
 def _cpu_model() -> str | None:
@@ -583,6 +686,41 @@ def report(results: dict, meta: dict) -> str:
             lines.append(f"| {r['gb']} | {r['rows']:,} | {r['peak_rss_mb']:.0f} | {r['us_per_sample']:.3f} |")
         rss = [r["peak_rss_mb"] for r in results["scaling"]]
         lines += ["", f"Peak RSS spread: {max(rss) / min(rss) - 1:+.0%} (target: flat within 10%).", ""]
+    if "mpi" in results and "skipped" not in results["mpi"][0]:
+        rs = results["mpi"]
+        ar = next(r for r in rs if r["what"] == "allreduce")
+        model = next(r for r in rs if r["what"] == "model")
+        t = {int(k): v for k, v in ar["seconds_by_values"].items()}
+        lines += ["## Data-parallel training on MPI (mpiexec of the mpich wheel, this machine's cores)", "",
+                  "Uncompressed HDF5, window shuffle, SGD, 64 sigmoid hidden units; the second epoch of two.",
+                  "One process trains with the fused compiled step; two processes each compute their slice's",
+                  "gradients, sum them in one allreduce of 4,231 float64 (the gradients, loss and counts) and",
+                  "step. The allreduce column is the time inside the allreduce call, waiting for the other",
+                  "process included: on 2 cores each process and its loader thread share the cores with the",
+                  "other's, so most of it is waiting, not communicating.", "",
+                  f"Allreduce between 2 processes here (shared memory): {ar['latency_s'] * 1e6:.1f} us for one value, "
+                  f"{t[model['values']] * 1e6:.1f} us for the 4,231 of a step, {t[1048576] * 1e3:.2f} ms for 8 MB "
+                  f"({ar['bandwidth_bytes_s'] / 1e9:.1f} GB/s).", "",
+                  "| processes | batch per process | global batch | samples/s | step us | allreduce us | share |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rs:
+            if r["what"] == "training":
+                lines.append(f"| {r['processes']} | {r['per_rank_batch']:,} | {r['global_batch']:,} | "
+                             f"{r['samples_per_s']:,.0f} | {r['step_s'] * 1e6:,.1f} | {r['allreduce_s'] * 1e6:,.1f} | "
+                             f"{r['allreduce_share']:.1%} |")
+        lines += ["", "Scaling model: a step on K processes costs one process's work on its B/K rows (fitted "
+                  f"here: {model['fixed_s'] * 1e6:.1f} us + {model['per_row_s'] * 1e9:.1f} ns per row) plus an "
+                  "allreduce of ceil(log2 K) rounds, each costing the 2-process allreduce of the buffer measured "
+                  "here (recursive doubling; an upper bound on one machine). Across machines a round costs the "
+                  "network's latency instead (a few us on InfiniBand, tens on TCP): scale the allreduce column.", "",
+                  "| processes | allreduce us | share at global batch 1,024 | 8,192 | 65,536 "
+                  "| smallest global batch under 10% |", "|---:|---:|---:|---:|---:|---:|"]
+        for m in model["worlds"]:
+            sh = {int(k): v for k, v in m["share_at_global_batch"].items()}
+            under = m["global_batch_under_10pct"]
+            lines.append(f"| {m['processes']} | {m['allreduce_s'] * 1e6:.1f} | {sh[1024]:.1%} | {sh[8192]:.1%} | "
+                         f"{sh[65536]:.1%} | {'-' if under is None else f'{under:,}'} |")
+        lines.append("")
     if "torch" in results:
         lines += ["## PyTorch's usual recipe (per-row h5py Dataset, DataLoader(shuffle=True), batch 256)", ""]
         for r in results["torch"]:

@@ -67,6 +67,12 @@ def _progress(what: str, total: int | None, quiet: bool = False, every: float = 
     return Progress(total, what, None if quiet else _echo_err, every)
 
 
+def _distributed_option(f):
+    return click.option("--distributed", type=click.Choice(["auto", "none", "mpi"]), default="auto", show_default=True,
+                        help="Several processes sharing the work: auto (on MPI where mpiexec or srun started "
+                        "several), none, mpi.")(f)
+
+
 def _selection_options(f):
     f = click.option("--label", default=None, help="Label dataset/array/column name.")(f)
     f = click.option("--features", multiple=True,
@@ -244,8 +250,7 @@ def _load_config(ctx, param, value):
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Write each epoch's record to stdout as one JSON object per line.")
-@click.option("--distributed", type=click.Choice(["auto", "none", "mpi"]), default="auto", show_default=True,
-              help="Data-parallel training: auto (on MPI where mpiexec or srun started several processes), none, mpi.")
+@_distributed_option
 @click.option("--mlflow", "mlflow_uri", default=None, metavar="URI",
               help="Log the run to MLflow at this tracking URI (e.g. file:./mlruns): settings, each epoch's "
               "metrics, the final checkpoint. Needs pip install 'streamtrain[mlflow]'.")
@@ -292,7 +297,8 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
             again += [a for f in features for a in ("--features", f)]
             again += (["--label", label] if label else []) + (["--val", val] if val else [])
             again += ["--weight", weight] if weight else []
-            e.args = (f"{e.args[0]}; continue with: {shlex.join(again)}",)
+            under = " under your MPI launcher" if comm.size > 1 else ""
+            e.args = (f"{e.args[0]}; continue{under} with: {shlex.join(again)}",)
         raise
     if quiet or as_json:
         return
@@ -321,8 +327,9 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
               help="Evaluate on the training run's --val-fraction hold-out (val) or the rest (train).")
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_distributed_option
 @_log_every_option
-def evaluate(checkpoint, data, split, features, label, as_json, log_every):
+def evaluate(checkpoint, data, split, features, label, as_json, distributed, log_every):
     """Evaluate the model in CHECKPOINT (a file or a checkpoint directory) on DATA.
 
     Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
@@ -334,8 +341,11 @@ def evaluate(checkpoint, data, split, features, label, as_json, log_every):
         if not cfg.val_fraction:
             raise click.UsageError(f"{checkpoint}: the run had no --val-fraction, so --split {split} has no meaning")
         ds = HoldoutSplit(ds, cfg.val_fraction, cfg.seed, split)
-    with _progress(f"evaluating {ds.path}", ds.n_rows, as_json, log_every) as progress:
-        result = trainer.evaluate(ds, progress.update)
+    comm = communicator(distributed)  # several processes: each evaluates its share of the chunks
+    with _progress(f"evaluating {ds.path}", ds.n_rows, as_json or comm.rank != 0, log_every) as progress:
+        result = trainer.evaluate(ds, progress.update, comm)
+    if comm.rank != 0:
+        return
     result["split"] = split
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -577,3 +577,68 @@ def test_holdout_split_of_any_seed_is_pinned_and_warns_nothing():
         assert holdout_mask(np.arange(8), 0.3, 2).astype(int).tolist() == [1, 0, 0, 0, 0, 1, 1, 0]
         assert holdout_mask(np.arange(8), 0.3, 0).astype(int).tolist() == [0, 0, 0, 1, 0, 0, 0, 0]
         assert int(holdout_mask(np.arange(100_000), 0.3, 12345).sum()) == 29863
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 400), world=st.integers(1, 5), batch=st.integers(1, 40), mode=st.sampled_from(MODES),
+       drop_last=st.booleans())
+def test_shared_batches_are_the_one_process_batches_split_by_rank(n, world, batch, mode, drop_last):
+    bounds = uniform_bounds(n, 37)
+    alone = list(Sampler(bounds, batch, mode, seed=4, window_rows=90, drop_last=drop_last).iter_epoch())
+    ranks = [list(Sampler(bounds, batch, mode, seed=4, window_rows=90, drop_last=drop_last, rank=r, world_size=world,
+                          shard="batches").iter_epoch()) for r in range(world)]
+    assert all(len(r) == len(alone) for r in ranks)  # every process takes part in every step
+    for i, whole in enumerate(alone):
+        np.testing.assert_array_equal(np.sort(np.concatenate([r[i] for r in ranks])), whole)
+
+
+def test_shared_batches_resume_at_another_world_size():
+    bounds = uniform_bounds(1000, 64)
+    two = Sampler(bounds, 30, "window", seed=1, window_rows=200, rank=1, world_size=2, shard="batches")
+    it = two.iter_epoch()
+    for _ in range(7):
+        next(it)
+        two.advance_batch(15)  # the rows this rank got; the position counts the global batch
+    assert two.position == 210
+    alone = Sampler(bounds, 30, "window", seed=1, window_rows=200)
+    three = Sampler(bounds, 30, "window", seed=1, window_rows=200, rank=2, world_size=3, shard="batches")
+    alone.load_state_dict(two.state_dict())
+    three.load_state_dict(two.state_dict())
+    np.testing.assert_array_equal(next(three.iter_epoch()), next(alone.iter_epoch())[2::3])
+
+
+def test_statistics_of_parts_merge_to_those_of_the_whole(tmp_path):
+    from streamtrain import open_dataset
+    from streamtrain.data.scaling import DataStats, scan
+    from streamtrain.synthetic import make_data
+
+    make_data(tmp_path / "m.h5", rows=1000, features=5, chunk_rows=70, seed=2)
+    with open_dataset(tmp_path / "m.h5") as ds:
+        whole = scan(ds)
+        for world in (2, 3, 16):  # 16: some processes get no chunk at all
+            merged = DataStats.from_json(scan(ds, part=(0, world)).to_json())
+            for r in range(1, world):
+                merged.merge(DataStats.from_json(scan(ds, part=(r, world)).to_json()))
+            assert merged.n == whole.n
+            np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
+            np.testing.assert_allclose(merged.var, whole.var, rtol=1e-10)
+            assert merged.to_json()["classes"] == whole.to_json()["classes"]
+
+
+def test_processes_on_one_machine_share_its_cores(monkeypatch):
+    from streamtrain.data import decoder
+
+    monkeypatch.setattr(decoder, "usable_cores", lambda: 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [decoder.cores_of_one(k) for k in (1, 2, 4, 32)] == [16, 8, 4, 1]
+    monkeypatch.setattr(decoder, "usable_cores", lambda: 2)  # a launcher bound this process to 2 cores
+    assert decoder.cores_of_one(8) == 2
+
+
+def test_the_world_is_read_from_the_launchers_environment():
+    from streamtrain.train.distributed import detect_world
+
+    assert detect_world({}) is None
+    assert detect_world({"PMI_RANK": "3", "PMI_SIZE": "4"}) == (3, 4)  # MPICH's hydra, Intel MPI
+    assert detect_world({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}) == (1, 2)
+    assert detect_world({"SLURM_PROCID": "5", "SLURM_NTASKS": "64"}) == (5, 64)

@@ -49,6 +49,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def cores_of_one(processes: int = 1) -> int:
+    """This process's share of the cores when ``processes`` training processes run on this machine:
+    all it may run on where a launcher bound it to some, else an equal part of the machine's."""
+    usable = usable_cores()
+    if processes > 1 and usable >= (os.cpu_count() or usable):  # not bound: the machine is shared
+        usable //= processes
+    return max(1, usable)
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux's MemAvailable), or None if unknown."""
     try:

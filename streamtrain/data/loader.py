@@ -55,12 +55,16 @@ def row_bytes(dataset: Dataset) -> int:
     return dataset.n_features * dataset.dtype.itemsize + 8
 
 
-def start_decoder(dataset: Dataset, sampler: Sampler, decoder: str = "auto", workers: int | None = None):
-    """The window-decoding processes for this data (``workers`` of them; None: the default), started
-    now so that their start-up (~0.35 s) overlaps other set-up work; hand them to
-    ``Loader(process=...)``. None where none are used."""
+def start_decoder(dataset: Dataset, sampler: Sampler, decoder: str = "auto", workers: int | None = None,
+                  processes: int = 1):
+    """The window-decoding processes for this data (``workers`` of them; None: the default, within
+    this process's share of the cores where ``processes`` train on this machine), started now so
+    that their start-up (~0.35 s) overlaps other set-up work; hand them to ``Loader(process=...)``.
+    None where none are used."""
     if not wants_process(dataset, sampler, decoder):
         return None
+    if workers is None and processes > 1:
+        workers = min(_decoder.default_workers(), _decoder.cores_of_one(processes))
     rows = slot_rows(dataset, sampler.window_rows)
     return _decoder.DecoderProcess(dataset, rows, _decoder.worker_count(dataset, rows, workers))
 
@@ -148,8 +152,9 @@ class Loader:
         return self.iter_epoch()
 
     @contextlib.contextmanager
-    def sharing_cores(self):
-        """Run the consumer's numerical work in here so that it leaves a core to the loader's threads.
+    def sharing_cores(self, processes: int = 1):
+        """Run the consumer's numerical work in here so that it leaves a core to the loader's threads,
+        and, with ``processes`` training processes on this machine, keeps to its share of the cores.
 
         While the loader works in the background (decoding, gathering shuffled rows),
         BLAS is limited to the other cores (OpenBLAS threads busy-wait, and on 2 cores
@@ -157,18 +162,21 @@ class Loader:
         overlapping with training at all, and in-memory window shuffle trained 10%
         slower) and the GIL switch interval is shortened. Both are restored after.
         In-memory rows in storage order, served as views, change nothing (measured:
-        limiting BLAS there cost the in-memory step 10%).
+        limiting BLAS there cost the in-memory step 10%). Several processes would each
+        start a BLAS thread per core of the machine: each keeps to its share.
         """
-        if self.dataset.capabilities.in_memory and self.sampler.plan().sequential:
+        background = not (self.dataset.capabilities.in_memory and self.sampler.plan().sequential)
+        if not background and processes == 1:
             yield
             return
         from threadpoolctl import threadpool_limits
 
-        cores = _decoder.usable_cores()
+        cores = _decoder.cores_of_one(processes)
         interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+        if background:
+            sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
-            with threadpool_limits(max(1, cores - 1), user_api="blas"):
+            with threadpool_limits(max(1, cores - 1) if background else cores, user_api="blas"):
                 yield
         finally:
             sys.setswitchinterval(interval)

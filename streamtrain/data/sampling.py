@@ -317,11 +317,17 @@ class Sampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, epoch and position (and the settings they are relative to): all that resuming needs."""
-        return {"epoch": self.epoch, "position": self.position, **{k: getattr(self, k) for k in self._FIXED}}
+        return {"epoch": self.epoch, "position": self.position, "shard": self.shard,
+                **{k: getattr(self, k) for k in self._FIXED}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # Shared batches make the state global: any rank of any world size continues from it.
-        free = ("rank", "world_size") if self.shard == "batches" else ()
+        # A position in shared batches (or of a worker alone) is global: any rank of any world size
+        # that shares batches continues from it. Batches of its own bind a state to its worker.
+        def global_(shard, world):
+            return shard == "batches" or world == 1
+
+        mine = global_(self.shard, self.world_size)
+        free = ("rank", "world_size") if mine and global_(state.get("shard"), state.get("world_size", 1)) else ()
         for key in self._FIXED:
             if key in state and key not in free and state[key] != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler {getattr(self, key)!r}")

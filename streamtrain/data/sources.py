@@ -252,8 +252,10 @@ class DecodedWindows(Source):
 
 def windowed(dataset: Dataset, sampler: Sampler) -> bool:
     """Whether an epoch is served from decoded window buffers: windowed order of data decoded
-    whole chunks at a time, one worker (shards gather instead)."""
-    return sampler.windowed and sampler.world_size == 1 and dataset.capabilities.decodes_chunks
+    whole chunks at a time, by one worker or by each of several sharing every batch (their rows
+    of a batch lie in the same window); workers with batches of their own gather instead."""
+    shared = sampler.world_size == 1 or sampler.shard == "batches"
+    return sampler.windowed and shared and dataset.capabilities.decodes_chunks
 
 
 def wants_process(dataset: Dataset, sampler: Sampler, decoder: str) -> bool:

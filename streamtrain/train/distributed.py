@@ -48,6 +48,7 @@ class Communicator:
 
     rank = 0
     size = 1
+    local_size = 1  # the processes on this machine
     name = "none"
 
     def allreduce(self, buffer: np.ndarray) -> np.ndarray:
@@ -90,6 +91,9 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_size = node.Get_size()
+        node.Free()
 
     def allreduce(self, buffer):
         self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)

@@ -224,6 +224,8 @@ class TrainerSchema(Schema):
             from ..data.sampling import SHUFFLES
 
             _str(s["shuffle"], "sampler.shuffle", tuple(SHUFFLES))
+        if "shard" in s:
+            _str(s["shard"], "sampler.shard", ("positions", "batches"))
         for key in ("drop_last", "replacement"):
             if key in s and not isinstance(s[key], bool):
                 raise ValueError(f"metadata field sampler.{key} must be true or false")

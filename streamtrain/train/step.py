@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -59,6 +60,7 @@ class Stepper:
         self.local_stop: str | None = None
         self.stop_everywhere: str | None = None
         self.last_rows = 0
+        self.comm_seconds = 0.0  # time in the allreduce (waiting for the slowest process included)
 
     def load(self) -> None:
         """Compile (or load) the compiled code this run uses; before any BLAS thread limit is set
@@ -130,7 +132,9 @@ class Stepper:
             np.multiply(grads[k].reshape(-1), n, out=buf[at:at + size])
             at += size
         buf[at:at + 6] = (loss * n, correct, *stop_votes(self.local_stop), n)
+        started = time.perf_counter()
         self.comm.allreduce(buf)
+        self.comm_seconds += time.perf_counter() - started
         self.stop_everywhere = agreed_stop(buf[at + 2:at + 5])
         total_n = buf[-1]
         self.last_rows = int(total_n)  # the global batch's rows

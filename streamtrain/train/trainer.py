@@ -161,11 +161,12 @@ class Trainer:
                 cfg = self.config
                 if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
                     # overlaps opening the data, the statistics pass, a checkpoint's restoring
-                    minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd")
+                    minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd" and self.comm.size == 1)
                 train, val_ds = self._open(source, val, features, label, weight)
                 self.sampler = self._make_sampler(train)
                 # Started before the statistics pass or the restore, so that its start-up overlaps them.
-                process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None)
+                process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None,
+                                        self.comm.local_size)
                 if found is not None:
                     self._resume(found, train, rundir, force, log)
                 else:
@@ -393,7 +394,7 @@ class Trainer:
         transform, scale, prepare = model.loader_steps(cfg, train.path)
         loader = Loader(train, self.sampler, whole_groups=self.stepper.per_sample, transform=transform,
                         decoder=cfg.decoder, process=process, scale=scale, workers=cfg.decoder_workers or None)
-        with loader, loader.sharing_cores():
+        with loader, loader.sharing_cores(self.comm.local_size):
             Loop(self, self.stepper, loader, hooks, prepare).run()
 
     def end_epoch(self) -> dict[str, Any]:
@@ -505,8 +506,8 @@ class Trainer:
     def open_like_training(self, source, need_label: bool = True) -> Dataset:
         return self._require_model().open_like_training(source, need_label)
 
-    def evaluate(self, source, progress=None) -> dict[str, Any]:
-        return self._require_model().evaluate(source, progress)
+    def evaluate(self, source, progress=None, comm=None) -> dict[str, Any]:
+        return self._require_model().evaluate(source, progress, comm)
 
     def predict(self, source) -> np.ndarray:
         return self._require_model().predict(source)
