@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from ._malloc import reuse_freed_memory
 from .config import LIMITS, MAX_FEATURES, TrainConfig
 from .config import choices as config_choices
-from .errors import Interrupted, StreamtrainError
+from .errors import Interrupted, StreamtrainError, TrainingError
 from .io.checkpoint import params_digest, resolve_checkpoint
 from .io.rundir import read_history
 from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
@@ -171,8 +171,10 @@ def _hyperparameter_option(name: str):
                         help=f"{spec.help} [default: {spec.default:g}; for {', '.join(users)}]")
 
 
-def _config_options(command):
+def _config_options(command, only=None):
     for f in reversed(dataclasses.fields(TrainConfig)):
+        if only is not None and f.name not in only:
+            continue
         if f.name == "optimizer_params":
             for name in reversed(list(HYPERPARAMETERS)):
                 command = _hyperparameter_option(name)(command)
@@ -437,6 +439,120 @@ def inspect(path, features, label, as_json):
                 click.echo(f"  {k}: {_text(v)}")
         else:
             click.echo(f"{key}: {_text(value)}")
+
+
+# The settings that mean something for a model learning from a stream (no epochs, shuffles of
+# files, hold-outs or early stopping; a cosine schedule needs a run's length, which a stream has not).
+SERVE_SETTINGS = ("hidden", "activation", "task", "init", "batch_size", "lr", "lr_schedule", "power_t", "lr_gamma",
+                  "lr_step", "warmup", "optimizer", "optimizer_params", "seed", "scale", "dtype", "compiled",
+                  "checkpoint_seconds", "keep")
+
+
+def _serve_options(command):
+    return _config_options(command, SERVE_SETTINGS)
+
+
+@cli.command(epilog="""\b
+More examples:
+  curl -X POST localhost:8000/learn -d '[{"f0": 1, "f1": 2, "f2": 3, "y": 1}]'
+  curl -X POST localhost:8000/predict -d '[{"f0": 1, "f1": 2, "f2": 3}]'
+  streamtrain serve --source dir:landing/ --init-from runs/digits --checkpoint-dir svc
+  streamtrain serve --source 'redis://127.0.0.1:6379/0?stream=rows' --init-from runs/bc --checkpoint-dir svc
+  streamtrain serve --source 'nats://127.0.0.1:4222?stream=ROWS' --init-from runs/bc --checkpoint-dir svc""")
+@click.option("--source", required=True, metavar="SOURCE",
+              help="Where rows come from: http (POST /learn), dir:PATH (files landing there), "
+              "redis://HOST:PORT/DB?stream=NAME[&group=G], nats://HOST:PORT?stream=NAME[&durable=D].")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), required=True,
+              help="The service's directory: checkpoints (it continues from the newest), the HTTP source's log, "
+              "refused input (rejected.jsonl). One service per directory.")
+@click.option("--features", default=None, metavar="NAMES",
+              help="The stream's feature columns, comma-separated (not needed with --init-from).")
+@click.option("--label", default=None, help="The label column (default: y, or the --init-from run's).")
+@click.option("--classes", default=None, metavar="LABELS",
+              help="A new classifier's labels, comma-separated (integers or strings).")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None, metavar="RUN",
+              help="Start from the model of a train run (its scaler, classes and features); serve's settings "
+              "given here override its training settings.")
+@click.option("--scale-rows", type=click.IntRange(1, 1 << 26), default=1000, show_default=True,
+              help="Without --init-from and with --scale standard, the first rows that set the scaler "
+              "(before the first update).")
+@click.option("--shuffle-mb", type=FiniteFloat(0, 1 << 20), default=0.0, show_default=True,
+              help="Mix the stream through a buffer of this many MB of rows (0: train in arrival order); the "
+              "buffer is part of each checkpoint.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A file holding a bearer token that /learn, /snapshot and /reload then require.")
+@click.option("--max-body-mb", type=FiniteFloat(0, 4096, min_open=True), default=16.0, show_default=True,
+              help="Largest request body (413 beyond).")
+@click.option("--queue-mb", type=FiniteFloat(0, 1 << 20, min_open=True), default=64.0, show_default=True,
+              help="Rows posted to /learn that may wait for training (429 with Retry-After beyond).")
+@_serve_options
+@click.pass_context
+def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scale_rows, shuffle_mb, host, port,
+          token_file, max_body_mb, queue_mb, **settings):
+    """Learn from a stream that never ends and answer predictions meanwhile.
+
+    Each row updates the model exactly once across crashes and restarts: checkpoints hold the
+    source's position, and brokers are acknowledged only once a checkpoint covers their
+    entries. Endpoints: POST /learn (JSON rows or Arrow IPC; source http), POST /predict,
+    GET /metrics (Prometheus), /healthz, /readyz, POST /snapshot, POST /reload.
+
+    Example: streamtrain serve --source http --checkpoint-dir svc --features f0,f1,f2 --classes 0,1
+    """
+    from .serve.service import Service
+
+    given = _given_settings(ctx, settings)
+    if given.get("lr_schedule") == "cosine":
+        raise click.UsageError("--lr-schedule cosine decays over a run's length, which a stream has not")
+    init = None
+    if init_from is not None:
+        init = Trainer.load(init_from)
+        config = TrainConfig(**{**init.config.to_dict(), **given})
+    else:
+        config = TrainConfig(**given)
+    if "checkpoint_seconds" not in given:
+        config = TrainConfig(**{**config.to_dict(), "checkpoint_seconds": 10.0})
+    token = None
+    if token_file is not None:
+        token = token_file.read_text().strip()
+        if not token:
+            raise click.UsageError(f"{token_file}: the token file is empty")
+    names = None if features is None else [f.strip() for f in features.split(",") if f.strip()]
+    labels = None if classes is None else [_class_value(c.strip()) for c in classes.split(",") if c.strip()]
+    svc = Service(config, source, checkpoint_dir, features=names, label=label, classes=labels, init_from=init,
+                  scale_rows=scale_rows, shuffle_bytes=int(shuffle_mb * 2**20),
+                  checkpoint_every=config.checkpoint_seconds or 10.0, keep=config.keep, token=token,
+                  max_body_bytes=int(max_body_mb * 2**20), queue_bytes=int(queue_mb * 2**20), log=_echo_err)
+    _run_server(svc, host, port)
+
+
+def _class_value(text: str):
+    """A class label as given on the command line: an integer where it reads as one."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _run_server(svc, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM; then stop training and write the last checkpoint."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(svc.app(), host=host, port=port, log_level="warning",
+                                           access_log=False, lifespan="off"))
+    svc.start()
+    _echo_err(f"serving on http://{host}:{port} (source: {svc.source.name}; checkpoints in {svc.dir})")
+    how = "stopped"
+    try:
+        server.run()  # until SIGINT or SIGTERM: uvicorn finishes the requests in flight
+    except Interrupted as e:  # uvicorn hands the signal on once it has shut down: the normal way out
+        how = f"stopped by {e.signal_name}"
+    finally:
+        svc.stop()
+    if svc.failure:
+        raise TrainingError(svc.failure)
+    _echo_err(f"{how}; checkpoint written in {svc.dir} (update {svc.learner.state.global_step})")
 
 
 def _text(value, most: int = 12) -> str:

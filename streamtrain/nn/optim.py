@@ -84,6 +84,8 @@ class Adam(SGD):
             params[k] -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
 
     def state_dict(self):
+        if not self.m:  # no step yet: nothing to keep
+            return {}
         out = {"t": np.array(self.t, dtype=np.int64)}
         out.update({f"m.{k}": a for k, a in self.m.items()})
         out.update({f"v.{k}": a for k, a in self.v.items()})

@@ -72,10 +72,16 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Rows a service's checkpoint may hold that are not yet trained on (the shuffle buffer, a partial batch).
+MAX_STREAM_ROWS = 1 << 26
+
+
 class TrainerSchema(Schema):
     """The checkpoint a ``Trainer`` writes (see ``train.state.checkpoint_contents``)."""
 
-    TOP = {"format_version", "streamtrain_version", "config", "model", "state", "fingerprint"}
+    TOP = {"format_version", "streamtrain_version", "config", "model", "state", "fingerprint", "stream"}
+    STREAM = {"position", "source", "scaled", "scale_rows", "shuffle_rows", "pending_rows", "buffer_rows", "rng",
+              "rows_received", "rows_trained", "prequential"}
     MODEL = {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype", "classes", "feature_names",
              "selection", "label", "scale", "source_format", "weight", "class_weights"}
     STATE = {"global_step", "sampler", "epoch_acc", "early_stopping", "record", "restored_best"}
@@ -114,12 +120,22 @@ class TrainerSchema(Schema):
             groups.append({"optim.t": (np.dtype(np.int64), ()),
                            **{f"optim.m.{k}": (dt, s) for k, s in shapes.items()},
                            **{f"optim.v.{k}": (dt, s) for k, s in shapes.items()}})
+        if "stream" in meta:  # a service's checkpoint: the rows not yet trained on
+            s = meta["stream"]
+            t_dtype, t_shape = (np.dtype(np.float64), (n_out,)) if m["task"] == "regression" else (np.dtype(np.int64), ())
+            for part, rows in (("pending", s["pending_rows"]), ("buffer", s["buffer_rows"])):
+                required[f"stream.{part}_X"] = (dt, (rows, n_in))
+                required[f"stream.{part}_t"] = (t_dtype, (rows,) + t_shape)
         return required, groups
 
     def check(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         for name, a in arrays.items():
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise ValueError(f"array {name} holds NaN or Inf")
+        k = len(meta["model"]["classes"])
+        for name in ("stream.pending_t", "stream.buffer_t"):
+            if name in arrays and arrays[name].dtype.kind == "i" and ((arrays[name] < 0) | (arrays[name] >= k)).any():
+                raise ValueError(f"array {name} holds class indices out of range")
         if "scaler.scale" in arrays and not (arrays["scaler.scale"] > 0).all():
             raise ValueError("array scaler.scale holds values that are not positive")
         if "optim.t" in arrays and not 0 <= int(arrays["optim.t"]) <= _INT64 // 2:
@@ -194,6 +210,32 @@ class TrainerSchema(Schema):
             _int(state["restored_best"], "state.restored_best", 1)
         if not isinstance(_field(meta, "fingerprint"), dict):
             raise ValueError("metadata field fingerprint must be a mapping")
+        if "stream" in meta:
+            self._check_stream(meta["stream"])
+
+    def _check_stream(self, s: Any) -> None:
+        if not isinstance(s, dict):
+            raise ValueError("metadata field stream must be a mapping")
+        unknown = sorted(set(s) - self.STREAM, key=str)
+        if unknown:
+            raise ValueError(f"unexpected metadata field stream.{_short(unknown[0])}")
+        for key in ("scale_rows", "shuffle_rows", "pending_rows", "buffer_rows", "rows_received", "rows_trained"):
+            _int(_field(s, key, "stream"), f"stream.{key}", 0, MAX_STREAM_ROWS if key.endswith("_rows") else _INT64)
+        if s["buffer_rows"] > s["shuffle_rows"]:
+            raise ValueError("metadata field stream.buffer_rows exceeds stream.shuffle_rows")
+        if not isinstance(_field(s, "scaled", "stream"), bool):
+            raise ValueError("metadata field stream.scaled must be true or false")
+        if not isinstance(_field(s, "source", "stream"), dict):
+            raise ValueError("metadata field stream.source must be a mapping")
+        rng = _field(s, "rng", "stream")
+        if rng is not None and (not isinstance(rng, dict) or rng.get("bit_generator") != "PCG64"):
+            raise ValueError("metadata field stream.rng must be a PCG64 state")
+        p = _field(s, "prequential", "stream")
+        if not isinstance(p, dict):
+            raise ValueError("metadata field stream.prequential must be a mapping")
+        _number(_field(p, "loss_sum", "stream.prequential"), "stream.prequential.loss_sum", 0)
+        _int(_field(p, "correct", "stream.prequential"), "stream.prequential.correct")
+        _int(_field(p, "rows", "stream.prequential"), "stream.prequential.rows")
 
     @staticmethod
     def _check_classes(classes: Any, task: str, n_out: int) -> None:

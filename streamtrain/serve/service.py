@@ -1,0 +1,390 @@
+"""``streamtrain serve``: a model that learns from a stream and answers predictions meanwhile.
+
+One thread trains: it polls the source, feeds the learner, writes a checkpoint every so often
+(then tells the source, which acknowledges what the checkpoint covers) and publishes a copy of
+the model for predictions. The HTTP server (Starlette on uvicorn) answers ``/predict`` from the
+published copy, never waiting for training, and takes rows on ``/learn`` where the source is
+``http``. The checkpoint directory holds one service: its lock, its checkpoints, the HTTP
+source's write-ahead log (``log/``) and the refused input (``rejected.jsonl``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, TrainingError
+from ..io.checkpoint import resolve_checkpoint
+from ..io.rundir import RunDirectory
+from ..train.schema import TRAINER
+from .learner import StreamLearner
+from .rows import ARROW_TYPES, Columns
+from .sources import LogSource, QueueFull, Rejected, StreamSource, open_source
+
+__all__ = ["Service"]
+
+_LOG = logging.getLogger("streamtrain")
+
+
+class Service:
+    """A learner, its source and its checkpoint directory; ``app()`` is the HTTP interface."""
+
+    def __init__(self, config: TrainConfig, source: str, checkpoint_dir: str | os.PathLike, *,
+                 features: list[str] | None = None, label: str | None = None, classes: list | None = None,
+                 init_from=None, scale_rows: int = 1000, shuffle_bytes: int = 0, checkpoint_every: float = 10.0,
+                 keep: int = 3, token: str | None = None, max_body_bytes: int = 16 << 20,
+                 queue_bytes: int = 64 << 20, log: Callable[[str], None] | None = _LOG.info):
+        self.dir = Path(checkpoint_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config, self.log = config, log
+        self.checkpoint_every, self.keep = float(checkpoint_every), int(keep)
+        self.token, self.max_body = token, int(max_body_bytes)
+        self.rundir = RunDirectory(self.dir)
+        self.rundir.__enter__()  # one service per directory, from here until close()
+        try:
+            if init_from is not None:
+                features, label = init_from.model.feature_names, init_from.model.label_name or label
+            if not features:
+                raise ConfigError("name the stream's feature columns (--features f0,f1,...) or --init-from a run")
+            label = label or "y"
+            n_in = len(features)
+            row_bytes = n_in * np.dtype(config.dtype).itemsize
+            shuffle_rows = int(shuffle_bytes // max(row_bytes, 1)) if shuffle_bytes else 0
+            self.learner = StreamLearner(config, list(features), label, classes, init_from, scale_rows, shuffle_rows,
+                                         log)
+            self.columns = Columns(list(features), label, config.dtype)
+            self.source: StreamSource = open_source(source, self.columns, self.dir / "log", queue_bytes)
+            found = self.rundir.resume_point(TRAINER, warn=self._warn)
+            source_state = {}
+            if found is not None:
+                path, arrays, meta = found
+                if "stream" not in meta:
+                    raise CheckpointError(f"{path}: a training run's checkpoint, not a service's: start the service "
+                                          f"in another directory with --init-from {self.dir}")
+                self._check_compatible(meta, path)
+                self.learner.restore(arrays, meta)
+                source_state = meta["stream"]["source"]
+                self._say(f"continuing from {path.name}: update {self.learner.state.global_step}, "
+                          f"position {json.dumps(self.learner.position)}")
+            self.source.start(self.learner.position, source_state)
+        except BaseException:
+            self.rundir.__exit__(None, None, None)
+            raise
+        self.last_checkpoint = time.monotonic()
+        self.checkpoint_time: float | None = None
+        self.requests: queue.Queue = queue.Queue()  # work for the training thread (snapshots, reloads)
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.failure: str | None = None
+        self.rows_rejected = 0
+        self.thread: threading.Thread | None = None
+        self.observe_predict: Callable[[float], None] = lambda seconds: None
+
+    # -- messages ---------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        if self.log:
+            self.log(message)
+
+    def _warn(self, message: str) -> None:
+        _LOG.warning(message)
+
+    def _check_compatible(self, meta: dict, path) -> None:
+        m = meta["model"]
+        mine = self.learner.model
+        if m["feature_names"] != mine.feature_names or m["classes"] != mine.classes or m["task"] != mine.task:
+            raise CheckpointError(f"{path}: its model takes features {m['feature_names'][:5]}... and classes "
+                                  f"{m['classes']}, not this service's")
+        if meta["stream"]["shuffle_rows"] != self.learner.shuffle_rows:
+            raise CheckpointError(f"{path}: written with a shuffle buffer of {meta['stream']['shuffle_rows']} rows, "
+                                  f"not {self.learner.shuffle_rows}: give the same --shuffle-mb")
+
+    # -- the training thread ------------------------------------------------------------
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._train, name="training", daemon=True)
+        self.thread.start()
+
+    def _train(self) -> None:
+        learner, source = self.learner, self.source
+        published = time.monotonic()
+        self.ready.set()
+        try:
+            while not self.stopping.is_set():
+                for item in source.poll(0.2):
+                    self._take(item)
+                while not self.requests.empty():
+                    job, done = self.requests.get()
+                    try:
+                        done["result"] = job()
+                    except StreamtrainError as e:
+                        done["error"] = e
+                    done["event"].set()
+                now = time.monotonic()
+                if now - self.last_checkpoint >= self.checkpoint_every:
+                    self.checkpoint()
+                if now - published >= 0.2:
+                    learner.publish()
+                    published = now
+        except TrainingError as e:
+            self.failure = str(e)
+            _LOG.error(f"error: {e}")
+        except Exception as e:  # a broker gone, a disk full: the service says so and stops learning
+            self.failure = f"{type(e).__name__}: {e}"
+            _LOG.exception("error: training stopped")
+
+    def _take(self, item) -> None:
+        learner = self.learner
+        if isinstance(item, Rejected):
+            self._reject(item)
+            with learner.lock:
+                learner.position = item.position
+            return
+        try:
+            t = item.t if item.t is not None else learner.targets(item.y, item.where)
+        except DataError as e:
+            self._reject(Rejected(item.position, item.where, str(e), item.raw))
+            with learner.lock:
+                learner.position = item.position
+            return
+        learner.feed(item.X, t, item.position)
+
+    def _reject(self, item: Rejected) -> None:
+        self.rows_rejected += 1
+        _LOG.warning(f"refused: {item.error}")
+        record = {"time": time.time(), "where": item.where, "error": item.error, "position": item.position}
+        with open(self.dir / "rejected.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.source.reject(item)
+
+    def checkpoint(self) -> Path:
+        """Write a checkpoint of this moment (in the training thread), then let the source
+        acknowledge what it covers."""
+        arrays, meta = self.learner.checkpoint_contents(self.source.state())
+        path = self.rundir.save(arrays, meta, self.learner.state.global_step, self.keep)
+        self.rundir.wait()  # durable before anything is acknowledged
+        self.source.ack(meta["stream"]["position"])
+        self.last_checkpoint = time.monotonic()
+        self.checkpoint_time = time.time()
+        return path
+
+    def call(self, job: Callable[[], Any], timeout: float = 60.0):
+        """Run ``job`` in the training thread (between two pieces of the stream); its result."""
+        done = {"event": threading.Event()}
+        self.requests.put((job, done))
+        if not done["event"].wait(timeout):
+            raise TimeoutError("the training thread did not answer in time")
+        if "error" in done:
+            raise done["error"]
+        return done.get("result")
+
+    def reload(self, name: str) -> dict:
+        """Continue from the model of a checkpoint in this service's directory (e.g. a ``train``
+        run's, copied there): its parameters, scaler and optimiser state; the stream goes on."""
+        path = (self.dir / name).resolve()
+        if self.dir.resolve() not in path.parents and path != self.dir.resolve():
+            raise DataError(f"reload: {name!r} is outside the checkpoint directory {self.dir}")
+        if not path.exists():
+            raise DataError(f"reload: {name!r}: no such checkpoint in {self.dir}")
+        try:
+            found, arrays, meta = resolve_checkpoint(path, TRAINER)
+        except CheckpointError as e:
+            raise DataError(f"reload: {e}") from None
+        m, mine = meta["model"], self.learner.model
+        if (m["feature_names"], m["classes"], m["task"]) != (mine.feature_names, mine.classes, mine.task):
+            raise DataError(f"reload: {found.name} takes features {m['feature_names']} and classes {m['classes']}, "
+                            f"this service {mine.feature_names} and {mine.classes}")
+
+        def swap():
+            from ..model import Model
+            from ..train.state import make_run_optimizer
+
+            learner = self.learner
+            cfg = TrainConfig.from_dict(meta["config"])
+            with learner.lock:
+                learner.model = Model.from_checkpoint(arrays, m, cfg)
+                learner.optimizer = make_run_optimizer(learner.config, arrays if cfg.optimizer == learner.config.optimizer
+                                                       else None)
+                learner.stepper = type(learner.stepper)(learner.config, learner.model, learner.optimizer)
+                learner.stepper.load()
+                learner.scaled = True
+            learner.publish()
+            self.checkpoint()
+            return {"reloaded": found.name, "model_version": learner.published.version}
+
+        return self.call(swap)
+
+    def stop(self) -> None:
+        """Stop training, write the last checkpoint, release the directory."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(60)
+        try:
+            if self.failure is None:
+                self.checkpoint()
+        finally:
+            self.source.close()
+            self.rundir.__exit__(None, None, None)
+
+    # -- what /metrics and /healthz report -------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        learner = self.learner
+        queued = len(learner.pending_X) + len(learner.buffer_X)
+        if isinstance(self.source, LogSource):
+            queued += sum(len(X) for _, X, _ in list(self.source.queue))
+        return {"source": self.source.name, "position": learner.position, "rows_received": learner.rows_received,
+                "rows_trained": learner.rows_trained, "rows_rejected": self.rows_rejected,
+                "updates": learner.state.global_step, "queue_rows": queued,
+                "model_version": learner.published.version, "prequential": learner.prequential(),
+                "step_seconds": learner.step_seconds / max(learner.state.global_step, 1),
+                "checkpoint_age_seconds": None if self.checkpoint_time is None else time.time() - self.checkpoint_time,
+                "training": self.failure is None, "error": self.failure}
+
+    def saturated(self) -> bool:
+        return isinstance(self.source, LogSource) and self.source.saturated()
+
+    # -- HTTP ---------------------------------------------------------------------------
+    def app(self):
+        from starlette.applications import Starlette
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        from .metrics import Metrics
+
+        metrics = Metrics(self)
+        service = self
+
+        def error(status: int, message: str, **headers) -> JSONResponse:
+            return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+        def authorised(request: Request) -> bool:
+            if service.token is None:
+                return True
+            given = request.headers.get("authorization", "")
+            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), service.token.encode())
+
+        async def body_of(request: Request) -> bytes:
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > service.max_body:
+                raise _TooLarge()
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > service.max_body:
+                    raise _TooLarge()
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        def content_type(request: Request) -> str:
+            return request.headers.get("content-type", "application/json")
+
+        async def learn(request: Request):
+            if not authorised(request):
+                return error(401, "a bearer token is required (Authorization: Bearer ...)")
+            if not isinstance(service.source, LogSource):
+                return error(409, f"this service learns from its {service.source.name} source, not from /learn")
+            where = f"POST /learn ({request.client.host if request.client else 'client'})"
+            try:
+                body = await body_of(request)
+                key = request.headers.get("idempotency-key")
+                seq, repeat = await run_in_threadpool(service._accept, body, content_type(request), where, key)
+            except _TooLarge:
+                return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
+            except QueueFull:
+                return error(429, f"{where}: rows waiting for training fill the queue (--queue-mb); retry later",
+                             **{"Retry-After": "1"})
+            except DataError as e:
+                service.rows_rejected += 1
+                return error(415 if "content type" in str(e) else 400, str(e))
+            return JSONResponse({"accepted": True, "sequence": seq, "repeat": repeat}, status_code=200 if repeat
+                                else 202)
+
+        async def predict(request: Request):
+            where = "POST /predict"
+            try:
+                body = await body_of(request)
+                result = await run_in_threadpool(service._predict, body, content_type(request), where)
+            except _TooLarge:
+                return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
+            except DataError as e:
+                return error(415 if "content type" in str(e) else 400, str(e))
+            return JSONResponse(result)
+
+        async def snapshot(request: Request):
+            if not authorised(request):
+                return error(401, "a bearer token is required (Authorization: Bearer ...)")
+            if service.failure:
+                return error(409, f"training stopped: {service.failure}")
+            path = await run_in_threadpool(service.call, service.checkpoint)
+            return JSONResponse({"checkpoint": str(path), "position": service.learner.position,
+                                 "model_version": service.learner.state.global_step})
+
+        async def reload(request: Request):
+            if not authorised(request):
+                return error(401, "a bearer token is required (Authorization: Bearer ...)")
+            try:
+                data = json.loads(await body_of(request) or b"{}")
+                name = data.get("checkpoint") if isinstance(data, dict) else None
+                if not isinstance(name, str) or not name:
+                    raise DataError('reload: give {"checkpoint": "<file or directory in the checkpoint directory>"}')
+                return JSONResponse(await run_in_threadpool(service.reload, name))
+            except _TooLarge:
+                return error(413, f"reload: the body is larger than {service.max_body} bytes")
+            except ValueError as e:  # DataError is one; malformed JSON too
+                return error(400, str(e) if isinstance(e, DataError) else f"reload: malformed JSON ({e})")
+
+        async def healthz(request: Request):
+            status = service.status()
+            return JSONResponse(status, status_code=200 if status["training"] else 500)
+
+        async def readyz(request: Request):
+            if not service.ready.is_set():
+                return error(503, "loading")
+            if service.saturated():
+                return error(503, "saturated: the queue of rows waiting for training is full")
+            if service.failure:
+                return error(503, f"training stopped: {service.failure}")
+            return JSONResponse({"ready": True})
+
+        async def metrics_page(request: Request):
+            body, kind = metrics.render()
+            return Response(body, media_type=kind)
+
+        routes = [Route("/learn", learn, methods=["POST"]), Route("/predict", predict, methods=["POST"]),
+                  Route("/snapshot", snapshot, methods=["POST"]), Route("/reload", reload, methods=["POST"]),
+                  Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_page)]
+        return Starlette(routes=routes)
+
+    def _accept(self, body: bytes, kind: str, where: str, key: str | None):
+        X, y = self.columns.parse(body, kind, where)
+        t = self.learner.targets(y, where)
+        return self.source.append(X, t, key)
+
+    def _predict(self, body: bytes, kind: str, where: str) -> dict:
+        started = time.perf_counter()
+        X, _ = self.columns.parse(body, kind, where, need_label=False)
+        model = self.learner.published
+        labels, proba = model.predict(X)
+        out = {"model_version": model.version, "predictions": np.asarray(labels).tolist()}
+        if proba is not None:
+            out["classes"] = list(model.model.classes)
+            out["probabilities"] = np.round(proba.astype(np.float64), 6).tolist()
+        self.observe_predict(time.perf_counter() - started)
+        return out
+
+
+class _TooLarge(Exception):
+    pass
+
+
+ARROW = ARROW_TYPES[0]

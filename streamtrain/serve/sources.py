@@ -1,0 +1,597 @@
+"""Where a service's rows come from, each with a position the checkpoint keeps.
+
+A source is started after a position (``start``; None: from the beginning), hands over pieces
+of the stream in order (``poll``: ``Entry`` objects with their rows, or ``Rejected`` ones whose
+rows cannot be used), and is told when a checkpoint covering a position is durable (``ack``):
+brokers acknowledge their messages only then, so a crash before it redelivers them and the
+position skips what the checkpoint already holds. ``reject`` records bad input (a broker's
+dead-letter stream or subject; always the service's ``rejected.jsonl``).
+
+- ``DirectorySource``: files landing in a directory by atomic rename, in arrival order;
+- ``LogSource``: rows posted to ``/learn``, appended to a write-ahead log before they are answered;
+- ``RedisSource``: a Redis stream, read through a consumer group;
+- ``NatsSource``: a NATS JetStream stream, read by a durable pull consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .rows import Columns
+
+__all__ = ["Entry", "Rejected", "StreamSource", "DirectorySource", "LogSource", "RedisSource", "NatsSource",
+           "open_source", "SUFFIXES"]
+
+SUFFIXES = (".parquet", ".pq", ".h5", ".hdf5", ".zarr")
+
+
+@dataclass
+class Entry:
+    """A piece of the stream: its rows (``t``: the learner's targets, where the source made them)
+    and the position after it."""
+
+    position: Any
+    X: np.ndarray
+    y: np.ndarray | None
+    where: str
+    t: np.ndarray | None = None
+    raw: Any = None  # what a broker delivered, for a dead letter
+
+
+@dataclass
+class Rejected:
+    """A piece of the stream that cannot be used, and why; the position moves past it."""
+
+    position: Any
+    where: str
+    error: str
+    raw: Any = None
+
+
+class StreamSource:
+    """The interface; see the module's docstring."""
+
+    name = "source"
+
+    def start(self, position: Any, state: dict) -> None:
+        """Continue after ``position`` (None: from the beginning); ``state`` as ``state()`` gave it."""
+
+    def poll(self, timeout: float) -> list:
+        """The next entries (``Entry`` or ``Rejected``), waiting up to ``timeout`` seconds for one."""
+        raise NotImplementedError
+
+    def ack(self, position: Any) -> None:
+        """A durable checkpoint covers everything up to ``position``."""
+
+    def reject(self, item: Rejected) -> None:
+        """Record input that was refused (beyond the service's own log of it)."""
+
+    def state(self) -> dict:
+        """What the checkpoint keeps besides the position."""
+        return {}
+
+    def lag(self) -> float | None:
+        """Entries (or rows) the source holds beyond the position, where it can tell."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+# -- a directory of landing files ------------------------------------------------------------
+class DirectorySource(StreamSource):
+    """Files (Parquet, HDF5, Zarr) that land in ``path`` by atomic rename, each trained once, in
+    arrival order (the time of their rename, then the name). The position is the file being read
+    and the rows of it already read; the files done are in ``state``. Names starting with a dot
+    (files still being written, by the usual convention) are not read."""
+
+    name = "directory"
+
+    def __init__(self, path: str | os.PathLike, columns: Columns, chunk_rows: int = 65536):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ConfigError(f"{self.path}: not a directory")
+        self.columns, self.chunk_rows = columns, int(chunk_rows)
+        self.done: list[str] = []
+        self._done: set[str] = set()
+        self.current: str | None = None
+        self.row = 0
+        self.dataset = None
+
+    def start(self, position, state):
+        self.done = list(state.get("done", []))
+        self._done = set(self.done)
+        if position is not None:
+            self.current, self.row = position.get("file"), int(position.get("row", 0))
+
+    def state(self):
+        return {"done": list(self.done)}
+
+    def _arrivals(self) -> list[str]:
+        found = []
+        with os.scandir(self.path) as it:
+            for e in it:
+                if e.name.startswith(".") or not e.name.lower().endswith(SUFFIXES) or e.name in self._done:
+                    continue
+                try:
+                    found.append((e.stat(follow_symlinks=False).st_ctime_ns, e.name))
+                except OSError:
+                    continue
+        return [name for _, name in sorted(found)]
+
+    def lag(self):
+        return float(len(self._arrivals()) - (self.current is not None))
+
+    def _open(self, name: str):
+        from ..readers import open_dataset
+
+        cols = self.columns
+        ds = open_dataset(self.path / name, cols.features, cols.label)
+        if cols.features is None:
+            cols.features = list(ds.feature_names)
+        elif list(ds.feature_names) != cols.features:
+            ds.close()
+            raise DataError(f"{self.path / name}: features {list(ds.feature_names)}, the stream's are {cols.features}")
+        return ds
+
+    def poll(self, timeout):
+        if self.current is None:
+            waiting = self._arrivals()
+            if not waiting:
+                time.sleep(min(timeout, 0.2))
+                return []
+            self.current, self.row = waiting[0], 0
+        name, a = self.current, self.row
+        where = str(self.path / name)
+        try:
+            if self.dataset is None:
+                self.dataset = self._open(name)
+            ds = self.dataset
+            if ds.n_rows == 0:
+                raise DataError(f"{where}: no rows")
+            end = min(ds.n_rows, a + self.chunk_rows)
+            X, y = _rows(ds, a, end)
+        except (DataError, OSError, ValueError, KeyError) as e:
+            self._finish(name)  # the rest of a file that cannot be read is left out, and recorded
+            return [Rejected(self._position(), where, str(e) if isinstance(e, DataError) else f"{where}: {e}")]
+        self.row = end
+        if end == ds.n_rows:
+            self._finish(name)
+        return [Entry(self._position(), X, y, f"{where} rows {a}-{end}")]
+
+    def _position(self) -> dict:
+        return {"file": self.current, "row": self.row}
+
+    def _finish(self, name: str) -> None:
+        if self.dataset is not None:
+            self.dataset.close()
+            self.dataset = None
+        self.done.append(name)
+        self._done.add(name)
+        self.current, self.row = None, 0
+
+    def close(self):
+        if self.dataset is not None:
+            self.dataset.close()
+
+
+def _rows(ds, a: int, b: int):
+    """Rows ``a:b`` of a dataset, by its chunks."""
+    bounds = ds.bounds
+    first = int(np.searchsorted(bounds, a, side="right") - 1)
+    Xs, ys = [], []
+    i = first
+    while i < ds.n_chunks and bounds[i] < b:
+        X, y = ds.read_chunk(i)
+        lo, hi = max(a, bounds[i]) - bounds[i], min(b, bounds[i + 1]) - bounds[i]
+        Xs.append(X[lo:hi])
+        ys.append(None if y is None else y[lo:hi])
+        i += 1
+    return np.concatenate(Xs), (None if ys[0] is None else np.concatenate(ys))
+
+
+# -- rows posted over HTTP, in a write-ahead log ----------------------------------------------
+_MAGIC = b"STWL"
+_HEAD = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
+SEGMENT_BYTES = 64 << 20
+KEYS_KEPT = 10000
+
+
+class QueueFull(Exception):
+    """The log holds as many rows not yet trained as it may: the client should retry later."""
+
+
+class LogSource(StreamSource):
+    """Rows accepted by ``POST /learn``: each request's checked rows and targets are appended to a
+    write-ahead log (fsync'd) before the request is answered, so an answered request is never
+    lost; the position is the request's sequence number. At most ``limit_bytes`` of rows wait
+    for training (beyond, ``append`` raises ``QueueFull``: the service answers 429). A request's
+    ``Idempotency-Key`` makes a retry of a request whose answer was lost a no-op."""
+
+    name = "http"
+
+    def __init__(self, directory: str | os.PathLike, limit_bytes: int = 64 << 20, fsync: bool = True):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.limit, self.fsync = int(limit_bytes), fsync
+        self.queue: deque = deque()
+        self.queued_bytes = 0
+        self.seq = 0  # the last sequence number written
+        self.keys: OrderedDict[str, int] = OrderedDict()
+        self.cond = threading.Condition()
+        self.fh = None
+        self.segment_start = 0
+        self.acked = 0
+
+    # the log's records: magic, length, crc32, then a JSON header and the raw arrays
+    @staticmethod
+    def _encode(seq: int, key: str | None, X: np.ndarray, t: np.ndarray) -> bytes:
+        head = json.dumps({"seq": seq, "key": key, "rows": len(X), "x": [X.dtype.str, list(X.shape)],
+                           "t": [t.dtype.str, list(t.shape)]}).encode()
+        payload = struct.pack("<I", len(head)) + head + np.ascontiguousarray(X).tobytes() + \
+            np.ascontiguousarray(t).tobytes()
+        return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+    @staticmethod
+    def _decode(payload: bytes):
+        (n,) = struct.unpack_from("<I", payload)
+        head = json.loads(payload[4:4 + n])
+        at = 4 + n
+        arrays = []
+        for key in ("x", "t"):
+            dtype, shape = np.dtype(head[key][0]), tuple(head[key][1])
+            if dtype.kind not in "fi" or dtype.hasobject:
+                raise ValueError(f"log record of dtype {dtype}")
+            size = int(np.prod(shape)) * dtype.itemsize
+            arrays.append(np.frombuffer(payload[at:at + size], dtype=dtype).reshape(shape))
+            at += size
+        return head, arrays[0], arrays[1]
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.dir.glob("*.wal"))
+
+    def start(self, position, state):
+        """Replay the log after ``position``; a torn record at the end (a crash mid-write) is cut off."""
+        self.acked = int(position or 0)
+        self.keys = OrderedDict((k, int(s)) for k, s in state.get("keys", []))
+        for seg in self._segments():
+            data = seg.read_bytes()
+            at, good = 0, 0
+            while at + _HEAD.size <= len(data):
+                magic, length, crc = _HEAD.unpack_from(data, at)
+                payload = data[at + _HEAD.size:at + _HEAD.size + length]
+                if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+                    break
+                head, X, t = self._decode(payload)
+                self.seq = head["seq"]
+                if head.get("key"):
+                    self._remember(head["key"], head["seq"])
+                if head["seq"] > self.acked:
+                    self.queue.append((head["seq"], X, t))
+                    self.queued_bytes += X.nbytes + t.nbytes
+                at += _HEAD.size + length
+                good = at
+            if good < len(data):
+                with open(seg, "r+b") as fh:
+                    fh.truncate(good)
+        self.seq = max(self.seq, self.acked)
+        self._new_segment()
+
+    def _remember(self, key: str, seq: int) -> None:
+        self.keys[key] = seq
+        self.keys.move_to_end(key)
+        while len(self.keys) > KEYS_KEPT:
+            self.keys.popitem(last=False)
+
+    def _new_segment(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        self.segment_start = self.seq + 1
+        self.fh = open(self.dir / f"{self.segment_start:020d}.wal", "ab")
+
+    def append(self, X: np.ndarray, t: np.ndarray, key: str | None = None) -> tuple[int, bool]:
+        """Write a request's rows durably; ``(sequence number, whether it was a repeat)``."""
+        with self.cond:
+            if key and key in self.keys:
+                return self.keys[key], True
+            size = X.nbytes + t.nbytes
+            if self.queued_bytes + size > self.limit and self.queue:
+                raise QueueFull()
+            self.seq += 1
+            record = self._encode(self.seq, key, X, t)
+            self.fh.write(record)
+            self.fh.flush()
+            if self.fsync:
+                os.fsync(self.fh.fileno())
+            if key:
+                self._remember(key, self.seq)
+            self.queue.append((self.seq, X, t))
+            self.queued_bytes += size
+            if self.fh.tell() > SEGMENT_BYTES:
+                self._new_segment()
+            self.cond.notify()
+            return self.seq, False
+
+    def poll(self, timeout):
+        with self.cond:
+            if not self.queue:
+                self.cond.wait(timeout)
+            items = []
+            while self.queue:
+                seq, X, t = self.queue.popleft()
+                self.queued_bytes -= X.nbytes + t.nbytes
+                items.append(Entry(seq, X, None, f"request {seq}", t=t))
+            return items
+
+    def ack(self, position):
+        """Delete the log's segments that hold only records the checkpoint covers."""
+        self.acked = int(position or 0)
+        with self.cond:
+            segs = self._segments()
+            for seg, nxt in zip(segs, segs[1:]):
+                if int(nxt.stem) - 1 <= self.acked:
+                    seg.unlink(missing_ok=True)
+
+    def state(self):
+        with self.cond:
+            return {"keys": [[k, s] for k, s in self.keys.items()]}
+
+    def lag(self):
+        with self.cond:
+            return float(self.seq - self.acked)
+
+    def saturated(self) -> bool:
+        return self.queued_bytes >= self.limit
+
+    def close(self):
+        if self.fh is not None:
+            self.fh.close()
+
+
+# -- Redis Streams ---------------------------------------------------------------------------
+def _stream_id(value) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisSource(StreamSource):
+    """A Redis stream read through a consumer group (``XREADGROUP``). An entry's rows are in its
+    field ``rows`` (JSON) or ``arrow`` (an Arrow IPC stream). Entries are acknowledged (``XACK``)
+    once a durable checkpoint covers them; after a restart the entries at or below the checkpoint's
+    ID are acknowledged and skipped, the pending ones above it re-read in order, then new ones.
+    Bad entries are copied to the stream ``<stream>:dead`` (with the error) and acknowledged."""
+
+    name = "redis"
+
+    def __init__(self, url: str, columns: Columns, stream: str, group: str = "streamtrain",
+                 consumer: str = "streamtrain", count: int = 256):
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.stream, self.group, self.consumer, self.count = stream, group, consumer, int(count)
+        self.dead = f"{stream}:dead"
+        self.columns = columns
+        self.position: tuple[int, int] | None = None
+        self.unacked: list[bytes] = []
+        self.backlog = True  # first the entries delivered before a restart, then new ones
+        self._backlog_from = "0"
+
+    def start(self, position, state):
+        import redis
+
+        self.position = None if position is None else _stream_id(position)
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def poll(self, timeout):
+        ident = self._backlog_from if self.backlog else ">"
+        got = self.client.xreadgroup(self.group, self.consumer, {self.stream: ident}, count=self.count,
+                                     block=None if self.backlog else max(1, int(timeout * 1000)))
+        entries = got[0][1] if got else []
+        if self.backlog and not entries:
+            self.backlog = False
+            return []
+        items, stale = [], []
+        for ident, fields in entries:
+            sid = _stream_id(ident)
+            if self.position is not None and sid <= self.position:
+                stale.append(ident)  # the checkpoint holds it: acknowledge, skip
+                continue
+            if fields is None:  # deleted from the stream while pending
+                stale.append(ident)
+                continue
+            where = f"{self.stream} entry {ident.decode()}"
+            pos = ident.decode()
+            try:
+                X, y = self._parse(fields, where)
+                items.append(Entry(pos, X, y, where, raw=(ident, fields)))
+            except DataError as e:
+                items.append(Rejected(pos, where, str(e), raw=(ident, fields)))
+            self.position = sid
+            self.unacked.append(ident)
+        if self.backlog and entries:
+            # the next backlog read continues after the last delivered id
+            self._backlog_from = entries[-1][0]
+        if stale:
+            self.client.xack(self.stream, self.group, *stale)
+        return items
+
+    def _parse(self, fields: dict, where: str):
+        if b"arrow" in fields:
+            return self.columns.from_arrow(fields[b"arrow"], where)
+        if b"rows" in fields:
+            return self.columns.from_json(fields[b"rows"], where)
+        raise DataError(f"{where}: no field 'rows' (JSON) or 'arrow' (Arrow IPC stream)")
+
+    def reject(self, item):
+        ident, fields = item.raw
+        self.client.xadd(self.dead, {b"id": ident, b"error": item.error.encode(), **dict(fields)})
+
+    def ack(self, position):
+        if position is None:
+            return
+        upto = _stream_id(position)
+        done = [i for i in self.unacked if _stream_id(i) <= upto]
+        if done:
+            self.client.xack(self.stream, self.group, *done)
+            self.unacked = [i for i in self.unacked if _stream_id(i) > upto]
+
+    def lag(self):
+        after = "-" if self.position is None else "(" + "-".join(map(str, self.position))
+        return float(len(self.client.xrange(self.stream, after, "+", count=10000)))
+
+    def close(self):
+        self.client.close()
+
+
+# -- NATS JetStream ----------------------------------------------------------------------------
+class NatsSource(StreamSource):
+    """A JetStream stream read by a durable pull consumer. A message's data is JSON rows or an
+    Arrow IPC stream. The consumer acknowledges "all" up to a message once a durable checkpoint
+    covers it; on a restart the consumer is made again to start at the checkpoint's stream
+    sequence + 1 (seeking, rather than waiting for redeliveries that would reorder the stream).
+    Bad messages are published to ``dead`` (default ``streamtrain.dead.<stream>``) with the error."""
+
+    name = "nats"
+
+    def __init__(self, url: str, columns: Columns, stream: str, durable: str = "streamtrain",
+                 dead: str | None = None, count: int = 256):
+        self.url, self.stream, self.durable, self.count = url, stream, durable, int(count)
+        self.dead = dead or f"streamtrain.dead.{stream}"
+        self.columns = columns
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="nats", daemon=True)
+        self.thread.start()
+        self.nc = self.js = self.sub = None
+        self.position: int | None = None
+        self.last_msg = None  # the newest message delivered, whose "ack all" covers the rest
+        self.delivered: deque = deque()
+
+    def _run(self, coro, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, position, state):
+        self.position = None if position is None else int(position)
+        self._run(self._start())
+
+    async def _start(self):
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+        self.js = self.nc.jetstream()
+        try:
+            await self.js.delete_consumer(self.stream, self.durable)
+        except NotFoundError:
+            pass
+        start = (self.position or 0) + 1
+        cfg = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.ALL, max_ack_pending=-1,
+                             ack_wait=3600, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        await self.js.add_consumer(self.stream, cfg)
+        self.sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+
+    def poll(self, timeout):
+        try:
+            msgs = self._run(self._fetch(timeout), timeout + 30)
+        except TimeoutError:
+            return []
+        items = []
+        for m in msgs:
+            seq = m.metadata.sequence.stream
+            if self.position is not None and seq <= self.position:
+                continue  # a redelivery of what is already here
+            where = f"{self.stream} message {seq}"
+            try:
+                data = m.data
+                if data[:4] == b"\xff\xff\xff\xff":
+                    X, y = self.columns.from_arrow(data, where)
+                else:
+                    X, y = self.columns.from_json(data, where)
+                items.append(Entry(seq, X, y, where, raw=m))
+            except DataError as e:
+                items.append(Rejected(seq, where, str(e), raw=m))
+            self.position = seq
+            self.delivered.append((seq, m))
+        return items
+
+    async def _fetch(self, timeout):
+        import nats.errors
+
+        try:
+            return await self.sub.fetch(self.count, timeout=max(timeout, 0.05))
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+
+    def reject(self, item):
+        self._run(self.nc.publish(self.dead, item.raw.data, headers={"error": item.error[:1000],
+                                                                     "stream-seq": str(item.position)}))
+
+    def ack(self, position):
+        if position is None:
+            return
+        last = None
+        while self.delivered and self.delivered[0][0] <= int(position):
+            last = self.delivered.popleft()[1]
+        if last is not None:
+            self._run(last.ack())  # ack policy "all": every message up to it
+
+    def lag(self):
+        try:
+            info = self._run(self.sub.consumer_info(), 5)
+            return float(info.num_pending)
+        except Exception:  # the lag is a metric: never a reason to fail
+            return None
+
+    def close(self):
+        if self.nc is not None:
+            try:
+                self._run(self.nc.drain(), 5)
+            except Exception:  # closing: the broker may be gone already
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def open_source(spec: str, columns: Columns, log_dir: str | os.PathLike, queue_bytes: int) -> StreamSource:
+    """The source ``--source`` names: ``http``, ``dir:PATH``, ``redis://HOST:PORT/DB?stream=NAME``,
+    ``nats://HOST:PORT?stream=NAME``."""
+    if spec == "http":
+        return LogSource(log_dir, queue_bytes)
+    if spec.startswith("dir:"):
+        return DirectorySource(spec[4:], columns)
+    parts = urlsplit(spec)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if parts.scheme in ("redis", "rediss", "nats"):
+        stream = query.pop("stream", None)
+        if not stream:
+            raise ConfigError(f"--source {spec}: name the stream (?stream=NAME)")
+        base = parts._replace(query="").geturl()
+        known = ("durable", "dead") if parts.scheme == "nats" else ("group", "consumer")
+        unknown = sorted(set(query) - set(known))
+        if unknown:
+            raise ConfigError(f"--source {spec}: unknown parameter {unknown[0]!r} (known: stream, "
+                              f"{', '.join(known)})")
+        if parts.scheme == "nats":
+            return NatsSource(base, columns, stream, query.get("durable", "streamtrain"), query.get("dead"))
+        return RedisSource(base, columns, stream, query.get("group", "streamtrain"),
+                           query.get("consumer", "streamtrain"))
+    raise ConfigError(f"--source {spec!r}: use http, dir:PATH, redis://HOST:PORT/DB?stream=NAME or "
+                      "nats://HOST:PORT?stream=NAME")

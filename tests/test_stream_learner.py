@@ -1,0 +1,96 @@
+"""The service's training core: batches depend only on the stream, and a checkpoint taken between
+any two pieces of it continues bitwise as if nothing had stopped (shuffle buffer included)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtrain import DataError, TrainConfig
+from streamtrain.io.checkpoint import load_checkpoint, save_checkpoint
+from streamtrain.serve.learner import StreamLearner
+from streamtrain.train.schema import TRAINER
+
+NAMES = [f"f{j}" for j in range(5)]
+
+
+def _stream(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(3.0, 2.0, (n, 5)).astype(np.float32)
+    y = np.where(X[:, 0] + X[:, 1] > 6, "yes", "no")
+    return X, y
+
+
+def _pieces(n, seed):
+    """The stream cut at random places: how rows arrive does not matter."""
+    rng = np.random.default_rng(seed)
+    cuts = np.unique(rng.integers(1, n, size=n // 40))
+    return list(zip(np.r_[0, cuts], np.r_[cuts, n]))
+
+
+def _learner(**kw):
+    cfg = TrainConfig(hidden=6, batch_size=kw.pop("batch_size", 32), optimizer=kw.pop("optimizer", "adam"), seed=3,
+                      lr=0.02)
+    return StreamLearner(cfg, NAMES, "y", classes=["no", "yes"], scale_rows=kw.pop("scale_rows", 200), **kw)
+
+
+def _feed(learner, X, y, pieces):
+    for a, b in pieces:
+        learner.feed(X[a:b], learner.targets(y[a:b], "test"), {"row": int(b)})
+
+
+@pytest.mark.parametrize("shuffle_rows", [0, 100])
+@pytest.mark.parametrize("optimizer,batch_size", [("adam", 32), ("sgd", 1), ("momentum", 7)])
+def test_how_rows_arrive_and_checkpoints_change_nothing(tmp_path, shuffle_rows, optimizer, batch_size):
+    if batch_size < 32 and shuffle_rows:
+        shuffle_rows = 50
+    X, y = _stream()
+    whole = _learner(shuffle_rows=shuffle_rows, optimizer=optimizer, batch_size=batch_size)
+    _feed(whole, X, y, [(0, len(X))])
+    pieces = _pieces(len(X), 1)
+    learner = _learner(shuffle_rows=shuffle_rows, optimizer=optimizer, batch_size=batch_size)
+    for i, (a, b) in enumerate(pieces):
+        _feed(learner, X, y, [(a, b)])
+        if i % 9 == 4:  # stop here and start again from the checkpoint
+            path = save_checkpoint(tmp_path / f"c{i}.npz", *learner.checkpoint_contents())
+            learner = _learner(shuffle_rows=shuffle_rows, optimizer=optimizer, batch_size=batch_size)
+            learner.restore(*load_checkpoint(path, TRAINER))
+            assert learner.position == {"row": int(b)}
+    assert learner.state.global_step == whole.state.global_step == (len(X) - shuffle_rows) // batch_size
+    for k, v in whole.model.net.params.items():
+        np.testing.assert_array_equal(learner.model.net.params[k], v, err_msg=k)
+    np.testing.assert_array_equal(learner.pending_X, whole.pending_X)
+    assert learner.prequential() == whole.prequential()
+    assert whole.prequential()["accuracy"] > 0.8
+
+
+def test_the_first_rows_set_the_scaler_and_wait_for_it():
+    X, y = _stream()
+    learner = _learner(scale_rows=500)
+    _feed(learner, X, y, [(0, 499)])
+    assert learner.state.global_step == 0 and learner.model.scaler.kind == "none"
+    _feed(learner, X, y, [(499, 520)])
+    np.testing.assert_allclose(learner.model.scaler.mean, X[:500].mean(0), rtol=1e-5)
+    assert learner.state.global_step == 520 // 32
+
+
+def test_predictions_come_from_a_published_copy():
+    X, y = _stream()
+    learner = _learner()
+    _feed(learner, X, y, [(0, 1000)])
+    first = learner.publish()
+    before = first.predict(X[:50])[1].copy()
+    _feed(learner, X, y, [(1000, 3000)])
+    np.testing.assert_array_equal(first.predict(X[:50])[1], before)  # untouched by training
+    second = learner.publish()
+    assert second.version == learner.state.global_step > first.version
+    labels, proba = second.predict(X[:50])
+    assert set(labels) <= {"no", "yes"} and proba.shape == (50, 2)
+
+
+def test_labels_the_model_cannot_take_are_refused_naming_where():
+    learner = _learner()
+    with pytest.raises(DataError, match="request 7: label value 'maybe'"):
+        learner.targets(np.array(["yes", "maybe"]), "request 7")
+    with pytest.raises(DataError, match="needs its classes"):
+        StreamLearner(TrainConfig(), NAMES, "y")
