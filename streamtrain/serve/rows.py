@@ -136,11 +136,10 @@ class Columns:
                             f"{_names(self.features)} and label {self.label!r})")
         return names
 
-    @staticmethod
-    def _check_finite(X: np.ndarray, where: str) -> None:
+    def _check_finite(self, X: np.ndarray, where: str) -> None:
         if not np.isfinite(X).all():
             i, j = np.argwhere(~np.isfinite(X))[0]
-            raise DataError(f"{where}: row {i}, feature {j} is {X[i, j]} (NaN or infinite)")
+            raise DataError(f"{where}: row {i}, column {self.features[j]!r} is {X[i, j]} (missing, NaN or infinite)")
         if np.abs(X).max(initial=0) > np.finfo(np.float32).max:
             raise DataError(f"{where}: a value is beyond float32's range")
 

@@ -299,6 +299,7 @@ class Service:
                 key = request.headers.get("idempotency-key")
                 seq, repeat = await run_in_threadpool(service._accept, body, content_type(request), where, key)
             except _TooLarge:
+                service.rows_rejected += 1
                 return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
             except QueueFull:
                 return error(429, f"{where}: rows waiting for training fill the queue (--queue-mb); retry later",

