@@ -68,11 +68,12 @@ def wait_for(check, timeout: float = 60.0, what: str = "condition"):
 class Served:
     """A ``streamtrain serve`` process: started, killed, stopped as the tests need."""
 
-    def __init__(self, tmp: Path, source: str, *extra, port: int | None = None, name: str = "svc"):
+    def __init__(self, tmp: Path, source: str, *extra, port: int | None = None, name: str = "svc",
+                 settings: list[str] = SETTINGS):
         self.dir = tmp / name
         self.port = port or free_port()
         self.args = [str(BIN), "serve", "--source", source, "--checkpoint-dir", str(self.dir), "--port",
-                     str(self.port), *SETTINGS, *map(str, extra)]
+                     str(self.port), *settings, *map(str, extra)]
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.logs: list[Path] = []
@@ -339,6 +340,42 @@ def test_http_exactly_once_across_kills(served, tmp_path):
     assert kills >= 3
     assert_same_run(ref.dir, svc.dir, rows)
     assert svc.stderr().count("continuing from") >= 3  # restarts went on from checkpoints
+
+
+def test_init_from_a_train_run_and_reload_one(served, tmp_path):
+    import pandas as pd
+
+    data = pd.DataFrame([r for p in pieces(60, seed=8) for r in p])
+    data.to_parquet(tmp_path / "train.parquet")
+    run = tmp_path / "run"
+    trained = subprocess.run([str(BIN), "train", str(tmp_path / "train.parquet"), "--label", "y", "--hidden", "5",
+                              "--epochs", "2", "--checkpoint-dir", str(run), "--quiet"], capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    probe = data[FEATURES].iloc[:6]
+    probe.to_parquet(tmp_path / "probe.parquet")
+    subprocess.run([str(BIN), "predict", str(run), str(tmp_path / "probe.parquet"), "--out", str(tmp_path / "p.csv")],
+                   check=True, capture_output=True)
+    expected = pd.read_csv(tmp_path / "p.csv")
+    rows = probe.to_dict("records")
+
+    svc = served("http", "--init-from", run, settings=["--batch-size", "8", "--checkpoint-seconds", "0.3"]).start()
+    first = httpx.post(svc.url + "/predict", json=rows).json()
+    assert first["model_version"] == 0 and first["predictions"] == expected["prediction"].tolist()
+    assert np.allclose(np.asarray(first["probabilities"])[:, 1], expected["p_1"], atol=1e-5)
+    post_all(svc.url, pieces(20, seed=9))
+    status = svc.wait_received(sum(map(len, pieces(20, seed=9))))
+    assert status["updates"] > 0
+    # a train run's checkpoint copied into the service's directory: the model answering becomes it
+    import shutil
+
+    shutil.copytree(run, svc.dir / "imported")
+    r = httpx.post(svc.url + "/reload", json={"checkpoint": "imported"})
+    assert r.status_code == 200, r.text
+    again = wait_for(lambda: (p := httpx.post(svc.url + "/predict", json=rows).json())["probabilities"] ==
+                     first["probabilities"] and p, 10, "the reloaded model")
+    assert again["predictions"] == expected["prediction"].tolist()
+    assert httpx.post(svc.url + "/reload", json={"checkpoint": "nothing-here"}).status_code == 400
+    assert svc.stop() == 0
 
 
 # -- a directory of landing files ----------------------------------------------------------------

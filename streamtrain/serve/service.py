@@ -211,8 +211,8 @@ class Service:
             cfg = TrainConfig.from_dict(meta["config"])
             with learner.lock:
                 learner.model = Model.from_checkpoint(arrays, m, cfg)
-                learner.optimizer = make_run_optimizer(learner.config, arrays if cfg.optimizer == learner.config.optimizer
-                                                       else None)
+                same = cfg.optimizer == learner.config.optimizer  # its optimiser state carries over
+                learner.optimizer = make_run_optimizer(learner.config, arrays if same else None)
                 learner.stepper = type(learner.stepper)(learner.config, learner.model, learner.optimizer)
                 learner.stepper.load()
                 learner.scaled = True
