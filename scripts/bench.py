@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_serve import bench_serve, report_serve  # a sibling script: the serve section
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks"
@@ -591,7 +592,7 @@ def bench_mpi(files, rows, chunk_rows) -> list[dict]:
 
 SECTIONS = {"readers": bench_readers, "loader": bench_loader, "holdout": bench_holdout, "training": bench_training,
             "checkpoint": bench_checkpoint, "scaling": bench_scaling, "torch": bench_torch,
-            "mpi": bench_mpi}
+            "mpi": bench_mpi, "serve": bench_serve}
 
 
 def _cpu_model() -> str | None:
@@ -721,6 +722,8 @@ def report(results: dict, meta: dict) -> str:
             lines.append(f"| {m['processes']} | {m['allreduce_s'] * 1e6:.1f} | {sh[1024]:.1%} | {sh[8192]:.1%} | "
                          f"{sh[65536]:.1%} | {'-' if under is None else f'{under:,}'} |")
         lines.append("")
+    if "serve" in results and "skipped" not in results["serve"][0]:
+        lines += report_serve(results["serve"])
     if "torch" in results:
         lines += ["## PyTorch's usual recipe (per-row h5py Dataset, DataLoader(shuffle=True), batch 256)", ""]
         for r in results["torch"]:

@@ -77,6 +77,13 @@ class Columns:
             y = np.asarray(values)
         return X.astype(self.dtype), y
 
+    def warm_up(self) -> None:
+        """Import what parsing Arrow needs now (pyarrow's numpy conversion pulls in pandas: about
+        half a second), not while the first request waits."""
+        import pyarrow as pa
+
+        pa.chunked_array([[0.0]]).to_numpy()
+
     def from_arrow(self, body: bytes, where: str, need_label: bool = True):
         """Rows as an Arrow IPC stream (or file) of one record batch or more."""
         import pyarrow as pa

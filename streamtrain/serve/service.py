@@ -63,6 +63,7 @@ class Service:
             self.learner = StreamLearner(config, list(features), label, classes, init_from, scale_rows, shuffle_rows,
                                          log)
             self.columns = Columns(list(features), label, config.dtype)
+            self.columns.warm_up()
             self.source: StreamSource = open_source(source, self.columns, self.dir / "log", queue_bytes)
             found = self.rundir.resume_point(TRAINER, warn=self._warn)
             source_state = {}

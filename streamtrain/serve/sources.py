@@ -510,6 +510,8 @@ class NatsSource(StreamSource):
                              ack_wait=3600, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
         await self.js.add_consumer(self.stream, cfg)
         self.sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
+        self.deliveries = 0  # the consumer's delivery sequence: a gap in it is a message lost on the way
+        self.delivered.clear()  # the old consumer's messages: the new one starts after them
 
     def poll(self, timeout):
         try:
@@ -519,6 +521,13 @@ class NatsSource(StreamSource):
         items = []
         for m in msgs:
             seq = m.metadata.sequence.stream
+            if m.metadata.sequence.consumer != self.deliveries + 1:
+                # A delivery went missing between the server and here (a fetch that timed out while
+                # messages were on their way): it would come back only after the ack wait, out of
+                # order. Seek back to the position instead, and read on from there in order.
+                self._run(self._start())
+                return items
+            self.deliveries += 1
             if self.position is not None and seq <= self.position:
                 continue  # a redelivery of what is already here
             where = f"{self.stream} message {seq}"

@@ -1,0 +1,308 @@
+"""The ``serve`` section of the benchmark: ``streamtrain serve`` on loopback, fed by each source.
+
+For each source (HTTP, Redis Streams, NATS JetStream, a landing directory) a producer writes the
+same rows (64 float32 features, a binary label) as Arrow IPC pieces of 1,000 rows (Parquet files of
+50,000 rows for the directory) as fast as the service takes them; the figure is rows trained per
+second from the first piece sent to the last row trained (network 64 -> 64 sigmoid -> 1, batch 256,
+checkpoints every 10 s). During the HTTP run a second client asks ``/predict`` for one row in a
+loop: its latency percentiles are those of predictions while training. The service's RSS and
+its lag (rows received and not yet trained; the source's own backlog) are sampled throughout.
+A soak run then feeds HTTP at a fixed rate for ``soak_s`` seconds and records RSS over time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BIN = Path(sys.executable).with_name("streamtrain")
+FEATURES = [f"f{i}" for i in range(64)]
+PIECE = 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _arrow(X: np.ndarray, y: np.ndarray | None) -> bytes:
+    import pyarrow as pa
+
+    cols = {f: X[:, i] for i, f in enumerate(FEATURES)}
+    if y is not None:
+        cols["y"] = y
+    table = pa.table(cols)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class _Service:
+    def __init__(self, source: str, workdir: Path):
+        import httpx
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([str(BIN), "serve", "--source", source, "--checkpoint-dir", str(workdir / "svc"),
+                                      "--port", str(self.port), "--features", ",".join(FEATURES), "--label", "y",
+                                      "--classes", "0,1", "--hidden", "64", "--batch-size", "256",
+                                      "--queue-mb", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = httpx.Client(timeout=30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get(self.url + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"serve --source {source} did not start")
+
+    def status(self) -> dict:
+        return self.client.get(self.url + "/healthz").json()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+        self.client.close()
+
+
+def _produce(source: str, url: str, workdir: Path, X: np.ndarray, y: np.ndarray, service: _Service) -> None:
+    pieces = [(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]
+    if source == "http":
+        client = service.client
+        for Xp, yp in pieces:
+            body = _arrow(Xp, yp)
+            while True:
+                r = client.post(service.url + "/learn", content=body,
+                                headers={"content-type": "application/vnd.apache.arrow.stream"})
+                if r.status_code != 429:
+                    break
+                time.sleep(0.01)
+            assert r.status_code == 202, r.text
+    elif source == "redis":
+        import redis
+
+        c = redis.Redis.from_url(url)
+        for Xp, yp in pieces:
+            c.xadd("bench", {"arrow": _arrow(Xp, yp)})
+        c.close()
+    elif source == "nats":
+        async def go():
+            import nats
+
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            for Xp, yp in pieces:
+                await js.publish("bench.in", _arrow(Xp, yp))
+            await nc.close()
+
+        asyncio.run(go())
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for i, a in enumerate(range(0, len(X), 50_000)):
+            table = pa.table({**{f: X[a:a + 50_000, j] for j, f in enumerate(FEATURES)}, "y": y[a:a + 50_000]})
+            tmp = workdir / "landing" / f".part-{i:04d}.parquet"
+            pq.write_table(table, tmp)
+            os.rename(tmp, workdir / "landing" / f"part-{i:04d}.parquet")
+
+
+def _broker(kind: str, workdir: Path):
+    """A Redis or NATS server on a free loopback port; ``(process, url)``."""
+    port = _free_port()
+    if kind == "redis":
+        import redis
+
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("redis-server")), "--port", str(port), "--bind",
+                                 "127.0.0.1", "--dir", str(workdir), "--save", "", "--appendonly", "no"],
+                                stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(300):
+            try:
+                if redis.Redis.from_url(url).ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        return proc, url
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("nats-server")), "-js", "-a", "127.0.0.1", "-p",
+                             str(port), "-sd", str(workdir / "nats")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"nats://127.0.0.1:{port}"
+
+    async def stream():
+        import nats
+
+        nc = await nats.connect(url, max_reconnect_attempts=1)
+        await nc.jetstream().add_stream(name="BENCH", subjects=["bench.in"])
+        await nc.close()
+
+    for _ in range(300):
+        try:
+            asyncio.run(stream())
+            break
+        except Exception:
+            time.sleep(0.05)
+    return proc, url
+
+
+def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path) -> dict:
+    broker, url, spec = None, None, "http"
+    if source in ("redis", "nats"):
+        broker, url = _broker(source, workdir)
+        spec = f"{url}?stream=bench" if source == "redis" else f"{url}?stream=BENCH"
+    elif source == "directory":
+        (workdir / "landing").mkdir()
+        spec = f"dir:{workdir / 'landing'}"
+    svc = _Service(spec, workdir)
+    try:
+        latencies, lags, rss = [], [], []
+        done = threading.Event()
+
+        def predict_loop():
+            import httpx
+
+            body = _arrow(X[:1], None)
+            with httpx.Client(timeout=30) as c:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    c.post(svc.url + "/predict", content=body,
+                           headers={"content-type": "application/vnd.apache.arrow.stream"})
+                    latencies.append(time.perf_counter() - t)
+                    time.sleep(0.005)
+
+        predictor = threading.Thread(target=predict_loop) if source == "http" else None
+        started = time.perf_counter()
+        producer = threading.Thread(target=_produce, args=(source, url, workdir, X, y, svc))
+        producer.start()
+        if predictor:
+            predictor.start()
+        n = len(X)
+        while True:
+            s = svc.status()
+            lags.append(s["rows_received"] - s["rows_trained"])
+            rss.append(_rss(svc.proc.pid))
+            if s["rows_trained"] >= n - n % 256 or not s["training"]:
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        done.set()
+        producer.join()
+        if predictor:
+            predictor.join()
+        out = {"source": source, "rows": n, "seconds": seconds, "rows_per_s": s["rows_trained"] / seconds,
+               "max_rows_waiting": int(max(lags)), "peak_rss_bytes": max(rss)}
+        if latencies:
+            lat = np.array(latencies)
+            out.update(predict_p50_s=float(np.percentile(lat, 50)), predict_p99_s=float(np.percentile(lat, 99)),
+                       predicts=len(lat))
+        return out
+    finally:
+        svc.stop()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(30)
+
+
+def _soak(X: np.ndarray, y: np.ndarray, workdir: Path, seconds: float, rate: float) -> dict:
+    """HTTP at ``rate`` rows/s for ``seconds``: the service's RSS over time."""
+    svc = _Service("http", workdir)
+    try:
+        bodies = [_arrow(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]
+        samples, started, sent = [], time.monotonic(), 0
+        while (now := time.monotonic()) - started < seconds:
+            while sent < (now - started) * rate:
+                svc.client.post(svc.url + "/learn", content=bodies[(sent // PIECE) % len(bodies)],
+                                headers={"content-type": "application/vnd.apache.arrow.stream"})
+                sent += PIECE
+            if not samples or now - samples[-1][0] - started >= 5:
+                samples.append((now - started, _rss(svc.proc.pid)))
+            time.sleep(0.01)
+        return {"seconds": seconds, "rate_rows_s": rate, "rows": sent,
+                "rss_by_time": [[round(t, 1), r] for t, r in samples]}
+    finally:
+        svc.stop()
+
+
+def bench_serve(files, rows, chunk_rows, soak_s: float = 120.0) -> list[dict]:
+    """Each source's sustained rate at batch 256, /predict latency while training, lag, memory."""
+    try:
+        import httpx  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print("serve     the serve extra is not installed (pip install 'streamtrain[serve]'): skipped", flush=True)
+        return [{"skipped": "serve extra not installed"}]
+    n = min(rows, 1_000_000)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    y = (X[:, :8].sum(axis=1) > 0).astype(np.int64)
+    results = []
+    for source in ("http", "redis", "nats", "directory"):
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-{source}-"))
+        try:
+            r = _one(source, X, y, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        results.append(r)
+        extra = (f"; /predict p50 {r['predict_p50_s'] * 1e3:.1f} ms, p99 {r['predict_p99_s'] * 1e3:.1f} ms"
+                 if "predict_p50_s" in r else "")
+        print(f"serve    {source:9s} {r['rows_per_s']:12,.0f} rows/s, at most {r['max_rows_waiting']:,} rows "
+              f"waiting, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MB{extra}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serve-soak-"))
+    try:
+        soak = _soak(X, y, workdir, soak_s, rate=100_000)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    rss = [r for _, r in soak["rss_by_time"]]
+    print(f"serve    soak {soak_s:.0f} s at 100,000 rows/s: RSS {rss[1] / 2**20:.0f} MB at 5 s, "
+          f"{rss[-1] / 2**20:.0f} MB at the end", flush=True)
+    results.append({"what": "soak", **soak})
+    return results
+
+
+def report_serve(rs: list[dict]) -> list[str]:
+    """The report's lines for the serve section."""
+    lines = ["## The training service (`streamtrain serve`, loopback)", "",
+             "Each source fed the same 64-feature rows as fast as the service took them (Arrow IPC pieces of",
+             "1,000 rows; Parquet files of 50,000 rows for the directory); network 64 -> 64 sigmoid -> 1,",
+             "batch 256, checkpoints every 10 s, the producer, the broker and the service on the same 2 cores.",
+             "Rows/s counts from the first piece sent to the last row trained. /predict: one row, Arrow in,",
+             "JSON out, asked in a loop while the HTTP run trained.", "",
+             "| source | rows | rows/s trained | most rows waiting | peak RSS MB | /predict p50 ms | p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rs:
+        if "source" in r:
+            p50 = f"{r['predict_p50_s'] * 1e3:.1f}" if "predict_p50_s" in r else "-"
+            p99 = f"{r['predict_p99_s'] * 1e3:.1f}" if "predict_p99_s" in r else "-"
+            lines.append(f"| {r['source']} | {r['rows']:,} | {r['rows_per_s']:,.0f} | {r['max_rows_waiting']:,} | "
+                         f"{r['peak_rss_bytes'] / 2**20:.0f} | {p50} | {p99} |")
+    for r in rs:
+        if r.get("what") == "soak":
+            points = ", ".join(f"{t:.0f} s: {b / 2**20:.0f} MB" for t, b in r["rss_by_time"][::4])
+            lines += ["", f"Memory over a {r['seconds']:.0f}-second run at {r['rate_rows_s']:,.0f} rows/s over HTTP "
+                      f"({r['rows']:,} rows; the issue asks for 10 minutes, shortened to keep the benchmark "
+                      f"bounded): RSS {points}."]
+    lines.append("")
+    return lines
