@@ -505,6 +505,7 @@ def test_redis_dead_letters_and_acknowledges_after_the_checkpoint(served, redis_
     assert b"malformed JSON" in dead[0][1][b"error"] or b"JSON" in dead[0][1][b"error"]
     assert b"f1" in dead[1][1][b"error"] and b"no field 'rows'" in dead[2][1][b"error"]
     assert httpx.post(svc.url + "/learn", json=stream[0]).status_code == 409  # the stream is Redis here
+    assert "streamtrain_source_lag 0.0" in httpx.get(svc.url + "/metrics").text
     assert svc.stop() == 0
     client.close()
 
@@ -620,6 +621,7 @@ def test_nats_dead_letters_and_acknowledges_after_the_checkpoint(served, nats_ur
     info, dead = consumer_info(nats_url, "ROWS")
     assert info.num_ack_pending == 0 and info.num_pending == 0
     assert len(dead) == 1 and dead[0][1] == b'[{"f0": 1}]'
+    assert "streamtrain_source_lag 0.0" in httpx.get(svc.url + "/metrics").text
     assert dead[0][0]["stream-seq"] == "3" and "ROWS message 3: no label column 'y'" in dead[0][0]["error"]
     assert svc.stop() == 0
     _, meta = final_state(svc.dir)

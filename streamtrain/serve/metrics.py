@@ -34,7 +34,7 @@ class Metrics:
         lag = self.service.source.lag()
         if lag is not None:
             yield GaugeMetricFamily("streamtrain_source_lag", "Entries (files, requests, messages) the source holds "
-                                    "beyond the position trained.", value=lag)
+                                    "beyond the position trained (Redis 6: counted up to 100).", value=lag)
         for key in ("loss", "accuracy"):
             value = s["prequential"][key]
             if value is not None:

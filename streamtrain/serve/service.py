@@ -359,7 +359,7 @@ class Service:
             return JSONResponse({"ready": True})
 
         async def metrics_page(request: Request):
-            body, kind = metrics.render()
+            body, kind = await run_in_threadpool(metrics.render)  # the source may ask its broker
             return Response(body, media_type=kind)
 
         routes = [Route("/learn", learn, methods=["POST"]), Route("/predict", predict, methods=["POST"]),
