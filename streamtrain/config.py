@@ -29,6 +29,7 @@ LIMITS = {
     "early_stopping": (0, 1 << 31),
     "checkpoint_every": (0, 1 << 62),
     "keep": (1, 1 << 20),
+    "cache_max_gb": (0.0, 1 << 20),
     "window_mb": (1e-6, 1 << 20),  # up to a terabyte; the available memory is checked when a run starts
     "lr": (0.0, 1e6),
     "momentum": (0.0, 1.0),
@@ -141,6 +142,11 @@ class TrainConfig:
                       "data of 64 MB or more) or a thread.")
     decoder_workers: int = _f(0, "Decoding processes (0: two where there are two cores or more; at most "
                               "the cores and the windows).")
+    cache_dir: str = _f("", "Decode compressed or remote DATA (gzip/Blosc HDF5, Zarr, Parquet, s3://) once into an "
+                        "uncompressed copy in this directory; later epochs, runs and resumes read it in place "
+                        "(empty: decode every epoch).")
+    cache_max_gb: float = _f(64.0, "The largest decoded copy --cache-dir may write (beyond it, or beyond the "
+                             "free disk: decode every epoch, with a message).")
     drop_last: bool = _f(False, "Drop the last partial batch of each epoch.")
     replacement: bool = _f(False, "Draw each batch i.i.d. (with replacement) instead of shuffling.")
     seed: int = _f(0, "Seed of the shuffle, the initial weights and the hold-out split.")
@@ -276,5 +282,5 @@ class TrainConfig:
 
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
-RESUME_MAY_CHANGE = frozenset({"epochs", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
+RESUME_MAY_CHANGE = frozenset({"cache_dir", "cache_max_gb", "epochs", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
                                "early_stopping", "min_delta", "decoder", "decoder_workers"})

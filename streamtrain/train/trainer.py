@@ -162,7 +162,7 @@ class Trainer:
                 if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
                     # overlaps opening the data, the statistics pass, a checkpoint's restoring
                     minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd" and self.comm.size == 1)
-                train, val_ds = self._open(source, val, features, label, weight)
+                train, val_ds = self._open(source, val, features, label, weight, log)
                 self.sampler = self._make_sampler(train)
                 # Started before the statistics pass or the restore, so that its start-up overlaps them.
                 process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None,
@@ -212,7 +212,7 @@ class Trainer:
                 cfg.early_stopping_metric.endswith("_accuracy") and cfg.task == "regression":
             raise ConfigError(f"early_stopping_metric: a {cfg.task} run has no {cfg.early_stopping_metric}")
 
-    def _open(self, source, val, features, label, weight=None) -> tuple[Dataset, Dataset | None]:
+    def _open(self, source, val, features, label, weight=None, log=None) -> tuple[Dataset, Dataset | None]:
         cfg = self.config
         opts = {"dtype": cfg.dtype, "nonfinite": "skip" if cfg.skip_nonfinite else "error",
                 "allow_missing_chunks": cfg.allow_missing_chunks}
@@ -231,12 +231,27 @@ class Trainer:
         if weight is not None:
             data = self._with_weight(source, data, features, label, weight, opts)
             self.weight = weight
+        if cfg.cache_dir:
+            data = self._decoded(data, log)
         if val is not None:
             return data, open_dataset(val, data.selection, data.label_name, **opts)
         if cfg.val_fraction:
             return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                     HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"))
         return data, None
+
+    def _decoded(self, data: Dataset, log) -> Dataset:
+        """``data`` read from its decoded copy in ``cache_dir``: rank 0 makes it (if it is not there
+        yet) while the others wait, then each opens it (or, on a machine of its own, makes its own)."""
+        from ..readers.decoded import decoded_copy
+
+        cfg, comm = self.config, self.comm
+        if comm.rank == 0:
+            data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, log)
+        comm.barrier()
+        if comm.rank != 0:
+            data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, None)
+        return data
 
     @staticmethod
     def _with_weight(source, data: Dataset, features, label, weight: str, opts: dict) -> Dataset:
