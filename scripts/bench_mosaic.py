@@ -1,0 +1,79 @@
+"""MosaicML ``streaming`` on the benchmark's data: loader throughput alone, and feeding the same
+numpy step as the benchmark's numpy loop. Run by ``scripts/bench.py`` in an environment of its own
+(``scripts/peers_env.sh`` makes ``.venv-peers``: mosaicml-streaming pins an older numpy than
+streamtrain uses), as ``python bench_mosaic.py DATA.h5 WORKDIR [LIMIT]``; prints one JSON object.
+
+The HDF5 file is converted to MDS shards (uncompressed, local) first, untimed; then one epoch of
+``StreamingDataset(shuffle=True)`` through a ``DataLoader`` at batch 256 (the first ``LIMIT``
+samples of the epoch, default 100,000), with 0 and 2 workers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def numpy_step(state, xb, yb, lr=0.1):
+    """One SGD step of the 64 -> 64 sigmoid -> 1 network (the benchmark's numpy loop's body)."""
+    W1, b1, W2, b2 = state
+    h = 0.5 * (1 + np.tanh(0.5 * (xb @ W1 + b1)))
+    z = h @ W2 + b2
+    p = 0.5 * (1 + np.tanh(0.5 * z))
+    dz = (p - yb) / len(xb)
+    dh = (dz @ W2.T) * h * (1 - h)
+    W2 -= lr * (h.T @ dz)
+    b2 -= lr * dz.sum(0)
+    W1 -= lr * (xb.T @ dh)
+    b1 -= lr * dh.sum(0)
+
+
+def main() -> None:
+    import streaming
+    import torch
+    from streaming import MDSWriter, StreamingDataset
+
+    src, work = sys.argv[1], Path(sys.argv[2])
+    out = work / "mds"
+    with h5py.File(src, "r") as f:
+        X, y = f["X"][:], f["y"][:]
+    t = time.perf_counter()
+    with MDSWriter(out=str(out), columns={"x": "ndarray:float32:64", "y": "int64"}, compression=None,
+                   size_limit="64mb") as w:
+        for i in range(len(X)):
+            w.write({"x": X[i], "y": int(y[i])})
+    convert = time.perf_counter() - t
+    del X, y
+    results = {"versions": {"mosaicml-streaming": streaming.__version__, "torch": torch.__version__,
+                            "numpy": np.__version__}, "convert_s": convert, "runs": []}
+    torch.set_num_threads(1)
+    limit = int(sys.argv[3]) if len(sys.argv) > 3 else 100_000  # samples per run: this loader is slow
+    for workers in (0, 2):
+        for feed in (False, True):
+            streaming.base.util.clean_stale_shared_memory()
+            ds = StreamingDataset(local=str(out), shuffle=True, shuffle_seed=0, batch_size=256)
+            loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers)
+            rng = np.random.default_rng(0)
+            state = [rng.normal(0, 0.1, (64, 64)).astype(np.float32), np.zeros(64, np.float32),
+                     rng.normal(0, 0.1, (64, 1)).astype(np.float32), np.zeros(1, np.float32)]
+            t, n = time.perf_counter(), 0
+            for batch in loader:
+                xb = batch["x"].numpy()
+                if feed:
+                    numpy_step(state, xb, batch["y"].numpy().astype(np.float32)[:, None])
+                n += len(xb)
+                if n >= limit:
+                    break
+            results["runs"].append({"workers": workers, "feeds_step": feed, "samples": n,
+                                    "samples_per_s": n / (time.perf_counter() - t)})
+            print(json.dumps(results["runs"][-1]), file=sys.stderr, flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
