@@ -15,12 +15,17 @@ Sections:
             samples/s from each format with window shuffle; scikit-learn partial_fit as a peer
   checkpoint  overhead of checkpointing every 1000 batches; time to the first batch after resuming
             10% and 90% into an epoch (should not depend on how far in)
-  scaling   peak RSS and time per sample of a training epoch at 0.25 and 1 GB (--large: up to 16 GB)
+  scaling   peak RSS and time per sample of a training epoch at 0.25 and 1 GB (--large: up to 16 GB),
+            uncompressed and gzip HDF5 through its decoded copy (--cache-dir)
   mpi       data-parallel training under mpiexec: samples/s at 1 and 2 processes, the allreduce's share
             of a step at 64-4096 rows per rank, a model of 2-64 processes from the latency and bandwidth
             measured here
-  torch     PyTorch's per-row h5py Dataset + DataLoader(shuffle=True), num_workers 0 and 2, if torch
-            is installed (pip install torch==2.13.0)
+  torch     peers on the same file: PyTorch's per-row h5py Dataset + DataLoader(shuffle=True), its best
+            streaming recipe and in memory (pip install torch==2.13.0); MosaicML streaming in the
+            environment scripts/peers_env.sh makes (skipped without it)
+  serve     streamtrain serve fed by HTTP, Redis, NATS and a landing directory (scripts/bench_serve.py)
+  cache     epochs 2+ of compressed formats from their decoded copy vs uncompressed HDF5 and in memory,
+            every figure as a fraction of the sgemm peak and the memory bandwidth measured here
 """
 
 from __future__ import annotations
@@ -487,8 +492,10 @@ from streamtrain._malloc import reuse_freed_memory
 reuse_freed_memory()
 # Importing h5py runs 'uname -p', whose peak (a copy of this process before exec) is not a worker's.
 before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-t = st.Trainer(st.TrainConfig(hidden=64, epochs=1, batch_size=256, lr=0.1, task="binary", window_mb=128))
-h = t.fit(sys.argv[1], log=None)[0]
+cache = sys.argv[2] if len(sys.argv) > 2 else ""  # with a cache: epoch 1 writes the decoded copy, epoch 2 reads it
+t = st.Trainer(st.TrainConfig(hidden=64, epochs=2 if cache else 1, batch_size=256, lr=0.1, task="binary",
+                              window_mb=128, cache_dir=cache))
+h = t.fit(sys.argv[1], log=None)[-1]
 peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 # plus a decoding worker's peak, if one ran (shared window buffers are then counted twice: an upper bound)
 after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -501,20 +508,26 @@ def bench_scaling(files, rows, chunk_rows, sizes_gb=(0.25, 1.0)) -> list[dict]:
     from streamtrain.synthetic import make_data
 
     results = []
-    for gb in sizes_gb:
-        n = int(gb * 2**30 / (64 * 4))
-        path = SCRATCH / f"scale-{gb}.h5"
-        if shutil.disk_usage(SCRATCH).free < gb * 2**30 * 1.1:
-            print(f"scaling  {gb:6.2f} GB: not enough free disk, skipped", flush=True)
-            continue
-        make_data(path, n, 64, chunk_rows=chunk_rows, seed=2, compression="none", overwrite=True)
-        out = subprocess.run([sys.executable, "-c", _SCALING_CODE, str(path)], capture_output=True, text=True,
-                             check=True).stdout.split()
-        samples, secs, peak_kb = int(out[0]), float(out[1]), int(out[2])
-        path.unlink()
-        results.append({"gb": gb, "rows": n, "peak_rss_mb": peak_kb / 1024, "us_per_sample": secs / samples * 1e6})
-        print(f"scaling  {gb:6.2f} GB: peak RSS {peak_kb / 1024:7.1f} MB, {secs / samples * 1e6:.3f} us/sample",
-              flush=True)
+    for cached in (False, True):
+        for gb in sizes_gb:
+            n = int(gb * 2**30 / (64 * 4))
+            path = SCRATCH / f"scale-{gb}{'-gzip' if cached else ''}.h5"
+            if shutil.disk_usage(SCRATCH).free < gb * 2**30 * (2.2 if cached else 1.1):
+                print(f"scaling  {gb:6.2f} GB: not enough free disk, skipped", flush=True)
+                continue
+            make_data(path, n, 64, chunk_rows=chunk_rows, seed=2, compression="gzip" if cached else "none",
+                      overwrite=True)
+            cache = SCRATCH / "scale-cache"
+            out = subprocess.run([sys.executable, "-c", _SCALING_CODE, str(path), *([str(cache)] if cached else [])],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            samples, secs, peak_kb = int(out[0]), float(out[1]), int(out[2])
+            path.unlink()
+            shutil.rmtree(cache, ignore_errors=True)
+            what = "gzip HDF5, decoded copy (epoch 1 writes it, epoch 2 reads it)" if cached else "uncompressed HDF5"
+            results.append({"gb": gb, "rows": n, "peak_rss_mb": peak_kb / 1024, "us_per_sample": secs / samples * 1e6,
+                            "data": what})
+            print(f"scaling  {gb:6.2f} GB {'cached' if cached else 'in place'}: peak RSS {peak_kb / 1024:7.1f} MB, "
+                  f"{secs / samples * 1e6:.3f} us/sample", flush=True)
     return results
 
 
@@ -878,11 +891,16 @@ def report(results: dict, meta: dict) -> str:
                   "file, whose pages mapped into the process the budget bounds (no decoding worker here).",
                   "Peak RSS = the trainer's VmHWM (plus a decoding worker's, where one runs);",
                   f"this machine has {meta['machine'].get('ram_gb', '?')} GB of RAM.", "",
-                  "| GB | rows | peak RSS MB | us per sample |", "|---:|---:|---:|---:|"]
+                  "With `--cache-dir`, gzip HDF5 of the same sizes: the first epoch writes the decoded copy, the",
+                  "second reads it in place (its time per sample is the second epoch's).", "",
+                  "| data | GB | rows | peak RSS MB | us per sample |", "|---|---:|---:|---:|---:|"]
         for r in results["scaling"]:
-            lines.append(f"| {r['gb']} | {r['rows']:,} | {r['peak_rss_mb']:.0f} | {r['us_per_sample']:.3f} |")
-        rss = [r["peak_rss_mb"] for r in results["scaling"]]
-        lines += ["", f"Peak RSS spread: {max(rss) / min(rss) - 1:+.0%} (target: flat within 10%).", ""]
+            lines.append(f"| {r.get('data', 'uncompressed HDF5')} | {r['gb']} | {r['rows']:,} | {r['peak_rss_mb']:.0f} | "
+                         f"{r['us_per_sample']:.3f} |")
+        for kind in sorted({r.get("data", "uncompressed HDF5") for r in results["scaling"]}):
+            rss = [r["peak_rss_mb"] for r in results["scaling"] if r.get("data", "uncompressed HDF5") == kind]
+            lines.append(f"Peak RSS spread, {kind}: {max(rss) / min(rss) - 1:+.0%} (target: flat within 10%).")
+        lines.append("")
     if "mpi" in results and "skipped" not in results["mpi"][0]:
         rs = results["mpi"]
         ar = next(r for r in rs if r["what"] == "allreduce")
@@ -1087,7 +1105,10 @@ def plot_results(results: dict) -> None:
         plt.close(fig)
     if "scaling" in results:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["gb"] for r in results["scaling"]], [r["peak_rss_mb"] for r in results["scaling"]], marker="o")
+        for kind in sorted({r.get("data", "uncompressed HDF5") for r in results["scaling"]}):
+            rs = [r for r in results["scaling"] if r.get("data", "uncompressed HDF5") == kind]
+            ax.plot([r["gb"] for r in rs], [r["peak_rss_mb"] for r in rs], marker="o", label=kind.split(" (")[0])
+        ax.legend()
         ax.set(xlabel="dataset size (GB)", ylabel="peak RSS (MB)", title="Memory while training", ylim=(0, None))
         fig.tight_layout()
         fig.savefig(OUT / "scaling.png", dpi=100)
