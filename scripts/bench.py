@@ -213,27 +213,36 @@ def bench_holdout(files, rows, chunk_rows) -> list[dict]:
     return results
 
 
-def numpy_loop(X, y, batch, hidden=64, lr=0.1, seed=0):
-    """The compute ceiling: a hand-written numpy minibatch SGD loop of the same math (forward, the
-    batch's log loss for the epoch's training loss, backward, update), data in RAM."""
+def numpy_params(n_in=64, hidden=64, seed=0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    W1 = rng.normal(0, 0.1, (X.shape[1], hidden)).astype(np.float32)
-    W2 = rng.normal(0, 0.1, (hidden, 1)).astype(np.float32)
-    b1, b2 = np.zeros(hidden, np.float32), np.zeros(1, np.float32)
+    return [rng.normal(0, 0.1, (n_in, hidden)).astype(np.float32), np.zeros(hidden, np.float32),
+            rng.normal(0, 0.1, (hidden, 1)).astype(np.float32), np.zeros(1, np.float32)]
+
+
+def numpy_step(params, xb, yb, lr=0.1) -> float:
+    """One SGD step of the 64 -> 64 sigmoid -> 1 network in plain numpy (forward, the batch's log
+    loss, backward, update in place); the batch's loss."""
+    W1, b1, W2, b2 = params
+    h = 0.5 * (1 + np.tanh(0.5 * (xb @ W1 + b1)))
+    z = h @ W2 + b2
+    loss = float(np.mean(np.logaddexp(0, z) - yb * z))  # the epoch's training loss, as reported
+    p = 0.5 * (1 + np.tanh(0.5 * z))
+    dz = (p - yb) / len(xb)
+    dh = (dz @ W2.T) * h * (1 - h)
+    W2 -= lr * (h.T @ dz)
+    b2 -= lr * dz.sum(0)
+    W1 -= lr * (xb.T @ dh)
+    b1 -= lr * dh.sum(0)
+    return loss
+
+
+def numpy_loop(X, y, batch, hidden=64, lr=0.1, seed=0):
+    """The compute ceiling: a hand-written numpy minibatch SGD loop of the same math, data in RAM."""
+    params = numpy_params(X.shape[1], hidden, seed)
     yf = y.astype(np.float32)[:, None]
     loss = 0.0
     for a in range(0, len(X), batch):
-        xb, yb = X[a:a + batch], yf[a:a + batch]
-        h = 0.5 * (1 + np.tanh(0.5 * (xb @ W1 + b1)))
-        z = h @ W2 + b2
-        loss += float(np.mean(np.logaddexp(0, z) - yb * z)) * len(xb)  # the epoch's training loss, as reported
-        p = 0.5 * (1 + np.tanh(0.5 * z))
-        dz = (p - yb) / len(xb)
-        dh = (dz @ W2.T) * h * (1 - h)
-        W2 -= lr * (h.T @ dz)
-        b2 -= lr * dz.sum(0)
-        W1 -= lr * (xb.T @ dh)
-        b1 -= lr * dh.sum(0)
+        loss += numpy_step(params, X[a:a + batch], yf[a:a + batch], lr) * len(X[a:a + batch])
     return len(X)
 
 

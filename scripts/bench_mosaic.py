@@ -17,20 +17,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-
-def numpy_step(state, xb, yb, lr=0.1):
-    """One SGD step of the 64 -> 64 sigmoid -> 1 network (the benchmark's numpy loop's body)."""
-    W1, b1, W2, b2 = state
-    h = 0.5 * (1 + np.tanh(0.5 * (xb @ W1 + b1)))
-    z = h @ W2 + b2
-    p = 0.5 * (1 + np.tanh(0.5 * z))
-    dz = (p - yb) / len(xb)
-    dh = (dz @ W2.T) * h * (1 - h)
-    W2 -= lr * (h.T @ dz)
-    b2 -= lr * dz.sum(0)
-    W1 -= lr * (xb.T @ dh)
-    b1 -= lr * dh.sum(0)
+from bench import numpy_params, numpy_step  # the benchmark's numpy loop's step (this script's folder)
 
 
 def main() -> None:
@@ -58,9 +45,7 @@ def main() -> None:
             streaming.base.util.clean_stale_shared_memory()
             ds = StreamingDataset(local=str(out), shuffle=True, shuffle_seed=0, batch_size=256)
             loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers)
-            rng = np.random.default_rng(0)
-            state = [rng.normal(0, 0.1, (64, 64)).astype(np.float32), np.zeros(64, np.float32),
-                     rng.normal(0, 0.1, (64, 1)).astype(np.float32), np.zeros(1, np.float32)]
+            state = numpy_params()
             t, n = time.perf_counter(), 0
             for batch in loader:
                 xb = batch["x"].numpy()
