@@ -364,6 +364,15 @@ class LogSource(StreamSource):
             self.fh.close()
 
 
+# -- brokers ---------------------------------------------------------------------------------
+READ_BYTES = 8 << 20  # what one read from a broker should bring, about: bounds memory with big entries
+
+
+def _read_count(nbytes: int, entries: int, most: int) -> int:
+    """Entries to ask for next, so that a read brings about ``READ_BYTES`` at the sizes just seen."""
+    return max(1, min(most, READ_BYTES * entries // max(nbytes, 1)))
+
+
 # -- Redis Streams ---------------------------------------------------------------------------
 def _stream_id(value) -> tuple[int, int]:
     text = value.decode() if isinstance(value, bytes) else str(value)
@@ -386,6 +395,7 @@ class RedisSource(StreamSource):
 
         self.client = redis.Redis.from_url(url)
         self.stream, self.group, self.consumer, self.count = stream, group, consumer, int(count)
+        self.most, self.count = self.count, min(self.count, 16)  # grows once entry sizes are known
         self.dead = f"{stream}:dead"
         self.columns = columns
         self.position: tuple[int, int] | None = None
@@ -408,6 +418,9 @@ class RedisSource(StreamSource):
         got = self.client.xreadgroup(self.group, self.consumer, {self.stream: ident}, count=self.count,
                                      block=None if self.backlog else max(1, int(timeout * 1000)))
         entries = got[0][1] if got else []
+        if entries:
+            size = sum(len(k) + len(v) for _, fields in entries if fields for k, v in fields.items())
+            self.count = _read_count(size, len(entries), self.most)
         if self.backlog and not entries:
             self.backlog = False
             return []
@@ -481,6 +494,7 @@ class NatsSource(StreamSource):
     def __init__(self, url: str, columns: Columns, stream: str, durable: str = "streamtrain",
                  dead: str | None = None, count: int = 256):
         self.url, self.stream, self.durable, self.count = url, stream, durable, int(count)
+        self.most, self.count = self.count, min(self.count, 16)  # grows once entry sizes are known
         self.dead = dead or f"streamtrain.dead.{stream}"
         self.columns = columns
         self.loop = asyncio.new_event_loop()
@@ -522,6 +536,8 @@ class NatsSource(StreamSource):
             msgs = self._run(self._fetch(timeout), timeout + 30)
         except TimeoutError:
             return []
+        if msgs:
+            self.count = _read_count(sum(len(m.data) for m in msgs), len(msgs), self.most)
         items = []
         for m in msgs:
             seq = m.metadata.sequence.stream
