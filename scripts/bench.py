@@ -582,33 +582,57 @@ def bench_torch(files, rows, chunk_rows) -> list[dict]:
         print(f"torch    num_workers={workers}: {rate:10,.0f} samples/s", flush=True)
     results += _torch_best(torch, files, rows, chunk_rows)
     results += _mosaic(files)
+    results += _vw(files)
     results.append({"peer": "litdata", "skipped": "no recipe written yet; it installs in .venv-peers beside "
                     "mosaicml-streaming"})
     ours = max(train_rate(files["hdf5"], 256) for _ in range(2))
     results.append({"peer": "streamtrain", "samples_per_s": ours, "kind": "ours",
                     "what": "streamtrain from the same uncompressed HDF5 file, window shuffle, batch 256"})
     print(f"torch    streamtrain from the same file: {ours:10,.0f} samples/s", flush=True)
+    online = max(train_rate(files["hdf5"], 1) for _ in range(2))
+    results.append({"peer": "streamtrain, batch size 1", "samples_per_s": online, "kind": "ours-online"})
+    print(f"torch    streamtrain batch size 1 from the same file: {online:10,.0f} samples/s", flush=True)
     return results
 
 
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 
-def _mosaic(files) -> list[dict]:
-    """MosaicML streaming, in the environment ``scripts/peers_env.sh`` makes (skipped without it)."""
+def _in_peers_env(script: str, path: Path, peer: str) -> dict:
+    """The JSON a peer's script prints, run in the environment ``scripts/peers_env.sh`` makes; or
+    ``{"skipped": why}``."""
     import tempfile
 
     python = Path(os.environ.get("STREAMTRAIN_PEERS_PYTHON", PEERS_PYTHON))
     if not python.exists():
-        print("mosaic   no .venv-peers (scripts/peers_env.sh): skipped", flush=True)
-        return [{"peer": "MosaicML streaming", "skipped": "no .venv-peers (scripts/peers_env.sh makes it)"}]
-    with tempfile.TemporaryDirectory(prefix="bench-mosaic-") as work:
-        out = subprocess.run([str(python), str(ROOT / "scripts" / "bench_mosaic.py"), str(files["hdf5"]), work],
-                             capture_output=True, text=True)
+        print(f"peers    {peer}: no .venv-peers (scripts/peers_env.sh): skipped", flush=True)
+        return {"skipped": "no .venv-peers (scripts/peers_env.sh makes it)"}
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as work:
+        out = subprocess.run([str(python), str(ROOT / "scripts" / script), str(path), work], capture_output=True,
+                             text=True)
     if out.returncode != 0:
-        print(f"mosaic   failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
-        return [{"peer": "MosaicML streaming", "skipped": f"failed: {out.stderr.strip().splitlines()[-1:]}"}]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+        why = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"peers    {peer} failed: {why}", flush=True)
+        return {"skipped": f"failed: {why}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _vw(files) -> list[dict]:
+    """Vowpal Wabbit --nn 64, online (batch size 1), against streamtrain's batch size 1 from the file."""
+    r = _in_peers_env("bench_vw.py", files["hdf5"], "Vowpal Wabbit")
+    if "skipped" in r:
+        return [{"peer": "Vowpal Wabbit --nn 64", **r}]
+    print(f"vw       --nn 64, batch size 1: {r['samples_per_s']:10,.0f} samples/s", flush=True)
+    return [{"peer": f"Vowpal Wabbit {r['version']} --nn 64 --loss_function logistic, one pass over its text "
+                     f"format (batch size 1; {r['samples']:,} rows)", "samples_per_s": r["samples_per_s"],
+             "kind": "online"}]
+
+
+def _mosaic(files) -> list[dict]:
+    """MosaicML streaming, in the environment ``scripts/peers_env.sh`` makes (skipped without it)."""
+    r = _in_peers_env("bench_mosaic.py", files["hdf5"], "MosaicML streaming")
+    if "skipped" in r:
+        return [{"peer": "MosaicML streaming", **r}]
     results = []
     for feed in (False, True):
         best = max((x for x in r["runs"] if x["feeds_step"] is feed), key=lambda x: x["samples_per_s"])
@@ -642,8 +666,8 @@ class _ChunkStream:
         with h5py.File(self.path, "r") as f:
             X, y = f["X"], f["y"]
             for g in range(0, len(order), self.buffer):
-                parts = [(X[c * self.chunk_rows:(c + 1) * self.chunk_rows], y[c * self.chunk_rows:(c + 1) * self.chunk_rows])
-                         for c in order[g:g + self.buffer]]
+                spans = [slice(c * self.chunk_rows, (c + 1) * self.chunk_rows) for c in order[g:g + self.buffer]]
+                parts = [(X[span], y[span]) for span in spans]
                 bx = np.concatenate([p[0] for p in parts])
                 by = np.concatenate([p[1] for p in parts]).astype(np.float32)
                 perm = rng.permutation(len(bx))
@@ -904,8 +928,8 @@ def report(results: dict, meta: dict) -> str:
                   "second reads it in place (its time per sample is the second epoch's).", "",
                   "| data | GB | rows | peak RSS MB | us per sample |", "|---|---:|---:|---:|---:|"]
         for r in results["scaling"]:
-            lines.append(f"| {r.get('data', 'uncompressed HDF5')} | {r['gb']} | {r['rows']:,} | {r['peak_rss_mb']:.0f} | "
-                         f"{r['us_per_sample']:.3f} |")
+            lines.append(f"| {r.get('data', 'uncompressed HDF5')} | {r['gb']} | {r['rows']:,} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['us_per_sample']:.3f} |")
         for kind in sorted({r.get("data", "uncompressed HDF5") for r in results["scaling"]}):
             rss = [r["peak_rss_mb"] for r in results["scaling"] if r.get("data", "uncompressed HDF5") == kind]
             lines.append(f"Peak RSS spread, {kind}: {max(rss) / min(rss) - 1:+.0%} (target: flat within 10%).")
@@ -979,12 +1003,14 @@ def report(results: dict, meta: dict) -> str:
     if "torch" in results:
         rs = results["torch"]
         ours = next((r["samples_per_s"] for r in rs if r.get("kind") == "ours"), None)
+        ours_online = next((r["samples_per_s"] for r in rs if r.get("kind") == "ours-online"), None)
         lines += ["## Peers (same file, same network 64 -> 64 sigmoid -> 1, batch 256, same run)", "",
                   "PyTorch's usual recipe is a per-row h5py Dataset with DataLoader(shuffle=True); its best",
                   "streaming recipe reads whole chunks, mixes them in a shuffle buffer and yields ready batches",
                   "from DataLoader workers (threads and workers tried, the best kept); in memory it indexes a",
                   "tensor. MosaicML streaming runs in its own environment (it pins an older numpy), over MDS",
-                  "shards converted from the same file (untimed), on the first 100,000 samples of an epoch.", ""]
+                  "shards converted from the same file (untimed), on the first 100,000 samples of an epoch.",
+                  "Vowpal Wabbit (also there) is compared with streamtrain at batch size 1.", ""]
         targets = {"streaming": 3.0, "mosaic-step": 2.0}
         for r in rs:
             name = r.get("peer", "?")
@@ -992,8 +1018,9 @@ def report(results: dict, meta: dict) -> str:
                 lines.append(f"- {name}: skipped ({r.get('skipped', 'not installed')})")
                 continue
             line = f"- {name}: {r['samples_per_s']:,.0f} samples/s"
-            if ours and r.get("kind") != "ours":
-                x = ours / r["samples_per_s"]
+            mine = ours_online if r.get("kind") == "online" else ours
+            if mine and not r.get("kind", "").startswith("ours"):
+                x = mine / r["samples_per_s"]
                 line += f"; streamtrain {x:,.1f}x"
                 if r.get("kind") in targets:
                     t = targets[r["kind"]]

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv-peers
-.venv-peers/bin/pip install -q mosaicml-streaming litdata h5py torch torchvision
+.venv-peers/bin/pip install -q mosaicml-streaming litdata vowpalwabbit h5py torch torchvision
