@@ -520,11 +520,14 @@ def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scal
             raise click.UsageError(f"{token_file}: the token file is empty")
     names = None if features is None else [f.strip() for f in features.split(",") if f.strip()]
     labels = None if classes is None else [_class_value(c.strip()) for c in classes.split(",") if c.strip()]
-    svc = Service(config, source, checkpoint_dir, features=names, label=label, classes=labels, init_from=init,
-                  scale_rows=scale_rows, shuffle_bytes=int(shuffle_mb * 2**20),
-                  checkpoint_every=config.checkpoint_seconds or 10.0, keep=config.keep, token=token,
-                  max_body_bytes=int(max_body_mb * 2**20), queue_bytes=int(queue_mb * 2**20), log=_echo_err)
-    _run_server(svc, host, port)
+
+    def open_service():
+        return Service(config, source, checkpoint_dir, features=names, label=label, classes=labels,
+                       init_from=init, scale_rows=scale_rows, shuffle_bytes=int(shuffle_mb * 2**20),
+                       checkpoint_every=config.checkpoint_seconds or 10.0, keep=config.keep, token=token,
+                       max_body_bytes=int(max_body_mb * 2**20), queue_bytes=int(queue_mb * 2**20), log=_echo_err)
+
+    _run_server(open_service, host, port)
 
 
 def _class_value(text: str):
@@ -535,21 +538,45 @@ def _class_value(text: str):
         return text
 
 
-def _run_server(svc, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM; then stop training and write the last checkpoint."""
+def _run_server(open_service, host: str, port: int) -> None:
+    """Listen at once (``/readyz`` says 503 "loading" while ``open_service()`` resumes from the
+    checkpoint and reaches the source), serve until SIGINT or SIGTERM, then stop training and write
+    the last checkpoint. An error while loading ends the server and is raised here."""
+    import threading
+
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(svc.app(), host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="off"))
-    svc.start()
-    _echo_err(f"serving on http://{host}:{port} (source: {svc.source.name}; checkpoints in {svc.dir})")
+    from .serve.service import Loading
+
+    app = Loading()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                           lifespan="off"))
+
+    def load():
+        try:
+            svc = open_service()
+            svc.start()
+            app.serve(svc)
+            _echo_err(f"ready (source: {svc.source.name}; checkpoints in {svc.dir})")
+        except BaseException as e:  # raised in the main thread once the server has stopped
+            app.error = e
+            server.should_exit = True
+
+    loader = threading.Thread(target=load, name="loading", daemon=True)
+    loader.start()
+    _echo_err(f"serving on http://{host}:{port} (loading)")
     how = "stopped"
     try:
         server.run()  # until SIGINT or SIGTERM: uvicorn finishes the requests in flight
     except Interrupted as e:  # uvicorn hands the signal on once it has shut down: the normal way out
         how = f"stopped by {e.signal_name}"
     finally:
-        svc.stop()
+        loader.join()  # a stop while loading lets the loading finish, then stops what it opened
+        if app.service is not None:
+            app.service.stop()
+    if app.error is not None:
+        raise app.error
+    svc = app.service
     if svc.failure:
         raise TrainingError(svc.failure)
     _echo_err(f"{how}; checkpoint written in {svc.dir} (update {svc.learner.state.global_step})")

@@ -190,8 +190,8 @@ def post_all(url: str, stream: list[list[dict]], prefix: str = "piece", pause: f
                 except httpx.HTTPError:
                     time.sleep(0.05)  # the service is down: try again
                     continue
-                if r.status_code == 429:
-                    busy += 1
+                if r.status_code in (429, 503):  # a full queue, or the service still loading: retry
+                    busy += r.status_code == 429
                     time.sleep(float(r.headers["Retry-After"]) / 20)
                     continue
                 assert r.status_code in (200, 202), r.text
@@ -232,7 +232,8 @@ def test_http_learn_predict_metrics_snapshot(served, tmp_path):
     again = httpx.post(svc.url + "/learn", json=stream[0], headers={"Idempotency-Key": "piece-0"})
     assert again.status_code == 200 and again.json()["repeat"] is True
     assert svc.status()["rows_received"] == rows
-    # /metrics in Prometheus' text format, with what the issue names
+    # /metrics in Prometheus' text format, with what the issue names (the checkpoint's age once there is one)
+    wait_for(lambda: svc.status()["checkpoint_age_seconds"] is not None, 30, "a first checkpoint")
     m = httpx.get(svc.url + "/metrics")
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
     for name in ("streamtrain_rows_received_total", "streamtrain_rows_trained_total", "streamtrain_queue_rows",
@@ -656,3 +657,26 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path):
     r = serve("--source", "redis://127.0.0.1:1/0?stream=s&grp=x", "--checkpoint-dir", tmp_path / "e",
               "--features", "a", "--classes", "0,1")
     assert r.returncode == 2 and "unknown parameter 'grp'" in r.stderr
+
+
+def test_readyz_says_loading_until_the_service_is_open(tmp_path):
+    # The server listens before the service has resumed and reached its source: until then every
+    # request, /readyz included, is answered 503 "loading" (here through the ASGI app itself).
+    from streamtrain.config import TrainConfig
+    from streamtrain.serve.service import Loading, Service
+
+    app = Loading()
+
+    async def ask(path):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as c:
+            return await c.get(path)
+
+    r = asyncio.run(ask("/readyz"))
+    assert r.status_code == 503 and r.json()["error"].startswith("loading") and r.headers["retry-after"] == "1"
+    assert asyncio.run(ask("/predict")).status_code == 503
+    svc = Service(TrainConfig(hidden=4, batch_size=8), "http", tmp_path / "svc", features=FEATURES, label="y",
+                  classes=[0, 1], log=None)
+    svc.start()
+    app.serve(svc)
+    assert asyncio.run(ask("/readyz")).status_code == 200
+    svc.stop()

@@ -31,7 +31,7 @@ from .learner import StreamLearner
 from .rows import ARROW_TYPES, Columns
 from .sources import LogSource, QueueFull, Rejected, StreamSource, open_source
 
-__all__ = ["Service"]
+__all__ = ["Service", "Loading"]
 
 _LOG = logging.getLogger("streamtrain")
 
@@ -383,6 +383,31 @@ class Service:
             out["probabilities"] = np.round(proba.astype(np.float64), 6).tolist()
         self.observe_predict(time.perf_counter() - started)
         return out
+
+
+class Loading:
+    """The ASGI app the server starts with: 503 "loading" (JSON) until ``serve(service)`` hands
+    every request on to the service's app."""
+
+    def __init__(self):
+        self.service: Service | None = None
+        self.error: BaseException | None = None
+        self._app = None
+
+    def serve(self, service: Service) -> None:
+        self._app = service.app()
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if self._app is not None:
+            return await self._app(scope, receive, send)
+        if scope["type"] != "http":
+            return
+        from starlette.responses import JSONResponse
+
+        what = "loading failed" if self.error is not None else \
+            "loading: resuming from the checkpoint, reaching the source"
+        await JSONResponse({"error": what}, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
 
 
 class _TooLarge(Exception):
