@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from ._malloc import reuse_freed_memory
 from .config import LIMITS, MAX_FEATURES, TrainConfig
 from .config import choices as config_choices
-from .errors import Interrupted, StreamtrainError, TrainingError
+from .errors import ConfigError, Interrupted, StreamtrainError, TrainingError
 from .io.checkpoint import params_digest, resolve_checkpoint
 from .io.rundir import read_history
 from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
@@ -615,11 +615,11 @@ def main(argv=None) -> None:
         hint = ""
         if isinstance(e, click.UsageError) and e.ctx is not None:
             hint = f" (see '{e.ctx.command_path} --help')"
-        _fail(f"error: {e.format_message()}{hint}", e.exit_code, debug)
+        _fail(f"error: {e.format_message()}{hint}", e.exit_code, debug, everywhere=True)
     except Interrupted as e:
         _fail(str(e), e.exit_code, debug)
     except StreamtrainError as e:
-        _fail(f"error: {e}", e.exit_code, debug)
+        _fail(f"error: {e}", e.exit_code, debug, everywhere=isinstance(e, ConfigError))
     except KeyboardInterrupt:
         _fail("interrupted", 130, debug)
     except OSError as e:  # an output or input the library did not name: still one line
@@ -642,13 +642,16 @@ def _show_library_warnings() -> None:
     logger.setLevel(logging.INFO)
 
 
-def _fail(message: str, code: int, debug: bool) -> None:
+def _fail(message: str, code: int, debug: bool, everywhere: bool = False) -> None:
+    """Say ``message`` (one line) and end with ``code``; ``everywhere``: every process of an MPI job
+    is expected to fail alike (a setting, the command line), so rank 0 should be the one to say it."""
     comm = active_communicator()
     if comm.size > 1 and code not in (130, 143):
         # MPI's model: an error on one process ends the job. Rank 0 speaks first; the others wait a
-        # moment so that, where every rank fails alike, the job usually ends before they repeat it.
+        # moment so that, where every rank fails alike, the job ends before they repeat it (longer
+        # where that is expected: a loaded machine can take seconds to deliver rank 0's abort).
         if comm.rank:
-            time.sleep(0.5)
+            time.sleep(5.0 if everywhere else 0.5)
         message = message.replace("error: ", f"error: rank {comm.rank}: ", 1)
     elif comm.size > 1 and comm.rank:
         message = ""  # an interrupt: every rank stops at the same step; rank 0 says so
