@@ -78,8 +78,7 @@ class StreamLearner:
         self.feature_names, self.label = list(self.model.feature_names), label
         self.scale_rows = max(1, int(scale_rows))
         self.state = TrainState()
-        self.stepper = Stepper(config, self.model, self.optimizer)
-        self.stepper.load()
+        self._adopt(self.model, self.optimizer)
         n_in = self.model.net.n_in
         self.t_dtype = np.float64 if self.model.task == "regression" else np.int64
         self.t_shape = (self.model.net.n_out,) if self.model.task == "regression" else ()
@@ -98,6 +97,19 @@ class StreamLearner:
         self.step_seconds = 0.0
         self.lock = threading.Lock()  # feed, checkpoint and reload take turns
         self.published = Published(self._frozen_model(), 0)
+
+    def _adopt(self, model: Model, optimizer) -> None:
+        """Train ``model`` with ``optimizer`` from here on (the caller holds the lock, or is ``__init__``)."""
+        self.model, self.optimizer = model, optimizer
+        self.stepper = Stepper(self.config, model, optimizer)
+        self.stepper.load()
+
+    def adopt(self, model: Model, optimizer) -> None:
+        """Continue the stream with another model (``/reload``): its scaler too, no more scaling pass."""
+        with self.lock:
+            self._adopt(model, optimizer)
+            self.scaled = True
+        self.publish()
 
     # -- rows in -------------------------------------------------------------------
     def targets(self, y: np.ndarray, where: str) -> np.ndarray:
@@ -219,9 +231,8 @@ class StreamLearner:
         config, model, optimizer, state, _ = restore(arrays, meta)
         s = meta["stream"]
         with self.lock:
-            self.model, self.optimizer, self.state = model, optimizer, state
-            self.stepper = Stepper(self.config, model, optimizer)
-            self.stepper.load()
+            self.state = state
+            self._adopt(model, optimizer)
             self.pending_X, self.pending_t = arrays["stream.pending_X"], arrays["stream.pending_t"]
             self.buffer_X, self.buffer_t = arrays["stream.buffer_X"], arrays["stream.buffer_t"]
             self.scaled, self.position = bool(s["scaled"]), s["position"]

@@ -144,19 +144,17 @@ class Service:
 
     def _take(self, item) -> None:
         learner = self.learner
-        if isinstance(item, Rejected):
-            self._reject(item)
-            with learner.lock:
-                learner.position = item.position
-            return
-        try:
-            t = item.t if item.t is not None else learner.targets(item.y, item.where)
-        except DataError as e:
-            self._reject(Rejected(item.position, item.where, str(e), item.raw))
-            with learner.lock:
-                learner.position = item.position
-            return
-        learner.feed(item.X, t, item.position)
+        if not isinstance(item, Rejected):
+            try:
+                t = item.t if item.t is not None else learner.targets(item.y, item.where)
+            except DataError as e:
+                item = Rejected(item.position, item.where, str(e), item.raw)
+            else:
+                learner.feed(item.X, t, item.position)
+                return
+        self._reject(item)  # recorded; the position moves past it
+        with learner.lock:
+            learner.position = item.position
 
     def _reject(self, item: Rejected) -> None:
         self.rows_rejected += 1
@@ -210,14 +208,9 @@ class Service:
 
             learner = self.learner
             cfg = TrainConfig.from_dict(meta["config"])
-            with learner.lock:
-                learner.model = Model.from_checkpoint(arrays, m, cfg)
-                same = cfg.optimizer == learner.config.optimizer  # its optimiser state carries over
-                learner.optimizer = make_run_optimizer(learner.config, arrays if same else None)
-                learner.stepper = type(learner.stepper)(learner.config, learner.model, learner.optimizer)
-                learner.stepper.load()
-                learner.scaled = True
-            learner.publish()
+            same = cfg.optimizer == learner.config.optimizer  # its optimiser state carries over
+            learner.adopt(Model.from_checkpoint(arrays, m, cfg),
+                          make_run_optimizer(learner.config, arrays if same else None))
             self.checkpoint()
             return {"reloaded": found.name, "model_version": learner.published.version}
 
@@ -240,7 +233,7 @@ class Service:
         learner = self.learner
         queued = len(learner.pending_X) + len(learner.buffer_X)
         if isinstance(self.source, LogSource):
-            queued += sum(len(X) for _, X, _ in list(self.source.queue))
+            queued += self.source.queued_rows()
         return {"source": self.source.name, "position": learner.position, "rows_received": learner.rows_received,
                 "rows_trained": learner.rows_trained, "rows_rejected": self.rows_rejected,
                 "updates": learner.state.global_step, "queue_rows": queued,

@@ -359,6 +359,11 @@ class LogSource(StreamSource):
     def saturated(self) -> bool:
         return self.queued_bytes >= self.limit
 
+    def queued_rows(self) -> int:
+        """Rows accepted and not yet taken by training."""
+        with self.cond:
+            return sum(len(X) for _, X, _ in self.queue)
+
     def close(self):
         if self.fh is not None:
             self.fh.close()
