@@ -34,9 +34,10 @@ _HEADROOM = 1 << 30  # free disk left to others after the copy
 class DecodedCopy(Dataset):
     """``source`` as seen by training, its rows read from ``copy`` (an in-place HDF5 dataset)."""
 
-    def __init__(self, source: Dataset, copy: Dataset, copy_path: Path):
+    def __init__(self, source: Dataset, copy: Dataset, copy_path: Path, fingerprint: dict):
         super().__init__(source.cache_bytes, source.dtype)
         self.source, self.copy, self.copy_path = source, copy, copy_path
+        self._fingerprint = fingerprint  # the source's, taken once (it decodes a few chunks)
         self.path, self.format, self.nonfinite = source.path, source.format, source.nonfinite
         self.n_rows, self.bounds = source.n_rows, source.bounds
         self.feature_names, self.label_name = source.feature_names, source.label_name
@@ -76,7 +77,7 @@ class DecodedCopy(Dataset):
         return {**self.source.extra_info(), "decoded_copy": str(self.copy_path)}
 
     def fingerprint(self):
-        return self.source.fingerprint()
+        return dict(self._fingerprint)
 
     def close(self) -> None:
         super().close()
@@ -84,8 +85,8 @@ class DecodedCopy(Dataset):
         self.source.close()
 
 
-def _key(source: Dataset) -> str:
-    what = {"fingerprint": source.fingerprint(), "selection": source.selection, "label": source.label_name,
+def _key(source: Dataset, fingerprint: dict) -> str:
+    what = {"fingerprint": fingerprint, "selection": source.selection, "label": source.label_name,
             "dtype": source.dtype.str, "version": COPY_VERSION}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
@@ -116,11 +117,12 @@ def decoded_copy(source: Dataset, cache_dir: str | os.PathLike, max_gb: float,
     say = log or (lambda message: None)
     directory = Path(cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{_key(source)}.h5"
+    fingerprint = source.fingerprint()
+    path = directory / f"{_key(source, fingerprint)}.h5"
     copy = _open_copy(path, source) if path.exists() else None
     if copy is not None:
         say(f"reading {source.path} from its decoded copy {path}")
-        return DecodedCopy(source, copy, path)
+        return DecodedCopy(source, copy, path, fingerprint)
     label_dtype = source.label_dtype()  # numeric: the readers refuse other labels
     row_bytes = source.n_features * source.dtype.itemsize + (0 if label_dtype is None else
                                                              np.dtype(label_dtype).itemsize)
@@ -139,7 +141,7 @@ def decoded_copy(source: Dataset, cache_dir: str | os.PathLike, max_gb: float,
     copy = _open_copy(path, source)
     if copy is None:  # pragma: no cover - a copy just written that does not open is a bug
         raise RuntimeError(f"{path}: the decoded copy just written does not open")
-    return DecodedCopy(source, copy, path)
+    return DecodedCopy(source, copy, path, fingerprint)
 
 
 def _write(source: Dataset, path: Path, label_dtype: str | None) -> None:
