@@ -27,7 +27,7 @@ SCRATCH = ROOT / "benchmarks" / "scratch"
 # One training run; prints the last epoch's samples/s. Works with every streamtrain since the
 # compiled step (only the progress bar's module moved).
 CODE = """
-import io, sys
+import io, os, sys
 import streamtrain as st
 path, batch, bar = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "bar"
 hooks = []
@@ -41,15 +41,20 @@ from streamtrain._malloc import reuse_freed_memory
 reuse_freed_memory()
 t = st.Trainer(st.TrainConfig(hidden=64, epochs=2, batch_size=batch, lr=0.1 if batch > 1 else 0.01, task="binary"))
 h = t.fit(path, callbacks=hooks, log=None)[-1]
-print(h["samples"] / h["seconds"])
+print(os.path.dirname(st.__file__), h["samples"] / h["seconds"])
 """
 
 
 def rate(tree: Path, path: Path, batch: int, bar: bool) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    # Run in the tree: ``python -c`` puts the working directory first on sys.path, before
+    # PYTHONPATH, so run from this checkout both sides would import this checkout.
     out = subprocess.run([sys.executable, "-c", CODE, str(path), str(batch), "bar" if bar else "plain"],
-                         capture_output=True, text=True, env=env, check=True)
-    return float(out.stdout.split()[-1])
+                         capture_output=True, text=True, env=env, check=True, cwd=tree)
+    where, speed = out.stdout.split()[-2:]
+    if Path(where).resolve().parent != tree.resolve():
+        raise SystemExit(f"ab.py: the run meant for {tree} imported streamtrain from {where}")
+    return float(speed)
 
 
 def main() -> None:
