@@ -38,6 +38,28 @@ def test_compiled_loop_equals_numpy_steps_in_float64(activation, task, reg):
     assert compiled_total == pytest.approx(total, rel=1e-12)
 
 
+@pytest.mark.parametrize("activation,task", list(itertools.product(["sigmoid", "tanh", "relu"],
+                                                                     ["binary", "multiclass", "regression"])))
+def test_compiled_loop_in_float32_follows_the_float64_steps(activation, task):
+    # float32 takes the polynomial exponential (sigmoid, and tanh through it): float32 rounding only
+    rng = np.random.default_rng(3)
+    n_out = 4 if task == "multiclass" else 1
+    X = rng.standard_normal((300, 7)) * 3  # pre-activations well into the tails
+    y = rng.standard_normal(300) if task == "regression" else rng.integers(0, max(2, n_out), 300)
+    a = TwoLayerNet(7, 6, n_out, activation, task, "glorot", seed=1, dtype=np.float64)
+    b = TwoLayerNet(7, 6, n_out, activation, task, "glorot", seed=1, dtype=np.float32)
+    lr = 0.01 if task == "regression" else 0.05
+    sgd, total = SGD(lr), 0.0
+    for i in range(len(X)):
+        loss, penalty, grads = a.loss_and_grads(X[i:i + 1], y[i:i + 1])
+        total += loss + penalty
+        sgd.step(a.params, grads)
+    compiled_total, _ = online.sgd_online(b.params, X.astype(np.float32), y, lr, 0.0, 0.0, activation, task)
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=0, atol=2e-4)
+    assert compiled_total == pytest.approx(total, rel=1e-4)
+
+
 class _AnyBatchCallback:
     def on_batch_end(self, trainer, rows, loss):  # its presence selects the numpy path
         pass

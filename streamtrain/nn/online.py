@@ -31,11 +31,34 @@ def _get_loop():
     if _compiled is None:
         import numba
 
+        from . import minibatch
+
+        # minibatch's polynomial exponential (it vectorises; expf does not), without reassociation,
+        # which would undo its exact range reduction.
+        exp = getattr(minibatch._exp_neg_f32, "py_func", minibatch._exp_neg_f32)
+        fast = {"nsz", "arcp", "contract", "afn"}
+        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast, cache=True, nogil=True, error_model="numpy")(exp)
+        globals()["_sigmoid_f32"] = numba.njit(fastmath=fast | {"reassoc"}, cache=True, nogil=True, error_model="numpy")(_sigmoid_f32)
         _compiled = numba.njit(cache=True, fastmath=True, nogil=True)(_loop)
     return _compiled
 
 
-def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task):  # pragma: no cover - compiled
+def _sigmoid_f32(a, E, tanh):  # pragma: no cover - compiled
+    # a <- sigmoid(a), or tanh(a) = 2 sigmoid(2a) - 1; E: scratch for the exponential's 2^n
+    one, two = np.float32(1.0), np.float32(2.0)
+    if tanh:
+        for j in range(a.size):
+            a[j] *= two
+    _exp_neg_f32(a, E)
+    F = E.view(np.float32)
+    for j in range(a.size):
+        a[j] = one / (one + a[j] * F[j])
+    if tanh:
+        for j in range(a.size):
+            a[j] = two * a[j] - one
+
+
+def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: no cover - compiled
     # R: each row's loss weight; LR: the learning rate of each row's step (a schedule's values)
     n, d = X.shape
     h = W1.shape[1]
@@ -43,6 +66,7 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task):  # pragma: no cover -
     a = np.empty(h, W1.dtype)
     da = np.empty(h, W1.dtype)
     z = np.empty(o, W1.dtype)
+    E = np.empty(h, np.int32)
     loss_sum = 0.0
     correct = 0
     for i in range(n):
@@ -55,14 +79,17 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task):  # pragma: no cover -
             xk = x[k]
             for j in range(h):
                 a[j] += xk * W1[k, j]
-        for j in range(h):
-            s = a[j]
-            if act == 0:
-                a[j] = 1.0 / (1.0 + np.exp(-s)) if s >= 0 else np.exp(s) / (1.0 + np.exp(s))
-            elif act == 1:
-                a[j] = np.tanh(s)
-            else:
-                a[j] = s if s > 0 else 0.0
+        if fast_exp and act != 2:  # float32: tanh(s) = 2 sigmoid(2s) - 1, as in the minibatch step
+            _sigmoid_f32(a, E, act == 1)
+        else:
+            for j in range(h):
+                s = a[j]
+                if act == 0:
+                    a[j] = 1.0 / (1.0 + np.exp(-s)) if s >= 0 else np.exp(s) / (1.0 + np.exp(s))
+                elif act == 1:
+                    a[j] = np.tanh(s)
+                else:
+                    a[j] = s if s > 0 else 0.0
         # forward: output layer
         for m in range(o):
             z[m] = b2[m]
@@ -160,5 +187,5 @@ def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, 
     R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
     loss_sum, correct = _get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
                                     targets_2d(T, X.dtype), R, rates, t(l1), t(l2), ACT_IDS[activation],
-                                    TASK_IDS[task])
+                                    TASK_IDS[task], X.dtype == np.float32)
     return float(loss_sum), int(correct)
