@@ -18,6 +18,7 @@ ACT_IDS = {"sigmoid": 0, "tanh": 1, "relu": 2}
 TASK_IDS = {"binary": 0, "multiclass": 1, "regression": 2}
 
 _compiled = None
+_exp_neg_f32 = None  # minibatch's exponential, compiled and bound here on first use (see _get_loop)
 
 
 def available() -> bool:
@@ -36,9 +37,9 @@ def _get_loop():
         # minibatch's polynomial exponential (it vectorises; expf does not), without reassociation,
         # which would undo its exact range reduction.
         exp = getattr(minibatch._exp_neg_f32, "py_func", minibatch._exp_neg_f32)
-        fast = {"nsz", "arcp", "contract", "afn"}
-        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast, cache=True, nogil=True, error_model="numpy")(exp)
-        globals()["_sigmoid_f32"] = numba.njit(fastmath=fast | {"reassoc"}, cache=True, nogil=True, error_model="numpy")(_sigmoid_f32)
+        fast, opts = {"nsz", "arcp", "contract", "afn"}, dict(cache=True, nogil=True, error_model="numpy")
+        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast, **opts)(exp)
+        globals()["_sigmoid_f32"] = numba.njit(fastmath=fast | {"reassoc"}, **opts)(_sigmoid_f32)
         _compiled = numba.njit(cache=True, fastmath=True, nogil=True)(_loop)
     return _compiled
 
