@@ -247,15 +247,19 @@ def numpy_loop(X, y, batch, hidden=64, lr=0.1, seed=0):
 
 
 def train_rate(source, batch, shuffle="window", scale="standard", decoder="auto", epochs=2, compiled=True,
-               val_fraction=0.0, cache_dir=""):
+               val_fraction=0.0, cache_dir="", bar=False):
     """Samples/s of streamtrain training (64 sigmoid hidden units, SGD): the last epoch of a run of
-    ``epochs``, so that one-time start-up (numba, the decoding process) is not counted per epoch."""
+    ``epochs``, so that one-time start-up (numba, the decoding process) is not counted per epoch.
+    ``bar``: with the progress bar a terminal shows (drawn into a string)."""
+    import io
+
     import streamtrain as st
+    from streamtrain.train.hooks import ProgressBar
 
     t = st.Trainer(st.TrainConfig(hidden=64, epochs=epochs, batch_size=batch, lr=0.1 if batch > 1 else 0.01,
                                   shuffle=shuffle, scale=scale, task="binary", decoder=decoder, compiled=compiled,
                                   val_fraction=val_fraction, cache_dir=str(cache_dir)))
-    history = t.fit(source, log=None)
+    history = t.fit(source, log=None, callbacks=[ProgressBar(file=io.StringIO())] if bar else [])
     return history[-1]["samples"] / history[-1]["seconds"]
 
 
@@ -581,16 +585,18 @@ def bench_torch(files, rows, chunk_rows) -> list[dict]:
                         "samples_per_s": rate})
         print(f"torch    num_workers={workers}: {rate:10,.0f} samples/s", flush=True)
     results += _torch_best(torch, files, rows, chunk_rows)
-    results += _mosaic(files)
+    results += _loader_peers(files)
     results += _vw(files)
-    results.append({"peer": "litdata", "skipped": "no recipe written yet; it installs in .venv-peers beside "
-                    "mosaicml-streaming"})
     ours = max(train_rate(files["hdf5"], 256) for _ in range(2))
     results.append({"peer": "streamtrain", "samples_per_s": ours, "kind": "ours",
                     "what": "streamtrain from the same uncompressed HDF5 file, window shuffle, batch 256"})
     print(f"torch    streamtrain from the same file: {ours:10,.0f} samples/s", flush=True)
     online = max(train_rate(files["hdf5"], 1) for _ in range(2))
     results.append({"peer": "streamtrain, batch size 1", "samples_per_s": online, "kind": "ours-online"})
+    with_bar = max(train_rate(files["hdf5"], 1, bar=True) for _ in range(2))
+    results.append({"peer": "streamtrain, batch size 1, progress bar on", "samples_per_s": with_bar,
+                    "kind": "ours-online-bar", "target": 500_000})
+    print(f"torch    streamtrain batch size 1 with the progress bar: {with_bar:10,.0f} samples/s", flush=True)
     print(f"torch    streamtrain batch size 1 from the same file: {online:10,.0f} samples/s", flush=True)
     return results
 
@@ -628,20 +634,29 @@ def _vw(files) -> list[dict]:
              "kind": "online"}]
 
 
-def _mosaic(files) -> list[dict]:
-    """MosaicML streaming, in the environment ``scripts/peers_env.sh`` makes (skipped without it)."""
-    r = _in_peers_env("bench_mosaic.py", files["hdf5"], "MosaicML streaming")
-    if "skipped" in r:
-        return [{"peer": "MosaicML streaming", **r}]
+# The loaders users pick for larger-than-memory training, each in the peers' environment:
+# (script, name, version key, kind prefix, what the data is converted to)
+LOADER_PEERS = (("bench_mosaic.py", "MosaicML streaming", "mosaicml-streaming", "mosaic", "local MDS shards"),
+                ("bench_litdata.py", "litdata", "litdata", "litdata", "local litdata chunks (litdata.optimize)"))
+
+
+def _loader_peers(files) -> list[dict]:
+    """MosaicML streaming and litdata: loader alone and feeding the numpy step, best of 0 and 2
+    DataLoader workers (skipped, and said so, without the peers' environment)."""
     results = []
-    for feed in (False, True):
-        best = max((x for x in r["runs"] if x["feeds_step"] is feed), key=lambda x: x["samples_per_s"])
-        what = "feeding the numpy step" if feed else "loader alone"
-        results.append({"peer": f"MosaicML streaming {r['versions']['mosaicml-streaming']} StreamingDataset over "
-                                f"local MDS shards, {what} (DataLoader num_workers={best['workers']})",
-                        "samples_per_s": best["samples_per_s"], "kind": "mosaic-step" if feed else "mosaic-loader",
-                        "versions": r["versions"], "samples": best["samples"], "convert_s": r["convert_s"]})
-        print(f"mosaic   {what}: {best['samples_per_s']:10,.0f} samples/s", flush=True)
+    for script, name, version, kind, data in LOADER_PEERS:
+        r = _in_peers_env(script, files["hdf5"], name)
+        if "skipped" in r:
+            results.append({"peer": name, **r})
+            continue
+        for feed in (False, True):
+            best = max((x for x in r["runs"] if x["feeds_step"] is feed), key=lambda x: x["samples_per_s"])
+            what = "feeding the numpy step" if feed else "loader alone"
+            results.append({"peer": f"{name} {r['versions'][version]} StreamingDataset over {data}, {what} "
+                                    f"(DataLoader num_workers={best['workers']})",
+                            "samples_per_s": best["samples_per_s"], "kind": f"{kind}-{'step' if feed else 'loader'}",
+                            "versions": r["versions"], "samples": best["samples"], "convert_s": r["convert_s"]})
+            print(f"{kind:8} {what}: {best['samples_per_s']:10,.0f} samples/s", flush=True)
     return results
 
 
@@ -1008,16 +1023,20 @@ def report(results: dict, meta: dict) -> str:
                   "PyTorch's usual recipe is a per-row h5py Dataset with DataLoader(shuffle=True); its best",
                   "streaming recipe reads whole chunks, mixes them in a shuffle buffer and yields ready batches",
                   "from DataLoader workers (threads and workers tried, the best kept); in memory it indexes a",
-                  "tensor. MosaicML streaming runs in its own environment (it pins an older numpy), over MDS",
-                  "shards converted from the same file (untimed), on the first 100,000 samples of an epoch.",
+                  "tensor. MosaicML streaming and litdata run in an environment of their own (mosaicml-streaming",
+                  "pins an older numpy), over their formats converted from the same file (untimed), timed from",
+                  "an epoch's first batch over the next 100,000 (MosaicML) or 200,000 (litdata) samples.",
                   "Vowpal Wabbit (also there) is compared with streamtrain at batch size 1.", ""]
-        targets = {"streaming": 3.0, "mosaic-step": 2.0}
+        targets = {"streaming": 3.0, "mosaic-step": 2.0, "litdata-step": 2.0}
         for r in rs:
             name = r.get("peer", "?")
             if "samples_per_s" not in r:
                 lines.append(f"- {name}: skipped ({r.get('skipped', 'not installed')})")
                 continue
             line = f"- {name}: {r['samples_per_s']:,.0f} samples/s"
+            if r.get("target"):
+                x, t = r["samples_per_s"], r["target"]
+                line += f" (target >= {t:,}: {'met' if x >= t else f'MISSED by {1 - x / t:.0%}'})"
             mine = ours_online if r.get("kind") == "online" else ours
             if mine and not r.get("kind", "").startswith("ours"):
                 x = mine / r["samples_per_s"]
