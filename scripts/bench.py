@@ -15,8 +15,8 @@ Sections:
             samples/s from each format with window shuffle; scikit-learn partial_fit as a peer
   checkpoint  overhead of checkpointing every 1000 batches; time to the first batch after resuming
             10% and 90% into an epoch (should not depend on how far in)
-  scaling   peak RSS and time per sample of a training epoch at 0.25 and 1 GB (--large: up to 16 GB),
-            uncompressed and gzip HDF5 through its decoded copy (--cache-dir)
+  scaling   peak RSS and time per sample of a training epoch at 0.25 and 1 GB (--large: up to 32 GB;
+            --scaling-gb: other sizes), uncompressed and gzip HDF5 through its decoded copy (--cache-dir)
   mpi       data-parallel training under mpiexec: samples/s at 1 and 2 processes, the allreduce's share
             of a step at 64-4096 rows per rank, a model of 2-64 processes from the latency and bandwidth
             measured here
@@ -896,32 +896,79 @@ def _verdict(value: float, target: float | None, show_target: bool = False) -> s
     return f">= {target:.2f}: {verdict}" if show_target else verdict
 
 
+def _limits_row(results: dict) -> dict | None:
+    """The machine's limits as last measured (every run measures them; older results: the cache section's)."""
+    return results.get("limits") or next((r for r in results.get("cache", []) if r.get("what") == "limits"), None)
+
+
+def _limits(results: dict) -> tuple[float, float] | None:
+    """(the sgemm peak on all cores in FLOP/s, the copy bandwidth in bytes/s), if measured."""
+    lim = _limits_row(results)
+    return None if not lim else (max(lim["sgemm_flops_by_cores"].values()), lim["copy_bytes_per_s"])
+
+
+def _of_peak(samples_per_s: float, limits) -> str:
+    """A training rate as a fraction of the arithmetic limit ('-' where it was not measured)."""
+    if limits is None:
+        return "-"
+    x = samples_per_s * FLOPS_PER_SAMPLE / limits[0]
+    return f"{x:.2f}" if x >= 0.01 else f"{x:.4f}"
+
+
+def _of_bandwidth(rows_per_s: float, row_bytes: int, limits) -> str:
+    """A loader's rate as a fraction of the memory bandwidth ('-' where it was not measured)."""
+    return "-" if limits is None else f"{rows_per_s * row_bytes / limits[1]:.3f}"
+
+
+def _binds(r: dict) -> str:
+    """Which limit binds an end-to-end training figure: decoding (it runs near the one-core scan's
+    rate, or beyond it with the decoding processes) or the step."""
+    if r.get("decoder") != "in place" and r["samples_per_s"] >= 0.85 * r["io_ceiling"]:
+        return "decoding"
+    if r.get("decoder") == "in place":
+        return "the step"
+    return "the step, sharing the cores with decoding"
+
+
 def report(results: dict, meta: dict) -> str:
+    limits = _limits(results)
+    row_bytes = 4 * meta["features"]
     lines = ["# streamtrain benchmark", "",
              f"{meta['rows']:,} rows x {meta['features']} features (float32), chunks of {meta['chunk_rows']:,} rows; "
              f"{meta['machine']['cpus']} CPUs ({meta['machine'].get('cpu_model') or 'model not recorded'}), "
              f"{meta['machine']['platform']}, Python {meta['machine']['python']}, "
              f"numpy {meta['machine']['numpy']}, h5py {meta['machine']['h5py']} (HDF5 {meta['machine']['hdf5']}), "
              f"zarr {meta['machine']['zarr']}, pyarrow {meta['machine']['pyarrow']}. Date: {meta['date']}.", ""]
+    lim = _limits_row(results)
+    if lim:
+        peaks = ", ".join(f"{c} core(s) {f / 1e9:.0f}" for c, f in lim["sgemm_flops_by_cores"].items())
+        lines += [f"The machine's limits, as last measured: float32 sgemm (2048 x 2048) {peaks} "
+                  f"GFLOP/s; a 256 MB array copy {lim['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + written). A "
+                  f"sample's training step costs {FLOPS_PER_SAMPLE:,} FLOPs; training figures are also given "
+                  "as a fraction of the sgemm peak on all cores, loader figures of the copy bandwidth.", ""]
     if "readers" in results:
         lines += ["## Sequential scan: streamtrain vs the bare library loop", "",
-                  "| format | bare library rows/s | streamtrain rows/s | ratio | target >= 0.80 |",
-                  "|---|---:|---:|---:|---|"]
+                  "| format | bare library rows/s | streamtrain rows/s | ratio | target >= 0.80 | of bandwidth |",
+                  "|---|---:|---:|---:|---|---:|"]
         for r in results["readers"]:
             lines.append(f"| {r['format']} | {r['bare_rows_per_s']:,.0f} | {r['streamtrain_rows_per_s']:,.0f} | "
-                         f"{r['ratio']:.2f} | {_verdict(r['ratio'], 0.80)} |")
+                         f"{r['ratio']:.2f} | {_verdict(r['ratio'], 0.80)} | "
+                         f"{_of_bandwidth(r['streamtrain_rows_per_s'], row_bytes, limits)} |")
         lines.append("")
     if "loader" in results:
         lines += ["## Sampler + prefetching loader (batch 256) vs a sequential scan of the same file", "",
                   "One epoch (or its first 100 batches for global shuffle of compressed chunks) of a freshly",
                   "opened dataset, so it includes the one-time NaN/Inf screen of every chunk. Budget = the",
                   "shuffle's memory budget (`--window-mb`; 256 is the default). Read amplification = bytes",
-                  "decoded / bytes of the rows delivered.", "",
-                  "| format | shuffle | budget MB | rows/s | of scan | read amplification | target |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+                  "decoded / bytes of the rows delivered. Of bandwidth: the rows' bytes per second against the",
+                  "machine's copy bandwidth (the limits above).", "",
+                  "| format | shuffle | budget MB | rows/s | of scan | read amplification | target | of bandwidth |",
+                  "|---|---|---:|---:|---:|---:|---|---:|"]
         for r in results["loader"]:
             lines.append(f"| {r['format']} | {r['shuffle']} | {r.get('budget_mb', 128)} | {r['rows_per_s']:,.0f} | "
-                         f"{r['ratio']:.2f} | {r['read_amplification']:.2f} | {_verdict(r['ratio'], r['target'], True)} |")
+                         f"{r['ratio']:.2f} | {r['read_amplification']:.2f} | "
+                         f"{_verdict(r['ratio'], r['target'], True)} | "
+                         f"{_of_bandwidth(r['rows_per_s'], row_bytes, limits)} |")
         lines.append("")
     if "holdout" in results:
         lines += ["## A --val-fraction hold-out keeps its source's fast path", "",
@@ -945,9 +992,10 @@ def report(results: dict, meta: dict) -> str:
         for r in results["scaling"]:
             lines.append(f"| {r.get('data', 'uncompressed HDF5')} | {r['gb']} | {r['rows']:,} | "
                          f"{r['peak_rss_mb']:.0f} | {r['us_per_sample']:.3f} |")
+        lines.append("")
         for kind in sorted({r.get("data", "uncompressed HDF5") for r in results["scaling"]}):
             rss = [r["peak_rss_mb"] for r in results["scaling"] if r.get("data", "uncompressed HDF5") == kind]
-            lines.append(f"Peak RSS spread, {kind}: {max(rss) / min(rss) - 1:+.0%} (target: flat within 10%).")
+            lines.append(f"- Peak RSS spread, {kind}: {max(rss) / min(rss) - 1:+.0%} (target: flat within 10%).")
         lines.append("")
     if "mpi" in results and "skipped" not in results["mpi"][0]:
         rs = results["mpi"]
@@ -1025,7 +1073,8 @@ def report(results: dict, meta: dict) -> str:
                   "from DataLoader workers (threads and workers tried, the best kept); in memory it indexes a",
                   "tensor. MosaicML streaming and litdata run in an environment of their own (mosaicml-streaming",
                   "pins an older numpy), over their formats converted from the same file (untimed), timed from",
-                  "an epoch's first batch over the next 100,000 (MosaicML) or 200,000 (litdata) samples.",
+                  "an epoch's first batch over the next 100,000 (MosaicML) or 200,000 (litdata) samples or",
+                  "60 s, whichever comes first.",
                   "Vowpal Wabbit (also there) is compared with streamtrain at batch size 1.", ""]
         targets = {"streaming": 3.0, "mosaic-step": 2.0, "litdata-step": 2.0}
         for r in rs:
@@ -1033,17 +1082,18 @@ def report(results: dict, meta: dict) -> str:
             if "samples_per_s" not in r:
                 lines.append(f"- {name}: skipped ({r.get('skipped', 'not installed')})")
                 continue
-            line = f"- {name}: {r['samples_per_s']:,.0f} samples/s"
+            x = r["samples_per_s"]
+            line = f"- {name}: {x:,.0f} samples/s ({_of_peak(x, limits)} of the sgemm peak)"
             if r.get("target"):
-                x, t = r["samples_per_s"], r["target"]
+                t = r["target"]
                 line += f" (target >= {t:,}: {'met' if x >= t else f'MISSED by {1 - x / t:.0%}'})"
             mine = ours_online if r.get("kind") == "online" else ours
             if mine and not r.get("kind", "").startswith("ours"):
-                x = mine / r["samples_per_s"]
-                line += f"; streamtrain {x:,.1f}x"
+                times = mine / x
+                line += f"; streamtrain {times:,.1f}x"
                 if r.get("kind") in targets:
                     t = targets[r["kind"]]
-                    line += f" (target >= {t:g}x: {'met' if x >= t else 'missed'})"
+                    line += f" (target >= {t:g}x: {'met' if times >= t else 'missed'})"
             lines.append(line)
         lines.append("")
     if "checkpoint" in results:
@@ -1070,13 +1120,17 @@ def report(results: dict, meta: dict) -> str:
                   "compiled loops (batch 1: per sample; minibatches: one fused step per batch, its two products in",
                   "BLAS); the last column is streamtrain's numpy path (`--no-compiled`). Target at batch 256:",
                   "streamtrain's step costs <= 1.1x the loop's (ratio >= 0.91); at batch 1 >= 300k samples/s.", "",
-                  "| batch | streamtrain samples/s | numpy loop samples/s | ratio | streamtrain --no-compiled |",
-                  "|---:|---:|---:|---:|---:|"]
+                  "Of sgemm peak: streamtrain's FLOPs per second against the float32 matrix-product peak on",
+                  "both cores (the limits at the top).", "",
+                  "| batch | streamtrain samples/s | numpy loop samples/s | ratio | streamtrain --no-compiled "
+                  "| of sgemm peak |",
+                  "|---:|---:|---:|---:|---:|---:|"]
         for r in rs:
             if r["what"] == "in-memory step":
                 slow = r.get("streamtrain_numpy_path")
-                lines.append(f"| {r['batch_size']} | {r['streamtrain']:,.0f} | {r['numpy_loop']:,.0f} | {r['ratio']:.2f} "
-                             f"| {'-' if not slow else f'{slow:,.0f}'} |")
+                lines.append(f"| {r['batch_size']} | {r['streamtrain']:,.0f} | {r['numpy_loop']:,.0f} | "
+                             f"{r['ratio']:.2f} | {'-' if not slow else f'{slow:,.0f}'} | "
+                             f"{_of_peak(r['streamtrain'], limits)} |")
         lines += ["", "End to end from files with window shuffle (the second epoch of a 2-epoch run, best of 2 at",
                   "batch >= 256); efficiency = samples/s / min(compute ceiling, I/O ceiling). The compute ceiling",
                   "is the numpy loop above with BLAS on both cores; the I/O ceiling is streamtrain's sequential",
@@ -1090,9 +1144,13 @@ def report(results: dict, meta: dict) -> str:
                   "with the same window shuffle and scaling (the numpy ceiling neither shuffles nor scales): "
                   + "; ".join(f"batch {r['batch_size']}: {r['samples_per_s']:,.0f} samples/s" for r in rs
                               if r["what"] == "in-memory window shuffle") + ".", "",
+                  "Which limit binds: decoding where the rate reaches 0.85 of the one-core scan (the I/O",
+                  "ceiling) or more; otherwise the step's per-batch cost (the sgemm column shows it is not the",
+                  "arithmetic peak), on compressed data sharing the two cores with the decoding processes.", "",
                   "| format | batch | decoder | samples/s | numpy loop | fastest in memory | I/O ceiling "
-                  "| efficiency (numpy loop) | strict efficiency | target | of in-memory shuffled |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+                  "| efficiency (numpy loop) | strict efficiency | target | of in-memory shuffled | of sgemm peak "
+                  "| binds |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
         for r in rs:
             if r["what"] == "end-to-end window shuffle":
                 strict = r.get("efficiency_strict", r["efficiency"])
@@ -1102,7 +1160,8 @@ def report(results: dict, meta: dict) -> str:
                              f"{r['samples_per_s']:,.0f} | {r['compute_ceiling']:,.0f} | "
                              f"{r.get('fastest_in_memory', r['compute_ceiling']):,.0f} | {r['io_ceiling']:,.0f} | "
                              f"{r['efficiency']:.2f} | {strict:.2f} | {verdict} "
-                             f"| {'-' if ref is None else f'{ref:.2f}'} |")
+                             f"| {'-' if ref is None else f'{ref:.2f}'} | {_of_peak(r['samples_per_s'], limits)} "
+                             f"| {_binds(r)} |")
         for r in rs:
             if r["what"] == "decoder start-up":
                 lines += ["", f"Decoding process start-up (once per run, overlapped with the statistics pass): "
@@ -1179,13 +1238,18 @@ def main() -> None:
     parser.add_argument("--keep-data", action="store_true", help="keep benchmarks/scratch for another run")
     parser.add_argument("--large", action="store_true",
                         help="scaling section up to 16 GB (beyond this machine's RAM needs more disk than RAM)")
+    parser.add_argument("--scaling-gb", default="",
+                        help="the scaling section's file sizes in GB, comma-separated (default 0.25,1; with --large "
+                             "0.25,1,4,16,32)")
     args = parser.parse_args()
     from streamtrain._malloc import reuse_freed_memory
 
     reuse_freed_memory()  # as the streamtrain command does; the bare loops benefit alike
     files = make_files(args.rows, args.features, args.chunk_rows)
+    limits = machine_limits()  # every figure of the run is also reported against these
     try:
-        sizes = (0.25, 1.0, 4.0, 16.0, 32.0) if args.large else (0.25, 1.0)
+        sizes = (tuple(float(x) for x in args.scaling_gb.split(",")) if args.scaling_gb
+                 else (0.25, 1.0, 4.0, 16.0, 32.0) if args.large else (0.25, 1.0))
         results = {name: (bench_scaling(files, args.rows, args.chunk_rows, sizes) if name == "scaling"
                           else SECTIONS[name](files, args.rows, args.chunk_rows)) for name in args.only.split(",")}
     finally:
@@ -1198,6 +1262,7 @@ def main() -> None:
     if previous.exists() and set(results) != set(SECTIONS):
         # A partial run (--only) updates its sections and keeps the others' last figures.
         results = {**json.loads(previous.read_text()).get("results", {}), **results}
+    results["limits"] = {**limits, "flops_per_sample": FLOPS_PER_SAMPLE}
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (OUT / "report.md").write_text(report(results, meta))
     plot_results(results)
