@@ -127,6 +127,24 @@ def test_over_the_bound_it_decodes_and_says_so(tmp_path):
     assert decoded_copy(plain, tmp_path / "cache", 1.0) is plain
 
 
+def test_too_little_free_disk_decodes_and_says_so(tmp_path, monkeypatch):
+    # A disk this full cannot be made here without mounting a small file system, so the free
+    # space the copy sees is patched (the one mock in this file).
+    import shutil
+
+    from streamtrain.readers import decoded
+
+    path = tmp_path / "d.parquet"
+    _frame().to_parquet(path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(decoded.shutil, "disk_usage", lambda _: usage._replace(free=2**29))
+    said = []
+    ds = decoded_copy(open_dataset(path), tmp_path / "cache", 1.0, said.append)
+    assert not isinstance(ds, DecodedCopy)
+    assert "0.50 GB free; decoding it every epoch" in said[0] and str(tmp_path / "cache") in said[0]
+    assert not list((tmp_path / "cache").iterdir())
+
+
 def test_rows_with_nan_are_skipped_alike(tmp_path):
     import h5py
 
