@@ -236,6 +236,25 @@ def numpy_step(params, xb, yb, lr=0.1) -> float:
     return loss
 
 
+def time_peer_loader(loader, feed: bool, limit: int, seconds: float = 60.0) -> dict:
+    """A peer's loader (batches of {"x": tensor, "y": tensor}) timed from its first batch over
+    ``limit`` samples or ``seconds``, whichever comes first (worker start-up is not its pace);
+    ``feed``: each batch also goes through the numpy step."""
+    state = numpy_params()
+    t, n = None, 0
+    for batch in loader:
+        if t is None:
+            t = time.perf_counter()
+            continue
+        xb = batch["x"].numpy()
+        if feed:
+            numpy_step(state, xb, batch["y"].numpy().astype(np.float32)[:, None])
+        n += len(xb)
+        if n >= limit or time.perf_counter() - t > seconds:
+            break
+    return {"feeds_step": feed, "samples": n, "samples_per_s": n / (time.perf_counter() - t)}
+
+
 def numpy_loop(X, y, batch, hidden=64, lr=0.1, seed=0):
     """The compute ceiling: a hand-written numpy minibatch SGD loop of the same math, data in RAM."""
     params = numpy_params(X.shape[1], hidden, seed)

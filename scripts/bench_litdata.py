@@ -19,7 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from bench import numpy_params, numpy_step  # the benchmark's numpy loop's step (this script's folder)
+from bench import time_peer_loader  # the benchmark's numpy step and peer timing (this script's folder)
 
 CHUNK = 16384  # rows read from the HDF5 file per conversion task
 
@@ -31,9 +31,6 @@ def _rows(task):
         X, y = f["X"][start:start + CHUNK], f["y"][start:start + CHUNK]
     for i in range(len(X)):
         yield {"x": X[i], "y": int(y[i])}
-
-SECONDS = 60  # a run ends after LIMIT samples or this long, whichever comes first
-
 
 def main() -> None:
     import litdata
@@ -59,20 +56,7 @@ def main() -> None:
             ds = StreamingDataset(input_dir=f"local:{out}", cache_dir=str(work / f"cache-{workers}-{feed}"),
                                   shuffle=True, seed=0)
             loader = StreamingDataLoader(ds, batch_size=256, num_workers=workers)
-            state = numpy_params()
-            t, n = None, 0
-            for batch in loader:
-                if t is None:  # timed from the first batch: worker start-up is not the loader's pace
-                    t = time.perf_counter()
-                    continue
-                xb = batch["x"].numpy()
-                if feed:
-                    numpy_step(state, xb, batch["y"].numpy().astype(np.float32)[:, None])
-                n += len(xb)
-                if n >= limit or time.perf_counter() - t > SECONDS:
-                    break
-            results["runs"].append({"workers": workers, "feeds_step": feed, "samples": n,
-                                    "samples_per_s": n / (time.perf_counter() - t)})
+            results["runs"].append({"workers": workers, **time_peer_loader(loader, feed, limit)})
             print(json.dumps(results["runs"][-1]), file=sys.stderr, flush=True)
     print(json.dumps(results))
 
