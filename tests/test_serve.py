@@ -378,11 +378,14 @@ def test_init_from_a_train_run_and_reload_one(served, tmp_path):
     import shutil
 
     shutil.copytree(run, svc.dir / "imported")
+    before = httpx.post(svc.url + "/predict", json=rows).json()["model_version"]
     r = httpx.post(svc.url + "/reload", json={"checkpoint": "imported"})
     assert r.status_code == 200, r.text
+    assert r.json()["model_version"] > before  # a client sees the model change
     again = wait_for(lambda: (p := httpx.post(svc.url + "/predict", json=rows).json())["probabilities"] ==
                      first["probabilities"] and p, 10, "the reloaded model")
     assert again["predictions"] == expected["prediction"].tolist()
+    assert again["model_version"] >= r.json()["model_version"]
     assert httpx.post(svc.url + "/reload", json={"checkpoint": "nothing-here"}).status_code == 400
     assert svc.stop() == 0
 

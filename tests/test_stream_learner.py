@@ -88,6 +88,23 @@ def test_predictions_come_from_a_published_copy():
     assert set(labels) <= {"no", "yes"} and proba.shape == (50, 2)
 
 
+def test_an_adopted_model_gets_a_new_version_that_a_restart_keeps(tmp_path):
+    import copy
+
+    X, y = _stream()
+    learner = _learner()
+    _feed(learner, X, y, [(0, 1000)])
+    trained = learner.publish().version
+    learner.adopt(copy.deepcopy(learner.model), learner.optimizer)  # /reload, with the same weights even
+    assert learner.publish().version == trained + 1
+    path = save_checkpoint(tmp_path / "c.npz", *learner.checkpoint_contents())
+    again = _learner()
+    again.restore(*load_checkpoint(path, TRAINER))
+    assert again.publish().version == trained + 1
+    _feed(again, X, y, [(1000, 1100)])
+    assert again.publish().version == again.state.global_step + 1
+
+
 def test_labels_the_model_cannot_take_are_refused_naming_where():
     learner = _learner()
     with pytest.raises(DataError, match="request 7: label value 'maybe'"):

@@ -30,7 +30,8 @@ __all__ = ["StreamLearner", "Published"]
 
 class Published:
     """An immutable copy of the model for predictions: training never changes it, so a request
-    reads it without a lock; ``version`` is the number of updates it has seen."""
+    reads it without a lock; ``version`` is the number of updates it has seen plus one per model
+    adopted (``/reload``), so it changes whenever the model does."""
 
     def __init__(self, model: Model, version: int):
         self.model, self.version = model, int(version)
@@ -93,6 +94,7 @@ class StreamLearner:
         self.rng = np.random.Generator(np.random.PCG64(config.seed))
         self.position: Any = None  # the source's position after the last row fed
         self.rows_received = self.rows_trained = 0
+        self.reloads = 0  # models adopted since the start of the stream (part of the published version)
         self.loss_sum, self.correct, self.scored = 0.0, 0, 0  # prequential: each batch scored before its update
         self.step_seconds = 0.0
         self.lock = threading.Lock()  # feed, checkpoint and reload take turns
@@ -109,6 +111,7 @@ class StreamLearner:
         with self.lock:
             self._adopt(model, optimizer)
             self.scaled = True
+            self.reloads += 1
         self.publish()
 
     # -- rows in -------------------------------------------------------------------
@@ -204,9 +207,14 @@ class StreamLearner:
     def publish(self) -> Published:
         """A new immutable copy of the model for predictions (if it changed)."""
         with self.lock:
-            if self.published.version != self.state.global_step or self.published.model.scaler is not self.model.scaler:
-                self.published = Published(self._frozen_model(), self.state.global_step)
+            if self.published.version != self.version or self.published.model.scaler is not self.model.scaler:
+                self.published = Published(self._frozen_model(), self.version)
             return self.published
+
+    @property
+    def version(self) -> int:
+        """The model's version: its updates, plus one per model adopted."""
+        return self.state.global_step + self.reloads
 
     # -- checkpoints ------------------------------------------------------------------
     def checkpoint_contents(self, source_state: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -218,6 +226,7 @@ class StreamLearner:
                               "pending_rows": len(self.pending_X), "buffer_rows": len(self.buffer_X),
                               "rng": self.rng.bit_generator.state if self.shuffle_rows else None,
                               "rows_received": self.rows_received, "rows_trained": self.rows_trained,
+                              "reloads": self.reloads,
                               "prequential": {"loss_sum": self.loss_sum, "correct": self.correct,
                                               "rows": self.scored}}
             arrays.update({"stream.pending_X": self.pending_X.copy(), "stream.pending_t": self.pending_t.copy(),
@@ -239,9 +248,10 @@ class StreamLearner:
             if s["rng"] is not None:
                 self.rng.bit_generator.state = s["rng"]
             self.rows_received, self.rows_trained = int(s["rows_received"]), int(s["rows_trained"])
+            self.reloads = int(s.get("reloads", 0))  # absent before /reload changed the version
             p = s["prequential"]
             self.loss_sum, self.correct, self.scored = float(p["loss_sum"]), int(p["correct"]), int(p["rows"])
-        self.published = Published(self._frozen_model(), self.state.global_step)
+        self.published = Published(self._frozen_model(), self.version)
 
     def prequential(self) -> dict[str, float | None]:
         """Mean loss and accuracy of every batch, scored before its update (progressive validation)."""

@@ -322,7 +322,7 @@ class Service:
                 return error(409, f"training stopped: {service.failure}")
             path = await run_in_threadpool(service.call, service.checkpoint)
             return JSONResponse({"checkpoint": str(path), "position": service.learner.position,
-                                 "model_version": service.learner.state.global_step})
+                                 "model_version": service.learner.version})
 
         async def reload(request: Request):
             if not authorised(request):

@@ -81,7 +81,7 @@ class TrainerSchema(Schema):
 
     TOP = {"format_version", "streamtrain_version", "config", "model", "state", "fingerprint", "stream"}
     STREAM = {"position", "source", "scaled", "scale_rows", "shuffle_rows", "pending_rows", "buffer_rows", "rng",
-              "rows_received", "rows_trained", "prequential"}
+              "rows_received", "rows_trained", "prequential", "reloads"}
     MODEL = {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype", "classes", "feature_names",
              "selection", "label", "scale", "source_format", "weight", "class_weights"}
     STATE = {"global_step", "sampler", "epoch_acc", "early_stopping", "record", "restored_best"}
@@ -221,6 +221,8 @@ class TrainerSchema(Schema):
             raise ValueError(f"unexpected metadata field stream.{_short(unknown[0])}")
         for key in ("scale_rows", "shuffle_rows", "pending_rows", "buffer_rows", "rows_received", "rows_trained"):
             _int(_field(s, key, "stream"), f"stream.{key}", 0, MAX_STREAM_ROWS if key.endswith("_rows") else _INT64)
+        if "reloads" in s:
+            _int(s["reloads"], "stream.reloads", 0, _INT64)
         if s["buffer_rows"] > s["shuffle_rows"]:
             raise ValueError("metadata field stream.buffer_rows exceeds stream.shuffle_rows")
         if not isinstance(_field(s, "scaled", "stream"), bool):
