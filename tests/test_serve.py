@@ -402,6 +402,36 @@ def land(directory: Path, stream: list[list[dict]], pause: float = 0.0, start: i
         time.sleep(pause)
 
 
+def test_directory_forgets_done_files_that_left_and_reads_a_new_one_under_their_name(tmp_path):
+    # the source alone, on real Parquet files: its list of done files stays as long as the directory
+    from streamtrain.serve.rows import Columns
+    from streamtrain.serve.sources import DirectorySource
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    stream = pieces(3, seed=4)
+    land(landing, stream)
+    source = DirectorySource(landing, Columns(None, "y"))
+    source.start(None, {})
+
+    def read_all():
+        entries = []
+        while batch := source.poll(0.01):
+            entries += batch
+        return entries
+
+    assert sum(len(e.X) for e in read_all()) == sum(map(len, stream))
+    assert source.state()["done"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    (landing / "part-00000.parquet").unlink()  # archived by whoever lands the files
+    (landing / "part-00001.parquet").unlink()
+    assert read_all() == [] and source.state()["done"] == ["part-00002.parquet"]
+    land(landing, pieces(1, seed=5))  # new rows, under a name done before it left
+    again = read_all()
+    assert len(again) == 1 and len(again[0].X) == len(pieces(1, seed=5)[0])
+    assert source.state()["done"] == ["part-00002.parquet", "part-00000.parquet"]
+    source.close()
+
+
 def test_directory_trains_each_file_once_and_records_bad_ones(served, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()

@@ -96,8 +96,10 @@ class StreamSource:
 class DirectorySource(StreamSource):
     """Files (Parquet, HDF5, Zarr) that land in ``path`` by atomic rename, each trained once, in
     arrival order (the time of their rename, then the name). The position is the file being read
-    and the rows of it already read; the files done are in ``state``. Names starting with a dot
-    (files still being written, by the usual convention) are not read."""
+    and the rows of it already read; the files done are in ``state``, each until it leaves the
+    directory (so the list stays as long as the directory, and a new file under a done name is
+    read). Names starting with a dot (files still being written, by the usual convention) are
+    not read."""
 
     name = "directory"
 
@@ -121,16 +123,24 @@ class DirectorySource(StreamSource):
     def state(self):
         return {"done": list(self.done)}
 
-    def _arrivals(self) -> list[str]:
-        found = []
+    def _arrivals(self, forget_gone: bool = False) -> list[str]:
+        """The files waiting, in arrival order; ``forget_gone``: also drop the done files that have
+        left the directory (only the thread that reads, which also adds to the list, does that)."""
+        found, present = [], set()
         with os.scandir(self.path) as it:
             for e in it:
-                if e.name.startswith(".") or not e.name.lower().endswith(SUFFIXES) or e.name in self._done:
+                if e.name.startswith(".") or not e.name.lower().endswith(SUFFIXES):
+                    continue
+                if e.name in self._done:
+                    present.add(e.name)
                     continue
                 try:
                     found.append((e.stat(follow_symlinks=False).st_ctime_ns, e.name))
                 except OSError:
                     continue
+        if forget_gone and len(present) < len(self._done):
+            self.done = [name for name in self.done if name in present]
+            self._done = set(self.done)
         return [name for _, name in sorted(found)]
 
     def lag(self):
@@ -150,7 +160,7 @@ class DirectorySource(StreamSource):
 
     def poll(self, timeout):
         if self.current is None:
-            waiting = self._arrivals()
+            waiting = self._arrivals(forget_gone=True)
             if not waiting:
                 time.sleep(min(timeout, 0.2))
                 return []
