@@ -132,7 +132,8 @@ class ParquetDataset(Dataset):
         stored = [k for k in keys if k not in partition]
         try:
             table = self._file(f_idx).read_row_group(rg, columns=stored)
-            missing = [k for k in stored if k not in table.column_names]
+            have = set(table.column_names)  # (a property that builds its list anew at each call)
+            missing = [k for k in stored if k not in have]
             if missing:
                 raise DataError(f"{self._files[f_idx]}: has no column {missing[0]!r} (changed since it was opened?)")
         except DataError:
