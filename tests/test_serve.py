@@ -507,6 +507,22 @@ def xadd_all(url: str, stream_name: str, stream: list[list[dict]], pause: float 
     return ids
 
 
+def assert_one_service_per_group(served, source: str, what: str) -> None:
+    """A second service (another directory) on the same group is refused while the first reads
+    it; the first, SIGKILLed and restarted, takes its claim back at once; a clean stop frees it."""
+    first = served(source, name="first").start()
+    second = served(source, name="second")
+    res = subprocess.run(second.args, capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert what in lines[-1] and "another streamtrain serve reads it" in lines[-1], lines[-1]
+    first.kill()
+    first.start()  # the same service (its directory): not refused, though its claim has not lapsed
+    assert first.stop() == 0
+    second.start()  # released by the clean stop
+    assert second.stop() == 0
+
+
 def test_redis_dead_letters_and_acknowledges_after_the_checkpoint(served, redis_url):
     import redis
 
@@ -531,6 +547,35 @@ def test_redis_dead_letters_and_acknowledges_after_the_checkpoint(served, redis_
     assert httpx.post(svc.url + "/learn", json=stream[0]).status_code == 409  # the stream is Redis here
     assert "streamtrain_source_lag 0.0" in httpx.get(svc.url + "/metrics").text
     assert svc.stop() == 0
+    client.close()
+
+
+def test_redis_one_service_per_consumer_group(served, redis_url):
+    assert_one_service_per_group(served, f"{redis_url}?stream=rows&group=g1",
+                                 "consumer group 'g1' of Redis stream 'rows'")
+
+
+def test_a_service_that_lost_its_claim_stops_learning(redis_url):
+    import redis
+
+    from streamtrain.errors import TrainingError
+    from streamtrain.serve.rows import Columns
+    from streamtrain.serve.sources import RedisSource
+
+    source = RedisSource(redis_url, Columns(FEATURES, "y"), "rows", group="g2")
+    source.owner = "me"
+    source.start(None, {})
+    client = redis.Redis.from_url(redis_url)
+    key = "rows:streamtrain-claim:g2"
+    assert client.get(key) == b"me" and 0 < client.pttl(key) <= 30_000
+    source._renewed = 0.0  # due for renewal
+    assert source.poll(0.01) == [] and client.get(key) == b"me"
+    client.set(key, "another service")  # e.g. this one stalled past the claim's life, another started
+    source._renewed = 0.0
+    with pytest.raises(TrainingError, match="another streamtrain serve took it over"):
+        source.poll(0.01)
+    source.close()
+    assert client.get(key) == b"another service"  # not released by the service that lost it
     client.close()
 
 
@@ -634,6 +679,11 @@ def test_nats_dead_letters_and_acknowledges_after_the_checkpoint(served, nats_ur
     assert svc.stop() == 0
     _, meta = final_state(svc.dir)
     assert meta["stream"]["position"] == len(bodies)
+
+
+def test_nats_one_service_per_durable_consumer(served, nats_url):
+    assert_one_service_per_group(served, f"{nats_url}?stream=ROWS&durable=d1",
+                                 "durable consumer 'd1' of NATS stream 'ROWS'")
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ class Metrics:
         if s["checkpoint_age_seconds"] is not None:
             yield GaugeMetricFamily("streamtrain_checkpoint_age_seconds", "Seconds since the last checkpoint.",
                                     value=s["checkpoint_age_seconds"])
-        yield GaugeMetricFamily("streamtrain_model_version", "The version of the model answering /predict (its updates, plus one per /reload).",
+        yield GaugeMetricFamily("streamtrain_model_version",
+                                "The version of the model answering /predict (its updates, plus one per /reload).",
                                 value=s["model_version"])
         yield GaugeMetricFamily("streamtrain_training", "1 while training runs, 0 after an error stopped it.",
                                 value=float(s["training"]))

@@ -65,6 +65,7 @@ class Service:
             self.columns = Columns(list(features), label, config.dtype)
             self.columns.warm_up()
             self.source: StreamSource = open_source(source, self.columns, self.dir / "log", queue_bytes)
+            self.source.owner = self._service_id()  # a broker's consumer group is claimed by this id
             found = self.rundir.resume_point(TRAINER, warn=self._warn)
             source_state = {}
             if found is not None:
@@ -90,6 +91,27 @@ class Service:
         self.rows_rejected = 0
         self.thread: threading.Thread | None = None
         self.observe_predict: Callable[[float], None] = lambda seconds: None
+
+    def _service_id(self) -> str:
+        """This service's id, kept in its directory: a restart is the same service (and takes its
+        claim on a consumer group back at once), a service in another directory is another."""
+        import socket
+        import uuid
+
+        from ..io.atomic import atomic_path
+
+        path = self.dir / "service-id"
+        try:
+            with open(path, "rb") as fh:
+                ident = fh.read(200).decode("utf-8", "replace").strip()
+            if ident:
+                return ident
+        except FileNotFoundError:
+            pass
+        ident = f"{socket.gethostname()}:{uuid.uuid4().hex}"
+        with atomic_path(path) as tmp:
+            tmp.write_text(ident + "\n")
+        return ident
 
     # -- messages ---------------------------------------------------------------------
     def _say(self, message: str) -> None:

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, TrainingError
 from .rows import Columns
 
 __all__ = ["Entry", "Rejected", "StreamSource", "DirectorySource", "LogSource", "RedisSource", "NatsSource",
@@ -62,10 +62,17 @@ class Rejected:
     raw: Any = None
 
 
+# How long a consumer group (Redis) or durable consumer (NATS) stays claimed by a service that
+# stopped renewing its claim (killed, or cut off from the broker).
+LEASE_SECONDS = 30.0
+
+
 class StreamSource:
     """The interface; see the module's docstring."""
 
     name = "source"
+    owner: str | None = None  # a broker source's claim holder: the service's id (None: no claim)
+    _renewed = 0.0
 
     def start(self, position: Any, state: dict) -> None:
         """Continue after ``position`` (None: from the beginning); ``state`` as ``state()`` gave it."""
@@ -90,6 +97,40 @@ class StreamSource:
 
     def close(self) -> None:
         pass
+
+    # -- one service per consumer group: a claim with a time to live at the broker ---------------
+    def _claim_text(self) -> str:
+        """What is claimed, in words (for messages)."""
+        return self.name
+
+    def _claim(self) -> bool:
+        """Take the claim for ``owner`` (or keep it: a restart of the same service); False if another holds it."""
+        return True
+
+    def _renew(self) -> bool:
+        """Extend the claim; False if another service holds it now."""
+        return True
+
+    def _release(self) -> None:
+        """Give the claim up (a clean stop), so that another service may start at once."""
+
+    def claim(self) -> None:
+        """Refuse to start where another service reads the same group (``ConfigError``)."""
+        if self.owner is None:
+            return
+        if not self._claim():
+            raise ConfigError(f"{self._claim_text()}: another streamtrain serve reads it (its claim lapses "
+                              f"{LEASE_SECONDS:.0f} s after it stops); stop it, or give this service its own")
+        self._renewed = time.monotonic()
+
+    def keep_claim(self) -> None:
+        """Renew the claim every third of its time to live; stop learning if it was lost."""
+        if self.owner is None or time.monotonic() - self._renewed < LEASE_SECONDS / 3:
+            return
+        if not self._renew():
+            raise TrainingError(f"{self._claim_text()}: another streamtrain serve took it over (this one could not "
+                                f"renew its claim for {LEASE_SECONDS:.0f} s); this service stops learning")
+        self._renewed = time.monotonic()
 
 
 # -- a directory of landing files ------------------------------------------------------------
@@ -395,6 +436,15 @@ def _stream_id(value) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+# Compare-and-set scripts on a claim key: renew (or take again once lapsed) if it holds the owner; release.
+_REDIS_RENEW = """local v = redis.call('get', KEYS[1])
+if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not v then redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1 end
+return 0"""
+_REDIS_RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0"""
+
+
 class RedisSource(StreamSource):
     """A Redis stream read through a consumer group (``XREADGROUP``). An entry's rows are in its
     field ``rows`` (JSON) or ``arrow`` (an Arrow IPC stream). Entries are acknowledged (``XACK``)
@@ -418,9 +468,22 @@ class RedisSource(StreamSource):
         self.backlog = True  # first the entries delivered before a restart, then new ones
         self._backlog_from = "0"
 
+    def _claim_text(self) -> str:
+        return f"consumer group {self.group!r} of Redis stream {self.stream!r}"
+
+    def _claim(self) -> bool:
+        return bool(self.client.eval(_REDIS_RENEW, 1, f"{self.stream}:streamtrain-claim:{self.group}", self.owner,
+                                     int(LEASE_SECONDS * 1000)))
+
+    _renew = _claim
+
+    def _release(self) -> None:
+        self.client.eval(_REDIS_RELEASE, 1, f"{self.stream}:streamtrain-claim:{self.group}", self.owner)
+
     def start(self, position, state):
         import redis
 
+        self.claim()
         self.position = None if position is None else _stream_id(position)
         try:
             self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
@@ -429,6 +492,7 @@ class RedisSource(StreamSource):
                 raise
 
     def poll(self, timeout):
+        self.keep_claim()
         ident = self._backlog_from if self.backlog else ">"
         got = self.client.xreadgroup(self.group, self.consumer, {self.stream: ident}, count=self.count,
                                      block=None if self.backlog else max(1, int(timeout * 1000)))
@@ -493,10 +557,18 @@ class RedisSource(StreamSource):
         return float(len(self.client.xrange(self.stream, after, "+", count=100)))
 
     def close(self):
+        try:
+            if self.owner is not None:
+                self._release()
+        except Exception:  # the broker gone: the claim lapses by itself
+            pass
         self.client.close()
 
 
 # -- NATS JetStream ----------------------------------------------------------------------------
+NATS_CLAIMS = "streamtrain-claims"  # the key-value bucket of the services' claims on durable consumers
+
+
 class NatsSource(StreamSource):
     """A JetStream stream read by a durable pull consumer. A message's data is JSON rows or an
     Arrow IPC stream. The consumer acknowledges "all" up to a message once a durable checkpoint
@@ -519,21 +591,82 @@ class NatsSource(StreamSource):
         self.position: int | None = None
         self.last_msg = None  # the newest message delivered, whose "ack all" covers the rest
         self.delivered: deque = deque()
+        self.kv = None  # the claims' bucket
+        self.revision = 0  # the claim's last write
 
     def _run(self, coro, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self, position, state):
         self.position = None if position is None else int(position)
-        self._run(self._start())
+        self._run(self._start(claim=self.owner is not None))
+        self._renewed = time.monotonic()
 
-    async def _start(self):
+    # The claim: a key in a JetStream key-value bucket whose values live LEASE_SECONDS unless rewritten.
+    def _claim_text(self) -> str:
+        return f"durable consumer {self.durable!r} of NATS stream {self.stream!r}"
+
+    async def _claims(self):
+        from nats.js.errors import BucketNotFoundError
+
+        if self.kv is None:
+            try:
+                self.kv = await self.js.key_value(NATS_CLAIMS)
+            except BucketNotFoundError:
+                self.kv = await self.js.create_key_value(bucket=NATS_CLAIMS, ttl=LEASE_SECONDS)
+        return self.kv
+
+    async def _claim_async(self) -> bool:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv, key = await self._claims(), f"{self.stream}.{self.durable}"
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:  # never claimed, released, or lapsed
+            entry = None
+        try:
+            if entry is None:
+                self.revision = await kv.create(key, self.owner.encode())
+            elif entry.value == self.owner.encode():  # this service, restarted
+                self.revision = await kv.update(key, self.owner.encode(), last=entry.revision)
+            else:
+                return False
+        except KeyWrongLastSequenceError:  # another service claimed it in between
+            return False
+        return True
+
+    async def _renew_async(self) -> bool:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            self.revision = await (await self._claims()).update(f"{self.stream}.{self.durable}", self.owner.encode(),
+                                                               last=self.revision)
+            return True
+        except KeyWrongLastSequenceError:  # lapsed (take it again if nobody has), or taken
+            return await self._claim_async()
+
+    def _renew(self) -> bool:
+        return self._run(self._renew_async())
+
+    async def _release_async(self) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            await (await self._claims()).delete(f"{self.stream}.{self.durable}", last=self.revision)
+        except KeyWrongLastSequenceError:  # not ours any more
+            pass
+
+    async def _start(self, claim: bool = False):
         import nats
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
-        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
-        self.js = self.nc.jetstream()
+        if self.nc is None:  # (a seek back to the position starts the consumer again, on the same connection)
+            self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+            self.js = self.nc.jetstream()
+        if claim and not await self._claim_async():  # before the consumer, which another service may be using
+            raise ConfigError(f"{self._claim_text()}: another streamtrain serve reads it (its claim lapses "
+                              f"{LEASE_SECONDS:.0f} s after it stops); stop it, or give this service its own")
         try:
             await self.js.delete_consumer(self.stream, self.durable)
         except NotFoundError:
@@ -542,11 +675,17 @@ class NatsSource(StreamSource):
         cfg = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.ALL, max_ack_pending=-1,
                              ack_wait=3600, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
         await self.js.add_consumer(self.stream, cfg)
+        if self.sub is not None:  # the old consumer's subscription
+            try:
+                await self.sub.unsubscribe()
+            except Exception:  # gone with its consumer already
+                pass
         self.sub = await self.js.pull_subscribe_bind(self.durable, self.stream)
         self.deliveries = 0  # the consumer's delivery sequence: a gap in it is a message lost on the way
         self.delivered.clear()  # the old consumer's messages: the new one starts after them
 
     def poll(self, timeout):
+        self.keep_claim()
         try:
             msgs = self._run(self._fetch(timeout), timeout + 30)
         except TimeoutError:
@@ -610,6 +749,8 @@ class NatsSource(StreamSource):
     def close(self):
         if self.nc is not None:
             try:
+                if self.owner is not None:
+                    self._run(self._release_async(), 5)
                 self._run(self.nc.drain(), 5)
             except Exception:  # closing: the broker may be gone already
                 pass
