@@ -119,9 +119,12 @@ class StreamSource:
         if self.owner is None:
             return
         if not self._claim():
-            raise ConfigError(f"{self._claim_text()}: another streamtrain serve reads it (its claim lapses "
-                              f"{LEASE_SECONDS:.0f} s after it stops); stop it, or give this service its own")
+            raise self._refused()
         self._renewed = time.monotonic()
+
+    def _refused(self) -> ConfigError:
+        return ConfigError(f"{self._claim_text()}: another streamtrain serve reads it (its claim lapses "
+                           f"{LEASE_SECONDS:.0f} s after it stops); stop it, or give this service its own")
 
     def keep_claim(self) -> None:
         """Renew the claim every third of its time to live; stop learning if it was lost."""
@@ -665,8 +668,7 @@ class NatsSource(StreamSource):
             self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
             self.js = self.nc.jetstream()
         if claim and not await self._claim_async():  # before the consumer, which another service may be using
-            raise ConfigError(f"{self._claim_text()}: another streamtrain serve reads it (its claim lapses "
-                              f"{LEASE_SECONDS:.0f} s after it stops); stop it, or give this service its own")
+            raise self._refused()
         try:
             await self.js.delete_consumer(self.stream, self.durable)
         except NotFoundError:
