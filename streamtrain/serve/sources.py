@@ -713,7 +713,8 @@ class NatsSource(StreamSource):
                     X, y = self.columns.from_arrow(data, where)
                 else:
                     X, y = self.columns.from_json(data, where)
-                items.append(Entry(seq, X, y, where, raw=m))
+                items.append(Entry(seq, X, y, where))
+                m.data = b""  # kept until a checkpoint acknowledges it: its rows are in X (or views of them)
             except DataError as e:
                 items.append(Rejected(seq, where, str(e), raw=m))
             self.position = seq
@@ -731,6 +732,7 @@ class NatsSource(StreamSource):
     def reject(self, item):
         self._run(self.nc.publish(self.dead, item.raw.data, headers={"error": item.error[:1000],
                                                                      "stream-seq": str(item.position)}))
+        item.raw.data = b""  # dead-lettered; the message waits only for its acknowledgement
 
     def ack(self, position):
         if position is None:
