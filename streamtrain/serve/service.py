@@ -80,6 +80,8 @@ class Service:
                           f"position {json.dumps(self.learner.position)}")
             self.source.start(self.learner.position, source_state)
         except BaseException:
+            if getattr(self, "source", None) is not None:
+                self.source.close()  # its connection (a claim another service holds is left alone)
             self.rundir.__exit__(None, None, None)
             raise
         self.last_checkpoint = time.monotonic()

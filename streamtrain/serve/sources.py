@@ -126,6 +126,15 @@ class StreamSource:
         return ConfigError(f"{self._claim_text()}: another streamtrain serve reads it (its claim lapses "
                            f"{LEASE_SECONDS:.0f} s after it stops); stop it, or give this service its own")
 
+    def release_claim(self) -> None:
+        """On a clean stop: let another service start at once (if the broker is gone, the claim lapses)."""
+        if self.owner is None:
+            return
+        try:
+            self._release()
+        except Exception:  # the broker gone
+            pass
+
     def keep_claim(self) -> None:
         """Renew the claim every third of its time to live; stop learning if it was lost."""
         if self.owner is None or time.monotonic() - self._renewed < LEASE_SECONDS / 3:
@@ -465,6 +474,7 @@ class RedisSource(StreamSource):
         self.stream, self.group, self.consumer, self.count = stream, group, consumer, int(count)
         self.most, self.count = self.count, min(self.count, 16)  # grows once entry sizes are known
         self.dead = f"{stream}:dead"
+        self.claim_key = f"{stream}:streamtrain-claim:{group}"
         self.columns = columns
         self.position: tuple[int, int] | None = None
         self.unacked: list[bytes] = []
@@ -475,13 +485,12 @@ class RedisSource(StreamSource):
         return f"consumer group {self.group!r} of Redis stream {self.stream!r}"
 
     def _claim(self) -> bool:
-        return bool(self.client.eval(_REDIS_RENEW, 1, f"{self.stream}:streamtrain-claim:{self.group}", self.owner,
-                                     int(LEASE_SECONDS * 1000)))
+        return bool(self.client.eval(_REDIS_RENEW, 1, self.claim_key, self.owner, int(LEASE_SECONDS * 1000)))
 
     _renew = _claim
 
     def _release(self) -> None:
-        self.client.eval(_REDIS_RELEASE, 1, f"{self.stream}:streamtrain-claim:{self.group}", self.owner)
+        self.client.eval(_REDIS_RELEASE, 1, self.claim_key, self.owner)
 
     def start(self, position, state):
         import redis
@@ -560,11 +569,7 @@ class RedisSource(StreamSource):
         return float(len(self.client.xrange(self.stream, after, "+", count=100)))
 
     def close(self):
-        try:
-            if self.owner is not None:
-                self._release()
-        except Exception:  # the broker gone: the claim lapses by itself
-            pass
+        self.release_claim()
         self.client.close()
 
 
@@ -595,15 +600,16 @@ class NatsSource(StreamSource):
         self.last_msg = None  # the newest message delivered, whose "ack all" covers the rest
         self.delivered: deque = deque()
         self.kv = None  # the claims' bucket
-        self.revision = 0  # the claim's last write
+        self.claim_key, self.revision = f"{stream}.{durable}", 0  # the claim's key and its last write
 
     def _run(self, coro, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self, position, state):
         self.position = None if position is None else int(position)
-        self._run(self._start(claim=self.owner is not None))
-        self._renewed = time.monotonic()
+        self._run(self._connect())
+        self.claim()  # before the consumer, which another service may be using
+        self._run(self._start())
 
     # The claim: a key in a JetStream key-value bucket whose values live LEASE_SECONDS unless rewritten.
     def _claim_text(self) -> str:
@@ -622,7 +628,7 @@ class NatsSource(StreamSource):
     async def _claim_async(self) -> bool:
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-        kv, key = await self._claims(), f"{self.stream}.{self.durable}"
+        kv, key = await self._claims(), self.claim_key
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:  # never claimed, released, or lapsed
@@ -638,37 +644,34 @@ class NatsSource(StreamSource):
             return False
         return True
 
-    async def _renew_async(self) -> bool:
-        from nats.js.errors import KeyWrongLastSequenceError
+    def _claim(self) -> bool:
+        return self._run(self._claim_async())
 
-        try:
-            self.revision = await (await self._claims()).update(f"{self.stream}.{self.durable}", self.owner.encode(),
-                                                               last=self.revision)
-            return True
-        except KeyWrongLastSequenceError:  # lapsed (take it again if nobody has), or taken
-            return await self._claim_async()
+    _renew = _claim  # (rewriting the key restarts its time to live)
 
-    def _renew(self) -> bool:
-        return self._run(self._renew_async())
+    def _release(self) -> None:
+        async def release():
+            from nats.js.errors import KeyWrongLastSequenceError
 
-    async def _release_async(self) -> None:
-        from nats.js.errors import KeyWrongLastSequenceError
+            try:
+                await (await self._claims()).delete(self.claim_key, last=self.revision)
+            except KeyWrongLastSequenceError:  # not ours any more
+                pass
 
-        try:
-            await (await self._claims()).delete(f"{self.stream}.{self.durable}", last=self.revision)
-        except KeyWrongLastSequenceError:  # not ours any more
-            pass
+        self._run(release(), 5)
 
-    async def _start(self, claim: bool = False):
+    async def _connect(self):
         import nats
+
+        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+        self.js = self.nc.jetstream()
+
+    async def _start(self):
+        """The durable consumer, made again to start after the position (at start-up, and on a
+        seek back to it, on the same connection)."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
-        if self.nc is None:  # (a seek back to the position starts the consumer again, on the same connection)
-            self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
-            self.js = self.nc.jetstream()
-        if claim and not await self._claim_async():  # before the consumer, which another service may be using
-            raise self._refused()
         try:
             await self.js.delete_consumer(self.stream, self.durable)
         except NotFoundError:
@@ -752,9 +755,8 @@ class NatsSource(StreamSource):
 
     def close(self):
         if self.nc is not None:
+            self.release_claim()
             try:
-                if self.owner is not None:
-                    self._run(self._release_async(), 5)
                 self._run(self.nc.drain(), 5)
             except Exception:  # closing: the broker may be gone already
                 pass
