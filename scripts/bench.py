@@ -21,8 +21,8 @@ Sections:
             of a step at 64-4096 rows per rank, a model of 2-64 processes from the latency and bandwidth
             measured here
   torch     peers on the same file: PyTorch's per-row h5py Dataset + DataLoader(shuffle=True), its best
-            streaming recipe and in memory (pip install torch==2.13.0); MosaicML streaming in the
-            environment scripts/peers_env.sh makes (skipped without it)
+            streaming recipe and in memory (pip install torch==2.13.0); MosaicML streaming, litdata
+            and Vowpal Wabbit in the environment scripts/peers_env.sh makes (skipped without it)
   serve     streamtrain serve fed by HTTP, Redis, NATS and a landing directory (scripts/bench_serve.py)
   cache     epochs 2+ of compressed formats from their decoded copy vs uncompressed HDF5 and in memory,
             every figure as a fraction of the sgemm peak and the memory bandwidth measured here
@@ -31,6 +31,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -367,6 +368,7 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
 FLOPS_PER_SAMPLE = 6 * (64 * 64 + 64 * 1)
 
 
+@functools.cache  # once per run: the run's start measures them, the cache section reuses them
 def machine_limits() -> dict:
     """Float32 matrix-product peak on one core and on all (a large sgemm), and memory bandwidth
     (a large array copy: bytes read + written per second)."""
