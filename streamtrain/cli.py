@@ -660,9 +660,7 @@ def _fail(message: str, code: int, debug: bool, everywhere: bool = False) -> Non
     if message:  # one line, whatever the message holds
         _echo_err(" ".join(message.split()) if "\n" in message else message)
     if comm.size > 1 and code not in (130, 143):
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        comm.abort(code)
+        comm.abort(code)  # once the launcher has read the line
     exit_now(code)
 
 

@@ -123,7 +123,38 @@ class MPICommunicator(Communicator):
         self.comm.Barrier()
 
     def abort(self, code):
+        _wait_forwarded()
         self.comm.Abort(code)
+
+
+def _wait_forwarded(timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` s) until the launcher has read what this process wrote to stdout
+    and stderr. An abort can overtake output still in the pipe to the launcher's proxy (MPICH's
+    hydra then drops it: the job's one error line lost), so a rank aborts once its pipes are empty."""
+    import fcntl
+    import stat
+    import sys
+    import termios
+    import time
+
+    deadline = time.monotonic() + timeout
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            fd = stream.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue  # a file or a terminal: nothing can overtake what was written to it
+        except (OSError, ValueError, AttributeError):
+            continue
+        unread = np.zeros(1, dtype=np.int32)
+        while time.monotonic() < deadline:
+            try:  # FIONREAD on a pipe counts the bytes not yet read from it, from either end
+                fcntl.ioctl(fd, termios.FIONREAD, unread)
+            except OSError:
+                break
+            if unread[0] == 0:
+                break
+            time.sleep(0.01)
 
 
 _ACTIVE: list[Communicator] = []  # the MPI communicator made in this process, if any
