@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from ._malloc import reuse_freed_memory
 from .config import LIMITS, MAX_FEATURES, TrainConfig
 from .config import choices as config_choices
-from .errors import ConfigError, Interrupted, StreamtrainError, TrainingError
+from .errors import ConfigError, Interrupted, StreamtrainError, TrainingError, os_reason
 from .io.checkpoint import params_digest, resolve_checkpoint
 from .io.rundir import read_history
 from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
@@ -548,6 +548,8 @@ def _run_server(open_service, host: str, port: int) -> None:
 
     from .serve.service import Loading
 
+    sock = _listen(host, port)  # before loading anything: a port in use is one line, and --port 0 is named
+    port = sock.getsockname()[1]
     app = Loading()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            lifespan="off"))
@@ -564,10 +566,10 @@ def _run_server(open_service, host: str, port: int) -> None:
 
     loader = threading.Thread(target=load, name="loading", daemon=True)
     loader.start()
-    _echo_err(f"serving on http://{host}:{port} (loading)")
+    _echo_err(f"serving on http://{f'[{host}]' if ':' in host else host}:{port} (loading)")
     how = "stopped"
     try:
-        server.run()  # until SIGINT or SIGTERM: uvicorn finishes the requests in flight
+        server.run(sockets=[sock])  # until SIGINT or SIGTERM: uvicorn finishes the requests in flight
     except Interrupted as e:  # uvicorn hands the signal on once it has shut down: the normal way out
         how = f"stopped by {e.signal_name}"
     finally:
@@ -580,6 +582,26 @@ def _run_server(open_service, host: str, port: int) -> None:
     if svc.failure:
         raise TrainingError(svc.failure)
     _echo_err(f"{how}; checkpoint written in {svc.dir} (update {svc.learner.state.global_step})")
+
+
+def _listen(host: str, port: int):
+    """A listening socket on ``host:port`` (``port`` 0: a free one), or the one-line reason why not."""
+    import socket
+
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = info[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"--host {host}: cannot listen there ({os_reason(e) if isinstance(e, OSError) else e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after a stop
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"{host}:{port}: cannot listen there ({os_reason(e)}); choose another --port") from None
+    return sock
 
 
 def _text(value, most: int = 12) -> str:
@@ -624,7 +646,7 @@ def main(argv=None) -> None:
         _fail("interrupted", 130, debug)
     except OSError as e:  # an output or input the library did not name: still one line
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        _fail(f"error: {where}{e.strerror or e}", 2, debug)
+        _fail(f"error: {where}{os_reason(e)}", 2, debug)
     except MemoryError:
         _fail("error: out of memory; lower --window-mb, --batch-size or --hidden", 2, debug)
     exit_now(0)

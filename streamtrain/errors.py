@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["StreamtrainError", "DataError", "CheckpointError", "ConfigError", "TrainingError", "Interrupted"]
+__all__ = ["StreamtrainError", "DataError", "CheckpointError", "ConfigError", "TrainingError", "Interrupted",
+           "os_reason"]
 
 
 class StreamtrainError(Exception):
@@ -40,3 +41,13 @@ class Interrupted(BaseException):
         self.signal_name = signal_name
         # The shell's convention: 128 + signal number (130 for SIGINT, 143 for SIGTERM).
         self.exit_code = 130 if signal_name == "SIGINT" else 143
+
+
+def os_reason(e: OSError) -> str:
+    """An OS error's reason in a few words ("Read-only file system"), also where a library (h5py)
+    wraps the errno in a long message of its own."""
+    if isinstance(e.errno, int) and e.errno > 0:
+        import os
+
+        return os.strerror(e.errno)
+    return e.strerror or str(e)

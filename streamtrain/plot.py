@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .errors import StreamtrainError
+from .errors import StreamtrainError, os_reason
 from .io.atomic import atomic_path
 from .io.writers import check_output_dir
 
@@ -54,7 +54,7 @@ def plot_history(history: list[dict[str, Any]], out: str | os.PathLike, title: s
         with atomic_path(out) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
     except OSError as e:
-        raise StreamtrainError(f"{out}: cannot write ({e.strerror or e})") from None
+        raise StreamtrainError(f"{out}: cannot write ({os_reason(e)})") from None
     finally:
         plt.close(fig)
     return os.fspath(out)

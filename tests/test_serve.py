@@ -783,3 +783,30 @@ def test_readyz_says_loading_until_the_service_is_open(tmp_path):
     app.serve(svc)
     assert asyncio.run(ask("/readyz")).status_code == 200
     svc.stop()
+
+
+def test_port_0_listens_on_a_free_port_and_names_it(tmp_path):
+    proc = subprocess.Popen([str(BIN), "serve", "--source", "http", "--checkpoint-dir", str(tmp_path / "svc"),
+                             "--port", "0", *SETTINGS], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        port = int(first.removeprefix("serving on http://127.0.0.1:").split()[0])
+        assert port > 0 and first.endswith(" (loading)\n"), first
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, 90, "ready")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()["rows_received"] == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+
+
+def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([str(BIN), "serve", "--source", "http", "--checkpoint-dir", str(tmp_path / "svc"),
+                            "--port", str(port), *SETTINGS], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr == f"error: 127.0.0.1:{port}: cannot listen there (Address already in use); choose another --port\n"
+    assert not (tmp_path / "svc").exists()  # nothing was loaded, nothing made

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, os_reason
 from .atomic import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
@@ -145,7 +145,7 @@ class DirectoryLock:
         except OSError as e:
             self._close_dir()
             raise CheckpointError(f"{self.directory}: cannot use it as the checkpoint directory "
-                                  f"({e.strerror or e})") from None
+                                  f"({os_reason(e)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -155,13 +155,18 @@ class DirectoryLock:
             raise CheckpointError(f"{self.directory}: another trainer (pid {holder}) is writing checkpoints here; "
                                   "stop it or use another --checkpoint-dir") from None
         try:
+            # The lock file may be writable where the directory is not (its mode, the mount): find
+            # out now, not when the first checkpoint is due after an epoch of training.
+            probe = self.directory / f".write-probe-{os.getpid()}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
         except OSError as e:
             os.close(fd)
             self._close_dir()
             raise CheckpointError(f"{self.directory}: cannot write in the checkpoint directory "
-                                  f"({e.strerror or e})") from None
+                                  f"({os_reason(e)})") from None
         self._fd = fd
         remove_leftovers(self.directory)
         return self

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, os_reason
 from .atomic import atomic_path
 from .checkpoint import (
     BackgroundWriter,
@@ -84,7 +84,7 @@ class RunDirectory:
             try:
                 save_checkpoint(path, arrays, meta)
             except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
-                raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e}); "
+                raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)}); "
                                       "the previous checkpoint is kept") from None
             rotate(self.path, keep)
 
@@ -109,7 +109,7 @@ class RunDirectory:
                 with open(path, "w"):
                     pass
             except OSError as e:
-                raise CheckpointError(f"{path}: cannot write ({e.strerror or e})") from None
+                raise CheckpointError(f"{path}: cannot write ({os_reason(e)})") from None
 
     def metrics_upto(self, epochs: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
         """This run's records of the first ``epochs`` epochs (the checkpoint resumed from), the file
@@ -140,7 +140,7 @@ class RunDirectory:
             with open(path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError as e:
-            raise CheckpointError(f"{path}: cannot write ({e.strerror or e}); the checkpoint of epoch "
+            raise CheckpointError(f"{path}: cannot write ({os_reason(e)}); the checkpoint of epoch "
                                   f"{record['epoch']} is saved, so --resume continues from it") from None
 
 

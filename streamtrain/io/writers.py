@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, os_reason
 from ..readers import detect_format
 from .atomic import atomic_path
 
@@ -209,7 +209,7 @@ def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name:
                 raise
             writer.close()
     except OSError as e:  # disk full, permissions, a vanished directory: the old file (if any) is intact
-        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise DataError(f"{path}: cannot write ({os_reason(e)})") from None
 
 
 def check_output_dir(path: str | os.PathLike) -> None:

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import DataError, os_reason
 from .base import Capabilities, Dataset
 
 __all__ = ["DecodedCopy", "decoded_copy", "COPY_VERSION"]
@@ -116,7 +117,10 @@ def decoded_copy(source: Dataset, cache_dir: str | os.PathLike, max_gb: float,
         return source  # read in place already
     say = log or (lambda message: None)
     directory = Path(cache_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{directory}: cannot use it as the cache directory ({os_reason(e)})") from None
     fingerprint = source.fingerprint()
     path = directory / f"{_key(source, fingerprint)}.h5"
     copy = _open_copy(path, source) if path.exists() else None
@@ -137,7 +141,10 @@ def decoded_copy(source: Dataset, cache_dir: str | os.PathLike, max_gb: float,
             f"{free / 2**30:.2f} GB free; decoding it every epoch")
         return source
     say(f"decoding {source.path} once into {path} ({need / 2**20:,.0f} MB)")
-    _write(source, path, label_dtype)
+    try:
+        _write(source, path, label_dtype)
+    except OSError as e:
+        raise DataError(f"{directory}: cannot write the decoded copy of {source.path} ({os_reason(e)})") from None
     copy = _open_copy(path, source)
     if copy is None:  # pragma: no cover - a copy just written that does not open is a bug
         raise RuntimeError(f"{path}: the decoded copy just written does not open")

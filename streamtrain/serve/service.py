@@ -45,7 +45,6 @@ class Service:
                  keep: int = 3, token: str | None = None, max_body_bytes: int = 16 << 20,
                  queue_bytes: int = 64 << 20, log: Callable[[str], None] | None = _LOG.info):
         self.dir = Path(checkpoint_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.config, self.log = config, log
         self.checkpoint_every, self.keep = float(checkpoint_every), int(keep)
         self.token, self.max_body = token, int(max_body_bytes)

@@ -22,7 +22,7 @@ from ..config import RESUME_MAY_CHANGE, TrainConfig
 from ..data.loader import Loader, check_budget, start_decoder, window_rows_for
 from ..data.sampling import Sampler
 from ..data.scaling import DataStats, scan
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted, StreamtrainError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted, StreamtrainError, TrainingError, os_reason
 from ..io.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..io.rundir import RunDirectory
 from ..model import Model
@@ -501,7 +501,7 @@ class Trainer:
         try:
             return save_checkpoint(path, *self.checkpoint_contents())
         except OSError as e:
-            raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror or e})") from None
+            raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)})") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trainer":
