@@ -1251,6 +1251,7 @@ def plot_results(results: dict) -> None:
 
 
 def main() -> None:
+    global OUT, SCRATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=64)
@@ -1262,7 +1263,10 @@ def main() -> None:
     parser.add_argument("--scaling-gb", default="",
                         help="the scaling section's file sizes in GB, comma-separated (default 0.25,1; with --large "
                              "0.25,1,4,16,32)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="where report.md, results.json, the plots and scratch/ go (default: benchmarks/)")
     args = parser.parse_args()
+    OUT, SCRATCH = args.out, args.out / "scratch"
     from streamtrain._malloc import reuse_freed_memory
 
     reuse_freed_memory()  # as the streamtrain command does; the bare loops benefit alike
@@ -1278,7 +1282,7 @@ def main() -> None:
             shutil.rmtree(SCRATCH, ignore_errors=True)
     meta = {"rows": args.rows, "features": args.features, "chunk_rows": args.chunk_rows,
             "date": time.strftime("%Y-%m-%d"), "machine": machine()}
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     previous = OUT / "results.json"
     if previous.exists() and set(results) != set(SECTIONS):
         # A partial run (--only) updates its sections and keeps the others' last figures.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -50,3 +51,31 @@ def test_the_cli_reference_is_generated_from_the_commands(root):
     res = subprocess.run([sys.executable, str(root / "scripts" / "cli_reference.py"), "--check"], capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
+    # The figures of a 20,000-row run mean nothing; that the script runs, measures and reports does.
+    bench = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "20000", "--chunk-rows", "2000",
+             "--out", str(tmp_path)]
+    sections = ["readers", "loader", "holdout", "training", "checkpoint", "cache", "mpi"]
+    res = subprocess.run([*bench, "--only", ",".join(sections)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results) == {*sections, "limits"}
+    assert all(results[name] for name in sections)
+    assert all(v > 0 for v in results["limits"]["sgemm_flops_by_cores"].values())
+    rates = [r["streamtrain_rows_per_s"] for r in results["readers"]] + [r["rows_per_s"] for r in results["loader"]]
+    assert rates and all(r > 0 for r in rates)
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("## Sequential scan", "## Sampler + prefetching loader", "## A --val-fraction hold-out",
+                    "## Data-parallel training on MPI", "## A decoded local copy", "## Checkpoints",
+                    "## Training throughput"):
+        assert heading in report
+    assert not (tmp_path / "scratch").exists()  # its data files are removed unless --keep-data
+    # a partial run updates its sections and keeps the others' figures
+    before = results["holdout"]
+    res = subprocess.run([*bench, "--only", "readers"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert again["holdout"] == before and again["readers"] != results["readers"]
