@@ -38,8 +38,15 @@ def _run(place: Path, *args, timeout=120) -> subprocess.CompletedProcess:
 def place(tmp_path_factory):
     """A read-only directory holding a finished run (``run``) and a gzip HDF5 file (``d.h5``)."""
     d = tmp_path_factory.mktemp("ro")
-    if ROOT and shutil.which("unshare") is None:
-        pytest.fail("the read-only tests need unshare (util-linux) to mount a read-only place as root")
+    if ROOT:
+        # Root writes through permissions: only a read-only mount stops it, which needs unshare
+        # (util-linux) and the right to mount in a namespace of one's own (a container may not grant it).
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" '
+                                '&& ! touch "$0/probe" 2>/dev/null', str(d)], capture_output=True, text=True) \
+            if shutil.which("unshare") else None
+        if probe is None or probe.returncode != 0:
+            why = "no unshare" if probe is None else probe.stderr.strip() or f"exit {probe.returncode}"
+            pytest.skip(f"as root, a read-only place needs a read-only bind mount, not possible here ({why})")
     make_data(d / "d.h5", rows=3000, features=6, chunk_rows=500, seed=1, compression="gzip")
     r = subprocess.run([str(BIN), "train", str(d / "d.h5"), "--hidden", "4", "--epochs", "2", "--quiet",
                         "--checkpoint-dir", str(d / "run")], capture_output=True, text=True, timeout=300)
