@@ -27,6 +27,7 @@ class Columns:
     def __init__(self, features: list[str] | None, label: str | None, dtype=np.float32):
         self.features = None if features is None else list(features)
         self.label, self.dtype = label, np.dtype(dtype)
+        self._arrow_checked: dict[bool, tuple] = {}  # need_label -> (the schema last checked, all floating)
 
     # -- the two encodings -----------------------------------------------------------
     def parse(self, body: bytes, content_type: str | None, where: str, need_label: bool = True):
@@ -98,28 +99,68 @@ class Columns:
                 raise DataError(f"{where}: not an Arrow IPC stream ({_short(e)})") from None
         if table.num_rows == 0:
             raise DataError(f"{where}: no rows")
-        self._check_names(table.column_names, where, need_label)
-        cols = []
-        for k in self.features:
-            col = table.column(k)
-            if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
-                raise DataError(f"{where}: column {k!r} is {col.type}, not a number")
-            if col.null_count:
-                raise DataError(f"{where}: column {k!r} has {col.null_count} missing values")
-            cols.append(col.to_numpy())
-        X = np.column_stack(cols).astype(np.float64, copy=False)
-        self._check_finite(X, where)
+        schema = table.schema
+        checked = self._arrow_checked.get(need_label)
+        if checked is None or not schema.equals(checked[0]):
+            # Names and types once per schema: a stream's entries almost always share one.
+            checked = (schema, self._check_arrow_schema(schema, where, need_label))
+            self._arrow_checked[need_label] = checked
+        X = self._arrow_features(table, where, all_floating=checked[1])
         y = None
         if need_label:
             col = table.column(self.label)
             if col.null_count:
                 raise DataError(f"{where}: label column {self.label!r} has {col.null_count} missing values")
-            if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_string(col.type)
-                    or pa.types.is_large_string(col.type)):
-                raise DataError(f"{where}: label column {self.label!r} is {col.type}")
             y = np.asarray(col.to_pylist() if pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
                            else col.to_numpy())
-        return X.astype(self.dtype), y
+        return X, y
+
+    def _check_arrow_schema(self, schema, where: str, need_label: bool) -> bool:
+        """Refuse an Arrow schema whose columns or types do not fit the stream; True where every
+        feature column is floating point (then the features convert in one pass)."""
+        import pyarrow as pa
+
+        self._check_names(schema.names, where, need_label)
+        types = [schema.field(k).type for k in self.features]
+        for k, t in zip(self.features, types):
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+                raise DataError(f"{where}: column {k!r} is {t}, not a number")
+        if need_label:
+            t = schema.field(self.label).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
+                    or pa.types.is_large_string(t)):
+                raise DataError(f"{where}: label column {self.label!r} is {t}")
+        return all(pa.types.is_floating(t) for t in types)
+
+    def _arrow_features(self, table, where: str, all_floating: bool) -> np.ndarray:
+        """The feature columns of ``table`` as rows of ``dtype``, refused if any is missing,
+        NaN, infinite or beyond float32's range."""
+        import pyarrow as pa
+
+        X = None
+        if all_floating:
+            try:  # one pass in Arrow's C++ (pyarrow >= 16); nulls become NaN, refused below
+                X = np.asarray(table.select(self.features).to_tensor(null_to_nan=True, row_major=True))
+            except (AttributeError, TypeError, pa.ArrowException):
+                X = None
+        if X is None:  # integer columns (int64 would not survive a common type with uint64), old pyarrow
+            for k in self.features:
+                col = table.column(k)
+                if col.null_count:
+                    raise DataError(f"{where}: column {k!r} has {col.null_count} missing values")
+            X = np.column_stack([table.column(k).to_numpy() for k in self.features]).astype(np.float64, copy=False)
+        if self.dtype != np.float32:
+            self._check_finite(X, where)
+            return X.astype(self.dtype)
+        with np.errstate(over="ignore"):
+            X32 = X.astype(np.float32, copy=False)
+        if not np.isfinite(X32).all():  # a null, NaN or infinity, or a value float32 cannot hold
+            for k in self.features:
+                n = table.column(k).null_count
+                if n:
+                    raise DataError(f"{where}: column {k!r} has {n} missing values")
+            self._check_finite(X.astype(np.float64), where)
+        return np.ascontiguousarray(X32)
 
     # -- checks ----------------------------------------------------------------------
     def _check_names(self, names: list[str], where: str, need_label: bool) -> list[str]:
