@@ -86,8 +86,12 @@ def test_every_malformed_body_is_refused_by_name():
     _refused(cols, good.set_column(3, "y", pa.array([[1], [2], [3]])), r"label column 'y' is list")
     _refused(cols, good.slice(0, 0), r"entry 7: no rows")
     _refused(cols, b"not arrow at all", r"entry 7: not an Arrow IPC stream")
-    # a float64 stream refuses values beyond float32's range too, as the float32 one does
-    _refused(Columns(FEATURES, "y", dtype=np.float64),
-             good.set_column(2, "f2", pa.array([1.0, 1e39, 2.0], pa.float64())), r"beyond float32's range")
+    # a float64 stream refuses the same, values beyond float32's range included
+    wide = Columns(FEATURES, "y", dtype=np.float64)
+    _refused(wide, good.set_column(2, "f2", pa.array([1.0, 1e39, 2.0], pa.float64())), r"beyond float32's range")
+    _refused(wide, good.set_column(1, "f1", pa.array([1.0, None, 2.0], pa.float32())),
+             r"entry 7: column 'f1' has 1 missing values")
+    _refused(wide, good.set_column(1, "f1", pa.array([1.0, np.nan, 2.0], pa.float32())),
+             r"entry 7: row 1, column 'f1' is nan")
     # and the good schema still passes after all that
     np.testing.assert_array_equal(cols.from_arrow(_body(good), "entry 8")[0], np.ones((3, 3)))

@@ -149,18 +149,18 @@ class Columns:
                 if col.null_count:
                     raise DataError(f"{where}: column {k!r} has {col.null_count} missing values")
             X = np.column_stack([table.column(k).to_numpy() for k in self.features]).astype(np.float64, copy=False)
-        if self.dtype != np.float32:
-            self._check_finite(X, where)
-            return X.astype(self.dtype)
         with np.errstate(over="ignore"):
-            X32 = X.astype(np.float32, copy=False)
-        if not np.isfinite(X32).all():  # a null, NaN or infinity, or a value float32 cannot hold
+            Xd = X.astype(self.dtype, copy=False)
+        fine = np.isfinite(Xd).all()
+        if fine and self.dtype != np.float32:  # (in float32 a value beyond its range is inf by now)
+            fine = np.abs(Xd).max(initial=0) <= np.finfo(np.float32).max
+        if not fine:  # a null, NaN or infinity, or a value float32 cannot hold: say which
             for k in self.features:
                 n = table.column(k).null_count
                 if n:
                     raise DataError(f"{where}: column {k!r} has {n} missing values")
             self._check_finite(X.astype(np.float64), where)
-        return np.ascontiguousarray(X32)
+        return np.ascontiguousarray(Xd)
 
     # -- checks ----------------------------------------------------------------------
     def _check_names(self, names: list[str], where: str, need_label: bool) -> list[str]:
