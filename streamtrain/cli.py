@@ -480,7 +480,8 @@ More examples:
               help="Mix the stream through a buffer of this many MB of rows (0: train in arrival order); the "
               "buffer is part of each checkpoint.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on (0: a free one, named on stderr).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0: a free one, named on stderr).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A file holding a bearer token that /learn, /snapshot and /reload then require.")
 @click.option("--max-body-mb", type=FiniteFloat(0, 4096, min_open=True), default=16.0, show_default=True,
@@ -593,7 +594,8 @@ def _listen(host: str, port: int):
         family, kind, proto, _, address = info[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as e:
-        raise ConfigError(f"--host {host}: cannot listen there ({os_reason(e) if isinstance(e, OSError) else e})") from None
+        why = os_reason(e) if isinstance(e, OSError) else e
+        raise ConfigError(f"--host {host}: cannot listen there ({why})") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after a stop
         sock.bind(address)
