@@ -1075,7 +1075,8 @@ def report(results: dict, meta: dict) -> str:
                   "Batch 256, window shuffle, 64 sigmoid hidden units; the fastest of epochs 2-4 of a run reading",
                   "the decoded copy the first run wrote. The five cases run in turn, three rounds, best kept: the",
                   "copies hold the same rows in the same layout, yet one measured in a block of its own differed from",
-                  "another by up to 20% with this shared machine's slow moments. Limits measured in the same run: float32 sgemm "
+                  "another by up to 20% with this shared machine's slow moments.",
+                  "Limits measured in the same run: float32 sgemm "
                   "(2048 x 2048) " + ", ".join(f"{c} core{'s' if c > 1 else ''} {f / 1e9:.0f} GFLOP/s" for c, f in
                                                sorted(peaks.items())) +
                   f"; a 256 MB array copy {lim['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + written). A sample's "
