@@ -103,6 +103,48 @@ def test_the_progress_bar_keeps_batch_size_1_on_the_compiled_loop(monkeypatch):
     assert t.stepper.per_sample
 
 
+@pytest.mark.parametrize("extra", [[], ["--val-fraction", "0.2"], ["--checkpoint-seconds", "3600"]])
+def test_batch_size_1_from_the_cli_keeps_the_loaders_blocks_with_a_checkpoint_directory(extra, tmp_path, monkeypatch):
+    """A CLI run always has a checkpoint directory (and the divergence guard, the progress lines,
+    perhaps validation): none of them may cut the compiled per-sample loop into one-row calls."""
+    from click.testing import CliRunner
+
+    from streamtrain.cli import cli
+    from streamtrain.nn import online
+
+    calls: list[int] = []
+    compiled = online.sgd_online
+
+    def counted(params, X, *args, **kw):
+        calls.append(len(X))
+        return compiled(params, X, *args, **kw)
+
+    monkeypatch.setattr(online, "sgd_online", counted)
+    X, y = _data(rows=6000)
+    import h5py
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["X"], f["y"] = X, y
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "d.h5"), "--batch-size", "1", "--hidden", "4",
+                                   "--epochs", "2", "--checkpoint-dir", str(tmp_path / "run"), *extra],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    trained = sum(json.loads(line)["samples"] for line in (tmp_path / "run" / "metrics.jsonl").open())
+    assert sum(calls) == trained >= 2 * 4500
+    # a few blocks per epoch, as long as the loader's items (not one compiled call per row)
+    assert len(calls) <= 2 * 8 and max(calls) >= 1000, calls
+
+
+def test_a_hook_with_every_none_is_never_called_per_batch():
+    class Never(Record):
+        every = None
+
+    hook, blocks = Never(), Record(Every(always=True))
+    t = Trainer(hidden=3, epochs=1, batch_size=1)
+    t.fit(_data(rows=3000), callbacks=[hook, blocks], log=None)
+    assert hook.steps == [] and len(blocks.steps) < 10
+
+
 # -- the gradient seam ---------------------------------------------------------------------------------
 class TwoIdenticalRanks:
     """A communicator as if a second process had the same rows: the sums double, the means do not."""

@@ -11,7 +11,10 @@ and says how often ``on_batch_end`` must run with ``every``:
 - ``Every(always=True)``: after every update the loop makes (a batch, or at batch size 1 a
   block of rows), for cheap checks.
 
-Without ``every``, a hook with ``on_batch_end`` runs after every batch. ``rows`` are the row
+``every = None`` means never: a hook whose ``on_batch_end`` has nothing to do at this run's
+settings (a checkpointer without ``--checkpoint-every``/``--checkpoint-seconds``) says so, and
+the loop neither calls it nor cuts the per-sample blocks for it. ``Hook``'s default, and that
+of an object without an ``every`` attribute, is ``Every(steps=1)``. ``rows`` are the row
 indices the update used and ``loss`` its mean loss. A hook stops training with
 ``trainer.stop(reason)``: the loop finishes the current update, the hooks' ``on_train_end``
 run (a checkpoint is written), and ``fit`` returns (raising ``Interrupted`` for signals).
@@ -47,15 +50,17 @@ class Every:
 class Hook:
     """A hook that does nothing: subclass it and define what you need."""
 
-    every: Every | None = None
+    every: Every | None = Every(steps=1)
 
 
 def schedule(hook) -> Every | None:
-    """When ``hook.on_batch_end`` runs, or None if never."""
+    """When ``hook.on_batch_end`` runs, or None if never (no such method, or ``every = None``)."""
     if not hasattr(hook, "on_batch_end"):
         return None
-    every = getattr(hook, "every", None)
-    return Every(steps=1) if every is None else every
+    every = getattr(hook, "every", Every(steps=1))
+    if every is not None and not (every.steps or every.seconds or every.always):
+        return None  # Every() asks for nothing
+    return every
 
 
 class DivergenceGuard(Hook):
