@@ -29,6 +29,7 @@ class ClassificationMetrics:
     def update(self, loss: float, target: np.ndarray, output: np.ndarray) -> None:
         """Add a batch: its mean loss, class indices ``(rows,)`` and probabilities ``(rows, n_out)``."""
         pred = (output[:, 0] > 0.5).astype(np.int64) if output.shape[1] == 1 else output.argmax(axis=1)
+        target = np.asarray(target).astype(np.int64, copy=False)  # int8 * bins overflows
         k = len(self.classes)
         self.confusion += np.bincount(target * k + pred, minlength=k * k).reshape(k, k)
         self.loss_sum += loss * len(target)

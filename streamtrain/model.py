@@ -11,6 +11,7 @@ is read); evaluate and predict, streaming over any source.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Iterator
 
@@ -25,6 +26,8 @@ from .readers.base import Dataset
 from .train.labels import Labels
 
 __all__ = ["Model"]
+
+_LOG = logging.getLogger("streamtrain")
 
 
 class Model:
@@ -172,8 +175,20 @@ class Model:
         generic = self.generic_names or list(ds.feature_names) == [f"f{j}" for j in range(ds.n_features)]
         if ds.format != "memory" and not generic and list(ds.feature_names) != self.feature_names:
             diff = next(f"{a!r} vs {b!r}" for a, b in zip(ds.feature_names, self.feature_names) if a != b)
-            raise DataError(f"{ds.path}: feature names differ from the model's ({diff})")
+            if not self._selected_by_user(ds):
+                raise DataError(f"{ds.path}: feature names differ from the model's ({diff}); name the columns "
+                                "to use with --features (in the model's order) to take them as its features")
+            if not getattr(ds, "said_mapped", False):  # once per dataset, however often it is matched
+                ds.said_mapped = True
+                _LOG.warning(f"{ds.path}: the selected columns {_names(ds.feature_names)} are taken as the "
+                             f"model's features {_names(self.feature_names)}, in that order")
         return ds
+
+    @staticmethod
+    def _selected_by_user(ds: Dataset) -> bool:
+        """Whether ``ds``'s features were named when it was opened (``--features``, ``open_dataset(...,
+        features=)``): the user's statement that these columns are the model's features."""
+        return (getattr(ds, "reopen", None) or {}).get("features") is not None
 
     def _mismatch(self, source, need_label: bool) -> str:
         """Why ``source`` cannot be matched: what the model expects, what the file has, what selects it."""
@@ -186,7 +201,7 @@ class Model:
                        f"{', ...' if found.n_features > 4 else ''})" + (f" in {found.selection!r}"
                                                                           if isinstance(found.selection, str) else ""))
                 hint = (f"--features {found.selection}" if isinstance(found.selection, str)
-                        else "--features NAME for each column (or a glob such as 'f*')")
+                        else _columns_hint(found.feature_names, len(names)))
         except DataError as e:
             has, hint = f"no features streamtrain finds by itself ({e})", "--features"
         label = f" and the label {self.label_name!r}" if need_label and self.label_name else ""
@@ -305,3 +320,21 @@ def _class_weights(spec: str, labels: Labels, stats: DataStats, where: str) -> l
     if unknown:
         raise DataError(f"{where}: class_weight names {sorted(unknown)[0]!r}, not one of the classes {classes}")
     return [chosen.get(str(c), 1.0) for c in classes]
+
+
+def _names(names: list[str]) -> str:
+    """A list of names in a line: all of a few, the first and last of many."""
+    names = list(names)
+    return ", ".join(map(repr, names)) if len(names) <= 4 else f"{names[0]!r} ... {names[-1]!r} ({len(names)})"
+
+
+def _columns_hint(found: list[str], wanted: int) -> str:
+    """The ``--features`` that selects ``wanted`` columns of a file whose features are ``found``:
+    a glob where their names share a prefix, else one option per column (in the model's order)."""
+    import shlex
+
+    found = list(found)
+    prefix = os.path.commonprefix(found[:wanted]) if len(found) >= wanted else ""
+    if prefix and len(found) >= wanted and sum(f.startswith(prefix) for f in found) == wanted:
+        return f"--features {shlex.quote(prefix + '*')} (the columns in the model's order)"
+    return f"--features NAME for each of the model's {wanted} features, in its order"

@@ -3,6 +3,7 @@ zarr, pandas), hive partition columns, and errors that say how to select the fea
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,81 @@ def test_hive_partition_columns_are_not_features_unless_named(tmp_path):
     t.fit(tmp_path / "h", log=None)
     frame = pd.DataFrame({"a": [0.1, -0.2], "b": [0.3, 0.0]})  # no partition column needed to predict
     assert t.predict(frame).shape == (2,)
+
+
+LABEL_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float32",
+                "float64"]
+
+
+def _run(*args):
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from streamtrain.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("dtype, classes", [(d, k) for d in LABEL_DTYPES for k in (2, 3) if (d, k) != ("bool", 3)])
+def test_train_evaluate_and_predict_take_labels_of_every_width(dtype, classes, tmp_path):
+    """Every metric and every encoding of labels computes in a wide type: an int8 label once
+    overflowed evaluate's ROC AUC bins (target * 65536)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3000, 4)).astype(np.float32)
+    raw = np.digitize(X[:, 0] + 0.3 * X[:, 1], [0.0] if classes == 2 else [-0.5, 0.5])
+    # 0/1 (class indices as stored), and -1/1 for two widths (looked up in the classes' table)
+    values = np.array([-1, 1] if classes == 2 and dtype in ("int16", "int64") else range(classes))
+    y = values[raw].astype(dtype)
+    for name, opts in (("plain", {}), ("gzip", {"compression": "gzip", "chunks": (500,)})):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["X"] = X
+            f.create_dataset("y", data=y, **opts)
+    res = _cli("train", tmp_path / "gzip.h5", "--epochs", 5, "--hidden", 8, "--checkpoint-dir", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    for name in ("plain", "gzip"):
+        res = _cli("evaluate", tmp_path / "run", tmp_path / f"{name}.h5", "--json")
+        assert res.exit_code == 0, res.output
+        result = json.loads(res.output)
+        assert result["n"] == 3000 and result["accuracy"] > 0.85
+        assert sum(result["support"]) == 3000 and sum(map(sum, result["confusion_matrix"])) == 3000
+        if classes == 2:
+            assert result["roc_auc"] > 0.9
+    res = _cli("predict", tmp_path / "run", tmp_path / "plain.h5", "--out", tmp_path / "p.parquet")
+    assert res.exit_code == 0, res.output
+    pred = pd.read_parquet(tmp_path / "p.parquet")["prediction"].to_numpy()
+    assert set(np.unique(pred).tolist()) <= set(np.unique(y).tolist())  # the label's own values
+    assert (pred == y).mean() > 0.85
+
+
+def test_a_file_with_other_column_names_is_used_when_the_user_names_its_columns(tmp_path):
+    """The refusal's advice works when followed: --features naming the columns (a glob, or one by one)
+    takes them as the model's features, in order, and says so in one line."""
+    from sklearn.datasets import load_breast_cancer
+
+    b = load_breast_cancer(as_frame=True)
+    frame = b.frame.rename(columns={"target": "y"})
+    frame.to_parquet(tmp_path / "named.parquet")
+    renamed = pd.DataFrame(b.data.to_numpy(), columns=[f"c{j}" for j in range(30)])
+    renamed["y"] = b.target.to_numpy()
+    renamed.to_parquet(tmp_path / "c.parquet")
+    res = _run("train", tmp_path / "named.parquet", "--epochs", 3, "--checkpoint-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stderr
+    refused = _run("evaluate", tmp_path / "run", tmp_path / "c.parquet")
+    assert refused.returncode == 2
+    assert "select them with --features 'c*'" in refused.stderr, refused.stderr
+    expected = json.loads(_run("evaluate", tmp_path / "run", tmp_path / "named.parquet", "--json").stdout)
+    for selection in (["--features", "c*"], [a for j in range(30) for a in ("--features", f"c{j}")]):
+        res = _run("evaluate", tmp_path / "run", tmp_path / "c.parquet", *selection, "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["accuracy"] == expected["accuracy"]
+        said = [line for line in res.stderr.splitlines() if "taken as the model's features" in line]
+        assert len(said) == 1 and "'c0' ... 'c29' (30)" in said[0] and "'mean radius'" in said[0]
+        res = _run("predict", tmp_path / "run", tmp_path / "c.parquet", *selection, "--out",
+                   tmp_path / f"p{len(selection)}.csv")
+        assert res.returncode == 0, res.stderr
+    # a selection of the wrong number of columns is still refused
+    res = _run("evaluate", tmp_path / "run", tmp_path / "c.parquet", "--features", "c1*")
+    assert res.returncode == 2 and "features" in res.stderr

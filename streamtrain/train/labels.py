@@ -62,12 +62,14 @@ class Labels:
             return y
         if y.ndim == 2:  # one-hot rows -> class indices
             return y.argmax(axis=1)
-        if self._identity and y.dtype.kind in "iu":
+        if self._identity and y.dtype.kind in "iub":
             # Classes 0..K-1 are their own indices: a range check replaces the lookup.
             if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
                 bad = y[(y < 0) | (y >= len(self.classes))][0].item()
                 raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training {self.classes}")
-            return y
+            # Class indices are int64 whatever the file stored: int8 or bool targets overflow in
+            # the metrics (target * bins) and the kernels would compile once per label dtype.
+            return y.astype(np.int64, copy=False)
         idx = np.minimum(np.searchsorted(self._table, y), len(self.classes) - 1)
         if not np.array_equal(self._table[idx], y):
             bad = y[self._table[idx] != y][0].item()
