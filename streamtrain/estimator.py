@@ -43,7 +43,7 @@ def expected_failed_checks(estimator=None) -> dict[str, str]:
 
     >>> from sklearn.utils.estimator_checks import check_estimator
     >>> from streamtrain import StreamClassifier
-    >>> est = StreamClassifier(hidden=4, epochs=2)
+    >>> est = StreamClassifier()
     >>> results = check_estimator(est, expected_failed_checks=expected_failed_checks(est), on_fail=None)
     >>> [r["check_name"] for r in results if r["status"] == "failed"]
     []
