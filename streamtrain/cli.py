@@ -387,14 +387,17 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
     trainer = Trainer.load(checkpoint)
     ds = trainer.open_like_training(_open_selected(trainer, data, features, label), need_label=False)
     with _progress(f"predicting {ds.path}", ds.n_rows, every=log_every) as progress:
-        info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update)
+        # a checkpoint directory may take new files (a run's own files are refused anyway)
+        inputs = [data] + ([checkpoint] if Path(checkpoint).is_file() else [])
+        info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update, inputs=inputs)
     click.echo(f"wrote {info['path']}: {info['rows']} rows, columns {', '.join(info['columns'])}")
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
-def plot(checkpoint, out):
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (never a file of a run).")
+def plot(checkpoint, out, overwrite):
     """Plot training and validation loss and accuracy per epoch from a checkpoint (file or directory).
 
     Example: streamtrain plot runs/bc --out curves.png
@@ -405,7 +408,9 @@ def plot(checkpoint, out):
     history = read_history(found) or [r for r in [meta["state"]["record"]] if r]
     run = checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent
     best = meta["state"]["restored_best"] or meta["state"]["early_stopping"]["best_epoch"]
-    click.echo(f"wrote {plot_history(history, out, title=f'run {Path(run).resolve().name}', best_epoch=best)}")
+    written = plot_history(history, out, title=f"run {Path(run).resolve().name}", best_epoch=best,
+                           overwrite=overwrite, inputs=[found])
+    click.echo(f"wrote {written}")
 
 
 @cli.command()

@@ -237,9 +237,9 @@ class Model:
         return {"path": ds.path, "task": self.task, **acc.result()}
 
     def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False,
-                          progress=None) -> dict[str, Any]:
+                          progress=None, inputs=()) -> dict[str, Any]:
         """Stream predictions for every row of ``source`` to ``out`` (.parquet, .h5, .zarr, .csv), chunk by
-        chunk and atomically. Classification: columns ``p_<class>`` and ``prediction``; regression:
+        chunk and atomically; ``out`` never replaces ``source`` or the other ``inputs``. Classification: columns ``p_<class>`` and ``prediction``; regression:
         ``prediction`` (or ``prediction_<j>`` for several outputs)."""
         from .io.writers import open_writer
 
@@ -253,7 +253,7 @@ class Model:
             label_dtype = np.asarray(self.classes).dtype
         n = 0
         with open_writer(out, ds.n_rows, names, label, label_dtype, chunk_rows=int(ds.chunk_sizes.max()),
-                         overwrite=overwrite) as w:
+                         overwrite=overwrite, inputs=[ds.path, *inputs]) as w:
             for _, output, _ in self.iter_outputs(ds, progress):
                 if self.task == "regression":
                     w.write(output.astype(np.float32), None)

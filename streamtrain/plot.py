@@ -7,15 +7,16 @@ from typing import Any
 
 from .errors import StreamtrainError, os_reason
 from .io.atomic import atomic_path
-from .io.writers import check_output_dir
+from .io.outputs import check_output
 
 __all__ = ["plot_history"]
 
 
 def plot_history(history: list[dict[str, Any]], out: str | os.PathLike, title: str = "",
-                 best_epoch: int | None = None) -> str:
+                 best_epoch: int | None = None, overwrite: bool = False, inputs=()) -> str:
     """Write a PNG of training (and validation) loss and accuracy (or R^2) per epoch; ``best_epoch``,
-    if given (the one early stopping kept), is marked."""
+    if given (the one early stopping kept), is marked. ``out`` must not exist unless ``overwrite``,
+    and is never a run's file or one of ``inputs`` (see ``io.outputs``)."""
     try:
         import matplotlib
 
@@ -26,7 +27,7 @@ def plot_history(history: list[dict[str, Any]], out: str | os.PathLike, title: s
         raise StreamtrainError("plotting needs matplotlib: pip install 'streamtrain[plot]'") from None
     if not history:
         raise StreamtrainError("nothing to plot: the history is empty")
-    check_output_dir(out)
+    check_output(out, overwrite=overwrite, inputs=inputs)
     epochs = [h["epoch"] for h in history]
     metrics = [m for m in ("train_accuracy", "val_accuracy", "val_r2") if m in history[-1]]
     fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(10 if metrics else 5, 4), squeeze=False)

@@ -15,8 +15,9 @@ import numpy as np
 from ..errors import DataError, os_reason
 from ..readers import detect_format
 from .atomic import atomic_path
+from .outputs import check_output
 
-__all__ = ["open_writer", "DEFAULT_COMPRESSION", "COMPRESSIONS", "check_output_dir"]
+__all__ = ["open_writer", "DEFAULT_COMPRESSION", "COMPRESSIONS"]
 
 DEFAULT_COMPRESSION = {"hdf5": None, "zarr": "zstd", "parquet": "snappy"}
 # What each writer can compress with (None: uncompressed).
@@ -181,11 +182,12 @@ _WRITERS = {"hdf5": _HDF5Writer, "zarr": _ZarrWriter, "parquet": _ParquetWriter,
 @contextlib.contextmanager
 def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name: str | None = "y",
                 label_dtype="int32", chunk_rows: int = 16384, compression: str | None = "default",
-                dtype="float32", overwrite: bool = False):
+                dtype="float32", overwrite: bool = False, inputs=()):
     """Context manager yielding a writer with ``write(X, y)``; the file appears atomically on success.
 
     The format comes from the suffix of ``path`` (.h5, .zarr, .parquet, or .csv). ``n_rows``
-    must be known up front.
+    must be known up front. ``inputs``: the paths the command reads, which it must not replace
+    (see ``io.outputs``).
     """
     path = Path(path)
     fmt = "csv" if path.suffix.lower() == ".csv" else detect_format(path)
@@ -195,9 +197,7 @@ def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name:
     if compression not in COMPRESSIONS[fmt]:
         raise DataError(f"{path}: {fmt} compression {compression!r} unknown; use one of "
                         f"{', '.join(c or 'none' for c in COMPRESSIONS[fmt])}")
-    if path.exists() and not overwrite:
-        raise DataError(f"{path}: already exists; remove it or pass --overwrite")
-    check_output_dir(path)
+    check_output(path, overwrite=overwrite, inputs=inputs)
     writer = _WRITERS[fmt](path, n_rows, feature_names, label_name, label_dtype, chunk_rows, compression, dtype)
     try:
         with atomic_path(path) as tmp:
@@ -210,10 +210,3 @@ def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name:
             writer.close()
     except OSError as e:  # disk full, permissions, a vanished directory: the old file (if any) is intact
         raise DataError(f"{path}: cannot write ({os_reason(e)})") from None
-
-
-def check_output_dir(path: str | os.PathLike) -> None:
-    """Refuse an output whose directory does not exist (before any work is done for it)."""
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise DataError(f"{path}: the directory {parent} does not exist")

@@ -24,6 +24,7 @@ from ..data.sampling import Sampler
 from ..data.scaling import DataStats, scan
 from ..errors import CheckpointError, ConfigError, DataError, Interrupted, StreamtrainError, TrainingError, os_reason
 from ..io.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from ..io.outputs import check_apart
 from ..io.rundir import RunDirectory
 from ..model import Model
 from ..nn import minibatch
@@ -141,6 +142,9 @@ class Trainer:
         if comm.rank != 0:
             log = None  # one voice: rank 0's
         self._check_settings(val is not None, resume, overwrite, checkpoint_dir)
+        if checkpoint_dir is not None:  # before its lock file is made: the data's place is not the run's
+            check_apart(checkpoint_dir, [source, val], "checkpoint directory",
+                        "give --checkpoint-dir a directory apart from the data")
         check_budget(self.config.window_mb)
         self.model, self.optimizer, self.state, self.history = None, None, TrainState(), []
         self.stop_requested, self.fingerprint = None, {}
@@ -530,8 +534,8 @@ class Trainer:
     def predict_proba(self, source) -> np.ndarray:
         return self._require_model().predict_proba(source)
 
-    def write_predictions(self, source, out, overwrite: bool = False, progress=None) -> dict[str, Any]:
-        return self._require_model().write_predictions(source, out, overwrite, progress)
+    def write_predictions(self, source, out, overwrite: bool = False, progress=None, inputs=()) -> dict[str, Any]:
+        return self._require_model().write_predictions(source, out, overwrite, progress, inputs)
 
     for _name in ("open_like_training", "evaluate", "predict", "predict_proba", "write_predictions"):
         locals()[_name].__doc__ = getattr(Model, _name).__doc__
