@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -179,3 +180,37 @@ def test_zero_rows_and_one_dimensional_features(tmp_path):
         f["X"], f["y"] = np.ones(10), np.ones(10)
     with pytest.raises(DataError, match=r"shape \(10,\); need 2-D"):
         open_dataset(tmp_path / "o.h5")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_a_parquet_footer_that_lies_about_its_rows_is_refused_before_allocating(tmp_path):
+    """A footer may claim any number of rows; the reader must not believe it with memory. The
+    claim is patched into a real file's Thrift footer (row counts are zigzag varints there)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, claimed = 1 << 20, 134_000_000  # both zigzag-encode to 4-byte varints
+    path = tmp_path / "liar.parquet"
+    pq.write_table(pa.table({"f0": np.zeros(rows, np.float32), "y": np.zeros(rows, np.int64)}), path,
+                   row_group_size=rows, compression="snappy")
+    data = path.read_bytes()
+    footer_len = int.from_bytes(data[-8:-4], "little")
+    start = len(data) - 8 - footer_len
+    old, new = _varint(2 * rows), _varint(2 * claimed)
+    assert len(old) == len(new) == 4 and old in data[start:]
+    path.write_bytes(data[:start] + data[start:-8].replace(old, new) + data[-8:])
+    assert pq.ParquetFile(path).metadata.num_rows == claimed  # the lie is what a reader sees
+    with pytest.raises(DataError, match=r"liar.parquet: row group 0 declares 134,000,000 rows, 1.5 GiB decoded"):
+        open_dataset(path)
+    res = subprocess.run([str(Path(sys.executable).with_name("streamtrain")), "train", str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "row_group_size" in res.stderr

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .columns import Column, fill_features, select_columns, vector_columns
-from .layout import as_labels
+from .layout import MAX_CHUNK_BYTES, MAX_CHUNKS, as_labels
 from .remote import is_url, open_filesystem
 
 __all__ = ["ParquetDataset"]
@@ -100,11 +100,26 @@ class ParquetDataset(Dataset):
             if missing:
                 raise DataError(f"{self._files[f_idx]}: has no column {missing[0]!r}, which {self.path} "
                                 "selects (the files' columns disagree; select common columns with --features)")
+        self._check_declared_rows()
         self._handles: OrderedDict[int, object] = OrderedDict()
         first = fragments[0].metadata
         self._compression = first.row_group(0).column(0).compression if first.num_row_groups else None
         self._n_files = len(fragments)
         self._check_layout()
+
+    def _check_declared_rows(self) -> None:
+        """Refuse a row group whose declared rows would decode to more than a chunk may hold, before
+        anything is allocated for it: a footer may claim any number (10^12 rows in a 38 kB file)."""
+        row_bytes = len(self._feature_cols) * self.dtype.itemsize + (8 if self._label_col is not None else 0)
+        if len(self._parts) > MAX_CHUNKS:
+            raise DataError(f"{self.path}: declares {len(self._parts)} row groups, more than {MAX_CHUNKS}; "
+                            "refused as malformed")
+        for f_idx, rg, rows in self._parts:
+            if rows * row_bytes > MAX_CHUNK_BYTES:
+                raise DataError(f"{self._files[f_idx]}: row group {rg} declares {rows:,} rows, "
+                                f"{rows * row_bytes / 2**30:.1f} GiB decoded, more than the {MAX_CHUNK_BYTES >> 30} GiB "
+                                "a chunk may hold; if the file is sound, rewrite it with smaller row groups "
+                                "(pyarrow.parquet.write_table(..., row_group_size=1_000_000))")
 
     def _file(self, f_idx: int):
         import pyarrow.parquet as pq
