@@ -230,9 +230,13 @@ def _load_config(ctx, param, value):
         try:
             if p.multiple and not isinstance(v, list):
                 raise click.BadParameter("expected a list")
+            if isinstance(p.type, click.Path) and not isinstance(v, str):
+                raise click.BadParameter(f"expected a path in quotes, not {type(v).__name__} {v!r}")
             settings[name] = p.type_cast_value(ctx, v)
         except click.BadParameter as e:
             raise click.BadParameter(f"{value}: {key}: {e.message}") from None
+        except (TypeError, ValueError) as e:  # a TOML value of a type the option cannot take
+            raise click.BadParameter(f"{value}: {key}: {type(v).__name__} {v!r} does not fit ({e})") from None
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     return value
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import json
 import subprocess
 import sys
 import time
@@ -35,6 +36,21 @@ def files(tmp_path_factory):
     (d / "latin1.toml").write_bytes(b"# caf\xe9\nhidden = 3\n")
     (d / "typo.toml").write_text("hiden = 3\n")
     (d / "list.toml").write_text("train = 3\n")
+    (d / "int_path.toml").write_text("checkpoint-dir = 7\n")
+    (d / "table_value.toml").write_text("[train]\nlr = {a = 1}\n")
+    import zarr
+
+    for fmt in (2, 3):
+        g = zarr.open_group(d / f"zero{fmt}.zarr", mode="w", zarr_format=fmt)
+        g.create_array("X", shape=(100, 3), chunks=(10, 3), dtype="f4")[:] = 1.0
+        g.create_array("y", shape=(100,), chunks=(10,), dtype="i4")[:] = 0
+        meta = d / f"zero{fmt}.zarr" / "X" / (".zarray" if fmt == 2 else "zarr.json")
+        m = json.loads(meta.read_text())
+        if fmt == 2:
+            m["chunks"] = [0, 3]
+        else:
+            m["chunk_grid"]["configuration"]["chunk_shape"] = [0, 3]
+        meta.write_text(json.dumps(m))
     with h5py.File(d / "unwritten.h5", "w") as f:  # 10^12 rows declared, nothing written
         f.create_dataset("X", shape=(10**12, 8), chunks=(65536, 8), dtype="f4")
         f.create_dataset("y", shape=(10**12,), chunks=(65536,), dtype="i4")
@@ -54,6 +70,10 @@ CASES = [
     (["train", H5, "--config", "{d}/latin1.toml"], "latin1.toml: not UTF-8"),
     (["train", H5, "--config", "{d}/typo.toml"], "did you mean 'hidden'"),
     (["train", H5, "--config", "{d}/list.toml"], "[train] must be a table"),
+    (["train", H5, "--config", "{d}/int_path.toml"], "int_path.toml: checkpoint-dir: expected a path in quotes, not int 7"),
+    (["train", H5, "--config", "{d}/table_value.toml"], "table_value.toml: lr:"),
+    (["train", "{d}/zero2.zarr"], "zero2.zarr: array 'X' declares chunks of shape [0, 3]"),
+    (["train", "{d}/zero3.zarr"], "zero3.zarr: array 'X' declares chunks of shape [0, 3]"),
     (["train", H5, "--lr", "nan"], "'--lr': nan is not a finite number"),
     (["train", H5, "--lr", "inf"], "'--lr'"),
     (["train", H5, "--l1", "nan"], "'--l1'"),

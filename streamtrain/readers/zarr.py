@@ -61,6 +61,14 @@ def _check_safe(arr, path: str) -> None:
     bad = [c for c in _codec_names(arr) if any(u in c for u in UNSAFE_CODECS)]
     if bad:
         raise DataError(f"{path}: array {arr.path!r} uses the {bad[0]} codec, which can run code; refused")
+    try:
+        grid = [tuple(arr.chunks), tuple(getattr(arr, "shards", None) or arr.chunks)]
+    except Exception as e:  # zarr's own checks of the metadata
+        raise DataError(f"{path}: array {arr.path!r} has a malformed chunk grid ({e}); refused") from None
+    for shape in grid:
+        if len(shape) != arr.ndim or any(not isinstance(u, int) or u < 1 for u in shape):
+            raise DataError(f"{path}: array {arr.path!r} declares chunks of shape {list(shape)} for shape "
+                            f"{list(arr.shape)}; every chunk side must be at least 1; refused as malformed")
 
 
 def _dims(arr) -> tuple[str, ...] | None:
