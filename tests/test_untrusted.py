@@ -214,3 +214,34 @@ def test_a_parquet_footer_that_lies_about_its_rows_is_refused_before_allocating(
                          text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "row_group_size" in res.stderr
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".h5", ".zarr"])
+def test_a_value_beyond_float32_is_one_line_without_a_warning(tmp_path, suffix):
+    """It reads as Inf, which the NaN/Inf screen names; numpy's overflow warning once came first."""
+    import pandas as pd
+    import zarr
+
+    X = np.random.default_rng(0).standard_normal((100, 3))
+    X[5, 1] = 1e300
+    y = np.arange(100) % 2
+    path = tmp_path / f"big{suffix}"
+    if suffix == ".parquet":
+        pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "y": y}).to_parquet(path)
+    elif suffix == ".h5":
+        with h5py.File(path, "w") as f:
+            f["X"], f["y"] = X, y
+    else:
+        g = zarr.open_group(path, mode="w")
+        g["X"], g["y"] = X, y
+    res = subprocess.run([str(Path(sys.executable).with_name("streamtrain")), "train", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: {path}: NaN or Inf in row 5 (or a value beyond float32's range, which reads as Inf); clean the data "
+        "or skip such rows (--skip-nonfinite, nonfinite='skip')"]
+    res = subprocess.run([str(Path(sys.executable).with_name("streamtrain")), "train", str(path), "--skip-nonfinite",
+                          "--epochs", "1", "--checkpoint-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr  # the advice works
+    assert "Warning" not in res.stderr

@@ -103,5 +103,6 @@ def fill_features(columns: list[Column], n: int, dtype, fetch: Callable[[str], n
         a = cache.get(c.key)
         if a is None:
             a = cache[c.key] = np.asarray(fetch(c.key))
-        X[:, j] = a if c.index is None else a[:, c.index]
+        with np.errstate(over="ignore"):  # beyond float32 becomes Inf, which the NaN/Inf screen names
+            X[:, j] = a if c.index is None else a[:, c.index]
     return X

@@ -47,7 +47,8 @@ def as_features(X: np.ndarray, dtype: npt.DTypeLike, path: str) -> np.ndarray:
         raise DataError(f"{path}: features have non-numeric dtype {X.dtype}")
     if X.ndim == 1:
         X = X[:, None]
-    return np.ascontiguousarray(X, dtype=dtype)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf, which the NaN/Inf screen names
+        return np.ascontiguousarray(X, dtype=dtype)
 
 
 def as_labels(y: np.ndarray | None, path: str) -> np.ndarray | None:

@@ -35,6 +35,8 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
     if policy == "error":
         at = int(np.argmax(bad))
         row = rows + at if isinstance(rows, int) else int(rows[at])
-        raise DataError(f"{path}: NaN or Inf in row {row}; clean the data or skip such rows "
+        inf = X.dtype == np.float32 and np.isinf(X[at]).any()
+        beyond = " (or a value beyond float32's range, which reads as Inf)" if inf else ""
+        raise DataError(f"{path}: NaN or Inf in row {row}{beyond}; clean the data or skip such rows "
                         "(--skip-nonfinite, nonfinite='skip')")
     return bad
