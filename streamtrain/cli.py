@@ -24,7 +24,7 @@ from .io.checkpoint import params_digest, resolve_checkpoint
 from .io.rundir import read_history
 from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
 from .progress import DEFAULT_EVERY, Progress
-from .readers import open_dataset
+from .readers import FORMATS, open_dataset
 from .readers.remote import is_url
 from .readers.subset import HoldoutSplit
 from .synthetic import TASKS, make_data
@@ -119,7 +119,9 @@ def cli(ctx, debug):
               help="Seed of the features and labels.")
 @click.option("--noise", type=FiniteFloat(0, 1e6), default=0.5, show_default=True, help="Label noise of the teacher.")
 @click.option("--compression", default="default", show_default=True,
-              help="none, or the format's codec (hdf5: gzip, lzf; zarr: zstd, gzip, blosc; parquet: snappy, zstd, gzip).")
+              help="none, or the format's codec (" + "; ".join(
+                  f"{f.name}: {', '.join(c for c in f.compressions if c)}" for f in FORMATS.values()
+                  if f.reader and f.writer and any(f.compressions)) + ").")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_log_every_option
 def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, compression, overwrite, log_every):
@@ -379,7 +381,8 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("data")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Output file: .parquet, .h5, .zarr or .csv (written atomically).")
+              help=f"Output file: {', '.join(f.suffixes[0] for f in FORMATS.values() if f.writer)} "
+              "(the format from the suffix; written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_selection_options
 @_log_every_option

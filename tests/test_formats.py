@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from streamtrain import open_dataset
+from streamtrain import Trainer, open_dataset
 
 from .test_readers import ReaderTests
 
@@ -233,3 +233,75 @@ class TestDataFrame(ReaderTests):
 class TestArrowTable(ReaderTests):
     def make(self, tmp_path, X, y, chunk_rows):
         return open_dataset(pa.Table.from_pandas(_frame(X, y)))
+
+
+# -- a format added in one place ---------------------------------------------------------------------
+class _NpzDataset:
+    """A toy reader: an .npz file (no pickle) of X and y, read as arrays."""
+
+    def __new__(cls, path, features=None, label=None, cache_bytes=None, dtype=np.float32, **options):
+        from streamtrain.readers.memory import ArrayDataset
+
+        with np.load(path, allow_pickle=False) as f:
+            ds = ArrayDataset(f["X"], f["y"] if "y" in f else None, dtype=dtype, chunk_rows=100)
+        ds.path, ds.format = str(path), "npz"
+        return ds
+
+
+def _npz_writer():
+    from streamtrain.io.writers import Writer
+
+    class NpzWriter(Writer):
+        def open(self, tmp):
+            self._tmp = tmp
+            self._X = np.empty((self.n_rows, len(self.feature_names)), self.dtype)
+            self._y = None if not self.label_name else np.empty(self.n_rows, self.label_dtype)
+
+        def _write(self, at, X, y):
+            self._X[at:at + len(X)] = X
+            if self._y is not None:
+                self._y[at:at + len(X)] = y
+
+        def close(self):
+            super().close()
+            with open(self._tmp, "wb") as fh:
+                np.savez(fh, X=self._X, **({} if self._y is None else {"y": self._y}))
+
+        def abort(self):
+            pass
+
+    return NpzWriter
+
+
+def test_a_format_registered_in_the_table_alone_is_read_and_written_everywhere(tmp_path, monkeypatch):
+    from streamtrain.readers import formats
+
+    monkeypatch.setitem(formats.FORMATS, "npz", formats.Format("npz", (".npz",), _NpzDataset, _npz_writer()))
+    from streamtrain import make_data
+
+    info = make_data(tmp_path / "d.npz", rows=500, features=4, overwrite=False)  # the writers
+    assert info["rows"] == 500
+    ds = open_dataset(tmp_path / "d.npz")  # open_dataset
+    assert (ds.n_rows, ds.n_features) == (500, 4)
+    t = Trainer(hidden=4, epochs=2)
+    t.fit(tmp_path / "d.npz", checkpoint_dir=tmp_path / "run", log=None)
+    t.write_predictions(tmp_path / "d.npz", tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as f:
+        np.testing.assert_array_equal(f["y"], t.predict(ds))
+    assert ".npz" in formats.suffixes() and ".npz" in formats.suffixes(readable=False)
+
+
+def test_an_unknown_suffix_is_the_same_one_line_error_everywhere(tmp_path):
+    from streamtrain import DataError, make_data
+    from streamtrain.io.writers import open_writer
+
+    (tmp_path / "d.txt").write_text("1,2\n")
+    expected = f"{tmp_path}/d.txt: unknown format; use one of .h5"
+    for call in (lambda: open_dataset(tmp_path / "d.txt"),
+                 lambda: make_data(tmp_path / "d.txt", rows=10, features=2)):
+        with pytest.raises(DataError) as e:
+            call()
+        assert str(e.value).startswith(expected)
+    with pytest.raises(DataError, match=r"out.txt: unknown format; use one of .h5, .*\.csv"):
+        with open_writer(tmp_path / "out.txt", 10, ["a"]):
+            pass

@@ -13,19 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, os_reason
-from ..readers import detect_format
+from ..readers.formats import format_for, load
 from .atomic import atomic_path
 from .outputs import check_output
 
-__all__ = ["open_writer", "DEFAULT_COMPRESSION", "COMPRESSIONS"]
-
-DEFAULT_COMPRESSION = {"hdf5": None, "zarr": "zstd", "parquet": "snappy"}
-# What each writer can compress with (None: uncompressed).
-COMPRESSIONS = {"hdf5": (None, "gzip", "lzf"), "zarr": (None, "zstd", "gzip", "blosc"),
-                "parquet": (None, "snappy", "zstd", "gzip", "lz4", "brotli"), "csv": (None,)}
+__all__ = ["open_writer", "Writer", "HDF5Writer", "ZarrWriter", "ParquetWriter", "CSVWriter"]
 
 
-class _Writer:
+class Writer:
+    """Rows appended block by block to a temporary path (``open(tmp)``, ``_write(at, X, y)``,
+    ``close()`` or ``abort()``); ``open_writer`` renames it into place. A format's writer in
+    ``readers.formats`` is a subclass."""
+
     def __init__(self, path: Path, n_rows: int, feature_names, label_name, label_dtype,
                  chunk_rows: int, compression, dtype):
         self.path, self.n_rows, self.chunk_rows = path, int(n_rows), int(chunk_rows)
@@ -47,7 +46,7 @@ class _Writer:
             raise ValueError(f"{self.path}: {self.written} rows written, {self.n_rows} declared")
 
 
-class _HDF5Writer(_Writer):
+class HDF5Writer(Writer):
     def open(self, tmp: Path):
         import h5py
 
@@ -74,7 +73,7 @@ class _HDF5Writer(_Writer):
         self._f.close()
 
 
-class _ZarrWriter(_Writer):
+class ZarrWriter(Writer):
     def open(self, tmp: Path):
         import zarr
 
@@ -108,7 +107,7 @@ def _zarr_codec(name: str):
     return table[name]()
 
 
-class _ParquetWriter(_Writer):
+class ParquetWriter(Writer):
     def open(self, tmp: Path):
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -150,7 +149,7 @@ class _ParquetWriter(_Writer):
         self._w.close()
 
 
-class _CSVWriter(_Writer):
+class CSVWriter(Writer):
     """Plain CSV with a header row (for predictions; streamtrain does not read CSV)."""
 
     def open(self, tmp: Path):
@@ -176,9 +175,6 @@ def _csv_field(name: str) -> str:
     return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n') else name
 
 
-_WRITERS = {"hdf5": _HDF5Writer, "zarr": _ZarrWriter, "parquet": _ParquetWriter, "csv": _CSVWriter}
-
-
 @contextlib.contextmanager
 def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name: str | None = "y",
                 label_dtype="int32", chunk_rows: int = 16384, compression: str | None = "default",
@@ -190,15 +186,15 @@ def open_writer(path: str | os.PathLike, n_rows: int, feature_names, label_name:
     (see ``io.outputs``).
     """
     path = Path(path)
-    fmt = "csv" if path.suffix.lower() == ".csv" else detect_format(path)
+    fmt = format_for(path, readable=False)
     if compression == "default":
-        compression = DEFAULT_COMPRESSION.get(fmt)
+        compression = fmt.compressions[0]
     compression = None if compression == "none" else compression
-    if compression not in COMPRESSIONS[fmt]:
-        raise DataError(f"{path}: {fmt} compression {compression!r} unknown; use one of "
-                        f"{', '.join(c or 'none' for c in COMPRESSIONS[fmt])}")
+    if compression not in fmt.compressions:
+        raise DataError(f"{path}: {fmt.name} compression {compression!r} unknown; use one of "
+                        f"{', '.join(c or 'none' for c in fmt.compressions)}")
     check_output(path, overwrite=overwrite, inputs=inputs)
-    writer = _WRITERS[fmt](path, n_rows, feature_names, label_name, label_dtype, chunk_rows, compression, dtype)
+    writer = load(fmt.writer)(path, n_rows, feature_names, label_name, label_dtype, chunk_rows, compression, dtype)
     try:
         with atomic_path(path) as tmp:
             writer.open(tmp)

@@ -11,34 +11,28 @@ import numpy.typing as npt
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Dataset
+from .formats import FORMATS, Format, format_for, load, register
 from .memory import ArrayDataset
 from .remote import is_url, open_filesystem, remote_error
 
-__all__ = ["open_dataset", "Dataset", "ArrayDataset", "detect_format", "FORMATS"]
-
-FORMATS = {
-    "hdf5": (".h5", ".hdf5", ".hdf", ".he5"),
-    "zarr": (".zarr", ".zip"),
-    "parquet": (".parquet", ".pq", ".parq"),
-}
+__all__ = ["open_dataset", "Dataset", "ArrayDataset", "detect_format", "FORMATS", "Format", "register"]
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The format name of a path, from its suffix or (for directories) its contents."""
+    """The format name of a path, from its suffix (the table in ``formats``) or, for directories
+    without one, its contents."""
     p = Path(str(path).rstrip("/"))
-    suffix = p.suffix.lower()
-    for name, suffixes in FORMATS.items():
-        if suffix in suffixes:
-            return name
-    if is_url(path):
-        return _detect_remote(str(path))
-    if p.is_dir():
-        if (p / "zarr.json").exists() or (p / ".zgroup").exists():
-            return "zarr"
-        if _first_data_file_is_parquet(p):
-            return "parquet"
-    known = ", ".join(s for v in FORMATS.values() for s in v)
-    raise DataError(f"{path}: unknown format; use one of {known}")
+    try:
+        return format_for(p).name
+    except DataError:
+        if is_url(path):
+            return _detect_remote(str(path))
+        if p.is_dir():
+            if (p / "zarr.json").exists() or (p / ".zgroup").exists():
+                return "zarr"
+            if _first_data_file_is_parquet(p):
+                return "parquet"
+        raise
 
 
 def _detect_remote(url: str) -> str:
@@ -48,7 +42,7 @@ def _detect_remote(url: str) -> str:
     try:
         if fs.exists(f"{root}/zarr.json") or fs.exists(f"{root}/.zgroup"):
             return "zarr"
-        if any(f.endswith(FORMATS["parquet"]) for f in fs.find(root)):
+        if any(f.endswith(FORMATS["parquet"].suffixes) for f in fs.find(root)):
             return "parquet"
     except Exception as e:  # credentials, network, permissions: whatever the filesystem raises
         raise DataError(f"{url}: cannot list it ({remote_error(e)})") from None
@@ -63,7 +57,7 @@ def _first_data_file_is_parquet(directory: Path) -> bool:
         for name in sorted(files):
             if name.startswith((".", "_")):
                 continue
-            if name.endswith(FORMATS["parquet"]):
+            if name.endswith(FORMATS["parquet"].suffixes):
                 return True
             with open(os.path.join(root, name), "rb") as fh:
                 return fh.read(4) == b"PAR1"
@@ -127,12 +121,7 @@ def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
     if not is_url(path) and not os.path.exists(path):
         raise DataError(f"{path}: no such file or directory")
     fmt = detect_format(path)
-    if fmt == "hdf5":
-        from .hdf5 import HDF5Dataset as cls
-    elif fmt == "zarr":
-        from .zarr import ZarrDataset as cls
-    else:
-        from .parquet import ParquetDataset as cls
+    cls = load(FORMATS[fmt].reader)
     try:
         return cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype, **options)
     except TypeError as e:
