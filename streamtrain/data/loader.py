@@ -15,7 +15,7 @@ from ..readers.layout import kept
 from . import decoder as _decoder
 from .sampling import Sampler
 from .scaling import standardize
-from .sources import Stopped, choose_source, slot_rows, wants_process
+from .sources import Stopped, choose_source, row_bytes, slot_rows, wants_process
 
 __all__ = ["Loader", "window_rows_for", "start_decoder", "check_budget", "row_bytes", "GROUP_ROWS"]
 
@@ -48,11 +48,6 @@ def window_rows_for(budget_bytes: float, dataset: Dataset) -> int:
     served, the next for batches that straddle the two, and the one being decoded) fit in
     ``budget_bytes``."""
     return max(1, int(budget_bytes / 3 / row_bytes(dataset)))
-
-
-def row_bytes(dataset: Dataset) -> int:
-    """Bytes a row takes in the loader's buffers: features, plus up to 8 for its label."""
-    return dataset.n_features * dataset.dtype.itemsize + 8
 
 
 def start_decoder(dataset: Dataset, sampler: Sampler, decoder: str = "auto", workers: int | None = None,

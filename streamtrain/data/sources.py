@@ -24,12 +24,16 @@ from ..readers.base import Dataset
 from . import decoder as _decoder
 from .sampling import Plan, Sampler
 
-__all__ = ["Source", "InPlace", "DecodedWindows", "ChunkPrefetch", "choose_source", "wants_process", "slot_rows",
+__all__ = ["Source", "InPlace", "DecodedWindows", "ChunkPrefetch", "choose_source", "wants_process", "slot_rows", "row_bytes",
            "Stopped"]
 
 # How many groups ahead the chunk prefetcher may decode.
 AHEAD = 2
 
+
+def row_bytes(dataset: Dataset) -> int:
+    """Bytes a row takes in the loader's buffers: features, plus up to 8 for its label."""
+    return dataset.n_features * dataset.dtype.itemsize + 8
 
 class Stopped(Exception):
     """The consumer went away while the loader waited for a window."""
@@ -121,8 +125,6 @@ class ChunkPrefetch(Source):
         self.done.release()
 
     def _prefetch(self, stop: threading.Event, groups) -> None:
-        from .loader import row_bytes
-
         ds = self.ds
         capacity = ds.cache_bytes // max(int(ds.chunk_sizes.max()) * row_bytes(ds), 1)
         recent: list[set[int]] = []  # chunks of the groups that may still be in use

@@ -16,8 +16,8 @@ import threading
 
 import numpy as np
 
-from . import online
-from .online import ACT_IDS, TASK_IDS, targets_2d
+from . import kernels
+from .kernels import act_id, targets_2d, task_id
 
 __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads"]
 
@@ -29,7 +29,7 @@ BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 1
 
 def available() -> bool:
     """True when numba and scipy are importable (numba's matrix product calls BLAS through scipy)."""
-    return online.available() and importlib.util.find_spec("scipy") is not None
+    return kernels.available() and importlib.util.find_spec("scipy") is not None
 
 
 def load(dtype="float32", sgd: bool = True) -> None:
@@ -74,35 +74,10 @@ def _compile() -> dict:
     opts = dict(cache=True, nogil=True, error_model="numpy")
     fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
     # Helpers are compiled first and bound in this module, where the entries' global names find them.
-    globals()["_exp_neg_f32"] = numba.njit(fastmath=fast - {"reassoc"}, **opts)(_exp_neg_f32)
+    globals()["_exp_neg_f32"] = numba.njit(fastmath=fast - {"reassoc"}, **opts)(kernels.exp_neg_f32)
     for fn in (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads):
         globals()[fn.__name__] = numba.njit(fastmath=fast, **opts)(fn)
     return {"_grads": globals()["_grads"], "_sgd": numba.njit(fastmath=fast, **opts)(_sgd)}
-
-
-# float32 e^-x = p * 2^n with x = n ln2 + r, |r| <= ln2/2 (Cephes' expf polynomial)
-_LOG2E, _LN2_HI, _LN2_LO = 1.44269504088896341, 0.693359375, -2.12194440e-4
-_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
-
-
-def _exp_neg_f32(Z, E):  # pragma: no cover - compiled
-    # Z <- the mantissa part of exp(-Z), E <- 2^n as float32 bits. Split in two so both loops
-    # vectorise (no scalar bit cast in numba); -Z is clamped to +-80 so nothing overflows or
-    # turns subnormal (sigmoid(-80) is 1.8e-35, not 0; the numpy path's tanh form gives 0 there).
-    f = np.float32
-    flat, bits = Z.reshape(-1), E.reshape(-1)
-    for i in range(flat.size):
-        x = min(max(-flat[i], f(-80.0)), f(80.0))
-        n = np.floor(x * f(_LOG2E) + f(0.5))
-        r = x - n * f(_LN2_HI) - n * f(_LN2_LO)
-        p = f(_P[0])
-        p = p * r + f(_P[1])
-        p = p * r + f(_P[2])
-        p = p * r + f(_P[3])
-        p = p * r + f(_P[4])
-        p = p * r + f(_P[5])
-        flat[i] = p * r * r + r + f(1.0)
-        bits[i] = (np.int32(n) + np.int32(127)) << np.int32(23)
 
 
 def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
@@ -263,7 +238,7 @@ def _weights(weights, n: int, dtype) -> np.ndarray:
 def _args(params, X, T, weights, l1, l2, activation, task):
     t = X.dtype.type
     return (params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X), targets_2d(T, X.dtype),
-            _weights(weights, len(X), X.dtype), t(l1), t(l2), ACT_IDS[activation], TASK_IDS[task],
+            _weights(weights, len(X), X.dtype), t(l1), t(l2), act_id(activation), task_id(task),
             X.dtype == np.float32, BLOCK_ROWS)
 
 

@@ -10,22 +10,14 @@ exponential, which vectorises over the hidden units.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
+
+from .kernels import act_id, available, exp_neg_f32, targets_2d, task_id
 
 __all__ = ["available", "sgd_online", "targets_2d"]
 
-ACT_IDS = {"sigmoid": 0, "tanh": 1, "relu": 2}
-TASK_IDS = {"binary": 0, "multiclass": 1, "regression": 2}
-
 _compiled = None
-_exp_neg_f32 = None  # minibatch's exponential, compiled and bound here on first use (see _get_loop)
-
-
-def available() -> bool:
-    """True when numba is importable (the compiled loop can run)."""
-    return importlib.util.find_spec("numba") is not None
+_exp_neg_f32 = None  # the shared exponential, compiled and bound here on first use (see _get_loop)
 
 
 def _get_loop():
@@ -34,13 +26,10 @@ def _get_loop():
     if _compiled is None:
         import numba
 
-        from . import minibatch
-
-        # minibatch's polynomial exponential (it vectorises; expf does not), without reassociation,
-        # which would undo its exact range reduction.
-        exp = getattr(minibatch._exp_neg_f32, "py_func", minibatch._exp_neg_f32)
+        # the minibatch step's polynomial exponential (it vectorises; expf does not), without
+        # reassociation, which would undo its exact range reduction.
         fast, opts = {"nsz", "arcp", "contract", "afn"}, dict(cache=True, nogil=True, error_model="numpy")
-        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast, **opts)(exp)
+        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast, **opts)(exp_neg_f32)
         globals()["_sigmoid_f32"] = numba.njit(fastmath=fast | {"reassoc"}, **opts)(_sigmoid_f32)
         _compiled = numba.njit(cache=True, fastmath=True, nogil=True)(_loop)
     return _compiled
@@ -171,11 +160,6 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
     return loss_sum, correct
 
 
-def targets_2d(T: np.ndarray, dtype) -> np.ndarray:
-    """Targets as a contiguous (rows, columns) array of the network's dtype, as the compiled loops take them."""
-    return np.ascontiguousarray(T, dtype=dtype).reshape(len(T), -1)
-
-
 def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, l1: float, l2: float,
                activation: str, task: str, weights: np.ndarray | None = None) -> tuple[float, int]:
     """Apply one SGD step per row of ``X`` (rows, features), in order: ``(summed loss, rows
@@ -189,6 +173,6 @@ def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, 
     rates = np.full(n, lr, X.dtype) if np.ndim(lr) == 0 else np.ascontiguousarray(lr, dtype=X.dtype)
     R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
     loss_sum, correct = _get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
-                                    targets_2d(T, X.dtype), R, rates, t(l1), t(l2), ACT_IDS[activation],
-                                    TASK_IDS[task], X.dtype == np.float32)
+                                    targets_2d(T, X.dtype), R, rates, t(l1), t(l2), act_id(activation),
+                                    task_id(task), X.dtype == np.float32)
     return float(loss_sum), int(correct)

@@ -1,0 +1,91 @@
+"""The package's shape: no import cycles between its modules, the library never imports the CLI
+or the service, and the compiled code implements exactly the math tables' names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from .conftest import ROOT
+
+PACKAGE = ROOT / "streamtrain"
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the streamtrain modules it imports (anywhere in it, at import time or in a function)."""
+    mods = {}
+    for p in PACKAGE.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = p
+    graph = {}
+    for name, p in mods.items():
+        pkg = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1] if node.level else []
+                mod = ".".join(base + [node.module]) if node.module else ".".join(base)
+                for a in node.names:
+                    full = f"{mod}.{a.name}"
+                    deps.add(full if full in mods else mod)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_module_imports_in_a_circle():
+    graph = _imports()
+    assert len(graph) > 50
+    # the package's __init__ re-exports the public API; what it imports may not import it back
+    graph = {m: deps - {"streamtrain"} for m, deps in graph.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_library_never_imports_the_cli_or_the_service():
+    upward = {"streamtrain.cli", "streamtrain.entry"} | {m for m in _imports() if m.startswith("streamtrain.serve")}
+    for module, deps in _imports().items():
+        if module in upward:
+            continue
+        assert not deps & upward, (module, deps & upward)
+
+
+def test_the_compiled_code_implements_the_tables_names():
+    import pytest
+
+    from streamtrain.nn import ACTIVATIONS, TASKS, kernels
+
+    assert set(kernels.ACT_IDS) == set(ACTIVATIONS) and set(kernels.TASK_IDS) == set(TASKS)
+    with pytest.raises(ValueError, match="no activation 'swish'"):
+        kernels.act_id("swish")
