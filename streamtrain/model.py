@@ -23,7 +23,7 @@ from .metrics import metrics_for
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .readers import detect_format, open_dataset
 from .readers.base import Dataset
-from .train.labels import Labels
+from .labels import Labels
 
 __all__ = ["Model"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.scaling import DataStats
-from ..errors import DataError
+from .data.scaling import DataStats
+from .errors import DataError
 
 __all__ = ["Labels", "infer_task", "MAX_AUTO_CLASSES"]
 
