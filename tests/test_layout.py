@@ -89,3 +89,22 @@ def test_the_compiled_code_implements_the_tables_names():
     assert set(kernels.ACT_IDS) == set(ACTIVATIONS) and set(kernels.TASK_IDS) == set(TASKS)
     with pytest.raises(ValueError, match="no activation 'swish'"):
         kernels.act_id("swish")
+
+
+# The layers, bottom to top (docs/architecture.md): a module imports its own part and the layers below.
+LAYERS = [{"errors", "_version", "_malloc", "progress"}, {"readers", "metrics"}, {"data", "nn"},
+          {"labels", "io", "config"}, {"model"}, {"train"}, {"batches", "estimator", "synthetic", "plot"},
+          {"serve"}, {"cli"}, {"entry"}]
+
+
+def test_no_module_imports_upward():
+    level = {part: i for i, parts in enumerate(LAYERS) for part in parts}
+
+    def part(module: str) -> str:
+        return module.split(".")[1] if "." in module else ""
+
+    graph = _imports()
+    assert {part(m) for m in graph} - {""} <= set(level), "a new part of the package needs its layer here"
+    upward = [(m, d) for m, deps in graph.items() if part(m) for d in deps
+              if part(d) and part(d) != part(m) and level[part(d)] > level[part(m)]]
+    assert upward == []
