@@ -319,7 +319,8 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
     n = len(history)
     parts = [f"trained {n} epoch{'s' if n != 1 else ''}"]
     if trainer.state.restored_best:
-        parts.append(f"model of epoch {trainer.state.restored_best} (the best by validation loss)")
+        metric = trainer.config.early_stopping_metric.replace("_", " ")
+        parts.append(f"model of epoch {trainer.state.restored_best} (the best by {metric})")
     parts.append(f"train_loss {shown['train_loss']:.4f}")
     for key in ("val_loss", "val_accuracy", "val_r2"):
         if key in shown:

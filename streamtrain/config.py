@@ -32,7 +32,6 @@ LIMITS = {
     "cache_max_gb": (0.0, 1 << 20),
     "window_mb": (1e-6, 1 << 20),  # up to a terabyte; the available memory is checked when a run starts
     "lr": (0.0, 1e6),
-    "momentum": (0.0, 1.0),
     "l1": (0.0, 1e6),
     "l2": (0.0, 1e6),
     "val_fraction": (0.0, 1.0),

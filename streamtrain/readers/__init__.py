@@ -69,15 +69,35 @@ def open_dataset(source, features=None, label: str | None = None, *,
                  nonfinite: str = "error", **options) -> Dataset:
     """Open a dataset without reading its rows.
 
-    ``source`` is a path (``.h5``, ``.zarr``, ``.parquet``), a ``Dataset``, or a
-    ``nonfinite="skip"`` drops rows holding NaN or Inf instead of raising an
-    error that names the first such row. ``source`` may also be a
-    ``(X, y)`` tuple of arrays, a pandas DataFrame or an Arrow table (label
-    column detected as for Parquet). URLs (``s3://...``) are read through
-    fsspec; ``storage_options=`` goes to it. ``features`` names the feature dataset/array or
-    columns (a glob allowed); ``label`` names the label. Without them the
-    readers' auto-detection applies (see the README).
+    Parameters
+    ----------
+    source : str, os.PathLike, Dataset, (X, y) tuple, ndarray, pandas DataFrame or Arrow table
+        A path whose suffix names its format (``.h5``, ``.zarr``, ``.parquet``, ...: the table in
+        ``readers.formats``), a directory (Zarr group, Parquet dataset), a URL (``s3://...``, read
+        through fsspec; ``storage_options=`` goes to it), arrays ``X`` (rows, features) and ``y``
+        (rows,), or a table whose label column is found as for Parquet. A ``Dataset`` is returned
+        as it is.
+    features : str or list of str, optional
+        The feature dataset/array path, or the feature columns (names or globs, in order). None:
+        found by the readers' rules (docs/formats.md).
+    label : str, optional
+        The label dataset/array/column. None: found by name (y, label, target, ...).
+    cache_bytes : int
+        The bound on the decoded chunks kept in memory.
+    dtype : numpy dtype
+        The features' type once read (float32 by default).
+    nonfinite : {"error", "skip"}
+        A row holding NaN or Inf is an error naming it, or is skipped.
+    **options
+        Reader options (``storage_options``, ``allow_missing_chunks``, ``allow_external``).
 
+    Returns
+    -------
+    Dataset
+        ``n_rows``, ``n_features``, ``feature_names``, ``label_name``; rows are read by chunk.
+
+    Examples
+    --------
     >>> ds = open_dataset("data/breast_cancer.h5")
     >>> ds.n_rows, ds.n_features, ds.label_name
     (569, 30, 'y')

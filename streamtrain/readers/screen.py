@@ -6,10 +6,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["bad_rows", "NONFINITE"]
-
-# What a dataset does with rows holding NaN or Inf.
-NONFINITE = ("error", "skip")
+__all__ = ["bad_rows"]
 
 
 def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy: str,
