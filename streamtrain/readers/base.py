@@ -411,19 +411,18 @@ class Dataset:
         """Release file handles and cached chunks."""
         self._cache.clear()
 
-    # Picklable (for spawn-started worker processes): handles, locks and cache stay behind.
-    _UNPICKLED = {"_file": None, "_nodes": {}, "_maps": None, "_handles": None, "_cache": None, "_io_lock": None}
+    # Picklable (for spawn-started worker processes): what stays behind, as {attribute: its value in
+    # the copy} (a callable makes a fresh one); a reader adds its own handles to its class's table.
+    _UNPICKLED: dict[str, Any] = {"_cache": None, "_io_lock": None}
 
     def __getstate__(self):
-        return {k: (self._UNPICKLED[k] if k in self._UNPICKLED else v) for k, v in self.__dict__.items()}
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
 
     def __setstate__(self, state):
-        from collections import OrderedDict
-
         self.__dict__.update(state)
+        for k, v in self._UNPICKLED.items():
+            setattr(self, k, v() if callable(v) else v)
         self._cache, self._io_lock = ChunkCache(self.cache_bytes), threading.Lock()
-        if "_handles" in state:
-            self._handles = OrderedDict()
         self._pid = os.getpid()
 
     def __enter__(self):

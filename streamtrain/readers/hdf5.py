@@ -76,6 +76,8 @@ class HDF5Dataset(Dataset):
     """
 
     format = "hdf5"
+    # the h5py file, its nodes and the file maps are reopened in a process that receives a copy
+    _UNPICKLED = {**Dataset._UNPICKLED, "_file": None, "_nodes": dict, "_maps": None}
 
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,

@@ -47,6 +47,7 @@ class ParquetDataset(Dataset):
     """Rows of a Parquet file or directory dataset (pandas, polars, DuckDB, Spark, pyarrow.dataset)."""
 
     format = "parquet"
+    _UNPICKLED = {**Dataset._UNPICKLED, "_handles": OrderedDict}  # open files are reopened where used
 
     def __init__(self, path: str, features: list[str] | str | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
