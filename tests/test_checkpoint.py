@@ -16,6 +16,7 @@ from streamtrain.io.checkpoint import (
     params_digest,
     save_checkpoint,
 )
+from streamtrain.train.schema import TRAINER
 
 
 def test_round_trip(tmp_path):
@@ -134,3 +135,54 @@ def test_checkpoints_written_in_the_background_hold_the_state_of_their_step(tmp_
             np.testing.assert_array_equal(arrays_a[k], arrays_b[k])
     # the writes really overlapped training: it had moved on by the time most of them ran
     assert sum(now > step for step, now in steps_seen) >= len(steps_seen) // 2
+
+
+def test_an_optimiser_added_to_its_table_alone_is_checkpointed_and_resumed(tmp_path, monkeypatch):
+    """Its spec declares its state arrays; the checkpoint schema takes them without being edited,
+    and a run with it resumes bitwise."""
+    from streamtrain.nn import optim
+
+    class Toy(optim.SGD):
+        """SGD with a running count of steps and a running mean of each gradient."""
+
+        def __init__(self, lr=0.1):
+            super().__init__(lr)
+            self.n, self.mean = 0, {}
+
+        def step(self, params, grads):
+            self.n += 1
+            for k, g in grads.items():
+                m = self.mean.setdefault(k, np.zeros_like(g))
+                m += (g - m) / self.n
+                params[k] -= self.lr * (0.5 * g + 0.5 * m)
+
+        def state_dict(self):
+            return {} if not self.n else {"n": np.array(self.n, np.int64), **{f"mean.{k}": m for k, m in
+                                                                              self.mean.items()}}
+
+        def load_state_dict(self, state):
+            self.n = int(state.get("n", 0))
+            self.mean = {k[5:]: np.array(a) for k, a in state.items() if k.startswith("mean.")}
+
+    spec = optim.OptimizerSpec(Toy, 0.1, state=lambda shapes, dt: {
+        "n": (np.dtype(np.int64), ()), **{f"mean.{k}": (np.dtype(dt), s) for k, s in shapes.items()}},
+        check=lambda state: "array n is negative" if int(state.get("n", 0)) < 0 else None)
+    monkeypatch.setitem(optim.OPTIMIZERS, "toy", spec)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    whole = Trainer(hidden=4, epochs=4, batch_size=50, optimizer="toy")
+    whole.fit((X, y), checkpoint_dir=tmp_path / "whole", log=None)
+    Trainer(hidden=4, epochs=2, batch_size=50, optimizer="toy").fit((X, y), checkpoint_dir=tmp_path / "half", log=None)
+    resumed = Trainer(epochs=4)
+    resumed.fit((X, y), checkpoint_dir=tmp_path / "half", resume=True, log=None)
+    for k, v in whole.net.params.items():
+        np.testing.assert_array_equal(resumed.net.params[k], v)
+    path = list_checkpoints(tmp_path / "half")[0]  # the newest
+    arrays, meta = load_checkpoint(path)
+    assert int(arrays["optim.n"]) == 40 and arrays["optim.mean.W1"].shape == (4, 4)
+    # what the spec declares is checked: a tampered count is refused like any other array
+    arrays["optim.n"] = np.array(-3, np.int64)
+    save_checkpoint(path, arrays, meta)
+    with pytest.raises(CheckpointError, match="array optim.n is negative"):
+        load_checkpoint(path, TRAINER)

@@ -121,24 +121,56 @@ class Hyper:
         return None
 
 
+def _no_state(shapes: dict, dtype) -> dict:
+    return {}
+
+
+def _no_check(state: dict) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
+    """An optimiser: ``make(lr=, **hyperparameters)``, its default learning rate, its
+    hyperparameters, and its state as a checkpoint holds it: ``state(shapes, dtype)`` ->
+    ``{name: (dtype, shape)}`` of the arrays ``state_dict()`` returns once it has stepped (for
+    parameters of ``shapes``, ``{name: shape}``), and ``check(state)``, why loaded values are
+    impossible (or None)."""
+
     make: Any
     lr: float  # the default learning rate
     params: dict[str, Hyper] = field(default_factory=dict)
+    state: Any = _no_state
+    check: Any = _no_check
+
+
+def _velocity(shapes: dict, dtype) -> dict:
+    return {f"v.{k}": (np.dtype(dtype), s) for k, s in shapes.items()}
+
+
+def _moments(shapes: dict, dtype) -> dict:
+    return {"t": (np.dtype(np.int64), ()), **{f"m.{k}": (np.dtype(dtype), s) for k, s in shapes.items()},
+            **{f"v.{k}": (np.dtype(dtype), s) for k, s in shapes.items()}}
+
+
+def _check_moments(state: dict) -> str | None:
+    if "t" in state and not 0 <= int(state["t"]) <= (1 << 62):
+        return "array t is out of range"
+    negative = [k for k, a in state.items() if k.startswith("v.") and (a < 0).any()]
+    return f"array {negative[0]} holds negative second moments" if negative else None
 
 
 _MOMENTUM = Hyper(0.9, 0.0, 1.0, "Momentum (momentum and nesterov optimisers).", high_open=True)
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec(SGD, 0.1),
-    "momentum": OptimizerSpec(Momentum, 0.1, {"momentum": _MOMENTUM}),
-    "nesterov": OptimizerSpec(lambda **kw: Momentum(nesterov=True, **kw), 0.1, {"momentum": _MOMENTUM}),
+    "momentum": OptimizerSpec(Momentum, 0.1, {"momentum": _MOMENTUM}, _velocity),
+    "nesterov": OptimizerSpec(lambda **kw: Momentum(nesterov=True, **kw), 0.1, {"momentum": _MOMENTUM}, _velocity),
     "adam": OptimizerSpec(Adam, 0.001, {
         "beta1": Hyper(0.9, 0.0, 1.0, "Adam's decay of the gradient's running mean.", high_open=True),
         "beta2": Hyper(0.999, 0.0, 1.0, "Adam's decay of the squared gradient's running mean.", high_open=True),
         "eps": Hyper(1e-8, 0.0, 1.0, "Adam's epsilon, added to the root mean square.", low_open=True),
-    }),
+    }, _moments, _check_moments),
 }
 
 # Every hyperparameter name, with the optimisers that take it.

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..config import LIMITS, MAX_FEATURES, TrainConfig
 from ..io.checkpoint import FORMAT_VERSION, Schema
+from ..nn.optim import OPTIMIZERS
 
 __all__ = ["TRAINER", "TrainerSchema", "MAX_FEATURES", "MAX_OUTPUTS"]
 
@@ -113,13 +114,9 @@ class TrainerSchema(Schema):
         required = {f"param.{k}": (dt, s) for k, s in shapes.items()}
         groups = [{f"best.{k}": (dt, s) for k, s in shapes.items()},
                   {"scaler.mean": (dt, (n_in,)), "scaler.scale": (dt, (n_in,))}]
-        optimizer = meta["config"]["optimizer"]
-        if optimizer in ("momentum", "nesterov"):
-            groups.append({f"optim.v.{k}": (dt, s) for k, s in shapes.items()})
-        elif optimizer == "adam":
-            groups.append({"optim.t": (np.dtype(np.int64), ()),
-                           **{f"optim.m.{k}": (dt, s) for k, s in shapes.items()},
-                           **{f"optim.v.{k}": (dt, s) for k, s in shapes.items()}})
+        state = OPTIMIZERS[meta["config"]["optimizer"]].state(shapes, dt)  # what the optimiser declares
+        if state:
+            groups.append({f"optim.{k}": v for k, v in state.items()})
         if "stream" in meta:  # a service's checkpoint: the rows not yet trained on
             s = meta["stream"]
             t_dtype, t_shape = (np.dtype(np.float64), (n_out,)) if m["task"] == "regression" else (np.dtype(np.int64), ())
@@ -138,11 +135,10 @@ class TrainerSchema(Schema):
                 raise ValueError(f"array {name} holds class indices out of range")
         if "scaler.scale" in arrays and not (arrays["scaler.scale"] > 0).all():
             raise ValueError("array scaler.scale holds values that are not positive")
-        if "optim.t" in arrays and not 0 <= int(arrays["optim.t"]) <= _INT64 // 2:
-            raise ValueError("array optim.t is out of range")
-        for name, a in arrays.items():
-            if name.startswith("optim.v.") and meta["config"]["optimizer"] == "adam" and (a < 0).any():
-                raise ValueError(f"array {name} holds negative second moments")
+        state = {k[len("optim."):]: a for k, a in arrays.items() if k.startswith("optim.")}
+        why = OPTIMIZERS[meta["config"]["optimizer"]].check(state) if state else None
+        if why:
+            raise ValueError(why.replace("array ", "array optim.", 1))
 
     def validate_meta(self, meta: dict) -> None:
         """Raise ``ValueError`` naming the first metadata field of the wrong type or out of range."""
