@@ -66,7 +66,7 @@ def test_a_hook_every_k_steps_at_batch_size_1_sees_exact_steps_and_the_loop_keep
     hook = Record(Every(steps=k))
     t = Trainer(hidden=3, epochs=2, batch_size=1)
     t.fit(_data(), callbacks=[hook], log=None)
-    assert t.stepper.per_sample  # the compiled per-sample loop, whatever the hook asks
+    assert t.stepper.blocks  # the compiled per-sample loop, whatever the hook asks
     assert hook.steps == list(range(k, 1201, k))
 
 
@@ -75,7 +75,7 @@ def test_a_hook_every_few_seconds_keeps_batch_size_1_in_blocks():
     blocks = Record(Every(always=True))
     t = Trainer(hidden=3, epochs=1, batch_size=1)
     t.fit(_data(rows=3000), callbacks=[hook, blocks], log=None)
-    assert t.stepper.per_sample and hook.steps == []  # not due within the hour
+    assert t.stepper.blocks and hook.steps == []  # not due within the hour
     assert len(blocks.steps) < 10 and blocks.steps[-1] == 3000  # a few blocks of rows, not 3000 calls
 
 
@@ -100,7 +100,7 @@ def test_the_progress_bar_keeps_batch_size_1_on_the_compiled_loop(monkeypatch):
     t = Trainer(hidden=3, epochs=2, batch_size=1)
     bar = ProgressBar(file=io.StringIO())
     t.fit(_data(rows=3000), callbacks=[bar], log=None)
-    assert t.stepper.per_sample
+    assert t.stepper.blocks
 
 
 @pytest.mark.parametrize("extra", [[], ["--val-fraction", "0.2"], ["--checkpoint-seconds", "3600"]])
@@ -162,7 +162,7 @@ def test_gradients_through_a_reduction_update_as_the_one_process_step(optimizer,
     from streamtrain.model import Model
     from streamtrain.nn.network import TwoLayerNet
     from streamtrain.train.state import make_run_optimizer
-    from streamtrain.train.step import Stepper
+    from streamtrain.train.update import FusedSGD, ReducedStep, choose_update
 
     cfg = TrainConfig(hidden=6, optimizer=optimizer, l1=reg[0], l2=reg[1], dtype="float64", lr=0.05)
     X, y = _data(rows=64)
@@ -172,9 +172,10 @@ def test_gradients_through_a_reduction_update_as_the_one_process_step(optimizer,
         net = TwoLayerNet(5, 6, 1, seed=3, dtype="float64")
         model = Model(net, None, None, [], None, None)
         model.labels = type("L", (), {"task": "binary"})()
-        step = Stepper(cfg, model, make_run_optimizer(cfg), **({} if comm is None else {"comm": comm}))
-        assert step.reduces == (comm is not None) and step.fused == (comm is None and optimizer == "sgd")
-        losses = [step.batch(X[a:a + 16], y[a:a + 16])[0] for a in range(0, 64, 16)]
+        step = choose_update(cfg, model, make_run_optimizer(cfg), **({} if comm is None else {"comm": comm}))
+        assert isinstance(step, ReducedStep) == (comm is not None)
+        assert isinstance(step, FusedSGD) == (comm is None and optimizer == "sgd")
+        losses = [step.update(X[a:a + 16], y[a:a + 16]).loss for a in range(0, 64, 16)]
         nets.append((net, losses))
     (a, la), (b, lb) = nets
     np.testing.assert_allclose(la, lb, rtol=1e-12)

@@ -73,7 +73,7 @@ def test_the_schedule_is_applied_at_batch_size_1_row_by_row():
                       shuffle="none", scale="none", task="binary", dtype="float64")
     t = Trainer(cfg)
     t.fit((X, y), log=None)
-    assert t.stepper.per_sample
+    assert t.stepper.blocks
     net = TwoLayerNet(5, 3, 1, seed=0, dtype="float64")
     for i in range(50):
         online.sgd_online(net.params, X[i:i + 1].astype(np.float64), y[i:i + 1], 0.3 / (i + 1) ** 0.7, 0, 0,
@@ -205,4 +205,4 @@ def test_partial_fit_at_batch_size_1_runs_the_compiled_per_sample_loop(monkeypat
     real = online.sgd_online
     monkeypatch.setattr(online, "sgd_online", lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw))
     t = Trainer(hidden=4, batch_size=1).partial_fit(X, y, classes=[0, 1])
-    assert t.stepper.per_sample and calls == [200] and t.global_step == 200  # one compiled call, 200 updates
+    assert t.stepper.blocks and calls == [200] and t.global_step == 200  # one compiled call, 200 updates

@@ -24,6 +24,7 @@ __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grad
 _compiled = None
 _loaded: set = set()  # (dtype, sgd) entries loaded and run once
 _load_lock = threading.RLock()  # load() in a background thread may meet a first call here
+_exp_neg_f32 = None  # kernels.exp_neg_f32, compiled and bound here by _compile (the entries call it by name)
 BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 128 KB at 64 wide, fit L2
 
 

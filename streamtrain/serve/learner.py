@@ -20,10 +20,10 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.scaling import DataStats, Scaler
-from ..errors import DataError, TrainingError
+from ..errors import DataError
 from ..model import Model
 from ..train.state import TrainState, checkpoint_contents, make_run_optimizer
-from ..train.step import Stepper
+from ..train.update import choose_update, divergence
 
 __all__ = ["StreamLearner", "Published"]
 
@@ -103,7 +103,7 @@ class StreamLearner:
     def _adopt(self, model: Model, optimizer) -> None:
         """Train ``model`` with ``optimizer`` from here on (the caller holds the lock, or is ``__init__``)."""
         self.model, self.optimizer = model, optimizer
-        self.stepper = Stepper(self.config, model, optimizer)
+        self.stepper = choose_update(self.config, model, optimizer)
         self.stepper.load()
 
     def adopt(self, model: Model, optimizer) -> None:
@@ -166,7 +166,7 @@ class StreamLearner:
             return done
         n = len(self.pending_X) - len(self.pending_X) % bs
         if n:
-            if self.stepper.per_sample:  # batch size 1: the compiled loop, a row an update
+            if self.stepper.blocks:  # batch size 1: the compiled loop, a row an update
                 done += self._update(self.pending_X[:n], self.pending_t[:n])
             else:
                 for a in range(0, n, bs):
@@ -179,15 +179,9 @@ class StreamLearner:
         Xs = self.model.scaler.transform(X)
         step = self.state.global_step
         with np.errstate(over="ignore", invalid="ignore"):
-            if self.stepper.per_sample:
-                loss_sum, correct = self.stepper.samples(Xs, t, step)
-                steps = len(X)
-            else:
-                loss, correct = self.stepper.batch(Xs, t, step)
-                loss_sum, steps = loss * len(X), 1
+            loss_sum, correct, steps, _ = self.stepper.update(Xs, t, step)
         if not math.isfinite(loss_sum):
-            raise TrainingError(f"training diverged at update {step + 1} (loss is {loss_sum}); lower the learning "
-                                "rate")
+            raise divergence(f"update {step + 1}", loss_sum)
         self.state.global_step += steps
         self.rows_trained += len(X)
         self.loss_sum += float(loss_sum)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import TrainingError
+from .update import divergence
 
 __all__ = ["Every", "Hook", "schedule", "DivergenceGuard", "Validation", "EarlyStopping", "EpochLog",
            "Checkpointer", "MetricsLog", "DirectoryWatch", "StopOnSignals", "ProgressBar", "ProgressLines", "RanksAgree",
@@ -72,10 +73,9 @@ class DivergenceGuard(Hook):
     def on_batch_end(self, trainer, rows, loss):
         if not math.isfinite(loss):
             s, epoch = trainer.global_step, trainer.sampler.epoch + 1
-            where = f"batch step {s}" if len(rows) <= 1 or not trainer.stepper.per_sample \
-                else f"within steps {s - len(rows) + 1}-{s}"
-            raise TrainingError(f"training diverged at epoch {epoch}, {where} (loss is {loss}); lower --lr "
-                                "or check the data for extreme values")
+            where = f"batch step {s}" if len(rows) <= 1 or not trainer.stepper.blocks \
+                else f"steps {s - len(rows) + 1}-{s}"
+            raise divergence(f"epoch {epoch}, {where}", loss)
 
 
 class Validation(Hook):

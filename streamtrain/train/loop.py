@@ -14,14 +14,15 @@ from typing import Callable
 import numpy as np
 
 from .hooks import schedule
-from .step import agreed_stop, stop_votes
+from .update import agreed_stop, stop_votes
 
 __all__ = ["Loop"]
 
 
 class Loop:
     """Runs ``trainer``'s epochs: ``loader`` yields ``(rows, X, T)`` (single batches, or whole groups
-    of rows where ``stepper.per_sample``), ``prepare(X, y) -> (X, T)`` if the loader did not."""
+    of rows where the update strategy ``stepper.blocks``), ``prepare(X, y) -> (X, T)`` if the
+    loader did not."""
 
     def __init__(self, trainer, stepper, loader, hooks: list, prepare: Callable | None = None):
         self.trainer, self.stepper, self.loader, self.hooks, self.prepare = trainer, stepper, loader, hooks, prepare
@@ -86,22 +87,14 @@ class Loop:
                         continue
                     # targets packed with a weight column's values, where the run has one
                     Ts, w = (Ts["t"], Ts["w"]) if Ts.dtype.names else (Ts, None)
-                    if stepper.per_sample:
-                        (loss_sum, correct), steps = stepper.samples(Xs, Ts, state.global_step, w), n
-                        loss = loss_sum / n
-                        sampler.advance(len(span_rows))
-                    else:
-                        stepper.local_stop = t.stop_requested
-                        (loss, correct), steps = stepper.batch(Xs, Ts, state.global_step, w), 1
-                        if stepper.reduces:  # loss and count are the global batch's: count its rows
-                            n = stepper.last_rows
-                        loss_sum = loss * n
-                        sampler.advance_batch(len(span_rows))
-                    state.global_step += steps
-                    acc["loss_sum"] += loss_sum
-                    acc["correct"] = acc.get("correct", 0) + correct
-                    acc["n"] += n
-                    in_hooks += self._after(span_rows, loss, steps)
+                    stepper.local_stop = t.stop_requested
+                    done = stepper.update(Xs, Ts, state.global_step, w)
+                    stepper.advance(sampler, len(span_rows))
+                    state.global_step += done.steps
+                    acc["loss_sum"] += done.loss_sum
+                    acc["correct"] = acc.get("correct", 0) + done.correct
+                    acc["n"] += done.rows  # with several processes, the global batch's rows
+                    in_hooks += self._after(span_rows, done.loss, done.steps)
                     if stepper.reduces:  # several processes stop at the same step, or not at all
                         if stepper.stop_everywhere and not t.stop_requested:
                             t.stop(stepper.stop_everywhere)
@@ -117,7 +110,7 @@ class Loop:
     def _spans(self, rows, X, T):
         """The updates an item of the loader makes: itself, or (per-sample blocks) the pieces that
         end where a step-scheduled hook is due."""
-        if not self.stepper.per_sample or not self.by_steps or len(X) != len(rows):
+        if not self.stepper.blocks or not self.by_steps or len(X) != len(rows):
             yield rows, X, T
             return
         a, n = 0, len(X)

@@ -1,5 +1,5 @@
 """Trainer: sets a run up (data, model, state, run directory), runs the loop with its hooks, and
-uses the model. A facade: the work is in ``model``, ``train.state``, ``train.step``,
+uses the model. A facade: the work is in ``model``, ``train.state``, ``train.update``,
 ``train.loop``, ``train.hooks`` and ``io.rundir``.
 
 ``fit`` starts a new run each time it is called, as scikit-learn's estimators do (a history
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -49,7 +50,7 @@ from .hooks import (
 from .loop import Loop
 from .schema import TRAINER
 from .state import TrainState, checkpoint_contents, make_run_optimizer, restore
-from .step import Stepper
+from .update import Update, choose_update, divergence
 
 __all__ = ["Trainer"]
 
@@ -82,7 +83,7 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []
         self.sampler: Sampler | None = None
-        self.stepper: Stepper | None = None
+        self.stepper: Update | None = None
         self.fingerprint: dict[str, Any] = {}
         self.stop_requested: str | None = None
         self.log_every = DEFAULT_EVERY
@@ -408,10 +409,10 @@ class Trainer:
 
     def _train(self, train: Dataset, process, hooks: list) -> None:
         cfg, model = self.config, self.model
-        self.stepper = Stepper(cfg, model, self.optimizer, self.comm, total_steps=cfg.epochs * len(self.sampler))
+        self.stepper = choose_update(cfg, model, self.optimizer, self.comm, total_steps=cfg.epochs * len(self.sampler))
         self.stepper.load()  # before the loader limits BLAS threads: it loads scipy's BLAS
         transform, scale, prepare = model.loader_steps(cfg, train.path)
-        loader = Loader(train, self.sampler, whole_groups=self.stepper.per_sample, transform=transform,
+        loader = Loader(train, self.sampler, whole_groups=self.stepper.blocks, transform=transform,
                         decoder=cfg.decoder, process=process, scale=scale, workers=cfg.decoder_workers or None)
         with loader, loader.sharing_cores(self.comm.local_size):
             Loop(self, self.stepper, loader, hooks, prepare).run()
@@ -464,27 +465,22 @@ class Trainer:
             self.model = Model.build(cfg, stats, X.shape[1], [f"f{j}" for j in range(X.shape[1])], "y", None, None,
                                      "partial_fit")
             self.optimizer, self.state = make_run_optimizer(cfg), TrainState()
-            self.stepper = Stepper(cfg, self.model, self.optimizer)
+            self.stepper = choose_update(cfg, self.model, self.optimizer)
             self.stepper.load()
         elif X.shape[1] != self.net.n_in:
             raise DataError(f"partial_fit: {X.shape[1]} features, the model expects {self.net.n_in}")
         Xs, T = self.model.prepare(X, y, "partial_fit")
-        step, bs = self.stepper, cfg.batch_size
+        # a block of rows per update where the strategy takes blocks, else batches of batch_size
+        bs = max(len(Xs), 1) if self.stepper.blocks else cfg.batch_size
+        total = 0.0
         with np.errstate(over="ignore", invalid="ignore"):
-            if step.per_sample:  # (steps, the loss it returns summed over rows, run)
-                spans = [(len(Xs), True, lambda: step.samples(Xs, T, self.global_step, w))]
-            else:
-                spans = [(1, False, lambda a=a: step.batch(Xs[a:a + bs], T[a:a + bs], self.global_step,
-                                                            None if w is None else w[a:a + bs]))
-                         for a in range(0, len(Xs), bs)]
-            total = 0.0
-            for i, (steps, summed, run) in enumerate(spans):
-                loss, _ = run()
-                if not np.isfinite(loss):
-                    raise TrainingError(f"training diverged at batch step {self.global_step + 1} (loss is {loss});"
-                                        " lower the learning rate")
-                self.state.global_step += steps
-                total += loss if summed else loss * len(Xs[i * bs:(i + 1) * bs])
+            for a in range(0, len(Xs), bs):
+                done = self.stepper.update(Xs[a:a + bs], T[a:a + bs], self.global_step,
+                                           None if w is None else w[a:a + bs])
+                if not np.isfinite(done.loss_sum):
+                    raise divergence(f"batch step {self.global_step + 1}", done.loss)
+                self.state.global_step += done.steps
+                total += done.loss_sum
         self.last_loss = total / max(len(Xs), 1)  # the call's mean loss (per row)
         return self
 
@@ -493,8 +489,8 @@ class Trainer:
         """``(arrays, meta)`` of a checkpoint of this moment (a snapshot)."""
         for k, v in self.net.params.items():
             if not np.all(np.isfinite(v)):
-                raise TrainingError(f"training diverged: parameter {k} is not finite after batch step "
-                                    f"{self.global_step}; refusing to write a checkpoint (lower --lr)")
+                raise divergence(f"batch step {self.global_step} (parameter {k} is not finite; no checkpoint "
+                                 "written)", math.nan)
         if self.sampler is not None:
             self.state.sampler = self.sampler.state_dict()
         return checkpoint_contents(self.config, self.model, self.optimizer, self.state, self.fingerprint)

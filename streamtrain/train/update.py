@@ -1,0 +1,242 @@
+"""Update strategies: how a span of rows changes the parameters, behind one ``update()``.
+
+``choose_update`` is the one place for fast paths, chosen once per run:
+
+- ``PerSampleSGD``: batch size 1 with plain SGD on one process: the compiled per-sample loop,
+  a whole block of single-sample updates per call (``blocks``: the loader hands it whole groups);
+- ``FusedSGD``: minibatches with plain SGD on one process: the fused compiled step (forward,
+  backward and update in one call; it leaves the weights alone when the loss is not finite);
+- ``GradientStep``: another optimiser: the batch's gradients (compiled, or numpy) -> its step;
+- ``ReducedStep``: several processes: the gradients -> their sum over processes -> the step.
+
+The training loop, ``partial_fit`` and the service's learner call ``update`` alike and never
+ask which strategy they hold; a diverged update is reported by ``divergence``, written once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import TrainingError
+from ..nn import kernels, minibatch, online
+from ..nn.network import PARAM_NAMES
+from ..nn.schedules import rates
+from .distributed import LOCAL, Communicator
+
+__all__ = ["Update", "Outcome", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep", "choose_update",
+           "divergence", "stop_votes", "agreed_stop"]
+
+
+class Outcome(NamedTuple):
+    """What an update did: the summed loss of its rows (NaN or inf where it diverged: then the
+    parameters are as they were), the rows classified right before it, its steps and its rows
+    (with several processes, the global batch's)."""
+
+    loss_sum: float
+    correct: int
+    steps: int
+    rows: int
+
+    @property
+    def loss(self) -> float:
+        """The mean loss per row (plus the penalty, for a minibatch)."""
+        return self.loss_sum / max(self.rows, 1)
+
+
+def divergence(where: str, loss: float) -> TrainingError:
+    """The error of a run whose loss stopped being finite (``where``: "epoch 3, batch step 7")."""
+    return TrainingError(f"training diverged at {where} (loss is {loss}); lower the learning rate (--lr) "
+                         "or check the data for extreme values")
+
+
+def stop_votes(reason: str | None) -> tuple[float, float, float]:
+    """A process's wish to stop, as three counts to sum: (SIGTERM, SIGINT, anything else)."""
+    return (float(reason == "SIGTERM"), float(reason == "SIGINT"), float(reason not in (None, "SIGTERM", "SIGINT")))
+
+
+def agreed_stop(votes) -> str | None:
+    """Why every process stops, from the summed votes (a signal names it), or None."""
+    term, sigint, other = votes
+    return "SIGTERM" if term else "SIGINT" if sigint else "stopped by another process" if other else None
+
+
+class Update:
+    """``update(X, T, step, w)``: the update(s) a span of rows makes, the run's ``step``-th first;
+    ``T`` holds class indices (or regression targets), ``w`` per-row loss weights (a weight
+    column; class weights are applied here). Returns an ``Outcome``."""
+
+    blocks = False  # a call takes a block of rows, one step per row
+    reduces = False  # several processes take part in every step
+    compiled = False
+
+    def __init__(self, config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0):
+        self.config, self.net, self.task, self.optimizer, self.comm = config, model.net, model.task, optimizer, comm
+        self.lr, self.l1, self.l2 = config.learning_rate, config.l1, config.l2
+        self.scheduled = config.lr_schedule != "constant" or config.warmup > 0
+        self.total_steps = total_steps
+        self.class_weights = getattr(model, "class_weight_vector", None)
+        # Several processes stop together (``ReducedStep``): what this one wishes, what all agreed.
+        self.local_stop: str | None = None
+        self.stop_everywhere: str | None = None
+
+    def load(self) -> None:
+        """Compile (or load) the compiled code this strategy runs; before any BLAS thread limit is
+        set (the first product loads scipy's BLAS, which the limit must see)."""
+
+    def rate(self, step: int) -> float:
+        """The learning rate of the run's ``step``-th update."""
+        return float(rates(self.config, np.array([step]), self.total_steps)[0]) if self.scheduled else self.lr
+
+    def weights(self, T: np.ndarray, w: np.ndarray | None) -> np.ndarray | None:
+        """Each row's loss weight: its class's (if any) times its own (if any)."""
+        if self.class_weights is None:
+            return w
+        by_class = self.class_weights[T]
+        return by_class if w is None else by_class * w
+
+    def update(self, X: np.ndarray, T: np.ndarray, step: int = 0, w: np.ndarray | None = None) -> Outcome:
+        raise NotImplementedError
+
+    def advance(self, sampler, rows: int) -> None:
+        """Move the sampler past the ``rows`` this update took."""
+        sampler.advance_batch(rows)
+
+
+class PerSampleSGD(Update):
+    """One SGD step per row, a block of rows per compiled call."""
+
+    blocks = compiled = True
+
+    def update(self, X, T, step=0, w=None) -> Outcome:
+        params = self.net.params
+        before = {k: v.copy() for k, v in params.items()}
+        lr = rates(self.config, step + np.arange(len(X)), self.total_steps) if self.scheduled else self.lr
+        loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
+                                              self.weights(T, w))
+        if not (np.isfinite(loss_sum) and all(np.isfinite(v).all() for v in params.values())):
+            for k, v in before.items():  # leave the last good state
+                params[k][...] = v
+            loss_sum = math.nan
+        return Outcome(loss_sum, correct, len(X), len(X))
+
+    def advance(self, sampler, rows: int) -> None:
+        sampler.advance(rows)
+
+
+class FusedSGD(Update):
+    """Forward, backward and the SGD update of a batch in one compiled call."""
+
+    compiled = True
+
+    def load(self) -> None:
+        minibatch.load(self.config.dtype, True)
+
+    def update(self, X, T, step=0, w=None) -> Outcome:
+        net = self.net
+        loss, correct = minibatch.sgd_step(net.params, X, T, self.rate(step), self.l1, self.l2, net.activation,
+                                           self.task, self.weights(T, w))
+        return Outcome(loss * len(X), correct, 1, len(X))
+
+
+class GradientStep(Update):
+    """The batch's gradients (compiled where it can, else numpy), then the optimiser's step."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.compiled = self.config.compiled and minibatch.available()
+
+    def load(self) -> None:
+        if self.compiled:
+            minibatch.load(self.config.dtype, False)
+
+    def gradients(self, X, T, w, l1: float, l2: float) -> tuple[float, int, dict[str, np.ndarray]]:
+        """The mean loss (with the penalty of ``l1``, ``l2``), the rows right, and the gradients."""
+        net = self.net
+        if self.compiled:
+            return minibatch.loss_and_grads(net.params, X, T, l1, l2, net.activation, self.task, w)
+        loss, penalty, grads = net.loss_and_grads(X, T, l1, l2, w)
+        return loss + penalty, net.last_correct, grads
+
+    def step(self, total: float, grads: dict[str, np.ndarray], step: int) -> None:
+        if math.isfinite(total):
+            self.optimizer.lr = self.rate(step)
+            self.optimizer.step(self.net.params, grads)
+
+    def update(self, X, T, step=0, w=None) -> Outcome:
+        total, correct, grads = self.gradients(X, T, self.weights(T, w), self.l1, self.l2)
+        self.step(total, grads, step)
+        return Outcome(total * len(X), correct, 1, len(X))
+
+
+class ReducedStep(GradientStep):
+    """Several processes: each one's gradients of its share of the global batch, summed over all
+    in one allreduce (with the loss, the rows and each one's wish to stop), then the step."""
+
+    reduces = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.comm_seconds = 0.0  # time in the allreduce (waiting for the slowest process included)
+
+    def update(self, X, T, step=0, w=None) -> Outcome:
+        total, correct, grads, rows = self._reduced(X, T, self.weights(T, w))
+        self.step(total, grads, step)
+        return Outcome(total * rows, correct, 1, rows)
+
+    def _reduced(self, X: np.ndarray, T: np.ndarray, w=None) -> tuple[float, int, dict[str, np.ndarray], int]:
+        """The mean loss, the rows right and the gradients over every process's rows of this step's
+        global batch, and its rows. Each process's data gradients, weighted by its rows, its loss
+        and its row count go in one contiguous buffer and one sum; the penalty (of the weights
+        every process shares) is added once, after."""
+        net = self.net
+        n = len(X)
+        if n == 0:
+            loss, correct, grads = 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
+        else:
+            loss, correct, grads = self.gradients(X, T, w, 0.0, 0.0)
+        sizes = [grads[k].size for k in PARAM_NAMES]
+        buf = np.empty(sum(sizes) + 6, dtype=np.float64)
+        at = 0
+        for k, size in zip(PARAM_NAMES, sizes):
+            np.multiply(grads[k].reshape(-1), n, out=buf[at:at + size])
+            at += size
+        buf[at:at + 6] = (loss * n, correct, *stop_votes(self.local_stop), n)
+        started = time.perf_counter()
+        self.comm.allreduce(buf)
+        self.comm_seconds += time.perf_counter() - started
+        self.stop_everywhere = agreed_stop(buf[at + 2:at + 5])
+        total_n = int(buf[-1])  # the global batch's rows
+        if total_n == 0:
+            return 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}, 0
+        correct = int(round(buf[at + 1]))
+        buf /= total_n
+        at, out = 0, {}
+        for k, size in zip(PARAM_NAMES, sizes):
+            out[k] = buf[at:at + size].reshape(net.params[k].shape).astype(net.dtype)
+            at += size
+        for k in ("W1", "W2"):
+            wk = net.params[k]
+            if self.l2:
+                out[k] += self.l2 * wk
+            if self.l1:
+                out[k] += self.l1 * np.sign(wk)
+        return float(buf[at]) + net.penalty(self.l1, self.l2), correct, out, total_n
+
+
+def choose_update(config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0) -> Update:
+    """The strategy for this run's settings (see the module's documentation)."""
+    alone, sgd = comm.size == 1, config.optimizer == "sgd"
+    if not alone:
+        cls = ReducedStep
+    elif sgd and config.compiled and config.batch_size == 1 and config.scale != "batch-center" \
+            and kernels.available():
+        cls = PerSampleSGD
+    elif sgd and config.compiled and minibatch.available():
+        cls = FusedSGD
+    else:
+        cls = GradientStep
+    return cls(config, model, optimizer, comm, total_steps)
