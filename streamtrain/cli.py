@@ -656,7 +656,7 @@ def main(argv=None) -> None:
     except Interrupted as e:
         _fail(str(e), e.exit_code, debug)
     except StreamtrainError as e:
-        _fail(f"error: {e}", e.exit_code, debug, everywhere=isinstance(e, ConfigError))
+        _fail(f"error: {e}", e.exit_code, debug, everywhere=e.everywhere)
     except KeyboardInterrupt:
         _fail("interrupted", 130, debug)
     except OSError as e:  # an output or input the library did not name: still one line

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 __all__ = ["StreamtrainError", "DataError", "CheckpointError", "ConfigError", "TrainingError", "Interrupted",
-           "os_reason"]
+           "RankError", "os_reason"]
 
 
 class StreamtrainError(Exception):
-    """Base class: a problem the user can fix, reported in one line."""
+    """Base class: a problem the user can fix, reported in one line. ``everywhere``: every process
+    of a job meets it alike (a setting), so the first process is the one to report it."""
 
     exit_code = 2
+    everywhere = False
 
 
 class DataError(StreamtrainError, ValueError):
@@ -22,6 +24,18 @@ class CheckpointError(StreamtrainError, ValueError):
 
 class ConfigError(StreamtrainError, ValueError):
     """A setting of the wrong type or out of range."""
+
+    everywhere = True
+
+
+class RankError(StreamtrainError):
+    """What rank 0 refused, as another process of the job raises it: the same message and exit code."""
+
+    everywhere = True
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class TrainingError(StreamtrainError, RuntimeError):

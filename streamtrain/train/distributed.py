@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Communicator", "LOCAL", "MPICommunicator", "communicator", "active", "detect_world", "DISTRIBUTED"]
+__all__ = ["Communicator", "LOCAL", "MPICommunicator", "communicator", "active", "detect_world", "DISTRIBUTED", "decided_by_rank0"]
 
 # What --distributed may say: auto (MPI where a launcher started several processes), none, mpi.
 DISTRIBUTED = ("auto", "none", "mpi")
@@ -179,3 +179,31 @@ def communicator(setting: str = "auto") -> Communicator:
     if not _ACTIVE:
         _ACTIVE.append(comm)
     return comm if comm.size > 1 or setting == "mpi" else LOCAL
+
+
+def decided_by_rank0(comm: Communicator, decide, payload=None):
+    """``decide()`` on rank 0 alone; every process returns ``(outcome, payload bytes)``: what it
+    returned (JSON-able) and ``payload(outcome)``'s bytes (None if ``payload`` is None or gives
+    None), sent to all. Where rank 0's ``decide`` raises a ``StreamtrainError``, it raises it and
+    the others raise a ``RankError`` with its message and exit code."""
+    from ..errors import RankError, StreamtrainError
+
+    if comm.size == 1:
+        outcome = decide()
+        return outcome, None if payload is None else payload(outcome)
+    message = None
+    if comm.rank == 0:
+        try:
+            outcome = decide()
+            message = {"outcome": outcome}
+        except StreamtrainError as e:
+            comm.broadcast({"error": str(e), "exit_code": e.exit_code})
+            raise
+    message = comm.broadcast(message)
+    if "error" in message:
+        raise RankError(message["error"], message["exit_code"])
+    outcome = message["outcome"]
+    data = payload(outcome) if comm.rank == 0 and payload is not None else None
+    has = comm.broadcast(data is not None if comm.rank == 0 else None)
+    return outcome, (comm.broadcast_bytes(data) if has else None)
+

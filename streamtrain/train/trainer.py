@@ -10,7 +10,6 @@ continue a run, ``fit(..., checkpoint_dir=..., resume=True)``, or ``partial_fit`
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import os
@@ -19,36 +18,23 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..config import RESUME_MAY_CHANGE, TrainConfig
-from ..data.loader import Loader, check_budget, start_decoder, window_rows_for
+from ..config import TrainConfig
+from ..data.loader import Loader, check_budget, start_decoder
 from ..data.sampling import Sampler
-from ..data.scaling import DataStats, scan
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted, StreamtrainError, TrainingError, os_reason
-from ..io.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from ..errors import CheckpointError, Interrupted, TrainingError, os_reason
+from ..io.checkpoint import resolve_checkpoint, save_checkpoint
 from ..io.outputs import check_apart
 from ..io.rundir import RunDirectory
 from ..model import Model
 from ..nn import minibatch
-from ..progress import DEFAULT_EVERY, Progress
-from ..readers import ArrayDataset, open_dataset
+from ..progress import DEFAULT_EVERY
 from ..readers.base import Dataset
-from ..readers.subset import HoldoutSplit
 from .distributed import LOCAL, Communicator, communicator
-from .hooks import (
-    Checkpointer,
-    DirectoryWatch,
-    DivergenceGuard,
-    EarlyStopping,
-    EpochLog,
-    MetricsLog,
-    ProgressBar,
-    ProgressLines,
-    RanksAgree,
-    StopOnSignals,
-    Validation,
-)
 from .loop import Loop
+from .partial import partial_fit
+from .resume import adopt_settings, check_resumable, claim
 from .schema import TRAINER
+from .setup import check_settings, make_sampler, new_model, open_data, standard_hooks
 from .state import TrainState, checkpoint_contents, make_run_optimizer, restore
 from .update import Update, choose_update, divergence
 
@@ -142,7 +128,7 @@ class Trainer:
         comm = self.comm = distributed if isinstance(distributed, Communicator) else communicator(distributed)
         if comm.rank != 0:
             log = None  # one voice: rank 0's
-        self._check_settings(val is not None, resume, overwrite, checkpoint_dir)
+        check_settings(self.config, comm, val is not None, resume, overwrite, checkpoint_dir)
         if checkpoint_dir is not None:  # before its lock file is made: the data's place is not the run's
             check_apart(checkpoint_dir, [source, val], "checkpoint directory",
                         "give --checkpoint-dir a directory apart from the data")
@@ -155,9 +141,9 @@ class Trainer:
         try:
             # The directory lock is taken before reading any checkpoint, and held until training ends.
             with rundir or contextlib.nullcontext():
-                found = self._claim_everywhere(rundir, resume, overwrite, log)
+                found = claim(comm, rundir, resume, overwrite, log)
                 if found is not None:
-                    self._adopt_settings(found, force)
+                    self.config = adopt_settings(self.config, self.given, found, force)
                     saved_weight = found[2]["model"].get("weight")
                     if weight is None or weight == saved_weight:
                         weight = saved_weight  # the run's weight column, like its settings
@@ -167,8 +153,8 @@ class Trainer:
                 if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
                     # overlaps opening the data, the statistics pass, a checkpoint's restoring
                     minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd" and self.comm.size == 1)
-                train, val_ds = self._open(source, val, features, label, weight, log)
-                self.sampler = self._make_sampler(train)
+                train, val_ds, self.weight = open_data(cfg, comm, source, val, features, label, weight, log)
+                self.sampler = make_sampler(cfg, comm, train)
                 # Started before the statistics pass or the restore, so that its start-up overlaps them.
                 process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None,
                                         self.comm.local_size)
@@ -179,7 +165,8 @@ class Trainer:
                         log(f"no checkpoint in {checkpoint_dir}; starting fresh")
                     self._initialise(train, log)
                 self.rundir = rundir
-                hooks = self._hooks(val_ds, rundir, list(callbacks), log)
+                hooks = standard_hooks(self.config, self.model.task, comm, val_ds, rundir, list(callbacks), log,
+                                       self.log_every)
                 try:
                     self._train(train, process, hooks)
                 finally:
@@ -197,153 +184,9 @@ class Trainer:
                     resource.close()
         return self.history
 
-    def _check_settings(self, has_val: bool, resume: bool, overwrite: bool, checkpoint_dir) -> None:
-        """Refuse, before any data is read, settings that would do nothing or contradict each other."""
-        cfg = self.config
-        if resume and overwrite:
-            raise ConfigError("resume and overwrite contradict each other: give one")
-        if self.comm.size > 1 and cfg.batch_size == 1:
-            raise ConfigError(f"batch_size 1 on {self.comm.size} processes would make an allreduce per row: train "
-                              "online on one process (its compiled per-sample loop does 500k+ rows/s), or give a "
-                              f"batch of at least {self.comm.size} rows")
-        if (resume or overwrite) and not checkpoint_dir:
-            raise ConfigError(f"{'resume' if resume else 'overwrite'} needs a checkpoint directory")
-        validation = has_val or cfg.val_fraction > 0
-        watched = cfg.early_stopping_metric.startswith("val_")
-        for name, on in (("early_stopping", cfg.early_stopping), ("keep_best", cfg.keep_best)):
-            if on and watched and not validation:
-                raise ConfigError(f"{name} needs validation data (--val or --val-fraction): without it, it does nothing")
-        if cfg.early_stopping_metric.endswith("_r2") and cfg.task in ("binary", "multiclass") or \
-                cfg.early_stopping_metric.endswith("_accuracy") and cfg.task == "regression":
-            raise ConfigError(f"early_stopping_metric: a {cfg.task} run has no {cfg.early_stopping_metric}")
-
-    def _open(self, source, val, features, label, weight=None, log=None) -> tuple[Dataset, Dataset | None]:
-        cfg = self.config
-        opts = {"dtype": cfg.dtype, "nonfinite": "skip" if cfg.skip_nonfinite else "error",
-                "allow_missing_chunks": cfg.allow_missing_chunks}
-        self.weight = None
-        if weight is not None and not isinstance(weight, str):  # per-row values for (X, y) arrays
-            if not (isinstance(source, tuple) and len(source) == 2):
-                raise DataError("per-row weights go with (X, y) arrays; for a file, name its weight column")
-            X, y = np.asarray(source[0]), source[1]
-            w = np.asarray(weight, dtype=np.float64).reshape(-1)
-            if X.ndim != 2 or len(w) != len(X):
-                raise DataError(f"sample weights: {len(w)} values for {len(X)} rows")
-            source = ArrayDataset(np.column_stack([X, w]), y, dtype=cfg.dtype,
-                                  feature_names=[f"f{j}" for j in range(X.shape[1])] + ["sample_weight"])
-            weight = "sample_weight"
-        data = open_dataset(source, features, label, **opts)
-        if weight is not None:
-            data = self._with_weight(source, data, features, label, weight, opts)
-            self.weight = weight
-        if cfg.cache_dir:
-            data = self._decoded(data, log)
-        if val is not None:
-            return data, open_dataset(val, data.selection, data.label_name, **opts)
-        if cfg.val_fraction:
-            return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
-                    HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"))
-        return data, None
-
-    def _decoded(self, data: Dataset, log) -> Dataset:
-        """``data`` read from its decoded copy in ``cache_dir``: rank 0 makes it (if it is not there
-        yet) while the others wait, then each opens it (or, on a machine of its own, makes its own)."""
-        from ..readers.decoded import decoded_copy
-
-        cfg, comm = self.config, self.comm
-        if comm.rank == 0:
-            data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, log)
-        comm.barrier()
-        if comm.rank != 0:
-            data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, None)
-        return data
-
-    @staticmethod
-    def _with_weight(source, data: Dataset, features, label, weight: str, opts: dict) -> Dataset:
-        """The dataset read with the weight column after the features (one column per feature)."""
-        if list(data.feature_names)[-1:] == [weight] and data.format == "memory":
-            return data
-        if isinstance(data.selection, str):
-            raise DataError(f"{data.path}: a weight column goes with one column per feature (Parquet, Zarr or "
-                            f"HDF5 columns), not a 2-D features array ({data.selection!r})")
-        names = [n for n in data.feature_names if n != weight]
-        data.close()
-        return open_dataset(source, names + [weight], label, **opts)
-
-    def _claim_everywhere(self, rundir, resume: bool, overwrite: bool, log):
-        """``_claim`` on rank 0; the other processes get its outcome: the checkpoint to resume from
-        (its bytes, validated again by each), or the same refusal."""
-        comm = self.comm
-        if comm.size == 1:
-            return self._claim(rundir, resume, overwrite, log)
-        outcome, found = None, None
-        if comm.rank == 0:
-            try:
-                found = self._claim(rundir, resume, overwrite, log)
-                outcome = {"path": None if found is None else str(found[0])}
-            except StreamtrainError as e:
-                outcome = {"error": str(e), "kind": type(e).__name__}
-                comm.broadcast(outcome)
-                raise
-        outcome = comm.broadcast(outcome)
-        if "error" in outcome:
-            raise {"ConfigError": ConfigError, "DataError": DataError}.get(outcome["kind"], CheckpointError)(
-                outcome["error"])
-        if outcome["path"] is None:
-            return None
-        data = comm.broadcast_bytes(Path(found[0]).read_bytes() if comm.rank == 0 else None)
-        if comm.rank == 0:
-            return found
-        arrays, meta = load_checkpoint(io.BytesIO(data), TRAINER)
-        return Path(outcome["path"]), arrays, meta
-
-    def _claim(self, rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
-        """The checkpoint to resume from (or None), the directory made this run's."""
-        if rundir is None:
-            return None
-        if resume:
-            return rundir.resume_point(TRAINER, warn=log and (lambda m: log(f"warning: {m}")))
-        if rundir.holds_run():
-            if not overwrite:
-                raise CheckpointError(f"{rundir.path}: holds another run's checkpoints; pass --resume to continue "
-                                      "it, or --overwrite to replace it (or use another --checkpoint-dir)")
-            rundir.clear()
-        rundir.start_metrics()
-        return None
-
-    def _adopt_settings(self, found, force: bool) -> None:
-        """The run's settings from its checkpoint, with those given here where they may change."""
-        path, _, meta = found
-        saved = TrainConfig.from_dict(meta["config"])
-        mine = self.config
-        changed = [k for k in ("hidden", "activation", "dtype") if getattr(saved, k) != getattr(mine, k)
-                   and (self.given is None or k in self.given)]
-        if changed:  # not even --force: the saved parameters have another shape
-            k = changed[0]
-            raise CheckpointError(f"{path}: cannot resume with another {k} ({getattr(saved, k)!r} -> "
-                                  f"{getattr(mine, k)!r}); use another --checkpoint-dir for a new model")
-        problems = mine.differences(saved, self.given)
-        if problems and not force:
-            raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
-                                  f"{'; '.join(problems)} (pass --force to resume anyway)")
-        given = set(mine.to_dict()) if self.given is None else self.given
-        keep = {k for k in given if k in RESUME_MAY_CHANGE or force}
-        keep -= {"hidden", "activation", "dtype"}
-        self.config = TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(mine, k) for k in keep}})
-
     def _resume(self, found, train: Dataset, rundir: RunDirectory, force: bool, log) -> None:
         path, arrays, meta = found
-        fp = train.fingerprint()
-        saved_fp = meta["fingerprint"]
-        problems = [("data changed in place (its files' sizes or modification times, or sampled chunks, differ)"
-                     if k == "content" else f"data {k}: {saved_fp[k]!r} -> {fp[k]!r}")
-                    for k in fp if k in saved_fp and saved_fp[k] != fp[k]]
-        if problems and not force:
-            raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
-                                  f"{'; '.join(problems)} (pass --force to resume anyway)")
-        if meta["model"]["n_in"] != train.n_features:
-            raise CheckpointError(f"{path}: the model takes {meta['model']['n_in']} features, "
-                                  f"{train.path} has {train.n_features}")
+        fp = check_resumable(found, train, force)
         _, self.model, _, self.state, _ = restore(arrays, meta)
         self.optimizer = make_run_optimizer(self.config, arrays)  # this run's settings, the saved state
         self.fingerprint = fp
@@ -358,54 +201,8 @@ class Trainer:
             log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
 
     def _initialise(self, data: Dataset, log) -> None:
-        if data.label_name is None:
-            raise DataError(f"{data.path}: no label found; name it with --label")
-        cfg = self.config
-        # Only what the run needs: feature statistics for standard scaling, else the labels alone
-        # (the classes; for a regression the first chunk's width).
-        features = cfg.scale == "standard"
-        first_only = not features and cfg.task == "regression"
-        what = (f"statistics pass over {data.path} (feature means and variances for --scale standard; the label's "
-                "classes)" if features else f"reading the labels of {data.path} ("
-                + ("their width" if first_only else "the classes") + f"; --scale {cfg.scale} needs no feature statistics)")
-        comm = self.comm
-        with Progress(data.n_rows, what, log, self.log_every) as progress:
-            # with several processes, each reads its share of the chunks; the statistics are merged
-            stats = scan(data, features, progress.update, first_only, (comm.rank, comm.size)).merged_across(comm)
-        self.model = Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name,
-                                 data.selection, data.format, data.path, log, self.weight)
-        self.optimizer = make_run_optimizer(self.config)
-        self.state = TrainState()
-        self.fingerprint = data.fingerprint()
-
-    def _make_sampler(self, train: Dataset) -> Sampler:
-        cfg = self.config
-        return Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
-                       window_rows=window_rows_for(cfg.window_mb * 2**20, train), replacement=cfg.replacement,
-                       rank=self.comm.rank, world_size=self.comm.size, shard="batches")
-
-    def _hooks(self, val_ds, rundir, callbacks: list, log) -> list:
-        cfg = self.config
-        hooks: list = [DivergenceGuard()]
-        if val_ds is not None:
-            hooks.append(Validation(val_ds, log, self.log_every))
-        metric, regression = cfg.early_stopping_metric, self.model.task == "regression"
-        recorded = not (metric.endswith("_r2") and not regression or metric.endswith("_accuracy") and regression)
-        if not recorded and (cfg.early_stopping or cfg.keep_best):
-            raise ConfigError(f"early_stopping_metric: a {self.model.task} run has no {metric}")
-        if recorded and (val_ds is not None or not metric.startswith("val_")):
-            hooks.append(EarlyStopping(cfg.early_stopping, log, metric, cfg.min_delta))
-        if log:
-            hooks.append(EpochLog(log))
-            if not any(isinstance(h, ProgressBar) for h in callbacks):
-                hooks.append(ProgressLines(log, self.log_every))
-        if rundir is not None:
-            hooks += [Checkpointer(rundir, self.config), MetricsLog(rundir), DirectoryWatch(rundir)]
-        if self.comm.size > 1:
-            hooks.append(RanksAgree(self.comm))
-        hooks += callbacks  # after the checkpointer: at the end of training, the final checkpoint is there
-        hooks.append(StopOnSignals())
-        return hooks
+        self.model = new_model(self.config, self.comm, data, self.weight, log, self.log_every)
+        self.optimizer, self.state, self.fingerprint = make_run_optimizer(self.config), TrainState(), data.fingerprint()
 
     def _train(self, train: Dataset, process, hooks: list) -> None:
         cfg, model = self.config, self.model
@@ -446,42 +243,7 @@ class Trainer:
         >>> t.partial_fit(X, (X[:, 0] > 0).astype(int), classes=[0, 1]).task
         'binary'
         """
-        cfg = self.config
-        if cfg.lr_schedule == "cosine":
-            raise ConfigError("lr_schedule cosine decays over a run's steps, which partial_fit does not know; "
-                              "use another schedule")
-        X = np.asarray(X, dtype=cfg.dtype)
-        y = np.asarray(y)
-        if X.ndim != 2 or len(X) != len(y):
-            raise DataError(f"partial_fit: X must be (rows, features) with one label per row; got {X.shape}, {y.shape}")
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=cfg.dtype).reshape(-1)
-        if w is not None and len(w) != len(X):
-            raise DataError(f"partial_fit: {len(w)} sample weights for {len(X)} rows")
-        if self.model is None:
-            stats = DataStats()
-            stats.update(X, y, "partial_fit")
-            if classes is not None:
-                stats.classes |= set(np.asarray(classes).tolist())
-            self.model = Model.build(cfg, stats, X.shape[1], [f"f{j}" for j in range(X.shape[1])], "y", None, None,
-                                     "partial_fit")
-            self.optimizer, self.state = make_run_optimizer(cfg), TrainState()
-            self.stepper = choose_update(cfg, self.model, self.optimizer)
-            self.stepper.load()
-        elif X.shape[1] != self.net.n_in:
-            raise DataError(f"partial_fit: {X.shape[1]} features, the model expects {self.net.n_in}")
-        Xs, T = self.model.prepare(X, y, "partial_fit")
-        # a block of rows per update where the strategy takes blocks, else batches of batch_size
-        bs = max(len(Xs), 1) if self.stepper.blocks else cfg.batch_size
-        total = 0.0
-        with np.errstate(over="ignore", invalid="ignore"):
-            for a in range(0, len(Xs), bs):
-                done = self.stepper.update(Xs[a:a + bs], T[a:a + bs], self.global_step,
-                                           None if w is None else w[a:a + bs])
-                if not np.isfinite(done.loss_sum):
-                    raise divergence(f"batch step {self.global_step + 1}", done.loss)
-                self.state.global_step += done.steps
-                total += done.loss_sum
-        self.last_loss = total / max(len(Xs), 1)  # the call's mean loss (per row)
+        partial_fit(self, X, y, classes, sample_weight)
         return self
 
     # -- checkpoints ------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""Resuming a run: the checkpoint directory made this run's (or the checkpoint to continue from),
+the run's settings adopted from it, and the data checked to be what it was trained on."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from ..config import RESUME_MAY_CHANGE, TrainConfig
+from ..errors import CheckpointError
+from ..io.checkpoint import load_checkpoint
+from ..io.rundir import RunDirectory
+from ..readers.base import Dataset
+from .distributed import decided_by_rank0
+from .schema import TRAINER
+
+__all__ = ["claim", "adopt_settings", "check_resumable"]
+
+# What a resumed run can never change: the saved parameters have their shape and type.
+FIXED = ("hidden", "activation", "dtype")
+
+
+def claim(comm, rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
+    """The checkpoint ``(path, arrays, meta)`` to resume from, or None; the directory is made this
+    run's. Rank 0 decides (it alone owns the directory); the others get its checkpoint's bytes
+    and validate them again, or the same refusal."""
+    found = []
+
+    def decide():
+        found.append(_claim(rundir, resume, overwrite, log))
+        return {"path": None if found[0] is None else str(found[0][0])}
+
+    outcome, data = decided_by_rank0(comm, decide, lambda o: Path(o["path"]).read_bytes() if o["path"] else None)
+    if found or outcome["path"] is None:  # rank 0 (or alone), or nothing to resume from
+        return found[0] if found else None
+    arrays, meta = load_checkpoint(io.BytesIO(data), TRAINER)
+    return Path(outcome["path"]), arrays, meta
+
+
+def _claim(rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
+    if rundir is None:
+        return None
+    if resume:
+        return rundir.resume_point(TRAINER, warn=log and (lambda m: log(f"warning: {m}")))
+    if rundir.holds_run():
+        if not overwrite:
+            raise CheckpointError(f"{rundir.path}: holds another run's checkpoints; pass --resume to continue "
+                                  "it, or --overwrite to replace it (or use another --checkpoint-dir)")
+        rundir.clear()
+    rundir.start_metrics()
+    return None
+
+
+def adopt_settings(mine: TrainConfig, given: set | None, found, force: bool) -> TrainConfig:
+    """The run's settings from its checkpoint, with those ``given`` here (None: all) where they may
+    change (with ``force``, any but the model's shape)."""
+    path, _, meta = found
+    saved = TrainConfig.from_dict(meta["config"])
+    changed = [k for k in FIXED if getattr(saved, k) != getattr(mine, k) and (given is None or k in given)]
+    if changed:  # not even --force: the saved parameters have another shape
+        k = changed[0]
+        raise CheckpointError(f"{path}: cannot resume with another {k} ({getattr(saved, k)!r} -> "
+                              f"{getattr(mine, k)!r}); use another --checkpoint-dir for a new model")
+    problems = mine.differences(saved, given)
+    if problems and not force:
+        raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
+                              f"{'; '.join(problems)} (pass --force to resume anyway)")
+    given = set(mine.to_dict()) if given is None else given
+    keep = {k for k in given if k in RESUME_MAY_CHANGE or force} - set(FIXED)
+    return TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(mine, k) for k in keep}})
+
+
+def check_resumable(found, train: Dataset, force: bool) -> dict:
+    """The data's fingerprint, where it is the data the checkpoint was trained on (or ``force``)."""
+    path, _, meta = found
+    fp = train.fingerprint()
+    saved_fp = meta["fingerprint"]
+    problems = [("data changed in place (its files' sizes or modification times, or sampled chunks, differ)"
+                 if k == "content" else f"data {k}: {saved_fp[k]!r} -> {fp[k]!r}")
+                for k in fp if k in saved_fp and saved_fp[k] != fp[k]]
+    if problems and not force:
+        raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
+                              f"{'; '.join(problems)} (pass --force to resume anyway)")
+    if meta["model"]["n_in"] != train.n_features:
+        raise CheckpointError(f"{path}: the model takes {meta['model']['n_in']} features, "
+                              f"{train.path} has {train.n_features}")
+    return fp

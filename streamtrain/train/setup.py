@@ -1,0 +1,153 @@
+"""Setting a run up: its settings checked before any data is read, its data opened (a weight
+column, a decoded copy, a validation split), its sampler, and the hooks a run always has."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.loader import window_rows_for
+from ..data.sampling import Sampler
+from ..data.scaling import scan
+from ..errors import ConfigError, DataError
+from ..model import Model
+from ..progress import Progress
+from ..readers import ArrayDataset, open_dataset
+from ..readers.base import Dataset
+from ..readers.subset import HoldoutSplit
+from .hooks import (
+    Checkpointer,
+    DirectoryWatch,
+    DivergenceGuard,
+    EarlyStopping,
+    EpochLog,
+    MetricsLog,
+    ProgressBar,
+    ProgressLines,
+    RanksAgree,
+    StopOnSignals,
+    Validation,
+)
+
+__all__ = ["check_settings", "open_data", "make_sampler", "new_model", "standard_hooks"]
+
+
+def check_settings(cfg, comm, has_val: bool, resume: bool, overwrite: bool, checkpoint_dir) -> None:
+    """Refuse, before any data is read, settings that would do nothing or contradict each other."""
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite contradict each other: give one")
+    if comm.size > 1 and cfg.batch_size == 1:
+        raise ConfigError(f"batch_size 1 on {comm.size} processes would make an allreduce per row: train "
+                          "online on one process (its compiled per-sample loop does 500k+ rows/s), or give a "
+                          f"batch of at least {comm.size} rows")
+    if (resume or overwrite) and not checkpoint_dir:
+        raise ConfigError(f"{'resume' if resume else 'overwrite'} needs a checkpoint directory")
+    validation = has_val or cfg.val_fraction > 0
+    watched = cfg.early_stopping_metric.startswith("val_")
+    for name, on in (("early_stopping", cfg.early_stopping), ("keep_best", cfg.keep_best)):
+        if on and watched and not validation:
+            raise ConfigError(f"{name} needs validation data (--val or --val-fraction): without it, it does nothing")
+    if cfg.early_stopping_metric.endswith("_r2") and cfg.task in ("binary", "multiclass") or \
+            cfg.early_stopping_metric.endswith("_accuracy") and cfg.task == "regression":
+        raise ConfigError(f"early_stopping_metric: a {cfg.task} run has no {cfg.early_stopping_metric}")
+
+
+def open_data(cfg, comm, source, val, features, label, weight=None, log=None
+              ) -> tuple[Dataset, Dataset | None, str | None]:
+    """``(training data, validation data or None, the weight column or None)`` of a run."""
+    opts = {"dtype": cfg.dtype, "nonfinite": "skip" if cfg.skip_nonfinite else "error",
+            "allow_missing_chunks": cfg.allow_missing_chunks}
+    if weight is not None and not isinstance(weight, str):  # per-row values for (X, y) arrays
+        if not (isinstance(source, tuple) and len(source) == 2):
+            raise DataError("per-row weights go with (X, y) arrays; for a file, name its weight column")
+        X, y = np.asarray(source[0]), source[1]
+        w = np.asarray(weight, dtype=np.float64).reshape(-1)
+        if X.ndim != 2 or len(w) != len(X):
+            raise DataError(f"sample weights: {len(w)} values for {len(X)} rows")
+        source = ArrayDataset(np.column_stack([X, w]), y, dtype=cfg.dtype,
+                              feature_names=[f"f{j}" for j in range(X.shape[1])] + ["sample_weight"])
+        weight = "sample_weight"
+    data = open_dataset(source, features, label, **opts)
+    if weight is not None:
+        data = _with_weight(source, data, label, weight, opts)
+    if cfg.cache_dir:
+        data = _decoded(cfg, comm, data, log)
+    if val is not None:
+        return data, open_dataset(val, data.selection, data.label_name, **opts), weight
+    if cfg.val_fraction:
+        return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
+                HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"), weight)
+    return data, None, weight
+
+
+def _decoded(cfg, comm, data: Dataset, log) -> Dataset:
+    """``data`` read from its decoded copy in ``cache_dir``: rank 0 makes it (if it is not there
+    yet) while the others wait, then each opens it (or, on a machine of its own, makes its own)."""
+    from ..readers.decoded import decoded_copy
+
+    if comm.rank == 0:
+        data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, log)
+    comm.barrier()
+    if comm.rank != 0:
+        data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, None)
+    return data
+
+
+def _with_weight(source, data: Dataset, label, weight: str, opts: dict) -> Dataset:
+    """The dataset read with the weight column after the features (one column per feature)."""
+    if list(data.feature_names)[-1:] == [weight] and data.format == "memory":
+        return data
+    if isinstance(data.selection, str):
+        raise DataError(f"{data.path}: a weight column goes with one column per feature (Parquet, Zarr or "
+                        f"HDF5 columns), not a 2-D features array ({data.selection!r})")
+    names = [n for n in data.feature_names if n != weight]
+    data.close()
+    return open_dataset(source, names + [weight], label, **opts)
+
+
+def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: float):
+    """A new model for ``data``, from a pass over what the run needs: feature statistics for
+    standard scaling, else the labels alone (the classes; for a regression the first chunk's
+    width). With several processes each reads its share of the chunks; the statistics are merged."""
+    if data.label_name is None:
+        raise DataError(f"{data.path}: no label found; name it with --label")
+    features = cfg.scale == "standard"
+    first_only = not features and cfg.task == "regression"
+    what = (f"statistics pass over {data.path} (feature means and variances for --scale standard; the label's "
+            "classes)" if features else f"reading the labels of {data.path} ("
+            + ("their width" if first_only else "the classes") + f"; --scale {cfg.scale} needs no feature statistics)")
+    with Progress(data.n_rows, what, log, log_every) as progress:
+        stats = scan(data, features, progress.update, first_only, (comm.rank, comm.size)).merged_across(comm)
+    return Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
+                       data.format, data.path, log, weight)
+
+
+def make_sampler(cfg, comm, train: Dataset) -> Sampler:
+    """The run's sampler over ``train`` (this process's share of each global batch)."""
+    return Sampler(train.bounds, cfg.batch_size, cfg.shuffle, cfg.seed, cfg.drop_last,
+                   window_rows=window_rows_for(cfg.window_mb * 2**20, train), replacement=cfg.replacement,
+                   rank=comm.rank, world_size=comm.size, shard="batches")
+
+
+def standard_hooks(cfg, task: str, comm, val_ds, rundir, callbacks: list, log, log_every: float) -> list:
+    """The hooks of a run, in order: the divergence guard, validation, early stopping, the epoch
+    and progress lines, the checkpointer (with the metrics and the directory's watch), the ranks'
+    agreement, the user's ``callbacks`` (after the checkpointer: at the end of training, the
+    final checkpoint is there), and the signals."""
+    hooks: list = [DivergenceGuard()]
+    if val_ds is not None:
+        hooks.append(Validation(val_ds, log, log_every))
+    metric, regression = cfg.early_stopping_metric, task == "regression"
+    recorded = not (metric.endswith("_r2") and not regression or metric.endswith("_accuracy") and regression)
+    if not recorded and (cfg.early_stopping or cfg.keep_best):
+        raise ConfigError(f"early_stopping_metric: a {task} run has no {metric}")
+    if recorded and (val_ds is not None or not metric.startswith("val_")):
+        hooks.append(EarlyStopping(cfg.early_stopping, log, metric, cfg.min_delta))
+    if log:
+        hooks.append(EpochLog(log))
+        if not any(isinstance(h, ProgressBar) for h in callbacks):
+            hooks.append(ProgressLines(log, log_every))
+    if rundir is not None:
+        hooks += [Checkpointer(rundir, cfg), MetricsLog(rundir), DirectoryWatch(rundir)]
+    if comm.size > 1:
+        hooks.append(RanksAgree(comm))
+    return hooks + list(callbacks) + [StopOnSignals()]
