@@ -6,9 +6,14 @@
 Each case trains in a fresh process that imports streamtrain from either a worktree of REV
 or this checkout; the two alternate, and the best of ``--reps`` runs of each is compared
 (this machine's speed drifts by tens of percent between runs, less between neighbours).
-Cases: batch 256 with window shuffle from uncompressed HDF5, gzip HDF5, Zarr and Parquet;
-batch 1 from uncompressed HDF5 without and with a progress bar. Writes
-``benchmarks/ab.json`` and prints a table.
+Library cases (``Trainer.fit``, no checkpoint directory): batch 256 with window shuffle from
+uncompressed HDF5, gzip HDF5, Zarr and Parquet; batch 1 from uncompressed HDF5 without and
+with a progress bar. Command cases, as users run it and as scripts/bench.py's headline rows
+do: ``streamtrain train FILE --batch-size B --hidden 64 --epochs 2 --checkpoint-dir DIR`` (a
+new directory per run, stdout and stderr on a pseudo-terminal so the progress bar draws) at
+batch 256 from each format and batch 1 from uncompressed HDF5; compared on the command's own
+figure (metrics.jsonl, epoch 2) and on its wall time. Writes ``benchmarks/ab.json`` and
+prints a table.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from bench import cli_train  # a sibling script: the benchmark's command cases
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "benchmarks" / "scratch"
@@ -57,6 +64,32 @@ def rate(tree: Path, path: Path, batch: int, bar: bool) -> float:
     return float(speed)
 
 
+def command(tree: Path) -> list[str]:
+    """The streamtrain command that runs ``tree``'s code: the console script beside this
+    interpreter (its PYTHONPATH names the tree), or where the tree predates its entry module,
+    its click group."""
+    script = Path(sys.executable).with_name("streamtrain")
+    if script.exists() and (tree / "streamtrain" / "entry.py").exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from streamtrain.cli import cli; sys.argv[0] = 'streamtrain'; cli()"]
+
+
+def check_imports(tree: Path) -> None:
+    """The command run with PYTHONPATH=tree imports the tree's streamtrain (not the installed one):
+    checked from outside the tree, as the console script starts."""
+    out = subprocess.run([sys.executable, "-c", "import streamtrain; print(streamtrain.__file__)"], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(tree)}, cwd=SCRATCH, check=True)
+    where = Path(out.stdout.strip())
+    if where.resolve().parent.parent != tree.resolve():
+        raise SystemExit(f"ab.py: the command meant for {tree} would import streamtrain from {where}")
+
+
+def cli_rate(tree: Path, path: Path, batch: int) -> dict:
+    """The command in ``tree``: its epoch 2 (metrics.jsonl) and its wall-time rate."""
+    r = cli_train(path, batch, 2, command=command(tree), env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
+    return {"epochs": r["epochs_rate"], "wall": r["wall_rate"], "stderr": r["stderr"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rev")
@@ -79,10 +112,13 @@ def main() -> None:
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.rev], cwd=ROOT, check=True,
                    capture_output=True)
     cases = [(name, 256, False) for name in files] + [("hdf5", 1, False), ("hdf5", 1, True)]
-    results = []
+    cli_cases = [(name, 256) for name in files] + [("hdf5", 1)]
+    results, cli_results = [], []
     try:
         for tree in (old, ROOT):  # compile (or load numba's cache) once per tree
+            check_imports(tree)
             rate(tree, paths["hdf5"], 1, False)
+            cli_rate(tree, paths["hdf5"], 256)
         for name, batch, bar in cases:
             a = b = 0.0
             for _ in range(args.reps):
@@ -92,6 +128,18 @@ def main() -> None:
                             "ratio": b / a})
             print(f"{name:15s} batch {batch:4d} {'bar' if bar else '   '}  {args.rev}: {a:12,.0f}/s   "
                   f"tree: {b:12,.0f}/s   ratio {b / a:.3f}", flush=True)
+        for name, batch in cli_cases:
+            a, b = {"epochs": 0.0, "wall": 0.0}, {"epochs": 0.0, "wall": 0.0}
+            for _ in range(args.reps):
+                for best, tree in ((a, old), (b, ROOT)):
+                    r = cli_rate(tree, paths[name], batch)
+                    best.update({k: max(best[k], r[k]) for k in ("epochs", "wall")}, stderr=r["stderr"])
+            cli_results.append({"format": name, "batch_size": batch, "stderr": b["stderr"], "rev": a["epochs"],
+                                "tree": b["epochs"], "ratio": b["epochs"] / a["epochs"], "rev_wall": a["wall"],
+                                "tree_wall": b["wall"], "wall_ratio": b["wall"] / a["wall"]})
+            print(f"{name:15s} batch {batch:4d} cli  {args.rev}: {a['epochs']:12,.0f}/s   tree: {b['epochs']:12,.0f}/s"
+                  f"   ratio {b['epochs'] / a['epochs']:.3f}; whole command {a['wall']:10,.0f}/s vs "
+                  f"{b['wall']:10,.0f}/s, ratio {b['wall'] / a['wall']:.3f}", flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
         shutil.rmtree(old, ignore_errors=True)
@@ -99,7 +147,8 @@ def main() -> None:
     plain = next(r for r in results if r["batch_size"] == 1 and not r["progress_bar"])["tree"]
     print(f"batch 1 with the progress bar / without it (tree): {bar / plain:.3f}")
     out = {"rev": args.rev, "rows": args.rows, "reps": args.reps, "cases": results,
-           "batch1_bar_over_plain": bar / plain}
+           "batch1_bar_over_plain": bar / plain, "cli_cases": cli_results,
+           "cli_command": "streamtrain train FILE --batch-size B --hidden 64 --epochs 2 --checkpoint-dir DIR"}
     (ROOT / "benchmarks" / "ab.json").write_text(json.dumps(out, indent=2) + "\n")
 
 

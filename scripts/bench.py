@@ -4,9 +4,13 @@
 Writes benchmarks/report.md (Markdown) and benchmarks/results.json (raw figures).
 Creates its data with make-data under benchmarks/scratch/ and removes it at the end.
 
-    .venv/bin/python scripts/bench.py [--rows 1000000] [--features 64] [--only readers,...]
+    .venv/bin/python scripts/bench.py [--rows 1000000] [--features 64] [--only cli,readers,...] [--readme]
 
 Sections:
+  cli       the headline rows: the streamtrain command as the README shows it (a checkpoint directory,
+            progress bars on a pseudo-terminal) training at batch 1, 32, 256 from each format and from
+            the decoded copy, evaluate and predict, each beside the same case through the library
+            (Trainer.fit, no checkpoint directory), interleaved; --readme writes the README's table
   readers   full sequential scan through streamtrain vs h5py / zarr / pyarrow reading the same
             chunks in a bare loop (target: >= 0.80 of the bare loop)
   loader    sampler + prefetching loader per shuffle mode vs the sequential scan (targets: window
@@ -447,6 +451,352 @@ def bench_cache(files, rows, chunk_rows) -> list[dict]:
     return results
 
 
+# -- the streamtrain command as users run it: the headline rows ------------------------
+# Users run the command, which always has a checkpoint directory and draws progress bars on a
+# terminal; these rows run it so, each beside the library case it corresponds to (Trainer.fit
+# in this process, no checkpoint directory, nothing logged), interleaved over rounds.
+CLI_EPOCHS = 2  # epochs 2+ of a 2-epoch run: the second (epoch 1 pays numba's load, the decoder's start)
+CLI_BATCHES = (1, 32, 256)
+CLI_ROUNDS = 2  # --cli-rounds
+NOISE = 0.10  # CLI and library figures further apart than this are flagged in the report
+
+
+def streamtrain_command() -> list[str]:
+    """The ``streamtrain`` executable beside this interpreter (the console script users run)."""
+    exe = Path(sys.executable).with_name("streamtrain")
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from streamtrain.entry import main; sys.argv[0] = 'streamtrain'; "
+            "sys.exit(main())"]
+
+
+def run_command(args: list[str], terminal: bool = True, env: dict | None = None, cwd=None) -> dict:
+    """Run a command with stdout and stderr on a pseudo-terminal, as on a user's terminal (the
+    command then draws its tqdm bars), or on a pipe where no pseudo-terminal can be made (or
+    ``terminal`` is False); ``{"seconds": wall time from start to exit, "stderr": "pty" or "pipe"}``."""
+    import threading
+
+    master = slave = None
+    if terminal:
+        try:
+            import fcntl
+            import pty
+            import struct
+            import termios
+
+            master, slave = pty.openpty()
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 x 24
+        except (ImportError, OSError):
+            master = slave = None
+    if master is None:
+        t = time.perf_counter()
+        out = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=cwd)
+        seconds = time.perf_counter() - t
+        tail = (out.stdout + out.stderr)[-3000:]
+        rc = out.returncode
+    else:
+        chunks: list[bytes] = []
+
+        def drain():  # the terminal's reader: without one the command blocks once the buffer fills
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every process holding the terminal has closed it
+                    return
+                if not data:
+                    return
+                chunks.append(data)
+                del chunks[:-64]
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        t = time.perf_counter()
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, cwd=cwd)
+            rc = proc.wait()
+            seconds = time.perf_counter() - t
+        finally:
+            os.close(slave)
+            reader.join(10)
+            os.close(master)
+        tail = b"".join(chunks).decode(errors="replace")[-3000:]
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(map(str, args))} exited with {rc}:\n{tail}")
+    return {"seconds": seconds, "stderr": "pipe" if master is None else "pty"}
+
+
+def _epochs_rate(history: list[dict]) -> float:
+    """Samples/s of the fastest of epochs 2+ (of the only epoch where there is one)."""
+    later = history[1:] or history
+    return max(h["samples"] / h["seconds"] for h in later)
+
+
+def files_features(files) -> int:
+    import streamtrain as st
+
+    with st.open_dataset(files["hdf5"]) as ds:
+        return ds.n_features
+
+
+def cli_train(path: Path, batch: int, epochs: int = CLI_EPOCHS, cached: bool = False, terminal: bool = True,
+              command: list[str] | None = None, env: dict | None = None, cwd=None) -> dict:
+    """``streamtrain train PATH --batch-size B --hidden 64 --epochs E --checkpoint-dir DIR``, in a
+    fresh checkpoint directory (and with ``cached`` a fresh ``--cache-dir``): the command's own
+    figure (metrics.jsonl, epochs 2+), its wall time, and the seconds its epochs took.
+    ``command``, ``env``, ``cwd``: another streamtrain's command (scripts/ab.py)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=SCRATCH, prefix="cli-") as d:
+        run = Path(d) / "run"
+        args = [*(command or streamtrain_command()), "train", str(path), "--batch-size", str(batch), "--hidden", "64",
+                "--epochs", str(epochs), "--checkpoint-dir", str(run)]
+        if cached:
+            args += ["--cache-dir", str(Path(d) / "cache")]
+        out = run_command(args, terminal, env, cwd)
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    samples = sum(h["samples"] for h in history)
+    return {"epochs_rate": _epochs_rate(history), "wall_rate": samples / out["seconds"], "seconds": out["seconds"],
+            "in_epochs_s": sum(h["seconds"] for h in history), "stderr": out["stderr"]}
+
+
+def library_train(path: Path, batch: int, epochs: int = CLI_EPOCHS, cached: bool = False,
+                  as_cli: bool = False) -> dict:
+    """The same case through the library in this process: ``Trainer(hidden=64, epochs=E,
+    batch_size=B).fit(PATH, log=None)``, no checkpoint directory (``as_cli``: with one, the
+    command's log lines and a progress bar drawn into a string, to tell the hooks' cost from the
+    process's)."""
+    import io
+    import tempfile
+
+    import streamtrain as st
+    from streamtrain.train.hooks import ProgressBar
+
+    with tempfile.TemporaryDirectory(dir=SCRATCH, prefix="lib-") as d:
+        t = st.Trainer(hidden=64, epochs=epochs, batch_size=batch, cache_dir=str(Path(d) / "cache") if cached else "")
+        extra = dict(checkpoint_dir=str(Path(d) / "run"), callbacks=[ProgressBar(file=io.StringIO())],
+                     log=lambda line: None) if as_cli else dict(log=None)
+        start = time.perf_counter()
+        history = t.fit(str(path), **extra)
+        seconds = time.perf_counter() - start
+    samples = sum(h["samples"] for h in history)
+    return {"epochs_rate": _epochs_rate(history), "wall_rate": samples / seconds, "seconds": seconds,
+            "in_epochs_s": sum(h["seconds"] for h in history)}
+
+
+def cli_use(command: str, run: Path, path: Path, rows: int) -> dict:
+    """``streamtrain evaluate RUN PATH`` or ``streamtrain predict RUN PATH --out OUT.parquet``: rows/s
+    of the whole command."""
+    out = SCRATCH / "cli-predictions.parquet"
+    out.unlink(missing_ok=True)
+    args = [*streamtrain_command(), command, str(run), str(path)]
+    args += ["--out", str(out)] if command == "predict" else []
+    r = run_command(args)
+    out.unlink(missing_ok=True)
+    return {"wall_rate": rows / r["seconds"], "seconds": r["seconds"], "stderr": r["stderr"]}
+
+
+def library_use(command: str, run: Path, path: Path, rows: int) -> dict:
+    """The same through the library: ``Trainer.load(RUN).evaluate(PATH)`` or ``.write_predictions(PATH,
+    OUT)``, the load included."""
+    import streamtrain as st
+
+    out = SCRATCH / "lib-predictions.parquet"
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    t = st.Trainer.load(run)
+    if command == "evaluate":
+        t.evaluate(str(path))
+    else:
+        t.write_predictions(str(path), out)
+    seconds = time.perf_counter() - start
+    out.unlink(missing_ok=True)
+    return {"wall_rate": rows / seconds, "seconds": seconds}
+
+
+def _net_ratio(library_s: float, cli_s: float, startup_s: float) -> float | None:
+    """The library's seconds over the command's net of its start-up; None where the start-up is
+    most of the command (the figure would be noise)."""
+    return library_s / (cli_s - startup_s) if cli_s - startup_s > 0.25 * cli_s else None
+
+
+def _best(runs: list[dict]) -> dict:
+    """The best of the rounds: the whole run of the shortest wall time, and the fastest epochs 2+
+    of any run."""
+    best = dict(min(runs, key=lambda r: r["seconds"]))
+    if "epochs_rate" in best:
+        best["epochs_rate"] = max(r["epochs_rate"] for r in runs)
+    return best
+
+
+def bench_cli(files, rows, chunk_rows) -> list[dict]:
+    """The headline rows: the ``streamtrain`` command as the README shows it (a fresh checkpoint
+    directory per run, the default progress reporting on a pseudo-terminal) beside the library
+    case it corresponds to, measured in turn over ``CLI_ROUNDS`` rounds (the order swapped every
+    round), best of each kept; the command's start-up measured on a 1,000-row file of each format."""
+    from streamtrain.synthetic import make_data
+
+    tiny = {}
+    for name, (suffix, compression) in FORMATS.items():
+        tiny[name] = SCRATCH / f"cli-tiny-{name}{suffix}"
+        make_data(tiny[name], 1000, 64, chunk_rows=1000, compression=compression or "none", seed=3, overwrite=True)
+    model = SCRATCH / "cli-model"
+    shutil.rmtree(model, ignore_errors=True)
+    started = time.perf_counter()
+    # Untimed: the model evaluate and predict use; numba's cache loaded (or written) for both steps.
+    run_command([*streamtrain_command(), "train", str(files["hdf5"]), "--batch-size", "256", "--hidden", "64",
+                 "--epochs", "1", "--checkpoint-dir", str(model)])
+    for batch in (1, 256):
+        cli_train(tiny["hdf5"], batch, 1)
+        library_train(tiny["hdf5"], batch, 1)
+    cases = []  # (row, the command, the library)
+    for name in files:  # start-up: each command on 1,000 rows of each format
+        cases.append(({"what": "start-up", "command": "train", "format": name, "rows": 1000},
+                      functools.partial(cli_train, tiny[name], 256, 1),
+                      functools.partial(library_train, tiny[name], 256, 1)))
+        for command in ("evaluate", "predict"):
+            cases.append(({"what": "start-up", "command": command, "format": name, "rows": 1000},
+                          functools.partial(cli_use, command, model, tiny[name], 1000),
+                          functools.partial(library_use, command, model, tiny[name], 1000)))
+    for batch in sorted(CLI_BATCHES, reverse=True):
+        for name, path in files.items():
+            cases.append(({"what": "train", "format": name, "batch_size": batch, "epochs": CLI_EPOCHS},
+                          functools.partial(cli_train, path, batch), functools.partial(library_train, path, batch)))
+    for name, path in files.items():
+        if FORMATS[name][1] is not None:  # compressed: decoded once into the copy, read in place after
+            cases.append(({"what": "train from the decoded copy", "format": name, "batch_size": 256,
+                           "epochs": CLI_EPOCHS}, functools.partial(cli_train, path, 256, cached=True),
+                          functools.partial(library_train, path, 256, cached=True)))
+    for command in ("evaluate", "predict"):
+        for name, path in files.items():
+            cases.append(({"what": command, "format": name}, functools.partial(cli_use, command, model, path, rows),
+                          functools.partial(library_use, command, model, path, rows)))
+    measured = [([], []) for _ in cases]
+    for k in range(CLI_ROUNDS):
+        for (row, cli, lib), (cli_runs, lib_runs) in zip(cases, measured):
+            for fn, runs in ((cli, cli_runs), (lib, lib_runs)) if k % 2 == 0 else ((lib, lib_runs), (cli, cli_runs)):
+                runs.append(fn())
+        print(f"cli      round {k + 1} of {CLI_ROUNDS} done after {time.perf_counter() - started:.0f} s", flush=True)
+    settings = {"what": "settings", "rounds": CLI_ROUNDS, "epochs": CLI_EPOCHS, "noise": NOISE,
+                "stderr": run_command([*streamtrain_command(), "--version"])["stderr"],
+                "command": "streamtrain train FILE --batch-size B --hidden 64 --epochs E --checkpoint-dir DIR",
+                "rows": rows, "features": files_features(files), "machine": machine(),
+                "executable": streamtrain_command()[0]}
+    startup, results = {}, [settings]
+    for (row, _, _), runs in zip(cases, measured):
+        c, lib = (_best(side) for side in runs)
+        r = {**row, "stderr": c["stderr"]}
+        if row["what"] == "start-up":
+            up = startup[row["command"], row["format"]] = c["seconds"] - lib["seconds"]
+            r.update(cli_seconds=c["seconds"], library_seconds=lib["seconds"], seconds=up)
+            print(f"cli      start-up {row['command']:8s} {row['format']:15s} {c['seconds']:.2f} s (the library's "
+                  f"{lib['seconds']:.2f} s)", flush=True)
+        elif row["what"] in ("evaluate", "predict"):
+            up = startup[row["what"], row["format"]]
+            r.update(cli_rows_per_s=c["wall_rate"], library_rows_per_s=lib["wall_rate"],
+                     ratio=c["wall_rate"] / lib["wall_rate"], cli_seconds=c["seconds"], library_seconds=lib["seconds"],
+                     startup_s=up, ratio_net_of_startup=_net_ratio(lib["seconds"], c["seconds"], up))
+            print(f"cli      {row['what']:8s} {row['format']:15s} {c['wall_rate']:12,.0f} rows/s, library "
+                  f"{lib['wall_rate']:12,.0f} rows/s: {r['ratio']:.2f} ({_ratio_text(r['ratio_net_of_startup'])} "
+                  "net of start-up)", flush=True)
+        else:
+            up = startup["train", row["format"]]
+            r.update(cli_samples_per_s=c["epochs_rate"], library_samples_per_s=lib["epochs_rate"],
+                     ratio=c["epochs_rate"] / lib["epochs_rate"], cli_wall_samples_per_s=c["wall_rate"],
+                     library_wall_samples_per_s=lib["wall_rate"], wall_ratio=c["wall_rate"] / lib["wall_rate"],
+                     cli_seconds=c["seconds"], library_seconds=lib["seconds"],
+                     cli_outside_epochs_s=c["seconds"] - c["in_epochs_s"],
+                     library_outside_epochs_s=lib["seconds"] - lib["in_epochs_s"], startup_s=up,
+                     wall_ratio_net_of_startup=_net_ratio(lib["seconds"], c["seconds"], up))
+            print(f"cli      {row['what'][:12]:12s} {row['format']:15s} batch {row['batch_size']:4d}: CLI "
+                  f"{c['epochs_rate']:10,.0f} samples/s (whole command {c['wall_rate']:10,.0f}), library "
+                  f"{lib['epochs_rate']:10,.0f} (whole fit {lib['wall_rate']:10,.0f}): {r['ratio']:.2f}", flush=True)
+        results.append(r)
+    _diagnose(results, files, started)
+    settings["seconds"] = time.perf_counter() - started
+    print(f"cli      the section took {settings['seconds']:.0f} s", flush=True)
+    shutil.rmtree(model, ignore_errors=True)
+    for path in tiny.values():
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return results
+
+
+_LIBRARY_CODE = """
+import json, sys, tempfile
+import streamtrain as st
+from streamtrain._malloc import reuse_freed_memory
+reuse_freed_memory()
+with tempfile.TemporaryDirectory(dir=sys.argv[4]) as d:
+    cache = d + "/cache" if sys.argv[3] == "cached" else ""
+    h = st.Trainer(hidden=64, epochs=int(sys.argv[5]), batch_size=int(sys.argv[2]), cache_dir=cache).fit(sys.argv[1],
+                                                                                                         log=None)
+print(json.dumps(h))
+"""
+
+
+def library_fresh(path: Path, batch: int, epochs: int = CLI_EPOCHS, cached: bool = False) -> dict:
+    """The library case in a fresh process: what the command adds beyond a new process's first run."""
+    out = subprocess.run([sys.executable, "-c", _LIBRARY_CODE, str(path), str(batch), "cached" if cached else "-",
+                          str(SCRATCH), str(epochs)], capture_output=True, text=True, check=True)
+    return {"epochs_rate": _epochs_rate(json.loads(out.stdout.strip().splitlines()[-1]))}
+
+
+DIAGNOSED = 3  # at most this many cases (the furthest apart) are run again to find out why
+DIAGNOSIS_UNTIL_S = 330.0  # and none once the section has run this long (about 6 minutes in all at 1M rows)
+
+
+def _diagnose(results: list[dict], files, started: float) -> None:
+    """The training cases whose CLI and library epochs differ by more than the noise, run again
+    (two rounds, interleaved): the command and the library as measured, the command with its
+    stderr on a pipe (no bar: a line every 5 s), the library with the command's hooks (a
+    checkpoint directory, log lines, a progress bar drawn into a string), and the library in a
+    fresh process. Which of them closes the gap says where the difference comes from."""
+    flagged = [r for r in results if r["what"] in ("train", "train from the decoded copy")
+               and abs(r["ratio"] - 1) > NOISE]
+    flagged.sort(key=lambda r: -abs(math.log(r["ratio"])))
+    for r in flagged:
+        r["diagnosis"] = None  # not run again: the time is spent on the furthest apart
+    for r in flagged[:DIAGNOSED]:
+        if time.perf_counter() - started > DIAGNOSIS_UNTIL_S:
+            print(f"cli      {len(flagged)} cases beyond the noise; the section's time is spent: no more run again",
+                  flush=True)
+            break
+        path, batch, cached = files[r["format"]], r["batch_size"], r["what"] != "train"
+        variants = {"cli": functools.partial(cli_train, path, batch, cached=cached),
+                    "library": functools.partial(library_train, path, batch, cached=cached),
+                    "cli_pipe": functools.partial(cli_train, path, batch, cached=cached, terminal=False),
+                    "library_with_cli_hooks": functools.partial(library_train, path, batch, cached=cached,
+                                                                as_cli=True),
+                    "library_fresh_process": functools.partial(library_fresh, path, batch, cached=cached)}
+        rates = {k: 0.0 for k in variants}
+        for _ in range(2):
+            for k, fn in variants.items():
+                rates[k] = max(rates[k], fn()["epochs_rate"])
+        r["diagnosis"] = {**rates, "reason": _reason(rates)}
+        print(f"cli      diagnosis {r['format']} batch {batch}: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()
+                                                                          ) + f": {r['diagnosis']['reason']}",
+              flush=True)
+
+
+def _near(a: float, b: float) -> bool:
+    return abs(a / b - 1) <= NOISE
+
+
+def _reason(d: dict) -> str:
+    """Where a CLI/library difference comes from, from the rerun's variants (see _diagnose)."""
+    if _near(d["cli"], d["library"]):
+        return "not reproduced when run again: the machine's noise"
+    if d["cli"] < d["library"]:
+        if _near(d["cli_pipe"], d["library"]) and not _near(d["cli_pipe"], d["cli"]):
+            return "the progress bar on the terminal (with stderr on a pipe the command matches the library)"
+        if _near(d["library_with_cli_hooks"], d["cli"]) and not _near(d["library_with_cli_hooks"], d["library"]):
+            return ("the command's hooks (checkpoint directory, log lines, progress bar): the library with them "
+                    "matches the command")
+        if _near(d["library_fresh_process"], d["cli"]):
+            return ("a fresh process: the library in a new process matches the command (the benchmark's own "
+                    "process has trained before: memory already faulted in, compiled code loaded)")
+    return "not found: none of the variants run again accounts for it"
+
+
 def bench_checkpoint(files, rows, chunk_rows) -> list[dict]:
     """Checkpoint overhead at a realistic interval, and time to the first batch after a resume."""
     import tempfile
@@ -884,7 +1234,7 @@ def bench_mpi(files, rows, chunk_rows) -> list[dict]:
 
 SECTIONS = {"readers": bench_readers, "loader": bench_loader, "holdout": bench_holdout, "training": bench_training,
             "checkpoint": bench_checkpoint, "scaling": bench_scaling, "torch": bench_torch,
-            "mpi": bench_mpi, "serve": bench_serve, "cache": bench_cache}
+            "mpi": bench_mpi, "serve": bench_serve, "cache": bench_cache, "cli": bench_cli}
 
 
 def _cpu_model() -> str | None:
@@ -965,6 +1315,231 @@ def _binds(r: dict) -> str:
     return "the step, sharing the cores with decoding"
 
 
+FORMAT_NAMES = {"hdf5": "uncompressed HDF5", "hdf5-gzip": "gzip HDF5", "zarr-zstd": "Zarr (zstd)",
+                "parquet-snappy": "Parquet (snappy)"}
+
+
+def _si(x: float) -> str:
+    """1,954,321 -> 1.95M, 89,123 -> 89k: the README's figures."""
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def _flagged(ratio: float | None) -> bool:
+    return ratio is not None and abs(ratio - 1) > NOISE
+
+
+def _short_reason(r: dict) -> str:
+    """The flag column: why the command's epochs differ from the library's, where they do."""
+    if not _flagged(r["ratio"]):
+        return "-"
+    d = r.get("diagnosis")
+    if not d:
+        return "beyond the noise; not run again"
+    return d["reason"].split(":")[0].split(" (")[0]
+
+
+def headline_table(results: dict, meta: dict, where: str = "below") -> list[str]:
+    """The headline table (the report's and the README's, the same figures): the command beside
+    the library, per format; ``where``: where the reasons for a flag are (in the report: below)."""
+    rs = results["cli"]
+    settings = next((r for r in rs if r["what"] == "settings"), {})
+    by = {(r["what"], r.get("format"), r.get("batch_size")): r for r in rs}
+
+    def cell(what, fmt, batch=None, whole=False):
+        r = by.get((what, fmt, batch))
+        if r is None:
+            return "-"
+        if what in ("evaluate", "predict"):
+            cli, lib, ratio = r["cli_rows_per_s"], r["library_rows_per_s"], r["ratio"]
+        elif whole:
+            cli, lib, ratio = r["cli_wall_samples_per_s"], r["library_wall_samples_per_s"], r["wall_ratio"]
+        else:
+            cli, lib, ratio = r["cli_samples_per_s"], r["library_samples_per_s"], r["ratio"]
+        return f"{_si(cli)} / {_si(lib)}" + (" *" if _flagged(ratio) else "")
+
+    e = settings.get("epochs", CLI_EPOCHS)
+    rows = [(f"`train --batch-size {b}`, epochs 2+", "train", b, False) for b in (256, 32, 1)]
+    rows.append(("`train --batch-size 256 --cache-dir DIR`, epochs 2+ from the decoded copy",
+                 "train from the decoded copy", 256, False))
+    rows += [(f"`train --batch-size {b}`, the whole command (start-up, statistics pass, {e} epochs)", "train", b, True)
+             for b in (256, 1)]
+    rows += [("`evaluate RUN FILE`, rows/s, the whole command", "evaluate", None, False),
+             ("`predict RUN FILE --out OUT.parquet`, rows/s, the whole command", "predict", None, False)]
+    m = settings.get("machine", meta["machine"])
+    lines = [f"{m['cpus']} cores ({m.get('cpu_model') or 'model not recorded'}), "
+             f"{settings.get('rows', meta['rows']):,} rows x {settings.get('features', meta['features'])} float32 "
+             "features, one hidden layer of 64 units, SGD, window shuffle. Each cell: "
+             "the `streamtrain` command as a user runs it (`streamtrain train FILE --batch-size B --hidden 64 "
+             f"--epochs {e} --checkpoint-dir DIR`, a new checkpoint directory per run, progress bars on a "
+             f"{'terminal' if settings.get('stderr', 'pty') == 'pty' else 'pipe'}) / the library (`Trainer.fit`, "
+             "no checkpoint directory) on the same case in the same run; samples/s unless said. "
+             "Epochs 2+: the command's own figure (its metrics.jsonl). * the two differ by more than "
+             f"{NOISE:.0%}: {where} says by how much and why.", "",
+             "| `streamtrain ...`: command / library | " + " | ".join(FORMAT_NAMES.values()) + " |",
+             "|---|" + "---:|" * len(FORMAT_NAMES)]
+    for label, what, batch, whole in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(what, f, batch, whole) for f in FORMAT_NAMES) + " |")
+    return lines
+
+
+def report_cli(results: dict, meta: dict) -> list[str]:
+    rs = results["cli"]
+    settings = next((r for r in rs if r["what"] == "settings"), {})
+    on = settings.get("stderr", "pty")
+    intro = ("Users run the command, which always has a checkpoint directory and reports progress; these rows run it "
+             f"as a subprocess exactly as the README shows it (`{settings.get('command', '')}`, a new checkpoint "
+             "directory per run, no other option), its stdout and stderr on "
+             + ("a pseudo-terminal, so the tqdm bars draw as on a user's terminal. " if on == "pty" else
+                "a pipe (no pseudo-terminal could be made here), so it logs a line every 5 s instead of a bar. ")
+             + "Beside each, the same case through the library in the benchmark's process: `Trainer(hidden=64, "
+             "epochs=E, batch_size=B).fit(FILE, log=None)`, no checkpoint directory (the other sections' way). "
+             "Every case runs both ways in turn, the order swapped each round, "
+             f"{settings.get('rounds', '?')} rounds, the best kept.")
+    how = (f"Training runs {settings.get('epochs', CLI_EPOCHS)} epochs (fewer than a user's, to keep the section "
+           "short; every batch size trains on the whole file). \"Epochs 2+\" is the fastest epoch after the first "
+           "(which pays one-time costs: numba's compiled code loaded, the decoding processes started), "
+           "the command's figure from its metrics.jsonl: the epoch's samples over its seconds, which leave out "
+           "the time of hooks run by the clock, such as the bar's redraws, in the command as in the library. "
+           "\"Whole command\" is the samples trained over the command's wall time from start to exit (start-up, "
+           "the statistics pass, every epoch, checkpoint writes), against the library's whole `fit()` call. "
+           "`--cache-dir` rows: a new cache directory per run, so epoch 1 decodes and writes the copy and epoch 2 "
+           "reads it. `evaluate` and `predict`: the file's rows over the command's wall time, against "
+           "`Trainer.load(RUN)` then `.evaluate(FILE)` or `.write_predictions(FILE, OUT)` (the model: one epoch at "
+           "batch 256 on uncompressed HDF5). The section took "
+           f"{settings.get('seconds', 0):.0f} s (rerunning the cases furthest apart included).")
+    lines = ["## Headline: the `streamtrain` command, beside the library", "", *_wrap([intro]), "", *_wrap([how]), ""]
+    lines += _wrap(headline_table(results, meta)) + [""]
+    ups = [r for r in rs if r["what"] == "start-up"]
+    if ups:
+        lines += _wrap(["Start-up, the command's own cost: the command on a 1,000-row file less the library's time "
+                        "for the same (a Python process, the imports of the format's reader, a checkpoint written; "
+                        "for `train` also numba's compiled step loaded from its cache, most of the difference from "
+                        "`evaluate`; at batch 1 the per-sample loop loads during epoch 1 instead). The training "
+                        "rows' \"net of start-up\" takes off the `train` figure of their format (measured at batch "
+                        "256).", ""])
+        lines += ["| command | " + " | ".join(FORMAT_NAMES.values()) + " |", "|---|" + "---:|" * len(FORMAT_NAMES)]
+        for command in ("train", "evaluate", "predict"):
+            by = {r["format"]: r["seconds"] for r in ups if r["command"] == command}
+            lines.append(f"| `{command}` | " + " | ".join(f"{by[f]:.2f} s" if f in by else "-" for f in FORMAT_NAMES)
+                         + " |")
+        lines.append("")
+    lines += ["| command | data | CLI epochs 2+ | library epochs 2+ | CLI / library | flag | whole command "
+              "| library whole fit | ratio | net of start-up | outside the epochs s: CLI / library |",
+              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rs:
+        if not r["what"].startswith("train"):
+            continue
+        cmd = f"train --batch-size {r['batch_size']}" + (" --cache-dir" if r["what"] != "train" else "")
+        net = r.get("wall_ratio_net_of_startup")
+        lines.append(f"| `{cmd}` | {r['format']} | {r['cli_samples_per_s']:,.0f} | {r['library_samples_per_s']:,.0f} "
+                     f"| {r['ratio']:.2f} | {_short_reason(r)} | {r['cli_wall_samples_per_s']:,.0f} "
+                     f"| {r['library_wall_samples_per_s']:,.0f} | {r['wall_ratio']:.2f} "
+                     f"| {'-' if net is None else f'{net:.2f}'} "
+                     f"| {r['cli_outside_epochs_s']:.2f} / {r['library_outside_epochs_s']:.2f} |")
+    lines += ["", "| command | data | CLI rows/s (whole command) | library rows/s (load + pass) | CLI / library "
+              "| net of start-up |", "|---|---|---:|---:|---:|---:|"]
+    for r in rs:
+        if r["what"] in ("evaluate", "predict"):
+            net = r.get("ratio_net_of_startup")
+            lines.append(f"| `{r['what']}` | {r['format']} | {r['cli_rows_per_s']:,.0f} "
+                         f"| {r['library_rows_per_s']:,.0f} | {r['ratio']:.2f} | {_ratio_text(net)} |")
+    lines += ["", "\"Net of start-up\": the library's seconds over the command's less its start-up above (\"-\" where "
+              "the start-up", "is most of the command). \"Outside the epochs\": wall time less the epochs' seconds "
+              "(both: the statistics", "pass, the decoding processes' start; the command: its start-up, checkpoint "
+              "writes, the bar's redraws).", ""]
+    lines += _cli_flags(rs)
+    return lines
+
+
+def _case_name(r: dict) -> str:
+    return f"`train --batch-size {r['batch_size']}{' --cache-dir' if r['what'] != 'train' else ''}` from {r['format']}"
+
+
+def _ratio_text(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _cli_flags(rs: list[dict]) -> list[str]:
+    """Where the command and the library differ by more than the noise, and why."""
+    lines = [f"Where the command and the library differ by more than {NOISE:.0%}:", ""]
+    found = False
+    for r in rs:
+        if not r["what"].startswith("train"):
+            continue
+        name = _case_name(r)
+        if _flagged(r["ratio"]):
+            found = True
+            d = r.get("diagnosis")
+            if d:
+                why = (f"run again: the command {d['cli']:,.0f}, on a pipe {d['cli_pipe']:,.0f}; the library "
+                       f"{d['library']:,.0f}, with the command's hooks {d['library_with_cli_hooks']:,.0f}, in a fresh "
+                       f"process {d['library_fresh_process']:,.0f} samples/s: {d['reason']}")
+            else:
+                why = (f"not run again (at most the {DIAGNOSED} furthest apart are, while the section has run under "
+                       f"{DIAGNOSIS_UNTIL_S / 60:.1f} minutes)")
+            lines.append(f"- {name}, epochs 2+: the command at {r['ratio']:.2f} of the library; {why}.")
+    wall = [r for r in rs if r["what"].startswith("train") and _flagged(r["wall_ratio"])]
+    if wall:
+        found = True
+        start_only = [r for r in wall if r.get("wall_ratio_net_of_startup") is not None
+                      and not _flagged(r["wall_ratio_net_of_startup"])]
+        lines.append(f"- The whole command against the library's whole `fit()`: {len(wall)} of the training cases, at "
+                     f"{min(r['wall_ratio'] for r in wall):.2f}-{max(r['wall_ratio'] for r in wall):.2f}. The "
+                     f"start-up accounts for it in {len(start_only)} (within {NOISE:.0%} once it is taken off).")
+        for r in wall:
+            net = r.get("wall_ratio_net_of_startup")
+            if r in start_only:
+                continue
+            name = _case_name(r)
+            if net is None:
+                lines.append(f"  - {name}: start-up ({r['startup_s']:.2f} s) is most of the command at this size.")
+                continue
+            beyond = (r["cli_outside_epochs_s"] - r["startup_s"]) - r["library_outside_epochs_s"]
+            lines.append(f"  - {name}: {net:.2f} net of start-up; outside its epochs the command spent "
+                         f"{r['cli_outside_epochs_s']:.2f} s, the library {r['library_outside_epochs_s']:.2f} s "
+                         f"({beyond:+.2f} s beyond the start-up on 1,000 rows: the opening, statistics pass and "
+                         "compiled step's load of a fresh process against the library's warm one, checkpoint writes "
+                         "at each epoch's end, the bar's redraws; not measured apart)"
+                         + (f"; and its epochs ran at {r['ratio']:.2f} of the library's"
+                            if _flagged(r["ratio"]) else "") + ".")
+    use = [r for r in rs if r["what"] in ("evaluate", "predict") and _flagged(r["ratio"])]
+    if use:
+        found = True
+        lines.append(f"- `evaluate` and `predict`: {len(use)} of the cases, at {min(r['ratio'] for r in use):.2f}-"
+                     f"{max(r['ratio'] for r in use):.2f} of the library: a pass over the file takes about as long "
+                     "as the command's start-up; net of it: " + ", ".join(
+                         f"{r['what']} {r['format']} " + _ratio_text(r["ratio_net_of_startup"]) for r in use) + ".")
+    if not found:
+        lines.append("- none.")
+    return lines + [""]
+
+
+README = ROOT / "README.md"
+HEADLINE_BEGIN = "<!-- headline table: scripts/bench.py --only cli --readme writes it from the cli section -->"
+HEADLINE_END = "<!-- end of the headline table -->"
+
+
+def update_readme(results: dict, meta: dict, readme: Path = README) -> None:
+    """Rewrite the README's headline table (between its markers) from the cli section's rows: the
+    same figures as the report's."""
+    if "cli" not in results:
+        raise SystemExit("--readme: no cli section in these results (run it: --only cli)")
+    text = readme.read_text()
+    a, b = text.index(HEADLINE_BEGIN) + len(HEADLINE_BEGIN), text.index(HEADLINE_END)
+    table = headline_table(results, meta, "[benchmarks/report.md](benchmarks/report.md)")
+    readme.write_text(text[:a] + "\n" + "\n".join(_wrap(table)) + "\n" + text[b:])
+
+
+def _wrap(lines: list[str], width: int = 100) -> list[str]:
+    """Prose lines wrapped (the table's rows left whole)."""
+    import textwrap
+
+    out = []
+    for line in lines:
+        out += [line] if line.startswith("|") or not line else textwrap.wrap(line, width, break_on_hyphens=False)
+    return out
+
+
 def report(results: dict, meta: dict) -> str:
     limits = _limits(results)
     row_bytes = 4 * meta["features"]
@@ -981,6 +1556,8 @@ def report(results: dict, meta: dict) -> str:
                   f"GFLOP/s; a 256 MB array copy {lim['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + written). A "
                   f"sample's training step costs {FLOPS_PER_SAMPLE:,} FLOPs; training figures are also given "
                   "as a fraction of the sgemm peak on all cores, loader figures of the copy bandwidth.", ""]
+    if "cli" in results:
+        lines += report_cli(results, meta)
     if "readers" in results:
         lines += ["## Sequential scan: streamtrain vs the bare library loop", "",
                   "| format | bare library rows/s | streamtrain rows/s | ratio | target >= 0.80 | of bandwidth |",
@@ -1268,7 +1845,7 @@ def plot_results(results: dict) -> None:
 
 
 def main() -> None:
-    global OUT, SCRATCH
+    global OUT, SCRATCH, CLI_ROUNDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=64)
@@ -1280,10 +1857,15 @@ def main() -> None:
     parser.add_argument("--scaling-gb", default="",
                         help="the scaling section's file sizes in GB, comma-separated (default 0.25,1; with --large "
                              "0.25,1,4,16,32)")
+    parser.add_argument("--cli-rounds", type=int, default=CLI_ROUNDS,
+                        help=f"rounds of the cli section, every case both ways each round (default {CLI_ROUNDS})")
+    parser.add_argument("--readme", action="store_true",
+                        help="also rewrite README.md's headline table from the cli section's rows (the full run)")
     parser.add_argument("--out", type=Path, default=OUT,
                         help="where report.md, results.json, the plots and scratch/ go (default: benchmarks/)")
     args = parser.parse_args()
     OUT, SCRATCH = args.out, args.out / "scratch"
+    CLI_ROUNDS = args.cli_rounds
     from streamtrain._malloc import reuse_freed_memory
 
     reuse_freed_memory()  # as the streamtrain command does; the bare loops benefit alike
@@ -1309,6 +1891,9 @@ def main() -> None:
     (OUT / "report.md").write_text(report(results, meta))
     plot_results(results)
     print(f"wrote {OUT / 'report.md'} and {OUT / 'results.json'}", file=sys.stderr)
+    if args.readme:
+        update_readme(results, meta)
+        print(f"wrote the headline table into {README}", file=sys.stderr)
 
 
 if __name__ == "__main__":

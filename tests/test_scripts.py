@@ -58,8 +58,9 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
     # The figures of a 20,000-row run mean nothing; that the script runs, measures and reports does.
     bench = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "20000", "--chunk-rows", "2000",
              "--out", str(tmp_path)]
-    sections = ["readers", "loader", "holdout", "training", "checkpoint", "cache", "mpi"]
-    res = subprocess.run([*bench, "--only", ",".join(sections)], capture_output=True, text=True, timeout=600)
+    sections = ["readers", "loader", "holdout", "training", "checkpoint", "cache", "mpi", "cli"]
+    res = subprocess.run([*bench, "--only", ",".join(sections), "--cli-rounds", "1"], capture_output=True, text=True,
+                         timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert set(results) == {*sections, "limits"}
@@ -70,8 +71,25 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Sequential scan", "## Sampler + prefetching loader", "## A --val-fraction hold-out",
                     "## Data-parallel training on MPI", "## A decoded local copy", "## Checkpoints",
-                    "## Training throughput"):
+                    "## Training throughput", "## Headline: the `streamtrain` command"):
         assert heading in report
+    _check_cli_rows(results["cli"], report)
+    # the README's table is written from the same rows, and only it
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench as script
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    script.update_readme(results, meta, readme)
+    before, after = (ROOT / "README.md").read_text(), readme.read_text()
+    table = after[after.index(script.HEADLINE_BEGIN):after.index(script.HEADLINE_END)]
+    assert "pending" not in table and "\n| `train --batch-size 1`, epochs 2+ | " in table
+    assert all(row in report for row in table.splitlines() if row.startswith("| `"))  # the same figures
+    assert after[:after.index(script.HEADLINE_BEGIN)] == before[:before.index(script.HEADLINE_BEGIN)]
+    assert after[after.index(script.HEADLINE_END):] == before[before.index(script.HEADLINE_END):]
     assert not (tmp_path / "scratch").exists()  # its data files are removed unless --keep-data
     # a partial run updates its sections and keeps the others' figures
     before = results["holdout"]
@@ -79,3 +97,31 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     again = json.loads((tmp_path / "results.json").read_text())["results"]
     assert again["holdout"] == before and again["readers"] != results["readers"]
+
+
+def _check_cli_rows(rows: list[dict], report: str) -> None:
+    """The headline rows: the command beside the library for every case the README's table shows."""
+    formats = {"hdf5", "hdf5-gzip", "zarr-zstd", "parquet-snappy"}
+    settings = next(r for r in rows if r["what"] == "settings")
+    assert settings["stderr"] in ("pty", "pipe") and settings["rounds"] == 1
+    train = {(r["format"], r["batch_size"]) for r in rows if r["what"] == "train"}
+    assert train == {(f, b) for f in formats for b in (1, 32, 256)}
+    assert {r["format"] for r in rows if r["what"] == "train from the decoded copy"} == formats - {"hdf5"}
+    for what in ("evaluate", "predict"):
+        assert {r["format"] for r in rows if r["what"] == what} == formats
+    assert {(r["command"], r["format"]) for r in rows if r["what"] == "start-up"} == {
+        (c, f) for c in ("train", "evaluate", "predict") for f in formats}
+    for r in rows:
+        if r["what"].startswith("train"):
+            assert min(r["cli_samples_per_s"], r["library_samples_per_s"], r["cli_wall_samples_per_s"],
+                       r["library_wall_samples_per_s"]) > 0
+            assert r["ratio"] == r["cli_samples_per_s"] / r["library_samples_per_s"]
+            assert r["stderr"] == settings["stderr"]
+        elif r["what"] in ("evaluate", "predict"):
+            assert min(r["cli_rows_per_s"], r["library_rows_per_s"]) > 0
+    for row in ("| `train --batch-size 256`, epochs 2+ | ", "| `train --batch-size 1`, epochs 2+ | ",
+                "| `train --batch-size 256 --cache-dir DIR`, epochs 2+ from the decoded copy | ",
+                "| `evaluate RUN FILE`, rows/s, the whole command | ",
+                "| `predict RUN FILE --out OUT.parquet`, rows/s, the whole command | "):
+        assert row in report
+    assert "Where the command and the library differ by more than 10%:" in report
