@@ -23,6 +23,31 @@ class BatchIterator:
     DataLoader worker, each worker takes a disjoint share of the rows. The file is opened
     lazily in each process.
 
+    Parameters
+    ----------
+    source : path, Dataset, (X, y) arrays or table
+        What ``open_dataset`` opens (with ``features``, ``label``, ``dtype``).
+    batch_size : int
+        Rows per batch.
+    shuffle : {"window", "global", "none"}
+        The sampler's shuffle (see ``data.sampling.SHUFFLES``); ``seed`` and the epoch decide it.
+    drop_last, replacement, window_mb
+        As ``TrainConfig``'s settings of those names.
+    rank, world_size : int
+        This process's share of the rows (and, inside a DataLoader worker, that worker's).
+    scale : "standard", a Scaler, or None
+        Batches standardised by one pass over the data, by a trained model's scaler
+        (``trainer.scaler``), or left as stored.
+    transform : callable, optional
+        ``transform(X, y) -> (X, y)``, applied to each batch after scaling.
+
+    Yields
+    ------
+    X : ndarray, shape (rows, n_features)
+    y : ndarray, shape (rows,), or None without a label
+
+    Examples
+    --------
     >>> it = BatchIterator("data/breast_cancer.h5", batch_size=100, shuffle="none")
     >>> [len(X) for X, y in it]
     [100, 100, 100, 100, 100, 69]

@@ -218,9 +218,24 @@ class Model:
                 progress(len(X))
 
     def evaluate(self, source, progress=None, comm=None) -> dict[str, Any]:
-        """Loss and metrics (accuracy, per-class P/R/F1, confusion; or MSE, MAE, R^2), computed streaming;
-        ``progress(rows)`` hears of each chunk. With a communicator of several processes, each
-        evaluates its share of the chunks and the metrics are summed over all."""
+        """Loss and metrics over every row of ``source``, streamed.
+
+        Parameters
+        ----------
+        source : path, Dataset, (X, y) arrays or table
+            Data with the training features (in any layout) and a label.
+        progress : callable, optional
+            ``progress(rows)`` hears of each chunk.
+        comm : Communicator, optional
+            With several processes, each evaluates its share of the chunks; the metrics are summed.
+
+        Returns
+        -------
+        dict
+            ``loss`` and ``n``; accuracy, log loss, per-class precision / recall / F1 / support,
+            their macro and weighted averages, the confusion matrix (and the ROC AUC for two
+            classes); or MSE, MAE and R^2.
+        """
         ds = self.open_like_training(source, need_label=True)
         part = (0, 1) if comm is None else (comm.rank, comm.size)
         if ds.label_name is None:
@@ -264,12 +279,25 @@ class Model:
         return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else [])}
 
     def predict_proba(self, source) -> np.ndarray:
-        """Class probabilities ``(rows, n_classes)`` (in memory: for small data)."""
+        """Class probabilities for every row of ``source`` (held in memory: for small data;
+        ``write_predictions`` streams).
+
+        Returns
+        -------
+        ndarray, shape (rows, n_classes)
+        """
         out = np.concatenate([o for _, o, _ in self.iter_outputs(source)])
         return np.hstack([1 - out, out]) if self.task == "binary" else out
 
     def predict(self, source) -> np.ndarray:
-        """Predicted labels (classification) or values (regression) (in memory: for small data)."""
+        """Predictions for every row of ``source`` (features in any layout, no label needed; held in
+        memory: for small data, ``write_predictions`` streams).
+
+        Returns
+        -------
+        ndarray, shape (rows,) or (rows, n_outputs)
+            The label's own values (classification), or the values (regression).
+        """
         out = np.concatenate([o for _, o, _ in self.iter_outputs(source)])
         if self.task == "regression":
             return out[:, 0] if out.shape[1] == 1 else out

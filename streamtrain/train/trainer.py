@@ -111,18 +111,45 @@ class Trainer:
             force: bool = False, overwrite: bool = False, callbacks: Iterable = (),
             log: Callable[[str], None] | None = _LOG.info, log_every: float = DEFAULT_EVERY,
             distributed: str | Communicator = "auto") -> list[dict[str, Any]]:
-        """Train until ``config.epochs`` epochs are done; returns the history (one dict per epoch).
+        """Train until ``config.epochs`` epochs are done.
 
-        With ``checkpoint_dir`` a checkpoint is written at the end of every epoch (and every
-        ``checkpoint_every`` batches or ``checkpoint_seconds``); the directory holds one run:
-        ``resume`` continues the run there, ``overwrite`` replaces it. ``callbacks`` are hooks
-        (see ``streamtrain.train.hooks``). ``weight`` names a column whose values weigh each row's
-        loss (or, with arrays, holds those values). ``log`` hears what happens (a line per epoch; on long
-        passes a line every ``log_every`` seconds, or a bar on a terminal).
+        Parameters
+        ----------
+        source : path, Dataset, (X, y) arrays, DataFrame or Arrow table
+            The training data, streamed (see ``open_dataset``); ``X`` (rows, n_features),
+            ``y`` (rows,) or one-hot / regression targets (rows, n_outputs).
+        val : same kinds as ``source``, optional
+            Validation data (else ``config.val_fraction`` holds rows out, or there is none).
+        features, label : optional
+            What ``open_dataset`` selects.
+        weight : str or array of shape (rows,), optional
+            A column whose values weigh each row's loss (with arrays: the values).
+        checkpoint_dir : path, optional
+            The run's directory (one run per directory): a checkpoint at every epoch's end (and
+            every ``checkpoint_every`` batches or ``checkpoint_seconds``), ``metrics.jsonl``.
+        resume, overwrite, force : bool
+            Continue the run in ``checkpoint_dir``, replace it, resume even if data or settings changed.
+        callbacks : iterable of hooks
+            See ``streamtrain.train.hooks``.
+        log : callable, optional
+            Hears what happens (a line per epoch; on long passes a line every ``log_every`` s).
+        distributed : {"auto", "none", "mpi"} or Communicator
+            "auto" trains data-parallel on MPI where a launcher started several processes (each
+            reads its slice of every global batch; one allreduce per step; rank 0 logs and writes
+            the checkpoints).
 
-        ``distributed``: "auto" trains data-parallel on MPI where an MPI launcher started several
-        processes (each reads its slice of every global batch; one allreduce per step; rank 0
-        logs and writes the checkpoints), "none" alone, "mpi" on MPI; or a ``Communicator``.
+        Returns
+        -------
+        list of dict
+            The run's history, one record per epoch (``train_loss``, ``val_loss``, ...).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).standard_normal((200, 3)).astype(np.float32)
+        >>> history = Trainer(hidden=4, epochs=2).fit((X, (X[:, 0] > 0).astype(int)), log=None)
+        >>> [r["epoch"] for r in history]
+        [1, 2]
         """
         self.log_every = log_every
         comm = self.comm = distributed if isinstance(distributed, Communicator) else communicator(distributed)
