@@ -245,3 +245,28 @@ def test_a_value_beyond_float32_is_one_line_without_a_warning(tmp_path, suffix):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr  # the advice works
     assert "Warning" not in res.stderr
+
+
+def test_an_uncompressed_hdf5_file_cut_while_it_is_read_is_named_not_a_crash(tmp_path):
+    """Rows of uncompressed HDF5 are read through a memory map; a file truncated in between two
+    gathers would have killed the process with SIGBUS at the next one."""
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=np.ones((200_000, 16), np.float32), chunks=(10_000, 16))
+        f["y"] = np.zeros(200_000, np.int64)
+    code = textwrap.dedent(f"""
+        import os, sys, numpy as np, streamtrain as st
+        ds = st.open_dataset({str(path)!r})
+        rows = np.sort(np.random.default_rng(0).choice(ds.n_rows, 5000, replace=False))
+        X, y = ds.read(rows)
+        assert ds._row_maps() is not None  # read in place, through the map
+        os.truncate({str(path)!r}, os.path.getsize({str(path)!r}) // 3)
+        try:
+            ds.read(rows)
+        except st.DataError as e:
+            print("DataError:", e)
+            sys.exit(3)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, (res.returncode, res.stderr[-2000:])  # not -7 (SIGBUS)
+    assert f"{path}: shrank from" in res.stdout and "while training read it" in res.stdout

@@ -4,8 +4,11 @@ and rows of fixed size read from it in any order (uncompressed HDF5 is read in p
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
+
+from ..errors import DataError
 
 __all__ = ["FileMap", "RowMap", "FOLIO_BYTES"]
 
@@ -26,6 +29,7 @@ class FileMap:
     """
 
     def __init__(self, path: str, limit_bytes: int):
+        self.path = path
         with open(path, "rb") as f:
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_RANDOM"):
@@ -61,6 +65,7 @@ class FileMap:
         """Positions into a gather's rows (whose chunks are ``chunk_of``; ``touched``, ascending,
         without repeats), piece by piece, each gathered before the next is asked for: pages are
         dropped in between where needed."""
+        self.check()
         blocks = self.blocks(touched)
         capacity = max(1, self.limit_bytes // FOLIO_BYTES)
         if len(blocks) <= capacity:
@@ -84,6 +89,19 @@ class FileMap:
             start, piece = k, np.zeros(0, dtype=np.int64)
             if k < len(touched):
                 piece = self.blocks(touched[k:k + 1])
+
+    def check(self) -> None:
+        """Refuse to read from a file that has shrunk since it was mapped: a read of a page past its
+        new end would kill the process (SIGBUS). A stat per gather; a file cut during one gather
+        still cannot be caught."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError as e:
+            raise DataError(f"{self.path}: can no longer be read ({e.strerror}); it changed while training "
+                            "read it") from None
+        if size < len(self.map):
+            raise DataError(f"{self.path}: shrank from {len(self.map):,} to {size:,} bytes while training read it "
+                            "(truncated or rewritten in place); restore the file, then resume")
 
     def drop(self) -> None:
         """Unmap every page from this process now (the OS keeps them cached)."""
