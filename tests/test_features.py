@@ -3,16 +3,20 @@ vocabularies and their codes, and the column plans of schemas written by pandas,
 
 from __future__ import annotations
 
+import json
+import random
 import time
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamtrain.errors import ConfigError, DataError
-from streamtrain.features import bucket, hash64
+from streamtrain.features import Categories, Vocabulary, bucket, hash64
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -149,4 +153,224 @@ def test_features_imports_nothing_of_streamtrain_but_errors():
 
     deps = {d for m, ds in _imports().items() if m.startswith("streamtrain.features") for d in ds}
     assert {d for d in deps if not d.startswith("streamtrain.features")} == {"streamtrain.errors"}
+
+
+# ---------------------------------------------------------------- vocabularies
+
+
+def test_vocabulary_counts_a_pandas_parquet_file_by_batches(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    cities = rng.choice(["Paris", "Lyon", "Zürich", "東京", ""], size=20_000, p=[.4, .3, .15, .1, .05]).astype(object)
+    cities[rng.random(20_000) < 0.1] = None
+    df = pd.DataFrame({"city": cities, "cat": pd.Categorical(cities)})
+    df.to_parquet(tmp_path / "t.parquet", row_group_size=3000)
+    want = Counter(c for c in cities if c is not None)
+    for col in ("city", "cat"):
+        v = Vocabulary()
+        for batch in pq.ParquetFile(tmp_path / "t.parquet").iter_batches(batch_size=1000, columns=[col]):
+            v.update(batch.column(0))
+        assert v.exact and v.kind == "string" and v.nulls == sum(c is None for c in cities)
+        assert dict(v.most_common()) == want and v.rows == sum(want.values())
+        assert v.finalize().values.to_pylist() == [k for k, _ in sorted(want.items(), key=lambda kv: -kv[1])]
+
+
+def test_layouts_and_widths_count_as_the_same_values():
+    v = Vocabulary()
+    for form in _string_forms(["a", "b", None, "a"]):
+        v.update(form)
+    assert v.most_common() == [("a", 12), ("b", 6)] and v.nulls == 6
+    w = Vocabulary().update(pa.array([1, 2], pa.int8())).update(np.array([2, 3], np.uint64)).update([2, None])
+    assert w.kind == "int" and w.most_common() == [(2, 3), (1, 1), (3, 1)] and w.nulls == 1
+    b = Vocabulary().update(np.array([True, False, True]))
+    assert b.most_common() == [(True, 2), (False, 1)]
+
+
+def test_kinds_do_not_mix_and_floats_are_not_categories():
+    v = Vocabulary().update(pa.array(["a"]))
+    with pytest.raises(DataError, match="string values cannot count int values"):
+        v.update(pa.array([1]))
+    with pytest.raises(DataError, match="double are not categories"):
+        Vocabulary().update(np.array([1.5]))
+    with pytest.raises(DataError, match="text, not a category"):
+        Vocabulary().update(pa.array(["x" * 70_000]))
+    with pytest.raises(DataError, match="above 2\\*\\*63"):
+        Vocabulary().update(pa.array([2**64 - 1], pa.uint64()))
+
+
+def test_finalize_orders_by_count_then_value_and_bounds_the_size():
+    v = Vocabulary().update(pa.array(["b", "c", "a", "c", "b", "d", "c"])).update(pa.array(["a"]))
+    # c: 3, then a and b tied at 2 (a first by value), then d: 1
+    assert v.finalize().values.to_pylist() == ["c", "a", "b", "d"]
+    assert v.finalize(max_size=2).values.to_pylist() == ["c", "a"]
+    assert v.finalize(min_frequency=2).values.to_pylist() == ["c", "a", "b"]
+    assert v.finalize(max_size=0).values.to_pylist() == []
+    cats = v.finalize(max_size=3, oov_buckets=4, salt=9)
+    assert (cats.offset, cats.size) == (5, 8) and cats.counts.tolist() == [3, 2, 2]
+    # strings tie-break bytewise (UTF-8 order), independent of any locale
+    assert Vocabulary().update(pa.array(["é", "z", "Z"])).finalize().values.to_pylist() == ["Z", "z", "é"]
+    with pytest.raises(ConfigError, match="max_size"):
+        v.finalize(max_size=-1)
+
+
+@FAST
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f", None]), max_size=20), min_size=1,
+                max_size=6), st.randoms(use_true_random=False))
+def test_merging_in_any_order_gives_the_same_vocabulary(parts, rnd):
+    vocabs = [Vocabulary(capacity=10).update(pa.array(p, pa.string())) for p in parts]
+    states = []
+    for _ in range(3):
+        order = list(range(len(vocabs)))
+        rnd.shuffle(order)
+        # a tree of merges, as an MPI reduction does, in a shuffled order, through JSON and back
+        level = [Vocabulary.from_state(json.loads(json.dumps(vocabs[i].state_dict()))) for i in order]
+        while len(level) > 1:
+            level = [level[i].merge(level[i + 1]) if i + 1 < len(level) else level[i]
+                     for i in range(0, len(level), 2)]
+        states.append(level[0].state_dict())
+    assert states[0] == states[1] == states[2]
+    flat = [x for p in parts for x in p]
+    assert states[0]["values"] == [k for k, _ in sorted(Counter(x for x in flat if x is not None).items(),
+                                                        key=lambda kv: (-kv[1], kv[0]))]
+
+
+@FAST
+@given(st.lists(st.lists(st.integers(0, 30), max_size=40), min_size=1, max_size=8), st.integers(1, 6),
+       st.booleans())
+def test_the_sketch_keeps_its_error_bound(chunks, capacity, merged):
+    if merged:  # one summary per chunk, merged: the MPI path
+        v = Vocabulary(capacity)
+        for c in chunks:
+            v.merge(Vocabulary(capacity).update(pa.array(c, pa.int64())))
+    else:
+        v = Vocabulary(capacity)
+        for c in chunks:
+            v.update(pa.array(c, pa.int64()))
+            assert len(v) <= capacity
+    truth = Counter(x for c in chunks for x in c)
+    est = dict(v.most_common())
+    assert v.rows == sum(truth.values()) and len(v) <= capacity
+    assert v.error * (capacity + 1) <= v.rows - sum(est.values())
+    for value, f in truth.items():
+        assert f - v.error <= est.get(value, 0) <= f
+    assert v.exact == (len(truth) <= capacity)
+
+
+def test_the_sketch_finds_the_heavy_hitters_of_a_long_stream():
+    rng = np.random.default_rng(1)
+    stream = rng.zipf(1.3, size=400_000) % 50_000
+    v = Vocabulary(capacity=200)
+    for chunk in np.array_split(stream, 40):
+        v.update(chunk)
+    values, counts = np.unique(stream, return_counts=True)
+    top = values[np.lexsort((values, -counts))][:10].tolist()
+    assert not v.exact and v.error <= len(stream) / 201
+    assert v.finalize(max_size=10).values.to_pylist() == top
+
+
+def test_merging_a_weaker_sketch_is_refused():
+    weak = Vocabulary(2).update(pa.array([1, 2, 3, 4]))
+    assert not weak.exact
+    with pytest.raises(ConfigError, match="capacity 2"):
+        Vocabulary(5).merge(weak)
+    Vocabulary(1).merge(weak)  # a smaller capacity: its bound still holds
+
+
+def test_shuffled_chunks_give_the_same_codes():
+    rows = [random.Random(i).choice("abcdefg") for i in range(500)]
+    first = Vocabulary().update(pa.array(rows)).finalize(max_size=4)
+    shuffled = rows[:]
+    random.Random(2).shuffle(shuffled)
+    v = Vocabulary()
+    for i in range(0, 500, 37):
+        v.update(pa.array(shuffled[i:i + 37]))
+    assert v.finalize(max_size=4).state_dict() == first.state_dict()
+
+
+def test_vocabulary_state_round_trips_through_json():
+    for v in (Vocabulary(), Vocabulary().update(pa.array(["x", None, "y", "x"])),
+              Vocabulary(3).update(pa.array(list(range(10)) * 2 + [7] * 5)), Vocabulary().update(pa.array([True]))):
+        state = json.loads(json.dumps(v.state_dict()))
+        back = Vocabulary.from_state(state)
+        assert back.state_dict() == v.state_dict() and repr(back) == repr(v)
+        assert back.finalize().state_dict() == v.finalize().state_dict()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda s: s.update(format="pickle"), "not a streamtrain.vocabulary"),
+    (lambda s: s.update(capacity=2**40), "capacity"),
+    (lambda s: s.update(capacity=1), "at most 1 items"),
+    (lambda s: s.update(kind="float"), "unknown value kind"),
+    (lambda s: s.update(values=["x", 1]), "is not of kind 'string'"),
+    (lambda s: s.update(values=["x", "x"]), "values repeat"),
+    (lambda s: s.update(counts=[2]), "as long as values"),
+    (lambda s: s.update(counts=[2, -1]), "counts must be integers"),
+    (lambda s: s.update(rows=99), "does not fit rows"),
+    (lambda s: s.update(nulls="1"), "nulls"),
+    (lambda s: s.update(values=["x", "\ud800"]), "not valid Unicode"),
+    (lambda s: s.update(values=["x", "y" * 70_000]), "longer than"),
+    (lambda s: s.update(kind=None), "kind is None"),
+])
+def test_a_bad_vocabulary_state_is_refused_by_name(change, match):
+    state = Vocabulary().update(pa.array(["x", "x", "y"])).state_dict()
+    change(state)
+    with pytest.raises(ValueError, match=match):
+        Vocabulary.from_state(state)
+
+
+def test_vocabulary_capacity_is_checked():
+    for bad in (0, 2**30, True, 1.5):
+        with pytest.raises(ConfigError, match="capacity"):
+            Vocabulary(bad)
+
+
+# ---------------------------------------------------------------- codes
+
+
+def test_codes_follow_the_layout_null_then_buckets_then_vocabulary():
+    cats = Vocabulary().update(pa.array(["b", "a", "b", None])).finalize(oov_buckets=3, salt=7)
+    values = pa.array(["a", None, "b", "zebra", "yak", "a"])
+    codes = cats.encode(values)
+    assert codes.tolist()[:3] == [5, 0, 4] and codes[5] == 5
+    assert codes[3] == 1 + ref_bucket("zebra", 3, 7) and codes[4] == 1 + ref_bucket("yak", 3, 7)
+    for form in _string_forms(["a", None, "b", "zebra", "yak", "a"]):
+        assert cats.encode(form).tolist() == codes.tolist()
+    assert cats.decode(codes).to_pylist() == ["a", None, "b", None, None, "a"]
+    with pytest.raises(DataError, match="cannot encode int values"):
+        cats.encode(pa.array([1]))
+    with pytest.raises(DataError, match="codes must lie"):
+        cats.decode([7])
+
+
+def test_one_oov_bucket_needs_no_hash_and_an_empty_vocabulary_works():
+    cats = Vocabulary().update(pa.array([3, 4, 4], pa.int16())).finalize()
+    assert cats.encode(pa.array([4, 3, 9, None], pa.int64())).tolist() == [2, 3, 1, 0]
+    empty = Vocabulary().finalize()
+    assert empty.size == 2 and empty.encode(pa.array(["q", None])).tolist() == [1, 0]
+
+
+def test_polars_categorical_parquet_encodes_through_its_dictionary(tmp_path):
+    pl = pytest.importorskip("polars")
+    rows = ["red", "green", None, "red", "blue"] * 200
+    pl.DataFrame({"c": pl.Series(rows, dtype=pl.Categorical), "s": rows}).write_parquet(tmp_path / "p.parquet")
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert pa.types.is_dictionary(table.schema.field("c").type)
+    cats = Vocabulary().update(table["c"]).finalize(max_size=2)
+    assert cats.values.to_pylist() == ["red", "blue"]
+    assert cats.encode(table["c"]).tolist() == cats.encode(table["s"]).tolist() == \
+        [{"red": 2, "blue": 3, "green": 1, None: 0}[r] for r in rows]
+
+
+def test_categories_state_round_trips_and_is_checked():
+    cats = Vocabulary().update(pa.array(["b", "a", "b"])).finalize(oov_buckets=2, salt=5)
+    back = Categories.from_state(json.loads(json.dumps(cats.state_dict())))
+    assert back.state_dict() == cats.state_dict()
+    x = pa.array(["a", "q", None, "b", "r"])
+    assert back.encode(x).tolist() == cats.encode(x).tolist()
+    for key, bad, match in [("oov_buckets", 0, "oov_buckets"), ("salt", -1, "salt"), ("counts", [1], "counts"),
+                            ("version", 2, "version 1")]:
+        with pytest.raises(ValueError, match=match):
+            Categories.from_state({**cats.state_dict(), key: bad})
+    with pytest.raises(ConfigError, match="distinct"):
+        Categories("string", pa.array(["a", "a"]), [1, 1])
 
