@@ -3,10 +3,12 @@ vocabularies and their codes, and the column plans of schemas written by pandas,
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import time
 from collections import Counter
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamtrain.errors import ConfigError, DataError
-from streamtrain.features import Categories, Vocabulary, bucket, hash64
+from streamtrain.features import Categories, Vocabulary, bucket, choose_string_kind, hash64, infer_columns
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -373,4 +375,110 @@ def test_categories_state_round_trips_and_is_checked():
             Categories.from_state({**cats.state_dict(), key: bad})
     with pytest.raises(ConfigError, match="distinct"):
         Categories("string", pa.array(["a", "a"]), [1, 1])
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def _plans(schema, overrides=None) -> dict[str, str]:
+    return {p.name: p.kind for p in infer_columns(schema, overrides)}
+
+
+def test_plans_of_a_pandas_parquet_file(tmp_path):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({
+        "s": pd.Series(["a", None, "b"], dtype=object), "c": pd.Categorical(["x", "y", "x"]),
+        "n": pd.array([1, None, 3], dtype="Int64"), "t": pd.date_range("2020", periods=3, tz="US/Eastern"),
+        "b": [True, False, True], "f": [1.0, None, 2.0],
+        "d": pd.Series([Decimal("1.10"), Decimal("2.00"), None], dtype=pd.ArrowDtype(pa.decimal128(10, 2)))})
+    df.to_parquet(tmp_path / "pd.parquet")
+    plans = infer_columns(pq.read_schema(tmp_path / "pd.parquet"))
+    assert {p.name: p.kind for p in plans} == {"s": "categorical", "c": "categorical", "n": "numeric",
+                                               "t": "datetime", "b": "numeric", "f": "numeric", "d": "numeric"}
+    by = {p.name: p for p in plans}
+    assert by["s"].by_cardinality and "hashed by cardinality after the statistics pass" in by["s"].reason
+    assert not by["c"].by_cardinality and "as float64" in by["d"].reason and "epoch" in by["t"].reason
+
+
+def test_plans_of_a_polars_parquet_file(tmp_path):
+    pl = pytest.importorskip("polars")
+    pl.DataFrame({"c": pl.Series(["a", "b"], dtype=pl.Categorical), "s": ["x", None],
+                  "t": pl.Series([dt.datetime(2020, 1, 1)] * 2).dt.replace_time_zone("Europe/Paris"),
+                  "i": [1, None], "u": pl.Series([1, 2], dtype=pl.UInt16), "l": [[1], [2, 3]],
+                  "st": [{"a": 1}, {"a": 2}]}).write_parquet(tmp_path / "pl.parquet")
+    assert _plans(pq.read_schema(tmp_path / "pl.parquet")) == {
+        "c": "categorical", "s": "categorical", "t": "datetime", "i": "numeric", "u": "numeric",
+        "l": "unusable", "st": "unusable"}
+
+
+def test_plans_of_arrow_types():
+    schema = pa.schema({
+        "dict": pa.dictionary(pa.int32(), pa.string()), "dict_int": pa.dictionary(pa.int8(), pa.int64()),
+        "dict_float": pa.dictionary(pa.int8(), pa.float32()), "ls": pa.large_string(), "sv": pa.string_view(),
+        "ts": pa.timestamp("s"), "tz": pa.timestamp("ns", tz="Asia/Tokyo"), "d32": pa.date32(), "d64": pa.date64(),
+        "tod": pa.time64("us"), "dur": pa.duration("ms"), "f16": pa.float16(), "u64": pa.uint64(),
+        "vec": pa.list_(pa.float32(), 4), "list": pa.list_(pa.int64()), "struct": pa.struct({"a": pa.int8()}),
+        "map": pa.map_(pa.string(), pa.int8()), "bin": pa.binary(), "null": pa.null(), "uuid": pa.binary(16)})
+    assert _plans(schema) == {
+        "dict": "categorical", "dict_int": "categorical", "dict_float": "numeric", "ls": "categorical",
+        "sv": "categorical", "ts": "datetime", "tz": "datetime", "d32": "datetime", "d64": "datetime",
+        "tod": "datetime", "dur": "datetime", "f16": "numeric", "u64": "numeric", "vec": "numeric",
+        "list": "unusable", "struct": "unusable", "map": "unusable", "bin": "unusable", "null": "unusable",
+        "uuid": "unusable"}
+    reasons = {p.name: p.reason for p in infer_columns(schema)}
+    assert reasons["null"] == "null: every value is missing" and "4 numeric features" in reasons["vec"]
+    assert all("\n" not in r for r in reasons.values())
+
+
+def test_overrides():
+    schema = pa.schema({"zip": pa.int32(), "city": pa.string(), "id": pa.large_string(), "x": pa.float64(),
+                        "flag": pa.bool_(), "cat": pa.dictionary(pa.int8(), pa.int16())})
+    plans = {p.name: p for p in infer_columns(schema, {"categorical": ["zip", "flag"], "hash": {"city": 1024},
+                                                       "drop": ["id"], "numeric": ["cat"]})}
+    assert [plans[c].kind for c in ("zip", "city", "id", "x", "flag", "cat")] == \
+        ["categorical", "hashed", "unusable", "numeric", "categorical", "numeric"]
+    assert plans["city"].buckets == 1024 and not plans["city"].by_cardinality
+    assert plans["id"].reason == "dropped by the overrides"
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"numeric": ["city"]}, "column 'city' of type string cannot be numeric"),
+    ({"categorical": ["x"]}, "column 'x' of type double cannot be categorical"),
+    ({"hash": {"x": 8}}, "cannot be hashed"),
+    ({"drop": ["nope"]}, "drop names no column 'nope' \\(columns: zip, city, x\\)"),
+    ({"hash": {"city": 0}}, "positive integer"),
+    ({"hash": ["city"]}, "hash is a dict"),
+    ({"numeric": "zip"}, "list of column names"),
+    ({"categorical": ["zip"], "drop": ["zip"]}, "in both categorical and drop"),
+    ({"embed": ["zip"]}, "unknown key 'embed'"),
+])
+def test_impossible_overrides_are_named(overrides, match):
+    schema = pa.schema({"zip": pa.int32(), "city": pa.string(), "x": pa.float64()})
+    with pytest.raises(ConfigError, match=match):
+        infer_columns(schema, overrides)
+
+
+def test_choose_string_kind():
+    assert choose_string_kind(1000, 1_000_000, 1000) == ("categorical",
+                                                         "1,000 distinct values <= 1,000: categorical")
+    assert choose_string_kind(1001, 1_000_000, 1000).kind == "hashed"
+    assert choose_string_kind(899_999, 1_000_000, 1000).kind == "hashed"
+    choice = choose_string_kind(900_000, 1_000_000, 1000)
+    assert choice.kind == "unusable" and "an identifier" in choice.reason
+    assert choose_string_kind(50, 50, 1000).kind == "categorical"  # few rows all distinct: still small
+    assert choose_string_kind(2_000_000, 1_000_000, 10).kind == "unusable"  # an estimate above rows
+    assert choose_string_kind(0, 0, 10).kind == "categorical"
+    with pytest.raises(ConfigError, match="rows"):
+        choose_string_kind(1, -1, 10)
+    with pytest.raises(ConfigError, match="id_fraction"):
+        choose_string_kind(1, 1, 10, id_fraction=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from streamtrain.features import codes, hashing, schema, vocab
+
+    for module in (codes, hashing, schema, vocab):
+        assert doctest.testmod(module).failed == 0, module.__name__
 

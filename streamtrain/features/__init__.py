@@ -1,12 +1,14 @@
-"""Column types and their encoders, applied once per chunk and vectorised: bounded mergeable
-vocabularies (``vocab``) and the codes they give (``codes``), stable hashing (``hashing``).
-A low layer: it imports only ``streamtrain.errors``.
+"""Column types and their encoders, applied once per chunk and vectorised: schema inference
+(``schema``), bounded mergeable vocabularies (``vocab``) and the codes they give (``codes``),
+stable hashing (``hashing``). A low layer: it imports only ``streamtrain.errors``.
 """
 
 from __future__ import annotations
 
 from .codes import Categories
 from .hashing import bucket, hash64
+from .schema import ColumnPlan, StringChoice, choose_string_kind, infer_columns
 from .vocab import Vocabulary
 
-__all__ = ["Categories", "Vocabulary", "bucket", "hash64"]
+__all__ = ["Categories", "ColumnPlan", "StringChoice", "Vocabulary", "bucket", "choose_string_kind", "hash64",
+           "infer_columns"]
