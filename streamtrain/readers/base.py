@@ -350,6 +350,10 @@ class Dataset:
         """Format-specific facts for ``inspect`` (compression, dataset paths...)."""
         return {}
 
+    #: ``(name, why)`` of the columns found beside the features and the label that are not used
+    #: (set by column-oriented readers where the features were found by themselves).
+    left_out: list = []
+
     def describe(self) -> dict[str, Any]:
         """What ``inspect`` prints: layout and selection, without reading data."""
         sizes = self.chunk_sizes
@@ -366,6 +370,8 @@ class Dataset:
             "chunk_rows_min": int(sizes.min()) if sizes.size else 0,
         }
         info.update(self.extra_info())
+        if self.left_out:
+            info["left_out"] = {name: why for name, why in self.left_out}
         return info
 
     def fingerprint(self) -> dict[str, Any]:

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["Column", "vector_columns", "select_columns", "fill_features", "find_key", "FEATURE_KEYS", "LABEL_KEYS"]
+__all__ = ["Column", "vector_columns", "select_columns", "left_out", "fill_features", "find_key", "FEATURE_KEYS",
+           "LABEL_KEYS"]
 
 # Auto-detection, documented in the README: an array/dataset named like a feature
 # matrix and one named like a label; for column formats a label column and every
@@ -49,14 +50,16 @@ class Column:
     index: int | None = None
     numeric: bool = True
     auto: bool = True  # chosen as a feature when features are not named (not a hive partition key)
+    type: str = ""  # the stored type, as the format names it (for what is left out)
 
 
-def vector_columns(key: str, width: int | None, numeric: bool = True, names: list[str] | None = None) -> list[Column]:
+def vector_columns(key: str, width: int | None, numeric: bool = True, names: list[str] | None = None,
+                   type: str = "") -> list[Column]:
     """The columns of one stored key: itself if scalar, else ``key[0]``... (or ``names``) for each element."""
     if width is None:
-        return [Column(key, key, None, numeric)]
+        return [Column(key, key, None, numeric, type=type)]
     names = names if names and len(names) == width else [f"{key}[{i}]" for i in range(width)]
-    return [Column(n, key, i, numeric) for i, n in enumerate(names)]
+    return [Column(n, key, i, numeric, type=type) for i, n in enumerate(names)]
 
 
 def select_columns(columns: list[Column], features: list[str] | str | None, label: str | None,
@@ -88,6 +91,21 @@ def select_columns(columns: list[Column], features: list[str] | str | None, labe
     if not chosen:
         raise DataError(f"{path}: no numeric feature columns (columns: {_listing(columns)})")
     return chosen, label_col
+
+
+def left_out(columns: list[Column], chosen: list[Column], label: Column | None) -> list[tuple[str, str]]:
+    """``(name, why)`` of each column that is neither a feature nor the label, where the features
+    were found by themselves (named ones leave the rest out by the user's own choice)."""
+    used = {c.name for c in chosen} | ({label.name} if label is not None else set())
+    out = []
+    for c in columns:
+        if c.name in used:
+            continue
+        if not c.numeric:
+            out.append((c.name, f"{c.type or 'not numeric'}: streamtrain does not encode such columns yet"))
+        elif not c.auto:
+            out.append((c.name, "a hive partition key: used only when named in --features"))
+    return out
 
 
 def _listing(columns: list[Column], most: int = 12) -> str:

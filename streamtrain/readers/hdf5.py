@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
-from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, select_columns, vector_columns
+from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, left_out, select_columns, vector_columns
 from .filemap import FileMap, RowMap
 from .layout import (
     as_features,
@@ -162,10 +162,12 @@ class HDF5Dataset(Dataset):
                 continue  # the pandas index, not data
             width = sub.shape[0] if sub.shape else None
             names = _pandas_names(T.attrs.get(f"{field}_kind", b"")) if width else None
-            columns += vector_columns(field, width, numeric, names)
+            columns += vector_columns(field, width, numeric, names, type=str(sub.base))
         self._table = key
         self._x_key = key
         self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
+        if features is None:
+            self.left_out = left_out(columns, self._feature_cols, self._label_col)
         self.feature_names = [c.name for c in self._feature_cols]
         self.label_name = self._label_col.name if self._label_col else None
         self.n_rows = int(T.shape[0])

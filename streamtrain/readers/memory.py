@@ -37,18 +37,22 @@ class ArrayDataset(Dataset):
     @classmethod
     def from_table(cls, table, features=None, label=None, **kwargs) -> "ArrayDataset":
         """From a pandas DataFrame or an Arrow table: columns selected as for Parquet."""
-        from .columns import Column, select_columns
+        from .columns import Column, left_out, select_columns
 
         if hasattr(table, "to_pandas") and not hasattr(table, "iloc"):  # Arrow
             get = lambda name: table.column(name).to_numpy()  # noqa: E731
         else:
             get = lambda name: table[name].to_numpy()  # noqa: E731
         names = [str(c) for c in table.columns] if hasattr(table, "iloc") else list(table.column_names)
-        columns = [Column(n, n, None, np.asarray(get(n)[:0]).dtype.kind in "biuf") for n in names]
+        dtypes = {n: np.asarray(get(n)[:0]).dtype for n in names}
+        columns = [Column(n, n, None, dtypes[n].kind in "biuf", type=str(dtypes[n])) for n in names]
         feats, lab = select_columns(columns, features, label, "<table>")
+        unused = left_out(columns, feats, lab) if features is None else []
         X = np.column_stack([np.asarray(get(c.key), dtype=np.float64) for c in feats])
         y = None if lab is None else np.asarray(get(lab.key))
-        return cls(X, y, feature_names=[c.name for c in feats], label_name=lab.name if lab else None, **kwargs)
+        ds = cls(X, y, feature_names=[c.name for c in feats], label_name=lab.name if lab else None, **kwargs)
+        ds.left_out = unused
+        return ds
 
     def _load_chunk(self, i: int):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
-from .columns import Column, fill_features, select_columns, vector_columns
+from .columns import Column, fill_features, left_out, select_columns, vector_columns
 from .layout import MAX_CHUNK_BYTES, MAX_CHUNKS, as_labels
 from .remote import is_url, open_filesystem
 
@@ -37,9 +37,9 @@ def _columns(schema) -> list[Column]:
         if pat.is_dictionary(t):
             t = t.value_type
         if pat.is_fixed_size_list(t):
-            cols += vector_columns(field.name, t.list_size, numeric(t.value_type))
+            cols += vector_columns(field.name, t.list_size, numeric(t.value_type), type=str(field.type))
         else:
-            cols.append(Column(field.name, field.name, None, numeric(t)))
+            cols.append(Column(field.name, field.name, None, numeric(t), type=str(field.type)))
     return cols
 
 
@@ -88,6 +88,8 @@ class ParquetDataset(Dataset):
         partition_keys = set().union(*self._partitions) if self._partitions else set()
         self.columns = [c if c.key not in partition_keys else replace(c, auto=False) for c in _columns(schema)]
         self._feature_cols, self._label_col = select_columns(self.columns, features, label, self.path)
+        if features is None:
+            self.left_out = left_out(self.columns, self._feature_cols, self._label_col)
         self.feature_names = [c.name for c in self._feature_cols]
         self.label_name = self._label_col.name if self._label_col else None
         self._label_type = None if self._label_col is None else str(schema.field(self._label_col.key).type)

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
-from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, select_columns
+from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, left_out, select_columns
 from .layout import as_features, as_labels, check_chunk_size, uniform_bounds
 from .remote import is_url
 
@@ -143,8 +143,10 @@ class ZarrDataset(Dataset):
         if not one_d:
             raise DataError(f"{self.path}: no 2-D features array and no 1-D feature arrays "
                             f"(looked for {', '.join(FEATURE_KEYS)}; found: {', '.join(arrays) or 'nothing'})")
-        columns = [Column(k, k, None, a.dtype.kind in "biuf") for k, a in one_d.items()]
+        columns = [Column(k, k, None, a.dtype.kind in "biuf", type=str(a.dtype)) for k, a in one_d.items()]
         self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
+        if features is None:
+            self.left_out = left_out(columns, self._feature_cols, self._label_col)
         keys = [c.key for c in self._feature_cols] + ([self._label_col.key] if self._label_col else [])
         lengths = {one_d[k].shape[0] for k in keys}
         if len(lengths) > 1:

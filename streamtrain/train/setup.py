@@ -3,6 +3,8 @@ column, a decoded copy, a validation split), its sampler, and the hooks a run al
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..data.loader import window_rows_for
@@ -28,7 +30,9 @@ from .hooks import (
     Validation,
 )
 
-__all__ = ["check_settings", "open_data", "make_sampler", "new_model", "standard_hooks"]
+__all__ = ["check_settings", "open_data", "make_sampler", "new_model", "standard_hooks", "say_left_out"]
+
+_LOG = logging.getLogger("streamtrain")
 
 
 def check_settings(cfg, comm, has_val: bool, resume: bool, overwrite: bool, checkpoint_dir) -> None:
@@ -67,6 +71,8 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None
                               feature_names=[f"f{j}" for j in range(X.shape[1])] + ["sample_weight"])
         weight = "sample_weight"
     data = open_dataset(source, features, label, **opts)
+    if comm.rank == 0:
+        say_left_out(data)
     if weight is not None:
         data = _with_weight(source, data, label, weight, opts)
     if cfg.cache_dir:
@@ -77,6 +83,23 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None
         return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                 HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"), weight)
     return data, None, weight
+
+
+def say_left_out(data: Dataset) -> None:
+    """One warning line naming every column of ``data`` that is neither a feature nor the label
+    (nothing the user gave is dropped silently)."""
+    if not data.left_out:
+        return
+    kinds: dict[str, list[str]] = {}
+    for name, why in data.left_out:
+        stored, _, reason = why.partition(": ")
+        if reason:
+            kinds.setdefault(reason, []).append(f"{name} ({stored})")
+        else:
+            kinds.setdefault(why, []).append(name)
+    parts = [f"{', '.join(names)}: {why}" for why, names in kinds.items()]
+    _LOG.warning(f"{data.path}: {len(data.left_out)} column{'s' if len(data.left_out) != 1 else ''} left out: "
+                 + "; ".join(parts) + " (--features names the columns to use)")
 
 
 def _decoded(cfg, comm, data: Dataset, log) -> Dataset:

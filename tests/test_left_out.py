@@ -1,0 +1,80 @@
+"""Nothing the user gave is dropped silently: every column found beside the features and the label
+that is not used is named, by `inspect` and by a warning line when training starts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamtrain import Trainer, open_dataset
+
+BIN = Path(sys.executable).with_name("streamtrain")
+
+
+def _frame(n=200):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "carat": rng.random(n), "cut": pd.Categorical(rng.choice(["Fair", "Good", "Ideal"], n)),
+        "color": rng.choice(list("DEFG"), n), "when": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
+        "price": rng.random(n) * 1000, "y": np.arange(n) % 2})
+
+
+def test_inspect_and_train_name_every_column_left_out(tmp_path):
+    _frame().to_parquet(tmp_path / "d.parquet")
+    info = json.loads(subprocess.run([str(BIN), "inspect", str(tmp_path / "d.parquet"), "--json"], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert info["feature_names"] == ["carat", "price"]
+    assert set(info["left_out"]) == {"cut", "color", "when"}
+    assert info["left_out"]["when"].startswith("timestamp[") and "does not encode" in info["left_out"]["cut"]
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    warned = [line for line in res.stderr.splitlines() if "left out" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: {tmp_path / 'd.parquet'}: 3 columns left out: cut (")
+    assert "color (" in warned[0] and "when (timestamp[" in warned[0] and "--features" in warned[0]
+    # named features: the user's own choice, nothing to warn about
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1", "--features", "carat"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "left out" not in res.stderr
+
+
+def test_the_library_says_it_too(caplog):
+    with caplog.at_level(logging.WARNING, logger="streamtrain"):
+        Trainer(hidden=3, epochs=1).fit(_frame(), log=None)
+    assert any("3 columns left out" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("writer", ["polars", "zarr", "pytables", "hive"])
+def test_every_format_names_what_it_leaves_out(writer, tmp_path):
+    frame = _frame()
+    if writer == "polars":
+        import polars as pl
+
+        pl.from_pandas(frame).with_columns(pl.col("cut").cast(pl.Categorical)).write_parquet(tmp_path / "d.parquet")
+        ds, expected = open_dataset(tmp_path / "d.parquet"), {"cut", "color", "when"}
+    elif writer == "zarr":
+        import zarr
+
+        g = zarr.open_group(tmp_path / "d.zarr", mode="w", zarr_format=2)
+        for name in ("carat", "price", "y"):
+            g[name] = frame[name].to_numpy()
+        g.create_array("color", shape=(len(frame),), dtype="<U1")[:] = frame["color"].to_numpy().astype("<U1")
+        ds, expected = open_dataset(tmp_path / "d.zarr"), {"color"}
+    elif writer == "pytables":
+        frame[["carat", "color", "price", "y"]].to_hdf(tmp_path / "d.h5", key="t", format="table",
+                                                       data_columns=True)
+        ds, expected = open_dataset(tmp_path / "d.h5"), {"color"}
+    else:
+        for part in ("a", "b"):
+            (tmp_path / "h" / f"part={part}").mkdir(parents=True)
+            frame[["carat", "price", "y"]].to_parquet(tmp_path / "h" / f"part={part}" / "f.parquet")
+        ds, expected = open_dataset(tmp_path / "h"), {"part"}
+    assert {name for name, _ in ds.left_out} == expected
+    assert ds.describe()["left_out"].keys() == expected
