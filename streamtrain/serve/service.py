@@ -158,7 +158,7 @@ class Service:
                 if now - published >= 0.2:
                     learner.publish()
                     published = now
-        except TrainingError as e:
+        except StreamtrainError as e:  # diverged, the claim lost, a checkpoint that cannot be written
             self.failure = str(e)
             _LOG.error(f"error: {e}")
         except Exception as e:  # a broker gone, a disk full: the service says so and stops learning
@@ -191,7 +191,7 @@ class Service:
         """Write a checkpoint of this moment (in the training thread), then let the source
         acknowledge what it covers."""
         arrays, meta = self.learner.checkpoint_contents(self.source.state())
-        path = self.rundir.save(arrays, meta, self.learner.state.global_step, self.keep)
+        path = self.rundir.save(arrays, meta, self.learner.state.global_step, self.keep, TRAINER)
         self.rundir.wait()  # durable before anything is acknowledged
         self.source.ack(meta["stream"]["position"])
         self.last_checkpoint = time.monotonic()

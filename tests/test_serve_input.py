@@ -1,0 +1,362 @@
+"""``streamtrain serve`` against hostile input: whatever a client or a producer sends, the service
+answers 4xx (or dead-letters the entry) with one line naming the problem, and keeps running.
+
+Real components throughout, as in ``test_serve.py`` (whose fixtures and helpers are used here): the
+real command on a loopback port, a real HTTP client, real Redis and NATS servers. The fuzzers are
+hypothesis strategies over bodies, content types, entries and messages, kept to a few dozen
+examples each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
+
+from streamtrain.config import TrainConfig
+from streamtrain.errors import CheckpointError
+from streamtrain.io.checkpoint import MAX_META_BYTES, load_checkpoint, save_checkpoint
+from streamtrain.serve.learner import StreamLearner
+from streamtrain.serve.sources import KEYS_KEPT, LogSource
+from streamtrain.train.schema import TRAINER
+from tests.test_serve import (  # noqa: F401  (fixtures: served, redis_url, nats_url)
+    BIN,
+    FEATURES,
+    SETTINGS,
+    Served,
+    free_port,
+    nats_url,
+    pieces,
+    publish_all,
+    redis_url,
+    served,
+    wait_for,
+)
+
+ARROW = "application/vnd.apache.arrow.stream"
+# Fuzzing a running service: its state carries from one example to the next, so a failure is
+# reported as found (shrinking would replay examples against a service that already failed).
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]
+HUGE = 10 ** 400  # the trial's 400-digit number: OverflowError on its way to float
+
+
+def arrow(columns: dict, names: list[bytes] | None = None) -> bytes:
+    """An Arrow IPC stream of ``columns``; ``names`` replaces the field names' bytes as written
+    (each the length of the one it replaces), e.g. with a name that is not UTF-8."""
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    body = sink.getvalue().to_pybytes()
+    for old, new in zip(table.schema.names, names or []):
+        assert len(old.encode()) == len(new)
+        body = body.replace(old.encode(), new)
+    return body
+
+
+def good_arrow(n: int = 3) -> bytes:
+    return arrow({**{f: np.linspace(-1, 1, n) for f in FEATURES}, "y": np.arange(n) % 2})
+
+
+def not_utf8_arrow() -> bytes:
+    # a column named b"f\xff" where "f3" belongs
+    return arrow({"f0": [1.0], "f1": [1.0], "f2": [1.0], "fZ": [1.0], "y": [1]},
+                 [b"f0", b"f1", b"f2", b"f\xff", b"y"])
+
+
+ROW = {"f0": 0.5, "f1": -1.0, "f2": 2.0, "f3": 0.25, "y": 1}
+
+
+def row_json(**changes) -> bytes:
+    """One row as JSON, with values replaced by raw JSON text (so that huge numbers stay numbers)."""
+    text = json.dumps([{k: f"@{k}@" if k in changes else v for k, v in ROW.items()}])
+    for k, raw in changes.items():
+        text = text.replace(f'"@{k}@"', raw)
+    return text.encode()
+
+
+# -- 1. Idempotency-Key: bounded, and whatever keys, a checkpoint its loader takes --------------------------
+def _learner() -> StreamLearner:
+    config = TrainConfig(hidden=4, batch_size=8, optimizer="adam", seed=0)
+    return StreamLearner(config, FEATURES, "y", [0, 1], scale_rows=4)
+
+
+def _checkpoint_and_reload(directory: Path, keys: list[str]) -> tuple[dict, LogSource]:
+    """Post a request under each key to a write-ahead log, checkpoint the service's state as the
+    service does, load that checkpoint as a restart does, and replay the log after it."""
+    log = LogSource(directory / "log", fsync=False)
+    log.start(None, {})
+    learner = _learner()
+    X, t = np.ones((1, len(FEATURES)), np.float32), np.ones(1, np.int64)
+    for key in keys:
+        log.append(X, t, key)
+        log.poll(0)
+    learner.position = log.seq  # (the rows themselves do not matter here)
+    arrays, meta = learner.checkpoint_contents(log.state())
+    save_checkpoint(directory / "ckpt-000000000001.npz", arrays, meta, TRAINER)
+    log.close()
+    _, loaded = load_checkpoint(directory / "ckpt-000000000001.npz", TRAINER)
+    again = LogSource(directory / "log", fsync=False)
+    again.start(loaded["stream"]["position"], loaded["stream"]["source"])
+    return loaded, again
+
+
+any_key = st.one_of(
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=40),  # surrogates, controls, anything
+    st.builds(lambda c, n: c * n, st.characters(codec=None, exclude_categories=()), st.integers(0, 200_000)))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+
+
+def _nested(depth: int, leaf):
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+source_states = st.one_of(
+    st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+    st.builds(lambda d: {"deep": _nested(d, 1)}, st.integers(0, 60)),
+    st.builds(lambda n: {"big": "x" * n}, st.sampled_from([0, 1000, MAX_META_BYTES + 1])),
+    st.builds(lambda n: {"keys": [[f"key-{i:08d}" + "k" * 2000, i] for i in range(n)]},
+              st.sampled_from([0, 10, 9000])))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(state=source_states, position=json_values, loss=st.floats())
+def test_the_writer_never_writes_a_checkpoint_its_loader_refuses(state, position, loss):
+    # Whatever state a source hands over (and whatever else the metadata holds), save_checkpoint
+    # either writes a checkpoint that load_checkpoint takes, with the same content, or refuses it
+    # (CheckpointError) and writes nothing.
+    learner = _learner()
+    learner.feed(np.ones((3, len(FEATURES)), np.float32), np.ones(3, np.int64), None)
+    arrays, meta = learner.checkpoint_contents(state)
+    meta["stream"]["position"] = position
+    meta["stream"]["prequential"]["loss_sum"] = loss
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt-000000000001.npz"
+        try:
+            save_checkpoint(path, arrays, meta, TRAINER)
+        except CheckpointError as e:
+            assert "not written: its loader would refuse it" in str(e)
+            assert not path.exists() and not list(Path(tmp).iterdir())
+            return
+        got_arrays, got = load_checkpoint(path, TRAINER)
+        assert json.dumps(got["stream"], sort_keys=True) == json.dumps(meta["stream"], sort_keys=True)
+        assert sorted(got_arrays) == sorted(arrays)
+
+
+# -- HTTP: one service for the checks below ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def http_svc(tmp_path_factory):
+    svc = Served(tmp_path_factory.mktemp("http"), "http").start()
+    yield svc
+    svc.close()
+
+
+def _no_traceback(svc: Served) -> None:
+    text = svc.stderr()
+    assert "Traceback" not in text, text[-3000:]
+    assert httpx.get(svc.url + "/healthz", timeout=10).status_code == 200
+
+
+# -- 4. a fuzzer over every endpoint ------------------------------------------------------------------------
+header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+                      max_size=60).map(str.strip)
+content_types = st.one_of(st.none(), st.sampled_from(["application/json", ARROW, "application/vnd.apache.arrow.file",
+                                                      "text/json", "application/x-www-form-urlencoded", ";;;",
+                                                      "application/json; charset=utf-16", "text/plain", ""]),
+                          header_text)
+good_values = st.floats(-100, 100, allow_nan=False) | st.integers(-100, 100)
+odd_values = st.one_of(st.just(HUGE), st.just(-HUGE), st.integers(), st.floats(), st.booleans(), st.none(),
+                       st.text(max_size=10), st.lists(st.integers(), max_size=3), json_values)
+row_values = st.one_of(good_values, good_values, odd_values)
+rows_json = st.lists(st.fixed_dictionaries({**{f: row_values for f in FEATURES},
+                                             "y": st.sampled_from([0, 1]) | odd_values}),
+                     min_size=1, max_size=5)
+
+
+def _dumps(value) -> bytes:
+    return json.dumps(value, allow_nan=True, default=str).encode()
+
+
+def _arrow_tables(draw) -> bytes:
+    n = draw(st.integers(0, 3))
+    kinds = [pa.float32(), pa.float64(), pa.int64(), pa.uint64(), pa.int8(), pa.bool_(), pa.string(), pa.null(),
+             pa.list_(pa.int64()), pa.timestamp("s"), pa.binary(), pa.float16()]
+    names = draw(st.lists(st.sampled_from([*FEATURES, "y", "z", "f0"]), min_size=0, max_size=7))
+    columns = {}
+    for name in names:
+        kind = draw(st.sampled_from(kinds))
+        try:
+            if kind == pa.float16():
+                col = pa.array(np.zeros(n, np.float16), kind)
+            elif pa.types.is_list(kind):
+                col = pa.array([[1]] * n, kind)
+            elif pa.types.is_null(kind):
+                col = pa.nulls(n)
+            elif kind in (pa.string(), pa.binary()):
+                col = pa.array(["1"] * n, kind)
+            elif kind == pa.bool_():
+                col = pa.array([True] * n)
+            else:
+                col = pa.array(draw(st.lists(st.integers(0, 1) | st.just(None), min_size=n, max_size=n)), kind)
+        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+            col = pa.nulls(n)
+        columns[name] = col
+    if not columns:
+        return b""
+    schema = pa.schema([(k, v.type) for k, v in columns.items()])  # (repeated names too)
+    batch = pa.RecordBatch.from_arrays(list(columns.values()), schema=schema)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as w:
+        w.write_batch(batch)
+    body = sink.getvalue().to_pybytes()
+    if draw(st.booleans()):  # a name's bytes made invalid UTF-8
+        body = body.replace(b"f1", b"f\xfe", 1)
+    if draw(st.booleans()):  # cut short
+        body = body[:draw(st.integers(0, len(body)))]
+    return body
+
+
+bodies = st.one_of(
+    st.binary(max_size=300),
+    rows_json.map(_dumps),
+    rows_json.map(lambda rows: _dumps({"rows": rows})),
+    json_values.map(_dumps),
+    st.builds(lambda d: b"[" * d + b"]" * d, st.integers(0, 200_000)),
+    rows_json.map(lambda rows: json.dumps(rows, default=str).encode("utf-16")),
+    st.composite(lambda draw: _arrow_tables(draw))(),
+    st.builds(lambda name: _dumps({"checkpoint": name}),
+              st.sampled_from([".", "log", "rejected.jsonl", "service-id", ".lock", "..", "/etc/passwd", "a/../..",
+                               "c" * 5000, "nothing"]) | st.text(max_size=30)),
+)
+requests = st.tuples(st.sampled_from(["/learn", "/predict", "/reload", "/snapshot", "/healthz", "/readyz",
+                                      "/metrics"]), content_types, bodies, st.none() | header_text)
+
+
+# -- 3. /reload and symbolic links ---------------------------------------------------------------------------
+
+
+# -- 2. poison entries from brokers ------------------------------------------------------------------------------
+POISON = [  # (what the trial or the docs name, the body)
+    row_json(f0=str(HUGE)), row_json(y=str(HUGE)), row_json(f1='"1.0"'), row_json(f2="true"),
+    b"[" * 100_000 + b"]" * 100_000, json.dumps([ROW]).encode("utf-16"), b"\xff\xfe\x00garbage"]
+
+
+def _xadd(client, stream: str, fields: dict) -> bytes:
+    return client.xadd(stream, fields)
+
+
+def _nats_dead(url: str, durable: str, count: int, timeout: float = 10.0) -> list:
+    """The next ``count`` dead letters (headers, data) from the DEAD stream."""
+    async def go():
+        import nats
+
+        nc = await nats.connect(url)
+        sub = await nc.jetstream().pull_subscribe("streamtrain.dead.>", durable=durable, stream="DEAD")
+        got = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(got) < count and asyncio.get_running_loop().time() < deadline:
+            try:
+                msgs = await sub.fetch(count - len(got), timeout=1)
+            except Exception:
+                continue
+            for m in msgs:
+                await m.ack()
+                got.append((m.headers or {}, m.data))
+        await nc.close()
+        return got
+
+    return asyncio.run(go())
+
+
+# The broker fuzzers: each example appends entries, some good (their rows must be trained), some bad
+# (each must be dead-lettered, with its reason); the service must stay healthy throughout.
+good_entries = st.integers(1, 6).map(lambda n: ("good", n))
+bad_entries = st.one_of(
+    st.binary(max_size=200).map(lambda b: ("json", b)),
+    st.binary(max_size=200).map(lambda b: ("arrow", b"\xff\xff\xff\xff" + b)),
+    st.sampled_from(POISON).map(lambda b: ("json", b)),
+    st.builds(lambda k, v: ("json", row_json(**{k: v})), st.sampled_from([*FEATURES, "y"]),
+              st.sampled_from([str(HUGE), "-" + str(HUGE), "1e400", '"1.0"', "true", "false", "null", "[]", "{}",
+                               '"x"', "[" * 50 + "]" * 50, "1e39"])),
+    st.builds(lambda v: ("json", row_json(y=v)), st.sampled_from([str(2 ** 64), "7", "-1", "0.5", '"0"'])),
+    json_values.map(lambda v: ("json", _dumps(v))),
+    st.just(("other", b"1")),  # (Redis: no field "rows" or "arrow")
+    st.builds(lambda d: ("json", b"[" * d + b"]" * d), st.integers(1, 120_000)),
+    st.just(("arrow", None)),  # a name not UTF-8
+    st.composite(lambda draw: ("arrow-odd", _arrow_tables(draw)))(),
+)
+entries_strategy = st.lists(st.one_of(good_entries, bad_entries), min_size=1, max_size=8)
+
+
+def _good_rows(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{**{f: float(v) for f, v in zip(FEATURES, rng.normal(size=4))}, "y": int(rng.integers(0, 2))}
+            for _ in range(n)]
+
+
+def _arrow_rows(body: bytes) -> int:
+    """The rows a generated Arrow body brings the service, or 0 where it refuses the body (the
+    generator makes odd tables; one may happen to be good)."""
+    from streamtrain.serve.rows import Columns
+
+    try:
+        X, y = Columns(FEATURES, "y").from_arrow(body, "x")
+        _learner().targets(y, "x")
+    except Exception:
+        return 0
+    return len(X)
+
+
+def _bodies(entries: list, seed: int) -> list[tuple[bool, str, bytes, int]]:
+    """``(good, field, body, rows)`` for each drawn entry (``field``: the Redis field)."""
+    out = []
+    for i, (kind, value) in enumerate(entries):
+        if kind == "good":
+            rows = _good_rows(value, seed + i)
+            if i % 2:
+                cols = {f: [r[f] for r in rows] for f in FEATURES}
+                out.append((True, "arrow", arrow({**cols, "y": [r["y"] for r in rows]}), value))
+            else:
+                out.append((True, "rows", json.dumps(rows).encode(), value))
+        elif kind == "arrow":
+            out.append((False, "arrow", value if value is not None else not_utf8_arrow(), 0))
+        elif kind == "arrow-odd":
+            n = _arrow_rows(value)
+            out.append((n > 0, "arrow", value, n))
+        else:
+            out.append((False, kind if kind == "other" else "rows", value, 0))
+    return out
+
+
+# -- 6. start-up failures: one line, exit 2 ------------------------------------------------------------------------
+def _serve(tmp_path: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), "serve", "--checkpoint-dir", str(tmp_path / "svc"), "--port", "0",
+                           "--features", "a", "--classes", "0,1", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _one_line_exit_2(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("serving on ")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
