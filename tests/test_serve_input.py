@@ -250,6 +250,38 @@ requests = st.tuples(st.sampled_from(["/learn", "/predict", "/reload", "/snapsho
 
 
 # -- 3. /reload and symbolic links ---------------------------------------------------------------------------
+def test_reload_refuses_a_symbolic_link_anywhere_on_the_way(served, tmp_path):
+    svc = served("http").start()
+    snap = httpx.post(svc.url + "/snapshot")
+    assert snap.status_code == 200
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "ck.npz").write_bytes(Path(snap.json()["checkpoint"]).read_bytes())  # a valid checkpoint
+    (outside / "ckpt-000000999999.npz").write_bytes((outside / "ck.npz").read_bytes())
+    d = svc.dir
+    (d / "sub").mkdir()
+    os.symlink(outside / "ck.npz", d / "sub" / "ckpt-000000999999.npz")  # the trial's link
+    (d / "real").mkdir()
+    (d / "real" / "ckpt-000000000005.npz").write_bytes((outside / "ck.npz").read_bytes())
+    os.symlink(outside, d / "linked-dir")
+    os.symlink(d / "real", d / "inner-link")  # a link, though to inside
+    (d / "deep" / "er").mkdir(parents=True)
+    os.symlink(outside, d / "deep" / "er" / "x")
+    cases = {"sub": "'sub/ckpt-000000999999.npz' is a symbolic link",
+             "sub/ckpt-000000999999.npz": "'sub/ckpt-000000999999.npz' is a symbolic link",
+             "linked-dir": "'linked-dir' is a symbolic link", "linked-dir/ck.npz": "'linked-dir' is a symbolic link",
+             "inner-link": "'inner-link' is a symbolic link",
+             "deep/er/x/ckpt-000000999999.npz": "'deep/er/x' is a symbolic link",
+             "../outside/ck.npz": "outside the checkpoint directory", str(outside / "ck.npz"): "outside the"}
+    for name, words in cases.items():
+        r = httpx.post(svc.url + "/reload", json={"checkpoint": name})
+        assert r.status_code == 400, (name, r.text)
+        assert words in r.json()["error"] and "\n" not in r.json()["error"], (name, r.json())
+    # without links it loads, from a file or a directory
+    assert httpx.post(svc.url + "/reload", json={"checkpoint": "real"}).status_code == 200
+    assert httpx.post(svc.url + "/reload", json={"checkpoint": "real/ckpt-000000000005.npz"}).status_code == 200
+    _no_traceback(svc)
+    assert svc.stop() == 0
 
 
 # -- 2. poison entries from brokers ------------------------------------------------------------------------------

@@ -10,30 +10,36 @@ source's write-ahead log (``log/``) and the refused input (``rejected.jsonl``).
 
 from __future__ import annotations
 
+import errno
 import hmac
+import io
 import json
 import logging
 import os
 import queue
+import stat
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import numpy as np
 
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, TrainingError
-from ..io.checkpoint import resolve_checkpoint
+from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, TrainingError, os_reason
+from ..io.checkpoint import _NAME as CHECKPOINT_NAME
+from ..io.checkpoint import load_checkpoint
 from ..io.rundir import RunDirectory
 from ..train.schema import TRAINER
 from .learner import StreamLearner
-from .rows import ARROW_TYPES, Columns
-from .sources import LogSource, QueueFull, Rejected, StreamSource, open_source
+from .rows import ARROW_TYPES, Columns, _short
+from .sources import LogSource, QueueFull, Rejected, StreamSource, _reason, open_source
 
 __all__ = ["Service", "Loading"]
 
 _LOG = logging.getLogger("streamtrain")
+
+MAX_NAME_CHARS = 1024  # a checkpoint's name given to /reload
 
 
 class Service:
@@ -211,15 +217,7 @@ class Service:
     def reload(self, name: str) -> dict:
         """Continue from the model of a checkpoint in this service's directory (e.g. a ``train``
         run's, copied there): its parameters, scaler and optimiser state; the stream goes on."""
-        path = (self.dir / name).resolve()
-        if self.dir.resolve() not in path.parents and path != self.dir.resolve():
-            raise DataError(f"reload: {name!r} is outside the checkpoint directory {self.dir}")
-        if not path.exists():
-            raise DataError(f"reload: {name!r}: no such checkpoint in {self.dir}")
-        try:
-            found, arrays, meta = resolve_checkpoint(path, TRAINER)
-        except CheckpointError as e:
-            raise DataError(f"reload: {e}") from None
+        found, arrays, meta = self._load_inside(name)
         m, mine = meta["model"], self.learner.model
         if (m["feature_names"], m["classes"], m["task"]) != (mine.feature_names, mine.classes, mine.task):
             raise DataError(f"reload: {found.name} takes features {m['feature_names']} and classes {m['classes']}, "
@@ -238,6 +236,84 @@ class Service:
             return {"reloaded": found.name, "model_version": learner.published.version}
 
         return self.call(swap)
+
+    def _load_inside(self, name: str):
+        """``(path, arrays, meta)`` of the checkpoint ``name`` names inside the checkpoint directory
+        (a file, or a directory's newest valid checkpoint). Every step from the directory down is
+        opened relative to the one before and without following links, so what is read is inside
+        the directory whatever is renamed meanwhile; a symbolic link on the way is refused, as is
+        anything outside. Every problem is a ``DataError`` (one line)."""
+        shown = _short(name)
+        if len(name) > MAX_NAME_CHARS:
+            raise DataError(f"reload: the checkpoint's name is {len(name)} characters long; at most "
+                            f"{MAX_NAME_CHARS} are allowed")
+        if "\x00" in name:
+            raise DataError(f"reload: {shown}: a name with a NUL character")
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or ".." in parts:
+            raise DataError(f"reload: {shown} is outside the checkpoint directory {self.dir}")
+        nofollow = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fds: list[int] = []
+        try:
+            fds.append(os.open(self.dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
+            for i, part in enumerate(parts):
+                here = "/".join(parts[:i + 1])
+                try:
+                    st = os.stat(part, dir_fd=fds[-1], follow_symlinks=False)
+                except FileNotFoundError:
+                    raise DataError(f"reload: {shown}: no such checkpoint in {self.dir}") from None
+                if stat.S_ISLNK(st.st_mode):
+                    raise DataError(f"reload: {shown}: {_short(here)} is a symbolic link; /reload reads only "
+                                    f"files inside {self.dir}, reached without links")
+                if stat.S_ISDIR(st.st_mode):
+                    fds.append(os.open(part, nofollow | getattr(os, "O_DIRECTORY", 0), dir_fd=fds[-1]))
+                elif i == len(parts) - 1:
+                    try:
+                        return self._load_file(fds[-1], part, self.dir / here)
+                    except CheckpointError as e:
+                        raise DataError(f"reload: {e}") from None
+                else:
+                    raise DataError(f"reload: {shown}: {_short(here)} is not a directory")
+            # a directory: its newest checkpoint that loads, as a run resumes
+            where = self.dir.joinpath(*parts)
+            names = sorted((n for n in os.listdir(fds[-1]) if CHECKPOINT_NAME.match(n)), reverse=True)
+            if not names:
+                raise DataError(f"reload: {shown}: no checkpoint in {where}")
+            for n in names:
+                try:
+                    return self._load_file(fds[-1], n, where / n)
+                except CheckpointError as e:
+                    if n == names[-1]:
+                        raise DataError(f"reload: {e}; no valid checkpoint left in {where}") from None
+                    self._warn(f"reload: {e}; trying an older checkpoint")
+        except OSError as e:  # a name too long, a permission, a link swapped in on the way (ELOOP)
+            raise DataError(f"reload: {shown}: cannot open it ({os_reason(e)})") from None
+        except (ValueError, UnicodeError) as e:  # a name the file system cannot take
+            raise DataError(f"reload: {shown}: not a usable file name ({_reason(e)})") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _load_file(self, dir_fd: int, name: str, path: Path):
+        """``(path, arrays, meta)`` of the regular file ``name`` in the directory ``dir_fd``,
+        opened without following a link; ``CheckpointError`` if it does not load."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)  # (a FIFO swapped in does not block the open)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DataError(f"reload: {_short(str(path.relative_to(self.dir)))} is a symbolic link; /reload "
+                                f"reads only files inside {self.dir}, reached without links") from None
+            raise
+        fh = io.FileIO(fd, "rb")
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DataError(f"reload: {path.relative_to(self.dir)} is not a checkpoint file")
+            fh.name = str(path)  # what messages name
+            arrays, meta = load_checkpoint(fh, TRAINER)
+        finally:
+            fh.close()
+        return path, arrays, meta
 
     def stop(self) -> None:
         """Stop training, write the last checkpoint, release the directory."""
