@@ -27,7 +27,7 @@ from streamtrain.config import TrainConfig
 from streamtrain.errors import CheckpointError
 from streamtrain.io.checkpoint import MAX_META_BYTES, load_checkpoint, save_checkpoint
 from streamtrain.serve.learner import StreamLearner
-from streamtrain.serve.sources import KEYS_KEPT, LogSource
+from streamtrain.serve.sources import KEYS_KEPT, MAX_KEY_CHARS, LogSource
 from streamtrain.train.schema import TRAINER
 from tests.test_serve import (  # noqa: F401  (fixtures: served, redis_url, nats_url)
     BIN,
@@ -174,6 +174,94 @@ def _no_traceback(svc: Served) -> None:
     assert httpx.get(svc.url + "/healthz", timeout=10).status_code == 200
 
 
+def test_an_idempotency_key_longer_than_the_bound_is_refused(http_svc):
+    url = http_svc.url + "/learn"
+    rows = pieces(1, seed=1)[0]
+    before = http_svc.status()["rows_received"]
+    r = httpx.post(url, json=rows, headers={"Idempotency-Key": "k" * (MAX_KEY_CHARS + 1)})
+    assert r.status_code == 400
+    assert r.json()["error"] == (f"POST /learn (127.0.0.1): the Idempotency-Key is {MAX_KEY_CHARS + 1} characters "
+                                 f"long; at most {MAX_KEY_CHARS} are allowed")
+    r = httpx.post(url, json=rows, headers={"Idempotency-Key": "k" * 60_000})
+    assert r.status_code in (400, 431)  # (a server may refuse a header that large itself)
+    key = "k" * MAX_KEY_CHARS
+    assert httpx.post(url, json=rows, headers={"Idempotency-Key": key}).status_code == 202
+    assert httpx.post(url, json=rows, headers={"Idempotency-Key": key}).status_code == 200
+    assert http_svc.wait_received(before + len(rows))["rows_received"] == before + len(rows)
+    _no_traceback(http_svc)
+
+
+def test_numbers_too_large_and_odd_bodies_are_4xx_not_500(http_svc):
+    url = http_svc.url
+    huge = str(HUGE)
+    cases = [
+        ("/learn", row_json(f0=huge), None, 400, "row 0, column 'f0': an integer of about 400 digits is beyond "
+                                                 "float32's range"),
+        ("/learn", row_json(y=huge), None, 400, "label 'y': an integer of about 400 digits"),
+        ("/learn", row_json(y="-" + huge), None, 400, "beyond a 64-bit integer's range"),
+        ("/predict", row_json(f2=huge), None, 400, "column 'f2': an integer of about 400 digits"),
+        ("/learn", not_utf8_arrow(), ARROW, 400, "a column name or string value is not UTF-8"),
+        ("/predict", not_utf8_arrow(), ARROW, 400, "not UTF-8"),
+        ("/reload", b"[" * 100_000 + b"]" * 100_000, None, 400, "reload: malformed JSON"),
+        ("/reload", json.dumps({"checkpoint": "c" * 5000}).encode(), None, 400,
+         "reload: the checkpoint's name is 5000 characters long; at most 1024"),
+        ("/reload", json.dumps({"checkpoint": "c" * 1000}).encode(), None, 400, "File name too long"),
+        ("/reload", json.dumps({"checkpoint": "a\u0000b"}).encode(), None, 400, "a name with a NUL character"),
+        ("/reload", json.dumps({"checkpoint": "service-id"}).encode(), None, 400, "not a valid streamtrain"),
+    ]
+    for path, body, kind, status, words in cases:
+        r = httpx.post(url + path, content=body, headers={"content-type": kind} if kind else {}, timeout=30)
+        assert r.status_code == status, (path, body[:60], r.text)
+        assert words in r.json()["error"] and "\n" not in r.json()["error"], (words, r.json())
+    _no_traceback(http_svc)
+
+
+def test_strings_and_booleans_where_numbers_belong_are_refused(http_svc):
+    # docs/serve.md: nothing is coerced; "1.0" and true were trained as 1.0
+    before = http_svc.status()["rows_received"]
+    for raw, what in (('"1.0"', ": '1.0' is a string"), ("true", ": true is a boolean"), ("null", " is null"),
+                      ("[1]", ": [1] is an array"), ('{"v": 1}', ': {"v": 1} is an object')):
+        for path in ("/learn", "/predict"):
+            r = httpx.post(http_svc.url + path, content=row_json(f0=raw))
+            assert r.status_code == 400, (raw, r.text)
+            assert f"row 0, column 'f0'{what}, not a number" in r.json()["error"], r.json()
+    r = httpx.post(http_svc.url + "/learn", content=row_json(y="true"))
+    assert r.status_code == 400 and "label 'y': true is a boolean" in r.json()["error"]
+    r = httpx.post(http_svc.url + "/learn", content=row_json(y='"1"'))  # a string where the classes are 0 and 1
+    assert r.status_code == 400 and "'1' is not one of the classes" in r.json()["error"]
+    assert http_svc.status()["rows_received"] == before
+    _no_traceback(http_svc)
+
+
+def test_malformed_content_types_and_bodies_not_utf8_are_refused(http_svc):
+    body = json.dumps([ROW])
+    for kind in (";;;", "", "json", "application/json extra", "application/", "/json", "a/b; =x", 'a/b; c="d'):
+        r = httpx.post(http_svc.url + "/learn", content=body.encode(), headers={"content-type": kind})
+        assert r.status_code == 415, (kind, r.text)
+        assert r.json()["error"].startswith("POST /learn (127.0.0.1): malformed content type"), r.json()
+        assert httpx.post(http_svc.url + "/predict", content=body.encode(),
+                          headers={"content-type": kind}).status_code == 415
+        assert httpx.post(http_svc.url + "/reload", content=b'{"checkpoint": "x"}',
+                          headers={"content-type": kind}).status_code == 415
+    r = httpx.post(http_svc.url + "/learn", content=body.encode(),
+                   headers={"content-type": "application/json; charset=utf-16"})
+    assert r.status_code == 415 and "JSON is read as UTF-8 only, not 'utf-16'" in r.json()["error"]
+    for encoding in ("utf-16", "utf-16-le", "utf-32"):
+        for path in ("/learn", "/predict", "/reload"):
+            r = httpx.post(http_svc.url + path, content=body.encode(encoding),
+                           headers={"content-type": "application/json"})
+            assert r.status_code == 400, (encoding, path, r.text)
+            assert "the body is not UTF-8" in r.json()["error"] and "JSON must be UTF-8" in r.json()["error"]
+    r = httpx.post(http_svc.url + "/learn", content=b'[{"f0": "\xe9"}]')  # latin-1
+    assert r.status_code == 400 and "not UTF-8 (invalid continuation byte: byte 0xe9" in r.json()["error"]
+    # well-formed ones still work: parameters, quoted strings, the form type curl -d sends
+    for kind in ('application/json; charset="UTF-8"', "application/json;;", "Application/JSON ; q=1",
+                 "application/x-www-form-urlencoded"):
+        r = httpx.post(http_svc.url + "/predict", content=body.encode(), headers={"content-type": kind})
+        assert r.status_code == 200, (kind, r.text)
+    _no_traceback(http_svc)
+
+
 # -- 4. a fuzzer over every endpoint ------------------------------------------------------------------------
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
                       max_size=60).map(str.strip)
@@ -247,6 +335,39 @@ bodies = st.one_of(
 )
 requests = st.tuples(st.sampled_from(["/learn", "/predict", "/reload", "/snapshot", "/healthz", "/readyz",
                                       "/metrics"]), content_types, bodies, st.none() | header_text)
+
+
+@pytest.mark.slow
+def test_fuzz_every_endpoint_answers_without_5xx_or_a_traceback(http_svc):
+    client = httpx.Client(timeout=60)
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
+    @given(request=requests)
+    @example(("/learn", None, row_json(f0=str(HUGE)), None))
+    @example(("/predict", ARROW, not_utf8_arrow(), None))
+    @example(("/reload", None, b"[" * 100_000, None))
+    @example(("/reload", None, _dumps({"checkpoint": "c" * 5000}), None))
+    @example(("/learn", ";;;", row_json(), None))
+    @example(("/learn", None, row_json(f0='"1.0"'), "k" * 300))
+    def check(request):
+        path, kind, body, key = request
+        headers = {}
+        if kind is not None:
+            headers["content-type"] = kind.encode("latin-1")
+        if key is not None:
+            headers["idempotency-key"] = key.encode("latin-1")
+        if path in ("/healthz", "/readyz", "/metrics"):
+            r = client.get(http_svc.url + path)
+        else:
+            r = client.post(http_svc.url + path, content=body, headers=headers)
+        assert r.status_code < 500, (path, kind, body[:80], r.status_code, r.text[:300])
+        if r.status_code >= 400:
+            message = r.json()["error"]
+            assert message and "\n" not in message
+
+    check()
+    client.close()
+    _no_traceback(http_svc)
 
 
 # -- 3. /reload and symbolic links ---------------------------------------------------------------------------

@@ -32,8 +32,8 @@ from ..io.checkpoint import load_checkpoint
 from ..io.rundir import RunDirectory
 from ..train.schema import TRAINER
 from .learner import StreamLearner
-from .rows import ARROW_TYPES, Columns, _short
-from .sources import LogSource, QueueFull, Rejected, StreamSource, _reason, open_source
+from .rows import ARROW_TYPES, JSON_TYPES, Columns, _short, json_body, media_type
+from .sources import MAX_KEY_CHARS, LogSource, QueueFull, Rejected, StreamSource, _reason, open_source
 
 __all__ = ["Service", "Loading"]
 
@@ -155,7 +155,7 @@ class Service:
                     job, done = self.requests.get()
                     try:
                         done["result"] = job()
-                    except StreamtrainError as e:
+                    except Exception as e:  # the request's failure, said to its caller: training goes on
                         done["error"] = e
                     done["event"].set()
                 now = time.monotonic()
@@ -358,13 +358,27 @@ class Service:
         service = self
 
         def error(status: int, message: str, **headers) -> JSONResponse:
-            return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+            return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers or None)
+
+        def guarded(handler):
+            """The handler, whose unforeseen failure is a 500 with one line (logged as one line too),
+            never a traceback: bad input never gets this far (it is a 4xx, below)."""
+            async def guard(request: Request):
+                try:
+                    return await handler(request)
+                except Exception as e:
+                    message = f"{request.method} {request.url.path}: {_reason(e)}"
+                    _LOG.error(f"error: {message}")
+                    return error(500, message)
+            return guard
 
         def authorised(request: Request) -> bool:
             if service.token is None:
                 return True
             given = request.headers.get("authorization", "")
-            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), service.token.encode())
+            # (header values arrive as latin-1: their bytes, as sent, against the token's UTF-8 bytes)
+            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode("latin-1"),
+                                                                       service.token.encode())
 
         async def body_of(request: Request) -> bytes:
             length = request.headers.get("content-length")
@@ -378,8 +392,11 @@ class Service:
                 chunks.append(chunk)
             return b"".join(chunks)
 
-        def content_type(request: Request) -> str:
-            return request.headers.get("content-type", "application/json")
+        def content_type(request: Request) -> str | None:
+            return request.headers.get("content-type")  # None: JSON
+
+        def refused(e: DataError) -> JSONResponse:
+            return error(415 if "content type" in str(e) else 400, str(e))
 
         async def learn(request: Request):
             if not authorised(request):
@@ -388,8 +405,11 @@ class Service:
                 return error(409, f"this service learns from its {service.source.name} source, not from /learn")
             where = f"POST /learn ({request.client.host if request.client else 'client'})"
             try:
-                body = await body_of(request)
                 key = request.headers.get("idempotency-key")
+                if key is not None and len(key) > MAX_KEY_CHARS:
+                    raise DataError(f"{where}: the Idempotency-Key is {len(key)} characters long; at most "
+                                    f"{MAX_KEY_CHARS} are allowed")
+                body = await body_of(request)
                 seq, repeat = await run_in_threadpool(service._accept, body, content_type(request), where, key)
             except _TooLarge:
                 service.rows_rejected += 1
@@ -399,7 +419,7 @@ class Service:
                              **{"Retry-After": "1"})
             except DataError as e:
                 service.rows_rejected += 1
-                return error(415 if "content type" in str(e) else 400, str(e))
+                return refused(e)
             return JSONResponse({"accepted": True, "sequence": seq, "repeat": repeat}, status_code=200 if repeat
                                 else 202)
 
@@ -411,7 +431,7 @@ class Service:
             except _TooLarge:
                 return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
             except DataError as e:
-                return error(415 if "content type" in str(e) else 400, str(e))
+                return refused(e)
             return JSONResponse(result)
 
         async def snapshot(request: Request):
@@ -419,23 +439,37 @@ class Service:
                 return error(401, "a bearer token is required (Authorization: Bearer ...)")
             if service.failure:
                 return error(409, f"training stopped: {service.failure}")
-            path = await run_in_threadpool(service.call, service.checkpoint)
+            try:
+                path = await run_in_threadpool(service.call, service.checkpoint)
+            except TimeoutError:
+                return error(503, "snapshot: the training thread did not answer in time; retry later",
+                             **{"Retry-After": "5"})
             return JSONResponse({"checkpoint": str(path), "position": service.learner.position,
                                  "model_version": service.learner.version})
 
         async def reload(request: Request):
             if not authorised(request):
                 return error(401, "a bearer token is required (Authorization: Bearer ...)")
+            where = "reload"
             try:
-                data = json.loads(await body_of(request) or b"{}")
+                kind, _ = media_type(content_type(request), where)
+                if kind not in JSON_TYPES:
+                    raise DataError(f"{where}: content type {_short(kind)}: give JSON")
+                body = await body_of(request)
+                data = json_body(body, where) if body.strip() else {}
                 name = data.get("checkpoint") if isinstance(data, dict) else None
                 if not isinstance(name, str) or not name:
                     raise DataError('reload: give {"checkpoint": "<file or directory in the checkpoint directory>"}')
+                if service.failure:
+                    return error(409, f"training stopped: {service.failure}")
                 return JSONResponse(await run_in_threadpool(service.reload, name))
             except _TooLarge:
                 return error(413, f"reload: the body is larger than {service.max_body} bytes")
-            except ValueError as e:  # DataError is one; malformed JSON too
-                return error(400, str(e) if isinstance(e, DataError) else f"reload: malformed JSON ({e})")
+            except DataError as e:
+                return refused(e)
+            except TimeoutError:
+                return error(503, "reload: the training thread did not answer in time; retry later",
+                             **{"Retry-After": "5"})
 
         async def healthz(request: Request):
             status = service.status()
@@ -454,9 +488,10 @@ class Service:
             body, kind = await run_in_threadpool(metrics.render)  # the source may ask its broker
             return Response(body, media_type=kind)
 
-        routes = [Route("/learn", learn, methods=["POST"]), Route("/predict", predict, methods=["POST"]),
-                  Route("/snapshot", snapshot, methods=["POST"]), Route("/reload", reload, methods=["POST"]),
-                  Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_page)]
+        posts = {"/learn": learn, "/predict": predict, "/snapshot": snapshot, "/reload": reload}
+        gets = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
+        routes = [*(Route(path, guarded(h), methods=["POST"]) for path, h in posts.items()),
+                  *(Route(path, guarded(h)) for path, h in gets.items())]
         return Starlette(routes=routes)
 
     def _accept(self, body: bytes, kind: str, where: str, key: str | None):

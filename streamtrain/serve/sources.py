@@ -16,6 +16,7 @@ dead-letter stream or subject; always the service's ``rejected.jsonl``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import struct
@@ -272,6 +273,13 @@ _MAGIC = b"STWL"
 _HEAD = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
 SEGMENT_BYTES = 64 << 20
 KEYS_KEPT = 10000
+MAX_KEY_CHARS = 255  # an Idempotency-Key's length (``POST /learn`` answers 400 beyond)
+
+
+def key_digest(key: str) -> str:
+    """What the log and the checkpoint keep of an ``Idempotency-Key``: its SHA-256, 64 hex digits
+    whatever its length (the 10,000 kept stay well under what a checkpoint's metadata may hold)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class QueueFull(Exception):
