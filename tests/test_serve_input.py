@@ -111,9 +111,36 @@ def _checkpoint_and_reload(directory: Path, keys: list[str]) -> tuple[dict, LogS
     return loaded, again
 
 
+def test_a_checkpoint_remembering_many_long_keys_loads(tmp_path):
+    # The trial: 400 requests under 60 kB keys made a 24 MB checkpoint that the restarted service
+    # refused. The keys are kept as fixed-size digests: 10,000 of them, however long, stay small.
+    long_keys = [f"{i}-" + "k" * 60_000 for i in range(400)]
+    keys = long_keys + [f"short-{i}-" + "x" * (MAX_KEY_CHARS - 20) for i in range(KEYS_KEPT - 400)]
+    loaded, log = _checkpoint_and_reload(tmp_path, keys)
+    size = len(json.dumps(loaded["stream"]["source"]))
+    assert size < MAX_META_BYTES // 16, size  # well under what the loader accepts
+    X, t = np.ones((1, len(FEATURES)), np.float32), np.ones(1, np.int64)
+    assert log.append(X, t, long_keys[0]) == (1, True)  # still known after the restart
+    assert log.append(X, t, keys[-1]) == (len(keys), True)
+    assert log.append(X, t, "new") == (len(keys) + 1, False)
+    log.close()
+
+
 any_key = st.one_of(
     st.text(st.characters(codec=None, exclude_categories=()), max_size=40),  # surrogates, controls, anything
     st.builds(lambda c, n: c * n, st.characters(codec=None, exclude_categories=()), st.integers(0, 200_000)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=st.lists(any_key, min_size=1, max_size=40))
+def test_whatever_the_keys_the_checkpoint_written_passes_its_loader(keys):
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded, log = _checkpoint_and_reload(Path(tmp), keys)  # load_checkpoint(..., TRAINER) raises if refused
+        X, t = np.ones((1, len(FEATURES)), np.float32), np.ones(1, np.int64)
+        for key in {k for k in keys if k}:
+            seq, repeat = log.append(X, t, key)
+            assert repeat, key[:40]
+        log.close()
 
 
 json_values = st.recursive(

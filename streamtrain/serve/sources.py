@@ -291,7 +291,9 @@ class LogSource(StreamSource):
     write-ahead log (fsync'd) before the request is answered, so an answered request is never
     lost; the position is the request's sequence number. At most ``limit_bytes`` of rows wait
     for training (beyond, ``append`` raises ``QueueFull``: the service answers 429). A request's
-    ``Idempotency-Key`` makes a retry of a request whose answer was lost a no-op."""
+    ``Idempotency-Key`` makes a retry of a request whose answer was lost a no-op: the last
+    ``KEYS_KEPT`` keys are remembered, as their digests (``key_digest``), in the log and the
+    checkpoint."""
 
     name = "http"
 
@@ -302,7 +304,7 @@ class LogSource(StreamSource):
         self.queue: deque = deque()
         self.queued_bytes = 0
         self.seq = 0  # the last sequence number written
-        self.keys: OrderedDict[str, int] = OrderedDict()
+        self.keys: OrderedDict[str, int] = OrderedDict()  # key digest -> sequence number
         self.cond = threading.Condition()
         self.fh = None
         self.segment_start = 0
@@ -310,8 +312,8 @@ class LogSource(StreamSource):
 
     # the log's records: magic, length, crc32, then a JSON header and the raw arrays
     @staticmethod
-    def _encode(seq: int, key: str | None, X: np.ndarray, t: np.ndarray) -> bytes:
-        head = json.dumps({"seq": seq, "key": key, "rows": len(X), "x": [X.dtype.str, list(X.shape)],
+    def _encode(seq: int, digest: str | None, X: np.ndarray, t: np.ndarray) -> bytes:
+        head = json.dumps({"seq": seq, "key_digest": digest, "rows": len(X), "x": [X.dtype.str, list(X.shape)],
                            "t": [t.dtype.str, list(t.shape)]}).encode()
         payload = struct.pack("<I", len(head)) + head + np.ascontiguousarray(X).tobytes() + \
             np.ascontiguousarray(t).tobytes()
@@ -338,7 +340,10 @@ class LogSource(StreamSource):
     def start(self, position, state):
         """Replay the log after ``position``; a torn record at the end (a crash mid-write) is cut off."""
         self.acked = int(position or 0)
-        self.keys = OrderedDict((k, int(s)) for k, s in state.get("keys", []))
+        if "key_digests" in state:
+            self.keys = OrderedDict((d, int(s)) for d, s in state["key_digests"])
+        else:  # a checkpoint from before the digests: its keys as they were sent
+            self.keys = OrderedDict((key_digest(k), int(s)) for k, s in state.get("keys", []))
         for seg in self._segments():
             data = seg.read_bytes()
             at, good = 0, 0
@@ -349,8 +354,10 @@ class LogSource(StreamSource):
                     break
                 head, X, t = self._decode(payload)
                 self.seq = head["seq"]
-                if head.get("key"):
-                    self._remember(head["key"], head["seq"])
+                if head.get("key_digest"):
+                    self._remember(head["key_digest"], head["seq"])
+                elif head.get("key"):  # a record from before the digests
+                    self._remember(key_digest(head["key"]), head["seq"])
                 if head["seq"] > self.acked:
                     self.queue.append((head["seq"], X, t))
                     self.queued_bytes += X.nbytes + t.nbytes
@@ -364,9 +371,9 @@ class LogSource(StreamSource):
         self.keys = OrderedDict((k, s) for k, s in self.keys.items() if s <= self.seq)
         self._new_segment()
 
-    def _remember(self, key: str, seq: int) -> None:
-        self.keys[key] = seq
-        self.keys.move_to_end(key)
+    def _remember(self, digest: str, seq: int) -> None:
+        self.keys[digest] = seq
+        self.keys.move_to_end(digest)
         while len(self.keys) > KEYS_KEPT:
             self.keys.popitem(last=False)
 
@@ -378,20 +385,21 @@ class LogSource(StreamSource):
 
     def append(self, X: np.ndarray, t: np.ndarray, key: str | None = None) -> tuple[int, bool]:
         """Write a request's rows durably; ``(sequence number, whether it was a repeat)``."""
+        digest = key_digest(key) if key else None
         with self.cond:
-            if key and key in self.keys:
-                return self.keys[key], True
+            if digest and digest in self.keys:
+                return self.keys[digest], True
             size = X.nbytes + t.nbytes
             if self.queued_bytes + size > self.limit and self.queue:
                 raise QueueFull()
             self.seq += 1
-            record = self._encode(self.seq, key, X, t)
+            record = self._encode(self.seq, digest, X, t)
             self.fh.write(record)
             self.fh.flush()
             if self.fsync:
                 os.fsync(self.fh.fileno())
-            if key:
-                self._remember(key, self.seq)
+            if digest:
+                self._remember(digest, self.seq)
             self.queue.append((self.seq, X, t))
             self.queued_bytes += size
             if self.fh.tell() > SEGMENT_BYTES:
@@ -421,7 +429,7 @@ class LogSource(StreamSource):
 
     def state(self):
         with self.cond:
-            return {"keys": [[k, s] for k, s in self.keys.items()]}
+            return {"key_digests": [[d, s] for d, s in self.keys.items()]}
 
     def lag(self):
         with self.cond:
