@@ -442,6 +442,45 @@ def _xadd(client, stream: str, fields: dict) -> bytes:
     return client.xadd(stream, fields)
 
 
+@pytest.mark.slow
+def test_redis_poison_entries_are_dead_lettered_and_the_rest_trained(served, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    good = pieces(4, seed=21)
+    ids_bad = []
+    # all in the stream before the service starts: one read holds good and bad entries together
+    client.xadd("rows", {"rows": json.dumps(good[0])})
+    for body in POISON:
+        ids_bad.append(client.xadd("rows", {"rows": body}))
+        client.xadd("rows", {"rows": json.dumps(good[1])})
+    ids_bad.append(client.xadd("rows", {"arrow": not_utf8_arrow()}))
+    client.xadd("rows", {"arrow": good_arrow(5)})
+    rows = len(good[0]) + len(POISON) * len(good[1]) + 5
+    svc = served(f"{redis_url}?stream=rows").start()
+    status = svc.wait_received(rows)
+    assert status["training"] is True and status["rows_rejected"] == len(ids_bad)
+    dead = client.xrange("rows:dead")
+    assert [d[1][b"id"] for d in dead] == ids_bad
+    errors = [d[1][b"error"].decode() for d in dead]
+    assert "column 'f0': an integer of about 400 digits is beyond float32's range" in errors[0]
+    assert "label 'y': an integer of about 400 digits" in errors[1]
+    assert "column 'f1': '1.0' is a string, not a number" in errors[2]
+    assert "column 'f2': true is a boolean, not a number" in errors[3]
+    assert "malformed JSON" in errors[4] and "not UTF-8" in errors[5] and "not UTF-8" in errors[6]
+    assert "a column name or string value is not UTF-8" in errors[7]
+    assert all(e.startswith(f"rows entry {i.decode()}: ") for e, i in zip(errors, ids_bad))
+    assert httpx.get(svc.url + "/healthz").status_code == 200
+    assert svc.stop() == 0
+    svc.start()  # nothing read again, nothing dead-lettered again, still learning
+    client.xadd("rows", {"rows": json.dumps(good[2])})
+    assert svc.wait_received(rows + len(good[2]))["training"] is True
+    assert len(client.xrange("rows:dead")) == len(ids_bad)
+    assert "Traceback" not in svc.stderr()
+    assert svc.stop() == 0
+    client.close()
+
+
 def _nats_dead(url: str, durable: str, count: int, timeout: float = 10.0) -> list:
     """The next ``count`` dead letters (headers, data) from the DEAD stream."""
     async def go():
@@ -463,6 +502,34 @@ def _nats_dead(url: str, durable: str, count: int, timeout: float = 10.0) -> lis
         return got
 
     return asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_nats_poison_messages_are_dead_lettered_and_the_rest_trained(served, nats_url):
+    good = pieces(3, seed=22)
+    bodies = [json.dumps(good[0]).encode()]
+    for body in [*POISON, not_utf8_arrow()]:
+        bodies += [body, json.dumps(good[1]).encode()]
+    bodies.append(good_arrow(5))
+    seqs = publish_all(nats_url, "rows.in", bodies)
+    bad = [str(seqs[i]) for i in range(1, 2 * (len(POISON) + 1), 2)]
+    rows = len(good[0]) + (len(POISON) + 1) * len(good[1]) + 5
+    svc = served(f"{nats_url}?stream=ROWS").start()
+    status = svc.wait_received(rows)
+    assert status["training"] is True and status["rows_rejected"] == len(bad)
+    dead = _nats_dead(nats_url, "check", len(bad))
+    assert [h["stream-seq"] for h, _ in dead] == bad
+    assert "column 'f0': an integer of about 400 digits" in dead[0][0]["error"]
+    assert "column 'f1': '1.0' is a string, not a number" in dead[2][0]["error"]
+    assert "column 'f2': true is a boolean, not a number" in dead[3][0]["error"]
+    assert "a column name or string value is not UTF-8" in dead[-1][0]["error"]
+    assert svc.stop() == 0
+    svc.start()
+    publish_all(nats_url, "rows.in", [json.dumps(good[2]).encode()])
+    assert svc.wait_received(rows + len(good[2]))["training"] is True
+    assert _nats_dead(nats_url, "check", 1, timeout=2) == []  # nothing dead-lettered again
+    assert "Traceback" not in svc.stderr()
+    assert svc.stop() == 0
 
 
 # The broker fuzzers: each example appends entries, some good (their rows must be trained), some bad
@@ -523,6 +590,70 @@ def _bodies(entries: list, seed: int) -> list[tuple[bool, str, bytes, int]]:
         else:
             out.append((False, kind if kind == "other" else "rows", value, 0))
     return out
+
+
+@pytest.mark.slow
+def test_fuzz_redis_entries_never_stop_the_service(served, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    svc = served(f"{redis_url}?stream=fuzz").start()
+    counter = iter(range(10 ** 6))
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
+    @given(entries=entries_strategy)
+    def check(entries):
+        before = svc.status()
+        dead_before = len(client.xrange("fuzz:dead"))
+        bad_ids, rows, last = [], 0, None
+        for good, field, body, n in _bodies(entries, next(counter) * 100):
+            last = client.xadd("fuzz", {field: body})
+            if good:
+                rows += n
+            else:
+                bad_ids.append(last)
+        status = wait_for(lambda: ((s := svc.status())["position"] == last.decode() or not s["training"]) and s, 60,
+                          "the last entry")
+        assert status["training"] is True, status["error"]
+        assert status["rows_received"] == before["rows_received"] + rows
+        assert status["rows_rejected"] == before["rows_rejected"] + len(bad_ids)
+        dead = client.xrange("fuzz:dead")[dead_before:]
+        assert [d[1][b"id"] for d in dead] == bad_ids
+        assert all(d[1][b"error"].startswith(b"fuzz entry ") for d in dead)
+
+    check()
+    assert httpx.get(svc.url + "/healthz").status_code == 200
+    assert "Traceback" not in svc.stderr()
+    assert svc.stop() == 0
+    client.close()
+
+
+@pytest.mark.slow
+def test_fuzz_nats_messages_never_stop_the_service(served, nats_url):
+    svc = served(f"{nats_url}?stream=ROWS").start()
+    counter = iter(range(10 ** 6))
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), phases=NO_SHRINK)
+    @given(entries=entries_strategy)
+    def check(entries):
+        before = svc.status()
+        drawn = _bodies(entries, next(counter) * 100)
+        seqs = publish_all(nats_url, "rows.in", [body for _, _, body, _ in drawn])
+        bad = [str(s) for s, (good, _, _, _) in zip(seqs, drawn) if not good]
+        rows = sum(n for good, _, _, n in drawn if good)
+        status = wait_for(lambda: ((s := svc.status())["position"] == seqs[-1] or not s["training"]) and s, 60,
+                          "the last message")
+        assert status["training"] is True, status["error"]
+        assert status["rows_received"] == before["rows_received"] + rows
+        assert status["rows_rejected"] == before["rows_rejected"] + len(bad)
+        dead = _nats_dead(nats_url, "fuzz-check", len(bad)) if bad else []
+        assert [h["stream-seq"] for h, _ in dead] == bad
+        assert all(h["error"].startswith("ROWS message ") for h, _ in dead)
+
+    check()
+    assert httpx.get(svc.url + "/healthz").status_code == 200
+    assert "Traceback" not in svc.stderr()
+    assert svc.stop() == 0
 
 
 # -- 6. start-up failures: one line, exit 2 ------------------------------------------------------------------------

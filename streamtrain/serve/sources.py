@@ -229,9 +229,10 @@ class DirectorySource(StreamSource):
                 raise DataError(f"{where}: no rows")
             end = min(ds.n_rows, a + self.chunk_rows)
             X, y = _rows(ds, a, end)
-        except (DataError, OSError, ValueError, KeyError) as e:
-            self._finish(name)  # the rest of a file that cannot be read is left out, and recorded
-            return [Rejected(self._position(), where, str(e) if isinstance(e, DataError) else f"{where}: {e}")]
+        except Exception as e:  # whatever the file holds: the rest of it is left out, and recorded
+            self._finish(name)
+            return [Rejected(self._position(), where, str(e) if isinstance(e, DataError) else
+                             f"{where}: {_reason(e)}")]
         self.row = end
         if end == ds.n_rows:
             self._finish(name)
@@ -574,8 +575,8 @@ class RedisSource(StreamSource):
             try:
                 X, y = self._parse(fields, where)
                 items.append(Entry(pos, X, y, where, raw=(ident, fields)))
-            except DataError as e:
-                items.append(Rejected(pos, where, str(e), raw=(ident, fields)))
+            except Exception as e:  # whatever the entry holds: dead-lettered, the others go on
+                items.append(Rejected(pos, where, _refused(where, e), raw=(ident, fields)))
             self.position = sid
             self.unacked.append(ident)
         if self.backlog and entries:
@@ -594,7 +595,8 @@ class RedisSource(StreamSource):
 
     def reject(self, item):
         ident, fields = item.raw
-        self.client.xadd(self.dead, {b"id": ident, b"error": item.error.encode(), **dict(fields)})
+        # the entry's fields, then its ID and the error (which an entry's own "id" or "error" cannot hide)
+        self.client.xadd(self.dead, {**dict(fields), b"id": ident, b"error": _one_line(item.error).encode()})
 
     def ack(self, position):
         if position is None:
@@ -755,16 +757,19 @@ class NatsSource(StreamSource):
             if self.position is not None and seq <= self.position:
                 continue  # a redelivery of what is already here
             where = f"{self.stream} message {seq}"
+            data = m.data
+            # The message is kept until a checkpoint acknowledges it, without its payload: the rows are
+            # in X (or views of them), and the entry holds the payload for a dead letter meanwhile
+            # (its labels may yet be refused).
+            m.data = b""
             try:
-                data = m.data
                 if data[:4] == b"\xff\xff\xff\xff":
                     X, y = self.columns.from_arrow(data, where)
                 else:
                     X, y = self.columns.from_json(data, where)
-                items.append(Entry(seq, X, y, where))
-                m.data = b""  # kept until a checkpoint acknowledges it: its rows are in X (or views of them)
-            except DataError as e:
-                items.append(Rejected(seq, where, str(e), raw=m))
+                items.append(Entry(seq, X, y, where, raw=data))
+            except Exception as e:  # whatever the message holds: dead-lettered, the others go on
+                items.append(Rejected(seq, where, _refused(where, e), raw=data))
             self.position = seq
             self.delivered.append((seq, m))
         return items
@@ -778,9 +783,8 @@ class NatsSource(StreamSource):
             return []
 
     def reject(self, item):
-        self._run(self.nc.publish(self.dead, item.raw.data, headers={"error": item.error[:1000],
-                                                                     "stream-seq": str(item.position)}))
-        item.raw.data = b""  # dead-lettered; the message waits only for its acknowledgement
+        self._run(self.nc.publish(self.dead, item.raw or b"", headers={"error": _one_line(item.error),
+                                                                       "stream-seq": str(item.position)}))
 
     def ack(self, position):
         if position is None:
