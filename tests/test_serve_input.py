@@ -671,3 +671,43 @@ def _one_line_exit_2(r: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def test_an_unreachable_redis_is_one_line_and_exit_2(tmp_path):
+    port = free_port()  # nothing listens there
+    line = _one_line_exit_2(_serve(tmp_path, "--source", f"redis://127.0.0.1:{port}/0?stream=s"))
+    assert line.startswith(f"error: Redis stream 's' at redis://127.0.0.1:{port}/0: cannot reach Redis ("), line
+    assert "Connection refused" in line
+    line = _one_line_exit_2(_serve(tmp_path, "--source", f"redis://u:secret@127.0.0.1:{port}/0?stream=s"))
+    assert "redis://u:***@127.0.0.1" in line and "secret" not in line
+
+
+def test_an_unreachable_nats_is_one_line_and_exit_2(tmp_path):
+    port = free_port()
+    r = _serve(tmp_path, "--source", f"nats://127.0.0.1:{port}?stream=S")
+    line = _one_line_exit_2(r)
+    assert line.startswith(f"error: NATS stream 'S' at nats://127.0.0.1:{port}: cannot reach NATS ("), line
+
+
+def test_a_nats_stream_that_does_not_exist_is_one_line_and_exit_2(tmp_path, nats_url):
+    line = _one_line_exit_2(_serve(tmp_path, "--source", f"{nats_url}?stream=NOPE"))
+    assert line.startswith(f"error: NATS stream 'NOPE' at {nats_url}: NATS refused ("), line
+
+
+def test_a_token_file_not_utf8_is_one_line_and_exit_2(tmp_path):
+    token = tmp_path / "token"
+    token.write_bytes(b"s3cr\xe9t\n")
+    line = _one_line_exit_2(_serve(tmp_path, "--source", "http", "--token-file", token))
+    assert line == f"error: {token}: the token file is not UTF-8 text (invalid continuation byte: byte 0xe9 at offset 4)"
+    token.write_bytes(b"one\ntwo\n")
+    line = _one_line_exit_2(_serve(tmp_path, "--source", "http", "--token-file", token))
+    assert line == (f"error: {token}: the token holds a control character (a line break?); an Authorization header "
+                    "cannot carry it")
+
+
+def test_a_utf8_token_is_accepted_as_sent(served, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("sécret\n", encoding="utf-8")
+    svc = served("http", "--token-file", token).start()
+    sent = {"Authorization": b"Bearer " + "sécret".encode()}
+    assert httpx.post(svc.url + "/snapshot", headers=sent).status_code == 200
+    assert httpx.post(svc.url + "/snapshot", headers={"Authorization": b"Bearer s\xe9cret"}).status_code == 401
+    assert svc.stop() == 0

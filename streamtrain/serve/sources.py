@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import struct
 import threading
@@ -516,7 +517,11 @@ class RedisSource(StreamSource):
                  consumer: str = "streamtrain", count: int = 256):
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        self.shown = f"Redis stream {stream!r} at {_shown(url)}"
+        try:
+            self.client = redis.Redis.from_url(url)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--source {_shown(url)}: {_reason(e)}") from None
         self.stream, self.group, self.consumer, self.count = stream, group, consumer, int(count)
         self.most, self.count = self.count, min(self.count, 16)  # grows once entry sizes are known
         self.dead = f"{stream}:dead"
@@ -541,13 +546,18 @@ class RedisSource(StreamSource):
     def start(self, position, state):
         import redis
 
-        self.claim()
-        self.position = None if position is None else _stream_id(position)
         try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+            self.claim()
+            self.position = None if position is None else _stream_id(position)
+            try:
+                self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        except redis.ConnectionError as e:  # (timeouts included)
+            raise ConfigError(f"{self.shown}: cannot reach Redis ({_reason(e)})") from None
+        except redis.RedisError as e:
+            raise ConfigError(f"{self.shown}: Redis refused ({_reason(e)})") from None
 
     def poll(self, timeout):
         self.keep_claim()
@@ -636,6 +646,7 @@ class NatsSource(StreamSource):
     def __init__(self, url: str, columns: Columns, stream: str, durable: str = "streamtrain",
                  dead: str | None = None, count: int = 256):
         self.url, self.stream, self.durable, self.count = url, stream, durable, int(count)
+        self.shown = f"NATS stream {stream!r} at {_shown(url)}"
         self.most, self.count = self.count, min(self.count, 16)  # grows once entry sizes are known
         self.dead = dead or f"streamtrain.dead.{stream}"
         self.columns = columns
@@ -654,9 +665,17 @@ class NatsSource(StreamSource):
 
     def start(self, position, state):
         self.position = None if position is None else int(position)
-        self._run(self._connect())
-        self.claim()  # before the consumer, which another service may be using
-        self._run(self._start())
+        try:
+            self._run(self._connect())
+        except Exception as e:
+            raise ConfigError(f"{self.shown}: cannot reach NATS ({_reason(e)})") from None
+        try:
+            self.claim()  # before the consumer, which another service may be using
+            self._run(self._start())
+        except ConfigError:
+            raise
+        except Exception as e:  # no such stream, no JetStream, a timeout
+            raise ConfigError(f"{self.shown}: NATS refused ({_reason(e)})") from None
 
     # The claim: a key in a JetStream key-value bucket whose values live LEASE_SECONDS unless rewritten.
     def _claim_text(self) -> str:
@@ -710,7 +729,22 @@ class NatsSource(StreamSource):
     async def _connect(self):
         import nats
 
-        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+        first: list[BaseException] = []  # why the first connection failed
+
+        async def said(e):  # one line, not the client's traceback, each time the connection fails
+            if self.nc is None:
+                first.append(e)
+            else:
+                logging.getLogger("streamtrain").warning(f"{self.shown}: {_reason(e)}")
+
+        # A first connection that fails is an error at once (nats-py would retry it forever); once
+        # connected, the client reconnects for as long as it takes.
+        try:
+            nc = await nats.connect(self.url, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=said)
+        except Exception as e:
+            raise (first[-1] if first else e) from None
+        nc.options.update(max_reconnect_attempts=-1, reconnect_time_wait=2)
+        self.nc = nc
         self.js = self.nc.jetstream()
 
     async def _start(self):
