@@ -529,9 +529,7 @@ def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scal
         config = TrainConfig(**{**config.to_dict(), "checkpoint_seconds": 10.0})
     token = None
     if token_file is not None:
-        token = token_file.read_text().strip()
-        if not token:
-            raise click.UsageError(f"{token_file}: the token file is empty")
+        token = _read_token(token_file)
     names = None if features is None else [f.strip() for f in features.split(",") if f.strip()]
     labels = None if classes is None else [_class_value(c.strip()) for c in classes.split(",") if c.strip()]
 
@@ -542,6 +540,22 @@ def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scal
                        max_body_bytes=int(max_body_mb * 2**20), queue_bytes=int(queue_mb * 2**20), log=_echo_err)
 
     _run_server(open_service, host, port)
+
+
+def _read_token(path: Path) -> str:
+    """The bearer token a file holds (its surrounding white space aside), or one line saying why not."""
+    data = path.read_bytes()
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the token file is not UTF-8 text ({e.reason}: byte {data[e.start]:#04x} at "
+                          f"offset {e.start})") from None
+    if not token:
+        raise click.UsageError(f"{path}: the token file is empty")
+    if any(c < " " or c == "\x7f" for c in token):
+        raise ConfigError(f"{path}: the token holds a control character (a line break?); an Authorization "
+                          "header cannot carry it")
+    return token
 
 
 def _class_value(text: str):

@@ -23,8 +23,8 @@ from ..errors import CheckpointError, os_reason
 from .atomic import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
-           "resolve_checkpoint", "params_digest", "DirectoryLock", "BackgroundWriter", "FORMAT_VERSION",
-           "Schema"]
+           "resolve_checkpoint", "params_digest", "check_loadable", "DirectoryLock", "BackgroundWriter",
+           "FORMAT_VERSION", "Schema"]
 
 # 2: config, model, state and fingerprint sections; the history is in metrics.jsonl, not here.
 FORMAT_VERSION = 2
@@ -47,11 +47,19 @@ def params_digest(arrays: dict[str, np.ndarray]) -> str:
     return _digest(b"", arrays)
 
 
-def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write ``arrays`` and JSON-able ``meta`` to ``path`` atomically; returns the path."""
+def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                    schema: "Schema | None" = None) -> Path:
+    """Write ``arrays`` and JSON-able ``meta`` to ``path`` atomically; returns the path.
+
+    Nothing is written that ``load_checkpoint`` (with ``schema``, where given) would refuse: such
+    a checkpoint is a ``CheckpointError`` here, and the previous checkpoints stay as they are."""
     path = Path(path)
     meta = {"format_version": FORMAT_VERSION, **meta}
     meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    try:
+        check_loadable(arrays, meta_bytes, schema)
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not written: its loader would refuse it ({_one_line(e)})") from None
     payload = {name: np.asarray(a, order="C") for name, a in arrays.items()}
     payload[_META] = np.frombuffer(meta_bytes, dtype=np.uint8)
     payload[_SUM] = np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8)
@@ -238,6 +246,33 @@ def json_depth(data: bytes) -> int:
     opens = np.frombuffer(text, np.uint8)
     step = np.isin(opens, (ord("["), ord("{"))).astype(np.int64) - np.isin(opens, (ord("]"), ord("}")))
     return int(np.cumsum(step).max(initial=0))
+
+
+def check_loadable(arrays: dict[str, np.ndarray], meta_bytes: bytes, schema: Schema | None = None) -> None:
+    """Raise ``ValueError`` with the reason ``load_checkpoint`` (with ``schema``) would refuse a
+    checkpoint of ``arrays`` and the metadata ``meta_bytes``: the same bounds, the same checks."""
+    if len(arrays) + 2 > MAX_MEMBERS:
+        raise ValueError(f"{len(arrays)} arrays, more than {MAX_MEMBERS - 2}")
+    if len(meta_bytes) > MAX_META_BYTES:
+        raise ValueError(f"its metadata is {len(meta_bytes)} bytes, more than the {MAX_META_BYTES} a checkpoint "
+                         "may hold")
+    if json_depth(meta_bytes) > MAX_JSON_DEPTH:
+        raise ValueError(f"metadata nested more than {MAX_JSON_DEPTH} deep")
+    headers = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        if name in (_META, _SUM) or a.dtype.hasobject or a.dtype.kind not in "biuf":
+            raise ValueError(f"array {name}: dtype {a.dtype} is not allowed" if name not in (_META, _SUM)
+                             else f"array name {name} is reserved")
+        headers[name] = (tuple(a.shape), a.dtype, 0)
+    if schema is None:
+        return  # (the bound on unchecked arrays is for files of unknown kind, not for what a writer knows)
+    meta = json.loads(meta_bytes)  # what the loader will see
+    if not isinstance(meta, dict):
+        raise ValueError(f"metadata is a {type(meta).__name__}, not a mapping")
+    meta = schema.upgrade(meta)
+    _expect(meta, schema, headers)
+    schema.check({name: np.asarray(a) for name, a in arrays.items()}, meta)
 
 
 def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str):

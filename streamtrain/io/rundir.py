@@ -75,14 +75,15 @@ class RunDirectory:
         invalid ones are reported and moved aside (``.invalid``); none valid is an error."""
         return latest_checkpoint(self.path, warn, schema, set_aside=True)
 
-    def save(self, arrays: dict, meta: dict, step: int, keep: int) -> Path:
-        """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones."""
+    def save(self, arrays: dict, meta: dict, step: int, keep: int, schema: Schema | None = None) -> Path:
+        """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones.
+        With ``schema``, a checkpoint its loader would refuse is not written (``CheckpointError``)."""
         self.check()
         path = self.path / checkpoint_name(step)
 
         def write():
             try:
-                save_checkpoint(path, arrays, meta)
+                save_checkpoint(path, arrays, meta, **({} if schema is None else {"schema": schema}))
             except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
                 raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)}); "
                                       "the previous checkpoint is kept") from None

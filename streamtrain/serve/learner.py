@@ -117,8 +117,20 @@ class StreamLearner:
     # -- rows in -------------------------------------------------------------------
     def targets(self, y: np.ndarray, where: str) -> np.ndarray:
         """Labels as training wants them (class indices, or values); a label the model cannot take
-        raises ``DataError`` naming ``where``."""
-        t = self.model.targets(np.asarray(y), where)
+        raises ``DataError`` naming ``where`` (whatever the labels, nothing else)."""
+        try:
+            return self._targets(np.asarray(y), where)
+        except DataError:
+            raise
+        except Exception as e:  # labels of an unforeseen kind: still the input's problem
+            raise DataError(f"{where}: the labels cannot be used ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]})") from None
+
+    def _targets(self, y: np.ndarray, where: str) -> np.ndarray:
+        if self.model.task == "regression" and y.dtype.kind not in "iuf":
+            raise DataError(f"{where}: the labels are {'strings' if y.dtype.kind in 'US' else y.dtype}; a "
+                            "regression learns numbers")
+        t = self.model.targets(y, where)
         if self.model.task == "regression":
             t = t.reshape(len(t), -1)
             if t.shape[1] != self.model.net.n_out:

@@ -1,23 +1,66 @@
 """Rows from the wire: JSON or an Arrow IPC stream, checked against the stream's columns.
 
 Every problem is a ``DataError`` naming where the rows came from (a request, a stream entry)
-and what is wrong; nothing is coerced silently (a string where a number belongs, a missing or
-an unknown column, NaN or infinity, a column that changed type are refused).
+and what is wrong; nothing is coerced silently (a string or a boolean where a number belongs, a
+missing or an unknown column, NaN or infinity, a number beyond float32's range, a column that
+changed type are refused). JSON is read strictly as UTF-8. Whatever the bytes, parsing raises
+nothing but ``DataError``: a body that breaks the parser in some unforeseen way is refused too.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["Columns", "ARROW_TYPES"]
+__all__ = ["Columns", "ARROW_TYPES", "JSON_TYPES", "media_type", "json_body"]
 
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
+# curl -d sends its data as a form unless told otherwise: taken as JSON too
+JSON_TYPES = ("application/json", "text/json", "application/x-www-form-urlencoded")
+
+# RFC 9110's media type: type "/" subtype *( OWS ";" OWS [ name "=" ( token / quoted-string ) ] )
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x20-\x7e\x80-\xff])*"'
+_PARAM = rf"({_TOKEN})=({_TOKEN}|{_QUOTED})"
+_MEDIA = re.compile(rf"({_TOKEN})/({_TOKEN})((?:[ \t]*;[ \t]*(?:{_PARAM})?)*)[ \t]*")
+_INT64 = 1 << 63
+
+
+def media_type(content_type: str | None, where: str) -> tuple[str, dict[str, str]]:
+    """``(type/subtype in lower case, parameters)`` of a Content-Type header (None: JSON, the
+    default); a malformed one raises ``DataError`` (its message says "content type")."""
+    if content_type is None:
+        return "application/json", {}
+    m = _MEDIA.fullmatch(content_type)
+    if m is None:
+        raise DataError(f"{where}: malformed content type {_short(content_type)} (expected type/subtype, "
+                        f"e.g. application/json or {ARROW_TYPES[0]})")
+    params = {k.lower(): v[1:-1] if v.startswith('"') else v for k, v in re.findall(_PARAM, m.group(3))}
+    return f"{m.group(1)}/{m.group(2)}".lower(), params
+
+
+def json_body(body: bytes | str, where: str) -> Any:
+    """A JSON document read strictly as UTF-8 (JSON's only encoding on the wire); any problem is a
+    ``DataError`` naming ``where``."""
+    if not isinstance(body, str):
+        body = bytes(body)
+        if b"\x00" in body:  # never in JSON text; all over UTF-16 and UTF-32
+            raise DataError(f"{where}: the body is not UTF-8 (a NUL byte at offset {body.index(0)}: UTF-16 or "
+                            "UTF-32?); JSON must be UTF-8")
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: the body is not UTF-8 ({e.reason}: byte {body[e.start]:#04x} at offset "
+                            f"{e.start}); JSON must be UTF-8") from None
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
 
 
 class Columns:
@@ -31,22 +74,33 @@ class Columns:
 
     # -- the two encodings -----------------------------------------------------------
     def parse(self, body: bytes, content_type: str | None, where: str, need_label: bool = True):
-        """``(X, y)`` (y None without ``need_label``) from a body of either encoding."""
-        kind = (content_type or "application/json").split(";")[0].strip().lower()
+        """``(X, y)`` (y None without ``need_label``) from a body of either encoding; ``content_type``
+        None is JSON. A malformed or another content type, or JSON in a charset other than UTF-8,
+        is a ``DataError`` whose message says "content type"."""
+        kind, params = media_type(content_type, where)
         if kind in ARROW_TYPES:
             return self.from_arrow(body, where, need_label)
-        # curl -d sends its data as a form unless told otherwise: taken as JSON too
-        if kind not in ("application/json", "text/json", "application/x-www-form-urlencoded", ""):
-            raise DataError(f"{where}: content type {kind!r} is neither JSON nor an Arrow IPC stream "
+        if kind not in JSON_TYPES:
+            raise DataError(f"{where}: content type {_short(kind)} is neither JSON nor an Arrow IPC stream "
                             f"({ARROW_TYPES[0]})")
+        charset = params.get("charset")
+        if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+            raise DataError(f"{where}: content type {_short(content_type)}: JSON is read as UTF-8 only, not "
+                            f"{_short(charset)}")
         return self.from_json(body, where, need_label)
 
     def from_json(self, body: bytes | str, where: str, need_label: bool = True):
-        """Rows as a JSON list of objects (``[{"f0": 1.5, ..., "y": 1}, ...]``) or ``{"rows": [...]}``."""
+        """Rows as a JSON list of objects (``[{"f0": 1.5, ..., "y": 1}, ...]``) or ``{"rows": [...]}``,
+        UTF-8 encoded."""
         try:
-            data = json.loads(body, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as e:
-            raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
+            return self._from_json(body, where, need_label)
+        except DataError:
+            raise
+        except Exception as e:  # unforeseen: still the body's problem, said in one line
+            raise DataError(f"{where}: cannot read these rows ({_short(e)})") from None
+
+    def _from_json(self, body: bytes | str, where: str, need_label: bool):
+        data = json_body(body, where)
         rows = data.get("rows") if isinstance(data, dict) else data
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise DataError(f"{where}: expected a JSON list of row objects, or {{\"rows\": [...]}}")
@@ -58,23 +112,34 @@ class Columns:
         for i, r in enumerate(rows):
             if r.keys() != keys:
                 raise DataError(f"{where}: row {i} has columns {sorted(r)}, row 0 has {sorted(keys)}")
+        flat = [r[k] for r in rows for k in feats]
+        if not set(map(type, flat)) <= {int, float}:  # (bool is not int here: true is refused)
+            i, k, v = next((i, k, r[k]) for i, r in enumerate(rows) for k in feats if type(r[k]) not in (int, float))
+            what = " is null" if v is None else f": {_short(v)} is {_json_type(v)}"
+            raise DataError(f"{where}: row {i}, column {k!r}{what}, not a number")
         try:
-            X = np.array([[r[k] for k in feats] for r in rows], dtype=np.float64)
-        except (TypeError, ValueError):
-            for i, r in enumerate(rows):
-                for k in feats:
-                    if not _is_number(r[k]):
-                        raise DataError(f"{where}: row {i}, column {k!r}: {_short(r[k])} is not a number") from None
-            raise
+            X = np.array(flat, dtype=np.float64).reshape(len(rows), len(feats))
+        except OverflowError:  # an integer beyond float64's range
+            i, k, v = next((i, k, r[k]) for i, r in enumerate(rows) for k in feats
+                           if type(r[k]) is int and abs(r[k]) > 1e308)
+            raise DataError(f"{where}: row {i}, column {k!r}: {_short(v)} is beyond float32's range") from None
         self._check_finite(X, where)
         y = None
         if need_label:
-            values = [r[self.label] for r in rows]
-            if not all(_is_number(v) or isinstance(v, str) for v in values):
-                bad = next(v for v in values if not (_is_number(v) or isinstance(v, str)))
-                raise DataError(f"{where}: label {_short(bad)} is neither a number nor a string")
-            if len({type(v) is str for v in values}) > 1:
+            label = self.label
+            values = [r[label] for r in rows]
+            kinds = set(map(type, values))
+            if not kinds <= {int, float, str}:
+                i, v = next((i, v) for i, v in enumerate(values) if type(v) not in (int, float, str))
+                what = " is null" if v is None else f": {_short(v)} is {_json_type(v)}"
+                raise DataError(f"{where}: row {i}, label {label!r}{what}, neither a number nor a string")
+            if str in kinds and len(kinds) > 1:
                 raise DataError(f"{where}: the label column mixes strings and numbers")
+            if int in kinds:
+                for i, v in enumerate(values):
+                    if type(v) is int and not -_INT64 <= v < _INT64:
+                        raise DataError(f"{where}: row {i}, label {label!r}: {_short(v)} is beyond a 64-bit "
+                                        "integer's range")
             y = np.asarray(values)
         return X.astype(self.dtype), y
 
@@ -87,6 +152,17 @@ class Columns:
 
     def from_arrow(self, body: bytes, where: str, need_label: bool = True):
         """Rows as an Arrow IPC stream (or file) of one record batch or more."""
+        try:
+            return self._from_arrow(body, where, need_label)
+        except DataError:
+            raise
+        except UnicodeDecodeError as e:  # a column name (or a string label) that is not UTF-8
+            raise DataError(f"{where}: a column name or string value is not UTF-8 ({e.reason}: byte "
+                            f"{e.object[e.start]:#04x} at offset {e.start})") from None
+        except Exception as e:  # unforeseen (an odd schema or type): still the body's problem
+            raise DataError(f"{where}: cannot read these Arrow rows ({_short(e)})") from None
+
+    def _from_arrow(self, body: bytes, where: str, need_label: bool):
         import pyarrow as pa
 
         try:
@@ -196,8 +272,10 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and (not isinstance(v, float) or math.isfinite(v))
+def _json_type(v: Any) -> str:
+    """What a parsed JSON value is, in JSON's words."""
+    return {str: "a string", bool: "a boolean", type(None): "a null", list: "an array", dict: "an object",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
 
 
 def _names(names: list[str], most: int = 8) -> str:
@@ -206,6 +284,17 @@ def _names(names: list[str], most: int = 8) -> str:
 
 
 def _short(value: Any, most: int = 80) -> str:
-    text = str(value) if isinstance(value, BaseException) else json.dumps(value) if not isinstance(value, str) \
-        else repr(value)
+    """A value (or an exception: its type and message) in one line of at most about ``most`` characters."""
+    if isinstance(value, BaseException):
+        text = f"{type(value).__name__}: {value}" if not isinstance(value, (ValueError, DataError)) else str(value)
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        text = f"an integer of about {int(value.bit_length() * 0.30103)} digits"  # (str() refuses > 4300 digits)
+    elif isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            text = type(value).__name__
+    text = " ".join(text.split())
     return text if len(text) <= most else text[:most] + "..."

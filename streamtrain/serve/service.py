@@ -10,30 +10,36 @@ source's write-ahead log (``log/``) and the refused input (``rejected.jsonl``).
 
 from __future__ import annotations
 
+import errno
 import hmac
+import io
 import json
 import logging
 import os
 import queue
+import stat
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import numpy as np
 
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, TrainingError
-from ..io.checkpoint import resolve_checkpoint
+from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, TrainingError, os_reason
+from ..io.checkpoint import _NAME as CHECKPOINT_NAME
+from ..io.checkpoint import load_checkpoint
 from ..io.rundir import RunDirectory
 from ..train.schema import TRAINER
 from .learner import StreamLearner
-from .rows import ARROW_TYPES, Columns
-from .sources import LogSource, QueueFull, Rejected, StreamSource, open_source
+from .rows import ARROW_TYPES, JSON_TYPES, Columns, _short, json_body, media_type
+from .sources import MAX_KEY_CHARS, LogSource, QueueFull, Rejected, StreamSource, _reason, open_source
 
 __all__ = ["Service", "Loading"]
 
 _LOG = logging.getLogger("streamtrain")
+
+MAX_NAME_CHARS = 1024  # a checkpoint's name given to /reload
 
 
 class Service:
@@ -149,7 +155,7 @@ class Service:
                     job, done = self.requests.get()
                     try:
                         done["result"] = job()
-                    except StreamtrainError as e:
+                    except Exception as e:  # the request's failure, said to its caller: training goes on
                         done["error"] = e
                     done["event"].set()
                 now = time.monotonic()
@@ -158,7 +164,7 @@ class Service:
                 if now - published >= 0.2:
                     learner.publish()
                     published = now
-        except TrainingError as e:
+        except StreamtrainError as e:  # diverged, the claim lost, a checkpoint that cannot be written
             self.failure = str(e)
             _LOG.error(f"error: {e}")
         except Exception as e:  # a broker gone, a disk full: the service says so and stops learning
@@ -191,7 +197,7 @@ class Service:
         """Write a checkpoint of this moment (in the training thread), then let the source
         acknowledge what it covers."""
         arrays, meta = self.learner.checkpoint_contents(self.source.state())
-        path = self.rundir.save(arrays, meta, self.learner.state.global_step, self.keep)
+        path = self.rundir.save(arrays, meta, self.learner.state.global_step, self.keep, TRAINER)
         self.rundir.wait()  # durable before anything is acknowledged
         self.source.ack(meta["stream"]["position"])
         self.last_checkpoint = time.monotonic()
@@ -211,15 +217,7 @@ class Service:
     def reload(self, name: str) -> dict:
         """Continue from the model of a checkpoint in this service's directory (e.g. a ``train``
         run's, copied there): its parameters, scaler and optimiser state; the stream goes on."""
-        path = (self.dir / name).resolve()
-        if self.dir.resolve() not in path.parents and path != self.dir.resolve():
-            raise DataError(f"reload: {name!r} is outside the checkpoint directory {self.dir}")
-        if not path.exists():
-            raise DataError(f"reload: {name!r}: no such checkpoint in {self.dir}")
-        try:
-            found, arrays, meta = resolve_checkpoint(path, TRAINER)
-        except CheckpointError as e:
-            raise DataError(f"reload: {e}") from None
+        found, arrays, meta = self._load_inside(name)
         m, mine = meta["model"], self.learner.model
         if (m["feature_names"], m["classes"], m["task"]) != (mine.feature_names, mine.classes, mine.task):
             raise DataError(f"reload: {found.name} takes features {m['feature_names']} and classes {m['classes']}, "
@@ -238,6 +236,84 @@ class Service:
             return {"reloaded": found.name, "model_version": learner.published.version}
 
         return self.call(swap)
+
+    def _load_inside(self, name: str):
+        """``(path, arrays, meta)`` of the checkpoint ``name`` names inside the checkpoint directory
+        (a file, or a directory's newest valid checkpoint). Every step from the directory down is
+        opened relative to the one before and without following links, so what is read is inside
+        the directory whatever is renamed meanwhile; a symbolic link on the way is refused, as is
+        anything outside. Every problem is a ``DataError`` (one line)."""
+        shown = _short(name)
+        if len(name) > MAX_NAME_CHARS:
+            raise DataError(f"reload: the checkpoint's name is {len(name)} characters long; at most "
+                            f"{MAX_NAME_CHARS} are allowed")
+        if "\x00" in name:
+            raise DataError(f"reload: {shown}: a name with a NUL character")
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or ".." in parts:
+            raise DataError(f"reload: {shown} is outside the checkpoint directory {self.dir}")
+        nofollow = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fds: list[int] = []
+        try:
+            fds.append(os.open(self.dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
+            for i, part in enumerate(parts):
+                here = "/".join(parts[:i + 1])
+                try:
+                    st = os.stat(part, dir_fd=fds[-1], follow_symlinks=False)
+                except FileNotFoundError:
+                    raise DataError(f"reload: {shown}: no such checkpoint in {self.dir}") from None
+                if stat.S_ISLNK(st.st_mode):
+                    raise DataError(f"reload: {shown}: {_short(here)} is a symbolic link; /reload reads only "
+                                    f"files inside {self.dir}, reached without links")
+                if stat.S_ISDIR(st.st_mode):
+                    fds.append(os.open(part, nofollow | getattr(os, "O_DIRECTORY", 0), dir_fd=fds[-1]))
+                elif i == len(parts) - 1:
+                    try:
+                        return self._load_file(fds[-1], part, self.dir / here)
+                    except CheckpointError as e:
+                        raise DataError(f"reload: {e}") from None
+                else:
+                    raise DataError(f"reload: {shown}: {_short(here)} is not a directory")
+            # a directory: its newest checkpoint that loads, as a run resumes
+            where = self.dir.joinpath(*parts)
+            names = sorted((n for n in os.listdir(fds[-1]) if CHECKPOINT_NAME.match(n)), reverse=True)
+            if not names:
+                raise DataError(f"reload: {shown}: no checkpoint in {where}")
+            for n in names:
+                try:
+                    return self._load_file(fds[-1], n, where / n)
+                except CheckpointError as e:
+                    if n == names[-1]:
+                        raise DataError(f"reload: {e}; no valid checkpoint left in {where}") from None
+                    self._warn(f"reload: {e}; trying an older checkpoint")
+        except OSError as e:  # a name too long, a permission, a link swapped in on the way (ELOOP)
+            raise DataError(f"reload: {shown}: cannot open it ({os_reason(e)})") from None
+        except (ValueError, UnicodeError) as e:  # a name the file system cannot take
+            raise DataError(f"reload: {shown}: not a usable file name ({_reason(e)})") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _load_file(self, dir_fd: int, name: str, path: Path):
+        """``(path, arrays, meta)`` of the regular file ``name`` in the directory ``dir_fd``,
+        opened without following a link; ``CheckpointError`` if it does not load."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)  # (a FIFO swapped in does not block the open)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DataError(f"reload: {_short(str(path.relative_to(self.dir)))} is a symbolic link; /reload "
+                                f"reads only files inside {self.dir}, reached without links") from None
+            raise
+        fh = io.FileIO(fd, "rb")
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DataError(f"reload: {path.relative_to(self.dir)} is not a checkpoint file")
+            fh.name = str(path)  # what messages name
+            arrays, meta = load_checkpoint(fh, TRAINER)
+        finally:
+            fh.close()
+        return path, arrays, meta
 
     def stop(self) -> None:
         """Stop training, write the last checkpoint, release the directory."""
@@ -282,13 +358,27 @@ class Service:
         service = self
 
         def error(status: int, message: str, **headers) -> JSONResponse:
-            return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+            return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers or None)
+
+        def guarded(handler):
+            """The handler, whose unforeseen failure is a 500 with one line (logged as one line too),
+            never a traceback: bad input never gets this far (it is a 4xx, below)."""
+            async def guard(request: Request):
+                try:
+                    return await handler(request)
+                except Exception as e:
+                    message = f"{request.method} {request.url.path}: {_reason(e)}"
+                    _LOG.error(f"error: {message}")
+                    return error(500, message)
+            return guard
 
         def authorised(request: Request) -> bool:
             if service.token is None:
                 return True
             given = request.headers.get("authorization", "")
-            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), service.token.encode())
+            # (header values arrive as latin-1: their bytes, as sent, against the token's UTF-8 bytes)
+            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode("latin-1"),
+                                                                       service.token.encode())
 
         async def body_of(request: Request) -> bytes:
             length = request.headers.get("content-length")
@@ -302,8 +392,11 @@ class Service:
                 chunks.append(chunk)
             return b"".join(chunks)
 
-        def content_type(request: Request) -> str:
-            return request.headers.get("content-type", "application/json")
+        def content_type(request: Request) -> str | None:
+            return request.headers.get("content-type")  # None: JSON
+
+        def refused(e: DataError) -> JSONResponse:
+            return error(415 if "content type" in str(e) else 400, str(e))
 
         async def learn(request: Request):
             if not authorised(request):
@@ -312,8 +405,11 @@ class Service:
                 return error(409, f"this service learns from its {service.source.name} source, not from /learn")
             where = f"POST /learn ({request.client.host if request.client else 'client'})"
             try:
-                body = await body_of(request)
                 key = request.headers.get("idempotency-key")
+                if key is not None and len(key) > MAX_KEY_CHARS:
+                    raise DataError(f"{where}: the Idempotency-Key is {len(key)} characters long; at most "
+                                    f"{MAX_KEY_CHARS} are allowed")
+                body = await body_of(request)
                 seq, repeat = await run_in_threadpool(service._accept, body, content_type(request), where, key)
             except _TooLarge:
                 service.rows_rejected += 1
@@ -323,7 +419,7 @@ class Service:
                              **{"Retry-After": "1"})
             except DataError as e:
                 service.rows_rejected += 1
-                return error(415 if "content type" in str(e) else 400, str(e))
+                return refused(e)
             return JSONResponse({"accepted": True, "sequence": seq, "repeat": repeat}, status_code=200 if repeat
                                 else 202)
 
@@ -335,7 +431,7 @@ class Service:
             except _TooLarge:
                 return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
             except DataError as e:
-                return error(415 if "content type" in str(e) else 400, str(e))
+                return refused(e)
             return JSONResponse(result)
 
         async def snapshot(request: Request):
@@ -343,23 +439,37 @@ class Service:
                 return error(401, "a bearer token is required (Authorization: Bearer ...)")
             if service.failure:
                 return error(409, f"training stopped: {service.failure}")
-            path = await run_in_threadpool(service.call, service.checkpoint)
+            try:
+                path = await run_in_threadpool(service.call, service.checkpoint)
+            except TimeoutError:
+                return error(503, "snapshot: the training thread did not answer in time; retry later",
+                             **{"Retry-After": "5"})
             return JSONResponse({"checkpoint": str(path), "position": service.learner.position,
                                  "model_version": service.learner.version})
 
         async def reload(request: Request):
             if not authorised(request):
                 return error(401, "a bearer token is required (Authorization: Bearer ...)")
+            where = "reload"
             try:
-                data = json.loads(await body_of(request) or b"{}")
+                kind, _ = media_type(content_type(request), where)
+                if kind not in JSON_TYPES:
+                    raise DataError(f"{where}: content type {_short(kind)}: give JSON")
+                body = await body_of(request)
+                data = json_body(body, where) if body.strip() else {}
                 name = data.get("checkpoint") if isinstance(data, dict) else None
                 if not isinstance(name, str) or not name:
                     raise DataError('reload: give {"checkpoint": "<file or directory in the checkpoint directory>"}')
+                if service.failure:
+                    return error(409, f"training stopped: {service.failure}")
                 return JSONResponse(await run_in_threadpool(service.reload, name))
             except _TooLarge:
                 return error(413, f"reload: the body is larger than {service.max_body} bytes")
-            except ValueError as e:  # DataError is one; malformed JSON too
-                return error(400, str(e) if isinstance(e, DataError) else f"reload: malformed JSON ({e})")
+            except DataError as e:
+                return refused(e)
+            except TimeoutError:
+                return error(503, "reload: the training thread did not answer in time; retry later",
+                             **{"Retry-After": "5"})
 
         async def healthz(request: Request):
             status = service.status()
@@ -378,9 +488,10 @@ class Service:
             body, kind = await run_in_threadpool(metrics.render)  # the source may ask its broker
             return Response(body, media_type=kind)
 
-        routes = [Route("/learn", learn, methods=["POST"]), Route("/predict", predict, methods=["POST"]),
-                  Route("/snapshot", snapshot, methods=["POST"]), Route("/reload", reload, methods=["POST"]),
-                  Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_page)]
+        posts = {"/learn": learn, "/predict": predict, "/snapshot": snapshot, "/reload": reload}
+        gets = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
+        routes = [*(Route(path, guarded(h), methods=["POST"]) for path, h in posts.items()),
+                  *(Route(path, guarded(h)) for path, h in gets.items())]
         return Starlette(routes=routes)
 
     def _accept(self, body: bytes, kind: str, where: str, key: str | None):

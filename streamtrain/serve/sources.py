@@ -16,7 +16,9 @@ dead-letter stream or subject; always the service's ``rejected.jsonl``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import os
 import struct
 import threading
@@ -30,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, DataError, StreamtrainError, TrainingError
 from .rows import Columns
 
 __all__ = ["Entry", "Rejected", "StreamSource", "DirectorySource", "LogSource", "RedisSource", "NatsSource",
@@ -228,9 +230,10 @@ class DirectorySource(StreamSource):
                 raise DataError(f"{where}: no rows")
             end = min(ds.n_rows, a + self.chunk_rows)
             X, y = _rows(ds, a, end)
-        except (DataError, OSError, ValueError, KeyError) as e:
-            self._finish(name)  # the rest of a file that cannot be read is left out, and recorded
-            return [Rejected(self._position(), where, str(e) if isinstance(e, DataError) else f"{where}: {e}")]
+        except Exception as e:  # whatever the file holds: the rest of it is left out, and recorded
+            self._finish(name)
+            return [Rejected(self._position(), where, str(e) if isinstance(e, DataError) else
+                             f"{where}: {_reason(e)}")]
         self.row = end
         if end == ds.n_rows:
             self._finish(name)
@@ -272,6 +275,13 @@ _MAGIC = b"STWL"
 _HEAD = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
 SEGMENT_BYTES = 64 << 20
 KEYS_KEPT = 10000
+MAX_KEY_CHARS = 255  # an Idempotency-Key's length (``POST /learn`` answers 400 beyond)
+
+
+def key_digest(key: str) -> str:
+    """What the log and the checkpoint keep of an ``Idempotency-Key``: its SHA-256, 64 hex digits
+    whatever its length (the 10,000 kept stay well under what a checkpoint's metadata may hold)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class QueueFull(Exception):
@@ -283,7 +293,9 @@ class LogSource(StreamSource):
     write-ahead log (fsync'd) before the request is answered, so an answered request is never
     lost; the position is the request's sequence number. At most ``limit_bytes`` of rows wait
     for training (beyond, ``append`` raises ``QueueFull``: the service answers 429). A request's
-    ``Idempotency-Key`` makes a retry of a request whose answer was lost a no-op."""
+    ``Idempotency-Key`` makes a retry of a request whose answer was lost a no-op: the last
+    ``KEYS_KEPT`` keys are remembered, as their digests (``key_digest``), in the log and the
+    checkpoint."""
 
     name = "http"
 
@@ -294,7 +306,7 @@ class LogSource(StreamSource):
         self.queue: deque = deque()
         self.queued_bytes = 0
         self.seq = 0  # the last sequence number written
-        self.keys: OrderedDict[str, int] = OrderedDict()
+        self.keys: OrderedDict[str, int] = OrderedDict()  # key digest -> sequence number
         self.cond = threading.Condition()
         self.fh = None
         self.segment_start = 0
@@ -302,8 +314,8 @@ class LogSource(StreamSource):
 
     # the log's records: magic, length, crc32, then a JSON header and the raw arrays
     @staticmethod
-    def _encode(seq: int, key: str | None, X: np.ndarray, t: np.ndarray) -> bytes:
-        head = json.dumps({"seq": seq, "key": key, "rows": len(X), "x": [X.dtype.str, list(X.shape)],
+    def _encode(seq: int, digest: str | None, X: np.ndarray, t: np.ndarray) -> bytes:
+        head = json.dumps({"seq": seq, "key_digest": digest, "rows": len(X), "x": [X.dtype.str, list(X.shape)],
                            "t": [t.dtype.str, list(t.shape)]}).encode()
         payload = struct.pack("<I", len(head)) + head + np.ascontiguousarray(X).tobytes() + \
             np.ascontiguousarray(t).tobytes()
@@ -330,7 +342,10 @@ class LogSource(StreamSource):
     def start(self, position, state):
         """Replay the log after ``position``; a torn record at the end (a crash mid-write) is cut off."""
         self.acked = int(position or 0)
-        self.keys = OrderedDict((k, int(s)) for k, s in state.get("keys", []))
+        if "key_digests" in state:
+            self.keys = OrderedDict((d, int(s)) for d, s in state["key_digests"])
+        else:  # a checkpoint from before the digests: its keys as they were sent
+            self.keys = OrderedDict((key_digest(k), int(s)) for k, s in state.get("keys", []))
         for seg in self._segments():
             data = seg.read_bytes()
             at, good = 0, 0
@@ -341,8 +356,10 @@ class LogSource(StreamSource):
                     break
                 head, X, t = self._decode(payload)
                 self.seq = head["seq"]
-                if head.get("key"):
-                    self._remember(head["key"], head["seq"])
+                if head.get("key_digest"):
+                    self._remember(head["key_digest"], head["seq"])
+                elif head.get("key"):  # a record from before the digests
+                    self._remember(key_digest(head["key"]), head["seq"])
                 if head["seq"] > self.acked:
                     self.queue.append((head["seq"], X, t))
                     self.queued_bytes += X.nbytes + t.nbytes
@@ -356,9 +373,9 @@ class LogSource(StreamSource):
         self.keys = OrderedDict((k, s) for k, s in self.keys.items() if s <= self.seq)
         self._new_segment()
 
-    def _remember(self, key: str, seq: int) -> None:
-        self.keys[key] = seq
-        self.keys.move_to_end(key)
+    def _remember(self, digest: str, seq: int) -> None:
+        self.keys[digest] = seq
+        self.keys.move_to_end(digest)
         while len(self.keys) > KEYS_KEPT:
             self.keys.popitem(last=False)
 
@@ -370,20 +387,21 @@ class LogSource(StreamSource):
 
     def append(self, X: np.ndarray, t: np.ndarray, key: str | None = None) -> tuple[int, bool]:
         """Write a request's rows durably; ``(sequence number, whether it was a repeat)``."""
+        digest = key_digest(key) if key else None
         with self.cond:
-            if key and key in self.keys:
-                return self.keys[key], True
+            if digest and digest in self.keys:
+                return self.keys[digest], True
             size = X.nbytes + t.nbytes
             if self.queued_bytes + size > self.limit and self.queue:
                 raise QueueFull()
             self.seq += 1
-            record = self._encode(self.seq, key, X, t)
+            record = self._encode(self.seq, digest, X, t)
             self.fh.write(record)
             self.fh.flush()
             if self.fsync:
                 os.fsync(self.fh.fileno())
-            if key:
-                self._remember(key, self.seq)
+            if digest:
+                self._remember(digest, self.seq)
             self.queue.append((self.seq, X, t))
             self.queued_bytes += size
             if self.fh.tell() > SEGMENT_BYTES:
@@ -413,7 +431,7 @@ class LogSource(StreamSource):
 
     def state(self):
         with self.cond:
-            return {"keys": [[k, s] for k, s in self.keys.items()]}
+            return {"key_digests": [[d, s] for d, s in self.keys.items()]}
 
     def lag(self):
         with self.cond:
@@ -439,6 +457,35 @@ READ_BYTES = 8 << 20  # what one read from a broker should bring, about: bounds 
 def _read_count(nbytes: int, entries: int, most: int) -> int:
     """Entries to ask for next, so that a read brings about ``READ_BYTES`` at the sizes just seen."""
     return max(1, min(most, READ_BYTES * entries // max(nbytes, 1)))
+
+
+def _reason(e: BaseException, most: int = 300) -> str:
+    """An exception in one line: its message (with its type, unless it is one of ours)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, StreamtrainError) and not text.startswith(type(e).__name__):
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= most else text[:most] + "..."
+
+
+def _one_line(text: str, most: int = 1000) -> str:
+    """Text fit for a header or a log line: one line of UTF-8."""
+    text = " ".join(text.split()).encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= most else text[:most] + "..."
+
+
+def _refused(where: str, e: Exception) -> str:
+    """Why a piece of the stream is refused: a ``DataError`` says it; anything else raised while
+    parsing it (it must never stop the service) is named as it is."""
+    return str(e) if isinstance(e, DataError) else f"{where}: cannot read it ({_reason(e)})"
+
+
+def _shown(url: str) -> str:
+    """A broker's URL for messages: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 # -- Redis Streams ---------------------------------------------------------------------------
@@ -470,7 +517,11 @@ class RedisSource(StreamSource):
                  consumer: str = "streamtrain", count: int = 256):
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        self.shown = f"Redis stream {stream!r} at {_shown(url)}"
+        try:
+            self.client = redis.Redis.from_url(url)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--source {_shown(url)}: {_reason(e)}") from None
         self.stream, self.group, self.consumer, self.count = stream, group, consumer, int(count)
         self.most, self.count = self.count, min(self.count, 16)  # grows once entry sizes are known
         self.dead = f"{stream}:dead"
@@ -495,13 +546,18 @@ class RedisSource(StreamSource):
     def start(self, position, state):
         import redis
 
-        self.claim()
-        self.position = None if position is None else _stream_id(position)
         try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+            self.claim()
+            self.position = None if position is None else _stream_id(position)
+            try:
+                self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        except redis.ConnectionError as e:  # (timeouts included)
+            raise ConfigError(f"{self.shown}: cannot reach Redis ({_reason(e)})") from None
+        except redis.RedisError as e:
+            raise ConfigError(f"{self.shown}: Redis refused ({_reason(e)})") from None
 
     def poll(self, timeout):
         self.keep_claim()
@@ -529,8 +585,8 @@ class RedisSource(StreamSource):
             try:
                 X, y = self._parse(fields, where)
                 items.append(Entry(pos, X, y, where, raw=(ident, fields)))
-            except DataError as e:
-                items.append(Rejected(pos, where, str(e), raw=(ident, fields)))
+            except Exception as e:  # whatever the entry holds: dead-lettered, the others go on
+                items.append(Rejected(pos, where, _refused(where, e), raw=(ident, fields)))
             self.position = sid
             self.unacked.append(ident)
         if self.backlog and entries:
@@ -549,7 +605,8 @@ class RedisSource(StreamSource):
 
     def reject(self, item):
         ident, fields = item.raw
-        self.client.xadd(self.dead, {b"id": ident, b"error": item.error.encode(), **dict(fields)})
+        # the entry's fields, then its ID and the error (which an entry's own "id" or "error" cannot hide)
+        self.client.xadd(self.dead, {**dict(fields), b"id": ident, b"error": _one_line(item.error).encode()})
 
     def ack(self, position):
         if position is None:
@@ -589,6 +646,7 @@ class NatsSource(StreamSource):
     def __init__(self, url: str, columns: Columns, stream: str, durable: str = "streamtrain",
                  dead: str | None = None, count: int = 256):
         self.url, self.stream, self.durable, self.count = url, stream, durable, int(count)
+        self.shown = f"NATS stream {stream!r} at {_shown(url)}"
         self.most, self.count = self.count, min(self.count, 16)  # grows once entry sizes are known
         self.dead = dead or f"streamtrain.dead.{stream}"
         self.columns = columns
@@ -607,9 +665,17 @@ class NatsSource(StreamSource):
 
     def start(self, position, state):
         self.position = None if position is None else int(position)
-        self._run(self._connect())
-        self.claim()  # before the consumer, which another service may be using
-        self._run(self._start())
+        try:
+            self._run(self._connect())
+        except Exception as e:
+            raise ConfigError(f"{self.shown}: cannot reach NATS ({_reason(e)})") from None
+        try:
+            self.claim()  # before the consumer, which another service may be using
+            self._run(self._start())
+        except ConfigError:
+            raise
+        except Exception as e:  # no such stream, no JetStream, a timeout
+            raise ConfigError(f"{self.shown}: NATS refused ({_reason(e)})") from None
 
     # The claim: a key in a JetStream key-value bucket whose values live LEASE_SECONDS unless rewritten.
     def _claim_text(self) -> str:
@@ -663,7 +729,22 @@ class NatsSource(StreamSource):
     async def _connect(self):
         import nats
 
-        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1)
+        first: list[BaseException] = []  # why the first connection failed
+
+        async def said(e):  # one line, not the client's traceback, each time the connection fails
+            if self.nc is None:
+                first.append(e)
+            else:
+                logging.getLogger("streamtrain").warning(f"{self.shown}: {_reason(e)}")
+
+        # A first connection that fails is an error at once (nats-py would retry it forever); once
+        # connected, the client reconnects for as long as it takes.
+        try:
+            nc = await nats.connect(self.url, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=said)
+        except Exception as e:
+            raise (first[-1] if first else e) from None
+        nc.options.update(max_reconnect_attempts=-1, reconnect_time_wait=2)
+        self.nc = nc
         self.js = self.nc.jetstream()
 
     async def _start(self):
@@ -710,16 +791,19 @@ class NatsSource(StreamSource):
             if self.position is not None and seq <= self.position:
                 continue  # a redelivery of what is already here
             where = f"{self.stream} message {seq}"
+            data = m.data
+            # The message is kept until a checkpoint acknowledges it, without its payload: the rows are
+            # in X (or views of them), and the entry holds the payload for a dead letter meanwhile
+            # (its labels may yet be refused).
+            m.data = b""
             try:
-                data = m.data
                 if data[:4] == b"\xff\xff\xff\xff":
                     X, y = self.columns.from_arrow(data, where)
                 else:
                     X, y = self.columns.from_json(data, where)
-                items.append(Entry(seq, X, y, where))
-                m.data = b""  # kept until a checkpoint acknowledges it: its rows are in X (or views of them)
-            except DataError as e:
-                items.append(Rejected(seq, where, str(e), raw=m))
+                items.append(Entry(seq, X, y, where, raw=data))
+            except Exception as e:  # whatever the message holds: dead-lettered, the others go on
+                items.append(Rejected(seq, where, _refused(where, e), raw=data))
             self.position = seq
             self.delivered.append((seq, m))
         return items
@@ -733,9 +817,8 @@ class NatsSource(StreamSource):
             return []
 
     def reject(self, item):
-        self._run(self.nc.publish(self.dead, item.raw.data, headers={"error": item.error[:1000],
-                                                                     "stream-seq": str(item.position)}))
-        item.raw.data = b""  # dead-lettered; the message waits only for its acknowledgement
+        self._run(self.nc.publish(self.dead, item.raw or b"", headers={"error": _one_line(item.error),
+                                                                       "stream-seq": str(item.position)}))
 
     def ack(self, position):
         if position is None:
