@@ -289,6 +289,20 @@ def test_a_format_registered_in_the_table_alone_is_read_and_written_everywhere(t
     with np.load(tmp_path / "p.npz") as f:
         np.testing.assert_array_equal(f["y"], t.predict(ds))
     assert ".npz" in formats.suffixes() and ".npz" in formats.suffixes(readable=False)
+    # the service's landing directory takes the format's files too
+    from streamtrain.serve.rows import Columns
+    from streamtrain.serve.sources import DirectorySource
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (tmp_path / "d.npz").rename(landing / "d.npz")
+    source = DirectorySource(landing, Columns(None, "y"))
+    source.start(None, {})
+    entries = []
+    while batch := source.poll(0.01):
+        entries += batch
+    source.close()
+    assert sum(len(e.X) for e in entries) == 500 and source.state()["done"] == ["d.npz"]
 
 
 def test_an_unknown_suffix_is_the_same_one_line_error_everywhere(tmp_path):

@@ -26,13 +26,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import TrainConfig
-from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, TrainingError, os_reason
+from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, os_reason
 from ..io.checkpoint import _NAME as CHECKPOINT_NAME
 from ..io.checkpoint import load_checkpoint
 from ..io.rundir import RunDirectory
 from ..train.schema import TRAINER
 from .learner import StreamLearner
-from .rows import ARROW_TYPES, JSON_TYPES, Columns, _short, json_body, media_type
+from .rows import JSON_TYPES, Columns, _short, json_body, media_type
 from .sources import MAX_KEY_CHARS, LogSource, QueueFull, Rejected, StreamSource, _reason, open_source
 
 __all__ = ["Service", "Loading"]
@@ -540,5 +540,3 @@ class Loading:
 class _TooLarge(Exception):
     pass
 
-
-ARROW = ARROW_TYPES[0]

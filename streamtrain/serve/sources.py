@@ -33,12 +33,12 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from ..errors import ConfigError, DataError, StreamtrainError, TrainingError
+from ..readers.formats import suffixes
 from .rows import Columns
 
 __all__ = ["Entry", "Rejected", "StreamSource", "DirectorySource", "LogSource", "RedisSource", "NatsSource",
-           "open_source", "SUFFIXES"]
+           "open_source"]
 
-SUFFIXES = (".parquet", ".pq", ".h5", ".hdf5", ".zarr")
 
 
 @dataclass
@@ -149,12 +149,12 @@ class StreamSource:
 
 # -- a directory of landing files ------------------------------------------------------------
 class DirectorySource(StreamSource):
-    """Files (Parquet, HDF5, Zarr) that land in ``path`` by atomic rename, each trained once, in
-    arrival order (the time of their rename, then the name). The position is the file being read
-    and the rows of it already read; the files done are in ``state``, each until it leaves the
-    directory (so the list stays as long as the directory, and a new file under a done name is
-    read). Names starting with a dot (files still being written, by the usual convention) are
-    not read."""
+    """Files of the formats streamtrain reads (``readers.formats``) that land in ``path`` by atomic
+    rename, each trained once, in arrival order (the time of their rename, then the name). The
+    position is the file being read and the rows of it already read; the files done are in
+    ``state``, each until it leaves the directory (so the list stays as long as the directory,
+    and a new file under a done name is read). Names starting with a dot (files still being
+    written, by the usual convention) are not read."""
 
     name = "directory"
 
@@ -184,7 +184,7 @@ class DirectorySource(StreamSource):
         found, present = [], set()
         with os.scandir(self.path) as it:
             for e in it:
-                if e.name.startswith(".") or not e.name.lower().endswith(SUFFIXES):
+                if e.name.startswith(".") or not e.name.lower().endswith(suffixes()):  # the format table's
                     continue
                 if e.name in self._done:
                     present.add(e.name)
