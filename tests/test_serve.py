@@ -810,3 +810,43 @@ def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path):
     assert r.returncode == 2
     assert r.stderr == f"error: 127.0.0.1:{port}: cannot listen there (Address already in use); choose another --port\n"
     assert not (tmp_path / "svc").exists()  # nothing was loaded, nothing made
+
+
+def test_a_stream_source_added_to_the_registry_alone_serves_and_resumes(tmp_path, monkeypatch):
+    """A toy source in its own class and one SOURCES entry: the service reads it, checkpoints its
+    position, and a restarted service continues after it (every row trained exactly once)."""
+    from streamtrain import TrainConfig
+    from streamtrain.serve import sources
+    from streamtrain.serve.service import Service
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((400, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+
+    class Listed(sources.StreamSource):
+        """Rows of a list, 25 at a time; the position is the rows read."""
+
+        name = "list"
+
+        def start(self, position, state):
+            self.at = 0 if position is None else int(position)
+            started_at.append(self.at)
+
+        def poll(self, timeout):
+            if self.at >= len(X):
+                time.sleep(timeout)
+                return []
+            a, self.at = self.at, min(self.at + 25, len(X))
+            return [sources.Entry(self.at, X[a:self.at], y[a:self.at], f"list rows {a}-{self.at}")]
+
+    monkeypatch.setitem(sources.SOURCES, "list", sources.Registered(lambda spec, *_: Listed(), "list:"))
+    trained, started_at = [], []
+    for stop_after in (200, len(X)):
+        svc = Service(TrainConfig(hidden=4, batch_size=8), "list:", tmp_path / "svc", features=FEATURES,
+                      label="y", classes=[0, 1], checkpoint_every=0.05, log=None)
+        svc.start()
+        wait_for(lambda: svc.status()["rows_received"] >= stop_after, 60, f"{stop_after} rows")
+        svc.stop()
+        trained.append(svc.status()["rows_received"])
+    # the second service continued where the first one's checkpoint was: every row once
+    assert started_at[0] == 0 and started_at[1] == trained[0] >= 200 and trained[-1] == len(X)

@@ -11,7 +11,6 @@ source's write-ahead log (``log/``) and the refused input (``rejected.jsonl``).
 from __future__ import annotations
 
 import errno
-import hmac
 import io
 import json
 import logging
@@ -32,8 +31,9 @@ from ..io.checkpoint import load_checkpoint
 from ..io.rundir import RunDirectory
 from ..train.schema import TRAINER
 from .learner import StreamLearner
-from .rows import JSON_TYPES, Columns, _short, json_body, media_type
-from .sources import MAX_KEY_CHARS, LogSource, QueueFull, Rejected, StreamSource, _reason, open_source
+from .rows import Columns, _short
+from .sources import Rejected, StreamSource, open_source
+from .sources.broker import _reason
 
 __all__ = ["Service", "Loading"]
 
@@ -331,8 +331,7 @@ class Service:
     def status(self) -> dict[str, Any]:
         learner = self.learner
         queued = len(learner.pending_X) + len(learner.buffer_X)
-        if isinstance(self.source, LogSource):
-            queued += self.source.queued_rows()
+        queued += self.source.queued_rows()
         return {"source": self.source.name, "position": learner.position, "rows_received": learner.rows_received,
                 "rows_trained": learner.rows_trained, "rows_rejected": self.rows_rejected,
                 "updates": learner.state.global_step, "queue_rows": queued,
@@ -342,157 +341,14 @@ class Service:
                 "training": self.failure is None, "error": self.failure}
 
     def saturated(self) -> bool:
-        return isinstance(self.source, LogSource) and self.source.saturated()
+        return self.source.saturated()
 
     # -- HTTP ---------------------------------------------------------------------------
     def app(self):
-        from starlette.applications import Starlette
-        from starlette.concurrency import run_in_threadpool
-        from starlette.requests import Request
-        from starlette.responses import JSONResponse, Response
-        from starlette.routing import Route
+        """The HTTP interface (``routes.make_app``)."""
+        from .routes import make_app
 
-        from .metrics import Metrics
-
-        metrics = Metrics(self)
-        service = self
-
-        def error(status: int, message: str, **headers) -> JSONResponse:
-            return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers or None)
-
-        def guarded(handler):
-            """The handler, whose unforeseen failure is a 500 with one line (logged as one line too),
-            never a traceback: bad input never gets this far (it is a 4xx, below)."""
-            async def guard(request: Request):
-                try:
-                    return await handler(request)
-                except Exception as e:
-                    message = f"{request.method} {request.url.path}: {_reason(e)}"
-                    _LOG.error(f"error: {message}")
-                    return error(500, message)
-            return guard
-
-        def authorised(request: Request) -> bool:
-            if service.token is None:
-                return True
-            given = request.headers.get("authorization", "")
-            # (header values arrive as latin-1: their bytes, as sent, against the token's UTF-8 bytes)
-            return given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode("latin-1"),
-                                                                       service.token.encode())
-
-        async def body_of(request: Request) -> bytes:
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > service.max_body:
-                raise _TooLarge()
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > service.max_body:
-                    raise _TooLarge()
-                chunks.append(chunk)
-            return b"".join(chunks)
-
-        def content_type(request: Request) -> str | None:
-            return request.headers.get("content-type")  # None: JSON
-
-        def refused(e: DataError) -> JSONResponse:
-            return error(415 if "content type" in str(e) else 400, str(e))
-
-        async def learn(request: Request):
-            if not authorised(request):
-                return error(401, "a bearer token is required (Authorization: Bearer ...)")
-            if not isinstance(service.source, LogSource):
-                return error(409, f"this service learns from its {service.source.name} source, not from /learn")
-            where = f"POST /learn ({request.client.host if request.client else 'client'})"
-            try:
-                key = request.headers.get("idempotency-key")
-                if key is not None and len(key) > MAX_KEY_CHARS:
-                    raise DataError(f"{where}: the Idempotency-Key is {len(key)} characters long; at most "
-                                    f"{MAX_KEY_CHARS} are allowed")
-                body = await body_of(request)
-                seq, repeat = await run_in_threadpool(service._accept, body, content_type(request), where, key)
-            except _TooLarge:
-                service.rows_rejected += 1
-                return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
-            except QueueFull:
-                return error(429, f"{where}: rows waiting for training fill the queue (--queue-mb); retry later",
-                             **{"Retry-After": "1"})
-            except DataError as e:
-                service.rows_rejected += 1
-                return refused(e)
-            return JSONResponse({"accepted": True, "sequence": seq, "repeat": repeat}, status_code=200 if repeat
-                                else 202)
-
-        async def predict(request: Request):
-            where = "POST /predict"
-            try:
-                body = await body_of(request)
-                result = await run_in_threadpool(service._predict, body, content_type(request), where)
-            except _TooLarge:
-                return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
-            except DataError as e:
-                return refused(e)
-            return JSONResponse(result)
-
-        async def snapshot(request: Request):
-            if not authorised(request):
-                return error(401, "a bearer token is required (Authorization: Bearer ...)")
-            if service.failure:
-                return error(409, f"training stopped: {service.failure}")
-            try:
-                path = await run_in_threadpool(service.call, service.checkpoint)
-            except TimeoutError:
-                return error(503, "snapshot: the training thread did not answer in time; retry later",
-                             **{"Retry-After": "5"})
-            return JSONResponse({"checkpoint": str(path), "position": service.learner.position,
-                                 "model_version": service.learner.version})
-
-        async def reload(request: Request):
-            if not authorised(request):
-                return error(401, "a bearer token is required (Authorization: Bearer ...)")
-            where = "reload"
-            try:
-                kind, _ = media_type(content_type(request), where)
-                if kind not in JSON_TYPES:
-                    raise DataError(f"{where}: content type {_short(kind)}: give JSON")
-                body = await body_of(request)
-                data = json_body(body, where) if body.strip() else {}
-                name = data.get("checkpoint") if isinstance(data, dict) else None
-                if not isinstance(name, str) or not name:
-                    raise DataError('reload: give {"checkpoint": "<file or directory in the checkpoint directory>"}')
-                if service.failure:
-                    return error(409, f"training stopped: {service.failure}")
-                return JSONResponse(await run_in_threadpool(service.reload, name))
-            except _TooLarge:
-                return error(413, f"reload: the body is larger than {service.max_body} bytes")
-            except DataError as e:
-                return refused(e)
-            except TimeoutError:
-                return error(503, "reload: the training thread did not answer in time; retry later",
-                             **{"Retry-After": "5"})
-
-        async def healthz(request: Request):
-            status = service.status()
-            return JSONResponse(status, status_code=200 if status["training"] else 500)
-
-        async def readyz(request: Request):
-            if not service.ready.is_set():
-                return error(503, "loading")
-            if service.saturated():
-                return error(503, "saturated: the queue of rows waiting for training is full")
-            if service.failure:
-                return error(503, f"training stopped: {service.failure}")
-            return JSONResponse({"ready": True})
-
-        async def metrics_page(request: Request):
-            body, kind = await run_in_threadpool(metrics.render)  # the source may ask its broker
-            return Response(body, media_type=kind)
-
-        posts = {"/learn": learn, "/predict": predict, "/snapshot": snapshot, "/reload": reload}
-        gets = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
-        routes = [*(Route(path, guarded(h), methods=["POST"]) for path, h in posts.items()),
-                  *(Route(path, guarded(h)) for path, h in gets.items())]
-        return Starlette(routes=routes)
+        return make_app(self)
 
     def _accept(self, body: bytes, kind: str, where: str, key: str | None):
         X, y = self.columns.parse(body, kind, where)
@@ -535,8 +391,4 @@ class Loading:
         what = "loading failed" if self.error is not None else \
             "loading: resuming from the checkpoint, reaching the source"
         await JSONResponse({"error": what}, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
