@@ -1,0 +1,15 @@
+"""The ``streamtrain`` command: parses options, calls the library, prints. No logic lives only here.
+
+One module per command group, each adding its commands to the group in ``group``: ``data``
+(make-data, inspect), ``train``, ``model`` (evaluate, predict, plot), ``serve``; ``options``
+builds the options they share; ``main`` runs the command (one line and an exit code on errors).
+"""
+
+from __future__ import annotations
+
+from . import data, model, serve  # noqa: F401  (each adds its commands to the group)
+from .group import cli
+from .main import exit_now, main
+from .train import train  # noqa: F401  (the command; importing it adds it to the group)
+
+__all__ = ["cli", "main", "exit_now"]

@@ -1,0 +1,112 @@
+"""Commands that use a trained model: ``evaluate``, ``predict``, ``plot``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..io.checkpoint import resolve_checkpoint
+from ..io.rundir import read_history
+from ..readers import FORMATS
+from ..readers.subset import HoldoutSplit
+from ..train.distributed import communicator
+from ..train.schema import TRAINER
+from ..train.trainer import Trainer
+from .group import cli
+from .options import _distributed_option, _log_every_option, _open_selected, _progress, _selection_options
+
+__all__ = ['evaluate', 'predict', 'plot']
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("data")
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="Evaluate on the training run's --val-fraction hold-out (val) or the rest (train).")
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_distributed_option
+@_log_every_option
+def evaluate(checkpoint, data, split, features, label, as_json, distributed, log_every):
+    """Evaluate the model in CHECKPOINT (a file or a checkpoint directory) on DATA.
+
+    Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
+    """
+    trainer = Trainer.load(checkpoint)
+    ds = trainer.open_like_training(_open_selected(trainer, data, features, label))
+    if split != "all":
+        cfg = trainer.config
+        if not cfg.val_fraction:
+            raise click.UsageError(f"{checkpoint}: the run had no --val-fraction, so --split {split} has no meaning")
+        ds = HoldoutSplit(ds, cfg.val_fraction, cfg.seed, split)
+    comm = communicator(distributed)  # several processes: each evaluates its share of the chunks
+    with _progress(f"evaluating {ds.path}", ds.n_rows, as_json or comm.rank != 0, log_every) as progress:
+        result = trainer.evaluate(ds, progress.update, comm)
+    if comm.rank != 0:
+        return
+    result["split"] = split
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['path']} ({split}): {result['n']:,} rows")
+    if trainer.task == "regression":
+        click.echo(f"loss {result['loss']:.4f} (half the squared error, summed over outputs: what training "
+                   f"minimises)  mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}")
+        return
+    auc = f"  roc_auc {result['roc_auc']:.4f}" if result.get("roc_auc") is not None else ""
+    click.echo(f"accuracy {result['accuracy']:.4f}  log_loss {result['log_loss']:.4f}{auc}")
+    click.echo(f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>9}")
+    for c, p, r, f, n in zip(result["classes"], result["precision"], result["recall"], result["f1"],
+                             result["support"]):
+        click.echo(f"{c!s:>12} {p:9.3f} {r:7.3f} {f:6.3f} {n:9,d}")
+    for avg in ("macro", "weighted"):
+        m = result[avg]
+        click.echo(f"{avg + ' avg':>12} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {result['n']:9,d}")
+    click.echo("confusion matrix (rows: true, columns: predicted):")
+    for row in result["confusion_matrix"]:
+        click.echo("  " + " ".join(f"{v:6d}" for v in row))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("data")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help=f"Output file: {', '.join(f.suffixes[0] for f in FORMATS.values() if f.writer)} "
+              "(the format from the suffix; written atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@_selection_options
+@_log_every_option
+def predict(checkpoint, data, out, overwrite, features, label, log_every):
+    """Write predictions (and class probabilities) for every row of DATA, chunk by chunk.
+
+    Example: streamtrain predict runs/bc data/breast_cancer.parquet --out predictions.csv
+    """
+    trainer = Trainer.load(checkpoint)
+    ds = trainer.open_like_training(_open_selected(trainer, data, features, label), need_label=False)
+    with _progress(f"predicting {ds.path}", ds.n_rows, every=log_every) as progress:
+        # a checkpoint directory may take new files (a run's own files are refused anyway)
+        inputs = [data] + ([checkpoint] if Path(checkpoint).is_file() else [])
+        info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update, inputs=inputs)
+    click.echo(f"wrote {info['path']}: {info['rows']} rows, columns {', '.join(info['columns'])}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (never a file of a run).")
+def plot(checkpoint, out, overwrite):
+    """Plot training and validation loss and accuracy per epoch from a checkpoint (file or directory).
+
+    Example: streamtrain plot runs/bc --out curves.png
+    """
+    from ..plot import plot_history
+
+    found, _, meta = resolve_checkpoint(checkpoint, TRAINER)
+    history = read_history(found) or [r for r in [meta["state"]["record"]] if r]
+    run = checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    best = meta["state"]["restored_best"] or meta["state"]["early_stopping"]["best_epoch"]
+    written = plot_history(history, out, title=f"run {Path(run).resolve().name}", best_epoch=best,
+                           overwrite=overwrite, inputs=[found])
+    click.echo(f"wrote {written}")
