@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from streamtrain import DataError, TrainConfig, Trainer, make_data, open_dataset
-from streamtrain.io.checkpoint import list_checkpoints
+from streamtrain.io.resolve import list_checkpoints
 
 from .conftest import DATA
 

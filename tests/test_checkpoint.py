@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 
 from streamtrain import CheckpointError, TrainConfig, Trainer
-from streamtrain.io.checkpoint import (
-    FORMAT_VERSION,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    params_digest,
-    save_checkpoint,
-)
+from streamtrain.io.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from streamtrain.io.digest import params_digest
+from streamtrain.io.resolve import latest_checkpoint, list_checkpoints
 from streamtrain.train.schema import TRAINER
 
 
@@ -108,7 +103,8 @@ def test_checkpoints_written_in_the_background_hold_the_state_of_their_step(tmp_
     import time as _time
 
     from streamtrain.io import rundir as state_module
-    from streamtrain.io.checkpoint import BackgroundWriter, load_checkpoint
+    from streamtrain.io.background import BackgroundWriter
+    from streamtrain.io.checkpoint import load_checkpoint
 
     data = (np.random.default_rng(0).standard_normal((3000, 5)).astype(np.float32), np.arange(3000) % 2)
     cfg = TrainConfig(hidden=6, epochs=2, batch_size=10, checkpoint_every=50, keep=1000)

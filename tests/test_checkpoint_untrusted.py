@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamtrain import CheckpointError, TrainConfig, Trainer
-from streamtrain.io.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from streamtrain.io.checkpoint import load_checkpoint, save_checkpoint
+from streamtrain.io.resolve import list_checkpoints
 from streamtrain.nn import minibatch
 from streamtrain.train.schema import TRAINER
 
@@ -50,7 +51,7 @@ def _rewrite(path, arrays, meta):
 
 def _save_raw(path, arrays, meta):
     """A checkpoint whose metadata is any JSON value (save_checkpoint insists on a mapping)."""
-    from streamtrain.io.checkpoint import _digest
+    from streamtrain.io.digest import _digest
 
     meta_bytes = json.dumps(meta).encode()
     payload = dict(arrays, __meta__=np.frombuffer(meta_bytes, np.uint8),
@@ -330,7 +331,7 @@ def test_a_format_1_checkpoint_is_upgraded_and_resumes(tmp_path, good):
           "history": [m["state"]["record"]], "fingerprint": m["fingerprint"]}
     del v1["config"]["optimizer_params"]
     path = tmp_path / "old.npz"
-    from streamtrain.io.checkpoint import _digest
+    from streamtrain.io.digest import _digest
 
     meta_bytes = json.dumps({"format_version": 1, **v1}).encode()
     np.savez(path, **arrays, __meta__=np.frombuffer(meta_bytes, np.uint8),

@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 
 from streamtrain import CheckpointError, TrainConfig, Trainer, make_data
-from streamtrain.io.checkpoint import (
-    DirectoryLock,
-    latest_checkpoint,
-    list_checkpoints,
-    save_checkpoint,
-)
+from streamtrain.io.checkpoint import save_checkpoint
+from streamtrain.io.lock import DirectoryLock
+from streamtrain.io.resolve import latest_checkpoint, list_checkpoints
 
 BIN = Path(sys.executable).with_name("streamtrain")
 

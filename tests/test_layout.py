@@ -4,7 +4,6 @@ or the service, and the compiled code implements exactly the math tables' names.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from .conftest import ROOT
 

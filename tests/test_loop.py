@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from streamtrain import ConfigError, TrainConfig, Trainer, make_data
-from streamtrain.io.checkpoint import list_checkpoints, load_checkpoint
+from streamtrain.io.checkpoint import load_checkpoint
+from streamtrain.io.resolve import list_checkpoints
 from streamtrain.train.hooks import Every, Hook
 
 from .conftest import DATA

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from streamtrain import make_data
-from streamtrain.io.checkpoint import latest_checkpoint, list_checkpoints
+from streamtrain.io.resolve import latest_checkpoint, list_checkpoints
 from streamtrain.train.schema import TRAINER
 
 BIN = Path(sys.executable).with_name("streamtrain")

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
-from streamtrain.io.checkpoint import resolve_checkpoint
+from streamtrain.io.resolve import resolve_checkpoint
 from streamtrain.train.schema import TRAINER
 
 BIN = Path(sys.executable).with_name("streamtrain")

@@ -15,7 +15,7 @@ from streamtrain import (
     make_data,
     open_dataset,
 )
-from streamtrain.io.checkpoint import list_checkpoints
+from streamtrain.io.resolve import list_checkpoints
 
 from .conftest import DATA
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..config import LIMITS, MAX_FEATURES
-from ..io.checkpoint import params_digest, resolve_checkpoint
+from ..io.digest import params_digest
+from ..io.resolve import resolve_checkpoint
 from ..io.rundir import read_history
 from ..readers import FORMATS, open_dataset
 from ..readers.remote import is_url

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..io.checkpoint import resolve_checkpoint
+from ..io.resolve import resolve_checkpoint
 from ..io.rundir import read_history
 from ..readers import FORMATS
 from ..readers.subset import HoldoutSplit

@@ -1,50 +1,36 @@
-"""Checkpoints: arrays plus JSON metadata in one NPZ, checksummed, written atomically, rotated.
+"""Checkpoints: arrays plus JSON metadata in one NPZ, checksummed, written atomically.
 
 Loading uses ``np.load(allow_pickle=False)`` and ``json``: a checkpoint
 cannot execute code. The checksum covers the metadata and every array
-(name, dtype, shape, bytes), so a truncated or altered file is refused.
-"""
+(name, dtype, shape, bytes), so a truncated or altered file is refused."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import re
-import threading
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, os_reason
+from ..errors import CheckpointError
 from .atomic import atomic_path
+from .digest import _digest
+from .background import crash_point
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
-           "resolve_checkpoint", "params_digest", "check_loadable", "DirectoryLock", "BackgroundWriter",
-           "FORMAT_VERSION", "Schema"]
+__all__ = ['FORMAT_VERSION', 'save_checkpoint', 'MAX_META_BYTES', 'MAX_JSON_DEPTH', 'MAX_MEMBERS', 'MAX_UNCHECKED_BYTES', 'Schema', 'json_depth', 'check_loadable', 'load_checkpoint']
+
 
 # 2: config, model, state and fingerprint sections; the history is in metrics.jsonl, not here.
 FORMAT_VERSION = 2
+
+
 _META = "__meta__"
+
+
 _SUM = "__sha256__"
-_NAME = re.compile(r"^ckpt-(\d{12})\.npz$")
-
-
-def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256(meta_bytes)
-    for name in sorted(arrays):
-        a = np.asarray(arrays[name], order="C")
-        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def params_digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 of the named arrays (dtype, shape and bytes): equal digests mean equal parameters."""
-    return _digest(b"", arrays)
 
 
 def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any],
@@ -73,151 +59,17 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     return path
 
 
-class BackgroundWriter:
-    """Runs one write at a time in a thread, so training goes on while a checkpoint reaches the disk
-    (serialising, hashing and three fsyncs: milliseconds, a few percent of an interval of training).
-
-    ``submit`` first waits for the write before it, so writes land in order and at most one
-    snapshot waits in memory; a write's error is raised by the next ``submit`` or ``wait``.
-    """
-
-    def __init__(self):
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def submit(self, write) -> None:
-        self.wait()
-
-        def run():
-            try:
-                write()
-            except BaseException as e:  # handed to the training thread, which reports it
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name="streamtrain-checkpoint")
-        self._thread.start()
-
-    def wait_quietly(self) -> None:
-        """Block until the last write is done, dropping its error (another one is on its way up)."""
-        try:
-            self.wait()
-        except Exception:
-            pass
-
-    def wait(self) -> None:
-        """Block until the last write is on disk; raise its error, if it failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-
-_CRASH_COUNTS: dict[str, int] = {}
-
-
-def crash_point(name: str) -> None:
-    """Die here, as kill -9 would, when STREAMTRAIN_CRASH_AT is "NAME" or "NAME:K" (the K-th time).
-
-    For the fault-injection tests; costs one environment lookup per checkpoint otherwise.
-    """
-    want = os.environ.get("STREAMTRAIN_CRASH_AT")
-    if not want or want.split(":")[0] != name:
-        return
-    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    if _CRASH_COUNTS[name] >= int(want.split(":")[1] if ":" in want else 1):
-        os._exit(137)
-
-
-class DirectoryLock:
-    """An exclusive lock on a checkpoint directory (flock on DIR/.lock), so two trainers never
-    write into the same directory. The kernel drops it when the process dies, however it dies.
-
-    The directory itself stays open while the lock is held: if it is deleted or replaced
-    meanwhile (which would let a second trainer take a fresh lock there), ``check`` says so.
-    """
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        self._fd: int | None = None
-        self._dir_fd: int | None = None
-
-    def __enter__(self) -> "DirectoryLock":
-        import fcntl
-
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._dir_fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            self._close_dir()
-            raise CheckpointError(f"{self.directory}: cannot use it as the checkpoint directory "
-                                  f"({os_reason(e)})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            self._close_dir()
-            raise CheckpointError(f"{self.directory}: another trainer (pid {holder}) is writing checkpoints here; "
-                                  "stop it or use another --checkpoint-dir") from None
-        try:
-            # The lock file may be writable where the directory is not (its mode, the mount): find
-            # out now, not when the first checkpoint is due after an epoch of training.
-            probe = self.directory / f".write-probe-{os.getpid()}"
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.unlink(probe)
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-        except OSError as e:
-            os.close(fd)
-            self._close_dir()
-            raise CheckpointError(f"{self.directory}: cannot write in the checkpoint directory "
-                                  f"({os_reason(e)})") from None
-        self._fd = fd
-        remove_leftovers(self.directory)
-        return self
-
-    def check(self) -> None:
-        """Raise ``CheckpointError`` if the directory or its lock file is no longer the one locked."""
-        if self._fd is None:
-            return
-        try:
-            same_dir = os.path.samestat(os.stat(self.directory), os.fstat(self._dir_fd))
-            same_lock = os.path.samestat(os.stat(self.directory / ".lock"), os.fstat(self._fd))
-        except OSError:
-            same_dir = same_lock = False
-        if not (same_dir and same_lock):
-            raise CheckpointError(f"{self.directory}: the checkpoint directory was deleted or replaced while "
-                                  "this run was using it; stopping without writing there")
-
-    def _close_dir(self) -> None:
-        if self._dir_fd is not None:
-            os.close(self._dir_fd)
-            self._dir_fd = None
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-        self._close_dir()
-
-
-def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
-    """Delete temporary files a crashed save left behind (never a finished checkpoint)."""
-    gone = []
-    for p in Path(directory).glob(".ckpt-*.npz.tmp-*"):
-        p.unlink(missing_ok=True)
-        gone.append(p)
-    return gone
-
-
 # Bounds on what a checkpoint may declare, checked before anything is read or allocated: a
 # checkpoint is untrusted input (its checksum detects accidents, not someone who can write it).
 MAX_META_BYTES = 16 << 20
+
+
 MAX_JSON_DEPTH = 32
+
+
 MAX_MEMBERS = 64
+
+
 # Without a schema (a plain ``load_checkpoint``), the arrays together may declare at most this.
 MAX_UNCHECKED_BYTES = 1 << 30
 
@@ -400,62 +252,3 @@ def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
-
-
-def checkpoint_name(step: int) -> str:
-    return f"ckpt-{int(step):012d}.npz"
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Checkpoint files in ``directory``, newest (highest step) first."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    return sorted((p for p in d.iterdir() if _NAME.match(p.name)), reverse=True)
-
-
-def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | None = None,
-                      set_aside: bool = False):
-    """``(path, arrays, meta)`` of the newest checkpoint that loads (and fits ``schema``), or None
-    when the directory holds no checkpoint at all.
-
-    A newer checkpoint that fails to load is reported through ``warn`` and skipped (with
-    ``set_aside``, renamed ``*.invalid`` so it cannot outrank the checkpoints written after it),
-    so a crash while writing (or a damaged file) never costs more than one interval; when every
-    one fails, that is a ``CheckpointError``.
-    """
-    warn = warn or logging.getLogger("streamtrain").warning
-    found = list_checkpoints(directory)
-    for i, p in enumerate(found):
-        try:
-            arrays, meta = load_checkpoint(p, schema)
-        except CheckpointError as e:
-            if i + 1 == len(found):
-                raise CheckpointError(f"{e}; no valid checkpoint left in {directory}") from None
-            if set_aside:
-                os.replace(p, p.with_name(p.name + ".invalid"))
-                warn(f"{e}; moved aside to {p.name}.invalid, using an older checkpoint")
-            else:
-                warn(f"{e}; using an older checkpoint")
-            continue
-        return p, arrays, meta
-    return None
-
-
-def resolve_checkpoint(path: str | os.PathLike, schema: Schema | None = None, warn=None):
-    """``(path, arrays, meta)`` from a checkpoint file, or from a directory's newest valid one."""
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path, warn, schema)
-        if found is None:
-            raise CheckpointError(f"{path}: no checkpoint in this directory")
-        return found
-    arrays, meta = load_checkpoint(path, schema)
-    return path, arrays, meta
-
-
-def rotate(directory: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (never the newest)."""
-    for old in list_checkpoints(directory)[max(1, keep):]:
-        old.unlink(missing_ok=True)
-        crash_point("during_rotation")

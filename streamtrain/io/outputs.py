@@ -20,7 +20,7 @@ RUN_FILES = ("best.npz", "metrics.jsonl", ".lock")
 
 
 def _is_run_file(name: str) -> bool:
-    from .checkpoint import _NAME
+    from .resolve import _NAME
 
     return name in RUN_FILES or bool(_NAME.match(name))
 

@@ -16,16 +16,10 @@ from typing import Any
 
 from ..errors import CheckpointError, os_reason
 from .atomic import atomic_path
-from .checkpoint import (
-    BackgroundWriter,
-    DirectoryLock,
-    Schema,
-    checkpoint_name,
-    latest_checkpoint,
-    list_checkpoints,
-    rotate,
-    save_checkpoint,
-)
+from .background import BackgroundWriter
+from .checkpoint import Schema, save_checkpoint
+from .lock import DirectoryLock
+from .resolve import checkpoint_name, latest_checkpoint, list_checkpoints, rotate
 
 __all__ = ["RunDirectory", "read_history"]
 

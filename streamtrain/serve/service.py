@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, DataError, StreamtrainError, os_reason
-from ..io.checkpoint import _NAME as CHECKPOINT_NAME
+from ..io.resolve import _NAME as CHECKPOINT_NAME
 from ..io.checkpoint import load_checkpoint
 from ..io.rundir import RunDirectory
 from ..train.schema import TRAINER

@@ -241,7 +241,7 @@ class RanksAgree(Hook):
         self.comm, self.every = comm, Every(steps=steps)
 
     def _check(self, trainer) -> None:
-        from ..io.checkpoint import params_digest
+        from ..io.digest import params_digest
 
         digests = self.comm.allgather(params_digest(trainer.net.params))
         odd = [r for r, d in enumerate(digests) if d != digests[0]]

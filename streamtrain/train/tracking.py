@@ -58,7 +58,7 @@ class MLflowLogger(Hook):
     def on_train_end(self, trainer):
         rundir = getattr(trainer, "rundir", None)
         if rundir is not None:
-            from ..io.checkpoint import list_checkpoints
+            from ..io.resolve import list_checkpoints
 
             rundir.wait()
             newest = list_checkpoints(rundir.path)

@@ -22,7 +22,8 @@ from ..config import TrainConfig
 from ..data.loader import Loader, check_budget, start_decoder
 from ..data.sampling import Sampler
 from ..errors import CheckpointError, Interrupted, TrainingError, os_reason
-from ..io.checkpoint import resolve_checkpoint, save_checkpoint
+from ..io.checkpoint import save_checkpoint
+from ..io.resolve import resolve_checkpoint
 from ..io.outputs import check_apart
 from ..io.rundir import RunDirectory
 from ..model import Model

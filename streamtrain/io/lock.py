@@ -1,0 +1,85 @@
+"""The lock that makes a checkpoint directory one run's (or one service's)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import CheckpointError, os_reason
+from .resolve import remove_leftovers
+
+__all__ = ['DirectoryLock']
+
+
+class DirectoryLock:
+    """An exclusive lock on a checkpoint directory (flock on DIR/.lock), so two trainers never
+    write into the same directory. The kernel drops it when the process dies, however it dies.
+
+    The directory itself stays open while the lock is held: if it is deleted or replaced
+    meanwhile (which would let a second trainer take a fresh lock there), ``check`` says so.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self._fd: int | None = None
+        self._dir_fd: int | None = None
+
+    def __enter__(self) -> "DirectoryLock":
+        import fcntl
+
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._dir_fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._close_dir()
+            raise CheckpointError(f"{self.directory}: cannot use it as the checkpoint directory "
+                                  f"({os_reason(e)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            self._close_dir()
+            raise CheckpointError(f"{self.directory}: another trainer (pid {holder}) is writing checkpoints here; "
+                                  "stop it or use another --checkpoint-dir") from None
+        try:
+            # The lock file may be writable where the directory is not (its mode, the mount): find
+            # out now, not when the first checkpoint is due after an epoch of training.
+            probe = self.directory / f".write-probe-{os.getpid()}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            os.close(fd)
+            self._close_dir()
+            raise CheckpointError(f"{self.directory}: cannot write in the checkpoint directory "
+                                  f"({os_reason(e)})") from None
+        self._fd = fd
+        remove_leftovers(self.directory)
+        return self
+
+    def check(self) -> None:
+        """Raise ``CheckpointError`` if the directory or its lock file is no longer the one locked."""
+        if self._fd is None:
+            return
+        try:
+            same_dir = os.path.samestat(os.stat(self.directory), os.fstat(self._dir_fd))
+            same_lock = os.path.samestat(os.stat(self.directory / ".lock"), os.fstat(self._fd))
+        except OSError:
+            same_dir = same_lock = False
+        if not (same_dir and same_lock):
+            raise CheckpointError(f"{self.directory}: the checkpoint directory was deleted or replaced while "
+                                  "this run was using it; stopping without writing there")
+
+    def _close_dir(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+        self._close_dir()
