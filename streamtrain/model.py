@@ -156,6 +156,7 @@ class Model:
                     ds = open_dataset(source, features, label, **self.read_options)
                 except DataError:
                     continue
+                ds.opened_by_model = True  # its selection is the model's own, not the user's
                 if ds.n_features == self.net.n_in and (need_label is False or ds.label_name is not None):
                     return self._fits(ds)
                 if ds.n_features == self.net.n_in:
@@ -188,6 +189,8 @@ class Model:
     def _selected_by_user(ds: Dataset) -> bool:
         """Whether ``ds``'s features were named when it was opened (``--features``, ``open_dataset(...,
         features=)``): the user's statement that these columns are the model's features."""
+        if getattr(ds, "opened_by_model", False):
+            return False
         return (getattr(ds, "reopen", None) or {}).get("features") is not None
 
     def _mismatch(self, source, need_label: bool) -> str:
@@ -364,5 +367,5 @@ def _columns_hint(found: list[str], wanted: int) -> str:
     found = list(found)
     prefix = os.path.commonprefix(found[:wanted]) if len(found) >= wanted else ""
     if prefix and len(found) >= wanted and sum(f.startswith(prefix) for f in found) == wanted:
-        return f"--features {shlex.quote(prefix + '*')} (the columns in the model's order)"
+        return f"--features {shlex.quote(prefix + '*')} (the file's columns in that order must be the model's)"
     return f"--features NAME for each of the model's {wanted} features, in its order"

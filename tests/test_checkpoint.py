@@ -111,10 +111,10 @@ def test_checkpoints_written_in_the_background_hold_the_state_of_their_step(tmp_
     real_save = state_module.save_checkpoint
     steps_seen = []
 
-    def slow_save(path, arrays, meta):
+    def slow_save(path, arrays, meta, **kw):
         _time.sleep(0.05)
         steps_seen.append((int(Path(path).name[5:17]), trainer.global_step))  # where training is meanwhile
-        real_save(path, arrays, meta)
+        real_save(path, arrays, meta, **kw)
 
     monkeypatch.setattr(state_module, "save_checkpoint", slow_save)
     trainer = Trainer(cfg)

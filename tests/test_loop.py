@@ -188,7 +188,7 @@ def test_gradients_through_a_reduction_update_as_the_one_process_step(optimizer,
 def test_every_setting_has_a_cli_option_with_help_and_every_option_a_setting():
     import dataclasses
 
-    from streamtrain.cli import train
+    from streamtrain.cli.train import train
     from streamtrain.nn.optim import HYPERPARAMETERS
 
     options = {p.name: p for p in train.params if p.name not in ("data", "config")}
@@ -355,3 +355,14 @@ def test_load_predicts_as_the_trainer_that_wrote_the_directory(tmp_path):
     t = Trainer(hidden=6, epochs=3)
     t.fit((X, y), checkpoint_dir=tmp_path, log=None)
     np.testing.assert_array_equal(Trainer.load(tmp_path).predict_proba(X), t.predict_proba(X))
+
+
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_a_loaded_model_goes_on_learning_with_partial_fit(batch_size, tmp_path):
+    X, y = _data()
+    t = Trainer(hidden=3, epochs=1, batch_size=batch_size)
+    t.fit((X, y), checkpoint_dir=tmp_path / "run", log=None)
+    loaded = Trainer.load(tmp_path / "run")
+    before = loaded.net.params["W1"].copy()
+    loaded.partial_fit(X[:100], y[:100])
+    assert loaded.global_step > t.global_step and not np.array_equal(loaded.net.params["W1"], before)

@@ -176,3 +176,21 @@ def test_a_file_with_other_column_names_is_used_when_the_user_names_its_columns(
     # a selection of the wrong number of columns is still refused
     res = _run("evaluate", tmp_path / "run", tmp_path / "c.parquet", "--features", "c1*")
     assert res.returncode == 2 and "features" in res.stderr
+
+
+def test_another_file_of_the_same_layout_with_other_feature_names_is_refused(tmp_path):
+    """The model's own selection ("X") opening another file is not the user's statement that its
+    columns are the model's: names that differ are refused, not mapped."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 2)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    for name, names, cols in (("a.h5", ["a", "b"], X), ("b.h5", ["b", "a"], X[:, ::-1])):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["X"], f["y"] = cols, y
+            f["X"].attrs["feature_names"] = names
+    t = Trainer(hidden=3, epochs=2)
+    t.fit(tmp_path / "a.h5", log=None)
+    with pytest.raises(DataError, match=r"b.h5: feature names differ from the model's \('b' vs 'a'\)"):
+        t.evaluate(tmp_path / "b.h5")
+    # naming them is the user's statement: then they are taken in order
+    assert t.evaluate(open_dataset(tmp_path / "b.h5", "X"))["n"] == 300

@@ -193,11 +193,12 @@ def _varint(n: int) -> bytes:
 
 def test_a_parquet_footer_that_lies_about_its_rows_is_refused_before_allocating(tmp_path):
     """A footer may claim any number of rows; the reader must not believe it with memory. The
-    claim is patched into a real file's Thrift footer (row counts are zigzag varints there)."""
+    claim (10^12 rows, as the adversarial trial's 38 kB file made) is patched into a real file's
+    Thrift footer: row counts are zigzag varints there, and the footer's length is fixed after."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows, claimed = 1 << 20, 134_000_000  # both zigzag-encode to 4-byte varints
+    rows, claimed = 1 << 20, 10**12
     path = tmp_path / "liar.parquet"
     pq.write_table(pa.table({"f0": np.zeros(rows, np.float32), "y": np.zeros(rows, np.int64)}), path,
                    row_group_size=rows, compression="snappy")
@@ -205,15 +206,32 @@ def test_a_parquet_footer_that_lies_about_its_rows_is_refused_before_allocating(
     footer_len = int.from_bytes(data[-8:-4], "little")
     start = len(data) - 8 - footer_len
     old, new = _varint(2 * rows), _varint(2 * claimed)
-    assert len(old) == len(new) == 4 and old in data[start:]
-    path.write_bytes(data[:start] + data[start:-8].replace(old, new) + data[-8:])
+    footer = data[start:-8]
+    assert old in footer
+    footer = footer.replace(old, new)
+    path.write_bytes(data[:start] + footer + len(footer).to_bytes(4, "little") + b"PAR1")
     assert pq.ParquetFile(path).metadata.num_rows == claimed  # the lie is what a reader sees
-    with pytest.raises(DataError, match=r"liar.parquet: row group 0 declares 134,000,000 rows, 1.5 GiB decoded"):
+    with pytest.raises(DataError, match=r"liar.parquet: row group 0 declares 1,000,000,000,000 rows, 11,175.9 GiB"):
         open_dataset(path)
     res = subprocess.run([str(Path(sys.executable).with_name("streamtrain")), "train", str(path)], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "row_group_size" in res.stderr
+
+
+def test_a_sound_wide_parquet_file_in_pyarrows_default_row_groups_is_read(tmp_path):
+    """Its row groups decode past 1 GiB: the bound on what a footer may claim must not refuse it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, width = 1 << 20, 130  # 1.03 GiB decoded as float64 (with the label), a few MB on disk
+    table = pa.table({f"f{j}": pa.repeat(pa.scalar(float(j), pa.float32()), rows) for j in range(width)}
+                     | {"y": pa.repeat(pa.scalar(1, pa.int64()), rows)})
+    pq.write_table(table, tmp_path / "wide.parquet")
+    del table
+    ds = open_dataset(tmp_path / "wide.parquet", dtype="float64")
+    assert (ds.n_rows, ds.n_features, ds.n_chunks) == (rows, width, 1)
+    assert rows * (width * 8 + 8) > 1 << 30
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".h5", ".zarr"])

@@ -7,9 +7,8 @@ builds the options they share; ``main`` runs the command (one line and an exit c
 
 from __future__ import annotations
 
-from . import data, model, serve  # noqa: F401  (each adds its commands to the group)
+from . import data, model, serve, train  # noqa: F401  (each adds its commands to the group)
 from .group import cli
 from .main import exit_now, main
-from .train import train  # noqa: F401  (the command; importing it adds it to the group)
 
 __all__ = ["cli", "main", "exit_now"]

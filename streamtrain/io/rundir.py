@@ -77,7 +77,7 @@ class RunDirectory:
 
         def write():
             try:
-                save_checkpoint(path, arrays, meta, **({} if schema is None else {"schema": schema}))
+                save_checkpoint(path, arrays, meta, schema=schema)
             except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
                 raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)}); "
                                       "the previous checkpoint is kept") from None

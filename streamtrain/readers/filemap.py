@@ -30,8 +30,9 @@ class FileMap:
 
     def __init__(self, path: str, limit_bytes: int):
         self.path = path
-        with open(path, "rb") as f:
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # kept open: its size is the mapped file's own (a file replaced under the name leaves the map valid)
+        self._file = open(path, "rb")
+        self.map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_RANDOM"):
             self.map.madvise(mmap.MADV_RANDOM)  # no read-around: a fault maps one folio, not several
         self.bytes = np.frombuffer(self.map, dtype=np.uint8)
@@ -95,10 +96,10 @@ class FileMap:
         new end would kill the process (SIGBUS). A stat per gather; a file cut during one gather
         still cannot be caught."""
         try:
-            size = os.stat(self.path).st_size
-        except OSError as e:
-            raise DataError(f"{self.path}: can no longer be read ({e.strerror}); it changed while training "
-                            "read it") from None
+            size = os.fstat(self._file.fileno()).st_size
+        except (OSError, ValueError) as e:
+            raise DataError(f"{self.path}: can no longer be read ({getattr(e, 'strerror', None) or e}); it "
+                            "changed while training read it") from None
         if size < len(self.map):
             raise DataError(f"{self.path}: shrank from {len(self.map):,} to {size:,} bytes while training read it "
                             "(truncated or rewritten in place); restore the file, then resume")
@@ -122,6 +123,7 @@ class FileMap:
             self.map.close()
         except BufferError:  # a row view is still alive somewhere: the map goes with it
             pass
+        self._file.close()
 
 
 class RowMap:

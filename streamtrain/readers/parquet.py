@@ -117,12 +117,15 @@ class ParquetDataset(Dataset):
         if len(self._parts) > MAX_CHUNKS:
             raise DataError(f"{self.path}: declares {len(self._parts)} row groups, more than {MAX_CHUNKS}; "
                             "refused as malformed")
+        # A row group is read whole: one that would not fit in half the memory free now cannot be
+        # read here whether its footer lies or not (a sound wide table's 1M-row groups still can).
+        limit = max(MAX_CHUNK_BYTES, _free_memory() // 2)
         for f_idx, rg, rows in self._parts:
-            if rows * row_bytes > MAX_CHUNK_BYTES:
+            if rows * row_bytes > limit:
                 raise DataError(f"{self._files[f_idx]}: row group {rg} declares {rows:,} rows, "
-                                f"{rows * row_bytes / 2**30:.1f} GiB decoded, more than the {MAX_CHUNK_BYTES >> 30} GiB "
-                                "a chunk may hold; if the file is sound, rewrite it with smaller row groups "
-                                "(pyarrow.parquet.write_table(..., row_group_size=1_000_000))")
+                                f"{rows * row_bytes / 2**30:,.1f} GiB decoded, more than the {limit / 2**30:,.1f} GiB "
+                                "a row group may take here (half the free memory); if the file is sound, rewrite it "
+                                "with smaller row groups (pyarrow.parquet.write_table(..., row_group_size=1_000_000))")
 
     def _file(self, f_idx: int):
         import pyarrow.parquet as pq
@@ -214,3 +217,11 @@ class ParquetDataset(Dataset):
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _free_memory() -> int:
+    """The memory free now (Linux's available pages), or 0 where the platform does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0

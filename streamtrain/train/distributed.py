@@ -184,13 +184,12 @@ def communicator(setting: str = "auto") -> Communicator:
 def decided_by_rank0(comm: Communicator, decide, payload=None):
     """``decide()`` on rank 0 alone; every process returns ``(outcome, payload bytes)``: what it
     returned (JSON-able) and ``payload(outcome)``'s bytes (None if ``payload`` is None or gives
-    None), sent to all. Where rank 0's ``decide`` raises a ``StreamtrainError``, it raises it and
+    None), sent to the others (a process alone gets None: it has what ``decide`` made). Where rank 0's ``decide`` raises a ``StreamtrainError``, it raises it and
     the others raise a ``RankError`` with its message and exit code."""
     from ..errors import RankError, StreamtrainError
 
-    if comm.size == 1:
-        outcome = decide()
-        return outcome, None if payload is None else payload(outcome)
+    if comm.size == 1:  # nobody to send the payload to
+        return decide(), None
     message = None
     if comm.rank == 0:
         try:

@@ -170,7 +170,10 @@ class Checkpointer(Hook):
     def _save(self, trainer):
         self.saved_at = trainer.progress()
         self.last_save = time.monotonic()
-        return self.rundir.save(*trainer.checkpoint_contents(), trainer.global_step, self.config.keep)
+        from .schema import TRAINER
+
+        # with the schema: a checkpoint its own loader would refuse is never written
+        return self.rundir.save(*trainer.checkpoint_contents(), trainer.global_step, self.config.keep, TRAINER)
 
     def on_batch_end(self, trainer, rows, loss):
         cfg = self.config

@@ -34,10 +34,12 @@ def partial_fit(trainer, X, y, classes=None, sample_weight=None) -> None:
         trainer.model = Model.build(cfg, stats, X.shape[1], [f"f{j}" for j in range(X.shape[1])], "y", None, None,
                                     "partial_fit")
         trainer.optimizer, trainer.state = make_run_optimizer(cfg), TrainState()
-        trainer.stepper = choose_update(cfg, trainer.model, trainer.optimizer)
-        trainer.stepper.load()
+        trainer.stepper = None
     elif X.shape[1] != trainer.net.n_in:
         raise DataError(f"partial_fit: {X.shape[1]} features, the model expects {trainer.net.n_in}")
+    if trainer.stepper is None:  # a model loaded or trained by fit: its strategy for this use
+        trainer.stepper = choose_update(cfg, trainer.model, trainer.optimizer)
+        trainer.stepper.load()
     Xs, T = trainer.model.prepare(X, y, "partial_fit")
     # a block of rows per update where the strategy takes blocks, else batches of batch_size
     bs = max(len(Xs), 1) if trainer.stepper.blocks else cfg.batch_size

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -280,7 +279,7 @@ class Trainer:
         for k, v in self.net.params.items():
             if not np.all(np.isfinite(v)):
                 raise divergence(f"batch step {self.global_step} (parameter {k} is not finite; no checkpoint "
-                                 "written)", math.nan)
+                                 "written)")
         if self.sampler is not None:
             self.state.sampler = self.sampler.state_dict()
         return checkpoint_contents(self.config, self.model, self.optimizer, self.state, self.fingerprint)
@@ -289,7 +288,7 @@ class Trainer:
         """Write the current model and training state to a checkpoint file."""
         self._require_model()
         try:
-            return save_checkpoint(path, *self.checkpoint_contents())
+            return save_checkpoint(path, *self.checkpoint_contents(), schema=TRAINER)
         except OSError as e:
             raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)})") from None
 

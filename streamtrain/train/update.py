@@ -47,9 +47,11 @@ class Outcome(NamedTuple):
         return self.loss_sum / max(self.rows, 1)
 
 
-def divergence(where: str, loss: float) -> TrainingError:
-    """The error of a run whose loss stopped being finite (``where``: "epoch 3, batch step 7")."""
-    return TrainingError(f"training diverged at {where} (loss is {loss}); lower the learning rate (--lr) "
+def divergence(where: str, loss: float | None = None) -> TrainingError:
+    """The error of a run whose loss (or parameters) stopped being finite (``where``: "epoch 3,
+    batch step 7")."""
+    said = "" if loss is None else f" (loss is {loss})"
+    return TrainingError(f"training diverged at {where}{said}; lower the learning rate (--lr) "
                          "or check the data for extreme values")
 
 

@@ -96,7 +96,7 @@ SOURCES: dict[str, Registered] = {
 
 def open_source(spec: str, columns: Columns, log_dir: str | os.PathLike, queue_bytes: int) -> StreamSource:
     """The source ``--source`` names (see ``SOURCES``)."""
-    scheme = spec if spec == "http" else spec.partition(":")[0] if ":" in spec else ""
+    scheme = spec if spec == "http" else spec.partition(":")[0].lower() if ":" in spec else ""  # as urlsplit
     registered = SOURCES.get(scheme)
     if registered is None or (scheme == "http" and spec != "http"):
         usages = [r.usage for k, r in SOURCES.items() if k != "rediss"]

@@ -35,10 +35,6 @@ class Rejected:
     raw: Any = None
 
 
-# How long a consumer group (Redis) or durable consumer (NATS) stays claimed by a service that
-# stopped renewing its claim (killed, or cut off from the broker).
-
-
 class StreamSource(Claims):
     """The interface; see the module's docstring."""
 

@@ -44,6 +44,3 @@ def _shown(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
-
-
-# -- Redis Streams ---------------------------------------------------------------------------

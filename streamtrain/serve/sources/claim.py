@@ -9,7 +9,8 @@ from ...errors import ConfigError, TrainingError
 __all__ = ['Claims', 'LEASE_SECONDS']
 
 
-# A claim's time to live at the broker; renewed every third of it while the service reads.
+# How long a consumer group (Redis) or durable consumer (NATS) stays claimed by a service that
+# stopped renewing its claim (killed, or cut off from the broker); renewed every third of it.
 LEASE_SECONDS = 30.0
 
 
@@ -66,6 +67,3 @@ class Claims:
             raise TrainingError(f"{self._claim_text()}: another streamtrain serve took it over (this one could not "
                                 f"renew its claim for {LEASE_SECONDS:.0f} s); this service stops learning")
         self._renewed = time.monotonic()
-
-
-# -- a directory of landing files ------------------------------------------------------------

@@ -196,6 +196,3 @@ class LogSource(StreamSource):
     def close(self):
         if self.fh is not None:
             self.fh.close()
-
-
-# -- brokers ---------------------------------------------------------------------------------

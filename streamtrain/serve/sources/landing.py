@@ -137,6 +137,3 @@ def _rows(ds, a: int, b: int):
         ys.append(None if y is None else y[lo:hi])
         i += 1
     return np.concatenate(Xs), (None if ys[0] is None else np.concatenate(ys))
-
-
-# -- rows posted over HTTP, in a write-ahead log ----------------------------------------------

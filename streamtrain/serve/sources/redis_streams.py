@@ -151,6 +151,3 @@ class RedisSource(StreamSource):
     def close(self):
         self.release_claim()
         self.client.close()
-
-
-# -- NATS JetStream ----------------------------------------------------------------------------
