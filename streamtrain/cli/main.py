@@ -47,6 +47,9 @@ def main(argv=None) -> None:
         _fail(f"error: {where}{os_reason(e)}", 2, debug)
     except MemoryError:
         _fail("error: out of memory; lower --window-mb, --batch-size or --hidden", 2, debug)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    active_communicator().finish()  # several processes: their output forwarded, then all leave together
     exit_now(0)
 
 

@@ -74,6 +74,9 @@ class Communicator:
         """End every process of the job (MPI's way out of an error on one rank)."""
         os._exit(code)
 
+    def finish(self) -> None:
+        """Before a clean exit: every process's output forwarded, then all leave together."""
+
 
 LOCAL = Communicator()
 
@@ -125,6 +128,14 @@ class MPICommunicator(Communicator):
     def abort(self, code):
         _wait_forwarded()
         self.comm.Abort(code)
+
+    def finish(self):
+        # A process that leaves without MPI_Finalize looks failed to the launcher, which may then
+        # kill the others before rank 0's output reached it (seen: evaluate's JSON lost under load).
+        _wait_forwarded()
+        self.comm.Barrier()
+        if not self.MPI.Is_finalized():
+            self.MPI.Finalize()
 
 
 def _wait_forwarded(timeout: float = 5.0) -> None:
