@@ -35,11 +35,18 @@ class Labels:
         self.task, self.classes = task, list(classes)
         self.n_out = n_out if n_out is not None else (1 if task == "binary" else len(self.classes))
         self._identity = self.classes == list(range(len(self.classes)))
+        # Classes that are strings (a class label's own values) arrive as their indices: the
+        # reader's encoding found them, so the labels read are 0..K-1 (NaN where missing).
+        self._indices = any(isinstance(c, str) for c in self.classes)
         self._table = np.asarray(self.classes) if self.classes else None
 
     @classmethod
-    def from_stats(cls, stats: DataStats, task: str, label_name: str, where: str, log=None) -> "Labels":
-        """The task (``"auto"``: inferred) and classes the label summary ``stats`` shows."""
+    def from_stats(cls, stats: DataStats, task: str, label_name: str, where: str, log=None,
+                   classes: list | None = None) -> "Labels":
+        """The task (``"auto"``: inferred) and classes the label summary ``stats`` shows; ``classes``:
+        a class label's own values (strings, categories), found by the reader's encoding."""
+        if classes is not None:
+            return cls._of_classes(list(classes), task, label_name, where, log)
         chosen = infer_task(stats) if task == "auto" else task
         if task == "auto" and log:
             log(f"task: {chosen} (chosen from label {label_name!r}; set --task to override)")
@@ -56,10 +63,24 @@ class Labels:
             raise DataError(f"{where}: binary task but label has {len(classes)} classes")
         return cls(chosen, classes)
 
+    @classmethod
+    def _of_classes(cls, classes: list, task: str, label_name: str, where: str, log) -> "Labels":
+        chosen = task if task != "auto" else ("binary" if len(classes) <= 2 else "multiclass")
+        if task == "auto" and log:
+            log(f"task: {chosen} (label {label_name!r} has {len(classes)} classes; set --task to override)")
+        if chosen == "regression":
+            raise DataError(f"{where}: label {label_name!r} holds classes ({', '.join(map(repr, classes[:4]))}"
+                            f"{', ...' if len(classes) > 4 else ''}), not numbers: it cannot be a regression target")
+        if chosen == "binary" and len(classes) > 2:
+            raise DataError(f"{where}: binary task but label {label_name!r} has {len(classes)} classes")
+        return cls(chosen, classes)
+
     def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
         """Labels as the network wants them: class indices, or float values for regression."""
         if self.task == "regression":
             return y
+        if self._indices:  # indices of the classes already (the encoding's; range-checked there)
+            return y.astype(np.int64)
         if y.ndim == 2:  # one-hot rows -> class indices
             return y.argmax(axis=1)
         if self._identity and y.dtype.kind in "iub":

@@ -19,6 +19,7 @@ import numpy as np
 
 from .data.scaling import DataStats, Scaler
 from .errors import DataError
+from .features.encoding import Encoding
 from .metrics import metrics_for
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .readers import detect_format, open_dataset
@@ -46,6 +47,9 @@ class Model:
         # each class's weight
         self.weight, self.class_weights = weight, class_weights
 
+    #: The learned column encoding of training's data (``features.encoding.Encoding``), or None.
+    encoding = None
+
     @property
     def class_weight_vector(self) -> np.ndarray | None:
         """Each class index's loss weight, or None (all 1)."""
@@ -53,11 +57,15 @@ class Model:
 
     @classmethod
     def build(cls, config, stats: DataStats, n_features: int, feature_names, label_name: str, selection,
-              source_format: str | None, where: str, log=None, weight: str | None = None) -> "Model":
+              source_format: str | None, where: str, log=None, weight: str | None = None,
+              encoding=None) -> "Model":
         """A new model for data of this shape: task and classes from the label summary, the
         scaler from the feature statistics, the network initialised from ``config.seed``.
-        ``weight``: the last of the ``n_features`` columns weighs each row's loss (not a feature)."""
-        labels = Labels.from_stats(stats, config.task, label_name, where, log)
+        ``weight``: the last of the ``n_features`` columns weighs each row's loss (not a feature);
+        ``encoding``: the data's learned column encoding (kept, applied to all data the model reads;
+        its 0/1 inputs are not scaled; a class label's values are the classes)."""
+        labels = Labels.from_stats(stats, config.task, label_name, where, log,
+                                   None if encoding is None else encoding.classes)
         n_in = n_features - (weight is not None)
         if weight is not None:
             feature_names = list(feature_names)[:n_in]
@@ -65,9 +73,15 @@ class Model:
                 stats.mean, stats.m2 = stats.mean[:n_in], stats.m2[:n_in]
         net = TwoLayerNet(n_in, config.hidden, labels.n_out, config.activation, labels.task, config.init,
                           config.seed, config.dtype)
-        return cls(net, Scaler.from_stats(config.scale, stats, config.dtype), labels, feature_names, selection,
-                   label_name, source_format, "skip" if config.skip_nonfinite else "error",
-                   config.allow_missing_chunks, weight, _class_weights(config.class_weight, labels, stats, where))
+        scaler = Scaler.from_stats(config.scale, stats, config.dtype)
+        if encoding is not None and scaler.mean is not None:  # one-hot codes and indicators stay 0/1
+            keep = encoding.unscaled[:n_in]
+            scaler.mean[keep], scaler.scale[keep] = 0, 1
+        model = cls(net, scaler, labels, feature_names, selection, label_name, source_format,
+                    "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, weight,
+                    _class_weights(config.class_weight, labels, stats, where))
+        model.encoding = encoding
+        return model
 
     @property
     def task(self) -> str:
@@ -80,7 +94,10 @@ class Model:
     @property
     def read_options(self) -> dict[str, Any]:
         """How this model's data is opened: ``open_dataset``'s keyword arguments."""
-        return {"dtype": self.net.dtype, "nonfinite": self.nonfinite, "allow_missing_chunks": self.allow_missing_chunks}
+        opts = {"dtype": self.net.dtype, "nonfinite": self.nonfinite, "allow_missing_chunks": self.allow_missing_chunks}
+        if self.encoding is not None:  # the columns are encoded as in training, never learned anew
+            opts["encoding"] = self.encoding.state_dict()
+        return opts
 
     # -- what training feeds the network ---------------------------------------
     def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
@@ -317,7 +334,8 @@ class Model:
     def meta(self) -> dict[str, Any]:
         return {**self.net.config(), "classes": self.classes, "feature_names": self.feature_names,
                 "selection": self.selection, "label": self.label_name, "scale": self.scaler.kind,
-                "source_format": self.source_format, "weight": self.weight, "class_weights": self.class_weights}
+                "source_format": self.source_format, "weight": self.weight, "class_weights": self.class_weights,
+                "encoding": None if self.encoding is None else self.encoding.state_dict()}
 
     @classmethod
     def from_checkpoint(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], config) -> "Model":
@@ -327,10 +345,13 @@ class Model:
         for k in PARAM_NAMES:
             net.params[k] = np.array(arrays[f"param.{k}"])
         scaler = Scaler(meta["scale"], arrays.get("scaler.mean"), arrays.get("scaler.scale"), meta["dtype"])
-        return cls(net, scaler, Labels(meta["task"], meta["classes"], meta["n_out"]), meta["feature_names"],
-                   meta["selection"], meta["label"], meta.get("source_format"),
-                   "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, meta.get("weight"),
-                   meta.get("class_weights"))
+        model = cls(net, scaler, Labels(meta["task"], meta["classes"], meta["n_out"]), meta["feature_names"],
+                    meta["selection"], meta["label"], meta.get("source_format"),
+                    "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, meta.get("weight"),
+                    meta.get("class_weights"))
+        if meta.get("encoding") is not None:
+            model.encoding = Encoding.from_state(meta["encoding"])
+        return model
 
 
 def _class_weights(spec: str, labels: Labels, stats: DataStats, where: str) -> list[float] | None:

@@ -26,19 +26,27 @@ def _frame(n=200):
         "price": rng.random(n) * 1000, "y": np.arange(n) % 2})
 
 
+def _unusable(n=200):
+    """Columns no encoding can use: a list, raw bytes, an identifier."""
+    return _frame(n).assign(tags=[[1, 2]] * n, blob=[b"\x00"] * n, uid=[f"u{i}" for i in range(n)])
+
+
 def test_inspect_and_train_name_every_column_left_out(tmp_path):
-    _frame().to_parquet(tmp_path / "d.parquet")
+    _unusable().to_parquet(tmp_path / "d.parquet")
     info = json.loads(subprocess.run([str(BIN), "inspect", str(tmp_path / "d.parquet"), "--json"], capture_output=True,
                                      text=True, check=True).stdout)
-    assert info["feature_names"] == ["carat", "price"]
-    assert set(info["left_out"]) == {"cut", "color", "when"}
-    assert info["left_out"]["when"].startswith("timestamp[") and "does not encode" in info["left_out"]["cut"]
+    assert [n for n in info["feature_names"] if "=" not in n] == ["carat", "when", "price"]
+    columns = info["columns"]  # every column, used or not
+    assert set(columns) == {"carat", "cut", "color", "when", "price", "y", "tags", "blob", "uid"}
+    assert columns["tags"].startswith("left out: list<") and "explode it" in columns["tags"]
+    assert columns["blob"].startswith("left out: binary") and "identifier" in columns["uid"]
+    assert "categorical" in columns["cut"] and "datetime" in columns["when"]
     res = subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1"], capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr
     warned = [line for line in res.stderr.splitlines() if "left out" in line]
-    assert len(warned) == 1 and warned[0].startswith(f"warning: {tmp_path / 'd.parquet'}: 3 columns left out: cut (")
-    assert "color (" in warned[0] and "when (timestamp[" in warned[0] and "--features" in warned[0]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: {tmp_path / 'd.parquet'}: 3 columns left out: tags (")
+    assert "blob (binary" in warned[0] and "uid (" in warned[0] and "--features" in warned[0]
     # named features: the user's own choice, nothing to warn about
     res = subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1", "--features", "carat"],
                          capture_output=True, text=True)
@@ -47,7 +55,7 @@ def test_inspect_and_train_name_every_column_left_out(tmp_path):
 
 def test_the_library_says_it_too(caplog):
     with caplog.at_level(logging.WARNING, logger="streamtrain"):
-        Trainer(hidden=3, epochs=1).fit(_frame(), log=None)
+        Trainer(hidden=3, epochs=1).fit(_unusable(), log=None)
     assert any("3 columns left out" in r.getMessage() for r in caplog.records)
 
 
@@ -57,8 +65,9 @@ def test_every_format_names_what_it_leaves_out(writer, tmp_path):
     if writer == "polars":
         import polars as pl
 
-        pl.from_pandas(frame).with_columns(pl.col("cut").cast(pl.Categorical)).write_parquet(tmp_path / "d.parquet")
-        ds, expected = open_dataset(tmp_path / "d.parquet"), {"cut", "color", "when"}
+        pl.from_pandas(_unusable()).with_columns(pl.col("cut").cast(pl.Categorical)).write_parquet(
+            tmp_path / "d.parquet")
+        ds, expected = open_dataset(tmp_path / "d.parquet"), {"tags", "blob", "uid"}
     elif writer == "zarr":
         import zarr
 
@@ -77,4 +86,6 @@ def test_every_format_names_what_it_leaves_out(writer, tmp_path):
             frame[["carat", "price", "y"]].to_parquet(tmp_path / "h" / f"part={part}" / "f.parquet")
         ds, expected = open_dataset(tmp_path / "h"), {"part"}
     assert {name for name, _ in ds.left_out} == expected
-    assert ds.describe()["left_out"].keys() == expected
+    info = ds.describe()
+    assert (info["left_out"].keys() if "left_out" in info else
+            {k for k, v in info["columns"].items() if v.startswith("left out")}) == expected

@@ -170,13 +170,16 @@ def test_missing_named_dataset_lists_what_exists(tmp_path):
         open_dataset(tmp_path / "d.h5", label="target")
 
 
-def test_string_parquet_feature_is_refused(tmp_path):
+def test_a_string_parquet_feature_is_encoded_named_or_found(tmp_path):
     import pandas as pd
 
     pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"], "target": [0, 1]}).to_parquet(tmp_path / "s.parquet")
-    with pytest.raises(DataError, match="'b' is not numeric"):
-        open_dataset(tmp_path / "s.parquet", features=["a", "b"])
-    assert open_dataset(tmp_path / "s.parquet").feature_names == ["a"]  # auto-detection skips it
+    names = ["a", "b=<missing>", "b=<other>", "b=x", "b=y"]
+    assert open_dataset(tmp_path / "s.parquet", features=["a", "b"]).feature_names == names
+    ds = open_dataset(tmp_path / "s.parquet")
+    assert ds.feature_names == names and ds.left_out == []
+    X, y = ds.read_chunk(0)
+    assert X.tolist() == [[1, 0, 0, 1, 0], [2, 0, 0, 0, 1]] and y.tolist() == [0, 1]
 
 
 @pytest.mark.slow

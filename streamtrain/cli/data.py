@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..config import LIMITS, MAX_FEATURES
+from ..features.encoding import Encoding
 from ..io.digest import params_digest
 from ..io.resolve import resolve_checkpoint
 from ..io.rundir import read_history
@@ -73,6 +74,8 @@ def inspect(path, features, label, as_json):
         state = meta.pop("state")
         info = {"checkpoint": str(found), **meta, **state, "history": read_history(found),
                 "params_sha256": params_digest(params)}
+        if meta["model"].get("encoding") is not None:  # the model's encoding, a line per column
+            info["columns"] = Encoding.from_state(meta["model"].pop("encoding")).describe()
     else:
         with open_dataset(path, _selection(features), label) as ds:
             info = ds.describe()

@@ -112,6 +112,8 @@ def open_dataset(source, features=None, label: str | None = None, *,
         # How to open it again elsewhere (the decoding process), as plain JSON.
         reopen = {"source": os.fspath(source), "features": features, "label": label,
                   "dtype": np.dtype(dtype).str, "nonfinite": nonfinite, "options": options}
+        if ds.encoding is not None:  # learned once here; elsewhere it is applied, not learned again
+            reopen["options"] = {**options, "encoding": ds.encoding.state_dict()}
         try:
             ds.reopen = json.loads(json.dumps(reopen))
         except (TypeError, ValueError):
@@ -136,7 +138,8 @@ def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
     if isinstance(source, np.ndarray):
         return ArrayDataset(source, None, cache_bytes=cache_bytes, dtype=dtype)
     if _is_table(source):
-        return ArrayDataset.from_table(source, features, label, cache_bytes=cache_bytes, dtype=dtype)
+        return ArrayDataset.from_table(source, features, label, cache_bytes=cache_bytes, dtype=dtype,
+                                       **{k: v for k, v in options.items() if k in ("encoding", "encode")})
     path = os.fspath(source)
     if not is_url(path) and not os.path.exists(path):
         raise DataError(f"{path}: no such file or directory")

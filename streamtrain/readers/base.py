@@ -66,6 +66,16 @@ class Dataset:
     bounds: np.ndarray
     dtype: np.dtype
 
+    #: The learned column encoding (``features.encoding.Encoding``) of a table with strings,
+    #: categories or missing values; None where the features are read as they are stored.
+    encoding = None
+
+    @property
+    def label_classes(self) -> list | None:
+        """A class label's own values (strings, categories), whose indices the labels read are; None
+        where labels are read as they are stored."""
+        return None if self.encoding is None else self.encoding.classes
+
     #: What to do with rows holding NaN or Inf: "error" (naming the row) or "skip" them.
     nonfinite: str = "error"
     #: How ``open_dataset`` can open this dataset again in another process (JSON), if it can.
@@ -370,7 +380,9 @@ class Dataset:
             "chunk_rows_min": int(sizes.min()) if sizes.size else 0,
         }
         info.update(self.extra_info())
-        if self.left_out:
+        if self.encoding is not None:
+            info["columns"] = self.encoding.describe()
+        elif self.left_out:
             info["left_out"] = {name: why for name, why in self.left_out}
         return info
 

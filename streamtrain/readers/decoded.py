@@ -42,6 +42,7 @@ class DecodedCopy(Dataset):
         self.path, self.format, self.nonfinite = source.path, source.format, source.nonfinite
         self.n_rows, self.bounds = source.n_rows, source.bounds
         self.feature_names, self.label_name = source.feature_names, source.label_name
+        self.encoding = source.encoding
         copy.nonfinite = source.nonfinite
 
     @property

@@ -35,10 +35,26 @@ class ArrayDataset(Dataset):
         self._check_layout()
 
     @classmethod
-    def from_table(cls, table, features=None, label=None, **kwargs) -> "ArrayDataset":
-        """From a pandas DataFrame or an Arrow table: columns selected as for Parquet."""
+    def from_table(cls, table, features=None, label=None, encoding: dict | None = None, encode: dict | None = None,
+                   **kwargs) -> "ArrayDataset":
+        """From a pandas / polars DataFrame or an Arrow table: columns selected as for Parquet, and
+        encoded as Parquet's are where they hold strings, categories, timestamps or missing values
+        (``encoding``: a model's; ``encode``: options to learn one)."""
         from .columns import Column, left_out, select_columns
+        from .tabular import plan_table
 
+        arrow = _as_arrow(table)
+        if arrow is not None:
+            enc = plan_table(arrow.schema, features, label, "<table>", lambda keys: [arrow.select(keys)],
+                             lambda name: arrow.column(name).null_count, encoding=encoding, encode=encode)
+            if enc is not None:
+                X = enc.transform(arrow, kwargs.get("dtype", np.float32), "<table>")
+                has_label = label is not False and enc.label_name in arrow.column_names
+                y = as_labels(enc.labels(arrow.column(enc.label_name), "<table>"), "<table>") if has_label else None
+                ds = cls(X, y, feature_names=enc.feature_names, label_name=enc.label_name if has_label else None,
+                         **kwargs)
+                ds.encoding, ds.left_out = enc, list(enc.left_out)
+                return ds
         if hasattr(table, "to_pandas") and not hasattr(table, "iloc"):  # Arrow
             get = lambda name: table.column(name).to_numpy()  # noqa: E731
         else:
@@ -76,3 +92,20 @@ class ArrayDataset(Dataset):
 
     def label_dtype(self):
         return None if self._y is None else str(self._y.dtype)
+
+
+def _as_arrow(table):
+    """An Arrow table of a pandas or polars DataFrame (its index left out) or Arrow table; None
+    where it cannot be converted (the column-by-column path then says what is wrong)."""
+    import pyarrow as pa
+
+    try:
+        if isinstance(table, pa.Table):
+            return table
+        if hasattr(table, "iloc"):  # pandas
+            return pa.Table.from_pandas(table, preserve_index=False)
+        if hasattr(table, "to_arrow"):  # polars
+            return table.to_arrow()
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    return None

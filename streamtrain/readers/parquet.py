@@ -18,6 +18,7 @@ from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .columns import Column, fill_features, left_out, select_columns, vector_columns
 from .layout import MAX_CHUNK_BYTES, MAX_CHUNKS, as_labels
 from .remote import is_url, open_filesystem
+from .tabular import plan_table
 
 __all__ = ["ParquetDataset"]
 
@@ -47,12 +48,14 @@ class ParquetDataset(Dataset):
     """Rows of a Parquet file or directory dataset (pandas, polars, DuckDB, Spark, pyarrow.dataset)."""
 
     format = "parquet"
-    _UNPICKLED = {**Dataset._UNPICKLED, "_handles": OrderedDict}  # open files are reopened where used
+    _UNPICKLED = {**Dataset._UNPICKLED, "_handles": OrderedDict, "_metadata": None}  # open files are reopened where used
 
     def __init__(self, path: str, features: list[str] | str | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
-                 storage_options: dict | None = None, allow_missing_chunks: bool = False):
+                 storage_options: dict | None = None, allow_missing_chunks: bool = False,
+                 encoding: dict | None = None, encode: dict | None = None):
         # (allow_missing_chunks: accepted for every format; a Parquet row group is always written)
+        # encoding: a model's learned column encoding (its state); encode: options to learn one
         import pyarrow.dataset as pds
 
         super().__init__(cache_bytes, dtype)
@@ -84,36 +87,77 @@ class ParquetDataset(Dataset):
         if not fragments:
             raise DataError(f"{self.path}: no Parquet files found")
         schema = dataset.schema
-        # Hive partition keys (part=a/ directories) are not features unless named.
-        partition_keys = set().union(*self._partitions) if self._partitions else set()
-        self.columns = [c if c.key not in partition_keys else replace(c, auto=False) for c in _columns(schema)]
-        self._feature_cols, self._label_col = select_columns(self.columns, features, label, self.path)
-        if features is None:
-            self.left_out = left_out(self.columns, self._feature_cols, self._label_col)
-        self.feature_names = [c.name for c in self._feature_cols]
-        self.label_name = self._label_col.name if self._label_col else None
-        self._label_type = None if self._label_col is None else str(schema.field(self._label_col.key).type)
         self._parts = parts
         self.bounds = np.concatenate([[0], np.cumsum([p[2] for p in parts], dtype=np.int64)]).astype(np.int64)
         self.n_rows = int(self.bounds[-1])
-        self._keys = list(dict.fromkeys([c.key for c in self._feature_cols]
-                                        + ([self._label_col.key] if self._label_col else [])))
+        self._handles: OrderedDict[int, object] = OrderedDict()
+        self._metadata = [frag.metadata for frag in fragments]
+        # Hive partition keys (part=a/ directories) are not features unless named.
+        partition_keys = set().union(*self._partitions) if self._partitions else set()
+        self.encoding = plan_table(schema, features, label, self.path, self._tables, self._null_count,
+                                   partition_keys, encoding, encode)
+        if self.encoding is not None:
+            self._encoded(schema, label, partition_keys)
+        else:
+            self.columns = [c if c.key not in partition_keys else replace(c, auto=False) for c in _columns(schema)]
+            self._feature_cols, self._label_col = select_columns(self.columns, features, label, self.path)
+            if features is None:
+                self.left_out = left_out(self.columns, self._feature_cols, self._label_col)
+            self.feature_names = [c.name for c in self._feature_cols]
+            self.label_name = self._label_col.name if self._label_col else None
+            self._label_type = None if self._label_col is None else str(schema.field(self._label_col.key).type)
+            self._keys = list(dict.fromkeys([c.key for c in self._feature_cols]
+                                            + ([self._label_col.key] if self._label_col else [])))
         for f_idx, names in enumerate(stored):  # files of one dataset whose columns disagree
             missing = [k for k in self._keys if k not in names and k not in self._partitions[f_idx]]
             if missing:
                 raise DataError(f"{self._files[f_idx]}: has no column {missing[0]!r}, which {self.path} "
                                 "selects (the files' columns disagree; select common columns with --features)")
         self._check_declared_rows()
-        self._handles: OrderedDict[int, object] = OrderedDict()
         first = fragments[0].metadata
         self._compression = first.row_group(0).column(0).compression if first.num_row_groups else None
         self._n_files = len(fragments)
         self._check_layout()
 
+    def _encoded(self, schema, label, partition_keys: set) -> None:
+        """Features and label from the learned encoding (strings, categories, missing values...)."""
+        enc = self.encoding
+        has_label = label is not False and enc.label_name is not None and enc.label_name in schema.names
+        self.feature_names = list(enc.feature_names)
+        self.label_name = enc.label_name if has_label else None
+        self._label_type = str(schema.field(enc.label_name).type) if has_label else None
+        self._feature_cols, self._label_col = [], None
+        self.left_out = list(enc.left_out) + [(k, "a hive partition key: used only when named in --features")
+                                              for k in sorted(partition_keys) if k not in enc.keys]
+        self._keys = [c.name for c in enc.columns] + ([enc.label_name] if has_label else [])
+
+    def _null_count(self, key: str) -> int | None:
+        """Missing values of a column as the files' statistics record them (None: not recorded)."""
+        total = 0
+        for f_idx, meta in enumerate(self._metadata):
+            if key in self._partitions[f_idx]:
+                continue
+            try:
+                j = meta.schema.names.index(key)
+            except ValueError:
+                raise DataError(f"{self._files[f_idx]}: has no column {key!r}, which {self.path} selects (the files' "
+                                "columns disagree; select common columns with --features)") from None
+            for r in range(meta.num_row_groups):
+                stats = meta.row_group(r).column(j).statistics
+                if stats is None or not stats.has_null_count:
+                    return None
+                total += stats.null_count
+        return total
+
+    def _tables(self, keys: list[str]):
+        """Every row group's ``keys`` columns as Arrow tables, in order (the encoding's pass)."""
+        for i in range(self.n_chunks):
+            yield self._table(i, keys)
+
     def _check_declared_rows(self) -> None:
         """Refuse a row group whose declared rows would decode to more than a chunk may hold, before
         anything is allocated for it: a footer may claim any number (10^12 rows in a 38 kB file)."""
-        row_bytes = len(self._feature_cols) * self.dtype.itemsize + (8 if self._label_col is not None else 0)
+        row_bytes = len(self.feature_names) * self.dtype.itemsize + (8 if self._label_col is not None else 0)
         if len(self._parts) > MAX_CHUNKS:
             raise DataError(f"{self.path}: declares {len(self._parts)} row groups, more than {MAX_CHUNKS}; "
                             "refused as malformed")
@@ -144,9 +188,9 @@ class ParquetDataset(Dataset):
             self._handles.move_to_end(f_idx)
         return handle
 
-    def _fetcher(self, i: int, keys: list[str]):
-        """``(fetch(key) -> array, rows)`` over row group ``i``'s ``keys`` (only those columns read)."""
-        import pyarrow.types as pat
+    def _table(self, i: int, keys: list[str]):
+        """Row group ``i``'s ``keys`` columns (only those read; hive partition values as constant columns)."""
+        import pyarrow as pa
 
         f_idx, rg, n = self._parts[i]
         partition = self._partitions[f_idx]
@@ -161,6 +205,18 @@ class ParquetDataset(Dataset):
             raise
         except Exception as e:
             raise DataError(f"{self._files[f_idx]}: cannot read row group {rg} ({_first_line(e)})") from None
+        for k in keys:
+            if k in partition:
+                table = table.append_column(k, pa.array([partition[k]] * n))
+        return table
+
+    def _fetcher(self, i: int, keys: list[str]):
+        """``(fetch(key) -> array, rows)`` over row group ``i``'s ``keys`` (only those columns read)."""
+        import pyarrow.types as pat
+
+        f_idx, rg, n = self._parts[i]
+        partition = self._partitions[f_idx]
+        table = self._table(i, [k for k in keys if k not in partition])
 
         def fetch(key):
             if key in partition:  # hive partition value: constant for the whole file
@@ -176,6 +232,13 @@ class ParquetDataset(Dataset):
         return fetch, n
 
     def _load_chunk(self, i: int):
+        if self.encoding is not None:
+            table = self._table(i, self._keys)
+            where = f"{self._files[self._parts[i][0]]}, row group {self._parts[i][1]}"
+            X = self.encoding.transform(table, self.dtype, where)
+            y = as_labels(self.encoding.labels(table.column(self.label_name), where), self.path) \
+                if self.label_name else None
+            return X, y
         fetch, n = self._fetcher(i, self._keys)
         try:
             X = fill_features(self._feature_cols, n, self.dtype, fetch)
@@ -185,8 +248,11 @@ class ParquetDataset(Dataset):
         return X, y
 
     def _load_labels(self, i: int):
-        if self._label_col is None:
+        if self.label_name is None:
             return None
+        if self.encoding is not None:
+            table = self._table(i, [self.label_name])
+            return as_labels(self.encoding.labels(table.column(self.label_name), self.path), self.path)
         fetch, _ = self._fetcher(i, [self._label_col.key])
         return as_labels(fetch(self._label_col.key), self.path)
 
@@ -199,6 +265,8 @@ class ParquetDataset(Dataset):
 
     @property
     def selection(self):
+        if self.encoding is not None:
+            return [c.name for c in self.encoding.columns]
         return list(self.feature_names)
 
     def label_dtype(self):

@@ -51,6 +51,7 @@ class HoldoutSplit(Dataset):
         self.nonfinite = parent.nonfinite
         self.path, self.format = parent.path, parent.format
         self.feature_names, self.label_name = parent.feature_names, parent.label_name
+        self.encoding = parent.encoding
         counts, parents = [], []
         for c in range(parent.n_chunks):
             k = int(self._keep(c).sum())

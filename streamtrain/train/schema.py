@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..config import LIMITS, MAX_FEATURES, TrainConfig
+from ..features.encoding import Encoding
 from ..io.checkpoint import FORMAT_VERSION, Schema
 from ..nn.optim import OPTIMIZERS
 
@@ -84,7 +85,7 @@ class TrainerSchema(Schema):
     STREAM = {"position", "source", "scaled", "scale_rows", "shuffle_rows", "pending_rows", "buffer_rows", "rng",
               "rows_received", "rows_trained", "prequential", "reloads"}
     MODEL = {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype", "classes", "feature_names",
-             "selection", "label", "scale", "source_format", "weight", "class_weights"}
+             "selection", "label", "scale", "source_format", "weight", "class_weights", "encoding"}
     STATE = {"global_step", "sampler", "epoch_acc", "early_stopping", "record", "restored_best"}
 
     def upgrade(self, meta: dict) -> dict:
@@ -179,6 +180,7 @@ class TrainerSchema(Schema):
         _str(_field(model, "label", "model"), "model.label", none=True)
         _str(_field(model, "scale", "model"), "model.scale", tuple(SCALINGS))
         _str(model.get("source_format"), "model.source_format", none=True)
+        self._check_encoding(model.get("encoding"), model)
         _str(model.get("weight"), "model.weight", none=True)
         cw = model.get("class_weights")
         if cw is not None:
@@ -234,6 +236,19 @@ class TrainerSchema(Schema):
         _number(_field(p, "loss_sum", "stream.prequential"), "stream.prequential.loss_sum", 0)
         _int(_field(p, "correct", "stream.prequential"), "stream.prequential.correct")
         _int(_field(p, "rows", "stream.prequential"), "stream.prequential.rows")
+
+    @staticmethod
+    def _check_encoding(state: Any, model: dict) -> None:
+        if state is None:
+            return
+        try:
+            enc = Encoding.from_state(state)
+        except ValueError as e:
+            raise ValueError(f"metadata field model.encoding: {e}") from None
+        if enc.feature_names != model["feature_names"]:
+            raise ValueError("metadata field model.encoding does not give the model's feature names")
+        if enc.classes is not None and enc.classes != model["classes"]:
+            raise ValueError("metadata field model.encoding's label classes differ from model.classes")
 
     @staticmethod
     def _check_classes(classes: Any, task: str, n_out: int) -> None:

@@ -141,7 +141,7 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
     with Progress(data.n_rows, what, log, log_every) as progress:
         stats = scan(data, features, progress.update, first_only, (comm.rank, comm.size)).merged_across(comm)
     return Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
-                       data.format, data.path, log, weight)
+                       data.format, data.path, log, weight, data.encoding)
 
 
 def make_sampler(cfg, comm, train: Dataset) -> Sampler:

@@ -1,0 +1,518 @@
+"""A table's raw columns in, the network's float inputs out (and its label, as class indices):
+learned in one pass over the data, kept as JSON in the checkpoint, applied per chunk with Arrow's
+kernels (Keras ``FeatureSpace``'s ``adapt`` and call; scikit-learn's ``ColumnTransformer``).
+
+Each column becomes a block of inputs:
+
+* numeric (every integer and float width, decimal, bool): its value; a missing value becomes
+  the column's mean, and a column that had missing values in the pass gets an indicator input
+  (``col:missing``, 1 where the value was missing), as scikit-learn's ``SimpleImputer(add_indicator=True)``;
+* datetime (timestamps of any unit and zone, dates, times of day, durations): seconds, centred
+  on the pass's mean (float32 holds offsets, not 1.7e9-second epochs), imputed as numbers are;
+* categorical: one input per code of its :class:`~.codes.Categories` (missing, out of
+  vocabulary, then the vocabulary most frequent first), one-hot;
+* hashed: one input for missing and one per hash bucket, one-hot;
+* a fixed-size list of numbers: one input per element.
+
+Columns nothing can use (lists, structs, binary, identifiers) are left out, each with its reason.
+A string column is categorical while it has at most ``max_categories`` distinct values (counted
+exactly, or estimated by :class:`~.distinct.DistinctCount` beyond the vocabulary's capacity),
+hashed above that, dropped where nearly every row is distinct (an identifier).
+
+A string, dictionary or bool label is a class label: its classes are its distinct values,
+sorted, and :meth:`Encoding.labels` gives each row's class index (NaN where missing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConfigError, DataError
+from .codes import Categories
+from .distinct import DistinctCount
+from .hashing import bucket, null_mask
+from .kinds import (MAX_VALUES, canonical, check_header, kind_of, values_from_json, values_to_json)
+from .schema import ColumnPlan, choose_string_kind, infer_columns
+from .vocab import Vocabulary
+
+__all__ = ["Encoding", "EncodingOptions", "learn_encoding", "needs_encoding", "MAX_LABEL_CLASSES"]
+
+_FORMAT, _VERSION = "streamtrain.encoding", 1
+_T = pa.types
+#: A class label with more distinct values than this is refused (a regression target, or an ID).
+MAX_LABEL_CLASSES = 1000
+#: The distinct values a vocabulary counts exactly before it turns to a heavy-hitters summary.
+VOCAB_CAPACITY = 100_000
+#: Input names are the column's name and a value, cut to this many characters.
+MAX_VALUE_CHARS = 60
+MAX_COLUMNS = 100_000
+_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+@dataclass(frozen=True)
+class EncodingOptions:
+    """How columns are encoded.
+
+    Parameters
+    ----------
+    max_categories : int
+        The largest vocabulary a column keeps (``--max-categories``); a string column with more
+        distinct values is hashed.
+    min_frequency : int
+        Values seen fewer times go to the out-of-vocabulary code (``--min-frequency``).
+    hash_buckets : int
+        Buckets of a hashed column (``--hash COL:BUCKETS`` overrides per column).
+    missing : {"impute", "error"}
+        A missing feature value is imputed, or is an error naming the file and column.
+    overrides : dict, optional
+        ``{"categorical": [...], "numeric": [...], "hash": {col: buckets}, "drop": [...]}``.
+    """
+
+    max_categories: int = 100
+    min_frequency: int = 1
+    hash_buckets: int = 64
+    missing: str = "impute"
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, lo, hi in (("max_categories", 1, MAX_VALUES), ("min_frequency", 1, 2**62),
+                             ("hash_buckets", 1, 1 << 20)):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
+                raise ConfigError(f"{name} is an integer in [{lo}, {hi}], not {x!r}")
+        if self.missing not in ("impute", "error"):
+            raise ConfigError(f"missing is 'impute' or 'error', not {self.missing!r}")
+
+
+def _numbers(arr) -> np.ndarray:
+    """float64 values of a numeric, bool, decimal or temporal column (seconds), NaN where missing."""
+    t = arr.type
+    if _T.is_dictionary(t):
+        arr, t = pc.cast(arr, t.value_type), t.value_type
+    if _T.is_timestamp(t) or _T.is_duration(t) or _T.is_time(t):
+        scale = _UNIT[t.unit]
+        arr = pc.cast(pc.cast(arr, pa.int64() if t.bit_width == 64 else pa.int32()), pa.float64())
+        return arr.to_numpy(zero_copy_only=False) * scale
+    if _T.is_date32(t):
+        return pc.cast(pc.cast(arr, pa.int32()), pa.float64()).to_numpy(zero_copy_only=False) * 86400.0
+    if _T.is_date64(t):
+        return pc.cast(pc.cast(arr, pa.int64()), pa.float64()).to_numpy(zero_copy_only=False) * 1e-3
+    return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _name(column: str, value) -> str:
+    text = str(value)
+    return f"{column}={text[:MAX_VALUE_CHARS]}{'...' if len(text) > MAX_VALUE_CHARS else ''}"
+
+
+class _Numeric:
+    """A number (or datetime as seconds): ``value - center``, missing -> the mean (+ an indicator)."""
+
+    def __init__(self, name: str, kind: str, center: float, fill: float, indicator: bool, missing: str):
+        self.name, self.kind, self.center, self.fill, self.indicator = name, kind, center, fill, indicator
+        self.missing = missing
+        self.names = [name] + ([f"{name}:missing"] if indicator else [])
+        self.scaled = [True] + ([False] if indicator else [])
+
+    def encode(self, arr, out: np.ndarray, where: str) -> None:
+        v = _numbers(arr)
+        gone = null_mask(arr)
+        if gone.any():
+            if self.missing == "error":
+                raise DataError(f"{where}: column {self.name!r} has missing values (--missing impute fills them "
+                                "with the column's mean)")
+            v[gone] = self.fill
+        if self.center:
+            v -= self.center
+        with np.errstate(over="ignore"):  # beyond float32 becomes Inf, which the NaN/Inf screen names
+            out[:, 0] = v
+        if self.indicator:
+            out[:, 1] = gone
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "center": self.center, "fill": self.fill,
+                "indicator": self.indicator}
+
+
+class _Vector:
+    """A fixed-size list of numbers: one input per element (no missing lists)."""
+
+    def __init__(self, name: str, width: int):
+        self.name, self.kind, self.width = name, "vector", width
+        self.names = [f"{name}[{i}]" for i in range(width)]
+        self.scaled = [True] * width
+
+    def encode(self, arr, out: np.ndarray, where: str) -> None:
+        if arr.null_count:
+            raise DataError(f"{where}: column {self.name!r} has missing lists")
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        flat = pc.cast(arr.flatten(), pa.float64()).to_numpy(zero_copy_only=False)
+        out[:] = flat.reshape(len(arr), self.width)
+
+    def state(self) -> dict:
+        return {"kind": "vector", "name": self.name, "width": self.width}
+
+
+class _OneHot:
+    """A categorical (vocabulary codes) or hashed (bucket codes) column, one-hot."""
+
+    def __init__(self, name: str, cats: Categories | None = None, buckets: int | None = None):
+        self.name, self.cats, self.buckets = name, cats, buckets
+        self.kind = "categorical" if cats is not None else "hashed"
+        if cats is not None:
+            other = ["<other>"] if cats.oov_buckets == 1 else [f"<other:{k}>" for k in range(cats.oov_buckets)]
+            labels = ["<missing>", *other, *cats.values.to_pylist()]
+        else:
+            labels = ["<missing>", *[f"#{k}" for k in range(buckets)]]
+        self.names = [_name(name, v) for v in labels]
+        self.scaled = [False] * len(self.names)
+
+    def codes(self, arr) -> np.ndarray:
+        if self.cats is not None:
+            return self.cats.encode(arr)
+        return bucket(arr, self.buckets) + 1  # null: -1 -> 0
+
+    def encode(self, arr, out: np.ndarray, where: str) -> None:
+        out[np.arange(len(out)), self.codes(arr)] = 1
+
+    def state(self) -> dict:
+        if self.cats is not None:
+            return {"kind": "categorical", "name": self.name, "categories": self.cats.state_dict()}
+        return {"kind": "hashed", "name": self.name, "buckets": self.buckets}
+
+
+class _Label:
+    """A class label: its sorted distinct values; a row's class index (float64, NaN where missing)."""
+
+    def __init__(self, name: str, values: pa.Array):
+        self.name, self.values = name, values
+        self.kind = kind_of(values.type)
+
+    @property
+    def classes(self) -> list:
+        return self.values.to_pylist()
+
+    def encode(self, arr, where: str) -> np.ndarray:
+        vals, kind = canonical(arr)
+        if kind != self.kind:
+            raise DataError(f"{where}: label {self.name!r} holds {kind} values, the classes are {self.kind}s")
+        idx = pc.index_in(vals, value_set=self.values)
+        out = pc.cast(idx, pa.float64()).to_numpy(zero_copy_only=False)
+        unseen = np.isnan(out) & ~null_mask(vals)
+        if unseen.any():
+            bad = vals.filter(pa.array(unseen))[0].as_py()
+            raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training "
+                            f"({', '.join(map(repr, self.classes[:8]))}{', ...' if len(self.classes) > 8 else ''})")
+        return out
+
+    def state(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "classes": values_to_json(self.values)}
+
+
+class Encoding:
+    """The learned encoding of a table: which columns are read, the inputs they become, the label.
+
+    Attributes
+    ----------
+    feature_names : list of str, shape (width,)
+        One name per input (``col``, ``col:missing``, ``col=value``, ``col=<other>``, ``col#k``).
+    keys : list of str
+        The raw columns read (features, then the label).
+    left_out : list of (name, why)
+        The columns not used, each with its reason.
+    unscaled : ndarray of bool, shape (width,)
+        Inputs that are 0/1 (one-hot codes, indicators): standard scaling leaves them as they are.
+    classes : list or None
+        A class label's values (sorted), or None where the label is numeric (or absent).
+    """
+
+    def __init__(self, columns: list, label: _Label | None, label_name: str | None,
+                 left_out: list[tuple[str, str]], rows: int = 0):
+        self.columns, self.label, self.label_name = columns, label, label_name
+        self.left_out, self.rows = list(left_out), rows
+        self.feature_names = [n for c in columns for n in c.names]
+        seen: dict[str, int] = {}
+        for i, n in enumerate(self.feature_names):  # values cut short may collide: number them
+            if n in seen:
+                self.feature_names[i] = f"{n}#{i}"
+            seen[n] = i
+        self.unscaled = np.array([not s for c in columns for s in c.scaled], dtype=bool)
+        self.keys = [c.name for c in columns] + ([label_name] if label_name else [])
+        self._offsets = np.cumsum([0] + [len(c.names) for c in columns])
+
+    @property
+    def width(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def classes(self) -> list | None:
+        return None if self.label is None else self.label.classes
+
+    def transform(self, table: pa.Table, dtype, where: str) -> np.ndarray:
+        """The inputs of a table's rows: shape (rows, width), of ``dtype``."""
+        X = np.zeros((table.num_rows, self.width), dtype=dtype)
+        for c, a, b in zip(self.columns, self._offsets[:-1], self._offsets[1:]):
+            c.encode(table.column(c.name), X[:, a:b], where)
+        return X
+
+    def labels(self, col, where: str) -> np.ndarray:
+        """A label column's values: class indices (float64, NaN where missing) for a class label;
+        numbers as stored otherwise (float64 with NaN where any is missing)."""
+        if self.label is not None:
+            return self.label.encode(col, where)
+        if col.null_count:
+            return _numbers(col)
+        return col.to_numpy()
+
+    def describe(self) -> dict[str, str]:
+        """Each column of the table (the label's included) and how it is used, as one line."""
+        out = {}
+        for c in self.columns:
+            seen = getattr(c, "seen", None)  # what the pass saw (not kept in the checkpoint)
+            text = {"numeric": "numeric", "datetime": "datetime, seconds", "vector": "numeric, one input per element",
+                    "categorical": "categorical, one-hot", "hashed": "hashed, one-hot"}[c.kind]
+            if isinstance(c, _OneHot):
+                text += (f": {len(c.cats)} categories + missing + other" if c.cats is not None
+                         else f": {c.buckets} buckets + missing")
+            if isinstance(c, _Numeric) and c.indicator:
+                text += ": missing values become the mean, with an indicator input"
+            text += f" ({len(c.names)} input{'s' if len(c.names) != 1 else ''})"
+            out[c.name] = f"{seen}; {text}" if seen else text
+        for name, why in self.left_out:
+            out[name] = f"left out: {why}"
+        if self.label_name is not None:
+            out[self.label_name] = ("the label: " + (f"{len(self.label.classes)} classes" if self.label is not None
+                                                     else "numeric"))
+        return out
+
+    # -- JSON -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """A JSON-able dict (:meth:`from_state` reads it back)."""
+        return {"format": _FORMAT, "version": _VERSION, "columns": [c.state() for c in self.columns],
+                "label": None if self.label is None else self.label.state(), "label_name": self.label_name,
+                "left_out": [list(x) for x in self.left_out], "rows": self.rows}
+
+    @classmethod
+    def from_state(cls, state) -> Encoding:
+        """The encoding a :meth:`state_dict` describes (untrusted input: every field checked; a
+        ValueError naming what is wrong)."""
+        what = "encoding"
+        check_header(state, _FORMAT, _VERSION, what)
+        cols = state.get("columns")
+        if not isinstance(cols, list) or not 1 <= len(cols) <= MAX_COLUMNS:
+            raise ValueError(f"{what}: columns must be a list of 1 to {MAX_COLUMNS} columns")
+        columns = [_column_from_state(c, what) for c in cols]
+        names = [c.name for c in columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{what}: a column is encoded twice")
+        label_name = state.get("label_name")
+        if label_name is not None and not _short_str(label_name):
+            raise ValueError(f"{what}: label_name must be a string or null")
+        label = state.get("label")
+        if label is not None:
+            if not isinstance(label, dict) or label.get("name") != label_name:
+                raise ValueError(f"{what}: label must be a dict naming label_name")
+            values = values_from_json(label.get("classes"), label.get("kind"), MAX_LABEL_CLASSES, what)
+            if values.to_pylist() != sorted(values.to_pylist()):
+                raise ValueError(f"{what}: the label's classes must be sorted")
+            label = _Label(label_name, values)
+        left = state.get("left_out")
+        if not isinstance(left, list) or len(left) > MAX_COLUMNS or not all(
+                isinstance(x, list) and len(x) == 2 and all(_short_str(s) for s in x) for x in left):
+            raise ValueError(f"{what}: left_out must be a list of [name, reason] pairs")
+        rows = state.get("rows")
+        if type(rows) is not int or rows < 0:
+            raise ValueError(f"{what}: rows must be a non-negative integer")
+        return cls(columns, label, label_name, [tuple(x) for x in left], rows)
+
+
+def _short_str(x) -> bool:
+    return isinstance(x, str) and len(x) <= 4096
+
+
+def _finite(c: dict, key: str, what: str) -> float:
+    x = c.get(key)
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ValueError(f"{what}: {key} must be a finite number")
+    return float(x)
+
+
+def _column_from_state(c, what: str):
+    if not isinstance(c, dict) or not _short_str(c.get("name")):
+        raise ValueError(f"{what}: each column is a dict with a name")
+    kind, name = c.get("kind"), c["name"]
+    if kind in ("numeric", "datetime"):
+        if not isinstance(c.get("indicator"), bool):
+            raise ValueError(f"{what}: column {name!r}: indicator must be true or false")
+        return _Numeric(name, kind, _finite(c, "center", what), _finite(c, "fill", what), c["indicator"], "impute")
+    if kind == "vector":
+        w = c.get("width")
+        if type(w) is not int or not 1 <= w <= MAX_COLUMNS:
+            raise ValueError(f"{what}: column {name!r}: width must be an integer in [1, {MAX_COLUMNS}]")
+        return _Vector(name, w)
+    if kind == "categorical":
+        return _OneHot(name, cats=Categories.from_state(c.get("categories")))
+    if kind == "hashed":
+        b = c.get("buckets")
+        if type(b) is not int or not 1 <= b <= 1 << 20:
+            raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 20}]")
+        return _OneHot(name, buckets=b)
+    raise ValueError(f"{what}: column {name!r} has an unknown kind {kind!r:.40}")
+
+
+def needs_encoding(schema: pa.Schema, features: list[str], label: str | None,
+                   null_counts: Callable[[str], int | None]) -> bool:
+    """Whether a table's chosen columns need more than a cast to float: a type that is not a plain
+    number, or missing values (``null_counts(name)``: from the file's statistics, None unknown)."""
+    for name in features + ([label] if label else []):
+        t = schema.field(name).type
+        plain = _T.is_integer(t) or _T.is_floating(t) or _T.is_boolean(t)
+        vector = _T.is_fixed_size_list(t) and (_T.is_integer(t.value_type) or _T.is_floating(t.value_type))
+        if not (plain or vector) or null_counts(name) != 0:
+            return True
+    return False
+
+
+class _Pass:
+    """What the one pass over the data accumulates for one column."""
+
+    def __init__(self, plan: ColumnPlan, count_values: bool):
+        self.plan = plan
+        self.sum = 0.0
+        self.count = self.nulls = 0
+        self.vocab = Vocabulary(VOCAB_CAPACITY) if count_values else None
+        self.distinct = DistinctCount() if count_values else None
+
+    def update(self, col) -> None:
+        gone = null_mask(col)
+        self.nulls += int(gone.sum())
+        if self.vocab is not None:
+            self.vocab.update(col)
+            self.distinct.update(col)
+        elif self.plan.kind in ("numeric", "datetime"):
+            v = _numbers(col)
+            ok = ~gone & np.isfinite(v)
+            self.sum += float(v[ok].sum())
+            self.count += int(ok.sum())
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else 0.0
+
+
+def _seen(plan: ColumnPlan, acc: _Pass | None) -> str:
+    """The column's stored type, and what the pass counted of it (missing values, distinct values)."""
+    text = str(plan.arrow_type)
+    if acc is not None:
+        seen = acc.count + acc.nulls if acc.vocab is None else acc.vocab.rows + acc.nulls
+        text += f", {acc.nulls:,} missing of {seen:,}" if acc.nulls else ", none missing"
+        if acc.distinct is not None:
+            text += f", {'' if acc.distinct.exact else '~'}{acc.distinct.estimate():,} distinct"
+    return text
+
+
+def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
+                   tables: Callable[[list[str]], Iterable[pa.Table]], options: EncodingOptions, where: str,
+                   null_counts: Callable[[str], int | None] = lambda name: None) -> Encoding:
+    """Learn an encoding in one pass over the data.
+
+    Parameters
+    ----------
+    schema : pyarrow.Schema
+        The table's columns.
+    features : list of str
+        The candidate feature columns (every column but the label and partition keys, or the
+        user's), in order.
+    label : str or None
+    tables : callable
+        ``tables(columns)`` yields the data's chunks as Arrow tables of those columns, in order.
+    options : EncodingOptions
+    where : str
+        The data's name, for messages.
+    null_counts : callable
+        A column's missing values as the file's statistics record them (None: unknown); a
+        numeric column known to have none is not read in the pass.
+
+    Returns
+    -------
+    Encoding
+    """
+    sub = pa.schema([schema.field(n) for n in features])
+    plans = infer_columns(sub, {k: v for k, v in options.overrides.items() if v} or None)
+    passes: dict[str, _Pass] = {}
+    for p in plans:
+        if p.kind == "categorical" or (p.kind == "hashed" and p.buckets is None):
+            passes[p.name] = _Pass(p, count_values=True)
+        elif p.kind == "datetime" or (p.kind == "numeric" and not _T.is_fixed_size_list(p.arrow_type)
+                                      and null_counts(p.name) != 0):
+            passes[p.name] = _Pass(p, count_values=False)
+    label_type = schema.field(label).type if label else None
+    class_label = label_type is not None and not (_T.is_integer(label_type) or _T.is_floating(label_type)
+                                                  or _T.is_decimal(label_type) or _T.is_boolean(label_type))
+    label_vocab = Vocabulary(MAX_LABEL_CLASSES + 1) if class_label else None
+    if class_label:
+        try:
+            kind_of(label_type)
+        except DataError:
+            raise DataError(f"{where}: label {label!r} is of type {label_type}, neither numbers nor classes "
+                            "(strings, categories, bools)") from None
+    rows = 0
+    keys = list(passes) + ([label] if class_label else [])
+    if keys:
+        for table in tables(keys):
+            rows += table.num_rows
+            for name, acc in passes.items():
+                acc.update(table.column(name))
+            if label_vocab is not None:
+                label_vocab.update(table.column(label))
+                if len(label_vocab) > MAX_LABEL_CLASSES or not label_vocab.exact:
+                    raise DataError(f"{where}: label {label!r} has more than {MAX_LABEL_CLASSES} distinct values: "
+                                    "too many classes (a numeric target trains with --task regression)")
+    columns, left = [], []
+    for p in plans:
+        acc = passes.get(p.name)
+        n_before = len(columns)
+        if p.kind == "unusable":
+            left.append((p.name, p.reason))
+        elif p.kind in ("numeric", "datetime"):
+            if _T.is_fixed_size_list(p.arrow_type):
+                columns.append(_Vector(p.name, p.arrow_type.list_size))
+                continue
+            if acc is not None and acc.nulls and options.missing == "error":
+                raise DataError(f"{where}: column {p.name!r} has {acc.nulls:,} missing values "
+                                "(--missing impute fills them with the column's mean)")
+            mean = acc.mean if acc is not None else 0.0
+            columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
+                                    bool(acc is not None and acc.nulls), options.missing))
+        elif p.kind == "hashed" and p.buckets is not None:
+            columns.append(_OneHot(p.name, buckets=p.buckets))
+        else:  # categorical, or a string/dictionary decided here by its cardinality
+            overridden = p.name in (options.overrides.get("categorical") or [])
+            seen = acc.vocab.rows
+            choice = choose_string_kind(acc.distinct.estimate(), seen, options.max_categories)
+            if overridden or choice.kind == "categorical":
+                columns.append(_OneHot(p.name, cats=acc.vocab.finalize(options.max_categories, options.min_frequency)))
+            elif choice.kind == "hashed":
+                columns.append(_OneHot(p.name, buckets=options.hash_buckets))
+            else:
+                approx = "" if acc.distinct.exact else "~"
+                left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}"))
+        if len(columns) > n_before:
+            columns[-1].seen = _seen(p, acc)
+    if not columns:
+        raise DataError(f"{where}: no column can be used as a feature ("
+                        + "; ".join(f"{n}: {why}" for n, why in left[:4]) + ")")
+    label_enc = None
+    if label_vocab is not None:
+        values = label_vocab.finalize().values
+        if not len(values):
+            raise DataError(f"{where}: label {label!r} has no values (every row's is missing)")
+        label_enc = _Label(label, values.take(pc.sort_indices(values)))
+    return Encoding(columns, label_enc, label, left, rows)

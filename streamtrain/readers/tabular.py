@@ -1,0 +1,67 @@
+"""Tables whose columns need more than a cast to float (strings, categories, timestamps, missing
+values, a string label): which columns a dataset uses and the encoding that turns them into
+inputs (``features/encoding.py``), shared by the readers of tables (Parquet, CSV, data frames)."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Iterable
+
+import pyarrow as pa
+
+from ..errors import ConfigError, DataError
+from ..features.encoding import Encoding, EncodingOptions, learn_encoding, needs_encoding
+from .columns import LABEL_KEYS, find_key
+
+__all__ = ["plan_table"]
+
+
+def _candidates(names: list[str], features, label: str | None, hidden: set, path: str) -> list[str]:
+    """The feature columns: every column but the label and ``hidden`` ones, or those ``features``
+    names (names or globs, in order)."""
+    if features is None:
+        return [n for n in names if n != label and n not in hidden]
+    out: list[str] = []
+    for pat in [features] if isinstance(features, str) else list(features):
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise DataError(f"{path}: no column matches {pat!r} (columns: {', '.join(names[:12])}"
+                            f"{', ...' if len(names) > 12 else ''})")
+        out += [n for n in hits if n != label and n not in out]
+    return out
+
+
+def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[list[str]], Iterable[pa.Table]],
+               null_counts: Callable[[str], int | None], hidden: set = frozenset(), encoding: dict | None = None,
+               encode: dict | None = None) -> Encoding | None:
+    """The encoding a table's chosen columns need, or None where they are plain numbers without
+    missing values (read as they are, the fast path).
+
+    ``encoding``: a learned encoding's state (a model's): used as it is, its columns checked to
+    be in the table. Otherwise the label is found (``label``, or by name; False: none), the
+    features chosen (``features``, or every other column but ``hidden`` ones), and, where they
+    need it, an encoding learned in one pass (``tables(columns)`` yields the chunks) with the
+    ``encode`` options (:class:`EncodingOptions`' fields).
+    """
+    names = list(schema.names)
+    if encoding is not None:
+        try:
+            enc = Encoding.from_state(encoding)
+        except ValueError as e:
+            raise DataError(f"{path}: the model's column encoding is malformed ({e})") from None
+        missing = [n for n in enc.keys[:len(enc.columns)] if n not in names]
+        if missing:
+            raise DataError(f"{path}: has no column {missing[0]!r}, which the model encodes "
+                            f"(columns: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+        return enc
+    label_name = find_key(names, label, LABEL_KEYS, "label column", path, required=False)
+    chosen = _candidates(names, features, label_name, set(hidden), path)
+    if not chosen:
+        raise DataError(f"{path}: no feature columns (columns: {', '.join(names[:12])})")
+    if not needs_encoding(schema, chosen, label_name, null_counts) and not encode:
+        return None
+    try:
+        options = EncodingOptions(**(encode or {}))
+    except TypeError as e:
+        raise ConfigError(f"encoding options: {e}") from None
+    return learn_encoding(schema, chosen, label_name, tables, options, path, null_counts)
