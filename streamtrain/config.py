@@ -42,6 +42,9 @@ LIMITS = {
     "lr_min": (0.0, 1e6),
     "warmup": (0, 1 << 62),
     "min_delta": (0.0, 1e9),
+    "max_categories": (1, 1 << 24),
+    "min_frequency": (1, 1 << 62),
+    "hash_buckets": (1, 1 << 20),
 }
 
 # What early stopping may watch: each epoch's record has these (accuracy for classification, R^2
@@ -98,7 +101,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {"activation": tuple(ACTIVATIONS), "task": ("auto", *TASKS), "init": tuple(INITS),
             "optimizer": tuple(OPTIMIZERS), "shuffle": tuple(SHUFFLES), "decoder": tuple(DECODERS),
             "scale": tuple(SCALINGS), "dtype": ("float32", "float64"), "lr_schedule": tuple(SCHEDULES),
-            "early_stopping_metric": EARLY_STOPPING_METRICS}
+            "early_stopping_metric": EARLY_STOPPING_METRICS, "missing": ("impute", "error")}
 
 
 @dataclass
@@ -158,6 +161,17 @@ class TrainConfig:
     class_weight: str = _f("", "Weigh each class's rows: 'balanced' (inversely to its frequency) or "
                            "'label=weight,...' (others 1); empty: all 1.")
     skip_nonfinite: bool = _f(False, "Skip rows with NaN or Inf instead of stopping with an error.")
+    missing: str = _f("impute", "Missing feature values (nulls) in tables: impute (a number's column mean, with an "
+                      "indicator input where training's data had any; a category's own input), or error.")
+    max_categories: int = _f(100, "The most values a categorical column keeps (one input each); a string column "
+                                  "with more distinct values is hashed, or left out as an identifier where nearly "
+                                  "every row differs.")
+    min_frequency: int = _f(1, "Category values seen fewer times share the column's 'other' input.")
+    hash_buckets: int = _f(64, "Buckets (inputs) of a hashed string column.")
+    categorical: str = _f("", "Table columns to encode as categories (comma-separated), e.g. integer codes.")
+    numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
+    hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
+    drop: str = _f("", "Table columns to leave out (comma-separated).")
     allow_missing_chunks: bool = _f(False, "Train on the fill values of chunks never written (HDF5, Zarr) "
                                     "instead of stopping with an error.")
     early_stopping: int = _f(0, "Stop after this many epochs without a better early_stopping_metric (0: off), "
@@ -233,6 +247,26 @@ class TrainConfig:
             if problem:
                 raise ConfigError(f"{key}: {problem}")
             params[key] = float(value)
+
+    def encode_options(self) -> dict | None:
+        """How a table's columns are encoded (``EncodingOptions``' fields), or None for the defaults."""
+        def names(text: str) -> list[str]:
+            return [c.strip() for c in text.split(",") if c.strip()]
+
+        hashed = {}
+        for item in names(self.hash):
+            col, _, buckets = item.rpartition(":") if ":" in item else (item, "", "")
+            if buckets and not buckets.isdigit():
+                raise ConfigError(f"hash: {item!r} is COL or COL:BUCKETS, BUCKETS a positive integer")
+            hashed[col] = int(buckets) if buckets else self.hash_buckets
+        overrides = {k: v for k, v in (("categorical", names(self.categorical)), ("numeric", names(self.numeric)),
+                                       ("hash", hashed), ("drop", names(self.drop))) if v}
+        opts = {"max_categories": self.max_categories, "min_frequency": self.min_frequency,
+                "hash_buckets": self.hash_buckets, "missing": self.missing, "overrides": overrides}
+        defaults = {f.name: f.default for f in fields(self)}
+        if not overrides and all(getattr(self, k) == defaults[k] for k in opts if k != "overrides"):
+            return None
+        return opts
 
     @property
     def learning_rate(self) -> float:

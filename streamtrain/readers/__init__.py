@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -145,6 +146,9 @@ def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
         raise DataError(f"{path}: no such file or directory")
     fmt = detect_format(path)
     cls = load(FORMATS[fmt].reader)
+    if ("encode" in options or "encoding" in options) and "encoding" not in inspect.signature(cls).parameters:
+        raise DataError(f"{path}: column encoding settings (categorical, numeric, hash, drop, max_categories, "
+                        f"min_frequency, hash_buckets, missing) apply to tables (Parquet, data frames), not to {fmt}")
     try:
         return cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype, **options)
     except TypeError as e:

@@ -58,7 +58,7 @@ def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[
     chosen = _candidates(names, features, label_name, set(hidden), path)
     if not chosen:
         raise DataError(f"{path}: no feature columns (columns: {', '.join(names[:12])})")
-    if not needs_encoding(schema, chosen, label_name, null_counts) and not encode:
+    if not needs_encoding(schema, chosen, label_name, null_counts) and not (encode or {}).get("overrides"):
         return None
     try:
         options = EncodingOptions(**(encode or {}))

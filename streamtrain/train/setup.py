@@ -55,11 +55,14 @@ def check_settings(cfg, comm, has_val: bool, resume: bool, overwrite: bool, chec
         raise ConfigError(f"early_stopping_metric: a {cfg.task} run has no {cfg.early_stopping_metric}")
 
 
-def open_data(cfg, comm, source, val, features, label, weight=None, log=None
+def open_data(cfg, comm, source, val, features, label, weight=None, log=None, encoding: dict | None = None
               ) -> tuple[Dataset, Dataset | None, str | None]:
-    """``(training data, validation data or None, the weight column or None)`` of a run."""
+    """``(training data, validation data or None, the weight column or None)`` of a run;
+    ``encoding``: the resumed run's column encoding (applied, not learned again)."""
     opts = {"dtype": cfg.dtype, "nonfinite": "skip" if cfg.skip_nonfinite else "error",
             "allow_missing_chunks": cfg.allow_missing_chunks}
+    encode = {"encoding": encoding} if encoding is not None else (
+        {"encode": cfg.encode_options()} if cfg.encode_options() else {})
     if weight is not None and not isinstance(weight, str):  # per-row values for (X, y) arrays
         if not (isinstance(source, tuple) and len(source) == 2):
             raise DataError("per-row weights go with (X, y) arrays; for a file, name its weight column")
@@ -70,15 +73,16 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None
         source = ArrayDataset(np.column_stack([X, w]), y, dtype=cfg.dtype,
                               feature_names=[f"f{j}" for j in range(X.shape[1])] + ["sample_weight"])
         weight = "sample_weight"
-    data = open_dataset(source, features, label, **opts)
+    data = open_dataset(source, features, label, **opts, **encode)
     if comm.rank == 0:
         say_left_out(data)
     if weight is not None:
         data = _with_weight(source, data, label, weight, opts)
     if cfg.cache_dir:
         data = _decoded(cfg, comm, data, log)
-    if val is not None:
-        return data, open_dataset(val, data.selection, data.label_name, **opts), weight
+    if val is not None:  # read as training's data is: its columns, encoded the same way
+        same = {"encoding": data.encoding.state_dict()} if data.encoding is not None else {}
+        return data, open_dataset(val, data.selection, data.label_name, **opts, **same), weight
     if cfg.val_fraction:
         return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                 HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"), weight)
@@ -119,6 +123,9 @@ def _with_weight(source, data: Dataset, label, weight: str, opts: dict) -> Datas
     """The dataset read with the weight column after the features (one column per feature)."""
     if list(data.feature_names)[-1:] == [weight] and data.format == "memory":
         return data
+    if data.encoding is not None:
+        raise DataError(f"{data.path}: a weight column with encoded columns (strings, categories, missing values) "
+                        "is not supported yet; write the weights beside all-numeric features")
     if isinstance(data.selection, str):
         raise DataError(f"{data.path}: a weight column goes with one column per feature (Parquet, Zarr or "
                         f"HDF5 columns), not a 2-D features array ({data.selection!r})")

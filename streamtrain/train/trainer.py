@@ -180,7 +180,8 @@ class Trainer:
                 if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
                     # overlaps opening the data, the statistics pass, a checkpoint's restoring
                     minibatch.load_in_background(cfg.dtype, cfg.optimizer == "sgd" and self.comm.size == 1)
-                train, val_ds, self.weight = open_data(cfg, comm, source, val, features, label, weight, log)
+                saved = found[2]["model"].get("encoding") if found is not None else None
+                train, val_ds, self.weight = open_data(cfg, comm, source, val, features, label, weight, log, saved)
                 self.sampler = make_sampler(cfg, comm, train)
                 # Started before the statistics pass or the restore, so that its start-up overlaps them.
                 process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None,

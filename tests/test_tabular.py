@@ -1,0 +1,280 @@
+"""Tables as users have them: strings, categoricals, timestamps, missing values and string labels,
+written by pandas, polars, DuckDB and pyarrow, trained on with no preprocessing; the encoding
+learned once, kept in the checkpoint and applied alike by train, resume, evaluate and predict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamtrain import Trainer, open_dataset
+from streamtrain.errors import CheckpointError, DataError
+from streamtrain.features.encoding import Encoding, EncodingOptions, learn_encoding
+from streamtrain.io.resolve import latest_checkpoint
+from streamtrain.train.schema import TRAINER
+
+BIN = Path(sys.executable).with_name("streamtrain")
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+
+
+def flights(n=3000, seed=0) -> pd.DataFrame:
+    """A table of the kinds real files hold, with a label that depends on the strings and categories."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "distance": rng.gamma(2.0, 400.0, n),
+        "seats": pd.array(rng.integers(50, 300, n), dtype="Int16"),
+        "carrier": rng.choice(["AA", "DL", "UA", "WN", None], n, p=[.3, .25, .2, .2, .05]),
+        "weather": pd.Categorical(rng.choice(["clear", "rain", "snow"], n, p=[.6, .3, .1])),
+        "departs": pd.date_range("2026-01-01", periods=n, freq="17min", tz="America/New_York"),
+        "flight_id": [f"F{i:06d}" for i in range(n)],
+    })
+    score = ((df["weather"] == "snow") * 2.5 + (df["weather"] == "rain") * 1.0 + (df["carrier"] == "WN") * 1.5
+             + df["distance"] / 800 - 2.0)
+    df["status"] = np.where(score + rng.normal(0, 0.5, n) > 0, "late", "on time")
+    df.loc[rng.random(n) < 0.1, "distance"] = np.nan
+    df.loc[rng.random(n) < 0.05, "seats"] = pd.NA
+    return df
+
+
+def _cli(*args, check=True):
+    res = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+# -- the encoding itself ---------------------------------------------------------------------------
+
+def test_the_encoding_equals_a_dense_one_hot_reference():
+    df = flights(500)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    feats = [c for c in df.columns if c != "status"]
+    enc = learn_encoding(table.schema, feats, "status", lambda keys: [table.select(keys)], EncodingOptions(), "t")
+    X = enc.transform(table, np.float64, "t")
+    ref = {}
+    d = df["distance"]
+    ref["distance"], ref["distance:missing"] = d.fillna(d.mean()), d.isna().astype(float)
+    s = df["seats"].astype("float64")
+    ref["seats"], ref["seats:missing"] = s.fillna(s.mean()), s.isna().astype(float)
+    for col in ("carrier", "weather"):
+        values = df[col].astype(object)
+        ref[f"{col}=<missing>"] = values.isna().astype(float)
+        ref[f"{col}=<other>"] = np.zeros(len(df))
+        for v in values.dropna().value_counts().index:
+            ref[f"{col}={v}"] = (values == v).astype(float)
+    secs = (df["departs"] - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    ref["departs"] = secs - secs.mean()
+    assert set(enc.feature_names) == set(ref)  # flight_id: an identifier, left out
+    assert [name for name, _ in enc.left_out] == ["flight_id"]
+    for j, name in enumerate(enc.feature_names):
+        np.testing.assert_allclose(X[:, j], np.asarray(ref[name], dtype=np.float64), rtol=1e-12, atol=1e-6,
+                                   err_msg=name)
+    # most frequent first, after the missing and other codes
+    assert enc.feature_names[4:7] == ["carrier=<missing>", "carrier=<other>", "carrier=AA"]
+    y = enc.labels(table.column("status"), "t")
+    assert enc.classes == ["late", "on time"] and np.array_equal(y, (df["status"] == "on time").astype(float))
+
+
+def test_unseen_values_and_new_missing_values_are_encoded_not_refused():
+    df = flights(400)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    enc = learn_encoding(table.schema, ["carrier", "weather", "departs"], None, lambda k: [table.select(k)],
+                         EncodingOptions(), "t")
+    enc = Encoding.from_state(json.loads(json.dumps(enc.state_dict())))
+    later = pa.table({"carrier": ["ZZ", None], "weather": pa.array(["hail", "rain"]).dictionary_encode(),
+                      "departs": pa.array([None, 0], pa.timestamp("s", tz="UTC"))})
+    X = enc.transform(later, np.float32, "later")
+    names = enc.feature_names
+    assert X[0, names.index("carrier=<other>")] == 1 and X[1, names.index("carrier=<missing>")] == 1
+    assert X[0, names.index("weather=<other>")] == 1 and X[1, names.index("weather=rain")] == 1
+    assert X[0, names.index("departs")] == 0  # missing: the mean, centred to 0 (no indicator: none were missing)
+
+
+@pytest.mark.parametrize("state_change", [
+    lambda s: s["columns"][0].update(kind="magic"),
+    lambda s: s["columns"][0].update(fill=float("nan")),
+    lambda s: s.update(columns=[]),
+    lambda s: s["columns"].append(dict(s["columns"][0])),
+    lambda s: s["label"].update(classes=["on time", "late"]),
+    lambda s: s.update(left_out=[["a"]]),
+    lambda s: s.update(format="pickle"),
+])
+def test_a_tampered_encoding_is_refused_with_a_reason(state_change):
+    table = pa.Table.from_pandas(flights(200), preserve_index=False)
+    enc = learn_encoding(table.schema, ["distance", "carrier"], "status", lambda k: [table.select(k)],
+                         EncodingOptions(), "t")
+    state = json.loads(json.dumps(enc.state_dict()))
+    state_change(state)
+    with pytest.raises(ValueError, match="encoding"):
+        Encoding.from_state(state)
+
+
+# -- files from every writer -----------------------------------------------------------------------
+
+def _write(writer: str, df: pd.DataFrame, path: Path) -> None:
+    if writer == "pandas":
+        df.to_parquet(path, row_group_size=700)
+    elif writer == "pyarrow":
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        t = t.set_column(t.schema.get_field_index("carrier"), "carrier", t.column("carrier").cast(pa.large_string()))
+        t = t.append_column("fare", pa.array([None if i % 9 == 0 else f"{i % 50}.25" for i in range(len(df))])
+                            .cast(pa.decimal128(8, 2)))
+        t = t.append_column("day", pa.array(np.arange(len(df)) % 30, pa.int32()).cast(pa.date32()))
+        t = t.append_column("big", pa.array(np.arange(len(df)), pa.uint64()))
+        pq.write_table(t, path, row_group_size=700)
+    elif writer == "polars":
+        import polars as pl
+
+        pl.from_pandas(df).with_columns(pl.col("carrier").cast(pl.Categorical)).write_parquet(path, row_group_size=700)
+    elif writer == "duckdb":
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("df", df)
+        con.execute(f"COPY (SELECT * FROM df) TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE 700)")
+
+
+@pytest.mark.parametrize("writer", ["pandas", "pyarrow", "polars", "duckdb"])
+def test_files_from_every_writer_train_with_no_preprocessing(writer, tmp_path):
+    df = flights(2100)
+    path = tmp_path / "f.parquet"
+    _write(writer, df, path)
+    ds = open_dataset(path, label="status")
+    names = ds.feature_names
+    assert {"distance", "distance:missing", "seats", "carrier=<missing>", "weather=rain", "departs"} <= set(names)
+    assert [n for n, _ in ds.left_out] == ["flight_id"]
+    if writer == "pyarrow":
+        assert {"fare", "fare:missing", "day", "big"} <= set(names)
+    X, y = ds.read_chunk(0)
+    assert X.dtype == np.float32 and np.isfinite(X).all() and set(np.unique(y)) <= {0.0, 1.0}
+    trainer = Trainer(hidden=16, epochs=10, batch_size=32, seed=1)
+    trainer.fit(str(path), label="status", log=None)
+    assert trainer.model.classes == ["late", "on time"]
+    pred = trainer.predict(str(path))
+    assert set(pred) <= {"late", "on time"} and (pred == df["status"].to_numpy()).mean() > 0.8
+
+
+# -- the command, as users run it ------------------------------------------------------------------
+
+def test_train_evaluate_predict_with_a_string_label_from_the_command(tmp_path):
+    df = flights(3000)
+    df.to_parquet(tmp_path / "flights.parquet", row_group_size=1000)
+    df.drop(columns="status").head(50).to_parquet(tmp_path / "new.parquet")
+    info = json.loads(_cli("inspect", tmp_path / "flights.parquet", "--label", "status", "--json").stdout)
+    cols = info["columns"]
+    assert cols["distance"].startswith("double, ") and "missing of 3,000" in cols["distance"]
+    assert "categorical" in cols["weather"] and "identifier" in cols["flight_id"]
+    assert cols["status"] == "the label: 2 classes"
+    run = tmp_path / "runs" / "f"
+    res = _cli("train", tmp_path / "flights.parquet", "--label", "status", "--checkpoint-dir", run,
+               "--epochs", "10", "--hidden", "16")
+    assert "1 column left out: flight_id" in res.stderr and "task: binary" in res.stderr
+    ev = json.loads(_cli("evaluate", run, tmp_path / "flights.parquet", "--json").stdout)
+    assert ev["accuracy"] > 0.85 and ev["classes"] == ["late", "on time"]
+    _cli("predict", run, tmp_path / "new.parquet", "--out", tmp_path / "p.parquet")
+    out = pd.read_parquet(tmp_path / "p.parquet")
+    assert list(out.columns) == ["p_late", "p_on time", "prediction"]
+    assert set(out["prediction"]) <= {"late", "on time"} and len(out) == 50
+    np.testing.assert_allclose(out["p_late"] + out["p_on time"], 1, rtol=1e-5)
+    # the model's encoding, a line per column
+    shown = _cli("inspect", run).stdout
+    assert "weather: categorical, one-hot: 3 categories + missing + other (5 inputs)" in shown
+    # a label value training never saw: one line naming it
+    bad = df.head(10).assign(status="cancelled")
+    bad.to_parquet(tmp_path / "bad.parquet")
+    res = _cli("evaluate", run, tmp_path / "bad.parquet", check=False)
+    assert res.returncode == 2 and "label value 'cancelled' is not one of the classes" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_overrides_and_missing_error_from_the_command(tmp_path):
+    flights(600).to_parquet(tmp_path / "f.parquet")
+    run = tmp_path / "r"
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--checkpoint-dir", run, "--epochs", "1",
+         "--categorical", "seats", "--hash", "carrier:8", "--drop", "departs,distance")
+    cols = json.loads(_cli("inspect", run, "--json").stdout)["columns"]
+    assert cols["seats"].startswith("categorical") and cols["carrier"].startswith("hashed, one-hot: 8 buckets")
+    assert cols["departs"] == cols["distance"] == "left out: dropped by the overrides"
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--missing", "error", "--epochs", "1",
+               check=False)
+    assert res.returncode == 2 and "column 'distance' has" in res.stderr and "--missing impute" in res.stderr
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--hash", "nope:8", check=False)
+    assert res.returncode == 2 and "nope" in res.stderr
+
+
+def test_resume_with_encoded_columns_is_bitwise(tmp_path):
+    flights(1500).to_parquet(tmp_path / "f.parquet", row_group_size=500)
+    args = ["train", tmp_path / "f.parquet", "--label", "status", "--hidden", "8", "--batch-size", "16",
+            "--optimizer", "adam", "--quiet"]
+    _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "whole")
+    _cli(*args, "--epochs", "1", "--checkpoint-dir", tmp_path / "parts")
+    _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "parts", "--resume")
+    (_, a, ma), (_, b, mb) = (latest_checkpoint(tmp_path / d, schema=TRAINER) for d in ("whole", "parts"))
+    assert ma["model"]["encoding"] == mb["model"]["encoding"] and ma["model"]["classes"] == ["late", "on time"]
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_checkpoint_whose_encoding_disagrees_is_refused(tmp_path):
+    flights(300).to_parquet(tmp_path / "f.parquet")
+    trainer = Trainer(hidden=4, epochs=1)
+    trainer.fit(str(tmp_path / "f.parquet"), label="status", checkpoint_dir=str(tmp_path / "r"), log=None)
+    path, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    meta["model"]["encoding"]["columns"][0]["name"] = "renamed"
+    with pytest.raises(ValueError, match="encoding"):
+        TRAINER.validate_meta(meta)
+
+
+def test_validation_data_is_encoded_as_training_data(tmp_path):
+    df = flights(1200)
+    df.iloc[:900].to_parquet(tmp_path / "train.parquet")
+    # the validation file has fewer categories and no missing values: encoded by training's encoding
+    df.iloc[900:].dropna().query("weather != 'snow'").to_parquet(tmp_path / "val.parquet")
+    trainer = Trainer(hidden=8, epochs=2)
+    history = trainer.fit(str(tmp_path / "train.parquet"), label="status", val=str(tmp_path / "val.parquet"), log=None)
+    assert all(np.isfinite(h["val_loss"]) for h in history)
+
+
+def test_data_frames_train_and_predict_with_their_own_label_values():
+    df = flights(1500)
+    trainer = Trainer(hidden=16, epochs=12, seed=0)
+    trainer.fit(df, label="status", log=None)
+    pred = trainer.predict(df.drop(columns="status"))
+    assert pred.dtype.kind == "U" and (pred == df["status"].to_numpy()).mean() > 0.8
+    import polars as pl
+
+    pred2 = trainer.predict(pl.from_pandas(df.drop(columns="status")))
+    assert np.array_equal(pred, pred2)
+
+
+def test_encoding_settings_on_a_format_without_columns_are_refused(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["X"], f["y"] = np.zeros((10, 2)), np.zeros(10)
+    res = _cli("train", tmp_path / "x.h5", "--categorical", "a", check=False)
+    assert res.returncode == 2 and "apply to tables" in res.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_train_encoded_data_as_one(tmp_path):
+    flights(2400).to_parquet(tmp_path / "f.parquet", row_group_size=300)
+    args = ["train", str(tmp_path / "f.parquet"), "--label", "status", "--hidden", "8", "--batch-size", "40",
+            "--epochs", "2", "--dtype", "float64", "--quiet"]
+    one = subprocess.run([str(BIN), *args, "--checkpoint-dir", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=300)
+    two = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN), *args, "--checkpoint-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    (_, a, ma), (_, b, mb) = (latest_checkpoint(tmp_path / d, schema=TRAINER) for d in ("one", "two"))
+    assert ma["model"]["encoding"] == mb["model"]["encoding"]
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-10, atol=1e-12, err_msg=k)
