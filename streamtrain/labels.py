@@ -79,7 +79,9 @@ class Labels:
         """Labels as the network wants them: class indices, or float values for regression."""
         if self.task == "regression":
             return y
-        if self._indices:  # indices of the classes already (the encoding's; range-checked there)
+        if self._indices and y.dtype.kind in "iuf":
+            # Numbers for classes that are strings: their indices already (a reader's encoding
+            # found them, range-checked there); raw strings (the service's rows) are looked up.
             return y.astype(np.int64)
         if y.ndim == 2:  # one-hot rows -> class indices
             return y.argmax(axis=1)
