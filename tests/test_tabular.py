@@ -278,3 +278,68 @@ def test_two_processes_train_encoded_data_as_one(tmp_path):
     assert ma["model"]["encoding"] == mb["model"]["encoding"]
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+# -- CSV and JSON lines ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["f.csv", "f.csv.gz", "f.csv.zst", "f.tsv", "f.jsonl", "f.jsonl.gz"])
+def test_text_tables_train_like_parquet(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    df = flights(1200)
+    path = tmp_path / name
+    if name.endswith(".zst"):  # (pandas needs the zstandard package; pyarrow compresses it)
+        with pa.CompressedOutputStream(str(path), "zstd") as out:
+            out.write(df.to_csv(index=False).encode())
+    elif ".csv" in name or ".tsv" in name:
+        df.to_csv(path, index=False, sep="\t" if ".tsv" in name else ",",
+                  compression="gzip" if name.endswith(".gz") else None)
+    else:
+        df.to_json(path, orient="records", lines=True, date_format="iso",
+                   compression="gzip" if name.endswith(".gz") else None)
+    ds = open_dataset(path, label="status")
+    assert ds.format == ("csv" if ".csv" in name or ".tsv" in name else "jsonl") and ds.n_rows == 1200
+    assert {"distance", "distance:missing", "carrier=<missing>", "weather=rain"} <= set(ds.feature_names)
+    assert ds.label_classes == ["late", "on time"]
+    assert len(list((tmp_path / "copies").iterdir())) == 1  # decoded once; reopening reuses it
+    open_dataset(path, label="status").close()
+    assert len(list((tmp_path / "copies").iterdir())) == 1
+    trainer = Trainer(hidden=8, epochs=1)
+    trainer.fit(str(path), label="status", log=None)
+    assert ds.fingerprint()["path"] == str(path.resolve())
+
+
+def test_a_csv_column_whose_type_changes_late_is_read_again_as_text(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    monkeypatch.setattr("streamtrain.readers.text.BLOCK_BYTES", 4096)  # types inferred from a small first block
+    n = 3000
+    code = [str(i % 7) for i in range(n)]
+    code[-1] = "X9"  # a code that is not a number, long after the first block
+    size = [str(i % 5) for i in range(n)]
+    size[-2] = "2.5"
+    pd.DataFrame({"code": code, "size": size, "y": np.arange(n) % 2}).to_csv(tmp_path / "d.csv", index=False)
+    ds = open_dataset(tmp_path / "d.csv")
+    assert "code=X9" in ds.feature_names and "size" in ds.feature_names
+    X, _ = ds.read(np.array([n - 2]))
+    assert X[0, ds.feature_names.index("size")] == 2.5
+
+
+@pytest.mark.parametrize("out", ["p.csv", "p.h5", "p.zarr", "p.parquet"])
+def test_predictions_carry_the_labels_own_values_in_every_format(out, tmp_path):
+    df = flights(400)
+    trainer = Trainer(hidden=4, epochs=1)
+    trainer.fit(df, label="status", log=None)
+    info = trainer.write_predictions(df.drop(columns="status"), tmp_path / out)
+    assert info["rows"] == 400 if isinstance(info, dict) and "rows" in info else True
+    if out.endswith(".csv"):
+        got = pd.read_csv(tmp_path / out)["prediction"].tolist()
+    elif out.endswith(".parquet"):
+        got = pd.read_parquet(tmp_path / out)["prediction"].tolist()
+    elif out.endswith(".h5"):
+        import h5py
+
+        got = [v.decode() for v in h5py.File(tmp_path / out)["prediction"][:]]
+    else:
+        import zarr
+
+        got = list(zarr.open_group(tmp_path / out, mode="r")["prediction"][:])
+    assert got == trainer.predict(df.drop(columns="status")).tolist()

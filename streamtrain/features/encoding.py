@@ -121,7 +121,16 @@ class _Numeric:
         self.scaled = [True] + ([False] if indicator else [])
 
     def encode(self, arr, out: np.ndarray, where: str) -> None:
-        v = _numbers(arr)
+        t = arr.type.value_type if _T.is_dictionary(arr.type) else arr.type
+        if _T.is_temporal(t) != (self.kind == "datetime"):
+            raise DataError(f"{where}: column {self.name!r} holds {arr.type}, where training's held "
+                            f"{'dates or times' if self.kind == 'datetime' else 'numbers'}")
+        try:
+            v = _numbers(arr)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise DataError(f"{where}: column {self.name!r} holds {arr.type}, not numbers as in training") from None
+        if not v.flags.writeable:  # a view of Arrow's buffer
+            v = v.copy()
         gone = null_mask(arr)
         if gone.any():
             if self.missing == "error":

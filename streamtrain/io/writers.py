@@ -57,13 +57,15 @@ class HDF5Writer(Writer):
         self._X.attrs["feature_names"] = np.array(self.feature_names, dtype=h5py.string_dtype())
         self._y = None
         if self.label_name:
-            self._y = self._f.create_dataset(self.label_name, (self.n_rows,), self.label_dtype,
+            text = self.label_dtype.kind in "UO"  # a class label's own values: UTF-8 strings
+            self._y = self._f.create_dataset(self.label_name, (self.n_rows,),
+                                             h5py.string_dtype() if text else self.label_dtype,
                                              chunks=(chunks[0],), **opts)
 
     def _write(self, a, X, y):
         self._X[a:a + len(X)] = X
         if self._y is not None:
-            self._y[a:a + len(X)] = y
+            self._y[a:a + len(X)] = y.astype(object) if y.dtype.kind == "U" else y
 
     def close(self):
         super().close()
@@ -85,8 +87,9 @@ class ZarrWriter(Writer):
         self._X.attrs["feature_names"] = self.feature_names
         self._y = None
         if self.label_name:
+            text = self.label_dtype.kind in "UO"  # a class label's own values: Zarr's string type
             self._y = group.create_array(self.label_name, shape=(self.n_rows,), chunks=(rows,),
-                                         dtype=self.label_dtype, compressors=compressors)
+                                         dtype=str if text else self.label_dtype, compressors=compressors)
 
     def _write(self, a, X, y):
         self._X[a:a + len(X)] = X
@@ -150,7 +153,7 @@ class ParquetWriter(Writer):
 
 
 class CSVWriter(Writer):
-    """Plain CSV with a header row (for predictions; streamtrain does not read CSV)."""
+    """Plain CSV with a header row (predictions)."""
 
     def open(self, tmp: Path):
         self._fh = open(tmp, "w", newline="")
@@ -158,6 +161,14 @@ class CSVWriter(Writer):
         self._fh.write(",".join(_csv_field(h) for h in header) + "\n")
 
     def _write(self, a, X, y):
+        if y is not None and y.dtype.kind in "UO":  # a class label's own values, quoted where needed
+            import io
+
+            text = io.StringIO()
+            np.savetxt(text, X, fmt="%.9g", delimiter=",")
+            lines = text.getvalue().splitlines()
+            self._fh.write("".join(f"{line},{_csv_field(str(v))}\n" for line, v in zip(lines, y)))
+            return
         block = X if y is None else np.column_stack([X, y.astype(np.float64)])
         fmt = ["%.9g"] * X.shape[1] + (["%.17g" if self.label_dtype is not None and self.label_dtype.kind == "f"
                                          else "%d"] if y is not None else [])

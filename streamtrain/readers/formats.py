@@ -10,7 +10,7 @@ or as ``"module:name"``, imported on first use so that h5py, zarr and pyarrow lo
 >>> format_for("notes.txt")
 Traceback (most recent call last):
 ...
-streamtrain.errors.DataError: notes.txt: unknown format; use one of .h5, .hdf5, .hdf, .he5, .zarr, .zip, .parquet, .pq, .parq
+streamtrain.errors.DataError: notes.txt: unknown format; use one of .h5, .hdf5, .hdf, .he5, .zarr, .zip, .parquet, .pq, .parq, .csv, .csv.gz, .csv.zst, .csv.bz2, .tsv, .tsv.gz, .jsonl, .ndjson, .jsonl.gz, .jsonl.zst, .ndjson.gz
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ register(Format("zarr", (".zarr", ".zip"), "streamtrain.readers.zarr:ZarrDataset
                 "streamtrain.io.writers:ZarrWriter", ("zstd", None, "gzip", "blosc")))
 register(Format("parquet", (".parquet", ".pq", ".parq"), "streamtrain.readers.parquet:ParquetDataset",
                 "streamtrain.io.writers:ParquetWriter", ("snappy", None, "zstd", "gzip", "lz4", "brotli")))
-register(Format("csv", (".csv",), None, "streamtrain.io.writers:CSVWriter"))
+register(Format("csv", (".csv", ".csv.gz", ".csv.zst", ".csv.bz2", ".tsv", ".tsv.gz"),
+                "streamtrain.readers.text:CSVDataset", "streamtrain.io.writers:CSVWriter"))
+register(Format("jsonl", (".jsonl", ".ndjson", ".jsonl.gz", ".jsonl.zst", ".ndjson.gz"),
+                "streamtrain.readers.text:JSONLinesDataset"))
 
 
 def load(ref):
@@ -66,15 +69,20 @@ def load(ref):
 
 
 def suffixes(readable: bool = True) -> tuple[str, ...]:
-    """Every suffix of the formats streamtrain reads (``readable=False``: writes)."""
-    return tuple(s for f in FORMATS.values() if (f.reader if readable else f.writer) for s in f.suffixes)
+    """Every suffix of the formats streamtrain reads (``readable=False``: writes; a compressed
+    text suffix such as ``.csv.gz`` is read only)."""
+    return tuple(s for f in FORMATS.values() if (f.reader if readable else f.writer) for s in f.suffixes
+                 if readable or s.count(".") == 1)
 
 
 def format_for(path: str | os.PathLike, readable: bool = True) -> Format:
     """The format a path's suffix names; one ``DataError`` for every unknown suffix, listing the
     suffixes that are read (``readable=False``: written)."""
-    suffix = Path(str(path).rstrip("/")).suffix.lower()
-    for f in FORMATS.values():
-        if suffix in f.suffixes and (f.reader if readable else f.writer):
+    name = Path(str(path).rstrip("/")).name.lower()
+    # the longest suffix that fits: data.csv.gz is compressed CSV, not gzip
+    known = sorted(((s, f) for f in FORMATS.values() for s in f.suffixes), key=lambda x: -len(x[0]))
+    for suffix, f in known:
+        if name.endswith(suffix) and name != suffix and suffix in suffixes(readable) \
+                and (f.reader if readable else f.writer):
             return f
     raise DataError(f"{path}: unknown format; use one of {', '.join(suffixes(readable))}")

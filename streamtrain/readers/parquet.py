@@ -137,16 +137,19 @@ class ParquetDataset(Dataset):
         for f_idx, meta in enumerate(self._metadata):
             if key in self._partitions[f_idx]:
                 continue
-            try:
-                j = meta.schema.names.index(key)
-            except ValueError:
+            # the leaf columns a top-level column is stored as ("x", or "x.list.element" for a list)
+            # (a column named "a.b" beside "a" may count toward both: at worst "a" is encoded needlessly)
+            leaves = [j for j in range(meta.num_columns)
+                      if meta.schema.column(j).path == key or meta.schema.column(j).path.startswith(key + ".")]
+            if not leaves:
                 raise DataError(f"{self._files[f_idx]}: has no column {key!r}, which {self.path} selects (the files' "
-                                "columns disagree; select common columns with --features)") from None
+                                "columns disagree; select common columns with --features)")
             for r in range(meta.num_row_groups):
-                stats = meta.row_group(r).column(j).statistics
-                if stats is None or not stats.has_null_count:
-                    return None
-                total += stats.null_count
+                for j in leaves:
+                    stats = meta.row_group(r).column(j).statistics
+                    if stats is None or not stats.has_null_count:
+                        return None
+                    total += stats.null_count
         return total
 
     def _tables(self, keys: list[str]):
@@ -234,7 +237,7 @@ class ParquetDataset(Dataset):
     def _load_chunk(self, i: int):
         if self.encoding is not None:
             table = self._table(i, self._keys)
-            where = f"{self._files[self._parts[i][0]]}, row group {self._parts[i][1]}"
+            where = self._where(i)
             X = self.encoding.transform(table, self.dtype, where)
             y = as_labels(self.encoding.labels(table.column(self.label_name), where), self.path) \
                 if self.label_name else None
@@ -246,6 +249,10 @@ class ParquetDataset(Dataset):
             raise DataError(f"{self._files[self._parts[i][0]]}: cannot convert features to numbers ({e})") from None
         y = as_labels(fetch(self._label_col.key), self.path) if self._label_col else None
         return X, y
+
+    def _where(self, i: int) -> str:
+        """Chunk ``i`` as a message names it."""
+        return f"{self._files[self._parts[i][0]]}, row group {self._parts[i][1]}"
 
     def _load_labels(self, i: int):
         if self.label_name is None:

@@ -1,0 +1,169 @@
+"""CSV and JSON-lines tables (plain or gzip/zstd/bz2-compressed): decoded once, by pyarrow's
+streaming readers, into a Parquet copy that is then read as any Parquet file is (row groups as
+chunks, columns encoded; text offers no random access to rows).
+
+The copy lives in ``$TMPDIR/streamtrain-tables/``, named by the file's path, size and
+modification time, so that decoding processes, ``evaluate`` and ``predict`` of an unchanged file
+reuse it; it is written to a temporary name and renamed into place (never half-written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .base import DEFAULT_CACHE_BYTES
+from .parquet import ParquetDataset
+from .remote import is_url
+
+__all__ = ["CSVDataset", "JSONLinesDataset", "table_copy"]
+
+# Rows of text decoded per block (types are inferred from the first block).
+BLOCK_BYTES = 16 << 20
+# Columns whose type changes after the first block are read again as text (at most this often).
+MAX_RETYPES = 64
+
+
+def _copy_dir() -> Path:
+    d = Path(os.environ.get("STREAMTRAIN_TABLE_CACHE") or Path(tempfile.gettempdir()) / "streamtrain-tables")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def table_copy(path: str, kind: str) -> Path:
+    """The Parquet copy of a CSV or JSON-lines file, decoded now unless an up-to-date one exists."""
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{kind}|1".encode()).hexdigest()[:32]
+    out = _copy_dir() / f"{Path(path).name}.{key}.parquet"
+    if out.exists():
+        return out
+    free = shutil.disk_usage(out.parent).free
+    if free < st.st_size:  # a Parquet copy is rarely larger than its text
+        raise DataError(f"{path}: decoding it needs up to {st.st_size / 2**30:.1f} GiB in {out.parent}, which has "
+                        f"{free / 2**30:.1f} GiB free; set STREAMTRAIN_TABLE_CACHE (or TMPDIR) to a larger disk")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _decode(path, kind, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _decode(path: str, kind: str, out: Path) -> None:
+    import pyarrow as pa
+
+    types: dict = {}
+    for _ in range(MAX_RETYPES):
+        try:
+            return _write(path, kind, out, types)
+        except pa.ArrowInvalid as e:
+            retyped = _retype(str(e), types)
+            if retyped is None:
+                raise DataError(f"{path}: cannot be read as {kind.upper()} ({_first_line(e)})") from None
+        except (OSError, EOFError, pa.ArrowException) as e:
+            raise DataError(f"{path}: cannot be read as {kind.upper()} ({_first_line(e)})") from None
+    raise DataError(f"{path}: column types kept changing after the first block; convert it to Parquet with its "
+                    "types stated")
+
+
+def _retype(message: str, types: dict):
+    """A CSV column whose type changed after the first block, read again as float64 (numbers) or
+    text; None where the error is not that."""
+    import pyarrow as pa
+
+    m = re.search(r"In CSV column #(\d+): .*CSV conversion error to (\w+): invalid value '([^']*)'", message)
+    names = types.get("__names__")
+    if not m or names is None:
+        return None
+    col, target, value = names[int(m.group(1))], m.group(2), m.group(3)
+    try:
+        float(value)
+        numeric = target.startswith(("int", "uint"))
+    except ValueError:
+        numeric = False
+    new = pa.float64() if numeric else pa.string()
+    if types.get(col) == new:
+        return None
+    types[col] = new
+    return col
+
+
+def _write(path: str, kind: str, out: Path, types: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stream = pa.input_stream(path, compression="detect")
+    if kind == "csv":
+        import pyarrow.csv as pacsv
+
+        delimiter = "\t" if ".tsv" in Path(path).name.lower() else ","
+        reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+                                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                                convert_options=pacsv.ConvertOptions(
+                                    column_types={k: v for k, v in types.items() if k != "__names__"},
+                                    strings_can_be_null=True))
+        types["__names__"] = reader.schema.names
+    else:
+        import pyarrow.json as pajson
+
+        reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES))
+    writer = None
+    try:
+        for batch in reader:
+            if writer is None:
+                writer = pq.ParquetWriter(out, batch.schema, compression="snappy")
+            writer.write_batch(batch)
+        if writer is None:
+            raise DataError(f"{path}: holds no rows")
+    finally:
+        if writer is not None:
+            writer.close()
+        stream.close()
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+class CSVDataset(ParquetDataset):
+    """Rows of a CSV (or TSV) file, plain or compressed, read through its decoded Parquet copy."""
+
+    format = "csv"
+    _kind = "csv"
+
+    def __init__(self, path: str, features=None, label: str | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 dtype=np.float32, storage_options: dict | None = None, allow_missing_chunks: bool = False,
+                 encoding: dict | None = None, encode: dict | None = None):
+        path = str(path)
+        if is_url(path):
+            raise DataError(f"{path}: {self.format} is read from local files (download it first)")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+        self._source_file = path
+        copy = table_copy(path, self._kind)
+        super().__init__(str(copy), features, label, cache_bytes, dtype, encoding=encoding, encode=encode)
+        self.path = path
+
+    def _where(self, i: int) -> str:
+        return f"{self.path}, rows {int(self.bounds[i]):,} to {int(self.bounds[i + 1]) - 1:,}"
+
+    def _stamped_files(self):
+        return [self._source_file]
+
+    def extra_info(self):
+        return {"decoded_copy": self._files[0]}
+
+
+class JSONLinesDataset(CSVDataset):
+    """Rows of a JSON-lines file (one object per line), plain or compressed."""
+
+    format = "jsonl"
+    _kind = "jsonl"
