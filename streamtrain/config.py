@@ -101,7 +101,8 @@ def choices() -> dict[str, tuple[str, ...]]:
     return {"activation": tuple(ACTIVATIONS), "task": ("auto", *TASKS), "init": tuple(INITS),
             "optimizer": tuple(OPTIMIZERS), "shuffle": tuple(SHUFFLES), "decoder": tuple(DECODERS),
             "scale": tuple(SCALINGS), "dtype": ("float32", "float64"), "lr_schedule": tuple(SCHEDULES),
-            "early_stopping_metric": EARLY_STOPPING_METRICS, "missing": ("impute", "error")}
+            "early_stopping_metric": EARLY_STOPPING_METRICS, "missing": ("impute", "error"),
+            "missing_label": ("skip", "error")}
 
 
 @dataclass
@@ -163,6 +164,8 @@ class TrainConfig:
     skip_nonfinite: bool = _f(False, "Skip rows with NaN or Inf instead of stopping with an error.")
     missing: str = _f("impute", "Missing feature values (nulls) in tables: impute (a number's column mean, with an "
                       "indicator input where training's data had any; a category's own input), or error.")
+    missing_label: str = _f("skip", "Rows of a table whose label is missing: skip them (counted when training "
+                                     "starts), or error.")
     max_categories: int = _f(100, "The most values a categorical column keeps (one input each); a string column "
                                   "with more distinct values is hashed, or left out as an identifier where nearly "
                                   "every row differs.")

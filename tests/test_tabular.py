@@ -343,3 +343,18 @@ def test_predictions_carry_the_labels_own_values_in_every_format(out, tmp_path):
 
         got = list(zarr.open_group(tmp_path / out, mode="r")["prediction"][:])
     assert got == trainer.predict(df.drop(columns="status")).tolist()
+
+
+def test_rows_without_a_label_are_skipped_and_counted(tmp_path):
+    df = flights(1000)
+    df.loc[::40, "status"] = None  # 25 rows
+    df.to_parquet(tmp_path / "f.parquet", row_group_size=300)
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
+    assert "25 rows without a label skipped (--missing-label error refuses them)" in res.stderr
+    ev = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "f.parquet", "--json").stdout)
+    assert ev["n"] == 975
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--missing-label", "error", check=False)
+    assert res.returncode == 2 and "row 0" in res.stderr
+    # through the decoded copy too (its labels: class indices, NaN where missing)
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--cache-dir", tmp_path / "c")
+    assert "25 rows without a label skipped" in res.stderr

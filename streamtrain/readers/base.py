@@ -76,6 +76,12 @@ class Dataset:
         where labels are read as they are stored."""
         return None if self.encoding is None else self.encoding.classes
 
+    @property
+    def missing_labels(self) -> str:
+        """Rows whose label is missing (an encoded table's nulls): "skip" them (the default where the
+        columns are encoded), or "error" as any NaN is; set ``missing_label`` to choose."""
+        return self.__dict__.get("missing_label") or ("skip" if self.encoding is not None else "error")
+
     #: What to do with rows holding NaN or Inf: "error" (naming the row) or "skip" them.
     nonfinite: str = "error"
     #: How ``open_dataset`` can open this dataset again in another process (JSON), if it can.
@@ -218,7 +224,7 @@ class Dataset:
 
     def _bad_rows(self, rows: int | np.ndarray, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error"."""
-        return bad_rows(X, y, rows, self.nonfinite, self.path)
+        return bad_rows(X, y, rows, self.nonfinite, self.path, self.missing_labels)
 
     def _take(self, c: int, local: np.ndarray, sparse: bool) -> Batch | None:
         """Rows ``local`` (sorted) of chunk ``c`` read directly, without the whole chunk, or None.
@@ -348,7 +354,8 @@ class Dataset:
             y = self._load_labels(i)
             if y is None:
                 return
-            bad = bad_rows(np.zeros((len(y), 0), np.float32), y, int(self.bounds[i]), self.nonfinite, self.path)
+            bad = bad_rows(np.zeros((len(y), 0), np.float32), y, int(self.bounds[i]), self.nonfinite, self.path,
+                           self.missing_labels)
             yield y if bad is None else y[~bad]
 
     # -- description ------------------------------------------------------

@@ -44,6 +44,7 @@ class DecodedCopy(Dataset):
         self.feature_names, self.label_name = source.feature_names, source.label_name
         self.encoding = source.encoding
         copy.nonfinite = source.nonfinite
+        copy.missing_label = source.missing_labels  # (the copy has no encoding of its own)
 
     @property
     def capabilities(self) -> Capabilities:

@@ -125,7 +125,10 @@ class ParquetDataset(Dataset):
         has_label = label is not False and enc.label_name is not None and enc.label_name in schema.names
         self.feature_names = list(enc.feature_names)
         self.label_name = enc.label_name if has_label else None
-        self._label_type = str(schema.field(enc.label_name).type) if has_label else None
+        self._label_type = None
+        if has_label:  # as read: class indices and numbers with missing values are float64 (NaN: missing)
+            plain = enc.label is None and self._null_count(enc.label_name) == 0
+            self._label_type = str(schema.field(enc.label_name).type) if plain else "float64"
         self._feature_cols, self._label_col = [], None
         self.left_out = list(enc.left_out) + [(k, "a hive partition key: used only when named in --features")
                                               for k in sorted(partition_keys) if k not in enc.keys]

@@ -10,11 +10,13 @@ __all__ = ["bad_rows"]
 
 
 def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy: str,
-             path: str) -> np.ndarray | None:
+             path: str, missing_labels: str = "error") -> np.ndarray | None:
     """Mask of the rows of ``X`` (and ``y``) holding NaN/Inf, or None if there are none; under
     ``policy="error"`` the first such row is an error naming it.
 
     ``rows``: the row number of each row of ``X``, or of its first row where they follow on.
+    ``missing_labels="skip"``: a row whose label alone is NaN (a missing label of an encoded
+    table) is skipped whatever the policy.
     """
     # A cheap screen finds NaN/Inf; only then is the row located exactly.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -25,10 +27,15 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
     if not suspect:
         return None
     bad = ~np.isfinite(X).all(axis=1) if X.dtype.kind == "f" else np.zeros(len(X), bool)
+    unlabelled = np.zeros(len(X), bool)
     if y is not None and y.dtype.kind == "f":
-        bad |= ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+        bad_y = ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+        if missing_labels == "skip":
+            unlabelled = bad_y & ~bad
+        else:
+            bad |= bad_y
     if not bad.any():
-        return None
+        return unlabelled if unlabelled.any() else None
     if policy == "error":
         at = int(np.argmax(bad))
         row = rows + at if isinstance(rows, int) else int(rows[at])
@@ -36,4 +43,4 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
         beyond = " (or a value beyond float32's range, which reads as Inf)" if inf else ""
         raise DataError(f"{path}: NaN or Inf in row {row}{beyond}; clean the data or skip such rows "
                         "(--skip-nonfinite, nonfinite='skip')")
-    return bad
+    return bad | unlabelled

@@ -74,6 +74,8 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
                               feature_names=[f"f{j}" for j in range(X.shape[1])] + ["sample_weight"])
         weight = "sample_weight"
     data = open_dataset(source, features, label, **opts, **encode)
+    if data.encoding is not None:
+        data.missing_label = cfg.missing_label
     if comm.rank == 0:
         say_left_out(data)
     if weight is not None:
@@ -147,6 +149,10 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
             + ("their width" if first_only else "the classes") + f"; --scale {cfg.scale} needs no feature statistics)")
     with Progress(data.n_rows, what, log, log_every) as progress:
         stats = scan(data, features, progress.update, first_only, (comm.rank, comm.size)).merged_across(comm)
+    unlabelled = data.n_rows - stats.labelled
+    if data.missing_labels == "skip" and unlabelled > 0 and not first_only and log and comm.rank == 0:
+        log(f"{data.path}: {unlabelled:,} row{'s' if unlabelled != 1 else ''} without a label skipped "
+            "(--missing-label error refuses them)")
     return Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
                        data.format, data.path, log, weight, data.encoding)
 
