@@ -32,7 +32,7 @@ from ..readers.base import Dataset
 from .distributed import LOCAL, Communicator, communicator
 from .loop import Loop
 from .partial import partial_fit
-from .resume import adopt_settings, check_resumable, claim
+from .resume import adopt_settings, adopt_weight, claim, resume_run
 from .schema import TRAINER
 from .setup import check_settings, make_sampler, new_model, open_data, standard_hooks
 from .state import TrainState, checkpoint_contents, make_run_optimizer, restore
@@ -171,11 +171,7 @@ class Trainer:
                 found = claim(comm, rundir, resume, overwrite, log)
                 if found is not None:
                     self.config = adopt_settings(self.config, self.given, found, force)
-                    saved_weight = found[2]["model"].get("weight")
-                    if weight is None or weight == saved_weight:
-                        weight = saved_weight  # the run's weight column, like its settings
-                    elif isinstance(weight, str):
-                        raise CheckpointError(f"{found[0]}: the run weighs rows by {saved_weight!r}, not {weight!r}")
+                    weight = adopt_weight(found, weight)
                 cfg = self.config
                 if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
                     # overlaps opening the data, the statistics pass, a checkpoint's restoring
@@ -186,7 +182,8 @@ class Trainer:
                 process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None,
                                         self.comm.local_size)
                 if found is not None:
-                    self._resume(found, train, rundir, force, log)
+                    self.model, self.optimizer, self.state, self.fingerprint, self.history = resume_run(
+                        found, self.config, train, self.sampler, rundir, force, log)
                 else:
                     if resume and log:
                         log(f"no checkpoint in {checkpoint_dir}; starting fresh")
@@ -210,22 +207,6 @@ class Trainer:
                 if resource is not None:
                     resource.close()
         return self.history
-
-    def _resume(self, found, train: Dataset, rundir: RunDirectory, force: bool, log) -> None:
-        path, arrays, meta = found
-        fp = check_resumable(found, train, force)
-        _, self.model, _, self.state, _ = restore(arrays, meta)
-        self.optimizer = make_run_optimizer(self.config, arrays)  # this run's settings, the saved state
-        self.fingerprint = fp
-        s = self.state.sampler or {"epoch": 0, "position": 0}
-        self.history = rundir.metrics_upto(s["epoch"], self.state.record) if rundir is not None else []
-        if self.state.sampler:
-            try:
-                self.sampler.load_state_dict(self.state.sampler)
-            except ValueError as e:
-                raise CheckpointError(f"{path}: cannot resume: {e}") from None
-        if log:
-            log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
 
     def _initialise(self, data: Dataset, log) -> None:
         self.model = new_model(self.config, self.comm, data, self.weight, log, self.log_every)
