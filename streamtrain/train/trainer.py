@@ -222,20 +222,6 @@ class Trainer:
         with loader, loader.sharing_cores(self.comm.local_size):
             Loop(self, self.stepper, loader, hooks, prepare).run()
 
-    def end_epoch(self) -> dict[str, Any]:
-        """Close the epoch the sampler is in: its record (hooks add to it), the next epoch begun."""
-        acc = self.state.epoch_acc
-        record = {"epoch": self.sampler.epoch + 1, "train_loss": acc["loss_sum"] / max(acc["n"], 1)}
-        if self.model.task != "regression":  # each batch scored before its update: progressive validation
-            record["train_accuracy"] = acc.get("correct", 0) / max(acc["n"], 1)
-        record.update({"samples": acc["n"], "seconds": acc["seconds"],
-                       "samples_per_s": acc["n"] / acc["seconds"] if acc["seconds"] > 0 else None})
-        self.history.append(record)
-        self.state.record = record
-        self.sampler.next_epoch()
-        self.state.new_epoch()
-        return record
-
     def partial_fit(self, X, y, classes=None, sample_weight=None) -> "Trainer":
         """Update the model on the rows given, in order, in minibatches of ``config.batch_size``.
 
