@@ -131,7 +131,8 @@ def test_a_checkpoint_s_stream_section_is_checked_as_strictly_as_its_other_parts
     cases = [
         (meta | {"stream": [1]}, arrays, "metadata field stream must be a mapping"),
         (meta | {"stream": meta["stream"] | {"extra": 1}}, arrays, "unexpected metadata field stream.'extra'"),
-        (meta | {"stream": meta["stream"] | {"pending_rows": 1 << 40}}, arrays, "stream.pending_rows must be an integer"),
+        (meta | {"stream": meta["stream"] | {"pending_rows": 1 << 40}}, arrays,
+         "stream.pending_rows must be an integer"),
         (meta | {"stream": meta["stream"] | {"buffer_rows": 11}}, arrays, "stream.buffer_rows exceeds"),
         (meta | {"stream": meta["stream"] | {"rng": {"bit_generator": "MT19937"}}}, arrays, "PCG64"),
         (meta | {"elsewhere": {}}, arrays, "unexpected metadata field 'elsewhere'"),
