@@ -88,7 +88,8 @@ class Section:
         raise NotImplementedError
 
     def arrays(self, value: Any, meta: dict) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-        """The arrays a checkpoint with this section must hold, ``{name: (dtype, shape)}``."""
+        """The arrays a checkpoint with this section must hold, ``{name: (dtype, shape)}``, each
+        named ``<section>.*``."""
         return {}
 
     def check(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -148,7 +149,10 @@ class TrainerSchema(Schema):
         if state:
             groups.append({f"optim.{k}": v for k, v in state.items()})
         for name, section in _present(meta):
-            required.update(section.arrays(meta[name], meta))
+            own = section.arrays(meta[name], meta)
+            if any(not k.startswith(f"{name}.") for k in own):  # never the trainer's arrays, nor another's
+                raise TypeError(f"checkpoint section {name!r} declares arrays not named {name}.*")
+            required.update(own)
         return required, groups
 
     def check(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
