@@ -1,10 +1,8 @@
 """scikit-learn compatible estimators: StreamClassifier and StreamRegressor.
 
 They fit on arrays (validated as scikit-learn does) or on a source path (streamed, never
-loaded whole), predict on either, and support ``partial_fit`` and ``sample_weight``.
-Fitted attributes follow ``MLPClassifier``'s: ``loss_curve_``, ``n_iter_``, ``coefs_``,
-``intercepts_`` (for features after the estimator's own scaling, ``scale="standard"``).
-scikit-learn is imported only here.
+loaded whole), predict on either, and support ``partial_fit`` and ``sample_weight``. Fitted
+attributes follow ``MLPClassifier``'s. scikit-learn is imported only here.
 """
 
 from __future__ import annotations
@@ -96,8 +94,22 @@ class _StreamEstimator(BaseEstimator):
         return y
 
     def fit(self, X, y=None, sample_weight=None):
-        """Fit on arrays ``X`` (rows, features) and ``y``, or on a source path (``y`` unused;
-        ``sample_weight`` may then name the weight column)."""
+        """Train a new model for ``epochs`` epochs (each call starts afresh).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or str or path-like
+            The rows, or a data file (HDF5, Zarr, Parquet: ``open_dataset`` finds its features
+            and label) read chunk by chunk, never whole.
+        y : array-like of shape (n_samples,), or (n_samples, n_outputs) for a regressor; or None
+            The targets of the rows; unused with a file.
+        sample_weight : array-like of shape (n_samples,), or str, optional
+            Each row's weight in its batch's loss; with a file, the name of its weight column.
+
+        Returns
+        -------
+        self
+        """
         if _is_path(X):
             self._encoded = False
             self.trainer_ = Trainer(self._config())
@@ -118,7 +130,26 @@ class _StreamEstimator(BaseEstimator):
         return self
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """One pass of minibatch updates over ``X``, ``y`` (``classes`` required on the first call)."""
+        """Update the model with one pass over ``X``, ``y``, in order, in batches of ``batch_size``.
+
+        The first call sets the model up: its scaling statistics come from this first block.
+        A cosine ``lr_schedule`` needs a run's length, which ``partial_fit`` has not.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The rows.
+        y : array-like of shape (n_samples,), or (n_samples, n_outputs) for a regressor
+            Their targets.
+        classes : array-like of shape (n_classes,), optional
+            Every label that will ever occur: required on a classifier's first call.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each row's weight in its batch's loss.
+
+        Returns
+        -------
+        self
+        """
         first = not hasattr(self, "trainer_")
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first,
                              y_numeric=self._task == "regression", multi_output=self._task == "regression")
@@ -135,12 +166,13 @@ class _StreamEstimator(BaseEstimator):
 
     @property
     def coefs_(self) -> list[np.ndarray]:
-        """The weight matrices, input -> hidden and hidden -> output (for scaled features)."""
+        """Weights input -> hidden ``(n_features, hidden)``, hidden -> output ``(hidden, n_outputs)``."""
         check_is_fitted(self, "trainer_")
         return [self.trainer_.net.params["W1"], self.trainer_.net.params["W2"]]
 
     @property
     def intercepts_(self) -> list[np.ndarray]:
+        """The biases of the hidden layer ``(hidden,)`` and of the output layer ``(n_outputs,)``."""
         check_is_fitted(self, "trainer_")
         return [self.trainer_.net.params["b1"], self.trainer_.net.params["b2"]]
 
@@ -163,10 +195,67 @@ class _StreamEstimator(BaseEstimator):
 
 
 class StreamClassifier(ClassifierMixin, _StreamEstimator):
-    """A two-layer network classifier trained by streamtrain.
+    """A two-layer network classifier trained by streamtrain, on arrays or on a data file streamed
+    chunk by chunk (binary: one sigmoid output; multiclass: softmax).
 
-    ``class_weight``: None, "balanced" or {label: weight}, as scikit-learn's.
+    Parameters
+    ----------
+    hidden : int, default=64
+        Units of the hidden layer.
+    activation : {"sigmoid", "tanh", "relu"}, default="sigmoid"
+        The hidden layer's activation.
+    batch_size : int, default=32
+        Rows per update (1: online learning).
+    epochs : int, default=10
+        Passes over the data.
+    lr : float or None, default=None
+        The learning rate; None: the optimiser's (0.1 for sgd, momentum, nesterov; 0.001 adam).
+    optimizer : {"sgd", "momentum", "nesterov", "adam"}, default="sgd"
+        The optimiser, with its default hyperparameters.
+    l1, l2 : float, default=0.0
+        L1 and L2 penalties on the weights.
+    shuffle : {"window", "global", "none"}, default="window"
+        window: chunks in shuffled order, rows shuffled within windows; global: all rows; none.
+    scale : {"standard", "none", "batch-center"}, default="standard"
+        Feature scaling (standard: mean and variance from a pass over the training data).
+    early_stopping : int, default=0
+        Epochs without a lower validation loss before stopping with the best (needs val_fraction).
+    val_fraction : float, default=0.0
+        The fraction of the rows held out for validation (by a hash of the row number).
+    seed : int, default=0
+        Seed of the shuffle, the initial weights and the hold-out.
+    dtype : {"float32", "float64"}, default="float32"
+        Floating-point type of the model and the features.
+    lr_schedule : {"constant", "invscaling", "step", "exponential", "cosine"}, default="constant"
+        How the learning rate changes with the step t (invscaling: ``lr / t**power_t``).
+    power_t : float, default=0.5
+        The exponent of the invscaling schedule.
+    verbose : int, default=0
+        Print the training's progress (a line per epoch).
+    class_weight : None, "balanced" or dict {label: weight}, default=None
+        Weigh each class's rows, as scikit-learn's ``class_weight`` (others 1).
 
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The labels, sorted: ``predict_proba``'s columns.
+    n_features_in_ : int
+        The number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        The features' names, where ``X`` was a DataFrame with string column names.
+    loss_curve_ : list of float
+        The training loss of each epoch (``fit``), or of each ``partial_fit`` call (per row).
+    n_iter_ : int
+        The epochs ``fit`` ran (early stopping may end sooner), or the ``partial_fit`` calls.
+    coefs_ : list of ndarray
+        ``[(n_features, hidden), (hidden, n_outputs)]``, for scaled features (n_outputs 1 for 2 classes).
+    intercepts_ : list of ndarray
+        ``[(hidden,), (n_outputs,)]`` biases.
+    trainer_ : Trainer
+        The trainer that holds the model (its ``save`` writes a checkpoint).
+
+    Examples
+    --------
     >>> from sklearn.datasets import load_breast_cancer
     >>> X, y = load_breast_cancer(return_X_y=True)
     >>> StreamClassifier(hidden=10, epochs=20, l2=0.01).fit(X, y).score(X, y) > 0.95
@@ -220,19 +309,66 @@ class StreamClassifier(ClassifierMixin, _StreamEstimator):
             self._encoded = False
 
     def predict_proba(self, X):
-        """Class probabilities ``(rows, n_classes)``, columns in the order of ``classes_``; a path is streamed."""
+        """Class probabilities of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or str or path-like
+            Rows, or a data file read chunk by chunk (its features selected as in training).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Each row's probabilities, columns in the order of ``classes_``.
+        """
         source = self._source(X)
         if len(self.classes_) == 1:
             return np.ones((len(source) if not _is_path(source) else self.trainer_.predict(source).shape[0], 1))
         return self.trainer_.predict_proba(source)
 
     def predict(self, X):
+        """The most probable class of each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or str or path-like
+            Rows, or a data file read chunk by chunk.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
 
 
 class StreamRegressor(RegressorMixin, _StreamEstimator):
-    """A two-layer network regressor trained by streamtrain (one or several outputs)."""
+    """A two-layer network regressor trained by streamtrain (one or several outputs, a linear
+    output layer, half the squared error), on arrays or on a data file streamed chunk by chunk.
+
+    Parameters
+    ----------
+    activation : {"sigmoid", "tanh", "relu"}, default="tanh"
+        The hidden layer's activation.
+    lr : float or None, default=0.01
+        The learning rate; None: the optimiser's default.
+    hidden, batch_size, epochs, optimizer, l1, l2, shuffle, scale, ...
+        The others are ``StreamClassifier``'s (but ``class_weight``), with the same defaults.
+
+    Attributes
+    ----------
+    n_features_in_, feature_names_in_, loss_curve_, n_iter_, coefs_, intercepts_, trainer_
+        As ``StreamClassifier``'s (``n_outputs``: the number of targets).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((300, 3))
+    >>> reg = StreamRegressor(hidden=8, epochs=20).fit(X, X @ [1.0, -2.0, 0.5])
+    >>> reg.predict(X[:4]).shape, reg.score(X, X @ [1.0, -2.0, 0.5]) > 0.9
+    ((4,), True)
+    """
 
     _task = "regression"
 
@@ -243,7 +379,18 @@ class StreamRegressor(RegressorMixin, _StreamEstimator):
                          early_stopping, val_fraction, seed, dtype, lr_schedule, power_t, verbose)
 
     def predict(self, X):
-        """Predicted values (float64, as scikit-learn's regressors give; computed in ``dtype``); a path is streamed."""
+        """Predicted values (float64, as scikit-learn's regressors give; computed in ``dtype``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or str or path-like
+            Rows, or a data file read chunk by chunk.
+
+        Returns
+        -------
+        ndarray of float64, shape (n_samples,) or (n_samples, n_outputs)
+            One column per target the model was fitted on (a single target: 1-D).
+        """
         source = self._source(X)  # (checks the estimator is fitted)
         return self.trainer_.predict(source).astype(np.float64)
 

@@ -73,7 +73,8 @@ def test_batch_iterator_in_a_real_torch_dataloader():
 
 @pytest.mark.parametrize("module", ["streamtrain.readers", "streamtrain.data.sampling", "streamtrain.train.trainer",
                                     "streamtrain.nn.network", "streamtrain.synthetic", "streamtrain.batches",
-                                    "streamtrain.estimator", "streamtrain.labels", "streamtrain.model"])
+                                    "streamtrain.estimator", "streamtrain.labels", "streamtrain.model",
+                                    "streamtrain.train.distributed", "streamtrain.serve.sources.base"])
 def test_docstring_examples_run(module, monkeypatch):
     monkeypatch.chdir(ROOT)
     mod = __import__(module, fromlist=["_"])

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from streamtrain.io.resolve import resolve_checkpoint
+from streamtrain.serve import section  # noqa: F401  (declares the "stream" section of a service's checkpoints)
 from streamtrain.train.schema import TRAINER
 
 BIN = Path(sys.executable).with_name("streamtrain")

@@ -111,3 +111,36 @@ def test_labels_the_model_cannot_take_are_refused_naming_where():
         learner.targets(np.array(["yes", "maybe"]), "request 7")
     with pytest.raises(DataError, match="needs its classes"):
         StreamLearner(TrainConfig(), NAMES, "y")
+
+
+def test_a_checkpoint_s_stream_section_is_checked_as_strictly_as_its_other_parts(tmp_path):
+    # The service declares its section to the trainer's schema (serve/section.py); a malformed
+    # one, or a section nobody declared, is refused when the checkpoint is read.
+    import re
+
+    from streamtrain import CheckpointError
+
+    X, y = _stream(300)
+    learner = _learner(batch_size=8, shuffle_rows=10, scale_rows=20)
+    _feed(learner, X, y, [(0, 45)])
+    arrays, meta = learner.checkpoint_contents({"files": 2})
+    assert len(arrays["stream.pending_t"]) and len(arrays["stream.buffer_t"]) == 10
+    got_arrays, got = load_checkpoint(save_checkpoint(tmp_path / "good.npz", arrays, meta), TRAINER)
+    assert got["stream"] == meta["stream"] and sorted(got_arrays) == sorted(arrays)
+    wrong_t = {**arrays, "stream.pending_t": np.full_like(arrays["stream.pending_t"], 2)}
+    cases = [
+        (meta | {"stream": [1]}, arrays, "metadata field stream must be a mapping"),
+        (meta | {"stream": meta["stream"] | {"extra": 1}}, arrays, "unexpected metadata field stream.'extra'"),
+        (meta | {"stream": meta["stream"] | {"pending_rows": 1 << 40}}, arrays,
+         "stream.pending_rows must be an integer"),
+        (meta | {"stream": meta["stream"] | {"buffer_rows": 11}}, arrays, "stream.buffer_rows exceeds"),
+        (meta | {"stream": meta["stream"] | {"rng": {"bit_generator": "MT19937"}}}, arrays, "PCG64"),
+        (meta | {"elsewhere": {}}, arrays, "unexpected metadata field 'elsewhere'"),
+        (meta, wrong_t, "array stream.pending_t holds class indices out of range"),
+    ]
+    for i, (bad_meta, bad_arrays, why) in enumerate(cases):
+        path = save_checkpoint(tmp_path / f"bad{i}.npz", bad_arrays, bad_meta)  # no schema: written as given
+        with pytest.raises(CheckpointError, match=re.escape(why)):
+            load_checkpoint(path, TRAINER)
+        with pytest.raises(CheckpointError, match="its loader would refuse it"):  # nor written with it
+            save_checkpoint(tmp_path / f"refused{i}.npz", bad_arrays, bad_meta, TRAINER)

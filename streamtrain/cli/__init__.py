@@ -7,6 +7,7 @@ builds the options they share; ``main`` runs the command (one line and an exit c
 
 from __future__ import annotations
 
+from ..serve import section  # noqa: F401  (a service's checkpoints: inspect, predict, plot, --init-from read them too)
 from . import data, model, serve, train  # noqa: F401  (each adds its commands to the group)
 from .group import cli
 from .main import exit_now, main

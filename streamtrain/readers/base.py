@@ -4,12 +4,12 @@ A dataset is a table of ``n_rows`` rows split into chunks (row ranges that are
 cheap to read whole: HDF5 chunks, Zarr chunks or shards, Parquet row groups).
 Readers implement ``_load_chunk`` and declare their ``capabilities``; gathering
 arbitrary rows, the bounded chunk cache (``cache.py``) and the NaN/Inf screen
-(``screen.py``) are shared here.
+(``screen.py``) are shared here; what a dataset is (``describe``, ``fingerprint``) is
+``identity.py``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from ..errors import DataError
 from .cache import ChunkCache
+from .identity import Identity
 from .layout import kept
 from .screen import bad_rows
 
@@ -50,7 +51,7 @@ class Capabilities:
     remote: bool = False
 
 
-class Dataset:
+class Dataset(Identity):
     """Rows of features (and optionally a label) stored in chunks.
 
     Subclasses set ``path``, ``n_rows``, ``feature_names``, ``label_name``,
@@ -357,80 +358,6 @@ class Dataset:
             bad = bad_rows(np.zeros((len(y), 0), np.float32), y, int(self.bounds[i]), self.nonfinite, self.path,
                            self.missing_labels)
             yield y if bad is None else y[~bad]
-
-    # -- description ------------------------------------------------------
-    def label_dtype(self) -> str | None:
-        """The stored label dtype as a string, or None without a label."""
-        return None
-
-    def extra_info(self) -> dict[str, Any]:
-        """Format-specific facts for ``inspect`` (compression, dataset paths...)."""
-        return {}
-
-    #: ``(name, why)`` of the columns found beside the features and the label that are not used
-    #: (set by column-oriented readers where the features were found by themselves).
-    left_out: list = []
-
-    def describe(self) -> dict[str, Any]:
-        """What ``inspect`` prints: layout and selection, without reading data."""
-        sizes = self.chunk_sizes
-        info = {
-            "path": self.path,
-            "format": self.format,
-            "n_rows": int(self.n_rows),
-            "n_features": self.n_features,
-            "feature_names": list(self.feature_names),
-            "label": self.label_name,
-            "label_dtype": self.label_dtype(),
-            "n_chunks": int(self.n_chunks),
-            "chunk_rows_max": int(sizes.max()) if sizes.size else 0,
-            "chunk_rows_min": int(sizes.min()) if sizes.size else 0,
-        }
-        info.update(self.extra_info())
-        if self.encoding is not None:
-            info["columns"] = self.encoding.describe()
-        elif self.left_out:
-            info["left_out"] = {name: why for name, why in self.left_out}
-        return info
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Identity of the data for resume checks: layout and names, and ``content``, which changes
-        when the data is rewritten in place (see ``content_stamp``)."""
-        return {
-            "path": os.path.abspath(self.path) if self.format != "memory" else self.path,
-            "format": self.format,
-            "n_rows": int(self.n_rows),
-            "feature_names": list(self.feature_names),
-            "label": self.label_name,
-            "n_chunks": int(self.n_chunks),
-            "chunk_rows_max": int(self.chunk_sizes.max()),
-            "content": self.content_stamp(),
-        }
-
-    #: Chunks whose bytes ``content_stamp`` hashes (first, middle, last).
-    SAMPLED_CHUNKS = 3
-
-    def content_stamp(self) -> str:
-        """A SHA-256 of what is cheap to know about the data's content: the size and modification
-        time of each local file read (``_stamped_files``) and the decoded bytes of a few chunks."""
-        h = hashlib.sha256()
-        for path in self._stamped_files():
-            try:
-                st = os.stat(path)
-                h.update(f"{os.path.basename(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{path}|missing\n".encode())
-        picks = sorted({0, self.n_chunks // 2, self.n_chunks - 1})[:self.SAMPLED_CHUNKS]
-        for c in picks:
-            X, y = self._load_locked(c)
-            h.update(np.ascontiguousarray(X).tobytes())
-            if y is not None:
-                h.update(np.ascontiguousarray(y).tobytes())
-        return h.hexdigest()
-
-    def _stamped_files(self) -> list[str]:
-        """The local files whose size and modification time stand for the content (none here)."""
-        return []
 
     def close(self) -> None:
         """Release file handles and cached chunks."""

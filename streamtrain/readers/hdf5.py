@@ -1,19 +1,20 @@
 """HDF5 reader: a 2-D feature dataset plus a label dataset, or a table (compound dataset) with
-named columns as PyTables and pandas ``to_hdf(format="table")`` write it; read chunk by chunk."""
+named columns as PyTables and pandas ``to_hdf(format="table")`` write it; read chunk by chunk,
+or gathered in place from the mapped file where its rows lie plainly in it. What the file holds
+(its datasets and tables, their safety, filters and byte locations) is found by ``hdf5_nodes``."""
 
 from __future__ import annotations
 
-import codecs
 import os
-import re
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
-from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, left_out, select_columns, vector_columns
+from .columns import FEATURE_KEYS, LABEL_KEYS, fill_features, find_key, left_out, select_columns
 from .filemap import FileMap, RowMap
+from .hdf5_nodes import check_safe, check_written, compression, find_datasets, locate, table_columns
 from .layout import (
     as_features,
     as_labels,
@@ -23,49 +24,6 @@ from .layout import (
 )
 
 __all__ = ["HDF5Dataset"]
-
-# pandas stores a block's column names as a protocol-0 pickle of a list of str. We never unpickle:
-# this grammar accepts only that shape and yields the names as text.
-_PICKLED_NAMES = re.compile(r"^\(lp0\n(?:V[^\n]*\np\d+\na)+\.$")
-
-
-def _pandas_names(raw) -> list[str] | None:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    if not _PICKLED_NAMES.match(text):
-        return None
-    # Protocol 0 writes each str as V<raw-unicode-escaped text>\n.
-    return [codecs.decode(n, "raw_unicode_escape") for n in re.findall(r"V([^\n]*)\n", text)]
-
-
-def _datasets(f) -> dict[str, object]:
-    import h5py
-
-    found: dict[str, object] = {}
-
-    def visit(name, link):
-        if isinstance(link, (h5py.ExternalLink,)):
-            found[name] = link
-        elif isinstance(link, h5py.HardLink):
-            obj = f.get(name)
-            if isinstance(obj, h5py.Dataset):
-                found[name] = obj
-
-    f.visititems_links(visit) if hasattr(f, "visititems_links") else f.visititems(
-        lambda n, o: found.__setitem__(n, o) if isinstance(o, h5py.Dataset) else None)
-    return found
-
-
-def _check_safe(dset, path: str, allow_external: bool) -> None:
-    """Refuse data stored outside the file unless explicitly allowed."""
-    if allow_external:
-        return
-    if dset.external:
-        raise DataError(f"{path}: dataset {dset.name!r} uses external storage; "
-                        "refused (pass allow_external=True if you trust it)")
-    if dset.is_virtual and any(src.file_name != "." for src in dset.virtual_sources()):
-        raise DataError(f"{path}: dataset {dset.name!r} is a virtual dataset pointing to other files; "
-                        "refused (pass allow_external=True if you trust it)")
-
 
 class HDF5Dataset(Dataset):
     """Features from a 2-D HDF5 dataset (label from a 1-D one), or columns of an HDF5 table.
@@ -82,8 +40,6 @@ class HDF5Dataset(Dataset):
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
                  allow_external: bool = False, allow_missing_chunks: bool = False):
-        import h5py
-
         super().__init__(cache_bytes, dtype)
         self._allow_missing = allow_missing_chunks
         self.path = str(path)
@@ -92,16 +48,7 @@ class HDF5Dataset(Dataset):
         self._maps: dict | None = None
         self._budget = self.cache_bytes  # for pages mapped from the file (see set_budget)
         self._allow_external = allow_external
-        f = self._handle()
-        found = _datasets(f)
-        for name, obj in found.items():
-            if not hasattr(obj, "shape") and not allow_external:
-                raise DataError(f"{self.path}: {name!r} is an external link to another file; refused "
-                                "(pass allow_external=True if you trust it)")
-        # Trusted external links are followed; h5py opens the other file.
-        dsets = {k: (v if hasattr(v, "shape") else f.get(k)) for k, v in found.items()}
-        dsets = {k: v for k, v in dsets.items() if isinstance(v, h5py.Dataset)}
-        tables = [k for k, v in dsets.items() if v.dtype.names and v.ndim == 1]
+        dsets, tables = find_datasets(self._handle(), self.path, allow_external)
         want = features.lstrip("/") if isinstance(features, str) else None
         plain = {k: v for k, v in dsets.items() if v.dtype.names is None}
         if want in plain:
@@ -133,8 +80,8 @@ class HDF5Dataset(Dataset):
             raise DataError(f"{self.path}: features dataset {x_key!r} has non-numeric dtype {X.dtype}")
         for d in (X, dsets.get(y_key)):
             if d is not None:
-                _check_safe(d, self.path, self._allow_external)
-                self._check_written(d)
+                check_safe(d, self.path, self._allow_external)
+                check_written(d, self.path, self._allow_missing)
         self._table = None
         self._x_key, self._y_key = x_key, y_key
         self.n_rows = int(X.shape[0])
@@ -152,17 +99,9 @@ class HDF5Dataset(Dataset):
         self._label_dtype = None if y_key is None else str(dsets[y_key].dtype)
 
     def _open_table(self, T, key, features, label) -> None:
-        _check_safe(T, self.path, self._allow_external)
-        self._check_written(T)
-        columns: list[Column] = []
-        for field in T.dtype.names:
-            sub = T.dtype.fields[field][0]
-            numeric = sub.base.kind in "biuf"
-            if field == "index" and T.attrs.get("index_kind") is not None:
-                continue  # the pandas index, not data
-            width = sub.shape[0] if sub.shape else None
-            names = _pandas_names(T.attrs.get(f"{field}_kind", b"")) if width else None
-            columns += vector_columns(field, width, numeric, names, type=str(sub.base))
+        check_safe(T, self.path, self._allow_external)
+        check_written(T, self.path, self._allow_missing)
+        columns = table_columns(T)
         self._table = key
         self._x_key = key
         self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
@@ -175,33 +114,13 @@ class HDF5Dataset(Dataset):
         self._stored_dtype = "table"
         self._label_dtype = None if self._label_col is None else str(T.dtype.fields[self._label_col.key][0].base)
 
-    def _check_written(self, d) -> None:
-        """Refuse a dataset with chunks (or contiguous storage) never written: HDF5 reads them as
-        fill values, which would be trained on as data (``allow_missing_chunks`` accepts that)."""
-        if self._allow_missing or d.shape[0] == 0 or d.is_virtual or d.external:
-            return
-        try:
-            if d.chunks is None:
-                missing, total = (1, 1) if d.id.get_offset() is None else (0, 1)
-            else:
-                total = int(np.prod([-(-n // c) for n, c in zip(d.shape, d.chunks)], dtype=object))
-                missing = total - d.id.get_num_chunks()
-        except (AttributeError, OSError, RuntimeError):  # an old HDF5 library without the query
-            return
-        if missing > 0:
-            what = "its storage was" if d.chunks is None else f"{missing} of its {total} chunks were"
-            raise DataError(f"{self.path}: dataset {d.name!r} has {d.shape[0]} rows, but {what} never written "
-                            "(HDF5 would read fill values); pass --allow-missing-chunks to train on them")
-
     def _set_bounds(self, d) -> None:
         row_bytes = d.dtype.itemsize * (d.shape[1] if d.ndim == 2 else 1)
         if d.chunks:
             check_chunk_size(d.chunks[0] * row_bytes, self.path, d.name)
         chunk_rows = d.chunks[0] if d.chunks else virtual_chunk_rows(1, row_bytes)
         self.bounds = uniform_bounds(self.n_rows, chunk_rows, self.path)
-        plist = d.id.get_create_plist()
-        filters = [plist.get_filter(k)[3].decode(errors="replace") for k in range(plist.get_nfilters())]
-        self._compression = d.compression or ",".join(filters) or None
+        self._compression = compression(d)
 
     # -- reading ------------------------------------------------------------------
     def _handle(self):
@@ -329,8 +248,8 @@ class HDF5Dataset(Dataset):
         if self._maps is None or self._in_child_process():
             self._maps = {}
             if self._table is None:
-                x = _locate(self.path, self._node(self._x_key))
-                y = None if self._y_key is None else _locate(self.path, self._node(self._y_key))
+                x = locate(self.path, self._node(self._x_key))
+                y = None if self._y_key is None else locate(self.path, self._node(self._y_key))
                 if x is not None and (self._y_key is None or y is not None):
                     file_map = FileMap(self.path, self._budget)
                     maps = [None if loc is None else RowMap(file_map, *loc) for loc in (x, y)]
@@ -365,43 +284,6 @@ class HDF5Dataset(Dataset):
                     if m is not None:
                         m.close()
         self._file, self._nodes, self._maps = None, {}, None
-
-
-def _locate(path: str, d):
-    """``(chunk byte offsets, chunk rows, row bytes, dtype, row shape)`` of dataset ``d``, or
-    None where its rows are not plain bytes in the file (compressed, split columns, virtual...)."""
-    if _filtered(d) or d.external or d.is_virtual or d.dtype.kind not in "biuf":
-        return None
-    row_shape = d.shape[1:]
-    row_bytes = d.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-    try:
-        if d.chunks is None:
-            offset = d.id.get_offset()
-            if offset is None:
-                return None
-            offsets, chunk_rows = np.array([offset], np.int64), max(1, d.shape[0])
-        else:
-            if tuple(d.chunks[1:]) != tuple(row_shape):
-                return None  # chunks split the columns: rows are not contiguous bytes
-            offsets = np.full(-(-d.shape[0] // d.chunks[0]), -1, np.int64)
-
-            def note(info):
-                offsets[info.chunk_offset[0] // d.chunks[0]] = info.byte_offset
-
-            d.id.chunk_iter(note)
-            if (offsets < 0).any():
-                return None  # unwritten chunks read as fill values: let h5py handle them
-            chunk_rows = d.chunks[0]
-        if os.path.getsize(path) < offsets.max() + min(chunk_rows, d.shape[0]) * row_bytes:
-            return None  # a truncated file: let h5py report it
-    except (OSError, ValueError, AttributeError, RuntimeError, TypeError):
-        return None
-    return offsets, chunk_rows, row_bytes, d.dtype, row_shape
-
-
-def _filtered(d) -> bool:
-    """Whether any HDF5 filter (compression, shuffle, checksum...) transforms the stored bytes."""
-    return bool(d.compression) or d.id.get_create_plist().get_nfilters() > 0
 
 
 def _strip(key: str | None) -> str | None:

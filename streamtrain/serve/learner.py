@@ -24,6 +24,7 @@ from ..errors import DataError
 from ..model import Model
 from ..train.state import TrainState, checkpoint_contents, make_run_optimizer
 from ..train.update import choose_update, divergence
+from . import section  # noqa: F401  (declares the "stream" section that checkpoint_contents writes)
 
 __all__ = ["StreamLearner", "Published"]
 

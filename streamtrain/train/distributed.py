@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Communicator", "LOCAL", "MPICommunicator", "communicator", "active", "detect_world", "DISTRIBUTED", "decided_by_rank0"]
+__all__ = ["Communicator", "LOCAL", "MPICommunicator", "communicator", "active", "detect_world", "DISTRIBUTED",
+           "decided_by_rank0"]
 
 # What --distributed may say: auto (MPI where a launcher started several processes), none, mpi.
 DISTRIBUTED = ("auto", "none", "mpi")
@@ -44,7 +45,35 @@ def detect_world(environ=None) -> tuple[int, int] | None:
 
 
 class Communicator:
-    """One process alone (rank 0 of 1)."""
+    """The processes that train together, and what they do together; this class is one process
+    alone (rank 0 of 1: ``LOCAL``), where every method returns its argument or does nothing.
+
+    A subclass (``MPICommunicator``) implements each method for its engine. The collective
+    methods (``allreduce``, ``broadcast``, ``broadcast_bytes``, ``allgather``, ``barrier``,
+    ``finish``) are called by every process, in the same order.
+
+    Attributes
+    ----------
+    rank : int
+        This process's index, ``0 <= rank < size``; rank 0 logs and owns the run directory.
+    size : int
+        The number of processes that train together.
+    local_size : int
+        The processes of the job on this machine (they share its cores).
+    name : str
+        The ``--distributed`` setting that makes it: "none" or "mpi".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from streamtrain.train.distributed import LOCAL
+    >>> LOCAL.rank, LOCAL.size
+    (0, 1)
+    >>> LOCAL.allreduce(np.array([1.0, 2.0]))
+    array([1., 2.])
+    >>> LOCAL.allgather({"rows": 3})
+    [{'rows': 3}]
+    """
 
     rank = 0
     size = 1
@@ -52,37 +81,96 @@ class Communicator:
     name = "none"
 
     def allreduce(self, buffer: np.ndarray) -> np.ndarray:
-        """Sum ``buffer`` (float64) over all processes, in place; returns it."""
+        """Sum ``buffer`` over all processes, element by element, in place.
+
+        Parameters
+        ----------
+        buffer : ndarray of float64, shape (n,)
+            This process's values (contiguous).
+
+        Returns
+        -------
+        ndarray of float64, shape (n,)
+            ``buffer`` itself, now holding the sums (the same on every process).
+        """
         return buffer
 
     def broadcast(self, value: Any, root: int = 0) -> Any:
-        """A JSON-able ``value`` as rank ``root`` has it."""
+        """Rank ``root``'s value, on every process.
+
+        Parameters
+        ----------
+        value : JSON-able (dict, list, str, number, bool or None)
+            What rank ``root`` sends; the others' is ignored.
+        root : int, default 0
+            The rank that sends.
+
+        Returns
+        -------
+        JSON-able
+            Rank ``root``'s ``value`` (with several processes, as decoded from JSON: tuples
+            become lists).
+        """
         return value
 
     def broadcast_bytes(self, data: bytes | None, root: int = 0) -> bytes:
-        """``data`` as rank ``root`` has it."""
+        """Rank ``root``'s bytes, on every process.
+
+        Parameters
+        ----------
+        data : bytes or None
+            What rank ``root`` sends (bytes there); the others' is ignored (None will do).
+        root : int, default 0
+            The rank that sends.
+
+        Returns
+        -------
+        bytes
+            Rank ``root``'s ``data``.
+        """
         return data
 
     def allgather(self, value: Any) -> list:
-        """Every rank's JSON-able ``value``, by rank."""
+        """Every process's value, on every process.
+
+        Parameters
+        ----------
+        value : JSON-able (dict, list, str, number, bool or None)
+            This process's value.
+
+        Returns
+        -------
+        list, length ``size``
+            Each rank's ``value``, by rank.
+        """
         return [value]
 
     def barrier(self) -> None:
         """Wait until every process is here."""
 
     def abort(self, code: int) -> None:
-        """End every process of the job (MPI's way out of an error on one rank)."""
+        """End every process of the job now, with ``code``: MPI's way out of an error on one rank
+        (MPI: once the launcher has read what this process wrote). Does not return.
+
+        Parameters
+        ----------
+        code : int
+            The exit status.
+        """
         os._exit(code)
 
     def finish(self) -> None:
-        """Before a clean exit: every process's output forwarded, then all leave together."""
+        """Before a clean exit: every process's output forwarded, then all leave together (MPI:
+        a barrier, then ``MPI_Finalize``; nothing for one process alone)."""
 
 
 LOCAL = Communicator()
 
 
 class MPICommunicator(Communicator):
-    """The processes of ``MPI.COMM_WORLD`` (mpi4py)."""
+    """The processes of ``MPI.COMM_WORLD`` (mpi4py); made by ``communicator()`` where a launcher
+    started the process. Values are sent as JSON and buffers as numpy arrays: nothing is pickled.
+    See ``Communicator`` for the methods."""
 
     name = "mpi"
 
@@ -195,8 +283,9 @@ def communicator(setting: str = "auto") -> Communicator:
 def decided_by_rank0(comm: Communicator, decide, payload=None):
     """``decide()`` on rank 0 alone; every process returns ``(outcome, payload bytes)``: what it
     returned (JSON-able) and ``payload(outcome)``'s bytes (None if ``payload`` is None or gives
-    None), sent to the others (a process alone gets None: it has what ``decide`` made). Where rank 0's ``decide`` raises a ``StreamtrainError``, it raises it and
-    the others raise a ``RankError`` with its message and exit code."""
+    None), sent to the others (a process alone gets None: it has what ``decide`` made). Where
+    rank 0's ``decide`` raises a ``StreamtrainError``, it raises it and the others raise a
+    ``RankError`` with its message and exit code."""
     from ..errors import RankError, StreamtrainError
 
     if comm.size == 1:  # nobody to send the payload to

@@ -3,13 +3,14 @@
 One loop for every batch size. At batch size 1 with the compiled per-sample loop an
 update covers a block of rows (one compiled call); the block ends where a hook asks to run
 (``Every(steps=N)``) so that hook sees the same steps whatever the blocks. The loop reads and
-writes nothing itself: checkpoints, logs, validation and signals are hooks.
+writes nothing itself: checkpoints, logs, validation and signals are hooks. It closes each epoch:
+the epoch's record (training loss, accuracy, rows, seconds) goes to the trainer's history.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,8 +55,24 @@ class Loop:
             self._each("on_epoch_begin")
             if not self._epoch():
                 break
-            self._each("on_epoch_end", t.end_epoch())
+            self._each("on_epoch_end", self._end_epoch())
         self._each("on_train_end")
+
+    def _end_epoch(self) -> dict[str, Any]:
+        """Close the epoch the sampler is in: its record (hooks add to it) in the trainer's history
+        and state, the next epoch begun."""
+        t = self.trainer
+        acc = t.state.epoch_acc
+        record = {"epoch": t.sampler.epoch + 1, "train_loss": acc["loss_sum"] / max(acc["n"], 1)}
+        if t.model.task != "regression":  # each batch scored before its update: progressive validation
+            record["train_accuracy"] = acc.get("correct", 0) / max(acc["n"], 1)
+        record.update({"samples": acc["n"], "seconds": acc["seconds"],
+                       "samples_per_s": acc["n"] / acc["seconds"] if acc["seconds"] > 0 else None})
+        t.history.append(record)
+        t.state.record = record
+        t.sampler.next_epoch()
+        t.state.new_epoch()
+        return record
 
     def _stopping(self) -> bool:
         """Whether to stop here: this process's wish, or with several, what they all agree."""

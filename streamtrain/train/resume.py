@@ -1,5 +1,6 @@
 """Resuming a run: the checkpoint directory made this run's (or the checkpoint to continue from),
-the run's settings adopted from it, and the data checked to be what it was trained on."""
+the run's settings and weight column adopted from it, the data checked to be what it was trained
+on, and the run's model, optimiser, state and history restored from it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from ..io.rundir import RunDirectory
 from ..readers.base import Dataset
 from .distributed import decided_by_rank0
 from .schema import TRAINER
+from .state import make_run_optimizer, restore
 
-__all__ = ["claim", "adopt_settings", "check_resumable"]
+__all__ = ["claim", "adopt_settings", "adopt_weight", "check_resumable", "resume_run"]
 
 # What a resumed run can never change: the saved parameters have their shape and type.
 FIXED = ("hidden", "activation", "dtype")
@@ -70,6 +72,17 @@ def adopt_settings(mine: TrainConfig, given: set | None, found, force: bool) -> 
     return TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(mine, k) for k in keep}})
 
 
+def adopt_weight(found, weight):
+    """The run's weight column, like its settings: ``weight`` where it is None or the same; weights
+    given as values (arrays) are this call's; another column's name is refused."""
+    saved = found[2]["model"].get("weight")
+    if weight is None or weight == saved:
+        return saved
+    if isinstance(weight, str):
+        raise CheckpointError(f"{found[0]}: the run weighs rows by {saved!r}, not {weight!r}")
+    return weight
+
+
 def check_resumable(found, train: Dataset, force: bool) -> dict:
     """The data's fingerprint, where it is the data the checkpoint was trained on (or ``force``)."""
     path, _, meta = found
@@ -85,3 +98,24 @@ def check_resumable(found, train: Dataset, force: bool) -> dict:
         raise CheckpointError(f"{path}: the model takes {meta['model']['n_in']} features, "
                               f"{train.path} has {train.n_features}")
     return fp
+
+
+def resume_run(found, config: TrainConfig, train: Dataset, sampler, rundir: RunDirectory | None, force: bool, log):
+    """``(model, optimizer, state, fingerprint, history)`` of the run in ``found`` continued on
+    ``train`` with ``config`` (its adopted settings; the optimiser's state is the saved one), after
+    the data is checked; ``sampler`` is put where the checkpoint was, ``history`` is the run's
+    epochs up to it (from ``metrics.jsonl`` on rank 0; other ranks keep none)."""
+    path, arrays, meta = found
+    fingerprint = check_resumable(found, train, force)
+    _, model, _, state, _ = restore(arrays, meta)
+    optimizer = make_run_optimizer(config, arrays)  # this run's settings, the saved state
+    s = state.sampler or {"epoch": 0, "position": 0}
+    history = rundir.metrics_upto(s["epoch"], state.record) if rundir is not None else []
+    if state.sampler:
+        try:
+            sampler.load_state_dict(state.sampler)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: cannot resume: {e}") from None
+    if log:
+        log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
+    return model, optimizer, state, fingerprint, history

@@ -21,15 +21,18 @@ from ..features.encoding import Encoding
 from ..io.checkpoint import FORMAT_VERSION, Schema
 from ..nn.optim import OPTIMIZERS
 
-__all__ = ["TRAINER", "TrainerSchema", "MAX_FEATURES", "MAX_OUTPUTS"]
+__all__ = ["TRAINER", "TrainerSchema", "Section", "SECTIONS", "register_section", "MAX_FEATURES", "MAX_OUTPUTS",
+           "field", "integer", "number", "string", "string_list", "short", "INT64"]
 
 # A model's size is bounded so that a checkpoint cannot make the loader allocate without limit.
 MAX_OUTPUTS = 1 << 16
 MAX_PARAMS = 1 << 31
-_INT64 = (1 << 63) - 1
+INT64 = (1 << 63) - 1
 
 
-def _field(meta: dict, key: str, where: str = ""):
+# The checks of metadata fields, each raising ``ValueError`` that names the field (``name``, or
+# ``where.key``): for the schema's parts and for the sections registered with it.
+def field(meta: dict, key: str, where: str = ""):
     if not isinstance(meta, dict):
         raise ValueError(f"metadata field {where or 'top level'} must be a mapping")
     if key not in meta:
@@ -37,53 +40,81 @@ def _field(meta: dict, key: str, where: str = ""):
     return meta[key]
 
 
-def _int(value, name: str, lo: int = 0, hi: int = _INT64) -> int:
+def integer(value, name: str, lo: int = 0, hi: int = INT64) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"metadata field {name} must be an integer in [{lo}, {hi}], got {_short(value)}")
+        raise ValueError(f"metadata field {name} must be an integer in [{lo}, {hi}], got {short(value)}")
     return value
 
 
-def _number(value, name: str, lo: float = -math.inf, hi: float = math.inf, none: bool = False):
+def number(value, name: str, lo: float = -math.inf, hi: float = math.inf, none: bool = False):
     if value is None and none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not lo <= value <= hi:
-        raise ValueError(f"metadata field {name} must be a finite number in [{lo}, {hi}], got {_short(value)}")
+        raise ValueError(f"metadata field {name} must be a finite number in [{lo}, {hi}], got {short(value)}")
     return value
 
 
-def _str(value, name: str, choices=None, none: bool = False):
+def string(value, name: str, choices=None, none: bool = False):
     if value is None and none:
         return None
     if not isinstance(value, str) or (choices is not None and value not in choices):
         want = f"one of {', '.join(choices)}" if choices is not None else "a string"
-        raise ValueError(f"metadata field {name} must be {want}, got {_short(value)}")
+        raise ValueError(f"metadata field {name} must be {want}, got {short(value)}")
     return value
 
 
-def _str_list(value, name: str, length: int | None = None) -> list[str]:
+def string_list(value, name: str, length: int | None = None) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or \
             (length is not None and len(value) != length):
         raise ValueError(f"metadata field {name} must be a list of {length if length is not None else ''} "
-                         f"strings, got {_short(value)}")
+                         f"strings, got {short(value)}")
     return value
 
 
-def _short(value) -> str:
+def short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-# Rows a service's checkpoint may hold that are not yet trained on (the shuffle buffer, a partial batch).
-MAX_STREAM_ROWS = 1 << 26
+class Section:
+    """A top-level part of a checkpoint's metadata that a layer above ``train/`` writes (the
+    service's ``stream``: ``serve/section.py``), declared by its owner with ``register_section``
+    so that ``TRAINER`` checks it as strictly as its own parts. Each method raises ``ValueError``
+    naming the first thing wrong (``field``, ``integer``... above say it the schema's way); the
+    trainer's own parts of ``meta`` are validated before any of them is called."""
+
+    def validate(self, value: Any, meta: dict) -> None:
+        """Check the section's metadata ``value`` (untrusted: any JSON value)."""
+        raise NotImplementedError
+
+    def arrays(self, value: Any, meta: dict) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """The arrays a checkpoint with this section must hold, ``{name: (dtype, shape)}``, each
+        named ``<section>.*``."""
+        return {}
+
+    def check(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Check the values of the arrays once read (all are finite already)."""
+
+
+# The sections a checkpoint may hold besides the trainer's own parts, by name.
+SECTIONS: dict[str, Section] = {}
+
+
+def register_section(name: str, section: Section) -> Section:
+    """Let a checkpoint hold ``meta[name]``, checked by ``section`` (its owner calls this when it is
+    imported); a checkpoint holding a section nobody registered is refused."""
+    if name in TrainerSchema.TOP:
+        raise ValueError(f"{name!r} is a part of the trainer's checkpoint, not a section of its own")
+    SECTIONS[name] = section
+    return section
 
 
 class TrainerSchema(Schema):
-    """The checkpoint a ``Trainer`` writes (see ``train.state.checkpoint_contents``)."""
+    """The checkpoint a ``Trainer`` writes (see ``train.state.checkpoint_contents``), with the
+    sections registered (``SECTIONS``)."""
 
-    TOP = {"format_version", "streamtrain_version", "config", "model", "state", "fingerprint", "stream"}
-    STREAM = {"position", "source", "scaled", "scale_rows", "shuffle_rows", "pending_rows", "buffer_rows", "rng",
-              "rows_received", "rows_trained", "prequential", "reloads"}
+    TOP = {"format_version", "streamtrain_version", "config", "model", "state", "fingerprint"}
     MODEL = {"n_in", "hidden", "n_out", "activation", "task", "init", "dtype", "classes", "feature_names",
              "selection", "label", "scale", "source_format", "weight", "class_weights", "encoding"}
     STATE = {"global_step", "sampler", "epoch_acc", "early_stopping", "record", "restored_best"}
@@ -118,22 +149,19 @@ class TrainerSchema(Schema):
         state = OPTIMIZERS[meta["config"]["optimizer"]].state(shapes, dt)  # what the optimiser declares
         if state:
             groups.append({f"optim.{k}": v for k, v in state.items()})
-        if "stream" in meta:  # a service's checkpoint: the rows not yet trained on
-            s = meta["stream"]
-            t_dtype, t_shape = (np.dtype(np.float64), (n_out,)) if m["task"] == "regression" else (np.dtype(np.int64), ())
-            for part, rows in (("pending", s["pending_rows"]), ("buffer", s["buffer_rows"])):
-                required[f"stream.{part}_X"] = (dt, (rows, n_in))
-                required[f"stream.{part}_t"] = (t_dtype, (rows,) + t_shape)
+        for name, section in _present(meta):
+            own = section.arrays(meta[name], meta)
+            if any(not k.startswith(f"{name}.") for k in own):  # never the trainer's arrays, nor another's
+                raise TypeError(f"checkpoint section {name!r} declares arrays not named {name}.*")
+            required.update(own)
         return required, groups
 
     def check(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         for name, a in arrays.items():
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise ValueError(f"array {name} holds NaN or Inf")
-        k = len(meta["model"]["classes"])
-        for name in ("stream.pending_t", "stream.buffer_t"):
-            if name in arrays and arrays[name].dtype.kind == "i" and ((arrays[name] < 0) | (arrays[name] >= k)).any():
-                raise ValueError(f"array {name} holds class indices out of range")
+        for _, section in _present(meta):
+            section.check(arrays, meta)
         if "scaler.scale" in arrays and not (arrays["scaler.scale"] > 0).all():
             raise ValueError("array scaler.scale holds values that are not positive")
         state = {k[len("optim."):]: a for k, a in arrays.items() if k.startswith("optim.")}
@@ -143,99 +171,73 @@ class TrainerSchema(Schema):
 
     def validate_meta(self, meta: dict) -> None:
         """Raise ``ValueError`` naming the first metadata field of the wrong type or out of range."""
-        for where, table, keys in (("", meta, self.TOP), ("model", _field(meta, "model"), self.MODEL),
-                                   ("state", _field(meta, "state"), self.STATE)):
+        for where, table, keys in (("", meta, self.TOP | set(SECTIONS)), ("model", field(meta, "model"), self.MODEL),
+                                   ("state", field(meta, "state"), self.STATE)):
             if not isinstance(table, dict):
                 raise ValueError(f"metadata field {where} must be a mapping")
             unknown = sorted(set(table) - keys, key=str)
             if unknown:
-                raise ValueError(f"unexpected metadata field {where + '.' if where else ''}{_short(unknown[0])}")
-        _int(_field(meta, "format_version"), "format_version", 1, FORMAT_VERSION)
-        _str(meta.get("streamtrain_version", ""), "streamtrain_version")
+                raise ValueError(f"unexpected metadata field {where + '.' if where else ''}{short(unknown[0])}")
+        integer(field(meta, "format_version"), "format_version", 1, FORMAT_VERSION)
+        string(meta.get("streamtrain_version", ""), "streamtrain_version")
         try:
-            config = TrainConfig.from_dict(_field(meta, "config"))
+            config = TrainConfig.from_dict(field(meta, "config"))
         except (TypeError, ValueError) as e:
             raise ValueError(f"metadata field config: {e}") from None
         model = meta["model"]
         from ..data.scaling import SCALINGS
         from ..nn.functions import ACTIVATIONS, INITS, TASKS
 
-        n_in = _int(_field(model, "n_in", "model"), "model.n_in", 1, MAX_FEATURES)
-        _int(_field(model, "hidden", "model"), "model.hidden", *LIMITS["hidden"])
-        n_out = _int(_field(model, "n_out", "model"), "model.n_out", 1, MAX_OUTPUTS)
+        n_in = integer(field(model, "n_in", "model"), "model.n_in", 1, MAX_FEATURES)
+        integer(field(model, "hidden", "model"), "model.hidden", *LIMITS["hidden"])
+        n_out = integer(field(model, "n_out", "model"), "model.n_out", 1, MAX_OUTPUTS)
         if (n_in + n_out + 1) * model["hidden"] + n_out > MAX_PARAMS:
             raise ValueError(f"metadata field model describes {(n_in + n_out + 1) * model['hidden']} parameters, "
                              f"more than {MAX_PARAMS}")
-        _str(_field(model, "activation", "model"), "model.activation", tuple(ACTIVATIONS))
-        task = _str(_field(model, "task", "model"), "model.task", tuple(TASKS))
-        _str(_field(model, "init", "model"), "model.init", tuple(INITS))
-        _str(_field(model, "dtype", "model"), "model.dtype", ("float32", "float64"))
+        string(field(model, "activation", "model"), "model.activation", tuple(ACTIVATIONS))
+        task = string(field(model, "task", "model"), "model.task", tuple(TASKS))
+        string(field(model, "init", "model"), "model.init", tuple(INITS))
+        string(field(model, "dtype", "model"), "model.dtype", ("float32", "float64"))
         if (model["dtype"], model["activation"], model["hidden"]) != (config.dtype, config.activation, config.hidden):
             raise ValueError("metadata fields model and config disagree on dtype, activation or hidden")
-        self._check_classes(_field(model, "classes", "model"), task, n_out)
-        _str_list(_field(model, "feature_names", "model"), "model.feature_names", n_in)
-        selection = _field(model, "selection", "model")
+        self._check_classes(field(model, "classes", "model"), task, n_out)
+        string_list(field(model, "feature_names", "model"), "model.feature_names", n_in)
+        selection = field(model, "selection", "model")
         if selection is not None and not isinstance(selection, str):
-            _str_list(selection, "model.selection")
-        _str(_field(model, "label", "model"), "model.label", none=True)
-        _str(_field(model, "scale", "model"), "model.scale", tuple(SCALINGS))
-        _str(model.get("source_format"), "model.source_format", none=True)
+            string_list(selection, "model.selection")
+        string(field(model, "label", "model"), "model.label", none=True)
+        string(field(model, "scale", "model"), "model.scale", tuple(SCALINGS))
+        string(model.get("source_format"), "model.source_format", none=True)
         self._check_encoding(model.get("encoding"), model)
-        _str(model.get("weight"), "model.weight", none=True)
+        string(model.get("weight"), "model.weight", none=True)
         cw = model.get("class_weights")
         if cw is not None:
             if not isinstance(cw, list) or len(cw) != max(len(model["classes"]), 2 if task == "binary" else 0):
                 raise ValueError("metadata field model.class_weights must be a weight for each class")
             for i, v in enumerate(cw):
-                _number(v, f"model.class_weights[{i}]", 0.0)
+                number(v, f"model.class_weights[{i}]", 0.0)
         state = meta["state"]
-        _int(_field(state, "global_step", "state"), "state.global_step")
-        self._check_sampler(_field(state, "sampler", "state"))
-        acc = _field(state, "epoch_acc", "state")
-        _number(_field(acc, "loss_sum", "state.epoch_acc"), "state.epoch_acc.loss_sum")
-        _int(_field(acc, "n", "state.epoch_acc"), "state.epoch_acc.n")
-        _int(acc.get("correct", 0), "state.epoch_acc.correct")
-        _number(_field(acc, "seconds", "state.epoch_acc"), "state.epoch_acc.seconds", 0)
-        early = _field(state, "early_stopping", "state")
-        _number(_field(early, "best", "state.early_stopping"), "state.early_stopping.best", none=True)
-        if _field(early, "best_epoch", "state.early_stopping") is not None:
-            _int(early["best_epoch"], "state.early_stopping.best_epoch", 1)
-        _int(_field(early, "wait", "state.early_stopping"), "state.early_stopping.wait")
+        integer(field(state, "global_step", "state"), "state.global_step")
+        self._check_sampler(field(state, "sampler", "state"))
+        acc = field(state, "epoch_acc", "state")
+        number(field(acc, "loss_sum", "state.epoch_acc"), "state.epoch_acc.loss_sum")
+        integer(field(acc, "n", "state.epoch_acc"), "state.epoch_acc.n")
+        integer(acc.get("correct", 0), "state.epoch_acc.correct")
+        number(field(acc, "seconds", "state.epoch_acc"), "state.epoch_acc.seconds", 0)
+        early = field(state, "early_stopping", "state")
+        number(field(early, "best", "state.early_stopping"), "state.early_stopping.best", none=True)
+        if field(early, "best_epoch", "state.early_stopping") is not None:
+            integer(early["best_epoch"], "state.early_stopping.best_epoch", 1)
+        integer(field(early, "wait", "state.early_stopping"), "state.early_stopping.wait")
         record = state.get("record")
         if record is not None and (not isinstance(record, dict) or not isinstance(record.get("epoch"), int)):
             raise ValueError("metadata field state.record must be a mapping with an epoch")
         if state.get("restored_best") is not None:
-            _int(state["restored_best"], "state.restored_best", 1)
-        if not isinstance(_field(meta, "fingerprint"), dict):
+            integer(state["restored_best"], "state.restored_best", 1)
+        if not isinstance(field(meta, "fingerprint"), dict):
             raise ValueError("metadata field fingerprint must be a mapping")
-        if "stream" in meta:
-            self._check_stream(meta["stream"])
-
-    def _check_stream(self, s: Any) -> None:
-        if not isinstance(s, dict):
-            raise ValueError("metadata field stream must be a mapping")
-        unknown = sorted(set(s) - self.STREAM, key=str)
-        if unknown:
-            raise ValueError(f"unexpected metadata field stream.{_short(unknown[0])}")
-        for key in ("scale_rows", "shuffle_rows", "pending_rows", "buffer_rows", "rows_received", "rows_trained"):
-            _int(_field(s, key, "stream"), f"stream.{key}", 0, MAX_STREAM_ROWS if key.endswith("_rows") else _INT64)
-        if "reloads" in s:
-            _int(s["reloads"], "stream.reloads", 0, _INT64)
-        if s["buffer_rows"] > s["shuffle_rows"]:
-            raise ValueError("metadata field stream.buffer_rows exceeds stream.shuffle_rows")
-        if not isinstance(_field(s, "scaled", "stream"), bool):
-            raise ValueError("metadata field stream.scaled must be true or false")
-        if not isinstance(_field(s, "source", "stream"), dict):
-            raise ValueError("metadata field stream.source must be a mapping")
-        rng = _field(s, "rng", "stream")
-        if rng is not None and (not isinstance(rng, dict) or rng.get("bit_generator") != "PCG64"):
-            raise ValueError("metadata field stream.rng must be a PCG64 state")
-        p = _field(s, "prequential", "stream")
-        if not isinstance(p, dict):
-            raise ValueError("metadata field stream.prequential must be a mapping")
-        _number(_field(p, "loss_sum", "stream.prequential"), "stream.prequential.loss_sum", 0)
-        _int(_field(p, "correct", "stream.prequential"), "stream.prequential.correct")
-        _int(_field(p, "rows", "stream.prequential"), "stream.prequential.rows")
+        for name, section in _present(meta):
+            section.validate(meta[name], meta)
 
     @staticmethod
     def _check_encoding(state: Any, model: dict) -> None:
@@ -272,18 +274,23 @@ class TrainerSchema(Schema):
             raise ValueError("metadata field sampler must be a mapping")
         for key in ("epoch", "position", "batch_size", "window_rows", "n_rows", "seed", "rank", "world_size"):
             if key in s:
-                _int(s[key], f"sampler.{key}", 1 if key in ("batch_size", "window_rows", "world_size") else 0)
+                integer(s[key], f"sampler.{key}", 1 if key in ("batch_size", "window_rows", "world_size") else 0)
         for key in ("epoch", "position"):
-            _field(s, key, "sampler")
+            field(s, key, "sampler")
         if "shuffle" in s:
             from ..data.sampling import SHUFFLES
 
-            _str(s["shuffle"], "sampler.shuffle", tuple(SHUFFLES))
+            string(s["shuffle"], "sampler.shuffle", tuple(SHUFFLES))
         if "shard" in s:
-            _str(s["shard"], "sampler.shard", ("positions", "batches"))
+            string(s["shard"], "sampler.shard", ("positions", "batches"))
         for key in ("drop_last", "replacement"):
             if key in s and not isinstance(s[key], bool):
                 raise ValueError(f"metadata field sampler.{key} must be true or false")
+
+
+def _present(meta: dict):
+    """``(name, section)`` of each registered section ``meta`` holds."""
+    return [(name, section) for name, section in list(SECTIONS.items()) if name in meta]
 
 
 TRAINER = TrainerSchema()

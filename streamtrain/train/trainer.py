@@ -32,7 +32,7 @@ from ..readers.base import Dataset
 from .distributed import LOCAL, Communicator, communicator
 from .loop import Loop
 from .partial import partial_fit
-from .resume import adopt_settings, check_resumable, claim
+from .resume import adopt_settings, adopt_weight, claim, resume_run
 from .schema import TRAINER
 from .setup import check_settings, make_sampler, new_model, open_data, standard_hooks
 from .state import TrainState, checkpoint_contents, make_run_optimizer, restore
@@ -171,11 +171,7 @@ class Trainer:
                 found = claim(comm, rundir, resume, overwrite, log)
                 if found is not None:
                     self.config = adopt_settings(self.config, self.given, found, force)
-                    saved_weight = found[2]["model"].get("weight")
-                    if weight is None or weight == saved_weight:
-                        weight = saved_weight  # the run's weight column, like its settings
-                    elif isinstance(weight, str):
-                        raise CheckpointError(f"{found[0]}: the run weighs rows by {saved_weight!r}, not {weight!r}")
+                    weight = adopt_weight(found, weight)
                 cfg = self.config
                 if cfg.batch_size > 1 and cfg.compiled and minibatch.available():
                     # overlaps opening the data, the statistics pass, a checkpoint's restoring
@@ -187,7 +183,8 @@ class Trainer:
                 process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None,
                                         self.comm.local_size)
                 if found is not None:
-                    self._resume(found, train, rundir, force, log)
+                    self.model, self.optimizer, self.state, self.fingerprint, self.history = resume_run(
+                        found, self.config, train, self.sampler, rundir, force, log)
                 else:
                     if resume and log:
                         log(f"no checkpoint in {checkpoint_dir}; starting fresh")
@@ -212,22 +209,6 @@ class Trainer:
                     resource.close()
         return self.history
 
-    def _resume(self, found, train: Dataset, rundir: RunDirectory, force: bool, log) -> None:
-        path, arrays, meta = found
-        fp = check_resumable(found, train, force)
-        _, self.model, _, self.state, _ = restore(arrays, meta)
-        self.optimizer = make_run_optimizer(self.config, arrays)  # this run's settings, the saved state
-        self.fingerprint = fp
-        s = self.state.sampler or {"epoch": 0, "position": 0}
-        self.history = rundir.metrics_upto(s["epoch"], self.state.record) if rundir is not None else []
-        if self.state.sampler:
-            try:
-                self.sampler.load_state_dict(self.state.sampler)
-            except ValueError as e:
-                raise CheckpointError(f"{path}: cannot resume: {e}") from None
-        if log:
-            log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
-
     def _initialise(self, data: Dataset, log) -> None:
         self.model = new_model(self.config, self.comm, data, self.weight, log, self.log_every)
         self.optimizer, self.state, self.fingerprint = make_run_optimizer(self.config), TrainState(), data.fingerprint()
@@ -241,20 +222,6 @@ class Trainer:
                         decoder=cfg.decoder, process=process, scale=scale, workers=cfg.decoder_workers or None)
         with loader, loader.sharing_cores(self.comm.local_size):
             Loop(self, self.stepper, loader, hooks, prepare).run()
-
-    def end_epoch(self) -> dict[str, Any]:
-        """Close the epoch the sampler is in: its record (hooks add to it), the next epoch begun."""
-        acc = self.state.epoch_acc
-        record = {"epoch": self.sampler.epoch + 1, "train_loss": acc["loss_sum"] / max(acc["n"], 1)}
-        if self.model.task != "regression":  # each batch scored before its update: progressive validation
-            record["train_accuracy"] = acc.get("correct", 0) / max(acc["n"], 1)
-        record.update({"samples": acc["n"], "seconds": acc["seconds"],
-                       "samples_per_s": acc["n"] / acc["seconds"] if acc["seconds"] > 0 else None})
-        self.history.append(record)
-        self.state.record = record
-        self.sampler.next_epoch()
-        self.state.new_epoch()
-        return record
 
     def partial_fit(self, X, y, classes=None, sample_weight=None) -> "Trainer":
         """Update the model on the rows given, in order, in minibatches of ``config.batch_size``.

@@ -1,0 +1,153 @@
+"""What an HDF5 file holds, found without reading rows: its datasets and tables (the compound
+datasets PyTables and pandas ``to_hdf(format="table")`` write) and a table's columns, whether a
+dataset is safe to read (no storage outside the file unless allowed) and fully written, its
+filters, and where its rows lie in the file's bytes. ``hdf5.HDF5Dataset`` reads through these."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+
+import numpy as np
+
+from ..errors import DataError
+from .columns import Column, vector_columns
+
+__all__ = ["find_datasets", "check_safe", "check_written", "table_columns", "compression", "locate"]
+
+# pandas stores a block's column names as a protocol-0 pickle of a list of str. We never unpickle:
+# this grammar accepts only that shape and yields the names as text.
+_PICKLED_NAMES = re.compile(r"^\(lp0\n(?:V[^\n]*\np\d+\na)+\.$")
+
+
+def _pandas_names(raw) -> list[str] | None:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if not _PICKLED_NAMES.match(text):
+        return None
+    # Protocol 0 writes each str as V<raw-unicode-escaped text>\n.
+    return [codecs.decode(n, "raw_unicode_escape") for n in re.findall(r"V([^\n]*)\n", text)]
+
+
+def _links(f) -> dict[str, object]:
+    """Every dataset of the open file ``f`` by name, and every external link (not followed)."""
+    import h5py
+
+    found: dict[str, object] = {}
+
+    def visit(name, link):
+        if isinstance(link, (h5py.ExternalLink,)):
+            found[name] = link
+        elif isinstance(link, h5py.HardLink):
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset):
+                found[name] = obj
+
+    f.visititems_links(visit) if hasattr(f, "visititems_links") else f.visititems(
+        lambda n, o: found.__setitem__(n, o) if isinstance(o, h5py.Dataset) else None)
+    return found
+
+
+def find_datasets(f, path: str, allow_external: bool) -> tuple[dict[str, object], list[str]]:
+    """``(datasets by name, the names of the tables among them)`` of the open file ``f``; an
+    external link to another file is refused unless ``allow_external`` (then h5py follows it)."""
+    import h5py
+
+    found = _links(f)
+    for name, obj in found.items():
+        if not hasattr(obj, "shape") and not allow_external:
+            raise DataError(f"{path}: {name!r} is an external link to another file; refused "
+                            "(pass allow_external=True if you trust it)")
+    dsets = {k: (v if hasattr(v, "shape") else f.get(k)) for k, v in found.items()}
+    dsets = {k: v for k, v in dsets.items() if isinstance(v, h5py.Dataset)}
+    return dsets, [k for k, v in dsets.items() if v.dtype.names and v.ndim == 1]
+
+
+def check_safe(dset, path: str, allow_external: bool) -> None:
+    """Refuse data stored outside the file unless explicitly allowed."""
+    if allow_external:
+        return
+    if dset.external:
+        raise DataError(f"{path}: dataset {dset.name!r} uses external storage; "
+                        "refused (pass allow_external=True if you trust it)")
+    if dset.is_virtual and any(src.file_name != "." for src in dset.virtual_sources()):
+        raise DataError(f"{path}: dataset {dset.name!r} is a virtual dataset pointing to other files; "
+                        "refused (pass allow_external=True if you trust it)")
+
+
+def check_written(d, path: str, allow_missing: bool) -> None:
+    """Refuse a dataset with chunks (or contiguous storage) never written: HDF5 reads them as
+    fill values, which would be trained on as data (``allow_missing`` accepts that)."""
+    if allow_missing or d.shape[0] == 0 or d.is_virtual or d.external:
+        return
+    try:
+        if d.chunks is None:
+            missing, total = (1, 1) if d.id.get_offset() is None else (0, 1)
+        else:
+            total = int(np.prod([-(-n // c) for n, c in zip(d.shape, d.chunks)], dtype=object))
+            missing = total - d.id.get_num_chunks()
+    except (AttributeError, OSError, RuntimeError):  # an old HDF5 library without the query
+        return
+    if missing > 0:
+        what = "its storage was" if d.chunks is None else f"{missing} of its {total} chunks were"
+        raise DataError(f"{path}: dataset {d.name!r} has {d.shape[0]} rows, but {what} never written "
+                        "(HDF5 would read fill values); pass --allow-missing-chunks to train on them")
+
+
+def table_columns(T) -> list[Column]:
+    """The columns of table ``T``, a vector field's elements named as pandas named them (its
+    index, which pandas adds, left out)."""
+    columns: list[Column] = []
+    for field in T.dtype.names:
+        sub = T.dtype.fields[field][0]
+        numeric = sub.base.kind in "biuf"
+        if field == "index" and T.attrs.get("index_kind") is not None:
+            continue  # the pandas index, not data
+        width = sub.shape[0] if sub.shape else None
+        names = _pandas_names(T.attrs.get(f"{field}_kind", b"")) if width else None
+        columns += vector_columns(field, width, numeric, names, type=str(sub.base))
+    return columns
+
+
+def compression(d) -> str | None:
+    """The compression (else the filters, comma-separated) of dataset ``d``, or None."""
+    plist = d.id.get_create_plist()
+    filters = [plist.get_filter(k)[3].decode(errors="replace") for k in range(plist.get_nfilters())]
+    return d.compression or ",".join(filters) or None
+
+
+def locate(path: str, d):
+    """``(chunk byte offsets, chunk rows, row bytes, dtype, row shape)`` of dataset ``d``, or
+    None where its rows are not plain bytes in the file (compressed, split columns, virtual...)."""
+    if _filtered(d) or d.external or d.is_virtual or d.dtype.kind not in "biuf":
+        return None
+    row_shape = d.shape[1:]
+    row_bytes = d.dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+    try:
+        if d.chunks is None:
+            offset = d.id.get_offset()
+            if offset is None:
+                return None
+            offsets, chunk_rows = np.array([offset], np.int64), max(1, d.shape[0])
+        else:
+            if tuple(d.chunks[1:]) != tuple(row_shape):
+                return None  # chunks split the columns: rows are not contiguous bytes
+            offsets = np.full(-(-d.shape[0] // d.chunks[0]), -1, np.int64)
+
+            def note(info):
+                offsets[info.chunk_offset[0] // d.chunks[0]] = info.byte_offset
+
+            d.id.chunk_iter(note)
+            if (offsets < 0).any():
+                return None  # unwritten chunks read as fill values: let h5py handle them
+            chunk_rows = d.chunks[0]
+        if os.path.getsize(path) < offsets.max() + min(chunk_rows, d.shape[0]) * row_bytes:
+            return None  # a truncated file: let h5py report it
+    except (OSError, ValueError, AttributeError, RuntimeError, TypeError):
+        return None
+    return offsets, chunk_rows, row_bytes, d.dtype, row_shape
+
+
+def _filtered(d) -> bool:
+    """Whether any HDF5 filter (compression, shuffle, checksum...) transforms the stored bytes."""
+    return bool(d.compression) or d.id.get_create_plist().get_nfilters() > 0

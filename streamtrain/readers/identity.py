@@ -1,0 +1,93 @@
+"""What a dataset is, as distinct from reading its rows: ``describe`` (what ``inspect`` prints: layout
+and selection) and ``fingerprint`` (what a resumed run compares: layout, names and a stamp of the
+content). ``base.Dataset`` has these through ``Identity``; a reader adds ``extra_info``,
+``label_dtype`` and ``_stamped_files``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Identity"]
+
+
+class Identity:
+    """A dataset's description and fingerprint, from its layout (``path``, ``format``, ``n_rows``,
+    ``feature_names``, ``label_name``, ``bounds``) and, for the content stamp, a few chunks read
+    whole (``_load_locked``)."""
+
+    def label_dtype(self) -> str | None:
+        """The stored label dtype as a string, or None without a label."""
+        return None
+
+    def extra_info(self) -> dict[str, Any]:
+        """Format-specific facts for ``inspect`` (compression, dataset paths...)."""
+        return {}
+
+    #: ``(name, why)`` of the columns found beside the features and the label that are not used
+    #: (set by column-oriented readers where the features were found by themselves).
+    left_out: list = []
+
+    def describe(self) -> dict[str, Any]:
+        """What ``inspect`` prints: layout and selection, without reading data."""
+        sizes = self.chunk_sizes
+        info = {
+            "path": self.path,
+            "format": self.format,
+            "n_rows": int(self.n_rows),
+            "n_features": self.n_features,
+            "feature_names": list(self.feature_names),
+            "label": self.label_name,
+            "label_dtype": self.label_dtype(),
+            "n_chunks": int(self.n_chunks),
+            "chunk_rows_max": int(sizes.max()) if sizes.size else 0,
+            "chunk_rows_min": int(sizes.min()) if sizes.size else 0,
+        }
+        info.update(self.extra_info())
+        if getattr(self, "encoding", None) is not None:  # every column of a table and its treatment
+            info["columns"] = self.encoding.describe()
+        elif self.left_out:
+            info["left_out"] = {name: why for name, why in self.left_out}
+        return info
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the data for resume checks: layout and names, and ``content``, which changes
+        when the data is rewritten in place (see ``content_stamp``)."""
+        return {
+            "path": os.path.abspath(self.path) if self.format != "memory" else self.path,
+            "format": self.format,
+            "n_rows": int(self.n_rows),
+            "feature_names": list(self.feature_names),
+            "label": self.label_name,
+            "n_chunks": int(self.n_chunks),
+            "chunk_rows_max": int(self.chunk_sizes.max()),
+            "content": self.content_stamp(),
+        }
+
+    #: Chunks whose bytes ``content_stamp`` hashes (first, middle, last).
+    SAMPLED_CHUNKS = 3
+
+    def content_stamp(self) -> str:
+        """A SHA-256 of what is cheap to know about the data's content: the size and modification
+        time of each local file read (``_stamped_files``) and the decoded bytes of a few chunks."""
+        h = hashlib.sha256()
+        for path in self._stamped_files():
+            try:
+                st = os.stat(path)
+                h.update(f"{os.path.basename(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}|missing\n".encode())
+        picks = sorted({0, self.n_chunks // 2, self.n_chunks - 1})[:self.SAMPLED_CHUNKS]
+        for c in picks:
+            X, y = self._load_locked(c)
+            h.update(np.ascontiguousarray(X).tobytes())
+            if y is not None:
+                h.update(np.ascontiguousarray(y).tobytes())
+        return h.hexdigest()
+
+    def _stamped_files(self) -> list[str]:
+        """The local files whose size and modification time stand for the content (none here)."""
+        return []
