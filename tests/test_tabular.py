@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamtrain import Trainer, open_dataset
-from streamtrain.errors import CheckpointError, DataError
-from streamtrain.features.encoding import Encoding, EncodingOptions, learn_encoding
+from streamtrain.features.encoding import Encoding, EncodingOptions
+from streamtrain.features.learn import learn_encoding
 from streamtrain.io.resolve import latest_checkpoint
 from streamtrain.train.schema import TRAINER
 

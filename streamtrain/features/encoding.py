@@ -19,7 +19,7 @@ A string column is categorical while it has at most ``max_categories`` distinct 
 exactly, or estimated by :class:`~.distinct.DistinctCount` beyond the vocabulary's capacity),
 hashed above that, dropped where nearly every row is distinct (an identifier).
 
-A string, dictionary or bool label is a class label: its classes are its distinct values,
+The encoding is learned by ``learn.learn_encoding``. A string or dictionary label is a class label: its classes are its distinct values,
 sorted, and :meth:`Encoding.labels` gives each row's class index (NaN where missing).
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -35,20 +34,15 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigError, DataError
 from .codes import Categories
-from .distinct import DistinctCount
 from .hashing import bucket, null_mask
-from .kinds import (MAX_VALUES, canonical, check_header, kind_of, values_from_json, values_to_json)
-from .schema import ColumnPlan, choose_string_kind, infer_columns
-from .vocab import Vocabulary
+from .kinds import MAX_VALUES, canonical, check_header, kind_of, values_from_json, values_to_json
 
-__all__ = ["Encoding", "EncodingOptions", "learn_encoding", "needs_encoding", "MAX_LABEL_CLASSES"]
+__all__ = ["Encoding", "EncodingOptions", "MAX_LABEL_CLASSES"]
 
 _FORMAT, _VERSION = "streamtrain.encoding", 1
 _T = pa.types
 #: A class label with more distinct values than this is refused (a regression target, or an ID).
 MAX_LABEL_CLASSES = 1000
-#: The distinct values a vocabulary counts exactly before it turns to a heavy-hitters summary.
-VOCAB_CAPACITY = 100_000
 #: Input names are the column's name and a value, cut to this many characters.
 MAX_VALUE_CHARS = 60
 MAX_COLUMNS = 100_000
@@ -374,154 +368,3 @@ def _column_from_state(c, what: str):
             raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 20}]")
         return _OneHot(name, buckets=b)
     raise ValueError(f"{what}: column {name!r} has an unknown kind {kind!r:.40}")
-
-
-def needs_encoding(schema: pa.Schema, features: list[str], label: str | None,
-                   null_counts: Callable[[str], int | None]) -> bool:
-    """Whether a table's chosen columns need more than a cast to float: a type that is not a plain
-    number, or missing values (``null_counts(name)``: from the file's statistics, None unknown)."""
-    for name in features + ([label] if label else []):
-        t = schema.field(name).type
-        plain = _T.is_integer(t) or _T.is_floating(t) or _T.is_boolean(t)
-        vector = _T.is_fixed_size_list(t) and (_T.is_integer(t.value_type) or _T.is_floating(t.value_type))
-        if not (plain or vector) or null_counts(name) != 0:
-            return True
-    return False
-
-
-class _Pass:
-    """What the one pass over the data accumulates for one column."""
-
-    def __init__(self, plan: ColumnPlan, count_values: bool):
-        self.plan = plan
-        self.sum = 0.0
-        self.count = self.nulls = 0
-        self.vocab = Vocabulary(VOCAB_CAPACITY) if count_values else None
-        self.distinct = DistinctCount() if count_values else None
-
-    def update(self, col) -> None:
-        gone = null_mask(col)
-        self.nulls += int(gone.sum())
-        if self.vocab is not None:
-            self.vocab.update(col)
-            self.distinct.update(col)
-        elif self.plan.kind in ("numeric", "datetime"):
-            v = _numbers(col)
-            ok = ~gone & np.isfinite(v)
-            self.sum += float(v[ok].sum())
-            self.count += int(ok.sum())
-
-    @property
-    def mean(self) -> float:
-        return self.sum / self.count if self.count else 0.0
-
-
-def _seen(plan: ColumnPlan, acc: _Pass | None) -> str:
-    """The column's stored type, and what the pass counted of it (missing values, distinct values)."""
-    text = str(plan.arrow_type)
-    if acc is not None:
-        seen = acc.count + acc.nulls if acc.vocab is None else acc.vocab.rows + acc.nulls
-        text += f", {acc.nulls:,} missing of {seen:,}" if acc.nulls else ", none missing"
-        if acc.distinct is not None:
-            text += f", {'' if acc.distinct.exact else '~'}{acc.distinct.estimate():,} distinct"
-    return text
-
-
-def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
-                   tables: Callable[[list[str]], Iterable[pa.Table]], options: EncodingOptions, where: str,
-                   null_counts: Callable[[str], int | None] = lambda name: None) -> Encoding:
-    """Learn an encoding in one pass over the data.
-
-    Parameters
-    ----------
-    schema : pyarrow.Schema
-        The table's columns.
-    features : list of str
-        The candidate feature columns (every column but the label and partition keys, or the
-        user's), in order.
-    label : str or None
-    tables : callable
-        ``tables(columns)`` yields the data's chunks as Arrow tables of those columns, in order.
-    options : EncodingOptions
-    where : str
-        The data's name, for messages.
-    null_counts : callable
-        A column's missing values as the file's statistics record them (None: unknown); a
-        numeric column known to have none is not read in the pass.
-
-    Returns
-    -------
-    Encoding
-    """
-    sub = pa.schema([schema.field(n) for n in features])
-    plans = infer_columns(sub, {k: v for k, v in options.overrides.items() if v} or None)
-    passes: dict[str, _Pass] = {}
-    for p in plans:
-        if p.kind == "categorical" or (p.kind == "hashed" and p.buckets is None):
-            passes[p.name] = _Pass(p, count_values=True)
-        elif p.kind == "datetime" or (p.kind == "numeric" and not _T.is_fixed_size_list(p.arrow_type)
-                                      and null_counts(p.name) != 0):
-            passes[p.name] = _Pass(p, count_values=False)
-    label_type = schema.field(label).type if label else None
-    class_label = label_type is not None and not (_T.is_integer(label_type) or _T.is_floating(label_type)
-                                                  or _T.is_decimal(label_type) or _T.is_boolean(label_type))
-    label_vocab = Vocabulary(MAX_LABEL_CLASSES + 1) if class_label else None
-    if class_label:
-        try:
-            kind_of(label_type)
-        except DataError:
-            raise DataError(f"{where}: label {label!r} is of type {label_type}, neither numbers nor classes "
-                            "(strings, categories, bools)") from None
-    rows = 0
-    keys = list(passes) + ([label] if class_label else [])
-    if keys:
-        for table in tables(keys):
-            rows += table.num_rows
-            for name, acc in passes.items():
-                acc.update(table.column(name))
-            if label_vocab is not None:
-                label_vocab.update(table.column(label))
-                if len(label_vocab) > MAX_LABEL_CLASSES or not label_vocab.exact:
-                    raise DataError(f"{where}: label {label!r} has more than {MAX_LABEL_CLASSES} distinct values: "
-                                    "too many classes (a numeric target trains with --task regression)")
-    columns, left = [], []
-    for p in plans:
-        acc = passes.get(p.name)
-        n_before = len(columns)
-        if p.kind == "unusable":
-            left.append((p.name, p.reason))
-        elif p.kind in ("numeric", "datetime"):
-            if _T.is_fixed_size_list(p.arrow_type):
-                columns.append(_Vector(p.name, p.arrow_type.list_size))
-                continue
-            if acc is not None and acc.nulls and options.missing == "error":
-                raise DataError(f"{where}: column {p.name!r} has {acc.nulls:,} missing values "
-                                "(--missing impute fills them with the column's mean)")
-            mean = acc.mean if acc is not None else 0.0
-            columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
-                                    bool(acc is not None and acc.nulls), options.missing))
-        elif p.kind == "hashed" and p.buckets is not None:
-            columns.append(_OneHot(p.name, buckets=p.buckets))
-        else:  # categorical, or a string/dictionary decided here by its cardinality
-            overridden = p.name in (options.overrides.get("categorical") or [])
-            seen = acc.vocab.rows
-            choice = choose_string_kind(acc.distinct.estimate(), seen, options.max_categories)
-            if overridden or choice.kind == "categorical":
-                columns.append(_OneHot(p.name, cats=acc.vocab.finalize(options.max_categories, options.min_frequency)))
-            elif choice.kind == "hashed":
-                columns.append(_OneHot(p.name, buckets=options.hash_buckets))
-            else:
-                approx = "" if acc.distinct.exact else "~"
-                left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}"))
-        if len(columns) > n_before:
-            columns[-1].seen = _seen(p, acc)
-    if not columns:
-        raise DataError(f"{where}: no column can be used as a feature ("
-                        + "; ".join(f"{n}: {why}" for n, why in left[:4]) + ")")
-    label_enc = None
-    if label_vocab is not None:
-        values = label_vocab.finalize().values
-        if not len(values):
-            raise DataError(f"{where}: label {label!r} has no values (every row's is missing)")
-        label_enc = _Label(label, values.take(pc.sort_indices(values)))
-    return Encoding(columns, label_enc, label, left, rows)

@@ -10,7 +10,8 @@ from typing import Callable, Iterable
 import pyarrow as pa
 
 from ..errors import ConfigError, DataError
-from ..features.encoding import Encoding, EncodingOptions, learn_encoding, needs_encoding
+from ..features.encoding import Encoding, EncodingOptions
+from ..features.learn import learn_encoding, needs_encoding
 from .columns import LABEL_KEYS, find_key
 
 __all__ = ["plan_table"]
