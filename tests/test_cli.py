@@ -78,7 +78,7 @@ def test_inspect_dataset_json():
     (["train", DATA / "README.md"], "unknown format"),
     (["train", DATA / "digits.h5", "--label", "nope"], "no label dataset named 'nope'"),
     (["evaluate", DATA / "digits.h5", DATA / "digits.h5"], "not a valid streamtrain checkpoint"),
-    (["make-data", "x.csv", "--rows", 5, "--features", 2], "unknown format"),
+    (["make-data", "x.txt", "--rows", 5, "--features", 2], "unknown format"),
 ])
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):
     res = run(*args, cwd=tmp_path)
