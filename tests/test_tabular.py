@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamtrain import Trainer, open_dataset
+from streamtrain.errors import DataError
 from streamtrain.features.encoding import Encoding, EncodingOptions
 from streamtrain.features.learn import learn_encoding
 from streamtrain.io.resolve import latest_checkpoint
@@ -358,3 +359,74 @@ def test_rows_without_a_label_are_skipped_and_counted(tmp_path):
     # through the decoded copy too (its labels: class indices, NaN where missing)
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--cache-dir", tmp_path / "c")
     assert "25 rows without a label skipped" in res.stderr
+
+
+# -- any mixed schema ------------------------------------------------------------------------------
+
+def _random_table(data, n: int) -> tuple[pa.Table, str]:
+    """A table of random column kinds with random missing values, and its label column's name."""
+    from hypothesis import strategies as st
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    kinds = data.draw(st.lists(st.sampled_from(["int8", "uint64", "int32", "float32", "float64", "bool", "string",
+                                                "dict", "timestamp", "date", "decimal", "id", "list"]),
+                               min_size=1, max_size=6), label="kinds")
+    cols = {}
+    for j, kind in enumerate(kinds):
+        nulls = rng.random(n) < data.draw(st.sampled_from([0.0, 0.1, 0.9, 1.0]), label=f"nulls{j}")
+        if kind in ("int8", "uint64", "int32"):
+            info = np.iinfo(kind)
+            v = pa.array(rng.integers(max(info.min, -1000), min(info.max, 1000), n).astype(kind), mask=nulls)
+        elif kind in ("float32", "float64"):
+            v = pa.array(rng.standard_normal(n).astype(kind), mask=nulls)
+        elif kind == "bool":
+            v = pa.array(rng.random(n) < 0.5, mask=nulls)
+        elif kind in ("string", "dict"):
+            v = pa.array(rng.choice(["a", "b", "é", "", "long value " * 3], n).tolist(), mask=nulls)
+            v = v.dictionary_encode() if kind == "dict" else v
+        elif kind == "timestamp":
+            v = pa.array(rng.integers(0, 2**40, n), mask=nulls).cast(pa.timestamp("ms", tz="Asia/Tokyo"))
+        elif kind == "date":
+            v = pa.array(rng.integers(0, 30000, n).astype(np.int32), mask=nulls).cast(pa.date32())
+        elif kind == "decimal":
+            v = pa.array([None if m else f"{x:.2f}" for x, m in zip(rng.random(n) * 100, nulls)]).cast(
+                pa.decimal128(6, 2))
+        elif kind == "id":
+            v = pa.array([f"id{i}" for i in range(n)])
+        else:
+            v = pa.array([[1, 2]] * n)
+        cols[f"c{j}_{kind}"] = v
+    label_kind = data.draw(st.sampled_from(["string", "int8", "float"]), label="label")
+    if label_kind == "string":
+        y = pa.array(rng.choice(["yes", "no", "maybe"], n).tolist())
+    elif label_kind == "int8":
+        y = pa.array((rng.random(n) < 0.5).astype(np.int8))
+    else:
+        y = pa.array(rng.standard_normal(n))
+    cols["target"] = y
+    return pa.table(cols), "target"
+
+
+@pytest.mark.slow
+def test_any_mixed_schema_trains_or_says_why_and_round_trips(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        tmp = tmp_path_factory.mktemp("mixed")
+        table, label = _random_table(data, 300)
+        pq.write_table(table, tmp / "t.parquet", row_group_size=128)
+        trainer = Trainer(hidden=3, epochs=1, batch_size=16)
+        try:
+            trainer.fit(str(tmp / "t.parquet"), label=label, checkpoint_dir=str(tmp / "run"), log=None)
+        except DataError as e:  # nothing usable is a clear refusal naming the file, never a crash
+            assert str(tmp / "t.parquet") in str(e) and "no column can be used" in str(e)
+            return
+        before = trainer.predict(str(tmp / "t.parquet"))
+        again = Trainer.load(tmp / "run")
+        assert np.array_equal(again.predict(str(tmp / "t.parquet")), before)
+        assert again.predict(table.drop(["target"])).tolist() == before.tolist()  # a table, unlabelled
+
+    check()
