@@ -430,3 +430,90 @@ def test_any_mixed_schema_trains_or_says_why_and_round_trips(tmp_path_factory):
         assert again.predict(table.drop(["target"])).tolist() == before.tolist()  # a table, unlabelled
 
     check()
+
+
+# -- many files as one dataset ---------------------------------------------------------------------
+
+def test_a_glob_of_parquet_files_is_one_dataset_with_one_encoding(tmp_path):
+    df = flights(1200)
+    (tmp_path / "logs" / "2026-01").mkdir(parents=True)
+    (tmp_path / "logs" / "2026-02").mkdir(parents=True)
+    first, second = df.iloc[:600].copy(), df.iloc[600:].copy()
+    second.loc[second.index[:5], "carrier"] = "NEW"  # a category only the second file holds
+    first.to_parquet(tmp_path / "logs" / "2026-01" / "a.parquet", row_group_size=200)
+    second.to_parquet(tmp_path / "logs" / "2026-02" / "b.parquet", row_group_size=200)
+    ds = open_dataset(str(tmp_path / "logs" / "2026-*" / "*.parquet"), label="status")
+    assert ds.n_rows == 1200 and ds.n_chunks == 6 and "carrier=NEW" in ds.feature_names
+    assert ds.path.endswith("a.parquet (+1 more file)")
+    X, _ = ds.read(np.arange(600, 605))
+    assert (X[:, ds.feature_names.index("carrier=NEW")] == 1).all()
+    # the rows are the files' rows, in order
+    whole = open_dataset(pa.Table.from_pandas(pd.concat([first, second]), preserve_index=False), label="status",
+                         encoding=ds.encoding.state_dict())
+    np.testing.assert_array_equal(ds.read(np.arange(1200))[0], whole.read(np.arange(1200))[0])
+    res = _cli("train", tmp_path / "logs" / "2026-*" / "*.parquet", "--label", "status", "--epochs", "1")
+    assert "epoch 1/1" in res.stderr
+
+
+def test_a_list_of_csv_files_plain_and_compressed(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    df = flights(900)
+    df.iloc[:400].to_csv(tmp_path / "p1.csv", index=False)
+    df.iloc[400:].to_csv(tmp_path / "p2.csv.gz", index=False)
+    ds = open_dataset([tmp_path / "p1.csv", tmp_path / "p2.csv.gz"], label="status")
+    assert ds.n_rows == 900 and ds.label_classes == ["late", "on time"]
+    assert ds._stamped_files() == [str(tmp_path / "p1.csv"), str(tmp_path / "p2.csv.gz")]
+    assert ds._where(ds.n_chunks - 1).startswith(f"{tmp_path / 'p2.csv.gz'}, rows 0 to 499")
+
+
+def _h5(path, X, y, chunk=500):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=X, chunks=(chunk, X.shape[1]))
+        f.create_dataset("y", data=y, chunks=(chunk,))
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_hdf5_shards_train_as_the_one_file_they_make(tmp_path, compression):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3000, 5)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int8)
+    (tmp_path / "shards").mkdir()
+    _h5(tmp_path / "one.h5", X, y)
+    for k in range(3):
+        _h5(tmp_path / "shards" / f"s{k}.h5", X[k * 1000:(k + 1) * 1000], y[k * 1000:(k + 1) * 1000])
+    if compression:  # a compressed copy of the second shard: chunks decoded, not gathered in place
+        import h5py
+
+        with h5py.File(tmp_path / "shards" / "s1.h5", "w") as f:
+            f.create_dataset("X", data=X[1000:2000], chunks=(500, 5), compression="gzip")
+            f.create_dataset("y", data=y[1000:2000], chunks=(500,), compression="gzip")
+    shards = open_dataset(str(tmp_path / "shards" / "*.h5"))
+    assert shards.n_rows == 3000 and list(shards.bounds) == [0, 500, 1000, 1500, 2000, 2500, 3000]
+    assert shards.capabilities.in_place == (not compression)
+    rows = np.random.default_rng(0).permutation(3000)[:700]
+    np.testing.assert_array_equal(shards.gather(rows)[0], X[rows])
+    np.testing.assert_array_equal(shards.gather(rows)[1], y[rows])
+    args = ["train", "--hidden", "4", "--batch-size", "16", "--epochs", "2", "--dtype", "float64", "--quiet",
+            "--shuffle", "global"]
+    _cli(args[0], tmp_path / "shards" / "*.h5", *args[1:], "--checkpoint-dir", tmp_path / "a")
+    _cli(args[0], tmp_path / "one.h5", *args[1:], "--checkpoint-dir", tmp_path / "b")
+    (_, a, _), (_, b, _) = (latest_checkpoint(tmp_path / d, schema=TRAINER) for d in ("a", "b"))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    res = _cli("evaluate", tmp_path / "a", tmp_path / "shards" / "*.h5", "--json")
+    assert json.loads(res.stdout)["n"] == 3000
+
+
+def test_many_files_refuse_what_does_not_fit(tmp_path):
+    rng = np.random.default_rng(0)
+    _h5(tmp_path / "a.h5", rng.standard_normal((100, 3)), np.zeros(100), chunk=50)
+    _h5(tmp_path / "b.h5", rng.standard_normal((100, 4)), np.zeros(100), chunk=50)
+    flights(50).to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(DataError, match="b.h5: its features differ from .*a.h5's"):
+        open_dataset([tmp_path / "a.h5", tmp_path / "b.h5"])
+    with pytest.raises(DataError, match="c.parquet: is parquet, where .*a.h5 is hdf5"):
+        open_dataset([tmp_path / "a.h5", tmp_path / "c.parquet"])
+    with pytest.raises(DataError, match="no files match"):
+        open_dataset(str(tmp_path / "nothing" / "*.h5"))

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Dataset
 from .formats import FORMATS, Format, format_for, load, register
+from .many import ManyFiles, expand, is_many
 from .memory import ArrayDataset
 from .remote import is_url, open_filesystem, remote_error
 
@@ -109,9 +110,9 @@ def open_dataset(source, features=None, label: str | None = None, *,
         return source  # already open: its own settings stand
     ds = _open(source, features, label, cache_bytes, dtype, options)
     ds.nonfinite = nonfinite
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) or is_many(source):
         # How to open it again elsewhere (the decoding process), as plain JSON.
-        reopen = {"source": os.fspath(source), "features": features, "label": label,
+        reopen = {"source": expand(source) if is_many(source) else os.fspath(source), "features": features, "label": label,
                   "dtype": np.dtype(dtype).str, "nonfinite": nonfinite, "options": options}
         if ds.encoding is not None:  # learned once here; elsewhere it is applied, not learned again
             reopen["options"] = {**options, "encoding": ds.encoding.state_dict()}
@@ -138,6 +139,8 @@ def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
         return ArrayDataset(source[0], source[1], cache_bytes=cache_bytes, dtype=dtype)
     if isinstance(source, np.ndarray):
         return ArrayDataset(source, None, cache_bytes=cache_bytes, dtype=dtype)
+    if is_many(source):
+        return _open_many(expand(source), features, label, cache_bytes, dtype, options)
     if _is_table(source):
         return ArrayDataset.from_table(source, features, label, cache_bytes=cache_bytes, dtype=dtype,
                                        **{k: v for k, v in options.items() if k in ("encoding", "encode")})
@@ -154,6 +157,31 @@ def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
     except TypeError as e:
         if "unexpected keyword" in str(e):
             raise DataError(f"{path}: option not supported for {fmt}: {e}") from None
+        raise
+
+
+def _open_many(paths: list[str], features, label, cache_bytes, dtype, options) -> Dataset:
+    """Several files as one dataset: tables by their reader (one encoding over all), others joined."""
+    if len(paths) == 1:
+        return _open(paths[0], features, label, cache_bytes, dtype, options)
+    formats = {p: detect_format(p) for p in paths}
+    kinds = sorted(set(formats.values()))
+    if len(kinds) > 1:
+        other = next(p for p in paths if formats[p] != formats[paths[0]])
+        raise DataError(f"{other}: is {formats[other]}, where {paths[0]} is {formats[paths[0]]}; the files of one "
+                        "dataset must share a format")
+    fmt = kinds[0]
+    cls = load(FORMATS[fmt].reader)
+    if fmt in ("parquet", "csv", "jsonl"):
+        return cls(paths, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype, **options)
+    parts = []
+    try:
+        for p in paths:
+            parts.append(_open(p, features, label, cache_bytes, dtype, options))
+        return ManyFiles(parts)
+    except BaseException:
+        for ds in parts:
+            ds.close()
         raise
 
 

@@ -18,7 +18,7 @@ from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .columns import Column, fill_features, left_out, select_columns, vector_columns
 from .layout import MAX_CHUNK_BYTES, MAX_CHUNKS, as_labels
 from .remote import is_url, open_filesystem
-from .tabular import plan_table
+from .tabular import many_name, plan_table
 
 __all__ = ["ParquetDataset"]
 
@@ -59,19 +59,28 @@ class ParquetDataset(Dataset):
         import pyarrow.dataset as pds
 
         super().__init__(cache_bytes, dtype)
-        self.path = str(path)
+        # Several files (a list, from a glob) are one dataset: their rows in the list's order.
+        many = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else None
+        self.path = many_name(many) if many else str(path)
         self._storage_options = storage_options or {}
-        fs, root = open_filesystem(self.path, self._storage_options)
+        fs, root = open_filesystem(many[0] if many else self.path, self._storage_options)
         self._fs = fs
-        if not is_url(self.path) and not os.path.exists(self.path):
-            raise DataError(f"{self.path}: no such file or directory")
+        for p in many or [self.path]:
+            if not is_url(p) and not os.path.exists(p):
+                raise DataError(f"{p}: no such file or directory")
         try:
-            try:
-                dataset = pds.dataset(root, format="parquet", partitioning="hive", filesystem=fs)
-            except Exception:
-                # Some writers (polars) also keep the partition column in the files, with another
-                # type than hive discovery infers: then the files' own columns are the truth.
-                dataset = pds.dataset(root, format="parquet", filesystem=fs)
+            if many:
+                roots = [open_filesystem(p, self._storage_options)[1] for p in many]
+                files = [f for r in roots for f in (pds.dataset(r, format="parquet", filesystem=fs).files
+                                                    if _is_dir(fs, r) else [r])]
+                dataset = pds.dataset(files, format="parquet", filesystem=fs)
+            else:
+                try:
+                    dataset = pds.dataset(root, format="parquet", partitioning="hive", filesystem=fs)
+                except Exception:
+                    # Some writers (polars) also keep the partition column in the files, with another
+                    # type than hive discovery infers: then the files' own columns are the truth.
+                    dataset = pds.dataset(root, format="parquet", filesystem=fs)
             fragments = list(dataset.get_fragments())
             parts, self._files, self._partitions, stored = [], [], [], []
             for f_idx, frag in enumerate(fragments):
@@ -291,6 +300,13 @@ class ParquetDataset(Dataset):
             for h in self._handles.values():
                 h.close()
         self._handles.clear()
+
+
+def _is_dir(fs, path: str) -> bool:
+    """Whether ``path`` is a directory of a pyarrow or an fsspec filesystem."""
+    if hasattr(fs, "get_file_info"):
+        return fs.get_file_info(path).type.name == "Directory"
+    return fs.isdir(path)
 
 
 def _first_line(e: Exception) -> str:

@@ -14,7 +14,13 @@ from ..features.encoding import Encoding, EncodingOptions
 from ..features.learn import learn_encoding, needs_encoding
 from .columns import LABEL_KEYS, find_key
 
-__all__ = ["plan_table"]
+__all__ = ["plan_table", "many_name"]
+
+
+def many_name(paths: list[str]) -> str:
+    """How messages name a dataset of several files: the first, and how many more."""
+    more = len(paths) - 1
+    return paths[0] if not more else f"{paths[0]} (+{more} more file{'s' if more > 1 else ''})"
 
 
 def _candidates(names: list[str], features, label: str | None, hidden: set, path: str) -> list[str]:

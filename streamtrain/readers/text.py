@@ -22,6 +22,7 @@ from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES
 from .parquet import ParquetDataset
 from .remote import is_url
+from .tabular import many_name
 
 __all__ = ["CSVDataset", "JSONLinesDataset", "table_copy"]
 
@@ -142,24 +143,31 @@ class CSVDataset(ParquetDataset):
     def __init__(self, path: str, features=None, label: str | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
                  dtype=np.float32, storage_options: dict | None = None, allow_missing_chunks: bool = False,
                  encoding: dict | None = None, encode: dict | None = None):
-        path = str(path)
-        if is_url(path):
-            raise DataError(f"{path}: {self.format} is read from local files (download it first)")
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: no such file")
-        self._source_file = path
-        copy = table_copy(path, self._kind)
-        super().__init__(str(copy), features, label, cache_bytes, dtype, encoding=encoding, encode=encode)
-        self.path = path
+        paths = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
+        for p in paths:
+            if is_url(p):
+                raise DataError(f"{p}: {self.format} is read from local files (download it first)")
+            if not os.path.isfile(p):
+                raise DataError(f"{p}: no such file")
+        self._sources = paths
+        copies = [str(table_copy(p, self._kind)) for p in paths]
+        self._source_of = dict(zip(copies, paths))
+        super().__init__(copies if len(copies) > 1 else copies[0], features, label, cache_bytes, dtype,
+                         encoding=encoding, encode=encode)
+        self.path = many_name(paths)
 
     def _where(self, i: int) -> str:
-        return f"{self.path}, rows {int(self.bounds[i]):,} to {int(self.bounds[i + 1]) - 1:,}"
+        f_idx = self._parts[i][0]
+        first = next(c for c, part in enumerate(self._parts) if part[0] == f_idx)  # the file's first chunk
+        a, b = int(self.bounds[i] - self.bounds[first]), int(self.bounds[i + 1] - self.bounds[first])
+        return f"{self._source_of.get(self._files[f_idx], self._files[f_idx])}, rows {a:,} to {b - 1:,}"
 
     def _stamped_files(self):
-        return [self._source_file]
+        return list(self._sources)
 
     def extra_info(self):
-        return {"decoded_copy": self._files[0]}
+        return {"files": len(self._sources), "decoded_copy": self._files[0] if len(self._files) == 1
+                else os.path.dirname(self._files[0])}
 
 
 class JSONLinesDataset(CSVDataset):
