@@ -154,6 +154,9 @@ class TrainConfig:
     replacement: bool = _f(False, "Draw each batch i.i.d. (with replacement) instead of shuffling.")
     seed: int = _f(0, "Seed of the shuffle, the initial weights and the hold-out split.")
     scale: str = _f("standard", "Feature scaling (standard: mean and variance from one pass).")
+    scale_target: bool = _f(True, "Standardise a regression target inside the model (its mean and variance from "
+                                  "the statistics pass, kept in the checkpoint); predictions and metrics stay in "
+                                  "the target's units.")
     dtype: str = _f("float32", "Floating-point type of the model and the features.")
     compiled: bool = _f(True, "Run training steps in compiled code (numba); --no-compiled: the numpy path, "
                         "same math.")

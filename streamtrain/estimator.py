@@ -365,7 +365,7 @@ class StreamRegressor(RegressorMixin, _StreamEstimator):
     --------
     >>> import numpy as np
     >>> X = np.random.default_rng(0).standard_normal((300, 3))
-    >>> reg = StreamRegressor(hidden=8, epochs=20).fit(X, X @ [1.0, -2.0, 0.5])
+    >>> reg = StreamRegressor(hidden=8, epochs=20, lr=0.05).fit(X, X @ [1.0, -2.0, 0.5])
     >>> reg.predict(X[:4]).shape, reg.score(X, X @ [1.0, -2.0, 0.5]) > 0.9
     ((4,), True)
     """

@@ -49,6 +49,9 @@ class Model:
 
     #: The learned column encoding of training's data (``features.encoding.Encoding``), or None.
     encoding = None
+    #: A regression target's ``(mean, std)``, each of shape (n_out,), by which the network's
+    #: targets are standardised (None: used as they are).
+    target = None
 
     @property
     def class_weight_vector(self) -> np.ndarray | None:
@@ -81,6 +84,11 @@ class Model:
                     "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, weight,
                     _class_weights(config.class_weight, labels, stats, where))
         model.encoding = encoding
+        if labels.task == "regression" and getattr(config, "scale_target", False) and stats.label_mean is not None \
+                and stats.label_mean.shape == (labels.n_out,):
+            std = stats.label_std.copy()
+            std[~(std > 0)] = 1.0  # a constant target: centred only
+            model.target = (stats.label_mean.astype(np.float64), std.astype(np.float64))
         return model
 
     @property
@@ -103,7 +111,19 @@ class Model:
     def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
         """Labels as the network wants them: class indices, or values of the network's dtype."""
         t = self.labels.targets(y, where)
-        return t.astype(self.net.dtype, copy=False) if self.task == "regression" else t
+        if self.task != "regression":
+            return t
+        if self.target is not None:  # (rows,) for one target, else (rows, n_out): broadcast either way
+            mean, std = self.target
+            t = (t - mean[0]) / std[0] if t.ndim == 1 else (t - mean) / std
+        return t.astype(self.net.dtype, copy=False)
+
+    def in_target_units(self, out: np.ndarray) -> np.ndarray:
+        """Network outputs ``(rows, n_out)`` of a regression in the target's own units."""
+        if self.task != "regression" or self.target is None:
+            return out
+        mean, std = self.target
+        return (out * std + mean).astype(out.dtype, copy=False)
 
     def prepare(self, X: np.ndarray, y: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
         """A block's scaled features and targets (packed with the weight column's values, where the
@@ -233,7 +253,7 @@ class Model:
         ``progress(rows)`` hears of each chunk."""
         ds = self.open_like_training(source, need_label=False)
         for X, y in ds.iter_chunks():
-            yield ds, self.net.predict_output(self.scaler.transform(self.split_weight(X)[0])), y
+            yield ds, self.in_target_units(self.net.predict_output(self.scaler.transform(self.split_weight(X)[0]))), y
             if progress is not None:
                 progress(len(X))
 
@@ -264,6 +284,8 @@ class Model:
         for X, y in ds.iter_chunks(part):
             t = self.targets(y, ds.path)
             loss, output = self.net.loss_and_output(self.scaler.transform(self.split_weight(X)[0]), t)
+            if self.task == "regression" and self.target is not None:  # metrics in the target's units
+                t, output = self.labels.targets(y, ds.path), self.in_target_units(output)
             acc.update(loss, t, output)
             if progress is not None:
                 progress(len(X))
@@ -329,6 +351,8 @@ class Model:
         """Parameters and scaling statistics, by checkpoint name."""
         arrays = {f"param.{k}": v for k, v in self.net.params.items()}
         arrays.update({f"scaler.{k}": v for k, v in self.scaler.state().items() if k != "kind"})
+        if self.target is not None:
+            arrays["target.mean"], arrays["target.std"] = self.target
         return arrays
 
     def meta(self) -> dict[str, Any]:
@@ -351,6 +375,8 @@ class Model:
                     meta.get("class_weights"))
         if meta.get("encoding") is not None:
             model.encoding = Encoding.from_state(meta["encoding"])
+        if "target.mean" in arrays:
+            model.target = (np.array(arrays["target.mean"], np.float64), np.array(arrays["target.std"], np.float64))
         return model
 
 

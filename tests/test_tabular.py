@@ -517,3 +517,31 @@ def test_many_files_refuse_what_does_not_fit(tmp_path):
         open_dataset([tmp_path / "a.h5", tmp_path / "c.parquet"])
     with pytest.raises(DataError, match="no files match"):
         open_dataset(str(tmp_path / "nothing" / "*.h5"))
+
+
+# -- regression targets ----------------------------------------------------------------------------
+
+def test_a_regression_target_is_standardised_inside_the_model(tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"carat": rng.gamma(2, 0.4, 3000), "cut": rng.choice(["Fair", "Good", "Ideal"], 3000)})
+    df["price"] = 4000 * df["carat"] + 900 * (df["cut"] == "Ideal") + rng.normal(0, 200, 3000)
+    df.to_parquet(tmp_path / "d.parquet", row_group_size=1000)
+    _cli("train", tmp_path / "d.parquet", "--label", "price", "--checkpoint-dir", tmp_path / "r", "--epochs", "10")
+    _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    np.testing.assert_allclose(arrays["target.mean"], [df["price"].mean()], rtol=1e-9)
+    np.testing.assert_allclose(arrays["target.std"], [df["price"].std(ddof=0)], rtol=1e-9)
+    ev = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "d.parquet", "--json").stdout)
+    assert ev["r2"] > 0.95 and ev["mse"] ** 0.5 < 0.3 * df["price"].std()  # in the target's units
+    _cli("predict", tmp_path / "r", tmp_path / "d.parquet", "--out", tmp_path / "p.parquet")
+    pred = pd.read_parquet(tmp_path / "p.parquet")["prediction"].to_numpy()
+    assert abs(pred.mean() - df["price"].mean()) < 0.05 * df["price"].mean()
+    # the checkpoint's scaling is untrusted input like the rest
+    meta_ok = dict(meta)
+    bad = dict(arrays, **{"target.std": -arrays["target.std"]})
+    with pytest.raises(ValueError, match="target.std"):
+        TRAINER.check(bad, meta_ok)
+    # and the textbook form is one setting away
+    _cli("train", tmp_path / "d.parquet", "--label", "price", "--checkpoint-dir", tmp_path / "raw", "--epochs", "1",
+         "--no-scale-target")
+    _, raw, _ = latest_checkpoint(tmp_path / "raw", schema=TRAINER)
+    assert "target.mean" not in raw

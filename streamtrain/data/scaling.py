@@ -30,6 +30,14 @@ class DataStats:
     label_width: int = 1
     onehot: bool = True
     labelled: int = 0  # rows whose labels were read
+    # the labels' mean and sum of squared deviations per column, as numbers (a regression target's scaling)
+    label_mean: np.ndarray | None = None
+    label_m2: np.ndarray | None = None
+
+    @property
+    def label_std(self) -> np.ndarray | None:
+        """Each label column's standard deviation (None before any numeric label was read)."""
+        return None if self.label_m2 is None else np.sqrt(self.label_m2 / max(self.labelled, 1))
 
     @property
     def var(self) -> np.ndarray:
@@ -59,10 +67,24 @@ class DataStats:
         self.m2 = self.m2 + m2_b + delta**2 * (self.n * n_b / n)
         self.n = n
 
+    def _merge_labels(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        n_a = self.labelled
+        if self.label_mean is None or n_a == 0 or self.label_mean.shape != mean_b.shape:
+            self.label_mean, self.label_m2 = mean_b, m2_b
+            return
+        n = n_a + n_b
+        delta = mean_b - self.label_mean
+        self.label_mean = self.label_mean + delta * (n_b / n)
+        self.label_m2 = self.label_m2 + m2_b + delta**2 * (n_a * n_b / n)
+
     def update_labels(self, y: np.ndarray) -> None:
         """Merge one block of labels."""
         if len(y) == 0:
             return
+        if y.dtype.kind in "biuf":
+            yd = y.astype(np.float64).reshape(len(y), -1)
+            mean_b = yd.mean(axis=0)
+            self._merge_labels(len(y), mean_b, ((yd - mean_b) ** 2).sum(axis=0))
         self.labelled += len(y)
         self.label_ndim = y.ndim
         self.label_width = y.shape[1] if y.ndim == 2 else 1
@@ -82,6 +104,8 @@ class DataStats:
         if other.n:
             self._merge(other.n, other.mean, other.m2)
         if other.labelled:
+            if other.label_mean is not None:
+                self._merge_labels(other.labelled, other.label_mean, other.label_m2)
             self.labelled += other.labelled
             self.label_ndim, self.label_width = other.label_ndim, other.label_width
             self.onehot = self.onehot and other.onehot
@@ -97,14 +121,18 @@ class DataStats:
                 "m2": None if self.m2 is None else self.m2.tolist(), "classes": sorted(self.classes, key=repr),
                 "counts": [[k, v] for k, v in self.counts.items()], "label_integral": self.label_integral,
                 "label_ndim": self.label_ndim, "label_width": self.label_width, "onehot": self.onehot,
-                "labelled": self.labelled}
+                "labelled": self.labelled,
+                "label_mean": None if self.label_mean is None else self.label_mean.tolist(),
+                "label_m2": None if self.label_m2 is None else self.label_m2.tolist()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "DataStats":
         s = cls(n=d["n"], mean=None if d["mean"] is None else np.asarray(d["mean"], np.float64),
                 m2=None if d["m2"] is None else np.asarray(d["m2"], np.float64), classes=set(d["classes"]),
                 counts={k: v for k, v in d["counts"]}, label_integral=d["label_integral"],
-                label_ndim=d["label_ndim"], label_width=d["label_width"], onehot=d["onehot"], labelled=d["labelled"])
+                label_ndim=d["label_ndim"], label_width=d["label_width"], onehot=d["onehot"], labelled=d["labelled"],
+                label_mean=None if d.get("label_mean") is None else np.asarray(d["label_mean"], np.float64),
+                label_m2=None if d.get("label_m2") is None else np.asarray(d["label_m2"], np.float64))
         return s
 
     def merged_across(self, comm) -> "DataStats":

@@ -145,7 +145,8 @@ class TrainerSchema(Schema):
         shapes = {"W1": (n_in, hidden), "b1": (hidden,), "W2": (hidden, n_out), "b2": (n_out,)}
         required = {f"param.{k}": (dt, s) for k, s in shapes.items()}
         groups = [{f"best.{k}": (dt, s) for k, s in shapes.items()},
-                  {"scaler.mean": (dt, (n_in,)), "scaler.scale": (dt, (n_in,))}]
+                  {"scaler.mean": (dt, (n_in,)), "scaler.scale": (dt, (n_in,))},
+                  {"target.mean": (np.dtype(np.float64), (n_out,)), "target.std": (np.dtype(np.float64), (n_out,))}]
         state = OPTIMIZERS[meta["config"]["optimizer"]].state(shapes, dt)  # what the optimiser declares
         if state:
             groups.append({f"optim.{k}": v for k, v in state.items()})
@@ -164,6 +165,8 @@ class TrainerSchema(Schema):
             section.check(arrays, meta)
         if "scaler.scale" in arrays and not (arrays["scaler.scale"] > 0).all():
             raise ValueError("array scaler.scale holds values that are not positive")
+        if "target.std" in arrays and (meta["model"]["task"] != "regression" or not (arrays["target.std"] > 0).all()):
+            raise ValueError("array target.std is a regression's positive standard deviations")
         state = {k[len("optim."):]: a for k, a in arrays.items() if k.startswith("optim.")}
         why = OPTIMIZERS[meta["config"]["optimizer"]].check(state) if state else None
         if why:

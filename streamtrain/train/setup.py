@@ -143,7 +143,7 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
     if data.label_name is None:
         raise DataError(f"{data.path}: no label found; name it with --label")
     features = cfg.scale == "standard"
-    first_only = not features and cfg.task == "regression"
+    first_only = not features and cfg.task == "regression" and not cfg.scale_target
     what = (f"statistics pass over {data.path} (feature means and variances for --scale standard; the label's "
             "classes)" if features else f"reading the labels of {data.path} ("
             + ("their width" if first_only else "the classes") + f"; --scale {cfg.scale} needs no feature statistics)")
