@@ -4,7 +4,7 @@
 Writes benchmarks/report.md (Markdown) and benchmarks/results.json (raw figures).
 Creates its data with make-data under benchmarks/scratch/ and removes it at the end.
 
-    .venv/bin/python scripts/bench.py [--rows 1000000] [--features 64] [--only cli,readers,...] [--readme]
+    .venv/bin/python scripts/bench.py [--rows 1000000] [--features 64] [--only cli,readers,...] [--readme] [--smoke]
 
 Sections:
   cli       the headline rows: the streamtrain command as the README shows it (a checkpoint directory,
@@ -60,6 +60,14 @@ FORMATS = {
     "zarr-zstd": (".zarr", "zstd"),
     "parquet-snappy": (".parquet", "snappy"),
 }
+
+
+SMOKE = False  # --smoke: every section runs and reports, each measurement once (see main's --help)
+
+
+def repeats(n: int) -> int:
+    """How many times to repeat a measurement whose best is kept: ``n``, or once in a --smoke run."""
+    return 1 if SMOKE else n
 
 
 def best_of(fn, repeat: int = 3) -> float:
@@ -134,7 +142,7 @@ def bench_readers(files, rows, chunk_rows) -> list[dict]:
         assert raw_scan(name, path, chunk_rows) == rows and stream_scan(ds) == rows
         # Interleaved, best of 5 each, so page-cache and CPU-frequency drift hit both alike.
         raw, ours = float("inf"), float("inf")
-        for _ in range(5):
+        for _ in range(repeats(5)):
             raw = min(raw, best_of(lambda: raw_scan(name, path, chunk_rows), 1))
             ours = min(ours, best_of(lambda: stream_scan(ds), 1))
         results.append({"format": name, "bare_rows_per_s": rows / raw, "streamtrain_rows_per_s": rows / ours,
@@ -175,7 +183,7 @@ def loader_pass(path: Path, shuffle: str, batch: int, window_mb: float = 256.0, 
 def bench_loader(files, rows, chunk_rows) -> list[dict]:
     results = []
     for name, path in files.items():
-        scan = rows / min(best_of(lambda: stream_scan(path), 1) for _ in range(3))
+        scan = rows / min(best_of(lambda: stream_scan(path), 1) for _ in range(repeats(3)))
         # Global shuffle of compressed chunks decodes a chunk for a row or two: measured on its
         # first 100 batches only, to show the cost without spending minutes on it.
         # At the trainer's default budget (--window-mb 256); uncompressed HDF5 is gathered in place
@@ -186,7 +194,7 @@ def bench_loader(files, rows, chunk_rows) -> list[dict]:
         if name == "hdf5":
             modes.append(("global", None, None, 64))
         for shuffle, target, cap, budget in modes:
-            rate, amp = max(loader_pass(path, shuffle, 256, budget, max_batches=cap) for _ in range(2))
+            rate, amp = max(loader_pass(path, shuffle, 256, budget, max_batches=cap) for _ in range(repeats(2)))
             r = {"format": name, "shuffle": shuffle, "batch_size": 256, "rows_per_s": rate, "scan_rows_per_s": scan,
                  "ratio": rate / scan, "read_amplification": amp, "target": target, "budget_mb": budget,
                  "met": None if target is None else rate / scan >= target}
@@ -201,16 +209,16 @@ def bench_holdout(files, rows, chunk_rows) -> list[dict]:
     global shuffle, the loader alone and training, with and without a 2% hold-out."""
     results = []
     path = files["hdf5"]
-    for _ in range(2):  # page cache warm, compiled step loaded
+    for _ in range(repeats(2)):  # page cache warm, compiled step loaded
         train_rate(path, 256, shuffle="global", epochs=1)
-    plain = max(loader_pass(path, "global", 256)[0] for _ in range(2))
-    split = max(loader_pass(path, "global", 256, holdout=0.02)[0] for _ in range(2))
+    plain = max(loader_pass(path, "global", 256)[0] for _ in range(repeats(2)))
+    split = max(loader_pass(path, "global", 256, holdout=0.02)[0] for _ in range(repeats(2)))
     results.append({"what": "loader, global shuffle, uncompressed HDF5", "rows_per_s": plain,
                     "holdout_rows_per_s": split, "ratio": split / plain})
     print(f"holdout  loader  global: {plain:12,.0f} rows/s, train part of a 2% hold-out {split:12,.0f} rows/s "
           f"({split / plain:.2f})", flush=True)
-    plain = max(train_rate(path, 256, shuffle="global") for _ in range(2))
-    split = max(train_rate(path, 256, shuffle="global", val_fraction=0.02) for _ in range(2))
+    plain = max(train_rate(path, 256, shuffle="global") for _ in range(repeats(2)))
+    split = max(train_rate(path, 256, shuffle="global", val_fraction=0.02) for _ in range(repeats(2)))
     results.append({"what": "training, global shuffle, uncompressed HDF5", "samples_per_s": plain,
                     "holdout_samples_per_s": split, "ratio": split / plain})
     print(f"holdout  training global: {plain:12,.0f} samples/s, with --val-fraction 0.02 {split:12,.0f} samples/s "
@@ -299,10 +307,10 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
     train_rate((X[:1000], y[:1000]), 1)  # compile the online loop once (numba caches it on disk after)
     results = []
     for batch in (1, 32, 256, 1024):
-        n = min(len(X), 20_000 if batch == 1 else 400_000 if batch == 32 else len(X))
+        n = min(len(X), (2_000 if SMOKE else 20_000) if batch == 1 else 400_000 if batch == 32 else len(X))
         # Interleaved, best of 3 each: this machine's speed drifts by 20% from run to run.
         ceiling = ours_mem = ours_numpy = 0.0
-        for _ in range(3):
+        for _ in range(repeats(3)):
             ceiling = max(ceiling, n / best_of(lambda: numpy_loop(X[:n], y[:n], batch), 1))
             ours_mem = max(ours_mem, train_rate((X[:n], y[:n]), batch, shuffle="none", scale="none", epochs=1))
             if batch > 1:  # streamtrain's numpy path (--no-compiled), the same math step by step
@@ -320,17 +328,17 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
         if batch >= 256:
             # For reference, not a target: the same data in memory with the same window shuffle and
             # scaling as the runs from files (the numpy ceiling neither shuffles nor scales).
-            shuffled = max(train_rate((X[:n], y[:n]), batch) for _ in range(2))
+            shuffled = max(train_rate((X[:n], y[:n]), batch) for _ in range(repeats(2)))
             results.append({"what": "in-memory window shuffle", "batch_size": batch, "samples_per_s": shuffled})
             print(f"training in-memory batch {batch:5d} window shuffle + scaling: {shuffled:10,.0f}/s", flush=True)
         for name, path in files.items():
-            if batch == 1024 and name != "hdf5":
+            if batch == 1024 and name != "hdf5" or SMOKE and name not in SMOKE_FORMATS:
                 continue
-            io = rows / min(best_of(lambda: stream_scan(path), 1) for _ in range(2))
+            io = rows / min(best_of(lambda: stream_scan(path), 1) for _ in range(repeats(2)))
             in_place = name == "hdf5"  # uncompressed: gathered from the page cache, nothing to decode
             decoders = ("auto", "thread") if batch == 256 and not in_place else ("auto",)
             for decoder in decoders:
-                rate = max(train_rate(path, batch, decoder=decoder) for _ in range(2 if batch >= 256 else 1))
+                rate = max(train_rate(path, batch, decoder=decoder) for _ in range(repeats(2) if batch >= 256 else 1))
                 eff, strict = rate / min(ceiling, io), rate / min(fastest, io)
                 results.append({"what": "end-to-end window shuffle", "format": name, "batch_size": batch,
                                 "decoder": "in place" if in_place else "process" if decoder == "auto" else decoder,
@@ -355,7 +363,7 @@ def bench_training(files, rows, chunk_rows) -> list[dict]:
 
     clf = MLPClassifier(hidden_layer_sizes=(64,), activation="logistic", solver="sgd", batch_size=256,
                         learning_rate_init=0.1)
-    order = np.random.default_rng(0).permutation(rows // chunk_rows)[:12]
+    order = np.random.default_rng(0).permutation(rows // chunk_rows)[:2 if SMOKE else 12]
     t = time.perf_counter()
     with h5py.File(files["hdf5"], "r") as f:
         for c in order:
@@ -378,22 +386,22 @@ FLOPS_PER_SAMPLE = 6 * (64 * 64 + 64 * 1)
 @functools.cache  # once per run: the run's start measures them, the cache section reuses them
 def machine_limits() -> dict:
     """Float32 matrix-product peak on one core and on all (a large sgemm), and memory bandwidth
-    (a large array copy: bytes read + written per second)."""
+    (a large array copy: bytes read + written per second); smaller ones in a --smoke run."""
     from threadpoolctl import threadpool_limits
 
-    n = 2048
+    n, mb = (512, 32) if SMOKE else (2048, 256)
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     b = a.copy()
     peaks = {}
     for cores in (1, os.cpu_count() or 1):
         with threadpool_limits(cores, user_api="blas"):
             a @ b
-            peaks[cores] = 2 * n**3 / best_of(lambda: a @ b, 5)
-    big = np.ones(256 << 20 >> 2, np.float32)  # 256 MB
+            peaks[cores] = 2 * n**3 / best_of(lambda: a @ b, repeats(5))
+    big = np.ones(mb << 20 >> 2, np.float32)
     out = np.empty_like(big)
     np.copyto(out, big)
-    bandwidth = 2 * big.nbytes / best_of(lambda: np.copyto(out, big), 5)
-    return {"sgemm_flops_by_cores": peaks, "copy_bytes_per_s": bandwidth}
+    bandwidth = 2 * big.nbytes / best_of(lambda: np.copyto(out, big), repeats(5))
+    return {"sgemm_flops_by_cores": peaks, "copy_bytes_per_s": bandwidth, "sgemm_n": n, "copy_mb": mb}
 
 
 def bench_cache(files, rows, chunk_rows) -> list[dict]:
@@ -424,7 +432,7 @@ def bench_cache(files, rows, chunk_rows) -> list[dict]:
         cases = {"in memory": functools.partial(run, (X, y)), "hdf5": functools.partial(run, files["hdf5"]),
                  **{name: functools.partial(run, files[name], cache_dir=cache) for name in compressed}}
         rates = {name: 0.0 for name in cases}
-        for _ in range(3):
+        for _ in range(repeats(3)):
             for name, case in cases.items():
                 rates[name] = max(rates[name], case())
     del X, y, cases
@@ -458,6 +466,13 @@ def bench_cache(files, rows, chunk_rows) -> list[dict]:
 CLI_EPOCHS = 2  # epochs 2+ of a 2-epoch run: the second (epoch 1 pays numba's load, the decoder's start)
 CLI_BATCHES = (1, 32, 256)
 CLI_ROUNDS = 2  # --cli-rounds
+# A --smoke run's cases (what, format, batch size): a format per kind of path (gzip HDF5 decoded by
+# a process, and read from its decoded copy; uncompressed HDF5 read in place), the compiled
+# minibatch step and the per-sample loop, each command once; and the start-up of each command on
+# the format it runs on here. The training section's formats are the same.
+SMOKE_FORMATS = ("hdf5", "hdf5-gzip")
+CLI_SMOKE = {("train", "hdf5-gzip", 256), ("train", "hdf5-gzip", 1), ("train from the decoded copy", "hdf5-gzip", 256),
+             ("evaluate", "hdf5", None), ("predict", "hdf5-gzip", None)}
 NOISE = 0.10  # CLI and library figures further apart than this are flagged in the report
 
 
@@ -632,44 +647,31 @@ def bench_cli(files, rows, chunk_rows) -> list[dict]:
     """The headline rows: the ``streamtrain`` command as the README shows it (a fresh checkpoint
     directory per run, the default progress reporting on a pseudo-terminal) beside the library
     case it corresponds to, measured in turn over ``CLI_ROUNDS`` rounds (the order swapped every
-    round), best of each kept; the command's start-up measured on a 1,000-row file of each format."""
+    round), best of each kept; the command's start-up measured on a 1,000-row file of each format.
+    A --smoke run: the cases of CLI_SMOKE, no warm-up runs, the model made by the library."""
     from streamtrain.synthetic import make_data
 
+    files = {name: path for name, path in files.items() if not SMOKE or name in SMOKE_FORMATS}
     tiny = {}
-    for name, (suffix, compression) in FORMATS.items():
+    for name in files:
+        suffix, compression = FORMATS[name]
         tiny[name] = SCRATCH / f"cli-tiny-{name}{suffix}"
         make_data(tiny[name], 1000, 64, chunk_rows=1000, compression=compression or "none", seed=3, overwrite=True)
     model = SCRATCH / "cli-model"
     shutil.rmtree(model, ignore_errors=True)
     started = time.perf_counter()
     # Untimed: the model evaluate and predict use; numba's cache loaded (or written) for both steps.
-    run_command([*streamtrain_command(), "train", str(files["hdf5"]), "--batch-size", "256", "--hidden", "64",
-                 "--epochs", "1", "--checkpoint-dir", str(model)])
-    for batch in (1, 256):
-        cli_train(tiny["hdf5"], batch, 1)
-        library_train(tiny["hdf5"], batch, 1)
-    cases = []  # (row, the command, the library)
-    for name in files:  # start-up: each command on 1,000 rows of each format
-        cases.append(({"what": "start-up", "command": "train", "format": name, "rows": 1000},
-                      functools.partial(cli_train, tiny[name], 256, 1),
-                      functools.partial(library_train, tiny[name], 256, 1)))
-        for command in ("evaluate", "predict"):
-            cases.append(({"what": "start-up", "command": command, "format": name, "rows": 1000},
-                          functools.partial(cli_use, command, model, tiny[name], 1000),
-                          functools.partial(library_use, command, model, tiny[name], 1000)))
-    for batch in sorted(CLI_BATCHES, reverse=True):
-        for name, path in files.items():
-            cases.append(({"what": "train", "format": name, "batch_size": batch, "epochs": CLI_EPOCHS},
-                          functools.partial(cli_train, path, batch), functools.partial(library_train, path, batch)))
-    for name, path in files.items():
-        if FORMATS[name][1] is not None:  # compressed: decoded once into the copy, read in place after
-            cases.append(({"what": "train from the decoded copy", "format": name, "batch_size": 256,
-                           "epochs": CLI_EPOCHS}, functools.partial(cli_train, path, 256, cached=True),
-                          functools.partial(library_train, path, 256, cached=True)))
-    for command in ("evaluate", "predict"):
-        for name, path in files.items():
-            cases.append(({"what": command, "format": name}, functools.partial(cli_use, command, model, path, rows),
-                          functools.partial(library_use, command, model, path, rows)))
+    if SMOKE:
+        import streamtrain as st
+
+        st.Trainer(hidden=64, epochs=1, batch_size=256).fit(str(files["hdf5"]), checkpoint_dir=str(model), log=None)
+    else:
+        run_command([*streamtrain_command(), "train", str(files["hdf5"]), "--batch-size", "256", "--hidden", "64",
+                     "--epochs", "1", "--checkpoint-dir", str(model)])
+        for batch in (1, 256):
+            cli_train(tiny["hdf5"], batch, 1)
+            library_train(tiny["hdf5"], batch, 1)
+    cases = cli_cases(files, tiny, model, rows)
     measured = [([], []) for _ in cases]
     for k in range(CLI_ROUNDS):
         for (row, cli, lib), (cli_runs, lib_runs) in zip(cases, measured):
@@ -677,7 +679,8 @@ def bench_cli(files, rows, chunk_rows) -> list[dict]:
                 runs.append(fn())
         print(f"cli      round {k + 1} of {CLI_ROUNDS} done after {time.perf_counter() - started:.0f} s", flush=True)
     settings = {"what": "settings", "rounds": CLI_ROUNDS, "epochs": CLI_EPOCHS, "noise": NOISE,
-                "stderr": run_command([*streamtrain_command(), "--version"])["stderr"],
+                "cases": "smoke" if SMOKE else "all",
+                "stderr": measured[0][0][0]["stderr"],  # the first command's: on a pseudo-terminal or a pipe
                 "command": "streamtrain train FILE --batch-size B --hidden 64 --epochs E --checkpoint-dir DIR",
                 "rows": rows, "features": files_features(files), "machine": machine(),
                 "executable": streamtrain_command()[0]}
@@ -720,6 +723,43 @@ def bench_cli(files, rows, chunk_rows) -> list[dict]:
     return results
 
 
+def cli_cases(files, tiny, model, rows) -> list[tuple]:
+    """The cli section's cases, (row, the command, the library): every format's (``files``; their
+    1,000-row copies ``tiny`` for the start-up), or in a --smoke run those of CLI_SMOKE and the
+    start-up of each command on the formats it runs on; evaluate and predict use ``model``."""
+    cases = []
+    for name in files:  # start-up: each command on 1,000 rows of each format
+        cases.append(({"what": "start-up", "command": "train", "format": name, "rows": 1000},
+                      functools.partial(cli_train, tiny[name], 256, 1),
+                      functools.partial(library_train, tiny[name], 256, 1)))
+        for command in ("evaluate", "predict"):
+            cases.append(({"what": "start-up", "command": command, "format": name, "rows": 1000},
+                          functools.partial(cli_use, command, model, tiny[name], 1000),
+                          functools.partial(library_use, command, model, tiny[name], 1000)))
+    for batch in sorted(CLI_BATCHES, reverse=True):
+        for name, path in files.items():
+            cases.append(({"what": "train", "format": name, "batch_size": batch, "epochs": CLI_EPOCHS},
+                          functools.partial(cli_train, path, batch), functools.partial(library_train, path, batch)))
+    for name, path in files.items():
+        if FORMATS[name][1] is not None:  # compressed: decoded once into the copy, read in place after
+            cases.append(({"what": "train from the decoded copy", "format": name, "batch_size": 256,
+                           "epochs": CLI_EPOCHS}, functools.partial(cli_train, path, 256, cached=True),
+                          functools.partial(library_train, path, 256, cached=True)))
+    for command in ("evaluate", "predict"):
+        for name, path in files.items():
+            cases.append(({"what": command, "format": name}, functools.partial(cli_use, command, model, path, rows),
+                          functools.partial(library_use, command, model, path, rows)))
+    if SMOKE:
+        smoke = {*CLI_SMOKE, *(("start-up", f, what.split()[0]) for what, f, _ in CLI_SMOKE)}
+        cases = [c for c in cases if cli_case_key(c[0]) in smoke]
+    return cases
+
+
+def cli_case_key(row: dict) -> tuple:
+    """A cli row as CLI_SMOKE names it: (what, format, batch size); a start-up row's (what, format, command)."""
+    return row["what"], row["format"], row.get("batch_size", row.get("command"))
+
+
 _LIBRARY_CODE = """
 import json, sys, tempfile
 import streamtrain as st
@@ -755,7 +795,7 @@ def _diagnose(results: list[dict], files, started: float) -> None:
     flagged.sort(key=lambda r: -abs(math.log(r["ratio"])))
     for r in flagged:
         r["diagnosis"] = None  # not run again: the time is spent on the furthest apart
-    for r in flagged[:DIAGNOSED]:
+    for r in flagged[:1 if SMOKE else DIAGNOSED]:
         if time.perf_counter() - started > DIAGNOSIS_UNTIL_S:
             print(f"cli      {len(flagged)} cases beyond the noise; the section's time is spent: no more run again",
                   flush=True)
@@ -768,7 +808,7 @@ def _diagnose(results: list[dict], files, started: float) -> None:
                                                                 as_cli=True),
                     "library_fresh_process": functools.partial(library_fresh, path, batch, cached=cached)}
         rates = {k: 0.0 for k in variants}
-        for _ in range(2):
+        for _ in range(repeats(2)):
             for k, fn in variants.items():
                 rates[k] = max(rates[k], fn()["epochs_rate"])
         r["diagnosis"] = {**rates, "reason": _reason(rates)}
@@ -855,19 +895,22 @@ def bench_checkpoint(files, rows, chunk_rows) -> list[dict]:
                         trainer.stop_requested = "bench"
 
             st.Trainer(st.TrainConfig(**cfg)).fit(path, checkpoint_dir=d, callbacks=[Stop()], log=None)
-            # The same resume in a fresh process pays the one-time loads (numba, the compiled step).
-            shutil.copytree(d, d + "-fresh")
-            fresh = subprocess.run([sys.executable, "-c", _RESUME_CODE, str(path), d + "-fresh"], capture_output=True,
-                                   text=True, check=True)
-            shutil.rmtree(d + "-fresh")
-            fresh_seconds = float(fresh.stdout.split()[-1])
+            # The same resume in a fresh process pays the one-time loads (numba, the compiled step);
+            # a --smoke run starts one such process, for the last fraction.
+            fresh_seconds = None
+            if not SMOKE or frac == 0.9:
+                shutil.copytree(d, d + "-fresh")
+                fresh = subprocess.run([sys.executable, "-c", _RESUME_CODE, str(path), d + "-fresh"],
+                                       capture_output=True, text=True, check=True)
+                shutil.rmtree(d + "-fresh")
+                fresh_seconds = float(fresh.stdout.split()[-1])
             first = FirstBatch()
             start = time.perf_counter()
             st.Trainer(st.TrainConfig(**cfg)).fit(path, checkpoint_dir=d, resume=True, callbacks=[first], log=None)
             results.append({"what": "resume start-up", "epoch_fraction_done": frac, "seconds_to_first_batch":
                             first.t - start, "fresh_process_seconds_to_first_batch": fresh_seconds})
-            print(f"checkpt  resume at {frac:.0%} of the epoch: first batch after {first.t - start:.3f} s "
-                  f"({fresh_seconds:.3f} s in a fresh process)", flush=True)
+            print(f"checkpt  resume at {frac:.0%} of the epoch: first batch after {first.t - start:.3f} s"
+                  + ("" if fresh_seconds is None else f" ({fresh_seconds:.3f} s in a fresh process)"), flush=True)
     return results
 
 
@@ -1145,20 +1188,21 @@ class CommPerEpoch(Hook):  # the allreduce's seconds in the last epoch (waits fo
     def on_epoch_end(self, trainer, record):
         record["comm_seconds"] = getattr(trainer.stepper, "comm_seconds", 0.0) - self.start
 
-t = st.Trainer(st.TrainConfig(hidden=64, epochs=2, batch_size=int(sys.argv[2]), lr=0.1, shuffle="window",
-                              task="binary"))
-h = t.fit(sys.argv[1], callbacks=[CommPerEpoch()], log=None)
-if t.comm.rank == 0:
-    print(json.dumps({**h[-1], "steps": len(t.sampler), "world": t.comm.size}))
+for batch in sys.argv[2:]:  # one run per global batch size (several only in a --smoke run)
+    t = st.Trainer(st.TrainConfig(hidden=64, epochs=2, batch_size=int(batch), lr=0.1, shuffle="window",
+                                  task="binary"))
+    h = t.fit(sys.argv[1], callbacks=[CommPerEpoch()], log=None)
+    if t.comm.rank == 0:
+        print(json.dumps({**h[-1], "steps": len(t.sampler), "world": t.comm.size}), flush=True)
 """
 
 _ALLREDUCE_CODE = """
-import json, time, numpy as np
+import json, sys, time, numpy as np
 from mpi4py import MPI
 comm, out = MPI.COMM_WORLD, {}
 for n in (1, 64, 1024, 4231, 16384, 131072, 1048576):  # 4231: the 64x64 network's gradients + 6
     b = np.ones(n)
-    reps = max(20, min(2000, int(2e8 / (n * 8 + 1e4))))
+    reps = max(20, min(2000, int(float(sys.argv[1]) / (n * 8 + 1e4))))  # about that many bytes each
     for _ in range(10):
         comm.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM)
     comm.Barrier()
@@ -1192,16 +1236,25 @@ def bench_mpi(files, rows, chunk_rows) -> list[dict]:
         print("mpi       mpiexec not installed (pip install 'streamtrain[mpi]'): skipped", flush=True)
         return [{"skipped": "mpiexec not installed"}]
     path = str(files["hdf5"])
-    times = {int(n): t for n, t in json.loads(_mpiexec(2, "-c", _ALLREDUCE_CODE)).items()}
+    times = {int(n): t for n, t in json.loads(_mpiexec(2, "-c", _ALLREDUCE_CODE, "2e7" if SMOKE else "2e8")).items()}
     latency = times[1]
     bandwidth = 2 * (2 - 1) / 2 * 1048576 * 8 / (times[1048576] - latency)
     results = [{"what": "allreduce", "seconds_by_values": times, "latency_s": latency, "bandwidth_bytes_s": bandwidth}]
     print(f"mpi      allreduce (2 processes): {latency * 1e6:.1f} us latency, {bandwidth / 1e9:.1f} GB/s; "
           f"4231 float64 (the 64x64 network's gradients) {times[4231] * 1e6:.1f} us", flush=True)
-    local = {}
-    for per_rank in (64, 256, 1024, 4096):
+    local, per_ranks = {}, (64, 256, 1024, 4096)
+    # Each case twice, each run a launch of its own; a --smoke run's once, one launch per world for them all.
+    once = {}
+    if SMOKE:
         for k in (1, 2):
-            runs = [json.loads(_mpiexec(k, "-c", _MPI_TRAIN_CODE, path, str(per_rank * k))) for _ in range(2)]
+            out = _mpiexec(k, "-c", _MPI_TRAIN_CODE, path, *(str(b * k) for b in per_ranks))
+            once[k] = [json.loads(line) for line in out.splitlines() if line.strip()]
+    for i, per_rank in enumerate(per_ranks):
+        for k in (1, 2):
+            if SMOKE:
+                runs = [once[k][i]]
+            else:
+                runs = [json.loads(_mpiexec(k, "-c", _MPI_TRAIN_CODE, path, str(per_rank * k))) for _ in range(2)]
             r = max(runs, key=lambda r: r["samples"] / r["seconds"])
             step = r["seconds"] / r["steps"]
             comm = r.get("comm_seconds", 0.0) / r["steps"]
@@ -1394,7 +1447,9 @@ def report_cli(results: dict, meta: dict) -> list[str]:
              + "Beside each, the same case through the library in the benchmark's process: `Trainer(hidden=64, "
              "epochs=E, batch_size=B).fit(FILE, log=None)`, no checkpoint directory (the other sections' way). "
              "Every case runs both ways in turn, the order swapped each round, "
-             f"{settings.get('rounds', '?')} rounds, the best kept.")
+             f"{settings.get('rounds', '?')} rounds, the best kept."
+             + (" A --smoke run: the cases of fewer formats and batch sizes, no warm-up runs; its figures measure "
+                "nothing." if settings.get("cases") == "smoke" else ""))
     how = (f"Training runs {settings.get('epochs', CLI_EPOCHS)} epochs (fewer than a user's, to keep the section "
            "short; every batch size trains on the whole file). \"Epochs 2+\" is the fastest epoch after the first "
            "(which pays one-time costs: numba's compiled code loaded, the decoding processes started), "
@@ -1549,11 +1604,15 @@ def report(results: dict, meta: dict) -> str:
              f"{meta['machine']['platform']}, Python {meta['machine']['python']}, "
              f"numpy {meta['machine']['numpy']}, h5py {meta['machine']['h5py']} (HDF5 {meta['machine']['hdf5']}), "
              f"zarr {meta['machine']['zarr']}, pyarrow {meta['machine']['pyarrow']}. Date: {meta['date']}.", ""]
+    if meta.get("smoke"):
+        lines += ["A --smoke run: each measurement once, the cli section on fewer cases. It shows that the benchmark "
+                  "runs and reports; its figures measure nothing.", ""]
     lim = _limits_row(results)
     if lim:
         peaks = ", ".join(f"{c} core(s) {f / 1e9:.0f}" for c, f in lim["sgemm_flops_by_cores"].items())
-        lines += [f"The machine's limits, as last measured: float32 sgemm (2048 x 2048) {peaks} "
-                  f"GFLOP/s; a 256 MB array copy {lim['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + written). A "
+        n, mb = lim.get("sgemm_n", 2048), lim.get("copy_mb", 256)
+        lines += [f"The machine's limits, as last measured: float32 sgemm ({n} x {n}) {peaks} "
+                  f"GFLOP/s; a {mb} MB array copy {lim['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + written). A "
                   f"sample's training step costs {FLOPS_PER_SAMPLE:,} FLOPs; training figures are also given "
                   "as a fraction of the sgemm peak on all cores, loader figures of the copy bandwidth.", ""]
     if "cli" in results:
@@ -1654,9 +1713,10 @@ def report(results: dict, meta: dict) -> str:
                   "copies hold the same rows in the same layout, yet one measured in a block of its own differed from",
                   "another by up to 20% with this shared machine's slow moments.",
                   "Limits measured in the same run: float32 sgemm "
-                  "(2048 x 2048) " + ", ".join(f"{c} core{'s' if c > 1 else ''} {f / 1e9:.0f} GFLOP/s" for c, f in
-                                               sorted(peaks.items())) +
-                  f"; a 256 MB array copy {lim['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + written). A sample's "
+                  f"({lim.get('sgemm_n', 2048)} x {lim.get('sgemm_n', 2048)}) "
+                  + ", ".join(f"{c} core{'s' if c > 1 else ''} {f / 1e9:.0f} GFLOP/s" for c, f in sorted(peaks.items()))
+                  + f"; a {lim.get('copy_mb', 256)} MB array copy {lim['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + "
+                  "written). A sample's "
                   f"step costs {lim['flops_per_sample']:,} FLOPs and reads {64 * 4} bytes of features.", "",
                   "| data | samples/s | of in memory | of uncompressed HDF5 | of sgemm peak | of bandwidth "
                   "| first run (decode + copy) s | target |", "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -1845,7 +1905,7 @@ def plot_results(results: dict) -> None:
 
 
 def main() -> None:
-    global OUT, SCRATCH, CLI_ROUNDS
+    global OUT, SCRATCH, CLI_ROUNDS, SMOKE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=64)
@@ -1857,15 +1917,28 @@ def main() -> None:
     parser.add_argument("--scaling-gb", default="",
                         help="the scaling section's file sizes in GB, comma-separated (default 0.25,1; with --large "
                              "0.25,1,4,16,32)")
-    parser.add_argument("--cli-rounds", type=int, default=CLI_ROUNDS,
-                        help=f"rounds of the cli section, every case both ways each round (default {CLI_ROUNDS})")
+    parser.add_argument("--cli-rounds", type=int,
+                        help=f"rounds of the cli section, every case both ways each round (default {CLI_ROUNDS}; "
+                             "1 with --smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a quick check that every section runs, measures and reports (the test suite's), not a "
+                             "measurement: each measurement once instead of the best of several, smaller machine "
+                             f"limits; the training section on {' and '.join(SMOKE_FORMATS)} only; the cli section "
+                             "on the cases of CLI_SMOKE (train from gzip HDF5 at batch 1 and 256 and from its decoded "
+                             "copy, evaluate uncompressed HDF5, predict gzip HDF5) with no warm-up runs and at most "
+                             "one case run again to diagnose it; the mpi section one launch per world size, the "
+                             "checkpoint section one fresh process. The scaling, torch and serve sections run as "
+                             "usual. Not with --readme")
     parser.add_argument("--readme", action="store_true",
                         help="also rewrite README.md's headline table from the cli section's rows (the full run)")
     parser.add_argument("--out", type=Path, default=OUT,
                         help="where report.md, results.json, the plots and scratch/ go (default: benchmarks/)")
     args = parser.parse_args()
+    if args.smoke and args.readme:
+        parser.error("--readme: a --smoke run's figures are no measurement")
     OUT, SCRATCH = args.out, args.out / "scratch"
-    CLI_ROUNDS = args.cli_rounds
+    SMOKE = args.smoke
+    CLI_ROUNDS = args.cli_rounds if args.cli_rounds is not None else 1 if SMOKE else CLI_ROUNDS
     from streamtrain._malloc import reuse_freed_memory
 
     reuse_freed_memory()  # as the streamtrain command does; the bare loops benefit alike
@@ -1880,7 +1953,7 @@ def main() -> None:
         if not args.keep_data:
             shutil.rmtree(SCRATCH, ignore_errors=True)
     meta = {"rows": args.rows, "features": args.features, "chunk_rows": args.chunk_rows,
-            "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+            "date": time.strftime("%Y-%m-%d"), "machine": machine(), "smoke": SMOKE}
     OUT.mkdir(parents=True, exist_ok=True)
     previous = OUT / "results.json"
     if previous.exists() and set(results) != set(SECTIONS):

@@ -55,12 +55,11 @@ def test_the_cli_reference_is_generated_from_the_commands(root):
 
 @pytest.mark.slow
 def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
-    # The figures of a 20,000-row run mean nothing; that the script runs, measures and reports does.
-    bench = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "20000", "--chunk-rows", "2000",
-             "--out", str(tmp_path)]
+    # The figures of a 10,000-row smoke run mean nothing; that the script runs, measures and reports does.
+    bench = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "10000", "--chunk-rows", "1000",
+             "--out", str(tmp_path), "--smoke"]
     sections = ["readers", "loader", "holdout", "training", "checkpoint", "cache", "mpi", "cli"]
-    res = subprocess.run([*bench, "--only", ",".join(sections), "--cli-rounds", "1"], capture_output=True, text=True,
-                         timeout=900)
+    res = subprocess.run([*bench, "--only", ",".join(sections)], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert set(results) == {*sections, "limits"}
@@ -73,6 +72,7 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
                     "## Data-parallel training on MPI", "## A decoded local copy", "## Checkpoints",
                     "## Training throughput", "## Headline: the `streamtrain` command"):
         assert heading in report
+    assert "A --smoke run" in report
     _check_cli_rows(results["cli"], report)
     # the README's table is written from the same rows, and only it
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -86,11 +86,36 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
     script.update_readme(results, meta, readme)
     before, after = (ROOT / "README.md").read_text(), readme.read_text()
     table = after[after.index(script.HEADLINE_BEGIN):after.index(script.HEADLINE_END)]
-    assert "pending" not in table and "\n| `train --batch-size 1`, epochs 2+ | " in table
+    # a figure in each cell of a case the smoke run ran, "-" in the others; columns: uncompressed HDF5,
+    # gzip HDF5, Zarr, Parquet
+    filled = {"`train --batch-size 256`, epochs 2+": "-x--", "`train --batch-size 32`, epochs 2+": "----",
+              "`train --batch-size 1`, epochs 2+": "-x--",
+              "`train --batch-size 256 --cache-dir DIR`, epochs 2+ from the decoded copy": "-x--",
+              "`train --batch-size 256`, the whole command (start-up, statistics pass, 2 epochs)": "-x--",
+              "`train --batch-size 1`, the whole command (start-up, statistics pass, 2 epochs)": "-x--",
+              "`evaluate RUN FILE`, rows/s, the whole command": "x---",
+              "`predict RUN FILE --out OUT.parquet`, rows/s, the whole command": "-x--"}
+    cells = {}
+    for line in table.splitlines():
+        if line.startswith("| `") and not line.startswith("| `streamtrain ...`"):  # not the header
+            label, *values = (cell.strip() for cell in line.strip("|").split("|"))
+            assert all(v == "-" or re.fullmatch(r"[\d.]+[kMG]? / [\d.]+[kMG]?( \*)?", v) for v in values), line
+            cells[label] = "".join("-" if v == "-" else "x" for v in values)
+    assert cells == filled
     assert all(row in report for row in table.splitlines() if row.startswith("| `"))  # the same figures
     assert after[:after.index(script.HEADLINE_BEGIN)] == before[:before.index(script.HEADLINE_BEGIN)]
     assert after[after.index(script.HEADLINE_END):] == before[before.index(script.HEADLINE_END):]
     assert not (tmp_path / "scratch").exists()  # its data files are removed unless --keep-data
+    # a real run's cli section has every case; a smoke run's are among them
+    everything = {name: Path(name) for name in script.FORMATS}
+    assert [script.cli_case_key(row) for row, _, _ in script.cli_cases(everything, everything, Path("run"), 1)] == [
+        *(("start-up", f, c) for f in script.FORMATS for c in ("train", "evaluate", "predict")),
+        *(("train", f, b) for b in (256, 32, 1) for f in script.FORMATS),
+        *(("train from the decoded copy", f, 256) for f in ("hdf5-gzip", "zarr-zstd", "parquet-snappy")),
+        *((c, f, None) for c in ("evaluate", "predict") for f in script.FORMATS)]
+    # --readme is refused with --smoke: its figures are no measurement
+    res = subprocess.run([*bench, "--readme"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--smoke" in res.stderr
     # a partial run updates its sections and keeps the others' figures
     before = results["holdout"]
     res = subprocess.run([*bench, "--only", "readers"], capture_output=True, text=True, timeout=600)
@@ -100,17 +125,13 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
 
 
 def _check_cli_rows(rows: list[dict], report: str) -> None:
-    """The headline rows: the command beside the library for every case the README's table shows."""
-    formats = {"hdf5", "hdf5-gzip", "zarr-zstd", "parquet-snappy"}
+    """The headline rows of a smoke run: the command beside the library for each of its cases."""
     settings = next(r for r in rows if r["what"] == "settings")
-    assert settings["stderr"] in ("pty", "pipe") and settings["rounds"] == 1
-    train = {(r["format"], r["batch_size"]) for r in rows if r["what"] == "train"}
-    assert train == {(f, b) for f in formats for b in (1, 32, 256)}
-    assert {r["format"] for r in rows if r["what"] == "train from the decoded copy"} == formats - {"hdf5"}
-    for what in ("evaluate", "predict"):
-        assert {r["format"] for r in rows if r["what"] == what} == formats
-    assert {(r["command"], r["format"]) for r in rows if r["what"] == "start-up"} == {
-        (c, f) for c in ("train", "evaluate", "predict") for f in formats}
+    assert settings["stderr"] in ("pty", "pipe") and settings["rounds"] == 1 and settings["cases"] == "smoke"
+    assert {(r["what"], r["format"], r.get("batch_size", r.get("command"))) for r in rows if r is not settings} == {
+        ("train", "hdf5-gzip", 256), ("train", "hdf5-gzip", 1), ("train from the decoded copy", "hdf5-gzip", 256),
+        ("evaluate", "hdf5", None), ("predict", "hdf5-gzip", None),
+        ("start-up", "hdf5-gzip", "train"), ("start-up", "hdf5", "evaluate"), ("start-up", "hdf5-gzip", "predict")}
     for r in rows:
         if r["what"].startswith("train"):
             assert min(r["cli_samples_per_s"], r["library_samples_per_s"], r["cli_wall_samples_per_s"],
