@@ -545,3 +545,17 @@ def test_a_regression_target_is_standardised_inside_the_model(tmp_path):
          "--no-scale-target")
     _, raw, _ = latest_checkpoint(tmp_path / "raw", schema=TRAINER)
     assert "target.mean" not in raw
+
+
+def test_the_batch_iterator_yields_encoded_batches(tmp_path):
+    from streamtrain import BatchIterator
+
+    df = flights(500)
+    df.loc[::50, "status"] = None  # 10 rows without a label: skipped
+    df.to_parquet(tmp_path / "f.parquet", row_group_size=100)
+    width = open_dataset(tmp_path / "f.parquet", label="status").n_features
+    batches = list(BatchIterator(str(tmp_path / "f.parquet"), batch_size=64, shuffle="window", label="status"))
+    X = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    assert X.shape == (490, width) and np.isfinite(X).all()
+    assert set(np.unique(y)) == {0.0, 1.0}
