@@ -110,7 +110,20 @@ def sklearn_fit(which: str, train: str, test: str, label: str, task: str) -> dic
     return {"rmse": float(np.sqrt(np.mean((np.asarray(pred, float) - yte.to_numpy(float)) ** 2)))}
 
 
-def bench_table(name: str, work: Path) -> dict:
+def streamtrain_fit(d: Path, label: str, run: str, extra: list[str]) -> dict:
+    """``streamtrain train`` (every default, and ``extra``) on the train file, evaluated on the test file."""
+    res, wall, rss = _timed([str(BIN), "train", str(d / "train.parquet"), "--label", label, "--checkpoint-dir",
+                             str(d / run), *extra])
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1]}
+    ev = json.loads(subprocess.run([str(BIN), "evaluate", str(d / run), str(d / "test.parquet"), "--json"],
+                                   capture_output=True, text=True, check=True).stdout)
+    metric = {"accuracy": ev["accuracy"]} if "accuracy" in ev else {"rmse": float(np.sqrt(ev["mse"]))}
+    left = [line for line in res.stderr.splitlines() if "left out" in line]
+    return {**metric, "seconds": wall, "peak_mb": rss, "left_out": left[0] if left else ""}
+
+
+def bench_table(name: str, work: Path, also: list[str]) -> dict:
     load, label, task = TABLES[name]
     df = load()
     df = df[df[label].notna()].reset_index(drop=True)
@@ -121,16 +134,9 @@ def bench_table(name: str, work: Path) -> dict:
     df[~test].to_parquet(d / "train.parquet", index=False)
     df[test].to_parquet(d / "test.parquet", index=False)
     row = {"table": name, "rows": len(df), "columns": df.shape[1] - 1, "label": label, "task": task}
-    res, wall, rss = _timed([str(BIN), "train", str(d / "train.parquet"), "--label", label, "--checkpoint-dir",
-                             str(d / "run")])
-    if res.returncode != 0:
-        row["streamtrain"] = {"error": res.stderr.strip().splitlines()[-1]}
-    else:
-        ev = json.loads(subprocess.run([str(BIN), "evaluate", str(d / "run"), str(d / "test.parquet"), "--json"],
-                                       capture_output=True, text=True, check=True).stdout)
-        metric = {"accuracy": ev["accuracy"]} if "accuracy" in ev else {"rmse": float(np.sqrt(ev["mse"]))}
-        left = [line for line in res.stderr.splitlines() if "left out" in line]
-        row["streamtrain"] = {**metric, "seconds": wall, "peak_mb": rss, "left_out": left[0] if left else ""}
+    row["streamtrain"] = streamtrain_fit(d, label, "run", [])
+    if also:
+        row["streamtrain_also"] = streamtrain_fit(d, label, "run-also", also)
     for which in ("mlp", "hgb"):
         res, wall, rss = _timed([sys.executable, __file__, "--sklearn", which, str(d / "train.parquet"),
                                  str(d / "test.parquet"), label, task])
@@ -146,17 +152,19 @@ def _cell(r: dict, task: str) -> str:
     return f"{m} ({r['seconds']:.1f} s, {r['peak_mb']:.0f} MB)"
 
 
-def report(rows: list[dict]) -> str:
+def report(rows: list[dict], also: list[str]) -> str:
     lines = ["# Public tables: one command, no preprocessing, beside scikit-learn", "",
              "Accuracy (classes) or RMSE (numbers) on the same 20% test rows; wall time and peak RSS of each "
              "model's own process (streamtrain: the `train` command with every default, start-up included). "
              "Written by `scripts/bench_tables.py`.", "",
-             "| table | rows | columns | label | streamtrain | scikit-learn MLP pipeline | HistGradientBoosting |",
-             "|---|---|---|---|---|---|---|"]
+             "| table | rows | columns | label | streamtrain | " + (f"streamtrain {' '.join(also)} | " if also else "")
+             + "scikit-learn MLP pipeline | HistGradientBoosting |",
+             "|---|---|---|---|---|" + ("---|" if also else "") + "---|---|"]
     for r in rows:
         t = r["task"]
         lines.append(f"| {r['table']} | {r['rows']:,} | {r['columns']} | {r['label']} ({t}) | "
-                     f"{_cell(r['streamtrain'], t)} | {_cell(r['mlp'], t)} | {_cell(r['hgb'], t)} |")
+                     f"{_cell(r['streamtrain'], t)} | " + (f"{_cell(r['streamtrain_also'], t)} | " if also else "")
+                     + f"{_cell(r['mlp'], t)} | {_cell(r['hgb'], t)} |")
     notes = [f"- {r['table']}: {r['streamtrain']['left_out']}" for r in rows if r["streamtrain"].get("left_out")]
     return "\n".join(lines + ([""] + ["Columns streamtrain left out, as it said:"] + notes if notes else [])) + "\n"
 
@@ -168,18 +176,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--only", default="", help="comma-separated table names (default: all)")
+    ap.add_argument("--also", default="", help="streamtrain train's options for a second streamtrain column "
+                                              "(e.g. '--optimizer adam --activation relu --epochs 30')")
     args = ap.parse_args()
+    also = args.also.split()
     names = [n for n in args.only.split(",") if n] or list(TABLES)
     with tempfile.TemporaryDirectory() as work:
         rows = []
         for n in names:
-            rows.append(bench_table(n, Path(work)))
+            rows.append(bench_table(n, Path(work), also))
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "tables.md").write_text(report(rows))
-    print(report(rows))
+    (out / "tables.md").write_text(report(rows, also))
+    print(report(rows, also))
 
 
 if __name__ == "__main__":
