@@ -135,29 +135,38 @@ def test_signal_finishes_the_batch_checkpoints_and_resume_is_exact(tmp_path, sig
 
     from streamtrain import make_data
 
-    # an epoch of ~0.4 s with the compiled step: long enough for the signal to land inside epoch 2
-    make_data(tmp_path / "d.h5", rows=250000, features=16, chunk_rows=4096)
+    # an epoch of 31,250 steps (about 0.2 s on a fast idle machine, 1.7 s on a loaded one): long enough
+    # for the signal, sent 0.05 s after epoch 1's line, to land inside epoch 2
+    make_data(tmp_path / "d.h5", rows=125000, features=16, chunk_rows=4096)
     args = [tmp_path / "d.h5", "--hidden", 16, "--batch-size", 4, "--epochs", 3, "--shuffle", "global"]
-    ref = run("train", *args, "--checkpoint-dir", tmp_path / "ref", "--quiet")
-    assert ref.returncode == 0, ref.stderr
-    proc = subprocess.Popen([str(BIN), "train", *map(str, args), "--checkpoint-dir", str(tmp_path / "run")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in proc.stderr:  # wait for the end of epoch 1: the signal lands inside epoch 2
-        seen.append(line)
-        if line.startswith("epoch 1/3"):
-            break
-    time.sleep(0.05)
-    proc.send_signal(getattr(signal, sig))
-    out, err = proc.communicate(timeout=120)
-    err = "".join(seen) + err
-    assert "epoch 2/3" not in err
-    assert proc.returncode == code, err
-    assert f"interrupted by {sig}" in err and "Traceback" not in err
-    again = run("train", *args, "--checkpoint-dir", tmp_path / "run", "--resume")
-    assert again.returncode == 0 and "resuming from" in again.stderr
-    digest = [json.loads(run("inspect", tmp_path / d, "--json").stdout)["params_sha256"] for d in ("ref", "run")]
-    assert digest[0] == digest[1]
+    # the uninterrupted reference trains meanwhile, in a directory of its own
+    with open(tmp_path / "ref.log", "w") as log:
+        ref = subprocess.Popen([str(BIN), "train", *map(str, args), "--checkpoint-dir", str(tmp_path / "ref"),
+                                "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        proc = subprocess.Popen([str(BIN), "train", *map(str, args), "--checkpoint-dir", str(tmp_path / "run")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in proc.stderr:  # wait for the end of epoch 1: the signal lands inside epoch 2
+            seen.append(line)
+            if line.startswith("epoch 1/3"):
+                break
+        time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=120)
+        err = "".join(seen) + err
+        assert "epoch 2/3" not in err
+        assert proc.returncode == code, err
+        assert f"interrupted by {sig}" in err and "Traceback" not in err
+        again = run("train", *args, "--checkpoint-dir", tmp_path / "run", "--resume")
+        assert again.returncode == 0 and "resuming from" in again.stderr
+        assert ref.wait(120) == 0, (tmp_path / "ref.log").read_text()
+        digest = [json.loads(invoke("inspect", tmp_path / d, "--json").output)["params_sha256"] for d in ("ref", "run")]
+        assert digest[0] == digest[1]
+    finally:
+        if ref.poll() is None:  # a failure above: not left running
+            ref.kill()
+            ref.wait()
 
 
 @pytest.fixture(scope="module")

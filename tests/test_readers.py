@@ -188,8 +188,18 @@ def test_scanning_2gb_with_a_64mb_cache_stays_under_400mb(tmp_path):
     import subprocess
     import sys
 
-    path = tmp_path / "big.h5"
-    make_data(path, rows=8_000_000, features=64, chunk_rows=32768)  # 2.05 GB of float32
+    from streamtrain.io.writers import open_writer
+
+    # 2.05 GB of float32 in make-data's layout (uncompressed, chunks of 32,768 rows). The values do
+    # not matter here: one chunk drawn once and written 245 times (drawing 8M rows took 3/4 of the time).
+    path, rows, chunk = tmp_path / "big.h5", 8_000_000, 32768
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((chunk, 64), dtype=np.float32)
+    y = (X[:, 0] > 0).astype(np.int32)
+    with open_writer(path, rows, [f"f{j}" for j in range(64)], "y", "int32", chunk, "none") as w:
+        for a in range(0, rows, chunk):
+            w.write(X[:rows - a], y[:rows - a])
+    assert path.stat().st_size > 2_048_000_000
     code = (
         "import re, sys, numpy as np, streamtrain as st\n"
         "ds = st.open_dataset(sys.argv[1], cache_bytes=64 << 20)\n"

@@ -18,7 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import numpy as np
@@ -43,6 +45,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _another_port(taken: int) -> int:
+    """A free port other than ``taken`` (a service's, which may not listen yet)."""
+    while (port := free_port()) == taken:
+        pass
+    return port
+
+
+def rest(pause: float | Callable[[], float]) -> float:
+    """The seconds a producer rests after a piece: ``pause``, or what ``pause()`` says now."""
+    return pause() if callable(pause) else pause
 
 
 def pieces(n_pieces: int, seed: int = 0) -> list[list[dict]]:
@@ -154,23 +168,36 @@ def assert_same_run(a_dir: Path, b_dir: Path, rows: int) -> None:
 
 
 def assert_exactly_once_across_kills(served, source_ref: str, source_live: str, rows: int, feed_ref, feed_live,
-                                     seed: int, kills: int = 5) -> Served:
+                                     seed: int, kills: int = 5, pause: float = 0.02) -> Served:
     """A service that ran uninterrupted over a stream (``feed_ref(service)`` writes it) and one
-    SIGKILLed ``kills`` times at random moments while ``feed_live(service)`` writes the same
-    stream, restarted each time: at the end, bitwise the same checkpoint, every row once."""
-    ref = served(source_ref, name="ref").start()
-    feed_ref(ref)
-    ref.wait_received(rows)
-    assert ref.stop() == 0
-    svc = served(source_live, name="crashy").start()
-    producer = threading.Thread(target=feed_live, args=(svc,))
-    producer.start()
-    rng = np.random.default_rng(seed)
-    for _ in range(kills):
-        time.sleep(rng.uniform(0.05, 1.0))
-        svc.kill()
+    SIGKILLed ``kills`` times at random moments while ``feed_live(service, pause)`` writes the
+    same stream, restarted each time: at the end, bitwise the same checkpoint, every row once.
+    The producer rests ``pause()`` seconds after each piece: ``pause`` while the kills go on,
+    none once they are over. The uninterrupted service runs meanwhile (nothing is shared)."""
+    ref = served(source_ref, name="ref")
+    svc = served(source_live, name="crashy", port=_another_port(ref.port))
+
+    def uninterrupted() -> None:
+        ref.start()
+        feed_ref(ref)
+        ref.wait_received(rows)
+        assert ref.stop() == 0
+
+    with ThreadPoolExecutor(1) as pool:
+        reference = pool.submit(uninterrupted)
         svc.start()
-    producer.join()
+        killing = threading.Event()
+        killing.set()
+        producer = threading.Thread(target=feed_live, args=(svc, lambda: pause if killing.is_set() else 0.0))
+        producer.start()
+        rng = np.random.default_rng(seed)
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.05, 1.0))
+            svc.kill()
+            svc.start()
+        killing.clear()
+        producer.join()
+        reference.result()
     svc.wait_received(rows)
     assert svc.stop() == 0
     assert_same_run(ref.dir, svc.dir, rows)
@@ -179,7 +206,7 @@ def assert_exactly_once_across_kills(served, source_ref: str, source_live: str, 
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-def post_all(url: str, stream: list[list[dict]], prefix: str = "piece", pause: float = 0.0) -> int:
+def post_all(url: str, stream: list[list[dict]], prefix: str = "piece", pause: float | Callable = 0.0) -> int:
     """Send each piece until it is accepted, retrying through restarts and 429s with the same
     Idempotency-Key (as a careful producer does); the number of 429s met."""
     busy = 0
@@ -197,7 +224,7 @@ def post_all(url: str, stream: list[list[dict]], prefix: str = "piece", pause: f
                     continue
                 assert r.status_code in (200, 202), r.text
                 break
-            time.sleep(pause)
+            time.sleep(rest(pause))
     return busy
 
 
@@ -349,7 +376,7 @@ def test_http_exactly_once_across_kills(served, tmp_path):
     stream = pieces(400, seed=11)
     assert_exactly_once_across_kills(served, "http", "http", sum(map(len, stream)),
                                      lambda svc: post_all(svc.url, stream),
-                                     lambda svc: post_all(svc.url, stream, "piece", 0.02), seed=0)
+                                     lambda svc, pause: post_all(svc.url, stream, "piece", pause), seed=0)
 
 
 def test_init_from_a_train_run_and_reload_one(served, tmp_path):
@@ -392,7 +419,7 @@ def test_init_from_a_train_run_and_reload_one(served, tmp_path):
 
 
 # -- a directory of landing files ----------------------------------------------------------------
-def land(directory: Path, stream: list[list[dict]], pause: float = 0.0, start: int = 0) -> None:
+def land(directory: Path, stream: list[list[dict]], pause: float | Callable = 0.0, start: int = 0) -> None:
     """Write each piece as a Parquet file, atomically (a dot-name, then a rename)."""
     import pandas as pd
 
@@ -400,7 +427,7 @@ def land(directory: Path, stream: list[list[dict]], pause: float = 0.0, start: i
         tmp = directory / f".part-{i:05d}.parquet"
         pd.DataFrame(rows).to_parquet(tmp)
         os.rename(tmp, directory / f"part-{i:05d}.parquet")
-        time.sleep(pause)
+        time.sleep(rest(pause))
 
 
 def test_directory_forgets_done_files_that_left_and_reads_a_new_one_under_their_name(tmp_path):
@@ -466,7 +493,8 @@ def test_directory_exactly_once_across_kills(served, tmp_path):
         (tmp_path / name).mkdir()
     assert_exactly_once_across_kills(served, f"dir:{tmp_path / 'ref_in'}", f"dir:{tmp_path / 'landing'}",
                                      sum(map(len, stream)), lambda svc: land(tmp_path / "ref_in", stream),
-                                     lambda svc: land(tmp_path / "landing", stream, 0.05), seed=1, kills=4)
+                                     lambda svc, pause: land(tmp_path / "landing", stream, pause), seed=1, kills=4,
+                                     pause=0.05)
 
 
 # -- Redis Streams ---------------------------------------------------------------------------
@@ -496,14 +524,14 @@ def _pings(client) -> bool:
         return False
 
 
-def xadd_all(url: str, stream_name: str, stream: list[list[dict]], pause: float = 0.0) -> list[bytes]:
+def xadd_all(url: str, stream_name: str, stream: list[list[dict]], pause: float | Callable = 0.0) -> list[bytes]:
     import redis
 
     client = redis.Redis.from_url(url)
     ids = []
     for rows in stream:
         ids.append(client.xadd(stream_name, {"rows": json.dumps(rows)}))
-        time.sleep(pause)
+        time.sleep(rest(pause))
     client.close()
     return ids
 
@@ -587,7 +615,7 @@ def test_redis_exactly_once_across_kills(served, redis_url):
     stream = pieces(400, seed=13)
     assert_exactly_once_across_kills(served, f"{redis_url}?stream=ref", f"{redis_url}?stream=live",
                                      sum(map(len, stream)), lambda svc: xadd_all(redis_url, "ref", stream),
-                                     lambda svc: xadd_all(redis_url, "live", stream, 0.02), seed=2)
+                                     lambda svc, pause: xadd_all(redis_url, "live", stream, pause), seed=2)
     client = redis.Redis.from_url(redis_url)
     assert client.xpending("live", "streamtrain")["pending"] == 0  # nothing left unacknowledged
     client.close()
@@ -626,7 +654,7 @@ def nats_url(tmp_path):
         proc.wait(30)
 
 
-def publish_all(url: str, subject: str, bodies: list[bytes], pause: float = 0.0) -> list[int]:
+def publish_all(url: str, subject: str, bodies: list[bytes], pause: float | Callable = 0.0) -> list[int]:
     async def go():
         import nats
 
@@ -635,7 +663,7 @@ def publish_all(url: str, subject: str, bodies: list[bytes], pause: float = 0.0)
         seqs = []
         for body in bodies:
             seqs.append((await js.publish(subject, body)).seq)
-            await asyncio.sleep(pause)
+            await asyncio.sleep(rest(pause))
         await nc.close()
         return seqs
 
@@ -713,7 +741,7 @@ def test_nats_exactly_once_across_kills(served, nats_url):
     bodies = [json.dumps(r).encode() for r in stream]
     assert_exactly_once_across_kills(served, f"{nats_url}?stream=REF", f"{nats_url}?stream=LIVE",
                                      sum(map(len, stream)), lambda svc: publish_all(nats_url, "ref.in", bodies),
-                                     lambda svc: publish_all(nats_url, "live.in", bodies, 0.02), seed=3)
+                                     lambda svc, pause: publish_all(nats_url, "live.in", bodies, pause), seed=3)
     info, _ = consumer_info(nats_url, "LIVE")
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
