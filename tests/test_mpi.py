@@ -143,11 +143,17 @@ def _ranks(proc):
     return found
 
 
+# 540 steps an epoch, a checkpoint every 200. The runs killed at random moments need 30 epochs to be
+# still running when the kills come; those stopped at their first checkpoints need fewer, and every
+# step resumed after them costs the most with 3 processes on 2 cores.
+SHORT = 6
+
+
 @pytest.fixture(scope="module")
 def long_args(data):
-    def args(ckpt):
-        return ["train", str(data), "--hidden", "8", "--batch-size", "10", "--epochs", "30", "--dtype", "float64",
-                "--shuffle", "window", "--window-mb", "0.1", "--optimizer", "adam", "--val-fraction", "0.1",
+    def args(ckpt, epochs=30):
+        return ["train", str(data), "--hidden", "8", "--batch-size", "10", "--epochs", str(epochs), "--dtype",
+                "float64", "--shuffle", "window", "--window-mb", "0.1", "--optimizer", "adam", "--val-fraction", "0.1",
                 "--checkpoint-dir", str(ckpt), "--checkpoint-every", "200", "--keep", "2", "--quiet", "--resume"]
     return args
 
@@ -156,6 +162,14 @@ def long_args(data):
 def uninterrupted(long_args, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("uninterrupted")
     r = _run(2, long_args(ckpt))
+    assert r.returncode == 0, r.stderr
+    return _final(ckpt)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_short(long_args, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("uninterrupted-short")
+    r = _run(2, long_args(ckpt, SHORT))
     assert r.returncode == 0, r.stderr
     return _final(ckpt)
 
@@ -189,8 +203,9 @@ def test_a_rank_killed_at_random_moments_loses_nothing(long_args, uninterrupted,
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_every_rank_at_one_step(long_args, uninterrupted, tmp_path, sig, code):
-    proc = _start(2, long_args(tmp_path))
+def test_a_signal_stops_every_rank_at_one_step(long_args, uninterrupted_short, tmp_path, sig, code):
+    uninterrupted = uninterrupted_short
+    proc = _start(2, long_args(tmp_path, SHORT))
     deadline = time.monotonic() + 60
     while not list_checkpoints(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -202,7 +217,7 @@ def test_a_signal_stops_every_rank_at_one_step(long_args, uninterrupted, tmp_pat
     stopped = latest_checkpoint(tmp_path, warn=lambda m: None)
     assert stopped is not None and 0 < _step(stopped[2]) < _step(uninterrupted[1])
     # resumed at the same world size: bitwise the uninterrupted run
-    r = _run(2, long_args(tmp_path))
+    r = _run(2, long_args(tmp_path, SHORT))
     assert r.returncode == 0, r.stderr
     arrays, meta = _final(tmp_path)
     for key, value in uninterrupted[0].items():
@@ -210,8 +225,9 @@ def test_a_signal_stops_every_rank_at_one_step(long_args, uninterrupted, tmp_pat
 
 
 @pytest.mark.parametrize("k_after", [1, 3])
-def test_resume_at_another_world_size(long_args, uninterrupted, tmp_path, k_after):
-    proc = _start(2, long_args(tmp_path))
+def test_resume_at_another_world_size(long_args, uninterrupted_short, tmp_path, k_after):
+    uninterrupted = uninterrupted_short
+    proc = _start(2, long_args(tmp_path, SHORT))
     deadline = time.monotonic() + 60
     while len(list_checkpoints(tmp_path)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -219,7 +235,7 @@ def test_resume_at_another_world_size(long_args, uninterrupted, tmp_path, k_afte
     proc.communicate(timeout=120)
     assert proc.returncode == 143
     first = _step(latest_checkpoint(tmp_path)[2])
-    r = _run(k_after, long_args(tmp_path))
+    r = _run(k_after, long_args(tmp_path, SHORT))
     assert r.returncode == 0, r.stderr
     arrays, meta = _final(tmp_path)
     # the same global position and global batch: the same number of steps, the same run up to float order

@@ -59,8 +59,12 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
     bench = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--rows", "10000", "--chunk-rows", "1000",
              "--out", str(tmp_path), "--smoke"]
     sections = ["readers", "loader", "holdout", "training", "checkpoint", "cache", "mpi", "cli"]
-    res = subprocess.run([*bench, "--only", ",".join(sections)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run([*bench, "--only", ",".join(sections), "--keep-data"], capture_output=True, text=True,
+                         timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
+    # --keep-data: its data files are kept for the next run (and nothing else is left behind)
+    assert {p.name for p in (tmp_path / "scratch").iterdir()} == {
+        "hdf5.h5", "hdf5-gzip.h5", "zarr-zstd.zarr", "parquet-snappy.parquet"}
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert set(results) == {*sections, "limits"}
     assert all(results[name] for name in sections)
@@ -105,7 +109,6 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
     assert all(row in report for row in table.splitlines() if row.startswith("| `"))  # the same figures
     assert after[:after.index(script.HEADLINE_BEGIN)] == before[:before.index(script.HEADLINE_BEGIN)]
     assert after[after.index(script.HEADLINE_END):] == before[before.index(script.HEADLINE_END):]
-    assert not (tmp_path / "scratch").exists()  # its data files are removed unless --keep-data
     # a real run's cli section has every case; a smoke run's are among them
     everything = {name: Path(name) for name in script.FORMATS}
     assert [script.cli_case_key(row) for row, _, _ in script.cli_cases(everything, everything, Path("run"), 1)] == [
@@ -122,6 +125,7 @@ def test_the_benchmark_runs_and_reports_every_section_it_ran(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     again = json.loads((tmp_path / "results.json").read_text())["results"]
     assert again["holdout"] == before and again["readers"] != results["readers"]
+    assert not (tmp_path / "scratch").exists()  # it read the kept data, then removed it (no --keep-data)
 
 
 def _check_cli_rows(rows: list[dict], report: str) -> None:

@@ -727,7 +727,10 @@ def test_nats_messages_waiting_for_their_acknowledgement_hold_no_payload(nats_ur
     assert len(source.delivered) == len(stream) and all(m.data == b"" for _, m in source.delivered)
     source.ack(got[-1].position)  # still acknowledged by the message objects
     assert not source.delivered
+    assert source.poll(0.2) == []  # a fetch that times out: its late reply must not hold up the close
+    started = time.monotonic()
     source.close()
+    assert time.monotonic() - started < 2.5  # not the drain's 5 s timeout
 
 
 def test_nats_one_service_per_durable_consumer(served, nats_url):

@@ -225,7 +225,19 @@ class NatsSource(StreamSource):
         if self.nc is not None:
             self.release_claim()
             try:
-                self._run(self.nc.drain(), 5)
+                self._run(self._drain(), 5)
             except Exception:  # closing: the broker may be gone already
                 pass
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _drain(self):
+        """Send what is still to go (acknowledgements, dead letters), then close. The consumer's
+        subscription goes first, its waiting messages discarded (they come again to whoever reads
+        on): after a fetch that timed out it can hold the server's late reply to that fetch, which
+        nothing reads, and the connection's drain would wait for it until its timeout."""
+        if self.sub is not None:
+            try:
+                await self.sub.unsubscribe()
+            except Exception:  # gone already
+                pass
+        await self.nc.drain()
