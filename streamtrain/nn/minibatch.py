@@ -84,31 +84,34 @@ def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
     for i in range(rows):
         for j in range(h):
             Z[i, j] += b[j]
-    with each_activation(act):
-        if SIGMOID:
-            if TANH:  # tanh(z) = 2 sigmoid(2z) - 1
-                Z *= Z.dtype.type(2)
-            if fast_exp:  # float32
-                E = np.empty(Z.shape, np.int32)
-                _exp_neg_f32(Z, E)
-                F = E.view(np.float32)
-                for i in range(rows):
-                    for j in range(h):
-                        Z[i, j] = one / (one + Z[i, j] * F[i, j])
-            else:
-                for i in range(rows):
-                    for j in range(h):
-                        Z[i, j] = one / (one + np.exp(-Z[i, j]))
-            if TANH:
-                two = Z.dtype.type(2)
-                for i in range(rows):
-                    for j in range(h):
-                        Z[i, j] = two * Z[i, j] - one
-        else:
+    sigmoid = tanh = False
+    with each_activation(act):  # (flags set first, so the exponential below has one call site, as it had)
+        sigmoid, tanh = SIGMOID, TANH
+    if not sigmoid:
+        with each_activation(act):
             for i in range(rows):
                 for j in range(h):
                     s = Z[i, j]
                     Z[i, j] = ACTIVATE(s, one, zero)
+        return
+    if tanh:  # tanh(z) = 2 sigmoid(2z) - 1
+        Z *= Z.dtype.type(2)
+    if fast_exp:  # float32
+        E = np.empty(Z.shape, np.int32)
+        _exp_neg_f32(Z, E)
+        F = E.view(np.float32)
+        for i in range(rows):
+            for j in range(h):
+                Z[i, j] = one / (one + Z[i, j] * F[i, j])
+    else:
+        for i in range(rows):
+            for j in range(h):
+                Z[i, j] = one / (one + np.exp(-Z[i, j]))
+    if tanh:
+        two = Z.dtype.type(2)
+        for i in range(rows):
+            for j in range(h):
+                Z[i, j] = two * Z[i, j] - one
 
 
 def _loss_delta(Z, T, R, task, n):  # pragma: no cover - compiled

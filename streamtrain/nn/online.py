@@ -62,6 +62,9 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
     z = np.empty(o, W1.dtype)
     E = np.empty(h, np.int32)
     one, zero = 1.0, 0.0  # the activations' constants: float64, as the loop's sums
+    sigmoid = tanh = False
+    with each_activation(act):  # (flags set once, so the vectorised sigmoid has one call site, as it had)
+        sigmoid, tanh = SIGMOID, TANH
     loss_sum = 0.0
     correct = 0
     for i in range(n):
@@ -74,12 +77,12 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
             xk = x[k]
             for j in range(h):
                 a[j] += xk * W1[k, j]
-        with each_activation(act):
-            if fast_exp and SIGMOID:  # float32: tanh(s) = 2 sigmoid(2s) - 1, as in the minibatch step
-                _sigmoid_f32(a, E, TANH)
-            else:
-                for j in range(h):
-                    s = a[j]
+        if fast_exp and sigmoid:  # float32: tanh(s) = 2 sigmoid(2s) - 1, as in the minibatch step
+            _sigmoid_f32(a, E, tanh)
+        else:
+            for j in range(h):
+                s = a[j]
+                with each_activation(act):
                     a[j] = ACTIVATE(s, one, zero)
         # forward: output layer
         for m in range(o):
