@@ -159,7 +159,7 @@ class _Substitute(ast.NodeTransformer):
         return node
 
 
-class _Expand(ast.NodeTransformer):
+class _Expand:
     """Each ``with each_activation(code):`` block -> an ``if code == k`` branch per table entry."""
 
     def __init__(self, table: Mapping[str, Any]):
@@ -171,15 +171,27 @@ class _Expand(ast.NodeTransformer):
             self.entries.append((_form(name, e.scalar, "s"), _form(name, e.scalar_grad, "a"),
                                  *_VIA_SIGMOID[e.via_sigmoid]))
 
-    def visit_With(self, node):
-        items = node.items
-        call = items[0].context_expr if len(items) == 1 else None
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "each_activation"):
-            return self.generic_visit(node)
-        code = call.args[0]
+    def body(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        """``stmts`` with their blocks expanded, at any depth. (Statements only: the blocks are
+        statements, and a NodeTransformer's visit of every expression costs milliseconds.)"""
+        out = []
+        for st in stmts:
+            call = st.items[0].context_expr if isinstance(st, ast.With) and len(st.items) == 1 else None
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "each_activation":
+                out.extend(self.chain(call.args[0], self.body(st.body)))
+                continue
+            for field in ("body", "orelse", "finalbody"):
+                if isinstance(getattr(st, field, None), list):
+                    setattr(st, field, self.body(getattr(st, field)))
+            for handler in getattr(st, "handlers", ()):
+                handler.body = self.body(handler.body)
+            out.append(st)
+        return out
+
+    def chain(self, code: ast.expr, block: list[ast.stmt]) -> list[ast.stmt]:
         chain: list[ast.stmt] = []
         for k, entry in reversed(list(enumerate(self.entries))):
-            body = [_Substitute(*entry).visit(copy.deepcopy(stmt)) for stmt in node.body]
+            body = [_Substitute(*entry).visit(copy.deepcopy(stmt)) for stmt in block]
             test = ast.Compare(copy.deepcopy(code), [ast.Eq()], [ast.Constant(k)])
             chain = [ast.If(test, body, chain)]
         return chain or [ast.Pass()]
@@ -188,27 +200,48 @@ class _Expand(ast.NodeTransformer):
 _PLACEHOLDERS = {"ACTIVATE", "DERIVATIVE", "SIGMOID", "TANH", "each_activation"}
 
 
+def _function(fn: Callable, trees: dict) -> ast.FunctionDef:
+    """``fn``'s syntax tree, taken from its module's file parsed once into ``trees`` (path ->
+    tree; each function taken once, so never copied). ``inspect.getsource`` would tokenise the file
+    again for every function: tens of milliseconds at every process's first step."""
+    path = inspect.getsourcefile(fn)
+    if path not in trees:
+        trees[path] = ast.parse(Path(path).read_text(), path)
+    for node in trees[path].body:
+        if isinstance(node, ast.FunctionDef) and node.name == fn.__name__:
+            return node
+    return ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]  # not at a module's top level
+
+
+def _expanded(fn: Callable, expand: _Expand, name: str, trees: dict) -> ast.FunctionDef:
+    func = _function(fn, trees)
+    func.decorator_list = []
+    func.name = name
+    func.body = expand.body(func.body)
+    return func
+
+
 def source(fn: Callable, table: Mapping[str, Any], name: str | None = None) -> str:
     """``fn``'s source as the generated module holds it: named ``name``, its
     ``each_activation`` blocks expanded for ``table``, without decorators."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    func = tree.body[0]
-    func.decorator_list = []
-    func.name = name or fn.__name__
-    func = _Expand(table).visit(func)
-    left = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)} & _PLACEHOLDERS
-    if left:
-        raise ValueError(f"{fn.__qualname__}: {', '.join(sorted(left))} outside a `with each_activation(...)` block")
-    return ast.unparse(ast.fix_missing_locations(func))
+    func = _expanded(fn, _Expand(table), name or fn.__name__, {})
+    _free_names(func, fn.__qualname__)
+    return ast.unparse(func)
 
 
-def _free_names(func: ast.FunctionDef) -> set[str]:
-    """Names a function reads but neither takes nor assigns."""
+def _free_names(func: ast.FunctionDef, qualname: str) -> set[str]:
+    """Names a function reads but neither takes nor assigns (a placeholder left outside a
+    block is a ValueError)."""
     a = func.args
     bound = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x is not None}
-    stored = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
-    loaded = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    return loaded - bound - stored
+    loaded = set()
+    for n in ast.walk(func):
+        if isinstance(n, ast.Name):
+            (loaded if isinstance(n.ctx, ast.Load) else bound).add(n.id)
+    if loaded & _PLACEHOLDERS:
+        raise ValueError(f"{qualname}: {', '.join(sorted(loaded & _PLACEHOLDERS))} outside a "
+                         "`with each_activation(...)` block")
+    return loaded - bound
 
 
 def _constant(value) -> bool:
@@ -225,12 +258,13 @@ def _literal(value) -> str:
 def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, Callable, dict]]) -> str:
     """The text of the module ``build`` writes: ``parts`` are (name, function, numba.njit's
     options), written in order; the module constants they read are copied in."""
-    names = {name for name, _, _ in parts}
+    names = {name for name, _, _ in parts} | {"np", "numba"} | set(dir(builtins))
+    expand, trees = _Expand(table), {}
     constants: dict[str, Any] = {}
     functions = []
     for name, fn, options in parts:
-        text = source(fn, table, name)
-        for free in sorted(_free_names(ast.parse(text).body[0]) - names - {"np", "numba"} - set(dir(builtins))):
+        func = _expanded(fn, expand, name, trees)
+        for free in sorted(_free_names(func, fn.__qualname__) - names):
             value = fn.__globals__.get(free)
             if not _constant(value):
                 raise ValueError(f"{fn.__qualname__} reads {free!r}, which is not a number: the generated "
@@ -238,7 +272,7 @@ def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, 
             if constants.setdefault(free, value) != value:
                 raise ValueError(f"two compiled functions read {free!r} with different values")
         opts = ", ".join(f"{k}={_literal(v)}" for k, v in sorted(options.items()))
-        functions.append(f"@numba.njit({opts})\n{text}\n")
+        functions.append(f"@numba.njit({opts})\n{ast.unparse(func)}\n")
     codes = ", ".join(f"{name} {k}" for k, name in enumerate(table))
     head = [f"# Written by streamtrain.nn.kernels.build for {stem}: its compiled functions, each activation's",
             f"# forms in place (codes: {codes}). Not to be edited: rewritten when either changes.",
