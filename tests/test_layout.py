@@ -81,13 +81,31 @@ def test_the_library_never_imports_the_cli_or_the_service():
 
 
 def test_the_compiled_code_implements_the_tables_names():
+    import ast
+
     import pytest
 
-    from streamtrain.nn import ACTIVATIONS, TASKS, kernels
+    from streamtrain.nn import ACTIVATIONS, TASKS, kernels, minibatch, online
 
-    assert set(kernels.ACT_IDS) == set(ACTIVATIONS) and set(kernels.TASK_IDS) == set(TASKS)
+    assert set(kernels.TASK_IDS) == set(TASKS)
+    # an activation's code is its place in the table; a name not in it has none
+    assert [kernels.act_id(name, tuple(ACTIVATIONS)) for name in ACTIVATIONS] == list(range(len(ACTIVATIONS)))
     with pytest.raises(ValueError, match="no activation 'swish'"):
-        kernels.act_id("swish")
+        kernels.act_id("swish", tuple(ACTIVATIONS))
+    # the compiled code as written from the table: one branch per entry wherever it takes the
+    # activation, and no branch for an unknown code
+    step = {fn.__name__: fn for fn in minibatch._FUNCTIONS}  # as written (the compiled ones are bound over the names)
+    for fn in (online._loop, step["_activate"], step["_grads"]):
+        chains = []
+        for node in ast.walk(ast.parse(kernels.source(fn, ACTIVATIONS))):
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "act == 0":
+                codes, branch = [], [node]
+                while len(branch) == 1 and isinstance(branch[0], ast.If) and "act ==" in ast.unparse(branch[0].test):
+                    codes.append(ast.unparse(branch[0].test))
+                    branch = branch[0].orelse
+                assert branch == [], (fn.__name__, "a fallback branch")
+                chains.append(codes)
+        assert chains and all(c == [f"act == {k}" for k in range(len(ACTIVATIONS))] for c in chains), fn.__name__
 
 
 # The layers, bottom to top (docs/architecture.md): a module imports its own part and the layers below.

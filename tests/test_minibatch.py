@@ -10,6 +10,7 @@ import pytest
 
 from streamtrain import TrainConfig, Trainer
 from streamtrain.nn import minibatch
+from streamtrain.nn.functions import ACTIVATIONS
 from streamtrain.nn.network import TwoLayerNet
 from streamtrain.nn.optim import SGD
 
@@ -17,8 +18,7 @@ from .conftest import DATA
 
 pytestmark = pytest.mark.skipif(not minibatch.available(), reason="numba or scipy not importable")
 
-CASES = list(itertools.product(["sigmoid", "tanh", "relu"], ["binary", "multiclass", "regression"],
-                               [(0.0, 0.0), (0.001, 0.01)]))
+CASES = list(itertools.product(ACTIVATIONS, ["binary", "multiclass", "regression"], [(0.0, 0.0), (0.001, 0.01)]))
 
 
 def _pair(activation, task, dtype, seed=1):

@@ -10,6 +10,7 @@ import pytest
 from streamtrain import TrainConfig, Trainer, make_data
 from streamtrain.data import loader as loader_module
 from streamtrain.nn import online
+from streamtrain.nn.functions import ACTIVATIONS
 from streamtrain.nn.network import TwoLayerNet
 from streamtrain.nn.optim import SGD
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(not online.available(), reason="numba not import
 
 
 @pytest.mark.parametrize("activation,task,reg", list(itertools.product(
-    ["sigmoid", "tanh", "relu"], ["binary", "multiclass", "regression"], [(0.0, 0.0), (0.001, 0.01)])))
+    ACTIVATIONS, ["binary", "multiclass", "regression"], [(0.0, 0.0), (0.001, 0.01)])))
 def test_compiled_loop_equals_numpy_steps_in_float64(activation, task, reg):
     rng = np.random.default_rng(0)
     n_out = 4 if task == "multiclass" else 1
@@ -38,7 +39,7 @@ def test_compiled_loop_equals_numpy_steps_in_float64(activation, task, reg):
     assert compiled_total == pytest.approx(total, rel=1e-12)
 
 
-@pytest.mark.parametrize("activation,task", list(itertools.product(["sigmoid", "tanh", "relu"],
+@pytest.mark.parametrize("activation,task", list(itertools.product(ACTIVATIONS,
                                                                      ["binary", "multiclass", "regression"])))
 def test_compiled_loop_in_float32_follows_the_float64_steps(activation, task):
     # float32 takes the polynomial exponential (sigmoid, and tanh through it): float32 rounding only

@@ -1,9 +1,11 @@
 """Pure functions of the network, in name -> function tables.
 
-``ACTIVATIONS[name] = (f, df)`` where ``df`` takes the activation's *output*
-(cheaper than recomputing from the input). ``TASKS[name]`` pairs the output
-link with its loss: ``loss_delta(z, y) -> (mean loss, dL/dz)`` works from the
-logits ``z`` so the log loss never takes the log of a rounded probability.
+``ACTIVATIONS[name]`` is an ``Activation``: the function and its derivative, which takes the
+activation's *output* (cheaper than recomputing from the input), in numpy and as the compiled
+code's expressions; an activation is added there alone (the compiled loops are written from the
+table, see ``kernels``). ``TASKS[name]`` pairs the output link with its loss:
+``loss_delta(z, y) -> (mean loss, dL/dz)`` works from the logits ``z`` so the log loss never
+takes the log of a rounded probability.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "TASKS", "INITS", "sigmoid", "softmax", "Task", "correct_count"]
+__all__ = ["ACTIVATIONS", "TASKS", "INITS", "sigmoid", "softmax", "Activation", "Task", "correct_count"]
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -40,10 +42,30 @@ def _relu_grad(a):
     return (a > 0).astype(a.dtype)
 
 
-ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
-    "sigmoid": (sigmoid, _sigmoid_grad),
-    "tanh": (np.tanh, _tanh_grad),
-    "relu": (_relu, _relu_grad),
+class Activation(NamedTuple):
+    """A hidden layer's activation, declared once for every path. ``forward(z)`` and ``grad(a)``
+    (its derivative from its output ``a``) are numpy's; ``scalar`` and ``scalar_grad`` are the same
+    two as the compiled loops' expressions of one pre-activation ``s`` and one output ``a``: numba
+    code naming only ``np``, builtins, and ``one`` and ``zero``, constants each loop gives its
+    precision (a bare ``1.0`` is float64 and would make the float32 minibatch step compute in
+    float64). ``via_sigmoid``: ``"sigmoid"``, or ``"tanh"`` as ``2 sigmoid(2s) - 1``, where the
+    compiled code computes the activation through its vectorised sigmoid instead (the minibatch
+    step always, the per-sample loop in float32; in float32 both with the polynomial
+    exponential); None: through ``scalar`` everywhere."""
+
+    forward: Callable[[np.ndarray], np.ndarray]
+    grad: Callable[[np.ndarray], np.ndarray]
+    scalar: str
+    scalar_grad: str
+    via_sigmoid: str | None = None
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "sigmoid": Activation(sigmoid, _sigmoid_grad,
+                          "one / (one + np.exp(-s)) if s >= zero else np.exp(s) / (one + np.exp(s))",
+                          "a * (one - a)", via_sigmoid="sigmoid"),
+    "tanh": Activation(np.tanh, _tanh_grad, "np.tanh(s)", "one - a * a", via_sigmoid="tanh"),
+    "relu": Activation(_relu, _relu_grad, "max(s, zero)", "one if a > zero else zero"),
 }
 
 

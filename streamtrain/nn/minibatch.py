@@ -6,7 +6,9 @@ products. Here the products go to BLAS (numba's ``np.dot``, through scipy) and
 everything else runs in fused loops that LLVM vectorises. It computes what
 ``TwoLayerNet.loss_and_grads`` followed by ``SGD.step`` computes, up to float
 rounding: the float32 sigmoid uses a polynomial exponential (within 2.5 ulp) that
-vectorises where the C library's ``expf`` does not.
+vectorises where the C library's ``expf`` does not. The step is written with its
+activation open and compiled from the module ``kernels.build`` writes, one branch
+per entry of ``functions.ACTIVATIONS``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import threading
 import numpy as np
 
 from . import kernels
-from .kernels import act_id, targets_2d, task_id
+from .functions import ACTIVATIONS
+from .kernels import ACTIVATE, DERIVATIVE, SIGMOID, TANH, each_activation, targets_2d, task_id
 
 __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads"]
 
-_compiled = None
 _loaded: set = set()  # (dtype, sgd) entries loaded and run once
 _load_lock = threading.RLock()  # load() in a background thread may meet a first call here
-_exp_neg_f32 = None  # kernels.exp_neg_f32, compiled and bound here by _compile (the entries call it by name)
+_exp_neg_f32 = None  # the shared exponential's name in the generated module, where _activate calls it
 BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 128 KB at 64 wide, fit L2
 
 
@@ -57,43 +59,42 @@ def load_in_background(dtype="float32", sgd: bool = True) -> None:
 
 
 def _get(name: str):
-    """The compiled entry point ``_sgd`` or ``_grads``."""
-    global _compiled
-    if _compiled is None:  # (the lock only until the first compilation: this runs per batch)
-        with _load_lock:
-            if _compiled is None:
-                _compiled = _compile()
-    return _compiled[name]
+    """The compiled function ``name`` (an entry point, ``_sgd`` or ``_grads``, or a helper) for
+    the activations table as it is now."""
+    module = _generated.module()
+    if globals()["_sgd"] is not module._sgd:  # bound here too, each under its name: a test calls _activate alone
+        globals().update({fn.__name__: getattr(module, fn.__name__) for fn in _FUNCTIONS})
+    return getattr(module, name)
 
 
-def _compile() -> dict:
-    import numba
-
+def _parts() -> list:
     # Not fastmath=True: it assumes no inf/NaN, which would fold away the divergence check; and
     # no reassociation in the exponential, which would undo its exact range reduction.
     # error_model="numpy": no zero-division branch, so the division loops vectorise.
     opts = dict(cache=True, nogil=True, error_model="numpy")
     fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
-    # Helpers are compiled first and bound in this module, where the entries' global names find them.
-    globals()["_exp_neg_f32"] = numba.njit(fastmath=fast - {"reassoc"}, **opts)(kernels.exp_neg_f32)
-    for fn in (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads):
-        globals()[fn.__name__] = numba.njit(fastmath=fast, **opts)(fn)
-    return {"_grads": globals()["_grads"], "_sgd": numba.njit(fastmath=fast, **opts)(_sgd)}
+    return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast - {"reassoc"}, **opts)),
+            *((fn.__name__, fn, dict(fastmath=fast, **opts)) for fn in _FUNCTIONS)]
 
 
 def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
     # Z <- act(Z + b), one loop per activation so each vectorises
     rows, h = Z.shape
-    one = Z.dtype.type(1)
+    one, zero = Z.dtype.type(1), Z.dtype.type(0)
     for i in range(rows):
         for j in range(h):
             Z[i, j] += b[j]
-    if act == 2:
-        for i in range(rows):
-            for j in range(h):
-                Z[i, j] = max(Z[i, j], Z.dtype.type(0))
+    sigmoid = tanh = False
+    with each_activation(act):  # (flags set first, so the exponential below has one call site, as it had)
+        sigmoid, tanh = SIGMOID, TANH
+    if not sigmoid:
+        with each_activation(act):
+            for i in range(rows):
+                for j in range(h):
+                    s = Z[i, j]
+                    Z[i, j] = ACTIVATE(s, one, zero)
         return
-    if act == 1:  # tanh(z) = 2 sigmoid(2z) - 1
+    if tanh:  # tanh(z) = 2 sigmoid(2z) - 1
         Z *= Z.dtype.type(2)
     if fast_exp:  # float32
         E = np.empty(Z.shape, np.int32)
@@ -106,7 +107,7 @@ def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
         for i in range(rows):
             for j in range(h):
                 Z[i, j] = one / (one + np.exp(-Z[i, j]))
-    if act == 1:
+    if tanh:
         two = Z.dtype.type(2)
         for i in range(rows):
             for j in range(h):
@@ -176,7 +177,7 @@ def _grads(W1, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block):  # prag
     h, o = W2.shape
     gW1, gW2 = np.zeros_like(W1), np.zeros_like(W2)
     gb1, gb2 = np.zeros_like(b1), np.zeros_like(b2)
-    one = W1.dtype.type(1)
+    one, zero = W1.dtype.type(1), W1.dtype.type(0)
     total = 0.0
     correct = 0
     for r0 in range(0, n, block):
@@ -195,12 +196,8 @@ def _grads(W1, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block):  # prag
         for i in range(rows):
             for j in range(h):
                 a = A[i, j]
-                if act == 0:
-                    D[i, j] *= a * (one - a)
-                elif act == 1:
-                    D[i, j] *= one - a * a
-                elif a <= 0:
-                    D[i, j] = 0
+                with each_activation(act):
+                    D[i, j] *= DERIVATIVE(a, one, zero)
         gW2 += np.dot(A.T, Z)
         gW1 += np.dot(Xb.T, D)
         for i in range(rows):
@@ -229,6 +226,12 @@ def _sgd(W1, b1, W2, b2, X, T, R, lr, l1, l2, act, task, fast_exp, block):  # pr
     return total, correct
 
 
+# The step's functions as written, compiled (with the shared exponential) from the module
+# kernels.build writes for the activations table.
+_FUNCTIONS = (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads, _sgd)
+_generated = kernels.Generated("minibatch", ACTIVATIONS, _parts)
+
+
 def _weights(weights, n: int, dtype) -> np.ndarray:
     """Per-row loss weights as the compiled code takes them (all ones where none are given)."""
     if weights is None:
@@ -236,11 +239,10 @@ def _weights(weights, n: int, dtype) -> np.ndarray:
     return np.ascontiguousarray(weights, dtype=dtype).reshape(n)
 
 
-def _args(params, X, T, weights, l1, l2, activation, task):
+def _args(act, params, X, T, weights, l1, l2, task):
     t = X.dtype.type
     return (params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X), targets_2d(T, X.dtype),
-            _weights(weights, len(X), X.dtype), t(l1), t(l2), act_id(activation), task_id(task),
-            X.dtype == np.float32, BLOCK_ROWS)
+            _weights(weights, len(X), X.dtype), t(l1), t(l2), act, task_id(task), X.dtype == np.float32, BLOCK_ROWS)
 
 
 def sgd_step(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: float, l1: float, l2: float,
@@ -252,8 +254,9 @@ def sgd_step(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr: fl
     if given, weigh each row's loss (the mean is still over the rows). ``params`` is updated in
     place, unless the loss is not finite (the caller reports the divergence).
     """
-    W1, b1, W2, b2, X, T, R, l1, l2, *rest = _args(params, X, T, weights, l1, l2, activation, task)
-    total, correct = _get("_sgd")(W1, b1, W2, b2, X, T, R, X.dtype.type(lr), l1, l2, *rest)
+    compiled, act = _generated.get(activation)
+    W1, b1, W2, b2, X, T, R, l1, l2, *rest = _args(act, params, X, T, weights, l1, l2, task)
+    total, correct = compiled._sgd(W1, b1, W2, b2, X, T, R, X.dtype.type(lr), l1, l2, *rest)
     return float(total), int(correct)
 
 
@@ -262,5 +265,6 @@ def loss_and_grads(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, 
                    ) -> tuple[float, int, dict[str, np.ndarray]]:
     """The batch's mean loss plus the penalty, the rows classified right, and the gradients of that
     loss (as ``TwoLayerNet.loss_and_grads`` returns them), for optimisers other than plain SGD."""
-    total, correct, *grads = _get("_grads")(*_args(params, X, T, weights, l1, l2, activation, task))
+    compiled, act = _generated.get(activation)
+    total, correct, *grads = compiled._grads(*_args(act, params, X, T, weights, l1, l2, task))
     return float(total), int(correct), dict(zip(("W1", "b1", "W2", "b2"), grads))

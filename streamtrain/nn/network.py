@@ -35,7 +35,7 @@ class TwoLayerNet:
         self.n_in, self.hidden, self.n_out = int(n_in), int(hidden), int(n_out)
         self.activation, self.task, self.init = activation, task, init
         self.dtype = np.dtype(dtype)
-        self._act, self._act_grad = ACTIVATIONS[activation]
+        self._act, self._act_grad = ACTIVATIONS[activation].forward, ACTIVATIONS[activation].grad
         self._task = TASKS[task]
         rng = np.random.default_rng([int(seed), 0x1417])
         make = INITS[init]

@@ -5,34 +5,36 @@ learning near 18k samples/s; this loop runs a whole block of single-sample
 updates in compiled code. It computes exactly what ``TwoLayerNet.loss_and_grads``
 followed by ``SGD.step`` computes for one row, up to float rounding; in float32
 the sigmoid (and tanh through it) takes the minibatch step's polynomial
-exponential, which vectorises over the hidden units.
+exponential, which vectorises over the hidden units. The loop is written with its
+activation open and compiled from the module ``kernels.build`` writes, one branch
+per entry of ``functions.ACTIVATIONS``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .kernels import act_id, available, exp_neg_f32, targets_2d, task_id
+from . import kernels
+from .functions import ACTIVATIONS
+from .kernels import ACTIVATE, DERIVATIVE, SIGMOID, TANH, available, each_activation, targets_2d, task_id
 
 __all__ = ["available", "sgd_online", "targets_2d"]
 
-_compiled = None
-_exp_neg_f32 = None  # the shared exponential, compiled and bound here on first use (see _get_loop)
+_exp_neg_f32 = None  # the shared exponential's name in the generated module, where _sigmoid_f32 calls it
 
 
-def _get_loop():
-    # numba is imported on first use: it costs 0.1 s of start-up to every process that never needs it.
-    global _compiled
-    if _compiled is None:
-        import numba
+def _parts() -> list:
+    # the minibatch step's polynomial exponential (it vectorises; expf does not), without
+    # reassociation, which would undo its exact range reduction.
+    fast, opts = {"nsz", "arcp", "contract", "afn"}, dict(cache=True, nogil=True, error_model="numpy")
+    return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast, **opts)),
+            ("_sigmoid_f32", _sigmoid_f32, dict(fastmath=fast | {"reassoc"}, **opts)),
+            ("_loop", _loop, dict(cache=True, fastmath=True, nogil=True))]
 
-        # the minibatch step's polynomial exponential (it vectorises; expf does not), without
-        # reassociation, which would undo its exact range reduction.
-        fast, opts = {"nsz", "arcp", "contract", "afn"}, dict(cache=True, nogil=True, error_model="numpy")
-        globals()["_exp_neg_f32"] = numba.njit(fastmath=fast, **opts)(exp_neg_f32)
-        globals()["_sigmoid_f32"] = numba.njit(fastmath=fast | {"reassoc"}, **opts)(_sigmoid_f32)
-        _compiled = numba.njit(cache=True, fastmath=True, nogil=True)(_loop)
-    return _compiled
+
+# The compiled loop. numba is imported (by the generated module) on first use: it costs 0.1 s of
+# start-up to every process that never needs it.
+_generated = kernels.Generated("online", ACTIVATIONS, _parts)
 
 
 def _sigmoid_f32(a, E, tanh):  # pragma: no cover - compiled
@@ -59,6 +61,10 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
     da = np.empty(h, W1.dtype)
     z = np.empty(o, W1.dtype)
     E = np.empty(h, np.int32)
+    one, zero = 1.0, 0.0  # the activations' constants: float64, as the loop's sums
+    sigmoid = tanh = False
+    with each_activation(act):  # (flags set once, so the vectorised sigmoid has one call site, as it had)
+        sigmoid, tanh = SIGMOID, TANH
     loss_sum = 0.0
     correct = 0
     for i in range(n):
@@ -71,17 +77,13 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
             xk = x[k]
             for j in range(h):
                 a[j] += xk * W1[k, j]
-        if fast_exp and act != 2:  # float32: tanh(s) = 2 sigmoid(2s) - 1, as in the minibatch step
-            _sigmoid_f32(a, E, act == 1)
+        if fast_exp and sigmoid:  # float32: tanh(s) = 2 sigmoid(2s) - 1, as in the minibatch step
+            _sigmoid_f32(a, E, tanh)
         else:
             for j in range(h):
                 s = a[j]
-                if act == 0:
-                    a[j] = 1.0 / (1.0 + np.exp(-s)) if s >= 0 else np.exp(s) / (1.0 + np.exp(s))
-                elif act == 1:
-                    a[j] = np.tanh(s)
-                else:
-                    a[j] = s if s > 0 else 0.0
+                with each_activation(act):
+                    a[j] = ACTIVATE(s, one, zero)
         # forward: output layer
         for m in range(o):
             z[m] = b2[m]
@@ -134,12 +136,8 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
             for m in range(o):
                 s += z[m] * W2[j, m]
             aj = a[j]
-            if act == 0:
-                da[j] = s * aj * (1.0 - aj)
-            elif act == 1:
-                da[j] = s * (1.0 - aj * aj)
-            else:
-                da[j] = s if aj > 0 else 0.0
+            with each_activation(act):
+                da[j] = s * DERIVATIVE(aj, one, zero)
         # SGD updates, regularisation from the current weights. Without L1 the term is l1 itself (a zero
         # of the network's type): a float64 0.0 made these loops float64 and unvectorised (-25% rows/s).
         for j in range(h):
@@ -172,7 +170,8 @@ def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, 
     n, t = len(X), X.dtype.type
     rates = np.full(n, lr, X.dtype) if np.ndim(lr) == 0 else np.ascontiguousarray(lr, dtype=X.dtype)
     R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
-    loss_sum, correct = _get_loop()(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
-                                    targets_2d(T, X.dtype), R, rates, t(l1), t(l2), act_id(activation),
-                                    task_id(task), X.dtype == np.float32)
+    compiled, act = _generated.get(activation)
+    loss_sum, correct = compiled._loop(params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X),
+                                       targets_2d(T, X.dtype), R, rates, t(l1), t(l2), act, task_id(task),
+                                       X.dtype == np.float32)
     return float(loss_sum), int(correct)
