@@ -382,7 +382,7 @@ def _random_table(data, n: int) -> tuple[pa.Table, str]:
         elif kind == "bool":
             v = pa.array(rng.random(n) < 0.5, mask=nulls)
         elif kind in ("string", "dict"):
-            v = pa.array(rng.choice(["a", "b", "é", "", "long value " * 3], n).tolist(), mask=nulls)
+            v = pa.array(rng.choice(["a", "b", "é", "", "long value " * 3], n).tolist(), mask=nulls, type=pa.string())
             v = v.dictionary_encode() if kind == "dict" else v
         elif kind == "timestamp":
             v = pa.array(rng.integers(0, 2**40, n), mask=nulls).cast(pa.timestamp("ms", tz="Asia/Tokyo"))
