@@ -75,6 +75,28 @@ class Labels:
             raise DataError(f"{where}: binary task but label {label_name!r} has {len(classes)} classes")
         return cls(chosen, classes)
 
+    def class_weights(self, spec: str, stats: DataStats, where: str) -> list[float] | None:
+        """Each class index's loss weight from a ``class_weight`` setting ("balanced": n / (classes x
+        rows of the class); or weights by class value), or None (all 1)."""
+        from .config import class_weights
+
+        chosen = class_weights(spec)
+        if chosen is None:
+            return None
+        if self.task == "regression":
+            raise DataError(f"{where}: class_weight applies to classification, and the task is regression")
+        classes = self.classes if len(self.classes) > 1 else [0, 1]
+        if chosen == "balanced":
+            # the statistics pass counted the labels read: class indices where the classes are strings
+            keys = range(len(classes)) if self._indices else classes
+            counts = [stats.counts.get(k, 0) for k in keys]
+            total = sum(counts)
+            return [total / (len(classes) * c) if c else 0.0 for c in counts]
+        unknown = set(chosen) - {str(c) for c in classes}
+        if unknown:
+            raise DataError(f"{where}: class_weight names {sorted(unknown)[0]!r}, not one of the classes {classes}")
+        return [chosen.get(str(c), 1.0) for c in classes]
+
     def targets(self, y: np.ndarray, where: str = "") -> np.ndarray:
         """Labels as the network wants them: class indices, or float values for regression."""
         if self.task == "regression":

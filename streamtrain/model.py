@@ -82,7 +82,7 @@ class Model:
             scaler.mean[keep], scaler.scale[keep] = 0, 1
         model = cls(net, scaler, labels, feature_names, selection, label_name, source_format,
                     "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, weight,
-                    _class_weights(config.class_weight, labels, stats, where))
+                    labels.class_weights(config.class_weight, stats, where))
         model.encoding = encoding
         if labels.task == "regression" and getattr(config, "scale_target", False) and stats.label_mean is not None \
                 and stats.label_mean.shape == (labels.n_out,):
@@ -378,26 +378,6 @@ class Model:
         if "target.mean" in arrays:
             model.target = (np.array(arrays["target.mean"], np.float64), np.array(arrays["target.std"], np.float64))
         return model
-
-
-def _class_weights(spec: str, labels: Labels, stats: DataStats, where: str) -> list[float] | None:
-    """Each class index's weight from ``class_weight`` ("balanced": n / (classes x rows of the class))."""
-    from .config import class_weights
-
-    chosen = class_weights(spec)
-    if chosen is None:
-        return None
-    if labels.task == "regression":
-        raise DataError(f"{where}: class_weight applies to classification, and the task is regression")
-    classes = labels.classes if len(labels.classes) > 1 else [0, 1]
-    if chosen == "balanced":
-        counts = [stats.counts.get(c, 0) for c in classes]
-        total = sum(counts)
-        return [total / (len(classes) * c) if c else 0.0 for c in counts]
-    unknown = set(chosen) - {str(c) for c in classes}
-    if unknown:
-        raise DataError(f"{where}: class_weight names {sorted(unknown)[0]!r}, not one of the classes {classes}")
-    return [chosen.get(str(c), 1.0) for c in classes]
 
 
 def _names(names: list[str]) -> str:

@@ -559,3 +559,11 @@ def test_the_batch_iterator_yields_encoded_batches(tmp_path):
     y = np.concatenate([b[1] for b in batches])
     assert X.shape == (490, width) and np.isfinite(X).all()
     assert set(np.unique(y)) == {0.0, 1.0}
+
+
+def test_balanced_class_weights_count_string_classes(tmp_path):
+    df = flights(1000)
+    trainer = Trainer(hidden=4, epochs=1, class_weight="balanced")
+    trainer.fit(df, label="status", log=None)
+    share = (df["status"] == "late").mean()
+    np.testing.assert_allclose(trainer.model.class_weights, [0.5 / share, 0.5 / (1 - share)], rtol=1e-9)
