@@ -412,7 +412,8 @@ def test_any_mixed_schema_trains_or_says_why_and_round_trips(tmp_path_factory):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              database=None)  # the same examples on every run: CI never meets a new one by chance
     @given(st.data())
     def check(data):
         tmp = tmp_path_factory.mktemp("mixed")
