@@ -84,7 +84,7 @@ class Model:
                     "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, weight,
                     labels.class_weights(config.class_weight, stats, where))
         model.encoding = encoding
-        if labels.task == "regression" and getattr(config, "scale_target", False) and stats.label_mean is not None \
+        if labels.task == "regression" and config.scale_target and stats.label_mean is not None \
                 and stats.label_mean.shape == (labels.n_out,):
             std = stats.label_std.copy()
             std[~(std > 0)] = 1.0  # a constant target: centred only

@@ -61,12 +61,13 @@ def table_copy(path: str, kind: str) -> Path:
 def _decode(path: str, kind: str, out: Path) -> None:
     import pyarrow as pa
 
-    types: dict = {}
+    types: dict = {}  # column -> the type it is read as, once it changed after the first block
+    names: list = []  # the CSV's column names, as the reader found them
     for _ in range(MAX_RETYPES):
         try:
-            return _write(path, kind, out, types)
+            return _write(path, kind, out, types, names)
         except pa.ArrowInvalid as e:
-            retyped = _retype(str(e), types)
+            retyped = _retype(str(e), types, names)
             if retyped is None:
                 raise DataError(f"{path}: cannot be read as {kind.upper()} ({_first_line(e)})") from None
         except (OSError, EOFError, pa.ArrowException) as e:
@@ -75,14 +76,13 @@ def _decode(path: str, kind: str, out: Path) -> None:
                     "types stated")
 
 
-def _retype(message: str, types: dict):
+def _retype(message: str, types: dict, names: list):
     """A CSV column whose type changed after the first block, read again as float64 (numbers) or
     text; None where the error is not that."""
     import pyarrow as pa
 
     m = re.search(r"In CSV column #(\d+): .*CSV conversion error to (\w+): invalid value '([^']*)'", message)
-    names = types.get("__names__")
-    if not m or names is None:
+    if not m or not names:
         return None
     col, target, value = names[int(m.group(1))], m.group(2), m.group(3)
     try:
@@ -97,7 +97,7 @@ def _retype(message: str, types: dict):
     return col
 
 
-def _write(path: str, kind: str, out: Path, types: dict) -> None:
+def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -109,9 +109,9 @@ def _write(path: str, kind: str, out: Path, types: dict) -> None:
         reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
                                 parse_options=pacsv.ParseOptions(delimiter=delimiter),
                                 convert_options=pacsv.ConvertOptions(
-                                    column_types={k: v for k, v in types.items() if k != "__names__"},
+                                    column_types=types,
                                     strings_can_be_null=True))
-        types["__names__"] = reader.schema.names
+        names[:] = reader.schema.names
     else:
         import pyarrow.json as pajson
 
@@ -155,11 +155,16 @@ class CSVDataset(ParquetDataset):
         super().__init__(copies if len(copies) > 1 else copies[0], features, label, cache_bytes, dtype,
                          encoding=encoding, encode=encode)
         self.path = many_name(paths)
+        # each file's first row in the dataset, for messages naming rows within the file (found once:
+        # a message is made for every chunk read)
+        self._file_start: dict[int, int] = {}
+        for c, (f_idx, _, _) in enumerate(self._parts):
+            self._file_start.setdefault(f_idx, int(self.bounds[c]))
 
     def _where(self, i: int) -> str:
         f_idx = self._parts[i][0]
-        first = next(c for c, part in enumerate(self._parts) if part[0] == f_idx)  # the file's first chunk
-        a, b = int(self.bounds[i] - self.bounds[first]), int(self.bounds[i + 1] - self.bounds[first])
+        start = self._file_start[f_idx]
+        a, b = int(self.bounds[i]) - start, int(self.bounds[i + 1]) - start
         return f"{self._source_of.get(self._files[f_idx], self._files[f_idx])}, rows {a:,} to {b - 1:,}"
 
     def _stamped_files(self):
