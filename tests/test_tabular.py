@@ -568,3 +568,13 @@ def test_balanced_class_weights_count_string_classes(tmp_path):
     trainer.fit(df, label="status", log=None)
     share = (df["status"] == "late").mean()
     np.testing.assert_allclose(trainer.model.class_weights, [0.5 / share, 0.5 / (1 - share)], rtol=1e-9)
+
+
+def test_a_csv_files_messages_name_it_not_its_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    flights(300).to_csv(tmp_path / "f.csv", index=False)
+    res = _cli("train", tmp_path / "f.csv", "--label", "status", "--missing", "error", check=False)
+    assert res.returncode == 2 and res.stderr.startswith(f"error: {tmp_path / 'f.csv'}: column 'distance' has")
+    assert "copies" not in res.stderr
+    res = _cli("train", tmp_path / "f.csv", "--label", "status", "--missing", "impute", "--epochs", "1")  # the advice
+    assert "epoch 1/1" in res.stderr

@@ -53,19 +53,20 @@ class ParquetDataset(Dataset):
     def __init__(self, path: str, features: list[str] | str | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
                  storage_options: dict | None = None, allow_missing_chunks: bool = False,
-                 encoding: dict | None = None, encode: dict | None = None):
+                 encoding: dict | None = None, encode: dict | None = None, name: str | None = None):
         # (allow_missing_chunks: accepted for every format; a Parquet row group is always written)
-        # encoding: a model's learned column encoding (its state); encode: options to learn one
+        # encoding: a model's learned column encoding (its state); encode: options to learn one;
+        # name: how messages name the data (a CSV file read through its Parquet copy)
         import pyarrow.dataset as pds
 
         super().__init__(cache_bytes, dtype)
         # Several files (a list, from a glob) are one dataset: their rows in the list's order.
         many = [os.fspath(p) for p in path] if isinstance(path, (list, tuple)) else None
-        self.path = many_name(many) if many else str(path)
+        self.path = name or (many_name(many) if many else str(path))
         self._storage_options = storage_options or {}
-        fs, root = open_filesystem(many[0] if many else self.path, self._storage_options)
+        fs, root = open_filesystem(many[0] if many else str(path), self._storage_options)
         self._fs = fs
-        for p in many or [self.path]:
+        for p in many or [str(path)]:
             if not is_url(p) and not os.path.exists(p):
                 raise DataError(f"{p}: no such file or directory")
         try:

@@ -153,8 +153,7 @@ class CSVDataset(ParquetDataset):
         copies = [str(table_copy(p, self._kind)) for p in paths]
         self._source_of = dict(zip(copies, paths))
         super().__init__(copies if len(copies) > 1 else copies[0], features, label, cache_bytes, dtype,
-                         encoding=encoding, encode=encode)
-        self.path = many_name(paths)
+                         encoding=encoding, encode=encode, name=many_name(paths))
         # each file's first row in the dataset, for messages naming rows within the file (found once:
         # a message is made for every chunk read)
         self._file_start: dict[int, int] = {}
