@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +14,66 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 FORMATS = (".h5", ".zarr", ".parquet")
+
+# What a test leaves running must not outlive the session: a server or service still holding the
+# session's output, or a thread the interpreter waits for at exit, kept a CI job running until
+# its time ran out. Every process started in the session carries this mark in its environment;
+# at the end those still running are named and killed, and a thread still running a minute after
+# the session ends is shown with its stack and the process ends.
+_MARK = "STREAMTRAIN_TEST_SESSION"
+_LEFT_THREAD_GRACE_S = float(os.environ.get("STREAMTRAIN_TEST_THREAD_GRACE_S", "60"))
+
+
+def pytest_configure(config):
+    os.environ[_MARK] = f"{os.getpid()}-{time.time_ns()}"
+
+
+def _marked_processes() -> list[tuple[int, str]]:
+    token = f"{_MARK}={os.environ.get(_MARK)}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if token in (entry / "environ").read_bytes().split(b"\0"):
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace").strip()))
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    left = _marked_processes() if os.environ.get(_MARK) and Path("/proc/self/environ").exists() else []
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    session.config._streamtrain_left = left
+    session.config._streamtrain_status = int(exitstatus)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    left = getattr(config, "_streamtrain_left", [])
+    if left:
+        terminalreporter.section("processes left running by tests (killed now)", sep="=", red=True)
+        for pid, cmd in left:
+            terminalreporter.line(f"{pid}: {cmd[:300]}")
+
+
+def pytest_unconfigure(config):
+    status = getattr(config, "_streamtrain_status", 1)
+
+    def watchdog() -> None:
+        time.sleep(_LEFT_THREAD_GRACE_S)
+        print(f"\nthe tests ended {_LEFT_THREAD_GRACE_S:.0f} s ago but a thread is still running; "
+              "its stack, and every thread's:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(status or 1)
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        threading.Thread(target=watchdog, name="left-thread-watchdog", daemon=True).start()
 
 
 @pytest.fixture(scope="session")

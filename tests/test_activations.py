@@ -129,3 +129,34 @@ def test_a_fresh_process_reads_both_compiled_loops_from_the_cache():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     hits, misses = map(int, out.split())
     assert hits == 2 and misses == 0
+
+
+def test_two_threads_building_the_compiled_loops_never_parse_at_once(monkeypatch):
+    # CPython 3.11's parser shares its depth count between threads (python/cpython#106905): a
+    # service building both loops in two threads failed with "AST constructor recursion depth
+    # mismatch". Each parse is slowed here so that overlapping parses would be seen.
+    import ast
+    import threading
+    import time
+
+    parse, inside, overlaps = ast.parse, [0], []
+
+    def slow_parse(*args, **kwargs):
+        inside[0] += 1
+        overlaps.append(inside[0] > 1)
+        time.sleep(0.02)
+        try:
+            return parse(*args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(ast, "parse", slow_parse)
+    table = {**ACTIVATIONS, "softsign": SOFTSIGN}  # a table not built before: both modules are built now
+    builds = [lambda: kernels.build("online", table, online._parts()),
+              lambda: kernels.build("minibatch", table, minibatch._parts())]
+    threads = [threading.Thread(target=b) for b in builds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlaps) >= 2 and not any(overlaps)

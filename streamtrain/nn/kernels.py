@@ -120,7 +120,7 @@ _FORM_NAMES = {"one", "zero", "np"} | set(dir(builtins))
 def _form(entry_name: str, text: str, var: str) -> ast.expr:
     """One of an entry's compiled forms, checked: an expression of ``var``, ``one``, ``zero`` and ``np``."""
     try:
-        tree = ast.parse(text, mode="eval").body
+        tree = parse(text, mode="eval").body
     except SyntaxError as e:
         raise ValueError(f"activation {entry_name!r}: its compiled form {text!r} is not an expression "
                          f"({e.msg})") from None
@@ -197,6 +197,24 @@ class _Expand:
         return chain or [ast.Pass()]
 
 
+_ast_lock = threading.RLock()
+
+
+def parse(text: str, filename: str = "<unknown>", mode: str = "exec") -> ast.AST:
+    """``ast.parse``, one thread at a time. CPython 3.11 keeps the depth count of its syntax-tree
+    constructor in state every thread shares, so two threads parsing at once can fail with
+    "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905): a service
+    building its two compiled loops in two threads met it. A parse in another library's thread
+    can still meet ours; parsing again is then right, as a parse changes nothing."""
+    with _ast_lock:
+        for attempt in range(3):
+            try:
+                return ast.parse(text, filename, mode)
+            except SystemError:
+                if attempt == 2:
+                    raise
+
+
 _PLACEHOLDERS = {"ACTIVATE", "DERIVATIVE", "SIGMOID", "TANH", "each_activation"}
 
 
@@ -206,11 +224,11 @@ def _function(fn: Callable, trees: dict) -> ast.FunctionDef:
     again for every function: tens of milliseconds at every process's first step."""
     path = inspect.getsourcefile(fn)
     if path not in trees:
-        trees[path] = ast.parse(Path(path).read_text(), path)
+        trees[path] = parse(Path(path).read_text(), path)
     for node in trees[path].body:
         if isinstance(node, ast.FunctionDef) and node.name == fn.__name__:
             return node
-    return ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]  # not at a module's top level
+    return parse(textwrap.dedent(inspect.getsource(fn))).body[0]  # not at a module's top level
 
 
 def _expanded(fn: Callable, expand: _Expand, name: str, trees: dict) -> ast.FunctionDef:
@@ -335,9 +353,9 @@ def build(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, Callab
     """The generated module of ``parts`` for ``table`` (see ``module_text``), written (once) as
     ``cache_dir()/_streamtrain_<stem>_<hash of its text>.py`` and imported (once per process):
     numba compiles its functions on their first call, or reads them from its cache."""
-    text = module_text(stem, table, parts)
-    name = f"_streamtrain_{stem}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     with _build_lock:
+        text = module_text(stem, table, parts)
+        name = f"_streamtrain_{stem}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
         if name not in _built:
             _built[name] = _import(name, text)
         return _built[name]
