@@ -497,6 +497,32 @@ def test_directory_exactly_once_across_kills(served, tmp_path):
                                      pause=0.05)
 
 
+
+# -- a source from a plug-in -----------------------------------------------------------------
+PLUGINS = Path(__file__).with_name("plugins")  # an installed distribution, once on PYTHONPATH
+
+
+def append_lines(path: Path, stream: list[list[dict]], pause: float | Callable = 0.0) -> None:
+    """Each piece as one line of a JSON-lines file (the toy source's input), written as it grows."""
+    with open(path, "ab") as f:
+        for rows in stream:
+            f.write(json.dumps(rows).encode() + b"\n")
+            f.flush()
+            time.sleep(rest(pause))
+
+
+@pytest.mark.slow
+def test_a_plugin_source_exactly_once_across_kills(served, tmp_path, monkeypatch):
+    # The toy source (tests/plugins) is found as a package would be: an entry point of the group
+    # streamtrain.plugins; the service knows it only through the sources' registry.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
+    stream = pieces(150, seed=13)
+    assert_exactly_once_across_kills(
+        served, f"lines:{tmp_path / 'ref.jsonl'}", f"lines:{tmp_path / 'live.jsonl'}", sum(map(len, stream)),
+        lambda svc: append_lines(tmp_path / "ref.jsonl", stream),
+        lambda svc, pause: append_lines(tmp_path / "live.jsonl", stream, pause), seed=2, kills=4, pause=0.05)
+
+
 # -- Redis Streams ---------------------------------------------------------------------------
 @pytest.fixture
 def redis_url(tmp_path):

@@ -11,6 +11,7 @@ import click
 
 from .._malloc import reuse_freed_memory
 from ..errors import Interrupted, StreamtrainError, os_reason
+from ..plugins import load_plugins
 from ..train.distributed import active as active_communicator
 from .group import cli
 from .options import _echo_err
@@ -26,6 +27,7 @@ def main(argv=None) -> None:
     _show_library_warnings()
     try:
         reuse_freed_memory()
+        load_plugins()
         cli.main(args=args, prog_name="streamtrain", standalone_mode=False)
     except click.exceptions.Exit as e:
         exit_now(e.exit_code)
