@@ -12,8 +12,10 @@ with a progress bar. Command cases, as users run it and as scripts/bench.py's he
 do: ``streamtrain train FILE --batch-size B --hidden 64 --epochs 2 --checkpoint-dir DIR`` (a
 new directory per run, stdout and stderr on a pseudo-terminal so the progress bar draws) at
 batch 256 from each format and batch 1 from uncompressed HDF5; compared on the command's own
-figure (metrics.jsonl, epoch 2) and on its wall time. Writes ``benchmarks/ab.json`` and
-prints a table.
+figure (metrics.jsonl, epoch 2) and on its wall time. Service cases: ``streamtrain serve`` at
+batch 256 fed by each source (HTTP, Redis, NATS, a landing directory) as scripts/bench_serve.py
+feeds it (``--serve-rows`` rows; rows trained per second; skipped with ``--serve-rows 0``).
+Writes ``benchmarks/ab.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import cli_train  # a sibling script: the benchmark's command cases
+from bench import cli_train  # sibling scripts: the benchmark's command cases, its service runs
+from bench_serve import SOURCES, serve_once, serve_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "benchmarks" / "scratch"
@@ -95,6 +98,7 @@ def main() -> None:
     ap.add_argument("rev")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--serve-rows", type=int, default=200_000)
     args = ap.parse_args()
     from streamtrain import make_data
 
@@ -113,7 +117,7 @@ def main() -> None:
                    capture_output=True)
     cases = [(name, 256, False) for name in files] + [("hdf5", 1, False), ("hdf5", 1, True)]
     cli_cases = [(name, 256) for name in files] + [("hdf5", 1)]
-    results, cli_results = [], []
+    results, cli_results, serve_results = [], [], []
     try:
         for tree in (old, ROOT):  # compile (or load numba's cache) once per tree
             check_imports(tree)
@@ -140,6 +144,16 @@ def main() -> None:
             print(f"{name:15s} batch {batch:4d} cli  {args.rev}: {a['epochs']:12,.0f}/s   tree: {b['epochs']:12,.0f}/s"
                   f"   ratio {b['epochs'] / a['epochs']:.3f}; whole command {a['wall']:10,.0f}/s vs "
                   f"{b['wall']:10,.0f}/s, ratio {b['wall'] / a['wall']:.3f}", flush=True)
+        if args.serve_rows:
+            X, y = serve_rows(args.serve_rows)
+        for source in SOURCES if args.serve_rows else ():
+            a = b = 0.0
+            for _ in range(args.reps):
+                a = max(a, serve_once(source, X, y, command(old), {**os.environ, "PYTHONPATH": str(old)})["rows_per_s"])
+                b = max(b, serve_once(source, X, y, command(ROOT), {**os.environ, "PYTHONPATH": str(ROOT)})["rows_per_s"])
+            serve_results.append({"source": source, "rows": args.serve_rows, "rev": a, "tree": b, "ratio": b / a})
+            print(f"serve {source:9s} batch  256      {args.rev}: {a:12,.0f}/s   tree: {b:12,.0f}/s   ratio {b / a:.3f}",
+                  flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
         shutil.rmtree(old, ignore_errors=True)
@@ -147,7 +161,7 @@ def main() -> None:
     plain = next(r for r in results if r["batch_size"] == 1 and not r["progress_bar"])["tree"]
     print(f"batch 1 with the progress bar / without it (tree): {bar / plain:.3f}")
     out = {"rev": args.rev, "rows": args.rows, "reps": args.reps, "cases": results,
-           "batch1_bar_over_plain": bar / plain, "cli_cases": cli_results,
+           "batch1_bar_over_plain": bar / plain, "cli_cases": cli_results, "serve_cases": serve_results,
            "cli_command": "streamtrain train FILE --batch-size B --hidden 64 --epochs 2 --checkpoint-dir DIR"}
     (ROOT / "benchmarks" / "ab.json").write_text(json.dumps(out, indent=2) + "\n")
 

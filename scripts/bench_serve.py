@@ -59,15 +59,16 @@ def _rss(pid: int) -> int:
 
 
 class _Service:
-    def __init__(self, source: str, workdir: Path):
+    def __init__(self, source: str, workdir: Path, command: list[str] | None = None, env: dict | None = None):
         import httpx
 
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([str(BIN), "serve", "--source", source, "--checkpoint-dir", str(workdir / "svc"),
+        self.proc = subprocess.Popen([*(command or [str(BIN)]), "serve", "--source", source, "--checkpoint-dir", str(workdir / "svc"),
                                       "--port", str(self.port), "--features", ",".join(FEATURES), "--label", "y",
                                       "--classes", "0,1", "--hidden", "64", "--batch-size", "256",
-                                      "--queue-mb", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--queue-mb", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=env)
         self.client = httpx.Client(timeout=30)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -168,7 +169,10 @@ def _broker(kind: str, workdir: Path):
     return proc, url
 
 
-def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path) -> dict:
+def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list[str] | None = None,
+         env: dict | None = None) -> dict:
+    """One source's run (see the module's docstring); ``command``, ``env``: the streamtrain to run
+    (scripts/ab.py runs two revisions' services)."""
     broker, url, spec = None, None, "http"
     if source in ("redis", "nats"):
         broker, url = _broker(source, workdir)
@@ -176,7 +180,7 @@ def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path) -> dict:
     elif source == "directory":
         (workdir / "landing").mkdir()
         spec = f"dir:{workdir / 'landing'}"
-    svc = _Service(spec, workdir)
+    svc = _Service(spec, workdir, command, env)
     try:
         latencies, lags, rss = [], [], []
         done = threading.Event()
@@ -246,6 +250,26 @@ def _soak(X: np.ndarray, y: np.ndarray, workdir: Path, seconds: float, rate: flo
         svc.stop()
 
 
+SOURCES = ("http", "redis", "nats", "directory")
+
+
+def serve_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows every source's producer writes: 64 standard normal float32 features, a binary label."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    return X, (X[:, :8].sum(axis=1) > 0).astype(np.int64)
+
+
+def serve_once(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | None = None,
+               env: dict | None = None) -> dict:
+    """``_one`` in a directory of its own, removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-{source}-"))
+    try:
+        return _one(source, X, y, workdir, command, env)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def bench_serve(files, rows, chunk_rows, soak_s: float = 600.0) -> list[dict]:
     """Each source's sustained rate at batch 256, /predict latency while training, lag, memory."""
     try:
@@ -254,17 +278,10 @@ def bench_serve(files, rows, chunk_rows, soak_s: float = 600.0) -> list[dict]:
     except ImportError:
         print("serve     the serve extra is not installed (pip install 'streamtrain[serve]'): skipped", flush=True)
         return [{"skipped": "serve extra not installed"}]
-    n = min(rows, 1_000_000)
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
-    y = (X[:, :8].sum(axis=1) > 0).astype(np.int64)
+    X, y = serve_rows(min(rows, 1_000_000))
     results = []
-    for source in ("http", "redis", "nats", "directory"):
-        workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-{source}-"))
-        try:
-            r = _one(source, X, y, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+    for source in SOURCES:
+        r = serve_once(source, X, y)
         results.append(r)
         extra = (f"; /predict p50 {r['predict_p50_s'] * 1e3:.1f} ms, p99 {r['predict_p99_s'] * 1e3:.1f} ms"
                  if "predict_p50_s" in r else "")

@@ -36,8 +36,9 @@ def _marked_processes() -> list[tuple[int, str]]:
             continue
         try:
             if token in (entry / "environ").read_bytes().split(b"\0"):
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                    errors="replace").strip()))
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                if "from multiprocessing." not in cmd:  # pytest's own resource tracker: it ends with pytest
+                    found.append((int(entry.name), cmd))
         except OSError:  # gone, or another user's
             continue
     return found

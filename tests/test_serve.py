@@ -210,9 +210,11 @@ def post_all(url: str, stream: list[list[dict]], prefix: str = "piece", pause: f
     """Send each piece until it is accepted, retrying through restarts and 429s with the same
     Idempotency-Key (as a careful producer does); the number of 429s met."""
     busy = 0
+    deadline = time.monotonic() + 300  # a service that never comes back fails the test, not the suite
     with httpx.Client(timeout=10) as client:
         for i, rows in enumerate(stream):
             while True:
+                assert time.monotonic() < deadline, f"piece {i} was not accepted within 300 s"
                 try:
                     r = client.post(url + "/learn", json=rows, headers={"Idempotency-Key": f"{prefix}-{i}"})
                 except httpx.HTTPError:
