@@ -10,7 +10,8 @@ st=.venv/bin/streamtrain
 run=runs/quickstart
 rm -rf "$run"  # each quickstart starts from scratch, so it can be re-run
 # The textbook recipe: 10 sigmoid hidden units, batch 32, learning rate 0.1, L2 0.01.
-recipe=(data/breast_cancer.h5 --hidden 10 --batch-size 32 --lr 0.1 --l2 0.01 --val-fraction 0.2
+recipe=(data/breast_cancer.h5 --hidden 10 --activation sigmoid --optimizer sgd --lr 0.1 --lr-schedule constant
+        --batch-size 32 --l2 0.01 --val-fraction 0.2
         --checkpoint-dir "$run")
 
 echo "== train 30 epochs, checkpointing to $run"

@@ -53,7 +53,7 @@ EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy", "val_r2", "train_loss", "t
 
 # Settings that only one schedule reads: given another, they would do nothing.
 _SCHEDULE_SETTINGS = {"power_t": ("invscaling",), "lr_gamma": ("step", "exponential"),
-                      "lr_step": ("step", "exponential"), "lr_min": ("cosine",)}
+                      "lr_step": ("step", "exponential"), "lr_min": ("cosine", "auto")}
 
 
 def _f(default, help: str, min_open: bool = False, max_open: bool = False, kind: type | None = None):
@@ -99,7 +99,7 @@ def choices() -> dict[str, tuple[str, ...]]:
     from .nn.schedules import SCHEDULES
 
     return {"activation": tuple(ACTIVATIONS), "task": ("auto", *TASKS), "init": tuple(INITS),
-            "optimizer": tuple(OPTIMIZERS), "shuffle": tuple(SHUFFLES), "decoder": tuple(DECODERS),
+            "optimizer": ("auto", *OPTIMIZERS), "shuffle": tuple(SHUFFLES), "decoder": tuple(DECODERS),
             "scale": tuple(SCALINGS), "dtype": ("float32", "float64"), "lr_schedule": tuple(SCHEDULES),
             "early_stopping_metric": EARLY_STOPPING_METRICS, "missing": ("impute", "error"),
             "missing_label": ("skip", "error")}
@@ -116,14 +116,17 @@ class TrainConfig:
     """
 
     hidden: int = _f(64, "Units of the hidden layer.")
-    activation: str = _f("sigmoid", "Hidden-layer activation.")
+    activation: str = _f("relu", "Hidden-layer activation.")
     task: str = _f("auto", "binary, multiclass or regression (auto: from the labels).")
     init: str = _f("normal", "Weight initialisation (normal: N(0, 0.1); glorot; he).")
     batch_size: int = _f(32, "Rows per update (1: online learning; the row count: full-batch descent).")
-    epochs: int = _f(10, "Passes over the data (on resume: the total to reach).")
+    epochs: int | None = _f(None, "Passes over the data (default: enough for about 3,000 updates, at least 10 "
+                            "and at most 60; on resume: the total to reach).", kind=int)
     lr: float | None = _f(None, "Learning rate (default: the optimiser's, 0.1 for sgd, momentum and nesterov, "
-                          "0.001 for adam).", min_open=True, kind=float)
-    lr_schedule: str = _f("constant", "How the learning rate changes with the step t: constant; invscaling "
+                          "0.003 for adam).", min_open=True, kind=float)
+    lr_schedule: str = _f("auto", "How the learning rate changes with the step t: auto (cosine where the run's "
+                          "length is known, as in train, stretched to a longer run on resume; constant where it is not, as in "
+                          "serve); constant; invscaling "
                           "(lr / t^power_t); step (times lr_gamma every lr_step steps); exponential "
                           "(lr * lr_gamma^(t / lr_step)); cosine (to lr_min over the run).")
     power_t: float = _f(0.5, "The exponent of the invscaling schedule (scikit-learn's power_t, VW's --power_t).")
@@ -131,7 +134,8 @@ class TrainConfig:
     lr_step: int = _f(1000, "The steps over which the step and exponential schedules multiply by lr_gamma.")
     lr_min: float = _f(0.0, "The learning rate the cosine schedule ends at.")
     warmup: int = _f(0, "Steps over which the learning rate ramps up linearly from 0 (0: none).")
-    optimizer: str = _f("sgd", "The optimiser (each has its default learning rate and its hyperparameters).")
+    optimizer: str = _f("auto", "The optimiser (each has its default learning rate and its hyperparameters; "
+                        "auto: adam, or sgd at batch size 1).")
     # The optimiser's own hyperparameters (see nn.optim.OPTIMIZERS), those not given at their defaults.
     optimizer_params: dict = field(default_factory=dict, metadata={"kind": dict, "help": "Hyperparameters of "
                                                                    "the optimiser."})
@@ -192,6 +196,8 @@ class TrainConfig:
     keep_best: bool = _f(False, "Also keep the best epoch by validation loss as best.npz.")
 
     def __post_init__(self):
+        if self.optimizer == "auto":  # known now: it decides which hyperparameters may be given
+            self.optimizer = "sgd" if self.batch_size == 1 else "adam"
         self.validate()
 
     def validate(self) -> None:
@@ -309,6 +315,8 @@ class TrainConfig:
         differ from an uninterrupted one; the learning rate and hyperparameters as used."""
         a, b = self._effective(), other._effective()
         keys = [k for k in a if names is None or k in names or (k == "hyperparameters" and "optimizer_params" in names)]
+        # A cosine schedule asked for decays over the run's length, which is then fixed; the default
+        # (auto) stretches its decay to a new length from the step it resumes at.
         may_change = RESUME_MAY_CHANGE - ({"epochs"} if other.lr_schedule == "cosine" else set())
         return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in keys if k not in may_change and a[k] != b[k]]
 
@@ -318,6 +326,17 @@ class TrainConfig:
         d.pop("optimizer_params")
         d["hyperparameters"] = self.hyperparameters()
         return d
+
+
+def auto_epochs(rows: int, batch_size: int) -> int:
+    """The default number of epochs for ``rows`` training rows: enough for about 3,000 updates (a
+    small table needs many passes), at least 10 and at most 60.
+
+    >>> auto_epochs(200, 32), auto_epochs(10_000, 32), auto_epochs(1_000_000, 256)
+    (60, 10, 10)
+    """
+    steps = max(1, -(-int(rows) // int(batch_size)))
+    return min(60, max(10, -(-3000 // steps)))
 
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.

@@ -209,7 +209,7 @@ class StreamClassifier(ClassifierMixin, _StreamEstimator):
     epochs : int, default=10
         Passes over the data.
     lr : float or None, default=None
-        The learning rate; None: the optimiser's (0.1 for sgd, momentum, nesterov; 0.001 adam).
+        The learning rate; None: the optimiser's (0.1 for sgd, momentum, nesterov; 0.003 adam).
     optimizer : {"sgd", "momentum", "nesterov", "adam"}, default="sgd"
         The optimiser, with its default hyperparameters.
     l1, l2 : float, default=0.0

@@ -56,8 +56,8 @@ CASES = [
      ["train", H5, "--epochs", "2", "--hidden", "7", "--checkpoint-dir", "{n}/new"]),
     ("validation", ["train", H5, "--epochs", "2", "--early-stopping", "1"], "(--val or --val-fraction)",
      ["train", H5, "--epochs", "2", "--early-stopping", "1", "--val-fraction", "0.2"]),
-    ("lr", ["train", "{d}/real.parquet", "--epochs", "1", "--lr", "1000000"], "lower the learning rate (--lr)",
-     ["train", "{d}/real.parquet", "--epochs", "1", "--lr", "0.01"]),
+    ("lr", ["train", "{d}/real.parquet", "--epochs", "1", "--optimizer", "sgd", "--lr", "1000000"],
+     "lower the learning rate (--lr)", ["train", "{d}/real.parquet", "--epochs", "1", "--optimizer", "sgd", "--lr", "0.01"]),
     ("window", ["train", H5, "--epochs", "1", "--window-mb", "1048576"], "lower it",
      ["train", H5, "--epochs", "1", "--window-mb", "64"]),
 ]

@@ -167,9 +167,9 @@ def test_an_optimiser_added_to_its_table_alone_is_checkpointed_and_resumed(tmp_p
     rng = np.random.default_rng(0)
     X = rng.standard_normal((500, 4)).astype(np.float32)
     y = (X[:, 0] > 0).astype(int)
-    whole = Trainer(hidden=4, epochs=4, batch_size=50, optimizer="toy")
+    whole = Trainer(hidden=4, epochs=4, batch_size=50, optimizer="toy", lr_schedule="constant")
     whole.fit((X, y), checkpoint_dir=tmp_path / "whole", log=None)
-    Trainer(hidden=4, epochs=2, batch_size=50, optimizer="toy").fit((X, y), checkpoint_dir=tmp_path / "half", log=None)
+    Trainer(hidden=4, epochs=2, batch_size=50, optimizer="toy", lr_schedule="constant").fit((X, y), checkpoint_dir=tmp_path / "half", log=None)
     resumed = Trainer(epochs=4)
     resumed.fit((X, y), checkpoint_dir=tmp_path / "half", resume=True, log=None)
     for k, v in whole.net.params.items():

@@ -102,7 +102,7 @@ def test_divergence_exits_1(tmp_path):
     with h5py.File(tmp_path / "big.h5", "w") as f:
         f["X"] = rng.standard_normal((64, 3)).astype(np.float32)
         f["y"] = (rng.standard_normal(64) * 1e6).astype(np.float32)
-    res = run("train", tmp_path / "big.h5", "--lr", 1e4, "--scale", "none", "--epochs", 5)
+    res = run("train", tmp_path / "big.h5", "--optimizer", "sgd", "--lr", 1e4, "--scale", "none", "--epochs", 5)
     assert res.returncode == 1 and "diverged" in res.stderr and "Traceback" not in res.stderr
 
 

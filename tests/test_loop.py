@@ -209,8 +209,10 @@ def test_the_library_refuses_what_the_cli_refuses():
 
 
 def test_adam_takes_its_own_learning_rate_unless_one_is_given():
-    assert Trainer(optimizer="adam").config.learning_rate == 0.001
+    assert Trainer(optimizer="adam").config.learning_rate == 0.003
     assert Trainer(optimizer="sgd").config.learning_rate == 0.1
+    # the default optimiser: adam, and plain SGD for online learning (batch size 1)
+    assert Trainer().config.optimizer == "adam" and Trainer(batch_size=1).config.optimizer == "sgd"
     assert Trainer(optimizer="adam", lr=0.01).config.learning_rate == 0.01
 
 
@@ -334,7 +336,7 @@ def test_fit_twice_starts_a_new_run_each_time():
 @pytest.mark.parametrize("args,message", [
     (["--early-stopping", "3"], "early_stopping needs validation data"),
     (["--keep-best"], "keep_best needs validation data"),
-    (["--momentum", "0.5"], "momentum: does nothing with optimizer 'sgd' (it applies to momentum, nesterov)"),
+    (["--momentum", "0.5"], "momentum: does nothing with optimizer 'adam' (it applies to momentum, nesterov)"),
     (["--optimizer", "momentum", "--beta1", "0.8"], "beta1: does nothing with optimizer 'momentum'"),
 ])
 def test_options_that_would_do_nothing_are_refused_before_reading_data(args, message, tmp_path):

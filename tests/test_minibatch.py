@@ -151,7 +151,8 @@ def test_partial_fit_runs_the_same_steps_as_fit():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 5)).astype(np.float32)
     y = (X[:, 0] > 0).astype(int)
-    cfg = dict(hidden=6, batch_size=50, epochs=1, shuffle="none", scale="none", task="binary")
+    # (the default schedule decays over fit's run, whose length partial_fit does not know)
+    cfg = dict(hidden=6, batch_size=50, epochs=1, shuffle="none", scale="none", task="binary", lr_schedule="constant")
     a = Trainer(TrainConfig(**cfg)).partial_fit(X, y, classes=[0, 1])
     b = Trainer(TrainConfig(**cfg))
     b.fit((X, y), log=None)
@@ -161,20 +162,22 @@ def test_partial_fit_runs_the_same_steps_as_fit():
 
 
 def test_compiled_false_runs_every_step_in_numpy(monkeypatch):
-    from streamtrain.nn import online
+    from streamtrain.nn import online, optim
 
     def refuse(*args, **kwargs):
         raise AssertionError("a compiled loop ran")
 
-    monkeypatch.setattr(online, "sgd_online", refuse)
-    monkeypatch.setattr(minibatch, "sgd_step", refuse)
+    for module, name in ((online, "sgd_online"), (minibatch, "sgd_step"), (minibatch, "loss_and_grads")):
+        monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(optim, "_compiled_adam", lambda: refuse)
     data = (np.random.default_rng(0).standard_normal((64, 3)), np.arange(64) % 2)
-    for batch_size in (1, 16):
-        t = Trainer(TrainConfig(hidden=4, epochs=1, batch_size=batch_size, compiled=False))
+    for batch_size, optimizer in ((1, "sgd"), (16, "sgd"), (16, "adam")):
+        t = Trainer(TrainConfig(hidden=4, epochs=1, batch_size=batch_size, optimizer=optimizer, compiled=False))
         t.fit(data, log=None)
         assert t.global_step == 64 // batch_size
-    with pytest.raises(AssertionError, match="a compiled loop ran"):  # and the default does run them
-        Trainer(TrainConfig(hidden=4, epochs=1, batch_size=16)).fit(data, log=None)
+    for optimizer in ("sgd", "adam"):  # and the default does run them
+        with pytest.raises(AssertionError, match="a compiled loop ran"):
+            Trainer(TrainConfig(hidden=4, epochs=1, batch_size=16, optimizer=optimizer)).fit(data, log=None)
 
 
 def test_multi_output_regression_step_equals_numpy_step():

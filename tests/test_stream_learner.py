@@ -60,7 +60,10 @@ def test_how_rows_arrive_and_checkpoints_change_nothing(tmp_path, shuffle_rows, 
     for k, v in whole.model.net.params.items():
         np.testing.assert_array_equal(learner.model.net.params[k], v, err_msg=k)
     np.testing.assert_array_equal(learner.pending_X, whole.pending_X)
-    assert learner.prequential() == whole.prequential()
+    # The parameters are bitwise equal; the prequential loss is a float sum whose association
+    # follows the pieces (at batch size 1, one partial sum per compiled call): equal to 1e-12.
+    a, b = learner.prequential(), whole.prequential()
+    assert a.keys() == b.keys() and a == pytest.approx(b, rel=1e-12, abs=0)
     assert whole.prequential()["accuracy"] > 0.8
 
 

@@ -214,7 +214,7 @@ def test_overrides_and_missing_error_from_the_command(tmp_path):
 def test_resume_with_encoded_columns_is_bitwise(tmp_path):
     flights(1500).to_parquet(tmp_path / "f.parquet", row_group_size=500)
     args = ["train", tmp_path / "f.parquet", "--label", "status", "--hidden", "8", "--batch-size", "16",
-            "--optimizer", "adam", "--quiet"]
+            "--optimizer", "adam", "--lr-schedule", "constant", "--quiet"]  # (auto stretches to a longer run)
     _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "whole")
     _cli(*args, "--epochs", "1", "--checkpoint-dir", tmp_path / "parts")
     _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "parts", "--resume")

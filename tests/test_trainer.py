@@ -107,7 +107,7 @@ def test_resume_refuses_different_data_unless_forced(tmp_path):
 def test_resume_refuses_changed_settings_unless_forced(tmp_path):
     data = (np.random.default_rng(0).standard_normal((200, 3)), np.arange(200) % 2)
     Trainer(TrainConfig(hidden=4, epochs=1)).fit(data, checkpoint_dir=tmp_path, log=None)
-    with pytest.raises(Exception, match=r"lr: 0.1 -> 0.5"):
+    with pytest.raises(Exception, match=r"lr: 0.003 -> 0.5"):
         Trainer(TrainConfig(hidden=4, epochs=2, lr=0.5)).fit(data, checkpoint_dir=tmp_path, resume=True, log=None)
     t = Trainer(TrainConfig(hidden=4, epochs=2, lr=0.5))
     t.fit(data, checkpoint_dir=tmp_path, resume=True, force=True, log=None)
@@ -117,7 +117,8 @@ def test_resume_refuses_changed_settings_unless_forced(tmp_path):
 def test_divergence_stops_with_a_clear_error_and_finite_checkpoints(tmp_path):
     X = np.random.default_rng(0).standard_normal((256, 4)).astype(np.float32)
     y = X.sum(1) * 1e3
-    t = Trainer(TrainConfig(hidden=8, epochs=50, lr=1e3, scale="none", task="regression", checkpoint_every=1))
+    t = Trainer(TrainConfig(hidden=8, epochs=50, optimizer="sgd", lr=1e3, scale="none", task="regression",
+                            checkpoint_every=1))
     with pytest.raises(TrainingError, match="diverged"):
         t.fit((X, y), checkpoint_dir=tmp_path, log=None)
     for path in list_checkpoints(tmp_path):

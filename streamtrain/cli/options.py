@@ -91,7 +91,7 @@ def _config_option(f: dataclasses.Field):
         kind = click.Choice(list(table[name]))
     elif isinstance(default, str):
         kind = click.STRING
-    elif isinstance(default, int):
+    elif meta["kind"] is int:  # (epochs: None, its default, is worked out from the data)
         kind = click.IntRange(*LIMITS.get(name, (None, None)))
     else:
         lo, hi = LIMITS[name]

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["SCHEDULES", "rates"]
+__all__ = ["SCHEDULES", "rates", "varies"]
 
 
 def _constant(lr, t, c, total):
@@ -36,7 +36,12 @@ def _cosine(lr, t, c, total):
     return c.lr_min + 0.5 * (lr - c.lr_min) * (1.0 + np.cos(np.pi * np.minimum(t, total) / max(total, 1)))
 
 
-SCHEDULES: dict[str, Callable] = {"constant": _constant, "invscaling": _invscaling, "step": _step,
+def _auto(lr, t, c, total):
+    # cosine over the run where its length is known (train); constant where not (serve, partial_fit)
+    return _cosine(lr, t, c, total) if total else _constant(lr, t, c, total)
+
+
+SCHEDULES: dict[str, Callable] = {"auto": _auto, "constant": _constant, "invscaling": _invscaling, "step": _step,
                                   "exponential": _exponential, "cosine": _cosine}
 
 
@@ -52,3 +57,8 @@ def rates(config, t: np.ndarray, total: int) -> np.ndarray:
     if config.warmup:
         r = r * np.minimum(1.0, (t + 1.0) / config.warmup)
     return r
+
+
+def varies(config, total: int) -> bool:
+    """Whether the rate changes over a run of ``total`` steps (0: a length not known)."""
+    return config.lr_schedule not in ("constant",) + (("auto",) if not total else ()) or config.warmup > 0

@@ -4,6 +4,7 @@ on, and the run's model, optimiser, state and history restored from it."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -58,6 +59,8 @@ def adopt_settings(mine: TrainConfig, given: set | None, found, force: bool) -> 
     change (with ``force``, any but the model's shape)."""
     path, _, meta = found
     saved = TrainConfig.from_dict(meta["config"])
+    if mine.epochs is None:  # not asked for: the run's own length
+        mine = dataclasses.replace(mine, epochs=saved.epochs)
     changed = [k for k in FIXED if getattr(saved, k) != getattr(mine, k) and (given is None or k in given)]
     if changed:  # not even --force: the saved parameters have another shape
         k = changed[0]

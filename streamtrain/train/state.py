@@ -63,6 +63,8 @@ def make_run_optimizer(config: TrainConfig, arrays: dict[str, np.ndarray] | None
     """The optimiser a run's settings name, with its learning rate and hyperparameters, and the
     state a checkpoint's ``arrays`` hold for it."""
     optimizer = make_optimizer(config.optimizer, config.lr, **config.optimizer_params)
+    if hasattr(optimizer, "compiled"):
+        optimizer.compiled = config.compiled
     if arrays is not None:
         optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
     return optimizer

@@ -10,6 +10,7 @@ continue a run, ``fit(..., checkpoint_dir=..., resume=True)``, or ``partial_fit`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import TrainConfig, auto_epochs
 from ..data.loader import Loader, check_budget, start_decoder
 from ..data.sampling import Sampler
 from ..errors import CheckpointError, Interrupted, TrainingError, os_reason
@@ -179,6 +180,8 @@ class Trainer:
                 saved = found[2]["model"].get("encoding") if found is not None else None
                 train, val_ds, self.weight = open_data(cfg, comm, source, val, features, label, weight, log, saved)
                 self.sampler = make_sampler(cfg, comm, train)
+                if cfg.epochs is None:  # the default: from the run's size (the same on every rank)
+                    self.config = cfg = dataclasses.replace(cfg, epochs=auto_epochs(train.n_rows, cfg.batch_size))
                 # Started before the statistics pass or the restore, so that its start-up overlaps them.
                 process = start_decoder(train, self.sampler, cfg.decoder, cfg.decoder_workers or None,
                                         self.comm.local_size)

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import TrainingError
 from ..nn import kernels, minibatch, online
 from ..nn.network import PARAM_NAMES
-from ..nn.schedules import rates
+from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
 __all__ = ["Update", "Outcome", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep", "choose_update",
@@ -78,8 +78,9 @@ class Update:
     def __init__(self, config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0):
         self.config, self.net, self.task, self.optimizer, self.comm = config, model.net, model.task, optimizer, comm
         self.lr, self.l1, self.l2 = config.learning_rate, config.l1, config.l2
-        self.scheduled = config.lr_schedule != "constant" or config.warmup > 0
+        self.scheduled = varies(config, total_steps)
         self.total_steps = total_steps
+        self._rate_block, self._rates = -1, None
         self.class_weights = getattr(model, "class_weight_vector", None)
         # Several processes stop together (``ReducedStep``): what this one wishes, what all agreed.
         self.local_stop: str | None = None
@@ -91,7 +92,15 @@ class Update:
 
     def rate(self, step: int) -> float:
         """The learning rate of the run's ``step``-th update."""
-        return float(rates(self.config, np.array([step]), self.total_steps)[0]) if self.scheduled else self.lr
+        if not self.scheduled:
+            return self.lr
+        # Computed for 1,024 steps at a time (about 10 us per call otherwise, a fifth of a small
+        # batch's step); blocks start at multiples of 1,024, so a resumed run takes the same values.
+        block = step >> 10
+        if block != self._rate_block:
+            self._rate_block = block
+            self._rates = rates(self.config, np.arange(block << 10, (block + 1) << 10), self.total_steps)
+        return float(self._rates[step & 1023])
 
     def weights(self, T: np.ndarray, w: np.ndarray | None) -> np.ndarray | None:
         """Each row's loss weight: its class's (if any) times its own (if any)."""
