@@ -1421,7 +1421,8 @@ def headline_table(results: dict, meta: dict, where: str = "below") -> list[str]
     m = settings.get("machine", meta["machine"])
     lines = [f"{m['cpus']} cores ({m.get('cpu_model') or 'model not recorded'}), "
              f"{settings.get('rows', meta['rows']):,} rows x {settings.get('features', meta['features'])} float32 "
-             "features, one hidden layer of 64 units, SGD, window shuffle. Each cell: "
+             "features, one hidden layer of 64 units, the default recipe (ReLU; Adam, plain SGD at batch size 1; "
+             "a cosine decay), window shuffle. Each cell: "
              "the `streamtrain` command as a user runs it (`streamtrain train FILE --batch-size B --hidden 64 "
              f"--epochs {e} --checkpoint-dir DIR`, a new checkpoint directory per run, progress bars on a "
              f"{'terminal' if settings.get('stderr', 'pty') == 'pty' else 'pipe'}) / the library (`Trainer.fit`, "

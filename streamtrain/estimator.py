@@ -1,7 +1,8 @@
 """scikit-learn compatible estimators: StreamClassifier and StreamRegressor.
 
-They fit on arrays (validated as scikit-learn does) or on a source path (streamed, never
-loaded whole), predict on either, and support ``partial_fit`` and ``sample_weight``. Fitted
+They fit on arrays (validated as scikit-learn does), on data frames holding strings,
+categories, dates or missing values (encoded as ``Trainer.fit`` encodes a table), or on a source
+path (streamed, never loaded whole), predict on the same kind, and support ``partial_fit`` and ``sample_weight``. Fitted
 attributes follow ``MLPClassifier``'s. scikit-learn is imported only here.
 """
 
@@ -20,6 +21,10 @@ except ImportError:  # pragma: no cover
         return est._validate_data(X, y, reset=reset, **kw)
 
 from .config import TrainConfig
+from .readers.memory import LABEL as _LABEL
+from .readers.memory import as_arrow
+from .readers.memory import table_to_encode as _table_to_encode
+from .readers.memory import with_label as _with_label
 from .train.trainer import Trainer
 
 __all__ = ["StreamClassifier", "StreamRegressor", "expected_failed_checks"]
@@ -63,6 +68,7 @@ def _weights(sample_weight, X):
 
 def _is_path(X) -> bool:
     return isinstance(X, (str, os.PathLike))
+
 
 
 class _StreamEstimator(BaseEstimator):
@@ -110,11 +116,17 @@ class _StreamEstimator(BaseEstimator):
         -------
         self
         """
-        if _is_path(X):
+        table = _table_to_encode(X)
+        self._table = table is not None
+        if _is_path(X) or self._table:
             self._encoded = False
             self.trainer_ = Trainer(self._config())
-            history = self.trainer_.fit(X, weight=sample_weight, log=self._log())
-            self.n_features_in_ = self.trainer_.net.n_in
+            if self._table:  # strings, categories, dates or missing values: the trainer encodes them
+                history = self.trainer_.fit(_with_label(table, y, sample_weight), label=_LABEL, log=self._log())
+                self.n_features_in_, self.feature_names_in_ = table.num_columns, np.asarray(table.column_names, object)
+            else:
+                history = self.trainer_.fit(X, weight=sample_weight, log=self._log())
+                self.n_features_in_ = self.trainer_.net.n_in
             self._after_fit(None)
         else:
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=self._task == "regression",
@@ -191,6 +203,11 @@ class _StreamEstimator(BaseEstimator):
     def _source(self, X):
         """What the trainer predicts on: a path (streamed), or the validated array."""
         check_is_fitted(self, "trainer_")
+        if getattr(self, "_table", False) and not _is_path(X):
+            table = as_arrow(X)
+            if table is None or table.column_names != list(self.feature_names_in_):
+                raise ValueError(f"X must be a data frame of the columns fit saw: {list(self.feature_names_in_)}")
+            return table
         return X if _is_path(X) else validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
 
 

@@ -578,3 +578,30 @@ def test_a_csv_files_messages_name_it_not_its_copy(tmp_path, monkeypatch):
     assert "copies" not in res.stderr
     res = _cli("train", tmp_path / "f.csv", "--label", "status", "--missing", "impute", "--epochs", "1")  # the advice
     assert "epoch 1/1" in res.stderr
+
+
+def test_the_estimators_take_data_frames_of_strings_categories_and_missing_values():
+    import polars as pl
+
+    from streamtrain import StreamClassifier, StreamRegressor
+
+    rng = np.random.default_rng(0)
+    n = 600
+    df = pd.DataFrame({"x": rng.normal(size=n), "color": rng.choice(["red", "green", "blue"], n),
+                       "size": pd.Categorical(rng.choice(["S", "M", "L"], n)), "w": rng.normal(size=n)})
+    df.loc[::7, "w"] = np.nan
+    y = np.where(df.color == "red", "yes", "no")  # only the string column tells the class
+    clf = StreamClassifier(hidden=8, epochs=20, optimizer="adam", lr=0.01).fit(df, y)
+    assert list(clf.classes_) == ["no", "yes"] and clf.n_features_in_ == 4
+    assert list(clf.feature_names_in_) == ["x", "color", "size", "w"]
+    assert clf.score(df, y) == 1.0 and set(clf.predict(df.iloc[:20])) <= {"no", "yes"}
+    # a polars frame of the same columns is encoded alike
+    np.testing.assert_allclose(clf.predict_proba(pl.from_pandas(df.iloc[:30])), clf.predict_proba(df.iloc[:30]),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="columns fit saw"):
+        clf.predict(df[["x", "color"]])
+    with pytest.raises(ValueError, match="sample_weight with a data frame"):
+        StreamClassifier().fit(df, y, sample_weight=np.ones(n))
+    target = df.x * 2 + 3 * (df["size"] == "L")
+    reg = StreamRegressor(hidden=8, epochs=30).fit(df, target)
+    assert reg.score(df, target) > 0.9 and reg.predict(df).dtype == np.float64

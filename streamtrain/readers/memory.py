@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import numpy.typing as npt
 
@@ -9,7 +11,7 @@ from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .layout import as_features, as_labels, uniform_bounds, virtual_chunk_rows
 
-__all__ = ["ArrayDataset"]
+__all__ = ["ArrayDataset", "as_arrow", "table_to_encode", "with_label", "LABEL"]
 
 
 class ArrayDataset(Dataset):
@@ -43,7 +45,7 @@ class ArrayDataset(Dataset):
         from .columns import Column, left_out, select_columns
         from .tabular import plan_table
 
-        arrow = _as_arrow(table)
+        arrow = as_arrow(table)
         if arrow is not None:
             enc = plan_table(arrow.schema, features, label, "<table>", lambda keys: [arrow.select(keys)],
                              lambda name: arrow.column(name).null_count, encoding=encoding, encode=encode)
@@ -94,7 +96,7 @@ class ArrayDataset(Dataset):
         return None if self._y is None else str(self._y.dtype)
 
 
-def _as_arrow(table):
+def as_arrow(table):
     """An Arrow table of a pandas or polars DataFrame (its index left out) or Arrow table; None
     where it cannot be converted (the column-by-column path then says what is wrong)."""
     import pyarrow as pa
@@ -109,3 +111,36 @@ def _as_arrow(table):
     except (pa.ArrowException, TypeError, ValueError):
         return None
     return None
+
+
+LABEL = "__streamtrain_label__"  # the label column a table with a separate y gets
+
+
+def table_to_encode(X):
+    """An Arrow table of a data frame (pandas, polars, Arrow) that holds what arrays cannot
+    (strings, categories, dates, missing values), else None (arrays take the usual path)."""
+    if isinstance(X, (str, os.PathLike)) or isinstance(X, np.ndarray) or not hasattr(X, "columns"):
+        return None
+    import pyarrow as pa
+
+    table = as_arrow(X)
+    if table is None:
+        return None
+    plain = all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) for t in table.schema.types)
+    return None if plain and not any(c.null_count for c in table.columns) else table
+
+
+def with_label(table, y, sample_weight):
+    """``table`` with ``y`` (array-like of shape (rows,)) as its column ``LABEL``: an estimator's
+    ``fit(X, y)`` on a data frame that needs encoding (sample weights: not yet)."""
+    if y is None or sample_weight is not None:
+        raise ValueError("a data frame of strings, categories, dates or missing values needs y" if y is None else
+                         "sample_weight with a data frame that needs encoding is not supported yet; give arrays")
+    if LABEL in table.column_names:
+        raise ValueError(f"X has a column named {LABEL!r}")
+    import pyarrow as pa
+
+    y = y.to_numpy() if hasattr(y, "to_numpy") else np.asarray(y)
+    if len(y) != table.num_rows:
+        raise ValueError(f"X has {table.num_rows} rows, y {len(y)}")
+    return table.append_column(LABEL, pa.array(y.astype(object) if y.dtype.kind in "OUS" else y))
