@@ -420,6 +420,53 @@ def test_init_from_a_train_run_and_reload_one(served, tmp_path):
     assert svc.stop() == 0
 
 
+
+def test_a_model_of_an_encoded_table_serves_the_tables_own_values(served, tmp_path):
+    # strings, a pandas categorical and missing values in training's Parquet file; the service
+    # takes rows of such values (JSON and Arrow), encodes them as training did, and answers as
+    # `predict` does on the same rows; an unseen category is its bucket, not a 400.
+    import pandas as pd
+    import pyarrow as pa
+
+    rng = np.random.default_rng(4)
+    n = 1500
+    df = pd.DataFrame({"x": rng.normal(size=n), "color": rng.choice(["red", "green", "blue"], n),
+                       "size": pd.Categorical(rng.choice(["S", "M", "L"], n))})
+    df.loc[::9, "x"] = np.nan
+    df["status"] = np.where((df.color == "red") | (df["size"] == "L"), "late", "on time")
+    df.to_parquet(tmp_path / "t.parquet")
+    run = tmp_path / "run"
+    trained = subprocess.run([str(BIN), "train", str(tmp_path / "t.parquet"), "--label", "status", "--hidden", "6",
+                              "--epochs", "5", "--checkpoint-dir", str(run), "--quiet"], capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    probe = pd.DataFrame({"x": [0.5, None, -1.0, 2.0], "color": ["red", "purple", None, "blue"],
+                          "size": pd.Categorical(["S", "L", "M", None])})
+    probe.to_parquet(tmp_path / "probe.parquet")
+    subprocess.run([str(BIN), "predict", str(run), str(tmp_path / "probe.parquet"), "--out", str(tmp_path / "p.csv")],
+                   check=True, capture_output=True)
+    expected = pd.read_csv(tmp_path / "p.csv")
+    svc = served("http", "--init-from", run, settings=["--batch-size", "8"]).start()
+    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in probe.astype(object).to_dict("records")]
+    by_json = httpx.post(svc.url + "/predict", json=rows)
+    assert by_json.status_code == 200, by_json.text
+    body = by_json.json()
+    assert body["classes"] == ["late", "on time"] and body["predictions"] == expected["prediction"].tolist()
+    assert np.allclose(np.asarray(body["probabilities"])[:, 0], expected["p_late"], atol=1e-5)
+    sink = pa.BufferOutputStream()
+    table = pa.Table.from_pandas(probe, preserve_index=False)
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    by_arrow = httpx.post(svc.url + "/predict", content=sink.getvalue().to_pybytes(),
+                          headers={"content-type": "application/vnd.apache.arrow.stream"})
+    assert by_arrow.status_code == 200 and by_arrow.json()["probabilities"] == body["probabilities"]
+    bad = httpx.post(svc.url + "/predict", json=[{"x": "fast", "color": "red", "size": "S"}])
+    assert bad.status_code == 400 and "column 'x': 'fast' is a string, not a number" in bad.json()["error"]
+    learn = [{**r, "status": "late"} for r in rows]
+    assert httpx.post(svc.url + "/learn", json=learn * 2).status_code in (200, 202)
+    assert svc.wait_received(8)["rows_received"] == 8
+    wait_for(lambda: svc.status()["rows_trained"] == 8, 30, "the raw rows trained")
+    assert svc.stop() == 0
+
 # -- a directory of landing files ----------------------------------------------------------------
 def land(directory: Path, stream: list[list[dict]], pause: float | Callable = 0.0, start: int = 0) -> None:
     """Write each piece as a Parquet file, atomically (a dot-name, then a rename)."""

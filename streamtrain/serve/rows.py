@@ -100,18 +100,8 @@ class Columns:
             raise DataError(f"{where}: cannot read these rows ({_short(e)})") from None
 
     def _from_json(self, body: bytes | str, where: str, need_label: bool):
-        data = json_body(body, where)
-        rows = data.get("rows") if isinstance(data, dict) else data
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise DataError(f"{where}: expected a JSON list of row objects, or {{\"rows\": [...]}}")
-        if not rows:
-            raise DataError(f"{where}: no rows")
-        names = self._check_names(list(rows[0]), where, need_label)
+        rows = self._json_rows(body, where, need_label)
         feats = self.features
-        keys = set(names)
-        for i, r in enumerate(rows):
-            if r.keys() != keys:
-                raise DataError(f"{where}: row {i} has columns {sorted(r)}, row 0 has {sorted(keys)}")
         flat = [r[k] for r in rows for k in feats]
         if not set(map(type, flat)) <= {int, float}:  # (bool is not int here: true is refused)
             i, k, v = next((i, k, r[k]) for i, r in enumerate(rows) for k in feats if type(r[k]) not in (int, float))
@@ -124,24 +114,39 @@ class Columns:
                            if type(r[k]) is int and abs(r[k]) > 1e308)
             raise DataError(f"{where}: row {i}, column {k!r}: {_short(v)} is beyond float32's range") from None
         self._check_finite(X, where)
-        y = None
-        if need_label:
-            label = self.label
-            values = [r[label] for r in rows]
-            kinds = set(map(type, values))
-            if not kinds <= {int, float, str}:
-                i, v = next((i, v) for i, v in enumerate(values) if type(v) not in (int, float, str))
-                what = " is null" if v is None else f": {_short(v)} is {_json_type(v)}"
-                raise DataError(f"{where}: row {i}, label {label!r}{what}, neither a number nor a string")
-            if str in kinds and len(kinds) > 1:
-                raise DataError(f"{where}: the label column mixes strings and numbers")
-            if int in kinds:
-                for i, v in enumerate(values):
-                    if type(v) is int and not -_INT64 <= v < _INT64:
-                        raise DataError(f"{where}: row {i}, label {label!r}: {_short(v)} is beyond a 64-bit "
-                                        "integer's range")
-            y = np.asarray(values)
-        return X.astype(self.dtype), y
+        return X.astype(self.dtype), self._json_labels(rows, where) if need_label else None
+
+    def _json_rows(self, body: bytes | str, where: str, need_label: bool) -> list[dict]:
+        """The row objects of a JSON body, each with the same columns: the stream's and its label."""
+        data = json_body(body, where)
+        rows = data.get("rows") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataError(f"{where}: expected a JSON list of row objects, or {{\"rows\": [...]}}")
+        if not rows:
+            raise DataError(f"{where}: no rows")
+        keys = set(self._check_names(list(rows[0]), where, need_label))
+        for i, r in enumerate(rows):
+            if r.keys() != keys:
+                raise DataError(f"{where}: row {i} has columns {sorted(r)}, row 0 has {sorted(keys)}")
+        return rows
+
+    def _json_labels(self, rows: list[dict], where: str) -> np.ndarray:
+        """The label column's values: numbers (integers within 64 bits) or strings, not both."""
+        label = self.label
+        values = [r[label] for r in rows]
+        kinds = set(map(type, values))
+        if not kinds <= {int, float, str}:
+            i, v = next((i, v) for i, v in enumerate(values) if type(v) not in (int, float, str))
+            what = " is null" if v is None else f": {_short(v)} is {_json_type(v)}"
+            raise DataError(f"{where}: row {i}, label {label!r}{what}, neither a number nor a string")
+        if str in kinds and len(kinds) > 1:
+            raise DataError(f"{where}: the label column mixes strings and numbers")
+        if int in kinds:
+            for i, v in enumerate(values):
+                if type(v) is int and not -_INT64 <= v < _INT64:
+                    raise DataError(f"{where}: row {i}, label {label!r}: {_short(v)} is beyond a 64-bit "
+                                    "integer's range")
+        return np.asarray(values)
 
     def warm_up(self) -> None:
         """Import what parsing Arrow needs now (pyarrow's numpy conversion pulls in pandas: about
@@ -163,6 +168,18 @@ class Columns:
             raise DataError(f"{where}: cannot read these Arrow rows ({_short(e)})") from None
 
     def _from_arrow(self, body: bytes, where: str, need_label: bool):
+        table = self._read_arrow(body, where)
+        schema = table.schema
+        checked = self._arrow_checked.get(need_label)
+        if checked is None or not schema.equals(checked[0]):
+            # Names and types once per schema: a stream's entries almost always share one.
+            checked = (schema, self._check_arrow_schema(schema, where, need_label))
+            self._arrow_checked[need_label] = checked
+        X = self._arrow_features(table, where, all_floating=checked[1])
+        return X, self._arrow_labels(table, where) if need_label else None
+
+    def _read_arrow(self, body: bytes, where: str):
+        """The table of an Arrow IPC stream (or file) body, with a row or more."""
         import pyarrow as pa
 
         try:
@@ -175,21 +192,16 @@ class Columns:
                 raise DataError(f"{where}: not an Arrow IPC stream ({_short(e)})") from None
         if table.num_rows == 0:
             raise DataError(f"{where}: no rows")
-        schema = table.schema
-        checked = self._arrow_checked.get(need_label)
-        if checked is None or not schema.equals(checked[0]):
-            # Names and types once per schema: a stream's entries almost always share one.
-            checked = (schema, self._check_arrow_schema(schema, where, need_label))
-            self._arrow_checked[need_label] = checked
-        X = self._arrow_features(table, where, all_floating=checked[1])
-        y = None
-        if need_label:
-            col = table.column(self.label)
-            if col.null_count:
-                raise DataError(f"{where}: label column {self.label!r} has {col.null_count} missing values")
-            y = np.asarray(col.to_pylist() if pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-                           else col.to_numpy())
-        return X, y
+        return table
+
+    def _arrow_labels(self, table, where: str) -> np.ndarray:
+        import pyarrow as pa
+
+        col = table.column(self.label)
+        if col.null_count:
+            raise DataError(f"{where}: label column {self.label!r} has {col.null_count} missing values")
+        return np.asarray(col.to_pylist() if pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                          else col.to_numpy())
 
     def _check_arrow_schema(self, schema, where: str, need_label: bool) -> bool:
         """Refuse an Arrow schema whose columns or types do not fit the stream; True where every

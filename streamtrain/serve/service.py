@@ -32,6 +32,7 @@ from ..io.rundir import RunDirectory
 from ..train.schema import TRAINER
 from .learner import StreamLearner
 from .rows import Columns, _short
+from .raw_rows import RawColumns
 from .sources import Rejected, StreamSource, open_source
 from .sources.broker import _reason
 
@@ -67,7 +68,10 @@ class Service:
             shuffle_rows = int(shuffle_bytes // max(row_bytes, 1)) if shuffle_bytes else 0
             self.learner = StreamLearner(config, list(features), label, classes, init_from, scale_rows, shuffle_rows,
                                          log)
-            self.columns = Columns(list(features), label, config.dtype)
+            encoding = getattr(init_from.model, "encoding", None) if init_from is not None else None
+            # a model trained on an encoded table reads the table's own values, encoded as in training
+            self.columns = (RawColumns(encoding, label, config.dtype) if encoding is not None
+                            else Columns(list(features), label, config.dtype))
             self.columns.warm_up()
             self.source: StreamSource = open_source(source, self.columns, self.dir / "log", queue_bytes)
             self.source.owner = self._service_id()  # a broker's consumer group is claimed by this id
