@@ -182,6 +182,8 @@ class TrainConfig:
     numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
     hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
     drop: str = _f("", "Table columns to leave out (comma-separated).")
+    strict: bool = _f(False, "Refuse data with a column that cannot be used (lists, structs, binary, identifiers) "
+                             "instead of leaving it out with a note; --drop COL leaves one out on purpose.")
     allow_missing_chunks: bool = _f(False, "Train on the fill values of chunks never written (HDF5, Zarr) "
                                     "instead of stopping with an error.")
     early_stopping: int = _f(0, "Stop after this many epochs without a better early_stopping_metric (0: off), "
@@ -340,5 +342,5 @@ def auto_epochs(rows: int, batch_size: int) -> int:
 
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
-RESUME_MAY_CHANGE = frozenset({"cache_dir", "cache_max_gb", "epochs", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
+RESUME_MAY_CHANGE = frozenset({"cache_dir", "cache_max_gb", "epochs", "strict", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
                                "early_stopping", "min_delta", "decoder", "decoder_workers"})

@@ -605,3 +605,18 @@ def test_the_estimators_take_data_frames_of_strings_categories_and_missing_value
     target = df.x * 2 + 3 * (df["size"] == "L")
     reg = StreamRegressor(hidden=8, epochs=30).fit(df, target)
     assert reg.score(df, target) > 0.9 and reg.predict(df).dtype == np.float64
+
+
+def test_strict_refuses_what_would_be_left_out_and_its_advice_works(tmp_path):
+    df = flights(600)
+    df["tags"] = [["a", "b"][: i % 3] for i in range(len(df))]  # a list column: cannot be used
+    df.to_parquet(tmp_path / "f.parquet")
+    base = ["train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--hidden", "4", "--quiet"]
+    res = _cli(*base, "--strict", "--checkpoint-dir", tmp_path / "a", check=False)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(f"error: {tmp_path / 'f.parquet'}: 2 columns cannot be used: ")
+    assert "flight_id (" in res.stderr and "tags (" in res.stderr and "--drop them" in res.stderr
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").glob("ckpt-*"))
+    _cli(*base, "--strict", "--drop", "flight_id,tags", "--checkpoint-dir", tmp_path / "b")  # the advice, followed
+    lenient = _cli(*base, "--checkpoint-dir", tmp_path / "c")  # without --strict: left out, said
+    assert "2 columns left out" in lenient.stderr

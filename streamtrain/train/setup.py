@@ -30,7 +30,7 @@ from .hooks import (
     Validation,
 )
 
-__all__ = ["check_settings", "open_data", "make_sampler", "new_model", "standard_hooks", "say_left_out"]
+__all__ = ["check_settings", "open_data", "make_sampler", "new_model", "standard_hooks", "say_left_out", "refuse_left_out"]
 
 _LOG = logging.getLogger("streamtrain")
 
@@ -76,6 +76,8 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
     data = open_dataset(source, features, label, **opts, **encode)
     if data.encoding is not None:
         data.missing_label = cfg.missing_label
+    if cfg.strict:
+        refuse_left_out(data)
     if comm.rank == 0:
         say_left_out(data)
     if weight is not None:
@@ -89,6 +91,16 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
         return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                 HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"), weight)
     return data, None, weight
+
+
+def refuse_left_out(data: Dataset) -> None:
+    """``--strict``: a DataError naming every column left out, unless the user dropped it."""
+    left = [(name, why) for name, why in data.left_out if why != "dropped by the overrides"]
+    if left:
+        raise DataError(f"{data.path}: {len(left)} column{'s' if len(left) != 1 else ''} cannot be used: "
+                        + "; ".join(f"{name} ({why})" for name, why in left)
+                        + " (--drop them, or name the columns to use with --features; without --strict they "
+                          "are left out with a note)")
 
 
 def say_left_out(data: Dataset) -> None:
