@@ -182,6 +182,8 @@ class TrainConfig:
     numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
     hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
     drop: str = _f("", "Table columns to leave out (comma-separated).")
+    classes: str = _f("", "The classes, comma-separated, in their order (default: the label's values, sorted); "
+                          "a label value outside them is an error.")
     strict: bool = _f(False, "Refuse data with a column that cannot be used (lists, structs, binary, identifiers) "
                              "instead of leaving it out with a note; --drop COL leaves one out on purpose.")
     allow_missing_chunks: bool = _f(False, "Train on the fill values of chunks never written (HDF5, Zarr) "
@@ -244,6 +246,9 @@ class TrainConfig:
                 raise ConfigError(f"{name}: does nothing with lr_schedule {self.lr_schedule!r} "
                                   f"(it applies to {', '.join(schedules)})")
         class_weights(self.class_weight)  # raises ConfigError if it cannot be read
+        given = self.class_list()
+        if len(set(given)) != len(given):
+            raise ConfigError(f"classes: {next(c for c in given if given.count(c) > 1)!r} is given twice")
 
     def _check_optimizer_params(self) -> None:
         from .nn.optim import HYPERPARAMETERS, OPTIMIZERS
@@ -276,11 +281,16 @@ class TrainConfig:
         overrides = {k: v for k, v in (("categorical", names(self.categorical)), ("numeric", names(self.numeric)),
                                        ("hash", hashed), ("drop", names(self.drop))) if v}
         opts = {"max_categories": self.max_categories, "min_frequency": self.min_frequency,
-                "hash_buckets": self.hash_buckets, "missing": self.missing, "overrides": overrides}
+                "hash_buckets": self.hash_buckets, "missing": self.missing, "overrides": overrides,
+                "classes": self.class_list() or None}
         defaults = {f.name: f.default for f in fields(self)}
         if not overrides and all(getattr(self, k) == defaults[k] for k in opts if k != "overrides"):
             return None
         return opts
+
+    def class_list(self) -> list[str]:
+        """``classes`` as a list (empty: not given)."""
+        return [c.strip() for c in self.classes.split(",") if c.strip()]
 
     @property
     def learning_rate(self) -> float:

@@ -7,7 +7,7 @@ import numpy as np
 from .data.scaling import DataStats
 from .errors import DataError
 
-__all__ = ["Labels", "infer_task", "MAX_AUTO_CLASSES"]
+__all__ = ["Labels", "infer_task", "given_classes", "MAX_AUTO_CLASSES"]
 
 # Integral labels with more distinct values than this are taken as a regression target.
 MAX_AUTO_CLASSES = 100
@@ -39,6 +39,8 @@ class Labels:
         # reader's encoding found them, so the labels read are 0..K-1 (NaN where missing).
         self._indices = any(isinstance(c, str) for c in self.classes)
         self._table = np.asarray(self.classes) if self.classes else None
+        # (classes in the order --classes gave, not sorted: looked up through their sorted order)
+        self._order = np.argsort(self._table, kind="stable") if self.classes else None
 
     @classmethod
     def from_stats(cls, stats: DataStats, task: str, label_name: str, where: str, log=None,
@@ -115,7 +117,7 @@ class Labels:
             # Class indices are int64 whatever the file stored: int8 or bool targets overflow in
             # the metrics (target * bins) and the kernels would compile once per label dtype.
             return y.astype(np.int64, copy=False)
-        idx = np.minimum(np.searchsorted(self._table, y), len(self.classes) - 1)
+        idx = self._order[np.minimum(np.searchsorted(self._table, y, sorter=self._order), len(self.classes) - 1)]
         if not np.array_equal(self._table[idx], y):
             bad = y[self._table[idx] != y][0].item()
             raise DataError(f"{where}: label value {bad!r} is not one of the classes seen in training {self.classes}")
@@ -124,3 +126,20 @@ class Labels:
     def decode(self, idx: np.ndarray) -> np.ndarray:
         """Label values of class indices."""
         return self._table[idx]
+
+
+def given_classes(given: list[str], stats: DataStats, label_name: str, where: str) -> list:
+    """``--classes`` of a numeric label: numbers, in the order given; every value seen among them."""
+    out = []
+    for tok in given:
+        try:
+            v = float(tok)
+        except ValueError:
+            raise DataError(f"{where}: --classes {tok!r} is not a number, and label {label_name!r} holds "
+                            "numbers") from None
+        out.append(int(v) if v.is_integer() else v)
+    outside = sorted(set(stats.classes) - set(out))
+    if outside:
+        raise DataError(f"{where}: label {label_name!r} holds {outside[0]!r}, which is not one of --classes "
+                        f"{','.join(given)} (add it, or leave --classes out to take the label's values)")
+    return out

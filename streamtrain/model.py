@@ -24,7 +24,7 @@ from .metrics import metrics_for
 from .nn.network import PARAM_NAMES, TwoLayerNet
 from .readers import detect_format, open_dataset
 from .readers.base import Dataset
-from .labels import Labels
+from .labels import Labels, given_classes
 
 __all__ = ["Model"]
 
@@ -67,8 +67,10 @@ class Model:
         ``weight``: the last of the ``n_features`` columns weighs each row's loss (not a feature);
         ``encoding``: the data's learned column encoding (kept, applied to all data the model reads;
         its 0/1 inputs are not scaled; a class label's values are the classes)."""
-        labels = Labels.from_stats(stats, config.task, label_name, where, log,
-                                   None if encoding is None else encoding.classes)
+        classes = None if encoding is None else encoding.classes
+        if classes is None and config.class_list() and stats.label_ndim == 1:
+            classes = given_classes(config.class_list(), stats, label_name, where)
+        labels = Labels.from_stats(stats, config.task, label_name, where, log, classes)
         n_in = n_features - (weight is not None)
         if weight is not None:
             feature_names = list(feature_names)[:n_in]

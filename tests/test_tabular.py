@@ -23,6 +23,7 @@ from streamtrain.io.resolve import latest_checkpoint
 from streamtrain.train.schema import TRAINER
 
 BIN = Path(sys.executable).with_name("streamtrain")
+ROOT = Path(__file__).resolve().parent.parent
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 
 
@@ -620,3 +621,32 @@ def test_strict_refuses_what_would_be_left_out_and_its_advice_works(tmp_path):
     _cli(*base, "--strict", "--drop", "flight_id,tags", "--checkpoint-dir", tmp_path / "b")  # the advice, followed
     lenient = _cli(*base, "--checkpoint-dir", tmp_path / "c")  # without --strict: left out, said
     assert "2 columns left out" in lenient.stderr
+
+
+def test_classes_fixes_the_classes_and_their_order(tmp_path):
+    df = flights(800)
+    df.to_parquet(tmp_path / "f.parquet")
+    base = ["--epochs", "2", "--hidden", "4", "--quiet"]
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--classes", "on time,late", *base,
+         "--checkpoint-dir", tmp_path / "s")
+    _cli("predict", tmp_path / "s", tmp_path / "f.parquet", "--out", tmp_path / "p.csv")
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert list(p.columns) == ["p_on time", "p_late", "prediction"]
+    assert set(p["prediction"]) <= {"late", "on time"}
+    # a numeric label (HDF5: no encoding) in the order given
+    from streamtrain import Trainer
+
+    _cli("train", ROOT / "data" / "breast_cancer.h5", "--classes", "1,0", *base, "--checkpoint-dir", tmp_path / "n")
+    model = Trainer.load(tmp_path / "n")
+    assert model.classes == [1, 0]
+    X = np.random.default_rng(0).standard_normal((5, 30)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(X), np.where(model.predict_proba(X)[:, 0] >= 0.5, 1, 0))
+    # a value outside them: one line, and its advice (leave --classes out) works
+    bad = _cli("train", tmp_path / "f.parquet", "--label", "status", "--classes", "late", *base,
+               "--checkpoint-dir", tmp_path / "b", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "label 'status' holds 'on time', which is not one of --classes late" in bad.stderr
+    _cli("train", tmp_path / "f.parquet", "--label", "status", *base, "--checkpoint-dir", tmp_path / "b2")
+    twice = _cli("train", tmp_path / "f.parquet", "--label", "status", "--classes", "late,late", *base,
+                 "--checkpoint-dir", tmp_path / "t", check=False)
+    assert twice.returncode == 2 and "classes: 'late' is given twice" in twice.stderr

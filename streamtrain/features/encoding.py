@@ -66,6 +66,8 @@ class EncodingOptions:
         A missing feature value is imputed, or is an error naming the file and column.
     overrides : dict, optional
         ``{"categorical": [...], "numeric": [...], "hash": {col: buckets}, "drop": [...]}``.
+    classes : list of str, optional
+        A class label's classes, in their order (``--classes``); a value outside them is an error.
     """
 
     max_categories: int = 100
@@ -73,6 +75,7 @@ class EncodingOptions:
     hash_buckets: int = 64
     missing: str = "impute"
     overrides: dict = field(default_factory=dict)
+    classes: list | None = None
 
     def __post_init__(self):
         for name, lo, hi in (("max_categories", 1, MAX_VALUES), ("min_frequency", 1, 2**62),
@@ -323,8 +326,8 @@ class Encoding:
             if not isinstance(label, dict) or label.get("name") != label_name:
                 raise ValueError(f"{what}: label must be a dict naming label_name")
             values = values_from_json(label.get("classes"), label.get("kind"), MAX_LABEL_CLASSES, what)
-            if values.to_pylist() != sorted(values.to_pylist()):
-                raise ValueError(f"{what}: the label's classes must be sorted")
+            if len(set(values.to_pylist())) != len(values):  # (sorted, or in the order --classes gave)
+                raise ValueError(f"{what}: the label's classes must be distinct")
             label = _Label(label_name, values)
         left = state.get("left_out")
         if not isinstance(left, list) or len(left) > MAX_COLUMNS or not all(

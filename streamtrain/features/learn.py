@@ -172,5 +172,20 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         values = label_vocab.finalize().values
         if not len(values):
             raise DataError(f"{where}: label {label!r} has no values (every row's is missing)")
-        label_enc = _Label(label, values.take(pc.sort_indices(values)))
+        label_enc = _Label(label, _given_classes(values, options.classes, label, where) if options.classes
+                           else values.take(pc.sort_indices(values)))
     return Encoding(columns, label_enc, label, left, rows)
+
+
+def _given_classes(seen: pa.Array, given: list[str], label: str, where: str) -> pa.Array:
+    """``--classes`` as the label's values, in their order; every value seen must be one of them."""
+    try:
+        classes = pc.cast(pa.array(given, pa.string()), seen.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise DataError(f"{where}: --classes {','.join(given)}: not values of label {label!r} ({seen.type}: "
+                        f"{str(e).splitlines()[0]})") from None
+    outside = [v for v in seen.to_pylist() if v not in set(classes.to_pylist())]
+    if outside:
+        raise DataError(f"{where}: label {label!r} holds {outside[0]!r}, which is not one of --classes "
+                        f"{','.join(given)} (add it, or leave --classes out to take the label's values)")
+    return classes

@@ -149,6 +149,8 @@ def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
         raise DataError(f"{path}: no such file or directory")
     fmt = detect_format(path)
     cls = load(FORMATS[fmt].reader)
+    if "encode" in options and "encoding" not in inspect.signature(cls).parameters and only_classes(options["encode"]):
+        options = {k: v for k, v in options.items() if k != "encode"}  # --classes alone: the labels take it
     if ("encode" in options or "encoding" in options) and "encoding" not in inspect.signature(cls).parameters:
         raise DataError(f"{path}: column encoding settings (categorical, numeric, hash, drop, max_categories, "
                         f"min_frequency, hash_buckets, missing) apply to tables (Parquet, data frames), not to {fmt}")
@@ -188,3 +190,11 @@ def _open_many(paths: list[str], features, label, cache_bytes, dtype, options) -
 def _is_table(obj) -> bool:
     """A pandas DataFrame or an Arrow table (checked by name, to import neither)."""
     return type(obj).__name__ in ("DataFrame", "Table") and hasattr(obj, "columns")
+
+
+def only_classes(encode: dict) -> bool:
+    """Whether column-encoding options give nothing but ``classes`` (the rest at their defaults)."""
+    from ..features.encoding import EncodingOptions
+
+    defaults = EncodingOptions()
+    return all(v == getattr(defaults, k) for k, v in encode.items() if k != "classes")
