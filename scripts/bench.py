@@ -280,7 +280,8 @@ def numpy_loop(X, y, batch, hidden=64, lr=0.1, seed=0):
 
 def train_rate(source, batch, shuffle="window", scale="standard", decoder="auto", epochs=2, compiled=True,
                val_fraction=0.0, cache_dir="", bar=False, best_epoch=False):
-    """Samples/s of streamtrain training (64 sigmoid hidden units, SGD): the last epoch of a run of
+    """Samples/s of streamtrain training (64 sigmoid hidden units, plain SGD: the textbook step every
+    library section measures, whatever the defaults): the last epoch of a run of
     ``epochs``, so that one-time start-up (numba, the decoding process) is not counted per epoch
     (``best_epoch``: the fastest of epochs 2+, for comparisons that a noisy second would skew).
     ``bar``: with the progress bar a terminal shows (drawn into a string)."""
@@ -289,7 +290,8 @@ def train_rate(source, batch, shuffle="window", scale="standard", decoder="auto"
     import streamtrain as st
     from streamtrain.train.hooks import ProgressBar
 
-    t = st.Trainer(st.TrainConfig(hidden=64, epochs=epochs, batch_size=batch, lr=0.1 if batch > 1 else 0.01,
+    t = st.Trainer(st.TrainConfig(hidden=64, activation="sigmoid", optimizer="sgd", lr_schedule="constant",
+                                  epochs=epochs, batch_size=batch, lr=0.1 if batch > 1 else 0.01,
                                   shuffle=shuffle, scale=scale, task="binary", decoder=decoder, compiled=compiled,
                                   val_fraction=val_fraction, cache_dir=str(cache_dir)))
     history = t.fit(source, log=None, callbacks=[ProgressBar(file=io.StringIO())] if bar else [])
@@ -844,7 +846,8 @@ def bench_checkpoint(files, rows, chunk_rows) -> list[dict]:
     import streamtrain as st
 
     path = files["hdf5"]
-    cfg = dict(hidden=64, epochs=1, batch_size=256, lr=0.1, task="binary")
+    cfg = dict(hidden=64, activation="sigmoid", optimizer="sgd",
+               lr_schedule="constant", epochs=1, batch_size=256, lr=0.1, task="binary")
     results = []
     every = 1000  # batches: a checkpoint every 256k samples
     # Wall-time differences between whole runs are noisier than the effect on this machine, so
@@ -921,7 +924,8 @@ class First:
         if not hasattr(self, "t"):
             self.t = time.perf_counter()
 first, start = First(), time.perf_counter()
-st.Trainer(st.TrainConfig(hidden=64, epochs=1, batch_size=256, lr=0.1, task="binary")).fit(
+st.Trainer(st.TrainConfig(hidden=64, activation="sigmoid", optimizer="sgd",
+                          lr_schedule="constant", epochs=1, batch_size=256, lr=0.1, task="binary")).fit(
     sys.argv[1], checkpoint_dir=sys.argv[2], resume=True, callbacks=[first], log=None)
 print(first.t - start)
 """
@@ -934,7 +938,8 @@ reuse_freed_memory()
 # Importing h5py runs 'uname -p', whose peak (a copy of this process before exec) is not a worker's.
 before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 cache = sys.argv[2] if len(sys.argv) > 2 else ""  # with a cache: epoch 1 writes the decoded copy, epoch 2 reads it
-t = st.Trainer(st.TrainConfig(hidden=64, epochs=2 if cache else 1, batch_size=256, lr=0.1, task="binary",
+t = st.Trainer(st.TrainConfig(hidden=64, activation="sigmoid", optimizer="sgd",
+                              lr_schedule="constant", epochs=2 if cache else 1, batch_size=256, lr=0.1, task="binary",
                               window_mb=128, cache_dir=cache))
 h = t.fit(sys.argv[1], log=None)[-1]
 peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
@@ -1189,7 +1194,8 @@ class CommPerEpoch(Hook):  # the allreduce's seconds in the last epoch (waits fo
         record["comm_seconds"] = getattr(trainer.stepper, "comm_seconds", 0.0) - self.start
 
 for batch in sys.argv[2:]:  # one run per global batch size (several only in a --smoke run)
-    t = st.Trainer(st.TrainConfig(hidden=64, epochs=2, batch_size=int(batch), lr=0.1, shuffle="window",
+    t = st.Trainer(st.TrainConfig(hidden=64, activation="sigmoid", optimizer="sgd",
+                                  lr_schedule="constant", epochs=2, batch_size=int(batch), lr=0.1, shuffle="window",
                                   task="binary"))
     h = t.fit(sys.argv[1], callbacks=[CommPerEpoch()], log=None)
     if t.comm.rank == 0:
