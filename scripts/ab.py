@@ -14,8 +14,10 @@ new directory per run, stdout and stderr on a pseudo-terminal so the progress ba
 batch 256 from each format and batch 1 from uncompressed HDF5; compared on the command's own
 figure (metrics.jsonl, epoch 2) and on its wall time. Service cases: ``streamtrain serve`` at
 batch 256 fed by each source (HTTP, Redis, NATS, a landing directory) as scripts/bench_serve.py
-feeds it (``--serve-rows`` rows; rows trained per second; skipped with ``--serve-rows 0``).
-Writes ``benchmarks/ab.json`` and prints a table.
+feeds it (``--serve-rows`` rows; rows trained per second; skipped with ``--serve-rows 0``; only
+these with ``--serve-only``), both with the textbook's step (``SERVE_RECIPE``: the same work
+whatever either revision's defaults are).
+Writes ``benchmarks/ab.json`` (``ab-serve.json`` with ``--serve-only``) and prints a table.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bench import cli_train  # sibling scripts: the benchmark's command cases, i
 from bench_serve import SOURCES, serve_once, serve_rows
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVE_RECIPE = ["--optimizer", "sgd", "--activation", "sigmoid", "--lr-schedule", "constant"]
 SCRATCH = ROOT / "benchmarks" / "scratch"
 
 # One training run; prints the last epoch's samples/s. Works with every streamtrain since the
@@ -99,6 +102,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--serve-rows", type=int, default=200_000)
+    ap.add_argument("--serve-only", action="store_true", help="only the service's cases")
     args = ap.parse_args()
     from streamtrain import make_data
 
@@ -108,7 +112,7 @@ def main() -> None:
     paths = {}
     for name, (fname, codec) in files.items():
         paths[name] = SCRATCH / fname
-        if not paths[name].exists():
+        if not paths[name].exists() and not args.serve_only:
             make_data(paths[name], rows=args.rows, features=64, chunk_rows=16384, compression=codec or "none")
     old = SCRATCH / "ab-old"
     if old.exists():
@@ -117,12 +121,15 @@ def main() -> None:
                    capture_output=True)
     cases = [(name, 256, False) for name in files] + [("hdf5", 1, False), ("hdf5", 1, True)]
     cli_cases = [(name, 256) for name in files] + [("hdf5", 1)]
+    if args.serve_only:
+        cases, cli_cases = [], []
     results, cli_results, serve_results = [], [], []
     try:
         for tree in (old, ROOT):  # compile (or load numba's cache) once per tree
             check_imports(tree)
-            rate(tree, paths["hdf5"], 1, False)
-            cli_rate(tree, paths["hdf5"], 256)
+            if not args.serve_only:
+                rate(tree, paths["hdf5"], 1, False)
+                cli_rate(tree, paths["hdf5"], 256)
         for name, batch, bar in cases:
             a = b = 0.0
             for _ in range(args.reps):
@@ -149,22 +156,27 @@ def main() -> None:
         for source in SOURCES if args.serve_rows else ():
             a = b = 0.0
             for _ in range(args.reps):
-                a = max(a, serve_once(source, X, y, command(old), {**os.environ, "PYTHONPATH": str(old)})["rows_per_s"])
-                b = max(b, serve_once(source, X, y, command(ROOT), {**os.environ, "PYTHONPATH": str(ROOT)})["rows_per_s"])
+                a = max(a, serve_once(source, X, y, command(old), {**os.environ, "PYTHONPATH": str(old)},
+                                      SERVE_RECIPE)["rows_per_s"])
+                b = max(b, serve_once(source, X, y, command(ROOT), {**os.environ, "PYTHONPATH": str(ROOT)},
+                                      SERVE_RECIPE)["rows_per_s"])
             serve_results.append({"source": source, "rows": args.serve_rows, "rev": a, "tree": b, "ratio": b / a})
             print(f"serve {source:9s} batch  256      {args.rev}: {a:12,.0f}/s   tree: {b:12,.0f}/s   ratio {b / a:.3f}",
                   flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
         shutil.rmtree(old, ignore_errors=True)
-    bar = next(r for r in results if r["progress_bar"])["tree"]
-    plain = next(r for r in results if r["batch_size"] == 1 and not r["progress_bar"])["tree"]
-    print(f"batch 1 with the progress bar / without it (tree): {bar / plain:.3f}")
-    out = {"rev": args.rev, "rows": args.rows, "reps": args.reps, "cases": results,
-           "batch1_bar_over_plain": bar / plain, "cli_cases": cli_results, "serve_cases": serve_results,
+    out = {"rev": args.rev, "rows": args.rows, "reps": args.reps, "cases": results, "cli_cases": cli_results,
+           "serve_cases": serve_results, "serve_recipe": SERVE_RECIPE,
            "cli_command": "streamtrain train FILE --batch-size B --hidden 64 --epochs 2 --checkpoint-dir DIR"}
-    (ROOT / "benchmarks" / "ab.json").write_text(json.dumps(out, indent=2) + "\n")
-
+    if results:
+        bar = next(r for r in results if r["progress_bar"])["tree"]
+        plain = next(r for r in results if r["batch_size"] == 1 and not r["progress_bar"])["tree"]
+        print(f"batch 1 with the progress bar / without it (tree): {bar / plain:.3f}")
+        out["batch1_bar_over_plain"] = bar / plain
+    # (a run of the service's cases alone keeps the whole A/B's file)
+    name = "ab-serve.json" if args.serve_only else "ab.json"
+    (ROOT / "benchmarks" / name).write_text(json.dumps(out, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -59,7 +59,8 @@ def _rss(pid: int) -> int:
 
 
 class _Service:
-    def __init__(self, source: str, workdir: Path, command: list[str] | None = None, env: dict | None = None):
+    def __init__(self, source: str, workdir: Path, command: list[str] | None = None, env: dict | None = None,
+                 extra: list[str] = ()):
         import httpx
 
         self.port = _free_port()
@@ -67,7 +68,7 @@ class _Service:
         self.proc = subprocess.Popen([*(command or [str(BIN)]), "serve", "--source", source, "--checkpoint-dir", str(workdir / "svc"),
                                       "--port", str(self.port), "--features", ",".join(FEATURES), "--label", "y",
                                       "--classes", "0,1", "--hidden", "64", "--batch-size", "256",
-                                      "--queue-mb", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      "--queue-mb", "64", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      env=env)
         self.client = httpx.Client(timeout=30)
         deadline = time.monotonic() + 120
@@ -170,9 +171,9 @@ def _broker(kind: str, workdir: Path):
 
 
 def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list[str] | None = None,
-         env: dict | None = None) -> dict:
+         env: dict | None = None, extra: list[str] = ()) -> dict:
     """One source's run (see the module's docstring); ``command``, ``env``: the streamtrain to run
-    (scripts/ab.py runs two revisions' services)."""
+    (scripts/ab.py runs two revisions' services); ``extra``: more of serve's options."""
     broker, url, spec = None, None, "http"
     if source in ("redis", "nats"):
         broker, url = _broker(source, workdir)
@@ -180,7 +181,7 @@ def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list
     elif source == "directory":
         (workdir / "landing").mkdir()
         spec = f"dir:{workdir / 'landing'}"
-    svc = _Service(spec, workdir, command, env)
+    svc = _Service(spec, workdir, command, env, extra)
     try:
         latencies, lags, rss = [], [], []
         done = threading.Event()
@@ -261,11 +262,11 @@ def serve_rows(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def serve_once(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | None = None,
-               env: dict | None = None) -> dict:
+               env: dict | None = None, extra: list[str] = ()) -> dict:
     """``_one`` in a directory of its own, removed afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-{source}-"))
     try:
-        return _one(source, X, y, workdir, command, env)
+        return _one(source, X, y, workdir, command, env, extra)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
