@@ -178,6 +178,7 @@ def encoding_tables(work: Path, rows: int) -> dict[str, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     words = np.array([f"value-{k:02d}" for k in range(20)], dtype=object)
     nums = {f"n{i}": rng.standard_normal(rows).astype(np.float32) for i in range(8)}
