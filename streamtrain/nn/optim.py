@@ -198,8 +198,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "sgd": OptimizerSpec(SGD, 0.1),
     "momentum": OptimizerSpec(Momentum, 0.1, {"momentum": _MOMENTUM}, _velocity),
     "nesterov": OptimizerSpec(lambda **kw: Momentum(nesterov=True, **kw), 0.1, {"momentum": _MOMENTUM}, _velocity),
-    # 0.003, not Keras's and scikit-learn's 0.001: with the default cosine decay it trains
-    # benchmarks/tables.md's tables best (0.001 lost 4 points on one, 6% RMSE on another).
+    # 0.003, not Keras's and scikit-learn's 0.001: with the default cosine decay it trained the
+    # tables of benchmarks/tables.md best (the comparison is in the issue 27 closing note).
     "adam": OptimizerSpec(Adam, 0.003, {
         "beta1": Hyper(0.9, 0.0, 1.0, "Adam's decay of the gradient's running mean.", high_open=True),
         "beta2": Hyper(0.999, 0.0, 1.0, "Adam's decay of the squared gradient's running mean.", high_open=True),
