@@ -180,11 +180,42 @@ def _open_many(paths: list[str], features, label, cache_bytes, dtype, options) -
     try:
         for p in paths:
             parts.append(_open(p, features, label, cache_bytes, dtype, options))
+            if len(parts) == 1 and parts[0].encoding is not None and "encoding" not in options:
+                # one encoding over every file (learned again: the first file's covers it alone)
+                options = {**options, "encoding": _learn_many(parts[0], paths, features, label, cache_bytes,
+                                                             dtype, options).state_dict()}
+                parts[0].close()
+                parts[0] = _open(p, features, label, cache_bytes, dtype, options)
         return ManyFiles(parts)
     except BaseException:
         for ds in parts:
             ds.close()
         raise
+
+
+def _learn_many(first: Dataset, paths: list[str], features, label, cache_bytes, dtype, options):
+    """The encoding of the columns ``first`` (the first file, opened) chose, learned in one pass
+    over every file of ``paths`` (HDF5 or Zarr: files whose columns need an encoding)."""
+    from itertools import chain
+
+    from .tabular import many_name, plan_table
+
+    plain = {k: v for k, v in options.items() if k not in ("encode", "encoding")}
+    cls = type(first)
+    opened: list[Dataset] = [first]
+
+    def tables(keys):
+        for path in paths[1:]:  # the others, opened only with the first's encoding: no pass of their own
+            opened.append(cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype,
+                              encoding=first.encoding.state_dict(), **plain))
+        return chain(*(ds._tables(keys) for ds in opened))
+
+    try:
+        return plan_table(first._arrow_schema, features, label, many_name(paths), tables, lambda name: 0,
+                          encode=options.get("encode"), nan_missing=True)
+    finally:
+        for ds in opened[1:]:
+            ds.close()
 
 
 def _is_table(obj) -> bool:

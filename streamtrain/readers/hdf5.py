@@ -9,12 +9,15 @@ import os
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
+from .arrow_columns import Spec, arrow_type, to_arrow
 from .columns import FEATURE_KEYS, LABEL_KEYS, fill_features, find_key, left_out, select_columns
 from .filemap import FileMap, RowMap
 from .hdf5_nodes import check_safe, check_written, compression, find_datasets, locate, table_columns
+from .tabular import adopt_encoding, encoded_chunk, plan_table
 from .layout import (
     as_features,
     as_labels,
@@ -39,8 +42,11 @@ class HDF5Dataset(Dataset):
 
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
-                 allow_external: bool = False, allow_missing_chunks: bool = False):
+                 allow_external: bool = False, allow_missing_chunks: bool = False,
+                 encoding: dict | None = None, encode: dict | None = None):
+        # encoding: a model's learned column encoding (its state); encode: options to learn one
         super().__init__(cache_bytes, dtype)
+        self._encode = {"encoding": encoding, "encode": encode}
         self._allow_missing = allow_missing_chunks
         self.path = str(path)
         self._file = None
@@ -70,9 +76,16 @@ class HDF5Dataset(Dataset):
 
     # -- the two layouts ------------------------------------------------------
     def _open_matrix(self, dsets, x_key, y_key) -> None:
+        from . import only_classes
+
         names = list(dsets)
         x_key = find_key(names, x_key, FEATURE_KEYS, "features dataset", self.path, True)
         y_key = find_key(names, y_key, LABEL_KEYS, "label dataset", self.path, False)
+        text_label = y_key is not None and dsets[y_key].dtype.kind in "SUO" and dsets[y_key].ndim == 1
+        enc = self._encode
+        if not text_label and enc["encoding"] is None and enc["encode"] and not only_classes(enc["encode"]):
+            raise DataError(f"{self.path}: column encoding settings apply to tables (an HDF5 table, as pandas and "
+                            "PyTables write them), not to a features matrix")
         X = dsets[x_key]
         if X.ndim != 2:
             raise DataError(f"{self.path}: features dataset {x_key!r} has shape {X.shape}; need 2-D (rows, features)")
@@ -83,6 +96,7 @@ class HDF5Dataset(Dataset):
                 check_safe(d, self.path, self._allow_external)
                 check_written(d, self.path, self._allow_missing)
         self._table = None
+        self._fields: dict[str, tuple] = {}
         self._x_key, self._y_key = x_key, y_key
         self.n_rows = int(X.shape[0])
         if y_key is not None and dsets[y_key].shape[0] != self.n_rows:
@@ -97,22 +111,67 @@ class HDF5Dataset(Dataset):
         self._set_bounds(X)
         self._stored_dtype = str(X.dtype)
         self._label_dtype = None if y_key is None else str(dsets[y_key].dtype)
+        if text_label or enc["encoding"] is not None:  # class names as text: the label is encoded
+            self._fields = {n: (x_key, None, j, Spec()) for j, n in enumerate(self.feature_names)}
+            if y_key is not None:
+                self._fields[y_key] = (y_key, None, None, Spec("string") if text_label else Spec())
+            schema = pa.schema([(n, arrow_type(spec, dsets[key].dtype)) for n, (key, _, _, spec) in self._fields.items()])
+            self._arrow_schema = schema
+            self.encoding = plan_table(schema, list(self.feature_names), y_key if y_key else False, self.path,
+                                       self._tables, lambda name: 0, nan_missing=True, **enc)
+            self._keys = adopt_encoding(self, schema.names, y_key if y_key else False, lambda plain: "float64")
+            self._label_dtype = self._label_type
 
     def _open_table(self, T, key, features, label) -> None:
         check_safe(T, self.path, self._allow_external)
         check_written(T, self.path, self._allow_missing)
-        columns = table_columns(T)
+        columns, specs = table_columns(T)
         self._table = key
         self._x_key = key
+        self.n_rows = int(T.shape[0])
+        self._set_bounds(T)
+        self._stored_dtype = "table"
+        # each column as Arrow reads it: (dataset, field, element, meaning)
+        self._fields = {c.name: (key, c.key, c.index, specs[c.key]) for c in columns}
+        schema = pa.schema([(c.name, arrow_type(specs[c.key], T.dtype.fields[c.key][0].base)) for c in columns])
+        self._arrow_schema = schema
+        self.encoding = plan_table(schema, features, label, self.path, self._tables, lambda name: 0,
+                                   nan_missing=True, **self._encode)
+        if self.encoding is not None:
+            def label_type(plain: bool) -> str:
+                base = T.dtype.fields[self._fields[self.encoding.label_name][1]][0].base
+                return str(base) if plain and base.kind in "biu" else "float64"
+
+            self._keys = adopt_encoding(self, schema.names, label, label_type)
+            self._label_dtype = self._label_type
+            return
         self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
         if features is None:
             self.left_out = left_out(columns, self._feature_cols, self._label_col)
         self.feature_names = [c.name for c in self._feature_cols]
         self.label_name = self._label_col.name if self._label_col else None
-        self.n_rows = int(T.shape[0])
-        self._set_bounds(T)
-        self._stored_dtype = "table"
         self._label_dtype = None if self._label_col is None else str(T.dtype.fields[self._label_col.key][0].base)
+
+    def _arrow(self, i: int, names: list[str]) -> pa.Table:
+        """Chunk ``i``'s columns ``names`` as an Arrow table, with the meaning their writer gave them."""
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        blocks: dict[str, np.ndarray] = {}
+        arrays = []
+        try:
+            for name in names:
+                key, field, index, spec = self._fields[name]
+                if key not in blocks:
+                    blocks[key] = self._node(key)[a:b]
+                v = blocks[key] if field is None else blocks[key][field]
+                arrays.append(to_arrow(v if index is None else v[:, index], spec))
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
+        return pa.table(arrays, names=names)
+
+    def _tables(self, names: list[str]):
+        """Every chunk's columns ``names`` as Arrow tables, in order (the encoding's pass)."""
+        for i in range(self.n_chunks):
+            yield self._arrow(i, names)
 
     def _set_bounds(self, d) -> None:
         row_bytes = d.dtype.itemsize * (d.shape[1] if d.ndim == 2 else 1)
@@ -147,6 +206,8 @@ class HDF5Dataset(Dataset):
         return node
 
     def _load_chunk(self, i: int):
+        if self.encoding is not None:
+            return encoded_chunk(self, self._arrow(i, self._keys), f"{self.path}, rows {self.bounds[i]}-{self.bounds[i + 1]}")
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         try:
             if self._table is not None:
@@ -163,6 +224,11 @@ class HDF5Dataset(Dataset):
         return X, y
 
     def _load_labels(self, i: int):
+        if self.encoding is not None:
+            if self.label_name is None:
+                return None
+            table = self._arrow(i, [self.label_name])
+            return as_labels(self.encoding.labels(table.column(self.label_name), self.path), self.path)
         if self._table is not None:
             return super()._load_labels(i)
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
@@ -172,7 +238,7 @@ class HDF5Dataset(Dataset):
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
 
     def _take(self, c, local, sparse):
-        if not sparse or self._table is not None or self._compression:
+        if not sparse or self._table is not None or self._compression or self.encoding is not None:
             return None  # compressed chunks decode whole anyway: read and cache the chunk
         start = int(self.bounds[c] + local[0])
         stop = int(self.bounds[c] + local[-1]) + 1
@@ -247,7 +313,7 @@ class HDF5Dataset(Dataset):
         """
         if self._maps is None or self._in_child_process():
             self._maps = {}
-            if self._table is None:
+            if self._table is None and self.encoding is None:
                 x = locate(self.path, self._node(self._x_key))
                 y = None if self._y_key is None else locate(self.path, self._node(self._y_key))
                 if x is not None and (self._y_key is None or y is not None):
@@ -272,6 +338,8 @@ class HDF5Dataset(Dataset):
 
     @property
     def selection(self):
+        if self.encoding is not None:
+            return [c.name for c in self.encoding.columns]
         return list(self.feature_names) if self._table is not None else self._x_key
 
     def close(self):

@@ -12,13 +12,21 @@ import re
 import numpy as np
 
 from ..errors import DataError
+from .arrow_columns import Spec, is_plain
 from .columns import Column, vector_columns
 
 __all__ = ["find_datasets", "check_safe", "check_written", "table_columns", "compression", "locate"]
 
+# The most categories read for one pandas categorical column (its categories table).
+MAX_CATEGORIES = 1 << 24
+
 # pandas stores a block's column names as a protocol-0 pickle of a list of str. We never unpickle:
 # this grammar accepts only that shape and yields the names as text.
 _PICKLED_NAMES = re.compile(r"^\(lp0\n(?:V[^\n]*\np\d+\na)+\.$")
+
+
+# Where pandas keeps a categorical column's categories: a table of its own, not data.
+_PANDAS_META = re.compile(r"(^|/)meta/[^/]+/meta/table$")
 
 
 def _pandas_names(raw) -> list[str] | None:
@@ -60,7 +68,8 @@ def find_datasets(f, path: str, allow_external: bool) -> tuple[dict[str, object]
                             "(pass allow_external=True if you trust it)")
     dsets = {k: (v if hasattr(v, "shape") else f.get(k)) for k, v in found.items()}
     dsets = {k: v for k, v in dsets.items() if isinstance(v, h5py.Dataset)}
-    return dsets, [k for k, v in dsets.items() if v.dtype.names and v.ndim == 1]
+    tables = [k for k, v in dsets.items() if v.dtype.names and v.ndim == 1 and not _PANDAS_META.search(k)]
+    return dsets, tables
 
 
 def check_safe(dset, path: str, allow_external: bool) -> None:
@@ -94,19 +103,70 @@ def check_written(d, path: str, allow_missing: bool) -> None:
                         "(HDF5 would read fill values); pass --allow-missing-chunks to train on them")
 
 
-def table_columns(T) -> list[Column]:
+def table_columns(T) -> tuple[list[Column], dict[str, Spec]]:
     """The columns of table ``T``, a vector field's elements named as pandas named them (its
-    index, which pandas adds, left out)."""
+    index, which pandas adds, left out), and what each field means (:class:`Spec`, by field):
+    pandas' attributes mark strings with their text for missing values, categorical codes (their
+    categories in the file beside the table) and timestamps."""
     columns: list[Column] = []
+    specs: dict[str, Spec] = {}
     for field in T.dtype.names:
         sub = T.dtype.fields[field][0]
-        numeric = sub.base.kind in "biuf"
         if field == "index" and T.attrs.get("index_kind") is not None:
             continue  # the pandas index, not data
+        specs[field] = spec = _pandas_spec(T, field)
         width = sub.shape[0] if sub.shape else None
         names = _pandas_names(T.attrs.get(f"{field}_kind", b"")) if width else None
-        columns += vector_columns(field, width, numeric, names, type=str(sub.base))
-    return columns
+        kind = {"category": "category", "datetime": "timestamp"}.get(spec.kind, str(sub.base))
+        columns += vector_columns(field, width, is_plain(spec, sub.base), names, type=kind)
+    order = _pandas_order(T)
+    if order:  # pandas groups columns in blocks by type: put them back in the frame's order
+        rank = {n: k for k, n in enumerate(order)}
+        columns.sort(key=lambda c: rank.get(c.name, len(rank)))
+    return columns, specs
+
+
+def _pandas_order(T) -> list[str] | None:
+    """The frame's column order that pandas keeps beside a table (a pickled list we parse, never
+    unpickle: ``[(1, [names...])]``), or None."""
+    raw = _text_attr(T.parent.attrs.get("non_index_axes")) if T.parent is not None else None
+    if not raw or not re.match(r"^\(lp0\n\(I1\n\(lp1\n(?:V[^\n]*\np\d+\na)*tp\d+\na\.$", raw):
+        return None
+    return [codecs.decode(n, "raw_unicode_escape") for n in re.findall(r"V([^\n]*)\n", raw)]
+
+
+def _text_attr(value) -> str | None:
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _pandas_spec(T, field: str) -> Spec:
+    """What pandas' attributes say field ``field`` of table ``T`` holds (a plain Spec if nothing)."""
+    meta = _text_attr(T.attrs.get(f"{field}_meta"))
+    dtype = _text_attr(T.attrs.get(f"{field}_dtype")) or ""
+    cats = _categories(T, field) if meta == "category" else None
+    if cats is not None:
+        return Spec("category", categories=cats)
+    if dtype.startswith("datetime64"):
+        unit = dtype[len("datetime64["):-1] if dtype.endswith("]") else "ns"
+        return Spec("datetime", unit=unit if unit in ("s", "ms", "us", "ns") else "ns")
+    if T.dtype.fields[field][0].base.kind in "SUO":
+        return Spec("string", nan_rep=_text_attr(T.attrs.get(f"{field}_nan_rep")))
+    return Spec()
+
+
+def _categories(T, field: str) -> tuple[str, ...] | None:
+    """A pandas categorical column's categories, from the table pandas writes beside ``T`` (None
+    where it is not there: the codes are then read as numbers)."""
+    import h5py
+
+    node = T.parent.get(f"meta/{field}/meta/table")
+    if not isinstance(node, h5py.Dataset) or node.dtype.names is None or "values" not in node.dtype.names \
+            or node.ndim != 1 or node.shape[0] > MAX_CATEGORIES:
+        return None
+    values = node["values"]
+    return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values.tolist())
 
 
 def compression(d) -> str | None:

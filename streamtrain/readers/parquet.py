@@ -18,7 +18,7 @@ from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .columns import Column, fill_features, left_out, select_columns, vector_columns
 from .layout import MAX_CHUNK_BYTES, MAX_CHUNKS, as_labels
 from .remote import is_url, open_filesystem
-from .tabular import many_name, plan_table
+from .tabular import adopt_encoding, encoded_chunk, many_name, plan_table
 
 __all__ = ["ParquetDataset"]
 
@@ -131,18 +131,14 @@ class ParquetDataset(Dataset):
 
     def _encoded(self, schema, label, partition_keys: set) -> None:
         """Features and label from the learned encoding (strings, categories, missing values...)."""
-        enc = self.encoding
-        has_label = label is not False and enc.label_name is not None and enc.label_name in schema.names
-        self.feature_names = list(enc.feature_names)
-        self.label_name = enc.label_name if has_label else None
-        self._label_type = None
-        if has_label:  # as read: class indices and numbers with missing values are float64 (NaN: missing)
-            plain = enc.label is None and self._null_count(enc.label_name) == 0
-            self._label_type = str(schema.field(enc.label_name).type) if plain else "float64"
+        def label_type(plain: bool) -> str:  # as read: numbers with missing values are float64 (NaN)
+            name = self.encoding.label_name
+            return str(schema.field(name).type) if plain and self._null_count(name) == 0 else "float64"
+
         self._feature_cols, self._label_col = [], None
-        self.left_out = list(enc.left_out) + [(k, "a hive partition key: used only when named in --features")
-                                              for k in sorted(partition_keys) if k not in enc.keys]
-        self._keys = [c.name for c in enc.columns] + ([enc.label_name] if has_label else [])
+        self._keys = adopt_encoding(self, schema.names, label, label_type,
+                                    [(k, "a hive partition key: used only when named in --features")
+                                     for k in sorted(partition_keys) if k not in self.encoding.keys])
 
     def _null_count(self, key: str) -> int | None:
         """Missing values of a column as the files' statistics record them (None: not recorded)."""
@@ -249,12 +245,7 @@ class ParquetDataset(Dataset):
 
     def _load_chunk(self, i: int):
         if self.encoding is not None:
-            table = self._table(i, self._keys)
-            where = self._where(i)
-            X = self.encoding.transform(table, self.dtype, where)
-            y = as_labels(self.encoding.labels(table.column(self.label_name), where), self.path) \
-                if self.label_name else None
-            return X, y
+            return encoded_chunk(self, self._table(i, self._keys), self._where(i))
         fetch, n = self._fetcher(i, self._keys)
         try:
             X = fill_features(self._feature_cols, n, self.dtype, fetch)

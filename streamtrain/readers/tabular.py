@@ -14,7 +14,7 @@ from ..features.encoding import Encoding, EncodingOptions
 from ..features.learn import learn_encoding, needs_encoding
 from .columns import LABEL_KEYS, find_key
 
-__all__ = ["plan_table", "many_name"]
+__all__ = ["plan_table", "many_name", "adopt_encoding", "encoded_chunk"]
 
 
 def many_name(paths: list[str]) -> str:
@@ -40,7 +40,7 @@ def _candidates(names: list[str], features, label: str | None, hidden: set, path
 
 def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[list[str]], Iterable[pa.Table]],
                null_counts: Callable[[str], int | None], hidden: set = frozenset(), encoding: dict | None = None,
-               encode: dict | None = None) -> Encoding | None:
+               encode: dict | None = None, nan_missing: bool = False) -> Encoding | None:
     """The encoding a table's chosen columns need, or None where they are plain numbers without
     missing values (read as they are, the fast path).
 
@@ -48,7 +48,10 @@ def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[
     be in the table. Otherwise the label is found (``label``, or by name; False: none), the
     features chosen (``features``, or every other column but ``hidden`` ones), and, where they
     need it, an encoding learned in one pass (``tables(columns)`` yields the chunks) with the
-    ``encode`` options (:class:`EncodingOptions`' fields).
+    ``encode`` options (:class:`EncodingOptions`' fields). ``nan_missing``: a float column's NaN
+    is a missing value (stores without nulls: HDF5, Zarr); such a column alone does not call for
+    an encoding (it is screened for NaN as plain numbers are), but in an encoded table it is
+    counted in the pass, its NaN imputed.
     """
     names = list(schema.names)
     if encoding is not None:
@@ -71,4 +74,33 @@ def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[
         options = EncodingOptions(**(encode or {}))
     except TypeError as e:
         raise ConfigError(f"encoding options: {e}") from None
+    if nan_missing:
+        counted = null_counts
+        null_counts = lambda name: None if pa.types.is_floating(schema.field(name).type) else counted(name)  # noqa: E731
     return learn_encoding(schema, chosen, label_name, tables, options, path, null_counts)
+
+
+def adopt_encoding(ds, names: list[str], label, label_type: Callable[[bool], str | None],
+                   extra_left_out: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """Set an encoded table's ``feature_names``, ``label_name`` and ``left_out`` on dataset ``ds``
+    (its ``encoding`` set; ``names``: the table's columns) and return the columns to read.
+
+    ``label_type(plain)``: the label's type as read; ``plain``: the encoding leaves it as it is
+    (numbers), else it is read as float64 (class indices; NaN where missing).
+    """
+    enc = ds.encoding
+    has_label = label is not False and enc.label_name is not None and enc.label_name in names
+    ds.feature_names = list(enc.feature_names)
+    ds.label_name = enc.label_name if has_label else None
+    ds._label_type = label_type(enc.label is None) if has_label else None
+    ds.left_out = list(enc.left_out) + list(extra_left_out)
+    return [c.name for c in enc.columns] + ([enc.label_name] if has_label else [])
+
+
+def encoded_chunk(ds, table: pa.Table, where: str):
+    """``(X, y)`` of an encoded dataset's chunk, read as the Arrow ``table``."""
+    from .layout import as_labels
+
+    X = ds.encoding.transform(table, ds.dtype, where)
+    y = as_labels(ds.encoding.labels(table.column(ds.label_name), where), ds.path) if ds.label_name else None
+    return X, y

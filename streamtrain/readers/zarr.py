@@ -11,24 +11,29 @@ import os
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from ..errors import DataError
 from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
+from .arrow_columns import Spec, arrow_type, cf_time, is_plain, to_arrow
 from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, left_out, select_columns
 from .layout import as_features, as_labels, check_chunk_size, uniform_bounds
 from .remote import is_url
+from .tabular import adopt_encoding, encoded_chunk, plan_table
 
 __all__ = ["ZarrDataset"]
 
 # Codecs that can execute code while decoding: never used on untrusted data.
-UNSAFE_CODECS = ("pickle", "numcodecs.pickle", "msgpack2", "json2", "vlen-utf8")
+# (vlen-utf8, how strings are stored, only splits bytes into text: it is safe.)
+UNSAFE_CODECS = ("pickle", "numcodecs.pickle", "msgpack2", "json2")
 
 
 def _arrays(group, prefix: str = "") -> dict[str, object]:
     import zarr
 
     found = {}
-    for name, member in group.members():
+    # by name: a store lists its members in no fixed order (a directory's listing)
+    for name, member in sorted(group.members(), key=lambda m: m[0]):
         path = f"{prefix}{name}"
         if isinstance(member, zarr.Array):
             found[path] = member
@@ -55,9 +60,12 @@ def _codec_names(arr) -> list[str]:
     return names
 
 
-def _check_safe(arr, path: str) -> None:
-    if arr.dtype.kind not in "biuf":
-        raise DataError(f"{path}: array {arr.path!r} has dtype {arr.dtype}; only numeric and bool arrays are read")
+def _check_safe(arr, path: str, text: bool = False) -> None:
+    """Refuse an array whose codecs can run code or whose chunk grid is malformed, or one that is
+    not numbers (``text``: strings and timestamps are read too, as a table's columns)."""
+    if arr.dtype.kind not in ("biufTUSM" if text else "biuf"):
+        what = "numeric, bool, string and timestamp arrays are" if text else "only numeric and bool arrays are"
+        raise DataError(f"{path}: array {arr.path!r} has dtype {arr.dtype}; {what} read")
     bad = [c for c in _codec_names(arr) if any(u in c for u in UNSAFE_CODECS)]
     if bad:
         raise DataError(f"{path}: array {arr.path!r} uses the {bad[0]} codec, which can run code; refused")
@@ -69,6 +77,17 @@ def _check_safe(arr, path: str) -> None:
         if len(shape) != arr.ndim or any(not isinstance(u, int) or u < 1 for u in shape):
             raise DataError(f"{path}: array {arr.path!r} declares chunks of shape {list(shape)} for shape "
                             f"{list(arr.shape)}; every chunk side must be at least 1; refused as malformed")
+
+
+def _spec(arr) -> Spec:
+    """What a 1-D array holds: text, timestamps (numpy's, or xarray's CF ``units``), or numbers."""
+    if arr.dtype.kind in "TUSO":
+        return Spec("string")
+    if arr.dtype.kind == "M":
+        return Spec("datetime", unit=np.datetime_data(arr.dtype)[0])
+    if arr.dtype.kind in "iuf":
+        return cf_time(arr.attrs) or Spec()
+    return Spec()
 
 
 def _dims(arr) -> tuple[str, ...] | None:
@@ -98,8 +117,11 @@ class ZarrDataset(Dataset):
 
     def __init__(self, path: str, features: str | list[str] | None = None, label: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, dtype: npt.DTypeLike = np.float32,
-                 storage_options: dict | None = None, allow_missing_chunks: bool = False):
+                 storage_options: dict | None = None, allow_missing_chunks: bool = False,
+                 encoding: dict | None = None, encode: dict | None = None):
+        # encoding: a model's learned column encoding (its state); encode: options to learn one
         super().__init__(cache_bytes, dtype)
+        self._encode = {"encoding": encoding, "encode": encode}
         self.path = str(path)
         self._allow_missing = allow_missing_chunks
         try:
@@ -121,6 +143,13 @@ class ZarrDataset(Dataset):
         self._check_layout()
 
     def _open_matrix(self, arrays, x_key, label) -> None:
+        from . import only_classes
+
+        enc = self._encode
+        if enc["encoding"] is not None or (enc["encode"] and not only_classes(enc["encode"])):
+            raise DataError(f"{self.path}: column encoding settings apply to a group of 1-D arrays (one per "
+                            "column, as xarray writes them), not to a features matrix")
+        self.encoding = None
         y_key = find_key(list(arrays), label, LABEL_KEYS, "label array", self.path, False)
         X = arrays[x_key]
         _check_safe(X, self.path)
@@ -143,14 +172,34 @@ class ZarrDataset(Dataset):
         if not one_d:
             raise DataError(f"{self.path}: no 2-D features array and no 1-D feature arrays "
                             f"(looked for {', '.join(FEATURE_KEYS)}; found: {', '.join(arrays) or 'nothing'})")
-        columns = [Column(k, k, None, a.dtype.kind in "biuf", type=str(a.dtype)) for k, a in one_d.items()]
+        specs = {k: _spec(a) for k, a in one_d.items()}
+        columns = [Column(k, k, None, is_plain(specs[k], a.dtype), type=str(a.dtype)) for k, a in one_d.items()]
+        schema = pa.schema([(k, arrow_type(specs[k], a.dtype)) for k, a in one_d.items()])
+        self._one_d, self._specs = one_d, specs
+        self._x_key = None
+        self._arrow_schema = schema
+        self.encoding = plan_table(schema, features, label, self.path, self._tables, lambda name: 0,
+                                   nan_missing=True, **self._encode)
+        if self.encoding is not None:
+            def label_type(plain: bool) -> str:
+                kind = one_d[self.encoding.label_name].dtype
+                return str(kind) if plain and kind.kind in "biu" else "float64"
+
+            self._keys = adopt_encoding(self, schema.names, label, label_type)
+            self._check_columns(one_d, self._keys)
+            self._columns = {k: one_d[k] for k in self._keys}
+            self._feature_cols, self._label_col = [], None
+            first = self._columns[self._keys[0]]
+            self._X = first
+            self._y = one_d[self.label_name] if self.label_name else None
+            self.n_rows = int(first.shape[0])
+            self._set_bounds(first, len(self._keys))
+            return
         self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
         if features is None:
             self.left_out = left_out(columns, self._feature_cols, self._label_col)
         keys = [c.key for c in self._feature_cols] + ([self._label_col.key] if self._label_col else [])
-        lengths = {one_d[k].shape[0] for k in keys}
-        if len(lengths) > 1:
-            raise DataError(f"{self.path}: feature and label arrays have different lengths {sorted(lengths)}")
+        self._check_columns(one_d, keys)
         for k in keys:
             _check_safe(one_d[k], self.path)
         self._columns = {k: one_d[k] for k in keys}
@@ -159,9 +208,34 @@ class ZarrDataset(Dataset):
         self._y = None if self._label_col is None else one_d[self._label_col.key]
         self.feature_names = [c.name for c in self._feature_cols]
         self.label_name = self._label_col.name if self._label_col else None
-        self._x_key = None
         self.n_rows = int(first.shape[0])
         self._set_bounds(first, 1)
+
+    def _check_columns(self, one_d, keys) -> None:
+        """The arrays ``keys`` are safe to read and hold as many rows each."""
+        lengths = {one_d[k].shape[0] for k in keys}
+        if len(lengths) > 1:
+            raise DataError(f"{self.path}: feature and label arrays have different lengths {sorted(lengths)}")
+        for k in keys:
+            _check_safe(one_d[k], self.path, text=True)
+
+    def _arrow(self, i: int, names: list[str]) -> pa.Table:
+        """Chunk ``i``'s arrays ``names`` as an Arrow table, with the meaning their writer gave them."""
+        a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        try:
+            return pa.table([to_arrow(self._one_d[k][a:b], self._specs[k]) for k in names], names=names)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"{self.path}: cannot read rows {a}-{b} ({type(e).__name__}: {e})") from None
+
+    def _tables(self, names: list[str]):
+        """Every chunk's arrays ``names`` as Arrow tables, in order (the encoding's pass)."""
+        self._check_columns(self._one_d, names)
+        self.n_rows = int(self._one_d[names[0]].shape[0])
+        self._set_bounds(self._one_d[names[0]], len(names))  # (set again once the columns are chosen)
+        for i in range(self.n_chunks):
+            yield self._arrow(i, names)
 
     def _set_bounds(self, arr, width: int) -> None:
         # A shard is the unit one read fetches; reading less than a shard decodes it anyway.
@@ -171,6 +245,8 @@ class ZarrDataset(Dataset):
         self.bounds = uniform_bounds(self.n_rows, unit[0], self.path)
 
     def _feature_arrays(self) -> list:
+        if self.encoding is not None:
+            return [self._one_d[c.name] for c in self.encoding.columns]
         return list(self._columns[c.key] for c in self._feature_cols) if self._columns is not None else [self._X]
 
     def _written(self, a: int, b: int) -> bool:
@@ -208,6 +284,8 @@ class ZarrDataset(Dataset):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         if not self._allow_missing:
             self._check_written(i, a, b)
+        if self.encoding is not None:
+            return encoded_chunk(self, self._arrow(i, self._keys), f"{self.path}, rows {a}-{b}")
         try:
             if self._columns is not None:
                 X = fill_features(self._feature_cols, b - a, self.dtype, lambda k: self._columns[k][a:b])
@@ -222,6 +300,11 @@ class ZarrDataset(Dataset):
 
     def _load_labels(self, i: int):
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
+        if self.encoding is not None:
+            if self.label_name is None:
+                return None
+            column = self._arrow(i, [self.label_name]).column(self.label_name)
+            return as_labels(self.encoding.labels(column, self.path), self.path)
         try:
             return None if self._y is None else as_labels(self._y[a:b], self.path)
         except Exception as e:
@@ -248,9 +331,13 @@ class ZarrDataset(Dataset):
 
     @property
     def selection(self):
+        if self.encoding is not None:
+            return [c.name for c in self.encoding.columns]
         return self._x_key or list(self.feature_names)
 
     def label_dtype(self):
+        if self.encoding is not None:
+            return self._label_type
         return None if self._y is None else str(self._y.dtype)
 
     def extra_info(self):

@@ -1,0 +1,153 @@
+"""Tables kept in HDF5 and Zarr as users write them (pandas/PyTables, h5py, xarray, zarr 2 and 3):
+strings, categoricals, timestamps, missing values and string labels are encoded as Parquet's
+are, the same inputs to the bit, and train, predict and span several files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamtrain import Trainer, open_dataset
+from streamtrain.readers.arrow_columns import Spec, cf_time, to_arrow
+
+from .test_tabular import flights
+
+BIN = Path(sys.executable).with_name("streamtrain")
+
+
+def _rows(ds):
+    parts = [ds.read_chunk(i) for i in range(ds.n_chunks)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _frame(n=2000) -> pd.DataFrame:
+    df = flights(n)
+    df["seats"] = df["seats"].astype("float64")  # HDF5 has no nullable integers: pandas stores NaN
+    return df
+
+
+@pytest.mark.parametrize("layout", ["blocks", "data_columns", "compressed"])
+def test_pandas_hdf5_tables_encode_exactly_as_parquet(layout, tmp_path):
+    df = _frame()
+    df.to_parquet(tmp_path / "f.parquet", row_group_size=700)
+    kw = {"blocks": {}, "data_columns": {"data_columns": True},
+          "compressed": {"data_columns": True, "complevel": 5, "complib": "blosc:zstd"}}[layout]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTables' warning about object columns
+        df.to_hdf(tmp_path / "f.h5", key="flights", format="table", **kw)
+    ref, ds = open_dataset(tmp_path / "f.parquet", label="status"), open_dataset(tmp_path / "f.h5", label="status")
+    # pandas stores columns in blocks by type: they come back in the frame's order
+    assert ds.feature_names == ref.feature_names
+    assert {"carrier=<missing>", "weather=snow", "departs", "distance:missing", "seats:missing"} <= set(ds.feature_names)
+    assert [n for n, _ in ds.left_out] == ["flight_id"]
+    (X, y), (Xr, yr) = _rows(ds), _rows(ref)
+    np.testing.assert_array_equal(X, Xr)  # NaN, 'nan' strings, categorical codes, UTC stamps: the same inputs
+    np.testing.assert_array_equal(y, yr)
+    info = ds.describe()["columns"]
+    assert "categorical" in info["weather"] and "datetime" in info["departs"] and "missing" in info["carrier"]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_xarray_zarr_columns_encode_as_parquet(zarr_format, tmp_path):
+    import xarray as xr
+
+    df = _frame()
+    df["departs"] = df["departs"].dt.tz_convert(None)  # xarray keeps no time zone
+    df["weather"] = df["weather"].astype(str)  # nor categoricals
+    df["carrier"] = df["carrier"].fillna("none")
+    df.to_parquet(tmp_path / "f.parquet", row_group_size=700)
+    xr.Dataset.from_dataframe(df).to_zarr(tmp_path / "f.zarr", zarr_format=zarr_format, mode="w",
+                                          consolidated=False)
+    ref, ds = open_dataset(tmp_path / "f.parquet", label="status"), open_dataset(tmp_path / "f.zarr", label="status")
+    assert sorted(ds.feature_names) == sorted(ref.feature_names)  # a store's arrays come by name
+    assert ds.feature_names == sorted(ds.feature_names, key=lambda n: n.split("=")[0].split(":")[0])
+    (X, y), (Xr, yr) = _rows(ds), _rows(ref)
+    by_name = {n: X[:, j] for j, n in enumerate(ds.feature_names)}
+    for j, n in enumerate(ref.feature_names):  # CF times ("minutes since ...") decoded to the same seconds
+        np.testing.assert_array_equal(by_name[n], Xr[:, j], err_msg=n)
+    np.testing.assert_array_equal(y, yr)
+
+
+def test_h5py_compound_tables_with_fixed_and_variable_strings_train_and_predict(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 1500
+    rows = np.empty(n, np.dtype([("x", "f4"), ("n", "u2"), ("city", h5py.string_dtype()), ("code", "S4"),
+                                 ("y", h5py.string_dtype())]))
+    rows["x"], rows["n"] = rng.normal(size=n), rng.integers(0, 9, n)
+    rows["city"] = rng.choice(["Paris", "Lyon", "Nice"], n)
+    rows["code"] = rng.choice([b"A1", b"B2"], n)
+    rows["y"] = np.where((rows["city"] == "Nice") ^ (rows["code"] == b"B2"), "yes", "no")
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f.create_dataset("rows", data=rows, chunks=(256,))
+    ds = open_dataset(tmp_path / "t.h5")
+    assert ds.label_name == "y" and ds.label_classes == ["no", "yes"] and ds.left_out == []
+    assert {"x", "n", "city=Nice", "code=A1", "code=B2"} <= set(ds.feature_names)
+    trainer = Trainer(hidden=8, epochs=30, batch_size=32, seed=0)
+    trainer.fit(str(tmp_path / "t.h5"), log=None)
+    pred = trainer.predict(str(tmp_path / "t.h5"))
+    assert set(pred) == {"no", "yes"} and (pred == rows["y"].astype(str)).mean() > 0.95
+
+
+def test_an_h5py_matrix_with_text_labels_trains_predicts_and_evaluates(tmp_path):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1200, 3)).astype("f4")
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["X"] = X
+        f["y"] = np.where(X[:, 0] + X[:, 1] > 0, b"dog", b"cat").astype("S3")
+    with h5py.File(tmp_path / "new.h5", "w") as f:
+        f["X"] = X[:5]  # no labels: predict only
+    run = lambda *a: subprocess.run([str(BIN), *map(str, a)], capture_output=True, text=True, timeout=300)  # noqa: E731
+    res = run("train", tmp_path / "d.h5", "--checkpoint-dir", tmp_path / "r", "--epochs", "20", "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = run("evaluate", tmp_path / "r", tmp_path / "d.h5")
+    assert res.returncode == 0 and "cat" in res.stdout and "dog" in res.stdout, res.stderr
+    assert float(res.stdout.split("accuracy")[1].split()[0]) > 0.95
+    res = run("predict", tmp_path / "r", tmp_path / "new.h5", "--out", tmp_path / "p.csv")
+    assert res.returncode == 0, res.stderr
+    pred = pd.read_csv(tmp_path / "p.csv")["prediction"]
+    assert list(pred) == ["dog" if a + b > 0 else "cat" for a, b in X[:5, :2]]
+
+
+def test_many_hdf5_files_share_one_encoding_learned_over_all(tmp_path):
+    rng = np.random.default_rng(5)
+    for k in range(3):
+        df = pd.DataFrame({"x": rng.normal(size=300),
+                           "c": rng.choice(["a", "b"] + (["late"] if k == 2 else []), 300),
+                           "y": rng.choice(["p", "q"], 300)})
+        df.to_hdf(tmp_path / f"part{k}.h5", key="df", format="table")
+    ds = open_dataset(str(tmp_path / "part*.h5"), label="y")
+    assert "c=late" in ds.feature_names  # a value only the last file holds
+    assert ds.reopen["options"]["encoding"] == ds.encoding.state_dict()  # workers apply it, never learn again
+    X, _ = _rows(ds)
+    late = X[:, ds.feature_names.index("c=late")]
+    assert late[:600].sum() == 0 and late[600:].sum() == (pd.read_hdf(tmp_path / "part2.h5")["c"] == "late").sum()
+
+
+def test_encoding_settings_reach_hdf5_tables(tmp_path):
+    _frame(600).to_hdf(tmp_path / "f.h5", key="f", format="table", data_columns=True)
+    ds = open_dataset(tmp_path / "f.h5", label="status", encode={
+        "overrides": {"hash": {"carrier": 8}, "categorical": ["weather"]}, "max_categories": 2})
+    assert [n for n in ds.feature_names if n.startswith("carrier")] == \
+        ["carrier=<missing>", *[f"carrier=#{k}" for k in range(8)]]
+    assert [n for n in ds.feature_names if n.startswith("weather")] == \
+        ["weather=<missing>", "weather=<other>", "weather=clear", "weather=rain"]  # the 2 most frequent
+
+
+def test_arrow_conversions_keep_what_the_writer_meant():
+    assert to_arrow(np.array([b"a", b"nan", b"b"]), Spec("string", nan_rep="nan")).to_pylist() == ["a", None, "b"]
+    assert to_arrow(np.array([1, -1, 0], np.int8), Spec("category", categories=("x", "y"))).to_pylist() == \
+        ["y", None, "x"]
+    stamps = to_arrow(np.array([0, 90, np.iinfo(np.int64).min]), Spec("datetime", unit="s"))
+    assert [str(v) if v else v for v in stamps.to_pylist()] == ["1970-01-01 00:00:00", "1970-01-01 00:01:30", None]
+    spec = cf_time({"units": "hours since 2024-01-01 06:00:00", "calendar": "proleptic_gregorian"})
+    assert str(to_arrow(np.array([0, 30]), spec).to_pylist()[1]) == "2024-01-02 12:00:00"
+    assert cf_time({"units": "days since 2024-01-01", "calendar": "noleap"}) is None  # not our calendar: numbers
+    assert cf_time({"units": "metres"}) is None
+    assert to_arrow(np.array([1.5, np.nan]), Spec()).to_pylist() == [1.5, None]
