@@ -45,6 +45,7 @@ LIMITS = {
     "max_categories": (1, 1 << 24),
     "min_frequency": (1, 1 << 62),
     "hash_buckets": (1, 1 << 20),
+    "one_hot_max": (0, (1 << 24) + 64),
 }
 
 # What early stopping may watch: each epoch's record has these (accuracy for classification, R^2
@@ -178,6 +179,9 @@ class TrainConfig:
                                   "every row differs.")
     min_frequency: int = _f(1, "Category values seen fewer times share the column's 'other' input.")
     hash_buckets: int = _f(64, "Buckets (inputs) of a hashed string column.")
+    one_hot_max: int = _f(1024, "A categorical or hashed column of more values enters as its code, which selects a "
+                                "row of the first layer's weights (no one-hot matrix; the same model); 0: every "
+                                "such column.")
     categorical: str = _f("", "Table columns to encode as categories (comma-separated), e.g. integer codes.")
     numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
     hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
@@ -281,7 +285,8 @@ class TrainConfig:
         overrides = {k: v for k, v in (("categorical", names(self.categorical)), ("numeric", names(self.numeric)),
                                        ("hash", hashed), ("drop", names(self.drop))) if v}
         opts = {"max_categories": self.max_categories, "min_frequency": self.min_frequency,
-                "hash_buckets": self.hash_buckets, "missing": self.missing, "overrides": overrides,
+                "hash_buckets": self.hash_buckets, "one_hot_max": self.one_hot_max, "missing": self.missing,
+                "overrides": overrides,
                 "classes": self.class_list() or None}
         defaults = {f.name: f.default for f in fields(self)}
         if not overrides and all(getattr(self, k) == defaults[k] for k in opts if k != "overrides"):

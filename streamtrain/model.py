@@ -18,10 +18,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from .data.scaling import DataStats, Scaler
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .features.encoding import Encoding
 from .metrics import metrics_for
-from .nn.network import PARAM_NAMES, TwoLayerNet
+from .nn.network import PARAM_NAMES, InputLayout, TwoLayerNet
 from .readers import detect_format, open_dataset
 from .readers.base import Dataset
 from .labels import Labels, given_classes
@@ -77,7 +77,7 @@ class Model:
             if stats.mean is not None:
                 stats.mean, stats.m2 = stats.mean[:n_in], stats.m2[:n_in]
         net = TwoLayerNet(n_in, config.hidden, labels.n_out, config.activation, labels.task, config.init,
-                          config.seed, config.dtype)
+                          config.seed, config.dtype, _layout(encoding, config.dtype, where))
         scaler = Scaler.from_stats(config.scale, stats, config.dtype)
         if encoding is not None and scaler.mean is not None:  # one-hot codes and indicators stay 0/1
             keep = encoding.unscaled[:n_in]
@@ -366,8 +366,9 @@ class Model:
     @classmethod
     def from_checkpoint(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], config) -> "Model":
         """The model of a (validated) checkpoint."""
+        encoding = None if meta.get("encoding") is None else Encoding.from_state(meta["encoding"])
         net = TwoLayerNet(meta["n_in"], meta["hidden"], meta["n_out"], meta["activation"], meta["task"], meta["init"],
-                          dtype=meta["dtype"])
+                          dtype=meta["dtype"], layout=_layout(encoding, meta["dtype"], "checkpoint"))
         for k in PARAM_NAMES:
             net.params[k] = np.array(arrays[f"param.{k}"])
         scaler = Scaler(meta["scale"], arrays.get("scaler.mean"), arrays.get("scaler.scale"), meta["dtype"])
@@ -375,11 +376,22 @@ class Model:
                     meta["selection"], meta["label"], meta.get("source_format"),
                     "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, meta.get("weight"),
                     meta.get("class_weights"))
-        if meta.get("encoding") is not None:
-            model.encoding = Encoding.from_state(meta["encoding"])
+        model.encoding = encoding
         if "target.mean" in arrays:
             model.target = (np.array(arrays["target.mean"], np.float64), np.array(arrays["target.std"], np.float64))
         return model
+
+
+def _layout(encoding, dtype, where: str) -> InputLayout | None:
+    """How the encoding's gathered columns (codes) meet the first layer, or None."""
+    parts = None if encoding is None else encoding.layout()
+    if parts is None:
+        return None
+    layout = InputLayout(*parts)
+    if np.dtype(dtype) == np.float32 and layout.sizes.max() > 1 << 24:  # codes beyond are not exact in float32
+        raise ConfigError(f"{where}: a column of {int(layout.sizes.max()):,} codes needs --dtype float64 "
+                          "(float32 holds integers exactly up to 16,777,216)")
+    return layout
 
 
 def _names(names: list[str]) -> str:

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 
 from streamtrain import Trainer, open_dataset
+from streamtrain.io.resolve import latest_checkpoint
+from streamtrain.train.schema import TRAINER
 from streamtrain.readers.arrow_columns import Spec, cf_time, to_arrow
 
 from .test_tabular import flights
@@ -151,3 +153,27 @@ def test_arrow_conversions_keep_what_the_writer_meant():
     assert cf_time({"units": "days since 2024-01-01", "calendar": "noleap"}) is None  # not our calendar: numbers
     assert cf_time({"units": "metres"}) is None
     assert to_arrow(np.array([1.5, np.nan]), Spec()).to_pylist() == [1.5, None]
+
+
+@pytest.mark.parametrize("store", ["h5", "zarr"])
+def test_nan_in_an_all_numeric_table_is_named_and_the_advice_imputes_it(store, tmp_path):
+    df = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0] * 50, "b": np.arange(200.0), "y": [0, 1] * 100})
+    if store == "h5":
+        path = tmp_path / "t.h5"
+        df.to_hdf(path, key="t", format="table", data_columns=True)
+    else:
+        import xarray as xr
+
+        path = tmp_path / "t.zarr"
+        xr.Dataset.from_dataframe(df).to_zarr(path, zarr_format=3, consolidated=False)
+    run = lambda *a: subprocess.run([str(BIN), "train", str(path), "--epochs", "1", "--quiet", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    res = run()
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().endswith("NaN or Inf in row 1, column 'a'; clean the data or skip such rows "
+                                       "(--skip-nonfinite, nonfinite='skip'), or treat NaN as missing (imputed, "
+                                       "with an indicator): --numeric a")
+    res = run("--numeric", "a", "--checkpoint-dir", str(tmp_path / "r"))  # the advice, followed
+    assert res.returncode == 0, res.stderr
+    _, _, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert "a:missing" in meta["model"]["feature_names"]

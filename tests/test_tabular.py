@@ -212,10 +212,12 @@ def test_overrides_and_missing_error_from_the_command(tmp_path):
     assert res.returncode == 2 and "nope" in res.stderr
 
 
-def test_resume_with_encoded_columns_is_bitwise(tmp_path):
+@pytest.mark.parametrize("one_hot_max", [1024, 0])  # categories one-hot, or codes gathering first-layer rows
+def test_resume_with_encoded_columns_is_bitwise(tmp_path, one_hot_max):
     flights(1500).to_parquet(tmp_path / "f.parquet", row_group_size=500)
     args = ["train", tmp_path / "f.parquet", "--label", "status", "--hidden", "8", "--batch-size", "16",
-            "--optimizer", "adam", "--lr-schedule", "constant", "--quiet"]  # (auto stretches to a longer run)
+            "--optimizer", "adam", "--lr-schedule", "constant", "--quiet",  # (auto stretches to a longer run)
+            "--one-hot-max", one_hot_max]
     _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "whole")
     _cli(*args, "--epochs", "1", "--checkpoint-dir", tmp_path / "parts")
     _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "parts", "--resume")
@@ -267,10 +269,11 @@ def test_encoding_settings_on_a_format_without_columns_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_encoded_data_as_one(tmp_path):
+@pytest.mark.parametrize("one_hot_max", [1024, 0])
+def test_two_processes_train_encoded_data_as_one(tmp_path, one_hot_max):
     flights(2400).to_parquet(tmp_path / "f.parquet", row_group_size=300)
     args = ["train", str(tmp_path / "f.parquet"), "--label", "status", "--hidden", "8", "--batch-size", "40",
-            "--epochs", "2", "--dtype", "float64", "--quiet"]
+            "--epochs", "2", "--dtype", "float64", "--quiet", "--one-hot-max", str(one_hot_max)]
     one = subprocess.run([str(BIN), *args, "--checkpoint-dir", str(tmp_path / "one")], capture_output=True,
                          text=True, timeout=300)
     two = subprocess.run([str(MPIEXEC), "-n", "2", str(BIN), *args, "--checkpoint-dir", str(tmp_path / "two")],

@@ -255,9 +255,10 @@ def test_a_value_beyond_float32_is_one_line_without_a_warning(tmp_path, suffix):
     res = subprocess.run([str(Path(sys.executable).with_name("streamtrain")), "train", str(path)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
+    column = "b" if suffix == ".parquet" else "f1"
     assert res.stderr.strip().splitlines() == [
-        f"error: {path}: NaN or Inf in row 5 (or a value beyond float32's range, which reads as Inf); clean the data "
-        "or skip such rows (--skip-nonfinite, nonfinite='skip')"]
+        f"error: {path}: NaN or Inf in row 5, column {column!r} (or a value beyond float32's range, which reads as "
+        "Inf); clean the data or skip such rows (--skip-nonfinite, nonfinite='skip')"]
     res = subprocess.run([str(Path(sys.executable).with_name("streamtrain")), "train", str(path), "--skip-nonfinite",
                           "--epochs", "1", "--checkpoint-dir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=120)

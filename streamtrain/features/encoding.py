@@ -68,6 +68,10 @@ class EncodingOptions:
         ``{"categorical": [...], "numeric": [...], "hash": {col: buckets}, "drop": [...]}``.
     classes : list of str, optional
         A class label's classes, in their order (``--classes``); a value outside them is an error.
+    one_hot_max : int
+        A categorical or hashed column of more values is read as one input, its code, which
+        selects a row of the first layer's weights (a gather; ``--one-hot-max``), not as a
+        one-hot input per value; the same model either way, without the one-hot matrix.
     """
 
     max_categories: int = 100
@@ -76,10 +80,11 @@ class EncodingOptions:
     missing: str = "impute"
     overrides: dict = field(default_factory=dict)
     classes: list | None = None
+    one_hot_max: int = 1024
 
     def __post_init__(self):
         for name, lo, hi in (("max_categories", 1, MAX_VALUES), ("min_frequency", 1, 2**62),
-                             ("hash_buckets", 1, 1 << 20)):
+                             ("hash_buckets", 1, 1 << 20), ("one_hot_max", 0, MAX_VALUES + 64)):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
                 raise ConfigError(f"{name} is an integer in [{lo}, {hi}], not {x!r}")
@@ -169,15 +174,19 @@ class _Vector:
 class _OneHot:
     """A categorical (vocabulary codes) or hashed (bucket codes) column, one-hot."""
 
-    def __init__(self, name: str, cats: Categories | None = None, buckets: int | None = None):
-        self.name, self.cats, self.buckets = name, cats, buckets
+    def __init__(self, name: str, cats: Categories | None = None, buckets: int | None = None,
+                 gather: bool = False):
+        self.name, self.cats, self.buckets, self.gather = name, cats, buckets, bool(gather)
         self.kind = "categorical" if cats is not None else "hashed"
         if cats is not None:
             other = ["<other>"] if cats.oov_buckets == 1 else [f"<other:{k}>" for k in range(cats.oov_buckets)]
             labels = ["<missing>", *other, *cats.values.to_pylist()]
         else:
             labels = ["<missing>", *[f"#{k}" for k in range(buckets)]]
-        self.names = [_name(name, v) for v in labels]
+        #: the first layer's rows this column selects from: one per value (its code)
+        self.row_names = [_name(name, v) for v in labels]
+        # gathered: one input, the code, which selects a row; else one 0/1 input per row
+        self.names = [name] if self.gather else self.row_names
         self.scaled = [False] * len(self.names)
 
     def codes(self, arr) -> np.ndarray:
@@ -186,12 +195,16 @@ class _OneHot:
         return bucket(arr, self.buckets) + 1  # null: -1 -> 0
 
     def encode(self, arr, out: np.ndarray, where: str) -> None:
-        out[np.arange(len(out)), self.codes(arr)] = 1
+        if self.gather:
+            out[:, 0] = self.codes(arr)
+        else:
+            out[np.arange(len(out)), self.codes(arr)] = 1
 
     def state(self) -> dict:
+        extra = {"gather": True} if self.gather else {}
         if self.cats is not None:
-            return {"kind": "categorical", "name": self.name, "categories": self.cats.state_dict()}
-        return {"kind": "hashed", "name": self.name, "buckets": self.buckets}
+            return {"kind": "categorical", "name": self.name, "categories": self.cats.state_dict(), **extra}
+        return {"kind": "hashed", "name": self.name, "buckets": self.buckets, **extra}
 
 
 class _Label:
@@ -254,6 +267,37 @@ class Encoding:
         self._offsets = np.cumsum([0] + [len(c.names) for c in columns])
 
     @property
+    def gathered(self) -> bool:
+        """Whether any column is read as codes that select rows of the first layer's weights."""
+        return any(getattr(c, "gather", False) for c in self.columns)
+
+    def layout(self) -> tuple[list[int], ...] | None:
+        """Where each input meets the first layer's weights: ``(dense_cols, dense_rows, code_cols,
+        offsets, sizes)``, ``nn.network.InputLayout``'s arguments; None where every input is a row
+        of its own (no gathered column)."""
+        if not self.gathered:
+            return None
+        dense_cols, dense_rows, code_cols, offsets, sizes = [], [], [], [], []
+        row = 0
+        for c, a in zip(self.columns, self._offsets[:-1]):
+            if getattr(c, "gather", False):
+                code_cols.append(int(a))
+                offsets.append(row)
+                sizes.append(len(c.row_names))
+                row += len(c.row_names)
+            else:
+                dense_cols += range(int(a), int(a) + len(c.names))
+                dense_rows += range(row, row + len(c.names))
+                row += len(c.names)
+        return dense_cols, dense_rows, code_cols, offsets, sizes
+
+    @property
+    def n_rows(self) -> int:
+        """The first layer's weight rows: one per input, or per value of a gathered column."""
+        return sum(len(getattr(c, "row_names", c.names)) if getattr(c, "gather", False) else len(c.names)
+                   for c in self.columns)
+
+    @property
     def width(self) -> int:
         return int(self._offsets[-1])
 
@@ -262,7 +306,8 @@ class Encoding:
         return None if self.label is None else self.label.classes
 
     def transform(self, table: pa.Table, dtype, where: str) -> np.ndarray:
-        """The inputs of a table's rows: shape (rows, width), of ``dtype``."""
+        """The inputs of a table's rows: shape (rows, width), of ``dtype`` (a gathered column's
+        input is its code, an integer, exact in float32 below 2**24)."""
         X = np.zeros((table.num_rows, self.width), dtype=dtype)
         for c, a, b in zip(self.columns, self._offsets[:-1], self._offsets[1:]):
             c.encode(table.column(c.name), X[:, a:b], where)
@@ -287,6 +332,11 @@ class Encoding:
             if isinstance(c, _OneHot):
                 text += (f": {len(c.cats)} categories + missing + other" if c.cats is not None
                          else f": {c.buckets} buckets + missing")
+                if c.gather:
+                    text = text.replace(", one-hot", ", codes selecting first-layer rows")
+                    text += f" ({len(c.row_names)} rows, 1 input)"
+                    out[c.name] = f"{getattr(c, 'seen', None)}; {text}" if getattr(c, "seen", None) else text
+                    continue
             if isinstance(c, _Numeric) and c.indicator:
                 text += ": missing values become the mean, with an indicator input"
             text += f" ({len(c.names)} input{'s' if len(c.names) != 1 else ''})"
@@ -363,11 +413,13 @@ def _column_from_state(c, what: str):
         if type(w) is not int or not 1 <= w <= MAX_COLUMNS:
             raise ValueError(f"{what}: column {name!r}: width must be an integer in [1, {MAX_COLUMNS}]")
         return _Vector(name, w)
+    if kind in ("categorical", "hashed") and not isinstance(c.get("gather", False), bool):
+        raise ValueError(f"{what}: column {name!r}: gather must be true or false")
     if kind == "categorical":
-        return _OneHot(name, cats=Categories.from_state(c.get("categories")))
+        return _OneHot(name, cats=Categories.from_state(c.get("categories")), gather=c.get("gather", False))
     if kind == "hashed":
         b = c.get("buckets")
         if type(b) is not int or not 1 <= b <= 1 << 20:
             raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 20}]")
-        return _OneHot(name, buckets=b)
+        return _OneHot(name, buckets=b, gather=c.get("gather", False))
     raise ValueError(f"{what}: column {name!r} has an unknown kind {kind!r:.40}")

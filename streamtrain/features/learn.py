@@ -150,15 +150,17 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
             columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
                                     bool(acc is not None and acc.nulls), options.missing))
         elif p.kind == "hashed" and p.buckets is not None:
-            columns.append(_OneHot(p.name, buckets=p.buckets))
+            columns.append(_OneHot(p.name, buckets=p.buckets, gather=p.buckets + 1 > options.one_hot_max))
         else:  # categorical, or a string/dictionary decided here by its cardinality
             overridden = p.name in (options.overrides.get("categorical") or [])
             seen = acc.vocab.rows
             choice = choose_string_kind(acc.distinct.estimate(), seen, options.max_categories)
             if overridden or choice.kind == "categorical":
-                columns.append(_OneHot(p.name, cats=acc.vocab.finalize(options.max_categories, options.min_frequency)))
+                cats = acc.vocab.finalize(options.max_categories, options.min_frequency)
+                columns.append(_OneHot(p.name, cats=cats, gather=1 + cats.oov_buckets + len(cats) > options.one_hot_max))
             elif choice.kind == "hashed":
-                columns.append(_OneHot(p.name, buckets=options.hash_buckets))
+                columns.append(_OneHot(p.name, buckets=options.hash_buckets,
+                                       gather=options.hash_buckets + 1 > options.one_hot_max))
             else:
                 approx = "" if acc.distinct.exact else "~"
                 left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}"))

@@ -7,16 +7,46 @@ import numpy.typing as npt
 
 from .functions import ACTIVATIONS, INITS, TASKS, correct_count
 
-__all__ = ["TwoLayerNet", "PARAM_NAMES"]
+__all__ = ["TwoLayerNet", "InputLayout", "PARAM_NAMES"]
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
+
+
+class InputLayout:
+    """Where each input column meets the first layer's weights when some columns are codes.
+
+    A plain input ``dense_cols[k]`` multiplies row ``dense_rows[k]`` of ``W1``; a code column
+    ``code_cols[j]`` holds, per sample, an integer ``c`` in ``[0, sizes[j])`` that selects row
+    ``offsets[j] + c`` (the row its one-hot input would multiply: the same model without the
+    one-hot matrix). ``n_rows``: the rows of ``W1``.
+    """
+
+    def __init__(self, dense_cols, dense_rows, code_cols, offsets, sizes):
+        self.dense_cols = np.asarray(dense_cols, np.intp)
+        self.dense_rows = np.asarray(dense_rows, np.intp)
+        self.code_cols = np.asarray(code_cols, np.intp)
+        self.offsets = np.asarray(offsets, np.intp)
+        self.sizes = np.asarray(sizes, np.intp)
+        self.n_cols = len(self.dense_cols) + len(self.code_cols)
+        ends = [*(self.dense_rows + 1), *(self.offsets + self.sizes)]
+        self.n_rows = int(max(ends, default=0))
+
+    def rows(self, X: np.ndarray) -> np.ndarray:
+        """``(samples, code columns)`` rows of ``W1`` the codes of ``X`` select (a ValueError for a
+        code that is not an integer of its column's range)."""
+        codes = X[:, self.code_cols]
+        rows = codes.astype(np.intp)
+        if codes.size and ((rows != codes).any() or (rows < 0).any() or (rows >= self.sizes).any()):
+            j = int(np.nonzero(((rows != codes) | (rows < 0) | (rows >= self.sizes)).any(axis=0))[0][0])
+            raise ValueError(f"input column {int(self.code_cols[j])} holds a code outside [0, {int(self.sizes[j])})")
+        return rows + self.offsets
 
 
 class TwoLayerNet:
     """A two-layer perceptron.
 
     Parameters ``W1`` (n_in, hidden), ``b1`` (hidden,), ``W2`` (hidden, n_out),
-    ``b2`` (n_out,). Regularisation (``l1``, ``l2``) applies to the weights,
+    ``b2`` (n_out,); with a ``layout`` (inputs that are codes), ``W1`` is (layout.n_rows, hidden). Regularisation (``l1``, ``l2``) applies to the weights,
     not the biases, and is added to the mean batch loss as
     ``l2/2 * sum(W**2) + l1 * sum(|W|)``.
 
@@ -27,12 +57,17 @@ class TwoLayerNet:
 
     def __init__(self, n_in: int, hidden: int, n_out: int, activation: str = "sigmoid",
                  task: str = "binary", init: str = "normal", seed: int = 0,
-                 dtype: npt.DTypeLike = np.float32):
+                 dtype: npt.DTypeLike = np.float32, layout: InputLayout | None = None):
         for name, table, value in (("activation", ACTIVATIONS, activation), ("task", TASKS, task),
                                    ("init", INITS, init)):
             if value not in table:
                 raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(table)}")
         self.n_in, self.hidden, self.n_out = int(n_in), int(hidden), int(n_out)
+        if layout is not None and layout.n_cols != self.n_in:
+            raise ValueError(f"the input layout has {layout.n_cols} columns, not n_in={n_in}")
+        #: code columns that select rows of W1 (``InputLayout``), or None: W1 has a row per input
+        self.layout = layout
+        n_rows = self.n_in if layout is None else layout.n_rows
         self.activation, self.task, self.init = activation, task, init
         self.dtype = np.dtype(dtype)
         self._act, self._act_grad = ACTIVATIONS[activation].forward, ACTIVATIONS[activation].grad
@@ -40,7 +75,7 @@ class TwoLayerNet:
         rng = np.random.default_rng([int(seed), 0x1417])
         make = INITS[init]
         self.params = {
-            "W1": make(rng, n_in, hidden, activation).astype(self.dtype),
+            "W1": make(rng, n_rows, hidden, activation).astype(self.dtype),
             "b1": np.zeros(hidden, self.dtype),
             "W2": make(rng, hidden, n_out, activation).astype(self.dtype),
             "b2": np.zeros(n_out, self.dtype),
@@ -52,8 +87,30 @@ class TwoLayerNet:
         # Weights a checkpoint holds may be finite yet huge: their products overflow to inf, the
         # honest answer for such a model, not a warning (which the suite treats as an error).
         with np.errstate(over="ignore", invalid="ignore"):
-            a1 = self._act(X @ p["W1"] + p["b1"])
+            a1 = self._act(self._first(X) + p["b1"])
             return a1, a1 @ p["W2"] + p["b2"]
+
+    def _first(self, X: np.ndarray) -> np.ndarray:
+        """``X`` through the first layer's weights: a product, plus the rows codes select."""
+        W1, L = self.params["W1"], self.layout
+        if L is None:
+            return X @ W1
+        h = X[:, L.dense_cols] @ W1[L.dense_rows]
+        for r in L.rows(X).T:  # one code column at a time: no (samples, columns, hidden) temporary
+            h += W1[r]
+        return h
+
+    def _first_grad(self, X: np.ndarray, da1: np.ndarray) -> np.ndarray:
+        """The gradient of ``W1`` from the hidden layer's ``da1``: a product, and for codes the
+        sum of each selected row's samples (scattered into that row; every other row: zero)."""
+        L = self.layout
+        if L is None:
+            return X.T @ da1
+        g = np.zeros_like(self.params["W1"])
+        g[L.dense_rows] = X[:, L.dense_cols].T @ da1
+        for r in L.rows(X).T:
+            np.add.at(g, r, da1)
+        return g
 
     def penalty(self, l1: float, l2: float) -> float:
         """The regularisation term added to the loss."""
@@ -77,7 +134,7 @@ class TwoLayerNet:
         grads = {"W2": a1.T @ dz, "b2": dz.sum(axis=0)}
         da1 = dz @ p["W2"].T
         da1 *= self._act_grad(a1)
-        grads["W1"] = X.T @ da1
+        grads["W1"] = self._first_grad(X, da1)
         grads["b1"] = da1.sum(axis=0)
         for name in ("W1", "W2"):
             if l2:

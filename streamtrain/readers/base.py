@@ -70,6 +70,9 @@ class Dataset(Identity):
     #: The learned column encoding (``features.encoding.Encoding``) of a table with strings,
     #: categories or missing values; None where the features are read as they are stored.
     encoding = None
+    #: Whether a NaN in a column is a missing value the encoding can impute (HDF5 and Zarr tables,
+    #: where a float's NaN is how pandas and xarray store one), for the screen's advice.
+    nan_is_missing = False
 
     @property
     def label_classes(self) -> list | None:
@@ -225,7 +228,8 @@ class Dataset(Identity):
 
     def _bad_rows(self, rows: int | np.ndarray, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error"."""
-        return bad_rows(X, y, rows, self.nonfinite, self.path, self.missing_labels)
+        return bad_rows(X, y, rows, self.nonfinite, self.path, self.missing_labels,
+                        getattr(self, "feature_names", None), self.nan_is_missing)
 
     def _take(self, c: int, local: np.ndarray, sparse: bool) -> Batch | None:
         """Rows ``local`` (sorted) of chunk ``c`` read directly, without the whole chunk, or None.

@@ -151,6 +151,7 @@ class HDF5Dataset(Dataset):
         self.feature_names = [c.name for c in self._feature_cols]
         self.label_name = self._label_col.name if self._label_col else None
         self._label_dtype = None if self._label_col is None else str(T.dtype.fields[self._label_col.key][0].base)
+        self.nan_is_missing = True
 
     def _arrow(self, i: int, names: list[str]) -> pa.Table:
         """Chunk ``i``'s columns ``names`` as an Arrow table, with the meaning their writer gave them."""

@@ -10,13 +10,16 @@ __all__ = ["bad_rows"]
 
 
 def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy: str,
-             path: str, missing_labels: str = "error") -> np.ndarray | None:
+             path: str, missing_labels: str = "error", names: list[str] | None = None,
+             nan_missing: bool = False) -> np.ndarray | None:
     """Mask of the rows of ``X`` (and ``y``) holding NaN/Inf, or None if there are none; under
     ``policy="error"`` the first such row is an error naming it.
 
     ``rows``: the row number of each row of ``X``, or of its first row where they follow on.
     ``missing_labels="skip"``: a row whose label alone is NaN (a missing label of an encoded
-    table) is skipped whatever the policy.
+    table) is skipped whatever the policy. ``names``: the features' names, to name the column;
+    ``nan_missing``: a column of a store whose NaN is a missing value (HDF5, Zarr tables), for
+    which the error also says how to have it imputed.
     """
     # A cheap screen finds NaN/Inf; only then is the row located exactly.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -41,6 +44,11 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
         row = rows + at if isinstance(rows, int) else int(rows[at])
         inf = X.dtype == np.float32 and np.isinf(X[at]).any()
         beyond = " (or a value beyond float32's range, which reads as Inf)" if inf else ""
-        raise DataError(f"{path}: NaN or Inf in row {row}{beyond}; clean the data or skip such rows "
-                        "(--skip-nonfinite, nonfinite='skip')")
+        cols = np.nonzero(~np.isfinite(X[at]))[0] if X.dtype.kind == "f" else []
+        name = names[int(cols[0])] if len(cols) and names is not None and int(cols[0]) < len(names) else None
+        where = f", column {name!r}" if name else ""
+        impute = (f", or treat NaN as missing (imputed, with an indicator): --numeric {name}"
+                  if nan_missing and name and np.isnan(X[at, int(cols[0])]) else "")
+        raise DataError(f"{path}: NaN or Inf in row {row}{where}{beyond}; clean the data or skip such rows "
+                        f"(--skip-nonfinite, nonfinite='skip'){impute}")
     return bad | unlabelled

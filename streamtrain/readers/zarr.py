@@ -208,6 +208,7 @@ class ZarrDataset(Dataset):
         self._y = None if self._label_col is None else one_d[self._label_col.key]
         self.feature_names = [c.name for c in self._feature_cols]
         self.label_name = self._label_col.name if self._label_col else None
+        self.nan_is_missing = True
         self.n_rows = int(first.shape[0])
         self._set_bounds(first, 1)
 

@@ -142,7 +142,8 @@ class TrainerSchema(Schema):
         m = meta["model"]
         dt = np.dtype(m["dtype"])
         n_in, hidden, n_out = m["n_in"], m["hidden"], m["n_out"]
-        shapes = {"W1": (n_in, hidden), "b1": (hidden,), "W2": (hidden, n_out), "b2": (n_out,)}
+        rows = Encoding.from_state(m["encoding"]).n_rows if m.get("encoding") is not None else n_in
+        shapes = {"W1": (rows, hidden), "b1": (hidden,), "W2": (hidden, n_out), "b2": (n_out,)}
         required = {f"param.{k}": (dt, s) for k, s in shapes.items()}
         groups = [{f"best.{k}": (dt, s) for k, s in shapes.items()},
                   {"scaler.mean": (dt, (n_in,)), "scaler.scale": (dt, (n_in,))},
@@ -211,7 +212,10 @@ class TrainerSchema(Schema):
         string(field(model, "label", "model"), "model.label", none=True)
         string(field(model, "scale", "model"), "model.scale", tuple(SCALINGS))
         string(model.get("source_format"), "model.source_format", none=True)
-        self._check_encoding(model.get("encoding"), model)
+        rows = self._check_encoding(model.get("encoding"), model) or n_in  # the first layer's rows
+        if (rows + n_out + 1) * model["hidden"] + n_out > MAX_PARAMS:
+            raise ValueError(f"metadata field model describes {(rows + n_out + 1) * model['hidden']} parameters, "
+                             f"more than {MAX_PARAMS}")
         string(model.get("weight"), "model.weight", none=True)
         cw = model.get("class_weights")
         if cw is not None:
@@ -243,9 +247,10 @@ class TrainerSchema(Schema):
             section.validate(meta[name], meta)
 
     @staticmethod
-    def _check_encoding(state: Any, model: dict) -> None:
+    def _check_encoding(state: Any, model: dict) -> int | None:
+        """The first layer's rows the encoding gives (None: no encoding), after checking it."""
         if state is None:
-            return
+            return None
         try:
             enc = Encoding.from_state(state)
         except ValueError as e:
@@ -254,6 +259,7 @@ class TrainerSchema(Schema):
             raise ValueError("metadata field model.encoding does not give the model's feature names")
         if enc.classes is not None and enc.classes != model["classes"]:
             raise ValueError("metadata field model.encoding's label classes differ from model.classes")
+        return enc.n_rows
 
     @staticmethod
     def _check_classes(classes: Any, task: str, n_out: int) -> None:

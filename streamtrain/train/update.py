@@ -6,7 +6,8 @@
   a whole block of single-sample updates per call (``blocks``: the loader hands it whole groups);
 - ``FusedSGD``: minibatches with plain SGD on one process: the fused compiled step (forward,
   backward and update in one call; it leaves the weights alone when the loss is not finite);
-- ``GradientStep``: another optimiser: the batch's gradients (compiled, or numpy) -> its step;
+- ``GradientStep``: another optimiser, or inputs that are codes (``nn.network.InputLayout``): the
+  batch's gradients (compiled, or numpy) -> its step;
 - ``ReducedStep``: several processes: the gradients -> their sum over processes -> the step.
 
 The training loop, ``partial_fit`` and the service's learner call ``update`` alike and never
@@ -158,7 +159,8 @@ class GradientStep(Update):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.compiled = self.config.compiled and minibatch.available()
+        # (inputs that are codes: numpy's gather and scatter; the compiled kernels take products only)
+        self.compiled = self.config.compiled and minibatch.available() and self.net.layout is None
 
     def load(self) -> None:
         if self.compiled:
@@ -240,7 +242,7 @@ class ReducedStep(GradientStep):
 
 def choose_update(config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0) -> Update:
     """The strategy for this run's settings (see the module's documentation)."""
-    alone, sgd = comm.size == 1, config.optimizer == "sgd"
+    alone, sgd = comm.size == 1, config.optimizer == "sgd" and model.net.layout is None
     if not alone:
         cls = ReducedStep
     elif sgd and config.compiled and config.batch_size == 1 and config.scale != "batch-center" \

@@ -1,0 +1,129 @@
+"""Categorical columns that enter the network as codes selecting rows of the first layer's weights
+(a gather, ``--one-hot-max``), never as a one-hot matrix: the same model as the one-hot one, to
+float64 rounding, in the network's math, in training, and through checkpoints and predictions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from streamtrain.features.encoding import Encoding, EncodingOptions
+from streamtrain.features.learn import learn_encoding
+from streamtrain.io.resolve import latest_checkpoint
+from streamtrain.nn.functions import ACTIVATIONS
+from streamtrain.nn.network import InputLayout, TwoLayerNet
+from streamtrain.train.schema import TRAINER
+
+from .test_tabular import flights
+
+BIN = Path(sys.executable).with_name("streamtrain")
+
+
+def _encodings(df: pd.DataFrame, label: str, **options):
+    """The table, and its encoding learned one-hot and gathered (every categorical column)."""
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    features = [c for c in t.column_names if c != label]
+    learn = lambda m: learn_encoding(t.schema, features, label, lambda keys: [t.select(keys)],  # noqa: E731
+                                     EncodingOptions(one_hot_max=m, **options), "t")
+    return t, learn(1 << 20), learn(0)
+
+
+@pytest.mark.parametrize("task,n_out", [("binary", 1), ("multiclass", 3), ("regression", 2)])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_the_gather_equals_the_dense_one_hot_reference(task, n_out, activation):
+    df = flights(400)
+    t, dense, gathered = _encodings(df, "status", overrides={"hash": {"flight_id": 97}})
+    assert gathered.feature_names == ["distance", "distance:missing", "seats", "seats:missing", "carrier",
+                                      "weather", "departs", "flight_id"]
+    assert gathered.n_rows == dense.width == len(dense.feature_names) and gathered.width == 8
+    Xd, Xg = dense.transform(t, np.float64, "t"), gathered.transform(t, np.float64, "t")
+    a = TwoLayerNet(dense.width, 6, n_out, activation, task, seed=2, dtype=np.float64)
+    b = TwoLayerNet(gathered.width, 6, n_out, activation, task, seed=2, dtype=np.float64,
+                    layout=InputLayout(*gathered.layout()))
+    np.testing.assert_array_equal(a.params["W1"], b.params["W1"])  # one row per one-hot input, alike
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(len(df), n_out)) if task == "regression" else rng.integers(0, max(n_out, 2), len(df))
+    w = rng.random(len(df))
+    la, pa_, ga = a.loss_and_grads(Xd, y, l1=1e-4, l2=1e-3, weights=w)
+    lb, pb, gb = b.loss_and_grads(Xg, y, l1=1e-4, l2=1e-3, weights=w)
+    np.testing.assert_allclose(lb, la, rtol=1e-12)
+    assert pb == pa_
+    for k in ga:
+        np.testing.assert_allclose(gb[k], ga[k], rtol=1e-12, atol=1e-12 * np.abs(ga[k]).max(), err_msg=k)
+    np.testing.assert_allclose(b.predict_output(Xg), a.predict_output(Xd), rtol=1e-12, atol=1e-15)
+
+
+def test_a_code_outside_its_column_is_refused_not_read_past_the_weights():
+    layout = InputLayout([0], [0], [1], [1], [3])
+    net = TwoLayerNet(2, 4, 1, layout=layout, dtype=np.float64)
+    assert net.params["W1"].shape == (4, 4)
+    for bad in (3.0, -1.0, 1.5):
+        with pytest.raises(ValueError, match=r"input column 1 holds a code outside \[0, 3\)"):
+            net.forward(np.array([[0.5, bad]]))
+
+
+def test_training_with_codes_equals_training_one_hot(tmp_path):
+    flights(3000).to_parquet(tmp_path / "f.parquet", row_group_size=500)
+    runs = {}
+    for m in (1024, 0):
+        res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--epochs", "3",
+                              "--dtype", "float64", "--hash", "flight_id:300", "--one-hot-max", str(m),
+                              "--checkpoint-dir", str(tmp_path / f"r{m}"), "--quiet"],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        runs[m] = latest_checkpoint(tmp_path / f"r{m}", schema=TRAINER)
+    (_, a, ma), (_, b, mb) = runs[1024], runs[0]
+    assert ma["model"]["n_in"] == 317 and mb["model"]["n_in"] == 8  # the data's width: codes, not one-hot
+    assert [c.get("gather", False) for c in mb["model"]["encoding"]["columns"]] == [False, False, True, True,
+                                                                                     False, True]
+    for k in a:
+        if k.startswith(("param.", "optim.")):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    flights(50, seed=9).to_csv(tmp_path / "new.csv", index=False)
+    preds = []
+    for m in (1024, 0):
+        res = subprocess.run([str(BIN), "predict", str(tmp_path / f"r{m}"), str(tmp_path / "new.csv"), "--out",
+                              str(tmp_path / f"p{m}.csv")], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        preds.append(pd.read_csv(tmp_path / f"p{m}.csv"))
+    assert (preds[0]["prediction"] == preds[1]["prediction"]).all()
+    np.testing.assert_allclose(preds[1]["p_late"], preds[0]["p_late"], rtol=1e-6)
+
+
+def test_many_categories_need_no_one_hot_matrix(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 4000
+    ids = rng.integers(0, 50_000, n)
+    pd.DataFrame({"user": [f"u{i}" for i in ids], "x": rng.normal(size=n),
+                  "y": (ids % 2).astype(np.int8)}).to_parquet(tmp_path / "f.parquet")
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "y", "--hash", "user:200000",
+                          "--hidden", "4", "--epochs", "2", "--checkpoint-dir", str(tmp_path / "r"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert meta["model"]["n_in"] == 2 and arrays["param.W1"].shape == (1 + 200_001, 4)  # x, then the user's rows
+
+
+def test_a_checkpoint_whose_gather_is_tampered_is_refused(tmp_path):
+    flights(300).to_parquet(tmp_path / "f.parquet")
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--epochs", "1",
+                          "--one-hot-max", "0", "--checkpoint-dir", str(tmp_path / "r"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    required, _ = TRAINER.arrays(meta)
+    assert required["param.W1"][1] == arrays["param.W1"].shape  # the rows the encoding declares
+    col = next(c for c in meta["model"]["encoding"]["columns"] if c.get("gather"))
+    col["gather"] = "yes"
+    with pytest.raises(ValueError, match="gather must be true or false"):
+        TRAINER.validate_meta(meta)
+    col["gather"] = False  # one-hot now: the data's width no longer the model's feature names
+    with pytest.raises(ValueError, match="feature names"):
+        TRAINER.validate_meta(meta)
+    assert Encoding.from_state(meta["model"]["encoding"]).n_rows == arrays["param.W1"].shape[0]
