@@ -186,6 +186,8 @@ class TrainConfig:
     numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
     hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
     drop: str = _f("", "Table columns to leave out (comma-separated).")
+    date_parts: str = _f("", "Timestamp columns that also enter by their parts, one-hot, in the column's time zone: "
+                             "COL (hour, weekday and month) or COL:hour+weekday (comma-separated).")
     classes: str = _f("", "The classes, comma-separated, in their order (default: the label's values, sorted); "
                           "a label value outside them is an error.")
     strict: bool = _f(False, "Refuse data with a column that cannot be used (lists, structs, binary, identifiers) "
@@ -284,12 +286,23 @@ class TrainConfig:
             hashed[col] = int(buckets) if buckets else self.hash_buckets
         overrides = {k: v for k, v in (("categorical", names(self.categorical)), ("numeric", names(self.numeric)),
                                        ("hash", hashed), ("drop", names(self.drop))) if v}
+        parts = {}
+        for item in names(self.date_parts):
+            col, _, which = item.rpartition(":") if ":" in item else (item, "", "")
+            chosen = [p.strip() for p in which.split("+")] if which else ["hour", "weekday", "month"]
+            bad = [p for p in chosen if p not in ("hour", "weekday", "month")]
+            if bad or not col:
+                raise ConfigError(f"date_parts: {item!r} is COL or COL:PART+PART, parts of hour, weekday, month")
+            parts[col] = chosen
         opts = {"max_categories": self.max_categories, "min_frequency": self.min_frequency,
                 "hash_buckets": self.hash_buckets, "one_hot_max": self.one_hot_max, "missing": self.missing,
                 "overrides": overrides,
                 "classes": self.class_list() or None}
         defaults = {f.name: f.default for f in fields(self)}
-        if not overrides and all(getattr(self, k) == defaults[k] for k in opts if k != "overrides"):
+        if parts:
+            opts["date_parts"] = parts
+        if not overrides and all(getattr(self, k) == defaults[k] for k in opts if k not in ("overrides", "date_parts")) \
+                and not parts:
             return None
         return opts
 

@@ -653,3 +653,36 @@ def test_classes_fixes_the_classes_and_their_order(tmp_path):
     twice = _cli("train", tmp_path / "f.parquet", "--label", "status", "--classes", "late,late", *base,
                  "--checkpoint-dir", tmp_path / "t", check=False)
     assert twice.returncode == 2 and "classes: 'late' is given twice" in twice.stderr
+
+
+def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
+    df = flights(500)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    enc = learn_encoding(table.schema, ["distance", "departs"], "status", lambda keys: [table.select(keys)],
+                         EncodingOptions(date_parts={"departs": ["hour", "weekday", "month"]}), "t")
+    names = enc.feature_names
+    assert names[:4] == ["distance", "distance:missing", "departs", "departs.hour=0"]
+    assert len(names) == 3 + 24 + 7 + 12 and names[-1] == "departs.month=12"
+    X = enc.transform(table, np.float64, "t")
+    local = df["departs"]  # America/New_York, as the file holds it
+    for part, values, lo in (("hour", local.dt.hour, 0), ("weekday", local.dt.day_of_week, 0),
+                             ("month", local.dt.month, 1)):
+        cols = [j for j, n in enumerate(names) if n.startswith(f"departs.{part}=")]
+        np.testing.assert_array_equal(X[:, cols].argmax(axis=1) + lo, values.to_numpy(), err_msg=part)
+        np.testing.assert_array_equal(X[:, cols].sum(axis=1), 1)
+    again = Encoding.from_state(json.loads(json.dumps(enc.state_dict())))
+    np.testing.assert_array_equal(again.transform(table, np.float64, "t"), X)
+    state = enc.state_dict()
+    state["columns"][1]["parts"] = ["hour", "hour"]
+    with pytest.raises(ValueError, match="parts must be distinct"):
+        Encoding.from_state(state)
+    # from the command: the option, and a clear error for a column without dates
+    df.to_parquet(tmp_path / "f.parquet")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--date-parts", "departs:hour+weekday", "--epochs",
+         "1", "--checkpoint-dir", tmp_path / "r", "--quiet")
+    _, _, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert "departs.weekday=6" in meta["model"]["feature_names"] and "departs.month=1" not in \
+        meta["model"]["feature_names"]
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--date-parts", "distance", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.parquet'}: --date-parts distance: the column is double, which has no date parts"]

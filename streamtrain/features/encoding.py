@@ -68,6 +68,9 @@ class EncodingOptions:
         ``{"categorical": [...], "numeric": [...], "hash": {col: buckets}, "drop": [...]}``.
     classes : list of str, optional
         A class label's classes, in their order (``--classes``); a value outside them is an error.
+    date_parts : dict, optional
+        ``{column: [part, ...]}``: timestamp columns that also enter by their parts (``hour``,
+        ``weekday``, ``month``; in the column's time zone), one-hot (``--date-parts``).
     one_hot_max : int
         A categorical or hashed column of more values is read as one input, its code, which
         selects a row of the first layer's weights (a gather; ``--one-hot-max``), not as a
@@ -81,8 +84,13 @@ class EncodingOptions:
     overrides: dict = field(default_factory=dict)
     classes: list | None = None
     one_hot_max: int = 1024
+    date_parts: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.date_parts, dict) or not all(
+                isinstance(k, str) and isinstance(v, (list, tuple)) and v and all(p in DATE_PARTS for p in v)
+                for k, v in self.date_parts.items()):
+            raise ConfigError(f"date_parts is {{column: [part, ...]}}, parts of {', '.join(DATE_PARTS)}")
         for name, lo, hi in (("max_categories", 1, MAX_VALUES), ("min_frequency", 1, 2**62),
                              ("hash_buckets", 1, 1 << 20), ("one_hot_max", 0, MAX_VALUES + 64)):
             x = getattr(self, name)
@@ -113,14 +121,25 @@ def _name(column: str, value) -> str:
     return f"{column}={text[:MAX_VALUE_CHARS]}{'...' if len(text) > MAX_VALUE_CHARS else ''}"
 
 
-class _Numeric:
-    """A number (or datetime as seconds): ``value - center``, missing -> the mean (+ an indicator)."""
+#: A timestamp's parts, each one-hot: the arrow function that extracts it (in the column's own
+#: time zone), and its values' range.
+DATE_PARTS = {"hour": ("hour", 0, 24), "weekday": ("day_of_week", 0, 7), "month": ("month", 1, 13)}
 
-    def __init__(self, name: str, kind: str, center: float, fill: float, indicator: bool, missing: str):
+
+class _Numeric:
+    """A number (or datetime as seconds): ``value - center``, missing -> the mean (+ an indicator);
+    a datetime may add its ``parts`` (hour, weekday, month), one-hot."""
+
+    def __init__(self, name: str, kind: str, center: float, fill: float, indicator: bool, missing: str,
+                 parts: tuple[str, ...] = ()):
         self.name, self.kind, self.center, self.fill, self.indicator = name, kind, center, fill, indicator
-        self.missing = missing
+        self.missing, self.parts = missing, tuple(parts)
         self.names = [name] + ([f"{name}:missing"] if indicator else [])
         self.scaled = [True] + ([False] if indicator else [])
+        for part in self.parts:
+            _, lo, hi = DATE_PARTS[part]
+            self.names += [f"{name}.{part}={v}" for v in range(lo, hi)]
+            self.scaled += [False] * (hi - lo)
 
     def encode(self, arr, out: np.ndarray, where: str) -> None:
         t = arr.type.value_type if _T.is_dictionary(arr.type) else arr.type
@@ -145,10 +164,22 @@ class _Numeric:
             out[:, 0] = v
         if self.indicator:
             out[:, 1] = gone
+        at = 1 + self.indicator
+        for part in self.parts:  # (a missing value has no part: all its inputs stay 0)
+            func, lo, hi = DATE_PARTS[part]
+            try:
+                values = getattr(pc, func)(arr)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DataError(f"{where}: column {self.name!r} ({arr.type}) has no {part}: {e}") from None
+            idx = pc.fill_null(values, lo - 1).to_numpy(zero_copy_only=False).astype(np.int64) - lo
+            ok = (idx >= 0) & (idx < hi - lo)
+            out[np.nonzero(ok)[0], at + idx[ok]] = 1
+            at += hi - lo
 
     def state(self) -> dict:
+        extra = {"parts": list(self.parts)} if self.parts else {}
         return {"kind": self.kind, "name": self.name, "center": self.center, "fill": self.fill,
-                "indicator": self.indicator}
+                "indicator": self.indicator, **extra}
 
 
 class _Vector:
@@ -339,6 +370,8 @@ class Encoding:
                     continue
             if isinstance(c, _Numeric) and c.indicator:
                 text += ": missing values become the mean, with an indicator input"
+            if isinstance(c, _Numeric) and c.parts:
+                text += f"; and its {', '.join(c.parts)}, one-hot"
             text += f" ({len(c.names)} input{'s' if len(c.names) != 1 else ''})"
             out[c.name] = f"{seen}; {text}" if seen else text
         for name, why in self.left_out:
@@ -407,7 +440,13 @@ def _column_from_state(c, what: str):
     if kind in ("numeric", "datetime"):
         if not isinstance(c.get("indicator"), bool):
             raise ValueError(f"{what}: column {name!r}: indicator must be true or false")
-        return _Numeric(name, kind, _finite(c, "center", what), _finite(c, "fill", what), c["indicator"], "impute")
+        parts = c.get("parts", [])
+        if not isinstance(parts, list) or not all(isinstance(p, str) and p in DATE_PARTS for p in parts) \
+                or len(set(parts)) != len(parts) or (parts and kind != "datetime"):
+            raise ValueError(f"{what}: column {name!r}: parts must be distinct names of {', '.join(DATE_PARTS)}, "
+                             "of a datetime column")
+        return _Numeric(name, kind, _finite(c, "center", what), _finite(c, "fill", what), c["indicator"], "impute",
+                        tuple(parts))
     if kind == "vector":
         w = c.get("width")
         if type(w) is not int or not 1 <= w <= MAX_COLUMNS:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .distinct import DistinctCount
 from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Label, _Numeric, _numbers, _OneHot, _Vector)
 from .hashing import null_mask
@@ -147,8 +147,12 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 raise DataError(f"{where}: column {p.name!r} has {acc.nulls:,} missing values "
                                 "(--missing impute fills them with the column's mean)")
             mean = acc.mean if acc is not None else 0.0
+            parts = tuple(dict.fromkeys(options.date_parts.get(p.name, ())))
+            if parts and (p.kind != "datetime" or ("hour" in parts and _T.is_date(p.arrow_type))):
+                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {p.arrow_type}, which has no "
+                                  f"{'hour' if p.kind == 'datetime' else 'date parts'}")
             columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
-                                    bool(acc is not None and acc.nulls), options.missing))
+                                    bool(acc is not None and acc.nulls), options.missing, parts))
         elif p.kind == "hashed" and p.buckets is not None:
             columns.append(_OneHot(p.name, buckets=p.buckets, gather=p.buckets + 1 > options.one_hot_max))
         else:  # categorical, or a string/dictionary decided here by its cardinality
@@ -166,6 +170,9 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}"))
         if len(columns) > n_before:
             columns[-1].seen = _seen(p, acc)
+    unknown = [c for c in options.date_parts if c not in {p.name for p in plans}]
+    if unknown:
+        raise ConfigError(f"{where}: --date-parts {unknown[0]}: no such feature column")
     if not columns:
         raise DataError(f"{where}: no column can be used as a feature ("
                         + "; ".join(f"{n}: {why}" for n, why in left[:4]) + ")")
