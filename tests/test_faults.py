@@ -22,10 +22,16 @@ from streamtrain.io.resolve import latest_checkpoint, list_checkpoints
 BIN = Path(sys.executable).with_name("streamtrain")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
+@pytest.fixture(scope="module", params=["numeric", "categorical"])
+def data(request, tmp_path_factory):
+    """All-numeric rows, or a table of strings, categoricals, timestamps and missing values."""
     path = tmp_path_factory.mktemp("faults") / "d.parquet"
-    make_data(path, rows=20000, features=8, chunk_rows=2000, seed=5)
+    if request.param == "numeric":
+        make_data(path, rows=20000, features=8, chunk_rows=2000, seed=5)
+    else:
+        from .test_tabular import flights
+
+        flights(20000, seed=5).rename(columns={"status": "label"}).to_parquet(path, row_group_size=2000)
     return path
 
 
