@@ -26,32 +26,55 @@ __all__ = ['make_data_cmd', 'inspect']
 @cli.command("make-data")
 @click.argument("out", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--rows", type=click.IntRange(1, 1 << 62), required=True, help="Number of rows.")
-@click.option("--features", type=click.IntRange(1, MAX_FEATURES), required=True, help="Number of features.")
+@click.option("--kind", type=click.Choice(["teacher", "clicks"]), default="teacher", show_default=True,
+              help="teacher: numeric features labelled by a random network (.h5, .zarr, .parquet); clicks: a "
+                   "click log like Criteo's, 13 integer and 26 categorical columns, a time, a click label "
+                   "(.parquet, .csv, .csv.gz, .h5).")
+@click.option("--features", type=click.IntRange(1, MAX_FEATURES), help="Number of features (--kind teacher).")
 @click.option("--task", type=click.Choice(TASKS), default="binary", show_default=True,
               help="What the teacher's labels are: two classes, several, or real values.")
 @click.option("--classes", type=click.IntRange(2, 1 << 16), default=2, show_default=True,
               help="Classes for --task multiclass.")
-@click.option("--chunk-rows", type=click.IntRange(1, 1 << 31), default=16384, show_default=True,
-              help="Rows per chunk / row group.")
+@click.option("--chunk-rows", type=click.IntRange(1, 1 << 31), default=None,
+              help="Rows per chunk / row group [default: 16384; 100000 for clicks].")
 @click.option("--seed", type=click.IntRange(*LIMITS["seed"]), default=0, show_default=True,
               help="Seed of the features and labels.")
 @click.option("--noise", type=FiniteFloat(0, 1e6), default=0.5, show_default=True, help="Label noise of the teacher.")
+@click.option("--max-levels", type=click.IntRange(100, 1 << 40), default=10_000_000, show_default=True,
+              help="Levels of the largest categorical column (--kind clicks; the others log-spaced down to 100).")
+@click.option("--days", type=click.IntRange(1, 10_000), default=7, show_default=True,
+              help="Days the time column spans (--kind clicks).")
 @click.option("--compression", default="default", show_default=True,
               help="none, or the format's codec (" + "; ".join(
                   f"{f.name}: {', '.join(c for c in f.compressions if c)}" for f in FORMATS.values()
                   if f.reader and f.writer and any(f.compressions)) + ").")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_log_every_option
-def make_data_cmd(out, rows, features, task, classes, chunk_rows, seed, noise, compression, overwrite, log_every):
-    """Write a synthetic dataset to OUT (.h5, .zarr or .parquet), chunk by chunk in flat memory.
+def make_data_cmd(out, rows, kind, features, task, classes, chunk_rows, seed, noise, max_levels, days, compression,
+                  overwrite, log_every):
+    """Write a synthetic dataset to OUT, chunk by chunk in flat memory.
 
-    Labels come from a fixed random teacher network plus noise.
+    Labels come from a fixed random teacher network plus noise (--kind teacher), or from a hidden
+    model of the categories and their pairs (--kind clicks).
 
     Example: streamtrain make-data big.h5 --rows 20000000 --features 64
     """
     started = time.perf_counter()
+    if kind == "clicks":
+        if features is not None:
+            raise click.UsageError("--features is for --kind teacher (a click log has its own 39 columns)")
+        from ..clicks import make_clicks
+
+        with _progress(f"writing {out}", rows, every=log_every) as progress:
+            info = make_clicks(out, rows, chunk_rows or 100_000, seed, max_levels, days, overwrite, progress.update)
+        click.echo(f"wrote {info['path']}: {rows:,} rows of clicks (13 integer, 26 categorical columns of "
+                   f"{info['levels'][0]:,} to {info['levels'][-1]:,} levels), {info['chunks']} chunks, "
+                   f"in {time.perf_counter() - started:.1f}s")
+        return
+    if features is None:
+        raise click.UsageError("Missing option '--features' (the number of features of --kind teacher).")
     with _progress(f"writing {out}", rows, every=log_every) as progress:
-        info = make_data(out, rows, features, task, classes, chunk_rows, seed, noise,
+        info = make_data(out, rows, features, task, classes, chunk_rows or 16384, seed, noise,
                          None if compression == "none" else compression, overwrite, progress.update)
     secs = time.perf_counter() - started
     click.echo(f"wrote {info['path']}: {rows:,} rows x {features} features, task {task}, "
