@@ -182,6 +182,10 @@ class TrainConfig:
     one_hot_max: int = _f(1024, "A categorical or hashed column of more values enters as its code, which selects a "
                                 "row of the first layer's weights (no one-hot matrix; the same model); 0: every "
                                 "such column.")
+    dense_updates: bool = _f(False, "With columns entering as codes: update every row of the first layer's weights at "
+                                    "every step (momentum and Adam advance every row's state, as a dense model does), "
+                                    "not only the rows the batch touched (the default: the same for plain SGD; lazy "
+                                    "momentum and Adam).")
     categorical: str = _f("", "Table columns to encode as categories (comma-separated), e.g. integer codes.")
     numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
     hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")

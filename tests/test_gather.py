@@ -127,3 +127,70 @@ def test_a_checkpoint_whose_gather_is_tampered_is_refused(tmp_path):
     with pytest.raises(ValueError, match="feature names"):
         TRAINER.validate_meta(meta)
     assert Encoding.from_state(meta["model"]["encoding"]).n_rows == arrays["param.W1"].shape[0]
+
+
+# -- updates that touch only the rows a batch selected ---------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sparse_sgd_updates_equal_dense_updates_bitwise(dtype, tmp_path):
+    from streamtrain import Trainer
+
+    flights(1200).to_parquet(tmp_path / "f.parquet", row_group_size=400)
+    params = []
+    for dense in (False, True):
+        t = Trainer(hidden=6, epochs=2, batch_size=32, optimizer="sgd", lr_schedule="constant", one_hot_max=0,
+                    dtype=dtype, dense_updates=dense, seed=4)
+        t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
+        assert t.stepper.sparse is not dense
+        params.append(t.net.params)
+    for k in params[0]:
+        np.testing.assert_array_equal(params[0][k], params[1][k], err_msg=k)
+
+
+def _two_steps(opt, dense: bool):
+    """Parameters after a step touching rows {0, 1} and one touching {2}, as a gathered model's W1."""
+    from streamtrain.nn.network import RowGrad
+
+    W = np.arange(12, dtype=np.float64).reshape(4, 3) / 10
+    params = {"W1": W.copy()}
+    for rows in ([0, 1], [2]):
+        g = RowGrad(np.array(rows), np.full((len(rows), 3), 0.5), W.shape)
+        opt.step(params, {"W1": g.dense() if dense else g})
+    return W, params["W1"]
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam"])
+def test_lazy_updates_leave_untouched_rows_and_their_state_alone(name):
+    from streamtrain.nn.optim import SGD, Adam, Momentum
+
+    make = {"sgd": lambda: SGD(0.1), "momentum": lambda: Momentum(0.1, 0.9),
+            "nesterov": lambda: Momentum(0.1, 0.9, nesterov=True), "adam": lambda: Adam(0.1)}[name]
+    W, lazy = _two_steps(make(), dense=False)
+    _, dense = _two_steps(make(), dense=True)
+    np.testing.assert_array_equal(lazy[3], W[3])  # never touched
+    np.testing.assert_array_equal(lazy[2], dense[2])  # touched at the last step: one step, alike
+    if name == "sgd":
+        np.testing.assert_array_equal(lazy, dense)  # SGD is exact
+    else:  # rows 0 and 1 were not touched by the second step: lazy leaves them, dense state moves them
+        np.testing.assert_array_equal(lazy[:2], _two_steps_first(make())[:2])
+        assert not np.array_equal(lazy[:2], dense[:2])
+
+
+def _two_steps_first(opt):
+    from streamtrain.nn.network import RowGrad
+
+    W = np.arange(12, dtype=np.float64).reshape(4, 3) / 10
+    params = {"W1": W.copy()}
+    opt.step(params, {"W1": RowGrad(np.array([0, 1]), np.full((2, 3), 0.5), W.shape)})
+    return params["W1"]
+
+
+def test_a_penalty_keeps_dense_updates(tmp_path):
+    from streamtrain import Trainer
+
+    flights(600).to_parquet(tmp_path / "f.parquet")
+    t = Trainer(hidden=4, epochs=1, one_hot_max=0, l2=1e-3, optimizer="sgd")
+    t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
+    X = np.zeros((2, t.net.n_in), t.net.dtype)
+    _, _, grads = t.net.loss_and_grads(X, np.array([0, 1]), l2=1e-3, sparse=True)
+    assert isinstance(grads["W1"], np.ndarray) and grads["W1"].shape == t.net.params["W1"].shape

@@ -7,9 +7,34 @@ import numpy.typing as npt
 
 from .functions import ACTIVATIONS, INITS, TASKS, correct_count
 
-__all__ = ["TwoLayerNet", "InputLayout", "PARAM_NAMES"]
+__all__ = ["TwoLayerNet", "InputLayout", "RowGrad", "PARAM_NAMES"]
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
+
+
+class RowGrad:
+    """The gradient of a weight matrix that is zero outside some rows: ``rows`` (distinct) and
+    their ``values`` (``(len(rows), columns)``). Optimisers update those rows alone."""
+
+    __slots__ = ("rows", "values", "shape")
+
+    def __init__(self, rows: np.ndarray, values: np.ndarray, shape: tuple[int, int]):
+        self.rows, self.values, self.shape = rows, values, shape
+
+    def dense(self) -> np.ndarray:
+        """The whole gradient, zeros outside ``rows``."""
+        out = np.zeros(self.shape, self.values.dtype)
+        out[self.rows] = self.values
+        return out
+
+
+def _row_sums(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``rows`` (sorted) and, for each, the sum of its ``values`` (summed in the
+    order the rows were given: one order whether the result is scattered or kept sparse)."""
+    order = np.argsort(rows, kind="stable")
+    ranked = rows[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    return ranked[starts], np.add.reduceat(values[order], starts, axis=0)
 
 
 class InputLayout:
@@ -100,16 +125,23 @@ class TwoLayerNet:
             h += W1[r]
         return h
 
-    def _first_grad(self, X: np.ndarray, da1: np.ndarray) -> np.ndarray:
+    def _first_grad(self, X: np.ndarray, da1: np.ndarray, sparse: bool = False) -> np.ndarray | RowGrad:
         """The gradient of ``W1`` from the hidden layer's ``da1``: a product, and for codes the
-        sum of each selected row's samples (scattered into that row; every other row: zero)."""
+        sum of each selected row's samples, scattered into that row (every other row: zero), or
+        kept as those rows alone (``sparse``: a ``RowGrad``)."""
         L = self.layout
         if L is None:
             return X.T @ da1
-        g = np.zeros_like(self.params["W1"])
-        g[L.dense_rows] = X[:, L.dense_cols].T @ da1
-        for r in L.rows(X).T:
-            np.add.at(g, r, da1)
+        W1 = self.params["W1"]
+        picked = L.rows(X)  # (samples, code columns)
+        rows, sums = _row_sums(picked.T.reshape(-1), np.tile(da1, (picked.shape[1], 1)))
+        dense = X[:, L.dense_cols].T @ da1
+        if sparse:
+            return RowGrad(np.concatenate([L.dense_rows, rows]), np.concatenate([dense, sums]).astype(W1.dtype,
+                           copy=False), W1.shape)
+        g = np.zeros_like(W1)
+        g[L.dense_rows] = dense
+        g[rows] = sums
         return g
 
     def penalty(self, l1: float, l2: float) -> float:
@@ -123,9 +155,12 @@ class TwoLayerNet:
         return total
 
     def loss_and_grads(self, X: np.ndarray, y: np.ndarray, l1: float = 0.0, l2: float = 0.0,
-                       weights: np.ndarray | None = None) -> tuple[float, float, dict[str, np.ndarray]]:
+                       weights: np.ndarray | None = None, sparse: bool = False
+                       ) -> tuple[float, float, dict[str, np.ndarray]]:
         """Mean (weighted) data loss, the penalty, and the gradients of their sum w.r.t. every parameter;
-        ``self.last_correct``: the rows the network classified right before these gradients."""
+        ``self.last_correct``: the rows the network classified right before these gradients.
+        ``sparse`` (inputs that are codes, no penalty): ``W1``'s gradient is a ``RowGrad`` of the
+        rows the batch touched."""
         p = self.params
         a1, z = self.forward(X)
         self.last_correct = correct_count(self.task, z, y)
@@ -134,9 +169,11 @@ class TwoLayerNet:
         grads = {"W2": a1.T @ dz, "b2": dz.sum(axis=0)}
         da1 = dz @ p["W2"].T
         da1 *= self._act_grad(a1)
-        grads["W1"] = self._first_grad(X, da1)
+        grads["W1"] = self._first_grad(X, da1, sparse and self.layout is not None and not (l1 or l2))
         grads["b1"] = da1.sum(axis=0)
         for name in ("W1", "W2"):
+            if isinstance(grads[name], RowGrad):
+                continue  # (only without a penalty)
             if l2:
                 grads[name] += l2 * p[name]
             if l1:

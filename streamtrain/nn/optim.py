@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .network import RowGrad
+
 __all__ = ["SGD", "Momentum", "Adam", "OPTIMIZERS", "Hyper", "OptimizerSpec", "make_optimizer", "HYPERPARAMETERS"]
 
 
@@ -23,7 +25,10 @@ class SGD:
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         for k, g in grads.items():
-            params[k] -= self.lr * g
+            if isinstance(g, RowGrad):  # rows the step touched: the others' gradient is zero
+                params[k][g.rows] -= self.lr * g.values
+            else:
+                params[k] -= self.lr * g
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {}
@@ -44,7 +49,13 @@ class Momentum(SGD):
         for k, g in grads.items():
             v = self.velocity.get(k)
             if v is None:
-                v = self.velocity[k] = np.zeros_like(g)
+                v = self.velocity[k] = np.zeros_like(params[k])
+            if isinstance(g, RowGrad):  # lazy: a row's velocity advances when the row is touched
+                r = g.rows
+                vr = v[r] * self.momentum - self.lr * g.values
+                v[r] = vr
+                params[k][r] += self.momentum * vr - self.lr * g.values if self.nesterov else vr
+                continue
             v *= self.momentum
             v -= self.lr * g
             if self.nesterov:
@@ -77,7 +88,7 @@ _ADAM = None
 
 def _fits(params, grads, m, v) -> bool:
     """Whether the compiled update takes these: the network's four arrays, C-contiguous, one float dtype."""
-    if set(grads) != {"W1", "b1", "W2", "b2"}:
+    if set(grads) != {"W1", "b1", "W2", "b2"} or any(isinstance(g, RowGrad) for g in grads.values()):
         return False
     dtype = params["W1"].dtype
     return dtype.kind == "f" and all(a[k].dtype == dtype and a[k].flags.c_contiguous
@@ -102,12 +113,19 @@ class Adam(SGD):
         c2 = 1.0 - self.beta2**self.t
         for k, g in grads.items():
             if k not in self.m:
-                self.m[k], self.v[k] = np.zeros_like(g), np.zeros_like(g)
+                self.m[k], self.v[k] = np.zeros_like(params[k]), np.zeros_like(params[k])
         update = _compiled_adam() if self.compiled else None
         if update is not None and _fits(params, grads, self.m, self.v):
             update(params, grads, self.m, self.v, self.beta1, self.beta2, self.lr / c1, c2, self.eps)
             return
         for k, g in grads.items():
+            if isinstance(g, RowGrad):  # lazy (TensorFlow's LazyAdam): touched rows' moments alone advance
+                r = g.rows
+                m = self.m[k][r] * self.beta1 + (1.0 - self.beta1) * g.values
+                v = self.v[k][r] * self.beta2 + (1.0 - self.beta2) * g.values * g.values
+                self.m[k][r], self.v[k][r] = m, v
+                params[k][r] -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+                continue
             m, v = self.m[k], self.v[k]
             m *= self.beta1
             m += (1.0 - self.beta1) * g

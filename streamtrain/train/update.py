@@ -161,6 +161,10 @@ class GradientStep(Update):
         super().__init__(*args, **kw)
         # (inputs that are codes: numpy's gather and scatter; the compiled kernels take products only)
         self.compiled = self.config.compiled and minibatch.available() and self.net.layout is None
+        # Codes' rows: the step updates the rows the batch touched alone (lazy momentum and Adam),
+        # unless --dense-updates; one process (the allreduce sums dense gradients).
+        self.sparse = self.net.layout is not None and not getattr(self.config, "dense_updates", False) \
+            and not self.reduces
 
     def load(self) -> None:
         if self.compiled:
@@ -171,7 +175,7 @@ class GradientStep(Update):
         net = self.net
         if self.compiled:
             return minibatch.loss_and_grads(net.params, X, T, l1, l2, net.activation, self.task, w)
-        loss, penalty, grads = net.loss_and_grads(X, T, l1, l2, w)
+        loss, penalty, grads = net.loss_and_grads(X, T, l1, l2, w, sparse=self.sparse)
         return loss + penalty, net.last_correct, grads
 
     def step(self, total: float, grads: dict[str, np.ndarray], step: int) -> None:
