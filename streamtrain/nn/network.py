@@ -37,6 +37,21 @@ def _row_sums(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndar
     return ranked[starts], np.add.reduceat(values[order], starts, axis=0)
 
 
+_ROW_SUMS = None
+
+
+def _compiled_row_sums():
+    """``sparse_compiled.row_sums``, or None without numba (imported on first use)."""
+    global _ROW_SUMS
+    if _ROW_SUMS is None:
+        try:
+            from .sparse_compiled import row_sums
+        except ImportError:
+            row_sums = False
+        _ROW_SUMS = row_sums
+    return _ROW_SUMS or None
+
+
 class InputLayout:
     """Where each input column meets the first layer's weights when some columns are codes.
 
@@ -134,7 +149,9 @@ class TwoLayerNet:
             return X.T @ da1
         W1 = self.params["W1"]
         picked = L.rows(X)  # (samples, code columns)
-        rows, sums = _row_sums(picked.T.reshape(-1), np.tile(da1, (picked.shape[1], 1)))
+        compiled = _compiled_row_sums()
+        rows, sums = compiled(picked, da1) if compiled is not None else \
+            _row_sums(picked.T.reshape(-1), np.tile(da1, (picked.shape[1], 1)))
         dense = X[:, L.dense_cols].T @ da1
         if sparse:
             return RowGrad(np.concatenate([L.dense_rows, rows]), np.concatenate([dense, sums]).astype(W1.dtype,

@@ -86,6 +86,21 @@ def _compiled_adam():
 _ADAM = None
 
 
+_ADAM_ROWS = None
+
+
+def _compiled_adam_rows():
+    """``sparse_compiled.adam_rows``, or None without numba."""
+    global _ADAM_ROWS
+    if _ADAM_ROWS is None:
+        try:
+            from .sparse_compiled import adam_rows
+        except ImportError:
+            adam_rows = False
+        _ADAM_ROWS = adam_rows
+    return _ADAM_ROWS or None
+
+
 def _fits(params, grads, m, v) -> bool:
     """Whether the compiled update takes these: the network's four arrays, C-contiguous, one float dtype."""
     if set(grads) != {"W1", "b1", "W2", "b2"} or any(isinstance(g, RowGrad) for g in grads.values()):
@@ -121,6 +136,11 @@ class Adam(SGD):
         for k, g in grads.items():
             if isinstance(g, RowGrad):  # lazy (TensorFlow's LazyAdam): touched rows' moments alone advance
                 r = g.rows
+                rows_update = _compiled_adam_rows() if self.compiled else None
+                if rows_update is not None and params[k].flags.c_contiguous and params[k].ndim == 2:
+                    rows_update(params[k], self.m[k], self.v[k], r, g.values, self.beta1, self.beta2, self.lr / c1,
+                                c2, self.eps)
+                    continue
                 m = self.m[k][r] * self.beta1 + (1.0 - self.beta1) * g.values
                 v = self.v[k][r] * self.beta2 + (1.0 - self.beta2) * g.values * g.values
                 self.m[k][r], self.v[k][r] = m, v

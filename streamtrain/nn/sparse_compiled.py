@@ -1,0 +1,63 @@
+"""Compiled pieces of the gathered first layer's step (inputs that are codes): the sum of the
+hidden layer's gradient per selected row, and lazy Adam over the rows a step touched. numpy's
+forms (``network._row_sums``' reduceat, ``optim.Adam``'s fancy indexing) took most of a step on a
+click log; the arithmetic here is theirs, in the same order."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["row_sums", "adam_rows"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sums(ranked, order, da1, out_rows, out):  # pragma: no cover - compiled
+    n, h = da1.shape
+    u, prev = -1, -1
+    for i in range(ranked.size):
+        r, src = ranked[i], order[i] % n
+        if r != prev:
+            u += 1
+            out_rows[u] = r
+            prev = r
+            for j in range(h):
+                out[u, j] = da1[src, j]
+        else:
+            for j in range(h):
+                out[u, j] += da1[src, j]
+    return u + 1
+
+
+def row_sums(picked: np.ndarray, da1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``picked`` ``(samples, code columns)``, sorted, and for each the sum
+    of ``da1``'s rows of the samples that selected it (column by column, in sample order)."""
+    flat = np.ascontiguousarray(picked.T).reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    ranked = flat[order]
+    out_rows = np.empty(ranked.size, np.intp)
+    out = np.empty((ranked.size, da1.shape[1]), da1.dtype)
+    u = _sums(ranked, order, np.ascontiguousarray(da1), out_rows, out)
+    return out_rows[:u], out[:u]
+
+
+@numba.njit(cache=True, nogil=True)
+def _adam_rows(p, m, v, rows, g, s):  # pragma: no cover - compiled
+    b1, one_b1, b2, one_b2, step, c2, eps = s[0], s[1], s[2], s[3], s[4], s[5], s[6]
+    for i in range(rows.size):
+        r = rows[i]
+        for j in range(p.shape[1]):
+            gi = g[i, j]
+            mi = m[r, j] * b1 + one_b1 * gi
+            m[r, j] = mi
+            vi = v[r, j] * b2 + one_b2 * gi * gi
+            v[r, j] = vi
+            p[r, j] -= step * mi / (np.sqrt(vi / c2) + eps)
+
+
+def adam_rows(p: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray, g: np.ndarray, beta1: float,
+              beta2: float, step: float, c2: float, eps: float) -> None:
+    """Lazy Adam on ``rows`` of ``p`` ``(rows, columns)`` and its moments, their gradient ``g``;
+    ``step``: the learning rate over the first moment's bias correction, ``c2`` the second's."""
+    s = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, step, c2, eps], dtype=p.dtype)
+    _adam_rows(p, m, v, rows, np.ascontiguousarray(g, p.dtype), s)
