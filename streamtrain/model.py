@@ -76,8 +76,10 @@ class Model:
             feature_names = list(feature_names)[:n_in]
             if stats.mean is not None:
                 stats.mean, stats.m2 = stats.mean[:n_in], stats.m2[:n_in]
+        layout = _layout(encoding, config.dtype, where)
+        check_memory(n_in if layout is None else layout.n_rows, config, where)
         net = TwoLayerNet(n_in, config.hidden, labels.n_out, config.activation, labels.task, config.init,
-                          config.seed, config.dtype, _layout(encoding, config.dtype, where))
+                          config.seed, config.dtype, layout)
         scaler = Scaler.from_stats(config.scale, stats, config.dtype)
         if encoding is not None and scaler.mean is not None:  # one-hot codes and indicators stay 0/1
             keep = encoding.unscaled[:n_in]
@@ -392,6 +394,26 @@ def _layout(encoding, dtype, where: str) -> InputLayout | None:
         raise ConfigError(f"{where}: a column of {int(layout.sizes.max()):,} codes needs --dtype float64 "
                           "(float32 holds integers exactly up to 16,777,216)")
     return layout
+
+
+def check_memory(rows: int, config, where: str) -> None:
+    """Refuse, before anything is allocated, a first layer of ``rows`` rows whose weights and the
+    copies training keeps (the optimiser's state, the best epoch's, a checkpoint's) would not fit
+    in the memory available, naming what shrinks it."""
+    from .data.decoder import available_memory
+    from .nn.optim import OPTIMIZERS
+
+    free = available_memory()
+    shapes = {"W1": (rows, config.hidden)}
+    state = OPTIMIZERS[config.optimizer].state(shapes, config.dtype) if config.optimizer in OPTIMIZERS else {}
+    copies = 3 + sum(1 for k in state if k.endswith("W1"))  # weights, best, checkpoint; + state
+    need = rows * config.hidden * np.dtype(config.dtype).itemsize * copies
+    if free is not None and need > free:
+        raise ConfigError(f"{where}: the first layer's {rows:,} rows x {config.hidden} weights need "
+                          f"{need / 2**30:.1f} GiB with what training keeps of them ({copies} copies: the "
+                          f"optimiser's state, the best epoch's, a checkpoint's), more than the {free / 2**30:.1f} "
+                          "GiB available; fewer rows: --hash-buckets, --max-categories, --hash COL:BUCKETS, "
+                          "or a smaller --hidden")
 
 
 def _names(names: list[str]) -> str:

@@ -195,3 +195,19 @@ def test_a_penalty_keeps_dense_updates(tmp_path):
     X = np.zeros((2, t.net.n_in), t.net.dtype)
     _, _, grads = t.net.loss_and_grads(X, np.array([0, 1]), l2=1e-3, sparse=True)
     assert isinstance(grads["W1"], np.ndarray) and grads["W1"].shape == t.net.params["W1"].shape
+
+
+def test_a_first_layer_beyond_the_memory_is_refused_before_it_is_allocated(tmp_path):
+    flights(300).to_parquet(tmp_path / "f.parquet")
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash",
+                          "flight_id:1048576", "--hidden", "16384", "--epochs", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path / 'f.parquet'}: the first layer's 1,048,") and "GiB available" in line
+    assert "--hash-buckets" in line and "--hidden" in line
+    # the advice followed: fewer rows train
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash",
+                          "flight_id:1024", "--hidden", "16", "--epochs", "1", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr

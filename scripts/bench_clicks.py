@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""The click-log benchmark: streamtrain against Vowpal Wabbit on ``make-data --kind clicks``.
+
+    .venv/bin/python scripts/bench_clicks.py [--rows 1000000] [--vw-python .venv-peers/bin/python]
+
+A click log (13 integer columns, 26 Zipf categorical columns up to 10^7 levels, a time) is
+written once; the last of its 7 days is held out. streamtrain trains as users run it, one
+command with a checkpoint directory and the default progress reporting
+(``streamtrain train train.parquet --label click --hash-buckets B --epochs 1``: the categorical
+columns hashed into B rows each, entering as codes that select first-layer rows; lazy Adam),
+then ``evaluate`` on the held-out day. Vowpal Wabbit (``--nn 64``, ``-b 22``, logistic loss, one
+pass) reads the same rows in its text format (written first, untimed) and predicts the same day.
+Both are timed end to end as their users run them (each reads its own file); rows/s is training
+rows over that time. Writes ``benchmarks/clicks.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).with_name("streamtrain")
+
+VW_SCRIPT = r"""
+import json, sys, time
+import vowpalwabbit
+train, test, preds, bits = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+t = time.perf_counter()
+vw = vowpalwabbit.Workspace(f"--nn 64 -b {bits} --loss_function logistic --quiet --passes 1 -d {train} -f {preds}.model")
+vw.run_parser()
+vw.finish()
+fit = time.perf_counter() - t
+vw = vowpalwabbit.Workspace(f"-t -i {preds}.model --quiet --link logistic -d {test} -p {preds}")
+vw.run_parser()
+vw.finish()
+print(json.dumps({"seconds": fit}))
+"""
+
+
+def _vw_text(table, path: Path) -> None:
+    """Rows in VW's format: the label (1/-1), integers as log counts in namespace i, categories in c."""
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    label = np.where(table.column("click").to_numpy() > 0, "1", "-1")
+    parts = [label, np.full(n, " |i")]
+    for j in range(1, 14):
+        v = table.column(f"i{j}").to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(v)
+        s = np.where(ok, np.char.add(f" i{j}:", np.char.mod("%.4g", np.log1p(np.where(ok, v, 0)))), "")
+        parts.append(s)
+    parts.append(np.full(n, " |c"))
+    for j in range(1, 27):
+        col = pc.fill_null(table.column(f"c{j}"), "").to_numpy(zero_copy_only=False).astype(str)
+        parts.append(np.where(col != "", np.char.add(f" c{j}=", col), ""))
+    lines = parts[0]
+    for p in parts[1:]:
+        lines = np.char.add(lines, p)
+    path.write_text("\n".join(lines.tolist()) + "\n")
+
+
+def _metrics(y: np.ndarray, p: np.ndarray) -> dict:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return {"auc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, p))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--buckets", type=int, default=1 << 16, help="streamtrain's hash buckets per column")
+    ap.add_argument("--vw-bits", type=int, default=22)
+    ap.add_argument("--vw-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "clicks.json"))
+    args = ap.parse_args()
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from streamtrain.clicks import make_clicks
+
+    work = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
+    make_clicks(work / "all.parquet", args.rows, seed=0)
+    table = pq.read_table(work / "all.parquet")
+    last_day = pc.max(table.column("time")).as_py().date()
+    held = pc.greater_equal(table.column("time"), pc.strptime(str(last_day), "%Y-%m-%d", "ms"))
+    train, test = table.filter(pc.invert(held)), table.filter(held)
+    pq.write_table(train, work / "train.parquet", row_group_size=100_000)
+    pq.write_table(test, work / "test.parquet", row_group_size=100_000)
+    y_test = test.column("click").to_numpy()
+    result = {"rows": args.rows, "train_rows": train.num_rows, "test_rows": test.num_rows,
+              "machine": os.cpu_count(), "streamtrain": {}, "vw": {}}
+
+    cmd = [str(BIN), "train", str(work / "train.parquet"), "--label", "click", "--hash-buckets", str(args.buckets),
+           "--epochs", "1", "--batch-size", "256", "--checkpoint-dir", str(work / "run")]
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if res.returncode:
+        raise SystemExit(res.stderr)
+    res = subprocess.run([str(BIN), "predict", str(work / "run"), str(work / "test.parquet"), "--out",
+                          str(work / "p.parquet")], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(res.stderr)
+    p = pq.read_table(work / "p.parquet").column("p_1").to_numpy()  # (p_0, p_1, prediction)
+    result["streamtrain"] = {"command": " ".join(cmd[1:]), "seconds": seconds,
+                             "rows_per_s": train.num_rows / seconds, **_metrics(y_test, p)}
+
+    if Path(args.vw_python).exists():
+        _vw_text(train, work / "train.vw")
+        _vw_text(test, work / "test.vw")
+        res = subprocess.run([args.vw_python, "-c", VW_SCRIPT, str(work / "train.vw"), str(work / "test.vw"),
+                              str(work / "vw.pred"), str(args.vw_bits)], capture_output=True, text=True)
+        if res.returncode:
+            raise SystemExit(res.stderr)
+        vw_seconds = json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
+        pv = np.loadtxt(work / "vw.pred", usecols=0)
+        result["vw"] = {"options": f"--nn 64 -b {args.vw_bits} --loss_function logistic --passes 1",
+                        "seconds": vw_seconds, "rows_per_s": train.num_rows / vw_seconds, **_metrics(y_test, pv)}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"click log: {args.rows:,} rows, {train.num_rows:,} trained, the last day ({test.num_rows:,}) held out")
+    for name in ("streamtrain", "vw"):
+        r = result[name]
+        if r:
+            print(f"  {name:12s} {r['rows_per_s']:>10,.0f} rows/s  auc {r['auc']:.4f}  log_loss {r['log_loss']:.4f}"
+                  f"  ({r['seconds']:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
