@@ -209,16 +209,23 @@ class _OneHot:
                  gather: bool = False):
         self.name, self.cats, self.buckets, self.gather = name, cats, buckets, bool(gather)
         self.kind = "categorical" if cats is not None else "hashed"
+        #: the first layer's rows this column selects from: one per value (its code)
+        self.n_rows = 1 + (cats.oov_buckets + len(cats) if cats is not None else buckets)
+        # gathered: one input, the code, which selects a row (its rows' names are never built:
+        # millions of them); else one 0/1 input per row
+        self.names = [name] if self.gather else self.row_names
+        self.scaled = [False] * len(self.names)
+
+    @property
+    def row_names(self) -> list[str]:
+        """The name of each row this column selects from (``col=value``, ``col=<missing>``...)."""
+        cats = self.cats
         if cats is not None:
             other = ["<other>"] if cats.oov_buckets == 1 else [f"<other:{k}>" for k in range(cats.oov_buckets)]
             labels = ["<missing>", *other, *cats.values.to_pylist()]
         else:
-            labels = ["<missing>", *[f"#{k}" for k in range(buckets)]]
-        #: the first layer's rows this column selects from: one per value (its code)
-        self.row_names = [_name(name, v) for v in labels]
-        # gathered: one input, the code, which selects a row; else one 0/1 input per row
-        self.names = [name] if self.gather else self.row_names
-        self.scaled = [False] * len(self.names)
+            labels = ["<missing>", *[f"#{k}" for k in range(self.buckets)]]
+        return [_name(self.name, v) for v in labels]
 
     def codes(self, arr) -> np.ndarray:
         if self.cats is not None:
@@ -314,8 +321,8 @@ class Encoding:
             if getattr(c, "gather", False):
                 code_cols.append(int(a))
                 offsets.append(row)
-                sizes.append(len(c.row_names))
-                row += len(c.row_names)
+                sizes.append(c.n_rows)
+                row += c.n_rows
             else:
                 dense_cols += range(int(a), int(a) + len(c.names))
                 dense_rows += range(row, row + len(c.names))
@@ -325,8 +332,7 @@ class Encoding:
     @property
     def n_rows(self) -> int:
         """The first layer's weight rows: one per input, or per value of a gathered column."""
-        return sum(len(getattr(c, "row_names", c.names)) if getattr(c, "gather", False) else len(c.names)
-                   for c in self.columns)
+        return sum(c.n_rows if getattr(c, "gather", False) else len(c.names) for c in self.columns)
 
     @property
     def width(self) -> int:
@@ -365,7 +371,7 @@ class Encoding:
                          else f": {c.buckets} buckets + missing")
                 if c.gather:
                     text = text.replace(", one-hot", ", codes selecting first-layer rows")
-                    text += f" ({len(c.row_names)} rows, 1 input)"
+                    text += f" ({c.n_rows} rows, 1 input)"
                     out[c.name] = f"{getattr(c, 'seen', None)}; {text}" if getattr(c, "seen", None) else text
                     continue
             if isinstance(c, _Numeric) and c.indicator:
