@@ -190,6 +190,8 @@ class TrainConfig:
     numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
     hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
     drop: str = _f("", "Table columns to leave out (comma-separated).")
+    cross: str = _f("", "Pairs of categorical columns whose pair of values is one more categorical input, hashed into "
+                        "--hash-buckets: A:B (comma-separated), as Vowpal Wabbit's -q.")
     date_parts: str = _f("", "Timestamp columns that also enter by their parts, one-hot, in the column's time zone: "
                              "COL (hour, weekday and month) or COL:hour+weekday (comma-separated).")
     classes: str = _f("", "The classes, comma-separated, in their order (default: the label's values, sorted); "
@@ -290,6 +292,12 @@ class TrainConfig:
             hashed[col] = int(buckets) if buckets else self.hash_buckets
         overrides = {k: v for k, v in (("categorical", names(self.categorical)), ("numeric", names(self.numeric)),
                                        ("hash", hashed), ("drop", names(self.drop))) if v}
+        crosses = []
+        for item in names(self.cross):
+            pair = [x.strip() for x in item.split(":")]
+            if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
+                raise ConfigError(f"cross: {item!r} is A:B, two distinct columns")
+            crosses.append(pair)
         parts = {}
         for item in names(self.date_parts):
             col, _, which = item.rpartition(":") if ":" in item else (item, "", "")
@@ -305,8 +313,10 @@ class TrainConfig:
         defaults = {f.name: f.default for f in fields(self)}
         if parts:
             opts["date_parts"] = parts
-        if not overrides and all(getattr(self, k) == defaults[k] for k in opts if k not in ("overrides", "date_parts")) \
-                and not parts:
+        if crosses:
+            opts["crosses"] = crosses
+        if not overrides and all(getattr(self, k) == defaults[k] for k in opts
+                                 if k not in ("overrides", "date_parts", "crosses")) and not parts and not crosses:
             return None
         return opts
 

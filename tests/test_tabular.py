@@ -686,3 +686,49 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--date-parts", "distance", check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'f.parquet'}: --date-parts distance: the column is double, which has no date parts"]
+
+
+def test_a_cross_is_the_hashed_pair_of_two_categorical_columns(tmp_path):
+    from streamtrain.features.hashing import fmix64, hash64
+
+    df = flights(400)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    learn = lambda **kw: learn_encoding(table.schema, ["carrier", "weather", "distance"], "status",  # noqa: E731
+                                       lambda keys: [table.select(keys)], EncodingOptions(hash_buckets=16, **kw), "t")
+    enc = learn(crosses=[["carrier", "weather"]])
+    assert enc.inputs == ["carrier", "weather", "distance"] and enc.keys[-1] == "status"
+    names = [n for n in enc.feature_names if n.startswith("carrier*weather")]
+    assert names == ["carrier*weather=<missing>", *[f"carrier*weather=#{k}" for k in range(16)]]
+    X = enc.transform(table, np.float64, "t")
+    cols = [enc.feature_names.index(n) for n in names]
+    a, b = table.column("carrier"), table.column("weather")
+    want = (fmix64(hash64(a, salt=1) ^ fmix64(hash64(b, salt=2))) % np.uint64(16)).astype(np.int64) + 1
+    want[df["carrier"].isna().to_numpy()] = 0  # missing where either value is
+    np.testing.assert_array_equal(X[:, cols].argmax(axis=1), want)
+    np.testing.assert_array_equal(X[:, cols].sum(axis=1), 1)
+    again = Encoding.from_state(json.loads(json.dumps(enc.state_dict())))
+    np.testing.assert_array_equal(again.transform(table, np.float64, "t"), X)
+    gathered = learn(crosses=[["carrier", "weather"]], one_hot_max=0)  # the pair's code selects a row
+    Xg = gathered.transform(table, np.float64, "t")
+    np.testing.assert_array_equal(Xg[:, gathered.feature_names.index("carrier*weather")], want)
+    state = enc.state_dict()
+    cross = next(c for c in state["columns"] if c["kind"] == "cross")
+    cross["columns"] = ["carrier", "distance"]
+    cross["name"] = "carrier*distance"
+    with pytest.raises(ValueError, match="must cross two categorical or hashed columns"):
+        Encoding.from_state(state)
+    # from the command, and its one-line errors
+    df.to_parquet(tmp_path / "f.parquet")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--cross", "carrier:weather", "--epochs", "1",
+         "--checkpoint-dir", tmp_path / "r", "--quiet")
+    _, _, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert "carrier*weather=<missing>" in meta["model"]["feature_names"]
+    for spec, message in (("carrier:distance", "--cross carrier:distance: 'distance' is a numeric column; a cross "
+                                                "pairs two categorical columns"),
+                          ("carrier:nope", "--cross carrier:nope: 'nope' is no feature column; a cross pairs two "
+                                           "categorical columns")):
+        res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--cross", spec, check=False)
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            f"error: {tmp_path / 'f.parquet'}: {message}"], res.stderr
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--cross", "carrier", check=False)
+    assert res.returncode == 2 and "cross: 'carrier' is A:B, two distinct columns" in res.stderr

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigError, DataError
 from .codes import Categories
-from .hashing import bucket, null_mask
+from .hashing import bucket, fmix64, hash64, null_mask
 from .kinds import MAX_VALUES, canonical, check_header, kind_of, values_from_json, values_to_json
 
 __all__ = ["Encoding", "EncodingOptions", "MAX_LABEL_CLASSES"]
@@ -71,6 +71,9 @@ class EncodingOptions:
     date_parts : dict, optional
         ``{column: [part, ...]}``: timestamp columns that also enter by their parts (``hour``,
         ``weekday``, ``month``; in the column's time zone), one-hot (``--date-parts``).
+    crosses : list of (str, str), optional
+        Pairs of categorical columns whose pair of values is one more categorical input, hashed
+        into ``hash_buckets`` (``--cross a:b``).
     one_hot_max : int
         A categorical or hashed column of more values is read as one input, its code, which
         selects a row of the first layer's weights (a gather; ``--one-hot-max``), not as a
@@ -85,8 +88,13 @@ class EncodingOptions:
     classes: list | None = None
     one_hot_max: int = 1024
     date_parts: dict = field(default_factory=dict)
+    crosses: list = field(default_factory=list)
 
     def __post_init__(self):
+        if not isinstance(self.crosses, (list, tuple)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) and p[0] != p[1]
+                for p in self.crosses):
+            raise ConfigError("crosses is a list of pairs of distinct column names")
         if not isinstance(self.date_parts, dict) or not all(
                 isinstance(k, str) and isinstance(v, (list, tuple)) and v and all(p in DATE_PARTS for p in v)
                 for k, v in self.date_parts.items()):
@@ -245,6 +253,34 @@ class _OneHot:
         return {"kind": "hashed", "name": self.name, "buckets": self.buckets, **extra}
 
 
+class _Cross(_OneHot):
+    """A feature cross: the pair of two categorical columns' values, hashed into ``buckets``
+    (Vowpal Wabbit's ``-q``, Keras ``FeatureSpace(crosses=...)``); missing where either is."""
+
+    def __init__(self, a: str, b: str, buckets: int, gather: bool = False):
+        super().__init__(f"{a}*{b}", buckets=buckets, gather=gather)
+        self.kind, self.pair = "cross", (a, b)
+
+    def codes_of(self, table) -> np.ndarray:
+        """Each row's code: 0 where either value is missing, else 1 + the pair's bucket."""
+        a, b = (table.column(k) for k in self.pair)
+        h = fmix64(hash64(a, salt=1) ^ fmix64(hash64(b, salt=2)))
+        codes = (h % np.uint64(self.buckets)).astype(np.int64) + 1
+        codes[null_mask(a) | null_mask(b)] = 0
+        return codes
+
+    def encode_table(self, table, out: np.ndarray, where: str) -> None:
+        codes = self.codes_of(table)
+        if self.gather:
+            out[:, 0] = codes
+        else:
+            out[np.arange(len(out)), codes] = 1
+
+    def state(self) -> dict:
+        return {"kind": "cross", "name": self.name, "columns": list(self.pair), "buckets": self.buckets,
+                **({"gather": True} if self.gather else {})}
+
+
 class _Label:
     """A class label: its sorted distinct values; a row's class index (float64, NaN where missing)."""
 
@@ -301,7 +337,9 @@ class Encoding:
                 self.feature_names[i] = f"{n}#{i}"
             seen[n] = i
         self.unscaled = np.array([not s for c in columns for s in c.scaled], dtype=bool)
-        self.keys = [c.name for c in columns] + ([label_name] if label_name else [])
+        #: the raw columns the features read (a cross reads two of them, which are features too)
+        self.inputs = [c.name for c in columns if not isinstance(c, _Cross)]
+        self.keys = self.inputs + ([label_name] if label_name else [])
         self._offsets = np.cumsum([0] + [len(c.names) for c in columns])
 
     @property
@@ -347,7 +385,10 @@ class Encoding:
         input is its code, an integer, exact in float32 below 2**24)."""
         X = np.zeros((table.num_rows, self.width), dtype=dtype)
         for c, a, b in zip(self.columns, self._offsets[:-1], self._offsets[1:]):
-            c.encode(table.column(c.name), X[:, a:b], where)
+            if isinstance(c, _Cross):
+                c.encode_table(table, X[:, a:b], where)
+            else:
+                c.encode(table.column(c.name), X[:, a:b], where)
         return X
 
     def labels(self, col, where: str) -> np.ndarray:
@@ -365,7 +406,8 @@ class Encoding:
         for c in self.columns:
             seen = getattr(c, "seen", None)  # what the pass saw (not kept in the checkpoint)
             text = {"numeric": "numeric", "datetime": "datetime, seconds", "vector": "numeric, one input per element",
-                    "categorical": "categorical, one-hot", "hashed": "hashed, one-hot"}[c.kind]
+                    "categorical": "categorical, one-hot", "hashed": "hashed, one-hot",
+                    "cross": "a cross of two columns, hashed, one-hot"}[c.kind]
             if isinstance(c, _OneHot):
                 text += (f": {len(c.cats)} categories + missing + other" if c.cats is not None
                          else f": {c.buckets} buckets + missing")
@@ -407,6 +449,10 @@ class Encoding:
         names = [c.name for c in columns]
         if len(set(names)) != len(names):
             raise ValueError(f"{what}: a column is encoded twice")
+        kinds = {c.name: c.kind for c in columns}
+        for c in columns:
+            if isinstance(c, _Cross) and any(kinds.get(k) not in ("categorical", "hashed") for k in c.pair):
+                raise ValueError(f"{what}: cross {c.name!r} must cross two categorical or hashed columns")
         label_name = state.get("label_name")
         if label_name is not None and not _short_str(label_name):
             raise ValueError(f"{what}: label_name must be a string or null")
@@ -458,7 +504,7 @@ def _column_from_state(c, what: str):
         if type(w) is not int or not 1 <= w <= MAX_COLUMNS:
             raise ValueError(f"{what}: column {name!r}: width must be an integer in [1, {MAX_COLUMNS}]")
         return _Vector(name, w)
-    if kind in ("categorical", "hashed") and not isinstance(c.get("gather", False), bool):
+    if kind in ("categorical", "hashed", "cross") and not isinstance(c.get("gather", False), bool):
         raise ValueError(f"{what}: column {name!r}: gather must be true or false")
     if kind == "categorical":
         return _OneHot(name, cats=Categories.from_state(c.get("categories")), gather=c.get("gather", False))
@@ -467,4 +513,12 @@ def _column_from_state(c, what: str):
         if type(b) is not int or not 1 <= b <= 1 << 20:
             raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 20}]")
         return _OneHot(name, buckets=b, gather=c.get("gather", False))
+    if kind == "cross":
+        b, pair = c.get("buckets"), c.get("columns")
+        if type(b) is not int or not 1 <= b <= 1 << 24:
+            raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 24}]")
+        if not isinstance(pair, list) or len(pair) != 2 or not all(_short_str(x) for x in pair) \
+                or pair[0] == pair[1] or name != f"{pair[0]}*{pair[1]}":
+            raise ValueError(f"{what}: column {name!r}: columns must be two distinct names, the cross named by them")
+        return _Cross(pair[0], pair[1], b, gather=c.get("gather", False))
     raise ValueError(f"{what}: column {name!r} has an unknown kind {kind!r:.40}")

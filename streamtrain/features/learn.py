@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigError, DataError
 from .distinct import DistinctCount
-from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Label, _Numeric, _numbers, _OneHot, _Vector)
+from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Cross, _Label, _Numeric, _numbers, _OneHot,
+                       _Vector)
 from .hashing import null_mask
 from .kinds import kind_of
 from .schema import ColumnPlan, choose_string_kind, infer_columns
@@ -170,6 +171,13 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}"))
         if len(columns) > n_before:
             columns[-1].seen = _seen(p, acc)
+    kinds = {c.name: c.kind for c in columns}
+    for a, b in options.crosses:
+        bad = next((k for k in (a, b) if kinds.get(k) not in ("categorical", "hashed")), None)
+        if bad is not None:
+            what = "no feature column" if bad not in kinds else f"a {kinds[bad]} column"
+            raise ConfigError(f"{where}: --cross {a}:{b}: {bad!r} is {what}; a cross pairs two categorical columns")
+        columns.append(_Cross(a, b, options.hash_buckets, gather=options.hash_buckets + 1 > options.one_hot_max))
     unknown = [c for c in options.date_parts if c not in {p.name for p in plans}]
     if unknown:
         raise ConfigError(f"{where}: --date-parts {unknown[0]}: no such feature column")

@@ -340,7 +340,7 @@ class HDF5Dataset(Dataset):
     @property
     def selection(self):
         if self.encoding is not None:
-            return [c.name for c in self.encoding.columns]
+            return list(self.encoding.inputs)
         return list(self.feature_names) if self._table is not None else self._x_key
 
     def close(self):

@@ -277,7 +277,7 @@ class ParquetDataset(Dataset):
     @property
     def selection(self):
         if self.encoding is not None:
-            return [c.name for c in self.encoding.columns]
+            return list(self.encoding.inputs)
         return list(self.feature_names)
 
     def label_dtype(self):

@@ -59,7 +59,7 @@ def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[
             enc = Encoding.from_state(encoding)
         except ValueError as e:
             raise DataError(f"{path}: the model's column encoding is malformed ({e})") from None
-        missing = [n for n in enc.keys[:len(enc.columns)] if n not in names]
+        missing = [n for n in enc.inputs if n not in names]
         if missing:
             raise DataError(f"{path}: has no column {missing[0]!r}, which the model encodes "
                             f"(columns: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
@@ -94,7 +94,7 @@ def adopt_encoding(ds, names: list[str], label, label_type: Callable[[bool], str
     ds.label_name = enc.label_name if has_label else None
     ds._label_type = label_type(enc.label is None) if has_label else None
     ds.left_out = list(enc.left_out) + list(extra_left_out)
-    return [c.name for c in enc.columns] + ([enc.label_name] if has_label else [])
+    return list(enc.inputs) + ([enc.label_name] if has_label else [])
 
 
 def encoded_chunk(ds, table: pa.Table, where: str):

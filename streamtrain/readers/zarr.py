@@ -247,7 +247,7 @@ class ZarrDataset(Dataset):
 
     def _feature_arrays(self) -> list:
         if self.encoding is not None:
-            return [self._one_d[c.name] for c in self.encoding.columns]
+            return [self._one_d[name] for name in self.encoding.inputs]
         return list(self._columns[c.key] for c in self._feature_cols) if self._columns is not None else [self._X]
 
     def _written(self, a: int, b: int) -> bool:
@@ -333,7 +333,7 @@ class ZarrDataset(Dataset):
     @property
     def selection(self):
         if self.encoding is not None:
-            return [c.name for c in self.encoding.columns]
+            return list(self.encoding.inputs)
         return self._x_key or list(self.feature_names)
 
     def label_dtype(self):

@@ -20,14 +20,15 @@ class RawColumns(Columns):
     column of the wrong kind (a word where training had numbers) is refused by name."""
 
     def __init__(self, encoding, label: str | None, dtype=np.float32):
-        super().__init__([c.name for c in encoding.columns], label, dtype)
+        super().__init__(list(encoding.inputs), label, dtype)
         self.encoding = encoding
 
     def _from_json(self, body: bytes | str, where: str, need_label: bool):
         import pyarrow as pa
 
         rows = self._json_rows(body, where, need_label)
-        table = pa.table({c.name: _array(c, [r[c.name] for r in rows], where) for c in self.encoding.columns})
+        table = pa.table({c.name: _array(c, [r[c.name] for r in rows], where) for c in self.encoding.columns
+                          if c.name in self.features})  # (a cross reads two of these)
         return self._encode(table, where), self._json_labels(rows, where) if need_label else None
 
     def _from_arrow(self, body: bytes, where: str, need_label: bool):
