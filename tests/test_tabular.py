@@ -732,3 +732,37 @@ def test_a_cross_is_the_hashed_pair_of_two_categorical_columns(tmp_path):
             f"error: {tmp_path / 'f.parquet'}: {message}"], res.stderr
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--cross", "carrier", check=False)
     assert res.returncode == 2 and "cross: 'carrier' is A:B, two distinct columns" in res.stderr
+
+
+def test_nanosecond_timestamps_and_integers_past_2_53_are_numbers(tmp_path):
+    """Casting them to float64 rounds (below a microsecond; past 2**53), which Arrow's safe cast refused."""
+    n = 200
+    t = pa.table({"when": pa.array((np.datetime64("2026-01-01T00:00:00", "ns") + np.arange(n) * 10**9 + 123)
+                                   .astype("datetime64[ns]")),
+                  "big": pa.array([2**60 + i if i % 7 else None for i in range(n)], pa.int64()),
+                  "y": pa.array(np.arange(n) % 2)})
+    pq.write_table(t, tmp_path / "f.parquet")
+    ds = open_dataset(tmp_path / "f.parquet", label="y")
+    X, _ = ds.read_chunk(0)
+    assert ds.feature_names == ["when", "big", "big:missing"] and np.isfinite(X).all()
+    np.testing.assert_allclose(np.diff(X[:, 0].astype(np.float64)), 1.0, atol=0.02)  # a second apart
+
+
+@pytest.mark.parametrize("later", ["2026-01-09T00:00:00.75", "not a time"])
+def test_json_lines_timestamps_with_fractions_and_offsets_are_timestamps(later, tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    monkeypatch.setattr("streamtrain.readers.text.BLOCK_BYTES", 1 << 12)  # the odd value in a later block
+    lines = [json.dumps({"t": f"2026-01-0{1 + i % 8}T10:00:00.{i % 1000:03d}", "z": f"2026-01-01T1{i % 10}:00:00+02:00",
+                         "x": i % 5, "y": i % 2}) for i in range(400)]
+    lines.append(json.dumps({"t": later, "z": "2026-01-02T00:00:00+02:00", "x": 1, "y": 0}))
+    (tmp_path / "f.jsonl").write_text("\n".join(lines) + "\n")
+    ds = open_dataset(tmp_path / "f.jsonl", label="y")
+    columns = ds.describe()["columns"]
+    assert columns["z"].startswith("timestamp") and "datetime" in columns["z"]
+    if later == "not a time":  # a later value that is no timestamp: the column is text, as it was
+        assert columns["t"].startswith("left out: string")
+    else:
+        assert columns["t"].startswith("timestamp")
+        X, _ = ds.read_chunk(0)
+        j = ds.feature_names.index("t")
+        assert X[1, j] - X[0, j] == pytest.approx(86400.001, abs=1e-3)

@@ -115,13 +115,15 @@ def _numbers(arr) -> np.ndarray:
         arr, t = pc.cast(arr, t.value_type), t.value_type
     if _T.is_timestamp(t) or _T.is_duration(t) or _T.is_time(t):
         scale = _UNIT[t.unit]
-        arr = pc.cast(pc.cast(arr, pa.int64() if t.bit_width == 64 else pa.int32()), pa.float64())
+        # (safe=False: nanoseconds since 1970 are past 2**53, beyond float64's exact integers; the
+        # rounding is below a microsecond, and the seconds are what the input is)
+        arr = pc.cast(pc.cast(arr, pa.int64() if t.bit_width == 64 else pa.int32()), pa.float64(), safe=False)
         return arr.to_numpy(zero_copy_only=False) * scale
     if _T.is_date32(t):
-        return pc.cast(pc.cast(arr, pa.int32()), pa.float64()).to_numpy(zero_copy_only=False) * 86400.0
+        return pc.cast(pc.cast(arr, pa.int32()), pa.float64(), safe=False).to_numpy(zero_copy_only=False) * 86400.0
     if _T.is_date64(t):
-        return pc.cast(pc.cast(arr, pa.int64()), pa.float64()).to_numpy(zero_copy_only=False) * 1e-3
-    return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+        return pc.cast(pc.cast(arr, pa.int64()), pa.float64(), safe=False).to_numpy(zero_copy_only=False) * 1e-3
+    return pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
 def _name(column: str, value) -> str:

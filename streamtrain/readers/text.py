@@ -66,7 +66,13 @@ def _decode(path: str, kind: str, out: Path) -> None:
     for _ in range(MAX_RETYPES):
         try:
             return _write(path, kind, out, types, names)
+        except _Again:
+            continue
         except pa.ArrowInvalid as e:
+            if kind != "csv" and any(t is not None for t in types.values()):
+                # a value that is not a timestamp after the first block: those columns stay text
+                types.update({k: None for k in types})
+                continue
             retyped = _retype(str(e), types, names)
             if retyped is None:
                 raise DataError(f"{path}: cannot be read as {kind.upper()} ({_first_line(e)})") from None
@@ -115,10 +121,17 @@ def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
     else:
         import pyarrow.json as pajson
 
-        reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES))
+        explicit = pa.schema([(k, t) for k, t in types.items() if t is not None]) if types else None
+        reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES),
+                                  parse_options=pajson.ParseOptions(explicit_schema=explicit))
     writer = None
     try:
         for batch in reader:
+            if writer is None and kind != "csv" and not types:
+                stamps = _timestamp_like(batch)
+                if stamps:  # read again with them as timestamps (a later value that is not one: as text)
+                    types.update({k: pa.timestamp("ns") for k in stamps})
+                    raise _Again()
             if writer is None:
                 writer = pq.ParquetWriter(out, batch.schema, compression="snappy")
             writer.write_batch(batch)
@@ -128,6 +141,28 @@ def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
         if writer is not None:
             writer.close()
         stream.close()
+
+
+class _Again(Exception):
+    """Read the file again, with the types found in its first block."""
+
+
+def _timestamp_like(batch) -> list[str]:
+    """The text columns of a JSON-lines block whose every value is an ISO 8601 timestamp (the JSON
+    reader infers only whole seconds; fractions and offsets stay text)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found = []
+    for name, col in zip(batch.schema.names, batch.columns):
+        if not pa.types.is_string(col.type) or col.null_count == len(col):
+            continue
+        try:
+            pc.cast(col, pa.timestamp("ns"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        found.append(name)
+    return found
 
 
 def _first_line(e: Exception) -> str:
