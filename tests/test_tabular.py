@@ -766,3 +766,37 @@ def test_json_lines_timestamps_with_fractions_and_offsets_are_timestamps(later, 
         X, _ = ds.read_chunk(0)
         j = ds.feature_names.index("t")
         assert X[1, j] - X[0, j] == pytest.approx(86400.001, abs=1e-3)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_processes_share_the_encodings_pass_and_learn_what_one_learns(tmp_path, monkeypatch):
+    from streamtrain.features.learn import shared_pass
+    from streamtrain.readers.parquet import ParquetDataset
+
+    df = flights(2000)
+    df.to_parquet(tmp_path / "f.parquet", row_group_size=250)  # 8 row groups
+    alone = open_dataset(tmp_path / "f.parquet", label="status").encoding.state_dict()
+    read = []
+    real = ParquetDataset._table
+    monkeypatch.setattr(ParquetDataset, "_table", lambda self, i, keys: read.append(i) or real(self, i, keys))
+    states: dict[int, dict] = {}
+
+    def allgather_of(rank):
+        def allgather(value):
+            states[rank] = json.loads(json.dumps(value))  # as MPI carries it: JSON
+            if len(states) < 2:
+                raise _Stop  # the other process has not come yet
+            return [states[0], states[1]]
+        return allgather
+
+    with shared_pass(1, 2, allgather_of(1)), pytest.raises(_Stop):
+        open_dataset(tmp_path / "f.parquet", label="status")
+    assert read == [1, 3, 5, 7]  # its share only
+    read.clear()
+    with shared_pass(0, 2, allgather_of(0)):
+        together = open_dataset(tmp_path / "f.parquet", label="status").encoding.state_dict()
+    assert read == [0, 2, 4, 6]
+    assert together == alone  # means summed in chunk order, counts merged exactly: the same to the bit

@@ -4,7 +4,9 @@ sketch), and the decisions taken from it (categorical, hashed, or left out)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import inspect
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -39,17 +41,42 @@ def needs_encoding(schema: pa.Schema, features: list[str], label: str | None,
     return False
 
 
+class SharedPass(NamedTuple):
+    """Several processes share the pass: this one reads chunks ``rank``, ``rank + size``, ...;
+    ``allgather(value)`` gives every process's JSON-able ``value``, by rank."""
+
+    rank: int
+    size: int
+    allgather: Callable[[Any], list]
+
+
+_shared: SharedPass | None = None
+
+
+@contextmanager
+def shared_pass(rank: int, size: int, allgather: Callable[[Any], list]):
+    """Within it, an encoding learned over a reader that can split its chunks is learned by the
+    ``size`` processes together (each reads its share; their counts merged in rank order), the
+    same encoding on each, equal to one process's."""
+    global _shared
+    before, _shared = _shared, (SharedPass(rank, size, allgather) if size > 1 else None)
+    try:
+        yield
+    finally:
+        _shared = before
+
+
 class _Pass:
     """What the one pass over the data accumulates for one column."""
 
     def __init__(self, plan: ColumnPlan, count_values: bool):
         self.plan = plan
-        self.sum = 0.0
+        self.sums: dict[int, float] = {}  # per chunk: summed in chunk order, however the pass was shared
         self.count = self.nulls = 0
         self.vocab = Vocabulary(VOCAB_CAPACITY) if count_values else None
         self.distinct = DistinctCount() if count_values else None
 
-    def update(self, col) -> None:
+    def update(self, col, chunk: int) -> None:
         gone = null_mask(col)
         self.nulls += int(gone.sum())
         if self.vocab is not None:
@@ -58,12 +85,29 @@ class _Pass:
         elif self.plan.kind in ("numeric", "datetime"):
             v = _numbers(col)
             ok = ~gone & np.isfinite(v)
-            self.sum += float(v[ok].sum())
+            self.sums[chunk] = float(v[ok].sum())
             self.count += int(ok.sum())
 
     @property
     def mean(self) -> float:
-        return self.sum / self.count if self.count else 0.0
+        total = 0.0
+        for k in sorted(self.sums):
+            total += self.sums[k]
+        return total / self.count if self.count else 0.0
+
+    def state(self) -> dict:
+        return {"sums": [[k, v] for k, v in self.sums.items()], "count": self.count, "nulls": self.nulls,
+                "vocab": None if self.vocab is None else self.vocab.state_dict(),
+                "distinct": None if self.distinct is None else [int(h) for h in self.distinct._mins]}
+
+    def merge(self, state: dict) -> None:
+        """Add another process's share (its :meth:`state`)."""
+        self.sums.update({int(k): float(v) for k, v in state["sums"]})
+        self.count += state["count"]
+        self.nulls += state["nulls"]
+        if self.vocab is not None:
+            self.vocab.merge(Vocabulary.from_state(state["vocab"]))
+            self.distinct._absorb(np.array(state["distinct"], np.uint64))
 
 
 def _seen(plan: ColumnPlan, acc: _Pass | None) -> str:
@@ -124,16 +168,33 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                             "(strings, categories, bools)") from None
     rows = 0
     keys = list(passes) + ([label] if class_label else [])
+    share = _shared if _shared is not None and "part" in inspect.signature(tables).parameters else None
+    too_many = DataError(f"{where}: label {label!r} has more than {MAX_LABEL_CLASSES} distinct values: "
+                         "too many classes (a numeric target trains with --task regression)")
     if keys:
-        for table in tables(keys):
+        chunks = tables(keys, part=(share.rank, share.size)) if share else enumerate(tables(keys))
+        for i, table in chunks:
             rows += table.num_rows
             for name, acc in passes.items():
-                acc.update(table.column(name))
+                acc.update(table.column(name), i)
             if label_vocab is not None:
                 label_vocab.update(table.column(label))
                 if len(label_vocab) > MAX_LABEL_CLASSES or not label_vocab.exact:
-                    raise DataError(f"{where}: label {label!r} has more than {MAX_LABEL_CLASSES} distinct values: "
-                                    "too many classes (a numeric target trains with --task regression)")
+                    raise too_many
+    if share is not None:  # every process's share, merged in rank order: the same on each
+        mine = {"rows": rows, "passes": {k: a.state() for k, a in passes.items()},
+                "label": None if label_vocab is None else label_vocab.state_dict()}
+        everyone = share.allgather(mine)
+        rows = sum(s["rows"] for s in everyone)
+        passes = {k: _Pass(a.plan, a.vocab is not None) for k, a in passes.items()}
+        label_vocab = Vocabulary(MAX_LABEL_CLASSES + 1) if class_label else None
+        for s in everyone:
+            for k, acc in passes.items():
+                acc.merge(s["passes"][k])
+            if label_vocab is not None:
+                label_vocab.merge(Vocabulary.from_state(s["label"]))
+        if label_vocab is not None and (len(label_vocab) > MAX_LABEL_CLASSES or not label_vocab.exact):
+            raise too_many
     columns, left = [], []
     for p in plans:
         acc = passes.get(p.name)

@@ -17,7 +17,7 @@ from .arrow_columns import Spec, arrow_type, to_arrow
 from .columns import FEATURE_KEYS, LABEL_KEYS, fill_features, find_key, left_out, select_columns
 from .filemap import FileMap, RowMap
 from .hdf5_nodes import check_safe, check_written, compression, find_datasets, locate, table_columns
-from .tabular import adopt_encoding, encoded_chunk, plan_table
+from .tabular import adopt_encoding, chunk_tables, encoded_chunk, plan_table
 from .layout import (
     as_features,
     as_labels,
@@ -169,10 +169,9 @@ class HDF5Dataset(Dataset):
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({e})") from None
         return pa.table(arrays, names=names)
 
-    def _tables(self, names: list[str]):
-        """Every chunk's columns ``names`` as Arrow tables, in order (the encoding's pass)."""
-        for i in range(self.n_chunks):
-            yield self._arrow(i, names)
+    def _tables(self, names: list[str], part: tuple[int, int] | None = None):
+        """Chunks' columns ``names`` as Arrow tables, in order (the encoding's pass; ``part``: a share)."""
+        return chunk_tables(self.n_chunks, self._arrow, names, part)
 
     def _set_bounds(self, d) -> None:
         row_bytes = d.dtype.itemsize * (d.shape[1] if d.ndim == 2 else 1)

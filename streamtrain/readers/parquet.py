@@ -18,7 +18,7 @@ from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .columns import Column, fill_features, left_out, select_columns, vector_columns
 from .layout import MAX_CHUNK_BYTES, MAX_CHUNKS, as_labels
 from .remote import is_url, open_filesystem
-from .tabular import adopt_encoding, encoded_chunk, many_name, plan_table
+from .tabular import adopt_encoding, chunk_tables, encoded_chunk, many_name, plan_table
 
 __all__ = ["ParquetDataset"]
 
@@ -161,10 +161,9 @@ class ParquetDataset(Dataset):
                     total += stats.null_count
         return total
 
-    def _tables(self, keys: list[str]):
-        """Every row group's ``keys`` columns as Arrow tables, in order (the encoding's pass)."""
-        for i in range(self.n_chunks):
-            yield self._table(i, keys)
+    def _tables(self, keys: list[str], part: tuple[int, int] | None = None):
+        """Row groups' ``keys`` columns as Arrow tables, in order (the encoding's pass; ``part``: a share)."""
+        return chunk_tables(self.n_chunks, self._table, keys, part)
 
     def _check_declared_rows(self) -> None:
         """Refuse a row group whose declared rows would decode to more than a chunk may hold, before

@@ -14,7 +14,7 @@ from ..features.encoding import Encoding, EncodingOptions
 from ..features.learn import learn_encoding, needs_encoding
 from .columns import LABEL_KEYS, find_key
 
-__all__ = ["plan_table", "many_name", "adopt_encoding", "encoded_chunk"]
+__all__ = ["plan_table", "many_name", "adopt_encoding", "encoded_chunk", "chunk_tables"]
 
 
 def many_name(paths: list[str]) -> str:
@@ -78,6 +78,17 @@ def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[
         counted = null_counts
         null_counts = lambda name: None if pa.types.is_floating(schema.field(name).type) else counted(name)  # noqa: E731
     return learn_encoding(schema, chosen, label_name, tables, options, path, null_counts)
+
+
+def chunk_tables(n_chunks: int, read: Callable[[int, list[str]], pa.Table], keys: list[str],
+                 part: tuple[int, int] | None = None):
+    """Every chunk's ``keys`` columns as Arrow tables (``read(i, keys)``), in order, for the
+    encoding's pass; with ``part`` (rank, size) only chunks rank, rank + size, ..., as (chunk,
+    table) pairs (several processes share the pass: ``features.learn.shared_pass``)."""
+    if part is None:
+        return (read(i, keys) for i in range(n_chunks))
+    rank, size = part
+    return ((i, read(i, keys)) for i in range(rank, n_chunks, size))
 
 
 def adopt_encoding(ds, names: list[str], label, label_type: Callable[[bool], str | None],

@@ -19,7 +19,7 @@ from .arrow_columns import Spec, arrow_type, cf_time, is_plain, to_arrow
 from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, left_out, select_columns
 from .layout import as_features, as_labels, check_chunk_size, uniform_bounds
 from .remote import is_url
-from .tabular import adopt_encoding, encoded_chunk, plan_table
+from .tabular import adopt_encoding, chunk_tables, encoded_chunk, plan_table
 
 __all__ = ["ZarrDataset"]
 
@@ -230,13 +230,12 @@ class ZarrDataset(Dataset):
         except Exception as e:
             raise DataError(f"{self.path}: cannot read rows {a}-{b} ({type(e).__name__}: {e})") from None
 
-    def _tables(self, names: list[str]):
-        """Every chunk's arrays ``names`` as Arrow tables, in order (the encoding's pass)."""
+    def _tables(self, names: list[str], part: tuple[int, int] | None = None):
+        """Chunks' arrays ``names`` as Arrow tables, in order (the encoding's pass; ``part``: a share)."""
         self._check_columns(self._one_d, names)
         self.n_rows = int(self._one_d[names[0]].shape[0])
         self._set_bounds(self._one_d[names[0]], len(names))  # (set again once the columns are chosen)
-        for i in range(self.n_chunks):
-            yield self._arrow(i, names)
+        return chunk_tables(self.n_chunks, self._arrow, names, part)
 
     def _set_bounds(self, arr, width: int) -> None:
         # A shard is the unit one read fetches; reading less than a shard decodes it anyway.

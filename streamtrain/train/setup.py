@@ -11,6 +11,7 @@ from ..data.loader import window_rows_for
 from ..data.sampling import Sampler
 from ..data.scaling import scan
 from ..errors import ConfigError, DataError
+from ..features.learn import shared_pass
 from ..model import Model
 from ..progress import Progress
 from ..readers import ArrayDataset, open_dataset
@@ -73,7 +74,9 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
         source = ArrayDataset(np.column_stack([X, w]), y, dtype=cfg.dtype,
                               feature_names=[f"f{j}" for j in range(X.shape[1])] + ["sample_weight"])
         weight = "sample_weight"
-    data = open_dataset(source, features, label, **opts, **encode)
+    # several processes learn a table's encoding together, each reading its share of the chunks
+    with shared_pass(comm.rank, comm.size, comm.allgather):
+        data = open_dataset(source, features, label, **opts, **encode)
     if data.encoding is not None:
         data.missing_label = cfg.missing_label
     if cfg.strict:

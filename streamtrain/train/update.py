@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import TrainingError
 from ..nn import kernels, minibatch, online
-from ..nn.network import PARAM_NAMES
+from ..nn.network import PARAM_NAMES, RowGrad
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
@@ -162,9 +162,9 @@ class GradientStep(Update):
         # (inputs that are codes: numpy's gather and scatter; the compiled kernels take products only)
         self.compiled = self.config.compiled and minibatch.available() and self.net.layout is None
         # Codes' rows: the step updates the rows the batch touched alone (lazy momentum and Adam),
-        # unless --dense-updates; one process (the allreduce sums dense gradients).
+        # unless --dense-updates or a penalty (which moves every row at every step).
         self.sparse = self.net.layout is not None and not getattr(self.config, "dense_updates", False) \
-            and not self.reduces
+            and not (self.l1 or self.l2)
 
     def load(self) -> None:
         if self.compiled:
@@ -215,12 +215,22 @@ class ReducedStep(GradientStep):
             loss, correct, grads = 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
         else:
             loss, correct, grads = self.gradients(X, T, w, 0.0, 0.0)
+        # Lazy updates of codes' rows: which rows each process's share touched travels too, so
+        # every process updates the rows the global batch touched, as one process would.
+        touched = net.params["W1"].shape[0] if self.sparse else 0
+        rows = grads["W1"].rows if isinstance(grads["W1"], RowGrad) else np.empty(0, np.intp)
+        if isinstance(grads["W1"], RowGrad):
+            grads = {**grads, "W1": grads["W1"].dense()}
         sizes = [grads[k].size for k in PARAM_NAMES]
-        buf = np.empty(sum(sizes) + 6, dtype=np.float64)
+        buf = np.empty(sum(sizes) + touched + 6, dtype=np.float64)
         at = 0
         for k, size in zip(PARAM_NAMES, sizes):
             np.multiply(grads[k].reshape(-1), n, out=buf[at:at + size])
             at += size
+        if touched:
+            buf[at:at + touched] = 0
+            buf[at + rows] = 1
+            at += touched
         buf[at:at + 6] = (loss * n, correct, *stop_votes(self.local_stop), n)
         started = time.perf_counter()
         self.comm.allreduce(buf)
@@ -235,6 +245,10 @@ class ReducedStep(GradientStep):
         for k, size in zip(PARAM_NAMES, sizes):
             out[k] = buf[at:at + size].reshape(net.params[k].shape).astype(net.dtype)
             at += size
+        if touched:
+            rows = np.flatnonzero(buf[at:at + touched] > 0)
+            out["W1"] = RowGrad(rows, out["W1"][rows], out["W1"].shape)
+            at += touched
         for k in ("W1", "W2"):
             wk = net.params[k]
             if self.l2:
