@@ -46,6 +46,7 @@ LIMITS = {
     "min_frequency": (1, 1 << 62),
     "hash_buckets": (1, 1 << 20),
     "one_hot_max": (0, (1 << 24) + 64),
+    "hash_bits": (1, 28),
 }
 
 # What early stopping may watch: each epoch's record has these (accuracy for classification, R^2
@@ -179,6 +180,9 @@ class TrainConfig:
                                   "every row differs.")
     min_frequency: int = _f(1, "Category values seen fewer times share the column's 'other' input.")
     hash_buckets: int = _f(64, "Buckets (inputs) of a hashed string column.")
+    hash_bits: int | None = _f(None, "Hash every categorical and string column (and cross), each with its own salt, "
+                                     "into one table of 2**BITS first-layer rows they all share (Vowpal Wabbit's "
+                                     "-b), entering as codes; default: a vocabulary or hash table per column.", kind=int)
     one_hot_max: int = _f(1024, "A categorical or hashed column of more values enters as its code, which selects a "
                                 "row of the first layer's weights (no one-hot matrix; the same model); 0: every "
                                 "such column.")
@@ -315,8 +319,11 @@ class TrainConfig:
             opts["date_parts"] = parts
         if crosses:
             opts["crosses"] = crosses
+        if self.hash_bits is not None:
+            opts["hash_bits"] = self.hash_bits
         if not overrides and all(getattr(self, k) == defaults[k] for k in opts
-                                 if k not in ("overrides", "date_parts", "crosses")) and not parts and not crosses:
+                                 if k not in ("overrides", "date_parts", "crosses", "hash_bits")) and not parts \
+                and not crosses and self.hash_bits is None:
             return None
         return opts
 

@@ -211,3 +211,55 @@ def test_a_first_layer_beyond_the_memory_is_refused_before_it_is_allocated(tmp_p
                           "flight_id:1024", "--hidden", "16", "--epochs", "1", "--quiet"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_one_shared_hashed_table_equals_the_summed_one_hot_model():
+    df = flights(300)
+    df["carrier2"] = df["carrier"]  # the same values in two columns
+    t, _, _ = _encodings(df, "status")
+    enc = learn_encoding(t.schema, ["distance", "carrier", "carrier2", "weather", "flight_id"], "status",
+                         lambda keys: [t.select(keys)],
+                         EncodingOptions(hash_bits=6, crosses=[["carrier", "weather"]],
+                                         overrides={"hash": {"flight_id": 8}}), "t")
+    cols = ["carrier", "carrier2", "weather", "flight_id", "carrier*weather"]
+    assert enc.feature_names == ["distance", "distance:missing", *cols]
+    layout = InputLayout(*enc.layout())
+    assert list(layout.offsets) == [2] * 5 and list(layout.sizes) == [65] * 5 and enc.n_rows == 2 + 65
+    X = enc.transform(t, np.float64, "t")
+    codes = X[:, 2:].astype(int)
+    both = df["carrier"].notna().to_numpy()
+    assert (codes[both, 0] != codes[both, 1]).any()  # each column hashes with its own salt
+    # the reference: one 0/1 block that every column's code adds to
+    dense = np.zeros((len(X), enc.n_rows))
+    dense[:, :2] = X[:, :2]
+    for j in range(codes.shape[1]):
+        np.add.at(dense, (np.arange(len(X)), 2 + codes[:, j]), 1.0)
+    a = TwoLayerNet(enc.n_rows, 5, 1, "tanh", seed=1, dtype=np.float64)
+    b = TwoLayerNet(X.shape[1], 5, 1, "tanh", seed=1, dtype=np.float64, layout=layout)
+    y = (df["status"] == "late").to_numpy().astype(int)
+    la, _, ga = a.loss_and_grads(dense, y)
+    lb, _, gb = b.loss_and_grads(X, y)
+    np.testing.assert_allclose(lb, la, rtol=1e-12)
+    for k in ga:
+        np.testing.assert_allclose(gb[k], ga[k], rtol=1e-12, atol=1e-12 * np.abs(ga[k]).max(), err_msg=k)
+    state = enc.state_dict()
+    again = Encoding.from_state(state)
+    np.testing.assert_array_equal(again.transform(t, np.float64, "t"), X)
+    state["columns"][3]["buckets"] = 32
+    with pytest.raises(ValueError, match="shared table must have as many buckets"):
+        Encoding.from_state(state)
+
+
+def test_hash_bits_from_the_command(tmp_path):
+    flights(600).to_parquet(tmp_path / "f.parquet")
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash-bits", "10",
+                          "--epochs", "2", "--checkpoint-dir", str(tmp_path / "r"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert meta["model"]["feature_names"] == ["distance", "distance:missing", "seats", "seats:missing", "carrier",
+                                              "weather", "departs"]
+    assert arrays["param.W1"].shape[0] == 5 + 1025  # the numbers' rows, then the one table
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash-bits", "40"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "hash_bits" in res.stderr.replace("-", "_") and "Traceback" not in res.stderr

@@ -74,6 +74,10 @@ class EncodingOptions:
     crosses : list of (str, str), optional
         Pairs of categorical columns whose pair of values is one more categorical input, hashed
         into ``hash_buckets`` (``--cross a:b``).
+    hash_bits : int, optional
+        Every categorical and string column (and cross) hashed, each with its own salt, into one
+        table of ``2**hash_bits`` rows shared by all of them (Vowpal Wabbit's ``-b``;
+        ``--hash-bits``), entering as codes; None: a table per column.
     one_hot_max : int
         A categorical or hashed column of more values is read as one input, its code, which
         selects a row of the first layer's weights (a gather; ``--one-hot-max``), not as a
@@ -89,8 +93,12 @@ class EncodingOptions:
     one_hot_max: int = 1024
     date_parts: dict = field(default_factory=dict)
     crosses: list = field(default_factory=list)
+    hash_bits: int | None = None
 
     def __post_init__(self):
+        if self.hash_bits is not None and (isinstance(self.hash_bits, bool) or not isinstance(self.hash_bits, int)
+                                           or not 1 <= self.hash_bits <= 28):
+            raise ConfigError(f"hash_bits is an integer in [1, 28], not {self.hash_bits!r}")
         if not isinstance(self.crosses, (list, tuple)) or not all(
                 isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) and p[0] != p[1]
                 for p in self.crosses):
@@ -216,8 +224,11 @@ class _OneHot:
     """A categorical (vocabulary codes) or hashed (bucket codes) column, one-hot."""
 
     def __init__(self, name: str, cats: Categories | None = None, buckets: int | None = None,
-                 gather: bool = False):
-        self.name, self.cats, self.buckets, self.gather = name, cats, buckets, bool(gather)
+                 gather: bool = False, shared: bool = False, salt: int = 0):
+        self.name, self.cats, self.buckets, self.gather = name, cats, buckets, bool(gather or shared)
+        # shared: the column's values hash (with its own salt) into the one table every shared
+        # column selects from (Vowpal Wabbit's -b), not a table of its own
+        self.shared, self.salt = bool(shared), int(salt)
         self.kind = "categorical" if cats is not None else "hashed"
         #: the first layer's rows this column selects from: one per value (its code)
         self.n_rows = 1 + (cats.oov_buckets + len(cats) if cats is not None else buckets)
@@ -240,7 +251,7 @@ class _OneHot:
     def codes(self, arr) -> np.ndarray:
         if self.cats is not None:
             return self.cats.encode(arr)
-        return bucket(arr, self.buckets) + 1  # null: -1 -> 0
+        return bucket(arr, self.buckets, self.salt) + 1  # null: -1 -> 0
 
     def encode(self, arr, out: np.ndarray, where: str) -> None:
         if self.gather:
@@ -250,6 +261,8 @@ class _OneHot:
 
     def state(self) -> dict:
         extra = {"gather": True} if self.gather else {}
+        if self.shared:
+            extra.update(shared=True, salt=self.salt)
         if self.cats is not None:
             return {"kind": "categorical", "name": self.name, "categories": self.cats.state_dict(), **extra}
         return {"kind": "hashed", "name": self.name, "buckets": self.buckets, **extra}
@@ -259,8 +272,8 @@ class _Cross(_OneHot):
     """A feature cross: the pair of two categorical columns' values, hashed into ``buckets``
     (Vowpal Wabbit's ``-q``, Keras ``FeatureSpace(crosses=...)``); missing where either is."""
 
-    def __init__(self, a: str, b: str, buckets: int, gather: bool = False):
-        super().__init__(f"{a}*{b}", buckets=buckets, gather=gather)
+    def __init__(self, a: str, b: str, buckets: int, gather: bool = False, shared: bool = False):
+        super().__init__(f"{a}*{b}", buckets=buckets, gather=gather, shared=shared)
         self.kind, self.pair = "cross", (a, b)
 
     def codes_of(self, table) -> np.ndarray:
@@ -280,7 +293,7 @@ class _Cross(_OneHot):
 
     def state(self) -> dict:
         return {"kind": "cross", "name": self.name, "columns": list(self.pair), "buckets": self.buckets,
-                **({"gather": True} if self.gather else {})}
+                **({"gather": True} if self.gather else {}), **({"shared": True} if self.shared else {})}
 
 
 class _Label:
@@ -356,9 +369,15 @@ class Encoding:
         if not self.gathered:
             return None
         dense_cols, dense_rows, code_cols, offsets, sizes = [], [], [], [], []
-        row = 0
+        row, shared_at = 0, None
         for c, a in zip(self.columns, self._offsets[:-1]):
-            if getattr(c, "gather", False):
+            if getattr(c, "shared", False):  # one table, wherever its first column is
+                if shared_at is None:
+                    shared_at, row = row, row + c.n_rows
+                code_cols.append(int(a))
+                offsets.append(shared_at)
+                sizes.append(c.n_rows)
+            elif getattr(c, "gather", False):
                 code_cols.append(int(a))
                 offsets.append(row)
                 sizes.append(c.n_rows)
@@ -372,7 +391,9 @@ class Encoding:
     @property
     def n_rows(self) -> int:
         """The first layer's weight rows: one per input, or per value of a gathered column."""
-        return sum(c.n_rows if getattr(c, "gather", False) else len(c.names) for c in self.columns)
+        shared = next((c.n_rows for c in self.columns if getattr(c, "shared", False)), 0)
+        return shared + sum(c.n_rows if getattr(c, "gather", False) else len(c.names) for c in self.columns
+                            if not getattr(c, "shared", False))
 
     @property
     def width(self) -> int:
@@ -415,8 +436,10 @@ class Encoding:
                          else f": {c.buckets} buckets + missing")
                 if c.gather:
                     text = text.replace(", one-hot", ", codes selecting first-layer rows")
+                    if c.shared:
+                        text = text.replace("first-layer rows", "rows of the table all hashed columns share")
                     text += f" ({c.n_rows} rows, 1 input)"
-                    out[c.name] = f"{getattr(c, 'seen', None)}; {text}" if getattr(c, "seen", None) else text
+                    out[c.name] = f"{seen}; {text}" if seen else text
                     continue
             if isinstance(c, _Numeric) and c.indicator:
                 text += ": missing values become the mean, with an indicator input"
@@ -452,6 +475,8 @@ class Encoding:
         if len(set(names)) != len(names):
             raise ValueError(f"{what}: a column is encoded twice")
         kinds = {c.name: c.kind for c in columns}
+        if len({c.buckets for c in columns if getattr(c, "shared", False)}) > 1:
+            raise ValueError(f"{what}: the columns of the shared table must have as many buckets")
         for c in columns:
             if isinstance(c, _Cross) and any(kinds.get(k) not in ("categorical", "hashed") for k in c.pair):
                 raise ValueError(f"{what}: cross {c.name!r} must cross two categorical or hashed columns")
@@ -508,13 +533,18 @@ def _column_from_state(c, what: str):
         return _Vector(name, w)
     if kind in ("categorical", "hashed", "cross") and not isinstance(c.get("gather", False), bool):
         raise ValueError(f"{what}: column {name!r}: gather must be true or false")
+    shared, salt = c.get("shared", False), c.get("salt", 0)
+    if not isinstance(shared, bool) or (shared and kind not in ("hashed", "cross")) \
+            or type(salt) is not int or not 0 <= salt < 1 << 64:
+        raise ValueError(f"{what}: column {name!r}: shared must be true or false (a hashed column's), salt an "
+                         "integer in [0, 2**64)")
     if kind == "categorical":
         return _OneHot(name, cats=Categories.from_state(c.get("categories")), gather=c.get("gather", False))
     if kind == "hashed":
         b = c.get("buckets")
         if type(b) is not int or not 1 <= b <= 1 << 20:
             raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 20}]")
-        return _OneHot(name, buckets=b, gather=c.get("gather", False))
+        return _OneHot(name, buckets=b, gather=c.get("gather", False), shared=shared, salt=salt)
     if kind == "cross":
         b, pair = c.get("buckets"), c.get("columns")
         if type(b) is not int or not 1 <= b <= 1 << 24:
@@ -522,5 +552,5 @@ def _column_from_state(c, what: str):
         if not isinstance(pair, list) or len(pair) != 2 or not all(_short_str(x) for x in pair) \
                 or pair[0] == pair[1] or name != f"{pair[0]}*{pair[1]}":
             raise ValueError(f"{what}: column {name!r}: columns must be two distinct names, the cross named by them")
-        return _Cross(pair[0], pair[1], b, gather=c.get("gather", False))
+        return _Cross(pair[0], pair[1], b, gather=c.get("gather", False), shared=shared)
     raise ValueError(f"{what}: column {name!r} has an unknown kind {kind!r:.40}")

@@ -16,7 +16,7 @@ from ..errors import ConfigError, DataError
 from .distinct import DistinctCount
 from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Cross, _Label, _Numeric, _numbers, _OneHot,
                        _Vector)
-from .hashing import null_mask
+from .hashing import hash64, null_mask
 from .kinds import kind_of
 from .schema import ColumnPlan, choose_string_kind, infer_columns
 from .vocab import Vocabulary
@@ -121,6 +121,13 @@ def _seen(plan: ColumnPlan, acc: _Pass | None) -> str:
     return text
 
 
+def _in_shared_table(name: str, options: EncodingOptions) -> _OneHot:
+    """A column hashed into the table every such column shares, with a salt of its own (its name's
+    hash: the same value in two columns selects two rows)."""
+    salt = int(hash64(pa.array([name]))[0])
+    return _OneHot(name, buckets=1 << options.hash_bits, shared=True, salt=salt)
+
+
 def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                    tables: Callable[[list[str]], Iterable[pa.Table]], options: EncodingOptions, where: str,
                    null_counts: Callable[[str], int | None] = lambda name: None) -> Encoding:
@@ -215,13 +222,17 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                                   f"{'hour' if p.kind == 'datetime' else 'date parts'}")
             columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
                                     bool(acc is not None and acc.nulls), options.missing, parts))
-        elif p.kind == "hashed" and p.buckets is not None:
+        elif p.kind == "hashed" and p.buckets is not None and options.hash_bits is None:
             columns.append(_OneHot(p.name, buckets=p.buckets, gather=p.buckets + 1 > options.one_hot_max))
+        elif p.kind == "hashed" and p.buckets is not None:
+            columns.append(_in_shared_table(p.name, options))
         else:  # categorical, or a string/dictionary decided here by its cardinality
             overridden = p.name in (options.overrides.get("categorical") or [])
             seen = acc.vocab.rows
             choice = choose_string_kind(acc.distinct.estimate(), seen, options.max_categories)
-            if overridden or choice.kind == "categorical":
+            if options.hash_bits is not None and (overridden or choice.kind in ("categorical", "hashed")):
+                columns.append(_in_shared_table(p.name, options))
+            elif overridden or choice.kind == "categorical":
                 cats = acc.vocab.finalize(options.max_categories, options.min_frequency)
                 columns.append(_OneHot(p.name, cats=cats, gather=1 + cats.oov_buckets + len(cats) > options.one_hot_max))
             elif choice.kind == "hashed":
@@ -238,7 +249,10 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         if bad is not None:
             what = "no feature column" if bad not in kinds else f"a {kinds[bad]} column"
             raise ConfigError(f"{where}: --cross {a}:{b}: {bad!r} is {what}; a cross pairs two categorical columns")
-        columns.append(_Cross(a, b, options.hash_buckets, gather=options.hash_buckets + 1 > options.one_hot_max))
+        if options.hash_bits is not None:
+            columns.append(_Cross(a, b, 1 << options.hash_bits, shared=True))
+        else:
+            columns.append(_Cross(a, b, options.hash_buckets, gather=options.hash_buckets + 1 > options.one_hot_max))
     unknown = [c for c in options.date_parts if c not in {p.name for p in plans}]
     if unknown:
         raise ConfigError(f"{where}: --date-parts {unknown[0]}: no such feature column")
