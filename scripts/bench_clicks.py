@@ -5,7 +5,8 @@
 
 A click log (13 integer columns, 26 Zipf categorical columns up to 10^7 levels, a time) is
 written once; the last of its 7 days is held out. streamtrain trains as users run it, one
-command with a checkpoint directory and the default progress reporting
+command with a checkpoint directory and the default progress reporting (three ways: a table per
+column, with crosses, and one shared table of ``2**vw_bits`` rows as VW's ``-b``)
 (``streamtrain train train.parquet --label click --hash-buckets B --epochs 1``: the categorical
 columns hashed into B rows each, entering as codes that select first-layer rows; lazy Adam),
 then ``evaluate`` on the held-out day. Vowpal Wabbit (``--nn 64``, ``-b 22``, logistic loss, one
@@ -103,7 +104,8 @@ def main() -> None:
     result = {"rows": args.rows, "train_rows": train.num_rows, "test_rows": test.num_rows,
               "machine": os.cpu_count(), "streamtrain": {}, "vw": {}}
 
-    for name, extra in (("streamtrain", []), ("streamtrain_crosses", ["--cross", CROSSES])):
+    for name, extra in (("streamtrain", []), ("streamtrain_crosses", ["--cross", CROSSES]),
+                        ("streamtrain_shared", ["--hash-bits", str(args.vw_bits)])):
         run = work / name
         cmd = [str(BIN), "train", str(work / "train.parquet"), "--label", "click", "--hash-buckets",
                str(args.buckets), "--epochs", "1", "--batch-size", "256", *extra, "--checkpoint-dir", str(run)]
@@ -133,7 +135,7 @@ def main() -> None:
                         "seconds": vw_seconds, "rows_per_s": train.num_rows / vw_seconds, **_metrics(y_test, pv)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"click log: {args.rows:,} rows, {train.num_rows:,} trained, the last day ({test.num_rows:,}) held out")
-    for name in ("streamtrain", "streamtrain_crosses", "vw"):
+    for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "vw"):
         r = result.get(name)
         if r:
             print(f"  {name:20s} {r['rows_per_s']:>10,.0f} rows/s  auc {r['auc']:.4f}  log_loss {r['log_loss']:.4f}"

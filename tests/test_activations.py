@@ -11,7 +11,7 @@ import pytest
 
 from streamtrain import TrainConfig, Trainer
 from streamtrain.nn import kernels, minibatch, online
-from streamtrain.nn.functions import ACTIVATIONS, Activation
+from streamtrain.nn.functions import ACTIVATIONS, TASKS, Activation
 from streamtrain.nn.network import TwoLayerNet
 
 from . import test_minibatch, test_network, test_online
@@ -152,8 +152,8 @@ def test_two_threads_building_the_compiled_loops_never_parse_at_once(monkeypatch
 
     monkeypatch.setattr(ast, "parse", slow_parse)
     table = {**ACTIVATIONS, "softsign": SOFTSIGN}  # a table not built before: both modules are built now
-    builds = [lambda: kernels.build("online", table, online._parts()),
-              lambda: kernels.build("minibatch", table, minibatch._parts())]
+    builds = [lambda: kernels.build("online", table, online._parts(), TASKS, online._generated.task_options),
+              lambda: kernels.build("minibatch", table, minibatch._parts(), TASKS, minibatch._generated.task_options)]
     threads = [threading.Thread(target=b) for b in builds]
     for t in threads:
         t.start()

@@ -97,7 +97,7 @@ def test_the_compiled_code_implements_the_tables_names():
     step = {fn.__name__: fn for fn in minibatch._FUNCTIONS}  # as written (the compiled ones are bound over the names)
     for fn in (online._loop, step["_activate"], step["_grads"]):
         chains = []
-        for node in ast.walk(ast.parse(kernels.source(fn, ACTIVATIONS))):
+        for node in ast.walk(ast.parse(kernels.source(fn, ACTIVATIONS, tasks=TASKS))):
             if isinstance(node, ast.If) and ast.unparse(node.test) == "act == 0":
                 codes, branch = [], [node]
                 while len(branch) == 1 and isinstance(branch[0], ast.If) and "act ==" in ast.unparse(branch[0].test):
@@ -106,11 +106,19 @@ def test_the_compiled_code_implements_the_tables_names():
                 assert branch == [], (fn.__name__, "a fallback branch")
                 chains.append(codes)
         assert chains and all(c == [f"act == {k}" for k in range(len(ACTIVATIONS))] for c in chains), fn.__name__
+    # and the tasks: each loop's per-row loss dispatches from the tasks table to its row function
+    assert [kernels.task_id(name) for name in TASKS] == list(range(len(TASKS)))
+    for fn in (online._loop, step["_loss_delta"]):
+        text = kernels.source(fn, ACTIVATIONS, tasks=TASKS)
+        tests = [ast.unparse(n.test) for n in ast.walk(ast.parse(text)) if isinstance(n, ast.If)
+                 and ast.unparse(n.test).startswith("task ==")]
+        assert tests == [f"task == {k}" for k in range(len(TASKS))], fn.__name__
+        assert all(f"{kernels.task_function(name)}(" in text for name in TASKS) and "TASK_ROW" not in text
 
 
 # The layers, bottom to top (docs/architecture.md): a module imports its own part and the layers below.
 LAYERS = [{"errors", "_version", "_malloc", "progress", "plugins"}, {"readers", "metrics", "features"}, {"data", "nn"},
-          {"labels", "io", "config"}, {"model"}, {"train"}, {"batches", "estimator", "synthetic", "plot"},
+          {"labels", "io", "config"}, {"model"}, {"train"}, {"batches", "estimator", "synthetic", "clicks", "plot"},
           {"serve"}, {"cli"}, {"entry"}]
 
 

@@ -127,15 +127,60 @@ def _identity(z):
     return z
 
 
+# The tasks' compiled forms, one row at a time: ``row(z, t, w, n) -> (w * loss, right)`` where
+# ``z`` are the row's logits, replaced by w * dL/dz / n; ``t`` the row's target (a class index
+# or the values); ``w`` its loss weight; ``n`` the rows the loss is averaged over (1 for the
+# per-sample loop). numba code naming only ``np`` and builtins; the compiled loops call them
+# through ``with each_task(task):`` blocks (see ``kernels``).
+def _binary_row(z, t, w, n):  # pragma: no cover - compiled
+    zz, tt = z[0], t[0]
+    right = 1 if (zz > 0) == (tt > 0.5) else 0
+    loss = w * (max(zz, 0.0) + np.log1p(np.exp(-abs(zz))) - tt * zz)  # softplus(z) - t z, stable
+    p = 1.0 / (1.0 + np.exp(-zz)) if zz >= 0 else np.exp(zz) / (1.0 + np.exp(zz))
+    z[0] = w * (p - tt) / n
+    return loss, right
+
+
+def _multiclass_row(z, t, w, n):  # pragma: no cover - compiled
+    o = z.shape[0]
+    top, best = z[0], 0
+    for m in range(1, o):
+        if z[m] > top:
+            top, best = z[m], m
+    s = 0.0
+    for m in range(o):
+        s += np.exp(z[m] - top)
+    c = int(t[0])
+    right = 1 if best == c else 0
+    loss = w * (np.log(s) - (z[c] - top))
+    for m in range(o):
+        z[m] = w * np.exp(z[m] - top) / s / n
+    z[c] -= w / n
+    return loss, right
+
+
+def _regression_row(z, t, w, n):  # pragma: no cover - compiled
+    sq = 0.0
+    for m in range(z.shape[0]):
+        r = z[m] - t[m]
+        sq += r * r
+        z[m] = w * r / n
+    return w * 0.5 * sq, 0
+
+
 class Task(NamedTuple):
+    """A task: ``loss_delta(z, y, w=None) -> (mean loss, dL/dz)`` and ``output`` (logits ->
+    probabilities or values), numpy's; ``row``, the compiled loops' form of one row (above)."""
+
     loss_delta: Callable[..., tuple[float, np.ndarray]]
     output: Callable[[np.ndarray], np.ndarray]  # logits -> probabilities / values
+    row: Callable | None = None
 
 
 TASKS: dict[str, Task] = {
-    "binary": Task(_binary_loss_delta, sigmoid),
-    "multiclass": Task(_multiclass_loss_delta, softmax),
-    "regression": Task(_regression_loss_delta, _identity),
+    "binary": Task(_binary_loss_delta, sigmoid, _binary_row),
+    "multiclass": Task(_multiclass_loss_delta, softmax, _multiclass_row),
+    "regression": Task(_regression_loss_delta, _identity, _regression_row),
 }
 
 

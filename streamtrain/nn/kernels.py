@@ -34,7 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["available", "act_id", "task_id", "targets_2d", "TASK_IDS", "exp_neg_f32", "Generated", "build",
-           "source", "module_text", "cache_dir", "each_activation", "ACTIVATE", "DERIVATIVE", "SIGMOID", "TANH"]
+           "source", "module_text", "cache_dir", "each_activation", "ACTIVATE", "DERIVATIVE", "SIGMOID", "TANH",
+           "each_task", "TASK_ROW", "task_function"]
 
 # The compiled code's codes for functions.TASKS (a test checks that both name the same things).
 TASK_IDS = {"binary": 0, "multiclass": 1, "regression": 2}
@@ -113,6 +114,19 @@ def DERIVATIVE(a, one, zero):
 
 SIGMOID = TANH = False  # in a compiled loop: computed through the vectorised sigmoid; as 2 sigmoid(2s) - 1
 
+
+class each_task:
+    """``with each_task(task):`` a block written once, compiled once per task of the tasks table."""
+
+    def __init__(self, task):
+        raise RuntimeError("each_task marks a compiled loop's block; kernels.build expands it")
+
+
+def TASK_ROW(z, t, w, n):
+    """In a compiled loop: the task's ``row`` form (``functions.Task``): ``(w * loss, right)``,
+    the logits ``z`` replaced by ``w * dL/dz / n``."""
+    raise RuntimeError("TASK_ROW is expanded by kernels.build")
+
 _VIA_SIGMOID = {None: (False, False), "sigmoid": (True, False), "tanh": (True, True)}
 _FORM_NAMES = {"one", "zero", "np"} | set(dir(builtins))
 
@@ -159,10 +173,27 @@ class _Substitute(ast.NodeTransformer):
         return node
 
 
-class _Expand:
-    """Each ``with each_activation(code):`` block -> an ``if code == k`` branch per table entry."""
+class _Rename(ast.NodeTransformer):
+    """A name in place of another (a task's row function in place of ``TASK_ROW``)."""
 
-    def __init__(self, table: Mapping[str, Any]):
+    def __init__(self, old: str, new: str):
+        self.old, self.new = old, new
+
+    def visit_Name(self, node):
+        return ast.Name(self.new, node.ctx) if node.id == self.old else node
+
+
+def task_function(name: str) -> str:
+    """The generated module's name of task ``name``'s row function."""
+    return f"_task_{name}"
+
+
+class _Expand:
+    """Each ``with each_activation(code):`` block -> an ``if code == k`` branch per table entry;
+    each ``with each_task(code):`` block -> one per task, calling its row function."""
+
+    def __init__(self, table: Mapping[str, Any], tasks: Sequence[str] = ()):
+        self.tasks = list(tasks)
         self.entries = []
         for name, e in table.items():
             if e.via_sigmoid not in _VIA_SIGMOID:
@@ -180,6 +211,9 @@ class _Expand:
             if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "each_activation":
                 out.extend(self.chain(call.args[0], self.body(st.body)))
                 continue
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "each_task":
+                out.extend(self.task_chain(call.args[0], self.body(st.body)))
+                continue
             for field in ("body", "orelse", "finalbody"):
                 if isinstance(getattr(st, field, None), list):
                     setattr(st, field, self.body(getattr(st, field)))
@@ -195,6 +229,16 @@ class _Expand:
             test = ast.Compare(copy.deepcopy(code), [ast.Eq()], [ast.Constant(k)])
             chain = [ast.If(test, body, chain)]
         return chain or [ast.Pass()]
+
+    def task_chain(self, code: ast.expr, block: list[ast.stmt]) -> list[ast.stmt]:
+        if not self.tasks:
+            raise ValueError("a `with each_task(...)` block, but no tasks table was given to build")
+        chain: list[ast.stmt] = []
+        for k, name in reversed(list(enumerate(self.tasks))):
+            body = [_Rename("TASK_ROW", task_function(name)).visit(copy.deepcopy(stmt)) for stmt in block]
+            test = ast.Compare(copy.deepcopy(code), [ast.Eq()], [ast.Constant(k)])
+            chain = [ast.If(test, body, chain)]
+        return chain
 
 
 _ast_lock = threading.RLock()
@@ -215,7 +259,7 @@ def parse(text: str, filename: str = "<unknown>", mode: str = "exec") -> ast.AST
                     raise
 
 
-_PLACEHOLDERS = {"ACTIVATE", "DERIVATIVE", "SIGMOID", "TANH", "each_activation"}
+_PLACEHOLDERS = {"ACTIVATE", "DERIVATIVE", "SIGMOID", "TANH", "each_activation", "TASK_ROW", "each_task"}
 
 
 def _function(fn: Callable, trees: dict) -> ast.FunctionDef:
@@ -239,10 +283,11 @@ def _expanded(fn: Callable, expand: _Expand, name: str, trees: dict) -> ast.Func
     return func
 
 
-def source(fn: Callable, table: Mapping[str, Any], name: str | None = None) -> str:
+def source(fn: Callable, table: Mapping[str, Any], name: str | None = None, tasks: Sequence[str] = ()) -> str:
     """``fn``'s source as the generated module holds it: named ``name``, its
-    ``each_activation`` blocks expanded for ``table``, without decorators."""
-    func = _expanded(fn, _Expand(table), name or fn.__name__, {})
+    ``each_activation`` blocks expanded for ``table`` (and ``each_task`` blocks for ``tasks``'
+    names), without decorators."""
+    func = _expanded(fn, _Expand(table, list(tasks)), name or fn.__name__, {})
     _free_names(func, fn.__qualname__)
     return ast.unparse(func)
 
@@ -273,11 +318,16 @@ def _literal(value) -> str:
     return repr(value)
 
 
-def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, Callable, dict]]) -> str:
+def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, Callable, dict]],
+                tasks: Mapping[str, Any] | None = None, task_options: dict | None = None) -> str:
     """The text of the module ``build`` writes: ``parts`` are (name, function, numba.njit's
-    options), written in order; the module constants they read are copied in."""
+    options), written in order, after the ``tasks`` table's row functions (compiled with
+    ``task_options``, where the loops' ``each_task`` blocks call them); the module constants they
+    read are copied in."""
+    tasks = dict(tasks or {})
+    parts = [*((task_function(name), t.row, dict(task_options or {})) for name, t in tasks.items()), *parts]
     names = {name for name, _, _ in parts} | {"np", "numba"} | set(dir(builtins))
-    expand, trees = _Expand(table), {}
+    expand, trees = _Expand(table, list(tasks)), {}
     constants: dict[str, Any] = {}
     functions = []
     for name, fn, options in parts:
@@ -294,7 +344,7 @@ def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, 
     codes = ", ".join(f"{name} {k}" for k, name in enumerate(table))
     head = [f"# Written by streamtrain.nn.kernels.build for {stem}: its compiled functions, each activation's",
             f"# forms in place (codes: {codes}). Not to be edited: rewritten when either changes.",
-            "import numba", "import numpy as np", "", f"ACTIVATIONS = {tuple(table)!r}"]
+            "import numba", "import numpy as np", "", f"ACTIVATIONS = {tuple(table)!r}", f"TASKS = {tuple(tasks)!r}"]
     head += [f"{k} = {v!r}" for k, v in sorted(constants.items())]
     return "\n".join(head) + "\n\n\n" + "\n\n".join(functions)
 
@@ -349,12 +399,13 @@ _built: dict[str, Any] = {}  # module name -> module, once per process
 _build_lock = threading.Lock()  # minibatch.load in a background thread may meet a first call
 
 
-def build(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, Callable, dict]]):
-    """The generated module of ``parts`` for ``table`` (see ``module_text``), written (once) as
-    ``cache_dir()/_streamtrain_<stem>_<hash of its text>.py`` and imported (once per process):
-    numba compiles its functions on their first call, or reads them from its cache."""
+def build(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, Callable, dict]],
+          tasks: Mapping[str, Any] | None = None, task_options: dict | None = None):
+    """The generated module of ``parts`` for ``table`` and ``tasks`` (see ``module_text``), written
+    (once) as ``cache_dir()/_streamtrain_<stem>_<hash of its text>.py`` and imported (once per
+    process): numba compiles its functions on their first call, or reads them from its cache."""
     with _build_lock:
-        text = module_text(stem, table, parts)
+        text = module_text(stem, table, parts, tasks, task_options)
         name = f"_streamtrain_{stem}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
         if name not in _built:
             _built[name] = _import(name, text)
@@ -384,9 +435,10 @@ class Generated:
     """A compiled loop's generated module for the activations table as it is now: ``build``'s
     module of ``parts()`` (see ``module_text``), built again when the table has changed."""
 
-    def __init__(self, stem: str, table: Mapping[str, Any], parts: Callable[[], Sequence[tuple[str, Callable, dict]]]
-                 ) -> None:
+    def __init__(self, stem: str, table: Mapping[str, Any], parts: Callable[[], Sequence[tuple[str, Callable, dict]]],
+                 tasks: Mapping[str, Any] | None = None, task_options: dict | None = None) -> None:
         self.stem, self.table, self.parts = stem, table, parts
+        self.tasks, self.task_options = tasks, task_options
         self._state: tuple = (None, None, {})  # (the table as built, its module, name -> code)
         self._lock = threading.Lock()
 
@@ -396,7 +448,7 @@ class Generated:
             with self._lock:
                 if self.table != self._state[0]:
                     table = dict(self.table)
-                    module = build(self.stem, table, self.parts())
+                    module = build(self.stem, table, self.parts(), self.tasks, self.task_options)
                     self._state = (table, module, {name: k for k, name in enumerate(module.ACTIVATIONS)})
         return self._state[1]
 

@@ -19,8 +19,8 @@ import threading
 import numpy as np
 
 from . import kernels
-from .functions import ACTIVATIONS
-from .kernels import ACTIVATE, DERIVATIVE, SIGMOID, TANH, each_activation, targets_2d, task_id
+from .functions import ACTIVATIONS, TASKS
+from .kernels import ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, each_activation, each_task, targets_2d, task_id
 
 __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads"]
 
@@ -117,38 +117,15 @@ def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
 def _loss_delta(Z, T, R, task, n):  # pragma: no cover - compiled
     # These rows' share of the mean weighted loss over a batch of n, and how many of them the logits
     # classify right (before any update: a progressive score); Z (logits) <- dL/dZ, as functions.TASKS does.
-    rows, o = Z.shape
+    rows = Z.shape[0]
     total = 0.0
     correct = 0
     for i in range(rows):
-        w = R[i]
-        if task == 0:
-            z, t = Z[i, 0], T[i, 0]
-            correct += (z > 0) == (t > 0.5)
-            total += w * (max(z, 0.0) + np.log1p(np.exp(-abs(z))) - t * z)  # softplus(z) - t z, stable
-            p = 1.0 / (1.0 + np.exp(-z)) if z >= 0 else np.exp(z) / (1.0 + np.exp(z))
-            Z[i, 0] = w * (p - t) / n
-        elif task == 1:
-            top, best = Z[i, 0], 0
-            for m in range(1, o):
-                if Z[i, m] > top:
-                    top, best = Z[i, m], m
-            s = 0.0
-            for m in range(o):
-                s += np.exp(Z[i, m] - top)
-            c = int(T[i, 0])
-            correct += best == c
-            total += w * (np.log(s) - (Z[i, c] - top))
-            for m in range(o):
-                Z[i, m] = w * np.exp(Z[i, m] - top) / s / n
-            Z[i, c] -= w / n
-        else:
-            sq = 0.0
-            for m in range(o):
-                r = Z[i, m] - T[i, m]
-                sq += r * r
-                Z[i, m] = w * r / n
-            total += w * 0.5 * sq
+        loss, right = 0.0, 0
+        with each_task(task):
+            loss, right = TASK_ROW(Z[i], T[i], R[i], n)
+        total += loss
+        correct += right
     return total / n, correct
 
 
@@ -229,7 +206,10 @@ def _sgd(W1, b1, W2, b2, X, T, R, lr, l1, l2, act, task, fast_exp, block):  # pr
 # The step's functions as written, compiled (with the shared exponential) from the module
 # kernels.build writes for the activations table.
 _FUNCTIONS = (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads, _sgd)
-_generated = kernels.Generated("minibatch", ACTIVATIONS, _parts)
+# (the tasks' row functions with _loss_delta's flags, as they were when written inside it)
+_generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS,
+                               dict(cache=True, nogil=True, error_model="numpy",
+                                    fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}))
 
 
 def _weights(weights, n: int, dtype) -> np.ndarray:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .functions import ACTIVATIONS
-from .kernels import ACTIVATE, DERIVATIVE, SIGMOID, TANH, available, each_activation, targets_2d, task_id
+from .functions import ACTIVATIONS, TASKS
+from .kernels import (ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, available, each_activation, each_task, targets_2d,
+                      task_id)
 
 __all__ = ["available", "sgd_online", "targets_2d"]
 
@@ -34,7 +35,7 @@ def _parts() -> list:
 
 # The compiled loop. numba is imported (by the generated module) on first use: it costs 0.1 s of
 # start-up to every process that never needs it.
-_generated = kernels.Generated("online", ACTIVATIONS, _parts)
+_generated = kernels.Generated("online", ACTIVATIONS, _parts, TASKS, dict(cache=True, fastmath=True, nogil=True))
 
 
 def _sigmoid_f32(a, E, tanh):  # pragma: no cover - compiled
@@ -91,33 +92,11 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
             for m in range(o):
                 z[m] += a[j] * W2[j, m]
         # loss and dL/dz (into z); the prediction is scored before the row's update (test, then train)
-        if task == 0:
-            zz, t = z[0], T[i, 0]
-            correct += (zz > 0) == (t > 0.5)
-            loss_sum += w_i * (max(zz, 0.0) + np.log1p(np.exp(-abs(zz))) - t * zz)
-            p = 1.0 / (1.0 + np.exp(-zz)) if zz >= 0 else np.exp(zz) / (1.0 + np.exp(zz))
-            z[0] = w_i * (p - t)
-        elif task == 1:
-            top, best = z[0], 0
-            for m in range(1, o):
-                if z[m] > top:
-                    top, best = z[m], m
-            total = 0.0
-            for m in range(o):
-                total += np.exp(z[m] - top)
-            c = int(T[i, 0])
-            correct += best == c
-            loss_sum += w_i * (np.log(total) - (z[c] - top))
-            for m in range(o):
-                z[m] = w_i * np.exp(z[m] - top) / total
-            z[c] -= w_i
-        else:
-            sq = 0.0
-            for m in range(o):
-                r = z[m] - T[i, m]
-                sq += r * r
-                z[m] = w_i * r
-            loss_sum += w_i * 0.5 * sq
+        loss, right = 0.0, 0
+        with each_task(task):
+            loss, right = TASK_ROW(z, T[i], w_i, one)
+        loss_sum += loss
+        correct += right
         # the penalty of the weights this sample's loss was computed with
         if l1 != 0.0 or l2 != 0.0:
             pen = 0.0
