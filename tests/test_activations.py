@@ -160,3 +160,26 @@ def test_two_threads_building_the_compiled_loops_never_parse_at_once(monkeypatch
     for t in threads:
         t.join()
     assert len(overlaps) >= 2 and not any(overlaps)
+
+
+def test_old_generated_modules_are_pruned_when_a_new_one_is_written(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setattr(kernels, "cache_dir", lambda: tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    stale = time.time() - kernels.PRUNE_AFTER_S - 60
+    for name, age in (("_streamtrain_online_00000000000000aa", stale), ("_streamtrain_online_00000000000000bb", None),
+                      ("_streamtrain_minibatch_00000000000000cc", stale)):
+        for path in (tmp_path / f"{name}.py", tmp_path / "__pycache__" / f"{name}._loop-1.py311.nbi"):
+            path.write_text("# an older build\n")
+            if age is not None:
+                os.utime(path, (age, age))
+    table = {**ACTIVATIONS, "softsign": SOFTSIGN}  # a module not written before in this directory
+    module = kernels.build("online", table, online._parts(), TASKS, online._generated.task_options)
+    left = sorted(p.name for p in tmp_path.glob("*.py"))
+    assert f"{module.__name__}.py" in left
+    assert "_streamtrain_online_00000000000000aa.py" not in left  # stale: gone, with its compiled code
+    assert not list((tmp_path / "__pycache__").glob("_streamtrain_online_00000000000000aa.*"))
+    assert "_streamtrain_online_00000000000000bb.py" in left  # recent: another version may be using it
+    assert "_streamtrain_minibatch_00000000000000cc.py" in left  # another loop's: pruned when its own is written

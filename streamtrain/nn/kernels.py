@@ -412,14 +412,41 @@ def build(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, Callab
         return _built[name]
 
 
+#: A generated module of the same loop not written for this long is deleted (with numba's cache
+#: of it) when another is written: each change of the code or the tables leaves one behind.
+PRUNE_AFTER_S = 14 * 86400
+
+
+def _prune(where: Path, name: str) -> None:
+    """Delete the generated modules of ``name``'s loop (not ``name`` itself) older than
+    ``PRUNE_AFTER_S``, and their compiled code in ``__pycache__``. Another version's process
+    that still wants one writes it again."""
+    import time
+
+    stem = name.rsplit("_", 1)[0]
+    old = time.time() - PRUNE_AFTER_S
+    for path in where.glob(f"{stem}_*.py"):
+        try:
+            if path.stem != name and path.stat().st_mtime < old:
+                path.unlink()
+                for cached in (where / "__pycache__").glob(f"{path.stem}.*"):
+                    cached.unlink()
+        except OSError:
+            pass  # another process pruned it first, or it is not ours to delete
+
+
 def _import(name: str, text: str):
     try:
         where = cache_dir()
         where.mkdir(parents=True, exist_ok=True)
+        fresh = not (where / f"{name}.py").exists()
         _write(where / f"{name}.py", text)
     except OSError:
         where = _private_temp_dir()
+        fresh = not (where / f"{name}.py").exists()
         _write(where / f"{name}.py", text)
+    if fresh:
+        _prune(where, name)
     spec = importlib.util.spec_from_file_location(name, where / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # numba finds a cached function's module by its name
