@@ -25,6 +25,14 @@ from .test_tabular import flights
 BIN = Path(sys.executable).with_name("streamtrain")
 
 
+def _trained(tmp_path, *args):
+    """A run of ``streamtrain train f.parquet --label status ARGS`` in ``tmp_path/r``: its latest checkpoint."""
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", *args,
+                          "--checkpoint-dir", str(tmp_path / "r"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return latest_checkpoint(tmp_path / "r", schema=TRAINER)
+
+
 def _encodings(df: pd.DataFrame, label: str, **options):
     """The table, and its encoding learned one-hot and gathered (every categorical column)."""
     t = pa.Table.from_pandas(df, preserve_index=False)
@@ -113,11 +121,7 @@ def test_many_categories_need_no_one_hot_matrix(tmp_path):
 
 def test_a_checkpoint_whose_gather_is_tampered_is_refused(tmp_path):
     flights(300).to_parquet(tmp_path / "f.parquet")
-    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--epochs", "1",
-                          "--one-hot-max", "0", "--checkpoint-dir", str(tmp_path / "r"), "--quiet"],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    _, arrays, meta = _trained(tmp_path, "--epochs", "1", "--one-hot-max", "0")
     required, _ = TRAINER.arrays(meta)
     assert required["param.W1"][1] == arrays["param.W1"].shape  # the rows the encoding declares
     col = next(c for c in meta["model"]["encoding"]["columns"] if c.get("gather"))
@@ -148,13 +152,13 @@ def test_sparse_sgd_updates_equal_dense_updates_bitwise(dtype, tmp_path):
         np.testing.assert_array_equal(params[0][k], params[1][k], err_msg=k)
 
 
-def _two_steps(opt, dense: bool):
+def _two_steps(opt, dense: bool, steps=([0, 1], [2])):
     """Parameters after a step touching rows {0, 1} and one touching {2}, as a gathered model's W1."""
     from streamtrain.nn.network import RowGrad
 
     W = np.arange(12, dtype=np.float64).reshape(4, 3) / 10
     params = {"W1": W.copy()}
-    for rows in ([0, 1], [2]):
+    for rows in steps:
         g = RowGrad(np.array(rows), np.full((len(rows), 3), 0.5), W.shape)
         opt.step(params, {"W1": g.dense() if dense else g})
     return W, params["W1"]
@@ -173,17 +177,8 @@ def test_lazy_updates_leave_untouched_rows_and_their_state_alone(name):
     if name == "sgd":
         np.testing.assert_array_equal(lazy, dense)  # SGD is exact
     else:  # rows 0 and 1 were not touched by the second step: lazy leaves them, dense state moves them
-        np.testing.assert_array_equal(lazy[:2], _two_steps_first(make())[:2])
+        np.testing.assert_array_equal(lazy[:2], _two_steps(make(), False, steps=([0, 1],))[1][:2])
         assert not np.array_equal(lazy[:2], dense[:2])
-
-
-def _two_steps_first(opt):
-    from streamtrain.nn.network import RowGrad
-
-    W = np.arange(12, dtype=np.float64).reshape(4, 3) / 10
-    params = {"W1": W.copy()}
-    opt.step(params, {"W1": RowGrad(np.array([0, 1]), np.full((2, 3), 0.5), W.shape)})
-    return params["W1"]
 
 
 def test_a_penalty_keeps_dense_updates(tmp_path):
@@ -252,11 +247,7 @@ def test_one_shared_hashed_table_equals_the_summed_one_hot_model():
 
 def test_hash_bits_from_the_command(tmp_path):
     flights(600).to_parquet(tmp_path / "f.parquet")
-    res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash-bits", "10",
-                          "--epochs", "2", "--checkpoint-dir", str(tmp_path / "r"), "--quiet"],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    _, arrays, meta = _trained(tmp_path, "--hash-bits", "10", "--epochs", "2")
     assert meta["model"]["feature_names"] == ["distance", "distance:missing", "seats", "seats:missing", "carrier",
                                               "weather", "departs"]
     assert arrays["param.W1"].shape[0] == 5 + 1025  # the numbers' rows, then the one table
