@@ -153,7 +153,7 @@ def _open(source, features, label, cache_bytes, dtype, options) -> Dataset:
         options = {k: v for k, v in options.items() if k != "encode"}  # --classes alone: the labels take it
     if ("encode" in options or "encoding" in options) and "encoding" not in inspect.signature(cls).parameters:
         raise DataError(f"{path}: column encoding settings (categorical, numeric, hash, drop, max_categories, "
-                        f"min_frequency, hash_buckets, one_hot_max, missing) apply to tables (Parquet, data frames), not to {fmt}")
+                        f"min_frequency, hash_buckets, one_hot_max, missing) apply to tables (Parquet, CSV, data frames, HDF5 and Zarr tables), not to {fmt}")
     try:
         return cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype, **options)
     except TypeError as e:
