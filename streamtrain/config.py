@@ -104,7 +104,7 @@ def choices() -> dict[str, tuple[str, ...]]:
             "optimizer": ("auto", *OPTIMIZERS), "shuffle": tuple(SHUFFLES), "decoder": tuple(DECODERS),
             "scale": tuple(SCALINGS), "dtype": ("float32", "float64"), "lr_schedule": tuple(SCHEDULES),
             "early_stopping_metric": EARLY_STOPPING_METRICS, "missing": ("impute", "error"),
-            "missing_label": ("skip", "error")}
+            "missing_label": ("skip", "error"), "sparse_reduce": ("auto", "gather", "allreduce")}
 
 
 @dataclass
@@ -190,6 +190,9 @@ class TrainConfig:
                                     "every step (momentum and Adam advance every row's state, as a dense model does), "
                                     "not only the rows the batch touched (the default: the same for plain SGD; lazy "
                                     "momentum and Adam).")
+    sparse_reduce: str = _f("auto", "Under MPI, how the gradients of the first layer's rows that a step touched (codes, "
+                                    "lazy updates) travel: gather (as row, gradient pairs), allreduce (as the whole "
+                                    "matrix) or auto (gather while the pairs are fewer than the matrix's rows).")
     categorical: str = _f("", "Table columns to encode as categories (comma-separated), e.g. integer codes.")
     numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
     hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
@@ -392,4 +395,5 @@ def auto_epochs(rows: int, batch_size: int) -> int:
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
 RESUME_MAY_CHANGE = frozenset({"cache_dir", "cache_max_gb", "epochs", "strict", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
-                               "early_stopping", "min_delta", "decoder", "decoder_workers"})
+                               "early_stopping", "min_delta", "decoder", "decoder_workers",
+                               "sparse_reduce"})

@@ -26,6 +26,36 @@ _LEFT_THREAD_GRACE_S = float(os.environ.get("STREAMTRAIN_TEST_THREAD_GRACE_S", "
 
 def pytest_configure(config):
     os.environ[_MARK] = f"{os.getpid()}-{time.time_ns()}"
+    if Path("/proc/meminfo").exists():
+        threading.Thread(target=_watch_memory, name="memory-low-water", daemon=True).start()
+
+
+# The machine's lowest available memory in the session and the test running then: a process
+# killed by the kernel for memory leaves no message of its own (seen once in CI: a rank of an
+# MPI test ended by SIGKILL, its stderr empty).
+_LOW_WATER = {"available": None, "total": None, "test": None}
+_CURRENT_TEST = [None]
+
+
+def _meminfo() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        fields[name] = int(rest.split()[0]) // 1024  # kB -> MiB
+    return fields
+
+
+def _watch_memory() -> None:
+    while True:
+        info = _meminfo()
+        available = info.get("MemAvailable", info.get("MemFree", 0))
+        if _LOW_WATER["available"] is None or available < _LOW_WATER["available"]:
+            _LOW_WATER.update(available=available, total=info.get("MemTotal"), test=_CURRENT_TEST[0])
+        time.sleep(0.5)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _CURRENT_TEST[0] = nodeid
 
 
 def _marked_processes() -> list[tuple[int, str]]:
@@ -56,6 +86,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _LOW_WATER["available"] is not None:
+        terminalreporter.line(f"lowest available memory: {_LOW_WATER['available']} MiB of {_LOW_WATER['total']} MiB, "
+                              f"during {_LOW_WATER['test']}")
     left = getattr(config, "_streamtrain_left", [])
     if left:
         terminalreporter.section("processes left running by tests (killed now)", sep="=", red=True)

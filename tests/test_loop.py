@@ -156,6 +156,9 @@ class TwoIdenticalRanks:
         buffer *= 2
         return buffer
 
+    def allgatherv(self, buffer, counts):
+        return np.concatenate([buffer, buffer])
+
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("reg", [(0.0, 0.0), (0.01, 0.02)])
@@ -180,6 +183,38 @@ def test_gradients_through_a_reduction_update_as_the_one_process_step(optimizer,
         nets.append((net, losses))
     (a, la), (b, lb) = nets
     np.testing.assert_allclose(la, lb, rtol=1e-12)
+    for k in a.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("how,gathered", [("auto", 4), ("gather", 4), ("allreduce", 0)])
+def test_rows_of_codes_through_a_reduction_update_as_the_one_process_step(optimizer, how, gathered):
+    from streamtrain.model import Model
+    from streamtrain.nn.network import InputLayout, TwoLayerNet
+    from streamtrain.train.state import make_run_optimizer
+    from streamtrain.train.update import GradientStep, ReducedStep
+
+    cfg = TrainConfig(hidden=6, optimizer=optimizer, dtype="float64", lr=0.05, sparse_reduce=how)
+    rng = np.random.default_rng(5)
+    X = np.column_stack([rng.standard_normal(64), rng.integers(0, 50, 64), rng.integers(0, 30, 64)])
+    y = (X[:, 0] + (X[:, 1] < 20) > 0.5).astype(int)
+    nets = []
+    for cls, comm in ((GradientStep, None), (ReducedStep, TwoIdenticalRanks())):
+        layout = InputLayout([0], [0], [1, 2], [1, 51], [50, 30])
+        net = TwoLayerNet(3, 6, 1, seed=3, dtype="float64", layout=layout)
+        model = Model(net, None, None, [], None, None)
+        model.labels = type("L", (), {"task": "binary"})()
+        step = cls(cfg, model, make_run_optimizer(cfg), **({} if comm is None else {"comm": comm}))
+        assert step.sparse
+        losses = [step.update(X[a:a + 16], y[a:a + 16]).loss for a in range(0, 64, 16)]
+        nets.append((net, losses))
+    assert step.gathered_steps == gathered
+    (a, la), (b, lb) = nets
+    np.testing.assert_allclose(la, lb, rtol=1e-12)
+    untouched = np.setdiff1d(np.arange(81), np.r_[0, X[:, 1] + 1, X[:, 2] + 51].astype(int))
+    assert len(untouched)  # rows no batch selected: left as they were, by both
+    np.testing.assert_array_equal(a.params["W1"][untouched], b.params["W1"][untouched])
     for k in a.params:
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
 

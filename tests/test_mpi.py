@@ -236,7 +236,7 @@ def test_resume_at_another_world_size(long_args, uninterrupted_short, tmp_path, 
     assert proc.returncode == 143
     first = _step(latest_checkpoint(tmp_path)[2])
     r = _run(k_after, long_args(tmp_path, SHORT))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr + r.stdout[-2000:]
     arrays, meta = _final(tmp_path)
     # the same global position and global batch: the same number of steps, the same run up to float order
     assert first < _step(meta) == _step(uninterrupted[1])

@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from .functions import ACTIVATIONS, INITS, TASKS, correct_count
 
-__all__ = ["TwoLayerNet", "InputLayout", "RowGrad", "PARAM_NAMES"]
+__all__ = ["TwoLayerNet", "InputLayout", "RowGrad", "PARAM_NAMES", "sum_rows"]
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
@@ -28,7 +28,7 @@ class RowGrad:
         return out
 
 
-def _row_sums(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sum_rows(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct ``rows`` (sorted) and, for each, the sum of its ``values`` (summed in the
     order the rows were given: one order whether the result is scattered or kept sparse)."""
     order = np.argsort(rows, kind="stable")
@@ -151,7 +151,7 @@ class TwoLayerNet:
         picked = L.rows(X)  # (samples, code columns)
         compiled = _compiled_row_sums()
         rows, sums = compiled(picked, da1) if compiled is not None else \
-            _row_sums(picked.T.reshape(-1), np.tile(da1, (picked.shape[1], 1)))
+            sum_rows(picked.T.reshape(-1), np.tile(da1, (picked.shape[1], 1)))
         dense = X[:, L.dense_cols].T @ da1
         if sparse:
             return RowGrad(np.concatenate([L.dense_rows, rows]), np.concatenate([dense, sums]).astype(W1.dtype,

@@ -1,6 +1,6 @@
 """Compiled pieces of the gathered first layer's step (inputs that are codes): the sum of the
 hidden layer's gradient per selected row, and lazy Adam over the rows a step touched. numpy's
-forms (``network._row_sums``' reduceat, ``optim.Adam``'s fancy indexing) took most of a step on a
+forms (``network.sum_rows``' reduceat, ``optim.Adam``'s fancy indexing) took most of a step on a
 click log; the arithmetic here is theirs, in the same order."""
 
 from __future__ import annotations

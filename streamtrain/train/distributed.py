@@ -49,7 +49,7 @@ class Communicator:
     alone (rank 0 of 1: ``LOCAL``), where every method returns its argument or does nothing.
 
     A subclass (``MPICommunicator``) implements each method for its engine. The collective
-    methods (``allreduce``, ``broadcast``, ``broadcast_bytes``, ``allgather``, ``barrier``,
+    methods (``allreduce``, ``allgatherv``, ``broadcast``, ``broadcast_bytes``, ``allgather``, ``barrier``,
     ``finish``) are called by every process, in the same order.
 
     Attributes
@@ -92,6 +92,23 @@ class Communicator:
         -------
         ndarray of float64, shape (n,)
             ``buffer`` itself, now holding the sums (the same on every process).
+        """
+        return buffer
+
+    def allgatherv(self, buffer: np.ndarray, counts) -> np.ndarray:
+        """Every process's rows, one after another in rank order, on every process.
+
+        Parameters
+        ----------
+        buffer : ndarray of float64, shape (counts[rank], m)
+            This process's rows (contiguous; ``m`` the same on every process).
+        counts : sequence of int, length ``size``
+            Each process's row count, known to every process.
+
+        Returns
+        -------
+        ndarray of float64, shape (sum(counts), m)
+            Rank 0's rows, then rank 1's, ...
         """
         return buffer
 
@@ -189,6 +206,13 @@ class MPICommunicator(Communicator):
     def allreduce(self, buffer):
         self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
         return buffer
+
+    def allgatherv(self, buffer, counts):
+        width = int(np.prod(buffer.shape[1:], dtype=np.int64))
+        sizes = np.asarray(counts, dtype=np.int64) * width
+        out = np.empty((int(np.sum(counts)), *buffer.shape[1:]), dtype=np.float64)
+        self.comm.Allgatherv(np.ascontiguousarray(buffer, dtype=np.float64), (out, sizes))
+        return out
 
     def broadcast_bytes(self, data, root=0):
         n = np.array([0 if data is None else len(data)], dtype=np.int64)

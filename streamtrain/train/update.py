@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import TrainingError
 from ..nn import kernels, minibatch, online
-from ..nn.network import PARAM_NAMES, RowGrad
+from ..nn.network import PARAM_NAMES, RowGrad, sum_rows
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
@@ -198,6 +198,7 @@ class ReducedStep(GradientStep):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.comm_seconds = 0.0  # time in the allreduce (waiting for the slowest process included)
+        self.gathered_steps = 0  # steps whose touched rows of codes travelled as (row, gradient) pairs
 
     def update(self, X, T, step=0, w=None) -> Outcome:
         total, correct, grads, rows = self._reduced(X, T, self.weights(T, w))
@@ -208,54 +209,81 @@ class ReducedStep(GradientStep):
         """The mean loss, the rows right and the gradients over every process's rows of this step's
         global batch, and its rows. Each process's data gradients, weighted by its rows, its loss
         and its row count go in one contiguous buffer and one sum; the penalty (of the weights
-        every process shares) is added once, after."""
-        net = self.net
+        every process shares) is added once, after. The rows of codes that a step touched (lazy
+        updates) travel apart, as (row, gradient) pairs or as a sum of the whole matrix
+        (``_reduced_rows``)."""
+        net, comm = self.net, self.comm
         n = len(X)
         if n == 0:
             loss, correct, grads = 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}
         else:
             loss, correct, grads = self.gradients(X, T, w, 0.0, 0.0)
-        # Lazy updates of codes' rows: which rows each process's share touched travels too, so
-        # every process updates the rows the global batch touched, as one process would.
-        touched = net.params["W1"].shape[0] if self.sparse else 0
-        rows = grads["W1"].rows if isinstance(grads["W1"], RowGrad) else np.empty(0, np.intp)
-        if isinstance(grads["W1"], RowGrad):
-            grads = {**grads, "W1": grads["W1"].dense()}
-        sizes = [grads[k].size for k in PARAM_NAMES]
-        buf = np.empty(sum(sizes) + touched + 6, dtype=np.float64)
+        mine = None
+        if self.sparse:
+            mine = grads["W1"] if isinstance(grads["W1"], RowGrad) else \
+                RowGrad(np.empty(0, np.intp), np.empty((0, net.params["W1"].shape[1]), net.dtype), net.params["W1"].shape)
+        names = [k for k in PARAM_NAMES if mine is None or k != "W1"]
+        sizes = [grads[k].size for k in names]
+        counts = comm.size if mine is not None else 0  # each process's touched rows, in its own slot
+        buf = np.empty(sum(sizes) + counts + 6, dtype=np.float64)
         at = 0
-        for k, size in zip(PARAM_NAMES, sizes):
+        for k, size in zip(names, sizes):
             np.multiply(grads[k].reshape(-1), n, out=buf[at:at + size])
             at += size
-        if touched:
-            buf[at:at + touched] = 0
-            buf[at + rows] = 1
-            at += touched
-        buf[at:at + 6] = (loss * n, correct, *stop_votes(self.local_stop), n)
+        if counts:
+            buf[at:at + counts] = 0
+            buf[at + comm.rank] = len(mine.rows)
+        buf[at + counts:] = (loss * n, correct, *stop_votes(self.local_stop), n)
         started = time.perf_counter()
-        self.comm.allreduce(buf)
-        self.comm_seconds += time.perf_counter() - started
-        self.stop_everywhere = agreed_stop(buf[at + 2:at + 5])
+        comm.allreduce(buf)
+        self.stop_everywhere = agreed_stop(buf[-4:-1])
         total_n = int(buf[-1])  # the global batch's rows
         if total_n == 0:
+            self.comm_seconds += time.perf_counter() - started
             return 0.0, 0, {k: np.zeros_like(net.params[k]) for k in PARAM_NAMES}, 0
-        correct = int(round(buf[at + 1]))
+        out = {}
+        if counts:
+            out["W1"] = self._reduced_rows(mine, n, buf[at:at + counts].round().astype(np.int64), total_n)
+        self.comm_seconds += time.perf_counter() - started
+        correct = int(round(buf[-5]))
+        total = buf[-6] / total_n
         buf /= total_n
-        at, out = 0, {}
-        for k, size in zip(PARAM_NAMES, sizes):
+        at = 0
+        for k, size in zip(names, sizes):
             out[k] = buf[at:at + size].reshape(net.params[k].shape).astype(net.dtype)
             at += size
-        if touched:
-            rows = np.flatnonzero(buf[at:at + touched] > 0)
-            out["W1"] = RowGrad(rows, out["W1"][rows], out["W1"].shape)
-            at += touched
         for k in ("W1", "W2"):
             wk = net.params[k]
             if self.l2:
                 out[k] += self.l2 * wk
             if self.l1:
                 out[k] += self.l1 * np.sign(wk)
-        return float(buf[at]) + net.penalty(self.l1, self.l2), correct, out, total_n
+        return float(total) + net.penalty(self.l1, self.l2), correct, {k: out[k] for k in PARAM_NAMES}, total_n
+
+    def _reduced_rows(self, mine: RowGrad, n: int, counts: np.ndarray, total_n: int) -> RowGrad:
+        """The global batch's gradient of the rows of codes, from this process's ``mine`` (of its
+        ``n`` rows) and every process's count of touched rows: gathered as (row, gradient) pairs
+        when they are fewer than the matrix's rows (a click log's step touches a few thousand of
+        millions), else summed as the whole matrix with a mark per touched row. Every process
+        sums the same values in the same order (rank order): the same result everywhere."""
+        shape = mine.shape
+        width = shape[1] + 1  # the row's index, then its gradient
+        choice = getattr(self.config, "sparse_reduce", "auto")
+        if choice == "gather" or (choice == "auto" and int(counts.sum()) <= shape[0]):
+            pairs = np.empty((len(mine.rows), width), dtype=np.float64)
+            pairs[:, 0] = mine.rows
+            np.multiply(mine.values, n, out=pairs[:, 1:])
+            every = self.comm.allgatherv(pairs, counts)
+            rows, sums = sum_rows(every[:, 0].astype(np.intp), every[:, 1:])
+            self.gathered_steps += 1
+        else:
+            whole = np.zeros((shape[0], width), dtype=np.float64)
+            whole[mine.rows, 0] = 1
+            whole[mine.rows, 1:] = mine.values * n
+            self.comm.allreduce(whole.reshape(-1))
+            rows = np.flatnonzero(whole[:, 0] > 0)
+            sums = whole[rows, 1:]
+        return RowGrad(rows, (sums / total_n).astype(self.net.dtype), shape)
 
 
 def choose_update(config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0) -> Update:
