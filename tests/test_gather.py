@@ -254,3 +254,41 @@ def test_hash_bits_from_the_command(tmp_path):
     res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash-bits", "40"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "hash_bits" in res.stderr.replace("-", "_") and "Traceback" not in res.stderr
+
+
+# -- online learning (batch size 1) over codes: the compiled per-sample loop ---------------------------
+
+@pytest.mark.parametrize("options", [{}, {"hash_bits": 6, "lr_schedule": "invscaling"}, {"activation": "tanh"}])
+def test_the_compiled_online_loop_over_codes_equals_the_numpy_step(options, tmp_path):
+    from streamtrain import Trainer
+    from streamtrain.train.update import GradientStep, PerSampleSGD
+
+    flights(500).to_parquet(tmp_path / "f.parquet")
+    params = []
+    for compiled in (True, False):
+        t = Trainer(hidden=5, epochs=2, batch_size=1, optimizer="sgd", one_hot_max=0, dtype="float64", lr=0.02,
+                    compiled=compiled, seed=2, **options)
+        t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
+        assert isinstance(t.stepper, PerSampleSGD if compiled else GradientStep)
+        params.append(t.net.params)
+    for k in params[0]:  # (sums in another order: float64 rounding apart)
+        np.testing.assert_allclose(params[0][k], params[1][k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_a_diverged_online_block_over_codes_leaves_the_last_good_weights():
+    from streamtrain.config import TrainConfig
+    from streamtrain.model import Model
+    from streamtrain.nn.optim import SGD
+    from streamtrain.train.update import PerSampleSGD
+
+    layout = InputLayout([0], [0], [1], [1], [40])
+    net = TwoLayerNet(2, 4, 1, seed=1, dtype="float64", task="regression", layout=layout)
+    model = Model(net, None, None, [], None, None)
+    model.labels = type("L", (), {"task": "regression"})()
+    step = PerSampleSGD(TrainConfig(hidden=4, batch_size=1, optimizer="sgd", lr=1e6, dtype="float64"), model, SGD(1e6))
+    X = np.array([[1e200, 3], [1e200, 7], [2.0, 3]])
+    before = {k: v.copy() for k, v in net.params.items()}
+    out = step.update(X, np.array([1e200, -1e200, 0.0]))
+    assert np.isnan(out.loss_sum)
+    for k in before:
+        np.testing.assert_array_equal(net.params[k], before[k], err_msg=k)

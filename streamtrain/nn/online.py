@@ -19,7 +19,7 @@ from .functions import ACTIVATIONS, TASKS
 from .kernels import (ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, available, each_activation, each_task, targets_2d,
                       task_id)
 
-__all__ = ["available", "sgd_online", "targets_2d"]
+__all__ = ["available", "sgd_online", "sgd_online_codes", "targets_2d"]
 
 _exp_neg_f32 = None  # the shared exponential's name in the generated module, where _sigmoid_f32 calls it
 
@@ -30,7 +30,9 @@ def _parts() -> list:
     fast, opts = {"nsz", "arcp", "contract", "afn"}, dict(cache=True, nogil=True, error_model="numpy")
     return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast, **opts)),
             ("_sigmoid_f32", _sigmoid_f32, dict(fastmath=fast | {"reassoc"}, **opts)),
-            ("_loop", _loop, dict(cache=True, fastmath=True, nogil=True))]
+            ("_loop", _loop, dict(cache=True, fastmath=True, nogil=True)),
+            # (numpy's error model: a diverged row's inf / inf is a NaN that the caller reports, not an exception)
+            ("_loop_codes", _loop_codes, dict(cache=True, fastmath=True, nogil=True, error_model="numpy"))]
 
 
 # The compiled loop. numba is imported (by the generated module) on first use: it costs 0.1 s of
@@ -135,6 +137,98 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
         for j in range(h):
             b1[j] -= lr * da[j]
     return loss_sum, correct
+
+
+def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pragma: no cover - compiled
+    # The loop above for inputs that are codes (``network.InputLayout``), without a penalty: XD
+    # (rows, plain inputs) multiply W1's rows DR; P (rows, code columns) holds the W1 row each code
+    # selects, added to the hidden layer and updated alone (the rows no code selects have no gradient).
+    n, d = XD.shape
+    c = P.shape[1]
+    h = W1.shape[1]
+    o = W2.shape[1]
+    a = np.empty(h, W1.dtype)
+    da = np.empty(h, W1.dtype)
+    z = np.empty(o, W1.dtype)
+    E = np.empty(h, np.int32)
+    one, zero = 1.0, 0.0
+    sigmoid = tanh = False
+    with each_activation(act):
+        sigmoid, tanh = SIGMOID, TANH
+    loss_sum = 0.0
+    correct = 0
+    for i in range(n):
+        w_i, lr = R[i], LR[i]
+        for j in range(h):
+            a[j] = b1[j]
+        for k in range(d):
+            xk = XD[i, k]
+            r = DR[k]
+            for j in range(h):
+                a[j] += xk * W1[r, j]
+        for q in range(c):
+            r = P[i, q]
+            for j in range(h):
+                a[j] += W1[r, j]
+        if fast_exp and sigmoid:
+            _sigmoid_f32(a, E, tanh)
+        else:
+            for j in range(h):
+                s = a[j]
+                with each_activation(act):
+                    a[j] = ACTIVATE(s, one, zero)
+        for m in range(o):
+            z[m] = b2[m]
+        for j in range(h):
+            for m in range(o):
+                z[m] += a[j] * W2[j, m]
+        loss, right = 0.0, 0
+        with each_task(task):
+            loss, right = TASK_ROW(z, T[i], w_i, one)
+        loss_sum += loss
+        correct += right
+        for j in range(h):
+            s = 0.0
+            for m in range(o):
+                s += z[m] * W2[j, m]
+            aj = a[j]
+            with each_activation(act):
+                da[j] = s * DERIVATIVE(aj, one, zero)
+        for j in range(h):
+            for m in range(o):
+                W2[j, m] -= lr * (a[j] * z[m])
+        for m in range(o):
+            b2[m] -= lr * z[m]
+        for k in range(d):
+            xk = XD[i, k]
+            r = DR[k]
+            for j in range(h):
+                W1[r, j] -= lr * (xk * da[j])
+        for q in range(c):  # a row two columns select (one shared table) takes both steps
+            r = P[i, q]
+            for j in range(h):
+                W1[r, j] -= lr * da[j]
+        for j in range(h):
+            b1[j] -= lr * da[j]
+    return loss_sum, correct
+
+
+def sgd_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np.ndarray, lr, activation: str,
+                     task: str, weights: np.ndarray | None = None) -> tuple[float, int]:
+    """``sgd_online`` for a network whose inputs include codes (``layout``, an
+    ``network.InputLayout``), without a penalty: each row's step updates the rows of ``W1`` its
+    codes and its plain inputs select, and no other. ``X`` (rows, layout.n_cols); a code outside
+    its column is a ValueError before any step."""
+    n, t = len(X), X.dtype.type
+    picked = layout.rows(X)
+    rates = np.full(n, lr, X.dtype) if np.ndim(lr) == 0 else np.ascontiguousarray(lr, dtype=X.dtype)
+    R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
+    compiled, act = _generated.get(activation)
+    loss_sum, correct = compiled._loop_codes(params["W1"], params["b1"], params["W2"], params["b2"],
+                                             np.ascontiguousarray(X[:, layout.dense_cols]), layout.dense_rows,
+                                             np.ascontiguousarray(picked), targets_2d(T, X.dtype), R, rates, act,
+                                             task_id(task), X.dtype == np.float32)
+    return float(loss_sum), int(correct)
 
 
 def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, l1: float, l2: float,

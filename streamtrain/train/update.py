@@ -4,6 +4,7 @@
 
 - ``PerSampleSGD``: batch size 1 with plain SGD on one process: the compiled per-sample loop,
   a whole block of single-sample updates per call (``blocks``: the loader hands it whole groups);
+  with inputs that are codes too, unless a penalty moves every row at every step;
 - ``FusedSGD``: minibatches with plain SGD on one process: the fused compiled step (forward,
   backward and update in one call; it leaves the weights alone when the loss is not finite);
 - ``GradientStep``: another optimiser, or inputs that are codes (``nn.network.InputLayout``): the
@@ -119,19 +120,31 @@ class Update:
 
 
 class PerSampleSGD(Update):
-    """One SGD step per row, a block of rows per compiled call."""
+    """One SGD step per row, a block of rows per compiled call (inputs that are codes: the rows
+    of ``W1`` each row selects alone, without a penalty)."""
 
     blocks = compiled = True
 
     def update(self, X, T, step=0, w=None) -> Outcome:
-        params = self.net.params
-        before = {k: v.copy() for k, v in params.items()}
+        params, layout = self.net.params, self.net.layout
         lr = rates(self.config, step + np.arange(len(X)), self.total_steps) if self.scheduled else self.lr
-        loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
-                                              self.weights(T, w))
-        if not (np.isfinite(loss_sum) and all(np.isfinite(v).all() for v in params.values())):
+        # What a diverged block must give back: every array, or of W1 the rows the block selects
+        # (a table of millions of rows is not copied per block).
+        rows = slice(None) if layout is None else np.unique(np.r_[layout.dense_rows, layout.rows(X).reshape(-1)])
+        before = {k: (v[rows] if k == "W1" else v).copy() for k, v in params.items()}
+        if layout is None:
+            loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
+                                                  self.weights(T, w))
+        else:
+            loss_sum, correct = online.sgd_online_codes(params, layout, X, T, lr, self.net.activation, self.task,
+                                                        self.weights(T, w))
+        if not (np.isfinite(loss_sum) and all(np.isfinite(v[rows] if k == "W1" else v).all()
+                                              for k, v in params.items())):
             for k, v in before.items():  # leave the last good state
-                params[k][...] = v
+                if k == "W1":
+                    params[k][rows] = v
+                else:
+                    params[k][...] = v
             loss_sum = math.nan
         return Outcome(loss_sum, correct, len(X), len(X))
 
@@ -288,13 +301,13 @@ class ReducedStep(GradientStep):
 
 def choose_update(config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0) -> Update:
     """The strategy for this run's settings (see the module's documentation)."""
-    alone, sgd = comm.size == 1, config.optimizer == "sgd" and model.net.layout is None
+    alone, sgd, codes = comm.size == 1, config.optimizer == "sgd", model.net.layout is not None
     if not alone:
         cls = ReducedStep
     elif sgd and config.compiled and config.batch_size == 1 and config.scale != "batch-center" \
-            and kernels.available():
+            and kernels.available() and not (codes and (config.l1 or config.l2)):
         cls = PerSampleSGD
-    elif sgd and config.compiled and minibatch.available():
+    elif sgd and not codes and config.compiled and minibatch.available():
         cls = FusedSGD
     else:
         cls = GradientStep
