@@ -247,10 +247,14 @@ def test_one_shared_hashed_table_equals_the_summed_one_hot_model():
 
 def test_hash_bits_from_the_command(tmp_path):
     flights(600).to_parquet(tmp_path / "f.parquet")
-    _, arrays, meta = _trained(tmp_path, "--hash-bits", "10", "--epochs", "2")
+    # 21 bits: more rows than a column's own hash table may have (2**20), as Vowpal Wabbit's -b 22 would
+    _, arrays, meta = _trained(tmp_path, "--hash-bits", "21", "--hidden", "2", "--epochs", "2")
     assert meta["model"]["feature_names"] == ["distance", "distance:missing", "seats", "seats:missing", "carrier",
                                               "weather", "departs"]
-    assert arrays["param.W1"].shape[0] == 5 + 1025  # the numbers' rows, then the one table
+    assert arrays["param.W1"].shape[0] == 5 + (1 << 21) + 1  # the numbers' rows, then the one table
+    res = subprocess.run([str(BIN), "predict", str(tmp_path / "r"), str(tmp_path / "f.parquet"), "--out",
+                          str(tmp_path / "p.parquet")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
     res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash-bits", "40"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "hash_bits" in res.stderr.replace("-", "_") and "Traceback" not in res.stderr

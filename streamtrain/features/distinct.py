@@ -43,6 +43,8 @@ class DistinctCount:
         arr = _arrow(values)
         h = fmix64(hash64(arr))  # fmix64 spreads FNV's poorly mixed high bits over the whole range
         h = h[~null_mask(arr)]
+        if len(self._mins) == self.k:  # full: only a hash below the k-th smallest can enter (a chunk's few)
+            h = h[h < self._mins[-1]]
         return self._absorb(np.unique(h))
 
     def merge(self, other: DistinctCount) -> DistinctCount:

@@ -46,6 +46,8 @@ MAX_LABEL_CLASSES = 1000
 #: Input names are the column's name and a value, cut to this many characters.
 MAX_VALUE_CHARS = 60
 MAX_COLUMNS = 100_000
+#: The most bits of one hashed table shared by every column (``--hash-bits``; Vowpal Wabbit's ``-b`` goes to 32).
+MAX_HASH_BITS = 28
 _UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
@@ -97,8 +99,8 @@ class EncodingOptions:
 
     def __post_init__(self):
         if self.hash_bits is not None and (isinstance(self.hash_bits, bool) or not isinstance(self.hash_bits, int)
-                                           or not 1 <= self.hash_bits <= 28):
-            raise ConfigError(f"hash_bits is an integer in [1, 28], not {self.hash_bits!r}")
+                                           or not 1 <= self.hash_bits <= MAX_HASH_BITS):
+            raise ConfigError(f"hash_bits is an integer in [1, {MAX_HASH_BITS}], not {self.hash_bits!r}")
         if not isinstance(self.crosses, (list, tuple)) or not all(
                 isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) and p[0] != p[1]
                 for p in self.crosses):
@@ -540,15 +542,16 @@ def _column_from_state(c, what: str):
                          "integer in [0, 2**64)")
     if kind == "categorical":
         return _OneHot(name, cats=Categories.from_state(c.get("categories")), gather=c.get("gather", False))
+    # (one table shared by every column has --hash-bits' rows, up to 2**MAX_HASH_BITS)
     if kind == "hashed":
-        b = c.get("buckets")
-        if type(b) is not int or not 1 <= b <= 1 << 20:
-            raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 20}]")
+        b, most = c.get("buckets"), 1 << (MAX_HASH_BITS if shared else 20)
+        if type(b) is not int or not 1 <= b <= most:
+            raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {most}]")
         return _OneHot(name, buckets=b, gather=c.get("gather", False), shared=shared, salt=salt)
     if kind == "cross":
-        b, pair = c.get("buckets"), c.get("columns")
-        if type(b) is not int or not 1 <= b <= 1 << 24:
-            raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {1 << 24}]")
+        b, pair, most = c.get("buckets"), c.get("columns"), 1 << (MAX_HASH_BITS if shared else 24)
+        if type(b) is not int or not 1 <= b <= most:
+            raise ValueError(f"{what}: column {name!r}: buckets must be an integer in [1, {most}]")
         if not isinstance(pair, list) or len(pair) != 2 or not all(_short_str(x) for x in pair) \
                 or pair[0] == pair[1] or name != f"{pair[0]}*{pair[1]}":
             raise ValueError(f"{what}: column {name!r}: columns must be two distinct names, the cross named by them")
