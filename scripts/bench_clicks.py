@@ -76,6 +76,47 @@ def _vw_text(table, path: Path) -> None:
     path.write_text("\n".join(lines.tolist()) + "\n")
 
 
+class _PeakMemory:
+    """The peak memory of a process and its descendants (a forked checkpoint writer among them),
+    sampled every quarter second: the sum of their proportional set sizes, which counts a page
+    that several of them share once (their resident sizes would count it in each)."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.peak, self._done = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self, pid: int) -> list[int]:
+        out = [pid]
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                for child in (task / "children").read_text().split():
+                    out += self._tree(int(child))
+        except OSError:
+            pass
+        return out
+
+    def _run(self) -> None:
+        while not self._done.wait(0.25):
+            total = 0
+            for pid in self._tree(self.pid):
+                try:
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        """The peak in KiB."""
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
 def _metrics(y: np.ndarray, p: np.ndarray) -> dict:
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -109,24 +150,33 @@ def main() -> None:
               "machine": os.cpu_count(), "streamtrain": {}, "vw": {}}
 
     batch = ["--batch-size", "256"]
-    for name, extra in (("streamtrain", batch), ("streamtrain_crosses", [*batch, "--cross", CROSSES]),
-                        ("streamtrain_shared", [*batch, "--hash-bits", str(args.vw_bits)]),
-                        ("streamtrain_online", ONLINE)):
+    # (the last: the first command again with its checkpoints copied before they are written, not
+    # written by a forked process: what the fork saves in memory)
+    for name, extra, env in (("streamtrain", batch, {}), ("streamtrain_crosses", [*batch, "--cross", CROSSES], {}),
+                             ("streamtrain_shared", [*batch, "--hash-bits", str(args.vw_bits)], {}),
+                             ("streamtrain_online", ONLINE, {}),
+                             ("streamtrain_copied_snapshots", batch, {"STREAMTRAIN_FORK_SNAPSHOT_MB": "1e9"})):
         run = work / name
         cmd = [str(BIN), "train", str(work / "train.parquet"), "--label", "click", "--hash-buckets",
                str(args.buckets), "--epochs", "1", *extra, "--checkpoint-dir", str(run)]
         t = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **env})
+        peak = _PeakMemory(proc.pid)
+        err = proc.stderr.read()
+        proc.wait()
         seconds = time.perf_counter() - t
-        if res.returncode:
-            raise SystemExit(res.stderr)
+        if proc.returncode:
+            raise SystemExit(err)
         res = subprocess.run([str(BIN), "predict", str(run), str(work / "test.parquet"), "--out",
                               str(work / f"{name}.parquet")], capture_output=True, text=True)
         if res.returncode:
             raise SystemExit(res.stderr)
         p = pq.read_table(work / f"{name}.parquet").column("p_1").to_numpy()  # (p_0, p_1, prediction)
         result[name] = {"command": " ".join(cmd[1:]).replace(str(work) + "/", ""), "seconds": seconds,
-                        "rows_per_s": train.num_rows / seconds, **_metrics(y_test, p)}
+                        "rows_per_s": train.num_rows / seconds, "peak_pss_mb": peak.stop() / 1024,
+                        "checkpoint_mb": sum(f.stat().st_size for f in run.glob("ckpt-*.npz")) / 2**20,
+                        **_metrics(y_test, p)}
 
     if Path(args.vw_python).exists():
         _vw_text(train, work / "train.vw")
@@ -141,11 +191,12 @@ def main() -> None:
                         "seconds": vw_seconds, "rows_per_s": train.num_rows / vw_seconds, **_metrics(y_test, pv)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"click log: {args.rows:,} rows, {train.num_rows:,} trained, the last day ({test.num_rows:,}) held out")
-    for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "streamtrain_online", "vw"):
+    for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "streamtrain_online",
+                 "streamtrain_copied_snapshots", "vw"):
         r = result.get(name)
         if r:
             print(f"  {name:20s} {r['rows_per_s']:>10,.0f} rows/s  auc {r['auc']:.4f}  log_loss {r['log_loss']:.4f}"
-                  f"  ({r['seconds']:.1f} s)")
+                  f"  ({r['seconds']:.1f} s" + (f", peak {r['peak_pss_mb']:,.0f} MB)" if "peak_pss_mb" in r else ")"))
 
 
 if __name__ == "__main__":

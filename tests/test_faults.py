@@ -84,6 +84,39 @@ def test_killed_at_random_moments_many_times(data, tmp_path, reference):
     assert _digest(tmp_path) == reference
 
 
+def _running_with(text: str) -> list[int]:
+    """Processes whose command line holds ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_killed_while_a_forked_process_writes_its_checkpoints(data, tmp_path, reference):
+    # Every checkpoint written by a forked copy of the trainer (as a model of gigabytes is): the
+    # trainer SIGKILLed at random moments takes its writer with it, and the run resumes exactly.
+    rng = np.random.default_rng(1)
+    fork = {"STREAMTRAIN_FORK_SNAPSHOT_MB": "0"}
+    for _ in range(3):
+        proc = _train(data, tmp_path, env=fork, wait=False)
+        time.sleep(float(rng.uniform(1.2, 2.5)))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        deadline = time.monotonic() + 5
+        while _running_with(str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running_with(str(tmp_path)), "a forked writer outlived its trainer"
+        found = latest_checkpoint(tmp_path, warn=lambda m: None)
+        assert found is None or found[0].name.startswith("ckpt-")
+    assert _train(data, tmp_path, env=fork).returncode == 0
+    assert _digest(tmp_path) == reference
+
+
 def test_a_second_trainer_on_the_same_directory_is_refused(tmp_path):
     with DirectoryLock(tmp_path):
         with pytest.raises(CheckpointError, match=f"another trainer \\(pid {os.getpid()}\\)"):

@@ -20,8 +20,15 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, write) -> None:
+    def submit(self, write, fork: bool = False) -> None:
+        """Run ``write()`` beside training. ``fork``: in a forked copy of this process instead (its
+        memory shared with this one, a page copied only when training changes it), so ``write``
+        may read the live arrays rather than a snapshot of them: a model of gigabytes is not
+        copied. Unix only; not in an MPI process (``fork_snapshots`` says where it is safe)."""
         self.wait()
+        if fork:
+            self._thread = _forked(write, self._fail)
+            return
 
         def run():
             try:
@@ -31,6 +38,9 @@ class BackgroundWriter:
 
         self._thread = threading.Thread(target=run, name="streamtrain-checkpoint")
         self._thread.start()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
 
     def wait_quietly(self) -> None:
         """Block until the last write is done, dropping its error (another one is on its way up)."""
@@ -47,6 +57,61 @@ class BackgroundWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def fork_snapshots(processes: int) -> bool:
+    """Whether checkpoints may be written by a forked process here: Unix, and this process alone
+    (``processes``: of its job; MPI libraries do not support fork while their network is open)."""
+    return hasattr(os, "fork") and hasattr(os, "waitpid") and processes == 1
+
+
+def _forked(write, fail) -> threading.Thread:
+    """Fork; the child runs ``write()`` and exits (0, or 1 with the error's text on a pipe); a
+    thread of this process waits for it and hands ``fail`` a ``CheckpointError`` if it failed.
+    Returns that thread."""
+    import ctypes
+    import warnings
+
+    from ..errors import CheckpointError
+
+    try:  # resolved before the fork: the child must not load libraries (another thread may hold the loader's lock)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        prctl = None
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    with warnings.catch_warnings():
+        # (Python 3.12 warns of fork in a process with threads: the child here takes no lock that
+        # another thread may hold; it writes files with modules already imported, then _exits.)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: this process's memory as it was at the fork
+        code = 0
+        try:
+            os.close(read_end)
+            if prctl is not None:  # end with the trainer (a killed trainer's writer must not outlive it)
+                prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+            if os.getppid() != parent:  # (it died before that was set)
+                os._exit(1)
+            write()
+        except BaseException as e:  # noqa: BLE001 - whatever it is, the parent reports it
+            os.write(write_end, (str(e) or type(e).__name__).encode(errors="replace")[:4000])
+            code = 1
+        os._exit(code)
+    os.close(write_end)
+
+    def wait() -> None:
+        with os.fdopen(read_end, "rb") as fh:
+            said = fh.read().decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        if status:
+            code = os.waitstatus_to_exitcode(status)
+            fail(CheckpointError(said or f"the checkpoint writer (process {pid}) ended with status {code}; "
+                                 "the previous checkpoint is kept"))
+
+    thread = threading.Thread(target=wait, name="streamtrain-checkpoint-fork")
+    thread.start()
+    return thread
 
 
 _CRASH_COUNTS: dict[str, int] = {}

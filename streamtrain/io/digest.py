@@ -14,7 +14,7 @@ def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
     for name in sorted(arrays):
         a = np.asarray(arrays[name], order="C")
         h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
-        h.update(a.tobytes())
+        h.update(a.reshape(-1).view(np.uint8))  # the bytes in place: a copy would double a 1 GiB table
     return h.hexdigest()
 
 

@@ -69,9 +69,12 @@ class RunDirectory:
         invalid ones are reported and moved aside (``.invalid``); none valid is an error."""
         return latest_checkpoint(self.path, warn, schema, set_aside=True)
 
-    def save(self, arrays: dict, meta: dict, step: int, keep: int, schema: Schema | None = None) -> Path:
+    def save(self, arrays: dict, meta: dict, step: int, keep: int, schema: Schema | None = None,
+             fork: bool = False) -> Path:
         """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones.
-        With ``schema``, a checkpoint its loader would refuse is not written (``CheckpointError``)."""
+        With ``schema``, a checkpoint its loader would refuse is not written (``CheckpointError``).
+        ``fork``: written by a forked process (``BackgroundWriter.submit``): ``arrays`` may be the
+        live arrays, not a snapshot."""
         self.check()
         path = self.path / checkpoint_name(step)
 
@@ -83,7 +86,7 @@ class RunDirectory:
                                       "the previous checkpoint is kept") from None
             rotate(self.path, keep)
 
-        self.writer.submit(write)
+        self.writer.submit(write, fork=fork)
         return path
 
     def keep_as_best(self, path: Path) -> None:

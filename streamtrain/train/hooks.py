@@ -23,6 +23,7 @@ run (a checkpoint is written), and ``fit`` returns (raising ``Interrupted`` for 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import sys
@@ -31,7 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from ..errors import TrainingError
+from ..io.background import fork_snapshots
+from .distributed import active
 from .update import divergence
 
 __all__ = ["Every", "Hook", "schedule", "DivergenceGuard", "Validation", "EarlyStopping", "EpochLog",
@@ -155,6 +160,16 @@ class EpochLog(Hook):
         self.log(format_epoch(record, trainer.config.epochs))
 
 
+#: Checkpoints of parameters and optimiser state at least this large are written by a forked process
+#: (``STREAMTRAIN_FORK_SNAPSHOT_MB``; smaller ones are copied, which costs less than a fork).
+FORK_SNAPSHOT_BYTES = int(float(os.environ.get("STREAMTRAIN_FORK_SNAPSHOT_MB", "256")) * 2**20)
+
+
+def _state_bytes(trainer) -> int:
+    return sum(v.nbytes for v in trainer.net.params.values()) + \
+        sum(np.asarray(v).nbytes for v in trainer.optimizer.state_dict().values())
+
+
 class Checkpointer(Hook):
     """Checkpoints into the run directory: every ``checkpoint_every`` batches, every
     ``checkpoint_seconds``, at every epoch's end (``best.npz`` too with ``keep_best``), and when
@@ -172,8 +187,12 @@ class Checkpointer(Hook):
         self.last_save = time.monotonic()
         from .schema import TRAINER
 
+        # A model of gigabytes (a click log's table and its optimiser's state) is written by a forked
+        # process that sees it as it was, not from a copy that would double the run's memory.
+        fork = fork_snapshots(active().size) and _state_bytes(trainer) >= FORK_SNAPSHOT_BYTES
         # with the schema: a checkpoint its own loader would refuse is never written
-        return self.rundir.save(*trainer.checkpoint_contents(), trainer.global_step, self.config.keep, TRAINER)
+        return self.rundir.save(*trainer.checkpoint_contents(copy=not fork), trainer.global_step, self.config.keep,
+                                TRAINER, fork=fork)
 
     def on_batch_end(self, trainer, rows, loss):
         cfg = self.config

@@ -71,12 +71,13 @@ def make_run_optimizer(config: TrainConfig, arrays: dict[str, np.ndarray] | None
 
 
 def checkpoint_contents(config: TrainConfig, model, optimizer, state: TrainState,
-                        fingerprint: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``(arrays, meta)`` of a checkpoint: a snapshot (copies), so training may go on while it is written."""
+                        fingerprint: dict[str, Any], copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(arrays, meta)`` of a checkpoint: a snapshot (copies), so training may go on while it is
+    written; ``copy=False``: the live arrays (for a writer that sees them frozen: a forked one)."""
     arrays = {**model.arrays(), **{f"optim.{k}": v for k, v in optimizer.state_dict().items()}, **state.arrays()}
     meta = {"streamtrain_version": __version__, "config": config.to_dict(), "model": model.meta(),
             "state": state.meta(), "fingerprint": fingerprint}
-    return {k: np.array(v) for k, v in arrays.items()}, json.loads(json.dumps(meta))
+    return {k: np.array(v) if copy else np.asarray(v) for k, v in arrays.items()}, json.loads(json.dumps(meta))
 
 
 def restore(arrays: dict[str, np.ndarray], meta: dict[str, Any]):

@@ -245,15 +245,15 @@ class Trainer:
         return self
 
     # -- checkpoints ------------------------------------------------------------
-    def checkpoint_contents(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``(arrays, meta)`` of a checkpoint of this moment (a snapshot)."""
+    def checkpoint_contents(self, copy: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)`` of a checkpoint of this moment (a snapshot; ``copy=False``: the live arrays)."""
         for k, v in self.net.params.items():
             if not np.all(np.isfinite(v)):
                 raise divergence(f"batch step {self.global_step} (parameter {k} is not finite; no checkpoint "
                                  "written)")
         if self.sampler is not None:
             self.state.sampler = self.sampler.state_dict()
-        return checkpoint_contents(self.config, self.model, self.optimizer, self.state, self.fingerprint)
+        return checkpoint_contents(self.config, self.model, self.optimizer, self.state, self.fingerprint, copy)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the current model and training state to a checkpoint file."""

@@ -1,0 +1,109 @@
+"""Checkpoints of big models are written by a forked copy of the trainer, which sees the arrays as
+they were at the fork (a page is copied only when training changes it), instead of from a snapshot
+that would double the run's memory: the same files as the copying writer, bitwise."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from streamtrain import CheckpointError, TrainConfig, Trainer
+from streamtrain.io.checkpoint import load_checkpoint
+from streamtrain.io.resolve import list_checkpoints
+from streamtrain.train import hooks
+
+
+def _fit(tmp_path, name, threshold, monkeypatch, epochs_extra=False, **config):
+    monkeypatch.setattr(hooks, "FORK_SNAPSHOT_BYTES", threshold)
+    forks = []
+    real = os.fork
+
+    def counted():
+        forks.append(1)
+        return real()
+
+    monkeypatch.setattr(os, "fork", counted)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 6))
+    y = (X[:, 0] - X[:, 1] > 0).astype(int)
+    t = Trainer(TrainConfig(hidden=16, epochs=4 if epochs_extra else 3, batch_size=8, optimizer="adam", dtype="float64", checkpoint_every=40,
+                            keep=1000, seed=1, **config))
+    t.fit((X, y), checkpoint_dir=tmp_path / name, resume=epochs_extra, log=None)
+    return len(forks), list_checkpoints(tmp_path / name)
+
+
+def _untimed(meta):
+    """The metadata without the figures of time (seconds, rates), which differ between any two runs."""
+    if isinstance(meta, dict):
+        return {k: _untimed(v) for k, v in meta.items() if "seconds" not in k and not k.endswith("per_s")}
+    return meta
+
+
+def test_a_forked_writer_writes_the_checkpoints_a_copying_one_writes(tmp_path, monkeypatch):
+    forked, a = _fit(tmp_path, "forked", 0, monkeypatch)
+    copied, b = _fit(tmp_path, "copied", 1 << 62, monkeypatch)
+    assert copied == 0 and forked == len(a) > 10  # (training went on while each was written)
+    assert [p.name for p in a] == [p.name for p in b]
+    for pa, pb in zip(a, b):
+        (xa, ma), (xb, mb) = load_checkpoint(pa), load_checkpoint(pb)
+        assert _untimed(ma) == _untimed(mb)
+        for k in xb:
+            np.testing.assert_array_equal(xa[k], xb[k], err_msg=f"{pa.name}: {k}")
+
+
+def test_a_forked_writer_that_fails_is_reported_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
+    _, before = _fit(tmp_path, "r", 1 << 62, monkeypatch)
+    monkeypatch.setenv("STREAMTRAIN_CRASH_AT", "after_data")  # the writer dies, as kill -9 would end it
+    with pytest.raises(CheckpointError, match=r"checkpoint writer \(process \d+\) ended with status 137; the "
+                                              "previous checkpoint is kept"):
+        _fit(tmp_path, "r", 0, monkeypatch, epochs_extra=True)
+    assert list_checkpoints(tmp_path / "r") == before
+    load_checkpoint(before[0])
+
+
+def test_a_snapshot_for_a_forked_writer_is_the_live_arrays(tmp_path):
+    t = Trainer(TrainConfig(hidden=4, epochs=1))
+    t.fit((np.ones((20, 2)), np.arange(20) % 2), log=None)
+    live, _ = t.checkpoint_contents(copy=False)
+    copied, _ = t.checkpoint_contents()
+    for name, p in t.net.params.items():
+        assert np.shares_memory(live[f"param.{name}"], p) and not np.shares_memory(copied[f"param.{name}"], p)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not yet reaped by whoever adopted it, does not)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def test_a_forked_writer_ends_with_its_trainer(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import os, sys, time
+from pathlib import Path
+from streamtrain.io.background import BackgroundWriter
+def write():
+    print(os.getpid(), flush=True)
+    time.sleep(20)
+    Path({str(tmp_path / "late")!r}).write_text("written after the trainer died")
+BackgroundWriter().submit(write, fork=True)
+time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    writer = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while _alive(writer) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(writer), "the writer outlived its trainer"
+    assert not (tmp_path / "late").exists()
