@@ -1,0 +1,184 @@
+"""MPI across hosts: each host a Linux network namespace with its own hostname (a UTS namespace, so
+the MPI library cannot join ranks of different hosts through shared memory), joined by a veth link
+with link-local addresses that route nowhere else. ``mpiexec`` runs inside the first host and
+starts the others' ranks through hydra's ssh launcher, whose command here enters a host's
+namespaces the way ssh enters a machine. Needs CAP_NET_ADMIN (CI runs as root); skipped, saying
+so, where namespaces cannot be made. Every namespace and link is removed whatever happens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamtrain import make_data
+from streamtrain.io.resolve import latest_checkpoint
+
+from .test_mpi import BIN, MPIEXEC, _assert_close, _final, _step
+
+pytestmark = pytest.mark.slow
+
+LAUNCHER = """#!/bin/sh
+# hydra's ssh launcher runs: THIS [ssh options] HOST COMMAND...; host hN is the namespace {prefix}N
+while [ "${{1#-}}" != "$1" ]; do shift; done
+host=$1; shift
+exec ip netns exec "{prefix}${{host#h}}" unshare --uts sh -c "hostname $host && exec $*"
+"""
+
+
+class Hosts:
+    """``n`` hosts h0, h1, ... as network namespaces joined by veth links to h0 (169.254.77.x/24)."""
+
+    def __init__(self, n: int, where: Path):
+        self.prefix = f"st{os.getpid() % 100000}h"
+        self.n, self.where, self.made = n, where, []
+        try:
+            for i in range(n):
+                self._ip("netns", "add", self.name(i))
+                self.made.append(self.name(i))
+                self._ip("-n", self.name(i), "link", "set", "lo", "up")
+            for i in range(1, n):  # a link from h0 to hi
+                self._ip("link", "add", self.dev(0, i), "netns", self.name(0), "type", "veth", "peer", "name",
+                         self.dev(i, 0), "netns", self.name(i))
+                self._ip("-n", self.name(0), "addr", "add", f"169.254.77.{i * 2 - 1}/31", "dev", self.dev(0, i))
+                self._ip("-n", self.name(i), "addr", "add", f"169.254.77.{i * 2 - 2}/31", "dev", self.dev(i, 0))
+                for a, b in ((0, i), (i, 0)):
+                    self._ip("-n", self.name(a), "link", "set", self.dev(a, b), "up")
+        except BaseException:
+            self.remove()
+            raise
+        self.launcher = where / "launch.sh"
+        self.launcher.write_text(LAUNCHER.format(prefix=self.prefix))
+        self.launcher.chmod(0o755)
+
+    def name(self, i: int) -> str:
+        return f"{self.prefix}{i}"
+
+    def dev(self, a: int, b: int) -> str:
+        return f"{self.prefix}{a}v{b}"
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+    def command(self, per_host: list[int], args: list[str]) -> list[str]:
+        """``mpiexec`` inside h0, ``per_host[i]`` ranks of ``streamtrain ARGS`` on host hi."""
+        hostfile = self.where / f"hosts-{'-'.join(map(str, per_host))}"
+        hostfile.write_text("".join(f"h{i}:{k}\n" for i, k in enumerate(per_host) if k))
+        launch = [str(MPIEXEC), "-f", str(hostfile), "-launcher", "ssh", "-launcher-exec", str(self.launcher),
+                  "-iface", self.dev(0, 1), "-n", str(sum(per_host)), str(BIN), *args]
+        inner = " ".join(f"'{a}'" for a in launch)
+        return ["ip", "netns", "exec", self.name(0), "unshare", "--uts", "sh", "-c", f"hostname h0 && exec {inner}"]
+
+    def pids(self, i: int) -> list[int]:
+        """The processes running on host hi."""
+        out = subprocess.run(["ip", "netns", "pids", self.name(i)], capture_output=True, text=True, timeout=30)
+        return [int(p) for p in out.stdout.split()]
+
+    def remove(self) -> None:
+        for name in self.made:  # (a namespace's links go with it)
+            subprocess.run(["ip", "netns", "pids", name], capture_output=True)
+            for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.made = []
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    try:
+        made = Hosts(2, tmp_path_factory.mktemp("hosts"))
+    except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as e:
+        said = getattr(e, "stderr", None) or e
+        pytest.skip(f"two hosts cannot be made here as network namespaces (needs CAP_NET_ADMIN and iproute2): {said}")
+    yield made
+    made.remove()
+    assert not any(n.startswith(made.prefix) for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                                       text=True).stdout.split())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hosts-data") / "d.h5"
+    make_data(path, rows=6000, features=8, chunk_rows=500, seed=3, compression="gzip")
+    return path
+
+
+def _commands(pids: list[int]) -> set[str]:
+    """The programs the processes run (their first argument)."""
+    out = set()
+    for pid in pids:
+        try:
+            out.add(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1 if _is_python(pid) else 0].decode())
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        return "python" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+
+
+def _args(data, ckpt, *extra):
+    return ["train", str(data), "--hidden", "8", "--batch-size", "60", "--epochs", "2", "--dtype", "float64",
+            "--val-fraction", "0.2", "--window-mb", "0.1", "--checkpoint-dir", str(ckpt), "--quiet", *extra]
+
+
+@pytest.mark.parametrize("per_host,options", [([1, 1], "--shuffle window --optimizer adam --decoder process"),
+                                              ([2, 1], "--shuffle global --optimizer momentum --momentum 0.8")])
+def test_ranks_on_two_hosts_train_the_run_of_one_process(hosts, data, tmp_path, per_host, options):
+    alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", *options.split())], capture_output=True,
+                           text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    proc = subprocess.Popen(hosts.command(per_host, _args(data, tmp_path / "hosts", *options.split())),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while proc.poll() is None:  # the ranks run on their hosts: streamtrain processes in h1's namespace
+        seen.update(_commands(hosts.pids(1)))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err + out[-2000:]
+    assert any(c.endswith("/streamtrain") for c in seen), seen
+    (got, meta), (ref, ref_meta) = _final(tmp_path / "hosts"), _final(tmp_path / "one")
+    assert _step(meta) == _step(ref_meta) == 160
+    _assert_close(got, ref, rtol=1e-12)
+
+
+def test_a_lost_host_ends_the_job_and_the_hosts_left_resume_at_the_same_position(hosts, data, tmp_path):
+    # 6 epochs of 480 steps, a checkpoint every 200: the job is still running when h1 is lost
+    args = _args(data, tmp_path / "run", "--epochs", "6", "--batch-size", "10", "--optimizer", "adam",
+                 "--checkpoint-every", "200", "--keep", "2", "--resume")
+    alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", "--epochs", "6", "--batch-size", "10",
+                                             "--optimizer", "adam")], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    proc = subprocess.Popen(hosts.command([1, 1], args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(tmp_path / "run", warn=lambda m: None) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before h1 could be lost"
+    lost = time.monotonic()
+    for pid in hosts.pids(1):  # every process of h1, its MPI proxy among them, as a machine that dies
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - lost < 30
+    stopped = _step(latest_checkpoint(tmp_path / "run")[2])
+    # the same command on the host that remains (one process): from the last checkpoint, the same global batch
+    r = subprocess.run(["ip", "netns", "exec", hosts.name(0), str(BIN), *args], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    got, meta = _final(tmp_path / "run")
+    ref, ref_meta = _final(tmp_path / "one")
+    assert 0 < stopped < _step(meta) == _step(ref_meta)
+    _assert_close(got, ref, rtol=1e-10)
