@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,12 +133,19 @@ def main() -> None:
     ap.add_argument("--vw-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "clicks.json"))
     args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
+    try:
+        _run(args, work)
+    finally:  # (gigabytes of data, checkpoints and predictions)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, work: Path) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from streamtrain.clicks import make_clicks
 
-    work = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
     make_clicks(work / "all.parquet", args.rows, seed=0)
     table = pq.read_table(work / "all.parquet")
     last_day = pc.max(table.column("time")).as_py().date()
