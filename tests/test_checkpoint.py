@@ -120,7 +120,7 @@ def test_checkpoints_written_in_the_background_hold_the_state_of_their_step(tmp_
     trainer = Trainer(cfg)
     trainer.fit(data, checkpoint_dir=tmp_path / "bg", log=None)
     monkeypatch.setattr(state_module, "save_checkpoint", real_save)
-    monkeypatch.setattr(BackgroundWriter, "submit", lambda self, write: write())  # synchronous saves
+    monkeypatch.setattr(BackgroundWriter, "submit", lambda self, write, **kw: write())  # synchronous saves
     Trainer(cfg).fit(data, checkpoint_dir=tmp_path / "sync", log=None)
     bg, sync = sorted((tmp_path / "bg").glob("ckpt-*.npz")), sorted((tmp_path / "sync").glob("ckpt-*.npz"))
     assert [p.name for p in bg] == [p.name for p in sync] and len(bg) == 3000 // 10 * 2 // 50

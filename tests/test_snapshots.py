@@ -5,6 +5,7 @@ that would double the run's memory: the same files as the copying writer, bitwis
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ import pytest
 from streamtrain import CheckpointError, TrainConfig, Trainer
 from streamtrain.io.checkpoint import load_checkpoint
 from streamtrain.io.resolve import list_checkpoints
+from streamtrain.io import rundir
 from streamtrain.train import hooks
+
+from .test_checkpoint import _untimed
 
 
 def _fit(tmp_path, name, threshold, monkeypatch, epochs_extra=False, **config):
@@ -25,6 +29,13 @@ def _fit(tmp_path, name, threshold, monkeypatch, epochs_extra=False, **config):
         return real()
 
     monkeypatch.setattr(os, "fork", counted)
+    real_save = rundir.save_checkpoint
+
+    def slow_save(*args, **kw):  # a slow disk: training goes on, changing the arrays, while it writes
+        time.sleep(0.02)
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(rundir, "save_checkpoint", slow_save)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3000, 6))
     y = (X[:, 0] - X[:, 1] > 0).astype(int)
@@ -32,13 +43,6 @@ def _fit(tmp_path, name, threshold, monkeypatch, epochs_extra=False, **config):
                             keep=1000, seed=1, **config))
     t.fit((X, y), checkpoint_dir=tmp_path / name, resume=epochs_extra, log=None)
     return len(forks), list_checkpoints(tmp_path / name)
-
-
-def _untimed(meta):
-    """The metadata without the figures of time (seconds, rates), which differ between any two runs."""
-    if isinstance(meta, dict):
-        return {k: _untimed(v) for k, v in meta.items() if "seconds" not in k and not k.endswith("per_s")}
-    return meta
 
 
 def test_a_forked_writer_writes_the_checkpoints_a_copying_one_writes(tmp_path, monkeypatch):
@@ -107,3 +111,38 @@ time.sleep(60)
         time.sleep(0.02)
     assert not _alive(writer), "the writer outlived its trainer"
     assert not (tmp_path / "late").exists()
+
+
+# -- a model loaded to predict: its optimiser's state checked, not kept ------------------------------
+
+def _flip_last_byte(path, member: str) -> None:
+    """Change the last data byte of an (uncompressed) NPZ member in place."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    with open(path, "r+b") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+        at = info.header_offset + 30 + name_len + extra_len + info.file_size - 1
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_model_loaded_to_predict_reads_its_optimizer_state_through_the_checksum_only(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((400, 5))
+    y = (X[:, 0] > 0).astype(int)
+    Trainer(TrainConfig(hidden=6, epochs=2, optimizer="adam")).fit((X, y), checkpoint_dir=tmp_path / "r", log=None)
+    path = list_checkpoints(tmp_path / "r")[0]
+    full, slim = Trainer.load(path), Trainer.load(path, optimizer_state=False)
+    np.testing.assert_array_equal(full.predict_proba(X), slim.predict_proba(X))
+    assert full.optimizer.state_dict() and not slim.optimizer.state_dict()
+    arrays, _ = load_checkpoint(path, keep=lambda name: not name.startswith("optim."))
+    assert arrays and not any(k.startswith("optim.") for k in arrays)
+    _flip_last_byte(path, "optim.m.W1.npy")  # an array it does not keep is still checked
+    with pytest.raises(CheckpointError, match="checksum mismatch|Bad CRC-32 for file 'optim.m.W1.npy'"):
+        Trainer.load(path, optimizer_state=False)

@@ -34,7 +34,7 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
 
     Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
     """
-    trainer = Trainer.load(checkpoint)
+    trainer = Trainer.load(checkpoint, optimizer_state=False)  # (it predicts: no optimiser state)
     ds = trainer.open_like_training(_open_selected(trainer, data, features, label))
     if split != "all":
         cfg = trainer.config
@@ -83,7 +83,7 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
 
     Example: streamtrain predict runs/bc data/breast_cancer.parquet --out predictions.csv
     """
-    trainer = Trainer.load(checkpoint)
+    trainer = Trainer.load(checkpoint, optimizer_state=False)  # (it predicts: no optimiser state)
     ds = trainer.open_like_training(_open_selected(trainer, data, features, label), need_label=False)
     with _progress(f"predicting {ds.path}", ds.n_rows, every=log_every) as progress:
         # a checkpoint directory may take new files (a run's own files are refused anyway)

@@ -6,6 +6,7 @@ cannot execute code. The checksum covers the metadata and every array
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .atomic import atomic_path
-from .digest import _digest
+from .digest import _digest, array_header
 from .background import crash_point
 
 __all__ = ['FORMAT_VERSION', 'save_checkpoint', 'MAX_META_BYTES', 'MAX_JSON_DEPTH', 'MAX_MEMBERS', 'MAX_UNCHECKED_BYTES', 'Schema', 'json_depth', 'check_loadable', 'load_checkpoint']
@@ -163,6 +164,19 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape, dtype, offse
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
+def _hash_member(digest, zf: zipfile.ZipFile, info: zipfile.ZipInfo, offset: int) -> None:
+    """Feed the member's data (after its header) to ``digest`` 16 MiB at a time."""
+    left = info.file_size - offset
+    with zf.open(info) as fh:
+        fh.seek(offset)
+        while left:
+            piece = fh.read(min(left, 16 << 20))
+            if not piece:
+                raise EOFError("array data ends early")
+            digest.update(piece)
+            left -= len(piece)
+
+
 def _expect(meta: dict, schema: Schema | None, headers: dict) -> None:
     """Check the arrays the file declares (names, dtypes, shapes) against what ``meta`` implies."""
     if schema is None:
@@ -192,13 +206,15 @@ def _expect(meta: dict, schema: Schema | None, headers: dict) -> None:
                              f"{np.dtype(dtype)} {tuple(shape)}")
 
 
-def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None
+def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None, keep=None
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of a checkpoint file, after verifying its checksum.
 
     Nothing is trusted: member count, metadata size and nesting, and every array's declared
     dtype and shape are checked before data is read (against ``schema``, the model the
-    metadata describes, where given); any problem is a ``CheckpointError``.
+    metadata describes, where given); any problem is a ``CheckpointError``. ``keep(name)``, where
+    given, says which arrays to return: the others are read through the checksum in pieces and
+    dropped (a model's optimiser state, twice its size, for a prediction).
     """
     if hasattr(path, "read"):  # the bytes of a checkpoint, in memory (broadcast to other processes)
         source, path = path, Path(getattr(path, "name", "<checkpoint>"))
@@ -233,13 +249,22 @@ def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None
             if schema is not None:
                 meta = schema.upgrade(meta)
             _expect(meta, schema, headers)
-            arrays = {name: _read_member(zf, infos[name], *h) for name, h in headers.items()}
+            arrays = {name: _read_member(zf, infos[name], *h) for name, h in headers.items()
+                      if keep is None or keep(name)}
+            digest = hashlib.sha256(meta_bytes)
+            for name in sorted(headers):
+                shape, dtype, offset = headers[name]
+                digest.update(array_header(name, dtype, shape))
+                if name in arrays:
+                    digest.update(arrays[name].reshape(-1).view(np.uint8))
+                else:
+                    _hash_member(digest, zf, infos[name], offset)
     except CheckpointError:
         raise
     except (OSError, ValueError, TypeError, KeyError, IndexError, zipfile.BadZipFile, EOFError,
             RecursionError, UnicodeDecodeError, NotImplementedError, OverflowError, MemoryError) as e:
         raise CheckpointError(f"{path}: not a valid streamtrain checkpoint ({_one_line(e)})") from None
-    if _digest(meta_bytes, arrays) != expected.decode("ascii", "replace"):
+    if digest.hexdigest() != expected.decode("ascii", "replace"):
         raise CheckpointError(f"{path}: checksum mismatch; the file is corrupt")
     if schema is not None:
         try:

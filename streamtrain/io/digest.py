@@ -6,14 +6,19 @@ import hashlib
 
 import numpy as np
 
-__all__ = ['params_digest']
+__all__ = ['params_digest', 'array_header']
+
+
+def array_header(name: str, dtype: np.dtype, shape: tuple) -> bytes:
+    """What the checksum takes of an array before its bytes (in C order)."""
+    return f"{name}|{np.dtype(dtype).str}|{tuple(shape)}".encode()
 
 
 def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256(meta_bytes)
     for name in sorted(arrays):
         a = np.asarray(arrays[name], order="C")
-        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(array_header(name, a.dtype, a.shape))
         h.update(a.reshape(-1).view(np.uint8))  # the bytes in place: a copy would double a 1 GiB table
     return h.hexdigest()
 

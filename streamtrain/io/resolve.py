@@ -39,9 +39,9 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
 
 
 def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | None = None,
-                      set_aside: bool = False):
+                      set_aside: bool = False, keep=None):
     """``(path, arrays, meta)`` of the newest checkpoint that loads (and fits ``schema``), or None
-    when the directory holds no checkpoint at all.
+    when the directory holds no checkpoint at all (``keep``: which arrays, see ``load_checkpoint``).
 
     A newer checkpoint that fails to load is reported through ``warn`` and skipped (with
     ``set_aside``, renamed ``*.invalid`` so it cannot outrank the checkpoints written after it),
@@ -52,7 +52,7 @@ def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | 
     found = list_checkpoints(directory)
     for i, p in enumerate(found):
         try:
-            arrays, meta = load_checkpoint(p, schema)
+            arrays, meta = load_checkpoint(p, schema, keep)
         except CheckpointError as e:
             if i + 1 == len(found):
                 raise CheckpointError(f"{e}; no valid checkpoint left in {directory}") from None
@@ -66,15 +66,16 @@ def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | 
     return None
 
 
-def resolve_checkpoint(path: str | os.PathLike, schema: Schema | None = None, warn=None):
-    """``(path, arrays, meta)`` from a checkpoint file, or from a directory's newest valid one."""
+def resolve_checkpoint(path: str | os.PathLike, schema: Schema | None = None, warn=None, keep=None):
+    """``(path, arrays, meta)`` from a checkpoint file, or from a directory's newest valid one
+    (``keep``: which arrays, see ``load_checkpoint``)."""
     path = Path(path)
     if path.is_dir():
-        found = latest_checkpoint(path, warn, schema)
+        found = latest_checkpoint(path, warn, schema, keep=keep)
         if found is None:
             raise CheckpointError(f"{path}: no checkpoint in this directory")
         return found
-    arrays, meta = load_checkpoint(path, schema)
+    arrays, meta = load_checkpoint(path, schema, keep)
     return path, arrays, meta
 
 

@@ -264,9 +264,12 @@ class Trainer:
             raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)})") from None
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Trainer":
-        """A Trainer restored from a checkpoint file or directory (its newest valid checkpoint)."""
-        _, arrays, meta = resolve_checkpoint(path, TRAINER)
+    def load(cls, path: str | os.PathLike, optimizer_state: bool = True) -> "Trainer":
+        """A Trainer restored from a checkpoint file or directory (its newest valid checkpoint);
+        ``optimizer_state=False``: without the optimiser's state (checked, not kept), for a model
+        that only predicts (Adam's state is twice the parameters)."""
+        keep = None if optimizer_state else (lambda name: not name.startswith("optim."))
+        _, arrays, meta = resolve_checkpoint(path, TRAINER, keep=keep)
         config, model, optimizer, state, fingerprint = restore(arrays, meta)
         t = cls(config)
         t.model, t.optimizer, t.state, t.fingerprint = model, optimizer, state, fingerprint
