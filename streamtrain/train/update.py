@@ -130,7 +130,7 @@ class PerSampleSGD(Update):
         lr = rates(self.config, step + np.arange(len(X)), self.total_steps) if self.scheduled else self.lr
         # What a diverged block must give back: every array, or of W1 the rows the block selects
         # (a table of millions of rows is not copied per block).
-        rows = slice(None) if layout is None else np.unique(np.r_[layout.dense_rows, layout.rows(X).reshape(-1)])
+        rows = slice(None) if layout is None else _selected_rows(layout, X, len(params["W1"]))
         before = {k: (v[rows] if k == "W1" else v).copy() for k, v in params.items()}
         if layout is None:
             loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
@@ -150,6 +150,15 @@ class PerSampleSGD(Update):
 
     def advance(self, sampler, rows: int) -> None:
         sampler.advance(rows)
+
+
+def _selected_rows(layout, X: np.ndarray, n_rows: int) -> np.ndarray:
+    """The rows of ``W1`` that the rows of ``X`` select, sorted (marks in a table of its rows: several
+    times faster than ``np.unique`` of a block's codes)."""
+    mark = np.zeros(n_rows, dtype=bool)
+    mark[layout.dense_rows] = True
+    mark[layout.rows(X)] = True
+    return np.flatnonzero(mark)
 
 
 class FusedSGD(Update):
