@@ -251,6 +251,27 @@ def test_batch_size_1_is_refused_across_ranks(data, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_every_rank_failing_alike_says_it_once_whichever_is_first(data, tmp_path):
+    # Rank 0 held back 7 s where the settings are checked (a plug-in wraps the check): rank 1 fails
+    # first, yet the job says the error once, as rank 0, with no rank named (they agree all failed).
+    (tmp_path / "slow_rank0.py").write_text(textwrap.dedent("""
+        import os, time
+        from streamtrain.train import trainer
+        check = trainer.check_settings
+        def slow(cfg, comm, *args):
+            if comm.rank == 0:
+                time.sleep(7)
+            return check(cfg, comm, *args)
+        trainer.check_settings = slow
+        """))
+    env = {**os.environ, "STREAMTRAIN_PLUGINS": "slow_rank0",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = _run(2, [a if a != "60" else "1" for a in _args(data, tmp_path / "r")], env=env)
+    assert r.returncode == 2
+    assert r.stderr.count("error:") == 1 and "rank 1" not in r.stderr, r.stderr
+    assert "batch_size 1 on 2 processes" in r.stderr
+
+
 def test_an_error_on_one_rank_ends_the_job_naming_it(tmp_path):
     # A damaged chunk that only rank 1 reads in the split statistics pass (chunks 1, 3, 5, ...).
     import h5py

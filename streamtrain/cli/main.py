@@ -69,24 +69,39 @@ def _show_library_warnings() -> None:
 
 def _fail(message: str, code: int, debug: bool, everywhere: bool = False) -> None:
     """Say ``message`` (one line) and end with ``code``; ``everywhere``: every process of an MPI job
-    is expected to fail alike (a setting, the command line), so rank 0 should be the one to say it."""
+    is expected to fail alike (a setting, the command line), so they wait longer for each other."""
     comm = active_communicator()
+    speak, everyone = True, None
     if comm.size > 1 and code not in (130, 143):
-        # MPI's model: an error on one process ends the job. Rank 0 speaks first; the others wait a
-        # moment so that, where every rank fails alike, the job ends before they repeat it (longer
-        # where that is expected: a loaded machine can take seconds to deliver rank 0's abort).
-        if comm.rank:
-            time.sleep(5.0 if everywhere else 0.5)
-        message = message.replace("error: ", f"error: rank {comm.rank}: ", 1)
+        # MPI's model: an error on one process ends the job. Where every process failed (within the
+        # wait: long where that is expected, as a loaded machine can hold one back for seconds), rank
+        # 0 alone says so, once; else this process says its own error, naming itself.
+        everyone = comm.agree_on_failure(message, 30.0 if everywhere else 2.0)
+        if everyone is None:
+            message = message.replace("error: ", f"error: rank {comm.rank}: ", 1)
+        else:
+            speak = comm.rank == 0
+            message = _one_error(everyone)
     elif comm.size > 1 and comm.rank:
         message = ""  # an interrupt: every rank stops at the same step; rank 0 says so
     if debug:
         traceback.print_exc()
-    if message:  # one line, whatever the message holds
+    if message and speak:  # one line, whatever the message holds
         _echo_err(" ".join(message.split()) if "\n" in message else message)
     if comm.size > 1 and code not in (130, 143):
+        if everyone is not None:
+            comm.said_failure()  # (rank 0's line reaches the launcher before any process ends the job)
+            if not speak:  # rank 0's abort ends this process (an abort here would add MPI's own line)
+                time.sleep(30.0)
         comm.abort(code)  # once the launcher has read the line
     exit_now(code)
+
+
+def _one_error(messages: list[str]) -> str:
+    """Every process's error as one: the message where they are alike, else each rank's."""
+    if len(set(messages)) == 1:
+        return messages[0]
+    return "error: " + "; ".join(f"rank {r}: {m.removeprefix('error: ')}" for r, m in enumerate(messages))
 
 
 def exit_now(code: int) -> None:

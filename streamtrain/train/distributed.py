@@ -165,6 +165,29 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every process is here."""
 
+    def agree_on_failure(self, message: str, timeout: float) -> list[str] | None:
+        """Every process's error ``message``, by rank, where every process fails within ``timeout``
+        seconds of this one; None where some did not (an error of this process alone). Apart from
+        training's collectives (its own communicator), so a process that does not fail never takes
+        part by mistake.
+
+        Parameters
+        ----------
+        message : str
+            This process's error (one line; cut to 1,000 bytes).
+        timeout : float
+            Seconds to wait for the others.
+
+        Returns
+        -------
+        list of str, length ``size``, or None
+        """
+        return [message]
+
+    def said_failure(self, timeout: float = 10.0) -> None:
+        """After ``agree_on_failure``: rank 0 has said it (its line forwarded); every process waits
+        for that here (at most ``timeout`` s) before it ends the job."""
+
     def abort(self, code: int) -> None:
         """End every process of the job now, with ``code``: MPI's way out of an error on one rank
         (MPI: once the launcher has read what this process wrote). Does not return.
@@ -202,6 +225,7 @@ class MPICommunicator(Communicator):
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size = node.Get_size()
         node.Free()
+        self._failures = self.comm.Dup()  # errors' collectives: never matched with training's
 
     def allreduce(self, buffer):
         self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
@@ -237,6 +261,27 @@ class MPICommunicator(Communicator):
     def barrier(self):
         self.comm.Barrier()
 
+    def agree_on_failure(self, message, timeout):
+        import time
+
+        width = 1000
+        mine = np.zeros(width, np.uint8)
+        raw = message.encode(errors="replace")[:width]
+        mine[:len(raw)] = np.frombuffer(raw, np.uint8)
+        every = np.zeros(width * self.size, np.uint8)
+        request = self._failures.Iallgather(mine, every)
+        if not _completes(request, time.monotonic() + timeout):
+            return None  # (left pending: the job is ending)
+        return [bytes(every[r * width:(r + 1) * width]).rstrip(b"\0").decode(errors="replace")
+                for r in range(self.size)]
+
+    def said_failure(self, timeout=10.0):
+        import time
+
+        if self.rank == 0:
+            _wait_forwarded()
+        _completes(self._failures.Ibarrier(), time.monotonic() + timeout)
+
     def abort(self, code):
         _wait_forwarded()
         self.comm.Abort(code)
@@ -248,6 +293,17 @@ class MPICommunicator(Communicator):
         self.comm.Barrier()
         if not self.MPI.Is_finalized():
             self.MPI.Finalize()
+
+
+def _completes(request, deadline: float) -> bool:
+    """Whether an MPI request completes before ``deadline`` (``time.monotonic``), polling."""
+    import time
+
+    while not request.Test():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _wait_forwarded(timeout: float = 5.0) -> None:
