@@ -30,8 +30,11 @@ def _parts() -> list:
     fast, opts = {"nsz", "arcp", "contract", "afn"}, dict(cache=True, nogil=True, error_model="numpy")
     return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast, **opts)),
             ("_sigmoid_f32", _sigmoid_f32, dict(fastmath=fast | {"reassoc"}, **opts)),
-            ("_loop", _loop, dict(cache=True, fastmath=True, nogil=True)),
             # (numpy's error model: a diverged row's inf / inf is a NaN that the caller reports, not an exception)
+            ("_scratch", _scratch, dict(cache=True, nogil=True)),
+            ("_activate", _activate, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
+            ("_score_and_back", _score_and_back, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
+            ("_loop", _loop, dict(cache=True, fastmath=True, nogil=True)),
             ("_loop_codes", _loop_codes, dict(cache=True, fastmath=True, nogil=True, error_model="numpy"))]
 
 
@@ -55,19 +58,58 @@ def _sigmoid_f32(a, E, tanh):  # pragma: no cover - compiled
             a[j] = two * a[j] - one
 
 
+def _scratch(W1, W2, act):  # pragma: no cover - compiled
+    # A row's hidden activations, their gradient, the output and the exponential's scratch; whether
+    # the activation is the sigmoid or tanh (flags set once, so the vectorised sigmoid has one call site)
+    h, o = W1.shape[1], W2.shape[1]
+    sigmoid = tanh = False
+    with each_activation(act):
+        sigmoid, tanh = SIGMOID, TANH
+    return np.empty(h, W1.dtype), np.empty(h, W1.dtype), np.empty(o, W1.dtype), np.empty(h, np.int32), sigmoid, tanh
+
+
+def _activate(a, E, act, fast, tanh):  # pragma: no cover - compiled
+    # a <- the activation of a, in place; fast: float32's sigmoid (tanh(s) = 2 sigmoid(2s) - 1) through
+    # the minibatch step's vectorised exponential (E: its scratch)
+    one, zero = 1.0, 0.0  # the activations' constants: float64, as the loops' sums
+    if fast:
+        _sigmoid_f32(a, E, tanh)
+    else:
+        for j in range(a.size):
+            s = a[j]
+            with each_activation(act):
+                a[j] = ACTIVATE(s, one, zero)
+
+
+def _score_and_back(a, z, da, W2, b2, t, w, act, task):  # pragma: no cover - compiled
+    # From the hidden activations a: z <- the output's logits, then (the task's row function) the
+    # row's weighted dL/dz; da <- dL/d(the hidden layer's input), through W2 before it changes.
+    # Returns the row's (loss, right).
+    one, zero = 1.0, 0.0
+    h, o = W2.shape
+    for m in range(o):
+        z[m] = b2[m]
+    for j in range(h):
+        for m in range(o):
+            z[m] += a[j] * W2[j, m]
+    loss, right = 0.0, 0
+    with each_task(task):
+        loss, right = TASK_ROW(z, t, w, one)
+    for j in range(h):
+        s = 0.0
+        for m in range(o):
+            s += z[m] * W2[j, m]
+        aj = a[j]
+        with each_activation(act):
+            da[j] = s * DERIVATIVE(aj, one, zero)
+    return loss, right
+
+
 def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: no cover - compiled
     # R: each row's loss weight; LR: the learning rate of each row's step (a schedule's values)
     n, d = X.shape
-    h = W1.shape[1]
-    o = W2.shape[1]
-    a = np.empty(h, W1.dtype)
-    da = np.empty(h, W1.dtype)
-    z = np.empty(o, W1.dtype)
-    E = np.empty(h, np.int32)
-    one, zero = 1.0, 0.0  # the activations' constants: float64, as the loop's sums
-    sigmoid = tanh = False
-    with each_activation(act):  # (flags set once, so the vectorised sigmoid has one call site, as it had)
-        sigmoid, tanh = SIGMOID, TANH
+    h, o = W1.shape[1], W2.shape[1]
+    a, da, z, E, sigmoid, tanh = _scratch(W1, W2, act)
     loss_sum = 0.0
     correct = 0
     for i in range(n):
@@ -80,23 +122,9 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
             xk = x[k]
             for j in range(h):
                 a[j] += xk * W1[k, j]
-        if fast_exp and sigmoid:  # float32: tanh(s) = 2 sigmoid(2s) - 1, as in the minibatch step
-            _sigmoid_f32(a, E, tanh)
-        else:
-            for j in range(h):
-                s = a[j]
-                with each_activation(act):
-                    a[j] = ACTIVATE(s, one, zero)
-        # forward: output layer
-        for m in range(o):
-            z[m] = b2[m]
-        for j in range(h):
-            for m in range(o):
-                z[m] += a[j] * W2[j, m]
-        # loss and dL/dz (into z); the prediction is scored before the row's update (test, then train)
-        loss, right = 0.0, 0
-        with each_task(task):
-            loss, right = TASK_ROW(z, T[i], w_i, one)
+        _activate(a, E, act, fast_exp and sigmoid, tanh)
+        # the prediction is scored before the row's update (test, then train)
+        loss, right = _score_and_back(a, z, da, W2, b2, T[i], w_i, act, task)
         loss_sum += loss
         correct += right
         # the penalty of the weights this sample's loss was computed with
@@ -111,14 +139,6 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
                     w = W2[j, m]
                     pen += 0.5 * l2 * w * w + l1 * abs(w)
             loss_sum += pen
-        # backward through the output weights (before they change)
-        for j in range(h):
-            s = 0.0
-            for m in range(o):
-                s += z[m] * W2[j, m]
-            aj = a[j]
-            with each_activation(act):
-                da[j] = s * DERIVATIVE(aj, one, zero)
         # SGD updates, regularisation from the current weights. Without L1 the term is l1 itself (a zero
         # of the network's type): a float64 0.0 made these loops float64 and unvectorised (-25% rows/s).
         for j in range(h):
@@ -145,16 +165,8 @@ def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pr
     # selects, added to the hidden layer and updated alone (the rows no code selects have no gradient).
     n, d = XD.shape
     c = P.shape[1]
-    h = W1.shape[1]
-    o = W2.shape[1]
-    a = np.empty(h, W1.dtype)
-    da = np.empty(h, W1.dtype)
-    z = np.empty(o, W1.dtype)
-    E = np.empty(h, np.int32)
-    one, zero = 1.0, 0.0
-    sigmoid = tanh = False
-    with each_activation(act):
-        sigmoid, tanh = SIGMOID, TANH
+    h, o = W1.shape[1], W2.shape[1]
+    a, da, z, E, sigmoid, tanh = _scratch(W1, W2, act)
     loss_sum = 0.0
     correct = 0
     for i in range(n):
@@ -170,30 +182,10 @@ def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pr
             r = P[i, q]
             for j in range(h):
                 a[j] += W1[r, j]
-        if fast_exp and sigmoid:
-            _sigmoid_f32(a, E, tanh)
-        else:
-            for j in range(h):
-                s = a[j]
-                with each_activation(act):
-                    a[j] = ACTIVATE(s, one, zero)
-        for m in range(o):
-            z[m] = b2[m]
-        for j in range(h):
-            for m in range(o):
-                z[m] += a[j] * W2[j, m]
-        loss, right = 0.0, 0
-        with each_task(task):
-            loss, right = TASK_ROW(z, T[i], w_i, one)
+        _activate(a, E, act, fast_exp and sigmoid, tanh)
+        loss, right = _score_and_back(a, z, da, W2, b2, T[i], w_i, act, task)
         loss_sum += loss
         correct += right
-        for j in range(h):
-            s = 0.0
-            for m in range(o):
-                s += z[m] * W2[j, m]
-            aj = a[j]
-            with each_activation(act):
-                da[j] = s * DERIVATIVE(aj, one, zero)
         for j in range(h):
             for m in range(o):
                 W2[j, m] -= lr * (a[j] * z[m])
@@ -219,7 +211,7 @@ def sgd_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np
     ``network.InputLayout``), without a penalty: each row's step updates the rows of ``W1`` its
     codes and its plain inputs select, and no other. ``X`` (rows, layout.n_cols); a code outside
     its column is a ValueError before any step."""
-    n, t = len(X), X.dtype.type
+    n = len(X)
     picked = layout.rows(X)
     rates = np.full(n, lr, X.dtype) if np.ndim(lr) == 0 else np.ascontiguousarray(lr, dtype=X.dtype)
     R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
