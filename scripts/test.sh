@@ -5,4 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 ensure_venv test
+# The tests across hosts make them as network namespaces with iproute2's `ip` (as root, as in CI).
+if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -qq iproute2 || { apt-get update -qq && apt-get install -y -qq iproute2; }; } >/dev/null 2>&1 \
+    || echo "warning: iproute2 could not be installed: the tests across hosts will be skipped" >&2
+fi
 exec .venv/bin/python -m pytest "$@"
