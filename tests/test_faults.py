@@ -97,6 +97,7 @@ def _running_with(text: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("data", ["numeric"], indirect=True)  # (the writer does not care what the table holds)
 def test_killed_while_a_forked_process_writes_its_checkpoints(data, tmp_path, reference):
     # Every checkpoint written by a forked copy of the trainer (as a model of gigabytes is): the
     # trainer SIGKILLed at random moments takes its writer with it, and the run resumes exactly.

@@ -182,3 +182,4 @@ def test_a_lost_host_ends_the_job_and_the_hosts_left_resume_at_the_same_position
     ref, ref_meta = _final(tmp_path / "one")
     assert 0 < stopped < _step(meta) == _step(ref_meta)
     _assert_close(got, ref, rtol=1e-10)
+

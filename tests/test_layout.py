@@ -95,7 +95,7 @@ def test_the_compiled_code_implements_the_tables_names():
     # the compiled code as written from the table: one branch per entry wherever it takes the
     # activation, and no branch for an unknown code
     step = {fn.__name__: fn for fn in minibatch._FUNCTIONS}  # as written (the compiled ones are bound over the names)
-    for fn in (online._loop, step["_activate"], step["_grads"]):
+    for fn in (online._activate, online._score_and_back, step["_activate"], step["_grads"]):
         chains = []
         for node in ast.walk(ast.parse(kernels.source(fn, ACTIVATIONS, tasks=TASKS))):
             if isinstance(node, ast.If) and ast.unparse(node.test) == "act == 0":
@@ -108,7 +108,7 @@ def test_the_compiled_code_implements_the_tables_names():
         assert chains and all(c == [f"act == {k}" for k in range(len(ACTIVATIONS))] for c in chains), fn.__name__
     # and the tasks: each loop's per-row loss dispatches from the tasks table to its row function
     assert [kernels.task_id(name) for name in TASKS] == list(range(len(TASKS)))
-    for fn in (online._loop, step["_loss_delta"]):
+    for fn in (online._score_and_back, step["_loss_delta"]):
         text = kernels.source(fn, ACTIVATIONS, tasks=TASKS)
         tests = [ast.unparse(n.test) for n in ast.walk(ast.parse(text)) if isinstance(n, ast.If)
                  and ast.unparse(n.test).startswith("task ==")]

@@ -654,6 +654,45 @@ def test_redis_dead_letters_and_acknowledges_after_the_checkpoint(served, redis_
     client.close()
 
 
+def test_redis_click_rows_train_a_model_of_codes(served, redis_url, tmp_path):
+    # A click log's model (every categorical column hashed into one table of 2**14 rows, entering as
+    # codes), trained by `train`, learns on from Redis entries of raw click rows (strings, missing
+    # values): every row of the table the streamed rows select moves, every other row stays bitwise
+    # what training left, with no optimiser state.
+    import pyarrow.parquet as pq
+
+    from streamtrain import Trainer
+    from streamtrain.clicks import make_clicks
+
+    make_clicks(tmp_path / "c.parquet", 3000, seed=1)
+    run = tmp_path / "run"
+    trained = subprocess.run([str(BIN), "train", str(tmp_path / "c.parquet"), "--label", "click", "--hash-bits", "14",
+                              "--hidden", "8", "--epochs", "1", "--optimizer", "adam", "--drop", "time",
+                              "--checkpoint-dir", str(run), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    before, _ = final_state(run)
+    table = pq.read_table(tmp_path / "c.parquet").slice(0, 200).drop_columns(["time"])
+    rows = [{k: v for k, v in r.items()} for r in table.to_pylist()]
+    xadd_all(redis_url, "clicks", [rows[i:i + 50] for i in range(0, 200, 50)])
+    svc = served(f"{redis_url}?stream=clicks", "--init-from", run, settings=["--batch-size", "20"]).start()
+    svc.wait_received(200)
+    wait_for(lambda: svc.status()["rows_trained"] == 200, 60, "the click rows trained")
+    assert svc.stop() == 0
+    after, _ = final_state(svc.dir)
+    model = Trainer.load(run, optimizer_state=False)
+    X = model.model.encoding.transform(table, model.net.dtype, "the click rows")
+    selected = np.zeros(len(before["param.W1"]), bool)
+    selected[model.net.layout.dense_rows] = True
+    selected[model.net.layout.rows(X).reshape(-1)] = True
+    untouched = ~selected
+    assert untouched.sum() > len(selected) // 2
+    W1, w1 = after["param.W1"], before["param.W1"]
+    np.testing.assert_array_equal(W1[untouched], w1[untouched])
+    assert (W1[selected] != w1[selected]).any(axis=1).all()
+    for name in ("optim.m.W1", "optim.v.W1"):  # (the service's Adam starts afresh from the trained weights)
+        assert not after[name][untouched].any() and after[name][selected].any(axis=1).all(), name
+
+
 def test_redis_one_service_per_consumer_group(served, redis_url):
     assert_one_service_per_group(served, f"{redis_url}?stream=rows&group=g1",
                                  "consumer group 'g1' of Redis stream 'rows'")
