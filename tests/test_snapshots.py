@@ -146,3 +146,21 @@ def test_a_model_loaded_to_predict_reads_its_optimizer_state_through_the_checksu
     _flip_last_byte(path, "optim.m.W1.npy")  # an array it does not keep is still checked
     with pytest.raises(CheckpointError, match="checksum mismatch|Bad CRC-32 for file 'optim.m.W1.npy'"):
         Trainer.load(path, optimizer_state=False)
+
+
+def test_where_fork_fails_the_checkpoint_is_written_before_training_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    def no_fork():
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(hooks, "FORK_SNAPSHOT_BYTES", 0)
+    monkeypatch.setattr(os, "fork", no_fork)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 4))
+    t = Trainer(TrainConfig(hidden=4, epochs=2, checkpoint_every=5, keep=100, seed=1))
+    t.fit((X, (X[:, 0] > 0).astype(int)), checkpoint_dir=tmp_path / "r", log=None)
+    saved = list_checkpoints(tmp_path / "r")
+    assert len(saved) > 5
+    for p in saved:
+        load_checkpoint(p)

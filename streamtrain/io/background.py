@@ -27,7 +27,10 @@ class BackgroundWriter:
         copied. Unix only; not in an MPI process (``fork_snapshots`` says where it is safe)."""
         self.wait()
         if fork:
-            self._thread = _forked(write, self._fail)
+            try:
+                self._thread = _forked(write, self._fail)
+            except OSError:  # no fork (memory for its page tables, a process limit): written here, now,
+                write()      # before training changes the live arrays
             return
 
         def run():
@@ -80,11 +83,16 @@ def _forked(write, fail) -> threading.Thread:
         prctl = None
     read_end, write_end = os.pipe()
     parent = os.getpid()
-    with warnings.catch_warnings():
-        # (Python 3.12 warns of fork in a process with threads: the child here takes no lock that
-        # another thread may hold; it writes files with modules already imported, then _exits.)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    try:
+        with warnings.catch_warnings():
+            # (Python 3.12 warns of fork in a process with threads: the child here takes no lock that
+            # another thread may hold; it writes files with modules already imported, then _exits.)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
     if pid == 0:  # the child: this process's memory as it was at the fork
         code = 0
         try:
