@@ -206,13 +206,14 @@ def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pr
 
 
 def sgd_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np.ndarray, lr, activation: str,
-                     task: str, weights: np.ndarray | None = None) -> tuple[float, int]:
+                     task: str, weights: np.ndarray | None = None, picked: np.ndarray | None = None
+                     ) -> tuple[float, int]:
     """``sgd_online`` for a network whose inputs include codes (``layout``, an
     ``network.InputLayout``), without a penalty: each row's step updates the rows of ``W1`` its
     codes and its plain inputs select, and no other. ``X`` (rows, layout.n_cols); a code outside
-    its column is a ValueError before any step."""
+    its column is a ValueError before any step (``picked``: ``layout.rows(X)``, where the caller has it)."""
     n = len(X)
-    picked = layout.rows(X)
+    picked = layout.rows(X) if picked is None else picked
     rates = np.full(n, lr, X.dtype) if np.ndim(lr) == 0 else np.ascontiguousarray(lr, dtype=X.dtype)
     R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
     compiled, act = _generated.get(activation)

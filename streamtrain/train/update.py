@@ -130,14 +130,15 @@ class PerSampleSGD(Update):
         lr = rates(self.config, step + np.arange(len(X)), self.total_steps) if self.scheduled else self.lr
         # What a diverged block must give back: every array, or of W1 the rows the block selects
         # (a table of millions of rows is not copied per block).
-        rows = slice(None) if layout is None else _selected_rows(layout, X, len(params["W1"]))
+        picked = None if layout is None else layout.rows(X)  # (once: the loop takes them too)
+        rows = slice(None) if layout is None else _selected_rows(layout, picked, len(params["W1"]))
         before = {k: (v[rows] if k == "W1" else v).copy() for k, v in params.items()}
         if layout is None:
             loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
                                                   self.weights(T, w))
         else:
             loss_sum, correct = online.sgd_online_codes(params, layout, X, T, lr, self.net.activation, self.task,
-                                                        self.weights(T, w))
+                                                        self.weights(T, w), picked)
         if not (np.isfinite(loss_sum) and all(np.isfinite(v[rows] if k == "W1" else v).all()
                                               for k, v in params.items())):
             for k, v in before.items():  # leave the last good state
@@ -152,12 +153,12 @@ class PerSampleSGD(Update):
         sampler.advance(rows)
 
 
-def _selected_rows(layout, X: np.ndarray, n_rows: int) -> np.ndarray:
-    """The rows of ``W1`` that the rows of ``X`` select, sorted (marks in a table of its rows: several
-    times faster than ``np.unique`` of a block's codes)."""
+def _selected_rows(layout, picked: np.ndarray, n_rows: int) -> np.ndarray:
+    """The rows of ``W1`` a block selects (``picked``: its codes' rows, ``layout.rows``; and the
+    plain inputs' rows), sorted: marks in a table of its rows, several times faster than ``np.unique``."""
     mark = np.zeros(n_rows, dtype=bool)
     mark[layout.dense_rows] = True
-    mark[layout.rows(X)] = True
+    mark[picked] = True
     return np.flatnonzero(mark)
 
 
@@ -290,7 +291,7 @@ class ReducedStep(GradientStep):
         sums the same values in the same order (rank order): the same result everywhere."""
         shape = mine.shape
         width = shape[1] + 1  # the row's index, then its gradient
-        choice = getattr(self.config, "sparse_reduce", "auto")
+        choice = self.config.sparse_reduce
         if choice == "gather" or (choice == "auto" and int(counts.sum()) <= shape[0]):
             pairs = np.empty((len(mine.rows), width), dtype=np.float64)
             pairs[:, 0] = mine.rows
