@@ -227,6 +227,35 @@ def test_resume_with_encoded_columns_is_bitwise(tmp_path, one_hot_max):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_the_statistics_pass_reads_no_column_of_codes(tmp_path):
+    # (codes are never scaled: reading and hashing them for the statistics was most of a click
+    # log's statistics pass; the plain inputs' statistics are those of a whole reading)
+    from streamtrain.data.scaling import scan
+    from streamtrain.readers.parquet import ParquetDataset
+
+    df = flights(1500)
+    df.iloc[:800].to_parquet(tmp_path / "a.parquet", row_group_size=300)
+    df.iloc[800:].to_parquet(tmp_path / "b.parquet", row_group_size=300)
+    for source in (tmp_path / "a.parquet", str(tmp_path / "*.parquet")):
+        ds = open_dataset(source, label="status", encode={"one_hot_max": 0, "hash_buckets": 64})
+        codes = set(ds.encoding.code_inputs)
+        assert codes == {"carrier", "weather"}  # (flight_id: an id, left out)
+        read = []
+        table = ParquetDataset._table
+        ParquetDataset._table = lambda self, i, keys: read.append(list(keys)) or table(self, i, keys)
+        try:
+            stats = scan(ds)
+        finally:
+            ParquetDataset._table = table
+        assert read and all(codes.isdisjoint(keys) and "distance" in keys for keys in read)
+        X = np.concatenate([X for X, _ in ds.iter_chunks()])  # afterwards: codes read again
+        assert ds.read_codes and len(np.unique(X[:, ds.feature_names.index("weather")])) == 3
+        plain = ~ds.encoding.unscaled
+        np.testing.assert_allclose(stats.mean[plain], X[:, plain].astype(np.float64).mean(axis=0), rtol=1e-9)
+        np.testing.assert_allclose(stats.var[plain], X[:, plain].astype(np.float64).var(axis=0), rtol=1e-9)
+        ds.close()
+
+
 def test_a_checkpoint_whose_encoding_disagrees_is_refused(tmp_path):
     flights(300).to_parquet(tmp_path / "f.parquet")
     trainer = Trainer(hidden=4, epochs=1)

@@ -153,10 +153,14 @@ def scan(dataset: Dataset, features: bool = True, progress=None, first_only: boo
     ``i % n == k`` (one process's share, to be merged with ``merged_across``)."""
     stats = DataStats()
     if features:
-        for X, y in dataset.iter_chunks(part):
-            stats.update(X, y)
-            if progress is not None:
-                progress(len(X))
+        dataset.read_codes = False  # (their statistics are not used: codes are never scaled)
+        try:
+            for X, y in dataset.iter_chunks(part):
+                stats.update(X, y)
+                if progress is not None:
+                    progress(len(X))
+        finally:
+            dataset.read_codes = True
         return stats
     for y in dataset.iter_labels(part):
         stats.update_labels(y)

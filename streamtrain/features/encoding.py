@@ -357,6 +357,8 @@ class Encoding:
         #: the raw columns the features read (a cross reads two of them, which are features too)
         self.inputs = [c.name for c in columns if not isinstance(c, _Cross)]
         self.keys = self.inputs + ([label_name] if label_name else [])
+        #: the raw columns read as codes alone (not needed for the plain inputs' statistics)
+        self.code_inputs = [c.name for c in columns if not isinstance(c, _Cross) and getattr(c, "gather", False)]
         self._offsets = np.cumsum([0] + [len(c.names) for c in columns])
 
     @property
@@ -405,11 +407,14 @@ class Encoding:
     def classes(self) -> list | None:
         return None if self.label is None else self.label.classes
 
-    def transform(self, table: pa.Table, dtype, where: str) -> np.ndarray:
+    def transform(self, table: pa.Table, dtype, where: str, codes: bool = True) -> np.ndarray:
         """The inputs of a table's rows: shape (rows, width), of ``dtype`` (a gathered column's
-        input is its code, an integer, exact in float32 below 2**24)."""
+        input is its code, an integer, exact in float32 below 2**24; ``codes`` False: left 0, and
+        the table need not hold ``code_inputs``)."""
         X = np.zeros((table.num_rows, self.width), dtype=dtype)
         for c, a, b in zip(self.columns, self._offsets[:-1], self._offsets[1:]):
+            if not codes and getattr(c, "gather", False):
+                continue
             if isinstance(c, _Cross):
                 c.encode_table(table, X[:, a:b], where)
             else:

@@ -70,6 +70,9 @@ class Dataset(Identity):
     #: The learned column encoding (``features.encoding.Encoding``) of a table with strings,
     #: categories or missing values; None where the features are read as they are stored.
     encoding = None
+    #: Whether an encoded chunk reads and encodes its columns of codes (False: they are left 0, a
+    #: statistics pass's setting; codes are never scaled, and hashing them is most of a click log's reading).
+    read_codes = True
     #: Whether a NaN in a column is a missing value the encoding can impute (HDF5 and Zarr tables,
     #: where a float's NaN is how pandas and xarray store one), for the screen's advice.
     nan_is_missing = False

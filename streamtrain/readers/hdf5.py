@@ -17,7 +17,7 @@ from .arrow_columns import Spec, arrow_type, to_arrow
 from .columns import FEATURE_KEYS, LABEL_KEYS, fill_features, find_key, left_out, select_columns
 from .filemap import FileMap, RowMap
 from .hdf5_nodes import check_safe, check_written, compression, find_datasets, locate, table_columns
-from .tabular import adopt_encoding, chunk_tables, encoded_chunk, plan_table
+from .tabular import adopt_encoding, chunk_tables, encoded_chunk, encoded_keys, plan_table
 from .layout import (
     as_features,
     as_labels,
@@ -207,7 +207,7 @@ class HDF5Dataset(Dataset):
 
     def _load_chunk(self, i: int):
         if self.encoding is not None:
-            return encoded_chunk(self, self._arrow(i, self._keys), f"{self.path}, rows {self.bounds[i]}-{self.bounds[i + 1]}")
+            return encoded_chunk(self, self._arrow(i, encoded_keys(self)), f"{self.path}, rows {self.bounds[i]}-{self.bounds[i + 1]}")
         a, b = int(self.bounds[i]), int(self.bounds[i + 1])
         try:
             if self._table is not None:

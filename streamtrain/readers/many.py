@@ -81,6 +81,15 @@ class ManyFiles(Dataset):
         for p in self.parts:
             p.nonfinite = policy
 
+    @property
+    def read_codes(self) -> bool:
+        return self.parts[0].read_codes
+
+    @read_codes.setter
+    def read_codes(self, value: bool) -> None:  # each file reads its own chunks
+        for p in self.parts:
+            p.read_codes = value
+
     def _local(self, i: int) -> tuple[Dataset, int]:
         k = int(self._chunk_part[i])
         return self.parts[k], i - int(self._chunk_first[k])

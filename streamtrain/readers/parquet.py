@@ -18,7 +18,7 @@ from .base import DEFAULT_CACHE_BYTES, Capabilities, Dataset
 from .columns import Column, fill_features, left_out, select_columns, vector_columns
 from .layout import MAX_CHUNK_BYTES, MAX_CHUNKS, as_labels
 from .remote import is_url, open_filesystem
-from .tabular import adopt_encoding, chunk_tables, encoded_chunk, many_name, plan_table
+from .tabular import adopt_encoding, chunk_tables, encoded_chunk, encoded_keys, many_name, plan_table
 
 __all__ = ["ParquetDataset"]
 
@@ -244,7 +244,7 @@ class ParquetDataset(Dataset):
 
     def _load_chunk(self, i: int):
         if self.encoding is not None:
-            return encoded_chunk(self, self._table(i, self._keys), self._where(i))
+            return encoded_chunk(self, self._table(i, encoded_keys(self)), self._where(i))
         fetch, n = self._fetcher(i, self._keys)
         try:
             X = fill_features(self._feature_cols, n, self.dtype, fetch)

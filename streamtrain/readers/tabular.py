@@ -14,7 +14,7 @@ from ..features.encoding import Encoding, EncodingOptions
 from ..features.learn import learn_encoding, needs_encoding
 from .columns import LABEL_KEYS, find_key
 
-__all__ = ["plan_table", "many_name", "adopt_encoding", "encoded_chunk", "chunk_tables"]
+__all__ = ["plan_table", "many_name", "adopt_encoding", "encoded_chunk", "encoded_keys", "chunk_tables"]
 
 
 def many_name(paths: list[str]) -> str:
@@ -108,10 +108,19 @@ def adopt_encoding(ds, names: list[str], label, label_type: Callable[[bool], str
     return list(enc.inputs) + ([enc.label_name] if has_label else [])
 
 
+def encoded_keys(ds) -> list[str]:
+    """The raw columns an encoded dataset's chunk reads: all of them, or without the columns read
+    as codes alone while ``ds.read_codes`` is False (a statistics pass: codes are not scaled)."""
+    if ds.read_codes:
+        return ds._keys
+    skip = set(ds.encoding.code_inputs)
+    return [k for k in ds._keys if k not in skip]
+
+
 def encoded_chunk(ds, table: pa.Table, where: str):
-    """``(X, y)`` of an encoded dataset's chunk, read as the Arrow ``table``."""
+    """``(X, y)`` of an encoded dataset's chunk, read as the Arrow ``table`` (of ``encoded_keys``)."""
     from .layout import as_labels
 
-    X = ds.encoding.transform(table, ds.dtype, where)
+    X = ds.encoding.transform(table, ds.dtype, where, ds.read_codes)
     y = as_labels(ds.encoding.labels(table.column(ds.label_name), where), ds.path) if ds.label_name else None
     return X, y

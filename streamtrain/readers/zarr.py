@@ -19,7 +19,7 @@ from .arrow_columns import Spec, arrow_type, cf_time, is_plain, to_arrow
 from .columns import FEATURE_KEYS, LABEL_KEYS, Column, fill_features, find_key, left_out, select_columns
 from .layout import as_features, as_labels, check_chunk_size, uniform_bounds
 from .remote import is_url
-from .tabular import adopt_encoding, chunk_tables, encoded_chunk, plan_table
+from .tabular import adopt_encoding, chunk_tables, encoded_chunk, encoded_keys, plan_table
 
 __all__ = ["ZarrDataset"]
 
@@ -285,7 +285,7 @@ class ZarrDataset(Dataset):
         if not self._allow_missing:
             self._check_written(i, a, b)
         if self.encoding is not None:
-            return encoded_chunk(self, self._arrow(i, self._keys), f"{self.path}, rows {a}-{b}")
+            return encoded_chunk(self, self._arrow(i, encoded_keys(self)), f"{self.path}, rows {a}-{b}")
         try:
             if self._columns is not None:
                 X = fill_features(self._feature_cols, b - a, self.dtype, lambda k: self._columns[k][a:b])
