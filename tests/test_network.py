@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from streamtrain.nn.functions import ACTIVATIONS, TASKS, sigmoid, softmax
+from streamtrain.nn.functions import ACTIVATIONS, TASKS, init_weights, sigmoid, softmax
 from streamtrain.nn.network import TwoLayerNet
 from streamtrain.nn.optim import make_optimizer
 
@@ -53,6 +53,24 @@ def test_no_overflow_warnings_on_extreme_inputs():
         np.testing.assert_allclose(softmax(z), [[0, 0, 1]])
         loss, _ = TASKS["binary"].loss_delta(np.array([[1e4], [-1e4]], np.float32), np.array([0, 1]))
         assert np.isfinite(loss) and loss == pytest.approx(1e4)
+
+
+@pytest.mark.parametrize("init", ["normal", "glorot", "he"])
+def test_weights_drawn_by_blocks_are_one_draw_of_the_whole(init):
+    # (a table of millions of rows is drawn a block at a time, straight into its dtype: the
+    # values are those of one draw in float64, cast, as before, so a seed keeps its model)
+    n, h = (1 << 20) // 64 * 3 + 5, 64  # three blocks and a part
+    rng = np.random.default_rng([3, 0x1417])
+    if init == "glorot":
+        limit = np.sqrt(6.0 / (n + h)) * 4.0
+        whole = rng.uniform(-limit, limit, size=(n, h))
+    else:
+        whole = rng.normal(0.0, 0.1 if init == "normal" else np.sqrt(2.0 / n), size=(n, h))
+    after = rng.random()
+    rng = np.random.default_rng([3, 0x1417])
+    drawn = init_weights(init, rng, n, h, "sigmoid", np.float32)
+    assert drawn.dtype == np.float32 and np.array_equal(drawn, whole.astype(np.float32))
+    assert rng.random() == after  # the generator is left where one draw leaves it
 
 
 def test_float32_by_default_and_seeded():

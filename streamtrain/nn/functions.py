@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "TASKS", "INITS", "sigmoid", "softmax", "Activation", "Task", "correct_count"]
+__all__ = ["ACTIVATIONS", "TASKS", "INITS", "init_weights", "sigmoid", "softmax", "Activation", "Task", "correct_count"]
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -184,20 +184,33 @@ TASKS: dict[str, Task] = {
 }
 
 
-def _init_normal(rng, n_in, n_out, activation):
+def _init_normal(rng, size, n_in, n_out, activation):
     # The textbook's small random normal weights.
-    return rng.normal(0.0, 0.1, size=(n_in, n_out))
+    return rng.normal(0.0, 0.1, size=size)
 
 
-def _init_glorot(rng, n_in, n_out, activation):
+def _init_glorot(rng, size, n_in, n_out, activation):
     limit = np.sqrt(6.0 / (n_in + n_out))
     if activation == "sigmoid":
         limit *= 4.0  # Glorot & Bengio's factor for the logistic function
-    return rng.uniform(-limit, limit, size=(n_in, n_out))
+    return rng.uniform(-limit, limit, size=size)
 
 
-def _init_he(rng, n_in, n_out, activation):
-    return rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
+def _init_he(rng, size, n_in, n_out, activation):
+    return rng.normal(0.0, np.sqrt(2.0 / n_in), size=size)
+
+
+def init_weights(init: str, rng, n_in: int, n_out: int, activation: str, dtype) -> np.ndarray:
+    """An ``(n_in, n_out)`` weight matrix of ``dtype`` drawn by ``INITS[init]``, a block of rows at
+    a time: the values of one draw of the whole (a generator's draws follow one another), without
+    its float64 temporary (a click log's table: gigabytes)."""
+    make = INITS[init]
+    out = np.empty((n_in, n_out), dtype=dtype)
+    step = max(1, (1 << 20) // max(n_out, 1))
+    for a in range(0, n_in, step):
+        b = min(n_in, a + step)
+        out[a:b] = make(rng, (b - a, n_out), n_in, n_out, activation)
+    return out
 
 
 INITS: dict[str, Callable] = {"normal": _init_normal, "glorot": _init_glorot, "he": _init_he}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from .functions import ACTIVATIONS, INITS, TASKS, correct_count
+from .functions import ACTIVATIONS, INITS, TASKS, correct_count, init_weights
 
 __all__ = ["TwoLayerNet", "InputLayout", "RowGrad", "PARAM_NAMES", "sum_rows"]
 
@@ -113,11 +113,10 @@ class TwoLayerNet:
         self._act, self._act_grad = ACTIVATIONS[activation].forward, ACTIVATIONS[activation].grad
         self._task = TASKS[task]
         rng = np.random.default_rng([int(seed), 0x1417])
-        make = INITS[init]
         self.params = {
-            "W1": make(rng, n_rows, hidden, activation).astype(self.dtype),
+            "W1": init_weights(init, rng, n_rows, hidden, activation, self.dtype),
             "b1": np.zeros(hidden, self.dtype),
-            "W2": make(rng, hidden, n_out, activation).astype(self.dtype),
+            "W2": init_weights(init, rng, hidden, n_out, activation, self.dtype),
             "b2": np.zeros(n_out, self.dtype),
         }
 
