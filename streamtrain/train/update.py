@@ -132,7 +132,8 @@ class PerSampleSGD(Update):
         # (a table of millions of rows is not copied per block).
         picked = None if layout is None else layout.rows(X)  # (once: the loop takes them too)
         rows = slice(None) if layout is None else _selected_rows(layout, picked, len(params["W1"]))
-        before = {k: (v[rows] if k == "W1" else v).copy() for k, v in params.items()}
+        before = {k: np.take(v, rows, axis=0) if k == "W1" and layout is not None else v.copy()
+                  for k, v in params.items()}
         if layout is None:
             loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
                                                   self.weights(T, w))
