@@ -180,3 +180,33 @@ def test_the_cli_takes_cache_dir(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "from its decoded copy" in out.stderr
+
+
+class _Machine:
+    """A process's view of a job (rank, its index on its machine) that records the cache
+    directory's files when it waits at the barrier."""
+
+    def __init__(self, rank, local_rank, cache):
+        self.rank, self.local_rank, self.size, self.cache, self.at_barrier = rank, local_rank, 4, cache, None
+
+    def barrier(self):
+        self.at_barrier = sorted(p.name for p in self.cache.iterdir()) if self.cache.exists() else []
+
+
+@pytest.mark.parametrize("rank,local_rank", [(0, 0), (2, 0), (1, 1), (3, 1)])
+def test_each_machine_s_first_process_decodes_its_copy_and_the_others_wait(tmp_path, rank, local_rank):
+    # (machines without a shared disk: the first process of each, not rank 0 alone, decodes the
+    # copy on its own disk before the barrier; the others open it after, never decoding it again)
+    from streamtrain.train.setup import _decoded
+
+    path = tmp_path / "d.h5"
+    make_data(path, rows=2000, features=4, chunk_rows=250, compression="gzip")
+    disk = tmp_path / f"disk-{rank}" / "cache"
+    if local_rank:  # its machine's first process has made the copy by the time it waits
+        decoded_copy(open_dataset(path), disk, 1.0).close()
+    comm, said = _Machine(rank, local_rank, disk), []
+    cfg = TrainConfig(cache_dir=str(disk))
+    ds = _decoded(cfg, comm, open_dataset(path), said.append)
+    assert isinstance(ds, DecodedCopy) and len(comm.at_barrier) == 1  # one copy, there before the wait
+    assert ("once into" in " ".join(said)) == (rank == 0)  # made by this one; rank 0 alone says so
+    ds.close()

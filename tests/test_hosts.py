@@ -28,8 +28,11 @@ LAUNCHER = """#!/bin/sh
 # hydra's ssh launcher runs: THIS [ssh options] HOST COMMAND...; host hN is the namespace {prefix}N
 while [ "${{1#-}}" != "$1" ]; do shift; done
 host=$1; shift
-exec ip netns exec "{prefix}${{host#h}}" unshare --uts sh -c "hostname $host && exec $*"
+exec ip netns exec "{prefix}${{host#h}}" unshare --uts --mount sh -c "{enter} && exec $*"
 """
+# Entering host $host: its hostname, and its own disk (disk-$host) at the path every host's disk
+# has (disk), in a mount namespace of its own: what one host writes there the others never see.
+ENTER = "hostname $host && mount --bind {where}/disk-$host {where}/disk"
 
 
 class Hosts:
@@ -53,8 +56,13 @@ class Hosts:
         except BaseException:
             self.remove()
             raise
+        #: each host's own disk, at the same path on every host (no file system they share)
+        self.disk = where / "disk"
+        for i in range(n):
+            (where / f"disk-h{i}").mkdir()
+        self.disk.mkdir()
         self.launcher = where / "launch.sh"
-        self.launcher.write_text(LAUNCHER.format(prefix=self.prefix))
+        self.launcher.write_text(LAUNCHER.format(prefix=self.prefix, enter=ENTER.format(where=where)))
         self.launcher.chmod(0o755)
 
     def name(self, i: int) -> str:
@@ -74,7 +82,12 @@ class Hosts:
         launch = [str(MPIEXEC), "-f", str(hostfile), "-launcher", "ssh", "-launcher-exec", str(self.launcher),
                   "-iface", self.dev(0, 1), "-n", str(sum(per_host)), str(BIN), *args]
         inner = " ".join(f"'{a}'" for a in launch)
-        return ["ip", "netns", "exec", self.name(0), "unshare", "--uts", "sh", "-c", f"hostname h0 && exec {inner}"]
+        enter = ENTER.format(where=self.where).replace("$host", "h0")
+        return ["ip", "netns", "exec", self.name(0), "unshare", "--uts", "--mount", "sh", "-c", f"{enter} && exec {inner}"]
+
+    def own_disk(self, i: int) -> Path:
+        """Host hi's disk as this machine sees it (each host sees its own at ``disk``)."""
+        return self.where / f"disk-h{i}"
 
     def pids(self, i: int) -> list[int]:
         """The processes running on host hi."""
@@ -156,6 +169,42 @@ def test_ranks_on_two_hosts_train_the_run_of_one_process(hosts, data, tmp_path, 
     _assert_close(got, ref, rtol=1e-12)
 
 
+def test_hosts_without_a_shared_disk_read_their_own_data_and_decode_it_once_each(hosts, data, tmp_path):
+    # The same path names each host's own copy of the data; --cache-dir is on each host's disk,
+    # where the host's first process decodes the copy while its others wait; checkpoints go to
+    # rank 0's disk alone (rank 0 reads them and sends them to the others on resume).
+    import shutil
+
+    for i in range(hosts.n):
+        shutil.copy(data, hosts.own_disk(i) / "d.h5")
+        shutil.rmtree(hosts.own_disk(i) / "cache", ignore_errors=True)
+        shutil.rmtree(hosts.own_disk(i) / "run", ignore_errors=True)
+    alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one")], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    args = _args(hosts.disk / "d.h5", hosts.disk / "run", "--cache-dir", str(hosts.disk / "cache"))
+    first = subprocess.run(hosts.command([1, 2], args), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr + first.stdout[-2000:]
+    for i in range(hosts.n):  # one decoded copy on each host's disk, nothing left half-written
+        copies = sorted(p.name for p in (hosts.own_disk(i) / "cache").iterdir())
+        assert len(copies) == 1 and copies[0].endswith(".h5"), (i, copies)
+    assert not (hosts.disk / "cache").exists()  # (this machine's view: no host wrote to the shared path)
+    assert (hosts.own_disk(0) / "run").is_dir() and not (hosts.own_disk(1) / "run").exists()
+    got, meta = _final(hosts.own_disk(0) / "run")
+    ref, ref_meta = _final(tmp_path / "one")
+    assert _step(meta) == _step(ref_meta) == 160
+    _assert_close(got, ref, rtol=1e-12)
+    # two more epochs, resumed on the same hosts: the checkpoint is read on h0 alone
+    more = subprocess.run(hosts.command([1, 2], [*args, "--epochs", "4", "--resume"]), capture_output=True,
+                          text=True, timeout=300)
+    assert more.returncode == 0, more.stderr
+    longer = subprocess.run([str(BIN), *_args(data, tmp_path / "one", "--epochs", "4", "--resume")],
+                            capture_output=True, text=True, timeout=300)  # (the schedule stretched alike)
+    assert longer.returncode == 0, longer.stderr
+    (got, meta), (ref, ref_meta) = _final(hosts.own_disk(0) / "run"), _final(tmp_path / "one")
+    assert _step(meta) == _step(ref_meta) == 320
+    _assert_close(got, ref, rtol=1e-12)
+
+
 def test_a_lost_host_ends_the_job_and_the_hosts_left_resume_at_the_same_position(hosts, data, tmp_path):
     # 6 epochs of 480 steps, a checkpoint every 200: the job is still running when h1 is lost
     args = _args(data, tmp_path / "run", "--epochs", "6", "--batch-size", "10", "--optimizer", "adam",
@@ -183,3 +232,16 @@ def test_a_lost_host_ends_the_job_and_the_hosts_left_resume_at_the_same_position
     assert 0 < stopped < _step(meta) == _step(ref_meta)
     _assert_close(got, ref, rtol=1e-10)
 
+
+
+def test_a_host_whose_copy_of_the_data_differs_is_refused_in_one_line(hosts, tmp_path):
+    # Each host reads the path on its own disk: h1's copy holds other rows (the same layout).
+    for i, seed in enumerate((3, 4)):
+        make_data(hosts.own_disk(i) / "other.h5", rows=6000, features=8, chunk_rows=500, seed=seed,
+                  compression="gzip")
+    r = subprocess.run(hosts.command([1, 1], _args(hosts.disk / "other.h5", tmp_path / "r")), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("error:") == 1, r.stderr
+    assert "rank 1 (host h1) reads other data than rank 0 (host h0): its sampled chunks differ" in r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.glob("r/ckpt-*"))

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -157,7 +158,8 @@ def _write(source: Dataset, path: Path, label_dtype: str | None) -> None:
     """Decode ``source`` chunk by chunk into an uncompressed HDF5 file, atomically."""
     import h5py
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    # (machines that share the cache directory each write their own; their process ids may be alike)
+    tmp = path.with_name(f".{path.stem}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
             # uncompressed chunks of about 8 MB: gathered in place, and screened and mapped a chunk at a time

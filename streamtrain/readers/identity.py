@@ -55,7 +55,9 @@ class Identity:
 
     def fingerprint(self) -> dict[str, Any]:
         """Identity of the data for resume checks: layout and names, and ``content``, which changes
-        when the data is rewritten in place (see ``content_stamp``)."""
+        when the data is rewritten in place (see ``content_stamp``), and ``sample``, the part of it
+        that another machine's copy of the same data shares (the sampled chunks' bytes)."""
+        content, sample = self._stamps()
         return {
             "path": os.path.abspath(self.path) if self.format != "memory" else self.path,
             "format": self.format,
@@ -64,7 +66,8 @@ class Identity:
             "label": self.label_name,
             "n_chunks": int(self.n_chunks),
             "chunk_rows_max": int(self.chunk_sizes.max()),
-            "content": self.content_stamp(),
+            "content": content,
+            "sample": sample,
         }
 
     #: Chunks whose bytes ``content_stamp`` hashes (first, middle, last).
@@ -73,7 +76,11 @@ class Identity:
     def content_stamp(self) -> str:
         """A SHA-256 of what is cheap to know about the data's content: the size and modification
         time of each local file read (``_stamped_files``) and the decoded bytes of a few chunks."""
-        h = hashlib.sha256()
+        return self._stamps()[0]
+
+    def _stamps(self) -> tuple[str, str]:
+        """``content_stamp``, and a SHA-256 of the sampled chunks' bytes alone."""
+        h, sample = hashlib.sha256(), hashlib.sha256()
         for path in self._stamped_files():
             try:
                 st = os.stat(path)
@@ -83,10 +90,12 @@ class Identity:
         picks = sorted({0, self.n_chunks // 2, self.n_chunks - 1})[:self.SAMPLED_CHUNKS]
         for c in picks:
             X, y = self._load_locked(c)
-            h.update(np.ascontiguousarray(X).tobytes())
-            if y is not None:
-                h.update(np.ascontiguousarray(y).tobytes())
-        return h.hexdigest()
+            for part in (X, y):
+                if part is not None:
+                    data = np.ascontiguousarray(part).tobytes()
+                    h.update(data)
+                    sample.update(data)
+        return h.hexdigest(), sample.hexdigest()
 
     def _stamped_files(self) -> list[str]:
         """The local files whose size and modification time stand for the content (none here)."""

@@ -60,6 +60,9 @@ class Communicator:
         The number of processes that train together.
     local_size : int
         The processes of the job on this machine (they share its cores).
+    local_rank : int
+        This process's index among them: 0 on each machine does that machine's own work (its
+        decoded copy of the data, on its own disk).
     name : str
         The ``--distributed`` setting that makes it: "none" or "mpi".
 
@@ -78,6 +81,7 @@ class Communicator:
     rank = 0
     size = 1
     local_size = 1  # the processes on this machine
+    local_rank = 0  # this one's index among them
     name = "none"
 
     def allreduce(self, buffer: np.ndarray) -> np.ndarray:
@@ -223,7 +227,7 @@ class MPICommunicator(Communicator):
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        self.local_size = node.Get_size()
+        self.local_size, self.local_rank = node.Get_size(), node.Get_rank()
         node.Free()
         self._failures = self.comm.Dup()  # errors' collectives: never matched with training's
 

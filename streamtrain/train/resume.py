@@ -86,14 +86,18 @@ def adopt_weight(found, weight):
     return weight
 
 
-def check_resumable(found, train: Dataset, force: bool) -> dict:
-    """The data's fingerprint, where it is the data the checkpoint was trained on (or ``force``)."""
+def check_resumable(found, train: Dataset, force: bool, rank: int = 0) -> dict:
+    """The data's fingerprint, where it is the data the checkpoint was trained on (or ``force``).
+    The checkpoint holds rank 0's: another process may read its own machine's copy of the data,
+    whose files' times differ, so it compares the sampled chunks' bytes, not the files' stamps."""
     path, _, meta = found
     fp = train.fingerprint()
     saved_fp = meta["fingerprint"]
+    skip = {"content"} if rank != 0 and "sample" in saved_fp else set()
     problems = [("data changed in place (its files' sizes or modification times, or sampled chunks, differ)"
-                 if k == "content" else f"data {k}: {saved_fp[k]!r} -> {fp[k]!r}")
-                for k in fp if k in saved_fp and saved_fp[k] != fp[k]]
+                 if k in ("content", "sample") else f"data {k}: {saved_fp[k]!r} -> {fp[k]!r}")
+                for k in fp if k in saved_fp and saved_fp[k] != fp[k] and k not in skip]
+    problems = list(dict.fromkeys(problems))
     if problems and not force:
         raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
                               f"{'; '.join(problems)} (pass --force to resume anyway)")
@@ -103,13 +107,14 @@ def check_resumable(found, train: Dataset, force: bool) -> dict:
     return fp
 
 
-def resume_run(found, config: TrainConfig, train: Dataset, sampler, rundir: RunDirectory | None, force: bool, log):
+def resume_run(found, config: TrainConfig, train: Dataset, sampler, rundir: RunDirectory | None, force: bool, log,
+               rank: int = 0):
     """``(model, optimizer, state, fingerprint, history)`` of the run in ``found`` continued on
     ``train`` with ``config`` (its adopted settings; the optimiser's state is the saved one), after
     the data is checked; ``sampler`` is put where the checkpoint was, ``history`` is the run's
     epochs up to it (from ``metrics.jsonl`` on rank 0; other ranks keep none)."""
     path, arrays, meta = found
-    fingerprint = check_resumable(found, train, force)
+    fingerprint = check_resumable(found, train, force, rank)
     _, model, _, state, _ = restore(arrays, meta)
     optimizer = make_run_optimizer(config, arrays)  # this run's settings, the saved state
     s = state.sampler or {"epoch": 0, "position": 0}

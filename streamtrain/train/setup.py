@@ -85,6 +85,8 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
         say_left_out(data)
     if weight is not None:
         data = _with_weight(source, data, label, weight, opts)
+    if comm.size > 1:
+        same_data_everywhere(comm, data)
     if cfg.cache_dir:
         data = _decoded(cfg, comm, data, log)
     if val is not None:  # read as training's data is: its columns, encoded the same way
@@ -123,15 +125,32 @@ def say_left_out(data: Dataset) -> None:
                  + "; ".join(parts) + " (--features names the columns to use)")
 
 
+def same_data_everywhere(comm, data: Dataset) -> None:
+    """Refuse, on every process alike, data that is not the same on every process: each machine
+    may read its own copy (its files' times differ; their layout and sampled chunks may not)."""
+    import socket
+
+    mine = {k: v for k, v in data.fingerprint().items() if k != "content"}
+    every = comm.allgather({"fingerprint": mine, "host": socket.gethostname()})
+    first = every[0]
+    for rank, other in enumerate(every):
+        differ = [k for k in first["fingerprint"] if other["fingerprint"].get(k) != first["fingerprint"][k]]
+        if differ:
+            what = ", ".join("its sampled chunks" if k == "sample" else k for k in differ)
+            raise DataError(f"{data.path}: rank {rank} (host {other['host']}) reads other data than rank 0 (host "
+                            f"{first['host']}): {what} differ; give every machine the same copy of the data")
+
+
 def _decoded(cfg, comm, data: Dataset, log) -> Dataset:
-    """``data`` read from its decoded copy in ``cache_dir``: rank 0 makes it (if it is not there
-    yet) while the others wait, then each opens it (or, on a machine of its own, makes its own)."""
+    """``data`` read from its decoded copy in ``cache_dir``: on each machine the first of its
+    processes makes it (if it is not there yet) on that machine's disk while the others wait, then
+    they open it. One copy per machine, decoded once, with or without a file system they share."""
     from ..readers.decoded import decoded_copy
 
-    if comm.rank == 0:
-        data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, log)
+    if comm.local_rank == 0:
+        data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, log if comm.rank == 0 else None)
     comm.barrier()
-    if comm.rank != 0:
+    if comm.local_rank != 0:
         data = decoded_copy(data, cfg.cache_dir, cfg.cache_max_gb, None)
     return data
 

@@ -187,7 +187,7 @@ class Trainer:
                                         self.comm.local_size)
                 if found is not None:
                     self.model, self.optimizer, self.state, self.fingerprint, self.history = resume_run(
-                        found, self.config, train, self.sampler, rundir, force, log)
+                        found, self.config, train, self.sampler, rundir, force, log, comm.rank)
                 else:
                     if resume and log:
                         log(f"no checkpoint in {checkpoint_dir}; starting fresh")
