@@ -10,4 +10,10 @@ if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >
   { apt-get install -y -qq iproute2 || { apt-get update -qq && apt-get install -y -qq iproute2; }; } >/dev/null 2>&1 \
     || echo "warning: iproute2 could not be installed: the tests across hosts will be skipped" >&2
 fi
+# The live page's tests open it in a real browser: Debian's headless-capable Chromium.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
+    || echo "warning: chromium could not be installed: the live page's browser tests will be skipped" >&2
+fi
 exec .venv/bin/python -m pytest "$@"

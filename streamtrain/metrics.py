@@ -16,7 +16,7 @@ AUC_BINS, AUC_LOGIT = 1 << 16, 30.0
 
 class ClassificationMetrics:
     """Mean loss (the log loss), accuracy, confusion matrix, per-class precision / recall / F1 and
-    support with their macro and weighted averages; for two classes the ROC AUC as well."""
+    support with their macro and weighted averages; for two classes the ROC AUC and curve as well."""
 
     def __init__(self, classes: list):
         self.classes = list(classes)
@@ -62,6 +62,19 @@ class ClassificationMetrics:
         below = np.cumsum(neg) - neg  # negatives scored lower than each bin
         return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
+    def _roc(self, points: int = 200) -> dict[str, list[float]] | None:
+        """The ROC curve from the binned scores: false and true positive rates as the threshold
+        falls from the highest score bin to the lowest, from (0, 0) to (1, 1); at most ``points``
+        points past the first (evenly spaced in rank over the bins that hold a score)."""
+        neg, pos = self.scores
+        if not neg.sum() or not pos.sum():
+            return None
+        held = np.flatnonzero(neg + pos)[::-1]  # highest first
+        fpr = np.cumsum(neg[held]) / neg.sum()
+        tpr = np.cumsum(pos[held]) / pos.sum()
+        keep = np.unique(np.linspace(0, len(held) - 1, min(points, len(held))).round().astype(np.int64))
+        return {"fpr": [0.0, *fpr[keep].tolist()], "tpr": [0.0, *tpr[keep].tolist()]}
+
     def result(self) -> dict[str, Any]:
         c = self.confusion
         tp = np.diag(c).astype(np.float64)
@@ -88,6 +101,7 @@ class ClassificationMetrics:
         }
         if self.scores is not None:
             out["roc_auc"] = self._auc()
+            out["roc_curve"] = self._roc()
         return out
 
 

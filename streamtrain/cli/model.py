@@ -1,4 +1,4 @@
-"""Commands that use a trained model: ``evaluate``, ``predict``, ``plot``."""
+"""Commands that use a trained model: ``evaluate``, ``predict``, ``plot``, ``report``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..io.outputs import check_output
 from ..io.resolve import resolve_checkpoint
 from ..io.rundir import read_history
 from ..readers import FORMATS
@@ -17,7 +18,7 @@ from ..train.trainer import Trainer
 from .group import cli
 from .options import _distributed_option, _log_every_option, _open_selected, _progress, _selection_options
 
-__all__ = ['evaluate', 'predict', 'plot']
+__all__ = ['evaluate', 'predict', 'plot', 'report']
 
 
 @cli.command()
@@ -110,3 +111,43 @@ def plot(checkpoint, out, overwrite):
     written = plot_history(history, out, title=f"run {Path(run).resolve().name}", best_epoch=best,
                            overwrite=overwrite, inputs=[found])
     click.echo(f"wrote {written}")
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("data", required=False)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML file to write.")
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="With DATA: evaluate on the run's --val-fraction hold-out (val) or the rest (train).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (never a file of a run).")
+@_selection_options
+@_log_every_option
+def report(checkpoint, data, out, split, overwrite, features, label, log_every):
+    """Write a training run as one self-contained HTML page: curves per epoch with the best epoch
+    marked, the settings, the data's fingerprint, and, with DATA, evaluate's figures (per-class
+    table, confusion matrix, ROC curve for two classes).
+
+    Example: streamtrain report runs/bc data/breast_cancer.h5 --split val --out bc.html
+    """
+    from ..report import report_html, write_report
+
+    found, _, meta = resolve_checkpoint(checkpoint, TRAINER)
+    history = read_history(found) or [r for r in [meta["state"]["record"]] if r]
+    run = checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    best = meta["state"]["restored_best"] or meta["state"]["early_stopping"]["best_epoch"]
+    inputs = [found] + ([data] if data else [])
+    check_output(out, overwrite=overwrite, inputs=inputs)  # before an evaluation that may take long
+    evaluation = None
+    if data is not None:
+        trainer = Trainer.load(found, optimizer_state=False)
+        ds = trainer.open_like_training(_open_selected(trainer, data, features, label))
+        if split != "all":
+            if not trainer.config.val_fraction:
+                raise click.UsageError(f"{checkpoint}: the run had no --val-fraction, so --split {split} has no "
+                                       "meaning")
+            ds = HoldoutSplit(ds, trainer.config.val_fraction, trainer.config.seed, split)
+        with _progress(f"evaluating {ds.path}", ds.n_rows, False, log_every) as progress:
+            evaluation = trainer.evaluate(ds, progress.update)
+        evaluation["split"] = split
+    page = report_html(Path(run).resolve().name, history, meta, best, evaluation)
+    click.echo(f"wrote {write_report(out, page, overwrite=overwrite, inputs=inputs)}")

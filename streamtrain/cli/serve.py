@@ -58,6 +58,9 @@ More examples:
               help="Port to listen on (0: a free one, named on stderr).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A file holding a bearer token that /learn, /snapshot and /reload then require.")
+@click.option("--guard-reads", is_flag=True, default=False,
+              help="With --token-file: the live page's data (/watch.json) and /metrics need the token too (open "
+                   "the page as http://HOST:PORT/#token=TOKEN).")
 @click.option("--max-body-mb", type=FiniteFloat(0, 4096, min_open=True), default=16.0, show_default=True,
               help="Largest request body (413 beyond).")
 @click.option("--queue-mb", type=FiniteFloat(0, 1 << 20, min_open=True), default=64.0, show_default=True,
@@ -65,13 +68,14 @@ More examples:
 @_serve_options
 @click.pass_context
 def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scale_rows, shuffle_mb, host, port,
-          token_file, max_body_mb, queue_mb, **settings):
+          token_file, guard_reads, max_body_mb, queue_mb, **settings):
     """Learn from a stream that never ends and answer predictions meanwhile.
 
     Each row updates the model exactly once across crashes and restarts: checkpoints hold the
     source's position, and brokers are acknowledged only once a checkpoint covers their
     entries. Endpoints: POST /learn (JSON rows or Arrow IPC; source http), POST /predict,
-    GET /metrics (Prometheus), /healthz, /readyz, POST /snapshot, POST /reload.
+    GET / (a live page: curves of loss, accuracy, rows/s and lag), GET /metrics (Prometheus),
+    /healthz, /readyz, POST /snapshot, POST /reload.
 
     Example: streamtrain serve --source http --checkpoint-dir svc --features f0,f1,f2 --classes 0,1
     """
@@ -88,6 +92,8 @@ def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scal
         config = TrainConfig(**given)
     if "checkpoint_seconds" not in given:
         config = TrainConfig(**{**config.to_dict(), "checkpoint_seconds": 10.0})
+    if guard_reads and token_file is None:
+        raise ConfigError("--guard-reads needs --token-file: the token that reads would require")
     token = None
     if token_file is not None:
         token = _read_token(token_file)
@@ -98,7 +104,8 @@ def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scal
         return Service(config, source, checkpoint_dir, features=names, label=label, classes=labels,
                        init_from=init, scale_rows=scale_rows, shuffle_bytes=int(shuffle_mb * 2**20),
                        checkpoint_every=config.checkpoint_seconds or 10.0, keep=config.keep, token=token,
-                       max_body_bytes=int(max_body_mb * 2**20), queue_bytes=int(queue_mb * 2**20), log=_echo_err)
+                       guard_reads=guard_reads, max_body_bytes=int(max_body_mb * 2**20),
+                       queue_bytes=int(queue_mb * 2**20), log=_echo_err)
 
     _run_server(open_service, host, port)
 

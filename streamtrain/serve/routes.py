@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +18,7 @@ from .metrics import Metrics
 from .rows import JSON_TYPES, _short, json_body, media_type
 from .sources import MAX_KEY_CHARS, QueueFull
 from .sources.broker import _reason
+from .watch import page
 
 __all__ = ["make_app"]
 
@@ -92,12 +94,15 @@ async def learn(request: Request):
         seq, repeat = await run_in_threadpool(service._accept, body, content_type(request), where, key)
     except _TooLarge:
         service.rows_rejected += 1
-        return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
+        message = f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)"
+        service.watch.refused(time.time(), where, message)
+        return error(413, message)
     except QueueFull:
         return error(429, f"{where}: rows waiting for training fill the queue (--queue-mb); retry later",
                      **{"Retry-After": "1"})
     except DataError as e:
         service.rows_rejected += 1
+        service.watch.refused(time.time(), where, " ".join(str(e).split()))
         return refused(e)
     return JSONResponse({"accepted": True, "sequence": seq, "repeat": repeat}, status_code=200 if repeat
                         else 202)
@@ -175,15 +180,38 @@ async def readyz(request: Request):
 
 
 async def metrics_page(request: Request):
+    if request.app.state.service.guard_reads and not authorised(request):
+        return error(401, "a bearer token is required (Authorization: Bearer ...): --guard-reads")
     body, kind = await run_in_threadpool(request.app.state.metrics.render)  # the source may ask its broker
     return Response(body, media_type=kind)
+
+
+async def live_page(request: Request):
+    # (the page holds no data: it asks /watch.json, with the token of its URL's #token=... if any)
+    return Response(page(), media_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP})
+
+
+async def watch_json(request: Request):
+    service = request.app.state.service
+    if service.guard_reads and not authorised(request):
+        return error(401, "a bearer token is required (Authorization: Bearer ...): --guard-reads")
+    since = request.query_params.get("since", "0")
+    if not since.isdigit() or len(since) > 18:
+        return error(400, f"GET /watch.json: since={_short(since)}: give a point's number (0: every point kept)")
+    return JSONResponse(service.watch.since(int(since)), headers={"Cache-Control": "no-store"})
+
+
+# The page runs its own script and style and asks its own origin, nothing else.
+CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'"
 
 
 def make_app(service):
     """The service's HTTP interface: its routes, each a function of the request (which finds the
     service in ``request.app.state``)."""
     posts = {"/learn": learn, "/predict": predict, "/snapshot": snapshot, "/reload": reload}
-    gets = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
+    gets = {"/": live_page, "/watch.json": watch_json, "/healthz": healthz, "/readyz": readyz,
+            "/metrics": metrics_page}
     routes = [*(Route(path, guarded(h), methods=["POST"]) for path, h in posts.items()),
               *(Route(path, guarded(h)) for path, h in gets.items())]
     app = Starlette(routes=routes)

@@ -35,6 +35,7 @@ from .rows import Columns, _short
 from .raw_rows import RawColumns
 from .sources import Rejected, StreamSource, open_source
 from .sources.broker import _reason
+from .watch import Watch
 
 __all__ = ["Service", "Loading"]
 
@@ -49,12 +50,15 @@ class Service:
     def __init__(self, config: TrainConfig, source: str, checkpoint_dir: str | os.PathLike, *,
                  features: list[str] | None = None, label: str | None = None, classes: list | None = None,
                  init_from=None, scale_rows: int = 1000, shuffle_bytes: int = 0, checkpoint_every: float = 10.0,
-                 keep: int = 3, token: str | None = None, max_body_bytes: int = 16 << 20,
+                 keep: int = 3, token: str | None = None, guard_reads: bool = False, max_body_bytes: int = 16 << 20,
                  queue_bytes: int = 64 << 20, log: Callable[[str], None] | None = _LOG.info):
         self.dir = Path(checkpoint_dir)
         self.config, self.log = config, log
         self.checkpoint_every, self.keep = float(checkpoint_every), int(keep)
         self.token, self.max_body = token, int(max_body_bytes)
+        if guard_reads and token is None:
+            raise ConfigError("--guard-reads needs --token-file: the token that reads would require")
+        self.guard_reads = bool(guard_reads)  # the live page's data and /metrics need the token too
         self.rundir = RunDirectory(self.dir)
         self.rundir.__enter__()  # one service per directory, from here until close()
         try:
@@ -102,6 +106,7 @@ class Service:
         self.rows_rejected = 0
         self.thread: threading.Thread | None = None
         self.observe_predict: Callable[[float], None] = lambda seconds: None
+        self.watch = Watch(self)  # the live page's points
 
     def _service_id(self) -> str:
         """This service's id, kept in its directory: a restart is the same service (and takes its
@@ -146,6 +151,7 @@ class Service:
     def start(self) -> None:
         self.thread = threading.Thread(target=self._train, name="training", daemon=True)
         self.thread.start()
+        self.watch.start(self.stopping)
 
     def _train(self) -> None:
         learner, source = self.learner, self.source
@@ -193,6 +199,7 @@ class Service:
         self.rows_rejected += 1
         _LOG.warning(f"refused: {item.error}")
         record = {"time": time.time(), "where": item.where, "error": item.error, "position": item.position}
+        self.watch.refused(record["time"], item.where, item.error)
         with open(self.dir / "rejected.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
         self.source.reject(item)

@@ -1,0 +1,100 @@
+"""The service's live page (``GET /``) and what it draws (``GET /watch.json``): a sample of the
+service every second, for the last hour, and the latest refused inputs.
+
+The page is one HTML file shipped in the package (``watch.html``: plain SVG, no library, nothing
+fetched from elsewhere); it asks for the points after the last one it has every second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from importlib import resources
+from typing import Any
+
+__all__ = ["Watch", "page"]
+
+#: Points kept: one a second, an hour of them (about 200 bytes each).
+KEEP = 3600
+#: Refused inputs kept for the page (the whole record is in ``rejected.jsonl``).
+KEEP_REJECTED = 20
+
+
+def page() -> bytes:
+    """The live page's HTML."""
+    return resources.files(__package__).joinpath("watch.html").read_bytes()
+
+
+class Watch:
+    """Samples of a service (``sample``, once a second from a thread of its own, ``start``): rows
+    trained and their rate, the loss and accuracy of the rows scored since the last sample (each
+    scored before its update: prequential), the source's lag, the queue, the model's version and
+    the checkpoint's age."""
+
+    def __init__(self, service, every: float = 1.0, keep: int = KEEP):
+        self.service, self.every = service, float(every)
+        self.points: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.rejected: deque[dict[str, Any]] = deque(maxlen=KEEP_REJECTED)
+        self.lock = threading.Lock()
+        self._last: tuple | None = None  # (time, rows trained, loss sum, rows scored, rows right)
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self, stopping: threading.Event) -> None:
+        def run():
+            while not stopping.wait(self.every):
+                try:
+                    self.sample()
+                except Exception:  # pragma: no cover - a sample is never worth stopping the service
+                    pass
+        self.sample()
+        self._thread = threading.Thread(target=run, name="watch", daemon=True)
+        self._thread.start()
+
+    def refused(self, when: float, where: str, error: str) -> None:
+        """An input the service refused (the newest last)."""
+        with self.lock:
+            self.rejected.append({"time": when, "where": where, "error": error})
+
+    def sample(self) -> dict[str, Any]:
+        """Add a point of the service as it is now, and return it."""
+        service = self.service
+        learner = service.learner
+        status = service.status()
+        try:
+            lag = service.source.lag()
+        except Exception:  # (a broker that does not answer now: the point has no lag, the page goes on)
+            lag = None
+        now = time.time()
+        with learner.lock:
+            counts = (learner.rows_trained, learner.loss_sum, learner.scored, learner.correct)
+        point = {"time": now, "rows_trained": status["rows_trained"], "rows_received": status["rows_received"],
+                 "rows_rejected": status["rows_rejected"], "rows_per_s": None, "loss": None, "accuracy": None,
+                 "prequential_loss": status["prequential"]["loss"],
+                 "prequential_accuracy": status["prequential"]["accuracy"], "lag": lag,
+                 "queue_rows": status["queue_rows"], "model_version": status["model_version"],
+                 "checkpoint_age_seconds": status["checkpoint_age_seconds"], "training": status["training"],
+                 "error": status["error"]}
+        with self.lock:
+            if self._last is not None:
+                then, rows, loss_sum, scored, correct = self._last
+                if now > then:
+                    point["rows_per_s"] = (counts[0] - rows) / (now - then)
+                if counts[2] > scored:  # rows scored since the last point: their mean loss, their accuracy
+                    point["loss"] = (counts[1] - loss_sum) / (counts[2] - scored)
+                    if status["prequential"]["accuracy"] is not None:
+                        point["accuracy"] = (counts[3] - correct) / (counts[2] - scored)
+            self._last = (now, *counts)
+            self._seq += 1
+            point["seq"] = self._seq
+            self.points.append(point)
+        return point
+
+    def since(self, seq: int) -> dict[str, Any]:
+        """The points after number ``seq`` (0: all kept), the latest refused inputs, the task."""
+        with self.lock:
+            points = [p for p in self.points if p["seq"] > seq]
+            rejected = list(self.rejected)
+        return {"points": points, "rejected": rejected, "task": self.service.learner.model.task,
+                "source": self.service.source.name}
