@@ -90,7 +90,7 @@ class _Service:
         self.client.close()
 
 
-def _produce(source: str, url: str, workdir: Path, X: np.ndarray, y: np.ndarray, service: _Service) -> None:
+def _produce(source: str, url: str, workdir: Path, X: np.ndarray, y: np.ndarray, service: _Service | None) -> None:
     pieces = [(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]
     if source == "http":
         client = service.client
@@ -231,6 +231,60 @@ def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list
             broker.wait(30)
 
 
+def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | None = None,
+              env: dict | None = None, extra: list[str] = ()) -> dict:
+    """The service alone: ``source`` (redis, nats or directory) filled with every row before the
+    service starts, then rows trained per second from its first trained row to its last (the
+    ``/healthz`` counter sampled every 20 ms), beside ``train`` on the same rows from an
+    uncompressed HDF5 file (its epoch's samples/s: also first step to last) in the same call."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-prefilled-{source}-"))
+    broker = None
+    try:
+        url, spec = None, None
+        if source in ("redis", "nats"):
+            broker, url = _broker(source, workdir)
+            spec = f"{url}?stream=bench" if source == "redis" else f"{url}?stream=BENCH"
+        else:
+            (workdir / "landing").mkdir()
+            spec = f"dir:{workdir / 'landing'}"
+        _produce(source, url, workdir, X, y, None)
+        svc = _Service(spec, workdir, command, env, extra)
+        try:
+            n, first, last = len(X), None, None
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                s = svc.status()
+                now = time.perf_counter()
+                if first is None and s["rows_trained"] > 0:
+                    first = (now, s["rows_trained"])
+                if s["rows_trained"] >= n - n % 256 or not s["training"]:
+                    last = (now, s["rows_trained"])
+                    break
+                time.sleep(0.02)
+        finally:
+            svc.stop()
+        import h5py
+
+        with h5py.File(workdir / "rows.h5", "w") as f:
+            f["X"], f["y"] = X, y
+        res = subprocess.run([*(command or [str(BIN)]), "train", str(workdir / "rows.h5"), "--hidden", "64",
+                              "--batch-size", "256", "--epochs", "1", "--checkpoint-dir", str(workdir / "run"),
+                              "--quiet"], capture_output=True, text=True, env=env)
+        if res.returncode:
+            raise RuntimeError(res.stderr)
+        import json
+
+        epoch = json.loads((workdir / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+        served = (last[1] - first[1]) / (last[0] - first[0])
+        return {"source": source, "rows": n, "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
+                "ratio": served / epoch["samples_per_s"]}
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _soak(X: np.ndarray, y: np.ndarray, workdir: Path, seconds: float, rate: float) -> dict:
     """HTTP at ``rate`` rows/s for ``seconds``: the service's RSS over time."""
     svc = _Service("http", workdir)
@@ -335,3 +389,32 @@ def report_serve(rs: list[dict]) -> list[str]:
                       f"({r['rows']:,} rows{shortened}):", f"RSS {points}."]
     lines.append("")
     return lines
+
+
+def main() -> None:
+    """``--prefilled``: the service alone against ``train`` (see ``prefilled``), each source
+    ``--reps`` times, interleaved; the best of each in ``benchmarks/serve-prefilled.json``."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--prefilled", action="store_true", required=True)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "benchmarks" / "serve-prefilled.json"))
+    args = ap.parse_args()
+    X, y = serve_rows(args.rows)
+    runs = [prefilled(source, X, y) for _ in range(args.reps) for source in ("redis", "nats", "directory")]
+    best = {}
+    for r in runs:
+        if r["source"] not in best or r["ratio"] > best[r["source"]]["ratio"]:
+            best[r["source"]] = r
+    for r in best.values():
+        print(f"{r['source']:9s} service alone {r['serve_rows_per_s']:10,.0f} rows/s, train {r['train_rows_per_s']:10,.0f}"
+              f" rows/s: {r['ratio']:.2f} (best of {args.reps})")
+    Path(args.out).write_text(json.dumps({"rows": args.rows, "reps": args.reps, "best": best, "runs": runs},
+                                         indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ import pytest
 
 from streamtrain.synthetic import make_data
 
-from .test_watch import CHROMIUM, _browser, _Elements
+from .test_watch import _browser, _Elements, browser
 
 BIN = Path(sys.executable).with_name("streamtrain")
 
@@ -76,8 +76,7 @@ def test_without_data_the_report_has_no_evaluation_and_bad_requests_are_one_line
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (scripts/test.sh installs Debian's chromium package "
-                    "where apt-get can)")
+@browser
 def test_the_report_in_a_browser(run, tmp_path):
     out = tmp_path / "r.html"
     _cli("report", run / "run", run / "d.h5", "--out", out)

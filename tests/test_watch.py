@@ -24,9 +24,8 @@ served = test_serve.served  # (the fixture: a ``streamtrain serve`` process, clo
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (scripts/test.sh installs Debian's "
-                                 "chromium package where apt-get can)")]
+browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (scripts/test.sh installs Debian's "
+                             "chromium package where apt-get can)")
 
 
 def _browser(url: str, *what: str, wait_ms: int = 4000, cwd: Path | None = None) -> str:
@@ -114,6 +113,8 @@ def _number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+@pytest.mark.slow
+@browser
 def test_the_live_page_draws_the_service_learning(served, tmp_path):
     svc = served("http").start()
     stream = pieces(400, seed=5)
@@ -152,6 +153,8 @@ def test_the_live_page_draws_the_service_learning(served, tmp_path):
     assert svc.stop() == 0
 
 
+@pytest.mark.slow
+@browser
 def test_guarded_reads_need_the_token_which_the_page_takes_from_its_address(served, tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
     svc = served("http", "--token-file", tmp_path / "token", "--guard-reads").start()
@@ -169,6 +172,7 @@ def test_guarded_reads_need_the_token_which_the_page_takes_from_its_address(serv
     assert svc.stop() == 0
 
 
+@pytest.mark.slow
 def test_guard_reads_without_a_token_is_one_line(tmp_path):
     from .test_serve import BIN, SETTINGS
 
@@ -178,6 +182,7 @@ def test_guard_reads_without_a_token_is_one_line(tmp_path):
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_watch_json_refuses_a_bad_since(served):
     svc = served("http").start()
     r = httpx.get(svc.url + "/watch.json", params={"since": "-1"})
@@ -186,3 +191,37 @@ def test_watch_json_refuses_a_bad_since(served):
     assert body["task"] == "binary" and body["points"] and body["points"][-1]["seq"] >= 1
     assert set(FEATURES)  # (the stream's features are the module's)
     assert svc.stop() == 0
+
+
+def test_the_sampler_asks_the_source_for_its_lag_every_few_seconds_and_rates_between_points(monkeypatch):
+    # (a stand-in service: the sampler reads its status, its learner's counters and its source's
+    # lag; Redis 6 answers a lag by sending up to 100 entries, which cost the training thread
+    # when asked every second)
+    from types import SimpleNamespace
+
+    from streamtrain.serve import watch as w
+
+    asked = []
+    learner = SimpleNamespace(lock=threading.Lock(), rows_trained=0, loss_sum=0.0, scored=0, correct=0,
+                              model=SimpleNamespace(task="binary"))
+    status = {"rows_trained": 0, "rows_received": 0, "rows_rejected": 0, "queue_rows": 0, "model_version": 1,
+              "checkpoint_age_seconds": None, "training": True, "error": None,
+              "prequential": {"loss": None, "accuracy": None}}
+    service = SimpleNamespace(learner=learner, status=lambda: dict(status),
+                              source=SimpleNamespace(name="redis", lag=lambda: asked.append(1) or 7.0))
+    clock = [1000.0]
+    monkeypatch.setattr(w.time, "time", lambda: clock[0])
+    watch = w.Watch(service)
+    for second in range(12):
+        learner.rows_trained += 500
+        learner.loss_sum, learner.scored, learner.correct = learner.loss_sum + 250.0, learner.scored + 500, \
+            learner.correct + 400
+        status["prequential"] = {"loss": learner.loss_sum / learner.scored, "accuracy": 0.8}
+        watch.sample()
+        clock[0] += 1.0
+    assert len(asked) == 3  # at 0, 5 and 10 s
+    points = watch.since(0)["points"]
+    assert [p["seq"] for p in points] == list(range(1, 13)) and all(p["lag"] == 7.0 for p in points)
+    assert points[0]["rows_per_s"] is None and all(p["rows_per_s"] == 500.0 for p in points[1:])
+    assert all(p["loss"] == 0.5 and p["accuracy"] == 0.8 for p in points[1:])
+    assert [p["seq"] for p in watch.since(10)["points"]] == [11, 12]

@@ -7,6 +7,7 @@ fetched from elsewhere); it asks for the points after the last one it has every 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -17,6 +18,8 @@ __all__ = ["Watch", "page"]
 
 #: Points kept: one a second, an hour of them (about 200 bytes each).
 KEEP = 3600
+#: Seconds between two readings of the source's lag (its points in between repeat the last).
+LAG_EVERY = 5.0
 #: Refused inputs kept for the page (the whole record is in ``rejected.jsonl``).
 KEEP_REJECTED = 20
 
@@ -39,6 +42,7 @@ class Watch:
         self.lock = threading.Lock()
         self._last: tuple | None = None  # (time, rows trained, loss sum, rows scored, rows right)
         self._seq = 0
+        self._lag, self._lag_at = None, -math.inf
         self._thread: threading.Thread | None = None
 
     def start(self, stopping: threading.Event) -> None:
@@ -62,10 +66,14 @@ class Watch:
         service = self.service
         learner = service.learner
         status = service.status()
-        try:
-            lag = service.source.lag()
-        except Exception:  # (a broker that does not answer now: the point has no lag, the page goes on)
-            lag = None
+        now = time.time()
+        if now - self._lag_at >= LAG_EVERY:  # (a broker's answer can cost it: Redis 6 sends entries)
+            try:
+                self._lag = service.source.lag()
+            except Exception:  # (a broker that does not answer now: the point has no lag, the page goes on)
+                self._lag = None
+            self._lag_at = now
+        lag = self._lag
         now = time.time()
         with learner.lock:
             counts = (learner.rows_trained, learner.loss_sum, learner.scored, learner.correct)
