@@ -76,6 +76,22 @@ def test_a_code_outside_its_column_is_refused_not_read_past_the_weights():
             net.forward(np.array([[0.5, bad]]))
 
 
+@pytest.mark.parametrize("init,std", [("he", lambda fan, h: np.sqrt(2.0 / fan)),
+                                      ("glorot", lambda fan, h: np.sqrt(6.0 / (fan + h)) / np.sqrt(3.0))])
+def test_a_table_s_scale_comes_from_the_inputs_a_sample_sums_not_from_its_rows(init, std):
+    # 3 code columns of 100,000 rows each and 2 plain inputs: a sample sums 5 rows of W1, so He's
+    # and Glorot's scales take a fan-in of 5 (from the table's 300,002 rows they would be 250x smaller)
+    layout = InputLayout([0, 1], [0, 1], [2, 3, 4], [2, 100_002, 200_002], [100_000] * 3)
+    net = TwoLayerNet(5, 16, 1, activation="tanh", init=init, layout=layout, dtype=np.float64)
+    W1 = net.params["W1"]
+    assert W1.shape == (300_002, 16)
+    np.testing.assert_allclose(W1.std(), std(5, 16), rtol=0.01)
+    X = np.column_stack([np.random.default_rng(0).standard_normal((2000, 2)),
+                         np.random.default_rng(1).integers(0, 100_000, (2000, 3))]).astype(np.float64)
+    h = net._first(X)
+    assert 0.3 < h.std() / (std(5, 16) * np.sqrt(5)) < 3  # pre-activations of order one, not vanishing
+
+
 def test_training_with_codes_equals_training_one_hot(tmp_path):
     flights(3000).to_parquet(tmp_path / "f.parquet", row_group_size=500)
     runs = {}

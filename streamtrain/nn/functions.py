@@ -200,16 +200,19 @@ def _init_he(rng, size, n_in, n_out, activation):
     return rng.normal(0.0, np.sqrt(2.0 / n_in), size=size)
 
 
-def init_weights(init: str, rng, n_in: int, n_out: int, activation: str, dtype) -> np.ndarray:
+def init_weights(init: str, rng, n_in: int, n_out: int, activation: str, dtype, fan_in: int | None = None
+                 ) -> np.ndarray:
     """An ``(n_in, n_out)`` weight matrix of ``dtype`` drawn by ``INITS[init]``, a block of rows at
     a time: the values of one draw of the whole (a generator's draws follow one another), without
-    its float64 temporary (a click log's table: gigabytes)."""
+    its float64 temporary (a click log's table: gigabytes). ``fan_in``: the inputs a unit sums
+    per sample, where it is not ``n_in`` (rows that codes select: one row per code column)."""
     make = INITS[init]
+    fan = n_in if fan_in is None else int(fan_in)
     out = np.empty((n_in, n_out), dtype=dtype)
     step = max(1, (1 << 20) // max(n_out, 1))
     for a in range(0, n_in, step):
         b = min(n_in, a + step)
-        out[a:b] = make(rng, (b - a, n_out), n_in, n_out, activation)
+        out[a:b] = make(rng, (b - a, n_out), fan, n_out, activation)
     return out
 
 

@@ -114,7 +114,10 @@ class TwoLayerNet:
         self._task = TASKS[task]
         rng = np.random.default_rng([int(seed), 0x1417])
         self.params = {
-            "W1": init_weights(init, rng, n_rows, hidden, activation, self.dtype),
+            # (a table's fan-in is the inputs a sample sums, one row per code column, not its rows:
+            # He's and Glorot's scales from its millions of rows would start it at almost zero)
+            "W1": init_weights(init, rng, n_rows, hidden, activation, self.dtype,
+                               None if layout is None else layout.n_cols),
             "b1": np.zeros(hidden, self.dtype),
             "W2": init_weights(init, rng, hidden, n_out, activation, self.dtype),
             "b2": np.zeros(n_out, self.dtype),
