@@ -187,9 +187,10 @@ class TrainConfig:
                                 "row of the first layer's weights (no one-hot matrix; the same model); 0: every "
                                 "such column.")
     dense_updates: bool = _f(False, "With columns entering as codes: update every row of the first layer's weights at "
-                                    "every step (momentum and Adam advance every row's state, as a dense model does), "
-                                    "not only the rows the batch touched (the default: the same for plain SGD; lazy "
-                                    "momentum and Adam).")
+                                    "every step (momentum and Adam advance every row's state, and --l1/--l2 penalise "
+                                    "every row, as a dense model does), not only the rows the batch touched (the "
+                                    "default: the same for plain SGD, which with a penalty updates every row; lazy "
+                                    "momentum and Adam, a penalty on the touched rows).")
     sparse_reduce: str = _f("auto", "Under MPI, how the gradients of the first layer's rows that a step touched (codes, "
                                     "lazy updates) travel: gather (as row, gradient pairs), allreduce (as the whole "
                                     "matrix) or auto (gather while the pairs are fewer than the matrix's rows).")

@@ -17,7 +17,7 @@ from streamtrain.features.encoding import Encoding, EncodingOptions
 from streamtrain.features.learn import learn_encoding
 from streamtrain.io.resolve import latest_checkpoint
 from streamtrain.nn.functions import ACTIVATIONS
-from streamtrain.nn.network import InputLayout, TwoLayerNet
+from streamtrain.nn.network import InputLayout, RowGrad, TwoLayerNet
 from streamtrain.train.schema import TRAINER
 
 from .test_tabular import flights
@@ -197,15 +197,19 @@ def test_lazy_updates_leave_untouched_rows_and_their_state_alone(name):
         assert not np.array_equal(lazy[:2], dense[:2])
 
 
-def test_a_penalty_keeps_dense_updates(tmp_path):
+@pytest.mark.parametrize("optimizer,lazy", [("sgd", False), ("adam", True), ("momentum", True)])
+def test_a_penalty_keeps_plain_sgd_dense_and_the_others_lazy(tmp_path, optimizer, lazy):
+    # (plain SGD with a penalty is exact: every row decays at every step; momentum and Adam
+    # penalise the rows a step touched, as their state advances there alone)
     from streamtrain import Trainer
 
     flights(600).to_parquet(tmp_path / "f.parquet")
-    t = Trainer(hidden=4, epochs=1, one_hot_max=0, l2=1e-3, optimizer="sgd")
+    t = Trainer(hidden=4, epochs=1, one_hot_max=0, l2=1e-3, optimizer=optimizer)
     t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
+    assert t.stepper.sparse == lazy and (t.stepper.penalty is not None) == lazy
     X = np.zeros((2, t.net.n_in), t.net.dtype)
-    _, _, grads = t.net.loss_and_grads(X, np.array([0, 1]), l2=1e-3, sparse=True)
-    assert isinstance(grads["W1"], np.ndarray) and grads["W1"].shape == t.net.params["W1"].shape
+    _, _, grads = t.net.loss_and_grads(X, np.array([0, 1]), l2=1e-3, sparse=t.stepper.sparse)
+    assert isinstance(grads["W1"], RowGrad) == lazy
 
 
 def test_a_first_layer_beyond_the_memory_is_refused_before_it_is_allocated(tmp_path):

@@ -219,6 +219,92 @@ def test_rows_of_codes_through_a_reduction_update_as_the_one_process_step(optimi
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
 
 
+def _table_step(cls, cfg, comm=None):
+    from streamtrain.model import Model
+    from streamtrain.nn.network import InputLayout, TwoLayerNet
+    from streamtrain.train.state import make_run_optimizer
+
+    layout = InputLayout([0], [0], [1, 2], [1, 51], [50, 30])
+    net = TwoLayerNet(3, 6, 1, seed=3, dtype="float64", layout=layout)
+    model = Model(net, None, None, [], None, None)
+    model.labels = type("L", (), {"task": "binary"})()
+    return net, cls(cfg, model, make_run_optimizer(cfg), **({} if comm is None else {"comm": comm}))
+
+
+def _table_rows(n=64, seed=5):
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([rng.standard_normal(n), rng.integers(0, 50, n), rng.integers(0, 30, n)])
+    return X, (X[:, 0] + (X[:, 1] < 20) > 0.5).astype(int)
+
+
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.02), (0.01, 0.0), (0.01, 0.02)])
+def test_lazy_adam_with_a_penalty_equals_a_hand_written_reference(l1, l2, monkeypatch):
+    # The table's rows a step touched get the penalty's gradient and advance their moments; the
+    # others are left as they were (TensorFlow's LazyAdam with a penalty on the gathered rows).
+    # The loss reported is the data loss plus the whole penalty, though the step tracks its sum
+    # over the table from the touched rows' change (summed whole every REFRESH steps).
+    from streamtrain.train import update
+    from streamtrain.train.update import GradientStep
+
+    monkeypatch.setattr(update.TablePenalty, "REFRESH", 3)
+    cfg = TrainConfig(hidden=6, optimizer="adam", dtype="float64", lr=0.05, l1=l1, l2=l2)
+    net, step = _table_step(GradientStep, cfg)
+    ref, _ = _table_step(GradientStep, cfg)
+    assert step.sparse and step.penalty is not None
+    X, y = _table_rows(160)
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 0.05
+    m = {k: np.zeros_like(v) for k, v in ref.params.items()}
+    v = {k: np.zeros_like(a) for k, a in ref.params.items()}
+    for t, a in enumerate(range(0, 160, 16), start=1):
+        Xb, yb = X[a:a + 16], y[a:a + 16]
+        data_loss, _, g = ref.loss_and_grads(Xb, yb)  # dense, no penalty: zeros on rows not touched
+        want = data_loss + ref.penalty(l1, l2)
+        touched = np.unique(np.r_[0, Xb[:, 1] + 1, Xb[:, 2] + 51].astype(int))
+        got = step.update(Xb, yb, step=t - 1).loss
+        np.testing.assert_allclose(got, want, rtol=1e-11)
+        for k in ref.params:
+            rows = touched if k == "W1" else slice(None)
+            p = ref.params[k][rows]
+            gk = g[k][rows] + (l2 * p + l1 * np.sign(p) if k in ("W1", "W2") else 0)
+            m[k][rows] = b1 * m[k][rows] + (1 - b1) * gk
+            v[k][rows] = b2 * v[k][rows] + (1 - b2) * gk * gk
+            ref.params[k][rows] = p - lr / (1 - b1**t) * m[k][rows] / (np.sqrt(v[k][rows] / (1 - b2**t)) + eps)
+    for k in ref.params:
+        np.testing.assert_allclose(net.params[k], ref.params[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    never = np.setdiff1d(np.arange(81), np.r_[0, X[:, 1] + 1, X[:, 2] + 51].astype(int))
+    assert len(never) and np.array_equal(net.params["W1"][never], _table_step(GradientStep, cfg)[0].params["W1"][never])
+
+
+@pytest.mark.parametrize("how", ["gather", "allreduce"])
+def test_lazy_penalties_through_a_reduction_equal_the_one_process_step(how):
+    from streamtrain.train.update import GradientStep, ReducedStep
+
+    cfg = TrainConfig(hidden=6, optimizer="momentum", dtype="float64", lr=0.05, l1=0.003, l2=0.02,
+                      sparse_reduce=how)
+    X, y = _table_rows()
+    (a, one), (b, two) = _table_step(GradientStep, cfg), _table_step(ReducedStep, cfg, TwoIdenticalRanks())
+    assert one.sparse and two.sparse
+    la = [one.update(X[i:i + 16], y[i:i + 16], step=i // 16).loss for i in range(0, 64, 16)]
+    lb = [two.update(X[i:i + 16], y[i:i + 16], step=i // 16).loss for i in range(0, 64, 16)]
+    np.testing.assert_allclose(la, lb, rtol=1e-12)
+    for k in a.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_plain_sgd_with_a_penalty_keeps_every_row_decaying():
+    # (exact SGD: a penalty moves every row at every step, so the table is updated whole)
+    from streamtrain.train.update import GradientStep
+
+    cfg = TrainConfig(hidden=6, optimizer="sgd", dtype="float64", lr=0.05, l2=0.02)
+    net, step = _table_step(GradientStep, cfg)
+    assert not step.sparse and step.penalty is None
+    before = net.params["W1"].copy()
+    X, y = _table_rows(16)
+    step.update(X, y)
+    never = np.setdiff1d(np.arange(81), np.r_[0, X[:, 1] + 1, X[:, 2] + 51].astype(int))
+    np.testing.assert_allclose(net.params["W1"][never], before[never] * (1 - 0.05 * 0.02), rtol=1e-12)
+
+
 # -- a knob is added once --------------------------------------------------------------------------------
 def test_every_setting_has_a_cli_option_with_help_and_every_option_a_setting():
     import dataclasses

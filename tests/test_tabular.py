@@ -212,12 +212,13 @@ def test_overrides_and_missing_error_from_the_command(tmp_path):
     assert res.returncode == 2 and "nope" in res.stderr
 
 
-@pytest.mark.parametrize("one_hot_max", [1024, 0])  # categories one-hot, or codes gathering first-layer rows
-def test_resume_with_encoded_columns_is_bitwise(tmp_path, one_hot_max):
+# categories one-hot, or codes gathering first-layer rows (lazy Adam; with a penalty on the rows touched)
+@pytest.mark.parametrize("one_hot_max,penalty", [(1024, []), (0, []), (0, ["--l2", "0.001", "--l1", "0.0001"])])
+def test_resume_with_encoded_columns_is_bitwise(tmp_path, one_hot_max, penalty):
     flights(1500).to_parquet(tmp_path / "f.parquet", row_group_size=500)
     args = ["train", tmp_path / "f.parquet", "--label", "status", "--hidden", "8", "--batch-size", "16",
             "--optimizer", "adam", "--lr-schedule", "constant", "--quiet",  # (auto stretches to a longer run)
-            "--one-hot-max", one_hot_max]
+            "--one-hot-max", one_hot_max, *penalty]
     _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "whole")
     _cli(*args, "--epochs", "1", "--checkpoint-dir", tmp_path / "parts")
     _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "parts", "--resume")

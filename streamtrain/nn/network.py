@@ -174,12 +174,14 @@ class TwoLayerNet:
         return total
 
     def loss_and_grads(self, X: np.ndarray, y: np.ndarray, l1: float = 0.0, l2: float = 0.0,
-                       weights: np.ndarray | None = None, sparse: bool = False
+                       weights: np.ndarray | None = None, sparse: bool = False, penalty: bool = True
                        ) -> tuple[float, float, dict[str, np.ndarray]]:
         """Mean (weighted) data loss, the penalty, and the gradients of their sum w.r.t. every parameter;
         ``self.last_correct``: the rows the network classified right before these gradients.
-        ``sparse`` (inputs that are codes, no penalty): ``W1``'s gradient is a ``RowGrad`` of the
-        rows the batch touched."""
+        ``sparse`` (inputs that are codes): ``W1``'s gradient is a ``RowGrad`` of the rows the batch
+        touched, the penalty's included on those rows alone (lazy: an untouched row is not
+        penalised). ``penalty`` False: its value is not computed (0.0 is returned; a pass over a
+        table of millions of rows, which the caller tracks instead)."""
         p = self.params
         a1, z = self.forward(X)
         self.last_correct = correct_count(self.task, z, y)
@@ -188,16 +190,17 @@ class TwoLayerNet:
         grads = {"W2": a1.T @ dz, "b2": dz.sum(axis=0)}
         da1 = dz @ p["W2"].T
         da1 *= self._act_grad(a1)
-        grads["W1"] = self._first_grad(X, da1, sparse and self.layout is not None and not (l1 or l2))
+        grads["W1"] = self._first_grad(X, da1, sparse and self.layout is not None)
         grads["b1"] = da1.sum(axis=0)
         for name in ("W1", "W2"):
-            if isinstance(grads[name], RowGrad):
-                continue  # (only without a penalty)
+            g, w = grads[name], p[name]
+            if isinstance(g, RowGrad):  # the penalty of the rows touched (the values are this call's own)
+                g, w = g.values, w[g.rows]
             if l2:
-                grads[name] += l2 * p[name]
+                g += l2 * w
             if l1:
-                grads[name] += l1 * np.sign(p[name])
-        return loss, self.penalty(l1, l2), grads
+                g += l1 * np.sign(w)
+        return loss, self.penalty(l1, l2) if penalty else 0.0, grads
 
     def loss_and_output(self, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Mean data loss of a batch (no penalty) and its outputs (probabilities or values)."""

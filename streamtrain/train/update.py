@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import TrainingError
 from ..nn import kernels, minibatch, online
 from ..nn.network import PARAM_NAMES, RowGrad, sum_rows
+from ..nn.optim import SGD
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
@@ -178,6 +179,48 @@ class FusedSGD(Update):
         return Outcome(loss * len(X), correct, 1, len(X))
 
 
+def _sums(W: np.ndarray) -> tuple[float, float]:
+    """The sum of ``W``'s squares and of its absolute values, in float64 (a block of rows at a
+    time: no float64 copy of a table of millions of rows)."""
+    sq = ab = 0.0
+    for a in range(0, len(W), 1 << 15):
+        b = W[a:a + (1 << 15)].astype(np.float64)
+        sq += float(np.vdot(b, b))
+        ab += float(np.abs(b).sum())
+    return sq, ab
+
+
+class TablePenalty:
+    """The penalty's value (``l1`` |W|, ``l2`` / 2 W^2 of ``W1`` and ``W2``) where ``W1`` is a table
+    of codes updated lazily: a step changes only the rows it touched, so the sums over ``W1`` move
+    by those rows' change (``before`` and ``after`` the step) instead of a pass over the table at
+    every step; they are summed whole again every ``REFRESH`` steps (and at a run's first), which
+    bounds the rounding a running sum gathers. Only the reported loss depends on them."""
+
+    REFRESH = 1024
+
+    def __init__(self, l1: float, l2: float):
+        self.l1, self.l2 = l1, l2
+        self.sums: tuple[float, float] | None = None  # W1's squares, absolute values
+        self._rows, self._before = None, (0.0, 0.0)
+
+    def value(self, params: dict[str, np.ndarray], step: int) -> float:
+        if self.sums is None or step % self.REFRESH == 0:
+            self.sums = _sums(params["W1"])
+        sq, ab = self.sums
+        sq2, ab2 = _sums(params["W2"])
+        return 0.5 * self.l2 * (sq + sq2) + self.l1 * (ab + ab2)
+
+    def before(self, params: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        self._rows, self._before = rows, _sums(params["W1"][rows])
+
+    def after(self, params: dict[str, np.ndarray]) -> None:
+        if self.sums is not None and self._rows is not None:
+            sq, ab = _sums(params["W1"][self._rows])
+            self.sums = (self.sums[0] + sq - self._before[0], self.sums[1] + ab - self._before[1])
+        self._rows = None
+
+
 class GradientStep(Update):
     """The batch's gradients (compiled where it can, else numpy), then the optimiser's step."""
 
@@ -185,10 +228,12 @@ class GradientStep(Update):
         super().__init__(*args, **kw)
         # (inputs that are codes: numpy's gather and scatter; the compiled kernels take products only)
         self.compiled = self.config.compiled and minibatch.available() and self.net.layout is None
-        # Codes' rows: the step updates the rows the batch touched alone (lazy momentum and Adam),
-        # unless --dense-updates or a penalty (which moves every row at every step).
+        # Codes' rows: the step updates the rows the batch touched alone (lazy momentum and Adam,
+        # a penalty included: on those rows), unless --dense-updates, or plain SGD with a penalty
+        # (which is exact: every row decays at every step).
         self.sparse = self.net.layout is not None and not getattr(self.config, "dense_updates", False) \
-            and not (self.l1 or self.l2)
+            and not ((self.l1 or self.l2) and type(self.optimizer) is SGD)
+        self.penalty = TablePenalty(self.l1, self.l2) if self.sparse and (self.l1 or self.l2) else None
 
     def load(self) -> None:
         if self.compiled:
@@ -199,16 +244,23 @@ class GradientStep(Update):
         net = self.net
         if self.compiled:
             return minibatch.loss_and_grads(net.params, X, T, l1, l2, net.activation, self.task, w)
-        loss, penalty, grads = net.loss_and_grads(X, T, l1, l2, w, sparse=self.sparse)
+        loss, penalty, grads = net.loss_and_grads(X, T, l1, l2, w, sparse=self.sparse, penalty=self.penalty is None)
         return loss + penalty, net.last_correct, grads
 
     def step(self, total: float, grads: dict[str, np.ndarray], step: int) -> None:
         if math.isfinite(total):
             self.optimizer.lr = self.rate(step)
+            tracked = self.penalty is not None and isinstance(grads["W1"], RowGrad)
+            if tracked:
+                self.penalty.before(self.net.params, grads["W1"].rows)
             self.optimizer.step(self.net.params, grads)
+            if tracked:
+                self.penalty.after(self.net.params)
 
     def update(self, X, T, step=0, w=None) -> Outcome:
         total, correct, grads = self.gradients(X, T, self.weights(T, w), self.l1, self.l2)
+        if self.penalty is not None:
+            total += self.penalty.value(self.net.params, step)
         self.step(total, grads, step)
         return Outcome(total * len(X), correct, 1, len(X))
 
@@ -225,11 +277,12 @@ class ReducedStep(GradientStep):
         self.gathered_steps = 0  # steps whose touched rows of codes travelled as (row, gradient) pairs
 
     def update(self, X, T, step=0, w=None) -> Outcome:
-        total, correct, grads, rows = self._reduced(X, T, self.weights(T, w))
+        total, correct, grads, rows = self._reduced(X, T, self.weights(T, w), step)
         self.step(total, grads, step)
         return Outcome(total * rows, correct, 1, rows)
 
-    def _reduced(self, X: np.ndarray, T: np.ndarray, w=None) -> tuple[float, int, dict[str, np.ndarray], int]:
+    def _reduced(self, X: np.ndarray, T: np.ndarray, w=None, step: int = 0
+                 ) -> tuple[float, int, dict[str, np.ndarray], int]:
         """The mean loss, the rows right and the gradients over every process's rows of this step's
         global batch, and its rows. Each process's data gradients, weighted by its rows, its loss
         and its row count go in one contiguous buffer and one sum; the penalty (of the weights
@@ -277,12 +330,15 @@ class ReducedStep(GradientStep):
             out[k] = buf[at:at + size].reshape(net.params[k].shape).astype(net.dtype)
             at += size
         for k in ("W1", "W2"):
-            wk = net.params[k]
+            g, wk = out[k], net.params[k]
+            if isinstance(g, RowGrad):  # the penalty of the rows touched (lazy)
+                g, wk = g.values, wk[g.rows]
             if self.l2:
-                out[k] += self.l2 * wk
+                g += self.l2 * wk
             if self.l1:
-                out[k] += self.l1 * np.sign(wk)
-        return float(total) + net.penalty(self.l1, self.l2), correct, {k: out[k] for k in PARAM_NAMES}, total_n
+                g += self.l1 * np.sign(wk)
+        penalty = self.penalty.value(net.params, step) if self.penalty is not None else net.penalty(self.l1, self.l2)
+        return float(total) + penalty, correct, {k: out[k] for k in PARAM_NAMES}, total_n
 
     def _reduced_rows(self, mine: RowGrad, n: int, counts: np.ndarray, total_n: int) -> RowGrad:
         """The global batch's gradient of the rows of codes, from this process's ``mine`` (of its
