@@ -117,10 +117,12 @@ def _number(text: str) -> float:
 @browser
 def test_the_live_page_draws_the_service_learning(served, tmp_path):
     svc = served("http").start()
-    stream = pieces(400, seed=5)
+    stream = pieces(1200, seed=5)  # (about 15 s of posting: the producer writes on while the page is opened twice)
     producer = threading.Thread(target=post_all, args=(svc.url, stream), kwargs={"pause": 0.01}, daemon=True)
     producer.start()
-    wait_for(lambda: svc.status()["rows_trained"] > 0, 60, "rows trained")
+    # (the page draws what the service sampled: a few seconds of points with rows scored in them)
+    wait_for(lambda: sum(p["loss"] is not None for p in httpx.get(svc.url + "/watch.json").json()["points"]) >= 3,
+             60, "three points with rows scored")
     # a refused request: shown with its reason
     bad = httpx.post(svc.url + "/learn", json=[{"f0": 1.0}])
     assert bad.status_code == 400
