@@ -36,6 +36,7 @@ LIMITS = {
     "l2": (0.0, 1e6),
     "val_fraction": (0.0, 1.0),
     "checkpoint_seconds": (0.0, 1e9),
+    "peer_timeout": (0.0, 1e9),
     "power_t": (0.0, 10.0),
     "lr_gamma": (0.0, 1e3),
     "lr_step": (1, 1 << 62),
@@ -191,6 +192,9 @@ class TrainConfig:
                                     "every row, as a dense model does), not only the rows the batch touched (the "
                                     "default: the same for plain SGD, which with a penalty updates every row; lazy "
                                     "momentum and Adam, a penalty on the touched rows).")
+    peer_timeout: float = _f(120.0, "Under MPI: when a training step has waited this many seconds for another "
+                                    "process (a lost machine or network link: nothing closes), end the job, naming the "
+                                    "processes and hosts that did not answer (0: wait as long as the MPI library does).")
     sparse_reduce: str = _f("auto", "Under MPI, how the gradients of the first layer's rows that a step touched (codes, "
                                     "lazy updates) travel: gather (as row, gradient pairs), allreduce (as the whole "
                                     "matrix) or auto (gather while the pairs are fewer than the matrix's rows).")
@@ -397,4 +401,4 @@ def auto_epochs(rows: int, batch_size: int) -> int:
 # Changing these on resume does not change the batches or updates of the epochs already planned.
 RESUME_MAY_CHANGE = frozenset({"cache_dir", "cache_max_gb", "epochs", "strict", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
                                "early_stopping", "min_delta", "decoder", "decoder_workers",
-                               "sparse_reduce"})
+                               "sparse_reduce", "peer_timeout"})

@@ -1,8 +1,9 @@
-"""MPI across hosts: each host a Linux network namespace with its own hostname (a UTS namespace, so
-the MPI library cannot join ranks of different hosts through shared memory), joined by a veth link
-with link-local addresses that route nowhere else. ``mpiexec`` runs inside the first host and
-starts the others' ranks through hydra's ssh launcher, whose command here enters a host's
-namespaces the way ssh enters a machine. Needs CAP_NET_ADMIN (CI runs as root); skipped, saying
+"""MPI across hosts: each host a Linux network namespace with its own hostname (a UTS namespace: MPICH
+takes each for a machine of its own) and its own disk (a mount namespace), joined by a veth link
+with link-local addresses that route nowhere else; MPI's traffic between hosts goes over TCP
+(``UCX_TLS=tcp``: otherwise UCX, seeing one kernel, would use shared memory across the link).
+``mpiexec`` runs inside the first host and starts the others' ranks through hydra's ssh launcher,
+whose command here enters a host's namespaces the way ssh enters a machine. Needs CAP_NET_ADMIN (CI runs as root); skipped, saying
 so, where namespaces cannot be made. Every namespace and link is removed whatever happens."""
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Hosts:
                 self._ip("-n", self.name(i), "addr", "add", f"169.254.77.{i * 2 - 2}/31", "dev", self.dev(i, 0))
                 for a, b in ((0, i), (i, 0)):
                     self._ip("-n", self.name(a), "link", "set", self.dev(a, b), "up")
+            self._wait_up()
         except BaseException:
             self.remove()
             raise
@@ -62,6 +64,18 @@ class Hosts:
         self.launcher = where / "launch.sh"
         self.launcher.write_text(LAUNCHER.format(prefix=self.prefix, enter=ENTER.format(where=where)))
         self.launcher.chmod(0o755)
+
+    def _wait_up(self, timeout: float = 30.0) -> None:
+        """Until every link has its carrier (a veth's takes a moment): an MPI library started
+        before that finds no network device but the loopback (seen: UCX, which then fails)."""
+        deadline = time.monotonic() + timeout
+        for i in range(1, self.n):
+            for a, b in ((0, i), (i, 0)):
+                while "LOWER_UP" not in subprocess.run(["ip", "-n", self.name(a), "link", "show", self.dev(a, b)],
+                                                       capture_output=True, text=True, timeout=30).stdout:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the link {self.dev(a, b)} did not come up in {timeout:g} s")
+                    time.sleep(0.05)
 
     def name(self, i: int) -> str:
         return f"{self.prefix}{i}"
@@ -79,7 +93,12 @@ class Hosts:
         hostfile.write_text("".join(f"h{i}:{k}\n" for i, k in enumerate(per_host) if k))
         launch = [str(MPIEXEC), "-f", str(hostfile), "-launcher", "ssh", "-launcher-exec", str(self.launcher),
                   "-iface", self.dev(0, 1), "-n", str(sum(per_host)), str(BIN), *args]
-        inner = " ".join(f"'{a}'" for a in launch)
+        # UCX_TLS=tcp: the hosts share one kernel, so UCX (MPICH's network layer) would reach the
+        # other host's processes through shared memory, and a link cut would change nothing; over
+        # TCP, as between machines, every byte between hosts crosses the link (hydra passes the
+        # variable on to every host; the processes of one host still meet through MPICH's own
+        # shared memory)
+        inner = "env UCX_TLS=tcp " + " ".join(f"'{a}'" for a in launch)
         enter = ENTER.format(where=self.where).replace("$host", "h0")
         return ["ip", "netns", "exec", self.name(0), "unshare", "--uts", "--mount", "sh", "-c", f"{enter} && exec {inner}"]
 
@@ -243,3 +262,42 @@ def test_a_host_whose_copy_of_the_data_differs_is_refused_in_one_line(hosts, tmp
     assert r.stderr.count("error:") == 1, r.stderr
     assert "rank 1 (host h1) reads other data than rank 0 (host h0): its sampled chunks differ" in r.stderr
     assert "Traceback" not in r.stderr and not list(tmp_path.glob("r/ckpt-*"))
+
+
+def test_a_host_whose_link_is_cut_ends_the_job_naming_it_and_the_others_resume(hosts, data, tmp_path):
+    # The link goes down mid-run (a machine that loses power or its network: nothing closes, so
+    # MPI would wait for minutes): the watch of the process left waiting names the lost one
+    args = _args(data, tmp_path / "run", "--epochs", "6", "--batch-size", "10", "--optimizer", "adam",
+                 "--checkpoint-every", "200", "--keep", "2", "--peer-timeout", "4", "--resume")
+    alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", "--epochs", "6", "--batch-size", "10",
+                                             "--optimizer", "adam")], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    proc = subprocess.Popen(hosts.command([1, 1], args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(tmp_path / "run", warn=lambda m: None) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before the link could be cut"
+        cut = time.monotonic()
+        subprocess.run(["ip", "-n", hosts.name(1), "link", "set", hosts.dev(1, 0), "down"], check=True, timeout=30)
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - cut
+    finally:
+        subprocess.run(["ip", "-n", hosts.name(1), "link", "set", hosts.dev(1, 0), "up"], timeout=30)
+        hosts._wait_up()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in hosts.pids(1):  # h1's processes, still waiting on their side of the cut
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode != 0 and took < 30, (took, err[-2000:])
+    lines = [line for line in (out + err).splitlines() if "error:" in line]
+    assert len(lines) == 1 and "no answer from rank 1 (host h1)" in lines[0] and "--resume" in lines[0], err[-2000:]
+    stopped = _step(latest_checkpoint(tmp_path / "run")[2])
+    r = subprocess.run(["ip", "netns", "exec", hosts.name(0), str(BIN), *args], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    got, meta = _final(tmp_path / "run")
+    ref, ref_meta = _final(tmp_path / "one")
+    assert 0 < stopped < _step(meta) == _step(ref_meta)
+    _assert_close(got, ref, rtol=1e-10)

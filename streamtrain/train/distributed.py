@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -207,6 +211,23 @@ class Communicator:
         """Before a clean exit: every process's output forwarded, then all leave together (MPI:
         a barrier, then ``MPI_Finalize``; nothing for one process alone)."""
 
+    def watch(self, seconds: float) -> None:
+        """While training (until ``unwatch``): where a collective has waited ``seconds`` for
+        another process (a machine or its network link lost: nothing closes, so the MPI library
+        would wait on), find the processes that no longer answer, say which (rank and host) in
+        one line, and end the job. Every process calls it at the same point (it gathers the
+        hosts' names). Nothing for one process alone.
+
+        Parameters
+        ----------
+        seconds : float
+            How long a collective may wait; 0: no watch.
+        """
+
+    def unwatch(self) -> None:
+        """Stop watching (training is over: the waits that follow, such as the last checkpoint's,
+        may be long)."""
+
 
 LOCAL = Communicator()
 
@@ -230,17 +251,90 @@ class MPICommunicator(Communicator):
         self.local_size, self.local_rank = node.Get_size(), node.Get_rank()
         node.Free()
         self._failures = self.comm.Dup()  # errors' collectives: never matched with training's
+        self._since: float | None = None  # when the collective in flight began (None: none is)
+        self._watching = False
 
     def allreduce(self, buffer):
+        self._since = time.monotonic()  # (the watch's: how long this one has waited)
         self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+        self._since = None
         return buffer
 
     def allgatherv(self, buffer, counts):
         width = int(np.prod(buffer.shape[1:], dtype=np.int64))
         sizes = np.asarray(counts, dtype=np.int64) * width
         out = np.empty((int(np.sum(counts)), *buffer.shape[1:]), dtype=np.float64)
+        self._since = time.monotonic()
         self.comm.Allgatherv(np.ascontiguousarray(buffer, dtype=np.float64), (out, sizes))
+        self._since = None
         return out
+
+    def watch(self, seconds):
+        if seconds <= 0 or self._watching:
+            return
+        self._hosts = self.allgather(socket.gethostname())
+        self._beats = self.comm.Dup()  # the watch's own messages: never matched with training's
+        self._ping_buf = np.empty(1, np.int64)
+        self._watching = True
+        threading.Thread(target=self._watch, args=(float(seconds),), name="peer-watch", daemon=True).start()
+
+    def unwatch(self):
+        self._watching = False
+
+    def _watch(self, seconds: float) -> None:
+        # mpi4py releases the GIL inside a blocking collective, and MPI runs with
+        # MPI_THREAD_MULTIPLE: this thread answers the others' pings, and pings them itself once
+        # a collective of this process has waited ``seconds``.
+        self._pings = self._beats.Irecv(self._ping_buf, source=self.MPI.ANY_SOURCE, tag=_PING)
+        while self._watching:
+            time.sleep(min(0.1, seconds / 4))
+            self._answer()
+            since = self._since
+            if since is None or time.monotonic() - since < seconds:
+                continue
+            grace = min(max(seconds / 2, 1.0), 10.0)
+            alive = self._answering(grace)
+            silent = [r for r in range(self.size) if r not in alive]
+            if not silent or not self._watching or self._since != since:
+                continue  # (slow, not lost; or done meanwhile)
+            waited = time.monotonic() - since
+            if self.rank == min(alive):  # one process says it: the first that still answers
+                names = ", ".join(f"rank {r} (host {self._hosts[r]})" for r in silent)
+                print(f"error: no answer from {names} for {waited:.0f} s: a machine or its network link is lost "
+                      f"(--peer-timeout {seconds:g}); the job ends: run the same command with --resume on the "
+                      "machines that remain", file=sys.stderr, flush=True)
+                _wait_forwarded()
+            else:
+                deadline = time.monotonic() + grace  # (the first's abort ends this one, after its line)
+                while time.monotonic() < deadline:
+                    self._answer()
+                    time.sleep(0.05)
+            self.comm.Abort(1)
+
+    def _answer(self) -> None:
+        """Answer every ping that has come (a pong to its sender)."""
+        status = self.MPI.Status()
+        while self._pings.Test(status):
+            self._beats.Isend(np.array([self.rank], np.int64), dest=status.Get_source(), tag=_PONG)
+            self._pings = self._beats.Irecv(self._ping_buf, source=self.MPI.ANY_SOURCE, tag=_PING)
+
+    def _answering(self, grace: float) -> set:
+        """The ranks whose watch answers a ping within ``grace`` seconds (this one among them)."""
+        others = [r for r in range(self.size) if r != self.rank]
+        bufs = {r: np.empty(1, np.int64) for r in others}
+        pongs = {r: self._beats.Irecv(bufs[r], source=r, tag=_PONG) for r in others}
+        for r in others:
+            self._beats.Isend(np.array([self.rank], np.int64), dest=r, tag=_PING)
+        deadline = time.monotonic() + grace
+        alive = {self.rank}
+        while time.monotonic() < deadline and len(alive) < self.size:
+            self._answer()
+            for r in others:
+                if r not in alive and pongs[r].Test():
+                    alive.add(r)
+            time.sleep(0.01)
+        return alive
+
 
     def broadcast_bytes(self, data, root=0):
         n = np.array([0 if data is None else len(data)], dtype=np.int64)
@@ -297,6 +391,10 @@ class MPICommunicator(Communicator):
         self.comm.Barrier()
         if not self.MPI.Is_finalized():
             self.MPI.Finalize()
+
+
+# The watch's message tags (on its own communicator).
+_PING, _PONG = 77, 78
 
 
 def _completes(request, deadline: float) -> bool:

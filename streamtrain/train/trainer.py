@@ -223,8 +223,12 @@ class Trainer:
         transform, scale, prepare = model.loader_steps(cfg, train.path)
         loader = Loader(train, self.sampler, whole_groups=self.stepper.blocks, transform=transform,
                         decoder=cfg.decoder, process=process, scale=scale, workers=cfg.decoder_workers or None)
-        with loader, loader.sharing_cores(self.comm.local_size):
-            Loop(self, self.stepper, loader, hooks, prepare).run()
+        self.comm.watch(getattr(cfg, "peer_timeout", 0.0))  # (a lost machine ends the job, named)
+        try:
+            with loader, loader.sharing_cores(self.comm.local_size):
+                Loop(self, self.stepper, loader, hooks, prepare).run()
+        finally:
+            self.comm.unwatch()
 
     def partial_fit(self, X, y, classes=None, sample_weight=None) -> "Trainer":
         """Update the model on the rows given, in order, in minibatches of ``config.batch_size``.
