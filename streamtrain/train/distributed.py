@@ -276,10 +276,18 @@ class MPICommunicator(Communicator):
         self._beats = self.comm.Dup()  # the watch's own messages: never matched with training's
         self._ping_buf = np.empty(1, np.int64)
         self._watching = True
-        threading.Thread(target=self._watch, args=(float(seconds),), name="peer-watch", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, args=(float(seconds),), name="peer-watch", daemon=True)
+        self._watcher.start()
 
     def unwatch(self):
+        if not self._watching:
+            return
         self._watching = False
+        self._watcher.join(5.0)  # (no MPI call of its own may follow MPI_Finalize)
+        pings = getattr(self, "_pings", None)
+        if pings is not None and not pings.Test():
+            pings.Cancel()  # the receive it kept posted: nothing pending at MPI_Finalize
+            pings.Wait()
 
     def _watch(self, seconds: float) -> None:
         # mpi4py releases the GIL inside a blocking collective, and MPI runs with
@@ -288,6 +296,8 @@ class MPICommunicator(Communicator):
         self._pings = self._beats.Irecv(self._ping_buf, source=self.MPI.ANY_SOURCE, tag=_PING)
         while self._watching:
             time.sleep(min(0.1, seconds / 4))
+            if not self._watching:
+                break
             self._answer()
             since = self._since
             if since is None or time.monotonic() - since < seconds:
@@ -327,7 +337,7 @@ class MPICommunicator(Communicator):
             self._beats.Isend(np.array([self.rank], np.int64), dest=r, tag=_PING)
         deadline = time.monotonic() + grace
         alive = {self.rank}
-        while time.monotonic() < deadline and len(alive) < self.size:
+        while time.monotonic() < deadline and len(alive) < self.size and self._watching:
             self._answer()
             for r in others:
                 if r not in alive and pongs[r].Test():
