@@ -239,15 +239,7 @@ def test_a_lost_host_ends_the_job_and_the_hosts_left_resume_at_the_same_position
         os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode != 0 and time.monotonic() - lost < 30
-    stopped = _step(latest_checkpoint(tmp_path / "run")[2])
-    # the same command on the host that remains (one process): from the last checkpoint, the same global batch
-    r = subprocess.run(["ip", "netns", "exec", hosts.name(0), str(BIN), *args], capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr
-    got, meta = _final(tmp_path / "run")
-    ref, ref_meta = _final(tmp_path / "one")
-    assert 0 < stopped < _step(meta) == _step(ref_meta)
-    _assert_close(got, ref, rtol=1e-10)
+    _resumed_on_h0_as_one_process(hosts, args, tmp_path)
 
 
 
@@ -293,6 +285,12 @@ def test_a_host_whose_link_is_cut_ends_the_job_naming_it_and_the_others_resume(h
     assert proc.returncode != 0 and took < 30, (took, err[-2000:])
     lines = [line for line in (out + err).splitlines() if "error:" in line]
     assert len(lines) == 1 and "no answer from rank 1 (host h1)" in lines[0] and "--resume" in lines[0], err[-2000:]
+    _resumed_on_h0_as_one_process(hosts, args, tmp_path)
+
+
+def _resumed_on_h0_as_one_process(hosts, args, tmp_path) -> None:
+    """The same command on the host that remains (one process): from the last checkpoint in
+    ``run``, at the same global batch, to the run of one process in ``one``."""
     stopped = _step(latest_checkpoint(tmp_path / "run")[2])
     r = subprocess.run(["ip", "netns", "exec", hosts.name(0), str(BIN), *args], capture_output=True, text=True,
                        timeout=300)
