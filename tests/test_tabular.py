@@ -241,6 +241,14 @@ def test_the_statistics_pass_reads_no_column_of_codes(tmp_path):
         ds = open_dataset(source, label="status", encode={"one_hot_max": 0, "hash_buckets": 64})
         codes = set(ds.encoding.code_inputs)
         assert codes == {"carrier", "weather"}  # (flight_id: an id, left out)
+        # a one-hot cross reads its columns though they enter as codes: they are read then
+        crossed = open_dataset(source, label="status", encode={"one_hot_max": 5, "hash_buckets": 4,
+                                                               "crosses": [["carrier", "weather"]]})
+        assert crossed.encoding.code_inputs == [] and any(c.kind == "cross" and not c.gather
+                                                          for c in crossed.encoding.columns)
+        assert any(getattr(c, "gather", False) for c in crossed.encoding.columns if c.name == "carrier")
+        scan(crossed)
+        crossed.close()
         read = []
         table = ParquetDataset._table
         ParquetDataset._table = lambda self, i, keys: read.append(list(keys)) or table(self, i, keys)

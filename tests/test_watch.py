@@ -187,8 +187,9 @@ def test_guard_reads_without_a_token_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_watch_json_refuses_a_bad_since(served):
     svc = served("http").start()
-    r = httpx.get(svc.url + "/watch.json", params={"since": "-1"})
-    assert r.status_code == 400 and "since" in r.json()["error"]
+    for bad in ("-1", "\u00b2", "1e3"):  # (a superscript two is a digit to str.isdigit)
+        r = httpx.get(svc.url + "/watch.json", params={"since": bad})
+        assert r.status_code == 400 and "since" in r.json()["error"], bad
     body = httpx.get(svc.url + "/watch.json").json()
     assert body["task"] == "binary" and body["points"] and body["points"][-1]["seq"] >= 1
     assert set(FEATURES)  # (the stream's features are the module's)
@@ -227,3 +228,4 @@ def test_the_sampler_asks_the_source_for_its_lag_every_few_seconds_and_rates_bet
     assert points[0]["rows_per_s"] is None and all(p["rows_per_s"] == 500.0 for p in points[1:])
     assert all(p["loss"] == 0.5 and p["accuracy"] == 0.8 for p in points[1:])
     assert [p["seq"] for p in watch.since(10)["points"]] == [11, 12]
+    assert len(watch.since(99)["points"]) == 12  # a page older than a restarted service: every point

@@ -357,8 +357,11 @@ class Encoding:
         #: the raw columns the features read (a cross reads two of them, which are features too)
         self.inputs = [c.name for c in columns if not isinstance(c, _Cross)]
         self.keys = self.inputs + ([label_name] if label_name else [])
-        #: the raw columns read as codes alone (not needed for the plain inputs' statistics)
-        self.code_inputs = [c.name for c in columns if not isinstance(c, _Cross) and getattr(c, "gather", False)]
+        #: the raw columns read as codes alone (not needed for the plain inputs' statistics): not
+        #: those a one-hot cross also reads
+        crossed = {n for c in columns if isinstance(c, _Cross) and not c.gather for n in c.pair}
+        self.code_inputs = [c.name for c in columns if not isinstance(c, _Cross) and getattr(c, "gather", False)
+                            and c.name not in crossed]
         self._offsets = np.cumsum([0] + [len(c.names) for c in columns])
 
     @property

@@ -197,7 +197,7 @@ async def watch_json(request: Request):
     if service.guard_reads and not authorised(request):
         return error(401, "a bearer token is required (Authorization: Bearer ...): --guard-reads")
     since = request.query_params.get("since", "0")
-    if not since.isdigit() or len(since) > 18:
+    if not (since.isascii() and since.isdigit()) or len(since) > 18:
         return error(400, f"GET /watch.json: since={_short(since)}: give a point's number (0: every point kept)")
     return JSONResponse(service.watch.since(int(since)), headers={"Cache-Control": "no-store"})
 

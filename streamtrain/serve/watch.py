@@ -102,6 +102,8 @@ class Watch:
     def since(self, seq: int) -> dict[str, Any]:
         """The points after number ``seq`` (0: all kept), the latest refused inputs, the task."""
         with self.lock:
+            if seq > self._seq:  # (a page older than this service, restarted: every point kept)
+                seq = 0
             points = [p for p in self.points if p["seq"] > seq]
             rejected = list(self.rejected)
         return {"points": points, "rejected": rejected, "task": self.service.learner.model.task,

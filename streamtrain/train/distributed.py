@@ -275,6 +275,7 @@ class MPICommunicator(Communicator):
         self._hosts = self.allgather(socket.gethostname())
         self._beats = self.comm.Dup()  # the watch's own messages: never matched with training's
         self._ping_buf = np.empty(1, np.int64)
+        self._requests: list = []  # (request, its buffer): every ping, pong and receive it made
         self._watching = True
         self._watcher = threading.Thread(target=self._watch, args=(float(seconds),), name="peer-watch", daemon=True)
         self._watcher.start()
@@ -283,17 +284,20 @@ class MPICommunicator(Communicator):
         if not self._watching:
             return
         self._watching = False
-        self._watcher.join(5.0)  # (no MPI call of its own may follow MPI_Finalize)
-        pings = getattr(self, "_pings", None)
-        if pings is not None and not pings.Test():
-            pings.Cancel()  # the receive it kept posted: nothing pending at MPI_Finalize
-            pings.Wait()
+        self._watcher.join()  # (it stops within a tenth of a second: no MPI call of its own follows)
+        for request, _ in [(self._pings, None), *self._requests]:
+            if not request.Test():
+                request.Cancel()  # nothing of the watch's pending at MPI_Finalize
+                request.Wait()
+        self._requests = []
+        self._beats.Free()
 
     def _watch(self, seconds: float) -> None:
         # mpi4py releases the GIL inside a blocking collective, and MPI runs with
         # MPI_THREAD_MULTIPLE: this thread answers the others' pings, and pings them itself once
         # a collective of this process has waited ``seconds``.
         self._pings = self._beats.Irecv(self._ping_buf, source=self.MPI.ANY_SOURCE, tag=_PING)
+        grace = min(max(seconds / 2, 1.0), 10.0)
         while self._watching:
             time.sleep(min(0.1, seconds / 4))
             if not self._watching:
@@ -302,39 +306,50 @@ class MPICommunicator(Communicator):
             since = self._since
             if since is None or time.monotonic() - since < seconds:
                 continue
-            grace = min(max(seconds / 2, 1.0), 10.0)
             alive = self._answering(grace)
             silent = [r for r in range(self.size) if r not in alive]
             if not silent or not self._watching or self._since != since:
                 continue  # (slow, not lost; or done meanwhile)
-            waited = time.monotonic() - since
-            if self.rank == min(alive):  # one process says it: the first that still answers
-                names = ", ".join(f"rank {r} (host {self._hosts[r]})" for r in silent)
-                print(f"error: no answer from {names} for {waited:.0f} s: a machine or its network link is lost "
-                      f"(--peer-timeout {seconds:g}); the job ends: run the same command with --resume on the "
-                      "machines that remain", file=sys.stderr, flush=True)
-                _wait_forwarded()
-            else:
-                deadline = time.monotonic() + grace  # (the first's abort ends this one, after its line)
-                while time.monotonic() < deadline:
+            if self.rank != min(alive):
+                # One process says it: the first that still answers. It may have begun its wait
+                # later than this one: give it its timeout and its pings, answering them, before
+                # this one says it instead (a second line is better than none).
+                deadline = time.monotonic() + seconds + 2 * grace
+                while time.monotonic() < deadline and self._watching and self._since == since:
                     self._answer()
                     time.sleep(0.05)
+                if not self._watching or self._since != since:
+                    continue
+            waited = time.monotonic() - since
+            names = ", ".join(f"rank {r} (host {self._hosts[r]})" for r in silent)
+            print(f"error: no answer from {names} for {waited:.0f} s: a machine or its network link is lost "
+                  f"(--peer-timeout {seconds:g}); the job ends: run the same command with --resume on the "
+                  "machines that remain", file=sys.stderr, flush=True)
+            _wait_forwarded()
             self.comm.Abort(1)
+
+    def _keep(self, request, buf=None):
+        """A request of the watch's, kept (with its buffer) until it completes or ``unwatch``."""
+        self._requests = [(r, b) for r, b in self._requests if not r.Test()]
+        self._requests.append((request, buf))
+        return request
 
     def _answer(self) -> None:
         """Answer every ping that has come (a pong to its sender)."""
         status = self.MPI.Status()
         while self._pings.Test(status):
-            self._beats.Isend(np.array([self.rank], np.int64), dest=status.Get_source(), tag=_PONG)
+            pong = np.array([self.rank], np.int64)
+            self._keep(self._beats.Isend(pong, dest=status.Get_source(), tag=_PONG), pong)
             self._pings = self._beats.Irecv(self._ping_buf, source=self.MPI.ANY_SOURCE, tag=_PING)
 
     def _answering(self, grace: float) -> set:
         """The ranks whose watch answers a ping within ``grace`` seconds (this one among them)."""
         others = [r for r in range(self.size) if r != self.rank]
         bufs = {r: np.empty(1, np.int64) for r in others}
-        pongs = {r: self._beats.Irecv(bufs[r], source=r, tag=_PONG) for r in others}
+        pongs = {r: self._keep(self._beats.Irecv(bufs[r], source=r, tag=_PONG), bufs[r]) for r in others}
+        ping = np.array([self.rank], np.int64)
         for r in others:
-            self._beats.Isend(np.array([self.rank], np.int64), dest=r, tag=_PING)
+            self._keep(self._beats.Isend(ping, dest=r, tag=_PING), ping)
         deadline = time.monotonic() + grace
         alive = {self.rank}
         while time.monotonic() < deadline and len(alive) < self.size and self._watching:
@@ -345,12 +360,13 @@ class MPICommunicator(Communicator):
             time.sleep(0.01)
         return alive
 
-
     def broadcast_bytes(self, data, root=0):
         n = np.array([0 if data is None else len(data)], dtype=np.int64)
+        self._since = time.monotonic()
         self.comm.Bcast(n, root=root)
         buf = np.frombuffer(data, np.uint8).copy() if self.rank == root else np.empty(int(n[0]), np.uint8)
         self.comm.Bcast(buf, root=root)
+        self._since = None
         return buf.tobytes()
 
     def broadcast(self, value, root=0):
@@ -360,14 +376,18 @@ class MPICommunicator(Communicator):
     def allgather(self, value):
         mine = np.frombuffer(json.dumps(value).encode(), np.uint8)
         sizes = np.zeros(self.size, dtype=np.int64)
+        self._since = time.monotonic()
         self.comm.Allgather(np.array([len(mine)], np.int64), sizes)
         everything = np.empty(int(sizes.sum()), np.uint8)
         self.comm.Allgatherv(mine, (everything, sizes))
+        self._since = None
         ends = np.cumsum(sizes)
         return [json.loads(everything[e - n:e].tobytes()) for e, n in zip(ends, sizes)]
 
     def barrier(self):
+        self._since = time.monotonic()
         self.comm.Barrier()
+        self._since = None
 
     def agree_on_failure(self, message, timeout):
         import time
