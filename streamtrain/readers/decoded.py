@@ -178,8 +178,6 @@ def _write(source: Dataset, path: Path, label_dtype: str | None) -> None:
             f.attrs["source"] = json.dumps({"path": str(source.path), "version": COPY_VERSION})
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        if path.exists():  # another machine sharing the directory made it meanwhile: keep theirs
-            return         # (replacing a file that a machine has open fails it on NFS)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
