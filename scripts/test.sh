@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install streamtrain with its test extras into .venv and run the whole suite.
-# Extra arguments go to pytest. The exit code is pytest's.
+# Extra arguments go to pytest (after ours, so `-n 0` runs the tests in this process, for -s or
+# --pdb). The exit code is pytest's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
@@ -16,4 +17,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
     || echo "warning: chromium could not be installed: the live page's browser tests will be skipped" >&2
 fi
-exec .venv/bin/python -m pytest "$@"
+# Three worker processes on CI's two cores: many tests wait on the processes and servers they
+# start, and work stealing keeps the long ones from ending the run alone (the report has its time).
+exec .venv/bin/python -m pytest -n 3 --dist worksteal "$@"

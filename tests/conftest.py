@@ -24,7 +24,14 @@ _MARK = "STREAMTRAIN_TEST_SESSION"
 _LEFT_THREAD_GRACE_S = float(os.environ.get("STREAMTRAIN_TEST_THREAD_GRACE_S", "60"))
 
 
+def _is_worker(config) -> bool:
+    """True in a pytest-xdist worker: the controller marks, watches and cleans up for them all."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_configure(config):
+    if _is_worker(config):
+        return  # keeps the controller's mark, which its environment inherited
     os.environ[_MARK] = f"{os.getpid()}-{time.time_ns()}"
     if Path("/proc/meminfo").exists():
         threading.Thread(target=_watch_memory, name="memory-low-water", daemon=True).start()
@@ -74,7 +81,10 @@ def _marked_processes() -> list[tuple[int, str]]:
     return found
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has ended its workers (they carry the mark too)
 def pytest_sessionfinish(session, exitstatus):
+    if _is_worker(session.config):
+        return  # other workers may still run theirs: the controller looks once they have all ended
     left = _marked_processes() if os.environ.get(_MARK) and Path("/proc/self/environ").exists() else []
     for pid, _ in left:
         try:

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,28 @@ def test_ci_fails_when_pytest_collects_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     res = subprocess.run(["bash", ".ci/run"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 5 and "no tests" in res.stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_the_suite_names_and_kills_what_a_test_leaves_running(tmp_path, workers):
+    # As scripts/test.sh runs it (pytest-xdist's workers) and in one process: the process a test
+    # left running is named in the summary and killed, and the workers themselves are not.
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_leaves.py").write_text(textwrap.dedent("""
+        import subprocess, sys
+        def test_leaves_a_process():
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # left-behind-marker"])
+        def test_other():
+            pass
+    """))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", workers, str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "2 passed" in res.stdout, res.stdout + res.stderr
+    summary = res.stdout.split("processes left running by tests (killed now)", 1)
+    assert len(summary) == 2 and "left-behind-marker" in summary[1], res.stdout
+    assert len(re.findall(r"^\d+: ", summary[1], re.M)) == 1, res.stdout  # the one process, not the workers
+    left = subprocess.run(["pgrep", "-f", "left-behind-marker"], capture_output=True, text=True).stdout.split()
+    assert not left, left
 
 
 @pytest.mark.slow
