@@ -113,14 +113,31 @@ def _listing(columns: list[Column], most: int = 12) -> str:
     return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
+# Rows per block of ``fill_features``: its column-major scratch stays about 2 MiB, within cache.
+_FILL_BYTES = 2 << 20
+
+
 def fill_features(columns: list[Column], n: int, dtype, fetch: Callable[[str], np.ndarray]) -> np.ndarray:
     """A ``(n, len(columns))`` array filled column by column; ``fetch(key)`` is called once per key."""
-    X = np.empty((n, len(columns)), dtype=dtype)
     cache: dict[str, np.ndarray] = {}
-    for j, c in enumerate(columns):
+    sources = []
+    for c in columns:
         a = cache.get(c.key)
         if a is None:
             a = cache[c.key] = np.asarray(fetch(c.key))
-        with np.errstate(over="ignore"):  # beyond float32 becomes Inf, which the NaN/Inf screen names
-            X[:, j] = a if c.index is None else a[:, c.index]
+        a = a if c.index is None else a[:, c.index]
+        if a.shape[:1] != (n,):
+            raise ValueError(f"column {c.name!r} has {a.shape[0] if a.ndim else 1} values, not {n}")
+        sources.append(a)
+    X = np.empty((n, len(columns)), dtype=dtype)
+    # Writing a column of a row-major array strides through all of it (measured: 4x slower for
+    # 64 columns of 50k rows): each block of rows is gathered column-major, then transposed in.
+    rows = max(256, _FILL_BYTES // max(1, len(columns) * X.itemsize))
+    scratch = np.empty((len(columns), min(rows, n)), dtype=dtype)
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf, which the NaN/Inf screen names
+        for a0 in range(0, n, rows):
+            m = min(rows, n - a0)
+            for j, a in enumerate(sources):
+                scratch[j, :m] = a[a0:a0 + m]
+            X[a0:a0 + m] = scratch[:, :m].T
     return X

@@ -102,6 +102,7 @@ class ParquetDataset(Dataset):
         self.n_rows = int(self.bounds[-1])
         self._handles: OrderedDict[int, object] = OrderedDict()
         self._metadata = [frag.metadata for frag in fragments]
+        self._leaves_of: dict[int, dict[str, list[int]]] = {}
         # Hive partition keys (part=a/ directories) are not features unless named.
         partition_keys = set().union(*self._partitions) if self._partitions else set()
         self.encoding = plan_table(schema, features, label, self.path, self._tables, self._null_count,
@@ -140,16 +141,28 @@ class ParquetDataset(Dataset):
                                     [(k, "a hive partition key: used only when named in --features")
                                      for k in sorted(partition_keys) if k not in self.encoding.keys])
 
+    def _leaves(self, f_idx: int) -> dict[str, list[int]]:
+        """File ``f_idx``'s leaf columns by the top-level column they store ("x", or "x.list.element"
+        for a list; a column named "a.b" beside "a" counts toward both: at worst "a" is encoded
+        needlessly). Made once per file: asked column by column it was quadratic in the columns."""
+        found = self._leaves_of.get(f_idx)
+        if found is None:
+            schema, found = self._metadata[f_idx].schema, {}
+            for j in range(len(schema)):
+                path = schema.column(j).path
+                for k in range(len(path)):
+                    if k == len(path) - 1 or path[k + 1] == ".":
+                        found.setdefault(path[:k + 1], []).append(j)
+            self._leaves_of[f_idx] = found
+        return found
+
     def _null_count(self, key: str) -> int | None:
         """Missing values of a column as the files' statistics record them (None: not recorded)."""
         total = 0
         for f_idx, meta in enumerate(self._metadata):
             if key in self._partitions[f_idx]:
                 continue
-            # the leaf columns a top-level column is stored as ("x", or "x.list.element" for a list)
-            # (a column named "a.b" beside "a" may count toward both: at worst "a" is encoded needlessly)
-            leaves = [j for j in range(meta.num_columns)
-                      if meta.schema.column(j).path == key or meta.schema.column(j).path.startswith(key + ".")]
+            leaves = self._leaves(f_idx).get(key)
             if not leaves:
                 raise DataError(f"{self._files[f_idx]}: has no column {key!r}, which {self.path} selects (the files' "
                                 "columns disagree; select common columns with --features)")
