@@ -232,11 +232,13 @@ def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list
 
 
 def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | None = None,
-              env: dict | None = None, extra: list[str] = ()) -> dict:
+              env: dict | None = None, extra: list[str] = (), predict_rows: int = 0) -> dict:
     """The service alone: ``source`` (redis, nats or directory) filled with every row before the
     service starts, then rows trained per second from its first trained row to its last (the
     ``/healthz`` counter sampled every 20 ms), beside ``train`` on the same rows from an
-    uncompressed HDF5 file (its epoch's samples/s: also first step to last) in the same call."""
+    uncompressed HDF5 file (its epoch's samples/s: also first step to last) in the same call.
+    ``predict_rows`` > 0: meanwhile a client asks ``/predict`` for that many rows (Arrow) in a
+    loop; the latencies of the requests answered while it trained give p50 and p99."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-prefilled-{source}-"))
     broker = None
     try:
@@ -249,7 +251,25 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
             spec = f"dir:{workdir / 'landing'}"
         _produce(source, url, workdir, X, y, None)
         svc = _Service(spec, workdir, command, env, extra)
+        latencies, done = [], threading.Event()
+
+        def predict_loop():  # (request start, latency), its own connection
+            import httpx
+
+            body = _arrow(X[:predict_rows], None)
+            with httpx.Client(timeout=30) as c:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    r = c.post(svc.url + "/predict", content=body,
+                               headers={"content-type": "application/vnd.apache.arrow.stream"})
+                    latencies.append((t, time.perf_counter() - t))
+                    assert r.status_code == 200, r.text
+                    time.sleep(0.002)
+
+        predictor = threading.Thread(target=predict_loop) if predict_rows else None
         try:
+            if predictor:
+                predictor.start()
             n, first, last = len(X), None, None
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
@@ -262,6 +282,9 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
                     break
                 time.sleep(0.02)
         finally:
+            done.set()
+            if predictor:
+                predictor.join()
             svc.stop()
         import h5py
 
@@ -276,8 +299,13 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
 
         epoch = json.loads((workdir / "run" / "metrics.jsonl").read_text().splitlines()[-1])
         served = (last[1] - first[1]) / (last[0] - first[0])
-        return {"source": source, "rows": n, "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
-                "ratio": served / epoch["samples_per_s"]}
+        out = {"source": source, "rows": n, "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
+               "ratio": served / epoch["samples_per_s"]}
+        during = np.array([lat for t, lat in latencies if first[0] <= t and t + lat <= last[0]])
+        if predict_rows:
+            out.update(predict_rows=predict_rows, predicts=len(during), predict_p50_s=float(np.percentile(during, 50)),
+                       predict_p99_s=float(np.percentile(during, 99)))
+        return out
     finally:
         if broker is not None:
             broker.terminate()
@@ -401,10 +429,14 @@ def main() -> None:
     ap.add_argument("--prefilled", action="store_true", required=True)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--predict-rows", type=int, default=100,
+                    help="after the runs above, one Redis run with /predict asked for this many rows in a loop "
+                         "(0: none)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "benchmarks" / "serve-prefilled.json"))
     args = ap.parse_args()
     X, y = serve_rows(args.rows)
     runs = [prefilled(source, X, y) for _ in range(args.reps) for source in ("redis", "nats", "directory")]
+    predicting = prefilled("redis", X, y, predict_rows=args.predict_rows) if args.predict_rows else None
     best = {}
     for r in runs:
         if r["source"] not in best or r["ratio"] > best[r["source"]]["ratio"]:
@@ -412,8 +444,12 @@ def main() -> None:
     for r in best.values():
         print(f"{r['source']:9s} service alone {r['serve_rows_per_s']:10,.0f} rows/s, train {r['train_rows_per_s']:10,.0f}"
               f" rows/s: {r['ratio']:.2f} (best of {args.reps})")
-    Path(args.out).write_text(json.dumps({"rows": args.rows, "reps": args.reps, "best": best, "runs": runs},
-                                         indent=2) + "\n")
+    if predicting:
+        r = predicting
+        print(f"redis with /predict of {r['predict_rows']} rows in a loop: {r['ratio']:.2f} of train; /predict p50 "
+              f"{r['predict_p50_s'] * 1e3:.1f} ms, p99 {r['predict_p99_s'] * 1e3:.1f} ms ({r['predicts']} requests)")
+    Path(args.out).write_text(json.dumps({"rows": args.rows, "reps": args.reps, "best": best, "runs": runs,
+                                          "predicting": predicting}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

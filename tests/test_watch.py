@@ -7,6 +7,7 @@ and in ``$STREAMTRAIN_ARTIFACTS`` where that is set). Skipped, saying why, witho
 from __future__ import annotations
 
 import html.parser
+import json
 import os
 import shutil
 import subprocess
@@ -15,10 +16,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from . import test_serve
-from .test_serve import FEATURES, pieces, post_all, wait_for
+from .test_serve import BIN, FEATURES, pieces, post_all, wait_for
 
 served = test_serve.served  # (the fixture: a ``streamtrain serve`` process, closed after the test)
 
@@ -116,7 +118,8 @@ def _number(text: str) -> float:
 @pytest.mark.slow
 @browser
 def test_the_live_page_draws_the_service_learning(served, tmp_path):
-    svc = served("http").start()
+    val = _held_out(tmp_path / "val.parquet")
+    svc = served("http", "--val", val, "--val-every", "1").start()
     stream = pieces(1200, seed=5)  # (about 15 s of posting: the producer writes on while the page is opened twice)
     producer = threading.Thread(target=post_all, args=(svc.url, stream), kwargs={"pause": 0.01}, daemon=True)
     producer.start()
@@ -135,7 +138,10 @@ def test_the_live_page_draws_the_service_learning(served, tmp_path):
     assert first.points("chart-loss") >= 2 and first.points("chart-rate") >= 1
     assert _number(first.text("rows-trained")) > 0 and _number(first.text("version")) >= 1
     assert {"loss", "prequential_loss", "accuracy", "prequential_accuracy", "rows_per_s", "lag",
-            "queue_rows"} <= {a["data-key"] for a in first.lines}
+            "queue_rows", "val_loss", "val_accuracy"} <= {a["data-key"] for a in first.lines}
+    # the held-out file's curve and its latest loss
+    assert all(len(a["points"].split()) >= 2 for a in first.lines if a["data-key"] in ("val_loss", "val_accuracy"))
+    assert first.text("val-path") == val.name and 0 < _number(first.text("val-loss")) < 5
     assert all(len(a["points"].split()) >= 1 for a in first.lines if a["data-key"] == "prequential_loss")
     assert any("POST /learn" in r[1] and "y" in r[2] for r in first.rows), first.rows
     time.sleep(3)  # the producer writes on; a page opened later has more points, and more rows trained
@@ -229,3 +235,47 @@ def test_the_sampler_asks_the_source_for_its_lag_every_few_seconds_and_rates_bet
     assert all(p["loss"] == 0.5 and p["accuracy"] == 0.8 for p in points[1:])
     assert [p["seq"] for p in watch.since(10)["points"]] == [11, 12]
     assert len(watch.since(99)["points"]) == 12  # a page older than a restarted service: every point
+
+
+def _held_out(path: Path) -> Path:
+    """A held-out file of the test stream's kind of rows (another seed)."""
+    pd.DataFrame([row for piece in pieces(60, seed=9) for row in piece]).to_parquet(path)
+    return path
+
+
+def test_a_held_out_file_is_scored_as_the_model_learns(served, tmp_path):
+    # Its loss in /healthz, /watch.json and /metrics is the one `evaluate` gives the same model.
+    val = _held_out(tmp_path / "val.parquet")
+    svc = served("http", "--val", val, "--val-every", "0.3").start()
+    stream = pieces(150, seed=5)
+    post_all(svc.url, stream)
+    rows = sum(map(len, stream))
+    svc.wait_received(rows)
+    # the stream has ended: the last model is scored once (it changes no more)
+    last = wait_for(lambda: (s := svc.status())["validation"]["last"] and s["rows_trained"] + s["queue_rows"] == rows
+                    and s["validation"]["last"]["model_version"] == s["model_version"] and s, 60,
+                    "the last model scored")["validation"]
+    assert last["path"] == str(val) and last["error"] is None and last["last"]["rows"] == len(pd.read_parquet(val))
+    points = httpx.get(svc.url + "/watch.json").json()
+    assert points["validation"] == str(val)
+    scored = [p["val_loss"] for p in points["points"] if p["val_loss"] is not None]
+    assert len(set(scored)) >= 2  # scored again as the model learned
+    metrics = httpx.get(svc.url + "/metrics").text
+    gauge = next(line for line in metrics.splitlines() if line.startswith("streamtrain_validation_loss "))
+    assert float(gauge.split()[1]) == last["last"]["loss"]
+    assert svc.stop() == 0
+    res = subprocess.run([str(BIN), "evaluate", str(svc.dir), str(val), "--json"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    found = json.loads(res.stdout)
+    assert abs(found["loss"] - last["last"]["loss"]) <= 1e-6 * abs(found["loss"])
+    assert found["accuracy"] == last["last"]["accuracy"]
+
+
+def test_a_held_out_file_without_the_label_is_refused_at_start(tmp_path):
+    val = tmp_path / "nolabel.parquet"
+    pd.DataFrame([{k: v for k, v in row.items() if k != "y"} for row in pieces(5)[0]]).to_parquet(val)
+    res = subprocess.run([str(BIN), "serve", "--source", "http", "--checkpoint-dir", str(tmp_path / "svc"), "--port",
+                          "0", *test_serve.SETTINGS, "--val", str(val)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and str(val) in lines[-1] and "label" in lines[-1], res.stderr

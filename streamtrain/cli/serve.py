@@ -65,16 +65,23 @@ More examples:
               help="Largest request body (413 beyond).")
 @click.option("--queue-mb", type=FiniteFloat(0, 1 << 20, min_open=True), default=64.0, show_default=True,
               help="Rows posted to /learn that may wait for training (429 with Retry-After beyond).")
+@click.option("--val", type=click.Path(exists=True, path_type=Path), default=None, metavar="FILE",
+              help="A held-out file (the stream's features and label) scored by the model as it learns: its loss "
+                   "and accuracy are curves of the live page, in /healthz and /metrics. Read whole at each "
+                   "scoring: keep it small.")
+@click.option("--val-every", type=FiniteFloat(0, 1 << 20, min_open=True), default=10.0, show_default=True,
+              help="Seconds between two scorings of --val (only when the model changed).")
 @_serve_options
 @click.pass_context
 def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scale_rows, shuffle_mb, host, port,
-          token_file, guard_reads, max_body_mb, queue_mb, **settings):
+          token_file, guard_reads, max_body_mb, queue_mb, val, val_every, **settings):
     """Learn from a stream that never ends and answer predictions meanwhile.
 
     Each row updates the model exactly once across crashes and restarts: checkpoints hold the
     source's position, and brokers are acknowledged only once a checkpoint covers their
     entries. Endpoints: POST /learn (JSON rows or Arrow IPC; source http), POST /predict,
-    GET / (a live page: curves of loss, accuracy, rows/s and lag), GET /metrics (Prometheus),
+    GET / (a live page: curves of loss, accuracy (also on a held-out --val file), rows/s and lag),
+    GET /metrics (Prometheus),
     /healthz, /readyz, POST /snapshot, POST /reload.
 
     Example: streamtrain serve --source http --checkpoint-dir svc --features f0,f1,f2 --classes 0,1
@@ -105,7 +112,7 @@ def serve(ctx, source, checkpoint_dir, features, label, classes, init_from, scal
                        init_from=init, scale_rows=scale_rows, shuffle_bytes=int(shuffle_mb * 2**20),
                        checkpoint_every=config.checkpoint_seconds or 10.0, keep=config.keep, token=token,
                        guard_reads=guard_reads, max_body_bytes=int(max_body_mb * 2**20),
-                       queue_bytes=int(queue_mb * 2**20), log=_echo_err)
+                       queue_bytes=int(queue_mb * 2**20), val=val, val_every=val_every, log=_echo_err)
 
     _run_server(open_service, host, port)
 

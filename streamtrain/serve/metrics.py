@@ -40,6 +40,11 @@ class Metrics:
             if value is not None:
                 yield GaugeMetricFamily(f"streamtrain_prequential_{key}", f"Mean {key} of every batch, scored before "
                                         "its update (progressive validation).", value=value)
+        last = (s.get("validation") or {}).get("last") or {}
+        for key in ("loss", "accuracy", "r2"):
+            if last.get(key) is not None:
+                yield GaugeMetricFamily(f"streamtrain_validation_{key}", f"The {key} of the held-out file (--val) at "
+                                        "its latest scoring.", value=last[key])
         yield GaugeMetricFamily("streamtrain_step_seconds", "Mean seconds per update.", value=s["step_seconds"])
         if s["checkpoint_age_seconds"] is not None:
             yield GaugeMetricFamily("streamtrain_checkpoint_age_seconds", "Seconds since the last checkpoint.",

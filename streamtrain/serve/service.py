@@ -35,6 +35,7 @@ from .rows import Columns, _short
 from .raw_rows import RawColumns
 from .sources import Rejected, StreamSource, open_source
 from .sources.broker import _reason
+from .validation import Validation
 from .watch import Watch
 
 __all__ = ["Service", "Loading"]
@@ -51,7 +52,8 @@ class Service:
                  features: list[str] | None = None, label: str | None = None, classes: list | None = None,
                  init_from=None, scale_rows: int = 1000, shuffle_bytes: int = 0, checkpoint_every: float = 10.0,
                  keep: int = 3, token: str | None = None, guard_reads: bool = False, max_body_bytes: int = 16 << 20,
-                 queue_bytes: int = 64 << 20, log: Callable[[str], None] | None = _LOG.info):
+                 queue_bytes: int = 64 << 20, val=None, val_every: float = 10.0,
+                 log: Callable[[str], None] | None = _LOG.info):
         self.dir = Path(checkpoint_dir)
         self.config, self.log = config, log
         self.checkpoint_every, self.keep = float(checkpoint_every), int(keep)
@@ -77,6 +79,7 @@ class Service:
             self.columns = (RawColumns(encoding, label, config.dtype) if encoding is not None
                             else Columns(list(features), label, config.dtype))
             self.columns.warm_up()
+            self.validation = None if val is None else Validation(val, self.learner, val_every)
             self.source: StreamSource = open_source(source, self.columns, self.dir / "log", queue_bytes)
             self.source.owner = self._service_id()  # a broker's consumer group is claimed by this id
             found = self.rundir.resume_point(TRAINER, warn=self._warn)
@@ -93,6 +96,8 @@ class Service:
                           f"position {json.dumps(self.learner.position)}")
             self.source.start(self.learner.position, source_state)
         except BaseException:
+            if getattr(self, "validation", None) is not None:
+                self.validation.close()
             if getattr(self, "source", None) is not None:
                 self.source.close()  # its connection (a claim another service holds is left alone)
             self.rundir.__exit__(None, None, None)
@@ -336,6 +341,8 @@ class Service:
                 self.checkpoint()
         finally:
             self.source.close()
+            if self.validation is not None:
+                self.validation.close()
             self.rundir.__exit__(None, None, None)
 
     # -- what /metrics and /healthz report -------------------------------------------------
@@ -349,7 +356,10 @@ class Service:
                 "model_version": learner.published.version, "prequential": learner.prequential(),
                 "step_seconds": learner.step_seconds / max(learner.state.global_step, 1),
                 "checkpoint_age_seconds": None if self.checkpoint_time is None else time.time() - self.checkpoint_time,
-                "training": self.failure is None, "error": self.failure}
+                "training": self.failure is None, "error": self.failure,
+                "validation": None if self.validation is None else {
+                    "path": str(self.validation.path), "every_seconds": self.validation.every,
+                    "last": self.validation.last, "error": self.validation.error}}
 
     def saturated(self) -> bool:
         return self.source.saturated()

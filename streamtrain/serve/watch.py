@@ -33,7 +33,8 @@ class Watch:
     """Samples of a service (``sample``, once a second from a thread of its own, ``start``): rows
     trained and their rate, the loss and accuracy of the rows scored since the last sample (each
     scored before its update: prequential), the source's lag, the queue, the model's version and
-    the checkpoint's age."""
+    the checkpoint's age; with ``serve --val``, the held-out file's latest loss and accuracy (it
+    is scored here, when due)."""
 
     def __init__(self, service, every: float = 1.0, keep: int = KEEP):
         self.service, self.every = service, float(every)
@@ -65,6 +66,9 @@ class Watch:
         """Add a point of the service as it is now, and return it."""
         service = self.service
         learner = service.learner
+        validation = getattr(service, "validation", None)
+        if validation is not None and validation.due(time.monotonic()):
+            validation.score()
         status = service.status()
         now = time.time()
         if now - self._lag_at >= LAG_EVERY:  # (a broker's answer can cost it: Redis 6 sends entries)
@@ -84,6 +88,9 @@ class Watch:
                  "queue_rows": status["queue_rows"], "model_version": status["model_version"],
                  "checkpoint_age_seconds": status["checkpoint_age_seconds"], "training": status["training"],
                  "error": status["error"]}
+        if validation is not None:  # the latest scoring of the held-out file (repeated until the next)
+            last = validation.last or {}
+            point.update(val_loss=last.get("loss"), val_accuracy=last.get("accuracy"), val_error=validation.error)
         with self.lock:
             if self._last is not None:
                 then, rows, loss_sum, scored, correct = self._last
@@ -106,5 +113,6 @@ class Watch:
                 seq = 0
             points = [p for p in self.points if p["seq"] > seq]
             rejected = list(self.rejected)
+        validation = getattr(self.service, "validation", None)
         return {"points": points, "rejected": rejected, "task": self.service.learner.model.task,
-                "source": self.service.source.name}
+                "source": self.service.source.name, "validation": None if validation is None else str(validation.path)}
