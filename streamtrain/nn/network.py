@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from .functions import ACTIVATIONS, INITS, TASKS, correct_count, init_weights
 
-__all__ = ["TwoLayerNet", "InputLayout", "RowGrad", "PARAM_NAMES", "sum_rows"]
+__all__ = ["TwoLayerNet", "InputLayout", "RowGrad", "PARAM_NAMES", "sum_rows", "penalty_of"]
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
@@ -80,6 +80,12 @@ class InputLayout:
             j = int(np.nonzero(((rows != codes) | (rows < 0) | (rows >= self.sizes)).any(axis=0))[0][0])
             raise ValueError(f"input column {int(self.code_cols[j])} holds a code outside [0, {int(self.sizes[j])})")
         return rows + self.offsets
+
+
+def penalty_of(l1: float, l2: float, squares: float, absolutes: float) -> float:
+    """The regularisation term (``l2`` / 2 W^2 + ``l1`` |W|) from the weights' sum of squares and
+    sum of absolute values (``W1``'s and ``W2``'s together; biases are not penalised)."""
+    return 0.5 * l2 * squares + l1 * absolutes
 
 
 class TwoLayerNet:
@@ -165,13 +171,13 @@ class TwoLayerNet:
 
     def penalty(self, l1: float, l2: float) -> float:
         """The regularisation term added to the loss."""
-        total = 0.0
+        squares = absolutes = 0.0
         for w in (self.params["W1"], self.params["W2"]):
             if l2:
-                total += 0.5 * l2 * float(np.vdot(w, w))
+                squares += float(np.vdot(w, w))
             if l1:
-                total += l1 * float(np.abs(w).sum())
-        return total
+                absolutes += float(np.abs(w).sum())
+        return penalty_of(l1, l2, squares, absolutes)
 
     def loss_and_grads(self, X: np.ndarray, y: np.ndarray, l1: float = 0.0, l2: float = 0.0,
                        weights: np.ndarray | None = None, sparse: bool = False, penalty: bool = True

@@ -24,6 +24,12 @@ __all__ = ["make_app"]
 
 _LOG = logging.getLogger("streamtrain")
 
+#: A /predict body up to this size is answered on the event loop's thread, not handed to a worker
+#: thread: its work (a few hundred rows) is shorter than the hand-overs between threads, each of
+#: which waits for the GIL behind the training thread (scripts/bench_serve.py --prefilled measures
+#: the latency while training). Larger bodies go to a worker, so that the loop stays responsive.
+INLINE_PREDICT_BYTES = 64 << 10
+
 
 class _TooLarge(Exception):
     pass
@@ -113,7 +119,10 @@ async def predict(request: Request):
     where = "POST /predict"
     try:
         body = await body_of(request)
-        result = await run_in_threadpool(service._predict, body, content_type(request), where)
+        if len(body) <= INLINE_PREDICT_BYTES:
+            result = service._predict(body, content_type(request), where)
+        else:
+            result = await run_in_threadpool(service._predict, body, content_type(request), where)
     except _TooLarge:
         return error(413, f"{where}: the body is larger than {service.max_body} bytes (--max-body-mb)")
     except DataError as e:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import TrainingError
 from ..nn import kernels, minibatch, online
-from ..nn.network import PARAM_NAMES, RowGrad, sum_rows
+from ..nn.network import PARAM_NAMES, RowGrad, penalty_of, sum_rows
 from ..nn.optim import SGD
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
@@ -209,7 +209,7 @@ class TablePenalty:
             self.sums = _sums(params["W1"])
         sq, ab = self.sums
         sq2, ab2 = _sums(params["W2"])
-        return 0.5 * self.l2 * (sq + sq2) + self.l1 * (ab + ab2)
+        return penalty_of(self.l1, self.l2, sq + sq2, ab + ab2)
 
     def before(self, params: dict[str, np.ndarray], rows: np.ndarray) -> None:
         self._rows, self._before = rows, _sums(params["W1"][rows])
