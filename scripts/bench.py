@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_hosts import report_hosts  # a sibling script (as root): MPI across two hosts, its own JSON
 from bench_serve import bench_serve, report_serve  # a sibling script: the serve section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1710,6 +1711,8 @@ def report(results: dict, meta: dict) -> str:
             lines.append(f"| {m['processes']} | {m['allreduce_s'] * 1e6:.1f} | {sh[1024]:.1%} | {sh[8192]:.1%} | "
                          f"{sh[65536]:.1%} | {'-' if under is None else f'{under:,}'} |")
         lines.append("")
+    if (OUT / "hosts.json").exists():  # (scripts/bench_hosts.py's latest run, kept in the report)
+        lines += report_hosts(json.loads((OUT / "hosts.json").read_text()))
     if "cache" in results:
         rs = results["cache"]
         lim = next(r for r in rs if r["what"] == "limits")

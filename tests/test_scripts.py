@@ -173,3 +173,22 @@ def _check_cli_rows(rows: list[dict], report: str) -> None:
                 "| `predict RUN FILE --out OUT.parquet`, rows/s, the whole command | "):
         assert row in report
     assert "Where the command and the library differ by more than 10%:" in report
+
+
+def test_the_model_across_hosts_and_its_report(root):
+    # scripts/bench_hosts.py's model: communication's share of a step falls with the global batch,
+    # and the smallest power of two under 10% is the first that is; the report renders its JSON.
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        from bench_hosts import report_hosts, shares, step_model
+    finally:
+        sys.path.remove(str(root / "scripts"))
+    fixed, per_row = step_model({256: 256 / 1e-3, 1024: 1024 / 2.5e-3, 4096: 4096 / 8.5e-3})
+    assert abs(fixed - 5e-4) < 1e-12 and abs(per_row - 1.5e-3 / 768) < 1e-15
+    m = shares(fixed, per_row, 0.02)
+    under = m["global_batch_under_10pct"]
+    assert 0.02 / (fixed + per_row * under / 2 + 0.02) < 0.1 <= 0.02 / (fixed + per_row * under / 4 + 0.02)
+    assert list(m["share_at_global_batch"].values()) == sorted(m["share_at_global_batch"].values(), reverse=True)
+    lines = report_hosts(json.loads((root / "benchmarks" / "hosts.json").read_text()))
+    assert lines[0] == "## Across two hosts (scripts/bench_hosts.py)"
+    assert sum(line.startswith("| veth") or line.startswith("| 20 ms") for line in lines) == 2
