@@ -364,12 +364,6 @@ class Encoding:
                             and c.name not in crossed]
         self._offsets = np.cumsum([0] + [len(c.names) for c in columns])
 
-    def code_columns(self) -> np.ndarray:
-        """The inputs (indices into a transformed row) that hold codes, which are never scaled."""
-        spans = [np.arange(a, b) for c, a, b in zip(self.columns, self._offsets[:-1], self._offsets[1:])
-                 if getattr(c, "gather", False)]
-        return np.concatenate(spans) if spans else np.empty(0, np.intp)
-
     @property
     def gathered(self) -> bool:
         """Whether any column is read as codes that select rows of the first layer's weights."""
