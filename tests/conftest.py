@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +82,37 @@ def _marked_processes() -> list[tuple[int, str]]:
     return found
 
 
+def _left_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+
+
+def _worker_threads(config) -> None:
+    """In a pytest-xdist worker: threads still running ``_LEFT_THREAD_GRACE_S`` after its tests
+    end, with their stacks, go to the controller, which fails the run (the worker itself would be
+    ended by xdist before a watchdog of its own could say anything)."""
+    deadline = time.monotonic() + _LEFT_THREAD_GRACE_S
+    while _left_threads() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    frames = sys._current_frames()
+    config.workeroutput["streamtrain_left_threads"] = [
+        f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident])) for t in _left_threads() if t.ident in frames]
+
+
+_LEFT_THREADS: list[str] = []  # the controller's: threads its workers left running
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # (pytest-xdist's: a worker has ended)
+    _LEFT_THREADS.extend(getattr(node, "workeroutput", {}).get("streamtrain_left_threads", []))
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-xdist has ended its workers (they carry the mark too)
 def pytest_sessionfinish(session, exitstatus):
     if _is_worker(session.config):
+        _worker_threads(session.config)
         return  # other workers may still run theirs: the controller looks once they have all ended
+    if _LEFT_THREADS and not session.exitstatus:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     left = _marked_processes() if os.environ.get(_MARK) and Path("/proc/self/environ").exists() else []
     for pid, _ in left:
         try:
@@ -99,6 +127,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _LOW_WATER["available"] is not None:
         terminalreporter.line(f"lowest available memory: {_LOW_WATER['available']} MiB of {_LOW_WATER['total']} MiB, "
                               f"during {_LOW_WATER['test']}")
+    if _LEFT_THREADS:
+        terminalreporter.section("threads left running by tests (the run fails)", sep="=", red=True)
+        for stack in _LEFT_THREADS:
+            terminalreporter.line(stack)
     left = getattr(config, "_streamtrain_left", [])
     if left:
         terminalreporter.section("processes left running by tests (killed now)", sep="=", red=True)

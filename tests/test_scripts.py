@@ -37,10 +37,11 @@ def test_the_suite_names_and_kills_what_a_test_leaves_running(tmp_path, workers)
     # As scripts/test.sh runs it (pytest-xdist's workers) and in one process: the process a test
     # left running is named in the summary and killed, and the workers themselves are not.
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
-    (tmp_path / "test_leaves.py").write_text(textwrap.dedent("""
+    marker = f"left-behind-{tmp_path.name}"  # (the other variant may run beside this one)
+    (tmp_path / "test_leaves.py").write_text(textwrap.dedent(f"""
         import subprocess, sys
         def test_leaves_a_process():
-            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # left-behind-marker"])
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # {marker}"])
         def test_other():
             pass
     """))
@@ -48,10 +49,34 @@ def test_the_suite_names_and_kills_what_a_test_leaves_running(tmp_path, workers)
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "2 passed" in res.stdout, res.stdout + res.stderr
     summary = res.stdout.split("processes left running by tests (killed now)", 1)
-    assert len(summary) == 2 and "left-behind-marker" in summary[1], res.stdout
+    assert len(summary) == 2 and marker in summary[1], res.stdout
     assert len(re.findall(r"^\d+: ", summary[1], re.M)) == 1, res.stdout  # the one process, not the workers
-    left = subprocess.run(["pgrep", "-f", "left-behind-marker"], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
     assert not left, left
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_the_suite_fails_on_a_thread_a_test_leaves_running(tmp_path, workers):
+    # A thread still running after the tests (it would keep CI's job alive): its stack is shown
+    # and the run fails, also when pytest-xdist's workers ran the tests.
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_threads.py").write_text(textwrap.dedent("""
+        import threading
+        STOP = threading.Event()
+        def test_leaves_a_thread():
+            threading.Thread(target=STOP.wait, args=(30,), name="left-behind-thread").start()
+        def test_other():
+            pass
+    """))
+    env = {**os.environ, "STREAMTRAIN_TEST_THREAD_GRACE_S": "2"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", workers, str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode != 0, res.stdout + res.stderr
+    said = res.stdout + res.stderr
+    if workers == "0":  # (the watchdog's faulthandler dump: stacks without names)
+        assert "a thread is still running" in said and "threading.py" in said, said
+    else:  # each worker's threads, named, with their stacks
+        assert "threads left running by tests (the run fails)" in said and "left-behind-thread:" in said, said
 
 
 @pytest.mark.slow

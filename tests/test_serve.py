@@ -258,6 +258,16 @@ def test_http_learn_predict_metrics_snapshot(served, tmp_path):
     pa_p = httpx.post(svc.url + "/predict", content=sink.getvalue().to_pybytes(),
                       headers={"content-type": "application/vnd.apache.arrow.stream"})
     assert pa_p.status_code == 200 and pa_p.json()["predictions"] == body["predictions"]
+    # a small compressed body of many rows (answered by a worker thread, not on the event loop): the same answers
+    many = pa.table({f: [0.5, -2.0] * 5000 for f in FEATURES})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, many.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(many)
+    small = sink.getvalue().to_pybytes()
+    assert len(small) < 64 << 10
+    many_p = httpx.post(svc.url + "/predict", content=small,
+                        headers={"content-type": "application/vnd.apache.arrow.stream"})
+    assert many_p.status_code == 200 and many_p.json()["predictions"] == body["predictions"] * 5000
     # a repeated Idempotency-Key is a no-op answered 200
     again = httpx.post(svc.url + "/learn", json=stream[0], headers={"Idempotency-Key": "piece-0"})
     assert again.status_code == 200 and again.json()["repeat"] is True

@@ -251,10 +251,17 @@ def test_a_held_out_file_is_scored_as_the_model_learns(served, tmp_path):
     post_all(svc.url, stream)
     rows = sum(map(len, stream))
     svc.wait_received(rows)
-    # the stream has ended: the last model is scored once (it changes no more)
-    last = wait_for(lambda: (s := svc.status())["validation"]["last"] and s["rows_trained"] + s["queue_rows"] == rows
-                    and s["validation"]["last"]["model_version"] == s["model_version"] and s, 60,
-                    "the last model scored")["validation"]
+    # the stream has ended: the last model, published, is scored once (it changes no more)
+
+    def settled():
+        a = svc.status()
+        time.sleep(0.5)
+        b = svc.status()
+        scored = b["validation"]["last"]
+        return (a["updates"] == b["updates"] == b["model_version"] and scored
+                and scored["model_version"] == b["model_version"] and b)
+
+    last = wait_for(settled, 60, "the last model scored")["validation"]
     assert last["path"] == str(val) and last["error"] is None and last["last"]["rows"] == len(pd.read_parquet(val))
     points = httpx.get(svc.url + "/watch.json").json()
     assert points["validation"] == str(val)

@@ -29,6 +29,8 @@ _LOG = logging.getLogger("streamtrain")
 #: which waits for the GIL behind the training thread (scripts/bench_serve.py --prefilled measures
 #: the latency while training). Larger bodies go to a worker, so that the loop stays responsive.
 INLINE_PREDICT_BYTES = 64 << 10
+#: ... and holding at most this many rows once parsed.
+INLINE_PREDICT_ROWS = 1000
 
 
 class _TooLarge(Exception):
@@ -120,7 +122,12 @@ async def predict(request: Request):
     try:
         body = await body_of(request)
         if len(body) <= INLINE_PREDICT_BYTES:
-            result = service._predict(body, content_type(request), where)
+            started = time.perf_counter()
+            X = service._predict_parse(body, content_type(request), where)
+            if len(X) <= INLINE_PREDICT_ROWS:
+                result = service._predict_rows(X, started)
+            else:  # (a compressed Arrow body holds more rows than its size says)
+                result = await run_in_threadpool(service._predict_rows, X, started)
         else:
             result = await run_in_threadpool(service._predict, body, content_type(request), where)
     except _TooLarge:

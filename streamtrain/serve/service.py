@@ -336,6 +336,7 @@ class Service:
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(60)
+        self.watch.join(60)  # (it may be scoring --val, whose file is closed below)
         try:
             if self.failure is None:
                 self.checkpoint()
@@ -378,7 +379,14 @@ class Service:
 
     def _predict(self, body: bytes, kind: str, where: str) -> dict:
         started = time.perf_counter()
-        X, _ = self.columns.parse(body, kind, where, need_label=False)
+        return self._predict_rows(self._predict_parse(body, kind, where), started)
+
+    def _predict_parse(self, body: bytes, kind: str, where: str) -> np.ndarray:
+        """A /predict body's rows."""
+        return self.columns.parse(body, kind, where, need_label=False)[0]
+
+    def _predict_rows(self, X: np.ndarray, started: float) -> dict:
+        """The answer to /predict for the rows ``X`` (parsing began at ``started``)."""
         model = self.learner.published
         labels, proba = model.predict(X)
         out = {"model_version": model.version, "predictions": np.asarray(labels).tolist()}

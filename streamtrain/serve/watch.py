@@ -50,10 +50,10 @@ class Watch:
         def run():
             while not stopping.wait(self.every):
                 try:
-                    self.sample()
+                    self.sample(score=True)
                 except Exception:  # pragma: no cover - a sample is never worth stopping the service
                     pass
-        self.sample()
+        self.sample(score=False)  # (at once, while the service is still loading: no scoring of --val here)
         self._thread = threading.Thread(target=run, name="watch", daemon=True)
         self._thread.start()
 
@@ -62,12 +62,17 @@ class Watch:
         with self.lock:
             self.rejected.append({"time": when, "where": where, "error": error})
 
-    def sample(self) -> dict[str, Any]:
-        """Add a point of the service as it is now, and return it."""
+    def join(self, timeout: float) -> None:
+        """Wait for the sampling thread to end (once the service's ``stopping`` is set)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def sample(self, score: bool = True) -> dict[str, Any]:
+        """Add a point of the service as it is now (``score``: scoring ``--val`` first, if due), and return it."""
         service = self.service
         learner = service.learner
         validation = getattr(service, "validation", None)
-        if validation is not None and validation.due(time.monotonic()):
+        if score and validation is not None and validation.due(time.monotonic()):
             validation.score()
         status = service.status()
         now = time.time()
