@@ -64,7 +64,7 @@ def test_the_suite_fails_on_a_thread_a_test_leaves_running(tmp_path, workers):
         import threading
         STOP = threading.Event()
         def test_leaves_a_thread():
-            threading.Thread(target=STOP.wait, args=(30,), name="left-behind-thread").start()
+            threading.Thread(target=STOP.wait, args=(8,), name="left-behind-thread").start()  # (past the grace)
         def test_other():
             pass
     """))
