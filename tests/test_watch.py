@@ -286,3 +286,18 @@ def test_a_held_out_file_without_the_label_is_refused_at_start(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and str(val) in lines[-1] and "label" in lines[-1], res.stderr
+
+
+def test_a_regression_service_scores_its_held_out_file_by_r2(served, tmp_path):
+    val = _held_out(tmp_path / "val.parquet")
+    settings = [a for a in test_serve.SETTINGS if a not in ("--classes", "0,1")] + ["--task", "regression"]
+    svc = served("http", "--val", val, "--val-every", "0.3", settings=settings).start()
+    post_all(svc.url, pieces(60, seed=5))
+    scored = wait_for(lambda: (v := svc.status()["validation"]["last"]) and v["model_version"] > 0 and v, 60,
+                      "a scoring of a trained model")
+    assert scored["accuracy"] is None and scored["r2"] is not None and scored["loss"] > 0
+    metrics = httpx.get(svc.url + "/metrics").text
+    assert "streamtrain_validation_r2 " in metrics and "streamtrain_validation_accuracy" not in metrics
+    page = httpx.get(svc.url + "/watch.json").json()
+    assert page["task"] == "regression" and any(p["val_loss"] is not None for p in page["points"])
+    assert svc.stop() == 0
