@@ -321,3 +321,25 @@ def test_each_reader_declares_how_it_is_read(tmp_path):
     assert caps["u.h5"] == Capabilities(in_place=True, decodes_chunks=False)
     assert caps["g.h5"] == caps["z.zarr"] == caps["p.parquet"] == Capabilities(decodes_chunks=True)
     assert ArrayDataset(np.zeros((4, 2))).capabilities == Capabilities(True, True, False, False)
+
+
+def test_the_fingerprint_is_kept_while_the_files_are_unchanged(tmp_path):
+    # (a run's start asks for it up to three times; remote chunks are slow to read)
+    path = tmp_path / "d.h5"
+    make_data(path, rows=3000, features=4, chunk_rows=500, seed=0)
+    ds = open_dataset(path)
+    reads = []
+    load = type(ds)._load_locked
+    ds._load_locked = lambda i: reads.append(i) or load(ds, i)
+    first = ds.fingerprint()
+    assert len(reads) == 3 and ds.fingerprint() == first and len(reads) == 3
+    st = os.stat(path)  # touched (as a rewrite in place would): read again, and the content differs
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert ds.fingerprint()["content"] != first["content"] and len(reads) == 6
+    ds.close()
+    # data in memory may change unseen: hashed at each call
+    X = np.zeros((100, 3), np.float32)
+    mem = ArrayDataset(X, np.zeros(100))
+    before = mem.fingerprint()
+    X[0, 0] = 1.0
+    assert mem.fingerprint()["content"] != before["content"]

@@ -79,14 +79,23 @@ class Identity:
         return self._stamps()[0]
 
     def _stamps(self) -> tuple[str, str]:
-        """``content_stamp``, and a SHA-256 of the sampled chunks' bytes alone."""
-        h, sample = hashlib.sha256(), hashlib.sha256()
+        """``content_stamp``, and a SHA-256 of the sampled chunks' bytes alone. Kept for this open
+        dataset while its files' sizes and times stay the same (a run's start asks up to three
+        times, and remote chunks are slow to read); data in memory, which may change in place
+        unseen, is hashed at each call."""
+        stamps = []
         for path in self._stamped_files():
             try:
                 st = os.stat(path)
-                h.update(f"{os.path.basename(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                stamps.append(f"{os.path.basename(path)}|{st.st_size}|{st.st_mtime_ns}\n")
             except OSError:
-                h.update(f"{path}|missing\n".encode())
+                stamps.append(f"{path}|missing\n")
+        kept = self.__dict__.get("_stamps_kept")
+        if kept is not None and kept[0] == stamps and self.format != "memory":
+            return kept[1]
+        h, sample = hashlib.sha256(), hashlib.sha256()
+        for line in stamps:
+            h.update(line.encode())
         picks = sorted({0, self.n_chunks // 2, self.n_chunks - 1})[:self.SAMPLED_CHUNKS]
         for c in picks:
             X, y = self._load_locked(c)
@@ -95,7 +104,8 @@ class Identity:
                     data = np.ascontiguousarray(part).tobytes()
                     h.update(data)
                     sample.update(data)
-        return h.hexdigest(), sample.hexdigest()
+        self.__dict__["_stamps_kept"] = (stamps, (h.hexdigest(), sample.hexdigest()))
+        return self.__dict__["_stamps_kept"][1]
 
     def _stamped_files(self) -> list[str]:
         """The local files whose size and modification time stand for the content (none here)."""
