@@ -130,8 +130,8 @@ def fill_features(columns: list[Column], n: int, dtype, fetch: Callable[[str], n
             raise ValueError(f"column {c.name!r} has {a.shape[0] if a.ndim else 1} values, not {n}")
         sources.append(a)
     X = np.empty((n, len(columns)), dtype=dtype)
-    # Writing a column of a row-major array strides through all of it (measured: 4x slower for
-    # 64 columns of 50k rows): each block of rows is gathered column-major, then transposed in.
+    # Writing a column of a row-major array strides through all of it (several times slower for
+    # tens of columns): each block of rows is gathered column-major, then transposed in.
     rows = max(256, _FILL_BYTES // max(1, len(columns) * X.itemsize))
     scratch = np.empty((len(columns), min(rows, n)), dtype=dtype)
     with np.errstate(over="ignore"):  # beyond float32 becomes Inf, which the NaN/Inf screen names
