@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import numpy as np
@@ -69,3 +70,142 @@ def test_missing_remote_object_is_a_clean_error(s3):
 
     with pytest.raises(DataError, match="s3://bucket/nope.parquet"):
         open_dataset("s3://bucket/nope.parquet", storage_options=s3)
+
+
+# -- checkpoints in object storage (--checkpoint-dir s3://...) ------------------------------------
+
+def _cli(*args, env=None):
+    """``streamtrain ARGS`` in a process of its own (the AWS_* variables of the fixture inherited)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([str(Path(sys.executable).with_name("streamtrain")), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def _objects(prefix: str) -> list[str]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(prefix, detail=False))
+
+
+_RUN = ["--hidden", "6", "--dtype", "float64", "--batch-size", "32", "--optimizer", "adam", "--seed", "3", "--quiet"]
+
+
+def _newest(where):
+    from streamtrain.io.resolve import resolve_checkpoint
+    from streamtrain.train.schema import TRAINER
+
+    _, arrays, meta = resolve_checkpoint(str(where), TRAINER)
+    return arrays, meta
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_run_in_object_storage_resumes_bitwise_and_keeps_its_newest_checkpoints(s3, tmp_path):
+    data = DATA / "breast_cancer.h5"
+    for epochs, more in (("2", []), ("4", ["--resume"])):  # the reference: the same steps, in a local directory
+        alone = _cli("train", data, *_RUN, "--epochs", epochs, "--checkpoint-dir", tmp_path / "one", *more)
+        assert alone.returncode == 0, alone.stderr
+    first = _cli("train", data, *_RUN, "--epochs", "2", "--keep", "2", "--checkpoint-dir", "s3://bucket/runs/a")
+    assert first.returncode == 0, first.stderr
+    assert _objects("bucket/runs/a") == ["ckpt-000000000018.npz", "ckpt-000000000036.npz",
+                                         "manifest-000000000018.json", "manifest-000000000036.json", "metrics.jsonl"]
+    more = _cli("train", data, *_RUN[:-1], "--epochs", "4", "--keep", "2", "--checkpoint-dir", "s3://bucket/runs/a",
+                "--resume")
+    assert more.returncode == 0, more.stderr
+    assert "resuming from s3://bucket/runs/a/ckpt-000000000036.npz (epoch 3, row 0" in more.stderr
+    got, meta = _newest("s3://bucket/runs/a")
+    ref, ref_meta = _newest(tmp_path / "one")
+    assert meta["state"]["global_step"] == ref_meta["state"]["global_step"] == 72
+    _assert_same(got, ref)
+    assert _objects("bucket/runs/a") == ["ckpt-000000000054.npz", "ckpt-000000000072.npz",
+                                         "manifest-000000000054.json", "manifest-000000000072.json", "metrics.jsonl"]
+    from streamtrain.io.rundir import read_history
+
+    assert [r["epoch"] for r in read_history("s3://bucket/runs/a")] == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in read_history("s3://bucket/runs/a")] == \
+        [r["train_loss"] for r in read_history(tmp_path / "one")]
+    # evaluate, predict and report read it where it is
+    here = _cli("evaluate", tmp_path / "one", data, "--json")
+    there = _cli("evaluate", "s3://bucket/runs/a", data, "--json")
+    assert here.returncode == there.returncode == 0, there.stderr
+    assert json.loads(here.stdout) == json.loads(there.stdout)
+    out = _cli("predict", "s3://bucket/runs/a/ckpt-000000000072.npz", data, "--out", tmp_path / "p.csv")
+    assert out.returncode == 0 and (tmp_path / "p.csv").read_text().count("\n") == 570, out.stderr
+    page = _cli("report", "s3://bucket/runs/a", "--out", tmp_path / "r.html")
+    assert page.returncode == 0 and "run a" in (tmp_path / "r.html").read_text(), page.stderr
+
+
+def test_a_kill_during_an_upload_leaves_the_previous_checkpoint_the_newest(s3, tmp_path):
+    data = DATA / "breast_cancer.h5"
+    alone = _cli("train", data, *_RUN, "--epochs", "3", "--checkpoint-dir", tmp_path / "one")
+    assert alone.returncode == 0, alone.stderr
+    url = "s3://bucket/runs/killed"
+    # killed (as by kill -9) once the second checkpoint's object is uploaded, before its manifest
+    killed = _cli("train", data, *_RUN, "--epochs", "3", "--checkpoint-dir", url,
+                  env={"STREAMTRAIN_CRASH_AT": "after_upload:2"})
+    assert killed.returncode == 137
+    assert _objects("bucket/runs/killed") == ["ckpt-000000000018.npz", "ckpt-000000000036.npz",
+                                              "manifest-000000000018.json", "metrics.jsonl"]
+    assert _newest(url)[1]["state"]["global_step"] == 18  # the object without a manifest does not count
+    again = _cli("train", data, *_RUN[:-1], "--epochs", "3", "--checkpoint-dir", url, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from s3://bucket/runs/killed/ckpt-000000000018.npz" in again.stderr
+    _assert_same(_newest(url)[0], _newest(tmp_path / "one")[0])
+    assert "manifest-000000000054.json" in _objects("bucket/runs/killed")
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumed(s3, tmp_path):
+    import s3fs
+
+    data = DATA / "breast_cancer.h5"
+    url = "s3://bucket/runs/damaged"
+    assert _cli("train", data, *_RUN, "--epochs", "2", "--keep", "3", "--checkpoint-dir", url).returncode == 0
+    fs = s3fs.S3FileSystem()
+    key = "bucket/runs/damaged/ckpt-000000000036.npz"
+    body = bytearray(fs.cat_file(key))
+    body[len(body) // 2] ^= 0xFF  # the same size: the manifest's check passes, the checksum does not
+    fs.pipe_file(key, bytes(body))
+    r = _cli("train", data, *_RUN[:-1], "--epochs", "3", "--checkpoint-dir", url, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "warning: s3://bucket/runs/damaged/ckpt-000000000036.npz: not a valid streamtrain checkpoint" in r.stderr
+    assert "its manifest moved aside to manifest-000000000036.json.invalid" in r.stderr
+    assert "resuming from s3://bucket/runs/damaged/ckpt-000000000018.npz" in r.stderr
+    assert "manifest-000000000036.json.invalid" in _objects("bucket/runs/damaged")
+
+
+def test_object_storage_refusals_are_one_line_and_lose_nothing(s3, tmp_path):
+    data = DATA / "breast_cancer.h5"
+    url = "s3://bucket/runs/taken"
+    assert _cli("train", data, *_RUN, "--epochs", "1", "--checkpoint-dir", url).returncode == 0
+    before = _objects("bucket/runs/taken")
+    again = _cli("train", data, *_RUN, "--epochs", "1", "--checkpoint-dir", url)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+    assert f"{url}: holds another run's checkpoints; pass --resume" in again.stderr
+    assert _objects("bucket/runs/taken") == before
+    replaced = _cli("train", data, *_RUN, "--epochs", "2", "--checkpoint-dir", url, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert [r["epoch"] for r in json_lines(url)] == [1, 2]
+    # no such bucket: said before any training, with what to check
+    nowhere = _cli("train", data, *_RUN, "--checkpoint-dir", "s3://no-such-bucket/run")
+    assert nowhere.returncode == 2 and nowhere.stderr.count("\n") == 1, nowhere.stderr
+    assert "s3://no-such-bucket/run: cannot write checkpoints there" in nowhere.stderr
+    assert "check that the bucket exists" in nowhere.stderr
+    # the service keeps its directory on a local disk
+    svc = _cli("serve", "--source", "http", "--checkpoint-dir", "s3://bucket/svc", "--features", "a,b")
+    assert svc.returncode == 2 and "the service keeps its checkpoints in a local directory" in svc.stderr
+
+
+def json_lines(url):
+    from streamtrain.io.rundir import read_history
+
+    return read_history(url)

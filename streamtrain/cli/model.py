@@ -16,13 +16,14 @@ from ..train.distributed import communicator
 from ..train.schema import TRAINER
 from ..train.trainer import Trainer
 from .group import cli
-from .options import _distributed_option, _log_every_option, _open_selected, _progress, _selection_options
+from .options import (PathOrURL, _distributed_option, _log_every_option, _run_name, _open_selected, _progress,
+                      _selection_options)
 
 __all__ = ['evaluate', 'predict', 'plot', 'report']
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=PathOrURL())
 @click.argument("data")
 @click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
               help="Evaluate on the training run's --val-fraction hold-out (val) or the rest (train).")
@@ -71,7 +72,7 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=PathOrURL())
 @click.argument("data")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help=f"Output file: {', '.join(f.suffixes[0] for f in FORMATS.values() if f.writer)} "
@@ -94,7 +95,7 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=PathOrURL())
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (never a file of a run).")
 def plot(checkpoint, out, overwrite):
@@ -106,15 +107,14 @@ def plot(checkpoint, out, overwrite):
 
     found, _, meta = resolve_checkpoint(checkpoint, TRAINER)
     history = read_history(found) or [r for r in [meta["state"]["record"]] if r]
-    run = checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent
     best = meta["state"]["restored_best"] or meta["state"]["early_stopping"]["best_epoch"]
-    written = plot_history(history, out, title=f"run {Path(run).resolve().name}", best_epoch=best,
+    written = plot_history(history, out, title=f"run {_run_name(checkpoint)}", best_epoch=best,
                            overwrite=overwrite, inputs=[found])
     click.echo(f"wrote {written}")
 
 
 @cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=PathOrURL())
 @click.argument("data", required=False)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML file to write.")
 @click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
@@ -133,7 +133,6 @@ def report(checkpoint, data, out, split, overwrite, features, label, log_every):
 
     found, _, meta = resolve_checkpoint(checkpoint, TRAINER)
     history = read_history(found) or [r for r in [meta["state"]["record"]] if r]
-    run = checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent
     best = meta["state"]["restored_best"] or meta["state"]["early_stopping"]["best_epoch"]
     inputs = [found] + ([data] if data else [])
     check_output(out, overwrite=overwrite, inputs=inputs)  # before an evaluation that may take long
@@ -149,5 +148,5 @@ def report(checkpoint, data, out, split, overwrite, features, label, log_every):
         with _progress(f"evaluating {ds.path}", ds.n_rows, False, log_every) as progress:
             evaluation = trainer.evaluate(ds, progress.update)
         evaluation["split"] = split
-    page = report_html(Path(run).resolve().name, history, meta, best, evaluation)
+    page = report_html(_run_name(checkpoint), history, meta, best, evaluation)
     click.echo(f"wrote {write_report(out, page, overwrite=overwrite, inputs=inputs)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -61,6 +62,33 @@ def _selection_options(f):
     f = click.option("--features", multiple=True,
                      help="Feature dataset/array path, or column names/globs (repeatable), e.g. 'f*'.")(f)
     return f
+
+
+class PathOrURL(click.ParamType):
+    """A local path (a ``Path``), or a URL such as ``s3://bucket/run`` (kept a string: a ``Path``
+    would fold its ``//``)."""
+
+    name = "path"
+
+    def __init__(self, **path_options):
+        self.path = click.Path(path_type=Path, **path_options)
+
+    def convert(self, value, param, ctx):
+        from ..readers.remote import is_url
+
+        if isinstance(value, str) and is_url(value):
+            return value
+        return self.path.convert(value, param, ctx)
+
+
+def _run_name(checkpoint) -> str:
+    """The name of the run a checkpoint (a file, a directory or a URL of either) belongs to."""
+    text = str(checkpoint).rstrip("/")
+    if "://" in text:
+        parts = text.split("/")
+        return parts[-2] if text.endswith(".npz") else parts[-1]
+    p = Path(checkpoint)
+    return (p if p.is_dir() else p.parent).resolve().name
 
 
 class FiniteFloat(click.FloatRange):

@@ -10,7 +10,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, Interrupted, TrainingError, os_reason
 from ..train.trainer import Trainer
 from .group import cli
-from .options import FiniteFloat, _config_options, _echo_err, _given_settings
+from .options import FiniteFloat, PathOrURL, _config_options, _echo_err, _given_settings
 
 __all__ = ['SERVE_SETTINGS', 'serve']
 
@@ -26,6 +26,14 @@ def _serve_options(command):
     return _config_options(command, SERVE_SETTINGS)
 
 
+def _local_dir(value):
+    """The service's directory must be on a local disk: it holds the HTTP source's log, fsynced per request."""
+    if isinstance(value, str):
+        raise click.BadParameter(f"{value}: the service keeps its checkpoints in a local directory (its "
+                                 "HTTP log is fsynced per request); give a path", param_hint="--checkpoint-dir")
+    return value
+
+
 @cli.command(epilog="""\b
 More examples:
   curl -X POST localhost:8000/learn -d '[{"f0": 1, "f1": 2, "f2": 3, "y": 1}]'
@@ -36,7 +44,7 @@ More examples:
 @click.option("--source", required=True, metavar="SOURCE",
               help="Where rows come from: http (POST /learn), dir:PATH (files landing there), "
               "redis://HOST:PORT/DB?stream=NAME[&group=G], nats://HOST:PORT?stream=NAME[&durable=D].")
-@click.option("--checkpoint-dir", type=click.Path(path_type=Path), required=True,
+@click.option("--checkpoint-dir", type=PathOrURL(), required=True, callback=lambda ctx, param, value: _local_dir(value),
               help="The service's directory: checkpoints (it continues from the newest), the HTTP source's log, "
               "refused input (rejected.jsonl). One service per directory.")
 @click.option("--features", default=None, metavar="NAMES",

@@ -14,7 +14,7 @@ from ..train.distributed import communicator
 from ..train.hooks import ProgressBar
 from ..train.trainer import Trainer
 from .group import cli
-from .options import (_config_options, _distributed_option, _echo_err, _given_settings, _load_config,
+from .options import (PathOrURL, _config_options, _distributed_option, _echo_err, _given_settings, _load_config,
                       _log_every_option, _selection, _selection_options)
 
 __all__ = ['JsonLines', 'train']
@@ -35,8 +35,9 @@ class JsonLines:
 @click.option("--val", default=None, help="A separate validation dataset.")
 @click.option("--weight", default=None, help="A column whose values weigh each row's loss (one column per feature).")
 @_config_options
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory of this run's checkpoints and metrics.jsonl (one run per directory).")
+@click.option("--checkpoint-dir", type=PathOrURL(file_okay=False), default=None,
+              help="Directory of this run's checkpoints and metrics.jsonl (one run per directory), or a "
+              "URL in object storage (s3://bucket/run: each checkpoint uploaded, then a manifest naming it).")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir from its newest valid checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --checkpoint-dir with a new one.")
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")

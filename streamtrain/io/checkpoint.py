@@ -206,7 +206,7 @@ def _expect(meta: dict, schema: Schema | None, headers: dict) -> None:
                              f"{np.dtype(dtype)} {tuple(shape)}")
 
 
-def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None, keep=None
+def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None, keep=None, name: str | None = None
                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of a checkpoint file, after verifying its checksum.
 
@@ -214,14 +214,17 @@ def load_checkpoint(path: str | os.PathLike, schema: Schema | None = None, keep=
     dtype and shape are checked before data is read (against ``schema``, the model the
     metadata describes, where given); any problem is a ``CheckpointError``. ``keep(name)``, where
     given, says which arrays to return: the others are read through the checksum in pieces and
-    dropped (a model's optimiser state, twice its size, for a prediction).
+    dropped (a model's optimiser state, twice its size, for a prediction). ``name``: what its
+    errors call it (a local copy of an object in storage is named by its URL).
     """
     if hasattr(path, "read"):  # the bytes of a checkpoint, in memory (broadcast to other processes)
-        source, path = path, Path(getattr(path, "name", "<checkpoint>"))
+        source, path = path, str(getattr(path, "name", "<checkpoint>"))  # (a URL stays one)
     else:
         source = path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint file")
+    if name is not None:
+        path = name
     try:
         with zipfile.ZipFile(source) as zf:
             infos = {}

@@ -68,7 +68,12 @@ def latest_checkpoint(directory: str | os.PathLike, warn=None, schema: Schema | 
 
 def resolve_checkpoint(path: str | os.PathLike, schema: Schema | None = None, warn=None, keep=None):
     """``(path, arrays, meta)`` from a checkpoint file, or from a directory's newest valid one
-    (``keep``: which arrays, see ``load_checkpoint``)."""
+    (``keep``: which arrays, see ``load_checkpoint``); a URL names one in object storage
+    (``--checkpoint-dir s3://...``: its newest complete checkpoint)."""
+    from .remote_run import is_url, resolve_remote
+
+    if is_url(str(path)):
+        return resolve_remote(str(path), schema, warn, keep)
     path = Path(path)
     if path.is_dir():
         found = latest_checkpoint(path, warn, schema, keep=keep)

@@ -21,7 +21,7 @@ from .checkpoint import Schema, save_checkpoint
 from .lock import DirectoryLock
 from .resolve import checkpoint_name, latest_checkpoint, list_checkpoints, rotate
 
-__all__ = ["RunDirectory", "read_history"]
+__all__ = ["RunDirectory", "read_history", "parse_history"]
 
 
 class RunDirectory:
@@ -32,6 +32,7 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.where = str(self.path)  # what messages call it
         self.lock = DirectoryLock(self.path)
         self.writer = BackgroundWriter()  # checkpoints are written beside training
 
@@ -69,6 +70,10 @@ class RunDirectory:
         invalid ones are reported and moved aside (``.invalid``); none valid is an error."""
         return latest_checkpoint(self.path, warn, schema, set_aside=True)
 
+    def checkpoint_bytes(self, path) -> bytes:
+        """The bytes of the checkpoint ``resume_point`` found at ``path`` (sent to other processes)."""
+        return Path(path).read_bytes()
+
     def save(self, arrays: dict, meta: dict, step: int, keep: int, schema: Schema | None = None,
              fork: bool = False) -> Path:
         """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones.
@@ -84,10 +89,14 @@ class RunDirectory:
             except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
                 raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)}); "
                                       "the previous checkpoint is kept") from None
-            rotate(self.path, keep)
+            self._written(path, step, keep)
 
         self.writer.submit(write, fork=fork)
         return path
+
+    def _written(self, path: Path, step: int, keep: int) -> None:
+        """After the checkpoint at ``path`` is on disk (in the writer): rotation."""
+        rotate(self.path, keep)
 
     def keep_as_best(self, path: Path) -> None:
         """Copy the checkpoint at ``path`` (once written) to ``best.npz``, apart from the rotation."""
@@ -143,16 +152,25 @@ class RunDirectory:
 
 
 def read_history(checkpoint: str | os.PathLike) -> list[dict[str, Any]]:
-    """The epochs recorded in ``metrics.jsonl`` beside a checkpoint (or in a run directory)."""
+    """The epochs recorded in ``metrics.jsonl`` beside a checkpoint (or in a run directory, local or a URL)."""
+    if isinstance(checkpoint, str) and "://" in checkpoint:
+        from .remote_run import is_url, remote_history
+
+        if is_url(checkpoint):
+            return remote_history(checkpoint)
     p = Path(checkpoint)
     path = (p if p.is_dir() else p.parent) / RunDirectory.METRICS
+    return parse_history(path.read_text(errors="replace")) if path.is_file() else []
+
+
+def parse_history(text: str) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (lines a crash cut short are skipped)."""
     history = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                history.append(record)
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            history.append(record)
     return history

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from pathlib import Path
 
 from ..config import RESUME_MAY_CHANGE, TrainConfig
 from ..errors import CheckpointError
@@ -33,11 +32,13 @@ def claim(comm, rundir: RunDirectory | None, resume: bool, overwrite: bool, log)
         found.append(_claim(rundir, resume, overwrite, log))
         return {"path": None if found[0] is None else str(found[0][0])}
 
-    outcome, data = decided_by_rank0(comm, decide, lambda o: Path(o["path"]).read_bytes() if o["path"] else None)
+    outcome, data = decided_by_rank0(comm, decide, lambda o: rundir.checkpoint_bytes(found[0][0]) if o["path"] else None)
     if found or outcome["path"] is None:  # rank 0 (or alone), or nothing to resume from
         return found[0] if found else None
-    arrays, meta = load_checkpoint(io.BytesIO(data), TRAINER)
-    return Path(outcome["path"]), arrays, meta
+    source = io.BytesIO(data)
+    source.name = outcome["path"]
+    arrays, meta = load_checkpoint(source, TRAINER)
+    return outcome["path"], arrays, meta
 
 
 def _claim(rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
@@ -47,7 +48,7 @@ def _claim(rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
         return rundir.resume_point(TRAINER, warn=log and (lambda m: log(f"warning: {m}")))
     if rundir.holds_run():
         if not overwrite:
-            raise CheckpointError(f"{rundir.path}: holds another run's checkpoints; pass --resume to continue "
+            raise CheckpointError(f"{rundir.where}: holds another run's checkpoints; pass --resume to continue "
                                   "it, or --overwrite to replace it (or use another --checkpoint-dir)")
         rundir.clear()
     rundir.start_metrics()
