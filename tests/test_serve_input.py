@@ -711,3 +711,45 @@ def test_a_utf8_token_is_accepted_as_sent(served, tmp_path):
     assert httpx.post(svc.url + "/snapshot", headers=sent).status_code == 200
     assert httpx.post(svc.url + "/snapshot", headers={"Authorization": b"Bearer s\xe9cret"}).status_code == 401
     assert svc.stop() == 0
+
+
+def _compressed(table, compression: str, file: bool = False) -> bytes:
+    sink = pa.BufferOutputStream()
+    new = pa.ipc.new_file if file else pa.ipc.new_stream
+    with new(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_table(table, max_chunksize=100_000)
+    return sink.getvalue().to_pybytes()
+
+
+@pytest.mark.parametrize("file", [False, True])
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+def test_the_size_an_arrow_body_decodes_to_is_read_from_its_metadata(compression, file):
+    from streamtrain.serve.ipc_size import decoded_size
+
+    n = 250_000
+    table = pa.table({"f0": np.zeros(n, np.float32), "f1": np.arange(n), "y": pa.array(["a", "b"] * (n // 2)),
+                      "c": pa.array(["x"] * n).dictionary_encode()})
+    body = _compressed(table, compression, file)
+    reader = pa.ipc.open_file(body) if file else pa.ipc.open_stream(body)
+    assert decoded_size(body) == reader.read_all().get_total_buffer_size()
+    for bad in (body[:50], b"\xff\xff\xff\xff" + b"\x7f" * 8, b"ARROW1" + bytes(20)):
+        with pytest.raises(ValueError, match="its metadata cannot be read"):
+            decoded_size(bad)
+
+
+def test_a_small_compressed_body_of_too_many_rows_is_refused_before_it_is_decoded(http_svc):
+    # 2.5M rows of zeros: a few kilobytes as sent, 42.5 MB decoded (the bound is --max-body-mb, 16 MiB)
+    bomb = _compressed(pa.table({f: np.zeros(2_500_000, np.float32) for f in FEATURES} |
+                                {"y": np.zeros(2_500_000, np.int8)}), "zstd")
+    assert len(bomb) < 64 << 10
+    before = http_svc.status()["rows_received"]
+    for path in ("/learn", "/predict"):
+        r = httpx.post(http_svc.url + path, content=bomb, headers={"content-type": ARROW}, timeout=30)
+        assert r.status_code == 413, r.text
+        assert "the rows decode to 42500000 bytes, more than the 16777216 allowed (--max-body-mb" in r.json()["error"]
+    # the same rows in bodies within the bound are taken
+    ok = _compressed(pa.table({f: np.zeros(100_000, np.float32) for f in FEATURES} |
+                              {"y": np.zeros(100_000, np.int8)}), "zstd")
+    assert httpx.post(http_svc.url + "/learn", content=ok, headers={"content-type": ARROW}).status_code == 202
+    assert http_svc.wait_received(before + 100_000)["rows_received"] == before + 100_000
+    _no_traceback(http_svc)

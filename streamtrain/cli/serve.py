@@ -70,7 +70,7 @@ More examples:
               help="With --token-file: the live page's data (/watch.json) and /metrics need the token too (open "
                    "the page as http://HOST:PORT/#token=TOKEN).")
 @click.option("--max-body-mb", type=FiniteFloat(0, 4096, min_open=True), default=16.0, show_default=True,
-              help="Largest request body (413 beyond).")
+              help="Largest request body, as sent and as its Arrow rows decode (413 beyond; for brokers, the largest entry as decoded).")
 @click.option("--queue-mb", type=FiniteFloat(0, 1 << 20, min_open=True), default=64.0, show_default=True,
               help="Rows posted to /learn that may wait for training (429 with Retry-After beyond).")
 @click.option("--val", type=click.Path(exists=True, path_type=Path), default=None, metavar="FILE",

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from ..errors import DataError
 from .metrics import Metrics
-from .rows import JSON_TYPES, _short, json_body, media_type
+from .rows import JSON_TYPES, DecodesTooLarge, _short, json_body, media_type
 from .sources import MAX_KEY_CHARS, QueueFull
 from .sources.broker import _reason
 from .watch import page
@@ -83,7 +83,7 @@ def content_type(request: Request) -> str | None:
 
 
 def refused(e: DataError) -> JSONResponse:
-    return error(415 if "content type" in str(e) else 400, str(e))
+    return error(413 if isinstance(e, DecodesTooLarge) else 415 if "content type" in str(e) else 400, str(e))
 
 
 async def learn(request: Request):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .ipc_size import decoded_size
 
 __all__ = ["Columns", "ARROW_TYPES", "JSON_TYPES", "media_type", "json_body"]
 
@@ -63,6 +64,14 @@ def json_body(body: bytes | str, where: str) -> Any:
         raise DataError(f"{where}: malformed JSON ({_short(e)})") from None
 
 
+class DecodesTooLarge(DataError):
+    """A body whose rows decode to more than the bound (HTTP's 413)."""
+
+
+# The default bound on an Arrow body's decoded rows (the service's --max-body-mb replaces it).
+MAX_DECODED_BYTES = 16 << 20
+
+
 class Columns:
     """The stream's feature columns (in order) and its label column. ``features`` may be None
     until the first rows fix them (their columns, the label's aside, in the order given)."""
@@ -71,6 +80,9 @@ class Columns:
         self.features = None if features is None else list(features)
         self.label, self.dtype = label, np.dtype(dtype)
         self._arrow_checked: dict[bool, tuple] = {}  # need_label -> (the schema last checked, all floating)
+        #: the most bytes an Arrow body's batches may decode to (a compressed body can be thousands
+        #: of times smaller than its rows); the service sets its --max-body-mb
+        self.max_decoded_bytes = MAX_DECODED_BYTES
 
     # -- the two encodings -----------------------------------------------------------
     def parse(self, body: bytes, content_type: str | None, where: str, need_label: bool = True):
@@ -182,6 +194,13 @@ class Columns:
         """The table of an Arrow IPC stream (or file) body, with a row or more."""
         import pyarrow as pa
 
+        try:  # before anything is decoded: Arrow decodes a whole batch at once
+            size = decoded_size(body)
+        except ValueError as e:
+            raise DataError(f"{where}: not an Arrow IPC stream ({e})") from None
+        if size > self.max_decoded_bytes:
+            raise DecodesTooLarge(f"{where}: the rows decode to {size} bytes, more than the {self.max_decoded_bytes} "
+                            "allowed (--max-body-mb bounds a body as decoded too); send them in smaller bodies")
         try:
             reader = pa.ipc.open_stream(body)
             table = reader.read_all()

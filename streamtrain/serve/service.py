@@ -78,6 +78,7 @@ class Service:
             # a model trained on an encoded table reads the table's own values, encoded as in training
             self.columns = (RawColumns(encoding, label, config.dtype) if encoding is not None
                             else Columns(list(features), label, config.dtype))
+            self.columns.max_decoded_bytes = self.max_body  # an Arrow body's rows as decoded, not only as sent
             self.columns.warm_up()
             self.validation = None if val is None else Validation(val, self.learner, val_every)
             self.source: StreamSource = open_source(source, self.columns, self.dir / "log", queue_bytes)
