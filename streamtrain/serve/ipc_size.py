@@ -27,7 +27,7 @@ def decoded_size(body: bytes | memoryview) -> int:
         if bytes(data[:6]) == _MAGIC:
             return sum(_message_size(data, offset) for offset in _file_blocks(data))
         return _stream_size(data)
-    except (struct.error, IndexError) as e:
+    except (struct.error, IndexError):
         raise ValueError("its metadata cannot be read") from None
 
 
