@@ -753,3 +753,15 @@ def test_a_small_compressed_body_of_too_many_rows_is_refused_before_it_is_decode
     assert httpx.post(http_svc.url + "/learn", content=ok, headers={"content-type": ARROW}).status_code == 202
     assert http_svc.wait_received(before + 100_000)["rows_received"] == before + 100_000
     _no_traceback(http_svc)
+
+
+def test_predict_decides_from_the_decoded_size_whether_to_answer_on_the_event_loop():
+    # A small compressed body of many rows is decompressed on a worker thread, not on the loop
+    from streamtrain.serve.routes import INLINE_PREDICT_BYTES, _decodes_small
+
+    few, many = ({f: np.full(n, 0.5, np.float32) for f in FEATURES} for n in (100, 10_000))
+    small = _compressed(pa.table(many), "zstd")
+    assert len(small) < INLINE_PREDICT_BYTES
+    assert not _decodes_small(small, ARROW, "POST /predict")
+    assert _decodes_small(_compressed(pa.table(few), "zstd"), ARROW, "POST /predict")
+    assert _decodes_small(b"[]", None, "POST /predict") and _decodes_small(b"garbage", ARROW, "POST /predict")

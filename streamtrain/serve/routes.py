@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 from ..errors import DataError
 from .metrics import Metrics
-from .rows import JSON_TYPES, DecodesTooLarge, _short, json_body, media_type
+from .ipc_size import decoded_size
+from .rows import ARROW_TYPES, JSON_TYPES, DecodesTooLarge, _short, json_body, media_type
 from .sources import MAX_KEY_CHARS, QueueFull
 from .sources.broker import _reason
 from .watch import page
@@ -31,6 +32,17 @@ _LOG = logging.getLogger("streamtrain")
 INLINE_PREDICT_BYTES = 64 << 10
 #: ... and holding at most this many rows once parsed.
 INLINE_PREDICT_ROWS = 1000
+
+
+def _decodes_small(body: bytes, kind: str | None, where: str) -> bool:
+    """Whether a body decodes to at most ``INLINE_PREDICT_BYTES`` (a compressed Arrow body can
+    hold far more rows than its size says: it is decompressed on a worker, not on the loop)."""
+    if media_type(kind, where)[0] not in ARROW_TYPES:
+        return True
+    try:
+        return decoded_size(body) <= INLINE_PREDICT_BYTES
+    except ValueError:
+        return True  # refused at once by the parser, which says why
 
 
 class _TooLarge(Exception):
@@ -121,12 +133,12 @@ async def predict(request: Request):
     where = "POST /predict"
     try:
         body = await body_of(request)
-        if len(body) <= INLINE_PREDICT_BYTES:
+        if len(body) <= INLINE_PREDICT_BYTES and _decodes_small(body, content_type(request), where):
             started = time.perf_counter()
             X = service._predict_parse(body, content_type(request), where)
             if len(X) <= INLINE_PREDICT_ROWS:
                 result = service._predict_rows(X, started)
-            else:  # (a compressed Arrow body holds more rows than its size says)
+            else:  # (rows of one byte each: more than their size says)
                 result = await run_in_threadpool(service._predict_rows, X, started)
         else:
             result = await run_in_threadpool(service._predict, body, content_type(request), where)
