@@ -58,24 +58,10 @@ if comm.rank == 0:
 """
 
 
-def _probe_command(hosts, per_host: list[int], script: Path) -> list[str]:
-    """``mpiexec`` inside h0 running ``script`` with ``per_host[i]`` processes on host hi, over TCP."""
-    hostfile = hosts.where / f"hosts-{'-'.join(map(str, per_host))}"
-    hostfile.write_text("".join(f"h{i}:{k}\n" for i, k in enumerate(per_host) if k))
-    from tests.test_hosts import ENTER
-    from tests.test_mpi import MPIEXEC
-
-    launch = [str(MPIEXEC), "-f", str(hostfile), "-launcher", "ssh", "-launcher-exec", str(hosts.launcher),
-              "-iface", hosts.dev(0, 1), "-n", str(sum(per_host)), sys.executable, str(script)]
-    inner = "env UCX_TLS=tcp " + " ".join(f"'{a}'" for a in launch)
-    enter = ENTER.format(where=hosts.where).replace("$host", "h0")
-    return ["ip", "netns", "exec", hosts.name(0), "unshare", "--uts", "--mount", "sh", "-c", f"{enter} && exec {inner}"]
-
-
 def allreduce(hosts, per_host: list[int], workdir: Path) -> dict:
     script = workdir / "probe.py"
     script.write_text(f"SIZES = {SIZES!r}\n" + PROBE)
-    res = subprocess.run(_probe_command(hosts, per_host, script), capture_output=True, text=True, timeout=600)
+    res = subprocess.run(hosts.command(per_host, [str(script)], program=(sys.executable,)), capture_output=True, text=True, timeout=600)
     if res.returncode:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -35,23 +35,31 @@ ENTER = "hostname $host && mount --bind {where}/disk-$host {where}/disk"
 
 
 class Hosts:
-    """``n`` hosts h0, h1, ... as network namespaces joined by veth links to h0 (169.254.77.x/24)."""
+    """``n`` hosts h0, h1, ... as network namespaces, each joined by a veth link to a bridge in a
+    namespace of its own (a switch: every host reaches every other, as machines on one network),
+    host hi at 169.254.77.(i+1)/24 on its one device, ``link(i)``."""
 
     def __init__(self, n: int, where: Path):
         self.prefix = f"st{os.getpid() % 100000}h"
         self.n, self.where, self.made = n, where, []
+        self.switch = f"{self.prefix}s"
         try:
-            for i in range(n):
-                self._ip("netns", "add", self.name(i))
-                self.made.append(self.name(i))
-                self._ip("-n", self.name(i), "link", "set", "lo", "up")
-            for i in range(1, n):  # a link from h0 to hi
-                self._ip("link", "add", self.dev(0, i), "netns", self.name(0), "type", "veth", "peer", "name",
-                         self.dev(i, 0), "netns", self.name(i))
-                self._ip("-n", self.name(0), "addr", "add", f"169.254.77.{i * 2 - 1}/31", "dev", self.dev(0, i))
-                self._ip("-n", self.name(i), "addr", "add", f"169.254.77.{i * 2 - 2}/31", "dev", self.dev(i, 0))
-                for a, b in ((0, i), (i, 0)):
-                    self._ip("-n", self.name(a), "link", "set", self.dev(a, b), "up")
+            for name in [*map(self.name, range(n)), self.switch]:
+                self._ip("netns", "add", name)
+                self.made.append(name)
+                self._ip("-n", name, "link", "set", "lo", "up")
+            self._ip("-n", self.switch, "link", "add", "name", "sw", "type", "bridge")
+            self._ip("-n", self.switch, "link", "set", "sw", "up")
+            for i in range(n):  # hi's link to the switch
+                port = f"{self.prefix}p{i}"
+                self._ip("link", "add", self.link(i), "netns", self.name(i), "type", "veth", "peer", "name", port,
+                         "netns", self.switch)
+                self._ip("-n", self.switch, "link", "set", port, "master", "sw")
+                self._ip("-n", self.switch, "link", "set", port, "up")
+                self._ip("-n", self.name(i), "addr", "add", f"{self.address(i)}/24", "dev", self.link(i))
+                self._ip("-n", self.name(i), "link", "set", self.link(i), "up")
+            #: h0's device on the hosts' network (MPI's control connections use it: -iface)
+            self.iface = self.link(0)
             self._wait_up()
         except BaseException:
             self.remove()
@@ -66,33 +74,37 @@ class Hosts:
         self.launcher.chmod(0o755)
 
     def _wait_up(self, timeout: float = 30.0) -> None:
-        """Until every link has its carrier (a veth's takes a moment): an MPI library started
-        before that finds no network device but the loopback (seen: UCX, which then fails)."""
+        """Until every host's link has its carrier (a veth's takes a moment): an MPI library
+        started before that finds no network device but the loopback (seen: UCX, which then fails)."""
         deadline = time.monotonic() + timeout
-        for i in range(1, self.n):
-            for a, b in ((0, i), (i, 0)):
-                while "LOWER_UP" not in subprocess.run(["ip", "-n", self.name(a), "link", "show", self.dev(a, b)],
-                                                       capture_output=True, text=True, timeout=30).stdout:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"the link {self.dev(a, b)} did not come up in {timeout:g} s")
-                    time.sleep(0.05)
+        for i in range(self.n):
+            while "LOWER_UP" not in subprocess.run(["ip", "-n", self.name(i), "link", "show", self.link(i)],
+                                                   capture_output=True, text=True, timeout=30).stdout:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the link {self.link(i)} did not come up in {timeout:g} s")
+                time.sleep(0.05)
 
     def name(self, i: int) -> str:
         return f"{self.prefix}{i}"
 
-    def dev(self, a: int, b: int) -> str:
-        return f"{self.prefix}{a}v{b}"
+    @staticmethod
+    def address(i: int) -> str:
+        return f"169.254.77.{i + 1}"
+
+    def link(self, i: int) -> str:
+        """Host hi's device on the network."""
+        return f"{self.prefix}{i}e"
 
     @staticmethod
     def _ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
-    def command(self, per_host: list[int], args: list[str]) -> list[str]:
-        """``mpiexec`` inside h0, ``per_host[i]`` ranks of ``streamtrain ARGS`` on host hi."""
+    def command(self, per_host: list[int], args: list[str], program: tuple[str, ...] = (str(BIN),)) -> list[str]:
+        """``mpiexec`` inside h0, ``per_host[i]`` ranks of ``PROGRAM ARGS`` (streamtrain) on host hi."""
         hostfile = self.where / f"hosts-{'-'.join(map(str, per_host))}"
         hostfile.write_text("".join(f"h{i}:{k}\n" for i, k in enumerate(per_host) if k))
         launch = [str(MPIEXEC), "-f", str(hostfile), "-launcher", "ssh", "-launcher-exec", str(self.launcher),
-                  "-iface", self.dev(0, 1), "-n", str(sum(per_host)), str(BIN), *args]
+                  "-iface", self.iface, "-n", str(sum(per_host)), *program, *args]
         # UCX_TLS=tcp: the hosts share one kernel, so UCX (MPICH's network layer) would reach the
         # other host's processes through shared memory, and a link cut would change nothing; over
         # TCP, as between machines, every byte between hosts crosses the link (hydra passes the
@@ -126,10 +138,10 @@ class Hosts:
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
     try:
-        made = Hosts(2, tmp_path_factory.mktemp("hosts"))
+        made = Hosts(3, tmp_path_factory.mktemp("hosts"))
     except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as e:
         said = getattr(e, "stderr", None) or e
-        pytest.skip(f"two hosts cannot be made here as network namespaces (needs CAP_NET_ADMIN and iproute2): {said}")
+        pytest.skip(f"three hosts cannot be made here as network namespaces (needs CAP_NET_ADMIN and iproute2): {said}")
     yield made
     made.remove()
     assert not any(n.startswith(made.prefix) for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
@@ -167,20 +179,22 @@ def _args(data, ckpt, *extra):
 
 
 @pytest.mark.parametrize("per_host,options", [([1, 1], "--shuffle window --optimizer adam --decoder process"),
-                                              ([2, 1], "--shuffle global --optimizer momentum --momentum 0.8")])
-def test_ranks_on_two_hosts_train_the_run_of_one_process(hosts, data, tmp_path, per_host, options):
+                                              ([2, 1], "--shuffle global --optimizer momentum --momentum 0.8"),
+                                              ([1, 1, 1], "--shuffle window --optimizer sgd --decoder process")])
+def test_ranks_on_several_hosts_train_the_run_of_one_process(hosts, data, tmp_path, per_host, options):
     alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", *options.split())], capture_output=True,
                            text=True, timeout=300)
     assert alone.returncode == 0, alone.stderr
     proc = subprocess.Popen(hosts.command(per_host, _args(data, tmp_path / "hosts", *options.split())),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = set()
-    while proc.poll() is None:  # the ranks run on their hosts: streamtrain processes in h1's namespace
-        seen.update(_commands(hosts.pids(1)))
+    seen = [set() for _ in per_host]
+    while proc.poll() is None:  # the ranks run on their hosts: streamtrain processes in each one's namespace
+        for i in range(1, len(per_host)):
+            seen[i].update(_commands(hosts.pids(i)))
         time.sleep(0.05)
     out, err = proc.communicate()
     assert proc.returncode == 0, err + out[-2000:]
-    assert any(c.endswith("/streamtrain") for c in seen), seen
+    assert all(any(c.endswith("/streamtrain") for c in s) for s in seen[1:]), seen
     (got, meta), (ref, ref_meta) = _final(tmp_path / "hosts"), _final(tmp_path / "one")
     assert _step(meta) == _step(ref_meta) == 160
     _assert_close(got, ref, rtol=1e-12)
@@ -271,11 +285,11 @@ def test_a_host_whose_link_is_cut_ends_the_job_naming_it_and_the_others_resume(h
             time.sleep(0.05)
         assert proc.poll() is None, "the job ended before the link could be cut"
         cut = time.monotonic()
-        subprocess.run(["ip", "-n", hosts.name(1), "link", "set", hosts.dev(1, 0), "down"], check=True, timeout=30)
+        subprocess.run(["ip", "-n", hosts.name(1), "link", "set", hosts.link(1), "down"], check=True, timeout=30)
         out, err = proc.communicate(timeout=60)
         took = time.monotonic() - cut
     finally:
-        subprocess.run(["ip", "-n", hosts.name(1), "link", "set", hosts.dev(1, 0), "up"], timeout=30)
+        subprocess.run(["ip", "-n", hosts.name(1), "link", "set", hosts.link(1), "up"], timeout=30)
         hosts._wait_up()
         if proc.poll() is None:
             proc.kill()
@@ -286,6 +300,33 @@ def test_a_host_whose_link_is_cut_ends_the_job_naming_it_and_the_others_resume(h
     lines = [line for line in (out + err).splitlines() if "error:" in line]
     assert len(lines) == 1 and "no answer from rank 1 (host h1)" in lines[0] and "--resume" in lines[0], err[-2000:]
     _resumed_on_h0_as_one_process(hosts, args, tmp_path)
+
+
+def test_one_of_three_hosts_lost_ends_the_job_and_the_two_left_resume_across_their_link(hosts, data, tmp_path):
+    # Three hosts on one switch; h2 dies mid-run; h0 and h1 (one rank each: another world size)
+    # continue from the last checkpoint at the same global batch, to the run of one process.
+    args = _args(data, tmp_path / "run", "--epochs", "6", "--batch-size", "10", "--optimizer", "adam",
+                 "--checkpoint-every", "200", "--keep", "2", "--resume")
+    alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", "--epochs", "6", "--batch-size", "10",
+                                             "--optimizer", "adam")], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    proc = subprocess.Popen(hosts.command([1, 1, 1], args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(tmp_path / "run", warn=lambda m: None) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before h2 could be lost"
+    lost = time.monotonic()
+    for pid in hosts.pids(2):
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - lost < 30
+    stopped = _step(latest_checkpoint(tmp_path / "run")[2])
+    r = subprocess.run(hosts.command([1, 1], args), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, meta = _final(tmp_path / "run")
+    ref, ref_meta = _final(tmp_path / "one")
+    assert 0 < stopped < _step(meta) == _step(ref_meta)
+    _assert_close(got, ref, rtol=1e-10)
 
 
 def _resumed_on_h0_as_one_process(hosts, args, tmp_path) -> None:
@@ -311,11 +352,11 @@ def test_hosts_without_a_shared_disk_keep_checkpoints_in_object_storage_and_resu
     for i in range(hosts.n):
         shutil.copy(data, hosts.own_disk(i) / "d.h5")
     port = 45000 + os.getpid() % 1000
-    endpoint = f"http://169.254.77.1:{port}"
+    endpoint = f"http://{hosts.address(0)}:{port}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
            "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
     server = subprocess.Popen(["ip", "netns", "exec", hosts.name(0), sys.executable, "-m", "moto.server", "-H",
-                               "169.254.77.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               hosts.address(0), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def in_h0(code: str) -> str:
         """Python ``code`` run on h0 (where the server is reachable); its stdout."""

@@ -169,18 +169,67 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumed(s3,
 
     data = DATA / "breast_cancer.h5"
     url = "s3://bucket/runs/damaged"
-    assert _cli("train", data, *_RUN, "--epochs", "2", "--keep", "3", "--checkpoint-dir", url).returncode == 0
+    best = ["--val-fraction", "0.2", "--keep-best"]
+    assert _cli("train", data, *_RUN, *best, "--epochs", "3", "--keep", "3", "--checkpoint-dir", url).returncode == 0
     fs = s3fs.S3FileSystem()
-    key = "bucket/runs/damaged/ckpt-000000000036.npz"
-    body = bytearray(fs.cat_file(key))
-    body[len(body) // 2] ^= 0xFF  # the same size: the manifest's check passes, the checksum does not
-    fs.pipe_file(key, bytes(body))
-    r = _cli("train", data, *_RUN[:-1], "--epochs", "3", "--checkpoint-dir", url, "--resume")
+    for step in (30, 45):  # the two newest: the same size, so the manifests' checks pass, the checksums do not
+        key = f"bucket/runs/damaged/ckpt-{step:012d}.npz"
+        body = bytearray(fs.cat_file(key))
+        body[len(body) // 2] ^= 0xFF
+        fs.pipe_file(key, bytes(body))
+    r = _cli("train", data, *_RUN[:-1], *best, "--epochs", "4", "--checkpoint-dir", url, "--resume")
     assert r.returncode == 0, r.stderr
-    assert "warning: s3://bucket/runs/damaged/ckpt-000000000036.npz: not a valid streamtrain checkpoint" in r.stderr
-    assert "its manifest moved aside to manifest-000000000036.json.invalid" in r.stderr
-    assert "resuming from s3://bucket/runs/damaged/ckpt-000000000018.npz" in r.stderr
-    assert "manifest-000000000036.json.invalid" in _objects("bucket/runs/damaged")
+    assert "warning: s3://bucket/runs/damaged/ckpt-000000000045.npz: not a valid streamtrain checkpoint" in r.stderr
+    assert "its manifest moved aside to manifest-000000000030.json.invalid" in r.stderr
+    assert "resuming from s3://bucket/runs/damaged/ckpt-000000000015.npz" in r.stderr
+    names = _objects("bucket/runs/damaged")
+    assert {"manifest-000000000045.json.invalid", "best.npz", "manifest-000000000060.json"} <= set(names), names
+    assert [r["epoch"] for r in json_lines(url)] == [1, 2, 3, 4]
+
+
+def test_the_store_failing_on_resume_sets_nothing_aside(s3, tmp_path, monkeypatch):
+    # A timeout, or no room for the download, is not the checkpoint's fault: nothing is renamed
+    # (a renamed manifest's checkpoint would be deleted by the next rotation)
+    import errno
+
+    from streamtrain import CheckpointError
+    from streamtrain.io.remote_run import RemoteRunDirectory
+    from streamtrain.train.schema import TRAINER
+
+    url = "s3://bucket/runs/flaky"
+    assert _cli("train", DATA / "breast_cancer.h5", *_RUN, "--epochs", "2", "--checkpoint-dir", url).returncode == 0
+    before = _objects("bucket/runs/flaky")
+    run = RemoteRunDirectory(url)
+    with run:
+        def no_room(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(run.store.fs, "get_file", no_room)
+        with pytest.raises(CheckpointError, match=r"ckpt-000000000036.npz: cannot download \(OSError: .*No space"):
+            run.resume_point(TRAINER)
+        assert not list(run.path.glob("*.npz*"))  # nothing half-downloaded left in the staging directory
+    assert _objects("bucket/runs/flaky") == before
+    assert not run.path.exists()
+
+
+def test_checkpoints_of_a_large_state_written_by_a_forked_writer_are_uploaded_whole(s3, tmp_path):
+    # STREAMTRAIN_FORK_SNAPSHOT_MB=0: every checkpoint written by a forked child from the live arrays,
+    # then uploaded by the trainer's process; each equals the checkpoint of a run in a directory
+    data = DATA / "breast_cancer.h5"
+    args = [*_RUN, "--hidden", "64", "--batch-size", "16", "--epochs", "3", "--keep", "10"]
+    env = {"STREAMTRAIN_FORK_SNAPSHOT_MB": "0"}
+    assert _cli("train", data, *args, "--checkpoint-dir", tmp_path / "one", env=env).returncode == 0
+    r = _cli("train", data, *args, "--checkpoint-dir", "s3://bucket/runs/forked", env=env)
+    assert r.returncode == 0, r.stderr
+    from streamtrain.io.checkpoint import load_checkpoint
+    from streamtrain.io.resolve import list_checkpoints
+
+    local = list_checkpoints(tmp_path / "one")
+    assert len(local) == 3
+    for path in local:
+        ref, _ = load_checkpoint(path)
+        got, _ = _newest(f"s3://bucket/runs/forked/{path.name}")
+        _assert_same(got, ref)
 
 
 def test_object_storage_refusals_are_one_line_and_lose_nothing(s3, tmp_path):
@@ -200,6 +249,15 @@ def test_object_storage_refusals_are_one_line_and_lose_nothing(s3, tmp_path):
     assert nowhere.returncode == 2 and nowhere.stderr.count("\n") == 1, nowhere.stderr
     assert "s3://no-such-bucket/run: cannot write checkpoints there" in nowhere.stderr
     assert "check that the bucket exists" in nowhere.stderr
+    # a URL that names no bucket, or a store that keeps nothing; the data inside the run's prefix
+    for where, words in (("s3://", "give a bucket and a prefix for the run"),
+                         ("memory://run/a", "memory:// keeps nothing once this process ends")):
+        r = _cli("train", data, *_RUN, "--checkpoint-dir", where)
+        assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    inside = _cli("train", "s3://bucket/digits.parquet", *_RUN, "--checkpoint-dir", "s3://bucket/digits.parquet/run")
+    assert inside.returncode == 2, inside.stderr
+    assert "s3://bucket/digits.parquet/run: the checkpoint directory is inside the input s3://bucket/digits.parquet" \
+        in inside.stderr
     # the service keeps its directory on a local disk
     svc = _cli("serve", "--source", "http", "--checkpoint-dir", "s3://bucket/svc", "--features", "a,b")
     assert svc.returncode == 2 and "the service keeps its checkpoints in a local directory" in svc.stderr
@@ -209,3 +267,28 @@ def json_lines(url):
     from streamtrain.io.rundir import read_history
 
     return read_history(url)
+
+
+def test_staging_directories_that_killed_runs_left_are_removed_and_live_ones_kept(s3, tmp_path):
+    import fcntl
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from streamtrain.io.remote_run import STAGING_PREFIX
+
+    stale = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    (stale / ".lock").touch()
+    (stale / "ckpt-000000000018.npz").write_bytes(b"x" * 1000)
+    live = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    fd = os.open(live / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running trainer holds it
+    try:
+        r = _cli("train", DATA / "breast_cancer.h5", *_RUN, "--epochs", "1", "--checkpoint-dir", "s3://bucket/runs/st")
+        assert r.returncode == 0, r.stderr
+        assert not stale.exists() and live.exists()
+    finally:
+        os.close(fd)
+        import shutil
+
+        shutil.rmtree(live, ignore_errors=True)

@@ -52,7 +52,7 @@ More examples:
 @click.option("--label", default=None, help="The label column (default: y, or the --init-from run's).")
 @click.option("--classes", default=None, metavar="LABELS",
               help="A new classifier's labels, comma-separated (integers or strings).")
-@click.option("--init-from", type=click.Path(path_type=Path), default=None, metavar="RUN",
+@click.option("--init-from", type=PathOrURL(), default=None, metavar="RUN",
               help="Start from the model of a train run (its scaler, classes and features); serve's settings "
               "given here override its training settings.")
 @click.option("--scale-rows", type=click.IntRange(1, 1 << 26), default=1000, show_default=True,

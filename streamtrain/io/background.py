@@ -20,22 +20,27 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, write, fork: bool = False) -> None:
-        """Run ``write()`` beside training. ``fork``: in a forked copy of this process instead (its
-        memory shared with this one, a page copied only when training changes it), so ``write``
-        may read the live arrays rather than a snapshot of them: a model of gigabytes is not
-        copied. Unix only; not in an MPI process (``fork_snapshots`` says where it is safe)."""
+    def submit(self, write, fork: bool = False, then=None) -> None:
+        """Run ``write()`` beside training, then ``then()`` (where given) in this process once it
+        succeeded. ``fork``: ``write`` in a forked copy of this process instead (its memory shared
+        with this one, a page copied only when training changes it), so ``write`` may read the
+        live arrays rather than a snapshot of them: a model of gigabytes is not copied; ``then``
+        still runs here (an upload, say, whose client a forked child could not safely start).
+        Unix only; not in an MPI process (``fork_snapshots`` says where it is safe)."""
         self.wait()
+        then = then or (lambda: None)
         if fork:
             try:
-                self._thread = _forked(write, self._fail)
+                self._thread = _forked(write, self._fail, then)
             except OSError:  # no fork (memory for its page tables, a process limit): written here, now,
                 write()      # before training changes the live arrays
+                then()
             return
 
         def run():
             try:
                 write()
+                then()
             except BaseException as e:  # handed to the training thread, which reports it
                 self._error = e
 
@@ -68,10 +73,10 @@ def fork_snapshots(processes: int) -> bool:
     return hasattr(os, "fork") and hasattr(os, "waitpid") and processes == 1
 
 
-def _forked(write, fail) -> threading.Thread:
+def _forked(write, fail, then) -> threading.Thread:
     """Fork; the child runs ``write()`` and exits (0, or 1 with the error's text on a pipe); a
-    thread of this process waits for it and hands ``fail`` a ``CheckpointError`` if it failed.
-    Returns that thread."""
+    thread of this process waits for it and hands ``fail`` a ``CheckpointError`` if it failed,
+    or runs ``then()`` (its error to ``fail``) if it succeeded. Returns that thread."""
     import ctypes
     import warnings
 
@@ -116,6 +121,11 @@ def _forked(write, fail) -> threading.Thread:
             code = os.waitstatus_to_exitcode(status)
             fail(CheckpointError(said or f"the checkpoint writer (process {pid}) ended with status {code}; "
                                  "the previous checkpoint is kept"))
+            return
+        try:
+            then()
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread, which reports it
+            fail(e)
 
     thread = threading.Thread(target=wait, name="streamtrain-checkpoint-fork")
     thread.start()

@@ -9,7 +9,7 @@ same command (the file itself, a directory holding it, or a file inside an input
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from ..errors import DataError
@@ -55,7 +55,15 @@ def _relation(a: Path, b: Path) -> str | None:
 
 
 def check_apart(path: str | os.PathLike, inputs: Iterable, what: str, advice: str) -> None:
-    """Refuse ``path`` (a ``what``) if it is, is inside, or holds one of ``inputs``."""
+    """Refuse ``path`` (a ``what``) if it is, is inside, or holds one of ``inputs`` (URLs compared
+    with URLs, by their paths)."""
+    if isinstance(path, str) and "://" in path:
+        for src in inputs:
+            if isinstance(src, str) and "://" in src:
+                how = _relation(PurePosixPath(path.rstrip("/")), PurePosixPath(src.rstrip("/")))
+                if how is not None:
+                    raise DataError(f"{path}: the {what} {how} the input {src} of this command; {advice}")
+        return
     real = Path(path).resolve()
     for src in _local(inputs):
         how = _relation(real, src)

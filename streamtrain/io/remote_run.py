@@ -30,7 +30,7 @@ from ..errors import CheckpointError, DataError
 from ..readers.remote import is_url, open_filesystem, remote_error
 from .background import crash_point
 from .checkpoint import Schema, load_checkpoint
-from .resolve import checkpoint_name, rotate
+from .resolve import checkpoint_name
 from .rundir import RunDirectory, parse_history
 
 __all__ = ["RemoteRunDirectory", "is_url", "open_run_directory", "resolve_remote", "remote_history"]
@@ -45,11 +45,16 @@ def open_run_directory(path):
     return RemoteRunDirectory(path) if is_url(str(path)) else RunDirectory(path)
 
 
+class _StoreFailure(CheckpointError):
+    """The store failed (a timeout, credentials, no room for a download): not the checkpoint's fault."""
+
+
 class _Store:
     """A run's prefix in object storage: its manifests, checkpoints and other objects."""
 
     def __init__(self, url: str):
-        self.url = str(url).rstrip("/")
+        url = str(url)
+        self.url = url if url.rstrip("/").endswith(":") else url.rstrip("/")  # (s3:// stays a URL)
         try:
             self.fs, self.root = open_filesystem(self.url)
         except DataError as e:
@@ -69,7 +74,7 @@ class _Store:
         except FileNotFoundError:
             return {}
         except Exception as e:  # noqa: BLE001 - the store's own errors (credentials, endpoint...)
-            raise CheckpointError(f"{self.url}: cannot list the checkpoints ({remote_error(e)})") from None
+            raise _StoreFailure(f"{self.url}: cannot list the checkpoints ({remote_error(e)})") from None
         return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
                 if e.get("type") != "directory"}
 
@@ -86,7 +91,7 @@ class _Store:
         except ValueError:
             raise CheckpointError(f"{self.where(name)}: not a manifest (not JSON)") from None
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{self.where(name)}: cannot read ({remote_error(e)})") from None
+            raise _StoreFailure(f"{self.where(name)}: cannot read ({remote_error(e)})") from None
         step = int(_MANIFEST.match(name).group(1))
         target = manifest.get("checkpoint") if isinstance(manifest, dict) else None
         size = manifest.get("bytes") if isinstance(manifest, dict) else None
@@ -108,10 +113,14 @@ class _Store:
                                   "the bucket exists and the credentials (AWS_* variables) may write to it") from None
 
     def get(self, name: str, to: Path) -> None:
+        """Download ``name`` to ``to`` (through a temporary name: a download cut short is never taken for it)."""
+        part = to.with_name(to.name + ".part")
         try:
-            self.fs.get_file(self.key(name), str(to))
+            self.fs.get_file(self.key(name), str(part))
+            part.replace(to)
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{self.where(name)}: cannot download ({remote_error(e)})") from None
+            part.unlink(missing_ok=True)
+            raise _StoreFailure(f"{self.where(name)}: cannot download ({remote_error(e)})") from None
 
     def put(self, local: Path, name: str) -> None:
         self.fs.put_file(str(local), self.key(name))
@@ -128,12 +137,19 @@ class RemoteRunDirectory(RunDirectory):
     def __init__(self, url: str):
         self.store = _Store(url)
         self.url = self.store.url
-        super().__init__(Path(tempfile.mkdtemp(prefix="streamtrain-run-")))
+        protocols = self.store.fs.protocol if isinstance(self.store.fs.protocol, tuple) else (self.store.fs.protocol,)
+        if "memory" in protocols:
+            raise CheckpointError(f"{self.url}: memory:// keeps nothing once this process ends; give a "
+                                  "directory or a bucket (s3://bucket/run)")
+        if not self.store.root.strip("/") or "/" not in self.store.root.strip("/"):
+            raise CheckpointError(f"{self.url}: give a bucket and a prefix for the run, e.g. s3://bucket/runs/a")
+        _remove_stale_staging()
+        super().__init__(Path(tempfile.mkdtemp(prefix=STAGING_PREFIX)))
         self.where = self.url
 
     def __enter__(self) -> "RemoteRunDirectory":
-        super().__enter__()
         try:
+            super().__enter__()
             self.store.probe()
         except BaseException:
             self.__exit__(None, None, None)
@@ -143,20 +159,26 @@ class RemoteRunDirectory(RunDirectory):
     def __exit__(self, *exc) -> None:
         try:
             super().__exit__(*exc)  # the last checkpoint uploaded first
-            metrics = self.path / self.METRICS
-            if exc[0] is None and metrics.is_file():  # the last epoch's line came after its checkpoint
-                self._upload(lambda: self.store.put(metrics, self.METRICS), self.METRICS)
+            if exc[0] is None:  # the last epoch's line came after its checkpoint
+                self._upload_metrics()
         finally:
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def _upload(self, put, name: str) -> None:
+    def name_of(self, name: str) -> str:
+        return f"{self.path / name} (the local staging copy of {self.url}; TMPDIR says where)"
+
+    def _upload(self, put, name: str, what: str = "upload") -> None:
         try:
             put()
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 - the store's errors are many kinds; each is said in a line
-            raise CheckpointError(f"{self.store.where(name)}: cannot upload ({remote_error(e)}); "
-                                  "the previous checkpoint is kept") from None
+            raise CheckpointError(f"{self.store.where(name)}: cannot {what} ({remote_error(e)})") from None
+
+    def _upload_metrics(self) -> None:
+        metrics = self.path / self.METRICS
+        if metrics.is_file():
+            self._upload(lambda: self.store.put(metrics, self.METRICS), self.METRICS)
 
     def holds_run(self) -> bool:
         names = self.store.listing()
@@ -165,9 +187,9 @@ class RemoteRunDirectory(RunDirectory):
     def clear(self) -> None:
         super().clear()
         names = self.store.listing()
-        try:
-            self.store.remove(n for n in names if _CHECKPOINT.match(n) or _MANIFEST.match(n.removesuffix(".invalid"))
-                              or n in (self.BEST, self.METRICS))
+        try:  # manifests first: a crash on the way leaves no manifest naming a deleted checkpoint
+            self.store.remove(n for n in names if _MANIFEST.match(n.removesuffix(".invalid")))
+            self.store.remove(n for n in names if _CHECKPOINT.match(n) or n in (self.BEST, self.METRICS))
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{self.url}: cannot remove the previous run ({remote_error(e)})") from None
 
@@ -176,20 +198,29 @@ class RemoteRunDirectory(RunDirectory):
 
     def resume_point(self, schema: Schema, warn=None):
         """``(URL, arrays, meta)`` of the newest checkpoint whose manifest is complete and
-        which loads; newer ones that fail are reported and their manifests set aside."""
+        which loads; newer ones that do not are reported and their manifests set aside. The
+        store's own failures (a timeout, no room to download) are errors: nothing is set aside."""
         warn = warn or (lambda m: None)
         listing = self.store.listing()
         found = self.store.manifests(listing)
         for i, name in enumerate(found):
+            local = None
             try:
                 target = self.store.read_manifest(name, listing)
                 local = self.path / target
                 self.store.get(target, local)
                 arrays, meta = load_checkpoint(local, schema, name=self.store.where(target))
+            except _StoreFailure:
+                if local is not None:
+                    local.unlink(missing_ok=True)
+                raise
             except CheckpointError as e:
+                if local is not None:
+                    local.unlink(missing_ok=True)
                 if i + 1 == len(found):
                     raise CheckpointError(f"{e}; no valid checkpoint left in {self.url}") from None
-                self._upload(lambda: self.store.fs.mv(self.store.key(name), self.store.key(name + ".invalid")), name)
+                self._upload(lambda: self.store.fs.mv(self.store.key(name), self.store.key(name + ".invalid")), name,
+                             "set it aside")
                 warn(f"{e}; its manifest moved aside to {name}.invalid, using an older checkpoint")
                 continue
             if self.METRICS in listing:
@@ -197,43 +228,64 @@ class RemoteRunDirectory(RunDirectory):
             return self.store.where(target), arrays, meta
         return None
 
-    def save(self, arrays: dict, meta: dict, step: int, keep: int, schema: Schema | None = None,
-             fork: bool = False) -> Path:
-        # Written by a thread, from a snapshot: a forked child could not safely start the store's
-        # client (its threads and lazy imports).
-        return super().save(arrays, meta, step, keep, schema, fork=False)
+    def metrics_upto(self, epochs: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
+        history = super().metrics_upto(epochs, last)
+        self._upload_metrics()  # (a resume from an older checkpoint drops the later epochs there too)
+        return history
 
-    def _written(self, path: Path, step: int, keep: int) -> None:
+    def _written(self, path: Path, keep: int, best: bool) -> None:
+        pass  # everything else once it is uploaded (below)
+
+    def _published(self, path: Path, step: int, keep: int, best: bool):
         def publish():
-            self.store.put(path, path.name)
+            self._upload(lambda: self.store.put(path, path.name), path.name)
             crash_point("after_upload")
-            metrics = self.path / self.METRICS
-            if metrics.is_file():
-                self.store.put(metrics, self.METRICS)
-            manifest = {"checkpoint": path.name, "bytes": path.stat().st_size, "step": int(step)}
-            self.store.fs.pipe_file(self.store.key(f"manifest-{int(step):012d}.json"),
-                                    json.dumps(manifest).encode())
+            self._upload_metrics()
+            manifest = f"manifest-{int(step):012d}.json"
+            self._upload(lambda: self.store.fs.pipe_file(self.store.key(manifest), json.dumps(
+                {"checkpoint": path.name, "bytes": path.stat().st_size, "step": int(step)}).encode()), manifest)
             crash_point("after_manifest")
-            self._rotate_remote(keep)
+            self._upload(lambda: self._rotate_remote(keep), path.name, "delete the checkpoints before it")
+            if best:
+                self._upload(lambda: self.store.put(path, self.BEST), self.BEST)
+            for old in self.path.glob("ckpt-*.npz"):  # staged: this checkpoint alone, until the next
+                if old != path:
+                    old.unlink(missing_ok=True)
 
-        self._upload(publish, path.name)
-        rotate(self.path, 1)  # the local copy: the newest alone (for best.npz)
+        return publish
 
     def _rotate_remote(self, keep: int) -> None:
         """Keep the newest ``keep`` manifests and their checkpoints; a manifest goes before its
         checkpoint, and checkpoints that no manifest names (uploads cut short) go too."""
         listing = self.store.listing()
         manifests = self.store.manifests(listing)
-        old = manifests[max(1, keep):]
-        self.store.remove(old)
+        self.store.remove(manifests[max(1, keep):])
         kept = {checkpoint_name(int(_MANIFEST.match(n).group(1))) for n in manifests[:max(1, keep)]}
         self.store.remove(n for n in listing if _CHECKPOINT.match(n) and n not in kept)
         crash_point("during_rotation")
 
-    def keep_as_best(self, path: Path) -> None:
-        super().keep_as_best(path)
-        best = self.path / self.BEST
-        self.writer.submit(lambda: self._upload(lambda: self.store.put(best, self.BEST), self.BEST))
+
+STAGING_PREFIX = "streamtrain-run-"
+
+
+def _remove_stale_staging() -> None:
+    """Remove staging directories that runs killed (kill -9, an MPI abort) left behind: those
+    whose lock no process holds (the kernel drops a dead process's lock)."""
+    import fcntl
+    import os
+
+    for d in Path(tempfile.gettempdir()).glob(STAGING_PREFIX + "*"):
+        try:
+            fd = os.open(d / ".lock", os.O_RDWR)
+        except OSError:
+            continue  # not locked yet (being made), or not ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live run's
+        finally:
+            os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def resolve_remote(url: str, schema: Schema | None = None, warn=None, keep=None):
@@ -252,6 +304,8 @@ def resolve_remote(url: str, schema: Schema | None = None, warn=None, keep=None)
         try:
             target = store.read_manifest(manifest, listing)
             return store.where(target), *_load_object(store, target, schema, keep)
+        except _StoreFailure:
+            raise
         except CheckpointError as e:
             if i + 1 == len(found):
                 raise CheckpointError(f"{e}; no valid checkpoint left in {store.url}") from None
@@ -264,7 +318,7 @@ def _load_object(store: _Store, name: str, schema, keep) -> tuple[dict, dict[str
     except FileNotFoundError:
         raise CheckpointError(f"{store.where(name)}: no such checkpoint") from None
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{store.where(name)}: cannot download ({remote_error(e)})") from None
+        raise _StoreFailure(f"{store.where(name)}: cannot download ({remote_error(e)})") from None
     data.name = store.where(name)
     return load_checkpoint(data, schema, keep)
 

@@ -75,11 +75,12 @@ class RunDirectory:
         return Path(path).read_bytes()
 
     def save(self, arrays: dict, meta: dict, step: int, keep: int, schema: Schema | None = None,
-             fork: bool = False) -> Path:
-        """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones.
-        With ``schema``, a checkpoint its loader would refuse is not written (``CheckpointError``).
-        ``fork``: written by a forked process (``BackgroundWriter.submit``): ``arrays`` may be the
-        live arrays, not a snapshot."""
+             fork: bool = False, best: bool = False) -> Path:
+        """Write a checkpoint (a snapshot: training may go on) in the background; rotate old ones;
+        with ``best``, copy it to ``best.npz`` too (apart from the rotation). With ``schema``, a
+        checkpoint its loader would refuse is not written (``CheckpointError``). ``fork``: written
+        by a forked process (``BackgroundWriter.submit``): ``arrays`` may be the live arrays, not
+        a snapshot."""
         self.check()
         path = self.path / checkpoint_name(step)
 
@@ -87,22 +88,28 @@ class RunDirectory:
             try:
                 save_checkpoint(path, arrays, meta, schema=schema)
             except OSError as e:  # disk full, permissions...: the previous checkpoint is intact
-                raise CheckpointError(f"{path}: cannot write the checkpoint ({os_reason(e)}); "
+                raise CheckpointError(f"{self.name_of(path.name)}: cannot write the checkpoint ({os_reason(e)}); "
                                       "the previous checkpoint is kept") from None
-            self._written(path, step, keep)
+            self._written(path, keep, best)
 
-        self.writer.submit(write, fork=fork)
+        self.writer.submit(write, fork=fork, then=self._published(path, step, keep, best))
         return path
 
-    def _written(self, path: Path, step: int, keep: int) -> None:
-        """After the checkpoint at ``path`` is on disk (in the writer): rotation."""
+    def _written(self, path: Path, keep: int, best: bool) -> None:
+        """After the checkpoint at ``path`` is on disk (in the writer, a forked one too): rotation
+        and ``best.npz``."""
         rotate(self.path, keep)
+        if best:
+            with atomic_path(self.path / self.BEST) as tmp:
+                shutil.copyfile(path, tmp)
 
-    def keep_as_best(self, path: Path) -> None:
-        """Copy the checkpoint at ``path`` (once written) to ``best.npz``, apart from the rotation."""
-        self.writer.wait()
-        with atomic_path(self.path / self.BEST) as tmp:
-            shutil.copyfile(path, tmp)
+    def _published(self, path: Path, step: int, keep: int, best: bool):
+        """What this process does once the writer has written ``path`` (None: nothing)."""
+        return None
+
+    def name_of(self, name: str) -> str:
+        """What messages call the run's local file ``name``."""
+        return str(self.path / name)
 
     def wait(self) -> None:
         self.writer.wait()
@@ -116,7 +123,7 @@ class RunDirectory:
                 with open(path, "w"):
                     pass
             except OSError as e:
-                raise CheckpointError(f"{path}: cannot write ({os_reason(e)})") from None
+                raise CheckpointError(f"{self.name_of(self.METRICS)}: cannot write ({os_reason(e)})") from None
 
     def metrics_upto(self, epochs: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
         """This run's records of the first ``epochs`` epochs (the checkpoint resumed from), the file
@@ -147,7 +154,7 @@ class RunDirectory:
             with open(path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError as e:
-            raise CheckpointError(f"{path}: cannot write ({os_reason(e)}); the checkpoint of epoch "
+            raise CheckpointError(f"{self.name_of(self.METRICS)}: cannot write ({os_reason(e)}); the checkpoint of epoch "
                                   f"{record['epoch']} is saved, so --resume continues from it") from None
 
 

@@ -182,7 +182,7 @@ class Checkpointer(Hook):
         self.saved_at: tuple | None = None  # (step, epoch, position) of the last save
         self.last_save = time.monotonic()
 
-    def _save(self, trainer):
+    def _save(self, trainer, best: bool = False):
         self.saved_at = trainer.progress()
         self.last_save = time.monotonic()
         from .schema import TRAINER
@@ -192,7 +192,7 @@ class Checkpointer(Hook):
         fork = fork_snapshots(active().size) and _state_bytes(trainer) >= FORK_SNAPSHOT_BYTES
         # with the schema: a checkpoint its own loader would refuse is never written
         return self.rundir.save(*trainer.checkpoint_contents(copy=not fork), trainer.global_step, self.config.keep,
-                                TRAINER, fork=fork)
+                                TRAINER, fork=fork, best=best)
 
     def on_batch_end(self, trainer, rows, loss):
         cfg = self.config
@@ -201,10 +201,8 @@ class Checkpointer(Hook):
             self._save(trainer)
 
     def on_epoch_end(self, trainer, record):
-        path = self._save(trainer)
-        early = trainer.state.early
-        if self.config.keep_best and early["best_epoch"] == record["epoch"]:
-            self.rundir.keep_as_best(path)
+        # (early stopping's hook, before this one, has judged the epoch)
+        self._save(trainer, best=self.config.keep_best and trainer.state.early["best_epoch"] == record["epoch"])
 
     def on_train_end(self, trainer):
         if trainer.progress() != self.saved_at or trainer.state.restored_best is not None:

@@ -25,7 +25,7 @@ from ..errors import CheckpointError, Interrupted, TrainingError, os_reason
 from ..io.checkpoint import save_checkpoint
 from ..io.resolve import resolve_checkpoint
 from ..io.outputs import check_apart
-from ..io.remote_run import is_url, open_run_directory
+from ..io.remote_run import open_run_directory
 from ..io.rundir import RunDirectory
 from ..model import Model
 from ..nn import minibatch
@@ -158,7 +158,7 @@ class Trainer:
         if comm.rank != 0:
             log = None  # one voice: rank 0's
         check_settings(self.config, comm, val is not None, resume, overwrite, checkpoint_dir)
-        if checkpoint_dir is not None and not is_url(str(checkpoint_dir)):  # before its lock file is made: the data's place is not the run's
+        if checkpoint_dir is not None:  # before its lock file is made: the data's place is not the run's
             check_apart(checkpoint_dir, [source, val], "checkpoint directory",
                         "give --checkpoint-dir a directory apart from the data")
         check_budget(self.config.window_mb)
