@@ -1,7 +1,7 @@
 """MPI's allreduce across two hosts, and the scaling model it gives (needs root: network namespaces).
 
 Two hosts are made as the host tests make them (``tests/test_hosts.py``: network namespaces with
-their own hostnames, a veth link, MPI over TCP) and one process on each runs ``Allreduce`` of
+their own hostnames, veth links to a bridge, MPI over TCP) and one process on each runs ``Allreduce`` of
 float32 arrays from 8 bytes to 16 MiB; beside it, in the same run, two processes on one host
 (MPICH's shared memory). Then the step: ``train``'s rate in one process at several batch sizes
 (the network of the scaling model: 64 features, 64 hidden, binary), and the model of a step on K
@@ -10,7 +10,7 @@ hosts: compute of the global batch's share plus one allreduce of the gradients (
 machine cannot make, ``tc netem`` being absent). It says at which global batch communication
 stays under 10% of a step. Results in ``benchmarks/hosts.json``.
 
-The veth link is the kernel's TCP stack without a wire: its latency and bandwidth are the
+The veth links are the kernel's TCP stack without a wire: their latency and bandwidth are the
 software's floor, not a network's; the model adds the link's latency to it.
 """
 
@@ -102,9 +102,10 @@ def report_hosts(r: dict) -> list[str]:
     across = {a["bytes"]: a["seconds"] for a in r["across_hosts"]["allreduce"]}
     within = {a["bytes"]: a["seconds"] for a in r["one_host"]["allreduce"]}
     lines = ["## Across two hosts (scripts/bench_hosts.py)", "",
-             "Two hosts made as the host tests make them (network namespaces with their own hostnames, a veth",
-             "link, MPI over TCP), one process on each, against two processes on one host (shared memory), in the",
-             f"same run ({r['time']}). The veth link is the kernel's TCP stack without a wire: the software's floor.",
+             "Two hosts made as the host tests make them (network namespaces with their own hostnames, veth",
+             "links to a bridge, MPI over TCP), one process on each, against two processes on one host (shared",
+             f"memory), in the same run ({r['time']}). The veth links are the kernel's TCP stack without a wire:",
+             "the software's floor.",
              "", "| allreduce of | across hosts us | MB/s | one host us |", "|---:|---:|---:|---:|"]
     for size in sorted(across):
         lines.append(f"| {size:,} B | {across[size] * 1e6:,.1f} | {size / across[size] / 1e6:,.1f} | "
