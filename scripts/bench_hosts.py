@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,15 +102,24 @@ def report_hosts(r: dict) -> list[str]:
     """The report's section on ``benchmarks/hosts.json``."""
     across = {a["bytes"]: a["seconds"] for a in r["across_hosts"]["allreduce"]}
     within = {a["bytes"]: a["seconds"] for a in r["one_host"]["allreduce"]}
+    lossy = r.get("across_lossy")
+    slow = {a["bytes"]: a["seconds"] for a in lossy["allreduce"]} if lossy else {}
+    impaired = f"{lossy['rate_mbit']:g} Mbit/s, {lossy['loss_percent']:g}% loss" if lossy else ""
     lines = ["## Across two hosts (scripts/bench_hosts.py)", "",
              "Two hosts made as the host tests make them (network namespaces with their own hostnames, veth",
              "links to a bridge, MPI over TCP), one process on each, against two processes on one host (shared",
              f"memory), in the same run ({r['time']}). The veth links are the kernel's TCP stack without a wire:",
-             "the software's floor.",
-             "", "| allreduce of | across hosts us | MB/s | one host us |", "|---:|---:|---:|---:|"]
+             "the software's floor."]
+    if lossy:
+        lines += ["", f"A slow, lossy link: the same links limited to {lossy['rate_mbit']:g} Mbit/s out of each host (an htb",
+                  f"qdisc) with {lossy['loss_percent']:g}% of the packets onto them dropped at random (nftables); TCP",
+                  "retransmits. (No added delay: `tc netem` is absent from this kernel.)"]
+    lines += ["", "| allreduce of | across hosts us | MB/s | one host us |" + (f" {impaired} us | MB/s |" if lossy else ""),
+              "|---:|---:|---:|---:|" + ("---:|---:|" if lossy else "")]
     for size in sorted(across):
         lines.append(f"| {size:,} B | {across[size] * 1e6:,.1f} | {size / across[size] / 1e6:,.1f} | "
-                     f"{within[size] * 1e6:,.1f} |")
+                     f"{within[size] * 1e6:,.1f} |" +
+                     (f" {slow[size] * 1e6:,.1f} | {size / slow[size] / 1e6:,.1f} |" if lossy else ""))
     fixed, per_row = r["step_fixed_s"], r["step_per_row_s"]
     lines += ["", f"Scaling model for 2 hosts: a step costs one process's work on its half of the global batch "
               f"(fitted to `train`'s in-memory rate here at batch {', '.join(map(str, sorted(map(int, r['rates']))))}: "
@@ -130,6 +140,8 @@ def report_hosts(r: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--link-ms", type=float, default=20.0)
+    ap.add_argument("--lossy-mbit", type=float, default=100.0, help="the lossy link's rate out of each host")
+    ap.add_argument("--lossy-percent", type=int, default=1, help="the lossy link's packets dropped, in percent")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "hosts.json"))
     args = ap.parse_args()
     from tests.test_hosts import Hosts
@@ -139,15 +151,27 @@ def main() -> None:
         try:
             across = allreduce(hosts, [1, 1], Path(tmp))
             within = allreduce(hosts, [2, 0], Path(tmp))
+            lossy = None
+            if shutil.which("nft"):  # (scripts/test.sh installs nftables as root)
+                hosts.impair(args.lossy_mbit, args.lossy_percent)
+                try:
+                    lossy = {"rate_mbit": args.lossy_mbit, "loss_percent": args.lossy_percent,
+                             **allreduce(hosts, [1, 1], Path(tmp))}
+                finally:
+                    hosts.restore()
         finally:
             hosts.remove()
     rates = step_rates([256, 1024, 4096])
     fixed, per_row = step_model(rates)
     reduce_s = next(a["seconds"] for a in across["allreduce"] if a["bytes"] == STEP_BYTES)
-    rows = [{"link": "veth (as measured)", "comm_s": reduce_s, **shares(fixed, per_row, reduce_s)},
-            {"link": f"{args.link_ms:g} ms", "comm_s": reduce_s + args.link_ms / 1e3,
-             **shares(fixed, per_row, reduce_s + args.link_ms / 1e3)}]
-    result = {"across_hosts": across, "one_host": within, "rates": rates, "step_fixed_s": fixed,
+    rows = [{"link": "veth (as measured)", "comm_s": reduce_s, **shares(fixed, per_row, reduce_s)}]
+    if lossy:
+        lossy_s = next(a["seconds"] for a in lossy["allreduce"] if a["bytes"] == STEP_BYTES)
+        rows.append({"link": f"{args.lossy_mbit:g} Mbit/s, {args.lossy_percent}% loss (as measured)", "comm_s": lossy_s,
+                     **shares(fixed, per_row, lossy_s)})
+    rows.append({"link": f"{args.link_ms:g} ms", "comm_s": reduce_s + args.link_ms / 1e3,
+                 **shares(fixed, per_row, reduce_s + args.link_ms / 1e3)})
+    result = {"across_hosts": across, "one_host": within, "across_lossy": lossy, "rates": rates, "step_fixed_s": fixed,
               "step_per_row_s": per_row, "gradient_bytes": STEP_BYTES, "link_ms": args.link_ms, "model": rows,
               "time": time.strftime("%Y-%m-%d")}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

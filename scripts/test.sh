@@ -6,17 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 ensure_venv test
-# The tests across hosts make them as network namespaces with iproute2's `ip` (as root, as in CI).
-if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  { apt-get install -y -qq iproute2 || { apt-get update -qq && apt-get install -y -qq iproute2; }; } >/dev/null 2>&1 \
-    || echo "warning: iproute2 could not be installed: the tests across hosts will be skipped" >&2
-fi
+# Debian packages some tests need, installed where they can be (as root, as in CI); where one
+# cannot, its tests are skipped, saying why.
+debian_package() {  # COMMAND PACKAGE WHAT-IS-SKIPPED
+  if ! command -v "$1" >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; }; } >/dev/null 2>&1 \
+      || echo "warning: $2 could not be installed: $3 will be skipped" >&2
+  fi
+}
+# The tests across hosts make them as network namespaces with iproute2's `ip`, and lose packets
+# on their links with nftables' `nft`.
+debian_package ip iproute2 "the tests across hosts"
+debian_package nft nftables "the test of a lossy link"
 # The live page's tests open it in a real browser: Debian's headless-capable Chromium.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
-    || echo "warning: chromium could not be installed: the live page's browser tests will be skipped" >&2
-fi
+debian_package chromium chromium "the live page's browser tests"
 # Three worker processes on CI's two cores: many tests wait on the processes and servers they
 # start, and work stealing keeps the long ones from ending the run alone (the report has its time).
 exec .venv/bin/python -m pytest -n 3 --dist worksteal "$@"

@@ -9,6 +9,8 @@ so, where namespaces cannot be made. Every namespace and link is removed whateve
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -113,6 +115,37 @@ class Hosts:
         inner = "env UCX_TLS=tcp " + " ".join(f"'{a}'" for a in launch)
         enter = ENTER.format(where=self.where).replace("$host", "h0")
         return ["ip", "netns", "exec", self.name(0), "unshare", "--uts", "--mount", "sh", "-c", f"{enter} && exec {inner}"]
+
+    def impair(self, rate_mbit: float, loss_percent: int) -> None:
+        """Every host's link made slow and lossy: at most ``rate_mbit`` out of each host (an htb
+        qdisc) and ``loss_percent`` of each host's packets onto the link dropped at random
+        (nftables). ``tc netem``, which would add delay, is absent from this kernel."""
+        for i in range(self.n):
+            dev = self.link(i)
+            for cmd in (["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10"],
+                        ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate",
+                         f"{rate_mbit}mbit"],
+                        ["nft", "add", "table", "inet", "lossy"],
+                        ["nft", "add", "chain", "inet", "lossy", "out", "{ type filter hook output priority 0; }"],
+                        ["nft", "add", "rule", "inet", "lossy", "out", "oifname", dev, "numgen", "random", "mod",
+                         "100", "<", str(loss_percent), "counter", "drop"]):
+                subprocess.run(["ip", "netns", "exec", self.name(i), *cmd], check=True, capture_output=True,
+                               text=True, timeout=30)
+
+    def dropped(self) -> int:
+        """Packets the lossy links have dropped so far."""
+        total = 0
+        for i in range(self.n):
+            out = subprocess.run(["ip", "netns", "exec", self.name(i), "nft", "list", "table", "inet", "lossy"],
+                                 capture_output=True, text=True, timeout=30).stdout
+            total += sum(int(w) for w in re.findall(r"counter packets (\d+)", out))
+        return total
+
+    def restore(self) -> None:
+        """Every link as it was (the impairments removed)."""
+        for i in range(self.n):
+            for cmd in (["tc", "qdisc", "del", "dev", self.link(i), "root"], ["nft", "delete", "table", "inet", "lossy"]):
+                subprocess.run(["ip", "netns", "exec", self.name(i), *cmd], capture_output=True, timeout=30)
 
     def own_disk(self, i: int) -> Path:
         """Host hi's disk as this machine sees it (each host sees its own at ``disk``)."""
@@ -409,3 +442,26 @@ def test_hosts_without_a_shared_disk_keep_checkpoints_in_object_storage_and_resu
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables' nft is not installed (scripts/test.sh installs "
+                    "it as root): the lossy link cannot be made")
+def test_a_slow_lossy_link_changes_nothing_but_the_time(hosts, data, tmp_path):
+    # 1% of the packets onto every link dropped at random, 50 Mbit/s out of each host: TCP
+    # retransmits, and the run across the hosts is still the run of one process
+    args = ["--shuffle", "global", "--optimizer", "adam"]
+    alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", *args)], capture_output=True, text=True,
+                           timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    hosts.impair(rate_mbit=50, loss_percent=1)
+    try:
+        r = subprocess.run(hosts.command([1, 2], _args(data, tmp_path / "hosts", *args)), capture_output=True,
+                           text=True, timeout=600)
+        dropped = hosts.dropped()
+    finally:
+        hosts.restore()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert dropped > 0  # (the links did lose packets)
+    (got, meta), (ref, ref_meta) = _final(tmp_path / "hosts"), _final(tmp_path / "one")
+    assert _step(meta) == _step(ref_meta) == 160
+    _assert_close(got, ref, rtol=1e-12)
