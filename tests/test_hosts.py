@@ -375,73 +375,96 @@ def _resumed_on_h0_as_one_process(hosts, args, tmp_path) -> None:
     _assert_close(got, ref, rtol=1e-10)
 
 
-def test_hosts_without_a_shared_disk_keep_checkpoints_in_object_storage_and_resume_from_it(hosts, data, tmp_path):
-    # S3 (moto's server) on h0's end of the link; each host reads its own copy of the data; rank 0
-    # uploads each checkpoint, then its manifest. h1 is lost mid-run; h0 alone resumes from S3.
-    import shutil
+@pytest.fixture(scope="module")
+def s3_on_h0(hosts):
+    """An S3 server (moto's) on h0's address, with a bucket: ``(environment, run_on_h0)``, where
+    ``run_on_h0(code)`` runs Python code on h0, whence the server is reached, and returns its stdout."""
     import sys
-    import threading
 
-    for i in range(hosts.n):
-        shutil.copy(data, hosts.own_disk(i) / "d.h5")
     port = 45000 + os.getpid() % 1000
-    endpoint = f"http://{hosts.address(0)}:{port}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_ENDPOINT_URL": f"http://{hosts.address(0)}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
     server = subprocess.Popen(["ip", "netns", "exec", hosts.name(0), sys.executable, "-m", "moto.server", "-H",
                                hosts.address(0), "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def in_h0(code: str) -> str:
-        """Python ``code`` run on h0 (where the server is reachable); its stdout."""
         r = subprocess.run(["ip", "netns", "exec", hosts.name(0), sys.executable, "-c", code], env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout
 
+    try:
+        in_h0("import time, s3fs\nfor _ in range(200):\n    try:\n        s3fs.S3FileSystem().mkdir('bucket'); break\n"
+              "    except OSError:\n        time.sleep(0.1)")
+        yield env, in_h0
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_hosts_read_their_data_from_object_storage_across_the_link(hosts, s3_on_h0, tmp_path):
+    # Parquet in S3 on h0; every process (h1's across the link) reads it directly
+    env, in_h0 = s3_on_h0
+    local = tmp_path / "d.parquet"
+    make_data(local, rows=6000, features=8, chunk_rows=500, seed=3)
+    in_h0(f"import s3fs; s3fs.S3FileSystem().put({str(local)!r}, 'bucket/d.parquet')")
+    alone = subprocess.run([str(BIN), *_args(local, tmp_path / "one")], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    r = subprocess.run(hosts.command([1, 1], _args("s3://bucket/d.parquet", tmp_path / "hosts")), capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (got, meta), (ref, ref_meta) = _final(tmp_path / "hosts"), _final(tmp_path / "one")
+    assert _step(meta) == _step(ref_meta) == 160
+    _assert_close(got, ref, rtol=1e-12)
+
+
+def test_hosts_without_a_shared_disk_keep_checkpoints_in_object_storage_and_resume_from_it(hosts, data, s3_on_h0,
+                                                                                            tmp_path):
+    # S3 (moto's server) on h0's end of the link; each host reads its own copy of the data; rank 0
+    # uploads each checkpoint, then its manifest. h1 is lost mid-run; h0 alone resumes from S3.
+    import threading
+
+    import numpy as np
+
+    env, in_h0 = s3_on_h0
+    for i in range(hosts.n):
+        shutil.copy(data, hosts.own_disk(i) / "d.h5")
     newest = ("import sys, numpy as np; from streamtrain.io.resolve import resolve_checkpoint;"
               "from streamtrain.train.schema import TRAINER;"
               "_, a, m = resolve_checkpoint('s3://bucket/run', TRAINER); np.savez(sys.argv[1], **a);"
               "print(m['state']['global_step'])")
-    try:
-        in_h0("import time, s3fs\nfor _ in range(200):\n    try:\n        s3fs.S3FileSystem().mkdir('bucket'); break\n"
-              "    except OSError:\n        time.sleep(0.1)")
-        args = [a for a in _args(hosts.disk / "d.h5", "s3://bucket/run", "--epochs", "6", "--batch-size", "10",
-                                 "--optimizer", "adam", "--checkpoint-every", "200", "--keep", "2", "--resume")
-                if a != "--quiet"]
-        alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", "--epochs", "6", "--batch-size", "10",
-                                                 "--optimizer", "adam")], capture_output=True, text=True, timeout=300)
-        assert alone.returncode == 0, alone.stderr
-        proc = subprocess.Popen(hosts.command([1, 1], args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
-        said: list[str] = []
-        reader = threading.Thread(target=lambda: said.extend(proc.stderr), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 120
-        while not any(line.startswith("epoch 1/") for line in said) and time.monotonic() < deadline:
-            time.sleep(0.05)  # rank 0 says an epoch once its checkpoints (every 200 steps, 480 an epoch) are on the way
-        assert proc.poll() is None, "the job ended before h1 could be lost"
-        for pid in hosts.pids(1):
-            os.kill(pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        reader.join(timeout=30)
-        assert proc.returncode != 0
-        stopped = int(in_h0(newest.replace("sys.argv[1]", repr(str(tmp_path / "stopped.npz")))))
-        ref, ref_meta = _final(tmp_path / "one")
-        assert 400 <= stopped < _step(ref_meta), "".join(said)[-2000:]
-        r = subprocess.run(["ip", "netns", "exec", hosts.name(0), "unshare", "--mount", "sh", "-c",
-                            f"mount --bind {hosts.own_disk(0)} {hosts.disk} && exec {BIN} " + " ".join(args)],
-                           capture_output=True, text=True, timeout=300, env=env)
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert f"resuming from s3://bucket/run/ckpt-{stopped:012d}.npz" in r.stderr
-        assert int(in_h0(newest.replace("sys.argv[1]", repr(str(tmp_path / "final.npz"))))) == _step(ref_meta)
-        import numpy as np
-
-        got = dict(np.load(tmp_path / "final.npz"))
-        _assert_close(got, ref, rtol=1e-10)
-        assert not list(hosts.own_disk(0).rglob("manifest-*")) and not (hosts.own_disk(0) / "s3:").exists()
-    finally:
-        server.kill()
-        server.wait()
+    args = [a for a in _args(hosts.disk / "d.h5", "s3://bucket/run", "--epochs", "6", "--batch-size", "10",
+                             "--optimizer", "adam", "--checkpoint-every", "200", "--keep", "2", "--resume")
+            if a != "--quiet"]
+    alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", "--epochs", "6", "--batch-size", "10",
+                                             "--optimizer", "adam")], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    proc = subprocess.Popen(hosts.command([1, 1], args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any(line.startswith("epoch 1/") for line in said) and time.monotonic() < deadline:
+        time.sleep(0.05)  # rank 0 says an epoch once its checkpoints (every 200 steps, 480 an epoch) are on the way
+    assert proc.poll() is None, "the job ended before h1 could be lost"
+    for pid in hosts.pids(1):
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    reader.join(timeout=30)
+    assert proc.returncode != 0
+    stopped = int(in_h0(newest.replace("sys.argv[1]", repr(str(tmp_path / "stopped.npz")))))
+    ref, ref_meta = _final(tmp_path / "one")
+    assert 400 <= stopped < _step(ref_meta), "".join(said)[-2000:]
+    r = subprocess.run(["ip", "netns", "exec", hosts.name(0), "unshare", "--mount", "sh", "-c",
+                        f"mount --bind {hosts.own_disk(0)} {hosts.disk} && exec {BIN} " + " ".join(args)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming from s3://bucket/run/ckpt-{stopped:012d}.npz" in r.stderr
+    assert int(in_h0(newest.replace("sys.argv[1]", repr(str(tmp_path / "final.npz"))))) == _step(ref_meta)
+    got = dict(np.load(tmp_path / "final.npz"))
+    _assert_close(got, ref, rtol=1e-10)
+    assert not list(hosts.own_disk(0).rglob("manifest-*")) and not (hosts.own_disk(0) / "s3:").exists()
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nftables' nft is not installed (scripts/test.sh installs "
