@@ -221,6 +221,16 @@ class _PeakMemory:
         return self.peak
 
 
+def _peer(cmd: list[str]) -> tuple[dict, float]:
+    """A peer's script run as a process of its own: the JSON of its last line, and its peak MB."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = _PeakMemory(proc.pid)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(err)
+    return json.loads(out.strip().splitlines()[-1]), peak.stop() / 1024
+
+
 def _metrics(y: np.ndarray, p: np.ndarray) -> dict:
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -297,21 +307,15 @@ def _run(args, work: Path) -> None:
 
     for name, kind, bits, limit in (("sklearn_sgd", "sgd", args.vw_bits, 1e9),
                                     ("sklearn_mlp", "mlp", args.mlp_bits, args.mlp_seconds)):
-        cmd = [sys.executable, "-c", SK_SCRIPT, kind, str(work / "train.parquet"), str(work / "test.parquet"),
-               str(work / f"{name}.npy"), str(bits), str(limit)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        peak = _PeakMemory(proc.pid)
-        out, err = proc.communicate()
-        if proc.returncode:
-            raise SystemExit(err)
-        fit = json.loads(out.strip().splitlines()[-1])
+        fit, peak_mb = _peer([sys.executable, "-c", SK_SCRIPT, kind, str(work / "train.parquet"),
+                              str(work / "test.parquet"), str(work / f"{name}.npy"), str(bits), str(limit)])
         what = ("SGDClassifier(loss='log_loss', alpha=1e-5, learning_rate='constant', eta0=0.01).partial_fit, "
                 "10,000 rows a call" if kind == "sgd" else
                 f"MLPClassifier(hidden_layer_sizes=(64,), batch_size=256, learning_rate_init=0.003).partial_fit, "
                 f"1,024 rows a call, stopped after {limit:g} s")
         result[name] = {"recipe": f"FeatureHasher(n_features=2**{bits}) on the Parquet file's rows + {what}",
                         "seconds": fit["seconds"], "rows_trained": fit["rows"],
-                        "rows_per_s": fit["rows"] / fit["seconds"], "peak_pss_mb": peak.stop() / 1024,
+                        "rows_per_s": fit["rows"] / fit["seconds"], "peak_pss_mb": peak_mb,
                         **_metrics(y_test, np.load(work / f"{name}.npy"))}
 
     if Path(args.vw_python).exists() and subprocess.run([args.vw_python, "-c", "import torch"]).returncode == 0:
@@ -319,19 +323,13 @@ def _run(args, work: Path) -> None:
         version = subprocess.run([args.vw_python, "-c", "import torch; print(torch.__version__)"],
                                  capture_output=True, text=True).stdout.strip()
         for workers in (0, 1):
-            cmd = [args.vw_python, "-c", TORCH_SCRIPT, str(work / "train.parquet"), str(work / "test.parquet"),
-                   str(work / "torch.npy"), str(args.buckets), str(workers)]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            peak = _PeakMemory(proc.pid)
-            out, err = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(err)
-            fit = json.loads(out.strip().splitlines()[-1])
+            fit, peak_mb = _peer([args.vw_python, "-c", TORCH_SCRIPT, str(work / "train.parquet"),
+                                  str(work / "test.parquet"), str(work / "torch.npy"), str(args.buckets), str(workers)])
             row = {"recipe": f"nn.EmbeddingBag(26 * {args.buckets:,}, 64, mode='sum', sparse=True) + nn.Linear "
                              f"(13 log counts) -> ReLU -> nn.Linear, SparseAdam + Adam (lr 1e-3), batch 256, "
                              f"DataLoader(num_workers={workers}) over the Parquet file, hashed per block",
                    "version": version, "seconds": fit["seconds"], "rows_per_s": fit["rows"] / fit["seconds"],
-                   "peak_pss_mb": peak.stop() / 1024, **_metrics(y_test, np.load(work / "torch.npy"))}
+                   "peak_pss_mb": peak_mb, **_metrics(y_test, np.load(work / "torch.npy"))}
             if best is None or row["rows_per_s"] > best["rows_per_s"]:
                 best = row
         result["torch"] = best

@@ -50,6 +50,13 @@ def _arrow(X: np.ndarray, y: np.ndarray | None) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _json(X: np.ndarray, y: np.ndarray) -> bytes:
+    """Rows as a JSON body, as a client writes them: a list of objects, a key per column."""
+    import json
+
+    return json.dumps([{**dict(zip(FEATURES, map(float, row))), "y": int(label)} for row, label in zip(X, y)]).encode()
+
+
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -93,16 +100,7 @@ class _Service:
 def _produce(source: str, url: str, workdir: Path, X: np.ndarray, y: np.ndarray, service: _Service | None) -> None:
     pieces = [(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]
     if source == "http":
-        client = service.client
-        for Xp, yp in pieces:
-            body = _arrow(Xp, yp)
-            while True:
-                r = client.post(service.url + "/learn", content=body,
-                                headers={"content-type": "application/vnd.apache.arrow.stream"})
-                if r.status_code != 429:
-                    break
-                time.sleep(0.01)
-            assert r.status_code == 202, r.text
+        _post_all(service, (_arrow(Xp, yp) for Xp, yp in pieces), "application/vnd.apache.arrow.stream")
     elif source == "redis":
         import redis
 
@@ -130,6 +128,17 @@ def _produce(source: str, url: str, workdir: Path, X: np.ndarray, y: np.ndarray,
             tmp = workdir / "landing" / f".part-{i:04d}.parquet"
             pq.write_table(table, tmp)
             os.rename(tmp, workdir / "landing" / f"part-{i:04d}.parquet")
+
+
+def _post_all(service: "_Service", bodies, kind: str) -> None:
+    """POST each body to /learn as fast as the service takes them (429: again, a moment later)."""
+    for body in bodies:
+        while True:
+            r = service.client.post(service.url + "/learn", content=body, headers={"content-type": kind})
+            if r.status_code != 429:
+                break
+            time.sleep(0.01)
+        assert r.status_code == 202, r.text
 
 
 def _broker(kind: str, workdir: Path):
@@ -237,20 +246,29 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
     service starts, then rows trained per second from its first trained row to its last (the
     ``/healthz`` counter sampled every 20 ms), beside ``train`` on the same rows from an
     uncompressed HDF5 file (its epoch's samples/s: also first step to last) in the same call.
+    ``source`` "http" (Arrow bodies) or "http-json": posted by a live producer in this process while
+    the service runs (HTTP cannot be filled beforehand), bodies encoded before the timing.
     ``predict_rows`` > 0: meanwhile a client asks ``/predict`` for that many rows (Arrow) in a
     loop; the latencies of the requests answered while it trained give p50 and p99."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-prefilled-{source}-"))
-    broker = None
+    broker, producer = None, None
     try:
-        url, spec = None, None
+        url, spec = None, "http"
         if source in ("redis", "nats"):
             broker, url = _broker(source, workdir)
             spec = f"{url}?stream=bench" if source == "redis" else f"{url}?stream=BENCH"
-        else:
+        elif source == "directory":
             (workdir / "landing").mkdir()
             spec = f"dir:{workdir / 'landing'}"
-        _produce(source, url, workdir, X, y, None)
+        if not source.startswith("http"):
+            _produce(source, url, workdir, X, y, None)
         svc = _Service(spec, workdir, command, env, extra)
+        if source.startswith("http"):  # HTTP cannot be filled beforehand: a live producer, on the same cores
+            encode = _json if source == "http-json" else _arrow
+            kind = "application/json" if source == "http-json" else "application/vnd.apache.arrow.stream"
+            bodies = [encode(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]  # (before timing)
+            producer = threading.Thread(target=_post_all, args=(svc, bodies, kind))
+            producer.start()
         latencies, done = [], threading.Event()
 
         def predict_loop():  # (request start, latency), its own connection
@@ -285,6 +303,8 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
             done.set()
             if predictor:
                 predictor.join()
+            if producer:
+                producer.join()
             svc.stop()
         import h5py
 
@@ -432,17 +452,20 @@ def main() -> None:
     ap.add_argument("--predict-rows", type=int, default=100,
                     help="after the runs above, one Redis run with /predict asked for this many rows in a loop "
                          "(0: none)")
+    ap.add_argument("--json-rows", type=int, default=200_000, help="rows posted as JSON bodies (HTTP)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "benchmarks" / "serve-prefilled.json"))
     args = ap.parse_args()
     X, y = serve_rows(args.rows)
-    runs = [prefilled(source, X, y) for _ in range(args.reps) for source in ("redis", "nats", "directory")]
+    runs = [prefilled(source, X, y) for _ in range(args.reps) for source in ("redis", "nats", "directory", "http")]
+    runs += [prefilled("http-json", X[:args.json_rows], y[:args.json_rows]) for _ in range(args.reps)]
     predicting = prefilled("redis", X, y, predict_rows=args.predict_rows) if args.predict_rows else None
     best = {}
     for r in runs:
         if r["source"] not in best or r["ratio"] > best[r["source"]]["ratio"]:
             best[r["source"]] = r
     for r in best.values():
-        print(f"{r['source']:9s} service alone {r['serve_rows_per_s']:10,.0f} rows/s, train {r['train_rows_per_s']:10,.0f}"
+        alone = "live producer" if r["source"].startswith("http") else "service alone"
+        print(f"{r['source']:9s} {alone} {r['serve_rows_per_s']:10,.0f} rows/s, train {r['train_rows_per_s']:10,.0f}"
               f" rows/s: {r['ratio']:.2f} (best of {args.reps})")
     if predicting:
         r = predicting

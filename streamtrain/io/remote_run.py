@@ -87,11 +87,9 @@ class _Store:
         if listing.get(name, 0) > MAX_MANIFEST_BYTES:
             raise CheckpointError(f"{self.where(name)}: not a manifest ({listing[name]} bytes)")
         try:
-            manifest = json.loads(self.fs.cat_file(self.key(name)))
+            manifest = json.loads(self.read(name))
         except ValueError:
             raise CheckpointError(f"{self.where(name)}: not a manifest (not JSON)") from None
-        except Exception as e:  # noqa: BLE001
-            raise _StoreFailure(f"{self.where(name)}: cannot read ({remote_error(e)})") from None
         step = int(_MANIFEST.match(name).group(1))
         target = manifest.get("checkpoint") if isinstance(manifest, dict) else None
         size = manifest.get("bytes") if isinstance(manifest, dict) else None
@@ -101,6 +99,15 @@ class _Store:
             got = "is missing" if target not in listing else f"has {listing[target]} bytes, not {size}"
             raise CheckpointError(f"{self.where(target)}: {got} (named by {name})")
         return target
+
+    def read(self, name: str) -> bytes:
+        """The bytes of object ``name`` (one that is not there: a ``CheckpointError``)."""
+        try:
+            return self.fs.cat_file(self.key(name))
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.where(name)}: no such object") from None
+        except Exception as e:  # noqa: BLE001 - the store's own errors (credentials, endpoint...)
+            raise _StoreFailure(f"{self.where(name)}: cannot read ({remote_error(e)})") from None
 
     def probe(self) -> None:
         """Raise unless objects can be written here (before a run trains for nothing)."""
@@ -313,12 +320,7 @@ def resolve_remote(url: str, schema: Schema | None = None, warn=None, keep=None)
 
 
 def _load_object(store: _Store, name: str, schema, keep) -> tuple[dict, dict[str, Any]]:
-    try:
-        data = io.BytesIO(store.fs.cat_file(store.key(name)))
-    except FileNotFoundError:
-        raise CheckpointError(f"{store.where(name)}: no such checkpoint") from None
-    except Exception as e:  # noqa: BLE001
-        raise _StoreFailure(f"{store.where(name)}: cannot download ({remote_error(e)})") from None
+    data = io.BytesIO(store.read(name))
     data.name = store.where(name)
     return load_checkpoint(data, schema, keep)
 
