@@ -275,20 +275,26 @@ def test_staging_directories_that_killed_runs_left_are_removed_and_live_ones_kep
     import tempfile
     from pathlib import Path
 
-    from streamtrain.io.remote_run import STAGING_PREFIX
+    from streamtrain.io.remote_run import STAGING_MARK, STAGING_PREFIX
 
     stale = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
     (stale / ".lock").touch()
+    (stale / STAGING_MARK).write_text("12345\n")
     (stale / "ckpt-000000000018.npz").write_bytes(b"x" * 1000)
+    # a directory of that name that is not staging (a local run's, unlocked, with no mark) is kept
+    other = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
+    (other / ".lock").touch()
+    (other / "best.npz").write_bytes(b"y" * 10)
     live = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))
     fd = os.open(live / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # as a running trainer holds it
     try:
         r = _cli("train", DATA / "breast_cancer.h5", *_RUN, "--epochs", "1", "--checkpoint-dir", "s3://bucket/runs/st")
         assert r.returncode == 0, r.stderr
-        assert not stale.exists() and live.exists()
+        assert not stale.exists() and live.exists() and (other / "best.npz").exists()
     finally:
         os.close(fd)
         import shutil
 
         shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)

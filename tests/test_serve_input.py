@@ -765,3 +765,76 @@ def test_predict_decides_from_the_decoded_size_whether_to_answer_on_the_event_lo
     assert not _decodes_small(small, ARROW, "POST /predict")
     assert _decodes_small(_compressed(pa.table(few), "zstd"), ARROW, "POST /predict")
     assert _decodes_small(b"[]", None, "POST /predict") and _decodes_small(b"garbage", ARROW, "POST /predict")
+
+
+def _lying_lengths(rows: int) -> bytes:
+    """One row's stream whose batch and columns declare ``rows`` rows (its buffers hold one)."""
+    import struct
+
+    from streamtrain.serve import ipc_size as m
+
+    sink = pa.BufferOutputStream()
+    table = pa.table({**{f: pa.array([1.0]) for f in FEATURES}, "y": pa.array([1])})
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    body = bytearray(sink.getvalue().to_pybytes())
+    data, offset = memoryview(body), 0
+    while True:
+        length, skip = m._metadata_length(data, offset)
+        start = offset + skip
+        meta = data[start:start + length]
+        message = m._table(meta, struct.unpack_from("<I", meta, 0)[0])
+        if meta[message(1)] == m._RECORD_BATCH:
+            batch = m._table(meta, m._target(meta, message(2)))
+            struct.pack_into("<q", body, start + batch(0), rows)  # RecordBatch.length
+            at, n = m._vector(meta, batch(1))  # and every FieldNode's length
+            for k in range(n):
+                struct.pack_into("<q", body, start + at + 16 * k, rows)
+            return bytes(body)
+        offset += skip + length + m._body_length(meta)
+
+
+def test_crafted_arrow_bodies_are_refused_not_crashing_or_decoding_past_the_bound(http_svc):
+    # Found by the reviewing helper: each crashed the service, or decoded past --max-body-mb
+    import struct
+
+    n = 8_000_000  # 64 MB of float64 zeros, in a zstd file of a few kilobytes
+    file_body = _compressed(pa.table({"f0": np.zeros(n), "y": np.zeros(n)}), "zstd", file=True)
+    delta_sink = pa.BufferOutputStream()
+    schema = pa.schema([("f0", pa.float64()), ("y", pa.dictionary(pa.int32(), pa.int64()))])
+    with pa.ipc.new_stream(delta_sink, schema, options=pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True)) as w:
+        for i in range(3):
+            y = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array(np.arange(i + 1)))
+            w.write_batch(pa.record_batch([pa.array([0.0]), y], schema=schema))
+    cases = [
+        (_lying_lengths(10_000_000), 400, "Buffer #1 too small"),  # read beyond its buffer: a crash before
+        (b"\xff\xff\xff\xff\x00\x00\x00\x00" + file_body[8:], 400, "not an Arrow IPC stream"),  # a file as a stream
+        (delta_sink.getvalue().to_pybytes(), 400, "delta dictionary"),  # memory quadratic in the deltas
+    ]
+    for body, status, words in cases:
+        for path in ("/learn", "/predict"):
+            r = httpx.post(http_svc.url + path, content=body, headers={"content-type": ARROW}, timeout=30)
+            assert r.status_code == status and words in r.json()["error"], (path, words, r.text)
+    _no_traceback(http_svc)
+
+
+def test_a_file_whose_footer_lists_a_block_twice_is_refused_unread():
+    # (each listing is decoded: a footer repeating one block thousands of times was quadratic to size)
+    import struct
+
+    from streamtrain.serve import ipc_size as m
+
+    sink = pa.BufferOutputStream()
+    table = pa.table({"f0": [0.0], "y": [0]})
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+        w.write_table(table)
+    body = bytearray(sink.getvalue().to_pybytes())
+    assert m.decoded_size(bytes(body)) > 0
+    footer_at = len(body) - 10 - struct.unpack_from("<i", body, len(body) - 10)[0]
+    footer = memoryview(body)[footer_at:len(body) - 10]
+    at, count = m._vector(footer, m._table(footer, struct.unpack_from("<I", footer, 0)[0])(3))  # recordBatches
+    assert count == 2
+    struct.pack_into("<q", body, footer_at + at + 24, struct.unpack_from("<q", footer, at)[0])
+    with pytest.raises(ValueError, match="its footer lists a block more than once"):
+        m.decoded_size(bytes(body))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -157,6 +158,8 @@ class RemoteRunDirectory(RunDirectory):
     def __enter__(self) -> "RemoteRunDirectory":
         try:
             super().__enter__()
+            # (marked as staging once locked: the clean-up below removes marked, unlocked directories alone)
+            (self.path / STAGING_MARK).write_text(f"{os.getpid()}\n")
             self.store.probe()
         except BaseException:
             self.__exit__(None, None, None)
@@ -252,7 +255,7 @@ class RemoteRunDirectory(RunDirectory):
             self._upload(lambda: self.store.fs.pipe_file(self.store.key(manifest), json.dumps(
                 {"checkpoint": path.name, "bytes": path.stat().st_size, "step": int(step)}).encode()), manifest)
             crash_point("after_manifest")
-            self._upload(lambda: self._rotate_remote(keep), path.name, "delete the checkpoints before it")
+            self._upload(lambda: self._rotate_remote(keep, path.name), path.name, "delete the checkpoints before it")
             if best:
                 self._upload(lambda: self.store.put(path, self.BEST), self.BEST)
             for old in self.path.glob("ckpt-*.npz"):  # staged: this checkpoint alone, until the next
@@ -261,31 +264,36 @@ class RemoteRunDirectory(RunDirectory):
 
         return publish
 
-    def _rotate_remote(self, keep: int) -> None:
+    def _rotate_remote(self, keep: int, published: str) -> None:
         """Keep the newest ``keep`` manifests and their checkpoints; a manifest goes before its
-        checkpoint, and checkpoints that no manifest names (uploads cut short) go too."""
+        checkpoint, and checkpoints that no manifest names (uploads cut short) go too; never
+        ``published``, the one just published (a listing may lag behind its manifest)."""
         listing = self.store.listing()
         manifests = self.store.manifests(listing)
         self.store.remove(manifests[max(1, keep):])
-        kept = {checkpoint_name(int(_MANIFEST.match(n).group(1))) for n in manifests[:max(1, keep)]}
+        kept = {published, *(checkpoint_name(int(_MANIFEST.match(n).group(1))) for n in manifests[:max(1, keep)])}
         self.store.remove(n for n in listing if _CHECKPOINT.match(n) and n not in kept)
         crash_point("during_rotation")
 
 
 STAGING_PREFIX = "streamtrain-run-"
+STAGING_MARK = ".streamtrain-staging"  # written once the directory is locked
 
 
 def _remove_stale_staging() -> None:
-    """Remove staging directories that runs killed (kill -9, an MPI abort) left behind: those
-    whose lock no process holds (the kernel drops a dead process's lock)."""
+    """Remove staging directories that runs killed (kill -9, an MPI abort) left behind: this
+    user's directories marked as staging (the mark is written once the lock is held, so a run
+    starting is never taken for one) whose lock no process holds (the kernel drops a dead
+    process's lock). Nothing else there is touched: a run's directory with that name has no mark."""
     import fcntl
-    import os
 
     for d in Path(tempfile.gettempdir()).glob(STAGING_PREFIX + "*"):
         try:
-            fd = os.open(d / ".lock", os.O_RDWR)
+            if d.is_symlink() or d.stat().st_uid != os.getuid() or not (d / STAGING_MARK).is_file():
+                continue
+            fd = os.open(d / ".lock", os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
-            continue  # not locked yet (being made), or not ours
+            continue  # not ours, or gone
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["decoded_size"]
+__all__ = ["decoded_size", "is_file_format"]
 
 _MAGIC = b"ARROW1"
 _CONTINUATION = 0xFFFFFFFF
 _DICTIONARY_BATCH, _RECORD_BATCH = 2, 3  # the MessageHeader union's types
+# The most buffers the metadata may list in all: the walk over them is bounded, whatever a body says.
+MAX_BUFFERS = 1 << 20
+
+
+def is_file_format(body: bytes | memoryview) -> bool:
+    """Whether a body is Arrow's file format (its magic first): read it with the file reader,
+    the stream reader otherwise (the reader ``decoded_size`` sized for)."""
+    return bytes(memoryview(body)[:6]) == _MAGIC
 
 
 def decoded_size(body: bytes | memoryview) -> int:
@@ -23,15 +31,16 @@ def decoded_size(body: bytes | memoryview) -> int:
 
     Raises ``ValueError`` where the metadata cannot be read (a body Arrow would refuse too)."""
     data = memoryview(body).cast("B")
+    budget = [MAX_BUFFERS]
     try:
-        if bytes(data[:6]) == _MAGIC:
-            return sum(_message_size(data, offset) for offset in _file_blocks(data))
-        return _stream_size(data)
+        if is_file_format(data):
+            return sum(_message_size(data, offset, budget) for offset in _file_blocks(data))
+        return _stream_size(data, budget)
     except (struct.error, IndexError):
         raise ValueError("its metadata cannot be read") from None
 
 
-def _stream_size(data: memoryview) -> int:
+def _stream_size(data: memoryview, budget: list[int]) -> int:
     total, offset = 0, 0
     while offset + 4 <= len(data):
         length, skip = _metadata_length(data, offset)
@@ -39,7 +48,7 @@ def _stream_size(data: memoryview) -> int:
             break
         meta = _piece(data, offset + skip, length)
         body_length = _body_length(meta)
-        total += _batch_size(meta, _piece(data, offset + skip + length, body_length))
+        total += _batch_size(meta, _piece(data, offset + skip + length, body_length), budget)
         offset += skip + length + body_length
     return total
 
@@ -65,15 +74,17 @@ def _file_blocks(data: memoryview) -> list[int]:
         if vector is not None:
             at, n = vector
             offsets += [struct.unpack_from("<q", footer, at + 24 * k)[0] for k in range(n)]
+    if len(set(offsets)) != len(offsets):  # a block listed twice is decoded twice: refused, as written by no writer
+        raise ValueError("its footer lists a block more than once")
     return offsets
 
 
-def _message_size(data: memoryview, offset: int) -> int:
+def _message_size(data: memoryview, offset: int, budget: list[int]) -> int:
     if not 0 <= offset < len(data):
         raise struct.error(f"block offset {offset}")
     length, skip = _metadata_length(data, offset)
     meta = _piece(data, offset + skip, length)
-    return _batch_size(meta, _piece(data, offset + skip + length, _body_length(meta)))
+    return _batch_size(meta, _piece(data, offset + skip + length, _body_length(meta)), budget)
 
 
 def _piece(data: memoryview, start: int, length: int) -> memoryview:
@@ -119,7 +130,7 @@ def _body_length(meta: memoryview) -> int:
     return length
 
 
-def _batch_size(meta: memoryview, body: memoryview) -> int:
+def _batch_size(meta: memoryview, body: memoryview, budget: list[int]) -> int:
     message = _table(meta, struct.unpack_from("<I", meta, 0)[0])
     kind, header = message(1), message(2)  # Message.header_type, Message.header
     kind = meta[kind] if kind is not None else 0
@@ -127,6 +138,10 @@ def _batch_size(meta: memoryview, body: memoryview) -> int:
         return 0  # a schema (or a tensor, which no reader here decodes)
     batch = _table(meta, _target(meta, header))
     if kind == _DICTIONARY_BATCH:
+        delta = batch(2)  # DictionaryBatch.isDelta: Arrow appends a delta to the dictionary before it, and
+        if delta is not None and meta[delta]:  # each batch keeps its own: memory beyond the buffers' sum
+            raise ValueError("it has a delta dictionary, which is not read here: write the batches "
+                             "without dictionary deltas")
         data = batch(1)  # DictionaryBatch.data: a RecordBatch
         if data is None:
             return 0
@@ -136,6 +151,9 @@ def _batch_size(meta: memoryview, body: memoryview) -> int:
         return 0
     compressed = batch(3) is not None  # RecordBatch.compression
     at, n = buffers
+    budget[0] -= n
+    if budget[0] < 0:
+        raise ValueError(f"its metadata lists more than {MAX_BUFFERS} buffers")
     total = 0
     for k in range(n):
         offset, length = struct.unpack_from("<qq", meta, at + 16 * k)
