@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,7 +156,8 @@ def test_signal_finishes_the_batch_checkpoints_and_resume_is_exact(tmp_path, sig
         proc.send_signal(getattr(signal, sig))
         out, err = proc.communicate(timeout=120)
         err = "".join(seen) + err
-        assert "epoch 2/3" not in err
+        # epoch 2 did not end (a progress line within it, "epoch 2/3: N of ...", may come on a loaded machine)
+        assert not re.search(r"^epoch 2/3 ", err, re.M), err
         assert proc.returncode == code, err
         assert f"interrupted by {sig}" in err and "Traceback" not in err
         again = run("train", *args, "--checkpoint-dir", tmp_path / "run", "--resume")

@@ -188,7 +188,7 @@ def _load_config(ctx, param, value):
         try:
             if p.multiple and not isinstance(v, list):
                 raise click.BadParameter("expected a list")
-            if isinstance(p.type, click.Path) and not isinstance(v, str):
+            if isinstance(p.type, (click.Path, PathOrURL)) and not isinstance(v, str):
                 raise click.BadParameter(f"expected a path in quotes, not {type(v).__name__} {v!r}")
             settings[name] = p.type_cast_value(ctx, v)
         except click.BadParameter as e:

@@ -21,7 +21,7 @@ from .atomic import atomic_path
 from .digest import _digest, array_header
 from .background import crash_point
 
-__all__ = ['FORMAT_VERSION', 'save_checkpoint', 'MAX_META_BYTES', 'MAX_JSON_DEPTH', 'MAX_MEMBERS', 'MAX_UNCHECKED_BYTES', 'Schema', 'json_depth', 'check_loadable', 'load_checkpoint']
+__all__ = ['FORMAT_VERSION', 'checkpoint_name', 'save_checkpoint', 'MAX_META_BYTES', 'MAX_JSON_DEPTH', 'MAX_MEMBERS', 'MAX_UNCHECKED_BYTES', 'Schema', 'json_depth', 'check_loadable', 'load_checkpoint']
 
 
 # 2: config, model, state and fingerprint sections; the history is in metrics.jsonl, not here.
@@ -32,6 +32,11 @@ _META = "__meta__"
 
 
 _SUM = "__sha256__"
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of a run's checkpoint at ``step`` (zero-padded: names sort as steps do)."""
+    return f"ckpt-{int(step):012d}.npz"
 
 
 def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any],

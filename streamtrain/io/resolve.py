@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .checkpoint import Schema, load_checkpoint
+from .checkpoint import Schema, checkpoint_name, load_checkpoint
 from .background import crash_point
 
 __all__ = ['remove_leftovers', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'resolve_checkpoint', 'rotate']
@@ -24,10 +24,6 @@ def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
         p.unlink(missing_ok=True)
         gone.append(p)
     return gone
-
-
-def checkpoint_name(step: int) -> str:
-    return f"ckpt-{int(step):012d}.npz"
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -70,7 +66,7 @@ def resolve_checkpoint(path: str | os.PathLike, schema: Schema | None = None, wa
     """``(path, arrays, meta)`` from a checkpoint file, or from a directory's newest valid one
     (``keep``: which arrays, see ``load_checkpoint``); a URL names one in object storage
     (``--checkpoint-dir s3://...``: its newest complete checkpoint)."""
-    from .remote_run import is_url, resolve_remote
+    from .store import is_url, resolve_remote
 
     if is_url(str(path)):
         return resolve_remote(str(path), schema, warn, keep)

@@ -18,6 +18,7 @@ from ..errors import CheckpointError, os_reason
 from .atomic import atomic_path
 from .background import BackgroundWriter
 from .checkpoint import Schema, save_checkpoint
+from .history import METRICS, parse_history
 from .lock import DirectoryLock
 from .resolve import checkpoint_name, latest_checkpoint, list_checkpoints, rotate
 
@@ -27,7 +28,7 @@ __all__ = ["RunDirectory", "read_history", "parse_history"]
 class RunDirectory:
     """``with RunDirectory(path):`` locks it for this process until the last write is done."""
 
-    METRICS = "metrics.jsonl"
+    METRICS = METRICS
     BEST = "best.npz"
 
     def __init__(self, path: str | os.PathLike):
@@ -161,7 +162,7 @@ class RunDirectory:
 def read_history(checkpoint: str | os.PathLike) -> list[dict[str, Any]]:
     """The epochs recorded in ``metrics.jsonl`` beside a checkpoint (or in a run directory, local or a URL)."""
     if isinstance(checkpoint, str) and "://" in checkpoint:
-        from .remote_run import is_url, remote_history
+        from .store import is_url, remote_history
 
         if is_url(checkpoint):
             return remote_history(checkpoint)
@@ -169,15 +170,3 @@ def read_history(checkpoint: str | os.PathLike) -> list[dict[str, Any]]:
     path = (p if p.is_dir() else p.parent) / RunDirectory.METRICS
     return parse_history(path.read_text(errors="replace")) if path.is_file() else []
 
-
-def parse_history(text: str) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (lines a crash cut short are skipped)."""
-    history = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            history.append(record)
-    return history
