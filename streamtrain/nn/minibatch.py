@@ -55,6 +55,11 @@ def load_in_background(dtype="float32", sgd: bool = True) -> None:
     """Start ``load`` in a thread: its 0.3-0.5 s (importing numba and scipy's BLAS, reading the
     cached machine code) then overlaps what the caller does before its first step."""
     if (np.dtype(dtype), sgd) not in _loaded:
+        # numpy loads these on first use; numba imports them too: imported by both threads at once,
+        # the import system can see a deadlock and raise in either (seen under load: numpy.random)
+        import numpy.linalg  # noqa: F401
+        import numpy.random  # noqa: F401
+
         threading.Thread(target=load, args=(dtype, sgd), name="streamtrain-compile", daemon=True).start()
 
 
