@@ -476,7 +476,11 @@ def test_a_slow_lossy_link_changes_nothing_but_the_time(hosts, data, tmp_path):
     alone = subprocess.run([str(BIN), *_args(data, tmp_path / "one", *args)], capture_output=True, text=True,
                            timeout=300)
     assert alone.returncode == 0, alone.stderr
-    hosts.impair(rate_mbit=50, loss_percent=1)
+    try:
+        hosts.impair(rate_mbit=50, loss_percent=1)
+    except subprocess.CalledProcessError as e:  # (a kernel without htb or nf_tables)
+        hosts.restore()
+        pytest.skip(f"the links cannot be made slow and lossy here: {' '.join(e.cmd[3:6])}: {e.stderr.strip()}")
     try:
         r = subprocess.run(hosts.command([1, 2], _args(data, tmp_path / "hosts", *args)), capture_output=True,
                            text=True, timeout=600)
