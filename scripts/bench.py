@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_hosts import report_hosts  # a sibling script (as root): MPI across two hosts, its own JSON
+from bench_hosts import report_hosts, share_cells  # a sibling script (as root): MPI across two hosts, its own JSON
 from bench_serve import bench_serve, report_serve  # a sibling script: the serve section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1706,10 +1706,7 @@ def report(results: dict, meta: dict) -> str:
                   "| processes | allreduce us | share at global batch 1,024 | 8,192 | 65,536 "
                   "| smallest global batch under 10% |", "|---:|---:|---:|---:|---:|---:|"]
         for m in model["worlds"]:
-            sh = {int(k): v for k, v in m["share_at_global_batch"].items()}
-            under = m["global_batch_under_10pct"]
-            lines.append(f"| {m['processes']} | {m['allreduce_s'] * 1e6:.1f} | {sh[1024]:.1%} | {sh[8192]:.1%} | "
-                         f"{sh[65536]:.1%} | {'-' if under is None else f'{under:,}'} |")
+            lines.append(f"| {m['processes']} | {m['allreduce_s'] * 1e6:.1f} | {share_cells(m)} |")
         lines.append("")
     if (OUT / "hosts.json").exists():  # (scripts/bench_hosts.py's latest run, kept in the report)
         lines += report_hosts(json.loads((OUT / "hosts.json").read_text()))

@@ -98,6 +98,14 @@ def shares(fixed: float, per_row: float, comm: float, hosts: int = 2) -> dict:
     return {"share_at_global_batch": share, "global_batch_under_10pct": under}
 
 
+def share_cells(m: dict, batches=(1024, 8192, 65536)) -> str:
+    """A scaling model's row cells: communication's share at ``batches``, then the smallest global
+    batch under 10% (``m`` as ``shares`` returns it, keys possibly strings from JSON)."""
+    sh = {int(k): v for k, v in m["share_at_global_batch"].items()}
+    under = m["global_batch_under_10pct"]
+    return " | ".join([*(f"{sh[b]:.1%}" for b in batches), "-" if under is None else f"{under:,}"])
+
+
 def report_hosts(r: dict) -> list[str]:
     """The report's section on ``benchmarks/hosts.json``."""
     across = {a["bytes"]: a["seconds"] for a in r["across_hosts"]["allreduce"]}
@@ -130,10 +138,7 @@ def report_hosts(r: dict) -> list[str]:
               "| link | allreduce us | share at global batch 1,024 | 8,192 | 65,536 | 1,048,576 "
               "| smallest global batch under 10% |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m in r["model"]:
-        sh = {int(k): v for k, v in m["share_at_global_batch"].items()}
-        under = m["global_batch_under_10pct"]
-        lines.append(f"| {m['link']} | {m['comm_s'] * 1e6:,.1f} | {sh[1024]:.1%} | {sh[8192]:.1%} | {sh[65536]:.1%} | "
-                     f"{sh[1 << 20]:.1%} | {'-' if under is None else f'{under:,}'} |")
+        lines.append(f"| {m['link']} | {m['comm_s'] * 1e6:,.1f} | {share_cells(m, (1024, 8192, 65536, 1 << 20))} |")
     return lines + [""]
 
 
