@@ -33,7 +33,6 @@ from .rundir import RunDirectory
 from .store import CHECKPOINT as _CHECKPOINT
 from .store import MANIFEST as _MANIFEST
 from .store import Store as _Store
-from .store import StoreFailure as _StoreFailure
 
 __all__ = ["RemoteRunDirectory", "is_url", "open_run_directory", "STAGING_PREFIX", "STAGING_MARK"]
 
@@ -116,31 +115,25 @@ class RemoteRunDirectory(RunDirectory):
         store's own failures (a timeout, no room to download) are errors: nothing is set aside."""
         warn = warn or (lambda m: None)
         listing = self.store.listing()
-        found = self.store.manifests(listing)
-        for i, name in enumerate(found):
-            local = None
+
+        def load(target):
+            local = self.path / target
             try:
-                target = self.store.read_manifest(name, listing)
-                local = self.path / target
                 self.store.get(target, local)
-                arrays, meta = load_checkpoint(local, schema, name=self.store.where(target))
-            except _StoreFailure:
-                if local is not None:
-                    local.unlink(missing_ok=True)
+                return load_checkpoint(local, schema, name=self.store.where(target))
+            except CheckpointError:  # (a failed copy never stays staged: the staged newest is the one published)
+                local.unlink(missing_ok=True)
                 raise
-            except CheckpointError as e:
-                if local is not None:
-                    local.unlink(missing_ok=True)
-                if i + 1 == len(found):
-                    raise CheckpointError(f"{e}; no valid checkpoint left in {self.url}") from None
-                self._upload(lambda: self.store.fs.mv(self.store.key(name), self.store.key(name + ".invalid")), name,
-                             "set it aside")
-                warn(f"{e}; its manifest moved aside to {name}.invalid, using an older checkpoint")
-                continue
-            if self.METRICS in listing:
-                self.store.get(self.METRICS, self.path / self.METRICS)
-            return self.store.where(target), arrays, meta
-        return None
+
+        def set_aside(manifest, e):
+            self._upload(lambda: self.store.fs.mv(self.store.key(manifest), self.store.key(manifest + ".invalid")),
+                         manifest, "set it aside")
+            warn(f"{e}; its manifest moved aside to {manifest}.invalid, using an older checkpoint")
+
+        found = self.store.newest(listing, load, set_aside)
+        if found is not None and self.METRICS in listing:
+            self.store.get(self.METRICS, self.path / self.METRICS)
+        return found
 
     def metrics_upto(self, epochs: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
         history = super().metrics_upto(epochs, last)

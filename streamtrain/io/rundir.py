@@ -22,7 +22,7 @@ from .history import METRICS, parse_history
 from .lock import DirectoryLock
 from .resolve import checkpoint_name, latest_checkpoint, list_checkpoints, rotate
 
-__all__ = ["RunDirectory", "read_history", "parse_history"]
+__all__ = ["RunDirectory", "read_history"]
 
 
 class RunDirectory:
@@ -169,4 +169,3 @@ def read_history(checkpoint: str | os.PathLike) -> list[dict[str, Any]]:
     p = Path(checkpoint)
     path = (p if p.is_dir() else p.parent) / RunDirectory.METRICS
     return parse_history(path.read_text(errors="replace")) if path.is_file() else []
-

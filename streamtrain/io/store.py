@@ -80,6 +80,24 @@ class Store:
             raise CheckpointError(f"{self.where(target)}: {got} (named by {name})")
         return target
 
+    def newest(self, listing: dict[str, int], load, passed_over):
+        """``(URL, *load(name))`` for the newest checkpoint whose manifest is complete and which
+        ``load(name)`` loads, or None where there is no manifest. A newer one that fails is handed
+        to ``passed_over(manifest, error)`` and the one before tried; none valid is an error. The
+        store's own failures (``StoreFailure``: a timeout, no room to download) end the search."""
+        found = self.manifests(listing)
+        for i, manifest in enumerate(found):
+            try:
+                target = self.read_manifest(manifest, listing)
+                return (self.where(target), *load(target))
+            except StoreFailure:
+                raise
+            except CheckpointError as e:
+                if i + 1 == len(found):
+                    raise CheckpointError(f"{e}; no valid checkpoint left in {self.url}") from None
+                passed_over(manifest, e)
+        return None
+
     def read(self, name: str) -> bytes:
         """The bytes of object ``name`` (one that is not there: a ``CheckpointError``)."""
         try:
@@ -126,20 +144,11 @@ def resolve_remote(url: str, schema: Schema | None = None, warn=None, keep=None)
     if CHECKPOINT.match(name) or name.endswith(".npz"):
         parent = Store(store.url.rsplit("/", 1)[0])
         return store.url, *_load_object(parent, name, schema, keep)
-    listing = store.listing()
-    found = store.manifests(listing)
-    if not found:
+    found = store.newest(store.listing(), lambda target: _load_object(store, target, schema, keep),
+                         lambda manifest, e: (warn or (lambda m: None))(f"{e}; using an older checkpoint"))
+    if found is None:
         raise CheckpointError(f"{store.url}: no checkpoint here (no manifest-*.json)")
-    for i, manifest in enumerate(found):
-        try:
-            target = store.read_manifest(manifest, listing)
-            return store.where(target), *_load_object(store, target, schema, keep)
-        except StoreFailure:
-            raise
-        except CheckpointError as e:
-            if i + 1 == len(found):
-                raise CheckpointError(f"{e}; no valid checkpoint left in {store.url}") from None
-            (warn or (lambda m: None))(f"{e}; using an older checkpoint")
+    return found
 
 
 def _load_object(store: Store, name: str, schema, keep) -> tuple[dict, dict[str, Any]]:
