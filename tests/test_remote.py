@@ -298,3 +298,17 @@ def test_staging_directories_that_killed_runs_left_are_removed_and_live_ones_kep
 
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(other, ignore_errors=True)
+
+
+def test_inspect_describes_a_run_in_object_storage_and_data_there_as_data(s3, tmp_path):
+    url = "s3://bucket/runs/inspected"
+    assert _cli("train", DATA / "breast_cancer.h5", *_RUN, "--epochs", "2", "--checkpoint-dir", url).returncode == 0
+    run = _cli("inspect", url, "--json")
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)
+    assert info["checkpoint"] == f"{url}/ckpt-000000000036.npz" and [r["epoch"] for r in info["history"]] == [1, 2]
+    here = _cli("train", DATA / "breast_cancer.h5", *_RUN, "--epochs", "2", "--checkpoint-dir", tmp_path / "one")
+    assert here.returncode == 0
+    assert info["params_sha256"] == json.loads(_cli("inspect", tmp_path / "one", "--json").stdout)["params_sha256"]
+    data = _cli("inspect", "s3://bucket/digits.parquet", "--json")
+    assert data.returncode == 0 and "checkpoint" not in json.loads(data.stdout), data.stderr

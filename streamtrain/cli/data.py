@@ -13,6 +13,7 @@ from ..features.encoding import Encoding
 from ..io.digest import params_digest
 from ..io.resolve import resolve_checkpoint
 from ..io.rundir import read_history
+from ..io.store import is_remote_checkpoint
 from ..readers import FORMATS, open_dataset
 from ..readers.remote import is_url
 from ..synthetic import TASKS, make_data
@@ -91,8 +92,9 @@ def inspect(path, features, label, as_json):
     Example: streamtrain inspect data/digits.parquet --json
     """
     local = None if is_url(path) else Path(path)
-    if local is not None and (local.suffix == ".npz" or (local.is_dir() and any(local.glob("ckpt-*.npz")))):
-        found, arrays, meta = resolve_checkpoint(local, TRAINER)
+    if (local.suffix == ".npz" or (local.is_dir() and any(local.glob("ckpt-*.npz")))) if local is not None \
+            else is_remote_checkpoint(path):  # (a run in object storage: --checkpoint-dir s3://...)
+        found, arrays, meta = resolve_checkpoint(local or path, TRAINER)
         params = {k: v for k, v in arrays.items() if k.startswith("param.")}
         state = meta.pop("state")
         info = {"checkpoint": str(found), **meta, **state, "history": read_history(found),

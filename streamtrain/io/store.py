@@ -18,7 +18,7 @@ from ..readers.remote import is_url, open_filesystem, remote_error
 from .checkpoint import Schema, checkpoint_name, load_checkpoint
 from .history import METRICS, parse_history
 
-__all__ = ["Store", "StoreFailure", "is_url", "resolve_remote", "remote_history", "MANIFEST", "CHECKPOINT"]
+__all__ = ["Store", "StoreFailure", "is_url", "is_remote_checkpoint", "resolve_remote", "remote_history", "MANIFEST", "CHECKPOINT"]
 
 MANIFEST = re.compile(r"^manifest-(\d{12})\.json$")
 CHECKPOINT = re.compile(r"^ckpt-(\d{12})\.npz$")
@@ -149,6 +149,17 @@ def resolve_remote(url: str, schema: Schema | None = None, warn=None, keep=None)
     if found is None:
         raise CheckpointError(f"{store.url}: no checkpoint here (no manifest-*.json)")
     return found
+
+
+def is_remote_checkpoint(url: str) -> bool:
+    """Whether ``url`` names a checkpoint object, or a run's prefix (it holds manifests)."""
+    if url.rstrip("/").endswith(".npz"):
+        return True
+    try:
+        store = Store(url)
+        return bool(store.manifests(store.listing()))
+    except CheckpointError:  # (not reachable as a run: read as data, whose reader says why)
+        return False
 
 
 def _load_object(store: Store, name: str, schema, keep) -> tuple[dict, dict[str, Any]]:
