@@ -88,7 +88,11 @@ def _fail(message: str, code: int, debug: bool, everywhere: bool = False) -> Non
         traceback.print_exc()
     if message and speak:  # one line, whatever the message holds
         _echo_err(" ".join(message.split()) if "\n" in message else message)
-    if comm.size > 1 and code not in (130, 143):
+    if comm.size > 1 and code in (130, 143):
+        # Every rank stops at the same step; one that left first would have the launcher end the
+        # job before rank 0's line reached it (seen under load: the interrupt's line lost).
+        comm.said_failure()
+    elif comm.size > 1:
         if everyone is not None:
             comm.said_failure()  # (rank 0's line reaches the launcher before any process ends the job)
             if not speak:  # rank 0's abort ends this process (an abort here would add MPI's own line)
