@@ -95,3 +95,46 @@ def test_every_malformed_body_is_refused_by_name():
              r"entry 7: row 1, column 'f1' is nan")
     # and the good schema still passes after all that
     np.testing.assert_array_equal(cols.from_arrow(_body(good), "entry 8")[0], np.ones((3, 3)))
+
+
+JSON_BODIES = [
+    b'[{"f0": 1, "f1": 2.5, "f2": -3e-2, "y": 1}, {"f0": 0, "f1": 1e-310, "f2": 4, "y": 0}]',
+    b'{"rows": [{"f2": 1, "f1": 2, "f0": 3, "y": "cat"}]}',
+    b'\xef\xbb\xbf[{"f0": 1, "f1": 2, "f2": 3, "y": 1}]',  # a byte-order mark
+    b'[{"f0": NaN, "f1": 2, "f2": 3, "y": 1}]',
+    b'[{"f0": Infinity, "f1": 2, "f2": 3, "y": 1}]',
+    b'[{"f0": 1e400, "f1": 2, "f2": 3, "y": 1}]',
+    b'[{"f0": 123456789012345678901234567890, "f1": 2, "f2": 3, "y": 1}]',
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": 123456789012345678901234567890}]',
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": "\\ud800"}]',  # a lone surrogate
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": 1, "y": 2}]',  # a key twice: the last one counts
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": 1},]',
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": 1}] x',
+    b'[{"f0": 1, "f1": "2", "f2": 3, "y": 1}]',
+    b'[{"f0": true, "f1": 2, "f2": 3, "y": 1}]',
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": null}]',
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": "a\\u0000b"}]',
+    b'[{"f0": 1, "f1": 2, "f2": 3, "y": "\xff"}]',
+    '[{"f0": 1, "f1": 2, "f2": 3, "y": 1}]'.encode("utf-16"),
+    b'[1' + b'0' * 400 + b']',
+    b'[' * 2000 + b']' * 2000,
+    b'', b' ', b'[]', b'{}', b'1', b'"rows"',
+]
+
+
+@pytest.mark.parametrize("body", JSON_BODIES)
+def test_json_rows_read_by_msgspec_are_those_the_standard_library_reads(body, monkeypatch):
+    from streamtrain.serve import rows
+
+    assert rows._fast_json is not None, "msgspec belongs to the serve extra"
+
+    def parse():
+        try:
+            X, y = Columns(FEATURES, "y").from_json(body, "POST /learn")
+            return X.tolist(), y.tolist(), X.dtype, y.dtype
+        except DataError as e:
+            return str(e)
+
+    fast = parse()
+    monkeypatch.setattr(rows, "_fast_json", None)
+    assert fast == parse()

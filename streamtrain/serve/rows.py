@@ -18,6 +18,11 @@ import numpy as np
 from ..errors import DataError
 from .ipc_size import decoded_size, is_file_format
 
+try:  # the serve extra's JSON parser: about 3x the standard library's speed on rows of numbers
+    import msgspec.json as _fast_json
+except ImportError:  # pragma: no cover - the standard library alone reads the same documents
+    _fast_json = None
+
 __all__ = ["Columns", "ARROW_TYPES", "JSON_TYPES", "media_type", "json_body"]
 
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
@@ -48,6 +53,13 @@ def media_type(content_type: str | None, where: str) -> tuple[str, dict[str, str
 def json_body(body: bytes | str, where: str) -> Any:
     """A JSON document read strictly as UTF-8 (JSON's only encoding on the wire); any problem is a
     ``DataError`` naming ``where``."""
+    if _fast_json is not None:
+        try:
+            return _fast_json.decode(body)
+        except (ValueError, RecursionError):
+            # msgspec refuses a few documents the standard library reads (lone surrogates, numbers
+            # beyond float64's range, a byte-order mark): read or refused below, with their messages.
+            pass
     if not isinstance(body, str):
         body = bytes(body)
         if b"\x00" in body:  # never in JSON text; all over UTF-16 and UTF-32
