@@ -17,7 +17,7 @@ from .sampling import Sampler
 from .scaling import standardize
 from .sources import Stopped, choose_source, row_bytes, slot_rows, wants_process
 
-__all__ = ["Loader", "window_rows_for", "start_decoder", "check_budget", "row_bytes", "GROUP_ROWS"]
+__all__ = ["Loader", "leave_a_core", "window_rows_for", "start_decoder", "check_budget", "row_bytes", "GROUP_ROWS"]
 
 _DONE = object()
 
@@ -85,6 +85,25 @@ def _as_is(X, y):
 def _scaled(X: np.ndarray, scale, owned: bool) -> np.ndarray:
     """The scaler's standardisation, in place where ``X`` is the loader's own array."""
     return X if scale is None else standardize(X, *scale, in_place=owned and X.flags.writeable)
+
+
+@contextlib.contextmanager
+def leave_a_core(background: bool = True, processes: int = 1):
+    """Numerical work run in here leaves a core to a thread reading meanwhile (``background``)
+    and keeps to this process's share of the cores (``processes`` on the machine): BLAS is
+    limited to the other cores and the GIL switch interval shortened (see
+    ``Loader.sharing_cores``); both are restored after. They are the process's, not the thread's."""
+    from threadpoolctl import threadpool_limits
+
+    cores = _decoder.cores_of_one(processes)
+    interval = sys.getswitchinterval()
+    if background:
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+    try:
+        with threadpool_limits(max(1, cores - 1) if background else cores, user_api="blas"):
+            yield
+    finally:
+        sys.setswitchinterval(interval)
 
 
 class Loader:
@@ -164,17 +183,8 @@ class Loader:
         if not background and processes == 1:
             yield
             return
-        from threadpoolctl import threadpool_limits
-
-        cores = _decoder.cores_of_one(processes)
-        interval = sys.getswitchinterval()
-        if background:
-            sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
-        try:
-            with threadpool_limits(max(1, cores - 1) if background else cores, user_api="blas"):
-                yield
-        finally:
-            sys.setswitchinterval(interval)
+        with leave_a_core(background, processes):
+            yield
 
     def _row_groups(self):
         """The epoch's remaining batches (index arrays), in lists of about GROUP_ROWS rows."""

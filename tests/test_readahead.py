@@ -1,0 +1,112 @@
+"""Reading a service's source ahead of training (``serve.sources.readahead``): the checkpoint's
+source state is that of the rows handed to training, the queue keeps to its bound, and the
+reader's failure reaches training."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamtrain.serve.rows import Columns
+from streamtrain.serve.sources.base import Entry, Rejected, StreamSource
+from streamtrain.serve.sources.landing import DirectorySource
+from streamtrain.serve.sources.readahead import ReadAhead
+
+FEATURES = ["a", "b"]
+
+
+def _land(path, name, rows, seed):
+    rng = np.random.default_rng(seed)
+    table = pa.table({"a": rng.standard_normal(rows), "b": rng.standard_normal(rows), "y": rng.integers(0, 2, rows)})
+    pq.write_table(table, path / f".{name}")
+    (path / f".{name}").rename(path / name)
+    time.sleep(0.01)  # (arrival order: the time of the rename)
+
+
+def _until(check, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def landing(tmp_path):
+    for i, rows in enumerate([100, 200, 300]):
+        _land(tmp_path, f"part{i}.parquet", rows, i)
+    source = DirectorySource(tmp_path, Columns(FEATURES, "y"), chunk_rows=1000)
+    source.start(None, {})
+    return source
+
+
+def test_the_state_a_checkpoint_keeps_is_that_of_the_rows_handed_to_training(landing):
+    ahead = ReadAhead(landing, max_bytes=1 << 30)
+    ahead.begin()
+    try:
+        _until(lambda: ahead.queued_rows() == 600)  # every file read ahead
+        assert landing.state()["done"] == ["part0.parquet", "part1.parquet", "part2.parquet"]
+        assert ahead.state() == {"done": []}  # nothing trained yet
+        first = ahead.poll(1.0)
+        assert [(e.position, len(e.X)) for e in first] == [({"file": None, "row": 0}, 100)]
+        assert ahead.state() == {"done": ["part0.parquet"]}
+        assert ahead.queued_rows() == 500
+        second = ahead.poll(1.0)
+        assert second[0].where.endswith("part1.parquet rows 0-200")
+        assert ahead.state() == {"done": ["part0.parquet", "part1.parquet"]}
+    finally:
+        ahead.close()
+
+
+def test_reading_stops_while_the_queue_holds_its_bound(landing):
+    ahead = ReadAhead(landing, max_bytes=1)  # one piece at a time
+    ahead.begin()
+    try:
+        _until(lambda: ahead.queued_rows() == 100)
+        time.sleep(0.3)
+        assert ahead.queued_rows() == 100 and landing.state()["done"] == ["part0.parquet"]  # not read further
+        assert len(ahead.poll(1.0)[0].X) == 100
+        _until(lambda: ahead.queued_rows() == 200)
+        time.sleep(0.3)
+        assert landing.state()["done"] == ["part0.parquet", "part1.parquet"]
+    finally:
+        ahead.close()
+
+
+class _Failing(StreamSource):
+    name = "failing"
+
+    def __init__(self):
+        self.polls, self.acked, self.rejected = 0, [], []
+
+    def poll(self, timeout):
+        self.polls += 1
+        if self.polls == 1:
+            return [Entry(1, np.zeros((2, 2), np.float32), np.zeros(2), "piece 1"),
+                    Rejected(2, "piece 2", "piece 2: no rows")]
+        raise ConnectionError("the broker went away")
+
+    def ack(self, position):
+        self.acked.append(position)
+
+    def reject(self, item):
+        self.rejected.append(item.where)
+
+
+def test_the_readers_failure_is_raised_to_training_after_the_pieces_read_before_it():
+    source = _Failing()
+    ahead = ReadAhead(source, max_bytes=1 << 20)
+    ahead.begin()
+    try:
+        items = ahead.poll(5.0)
+        assert [i.where for i in items] == ["piece 1", "piece 2"]
+        ahead.reject(items[1])
+        ahead.ack(2)
+        assert source.rejected == ["piece 2"] and source.acked == [2]
+        with pytest.raises(ConnectionError, match="the broker went away"):
+            ahead.poll(5.0)
+    finally:
+        ahead.close()
