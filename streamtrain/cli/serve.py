@@ -72,7 +72,8 @@ More examples:
 @click.option("--max-body-mb", type=FiniteFloat(0, 4096, min_open=True), default=16.0, show_default=True,
               help="Largest request body, as sent and as its Arrow rows decode (413 beyond; for brokers, the largest entry as decoded).")
 @click.option("--queue-mb", type=FiniteFloat(0, 1 << 20, min_open=True), default=64.0, show_default=True,
-              help="Rows posted to /learn that may wait for training (429 with Retry-After beyond).")
+              help="Rows that may wait for training: posted to /learn (429 with Retry-After beyond), or read "
+                   "ahead from a broker or a landing directory (reading pauses beyond).")
 @click.option("--val", type=click.Path(exists=True, path_type=Path), default=None, metavar="FILE",
               help="A held-out file (the stream's features and label) scored by the model as it learns: its loss "
                    "and accuracy are curves of the live page, in /healthz and /metrics. Read whole at each "
