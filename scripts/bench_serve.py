@@ -410,11 +410,13 @@ def report_serve(rs: list[dict]) -> list[str]:
              "batch 256, checkpoints every 10 s, the producer, the broker and the service on the same 2 cores.",
              "Rows/s counts from the first piece sent to the last row trained. /predict: one row, Arrow in,",
              "JSON out, asked in a loop while the HTTP run trained. \"Most rows waiting\" is the most rows",
-             "received and not yet trained seen by /healthz (a partial batch, rows being read); the directory's",
-             "rows arrive a file at a time. One thread reads, parses and trains in turn: profiled (py-spy) on",
-             "the Redis run, its time goes about 30% to the compiled step, 30% to redis-py reading the socket",
-             "and 20% to parsing the Arrow entries; overlapping reading with training is the next speed-up",
-             "(each HTTP request also waits for an fsync of its rows).", "",
+             "received and not yet trained seen by /healthz (a partial batch, the rows read ahead); the",
+             "directory's rows arrive a file at a time. A broker or the directory is read and parsed on a",
+             "thread of its own, ahead of training; posted rows are parsed in their requests' threads. The",
+             "threads share one GIL: profiled (py-spy), the training thread spends most of its time in the",
+             "compiled step, which runs 3-4x slower than alone while a thread parses Arrow entries beside it",
+             "(each HTTP request also waits for an fsync of its rows). benchmarks/serve-prefilled.json (from",
+             "`scripts/bench_serve.py --prefilled`) times the service alone, each source against `train`.", "",
              "| source | rows | rows/s trained | most rows waiting | peak RSS MB | /predict p50 ms | p99 ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rs:

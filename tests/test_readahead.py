@@ -76,6 +76,31 @@ def test_reading_stops_while_the_queue_holds_its_bound(landing):
         ahead.close()
 
 
+class _Refusing(StreamSource):
+    """A broker whose entries are all refused (each keeps its 1 KB payload for a dead letter)."""
+
+    name = "refusing"
+
+    def __init__(self):
+        self.n = 0
+
+    def poll(self, timeout):
+        self.n += 1
+        return [Rejected(self.n, f"entry {self.n}", "no rows", raw=(b"%d" % self.n, {b"junk": b"x" * 1024}))]
+
+
+def test_refused_pieces_and_their_payloads_count_toward_the_bound():
+    source = _Refusing()
+    ahead = ReadAhead(source, max_bytes=100_000)  # (before: refused pieces weighed nothing, read without end)
+    ahead.begin()
+    try:
+        time.sleep(0.5)
+        assert 30 <= source.n <= 100_000 // 3000 + 1  # each about 1 KB of payload and 2 KB of its own
+        assert ahead.bytes >= 100_000
+    finally:
+        ahead.close()
+
+
 class _Failing(StreamSource):
     name = "failing"
 
@@ -96,17 +121,32 @@ class _Failing(StreamSource):
         self.rejected.append(item.where)
 
 
-def test_the_readers_failure_is_raised_to_training_after_the_pieces_read_before_it():
+def test_the_readers_failure_is_raised_to_training_at_once_and_nothing_is_acknowledged_after():
     source = _Failing()
+    ahead = ReadAhead(source, max_bytes=1 << 20)
+    ahead._read()  # (the reader, run here: one poll queued, then its failure)
+    assert ahead.failure is not None and len(ahead.batches) == 1
+    with pytest.raises(ConnectionError, match="the broker went away"):  # a piece queued, not handed out
+        ahead.poll(5.0)
+    with pytest.raises(ConnectionError):  # after a lost claim, another service acknowledges
+        ahead.ack(1)
+    assert source.acked == []
+
+
+def test_acknowledgements_and_refusals_reach_the_source_from_another_thread():
+    source = _Failing()
+    source.polls = -10**9  # (never fails)
+    source.poll = lambda timeout: (time.sleep(timeout), [])[1]
     ahead = ReadAhead(source, max_bytes=1 << 20)
     ahead.begin()
     try:
-        items = ahead.poll(5.0)
-        assert [i.where for i in items] == ["piece 1", "piece 2"]
-        ahead.reject(items[1])
-        ahead.ack(2)
-        assert source.rejected == ["piece 2"] and source.acked == [2]
-        with pytest.raises(ConnectionError, match="the broker went away"):
-            ahead.poll(5.0)
+        waits = []
+        for position in range(20):
+            started = time.perf_counter()
+            ahead.ack(position)
+            waits.append(time.perf_counter() - started)
+        ahead.reject(Rejected(3, "piece 3", "no rows"))
+        assert source.acked == list(range(20)) and source.rejected == ["piece 3"]
+        assert sorted(waits)[-2] < 0.2  # the reader lets them go first (a lock taken again at once starved them)
     finally:
         ahead.close()

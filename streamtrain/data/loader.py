@@ -17,7 +17,7 @@ from .sampling import Sampler
 from .scaling import standardize
 from .sources import Stopped, choose_source, row_bytes, slot_rows, wants_process
 
-__all__ = ["Loader", "leave_a_core", "window_rows_for", "start_decoder", "check_budget", "row_bytes", "GROUP_ROWS"]
+__all__ = ["Loader", "leave_a_core", "share_cores", "window_rows_for", "start_decoder", "check_budget", "row_bytes", "GROUP_ROWS"]
 
 _DONE = object()
 
@@ -104,6 +104,15 @@ def leave_a_core(background: bool = True, processes: int = 1):
             yield
     finally:
         sys.setswitchinterval(interval)
+
+
+def share_cores(processes: int = 1) -> None:
+    """``leave_a_core``'s settings for the rest of the process's life (a command that owns its
+    process, and trains while other threads read): for the BLAS libraries loaded by now."""
+    from threadpoolctl import threadpool_limits
+
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+    threadpool_limits(max(1, _decoder.cores_of_one(processes) - 1), user_api="blas")
 
 
 class Loader:

@@ -30,7 +30,7 @@ class Metrics:
                                   value=s["rows_rejected"])
         yield CounterMetricFamily("streamtrain_updates", "Updates of the model (batches).", value=s["updates"])
         yield GaugeMetricFamily("streamtrain_queue_rows", "Rows received and not yet trained on (the partial batch, "
-                                "the shuffle buffer, the HTTP queue).", value=s["queue_rows"])
+                                "the shuffle buffer, the HTTP queue, the rows read ahead).", value=s["queue_rows"])
         lag = self.service.source.lag()
         if lag is not None:
             yield GaugeMetricFamily("streamtrain_source_lag", "Entries (files, requests, messages) the source holds "

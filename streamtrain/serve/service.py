@@ -12,7 +12,6 @@ source's write-ahead log (``log/``) and the refused input (``rejected.jsonl``).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -168,15 +167,6 @@ class Service:
         self.watch.start(self.stopping)
 
     def _train(self) -> None:
-        from ..data.loader import leave_a_core
-
-        # Rows are read and parsed meanwhile on other threads (the reading thread, or the
-        # requests'): BLAS threads busy-waiting on their core halved the step's speed (measured,
-        # Redis on 2 cores; HTTP 1.4x faster without).
-        with leave_a_core():
-            self._train_loop()
-
-    def _train_loop(self) -> None:
         learner, source = self.learner, self.source
         published = time.monotonic()
         self.ready.set()
@@ -197,12 +187,16 @@ class Service:
                 if now - published >= 0.2:
                     learner.publish()
                     published = now
-        except StreamtrainError as e:  # diverged, the claim lost, a checkpoint that cannot be written
+        except Exception as e:
+            self._failed(e)
+
+    def _failed(self, e: BaseException) -> None:
+        if isinstance(e, StreamtrainError):  # diverged, the claim lost, a checkpoint that cannot be written
             self.failure = str(e)
             _LOG.error(f"error: {e}")
-        except Exception as e:  # a broker gone, a disk full: the service says so and stops learning
+        else:  # a broker gone, a disk full: the service says so and stops learning
             self.failure = f"{type(e).__name__}: {e}"
-            _LOG.exception("error: training stopped")
+            _LOG.error("error: training stopped", exc_info=e)
 
     def _take(self, item) -> None:
         learner = self.learner
@@ -355,6 +349,9 @@ class Service:
         if self.thread is not None:
             self.thread.join(60)
         self.watch.join(60)  # (it may be scoring --val, whose file is closed below)
+        failed = getattr(self.source, "failure", None)  # the reading thread's, after training's last poll
+        if self.failure is None and failed is not None:
+            self._failed(failed)
         try:
             if self.failure is None:
                 self.checkpoint()

@@ -3,45 +3,68 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 from .base import Entry, StreamSource
 
 __all__ = ['ReadAhead']
 
+# What a piece holds beyond its arrays and its raw payload (the Entry, the arrays' headers, its
+# strings, the broker's bookkeeping of it): measured about 1 KB for an entry of one row.
+_PIECE_BYTES = 2048
+
+
+def _raw_bytes(raw, depth: int = 0) -> int:
+    """The bytes a broker's delivery (kept for a dead letter) holds: bytes, or containers of them."""
+    if isinstance(raw, (bytes, bytearray, memoryview, str)):
+        return len(raw)
+    if depth < 3 and isinstance(raw, (tuple, list)):
+        return sum(_raw_bytes(r, depth + 1) for r in raw)
+    if depth < 3 and isinstance(raw, dict):
+        return sum(_raw_bytes(k, depth + 1) + _raw_bytes(v, depth + 1) for k, v in raw.items())
+    return 0
+
 
 def _nbytes(item) -> int:
-    if not isinstance(item, Entry):
-        return 0
-    return sum(a.nbytes for a in (item.X, item.y, item.t) if a is not None)
+    """The memory a piece waiting in the queue holds, refused pieces included."""
+    size = _PIECE_BYTES + _raw_bytes(getattr(item, "raw", None))
+    if isinstance(item, Entry):
+        size += sum(a.nbytes for a in (item.X, item.y, item.t) if a is not None)
+    return size
 
 
 class ReadAhead(StreamSource):
-    """``source`` polled by a thread of its own into a queue of at most ``max_bytes`` of rows
-    (it stops reading while the queue is full: a broker's entries wait in the broker).
+    """``source`` polled by a thread of its own into a queue of at most ``max_bytes`` (the rows,
+    the raw deliveries a dead letter would need, and each piece's own cost); it stops reading
+    while the queue is full, so a broker's entries wait in the broker. One poll may pass the
+    bound (a landing directory's poll reads one chunk of a file).
 
     Each poll's pieces reach training together with the source's ``state()`` after them, and
     ``state()`` here is that of the pieces handed out last: a checkpoint, written between two
     polls of the training thread, covers exactly the rows trained, never those read ahead.
-    The source's methods run one at a time (a lock), so a source written for one thread needs
-    nothing more; ``ack`` and ``reject`` wait at most one short poll.
+    The source's methods run one at a time (a lock that the reader yields to ``ack`` and
+    ``reject``), so a source written for one thread needs nothing more. Once the reader fails
+    (a broker gone, the claim on a consumer group lost), training's next ``poll`` raises that
+    failure, whatever is queued, and nothing is acknowledged any more.
 
     Parameters
     ----------
     source : StreamSource
         Started (``start``) already; not one that takes posts (those parse in the request).
     max_bytes : int
-        The most bytes of parsed rows waiting for training (the service's ``--queue-mb``).
+        The most bytes waiting for training (the service's ``--queue-mb``).
     """
 
-    _POLL = 0.05  # the reader's wait for a broker: the longest an ack or a refusal waits for the lock
+    _POLL = 0.05  # the reader's wait for a broker: how long an ack or a refusal may wait for the lock
 
     def __init__(self, source: StreamSource, max_bytes: int):
         self.source, self.name = source, source.name
         self.max_bytes = max(int(max_bytes), 1)
         self.lock = threading.Lock()  # the source's own methods, one thread at a time
+        self.others = 0  # threads waiting for the lock besides the reader (it lets them go first)
         self.ready = threading.Condition()  # the queue below, and the reader's failure
-        self.batches: deque = deque()  # (pieces, the source's state after them, bytes)
+        self.batches: deque = deque()  # (pieces, the source's state after them, bytes, rows)
         self.bytes = self.rows = 0
         self.failure: BaseException | None = None
         self.handed = source.state()  # the state after the pieces handed to training
@@ -61,6 +84,8 @@ class ReadAhead(StreamSource):
                         self.ready.wait(0.2)
                 if self.stopping.is_set():
                     return
+                while self.others:  # (a Lock is not fair: released and taken again at once, it would starve them)
+                    time.sleep(0.001)
                 with self.lock:
                     items = self.source.poll(self._POLL)
                     state = self.source.state() if items else None
@@ -81,9 +106,9 @@ class ReadAhead(StreamSource):
         with self.ready:
             if not self.batches and self.failure is None:
                 self.ready.wait(timeout)
+            if self.failure is not None:  # at once: after a lost claim, training must not go on
+                raise self.failure
             if not self.batches:
-                if self.failure is not None:
-                    raise self.failure
                 return []
             items, state, size, rows = self.batches.popleft()
             self.bytes -= size
@@ -96,19 +121,24 @@ class ReadAhead(StreamSource):
     def state(self):
         return self.handed
 
+    def _call(self, method, *args):
+        if self.failure is not None:  # (after a lost claim another service acknowledges)
+            raise self.failure
+        self.others += 1
+        try:
+            with self.lock:
+                return method(*args)
+        finally:
+            self.others -= 1
+
     def ack(self, position):
-        with self.lock:
-            self.source.ack(position)
+        self._call(self.source.ack, position)
 
     def reject(self, item):
-        with self.lock:
-            self.source.reject(item)
+        self._call(self.source.reject, item)
 
     def lag(self):
-        behind = self.source.lag()
-        with self.ready:  # the pieces read but not trained are behind too
-            waiting = sum(len(b[0]) for b in self.batches)
-        return None if behind is None else behind + waiting
+        return self.source.lag()  # (the rows read ahead are in queued_rows)
 
     def queued_rows(self) -> int:
         return self.rows
