@@ -4,6 +4,7 @@ reader's failure reaches training."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -94,9 +95,9 @@ def test_refused_pieces_and_their_payloads_count_toward_the_bound():
     ahead = ReadAhead(source, max_bytes=100_000)  # (before: refused pieces weighed nothing, read without end)
     ahead.begin()
     try:
-        time.sleep(0.5)
-        assert 30 <= source.n <= 100_000 // 3000 + 1  # each about 1 KB of payload and 2 KB of its own
-        assert ahead.bytes >= 100_000
+        _until(lambda: ahead.bytes >= 100_000)
+        time.sleep(0.3)
+        assert source.n <= 100_000 // 3000 + 1  # each about 1 KB of payload and 2 KB of its own
     finally:
         ahead.close()
 
@@ -147,6 +148,7 @@ def test_acknowledgements_and_refusals_reach_the_source_from_another_thread():
             waits.append(time.perf_counter() - started)
         ahead.reject(Rejected(3, "piece 3", "no rows"))
         assert source.acked == list(range(20)) and source.rejected == ["piece 3"]
-        assert sorted(waits)[-2] < 0.2  # the reader lets them go first (a lock taken again at once starved them)
+        # the reader lets them go first (a lock taken again at once starved them: 90 ms at the median)
+        assert statistics.median(waits) < 0.03
     finally:
         ahead.close()
