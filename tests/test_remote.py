@@ -312,3 +312,27 @@ def test_inspect_describes_a_run_in_object_storage_and_data_there_as_data(s3, tm
     assert info["params_sha256"] == json.loads(_cli("inspect", tmp_path / "one", "--json").stdout)["params_sha256"]
     data = _cli("inspect", "s3://bucket/digits.parquet", "--json")
     assert data.returncode == 0 and "checkpoint" not in json.loads(data.stdout), data.stderr
+
+
+def test_a_checkpoint_saved_again_at_its_step_and_cut_short_before_its_manifest_is_resumed(s3, tmp_path):
+    """With --keep 1 the newest checkpoint is the only one: saved again at the same step (its
+    metadata changed, so its size), and killed before the new manifest, it must still count."""
+    import s3fs
+
+    from streamtrain.io.checkpoint import load_checkpoint, save_checkpoint
+    from streamtrain.train.schema import TRAINER
+
+    data = DATA / "breast_cancer.h5"
+    url, key = "s3://bucket/runs/again", "bucket/runs/again/ckpt-000000000036.npz"
+    assert _cli("train", data, *_RUN, "--epochs", "2", "--keep", "1", "--checkpoint-dir", url).returncode == 0
+    fs = s3fs.S3FileSystem()
+    fs.get_file(key, str(tmp_path / "c.npz"))
+    arrays, meta = load_checkpoint(tmp_path / "c.npz", TRAINER)
+    meta["config"]["epochs"] = 1000  # the same step, more metadata: another size
+    save_checkpoint(tmp_path / "again.npz", arrays, meta)
+    assert (tmp_path / "again.npz").stat().st_size != fs.size(key)
+    fs.put_file(str(tmp_path / "again.npz"), key)  # the manifest still names the old size
+    r = _cli("train", data, *_RUN[:-1], "--epochs", "3", "--keep", "1", "--checkpoint-dir", url, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from s3://bucket/runs/again/ckpt-000000000036.npz" in r.stderr and ".invalid" not in r.stderr
+    assert _objects("bucket/runs/again") == ["ckpt-000000000054.npz", "manifest-000000000054.json", "metrics.jsonl"]

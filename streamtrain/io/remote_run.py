@@ -5,8 +5,7 @@ The run is written as in a local directory, into a staging directory of this pro
 at the end), and each checkpoint is then uploaded: first the checkpoint object, then
 ``metrics.jsonl``, and last a small manifest naming the checkpoint and its size
 (``manifest-<step>.json``). A checkpoint counts only once its manifest exists and the object it
-names has that size, so a process killed during an upload leaves the previous checkpoint the
-newest. Resuming reads the newest complete manifest's checkpoint (one that fails to load is set
+names too, so a process killed during an upload leaves the previous checkpoint the newest. Resuming reads the newest complete manifest's checkpoint (one that fails to load is set
 aside, its manifest renamed ``.invalid``, as in a directory); keeping ``keep`` deletes a manifest
 before its checkpoint, and checkpoints no manifest names (an upload cut short).
 
