@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -90,7 +91,10 @@ def _fail(message: str, code: int, debug: bool, everywhere: bool = False) -> Non
         _echo_err(" ".join(message.split()) if "\n" in message else message)
     if comm.size > 1 and code in (130, 143):
         # Every rank stops at the same step; one that left first would have the launcher end the
-        # job before rank 0's line reached it (seen under load: the interrupt's line lost).
+        # job before rank 0's line reached it (seen under load: the interrupt's line lost). A
+        # second signal meanwhile would break out of the wait with a traceback: it waits too.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         comm.said_failure()
     elif comm.size > 1:
         if everyone is not None:

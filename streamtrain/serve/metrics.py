@@ -34,7 +34,8 @@ class Metrics:
         lag = self.service.source.lag()
         if lag is not None:
             yield GaugeMetricFamily("streamtrain_source_lag", "Entries (files, requests, messages) the source holds "
-                                    "beyond the position trained (Redis 6: counted up to 100).", value=lag)
+                                    "beyond the position read (those read ahead, not yet trained, are in "
+                                    "streamtrain_queue_rows; Redis 6: counted up to 100).", value=lag)
         for key in ("loss", "accuracy"):
             value = s["prequential"][key]
             if value is not None:

@@ -56,7 +56,7 @@ def json_body(body: bytes | str, where: str) -> Any:
     if _fast_json is not None:
         try:
             return _fast_json.decode(body)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError, MemoryError):
             # msgspec refuses a few documents the standard library reads (lone surrogates, numbers
             # beyond float64's range, a byte-order mark): read or refused below, with their messages.
             pass

@@ -349,12 +349,18 @@ class Service:
         if self.thread is not None:
             self.thread.join(60)
         self.watch.join(60)  # (it may be scoring --val, whose file is closed below)
-        failed = getattr(self.source, "failure", None)  # the reading thread's, after training's last poll
-        if self.failure is None and failed is not None:
-            self._failed(failed)
+        if isinstance(self.source, ReadAhead):  # its failure, if any, final: before the last checkpoint's ack
+            self.source.halt()
+            if self.failure is None and self.source.failure is not None:
+                self._failed(self.source.failure)
         try:
             if self.failure is None:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except StreamtrainError:
+                    raise
+                except Exception as e:  # a broker gone as the last checkpoint is acknowledged: one line
+                    self._failed(e)
         finally:
             self.source.close()
             if self.validation is not None:

@@ -63,6 +63,7 @@ class ReadAhead(StreamSource):
         self.max_bytes = max(int(max_bytes), 1)
         self.lock = threading.Lock()  # the source's own methods, one thread at a time
         self.others = 0  # threads waiting for the lock besides the reader (it lets them go first)
+        self._counting = threading.Lock()  # (for ``others``)
         self.ready = threading.Condition()  # the queue below, and the reader's failure
         self.batches: deque = deque()  # (pieces, the source's state after them, bytes, rows)
         self.bytes = self.rows = 0
@@ -77,30 +78,32 @@ class ReadAhead(StreamSource):
         self.thread.start()
 
     def _read(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                with self.ready:
-                    while self.bytes >= self.max_bytes and not self.stopping.is_set():
-                        self.ready.wait(0.2)
-                if self.stopping.is_set():
-                    return
-                while self.others:  # (a Lock is not fair: released and taken again at once, it would starve them)
-                    time.sleep(0.001)
-                with self.lock:
+        while not self.stopping.is_set():
+            with self.ready:
+                while self.bytes >= self.max_bytes and not self.stopping.is_set():
+                    self.ready.wait(0.2)
+            # (a Lock is not fair: released and taken again at once, it would starve them)
+            while self.others and not self.stopping.is_set():
+                time.sleep(0.001)
+            if self.stopping.is_set():
+                return
+            with self.lock:
+                try:
                     items = self.source.poll(self._POLL)
                     state = self.source.state() if items else None
-                if items:
-                    size = sum(map(_nbytes, items))
-                    rows = sum(len(i.X) for i in items if isinstance(i, Entry))
-                    with self.ready:
-                        self.batches.append((items, state, size, rows))
-                        self.bytes += size
-                        self.rows += rows
+                except BaseException as e:  # a broker gone, the claim lost: training raises it on its next poll
+                    with self.ready:  # (set before the lock is let go: no ack slips in after it)
+                        self.failure = e
                         self.ready.notify_all()
-        except BaseException as e:  # a broker gone, the claim lost: training raises it on its next poll
-            with self.ready:
-                self.failure = e
-                self.ready.notify_all()
+                    return
+            if items:
+                size = sum(map(_nbytes, items))
+                rows = sum(len(i.X) for i in items if isinstance(i, Entry))
+                with self.ready:
+                    self.batches.append((items, state, size, rows))
+                    self.bytes += size
+                    self.rows += rows
+                    self.ready.notify_all()
 
     def poll(self, timeout):
         with self.ready:
@@ -122,14 +125,16 @@ class ReadAhead(StreamSource):
         return self.handed
 
     def _call(self, method, *args):
-        if self.failure is not None:  # (after a lost claim another service acknowledges)
-            raise self.failure
-        self.others += 1
+        with self._counting:
+            self.others += 1
         try:
             with self.lock:
+                if self.failure is not None:  # (after a lost claim another service acknowledges)
+                    raise self.failure
                 return method(*args)
         finally:
-            self.others -= 1
+            with self._counting:
+                self.others -= 1
 
     def ack(self, position):
         self._call(self.source.ack, position)
@@ -143,11 +148,15 @@ class ReadAhead(StreamSource):
     def queued_rows(self) -> int:
         return self.rows
 
-    def close(self):
+    def halt(self) -> None:
+        """Stop reading (what is queued stays; ``failure`` is final after this)."""
         self.stopping.set()
         with self.ready:
             self.ready.notify_all()
         if self.thread is not None:
             self.thread.join(30)
+
+    def close(self):
+        self.halt()
         with self.lock:
             self.source.close()
