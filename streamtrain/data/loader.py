@@ -17,7 +17,7 @@ from .sampling import Sampler
 from .scaling import standardize
 from .sources import Stopped, choose_source, row_bytes, slot_rows, wants_process
 
-__all__ = ["Loader", "leave_a_core", "share_cores", "window_rows_for", "start_decoder", "check_budget", "row_bytes", "GROUP_ROWS"]
+__all__ = ["Loader", "share_cores", "window_rows_for", "start_decoder", "check_budget", "row_bytes", "GROUP_ROWS"]
 
 _DONE = object()
 
@@ -87,28 +87,9 @@ def _scaled(X: np.ndarray, scale, owned: bool) -> np.ndarray:
     return X if scale is None else standardize(X, *scale, in_place=owned and X.flags.writeable)
 
 
-@contextlib.contextmanager
-def leave_a_core(background: bool = True, processes: int = 1):
-    """Numerical work run in here leaves a core to a thread reading meanwhile (``background``)
-    and keeps to this process's share of the cores (``processes`` on the machine): BLAS is
-    limited to the other cores and the GIL switch interval shortened (see
-    ``Loader.sharing_cores``); both are restored after. They are the process's, not the thread's."""
-    from threadpoolctl import threadpool_limits
-
-    cores = _decoder.cores_of_one(processes)
-    interval = sys.getswitchinterval()
-    if background:
-        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
-    try:
-        with threadpool_limits(max(1, cores - 1) if background else cores, user_api="blas"):
-            yield
-    finally:
-        sys.setswitchinterval(interval)
-
-
 def share_cores(processes: int = 1) -> None:
-    """``leave_a_core``'s settings for the rest of the process's life (a command that owns its
-    process, and trains while other threads read): for the BLAS libraries loaded by now."""
+    """``Loader.sharing_cores``'s settings while other threads read, for the rest of the process's
+    life (a command that owns its process): for the BLAS libraries loaded by now."""
     from threadpoolctl import threadpool_limits
 
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
@@ -192,8 +173,17 @@ class Loader:
         if not background and processes == 1:
             yield
             return
-        with leave_a_core(background, processes):
-            yield
+        from threadpoolctl import threadpool_limits
+
+        cores = _decoder.cores_of_one(processes)
+        interval = sys.getswitchinterval()
+        if background:
+            sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+        try:
+            with threadpool_limits(max(1, cores - 1) if background else cores, user_api="blas"):
+                yield
+        finally:
+            sys.setswitchinterval(interval)
 
     def _row_groups(self):
         """The epoch's remaining batches (index arrays), in lists of about GROUP_ROWS rows."""
