@@ -519,6 +519,47 @@ def test_directory_forgets_done_files_that_left_and_reads_a_new_one_under_their_
     source.close()
 
 
+def test_directory_reads_a_table_s_own_values_for_a_model_trained_on_them(tmp_path):
+    # a service --init-from a run trained on strings, categories and missing values: landing files of
+    # that table's own kind are encoded as training's were (before: refused, their encoded inputs
+    # compared with the raw columns' names)
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from streamtrain import Trainer
+    from streamtrain.serve.raw_rows import RawColumns
+    from streamtrain.serve.sources import DirectorySource
+
+    rng = np.random.default_rng(6)
+    n = 400
+    df = pd.DataFrame({"x": rng.normal(size=n), "color": rng.choice(["red", "green", "blue"], n),
+                       "size": pd.Categorical(rng.choice(["S", "M", "L"], n))})
+    df.loc[::7, "x"] = np.nan
+    df["status"] = np.where(df.color == "red", "late", "on time")
+    df.to_parquet(tmp_path / "t.parquet")
+    run = tmp_path / "run"
+    trained = subprocess.run([str(BIN), "train", str(tmp_path / "t.parquet"), "--label", "status", "--hidden", "4",
+                              "--epochs", "1", "--checkpoint-dir", str(run), "--quiet"], capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    model = Trainer.load(run).model
+    encoding = model.encoding
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    new = df.iloc[:50].copy()
+    new.loc[0, "color"] = "purple"  # a category training never saw: its column's <other> input
+    new.to_parquet(landing / ".a.parquet")
+    os.rename(landing / ".a.parquet", landing / "a.parquet")
+    source = DirectorySource(landing, RawColumns(encoding, "status"))
+    source.start(None, {})
+    got = source.poll(0.01)
+    source.close()
+    assert [type(e).__name__ for e in got] == ["Entry"], got
+    table = pq.read_table(landing / "a.parquet")
+    np.testing.assert_array_equal(got[0].X, encoding.transform(table, np.float32, "a.parquet"))
+    # (the label as the encoded table gives it: the targets training made of it)
+    assert model.targets(got[0].y).tolist() == model.targets(new["status"].to_numpy()).tolist()
+
+
 def test_directory_trains_each_file_once_and_records_bad_ones(served, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()

@@ -74,12 +74,18 @@ class DirectorySource(StreamSource):
         from ...readers import open_dataset
 
         cols = self.columns
-        ds = open_dataset(self.path / name, cols.features, cols.label)
-        if cols.features is None:
+        encoding = getattr(cols, "encoding", None)  # a model trained on an encoded table: its encoding, applied
+        if encoding is not None:
+            ds = open_dataset(self.path / name, label=cols.label, dtype=cols.dtype, encoding=encoding.state_dict())
+            expected = list(encoding.feature_names)
+        else:
+            ds = open_dataset(self.path / name, cols.features, cols.label)
+            expected = cols.features
+        if expected is None:
             cols.features = list(ds.feature_names)
-        elif list(ds.feature_names) != cols.features:
+        elif list(ds.feature_names) != expected:
             ds.close()
-            raise DataError(f"{self.path / name}: features {list(ds.feature_names)}, the stream's are {cols.features}")
+            raise DataError(f"{self.path / name}: features {list(ds.feature_names)}, the stream's are {expected}")
         return ds
 
     def poll(self, timeout):
