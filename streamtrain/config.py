@@ -190,8 +190,9 @@ class TrainConfig:
     dense_updates: bool = _f(False, "With columns entering as codes: update every row of the first layer's weights at "
                                     "every step (momentum and Adam advance every row's state, and --l1/--l2 penalise "
                                     "every row, as a dense model does), not only the rows the batch touched (the "
-                                    "default: the same for plain SGD, which with a penalty updates every row; lazy "
-                                    "momentum and Adam, a penalty on the touched rows).")
+                                    "default: for plain SGD the same result, its --l2 decay of untouched rows applied "
+                                    "lazily, and with --l1 every row updated; lazy momentum and Adam, a penalty on "
+                                    "the touched rows).")
     peer_timeout: float = _f(120.0, "Under MPI: when a training step has waited this many seconds for another "
                                     "process (a lost machine or network link: nothing closes), end the job, naming the "
                                     "processes and hosts that did not answer (0: wait as long as the MPI library does).")

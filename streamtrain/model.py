@@ -406,6 +406,8 @@ def check_memory(rows: int, config, where: str) -> None:
     free = available_memory()
     shapes = {"W1": (rows, config.hidden)}
     state = OPTIMIZERS[config.optimizer].state(shapes, config.dtype) if config.optimizer in OPTIMIZERS else {}
+    if config.optimizer == "sgd" and not (config.l2 and not config.l1 and not config.dense_updates):
+        state = {}  # (plain SGD keeps a raw table only for its lazy L2 decay)
     copies = 3 + sum(1 for k in state if k.endswith("W1"))  # weights, best, checkpoint; + state
     need = rows * config.hidden * np.dtype(config.dtype).itemsize * copies
     if free is not None and need > free:

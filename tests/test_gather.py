@@ -197,14 +197,15 @@ def test_lazy_updates_leave_untouched_rows_and_their_state_alone(name):
         assert not np.array_equal(lazy[:2], dense[:2])
 
 
-@pytest.mark.parametrize("optimizer,lazy", [("sgd", False), ("adam", True), ("momentum", True)])
-def test_a_penalty_keeps_plain_sgd_dense_and_the_others_lazy(tmp_path, optimizer, lazy):
-    # (plain SGD with a penalty is exact: every row decays at every step; momentum and Adam
-    # penalise the rows a step touched, as their state advances there alone)
+@pytest.mark.parametrize("optimizer,l1,lazy", [("sgd", 0.0, True), ("sgd", 1e-4, False), ("adam", 1e-4, True),
+                                               ("momentum", 0.0, True)])
+def test_a_penalty_keeps_only_plain_sgd_with_l1_dense(tmp_path, optimizer, l1, lazy):
+    # (plain SGD with L1 updates every row at every step; its L2 decays untouched rows lazily;
+    # momentum and Adam penalise the rows a step touched, as their state advances there alone)
     from streamtrain import Trainer
 
     flights(600).to_parquet(tmp_path / "f.parquet")
-    t = Trainer(hidden=4, epochs=1, one_hot_max=0, l2=1e-3, optimizer=optimizer)
+    t = Trainer(hidden=4, epochs=1, one_hot_max=0, l2=1e-3, l1=l1, optimizer=optimizer)
     t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
     assert t.stepper.sparse == lazy and (t.stepper.penalty is not None) == lazy
     X = np.zeros((2, t.net.n_in), t.net.dtype)
@@ -299,7 +300,8 @@ def test_the_compiled_online_loop_over_codes_equals_the_numpy_step(options, tmp_
         np.testing.assert_allclose(params[0][k], params[1][k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
-def test_a_diverged_online_block_over_codes_leaves_the_last_good_weights():
+@pytest.mark.parametrize("l2", [0.0, 1e-9])
+def test_a_diverged_online_block_over_codes_leaves_the_last_good_weights(l2):
     from streamtrain.config import TrainConfig
     from streamtrain.model import Model
     from streamtrain.nn.optim import SGD
@@ -309,10 +311,19 @@ def test_a_diverged_online_block_over_codes_leaves_the_last_good_weights():
     net = TwoLayerNet(2, 4, 1, seed=1, dtype="float64", task="regression", layout=layout)
     model = Model(net, None, None, [], None, None)
     model.labels = type("L", (), {"task": "regression"})()
-    step = PerSampleSGD(TrainConfig(hidden=4, batch_size=1, optimizer="sgd", lr=1e6, dtype="float64"), model, SGD(1e6))
+    step = PerSampleSGD(TrainConfig(hidden=4, batch_size=1, optimizer="sgd", lr=1e6, l2=l2, dtype="float64"), model,
+                        SGD(1e6))
+    assert (step.decay is not None) == bool(l2)
+    if l2:  # a good block first: rows fall behind (stamps), which the diverged block must give back too
+        step.update(np.array([[0.0, 5]]), np.array([0.0]))
+        assert (step.decay.stamp != step.decay.scale).sum() == 39
     X = np.array([[1e200, 3], [1e200, 7], [2.0, 3]])
     before = {k: v.copy() for k, v in net.params.items()}
+    stamps = None if step.decay is None else (step.decay.stamp.copy(), step.decay.scale)
     out = step.update(X, np.array([1e200, -1e200, 0.0]))
     assert np.isnan(out.loss_sum)
     for k in before:
         np.testing.assert_array_equal(net.params[k], before[k], err_msg=k)
+    if stamps is not None:
+        np.testing.assert_array_equal(step.decay.stamp, stamps[0])
+        assert step.decay.scale == stamps[1]

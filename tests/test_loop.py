@@ -275,34 +275,40 @@ def test_lazy_adam_with_a_penalty_equals_a_hand_written_reference(l1, l2, monkey
     assert len(never) and np.array_equal(net.params["W1"][never], _table_step(GradientStep, cfg)[0].params["W1"][never])
 
 
+@pytest.mark.parametrize("optimizer,l1", [("momentum", 0.003), ("sgd", 0.0)])
 @pytest.mark.parametrize("how", ["gather", "allreduce"])
-def test_lazy_penalties_through_a_reduction_equal_the_one_process_step(how):
+def test_lazy_penalties_through_a_reduction_equal_the_one_process_step(how, optimizer, l1):
     from streamtrain.train.update import GradientStep, ReducedStep
 
-    cfg = TrainConfig(hidden=6, optimizer="momentum", dtype="float64", lr=0.05, l1=0.003, l2=0.02,
-                      sparse_reduce=how)
+    cfg = TrainConfig(hidden=6, optimizer=optimizer, dtype="float64", lr=0.05, l1=l1, l2=0.02, sparse_reduce=how)
     X, y = _table_rows()
     (a, one), (b, two) = _table_step(GradientStep, cfg), _table_step(ReducedStep, cfg, TwoIdenticalRanks())
-    assert one.sparse and two.sparse
+    assert one.sparse and two.sparse and (one.decay is not None) == (optimizer == "sgd")
     la = [one.update(X[i:i + 16], y[i:i + 16], step=i // 16).loss for i in range(0, 64, 16)]
     lb = [two.update(X[i:i + 16], y[i:i + 16], step=i // 16).loss for i in range(0, 64, 16)]
     np.testing.assert_allclose(la, lb, rtol=1e-12)
+    one.settle()
+    two.settle()
     for k in a.params:
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
 
-def test_plain_sgd_with_a_penalty_keeps_every_row_decaying():
-    # (exact SGD: a penalty moves every row at every step, so the table is updated whole)
+def test_plain_sgd_with_l2_decays_every_row_lazily_and_with_l1_updates_every_row():
     from streamtrain.train.update import GradientStep
 
-    cfg = TrainConfig(hidden=6, optimizer="sgd", dtype="float64", lr=0.05, l2=0.02)
-    net, step = _table_step(GradientStep, cfg)
-    assert not step.sparse and step.penalty is None
-    before = net.params["W1"].copy()
     X, y = _table_rows(16)
-    step.update(X, y)
     never = np.setdiff1d(np.arange(81), np.r_[0, X[:, 1] + 1, X[:, 2] + 51].astype(int))
-    np.testing.assert_allclose(net.params["W1"][never], before[never] * (1 - 0.05 * 0.02), rtol=1e-12)
+    for l1, lazy in ((0.0, True), (0.01, False)):
+        cfg = TrainConfig(hidden=6, optimizer="sgd", dtype="float64", lr=0.05, l1=l1, l2=0.02)
+        net, step = _table_step(GradientStep, cfg)
+        assert step.sparse == lazy and (step.decay is not None) == lazy
+        before = net.params["W1"].copy()
+        step.update(X, y)
+        if lazy:  # left as they were, until read whole
+            np.testing.assert_array_equal(net.params["W1"][never], before[never])
+            step.settle()
+        want = before[never] * (1 - 0.05 * 0.02) - 0.05 * l1 * np.sign(before[never])
+        np.testing.assert_allclose(net.params["W1"][never], want, rtol=1e-12)
 
 
 # -- a knob is added once --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from .functions import ACTIVATIONS, TASKS
 from .kernels import (ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, available, each_activation, each_task, targets_2d,
                       task_id)
 
-__all__ = ["available", "sgd_online", "sgd_online_codes", "targets_2d"]
+__all__ = ["available", "sgd_online", "sgd_online_codes", "sgd_online_codes_decay", "targets_2d"]
 
 _exp_neg_f32 = None  # the shared exponential's name in the generated module, where _sigmoid_f32 calls it
 
@@ -35,7 +35,10 @@ def _parts() -> list:
             ("_activate", _activate, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
             ("_score_and_back", _score_and_back, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
             ("_loop", _loop, dict(cache=True, fastmath=True, nogil=True)),
-            ("_loop_codes", _loop_codes, dict(cache=True, fastmath=True, nogil=True, error_model="numpy"))]
+            ("_loop_codes", _loop_codes, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
+            ("_row_squares", _row_squares, dict(cache=True, nogil=True)),
+            ("_loop_codes_decay", _loop_codes_decay, dict(cache=True, fastmath=True, nogil=True,
+                                                          error_model="numpy"))]
 
 
 # The compiled loop. numba is imported (by the generated module) on first use: it costs 0.1 s of
@@ -205,6 +208,103 @@ def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pr
     return loss_sum, correct
 
 
+def _row_squares(W1, r):  # pragma: no cover - compiled
+    q = 0.0
+    for j in range(W1.shape[1]):
+        w = np.float64(W1[r, j])
+        q += w * w
+    return q
+
+
+def _loop_codes_decay(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp, ST, SC, l2,
+                      floor):  # pragma: no cover - compiled
+    # ``_loop_codes`` with plain SGD's L2 penalty, its decay of the rows a sample does not select
+    # lazy (``decay.LazyDecay``): ST holds each row's stamp, SC (scale, the table's squares over
+    # the scale's square): a row is caught up (times scale / stamp) before the sample reads it,
+    # penalised once in its step, then stamped with the new scale. The loss adds the penalty of
+    # the weights it was computed with. Returns after the sample whose scale falls below
+    # ``floor`` (the caller brings the table up to date, then goes on): (loss, right, samples done).
+    n, d = XD.shape
+    c = P.shape[1]
+    h, o = W1.shape[1], W2.shape[1]
+    a, da, z, E, sigmoid, tanh = _scratch(W1, W2, act)
+    loss_sum = 0.0
+    correct = 0
+    for i in range(n):
+        w_i, lr = R[i], LR[i]
+        scale, sq = SC[0], SC[1]
+        w2sq = 0.0
+        for j in range(h):
+            for m in range(o):
+                w2 = np.float64(W2[j, m])
+                w2sq += w2 * w2
+        pen = 0.5 * np.float64(l2) * (scale * scale * sq + w2sq)
+        for q in range(d + c):  # catch up each row the sample selects; its squares leave the sum (-1: once)
+            r = DR[q] if q < d else P[i, q - d]
+            s = ST[r]
+            if s > 0.0:
+                if s != scale:
+                    f = scale / s
+                    for j in range(h):
+                        W1[r, j] = W1[r, j] * f
+                sq -= _row_squares(W1, r) / (scale * scale)
+                ST[r] = -1.0
+        for j in range(h):
+            a[j] = b1[j]
+        for k in range(d):
+            xk = XD[i, k]
+            r = DR[k]
+            for j in range(h):
+                a[j] += xk * W1[r, j]
+        for q in range(c):
+            r = P[i, q]
+            for j in range(h):
+                a[j] += W1[r, j]
+        _activate(a, E, act, fast_exp and sigmoid, tanh)
+        loss, right = _score_and_back(a, z, da, W2, b2, T[i], w_i, act, task)
+        loss_sum += loss + pen
+        correct += right
+        for j in range(h):
+            for m in range(o):
+                w = W2[j, m]
+                W2[j, m] = w - lr * (a[j] * z[m] + l2 * w)
+        for m in range(o):
+            b2[m] -= lr * z[m]
+        for k in range(d):  # each row's penalty once (-2: taken): a row two columns select takes both steps
+            xk = XD[i, k]
+            r = DR[k]
+            if ST[r] == -1.0:
+                ST[r] = -2.0
+                for j in range(h):
+                    w = W1[r, j]
+                    W1[r, j] = w - lr * (xk * da[j] + l2 * w)
+            else:
+                for j in range(h):
+                    W1[r, j] -= lr * (xk * da[j])
+        for q in range(c):
+            r = P[i, q]
+            if ST[r] == -1.0:
+                ST[r] = -2.0
+                for j in range(h):
+                    w = W1[r, j]
+                    W1[r, j] = w - lr * (da[j] + l2 * w)
+            else:
+                for j in range(h):
+                    W1[r, j] -= lr * da[j]
+        for j in range(h):
+            b1[j] -= lr * da[j]
+        new = scale * (1.0 - np.float64(lr) * np.float64(l2))
+        for q in range(d + c):  # the rows' squares back in the sum, in the new scale's units
+            r = DR[q] if q < d else P[i, q - d]
+            if ST[r] < 0.0:
+                sq += _row_squares(W1, r) / (new * new)
+                ST[r] = new
+        SC[0], SC[1] = new, sq
+        if new < floor:
+            return loss_sum, correct, i + 1
+    return loss_sum, correct, n
+
+
 def sgd_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np.ndarray, lr, activation: str,
                      task: str, weights: np.ndarray | None = None, picked: np.ndarray | None = None
                      ) -> tuple[float, int]:
@@ -222,6 +322,24 @@ def sgd_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np
                                              np.ascontiguousarray(picked), targets_2d(T, X.dtype), R, rates, act,
                                              task_id(task), X.dtype == np.float32)
     return float(loss_sum), int(correct)
+
+
+def sgd_online_codes_decay(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np.ndarray, lr, activation: str,
+                           task: str, weights: np.ndarray | None, picked: np.ndarray, l2: float, stamp: np.ndarray,
+                           state: np.ndarray, floor: float) -> tuple[float, int, int]:
+    """``sgd_online_codes`` with an L2 penalty whose decay of the rows a sample does not select is
+    lazy (``decay.LazyDecay``'s ``stamp``; ``state``: float64 [scale, the table's squares over the
+    scale's square], updated in place). Stops after the sample whose scale falls below ``floor``:
+    ``(summed loss with the penalty, rows right, samples done)``."""
+    n = len(X)
+    rates = np.full(n, lr, X.dtype) if np.ndim(lr) == 0 else np.ascontiguousarray(lr, dtype=X.dtype)
+    R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
+    compiled, act = _generated.get(activation)
+    loss_sum, correct, done = compiled._loop_codes_decay(
+        params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X[:, layout.dense_cols]),
+        layout.dense_rows, np.ascontiguousarray(picked), targets_2d(T, X.dtype), R, rates, act, task_id(task),
+        X.dtype == np.float32, stamp, state, X.dtype.type(l2), float(floor))
+    return float(loss_sum), int(correct), int(done)
 
 
 def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, l1: float, l2: float,

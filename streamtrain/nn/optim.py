@@ -12,16 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from .decay import LazyDecay, check_decay_state, decay_state
 from .network import RowGrad
 
 __all__ = ["SGD", "Momentum", "Adam", "OPTIMIZERS", "Hyper", "OptimizerSpec", "make_optimizer", "HYPERPARAMETERS"]
 
 
 class SGD:
-    """Plain gradient descent: ``p -= lr * g``."""
+    """Plain gradient descent: ``p -= lr * g``; ``decay``: the lazy L2 decay of a table of codes'
+    rows (``decay.LazyDecay``, set by the update strategy that needs it), whose state it keeps."""
 
     def __init__(self, lr: float = 0.1):
         self.lr = float(lr)
+        self.decay: LazyDecay | None = None
+        self.loaded_decay: dict[str, np.ndarray] = {}  # a checkpoint's, until a strategy takes it up
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         for k, g in grads.items():
@@ -31,10 +35,23 @@ class SGD:
                 params[k] -= self.lr * g
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {}
+        return {} if self.decay is None else self.decay.state()
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        pass
+        self.loaded_decay = {k: state[k] for k in ("raw.W1", "stamp", "scale") if k in state}
+
+    def lazy_decay(self, params: dict[str, np.ndarray]) -> LazyDecay:
+        """The lazy decay of ``params["W1"]``: the checkpoint's (its raw table put back in
+        ``params``), else a fresh one's."""
+        if self.decay is None or self.decay.params is not params:
+            saved = self.loaded_decay
+            if saved and saved["raw.W1"].shape == params["W1"].shape:
+                params["W1"][...] = saved["raw.W1"]
+                self.decay = LazyDecay(params, saved["stamp"], float(saved["scale"]))
+            else:
+                self.decay = LazyDecay(params)
+            self.loaded_decay = {}
+        return self.decay
 
 
 class Momentum(SGD):
@@ -233,7 +250,8 @@ def _check_moments(state: dict) -> str | None:
 _MOMENTUM = Hyper(0.9, 0.0, 1.0, "Momentum (momentum and nesterov optimisers).", high_open=True)
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(SGD, 0.1),
+    # (plain SGD keeps a state only for a table of codes under an L2 penalty: its lazy decay)
+    "sgd": OptimizerSpec(SGD, 0.1, {}, decay_state, check_decay_state),
     "momentum": OptimizerSpec(Momentum, 0.1, {"momentum": _MOMENTUM}, _velocity),
     "nesterov": OptimizerSpec(lambda **kw: Momentum(nesterov=True, **kw), 0.1, {"momentum": _MOMENTUM}, _velocity),
     # 0.003, not Keras's and scikit-learn's 0.001: with the default cosine decay it trained the

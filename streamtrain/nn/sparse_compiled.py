@@ -1,14 +1,15 @@
 """Compiled pieces of the gathered first layer's step (inputs that are codes): the sum of the
-hidden layer's gradient per selected row, and lazy Adam over the rows a step touched. numpy's
-forms (``network.sum_rows``' reduceat, ``optim.Adam``'s fancy indexing) took most of a step on a
-click log; the arithmetic here is theirs, in the same order."""
+hidden layer's gradient per selected row, lazy Adam over the rows a step touched, and plain SGD's
+lazy decay (catching rows up; the penalty's sums over rows). numpy's forms (``network.sum_rows``'
+reduceat, ``optim.Adam``'s fancy indexing, ``decay.LazyDecay``'s) took most of a step on a click
+log; the arithmetic here is theirs, in the same order."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-__all__ = ["row_sums", "adam_rows"]
+__all__ = ["row_sums", "adam_rows", "catch_up_rows", "row_square_sums"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -61,3 +62,34 @@ def adam_rows(p: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray, g: 
     ``step``: the learning rate over the first moment's bias correction, ``c2`` the second's."""
     s = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, step, c2, eps], dtype=p.dtype)
     _adam_rows(p, m, v, rows, np.ascontiguousarray(g, p.dtype), s)
+
+
+@numba.njit(cache=True, nogil=True)
+def catch_up_rows(W, stamp, rows, scale):  # pragma: no cover - compiled
+    """Multiply each of ``rows`` of ``W`` by ``scale / stamp[row]`` (in float64, rounded once to
+    ``W``'s type, as ``LazyDecay.catch_up``) where that is not 1, and stamp it ``scale``."""
+    for i in range(rows.size):
+        r = rows[i]
+        s = stamp[r]
+        if s != scale:
+            m = scale / s
+            for j in range(W.shape[1]):
+                W[r, j] = W[r, j] * m
+            stamp[r] = scale
+
+
+@numba.njit(cache=True, nogil=True)
+def row_square_sums(W, rows, stamp):  # pragma: no cover - compiled
+    """``(sum over rows of (sum of the row's squares) / stamp[row]**2, sum of absolute values)``
+    in float64, over ``rows`` of ``W``."""
+    sq = 0.0
+    ab = 0.0
+    for i in range(rows.size):
+        r = rows[i]
+        q = 0.0
+        for j in range(W.shape[1]):
+            w = np.float64(W[r, j])
+            q += w * w
+            ab += abs(w)
+        sq += q / (stamp[r] * stamp[r])
+    return sq, ab

@@ -207,7 +207,9 @@ class StreamLearner:
     def _frozen_model(self) -> Model:
         m = copy.copy(self.model)
         m.net = copy.copy(self.model.net)
-        m.net.params = {k: v.copy() for k, v in self.model.net.params.items()}
+        decay = getattr(self.optimizer, "decay", None)  # plain SGD's lazy decay: the table brought up to date
+        m.net.params = {k: decay.materialised() if k == "W1" and decay is not None else v.copy()
+                        for k, v in self.model.net.params.items()}
         m.scaler = copy.deepcopy(self.model.scaler)
         return m
 

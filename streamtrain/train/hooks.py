@@ -130,6 +130,7 @@ class EarlyStopping(Hook):
     def on_train_end(self, trainer):
         state = trainer.state
         if self._waited_enough(trainer) and state.best_params is not None and state.restored_best is None:
+            trainer.stepper.settle()  # (the weights put back are up to date)
             for k, v in trainer.net.params.items():
                 v[...] = state.best_params[k]
             state.restored_best = state.early["best_epoch"]

@@ -62,6 +62,7 @@ class Loop:
         """Close the epoch the sampler is in: its record (hooks add to it) in the trainer's history
         and state, the next epoch begun."""
         t = self.trainer
+        self.stepper.settle()  # (the epoch's hooks read the parameters whole)
         acc = t.state.epoch_acc
         record = {"epoch": t.sampler.epoch + 1, "train_loss": acc["loss_sum"] / max(acc["n"], 1)}
         if t.model.task != "regression":  # each batch scored before its update: progressive validation

@@ -52,4 +52,5 @@ def partial_fit(trainer, X, y, classes=None, sample_weight=None) -> None:
                 raise divergence(f"batch step {trainer.global_step + 1}", done.loss)
             trainer.state.global_step += done.steps
             total += done.loss_sum
+    trainer.stepper.settle()  # the model whole, for whatever reads it between calls
     trainer.last_loss = total / max(len(Xs), 1)  # the call's mean loss (per row)

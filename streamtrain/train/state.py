@@ -75,6 +75,8 @@ def checkpoint_contents(config: TrainConfig, model, optimizer, state: TrainState
     """``(arrays, meta)`` of a checkpoint: a snapshot (copies), so training may go on while it is
     written; ``copy=False``: the live arrays (for a writer that sees them frozen: a forked one)."""
     arrays = {**model.arrays(), **{f"optim.{k}": v for k, v in optimizer.state_dict().items()}, **state.arrays()}
+    if getattr(optimizer, "decay", None) is not None:  # the table up to date for every reader; the raw one resumes
+        arrays["param.W1"] = optimizer.decay.materialised()
     meta = {"streamtrain_version": __version__, "config": config.to_dict(), "model": model.meta(),
             "state": state.meta(), "fingerprint": fingerprint}
     return {k: np.array(v) if copy else np.asarray(v) for k, v in arrays.items()}, json.loads(json.dumps(meta))

@@ -228,6 +228,7 @@ class Trainer:
         try:
             with loader, loader.sharing_cores(self.comm.local_size):
                 Loop(self, self.stepper, loader, hooks, prepare).run()
+            self.stepper.settle()  # (after the last checkpoint: what it holds resumes bitwise)
         finally:
             self.comm.unwatch()
 

@@ -4,7 +4,8 @@
 
 - ``PerSampleSGD``: batch size 1 with plain SGD on one process: the compiled per-sample loop,
   a whole block of single-sample updates per call (``blocks``: the loader hands it whole groups);
-  with inputs that are codes too, unless a penalty moves every row at every step;
+  with inputs that are codes too (an L2 penalty's decay lazy), unless an L1 penalty moves every
+  row at every step;
 - ``FusedSGD``: minibatches with plain SGD on one process: the fused compiled step (forward,
   backward and update in one call; it leaves the weights alone when the loss is not finite);
 - ``GradientStep``: another optimiser, or inputs that are codes (``nn.network.InputLayout``): the
@@ -77,6 +78,7 @@ class Update:
     blocks = False  # a call takes a block of rows, one step per row
     reduces = False  # several processes take part in every step
     compiled = False
+    decay = None  # plain SGD's lazy L2 decay of a table of codes (``nn.decay.LazyDecay``), where there is one
 
     def __init__(self, config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0):
         self.config, self.net, self.task, self.optimizer, self.comm = config, model.net, model.task, optimizer, comm
@@ -119,16 +121,36 @@ class Update:
         """Move the sampler past the ``rows`` this update took."""
         sampler.advance_batch(rows)
 
+    def settle(self) -> None:
+        """Bring every parameter up to date where updates left some behind (plain SGD's lazy decay:
+        at points a step count decides, the end of an epoch or of a call, so a resumed run does the
+        same); a no-op for the others."""
+        if self.decay is not None:
+            self.decay.settle()
+
+    def _lazy_decay(self) -> None:
+        """Take up the optimiser's lazy decay of the table (its checkpoint's, or a fresh one)."""
+        self.decay = self.optimizer.lazy_decay(self.net.params)
+        self.decay.compiled = self.config.compiled
+
 
 class PerSampleSGD(Update):
     """One SGD step per row, a block of rows per compiled call (inputs that are codes: the rows
-    of ``W1`` each row selects alone, without a penalty)."""
+    of ``W1`` each row selects alone; an L2 penalty's decay of the others lazy)."""
 
     blocks = compiled = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        if self.net.layout is not None and self.l2:
+            self._lazy_decay()
+        self._squares = (None, -1, -1)  # the table's squares over the scale's square; their block, settles
 
     def update(self, X, T, step=0, w=None) -> Outcome:
         params, layout = self.net.params, self.net.layout
         lr = rates(self.config, step + np.arange(len(X)), self.total_steps) if self.scheduled else self.lr
+        if self.decay is not None:
+            return self._update_decay(X, T, step, w, lr)
         # What a diverged block must give back: every array, or of W1 the rows the block selects
         # (a table of millions of rows is not copied per block).
         picked = None if layout is None else layout.rows(X)  # (once: the loop takes them too)
@@ -150,6 +172,40 @@ class PerSampleSGD(Update):
                     params[k][...] = v
             loss_sum = math.nan
         return Outcome(loss_sum, correct, len(X), len(X))
+
+    def _update_decay(self, X, T, step, w, lr) -> Outcome:
+        """``update`` over codes with plain SGD's L2 penalty, its decay lazy: the compiled loop, in
+        pieces where the scale falls below ``LazyDecay.FLOOR`` (the table brought up to date between)."""
+        params, layout, decay = self.net.params, self.net.layout, self.decay
+        weights, picked = self.weights(T, w), layout.rows(X)
+        squares, block, settles = self._squares
+        if squares is None or block != step >> 10 or settles != decay.settles:  # summed whole now and then
+            squares = decay.sums()[0]
+        loss_sum, correct, a, n = 0.0, 0, 0, len(X)
+        while a < n:
+            rows = _selected_rows(layout, picked[a:], len(params["W1"]))
+            before = {k: np.take(v, rows, axis=0) if k == "W1" else v.copy() for k, v in params.items()}
+            stamps = decay.stamp[rows]
+            state = np.array([decay.scale, squares])
+            loss, right, done = online.sgd_online_codes_decay(
+                params, layout, X[a:], T[a:], lr if np.ndim(lr) == 0 else lr[a:], self.net.activation, self.task,
+                None if weights is None else weights[a:], picked[a:], self.l2, decay.stamp, state, decay.FLOOR)
+            if not (np.isfinite(loss) and all(np.isfinite(v[rows] if k == "W1" else v).all()
+                                              for k, v in params.items())):
+                for k, v in before.items():  # leave the last good state
+                    if k == "W1":
+                        params[k][rows] = v
+                    else:
+                        params[k][...] = v
+                decay.stamp[rows] = stamps
+                return Outcome(math.nan, correct + right, n, n)
+            decay.scale, squares = float(state[0]), float(state[1])
+            loss_sum, correct, a = loss_sum + loss, correct + right, a + done
+            if decay.scale < decay.FLOOR:
+                decay.settle()
+                squares = decay.sums()[0]
+        self._squares = (squares, (step + n) >> 10, decay.settles)
+        return Outcome(loss_sum, correct, n, n)
 
     def advance(self, sampler, rows: int) -> None:
         sampler.advance(rows)
@@ -195,28 +251,45 @@ class TablePenalty:
     of codes updated lazily: a step changes only the rows it touched, so the sums over ``W1`` move
     by those rows' change (``before`` and ``after`` the step) instead of a pass over the table at
     every step; they are summed whole again every ``REFRESH`` steps (and at a run's first), which
-    bounds the rounding a running sum gathers. Only the reported loss depends on them."""
+    bounds the rounding a running sum gathers. Only the reported loss depends on them. With plain
+    SGD's lazy ``decay`` (L2 alone), the squares are summed over ``scale**2`` (``LazyDecay.sums``):
+    an untouched row's decay changes none of them."""
 
     REFRESH = 1024
 
-    def __init__(self, l1: float, l2: float):
-        self.l1, self.l2 = l1, l2
+    def __init__(self, l1: float, l2: float, decay=None):
+        self.l1, self.l2, self.decay = l1, l2, decay
         self.sums: tuple[float, float] | None = None  # W1's squares, absolute values
         self._rows, self._before = None, (0.0, 0.0)
+        self._settles = 0  # the decay's settles the sums have seen (each one changes their units)
+
+    def _sums(self, W1: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, float]:
+        if self.decay is not None:
+            return self.decay.sums(rows)
+        return _sums(W1 if rows is None else W1[rows])
+
+    def _stale(self) -> bool:
+        settles = 0 if self.decay is None else self.decay.settles
+        stale, self._settles = settles != self._settles, settles
+        return stale
 
     def value(self, params: dict[str, np.ndarray], step: int) -> float:
-        if self.sums is None or step % self.REFRESH == 0:
-            self.sums = _sums(params["W1"])
+        if self.sums is None or step % self.REFRESH == 0 or self._stale():
+            self.sums = self._sums(params["W1"])
         sq, ab = self.sums
+        if self.decay is not None:
+            sq *= self.decay.scale ** 2
         sq2, ab2 = _sums(params["W2"])
         return penalty_of(self.l1, self.l2, sq + sq2, ab + ab2)
 
     def before(self, params: dict[str, np.ndarray], rows: np.ndarray) -> None:
-        self._rows, self._before = rows, _sums(params["W1"][rows])
+        self._rows, self._before = rows, self._sums(params["W1"], rows)
 
     def after(self, params: dict[str, np.ndarray]) -> None:
-        if self.sums is not None and self._rows is not None:
-            sq, ab = _sums(params["W1"][self._rows])
+        if self._stale():
+            self.sums = None
+        elif self.sums is not None and self._rows is not None:
+            sq, ab = self._sums(params["W1"], self._rows)
             self.sums = (self.sums[0] + sq - self._before[0], self.sums[1] + ab - self._before[1])
         self._rows = None
 
@@ -229,11 +302,15 @@ class GradientStep(Update):
         # (inputs that are codes: numpy's gather and scatter; the compiled kernels take products only)
         self.compiled = self.config.compiled and minibatch.available() and self.net.layout is None
         # Codes' rows: the step updates the rows the batch touched alone (lazy momentum and Adam,
-        # a penalty included: on those rows), unless --dense-updates, or plain SGD with a penalty
-        # (which is exact: every row decays at every step).
+        # a penalty included: on those rows; plain SGD's L2 decay of the others applied when they
+        # are next touched or read whole, ``decay``), unless --dense-updates, or plain SGD with an
+        # L1 penalty (which updates every row at every step).
+        sgd = type(self.optimizer) is SGD
         self.sparse = self.net.layout is not None and not getattr(self.config, "dense_updates", False) \
-            and not ((self.l1 or self.l2) and type(self.optimizer) is SGD)
-        self.penalty = TablePenalty(self.l1, self.l2) if self.sparse and (self.l1 or self.l2) else None
+            and not (self.l1 and sgd)
+        if self.sparse and sgd and self.l2:
+            self._lazy_decay()
+        self.penalty = TablePenalty(self.l1, self.l2, self.decay) if self.sparse and (self.l1 or self.l2) else None
 
     def load(self) -> None:
         if self.compiled:
@@ -249,15 +326,24 @@ class GradientStep(Update):
 
     def step(self, total: float, grads: dict[str, np.ndarray], step: int) -> None:
         if math.isfinite(total):
-            self.optimizer.lr = self.rate(step)
+            lr = self.optimizer.lr = self.rate(step)
             tracked = self.penalty is not None and isinstance(grads["W1"], RowGrad)
             if tracked:
                 self.penalty.before(self.net.params, grads["W1"].rows)
             self.optimizer.step(self.net.params, grads)
+            if self.decay is not None:
+                self.decay.advance(1.0 - lr * self.l2, grads["W1"].rows)
             if tracked:
                 self.penalty.after(self.net.params)
 
+    def catch_up(self, X: np.ndarray) -> None:
+        """Bring the rows of the table that ``X``'s codes select up to date (lazy decay)."""
+        if self.decay is not None and len(X):
+            layout = self.net.layout  # (a row selected twice is caught up once: then it is up to date)
+            self.decay.catch_up(np.concatenate([layout.dense_rows, layout.rows(X).reshape(-1)]))
+
     def update(self, X, T, step=0, w=None) -> Outcome:
+        self.catch_up(X)
         total, correct, grads = self.gradients(X, T, self.weights(T, w), self.l1, self.l2)
         if self.penalty is not None:
             total += self.penalty.value(self.net.params, step)
@@ -277,6 +363,7 @@ class ReducedStep(GradientStep):
         self.gathered_steps = 0  # steps whose touched rows of codes travelled as (row, gradient) pairs
 
     def update(self, X, T, step=0, w=None) -> Outcome:
+        self.catch_up(X)
         total, correct, grads, rows = self._reduced(X, T, self.weights(T, w), step)
         self.step(total, grads, step)
         return Outcome(total * rows, correct, 1, rows)
@@ -329,6 +416,8 @@ class ReducedStep(GradientStep):
         for k, size in zip(names, sizes):
             out[k] = buf[at:at + size].reshape(net.params[k].shape).astype(net.dtype)
             at += size
+        if self.decay is not None:  # rows other processes' batches touched
+            self.decay.catch_up(out["W1"].rows)
         for k in ("W1", "W2"):
             g, wk = out[k], net.params[k]
             if isinstance(g, RowGrad):  # the penalty of the rows touched (lazy)
@@ -372,7 +461,8 @@ def choose_update(config, model, optimizer, comm: Communicator = LOCAL, total_st
     if not alone:
         cls = ReducedStep
     elif sgd and config.compiled and config.batch_size == 1 and config.scale != "batch-center" \
-            and kernels.available() and not (codes and (config.l1 or config.l2)):
+            and kernels.available() and not (codes and (config.l1 or config.l2 and (
+                config.dense_updates or config.learning_rate * config.l2 >= 1))):
         cls = PerSampleSGD
     elif sgd and not codes and config.compiled and minibatch.available():
         cls = FusedSGD
