@@ -410,6 +410,7 @@ def check_memory(rows: int, config, where: str) -> None:
         state = {}  # (plain SGD keeps a raw table only for its lazy L2 decay)
     copies = 3 + sum(1 for k in state if k.endswith("W1"))  # weights, best, checkpoint; + state
     need = rows * config.hidden * np.dtype(config.dtype).itemsize * copies
+    need += sum(rows * np.dtype(d).itemsize for k, (d, shape) in state.items() if shape == (rows,))  # per row (stamps)
     if free is not None and need > free:
         raise ConfigError(f"{where}: the first layer's {rows:,} rows x {config.hidden} weights need "
                           f"{need / 2**30:.1f} GiB with what training keeps of them ({copies} copies: the "

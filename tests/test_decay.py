@@ -188,7 +188,8 @@ def test_a_command_killed_mid_epoch_resumes_bitwise(table, tmp_path, batch_size,
 
 @pytest.mark.parametrize("tamper,message", [
     (lambda a: a["optim.stamp"].__setitem__(3, 2.0), "array optim.stamp holds values outside [scale, 1]"),
-    (lambda a: a.update({"optim.scale": np.array(0.0)}), "array optim.scale is not in (0, 1]"),
+    (lambda a: a.update({"optim.scale": np.array(0.0)}), "array optim.scale is not in [1e-100, 1]"),
+    (lambda a: (a.update({"optim.scale": np.array(1e-170)}), a["optim.stamp"].fill(1e-170)), "optim.scale"),
     (lambda a: a.update({"optim.stamp": a["optim.stamp"][:-1]}), "optim.stamp"),
     (lambda a: a.pop("optim.scale"), "array optim.scale is missing"),
 ])
@@ -256,3 +257,51 @@ def test_the_service_learner_publishes_and_checkpoints_the_table_up_to_date(tabl
     second.feed(X[700:], second.targets(y[700:], "test"), {"row": len(X)})
     for k, v in whole.model.net.params.items():
         np.testing.assert_array_equal(second.model.net.params[k], v, err_msg=k)
+
+
+def test_a_hook_mid_epoch_and_a_run_that_failed_read_the_table_up_to_date(table, tmp_path):
+    from streamtrain import TrainingError
+
+    class Look(Hook):
+        def on_batch_end(self, t, rows, loss):
+            if t.global_step == 100:
+                self.seen = t.predict_proba(table)
+                raise TrainingError("a hook's error")
+
+    dense = Trainer(**SETTINGS, epochs=3, dtype="float64", dense_updates=True)
+    dense.fit(table, label="status", callbacks=[_StopAt(100)], log=None)
+    look, lazy = Look(), Trainer(**SETTINGS, epochs=3, dtype="float64")
+    with pytest.raises(TrainingError, match="a hook's error"):
+        lazy.fit(table, label="status", callbacks=[look], log=None)
+    want = dense.predict_proba(table)
+    np.testing.assert_allclose(look.seen, want, rtol=1e-10)  # mid-epoch, through the trainer
+    np.testing.assert_allclose(lazy.net.params["W1"], dense.net.params["W1"], rtol=1e-12, atol=1e-15)  # after it
+    np.testing.assert_allclose(lazy.predict_proba(table), want, rtol=1e-10)
+
+
+def test_a_loaded_checkpoint_saved_again_keeps_its_decay_state(table, tmp_path):
+    Trainer(**SETTINGS, epochs=2, dtype="float64").fit(table, label="status", checkpoint_dir=tmp_path / "r",
+                                                       callbacks=[_StopAt(30)], log=None)
+    path = list_checkpoints(tmp_path / "r")[0]
+    a, _ = load_checkpoint(path, TRAINER)
+    Trainer.load(path).save(tmp_path / "again.npz")
+    b, _ = load_checkpoint(tmp_path / "again.npz", TRAINER)
+    assert {"optim.raw.W1", "optim.stamp", "optim.scale"} <= set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_an_empty_global_batch_under_mpi_makes_no_step():
+    # (every process takes part in every step, with no rows where the screen left none)
+    from streamtrain import TrainConfig
+    from streamtrain.train.update import ReducedStep
+
+    from .test_loop import TwoIdenticalRanks, _table_step
+
+    net, step = _table_step(ReducedStep, TrainConfig(hidden=6, optimizer="sgd", dtype="float64", lr=0.05, l2=0.02),
+                            TwoIdenticalRanks())
+    before = {k: v.copy() for k, v in net.params.items()}
+    out = step.update(np.empty((0, 3)), np.empty(0, np.int64))
+    assert out.rows == 0 and step.decay.scale == 1.0
+    for k in before:
+        np.testing.assert_array_equal(net.params[k], before[k], err_msg=k)

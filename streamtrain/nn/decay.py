@@ -119,12 +119,13 @@ def decay_state(shapes: dict, dtype) -> dict:
 
 
 def check_decay_state(state: dict) -> str | None:
-    """Why a checkpoint's decay state is impossible, or None: ``0 < scale <= stamp <= 1``."""
+    """Why a checkpoint's decay state is impossible, or None: ``FLOOR <= scale <= stamp <= 1``
+    (a run brings its table up to date as soon as the scale falls below ``FLOOR``)."""
     if "scale" not in state:
         return None
     scale, stamp = float(state["scale"]), state["stamp"]
-    if not 0.0 < scale <= 1.0:
-        return "array scale is not in (0, 1]"
+    if not LazyDecay.FLOOR <= scale <= 1.0:
+        return f"array scale is not in [{LazyDecay.FLOOR:g}, 1]"
     if not ((stamp >= scale) & (stamp <= 1.0)).all():
         return "array stamp holds values outside [scale, 1]"
     return None

@@ -35,7 +35,7 @@ class SGD:
                 params[k] -= self.lr * g
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {} if self.decay is None else self.decay.state()
+        return dict(self.loaded_decay) if self.decay is None else self.decay.state()
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.loaded_decay = {k: state[k] for k in ("raw.W1", "stamp", "scale") if k in state}

@@ -18,6 +18,11 @@ of an object without an ``every`` attribute, is ``Every(steps=1)``. ``rows`` are
 indices the update used and ``loss`` its mean loss. A hook stops training with
 ``trainer.stop(reason)``: the loop finishes the current update, the hooks' ``on_train_end``
 run (a checkpoint is written), and ``fit`` returns (raising ``Interrupted`` for signals).
+
+Mid-epoch, a table of codes trained by plain SGD with ``--l2`` holds rows its decay has not
+reached yet (``nn/decay.py``): ``trainer.predict``, ``predict_proba``, ``evaluate`` and
+``trainer.checkpoint_contents()`` give the table up to date; ``trainer.net.params["W1"]`` is the
+raw one until the epoch ends.
 """
 
 from __future__ import annotations

@@ -44,13 +44,15 @@ def partial_fit(trainer, X, y, classes=None, sample_weight=None) -> None:
     # a block of rows per update where the strategy takes blocks, else batches of batch_size
     bs = max(len(Xs), 1) if trainer.stepper.blocks else cfg.batch_size
     total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        for a in range(0, len(Xs), bs):
-            done = trainer.stepper.update(Xs[a:a + bs], T[a:a + bs], trainer.global_step,
-                                          None if w is None else w[a:a + bs])
-            if not np.isfinite(done.loss_sum):
-                raise divergence(f"batch step {trainer.global_step + 1}", done.loss)
-            trainer.state.global_step += done.steps
-            total += done.loss_sum
-    trainer.stepper.settle()  # the model whole, for whatever reads it between calls
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            for a in range(0, len(Xs), bs):
+                done = trainer.stepper.update(Xs[a:a + bs], T[a:a + bs], trainer.global_step,
+                                              None if w is None else w[a:a + bs])
+                if not np.isfinite(done.loss_sum):
+                    raise divergence(f"batch step {trainer.global_step + 1}", done.loss)
+                trainer.state.global_step += done.steps
+                total += done.loss_sum
+    finally:
+        trainer.stepper.settle()  # the model whole, for whatever reads it between calls
     trainer.last_loss = total / max(len(Xs), 1)  # the call's mean loss (per row)

@@ -75,11 +75,15 @@ def checkpoint_contents(config: TrainConfig, model, optimizer, state: TrainState
     """``(arrays, meta)`` of a checkpoint: a snapshot (copies), so training may go on while it is
     written; ``copy=False``: the live arrays (for a writer that sees them frozen: a forked one)."""
     arrays = {**model.arrays(), **{f"optim.{k}": v for k, v in optimizer.state_dict().items()}, **state.arrays()}
-    if getattr(optimizer, "decay", None) is not None:  # the table up to date for every reader; the raw one resumes
-        arrays["param.W1"] = optimizer.decay.materialised()
+    decay = getattr(optimizer, "decay", None)
+    if decay is not None:  # the table up to date for every reader (a new array: no copy of it); the raw one resumes
+        arrays.pop("param.W1")
     meta = {"streamtrain_version": __version__, "config": config.to_dict(), "model": model.meta(),
             "state": state.meta(), "fingerprint": fingerprint}
-    return {k: np.array(v) if copy else np.asarray(v) for k, v in arrays.items()}, json.loads(json.dumps(meta))
+    arrays = {k: np.array(v) if copy else np.asarray(v) for k, v in arrays.items()}
+    if decay is not None:
+        arrays["param.W1"] = decay.materialised()
+    return arrays, json.loads(json.dumps(meta))
 
 
 def restore(arrays: dict[str, np.ndarray], meta: dict[str, Any]):

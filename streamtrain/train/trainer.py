@@ -10,6 +10,7 @@ continue a run, ``fit(..., checkpoint_dir=..., resume=True)``, or ``partial_fit`
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -228,9 +229,9 @@ class Trainer:
         try:
             with loader, loader.sharing_cores(self.comm.local_size):
                 Loop(self, self.stepper, loader, hooks, prepare).run()
-            self.stepper.settle()  # (after the last checkpoint: what it holds resumes bitwise)
         finally:
             self.comm.unwatch()
+            self.stepper.settle()  # (after the last checkpoint, so what it holds resumes bitwise; errors too)
 
     def partial_fit(self, X, y, classes=None, sample_weight=None) -> "Trainer":
         """Update the model on the rows given, in order, in minibatches of ``config.batch_size``.
@@ -290,17 +291,28 @@ class Trainer:
     def open_like_training(self, source, need_label: bool = True) -> Dataset:
         return self._require_model().open_like_training(source, need_label)
 
+    def _up_to_date(self) -> Model:
+        """The model, its table brought up to date where plain SGD's lazy decay has left rows behind
+        (mid-epoch: a hook's call), in a copy, so training's own arithmetic is left as it is."""
+        model, decay = self._require_model(), getattr(self.optimizer, "decay", None)
+        if decay is None or decay.params is not model.net.params:
+            return model
+        m = copy.copy(model)
+        m.net = copy.copy(model.net)
+        m.net.params = {**model.net.params, "W1": decay.materialised()}
+        return m
+
     def evaluate(self, source, progress=None, comm=None) -> dict[str, Any]:
-        return self._require_model().evaluate(source, progress, comm)
+        return self._up_to_date().evaluate(source, progress, comm)
 
     def predict(self, source) -> np.ndarray:
-        return self._require_model().predict(source)
+        return self._up_to_date().predict(source)
 
     def predict_proba(self, source) -> np.ndarray:
-        return self._require_model().predict_proba(source)
+        return self._up_to_date().predict_proba(source)
 
     def write_predictions(self, source, out, overwrite: bool = False, progress=None, inputs=()) -> dict[str, Any]:
-        return self._require_model().write_predictions(source, out, overwrite, progress, inputs)
+        return self._up_to_date().write_predictions(source, out, overwrite, progress, inputs)
 
     for _name in ("open_like_training", "evaluate", "predict", "predict_proba", "write_predictions"):
         locals()[_name].__doc__ = getattr(Model, _name).__doc__

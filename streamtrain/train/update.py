@@ -144,7 +144,10 @@ class PerSampleSGD(Update):
         super().__init__(*args, **kw)
         if self.net.layout is not None and self.l2:
             self._lazy_decay()
-        self._squares = (None, -1, -1)  # the table's squares over the scale's square; their block, settles
+        # The table's squares over the scale's square (the reported penalty), the samples since they
+        # were summed whole (again once as many as the table's rows: a pass per row's worth of
+        # samples), and the decay's settles then (each one changes their units).
+        self._squares = (None, 0, -1)
 
     def update(self, X, T, step=0, w=None) -> Outcome:
         params, layout = self.net.params, self.net.layout
@@ -178,9 +181,9 @@ class PerSampleSGD(Update):
         pieces where the scale falls below ``LazyDecay.FLOOR`` (the table brought up to date between)."""
         params, layout, decay = self.net.params, self.net.layout, self.decay
         weights, picked = self.weights(T, w), layout.rows(X)
-        squares, block, settles = self._squares
-        if squares is None or block != step >> 10 or settles != decay.settles:  # summed whole now and then
-            squares = decay.sums()[0]
+        squares, since, settles = self._squares
+        if squares is None or since >= max(len(decay.stamp), 1 << 16) or settles != decay.settles:
+            squares, since = decay.sums()[0], 0
         loss_sum, correct, a, n = 0.0, 0, 0, len(X)
         while a < n:
             rows = _selected_rows(layout, picked[a:], len(params["W1"]))
@@ -204,7 +207,7 @@ class PerSampleSGD(Update):
             if decay.scale < decay.FLOOR:
                 decay.settle()
                 squares = decay.sums()[0]
-        self._squares = (squares, (step + n) >> 10, decay.settles)
+        self._squares = (squares, since + n, decay.settles)
         return Outcome(loss_sum, correct, n, n)
 
     def advance(self, sampler, rows: int) -> None:
@@ -331,7 +334,7 @@ class GradientStep(Update):
             if tracked:
                 self.penalty.before(self.net.params, grads["W1"].rows)
             self.optimizer.step(self.net.params, grads)
-            if self.decay is not None:
+            if self.decay is not None and isinstance(grads["W1"], RowGrad):  # (a global batch of no rows: no step)
                 self.decay.advance(1.0 - lr * self.l2, grads["W1"].rows)
             if tracked:
                 self.penalty.after(self.net.params)
@@ -468,4 +471,7 @@ def choose_update(config, model, optimizer, comm: Communicator = LOCAL, total_st
         cls = FusedSGD
     else:
         cls = GradientStep
-    return cls(config, model, optimizer, comm, total_steps)
+    chosen = cls(config, model, optimizer, comm, total_steps)
+    if chosen.decay is None and getattr(optimizer, "loaded_decay", None):
+        optimizer.loaded_decay = {}  # (a checkpoint's lazy decay these settings do not continue: param.W1 holds it)
+    return chosen
