@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -848,3 +849,32 @@ def test_processes_share_the_encodings_pass_and_learn_what_one_learns(tmp_path, 
         together = open_dataset(tmp_path / "f.parquet", label="status").encoding.state_dict()
     assert read == [0, 2, 4, 6]
     assert together == alone  # means summed in chunk order, counts merged exactly: the same to the bit
+
+
+@pytest.mark.parametrize("hash_bits", [None, 12])
+def test_the_pass_gives_a_column_s_vocabulary_up_once_it_must_be_hashed(monkeypatch, hash_bits):
+    # (counting the values of a click log's columns of millions of values was most of its pass,
+    # for columns that end up hashed: their vocabulary is given up at the first chunk that shows it)
+    from streamtrain.features import learn
+    from streamtrain.features.encoding import EncodingOptions
+
+    rng = np.random.default_rng(0)
+    n, chunk = 20_000, 2_000
+    t = pa.table({"many": [f"m{v}" for v in rng.integers(0, 5000, n)], "few": [f"f{v}" for v in rng.integers(0, 50, n)],
+                  "forced": [f"c{v}" for v in rng.integers(0, 300, n)], "y": rng.integers(0, 2, n)})
+    counted = []
+    update = learn.Vocabulary.update
+    monkeypatch.setattr(learn.Vocabulary, "update", lambda self, values: (counted.append(str(values[0])[0]),
+                                                                          update(self, values))[1])
+    options = EncodingOptions(overrides={"categorical": ["forced"]}, hash_buckets=256, hash_bits=hash_bits)
+    enc = learn.learn_encoding(t.schema, ["many", "few", "forced"], "y",
+                               lambda keys: (t.select(keys).slice(a, chunk) for a in range(0, n, chunk)), options, "t")
+    chunks = n // chunk
+    assert Counter(counted) == ({} if hash_bits else {"m": 1, "f": chunks, "c": chunks})
+    kinds = {c.name: (c.kind, len(c.cats.values) if getattr(c, "cats", None) is not None else c.buckets)
+             for c in enc.columns}
+    if hash_bits:
+        assert kinds == {k: ("hashed", 1 << 12) for k in ("many", "few", "forced")}
+    else:
+        assert kinds == {"many": ("hashed", 256), "few": ("categorical", 50), "forced": ("categorical", 100)}
+    assert all(f"none missing, {'~' if c.name == 'many' else ''}" in c.seen for c in enc.columns)

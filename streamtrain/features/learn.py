@@ -67,21 +67,30 @@ def shared_pass(rank: int, size: int, allgather: Callable[[Any], list]):
 
 
 class _Pass:
-    """What the one pass over the data accumulates for one column."""
+    """What the one pass over the data accumulates for one column: for a categorical column its
+    values (non-null), a distinct-count sketch and a vocabulary, which is given up as soon as the
+    column has more than ``vocab_upto`` distinct values (it will be hashed: counting its values,
+    most of the pass over a click log, would be for nothing; None: kept, as for a column the user
+    declared categorical; -1: never counted, every column being hashed)."""
 
-    def __init__(self, plan: ColumnPlan, count_values: bool):
+    def __init__(self, plan: ColumnPlan, count_values: bool, vocab_upto: int | None = None):
         self.plan = plan
         self.sums: dict[int, float] = {}  # per chunk: summed in chunk order, however the pass was shared
-        self.count = self.nulls = 0
-        self.vocab = Vocabulary(VOCAB_CAPACITY) if count_values else None
+        self.count = self.nulls = self.values = 0
+        self.vocab_upto = vocab_upto
+        self.vocab = Vocabulary(VOCAB_CAPACITY) if count_values and (vocab_upto is None or vocab_upto >= 0) else None
         self.distinct = DistinctCount() if count_values else None
 
     def update(self, col, chunk: int) -> None:
         gone = null_mask(col)
-        self.nulls += int(gone.sum())
-        if self.vocab is not None:
-            self.vocab.update(col)
+        missing = int(gone.sum())
+        self.nulls += missing
+        if self.distinct is not None:
+            if self.vocab is not None:
+                self.vocab.update(col)
             self.distinct.update(col)
+            self.values += len(col) - missing
+            self._beyond_vocabulary()
         elif self.plan.kind in ("numeric", "datetime"):
             v = _numbers(col)
             ok = ~gone & np.isfinite(v)
@@ -95,9 +104,18 @@ class _Pass:
             total += self.sums[k]
         return total / self.count if self.count else 0.0
 
+    def _beyond_vocabulary(self) -> None:
+        """Give the vocabulary up once the column cannot be categorical: more distinct values than
+        ``vocab_upto``. The sketch's estimate only grows with more values (exact below its ``k``;
+        above, its k-th smallest hash only falls), except where it turns from exact to estimated:
+        an exact count decides only for a limit well below ``k``."""
+        d, limit = self.distinct, self.vocab_upto
+        if self.vocab is not None and limit is not None and d.estimate() > limit and (not d.exact or 2 * limit < d.k):
+            self.vocab = None
+
     def state(self) -> dict:
         return {"sums": [[k, v] for k, v in self.sums.items()], "count": self.count, "nulls": self.nulls,
-                "vocab": None if self.vocab is None else self.vocab.state_dict(),
+                "values": self.values, "vocab": None if self.vocab is None else self.vocab.state_dict(),
                 "distinct": None if self.distinct is None else [int(h) for h in self.distinct._mins]}
 
     def merge(self, state: dict) -> None:
@@ -105,16 +123,21 @@ class _Pass:
         self.sums.update({int(k): float(v) for k, v in state["sums"]})
         self.count += state["count"]
         self.nulls += state["nulls"]
-        if self.vocab is not None:
-            self.vocab.merge(Vocabulary.from_state(state["vocab"]))
+        self.values += state["values"]
+        if self.distinct is not None:
             self.distinct._absorb(np.array(state["distinct"], np.uint64))
+            if state["vocab"] is None:  # beyond a vocabulary in that share: in the whole too
+                self.vocab = None
+            elif self.vocab is not None:
+                self.vocab.merge(Vocabulary.from_state(state["vocab"]))
+            self._beyond_vocabulary()
 
 
 def _seen(plan: ColumnPlan, acc: _Pass | None) -> str:
     """The column's stored type, and what the pass counted of it (missing values, distinct values)."""
     text = str(plan.arrow_type)
     if acc is not None:
-        seen = acc.count + acc.nulls if acc.vocab is None else acc.vocab.rows + acc.nulls
+        seen = acc.count + acc.nulls if acc.distinct is None else acc.values + acc.nulls
         text += f", {acc.nulls:,} missing of {seen:,}" if acc.nulls else ", none missing"
         if acc.distinct is not None:
             text += f", {'' if acc.distinct.exact else '~'}{acc.distinct.estimate():,} distinct"
@@ -157,9 +180,12 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
     sub = pa.schema([schema.field(n) for n in features])
     plans = infer_columns(sub, {k: v for k, v in options.overrides.items() if v} or None)
     passes: dict[str, _Pass] = {}
+    declared = set(options.overrides.get("categorical") or [])
     for p in plans:
         if p.kind == "categorical" or (p.kind == "hashed" and p.buckets is None):
-            passes[p.name] = _Pass(p, count_values=True)
+            # (a vocabulary only for a column that may be categorical: every one hashed with --hash-bits)
+            upto = -1 if options.hash_bits is not None else None if p.name in declared else options.max_categories
+            passes[p.name] = _Pass(p, True, upto)
         elif p.kind == "datetime" or (p.kind == "numeric" and not _T.is_fixed_size_list(p.arrow_type)
                                       and null_counts(p.name) != 0):
             passes[p.name] = _Pass(p, count_values=False)
@@ -193,7 +219,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 "label": None if label_vocab is None else label_vocab.state_dict()}
         everyone = share.allgather(mine)
         rows = sum(s["rows"] for s in everyone)
-        passes = {k: _Pass(a.plan, a.vocab is not None) for k, a in passes.items()}
+        passes = {k: _Pass(a.plan, a.distinct is not None, a.vocab_upto) for k, a in passes.items()}
         label_vocab = Vocabulary(MAX_LABEL_CLASSES + 1) if class_label else None
         for s in everyone:
             for k, acc in passes.items():
@@ -227,8 +253,8 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         elif p.kind == "hashed" and p.buckets is not None:
             columns.append(_in_shared_table(p.name, options))
         else:  # categorical, or a string/dictionary decided here by its cardinality
-            overridden = p.name in (options.overrides.get("categorical") or [])
-            seen = acc.vocab.rows
+            overridden = p.name in declared
+            seen = acc.values
             choice = choose_string_kind(acc.distinct.estimate(), seen, options.max_categories)
             if options.hash_bits is not None and (overridden or choice.kind in ("categorical", "hashed")):
                 columns.append(_in_shared_table(p.name, options))
