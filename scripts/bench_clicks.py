@@ -248,6 +248,8 @@ def main() -> None:
     ap.add_argument("--mlp-seconds", type=float, default=120.0, help="MLPClassifier's time limit")
     ap.add_argument("--only", default="", help="run these streamtrain rows alone (comma-separated names), "
                     "then the peers")
+    ap.add_argument("--peers", default="sklearn_sgd,sklearn_mlp,torch,vw,vw_linear",
+                    help="the peers to run (comma-separated; a 10M-row run may keep the slow ones out)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "clicks.json"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
@@ -280,6 +282,8 @@ def _run(args, work: Path) -> None:
     for name, extra, env in (("streamtrain", batch, {}), ("streamtrain_crosses", [*batch, "--cross", CROSSES], {}),
                              ("streamtrain_shared", [*batch, "--hash-bits", str(args.vw_bits)], {}),
                              ("streamtrain_online", ONLINE, {}),
+                             # (plain SGD's L2 over the tables: their decay lazy, as VW's --l2)
+                             ("streamtrain_online_l2", [*ONLINE, "--l2", "1e-6"], {}),
                              ("streamtrain_copied_snapshots", batch, {"STREAMTRAIN_FORK_SNAPSHOT_MB": "1e9"})):
         if args.only and name not in args.only.split(","):
             continue
@@ -305,8 +309,11 @@ def _run(args, work: Path) -> None:
                         "checkpoint_mb": sum(f.stat().st_size for f in run.glob("ckpt-*.npz")) / 2**20,
                         **_metrics(y_test, p)}
 
+    peers = set(args.peers.split(","))
     for name, kind, bits, limit in (("sklearn_sgd", "sgd", args.vw_bits, 1e9),
                                     ("sklearn_mlp", "mlp", args.mlp_bits, args.mlp_seconds)):
+        if name not in peers:
+            continue
         fit, peak_mb = _peer([sys.executable, "-c", SK_SCRIPT, kind, str(work / "train.parquet"),
                               str(work / "test.parquet"), str(work / f"{name}.npy"), str(bits), str(limit)])
         what = ("SGDClassifier(loss='log_loss', alpha=1e-5, learning_rate='constant', eta0=0.01).partial_fit, "
@@ -318,7 +325,8 @@ def _run(args, work: Path) -> None:
                         "rows_per_s": fit["rows"] / fit["seconds"], "peak_pss_mb": peak_mb,
                         **_metrics(y_test, np.load(work / f"{name}.npy"))}
 
-    if Path(args.vw_python).exists() and subprocess.run([args.vw_python, "-c", "import torch"]).returncode == 0:
+    if "torch" in peers and Path(args.vw_python).exists() \
+            and subprocess.run([args.vw_python, "-c", "import torch"]).returncode == 0:
         best = None
         version = subprocess.run([args.vw_python, "-c", "import torch; print(torch.__version__)"],
                                  capture_output=True, text=True).stdout.strip()
@@ -334,10 +342,12 @@ def _run(args, work: Path) -> None:
                 best = row
         result["torch"] = best
 
-    if Path(args.vw_python).exists():
+    if Path(args.vw_python).exists() and peers & {"vw", "vw_linear"}:
         _vw_text(train, work / "train.vw")
         _vw_text(test, work / "test.vw")
         for name, nn in (("vw", "nn"), ("vw_linear", "linear")):
+            if name not in peers:
+                continue
             res = subprocess.run([args.vw_python, "-c", VW_SCRIPT, str(work / "train.vw"), str(work / "test.vw"),
                                   str(work / "vw.pred"), str(args.vw_bits), nn], capture_output=True, text=True)
             if res.returncode:
@@ -350,7 +360,7 @@ def _run(args, work: Path) -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"click log: {args.rows:,} rows, {train.num_rows:,} trained, the last day ({test.num_rows:,}) held out")
     for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "streamtrain_online",
-                 "streamtrain_copied_snapshots", "vw", "vw_linear", "sklearn_sgd", "sklearn_mlp", "torch"):
+                 "streamtrain_online_l2", "streamtrain_copied_snapshots", "vw", "vw_linear", "sklearn_sgd", "sklearn_mlp", "torch"):
         r = result.get(name)
         if r:
             print(f"  {name:20s} {r['rows_per_s']:>10,.0f} rows/s  auc {r['auc']:.4f}  log_loss {r['log_loss']:.4f}"
