@@ -305,3 +305,11 @@ def test_an_empty_global_batch_under_mpi_makes_no_step():
     assert out.rows == 0 and step.decay.scale == 1.0
     for k in before:
         np.testing.assert_array_equal(net.params[k], before[k], err_msg=k)
+
+
+def test_a_table_up_to_date_is_not_copied_to_be_read(table):
+    t = Trainer(**SETTINGS, epochs=1)
+    t.fit(table, label="status", log=None)
+    assert t.optimizer.decay.settled and t._up_to_date() is t.model  # (after the epoch: nothing behind)
+    arrays, _ = t.checkpoint_contents(copy=False)
+    assert arrays["param.W1"] is t.net.params["W1"]

@@ -878,3 +878,18 @@ def test_the_pass_gives_a_column_s_vocabulary_up_once_it_must_be_hashed(monkeypa
     else:
         assert kinds == {"many": ("hashed", 256), "few": ("categorical", 50), "forced": ("categorical", 100)}
     assert all(f"none missing, {'~' if c.name == 'many' else ''}" in c.seen for c in enc.columns)
+
+
+def test_a_column_whose_estimate_overshoots_its_rows_keeps_its_vocabulary():
+    # (the sketch's estimate may pass --max-categories where the column's values do not: the
+    # decision takes the smaller, and so must giving the vocabulary up)
+    from streamtrain.features import learn
+    from streamtrain.features.encoding import EncodingOptions
+
+    for seed in range(6):
+        values = [f"v{seed}-{i}" for i in range(2000)]
+        t = pa.table({"c": values, "y": np.arange(2000) % 2})
+        enc = learn.learn_encoding(t.schema, ["c"], "y", lambda keys: (t.select(keys).slice(a, 500)
+                                                                       for a in range(0, 2000, 500)),
+                                   EncodingOptions(max_categories=2000), "t")
+        assert enc.columns[0].kind == "categorical" and len(enc.columns[0].cats.values) == 2000

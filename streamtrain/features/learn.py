@@ -106,11 +106,12 @@ class _Pass:
 
     def _beyond_vocabulary(self) -> None:
         """Give the vocabulary up once the column cannot be categorical: more distinct values than
-        ``vocab_upto``. The sketch's estimate only grows with more values (exact below its ``k``;
-        above, its k-th smallest hash only falls), except where it turns from exact to estimated:
-        an exact count decides only for a limit well below ``k``."""
+        ``vocab_upto`` as the decision counts them (``choose_string_kind``: the sketch's estimate,
+        at most the values seen). Both only grow with more values: the estimate is exact below
+        the sketch's ``k``, at least ``k - 1`` when it turns to an estimate, and above, its k-th
+        smallest hash only falls."""
         d, limit = self.distinct, self.vocab_upto
-        if self.vocab is not None and limit is not None and d.estimate() > limit and (not d.exact or 2 * limit < d.k):
+        if self.vocab is not None and limit is not None and min(d.estimate(), self.values) > limit:
             self.vocab = None
 
     def state(self) -> dict:

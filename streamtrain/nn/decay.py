@@ -37,6 +37,8 @@ class LazyDecay:
         rows = len(params["W1"])
         self.stamp = np.ones(rows, np.float64) if stamp is None else np.array(stamp, np.float64)
         self.scale = float(scale)
+        #: no row is behind (every stamp is the scale): the table is up to date as it is
+        self.settled = bool((self.stamp == self.scale).all())
         self.settles = 0  # (sums over the table kept in units of the scale start again after one)
         self.compiled = True  # numba's loops where numba is there (False: numpy's, the same arithmetic)
 
@@ -57,6 +59,7 @@ class LazyDecay:
     def advance(self, factor: float, rows: np.ndarray) -> None:
         """A step whose penalty multiplies every weight by ``factor`` has updated ``rows`` (caught up
         before it, their penalty included in their gradient): the others fall behind by it."""
+        self.settled = False
         if factor <= 0.0:  # (lr * l2 >= 1: no scale holds it) the untouched rows, now
             self.settle()
             untouched = np.ones(len(self.stamp), bool)
@@ -77,6 +80,7 @@ class LazyDecay:
         self.stamp[:] = 1.0
         self.scale = 1.0
         self.settles += 1
+        self.settled = True
 
     def materialised(self) -> np.ndarray:
         """A copy of the table with every row up to date (the live one is left as it is)."""
@@ -101,7 +105,8 @@ class LazyDecay:
                 s, b = compiled.row_square_sums(W, r, self.stamp)
             else:
                 block = W[r].astype(np.float64)
-                s, b = float(np.square(block).sum(axis=1) @ (1.0 / np.square(self.stamp[r]))), float(np.abs(block).sum())
+                s = float(np.square(block).sum(axis=1) @ (1.0 / np.square(self.stamp[r])))
+                b = float(np.abs(block).sum())
             sq += s
             ab += b
         return sq, ab

@@ -208,7 +208,7 @@ class StreamLearner:
         m = copy.copy(self.model)
         m.net = copy.copy(self.model.net)
         decay = getattr(self.optimizer, "decay", None)  # plain SGD's lazy decay: the table brought up to date
-        m.net.params = {k: decay.materialised() if k == "W1" and decay is not None else v.copy()
+        m.net.params = {k: decay.materialised() if k == "W1" and decay is not None and not decay.settled else v.copy()
                         for k, v in self.model.net.params.items()}
         m.scaler = copy.deepcopy(self.model.scaler)
         return m

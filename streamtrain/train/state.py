@@ -76,12 +76,12 @@ def checkpoint_contents(config: TrainConfig, model, optimizer, state: TrainState
     written; ``copy=False``: the live arrays (for a writer that sees them frozen: a forked one)."""
     arrays = {**model.arrays(), **{f"optim.{k}": v for k, v in optimizer.state_dict().items()}, **state.arrays()}
     decay = getattr(optimizer, "decay", None)
-    if decay is not None:  # the table up to date for every reader (a new array: no copy of it); the raw one resumes
+    if decay is not None and not decay.settled:  # every reader's table up to date (new: not copied); the raw resumes
         arrays.pop("param.W1")
     meta = {"streamtrain_version": __version__, "config": config.to_dict(), "model": model.meta(),
             "state": state.meta(), "fingerprint": fingerprint}
     arrays = {k: np.array(v) if copy else np.asarray(v) for k, v in arrays.items()}
-    if decay is not None:
+    if "param.W1" not in arrays:
         arrays["param.W1"] = decay.materialised()
     return arrays, json.loads(json.dumps(meta))
 

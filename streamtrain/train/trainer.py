@@ -295,7 +295,7 @@ class Trainer:
         """The model, its table brought up to date where plain SGD's lazy decay has left rows behind
         (mid-epoch: a hook's call), in a copy, so training's own arithmetic is left as it is."""
         model, decay = self._require_model(), getattr(self.optimizer, "decay", None)
-        if decay is None or decay.params is not model.net.params:
+        if decay is None or decay.params is not model.net.params or decay.settled:
             return model
         m = copy.copy(model)
         m.net = copy.copy(model.net)

@@ -144,10 +144,12 @@ class PerSampleSGD(Update):
         super().__init__(*args, **kw)
         if self.net.layout is not None and self.l2:
             self._lazy_decay()
-        # The table's squares over the scale's square (the reported penalty), the samples since they
-        # were summed whole (again once as many as the table's rows: a pass per row's worth of
-        # samples), and the decay's settles then (each one changes their units).
-        self._squares = (None, 0, -1)
+        # The table's squares over the scale's square (the reported penalty), summed whole again
+        # at every multiple of ``_every`` steps (as many as the table's rows: a pass per row's worth
+        # of samples; at the same steps in a resumed run) and after each settle of the decay (which
+        # changes their units): the sums, their block of steps, the settles then.
+        self._squares = (None, -1, -1)
+        self._every = max(len(self.net.params["W1"]), 1 << 16)
 
     def update(self, X, T, step=0, w=None) -> Outcome:
         params, layout = self.net.params, self.net.layout
@@ -181,9 +183,9 @@ class PerSampleSGD(Update):
         pieces where the scale falls below ``LazyDecay.FLOOR`` (the table brought up to date between)."""
         params, layout, decay = self.net.params, self.net.layout, self.decay
         weights, picked = self.weights(T, w), layout.rows(X)
-        squares, since, settles = self._squares
-        if squares is None or since >= max(len(decay.stamp), 1 << 16) or settles != decay.settles:
-            squares, since = decay.sums()[0], 0
+        squares, block, settles = self._squares
+        if squares is None or block != (step + len(X)) // self._every or settles != decay.settles:
+            squares = decay.sums()[0]
         loss_sum, correct, a, n = 0.0, 0, 0, len(X)
         while a < n:
             rows = _selected_rows(layout, picked[a:], len(params["W1"]))
@@ -207,7 +209,7 @@ class PerSampleSGD(Update):
             if decay.scale < decay.FLOOR:
                 decay.settle()
                 squares = decay.sums()[0]
-        self._squares = (squares, since + n, decay.settles)
+        self._squares = (squares, (step + n) // self._every, decay.settles)
         return Outcome(loss_sum, correct, n, n)
 
     def advance(self, sampler, rows: int) -> None:
