@@ -168,13 +168,7 @@ class PerSampleSGD(Update):
         else:
             loss_sum, correct = online.sgd_online_codes(params, layout, X, T, lr, self.net.activation, self.task,
                                                         self.weights(T, w), picked)
-        if not (np.isfinite(loss_sum) and all(np.isfinite(v[rows] if k == "W1" else v).all()
-                                              for k, v in params.items())):
-            for k, v in before.items():  # leave the last good state
-                if k == "W1":
-                    params[k][rows] = v
-                else:
-                    params[k][...] = v
+        if _gave_back(params, rows, before, loss_sum):
             loss_sum = math.nan
         return Outcome(loss_sum, correct, len(X), len(X))
 
@@ -195,13 +189,7 @@ class PerSampleSGD(Update):
             loss, right, done = online.sgd_online_codes_decay(
                 params, layout, X[a:], T[a:], lr if np.ndim(lr) == 0 else lr[a:], self.net.activation, self.task,
                 None if weights is None else weights[a:], picked[a:], self.l2, decay.stamp, state, decay.FLOOR)
-            if not (np.isfinite(loss) and all(np.isfinite(v[rows] if k == "W1" else v).all()
-                                              for k, v in params.items())):
-                for k, v in before.items():  # leave the last good state
-                    if k == "W1":
-                        params[k][rows] = v
-                    else:
-                        params[k][...] = v
+            if _gave_back(params, rows, before, loss):
                 decay.stamp[rows] = stamps
                 return Outcome(math.nan, correct + right, n, n)
             decay.scale, squares = float(state[0]), float(state[1])
@@ -214,6 +202,19 @@ class PerSampleSGD(Update):
 
     def advance(self, sampler, rows: int) -> None:
         sampler.advance(rows)
+
+
+def _gave_back(params: dict[str, np.ndarray], rows, before: dict[str, np.ndarray], loss: float) -> bool:
+    """Whether a block diverged (its loss or a weight it reached is not finite); if so, every array
+    is put back as ``before`` holds it (of ``W1``, its ``rows``): the last good state."""
+    if np.isfinite(loss) and all(np.isfinite(v[rows] if k == "W1" else v).all() for k, v in params.items()):
+        return False
+    for k, v in before.items():
+        if k == "W1":
+            params[k][rows] = v
+        else:
+            params[k][...] = v
+    return True
 
 
 def _selected_rows(layout, picked: np.ndarray, n_rows: int) -> np.ndarray:
