@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +43,35 @@ def _args(data, ckpt, *extra):
 
 
 def _run(k, args, timeout=300, **kwargs):
-    """``streamtrain ARGS`` on ``k`` processes under mpiexec (k=0: alone, no launcher)."""
+    """``streamtrain ARGS`` on ``k`` processes under mpiexec (k=0: alone, no launcher).
+
+    A job one of whose processes was SIGKILLed with nothing said (hydra's "Killed (signal 9)", an
+    empty stderr) is run once more, with a warning that names it and the kernel's log of kills:
+    seen twice in CI under load (two different tests, memory 20 GB from full), never here in
+    hundreds of runs, and nothing of streamtrain sends SIGKILL to a process of its own job. The
+    second run must pass; its first is in the warning for whoever finds the sender."""
     cmd = [str(BIN), *args] if k == 0 else [str(MPIEXEC), "-n", str(k), str(BIN), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if k and r.returncode == 9 and "Killed (signal 9)" in r.stdout and not r.stderr.strip():
+        warnings.warn(f"an MPI process of {cmd} was SIGKILLed by something outside the job; run again. "
+                      f"Its stdout's end: {r.stdout[-1500:]!r}; the kernel's log: {_kernel_kills()!r}")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return r
+
+
+def _kernel_kills() -> str:
+    """The kernel log's lines about killed processes (the OOM killer's among them), where readable."""
+    try:
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "(dmesg unavailable)"
+    kills = re.compile(r"\b(killed|kill|oom\w*|out of memory)\b", re.IGNORECASE)
+    return "\n".join(line for line in log.splitlines() if kills.search(line))[-3000:] or "(none)"
+
+
+def _said(r) -> str:
+    """A failed run's stderr and the end of its stdout (where hydra says which process ended how)."""
+    return f"{r.stderr}\n--- stdout's end:\n{r.stdout[-2000:]}"
 
 
 def _start(k, args):
@@ -75,11 +103,11 @@ def _step(meta):
 def test_k_processes_train_the_run_of_one(data, tmp_path, shuffle, optimizer):
     opts = ["--shuffle", shuffle, "--window-mb", "0.1", "--optimizer", *optimizer.split(), "--val-fraction", "0.2"]
     alone = _run(0, _args(data, tmp_path / "one", *opts))
-    assert alone.returncode == 0, alone.stderr
+    assert alone.returncode == 0, _said(alone)
     ref, ref_meta = _final(tmp_path / "one")
     for k in (1, 2, 3):
         r = _run(k, _args(data, tmp_path / f"k{k}", *opts))
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0, _said(r)
         got, meta = _final(tmp_path / f"k{k}")
         assert _step(meta) == _step(ref_meta) == 160  # 4800 training rows / 60, two epochs
         # float64: the same sums, added in another order (statistics, gradients, metrics)
@@ -98,7 +126,7 @@ def test_float32_runs_stay_close(data, tmp_path):
     args = ["train", str(data), "--hidden", "8", "--batch-size", "64", "--epochs", "2", "--quiet"]
     assert _run(0, [*args, "--checkpoint-dir", str(tmp_path / "one")]).returncode == 0
     r = _run(2, [*args, "--checkpoint-dir", str(tmp_path / "two")])
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     (one, _), (two, _) = _final(tmp_path / "one"), _final(tmp_path / "two")
     for key in one:
         if one[key].dtype == np.float32 and key.startswith("net"):
@@ -108,7 +136,7 @@ def test_float32_runs_stay_close(data, tmp_path):
 def test_only_rank_0_speaks(data, tmp_path):
     args = [a for a in _args(data, tmp_path / "r", "--log-every", "1000") if a != "--quiet"]
     r = _run(2, args)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     assert r.stderr.count("epoch 1/2") == 1 and r.stderr.count("epoch 2/2") == 1, r.stderr
     assert r.stdout.count("trained 2 epochs") == 1, r.stdout
 
@@ -162,7 +190,7 @@ def long_args(data):
 def uninterrupted(long_args, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("uninterrupted")
     r = _run(2, long_args(ckpt))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     return _final(ckpt)
 
 
@@ -170,7 +198,7 @@ def uninterrupted(long_args, tmp_path_factory):
 def uninterrupted_short(long_args, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("uninterrupted-short")
     r = _run(2, long_args(ckpt, SHORT))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     return _final(ckpt)
 
 
@@ -195,7 +223,7 @@ def test_a_rank_killed_at_random_moments_loses_nothing(long_args, uninterrupted,
         assert found is None or found[0].name.startswith("ckpt-")
     assert killed, "the runs ended before a rank could be killed"
     r = _run(2, long_args(tmp_path))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     arrays, meta = _final(tmp_path)
     assert _step(meta) == _step(uninterrupted[1])
     for key, value in uninterrupted[0].items():
@@ -218,7 +246,7 @@ def test_a_signal_stops_every_rank_at_one_step(long_args, uninterrupted_short, t
     assert stopped is not None and 0 < _step(stopped[2]) < _step(uninterrupted[1])
     # resumed at the same world size: bitwise the uninterrupted run
     r = _run(2, long_args(tmp_path, SHORT))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     arrays, meta = _final(tmp_path)
     for key, value in uninterrupted[0].items():
         np.testing.assert_array_equal(arrays[key], value, err_msg=key)
@@ -236,7 +264,7 @@ def test_resume_at_another_world_size(long_args, uninterrupted_short, tmp_path, 
     assert proc.returncode == 143
     first = _step(latest_checkpoint(tmp_path)[2])
     r = _run(k_after, long_args(tmp_path, SHORT))
-    assert r.returncode == 0, r.stderr + r.stdout[-2000:]
+    assert r.returncode == 0, _said(r)
     arrays, meta = _final(tmp_path)
     # the same global position and global batch: the same number of steps, the same run up to float order
     assert first < _step(meta) == _step(uninterrupted[1])
@@ -295,7 +323,7 @@ def test_evaluate_splits_the_rows_and_sums_the_metrics(data, tmp_path):
     assert _run(0, _args(data, tmp_path / "r")).returncode == 0
     one = json.loads(_run(0, ["evaluate", str(tmp_path / "r"), str(data), "--json"]).stdout)
     r = _run(3, ["evaluate", str(tmp_path / "r"), str(data), "--json"])
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     three = json.loads(r.stdout)  # printed once
     assert three["n"] == one["n"] == 6000
     assert three["confusion_matrix"] == one["confusion_matrix"]
@@ -323,7 +351,7 @@ def test_parameters_that_drift_apart_stop_the_job(data, tmp_path):
     """))
     r = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                        timeout=120)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, _said(r)
     lines = r.stdout.splitlines()
     assert len(lines) == 2  # every rank stops, both know why
     assert all("the parameters differ across processes" in line and "rank 1 differs" in line for line in lines)
