@@ -482,3 +482,30 @@ def test_docstring_examples_run():
     for module in (codes, hashing, schema, vocab):
         assert doctest.testmod(module).failed == 0, module.__name__
 
+
+
+# ---------------------------------------------------------------- the distinct-count sketch of dictionaries
+
+
+@pytest.mark.parametrize("n_values", [50, 5_000])  # below the sketch's k (exact), and above (an estimate)
+def test_a_dictionary_column_counts_as_its_values_do(n_values):
+    """A dictionary column (Parquet's strings read as they are stored) is sketched from the entries
+    its codes use, once each: the same sketch as its values written out, unused, repeated and
+    missing entries and missing codes included, over several chunks with their own dictionaries."""
+    from streamtrain.features.distinct import DistinctCount
+
+    rng = np.random.default_rng(n_values)
+    words = np.array([f"w{i}" for i in range(2 * n_values)], dtype=object)
+    chunks, plain = [], []
+    for _ in range(3):
+        entries = list(rng.permutation(words)) + ["w0", None]  # a repeated entry, a missing one
+        codes = rng.integers(0, n_values, 4000).astype(np.int32)  # half the entries never used
+        codes[::97] = len(entries) - 1  # codes pointing at the missing entry
+        indices = pa.array(codes, mask=np.arange(4000) % 89 == 0)  # missing codes
+        chunks.append(pa.DictionaryArray.from_arrays(indices, pa.array(entries, pa.string())))
+        plain.append(chunks[-1].cast(pa.string()))
+    one = DistinctCount().update(pa.chunked_array(chunks))
+    ref = DistinctCount().update(pa.chunked_array(plain))
+    assert one.exact == ref.exact == (n_values < 1000)
+    np.testing.assert_array_equal(one._mins, ref._mins)
+    assert one.estimate() == ref.estimate()

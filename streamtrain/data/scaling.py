@@ -53,9 +53,9 @@ class DataStats:
         """Merge one block of feature rows (Chan et al.'s parallel variance formula, in float64)."""
         if X.shape[0] == 0:
             return
-        Xd = X.astype(np.float64, copy=False)
-        mean_b = Xd.mean(axis=0)
-        self._merge(X.shape[0], mean_b, ((Xd - mean_b) ** 2).sum(axis=0))
+        from .moments import column_moments
+
+        self._merge(X.shape[0], *column_moments(X))
 
     def _merge(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         if self.n == 0:

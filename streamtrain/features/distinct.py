@@ -38,9 +38,19 @@ class DistinctCount:
 
     def update(self, values) -> DistinctCount:
         """Count a chunk of values (as :func:`hashing.hash64` takes them); returns self."""
+        import pyarrow as pa
+
         from .hashing import null_mask, _arrow
 
         arr = _arrow(values)
+        if isinstance(arr, pa.ChunkedArray):
+            for chunk in arr.chunks:
+                self.update(chunk)
+            return self
+        if pa.types.is_dictionary(arr.type):  # the entries its codes use: the same values, hashed once each
+            used = np.zeros(len(arr.dictionary), dtype=bool)
+            used[arr.indices.drop_null().to_numpy(zero_copy_only=False)] = True
+            arr = arr.dictionary.filter(pa.array(used))
         h = fmix64(hash64(arr))  # fmix64 spreads FNV's poorly mixed high bits over the whole range
         h = h[~null_mask(arr)]
         if len(self._mins) == self.k:  # full: only a hash below the k-th smallest can enter (a chunk's few)

@@ -196,6 +196,7 @@ class ParquetDataset(Dataset):
                                 "with smaller row groups (pyarrow.parquet.write_table(..., row_group_size=1_000_000))")
 
     def _file(self, f_idx: int):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self._in_child_process():
@@ -203,8 +204,13 @@ class ParquetDataset(Dataset):
             self._pid = os.getpid()
         handle = self._handles.get(f_idx)
         if handle is None:
+            # Strings as Parquet keeps them, a dictionary per column chunk: hashed and counted once
+            # per value there, and never made into a string array of every row (most of the
+            # encoding pass over a click log's string columns, and of reading them)
+            strings = [f.name for f in self._metadata[f_idx].schema.to_arrow_schema()
+                       if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
             handle = pq.ParquetFile(self._fs.open_input_file(self._files[f_idx]) if hasattr(self._fs, "open_input_file")
-                                    else self._fs.open(self._files[f_idx], "rb"))
+                                    else self._fs.open(self._files[f_idx], "rb"), read_dictionary=strings or None)
             self._handles[f_idx] = handle
             while len(self._handles) > MAX_OPEN_FILES:
                 self._handles.popitem(last=False)[1].close()
