@@ -893,3 +893,24 @@ def test_a_column_whose_estimate_overshoots_its_rows_keeps_its_vocabulary():
                                                                        for a in range(0, 2000, 500)),
                                    EncodingOptions(max_categories=2000), "t")
         assert enc.columns[0].kind == "categorical" and len(enc.columns[0].cats.values) == 2000
+
+
+def test_parquet_strings_are_hashed_once_per_value_a_row_group_in_the_pass(tmp_path, monkeypatch):
+    # (a click log's string columns arrive as the dictionaries Parquet stores them as: the pass
+    # hashes each value a row group uses once, not each row's, and learns the same encoding)
+    from streamtrain.features import distinct
+
+    rng = np.random.default_rng(1)
+    n, groups = 40_000, 4
+    t = pa.table({"c": [f"v{v}" for v in rng.integers(0, 3000, n)], "y": rng.integers(0, 2, n)})
+    pq.write_table(t, tmp_path / "d.parquet", row_group_size=n // groups)
+    hashed = []
+    real = distinct.hash64  # (the distinct-count sketch's)
+    monkeypatch.setattr(distinct, "hash64", lambda values, *a, **k: (hashed.append(len(values)), real(values, *a, **k))[1])
+    ds = open_dataset(tmp_path / "d.parquet", label="y", encode={"hash_buckets": 512, "one_hot_max": 0})
+    assert 3000 * groups * 0.9 < sum(hashed) <= 3000 * groups  # not the 40,000 rows
+    (col,) = ds.encoding.columns
+    assert col.kind == "hashed" and col.buckets == 512 and "~3,0" in col.seen
+    # the training rows: the codes the strings written out select
+    X, _ = ds.read_chunk(0)
+    np.testing.assert_array_equal(X, ds.encoding.transform(t.slice(0, n // groups), ds.dtype, "d"))
