@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,15 +47,19 @@ def _run(k, args, timeout=300, **kwargs):
     """``streamtrain ARGS`` on ``k`` processes under mpiexec (k=0: alone, no launcher).
 
     A job one of whose processes was SIGKILLed with nothing said (hydra's "Killed (signal 9)", an
-    empty stderr) is run once more, with a warning that names it and the kernel's log of kills:
-    seen twice in CI under load (two different tests, memory 20 GB from full), never here in
-    hundreds of runs, and nothing of streamtrain sends SIGKILL to a process of its own job. The
-    second run must pass; its first is in the warning for whoever finds the sender."""
+    empty stderr), started on an empty checkpoint directory, is run once more from an empty one,
+    with a warning that names it and the kernel's log of kills: seen twice in CI under load (two
+    different tests, memory 20 GB from full), never here in hundreds of runs, and nothing of
+    streamtrain sends SIGKILL to a process of its own job. The second run must pass. (A job that
+    continues a directory's checkpoints is not run again: its first try may have added some.)"""
     cmd = [str(BIN), *args] if k == 0 else [str(MPIEXEC), "-n", str(k), str(BIN), *args]
+    ckpt = Path(args[args.index("--checkpoint-dir") + 1]) if "--checkpoint-dir" in args else None
+    fresh = ckpt is not None and not (ckpt.exists() and any(ckpt.iterdir()))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    if k and r.returncode == 9 and "Killed (signal 9)" in r.stdout and not r.stderr.strip():
+    if k and fresh and r.returncode == 9 and "Killed (signal 9)" in r.stdout and not r.stderr.strip():
         warnings.warn(f"an MPI process of {cmd} was SIGKILLed by something outside the job; run again. "
                       f"Its stdout's end: {r.stdout[-1500:]!r}; the kernel's log: {_kernel_kills()!r}")
+        shutil.rmtree(ckpt, ignore_errors=True)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     return r
 
@@ -62,9 +67,12 @@ def _run(k, args, timeout=300, **kwargs):
 def _kernel_kills() -> str:
     """The kernel log's lines about killed processes (the OOM killer's among them), where readable."""
     try:
-        log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "(dmesg unavailable)"
+        got = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(dmesg unavailable: {e})"
+    if got.returncode:
+        return f"(dmesg refused: {got.stderr.strip()[:200]})"
+    log = got.stdout
     kills = re.compile(r"\b(killed|kill|oom\w*|out of memory)\b", re.IGNORECASE)
     return "\n".join(line for line in log.splitlines() if kills.search(line))[-3000:] or "(none)"
 

@@ -914,3 +914,19 @@ def test_parquet_strings_are_hashed_once_per_value_a_row_group_in_the_pass(tmp_p
     # the training rows: the codes the strings written out select
     X, _ = ds.read_chunk(0)
     np.testing.assert_array_equal(X, ds.encoding.transform(t.slice(0, n // groups), ds.dtype, "d"))
+
+
+def test_a_parquet_table_of_strings_reads_the_same_once_pickled(tmp_path):
+    # (a spawned worker process gets the dataset pickled: its open files and footers are left
+    # behind, and it must still know which columns to read as dictionaries)
+    import pickle
+
+    rng = np.random.default_rng(2)
+    t = pa.table({"c": [f"v{v}" for v in rng.integers(0, 40, 600)], "x": rng.normal(size=600),
+                  "y": rng.integers(0, 2, 600)})
+    pq.write_table(t, tmp_path / "d.parquet", row_group_size=200)
+    ds = open_dataset(tmp_path / "d.parquet", label="y")
+    copy = pickle.loads(pickle.dumps(ds))
+    for i in (2, 0):
+        for a, b in zip(copy.read_chunk(i), ds.read_chunk(i)):
+            np.testing.assert_array_equal(a, b)

@@ -57,6 +57,7 @@ class ParquetDataset(Dataset):
         # (allow_missing_chunks: accepted for every format; a Parquet row group is always written)
         # encoding: a model's learned column encoding (its state); encode: options to learn one;
         # name: how messages name the data (a CSV file read through its Parquet copy)
+        import pyarrow as pa
         import pyarrow.dataset as pds
 
         super().__init__(cache_bytes, dtype)
@@ -84,11 +85,14 @@ class ParquetDataset(Dataset):
                     dataset = pds.dataset(root, format="parquet", filesystem=fs)
             fragments = list(dataset.get_fragments())
             parts, self._files, self._partitions, stored = [], [], [], []
+            self._strings: list[list[str]] = []  # each file's string columns (kept through pickling)
             for f_idx, frag in enumerate(fragments):
                 frag.ensure_complete_metadata()
                 self._files.append(frag.path)
                 self._partitions.append(pds.get_partition_keys(frag.partition_expression) or {})
                 stored.append(set(frag.physical_schema.names))
+                self._strings.append([f.name for f in frag.physical_schema
+                                      if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)])
                 parts += [(f_idx, rg.id, rg.num_rows) for rg in frag.row_groups if rg.num_rows]
         except DataError:
             raise
@@ -196,7 +200,6 @@ class ParquetDataset(Dataset):
                                 "with smaller row groups (pyarrow.parquet.write_table(..., row_group_size=1_000_000))")
 
     def _file(self, f_idx: int):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self._in_child_process():
@@ -207,8 +210,7 @@ class ParquetDataset(Dataset):
             # Strings as Parquet keeps them, a dictionary per column chunk: hashed and counted once
             # per value there, and never made into a string array of every row (most of the
             # encoding pass over a click log's string columns, and of reading them)
-            strings = [f.name for f in self._metadata[f_idx].schema.to_arrow_schema()
-                       if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            strings = self._strings[f_idx]
             handle = pq.ParquetFile(self._fs.open_input_file(self._files[f_idx]) if hasattr(self._fs, "open_input_file")
                                     else self._fs.open(self._files[f_idx], "rb"), read_dictionary=strings or None)
             self._handles[f_idx] = handle
