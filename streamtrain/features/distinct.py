@@ -10,6 +10,7 @@ ranks of a run and the files of a dataset agree on one estimate.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from .hashing import fmix64, hash64
 
@@ -38,8 +39,6 @@ class DistinctCount:
 
     def update(self, values) -> DistinctCount:
         """Count a chunk of values (as :func:`hashing.hash64` takes them); returns self."""
-        import pyarrow as pa
-
         from .hashing import null_mask, _arrow
 
         arr = _arrow(values)

@@ -210,9 +210,9 @@ class ParquetDataset(Dataset):
             # Strings as Parquet keeps them, a dictionary per column chunk: hashed and counted once
             # per value there, and never made into a string array of every row (most of the
             # encoding pass over a click log's string columns, and of reading them)
-            strings = self._strings[f_idx]
             handle = pq.ParquetFile(self._fs.open_input_file(self._files[f_idx]) if hasattr(self._fs, "open_input_file")
-                                    else self._fs.open(self._files[f_idx], "rb"), read_dictionary=strings or None)
+                                    else self._fs.open(self._files[f_idx], "rb"),
+                                    read_dictionary=self._strings[f_idx] or None)
             self._handles[f_idx] = handle
             while len(self._handles) > MAX_OPEN_FILES:
                 self._handles.popitem(last=False)[1].close()
