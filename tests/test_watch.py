@@ -248,10 +248,6 @@ def test_a_held_out_file_is_scored_as_the_model_learns(served, tmp_path):
     val = _held_out(tmp_path / "val.parquet")
     svc = served("http", "--val", val, "--val-every", "0.3").start()
     stream = pieces(150, seed=5)
-    post_all(svc.url, stream)
-    rows = sum(map(len, stream))
-    svc.wait_received(rows)
-    # the stream has ended: the last model, published, is scored once (it changes no more)
 
     def settled():
         a = svc.status()
@@ -261,7 +257,18 @@ def test_a_held_out_file_is_scored_as_the_model_learns(served, tmp_path):
         return (a["updates"] == b["updates"] == b["model_version"] and scored
                 and scored["model_version"] == b["model_version"] and b)
 
+    # Two halves, each waited out: the model between them is scored however fast the service trains (on a
+    # loaded machine the whole stream could otherwise be trained before the first scoring).
+    post_all(svc.url, stream[:75])
+    svc.wait_received(sum(map(len, stream[:75])))
+    first = wait_for(settled, 60, "the half-way model scored")["validation"]
+    wait_for(lambda: any(p["val_loss"] == first["last"]["loss"]
+                         for p in httpx.get(svc.url + "/watch.json").json()["points"]), 30, "a point with its score")
+    post_all(svc.url, stream[75:], prefix="rest")  # keys of their own: not the first half again
+    svc.wait_received(sum(map(len, stream)))
+    # the stream has ended: the last model, published, is scored once (it changes no more)
     last = wait_for(settled, 60, "the last model scored")["validation"]
+    assert last["last"]["model_version"] > first["last"]["model_version"]
     assert last["path"] == str(val) and last["error"] is None and last["last"]["rows"] == len(pd.read_parquet(val))
     points = httpx.get(svc.url + "/watch.json").json()
     assert points["validation"] == str(val)
