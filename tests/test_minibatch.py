@@ -191,3 +191,102 @@ def test_multi_output_regression_step_equals_numpy_step():
         assert total == pytest.approx(loss + penalty, rel=1e-12)
     for k in a.params:
         np.testing.assert_allclose(b.params[k], a.params[k], rtol=0, atol=1e-12)
+
+
+def _adam_scalars(opt_t, n, lr, b1=0.9, b2=0.999, eps=1e-8):
+    return np.array([(b1, 1.0 - b1, b2, 1.0 - b2, lr / (1.0 - b1 ** (opt_t + k + 1)), 1.0 - b2 ** (opt_t + k + 1), eps)
+                     for k in range(n)])
+
+
+@pytest.mark.parametrize("adam", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation,task,reg", CASES)
+def test_batches_in_one_call_are_the_steps_one_at_a_time_bitwise(activation, task, reg, dtype, adam):
+    # Scaled, weighted, penalised: what the service's learner hands over in one call (GIL released).
+    from streamtrain.nn.optim_compiled import adam_update
+
+    X, y = _data(task, rows=7 * 32, dtype=dtype)
+    X = X * 3 + 2
+    mean, factor = X.mean(axis=0).astype(dtype), (1 / X.std(axis=0)).astype(dtype)
+    w = np.random.default_rng(1).uniform(0.5, 2, len(X))
+    a, b = _pair(activation, task, dtype)
+    moments = [{k: np.zeros_like(v) for k, v in b.params.items()} for _ in range(2)] if adam else None
+    ma, va = ({k: np.zeros_like(v) for k, v in a.params.items()} for _ in range(2))
+    lrs = 0.05 / np.sqrt(1 + np.arange(7))  # a rate per step, as a schedule gives
+    scalars = _adam_scalars(0, 7, 0.01) if adam else np.c_[lrs, np.zeros((7, 6))]
+    done, out = minibatch.step_batches(b.params, X, y, 32, scalars, *reg, activation, task, w, (mean, factor),
+                                       None if moments is None else tuple(moments))
+    assert done == 7 and out.shape == (7, 2)
+    for k in range(7):
+        s = slice(32 * k, 32 * (k + 1))
+        Xs = (X[s] - mean) * factor
+        if adam:
+            total, correct, grads = minibatch.loss_and_grads(a.params, Xs, y[s], *reg, activation, task, w[s])
+            adam_update(a.params, grads, ma, va, 0.9, 0.999, scalars[k, 4], scalars[k, 5], 1e-8)
+        else:
+            total, correct = minibatch.sgd_step(a.params, Xs, y[s], lrs[k], *reg, activation, task, w[s])
+        assert (out[k, 0], out[k, 1]) == (total, correct)
+    for k in a.params:
+        np.testing.assert_array_equal(b.params[k], a.params[k], err_msg=k)
+        if adam:
+            np.testing.assert_array_equal(moments[0][k], ma[k])
+            np.testing.assert_array_equal(moments[1][k], va[k])
+
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_batches_in_one_call_stop_at_the_first_that_diverges(adam):
+    X, y = _data("regression", rows=5 * 8, dtype=np.float32)
+    X[3 * 8 + 2] = 1e30  # batch 3 diverges
+    a, b = _pair("relu", "regression", np.float32)
+    moments = tuple({k: np.zeros_like(v) for k, v in b.params.items()} for _ in range(2)) if adam else None
+    scalars = _adam_scalars(0, 5, 0.01) if adam else np.c_[np.full(5, 0.01), np.zeros((5, 6))]
+    with np.errstate(over="ignore", invalid="ignore"):
+        done, out = minibatch.step_batches(b.params, X, y, 8, scalars, 0, 0, "relu", "regression", adam=moments)
+        assert done == 3 and np.isfinite(out[:3, 0]).all() and not np.isfinite(out[3, 0])
+        again = {k: v.copy() for k, v in a.params.items()}
+        minibatch.step_batches(again, X[:24], y[:24], 8, scalars[:3], 0, 0, "relu", "regression",
+                               adam=None if moments is None else
+                               tuple({k: np.zeros_like(v) for k, v in again.items()} for _ in range(2)))
+    for k in a.params:  # the three batches before it, and nothing of it
+        np.testing.assert_array_equal(b.params[k], again[k], err_msg=k)
+
+
+@pytest.mark.parametrize("optimizer,schedule,strategy", [("adam", "constant", "GradientStep"),
+                                                         ("sgd", "cosine", "FusedSGD"),
+                                                         ("momentum", "constant", "GradientStep")])
+def test_a_strategy_s_batches_are_its_updates_one_at_a_time(optimizer, schedule, strategy):
+    # update_batches (one compiled call for plain SGD and Adam; a loop for the others) against update
+    # per batch on the scaled rows: the same parameters, optimiser state and loss, bitwise.
+    import copy
+
+    from streamtrain.data.scaling import DataStats, Scaler
+    from streamtrain.model import Model
+    from streamtrain.train.state import make_run_optimizer
+    from streamtrain.train.update import choose_update
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(256 * 7, 5)) * 3 + 1).astype(np.float32)
+    y = np.where(X[:, 0] > 1, "a", "b")
+    cfg = TrainConfig(hidden=8, batch_size=256, optimizer=optimizer, lr_schedule=schedule, epochs=2, l2=1e-3,
+                      class_weight="a=2, b=1")
+    stats = DataStats()
+    stats.update_labels(y)
+    stats.update_features(X)
+    one = Model.build(cfg, stats, 5, [f"f{i}" for i in range(5)], "y", None, "test", "test")
+    one.scaler = Scaler.from_stats("standard", stats, cfg.dtype)
+    two = copy.deepcopy(one)
+    opt_one, opt_two = make_run_optimizer(cfg), make_run_optimizer(cfg)
+    fast, slow = choose_update(cfg, one, opt_one, total_steps=14), choose_update(cfg, two, opt_two, total_steps=14)
+    assert type(fast).__name__ == strategy
+    T = one.targets(y, "test")
+    made = [fast.update_batches(X, T, 0, 256, scaler=one.scaler), fast.update_batches(X, T, 7, 256, scaler=one.scaler)]
+    loss = 0.0
+    for step in range(14):
+        s = slice(256 * (step % 7), 256 * (step % 7 + 1))
+        loss += slow.update(two.scaler.transform(X[s]), T[s], step).loss_sum
+    assert [m.diverged for m in made] == [None, None] and sum(m.done.steps for m in made) == 14
+    assert sum(m.done.loss_sum for m in made) == pytest.approx(loss, rel=1e-12)
+    for k, v in two.net.params.items():
+        np.testing.assert_array_equal(one.net.params[k], v, err_msg=k)
+    for k, v in opt_two.state_dict().items():
+        np.testing.assert_array_equal(opt_one.state_dict()[k], v, err_msg=k)

@@ -45,19 +45,36 @@ def landing(tmp_path):
 
 
 def test_the_state_a_checkpoint_keeps_is_that_of_the_rows_handed_to_training(landing):
-    ahead = ReadAhead(landing, max_bytes=1 << 30)
+    ahead = ReadAhead(landing, max_bytes=1)  # one poll's pieces queued at a time
     ahead.begin()
     try:
-        _until(lambda: ahead.queued_rows() == 600)  # every file read ahead
-        assert landing.state()["done"] == ["part0.parquet", "part1.parquet", "part2.parquet"]
+        _until(lambda: ahead.queued_rows() == 100)
+        assert landing.state()["done"] == ["part0.parquet"]
         assert ahead.state() == {"done": []}  # nothing trained yet
         first = ahead.poll(1.0)
         assert [(e.position, len(e.X)) for e in first] == [({"file": None, "row": 0}, 100)]
         assert ahead.state() == {"done": ["part0.parquet"]}
-        assert ahead.queued_rows() == 500
+        _until(lambda: ahead.queued_rows() == 200)
         second = ahead.poll(1.0)
         assert second[0].where.endswith("part1.parquet rows 0-200")
         assert ahead.state() == {"done": ["part0.parquet", "part1.parquet"]}
+    finally:
+        ahead.close()
+
+
+def test_training_takes_every_poll_queued_at_once_with_the_state_after_the_last(landing):
+    # A training thread that lags behind takes everything read ahead in one hand-over: the
+    # service then trains their batches in one compiled call.
+    ahead = ReadAhead(landing, max_bytes=1 << 30)
+    ahead.begin()
+    try:
+        _until(lambda: ahead.queued_rows() == 600)  # every file read ahead, a poll each
+        assert ahead.state() == {"done": []}
+        items = ahead.poll(1.0)
+        assert [len(e.X) for e in items] == [100, 200, 300] and ahead.queued_rows() == 0
+        assert ahead.state() == {"done": ["part0.parquet", "part1.parquet", "part2.parquet"]}
+        assert ahead.poll(0.05) == [] and ahead.state() == {"done": ["part0.parquet", "part1.parquet",
+                                                                       "part2.parquet"]}
     finally:
         ahead.close()
 

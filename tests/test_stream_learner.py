@@ -147,3 +147,20 @@ def test_a_checkpoint_s_stream_section_is_checked_as_strictly_as_its_other_parts
             load_checkpoint(path, TRAINER)
         with pytest.raises(CheckpointError, match="its loader would refuse it"):  # nor written with it
             save_checkpoint(tmp_path / f"refused{i}.npz", bad_arrays, bad_meta, TRAINER)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "momentum"])
+def test_a_batch_that_diverges_in_a_block_is_named_and_the_ones_before_it_count(optimizer):
+    # The rows waiting are trained in one call; one batch of them diverging stops it there.
+    from streamtrain.errors import TrainingError
+
+    X, y = _stream(1000)
+    X[200 + 3 * 32 + 5] = np.inf  # in the fourth batch after the 200 rows that set the scaler
+    learner = _learner(optimizer=optimizer)
+    learner.feed(X[:200], learner.targets(y[:200], "test"), {"row": 200})
+    assert learner.rows_trained == 192  # six batches of the rows that set the scaler
+    with pytest.raises(TrainingError, match=r"training diverged at update 10 \("):
+        learner.feed(X[200:], learner.targets(y[200:], "test"), {"row": 1000})
+    assert learner.state.global_step == 9 and learner.rows_trained == 288 and learner.scored == 288
+    np.testing.assert_array_equal(learner.pending_X, X[288:])  # from the batch that diverged on
+    assert all(np.isfinite(v).all() for v in learner.model.net.params.values())

@@ -22,7 +22,7 @@ from . import kernels
 from .functions import ACTIVATIONS, TASKS
 from .kernels import ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, each_activation, each_task, targets_2d, task_id
 
-__all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads"]
+__all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads", "step_batches"]
 
 _loaded: set = set()  # (dtype, sgd) entries loaded and run once
 _load_lock = threading.RLock()  # load() in a background thread may meet a first call here
@@ -78,8 +78,15 @@ def _parts() -> list:
     # error_model="numpy": no zero-division branch, so the division loops vectorise.
     opts = dict(cache=True, nogil=True, error_model="numpy")
     fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
+    from .optim_compiled import _adam_one
+
+    # The scaling and Adam's step as their own compiled forms are (numpy's arithmetic, bitwise), and
+    # the batches' loop that calls them without fastmath either: inlined into a fastmath function,
+    # Adam's step was contracted and reassociated (seen: its weights differed in the last bits).
+    exact = dict(cache=True, nogil=True)
     return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast - {"reassoc"}, **opts)),
-            *((fn.__name__, fn, dict(fastmath=fast, **opts)) for fn in _FUNCTIONS)]
+            ("_scale_rows", _scale_rows, exact), ("_adam_one", _adam_one.py_func, exact),
+            *((fn.__name__, fn, exact if fn is _batches else dict(fastmath=fast, **opts)) for fn in _FUNCTIONS)]
 
 
 def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
@@ -208,9 +215,46 @@ def _sgd(W1, b1, W2, b2, X, T, R, lr, l1, l2, act, task, fast_exp, block):  # pr
     return total, correct
 
 
+def _scale_rows(X, a, mean, factor, out):  # pragma: no cover - compiled
+    # out <- (X[a:a + len(out)] - mean) * factor: numpy's standardize, bitwise (no fastmath here)
+    rows, d = out.shape
+    for i in range(rows):
+        for j in range(d):
+            out[i, j] = (X[a + i, j] - mean[j]) * factor[j]
+
+
+def _batches(W1, b1, W2, b2, X, T, R, mean, factor, S, l1, l2, act, task, fast_exp, block, bs, adam,
+             mW1, mb1, mW2, mb2, vW1, vb1, vW2, vb2, out):  # pragma: no cover - compiled
+    # Consecutive batches of bs rows of X, each scaled, then stepped: plain SGD (S[k, 0] its rate) or
+    # Adam (S[k] its scalars, as adam_update takes them). out[k] <- (batch k's loss, its rows right).
+    # Stops at a batch whose loss is not finite, leaving the weights as they were before it; returns
+    # the batches stepped. One call with the GIL released: the service's reader runs meanwhile.
+    buf = np.empty((bs, X.shape[1]), X.dtype)
+    for k in range(X.shape[0] // bs):
+        a = k * bs
+        _scale_rows(X, a, mean, factor, buf)
+        if adam:
+            total, correct, gW1, gb1, gW2, gb2 = _grads(W1, b1, W2, b2, buf, T[a:a + bs], R[a:a + bs], l1, l2, act,
+                                                        task, fast_exp, block)
+            out[k, 0], out[k, 1] = total, correct
+            if not np.isfinite(total):
+                return k
+            _adam_one(W1, gW1, mW1, vW1, S[k])
+            _adam_one(b1, gb1, mb1, vb1, S[k])
+            _adam_one(W2, gW2, mW2, vW2, S[k])
+            _adam_one(b2, gb2, mb2, vb2, S[k])
+        else:
+            total, correct = _sgd(W1, b1, W2, b2, buf, T[a:a + bs], R[a:a + bs], S[k, 0], l1, l2, act, task, fast_exp,
+                                  block)
+            out[k, 0], out[k, 1] = total, correct
+            if not np.isfinite(total):
+                return k
+    return X.shape[0] // bs
+
+
 # The step's functions as written, compiled (with the shared exponential) from the module
 # kernels.build writes for the activations table.
-_FUNCTIONS = (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads, _sgd)
+_FUNCTIONS = (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads, _sgd, _batches)
 # (the tasks' row functions with _loss_delta's flags, as they were when written inside it)
 _generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS,
                                dict(cache=True, nogil=True, error_model="numpy",
@@ -253,3 +297,35 @@ def loss_and_grads(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, 
     compiled, act = _generated.get(activation)
     total, correct, *grads = compiled._grads(*_args(act, params, X, T, weights, l1, l2, task))
     return float(total), int(correct), dict(zip(("W1", "b1", "W2", "b2"), grads))
+
+
+def step_batches(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, batch_size: int, scalars: np.ndarray,
+                 l1: float, l2: float, activation: str, task: str, weights: np.ndarray | None = None,
+                 scale: tuple[np.ndarray, np.ndarray] | None = None, adam: tuple[dict, dict] | None = None
+                 ) -> tuple[int, np.ndarray]:
+    """Consecutive batches of ``batch_size`` rows of ``X`` (rows, features; a whole number of
+    them), each one stepped in turn, in one compiled call: what ``sgd_step`` (or ``loss_and_grads``
+    then ``optim_compiled.adam_update``) makes of each batch, bitwise.
+
+    ``scale=(mean, factor)`` makes each batch ``(X - mean) * factor`` first (``Scaler``'s standard
+    scaling, bitwise). ``scalars`` (batches, 7): per batch, plain SGD's learning rate in column 0,
+    or with ``adam=(m, v)`` (the moments, created) the scalars ``adam_update`` takes, in its order.
+    Returns the batches stepped (they stop before the first whose loss is not finite: the weights
+    are left as they were before it) and each batch's (mean loss plus the penalty, rows right),
+    shape (batches, 2); rows past the batches stepped hold the failed batch's, or nothing.
+    """
+    compiled, act = _generated.get(activation)
+    dt = X.dtype.type
+    X = np.ascontiguousarray(X)
+    if scale is None:
+        mean, factor = np.zeros(X.shape[1], X.dtype), np.ones(X.shape[1], X.dtype)
+    else:
+        mean, factor = (np.ascontiguousarray(a, dtype=X.dtype).reshape(X.shape[1]) for a in scale)
+    m, v = adam if adam is not None else ({}, {})
+    moments = [a.get(k, params[k][:0]) for a in (m, v) for k in ("W1", "b1", "W2", "b2")]
+    out = np.zeros((len(X) // batch_size, 2))
+    done = compiled._batches(params["W1"], params["b1"], params["W2"], params["b2"], X, targets_2d(T, X.dtype),
+                             _weights(weights, len(X), X.dtype), mean, factor,
+                             np.ascontiguousarray(scalars, dtype=X.dtype), dt(l1), dt(l2), act, task_id(task),
+                             X.dtype == np.float32, BLOCK_ROWS, int(batch_size), adam is not None, *moments, out)
+    return int(done), out

@@ -11,7 +11,6 @@ continues exactly as if nothing had stopped.
 from __future__ import annotations
 
 import copy
-import math
 import threading
 import time
 from typing import Any
@@ -143,11 +142,23 @@ class StreamLearner:
     def feed(self, X: np.ndarray, t: np.ndarray, position: Any) -> int:
         """Take rows (``t`` from ``targets``) that bring the source to ``position``; train every
         batch they complete. Returns the updates made."""
+        return self.feed_many([(X, t)], position)
+
+    def feed_many(self, pieces: list[tuple[np.ndarray, np.ndarray]], position: Any, train: bool = True) -> int:
+        """Take consecutive pieces of rows ``(X, t)`` that bring the source to ``position`` (one
+        copy of them all); train every batch they complete, unless ``train`` is False (then
+        ``drain`` does, after more pieces). Returns the updates made."""
         with self.lock:
-            self.pending_X = np.concatenate([self.pending_X, np.asarray(X, self.model.net.dtype)])
-            self.pending_t = np.concatenate([self.pending_t, t])
-            self.rows_received += len(X)
+            dtype = self.model.net.dtype
+            self.pending_X = np.concatenate([self.pending_X, *(np.asarray(X, dtype) for X, _ in pieces)])
+            self.pending_t = np.concatenate([self.pending_t, *(t for _, t in pieces)])
+            self.rows_received += sum(len(X) for X, _ in pieces)
             self.position = position
+            return self._drain() if train else 0
+
+    def drain(self) -> int:
+        """Train every batch the rows waiting complete; the updates made."""
+        with self.lock:
             return self._drain()
 
     def _drain(self) -> int:
@@ -179,29 +190,32 @@ class StreamLearner:
             return done
         n = len(self.pending_X) - len(self.pending_X) % bs
         if n:
-            if self.stepper.blocks:  # batch size 1: the compiled loop, a row an update
+            # Every complete batch in one call (one compiled call where the strategy has one: the
+            # GIL is free meanwhile for the thread that reads the source).
+            before = self.rows_trained
+            try:
                 done += self._update(self.pending_X[:n], self.pending_t[:n])
-            else:
-                for a in range(0, n, bs):
-                    done += self._update(self.pending_X[a:a + bs], self.pending_t[a:a + bs])
-            self.pending_X, self.pending_t = self.pending_X[n:], self.pending_t[n:]
+            finally:  # (diverged: the rows trained before it are gone from what waits, as always)
+                trained = self.rows_trained - before
+                self.pending_X, self.pending_t = self.pending_X[trained:], self.pending_t[trained:]
         return done
 
     def _update(self, X: np.ndarray, t: np.ndarray) -> int:
+        """The updates of ``X``'s batches (a whole number of them); divergence raised after the
+        updates before it are counted."""
         started = time.perf_counter()
-        Xs = self.model.scaler.transform(X)
         step = self.state.global_step
         with np.errstate(over="ignore", invalid="ignore"):
-            loss_sum, correct, steps, _ = self.stepper.update(Xs, t, step)
-        if not math.isfinite(loss_sum):
-            raise divergence(f"update {step + 1}", loss_sum)
-        self.state.global_step += steps
-        self.rows_trained += len(X)
-        self.loss_sum += float(loss_sum)
-        self.correct += int(correct)
-        self.scored += len(X)
+            made, diverged = self.stepper.update_batches(X, t, step, self.config.batch_size, scaler=self.model.scaler)
+        self.state.global_step += made.steps
+        self.rows_trained += made.rows
+        self.loss_sum += float(made.loss_sum)
+        self.correct += int(made.correct)
+        self.scored += made.rows
         self.step_seconds += time.perf_counter() - started
-        return steps
+        if diverged is not None:
+            raise divergence(f"update {step + made.steps + 1}", diverged)
+        return made.steps
 
     # -- the model for predictions -----------------------------------------------------
     def _frozen_model(self) -> Model:

@@ -172,8 +172,7 @@ class Service:
         self.ready.set()
         try:
             while not self.stopping.is_set():
-                for item in source.poll(0.2):
-                    self._take(item)
+                self._take(source.poll(0.2))
                 while not self.requests.empty():
                     job, done = self.requests.get()
                     try:
@@ -198,19 +197,30 @@ class Service:
             self.failure = f"{type(e).__name__}: {e}"
             _LOG.error("error: training stopped", exc_info=e)
 
-    def _take(self, item) -> None:
-        learner = self.learner
-        if not isinstance(item, Rejected):
-            try:
-                t = item.t if item.t is not None else learner.targets(item.y, item.where)
-            except DataError as e:
-                item = Rejected(item.position, item.where, str(e), item.raw)
-            else:
-                learner.feed(item.X, t, item.position)
-                return
-        self._reject(item)  # recorded; the position moves past it
-        with learner.lock:
-            learner.position = item.position
+    def _take(self, items: list) -> None:
+        """A poll's pieces, in order: the rows taken together (one copy, then every batch they
+        complete trained in one call), the refused recorded between them."""
+        learner, rows, position = self.learner, [], None
+        for item in items:
+            if not isinstance(item, Rejected):
+                try:
+                    t = item.t if item.t is not None else learner.targets(item.y, item.where)
+                except DataError as e:
+                    item = Rejected(item.position, item.where, str(e), item.raw)
+                else:
+                    rows.append((item.X, t))
+                    position = item.position
+                    continue
+            if rows:  # (the rows before it, at their position)
+                learner.feed_many(rows, position, train=False)
+                rows = []
+            self._reject(item)  # recorded; the position moves past it
+            with learner.lock:
+                learner.position = item.position
+        if rows:
+            learner.feed_many(rows, position, train=False)
+        if items:
+            learner.drain()
 
     def _reject(self, item: Rejected) -> None:
         self.rows_rejected += 1

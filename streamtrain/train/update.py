@@ -27,11 +27,11 @@ import numpy as np
 from ..errors import TrainingError
 from ..nn import kernels, minibatch, online
 from ..nn.network import PARAM_NAMES, RowGrad, penalty_of, sum_rows
-from ..nn.optim import SGD
+from ..nn.optim import SGD, Adam, _fits
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
-__all__ = ["Update", "Outcome", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep", "choose_update",
+__all__ = ["Update", "Outcome", "Batches", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep", "choose_update",
            "divergence", "stop_votes", "agreed_stop"]
 
 
@@ -49,6 +49,14 @@ class Outcome(NamedTuple):
     def loss(self) -> float:
         """The mean loss per row (plus the penalty, for a minibatch)."""
         return self.loss_sum / max(self.rows, 1)
+
+
+class Batches(NamedTuple):
+    """What ``update_batches`` did: the ``Outcome`` of the updates it made, and the loss of the
+    batch it stopped at (not finite: the parameters are as they were before it), or None."""
+
+    done: Outcome
+    diverged: float | None
 
 
 def divergence(where: str, loss: float | None = None) -> TrainingError:
@@ -116,6 +124,50 @@ class Update:
 
     def update(self, X: np.ndarray, T: np.ndarray, step: int = 0, w: np.ndarray | None = None) -> Outcome:
         raise NotImplementedError
+
+    def update_batches(self, X: np.ndarray, T: np.ndarray, step: int, batch_size: int, w: np.ndarray | None = None,
+                       scaler=None) -> Batches:
+        """The updates of consecutive batches of ``batch_size`` rows of ``X`` (a whole number of
+        them; for a strategy that ``blocks``, one call), each as ``update`` makes it, the features
+        scaled by ``scaler`` (a ``Scaler``) first where one is given; they stop at the first that
+        diverges. Fast paths make them in one compiled call (``FusedSGD``, ``GradientStep``)."""
+        span = len(X) if self.blocks else batch_size
+        loss_sum, correct, steps, rows = 0.0, 0, 0, 0
+        for a in range(0, len(X), max(span, 1)):
+            b = a + span
+            Xb = X[a:b] if scaler is None else scaler.transform(X[a:b])
+            done = self.update(Xb, T[a:b], step + steps, None if w is None else w[a:b])
+            if not math.isfinite(done.loss_sum):
+                return Batches(Outcome(loss_sum, correct, steps, rows), done.loss_sum)
+            loss_sum, correct = loss_sum + done.loss_sum, correct + done.correct
+            steps, rows = steps + done.steps, rows + done.rows
+        return Batches(Outcome(loss_sum, correct, steps, rows), None)
+
+    def _compiled_batches(self, X, T, step, batch_size, w, scaler, adam=None) -> Batches | None:
+        """``update_batches`` in one call of ``minibatch.step_batches`` (plain SGD, or Adam's
+        ``(m, v)``), or None where it cannot take them (a scaling other than standard's, or none)."""
+        scale = _scale_of(scaler, X.dtype)
+        if scale is False or len(X) % batch_size:
+            return None
+        n = len(X) // batch_size
+        scalars = np.zeros((n, 7))
+        if adam is None:
+            scalars[:, 0] = [self.rate(step + k) for k in range(n)]
+        else:
+            opt = self.optimizer
+            for k in range(n):  # as Adam.step computes them (Python's floats: the same bits)
+                t = opt.t + k + 1
+                scalars[k] = (opt.beta1, 1.0 - opt.beta1, opt.beta2, 1.0 - opt.beta2,
+                              self.rate(step + k) / (1.0 - opt.beta1**t), 1.0 - opt.beta2**t, opt.eps)
+        net = self.net
+        done, out = minibatch.step_batches(net.params, X, T, batch_size, scalars, self.l1, self.l2, net.activation,
+                                           self.task, self.weights(T, w), scale, adam)
+        if adam is not None:
+            self.optimizer.t += done
+            if done:
+                self.optimizer.lr = self.rate(step + done - 1)
+        made = Outcome(float((out[:done, 0] * batch_size).sum()), int(out[:done, 1].sum()), done, done * batch_size)
+        return Batches(made, None if done == n else float(out[done, 0] * batch_size))
 
     def advance(self, sampler, rows: int) -> None:
         """Move the sampler past the ``rows`` this update took."""
@@ -234,11 +286,24 @@ class FusedSGD(Update):
     def load(self) -> None:
         minibatch.load(self.config.dtype, True)
 
+    def update_batches(self, X, T, step, batch_size, w=None, scaler=None) -> Batches:
+        made = self._compiled_batches(X, T, step, batch_size, w, scaler)
+        return super().update_batches(X, T, step, batch_size, w, scaler) if made is None else made
+
     def update(self, X, T, step=0, w=None) -> Outcome:
         net = self.net
         loss, correct = minibatch.sgd_step(net.params, X, T, self.rate(step), self.l1, self.l2, net.activation,
                                            self.task, self.weights(T, w))
         return Outcome(loss * len(X), correct, 1, len(X))
+
+
+def _scale_of(scaler, dtype) -> tuple[np.ndarray, np.ndarray] | None | bool:
+    """A ``Scaler`` as the compiled batches take it for features of ``dtype``: ``(mean, factor)``,
+    None (no scaling), or False (what they do not do: another kind, statistics of another dtype)."""
+    if scaler is None or scaler.kind == "none":
+        return None
+    fits = scaler.kind == "standard" and scaler.mean is not None and scaler.mean.dtype == scaler.scale.dtype == dtype
+    return (scaler.mean, scaler.scale) if fits else False
 
 
 def _sums(W: np.ndarray) -> tuple[float, float]:
@@ -347,6 +412,18 @@ class GradientStep(Update):
         if self.decay is not None and len(X):
             layout = self.net.layout  # (a row selected twice is caught up once: then it is up to date)
             self.decay.catch_up(np.concatenate([layout.dense_rows, layout.rows(X).reshape(-1)]))
+
+    def update_batches(self, X, T, step, batch_size, w=None, scaler=None) -> Batches:
+        opt, made = self.optimizer, None
+        if type(self) is GradientStep and self.compiled and type(opt) is Adam and opt.compiled \
+                and self.penalty is None and self.decay is None and not self.sparse:
+            params = self.net.params
+            for k in PARAM_NAMES:
+                if k not in opt.m:
+                    opt.m[k], opt.v[k] = np.zeros_like(params[k]), np.zeros_like(params[k])
+            if _fits(params, params, opt.m, opt.v):
+                made = self._compiled_batches(X, T, step, batch_size, w, scaler, (opt.m, opt.v))
+        return super().update_batches(X, T, step, batch_size, w, scaler) if made is None else made
 
     def update(self, X, T, step=0, w=None) -> Outcome:
         self.catch_up(X)

@@ -113,9 +113,13 @@ class ReadAhead(StreamSource):
                 raise self.failure
             if not self.batches:
                 return []
-            items, state, size, rows = self.batches.popleft()
-            self.bytes -= size
-            self.rows -= rows
+            # Every poll queued, at once: training lagging behind takes them in one call.
+            items, state = [], None
+            while self.batches:
+                polled, state, size, rows = self.batches.popleft()
+                items += polled
+                self.bytes -= size
+                self.rows -= rows
             self.ready.notify_all()
         if state is not None:
             self.handed = state
