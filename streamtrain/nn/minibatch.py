@@ -27,6 +27,7 @@ __all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grad
 _loaded: set = set()  # (dtype, sgd) entries loaded and run once
 _load_lock = threading.RLock()  # load() in a background thread may meet a first call here
 _exp_neg_f32 = None  # the shared exponential's name in the generated module, where _activate calls it
+_adam_one = None  # optim_compiled's Adam step of one array, in the generated module, where _batches calls it
 BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 128 KB at 64 wide, fit L2
 
 
