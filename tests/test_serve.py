@@ -898,6 +898,27 @@ def test_nats_messages_waiting_for_their_acknowledgement_hold_no_payload(nats_ur
     assert time.monotonic() - started < 2.5  # not the drain's 5 s timeout
 
 
+def test_nats_fetches_the_next_batch_while_one_is_parsed_and_a_seek_drops_it(nats_url):
+    from streamtrain.serve.rows import Columns
+    from streamtrain.serve.sources import NatsSource
+
+    stream = pieces(60, seed=8)
+    publish_all(nats_url, "rows.in", [json.dumps(r).encode() for r in stream])
+    source = NatsSource(nats_url, Columns(FEATURES, "y"), "ROWS", durable="ahead")
+    source.start(None, {})
+    try:
+        got = wait_for(lambda: source.poll(0.2) or None, 30, "messages")
+        assert len(got) == 16 and source.ahead is not None  # a full fetch: the next one on its way already
+        source._forget_ahead()  # (a seek back: what it brought is read again, in order)
+        source._run(source._start())
+        while len(got) < len(stream):
+            got += source.poll(0.2)
+        assert [e.position for e in got] == list(range(1, len(stream) + 1))
+        assert [len(e.X) for e in got] == [len(r) for r in stream]
+    finally:
+        source.close()
+
+
 def test_nats_one_service_per_durable_consumer(served, nats_url):
     assert_one_service_per_group(served, f"{nats_url}?stream=ROWS&durable=d1",
                                  "durable consumer 'd1' of NATS stream 'ROWS'")

@@ -42,6 +42,7 @@ class NatsSource(StreamSource):
         self.position: int | None = None
         self.last_msg = None  # the newest message delivered, whose "ack all" covers the rest
         self.delivered: deque = deque()
+        self.ahead = None  # the next fetch, made while the last one's messages are parsed (a future)
         self.kv = None  # the claims' bucket
         self.claim_key, self.revision = f"{stream}.{durable}", 0  # the claim's key and its last write
 
@@ -157,12 +158,16 @@ class NatsSource(StreamSource):
 
     def poll(self, timeout):
         self.keep_claim()
+        ahead, self.ahead = self.ahead, None
         try:
-            msgs = self._run(self._fetch(timeout), timeout + 30)
+            msgs = (ahead or asyncio.run_coroutine_threadsafe(self._fetch(timeout), self.loop)).result(timeout + 30)
         except TimeoutError:
             return []
         if msgs:
+            full = len(msgs) == self.count
             self.count = _read_count(sum(len(m.data) for m in msgs), len(msgs), self.most)
+            if full:  # more is likely there: the next fetch on its way while these are parsed
+                self.ahead = asyncio.run_coroutine_threadsafe(self._fetch(timeout), self.loop)
         items = []
         for m in msgs:
             seq = m.metadata.sequence.stream
@@ -170,6 +175,7 @@ class NatsSource(StreamSource):
                 # A delivery went missing between the server and here (a fetch that timed out while
                 # messages were on their way): it would come back only after the ack wait, out of
                 # order. Seek back to the position instead, and read on from there in order.
+                self._forget_ahead()
                 self._run(self._start())
                 return items
             self.deliveries += 1
@@ -192,6 +198,16 @@ class NatsSource(StreamSource):
             self.position = seq
             self.delivered.append((seq, m))
         return items
+
+    def _forget_ahead(self) -> None:
+        """Cancel the fetch made ahead, if any (what it brings is not read: it comes again)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.cancel()
+            try:
+                ahead.result(5)
+            except Exception:  # cancelled, or failed: nothing of it is used
+                pass
 
     async def _fetch(self, timeout):
         import nats.errors
@@ -222,6 +238,7 @@ class NatsSource(StreamSource):
             return None
 
     def close(self):
+        self._forget_ahead()
         if self.nc is not None:
             self.release_claim()
             try:
