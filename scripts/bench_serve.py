@@ -130,15 +130,41 @@ def _produce(source: str, url: str, workdir: Path, X: np.ndarray, y: np.ndarray,
             os.rename(tmp, workdir / "landing" / f"part-{i:04d}.parquet")
 
 
-def _post_all(service: "_Service", bodies, kind: str) -> None:
-    """POST each body to /learn as fast as the service takes them (429: again, a moment later)."""
-    for body in bodies:
-        while True:
-            r = service.client.post(service.url + "/learn", content=body, headers={"content-type": kind})
-            if r.status_code != 429:
-                break
-            time.sleep(0.01)
-        assert r.status_code == 202, r.text
+def _post_all(service: "_Service", bodies, kind: str, connections: int = 1) -> None:
+    """POST each body to /learn as fast as the service takes them (429: again, a moment later),
+    over ``connections`` connections at once (a thread and a client each, the bodies dealt out
+    in turn)."""
+    import httpx
+
+    bodies = list(bodies)
+
+    def post(share, client):
+        for body in share:
+            while True:
+                r = client.post(service.url + "/learn", content=body, headers={"content-type": kind})
+                if r.status_code != 429:
+                    break
+                time.sleep(0.01)
+            assert r.status_code == 202, r.text
+
+    if connections == 1:
+        return post(bodies, service.client)
+    failures = []
+
+    def one(k):
+        try:
+            with httpx.Client(timeout=30) as client:
+                post(bodies[k::connections], client)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(connections)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if failures:
+        raise failures[0]
 
 
 def _broker(kind: str, workdir: Path):
@@ -241,13 +267,14 @@ def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list
 
 
 def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | None = None,
-              env: dict | None = None, extra: list[str] = (), predict_rows: int = 0) -> dict:
+              env: dict | None = None, extra: list[str] = (), predict_rows: int = 0, connections: int = 4) -> dict:
     """The service alone: ``source`` (redis, nats or directory) filled with every row before the
     service starts, then rows trained per second from its first trained row to its last (the
     ``/healthz`` counter sampled every 20 ms), beside ``train`` on the same rows from an
     uncompressed HDF5 file (its epoch's samples/s: also first step to last) in the same call.
     ``source`` "http" (Arrow bodies) or "http-json": posted by a live producer in this process while
-    the service runs (HTTP cannot be filled beforehand), bodies encoded before the timing.
+    the service runs (HTTP cannot be filled beforehand), bodies encoded before the timing, over
+    ``connections`` connections at once (a producer's requests in flight together).
     ``predict_rows`` > 0: meanwhile a client asks ``/predict`` for that many rows (Arrow) in a
     loop; the latencies of the requests answered while it trained give p50 and p99."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-prefilled-{source}-"))
@@ -267,7 +294,7 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
             encode = _json if source == "http-json" else _arrow
             kind = "application/json" if source == "http-json" else "application/vnd.apache.arrow.stream"
             bodies = [encode(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]  # (before timing)
-            producer = threading.Thread(target=_post_all, args=(svc, bodies, kind))
+            producer = threading.Thread(target=_post_all, args=(svc, bodies, kind, connections))
             producer.start()
         latencies, done = [], threading.Event()
 
@@ -321,6 +348,8 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
         served = (last[1] - first[1]) / (last[0] - first[0])
         out = {"source": source, "rows": n, "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
                "ratio": served / epoch["samples_per_s"]}
+        if source.startswith("http"):
+            out["connections"] = connections
         during = np.array([lat for t, lat in latencies if first[0] <= t and t + lat <= last[0]])
         if predict_rows:
             out.update(predict_rows=predict_rows, predicts=len(during), predict_p50_s=float(np.percentile(during, 50)),

@@ -383,6 +383,41 @@ def test_the_http_log_bounds_what_waits_and_survives_a_torn_record(tmp_path):
     again.close()
 
 
+def test_requests_written_together_share_an_fsync_and_training_takes_only_what_is_on_disk(tmp_path, monkeypatch):
+    # Group commit: a request waits for an fsync that began after its record was written; one fsync
+    # covers every record written while another ran. Until then training does not see the record,
+    # and a checkpoint does not remember its key (its request was not answered).
+    from streamtrain.serve.sources import LogSource, http_log
+
+    log = LogSource(tmp_path / "log")
+    log.start(None, {})
+    X, t = np.ones((20, 4), np.float32), np.zeros(20, np.int64)
+    syncing, release, calls = threading.Event(), threading.Event(), []
+    real = os.fsync
+
+    def slow_fsync(fd):  # the real fsync, held until the test lets it go
+        calls.append(fd)
+        syncing.set()
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(http_log.os, "fsync", slow_fsync)
+    first = threading.Thread(target=log.append, args=(X, t, "k1"))
+    first.start()
+    assert syncing.wait(10)  # request 1's fsync is running
+    others = [threading.Thread(target=log.append, args=(X, t, f"k{i}")) for i in range(2, 6)]
+    for th in others:
+        th.start()
+    wait_for(lambda: log.seq == 5, 10, "requests 2-5 written")
+    assert log.poll(0) == [] and log.state() == {"key_digests": []}  # nothing on disk yet
+    release.set()
+    for th in [first, *others]:
+        th.join(10)
+    assert len(calls) == 2  # request 1's, then one for the four written while it ran
+    assert [e.position for e in log.poll(0)] == [1, 2, 3, 4, 5] and len(log.state()["key_digests"]) == 5
+    log.close()
+
+
 @pytest.mark.slow
 def test_http_exactly_once_across_kills(served, tmp_path):
     stream = pieces(400, seed=11)

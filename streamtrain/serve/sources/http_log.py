@@ -56,6 +56,10 @@ class LogSource(StreamSource):
         self.seq = 0  # the last sequence number written
         self.keys: OrderedDict[str, int] = OrderedDict()  # key digest -> sequence number
         self.cond = threading.Condition()
+        # Group commit: a request waits until an fsync covers its record (``synced``, the last
+        # sequence number on disk); one fsync covers every record written before it began.
+        self.synced = 0
+        self.sync_lock = threading.Lock()
         self.fh = None
         self.segment_start = 0
         self.acked = 0
@@ -117,6 +121,7 @@ class LogSource(StreamSource):
                 with open(seg, "r+b") as fh:
                     fh.truncate(good)
         self.seq = max(self.seq, self.acked)
+        self.synced = self.seq  # (read back from the disk)
         # a key whose record the log no longer holds (cut off above) was never answered
         self.keys = OrderedDict((k, s) for k, s in self.keys.items() if s <= self.seq)
         self._new_segment()
@@ -129,40 +134,61 @@ class LogSource(StreamSource):
 
     def _new_segment(self) -> None:
         if self.fh is not None:
+            if self.fsync:  # (the records in it are on disk before it closes: syncs fsync the newest file)
+                os.fsync(self.fh.fileno())
+            self.synced = self.seq
             self.fh.close()
         self.segment_start = self.seq + 1
         self.fh = open(self.dir / f"{self.segment_start:020d}.wal", "ab")
 
     def append(self, X: np.ndarray, t: np.ndarray, key: str | None = None) -> tuple[int, bool]:
-        """Write a request's rows durably; ``(sequence number, whether it was a repeat)``."""
+        """Write a request's rows durably; ``(sequence number, whether it was a repeat)``. Returns
+        once the record (a repeat's too) is on disk."""
         digest = key_digest(key) if key else None
         with self.cond:
             if digest and digest in self.keys:
-                return self.keys[digest], True
-            size = X.nbytes + t.nbytes
-            if self.queued_bytes + size > self.limit and self.queue:
-                raise QueueFull()
-            self.seq += 1
-            record = self._encode(self.seq, digest, X, t)
-            self.fh.write(record)
-            self.fh.flush()
-            if self.fsync:
-                os.fsync(self.fh.fileno())
-            if digest:
-                self._remember(digest, self.seq)
-            self.queue.append((self.seq, X, t))
-            self.queued_bytes += size
-            if self.fh.tell() > SEGMENT_BYTES:
-                self._new_segment()
-            self.cond.notify()
-            return self.seq, False
+                seq, repeat = self.keys[digest], True
+            else:
+                size = X.nbytes + t.nbytes
+                if self.queued_bytes + size > self.limit and self.queue:
+                    raise QueueFull()
+                self.seq += 1
+                seq, repeat = self.seq, False
+                self.fh.write(self._encode(seq, digest, X, t))
+                self.fh.flush()
+                if digest:
+                    self._remember(digest, seq)
+                self.queue.append((seq, X, t))  # (in the log's order; training takes it once on disk)
+                self.queued_bytes += size
+                if self.fh.tell() > SEGMENT_BYTES:
+                    self._new_segment()
+        self._durable(seq)
+        return seq, repeat
+
+    def _durable(self, seq: int) -> None:
+        """Wait until the records through ``seq`` are on disk: one fsync for all the requests
+        written while another was running (group commit)."""
+        with self.sync_lock:
+            with self.cond:
+                if self.synced >= seq:
+                    return
+                through = self.seq
+                fd = os.dup(self.fh.fileno()) if self.fsync else None  # (the file may be rotated meanwhile)
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            with self.cond:
+                self.synced = max(self.synced, through)
+                self.cond.notify_all()
 
     def poll(self, timeout):
         with self.cond:
-            if not self.queue:
+            if not self.queue or self.queue[0][0] > self.synced:
                 self.cond.wait(timeout)
             items = []
-            while self.queue:
+            while self.queue and self.queue[0][0] <= self.synced:
                 seq, X, t = self.queue.popleft()
                 self.queued_bytes -= X.nbytes + t.nbytes
                 items.append(Entry(seq, X, None, f"request {seq}", t=t))
@@ -178,8 +204,8 @@ class LogSource(StreamSource):
                     seg.unlink(missing_ok=True)
 
     def state(self):
-        with self.cond:
-            return {"key_digests": [[d, s] for d, s in self.keys.items()]}
+        with self.cond:  # (the keys of records on disk: one not yet there was not answered)
+            return {"key_digests": [[d, s] for d, s in self.keys.items() if s <= self.synced]}
 
     def lag(self):
         with self.cond:
