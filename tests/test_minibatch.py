@@ -167,7 +167,8 @@ def test_compiled_false_runs_every_step_in_numpy(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a compiled loop ran")
 
-    for module, name in ((online, "sgd_online"), (minibatch, "sgd_step"), (minibatch, "loss_and_grads")):
+    for module, name in ((online, "sgd_online"), (minibatch, "sgd_step"), (minibatch, "loss_and_grads"),
+                         (minibatch, "step_batches")):
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(optim, "_compiled_adam", lambda: refuse)
     data = (np.random.default_rng(0).standard_normal((64, 3)), np.arange(64) % 2)

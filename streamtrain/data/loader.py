@@ -64,11 +64,19 @@ def start_decoder(dataset: Dataset, sampler: Sampler, decoder: str = "auto", wor
     return _decoder.DecoderProcess(dataset, rows, _decoder.worker_count(dataset, rows, workers))
 
 
+class Group(list):
+    """A group's batches ``[(rows, X, y), ...]``; ``whole`` is ``(X, y)`` of them all, of which
+    the batches are consecutive slices (None where rows were skipped for NaN/Inf)."""
+
+    whole: tuple | None = None
+
+
 def _split(group: list[np.ndarray], X: np.ndarray, y: np.ndarray | None, keep: np.ndarray | None, transform):
     """The group's arrays cut back into its batches and transformed: ``[(rows, X, y), ...]``."""
+    out, a = Group(), 0
     if keep is None:
         X, y = transform(X, y)
-    out, a = [], 0
+        out.whole = (X, y)
     for r in group:
         Xb, yb = X[a:a + len(r)], None if y is None else y[a:a + len(r)]
         if keep is not None:  # rows skipped for NaN/Inf: each batch keeps the rest of its rows
@@ -198,8 +206,9 @@ class Loader:
         if group:
             yield group
 
-    def iter_epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-        """The remaining batches of the sampler's current epoch."""
+    def iter_epoch(self, grouped: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """The remaining batches of the sampler's current epoch (``grouped``: a ``Group`` of
+        consecutive batches at a time)."""
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -248,7 +257,10 @@ class Loader:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield from item
+                if grouped:
+                    yield item
+                else:
+                    yield from item
         finally:
             stop.set()
             if self._process is not None and self._process.busy:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .hooks import schedule
-from .update import agreed_stop, stop_votes
+from .update import Outcome, agreed_stop, stop_votes
 
 __all__ = ["Loop"]
 
@@ -94,11 +94,11 @@ class Loop:
         started, in_hooks = time.perf_counter(), 0.0
         skip_empty = not stepper.reduces  # with several processes every one takes part in every step
         # A diverging run overflows on its way to inf/NaN; the divergence guard reports it.
+        # Minibatches whose strategy fuses them: a group's whole batches in one compiled call each.
+        fuse = stepper.fuses and not stepper.blocks and self.prepare is None
         with np.errstate(over="ignore", invalid="ignore"):
-            for rows, X, T in self.loader.iter_epoch():
-                if self.prepare is not None:
-                    X, T = self.prepare(X, T)
-                for span_rows, Xs, Ts in self._spans(rows, X, T):
+            for item in self.loader.iter_epoch(grouped=fuse):
+                for span_rows, Xs, Ts, batches in (self._runs(item) if fuse else self._spans(*item)):
                     n = len(Xs)
                     if n == 0 and skip_empty:  # every row skipped for NaN/Inf
                         sampler.advance(len(span_rows))
@@ -106,7 +106,10 @@ class Loop:
                     # targets packed with a weight column's values, where the run has one
                     Ts, w = (Ts["t"], Ts["w"]) if Ts.dtype.names else (Ts, None)
                     stepper.local_stop = t.stop_requested
-                    done = stepper.update(Xs, Ts, state.global_step, w)
+                    if batches > 1:
+                        done, span_rows = self._batches(span_rows, Xs, Ts, w)
+                    else:
+                        done = stepper.update(Xs, Ts, state.global_step, w)
                     stepper.advance(sampler, len(span_rows))
                     state.global_step += done.steps
                     acc["loss_sum"] += done.loss_sum
@@ -126,17 +129,53 @@ class Loop:
         return True
 
     def _spans(self, rows, X, T):
-        """The updates an item of the loader makes: itself, or (per-sample blocks) the pieces that
-        end where a step-scheduled hook is due."""
+        """The updates an item of the loader makes, as ``(rows, X, T, 1)``: itself, or (per-sample
+        blocks) the pieces that end where a step-scheduled hook is due."""
+        if self.prepare is not None:
+            X, T = self.prepare(X, T)
         if not self.stepper.blocks or not self.by_steps or len(X) != len(rows):
-            yield rows, X, T
+            yield rows, X, T, 1
             return
         a, n = 0, len(X)
         while a < n:
-            step = self.trainer.state.global_step
-            b = min(n, a + min(k - step % k for _, k in self.by_steps))
-            yield rows[a:b], X[a:b], T[a:b]
+            b = min(n, a + self._until_due(n - a))
+            yield rows[a:b], X[a:b], T[a:b], 1
             a = b
+
+    def _until_due(self, most: int) -> int:
+        """The steps from here to the next step-scheduled hook's, at most ``most``."""
+        step = self.trainer.state.global_step
+        return min([most, *(k - step % k for _, k in self.by_steps)])
+
+    def _runs(self, group):
+        """A group's batches as ``(rows, X, T, batches)``: its leading whole batches in runs made
+        in one call each (a run ends where a step-scheduled hook is due, so the hook sees the
+        same step as ever), the others one at a time. (Generated lazily: each run's length is
+        decided after the runs before it were made.)"""
+        bs, whole = self.trainer.config.batch_size, group.whole
+        full = 0
+        if whole is not None:
+            while full < len(group) and len(group[full][0]) == bs:
+                full += 1
+        k = 0
+        while k < full:
+            m = self._until_due(full - k)
+            rows = group[k][0] if m == 1 else np.concatenate([r for r, _, _ in group[k:k + m]])
+            yield rows, whole[0][k * bs:(k + m) * bs], whole[1][k * bs:(k + m) * bs], m
+            k += m
+        for rows, X, T in group[k:]:
+            yield rows, X, T, 1
+
+    def _batches(self, rows, X, T, w):
+        """A run of whole batches in one call: ``(its Outcome, the rows it took)``. A batch that
+        diverges ends it, counted as the update ``update`` would have made of it (a step whose
+        loss is not finite, which the divergence guard reports); the batches after it are not taken."""
+        bs = self.trainer.config.batch_size
+        made, diverged = self.stepper.update_batches(X, T, self.trainer.state.global_step, bs, w)
+        if diverged is None:
+            return made, rows
+        took = made.rows + bs
+        return Outcome(made.loss_sum + diverged, made.correct, made.steps + 1, took), rows[:took]
 
     def _after(self, rows, loss: float, steps: int) -> float:
         """Run the hooks due after an update of ``steps`` steps; the seconds the scheduled ones took."""

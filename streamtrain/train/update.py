@@ -84,6 +84,7 @@ class Update:
     column; class weights are applied here). Returns an ``Outcome``."""
 
     blocks = False  # a call takes a block of rows, one step per row
+    fuses = False  # update_batches makes a span's batches in one compiled call
     reduces = False  # several processes take part in every step
     compiled = False
     decay = None  # plain SGD's lazy L2 decay of a table of codes (``nn.decay.LazyDecay``), where there is one
@@ -281,7 +282,7 @@ def _selected_rows(layout, picked: np.ndarray, n_rows: int) -> np.ndarray:
 class FusedSGD(Update):
     """Forward, backward and the SGD update of a batch in one compiled call."""
 
-    compiled = True
+    compiled = fuses = True
 
     def load(self) -> None:
         minibatch.load(self.config.dtype, True)
@@ -413,10 +414,16 @@ class GradientStep(Update):
             layout = self.net.layout  # (a row selected twice is caught up once: then it is up to date)
             self.decay.catch_up(np.concatenate([layout.dense_rows, layout.rows(X).reshape(-1)]))
 
+    @property
+    def fuses(self) -> bool:
+        """Adam on one process with the compiled step: its batches in one call too."""
+        opt = self.optimizer
+        return type(self) is GradientStep and self.compiled and type(opt) is Adam and opt.compiled \
+            and self.penalty is None and self.decay is None and not self.sparse
+
     def update_batches(self, X, T, step, batch_size, w=None, scaler=None) -> Batches:
         opt, made = self.optimizer, None
-        if type(self) is GradientStep and self.compiled and type(opt) is Adam and opt.compiled \
-                and self.penalty is None and self.decay is None and not self.sparse:
+        if self.fuses:
             params = self.net.params
             for k in PARAM_NAMES:
                 if k not in opt.m:
