@@ -119,6 +119,45 @@ def test_refused_pieces_and_their_payloads_count_toward_the_bound():
         ahead.close()
 
 
+class _Big(StreamSource):
+    """A broker of 1 MB entries, one a poll, 24 in all."""
+
+    name = "big"
+
+    def __init__(self):
+        self.n = 0
+
+    def poll(self, timeout):
+        if self.n == 24:
+            time.sleep(timeout)
+            return []
+        self.n += 1
+        return [Entry(self.n, np.zeros((4096, 64), np.float32), np.zeros(4096), f"entry {self.n}")]
+
+    def state(self):
+        return {"read": self.n}
+
+
+def test_one_hand_over_to_training_is_bounded_by_bytes():
+    # Training that lags takes what was read ahead in calls of at most HANDOVER_BYTES (8 MB):
+    # between two it still publishes the model, checkpoints and answers.
+    from streamtrain.serve.sources.base import HANDOVER_BYTES
+
+    ahead = ReadAhead(_Big(), max_bytes=1 << 30)
+    ahead.begin()
+    try:
+        _until(lambda: ahead.queued_rows() == 24 * 4096)
+        sizes = []
+        while ahead.queued_rows():
+            items = ahead.poll(1.0)
+            sizes.append(len(items))
+            assert sum(e.X.nbytes for e in items) <= HANDOVER_BYTES
+        assert sum(sizes) == 24 and len(sizes) >= 24 * (1 << 20) // HANDOVER_BYTES and max(sizes) > 1
+        assert ahead.state() == {"read": 24}
+    finally:
+        ahead.close()
+
+
 class _Failing(StreamSource):
     name = "failing"
 

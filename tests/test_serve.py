@@ -418,6 +418,35 @@ def test_requests_written_together_share_an_fsync_and_training_takes_only_what_i
     log.close()
 
 
+def test_an_fsync_that_fails_breaks_the_log_for_good(tmp_path, monkeypatch):
+    # Linux may drop the pages an fsync failed on and report success to the next one: the records
+    # written before it are never answered or trained, and every later post is refused.
+    import errno
+
+    from streamtrain.serve.sources import LogSource, http_log
+
+    log = LogSource(tmp_path / "log")
+    log.start(None, {})
+    X, t = np.ones((20, 4), np.float32), np.zeros(20, np.int64)
+    assert log.append(X, t, "a") == (1, False)
+    real, failing = os.fsync, [True]
+
+    def fsync(fd):
+        if failing.pop() if failing else False:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(http_log.os, "fsync", fsync)
+    with pytest.raises(OSError, match=r"could not be written to disk \(Input/output error\); restart the service"):
+        log.append(X, t, "b")
+    with pytest.raises(OSError, match="could not be written to disk"):
+        log.append(X, t, "c")  # refused, though fsync works again
+    with pytest.raises(OSError, match="could not be written to disk"):
+        log.append(X, t, "b")  # a retry is not answered "repeat"
+    assert [e.position for e in log.poll(0)] == [1] and len(log.state()["key_digests"]) == 1
+    log.close()
+
+
 @pytest.mark.slow
 def test_http_exactly_once_across_kills(served, tmp_path):
     stream = pieces(400, seed=11)

@@ -95,6 +95,40 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, shuffle, bat
         assert [h["val_loss"] for h in second.history] == [h["val_loss"] for h in ref.history]
 
 
+class EverySteps:
+    """A step-scheduled hook that does nothing: it cuts the runs of batches made in one call."""
+
+    def __init__(self, steps):
+        from streamtrain.train.hooks import Every
+
+        self.every, self.calls = Every(steps=steps), 0
+
+    def on_batch_end(self, trainer, rows, loss):
+        self.calls += 1
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_how_batches_are_grouped_into_one_call_changes_no_bit(tmp_path, optimizer):
+    # A loader group's whole batches go to one compiled call, cut where a step hook is due: the
+    # parameters and each epoch's loss (summed an update at a time) are those of the steps one by
+    # one, however the runs fall (a resumed run's fall elsewhere).
+    make_data(tmp_path / "d.h5", rows=3000, features=5, chunk_rows=256, seed=4)
+    runs = {}
+    for cut in (None, 7, 1):  # 1: a hook after every step, one batch per call
+        cfg = TrainConfig(hidden=6, epochs=2, batch_size=32, optimizer=optimizer, lr=0.01, window_mb=0.05)
+        t, hooks = Trainer(cfg), [] if cut is None else [EverySteps(cut)]
+        t.fit(tmp_path / "d.h5", callbacks=hooks, log=None)
+        runs[cut] = t
+        if cut:
+            assert hooks[0].calls == t.global_step // cut
+    for cut in (7, 1):
+        assert runs[cut].global_step == runs[None].global_step
+        for k, v in runs[None].net.params.items():
+            np.testing.assert_array_equal(runs[cut].net.params[k], v, err_msg=k)
+        assert [h["train_loss"] for h in runs[cut].history] == [h["train_loss"] for h in runs[None].history]
+        assert [h["train_accuracy"] for h in runs[cut].history] == [h["train_accuracy"] for h in runs[None].history]
+
+
 def test_resume_refuses_different_data_unless_forced(tmp_path):
     make_data(tmp_path / "a.h5", rows=300, features=4)
     make_data(tmp_path / "b.h5", rows=400, features=4)

@@ -49,6 +49,10 @@ def load(dtype="float32", sgd: bool = True) -> None:
                 _get("_sgd")(*args[:7], z[0, 0], *args[7:])
             else:
                 _get("_grads")(*args)
+            # and the batches' loop (one compiled form for both optimisers), so a run's first
+            # batches do not wait for it
+            v, s = z[0], np.ones((1, 7), key[0])
+            _get("_batches")(*args[:7], v, v + 1, s, *args[7:], 1, not sgd, z, v, z, v, z, v, z, v, np.zeros((1, 2)))
             _loaded.add(key)
 
 

@@ -22,7 +22,7 @@ from ..data.scaling import DataStats, Scaler
 from ..errors import DataError
 from ..model import Model
 from ..train.state import TrainState, checkpoint_contents, make_run_optimizer
-from ..train.update import choose_update, divergence
+from ..train.update import add_up, choose_update, divergence
 from . import section  # noqa: F401  (declares the "stream" section that checkpoint_contents writes)
 
 __all__ = ["StreamLearner", "Published"]
@@ -206,10 +206,11 @@ class StreamLearner:
         started = time.perf_counter()
         step = self.state.global_step
         with np.errstate(over="ignore", invalid="ignore"):
-            made, diverged = self.stepper.update_batches(X, t, step, self.config.batch_size, scaler=self.model.scaler)
+            made, diverged, losses = self.stepper.update_batches(X, t, step, self.config.batch_size,
+                                                                 scaler=self.model.scaler)
         self.state.global_step += made.steps
         self.rows_trained += made.rows
-        self.loss_sum += float(made.loss_sum)
+        self.loss_sum = add_up(self.loss_sum, map(float, losses))
         self.correct += int(made.correct)
         self.scored += made.rows
         self.step_seconds += time.perf_counter() - started

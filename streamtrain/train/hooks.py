@@ -5,15 +5,17 @@ A hook has any of ``on_train_begin(trainer)``, ``on_epoch_begin(trainer)``,
 ``on_train_end(trainer)`` and ``close(trainer)`` (always called last, also after an error),
 and says how often ``on_batch_end`` must run with ``every``:
 
-- ``Every(steps=N)``: after every N-th batch (``Every(steps=1)``: every batch; at batch size 1
-  this makes the loop take one row per compiled call, so ask for it only if it is needed);
+- ``Every(steps=N)``: after every N-th batch (``Every(steps=1)``: every batch; this makes the
+  loop take one batch, at batch size 1 one row, per compiled call, so ask for it only if it is
+  needed);
 - ``Every(seconds=T)``: at least T seconds apart, whatever the batch size;
-- ``Every(always=True)``: after every update the loop makes (a batch, or at batch size 1 a
-  block of rows), for cheap checks.
+- ``Every(always=True)``: after every update the loop makes, for cheap checks: a batch, or a run
+  of a loader group's batches made in one compiled call (plain SGD and Adam: then ``rows`` are
+  the run's and ``loss`` its mean), or at batch size 1 a block of rows.
 
 ``every = None`` means never: a hook whose ``on_batch_end`` has nothing to do at this run's
 settings (a checkpointer without ``--checkpoint-every``/``--checkpoint-seconds``) says so, and
-the loop neither calls it nor cuts the per-sample blocks for it. ``Hook``'s default, and that
+the loop neither calls it nor cuts the per-sample blocks or the runs of batches for it. ``Hook``'s default, and that
 of an object without an ``every`` attribute, is ``Every(steps=1)``. ``rows`` are the row
 indices the update used and ``loss`` its mean loss. A hook stops training with
 ``trainer.stop(reason)``: the loop finishes the current update, the hooks' ``on_train_end``

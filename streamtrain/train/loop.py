@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .hooks import schedule
-from .update import Outcome, agreed_stop, stop_votes
+from .update import Outcome, add_up, agreed_stop, stop_votes
 
 __all__ = ["Loop"]
 
@@ -107,12 +107,13 @@ class Loop:
                     Ts, w = (Ts["t"], Ts["w"]) if Ts.dtype.names else (Ts, None)
                     stepper.local_stop = t.stop_requested
                     if batches > 1:
-                        done, span_rows = self._batches(span_rows, Xs, Ts, w)
+                        done, span_rows, losses = self._batches(span_rows, Xs, Ts, w)
                     else:
                         done = stepper.update(Xs, Ts, state.global_step, w)
+                        losses = (done.loss_sum,)
                     stepper.advance(sampler, len(span_rows))
                     state.global_step += done.steps
-                    acc["loss_sum"] += done.loss_sum
+                    acc["loss_sum"] = add_up(acc["loss_sum"], losses)
                     acc["correct"] = acc.get("correct", 0) + done.correct
                     acc["n"] += done.rows  # with several processes, the global batch's rows
                     in_hooks += self._after(span_rows, done.loss, done.steps)
@@ -167,15 +168,16 @@ class Loop:
             yield rows, X, T, 1
 
     def _batches(self, rows, X, T, w):
-        """A run of whole batches in one call: ``(its Outcome, the rows it took)``. A batch that
-        diverges ends it, counted as the update ``update`` would have made of it (a step whose
-        loss is not finite, which the divergence guard reports); the batches after it are not taken."""
+        """A run of whole batches in one call: ``(its Outcome, the rows it took, each update's
+        loss)``. A batch that diverges ends it, counted as the update ``update`` would have made
+        of it (a step whose loss is not finite, which the divergence guard reports); the batches
+        after it are not taken."""
         bs = self.trainer.config.batch_size
-        made, diverged = self.stepper.update_batches(X, T, self.trainer.state.global_step, bs, w)
+        made, diverged, losses = self.stepper.update_batches(X, T, self.trainer.state.global_step, bs, w)
         if diverged is None:
-            return made, rows
+            return made, rows, losses
         took = made.rows + bs
-        return Outcome(made.loss_sum + diverged, made.correct, made.steps + 1, took), rows[:took]
+        return Outcome(made.loss_sum + diverged, made.correct, made.steps + 1, took), rows[:took], [*losses, diverged]
 
     def _after(self, rows, loss: float, steps: int) -> float:
         """Run the hooks due after an update of ``steps`` steps; the seconds the scheduled ones took."""

@@ -31,7 +31,7 @@ from ..nn.optim import SGD, Adam, _fits
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
-__all__ = ["Update", "Outcome", "Batches", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep", "choose_update",
+__all__ = ["Update", "Outcome", "Batches", "add_up", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep", "choose_update",
            "divergence", "stop_votes", "agreed_stop"]
 
 
@@ -52,11 +52,21 @@ class Outcome(NamedTuple):
 
 
 class Batches(NamedTuple):
-    """What ``update_batches`` did: the ``Outcome`` of the updates it made, and the loss of the
-    batch it stopped at (not finite: the parameters are as they were before it), or None."""
+    """What ``update_batches`` did: the ``Outcome`` of the updates it made, the loss of the
+    batch it stopped at (not finite: the parameters are as they were before it) or None, and
+    each update's summed loss (callers add them up one at a time, in order, as they would the
+    updates one by one: a total then does not depend on how the batches were grouped)."""
 
     done: Outcome
     diverged: float | None
+    losses: list
+
+
+def add_up(total: float, losses) -> float:
+    """``total`` plus each of ``losses`` in turn (the float sums the updates one by one make)."""
+    for loss in losses:
+        total += loss
+    return total
 
 
 def divergence(where: str, loss: float | None = None) -> TrainingError:
@@ -133,16 +143,16 @@ class Update:
         scaled by ``scaler`` (a ``Scaler``) first where one is given; they stop at the first that
         diverges. Fast paths make them in one compiled call (``FusedSGD``, ``GradientStep``)."""
         span = len(X) if self.blocks else batch_size
-        loss_sum, correct, steps, rows = 0.0, 0, 0, 0
+        losses, correct, steps, rows = [], 0, 0, 0
         for a in range(0, len(X), max(span, 1)):
             b = a + span
             Xb = X[a:b] if scaler is None else scaler.transform(X[a:b])
             done = self.update(Xb, T[a:b], step + steps, None if w is None else w[a:b])
             if not math.isfinite(done.loss_sum):
-                return Batches(Outcome(loss_sum, correct, steps, rows), done.loss_sum)
-            loss_sum, correct = loss_sum + done.loss_sum, correct + done.correct
-            steps, rows = steps + done.steps, rows + done.rows
-        return Batches(Outcome(loss_sum, correct, steps, rows), None)
+                return Batches(Outcome(add_up(0.0, losses), correct, steps, rows), done.loss_sum, losses)
+            losses.append(done.loss_sum)
+            correct, steps, rows = correct + done.correct, steps + done.steps, rows + done.rows
+        return Batches(Outcome(add_up(0.0, losses), correct, steps, rows), None, losses)
 
     def _compiled_batches(self, X, T, step, batch_size, w, scaler, adam=None) -> Batches | None:
         """``update_batches`` in one call of ``minibatch.step_batches`` (plain SGD, or Adam's
@@ -167,8 +177,9 @@ class Update:
             self.optimizer.t += done
             if done:
                 self.optimizer.lr = self.rate(step + done - 1)
-        made = Outcome(float((out[:done, 0] * batch_size).sum()), int(out[:done, 1].sum()), done, done * batch_size)
-        return Batches(made, None if done == n else float(out[done, 0] * batch_size))
+        losses = [loss * batch_size for loss in out[:done, 0].tolist()]  # (as update's: the mean times the rows)
+        made = Outcome(add_up(0.0, losses), int(out[:done, 1].sum()), done, done * batch_size)
+        return Batches(made, None if done == n else float(out[done, 0]) * batch_size, losses)
 
     def advance(self, sampler, rows: int) -> None:
         """Move the sampler past the ``rows`` this update took."""

@@ -9,7 +9,12 @@ import numpy as np
 
 from .claim import Claims
 
-__all__ = ['Entry', 'Rejected', 'StreamSource']
+__all__ = ['Entry', 'Rejected', 'StreamSource', 'HANDOVER_BYTES']
+
+# The most rows (in bytes) one poll hands to training, unless one piece is larger: a training
+# thread lagging behind takes that much in one call (tens of milliseconds) and still publishes,
+# checkpoints and answers requests between two calls.
+HANDOVER_BYTES = 8 << 20
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Entry, StreamSource
+from .base import HANDOVER_BYTES, Entry, StreamSource
 
 __all__ = ['LogSource', 'QueueFull', 'key_digest', 'MAX_KEY_CHARS', 'KEYS_KEPT', 'SEGMENT_BYTES']
 
@@ -60,6 +60,7 @@ class LogSource(StreamSource):
         # sequence number on disk); one fsync covers every record written before it began.
         self.synced = 0
         self.sync_lock = threading.Lock()
+        self.broken: OSError | None = None  # an fsync that failed (see ``_sync``)
         self.fh = None
         self.segment_start = 0
         self.acked = 0
@@ -135,8 +136,9 @@ class LogSource(StreamSource):
     def _new_segment(self) -> None:
         if self.fh is not None:
             if self.fsync:  # (the records in it are on disk before it closes: syncs fsync the newest file)
-                os.fsync(self.fh.fileno())
+                self._sync(self.fh.fileno())
             self.synced = self.seq
+            self.cond.notify_all()
             self.fh.close()
         self.segment_start = self.seq + 1
         self.fh = open(self.dir / f"{self.segment_start:020d}.wal", "ab")
@@ -146,6 +148,8 @@ class LogSource(StreamSource):
         once the record (a repeat's too) is on disk."""
         digest = key_digest(key) if key else None
         with self.cond:
+            if self.broken is not None:
+                raise self.broken
             if digest and digest in self.keys:
                 seq, repeat = self.keys[digest], True
             else:
@@ -172,25 +176,39 @@ class LogSource(StreamSource):
             with self.cond:
                 if self.synced >= seq:
                     return
+                if self.broken is not None:
+                    raise self.broken
                 through = self.seq
                 fd = os.dup(self.fh.fileno()) if self.fsync else None  # (the file may be rotated meanwhile)
             if fd is not None:
                 try:
-                    os.fsync(fd)
+                    self._sync(fd)
                 finally:
                     os.close(fd)
             with self.cond:
                 self.synced = max(self.synced, through)
                 self.cond.notify_all()
 
+    def _sync(self, fd: int) -> None:
+        """fsync ``fd``; a failure breaks the log for good: a later fsync's success would not say
+        that the records it failed on reached the disk (Linux may have dropped them), so nothing
+        after ``synced`` is ever answered or trained, and every post after is refused."""
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            self.broken = OSError(e.errno, f"the write-ahead log {self.dir} could not be written to disk "
+                                           f"({e.strerror}); restart the service once the disk is fixed")
+            raise self.broken from None
+
     def poll(self, timeout):
         with self.cond:
             if not self.queue or self.queue[0][0] > self.synced:
                 self.cond.wait(timeout)
-            items = []
-            while self.queue and self.queue[0][0] <= self.synced:
+            items, taken = [], 0
+            while self.queue and self.queue[0][0] <= self.synced and (not items or taken < HANDOVER_BYTES):
                 seq, X, t = self.queue.popleft()
                 self.queued_bytes -= X.nbytes + t.nbytes
+                taken += X.nbytes + t.nbytes
                 items.append(Entry(seq, X, None, f"request {seq}", t=t))
             return items
 

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import deque
 
-from .base import Entry, StreamSource
+from .base import HANDOVER_BYTES, Entry, StreamSource
 
 __all__ = ['ReadAhead']
 
@@ -113,11 +113,13 @@ class ReadAhead(StreamSource):
                 raise self.failure
             if not self.batches:
                 return []
-            # Every poll queued, at once: training lagging behind takes them in one call.
-            items, state = [], None
-            while self.batches:
+            # The polls queued, at once up to HANDOVER_BYTES: training lagging behind takes them in
+            # one call, and still publishes, checkpoints and answers between two such calls.
+            items, state, taken = [], None, 0
+            while self.batches and (not items or taken + self.batches[0][2] <= HANDOVER_BYTES):
                 polled, state, size, rows = self.batches.popleft()
                 items += polled
+                taken += size
                 self.bytes -= size
                 self.rows -= rows
             self.ready.notify_all()
