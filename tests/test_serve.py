@@ -983,6 +983,29 @@ def test_nats_fetches_the_next_batch_while_one_is_parsed_and_a_seek_drops_it(nat
         source.close()
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="threads' priorities are read from Linux's /proc")
+def test_training_and_reading_ahead_yield_the_cores_to_requests(served, tmp_path):
+    # On busy cores a request's thread otherwise waits a scheduler's turn behind them (/predict's
+    # p99 while training at full rate): the bulk threads run at a lower priority (a higher nice).
+    from streamtrain.serve.sources.base import BULK_NICENESS
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    land(landing, pieces(3, seed=2))
+    svc = served(f"dir:{landing}").start()
+    svc.wait_received(sum(map(len, pieces(3, seed=2))))
+    nice = {}  # each thread's name -> its nice values
+    for task in Path(f"/proc/{svc.proc.pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        nice.setdefault((task / "comm").read_text().strip(), []).append(int(stat.rsplit(")", 1)[1].split()[16]))
+    main = int(Path(f"/proc/{svc.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    lowered = min(main + BULK_NICENESS, 19)
+    # (threads they start, Arrow's pool for one, inherit their name and priority)
+    assert nice.get("training") == [lowered] and set(nice.get("reading directo", [])) == {lowered}, nice
+    assert min(n for values in nice.values() for n in values) == main  # the request threads keep theirs
+    assert svc.stop() == 0
+
+
 def test_nats_one_service_per_durable_consumer(served, nats_url):
     assert_one_service_per_group(served, f"{nats_url}?stream=ROWS&durable=d1",
                                  "durable consumer 'd1' of NATS stream 'ROWS'")

@@ -36,6 +36,7 @@ from .learner import StreamLearner
 from .rows import Columns, _short
 from .raw_rows import RawColumns
 from .sources import Rejected, StreamSource, open_source
+from .sources.base import yield_to_requests
 from .sources.readahead import ReadAhead
 from .sources.broker import _reason
 from .validation import Validation
@@ -167,6 +168,7 @@ class Service:
         self.watch.start(self.stopping)
 
     def _train(self) -> None:
+        yield_to_requests()
         learner, source = self.learner, self.source
         published = time.monotonic()
         self.ready.set()

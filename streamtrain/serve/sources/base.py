@@ -9,7 +9,7 @@ import numpy as np
 
 from .claim import Claims
 
-__all__ = ['Entry', 'Rejected', 'StreamSource', 'HANDOVER_BYTES']
+__all__ = ['Entry', 'Rejected', 'StreamSource', 'HANDOVER_BYTES', 'yield_to_requests']
 
 # The most rows (in bytes) one poll hands to training, unless one piece is larger: a training
 # thread lagging behind takes that much in one call (tens of milliseconds) and still publishes,
@@ -159,3 +159,26 @@ class StreamSource(Claims):
     def saturated(self) -> bool:
         """Whether accepting more would pass the queue's bound (``/learn`` answers 429)."""
         return False
+
+
+#: How much less CPU priority the service's bulk threads take (Linux nice, relative to the process).
+BULK_NICENESS = 10
+
+
+def yield_to_requests() -> None:
+    """Give the calling thread (training, or reading ahead) a lower CPU priority than the threads
+    that answer requests (threads it starts inherit it): where the cores are busy with it, a
+    request's thread waits for the scheduler's next turn (milliseconds) otherwise. Its Python
+    name becomes the system's too (``top -H``, ``/proc``). Linux threads only; elsewhere nothing."""
+    import ctypes
+    import os
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + BULK_NICENESS, 19))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (AttributeError, OSError):  # not Linux, or not allowed: as it was
+        pass
+

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import deque
 
-from .base import HANDOVER_BYTES, Entry, StreamSource
+from .base import HANDOVER_BYTES, Entry, StreamSource, yield_to_requests
 
 __all__ = ['ReadAhead']
 
@@ -78,6 +78,7 @@ class ReadAhead(StreamSource):
         self.thread.start()
 
     def _read(self) -> None:
+        yield_to_requests()
         while not self.stopping.is_set():
             with self.ready:
                 while self.bytes >= self.max_bytes and not self.stopping.is_set():
