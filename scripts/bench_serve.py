@@ -441,11 +441,12 @@ def report_serve(rs: list[dict]) -> list[str]:
              "JSON out, asked in a loop while the HTTP run trained. \"Most rows waiting\" is the most rows",
              "received and not yet trained seen by /healthz (a partial batch, the rows read ahead); the",
              "directory's rows arrive a file at a time. A broker or the directory is read and parsed on a",
-             "thread of its own, ahead of training; posted rows are parsed in their requests' threads. The",
-             "threads share one GIL: profiled (py-spy), the training thread spends most of its time in the",
-             "compiled step, which runs 3-4x slower than alone while a thread parses Arrow entries beside it",
-             "(each HTTP request also waits for an fsync of its rows). benchmarks/serve-prefilled.json (from",
-             "`scripts/bench_serve.py --prefilled`) times the service alone, each source against `train`.", "",
+             "thread of its own, ahead of training; posted rows are parsed in their requests' threads (each",
+             "request waits for an fsync of its rows, shared with the requests written meanwhile). Training",
+             "takes what was read ahead (up to 8 MB at once) and makes every batch it completes in one",
+             "compiled call, the GIL released; the training and reading threads run at a lower CPU priority",
+             "than the request threads. benchmarks/serve-prefilled.json (from `scripts/bench_serve.py",
+             "--prefilled`) times the service alone, each source against `train` in the same run.", "",
              "| source | rows | rows/s trained | most rows waiting | peak RSS MB | /predict p50 ms | p99 ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rs:
