@@ -120,6 +120,11 @@ async def learn(request: Request):
     except QueueFull:
         return error(429, f"{where}: rows waiting for training fill the queue (--queue-mb); retry later",
                      **{"Retry-After": "1"})
+    except OSError as e:
+        if getattr(service.source, "broken", None) is None:
+            raise
+        service.failure = service.failure or str(e)  # (readiness fails too: no more posts are sent here)
+        return error(503, f"{where}: {e}")
     except DataError as e:
         service.rows_rejected += 1
         service.watch.refused(time.time(), where, " ".join(str(e).split()))

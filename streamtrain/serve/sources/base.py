@@ -172,13 +172,16 @@ def yield_to_requests() -> None:
     name becomes the system's too (``top -H``, ``/proc``). Linux threads only; elsewhere nothing."""
     import ctypes
     import os
+    import sys
     import threading
 
+    if not sys.platform.startswith("linux"):  # (elsewhere a thread's id is no process id to renice)
+        return
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + BULK_NICENESS, 19))
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (AttributeError, OSError):  # not Linux, or not allowed: as it was
+    except Exception:  # not allowed, or no prctl: as it was (never a reason for the thread to fail)
         pass
 

@@ -61,6 +61,7 @@ class LogSource(StreamSource):
         self.synced = 0
         self.sync_lock = threading.Lock()
         self.broken: OSError | None = None  # an fsync that failed (see ``_sync``)
+        self.retired: list[int] = []  # descriptors of segments rotated out, for the next fsync
         self.fh = None
         self.segment_start = 0
         self.acked = 0
@@ -125,7 +126,8 @@ class LogSource(StreamSource):
         self.synced = self.seq  # (read back from the disk)
         # a key whose record the log no longer holds (cut off above) was never answered
         self.keys = OrderedDict((k, s) for k, s in self.keys.items() if s <= self.seq)
-        self._new_segment()
+        with self.cond:
+            self._new_segment()
 
     def _remember(self, digest: str, seq: int) -> None:
         self.keys[digest] = seq
@@ -134,11 +136,11 @@ class LogSource(StreamSource):
             self.keys.popitem(last=False)
 
     def _new_segment(self) -> None:
+        """A new segment file (under ``cond``); the old one's records are made durable by the next
+        group fsync (``_durable``), which takes a duplicate of its descriptor."""
         if self.fh is not None:
-            if self.fsync:  # (the records in it are on disk before it closes: syncs fsync the newest file)
-                self._sync(self.fh.fileno())
-            self.synced = self.seq
-            self.cond.notify_all()
+            if self.fsync:
+                self.retired.append(os.dup(self.fh.fileno()))
             self.fh.close()
         self.segment_start = self.seq + 1
         self.fh = open(self.dir / f"{self.segment_start:020d}.wal", "ab")
@@ -172,6 +174,8 @@ class LogSource(StreamSource):
     def _durable(self, seq: int) -> None:
         """Wait until the records through ``seq`` are on disk: one fsync for all the requests
         written while another was running (group commit)."""
+        # Every fsync runs here, one at a time (sync_lock): two at once on one file could split
+        # the kernel's single report of a failed writeback between them.
         with self.sync_lock:
             with self.cond:
                 if self.synced >= seq:
@@ -179,11 +183,16 @@ class LogSource(StreamSource):
                 if self.broken is not None:
                     raise self.broken
                 through = self.seq
-                fd = os.dup(self.fh.fileno()) if self.fsync else None  # (the file may be rotated meanwhile)
-            if fd is not None:
-                try:
+                # the files rotated out since the last fsync, and the current one (duplicates:
+                # it may be rotated and closed meanwhile)
+                fds, self.retired = self.retired, []
+                if self.fsync:
+                    fds.append(os.dup(self.fh.fileno()))
+            try:
+                for fd in fds:
                     self._sync(fd)
-                finally:
+            finally:
+                for fd in fds:
                     os.close(fd)
             with self.cond:
                 self.synced = max(self.synced, through)
@@ -196,8 +205,9 @@ class LogSource(StreamSource):
         try:
             os.fsync(fd)
         except OSError as e:
-            self.broken = OSError(e.errno, f"the write-ahead log {self.dir} could not be written to disk "
-                                           f"({e.strerror}); restart the service once the disk is fixed")
+            with self.cond:
+                self.broken = OSError(e.errno, f"the write-ahead log {self.dir} could not be written to disk "
+                                               f"({e.strerror}); restart the service once the disk is fixed")
             raise self.broken from None
 
     def poll(self, timeout):
@@ -240,3 +250,6 @@ class LogSource(StreamSource):
     def close(self):
         if self.fh is not None:
             self.fh.close()
+        for fd in self.retired:  # (their records' requests were not answered: nothing is owed)
+            os.close(fd)
+        self.retired = []
