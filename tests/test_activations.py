@@ -99,6 +99,19 @@ def test_once_removed_it_is_unknown_again(monkeypatch):
         TrainConfig(activation="softsign")
 
 
+def test_the_batches_loop_is_compiled_without_fastmath_in_every_module_built(monkeypatch):
+    # Its Adam step must be numpy's, bitwise. The options were once chosen by identity with a
+    # module global that _get rebinds to the compiled form: a module built after that (a table
+    # changed and changed back) compiled the loop with fastmath, and Adam's updates moved.
+    minibatch._get("_sgd")  # (binds the module's names to the compiled forms)
+    with monkeypatch.context() as m:
+        m.setitem(ACTIVATIONS, "softsign", SOFTSIGN)
+        toy = minibatch._generated.module()
+        assert "fastmath" not in toy._batches.targetoptions and "fastmath" in toy._grads.targetoptions
+    again = minibatch._generated.module()
+    assert "fastmath" not in again._batches.targetoptions and "fastmath" not in again._adam_one.targetoptions
+
+
 @pytest.mark.parametrize("entry,message", [
     (SOFTSIGN._replace(scalar="s / (one + math.fabs(s))"), "names 'math'"),
     (SOFTSIGN._replace(scalar_grad="(one - abs(a)"), "not an expression"),

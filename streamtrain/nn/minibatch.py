@@ -91,7 +91,9 @@ def _parts() -> list:
     exact = dict(cache=True, nogil=True)
     return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast - {"reassoc"}, **opts)),
             ("_scale_rows", _scale_rows, exact), ("_adam_one", _adam_one.py_func, exact),
-            *((fn.__name__, fn, exact if fn is _batches else dict(fastmath=fast, **opts)) for fn in _FUNCTIONS)]
+            # (by name: once _get has run, the module's names here are bound to the compiled forms)
+            *((fn.__name__, fn, exact if fn.__name__ == "_batches" else dict(fastmath=fast, **opts))
+              for fn in _FUNCTIONS)]
 
 
 def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
