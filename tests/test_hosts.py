@@ -455,7 +455,9 @@ def test_hosts_without_a_shared_disk_keep_checkpoints_in_object_storage_and_resu
     assert proc.returncode != 0
     stopped = int(in_h0(newest.replace("sys.argv[1]", repr(str(tmp_path / "stopped.npz")))))
     ref, ref_meta = _final(tmp_path / "one")
-    assert 400 <= stopped < _step(ref_meta), "".join(said)[-2000:]
+    # At least the first checkpoint (step 200) is in S3 when h1 is lost: the upload of the one at
+    # step 400 may still be on its way when rank 0 says its epoch (seen on a loaded machine).
+    assert 200 <= stopped < _step(ref_meta), "".join(said)[-2000:]
     r = subprocess.run(["ip", "netns", "exec", hosts.name(0), "unshare", "--mount", "sh", "-c",
                         f"mount --bind {hosts.own_disk(0)} {hosts.disk} && exec {BIN} " + " ".join(args)],
                        capture_output=True, text=True, timeout=300, env=env)
