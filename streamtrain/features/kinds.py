@@ -80,7 +80,13 @@ def count_values(values) -> tuple[pa.Array, np.ndarray, int, str]:
         keep = distinct.is_valid()
         nulls = int(pc.sum(counts.filter(pc.invert(keep))).as_py() or 0)
         distinct, counts = distinct.filter(keep), counts.filter(keep)
+    dictionary = pa.types.is_dictionary(distinct.type)
     distinct, _ = canonical(distinct)
+    if dictionary and len(distinct) and pc.count_distinct(distinct).as_py() < len(distinct):
+        # a dictionary that repeats an entry (Parquet's never do; an Arrow body's may): its codes
+        # counted apart decode to one value, counted once with their sum
+        summed = pa.table({"v": distinct, "c": counts}).group_by("v").aggregate([("c", "sum")])
+        distinct, counts = summed["v"].combine_chunks(), summed["c_sum"].combine_chunks()
     if kind == "string" and len(distinct) and pc.max(pc.binary_length(distinct)).as_py() > MAX_VALUE_BYTES:
         raise DataError(f"a value longer than {MAX_VALUE_BYTES} bytes is text, not a category: "
                         "hash the column or drop it")
