@@ -742,6 +742,44 @@ def assert_one_service_per_group(served, source: str, what: str) -> None:
     assert second.stop() == 0
 
 
+def test_a_redis_that_stops_answering_fails_the_service_after_the_timeout(served, tmp_path):
+    # A frozen broker (SIGSTOP: the socket stays open, nothing answers) used to hang the reading
+    # thread, and with it every acknowledgement and checkpoint, for good and unsaid.
+    import redis
+
+    port = free_port()
+    (tmp_path / "frozen").mkdir()
+    proc = subprocess.Popen([str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                             str(tmp_path / "frozen"), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _pings(redis.Redis(port=port)), 30, "redis")
+        url = f"redis://127.0.0.1:{port}/0"
+        stream = pieces(3, seed=4)
+        xadd_all(url, "rows", stream)
+        svc = served(f"{url}?stream=rows&timeout=1").start()
+        svc.wait_received(sum(map(len, stream)))
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status = wait_for(lambda: (s := svc.status())["error"] and s, 30, "the service to say the broker is gone")
+            assert not status["training"] and "Timeout" in status["error"], status
+            assert time.monotonic() - started < 20
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("timeout", ["0.2", "soon", "7200"])
+def test_a_redis_timeout_out_of_range_is_one_line_and_exit_2(tmp_path, timeout):
+    res = subprocess.run([str(BIN), "serve", "--source", f"redis://127.0.0.1:1/0?stream=s&timeout={timeout}",
+                          "--checkpoint-dir", str(tmp_path / "svc"), "--port", "0", *SETTINGS],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: --source redis://") and "timeout" in res.stderr
+
+
 def test_redis_dead_letters_and_acknowledges_after_the_checkpoint(served, redis_url):
     import redis
 

@@ -73,8 +73,16 @@ def _broker_query(spec: str, known: tuple[str, ...]) -> tuple[str, str, dict]:
 def _redis(spec, columns, log_dir, queue_bytes):
     from .redis_streams import RedisSource
 
-    base, stream, q = _broker_query(spec, ("group", "consumer"))
-    return RedisSource(base, columns, stream, q.get("group", "streamtrain"), q.get("consumer", "streamtrain"))
+    base, stream, q = _broker_query(spec, ("group", "consumer", "timeout"))
+    try:
+        timeout = float(q.get("timeout", 30))
+    except ValueError:
+        timeout = -1.0
+    if not 1 <= timeout < 3600:
+        raise ConfigError(f"--source {spec}: timeout must be a number of seconds from 1 to 3600 (as "
+                          "?timeout=30, how long a broker that stopped answering is waited for)")
+    return RedisSource(base, columns, stream, q.get("group", "streamtrain"), q.get("consumer", "streamtrain"),
+                       timeout=timeout)
 
 
 def _nats(spec, columns, log_dir, queue_bytes):
@@ -88,7 +96,7 @@ def _nats(spec, columns, log_dir, queue_bytes):
 SOURCES: dict[str, Registered] = {
     "http": Registered(lambda spec, columns, log_dir, queue_bytes: LogSource(log_dir, queue_bytes), "http"),
     "dir": Registered(lambda spec, columns, log_dir, queue_bytes: DirectorySource(spec[4:], columns), "dir:PATH"),
-    "redis": Registered(_redis, "redis://HOST:PORT/DB?stream=NAME"),
+    "redis": Registered(_redis, "redis://HOST:PORT/DB?stream=NAME"),  # (&group=, &consumer=, &timeout=SECONDS)
     "rediss": Registered(_redis, "rediss://HOST:PORT/DB?stream=NAME"),
     "nats": Registered(_nats, "nats://HOST:PORT?stream=NAME"),
 }

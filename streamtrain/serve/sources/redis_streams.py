@@ -37,12 +37,14 @@ class RedisSource(StreamSource):
     name = "redis"
 
     def __init__(self, url: str, columns: Columns, stream: str, group: str = "streamtrain",
-                 consumer: str = "streamtrain", count: int = 256):
+                 consumer: str = "streamtrain", count: int = 256, timeout: float = 30.0):
         import redis
 
         self.shown = f"Redis stream {stream!r} at {_shown(url)}"
         try:
-            self.client = redis.Redis.from_url(url)
+            # A broker that stops answering (a frozen host, a network partition) fails the service
+            # after ``timeout`` seconds, said in /healthz, instead of hanging its threads for good.
+            self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 10.0))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"--source {_shown(url)}: {_reason(e)}") from None
         self.stream, self.group, self.consumer, self.count = stream, group, consumer, int(count)
