@@ -13,11 +13,11 @@ from streamtrain.serve.rows import Columns
 FEATURES = ["f0", "f1", "f2"]
 
 
-def _body(table: pa.Table, file_format: bool = False) -> bytes:
+def _body(table: pa.Table, file_format: bool = False, batch_rows: int = 4) -> bytes:
     sink = pa.BufferOutputStream()
     opener = pa.ipc.new_file if file_format else pa.ipc.new_stream
     with opener(sink, table.schema) as w:
-        for batch in table.to_batches(max_chunksize=4):  # several record batches
+        for batch in table.to_batches(max_chunksize=batch_rows):  # several record batches, by default
             w.write_batch(batch)
     return sink.getvalue().to_pybytes()
 
@@ -37,10 +37,10 @@ def test_arrow_rows_convert_exactly_whatever_the_column_types(types, dtype):
     X = np.abs(np.round(rng.normal(size=(10, 3)) * 20))  # small whole numbers: every column type holds them
     y = rng.integers(0, 2, 10)
     table = _table(X, y, types)
-    for file_format in (False, True):
+    for file_format, batch_rows in ((False, 4), (True, 4), (False, 100)):  # (100: one batch, read as it is)
         cols = Columns(FEATURES, "y", dtype=dtype)
         for _ in range(2):  # the second body meets the checked schema
-            got, labels = cols.from_arrow(_body(table, file_format), "req")
+            got, labels = cols.from_arrow(_body(table, file_format, batch_rows), "req")
             assert got.dtype == dtype and got.flags["C_CONTIGUOUS"] and got.shape == (10, 3)
             np.testing.assert_array_equal(got, X.astype(dtype))
             np.testing.assert_array_equal(labels, y)

@@ -192,7 +192,7 @@ class Columns:
             raise DataError(f"{where}: cannot read these Arrow rows ({_short(e)})") from None
 
     def _from_arrow(self, body: bytes, where: str, need_label: bool):
-        table = self._read_arrow(body, where)
+        table = self._read_arrow(body, where, batch=True)  # (a RecordBatch or a Table: read alike below)
         schema = table.schema
         checked = self._arrow_checked.get(need_label)
         if checked is None or not schema.equals(checked[0]):
@@ -202,8 +202,9 @@ class Columns:
         X = self._arrow_features(table, where, all_floating=checked[1])
         return X, self._arrow_labels(table, where) if need_label else None
 
-    def _read_arrow(self, body: bytes, where: str):
-        """The table of an Arrow IPC stream (or file) body, with a row or more."""
+    def _read_arrow(self, body: bytes, where: str, batch: bool = False):
+        """The table of an Arrow IPC stream (or file) body, with a row or more (``batch``: a
+        stream's only record batch as it is, where it has one: a third quicker to convert)."""
         import pyarrow as pa
 
         try:  # before anything is decoded: Arrow decodes a whole batch at once
@@ -214,8 +215,12 @@ class Columns:
             raise DecodesTooLarge(f"{where}: the rows decode to {size} bytes, more than the {self.max_decoded_bytes} "
                             "allowed (--max-body-mb bounds a body as decoded too); send them in smaller bodies")
         try:  # the reader that decoded_size sized: the file format where the body starts with its magic
-            reader = pa.ipc.open_file(pa.BufferReader(body)) if is_file_format(body) else pa.ipc.open_stream(body)
-            table = reader.read_all()
+            if is_file_format(body):
+                table = pa.ipc.open_file(pa.BufferReader(body)).read_all()
+            else:
+                reader = pa.ipc.open_stream(body)
+                batches = list(reader)
+                table = batches[0] if batch and len(batches) == 1 else pa.Table.from_batches(batches, reader.schema)
             # Arrow trusts a batch's lengths and offsets: a column declaring more rows than its buffer
             # holds would be read beyond the buffer by the conversions below (seen: a crash)
             table.validate(full=True)
@@ -232,7 +237,7 @@ class Columns:
         if col.null_count:
             raise DataError(f"{where}: label column {self.label!r} has {col.null_count} missing values")
         return np.asarray(col.to_pylist() if pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-                          else col.to_numpy())
+                          else col.to_numpy(zero_copy_only=False))
 
     def _check_arrow_schema(self, schema, where: str, need_label: bool) -> bool:
         """Refuse an Arrow schema whose columns or types do not fit the stream; True where every
@@ -267,7 +272,8 @@ class Columns:
                 col = table.column(k)
                 if col.null_count:
                     raise DataError(f"{where}: column {k!r} has {col.null_count} missing values")
-            X = np.column_stack([table.column(k).to_numpy() for k in self.features]).astype(np.float64, copy=False)
+            X = np.column_stack([table.column(k).to_numpy(zero_copy_only=False)
+                                 for k in self.features]).astype(np.float64, copy=False)
         with np.errstate(over="ignore"):
             Xd = X.astype(self.dtype, copy=False)
         fine = np.isfinite(Xd).all()
