@@ -13,7 +13,9 @@
 - ``ReducedStep``: several processes: the gradients -> their sum over processes -> the step.
 
 The training loop, ``partial_fit`` and the service's learner call ``update`` alike and never
-ask which strategy they hold; a diverged update is reported by ``divergence``, written once.
+ask which strategy they hold; ``update_batches`` makes consecutive batches (one compiled call
+where the strategy ``fuses`` them: plain SGD and Adam on one process); a diverged update is
+reported by ``divergence``, written once.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from ..nn.optim import SGD, Adam, _fits
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
-__all__ = ["Update", "Outcome", "Batches", "add_up", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep", "choose_update",
-           "divergence", "stop_votes", "agreed_stop"]
+__all__ = ["Update", "Outcome", "Batches", "add_up", "PerSampleSGD", "FusedSGD", "GradientStep", "ReducedStep",
+           "choose_update", "divergence", "stop_votes", "agreed_stop"]
 
 
 class Outcome(NamedTuple):

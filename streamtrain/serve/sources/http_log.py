@@ -215,7 +215,9 @@ class LogSource(StreamSource):
             if not self.queue or self.queue[0][0] > self.synced:
                 self.cond.wait(timeout)
             items, taken = [], 0
-            while self.queue and self.queue[0][0] <= self.synced and (not items or taken < HANDOVER_BYTES):
+            # (as ReadAhead hands over: at most HANDOVER_BYTES, unless the first record alone is more)
+            while self.queue and self.queue[0][0] <= self.synced and (
+                    not items or taken + self.queue[0][1].nbytes + self.queue[0][2].nbytes <= HANDOVER_BYTES):
                 seq, X, t = self.queue.popleft()
                 self.queued_bytes -= X.nbytes + t.nbytes
                 taken += X.nbytes + t.nbytes
