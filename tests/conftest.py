@@ -39,8 +39,8 @@ def pytest_configure(config):
 
 
 # The machine's lowest available memory in the session and the test running then: a process
-# killed by the kernel for memory leaves no message of its own (seen once in CI: a rank of an
-# MPI test ended by SIGKILL, its stderr empty).
+# killed by the kernel for memory leaves no message of its own. (The MPI ranks SIGKILLed in CI
+# with empty stderrs were not this: hydra ended them; see test_mpi's exit test.)
 _LOW_WATER = {"available": None, "total": None, "test": None}
 _CURRENT_TEST = [None]
 

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,37 +41,9 @@ def _args(data, ckpt, *extra):
 
 
 def _run(k, args, timeout=300, **kwargs):
-    """``streamtrain ARGS`` on ``k`` processes under mpiexec (k=0: alone, no launcher).
-
-    A job one of whose processes was SIGKILLed with nothing said (hydra's "Killed (signal 9)", an
-    empty stderr), started on an empty checkpoint directory, is run once more from an empty one,
-    with a warning that names it and the kernel's log of kills: seen twice in CI under load (two
-    different tests, memory 20 GB from full), never here in hundreds of runs, and nothing of
-    streamtrain sends SIGKILL to a process of its own job. The second run must pass. (A job that
-    continues a directory's checkpoints is not run again: its first try may have added some.)"""
+    """``streamtrain ARGS`` on ``k`` processes under mpiexec (k=0: alone, no launcher)."""
     cmd = [str(BIN), *args] if k == 0 else [str(MPIEXEC), "-n", str(k), str(BIN), *args]
-    ckpt = Path(args[args.index("--checkpoint-dir") + 1]) if "--checkpoint-dir" in args else None
-    fresh = ckpt is not None and not (ckpt.exists() and any(ckpt.iterdir()))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    if k and fresh and r.returncode == 9 and "Killed (signal 9)" in r.stdout and not r.stderr.strip():
-        warnings.warn(f"an MPI process of {cmd} was SIGKILLed by something outside the job; run again. "
-                      f"Its stdout's end: {r.stdout[-1500:]!r}; the kernel's log: {_kernel_kills()!r}")
-        shutil.rmtree(ckpt, ignore_errors=True)
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    return r
-
-
-def _kernel_kills() -> str:
-    """The kernel log's lines about killed processes (the OOM killer's among them), where readable."""
-    try:
-        got = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"(dmesg unavailable: {e})"
-    if got.returncode:
-        return f"(dmesg refused: {got.stderr.strip()[:200]})"
-    log = got.stdout
-    kills = re.compile(r"\b(killed|kill|oom\w*|out of memory)\b", re.IGNORECASE)
-    return "\n".join(line for line in log.splitlines() if kills.search(line))[-3000:] or "(none)"
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def _said(r) -> str:
@@ -325,6 +294,28 @@ def test_an_error_on_one_rank_ends_the_job_naming_it(tmp_path):
     assert f"error: rank 1: {bad}: cannot read rows 500-1000" in r.stderr
     assert "Traceback" not in r.stderr
     assert not list_checkpoints(tmp_path / "r")
+
+
+def test_a_job_that_succeeded_ends_with_0_every_time():
+    # MPICH tells hydra that a process has finalised in libmpi's destructor; a process that left
+    # by os._exit after MPI_Finalize looked lost to it now and then (here, a third of the bare
+    # jobs), and hydra SIGKILLed the others: "Killed (signal 9)", exit 9, after a run that had
+    # succeeded (seen in CI: evaluate's JSON complete, then the job failed). Twenty jobs end as
+    # the CLI's do (its output forwarded, a barrier, MPI_Finalize, then the exit).
+    script = textwrap.dedent("""
+        import sys
+        from streamtrain.cli.main import exit_now
+        from streamtrain.train.distributed import communicator
+        comm = communicator("mpi")
+        print("x" * 2000, f"<rank {comm.rank}>", flush=True)
+        comm.finish()
+        exit_now(0)
+    """)
+    for _ in range(20):
+        r = subprocess.run([str(MPIEXEC), "-n", "3", sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, _said(r)
+        assert all(f"<rank {i}>" in r.stdout for i in range(3)), r.stdout[-500:]
 
 
 def test_evaluate_splits_the_rows_and_sums_the_metrics(data, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -126,4 +125,4 @@ def exit_now(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)
+    active_communicator().exit(code)  # (MPI, after finish(): through C's exit, for the launcher's sake)
