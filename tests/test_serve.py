@@ -447,6 +447,52 @@ def test_an_fsync_that_fails_breaks_the_log_for_good(tmp_path, monkeypatch):
     log.close()
 
 
+def test_a_broken_log_refuses_posts_and_fails_the_probes_while_training_goes_on(tmp_path, monkeypatch):
+    # The service's side of the test above, through its ASGI app in this process (the failing fsync
+    # is injected here; a real disk error cannot be made on demand).
+    import errno
+
+    from streamtrain.config import TrainConfig
+    from streamtrain.serve.service import Service
+    from streamtrain.serve.sources import http_log
+
+    svc = Service(TrainConfig(hidden=4, batch_size=8, scale="none"), "http", tmp_path / "svc", features=FEATURES, label="y",
+                  classes=[0, 1], log=None)
+    svc.start()
+    app = svc.app()
+    every = [r for p in pieces(12, seed=4) for r in p]
+    rows = [every[:16], every[16:32]]  # two batches each (no scaling pass: trained at once)
+
+    async def ask(method, path, **kw):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as c:
+            return await c.request(method, path, **kw)
+
+    try:
+        assert asyncio.run(ask("POST", "/learn", json=rows[0])).status_code == 202
+        real = os.fsync
+
+        def fsync(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(http_log.os, "fsync", fsync)
+        r = asyncio.run(ask("POST", "/learn", json=rows[1]))
+        assert r.status_code == 503 and "could not be written to disk" in r.json()["error"]
+        assert "restart the service" in r.json()["error"]
+        monkeypatch.setattr(http_log.os, "fsync", real)
+        assert asyncio.run(ask("POST", "/learn", json=rows[1])).status_code == 503  # for good
+        ready = asyncio.run(ask("GET", "/readyz"))
+        assert ready.status_code == 503 and ready.json()["error"].startswith("not accepting rows: ")
+        health = asyncio.run(ask("GET", "/healthz"))
+        assert health.status_code == 500
+        status = health.json()
+        assert status["training"] and status["error"] is None  # the rows on disk still train
+        assert not status["accepting"] and "could not be written to disk" in status["intake_error"]
+        wait_for(lambda: svc.status()["rows_trained"] == 16, 30, "the rows on disk trained")
+        assert asyncio.run(ask("POST", "/snapshot")).status_code == 200
+    finally:
+        svc.stop()
+
+
 @pytest.mark.slow
 def test_http_exactly_once_across_kills(served, tmp_path):
     stream = pieces(400, seed=11)

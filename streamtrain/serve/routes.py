@@ -123,7 +123,7 @@ async def learn(request: Request):
     except OSError as e:
         if getattr(service.source, "broken", None) is None:
             raise
-        service.failure = service.failure or str(e)  # (readiness fails too: no more posts are sent here)
+        service.refusing = service.refusing or str(e)  # (readiness fails too: no more posts are sent here)
         return error(503, f"{where}: {e}")
     except DataError as e:
         service.rows_rejected += 1
@@ -198,7 +198,8 @@ async def reload(request: Request):
 async def healthz(request: Request):
     service = request.app.state.service
     status = service.status()
-    return JSONResponse(status, status_code=200 if status["training"] else 500)
+    # (a broken write-ahead log: a restart is what makes the service take rows again)
+    return JSONResponse(status, status_code=200 if status["training"] and status["accepting"] else 500)
 
 
 async def readyz(request: Request):
@@ -209,6 +210,8 @@ async def readyz(request: Request):
         return error(503, "saturated: the queue of rows waiting for training is full")
     if service.failure:
         return error(503, f"training stopped: {service.failure}")
+    if service.refusing:
+        return error(503, f"not accepting rows: {service.refusing}")
     return JSONResponse({"ready": True})
 
 

@@ -115,6 +115,9 @@ class Service:
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.failure: str | None = None
+        # Why posts are refused for good while training goes on (the HTTP write-ahead log broken):
+        # readiness and liveness fail, snapshots still work.
+        self.refusing: str | None = None
         self.rows_rejected = 0
         self.thread: threading.Thread | None = None
         self.observe_predict: Callable[[float], None] = lambda seconds: None
@@ -391,6 +394,7 @@ class Service:
                 "step_seconds": learner.step_seconds / max(learner.state.global_step, 1),
                 "checkpoint_age_seconds": None if self.checkpoint_time is None else time.time() - self.checkpoint_time,
                 "training": self.failure is None, "error": self.failure,
+                "accepting": self.refusing is None, "intake_error": self.refusing,
                 "validation": None if self.validation is None else {
                     "path": str(self.validation.path), "every_seconds": self.validation.every,
                     "last": self.validation.last, "error": self.validation.error}}
