@@ -456,8 +456,8 @@ def test_a_broken_log_refuses_posts_and_fails_the_probes_while_training_goes_on(
     from streamtrain.serve.service import Service
     from streamtrain.serve.sources import http_log
 
-    svc = Service(TrainConfig(hidden=4, batch_size=8, scale="none"), "http", tmp_path / "svc", features=FEATURES, label="y",
-                  classes=[0, 1], log=None)
+    svc = Service(TrainConfig(hidden=4, batch_size=8, scale="none"), "http", tmp_path / "svc", features=FEATURES,
+                  label="y", classes=[0, 1], log=None, checkpoint_every=3600)  # (no checkpoint meets the bad fsync)
     svc.start()
     app = svc.app()
     every = [r for p in pieces(12, seed=4) for r in p]
@@ -487,6 +487,10 @@ def test_a_broken_log_refuses_posts_and_fails_the_probes_while_training_goes_on(
         status = health.json()
         assert status["training"] and status["error"] is None  # the rows on disk still train
         assert not status["accepting"] and "could not be written to disk" in status["intake_error"]
+        metrics = asyncio.run(ask("GET", "/metrics")).text
+        assert "streamtrain_accepting 0.0" in metrics and "streamtrain_training 1.0" in metrics
+        watched = asyncio.run(ask("GET", "/watch.json?since=0")).json()
+        assert any("could not be written to disk" in r["error"] for r in watched["rejected"])
         wait_for(lambda: svc.status()["rows_trained"] == 16, 30, "the rows on disk trained")
         assert asyncio.run(ask("POST", "/snapshot")).status_code == 200
     finally:

@@ -203,6 +203,8 @@ def _run_server(open_service, host: str, port: int) -> None:
     if svc.failure:
         raise TrainingError(svc.failure)
     _echo_err(f"{how}; checkpoint written in {svc.dir} (update {svc.learner.state.global_step})")
+    if svc.refusing:  # (the rows it took are trained and checkpointed; the posts refused since were not)
+        raise TrainingError(f"posts were refused: {svc.refusing}")
 
 
 def _listen(host: str, port: int):

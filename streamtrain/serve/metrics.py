@@ -55,6 +55,8 @@ class Metrics:
                                 value=s["model_version"])
         yield GaugeMetricFamily("streamtrain_training", "1 while training runs, 0 after an error stopped it.",
                                 value=float(s["training"]))
+        yield GaugeMetricFamily("streamtrain_accepting", "1 while rows are taken in, 0 once the write-ahead log "
+                                "cannot take posts (restart the service).", value=float(s["accepting"]))
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

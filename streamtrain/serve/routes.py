@@ -124,6 +124,7 @@ async def learn(request: Request):
         if getattr(service.source, "broken", None) is None:
             raise
         service.refusing = service.refusing or str(e)  # (readiness fails too: no more posts are sent here)
+        service.watch.refused(time.time(), where, str(e))
         return error(503, f"{where}: {e}")
     except DataError as e:
         service.rows_rejected += 1

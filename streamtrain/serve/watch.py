@@ -92,7 +92,7 @@ class Watch:
                  "prequential_accuracy": status["prequential"]["accuracy"], "lag": lag,
                  "queue_rows": status["queue_rows"], "model_version": status["model_version"],
                  "checkpoint_age_seconds": status["checkpoint_age_seconds"], "training": status["training"],
-                 "error": status["error"]}
+                 "error": status["error"], "accepting": status["accepting"], "intake_error": status["intake_error"]}
         if validation is not None:  # the latest scoring of the held-out file (repeated until the next)
             last = validation.last or {}
             point.update(val_loss=last.get("loss"), val_accuracy=last.get("accuracy"), val_error=validation.error)

@@ -440,10 +440,15 @@ class MPICommunicator(Communicator):
             # third of the time for a bare script, rarely for streamtrain: seen in CI) and
             # SIGKILLed the others, the job ending "Killed (signal 9)" after it had succeeded.
             # C's exit runs the libraries' destructors and atexit handlers, still not Python's
-            # finalisation.
+            # finalisation; called holding the GIL (PyDLL), so no Python thread runs meanwhile,
+            # as at an interpreter's own exit; and bounded: a destructor that hung would hold a
+            # job that has succeeded (SIGALRM's default action ends the process).
             import ctypes
+            import signal
 
-            ctypes.CDLL(None).exit(int(code))
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(30)
+            ctypes.PyDLL(None).exit(int(code))
         os._exit(code)
 
 
