@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv-peers
-.venv-peers/bin/pip install -q mosaicml-streaming litdata vowpalwabbit h5py torch torchvision
+# mosaicml-streaming imports torchvision, which fails to import beside the CPU wheel of torch
+# 2.13.0 ("operator torchvision::nms does not exist"): the pair below imports together (a CUDA
+# build that lies on this kind of machine's disk; it runs on the CPU). Unpinned, torch is a CUDA
+# build of several GB from the index.
+.venv-peers/bin/pip install -q mosaicml-streaming litdata vowpalwabbit h5py "torch==2.14.1" "torchvision==0.29.1"

@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 ensure_venv test
+# The PyTorch batch iterator's tests need torch: its CPU build only (PyPI's torch is a CUDA build
+# of several GB), from a local wheel or PyTorch's CPU index where pip can reach one; else they skip.
+if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  .venv/bin/python -m pip install --disable-pip-version-check -q 'torch==2.13.0+cpu' >>.venv/install.log 2>&1 \
+    || echo "warning: no CPU build of torch 2.13.0 to install: the PyTorch tests will be skipped" >&2
+fi
 # Debian packages some tests need, installed where they can be (as root, as in CI); where one
 # cannot, its tests are skipped, saying why.
 debian_package() {  # COMMAND PACKAGE WHAT-IS-SKIPPED
