@@ -158,14 +158,15 @@ print(json.dumps({"seconds": fit, "rows": rows}))
 """
 
 
-def _vw_text(table, path: Path, block: int = 200_000) -> None:
-    """Rows in VW's format: the label (1/-1), integers as log counts in namespace i, categories in
-    c; written a block of rows at a time (numpy's fixed-width strings of 10M rows filled 23 GB)."""
+def _vw_text(source: Path, path: Path, block: int = 200_000) -> None:
+    """The Parquet file's rows in VW's format: the label (1/-1), integers as log counts in namespace
+    i, categories in c; written a block of rows at a time (numpy's fixed-width strings of 10M rows
+    filled 23 GB)."""
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     with open(path, "w") as out:
-        for a in range(0, table.num_rows, block):
-            t = table.slice(a, block)
+        for t in pq.ParquetFile(source).iter_batches(batch_size=block):
             n = t.num_rows
             label = np.where(t.column("click").to_numpy() > 0, "1", "-1")
             parts = [label, np.full(n, " |i")]
@@ -263,22 +264,43 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(args, work: Path) -> None:
+def _split_last_day(src: Path, train_path: Path, test_path: Path) -> tuple[int, int]:
+    """Split a click log into its last day (held out) and the days before, a batch at a time (a
+    100M-row log does not fit in memory); returns the two files' row counts."""
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    times = pq.read_table(src, columns=["time"]).column("time")
+    cut = pc.strptime(str(pc.max(times).as_py().date()), "%Y-%m-%d", "ms")
+    del times
+    source = pq.ParquetFile(src)
+    counts = [0, 0]
+    with pq.ParquetWriter(train_path, source.schema_arrow) as train, \
+            pq.ParquetWriter(test_path, source.schema_arrow) as test:
+        for batch in source.iter_batches(batch_size=100_000):
+            held = pc.greater_equal(batch.column("time"), cut)
+            for i, (writer, mask) in enumerate(((train, pc.invert(held)), (test, held))):
+                part = batch.filter(mask)
+                if part.num_rows:
+                    writer.write_batch(part)
+                    counts[i] += part.num_rows
+    return counts[0], counts[1]
+
+
+def _run(args, work: Path) -> None:
     import pyarrow.parquet as pq
 
     from streamtrain.clicks import make_clicks
 
+    t = time.perf_counter()
     make_clicks(work / "all.parquet", args.rows, seed=0)
-    table = pq.read_table(work / "all.parquet")
-    last_day = pc.max(table.column("time")).as_py().date()
-    held = pc.greater_equal(table.column("time"), pc.strptime(str(last_day), "%Y-%m-%d", "ms"))
-    train, test = table.filter(pc.invert(held)), table.filter(held)
-    pq.write_table(train, work / "train.parquet", row_group_size=100_000)
-    pq.write_table(test, work / "test.parquet", row_group_size=100_000)
-    y_test = test.column("click").to_numpy()
-    result = {"rows": args.rows, "train_rows": train.num_rows, "test_rows": test.num_rows,
-              "machine": os.cpu_count(), "streamtrain": {}, "vw": {}}
+    made_s = time.perf_counter() - t
+    n_train, n_test = _split_last_day(work / "all.parquet", work / "train.parquet", work / "test.parquet")
+    (work / "all.parquet").unlink()
+    y_test = pq.read_table(work / "test.parquet", columns=["click"]).column("click").to_numpy()
+    result = {"rows": args.rows, "train_rows": n_train, "test_rows": n_test, "machine": os.cpu_count(),
+              "data_seconds": made_s, "train_file_mb": (work / "train.parquet").stat().st_size / 2**20,
+              "streamtrain": {}, "vw": {}}
 
     batch = ["--batch-size", "256"]
     # (the last: the first command again with its checkpoints copied before they are written, not
@@ -309,7 +331,7 @@ def _run(args, work: Path) -> None:
             raise SystemExit(res.stderr)
         p = pq.read_table(work / f"{name}.parquet").column("p_1").to_numpy()  # (p_0, p_1, prediction)
         result[name] = {"command": " ".join(cmd[1:]).replace(str(work) + "/", ""), "seconds": seconds,
-                        "rows_per_s": train.num_rows / seconds, "peak_pss_mb": peak.stop() / 1024,
+                        "rows_per_s": n_train / seconds, "peak_pss_mb": peak.stop() / 1024,
                         "checkpoint_mb": sum(f.stat().st_size for f in run.glob("ckpt-*.npz")) / 2**20,
                         **_metrics(y_test, p)}
 
@@ -347,8 +369,8 @@ def _run(args, work: Path) -> None:
         result["torch"] = best
 
     if Path(args.vw_python).exists() and peers & {"vw", "vw_linear"}:
-        _vw_text(train, work / "train.vw")
-        _vw_text(test, work / "test.vw")
+        _vw_text(work / "train.parquet", work / "train.vw")
+        _vw_text(work / "test.parquet", work / "test.vw")
         for name, nn in (("vw", "nn"), ("vw_linear", "linear")):
             if name not in peers:
                 continue
@@ -360,9 +382,9 @@ def _run(args, work: Path) -> None:
             pv = np.loadtxt(work / "vw.pred", usecols=0)
             result[name] = {"options": ("--nn 64 " if nn == "nn" else "")
                             + f"-b {args.vw_bits} --loss_function logistic --passes 1",
-                            "seconds": vw_seconds, "rows_per_s": train.num_rows / vw_seconds, **_metrics(y_test, pv)}
+                            "seconds": vw_seconds, "rows_per_s": n_train / vw_seconds, **_metrics(y_test, pv)}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"click log: {args.rows:,} rows, {train.num_rows:,} trained, the last day ({test.num_rows:,}) held out")
+    print(f"click log: {args.rows:,} rows, {n_train:,} trained, the last day ({n_test:,}) held out")
     for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "streamtrain_online",
                  "streamtrain_online_l2", "streamtrain_copied_snapshots", "vw", "vw_linear", "sklearn_sgd", "sklearn_mlp", "torch"):
         r = result.get(name)
