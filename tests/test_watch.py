@@ -214,7 +214,7 @@ def test_the_sampler_asks_the_source_for_its_lag_every_few_seconds_and_rates_bet
     learner = SimpleNamespace(lock=threading.Lock(), rows_trained=0, loss_sum=0.0, scored=0, correct=0,
                               model=SimpleNamespace(task="binary"))
     status = {"rows_trained": 0, "rows_received": 0, "rows_rejected": 0, "queue_rows": 0, "model_version": 1,
-              "checkpoint_age_seconds": None, "training": True, "error": None,
+              "checkpoint_age_seconds": None, "training": True, "error": None, "accepting": True, "intake_error": None,
               "prequential": {"loss": None, "accuracy": None}}
     service = SimpleNamespace(learner=learner, status=lambda: dict(status),
                               source=SimpleNamespace(name="redis", lag=lambda: asked.append(1) or 7.0))
