@@ -41,6 +41,12 @@ def test_inspect_and_train_name_every_column_left_out(tmp_path):
     assert columns["tags"].startswith("left out: list<") and "explode it" in columns["tags"]
     assert columns["blob"].startswith("left out: binary") and "identifier" in columns["uid"]
     assert "categorical" in columns["cut"] and "datetime" in columns["when"]
+    assert "--hash with its name hashes it" in columns["uid"]
+    hashed = subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1", "--hash", "uid",
+                             "--checkpoint-dir", str(tmp_path / "hashed")], capture_output=True, text=True)
+    assert hashed.returncode == 0, hashed.stderr  # the advice followed: uid hashed, not left out
+    warned = [line for line in hashed.stderr.splitlines() if "left out" in line]
+    assert len(warned) == 1 and "2 columns left out" in warned[0] and "uid" not in warned[0], hashed.stderr
     res = subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1"], capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr

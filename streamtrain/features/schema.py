@@ -213,5 +213,5 @@ def choose_string_kind(distinct_estimate: int, rows: int, max_categories: int,
         return StringChoice("categorical", f"{distinct:,} distinct values <= {max_categories:,}: categorical")
     if distinct >= id_fraction * rows:
         return StringChoice("unusable", f"{distinct:,} distinct values in {rows:,} rows: an identifier, dropped "
-                                        "(override it to hash it)")
+                                        "(--hash with its name hashes it; the library's hash=)")
     return StringChoice("hashed", f"{distinct:,} distinct values > {max_categories:,}: hashed")
