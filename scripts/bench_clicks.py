@@ -264,6 +264,69 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _row_limits(buckets: int, shared_bits: int, n: int = 200_000) -> dict:
+    """The machine's limit for the sparse step's memory traffic, measured here: samples/s of a
+    compiled loop that only moves the table rows a step touches. Per sample it sums the rows of
+    the sample's codes (the forward gather) and adds a vector into each (the update's scatter),
+    in 1 table (SGD) or 3 (lazy Adam: the weights and both moments), on one core (the step's).
+    The codes follow the click log's Zipf laws, hashed into the tables as the features are: per
+    column, 26 tables of ``buckets`` rows (and 30 with the 4 crosses), or one shared table of
+    ``2**shared_bits`` rows. Also the copy bandwidth (bytes/s), for the bytes the step moves."""
+    import numba
+
+    from streamtrain.clicks import PAIRS, _mix, levels
+
+    @numba.njit(nogil=True)
+    def touch(tables, rows):  # pragma: no cover - compiled
+        h = np.zeros(tables.shape[2], np.float32)
+        for i in range(rows.shape[0]):
+            h[:] = 0.0
+            for c in range(rows.shape[1]):
+                r = rows[i, c]
+                for t in range(tables.shape[0]):
+                    h += tables[t, r]
+            h *= np.float32(1e-9)
+            for c in range(rows.shape[1]):
+                r = rows[i, c]
+                for t in range(tables.shape[0]):
+                    tables[t, r] += h
+
+    rng = np.random.default_rng(0)
+    sizes = levels(10_000_000)
+    values = [(rng.zipf(1.15, n) - 1) % sizes[j] for j in range(26)]
+    cols = [v + ((j + 1) << 40) for j, v in enumerate(values)]
+    cols += [values[a] * 1_000_003 + values[b] + ((27 + k) << 40) for k, (a, b) in enumerate(PAIRS)]
+    hashed = [_mix(c.astype(np.uint64)) for c in cols]
+    per_column = np.column_stack([h % np.uint64(buckets) + np.uint64(j * buckets) for j, h in enumerate(hashed)])
+    shared = np.column_stack(hashed[:26]) % np.uint64(1 << shared_bits)
+    out = {}
+    for name, rows, n_rows in (("per_column", per_column[:, :26], 26 * buckets),
+                               ("crosses", per_column, 30 * buckets), ("shared", shared, 1 << shared_bits)):
+        rows = rows.astype(np.int64)
+        for k, optimizer in ((1, "sgd"), (3, "adam")):
+            tables = np.full((k, n_rows, 64), 0.01, np.float32)
+            touch(tables, rows[:1000])  # (compiles)
+            seconds = min(_timed(touch, tables, rows) for _ in range(3))
+            out[f"{name}_{optimizer}"] = n / seconds
+            del tables
+    big = np.ones(1 << 26, np.float32)  # 256 MB
+    copy = np.empty_like(big)
+    out["copy_bytes_per_s"] = max(2 * big.nbytes / _timed(np.copyto, copy, big) for _ in range(3))
+    return out
+
+
+def _timed(f, *args) -> float:
+    t = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - t
+
+
+# Each streamtrain row's (limit in _row_limits, tables it updates: 1 for SGD, 3 for lazy Adam).
+_LIMIT_OF = {"streamtrain": ("per_column_adam", 3), "streamtrain_crosses": ("crosses_adam", 3),
+             "streamtrain_shared": ("shared_adam", 3), "streamtrain_online": ("per_column_sgd", 1),
+             "streamtrain_online_l2": ("per_column_sgd", 1), "streamtrain_copied_snapshots": ("per_column_adam", 3)}
+
+
 def _split_last_day(src: Path, train_path: Path, test_path: Path) -> tuple[int, int]:
     """Split a click log into its last day (held out) and the days before, a batch at a time (a
     100M-row log does not fit in memory); returns the two files' row counts."""
@@ -335,6 +398,15 @@ def _run(args, work: Path) -> None:
                         "checkpoint_mb": sum(f.stat().st_size for f in run.glob("ckpt-*.npz")) / 2**20,
                         **_metrics(y_test, p)}
 
+    limits = result["limits"] = _row_limits(args.buckets, args.vw_bits)
+    for name, (limit, tables) in _LIMIT_OF.items():
+        if name in result:
+            r = result[name]
+            cols = 30 if name == "streamtrain_crosses" else 26
+            r["of_row_limit"] = r["rows_per_s"] / limits[limit]
+            # (the bytes of the rows it touches: read twice, gather and update, and written once)
+            r["of_copy_bandwidth"] = r["rows_per_s"] * cols * tables * 64 * 4 * 3 / limits["copy_bytes_per_s"]
+
     peers = set(args.peers.split(","))
     for name, kind, bits, limit in (("sklearn_sgd", "sgd", args.vw_bits, 1e9),
                                     ("sklearn_mlp", "mlp", args.mlp_bits, args.mlp_seconds)):
@@ -390,7 +462,12 @@ def _run(args, work: Path) -> None:
         r = result.get(name)
         if r:
             print(f"  {name:20s} {r['rows_per_s']:>10,.0f} rows/s  auc {r['auc']:.4f}  log_loss {r['log_loss']:.4f}"
-                  f"  ({r['seconds']:.1f} s" + (f", peak {r['peak_pss_mb']:,.0f} MB)" if "peak_pss_mb" in r else ")"))
+                  f"  ({r['seconds']:.1f} s" + (f", peak {r['peak_pss_mb']:,.0f} MB)" if "peak_pss_mb" in r else ")")
+              + (f"  {r['of_row_limit']:.3f} of the row limit, {r['of_copy_bandwidth']:.3f} of bandwidth"
+                 if "of_row_limit" in r else ""))
+    print("  row limits (samples/s, one core): " + ", ".join(
+        f"{k} {v:,.0f}" for k, v in limits.items() if k != "copy_bytes_per_s")
+        + f"; copy {limits['copy_bytes_per_s'] / 1e9:.1f} GB/s")
 
 
 if __name__ == "__main__":

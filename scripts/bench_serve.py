@@ -192,7 +192,10 @@ def _broker(kind: str, workdir: Path):
     async def stream():
         import nats
 
-        nc = await nats.connect(url, max_reconnect_attempts=1)
+        async def quiet(e):  # (refused until the server listens: tried again below)
+            pass
+
+        nc = await nats.connect(url, max_reconnect_attempts=1, error_cb=quiet)
         await nc.jetstream().add_stream(name="BENCH", subjects=["bench.in"])
         await nc.close()
 
@@ -203,6 +206,35 @@ def _broker(kind: str, workdir: Path):
         except Exception:
             time.sleep(0.05)
     return proc, url
+
+
+def _feed(source: str, url: str, bodies: list[bytes], window: int = 16) -> None:
+    """A live producer of encoded Arrow entries: Redis ``XADD``s pipelined ``window`` at a time, NATS
+    JetStream publishes with up to ``window`` acknowledgements outstanding (as producers that keep
+    up with a broker send)."""
+    if source == "redis":
+        import redis
+
+        c = redis.Redis.from_url(url)
+        for a in range(0, len(bodies), window):
+            pipe = c.pipeline(transaction=False)
+            for body in bodies[a:a + window]:
+                pipe.xadd("bench", {"arrow": body})
+            pipe.execute()
+        c.close()
+        return
+
+    async def go():
+        import nats
+
+        nc = await nats.connect(url)
+        js = nc.jetstream(publish_async_max_pending=window)
+        for body in bodies:
+            await js.publish_async("bench.in", body)
+        await js.publish_async_completed()
+        await nc.close()
+
+    asyncio.run(go())
 
 
 def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list[str] | None = None,
@@ -276,7 +308,11 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
     the service runs (HTTP cannot be filled beforehand), bodies encoded before the timing, over
     ``connections`` connections at once (a producer's requests in flight together).
     ``predict_rows`` > 0: meanwhile a client asks ``/predict`` for that many rows (Arrow) in a
-    loop; the latencies of the requests answered while it trained give p50 and p99."""
+    loop; the latencies of the requests answered while it trained give p50 and p99.
+    ``source`` "redis-live" or "nats-live": the broker written by a live producer in this process
+    (``_feed``, entries encoded before the timing) while the service reads it."""
+    live = source.endswith("-live")
+    source = source.removesuffix("-live")
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-prefilled-{source}-"))
     broker, producer = None, None
     try:
@@ -287,10 +323,14 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
         elif source == "directory":
             (workdir / "landing").mkdir()
             spec = f"dir:{workdir / 'landing'}"
-        if not source.startswith("http"):
+        if not source.startswith("http") and not live:
             _produce(source, url, workdir, X, y, None)
         svc = _Service(spec, workdir, command, env, extra)
-        if source.startswith("http"):  # HTTP cannot be filled beforehand: a live producer, on the same cores
+        if live:  # a producer writing while the service reads, on the same cores
+            bodies = [_arrow(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]  # (before timing)
+            producer = threading.Thread(target=_feed, args=(source, url, bodies))
+            producer.start()
+        elif source.startswith("http"):  # HTTP cannot be filled beforehand: a live producer, on the same cores
             encode = _json if source == "http-json" else _arrow
             kind = "application/json" if source == "http-json" else "application/vnd.apache.arrow.stream"
             bodies = [encode(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]  # (before timing)
@@ -346,7 +386,7 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
 
         epoch = json.loads((workdir / "run" / "metrics.jsonl").read_text().splitlines()[-1])
         served = (last[1] - first[1]) / (last[0] - first[0])
-        out = {"source": source, "rows": n, "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
+        out = {"source": source + ("-live" if live else ""), "rows": n, "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
                "ratio": served / epoch["samples_per_s"]}
         if source.startswith("http"):
             out["connections"] = connections
@@ -485,18 +525,22 @@ def main() -> None:
                     help="after the runs above, one Redis run with /predict asked for this many rows in a loop "
                          "(0: none)")
     ap.add_argument("--json-rows", type=int, default=200_000, help="rows posted as JSON bodies (HTTP)")
+    ap.add_argument("--sources", default="redis,nats,directory,http,redis-live,nats-live,http-json",
+                    help="the runs (comma-separated): redis, nats, directory (filled beforehand); http, "
+                         "http-json, redis-live, nats-live (a live producer)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "benchmarks" / "serve-prefilled.json"))
     args = ap.parse_args()
     X, y = serve_rows(args.rows)
-    runs = [prefilled(source, X, y) for _ in range(args.reps) for source in ("redis", "nats", "directory", "http")]
-    runs += [prefilled("http-json", X[:args.json_rows], y[:args.json_rows]) for _ in range(args.reps)]
+    runs = [prefilled(source, X[:args.json_rows] if source == "http-json" else X,
+                      y[:args.json_rows] if source == "http-json" else y)
+            for _ in range(args.reps) for source in args.sources.split(",")]
     predicting = prefilled("redis", X, y, predict_rows=args.predict_rows) if args.predict_rows else None
     best = {}
     for r in runs:
         if r["source"] not in best or r["ratio"] > best[r["source"]]["ratio"]:
             best[r["source"]] = r
     for r in best.values():
-        alone = "live producer" if r["source"].startswith("http") else "service alone"
+        alone = "live producer" if r["source"].startswith("http") or r["source"].endswith("-live") else "service alone"
         print(f"{r['source']:9s} {alone} {r['serve_rows_per_s']:10,.0f} rows/s, train {r['train_rows_per_s']:10,.0f}"
               f" rows/s: {r['ratio']:.2f} (best of {args.reps})")
     if predicting:
