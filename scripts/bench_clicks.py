@@ -278,18 +278,22 @@ def _row_limits(buckets: int, shared_bits: int, n: int = 200_000) -> dict:
 
     @numba.njit(nogil=True)
     def touch(tables, rows):  # pragma: no cover - compiled
-        h = np.zeros(tables.shape[2], np.float32)
+        width = tables.shape[2]
+        h = np.zeros(width, np.float32)
         for i in range(rows.shape[0]):
             h[:] = 0.0
             for c in range(rows.shape[1]):
                 r = rows[i, c]
                 for t in range(tables.shape[0]):
-                    h += tables[t, r]
-            h *= np.float32(1e-9)
+                    for m in range(width):
+                        h[m] += tables[t, r, m]
+            for m in range(width):
+                h[m] *= np.float32(1e-9)
             for c in range(rows.shape[1]):
                 r = rows[i, c]
                 for t in range(tables.shape[0]):
-                    tables[t, r] += h
+                    for m in range(width):
+                        tables[t, r, m] += h[m]
 
     rng = np.random.default_rng(0)
     sizes = levels(10_000_000)
@@ -313,6 +317,10 @@ def _row_limits(buckets: int, shared_bits: int, n: int = 200_000) -> dict:
     copy = np.empty_like(big)
     out["copy_bytes_per_s"] = max(2 * big.nbytes / _timed(np.copyto, copy, big) for _ in range(3))
     return out
+
+
+def _save(out: str, result: dict) -> None:
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _timed(f, *args) -> float:
@@ -407,6 +415,7 @@ def _run(args, work: Path) -> None:
             # (the bytes of the rows it touches: read twice, gather and update, and written once)
             r["of_copy_bandwidth"] = r["rows_per_s"] * cols * tables * 64 * 4 * 3 / limits["copy_bytes_per_s"]
 
+    _save(args.out, result)  # (again after each peer: a peer that fails loses nothing measured before it)
     peers = set(args.peers.split(","))
     for name, kind, bits, limit in (("sklearn_sgd", "sgd", args.vw_bits, 1e9),
                                     ("sklearn_mlp", "mlp", args.mlp_bits, args.mlp_seconds)):
@@ -422,6 +431,8 @@ def _run(args, work: Path) -> None:
                         "seconds": fit["seconds"], "rows_trained": fit["rows"],
                         "rows_per_s": fit["rows"] / fit["seconds"], "peak_pss_mb": peak_mb,
                         **_metrics(y_test, np.load(work / f"{name}.npy"))}
+
+        _save(args.out, result)
 
     if "torch" in peers and Path(args.vw_python).exists() \
             and subprocess.run([args.vw_python, "-c", "import torch"]).returncode == 0:
@@ -439,6 +450,7 @@ def _run(args, work: Path) -> None:
             if best is None or row["rows_per_s"] > best["rows_per_s"]:
                 best = row
         result["torch"] = best
+        _save(args.out, result)
 
     if Path(args.vw_python).exists() and peers & {"vw", "vw_linear"}:
         _vw_text(work / "train.parquet", work / "train.vw")
@@ -455,7 +467,7 @@ def _run(args, work: Path) -> None:
             result[name] = {"options": ("--nn 64 " if nn == "nn" else "")
                             + f"-b {args.vw_bits} --loss_function logistic --passes 1",
                             "seconds": vw_seconds, "rows_per_s": n_train / vw_seconds, **_metrics(y_test, pv)}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _save(args.out, result)
     print(f"click log: {args.rows:,} rows, {n_train:,} trained, the last day ({n_test:,}) held out")
     for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "streamtrain_online",
                  "streamtrain_online_l2", "streamtrain_copied_snapshots", "vw", "vw_linear", "sklearn_sgd", "sklearn_mlp", "torch"):

@@ -7,5 +7,6 @@ python3 -m venv .venv-peers
 # mosaicml-streaming imports torchvision, which fails to import beside the CPU wheel of torch
 # 2.13.0 ("operator torchvision::nms does not exist"): the pair below imports together (a CUDA
 # build that lies on this kind of machine's disk; it runs on the CPU). Unpinned, torch is a CUDA
-# build of several GB from the index.
-.venv-peers/bin/pip install -q mosaicml-streaming litdata vowpalwabbit h5py "torch==2.14.1" "torchvision==0.29.1"
+# build of several GB from the index. pandas and pyarrow: the click benchmark's PyTorch recipe reads
+# Parquet and hashes with pandas.
+.venv-peers/bin/pip install -q mosaicml-streaming litdata vowpalwabbit h5py pandas pyarrow "torch==2.14.1" "torchvision==0.29.1"

@@ -76,6 +76,29 @@ def test_a_code_outside_its_column_is_refused_not_read_past_the_weights():
             net.forward(np.array([[0.5, bad]]))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_compiled_gather_adds_the_rows_as_numpy_does_bitwise(dtype):
+    # (the forward pass's rows are summed by a compiled loop; numpy's column-at-a-time form is the
+    # reference: the same sums, in the same order, so a seed keeps its model)
+    from streamtrain.nn.sparse_compiled import add_rows
+
+    rng = np.random.default_rng(5)
+    W = rng.normal(size=(50, 7)).astype(dtype)
+    picked = rng.zipf(1.5, size=(300, 6)) % 50  # rows repeat within a sample and across samples
+    h = rng.normal(size=(300, 7)).astype(dtype)
+    ref = h.copy()
+    for r in picked.T:
+        ref += W[r]
+    add_rows(h, W, picked)
+    assert np.array_equal(h, ref)
+    layout = InputLayout([0], [0], [1, 2], [1, 11], [10, 39])
+    net = TwoLayerNet(3, 7, 1, layout=layout, dtype=dtype)
+    X = np.column_stack([rng.normal(size=300), picked[:, 0] % 10, picked[:, 1] % 39]).astype(dtype)
+    W1 = net.params["W1"]
+    ref = X[:, [0]] @ W1[[0]] + W1[1 + X[:, 1].astype(int)] + W1[11 + X[:, 2].astype(int)]
+    assert np.array_equal(net._first(X), ref)
+
+
 @pytest.mark.parametrize("init,std", [("he", lambda fan, h: np.sqrt(2.0 / fan)),
                                       ("glorot", lambda fan, h: np.sqrt(6.0 / (fan + h)) / np.sqrt(3.0))])
 def test_a_table_s_scale_comes_from_the_inputs_a_sample_sums_not_from_its_rows(init, std):

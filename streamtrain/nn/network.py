@@ -37,19 +37,19 @@ def sum_rows(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return ranked[starts], np.add.reduceat(values[order], starts, axis=0)
 
 
-_ROW_SUMS = None
+_SPARSE = None
 
 
-def _compiled_row_sums():
-    """``sparse_compiled.row_sums``, or None without numba (imported on first use)."""
-    global _ROW_SUMS
-    if _ROW_SUMS is None:
+def _sparse_compiled():
+    """The ``sparse_compiled`` module, or None without numba (imported on first use)."""
+    global _SPARSE
+    if _SPARSE is None:
         try:
-            from .sparse_compiled import row_sums
+            from . import sparse_compiled
         except ImportError:
-            row_sums = False
-        _ROW_SUMS = row_sums
-    return _ROW_SUMS or None
+            sparse_compiled = False
+        _SPARSE = sparse_compiled
+    return _SPARSE or None
 
 
 class InputLayout:
@@ -144,6 +144,10 @@ class TwoLayerNet:
         if L is None:
             return X @ W1
         h = X[:, L.dense_cols] @ W1[L.dense_rows]
+        compiled = _sparse_compiled()
+        if compiled is not None and h.flags.c_contiguous:
+            compiled.add_rows(h, W1, L.rows(X))
+            return h
         for r in L.rows(X).T:  # one code column at a time: no (samples, columns, hidden) temporary
             h += W1[r]
         return h
@@ -157,8 +161,8 @@ class TwoLayerNet:
             return X.T @ da1
         W1 = self.params["W1"]
         picked = L.rows(X)  # (samples, code columns)
-        compiled = _compiled_row_sums()
-        rows, sums = compiled(picked, da1) if compiled is not None else \
+        compiled = _sparse_compiled()
+        rows, sums = compiled.row_sums(picked, da1) if compiled is not None else \
             sum_rows(picked.T.reshape(-1), np.tile(da1, (picked.shape[1], 1)))
         dense = X[:, L.dense_cols].T @ da1
         if sparse:

@@ -9,7 +9,23 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["row_sums", "adam_rows", "catch_up_rows", "row_square_sums"]
+__all__ = ["add_rows", "row_sums", "adam_rows", "catch_up_rows", "row_square_sums"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_rows(h, W, picked):  # pragma: no cover - compiled
+    for i in range(picked.shape[0]):
+        for c in range(picked.shape[1]):
+            r = picked[i, c]
+            for j in range(h.shape[1]):
+                h[i, j] += W[r, j]
+
+
+def add_rows(h: np.ndarray, W: np.ndarray, picked: np.ndarray) -> None:
+    """Add to each row ``i`` of ``h`` (samples, hidden) the rows ``picked[i]`` (samples, code
+    columns) of ``W``, column by column: ``for r in picked.T: h += W[r]`` without its
+    temporaries, bitwise (each sum in the same order)."""
+    _add_rows(h, W, np.ascontiguousarray(picked))
 
 
 @numba.njit(cache=True, nogil=True)

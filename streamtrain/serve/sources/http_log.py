@@ -68,12 +68,15 @@ class LogSource(StreamSource):
 
     # the log's records: magic, length, crc32, then a JSON header and the raw arrays
     @staticmethod
-    def _encode(seq: int, digest: str | None, X: np.ndarray, t: np.ndarray) -> bytes:
+    def _encode(seq: int, digest: str | None, X: np.ndarray, t: np.ndarray) -> list:
+        """A record's bytes as the pieces written one after another: its header, then the rows'
+        and targets' own buffers (a request's rows are not copied into one string first)."""
         head = json.dumps({"seq": seq, "key_digest": digest, "rows": len(X), "x": [X.dtype.str, list(X.shape)],
                            "t": [t.dtype.str, list(t.shape)]}).encode()
-        payload = struct.pack("<I", len(head)) + head + np.ascontiguousarray(X).tobytes() + \
-            np.ascontiguousarray(t).tobytes()
-        return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        start = struct.pack("<I", len(head)) + head
+        rows = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in (X, t)]
+        crc = zlib.crc32(rows[1], zlib.crc32(rows[0], zlib.crc32(start)))
+        return [_HEAD.pack(_MAGIC, len(start) + rows[0].nbytes + rows[1].nbytes, crc) + start, *rows]
 
     @staticmethod
     def _decode(payload: bytes):
@@ -160,7 +163,8 @@ class LogSource(StreamSource):
                     raise QueueFull()
                 self.seq += 1
                 seq, repeat = self.seq, False
-                self.fh.write(self._encode(seq, digest, X, t))
+                for piece in self._encode(seq, digest, X, t):
+                    self.fh.write(piece)
                 self.fh.flush()
                 if digest:
                     self._remember(digest, seq)
