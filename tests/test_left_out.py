@@ -42,6 +42,16 @@ def test_inspect_and_train_name_every_column_left_out(tmp_path):
     assert columns["blob"].startswith("left out: binary") and "identifier" in columns["uid"]
     assert "categorical" in columns["cut"] and "datetime" in columns["when"]
     assert "--hash with its name hashes it" in columns["uid"]
+    # the advice previewed: inspect takes train's column options and shows the plan they make
+    planned = json.loads(subprocess.run([str(BIN), "inspect", str(tmp_path / "d.parquet"), "--json", "--hash", "uid:16"],
+                                        capture_output=True, text=True, check=True).stdout)
+    assert planned["columns"]["uid"].startswith("large_string; hashed") and "16 buckets" in planned["columns"]["uid"]
+    assert planned["columns"]["tags"] == columns["tags"] and planned["n_features"] == info["n_features"] + 17  # (and a missing input)
+    run = tmp_path / "run"
+    subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1", "--checkpoint-dir", str(run),
+                    "--quiet"], check=True)
+    res = subprocess.run([str(BIN), "inspect", str(run), "--hash", "uid"], capture_output=True, text=True)
+    assert res.returncode == 2 and "--hash applies to a dataset" in res.stderr and "Traceback" not in res.stderr
     hashed = subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1", "--hash", "uid",
                              "--checkpoint-dir", str(tmp_path / "hashed")], capture_output=True, text=True)
     assert hashed.returncode == 0, hashed.stderr  # the advice followed: uid hashed, not left out

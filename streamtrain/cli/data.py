@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 
 import click
 
-from ..config import LIMITS, MAX_FEATURES
+from ..config import LIMITS, MAX_FEATURES, TrainConfig
 from ..features.encoding import Encoding
 from ..io.digest import params_digest
 from ..io.resolve import resolve_checkpoint
@@ -19,7 +20,8 @@ from ..readers.remote import is_url
 from ..synthetic import TASKS, make_data
 from ..train.schema import TRAINER
 from .group import cli
-from .options import FiniteFloat, _log_every_option, _progress, _selection, _selection_options, _text
+from .options import (FiniteFloat, _config_options, _given_settings, _log_every_option, _progress, _selection,
+                      _selection_options, _text)
 
 __all__ = ['make_data_cmd', 'inspect']
 
@@ -82,18 +84,31 @@ def make_data_cmd(out, rows, kind, features, task, classes, chunk_rows, seed, no
                f"{info['chunks']} chunks, in {secs:.1f}s")
 
 
+#: ``train``'s options that decide how a table's columns are encoded: ``inspect`` takes them too,
+#: so the plan it shows is the one ``train`` with the same options follows.
+ENCODING_SETTINGS = ("max_categories", "min_frequency", "hash_buckets", "hash_bits", "one_hot_max", "missing",
+                     "categorical", "numeric", "hash", "drop", "cross", "date_parts", "classes")
+
+
 @cli.command()
 @click.argument("path")
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def inspect(path, features, label, as_json):
-    """Describe a dataset (layout, selection) or a checkpoint (metadata, history, parameter digest).
+@functools.partial(_config_options, only=ENCODING_SETTINGS)
+@click.pass_context
+def inspect(ctx, path, features, label, as_json, **encoding):
+    """Describe a dataset (layout, selection, and for a table what happens to each column, under
+    train's column options given here) or a checkpoint (metadata, history, parameter digest).
 
     Example: streamtrain inspect data/digits.parquet --json
     """
+    given = _given_settings(ctx, encoding)
     local = None if is_url(path) else Path(path)
     if (local.suffix == ".npz" or (local.is_dir() and any(local.glob("ckpt-*.npz")))) if local is not None \
             else is_remote_checkpoint(path):  # (a run in object storage: --checkpoint-dir s3://...)
+        if given:
+            raise click.UsageError(f"--{next(iter(given)).replace('_', '-')} applies to a dataset; a checkpoint's "
+                                   f"columns are encoded as its run learned them (shown below without it)")
         found, arrays, meta = resolve_checkpoint(local or path, TRAINER)
         params = {k: v for k, v in arrays.items() if k.startswith("param.")}
         state = meta.pop("state")
@@ -102,7 +117,8 @@ def inspect(path, features, label, as_json):
         if meta["model"].get("encoding") is not None:  # the model's encoding, a line per column
             info["columns"] = Encoding.from_state(meta["model"].pop("encoding")).describe()
     else:
-        with open_dataset(path, _selection(features), label) as ds:
+        encode = TrainConfig(**given).encode_options() if given else None
+        with open_dataset(path, _selection(features), label, **({"encode": encode} if encode else {})) as ds:
             info = ds.describe()
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
