@@ -66,7 +66,7 @@ class Momentum(SGD):
         for k, g in grads.items():
             v = self.velocity.get(k)
             if v is None:
-                v = self.velocity[k] = np.zeros_like(params[k])
+                v = self.velocity[k] = zero_state(params[k])
             if isinstance(g, RowGrad):  # lazy: a row's velocity advances when the row is touched
                 r = g.rows
                 vr = v[r] * self.momentum - self.lr * g.values
@@ -85,6 +85,13 @@ class Momentum(SGD):
 
     def load_state_dict(self, state):
         self.velocity = {k[2:]: np.array(v) for k, v in state.items() if k.startswith("v.")}
+
+
+def zero_state(a: np.ndarray) -> np.ndarray:
+    """Zeros of ``a``'s shape and type for an optimiser's state, on pages the system maps when first
+    written (``np.zeros``): a table's rows that no step touches take no memory, and the first step
+    does not write gigabytes of zeros (``np.zeros_like`` writes every page)."""
+    return np.zeros(a.shape, a.dtype)
 
 
 def _compiled_adam():
@@ -145,7 +152,7 @@ class Adam(SGD):
         c2 = 1.0 - self.beta2**self.t
         for k, g in grads.items():
             if k not in self.m:
-                self.m[k], self.v[k] = np.zeros_like(params[k]), np.zeros_like(params[k])
+                self.m[k], self.v[k] = zero_state(params[k]), zero_state(params[k])
         update = _compiled_adam() if self.compiled else None
         if update is not None and _fits(params, grads, self.m, self.v):
             update(params, grads, self.m, self.v, self.beta1, self.beta2, self.lr / c1, c2, self.eps)

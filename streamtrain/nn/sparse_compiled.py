@@ -8,13 +8,46 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = ["add_rows", "row_sums", "adam_rows", "catch_up_rows", "row_square_sums"]
+
+#: Rows ahead whose memory a loop over scattered table rows asks for while it works on the current
+#: one (``prefetch``): a table's rows are a random walk over gigabytes, each a wait for memory.
+AHEAD = 8
+
+
+@intrinsic
+def prefetch(typingctx, arr, i, j):
+    """Ask for the cache line of ``arr[i, j]`` (LLVM's prefetch, for writing, kept close); nothing
+    else happens: what the loop computes is unchanged."""
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1], args[2]], wraparound=False)
+        byte = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, byte), ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return numba.types.void(arr, i, j), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _prefetch_row(A, r):  # pragma: no cover - compiled
+    for j in range(0, A.shape[1], 16):  # (a 64-byte line holds 16 float32s: float64 rows get every other)
+        prefetch(A, r, j)
 
 
 @numba.njit(cache=True, nogil=True)
 def _add_rows(h, W, picked):  # pragma: no cover - compiled
     for i in range(picked.shape[0]):
+        if i + 1 < picked.shape[0]:  # the next sample's rows, while this one's are summed
+            for c in range(picked.shape[1]):
+                _prefetch_row(W, picked[i + 1, c])
         for c in range(picked.shape[1]):
             r = picked[i, c]
             for j in range(h.shape[1]):
@@ -62,6 +95,11 @@ def row_sums(picked: np.ndarray, da1: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _adam_rows(p, m, v, rows, g, s):  # pragma: no cover - compiled
     b1, one_b1, b2, one_b2, step, c2, eps = s[0], s[1], s[2], s[3], s[4], s[5], s[6]
     for i in range(rows.size):
+        if i + AHEAD < rows.size:
+            q = rows[i + AHEAD]
+            _prefetch_row(p, q)
+            _prefetch_row(m, q)
+            _prefetch_row(v, q)
         r = rows[i]
         for j in range(p.shape[1]):
             gi = g[i, j]

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import TrainingError
 from ..nn import kernels, minibatch, online
 from ..nn.network import PARAM_NAMES, RowGrad, penalty_of, sum_rows
-from ..nn.optim import SGD, Adam, _fits
+from ..nn.optim import SGD, Adam, _fits, zero_state
 from ..nn.schedules import rates, varies
 from .distributed import LOCAL, Communicator
 
@@ -440,7 +440,7 @@ class GradientStep(Update):
             params = self.net.params
             for k in PARAM_NAMES:
                 if k not in opt.m:
-                    opt.m[k], opt.v[k] = np.zeros_like(params[k]), np.zeros_like(params[k])
+                    opt.m[k], opt.v[k] = zero_state(params[k]), zero_state(params[k])
             if _fits(params, params, opt.m, opt.v):
                 made = self._compiled_batches(X, T, step, batch_size, w, scaler, (opt.m, opt.v))
         return super().update_batches(X, T, step, batch_size, w, scaler) if made is None else made
