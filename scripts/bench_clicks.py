@@ -268,19 +268,25 @@ def _row_limits(buckets: int, shared_bits: int, n: int = 200_000) -> dict:
     """The machine's limit for the sparse step's memory traffic, measured here: samples/s of a
     compiled loop that only moves the table rows a step touches. Per sample it sums the rows of
     the sample's codes (the forward gather) and adds a vector into each (the update's scatter),
-    in 1 table (SGD) or 3 (lazy Adam: the weights and both moments), on one core (the step's).
+    in 1 table (SGD) or 3 (lazy Adam: the weights and both moments), on one core (the step's),
+    asking for the next sample's rows while it works (as streamtrain's compiled loops do).
     The codes follow the click log's Zipf laws, hashed into the tables as the features are: per
     column, 26 tables of ``buckets`` rows (and 30 with the 4 crosses), or one shared table of
     ``2**shared_bits`` rows. Also the copy bandwidth (bytes/s), for the bytes the step moves."""
     import numba
 
     from streamtrain.clicks import PAIRS, _mix, levels
+    from streamtrain.nn.sparse_compiled import _prefetch_row
 
     @numba.njit(nogil=True)
     def touch(tables, rows):  # pragma: no cover - compiled
         width = tables.shape[2]
         h = np.zeros(width, np.float32)
         for i in range(rows.shape[0]):
+            if i + 1 < rows.shape[0]:  # (the next sample's rows asked for meanwhile, as streamtrain's loops do)
+                for c in range(rows.shape[1]):
+                    for t in range(tables.shape[0]):
+                        _prefetch_row(tables[t], rows[i + 1, c])
             h[:] = 0.0
             for c in range(rows.shape[1]):
                 r = rows[i, c]
