@@ -314,7 +314,7 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
     live = source.endswith("-live")
     source = source.removesuffix("-live")
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-serve-prefilled-{source}-"))
-    broker, producer = None, None
+    broker, producer, failures = None, None, []
     try:
         url, spec = None, "http"
         if source in ("redis", "nats"):
@@ -328,7 +328,13 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
         svc = _Service(spec, workdir, command, env, extra)
         if live:  # a producer writing while the service reads, on the same cores
             bodies = [_arrow(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]  # (before timing)
-            producer = threading.Thread(target=_feed, args=(source, url, bodies))
+            def feed():
+                try:
+                    _feed(source, url, bodies)
+                except BaseException as e:  # (raised below, not waited on for 600 s)
+                    failures.append(e)
+
+            producer = threading.Thread(target=feed)
             producer.start()
         elif source.startswith("http"):  # HTTP cannot be filled beforehand: a live producer, on the same cores
             encode = _json if source == "http-json" else _arrow
@@ -358,6 +364,8 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
             n, first, last = len(X), None, None
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
+                if failures:
+                    raise RuntimeError(f"the {source} producer failed: {failures[0]!r}")
                 s = svc.status()
                 now = time.perf_counter()
                 if first is None and s["rows_trained"] > 0:
@@ -385,8 +393,11 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
         import json
 
         epoch = json.loads((workdir / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+        if last is None:
+            raise RuntimeError(f"{source}: the service trained {s['rows_trained']:,} of {n:,} rows in 600 s")
         served = (last[1] - first[1]) / (last[0] - first[0])
-        out = {"source": source + ("-live" if live else ""), "rows": n, "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
+        out = {"source": source + ("-live" if live else ""), "rows": n, "rows_trained": last[1],
+               "serve_rows_per_s": served, "train_rows_per_s": epoch["samples_per_s"],
                "ratio": served / epoch["samples_per_s"]}
         if source.startswith("http"):
             out["connections"] = connections

@@ -76,15 +76,15 @@ def test_a_code_outside_its_column_is_refused_not_read_past_the_weights():
             net.forward(np.array([[0.5, bad]]))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_compiled_gather_adds_the_rows_as_numpy_does_bitwise(dtype):
+@pytest.mark.parametrize("dtype,index", [(np.float32, np.int64), (np.float64, np.int32)])
+def test_the_compiled_gather_adds_the_rows_as_numpy_does_bitwise(dtype, index):
     # (the forward pass's rows are summed by a compiled loop; numpy's column-at-a-time form is the
     # reference: the same sums, in the same order, so a seed keeps its model)
     from streamtrain.nn.sparse_compiled import add_rows
 
     rng = np.random.default_rng(5)
     W = rng.normal(size=(50, 7)).astype(dtype)
-    picked = rng.zipf(1.5, size=(300, 6)) % 50  # rows repeat within a sample and across samples
+    picked = (rng.zipf(1.5, size=(300, 6)) % 50).astype(index)  # rows repeat within and across samples
     h = rng.normal(size=(300, 7)).astype(dtype)
     ref = h.copy()
     for r in picked.T:

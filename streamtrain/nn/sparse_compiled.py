@@ -19,27 +19,47 @@ __all__ = ["add_rows", "row_sums", "adam_rows", "catch_up_rows", "row_square_sum
 AHEAD = 8
 
 
-@intrinsic
-def prefetch(typingctx, arr, i, j):
-    """Ask for the cache line of ``arr[i, j]`` (LLVM's prefetch, for writing, kept close); nothing
-    else happens: what the loop computes is unchanged."""
-    def codegen(context, builder, signature, args):
-        aty = signature.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1], args[2]], wraparound=False)
-        byte = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
-                                            "llvm.prefetch.p0i8")
-        builder.call(fn, [builder.bitcast(ptr, byte), ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-    return numba.types.void(arr, i, j), codegen
+def _prefetch_intrinsic(write: int):
+    """An intrinsic ``(arr, i, j)`` asking for the cache line of ``arr[i, j]`` (LLVM's prefetch,
+    for writing or for reading, kept close); nothing else happens: what a loop computes is unchanged."""
+    @intrinsic
+    def prefetch(typingctx, arr, i, j):
+        def codegen(context, builder, signature, args):
+            aty = signature.args[0]
+            ary = context.make_array(aty)(context, builder, args[0])
+            at = [context.cast(builder, v, t, numba.types.intp) for v, t in zip(args[1:], signature.args[1:])]
+            ptr = cgutils.get_item_pointer(context, builder, aty, ary, at, wraparound=False)
+            byte, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
+                                                "llvm.prefetch.p0i8")
+            builder.call(fn, [builder.bitcast(ptr, byte), ir.Constant(i32, write), ir.Constant(i32, 3),
+                              ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+        return numba.types.void(arr, i, j), codegen
+    return prefetch
 
 
-@numba.njit(cache=True, nogil=True)
-def _prefetch_row(A, r):  # pragma: no cover - compiled
-    for j in range(0, A.shape[1], 16):  # (a 64-byte line holds 16 float32s: float64 rows get every other)
-        prefetch(A, r, j)
+_prefetch_write, _prefetch_read = _prefetch_intrinsic(1), _prefetch_intrinsic(0)
+
+if numba.config.DISABLE_JIT:  # (numba's pure-Python mode runs no intrinsic: nothing to ask for there)
+    def _prefetch_row(A, r, write=True):
+        pass
+else:
+    @numba.njit(cache=True, nogil=True)
+    def _prefetch_row(A, r, write=True):  # pragma: no cover - compiled
+        """Ask for every cache line of ``A[r]`` (a row of floats), to write or only to read."""
+        w = A.shape[1]
+        step = max(1, 64 // A.itemsize)  # (elements in a 64-byte line)
+        for j in range(0, w, step):
+            if write:
+                _prefetch_write(A, r, j)
+            else:
+                _prefetch_read(A, r, j)
+        if w and (w - 1) % step:  # (the row's last line, where the row does not start on a line)
+            if write:
+                _prefetch_write(A, r, w - 1)
+            else:
+                _prefetch_read(A, r, w - 1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -47,7 +67,7 @@ def _add_rows(h, W, picked):  # pragma: no cover - compiled
     for i in range(picked.shape[0]):
         if i + 1 < picked.shape[0]:  # the next sample's rows, while this one's are summed
             for c in range(picked.shape[1]):
-                _prefetch_row(W, picked[i + 1, c])
+                _prefetch_row(W, picked[i + 1, c], False)
         for c in range(picked.shape[1]):
             r = picked[i, c]
             for j in range(h.shape[1]):
@@ -97,9 +117,9 @@ def _adam_rows(p, m, v, rows, g, s):  # pragma: no cover - compiled
     for i in range(rows.size):
         if i + AHEAD < rows.size:
             q = rows[i + AHEAD]
-            _prefetch_row(p, q)
-            _prefetch_row(m, q)
-            _prefetch_row(v, q)
+            _prefetch_row(p, q, True)
+            _prefetch_row(m, q, True)
+            _prefetch_row(v, q, True)
         r = rows[i]
         for j in range(p.shape[1]):
             gi = g[i, j]
