@@ -142,8 +142,10 @@ def features(batch):
     nums = np.column_stack([np.log1p(np.nan_to_num(batch.column(f"i{j}").to_numpy(zero_copy_only=False)))
                             for j in range(1, 14)])
     return sp.hstack([hasher.transform(tokens), sp.csr_matrix(nums)], format="csr")
-model = (SGDClassifier(loss="log_loss", alpha=1e-5, learning_rate="constant", eta0=0.01) if kind == "sgd" else
-         MLPClassifier(hidden_layer_sizes=(64,), batch_size=256, learning_rate_init=0.003))
+# (random_state: each partial_fit call shuffles its rows; seeded, the figures repeat)
+model = (SGDClassifier(loss="log_loss", alpha=1e-5, learning_rate="constant", eta0=0.01, random_state=0)
+         if kind == "sgd" else
+         MLPClassifier(hidden_layer_sizes=(64,), batch_size=256, learning_rate_init=0.003, random_state=0))
 t, rows = time.perf_counter(), 0
 for batch in pq.ParquetFile(train).iter_batches(batch_size=10_000 if kind == "sgd" else 1024):
     X, y = features(batch), batch.column("click").to_numpy()
@@ -429,9 +431,11 @@ def _run(args, work: Path) -> None:
             continue
         fit, peak_mb = _peer([sys.executable, "-c", SK_SCRIPT, kind, str(work / "train.parquet"),
                               str(work / "test.parquet"), str(work / f"{name}.npy"), str(bits), str(limit)])
-        what = ("SGDClassifier(loss='log_loss', alpha=1e-5, learning_rate='constant', eta0=0.01).partial_fit, "
+        what = ("SGDClassifier(loss='log_loss', alpha=1e-5, learning_rate='constant', eta0=0.01, random_state=0)"
+                ".partial_fit, "
                 "10,000 rows a call" if kind == "sgd" else
-                f"MLPClassifier(hidden_layer_sizes=(64,), batch_size=256, learning_rate_init=0.003).partial_fit, "
+                f"MLPClassifier(hidden_layer_sizes=(64,), batch_size=256, learning_rate_init=0.003, random_state=0)"
+                ".partial_fit, "
                 f"1,024 rows a call, stopped after {limit:g} s")
         result[name] = {"recipe": f"FeatureHasher(n_features=2**{bits}) on the Parquet file's rows + {what}",
                         "seconds": fit["seconds"], "rows_trained": fit["rows"],
