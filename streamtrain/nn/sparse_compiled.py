@@ -55,7 +55,7 @@ else:
                 _prefetch_write(A, r, j)
             else:
                 _prefetch_read(A, r, j)
-        if w and (w - 1) % step:  # (the row's last line, where the row does not start on a line)
+        if w and (w - 1) % step:  # (the last element's line too: a row need not start on a line)
             if write:
                 _prefetch_write(A, r, w - 1)
             else:
