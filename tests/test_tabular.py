@@ -735,6 +735,15 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--date-parts", "distance", check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'f.parquet'}: --date-parts distance: the column is double, which has no date parts"]
+    # a string column is refused too (it was taken, and its parts silently not made), by inspect as by train
+    for command in ("train", "inspect"):
+        res = _cli(command, tmp_path / "f.parquet", "--label", "status", "--date-parts", "carrier", check=False)
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            f"error: {tmp_path / 'f.parquet'}: --date-parts carrier: the column is large_string, which has no date parts"]
+    # an override of the label says so (it said "names no column 'status'", of a column in the file)
+    res = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--drop", "status", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.parquet'}: --drop status: that column is the label"]
 
 
 def test_a_cross_is_the_hashed_pair_of_two_categorical_columns(tmp_path):

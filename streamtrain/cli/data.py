@@ -108,7 +108,7 @@ def inspect(ctx, path, features, label, as_json, **encoding):
             else is_remote_checkpoint(path):  # (a run in object storage: --checkpoint-dir s3://...)
         if given:
             raise click.UsageError(f"--{next(iter(given)).replace('_', '-')} applies to a dataset; a checkpoint's "
-                                   f"columns are encoded as its run learned them (shown below without it)")
+                                   f"columns are encoded as its run learned them (inspect it without the option)")
         found, arrays, meta = resolve_checkpoint(local or path, TRAINER)
         params = {k: v for k, v in arrays.items() if k.startswith("param.")}
         state = meta.pop("state")

@@ -179,6 +179,11 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
     Encoding
     """
     sub = pa.schema([schema.field(n) for n in features])
+    for key, cols in options.overrides.items():  # (infer_columns knows the features alone: "no column" would puzzle)
+        named = [c for c in (cols or ()) if c not in features and c in schema.names]
+        if named:
+            what = "the label" if named[0] == label else "not among the features (--features names them)"
+            raise ConfigError(f"{where}: --{key} {named[0]}: that column is {what}")
     plans = infer_columns(sub, {k: v for k, v in options.overrides.items() if v} or None)
     passes: dict[str, _Pass] = {}
     declared = set(options.overrides.get("categorical") or [])
@@ -280,9 +285,14 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
             columns.append(_Cross(a, b, 1 << options.hash_bits, shared=True))
         else:
             columns.append(_Cross(a, b, options.hash_buckets, gather=options.hash_buckets + 1 > options.one_hot_max))
-    unknown = [c for c in options.date_parts if c not in {p.name for p in plans}]
+    planned = {p.name: p for p in plans}
+    unknown = [c for c in options.date_parts if c not in planned]
     if unknown:
         raise ConfigError(f"{where}: --date-parts {unknown[0]}: no such feature column")
+    for name in options.date_parts:  # (numbers and times were checked above; the rest never are)
+        if planned[name].kind not in ("numeric", "datetime"):
+            raise ConfigError(f"{where}: --date-parts {name}: the column is {planned[name].arrow_type}, which has no "
+                              f"date parts")
     if not columns:
         raise DataError(f"{where}: no column can be used as a feature ("
                         + "; ".join(f"{n}: {why}" for n, why in left[:4]) + ")")
