@@ -97,28 +97,42 @@ class _Service:
         self.client.close()
 
 
+def _feed(source: str, url: str, bodies, window: int = 16) -> None:
+    """A producer of encoded Arrow entries (any iterable: encoded as they are sent, or before):
+    Redis ``XADD``s pipelined ``window`` at a time, NATS JetStream publishes with up to ``window``
+    acknowledgements outstanding (``window`` 1: each waited for in turn)."""
+    if source == "redis":
+        import redis
+
+        c = redis.Redis.from_url(url)
+        pipe = c.pipeline(transaction=False)
+        for body in bodies:
+            pipe.xadd("bench", {"arrow": body})
+            if len(pipe) >= window:
+                pipe.execute()
+        pipe.execute()
+        c.close()
+        return
+
+    async def go():
+        import nats
+
+        nc = await nats.connect(url)
+        js = nc.jetstream(publish_async_max_pending=window)
+        for body in bodies:
+            await js.publish_async("bench.in", body)
+        await js.publish_async_completed()
+        await nc.close()
+
+    asyncio.run(go())
+
+
 def _produce(source: str, url: str, workdir: Path, X: np.ndarray, y: np.ndarray, service: _Service | None) -> None:
     pieces = [(X[a:a + PIECE], y[a:a + PIECE]) for a in range(0, len(X), PIECE)]
     if source == "http":
         _post_all(service, (_arrow(Xp, yp) for Xp, yp in pieces), "application/vnd.apache.arrow.stream")
-    elif source == "redis":
-        import redis
-
-        c = redis.Redis.from_url(url)
-        for Xp, yp in pieces:
-            c.xadd("bench", {"arrow": _arrow(Xp, yp)})
-        c.close()
-    elif source == "nats":
-        async def go():
-            import nats
-
-            nc = await nats.connect(url)
-            js = nc.jetstream()
-            for Xp, yp in pieces:
-                await js.publish("bench.in", _arrow(Xp, yp))
-            await nc.close()
-
-        asyncio.run(go())
+    elif source in ("redis", "nats"):  # (each entry encoded, sent and acknowledged in turn)
+        _feed(source, url, (_arrow(Xp, yp) for Xp, yp in pieces), window=1)
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -206,35 +220,6 @@ def _broker(kind: str, workdir: Path):
         except Exception:
             time.sleep(0.05)
     return proc, url
-
-
-def _feed(source: str, url: str, bodies: list[bytes], window: int = 16) -> None:
-    """A live producer of encoded Arrow entries: Redis ``XADD``s pipelined ``window`` at a time, NATS
-    JetStream publishes with up to ``window`` acknowledgements outstanding (as producers that keep
-    up with a broker send)."""
-    if source == "redis":
-        import redis
-
-        c = redis.Redis.from_url(url)
-        for a in range(0, len(bodies), window):
-            pipe = c.pipeline(transaction=False)
-            for body in bodies[a:a + window]:
-                pipe.xadd("bench", {"arrow": body})
-            pipe.execute()
-        c.close()
-        return
-
-    async def go():
-        import nats
-
-        nc = await nats.connect(url)
-        js = nc.jetstream(publish_async_max_pending=window)
-        for body in bodies:
-            await js.publish_async("bench.in", body)
-        await js.publish_async_completed()
-        await nc.close()
-
-    asyncio.run(go())
 
 
 def _one(source: str, X: np.ndarray, y: np.ndarray, workdir: Path, command: list[str] | None = None,

@@ -180,7 +180,9 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
     """
     sub = pa.schema([schema.field(n) for n in features])
     for key, cols in options.overrides.items():  # (infer_columns knows the features alone: "no column" would puzzle)
-        named = [c for c in (cols or ()) if c not in features and c in schema.names]
+        if not isinstance(cols, (list, tuple, dict)):  # (a malformed value: infer_columns says what it should be)
+            continue
+        named = [c for c in cols if c not in features and c in schema.names]
         if named:
             what = "the label" if named[0] == label else "not among the features (--features names them)"
             raise ConfigError(f"{where}: --{key} {named[0]}: that column is {what}")
