@@ -136,7 +136,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "savez", full)
+    monkeypatch.setattr("streamtrain.io.npz._pwrite_all", full)
     with pytest.raises(CheckpointError, match="cannot write the checkpoint \\(No space left on device\\)"):
         Trainer(TrainConfig(hidden=3, epochs=2)).fit((X, y), checkpoint_dir=tmp_path, resume=True, log=None)
     assert list_checkpoints(tmp_path) == before

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from ..errors import CheckpointError
 from .atomic import atomic_path
 from .digest import _digest, array_header
+from .npz import write_npz
 from .background import crash_point
 
 __all__ = ['FORMAT_VERSION', 'checkpoint_name', 'save_checkpoint', 'MAX_META_BYTES', 'MAX_JSON_DEPTH', 'MAX_MEMBERS', 'MAX_UNCHECKED_BYTES', 'Schema', 'json_depth', 'check_loadable', 'load_checkpoint']
@@ -54,15 +56,36 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
         raise CheckpointError(f"{path}: not written: its loader would refuse it ({_one_line(e)})") from None
     payload = {name: np.asarray(a, order="C") for name, a in arrays.items()}
     payload[_META] = np.frombuffer(meta_bytes, dtype=np.uint8)
-    payload[_SUM] = np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8)
+    # (the checksum is computed beside the write, and written last: a table's gigabytes take a
+    # second or so each way)
+    summed = _Beside(lambda: {_SUM: np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8)})
     with atomic_path(path, before_rename=lambda: crash_point("after_data")) as tmp:
         crash_point("before_data")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_npz(tmp, payload, last=summed.result)
     crash_point("after_rename")
     return path
+
+
+class _Beside:
+    """``fn()`` run in a thread; ``result()`` waits for it (and raises its error)."""
+
+    def __init__(self, fn):
+        self._out = self._error = None
+
+        def run():
+            try:
+                self._out = fn()
+            except BaseException as e:  # (raised by ``result``)
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="streamtrain-checksum", daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 # Bounds on what a checkpoint may declare, checked before anything is read or allocated: a

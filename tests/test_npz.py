@@ -1,0 +1,102 @@
+"""The checkpoints' NPZ writer: the zip ``np.savez`` makes, its large arrays aligned and written
+around the page cache."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamtrain.io import npz
+from streamtrain.io.npz import ALIGN, write_npz
+
+
+def _arrays():
+    rng = np.random.default_rng(0)
+    return {"big": rng.standard_normal((70_001, 64)).astype(np.float32),  # (not a whole number of blocks)
+            "f64": rng.standard_normal(300_000), "fortran": np.asfortranarray(rng.random((300, 200))),
+            "i8": np.arange(-5, 5, dtype=np.int8), "u16": np.arange(9, dtype=np.uint16), "scalar": np.array(7),
+            "empty": np.zeros((0, 3), np.float32), "bytes": np.frombuffer(b'{"a": 1}', np.uint8)}
+
+
+def _members(path):
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None  # (every member's CRC)
+        return {info.filename: (info, zf.read(info)) for info in zf.infolist()}
+
+
+@pytest.mark.parametrize("where", ["disk", "shm"])
+def test_the_file_is_the_one_np_savez_writes_with_large_arrays_aligned(tmp_path, monkeypatch, where):
+    monkeypatch.setattr(npz, "DIRECT_BYTES", 1 << 20)  # (the large arrays: "big" and "f64")
+    if where == "shm":
+        if not os.path.isdir("/dev/shm"):
+            pytest.skip("no /dev/shm here")
+        tmp_path = Path("/dev/shm")  # (tmpfs: O_DIRECT taken since Linux 6.6, refused before)
+    arrays, ours, theirs = _arrays(), tmp_path / f"ours-{os.getpid()}.npz", tmp_path / f"theirs-{os.getpid()}.npz"
+    try:
+        write_npz(ours, arrays, last=lambda: {"__sum__": np.frombuffer(b"abc", np.uint8)})
+        # (in C order: a checkpoint's loader refuses Fortran order)
+        np.savez(theirs, **{k: np.asarray(a, order="C") for k, a in arrays.items()},
+                 __sum__=np.frombuffer(b"abc", np.uint8))
+        got, want = _members(ours), _members(theirs)
+        assert list(got) == list(want)  # same names, same order
+        for name, (info, data) in got.items():
+            assert data == want[name][1], name  # the same .npy bytes
+            if info.file_size >= npz.DIRECT_BYTES:  # the array's bytes start on a block boundary
+                with open(ours, "rb") as fh:
+                    fh.seek(info.header_offset + 26)
+                    names, extra = (int(n) for n in np.frombuffer(fh.read(4), "<u2"))
+                header = len(data) - arrays[name[:-4]].nbytes
+                assert (info.header_offset + 30 + names + extra + header) % ALIGN == 0, name
+        loaded = np.load(ours)
+        for name, a in arrays.items():
+            assert loaded[name].dtype == a.dtype and loaded[name].shape == a.shape
+            np.testing.assert_array_equal(loaded[name], a)
+    finally:
+        for p in (ours, theirs):
+            p.unlink(missing_ok=True)
+
+
+def test_a_file_system_refusing_direct_writes_gets_ordinary_ones(tmp_path, monkeypatch):
+    # (mocked: every file system this machine has accepts O_DIRECT; some network and FUSE ones refuse
+    # it when written, with EINVAL)
+    monkeypatch.setattr(npz, "DIRECT_BYTES", 1 << 20)
+    pwrite, refused = os.pwrite, []
+
+    def refuse(fd, data, at):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(at)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return pwrite(fd, data, at)
+
+    monkeypatch.setattr(os, "pwrite", refuse)
+    arrays = _arrays()
+    write_npz(tmp_path / "c.npz", arrays)
+    monkeypatch.undo()
+    assert refused  # (a direct write was tried, and refused)
+    loaded = np.load(tmp_path / "c.npz")
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(loaded[name], a)
+    assert _members(tmp_path / "c.npz")
+
+
+def test_a_failed_write_raises_and_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    monkeypatch.setattr(npz, "DIRECT_BYTES", 1 << 20)
+    before = len(os.listdir("/proc/self/fd"))
+    pwrite = os.pwrite
+
+    def full(fd, data, at):
+        if at > 1 << 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return pwrite(fd, data, at)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError, match="No space"):
+        write_npz(tmp_path / "c.npz", _arrays())
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == before
