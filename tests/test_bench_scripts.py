@@ -1,5 +1,5 @@
 """Pieces of the click and service benchmarks (scripts/bench_clicks.py, scripts/bench_serve.py)
-that the full runs rely on: the row-traffic limit, and the live producers of Redis and NATS."""
+that the full runs rely on: the row-traffic limit, and the live producers of Redis, NATS and HTTP."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def test_the_row_limit_is_measured_for_each_kind_of_table():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["redis-live", "nats-live"])
-def test_a_live_producer_feeds_the_broker_while_the_service_trains_every_row(source):
+@pytest.mark.parametrize("source", ["redis-live", "nats-live", "http"])
+def test_a_live_producer_feeds_the_source_while_the_service_trains_every_row(source):
     import bench_serve
 
     X, y = bench_serve.serve_rows(30_000)
