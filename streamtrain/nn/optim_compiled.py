@@ -14,7 +14,9 @@ import numpy as np
 __all__ = ["adam_update"]
 
 
-@numba.njit(cache=True, nogil=True)
+# (error_model="numpy": a division by zero gives inf, as numpy's, instead of a raising branch that
+# keeps the loop from vectorising; the values are the same)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adam_one(p, g, m, v, s):  # pragma: no cover - compiled
     b1, one_b1, b2, one_b2, step, c2, eps = s[0], s[1], s[2], s[3], s[4], s[5], s[6]
     p, g, m, v = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)

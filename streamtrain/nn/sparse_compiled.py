@@ -111,7 +111,9 @@ def row_sums(picked: np.ndarray, da1: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return out_rows[:u], out[:u]
 
 
-@numba.njit(cache=True, nogil=True)
+# (error_model="numpy": a division by zero gives inf, as numpy's, instead of a raising branch that
+# keeps the row's loop from vectorising; the values are the same)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _adam_rows(p, m, v, rows, g, s):  # pragma: no cover - compiled
     b1, one_b1, b2, one_b2, step, c2, eps = s[0], s[1], s[2], s[3], s[4], s[5], s[6]
     for i in range(rows.size):
