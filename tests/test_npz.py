@@ -85,7 +85,8 @@ def test_a_file_system_refusing_direct_writes_gets_ordinary_ones(tmp_path, monke
     assert _members(tmp_path / "c.npz")
 
 
-def test_a_failed_write_raises_and_leaves_no_descriptor_open(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["write", "buffer"])
+def test_a_failed_write_raises_and_leaves_no_descriptor_open(tmp_path, monkeypatch, failing):
     monkeypatch.setattr(npz, "DIRECT_BYTES", 1 << 20)
     before = len(os.listdir("/proc/self/fd"))
     pwrite = os.pwrite
@@ -95,8 +96,80 @@ def test_a_failed_write_raises_and_leaves_no_descriptor_open(tmp_path, monkeypat
             raise OSError(errno.ENOSPC, "No space left on device")
         return pwrite(fd, data, at)
 
-    monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(OSError, match="No space"):
+    def no_memory(*args):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    if failing == "write":
+        monkeypatch.setattr(os, "pwrite", full)
+    else:  # (the direct writes' buffer)
+        monkeypatch.setattr(npz.mmap, "mmap", no_memory)
+    with pytest.raises(OSError, match="No space" if failing == "write" else "Cannot allocate"):
         write_npz(tmp_path / "c.npz", _arrays())
     monkeypatch.undo()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_names_beyond_ascii_and_large_members_round_trip_through_a_checkpoint(tmp_path, monkeypatch):
+    from streamtrain.io.checkpoint import load_checkpoint, save_checkpoint
+
+    monkeypatch.setattr(npz, "DIRECT_BYTES", 1 << 20)
+    arrays = {"poids_é": np.arange(4.0), "table": np.random.default_rng(0).random((5_000, 64)).astype(np.float32)}
+    write_npz(tmp_path / "a.npz", arrays)
+    assert sorted(np.load(tmp_path / "a.npz").files) == sorted(arrays)  # (UTF-8 names, flagged so)
+    save_checkpoint(tmp_path / "c.npz", arrays, {"x": 1})
+    got, meta = load_checkpoint(tmp_path / "c.npz")
+    assert meta["x"] == 1
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(got[name], a)
+
+
+def test_the_file_mode_is_the_one_open_gives(tmp_path):
+    old = os.umask(0o002)
+    try:
+        write_npz(tmp_path / "a.npz", {"a": np.ones(3)})
+        with open(tmp_path / "b", "wb"):
+            pass
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.npz").st_mode & 0o777 == os.stat(tmp_path / "b").st_mode & 0o777 == 0o664
+
+
+def test_a_direct_write_of_less_than_a_block_goes_on_with_ordinary_ones(tmp_path, monkeypatch):
+    # (mocked: a direct write that completes less than a block, as near a full disk with small blocks)
+    monkeypatch.setattr(npz, "DIRECT_BYTES", 1 << 20)
+    pwrite, short = os.pwrite, []
+
+    def partial(fd, data, at):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            short.append(at)
+            return pwrite(fd, memoryview(data)[:100], at)
+        return pwrite(fd, data, at)
+
+    monkeypatch.setattr(os, "pwrite", partial)
+    arrays = _arrays()
+    write_npz(tmp_path / "c.npz", arrays)
+    monkeypatch.undo()
+    assert len(short) == 1  # (then ordinary writes: no spinning on the same block)
+    loaded = np.load(tmp_path / "c.npz")
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(loaded[name], a)
+
+
+def test_a_failed_checkpoint_write_stops_its_checksum(tmp_path, monkeypatch):
+    import threading
+
+    from streamtrain.io import checkpoint
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def slow_digest(meta_bytes, arrays, stop=None):  # (a checksum of gigabytes: running when the write fails)
+        (stop or threading.Event()).wait(5)
+        return None
+
+    monkeypatch.setattr(npz, "_pwrite_all", full)
+    monkeypatch.setattr(checkpoint, "_digest", slow_digest)
+    with pytest.raises(OSError, match="No space"):
+        checkpoint.save_checkpoint(tmp_path / "c.npz", {"w": np.ones(10, np.float32)}, {})
+    assert not [t for t in threading.enumerate() if t.name == "streamtrain-checksum"]
+    assert not list(tmp_path.iterdir())  # (nor a temporary file left)

@@ -58,23 +58,28 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     payload[_META] = np.frombuffer(meta_bytes, dtype=np.uint8)
     # (the checksum is computed beside the write, and written last: a table's gigabytes take a
     # second or so each way)
-    summed = _Beside(lambda: {_SUM: np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8)})
-    with atomic_path(path, before_rename=lambda: crash_point("after_data")) as tmp:
-        crash_point("before_data")
-        write_npz(tmp, payload, last=summed.result)
+    summed = _Beside(lambda stop: {_SUM: np.frombuffer(_digest(meta_bytes, arrays, stop).encode(), dtype=np.uint8)})
+    try:
+        with atomic_path(path, before_rename=lambda: crash_point("after_data")) as tmp:
+            crash_point("before_data")
+            write_npz(tmp, payload, last=summed.result)
+    finally:
+        summed.stop()  # (a failed write: the checksum is not finished for nothing, nor raced by the next)
     crash_point("after_rename")
     return path
 
 
 class _Beside:
-    """``fn()`` run in a thread; ``result()`` waits for it (and raises its error)."""
+    """``fn(stop)`` run in a thread; ``result()`` waits for it (and raises its error); ``stop()``
+    sets the event ``fn`` is given and waits for the thread to end."""
 
     def __init__(self, fn):
         self._out = self._error = None
+        self._stop = threading.Event()
 
         def run():
             try:
-                self._out = fn()
+                self._out = fn(self._stop)
             except BaseException as e:  # (raised by ``result``)
                 self._error = e
 
@@ -86,6 +91,10 @@ class _Beside:
         if self._error is not None:
             raise self._error
         return self._out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # Bounds on what a checkpoint may declare, checked before anything is read or allocated: a

@@ -14,12 +14,20 @@ def array_header(name: str, dtype: np.dtype, shape: tuple) -> bytes:
     return f"{name}|{np.dtype(dtype).str}|{tuple(shape)}".encode()
 
 
-def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
+_PIECE = 64 << 20
+
+
+def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray], stop=None) -> str | None:
+    """The checksum; ``stop``: an event that, once set, ends it early (None returned)."""
     h = hashlib.sha256(meta_bytes)
     for name in sorted(arrays):
         a = np.asarray(arrays[name], order="C")
         h.update(array_header(name, a.dtype, a.shape))
-        h.update(a.reshape(-1).view(np.uint8))  # the bytes in place: a copy would double a 1 GiB table
+        data = a.reshape(-1).view(np.uint8)  # the bytes in place: a copy would double a 1 GiB table
+        for at in range(0, len(data), _PIECE):
+            if stop is not None and stop.is_set():
+                return None
+            h.update(data[at:at + _PIECE])
     return h.hexdigest()
 
 

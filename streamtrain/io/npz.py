@@ -5,8 +5,8 @@ A checkpoint of a click log's tables is gigabytes. Written through the page cach
 pages is first copied into newly allocated kernel memory, which costs more than the disk write
 itself where fresh memory is expensive (a virtual machine whose host backs guest memory on first
 touch, as the benchmark machine's: docs/benchmarks.md), and it evicts what the page cache held.
-So each large member's data starts on a 4 KiB boundary of the file (padding in the local
-header's extra field, as Android's ``zipalign`` does) and arrays of at least ``DIRECT_BYTES`` are
+So each large member's data starts on a 4 KiB boundary of the file (a padding block in the local
+header's extra field, under the id Android's ``zipalign`` uses) and arrays of at least ``DIRECT_BYTES`` are
 written with ``O_DIRECT`` through a small aligned buffer. Where the file system refuses
 ``O_DIRECT`` (some network and FUSE file systems; tmpfs before Linux 6.6) they are written the
 ordinary way. The file is the same zip either way: ``np.load`` and ``zipfile`` read it.
@@ -37,7 +37,9 @@ _ZIP64_LOCATOR = struct.Struct("<IIQI")
 _EOCD = struct.Struct("<IHHHHIIH")
 _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, 00:00, the date np.savez's members carry
 _VERSION = 45  # zip64
-_PAD_ID = 0xD935  # the extra field's id for alignment padding (zipalign's)
+_PAD_ID = 0xD935  # the extra field's id for alignment padding (the id Android's zipalign uses)
+_UTF8 = 0x800  # the flag saying a name is UTF-8 (not cp437), as zipfile sets it
+_REFUSED = {errno.EINVAL, getattr(errno, "EOPNOTSUPP", errno.EINVAL), getattr(errno, "ENOTSUP", errno.EINVAL)}
 
 
 def _npy_header(a: np.ndarray) -> bytes:
@@ -51,9 +53,13 @@ def _npy_header(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _flags(name: bytes) -> int:
+    return 0 if name.isascii() else _UTF8
+
+
 def _local_header(name: bytes, extra: bytes) -> bytes:
     """A stored member's local header; its CRC-32 is written once the data is (``write_npz``)."""
-    return _LOCAL.pack(0x04034B50, _VERSION, 0, 0, 0, _DOS_DATE, 0, 0xFFFFFFFF, 0xFFFFFFFF,
+    return _LOCAL.pack(0x04034B50, _VERSION, _flags(name), 0, 0, _DOS_DATE, 0, 0xFFFFFFFF, 0xFFFFFFFF,
                        len(name), len(extra)) + name + extra
 
 
@@ -73,18 +79,23 @@ class _Direct:
     """Writes of whole ``ALIGN`` blocks at aligned offsets with ``O_DIRECT``, through one aligned
     buffer (``fd`` None where the file system refuses it)."""
 
-    def __init__(self, path):
+    def __init__(self, fd: int):
         self.fd = None
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        try:  # (the same file as ``fd``, whatever has become of its name)
+            self.fd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
         except (AttributeError, OSError):  # (no O_DIRECT here, or not on this file system)
             return
-        self.buf = mmap.mmap(-1, _CHUNK)  # (page-aligned)
+        try:
+            self.buf = mmap.mmap(-1, _CHUNK)  # (page-aligned)
+        except BaseException:
+            self.close()
+            raise
         self.view = np.frombuffer(self.buf, dtype=np.uint8)
 
     def write(self, fd: int, data: np.ndarray, at: int, crc: int) -> int:
         """Write ``data`` (uint8) at ``at`` (aligned); returns ``crc`` continued over it. The last
         part block goes through ``fd``, and so does everything once a direct write is refused."""
+        assert at % ALIGN == 0, at
         done, whole = 0, len(data) - len(data) % ALIGN
         while self.fd is not None and done < whole:
             n = min(_CHUNK, whole - done)
@@ -92,11 +103,13 @@ class _Direct:
             try:
                 written = os.pwrite(self.fd, memoryview(self.buf)[:n], at + done)
             except OSError as e:
-                if e.errno != errno.EINVAL:
+                if e.errno not in _REFUSED:
                     raise
-                self.close()
-                break
+                written = 0
             written -= written % ALIGN  # (a short write: go on from the last whole block)
+            if not written:  # refused, or less than a block (a disk nearly full): ordinary writes
+                self.close()  # from here, which raise the real error, if there is one
+                break
             crc = zlib.crc32(self.view[:written], crc)
             done += written
         crc = zlib.crc32(data[done:], crc)
@@ -113,6 +126,8 @@ def _pwrite_all(fd: int, data, at: int) -> None:
     view = memoryview(data).cast("B")
     while view:
         n = os.pwrite(fd, view, at)
+        if n <= 0:
+            raise OSError(errno.EIO, "a write wrote nothing")
         view, at = view[n:], at + n
 
 
@@ -122,7 +137,7 @@ def _central_directory(members: list, at: int) -> bytes:
     out = []
     for name, crc, size, offset in members:
         extra = struct.pack("<HHQQQ", 0x0001, 24, size, size, offset)
-        out.append(_CENTRAL.pack(0x02014B50, _VERSION | (3 << 8), _VERSION, 0, 0, 0, _DOS_DATE, crc,
+        out.append(_CENTRAL.pack(0x02014B50, _VERSION | (3 << 8), _VERSION, _flags(name), 0, 0, _DOS_DATE, crc,
                                  0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0, 0, 0o644 << 16,
                                  0xFFFFFFFF) + name + extra)
     directory = b"".join(out)
@@ -139,7 +154,8 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], last=None)
     """Write ``arrays`` to a new file ``path`` as ``np.savez(path, **arrays)`` would (each a stored
     ``NAME.npy`` member, zip64), and fsync it. ``last``: a function returning more arrays, called
     once these are written (a checksum computed meanwhile)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    # (0o666 less the umask, as open() makes files)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
     direct = None
     try:
         at, central, members = 0, [], list(arrays.items())
@@ -157,7 +173,7 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], last=None)
                 start = at + len(local) + len(head)  # (a large array's: on an ALIGN boundary)
                 crc = zlib.crc32(head)
                 if large:
-                    direct = direct or _Direct(path)
+                    direct = direct or _Direct(fd)
                     crc = direct.write(fd, data, start, crc)
                 else:
                     crc = zlib.crc32(data, crc)
@@ -169,6 +185,8 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], last=None)
         _pwrite_all(fd, _central_directory(central, at), at)
         os.fsync(fd)
     finally:
-        if direct is not None:
-            direct.close()
-        os.close(fd)
+        try:
+            if direct is not None:
+                direct.close()
+        finally:
+            os.close(fd)
