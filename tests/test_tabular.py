@@ -175,7 +175,8 @@ def test_train_evaluate_predict_with_a_string_label_from_the_command(tmp_path):
     cols = info["columns"]
     assert cols["distance"].startswith("double, ") and "missing of 3,000" in cols["distance"]
     assert "categorical" in cols["weather"] and "identifier" in cols["flight_id"]
-    assert cols["status"] == "the label: 2 classes"
+    assert cols["status"] == "the label: 2 classes: late, on time"
+    assert info["label_dtype"] == "float64 (the codes of 2 classes: strings)"
     run = tmp_path / "runs" / "f"
     res = _cli("train", tmp_path / "flights.parquet", "--label", "status", "--checkpoint-dir", run,
                "--epochs", "10", "--hidden", "16")

@@ -322,6 +322,12 @@ class _Label:
                             f"({', '.join(map(repr, self.classes[:8]))}{', ...' if len(self.classes) > 8 else ''})")
         return out
 
+    def describe(self) -> str:
+        """``N classes: a, b, ...`` (the first 10)."""
+        shown = ", ".join(map(str, self.classes[:10])) + (f", ... ({len(self.classes) - 10} more)"
+                                                           if len(self.classes) > 10 else "")
+        return f"{len(self.classes)} classes: {shown}"
+
     def state(self) -> dict:
         return {"name": self.name, "kind": self.kind, "classes": values_to_json(self.values)}
 
@@ -460,8 +466,7 @@ class Encoding:
         for name, why in self.left_out:
             out[name] = f"left out: {why}"
         if self.label_name is not None:
-            out[self.label_name] = ("the label: " + (f"{len(self.label.classes)} classes" if self.label is not None
-                                                     else "numeric"))
+            out[self.label_name] = "the label: " + (self.label.describe() if self.label is not None else "numeric")
         return out
 
     # -- JSON -----------------------------------------------------------------
