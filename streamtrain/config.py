@@ -59,11 +59,13 @@ _SCHEDULE_SETTINGS = {"power_t": ("invscaling",), "lr_gamma": ("step", "exponent
                       "lr_step": ("step", "exponential"), "lr_min": ("cosine", "auto")}
 
 
-def _f(default, help: str, min_open: bool = False, max_open: bool = False, kind: type | None = None):
+def _f(default, help: str, min_open: bool = False, max_open: bool = False, kind: type | None = None,
+       listed: bool = False):
     """A field with its help text (the CLI's option is made from it), open range ends, and its
-    kind where the default does not tell it (a float that may be None)."""
+    kind where the default does not tell it (a float that may be None); ``listed``: a
+    comma-separated list (its option may be given more than once: the lists are joined)."""
     return field(default=default, metadata={"help": help, "min_open": min_open, "max_open": max_open,
-                                            "kind": kind or type(default)})
+                                            "kind": kind or type(default), "listed": listed})
 
 
 def class_weights(spec: str) -> str | dict[str, float] | None:
@@ -170,7 +172,7 @@ class TrainConfig:
     val_fraction: float = _f(0.0, "Hold out this fraction of DATA's rows (hash of the row number) for "
                              "validation.", max_open=True)
     class_weight: str = _f("", "Weigh each class's rows: 'balanced' (inversely to its frequency) or "
-                           "'label=weight,...' (others 1); empty: all 1.")
+                           "'label=weight,...' (others 1); empty: all 1.", listed=True)
     skip_nonfinite: bool = _f(False, "Skip rows with NaN or Inf instead of stopping with an error.")
     missing: str = _f("impute", "Missing feature values (nulls) in tables: impute (a number's column mean, with an "
                       "indicator input where training's data had any; a category's own input), or error.")
@@ -199,16 +201,20 @@ class TrainConfig:
     sparse_reduce: str = _f("auto", "Under MPI, how the gradients of the first layer's rows that a step touched (codes, "
                                     "lazy updates) travel: gather (as row, gradient pairs), allreduce (as the whole "
                                     "matrix) or auto (gather while the pairs are fewer than the matrix's rows).")
-    categorical: str = _f("", "Table columns to encode as categories (comma-separated), e.g. integer codes.")
-    numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.")
-    hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).")
-    drop: str = _f("", "Table columns to leave out (comma-separated).")
+    categorical: str = _f("", "Table columns to encode as categories (comma-separated), e.g. integer codes.",
+                          listed=True)
+    numeric: str = _f("", "Table columns to take as numbers (comma-separated), e.g. a dictionary of numbers.",
+                      listed=True)
+    hash: str = _f("", "Table columns to hash, COL or COL:BUCKETS (comma-separated).", listed=True)
+    drop: str = _f("", "Table columns to leave out (comma-separated).", listed=True)
     cross: str = _f("", "Pairs of categorical columns whose pair of values is one more categorical input, hashed into "
-                        "--hash-buckets: A:B (comma-separated), as Vowpal Wabbit's -q.")
+                        "--hash-buckets: A:B (comma-separated), as Vowpal Wabbit's -q.",
+                   listed=True)
     date_parts: str = _f("", "Timestamp columns that also enter by their parts, one-hot, in the column's time zone: "
-                             "COL (hour, weekday and month) or COL:hour+weekday (comma-separated).")
+                             "COL (hour, weekday and month) or COL:hour+weekday (comma-separated).",
+                        listed=True)
     classes: str = _f("", "The classes, comma-separated, in their order (default: the label's values, sorted); "
-                          "a label value outside them is an error.")
+                          "a label value outside them is an error.", listed=True)
     strict: bool = _f(False, "Refuse data with a column that cannot be used (lists, structs, binary, identifiers) "
                              "instead of leaving it out with a note; --drop COL leaves one out on purpose.")
     allow_missing_chunks: bool = _f(False, "Train on the fill values of chunks never written (HDF5, Zarr) "

@@ -107,3 +107,25 @@ def test_every_format_names_what_it_leaves_out(writer, tmp_path):
     info = ds.describe()
     assert (info["left_out"].keys() if "left_out" in info else
             {k for k, v in info["columns"].items() if v.startswith("left out")}) == expected
+
+
+def test_a_list_option_given_twice_keeps_both_lists(tmp_path):
+    # (--hash a --hash b once kept b alone: the first was dropped without a word)
+    _unusable().to_parquet(tmp_path / "d.parquet")
+
+    def inspect(*options):
+        return json.loads(subprocess.run([str(BIN), "inspect", str(tmp_path / "d.parquet"), "--json", *options],
+                                         capture_output=True, text=True, check=True).stdout)["columns"]
+
+    twice = inspect("--hash", "uid:16", "--hash", "color", "--drop", "price", "--drop", "carat")
+    assert twice == inspect("--hash", "uid:16,color", "--drop", "price,carat")
+    assert "hashed" in twice["uid"] and "hashed" in twice["color"]
+    assert twice["price"].startswith("left out") and twice["carat"].startswith("left out")
+    (tmp_path / "c.toml").write_text('hash = ["uid:16", "color"]\n')  # (a TOML list, as the option repeated)
+    subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--config", str(tmp_path / "c.toml"), "--drop",
+                    "price", "--drop", "carat", "--epochs", "1", "--checkpoint-dir", str(tmp_path / "r"), "--quiet"],
+                   check=True)
+    trained = json.loads(subprocess.run([str(BIN), "inspect", str(tmp_path / "r"), "--json"], capture_output=True,
+                                        text=True, check=True).stdout)["columns"]
+    assert "16 buckets" in trained["uid"] and "hashed" in trained["color"]
+    assert trained["price"].startswith("left out") and trained["carat"].startswith("left out")

@@ -115,6 +115,8 @@ def _config_option(f: dataclasses.Field):
         if default:
             return click.option(f"{flag}/--no-{flag[2:]}", name, default=True, show_default=True, help=meta["help"])
         return click.option(flag, name, is_flag=True, help=meta["help"])
+    if meta.get("listed"):  # (--hash a --hash b is --hash a,b: a repeated list option is not one dropped)
+        return click.option(flag, name, multiple=True, callback=_joined, help=meta["help"] + " May be repeated.")
     if name in table:
         kind = click.Choice(list(table[name]))
     elif isinstance(default, str):
@@ -125,6 +127,16 @@ def _config_option(f: dataclasses.Field):
         lo, hi = LIMITS[name]
         kind = FiniteFloat(lo, hi, min_open=meta["min_open"], max_open=meta["max_open"])
     return click.option(flag, name, type=kind, default=default, show_default=True, help=meta["help"])
+
+
+def _joined(ctx, param, values) -> str:
+    """A repeated list option's values as one comma-separated list."""
+    return ",".join(v for v in values if v.strip())
+
+
+def _joined_or_none(ctx, param, values) -> str | None:
+    """As ``_joined``; None where the option was not given."""
+    return _joined(ctx, param, values) if values else None
 
 
 def _hyperparameter_option(name: str):

@@ -10,7 +10,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, Interrupted, TrainingError, os_reason
 from ..train.trainer import Trainer
 from .group import cli
-from .options import FiniteFloat, PathOrURL, _config_options, _echo_err, _given_settings
+from .options import FiniteFloat, PathOrURL, _config_options, _echo_err, _given_settings, _joined_or_none
 
 __all__ = ['SERVE_SETTINGS', 'serve']
 
@@ -47,11 +47,11 @@ More examples:
 @click.option("--checkpoint-dir", type=PathOrURL(), required=True, callback=lambda ctx, param, value: _local_dir(value),
               help="The service's directory: checkpoints (it continues from the newest), the HTTP source's log, "
               "refused input (rejected.jsonl). One service per directory.")
-@click.option("--features", default=None, metavar="NAMES",
-              help="The stream's feature columns, comma-separated (not needed with --init-from).")
+@click.option("--features", multiple=True, callback=_joined_or_none, metavar="NAMES",
+              help="The stream's feature columns, comma-separated (not needed with --init-from); may be repeated.")
 @click.option("--label", default=None, help="The label column (default: y, or the --init-from run's).")
-@click.option("--classes", default=None, metavar="LABELS",
-              help="A new classifier's labels, comma-separated (integers or strings).")
+@click.option("--classes", multiple=True, callback=_joined_or_none, metavar="LABELS",
+              help="A new classifier's labels, comma-separated (integers or strings); may be repeated.")
 @click.option("--init-from", type=PathOrURL(), default=None, metavar="RUN",
               help="Start from the model of a train run (its scaler, classes and features); serve's settings "
               "given here override its training settings.")
