@@ -438,7 +438,7 @@ def test_overrides():
     assert [plans[c].kind for c in ("zip", "city", "id", "x", "flag", "cat")] == \
         ["categorical", "hashed", "unusable", "numeric", "categorical", "numeric"]
     assert plans["city"].buckets == 1024 and not plans["city"].by_cardinality
-    assert plans["id"].reason == "dropped by the overrides"
+    assert plans["id"].reason == "dropped on purpose (--drop; the library's drop=)"
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -206,7 +206,7 @@ def test_overrides_and_missing_error_from_the_command(tmp_path):
          "--categorical", "seats", "--hash", "carrier:8", "--drop", "departs,distance")
     cols = json.loads(_cli("inspect", run, "--json").stdout)["columns"]
     assert cols["seats"].startswith("categorical") and cols["carrier"].startswith("hashed, one-hot: 8 buckets")
-    assert cols["departs"] == cols["distance"] == "left out: dropped by the overrides"
+    assert cols["departs"] == cols["distance"] == "left out: dropped on purpose (--drop; the library's drop=)"
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--missing", "error", "--epochs", "1",
                check=False)
     assert res.returncode == 2 and "column 'distance' has" in res.stderr and "--missing impute" in res.stderr

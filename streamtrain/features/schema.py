@@ -26,7 +26,10 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 
-__all__ = ["ColumnPlan", "StringChoice", "infer_columns", "choose_string_kind", "KINDS", "OVERRIDES"]
+__all__ = ["ColumnPlan", "StringChoice", "infer_columns", "choose_string_kind", "KINDS", "OVERRIDES", "DROPPED"]
+
+#: Why a column the user dropped is left out (not warned about: it was asked for).
+DROPPED = "dropped on purpose (--drop; the library's drop=)"
 
 KINDS = ("numeric", "categorical", "hashed", "datetime", "unusable")
 OVERRIDES = ("categorical", "numeric", "hash", "drop")
@@ -119,16 +122,16 @@ def _check_overrides(overrides: dict, names: list[str]) -> dict[str, tuple[str, 
 
 def _override(name: str, t: pa.DataType, key: str, buckets: int | None) -> ColumnPlan:
     if key == "drop":
-        return ColumnPlan(name, t, "unusable", "dropped by the overrides")
+        return ColumnPlan(name, t, "unusable", DROPPED)
     value_type = t.value_type if _T.is_dictionary(t) else t
     if key == "numeric":
         if _is_number(value_type):
-            return ColumnPlan(name, t, "numeric", f"{t}: numeric, by the overrides")
+            return ColumnPlan(name, t, "numeric", f"{t}: numeric, as --numeric asks")
         raise ConfigError(f"overrides: column {name!r} of type {t} cannot be numeric")
     if _is_string(value_type) or _T.is_integer(value_type) or _T.is_boolean(value_type):
         if key == "categorical":
-            return ColumnPlan(name, t, "categorical", f"{t}: categorical, by the overrides")
-        return ColumnPlan(name, t, "hashed", f"{t}: hashed into {buckets} buckets, by the overrides", buckets)
+            return ColumnPlan(name, t, "categorical", f"{t}: categorical, as --categorical asks")
+        return ColumnPlan(name, t, "hashed", f"{t}: hashed into {buckets} buckets, as --hash asks", buckets)
     raise ConfigError(f"overrides: column {name!r} of type {t} cannot be {key if key != 'hash' else 'hashed'} "
                       "(strings, integers and bools can)")
 

@@ -12,6 +12,7 @@ from ..data.sampling import Sampler
 from ..data.scaling import scan
 from ..errors import ConfigError, DataError
 from ..features.learn import shared_pass
+from ..features.schema import DROPPED
 from ..model import Model
 from ..progress import Progress
 from ..readers import ArrayDataset, open_dataset
@@ -100,7 +101,7 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
 
 def refuse_left_out(data: Dataset) -> None:
     """``--strict``: a DataError naming every column left out, unless the user dropped it."""
-    left = [(name, why) for name, why in data.left_out if why != "dropped by the overrides"]
+    left = [(name, why) for name, why in data.left_out if why != DROPPED]
     if left:
         raise DataError(f"{data.path}: {len(left)} column{'s' if len(left) != 1 else ''} cannot be used: "
                         + "; ".join(f"{name} ({why})" for name, why in left)
@@ -110,18 +111,19 @@ def refuse_left_out(data: Dataset) -> None:
 
 def say_left_out(data: Dataset) -> None:
     """One warning line naming every column of ``data`` that is neither a feature nor the label
-    (nothing the user gave is dropped silently)."""
-    if not data.left_out:
+    (nothing the user gave is dropped silently), but those the user dropped (``--drop``)."""
+    left = [(name, why) for name, why in data.left_out if why != DROPPED]
+    if not left:
         return
     kinds: dict[str, list[str]] = {}
-    for name, why in data.left_out:
+    for name, why in left:
         stored, _, reason = why.partition(": ")
         if reason:
             kinds.setdefault(reason, []).append(f"{name} ({stored})")
         else:
             kinds.setdefault(why, []).append(name)
     parts = [f"{', '.join(names)}: {why}" for why, names in kinds.items()]
-    _LOG.warning(f"{data.path}: {len(data.left_out)} column{'s' if len(data.left_out) != 1 else ''} left out: "
+    _LOG.warning(f"{data.path}: {len(left)} column{'s' if len(left) != 1 else ''} left out: "
                  + "; ".join(parts) + " (--features names the columns to use)")
 
 
