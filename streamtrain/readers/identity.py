@@ -47,12 +47,13 @@ class Identity:
             "chunk_rows_min": int(sizes.min()) if sizes.size else 0,
         }
         info.update(self.extra_info())
-        label = getattr(getattr(self, "encoding", None), "label", None)
+        encoding = getattr(self, "encoding", None)
+        label = getattr(encoding, "label", None)
         if label is not None:  # (the label's values are read as the codes of its classes)
             kind = {"string": "strings", "int": "integers", "bool": "booleans"}.get(label.kind, label.kind)
             info["label_dtype"] = f"{info['label_dtype']} (the codes of {len(label.classes)} classes: {kind})"
-        if getattr(self, "encoding", None) is not None:  # every column of a table and its treatment
-            info["columns"] = self.encoding.describe()
+        if encoding is not None:  # every column of a table and its treatment
+            info["columns"] = encoding.describe()
         elif self.left_out:
             info["left_out"] = {name: why for name, why in self.left_out}
         return info

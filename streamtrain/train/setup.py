@@ -99,9 +99,14 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
     return data, None, weight
 
 
+def _left_unasked(data: Dataset) -> list[tuple[str, str]]:
+    """``(name, why)`` of the columns of ``data`` left out that the user did not drop (``--drop``)."""
+    return [(name, why) for name, why in data.left_out if why != DROPPED]
+
+
 def refuse_left_out(data: Dataset) -> None:
     """``--strict``: a DataError naming every column left out, unless the user dropped it."""
-    left = [(name, why) for name, why in data.left_out if why != DROPPED]
+    left = _left_unasked(data)
     if left:
         raise DataError(f"{data.path}: {len(left)} column{'s' if len(left) != 1 else ''} cannot be used: "
                         + "; ".join(f"{name} ({why})" for name, why in left)
@@ -112,7 +117,7 @@ def refuse_left_out(data: Dataset) -> None:
 def say_left_out(data: Dataset) -> None:
     """One warning line naming every column of ``data`` that is neither a feature nor the label
     (nothing the user gave is dropped silently), but those the user dropped (``--drop``)."""
-    left = [(name, why) for name, why in data.left_out if why != DROPPED]
+    left = _left_unasked(data)
     if not left:
         return
     kinds: dict[str, list[str]] = {}
