@@ -69,7 +69,8 @@ def test_the_suite_fails_on_a_thread_a_test_leaves_running(tmp_path, workers):
         import threading
         STOP = threading.Event()
         def test_leaves_a_thread():
-            threading.Thread(target=STOP.wait, args=(8,), name="left-behind-thread").start()  # (past the grace)
+            # (60 s: well past the grace on a loaded machine too; the watchdog ends the run)
+            threading.Thread(target=STOP.wait, args=(60,), name="left-behind-thread").start()
         def test_other():
             pass
     """))
