@@ -323,6 +323,27 @@ def test_the_compiled_online_loop_over_codes_equals_the_numpy_step(options, tmp_
         np.testing.assert_allclose(params[0][k], params[1][k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_block_whose_loss_is_finite_but_reaches_an_infinite_weight_gives_its_rows_back(dtype):
+    from streamtrain.nn.sparse_compiled import rows_finite, take_rows
+    from streamtrain.train.update import _gave_back, _kept
+
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.standard_normal((5000, 64)).astype(dtype), "b1": np.zeros(64, dtype)}
+    rows = np.array([3, 17, 4095, 4999], np.intp)
+    np.testing.assert_array_equal(take_rows(params["W1"], rows), params["W1"][rows])
+    assert rows_finite(params["W1"], rows) and rows_finite(params["W1"], rows[:0])
+    before = _kept(params, rows)
+    assert not _gave_back(params, rows, before, 1.5)
+    good = params["W1"].copy()
+    for bad in (np.inf, -np.inf, np.nan):
+        params["W1"][4095, 63] = bad  # (the last column of a row: the check's tail)
+        params["W1"][[3, 17]] += 1.0
+        assert not rows_finite(params["W1"], rows) and rows_finite(params["W1"], rows[[0, 1, 3]])
+        assert _gave_back(params, rows, before, 1.5)  # a finite loss: the weights tell
+        np.testing.assert_array_equal(params["W1"], good)
+
+
 @pytest.mark.parametrize("l2", [0.0, 1e-9])
 def test_a_diverged_online_block_over_codes_leaves_the_last_good_weights(l2):
     from streamtrain.config import TrainConfig

@@ -12,7 +12,8 @@ from llvmlite import ir
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["add_rows", "row_sums", "adam_rows", "catch_up_rows", "row_square_sums"]
+__all__ = ["add_rows", "row_sums", "adam_rows", "catch_up_rows", "row_square_sums", "take_rows",
+           "rows_finite"]
 
 #: Rows ahead whose memory a loop over scattered table rows asks for while it works on the current
 #: one (``prefetch``): a table's rows are a random walk over gigabytes, each a wait for memory.
@@ -169,3 +170,38 @@ def row_square_sums(W, rows, stamp):  # pragma: no cover - compiled
             ab += abs(w)
         sq += q / (stamp[r] * stamp[r])
     return sq, ab
+
+
+@numba.njit(cache=True, nogil=True)
+def _take_rows(W, rows, out):  # pragma: no cover - compiled
+    for i in range(rows.size):
+        if i + AHEAD < rows.size:
+            _prefetch_row(W, rows[i + AHEAD], False)
+        r = rows[i]
+        for j in range(W.shape[1]):
+            out[i, j] = W[r, j]
+
+
+def take_rows(W: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``W[rows]`` ``(rows, columns)`` (``rows`` of intp), gathered with the next rows asked for ahead."""
+    out = np.empty((rows.size, W.shape[1]), W.dtype)
+    _take_rows(W, rows, out)
+    return out
+
+
+# (error_model="numpy": x - x is nan for an infinity or a nan and 0 otherwise, summed per column
+# without a branch in the loop, so it vectorises; a sum holds nan once any term is)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def rows_finite(W, rows):  # pragma: no cover - compiled
+    """Whether every value of ``W[rows]`` is finite, without gathering them."""
+    acc = np.zeros(W.shape[1], W.dtype)
+    for i in range(rows.size):
+        if i + AHEAD < rows.size:
+            _prefetch_row(W, rows[i + AHEAD], False)
+        r = rows[i]
+        for j in range(W.shape[1]):
+            acc[j] += W[r, j] - W[r, j]
+    for j in range(W.shape[1]):
+        if acc[j] != 0.0:  # (nan != 0 is true)
+            return False
+    return True

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import TrainingError
-from ..nn import kernels, minibatch, online
+from ..nn import kernels, minibatch, online, sparse_compiled
 from ..nn.network import PARAM_NAMES, RowGrad, penalty_of, sum_rows
 from ..nn.optim import SGD, Adam, _fits, zero_state
 from ..nn.schedules import rates, varies
@@ -225,9 +225,8 @@ class PerSampleSGD(Update):
         # What a diverged block must give back: every array, or of W1 the rows the block selects
         # (a table of millions of rows is not copied per block).
         picked = None if layout is None else layout.rows(X)  # (once: the loop takes them too)
-        rows = slice(None) if layout is None else _selected_rows(layout, picked, len(params["W1"]))
-        before = {k: np.take(v, rows, axis=0) if k == "W1" and layout is not None else v.copy()
-                  for k, v in params.items()}
+        rows = None if layout is None else _selected_rows(layout, picked, len(params["W1"]))
+        before = _kept(params, rows)
         if layout is None:
             loss_sum, correct = online.sgd_online(params, X, T, lr, self.l1, self.l2, self.net.activation, self.task,
                                                   self.weights(T, w))
@@ -249,7 +248,7 @@ class PerSampleSGD(Update):
         loss_sum, correct, a, n = 0.0, 0, 0, len(X)
         while a < n:
             rows = _selected_rows(layout, picked[a:], len(params["W1"]))
-            before = {k: np.take(v, rows, axis=0) if k == "W1" else v.copy() for k, v in params.items()}
+            before = _kept(params, rows)
             stamps = decay.stamp[rows]
             state = np.array([decay.scale, squares])
             loss, right, done = online.sgd_online_codes_decay(
@@ -270,13 +269,22 @@ class PerSampleSGD(Update):
         sampler.advance(rows)
 
 
-def _gave_back(params: dict[str, np.ndarray], rows, before: dict[str, np.ndarray], loss: float) -> bool:
+def _kept(params: dict[str, np.ndarray], rows: np.ndarray | None) -> dict[str, np.ndarray]:
+    """A copy of every array, or of ``W1`` only its ``rows`` (None: all): what a diverged block gives back."""
+    return {k: v.copy() if rows is None or k != "W1" else sparse_compiled.take_rows(v, rows) for k, v in params.items()}
+
+
+def _gave_back(params: dict[str, np.ndarray], rows: np.ndarray | None, before: dict[str, np.ndarray],
+               loss: float) -> bool:
     """Whether a block diverged (its loss or a weight it reached is not finite); if so, every array
-    is put back as ``before`` holds it (of ``W1``, its ``rows``): the last good state."""
-    if np.isfinite(loss) and all(np.isfinite(v[rows] if k == "W1" else v).all() for k, v in params.items()):
+    is put back as ``before`` (``_kept``) holds it (of ``W1``, its ``rows``): the last good state."""
+    def finite(k, v):
+        return sparse_compiled.rows_finite(v, rows) if rows is not None and k == "W1" else np.isfinite(v).all()
+
+    if np.isfinite(loss) and all(finite(k, v) for k, v in params.items()):
         return False
     for k, v in before.items():
-        if k == "W1":
+        if rows is not None and k == "W1":
             params[k][rows] = v
         else:
             params[k][...] = v
