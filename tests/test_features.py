@@ -442,14 +442,16 @@ def test_overrides():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"numeric": ["city"]}, "column 'city' of type string cannot be numeric"),
-    ({"categorical": ["x"]}, "column 'x' of type double cannot be categorical"),
-    ({"hash": {"x": 8}}, "cannot be hashed"),
-    ({"drop": ["nope"]}, "drop names no column 'nope' \\(columns: zip, city, x\\)"),
+    ({"numeric": ["city"]}, "^--numeric city: column 'city' is of type string, not numbers \\(--categorical or "
+                            "--hash take strings\\)$"),
+    ({"categorical": ["x"]}, "^--categorical x: column 'x' is of type double, which cannot be categorical"),
+    ({"hash": {"x": 8}}, "^--hash x: column 'x' is of type double, which cannot be hashed"),
+    ({"drop": ["nope"]}, "^--drop names no column 'nope' \\(columns: zip, city, x\\)$"),
+    ({"drop": ["cty"]}, "^--drop names no column 'cty' \\(did you mean 'city'\\?\\)$"),
     ({"hash": {"city": 0}}, "positive integer"),
     ({"hash": ["city"]}, "hash is a dict"),
     ({"numeric": "zip"}, "list of column names"),
-    ({"categorical": ["zip"], "drop": ["zip"]}, "in both categorical and drop"),
+    ({"categorical": ["zip"], "drop": ["zip"]}, "^--categorical and --drop both name column 'zip': give it to one"),
     ({"embed": ["zip"]}, "unknown key 'embed'"),
 ])
 def test_impossible_overrides_are_named(overrides, match):

@@ -741,6 +741,19 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
         res = _cli(command, tmp_path / "f.parquet", "--label", "status", "--date-parts", "carrier", check=False)
         assert res.returncode == 2 and res.stderr.strip().splitlines() == [
             f"error: {tmp_path / 'f.parquet'}: --date-parts carrier: the column is large_string, which has no date parts"]
+    # a column option's mistake names the file, and its advice, followed, trains
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--categorical", "carier", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.parquet'}: --categorical names no column 'carier' (did you mean 'carrier'?)"]
+    res = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--numeric", "carrier", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.parquet'}: --numeric carrier: column 'carrier' is of type large_string, not numbers "
+        "(--categorical or --hash take strings)"]
+    res = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--hash", "carrier", "--categorical", "carrier",
+               check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.parquet'}: --categorical and --hash both name column 'carrier': give it to one of them"]
+    assert "carrier" in _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--categorical", "carrier").stdout
     # an override of the label says so (it said "names no column 'status'", of a column in the file)
     res = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--drop", "status", check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [

@@ -186,7 +186,10 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         if named:
             what = "the label" if named[0] == label else "not among the features (--features names them)"
             raise ConfigError(f"{where}: --{key} {named[0]}: that column is {what}")
-    plans = infer_columns(sub, {k: v for k, v in options.overrides.items() if v} or None)
+    try:
+        plans = infer_columns(sub, {k: v for k, v in options.overrides.items() if v} or None)
+    except ConfigError as e:  # (the file it is about)
+        raise ConfigError(f"{where}: {e}") from None
     passes: dict[str, _Pass] = {}
     declared = set(options.overrides.get("categorical") or [])
     for p in plans:

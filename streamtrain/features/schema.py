@@ -19,6 +19,7 @@ identifier.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -110,9 +111,12 @@ def _check_overrides(overrides: dict, names: list[str]) -> dict[str, tuple[str, 
             raise ConfigError(f"overrides: {key} is a list of column names")
         for col in cols:
             if col not in names:
-                raise ConfigError(f"{key} names no column {col!r} (columns: {', '.join(names)})")
+                near = difflib.get_close_matches(str(col), names, n=1)
+                raise ConfigError(f"--{key} names no column {col!r}"
+                                  + (f" (did you mean {near[0]!r}?" if near else f" (columns: {', '.join(names)}")
+                                  + ")")
             if col in out:
-                raise ConfigError(f"column {col!r} is in both {out[col][0]} and {key}")
+                raise ConfigError(f"--{out[col][0]} and --{key} both name column {col!r}: give it to one of them")
             buckets = cols[col] if key == "hash" else None
             if key == "hash" and (isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1):
                 raise ConfigError(f"overrides: hash buckets of {col!r} must be a positive integer, not {buckets!r}")
@@ -127,13 +131,14 @@ def _override(name: str, t: pa.DataType, key: str, buckets: int | None) -> Colum
     if key == "numeric":
         if _is_number(value_type):
             return ColumnPlan(name, t, "numeric", f"{t}: numeric, as --numeric asks")
-        raise ConfigError(f"column {name!r} of type {t} cannot be numeric (only numbers can)")
+        raise ConfigError(f"--numeric {name}: column {name!r} is of type {t}, not numbers "
+                          "(--categorical or --hash take strings)")
     if _is_string(value_type) or _T.is_integer(value_type) or _T.is_boolean(value_type):
         if key == "categorical":
             return ColumnPlan(name, t, "categorical", f"{t}: categorical, as --categorical asks")
         return ColumnPlan(name, t, "hashed", f"{t}: hashed into {buckets} buckets, as --hash asks", buckets)
-    raise ConfigError(f"column {name!r} of type {t} cannot be {key if key != 'hash' else 'hashed'} "
-                      "(strings, integers and bools can)")
+    raise ConfigError(f"--{key} {name}: column {name!r} is of type {t}, which cannot be "
+                      f"{key if key != 'hash' else 'hashed'} (strings, integers and bools can)")
 
 
 def infer_columns(schema: pa.Schema, overrides: dict | None = None) -> list[ColumnPlan]:
