@@ -96,6 +96,20 @@ def test_usage_errors_exit_2():
     assert run("train", DATA / "digits.h5", "--batch-size", 0).returncode == 2
 
 
+def test_a_command_s_own_exit_code_is_the_process_s():
+    # (no command of streamtrain's exits with a code of its own today: one added here, as a
+    # plug-in's or a later command would)
+    code = ("import click, sys\n"
+            "from streamtrain.cli.group import cli\n"
+            "from streamtrain.cli.main import main\n"
+            "@cli.command()\n@click.pass_context\ndef three(ctx):\n    print('said'); ctx.exit(3)\n"
+            "main(sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", code, "three"], capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout, res.stderr) == (3, "said\n", "")
+    res = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip()
+
+
 def test_divergence_exits_1(tmp_path):
     rng = np.random.default_rng(0)
     import h5py

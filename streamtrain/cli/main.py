@@ -28,7 +28,11 @@ def main(argv=None) -> None:
     try:
         reuse_freed_memory()
         load_plugins()
-        cli.main(args=args, prog_name="streamtrain", standalone_mode=False)
+        code = cli.main(args=args, prog_name="streamtrain", standalone_mode=False)
+        if type(code) is int and code:  # (a ``ctx.exit(n)``: without standalone mode click returns n)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            exit_now(code)
     except click.exceptions.Exit as e:
         exit_now(e.exit_code)
     except click.exceptions.Abort:
