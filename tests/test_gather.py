@@ -324,6 +324,32 @@ def test_the_compiled_online_loop_over_codes_equals_the_numpy_step(options, tmp_
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lazy_adam_in_two_halves_gives_one_thread_s_values_bitwise(dtype):
+    import threading
+
+    from streamtrain.nn import sparse_compiled as sc
+
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((50_000, 64)).astype(dtype)
+    m, v = (rng.standard_normal(p.shape).astype(dtype) ** 2 for _ in range(2))
+    rows = np.unique(rng.integers(0, len(p), 3 * sc.SPLIT_ROWS))
+    g = rng.standard_normal((rows.size, 64)).astype(dtype)
+    one = [a.copy() for a in (p, m, v)]
+    s = np.array([0.9, 1.0 - 0.9, 0.999, 1.0 - 0.999, 1e-3 / 0.1, 0.05, 1e-8], dtype)  # (as adam_rows makes them)
+    sc._adam_rows(*one, rows, g, s)  # the whole, on this thread
+    two = [a.copy() for a in (p, m, v)]
+    sc.adam_rows(*two, rows, g, 0.9, 0.999, 1e-3 / 0.1, 0.05, 1e-8)
+    assert any(t.name == "streamtrain-rows" for t in threading.enumerate())  # (it did take half)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    with sc._HALVES.lock:  # another caller holds the helper: this one does both halves itself
+        three = [a.copy() for a in (p, m, v)]
+        sc.adam_rows(*three, rows, g, 0.9, 0.999, 1e-3 / 0.1, 0.05, 1e-8)
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_block_whose_loss_is_finite_but_reaches_an_infinite_weight_gives_its_rows_back(dtype):
     from streamtrain.nn.sparse_compiled import rows_finite, take_rows
     from streamtrain.train.update import _gave_back, _kept

@@ -6,6 +6,9 @@ log; the arithmetic here is theirs, in the same order."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -133,12 +136,81 @@ def _adam_rows(p, m, v, rows, g, s):  # pragma: no cover - compiled
             p[r, j] -= step * mi / (np.sqrt(vi / c2) + eps)
 
 
+#: Rows from which lazy Adam's update is shared with a second thread (``_Halves``): a handoff costs
+#: tens of microseconds, a row about half of one (a random walk over the table and its moments,
+#: their pages written for the first time early on).
+SPLIT_ROWS = 2048
+
+
+class _Halves:
+    """A second thread for the other half of a compiled loop that releases the GIL and whose
+    halves touch disjoint memory: the caller runs the first half meanwhile. Started on first use;
+    one caller at a time (another, meanwhile, runs both halves itself); none in a forked child."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.go, self.done = threading.Event(), threading.Event()
+        self.job = self.error = self.thread = None
+
+    def _serve(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            fn, args = self.job
+            try:
+                fn(*args)
+            except BaseException as e:  # (the caller's to raise)
+                self.error = e
+            self.done.set()
+
+    def both(self, fn, first: tuple, second: tuple) -> None:
+        """``fn(*first)`` here and ``fn(*second)`` beside it; back once both are done."""
+        if not self.lock.acquire(blocking=False):
+            fn(*first)
+            fn(*second)
+            return
+        try:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._serve, name="streamtrain-rows", daemon=True)
+                self.thread.start()
+            self.job, self.error = (fn, second), None
+            self.done.clear()
+            self.go.set()
+            try:
+                fn(*first)
+            finally:
+                self.done.wait()
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.lock.release()
+
+
+_HALVES = _Halves()
+if hasattr(os, "register_at_fork"):  # (a forked child has the forking thread alone: a new, unstarted helper)
+    os.register_at_fork(after_in_child=lambda: _HALVES.__init__())
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def adam_rows(p: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray, g: np.ndarray, beta1: float,
               beta2: float, step: float, c2: float, eps: float) -> None:
     """Lazy Adam on ``rows`` of ``p`` ``(rows, columns)`` and its moments, their gradient ``g``;
-    ``step``: the learning rate over the first moment's bias correction, ``c2`` the second's."""
+    ``step``: the learning rate over the first moment's bias correction, ``c2`` the second's.
+    Distinct rows (``row_sums``' sorted ones), from ``SPLIT_ROWS`` on and with two cores or
+    more, are updated in two halves at once: each row's arithmetic is the same, so are the values."""
     s = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, step, c2, eps], dtype=p.dtype)
-    _adam_rows(p, m, v, rows, np.ascontiguousarray(g, p.dtype), s)
+    g = np.ascontiguousarray(g, p.dtype)
+    h = rows.size // 2
+    if rows.size >= SPLIT_ROWS and not numba.config.DISABLE_JIT and _cores() > 1 and (rows[1:] > rows[:-1]).all():
+        _HALVES.both(_adam_rows, (p, m, v, rows[:h], g[:h], s), (p, m, v, rows[h:], g[h:], s))
+    else:
+        _adam_rows(p, m, v, rows, g, s)
 
 
 @numba.njit(cache=True, nogil=True)
