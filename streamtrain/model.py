@@ -22,6 +22,7 @@ from .errors import ConfigError, DataError
 from .features.encoding import Encoding
 from .metrics import metrics_for
 from .nn.network import PARAM_NAMES, InputLayout, TwoLayerNet
+from .nn.optim import attach, prepare_zeros
 from .readers import detect_format, open_dataset
 from .readers.base import Dataset
 from .labels import Labels, given_classes
@@ -78,8 +79,12 @@ class Model:
                 stats.mean, stats.m2 = stats.mean[:n_in], stats.m2[:n_in]
         layout = _layout(encoding, config.dtype, where)
         check_memory(n_in if layout is None else layout.n_rows, config, where)
+        # (a table's optimiser state made ready beside its initial draw: each maps fresh pages)
+        zeros = prepare_zeros(config.optimizer, (n_in if layout is None else layout.n_rows, config.hidden),
+                              config.dtype)
         net = TwoLayerNet(n_in, config.hidden, labels.n_out, config.activation, labels.task, config.init,
                           config.seed, config.dtype, layout)
+        attach(zeros, net.params["W1"])
         scaler = Scaler.from_stats(config.scale, stats, config.dtype)
         if encoding is not None and scaler.mean is not None:  # one-hot codes and indicators stay 0/1
             keep = encoding.unscaled[:n_in]

@@ -236,6 +236,43 @@ def test_a_penalty_keeps_only_plain_sgd_with_l1_dense(tmp_path, optimizer, l1, l
     assert isinstance(grads["W1"], RowGrad) == lazy
 
 
+def test_a_table_s_optimiser_state_is_made_ready_beside_its_draw_and_taken_by_the_first_step(tmp_path, monkeypatch):
+    import gc
+
+    from streamtrain import Trainer
+    from streamtrain.nn import optim
+
+    assert optim.prepare_zeros("adam", (1000, 8), np.float32) is None  # (small: not worth a thread)
+    monkeypatch.setattr(optim, "PREPARE_BYTES", 1)
+    assert optim.prepare_zeros("sgd", (1000, 8), np.float32) is None  # (its lazy decay's table is not zeros)
+    assert len(optim.prepare_zeros("momentum", (1000, 8), np.float32).arrays) == 1  # (its velocity)
+    zeros = optim.prepare_zeros("adam", (1000, 8), np.float64)
+    made = [id(a) for a in zeros.arrays]
+    W = np.random.default_rng(0).standard_normal((1000, 8))
+    optim.attach(zeros, W)
+    params, plain = {"W1": W}, {"W1": W.copy()}
+    adam, reference = optim.Adam(0.1), optim.Adam(0.1)
+    for _ in range(2):  # (the same values as zeros made at the first step, bitwise)
+        g = np.sin(params["W1"])
+        adam.step(params, {"W1": g})
+        reference.step(plain, {"W1": g.copy()})
+    np.testing.assert_array_equal(params["W1"], plain["W1"])
+    assert sorted(map(id, (adam.m["W1"], adam.v["W1"]))) == sorted(made) and not zeros.thread.is_alive()
+    other = np.zeros((10, 8))  # an array that was given none gets new zeros
+    assert optim.zero_state(other).shape == (10, 8)
+    key = id(W)
+    assert key in optim._PREPARED
+    del W, params
+    gc.collect()
+    assert key not in optim._PREPARED  # (gone with its table)
+
+    # a run: the first step takes them (the model's table here: tiny, as PREPARE_BYTES is 1)
+    flights(600).to_parquet(tmp_path / "f.parquet")
+    t = Trainer(hidden=4, epochs=1, one_hot_max=0, optimizer="adam")
+    t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
+    assert t.stepper.sparse and not optim._PREPARED[id(t.net.params["W1"])][1].arrays
+
+
 def test_a_first_layer_beyond_the_memory_is_refused_before_it_is_allocated(tmp_path):
     flights(300).to_parquet(tmp_path / "f.parquet")
     res = subprocess.run([str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hash",

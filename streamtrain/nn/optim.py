@@ -7,6 +7,8 @@ line makes one option per hyperparameter from it, so a hyperparameter is added h
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,10 +90,62 @@ class Momentum(SGD):
 
 
 def zero_state(a: np.ndarray) -> np.ndarray:
-    """Zeros of ``a``'s shape and type for an optimiser's state, on pages the system maps when first
-    written (``np.zeros``): a table's rows that no step touches take no memory, and the first step
-    does not write gigabytes of zeros (``np.zeros_like`` writes every page)."""
+    """Zeros of ``a``'s shape and type for an optimiser's state: those ``prepare_zeros`` readied
+    for ``a``, else on pages the system maps when first written (``np.zeros``: the first step does
+    not write gigabytes of zeros, as ``np.zeros_like`` would)."""
+    held = _PREPARED.get(id(a))
+    if held is not None and held[0]() is a:
+        z = held[1].take()
+        if z is not None and z.shape == a.shape and z.dtype == a.dtype:
+            return z
     return np.zeros(a.shape, a.dtype)
+
+
+#: A table's size from which its optimiser state is readied beside the initial draw (``prepare_zeros``).
+PREPARE_BYTES = 64 << 20
+
+
+class _Zeros:
+    """Arrays of zeros whose pages a thread writes (maps) meanwhile: a first write to a page costs
+    the system a fresh page, about as much as the table's initial draw for a table's Adam moments."""
+
+    def __init__(self, shape: tuple, dtype, count: int):
+        self.arrays = [np.zeros(shape, dtype) for _ in range(count)]
+        self.thread = threading.Thread(target=self._touch, name="streamtrain-zeros", daemon=True)
+        self.thread.start()
+
+    def _touch(self) -> None:
+        for a in list(self.arrays):
+            flat = a.reshape(-1)
+            every = max(1, 4096 // a.itemsize)  # (an element per page; numpy lets the GIL go meanwhile)
+            for s in range(0, flat.size, 1 << 22):
+                flat[s:s + (1 << 22):every] = 0
+
+    def take(self) -> np.ndarray | None:
+        self.thread.join()
+        return self.arrays.pop() if self.arrays else None
+
+
+_PREPARED: dict[int, tuple[weakref.ref, _Zeros]] = {}
+
+
+def prepare_zeros(optimizer: str, shape: tuple, dtype) -> _Zeros | None:
+    """Ready, in a thread, the zeros ``optimizer`` keeps of a first layer of ``shape`` (its table),
+    while the caller draws the layer's initial weights; None for a small one or an optimiser that
+    keeps none. ``attach`` hands them to the drawn weights, for ``zero_state``."""
+    spec = OPTIMIZERS.get(optimizer)
+    if spec is None or int(np.prod(shape)) * np.dtype(dtype).itemsize < PREPARE_BYTES:
+        return None
+    count = sum(1 for k in spec.state({"W1": tuple(shape)}, dtype) if k in ("m.W1", "v.W1"))  # (zero_state's)
+    return _Zeros(tuple(shape), dtype, count) if count else None
+
+
+def attach(zeros: _Zeros | None, W: np.ndarray) -> None:
+    """Keep ``zeros`` (``prepare_zeros``') for ``W``'s optimiser state, while ``W`` lives."""
+    if zeros is not None:
+        key = id(W)
+        _PREPARED[key] = (weakref.ref(W), zeros)
+        weakref.finalize(W, _PREPARED.pop, key, None)
 
 
 def _compiled_adam():
