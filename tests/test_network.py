@@ -55,11 +55,20 @@ def test_no_overflow_warnings_on_extreme_inputs():
         assert np.isfinite(loss) and loss == pytest.approx(1e4)
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("init", ["normal", "glorot", "he"])
-def test_weights_drawn_by_blocks_are_one_draw_of_the_whole(init):
+def test_weights_drawn_by_blocks_are_one_draw_of_the_whole(init, ahead, monkeypatch):
     # (a table of millions of rows is drawn a block at a time, straight into its dtype: the
-    # values are those of one draw in float64, cast, as before, so a seed keeps its model)
-    n, h = (1 << 20) // 64 * 3 + 5, 64  # three blocks and a part
+    # values are those of one draw in float64, cast, as before, so a seed keeps its model;
+    # ahead: a thread maps the blocks' pages meanwhile, writing zeros where the draw has not been)
+    import streamtrain.nn.functions as functions
+
+    monkeypatch.setattr(functions, "AHEAD_BYTES", 1 if ahead else 1 << 62)
+    if ahead:  # (that thread's zeros slowed, so the draw meets it on a block and overtakes it)
+        touch = functions.PagesAhead.__init__.__globals__["touch_pages"]
+        monkeypatch.setitem(functions.PagesAhead.__init__.__globals__, "touch_pages",
+                            lambda a: (__import__("time").sleep(0.01), touch(a)))
+    n, h = (1 << 20) // 64 * 7 + 5, 64  # seven blocks and a part
     rng = np.random.default_rng([3, 0x1417])
     if init == "glorot":
         limit = np.sqrt(6.0 / (n + h)) * 4.0

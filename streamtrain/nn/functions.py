@@ -14,6 +14,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .._malloc import PagesAhead
+
 __all__ = ["ACTIVATIONS", "TASKS", "INITS", "init_weights", "sigmoid", "softmax", "Activation", "Task", "correct_count"]
 
 
@@ -210,10 +212,22 @@ def init_weights(init: str, rng, n_in: int, n_out: int, activation: str, dtype, 
     fan = n_in if fan_in is None else int(fan_in)
     out = np.empty((n_in, n_out), dtype=dtype)
     step = max(1, (1 << 20) // max(n_out, 1))
-    for a in range(0, n_in, step):
-        b = min(n_in, a + step)
-        out[a:b] = make(rng, (b - a, n_out), fan, n_out, activation)
+    bounds = [(a, min(n_in, a + step)) for a in range(0, n_in, step)]
+    # (a table's pages mapped by a thread ahead of the draw: each costs about what its values do)
+    ahead = PagesAhead(out, bounds) if out.nbytes >= AHEAD_BYTES else None
+    try:
+        for k, (a, b) in enumerate(bounds):
+            if ahead is not None:
+                ahead.claim(k)
+            out[a:b] = make(rng, (b - a, n_out), fan, n_out, activation)
+    finally:
+        if ahead is not None:
+            ahead.close()
     return out
+
+
+#: A weight matrix's size from which ``init_weights`` maps its pages in a thread ahead of the draw.
+AHEAD_BYTES = 64 << 20
 
 
 INITS: dict[str, Callable] = {"normal": _init_normal, "glorot": _init_glorot, "he": _init_he}

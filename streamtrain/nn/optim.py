@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._malloc import touch_pages
 from .decay import LazyDecay, check_decay_state, decay_state
 from .network import RowGrad
 
@@ -116,10 +117,7 @@ class _Zeros:
 
     def _touch(self) -> None:
         for a in list(self.arrays):
-            flat = a.reshape(-1)
-            every = max(1, 4096 // a.itemsize)  # (an element per page; numpy lets the GIL go meanwhile)
-            for s in range(0, flat.size, 1 << 22):
-                flat[s:s + (1 << 22):every] = 0
+            touch_pages(a)
 
     def take(self) -> np.ndarray | None:
         self.thread.join()
