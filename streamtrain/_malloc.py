@@ -7,6 +7,10 @@ fault per 4 KiB page: for uncompressed data that is as expensive as reading it
 the mmap and trim thresholds keeps such blocks on the heap for reuse. Only the
 command line and the benchmark call this; a library does not change its host
 process's allocator.
+
+``touch_pages`` and ``PagesAhead`` map a large array's pages in a thread ahead of its first real
+writes (a table's initial draw, its optimiser's zeros): mapping a fresh page costs the system a
+page fault and a page of zeros, which in a virtual machine can cost as much as the writes.
 """
 
 from __future__ import annotations
