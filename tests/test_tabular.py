@@ -177,6 +177,10 @@ def test_train_evaluate_predict_with_a_string_label_from_the_command(tmp_path):
     assert "categorical" in cols["weather"] and "identifier" in cols["flight_id"]
     assert cols["status"] == "the label: 2 classes: late, on time"
     assert info["label_dtype"] == "float64 (the codes of 2 classes: strings)"
+    # a column hashed as asked is not read in the pass: its missing values are the file's statistics'
+    hashed = json.loads(_cli("inspect", tmp_path / "flights.parquet", "--label", "status", "--hash", "carrier:8",
+                             "--json").stdout)["columns"]["carrier"]
+    assert hashed.startswith(f"large_string, {df['carrier'].isna().sum():,} missing of 3,000; hashed"), hashed
     run = tmp_path / "runs" / "f"
     res = _cli("train", tmp_path / "flights.parquet", "--label", "status", "--checkpoint-dir", run,
                "--epochs", "10", "--hidden", "16")

@@ -134,9 +134,13 @@ class _Pass:
             self._beyond_vocabulary()
 
 
-def _seen(plan: ColumnPlan, acc: _Pass | None) -> str:
-    """The column's stored type, and what the pass counted of it (missing values, distinct values)."""
+def _seen(plan: ColumnPlan, acc: _Pass | None, nulls: int | None = None, rows: int = 0) -> str:
+    """The column's stored type, and what the pass counted of it (missing values, distinct values);
+    for a column the pass did not read, the missing values the file's statistics record (``nulls``,
+    of ``rows`` where the pass counted them)."""
     text = str(plan.arrow_type)
+    if acc is None and nulls is not None:
+        text += ", none missing" if not nulls else f", {nulls:,} missing" + (f" of {rows:,}" if rows else "")
     if acc is not None:
         seen = acc.count + acc.nulls if acc.distinct is None else acc.values + acc.nulls
         text += f", {acc.nulls:,} missing of {seen:,}" if acc.nulls else ", none missing"
@@ -279,7 +283,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 approx = "" if acc.distinct.exact else "~"
                 left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}"))
         if len(columns) > n_before:
-            columns[-1].seen = _seen(p, acc)
+            columns[-1].seen = _seen(p, acc, null_counts(p.name) if acc is None else None, rows)
     kinds = {c.name: c.kind for c in columns}
     for a, b in options.crosses:
         bad = next((k for k in (a, b) if kinds.get(k) not in ("categorical", "hashed")), None)
