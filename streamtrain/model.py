@@ -286,6 +286,8 @@ class Model:
             classes); or MSE, MAE and R^2.
         """
         ds = self.open_like_training(source, need_label=True)
+        if ds.nonfinite == "error":  # (the advice for training's option would not apply here)
+            ds.nonfinite = "refuse"
         part = (0, 1) if comm is None else (comm.rank, comm.size)
         if ds.label_name is None:
             raise DataError(f"{ds.path}: no label to evaluate against")
@@ -310,6 +312,7 @@ class Model:
         from .io.writers import open_writer
 
         ds = self.open_like_training(source, need_label=False)
+        ds.nonfinite = "refuse"  # (a row per row read: one the model's training skipped is an error here)
         if self.task == "regression":
             names = ["prediction"] if self.net.n_out == 1 else [f"prediction_{j}" for j in range(self.net.n_out)]
             label, label_dtype = None, None

@@ -90,6 +90,30 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, messa
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
+def test_rows_a_run_skipped_are_refused_by_predict_in_a_line_and_skipped_by_evaluate(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=400), rng.normal(size=400)
+    b[5] = np.inf
+    pd.DataFrame({"a": a, "b": b, "y": (a > 0).astype(int)}).to_parquet(tmp_path / "d.parquet")
+    assert run("train", tmp_path / "d.parquet", "--label", "y", "--skip-nonfinite", "--epochs", 1,
+               "--checkpoint-dir", tmp_path / "run").returncode == 0
+    # (it wrote 399 rows and then failed, with a traceback, on the 400 it had declared)
+    res = run("predict", tmp_path / "run", tmp_path / "d.parquet", "--out", tmp_path / "p.csv")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'd.parquet'}: NaN or Inf in row 5, column 'b' (or a value beyond float32's range, which "
+        "reads as Inf); a prediction is made for every row read: clean the data first"]
+    assert not (tmp_path / "p.csv").exists()
+    assert "399 rows" in run("evaluate", tmp_path / "run", tmp_path / "d.parquet").stdout
+    assert run("train", tmp_path / "d.parquet", "--label", "y", "--epochs", 1,
+               "--checkpoint-dir", tmp_path / "strict").returncode == 2
+    b[5] = 0.0
+    pd.DataFrame({"a": a, "b": b, "y": (a > 0).astype(int)}).to_parquet(tmp_path / "d.parquet")  # cleaned: works
+    assert run("predict", tmp_path / "run", tmp_path / "d.parquet", "--out", tmp_path / "p.csv").returncode == 0
+    assert len(open(tmp_path / "p.csv").read().splitlines()) == 401
+
+
 def test_usage_errors_exit_2():
     assert run("train").returncode == 2
     assert run("train", DATA / "digits.h5", "--resume").returncode == 2

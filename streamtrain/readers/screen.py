@@ -13,7 +13,8 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
              path: str, missing_labels: str = "error", names: list[str] | None = None,
              nan_missing: bool = False) -> np.ndarray | None:
     """Mask of the rows of ``X`` (and ``y``) holding NaN/Inf, or None if there are none; under
-    ``policy="error"`` the first such row is an error naming it.
+    ``policy="error"`` the first such row is an error naming it (``"refuse"``: the same, for a
+    model's predictions, where no option skips rows).
 
     ``rows``: the row number of each row of ``X``, or of its first row where they follow on.
     ``missing_labels="skip"``: a row whose label alone is NaN (a missing label of an encoded
@@ -39,7 +40,7 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
             bad |= bad_y
     if not bad.any():
         return unlabelled if unlabelled.any() else None
-    if policy == "error":
+    if policy in ("error", "refuse"):
         at = int(np.argmax(bad))
         row = rows + at if isinstance(rows, int) else int(rows[at])
         inf = X.dtype == np.float32 and np.isinf(X[at]).any()
@@ -49,6 +50,9 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
         where = f", column {name!r}" if name else ""
         impute = (f", or treat NaN as missing (imputed, with an indicator): --numeric {name}"
                   if nan_missing and name and np.isnan(X[at, int(cols[0])]) else "")
+        if policy == "refuse":  # (a model's predictions and evaluations: no option skips rows there)
+            raise DataError(f"{path}: NaN or Inf in row {row}{where}{beyond}; a prediction is made for every row "
+                            "read: clean the data first")
         raise DataError(f"{path}: NaN or Inf in row {row}{where}{beyond}; clean the data or skip such rows "
                         f"(--skip-nonfinite, nonfinite='skip'){impute}")
     return bad | unlabelled
