@@ -764,6 +764,28 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
         f"error: {tmp_path / 'f.parquet'}: --drop status: that column is the label"]
 
 
+def test_a_file_whose_column_holds_no_value_at_all_reads_as_missing(tmp_path):
+    # (pandas writes an object column of Nones as Arrow's null type: a day's file often has one;
+    # it stopped training over several files and predict with "values of type null are not categories")
+    df = flights(600)
+    (tmp_path / "days").mkdir()
+    df.iloc[:300].to_parquet(tmp_path / "days" / "a.parquet")
+    empty = df.iloc[300:].assign(carrier=None)
+    empty.to_parquet(tmp_path / "days" / "b.parquet")
+    assert pa.types.is_null(pq.read_schema(tmp_path / "days" / "b.parquet").field("carrier").type)
+    _cli("train", tmp_path / "days", "--label", "status", "--epochs", "2", "--checkpoint-dir", tmp_path / "run")
+    assert "carrier: categorical" in _cli("inspect", tmp_path / "run").stdout
+    # predict: the null-typed column gives what a string column of missing values gives
+    typed = pa.Table.from_pandas(empty, preserve_index=False)
+    typed = typed.set_column(typed.schema.get_field_index("carrier"), "carrier", pa.nulls(300, pa.large_string()))
+    pq.write_table(typed, tmp_path / "typed.parquet")
+    for name in ("days/b.parquet", "typed.parquet"):
+        _cli("predict", tmp_path / "run", tmp_path / name, "--out", tmp_path / f"{name.replace('/', '_')}.csv")
+    a, b = (pd.read_csv(tmp_path / f) for f in ("days_b.parquet.csv", "typed.parquet.csv"))
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 300
+
+
 def test_a_cross_is_the_hashed_pair_of_two_categorical_columns(tmp_path):
     from streamtrain.features.hashing import fmix64, hash64
 

@@ -102,6 +102,8 @@ class Categories:
         if isinstance(arr, pa.ChunkedArray):
             parts = [self.encode(c) for c in arr.chunks]
             return np.concatenate(parts) if parts else np.empty(0, np.int64)
+        if pa.types.is_null(arr.type):  # (a file's column with no value at all: every row is missing)
+            return np.zeros(len(arr), np.int64)
         if pa.types.is_dictionary(arr.type):
             # A dictionary column: encode its dictionary once, then gather by the row's index.
             table = self.encode(arr.dictionary)

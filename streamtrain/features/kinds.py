@@ -66,8 +66,11 @@ def canonical(values) -> tuple[pa.Array | pa.ChunkedArray, str]:
 
 def count_values(values) -> tuple[pa.Array, np.ndarray, int, str]:
     """The distinct non-null values of a chunk (canonical type), their counts (int64, same length),
-    the number of nulls, and the kind. Counted by Arrow's ``value_counts``: no Python per row."""
+    the number of nulls, and the kind (None for values of Arrow's null type: a file whose column
+    holds no value at all). Counted by Arrow's ``value_counts``: no Python per row."""
     arr = as_arrow(values)
+    if pa.types.is_null(arr.type):
+        return pa.array([], pa.large_string()), np.zeros(0, np.int64), len(arr), None
     kind = kind_of(arr.type)
     if pa.types.is_string_view(arr.type):
         arr = pc.cast(arr, pa.large_string())  # pyarrow 26's value_counts counts a null string_view as ""
