@@ -77,6 +77,25 @@ def test_xarray_zarr_columns_encode_as_parquet(zarr_format, tmp_path):
     np.testing.assert_array_equal(y, yr)
 
 
+@pytest.mark.parametrize("strings", [False, True])  # (plain columns; encoded ones)
+def test_a_variable_over_a_second_dimension_is_named_as_left_out(strings, tmp_path):
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    n = 400
+    data = {"a": ("row", rng.normal(size=n)), "spec": (("row", "band"), rng.normal(size=(n, 3))),
+            "y": ("row", rng.integers(0, 2, n))}
+    if strings:
+        data["city"] = ("row", rng.choice(["Paris", "Lyon"], n))
+    xr.Dataset(data).to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False)
+    ds = open_dataset(tmp_path / "s.zarr", label="y")  # (it was left out and named nowhere)
+    assert ds.left_out == [("spec", "2-D array (400, 3): not a column (one 1-D array per column is; split it into "
+                            "1-D arrays to use it)")]
+    res = subprocess.run([str(BIN), "train", str(tmp_path / "s.zarr"), "--label", "y", "--epochs", "1",
+                          "--checkpoint-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "1 column left out: spec (2-D array (400, 3)): not a column" in res.stderr
+
+
 def test_h5py_compound_tables_with_fixed_and_variable_strings_train_and_predict(tmp_path):
     rng = np.random.default_rng(3)
     n = 1500

@@ -764,6 +764,18 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
         f"error: {tmp_path / 'f.parquet'}: --drop status: that column is the label"]
 
 
+def test_the_left_out_warning_keeps_a_nested_type_whole(tmp_path):
+    # (it split "list<element: int64>" at its first ": ", as "lst (list<element): int64>: ...")
+    df = flights(300)
+    table = pa.Table.from_pandas(df, preserve_index=False).append_column(
+        "lst", pa.array([[i, i] for i in range(300)])).append_column("st", pa.array([{"a": i} for i in range(300)]))
+    pq.write_table(table, tmp_path / "t.parquet")
+    res = _cli("train", tmp_path / "t.parquet", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
+    warning = next(line for line in res.stderr.splitlines() if "left out" in line)
+    assert "lst (list<element: int64>): a list per row (explode it, or pick an element into a column)" in warning
+    assert "st (struct<a: int64>): a struct (flatten it into columns)" in warning
+
+
 def test_a_file_whose_column_holds_no_value_at_all_reads_as_missing(tmp_path):
     # (pandas writes an object column of Nones as Arrow's null type: a day's file often has one;
     # it stopped training over several files and predict with "values of type null are not categories")

@@ -185,7 +185,7 @@ class ZarrDataset(Dataset):
                 kind = one_d[self.encoding.label_name].dtype
                 return str(kind) if plain and kind.kind in "biu" else "float64"
 
-            self._keys = adopt_encoding(self, schema.names, label, label_type)
+            self._keys = adopt_encoding(self, schema.names, label, label_type, _not_columns(arrays, features))
             self._check_columns(one_d, self._keys)
             self._columns = {k: one_d[k] for k in self._keys}
             self._feature_cols, self._label_col = [], None
@@ -197,7 +197,7 @@ class ZarrDataset(Dataset):
             return
         self._feature_cols, self._label_col = select_columns(columns, features, label, self.path)
         if features is None:
-            self.left_out = left_out(columns, self._feature_cols, self._label_col)
+            self.left_out = left_out(columns, self._feature_cols, self._label_col) + _not_columns(arrays, features)
         keys = [c.key for c in self._feature_cols] + ([self._label_col.key] if self._label_col else [])
         self._check_columns(one_d, keys)
         for k in keys:
@@ -343,3 +343,14 @@ class ZarrDataset(Dataset):
     def extra_info(self):
         return {"features_array": self._x_key, "stored_dtype": str(self._X.dtype),
                 "zarr_format": self._X.metadata.zarr_format, "codecs": _codec_names(self._X)}
+
+
+def _not_columns(arrays: dict, features) -> list[tuple[str, str]]:
+    """The arrays of a group of columns that are not one (2-D and more: a variable over a second
+    dimension, as xarray writes one), each with the reason it is left out; none where the user
+    chose the features."""
+    if features is not None:
+        return []
+    return [(k, f"{a.ndim}-D array {tuple(a.shape)}: not a column (one 1-D array per column is; split it "
+                f"into 1-D arrays to use it)") for k, a in arrays.items() if a.ndim >= 2]
+

@@ -122,7 +122,7 @@ def say_left_out(data: Dataset) -> None:
         return
     kinds: dict[str, list[str]] = {}
     for name, why in left:
-        stored, _, reason = why.partition(": ")
+        stored, reason = _stored_and_reason(why)
         if reason:
             kinds.setdefault(reason, []).append(f"{name} ({stored})")
         else:
@@ -130,6 +130,21 @@ def say_left_out(data: Dataset) -> None:
     parts = [f"{', '.join(names)}: {why}" for why, names in kinds.items()]
     _LOG.warning(f"{data.path}: {len(left)} column{'s' if len(left) != 1 else ''} left out: "
                  + "; ".join(parts) + " (--features names the columns to use)")
+
+
+def _stored_and_reason(why: str) -> tuple[str, str]:
+    """A left-out column's reason split at its first ": " outside brackets, as ``(stored type,
+    reason)`` ("list<element: int64>: a list per row" is one type and its reason); ``(why, "")``
+    where there is none."""
+    depth = 0
+    for i, ch in enumerate(why):
+        if ch in "<([":
+            depth += 1
+        elif ch in ">)]":
+            depth = max(0, depth - 1)
+        elif depth == 0 and why.startswith(": ", i):
+            return why[:i], why[i + 2:]
+    return why, ""
 
 
 def same_data_everywhere(comm, data: Dataset) -> None:
