@@ -114,6 +114,16 @@ def test_rows_a_run_skipped_are_refused_by_predict_in_a_line_and_skipped_by_eval
     assert len(open(tmp_path / "p.csv").read().splitlines()) == 401
 
 
+def test_a_run_without_a_checkpoint_directory_says_its_model_was_not_saved(tmp_path):
+    res = run("train", DATA / "digits.h5", "--epochs", 1, cwd=tmp_path)
+    assert res.returncode == 0 and res.stderr.strip().splitlines()[-1] == (
+        "note: no --checkpoint-dir, so the model was not saved; give one (--checkpoint-dir runs/NAME) to evaluate, "
+        "predict or resume later")
+    assert list(tmp_path.iterdir()) == []
+    res = run("train", DATA / "digits.h5", "--epochs", 1, "--checkpoint-dir", tmp_path / "r")
+    assert "not saved" not in res.stderr
+
+
 def test_usage_errors_exit_2():
     assert run("train").returncode == 2
     assert run("train", DATA / "digits.h5", "--resume").returncode == 2

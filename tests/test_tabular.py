@@ -764,6 +764,19 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
         f"error: {tmp_path / 'f.parquet'}: --drop status: that column is the label"]
 
 
+def test_predictions_to_tsv_are_tab_separated_with_class_names_quoted_where_needed(tmp_path):
+    # (".tsv" was written comma-separated)
+    df = flights(400).assign(status=lambda d: d["status"].map({"late": "late,\tvery", "on time": "on time"}))
+    df.to_parquet(tmp_path / "f.parquet")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
+    for suffix, sep in ((".tsv", "\t"), (".csv", ",")):
+        _cli("predict", tmp_path / "r", tmp_path / "f.parquet", "--out", tmp_path / f"p{suffix}")
+        head = (tmp_path / f"p{suffix}").read_text().splitlines()[0]
+        assert head == sep.join(['"p_late,\tvery"', "p_on time", "prediction"])
+        out = pd.read_csv(tmp_path / f"p{suffix}", sep=sep)
+        assert len(out) == 400 and set(out["prediction"]) <= {"late,\tvery", "on time"}
+
+
 def test_the_left_out_warning_keeps_a_nested_type_whole(tmp_path):
     # (it split "list<element: int64>" at its first ": ", as "lst (list<element): int64>: ...")
     df = flights(300)

@@ -112,3 +112,6 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
             parts.append(f"{key} {shown[key]:.4f}")
     parts.append(f"{samples / seconds:,.0f} samples/s" if seconds else "")
     click.echo(", ".join(p for p in parts if p))
+    if checkpoint_dir is None:  # (a run that saves nothing says so: a model is not kept without being asked)
+        _echo_err("note: no --checkpoint-dir, so the model was not saved; give one (--checkpoint-dir runs/NAME) "
+                  "to evaluate, predict or resume later")

@@ -7,6 +7,7 @@ blocks and are written as they come, so memory stays flat whatever the size.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -153,26 +154,25 @@ class ParquetWriter(Writer):
 
 
 class CSVWriter(Writer):
-    """Plain CSV with a header row (predictions)."""
+    """CSV with a header row (predictions); tab-separated for ``.tsv``."""
 
     def open(self, tmp: Path):
+        self._sep = "\t" if self.path.name.lower().endswith(".tsv") else ","
         self._fh = open(tmp, "w", newline="")
         header = self.feature_names + ([self.label_name] if self.label_name else [])
-        self._fh.write(",".join(_csv_field(h) for h in header) + "\n")
+        self._fh.write(self._sep.join(_csv_field(h, self._sep) for h in header) + "\n")
 
     def _write(self, a, X, y):
         if y is not None and y.dtype.kind in "UO":  # a class label's own values, quoted where needed
-            import io
-
             text = io.StringIO()
-            np.savetxt(text, X, fmt="%.9g", delimiter=",")
+            np.savetxt(text, X, fmt="%.9g", delimiter=self._sep)
             lines = text.getvalue().splitlines()
-            self._fh.write("".join(f"{line},{_csv_field(str(v))}\n" for line, v in zip(lines, y)))
+            self._fh.write("".join(f"{line}{self._sep}{_csv_field(str(v), self._sep)}\n" for line, v in zip(lines, y)))
             return
         block = X if y is None else np.column_stack([X, y.astype(np.float64)])
         fmt = ["%.9g"] * X.shape[1] + (["%.17g" if self.label_dtype is not None and self.label_dtype.kind == "f"
                                          else "%d"] if y is not None else [])
-        np.savetxt(self._fh, block, fmt=fmt, delimiter=",")
+        np.savetxt(self._fh, block, fmt=fmt, delimiter=self._sep)
 
     def close(self):
         super().close()
@@ -182,8 +182,8 @@ class CSVWriter(Writer):
         self._fh.close()
 
 
-def _csv_field(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"' if any(c in name for c in ',"\n') else name
+def _csv_field(name: str, sep: str = ",") -> str:
+    return '"' + name.replace('"', '""') + '"' if any(c in name for c in sep + '"\n\r') else name
 
 
 @contextlib.contextmanager
