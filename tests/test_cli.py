@@ -124,6 +124,29 @@ def test_a_run_without_a_checkpoint_directory_says_its_model_was_not_saved(tmp_p
     assert "not saved" not in res.stderr
 
 
+def test_a_row_without_a_label_is_named_as_such_with_advice_that_works(tmp_path):
+    import h5py
+    import pandas as pd
+
+    X = np.random.default_rng(0).normal(size=(200, 3)).astype("f4")
+    y = (X[:, 0] > 0).astype("f8")
+    y[7] = np.nan
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["X"], f["y"] = X, y
+    pd.DataFrame({"a": X[:, 0], "y": pd.array(np.where(X[:, 0] > 0, "up", "down"), dtype="string")}).assign(
+        y=lambda d: d["y"].mask(d.index == 7)).to_parquet(tmp_path / "t.parquet")
+    # (both said "NaN or Inf in row 7; ... (--skip-nonfinite ...)": the label was what was missing)
+    for name, given, option in (("m.h5", [], ["--skip-nonfinite"]),
+                                ("t.parquet", ["--label", "y", "--missing-label", "error"], ["--missing-label", "skip"])):
+        res = run("train", tmp_path / name, *given, "--epochs", 1, "--checkpoint-dir", tmp_path / f"r{name}")
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            f"error: {tmp_path / name}: row 7 has no label (missing or NaN); fill it in, or leave such rows out with "
+            f"{' '.join(option)}"]
+        given = [g for g in given if g not in ("--missing-label", "error")]
+        assert run("train", tmp_path / name, *given, *option, "--epochs", 1,
+                   "--checkpoint-dir", tmp_path / f"r{name}").returncode == 0
+
+
 def test_usage_errors_exit_2():
     assert run("train").returncode == 2
     assert run("train", DATA / "digits.h5", "--resume").returncode == 2

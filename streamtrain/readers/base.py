@@ -232,7 +232,13 @@ class Dataset(Identity):
     def _bad_rows(self, rows: int | np.ndarray, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
         """Mask of rows holding NaN/Inf (None if there are none); raises under nonfinite="error"."""
         return bad_rows(X, y, rows, self.nonfinite, self.path, self.missing_labels,
-                        getattr(self, "feature_names", None), self.nan_is_missing)
+                        getattr(self, "feature_names", None), self.nan_is_missing, self._label_option)
+
+    @property
+    def _label_option(self) -> str:
+        """The option that leaves rows without a label out: a table's own, else any NaN row's."""
+        return "--missing-label skip" if self.encoding is not None or "missing_label" in self.__dict__ \
+            else "--skip-nonfinite"
 
     def _take(self, c: int, local: np.ndarray, sparse: bool) -> Batch | None:
         """Rows ``local`` (sorted) of chunk ``c`` read directly, without the whole chunk, or None.
@@ -363,7 +369,7 @@ class Dataset(Identity):
             if y is None:
                 return
             bad = bad_rows(np.zeros((len(y), 0), np.float32), y, int(self.bounds[i]), self.nonfinite, self.path,
-                           self.missing_labels)
+                           self.missing_labels, label_option=self._label_option)
             yield y if bad is None else y[~bad]
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ __all__ = ["bad_rows"]
 
 def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy: str,
              path: str, missing_labels: str = "error", names: list[str] | None = None,
-             nan_missing: bool = False) -> np.ndarray | None:
+             nan_missing: bool = False, label_option: str = "--missing-label skip") -> np.ndarray | None:
     """Mask of the rows of ``X`` (and ``y``) holding NaN/Inf, or None if there are none; under
     ``policy="error"`` the first such row is an error naming it (``"refuse"``: the same, for a
     model's predictions, where no option skips rows).
@@ -20,7 +20,8 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
     ``missing_labels="skip"``: a row whose label alone is NaN (a missing label of an encoded
     table) is skipped whatever the policy. ``names``: the features' names, to name the column;
     ``nan_missing``: a column of a store whose NaN is a missing value (HDF5, Zarr tables), for
-    which the error also says how to have it imputed.
+    which the error also says how to have it imputed. ``label_option``: what leaves a row whose
+    label alone is missing out, for the error about it.
     """
     # A cheap screen finds NaN/Inf; only then is the row located exactly.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -50,6 +51,10 @@ def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy
         where = f", column {name!r}" if name else ""
         impute = (f", or treat NaN as missing (imputed, with an indicator): --numeric {name}"
                   if nan_missing and name and np.isnan(X[at, int(cols[0])]) else "")
+        if not len(cols) and y is not None and y.dtype.kind == "f" and np.isnan(y.reshape(len(y), -1)[at]).any():
+            # (its features are fine: the label is what is missing, which --skip-nonfinite would hide)
+            raise DataError(f"{path}: row {row} has no label (missing or NaN); fill it in, or leave such rows "
+                            f"out with {label_option}")
         if policy == "refuse":  # (a model's predictions and evaluations: no option skips rows there)
             raise DataError(f"{path}: NaN or Inf in row {row}{where}{beyond}; a prediction is made for every row "
                             "read: clean the data first")
