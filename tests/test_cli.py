@@ -105,7 +105,9 @@ def test_rows_a_run_skipped_are_refused_by_predict_in_a_line_and_skipped_by_eval
         f"error: {tmp_path / 'd.parquet'}: NaN or Inf in row 5, column 'b' (or a value beyond float32's range, which "
         "reads as Inf); a prediction is made for every row read: clean the data first"]
     assert not (tmp_path / "p.csv").exists()
-    assert "399 rows" in run("evaluate", tmp_path / "run", tmp_path / "d.parquet").stdout
+    assert run("evaluate", tmp_path / "run", tmp_path / "d.parquet").stdout.splitlines()[0] == (
+        f"{tmp_path / 'd.parquet'} (all): 399 rows; 1 without a label, or with NaN or Inf (the run's "
+        "--skip-nonfinite) left out")
     assert run("train", tmp_path / "d.parquet", "--label", "y", "--epochs", 1,
                "--checkpoint-dir", tmp_path / "strict").returncode == 2
     b[5] = 0.0
@@ -145,6 +147,11 @@ def test_a_row_without_a_label_is_named_as_such_with_advice_that_works(tmp_path)
         given = [g for g in given if g not in ("--missing-label", "error")]
         assert run("train", tmp_path / name, *given, *option, "--epochs", 1,
                    "--checkpoint-dir", tmp_path / f"r{name}").returncode == 0
+    # evaluate says what it left out (it said "199 rows" alone)
+    shown = run("evaluate", tmp_path / "rt.parquet", tmp_path / "t.parquet")
+    assert shown.stdout.splitlines()[0] == f"{tmp_path / 't.parquet'} (all): 199 rows; 1 without a label left out"
+    assert json.loads(run("evaluate", tmp_path / "rt.parquet", tmp_path / "t.parquet", "--json").stdout)[
+        "rows_left_out"] == 1
 
 
 def test_usage_errors_exit_2():
