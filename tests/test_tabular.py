@@ -411,9 +411,14 @@ def test_rows_without_a_label_are_skipped_and_counted(tmp_path):
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
     assert "25 rows without a label skipped (--missing-label error refuses them)" in res.stderr
     ev = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "f.parquet", "--json").stdout)
-    assert ev["n"] == 975
+    assert ev["n"] == 975 and ev["rows_left_out"] == 25
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--missing-label", "error", check=False)
-    assert res.returncode == 2 and "row 0" in res.stderr
+    assert res.returncode == 2 and "row 0 has no label" in res.stderr
+    # with a hold-out split off, the count is of the rows trained on (it read as the file's)
+    res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--val-fraction", "0.2")
+    said = next(line for line in res.stderr.splitlines() if "without a label" in line)
+    assert said.endswith("rows without a label skipped among the rows trained on (the hold-out's are skipped too) "
+                         "(--missing-label error refuses them)") and "25 rows" not in said
     # through the decoded copy too (its labels: class indices, NaN where missing)
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--cache-dir", tmp_path / "c")
     assert "25 rows without a label skipped" in res.stderr

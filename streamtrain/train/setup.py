@@ -207,8 +207,9 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
         stats = scan(data, features, progress.update, first_only, (comm.rank, comm.size)).merged_across(comm)
     unlabelled = data.n_rows - stats.labelled
     if data.missing_labels == "skip" and unlabelled > 0 and not first_only and log and comm.rank == 0:
-        held = " of the rows trained on (the hold-out's are skipped too)" if getattr(data, "part", None) == "train" else ""
-        log(f"{data.path}: {unlabelled:,} row{'s' if unlabelled != 1 else ''}{held} without a label skipped "
+        held = " among the rows trained on (the hold-out's are skipped too)" if getattr(data, "part", None) == "train" \
+            else ""
+        log(f"{data.path}: {unlabelled:,} row{'s' if unlabelled != 1 else ''} without a label skipped{held} "
             "(--missing-label error refuses them)")
     return Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
                        data.format, data.path, log, weight, data.encoding)
