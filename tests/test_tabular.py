@@ -782,6 +782,20 @@ def test_predictions_to_tsv_are_tab_separated_with_class_names_quoted_where_need
         assert len(out) == 400 and set(out["prediction"]) <= {"late,\tvery", "on time"}
 
 
+def test_a_category_column_of_another_type_than_training_s_is_named_with_advice_that_works(tmp_path):
+    df = flights(300).assign(gate=lambda d: np.arange(len(d)) % 7)
+    df.to_parquet(tmp_path / "f.parquet")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--categorical", "gate", "--epochs", "1",
+         "--checkpoint-dir", tmp_path / "r")
+    df.assign(gate=df["gate"].astype(str)).to_parquet(tmp_path / "s.parquet")
+    res = _cli("evaluate", tmp_path / "r", tmp_path / "s.parquet", check=False)  # (it named neither file nor column)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 's.parquet'}, row group 0: column 'gate': it holds string values where training's held "
+        "int values; cast the column to int as training's file stored it"]
+    df.assign(gate=df["gate"].astype(str).astype(int)).to_parquet(tmp_path / "s.parquet")  # the advice, followed
+    assert _cli("evaluate", tmp_path / "r", tmp_path / "s.parquet").returncode == 0
+
+
 def test_the_left_out_warning_keeps_a_nested_type_whole(tmp_path):
     # (it split "list<element: int64>" at its first ": ", as "lst (list<element): int64>: ...")
     df = flights(300)

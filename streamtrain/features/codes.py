@@ -113,7 +113,8 @@ class Categories:
             return codes
         arr, kind = canonical(arr)
         if kind != self.kind:
-            raise DataError(f"a {self.kind} vocabulary cannot encode {kind} values")
+            raise DataError(f"it holds {kind} values where training's held {self.kind} values; cast the column "
+                            f"to {self.kind} as training's file stored it")
         # index_in: null where the value is absent from the vocabulary (or null itself).
         found = pc.index_in(arr, value_set=self.values).fill_null(-1).to_numpy(zero_copy_only=False)
         codes = found.astype(np.int64) + self.offset

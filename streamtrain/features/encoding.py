@@ -256,10 +256,14 @@ class _OneHot:
         return bucket(arr, self.buckets, self.salt) + 1  # null: -1 -> 0
 
     def encode(self, arr, out: np.ndarray, where: str) -> None:
+        try:
+            codes = self.codes(arr)
+        except DataError as e:  # (the file and the column it is about)
+            raise DataError(f"{where}: column {self.name!r}: {e}") from None
         if self.gather:
-            out[:, 0] = self.codes(arr)
+            out[:, 0] = codes
         else:
-            out[np.arange(len(out)), self.codes(arr)] = 1
+            out[np.arange(len(out)), codes] = 1
 
     def state(self) -> dict:
         extra = {"gather": True} if self.gather else {}
