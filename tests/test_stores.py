@@ -77,6 +77,28 @@ def test_xarray_zarr_columns_encode_as_parquet(zarr_format, tmp_path):
     np.testing.assert_array_equal(y, yr)
 
 
+def test_an_hdf5_file_of_one_1d_dataset_per_column_says_how_to_write_it_readably(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    cols = {"age": rng.integers(18, 90, 300), "income": rng.normal(size=300), "label": rng.integers(0, 2, 300)}
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for k, v in cols.items():
+            f[k] = v
+    message = (f"error: {tmp_path / 'c.h5'}: its datasets (age, income, label) are 1-D, one per column, which an "
+               "HDF5 file is not read as: write the columns as one table (pandas' DataFrame.to_hdf(path, key='data', "
+               "format='table'), or Parquet) or the features as one 2-D dataset")
+    # (it advised --features, and then said "no features dataset named ['age', 'income'] (found: age, income, ...)")
+    for extra in ([], ["--features", "age", "--features", "income", "--label", "label"]):
+        res = subprocess.run([str(BIN), "inspect", str(tmp_path / "c.h5"), *extra], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [message]
+    pd.DataFrame(cols).to_hdf(tmp_path / "t.h5", key="data", format="table")  # the advice, followed
+    res = subprocess.run([str(BIN), "inspect", str(tmp_path / "t.h5"), "--label", "label"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "feature_names: age, income" in res.stdout
+
+
 @pytest.mark.parametrize("strings", [False, True])  # (plain columns; encoded ones)
 def test_a_variable_over_a_second_dimension_is_named_as_left_out(strings, tmp_path):
     import xarray as xr

@@ -57,7 +57,13 @@ class HDF5Dataset(Dataset):
         dsets, tables = find_datasets(self._handle(), self.path, allow_external)
         want = features.lstrip("/") if isinstance(features, str) else None
         plain = {k: v for k, v in dsets.items() if v.dtype.names is None}
-        if want in plain:
+        if not tables and not any(v.ndim == 2 or k in FEATURE_KEYS for k, v in plain.items()) \
+                and sum(v.ndim == 1 for v in plain.values()) > 1:  # (columns as datasets: Zarr's layout, not HDF5's)
+            names = ", ".join(k for k, v in plain.items() if v.ndim == 1)
+            raise DataError(f"{self.path}: its datasets ({names}) are 1-D, one per column, which an HDF5 file is not "
+                            "read as: write the columns as one table (pandas' DataFrame.to_hdf(path, key='data', "
+                            "format='table'), or Parquet) or the features as one 2-D dataset")
+        elif want in plain:
             self._open_matrix(dsets, want, _strip(label))
         elif want in tables:
             self._open_table(dsets[want], want, None, label)
