@@ -77,6 +77,22 @@ def test_xarray_zarr_columns_encode_as_parquet(zarr_format, tmp_path):
     np.testing.assert_array_equal(y, yr)
 
 
+def test_a_variable_over_another_dimension_is_named_with_the_drop_that_reads_the_rest(tmp_path):
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    xr.Dataset({"a": ("row", rng.normal(size=300)), "y": ("row", rng.integers(0, 2, 300)),
+                "station_lat": ("station", rng.normal(size=5))}).to_zarr(tmp_path / "m.zarr", zarr_format=3,
+                                                                        consolidated=False)
+    run = lambda *a: subprocess.run([str(BIN), "inspect", str(tmp_path / "m.zarr"), "--label", "y", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    res = run()  # (it said "feature and label arrays have different lengths [5, 300]")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'm.zarr'}: station_lat has 5 rows where the other arrays have 300: not columns of this "
+        "table; leave it out with --drop station_lat"]
+    assert run("--drop", "station_lat").returncode == 0
+
+
 def test_an_hdf5_file_of_one_1d_dataset_per_column_says_how_to_write_it_readably(tmp_path):
     import pandas as pd
 

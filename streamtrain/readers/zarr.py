@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import Counter
 
 import numpy as np
 import numpy.typing as npt
@@ -215,8 +216,15 @@ class ZarrDataset(Dataset):
     def _check_columns(self, one_d, keys) -> None:
         """The arrays ``keys`` are safe to read and hold as many rows each."""
         lengths = {one_d[k].shape[0] for k in keys}
-        if len(lengths) > 1:
-            raise DataError(f"{self.path}: feature and label arrays have different lengths {sorted(lengths)}")
+        if len(lengths) > 1:  # (a variable over another dimension, as xarray writes one beside the table's)
+            count = Counter(one_d[k].shape[0] for k in keys)
+            main = max(count, key=lambda n: (count[n], n))
+            odd = [k for k in keys if one_d[k].shape[0] != main]
+            raise DataError(f"{self.path}: {', '.join(odd)} {'has' if len(odd) == 1 else 'have'} "
+                            f"{', '.join(sorted({str(one_d[k].shape[0]) for k in odd}))} rows where the other arrays "
+                            f"have {main}: not columns of this table; leave "
+                            f"{'it' if len(odd) == 1 else 'them'} out with "
+                            + " ".join(f"--drop {k}" for k in odd))
         for k in keys:
             _check_safe(one_d[k], self.path, text=True)
 
