@@ -210,7 +210,8 @@ class Model:
                 ds.close()
         if unlabelled is not None:
             raise DataError(f"{unlabelled}: no label to evaluate against (the model's was {self.label_name!r}); "
-                            "name it with --label")
+                            "name the file's label column with --label, or write predictions of unlabelled data "
+                            "with streamtrain predict")
         raise DataError(self._mismatch(source, need_label))
 
     def _fits(self, ds: Dataset) -> Dataset:
@@ -252,6 +253,8 @@ class Model:
                 hint = (f"--features {found.selection}" if isinstance(found.selection, str)
                         else _columns_hint(found.feature_names, len(names)))
         except DataError as e:
+            if self.encoding is not None:  # (the model reads its own columns: no --features fixes a file's lack)
+                return str(e)
             has, hint = f"no features streamtrain finds by itself ({e})", "--features"
         label = f" and the label {self.label_name!r}" if need_label and self.label_name else ""
         return (f"{where}: the model expects {expects}{label}; the file has {has}; select them with {hint}"

@@ -796,6 +796,20 @@ def test_a_category_column_of_another_type_than_training_s_is_named_with_advice_
     assert _cli("evaluate", tmp_path / "r", tmp_path / "s.parquet").returncode == 0
 
 
+def test_a_table_model_says_what_a_file_lacks_without_advising_features(tmp_path):
+    # (both ended "...; select them with --features", which cannot give a file a column or rows)
+    df = flights(300)
+    df.to_parquet(tmp_path / "f.parquet")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
+    df.drop(columns=["weather", "status"]).to_parquet(tmp_path / "lacks.parquet")
+    df.head(0).to_parquet(tmp_path / "empty.parquet")
+    for name, message in (("lacks.parquet", "has no column 'weather', which the model encodes (columns: "),
+                          ("empty.parquet", "the dataset has zero rows")):
+        res = _cli("predict", tmp_path / "r", tmp_path / name, "--out", tmp_path / "p.csv", check=False)
+        assert res.returncode == 2 and res.stderr.startswith(f"error: {tmp_path / name}: {message}")
+        assert "--features" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
 def test_the_left_out_warning_keeps_a_nested_type_whole(tmp_path):
     # (it split "list<element: int64>" at its first ": ", as "lst (list<element): int64>: ...")
     df = flights(300)
