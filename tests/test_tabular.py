@@ -808,6 +808,8 @@ def test_a_table_model_says_what_a_file_lacks_without_advising_features(tmp_path
         res = _cli("predict", tmp_path / "r", tmp_path / name, "--out", tmp_path / "p.csv", check=False)
         assert res.returncode == 2 and res.stderr.startswith(f"error: {tmp_path / name}: {message}")
         assert "--features" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = _cli("train", tmp_path / "empty.parquet", "--label", "status", check=False)  # (it said every label was missing)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {tmp_path / 'empty.parquet'}: no rows"]
 
 
 def test_the_left_out_warning_keeps_a_nested_type_whole(tmp_path):

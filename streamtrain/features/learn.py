@@ -309,7 +309,8 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
     if label_vocab is not None:
         values = label_vocab.finalize().values
         if not len(values):
-            raise DataError(f"{where}: label {label!r} has no values (every row's is missing)")
+            raise DataError(f"{where}: no rows" if not rows else
+                            f"{where}: label {label!r} has no values (every row's is missing)")
         label_enc = _Label(label, _given_classes(values, options.classes, label, where) if options.classes
                            else values.take(pc.sort_indices(values)))
     return Encoding(columns, label_enc, label, left, rows)
