@@ -139,7 +139,8 @@ def test_a_row_without_a_label_is_named_as_such_with_advice_that_works(tmp_path)
         y=lambda d: d["y"].mask(d.index == 7)).to_parquet(tmp_path / "t.parquet")
     # (both said "NaN or Inf in row 7; ... (--skip-nonfinite ...)": the label was what was missing)
     for name, given, option in (("m.h5", [], ["--skip-nonfinite"]),
-                                ("t.parquet", ["--label", "y", "--missing-label", "error"], ["--missing-label", "skip"])):
+                                ("t.parquet", ["--label", "y", "--missing-label", "error"],
+                                 ["--missing-label", "skip"])):
         res = run("train", tmp_path / name, *given, "--epochs", 1, "--checkpoint-dir", tmp_path / f"r{name}")
         assert res.returncode == 2 and res.stderr.strip().splitlines() == [
             f"error: {tmp_path / name}: row 7 has no label (missing or NaN); fill it in, or leave such rows out with "

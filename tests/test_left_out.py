@@ -45,7 +45,8 @@ def test_inspect_and_train_name_every_column_left_out(tmp_path):
     # the advice previewed: inspect takes train's column options and shows the plan they make
     planned = json.loads(subprocess.run([str(BIN), "inspect", str(tmp_path / "d.parquet"), "--json", "--hash", "uid:16"],
                                         capture_output=True, text=True, check=True).stdout)
-    assert planned["columns"]["uid"].startswith("large_string, none missing; hashed") and "16 buckets" in planned["columns"]["uid"]
+    uid = planned["columns"]["uid"]
+    assert uid.startswith("large_string, none missing; hashed") and "16 buckets" in uid
     assert planned["columns"]["tags"] == columns["tags"] and planned["n_features"] == info["n_features"] + 17  # (and a missing input)
     run = tmp_path / "run"
     subprocess.run([str(BIN), "train", str(tmp_path / "d.parquet"), "--epochs", "1", "--checkpoint-dir", str(run),

@@ -808,7 +808,8 @@ def test_a_table_model_says_what_a_file_lacks_without_advising_features(tmp_path
         res = _cli("predict", tmp_path / "r", tmp_path / name, "--out", tmp_path / "p.csv", check=False)
         assert res.returncode == 2 and res.stderr.startswith(f"error: {tmp_path / name}: {message}")
         assert "--features" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    res = _cli("train", tmp_path / "empty.parquet", "--label", "status", check=False)  # (it said every label was missing)
+    # (it said every row's label was missing)
+    res = _cli("train", tmp_path / "empty.parquet", "--label", "status", check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {tmp_path / 'empty.parquet'}: no rows"]
 
 
@@ -818,7 +819,8 @@ def test_the_left_out_warning_keeps_a_nested_type_whole(tmp_path):
     table = pa.Table.from_pandas(df, preserve_index=False).append_column(
         "lst", pa.array([[i, i] for i in range(300)])).append_column("st", pa.array([{"a": i} for i in range(300)]))
     pq.write_table(table, tmp_path / "t.parquet")
-    res = _cli("train", tmp_path / "t.parquet", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
+    res = _cli("train", tmp_path / "t.parquet", "--label", "status", "--epochs", "1",
+               "--checkpoint-dir", tmp_path / "r")
     warning = next(line for line in res.stderr.splitlines() if "left out" in line)
     assert "lst (list<element: int64>): a list per row (explode it, or pick an element into a column)" in warning
     assert "st (struct<a: int64>): a struct (flatten it into columns)" in warning
