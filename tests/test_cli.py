@@ -78,7 +78,11 @@ def test_inspect_dataset_json():
     (["train", "missing.h5"], "missing.h5: no such file"),
     (["train", DATA / "README.md"], "unknown format"),
     (["train", DATA / "digits.h5", "--label", "nope"], "no label dataset named 'nope'"),
-    (["evaluate", DATA / "digits.h5", DATA / "digits.h5"], "not a valid streamtrain checkpoint"),
+    (["evaluate", DATA / "digits.h5", DATA / "digits.h5"],
+     "digits.h5 is a data file, not a checkpoint: the run comes first (streamtrain evaluate RUN DATA)"),
+    (["predict", DATA / "digits.h5", "runs/x", "--out", "p.csv"],  # (swapped: it said "BadZipFile")
+     "digits.h5 is a data file, not a checkpoint: the run comes first (streamtrain predict RUN DATA --out FILE)"),
+    (["inspect", "."], ".: a directory with neither a Zarr group nor Parquet files in it (it is empty)"),
     (["make-data", "x.txt", "--rows", 5, "--features", 2], "unknown format"),
 ])
 def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import DataError
 from ..io.outputs import check_output
 from ..io.resolve import resolve_checkpoint
 from ..io.rundir import read_history
@@ -36,6 +37,7 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
 
     Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
     """
+    _checkpoint_first(checkpoint, "evaluate")
     trainer = Trainer.load(checkpoint, optimizer_state=False)  # (it predicts: no optimiser state)
     ds = trainer.open_like_training(_open_selected(trainer, data, features, label))
     if split != "all":
@@ -88,6 +90,7 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
 
     Example: streamtrain predict runs/bc data/breast_cancer.parquet --out predictions.csv
     """
+    _checkpoint_first(checkpoint, "predict")
     trainer = Trainer.load(checkpoint, optimizer_state=False)  # (it predicts: no optimiser state)
     ds = trainer.open_like_training(_open_selected(trainer, data, features, label), need_label=False)
     with _progress(f"predicting {ds.path}", ds.n_rows, every=log_every) as progress:
@@ -95,6 +98,18 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
         inputs = [data] + ([checkpoint] if Path(checkpoint).is_file() else [])
         info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update, inputs=inputs)
     click.echo(f"wrote {info['path']}: {info['rows']} rows, columns {', '.join(info['columns'])}")
+
+
+def _checkpoint_first(checkpoint, command: str) -> None:
+    """A usage error for a data file given where the checkpoint goes (the arguments swapped)."""
+    from ..readers.formats import format_for
+
+    try:
+        format_for(checkpoint)
+    except DataError:
+        return
+    raise click.UsageError(f"{checkpoint} is a data file, not a checkpoint: the run comes first "
+                           f"(streamtrain {command} RUN DATA{' --out FILE' if command == 'predict' else ''})")
 
 
 @cli.command()

@@ -34,6 +34,9 @@ def detect_format(path: str | os.PathLike) -> str:
                 return "zarr"
             if _first_data_file_is_parquet(p):
                 return "parquet"
+            files = [f.name for f in p.iterdir() if not f.name.startswith((".", "_"))][:5]
+            raise DataError(f"{path}: a directory with neither a Zarr group nor Parquet files in it ("
+                            + (f"found: {', '.join(sorted(files))}" if files else "it is empty") + ")") from None
         raise
 
 
