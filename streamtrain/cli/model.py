@@ -104,6 +104,8 @@ def _checkpoint_first(checkpoint, command: str) -> None:
     """A usage error for a data file given where the checkpoint goes (the arguments swapped)."""
     from ..readers.formats import format_for
 
+    if Path(str(checkpoint)).is_dir():  # (a run's directory may be named as data is: runs/x.parquet)
+        return
     try:
         format_for(checkpoint)
     except DataError:
