@@ -151,6 +151,17 @@ class _Halves:
         self.lock = threading.Lock()
         self.go, self.done = threading.Event(), threading.Event()
         self.job = self.error = self.thread = None
+        self.shares = None  # whether this process has a second core to share with (asked once)
+
+    def worth_it(self) -> bool:
+        """Whether a second thread can run beside the caller: two cores or more, code compiled."""
+        if self.shares is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cores = os.cpu_count() or 1
+            self.shares = cores > 1 and not numba.config.DISABLE_JIT
+        return self.shares
 
     def _serve(self) -> None:
         while True:
@@ -191,13 +202,6 @@ if hasattr(os, "register_at_fork"):  # (a forked child has the forking thread al
     os.register_at_fork(after_in_child=lambda: _HALVES.__init__())
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def adam_rows(p: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray, g: np.ndarray, beta1: float,
               beta2: float, step: float, c2: float, eps: float) -> None:
     """Lazy Adam on ``rows`` of ``p`` ``(rows, columns)`` and its moments, their gradient ``g``;
@@ -207,7 +211,7 @@ def adam_rows(p: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray, g: 
     s = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, step, c2, eps], dtype=p.dtype)
     g = np.ascontiguousarray(g, p.dtype)
     h = rows.size // 2
-    if rows.size >= SPLIT_ROWS and not numba.config.DISABLE_JIT and _cores() > 1 and (rows[1:] > rows[:-1]).all():
+    if rows.size >= SPLIT_ROWS and _HALVES.worth_it() and (rows[1:] > rows[:-1]).all():
         _HALVES.both(_adam_rows, (p, m, v, rows[:h], g[:h], s), (p, m, v, rows[h:], g[h:], s))
     else:
         _adam_rows(p, m, v, rows, g, s)
