@@ -35,9 +35,9 @@ class Labels:
         self.task, self.classes = task, list(classes)
         self.n_out = n_out if n_out is not None else (1 if task == "binary" else len(self.classes))
         self._identity = self.classes == list(range(len(self.classes)))
-        # Classes that are strings (a class label's own values) arrive as their indices: the
+        # Classes that are strings or booleans (a class label's own values) arrive as their indices: the
         # reader's encoding found them, so the labels read are 0..K-1 (NaN where missing).
-        self._indices = any(isinstance(c, str) for c in self.classes)
+        self._indices = any(isinstance(c, (str, bool)) for c in self.classes)
         self._table = np.asarray(self.classes) if self.classes else None
         # (classes in the order --classes gave, not sorted: looked up through their sorted order)
         self._order = np.argsort(self._table, kind="stable") if self.classes else None

@@ -333,7 +333,8 @@ class Model:
                     proba = np.hstack([1 - output, output]) if self.task == "binary" else output
                     w.write(proba.astype(np.float32), self.labels.decode(proba.argmax(axis=1)))
                 n += len(output)
-        return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else [])}
+            layout = w.layout()
+        return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else []), "layout": layout}
 
     def predict_proba(self, source) -> np.ndarray:
         """Class probabilities for every row of ``source`` (held in memory: for small data;

@@ -67,13 +67,22 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
     click.echo(f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>9}")
     for c, p, r, f, n in zip(result["classes"], result["precision"], result["recall"], result["f1"],
                              result["support"]):
-        click.echo(f"{c!s:>12} {p:9.3f} {r:7.3f} {f:6.3f} {n:9,d}")
+        click.echo(f"{_short(c):>12} {p:9.3f} {r:7.3f} {f:6.3f} {n:9,d}")
     for avg in ("macro", "weighted"):
         m = result[avg]
         click.echo(f"{avg + ' avg':>12} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} {result['n']:9,d}")
     click.echo("confusion matrix (rows: true, columns: predicted):")
-    for row in result["confusion_matrix"]:
-        click.echo("  " + " ".join(f"{v:6d}" for v in row))
+    names = [_short(c) for c in result["classes"]]
+    width = max(6, *(len(n) for n in names), *(len(f"{v:,d}") for row in result["confusion_matrix"] for v in row))
+    click.echo(f"{'':>12} " + " ".join(f"{n:>{width}}" for n in names))
+    for name, row in zip(names, result["confusion_matrix"]):
+        click.echo(f"{name:>12} " + " ".join(f"{v:>{width},d}" for v in row))
+
+
+def _short(value, most: int = 12) -> str:
+    """A class's value as a table's cell shows it: at most ``most`` characters."""
+    text = str(value)
+    return text if len(text) <= most else text[:most - 1] + "…"
 
 
 @cli.command()
@@ -97,7 +106,7 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
         # a checkpoint directory may take new files (a run's own files are refused anyway)
         inputs = [data] + ([checkpoint] if Path(checkpoint).is_file() else [])
         info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update, inputs=inputs)
-    click.echo(f"wrote {info['path']}: {info['rows']} rows, columns {', '.join(info['columns'])}")
+    click.echo(f"wrote {info['path']}: {info['rows']} rows, {info['layout']}")
 
 
 def _checkpoint_first(checkpoint, command: str) -> None:

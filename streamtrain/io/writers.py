@@ -46,8 +46,21 @@ class Writer:
         if self.written != self.n_rows:
             raise ValueError(f"{self.path}: {self.written} rows written, {self.n_rows} declared")
 
+    def layout(self) -> str:
+        """Where the columns are in the file, as a message names them: ``columns a, b, y``."""
+        return "columns " + ", ".join(self.feature_names + ([self.label_name] if self.label_name else []))
 
-class HDF5Writer(Writer):
+
+class _Matrix(Writer):
+    """A format that keeps the columns as one 2-D array ``X`` (their names in its ``feature_names``
+    attribute) beside the label's 1-D array."""
+
+    def layout(self) -> str:
+        return (f"array X ({', '.join(self.feature_names)}: its feature_names attribute)"
+                + (f" and array {self.label_name}" if self.label_name else ""))
+
+
+class HDF5Writer(_Matrix):
     def open(self, tmp: Path):
         import h5py
 
@@ -76,7 +89,7 @@ class HDF5Writer(Writer):
         self._f.close()
 
 
-class ZarrWriter(Writer):
+class ZarrWriter(_Matrix):
     def open(self, tmp: Path):
         import zarr
 
@@ -163,7 +176,7 @@ class CSVWriter(Writer):
         self._fh.write(self._sep.join(_csv_field(h, self._sep) for h in header) + "\n")
 
     def _write(self, a, X, y):
-        if y is not None and y.dtype.kind in "UO":  # a class label's own values, quoted where needed
+        if y is not None and y.dtype.kind in "UOb":  # a class label's own values (True, False), quoted where needed
             text = io.StringIO()
             np.savetxt(text, X, fmt="%.9g", delimiter=self._sep)
             lines = text.getvalue().splitlines()

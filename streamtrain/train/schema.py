@@ -263,9 +263,10 @@ class TrainerSchema(Schema):
 
     @staticmethod
     def _check_classes(classes: Any, task: str, n_out: int) -> None:
-        if not isinstance(classes, list) or not all(
-                isinstance(c, (int, float, str)) and not isinstance(c, bool) for c in classes):
-            raise ValueError("metadata field classes must be a list of numbers or strings")
+        if not isinstance(classes, list) or not (
+                all(isinstance(c, (int, float, str)) and not isinstance(c, bool) for c in classes)
+                or all(isinstance(c, bool) for c in classes)):  # (a boolean label's: [false, true])
+            raise ValueError("metadata field classes must be a list of numbers, strings or booleans")
         want = {"regression": 0, "binary": 2, "multiclass": n_out}[task]
         if len(classes) != want and not (task == "binary" and len(classes) == 1):
             raise ValueError(f"metadata field classes has {len(classes)} entries; a {task} model "
