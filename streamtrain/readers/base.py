@@ -346,8 +346,13 @@ class Dataset(Identity):
     def iter_chunks(self, part: tuple[int, int] = (0, 1)):
         """Yield ``(X, y)`` for every chunk in order, bypassing the cache (skipped rows dropped);
         ``part=(k, n)``: only chunks ``i`` with ``i % n == k`` (one process's share)."""
+        # (the chunks whole, as the stamp reads them: not a statistics pass's, without its codes)
+        watch = self._stamp_watch() if part == (0, 1) and self.read_codes else None
         for i in range(part[0], self.n_chunks, part[1]):
-            X, y = self._checked(i, *self._load_chunk(i))
+            X, y = self._load_chunk(i)
+            if watch is not None:  # (the content stamp's sampled chunks, hashed as they go by)
+                watch.see(i, X, y)
+            X, y = self._checked(i, X, y)
             keep = self._skipped.get(i)
             if keep is not None:
                 X, y = X[keep], None if y is None else y[keep]
@@ -355,6 +360,8 @@ class Dataset(Identity):
             # Drop our references before reading the next chunk, so its memory can be reused
             # (fresh pages cost a page fault each: as much as reading uncompressed data).
             del X, y
+        if watch is not None:
+            watch.done()
 
     def _load_labels(self, i: int) -> np.ndarray | None:
         """The labels of chunk ``i`` as stored (formats that can read them alone override this)."""

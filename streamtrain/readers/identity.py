@@ -87,7 +87,19 @@ class Identity:
         """``content_stamp``, and a SHA-256 of the sampled chunks' bytes alone. Kept for this open
         dataset while its files' sizes and times stay the same (a run's start asks up to three
         times, and remote chunks are slow to read); data in memory, which may change in place
-        unseen, is hashed at each call."""
+        unseen, is hashed at each call. A whole pass over the chunks in order (``iter_chunks``: the
+        scaling statistics' pass, before a run asks, where it reads every column) hashes them as
+        they go by (``_StampWatch``)."""
+        stamps = self._file_stamps()
+        kept = self.__dict__.get("_stamps_kept")
+        if kept is not None and kept[0] == stamps and self.format != "memory":
+            return kept[1]
+        watch = _StampWatch(self, stamps)
+        for c in watch.picks:
+            watch.see(c, *self._load_locked(c))
+        return watch.done(check_files=False)
+
+    def _file_stamps(self) -> list[str]:
         stamps = []
         for path in self._stamped_files():
             try:
@@ -95,23 +107,44 @@ class Identity:
                 stamps.append(f"{os.path.basename(path)}|{st.st_size}|{st.st_mtime_ns}\n")
             except OSError:
                 stamps.append(f"{path}|missing\n")
-        kept = self.__dict__.get("_stamps_kept")
-        if kept is not None and kept[0] == stamps and self.format != "memory":
-            return kept[1]
-        h, sample = hashlib.sha256(), hashlib.sha256()
-        for line in stamps:
-            h.update(line.encode())
-        picks = sorted({0, self.n_chunks // 2, self.n_chunks - 1})[:self.SAMPLED_CHUNKS]
-        for c in picks:
-            X, y = self._load_locked(c)
-            for part in (X, y):
-                if part is not None:
-                    data = np.ascontiguousarray(part).tobytes()
-                    h.update(data)
-                    sample.update(data)
-        self.__dict__["_stamps_kept"] = (stamps, (h.hexdigest(), sample.hexdigest()))
-        return self.__dict__["_stamps_kept"][1]
+        return stamps
+
+    def _stamp_watch(self) -> _StampWatch | None:
+        """What ``iter_chunks`` feeds its chunks to, where the stamps are still to be made."""
+        if self.format == "memory" or "_stamps_kept" in self.__dict__:
+            return None
+        return _StampWatch(self, self._file_stamps())
 
     def _stamped_files(self) -> list[str]:
         """The local files whose size and modification time stand for the content (none here)."""
         return []
+
+
+class _StampWatch:
+    """The content stamps made from the sampled chunks as they are read in order: the file stamps,
+    then each sampled chunk's bytes (``see``); ``done`` keeps them on the dataset."""
+
+    def __init__(self, ds: Identity, stamps: list[str]):
+        self.ds, self.stamps = ds, stamps
+        self.picks = sorted({0, ds.n_chunks // 2, ds.n_chunks - 1})[:ds.SAMPLED_CHUNKS]
+        self.h, self.sample, self.seen = hashlib.sha256(), hashlib.sha256(), 0
+        for line in stamps:
+            self.h.update(line.encode())
+
+    def see(self, i: int, X: np.ndarray, y: np.ndarray | None) -> None:
+        """Chunk ``i`` as loaded, whole (rows a NaN screen skips included)."""
+        if self.seen < len(self.picks) and i == self.picks[self.seen]:
+            for part in (X, y):
+                if part is not None:
+                    data = np.ascontiguousarray(part).tobytes()
+                    self.h.update(data)
+                    self.sample.update(data)
+            self.seen += 1
+
+    def done(self, check_files: bool = True) -> tuple[str, str] | None:
+        """The stamps, kept on the dataset; None where a sampled chunk was not seen or (``check_files``)
+        a file changed meanwhile."""
+        if self.seen < len(self.picks) or (check_files and self.ds._file_stamps() != self.stamps):
+            return None
+        self.ds.__dict__["_stamps_kept"] = (self.stamps, (self.h.hexdigest(), self.sample.hexdigest()))
+        return self.ds.__dict__["_stamps_kept"][1]
