@@ -7,6 +7,7 @@ refuses, and a checkpoint's stored settings are validated the same way when it i
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
@@ -80,7 +81,7 @@ def class_weights(spec: str) -> str | dict[str, float] | None:
     if spec == "balanced":
         return spec
     out = {}
-    for part in spec.split(","):
+    for part in names(spec):
         label, sep, value = part.partition("=")
         try:
             weight = float(value)
@@ -108,6 +109,13 @@ def choices() -> dict[str, tuple[str, ...]]:
             "scale": tuple(SCALINGS), "dtype": ("float32", "float64"), "lr_schedule": tuple(SCHEDULES),
             "early_stopping_metric": EARLY_STOPPING_METRICS, "missing": ("impute", "error"),
             "missing_label": ("skip", "error"), "sparse_reduce": ("auto", "gather", "allreduce")}
+
+
+def names(text: str) -> list[str]:
+    """The column names of a comma-separated option; a name holding a comma is written in double
+    quotes, as in a CSV row (``--drop '"a,b",c'``)."""
+    row = next(csv.reader([text], skipinitialspace=True), [])
+    return [c.strip() for c in row if c.strip()]
 
 
 @dataclass
@@ -300,9 +308,6 @@ class TrainConfig:
 
     def encode_options(self) -> dict | None:
         """How a table's columns are encoded (``EncodingOptions``' fields), or None for the defaults."""
-        def names(text: str) -> list[str]:
-            return [c.strip() for c in text.split(",") if c.strip()]
-
         hashed = {}
         for item in names(self.hash):
             col, _, buckets = item.rpartition(":") if ":" in item else (item, "", "")
@@ -344,7 +349,7 @@ class TrainConfig:
 
     def class_list(self) -> list[str]:
         """``classes`` as a list (empty: not given)."""
-        return [c.strip() for c in self.classes.split(",") if c.strip()]
+        return names(self.classes)
 
     @property
     def learning_rate(self) -> float:

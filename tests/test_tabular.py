@@ -745,6 +745,17 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
     res = _cli("train", tmp_path / "f.parquet", "--label", "status", "--date-parts", "distance", check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'f.parquet'}: --date-parts distance: the column is double, which has no date parts"]
+    # a date (no time of day) has no hour: the error says which parts to ask for, and they train
+    df.assign(day=df["departs"].dt.date).to_parquet(tmp_path / "d.parquet")
+    for given, advice in (("day", "day:weekday+month"), ("day:hour+month", "day:month")):
+        res = _cli("train", tmp_path / "d.parquet", "--label", "status", "--date-parts", given, check=False)
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+            f"error: {tmp_path / 'd.parquet'}: --date-parts day: the column is date32[day], a date with no time of "
+            f"day, so no hour; ask for its other parts: --date-parts {advice}"]
+    _cli("train", tmp_path / "d.parquet", "--label", "status", "--date-parts", "day:weekday+month", "--epochs", "1",
+         "--checkpoint-dir", tmp_path / "rd", "--quiet")
+    _, _, meta = latest_checkpoint(tmp_path / "rd", schema=TRAINER)
+    assert {"day.weekday=0", "day.month=1"} <= set(meta["model"]["feature_names"])
     # a string column is refused too (it was taken, and its parts silently not made), by inspect as by train
     for command in ("train", "inspect"):
         res = _cli(command, tmp_path / "f.parquet", "--label", "status", "--date-parts", "carrier", check=False)
@@ -780,6 +791,71 @@ def test_predictions_to_tsv_are_tab_separated_with_class_names_quoted_where_need
         assert head == sep.join(['"p_late,\tvery"', "p_on time", "prediction"])
         out = pd.read_csv(tmp_path / f"p{suffix}", sep=sep)
         assert len(out) == 400 and set(out["prediction"]) <= {"late,\tvery", "on time"}
+
+
+def test_a_boolean_label_s_classes_are_false_and_true_everywhere(tmp_path):
+    # (a bool label was read as the numbers 0 and 1: predictions said 1, columns p_0 and p_1)
+    df = flights(600).assign(late=lambda d: d["status"] == "late").drop(columns="status")
+    df.to_parquet(tmp_path / "f.parquet")
+    df.to_csv(tmp_path / "f.csv", index=False)  # (pyarrow reads its True/False as booleans)
+    assert "2 classes: False, True" in _cli("inspect", tmp_path / "f.parquet", "--label", "late").stdout
+    for name in ("f.parquet", "f.csv"):
+        _cli("train", tmp_path / name, "--label", "late", "--epochs", "3", "--checkpoint-dir", tmp_path / name[2:])
+    _cli("train", tmp_path / "f.parquet", "--label", "late", "--epochs", "4", "--checkpoint-dir", tmp_path / "parquet",
+         "--resume")
+    run = tmp_path / "parquet"
+    res = _cli("predict", run, tmp_path / "f.parquet", "--out", tmp_path / "p.csv")
+    assert "columns p_False, p_True, prediction" in res.stdout
+    text = (tmp_path / "p.csv").read_text().splitlines()
+    assert text[0] == "p_False,p_True,prediction" and {line.rsplit(",", 1)[1] for line in text[1:]} == {"False", "True"}
+    _cli("predict", run, tmp_path / "f.parquet", "--out", tmp_path / "p.parquet")
+    pred = pd.read_parquet(tmp_path / "p.parquet")["prediction"]
+    assert pred.dtype == bool
+    assert pd.read_csv(tmp_path / "p.csv")["prediction"].tolist() == pred.tolist()
+    assert json.loads(_cli("evaluate", tmp_path / "csv", tmp_path / "f.csv", "--json").stdout)["classes"] == \
+        [False, True]
+    evaluated = json.loads(_cli("evaluate", run, tmp_path / "f.parquet", "--json").stdout)
+    assert evaluated["classes"] == [False, True] and (pred == df["late"]).mean() == evaluated["accuracy"] > 0.7
+    lines = _cli("evaluate", run, tmp_path / "f.parquet").stdout.splitlines()
+    at = lines.index("confusion matrix (rows: true, columns: predicted):")
+    # (the matrix's rows and columns named by their class)
+    assert lines[at + 1].split() == ["False", "True"]
+    assert [line.split()[0] for line in lines[at + 2:at + 4]] == ["False", "True"]
+    assert [[int(v.replace(",", "")) for v in line.split()[1:]] for line in lines[at + 2:at + 4]] == \
+        evaluated["confusion_matrix"]
+
+
+def test_a_column_whose_name_holds_a_comma_is_named_in_quotes_as_the_error_advises(tmp_path):
+    # (the option's commas split "fare, usd" into two names, and no quoting took it whole)
+    df = flights(300).rename(columns={"distance": "fare, usd"})
+    df.to_parquet(tmp_path / "f.parquet")
+    res = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--drop", "fare, usd", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.parquet'}: --drop names no column 'fare'; column 'fare, usd' holds a comma: write it "
+        """in double quotes, --drop '"fare, usd"'"""]
+    out = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--drop", '"fare, usd"', "--drop", "seats").stdout
+    assert "fare, usd: left out: dropped on purpose" in out and "seats: left out: dropped on purpose" in out
+    assert "both name column 'fare, usd'" in _cli("train", tmp_path / "f.parquet", "--label", "status", "--numeric",
+                                                  '"fare, usd"', "--drop", '"fare, usd"', check=False).stderr
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--numeric", '"fare, usd"', "--epochs", "1",
+         "--checkpoint-dir", tmp_path / "r", "--quiet")
+    _, _, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert "fare, usd" in meta["model"]["feature_names"]
+
+
+def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):
+    # (the message named columns p_* that an HDF5 or Zarr file holds as one array X)
+    import h5py
+
+    flights(300).to_parquet(tmp_path / "f.parquet")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
+    res = _cli("predict", tmp_path / "r", tmp_path / "f.parquet", "--out", tmp_path / "p.h5")
+    assert res.stdout.strip().endswith(
+        "300 rows, array X (p_late, p_on time: its feature_names attribute) and array prediction")
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert [n.decode() if isinstance(n, bytes) else n for n in f["X"].attrs["feature_names"]] == \
+            ["p_late", "p_on time"]
+        assert f["X"].shape == (300, 2) and f["prediction"].shape == (300,)
 
 
 def test_a_category_column_of_another_type_than_training_s_is_named_with_advice_that_works(tmp_path):

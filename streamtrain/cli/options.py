@@ -116,7 +116,8 @@ def _config_option(f: dataclasses.Field):
             return click.option(f"{flag}/--no-{flag[2:]}", name, default=True, show_default=True, help=meta["help"])
         return click.option(flag, name, is_flag=True, help=meta["help"])
     if meta.get("listed"):  # (--hash a --hash b is --hash a,b: a repeated list option is not one dropped)
-        return click.option(flag, name, multiple=True, callback=_joined, help=meta["help"] + " May be repeated.")
+        return click.option(flag, name, multiple=True, callback=_joined,
+                            help=meta["help"] + " May be repeated. A name holding a comma goes in double quotes.")
     if name in table:
         kind = click.Choice(list(table[name]))
     elif isinstance(default, str):

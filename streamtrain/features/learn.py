@@ -66,6 +66,52 @@ def shared_pass(rank: int, size: int, allgather: Callable[[Any], list]):
         _shared = before
 
 
+class _Beside:
+    """The pass's work on a second core, where there is one: the next chunk read while this one is
+    counted (``ahead``), and a chunk's columns counted two at a time (``each``). Each column's
+    state is touched by one thread at a time, in chunk order: the result is the one thread's."""
+
+    def __init__(self, wanted: bool):
+        import os
+
+        self._pool = None
+        if wanted and (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="streamtrain-pass")
+
+    def __enter__(self) -> _Beside:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def ahead(self, items: Iterable):
+        """``items``, the next one made on the other thread while the caller works on this one."""
+        if self._pool is None:
+            yield from items
+            return
+        it = iter(items)
+        _end = object()
+        coming = self._pool.submit(next, it, _end)
+        while True:
+            item = coming.result()
+            if item is _end:
+                return
+            coming = self._pool.submit(next, it, _end)
+            yield item
+
+    def each(self, work: Callable, items: Iterable) -> None:
+        """``work(item)`` for every item, two at a time (errors raised as the loop's would be)."""
+        if self._pool is None:
+            for item in items:
+                work(item)
+            return
+        for f in [self._pool.submit(work, item) for item in items]:
+            f.result()
+
+
 class _Pass:
     """What the one pass over the data accumulates for one column: for a categorical column its
     values (non-null), a distinct-count sketch and a vocabulary, which is given up as soon as the
@@ -205,8 +251,9 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                                       and null_counts(p.name) != 0):
             passes[p.name] = _Pass(p, count_values=False)
     label_type = schema.field(label).type if label else None
+    # (a boolean label is a class label too: its classes False and True, as the user wrote them)
     class_label = label_type is not None and not (_T.is_integer(label_type) or _T.is_floating(label_type)
-                                                  or _T.is_decimal(label_type) or _T.is_boolean(label_type))
+                                                  or _T.is_decimal(label_type))
     label_vocab = Vocabulary(MAX_LABEL_CLASSES + 1) if class_label else None
     if class_label:
         try:
@@ -221,14 +268,15 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                          "too many classes (a numeric target trains with --task regression)")
     if keys:
         chunks = tables(keys, part=(share.rank, share.size)) if share else enumerate(tables(keys))
-        for i, table in chunks:
-            rows += table.num_rows
-            for name, acc in passes.items():
-                acc.update(table.column(name), i)
-            if label_vocab is not None:
-                label_vocab.update(table.column(label))
-                if len(label_vocab) > MAX_LABEL_CLASSES or not label_vocab.exact:
-                    raise too_many
+        with _Beside(len(passes) > 1) as beside:
+            for i, table in beside.ahead(chunks):
+                rows += table.num_rows
+                # (each column's pass is its own: hashing, sorting and Arrow's counts release the GIL)
+                beside.each(lambda item: item[1].update(table.column(item[0]), i), passes.items())
+                if label_vocab is not None:
+                    label_vocab.update(table.column(label))
+                    if len(label_vocab) > MAX_LABEL_CLASSES or not label_vocab.exact:
+                        raise too_many
     if share is not None:  # every process's share, merged in rank order: the same on each
         mine = {"rows": rows, "passes": {k: a.state() for k, a in passes.items()},
                 "label": None if label_vocab is None else label_vocab.state_dict()}
@@ -258,9 +306,13 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                                 "(--missing impute fills them with the column's mean)")
             mean = acc.mean if acc is not None else 0.0
             parts = tuple(dict.fromkeys(options.date_parts.get(p.name, ())))
-            if parts and (p.kind != "datetime" or ("hour" in parts and _T.is_date(p.arrow_type))):
+            if parts and p.kind != "datetime":
                 raise ConfigError(f"{where}: --date-parts {p.name}: the column is {p.arrow_type}, which has no "
-                                  f"{'hour' if p.kind == 'datetime' else 'date parts'}")
+                                  "date parts")
+            if "hour" in parts and _T.is_date(p.arrow_type):  # (a bare --date-parts COL asks for all three)
+                rest = "+".join(x for x in parts if x != "hour") or "weekday+month"
+                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {p.arrow_type}, a date with no "
+                                  f"time of day, so no hour; ask for its other parts: --date-parts {p.name}:{rest}")
             columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
                                     bool(acc is not None and acc.nulls), options.missing, parts))
         elif p.kind == "hashed" and p.buckets is not None and options.hash_bits is None:

@@ -111,6 +111,11 @@ def _check_overrides(overrides: dict, names: list[str]) -> dict[str, tuple[str, 
             raise ConfigError(f"overrides: {key} is a list of column names")
         for col in cols:
             if col not in names:
+                comma = next((n for n in names if "," in n and str(col) in (p.strip() for p in n.split(","))), None)
+                if comma is not None:  # (the option's commas split it: names are quoted as in a CSV row)
+                    quoted = '"' + comma.replace('"', '""') + '"'
+                    raise ConfigError(f"--{key} names no column {col!r}; column {comma!r} holds a comma: write it "
+                                      f"in double quotes, --{key} '{quoted}'")
                 near = difflib.get_close_matches(str(col), names, n=1)
                 raise ConfigError(f"--{key} names no column {col!r}"
                                   + (f" (did you mean {near[0]!r}?" if near else f" (columns: {', '.join(names)}")
