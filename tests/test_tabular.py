@@ -5,6 +5,7 @@ learned once, kept in the checkpoint and applied alike by train, resume, evaluat
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -1036,6 +1037,38 @@ def test_processes_share_the_encodings_pass_and_learn_what_one_learns(tmp_path, 
         together = open_dataset(tmp_path / "f.parquet", label="status").encoding.state_dict()
     assert read == [0, 2, 4, 6]
     assert together == alone  # means summed in chunk order, counts merged exactly: the same to the bit
+
+
+def test_the_pass_on_two_threads_learns_what_one_thread_learns(tmp_path, monkeypatch):
+    # (each column counted on either thread, the next chunk read meanwhile: the same encoding to the bit)
+    import threading
+
+    from streamtrain.features import learn
+    from streamtrain.readers.parquet import ParquetDataset
+
+    # (one column given up to hashing past --max-categories, one kept, numbers with missing values)
+    df = flights(3000).assign(flight_id=lambda d: d["flight_id"].str[:5], tag=(np.arange(3000) % 97).astype(str))
+    df.to_parquet(tmp_path / "f.parquet", row_group_size=250)
+    opts = {"encode": {"max_categories": 50, "hash_buckets": 16}}
+    threads = set()
+    real = ParquetDataset._table
+    monkeypatch.setattr(ParquetDataset, "_table",
+                        lambda self, i, keys: threads.add(threading.current_thread().name) or real(self, i, keys))
+    two = open_dataset(tmp_path / "f.parquet", label="status", **opts).encoding.state_dict()
+    if len(os.sched_getaffinity(0)) > 1:
+        assert any(t.startswith("streamtrain-pass") for t in threads)
+    real_init = learn._Beside.__init__
+    monkeypatch.setattr(learn._Beside, "__init__", lambda self, wanted: real_init(self, False))
+    threads.clear()
+    one = open_dataset(tmp_path / "f.parquet", label="status", **opts).encoding.state_dict()
+    assert threads == {threading.current_thread().name} and one == two
+    kinds = {c["name"]: c["kind"] for c in one["columns"]}
+    assert kinds["tag"] != kinds["carrier"]  # (one hashed, one a vocabulary)
+    # an error in a column's count is the pass's, whichever thread met it
+    monkeypatch.setattr(learn._Beside, "__init__", real_init)
+    monkeypatch.setattr(learn._Pass, "update", lambda self, col, i: (_ for _ in ()).throw(DataError("bad column")))
+    with pytest.raises(DataError, match="bad column"):
+        open_dataset(tmp_path / "f.parquet", label="status", **opts)
 
 
 @pytest.mark.parametrize("hash_bits", [None, 12])
