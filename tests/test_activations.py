@@ -123,6 +123,26 @@ def test_an_entry_the_compiled_code_cannot_take_is_refused_by_name(entry, messag
         kernels.module_text("online", table, [("_loop", online._loop, {})])
 
 
+def test_a_compiled_helper_is_imported_by_name_with_its_module_s_hash_and_other_values_are_refused(monkeypatch):
+    # (the online loops call sparse_compiled's prefetch, an intrinsic's caller that cannot be written out)
+    g = online._generated
+
+    def text():
+        return kernels.module_text(g.stem, ACTIVATIONS, g.parts(), g.tasks, g.task_options)
+
+    before = text()
+    imports = [line for line in before.splitlines() if line.startswith("from ")]
+    assert len(imports) == 1 and imports[0].startswith(
+        "from streamtrain.nn.sparse_compiled import _prefetch_row  # streamtrain.nn.sparse_compiled ")
+    # the helper's module changing changes the text (and so the module's name, and numba's cache of it)
+    monkeypatch.setattr(kernels.inspect, "getsource", lambda module: "changed")
+    assert text() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(online, "_prefetch_row", np.zeros(3))  # a value neither a number nor a helper
+    with pytest.raises(ValueError, match="reads '_prefetch_row', which is not a number"):
+        text()
+
+
 @pytest.mark.slow
 def test_a_fresh_process_reads_both_compiled_loops_from_the_cache():
     # numba caches by source file: the generated modules' files keep their names and times, so a

@@ -330,13 +330,17 @@ def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, 
     expand, trees = _Expand(table, list(tasks)), {}
     constants: dict[str, Any] = {}
     functions = []
+    imports: dict[str, str] = {}
     for name, fn, options in parts:
         func = _expanded(fn, expand, name, trees)
         for free in sorted(_free_names(func, fn.__qualname__) - names):
             value = fn.__globals__.get(free)
+            if _compiled_helper(value):
+                imports[free] = getattr(value, "py_func", value).__module__
+                continue
             if not _constant(value):
                 raise ValueError(f"{fn.__qualname__} reads {free!r}, which is not a number: the generated "
-                                 "module copies only numbers and tuples of numbers")
+                                 "module copies only numbers, tuples of numbers and streamtrain's compiled helpers")
             if constants.setdefault(free, value) != value:
                 raise ValueError(f"two compiled functions read {free!r} with different values")
         opts = ", ".join(f"{k}={_literal(v)}" for k, v in sorted(options.items()))
@@ -346,7 +350,25 @@ def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, 
             f"# forms in place (codes: {codes}). Not to be edited: rewritten when either changes.",
             "import numba", "import numpy as np", "", f"ACTIVATIONS = {tuple(table)!r}", f"TASKS = {tuple(tasks)!r}"]
     head += [f"{k} = {v!r}" for k, v in sorted(constants.items())]
+    for k, where in sorted(imports.items()):
+        # (its source's hash in the text: the module's name, and so numba's cache of it, changes with it)
+        source = hashlib.sha256(inspect.getsource(sys.modules[where]).encode()).hexdigest()[:16]
+        head.append(f"from {where} import {k}  # {where} {source}")
     return "\n".join(head) + "\n\n\n" + "\n\n".join(functions)
+
+
+def _compiled_helper(value) -> bool:
+    """A function compiled in a streamtrain module (an intrinsic's caller, which the generated
+    module cannot write out): imported there by name."""
+    py = getattr(value, "py_func", None)
+    if py is None and inspect.isfunction(value) and _jit_disabled():  # (numba's pure-Python mode: a plain function)
+        py = value
+    return py is not None and getattr(py, "__module__", "").startswith("streamtrain.")
+
+
+def _jit_disabled() -> bool:
+    numba = sys.modules.get("numba")
+    return numba is not None and bool(numba.config.DISABLE_JIT)
 
 
 def cache_dir() -> Path:

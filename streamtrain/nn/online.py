@@ -19,6 +19,11 @@ from .functions import ACTIVATIONS, TASKS
 from .kernels import (ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, available, each_activation, each_task, targets_2d,
                       task_id)
 
+try:  # (an intrinsic's caller: the generated module imports it)
+    from .sparse_compiled import _prefetch_row
+except ImportError:  # no numba: nothing here is compiled
+    _prefetch_row = None
+
 __all__ = ["available", "sgd_online", "sgd_online_codes", "sgd_online_codes_decay", "targets_2d"]
 
 _exp_neg_f32 = None  # the shared exponential's name in the generated module, where _sigmoid_f32 calls it
@@ -174,6 +179,9 @@ def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pr
     correct = 0
     for i in range(n):
         w_i, lr = R[i], LR[i]
+        if i + 1 < n:  # the next sample's rows asked for while this one works: each is a wait for memory
+            for q in range(c):
+                _prefetch_row(W1, P[i + 1, q], True)
         for j in range(h):
             a[j] = b1[j]
         for k in range(d):
@@ -229,10 +237,15 @@ def _loop_codes_decay(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp, 
     c = P.shape[1]
     h, o = W1.shape[1], W2.shape[1]
     a, da, z, E, sigmoid, tanh = _scratch(W1, W2, act)
+    ST2 = ST.reshape((ST.shape[0], 1))  # (rows of one stamp, as _prefetch_row takes them)
     loss_sum = 0.0
     correct = 0
     for i in range(n):
         w_i, lr = R[i], LR[i]
+        if i + 1 < n:  # (as _loop_codes: the next sample's rows, and their stamps)
+            for q in range(c):
+                _prefetch_row(W1, P[i + 1, q], True)
+                _prefetch_row(ST2, P[i + 1, q], True)
         scale, sq = SC[0], SC[1]
         w2sq = 0.0
         for j in range(h):
