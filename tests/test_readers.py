@@ -362,6 +362,32 @@ def test_a_whole_pass_over_the_chunks_makes_the_fingerprint_without_reading_them
         assert ds.fingerprint() == expected and len(reads) == 3
 
 
+def test_stamps_made_on_a_thread_are_the_stamps_and_their_error_is_the_fingerprint_s(tmp_path):
+    # (a run's start reads the sampled chunks on the other core while it draws its first layer)
+    import threading
+
+    from streamtrain.readers.subset import HoldoutSplit
+
+    make_data(tmp_path / "g.h5", rows=3000, features=4, chunk_rows=500, seed=0, compression="gzip")
+    expected = open_dataset(tmp_path / "g.h5").fingerprint()
+    ds = open_dataset(tmp_path / "g.h5")
+    where = []
+    load = type(ds)._load_locked
+    ds._load_locked = lambda i: where.append(threading.current_thread().name) or load(ds, i)
+    ds.stamp_soon()
+    assert ds.fingerprint() == expected and where == ["streamtrain-stamp"] * 3
+    ds.stamp_soon()  # (made: nothing more to read)
+    assert ds.fingerprint() == expected and len(where) == 3
+    split = HoldoutSplit(open_dataset(tmp_path / "g.h5"), 0.2, seed=1, part="train")
+    split.stamp_soon()  # a split's fingerprint is its parent's: the parent's are made
+    assert "_stamping" in split.parent.__dict__ and split.fingerprint()["content"] == expected["content"]
+    broken = open_dataset(tmp_path / "g.h5")
+    broken._load_locked = lambda i: (_ for _ in ()).throw(DataError("g.h5: chunk 0 is damaged"))
+    broken.stamp_soon()
+    with pytest.raises(DataError, match="chunk 0 is damaged"):
+        broken.fingerprint()
+
+
 def test_the_fingerprint_is_kept_while_the_files_are_unchanged(tmp_path):
     # (a run's start asks for it up to three times; remote chunks are slow to read)
     path = tmp_path / "d.h5"

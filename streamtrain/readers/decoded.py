@@ -83,6 +83,9 @@ class DecodedCopy(Dataset):
     def fingerprint(self):
         return dict(self._fingerprint)
 
+    def stamp_soon(self) -> None:
+        """Nothing to make: the source's fingerprint was taken when the copy was."""
+
     def close(self) -> None:
         super().close()
         self.copy.close()

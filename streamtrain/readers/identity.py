@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,14 @@ class Identity:
         unseen, is hashed at each call. A whole pass over the chunks in order (``iter_chunks``: the
         scaling statistics' pass, before a run asks, where it reads every column) hashes them as
         they go by (``_StampWatch``)."""
+        soon = self.__dict__.pop("_stamping", None)
+        if soon is not None:  # (made on a thread: its error, if any, is this call's)
+            soon.join()
+            if soon.error is not None:
+                raise soon.error
+        return self._stamps_now()
+
+    def _stamps_now(self) -> tuple[str, str]:
         stamps = self._file_stamps()
         kept = self.__dict__.get("_stamps_kept")
         if kept is not None and kept[0] == stamps and self.format != "memory":
@@ -98,6 +107,13 @@ class Identity:
         for c in watch.picks:
             watch.see(c, *self._load_locked(c))
         return watch.done(check_files=False)
+
+    def stamp_soon(self) -> None:
+        """Start making the content stamps on a thread, where they are still to be made (a run's
+        start asks for them after drawing its first layer, which leaves the other core free)."""
+        if self.format == "memory" or "_stamps_kept" in self.__dict__ or "_stamping" in self.__dict__:
+            return
+        self.__dict__["_stamping"] = _Soon(self._stamps_now)
 
     def _file_stamps(self) -> list[str]:
         stamps = []
@@ -118,6 +134,21 @@ class Identity:
     def _stamped_files(self) -> list[str]:
         """The local files whose size and modification time stand for the content (none here)."""
         return []
+
+
+class _Soon(threading.Thread):
+    """``work()`` on a thread of its own; ``error``, what it raised."""
+
+    def __init__(self, work):
+        super().__init__(name="streamtrain-stamp", daemon=True)
+        self.work, self.error = work, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as e:  # (raised again where the stamps are asked for)
+            self.error = e
 
 
 class _StampWatch:

@@ -158,6 +158,9 @@ class HoldoutSplit(Dataset):
         return {**self.parent.fingerprint(), "split": {"part": self.part, "fraction": self.fraction,
                                                        "seed": self.seed}}
 
+    def stamp_soon(self) -> None:
+        self.parent.stamp_soon()  # (its fingerprint is the parent's)
+
     def close(self):
         super().close()
         self.parent.close()

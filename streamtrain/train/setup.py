@@ -211,6 +211,7 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
             else ""
         log(f"{data.path}: {unlabelled:,} row{'s' if unlabelled != 1 else ''} without a label skipped{held} "
             "(--missing-label error refuses them)")
+    data.stamp_soon()  # (the run's fingerprint, read on the other core while the first layer is drawn)
     return Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
                        data.format, data.path, log, weight, data.encoding)
 
