@@ -368,6 +368,29 @@ def test_text_tables_train_like_parquet(name, tmp_path, monkeypatch):
     assert ds.fingerprint()["path"] == str(path.resolve())
 
 
+def test_a_csv_with_pandas_index_reads_with_the_index_left_out_and_a_header_naming_a_column_twice_is_named(
+        tmp_path, monkeypatch):
+    # (pandas' to_csv writes its index in a column the header leaves unnamed: the file was
+    # unreadable, with an error naming an internal copy; a name given twice said "not Parquet")
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    flights(600).to_csv(tmp_path / "f.csv")
+    out = _cli("inspect", tmp_path / "f.csv", "--label", "status").stdout
+    assert "Unnamed: 0: left out: int64: unnamed in its file's header (pandas' to_csv writes its index so); " \
+           "--numeric 'Unnamed: 0' uses it" in out
+    res = _cli("train", tmp_path / "f.csv", "--label", "status", "--epochs", "1", "--checkpoint-dir", tmp_path / "r")
+    assert "Unnamed: 0 (int64): unnamed in its file's header" in res.stderr
+    _, _, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert not any(n.startswith("Unnamed") for n in meta["model"]["feature_names"])
+    following = _cli("inspect", tmp_path / "f.csv", "--label", "status", "--numeric", "Unnamed: 0").stdout
+    assert "Unnamed: 0: int64, none missing; numeric (1 input)" in following
+    (tmp_path / "d.csv").write_text("id,value,value,y\n1,2,3,0\n2,3,4,1\n")
+    res = _cli("inspect", tmp_path / "d.csv", "--label", "y", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'd.csv'}: the header names column 'value' twice (columns 2 and 3): rename one"]
+    (tmp_path / "d.csv").write_text("id,value,value2,y\n1,2,3,0\n2,3,4,1\n")
+    assert "feature_names: id, value, value2" in _cli("inspect", tmp_path / "d.csv", "--label", "y").stdout
+
+
 def test_a_csv_column_whose_type_changes_late_is_read_again_as_text(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
     monkeypatch.setattr("streamtrain.readers.text.BLOCK_BYTES", 4096)  # types inferred from a small first block

@@ -20,6 +20,7 @@ identifier.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -177,10 +178,18 @@ def infer_columns(schema: pa.Schema, overrides: dict | None = None) -> list[Colu
     for field in schema:
         if field.name in chosen:
             plans.append(_override(field.name, field.type, *chosen[field.name]))
+        elif _UNNAMED.fullmatch(field.name):  # (a row number as an input would be noise, or worse, a leak)
+            plans.append(ColumnPlan(field.name, field.type, "unusable",
+                                    f"{field.type}: unnamed in its file's header (pandas' to_csv writes its index so); "
+                                    f"--numeric '{field.name}' uses it"))
         else:
             kind, reason, by_cardinality = _classify(field.type)
             plans.append(ColumnPlan(field.name, field.type, kind, reason, by_cardinality=by_cardinality))
     return plans
+
+
+#: A column a header left unnamed, as pandas (and the CSV reader here) name it.
+_UNNAMED = re.compile(r"Unnamed: \d+")
 
 
 class StringChoice(NamedTuple):

@@ -38,10 +38,16 @@ def _copy_dir() -> Path:
     return d
 
 
+#: The copies' own version, in their names: a copy an older decoding made is not taken (2: a
+#: CSV header's nameless column named, as pandas names it).
+COPY_VERSION = 2
+
+
 def table_copy(path: str, kind: str) -> Path:
     """The Parquet copy of a CSV or JSON-lines file, decoded now unless an up-to-date one exists."""
     st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{kind}|1".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{kind}|{COPY_VERSION}".encode()
+                         ).hexdigest()[:32]
     out = _copy_dir() / f"{Path(path).name}.{key}.parquet"
     if out.exists():
         return out
@@ -103,6 +109,19 @@ def _retype(message: str, types: dict, names: list):
     return col
 
 
+def _header_names(path: str, names: list[str]) -> list[str]:
+    """A CSV header's column names, a nameless one named as pandas names it (``Unnamed: 0``: the
+    index ``DataFrame.to_csv`` writes first); a name given twice is an error naming it."""
+    out = [n if n else f"Unnamed: {i}" for i, n in enumerate(names)]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(out):
+        if n in seen:
+            raise DataError(f"{path}: the header names column {n!r} twice (columns {seen[n] + 1} and {i + 1}): "
+                            "rename one")
+        seen[n] = i
+    return out
+
+
 def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -112,11 +131,17 @@ def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
         import pyarrow.csv as pacsv
 
         delimiter = "\t" if ".tsv" in Path(path).name.lower() else ","
-        reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
-                                parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                convert_options=pacsv.ConvertOptions(
-                                    column_types=types,
-                                    strings_can_be_null=True))
+
+        def open_csv(stream, read_options):
+            return pacsv.open_csv(stream, read_options=read_options, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                                  convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+
+        reader = open_csv(stream, pacsv.ReadOptions(block_size=BLOCK_BYTES))
+        header = _header_names(path, reader.schema.names)
+        if header != reader.schema.names:  # (read again, its header named)
+            stream.close()
+            stream = pa.input_stream(path, compression="detect")
+            reader = open_csv(stream, pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header, skip_rows=1))
         names[:] = reader.schema.names
     else:
         import pyarrow.json as pajson
