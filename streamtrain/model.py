@@ -192,8 +192,9 @@ class Model:
         tries = [self.feature_names]
         if isinstance(source, (str, os.PathLike)) and detect_format(source) == self.source_format:
             tries.insert(0, self.selection)
-        if self.generic_names:
-            tries.append(None)
+        # (last, the file's features found as the readers find them: by number where the names are
+        # generic, else only where their names are the model's, as a matrix's attribute names them)
+        tries.append(None)
         unlabelled = None
         for features in tries:
             # Found by itself, a label column must be told apart from the features, used or not.
@@ -201,6 +202,9 @@ class Model:
                 try:
                     ds = open_dataset(source, features, label, **self.read_options)
                 except DataError:
+                    continue
+                if features is None and not self.generic_names and list(ds.feature_names) != self.feature_names:
+                    ds.close()
                     continue
                 ds.opened_by_model = True  # its selection is the model's own, not the user's
                 if ds.n_features == self.net.n_in and (need_label is False or ds.label_name is not None):

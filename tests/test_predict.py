@@ -194,3 +194,28 @@ def test_another_file_of_the_same_layout_with_other_feature_names_is_refused(tmp
         t.evaluate(tmp_path / "b.h5")
     # naming them is the user's statement: then they are taken in order
     assert t.evaluate(open_dataset(tmp_path / "b.h5", "X"))["n"] == 300
+
+
+def test_a_matrix_named_by_its_attribute_with_a_text_label_is_predicted_and_evaluated(tmp_path):
+    # (training took the attribute's names as its selection, which reopens no HDF5 matrix: predict,
+    # evaluate and report then refused the very file trained on)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1500, 5)).astype(np.float32)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(500, 5))
+        f["X"].attrs["feature_names"] = ["weight", "height", "age", "speed", "noise"]
+        f["y"] = np.array([b"cat", b"dog", b"bird"])[np.digitize(X[:, 0], [-0.5, 0.5])]
+    res = _cli("train", tmp_path / "a.h5", "--epochs", 3, "--checkpoint-dir", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    res = _cli("predict", tmp_path / "run", tmp_path / "a.h5", "--out", tmp_path / "p.parquet")
+    assert res.exit_code == 0, res.output
+    pred = pd.read_parquet(tmp_path / "p.parquet")["prediction"]
+    assert set(pred) <= {"cat", "dog", "bird"} and len(pred) == 1500
+    res = _cli("evaluate", tmp_path / "run", tmp_path / "a.h5", "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert result["classes"] == ["bird", "cat", "dog"] and result["n"] == 1500
+    assert pd.Series(pred).value_counts().reindex(["bird", "cat", "dog"], fill_value=0).tolist() == \
+        np.array(result["confusion_matrix"]).sum(axis=0).tolist()  # (predictions per class: the matrix's columns)
+    res = _cli("report", tmp_path / "run", tmp_path / "a.h5", "--out", tmp_path / "r.html")
+    assert res.exit_code == 0, res.output

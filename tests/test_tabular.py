@@ -867,6 +867,33 @@ def test_a_column_whose_name_holds_a_comma_is_named_in_quotes_as_the_error_advis
     assert "fare, usd" in meta["model"]["feature_names"]
 
 
+def test_an_integer_class_label_s_classes_are_its_integers(tmp_path):
+    # (a nullable Int8 label gave classes 1.0 ... 4.0: columns p_1.0, float predictions)
+    df = flights(800)
+    df["rating"] = pd.array(np.digitize(df["distance"].fillna(800), [400, 800, 1200]) + 1, dtype="Int8")
+    df.loc[3, "rating"] = pd.NA
+    df.drop(columns="status").to_parquet(tmp_path / "f.parquet")
+    assert "rating: the label: numbers (whole numbers are classes, others a regression's target; --task chooses)" in \
+        _cli("inspect", tmp_path / "f.parquet", "--label", "rating").stdout
+    _cli("train", tmp_path / "f.parquet", "--label", "rating", "--epochs", "2", "--checkpoint-dir", tmp_path / "r")
+    res = _cli("predict", tmp_path / "r", tmp_path / "f.parquet", "--out", tmp_path / "p.parquet")
+    assert "columns p_1, p_2, p_3, p_4, prediction" in res.stdout
+    pred = pd.read_parquet(tmp_path / "p.parquet")["prediction"]
+    assert pred.dtype == np.int64 and set(pred) <= {1, 2, 3, 4}
+    assert json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "f.parquet", "--json").stdout)["classes"] == [1, 2, 3, 4]
+
+
+def test_resuming_a_finished_run_says_nothing_is_left_to_train_and_its_advice_trains_on(tmp_path):
+    # (it said "resuming from ... (epoch 3, row 0)", then "trained 2 epochs")
+    flights(300).to_parquet(tmp_path / "f.parquet")
+    args = ("train", tmp_path / "f.parquet", "--label", "status", "--checkpoint-dir", tmp_path / "r")
+    _cli(*args, "--epochs", "2", "--quiet")
+    res = _cli(*args, "--resume")
+    assert "the run has trained its 2 epochs already: nothing to train (--epochs 3 or more trains on)" in res.stderr
+    _cli(*args, "--resume", "--epochs", "3")
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):
     # (the message named columns p_* that an HDF5 or Zarr file holds as one array X)
     import h5py

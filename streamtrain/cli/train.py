@@ -41,7 +41,7 @@ class JsonLines:
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir from its newest valid checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --checkpoint-dir with a new one.")
 @click.option("--force", is_flag=True, help="Resume even if the data or settings changed.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but warnings (what was left out of the data, and the like) and errors.")
 @click.option("--json", "as_json", is_flag=True, help="Write each epoch's record to stdout as one JSON object per line.")
 @_distributed_option
 @click.option("--mlflow", "mlflow_uri", default=None, metavar="URI",

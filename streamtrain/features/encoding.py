@@ -470,7 +470,9 @@ class Encoding:
         for name, why in self.left_out:
             out[name] = f"left out: {why}"
         if self.label_name is not None:
-            out[self.label_name] = "the label: " + (self.label.describe() if self.label is not None else "numeric")
+            out[self.label_name] = "the label: " + (
+                self.label.describe() if self.label is not None
+                else "numbers (whole numbers are classes, others a regression's target; --task chooses)")
         return out
 
     # -- JSON -----------------------------------------------------------------

@@ -344,8 +344,8 @@ class HDF5Dataset(Dataset):
 
     @property
     def selection(self):
-        if self.encoding is not None:
-            return list(self.encoding.inputs)
+        if self.encoding is not None:  # (a matrix's columns are named by its attribute: reopened as the matrix)
+            return list(self.encoding.inputs) if self._table is not None else self._x_key
         return list(self.feature_names) if self._table is not None else self._x_key
 
     def close(self):

@@ -125,6 +125,9 @@ def resume_run(found, config: TrainConfig, train: Dataset, sampler, rundir: RunD
             sampler.load_state_dict(state.sampler)
         except ValueError as e:
             raise CheckpointError(f"{path}: cannot resume: {e}") from None
-    if log:
+    if log and config.epochs is not None and s["epoch"] >= config.epochs:
+        log(f"{path}: the run has trained its {config.epochs} epoch{'s' if config.epochs != 1 else ''} already: "
+            f"nothing to train (--epochs {s['epoch'] + 1} or more trains on)")
+    elif log:
         log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
     return model, optimizer, state, fingerprint, history
