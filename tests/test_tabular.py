@@ -894,6 +894,21 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train_and_its_advice_tr
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_resuming_a_table_s_run_with_other_encoding_settings_is_refused_even_with_force(tmp_path):
+    # (with --force a changed --drop was recorded in the run's settings and not applied)
+    flights(300).to_parquet(tmp_path / "f.parquet")
+    args = ("train", tmp_path / "f.parquet", "--label", "status", "--checkpoint-dir", tmp_path / "r")
+    _cli(*args, "--epochs", "1", "--quiet")
+    res = _cli(*args, "--resume", "--epochs", "2", "--drop", "carrier", "--force", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].endswith(
+        "cannot resume with another drop ('' -> 'carrier') (the run's column encoding, learned from it, is kept with "
+        "its model); use another --checkpoint-dir for a new model")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--drop", "carrier", "--epochs", "1", "--quiet",
+         "--checkpoint-dir", tmp_path / "r2")  # (as it advises)
+    _, _, meta = latest_checkpoint(tmp_path / "r2", schema=TRAINER)
+    assert not any(n.startswith("carrier") for n in meta["model"]["feature_names"])
+
+
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):
     # (the message named columns p_* that an HDF5 or Zarr file holds as one array X)
     import h5py

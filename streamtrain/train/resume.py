@@ -20,6 +20,10 @@ __all__ = ["claim", "adopt_settings", "adopt_weight", "check_resumable", "resume
 
 # What a resumed run can never change: the saved parameters have their shape and type.
 FIXED = ("hidden", "activation", "dtype")
+#: The settings a table's column encoding is learned from: kept in the checkpoint with the model,
+#: they cannot change on resume either (with --force, a changed --drop was recorded, not applied).
+ENCODING = ("categorical", "numeric", "hash", "drop", "cross", "date_parts", "hash_bits", "hash_buckets",
+            "one_hot_max", "max_categories", "min_frequency", "missing", "classes")
 
 
 def claim(comm, rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
@@ -62,17 +66,19 @@ def adopt_settings(mine: TrainConfig, given: set | None, found, force: bool) -> 
     saved = TrainConfig.from_dict(meta["config"])
     if mine.epochs is None:  # not asked for: the run's own length
         mine = dataclasses.replace(mine, epochs=saved.epochs)
-    changed = [k for k in FIXED if getattr(saved, k) != getattr(mine, k) and (given is None or k in given)]
+    fixed = FIXED + (ENCODING if meta["model"].get("encoding") is not None else ())
+    changed = [k for k in fixed if getattr(saved, k) != getattr(mine, k) and (given is None or k in given)]
     if changed:  # not even --force: the saved parameters have another shape
         k = changed[0]
+        what = " (the run's column encoding, learned from it, is kept with its model)" if k in ENCODING else ""
         raise CheckpointError(f"{path}: cannot resume with another {k} ({getattr(saved, k)!r} -> "
-                              f"{getattr(mine, k)!r}); use another --checkpoint-dir for a new model")
+                              f"{getattr(mine, k)!r}){what}; use another --checkpoint-dir for a new model")
     problems = mine.differences(saved, given)
     if problems and not force:
         raise CheckpointError(f"{path}: cannot resume exactly; changed since the checkpoint: "
                               f"{'; '.join(problems)} (pass --force to resume anyway)")
     given = set(mine.to_dict()) if given is None else given
-    keep = {k for k in given if k in RESUME_MAY_CHANGE or force} - set(FIXED)
+    keep = {k for k in given if k in RESUME_MAY_CHANGE or force} - set(fixed)
     return TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(mine, k) for k in keep}})
 
 
