@@ -909,6 +909,22 @@ def test_resuming_a_table_s_run_with_other_encoding_settings_is_refused_even_wit
     assert not any(n.startswith("carrier") for n in meta["model"]["feature_names"])
 
 
+def test_evaluating_a_split_of_other_data_than_the_run_s_is_refused_with_advice_that_works(tmp_path):
+    # (the row-number hash chose "the hold-out" of an unrelated file, without a word)
+    flights(600).to_parquet(tmp_path / "f.parquet")
+    flights(300, seed=5).to_parquet(tmp_path / "other.parquet")
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--val-fraction", "0.2", "--epochs", "1", "--quiet",
+         "--checkpoint-dir", tmp_path / "r")
+    same = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "f.parquet", "--split", "val", "--json").stdout)
+    assert 60 < same["n"] < 180
+    res = _cli("evaluate", tmp_path / "r", tmp_path / "other.parquet", "--split", "val", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'other.parquet'}: not the data the run was trained on ({tmp_path / 'f.parquet'}), so it "
+        "has no --split val (the run's hold-out is a choice of that data's rows); evaluate it whole with --split all"]
+    whole = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "other.parquet", "--split", "all", "--json").stdout)
+    assert whole["n"] == 300
+
+
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):
     # (the message named columns p_* that an HDF5 or Zarr file holds as one array X)
     import h5py

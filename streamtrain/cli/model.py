@@ -44,6 +44,7 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
         cfg = trainer.config
         if not cfg.val_fraction:
             raise click.UsageError(f"{checkpoint}: the run had no --val-fraction, so --split {split} has no meaning")
+        _same_data(trainer.fingerprint, ds, split)
         ds = HoldoutSplit(ds, cfg.val_fraction, cfg.seed, split)
     comm = communicator(distributed)  # several processes: each evaluates its share of the chunks
     with _progress(f"evaluating {ds.path}", ds.n_rows, as_json or comm.rank != 0, log_every) as progress:
@@ -77,6 +78,16 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
     click.echo(f"{'':>12} " + " ".join(f"{n:>{width}}" for n in names))
     for name, row in zip(names, result["confusion_matrix"]):
         click.echo(f"{name:>12} " + " ".join(f"{v:>{width},d}" for v in row))
+
+
+def _same_data(trained: dict, ds, split: str) -> None:
+    """Refuse a split of other data than the run's: its hold-out is a choice of that data's rows."""
+    fp = ds.fingerprint()
+    keys = [k for k in ("n_rows", "sample") if k in trained and k in fp]
+    if keys and any(trained[k] != fp[k] for k in keys):
+        raise DataError(f"{ds.path}: not the data the run was trained on ({trained.get('path')}), so it has no "
+                        f"--split {split} (the run's hold-out is a choice of that data's rows); evaluate it whole "
+                        "with --split all")
 
 
 def _short(value, most: int = 12) -> str:
