@@ -925,6 +925,33 @@ def test_evaluating_a_split_of_other_data_than_the_run_s_is_refused_with_advice_
     assert whole["n"] == 300
 
 
+def test_date_parts_of_a_file_in_another_zone_are_read_on_training_s_clock(tmp_path):
+    # (the hours were taken in each file's own zone: the same instants written in UTC predicted otherwise)
+    df = flights(800)
+    df["departs"] = df["departs"].dt.tz_convert("Asia/Kolkata")
+    df.to_parquet(tmp_path / "f.parquet")
+    df.assign(departs=df["departs"].dt.tz_convert("UTC")).to_parquet(tmp_path / "utc.parquet")
+    df.to_csv(tmp_path / "f.csv", index=False)  # (offsets +05:30: read as UTC instants)
+    _cli("train", tmp_path / "f.parquet", "--label", "status", "--date-parts", "departs:hour", "--epochs", "2",
+         "--quiet", "--checkpoint-dir", tmp_path / "r")
+    assert "departs: datetime, seconds; and its hour, one-hot, in Asia/Kolkata (25 inputs)" in \
+        _cli("inspect", tmp_path / "r").stdout
+    got = {}
+    for name in ("f.parquet", "utc.parquet", "f.csv"):
+        _cli("predict", tmp_path / "r", tmp_path / name, "--out", tmp_path / f"p-{name}.parquet")
+        got[name] = pd.read_parquet(tmp_path / f"p-{name}.parquet")["p_late"].to_numpy()
+    np.testing.assert_array_equal(got["utc.parquet"], got["f.parquet"])
+    np.testing.assert_allclose(got["f.csv"], got["f.parquet"], rtol=0, atol=1e-6)  # (the CSV's floats as text)
+    # a zone the checkpoint names that no clock has is refused as any tampered encoding
+    enc = open_dataset(tmp_path / "f.parquet", label="status", encode={"date_parts": {"departs": ["hour"]}}).encoding
+    state = enc.state_dict()
+    col = next(c for c in state["columns"] if c["name"] == "departs")
+    assert col["zone"] == "Asia/Kolkata"
+    col["zone"] = "Mars/Olympus"
+    with pytest.raises(ValueError, match="zone must be a time zone's name"):
+        Encoding.from_state(state)
+
+
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):
     # (the message named columns p_* that an HDF5 or Zarr file holds as one array X)
     import h5py

@@ -151,9 +151,10 @@ class _Numeric:
     a datetime may add its ``parts`` (hour, weekday, month), one-hot."""
 
     def __init__(self, name: str, kind: str, center: float, fill: float, indicator: bool, missing: str,
-                 parts: tuple[str, ...] = ()):
+                 parts: tuple[str, ...] = (), zone: str | None = None):
         self.name, self.kind, self.center, self.fill, self.indicator = name, kind, center, fill, indicator
-        self.missing, self.parts = missing, tuple(parts)
+        # (zone: training's time zone, in which the parts of a timestamp with another are taken too)
+        self.missing, self.parts, self.zone = missing, tuple(parts), zone
         self.names = [name] + ([f"{name}:missing"] if indicator else [])
         self.scaled = [True] + ([False] if indicator else [])
         for part in self.parts:
@@ -185,6 +186,10 @@ class _Numeric:
         if self.indicator:
             out[:, 1] = gone
         at = 1 + self.indicator
+        if self.parts and self.zone is not None and _T.is_timestamp(t) and t.tz is not None and t.tz != self.zone:
+            # (the same instants, their hours read on training's clock: a file written in another zone)
+            arr = pc.cast(arr.dictionary_decode() if _T.is_dictionary(arr.type) else arr,
+                          pa.timestamp(t.unit, tz=self.zone))
         for part in self.parts:  # (a missing value has no part: all its inputs stay 0)
             func, lo, hi = DATE_PARTS[part]
             try:
@@ -198,6 +203,8 @@ class _Numeric:
 
     def state(self) -> dict:
         extra = {"parts": list(self.parts)} if self.parts else {}
+        if self.parts and self.zone is not None:
+            extra["zone"] = self.zone
         return {"kind": self.kind, "name": self.name, "center": self.center, "fill": self.fill,
                 "indicator": self.indicator, **extra}
 
@@ -464,7 +471,7 @@ class Encoding:
             if isinstance(c, _Numeric) and c.indicator:
                 text += ": missing values become the mean, with an indicator input"
             if isinstance(c, _Numeric) and c.parts:
-                text += f"; and its {', '.join(c.parts)}, one-hot"
+                text += f"; and its {', '.join(c.parts)}, one-hot" + (f", in {c.zone}" if c.zone else "")
             text += f" ({len(c.names)} input{'s' if len(c.names) != 1 else ''})"
             out[c.name] = f"{seen}; {text}" if seen else text
         for name, why in self.left_out:
@@ -533,6 +540,15 @@ def _finite(c: dict, key: str, what: str) -> float:
     return float(x)
 
 
+def _zone_known(zone: str) -> bool:
+    """Whether Arrow knows the time zone ``zone`` (its hour of an instant can be read)."""
+    try:
+        pc.hour(pa.array([0], pa.timestamp("s", tz=zone)))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
 def _column_from_state(c, what: str):
     if not isinstance(c, dict) or not _short_str(c.get("name")):
         raise ValueError(f"{what}: each column is a dict with a name")
@@ -545,8 +561,11 @@ def _column_from_state(c, what: str):
                 or len(set(parts)) != len(parts) or (parts and kind != "datetime"):
             raise ValueError(f"{what}: column {name!r}: parts must be distinct names of {', '.join(DATE_PARTS)}, "
                              "of a datetime column")
+        zone = c.get("zone")
+        if zone is not None and not (parts and _short_str(zone) and _zone_known(zone)):
+            raise ValueError(f"{what}: column {name!r}: zone must be a time zone's name, of a column with parts")
         return _Numeric(name, kind, _finite(c, "center", what), _finite(c, "fill", what), c["indicator"], "impute",
-                        tuple(parts))
+                        tuple(parts), zone)
     if kind == "vector":
         w = c.get("width")
         if type(w) is not int or not 1 <= w <= MAX_COLUMNS:
