@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -328,7 +329,10 @@ class TrainConfig:
             chosen = [p.strip() for p in which.split("+")] if which else ["hour", "weekday", "month"]
             bad = [p for p in chosen if p not in ("hour", "weekday", "month")]
             if bad or not col:
-                raise ConfigError(f"date_parts: {item!r} is COL or COL:PART+PART, parts of hour, weekday, month")
+                near = difflib.get_close_matches(bad[0], ("hour", "weekday", "month"), n=1) if bad else []
+                raise ConfigError(f"--date-parts {item!r}: " + (f"no part {bad[0]!r} (did you mean {near[0]!r}?); "
+                                                                if near else "")
+                                  + "it is COL or COL:PART+PART, parts of hour, weekday, month")
             parts[col] = chosen
         opts = {"max_categories": self.max_categories, "min_frequency": self.min_frequency,
                 "hash_buckets": self.hash_buckets, "one_hot_max": self.one_hot_max, "missing": self.missing,

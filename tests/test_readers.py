@@ -167,7 +167,7 @@ def test_bad_input_names_the_file(tmp_path, make, match):
 
 def test_missing_named_dataset_lists_what_exists(tmp_path):
     make_data(tmp_path / "d.h5", rows=10, features=2)
-    with pytest.raises(DataError, match=r"no label dataset named 'target' \(found: X, y\)"):
+    with pytest.raises(DataError, match=r"no label dataset named 'target' \(found: 'X', 'y'\)"):
         open_dataset(tmp_path / "d.h5", label="target")
 
 

@@ -952,6 +952,23 @@ def test_date_parts_of_a_file_in_another_zone_are_read_on_training_s_clock(tmp_p
         Encoding.from_state(state)
 
 
+def test_a_duckdb_interval_is_named_with_advice_that_works_and_a_mistyped_label_is_suggested(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    # (an INTERVAL reads as 12 raw bytes: the advice was to cast them to string)
+    for name, expr in (("i.parquet", "INTERVAL (i % 30) DAY"), ("s.parquet", "epoch(INTERVAL (i % 30) DAY)")):
+        duckdb.sql(f"COPY (SELECT i * 1.5 AS price, {expr} AS on_market, i % 2 AS sold FROM range(400) t(i)) "
+                   f"TO '{tmp_path / name}' (FORMAT parquet)")
+    out = _cli("inspect", tmp_path / "i.parquet", "--label", "sold").stdout
+    assert "on_market: left out: fixed_size_binary[12]: raw bytes, or an INTERVAL as DuckDB and Spark write one " \
+           "(months, days and milliseconds, which no single number measures): write it as a number of seconds " \
+           "(DuckDB: epoch(x)), or as text to use it as categories" in out
+    assert "on_market" in _cli("inspect", tmp_path / "s.parquet", "--label", "sold").stdout.split("feature_names:")[1] \
+        .splitlines()[0]
+    res = _cli("inspect", tmp_path / "s.parquet", "--label", "Sold", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 's.parquet'}: no label column named 'Sold' (did you mean 'sold'?)"]
+
+
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):
     # (the message named columns p_* that an HDF5 or Zarr file holds as one array X)
     import h5py

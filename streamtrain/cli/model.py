@@ -58,7 +58,8 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
         return
     # (rows without a label, or with NaN/Inf where the run skipped such rows: said, not dropped silently)
     why = "without a label" + (", or with NaN or Inf (the run's --skip-nonfinite)" if ds.nonfinite == "skip" else "")
-    click.echo(f"{result['path']} ({split}): {result['n']:,} rows" + (f"; {left:,} {why} left out" if left else ""))
+    click.echo(f"{result['path']} ({split}): {result['n']:,} row{'s' if result['n'] != 1 else ''}"
+               + (f"; {left:,} {why} left out" if left else ""))
     if trainer.task == "regression":
         click.echo(f"loss {result['loss']:.4f} (half the squared error, summed over outputs: what training "
                    f"minimises)  mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}")

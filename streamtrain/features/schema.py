@@ -91,6 +91,10 @@ def _classify(t: pa.DataType) -> tuple[str, str, bool]:
         return "unusable", f"{t}: a struct (flatten it into columns)", False
     if _T.is_map(t):
         return "unusable", f"{t}: a map per row", False
+    if _T.is_fixed_size_binary(t) and t.byte_width == 12:  # (how Arrow reads a Parquet INTERVAL)
+        return "unusable", (f"{t}: raw bytes, or an INTERVAL as DuckDB and Spark write one (months, days and "
+                            "milliseconds, which no single number measures): write it as a number of seconds "
+                            "(DuckDB: epoch(x)), or as text to use it as categories"), False
     if _T.is_binary(t) or _T.is_large_binary(t) or _T.is_fixed_size_binary(t) or _T.is_binary_view(t):
         return "unusable", f"{t}: raw bytes (cast them to string to use them as categories)", False
     return "unusable", f"{t}: no encoding for this type", False

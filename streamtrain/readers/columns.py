@@ -3,6 +3,7 @@ HDF5 table, a 1-D Zarr array), possibly one element of a vector-valued column.""
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from dataclasses import dataclass
 from typing import Callable
@@ -29,7 +30,12 @@ def find_key(available: list[str], wanted: str | None, candidates: tuple[str, ..
         return None
     if wanted is not None:
         if wanted not in available:
-            raise DataError(f"{path}: no {what} named {wanted!r} (found: {', '.join(available) or 'nothing'})")
+            near = difflib.get_close_matches(wanted, available, n=1) or [
+                a for a in available if a.casefold() == str(wanted).casefold()][:1]
+            if near:
+                raise DataError(f"{path}: no {what} named {wanted!r} (did you mean {near[0]!r}?)")
+            raise DataError(f"{path}: no {what} named {wanted!r} (found: "
+                            f"{', '.join(map(repr, available)) or 'nothing'})")
         return wanted
     for name in candidates:
         # A candidate matches a top-level name first, then the last part of a nested path.
