@@ -791,8 +791,8 @@ def test_date_parts_are_one_hot_in_the_columns_own_time_zone(tmp_path):
         f"error: {tmp_path / 'f.parquet'}: --categorical names no column 'carier' (did you mean 'carrier'?)"]
     res = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--numeric", "carrier", check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'f.parquet'}: --numeric carrier: column 'carrier' is of type large_string, not numbers "
-        "(--categorical or --hash take strings)"]
+        f"error: {tmp_path / 'f.parquet'}: --numeric carrier: no value of column 'carrier' (large_string) is a number "
+        "(--categorical or --hash take text)"]
     res = _cli("inspect", tmp_path / "f.parquet", "--label", "status", "--hash", "carrier", "--categorical", "carrier",
                check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
@@ -967,6 +967,31 @@ def test_a_duckdb_interval_is_named_with_advice_that_works_and_a_mistyped_label_
     res = _cli("inspect", tmp_path / "s.parquet", "--label", "Sold", check=False)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 's.parquet'}: no label column named 'Sold' (did you mean 'sold'?)"]
+
+
+def test_numbers_written_as_text_with_junk_are_read_as_numbers_when_asked_as_inspect_advises(tmp_path, monkeypatch):
+    # (a CSV column of numbers with a "?" or "1,234" among them was hashed, and --numeric refused it)
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    rng = np.random.default_rng(0)
+    reading = rng.normal(100, 20, 3000).round(1).astype(object)
+    reading[2900:2910] = "?"
+    qty = [f"{x:,}" for x in rng.integers(0, 5000, 3000)]
+    y = (np.r_[reading[:2900].astype(float), np.full(100, 100.0)] > 100).astype(int)
+    pd.DataFrame({"reading": reading, "qty": qty, "y": y}).to_csv(tmp_path / "m.csv", index=False)
+    out = _cli("inspect", tmp_path / "m.csv", "--label", "y").stdout
+    assert "of its first values are numbers: --numeric 'reading' reads them so, the others as missing)" in out
+    assert "--numeric 'qty' reads them so" in out
+    out = _cli("inspect", tmp_path / "m.csv", "--label", "y", "--numeric", "reading,qty").stdout
+    assert "reading: string, 10 missing of 3,000; numeric: missing values become the mean, with an indicator " \
+           "input (2 inputs)" in out and "qty: string, none missing; numeric (1 input)" in out
+    ds = open_dataset(tmp_path / "m.csv", label="y", encode={"overrides": {"numeric": ["reading", "qty"]}})
+    X = np.concatenate([c[0] for c in ds.iter_chunks()])
+    names = ds.feature_names
+    got_qty = X[:, names.index("qty")] + ds.encoding.columns[[c.name for c in ds.encoding.columns].index("qty")].center
+    np.testing.assert_allclose(got_qty, [float(q.replace(",", "")) for q in qty], rtol=1e-6)
+    assert X[2905, names.index("reading:missing")] == 1 and X[0, names.index("reading:missing")] == 0
+    _cli("train", tmp_path / "m.csv", "--label", "y", "--numeric", "reading,qty", "--epochs", "1", "--quiet",
+         "--checkpoint-dir", tmp_path / "r")
 
 
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):

@@ -133,7 +133,31 @@ def _numbers(arr) -> np.ndarray:
         return pc.cast(pc.cast(arr, pa.int32()), pa.float64(), safe=False).to_numpy(zero_copy_only=False) * 86400.0
     if _T.is_date64(t):
         return pc.cast(pc.cast(arr, pa.int64()), pa.float64(), safe=False).to_numpy(zero_copy_only=False) * 1e-3
+    if is_text(t):
+        return _parsed(arr)
     return pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+
+
+def is_text(t: pa.DataType) -> bool:
+    """Whether values of type ``t`` (a dictionary's values) are text."""
+    t = t.value_type if _T.is_dictionary(t) else t
+    return _T.is_string(t) or _T.is_large_string(t) or _T.is_string_view(t)
+
+
+#: A number as text: digits with a point and an exponent, or digits grouped by commas in threes.
+_NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+_GROUPED = r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$"
+
+
+def _parsed(arr) -> np.ndarray:
+    """float64 values of numbers written as text (``--numeric`` on a string column), NaN where a
+    value is missing or not a number ("?", "N/A")."""
+    if _T.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    text = pc.utf8_trim_whitespace(arr)
+    text = pc.if_else(pc.match_substring_regex(text, _GROUPED), pc.replace_substring(text, ",", ""), text)
+    numbers = pc.if_else(pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type))
+    return pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def _name(column: str, value) -> str:
@@ -173,7 +197,7 @@ class _Numeric:
             raise DataError(f"{where}: column {self.name!r} holds {arr.type}, not numbers as in training") from None
         if not v.flags.writeable:  # a view of Arrow's buffer
             v = v.copy()
-        gone = null_mask(arr)
+        gone = null_mask(arr) | (np.isnan(v) if is_text(arr.type) else False)  # (text: "?" is missing too)
         if gone.any():
             if self.missing == "error":
                 raise DataError(f"{where}: column {self.name!r} has missing values (--missing impute fills them "

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from ..errors import ConfigError, DataError
 from .distinct import DistinctCount
 from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Cross, _Label, _Numeric, _numbers, _OneHot,
-                       _Vector)
+                       _Vector, is_text)
 from .hashing import hash64, null_mask
 from .kinds import kind_of
 from .schema import ColumnPlan, choose_string_kind, infer_columns
@@ -126,19 +126,27 @@ class _Pass:
         self.vocab_upto = vocab_upto
         self.vocab = Vocabulary(VOCAB_CAPACITY) if count_values and (vocab_upto is None or vocab_upto >= 0) else None
         self.distinct = DistinctCount() if count_values else None
+        self.number_share: float | None = None  # (text: the share of its first values that are numbers)
 
     def update(self, col, chunk: int) -> None:
         gone = null_mask(col)
+        v = None
+        if self.distinct is None and self.plan.kind in ("numeric", "datetime") and is_text(col.type):
+            v = _numbers(col)  # (numbers written as text: one that is not a number is missing)
+            gone = gone | np.isnan(v)
         missing = int(gone.sum())
         self.nulls += missing
         if self.distinct is not None:
+            if self.number_share is None and is_text(col.type) and len(col) > missing:
+                parsed = ~np.isnan(_numbers(col[:4096]))  # (a CSV's numbers with a few "?" among them)
+                self.number_share = float(parsed.sum() / max(1, len(parsed) - int(gone[:4096].sum())))
             if self.vocab is not None:
                 self.vocab.update(col)
             self.distinct.update(col)
             self.values += len(col) - missing
             self._beyond_vocabulary()
         elif self.plan.kind in ("numeric", "datetime"):
-            v = _numbers(col)
+            v = _numbers(col) if v is None else v
             ok = ~gone & np.isfinite(v)
             self.sums[chunk] = float(v[ok].sum())
             self.count += int(ok.sum())
@@ -192,7 +200,15 @@ def _seen(plan: ColumnPlan, acc: _Pass | None, nulls: int | None = None, rows: i
         text += f", {acc.nulls:,} missing of {seen:,}" if acc.nulls else ", none missing"
         if acc.distinct is not None:
             text += f", {'' if acc.distinct.exact else '~'}{acc.distinct.estimate():,} distinct"
-    return text
+    return text + _numbers_hint(plan, acc)
+
+
+def _numbers_hint(plan: ColumnPlan, acc: _Pass | None) -> str:
+    """Where a text column's values are mostly numbers: how to read them as numbers."""
+    if acc is None or acc.number_share is None or acc.number_share < 0.9:
+        return ""
+    return (f" ({acc.number_share:.0%} of its first values are numbers: --numeric '{plan.name}' reads them so, "
+            "the others as missing)")
 
 
 def _in_shared_table(name: str, options: EncodingOptions) -> _OneHot:
@@ -248,7 +264,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
             upto = -1 if options.hash_bits is not None else None if p.name in declared else options.max_categories
             passes[p.name] = _Pass(p, True, upto)
         elif p.kind == "datetime" or (p.kind == "numeric" and not _T.is_fixed_size_list(p.arrow_type)
-                                      and null_counts(p.name) != 0):
+                                      and (null_counts(p.name) != 0 or is_text(p.arrow_type))):
             passes[p.name] = _Pass(p, count_values=False)
     label_type = schema.field(label).type if label else None
     # (a boolean label is a class label too: its classes False and True, as the user wrote them)
@@ -301,6 +317,9 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
             if _T.is_fixed_size_list(p.arrow_type):
                 columns.append(_Vector(p.name, p.arrow_type.list_size))
                 continue
+            if is_text(p.arrow_type) and acc is not None and not acc.count and rows:
+                raise ConfigError(f"{where}: --numeric {p.name}: no value of column {p.name!r} ({p.arrow_type}) is a "
+                                  "number (--categorical or --hash take text)")
             if acc is not None and acc.nulls and options.missing == "error":
                 raise DataError(f"{where}: column {p.name!r} has {acc.nulls:,} missing values "
                                 "(--missing impute fills them with the column's mean)")
@@ -334,7 +353,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                                        gather=options.hash_buckets + 1 > options.one_hot_max))
             else:
                 approx = "" if acc.distinct.exact else "~"
-                left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}"))
+                left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}{_numbers_hint(p, acc)}"))
         if len(columns) > n_before:
             columns[-1].seen = _seen(p, acc, null_counts(p.name) if acc is None else None, rows)
     kinds = {c.name: c.kind for c in columns}

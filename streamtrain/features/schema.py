@@ -141,8 +141,11 @@ def _override(name: str, t: pa.DataType, key: str, buckets: int | None) -> Colum
     if key == "numeric":
         if _is_number(value_type):
             return ColumnPlan(name, t, "numeric", f"{t}: numeric, as --numeric asks")
-        raise ConfigError(f"--numeric {name}: column {name!r} is of type {t}, not numbers "
-                          "(--categorical or --hash take strings)")
+        if _is_string(value_type):  # (a CSV's numbers with a "?" or "N/A" among them: read as text)
+            return ColumnPlan(name, t, "numeric", f"{t}: numbers written as text, as --numeric asks (a value "
+                                                  "that is not one, missing)")
+        raise ConfigError(f"--numeric {name}: column {name!r} is of type {t}, not numbers or text "
+                          "(--categorical or --hash take other values)")
     if _is_string(value_type) or _T.is_integer(value_type) or _T.is_boolean(value_type):
         if key == "categorical":
             return ColumnPlan(name, t, "categorical", f"{t}: categorical, as --categorical asks")
