@@ -439,11 +439,13 @@ def test_overrides():
         ["categorical", "hashed", "unusable", "numeric", "categorical", "numeric"]
     assert plans["city"].buckets == 1024 and not plans["city"].by_cardinality
     assert plans["id"].reason == "dropped on purpose (--drop; the library's drop=)"
+    # (text asked for as numbers: read as numbers, one that is not missing)
+    assert infer_columns(schema, {"numeric": ["city"]})[1].kind == "numeric"
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"numeric": ["city"]}, "^--numeric city: column 'city' is of type string, not numbers \\(--categorical or "
-                            "--hash take strings\\)$"),
+    ({"numeric": ["x", "tags"]}, "^--numeric tags: column 'tags' is of type list<item: int8>, not numbers or text "
+                                 "\\(--categorical or --hash take other values\\)$"),
     ({"categorical": ["x"]}, "^--categorical x: column 'x' is of type double, which cannot be categorical"),
     ({"hash": {"x": 8}}, "^--hash x: column 'x' is of type double, which cannot be hashed"),
     ({"drop": ["nope"]}, "^--drop names no column 'nope' \\(columns: zip, city, x\\)$"),
@@ -456,6 +458,8 @@ def test_overrides():
 ])
 def test_impossible_overrides_are_named(overrides, match):
     schema = pa.schema({"zip": pa.int32(), "city": pa.string(), "x": pa.float64()})
+    if "tags" in str(overrides):
+        schema = schema.append(pa.field("tags", pa.list_(pa.int8())))
     with pytest.raises(ConfigError, match=match):
         infer_columns(schema, overrides)
 
