@@ -348,7 +348,7 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
         try:
             if predictor:
                 predictor.start()
-            n, first, last = len(X), None, None
+            n, first, last, before = len(X), None, None, None
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 if failures:
@@ -356,7 +356,10 @@ def prefilled(source: str, X: np.ndarray, y: np.ndarray, command: list[str] | No
                 s = svc.status()
                 now = time.perf_counter()
                 if first is None and s["rows_trained"] > 0:
-                    first = (now, s["rows_trained"])
+                    # (where one poll saw every row trained, from the poll before, which saw none)
+                    first = (now, s["rows_trained"]) if s["rows_trained"] < n - n % 256 or before is None \
+                        else (before, 0)
+                before = now
                 if s["rows_trained"] >= n - n % 256 or not s["training"]:
                     last = (now, s["rows_trained"])
                     break

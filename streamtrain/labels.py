@@ -60,7 +60,9 @@ class Labels:
             return cls(chosen, list(range(stats.label_width)), stats.label_width)
         if not stats.label_integral:
             raise DataError(f"{where}: label {label_name!r} has non-integral values; use --task regression")
-        classes = sorted(int(c) for c in stats.classes)  # (integral: the label's own integers, not 1.0)
+        # (whole numbers read as floats are the label's own integers: classes 1, 2, not 1.0, 2.0)
+        classes = [int(c) if isinstance(c, (float, np.floating)) and float(c).is_integer() else c
+                   for c in sorted(stats.classes)]
         if chosen == "binary" and len(classes) > 2:
             raise DataError(f"{where}: binary task but label has {len(classes)} classes")
         return cls(chosen, classes)
