@@ -100,6 +100,19 @@ def test_hive_partition_columns_are_not_features_unless_named(tmp_path):
     assert t.predict(frame).shape == (2,)
 
 
+def test_inspect_lists_an_encoded_table_s_hive_partition_key_with_why_it_is_left_out(tmp_path):
+    # (train's warning named it; inspect's columns, of a table with strings, did not)
+    for part in (1, 2):
+        (tmp_path / "h" / f"country={part}").mkdir(parents=True)
+        pd.DataFrame({"a": np.arange(40.0), "city": ["x", "y"] * 20, "y": np.arange(40) % 2}).to_parquet(
+            tmp_path / "h" / f"country={part}" / "f.parquet")
+    res = _cli("inspect", tmp_path / "h", "--label", "y", "--json")
+    assert res.exit_code == 0, res.output
+    columns = json.loads(res.output)["columns"]
+    assert columns["country"] == "left out: a hive partition key: used only when named in --features"
+    assert "city" in columns and "a" in columns
+
+
 LABEL_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "float32",
                 "float64"]
 

@@ -55,6 +55,8 @@ class Identity:
             info["label_dtype"] = f"{info['label_dtype']} (the codes of {len(label.classes)} classes: {kind})"
         if encoding is not None:  # every column of a table and its treatment
             info["columns"] = encoding.describe()
+            for name, why in self.left_out:  # (and what the reader left out itself: a hive partition's key)
+                info["columns"].setdefault(name, f"left out: {why}")
         elif self.left_out:
             info["left_out"] = {name: why for name, why in self.left_out}
         return info
