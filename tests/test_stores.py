@@ -93,6 +93,31 @@ def test_a_variable_over_another_dimension_is_named_with_the_drop_that_reads_the
     assert run("--drop", "station_lat").returncode == 0
 
 
+def test_an_xarray_coordinate_is_named_as_left_out_and_reads_as_a_column_when_named(tmp_path):
+    # (the "time" coordinate was left out without a word, and --features time found no column)
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    hours = pd.date_range("2020-01-01", periods=400, freq="h")
+    xr.Dataset({"humidity": ("time", rng.normal(size=400)), "station": ("time", rng.choice(["A", "B"], 400)),
+                "y": ("time", (hours.hour >= 12).astype(int))},
+               coords={"time": hours}).to_zarr(tmp_path / "w.zarr", zarr_format=3, consolidated=False)
+    run = lambda cmd, *a: subprocess.run([str(BIN), cmd, *map(str, a)],  # noqa: E731
+                                         capture_output=True, text=True, timeout=120)
+    res = run("inspect", tmp_path / "w.zarr", "--label", "y")
+    assert res.returncode == 0, res.stderr
+    assert "  time: left out: int64: an xarray coordinate, the index of dimension 'time' (--features names it, " \
+           "with the columns to use, to take it as one)" in res.stdout
+    named = ["--features", "time", "--features", "humidity", "--features", "station"]
+    res = run("inspect", tmp_path / "w.zarr", "--label", "y", *named)
+    assert "feature_names: time, humidity, station=" in res.stdout and "time: timestamp[" in res.stdout
+    res = run("train", tmp_path / "w.zarr", "--label", "y", *named, "--epochs", "2", "--checkpoint-dir", tmp_path / "r")
+    assert res.returncode == 0, res.stderr
+    res = run("predict", tmp_path / "r", tmp_path / "w.zarr", "--out", tmp_path / "p.parquet")
+    assert res.returncode == 0, res.stderr
+    assert len(pd.read_parquet(tmp_path / "p.parquet")) == 400
+
+
 def test_an_hdf5_file_of_one_1d_dataset_per_column_says_how_to_write_it_readably(tmp_path):
     import pandas as pd
 

@@ -168,8 +168,11 @@ class ZarrDataset(Dataset):
         self._set_bounds(X, X.shape[1])
 
     def _open_columns(self, arrays, features, label) -> None:
-        # Arrays that index a dimension (xarray coordinates such as "time") are not features.
-        one_d = {k: a for k, a in arrays.items() if a.ndim == 1 and _dims(a) != (k.split("/")[-1],)}
+        # Arrays that index a dimension (xarray coordinates such as "time") are not features, unless
+        # named (--features time): then they are a column as any other.
+        named = set(features) if isinstance(features, (list, tuple)) else set()
+        coords = {k for k, a in arrays.items() if a.ndim == 1 and _dims(a) == (k.split("/")[-1],)}
+        one_d = {k: a for k, a in arrays.items() if a.ndim == 1 and (k not in coords or k in named)}
         if not one_d:
             raise DataError(f"{self.path}: no 2-D features array and no 1-D feature arrays "
                             f"(looked for {', '.join(FEATURE_KEYS)}; found: {', '.join(arrays) or 'nothing'})")
@@ -355,10 +358,15 @@ class ZarrDataset(Dataset):
 
 def _not_columns(arrays: dict, features) -> list[tuple[str, str]]:
     """The arrays of a group of columns that are not one (2-D and more: a variable over a second
-    dimension, as xarray writes one), each with the reason it is left out; none where the user
-    chose the features."""
+    dimension, as xarray writes one; an xarray coordinate, which indexes its dimension, of as many
+    rows as the table), each with the reason it is left out; none where the user chose the features."""
     if features is not None:
         return []
+    lengths = Counter(a.shape[0] for k, a in arrays.items() if a.ndim == 1 and _dims(a) != (k.split("/")[-1],))
+    rows = max(lengths, key=lambda n: (lengths[n], n)) if lengths else None
     return [(k, f"{a.ndim}-D array {tuple(a.shape)}: not a column (one 1-D array per column is; split it "
-                f"into 1-D arrays to use it)") for k, a in arrays.items() if a.ndim >= 2]
+                f"into 1-D arrays to use it)") for k, a in arrays.items() if a.ndim >= 2] + \
+        [(k, f"{a.dtype}: an xarray coordinate, the index of dimension {k.split('/')[-1]!r} (--features names it, "
+             "with the columns to use, to take it as one)")
+         for k, a in arrays.items() if a.ndim == 1 and _dims(a) == (k.split("/")[-1],) and a.shape[0] == rows]
 
