@@ -118,6 +118,21 @@ def test_an_xarray_coordinate_is_named_as_left_out_and_reads_as_a_column_when_na
     assert len(pd.read_parquet(tmp_path / "p.parquet")) == 400
 
 
+def test_a_pandas_frame_in_hdf5_s_fixed_format_says_how_to_write_it_readably(tmp_path):
+    # (it said "no features dataset found; name it with --features", which reads nothing there)
+    df = pd.DataFrame({"a": np.arange(200.0), "b": np.arange(200.0) * 2, "y": np.arange(200) % 2})
+    df.to_hdf(tmp_path / "f.h5", key="df")  # (pandas' default: format="fixed")
+    run = lambda path: subprocess.run([str(BIN), "inspect", str(path), "--label", "y"],  # noqa: E731
+                                      capture_output=True, text=True, timeout=120)
+    res = run(tmp_path / "f.h5")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'f.h5'}: 'df' is a pandas DataFrame in HDF5's fixed format (to_hdf's default: blocks "
+        "of columns, not rows); write it with to_hdf(path, key='df', format='table'), or as Parquet, to read it"]
+    pd.read_hdf(tmp_path / "f.h5").to_hdf(tmp_path / "t.h5", key="df", format="table")  # (as it says)
+    res = run(tmp_path / "t.h5")
+    assert res.returncode == 0 and "feature_names: a, b" in res.stdout
+
+
 def test_an_hdf5_file_of_one_1d_dataset_per_column_says_how_to_write_it_readably(tmp_path):
     import pandas as pd
 

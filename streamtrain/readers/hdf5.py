@@ -68,6 +68,8 @@ class HDF5Dataset(Dataset):
         elif want in tables:
             self._open_table(dsets[want], want, None, label)
         elif features is None:
+            if not tables and not any(k.split("/")[-1] in FEATURE_KEYS for k in plain):
+                _refuse_pandas_fixed(self._handle(), self.path)
             key = find_key(list(plain), None, FEATURE_KEYS, "features dataset", self.path, required=not tables)
             if key is not None:
                 self._open_matrix(dsets, key, _strip(label))
@@ -362,3 +364,20 @@ class HDF5Dataset(Dataset):
 
 def _strip(key: str | None) -> str | None:
     return key.lstrip("/") if isinstance(key, str) else key
+
+
+def _refuse_pandas_fixed(f, path: str) -> None:
+    """A DataFrame pandas wrote in HDF5's fixed format (``to_hdf``'s default: blocks of columns by
+    type, no rows to read in chunks) is an error saying how to write it readably."""
+    import h5py
+
+    for key in f.keys():
+        if not isinstance(f.get(key, getlink=True), h5py.HardLink):  # (no link is followed out of the file)
+            continue
+        node = f[key]
+        kind = node.attrs.get("pandas_type") if isinstance(node, h5py.Group) else None
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind in ("frame", "series"):
+            raise DataError(f"{path}: {key!r} is a pandas {'DataFrame' if kind == 'frame' else 'Series'} in HDF5's "
+                            "fixed format (to_hdf's default: blocks of columns, not rows); write it with "
+                            f"to_hdf(path, key={key!r}, format='table'), or as Parquet, to read it")
