@@ -992,6 +992,30 @@ def test_numbers_written_as_text_with_junk_are_read_as_numbers_when_asked_as_ins
     assert X[2905, names.index("reading:missing")] == 1 and X[0, names.index("reading:missing")] == 0
     _cli("train", tmp_path / "m.csv", "--label", "y", "--numeric", "reading,qty", "--epochs", "1", "--quiet",
          "--checkpoint-dir", tmp_path / "r")
+    _cli("predict", tmp_path / "r", tmp_path / "m.csv", "--out", tmp_path / "p.parquet")  # (its "?" missing again)
+    # a model trained on numbers reads numbers written as text, and names a value that is not one
+    # (it was read as missing without a word)
+    numbers = pd.DataFrame({"reading": np.r_[reading[:2900].astype(float), np.full(100, 100.0)],
+                            "qty": [float(q.replace(",", "")) for q in qty], "site": ["a", "b", "c"] * 1000, "y": y})
+    numbers.to_parquet(tmp_path / "n.parquet")
+    _cli("train", tmp_path / "n.parquet", "--label", "y", "--epochs", "1", "--quiet", "--checkpoint-dir", tmp_path / "rn")
+    numbers.astype({"reading": str}).to_parquet(tmp_path / "t.parquet")
+    a, b = (tmp_path / "pn.parquet", tmp_path / "pt.parquet")
+    _cli("predict", tmp_path / "rn", tmp_path / "n.parquet", "--out", a)
+    _cli("predict", tmp_path / "rn", tmp_path / "t.parquet", "--out", b)
+    pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
+    numbers.astype({"reading": str}).assign(reading=lambda d: d["reading"].where(d.index != 7, "N/A?")).to_parquet(
+        tmp_path / "j.parquet")
+    res = _cli("predict", tmp_path / "rn", tmp_path / "j.parquet", "--out", tmp_path / "pj.parquet", check=False)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].endswith(
+        "column 'reading' holds text, and 'N/A?' in it is not a number (training's were numbers); correct it, or train "
+        "with --numeric reading on text like it, which reads such a value as missing")
+    state = ds.encoding.state_dict()
+    col = next(c for c in state["columns"] if c["name"] == "reading")
+    assert col["text"] is True
+    col["text"] = "yes"
+    with pytest.raises(ValueError, match="text must be true where it is given"):
+        Encoding.from_state(state)
 
 
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):

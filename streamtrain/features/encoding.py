@@ -175,10 +175,11 @@ class _Numeric:
     a datetime may add its ``parts`` (hour, weekday, month), one-hot."""
 
     def __init__(self, name: str, kind: str, center: float, fill: float, indicator: bool, missing: str,
-                 parts: tuple[str, ...] = (), zone: str | None = None):
+                 parts: tuple[str, ...] = (), zone: str | None = None, text: bool = False):
         self.name, self.kind, self.center, self.fill, self.indicator = name, kind, center, fill, indicator
-        # (zone: training's time zone, in which the parts of a timestamp with another are taken too)
-        self.missing, self.parts, self.zone = missing, tuple(parts), zone
+        # (zone: training's time zone, in which the parts of a timestamp with another are taken too;
+        # text: training read numbers written as text, a value that is not one as missing)
+        self.missing, self.parts, self.zone, self.text = missing, tuple(parts), zone, text
         self.names = [name] + ([f"{name}:missing"] if indicator else [])
         self.scaled = [True] + ([False] if indicator else [])
         for part in self.parts:
@@ -197,7 +198,15 @@ class _Numeric:
             raise DataError(f"{where}: column {self.name!r} holds {arr.type}, not numbers as in training") from None
         if not v.flags.writeable:  # a view of Arrow's buffer
             v = v.copy()
-        gone = null_mask(arr) | (np.isnan(v) if is_text(arr.type) else False)  # (text: "?" is missing too)
+        gone = null_mask(arr)
+        if is_text(arr.type):  # (numbers as text: "?" is missing where training took text so, else an error)
+            junk = np.isnan(v) & ~gone
+            if junk.any() and not self.text:
+                bad = arr.filter(pa.array(junk))[0].as_py()
+                raise DataError(f"{where}: column {self.name!r} holds text, and {bad!r} in it is not a number "
+                                f"(training's were numbers); correct it, or train with --numeric {self.name} on text "
+                                "like it, which reads such a value as missing")
+            gone = gone | junk
         if gone.any():
             if self.missing == "error":
                 raise DataError(f"{where}: column {self.name!r} has missing values (--missing impute fills them "
@@ -229,6 +238,8 @@ class _Numeric:
         extra = {"parts": list(self.parts)} if self.parts else {}
         if self.parts and self.zone is not None:
             extra["zone"] = self.zone
+        if self.text:
+            extra["text"] = True
         return {"kind": self.kind, "name": self.name, "center": self.center, "fill": self.fill,
                 "indicator": self.indicator, **extra}
 
@@ -588,8 +599,10 @@ def _column_from_state(c, what: str):
         zone = c.get("zone")
         if zone is not None and not (parts and _short_str(zone) and _zone_known(zone)):
             raise ValueError(f"{what}: column {name!r}: zone must be a time zone's name, of a column with parts")
+        if c.get("text", False) is not True and "text" in c:
+            raise ValueError(f"{what}: column {name!r}: text must be true where it is given")
         return _Numeric(name, kind, _finite(c, "center", what), _finite(c, "fill", what), c["indicator"], "impute",
-                        tuple(parts), zone)
+                        tuple(parts), zone, "text" in c)
     if kind == "vector":
         w = c.get("width")
         if type(w) is not int or not 1 <= w <= MAX_COLUMNS:

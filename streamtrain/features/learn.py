@@ -334,7 +334,8 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                                   f"time of day, so no hour; ask for its other parts: --date-parts {p.name}:{rest}")
             zone = getattr(p.arrow_type, "tz", None) if parts and _T.is_timestamp(p.arrow_type) else None
             columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
-                                    bool(acc is not None and acc.nulls), options.missing, parts, zone))
+                                    bool(acc is not None and acc.nulls), options.missing, parts, zone,
+                                    is_text(p.arrow_type)))
         elif p.kind == "hashed" and p.buckets is not None and options.hash_bits is None:
             columns.append(_OneHot(p.name, buckets=p.buckets, gather=p.buckets + 1 > options.one_hot_max))
         elif p.kind == "hashed" and p.buckets is not None:
