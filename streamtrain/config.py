@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, nearest
 
 __all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "ConfigError", "LIMITS", "MAX_FEATURES", "choices", "class_weights"]
 
@@ -329,8 +328,8 @@ class TrainConfig:
             chosen = [p.strip() for p in which.split("+")] if which else ["hour", "weekday", "month"]
             bad = [p for p in chosen if p not in ("hour", "weekday", "month")]
             if bad or not col:
-                near = difflib.get_close_matches(bad[0], ("hour", "weekday", "month"), n=1) if bad else []
-                raise ConfigError(f"--date-parts {item!r}: " + (f"no part {bad[0]!r} (did you mean {near[0]!r}?); "
+                near = nearest(bad[0], ("hour", "weekday", "month")) if bad else None
+                raise ConfigError(f"--date-parts {item!r}: " + (f"no part {bad[0]!r} (did you mean {near!r}?); "
                                                                 if near else "")
                                   + "it is COL or COL:PART+PART, parts of hour, weekday, month")
             parts[col] = chosen

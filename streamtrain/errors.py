@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["StreamtrainError", "DataError", "CheckpointError", "ConfigError", "TrainingError", "Interrupted",
-           "RankError", "os_reason"]
+           "RankError", "os_reason", "nearest"]
 
 
 class StreamtrainError(Exception):
@@ -65,3 +65,13 @@ def os_reason(e: OSError) -> str:
 
         return os.strerror(e.errno)
     return e.strerror or str(e)
+
+
+def nearest(word, choices) -> str | None:
+    """The choice a mistyped ``word`` most likely meant, for an error's "did you mean": the closest
+    by spelling, else one that differs only in case; None where none is near."""
+    import difflib
+
+    choices = [str(c) for c in choices]
+    near = difflib.get_close_matches(str(word), choices, n=1)
+    return near[0] if near else next((c for c in choices if c.casefold() == str(word).casefold()), None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from click.core import ParameterSource
 
 from ..config import LIMITS, TrainConfig
 from ..config import choices as config_choices
+from ..errors import nearest
 from ..nn.optim import HYPERPARAMETERS, OPTIMIZERS
 from ..progress import DEFAULT_EVERY, Progress
 from ..readers import open_dataset
@@ -194,9 +194,9 @@ def _load_config(ctx, param, value):
     for key, v in table.items():
         name = key.replace("-", "_")
         if name not in params or name == "config":
-            hint = difflib.get_close_matches(name, params, n=1)
+            hint = nearest(name, params)
             raise click.BadParameter(f"{value}: unknown setting {key!r}"
-                                     + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                                     + (f" (did you mean {hint!r}?)" if hint else ""))
         p = params[name]
         try:
             if p.multiple and not isinstance(v, list):

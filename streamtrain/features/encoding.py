@@ -36,6 +36,7 @@ from ..errors import ConfigError, DataError
 from .codes import Categories
 from .hashing import bucket, fmix64, hash64, null_mask
 from .kinds import MAX_VALUES, canonical, check_header, kind_of, values_from_json, values_to_json
+from .schema import is_text
 
 __all__ = ["Encoding", "EncodingOptions", "MAX_LABEL_CLASSES"]
 
@@ -136,12 +137,6 @@ def _numbers(arr) -> np.ndarray:
     if is_text(t):
         return _parsed(arr)
     return pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-
-
-def is_text(t: pa.DataType) -> bool:
-    """Whether values of type ``t`` (a dictionary's values) are text."""
-    t = t.value_type if _T.is_dictionary(t) else t
-    return _T.is_string(t) or _T.is_large_string(t) or _T.is_string_view(t)
 
 
 #: A number as text: digits with a point and an exponent, or digits grouped by commas in threes.

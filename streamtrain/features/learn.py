@@ -15,10 +15,10 @@ import pyarrow.compute as pc
 from ..errors import ConfigError, DataError
 from .distinct import DistinctCount
 from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Cross, _Label, _Numeric, _numbers, _OneHot,
-                       _Vector, is_text)
+                       _Vector)
 from .hashing import hash64, null_mask
 from .kinds import kind_of
-from .schema import ColumnPlan, choose_string_kind, infer_columns
+from .schema import ColumnPlan, choose_string_kind, infer_columns, is_text
 from .vocab import Vocabulary
 
 __all__ = ["learn_encoding", "needs_encoding", "VOCAB_CAPACITY"]

@@ -19,14 +19,13 @@ identifier.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import pyarrow as pa
 
-from ..errors import ConfigError
+from ..errors import ConfigError, nearest
 
 __all__ = ["ColumnPlan", "StringChoice", "infer_columns", "choose_string_kind", "KINDS", "OVERRIDES", "DROPPED"]
 
@@ -51,7 +50,9 @@ class ColumnPlan:
     by_cardinality: bool = False
 
 
-def _is_string(t: pa.DataType) -> bool:
+def is_text(t: pa.DataType) -> bool:
+    """Whether values of type ``t`` (a dictionary's values) are text."""
+    t = t.value_type if _T.is_dictionary(t) else t
     return _T.is_string(t) or _T.is_large_string(t) or _T.is_string_view(t)
 
 
@@ -68,11 +69,11 @@ def _classify(t: pa.DataType) -> tuple[str, str, bool]:
     if _T.is_decimal(t):
         return "numeric", f"{t}: numeric, as float64", False
     if _T.is_dictionary(t):
-        if _is_string(t.value_type) or _T.is_integer(t.value_type) or _T.is_boolean(t.value_type):
+        if is_text(t.value_type) or _T.is_integer(t.value_type) or _T.is_boolean(t.value_type):
             return "categorical", f"dictionary of {t.value_type}: categorical", False
         kind, reason, _ = _classify(t.value_type)
         return kind, f"dictionary of {reason}", False
-    if _is_string(t):
+    if is_text(t):
         return "categorical", f"{t}: categorical or hashed by cardinality after the statistics pass", True
     if _T.is_timestamp(t) or _T.is_date(t):
         return "datetime", f"{t}: datetime, as seconds since the epoch", False
@@ -121,9 +122,9 @@ def _check_overrides(overrides: dict, names: list[str]) -> dict[str, tuple[str, 
                     quoted = '"' + comma.replace('"', '""') + '"'
                     raise ConfigError(f"--{key} names no column {col!r}; column {comma!r} holds a comma: write it "
                                       f"in double quotes, --{key} '{quoted}'")
-                near = difflib.get_close_matches(str(col), names, n=1)
+                near = nearest(col, names)
                 raise ConfigError(f"--{key} names no column {col!r}"
-                                  + (f" (did you mean {near[0]!r}?" if near else f" (columns: {', '.join(names)}")
+                                  + (f" (did you mean {near!r}?" if near else f" (columns: {', '.join(names)}")
                                   + ")")
             if col in out:
                 raise ConfigError(f"--{out[col][0]} and --{key} both name column {col!r}: give it to one of them")
@@ -141,12 +142,12 @@ def _override(name: str, t: pa.DataType, key: str, buckets: int | None) -> Colum
     if key == "numeric":
         if _is_number(value_type):
             return ColumnPlan(name, t, "numeric", f"{t}: numeric, as --numeric asks")
-        if _is_string(value_type):  # (a CSV's numbers with a "?" or "N/A" among them: read as text)
+        if is_text(value_type):  # (a CSV's numbers with a "?" or "N/A" among them: read as text)
             return ColumnPlan(name, t, "numeric", f"{t}: numbers written as text, as --numeric asks (a value "
                                                   "that is not one, missing)")
         raise ConfigError(f"--numeric {name}: column {name!r} is of type {t}, not numbers or text "
                           "(--categorical or --hash take other values)")
-    if _is_string(value_type) or _T.is_integer(value_type) or _T.is_boolean(value_type):
+    if is_text(value_type) or _T.is_integer(value_type) or _T.is_boolean(value_type):
         if key == "categorical":
             return ColumnPlan(name, t, "categorical", f"{t}: categorical, as --categorical asks")
         return ColumnPlan(name, t, "hashed", f"{t}: hashed into {buckets} buckets, as --hash asks", buckets)

@@ -3,14 +3,13 @@ HDF5 table, a 1-D Zarr array), possibly one element of a vector-valued column.""
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, nearest
 
 __all__ = ["Column", "vector_columns", "select_columns", "left_out", "fill_features", "find_key", "FEATURE_KEYS",
            "LABEL_KEYS"]
@@ -30,10 +29,9 @@ def find_key(available: list[str], wanted: str | None, candidates: tuple[str, ..
         return None
     if wanted is not None:
         if wanted not in available:
-            near = difflib.get_close_matches(wanted, available, n=1) or [
-                a for a in available if a.casefold() == str(wanted).casefold()][:1]
-            if near:
-                raise DataError(f"{path}: no {what} named {wanted!r} (did you mean {near[0]!r}?)")
+            near = nearest(wanted, available)
+            if near is not None:
+                raise DataError(f"{path}: no {what} named {wanted!r} (did you mean {near!r}?)")
             raise DataError(f"{path}: no {what} named {wanted!r} (found: "
                             f"{', '.join(map(repr, available)) or 'nothing'})")
         return wanted
