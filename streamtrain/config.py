@@ -306,7 +306,7 @@ class TrainConfig:
                 raise ConfigError(f"{key}: {problem}")
             params[key] = float(value)
 
-    def encode_options(self) -> dict | None:
+    def encode_options(self) -> dict | None:  # (from the settings ENCODING_SETTINGS names)
         """How a table's columns are encoded (``EncodingOptions``' fields), or None for the defaults."""
         hashed = {}
         for item in names(self.hash):
@@ -414,6 +414,10 @@ def auto_epochs(rows: int, batch_size: int) -> int:
 
 
 # Changing these on resume does not change the batches or updates of the epochs already planned.
+#: The settings ``TrainConfig.encode_options`` makes a table's column encoding from.
+ENCODING_SETTINGS = ("categorical", "numeric", "hash", "drop", "cross", "date_parts", "hash_bits", "hash_buckets",
+                     "one_hot_max", "max_categories", "min_frequency", "missing", "classes")
+
 RESUME_MAY_CHANGE = frozenset({"cache_dir", "cache_max_gb", "epochs", "strict", "checkpoint_every", "checkpoint_seconds", "keep", "keep_best",
                                "early_stopping", "min_delta", "decoder", "decoder_workers",
                                "sparse_reduce", "peer_timeout"})

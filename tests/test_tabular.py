@@ -1018,6 +1018,18 @@ def test_numbers_written_as_text_with_junk_are_read_as_numbers_when_asked_as_ins
         Encoding.from_state(state)
 
 
+def test_the_encoding_settings_resume_keeps_are_those_the_encoding_is_made_from():
+    # (a setting encode_options reads but ENCODING_SETTINGS forgets could change on resume unapplied)
+    import inspect
+    import re
+
+    from streamtrain.config import ENCODING_SETTINGS, TrainConfig
+
+    src = inspect.getsource(TrainConfig.encode_options)
+    read = set(re.findall(r"self\.(\w+)", src)) - {"class_list"} | {"classes"}
+    assert read == set(ENCODING_SETTINGS)
+
+
 def test_predictions_in_a_matrix_format_are_named_where_they_are(tmp_path):
     # (the message named columns p_* that an HDF5 or Zarr file holds as one array X)
     import h5py

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 
-from ..config import RESUME_MAY_CHANGE, TrainConfig
+from ..config import ENCODING_SETTINGS, RESUME_MAY_CHANGE, TrainConfig
 from ..errors import CheckpointError
 from ..io.checkpoint import load_checkpoint
 from ..io.rundir import RunDirectory
@@ -20,10 +20,9 @@ __all__ = ["claim", "adopt_settings", "adopt_weight", "check_resumable", "resume
 
 # What a resumed run can never change: the saved parameters have their shape and type.
 FIXED = ("hidden", "activation", "dtype")
-#: The settings a table's column encoding is learned from: kept in the checkpoint with the model,
-#: they cannot change on resume either (with --force, a changed --drop was recorded, not applied).
-ENCODING = ("categorical", "numeric", "hash", "drop", "cross", "date_parts", "hash_bits", "hash_buckets",
-            "one_hot_max", "max_categories", "min_frequency", "missing", "classes")
+#: A table's encoding settings (``config.ENCODING_SETTINGS``): kept in the checkpoint with the
+#: model, they cannot change on resume either (with --force, a changed --drop was recorded, not applied).
+ENCODING = ENCODING_SETTINGS
 
 
 def claim(comm, rundir: RunDirectory | None, resume: bool, overwrite: bool, log):
