@@ -1257,6 +1257,22 @@ def test_the_pass_on_two_threads_learns_what_one_thread_learns(tmp_path, monkeyp
         open_dataset(tmp_path / "f.parquet", label="status", **opts)
 
 
+def test_numba_s_argument_types_are_all_registered_before_any_thread_types_one():
+    # The first kernel a process loads makes numba import modules that register argument types in
+    # the table numba.typeof dispatches on; a thread typing a new argument type meanwhile failed
+    # ("dictionary changed size during iteration": the encoding's pass, two columns on two threads,
+    # in CI). Once streamtrain's compiled modules are imported, that first load registers nothing.
+    code = ("import streamtrain.cli, streamtrain.features.hashing as h, streamtrain.data.moments\n"
+            "from numba.core.typing.typeof import typeof_impl\n"
+            "from numba.core.registry import cpu_target\n"
+            "h._compiled(); before = set(typeof_impl.registry)\n"
+            "cpu_target.target_context.refresh()\n"
+            "print(sorted(map(str, set(typeof_impl.registry) - before)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("hash_bits", [None, 12])
 def test_the_pass_gives_a_column_s_vocabulary_up_once_it_must_be_hashed(monkeypatch, hash_bits):
     # (counting the values of a click log's columns of millions of values was most of its pass,

@@ -6,7 +6,7 @@ every command's."""
 
 from __future__ import annotations
 
-import numba
+from .._jit import numba
 import numpy as np
 
 __all__ = ["column_moments"]

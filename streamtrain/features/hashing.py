@@ -67,7 +67,7 @@ def _compiled():
         if importlib.util.find_spec("numba") is None:
             _kernel = False
         else:
-            import numba
+            from .._jit import numba
 
             _kernel = numba.njit(cache=True, nogil=True)(_fnv_bytes)
     return _kernel or None

@@ -1,7 +1,8 @@
 """What the compiled loops share (the per-sample loop of ``online`` and the minibatch step of
 ``minibatch``): the module they are compiled from, written from their source and the
 activations table; the codes their ``act`` and ``task`` arguments take; the targets' layout;
-the float32 exponential. A leaf: it imports nothing of streamtrain, and numba only when asked.
+the float32 exponential. A leaf: it imports nothing of streamtrain; its module, numba (through
+``streamtrain._jit``) and the compiled helpers it names.
 
 A compiled loop is written once, with the activation left open: inside a
 ``with each_activation(act):`` block, ``ACTIVATE(s, one, zero)`` is the activation of ``s``,
@@ -348,7 +349,7 @@ def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, 
     codes = ", ".join(f"{name} {k}" for k, name in enumerate(table))
     head = [f"# Written by streamtrain.nn.kernels.build for {stem}: its compiled functions, each activation's",
             f"# forms in place (codes: {codes}). Not to be edited: rewritten when either changes.",
-            "import numba", "import numpy as np", "", f"ACTIVATIONS = {tuple(table)!r}", f"TASKS = {tuple(tasks)!r}"]
+            "from streamtrain._jit import numba", "import numpy as np", "", f"ACTIVATIONS = {tuple(table)!r}", f"TASKS = {tuple(tasks)!r}"]
     head += [f"{k} = {v!r}" for k, v in sorted(constants.items())]
     for k, where in sorted(imports.items()):
         # (its source's hash in the text: the module's name, and so numba's cache of it, changes with it)

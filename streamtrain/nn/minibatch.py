@@ -65,6 +65,8 @@ def load_in_background(dtype="float32", sgd: bool = True) -> None:
         import numpy.linalg  # noqa: F401
         import numpy.random  # noqa: F401
 
+        from .. import _jit  # noqa: F401  (numba's argument types, all registered before a second thread)
+
         threading.Thread(target=load, args=(dtype, sgd), name="streamtrain-compile", daemon=True).start()
 
 

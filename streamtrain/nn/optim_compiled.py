@@ -8,7 +8,7 @@ the results are bitwise numpy's.
 
 from __future__ import annotations
 
-import numba
+from .._jit import numba
 import numpy as np
 
 __all__ = ["adam_update"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 
-import numba
+from .._jit import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils
