@@ -24,9 +24,13 @@ def _inner_session(tmp_path: Path, body: str, timeout: float) -> tuple[subproces
 
 def test_a_process_a_test_left_running_is_named_and_killed(tmp_path):
     done, _ = _inner_session(tmp_path, (
-        "import subprocess\n"
+        "import subprocess, time\n"
         "def test_leaves_a_server():\n"
-        "    open('pid', 'w').write(str(subprocess.Popen(['sleep', '417']).pid))\n"), 60)
+        "    pid = subprocess.Popen(['sleep', '417']).pid\n"
+        "    open('pid', 'w').write(str(pid))\n"
+        # (until the child has exec'd: before, its command line is still pytest's, under load)
+        "    while b'sleep' not in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+        "        time.sleep(0.01)\n"), 60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "processes left running by tests (killed now)" in done.stdout and "sleep 417" in done.stdout
     pid = int((tmp_path / "pid").read_text())
