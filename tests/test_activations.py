@@ -132,8 +132,9 @@ def test_a_compiled_helper_is_imported_by_name_with_its_module_s_hash_and_other_
 
     before = text()
     imports = [line for line in before.splitlines() if line.startswith("from ")]
-    assert len(imports) == 2 and imports[0] == "from streamtrain._jit import numba" and imports[1].startswith(
-        "from streamtrain.nn.sparse_compiled import _prefetch_row  # streamtrain.nn.sparse_compiled ")
+    assert len(imports) == 3 and imports[0] == "from streamtrain._jit import numba"
+    for name, line in zip(("_finite", "_prefetch_row"), imports[1:]):
+        assert line.startswith(f"from streamtrain.nn.sparse_compiled import {name}  # streamtrain.nn.sparse_compiled ")
     # the helper's module changing changes the text (and so the module's name, and numba's cache of it)
     monkeypatch.setattr(kernels.inspect, "getsource", lambda module: "changed")
     assert text() != before

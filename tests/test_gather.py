@@ -360,6 +360,87 @@ def test_the_compiled_online_loop_over_codes_equals_the_numpy_step(options, tmp_
         np.testing.assert_allclose(params[0][k], params[1][k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("options", [{}, {"hash_bits": 4, "lr_schedule": "invscaling"}, {"activation": "tanh"}])
+def test_the_compiled_online_loop_of_lazy_adam_over_codes_equals_the_numpy_step(options, tmp_path):
+    # (hash_bits 4: one shared table of 16 rows, so that codes of two columns select one row)
+    from streamtrain import Trainer
+    from streamtrain.train.update import GradientStep, PerSampleAdam
+
+    flights(500).to_parquet(tmp_path / "f.parquet")
+    runs = []
+    for compiled in (True, False):
+        t = Trainer(hidden=5, epochs=2, batch_size=1, optimizer="adam", one_hot_max=0, dtype="float64", lr=0.01,
+                    compiled=compiled, seed=2, **options)
+        t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
+        assert isinstance(t.stepper, PerSampleAdam if compiled else GradientStep)
+        runs.append((t.net.params, t.optimizer))
+    (pa_, oa), (pb, ob) = runs
+    assert oa.t == ob.t == 2 * 500
+    for k in pa_:  # (sums in another order: float64 rounding apart)
+        np.testing.assert_allclose(pa_[k], pb[k], rtol=1e-9, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(oa.m[k], ob.m[k], rtol=1e-9, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(oa.v[k], ob.v[k], rtol=1e-9, atol=1e-15, err_msg=k)
+    untouched = (oa.v["W1"] == 0).all(axis=1)  # (lazy: a row no code selected has neither moved nor moments)
+    np.testing.assert_array_equal(untouched, (ob.v["W1"] == 0).all(axis=1))
+
+
+def test_the_online_loop_of_lazy_adam_stops_before_a_row_whose_loss_is_not_finite():
+    # the parameters are the last good ones, as batches of one row leave them: those of the rows before
+    from streamtrain.config import TrainConfig
+    from streamtrain.model import Model
+    from streamtrain.nn.optim import Adam
+    from streamtrain.train.update import PerSampleAdam
+
+    layout = InputLayout([0], [0], [1, 2], [1, 41], [40, 40])
+
+    def stepper():
+        net = TwoLayerNet(3, 4, 1, seed=1, dtype="float64", task="regression", layout=layout)
+        model = Model(net, None, None, [], None, None)
+        model.labels = type("L", (), {"task": "regression"})()
+        return PerSampleAdam(TrainConfig(hidden=4, batch_size=1, optimizer="adam", lr=0.01, dtype="float64"), model,
+                             Adam(0.01)), net
+
+    X = np.array([[0.5, 3, 7], [1.0, 7, 7], [1e200, 3, 9], [2.0, 3, 1]])
+    T = np.array([0.5, -1.0, 1e200, 0.0])
+    good, net_good = stepper()
+    good.update(X[:2], T[:2])
+    bad, net_bad = stepper()
+    out = bad.update(X, T)
+    assert not np.isfinite(out.loss_sum) and bad.optimizer.t == good.optimizer.t == 2
+    for k in net_good.params:
+        np.testing.assert_array_equal(net_bad.params[k], net_good.params[k], err_msg=k)
+        np.testing.assert_array_equal(bad.optimizer.v[k], good.optimizer.v[k], err_msg=k)
+
+
+def test_online_lazy_adam_over_codes_killed_mid_epoch_resumes_bitwise(tmp_path):
+    flights(400).to_parquet(tmp_path / "f.parquet")
+    args = [str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hidden", "6", "--batch-size", "1",
+            "--optimizer", "adam", "--one-hot-max", "0", "--hash", "flight_id:512", "--epochs", "3", "--quiet"]
+    whole = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "whole")], capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    # a checkpoint every 170 rows; "the process died there": every one after epoch 2's middle removed, then resumed
+    parts = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "parts"), "--checkpoint-every", "170",
+                            "--keep", "100"], capture_output=True, text=True, timeout=300)
+    assert parts.returncode == 0, parts.stderr
+    from streamtrain.io.checkpoint import load_checkpoint
+    from streamtrain.io.resolve import list_checkpoints
+
+    kept = sorted(list_checkpoints(tmp_path / "parts"), key=lambda p: p.name)
+    mid = [p for p in kept if load_checkpoint(p, TRAINER)[1]["state"]["global_step"] == 510]
+    assert mid
+    for p in kept:
+        if p.name > mid[0].name:
+            p.unlink()
+    resumed = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "parts"), "--resume"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    (_, a, _), (_, b, _) = (latest_checkpoint(tmp_path / d, schema=TRAINER) for d in ("whole", "parts"))
+    assert "optim.m.W1" in a and int(a["optim.t"]) == 3 * 400
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lazy_adam_in_two_halves_gives_one_thread_s_values_bitwise(dtype):
     import threading

@@ -1,4 +1,5 @@
-"""The compiled per-sample loop for batch_size=1 (pure online learning) with plain SGD.
+"""The compiled per-sample loop for batch_size=1 (pure online learning) with plain SGD (and over
+inputs that are codes, with lazy Adam).
 
 One numpy step costs tens of microseconds of call overhead, which caps online
 learning near 18k samples/s; this loop runs a whole block of single-sample
@@ -19,12 +20,12 @@ from .functions import ACTIVATIONS, TASKS
 from .kernels import (ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, available, each_activation, each_task, targets_2d,
                       task_id)
 
-try:  # (an intrinsic's caller: the generated module imports it)
-    from .sparse_compiled import _prefetch_row
+try:  # (an intrinsic's callers: the generated module imports them)
+    from .sparse_compiled import _finite, _prefetch_row
 except ImportError:  # no numba: nothing here is compiled
-    _prefetch_row = None
+    _finite = _prefetch_row = None
 
-__all__ = ["available", "sgd_online", "sgd_online_codes", "sgd_online_codes_decay", "targets_2d"]
+__all__ = ["adam_online_codes", "available", "sgd_online", "sgd_online_codes", "sgd_online_codes_decay", "targets_2d"]
 
 _exp_neg_f32 = None  # the shared exponential's name in the generated module, where _sigmoid_f32 calls it
 
@@ -43,7 +44,10 @@ def _parts() -> list:
             ("_loop_codes", _loop_codes, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
             ("_row_squares", _row_squares, dict(cache=True, nogil=True)),
             ("_loop_codes_decay", _loop_codes_decay, dict(cache=True, fastmath=True, nogil=True,
-                                                          error_model="numpy"))]
+                                                          error_model="numpy")),
+            # (Adam's arithmetic without fastmath: optim_compiled's and sparse_compiled's, operation for operation)
+            ("_adam_at", _adam_at, dict(cache=True, nogil=True, error_model="numpy")),
+            ("_loop_codes_adam", _loop_codes_adam, dict(cache=True, fastmath=True, nogil=True, error_model="numpy"))]
 
 
 # The compiled loop. numba is imported (by the generated module) on first use: it costs 0.1 s of
@@ -319,6 +323,96 @@ def _loop_codes_decay(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp, 
     return loss_sum, correct, n
 
 
+def _adam_at(p, m, v, g, H, step, c2):  # pragma: no cover - compiled
+    # Adam's step of the weights p (1-d), their moments m and v, from their gradient g, in place.
+    # H: beta1, 1 - beta1, beta2, 1 - beta2, eps; step: the rate over the first moment's correction.
+    # (Element by element, optim_compiled's and sparse_compiled's arithmetic; it vectorises.)
+    b1, one_b1, b2, one_b2, eps = H[0], H[1], H[2], H[3], H[4]
+    for j in range(p.size):
+        gj = g[j]
+        mj = m[j] * b1 + one_b1 * gj
+        m[j] = mj
+        vj = v[j] * b2 + one_b2 * gj * gj
+        v[j] = vj
+        p[j] -= step * mj / (np.sqrt(vj / c2) + eps)
+
+
+def _loop_codes_adam(W1, b1, W2, b2, XD, DR, P, T, R, S, H, act, task, fast_exp, mW1, mb1, mW2, mb2, vW1, vb1, vW2,
+                     vb2):  # pragma: no cover - compiled
+    # ``_loop_codes`` with lazy Adam (``Adam.step`` of a ``RowGrad``): a sample's step moves the rows
+    # of W1 it selects (its plain inputs' rows, and each row its codes select once, with their summed
+    # gradient) and every other parameter, each with its moments (m*, v*). S (rows, 2): each step's
+    # rate over the first moment's bias correction, and the second's. A sample whose loss is not
+    # finite ends the loop before its step (the parameters are the last good ones, as a batch of
+    # one row leaves them): (summed loss, rows right, samples stepped).
+    n, d = XD.shape
+    c = P.shape[1]
+    h, o = W1.shape[1], W2.shape[1]
+    a, da, z, E, sigmoid, tanh = _scratch(W1, W2, act)
+    g = np.empty(max(h * o, h), W1.dtype)
+    W2f, mW2f, vW2f = W2.reshape(-1), mW2.reshape(-1), vW2.reshape(-1)
+    loss_sum = 0.0
+    correct = 0
+    for i in range(n):
+        if i + 1 < n:  # the next sample's rows (and their moments) asked for while this one works
+            for q in range(c):
+                r = P[i + 1, q]
+                _prefetch_row(W1, r, True)
+                _prefetch_row(mW1, r, True)
+                _prefetch_row(vW1, r, True)
+        for j in range(h):
+            a[j] = b1[j]
+        for k in range(d):
+            xk = XD[i, k]
+            r = DR[k]
+            for j in range(h):
+                a[j] += xk * W1[r, j]
+        for q in range(c):
+            r = P[i, q]
+            for j in range(h):
+                a[j] += W1[r, j]
+        _activate(a, E, act, fast_exp and sigmoid, tanh)
+        loss, right = _score_and_back(a, z, da, W2, b2, T[i], R[i], act, task)
+        loss_sum += loss
+        if not _finite(loss):  # (np.isfinite is folded away under fastmath)
+            return loss_sum, correct, i
+        correct += right
+        step, c2 = S[i, 0], S[i, 1]
+        for j in range(h):
+            for m in range(o):
+                g[j * o + m] = a[j] * z[m]
+        _adam_at(W2f, mW2f, vW2f, g, H, step, c2)
+        _adam_at(b2, mb2, vb2, z, H, step, c2)
+        for k in range(d):
+            xk = XD[i, k]
+            for j in range(h):
+                g[j] = xk * da[j]
+            r = DR[k]
+            _adam_at(W1[r], mW1[r], vW1[r], g, H, step, c2)
+        for q in range(c):
+            r = P[i, q]
+            first, times = True, 1
+            for p in range(c):  # a row two codes select (one shared table): its first, with both gradients
+                if P[i, p] == r and p != q:
+                    if p < q:
+                        first = False
+                        break
+                    times += 1
+            if not first:
+                continue
+            if times == 1:
+                _adam_at(W1[r], mW1[r], vW1[r], da, H, step, c2)
+                continue
+            for j in range(h):
+                g[j] = da[j]
+            for _ in range(times - 1):
+                for j in range(h):
+                    g[j] += da[j]
+            _adam_at(W1[r], mW1[r], vW1[r], g, H, step, c2)
+        _adam_at(b1, mb1, vb1, da, H, step, c2)
+    return loss_sum, correct, n
+
+
 def sgd_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np.ndarray, lr, activation: str,
                      task: str, weights: np.ndarray | None = None, picked: np.ndarray | None = None
                      ) -> tuple[float, int]:
@@ -353,6 +447,26 @@ def sgd_online_codes_decay(params: dict[str, np.ndarray], layout, X: np.ndarray,
         params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X[:, layout.dense_cols]),
         layout.dense_rows, np.ascontiguousarray(picked), targets_2d(T, X.dtype), R, rates, act, task_id(task),
         X.dtype == np.float32, stamp, state, X.dtype.type(l2), float(floor))
+    return float(loss_sum), int(correct), int(done)
+
+
+def adam_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: np.ndarray, scalars: np.ndarray,
+                      m: dict[str, np.ndarray], v: dict[str, np.ndarray], beta1: float, beta2: float, eps: float,
+                      activation: str, task: str, weights: np.ndarray | None = None) -> tuple[float, int, int]:
+    """One lazy Adam step per row of ``X`` (rows, ``layout.n_cols``), inputs that are codes (``layout``,
+    an ``network.InputLayout``), without a penalty: each step moves the rows of ``W1`` its row
+    selects and their moments (``m``, ``v``: Adam's, by parameter name), and every other parameter.
+    ``scalars`` (rows, 2): each step's learning rate over ``1 - beta1**t``, and ``1 - beta2**t``.
+    Stops before the step of a row whose loss is not finite: ``(summed loss, rows right, steps made)``."""
+    n = len(X)
+    R = np.ones(n, X.dtype) if weights is None else np.ascontiguousarray(weights, dtype=X.dtype)
+    H = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps], X.dtype)
+    compiled, act = _generated.get(activation)
+    loss_sum, correct, done = compiled._loop_codes_adam(
+        params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X[:, layout.dense_cols]),
+        layout.dense_rows, np.ascontiguousarray(layout.rows(X)), targets_2d(T, X.dtype), R,
+        np.ascontiguousarray(scalars, X.dtype), H, act, task_id(task), X.dtype == np.float32,
+        *(m[k] for k in ("W1", "b1", "W2", "b2")), *(v[k] for k in ("W1", "b1", "W2", "b2")))
     return float(loss_sum), int(correct), int(done)
 
 

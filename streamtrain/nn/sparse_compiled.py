@@ -66,6 +66,32 @@ else:
                 _prefetch_read(A, r, w - 1)
 
 
+@intrinsic
+def _bits_finite(typingctx, x):
+    """Whether the float ``x`` is finite, from its bits, passed through an empty asm statement: in a
+    caller compiled with fastmath (which assumes no inf or NaN) a float test would be folded away."""
+    if not isinstance(x, numba.types.Float):
+        return None
+    width = x.bitwidth
+    mask = (0x7FF << 52) if width == 64 else (0xFF << 23)  # (the exponent's bits: all set for inf and NaN)
+
+    def codegen(context, builder, signature, args):
+        ity = ir.IntType(width)
+        bits = builder.asm(ir.FunctionType(ity, [ity]), "", "=r,0", [builder.bitcast(args[0], ity)], False)
+        return builder.icmp_unsigned("!=", builder.and_(bits, ir.Constant(ity, mask)), ir.Constant(ity, mask))
+    return numba.types.boolean(x), codegen
+
+
+if numba.config.DISABLE_JIT:
+    def _finite(x):
+        return bool(np.isfinite(x))
+else:
+    @numba.njit(cache=True, nogil=True)
+    def _finite(x):  # pragma: no cover - compiled
+        """Whether ``x`` is finite, also where the caller is compiled with fastmath."""
+        return _bits_finite(x)
+
+
 @numba.njit(cache=True, nogil=True)
 def _add_rows(h, W, picked):  # pragma: no cover - compiled
     for i in range(picked.shape[0]):
