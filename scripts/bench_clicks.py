@@ -347,7 +347,8 @@ def _timed(f, *args) -> float:
 # Each streamtrain row's (limit in _row_limits, tables it updates: 1 for SGD, 3 for lazy Adam).
 _LIMIT_OF = {"streamtrain": ("per_column_adam", 3), "streamtrain_crosses": ("crosses_adam", 3),
              "streamtrain_shared": ("shared_adam", 3), "streamtrain_online": ("per_column_sgd", 1),
-             "streamtrain_online_l2": ("per_column_sgd", 1), "streamtrain_copied_snapshots": ("per_column_adam", 3)}
+             "streamtrain_online_l2": ("per_column_sgd", 1), "streamtrain_online_adam": ("per_column_adam", 3),
+             "streamtrain_copied_snapshots": ("per_column_adam", 3)}
 
 
 def _split_last_day(src: Path, train_path: Path, test_path: Path) -> tuple[int, int]:
@@ -396,6 +397,8 @@ def _run(args, work: Path) -> None:
                              ("streamtrain_online", ONLINE, {}),
                              # (plain SGD's L2 over the tables: their decay lazy, as VW's --l2)
                              ("streamtrain_online_l2", [*ONLINE, "--l2", "1e-6"], {}),
+                             # (Adam's steps per row: the compiled loop of lazy Adam, its default rate)
+                             ("streamtrain_online_adam", ["--batch-size", "1", "--optimizer", "adam"], {}),
                              ("streamtrain_copied_snapshots", batch, {"STREAMTRAIN_FORK_SNAPSHOT_MB": "1e9"})):
         if args.only and name not in args.only.split(","):
             continue
@@ -433,7 +436,7 @@ def _run(args, work: Path) -> None:
 
     limits = result["limits"] = _row_limits(args.buckets, args.vw_bits)
     for name, (limit, tables) in _LIMIT_OF.items():
-        if name in result:
+        if result.get(name):  # (a row --only left out is empty)
             r = result[name]
             cols = 30 if name == "streamtrain_crosses" else 26
             r["of_row_limit"] = r["rows_per_s"] / limits[limit]
@@ -498,7 +501,7 @@ def _run(args, work: Path) -> None:
     _save(args.out, result)
     print(f"click log: {args.rows:,} rows, {n_train:,} trained, the last day ({n_test:,}) held out")
     for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "streamtrain_online",
-                 "streamtrain_online_l2", "streamtrain_copied_snapshots", "vw", "vw_linear", "sklearn_sgd", "sklearn_mlp", "torch"):
+                 "streamtrain_online_l2", "streamtrain_online_adam", "streamtrain_copied_snapshots", "vw", "vw_linear", "sklearn_sgd", "sklearn_mlp", "torch"):
         r = result.get(name)
         if r:
             print(f"  {name:20s} {r['rows_per_s']:>10,.0f} rows/s  auc {r['auc']:.4f}  log_loss {r['log_loss']:.4f}"

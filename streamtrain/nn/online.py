@@ -337,12 +337,13 @@ def _adam_at(p, m, v, g, H, step, c2):  # pragma: no cover - compiled
         p[j] -= step * mj / (np.sqrt(vj / c2) + eps)
 
 
-def _loop_codes_adam(W1, b1, W2, b2, XD, DR, P, T, R, S, H, act, task, fast_exp, mW1, mb1, mW2, mb2, vW1, vb1, vW2,
-                     vb2):  # pragma: no cover - compiled
+def _loop_codes_adam(W1, b1, W2, b2, XD, DR, P, T, R, S, H, act, task, fast_exp, shared, mW1, mb1, mW2, mb2, vW1, vb1,
+                     vW2, vb2):  # pragma: no cover - compiled
     # ``_loop_codes`` with lazy Adam (``Adam.step`` of a ``RowGrad``): a sample's step moves the rows
     # of W1 it selects (its plain inputs' rows, and each row its codes select once, with their summed
     # gradient) and every other parameter, each with its moments (m*, v*). S (rows, 2): each step's
-    # rate over the first moment's bias correction, and the second's. A sample whose loss is not
+    # rate over the first moment's bias correction, and the second's; shared: whether two code columns
+    # may select one row (their ranges of rows overlap). A sample whose loss is not
     # finite ends the loop before its step (the parameters are the last good ones, as a batch of
     # one row leaves them): (summed loss, rows right, samples stepped).
     n, d = XD.shape
@@ -392,7 +393,7 @@ def _loop_codes_adam(W1, b1, W2, b2, XD, DR, P, T, R, S, H, act, task, fast_exp,
         for q in range(c):
             r = P[i, q]
             first, times = True, 1
-            for p in range(c):  # a row two codes select (one shared table): its first, with both gradients
+            for p in range(0 if shared else c):  # a row two codes select (a shared table): once, both gradients
                 if P[i, p] == r and p != q:
                     if p < q:
                         first = False
@@ -465,9 +466,16 @@ def adam_online_codes(params: dict[str, np.ndarray], layout, X: np.ndarray, T: n
     loss_sum, correct, done = compiled._loop_codes_adam(
         params["W1"], params["b1"], params["W2"], params["b2"], np.ascontiguousarray(X[:, layout.dense_cols]),
         layout.dense_rows, np.ascontiguousarray(layout.rows(X)), targets_2d(T, X.dtype), R,
-        np.ascontiguousarray(scalars, X.dtype), H, act, task_id(task), X.dtype == np.float32,
+        np.ascontiguousarray(scalars, X.dtype), H, act, task_id(task), X.dtype == np.float32, _overlap(layout),
         *(m[k] for k in ("W1", "b1", "W2", "b2")), *(v[k] for k in ("W1", "b1", "W2", "b2")))
     return float(loss_sum), int(correct), int(done)
+
+
+def _overlap(layout) -> bool:
+    """Whether two code columns of ``layout`` may select one row of ``W1`` (their rows overlap)."""
+    order = np.argsort(layout.offsets, kind="stable")
+    starts, ends = layout.offsets[order], (layout.offsets + layout.sizes)[order]
+    return bool((starts[1:] < ends[:-1]).any())
 
 
 def sgd_online(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, lr, l1: float, l2: float,
