@@ -1352,3 +1352,39 @@ def test_a_parquet_table_of_strings_reads_the_same_once_pickled(tmp_path):
     for i in (2, 0):
         for a, b in zip(copy.read_chunk(i), ds.read_chunk(i)):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_whole_numbers_that_look_like_an_identifier_are_noted_and_the_advice_leaves_them_out(tmp_path, mixed):
+    # (a key or a row number trains as a number without a word otherwise; every width, as polars writes them)
+    import polars as pl
+    import shlex
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    df = pl.DataFrame({"CustomerID": pl.Series(rng.permutation(n) * 7 + 10**12, dtype=pl.UInt64),
+                       "row": pl.Series(np.arange(n), dtype=pl.Int16),
+                       "amount_cents": pl.Series(rng.permutation(n) * 13, dtype=pl.Int32),  # distinct, but a number
+                       "age": pl.Series(rng.integers(18, 80, n), dtype=pl.UInt8),
+                       "churned": rng.integers(0, 2, n)})
+    if mixed:
+        df = df.with_columns(plan=pl.Series(np.where(rng.random(n) < 0.5, "gold", "basic")).cast(pl.Categorical))
+    df.write_parquet(tmp_path / "c.parquet")
+    res = _cli("train", tmp_path / "c.parquet", "--label", "churned", "--epochs", "1", "--checkpoint-dir",
+               tmp_path / "a", "--quiet")
+    noted = [line for line in res.stderr.splitlines() if "looks like an identifier" in line]
+    assert len(noted) == 2, res.stderr
+    assert "column 'CustomerID' looks like an identifier" in noted[0] and "its name says id" in noted[0]
+    assert "column 'row' looks like an identifier" in noted[1] and "distinct and increasing" in noted[1]
+    assert "amount_cents" not in res.stderr and "age" not in res.stderr
+    info = _cli("inspect", tmp_path / "c.parquet", "--label", "churned").stdout
+    assert "CustomerID" in info and "looks like an identifier" in info
+    advice = noted[0].split("; ")[-1].removesuffix(" leaves it out")
+    assert advice == "--drop 'CustomerID'"
+    res = _cli("train", tmp_path / "c.parquet", "--label", "churned", "--epochs", "1", "--checkpoint-dir",
+               tmp_path / "b", "--quiet", *shlex.split(advice))
+    assert "CustomerID" not in res.stderr and "column 'row' looks like an identifier" in res.stderr
+    # the user's own word for a column: no note
+    res = _cli("train", tmp_path / "c.parquet", "--label", "churned", "--epochs", "1", "--checkpoint-dir",
+               tmp_path / "c", "--quiet", "--numeric", "CustomerID,row")
+    assert "looks like an identifier" not in res.stderr

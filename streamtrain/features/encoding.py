@@ -384,6 +384,10 @@ class Encoding:
         The raw columns read (features, then the label).
     left_out : list of (name, why)
         The columns not used, each with its reason.
+    notes : list of (name, note)
+        Columns used as they are that may not be what they seem (whole numbers that look like an
+        identifier), each with a note for the user; from the pass that learned the encoding alone
+        (not kept in the checkpoint).
     unscaled : ndarray of bool, shape (width,)
         Inputs that are 0/1 (one-hot codes, indicators): standard scaling leaves them as they are.
     classes : list or None
@@ -394,6 +398,7 @@ class Encoding:
                  left_out: list[tuple[str, str]], rows: int = 0):
         self.columns, self.label, self.label_name = columns, label, label_name
         self.left_out, self.rows = list(left_out), rows
+        self.notes: list[tuple[str, str]] = []
         self.feature_names = [n for c in columns for n in c.names]
         seen: dict[str, int] = {}
         for i, n in enumerate(self.feature_names):  # values cut short may collide: number them

@@ -18,10 +18,10 @@ from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Cross, _La
                        _Vector)
 from .hashing import hash64, null_mask
 from .kinds import kind_of
-from .schema import ColumnPlan, choose_string_kind, infer_columns, is_text
+from .schema import ColumnPlan, choose_string_kind, identifier_like, infer_columns, is_text, option_value
 from .vocab import Vocabulary
 
-__all__ = ["learn_encoding", "needs_encoding", "VOCAB_CAPACITY"]
+__all__ = ["learn_encoding", "needs_encoding", "identifier_notes", "VOCAB_CAPACITY"]
 
 _T = pa.types
 #: The distinct values a vocabulary counts exactly before it turns to a heavy-hitters summary.
@@ -207,7 +207,7 @@ def _numbers_hint(plan: ColumnPlan, acc: _Pass | None) -> str:
     """Where a text column's values are mostly numbers: how to read them as numbers."""
     if acc is None or acc.number_share is None or acc.number_share < 0.9:
         return ""
-    return (f" ({acc.number_share:.0%} of its first values are numbers: --numeric '{plan.name}' reads them so, "
+    return (f" ({acc.number_share:.0%} of its first values are numbers: --numeric {option_value(plan.name)} reads them so, "
             "the others as missing)")
 
 
@@ -256,6 +256,9 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         plans = infer_columns(sub, {k: v for k, v in options.overrides.items() if v} or None)
     except ConfigError as e:  # (the file it is about)
         raise ConfigError(f"{where}: {e}") from None
+    numbers = set(options.overrides.get("numeric") or [])  # (the user's own word: no note)
+    notes = identifier_notes([p.name for p in plans if p.kind == "numeric" and _T.is_integer(p.arrow_type)
+                          and p.name not in numbers], tables)
     passes: dict[str, _Pass] = {}
     declared = set(options.overrides.get("categorical") or [])
     for p in plans:
@@ -356,7 +359,8 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 approx = "" if acc.distinct.exact else "~"
                 left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}{_numbers_hint(p, acc)}"))
         if len(columns) > n_before:
-            columns[-1].seen = _seen(p, acc, null_counts(p.name) if acc is None else None, rows)
+            columns[-1].seen = _seen(p, acc, null_counts(p.name) if acc is None else None, rows) + (
+                f" ({notes[p.name]})" if p.name in notes else "")
     kinds = {c.name: c.kind for c in columns}
     for a, b in options.crosses:
         bad = next((k for k in (a, b) if kinds.get(k) not in ("categorical", "hashed")), None)
@@ -386,7 +390,34 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                             f"{where}: label {label!r} has no values (every row's is missing)")
         label_enc = _Label(label, _given_classes(values, options.classes, label, where) if options.classes
                            else values.take(pc.sort_indices(values)))
-    return Encoding(columns, label_enc, label, left, rows)
+    encoding = Encoding(columns, label_enc, label, left, rows)
+    encoding.notes = list(notes.items())
+    return encoding
+
+
+#: The values of a column of whole numbers looked at for an identifier's pattern (its first chunk's).
+ID_LOOK = 4096
+
+
+def identifier_notes(names: list[str], tables) -> dict[str, str]:
+    """Of ``names`` (columns of whole numbers), those whose first values look like an identifier's
+    (``identifier_like``), each with a note saying so and how to leave it out."""
+    if not names:
+        return {}
+    chunks = tables(names)
+    try:
+        first = next(iter(chunks), None)
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
+    out = {}
+    for name in names if first is not None else ():
+        col = first.column(name)[:ID_LOOK]
+        why = None if col.null_count else identifier_like(name, col.to_numpy())
+        if why is not None:
+            out[name] = (f"looks like an identifier, which is no number to learn from: {why}; "
+                         f"--drop {option_value(name)} leaves it out")
+    return out
 
 
 def _given_classes(seen: pa.Array, given: list[str], label: str, where: str) -> pa.Array:

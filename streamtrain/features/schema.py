@@ -27,7 +27,8 @@ import pyarrow as pa
 
 from ..errors import ConfigError, nearest
 
-__all__ = ["ColumnPlan", "StringChoice", "infer_columns", "choose_string_kind", "KINDS", "OVERRIDES", "DROPPED"]
+__all__ = ["ColumnPlan", "StringChoice", "infer_columns", "choose_string_kind", "identifier_like", "option_value", "KINDS", "OVERRIDES",
+           "DROPPED"]
 
 #: Why a column the user dropped is left out (not warned about: it was asked for).
 DROPPED = "dropped on purpose (--drop; the library's drop=)"
@@ -119,9 +120,8 @@ def _check_overrides(overrides: dict, names: list[str]) -> dict[str, tuple[str, 
             if col not in names:
                 comma = next((n for n in names if "," in n and str(col) in (p.strip() for p in n.split(","))), None)
                 if comma is not None:  # (the option's commas split it: names are quoted as in a CSV row)
-                    quoted = '"' + comma.replace('"', '""') + '"'
                     raise ConfigError(f"--{key} names no column {col!r}; column {comma!r} holds a comma: write it "
-                                      f"in double quotes, --{key} '{quoted}'")
+                                      f"in double quotes, --{key} {option_value(comma)}")
                 near = nearest(col, names)
                 raise ConfigError(f"--{key} names no column {col!r}"
                                   + (f" (did you mean {near!r}?" if near else f" (columns: {', '.join(names)}")
@@ -189,7 +189,7 @@ def infer_columns(schema: pa.Schema, overrides: dict | None = None) -> list[Colu
         elif _UNNAMED.fullmatch(field.name):  # (a row number as an input would be noise, or worse, a leak)
             plans.append(ColumnPlan(field.name, field.type, "unusable",
                                     f"{field.type}: unnamed in its file's header (pandas' to_csv writes its index so); "
-                                    f"--numeric '{field.name}' uses it"))
+                                    f"--numeric {option_value(field.name)} uses it"))
         else:
             kind, reason, by_cardinality = _classify(field.type)
             plans.append(ColumnPlan(field.name, field.type, kind, reason, by_cardinality=by_cardinality))
@@ -198,6 +198,42 @@ def infer_columns(schema: pa.Schema, overrides: dict | None = None) -> list[Colu
 
 #: A column a header left unnamed, as pandas (and the CSV reader here) name it.
 _UNNAMED = re.compile(r"Unnamed: \d+")
+# A name that says "identifier": id alone or at the end after a separator (customer_id, order-id,
+# "user id"), or CamelCase's (CustomerID, userId); not a word that ends so (paid, valid).
+_ID_SEPARATE, _ID_CAMEL = re.compile(r"(?:^|[_\W])id$", re.IGNORECASE), re.compile(r"ID$|[a-z]Id$")
+
+
+def option_value(name: str) -> str:
+    """A column's name as a column option's value on a shell's command line: in double quotes
+    where it holds a comma (as in a CSV row), then in the shell's single quotes."""
+    import shlex
+
+    quoted = shlex.quote('"' + name.replace('"', '""') + '"' if "," in name else name)
+    return quoted if quoted.startswith("'") else f"'{quoted}'"
+
+
+def identifier_like(name: str, values) -> str | None:
+    """Why a column of whole numbers looks like an identifier (a key or a row number, which no
+    model learns from as a number), from its first ``values`` (at least 100, none missing): every
+    one distinct, and increasing or the column named as an id. None where it does not.
+
+    Examples
+    --------
+    >>> identifier_like("customer_id", [7, 3, 99, 12] * 25) is None  # (repeated values)
+    True
+    >>> identifier_like("row", list(range(1000, 1200)))
+    'its first 200 values are all distinct and increasing'
+    """
+    import numpy as np
+
+    v = np.asarray(values)
+    if v.size < 100 or np.unique(v).size < v.size:
+        return None
+    if (v[1:] > v[:-1]).all():  # (not np.diff: unsigned differences wrap around)
+        return f"its first {v.size:,} values are all distinct and increasing"
+    if _ID_SEPARATE.search(name) or _ID_CAMEL.search(name):
+        return f"its first {v.size:,} values are all distinct, and its name says id"
+    return None
 
 
 class StringChoice(NamedTuple):

@@ -143,8 +143,9 @@ class HDF5Dataset(Dataset):
         self._fields = {c.name: (key, c.key, c.index, specs[c.key]) for c in columns}
         schema = pa.schema([(c.name, arrow_type(specs[c.key], T.dtype.fields[c.key][0].base)) for c in columns])
         self._arrow_schema = schema
+        self.notes: list[tuple[str, str]] = []
         self.encoding = plan_table(schema, features, label, self.path, self._tables, lambda name: 0,
-                                   nan_missing=True, **self._encode)
+                                   nan_missing=True, notes=self.notes, **self._encode)
         if self.encoding is not None:
             def label_type(plain: bool) -> str:
                 base = T.dtype.fields[self._fields[self.encoding.label_name][1]][0].base

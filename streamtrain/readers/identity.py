@@ -59,6 +59,8 @@ class Identity:
                 info["columns"].setdefault(name, f"left out: {why}")
         elif self.left_out:
             info["left_out"] = {name: why for name, why in self.left_out}
+        if encoding is None and getattr(self, "notes", None):  # (plain numbers: an encoded table's are in its columns)
+            info["notes"] = {name: note for name, note in self.notes}
         return info
 
     def fingerprint(self) -> dict[str, Any]:

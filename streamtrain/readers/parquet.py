@@ -109,8 +109,9 @@ class ParquetDataset(Dataset):
         self._leaves_of: dict[int, dict[str, list[int]]] = {}
         # Hive partition keys (part=a/ directories) are not features unless named.
         partition_keys = set().union(*self._partitions) if self._partitions else set()
+        self.notes: list[tuple[str, str]] = []
         self.encoding = plan_table(schema, features, label, self.path, self._tables, self._null_count,
-                                   partition_keys, encoding, encode)
+                                   partition_keys, encoding, encode, notes=self.notes)
         if self.encoding is not None:
             self._encoded(schema, label, partition_keys)
         else:

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, DataError
 from ..features.encoding import Encoding, EncodingOptions
-from ..features.learn import learn_encoding, needs_encoding
+from ..features.learn import identifier_notes, learn_encoding, needs_encoding
 from .columns import LABEL_KEYS, find_key
 
 __all__ = ["plan_table", "many_name", "adopt_encoding", "encoded_chunk", "encoded_keys", "chunk_tables"]
@@ -40,7 +40,7 @@ def _candidates(names: list[str], features, label: str | None, hidden: set, path
 
 def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[list[str]], Iterable[pa.Table]],
                null_counts: Callable[[str], int | None], hidden: set = frozenset(), encoding: dict | None = None,
-               encode: dict | None = None, nan_missing: bool = False) -> Encoding | None:
+               encode: dict | None = None, nan_missing: bool = False, notes: list | None = None) -> Encoding | None:
     """The encoding a table's chosen columns need, or None where they are plain numbers without
     missing values (read as they are, the fast path).
 
@@ -51,7 +51,9 @@ def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[
     ``encode`` options (:class:`EncodingOptions`' fields). ``nan_missing``: a float column's NaN
     is a missing value (stores without nulls: HDF5, Zarr); such a column alone does not call for
     an encoding (it is screened for NaN as plain numbers are), but in an encoded table it is
-    counted in the pass, its NaN imputed.
+    counted in the pass, its NaN imputed. ``notes``: where given, the plain path appends to it
+    ``(column, note)`` for each column of whole numbers that looks like an identifier (an encoded
+    table's are its encoding's ``notes``).
     """
     names = list(schema.names)
     if encoding is not None:
@@ -69,6 +71,9 @@ def plan_table(schema: pa.Schema, features, label, path: str, tables: Callable[[
     if not chosen:
         raise DataError(f"{path}: no feature columns (columns: {', '.join(names[:12])})")
     if not needs_encoding(schema, chosen, label_name, null_counts) and not (encode or {}).get("overrides"):
+        if notes is not None:
+            notes.extend(identifier_notes([n for n in chosen if pa.types.is_integer(schema.field(n).type)],
+                                          tables).items())
         return None
     try:
         options = EncodingOptions(**(encode or {}))

@@ -182,8 +182,9 @@ class ZarrDataset(Dataset):
         self._one_d, self._specs = one_d, specs
         self._x_key = None
         self._arrow_schema = schema
+        self.notes: list[tuple[str, str]] = []
         self.encoding = plan_table(schema, features, label, self.path, self._tables, lambda name: 0,
-                                   nan_missing=True, **self._encode)
+                                   nan_missing=True, notes=self.notes, **self._encode)
         if self.encoding is not None:
             def label_type(plain: bool) -> str:
                 kind = one_d[self.encoding.label_name].dtype

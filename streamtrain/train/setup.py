@@ -32,7 +32,8 @@ from .hooks import (
     Validation,
 )
 
-__all__ = ["check_settings", "open_data", "make_sampler", "new_model", "standard_hooks", "say_left_out", "refuse_left_out"]
+__all__ = ["check_settings", "open_data", "make_sampler", "new_model", "standard_hooks", "say_left_out", "say_notes",
+           "refuse_left_out"]
 
 _LOG = logging.getLogger("streamtrain")
 
@@ -84,6 +85,7 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
         refuse_left_out(data)
     if comm.rank == 0:
         say_left_out(data)
+        say_notes(data)
     if weight is not None:
         data = _with_weight(source, data, label, weight, opts)
     if comm.size > 1:
@@ -130,6 +132,14 @@ def say_left_out(data: Dataset) -> None:
     parts = [f"{', '.join(names)}: {why}" for why, names in kinds.items()]
     _LOG.warning(f"{data.path}: {len(left)} column{'s' if len(left) != 1 else ''} left out: "
                  + "; ".join(parts) + " (--features names the columns to use)")
+
+
+def say_notes(data: Dataset) -> None:
+    """A warning line for each column used as it is that may not be what it seems (the encoding's
+    ``notes``: whole numbers that look like an identifier)."""
+    encoding = getattr(data, "encoding", None)
+    for name, note in encoding.notes if encoding is not None else getattr(data, "notes", ()):
+        _LOG.warning(f"{data.path}: column {name!r} {note}")
 
 
 def _stored_and_reason(why: str) -> tuple[str, str]:
