@@ -406,6 +406,30 @@ def test_a_csv_column_whose_type_changes_late_is_read_again_as_text(tmp_path, mo
     assert X[0, ds.feature_names.index("size")] == 2.5
 
 
+def test_a_csv_s_numbers_written_with_leading_zeros_are_read_as_text_and_the_advice_reads_them_as_numbers(
+        tmp_path, monkeypatch):
+    # (zip codes, account numbers: "02139" is not 2139, which the CSV reader's inference made of it)
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    rng = np.random.default_rng(0)
+    n = 600
+    zips = rng.choice(["02139", "10001", "94105", "00501", "60601"], n)
+    df = pd.DataFrame({"zip": zips, "income": rng.integers(20_000, 90_000, n), "bought": rng.integers(0, 2, n)})
+    df.to_csv(tmp_path / "z.csv.gz", index=False)  # (pandas writes the strings as they are)
+    ds = open_dataset(tmp_path / "z.csv.gz", label="bought")
+    assert "zip=02139" in ds.feature_names and "zip=00501" in ds.feature_names and "income" in ds.feature_names
+    info = _cli("inspect", tmp_path / "z.csv.gz", "--label", "bought").stdout
+    line = next(x for x in info.splitlines() if x.strip().startswith("zip:"))
+    assert "leading zeros" in line and "kept as text" in line
+    advice = line.split("; --numeric ")[1].split(" reads them")[0]
+    assert advice == "'zip'"
+    _cli("train", tmp_path / "z.csv.gz", "--label", "bought", "--epochs", "1", "--numeric", "zip", "--checkpoint-dir",
+         tmp_path / "r", "--quiet")
+    _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
+    assert meta["model"]["feature_names"] == ["zip", "income"]
+    res = _cli("predict", tmp_path / "r", tmp_path / "z.csv.gz", "--out", tmp_path / "p.csv")
+    assert len(pd.read_csv(tmp_path / "p.csv")) == n
+
+
 @pytest.mark.parametrize("out", ["p.csv", "p.h5", "p.zarr", "p.parquet"])
 def test_predictions_carry_the_labels_own_values_in_every_format(out, tmp_path):
     df = flights(400)

@@ -127,6 +127,7 @@ class _Pass:
         self.vocab = Vocabulary(VOCAB_CAPACITY) if count_values and (vocab_upto is None or vocab_upto >= 0) else None
         self.distinct = DistinctCount() if count_values else None
         self.number_share: float | None = None  # (text: the share of its first values that are numbers)
+        self.zero_led = False  # (text: whether any of those is written with a leading zero, as zip codes are)
 
     def update(self, col, chunk: int) -> None:
         gone = null_mask(col)
@@ -140,6 +141,8 @@ class _Pass:
             if self.number_share is None and is_text(col.type) and len(col) > missing:
                 parsed = ~np.isnan(_numbers(col[:4096]))  # (a CSV's numbers with a few "?" among them)
                 self.number_share = float(parsed.sum() / max(1, len(parsed) - int(gone[:4096].sum())))
+                self.zero_led = bool(pc.any(pc.match_substring_regex(col[:4096].cast(pa.string()),
+                                                                     r"^\s*[+-]?0\d")).as_py())
             if self.vocab is not None:
                 self.vocab.update(col)
             self.distinct.update(col)
@@ -207,6 +210,9 @@ def _numbers_hint(plan: ColumnPlan, acc: _Pass | None) -> str:
     """Where a text column's values are mostly numbers: how to read them as numbers."""
     if acc is None or acc.number_share is None or acc.number_share < 0.9:
         return ""
+    if acc.zero_led:  # (a code written with digits: text is what keeps it whole)
+        return (f" (numbers with leading zeros, as codes are written: kept as text; --numeric "
+                f"{option_value(plan.name)} reads them as numbers)")
     return (f" ({acc.number_share:.0%} of its first values are numbers: --numeric {option_value(plan.name)} reads them so, "
             "the others as missing)")
 

@@ -39,8 +39,9 @@ def _copy_dir() -> Path:
 
 
 #: The copies' own version, in their names: a copy an older decoding made is not taken (2: a
-#: CSV header's nameless column named, as pandas names it).
-COPY_VERSION = 2
+#: CSV header's nameless column named, as pandas names it; 3: whole numbers written with a leading
+#: zero, as zip codes are, read as text).
+COPY_VERSION = 3
 
 
 def table_copy(path: str, kind: str) -> Path:
@@ -69,6 +70,8 @@ def _decode(path: str, kind: str, out: Path) -> None:
 
     types: dict = {}  # column -> the type it is read as, once it changed after the first block
     names: list = []  # the CSV's column names, as the reader found them
+    if kind == "csv":
+        types.update({name: pa.string() for name in _zero_led(path)})
     for _ in range(MAX_RETYPES):
         try:
             return _write(path, kind, out, types, names)
@@ -109,6 +112,34 @@ def _retype(message: str, types: dict, names: list):
     return col
 
 
+def _delimiter(path: str) -> str:
+    return "\t" if ".tsv" in Path(path).name.lower() else ","
+
+
+def _zero_led(path: str) -> list[str]:
+    """The columns of a CSV file that its first block would read as whole numbers but whose text
+    has a leading zero (zip codes, account numbers: "02139" is not 2139): read as text instead."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    parse = pacsv.ParseOptions(delimiter=_delimiter(path))
+    try:
+        with pa.input_stream(path, compression="detect") as stream:
+            schema = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+                                    parse_options=parse).schema
+        ints = [f.name for f in schema if pa.types.is_integer(f.type) and f.name]
+        if not ints:
+            return []
+        with pa.input_stream(path, compression="detect") as stream:
+            first = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse,
+                                   convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in ints},
+                                                                        include_columns=ints)).read_next_batch()
+    except (OSError, EOFError, StopIteration, pa.ArrowException):  # (the copy's own read says what is wrong)
+        return []
+    return [n for n in ints if pc.any(pc.match_substring_regex(first.column(n), r"^\s*[+-]?0\d")).as_py()]
+
+
 def _header_names(path: str, names: list[str]) -> list[str]:
     """A CSV header's column names, a nameless one named as pandas names it (``Unnamed: 0``: the
     index ``DataFrame.to_csv`` writes first); a name given twice is an error naming it."""
@@ -130,7 +161,7 @@ def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
     if kind == "csv":
         import pyarrow.csv as pacsv
 
-        delimiter = "\t" if ".tsv" in Path(path).name.lower() else ","
+        delimiter = _delimiter(path)
 
         def open_csv(stream, read_options):
             return pacsv.open_csv(stream, read_options=read_options, parse_options=pacsv.ParseOptions(delimiter=delimiter),
