@@ -1412,3 +1412,28 @@ def test_whole_numbers_that_look_like_an_identifier_are_noted_and_the_advice_lea
     res = _cli("train", tmp_path / "c.parquet", "--label", "churned", "--epochs", "1", "--checkpoint-dir",
                tmp_path / "c", "--quiet", "--numeric", "CustomerID,row")
     assert "looks like an identifier" not in res.stderr
+
+
+def test_predict_and_evaluate_say_how_many_rows_had_a_category_training_never_kept(tmp_path):
+    # (such a value is read as the column's <other>: said with its rows, not passed over silently)
+    rng = np.random.default_rng(0)
+    n = 400
+    train = pd.DataFrame({"carrier": rng.choice(["AA", "UA", "DL"], n), "x": rng.standard_normal(n),
+                          "y": rng.integers(0, 2, n)})
+    new = pd.DataFrame({"carrier": rng.choice(["AA", "UA", "DL", "WN", "B6"], n), "x": rng.standard_normal(n),
+                        "y": rng.integers(0, 2, n)})
+    new.loc[:9, "carrier"] = None  # (missing is its own code, not <other>)
+    train.to_parquet(tmp_path / "tr.parquet")
+    new.to_parquet(tmp_path / "te.parquet")
+    unseen = int(new["carrier"].isin(["WN", "B6"]).sum())
+    _cli("train", tmp_path / "tr.parquet", "--label", "y", "--epochs", "1", "--checkpoint-dir", tmp_path / "r",
+         "--quiet")
+    want = f"te.parquet: values not among the categories training kept (read as <other>): carrier {unseen:,} rows"
+    res = _cli("predict", tmp_path / "r", tmp_path / "te.parquet", "--out", tmp_path / "p.parquet")
+    assert want in res.stderr
+    res = _cli("evaluate", tmp_path / "r", tmp_path / "te.parquet")
+    assert want in res.stderr
+    res = _cli("evaluate", tmp_path / "r", tmp_path / "te.parquet", "--json")
+    assert json.loads(res.stdout)["outside_categories"] == {"carrier": unseen}
+    res = _cli("predict", tmp_path / "r", tmp_path / "tr.parquet", "--out", tmp_path / "q.parquet")
+    assert "not among the categories" not in res.stderr
