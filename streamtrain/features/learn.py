@@ -263,8 +263,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
     except ConfigError as e:  # (the file it is about)
         raise ConfigError(f"{where}: {e}") from None
     numbers = set(options.overrides.get("numeric") or [])  # (the user's own word: no note)
-    notes = identifier_notes([p.name for p in plans if p.kind == "numeric" and _T.is_integer(p.arrow_type)
-                          and p.name not in numbers], tables)
+    whole = [p.name for p in plans if p.kind == "numeric" and _T.is_integer(p.arrow_type) and p.name not in numbers]
     passes: dict[str, _Pass] = {}
     declared = set(options.overrides.get("categorical") or [])
     for p in plans:
@@ -289,6 +288,8 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
     rows = 0
     keys = list(passes) + ([label] if class_label else [])
     share = _shared if _shared is not None and "part" in inspect.signature(tables).parameters else None
+    # (the first chunk's whole numbers, read once more, by the first process alone: it says what it notes)
+    notes = identifier_notes(whole, tables) if share is None or share.rank == 0 else {}
     too_many = DataError(f"{where}: label {label!r} has more than {MAX_LABEL_CLASSES} distinct values: "
                          "too many classes (a numeric target trains with --task regression)")
     if keys:

@@ -41,6 +41,7 @@ def _parts() -> list:
             ("_activate", _activate, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
             ("_score_and_back", _score_and_back, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
             ("_loop", _loop, dict(cache=True, fastmath=True, nogil=True)),
+            ("_hidden_of_codes", _hidden_of_codes, dict(cache=True, fastmath=True, nogil=True)),
             ("_loop_codes", _loop_codes, dict(cache=True, fastmath=True, nogil=True, error_model="numpy")),
             ("_row_squares", _row_squares, dict(cache=True, nogil=True)),
             ("_loop_codes_decay", _loop_codes_decay, dict(cache=True, fastmath=True, nogil=True,
@@ -171,6 +172,23 @@ def _loop(W1, b1, W2, b2, X, T, R, LR, l1, l2, act, task, fast_exp):  # pragma: 
     return loss_sum, correct
 
 
+def _hidden_of_codes(a, b1, W1, XD, DR, P, i):  # pragma: no cover - compiled
+    # a <- sample i's hidden layer before its activation: b1, the plain inputs XD[i] times their
+    # rows DR of W1, and the rows its codes P[i] select
+    h = a.size
+    for j in range(h):
+        a[j] = b1[j]
+    for k in range(XD.shape[1]):
+        xk = XD[i, k]
+        r = DR[k]
+        for j in range(h):
+            a[j] += xk * W1[r, j]
+    for q in range(P.shape[1]):
+        r = P[i, q]
+        for j in range(h):
+            a[j] += W1[r, j]
+
+
 def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pragma: no cover - compiled
     # The loop above for inputs that are codes (``network.InputLayout``), without a penalty: XD
     # (rows, plain inputs) multiply W1's rows DR; P (rows, code columns) holds the W1 row each code
@@ -186,17 +204,7 @@ def _loop_codes(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp):  # pr
         if i + 1 < n:  # the next sample's rows asked for while this one works: each is a wait for memory
             for q in range(c):
                 _prefetch_row(W1, P[i + 1, q], True)
-        for j in range(h):
-            a[j] = b1[j]
-        for k in range(d):
-            xk = XD[i, k]
-            r = DR[k]
-            for j in range(h):
-                a[j] += xk * W1[r, j]
-        for q in range(c):
-            r = P[i, q]
-            for j in range(h):
-                a[j] += W1[r, j]
+        _hidden_of_codes(a, b1, W1, XD, DR, P, i)
         _activate(a, E, act, fast_exp and sigmoid, tanh)
         loss, right = _score_and_back(a, z, da, W2, b2, T[i], w_i, act, task)
         loss_sum += loss
@@ -267,17 +275,7 @@ def _loop_codes_decay(W1, b1, W2, b2, XD, DR, P, T, R, LR, act, task, fast_exp, 
                         W1[r, j] = W1[r, j] * f
                 sq -= _row_squares(W1, r) / (scale * scale)
                 ST[r] = -1.0
-        for j in range(h):
-            a[j] = b1[j]
-        for k in range(d):
-            xk = XD[i, k]
-            r = DR[k]
-            for j in range(h):
-                a[j] += xk * W1[r, j]
-        for q in range(c):
-            r = P[i, q]
-            for j in range(h):
-                a[j] += W1[r, j]
+        _hidden_of_codes(a, b1, W1, XD, DR, P, i)
         _activate(a, E, act, fast_exp and sigmoid, tanh)
         loss, right = _score_and_back(a, z, da, W2, b2, T[i], w_i, act, task)
         loss_sum += loss + pen
@@ -361,17 +359,7 @@ def _loop_codes_adam(W1, b1, W2, b2, XD, DR, P, T, R, S, H, act, task, fast_exp,
                 _prefetch_row(W1, r, True)
                 _prefetch_row(mW1, r, True)
                 _prefetch_row(vW1, r, True)
-        for j in range(h):
-            a[j] = b1[j]
-        for k in range(d):
-            xk = XD[i, k]
-            r = DR[k]
-            for j in range(h):
-                a[j] += xk * W1[r, j]
-        for q in range(c):
-            r = P[i, q]
-            for j in range(h):
-                a[j] += W1[r, j]
+        _hidden_of_codes(a, b1, W1, XD, DR, P, i)
         _activate(a, E, act, fast_exp and sigmoid, tanh)
         loss, right = _score_and_back(a, z, da, W2, b2, T[i], R[i], act, task)
         loss_sum += loss

@@ -128,14 +128,15 @@ def _zero_led(path: str) -> list[str]:
         with pa.input_stream(path, compression="detect") as stream:
             schema = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
                                     parse_options=parse).schema
-        ints = [f.name for f in schema if pa.types.is_integer(f.type) and f.name]
+        twice = {n for n in schema.names if schema.names.count(n) > 1}  # (the copy's read names those)
+        ints = [f.name for f in schema if pa.types.is_integer(f.type) and f.name and f.name not in twice]
         if not ints:
             return []
         with pa.input_stream(path, compression="detect") as stream:
             first = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse,
                                    convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in ints},
                                                                         include_columns=ints)).read_next_batch()
-    except (OSError, EOFError, StopIteration, pa.ArrowException):  # (the copy's own read says what is wrong)
+    except (OSError, EOFError, StopIteration, KeyError, pa.ArrowException):  # (the copy's own read says what)
         return []
     return [n for n in ints if pc.any(pc.match_substring_regex(first.column(n), r"^\s*[+-]?0\d")).as_py()]
 
