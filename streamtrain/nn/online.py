@@ -381,7 +381,7 @@ def _loop_codes_adam(W1, b1, W2, b2, XD, DR, P, T, R, S, H, act, task, fast_exp,
         for q in range(c):
             r = P[i, q]
             first, times = True, 1
-            for p in range(0 if shared else c):  # a row two codes select (a shared table): once, both gradients
+            for p in range(c if shared else 0):  # a row two codes select (a shared table): once, both gradients
                 if P[i, p] == r and p != q:
                     if p < q:
                         first = False
