@@ -217,12 +217,13 @@ def test_an_h5py_matrix_with_text_labels_trains_predicts_and_evaluates(tmp_path)
 def test_many_hdf5_files_share_one_encoding_learned_over_all(tmp_path):
     rng = np.random.default_rng(5)
     for k in range(3):
-        df = pd.DataFrame({"x": rng.normal(size=300),
+        df = pd.DataFrame({"x": rng.normal(size=300), "n": rng.integers(0, 5, 300),
                            "c": rng.choice(["a", "b"] + (["late"] if k == 2 else []), 300),
                            "y": rng.choice(["p", "q"], 300)})
         df.to_hdf(tmp_path / f"part{k}.h5", key="df", format="table")
     ds = open_dataset(str(tmp_path / "part*.h5"), label="y")
     assert "c=late" in ds.feature_names  # a value only the last file holds
+    assert ds.encoding.rows == 900  # (each file counted once, however often the pass asks for the chunks)
     assert ds.reopen["options"]["encoding"] == ds.encoding.state_dict()  # workers apply it, never learn again
     X, _ = _rows(ds)
     late = X[:, ds.feature_names.index("c=late")]

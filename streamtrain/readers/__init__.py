@@ -208,9 +208,10 @@ def _learn_many(first: Dataset, paths: list[str], features, label, cache_bytes, 
     opened: list[Dataset] = [first]
 
     def tables(keys):
-        for path in paths[1:]:  # the others, opened only with the first's encoding: no pass of their own
-            opened.append(cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype,
-                              encoding=first.encoding.state_dict(), **plain))
+        if len(opened) == 1:  # the others, opened once (a pass may ask more than once), with the first's encoding
+            for path in paths[1:]:
+                opened.append(cls(path, features=features, label=label, cache_bytes=cache_bytes, dtype=dtype,
+                                  encoding=first.encoding.state_dict(), **plain))
         return chain(*(ds._tables(keys) for ds in opened))
 
     try:
