@@ -33,6 +33,12 @@ def test_every_row_once_per_epoch(n, chunk, batch, window, mode, drop_last):
         np.testing.assert_array_equal(np.sort(rows), np.arange(n))
 
 
+def _running() -> list:
+    """streamtrain's threads still running, but the process's lasting helper (lazy Adam's second
+    half, ``sparse_compiled._Halves``: started once, by whichever test of this worker ran it first)."""
+    return [t for t in threading.enumerate() if t.name.startswith("streamtrain-") and t.name != "streamtrain-rows"]
+
+
 def test_last_partial_batch_is_kept_by_default():
     s = Sampler(uniform_bounds(1050, 64), 100, "global")
     sizes = [len(b) for b in s.iter_epoch()]
@@ -104,7 +110,7 @@ def test_loader_yields_the_sampler_rows_and_stops_its_thread():
     it = loader.iter_epoch()
     next(it)
     it.close()  # consumer stops early
-    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    assert not _running()
 
 
 def test_loader_reraises_reader_errors():
@@ -117,7 +123,7 @@ def test_loader_reraises_reader_errors():
     ds = Broken(np.zeros((50, 2)), np.zeros(50), chunk_rows=10)
     with pytest.raises(OSError, match="disk on fire"):
         list(Loader(ds, Sampler(ds.bounds, 8, "none")).iter_epoch())
-    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    assert not _running()
 
 
 def test_global_shuffle_positions_are_uniform():
@@ -226,7 +232,7 @@ def test_loader_stops_cleanly_on_ctrl_c_and_closes_files(tmp_path):
         for k, _ in enumerate(loader.iter_epoch()):
             if k == 3:
                 raise KeyboardInterrupt
-    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    assert not _running()
     ds.close()
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
@@ -254,7 +260,7 @@ def test_loader_batches_match_the_sampler_and_window_reads_each_chunk_once(tmp_p
         np.testing.assert_array_equal(y, everything[1][rows])
     if mode != "global":
         assert ds.stats["chunks_read"] == ds.n_chunks  # sequential I/O: every chunk decoded once
-    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    assert not _running()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -422,7 +428,7 @@ def test_process_decoder_serves_the_same_batches_and_stops_with_the_loader(tmp_p
         sampler.epoch = 0
         process_rows = [r for r, _, _ in loader.iter_epoch()]
         assert all(np.array_equal(a, b) for a, b in zip(thread_rows, process_rows))
-    assert not _decoder_children() and not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    assert not _decoder_children() and not _running()
 
 
 def test_process_decoder_early_stop_errors_and_skipped_rows(tmp_path):
@@ -440,7 +446,7 @@ def test_process_decoder_early_stop_errors_and_skipped_rows(tmp_path):
     with Loader(ds, Sampler(ds.bounds, 32, "window", window_rows=600), decoder="process") as loader:
         with pytest.raises(DataError, match=r"nan\.h5: NaN or Inf in row 2222"):
             list(loader.iter_epoch())
-    assert not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    assert not _running()
 
     ds = open_dataset(tmp_path / "nan.h5", nonfinite="skip")
     for decoder in ("thread", "process"):  # several windows in one group of batches
@@ -452,7 +458,7 @@ def test_process_decoder_early_stop_errors_and_skipped_rows(tmp_path):
     next(it)
     it.close()
     loader.close()
-    assert not _decoder_children() and not [t for t in threading.enumerate() if t.name.startswith("streamtrain-")]
+    assert not _decoder_children() and not _running()
 
 
 @pytest.mark.parametrize("workers", [1, 3])
