@@ -428,6 +428,11 @@ def test_a_csv_s_numbers_written_with_leading_zeros_are_read_as_text_and_the_adv
     assert meta["model"]["feature_names"] == ["zip", "income"]
     res = _cli("predict", tmp_path / "r", tmp_path / "z.csv.gz", "--out", tmp_path / "p.csv")
     assert len(pd.read_csv(tmp_path / "p.csv")) == n
+    # a set of files: text wherever one of them writes leading zeros, in either order
+    df.assign(zip=rng.choice(["94110", "60601"], n)).to_csv(tmp_path / "w.csv", index=False)
+    for files in ([tmp_path / "z.csv.gz", tmp_path / "w.csv"], [tmp_path / "w.csv", tmp_path / "z.csv.gz"]):
+        ds = open_dataset(files, label="bought")
+        assert {"zip=02139", "zip=94110"} <= set(ds.feature_names)
 
 
 @pytest.mark.parametrize("out", ["p.csv", "p.h5", "p.zarr", "p.parquet"])

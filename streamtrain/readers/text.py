@@ -44,10 +44,13 @@ def _copy_dir() -> Path:
 COPY_VERSION = 3
 
 
-def table_copy(path: str, kind: str) -> Path:
-    """The Parquet copy of a CSV or JSON-lines file, decoded now unless an up-to-date one exists."""
+def table_copy(path: str, kind: str, text: tuple[str, ...] | None = None) -> Path:
+    """The Parquet copy of a CSV or JSON-lines file, decoded now unless an up-to-date one exists.
+    ``text``: a CSV's columns read as text (those that any file of a set writes with leading zeros);
+    None: this file's own (``_zero_led``)."""
     st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{kind}|{COPY_VERSION}".encode()
+    given = "" if text is None else "|" + ",".join(text)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{kind}|{COPY_VERSION}{given}".encode()
                          ).hexdigest()[:32]
     out = _copy_dir() / f"{Path(path).name}.{key}.parquet"
     if out.exists():
@@ -58,20 +61,20 @@ def table_copy(path: str, kind: str) -> Path:
                         f"{free / 2**30:.1f} GiB free; set STREAMTRAIN_TABLE_CACHE (or TMPDIR) to a larger disk")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        _decode(path, kind, tmp)
+        _decode(path, kind, tmp, text)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
 
 
-def _decode(path: str, kind: str, out: Path) -> None:
+def _decode(path: str, kind: str, out: Path, text: tuple[str, ...] | None = None) -> None:
     import pyarrow as pa
 
     types: dict = {}  # column -> the type it is read as, once it changed after the first block
     names: list = []  # the CSV's column names, as the reader found them
     if kind == "csv":
-        types.update({name: pa.string() for name in _zero_led(path)})
+        types.update({name: pa.string() for name in (_zero_led(path) if text is None else text)})
     for _ in range(MAX_RETYPES):
         try:
             return _write(path, kind, out, types, names)
@@ -123,17 +126,17 @@ def _zero_led(path: str) -> list[str]:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    parse = pacsv.ParseOptions(delimiter=_delimiter(path))
+    parse, block = pacsv.ParseOptions(delimiter=_delimiter(path)), min(BLOCK_BYTES, 1 << 20)
     try:
         with pa.input_stream(path, compression="detect") as stream:
-            schema = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+            schema = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block),
                                     parse_options=parse).schema
         twice = {n for n in schema.names if schema.names.count(n) > 1}  # (the copy's read names those)
         ints = [f.name for f in schema if pa.types.is_integer(f.type) and f.name and f.name not in twice]
         if not ints:
             return []
         with pa.input_stream(path, compression="detect") as stream:
-            first = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse,
+            first = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse,
                                    convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in ints},
                                                                         include_columns=ints)).read_next_batch()
     except (OSError, EOFError, StopIteration, KeyError, pa.ArrowException):  # (the copy's own read says what)
@@ -242,7 +245,9 @@ class CSVDataset(ParquetDataset):
             if not os.path.isfile(p):
                 raise DataError(f"{p}: no such file")
         self._sources = paths
-        copies = [str(table_copy(p, self._kind)) for p in paths]
+        # (a set of CSV files reads a column as text wherever one of them writes it with leading zeros)
+        text = tuple(sorted(set().union(*map(_zero_led, paths)))) if self._kind == "csv" and len(paths) > 1 else None
+        copies = [str(table_copy(p, self._kind, text)) for p in paths]
         self._source_of = dict(zip(copies, paths))
         super().__init__(copies if len(copies) > 1 else copies[0], features, label, cache_bytes, dtype,
                          encoding=encoding, encode=encode, name=many_name(paths))
