@@ -268,7 +268,9 @@ class Model:
         """Per chunk: the dataset, network outputs ``(rows, n_out)`` and raw labels (or None);
         ``progress(rows)`` hears of each chunk."""
         ds = self.open_like_training(source, need_label=False)
+        self.outside = {}
         for X, y in ds.iter_chunks():
+            self._count_outside(X)
             yield ds, self.in_target_units(self.net.predict_output(self.scaler.transform(self.split_weight(X)[0]))), y
             if progress is not None:
                 progress(len(X))
@@ -299,7 +301,9 @@ class Model:
         if ds.label_name is None:
             raise DataError(f"{ds.path}: no label to evaluate against")
         acc = metrics_for(self.task, self.classes)
+        self.outside = {}
         for X, y in ds.iter_chunks(part):
+            self._count_outside(X)
             t = self.targets(y, ds.path)
             loss, output = self.net.loss_and_output(self.scaler.transform(self.split_weight(X)[0]), t)
             if self.task == "regression" and self.target is not None:  # metrics in the target's units
@@ -309,7 +313,18 @@ class Model:
                 progress(len(X))
         if comm is not None:
             acc.reduce(comm)
-        return {"path": ds.path, "task": self.task, **acc.result()}
+            if comm.size > 1:
+                self.outside = _summed(comm.allgather(self.outside))
+        return {"path": ds.path, "task": self.task, **acc.result(), "outside_categories": dict(self.outside)}
+
+    #: Per categorical column, the rows the last ``evaluate``, ``predict`` or ``write_predictions``
+    #: read whose value was not among the categories training kept (read as its ``<other>``).
+    outside: dict[str, int] = {}
+
+    def _count_outside(self, X: np.ndarray) -> None:
+        if self.encoding is not None:
+            for name, n in self.encoding.outside_categories(X).items():
+                self.outside[name] = self.outside.get(name, 0) + n
 
     def write_predictions(self, source, out: str | os.PathLike, overwrite: bool = False,
                           progress=None, inputs=()) -> dict[str, Any]:
@@ -338,7 +353,8 @@ class Model:
                     w.write(proba.astype(np.float32), self.labels.decode(proba.argmax(axis=1)))
                 n += len(output)
             layout = w.layout()
-        return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else []), "layout": layout}
+        return {"path": os.fspath(out), "rows": n, "columns": names + ([label] if label else []), "layout": layout,
+                "outside_categories": dict(self.outside)}
 
     def predict_proba(self, source) -> np.ndarray:
         """Class probabilities for every row of ``source`` (held in memory: for small data;
@@ -451,3 +467,12 @@ def _columns_hint(found: list[str], wanted: int) -> str:
     if prefix and len(found) >= wanted and sum(f.startswith(prefix) for f in found) == wanted:
         return f"--features {shlex.quote(prefix + '*')} (the file's columns in that order must be the model's)"
     return f"--features NAME for each of the model's {wanted} features, in its order"
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Per-name counts added up, in the order names first appear."""
+    total: dict[str, int] = {}
+    for one in counts:
+        for name, n in one.items():
+            total[name] = total.get(name, 0) + n
+    return total

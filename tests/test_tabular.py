@@ -1442,3 +1442,20 @@ def test_predict_and_evaluate_say_how_many_rows_had_a_category_training_never_ke
     assert json.loads(res.stdout)["outside_categories"] == {"carrier": unseen}
     res = _cli("predict", tmp_path / "r", tmp_path / "tr.parquet", "--out", tmp_path / "q.parquet")
     assert "not among the categories" not in res.stderr
+
+
+def test_the_rows_outside_the_categories_are_counted_within_the_split_evaluated(tmp_path):
+    # (a hold-out split reads whole chunks and keeps its rows: the count is of the rows it keeps)
+    rng = np.random.default_rng(1)
+    n = 900
+    pd.DataFrame({"carrier": rng.choice(["AA", "UA", "DL", "WN"], n, p=[0.4, 0.3, 0.2, 0.1]),
+                  "x": rng.standard_normal(n), "y": rng.integers(0, 2, n)}).to_parquet(tmp_path / "t.parquet",
+                                                                                       row_group_size=300)
+    _cli("train", tmp_path / "t.parquet", "--label", "y", "--epochs", "1", "--val-fraction", "0.3",
+         "--min-frequency", "100", "--checkpoint-dir", tmp_path / "r", "--quiet")  # (WN, seen ~60 times: <other>)
+    got = {split: json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "t.parquet", "--split", split,
+                                  "--json").stdout) for split in ("all", "train", "val")}
+    counts = {split: r["outside_categories"]["carrier"] for split, r in got.items()}
+    assert counts["train"] + counts["val"] == counts["all"] and 0 < counts["val"] < counts["train"]
+    assert counts["all"] == int((pd.read_parquet(tmp_path / "t.parquet")["carrier"] == "WN").sum())
+    assert got["val"]["n"] + got["train"]["n"] == n

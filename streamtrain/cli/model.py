@@ -49,16 +49,14 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
     comm = communicator(distributed)  # several processes: each evaluates its share of the chunks
     with _progress(f"evaluating {ds.path}", ds.n_rows, as_json or comm.rank != 0, log_every) as progress:
         result = trainer.evaluate(ds, progress.update, comm)
-    outside = _outside(ds, comm)
     if comm.rank != 0:
         return
     result["split"] = split
-    result["outside_categories"] = outside
     result["rows_left_out"] = left = max(0, int(ds.n_rows) - int(result["n"]))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    _say_outside(ds.path, outside)
+    _say_outside(ds.path, result["outside_categories"])
     # (rows without a label, or with NaN/Inf where the run skipped such rows: said, not dropped silently)
     why = "without a label" + (", or with NaN or Inf (the run's --skip-nonfinite)" if ds.nonfinite == "skip" else "")
     click.echo(f"{result['path']} ({split}): {result['n']:,} row{'s' if result['n'] != 1 else ''}"
@@ -122,21 +120,7 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
         inputs = [data] + ([checkpoint] if Path(checkpoint).is_file() else [])
         info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update, inputs=inputs)
     click.echo(f"wrote {info['path']}: {info['rows']} rows, {info['layout']}")
-    _say_outside(ds.path, _outside(ds))
-
-
-def _outside(ds, comm=None) -> dict[str, int]:
-    """Per categorical column, the rows read whose value was not among the categories training
-    kept (``Encoding.outside_categories``), summed over processes where there are several."""
-    encoding = getattr(ds, "encoding", None)
-    mine = encoding.outside_categories() if encoding is not None else {}
-    if comm is None or comm.size == 1:
-        return mine
-    total: dict[str, int] = {}
-    for theirs in comm.allgather(mine):
-        for name, n in theirs.items():
-            total[name] = total.get(name, 0) + n
-    return total
+    _say_outside(ds.path, info["outside_categories"])
 
 
 def _say_outside(path, outside: dict[str, int]) -> None:

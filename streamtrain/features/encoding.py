@@ -271,8 +271,6 @@ class _OneHot:
         self.kind = "categorical" if cats is not None else "hashed"
         #: the first layer's rows this column selects from: one per value (its code)
         self.n_rows = 1 + (cats.oov_buckets + len(cats) if cats is not None else buckets)
-        #: rows encoded since it was made whose value is not among its categories (read as <other>)
-        self.outside = 0
         # gathered: one input, the code, which selects a row (its rows' names are never built:
         # millions of them); else one 0/1 input per row
         self.names = [name] if self.gather else self.row_names
@@ -299,8 +297,6 @@ class _OneHot:
             codes = self.codes(arr)
         except DataError as e:  # (the file and the column it is about)
             raise DataError(f"{where}: column {self.name!r}: {e}") from None
-        if self.cats is not None:  # (codes 1..oov_buckets: a value outside the vocabulary)
-            self.outside += int(np.count_nonzero((codes >= 1) & (codes <= self.cats.oov_buckets)))
         if self.gather:
             out[:, 0] = codes
         else:
@@ -489,10 +485,22 @@ class Encoding:
             return _numbers(col)
         return col.to_numpy()
 
-    def outside_categories(self) -> dict[str, int]:
-        """Per categorical column, the rows encoded since the encoding was made (or loaded) whose
-        value is not among its categories (read as its ``<other>``), where there are any."""
-        return {c.name: c.outside for c in self.columns if isinstance(c, _OneHot) and c.outside}
+    def outside_categories(self, X: np.ndarray) -> dict[str, int]:
+        """Per categorical column, the rows of ``X`` (rows, inputs: as ``transform`` made them)
+        whose value is not among its categories (read as its ``<other>``), where there are any."""
+        out, a = {}, 0
+        for c in self.columns:
+            width = len(c.names)  # (a gathered column: one input, its code)
+            if type(c) is _OneHot and c.cats is not None:
+                oov = c.cats.oov_buckets
+                if c.gather:  # (codes 1..oov_buckets)
+                    n = int(np.count_nonzero((X[:, a] >= 1) & (X[:, a] <= oov)))
+                else:  # (inputs <missing>, then the <other> ones)
+                    n = int(np.count_nonzero(X[:, a + 1:a + 1 + oov].any(axis=1)))
+                if n:
+                    out[c.name] = n
+            a += width
+        return out
 
     def describe(self) -> dict[str, str]:
         """Each column of the table (the label's included) and how it is used, as one line."""
