@@ -278,7 +278,8 @@ class PerSampleSGD(_PerSample):
 class PerSampleAdam(_PerSample):
     """One lazy Adam step per row over inputs that are codes, a block of rows per compiled call:
     what ``GradientStep`` makes of batches of one row (the rows of ``W1`` a row selects and their
-    moments alone move), without its tens of microseconds of calls per row."""
+    moments alone move), without its tens of microseconds of calls per row. A block that diverges
+    is given back whole, as ``PerSampleSGD``'s: weights, moments and Adam's step count."""
 
     def update(self, X, T, step=0, w=None) -> Outcome:
         opt, params, n = self.optimizer, self.net.params, len(X)
@@ -289,12 +290,20 @@ class PerSampleAdam(_PerSample):
         for k in range(n):  # as Adam.step computes them (Python's floats: the same bits)
             t = opt.t + k + 1
             scalars[k] = self.rate(step + k) / (1.0 - opt.beta1**t), 1.0 - opt.beta2**t
-        loss_sum, correct, done = online.adam_online_codes(params, self.net.layout, X, T, scalars, opt.m, opt.v,
+        # What a diverged block gives back, as PerSampleSGD's: of W1 and its moments the rows the
+        # block selects, the other arrays whole (a table of millions of rows is not copied per block).
+        layout = self.net.layout
+        rows = _selected_rows(layout, layout.rows(X), len(params["W1"]))
+        before = [_kept(d, rows) for d in (params, opt.m, opt.v)]
+        loss_sum, correct, done = online.adam_online_codes(params, layout, X, T, scalars, opt.m, opt.v,
                                                            opt.beta1, opt.beta2, opt.eps, self.net.activation,
                                                            self.task, self.weights(T, w))
-        opt.t += done
-        if done:
-            opt.lr = self.rate(step + done - 1)
+        if done < n or _gave_back(params, rows, before[0], loss_sum):
+            for d, kept in zip((params, opt.m, opt.v), before):
+                _gave_back(d, rows, kept, math.nan)  # (a loss that is not finite: every array put back)
+            return Outcome(math.nan, correct, n, n)
+        opt.t += n
+        opt.lr = self.rate(step + n - 1)
         return Outcome(loss_sum, correct, n, n)
 
 
