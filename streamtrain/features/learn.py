@@ -419,11 +419,11 @@ def identifier_notes(names: list[str], tables) -> dict[str, str]:
             chunks.close()
     out = {}
     for name in names if first is not None else ():
-        col = first.column(name)[:ID_LOOK]
-        why = None if col.null_count else identifier_like(name, col.to_numpy())
+        why = identifier_like(name, first.column(name)[:ID_LOOK].drop_null().to_numpy())
         if why is not None:
             out[name] = (f"looks like an identifier, which is no number to learn from: {why}; "
-                         f"--drop {option_value(name)} leaves it out")
+                         f"--drop {option_value(name)} leaves it out (--numeric {option_value(name)} keeps it, "
+                         "as a time in whole seconds would be, without this note)")
     return out
 
 

@@ -199,8 +199,8 @@ def infer_columns(schema: pa.Schema, overrides: dict | None = None) -> list[Colu
 #: A column a header left unnamed, as pandas (and the CSV reader here) name it.
 _UNNAMED = re.compile(r"Unnamed: \d+")
 # A name that says "identifier": id alone or at the end after a separator (customer_id, order-id,
-# "user id"), or CamelCase's (CustomerID, userId); not a word that ends so (paid, valid).
-_ID_SEPARATE, _ID_CAMEL = re.compile(r"(?:^|[_\W])id$", re.IGNORECASE), re.compile(r"ID$|[a-z]Id$")
+# "user id"), or CamelCase's (CustomerID, userId); not a word that ends so (paid, VALID).
+_ID_SEPARATE, _ID_CAMEL = re.compile(r"(?:^|[_\W])id$", re.IGNORECASE), re.compile(r"(?:^|[a-z])I[dD]$")
 
 
 def option_value(name: str) -> str:
