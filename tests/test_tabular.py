@@ -426,7 +426,7 @@ def test_a_csv_s_numbers_written_with_leading_zeros_are_read_as_text_and_the_adv
          tmp_path / "r", "--quiet")
     _, arrays, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
     assert meta["model"]["feature_names"] == ["zip", "income"]
-    res = _cli("predict", tmp_path / "r", tmp_path / "z.csv.gz", "--out", tmp_path / "p.csv")
+    _cli("predict", tmp_path / "r", tmp_path / "z.csv.gz", "--out", tmp_path / "p.csv")
     assert len(pd.read_csv(tmp_path / "p.csv")) == n
     # a set of files: text wherever one of them writes leading zeros, in either order
     df.assign(zip=rng.choice(["94110", "60601"], n)).to_csv(tmp_path / "w.csv", index=False)
