@@ -275,3 +275,34 @@ def test_nan_in_an_all_numeric_table_is_named_and_the_advice_imputes_it(store, t
     assert res.returncode == 0, res.stderr
     _, _, meta = latest_checkpoint(tmp_path / "r", schema=TRAINER)
     assert "a:missing" in meta["model"]["feature_names"]
+
+
+@pytest.mark.parametrize("data_columns", [True, None])
+def test_a_pandas_table_keeps_its_timestamps_time_zone_as_parquet_does(tmp_path, data_columns):
+    # (pandas keeps the zone only in a pickled attribute beside the table: read from its opcodes,
+    # never unpickled; the hour is the zone's, as from the same frame written as Parquet)
+    rng = np.random.default_rng(2)
+    n = 400
+    df = pd.DataFrame({"t": pd.Timestamp("2024-03-01", tz="Asia/Kolkata") + pd.to_timedelta(rng.integers(0, 10**6, n),
+                                                                                             unit="s"),
+                       "x": rng.normal(size=n), "y": rng.choice(["p", "q"], n)})
+    df.to_hdf(tmp_path / "t.h5", key="df", format="table", data_columns=data_columns)
+    df.to_parquet(tmp_path / "t.parquet")
+    opts = {"encode": {"date_parts": {"t": ["hour"]}}}
+    h5, pq_ = (open_dataset(tmp_path / f, label="y", **opts) for f in ("t.h5", "t.parquet"))
+    assert h5.feature_names == pq_.feature_names and "t.hour=5" in h5.feature_names
+    np.testing.assert_array_equal(_rows(h5)[0], _rows(pq_)[0])
+    assert "in Asia/Kolkata" in h5.encoding.describe()["t"]
+
+
+def test_the_plain_pickle_reader_reads_plain_values_and_nothing_else():
+    import pickle
+
+    from streamtrain.readers.hdf5_nodes import plain_pickle
+
+    value = {1: {"names": [None], "type": "Index"}, "t": {"tz": "UTC"}, "n": [1, 2.5, -3, 10**30, True, ("a", "b")]}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert plain_pickle(pickle.dumps(value, protocol=protocol)) == value
+    assert plain_pickle(pickle.dumps(complex(1, 2))) is None  # (a call: never made)
+    assert plain_pickle(b"cos\nsystem\n(S'touch /tmp/x'\ntR.") is None
+    assert plain_pickle(b"(dp0\nVt\np1\n") is None and plain_pickle(b"") is None and plain_pickle(None) is None

@@ -29,7 +29,8 @@ class Spec:
     ``kind``: "number" (integers, floats, bools: read as they are), "string" (bytes or text;
     ``nan_rep``: the text that stands for a missing value, as pandas writes it), "category"
     (integer codes into ``categories``; a negative code is missing) or "datetime" (integers
-    counting ``unit`` since ``origin``, an ISO date; None: since 1970-01-01).
+    counting ``unit`` since ``origin``, an ISO date; None: since 1970-01-01; ``tz``: the zone the
+    writer kept, the values being UTC instants).
     """
 
     kind: str = "number"
@@ -37,6 +38,7 @@ class Spec:
     categories: tuple[str, ...] | None = None
     unit: str | None = None
     origin: str | None = None
+    tz: str | None = None  # (a timestamp's time zone, where the writer kept one: its instants are UTC)
 
 
 def is_plain(spec: Spec, dtype: np.dtype) -> bool:
@@ -57,7 +59,7 @@ def arrow_type(spec: Spec, dtype: np.dtype) -> pa.DataType:
     if spec.kind == "category":
         return pa.dictionary(pa.int32(), pa.string())
     if spec.kind == "datetime":
-        return pa.timestamp(_arrow_unit(spec.unit or "ns"))
+        return pa.timestamp(_arrow_unit(spec.unit or "ns"), tz=spec.tz)
     if dtype.kind == "M":
         return pa.timestamp(_arrow_unit(np.datetime_data(dtype)[0]))
     if dtype.kind in "biuf":
@@ -109,7 +111,7 @@ def to_arrow(values: np.ndarray, spec: Spec) -> pa.Array:
             stamps = np.datetime64(spec.origin) + ints.astype(f"timedelta64[{unit}]") \
                 if spec.origin else ints.view(f"datetime64[{unit}]")
         target = _arrow_unit(unit)
-        return pa.array(stamps.astype(f"datetime64[{target}]"), pa.timestamp(target), from_pandas=True)
+        return pa.array(stamps.astype(f"datetime64[{target}]"), pa.timestamp(target, tz=spec.tz), from_pandas=True)
     if values.dtype.kind == "f":
         return pa.array(values, from_pandas=True)  # NaN: missing
     if values.dtype.kind in "biu":

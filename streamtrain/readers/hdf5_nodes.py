@@ -135,6 +135,88 @@ def _pandas_order(T) -> list[str] | None:
     return [codecs.decode(n, "raw_unicode_escape") for n in re.findall(r"V([^\n]*)\n", raw)]
 
 
+def _pandas_zone(T, field: str) -> str | None:
+    """The time zone pandas kept for timestamp field ``field`` of table ``T`` (in the ``info``
+    beside it: ``{field: {"tz": zone}}``, pickled, read by ``plain_pickle``), or None."""
+    info = plain_pickle(T.parent.attrs.get("info")) if T.parent is not None else None
+    entry = info.get(field) if isinstance(info, dict) else None
+    zone = entry.get("tz") if isinstance(entry, dict) else None
+    return zone if isinstance(zone, str) and zone else None
+
+
+#: The opcodes ``plain_pickle`` follows: those that make dicts, lists, tuples, text, numbers and
+#: None, and the memo; any other (a class, a call) and it gives up.
+_PLAIN_OPS = {"PROTO", "FRAME", "STOP", "MARK", "DICT", "EMPTY_DICT", "LIST", "EMPTY_LIST", "TUPLE", "EMPTY_TUPLE",
+              "TUPLE1", "TUPLE2", "TUPLE3", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "STRING", "BINSTRING",
+              "SHORT_BINSTRING", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "FLOAT", "BINFLOAT", "NONE",
+              "NEWTRUE", "NEWFALSE", "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "GET", "BINGET", "LONG_BINGET",
+              "SETITEM", "SETITEMS", "APPEND", "APPENDS"}
+
+
+def plain_pickle(raw) -> object | None:
+    """The value of a pickle that holds only dicts, lists, tuples, text, numbers and None (as
+    pandas' table attributes are), read from its opcodes (``pickletools.genops``, which runs
+    nothing); None for anything else or anything malformed. Never ``pickle.loads``."""
+    import pickletools
+
+    if isinstance(raw, (np.bytes_, np.void)):
+        raw = bytes(raw)
+    if not isinstance(raw, bytes) or len(raw) > 1 << 20:
+        return None
+    stack: list = []
+    marks: list[int] = []
+    memo: dict = {}
+    try:
+        for op, arg, _ in pickletools.genops(raw):
+            name = op.name
+            if name not in _PLAIN_OPS:
+                return None
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name in ("DICT", "LIST", "TUPLE"):
+                k = marks.pop()
+                items, stack[k:] = stack[k:], []
+                stack.append(dict(zip(items[::2], items[1::2])) if name == "DICT" else
+                             list(items) if name == "LIST" else tuple(items))
+            elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE"):
+                stack.append({} if name == "EMPTY_DICT" else [] if name == "EMPTY_LIST" else ())
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(name[-1])
+                items, stack[-n:] = stack[-n:], []
+                stack.append(tuple(items))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name == "SETITEM":
+                value, key = stack.pop(), stack.pop()
+                stack[-1][key] = value
+            elif name == "SETITEMS":
+                k = marks.pop()
+                items, stack[k:] = stack[k:], []
+                stack[-1].update(zip(items[::2], items[1::2]))
+            elif name == "APPEND":
+                value = stack.pop()
+                stack[-1].append(value)
+            elif name == "APPENDS":
+                k = marks.pop()
+                items, stack[k:] = stack[k:], []
+                stack[-1].extend(items)
+            elif name == "NONE":
+                stack.append(None)
+            elif name in ("NEWTRUE", "NEWFALSE"):
+                stack.append(name == "NEWTRUE")
+            elif name == "STOP":
+                return stack[-1] if len(stack) == 1 else None
+            elif name not in ("PROTO", "FRAME"):
+                stack.append(arg.decode("utf-8", "replace") if isinstance(arg, bytes) else arg)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return None
+
+
 def _text_attr(value) -> str | None:
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value).decode("utf-8", "replace")
@@ -150,7 +232,7 @@ def _pandas_spec(T, field: str) -> Spec:
         return Spec("category", categories=cats)
     if dtype.startswith("datetime64"):
         unit = dtype[len("datetime64["):-1] if dtype.endswith("]") else "ns"
-        return Spec("datetime", unit=unit if unit in ("s", "ms", "us", "ns") else "ns")
+        return Spec("datetime", unit=unit if unit in ("s", "ms", "us", "ns") else "ns", tz=_pandas_zone(T, field))
     if T.dtype.fields[field][0].base.kind in "SUO":
         return Spec("string", nan_rep=_text_attr(T.attrs.get(f"{field}_nan_rep")))
     return Spec()
