@@ -5,7 +5,6 @@ filters, and where its rows lie in the file's bytes. ``hdf5.HDF5Dataset`` reads 
 
 from __future__ import annotations
 
-import codecs
 import os
 import re
 
@@ -20,21 +19,15 @@ __all__ = ["find_datasets", "check_safe", "check_written", "table_columns", "com
 # The most categories read for one pandas categorical column (its categories table).
 MAX_CATEGORIES = 1 << 24
 
-# pandas stores a block's column names as a protocol-0 pickle of a list of str. We never unpickle:
-# this grammar accepts only that shape and yields the names as text.
-_PICKLED_NAMES = re.compile(r"^\(lp0\n(?:V[^\n]*\np\d+\na)+\.$")
-
-
 # Where pandas keeps a categorical column's categories: a table of its own, not data.
 _PANDAS_META = re.compile(r"(^|/)meta/[^/]+/meta/table$")
 
 
 def _pandas_names(raw) -> list[str] | None:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    if not _PICKLED_NAMES.match(text):
-        return None
-    # Protocol 0 writes each str as V<raw-unicode-escaped text>\n.
-    return [codecs.decode(n, "raw_unicode_escape") for n in re.findall(r"V([^\n]*)\n", text)]
+    """A block's column names, as pandas keeps them beside its table (a pickled list of text,
+    read by ``plain_pickle``), or None."""
+    names = plain_pickle(raw.encode() if isinstance(raw, str) else raw)
+    return names if isinstance(names, list) and names and all(isinstance(n, str) for n in names) else None
 
 
 def _links(f) -> dict[str, object]:
@@ -127,12 +120,13 @@ def table_columns(T) -> tuple[list[Column], dict[str, Spec]]:
 
 
 def _pandas_order(T) -> list[str] | None:
-    """The frame's column order that pandas keeps beside a table (a pickled list we parse, never
-    unpickle: ``[(1, [names...])]``), or None."""
-    raw = _text_attr(T.parent.attrs.get("non_index_axes")) if T.parent is not None else None
-    if not raw or not re.match(r"^\(lp0\n\(I1\n\(lp1\n(?:V[^\n]*\np\d+\na)*tp\d+\na\.$", raw):
+    """The frame's column order that pandas keeps beside a table (``[(1, [names...])]``, pickled,
+    read by ``plain_pickle``), or None."""
+    axes = plain_pickle(T.parent.attrs.get("non_index_axes")) if T.parent is not None else None
+    if not (isinstance(axes, list) and len(axes) == 1 and isinstance(axes[0], tuple) and len(axes[0]) == 2
+            and axes[0][0] == 1 and isinstance(axes[0][1], list) and all(isinstance(n, str) for n in axes[0][1])):
         return None
-    return [codecs.decode(n, "raw_unicode_escape") for n in re.findall(r"V([^\n]*)\n", raw)]
+    return axes[0][1]
 
 
 def _pandas_zone(T, field: str) -> str | None:
