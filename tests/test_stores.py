@@ -306,3 +306,12 @@ def test_the_plain_pickle_reader_reads_plain_values_and_nothing_else():
     assert plain_pickle(pickle.dumps(complex(1, 2))) is None  # (a call: never made)
     assert plain_pickle(b"cos\nsystem\n(S'touch /tmp/x'\ntR.") is None
     assert plain_pickle(b"(dp0\nVt\np1\n") is None and plain_pickle(b"") is None and plain_pickle(None) is None
+
+
+def test_many_hdf5_files_of_plain_numbers_carry_the_first_file_s_identifier_note(tmp_path):
+    for k in range(2):
+        pd.DataFrame({"row_id": np.arange(300) + 300 * k, "x": np.random.default_rng(k).normal(size=300),
+                      "y": np.arange(300) % 2}).to_hdf(tmp_path / f"m{k}.h5", key="df", format="table")
+    ds = open_dataset(str(tmp_path / "m*.h5"), label="y")
+    assert ds.encoding is None and [name for name, _ in ds.notes] == ["row_id"]
+    assert "distinct and increasing" in ds.notes[0][1]

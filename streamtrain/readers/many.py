@@ -69,6 +69,7 @@ class ManyFiles(Dataset):
         self._chunk_part = np.concatenate([np.full(p.n_chunks, k) for k, p in enumerate(parts)]).astype(np.int64)
         self._chunk_first = np.cumsum([0] + [p.n_chunks for p in parts]).astype(np.int64)
         self.left_out = first.left_out
+        self.notes = list(getattr(first, "notes", ()))  # (plain numbers: the first file's first chunk looked at)
         self.encoding = first.encoding  # one over every file (learned by the opener)
         self._check_layout()
 
