@@ -1459,3 +1459,14 @@ def test_the_rows_outside_the_categories_are_counted_within_the_split_evaluated(
     assert counts["train"] + counts["val"] == counts["all"] and 0 < counts["val"] < counts["train"]
     assert counts["all"] == int((pd.read_parquet(tmp_path / "t.parquet")["carrier"] == "WN").sum())
     assert got["val"]["n"] + got["train"]["n"] == n
+
+
+def test_label_classes_that_differ_only_in_case_or_spaces_are_noted(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    pd.DataFrame({"x": rng.normal(size=n), "answer": rng.choice(["Yes", "yes", "No", "no ", "maybe"], n)}).to_parquet(
+        tmp_path / "a.parquet")
+    res = _cli("train", tmp_path / "a.parquet", "--label", "answer", "--epochs", "1", "--checkpoint-dir",
+               tmp_path / "r", "--quiet")
+    assert ("column 'answer' (the label) has classes that differ only in case or spaces, each a class of its own: "
+            "'No', 'no '; 'Yes', 'yes'") in res.stderr

@@ -399,7 +399,22 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                            else values.take(pc.sort_indices(values)))
     encoding = Encoding(columns, label_enc, label, left, rows)
     encoding.notes = list(notes.items())
+    if label_enc is not None and not options.classes:
+        twins = _case_twins(label_enc.classes)
+        if twins:
+            encoding.notes.append((label, f"(the label) has classes that differ only in case or spaces, each a class "
+                                          f"of its own: {'; '.join(', '.join(map(repr, t)) for t in twins[:3])}"
+                                          f"{'; ...' if len(twins) > 3 else ''} (write them alike to make them one)"))
     return encoding
+
+
+def _case_twins(classes) -> list[list[str]]:
+    """Groups of text classes that are one value but for case or surrounding spaces ("Yes", "yes ")."""
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        if isinstance(c, str):
+            groups.setdefault(c.strip().casefold(), []).append(c)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 #: The values of a column of whole numbers looked at for an identifier's pattern (its first chunk's).
