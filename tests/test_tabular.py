@@ -1470,3 +1470,5 @@ def test_label_classes_that_differ_only_in_case_or_spaces_are_noted(tmp_path):
                tmp_path / "r", "--quiet")
     assert ("column 'answer' (the label) has classes that differ only in case or spaces, each a class of its own: "
             "'No', 'no '; 'Yes', 'yes'") in res.stderr
+    assert "(the label) has classes that differ only in case" in _cli("inspect", tmp_path / "a.parquet", "--label",
+                                                                       "answer").stdout

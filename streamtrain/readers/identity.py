@@ -59,8 +59,11 @@ class Identity:
                 info["columns"].setdefault(name, f"left out: {why}")
         elif self.left_out:
             info["left_out"] = {name: why for name, why in self.left_out}
-        if encoding is None and getattr(self, "notes", None):  # (plain numbers: an encoded table's are in its columns)
-            info["notes"] = {name: note for name, note in self.notes}
+        # (plain numbers' notes; an encoded table's are in its columns' lines, but the label's)
+        notes = getattr(self, "notes", None) if encoding is None else [
+            (name, note) for name, note in encoding.notes if name == encoding.label_name]
+        if notes:
+            info["notes"] = {name: note for name, note in notes}
         return info
 
     def fingerprint(self) -> dict[str, Any]:
