@@ -62,9 +62,12 @@ def test_train_checkpoint_resume_evaluate(tmp_path):
 
 
 def test_resume_without_checkpoint_starts_fresh_and_says_so(tmp_path):
-    res = invoke("train", DATA / "digits.h5", "--epochs", 1, "--checkpoint-dir", tmp_path / "new", "--resume")
-    assert res.exit_code == 0
-    assert "starting fresh" in res.output
+    # a warning: said under --quiet too (the user asked to resume)
+    for quiet in ([], ["-q"]):
+        res = run("train", DATA / "digits.h5", "--epochs", 1, "--checkpoint-dir", tmp_path / f"new{len(quiet)}",
+                  "--resume", *quiet)
+        assert res.returncode == 0, res.stderr
+        assert "warning: no checkpoint in" in res.stderr and "starting fresh" in res.stderr
 
 
 def test_inspect_dataset_json():

@@ -191,8 +191,8 @@ class Trainer:
                     self.model, self.optimizer, self.state, self.fingerprint, self.history = resume_run(
                         found, self.config, train, self.sampler, rundir, force, log, comm.rank)
                 else:
-                    if resume and log:
-                        log(f"no checkpoint in {checkpoint_dir}; starting fresh")
+                    if resume and comm.rank == 0:  # (asked for and not there: a warning, said under --quiet too)
+                        _LOG.warning(f"no checkpoint in {checkpoint_dir}; starting fresh")
                     self._initialise(train, log)
                 self.rundir = rundir
                 hooks = standard_hooks(self.config, self.model.task, comm, val_ds, rundir, list(callbacks), log,
