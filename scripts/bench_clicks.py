@@ -501,7 +501,8 @@ def _run(args, work: Path) -> None:
     _save(args.out, result)
     print(f"click log: {args.rows:,} rows, {n_train:,} trained, the last day ({n_test:,}) held out")
     for name in ("streamtrain", "streamtrain_crosses", "streamtrain_shared", "streamtrain_online",
-                 "streamtrain_online_l2", "streamtrain_online_adam", "streamtrain_copied_snapshots", "vw", "vw_linear", "sklearn_sgd", "sklearn_mlp", "torch"):
+                 "streamtrain_online_l2", "streamtrain_online_adam", "streamtrain_copied_snapshots", "vw", "vw_linear",
+                 "sklearn_sgd", "sklearn_mlp", "torch"):
         r = result.get(name)
         if r:
             print(f"  {name:20s} {r['rows_per_s']:>10,.0f} rows/s  auc {r['auc']:.4f}  log_loss {r['log_loss']:.4f}"

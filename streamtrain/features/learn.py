@@ -213,8 +213,8 @@ def _numbers_hint(plan: ColumnPlan, acc: _Pass | None) -> str:
     if acc.zero_led:  # (a code written with digits: text is what keeps it whole)
         return (f" (numbers with leading zeros, as codes are written: kept as text; --numeric "
                 f"{option_value(plan.name)} reads them as numbers)")
-    return (f" ({acc.number_share:.0%} of its first values are numbers: --numeric {option_value(plan.name)} reads them so, "
-            "the others as missing)")
+    return (f" ({acc.number_share:.0%} of its first values are numbers: --numeric {option_value(plan.name)} "
+            "reads them so, the others as missing)")
 
 
 def _in_shared_table(name: str, options: EncodingOptions) -> _OneHot:

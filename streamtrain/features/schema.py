@@ -27,8 +27,8 @@ import pyarrow as pa
 
 from ..errors import ConfigError, nearest
 
-__all__ = ["ColumnPlan", "StringChoice", "infer_columns", "choose_string_kind", "identifier_like", "option_value", "KINDS", "OVERRIDES",
-           "DROPPED"]
+__all__ = ["ColumnPlan", "StringChoice", "infer_columns", "choose_string_kind", "identifier_like", "option_value",
+           "KINDS", "OVERRIDES", "DROPPED"]
 
 #: Why a column the user dropped is left out (not warned about: it was asked for).
 DROPPED = "dropped on purpose (--drop; the library's drop=)"

@@ -349,7 +349,8 @@ def module_text(stem: str, table: Mapping[str, Any], parts: Sequence[tuple[str, 
     codes = ", ".join(f"{name} {k}" for k, name in enumerate(table))
     head = [f"# Written by streamtrain.nn.kernels.build for {stem}: its compiled functions, each activation's",
             f"# forms in place (codes: {codes}). Not to be edited: rewritten when either changes.",
-            "from streamtrain._jit import numba", "import numpy as np", "", f"ACTIVATIONS = {tuple(table)!r}", f"TASKS = {tuple(tasks)!r}"]
+            "from streamtrain._jit import numba", "import numpy as np", "", f"ACTIVATIONS = {tuple(table)!r}",
+            f"TASKS = {tuple(tasks)!r}"]
     head += [f"{k} = {v!r}" for k, v in sorted(constants.items())]
     for k, where in sorted(imports.items()):
         # (its source's hash in the text: the module's name, and so numba's cache of it, changes with it)
