@@ -158,21 +158,18 @@ def test_a_run_stopped_mid_epoch_resumes_bitwise_and_its_checkpoint_holds_the_ta
         np.testing.assert_array_equal(again.net.params[k], ref.net.params[k], err_msg=k)
 
 
-@pytest.mark.parametrize("batch_size,every,at", [(16, 7, 119), (1, 250, 1750)])
-def test_a_command_killed_mid_epoch_resumes_bitwise(table, tmp_path, batch_size, every, at):
-    args = [str(BIN), "train", table, "--label", "status", "--hidden", "6", "--batch-size", str(batch_size), "--lr",
-            "0.2" if batch_size > 1 else "0.02",
-            "--optimizer", "sgd", "--l2", "0.05", "--one-hot-max", "0", "--hash", "flight_id:512", "--epochs", "3",
-            "--dtype", "float64", "--quiet"]
+def killed_and_resumed(args: list, tmp_path, every: int, at: int) -> tuple[dict, dict]:
+    """The last checkpoint's arrays of the command ``args`` run whole, and of the same command
+    checkpointing every ``every`` steps, "killed" at step ``at`` (every later checkpoint removed)
+    and resumed."""
     whole = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "whole")], capture_output=True, text=True,
                            timeout=300)
     assert whole.returncode == 0, whole.stderr
-    # a checkpoint every few batches; "the process died there": every later one removed, then resumed
     parts = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "parts"), "--checkpoint-every", str(every),
                             "--keep", "100"], capture_output=True, text=True, timeout=300)
     assert parts.returncode == 0, parts.stderr
     kept = sorted(list_checkpoints(tmp_path / "parts"), key=lambda p: p.name)
-    mid = [p for p in kept if load_checkpoint(p, TRAINER)[1]["state"]["global_step"] == at]  # epoch 2, mid-way
+    mid = [p for p in kept if load_checkpoint(p, TRAINER)[1]["state"]["global_step"] == at]
     assert mid
     for p in kept:
         if p.name > mid[0].name:
@@ -182,6 +179,17 @@ def test_a_command_killed_mid_epoch_resumes_bitwise(table, tmp_path, batch_size,
     assert resumed.returncode == 0, resumed.stderr
     (a, _), (b, _) = (load_checkpoint(sorted(list_checkpoints(tmp_path / d), key=lambda p: p.name)[-1], TRAINER)
                       for d in ("whole", "parts"))
+    return a, b
+
+
+@pytest.mark.parametrize("batch_size,every,at", [(16, 7, 119), (1, 250, 1750)])
+def test_a_command_killed_mid_epoch_resumes_bitwise(table, tmp_path, batch_size, every, at):
+    args = [str(BIN), "train", table, "--label", "status", "--hidden", "6", "--batch-size", str(batch_size), "--lr",
+            "0.2" if batch_size > 1 else "0.02",
+            "--optimizer", "sgd", "--l2", "0.05", "--one-hot-max", "0", "--hash", "flight_id:512", "--epochs", "3",
+            "--dtype", "float64", "--quiet"]
+    # a checkpoint every few batches; "the process died there" (epoch 2, mid-way): every later one removed, then resumed
+    a, b = killed_and_resumed(args, tmp_path, every, at)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 

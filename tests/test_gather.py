@@ -343,50 +343,38 @@ def test_hash_bits_from_the_command(tmp_path):
 
 # -- online learning (batch size 1) over codes: the compiled per-sample loop ---------------------------
 
-@pytest.mark.parametrize("options", [{}, {"hash_bits": 6, "lr_schedule": "invscaling"}, {"activation": "tanh"}])
-def test_the_compiled_online_loop_over_codes_equals_the_numpy_step(options, tmp_path):
-    from streamtrain import Trainer
-    from streamtrain.train.update import GradientStep, PerSampleSGD
-
-    flights(500).to_parquet(tmp_path / "f.parquet")
-    params = []
-    for compiled in (True, False):
-        t = Trainer(hidden=5, epochs=2, batch_size=1, optimizer="sgd", one_hot_max=0, dtype="float64", lr=0.02,
-                    compiled=compiled, seed=2, **options)
-        t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
-        assert isinstance(t.stepper, PerSampleSGD if compiled else GradientStep)
-        params.append(t.net.params)
-    for k in params[0]:  # (sums in another order: float64 rounding apart)
-        np.testing.assert_allclose(params[0][k], params[1][k], rtol=1e-9, atol=1e-12, err_msg=k)
-
-
-@pytest.mark.parametrize("options", [{}, {"hash_bits": 2, "lr_schedule": "invscaling"}, {"activation": "tanh"}])
-def test_the_compiled_online_loop_of_lazy_adam_over_codes_equals_the_numpy_step(options, tmp_path):
+@pytest.mark.parametrize("optimizer,options", [
+    ("sgd", {}), ("sgd", {"hash_bits": 6, "lr_schedule": "invscaling"}), ("sgd", {"activation": "tanh"}),
     # (hash_bits 2: one shared table of 4 rows, so that codes of two columns often select one row)
+    ("adam", {}), ("adam", {"hash_bits": 2, "lr_schedule": "invscaling"}), ("adam", {"activation": "tanh"})])
+def test_the_compiled_online_loop_over_codes_equals_the_numpy_step(optimizer, options, tmp_path):
     from streamtrain import Trainer
-    from streamtrain.train.update import GradientStep, PerSampleAdam
+    from streamtrain.train.update import GradientStep, PerSampleAdam, PerSampleSGD
 
     rng = np.random.default_rng(3)
     flights(500).assign(gate=rng.choice(list("ABCDEFGH"), 500)).to_parquet(tmp_path / "f.parquet")
     runs = []
     for compiled in (True, False):
-        t = Trainer(hidden=5, epochs=2, batch_size=1, optimizer="adam", one_hot_max=0, dtype="float64", lr=0.01,
-                    compiled=compiled, seed=2, **options)
+        t = Trainer(hidden=5, epochs=2, batch_size=1, optimizer=optimizer, one_hot_max=0, dtype="float64",
+                    lr=0.02 if optimizer == "sgd" else 0.01, compiled=compiled, seed=2, **options)
         t.fit(str(tmp_path / "f.parquet"), label="status", log=None)
-        assert isinstance(t.stepper, PerSampleAdam if compiled else GradientStep)
-        if options.get("hash_bits") and compiled:
+        fast = PerSampleSGD if optimizer == "sgd" else PerSampleAdam
+        assert isinstance(t.stepper, fast if compiled else GradientStep)
+        if optimizer == "adam" and options.get("hash_bits") and compiled:
             X, _ = t.open_like_training(str(tmp_path / "f.parquet")).read(np.arange(500))
             rows = t.net.layout.rows(X)
             assert sum(len(set(r)) < len(r) for r in rows.tolist()) > 100  # (rows two columns select)
         runs.append((t.net.params, t.optimizer))
     (pa_, oa), (pb, ob) = runs
-    assert oa.t == ob.t == 2 * 500
     for k in pa_:  # (sums in another order: float64 rounding apart)
         np.testing.assert_allclose(pa_[k], pb[k], rtol=1e-9, atol=1e-12, err_msg=k)
-        np.testing.assert_allclose(oa.m[k], ob.m[k], rtol=1e-9, atol=1e-12, err_msg=k)
-        np.testing.assert_allclose(oa.v[k], ob.v[k], rtol=1e-9, atol=1e-15, err_msg=k)
-    untouched = (oa.v["W1"] == 0).all(axis=1)  # (lazy: a row no code selected has neither moved nor moments)
-    np.testing.assert_array_equal(untouched, (ob.v["W1"] == 0).all(axis=1))
+    if optimizer == "adam":
+        assert oa.t == ob.t == 2 * 500
+        for k in pa_:
+            np.testing.assert_allclose(oa.m[k], ob.m[k], rtol=1e-9, atol=1e-12, err_msg=k)
+            np.testing.assert_allclose(oa.v[k], ob.v[k], rtol=1e-9, atol=1e-15, err_msg=k)
+        untouched = (oa.v["W1"] == 0).all(axis=1)  # (lazy: a row no code selected has neither moved nor moments)
+        np.testing.assert_array_equal(untouched, (ob.v["W1"] == 0).all(axis=1))
 
 
 def test_the_online_loop_of_lazy_adam_stops_before_a_row_whose_loss_is_not_finite():
@@ -425,29 +413,13 @@ def test_the_online_loop_of_lazy_adam_stops_before_a_row_whose_loss_is_not_finit
 
 
 def test_online_lazy_adam_over_codes_killed_mid_epoch_resumes_bitwise(tmp_path):
+    from .test_decay import killed_and_resumed
+
     flights(400).to_parquet(tmp_path / "f.parquet")
     args = [str(BIN), "train", str(tmp_path / "f.parquet"), "--label", "status", "--hidden", "6", "--batch-size", "1",
             "--optimizer", "adam", "--one-hot-max", "0", "--hash", "flight_id:512", "--epochs", "3", "--quiet"]
-    whole = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "whole")], capture_output=True, text=True,
-                           timeout=300)
-    assert whole.returncode == 0, whole.stderr
     # a checkpoint every 170 rows; "the process died there": every one after epoch 2's middle removed, then resumed
-    parts = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "parts"), "--checkpoint-every", "170",
-                            "--keep", "100"], capture_output=True, text=True, timeout=300)
-    assert parts.returncode == 0, parts.stderr
-    from streamtrain.io.checkpoint import load_checkpoint
-    from streamtrain.io.resolve import list_checkpoints
-
-    kept = sorted(list_checkpoints(tmp_path / "parts"), key=lambda p: p.name)
-    mid = [p for p in kept if load_checkpoint(p, TRAINER)[1]["state"]["global_step"] == 510]
-    assert mid
-    for p in kept:
-        if p.name > mid[0].name:
-            p.unlink()
-    resumed = subprocess.run([*args, "--checkpoint-dir", str(tmp_path / "parts"), "--resume"], capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    (_, a, _), (_, b, _) = (latest_checkpoint(tmp_path / d, schema=TRAINER) for d in ("whole", "parts"))
+    a, b = killed_and_resumed(args, tmp_path, 170, 510)
     assert "optim.m.W1" in a and int(a["optim.t"]) == 3 * 400
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
