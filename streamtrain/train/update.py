@@ -286,10 +286,11 @@ class PerSampleAdam(_PerSample):
         for k in PARAM_NAMES:
             if k not in opt.m:
                 opt.m[k], opt.v[k] = zero_state(params[k]), zero_state(params[k])
-        scalars = np.empty((n, 2))
-        for k in range(n):  # as Adam.step computes them (Python's floats: the same bits)
-            t = opt.t + k + 1
-            scalars[k] = self.rate(step + k) / (1.0 - opt.beta1**t), 1.0 - opt.beta2**t
+        # each step's rate over the first moment's bias correction, and the second's (for the block
+        # at once: a Python loop per row was a twentieth of the row's time)
+        t = opt.t + 1 + np.arange(n, dtype=np.float64)
+        lr = rates(self.config, step + np.arange(n), self.total_steps) if self.scheduled else self.lr
+        scalars = np.column_stack([lr / (1.0 - opt.beta1**t), 1.0 - opt.beta2**t])
         # What a diverged block gives back, as PerSampleSGD's: of W1 and its moments the rows the
         # block selects, the other arrays whole (a table of millions of rows is not copied per block).
         layout = self.net.layout
