@@ -52,15 +52,19 @@ def test_compiled_per_sample_loop_equals_numpy_steps(softsign, task, reg):
 
 @pytest.mark.parametrize("task,reg", CASES)
 def test_compiled_minibatch_step_and_gradients_equal_numpy(softsign, task, reg, monkeypatch):
-    for block in (512, 10):  # the batch in one block of rows, and in several (the last one short)
-        test_minibatch.test_compiled_step_equals_numpy_step(softsign, task, reg, np.float64, 1e-12, block, monkeypatch)
-    test_minibatch.test_compiled_gradients_equal_numpy_gradients(softsign, task, reg, np.float64, 1e-12, monkeypatch)
+    for hidden in test_minibatch.WIDTHS:  # the layer whole, and in two halves of its columns
+        for block in (512, 10):  # the batch in one block of rows, and in several (the last one short)
+            test_minibatch.test_compiled_step_equals_numpy_step(softsign, task, reg, np.float64, 1e-12, block, hidden,
+                                                                monkeypatch)
+        test_minibatch.test_compiled_gradients_equal_numpy_gradients(softsign, task, reg, np.float64, 1e-12, hidden,
+                                                                     monkeypatch)
 
 
 def test_float32_compiled_paths_follow_float64(softsign, monkeypatch):
     test_online.test_compiled_loop_in_float32_follows_the_float64_steps(softsign, "binary")
-    test_minibatch.test_compiled_step_equals_numpy_step(softsign, "binary", (0.0, 0.0), np.float32, 1e-5, 512,
-                                                        monkeypatch)
+    for hidden in test_minibatch.WIDTHS:
+        test_minibatch.test_compiled_step_equals_numpy_step(softsign, "binary", (0.0, 0.0), np.float32, 1e-5, 512,
+                                                            hidden, monkeypatch)
 
 
 @pytest.mark.parametrize("batch_size", [1, 16])

@@ -441,10 +441,10 @@ def test_lazy_adam_in_two_halves_gives_one_thread_s_values_bitwise(dtype):
     sc._adam_rows(*one, rows, g, s)  # the whole, on this thread
     two = [a.copy() for a in (p, m, v)]
     sc.adam_rows(*two, rows, g, 0.9, 0.999, 1e-3 / 0.1, 0.05, 1e-8)
-    assert any(t.name == "streamtrain-rows" for t in threading.enumerate())  # (it did take half)
+    assert any(t.name == "streamtrain-lane" for t in threading.enumerate())  # (it did take half)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
-    with sc._HALVES.lock:  # another caller holds the helper: this one does both halves itself
+    with sc.SECOND.lock:  # another caller holds the helper: this one does both halves itself
         three = [a.copy() for a in (p, m, v)]
         sc.adam_rows(*three, rows, g, 0.9, 0.999, 1e-3 / 0.1, 0.05, 1e-8)
     for a, b in zip(one, three):

@@ -21,9 +21,13 @@ pytestmark = pytest.mark.skipif(not minibatch.available(), reason="numba or scip
 CASES = list(itertools.product(ACTIVATIONS, ["binary", "multiclass", "regression"], [(0.0, 0.0), (0.001, 0.01)]))
 
 
-def _pair(activation, task, dtype, seed=1):
+def _pair(activation, task, dtype, seed=1, hidden=5):
     n_out = 4 if task == "multiclass" else 1
-    return [TwoLayerNet(7, 5, n_out, activation, task, "glorot", seed=seed, dtype=dtype) for _ in range(2)]
+    return [TwoLayerNet(7, hidden, n_out, activation, task, "glorot", seed=seed, dtype=dtype) for _ in range(2)]
+
+
+# 5 hidden units: the layer whole; 16: its columns in two halves (minibatch.split), on one lane or two
+WIDTHS = [5, 16]
 
 
 def _data(task, rows=230, dtype=np.float64):
@@ -33,13 +37,14 @@ def _data(task, rows=230, dtype=np.float64):
     return X, y
 
 
+@pytest.mark.parametrize("hidden", WIDTHS)
 @pytest.mark.parametrize("block", [512, 10])  # 10: each batch in blocks of rows, the last one short
 @pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 @pytest.mark.parametrize("activation,task,reg", CASES)
-def test_compiled_step_equals_numpy_step(activation, task, reg, dtype, atol, block, monkeypatch):
+def test_compiled_step_equals_numpy_step(activation, task, reg, dtype, atol, block, hidden, monkeypatch):
     monkeypatch.setattr(minibatch, "BLOCK_ROWS", block)
     X, y = _data(task, dtype=dtype)
-    a, b = _pair(activation, task, dtype)
+    a, b = _pair(activation, task, dtype, hidden=hidden)
     sgd = SGD(0.05)
     for s in range(0, len(X), 32):  # 230 rows: the last batch has 6
         loss, penalty, grads = a.loss_and_grads(X[s:s + 32], y[s:s + 32], *reg)
@@ -116,12 +121,13 @@ def test_trainer_uses_the_compiled_step_and_matches_the_numpy_path():
     assert h_fast[-1]["val_accuracy"] >= 0.97  # the textbook recipe's accuracy
 
 
+@pytest.mark.parametrize("hidden", WIDTHS)
 @pytest.mark.parametrize("dtype,atol", [(np.float64, 1e-12), (np.float32, 1e-6)])
 @pytest.mark.parametrize("activation,task,reg", CASES)
-def test_compiled_gradients_equal_numpy_gradients(activation, task, reg, dtype, atol, monkeypatch):
+def test_compiled_gradients_equal_numpy_gradients(activation, task, reg, dtype, atol, hidden, monkeypatch):
     monkeypatch.setattr(minibatch, "BLOCK_ROWS", 10)  # 32 rows in blocks of 10, 10, 10, 2
     X, y = _data(task, rows=32, dtype=dtype)
-    net = _pair(activation, task, dtype)[0]
+    net = _pair(activation, task, dtype, hidden=hidden)[0]
     before = {k: v.copy() for k, v in net.params.items()}
     loss, penalty, want = net.loss_and_grads(X, y, *reg)
     total, correct, got = minibatch.loss_and_grads(net.params, X, y, *reg, activation, task)
@@ -199,24 +205,28 @@ def _adam_scalars(opt_t, n, lr, b1=0.9, b2=0.999, eps=1e-8):
                      for k in range(n)])
 
 
+@pytest.mark.parametrize("hidden,lanes", [(5, 1), (16, 1), (16, 2)])
 @pytest.mark.parametrize("adam", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation,task,reg", CASES)
-def test_batches_in_one_call_are_the_steps_one_at_a_time_bitwise(activation, task, reg, dtype, adam):
+def test_batches_in_one_call_are_the_steps_one_at_a_time_bitwise(activation, task, reg, dtype, adam, hidden, lanes,
+                                                                  monkeypatch):
     # Scaled, weighted, penalised: what the service's learner hands over in one call (GIL released).
+    # Two lanes, each on half the hidden layer's columns, meeting three times a batch (blocks of 12 rows).
     from streamtrain.nn.optim_compiled import adam_update
 
+    monkeypatch.setattr(minibatch, "BLOCK_ROWS", 12 if lanes == 2 else minibatch.BLOCK_ROWS)
     X, y = _data(task, rows=7 * 32, dtype=dtype)
     X = X * 3 + 2
     mean, factor = X.mean(axis=0).astype(dtype), (1 / X.std(axis=0)).astype(dtype)
     w = np.random.default_rng(1).uniform(0.5, 2, len(X))
-    a, b = _pair(activation, task, dtype)
+    a, b = _pair(activation, task, dtype, hidden=hidden)
     moments = [{k: np.zeros_like(v) for k, v in b.params.items()} for _ in range(2)] if adam else None
     ma, va = ({k: np.zeros_like(v) for k, v in a.params.items()} for _ in range(2))
     lrs = 0.05 / np.sqrt(1 + np.arange(7))  # a rate per step, as a schedule gives
     scalars = _adam_scalars(0, 7, 0.01) if adam else np.c_[lrs, np.zeros((7, 6))]
     done, out = minibatch.step_batches(b.params, X, y, 32, scalars, *reg, activation, task, w, (mean, factor),
-                                       None if moments is None else tuple(moments))
+                                       None if moments is None else tuple(moments), lanes=lanes)
     assert done == 7 and out.shape == (7, 2)
     for k in range(7):
         s = slice(32 * k, 32 * (k + 1))
@@ -234,15 +244,17 @@ def test_batches_in_one_call_are_the_steps_one_at_a_time_bitwise(activation, tas
             np.testing.assert_array_equal(moments[1][k], va[k])
 
 
+@pytest.mark.parametrize("hidden,lanes", [(5, 1), (16, 2)])
 @pytest.mark.parametrize("adam", [False, True])
-def test_batches_in_one_call_stop_at_the_first_that_diverges(adam):
+def test_batches_in_one_call_stop_at_the_first_that_diverges(adam, hidden, lanes):
     X, y = _data("regression", rows=5 * 8, dtype=np.float32)
     X[3 * 8 + 2] = 1e30  # batch 3 diverges
-    a, b = _pair("relu", "regression", np.float32)
+    a, b = _pair("relu", "regression", np.float32, hidden=hidden)
     moments = tuple({k: np.zeros_like(v) for k, v in b.params.items()} for _ in range(2)) if adam else None
     scalars = _adam_scalars(0, 5, 0.01) if adam else np.c_[np.full(5, 0.01), np.zeros((5, 6))]
     with np.errstate(over="ignore", invalid="ignore"):
-        done, out = minibatch.step_batches(b.params, X, y, 8, scalars, 0, 0, "relu", "regression", adam=moments)
+        done, out = minibatch.step_batches(b.params, X, y, 8, scalars, 0, 0, "relu", "regression", adam=moments,
+                                           lanes=lanes)
         assert done == 3 and np.isfinite(out[:3, 0]).all() and not np.isfinite(out[3, 0])
         again = {k: v.copy() for k, v in a.params.items()}
         minibatch.step_batches(again, X[:24], y[:24], 8, scalars[:3], 0, 0, "relu", "regression",
@@ -291,3 +303,94 @@ def test_a_strategy_s_batches_are_its_updates_one_at_a_time(optimizer, schedule,
         np.testing.assert_array_equal(one.net.params[k], v, err_msg=k)
     for k, v in opt_two.state_dict().items():
         np.testing.assert_array_equal(opt_one.state_dict()[k], v, err_msg=k)
+
+
+def _lane_case(hidden=64, rows=4 * 256):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((rows, 32)).astype(np.float32)
+    return X, (X[:, 0] > 0).astype(int), TwoLayerNet(32, hidden, 1, "sigmoid", "binary", seed=3)
+
+
+def test_two_lanes_fall_back_to_one_where_another_caller_has_the_second_thread():
+    from streamtrain.nn import lanes
+
+    X, y, net = _lane_case()
+    one, two = ({k: v.copy() for k, v in net.params.items()} for _ in range(2))
+    scalars = np.c_[np.full(4, 0.1), np.zeros((4, 6))]
+    minibatch.step_batches(one, X, y, 256, scalars, 0, 1e-3, "sigmoid", "binary")
+    with lanes.SECOND.lock:  # (held: the call runs its one-lane form instead of waiting for the thread)
+        done, _ = minibatch.step_batches(two, X, y, 256, scalars, 0, 1e-3, "sigmoid", "binary", lanes=2)
+    assert done == 4
+    for k in one:
+        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_lane_that_fails_ends_the_other_lane_s_wait(failing):
+    # Each lane waits at the barrier for the other; the one that raises must not leave it spinning.
+    import threading
+
+    from streamtrain.nn import lanes
+
+    f = lanes.flags()
+    seen = {}
+
+    def lane(k):
+        if k == failing:
+            raise ValueError(f"lane {k} failed")
+        seen[k] = lanes.barrier(f, k, 1)  # (compiled: spins until the other arrives or fails)
+        return seen[k]
+
+    outcome = {}
+
+    def call():
+        try:
+            lanes.run(lane, lambda k: (k,), f)
+        except ValueError as e:
+            outcome["error"] = str(e)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "a lane kept waiting for one that had failed"
+    assert outcome == {"error": f"lane {failing} failed"} and seen == {1 - failing: False}
+    g = lanes.flags()
+    assert lanes.run(lambda k: lanes.barrier(g, k, 1), lambda k: (k,), g) == (True, True)  # (and it serves the next)
+
+
+def test_the_trainer_gives_two_lanes_to_an_in_memory_run_alone_and_gets_the_same_weights(monkeypatch):
+    # In memory, in storage order, one process: nothing else works, so the step takes both cores
+    # (BLAS one thread per lane). The weights are those of one lane's run, bitwise; a shuffled run
+    # (a loader thread gathering rows) keeps to one lane.
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    from streamtrain.data import decoder
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: no second lane is given")
+    X, y, _ = _lane_case(hidden=16, rows=4096)
+    calls = []
+    step = minibatch.step_batches
+
+    def spy(*args, **kwargs):
+        blas = {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+        calls.append((args[-1] if len(args) > 12 else kwargs.get("lanes", 1), blas))
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(minibatch, "step_batches", spy)
+    runs = {}
+    for name, cores, shuffle in (("two", 2, "none"), ("one", 1, "none"), ("shuffled", 2, "window")):
+        calls.clear()
+        with monkeypatch.context() as m:
+            m.setattr(decoder, "cores_of_one", lambda processes=1: cores)
+            t = Trainer(TrainConfig(hidden=16, epochs=2, batch_size=256, lr=0.1, shuffle=shuffle, scale="none",
+                                    task="binary", optimizer="adam"))
+            t.fit((X, y), log=None)
+        runs[name] = (t.net.params, set(lanes for lanes, _ in calls), calls[0][1])
+        assert t.stepper.lanes == 1  # (given back after the run)
+    assert runs["two"][1] == {2} and runs["two"][2] == {1}  # two lanes, one BLAS thread each
+    assert runs["one"][1] == {1} and runs["shuffled"][1] == {1}
+    for k, v in runs["one"][0].items():
+        np.testing.assert_array_equal(runs["two"][0][k], v, err_msg=k)

@@ -34,9 +34,10 @@ def test_every_row_once_per_epoch(n, chunk, batch, window, mode, drop_last):
 
 
 def _running() -> list:
-    """streamtrain's threads still running, but the process's lasting helper (lazy Adam's second
-    half, ``sparse_compiled._Halves``: started once, by whichever test of this worker ran it first)."""
-    return [t for t in threading.enumerate() if t.name.startswith("streamtrain-") and t.name != "streamtrain-rows"]
+    """streamtrain's threads still running, but the process's lasting helper (``lanes.SECOND``, the
+    second half of lazy Adam and of the split step: started once, by whichever test of this worker
+    ran it first)."""
+    return [t for t in threading.enumerate() if t.name.startswith("streamtrain-") and t.name != "streamtrain-lane"]
 
 
 def test_last_partial_batch_is_kept_by_default():

@@ -164,9 +164,11 @@ class Loader:
         return self.iter_epoch()
 
     @contextlib.contextmanager
-    def sharing_cores(self, processes: int = 1):
+    def sharing_cores(self, processes: int = 1, lanes: bool = False):
         """Run the consumer's numerical work in here so that it leaves a core to the loader's threads,
         and, with ``processes`` training processes on this machine, keeps to its share of the cores.
+        Yields the lanes (threads) the consumer's own steps may take: 2 where it asks for them
+        (``lanes``), is the one process, and nothing works in the background, else 1.
 
         While the loader works in the background (decoding, gathering shuffled rows),
         BLAS is limited to the other cores (OpenBLAS threads busy-wait, and on 2 cores
@@ -179,7 +181,15 @@ class Loader:
         """
         background = not (self.dataset.capabilities.in_memory and self.sampler.plan().sequential)
         if not background and processes == 1:
-            yield
+            if lanes and _decoder.cores_of_one(1) >= 2:
+                from threadpoolctl import threadpool_limits
+
+                # (two lanes each calling BLAS: one thread each, or each product's threads would
+                # take the other lane's core)
+                with threadpool_limits(1, user_api="blas"):
+                    yield 2
+            else:
+                yield 1
             return
         from threadpoolctl import threadpool_limits
 
@@ -189,7 +199,7 @@ class Loader:
             sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
             with threadpool_limits(max(1, cores - 1) if background else cores, user_api="blas"):
-                yield
+                yield 1
         finally:
             sys.setswitchinterval(interval)
 

@@ -19,16 +19,19 @@ import threading
 import numpy as np
 
 from . import kernels
+from . import lanes as _lanes
 from .functions import ACTIVATIONS, TASKS
 from .kernels import ACTIVATE, DERIVATIVE, SIGMOID, TANH, TASK_ROW, each_activation, each_task, targets_2d, task_id
+from .lanes import barrier
 
-__all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads", "step_batches"]
+__all__ = ["available", "load", "load_in_background", "sgd_step", "loss_and_grads", "step_batches", "split"]
 
 _loaded: set = set()  # (dtype, sgd) entries loaded and run once
 _load_lock = threading.RLock()  # load() in a background thread may meet a first call here
 _exp_neg_f32 = None  # the shared exponential's name in the generated module, where _activate calls it
 _adam_one = None  # optim_compiled's Adam step of one array, in the generated module, where _batches calls it
-BLOCK_ROWS = 512  # rows per pass: X, the activations and their gradients, 3 x 128 KB at 64 wide, fit L2
+BLOCK_ROWS = 256  # rows per pass: X, the activations and their gradients stay in L2 (half-width products
+# ran 1.3x faster per row at 256 rows than at 512 here, one lane or two)
 
 
 def available() -> bool:
@@ -52,7 +55,8 @@ def load(dtype="float32", sgd: bool = True) -> None:
             # and the batches' loop (one compiled form for both optimisers), so a run's first
             # batches do not wait for it
             v, s = z[0], np.ones((1, 7), key[0])
-            _get("_batches")(*args[:7], v, v + 1, s, *args[7:], 1, not sgd, z, v, z, v, z, v, z, v, np.zeros((1, 2)))
+            _get("_batches")(0, 1, *args[:7], True, v, v + 1, s, *args[7:], 1, not sgd, z, v, z, v, z, v, z, v,
+                             np.zeros((1, 2)), *_exchange(1, 1, 1, key[0]), _lanes.flags())
             _loaded.add(key)
 
 
@@ -94,7 +98,7 @@ def _parts() -> list:
     return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast - {"reassoc"}, **opts)),
             ("_scale_rows", _scale_rows, exact), ("_adam_one", _adam_one.py_func, exact),
             # (by name: once _get has run, the module's names here are bound to the compiled forms)
-            *((fn.__name__, fn, exact if fn.__name__ == "_batches" else dict(fastmath=fast, **opts))
+            *((fn.__name__, fn, exact if fn.__name__ in ("_batches", "_add_shares") else dict(fastmath=fast, **opts))
               for fn in _FUNCTIONS)]
 
 
@@ -168,59 +172,146 @@ def _add_penalty_grad(W, G, l1, l2):  # pragma: no cover - compiled
             g[i] += l2 * w[i] + l1 * np.sign(w[i])
 
 
-def _grads(W1, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
-    # The mean (weighted) loss plus the penalty, its gradients, and the rows classified right. Rows
-    # in blocks, so a large batch's activations stay in the core's cache; the gradients add up.
-    n = X.shape[0]
-    h, o = W2.shape
-    gW1, gW2 = np.zeros_like(W1), np.zeros_like(W2)
-    gb1, gb2 = np.zeros_like(b1), np.zeros_like(b2)
-    one, zero = W1.dtype.type(1), W1.dtype.type(0)
-    total = 0.0
+def _part_count(h):  # pragma: no cover - compiled
+    # The hidden layer's columns in two halves where it is even and at least 16 wide: each half's
+    # products ran 1.2-1.5x the FLOP rate of the whole width's (OpenBLAS, one core, 64 wide), and
+    # two lanes (threads) can each take one. Always by width alone, so a run's arithmetic is the
+    # same on any number of cores.
+    return 2 if h >= 16 and h % 2 == 0 else 1
+
+
+def _split(W, P):  # pragma: no cover - compiled
+    # W's columns as P contiguous parts: out[p] = W[:, p c:(p + 1) c]
+    rows, h = W.shape
+    c = h // P
+    out = np.empty((P, rows, c), W.dtype)
+    for p in range(P):
+        for i in range(rows):
+            for j in range(c):
+                out[p, i, j] = W[i, p * c + j]
+    return out
+
+
+def _join(parts, W, p0, p1):  # pragma: no cover - compiled
+    # W[:, p c:(p + 1) c] = parts[p] for the parts p0..p1 - 1
+    c = parts.shape[2]
+    for p in range(p0, p1):
+        for i in range(W.shape[0]):
+            for j in range(c):
+                W[i, p * c + j] = parts[p, i, j]
+
+
+def _descend(w, g, lr):  # pragma: no cover - compiled
+    # w -= lr * g, in place ("W -= lr * G" would allocate lr * G first)
+    w, g = w.reshape(-1), g.reshape(-1)
+    for i in range(w.size):
+        w[i] -= lr * g[i]
+
+
+def _forward(Xb, W1p, b1p, W2p, act, fast_exp, A, Zp):  # pragma: no cover - compiled
+    # A <- act(Xb W1p + b1p), Zp <- A W2p: one part of the columns' share of the output's input
+    np.dot(Xb, W1p, A)
+    _activate(A, b1p, act, fast_exp)
+    np.dot(A, W2p, Zp)
+
+
+def _backward(Xb, A, Z, W2p, act, gW1p, gb1p, gW2p):  # pragma: no cover - compiled
+    # One part of the columns' gradients, added to g*: Z is dL/d(output's input), A the part's activations
+    rows, c = A.shape
+    one, zero = A.dtype.type(1), A.dtype.type(0)
+    D = np.dot(Z, W2p.T)
+    for i in range(rows):
+        for j in range(c):
+            a = A[i, j]
+            with each_activation(act):
+                D[i, j] *= DERIVATIVE(a, one, zero)
+    gW2p += np.dot(A.T, Z)
+    gW1p += np.dot(Xb.T, D)
+    for i in range(rows):
+        for j in range(c):
+            gb1p[j] += D[i, j]
+
+
+def _lane_grads(lane, lanes, W1P, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block, gW1P, gb1, gW2, gb2,
+                A, Zx, Px, flags, meet):  # pragma: no cover - compiled
+    # The batch X's mean (weighted) loss plus the penalty, the rows classified right, and (added to
+    # g*) the gradients of this lane's parts of the hidden layer's columns: all P parts with one
+    # lane, part `lane` of two with two. Rows in blocks, so a large batch's activations stay in the
+    # core's cache. Per block each part's share of the output's input goes to Zx; the lanes meet
+    # (their `meet`-th time) and each adds the shares up, in part order: the same arithmetic with
+    # one lane or two. Returns (total, correct, meetings so far), meetings -1 where the other lane failed.
+    n, P = X.shape[0], W1P.shape[0]
+    c, o = W1P.shape[2], b2.shape[0]
+    p0, p1 = (0, P) if lanes == 1 else (lane, lane + 1)
+    penalised = l1 != 0 or l2 != 0
+    total, pens = 0.0, 0.0
     correct = 0
+    Z = np.empty((min(block, n), o), W1P.dtype)
     for r0 in range(0, n, block):
         Xb = X[r0:r0 + block]
-        A = np.dot(Xb, W1)
-        _activate(A, b1, act, fast_exp)
-        Z = np.dot(A, W2)
-        rows = Z.shape[0]
-        for i in range(rows):
-            for m in range(o):
-                Z[i, m] += b2[m]
-        part, right = _loss_delta(Z, T[r0:r0 + block], R[r0:r0 + block], task, n)
+        rows = Xb.shape[0]
+        s = meet % 2  # (two slots: a lane writes a slot again only after the other has read it)
+        for p in range(p0, p1):
+            _forward(Xb, W1P[p], b1[p * c:(p + 1) * c], W2[p * c:(p + 1) * c], act, fast_exp, A[p, :rows],
+                     Zx[s, p, :rows])
+            if penalised and r0 == 0:
+                Px[s, p] = _penalty(W1P[p], l1, l2) + _penalty(W2[p * c:(p + 1) * c], l1, l2)
+        meet += 1
+        if lanes == 2 and not barrier(flags, lane, meet):
+            return 0.0, 0, -1
+        _add_shares(Zx[s], P, b2, Z[:rows])
+        if penalised and r0 == 0:
+            pens = Px[s, 0] + Px[s, 1] if P == 2 else Px[s, 0]
+        part, right = _loss_delta(Z[:rows], T[r0:r0 + rows], R[r0:r0 + rows], task, n)
         total += part
         correct += right
-        D = np.dot(Z, W2.T)
-        for i in range(rows):
-            for j in range(h):
-                a = A[i, j]
-                with each_activation(act):
-                    D[i, j] *= DERIVATIVE(a, one, zero)
-        gW2 += np.dot(A.T, Z)
-        gW1 += np.dot(Xb.T, D)
+        for p in range(p0, p1):
+            _backward(Xb, A[p, :rows], Z[:rows], W2[p * c:(p + 1) * c], act, gW1P[p], gb1[p * c:(p + 1) * c],
+                      gW2[p * c:(p + 1) * c])
         for i in range(rows):
             for m in range(o):
                 gb2[m] += Z[i, m]
-            for j in range(h):
-                gb1[j] += D[i, j]
+    return total + pens, correct, meet
+
+
+def _add_shares(shares, P, b2, Z):  # pragma: no cover - compiled
+    # Z <- the parts' shares added in part order, plus b2 (its own compiled form, no fastmath:
+    # reassociated, the order could differ between the lanes' callers)
+    rows, o = Z.shape
+    for i in range(rows):
+        for m in range(o):
+            z = shares[0, i, m]
+            if P == 2:
+                z += shares[1, i, m]
+            Z[i, m] = z + b2[m]
+
+
+def _grads(W1, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
+    # The mean (weighted) loss plus the penalty, its gradients, and the rows classified right: one
+    # lane's work on every part (what two lanes compute, bitwise).
+    P = _part_count(W1.shape[1])
+    W1P = _split(W1, P)
+    gW1P, gb1, gW2, gb2 = np.zeros_like(W1P), np.zeros_like(b1), np.zeros_like(W2), np.zeros_like(b2)
+    rows, c, o = min(block, X.shape[0]), W1P.shape[2], b2.shape[0]
+    A, Zx, Px = np.empty((P, rows, c), W1.dtype), np.empty((2, P, rows, o), W1.dtype), np.zeros((2, P))
+    total, correct, _ = _lane_grads(0, 1, W1P, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block, gW1P, gb1,
+                                    gW2, gb2, A, Zx, Px, np.zeros(1, np.int64), 0)
     if l1 != 0 or l2 != 0:
-        total += _penalty(W1, l1, l2) + _penalty(W2, l1, l2)
-        _add_penalty_grad(W1, gW1, l1, l2)
+        for p in range(P):
+            _add_penalty_grad(W1P[p], gW1P[p], l1, l2)
         _add_penalty_grad(W2, gW2, l1, l2)
+    gW1 = np.empty_like(W1)
+    _join(gW1P, gW1, 0, P)
     return total, correct, gW1, gb1, gW2, gb2
 
 
 def _sgd(W1, b1, W2, b2, X, T, R, lr, l1, l2, act, task, fast_exp, block):  # pragma: no cover - compiled
     total, correct, gW1, gb1, gW2, gb2 = _grads(W1, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block)
     if np.isfinite(total):  # (diverged: the caller reports it, the weights stay as they were)
-        for W, G in ((W1, gW1), (W2, gW2)):
-            w, g = W.reshape(-1), G.reshape(-1)
-            for i in range(w.size):  # in place: "W -= lr * G" would allocate lr * G first
-                w[i] -= lr * g[i]
-        for j in range(b1.size):
-            b1[j] -= lr * gb1[j]
-        for m in range(b2.size):
-            b2[m] -= lr * gb2[m]
+        _descend(W1, gW1, lr)
+        _descend(b1, gb1, lr)
+        _descend(W2, gW2, lr)
+        _descend(b2, gb2, lr)
     return total, correct
 
 
@@ -232,38 +323,81 @@ def _scale_rows(X, a, mean, factor, out):  # pragma: no cover - compiled
             out[i, j] = (X[a + i, j] - mean[j]) * factor[j]
 
 
-def _batches(W1, b1, W2, b2, X, T, R, mean, factor, S, l1, l2, act, task, fast_exp, block, bs, adam,
-             mW1, mb1, mW2, mb2, vW1, vb1, vW2, vb2, out):  # pragma: no cover - compiled
-    # Consecutive batches of bs rows of X, each scaled, then stepped: plain SGD (S[k, 0] its rate) or
+def _batches(lane, lanes, W1, b1, W2, b2, X, T, R, scaled, mean, factor, S, l1, l2, act, task, fast_exp, block, bs,
+             adam,
+             mW1, mb1, mW2, mb2, vW1, vb1, vW2, vb2, out, Zx, Px, flags):  # pragma: no cover - compiled
+    # Consecutive batches of bs rows of X, each scaled where `scaled`, then stepped: plain SGD (S[k, 0] its rate) or
     # Adam (S[k] its scalars, as adam_update takes them). out[k] <- (batch k's loss, its rows right).
     # Stops at a batch whose loss is not finite, leaving the weights as they were before it; returns
-    # the batches stepped. One call with the GIL released: the service's reader runs meanwhile.
-    buf = np.empty((bs, X.shape[1]), X.dtype)
-    for k in range(X.shape[0] // bs):
+    # the batches stepped (-1 where the other lane failed). One call with the GIL released: the
+    # service's reader runs meanwhile. With two lanes, lane `lane` of them: its part of the hidden
+    # layer's columns (W1's columns, b1's and W2's rows, their moments), each lane keeping b2 (and
+    # its moments) as the other does; lane 0 writes out and b2. Zx and Px are the slots both lanes
+    # share (as _buffers makes them).
+    d, h = W1.shape
+    P = _part_count(h)
+    c = h // P
+    p0, p1 = (0, P) if lanes == 1 else (lane, lane + 1)
+    W1P = _split(W1, P)  # (W1's columns as contiguous parts: each part's products take them whole)
+    mW1P, vW1P = (_split(mW1, P), _split(vW1, P)) if adam else (W1P[:, :0].copy(), W1P[:, :0].copy())
+    b2l, mb2l, vb2l = b2.copy(), mb2.copy(), vb2.copy()
+    gW1P, gb1, gW2, gb2 = np.zeros_like(W1P), np.zeros_like(b1), np.zeros_like(W2), np.zeros_like(b2)
+    A = np.empty((P, min(block, bs), c), W1.dtype)
+    buf = np.empty((bs if scaled else 0, d), X.dtype)
+    done, meet = X.shape[0] // bs, 0
+    for k in range(done):
         a = k * bs
-        _scale_rows(X, a, mean, factor, buf)
-        if adam:
-            total, correct, gW1, gb1, gW2, gb2 = _grads(W1, b1, W2, b2, buf, T[a:a + bs], R[a:a + bs], l1, l2, act,
-                                                        task, fast_exp, block)
-            out[k, 0], out[k, 1] = total, correct
-            if not np.isfinite(total):
-                return k
-            _adam_one(W1, gW1, mW1, vW1, S[k])
-            _adam_one(b1, gb1, mb1, vb1, S[k])
-            _adam_one(W2, gW2, mW2, vW2, S[k])
-            _adam_one(b2, gb2, mb2, vb2, S[k])
+        if scaled:
+            _scale_rows(X, a, mean, factor, buf)
+            Xk = buf
         else:
-            total, correct = _sgd(W1, b1, W2, b2, buf, T[a:a + bs], R[a:a + bs], S[k, 0], l1, l2, act, task, fast_exp,
-                                  block)
+            Xk = X[a:a + bs]
+        gW1P[p0:p1] = 0
+        gb1[p0 * c:p1 * c] = 0
+        gW2[p0 * c:p1 * c] = 0
+        gb2[:] = 0
+        total, correct, meet = _lane_grads(lane, lanes, W1P, b1, W2, b2l, Xk, T[a:a + bs], R[a:a + bs], l1, l2, act,
+                                           task, fast_exp, block, gW1P, gb1, gW2, gb2, A, Zx, Px, flags, meet)
+        if meet < 0:
+            return -1
+        if lane == 0:
             out[k, 0], out[k, 1] = total, correct
-            if not np.isfinite(total):
-                return k
-    return X.shape[0] // bs
+        if not np.isfinite(total):
+            done = k
+            break
+        for p in range(p0, p1):
+            W1p, gW1p, b1p, gb1p = W1P[p], gW1P[p], b1[p * c:(p + 1) * c], gb1[p * c:(p + 1) * c]
+            W2p, gW2p = W2[p * c:(p + 1) * c], gW2[p * c:(p + 1) * c]
+            if l1 != 0 or l2 != 0:
+                _add_penalty_grad(W1p, gW1p, l1, l2)
+                _add_penalty_grad(W2p, gW2p, l1, l2)
+            if adam:
+                _adam_one(W1p, gW1p, mW1P[p], vW1P[p], S[k])
+                _adam_one(b1p, gb1p, mb1[p * c:(p + 1) * c], vb1[p * c:(p + 1) * c], S[k])
+                _adam_one(W2p, gW2p, mW2[p * c:(p + 1) * c], vW2[p * c:(p + 1) * c], S[k])
+            else:
+                _descend(W1p, gW1p, S[k, 0])
+                _descend(b1p, gb1p, S[k, 0])
+                _descend(W2p, gW2p, S[k, 0])
+        if adam:
+            _adam_one(b2l, gb2, mb2l, vb2l, S[k])
+        else:
+            _descend(b2l, gb2, S[k, 0])
+    _join(W1P, W1, p0, p1)
+    if adam:
+        _join(mW1P, mW1, p0, p1)
+        _join(vW1P, vW1, p0, p1)
+    if lane == 0:
+        b2[:] = b2l
+        mb2[:] = mb2l
+        vb2[:] = vb2l
+    return done
 
 
 # The step's functions as written, compiled (with the shared exponential) from the module
 # kernels.build writes for the activations table.
-_FUNCTIONS = (_activate, _loss_delta, _penalty, _add_penalty_grad, _grads, _sgd, _batches)
+_FUNCTIONS = (_activate, _loss_delta, _penalty, _add_penalty_grad, _part_count, _split, _join, _descend, _forward,
+              _backward, _lane_grads, _add_shares, _grads, _sgd, _batches)
 # (the tasks' row functions with _loss_delta's flags, as they were when written inside it)
 _generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS,
                                dict(cache=True, nogil=True, error_model="numpy",
@@ -310,8 +444,8 @@ def loss_and_grads(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, 
 
 def step_batches(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, batch_size: int, scalars: np.ndarray,
                  l1: float, l2: float, activation: str, task: str, weights: np.ndarray | None = None,
-                 scale: tuple[np.ndarray, np.ndarray] | None = None, adam: tuple[dict, dict] | None = None
-                 ) -> tuple[int, np.ndarray]:
+                 scale: tuple[np.ndarray, np.ndarray] | None = None, adam: tuple[dict, dict] | None = None,
+                 lanes: int = 1) -> tuple[int, np.ndarray]:
     """Consecutive batches of ``batch_size`` rows of ``X`` (rows, features; a whole number of
     them), each one stepped in turn, in one compiled call: what ``sgd_step`` (or ``loss_and_grads``
     then ``optim_compiled.adam_update``) makes of each batch, bitwise.
@@ -322,6 +456,11 @@ def step_batches(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, ba
     Returns the batches stepped (they stop before the first whose loss is not finite: the weights
     are left as they were before it) and each batch's (mean loss plus the penalty, rows right),
     shape (batches, 2); rows past the batches stepped hold the failed batch's, or nothing.
+
+    ``lanes=2`` works each batch on two threads (this one and a lasting helper), each on half of
+    the hidden layer's columns, where the layer is split in two (``split(hidden)``); the results
+    are those of one lane, bitwise. Both threads spin while they wait for each other: give two
+    lanes only where two cores are free for them.
     """
     compiled, act = _generated.get(activation)
     dt = X.dtype.type
@@ -333,8 +472,27 @@ def step_batches(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, ba
     m, v = adam if adam is not None else ({}, {})
     moments = [a.get(k, params[k][:0]) for a in (m, v) for k in ("W1", "b1", "W2", "b2")]
     out = np.zeros((len(X) // batch_size, 2))
-    done = compiled._batches(params["W1"], params["b1"], params["W2"], params["b2"], X, targets_2d(T, X.dtype),
-                             _weights(weights, len(X), X.dtype), mean, factor,
-                             np.ascontiguousarray(scalars, dtype=X.dtype), dt(l1), dt(l2), act, task_id(task),
-                             X.dtype == np.float32, BLOCK_ROWS, int(batch_size), adam is not None, *moments, out)
+    two = lanes == 2 and split(params["W1"].shape[1]) and _lanes.available()
+    meet = _lanes.flags()
+    rest = (params["W1"], params["b1"], params["W2"], params["b2"], X, targets_2d(T, X.dtype),
+            _weights(weights, len(X), X.dtype), scale is not None, mean, factor, np.ascontiguousarray(scalars, dtype=X.dtype), dt(l1),
+            dt(l2), act, task_id(task), X.dtype == np.float32, BLOCK_ROWS, int(batch_size), adam is not None,
+            *moments, out, *_exchange(params["W1"].shape[1], min(BLOCK_ROWS, batch_size), params["W2"].shape[1],
+                                      X.dtype), meet)
+    if not two:
+        return int(compiled._batches(0, 1, *rest)), out
+    done, other = _lanes.run(compiled._batches, lambda lane: (0, 1, *rest) if lane is None else (lane, 2, *rest), meet)
+    assert done == other, (done, other)  # (each lane sees the same losses: they stop together)
     return int(done), out
+
+
+def _exchange(hidden: int, rows: int, outputs: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The slots two lanes meet in: the parts' shares of the output's input and their penalties."""
+    P = 2 if split(hidden) else 1
+    return np.empty((2, P, rows, outputs), dtype), np.zeros((2, P))
+
+
+def split(hidden: int) -> bool:
+    """Whether the step works a hidden layer of ``hidden`` units as two halves of its columns
+    (even, at least 16 wide), which two lanes can share."""
+    return hidden >= 16 and hidden % 2 == 0

@@ -6,14 +6,13 @@ log; the arithmetic here is theirs, in the same order."""
 
 from __future__ import annotations
 
-import os
-import threading
-
 from .._jit import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .lanes import SECOND
 
 __all__ = ["add_rows", "row_sums", "adam_rows", "catch_up_rows", "row_square_sums", "take_rows",
            "rows_finite"]
@@ -162,70 +161,10 @@ def _adam_rows(p, m, v, rows, g, s):  # pragma: no cover - compiled
             p[r, j] -= step * mi / (np.sqrt(vi / c2) + eps)
 
 
-#: Rows from which lazy Adam's update is shared with a second thread (``_Halves``): a handoff costs
-#: tens of microseconds, a row about half of one (a random walk over the table and its moments,
-#: their pages written for the first time early on).
+#: Rows from which lazy Adam's update is shared with a second thread (``lanes.SECOND``): a handoff
+#: costs tens of microseconds, a row about half of one (a random walk over the table and its
+#: moments, their pages written for the first time early on).
 SPLIT_ROWS = 2048
-
-
-class _Halves:
-    """A second thread for the other half of a compiled loop that releases the GIL and whose
-    halves touch disjoint memory: the caller runs the first half meanwhile. Started on first use;
-    one caller at a time (another, meanwhile, runs both halves itself); none in a forked child."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.go, self.done = threading.Event(), threading.Event()
-        self.job = self.error = self.thread = None
-        self.shares = None  # whether this process has a second core to share with (asked once)
-
-    def worth_it(self) -> bool:
-        """Whether a second thread can run beside the caller: two cores or more, code compiled."""
-        if self.shares is None:
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except (AttributeError, OSError):
-                cores = os.cpu_count() or 1
-            self.shares = cores > 1 and not numba.config.DISABLE_JIT
-        return self.shares
-
-    def _serve(self) -> None:
-        while True:
-            self.go.wait()
-            self.go.clear()
-            fn, args = self.job
-            try:
-                fn(*args)
-            except BaseException as e:  # (the caller's to raise)
-                self.error = e
-            self.done.set()
-
-    def both(self, fn, first: tuple, second: tuple) -> None:
-        """``fn(*first)`` here and ``fn(*second)`` beside it; back once both are done."""
-        if not self.lock.acquire(blocking=False):
-            fn(*first)
-            fn(*second)
-            return
-        try:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._serve, name="streamtrain-rows", daemon=True)
-                self.thread.start()
-            self.job, self.error = (fn, second), None
-            self.done.clear()
-            self.go.set()
-            try:
-                fn(*first)
-            finally:
-                self.done.wait()
-            if self.error is not None:
-                raise self.error
-        finally:
-            self.lock.release()
-
-
-_HALVES = _Halves()
-if hasattr(os, "register_at_fork"):  # (a forked child has the forking thread alone: a new, unstarted helper)
-    os.register_at_fork(after_in_child=lambda: _HALVES.__init__())
 
 
 def adam_rows(p: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray, g: np.ndarray, beta1: float,
@@ -237,8 +176,8 @@ def adam_rows(p: np.ndarray, m: np.ndarray, v: np.ndarray, rows: np.ndarray, g: 
     s = np.array([beta1, 1.0 - beta1, beta2, 1.0 - beta2, step, c2, eps], dtype=p.dtype)
     g = np.ascontiguousarray(g, p.dtype)
     h = rows.size // 2
-    if rows.size >= SPLIT_ROWS and _HALVES.worth_it() and (rows[1:] > rows[:-1]).all():
-        _HALVES.both(_adam_rows, (p, m, v, rows[:h], g[:h], s), (p, m, v, rows[h:], g[h:], s))
+    if rows.size >= SPLIT_ROWS and SECOND.worth_it() and (rows[1:] > rows[:-1]).all():
+        SECOND.both(_adam_rows, (p, m, v, rows[:h], g[:h], s), (p, m, v, rows[h:], g[h:], s))
     else:
         _adam_rows(p, m, v, rows, g, s)
 

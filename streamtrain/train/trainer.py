@@ -227,9 +227,11 @@ class Trainer:
                         decoder=cfg.decoder, process=process, scale=scale, workers=cfg.decoder_workers or None)
         self.comm.watch(getattr(cfg, "peer_timeout", 0.0))  # (a lost machine ends the job, named)
         try:
-            with loader, loader.sharing_cores(self.comm.local_size):
+            with loader, loader.sharing_cores(self.comm.local_size, self.stepper.splits) as lanes:
+                self.stepper.lanes = lanes
                 Loop(self, self.stepper, loader, hooks, prepare).run()
         finally:
+            self.stepper.lanes = 1  # (partial_fit's calls later are the caller's, on its thread)
             self.comm.unwatch()
             self.stepper.settle()  # (after the last checkpoint, so what it holds resumes bitwise; errors too)
 

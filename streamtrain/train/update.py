@@ -102,6 +102,13 @@ class Update:
     reduces = False  # several processes take part in every step
     compiled = False
     decay = None  # plain SGD's lazy L2 decay of a table of codes (``nn.decay.LazyDecay``), where there is one
+    lanes = 1  # threads a fused call of batches may take (``minibatch.step_batches``): the trainer's grant
+
+    @property
+    def splits(self) -> bool:
+        """Whether a second core speeds this strategy's steps up: its fused calls split the
+        hidden layer's columns between two lanes (``minibatch.split``)."""
+        return self.fuses and not self.blocks and minibatch.split(self.net.hidden)
 
     def __init__(self, config, model, optimizer, comm: Communicator = LOCAL, total_steps: int = 0):
         self.config, self.net, self.task, self.optimizer, self.comm = config, model.net, model.task, optimizer, comm
@@ -176,7 +183,7 @@ class Update:
                               self.rate(step + k) / (1.0 - opt.beta1**t), 1.0 - opt.beta2**t, opt.eps)
         net = self.net
         done, out = minibatch.step_batches(net.params, X, T, batch_size, scalars, self.l1, self.l2, net.activation,
-                                           self.task, self.weights(T, w), scale, adam)
+                                           self.task, self.weights(T, w), scale, adam, self.lanes)
         if adam is not None:
             self.optimizer.t += done
             if done:

@@ -1,0 +1,167 @@
+"""Two threads in one compiled step: a lasting helper thread and a two-party spin barrier.
+
+The minibatch step splits the hidden layer's columns in two halves (``minibatch``); with two
+lanes each half is worked on by a thread of its own, and the two meet once per block of rows to
+add their halves of the output layer's input. A meeting costs well under a microsecond where
+each thread has a core (a Python event or lock costs tens), so the threads wait for each other
+by spinning on a flag each owns, with acquire and release ordering, yielding the core after a
+while so that a busy machine still makes progress. A lane that fails sets a third flag, which
+ends the other's wait.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .._jit import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["available", "flags", "run", "barrier", "SECOND"]
+
+#: Where each lane's count and the abort flag lie in ``flags()``: a cache line (64 bytes) apart,
+#: so a lane's writes do not take the line the other spins on.
+_STRIDE, ABORT = 8, 16
+SPINS = 4000  # spins (tens of microseconds in all) before each further one also yields the core
+
+
+def available() -> bool:
+    """True where two lanes can run: numba compiles (its pure-Python mode runs no intrinsic)."""
+    return not numba.config.DISABLE_JIT
+
+
+def flags() -> np.ndarray:
+    """A fresh set of the lanes' flags (int64): both counts at zero, no abort."""
+    return np.zeros(ABORT + 1, np.int64)
+
+
+def _at(context, builder, signature, args):
+    aty = signature.args[0]
+    ary = context.make_array(aty)(context, builder, args[0])
+    i = context.cast(builder, args[1], signature.args[1], numba.types.intp)
+    return cgutils.get_item_pointer(context, builder, aty, ary, [i], wraparound=False)
+
+
+@intrinsic
+def _load_acquire(typingctx, arr, i):
+    """``arr[i]`` (int64), read with acquire ordering: what the other lane wrote before its release is seen."""
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_at(context, builder, signature, args), "acquire", 8)
+    return numba.types.int64(arr, i), codegen
+
+
+@intrinsic
+def _store_release(typingctx, arr, i, v):
+    """``arr[i] = v`` (int64), with release ordering: every write before it is seen first."""
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[2], signature.args[2], numba.types.int64)
+        builder.store_atomic(value, _at(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+    return numba.types.void(arr, i, v), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):
+    """``sched_yield()``: let another thread run on this core (the C library's, linked by name)."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return numba.types.void(), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def barrier(f, lane, count):  # pragma: no cover - compiled
+    """Lane ``lane`` (0 or 1) has reached its ``count``-th meeting: wait until the other has too.
+    False where the other lane failed (``f[ABORT]`` set): the caller returns at once."""
+    _store_release(f, _STRIDE * lane, count)
+    spins = 0
+    while _load_acquire(f, _STRIDE * (1 - lane)) < count:
+        if _load_acquire(f, ABORT):
+            return False
+        spins += 1
+        if spins > SPINS:
+            _yield_core()
+    return True
+
+
+class _Second:
+    """A lasting second thread for the other half of a compiled call that releases the GIL and
+    whose halves touch disjoint memory (or meet at ``barrier``): the caller runs the first half
+    meanwhile. Started on first use; one caller at a time; none in a forked child."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.go, self.done = threading.Event(), threading.Event()
+        self.job = self.error = self.result = self.thread = None
+        self.shares = None  # whether this process has a second core to share with (asked once)
+
+    def worth_it(self) -> bool:
+        """Whether a second thread can run beside the caller: two cores or more, code compiled."""
+        if self.shares is None:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cores = os.cpu_count() or 1
+            self.shares = cores > 1 and available()
+        return self.shares
+
+    def _serve(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            fn, args, fail = self.job
+            try:
+                self.result = fn(*args)
+            except BaseException as e:  # (the caller's to raise)
+                self.error = e
+                if fail is not None:
+                    fail()
+            self.done.set()
+
+    def both(self, fn, first: tuple, second: tuple, alone=None, fail=None):
+        """``(fn(*first), fn(*second))``, the first here and the second beside it, back once both
+        are done. Where another caller has the thread, ``alone()`` instead (halves that wait for
+        each other), or the halves in turn. ``fail()`` is called as soon as either half raises
+        (it ends the other's waits); the error is raised here."""
+        if not self.lock.acquire(blocking=False):
+            return alone() if alone is not None else (fn(*first), fn(*second))
+        try:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._serve, name="streamtrain-lane", daemon=True)
+                self.thread.start()
+            self.job, self.error, self.result = (fn, second, fail), None, None
+            self.done.clear()
+            self.go.set()
+            try:
+                mine = fn(*first)
+            except BaseException:
+                if fail is not None:
+                    fail()
+                raise
+            finally:
+                self.done.wait()
+            if self.error is not None:
+                raise self.error
+            return mine, self.result
+        finally:
+            self.lock.release()
+
+
+SECOND = _Second()
+if hasattr(os, "register_at_fork"):  # (a forked child has the forking thread alone: a new, unstarted helper)
+    os.register_at_fork(after_in_child=lambda: SECOND.__init__())
+
+
+def run(fn, args_of, f: np.ndarray):
+    """``fn(*args_of(0))`` on this thread and ``fn(*args_of(1))`` on the second at once, meeting
+    on the flags ``f`` (from ``flags()``): both results. An exception in either lane ends the
+    other's waits and is raised here. Where another caller has the second thread, ``args_of(None)``
+    is run alone (its one-lane form)."""
+    def fail():
+        f[ABORT] = 1
+
+    return SECOND.both(fn, args_of(0), args_of(1), alone=lambda: (fn(*args_of(None)),) * 2, fail=fail)
