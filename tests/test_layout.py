@@ -95,7 +95,7 @@ def test_the_compiled_code_implements_the_tables_names():
     # the compiled code as written from the table: one branch per entry wherever it takes the
     # activation, and no branch for an unknown code
     step = {fn.__name__: fn for fn in minibatch._FUNCTIONS}  # as written (the compiled ones are bound over the names)
-    for fn in (online._activate, online._score_and_back, step["_activate"], step["_grads"]):
+    for fn in (online._activate, online._score_and_back, step["_activate"], step["_backward"]):
         chains = []
         for node in ast.walk(ast.parse(kernels.source(fn, ACTIVATIONS, tasks=TASKS))):
             if isinstance(node, ast.If) and ast.unparse(node.test) == "act == 0":

@@ -360,9 +360,11 @@ def test_a_lane_that_fails_ends_the_other_lane_s_wait(failing):
 
 def test_the_trainer_gives_two_lanes_to_an_in_memory_run_alone_and_gets_the_same_weights(monkeypatch):
     # In memory, in storage order, one process: nothing else works, so the step takes both cores
-    # (BLAS one thread per lane). The weights are those of one lane's run, bitwise; a shuffled run
-    # (a loader thread gathering rows) keeps to one lane.
+    # (BLAS one thread per lane) and the loader makes its batches on the trainer's thread (a third
+    # thread would preempt a lane). The weights are those of one lane's run, bitwise; a shuffled
+    # run (a loader thread gathering rows) keeps to one lane.
     import os
+    import threading
 
     from threadpoolctl import threadpool_info
 
@@ -370,13 +372,16 @@ def test_the_trainer_gives_two_lanes_to_an_in_memory_run_alone_and_gets_the_same
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core: no second lane is given")
-    X, y, _ = _lane_case(hidden=16, rows=4096)
+    from streamtrain.data.loader import GROUP_ROWS
+
+    X, y, _ = _lane_case(hidden=16, rows=4 * GROUP_ROWS)  # (groups enough that a loader thread waits to put one)
     calls = []
     step = minibatch.step_batches
 
     def spy(*args, **kwargs):
         blas = {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
-        calls.append((args[-1] if len(args) > 12 else kwargs.get("lanes", 1), blas))
+        loader = any(t.name == "streamtrain-loader" for t in threading.enumerate())
+        calls.append((args[-1] if len(args) > 12 else kwargs.get("lanes", 1), blas, loader))
         return step(*args, **kwargs)
 
     monkeypatch.setattr(minibatch, "step_batches", spy)
@@ -388,9 +393,10 @@ def test_the_trainer_gives_two_lanes_to_an_in_memory_run_alone_and_gets_the_same
             t = Trainer(TrainConfig(hidden=16, epochs=2, batch_size=256, lr=0.1, shuffle=shuffle, scale="none",
                                     task="binary", optimizer="adam"))
             t.fit((X, y), log=None)
-        runs[name] = (t.net.params, set(lanes for lanes, _ in calls), calls[0][1])
+        runs[name] = (t.net.params, {lanes for lanes, _, _ in calls}, calls[0][1], {loader for *_, loader in calls})
         assert t.stepper.lanes == 1  # (given back after the run)
-    assert runs["two"][1] == {2} and runs["two"][2] == {1}  # two lanes, one BLAS thread each
-    assert runs["one"][1] == {1} and runs["shuffled"][1] == {1}
+    assert runs["two"][1:] == ({2}, {1}, {False})  # two lanes, one BLAS thread each, no loader thread
+    assert runs["one"][1] == {1} and True in runs["one"][3]  # (a loader thread reading ahead, until it is done)
+    assert runs["shuffled"][1] == {1} and True in runs["shuffled"][3]
     for k, v in runs["one"][0].items():
         np.testing.assert_array_equal(runs["two"][0][k], v, err_msg=k)

@@ -133,6 +133,9 @@ class Loader:
         # whole_groups: yield each group of consecutive batches as one (rows, X, y), in order
         # (the compiled online loop takes them so; batch boundaries are then the caller's).
         self.whole_groups = whole_groups
+        # inline: batches made on the consumer's thread, no thread of the loader's own (sharing_cores
+        # sets it where the consumer's steps take both cores: a third thread would preempt one)
+        self.inline = False
         dataset.set_budget(3 * sampler.window_rows * row_bytes(dataset))  # what window_rows_for was given
 
     def _decoder_process(self):
@@ -186,8 +189,12 @@ class Loader:
 
                 # (two lanes each calling BLAS: one thread each, or each product's threads would
                 # take the other lane's core)
-                with threadpool_limits(1, user_api="blas"):
-                    yield 2
+                self.inline = True
+                try:
+                    with threadpool_limits(1, user_api="blas"):
+                        yield 2
+                finally:
+                    self.inline = False
             else:
                 yield 1
             return
@@ -216,6 +223,38 @@ class Loader:
         if group:
             yield group
 
+    def _groups(self, source):
+        """Each group's batches, as the consumer takes them, in order (from ``source``, started)."""
+        position = self.sampler.position
+        for group in self._row_groups():
+            rows = np.concatenate(group) if len(group) > 1 else group[0]
+            source.at(position, len(rows) + GROUP_ROWS)
+            position += len(rows)
+            X, y, keep, owned = source.read(rows)
+            X = _scaled(X, self.scale, owned)
+            if self.whole_groups:
+                yield [(rows, *self.transform(*kept(X, y, keep)))]
+            else:
+                yield _split(group, X, y, keep, self.transform)
+            source.group_done()
+
+    def _inline(self, source, helpers, stop, grouped: bool):
+        """``iter_epoch``'s batches made on the consumer's thread, as it asks for them."""
+        for t in helpers:
+            t.start()
+        try:
+            for batches in self._groups(source):
+                if grouped:
+                    yield batches
+                else:
+                    yield from batches
+        except Stopped:
+            return
+        finally:
+            stop.set()
+            for t in helpers:
+                t.join()
+
     def iter_epoch(self, grouped: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """The remaining batches of the sampler's current epoch (``grouped``: a ``Group`` of
         consecutive batches at a time)."""
@@ -233,23 +272,15 @@ class Loader:
 
         source = choose_source(self.dataset, self.sampler, self._decoder_process())
         helpers = source.start(stop, self._row_groups)
+        if self.inline:
+            yield from self._inline(source, helpers, stop, grouped)
+            return
 
         def produce():
             try:
-                position = self.sampler.position
-                for group in self._row_groups():
-                    rows = np.concatenate(group) if len(group) > 1 else group[0]
-                    source.at(position, len(rows) + GROUP_ROWS)
-                    position += len(rows)
-                    X, y, keep, owned = source.read(rows)
-                    X = _scaled(X, self.scale, owned)
-                    if self.whole_groups:
-                        batches = [(rows, *self.transform(*kept(X, y, keep)))]
-                    else:
-                        batches = _split(group, X, y, keep, self.transform)
+                for batches in self._groups(source):
                     if not put(batches):
                         return
-                    source.group_done()
                 item = _DONE
             except Stopped:
                 return
