@@ -94,10 +94,11 @@ def main() -> None:
         Dh = [np.ascontiguousarray(D[:, :32]), np.ascontiguousarray(D[:, 32:])]
         blocks = range(0, bs, minibatch.BLOCK_ROWS)  # (as the step makes them: blocks of rows, in cache)
         cases[bs, "products, whole width"] = (
-            lambda Xb=Xb, W=W, D=D, blocks=blocks: [(Xb[a:a + R] @ W, Xb[a:a + R].T @ D[a:a + R]) for a in blocks], 200, 1)
+            lambda Xb=Xb, W=W, D=D, blocks=blocks: [(Xb[a:a + R] @ W, Xb[a:a + R].T @ D[a:a + R])
+                                                    for a in blocks], 200, 1)
         cases[bs, "products, two halves"] = (
-            lambda Xb=Xb, h=halves, d=Dh, blocks=blocks: [(Xb[a:a + R] @ w, Xb[a:a + R].T @ e[a:a + R]) for a in blocks
-                                           for w, e in zip(h, d)], 200, 1)
+            lambda Xb=Xb, h=halves, d=Dh, blocks=blocks: [(Xb[a:a + R] @ w, Xb[a:a + R].T @ e[a:a + R])
+                                                          for a in blocks for w, e in zip(h, d)], 200, 1)
         n = 64
         XX, T = X[:bs * n], y[:bs * n]
         S = np.zeros((n, 7), np.float32)

@@ -400,3 +400,69 @@ def test_the_trainer_gives_two_lanes_to_an_in_memory_run_alone_and_gets_the_same
     assert runs["shuffled"][1] == {1} and True in runs["shuffled"][3]
     for k, v in runs["one"][0].items():
         np.testing.assert_array_equal(runs["two"][0][k], v, err_msg=k)
+    # batch-center scaling prepares each batch: no fused calls, so no lanes, and BLAS left alone
+    steps = []
+    one_step = minibatch.sgd_step
+    monkeypatch.setattr(minibatch, "sgd_step", lambda *a, **k: steps.append(
+        {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}) or one_step(*a, **k))
+    with monkeypatch.context() as m:
+        m.setattr(decoder, "cores_of_one", lambda processes=1: 2)
+        Trainer(TrainConfig(hidden=16, epochs=1, batch_size=256, shuffle="none", scale="batch-center", optimizer="sgd",
+                            task="binary")).fit((X[:4096], y[:4096]), log=None)
+    assert steps and 1 not in set().union(*steps)
+
+
+def test_two_lanes_run_on_two_threads_and_a_lane_that_fails_stops_the_other_before_any_step(monkeypatch):
+    # Lane 0 (compiled) waits at its first meeting for lane 1, which raises first: lane 0 must
+    # return (-1) rather than wait, before any update, and the error reaches the caller.
+    import threading
+
+    from streamtrain.nn import lanes
+
+    X, y, net = _lane_case()
+    scalars = np.c_[np.full(4, 0.1), np.zeros((4, 6))]
+    real, seen = lanes.run, []
+
+    def recording(fail):
+        def run(fn, args_of, f):
+            def lane(*args):
+                seen.append((args[0], threading.current_thread().name))
+                if fail and args[0] == 1:
+                    raise RuntimeError("lane 1 failed")
+                done = fn(*args)
+                seen.append((args[0], done))
+                return done
+            return real(lane, args_of, f)
+        return run
+
+    monkeypatch.setattr(lanes, "run", recording(False))
+    assert minibatch.step_batches(net.params, X, y, 256, scalars, 0, 0, "sigmoid", "binary", lanes=2)[0] == 4
+    assert set(seen) == {(0, 4), (0, "MainThread"), (1, 4), (1, "streamtrain-lane")}
+    seen.clear()
+    before = {k: v.copy() for k, v in net.params.items()}
+    monkeypatch.setattr(lanes, "run", recording(True))
+    with pytest.raises(RuntimeError, match="lane 1 failed"):
+        minibatch.step_batches(net.params, X, y, 256, scalars, 0, 0, "sigmoid", "binary", lanes=2)
+    assert set(seen) == {(0, -1), (0, "MainThread"), (1, "streamtrain-lane")}
+    for k in before:
+        np.testing.assert_array_equal(net.params[k], before[k], err_msg=k)
+
+
+@pytest.mark.parametrize("hidden", WIDTHS)
+def test_no_whole_batch_steps_nothing_and_an_empty_batch_s_loss_is_the_penalty(hidden):
+    X, y, net = _lane_case(hidden=hidden, rows=100)
+    before = {k: v.copy() for k, v in net.params.items()}
+    done, out = minibatch.step_batches(net.params, X, y, 256, np.zeros((0, 7)), 0, 0, "sigmoid", "binary", lanes=2)
+    assert done == 0 and out.shape == (0, 2)
+    for k in before:
+        np.testing.assert_array_equal(net.params[k], before[k], err_msg=k)
+    # (the compiled form alone: the public functions take no batch of 0 rows)
+    compiled, act = minibatch._generated.get("sigmoid")
+    p, f = net.params, np.float32
+    total, correct, *g = compiled._grads(p["W1"], p["b1"], p["W2"], p["b2"], X[:0], np.zeros((0, 1), f),
+                                         np.zeros(0, f), f(1e-3), f(1e-2), act, 0, True, minibatch.BLOCK_ROWS)
+    grads = dict(zip(("W1", "b1", "W2", "b2"), g))
+    W = [net.params["W1"].astype(np.float64), net.params["W2"].astype(np.float64)]
+    want = sum(0.5 * 1e-2 * (w * w).sum() + 1e-3 * np.abs(w).sum() for w in W)
+    assert correct == 0 and total == pytest.approx(want, rel=1e-6)
+    np.testing.assert_allclose(grads["W1"], 1e-2 * net.params["W1"] + 1e-3 * np.sign(net.params["W1"]), rtol=1e-6)

@@ -171,16 +171,19 @@ class Loader:
         """Run the consumer's numerical work in here so that it leaves a core to the loader's threads,
         and, with ``processes`` training processes on this machine, keeps to its share of the cores.
         Yields the lanes (threads) the consumer's own steps may take: 2 where it asks for them
-        (``lanes``), is the one process, and nothing works in the background, else 1.
+        (``lanes``), is the one process, has two cores or more and nothing works in the background
+        (rows in memory, in storage order), else 1. Given two lanes, BLAS keeps to one thread (a
+        lane each) and the loader makes its batches on the consumer's thread (``inline``).
 
         While the loader works in the background (decoding, gathering shuffled rows),
         BLAS is limited to the other cores (OpenBLAS threads busy-wait, and on 2 cores
         a second one takes the loader's core: measured, decoding then stopped
         overlapping with training at all, and in-memory window shuffle trained 10%
         slower) and the GIL switch interval is shortened. Both are restored after.
-        In-memory rows in storage order, served as views, change nothing (measured:
-        limiting BLAS there cost the in-memory step 10%). Several processes would each
-        start a BLAS thread per core of the machine: each keeps to its share.
+        In-memory rows in storage order, served as views, change nothing but where two lanes
+        are given (measured: limiting BLAS to one thread there cost a one-lane step 10%).
+        Several processes would each start a BLAS thread per core of the machine: each keeps to
+        its share.
         """
         background = not (self.dataset.capabilities.in_memory and self.sampler.plan().sequential)
         if not background and processes == 1:

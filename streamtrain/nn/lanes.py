@@ -5,8 +5,8 @@ lanes each half is worked on by a thread of its own, and the two meet once per b
 add their halves of the output layer's input. A meeting costs well under a microsecond where
 each thread has a core (a Python event or lock costs tens), so the threads wait for each other
 by spinning on a flag each owns, with acquire and release ordering, yielding the core after a
-while so that a busy machine still makes progress. A lane that fails sets a third flag, which
-ends the other's wait.
+while so that a busy machine still makes progress. A lane that leaves, having failed or not,
+sets a third flag, which ends the other's wait: a lane never waits for one that will not come.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 
 __all__ = ["available", "flags", "run", "barrier", "SECOND"]
 
-#: Where each lane's count and the abort flag lie in ``flags()``: a cache line (64 bytes) apart,
+#: Where each lane's count and the flag "a lane has left" lie in ``flags()``: a cache line (64 bytes) apart,
 #: so a lane's writes do not take the line the other spins on.
 _STRIDE, ABORT = 8, 16
 SPINS = 4000  # spins (tens of microseconds in all) before each further one also yields the core
@@ -76,12 +76,13 @@ def _yield_core(typingctx):
 @numba.njit(cache=True, nogil=True)
 def barrier(f, lane, count):  # pragma: no cover - compiled
     """Lane ``lane`` (0 or 1) has reached its ``count``-th meeting: wait until the other has too.
-    False where the other lane failed (``f[ABORT]`` set): the caller returns at once."""
+    False where the other lane left without coming (``f[ABORT]`` set): the caller returns at once."""
+    other = _STRIDE * (1 - lane)
     _store_release(f, _STRIDE * lane, count)
     spins = 0
-    while _load_acquire(f, _STRIDE * (1 - lane)) < count:
-        if _load_acquire(f, ABORT):
-            return False
+    while _load_acquire(f, other) < count:
+        if _load_acquire(f, ABORT):  # (it left: after this meeting, or without it)
+            return _load_acquire(f, other) >= count
         spins += 1
         if spins > SPINS:
             _yield_core()
@@ -113,41 +114,55 @@ class _Second:
         while True:
             self.go.wait()
             self.go.clear()
-            fn, args, fail = self.job
+            fn, args, ended = self.job
             try:
                 self.result = fn(*args)
             except BaseException as e:  # (the caller's to raise)
                 self.error = e
-                if fail is not None:
-                    fail()
+            finally:
+                if ended is not None:
+                    ended()
             self.done.set()
 
-    def both(self, fn, first: tuple, second: tuple, alone=None, fail=None):
+    def _wait(self) -> None:
+        """Wait for the second half, through any interruption (raised after it: the half still
+        runs on the caller's arrays, and the next call must not take its place)."""
+        interrupted = None
+        while True:
+            try:
+                self.done.wait()
+                break
+            except BaseException as e:  # (KeyboardInterrupt: wait on, raise it after)
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
+
+    def both(self, fn, first: tuple, second: tuple, alone=None, ended=None):
         """``(fn(*first), fn(*second))``, the first here and the second beside it, back once both
         are done. Where another caller has the thread, ``alone()`` instead (halves that wait for
-        each other), or the halves in turn. ``fail()`` is called as soon as either half raises
-        (it ends the other's waits); the error is raised here."""
+        each other), or the halves in turn. ``ended()`` is called as each half returns or raises
+        (it ends the other's waits); an error is raised here."""
         if not self.lock.acquire(blocking=False):
             return alone() if alone is not None else (fn(*first), fn(*second))
         try:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._serve, name="streamtrain-lane", daemon=True)
                 self.thread.start()
-            self.job, self.error, self.result = (fn, second, fail), None, None
+            self.job, self.error, self.result = (fn, second, ended), None, None
             self.done.clear()
             self.go.set()
             try:
                 mine = fn(*first)
-            except BaseException:
-                if fail is not None:
-                    fail()
-                raise
             finally:
-                self.done.wait()
-            if self.error is not None:
-                raise self.error
-            return mine, self.result
+                if ended is not None:
+                    ended()
+                self._wait()
+            error, theirs = self.error, self.result
+            if error is not None:
+                raise error
+            return mine, theirs
         finally:
+            self.job = self.error = self.result = None  # (the call's arrays are not kept alive here)
             self.lock.release()
 
 
@@ -158,10 +173,10 @@ if hasattr(os, "register_at_fork"):  # (a forked child has the forking thread al
 
 def run(fn, args_of, f: np.ndarray):
     """``fn(*args_of(0))`` on this thread and ``fn(*args_of(1))`` on the second at once, meeting
-    on the flags ``f`` (from ``flags()``): both results. An exception in either lane ends the
-    other's waits and is raised here. Where another caller has the second thread, ``args_of(None)``
-    is run alone (its one-lane form)."""
-    def fail():
+    on the flags ``f`` (from ``flags()``): both results. A lane that returns or raises ends the
+    other's waits (an exception is raised here). Where another caller has the second thread,
+    ``args_of(None)`` is run alone (its one-lane form)."""
+    def ended():
         f[ABORT] = 1
 
-    return SECOND.both(fn, args_of(0), args_of(1), alone=lambda: (fn(*args_of(None)),) * 2, fail=fail)
+    return SECOND.both(fn, args_of(0), args_of(1), alone=lambda: (fn(*args_of(None)),) * 2, ended=ended)

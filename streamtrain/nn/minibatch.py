@@ -271,6 +271,10 @@ def _lane_grads(lane, lanes, W1P, b1, W2, b2, X, T, R, l1, l2, act, task, fast_e
         for i in range(rows):
             for m in range(o):
                 gb2[m] += Z[i, m]
+    if penalised and n == 0:  # (no block, no meeting: one lane has every part)
+        for p in range(P):
+            Px[0, p] = _penalty(W1P[p], l1, l2) + _penalty(W2[p * c:(p + 1) * c], l1, l2)
+        pens = Px[0, 0] + Px[0, 1] if P == 2 else Px[0, 0]
     return total + pens, correct, meet
 
 
@@ -333,8 +337,11 @@ def _batches(lane, lanes, W1, b1, W2, b2, X, T, R, scaled, mean, factor, S, l1, 
     # service's reader runs meanwhile. With two lanes, lane `lane` of them: its part of the hidden
     # layer's columns (W1's columns, b1's and W2's rows, their moments), each lane keeping b2 (and
     # its moments) as the other does; lane 0 writes out and b2. Zx and Px are the slots both lanes
-    # share (as _buffers makes them).
+    # share (as _exchange makes them). W1 (and its moments) are written back at the end: a call that
+    # fails part of the way leaves them as they were, b1's and W2's steps made.
     d, h = W1.shape
+    if X.shape[0] < bs:  # (no batch: nothing to step, and no meeting to order the lanes' copies by)
+        return 0
     P = _part_count(h)
     c = h // P
     p0, p1 = (0, P) if lanes == 1 else (lane, lane + 1)
@@ -472,17 +479,18 @@ def step_batches(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, ba
     m, v = adam if adam is not None else ({}, {})
     moments = [a.get(k, params[k][:0]) for a in (m, v) for k in ("W1", "b1", "W2", "b2")]
     out = np.zeros((len(X) // batch_size, 2))
-    two = lanes == 2 and split(params["W1"].shape[1]) and _lanes.available()
+    W1, W2 = params["W1"], params["W2"]
+    two = lanes == 2 and split(W1.shape[1]) and _lanes.available()
     meet = _lanes.flags()
-    rest = (params["W1"], params["b1"], params["W2"], params["b2"], X, targets_2d(T, X.dtype),
-            _weights(weights, len(X), X.dtype), scale is not None, mean, factor, np.ascontiguousarray(scalars, dtype=X.dtype), dt(l1),
-            dt(l2), act, task_id(task), X.dtype == np.float32, BLOCK_ROWS, int(batch_size), adam is not None,
-            *moments, out, *_exchange(params["W1"].shape[1], min(BLOCK_ROWS, batch_size), params["W2"].shape[1],
-                                      X.dtype), meet)
+    rest = (W1, params["b1"], W2, params["b2"], X, targets_2d(T, X.dtype), _weights(weights, len(X), X.dtype),
+            scale is not None, mean, factor, np.ascontiguousarray(scalars, dtype=X.dtype), dt(l1), dt(l2), act,
+            task_id(task), X.dtype == np.float32, BLOCK_ROWS, int(batch_size), adam is not None, *moments, out,
+            *_exchange(W1.shape[1], min(BLOCK_ROWS, batch_size), W2.shape[1], X.dtype), meet)
     if not two:
         return int(compiled._batches(0, 1, *rest)), out
     done, other = _lanes.run(compiled._batches, lambda lane: (0, 1, *rest) if lane is None else (lane, 2, *rest), meet)
-    assert done == other, (done, other)  # (each lane sees the same losses: they stop together)
+    if done != other:  # (each lane sees the same losses, so they stop together: this is a fault)
+        raise RuntimeError(f"the step's two lanes stopped apart (after {done} and {other} batches)")
     return int(done), out
 
 

@@ -227,7 +227,9 @@ class Trainer:
                         decoder=cfg.decoder, process=process, scale=scale, workers=cfg.decoder_workers or None)
         self.comm.watch(getattr(cfg, "peer_timeout", 0.0))  # (a lost machine ends the job, named)
         try:
-            with loader, loader.sharing_cores(self.comm.local_size, self.stepper.splits) as lanes:
+            # (a per-batch preparation, batch-center scaling, keeps the loop from fusing batches)
+            splits = self.stepper.splits and prepare is None
+            with loader, loader.sharing_cores(self.comm.local_size, splits) as lanes:
                 self.stepper.lanes = lanes
                 Loop(self, self.stepper, loader, hooks, prepare).run()
         finally:
