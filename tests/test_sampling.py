@@ -633,45 +633,61 @@ def test_statistics_of_parts_merge_to_those_of_the_whole(tmp_path):
 
 
 def test_processes_on_one_machine_share_its_cores(monkeypatch):
+    from streamtrain import _cores
     from streamtrain.data import decoder
 
-    monkeypatch.setattr(decoder, "usable_cores", lambda: 16)
+    monkeypatch.setattr(_cores, "quota_cpus", lambda: None)
+    monkeypatch.setattr(_cores, "affinity_cores", lambda: 16)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert [decoder.cores_of_one(k) for k in (1, 2, 4, 32)] == [16, 8, 4, 1]
-    monkeypatch.setattr(decoder, "usable_cores", lambda: 2)  # a launcher bound this process to 2 cores
+    monkeypatch.setattr(_cores, "affinity_cores", lambda: 2)  # a launcher bound this process to 2 cores
     assert decoder.cores_of_one(8) == 2
+    # a container's CPU limit is shared by its processes (not a binding of each)
+    monkeypatch.setattr(_cores, "affinity_cores", lambda: 16)
+    monkeypatch.setattr(_cores, "quota_cpus", lambda: 8.0)
+    assert [decoder.cores_of_one(k) for k in (1, 2, 4, 32)] == [8, 4, 2, 1]
 
 
 def test_a_cgroup_s_cpu_limit_caps_the_cores_a_process_keeps_busy(tmp_path, monkeypatch):
     # A container limited to 1.5 CPUs on a machine of more: its affinity lists them all, its
     # cgroup allows one whole core's time. (The cgroup files are written here as the kernel writes
     # them: a limit cannot be set on this machine's cgroups from a test.)
-    from streamtrain.data import decoder
+    import itertools
+
+    from streamtrain import _cores
+
+    cases = itertools.count()
 
     def cgroups(text: str, files: dict) -> float | None:
-        (tmp_path / "self").write_text(text)
+        where = tmp_path / str(next(cases))
+        (where / "fs").mkdir(parents=True)
+        (where / "self").write_text(text)
         for name, value in files.items():
-            (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / "fs" / name).write_text(value)
-        return decoder.quota_cpus(str(tmp_path / "self"), str(tmp_path / "fs"))
+            (where / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+            (where / "fs" / name).write_text(value)
+        return _cores.quota_cpus(str(where / "self"), str(where / "fs"))
 
     # v2: the limit of the process's own cgroup or of one above it, the least
     assert cgroups("0::/box/job\n", {"box/job/cpu.max": "max 100000\n", "box/cpu.max": "150000 100000\n"}) == 1.5
     assert cgroups("0::/box/job\n", {"box/job/cpu.max": "50000 100000\n"}) == 0.5
-    # v1 (cpu and cpuacct mounted together), a container's cgroup namespace showing its own as /
+    assert cgroups("0::/box/job\n", {"box/job/cpu.max": "max 100000\n"}) is None
+    assert cgroups("0::/../other\n", {"other/cpu.max": "50000 100000\n"}) is None  # (outside this view)
+    # v1, cpu and cpuacct mounted together, a container's cgroup namespace showing its own as /
     v1 = {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}
     assert cgroups("9:memory:/\n4:cpu,cpuacct:/\n", v1) == 2.0
-    for name in list((tmp_path / "fs").rglob("*")):
-        if name.is_file():
-            name.unlink()
     assert cgroups("4:cpu,cpuacct:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
                                           "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}) is None
-    assert decoder.quota_cpus(str(tmp_path / "none")) is None  # (no /proc/self/cgroup: not Linux)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    monkeypatch.setattr(decoder, "quota_cpus", lambda: 1.5)
-    assert decoder.usable_cores() == 1 and decoder.cores_of_one(1) == 1  # (so the step is given one lane)
-    monkeypatch.setattr(decoder, "quota_cpus", lambda: None)
-    assert decoder.usable_cores() == 16
+    # a hybrid system (as this one): cpu alone, cpuacct apart, and a unified line with no cpu.max
+    hybrid = "12:cpuacct:/\n11:cpu:/job\n0::/job\n"
+    assert cgroups(hybrid, {"cpu/job/cpu.cfs_quota_us": "100000\n", "cpu/job/cpu.cfs_period_us": "100000\n",
+                            "unified/job/cpu.max": "max 100000\n"}) == 1.0
+    assert _cores.quota_cpus(str(tmp_path / "none")) is None  # (no /proc/self/cgroup: not Linux)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(_cores, "quota_cpus", lambda: 1.5)
+    assert _cores.usable_cores() == 1  # (so the step is given one lane, and the loader one worker)
+    monkeypatch.setattr(_cores, "quota_cpus", lambda: None)
+    assert _cores.usable_cores() == 16
 
 
 def test_the_world_is_read_from_the_launchers_environment():

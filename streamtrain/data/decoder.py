@@ -27,10 +27,12 @@ import weakref
 
 import numpy as np
 
+from .. import _cores
+from .._cores import usable_cores
 from ..errors import DataError
 
-__all__ = ["DecoderProcess", "usable", "usable_cores", "quota_cpus", "default_workers", "worker_count",
-           "decode_window", "MIN_BYTES", "available_memory"]
+__all__ = ["DecoderProcess", "usable", "usable_cores", "default_workers", "worker_count", "decode_window",
+           "MIN_BYTES", "available_memory"]
 
 # Shared window buffers: the one being served, the next (batches straddle the two), the one decoding.
 SLOTS = 3
@@ -44,64 +46,16 @@ _LEN = struct.Struct("<Q")
 NICENESS = 5
 
 
-def usable_cores() -> int:
-    """CPU cores this process may keep busy: those it may run on, and no more than its cgroup's
-    CPU time allows (a container's ``--cpus``, whole cores; at least one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = quota_cpus()
-    return cores if quota is None else max(1, min(cores, int(quota)))
-
-
-def quota_cpus(cgroups: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float | None:
-    """CPUs' worth of time per period that this process's cgroup and those above it allow (cgroup
-    v2's ``cpu.max``, v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``), the least of them;
-    None where none is limited or nothing can be read. A container limited to 1 CPU on a machine
-    of 16 sees 16 cores in its affinity: threads that spin for each other would share one."""
-    try:
-        with open(cgroups) as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    limits = []
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # v2: one hierarchy
-            places = [(root, "cpu.max", None)]
-        elif "cpu" in controllers.split(","):
-            places = [(os.path.join(root, mount), "cpu.cfs_quota_us", "cpu.cfs_period_us")
-                      for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu")]
-        else:
-            continue
-        parts = [p for p in path.strip("/").split("/") if p]
-        for base, quota_name, period_name in places:
-            for depth in range(len(parts), -1, -1):  # (this cgroup, then each above it)
-                where = os.path.join(base, *parts[:depth])
-                limit = _cgroup_limit(where, quota_name, period_name)
-                if limit is not None:
-                    limits.append(limit)
-    return min(limits) if limits else None
-
-
-def _cgroup_limit(where: str, quota_name: str, period_name: str | None) -> float | None:
-    """One cgroup's CPU limit in CPUs, or None (no limit, no such file, or a value not understood)."""
-    try:
-        with open(os.path.join(where, quota_name)) as fh:
-            words = fh.read().split()
-        if period_name is not None:
-            with open(os.path.join(where, period_name)) as fh:
-                words += fh.read().split()
-        quota, period = int(words[0]), int(words[1])
-    except (OSError, ValueError, IndexError):
-        return None  # ("max" in cpu.max: not limited)
-    return quota / period if quota > 0 and period > 0 else None
-
-
 def cores_of_one(processes: int = 1) -> int:
     """This process's share of the cores when ``processes`` training processes run on this machine:
-    all it may run on where a launcher bound it to some, else an equal part of the machine's."""
-    usable = usable_cores()
+    all it may run on where a launcher bound it to some, else an equal part of the machine's; and
+    no more than its share of its cgroup's CPU limit (the processes share the cgroup's)."""
+    usable = _cores.affinity_cores()
     if processes > 1 and usable >= (os.cpu_count() or usable):  # not bound: the machine is shared
         usable //= processes
+    quota = _cores.quota_cpus()
+    if quota is not None:
+        usable = min(usable, int(quota / max(1, processes)))
     return max(1, usable)
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .. import _cores
 from ..readers.base import Dataset
 from ..readers.layout import kept
 from . import decoder as _decoder
@@ -185,11 +186,12 @@ class Loader:
         Several processes would each start a BLAS thread per core of the machine: each keeps to
         its share.
         """
+        from threadpoolctl import threadpool_limits
+
         background = not (self.dataset.capabilities.in_memory and self.sampler.plan().sequential)
         if not background and processes == 1:
-            if lanes and _decoder.cores_of_one(1) >= 2:
-                from threadpoolctl import threadpool_limits
-
+            cores = _decoder.cores_of_one(1)
+            if lanes and cores >= 2:
                 # (two lanes each calling BLAS: one thread each, or each product's threads would
                 # take the other lane's core)
                 self.inline = True
@@ -198,10 +200,12 @@ class Loader:
                         yield 2
                 finally:
                     self.inline = False
+            elif cores < _cores.affinity_cores():  # (a cgroup's CPU limit: BLAS's threads would share it)
+                with threadpool_limits(cores, user_api="blas"):
+                    yield 1
             else:
                 yield 1
             return
-        from threadpoolctl import threadpool_limits
 
         cores = _decoder.cores_of_one(processes)
         interval = sys.getswitchinterval()

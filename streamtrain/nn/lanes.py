@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 
+from .._cores import usable_cores
 from .._jit import numba
 import numpy as np
 from llvmlite import ir
@@ -89,44 +90,18 @@ def barrier(f, lane, count):  # pragma: no cover - compiled
     return True
 
 
-class _Second:
-    """A lasting second thread for the other half of a compiled call that releases the GIL and
-    whose halves touch disjoint memory (or meet at ``barrier``): the caller runs the first half
-    meanwhile. Started on first use; one caller at a time; none in a forked child."""
+class _Job:
+    """One call's second half: what to run, and what came of it (its own, so that a call never
+    reads another's)."""
 
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.go, self.done = threading.Event(), threading.Event()
-        self.job = self.error = self.result = self.thread = None
-        self.shares = None  # whether this process has a second core to share with (asked once)
+    def __init__(self, fn, args: tuple, ended):
+        self.fn, self.args, self.ended = fn, args, ended
+        self.result = self.error = None
+        self.done = threading.Event()
 
-    def worth_it(self) -> bool:
-        """Whether a second thread can run beside the caller: two cores or more, code compiled."""
-        if self.shares is None:
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except (AttributeError, OSError):
-                cores = os.cpu_count() or 1
-            self.shares = cores > 1 and available()
-        return self.shares
-
-    def _serve(self) -> None:
-        while True:
-            self.go.wait()
-            self.go.clear()
-            fn, args, ended = self.job
-            try:
-                self.result = fn(*args)
-            except BaseException as e:  # (the caller's to raise)
-                self.error = e
-            finally:
-                if ended is not None:
-                    ended()
-            self.done.set()
-
-    def _wait(self) -> None:
-        """Wait for the second half, through any interruption (raised after it: the half still
-        runs on the caller's arrays, and the next call must not take its place)."""
+    def wait(self) -> None:
+        """Wait for it, through any interruption (raised after it: the half still runs on the
+        caller's arrays)."""
         interrupted = None
         while True:
             try:
@@ -136,6 +111,41 @@ class _Second:
                 interrupted = e
         if interrupted is not None:
             raise interrupted
+
+
+class _Second:
+    """A lasting second thread for the other half of a compiled call that releases the GIL and
+    whose halves touch disjoint memory (or meet at ``barrier``): the caller runs the first half
+    meanwhile. Started on first use; one caller at a time; none in a forked child."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.go = threading.Event()
+        self.job: _Job | None = None
+        self.thread = None
+        self.shares = None  # whether this process has a second core to share with (asked once)
+
+    def worth_it(self) -> bool:
+        """Whether a second thread can run beside the caller: two cores or more, code compiled."""
+        if self.shares is None:
+            self.shares = usable_cores() > 1 and available()
+        return self.shares
+
+    def _serve(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            job = self.job
+            try:
+                job.result = job.fn(*job.args)
+            except BaseException as e:  # (the caller's to raise)
+                job.error = e
+            finally:
+                try:
+                    if job.ended is not None:
+                        job.ended()
+                finally:
+                    job.done.set()
 
     def both(self, fn, first: tuple, second: tuple, alone=None, ended=None):
         """``(fn(*first), fn(*second))``, the first here and the second beside it, back once both
@@ -148,21 +158,19 @@ class _Second:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._serve, name="streamtrain-lane", daemon=True)
                 self.thread.start()
-            self.job, self.error, self.result = (fn, second, ended), None, None
-            self.done.clear()
+            job = self.job = _Job(fn, second, ended)
             self.go.set()
             try:
                 mine = fn(*first)
             finally:
                 if ended is not None:
                     ended()
-                self._wait()
-            error, theirs = self.error, self.result
-            if error is not None:
-                raise error
-            return mine, theirs
+                job.wait()
+            if job.error is not None:
+                raise job.error
+            return mine, job.result
         finally:
-            self.job = self.error = self.result = None  # (the call's arrays are not kept alive here)
+            self.job = None  # (the call's arrays are not kept alive here)
             self.lock.release()
 
 
