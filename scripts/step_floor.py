@@ -121,7 +121,7 @@ def main() -> None:
             for k, (f, calls, batches) in cases.items():
                 f()
                 best[k] = min(best[k], _seconds(f, calls) / batches)
-        if r < 3:  # (whole runs: fewer rounds)
+        if r < 8:  # (whole runs: fewer rounds)
             for bs, lanes in fits:
                 fits[bs, lanes] = max(fits[bs, lanes], _fit_rate(X, y, bs, lanes == 1))
     peak = max(peaks.values())

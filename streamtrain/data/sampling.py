@@ -289,13 +289,15 @@ class Sampler:
         plan = SHUFFLES[self.shuffle](self.bounds, self.seed, self.epoch, self.window_rows)
         # Positions are mapped to rows a block at a time, so per-batch work stays small at batch size 1.
         block = max(bs, (65536 // bs) * bs)
+        ordered = plan.sequential  # (storage order: each batch ascending already)
         for b0 in range(self.position, end, block):
             local = np.arange(b0, min(b0 + block, end), dtype=np.int64)
             rows = plan.at(local * world + rank)
             full = len(rows) - len(rows) % bs
-            yield from np.sort(rows[:full].reshape(-1, bs), axis=1)  # the block's whole batches, one sort call
+            whole = rows[:full].reshape(-1, bs)
+            yield from (whole if ordered else np.sort(whole, axis=1))  # the block's whole batches, one sort call
             if full < len(rows):
-                yield np.sort(rows[full:])
+                yield rows[full:] if ordered else np.sort(rows[full:])
 
     def advance(self, n: int) -> None:
         """Record that ``n`` more rows of this epoch were consumed."""
