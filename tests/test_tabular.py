@@ -954,6 +954,19 @@ def test_evaluating_a_split_of_other_data_than_the_run_s_is_refused_with_advice_
     assert whole["n"] == 300
 
 
+def test_inspect_says_which_seconds_a_time_column_becomes(tmp_path):
+    # (all three were "datetime, seconds": a duration is no date, a time of day counts from midnight)
+    n = 300
+    pd.DataFrame({"wait": pd.to_timedelta(np.arange(n), unit="min"),
+                  "tod": [pd.Timestamp("2020-01-01 10:00").time()] * n,
+                  "when": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
+                  "y": np.arange(n) % 2}).to_parquet(tmp_path / "t.parquet")
+    out = _cli("inspect", tmp_path / "t.parquet").stdout
+    assert "wait: duration[us], none missing; duration, as seconds (1 input)" in out
+    assert "tod: time64[us], none missing; time of day, as seconds since midnight (1 input)" in out
+    assert "datetime, as seconds since the epoch (1 input)" in out.split("when: ")[1].splitlines()[0]
+
+
 def test_date_parts_of_a_file_in_another_zone_are_read_on_training_s_clock(tmp_path):
     # (the hours were taken in each file's own zone: the same instants written in UTC predicted otherwise)
     df = flights(800)

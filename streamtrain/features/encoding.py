@@ -507,9 +507,11 @@ class Encoding:
         out = {}
         for c in self.columns:
             seen = getattr(c, "seen", None)  # what the pass saw (not kept in the checkpoint)
-            text = {"numeric": "numeric", "datetime": "datetime, seconds", "vector": "numeric, one input per element",
+            text = {"numeric": "numeric", "vector": "numeric, one input per element",
                     "categorical": "categorical, one-hot", "hashed": "hashed, one-hot",
-                    "cross": "a cross of two columns, hashed, one-hot"}[c.kind]
+                    "cross": "a cross of two columns, hashed, one-hot",
+                    # (the pass says which seconds; a model read back knows the kind alone)
+                    "datetime": getattr(c, "reads", "datetime, seconds")}[c.kind]
             if isinstance(c, _OneHot):
                 text += (f": {len(c.cats)} categories + missing + other" if c.cats is not None
                          else f": {c.buckets} buckets + missing")

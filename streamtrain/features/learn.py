@@ -368,6 +368,8 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         if len(columns) > n_before:
             columns[-1].seen = _seen(p, acc, null_counts(p.name) if acc is None else None, rows) + (
                 f" ({notes[p.name]})" if p.name in notes else "")
+            if p.kind == "datetime":  # (which seconds: since the epoch, since midnight, of a duration)
+                columns[-1].reads = p.reason.split(": ", 1)[-1]
     kinds = {c.name: c.kind for c in columns}
     for a, b in options.crosses:
         bad = next((k for k in (a, b) if kinds.get(k) not in ("categorical", "hashed")), None)
