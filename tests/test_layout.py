@@ -117,7 +117,8 @@ def test_the_compiled_code_implements_the_tables_names():
 
 
 # The layers, bottom to top (docs/architecture.md): a module imports its own part and the layers below.
-LAYERS = [{"errors", "_version", "_malloc", "_jit", "_cores", "progress", "plugins"}, {"readers", "metrics", "features"}, {"data", "nn"},
+LAYERS = [{"errors", "_version", "_malloc", "_jit", "_cores", "progress", "plugins"}, {"readers", "metrics", "features"},
+          {"data", "nn"},
           {"labels", "io", "config"}, {"model"}, {"train"}, {"batches", "estimator", "synthetic", "clicks", "plot", "report"},
           {"serve"}, {"cli"}, {"entry"}]
 
