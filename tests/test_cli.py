@@ -275,7 +275,7 @@ def test_predict_streams_predictions_to_a_file(tmp_path, trained, suffix):
     out = tmp_path / f"pred{suffix}"
     res = run("predict", trained, DATA / "digits.parquet", "--out", out)
     assert res.returncode == 0, res.stderr
-    assert "1797 rows" in res.stdout
+    assert "1,797 rows" in res.stdout
     expected = Trainer.load(trained).predict(DATA / "digits.parquet")
     if suffix == ".csv":
         df = pd.read_csv(out)

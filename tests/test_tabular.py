@@ -1455,6 +1455,14 @@ def test_predict_and_evaluate_say_how_many_rows_had_a_category_training_never_ke
     assert json.loads(res.stdout)["outside_categories"] == {"carrier": unseen}
     res = _cli("predict", tmp_path / "r", tmp_path / "tr.parquet", "--out", tmp_path / "q.parquet")
     assert "not among the categories" not in res.stderr
+    # --quiet: the warning stays; progress lines (one a row block here) and predict's summary go
+    res = _cli("predict", tmp_path / "r", tmp_path / "te.parquet", "--out", tmp_path / "s.parquet", "-q",
+               "--log-every", "0")
+    said = f"warning: {tmp_path / want}"
+    assert res.stdout == "" and res.stderr.strip().splitlines() == [said]
+    assert len(pd.read_parquet(tmp_path / "s.parquet")) == n
+    res = _cli("evaluate", tmp_path / "r", tmp_path / "te.parquet", "--quiet", "--log-every", "0")
+    assert res.stderr.strip().splitlines() == [said] and f"te.parquet (all): {n} rows" in res.stdout
 
 
 def test_the_rows_outside_the_categories_are_counted_within_the_split_evaluated(tmp_path):

@@ -17,8 +17,8 @@ from ..train.distributed import communicator
 from ..train.schema import TRAINER
 from ..train.trainer import Trainer
 from .group import cli
-from .options import (PathOrURL, _distributed_option, _log_every_option, _run_name, _open_selected, _progress,
-                      _selection_options)
+from .options import (PathOrURL, _distributed_option, _log_every_option, _open_selected, _progress, _quiet_option,
+                      _run_name, _selection_options)
 
 __all__ = ['evaluate', 'predict', 'plot', 'report']
 
@@ -30,9 +30,10 @@ __all__ = ['evaluate', 'predict', 'plot', 'report']
               help="Evaluate on the training run's --val-fraction hold-out (val) or the rest (train).")
 @_selection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_quiet_option("the metrics")
 @_distributed_option
 @_log_every_option
-def evaluate(checkpoint, data, split, features, label, as_json, distributed, log_every):
+def evaluate(checkpoint, data, split, features, label, as_json, quiet, distributed, log_every):
     """Evaluate the model in CHECKPOINT (a file or a checkpoint directory) on DATA.
 
     Example: streamtrain evaluate runs/bc data/breast_cancer.h5 --split val
@@ -47,7 +48,7 @@ def evaluate(checkpoint, data, split, features, label, as_json, distributed, log
         _same_data(trainer.fingerprint, ds, split)
         ds = HoldoutSplit(ds, cfg.val_fraction, cfg.seed, split)
     comm = communicator(distributed)  # several processes: each evaluates its share of the chunks
-    with _progress(f"evaluating {ds.path}", ds.n_rows, as_json or comm.rank != 0, log_every) as progress:
+    with _progress(f"evaluating {ds.path}", ds.n_rows, quiet or as_json or comm.rank != 0, log_every) as progress:
         result = trainer.evaluate(ds, progress.update, comm)
     if comm.rank != 0:
         return
@@ -106,8 +107,9 @@ def _short(value, most: int = 12) -> str:
               "(the format from the suffix; written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @_selection_options
+@_quiet_option("the file")
 @_log_every_option
-def predict(checkpoint, data, out, overwrite, features, label, log_every):
+def predict(checkpoint, data, out, overwrite, features, label, quiet, log_every):
     """Write predictions (and class probabilities) for every row of DATA, chunk by chunk.
 
     Example: streamtrain predict runs/bc data/breast_cancer.parquet --out predictions.csv
@@ -115,11 +117,12 @@ def predict(checkpoint, data, out, overwrite, features, label, log_every):
     _checkpoint_first(checkpoint, "predict")
     trainer = Trainer.load(checkpoint, optimizer_state=False)  # (it predicts: no optimiser state)
     ds = trainer.open_like_training(_open_selected(trainer, data, features, label), need_label=False)
-    with _progress(f"predicting {ds.path}", ds.n_rows, every=log_every) as progress:
+    with _progress(f"predicting {ds.path}", ds.n_rows, quiet, log_every) as progress:
         # a checkpoint directory may take new files (a run's own files are refused anyway)
         inputs = [data] + ([checkpoint] if Path(checkpoint).is_file() else [])
         info = trainer.write_predictions(ds, out, overwrite=overwrite, progress=progress.update, inputs=inputs)
-    click.echo(f"wrote {info['path']}: {info['rows']} rows, {info['layout']}")
+    if not quiet:
+        click.echo(f"wrote {info['path']}: {info['rows']:,} rows, {info['layout']}")
     _say_outside(ds.path, info["outside_categories"])
 
 

@@ -46,6 +46,13 @@ def _log_every_option(f):
                         help="Seconds between progress lines where stderr is not a terminal (a terminal shows bars).")(f)
 
 
+def _quiet_option(output: str):
+    """``--quiet``/``-q`` of a command whose ``output`` is printed still (train's has its own help)."""
+    return click.option("--quiet", "-q", is_flag=True,
+                        help=f"Print nothing but {output}, warnings (what the model did not know in the data, "
+                             "and the like) and errors.")
+
+
 def _progress(what: str, total: int | None, quiet: bool = False, every: float = DEFAULT_EVERY) -> Progress:
     """Progress on stderr: a bar on a terminal, a line every ``every`` seconds otherwise."""
     return Progress(total, what, None if quiet else _echo_err, every)
