@@ -405,8 +405,8 @@ def test_the_trainer_gives_two_lanes_to_an_in_memory_run_alone_and_gets_the_same
     one_step = minibatch.sgd_step
     monkeypatch.setattr(minibatch, "sgd_step", lambda *a, **k: steps.append(
         {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}) or one_step(*a, **k))
-    with monkeypatch.context() as m:
-        m.setattr(decoder, "cores_of_one", lambda processes=1: 2)
+    with monkeypatch.context() as m:  # (every core the process has: no cap of its own on BLAS either)
+        m.setattr(decoder, "cores_of_one", lambda processes=1: len(os.sched_getaffinity(0)))
         Trainer(TrainConfig(hidden=16, epochs=1, batch_size=256, shuffle="none", scale="batch-center", optimizer="sgd",
                             task="binary")).fit((X[:4096], y[:4096]), log=None)
     assert steps and all(threads == blas for threads in steps)
