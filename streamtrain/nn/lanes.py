@@ -12,6 +12,7 @@ sets a third flag, which ends the other's wait: a lane never waits for one that 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 
 from .._cores import usable_cores
@@ -120,8 +121,7 @@ class _Second:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.go = threading.Event()
-        self.job: _Job | None = None
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = None
         self.shares = None  # whether this process has a second core to share with (asked once)
 
@@ -133,9 +133,7 @@ class _Second:
 
     def _serve(self) -> None:
         while True:
-            self.go.wait()
-            self.go.clear()
-            job = self.job
+            job = self.jobs.get()
             try:
                 job.result = job.fn(*job.args)
             except BaseException as e:  # (the caller's to raise)
@@ -146,6 +144,7 @@ class _Second:
                         job.ended()
                 finally:
                     job.done.set()
+                    job = None  # (the call's arrays are not kept alive here)
 
     def both(self, fn, first: tuple, second: tuple, alone=None, ended=None):
         """``(fn(*first), fn(*second))``, the first here and the second beside it, back once both
@@ -158,8 +157,8 @@ class _Second:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._serve, name="streamtrain-lane", daemon=True)
                 self.thread.start()
-            job = self.job = _Job(fn, second, ended)
-            self.go.set()
+            job = _Job(fn, second, ended)
+            self.jobs.put(job)
             try:
                 mine = fn(*first)
             finally:
@@ -170,7 +169,6 @@ class _Second:
                 raise job.error
             return mine, job.result
         finally:
-            self.job = None  # (the call's arrays are not kept alive here)
             self.lock.release()
 
 

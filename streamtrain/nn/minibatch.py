@@ -103,7 +103,7 @@ def _parts() -> list:
     return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast - {"reassoc"}, **opts)),
             ("_scale_rows", _scale_rows, exact), ("_adam_one", _adam_one.py_func, exact),
             # (by name: once _get has run, the module's names here are bound to the compiled forms)
-            *((fn.__name__, fn, exact if fn.__name__ in ("_batches", "_add_shares") else dict(fastmath=fast, **opts))
+            *((fn.__name__, fn, dict(exact, error_model="numpy") if fn.__name__ in EXACT else dict(fastmath=fast, **opts))
               for fn in _FUNCTIONS)]
 
 
@@ -160,10 +160,29 @@ def _loss_delta(Z, T, R, task, n):  # pragma: no cover - compiled
 
 
 def _penalty(W, l1, l2):  # pragma: no cover - compiled
+    # in 8 running sums, added in order at the end (compiled without fastmath, so this order is the
+    # one every caller gets: reassociated, a sum inlined into two callers was vectorised two ways)
+    w = W.reshape(-1)
+    n8 = w.size - w.size % 8
+    acc = np.zeros(8)
+    for i in range(0, n8, 8):
+        for k in range(8):
+            x = w[i + k]
+            acc[k] += 0.5 * l2 * x * x + l1 * abs(x)
     s = 0.0
-    for w in W.reshape(-1):
-        s += 0.5 * l2 * w * w + l1 * abs(w)
+    for k in range(8):
+        s += acc[k]
+    for i in range(n8, w.size):
+        x = w[i]
+        s += 0.5 * l2 * x * x + l1 * abs(x)
     return s
+
+
+def _add_column_sums(M, out):  # pragma: no cover - compiled
+    # out[j] += the sum of M's column j, rows in order (without fastmath: every caller's order)
+    for i in range(M.shape[0]):
+        for j in range(M.shape[1]):
+            out[j] += M[i, j]
 
 
 def _add_penalty_grad(W, G, l1, l2):  # pragma: no cover - compiled
@@ -232,9 +251,7 @@ def _backward(Xb, A, Z, W2p, act, gW1p, gb1p, gW2p):  # pragma: no cover - compi
                 D[i, j] *= DERIVATIVE(a, one, zero)
     gW2p += np.dot(A.T, Z)
     gW1p += np.dot(Xb.T, D)
-    for i in range(rows):
-        for j in range(c):
-            gb1p[j] += D[i, j]
+    _add_column_sums(D, gb1p)
 
 
 def _lane_grads(lane, lanes, W1P, b1, W2, b2, X, T, R, l1, l2, act, task, fast_exp, block, gW1P, gb1, gW2, gb2,
@@ -260,27 +277,41 @@ def _lane_grads(lane, lanes, W1P, b1, W2, b2, X, T, R, l1, l2, act, task, fast_e
             _forward(Xb, W1P[p], b1[p * c:(p + 1) * c], W2[p * c:(p + 1) * c], act, fast_exp, A[p, :rows],
                      Zx[s, p, :rows])
             if penalised and r0 == 0:
-                Px[s, p] = _penalty(W1P[p], l1, l2) + _penalty(W2[p * c:(p + 1) * c], l1, l2)
+                Px[s, p] = _part_penalty(W1P, W2, p, l1, l2)
         meet += 1
         if lanes == 2 and not barrier(flags, lane, meet):
             return 0.0, 0, -1
         _add_shares(Zx[s], P, b2, Z[:rows])
         if penalised and r0 == 0:
-            pens = Px[s, 0] + Px[s, 1] if P == 2 else Px[s, 0]
+            pens = _in_part_order(Px[s], P)
         part, right = _loss_delta(Z[:rows], T[r0:r0 + rows], R[r0:r0 + rows], task, n)
-        total += part
+        total = _plus(total, part)
         correct += right
         for p in range(p0, p1):
             _backward(Xb, A[p, :rows], Z[:rows], W2[p * c:(p + 1) * c], act, gW1P[p], gb1[p * c:(p + 1) * c],
                       gW2[p * c:(p + 1) * c])
-        for i in range(rows):
-            for m in range(o):
-                gb2[m] += Z[i, m]
+        _add_column_sums(Z[:rows], gb2)
     if penalised and n == 0:  # (no block, no meeting: one lane has every part)
         for p in range(P):
-            Px[0, p] = _penalty(W1P[p], l1, l2) + _penalty(W2[p * c:(p + 1) * c], l1, l2)
-        pens = Px[0, 0] + Px[0, 1] if P == 2 else Px[0, 0]
-    return total + pens, correct, meet
+            Px[0, p] = _part_penalty(W1P, W2, p, l1, l2)
+        pens = _in_part_order(Px[0], P)
+    return _plus(total, pens), correct, meet
+
+
+def _plus(a, b):  # pragma: no cover - compiled
+    # a + b, without fastmath: a sum no caller's context reassociates (the loss is compared bitwise)
+    return a + b
+
+
+def _part_penalty(W1P, W2, p, l1, l2):  # pragma: no cover - compiled
+    # the penalty of part p's weights (its columns of W1, its rows of W2)
+    c = W1P.shape[2]
+    return _penalty(W1P[p], l1, l2) + _penalty(W2[p * c:(p + 1) * c], l1, l2)
+
+
+def _in_part_order(values, P):  # pragma: no cover - compiled
+    # the parts' values added in part order (one lane or two: the same sum)
+    return values[0] + values[1] if P == 2 else values[0]
 
 
 def _add_shares(shares, P, b2, Z):  # pragma: no cover - compiled
@@ -333,10 +364,9 @@ def _scale_rows(X, a, mean, factor, out):  # pragma: no cover - compiled
 
 
 def _batches(lane, lanes, W1, b1, W2, b2, X, T, R, scaled, mean, factor, S, l1, l2, act, task, fast_exp, block, bs,
-             adam,
-             mW1, mb1, mW2, mb2, vW1, vb1, vW2, vb2, out, Zx, Px, flags):  # pragma: no cover - compiled
-    # Consecutive batches of bs rows of X, each scaled where `scaled`, then stepped: plain SGD (S[k, 0] its rate) or
-    # Adam (S[k] its scalars, as adam_update takes them). out[k] <- (batch k's loss, its rows right).
+             adam, mW1, mb1, mW2, mb2, vW1, vb1, vW2, vb2, out, Zx, Px, flags):  # pragma: no cover - compiled
+    # Consecutive batches of bs rows of X, each scaled where `scaled`, then stepped: plain SGD (S[k, 0]
+    # its rate) or Adam (S[k] its scalars, as adam_update takes them). out[k] <- (batch k's loss, its rows right).
     # Stops at a batch whose loss is not finite, leaving the weights as they were before it; returns
     # the batches stepped (-1 where the other lane failed). One call with the GIL released: the
     # service's reader runs meanwhile. With two lanes, lane `lane` of them: its part of the hidden
@@ -406,10 +436,15 @@ def _batches(lane, lanes, W1, b1, W2, b2, X, T, R, scaled, mean, factor, S, l1, 
     return done
 
 
+# Compiled without fastmath: the batches' loop (Adam's step, as numpy's), and the sums whose order
+# must not depend on the caller they are inlined into (step_batches' result is sgd_step's, bitwise)
+EXACT = ("_batches", "_add_shares", "_loss_delta", "_penalty", "_part_penalty", "_in_part_order", "_add_column_sums",
+         "_plus", "_add_penalty_grad", "_descend")
 # The step's functions as written, compiled (with the shared exponential) from the module
 # kernels.build writes for the activations table.
-_FUNCTIONS = (_activate, _loss_delta, _penalty, _add_penalty_grad, _part_count, _split, _join, _descend, _forward,
-              _backward, _lane_grads, _add_shares, _grads, _sgd, _batches)
+_FUNCTIONS = (_activate, _loss_delta, _penalty, _add_column_sums, _add_penalty_grad, _part_count, _split, _join,
+              _descend, _forward, _backward, _lane_grads, _plus, _part_penalty, _in_part_order, _add_shares, _grads,
+              _sgd, _batches)
 # (the tasks' row functions with _loss_delta's flags, as they were when written inside it)
 _generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS,
                                dict(cache=True, nogil=True, error_model="numpy",
@@ -501,11 +536,11 @@ def step_batches(params: dict[str, np.ndarray], X: np.ndarray, T: np.ndarray, ba
 
 def _exchange(hidden: int, rows: int, outputs: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """The slots two lanes meet in: the parts' shares of the output's input and their penalties."""
-    P = 2 if split(hidden) else 1
+    P = _part_count(hidden)
     return np.empty((2, P, rows, outputs), dtype), np.zeros((2, P))
 
 
 def split(hidden: int) -> bool:
     """Whether the step works a hidden layer of ``hidden`` units as two halves of its columns
     (even, at least 16 wide), which two lanes can share."""
-    return hidden >= 16 and hidden % 2 == 0
+    return _part_count(hidden) == 2  # (the compiled step's own rule)
