@@ -1161,10 +1161,11 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path):
     assert r.returncode == 2 and "unknown parameter 'grp'" in r.stderr
 
 
-def test_readyz_says_loading_until_the_service_is_open(tmp_path):
+def test_readyz_says_loading_until_the_service_is_open(tmp_path, monkeypatch):
     # The server listens before the service has resumed and reached its source: until then every
     # request, /readyz included, is answered 503 "loading" (here through the ASGI app itself).
     from streamtrain.config import TrainConfig
+    from streamtrain.serve import service as service_module
     from streamtrain.serve.service import Loading, Service
 
     app = Loading()
@@ -1178,9 +1179,12 @@ def test_readyz_says_loading_until_the_service_is_open(tmp_path):
     assert asyncio.run(ask("/predict")).status_code == 503
     svc = Service(TrainConfig(hidden=4, batch_size=8), "http", tmp_path / "svc", features=FEATURES, label="y",
                   classes=[0, 1], log=None)
+    held = threading.Event()  # the training thread not yet scheduled (niced, on a busy machine)
+    monkeypatch.setattr(service_module, "yield_to_requests", lambda: held.wait(30))
     svc.start()
     app.serve(svc)
-    assert asyncio.run(ask("/readyz")).status_code == 200
+    assert asyncio.run(ask("/readyz")).status_code == 200  # as the CLI's "ready" line says
+    held.set()
     svc.stop()
 
 

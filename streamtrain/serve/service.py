@@ -164,17 +164,19 @@ class Service:
 
     # -- the training thread ------------------------------------------------------------
     def start(self) -> None:
+        """Start the training thread (and the source's reading ahead): ready on return, so that
+        ``/readyz`` agrees with the CLI's "ready" line however late the scheduler runs that thread."""
         self.thread = threading.Thread(target=self._train, name="training", daemon=True)
         self.thread.start()
         if isinstance(self.source, ReadAhead):
             self.source.begin()
         self.watch.start(self.stopping)
+        self.ready.set()
 
     def _train(self) -> None:
         yield_to_requests()
         learner, source = self.learner, self.source
         published = time.monotonic()
-        self.ready.set()
         try:
             while not self.stopping.is_set():
                 self._take(source.poll(0.2))
