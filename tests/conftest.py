@@ -34,25 +34,8 @@ def pytest_configure(config):
     if _is_worker(config):
         return  # keeps the controller's mark, which its environment inherited
     os.environ[_MARK] = f"{os.getpid()}-{time.time_ns()}"
-    if getattr(config.option, "numprocesses", None):
-        _compile_the_step_once()
     if Path("/proc/meminfo").exists():
         threading.Thread(target=_watch_memory, name="memory-low-water", daemon=True).start()
-
-
-def _compile_the_step_once() -> None:
-    """The compiled minibatch step's entry points (sgd_step, loss_and_grads, step_batches, in float32
-    and float64), compiled here before the workers start, so that every worker loads the same
-    machine code from numba's cache. Compiled by several workers at once, one worker's entry point
-    could link a helper another had cached (called, where a fresh compile inlines it): the two
-    entry points then rounded a penalised loss apart in the last bit (seen in 1 of 3 cold runs of
-    test_minibatch under -n 2), where their bitwise equality is what the tests check."""
-    from streamtrain.nn import minibatch
-
-    if minibatch.available():
-        for dtype in ("float32", "float64"):
-            for sgd in (True, False):
-                minibatch.load(dtype, sgd)
 
 
 # The machine's lowest available memory in the session and the test running then: a process

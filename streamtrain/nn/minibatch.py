@@ -89,22 +89,21 @@ def _get(name: str):
 
 
 def _parts() -> list:
-    # Not fastmath=True: it assumes no inf/NaN, which would fold away the divergence check; and
-    # no reassociation in the exponential, which would undo its exact range reduction.
-    # error_model="numpy": no zero-division branch, so the division loops vectorise.
-    opts = dict(cache=True, nogil=True, error_model="numpy")
-    fast = {"nsz", "arcp", "contract", "afn", "reassoc"}
+    # Nothing here is compiled with fastmath flags that let the compiler change a value
+    # (reassoc, arcp, afn; contract outside the exponential). numba links a copy of every callee
+    # into each caller's module and optimises it there, and a call that is not inlined goes to
+    # whichever copy the process loaded first (compiled here, or read from the cache): with those
+    # flags the copies rounded differently (a loss a last bit apart between a process that compiled
+    # the step and one that read it from the cache, so a resumed run and an uninterrupted one).
+    # The float32 exponential keeps contract: its multiply-adds are fixed by its source, no caller
+    # adds to them. error_model="numpy": no zero-division branch, so the division loops vectorise.
+    exact = dict(cache=True, nogil=True, error_model="numpy")
     from .optim_compiled import _adam_one
 
-    # The scaling and Adam's step as their own compiled forms are (numpy's arithmetic, bitwise), and
-    # the batches' loop that calls them without fastmath either: inlined into a fastmath function,
-    # Adam's step was contracted and reassociated (seen: its weights differed in the last bits).
-    exact = dict(cache=True, nogil=True)
-    return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath=fast - {"reassoc"}, **opts)),
+    return [("_exp_neg_f32", kernels.exp_neg_f32, dict(fastmath={"nsz", "contract"}, **exact)),
             ("_scale_rows", _scale_rows, exact), ("_adam_one", _adam_one.py_func, exact),
             # (by name: once _get has run, the module's names here are bound to the compiled forms)
-            *((fn.__name__, fn, dict(exact, error_model="numpy") if fn.__name__ in EXACT else dict(fastmath=fast, **opts))
-              for fn in _FUNCTIONS)]
+            *((fn.__name__, fn, exact) for fn in _FUNCTIONS)]
 
 
 def _activate(Z, b, act, fast_exp):  # pragma: no cover - compiled
@@ -160,8 +159,8 @@ def _loss_delta(Z, T, R, task, n):  # pragma: no cover - compiled
 
 
 def _penalty(W, l1, l2):  # pragma: no cover - compiled
-    # in 8 running sums, added in order at the end (compiled without fastmath, so this order is the
-    # one every caller gets: reassociated, a sum inlined into two callers was vectorised two ways)
+    # in 8 running sums, added in order at the end (independent sums: the loop vectorises without
+    # reassociating, which would make the order depend on the caller it is inlined into)
     w = W.reshape(-1)
     n8 = w.size - w.size % 8
     acc = np.zeros(8)
@@ -179,7 +178,7 @@ def _penalty(W, l1, l2):  # pragma: no cover - compiled
 
 
 def _add_column_sums(M, out):  # pragma: no cover - compiled
-    # out[j] += the sum of M's column j, rows in order (without fastmath: every caller's order)
+    # out[j] += the sum of M's column j, rows in order
     for i in range(M.shape[0]):
         for j in range(M.shape[1]):
             out[j] += M[i, j]
@@ -285,7 +284,7 @@ def _lane_grads(lane, lanes, W1P, b1, W2, b2, X, T, R, l1, l2, act, task, fast_e
         if penalised and r0 == 0:
             pens = _in_part_order(Px[s], P)
         part, right = _loss_delta(Z[:rows], T[r0:r0 + rows], R[r0:r0 + rows], task, n)
-        total = _plus(total, part)
+        total += part
         correct += right
         for p in range(p0, p1):
             _backward(Xb, A[p, :rows], Z[:rows], W2[p * c:(p + 1) * c], act, gW1P[p], gb1[p * c:(p + 1) * c],
@@ -295,12 +294,7 @@ def _lane_grads(lane, lanes, W1P, b1, W2, b2, X, T, R, l1, l2, act, task, fast_e
         for p in range(P):
             Px[0, p] = _part_penalty(W1P, W2, p, l1, l2)
         pens = _in_part_order(Px[0], P)
-    return _plus(total, pens), correct, meet
-
-
-def _plus(a, b):  # pragma: no cover - compiled
-    # a + b, without fastmath: a sum no caller's context reassociates (the loss is compared bitwise)
-    return a + b
+    return total + pens, correct, meet
 
 
 def _part_penalty(W1P, W2, p, l1, l2):  # pragma: no cover - compiled
@@ -315,8 +309,7 @@ def _in_part_order(values, P):  # pragma: no cover - compiled
 
 
 def _add_shares(shares, P, b2, Z):  # pragma: no cover - compiled
-    # Z <- the parts' shares added in part order, plus b2 (its own compiled form, no fastmath:
-    # reassociated, the order could differ between the lanes' callers)
+    # Z <- the parts' shares added in part order, plus b2 (one lane or two: the same sums)
     rows, o = Z.shape
     for i in range(rows):
         for m in range(o):
@@ -436,19 +429,13 @@ def _batches(lane, lanes, W1, b1, W2, b2, X, T, R, scaled, mean, factor, S, l1, 
     return done
 
 
-# Compiled without fastmath: the batches' loop (Adam's step, as numpy's), and the sums whose order
-# must not depend on the caller they are inlined into (step_batches' result is sgd_step's, bitwise)
-EXACT = ("_batches", "_add_shares", "_loss_delta", "_penalty", "_part_penalty", "_in_part_order", "_add_column_sums",
-         "_plus", "_add_penalty_grad", "_descend")
 # The step's functions as written, compiled (with the shared exponential) from the module
 # kernels.build writes for the activations table.
 _FUNCTIONS = (_activate, _loss_delta, _penalty, _add_column_sums, _add_penalty_grad, _part_count, _split, _join,
-              _descend, _forward, _backward, _lane_grads, _plus, _part_penalty, _in_part_order, _add_shares, _grads,
+              _descend, _forward, _backward, _lane_grads, _part_penalty, _in_part_order, _add_shares, _grads,
               _sgd, _batches)
 # (the tasks' row functions with _loss_delta's flags, as they were when written inside it)
-_generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS,
-                               dict(cache=True, nogil=True, error_model="numpy",
-                                    fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}))
+_generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS, dict(cache=True, nogil=True, error_model="numpy"))
 
 
 def _weights(weights, n: int, dtype) -> np.ndarray:
