@@ -219,11 +219,18 @@ def test_overrides_and_missing_error_from_the_command(tmp_path):
     assert res.returncode == 2 and "nope" in res.stderr
 
 
-# categories one-hot, or codes gathering first-layer rows (lazy Adam; with a penalty on the rows touched)
-@pytest.mark.parametrize("one_hot_max,penalty", [(1024, []), (0, []), (0, ["--l2", "0.001", "--l1", "0.0001"])])
-def test_resume_with_encoded_columns_is_bitwise(tmp_path, one_hot_max, penalty):
-    flights(1500).to_parquet(tmp_path / "f.parquet", row_group_size=500)
-    args = ["train", tmp_path / "f.parquet", "--label", "status", "--hidden", "8", "--batch-size", "16",
+# categories one-hot, or codes gathering first-layer rows (lazy Adam; with a penalty on the rows touched);
+# from Parquet, and from pandas' HDF5 table (PyTables: its time zone kept in the table's attributes)
+@pytest.mark.parametrize("one_hot_max,penalty,suffix", [(1024, [], "parquet"), (0, [], "parquet"),
+                                                        (0, ["--l2", "0.001", "--l1", "0.0001"], "parquet"),
+                                                        (1024, [], "h5")])
+def test_resume_with_encoded_columns_is_bitwise(tmp_path, one_hot_max, penalty, suffix):
+    data = tmp_path / f"f.{suffix}"
+    if suffix == "parquet":
+        flights(1500).to_parquet(data, row_group_size=500)
+    else:  # (PyTables has no nullable integers: a pandas user's file has them as floats)
+        flights(1500).astype({"seats": "float64"}).to_hdf(data, key="flights", format="table")
+    args = ["train", data, "--label", "status", "--hidden", "8", "--batch-size", "16",
             "--optimizer", "adam", "--lr-schedule", "constant", "--quiet",  # (auto stretches to a longer run)
             "--one-hot-max", one_hot_max, *penalty]
     _cli(*args, "--epochs", "3", "--checkpoint-dir", tmp_path / "whole")
