@@ -176,6 +176,7 @@ def test_train_evaluate_predict_with_a_string_label_from_the_command(tmp_path):
     cols = info["columns"]
     assert cols["distance"].startswith("double, ") and "missing of 3,000" in cols["distance"]
     assert "categorical" in cols["weather"] and "identifier" in cols["flight_id"]
+    assert cols["weather"].startswith("dictionary of string, none missing, 3 distinct; ")  # (pandas' category)
     assert cols["status"] == "the label: 2 classes: late, on time"
     assert info["label_dtype"] == "float64 (the codes of 2 classes: strings)"
     # a column hashed as asked is not read in the pass: its missing values are the file's statistics'

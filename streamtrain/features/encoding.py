@@ -36,7 +36,7 @@ from ..errors import ConfigError, DataError
 from .codes import Categories
 from .hashing import bucket, fmix64, hash64, null_mask
 from .kinds import MAX_VALUES, canonical, check_header, kind_of, values_from_json, values_to_json
-from .schema import is_text
+from .schema import is_text, type_text
 
 __all__ = ["Encoding", "EncodingOptions", "MAX_LABEL_CLASSES"]
 
@@ -185,12 +185,12 @@ class _Numeric:
     def encode(self, arr, out: np.ndarray, where: str) -> None:
         t = arr.type.value_type if _T.is_dictionary(arr.type) else arr.type
         if _T.is_temporal(t) != (self.kind == "datetime"):
-            raise DataError(f"{where}: column {self.name!r} holds {arr.type}, where training's held "
+            raise DataError(f"{where}: column {self.name!r} holds {type_text(arr.type)}, where training's held "
                             f"{'dates or times' if self.kind == 'datetime' else 'numbers'}")
         try:
             v = _numbers(arr)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            raise DataError(f"{where}: column {self.name!r} holds {arr.type}, not numbers as in training") from None
+            raise DataError(f"{where}: column {self.name!r} holds {type_text(arr.type)}, not numbers as in training") from None
         if not v.flags.writeable:  # a view of Arrow's buffer
             v = v.copy()
         gone = null_mask(arr)
@@ -223,7 +223,7 @@ class _Numeric:
             try:
                 values = getattr(pc, func)(arr)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise DataError(f"{where}: column {self.name!r} ({arr.type}) has no {part}: {e}") from None
+                raise DataError(f"{where}: column {self.name!r} ({type_text(arr.type)}) has no {part}: {e}") from None
             idx = pc.fill_null(values, lo - 1).to_numpy(zero_copy_only=False).astype(np.int64) - lo
             ok = (idx >= 0) & (idx < hi - lo)
             out[np.nonzero(ok)[0], at + idx[ok]] = 1

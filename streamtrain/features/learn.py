@@ -18,7 +18,7 @@ from .encoding import (MAX_LABEL_CLASSES, Encoding, EncodingOptions, _Cross, _La
                        _Vector)
 from .hashing import hash64, null_mask
 from .kinds import kind_of
-from .schema import ColumnPlan, choose_string_kind, identifier_like, infer_columns, is_text, option_value
+from .schema import ColumnPlan, choose_string_kind, identifier_like, infer_columns, is_text, option_value, type_text
 from .vocab import Vocabulary
 
 __all__ = ["learn_encoding", "needs_encoding", "identifier_notes", "VOCAB_CAPACITY"]
@@ -195,7 +195,7 @@ def _seen(plan: ColumnPlan, acc: _Pass | None, nulls: int | None = None, rows: i
     """The column's stored type, and what the pass counted of it (missing values, distinct values);
     for a column the pass did not read, the missing values the file's statistics record (``nulls``,
     of ``rows`` where the pass counted them)."""
-    text = str(plan.arrow_type)
+    text = type_text(plan.arrow_type)
     if acc is None and nulls is not None:
         text += ", none missing" if not nulls else f", {nulls:,} missing" + (f" of {rows:,}" if rows else "")
     if acc is not None:
@@ -328,7 +328,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 columns.append(_Vector(p.name, p.arrow_type.list_size))
                 continue
             if is_text(p.arrow_type) and acc is not None and not acc.count and rows:
-                raise ConfigError(f"{where}: --numeric {p.name}: no value of column {p.name!r} ({p.arrow_type}) is a "
+                raise ConfigError(f"{where}: --numeric {p.name}: no value of column {p.name!r} ({type_text(p.arrow_type)}) is a "
                                   "number (--categorical or --hash take text)")
             if acc is not None and acc.nulls and options.missing == "error":
                 raise DataError(f"{where}: column {p.name!r} has {acc.nulls:,} missing values "
@@ -336,11 +336,11 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
             mean = acc.mean if acc is not None else 0.0
             parts = tuple(dict.fromkeys(options.date_parts.get(p.name, ())))
             if parts and p.kind != "datetime":
-                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {p.arrow_type}, which has no "
+                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {type_text(p.arrow_type)}, which has no "
                                   "date parts")
             if "hour" in parts and _T.is_date(p.arrow_type):  # (a bare --date-parts COL asks for all three)
                 rest = "+".join(x for x in parts if x != "hour") or "weekday+month"
-                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {p.arrow_type}, a date with no "
+                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {type_text(p.arrow_type)}, a date with no "
                                   f"time of day, so no hour; ask for its other parts: --date-parts {p.name}:{rest}")
             zone = getattr(p.arrow_type, "tz", None) if parts and _T.is_timestamp(p.arrow_type) else None
             columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
@@ -364,7 +364,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                                        gather=options.hash_buckets + 1 > options.one_hot_max))
             else:
                 approx = "" if acc.distinct.exact else "~"
-                left.append((p.name, f"{p.arrow_type}: {approx}{choice.reason}{_numbers_hint(p, acc)}"))
+                left.append((p.name, f"{type_text(p.arrow_type)}: {approx}{choice.reason}{_numbers_hint(p, acc)}"))
         if len(columns) > n_before:
             columns[-1].seen = _seen(p, acc, null_counts(p.name) if acc is None else None, rows) + (
                 f" ({notes[p.name]})" if p.name in notes else "")
@@ -386,7 +386,7 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         raise ConfigError(f"{where}: --date-parts {unknown[0]}: no such feature column")
     for name in options.date_parts:  # (numbers and times were checked above; the rest never are)
         if planned[name].kind not in ("numeric", "datetime"):
-            raise ConfigError(f"{where}: --date-parts {name}: the column is {planned[name].arrow_type}, which has no "
+            raise ConfigError(f"{where}: --date-parts {name}: the column is {type_text(planned[name].arrow_type)}, which has no "
                               f"date parts")
     if not columns:
         raise DataError(f"{where}: no column can be used as a feature ("
@@ -449,7 +449,7 @@ def _given_classes(seen: pa.Array, given: list[str], label: str, where: str) -> 
     try:
         classes = pc.cast(pa.array(given, pa.string()), seen.type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise DataError(f"{where}: --classes {','.join(given)}: not values of label {label!r} ({seen.type}: "
+        raise DataError(f"{where}: --classes {','.join(given)}: not values of label {label!r} ({type_text(seen.type)}: "
                         f"{str(e).splitlines()[0]})") from None
     outside = [v for v in seen.to_pylist() if v not in set(classes.to_pylist())]
     if outside:

@@ -51,6 +51,15 @@ class ColumnPlan:
     by_cardinality: bool = False
 
 
+def type_text(t: pa.DataType) -> str:
+    """An Arrow type as messages name it: a dictionary (pandas' category, polars' Categorical, a
+    dictionary-encoded Parquet column) as "dictionary of" its values' type, not Arrow's
+    ``dictionary<values=..., indices=..., ordered=...>``."""
+    if _T.is_dictionary(t):
+        return f"dictionary of {type_text(t.value_type)}" + (", ordered" if t.ordered else "")
+    return str(t)
+
+
 def is_text(t: pa.DataType) -> bool:
     """Whether values of type ``t`` (a dictionary's values) are text."""
     t = t.value_type if _T.is_dictionary(t) else t
