@@ -245,11 +245,12 @@ def test_batches_in_one_call_are_the_steps_one_at_a_time_bitwise(activation, tas
             np.testing.assert_array_equal(moments[1][k], va[k])
 
 
-# One process's losses and weights from the step's entry points: penalised, weighted, each task
+# One process's losses and weights from the step's entry points and the per-sample loop: penalised,
+# weighted, each task and activation
 _STEP_BITS = """
 import hashlib, sys
 import numpy as np
-from streamtrain.nn import minibatch
+from streamtrain.nn import minibatch, online
 from streamtrain.nn.network import TwoLayerNet
 rng = np.random.default_rng(0)
 X = rng.standard_normal((7 * 32, 7)).astype(np.float32) * 3 + 2
@@ -258,12 +259,14 @@ ys = {"binary": np.arange(len(X)) % 2, "multiclass": rng.integers(0, 4, len(X)),
 digest = hashlib.sha256()
 for task, y in ys.items():
     for act in ("sigmoid", "tanh", "relu"):
-        for entry in ("batches", "steps"):
+        for entry in ("batches", "steps", "online"):
             net = TwoLayerNet(7, 5, 4 if task == "multiclass" else 1, act, task, "glorot", seed=1, dtype=np.float32)
             if entry == "batches":
                 _, out = minibatch.step_batches(net.params, X, y, 32, np.c_[np.full(7, 0.05), np.zeros((7, 6))],
                                                 0.001, 0.01, act, task, w)
                 losses = out[:, 0]
+            elif entry == "online":
+                losses = np.array(online.sgd_online(net.params, X, y, 0.05, 0.001, 0.01, act, task, w)[:1])
             else:
                 losses = np.array([minibatch.sgd_step(net.params, X[k:k + 32], y[k:k + 32], 0.05, 0.001, 0.01, act,
                                                       task, w[k:k + 32])[0] for k in range(0, len(X), 32)])
@@ -273,9 +276,9 @@ print(digest.hexdigest())
 
 
 @pytest.mark.slow
-def test_a_process_reading_the_step_from_the_cache_computes_what_the_compiling_one_did(tmp_path):
-    # A run and its resume: the first process compiles the step, the next reads it from numba's
-    # cache. numba links a copy of every helper into each caller and optimises it there; compiled
+def test_a_process_reading_the_compiled_loops_from_the_cache_computes_what_the_compiling_one_did(tmp_path):
+    # A run and its resume: the first process compiles the step (and the per-sample loop), the next
+    # reads them from numba's cache. numba links a copy of every helper into each caller and optimises it there; compiled
     # with fastmath, the copies a process ran depended on which it had loaded first (a multiclass
     # loss a last bit apart between the two processes, float32). Each from a cold cache of its own.
     import subprocess
