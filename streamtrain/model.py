@@ -292,7 +292,8 @@ class Model:
         dict
             ``loss`` and ``n``; accuracy, log loss, per-class precision / recall / F1 / support,
             their macro and weighted averages, the confusion matrix (and the ROC AUC for two
-            classes); or MSE, MAE and R^2.
+            classes); or MSE, MAE and R^2. ``rows_without_label`` and ``rows_nonfinite``: the rows
+            left out for having no label, and for NaN or Inf in a feature (where the run skipped them).
         """
         ds = self.open_like_training(source, need_label=True)
         if ds.nonfinite == "error":  # (the advice for training's option would not apply here)
@@ -311,11 +312,14 @@ class Model:
             acc.update(loss, t, output)
             if progress is not None:
                 progress(len(X))
+        left_out = np.array(ds.rows_left_out(part), np.float64)  # (without a label, with NaN or Inf)
         if comm is not None:
             acc.reduce(comm)
             if comm.size > 1:
                 self.outside = _summed(comm.allgather(self.outside))
-        return {"path": ds.path, "task": self.task, **acc.result(), "outside_categories": dict(self.outside)}
+                left_out = comm.allreduce(left_out)
+        return {"path": ds.path, "task": self.task, **acc.result(), "outside_categories": dict(self.outside),
+                "rows_without_label": int(left_out[0]), "rows_nonfinite": int(left_out[1])}
 
     #: Per categorical column, the rows the last ``evaluate``, ``predict`` or ``write_predictions``
     #: read whose value was not among the categories training kept (read as its ``<other>``).

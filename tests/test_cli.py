@@ -160,6 +160,15 @@ def test_a_row_without_a_label_is_named_as_such_with_advice_that_works(tmp_path)
     assert shown.stdout.splitlines()[0] == f"{tmp_path / 't.parquet'} (all): 199 rows; 1 without a label left out"
     assert json.loads(run("evaluate", tmp_path / "rt.parquet", tmp_path / "t.parquet", "--json").stdout)[
         "rows_left_out"] == 1
+    # each reason counted apart (both were "2 without a label, or with NaN or Inf")
+    X[3, 1] = np.nan
+    with h5py.File(tmp_path / "m2.h5", "w") as f:
+        f["X"], f["y"] = X, y
+    shown = run("evaluate", tmp_path / "rm.h5", tmp_path / "m2.h5")
+    assert shown.stdout.splitlines()[0] == (f"{tmp_path / 'm2.h5'} (all): 198 rows; 1 without a label and 1 with NaN "
+                                            "or Inf (the run's --skip-nonfinite) left out")
+    got = json.loads(run("evaluate", tmp_path / "rm.h5", tmp_path / "m2.h5", "--json").stdout)
+    assert (got["rows_left_out"], got["rows_without_label"], got["rows_nonfinite"]) == (2, 1, 1)
 
 
 def test_usage_errors_exit_2():

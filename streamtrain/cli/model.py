@@ -23,6 +23,16 @@ from .options import (PathOrURL, _distributed_option, _log_every_option, _open_s
 __all__ = ['evaluate', 'predict', 'plot', 'report']
 
 
+def _left_out(result: dict, left: int, skipping: bool) -> str:
+    """The rows evaluate left out, by why: "12 without a label and 3 with NaN or Inf (...)"."""
+    unlabelled, nonfinite = result["rows_without_label"], result["rows_nonfinite"]
+    if unlabelled + nonfinite != left:  # (counted otherwise than the screen saw them: said together)
+        return f"{left:,} without a label" + (", or with NaN or Inf (the run's --skip-nonfinite)" if skipping else "")
+    parts = [f"{unlabelled:,} without a label"] if unlabelled else []
+    parts += [f"{nonfinite:,} with NaN or Inf (the run's --skip-nonfinite)"] if nonfinite else []
+    return " and ".join(parts)
+
+
 @cli.command()
 @click.argument("checkpoint", type=PathOrURL())
 @click.argument("data")
@@ -59,9 +69,8 @@ def evaluate(checkpoint, data, split, features, label, as_json, quiet, distribut
         return
     _say_outside(ds.path, result["outside_categories"])
     # (rows without a label, or with NaN/Inf where the run skipped such rows: said, not dropped silently)
-    why = "without a label" + (", or with NaN or Inf (the run's --skip-nonfinite)" if ds.nonfinite == "skip" else "")
     click.echo(f"{result['path']} ({split}): {result['n']:,} row{'s' if result['n'] != 1 else ''}"
-               + (f"; {left:,} {why} left out" if left else ""))
+               + (f"; {_left_out(result, left, ds.nonfinite == 'skip')} left out" if left else ""))
     if trainer.task == "regression":
         click.echo(f"loss {result['loss']:.4f} (half the squared error, summed over outputs: what training "
                    f"minimises)  mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}")

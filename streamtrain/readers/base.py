@@ -22,7 +22,7 @@ from ..errors import DataError
 from .cache import ChunkCache
 from .identity import Identity
 from .layout import kept
-from .screen import bad_rows
+from .screen import bad_rows, unlabelled_rows
 
 __all__ = ["Dataset", "Capabilities", "DEFAULT_CACHE_BYTES"]
 
@@ -101,6 +101,7 @@ class Dataset(Identity):
         self._io_lock = threading.Lock()
         self._pid = os.getpid()
         self._skipped: dict[int, np.ndarray] = {}  # chunk -> keep mask, for nonfinite="skip"
+        self._unlabelled: dict[int, int] = {}  # chunk -> how many of its skipped rows lack only a label
         # What reading cost: decoded bytes and chunks read, rows taken directly (read amplification).
         self.stats = {"bytes_read": 0, "chunks_read": 0, "rows_taken": 0}
 
@@ -177,7 +178,18 @@ class Dataset(Identity):
             clean[i] = True
         else:
             self._skipped[i] = ~bad
+            self._unlabelled[i] = unlabelled_rows(X, y, bad)
         return X, y
+
+    def rows_left_out(self, part: tuple[int, int] = (0, 1)) -> tuple[int, int]:
+        """Of the chunks screened so far (those ``i % part[1] == part[0]``): the rows left out for
+        having no label (their features whole), and those left out for NaN or Inf in a feature."""
+        skipped = unlabelled = 0
+        for i, keep in self._skipped.items():
+            if i % part[1] == part[0]:
+                skipped += int(keep.size - np.count_nonzero(keep))
+                unlabelled += self._unlabelled.get(i, 0)
+        return unlabelled, skipped - unlabelled
 
     def _clean_flags(self) -> np.ndarray:
         """Per chunk: screened and free of NaN/Inf."""

@@ -9,6 +9,16 @@ from ..errors import DataError
 __all__ = ["bad_rows"]
 
 
+def unlabelled_rows(X: np.ndarray, y: np.ndarray | None, bad: np.ndarray) -> int:
+    """How many of the rows ``bad`` marks lack only their label (NaN), their features all finite."""
+    if y is None or y.dtype.kind != "f":
+        return 0
+    only_label = bad & ~np.isfinite(y.reshape(len(y), -1)).all(axis=1)
+    if X.dtype.kind == "f":
+        only_label &= np.isfinite(X).all(axis=1)
+    return int(np.count_nonzero(only_label))
+
+
 def bad_rows(X: np.ndarray, y: np.ndarray | None, rows: int | np.ndarray, policy: str,
              path: str, missing_labels: str = "error", names: list[str] | None = None,
              nan_missing: bool = False, label_option: str = "--missing-label skip") -> np.ndarray | None:
