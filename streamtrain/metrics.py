@@ -84,6 +84,10 @@ class ClassificationMetrics:
             recall = np.where(support > 0, tp / support, 0.0)
             f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
         weights = support / max(support.sum(), 1)
+        # the macro average over the classes in the labels or the predictions (scikit-learn's
+        # default): a class absent from both would count as a 0 that says nothing of the model
+        seen = (support > 0) | (c.sum(0) > 0)
+        seen = seen if seen.any() else np.ones_like(seen)
         out = {
             "n": self.n,
             "loss": self.loss_sum / max(self.n, 1),
@@ -94,7 +98,8 @@ class ClassificationMetrics:
             "recall": recall.tolist(),
             "f1": f1.tolist(),
             "support": support.tolist(),
-            "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+            "macro": {"precision": float(precision[seen].mean()), "recall": float(recall[seen].mean()),
+                      "f1": float(f1[seen].mean())},
             "weighted": {"precision": float(precision @ weights), "recall": float(recall @ weights),
                          "f1": float(f1 @ weights)},
             "confusion_matrix": c.tolist(),

@@ -62,12 +62,14 @@ class Model:
     @classmethod
     def build(cls, config, stats: DataStats, n_features: int, feature_names, label_name: str, selection,
               source_format: str | None, where: str, log=None, weight: str | None = None,
-              encoding=None) -> "Model":
+              encoding=None, whole: bool = False) -> "Model":
         """A new model for data of this shape: task and classes from the label summary, the
         scaler from the feature statistics, the network initialised from ``config.seed``.
         ``weight``: the last of the ``n_features`` columns weighs each row's loss (not a feature);
         ``encoding``: the data's learned column encoding (kept, applied to all data the model reads;
-        its 0/1 inputs are not scaled; a class label's values are the classes)."""
+        its 0/1 inputs are not scaled; a class label's values are the classes). ``whole``: the
+        statistics are of all the rows to train on, so a feature constant in them is ignored (its
+        scaling factor 0: see ``constant_features``)."""
         classes = None if encoding is None else encoding.classes
         if classes is None and config.class_list() and stats.label_ndim == 1:
             classes = given_classes(config.class_list(), stats, label_name, where)
@@ -85,7 +87,7 @@ class Model:
         net = TwoLayerNet(n_in, config.hidden, labels.n_out, config.activation, labels.task, config.init,
                           config.seed, config.dtype, layout)
         attach(zeros, net.params["W1"])
-        scaler = Scaler.from_stats(config.scale, stats, config.dtype)
+        scaler = Scaler.from_stats(config.scale, stats, config.dtype, constant=0.0 if whole else 1.0)
         if encoding is not None and scaler.mean is not None:  # one-hot codes and indicators stay 0/1
             keep = encoding.unscaled[:n_in]
             scaler.mean[keep], scaler.scale[keep] = 0, 1
@@ -320,6 +322,13 @@ class Model:
                 left_out = comm.allreduce(left_out)
         return {"path": ds.path, "task": self.task, **acc.result(), "outside_categories": dict(self.outside),
                 "rows_without_label": int(left_out[0]), "rows_nonfinite": int(left_out[1])}
+
+    def constant_features(self) -> list[str]:
+        """The features the scaler ignores (factor 0): constant in all the rows trained on."""
+        scale = self.scaler.scale
+        if scale is None:
+            return []
+        return [self.feature_names[j] for j in np.flatnonzero(scale[:self.net.n_in] == 0)]
 
     #: Per categorical column, the rows the last ``evaluate``, ``predict`` or ``write_predictions``
     #: read whose value was not among the categories training kept (read as its ``<other>``).

@@ -78,7 +78,7 @@ def _step_runs(t: Trainer) -> None:
     (lambda a, m: a.pop("param.W2"), "param.W2"),
     (lambda a, m: a.update({"extra": np.zeros(3)}), "unexpected array extra"),
     (lambda a, m: a["param.W1"].__setitem__((0, 0), np.nan), "NaN"),
-    (lambda a, m: a["scaler.scale"].__setitem__(0, 0.0), "scaler.scale"),
+    (lambda a, m: a["scaler.scale"].__setitem__(0, -1.0), "scaler.scale"),
     (lambda a, m: m["model"].update(hidden=10**9), "model.hidden"),
     (lambda a, m: m["model"].update(hidden=5), "disagree"),
     (lambda a, m: m["model"].update(n_in="5"), "model.n_in"),

@@ -102,6 +102,12 @@ def test_evaluate_metrics_agree_with_scikit_learn(tmp_path):
             want = precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
             assert got[avg]["recall"] == pytest.approx(want[1]) and got[avg]["f1"] == pytest.approx(want[2])
         assert got["log_loss"] == pytest.approx(log_loss(y, proba), rel=1e-4)
+        # a class absent from the labels and the predictions is not in the macro average (it was, as 0)
+        X = t.model.open_like_training(path).read(np.arange(3000))[0]
+        rest = (y != 0) & (pred != 0)
+        part = t.evaluate((X[rest], y[rest]))
+        assert part["support"][0] == 0 and part["macro"]["f1"] == pytest.approx(
+            precision_recall_fscore_support(y[rest], pred[rest], average="macro", zero_division=0)[2])
         if task == "binary":
             assert got["roc_auc"] == pytest.approx(roc_auc_score(y, proba[:, 1]), abs=2e-4)
         else:

@@ -399,6 +399,20 @@ def test_a_csv_with_pandas_index_reads_with_the_index_left_out_and_a_header_nami
     assert "feature_names: id, value, value2" in _cli("inspect", tmp_path / "d.csv", "--label", "y").stdout
 
 
+@pytest.mark.parametrize("sep", [";", "|", ","])
+def test_a_csv_s_field_separator_is_found_from_its_header(tmp_path, monkeypatch, sep):
+    # (Excel's and many European exports: semicolons; a semicolon file was refused, or read as one
+    # column named "a;b;c" and dropped as an identifier, with advice that went nowhere)
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    df = flights(400)[["distance", "carrier", "status"]].assign(note=lambda d: np.where(d.index % 2, "a, b; c", "d"))
+    df.to_csv(tmp_path / "f.csv", sep=sep, index=False)
+    ds = open_dataset(str(tmp_path / "f.csv"), label="status")
+    assert [n for n in ds.feature_names if "=" not in n] == ["distance", "distance:missing"]
+    assert {"carrier=WN", "note=a, b; c", "note=d"} <= set(ds.feature_names) and ds.n_rows == 400
+    X, _ = next(ds.iter_chunks())
+    np.testing.assert_allclose(X[:, 0][~np.isnan(df["distance"])], df["distance"].dropna(), rtol=1e-6)
+
+
 def test_a_csv_column_whose_type_changes_late_is_read_again_as_text(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
     monkeypatch.setattr("streamtrain.readers.text.BLOCK_BYTES", 4096)  # types inferred from a small first block
@@ -463,6 +477,25 @@ def test_predictions_carry_the_labels_own_values_in_every_format(out, tmp_path):
 
         got = list(zarr.open_group(tmp_path / out, mode="r")["prediction"][:])
     assert got == trainer.predict(df.drop(columns="status")).tolist()
+
+
+def test_a_column_constant_in_training_moves_no_prediction_where_it_differs_and_is_named(tmp_path):
+    # An export's snapshot date: the same in every row trained on, a day later in the next file. It
+    # reached the network unscaled (factor 1, its deviation from training's value in seconds) through
+    # weights training never moved: accuracy 0.999 fell to 0.52, with no word of it.
+    x = np.random.default_rng(7).normal(size=2000)
+    df = pd.DataFrame({"x": x, "snapshot": pd.Timestamp("2024-06-01"), "label": np.where(x > 0, "a", "b")})
+    df.to_parquet(tmp_path / "day1.parquet")
+    df.assign(snapshot=pd.Timestamp("2024-06-02")).to_parquet(tmp_path / "day2.parquet")
+    res = _cli("train", tmp_path / "day1.parquet", "--label", "label", "--epochs", "3", "--quiet",
+               "--checkpoint-dir", tmp_path / "r")
+    assert res.stderr == (f"warning: {tmp_path / 'day1.parquet'}: 1 feature constant in the rows trained on "
+                          "('snapshot'): nothing can be learned from it, so the model ignores its values (a value "
+                          "that differs in other data moves no prediction)\n")
+    same, shifted = (json.loads(_cli("evaluate", tmp_path / "r", tmp_path / f"day{d}.parquet", "--json").stdout)
+                     for d in (1, 2))
+    assert same["accuracy"] > 0.95 and (shifted["accuracy"], shifted["log_loss"]) == (same["accuracy"],
+                                                                                     same["log_loss"])
 
 
 def test_rows_without_a_label_are_skipped_and_counted(tmp_path):
@@ -657,6 +690,10 @@ def test_a_regression_target_is_standardised_inside_the_model(tmp_path):
     np.testing.assert_allclose(arrays["target.std"], [df["price"].std(ddof=0)], rtol=1e-9)
     ev = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "d.parquet", "--json").stdout)
     assert ev["r2"] > 0.95 and ev["mse"] ** 0.5 < 0.3 * df["price"].std()  # in the target's units
+    # the loss is training's, on the standardised target: said so (it read as half the MSE, 40x off here)
+    shown = _cli("evaluate", tmp_path / "r", tmp_path / "d.parquet").stdout.splitlines()[1]
+    assert shown.startswith(f"loss {ev['loss']:.4f} (half the squared error of the standardised target, summed over "
+                            f"outputs: what training minimises)  mse {ev['mse']:.4f}")
     _cli("predict", tmp_path / "r", tmp_path / "d.parquet", "--out", tmp_path / "p.parquet")
     pred = pd.read_parquet(tmp_path / "p.parquet")["prediction"].to_numpy()
     assert abs(pred.mean() - df["price"].mean()) < 0.05 * df["price"].mean()
@@ -926,9 +963,14 @@ def test_resuming_a_finished_run_says_nothing_is_left_to_train_and_its_advice_tr
     args = ("train", tmp_path / "f.parquet", "--label", "status", "--checkpoint-dir", tmp_path / "r")
     _cli(*args, "--epochs", "2", "--quiet")
     res = _cli(*args, "--resume")
-    assert "the run has trained its 2 epochs already: nothing to train (--epochs 3 or more trains on)" in res.stderr
+    assert ("the run has trained 2 epochs already, --epochs 2 asks for no more: nothing to train (--epochs 3 or more "
+            "trains on)") in res.stderr
     _cli(*args, "--resume", "--epochs", "3")
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+    # fewer than it has (it said "has trained its 2 epochs" of a run of 3)
+    res = _cli(*args, "--resume", "--epochs", "2")
+    assert ("the run has trained 3 epochs already, --epochs 2 asks for fewer: nothing to train (--epochs 4 or more "
+            "trains on)") in res.stderr
 
 
 def test_resuming_a_table_s_run_with_other_encoding_settings_is_refused_even_with_force(tmp_path):

@@ -72,7 +72,10 @@ def evaluate(checkpoint, data, split, features, label, as_json, quiet, distribut
     click.echo(f"{result['path']} ({split}): {result['n']:,} row{'s' if result['n'] != 1 else ''}"
                + (f"; {_left_out(result, left, ds.nonfinite == 'skip')} left out" if left else ""))
     if trainer.task == "regression":
-        click.echo(f"loss {result['loss']:.4f} (half the squared error, summed over outputs: what training "
+        # (training minimises it on the standardised target, where --scale-target is on: the metrics
+        # after it are in the target's own units)
+        of = " of the standardised target" if trainer.model.target is not None else ""
+        click.echo(f"loss {result['loss']:.4f} (half the squared error{of}, summed over outputs: what training "
                    f"minimises)  mse {result['mse']:.4f}  mae {result['mae']:.4f}  r2 {result['r2']:.4f}")
         return
     auc = f"  roc_auc {result['roc_auc']:.4f}" if result.get("roc_auc") is not None else ""

@@ -183,13 +183,19 @@ class Scaler:
         self.scale = None if scale is None else np.asarray(scale, dtype=dtype)
 
     @classmethod
-    def from_stats(cls, kind: str, stats: DataStats, dtype=np.float32) -> "Scaler":
+    def from_stats(cls, kind: str, stats: DataStats, dtype=np.float32, constant: float = 1.0) -> "Scaler":
+        """The scaling of ``stats``' features; a feature constant there gets the factor ``constant``:
+        1 (unscaled: statistics of a stream's first rows, whose later values may vary), or 0 where
+        the statistics are of all the training data (nothing was learned from the feature, so none
+        of its later values may move a prediction)."""
         if stats.mean is None:  # no feature statistics: a scaling that needs none
             return cls(kind, None, None, dtype)
         std = np.sqrt(stats.var)
-        # A constant feature would divide by zero; leave it unscaled.
-        std[std == 0] = 1.0
-        return cls(kind, stats.mean, 1.0 / std, dtype)
+        flat = std == 0
+        std[flat] = 1.0  # (no division by zero)
+        factor = 1.0 / std
+        factor[flat] = constant
+        return cls(kind, stats.mean, factor, dtype)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Scaled copy of ``X`` (rows, features)."""

@@ -40,8 +40,8 @@ def _copy_dir() -> Path:
 
 #: The copies' own version, in their names: a copy an older decoding made is not taken (2: a
 #: CSV header's nameless column named, as pandas names it; 3: whole numbers written with a leading
-#: zero, as zip codes are, read as text).
-COPY_VERSION = 3
+#: zero, as zip codes are, read as text; 4: the field separator found from the header, not always a comma).
+COPY_VERSION = 4
 
 
 def table_copy(path: str, kind: str, text: tuple[str, ...] | None = None) -> Path:
@@ -116,7 +116,29 @@ def _retype(message: str, types: dict, names: list):
 
 
 def _delimiter(path: str) -> str:
-    return "\t" if ".tsv" in Path(path).name.lower() else ","
+    """A CSV file's field separator: a tab in a .tsv file, else the one of ``,``, ``;``, tab and
+    ``|`` its header line holds most often outside quotes (a comma where none or a tie): Excel and
+    many European exports write semicolons."""
+    if ".tsv" in Path(path).name.lower():
+        return "\t"
+    import pyarrow as pa
+
+    try:
+        with pa.input_stream(path, compression="detect") as stream:
+            head = stream.read(1 << 16).decode("utf-8", errors="replace")
+    except (OSError, pa.ArrowException):  # (the read proper says what is wrong)
+        return ","
+    line, quoted = [], False
+    for ch in head.lstrip("\ufeff"):
+        if ch == '"':
+            quoted = not quoted
+        elif ch in "\r\n" and not quoted:
+            break
+        elif not quoted:
+            line.append(ch)
+    counts = {d: line.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
 
 
 def _zero_led(path: str) -> list[str]:

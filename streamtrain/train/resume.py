@@ -131,8 +131,10 @@ def resume_run(found, config: TrainConfig, train: Dataset, sampler, rundir: RunD
         except ValueError as e:
             raise CheckpointError(f"{path}: cannot resume: {e}") from None
     if log and config.epochs is not None and s["epoch"] >= config.epochs:
-        log(f"{path}: the run has trained its {config.epochs} epoch{'s' if config.epochs != 1 else ''} already: "
-            f"nothing to train (--epochs {s['epoch'] + 1} or more trains on)")
+        done = s["epoch"]  # (at least the --epochs asked: a run may have been given more before)
+        log(f"{path}: the run has trained {done} epoch{'s' if done != 1 else ''} already, --epochs {config.epochs} "
+            f"asks for {'no more' if done == config.epochs else 'fewer'}: nothing to train (--epochs {done + 1} or "
+            "more trains on)")
     elif log:
         log(f"resuming from {path} (epoch {s['epoch'] + 1}, row {s['position']} of the epoch)")
     return model, optimizer, state, fingerprint, history

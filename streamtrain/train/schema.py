@@ -164,8 +164,8 @@ class TrainerSchema(Schema):
                 raise ValueError(f"array {name} holds NaN or Inf")
         for _, section in _present(meta):
             section.check(arrays, meta)
-        if "scaler.scale" in arrays and not (arrays["scaler.scale"] > 0).all():
-            raise ValueError("array scaler.scale holds values that are not positive")
+        if "scaler.scale" in arrays and not (arrays["scaler.scale"] >= 0).all():  # (0: a feature ignored)
+            raise ValueError("array scaler.scale holds negative values")
         if "target.std" in arrays and (meta["model"]["task"] != "regression" or not (arrays["target.std"] > 0).all()):
             raise ValueError("array target.std is a regression's positive standard deviations")
         state = {k[len("optim."):]: a for k, a in arrays.items() if k.startswith("optim.")}

@@ -222,8 +222,16 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
         log(f"{data.path}: {unlabelled:,} row{'s' if unlabelled != 1 else ''} without a label skipped{held} "
             "(--missing-label error refuses them)")
     data.stamp_soon()  # (the run's fingerprint, read on the other core while the first layer is drawn)
-    return Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
-                       data.format, data.path, log, weight, data.encoding)
+    model = Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
+                        data.format, data.path, log, weight, data.encoding, whole=True)
+    constant = model.constant_features()
+    if constant and comm.rank == 0:  # (with several processes, rank 0 alone speaks)
+        one = len(constant) == 1
+        _LOG.warning(f"{data.path}: {len(constant)} feature{'' if one else 's'} constant in the rows trained on "
+                     f"({', '.join(map(repr, constant[:8]))}{', ...' if len(constant) > 8 else ''}): nothing can be "
+                     f"learned from {'it' if one else 'them'}, so the model ignores {'its' if one else 'their'} "
+                     "values (a value that differs in other data moves no prediction)")
+    return model
 
 
 def make_sampler(cfg, comm, train: Dataset) -> Sampler:
