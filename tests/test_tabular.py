@@ -1068,11 +1068,17 @@ def test_numbers_written_as_text_with_junk_are_read_as_numbers_when_asked_as_ins
     reading = rng.normal(100, 20, 3000).round(1).astype(object)
     reading[2900:2910] = "?"
     qty = [f"{x:,}" for x in rng.integers(0, 5000, 3000)]
+    rate = [f"{x:.1f}%" for x in rng.uniform(0, 100, 3000)]  # (was hashed; --numeric refused it)
     y = (np.r_[reading[:2900].astype(float), np.full(100, 100.0)] > 100).astype(int)
-    pd.DataFrame({"reading": reading, "qty": qty, "y": y}).to_csv(tmp_path / "m.csv", index=False)
+    pd.DataFrame({"reading": reading, "qty": qty, "rate": rate, "y": y}).to_csv(tmp_path / "m.csv", index=False)
     out = _cli("inspect", tmp_path / "m.csv", "--label", "y").stdout
     assert "of its first values are numbers: --numeric 'reading' reads them so, the others as missing)" in out
-    assert "--numeric 'qty' reads them so" in out
+    assert "--numeric 'qty' reads them so" in out and "--numeric 'rate' reads them so" in out
+    ds = open_dataset(tmp_path / "m.csv", label="y", encode={"overrides": {"numeric": ["rate"]}})
+    X = np.concatenate([c[0] for c in ds.iter_chunks()])
+    center = next(c.center for c in ds.encoding.columns if c.name == "rate")  # a percentage, as its fraction
+    np.testing.assert_allclose(X[:, ds.feature_names.index("rate")] + center, [float(r[:-1]) / 100 for r in rate],
+                               rtol=1e-5)
     out = _cli("inspect", tmp_path / "m.csv", "--label", "y", "--numeric", "reading,qty").stdout
     assert "reading: string, 10 missing of 3,000; numeric: missing values become the mean, with an indicator " \
            "input (2 inputs)" in out and "qty: string, none missing; numeric (1 input)" in out

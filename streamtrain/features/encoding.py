@@ -146,13 +146,16 @@ _GROUPED = r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$"
 
 def _parsed(arr) -> np.ndarray:
     """float64 values of numbers written as text (``--numeric`` on a string column), NaN where a
-    value is missing or not a number ("?", "N/A")."""
+    value is missing or not a number ("?", "N/A"); a percentage ("48.2%") as its fraction, 0.482."""
     if _T.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     text = pc.utf8_trim_whitespace(arr)
+    percent = pc.fill_null(pc.match_substring_regex(text, r"\d\s*%$"), False)
+    text = pc.if_else(percent, pc.utf8_rtrim_whitespace(pc.replace_substring_regex(text, r"%$", "")), text)
     text = pc.if_else(pc.match_substring_regex(text, _GROUPED), pc.replace_substring(text, ",", ""), text)
     numbers = pc.if_else(pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type))
-    return pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False)
+    values = pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False)
+    return np.where(percent.to_numpy(zero_copy_only=False), values / 100, values)
 
 
 def _name(column: str, value) -> str:
