@@ -498,6 +498,23 @@ def test_a_column_constant_in_training_moves_no_prediction_where_it_differs_and_
                                                                                      same["log_loss"])
 
 
+def test_an_hdf5_file_of_several_pandas_tables_is_read_by_the_table_chosen_and_never_by_a_guess(tmp_path):
+    # (the first table was taken without a word: a model of "train" evaluated on "test" evaluated on
+    # "train" again; "--features test" said no column matches 'test')
+    df = flights(600).astype({"seats": "float64"})
+    df.iloc[:400].to_hdf(tmp_path / "f.h5", key="train", format="table")
+    df.iloc[400:].to_hdf(tmp_path / "f.h5", key="test", format="table")
+    res = _cli("inspect", tmp_path / "f.h5", "--label", "status", check=False)
+    assert res.returncode == 2 and res.stderr == (f"error: {tmp_path / 'f.h5'}: holds 2 tables (test, train): choose "
+                                                  "one with --features, e.g. --features test\n")
+    assert "n_rows: 200" in _cli("inspect", tmp_path / "f.h5", "--label", "status", "--features", "test").stdout
+    _cli("train", tmp_path / "f.h5", "--label", "status", "--features", "train", "--epochs", "1", "--quiet",
+         "--checkpoint-dir", tmp_path / "r")
+    assert _cli("evaluate", tmp_path / "r", tmp_path / "f.h5", check=False).returncode == 2  # (which one?)
+    ev = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "f.h5", "--features", "test", "--json").stdout)
+    assert ev["n"] == 200
+
+
 def test_rows_without_a_label_are_skipped_and_counted(tmp_path):
     df = flights(1000)
     df.loc[::40, "status"] = None  # 25 rows

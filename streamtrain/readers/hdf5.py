@@ -56,6 +56,8 @@ class HDF5Dataset(Dataset):
         self._allow_external = allow_external
         dsets, tables = find_datasets(self._handle(), self.path, allow_external)
         want = features.lstrip("/") if isinstance(features, str) else None
+        if want is not None and want not in dsets and f"{want}/table" in tables:  # (pandas' key: its table's group)
+            want = f"{want}/table"
         plain = {k: v for k, v in dsets.items() if v.dtype.names is None}
         if not tables and not any(v.ndim == 2 or k in FEATURE_KEYS for k, v in plain.items()) \
                 and sum(v.ndim == 1 for v in plain.values()) > 1:  # (columns as datasets: Zarr's layout, not HDF5's)
@@ -74,13 +76,23 @@ class HDF5Dataset(Dataset):
             if key is not None:
                 self._open_matrix(dsets, key, _strip(label))
             else:
-                self._open_table(dsets[tables[0]], tables[0], None, label)
-        elif tables:  # column names or globs: columns of the (first) table
-            self._open_table(dsets[tables[0]], tables[0], features, label)
+                self._open_table(dsets[self._one_table(tables)], tables[0], None, label)
+        elif tables:  # column names or globs: columns of the table
+            self._open_table(dsets[self._one_table(tables)], tables[0], features, label)
         else:
             raise DataError(f"{self.path}: no features dataset named {features!r} "
                             f"(found: {', '.join(dsets) or 'nothing'})")
         self._check_layout()
+
+    def _one_table(self, tables: list[str]) -> str:
+        """The file's one table; several (pandas' "train" and "test" in one file: the first could be
+        either) are an error naming them, with the option that chooses one."""
+        if len(tables) > 1:
+            keys = [t.removesuffix("/table") for t in tables]
+            raise DataError(f"{self.path}: holds {len(tables)} tables ({', '.join(keys[:8])}"
+                            f"{', ...' if len(keys) > 8 else ''}): choose one with --features, e.g. --features "
+                            f"{keys[0]}")
+        return tables[0]
 
     # -- the two layouts ------------------------------------------------------
     def _open_matrix(self, dsets, x_key, y_key) -> None:
