@@ -113,8 +113,7 @@ def test_rows_a_run_skipped_are_refused_by_predict_in_a_line_and_skipped_by_eval
         "reads as Inf); a prediction is made for every row read: clean the data first"]
     assert not (tmp_path / "p.csv").exists()
     assert run("evaluate", tmp_path / "run", tmp_path / "d.parquet").stdout.splitlines()[0] == (
-        f"{tmp_path / 'd.parquet'} (all): 399 rows; 1 without a label, or with NaN or Inf (the run's "
-        "--skip-nonfinite) left out")
+        f"{tmp_path / 'd.parquet'} (all): 399 rows; 1 with NaN or Inf (the run's --skip-nonfinite) left out")
     assert run("train", tmp_path / "d.parquet", "--label", "y", "--epochs", 1,
                "--checkpoint-dir", tmp_path / "strict").returncode == 2
     b[5] = 0.0
@@ -125,6 +124,8 @@ def test_rows_a_run_skipped_are_refused_by_predict_in_a_line_and_skipped_by_eval
 
 def test_a_run_without_a_checkpoint_directory_says_its_model_was_not_saved(tmp_path):
     res = run("train", DATA / "digits.h5", "--epochs", 1, cwd=tmp_path)
+    assert ("note: no --checkpoint-dir, so the model will not be saved (--checkpoint-dir runs/NAME saves it)"
+            in res.stderr.splitlines()[:3])  # (as training begins, and at the end)
     assert res.returncode == 0 and res.stderr.strip().splitlines()[-1] == (
         "note: no --checkpoint-dir, so the model was not saved; give one (--checkpoint-dir runs/NAME) to evaluate, "
         "predict or resume later")

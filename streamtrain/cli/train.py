@@ -27,6 +27,16 @@ class JsonLines:
         click.echo(json.dumps(record))
 
 
+class _Unsaved:
+    """A run without ``--checkpoint-dir`` says so as its training begins (its data opened)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def on_train_begin(self, trainer):
+        self.log("note: no --checkpoint-dir, so the model will not be saved (--checkpoint-dir runs/NAME saves it)")
+
+
 @cli.command()
 @click.argument("data")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_config, is_eager=True,
@@ -79,6 +89,8 @@ def train(ctx, data, features, label, val, weight, checkpoint_dir, resume, overw
 
         callbacks.append(MLflowLogger(mlflow_uri, experiment="streamtrain",
                                       run_name=Path(checkpoint_dir).name if checkpoint_dir else None))
+    if checkpoint_dir is None and log is not None:  # (said as training starts too: a long run's end is late)
+        callbacks.insert(0, _Unsaved(log))
     try:
         history = trainer.fit(data, val, features=_selection(features), label=label, weight=weight,
                               checkpoint_dir=checkpoint_dir,

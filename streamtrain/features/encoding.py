@@ -516,8 +516,8 @@ class Encoding:
                     # (the pass says which seconds; a model read back knows the kind alone)
                     "datetime": getattr(c, "reads", "datetime, seconds")}[c.kind]
             if isinstance(c, _OneHot):
-                text += (f": {len(c.cats)} categories + missing + other" if c.cats is not None
-                         else f": {c.buckets} buckets + missing")
+                text += (f": {len(c.cats)} categor{'y' if len(c.cats) == 1 else 'ies'} + missing + other"
+                         if c.cats is not None else f": {c.buckets} bucket{'' if c.buckets == 1 else 's'} + missing")
                 if c.gather:
                     text = text.replace(", one-hot", ", codes selecting first-layer rows")
                     if c.shared:

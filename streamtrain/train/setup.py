@@ -225,12 +225,12 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
     model = Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
                         data.format, data.path, log, weight, data.encoding, whole=True)
     constant = model.constant_features()
-    if constant and comm.rank == 0:  # (with several processes, rank 0 alone speaks)
+    if constant and log and comm.rank == 0:  # (with several processes, rank 0 alone speaks; --quiet: not said)
         one = len(constant) == 1
-        _LOG.warning(f"{data.path}: {len(constant)} feature{'' if one else 's'} constant in the rows trained on "
-                     f"({', '.join(map(repr, constant[:8]))}{', ...' if len(constant) > 8 else ''}): nothing can be "
-                     f"learned from {'it' if one else 'them'}, so the model ignores {'its' if one else 'their'} "
-                     "values (a value that differs in other data moves no prediction)")
+        log(f"note: {data.path}: {len(constant)} feature{'' if one else 's'} constant in the rows trained on "
+            f"({', '.join(map(repr, constant[:8]))}{', ...' if len(constant) > 8 else ''}): nothing can be learned "
+            f"from {'it' if one else 'them'}, so the model ignores {'its' if one else 'their'} values (a value that "
+            "differs in other data moves no prediction)")
     return model
 
 
