@@ -122,6 +122,17 @@ def test_rows_a_run_skipped_are_refused_by_predict_in_a_line_and_skipped_by_eval
     assert len(open(tmp_path / "p.csv").read().splitlines()) == 401
 
 
+def test_a_run_that_fails_takes_away_the_directory_it_made_and_leaves_one_it_found(tmp_path):
+    # (a failed run left a directory holding nothing but its lock)
+    for made in (True, False):
+        where = tmp_path / f"r{made}"
+        if not made:
+            where.mkdir()
+        res = run("train", DATA / "digits.h5", "--label", "nope", "--checkpoint-dir", where)
+        assert res.returncode == 2 and "'nope'" in res.stderr
+        assert where.exists() is not made
+
+
 def test_a_run_without_a_checkpoint_directory_says_its_model_was_not_saved(tmp_path):
     res = run("train", DATA / "digits.h5", "--epochs", 1, cwd=tmp_path)
     assert ("note: no --checkpoint-dir, so the model will not be saved (--checkpoint-dir runs/NAME saves it)"

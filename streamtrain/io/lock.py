@@ -23,11 +23,13 @@ class DirectoryLock:
         self.directory = Path(directory)
         self._fd: int | None = None
         self._dir_fd: int | None = None
+        self._made = False  # whether this lock made the directory (a run that fails takes it away again)
 
     def __enter__(self) -> "DirectoryLock":
         import fcntl
 
         try:
+            self._made = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
             self._dir_fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -80,6 +82,18 @@ class DirectoryLock:
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            if exc and exc[0] is not None and self._made:
+                self._remove_if_bare()
             os.close(self._fd)  # closing releases the flock
             self._fd = None
         self._close_dir()
+
+    def _remove_if_bare(self) -> None:
+        """The directory this lock made, taken away where a failed run left nothing but its lock."""
+        try:
+            if os.listdir(self.directory) == [".lock"] and os.path.samestat(os.stat(self.directory),
+                                                                            os.fstat(self._dir_fd)):
+                os.unlink(self.directory / ".lock")
+                os.rmdir(self.directory)
+        except OSError:
+            pass  # (something else appeared there, or it is not ours to remove: it stays)
