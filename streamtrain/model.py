@@ -69,7 +69,7 @@ class Model:
         ``encoding``: the data's learned column encoding (kept, applied to all data the model reads;
         its 0/1 inputs are not scaled; a class label's values are the classes). ``whole``: the
         statistics are of all the rows to train on, so a feature constant in them is ignored (its
-        scaling factor 0: see ``constant_features``)."""
+        scaling factor 0: ``ignored_constant`` names those scaled), and so is a 0/1 input that never changes."""
         classes = None if encoding is None else encoding.classes
         if classes is None and config.class_list() and stats.label_ndim == 1:
             classes = given_classes(config.class_list(), stats, label_name, where)
@@ -88,13 +88,23 @@ class Model:
                           config.seed, config.dtype, layout)
         attach(zeros, net.params["W1"])
         scaler = Scaler.from_stats(config.scale, stats, config.dtype, constant=0.0 if whole else 1.0)
+        ignored = [] if scaler.scale is None else [feature_names[j] for j in np.flatnonzero(scaler.scale[:n_in] == 0)]
         if encoding is not None and scaler.mean is not None:  # one-hot codes and indicators stay 0/1
             keep = encoding.unscaled[:n_in]
             scaler.mean[keep], scaler.scale[keep] = 0, 1
+            flat = set(ignored)
+            ignored = [n for n, k in zip(feature_names, keep) if not k and n in flat]
+            if whole:  # a 0/1 input the same in every row (a category, a missing value, a date part
+                # never seen, or seen in every row): nothing to learn from it, so its value in other
+                # data adds nothing (not the initial draw of weights it never trained, nor a second bias)
+                # (never a column of codes: their values are rows of the first layer, and unread here)
+                same = keep & ~encoding.gathered_inputs[:n_in] & (stats.var[:n_in] == 0)
+                scaler.scale[same] = 0
         model = cls(net, scaler, labels, feature_names, selection, label_name, source_format,
                     "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, weight,
                     labels.class_weights(config.class_weight, stats, where))
         model.encoding = encoding
+        model.ignored_constant = ignored
         if labels.task == "regression" and config.scale_target and stats.label_mean is not None \
                 and stats.label_mean.shape == (labels.n_out,):
             std = stats.label_std.copy()
@@ -323,12 +333,8 @@ class Model:
         return {"path": ds.path, "task": self.task, **acc.result(), "outside_categories": dict(self.outside),
                 "rows_without_label": int(left_out[0]), "rows_nonfinite": int(left_out[1])}
 
-    def constant_features(self) -> list[str]:
-        """The features the scaler ignores (factor 0): constant in all the rows trained on."""
-        scale = self.scaler.scale
-        if scale is None:
-            return []
-        return [self.feature_names[j] for j in np.flatnonzero(scale[:self.net.n_in] == 0)]
+    #: The scaled features ``build`` found constant in all the rows trained on (their factor 0).
+    ignored_constant: list[str] = []
 
     #: Per categorical column, the rows the last ``evaluate``, ``predict`` or ``write_predictions``
     #: read whose value was not among the categories training kept (read as its ``<other>``).

@@ -125,6 +125,37 @@ def test_a_second_trainer_on_the_same_directory_is_refused(tmp_path):
                                                           log=None)
 
 
+def test_a_lock_taken_away_while_it_was_taken_is_taken_again(tmp_path, monkeypatch):
+    # A failed run takes away the directory it made (nothing but its lock there): a run that had
+    # opened that lock file then locked a file no longer the directory's (its write probe failed
+    # in a directory gone, or a third run's fresh lock let two runs write). It takes it again.
+    import fcntl
+
+    where, real, calls = tmp_path / "run", fcntl.flock, []
+
+    def flock(fd, op):
+        real(fd, op)
+        calls.append(fd)
+        if len(calls) == 1:  # the other run's removal, between this run's open and its lock
+            os.unlink(where / ".lock")
+            os.rmdir(where)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with DirectoryLock(where) as lock:
+        assert len(calls) == 2 and os.path.samestat(os.stat(where / ".lock"), os.fstat(lock._fd))
+        assert (where / ".lock").read_text() == str(os.getpid())
+    # and a run that fails removes only the directory it made, only where its lock is all there is
+    with pytest.raises(RuntimeError):
+        with DirectoryLock(tmp_path / "made"):
+            raise RuntimeError("failed")
+    assert not (tmp_path / "made").exists()
+    with pytest.raises(RuntimeError):
+        with DirectoryLock(tmp_path / "made"):
+            (tmp_path / "made" / "metrics.jsonl").write_text("")
+            raise RuntimeError("failed")
+    assert (tmp_path / "made" / "metrics.jsonl").exists()
+
+
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import errno
 

@@ -271,6 +271,16 @@ for task, y in ys.items():
                 losses = np.array([minibatch.sgd_step(net.params, X[k:k + 32], y[k:k + 32], 0.05, 0.001, 0.01, act,
                                                       task, w[k:k + 32])[0] for k in range(0, len(X), 32)])
             digest.update(losses.tobytes() + b"".join(net.params[k].tobytes() for k in ("W1", "b1", "W2", "b2")))
+# the per-sample loops over codes (categories selecting first-layer rows): SGD with a lazy L2, lazy Adam
+import pandas as pd
+from streamtrain import TrainConfig, Trainer
+df = pd.DataFrame({"a": rng.choice(list("abcdefgh"), 300), "b": rng.choice(list("pqrs"), 300), "x": rng.normal(size=300)})
+df["y"] = ((df["a"] < "e") ^ (df["x"] > 0)).astype(int)
+for opt, l2 in (("sgd", 0.01), ("adam", 0.0)):
+    t = Trainer(TrainConfig(hidden=8, epochs=2, batch_size=1, optimizer=opt, l2=l2, one_hot_max=0, seed=2))
+    t.fit(df, label="y", log=None)
+    assert t.model.net.layout is not None  # (codes)
+    digest.update(b"".join(np.ascontiguousarray(t.model.net.params[k]).tobytes() for k in ("W1", "b1", "W2", "b2")))
 print(digest.hexdigest())
 """
 

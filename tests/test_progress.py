@@ -50,8 +50,8 @@ def test_every_long_pass_says_what_it_does_off_a_terminal(data, tmp_path):
 def test_a_short_pass_prints_no_progress(tmp_path):
     res = _cli("train", DATA / "breast_cancer.h5", "--epochs", 2)
     assert res.returncode == 0
-    # (the note: no --checkpoint-dir, so nothing was saved)
-    assert [line.split()[0] for line in res.stderr.splitlines()] == ["task:", "epoch", "epoch", "note:"]
+    # (the notes: no --checkpoint-dir, so nothing will be saved, and was not)
+    assert [line.split()[0] for line in res.stderr.splitlines()] == ["task:", "note:", "epoch", "epoch", "note:"]
 
 
 def test_without_standard_scaling_the_statistics_pass_reads_only_labels(tmp_path, monkeypatch):

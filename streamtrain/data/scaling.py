@@ -191,7 +191,8 @@ class Scaler:
         if stats.mean is None:  # no feature statistics: a scaling that needs none
             return cls(kind, None, None, dtype)
         std = np.sqrt(stats.var)
-        flat = std == 0
+        # (constant up to the rounding of its sums: a float64 column of 0.1s has a variance of 2e-31)
+        flat = ~(std > 1e-12 * np.abs(stats.mean))
         std[flat] = 1.0  # (no division by zero)
         factor = 1.0 / std
         factor[flat] = constant

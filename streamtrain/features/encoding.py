@@ -119,8 +119,9 @@ class EncodingOptions:
             raise ConfigError(f"missing is 'impute' or 'error', not {self.missing!r}")
 
 
-def _numbers(arr) -> np.ndarray:
-    """float64 values of a numeric, bool, decimal or temporal column (seconds), NaN where missing."""
+def _numbers(arr, percent: bool = True) -> np.ndarray:
+    """float64 values of a numeric, bool, decimal or temporal column (seconds), NaN where missing
+    (text: as ``_parsed`` reads it; ``percent=False``: "48.2%" is no number, as models before it took it)."""
     t = arr.type
     if _T.is_dictionary(t):
         arr, t = pc.cast(arr, t.value_type), t.value_type
@@ -135,7 +136,7 @@ def _numbers(arr) -> np.ndarray:
     if _T.is_date64(t):
         return pc.cast(pc.cast(arr, pa.int64()), pa.float64(), safe=False).to_numpy(zero_copy_only=False) * 1e-3
     if is_text(t):
-        return _parsed(arr)
+        return _parsed(arr, percent)
     return pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
@@ -144,13 +145,14 @@ _NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 _GROUPED = r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$"
 
 
-def _parsed(arr) -> np.ndarray:
+def _parsed(arr, percent: bool = True) -> np.ndarray:
     """float64 values of numbers written as text (``--numeric`` on a string column), NaN where a
     value is missing or not a number ("?", "N/A"); a percentage ("48.2%") as its fraction, 0.482."""
     if _T.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     text = pc.utf8_trim_whitespace(arr)
-    percent = pc.fill_null(pc.match_substring_regex(text, r"\d\s*%$"), False)
+    percent = pc.fill_null(pc.match_substring_regex(text, r"\d\s*%$"), False) if percent else \
+        pa.array(np.zeros(len(text), bool))
     text = pc.if_else(percent, pc.utf8_rtrim_whitespace(pc.replace_substring_regex(text, r"%$", "")), text)
     text = pc.if_else(pc.match_substring_regex(text, _GROUPED), pc.replace_substring(text, ",", ""), text)
     numbers = pc.if_else(pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type))
@@ -173,11 +175,13 @@ class _Numeric:
     a datetime may add its ``parts`` (hour, weekday, month), one-hot."""
 
     def __init__(self, name: str, kind: str, center: float, fill: float, indicator: bool, missing: str,
-                 parts: tuple[str, ...] = (), zone: str | None = None, text: bool = False):
+                 parts: tuple[str, ...] = (), zone: str | None = None, text: bool = False, percent: bool = True):
         self.name, self.kind, self.center, self.fill, self.indicator = name, kind, center, fill, indicator
         # (zone: training's time zone, in which the parts of a timestamp with another are taken too;
         # text: training read numbers written as text, a value that is not one as missing)
         self.missing, self.parts, self.zone, self.text = missing, tuple(parts), zone, text
+        # (percent: its text's "48.2%" read as 0.482; a model's column from before that, as no number)
+        self.percent = percent
         self.names = [name] + ([f"{name}:missing"] if indicator else [])
         self.scaled = [True] + ([False] if indicator else [])
         for part in self.parts:
@@ -191,7 +195,7 @@ class _Numeric:
             raise DataError(f"{where}: column {self.name!r} holds {type_text(arr.type)}, where training's held "
                             f"{'dates or times' if self.kind == 'datetime' else 'numbers'}")
         try:
-            v = _numbers(arr)
+            v = _numbers(arr, self.percent)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             raise DataError(f"{where}: column {self.name!r} holds {type_text(arr.type)}, not numbers as in training") from None
         if not v.flags.writeable:  # a view of Arrow's buffer
@@ -238,6 +242,8 @@ class _Numeric:
             extra["zone"] = self.zone
         if self.text:
             extra["text"] = True
+        if self.percent:
+            extra["percent"] = True
         return {"kind": self.kind, "name": self.name, "center": self.center, "fill": self.fill,
                 "indicator": self.indicator, **extra}
 
@@ -409,6 +415,9 @@ class Encoding:
                 self.feature_names[i] = f"{n}#{i}"
             seen[n] = i
         self.unscaled = np.array([not s for c in columns for s in c.scaled], dtype=bool)
+        #: per input, whether it is a column of codes (rows of the first layer, never scaled)
+        self.gathered_inputs = np.array([bool(getattr(c, "gather", False)) for c in columns for _ in c.scaled],
+                                        dtype=bool)
         #: the raw columns the features read (a cross reads two of them, which are features too)
         self.inputs = [c.name for c in columns if not isinstance(c, _Cross)]
         self.keys = self.inputs + ([label_name] if label_name else [])
@@ -621,10 +630,11 @@ def _column_from_state(c, what: str):
         zone = c.get("zone")
         if zone is not None and not (parts and _short_str(zone) and _zone_known(zone)):
             raise ValueError(f"{what}: column {name!r}: zone must be a time zone's name, of a column with parts")
-        if c.get("text", False) is not True and "text" in c:
-            raise ValueError(f"{what}: column {name!r}: text must be true where it is given")
+        for flag in ("text", "percent"):
+            if c.get(flag, False) is not True and flag in c:
+                raise ValueError(f"{what}: column {name!r}: {flag} must be true where it is given")
         return _Numeric(name, kind, _finite(c, "center", what), _finite(c, "fill", what), c["indicator"], "impute",
-                        tuple(parts), zone, "text" in c)
+                        tuple(parts), zone, "text" in c, "percent" in c)
     if kind == "vector":
         w = c.get("width")
         if type(w) is not int or not 1 <= w <= MAX_COLUMNS:

@@ -26,6 +26,33 @@ class DirectoryLock:
         self._made = False  # whether this lock made the directory (a run that fails takes it away again)
 
     def __enter__(self) -> "DirectoryLock":
+        for _ in range(3):
+            fd = self._take()
+            if fd is not None:
+                break
+        else:
+            raise CheckpointError(f"{self.directory}: its lock kept being taken away while this run took it; "
+                                  "use another --checkpoint-dir")
+        try:
+            # The lock file may be writable where the directory is not (its mode, the mount): find
+            # out now, not when the first checkpoint is due after an epoch of training.
+            probe = self.directory / f".write-probe-{os.getpid()}"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            os.close(fd)
+            self._close_dir()
+            raise CheckpointError(f"{self.directory}: cannot write in the checkpoint directory "
+                                  f"({os_reason(e)})") from None
+        self._fd = fd
+        remove_leftovers(self.directory)
+        return self
+
+    def _take(self) -> int | None:
+        """The lock file's descriptor, locked; None where the file locked was then no longer the
+        directory's (a failed run that made the directory took it away meanwhile: take it again)."""
         import fcntl
 
         try:
@@ -46,21 +73,15 @@ class DirectoryLock:
             raise CheckpointError(f"{self.directory}: another trainer (pid {holder}) is writing checkpoints here; "
                                   "stop it or use another --checkpoint-dir") from None
         try:
-            # The lock file may be writable where the directory is not (its mode, the mount): find
-            # out now, not when the first checkpoint is due after an epoch of training.
-            probe = self.directory / f".write-probe-{os.getpid()}"
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.unlink(probe)
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-        except OSError as e:
+            same = (os.path.samestat(os.stat(self.directory / ".lock"), os.fstat(fd))
+                    and os.path.samestat(os.stat(self.directory), os.fstat(self._dir_fd)))
+        except OSError:
+            same = False
+        if not same:
             os.close(fd)
             self._close_dir()
-            raise CheckpointError(f"{self.directory}: cannot write in the checkpoint directory "
-                                  f"({os_reason(e)})") from None
-        self._fd = fd
-        remove_leftovers(self.directory)
-        return self
+            return None
+        return fd
 
     def check(self) -> None:
         """Raise ``CheckpointError`` if the directory or its lock file is no longer the one locked."""

@@ -76,12 +76,15 @@ class HDF5Dataset(Dataset):
             if key is not None:
                 self._open_matrix(dsets, key, _strip(label))
             else:
-                self._open_table(dsets[self._one_table(tables)], tables[0], None, label)
+                key = self._one_table(tables)
+                self._open_table(dsets[key], key, None, label)
         elif tables:  # column names or globs: columns of the table
-            self._open_table(dsets[self._one_table(tables)], tables[0], features, label)
+            key = self._one_table(tables)
+            self._open_table(dsets[key], key, features, label)
         else:
             raise DataError(f"{self.path}: no features dataset named {features!r} "
                             f"(found: {', '.join(dsets) or 'nothing'})")
+        self._several_tables = len(tables) > 1
         self._check_layout()
 
     def _one_table(self, tables: list[str]) -> str:
@@ -359,6 +362,8 @@ class HDF5Dataset(Dataset):
 
     @property
     def selection(self):
+        if self._table is not None and self.__dict__.get("_several_tables"):  # (its key: the one table chosen)
+            return self._table
         if self.encoding is not None:  # (a matrix's columns are named by its attribute: reopened as the matrix)
             return list(self.encoding.inputs) if self._table is not None else self._x_key
         return list(self.feature_names) if self._table is not None else self._x_key

@@ -40,7 +40,8 @@ def _copy_dir() -> Path:
 
 #: The copies' own version, in their names: a copy an older decoding made is not taken (2: a
 #: CSV header's nameless column named, as pandas names it; 3: whole numbers written with a leading
-#: zero, as zip codes are, read as text; 4: the field separator found from the header, not always a comma).
+#: zero, as zip codes are, read as text; 4: the field separator found from the header, not always a comma,
+#: and decimal commas where it is not a comma).
 COPY_VERSION = 4
 
 
@@ -115,30 +116,52 @@ def _retype(message: str, types: dict, names: list):
     return col
 
 
-def _delimiter(path: str) -> str:
-    """A CSV file's field separator: a tab in a .tsv file, else the one of ``,``, ``;``, tab and
-    ``|`` its header line holds most often outside quotes (a comma where none or a tie): Excel and
-    many European exports write semicolons."""
-    if ".tsv" in Path(path).name.lower():
-        return "\t"
+def _head(path: str) -> list[str]:
+    """A CSV file's first lines (of its first 64 KB, decompressed), each as its fields' separators
+    and plain text outside quotes (the quoted text dropped): what its dialect is found from."""
     import pyarrow as pa
 
     try:
         with pa.input_stream(path, compression="detect") as stream:
             head = stream.read(1 << 16).decode("utf-8", errors="replace")
     except (OSError, pa.ArrowException):  # (the read proper says what is wrong)
-        return ","
-    line, quoted = [], False
+        return []
+    lines, line, quoted = [], [], False
     for ch in head.lstrip("\ufeff"):
         if ch == '"':
             quoted = not quoted
         elif ch in "\r\n" and not quoted:
-            break
+            if line:
+                lines.append("".join(line))
+            line = []
         elif not quoted:
             line.append(ch)
-    counts = {d: line.count(d) for d in (",", ";", "\t", "|")}
+    return lines[:-1] if len(lines) > 1 else lines  # (the last may be cut short)
+
+
+def _delimiter(path: str) -> str:
+    """A CSV file's field separator: a tab in a .tsv file, else the one of ``,``, ``;``, tab and
+    ``|`` its header line holds most often outside quotes (a comma where none or a tie): Excel and
+    many European exports write semicolons."""
+    if ".tsv" in Path(path).name.lower():
+        return "\t"
+    lines = _head(path)
+    if not lines:
+        return ","
+    counts = {d: lines[0].count(d) for d in (",", ";", "\t", "|")}
     best = max(counts, key=lambda d: (counts[d], d == ","))
     return best if counts[best] else ","
+
+
+def _decimal_point(path: str, delimiter: str) -> str:
+    """``,`` where a file whose fields are not separated by commas writes its numbers with decimal
+    commas (``1,911`` for 1.911, as such exports do) and none with a point, else ``.``."""
+    if delimiter == ",":
+        return "."
+    fields = [f.strip() for line in _head(path)[1:] for f in line.split(delimiter)]
+    comma = any(re.fullmatch(r"[-+]?\d+,\d+", f) for f in fields)
+    point = any(re.fullmatch(r"[-+]?\d*\.\d+([eE][-+]?\d+)?", f) for f in fields)
+    return "," if comma and not point else "."
 
 
 def _zero_led(path: str) -> list[str]:
@@ -148,11 +171,13 @@ def _zero_led(path: str) -> list[str]:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    parse, block = pacsv.ParseOptions(delimiter=_delimiter(path)), min(BLOCK_BYTES, 1 << 20)
+    delimiter = _delimiter(path)
+    parse, block = pacsv.ParseOptions(delimiter=delimiter), min(BLOCK_BYTES, 1 << 20)
+    point = _decimal_point(path, delimiter)
     try:
         with pa.input_stream(path, compression="detect") as stream:
-            schema = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block),
-                                    parse_options=parse).schema
+            schema = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse,
+                                    convert_options=pacsv.ConvertOptions(decimal_point=point)).schema
         twice = {n for n in schema.names if schema.names.count(n) > 1}  # (the copy's read names those)
         ints = [f.name for f in schema if pa.types.is_integer(f.type) and f.name and f.name not in twice]
         if not ints:
@@ -160,7 +185,8 @@ def _zero_led(path: str) -> list[str]:
         with pa.input_stream(path, compression="detect") as stream:
             first = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse,
                                    convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in ints},
-                                                                        include_columns=ints)).read_next_batch()
+                                                                        include_columns=ints, decimal_point=point)
+                                   ).read_next_batch()
     except (OSError, EOFError, StopIteration, KeyError, pa.ArrowException):  # (the copy's own read says what)
         return []
     return [n for n in ints if pc.any(pc.match_substring_regex(first.column(n), r"^\s*[+-]?0\d")).as_py()]
@@ -188,10 +214,12 @@ def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
         import pyarrow.csv as pacsv
 
         delimiter = _delimiter(path)
+        point = _decimal_point(path, delimiter)
 
         def open_csv(stream, read_options):
             return pacsv.open_csv(stream, read_options=read_options, parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                  convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+                                  convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                                       decimal_point=point))
 
         reader = open_csv(stream, pacsv.ReadOptions(block_size=BLOCK_BYTES))
         header = _header_names(path, reader.schema.names)

@@ -224,7 +224,7 @@ def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: floa
     data.stamp_soon()  # (the run's fingerprint, read on the other core while the first layer is drawn)
     model = Model.build(cfg, stats, data.n_features, list(data.feature_names), data.label_name, data.selection,
                         data.format, data.path, log, weight, data.encoding, whole=True)
-    constant = model.constant_features()
+    constant = model.ignored_constant
     if constant and log and comm.rank == 0:  # (with several processes, rank 0 alone speaks; --quiet: not said)
         one = len(constant) == 1
         log(f"note: {data.path}: {len(constant)} feature{'' if one else 's'} constant in the rows trained on "
