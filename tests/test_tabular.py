@@ -414,6 +414,26 @@ def test_a_csv_s_field_separator_and_decimal_commas_are_found(tmp_path, monkeypa
     np.testing.assert_allclose(X[:, 0][~np.isnan(df["distance"])], df["distance"].dropna(), rtol=1e-6)
 
 
+def test_a_csv_s_dialect_is_not_guessed_where_it_is_ambiguous_and_a_wide_header_is_read(tmp_path, monkeypatch):
+    from streamtrain.readers.text import _decimal_point, _delimiter
+
+    monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
+    # thousands in a pipe file stay thousands (they were read as decimal commas: 1,007 as 1.007)
+    (tmp_path / "p.csv").write_text("visits|y\n" + "".join(f"1,{k:03d}|{k % 2}\n" for k in range(50)))
+    assert (_delimiter(str(tmp_path / "p.csv")), _decimal_point(str(tmp_path / "p.csv"), "|")) == ("|", ".")
+    ds = open_dataset(str(tmp_path / "p.csv"), label="y", encode={"overrides": {"numeric": ["visits"]}})
+    X = np.concatenate([c[0] for c in ds.iter_chunks()])
+    np.testing.assert_allclose(X[:, 0] + ds.encoding.columns[0].center, 1000 + np.arange(50))
+    # in a semicolon file 1,911 alone could be either: not guessed; 3,25 is a decimal comma
+    (tmp_path / "s.csv").write_text("a;y\n1,911;0\n2,500;1\n")
+    assert _decimal_point(str(tmp_path / "s.csv"), ";") == "."
+    (tmp_path / "s.csv").write_text("a;y\n1,911;0\n3,25;1\n")
+    assert _decimal_point(str(tmp_path / "s.csv"), ";") == ","
+    # a header wider than the 64 KB read (a wide export, semicolons): its separator still found
+    (tmp_path / "w.csv").write_text(";".join(f"feature_{k:05d}" for k in range(6000)) + "\n" + ";".join(["1"] * 6000))
+    assert _delimiter(str(tmp_path / "w.csv")) == ";"
+
+
 def test_a_csv_column_whose_type_changes_late_is_read_again_as_text(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
     monkeypatch.setattr("streamtrain.readers.text.BLOCK_BYTES", 4096)  # types inferred from a small first block
@@ -514,6 +534,10 @@ def test_an_hdf5_file_of_several_pandas_tables_is_read_by_the_table_chosen_and_n
     assert "n_rows: 200" in _cli("inspect", tmp_path / "f.h5", "--label", "status", "--features", "test").stdout
     _cli("train", tmp_path / "f.h5", "--label", "status", "--features", "train", "--epochs", "1", "--quiet",
          "--checkpoint-dir", tmp_path / "r")
+    # --val of the same file reads the table trained on (its selection): said, not taken silently
+    res = _cli("train", tmp_path / "f.h5", "--label", "status", "--features", "train", "--val", tmp_path / "f.h5",
+               "--epochs", "1", "--quiet")
+    assert f"warning: {tmp_path / 'f.h5'}: --val names the data trained on" in res.stderr
     # the model reads its own table back, and another when told
     assert json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "f.h5", "--json").stdout)["n"] == 400
     ev = json.loads(_cli("evaluate", tmp_path / "r", tmp_path / "f.h5", "--features", "test", "--json").stdout)

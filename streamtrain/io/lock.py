@@ -60,6 +60,9 @@ class DirectoryLock:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._dir_fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # (taken away between the mkdir and the open: take it again)
+            self._close_dir()
+            return None
         except OSError as e:
             self._close_dir()
             raise CheckpointError(f"{self.directory}: cannot use it as the checkpoint directory "

@@ -40,9 +40,9 @@ def _copy_dir() -> Path:
 
 #: The copies' own version, in their names: a copy an older decoding made is not taken (2: a
 #: CSV header's nameless column named, as pandas names it; 3: whole numbers written with a leading
-#: zero, as zip codes are, read as text; 4: the field separator found from the header, not always a comma,
-#: and decimal commas where it is not a comma).
-COPY_VERSION = 4
+#: zero, as zip codes are, read as text; 4: the field separator found from the header, not always a comma;
+#: 5: a semicolon file's decimal commas).
+COPY_VERSION = 5
 
 
 def table_copy(path: str, kind: str, text: tuple[str, ...] | None = None) -> Path:
@@ -86,7 +86,7 @@ def _decode(path: str, kind: str, out: Path, text: tuple[str, ...] | None = None
                 # a value that is not a timestamp after the first block: those columns stay text
                 types.update({k: None for k in types})
                 continue
-            retyped = _retype(str(e), types, names)
+            retyped = _retype(str(e), types, names, _decimal_point(path, _delimiter(path)) if kind == "csv" else ".")
             if retyped is None:
                 raise DataError(f"{path}: cannot be read as {kind.upper()} ({_first_line(e)})") from None
         except (OSError, EOFError, pa.ArrowException) as e:
@@ -95,7 +95,7 @@ def _decode(path: str, kind: str, out: Path, text: tuple[str, ...] | None = None
                     "types stated")
 
 
-def _retype(message: str, types: dict, names: list):
+def _retype(message: str, types: dict, names: list, point: str = "."):
     """A CSV column whose type changed after the first block, read again as float64 (numbers) or
     text; None where the error is not that."""
     import pyarrow as pa
@@ -105,7 +105,7 @@ def _retype(message: str, types: dict, names: list):
         return None
     col, target, value = names[int(m.group(1))], m.group(2), m.group(3)
     try:
-        float(value)
+        float(value.replace(",", ".") if point == "," else value)
         numeric = target.startswith(("int", "uint"))
     except ValueError:
         numeric = False
@@ -116,16 +116,17 @@ def _retype(message: str, types: dict, names: list):
     return col
 
 
-def _head(path: str) -> list[str]:
-    """A CSV file's first lines (of its first 64 KB, decompressed), each as its fields' separators
-    and plain text outside quotes (the quoted text dropped): what its dialect is found from."""
+def _head(path: str) -> tuple[str, list[str]]:
+    """A CSV file's header line and its next whole lines (of its first 64 KB, decompressed), each
+    as its separators and plain text outside quotes (the quoted text dropped): what its dialect is
+    found from. A header longer than that: its first 64 KB."""
     import pyarrow as pa
 
     try:
         with pa.input_stream(path, compression="detect") as stream:
             head = stream.read(1 << 16).decode("utf-8", errors="replace")
     except (OSError, pa.ArrowException):  # (the read proper says what is wrong)
-        return []
+        return "", []
     lines, line, quoted = [], [], False
     for ch in head.lstrip("\ufeff"):
         if ch == '"':
@@ -136,7 +137,9 @@ def _head(path: str) -> list[str]:
             line = []
         elif not quoted:
             line.append(ch)
-    return lines[:-1] if len(lines) > 1 else lines  # (the last may be cut short)
+    if not lines:  # (no line ends in the first 64 KB: the header's beginning)
+        return "".join(line), []
+    return lines[0], lines[1:]  # (the line cut short at 64 KB is left out)
 
 
 def _delimiter(path: str) -> str:
@@ -145,21 +148,21 @@ def _delimiter(path: str) -> str:
     many European exports write semicolons."""
     if ".tsv" in Path(path).name.lower():
         return "\t"
-    lines = _head(path)
-    if not lines:
-        return ","
-    counts = {d: lines[0].count(d) for d in (",", ";", "\t", "|")}
+    header, _ = _head(path)
+    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
     best = max(counts, key=lambda d: (counts[d], d == ","))
     return best if counts[best] else ","
 
 
 def _decimal_point(path: str, delimiter: str) -> str:
-    """``,`` where a file whose fields are not separated by commas writes its numbers with decimal
-    commas (``1,911`` for 1.911, as such exports do) and none with a point, else ``.``."""
-    if delimiter == ",":
+    """``,`` where a semicolon-separated file (as exports in decimal-comma locales are) writes its
+    numbers with decimal commas: some field of its first lines a number with one comma that cannot
+    be a thousands' group (``3,25``, ``12,5``, ``1234,5``), and none with a point; else ``.``.
+    ``1,911`` alone could be either: ``.`` (no guess)."""
+    if delimiter != ";":
         return "."
-    fields = [f.strip() for line in _head(path)[1:] for f in line.split(delimiter)]
-    comma = any(re.fullmatch(r"[-+]?\d+,\d+", f) for f in fields)
+    fields = [f.strip() for line in _head(path)[1] for f in line.split(delimiter)]
+    comma = any(re.fullmatch(r"[-+]?\d+,\d+", f) and not re.fullmatch(r"[-+]?\d{1,3},\d{3}", f) for f in fields)
     point = any(re.fullmatch(r"[-+]?\d*\.\d+([eE][-+]?\d+)?", f) for f in fields)
     return "," if comma and not point else "."
 

@@ -4,6 +4,7 @@ column, a decoded copy, a validation split), its sampler, and the hooks a run al
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -94,7 +95,11 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
         data = _decoded(cfg, comm, data, log)
     if val is not None:  # read as training's data is: its columns, encoded the same way
         same = {"encoding": data.encoding.state_dict()} if data.encoding is not None else {}
-        return data, open_dataset(val, data.selection, data.label_name, **opts, **same), weight
+        held = open_dataset(val, data.selection, data.label_name, **opts, **same)
+        if comm.rank == 0 and _same_file(held.path, data.path):  # (as an HDF5 file's one table chosen: its rows)
+            _LOG.warning(f"{held.path}: --val names the data trained on (the same file, the same selection): its "
+                         "figures are of the rows trained on; give other data, or --val-fraction to hold some out")
+        return data, held, weight
     if cfg.val_fraction:
         return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
                 HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"), weight)
@@ -200,6 +205,14 @@ def _with_weight(source, data: Dataset, label, weight: str, opts: dict) -> Datas
     names = [n for n in data.feature_names if n != weight]
     data.close()
     return open_dataset(source, names + [weight], label, **opts)
+
+
+def _same_file(a, b) -> bool:
+    """Whether two datasets' paths name the same local file (a glob or a URL: never)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def new_model(cfg, comm, data: Dataset, weight: str | None, log, log_every: float):
