@@ -255,7 +255,8 @@ from streamtrain.nn.network import TwoLayerNet
 rng = np.random.default_rng(0)
 X = rng.standard_normal((7 * 32, 7)).astype(np.float32) * 3 + 2
 w = rng.uniform(0.5, 2, len(X))
-ys = {"binary": np.arange(len(X)) % 2, "multiclass": rng.integers(0, 4, len(X)), "regression": rng.standard_normal(len(X))}
+ys = {"binary": np.arange(len(X)) % 2, "multiclass": rng.integers(0, 4, len(X)),
+      "regression": rng.standard_normal(len(X))}
 digest = hashlib.sha256()
 for task, y in ys.items():
     for act in ("sigmoid", "tanh", "relu"):

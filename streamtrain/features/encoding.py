@@ -197,7 +197,8 @@ class _Numeric:
         try:
             v = _numbers(arr, self.percent)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            raise DataError(f"{where}: column {self.name!r} holds {type_text(arr.type)}, not numbers as in training") from None
+            raise DataError(f"{where}: column {self.name!r} holds {type_text(arr.type)}, not numbers as in "
+                            "training") from None
         if not v.flags.writeable:  # a view of Arrow's buffer
             v = v.copy()
         gone = null_mask(arr)

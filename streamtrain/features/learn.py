@@ -328,20 +328,21 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
                 columns.append(_Vector(p.name, p.arrow_type.list_size))
                 continue
             if is_text(p.arrow_type) and acc is not None and not acc.count and rows:
-                raise ConfigError(f"{where}: --numeric {p.name}: no value of column {p.name!r} ({type_text(p.arrow_type)}) is a "
-                                  "number (--categorical or --hash take text)")
+                raise ConfigError(f"{where}: --numeric {p.name}: no value of column {p.name!r} "
+                                  f"({type_text(p.arrow_type)}) is a number (--categorical or --hash take text)")
             if acc is not None and acc.nulls and options.missing == "error":
                 raise DataError(f"{where}: column {p.name!r} has {acc.nulls:,} missing values "
                                 "(--missing impute fills them with the column's mean)")
             mean = acc.mean if acc is not None else 0.0
             parts = tuple(dict.fromkeys(options.date_parts.get(p.name, ())))
             if parts and p.kind != "datetime":
-                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {type_text(p.arrow_type)}, which has no "
-                                  "date parts")
+                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {type_text(p.arrow_type)}, which "
+                                  "has no date parts")
             if "hour" in parts and _T.is_date(p.arrow_type):  # (a bare --date-parts COL asks for all three)
                 rest = "+".join(x for x in parts if x != "hour") or "weekday+month"
-                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {type_text(p.arrow_type)}, a date with no "
-                                  f"time of day, so no hour; ask for its other parts: --date-parts {p.name}:{rest}")
+                raise ConfigError(f"{where}: --date-parts {p.name}: the column is {type_text(p.arrow_type)}, a date "
+                                  "with no time of day, so no hour; ask for its other parts: "
+                                  f"--date-parts {p.name}:{rest}")
             zone = getattr(p.arrow_type, "tz", None) if parts and _T.is_timestamp(p.arrow_type) else None
             columns.append(_Numeric(p.name, p.kind, mean if p.kind == "datetime" else 0.0, mean,
                                     bool(acc is not None and acc.nulls), options.missing, parts, zone,
@@ -386,8 +387,8 @@ def learn_encoding(schema: pa.Schema, features: list[str], label: str | None,
         raise ConfigError(f"{where}: --date-parts {unknown[0]}: no such feature column")
     for name in options.date_parts:  # (numbers and times were checked above; the rest never are)
         if planned[name].kind not in ("numeric", "datetime"):
-            raise ConfigError(f"{where}: --date-parts {name}: the column is {type_text(planned[name].arrow_type)}, which has no "
-                              f"date parts")
+            raise ConfigError(f"{where}: --date-parts {name}: the column is {type_text(planned[name].arrow_type)}, "
+                              "which has no date parts")
     if not columns:
         raise DataError(f"{where}: no column can be used as a feature ("
                         + "; ".join(f"{n}: {why}" for n, why in left[:4]) + ")")

@@ -435,7 +435,8 @@ _FUNCTIONS = (_activate, _loss_delta, _penalty, _add_column_sums, _add_penalty_g
               _descend, _forward, _backward, _lane_grads, _part_penalty, _in_part_order, _add_shares, _grads,
               _sgd, _batches)
 # (the tasks' row functions with _loss_delta's flags, as they were when written inside it)
-_generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS, dict(cache=True, nogil=True, error_model="numpy"))
+_generated = kernels.Generated("minibatch", ACTIVATIONS, _parts, TASKS,
+                               dict(cache=True, nogil=True, error_model="numpy"))
 
 
 def _weights(weights, n: int, dtype) -> np.ndarray:
