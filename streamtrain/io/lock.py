@@ -55,16 +55,17 @@ class DirectoryLock:
         directory's (a failed run that made the directory took it away meanwhile: take it again)."""
         import fcntl
 
+        there = False  # (the directory made or found)
         try:
             self._made = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
+            there = True
             self._dir_fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # (taken away between the mkdir and the open: take it again)
-            self._close_dir()
-            return None
         except OSError as e:
             self._close_dir()
+            if there and isinstance(e, FileNotFoundError):  # (taken away between the mkdir and the open: again)
+                return None
             raise CheckpointError(f"{self.directory}: cannot use it as the checkpoint directory "
                                   f"({os_reason(e)})") from None
         try:
