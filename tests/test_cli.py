@@ -133,6 +133,15 @@ def test_a_run_that_fails_takes_away_the_directory_it_made_and_leaves_one_it_fou
         assert where.exists() is not made
 
 
+def test_a_hold_out_that_leaves_less_than_a_batch_to_train_on_is_said(tmp_path):
+    # (--val-fraction 0.9999 trained on 1 row of 4,000 without a word)
+    res = run("train", DATA / "breast_cancer.h5", "--val-fraction", "0.99", "--epochs", 1, "--quiet")
+    assert res.returncode == 0 and res.stderr.startswith(
+        f"warning: {DATA / 'breast_cancer.h5'}: --val-fraction 0.99 leaves ") and res.stderr.endswith(
+        " of its 569 rows to train on, fewer than a batch of 32: a smaller --val-fraction trains on more\n")
+    assert run("train", DATA / "breast_cancer.h5", "--val-fraction", "0.2", "--epochs", 1, "--quiet").stderr == ""
+
+
 def test_a_run_without_a_checkpoint_directory_says_its_model_was_not_saved(tmp_path):
     res = run("train", DATA / "digits.h5", "--epochs", 1, cwd=tmp_path)
     assert ("note: no --checkpoint-dir, so the model will not be saved (--checkpoint-dir runs/NAME saves it)"

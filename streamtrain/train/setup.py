@@ -101,8 +101,12 @@ def open_data(cfg, comm, source, val, features, label, weight=None, log=None, en
                          "figures are of the rows trained on; give other data, or --val-fraction to hold some out")
         return data, held, weight
     if cfg.val_fraction:
-        return (HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train"),
-                HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"), weight)
+        train = HoldoutSplit(data, cfg.val_fraction, cfg.seed, "train")
+        if comm.rank == 0 and train.n_rows < cfg.batch_size:  # (a run on a handful of rows: said, not silent)
+            _LOG.warning(f"{data.path}: --val-fraction {cfg.val_fraction:g} leaves {train.n_rows:,} of its "
+                         f"{data.n_rows:,} rows to train on, fewer than a batch of {cfg.batch_size}: a smaller "
+                         "--val-fraction trains on more")
+        return train, HoldoutSplit(data, cfg.val_fraction, cfg.seed, "val"), weight
     return data, None, weight
 
 
