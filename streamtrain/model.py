@@ -88,18 +88,17 @@ class Model:
                           config.seed, config.dtype, layout)
         attach(zeros, net.params["W1"])
         scaler = Scaler.from_stats(config.scale, stats, config.dtype, constant=0.0 if whole else 1.0)
-        ignored = [] if scaler.scale is None else [feature_names[j] for j in np.flatnonzero(scaler.scale[:n_in] == 0)]
+        keep = None
         if encoding is not None and scaler.mean is not None:  # one-hot codes and indicators stay 0/1
             keep = encoding.unscaled[:n_in]
             scaler.mean[keep], scaler.scale[keep] = 0, 1
-            flat = set(ignored)
-            ignored = [n for n, k in zip(feature_names, keep) if not k and n in flat]
-            if whole:  # a 0/1 input the same in every row (a category, a missing value, a date part
-                # never seen, or seen in every row): nothing to learn from it, so its value in other
-                # data adds nothing (not the initial draw of weights it never trained, nor a second bias)
-                # (never a column of codes: their values are rows of the first layer, and unread here)
-                same = keep & ~encoding.gathered_inputs[:n_in] & (stats.var[:n_in] == 0)
-                scaler.scale[same] = 0
+        ignored = [] if scaler.scale is None else [feature_names[j] for j in np.flatnonzero(scaler.scale[:n_in] == 0)]
+        if whole and keep is not None:  # a 0/1 input the same in every row (a category, a missing value, a
+            # date part never seen, or seen in every row): nothing to learn from it, so its value in other
+            # data adds nothing (not the initial draw of weights it never trained, nor a second bias)
+            # (never a column of codes: their values are rows of the first layer, and unread here)
+            same = keep & ~encoding.gathered_inputs[:n_in] & (stats.var[:n_in] == 0)
+            scaler.scale[same] = 0
         model = cls(net, scaler, labels, feature_names, selection, label_name, source_format,
                     "skip" if config.skip_nonfinite else "error", config.allow_missing_chunks, weight,
                     labels.class_weights(config.class_weight, stats, where))

@@ -415,23 +415,23 @@ def test_a_csv_s_field_separator_and_decimal_commas_are_found(tmp_path, monkeypa
 
 
 def test_a_csv_s_dialect_is_not_guessed_where_it_is_ambiguous_and_a_wide_header_is_read(tmp_path, monkeypatch):
-    from streamtrain.readers.text import _decimal_point, _delimiter
+    from streamtrain.readers.text import _dialect
 
     monkeypatch.setenv("STREAMTRAIN_TABLE_CACHE", str(tmp_path / "copies"))
     # thousands in a pipe file stay thousands (they were read as decimal commas: 1,007 as 1.007)
     (tmp_path / "p.csv").write_text("visits|y\n" + "".join(f"1,{k:03d}|{k % 2}\n" for k in range(50)))
-    assert (_delimiter(str(tmp_path / "p.csv")), _decimal_point(str(tmp_path / "p.csv"), "|")) == ("|", ".")
+    assert _dialect(str(tmp_path / "p.csv")) == ("|", ".")
     ds = open_dataset(str(tmp_path / "p.csv"), label="y", encode={"overrides": {"numeric": ["visits"]}})
     X = np.concatenate([c[0] for c in ds.iter_chunks()])
     np.testing.assert_allclose(X[:, 0] + ds.encoding.columns[0].center, 1000 + np.arange(50))
     # in a semicolon file 1,911 alone could be either: not guessed; 3,25 is a decimal comma
     (tmp_path / "s.csv").write_text("a;y\n1,911;0\n2,500;1\n")
-    assert _decimal_point(str(tmp_path / "s.csv"), ";") == "."
+    assert _dialect(str(tmp_path / "s.csv")) == (";", ".")
     (tmp_path / "s.csv").write_text("a;y\n1,911;0\n3,25;1\n")
-    assert _decimal_point(str(tmp_path / "s.csv"), ";") == ","
+    assert _dialect(str(tmp_path / "s.csv")) == (";", ",")
     # a header wider than the 64 KB read (a wide export, semicolons): its separator still found
     (tmp_path / "w.csv").write_text(";".join(f"feature_{k:05d}" for k in range(6000)) + "\n" + ";".join(["1"] * 6000))
-    assert _delimiter(str(tmp_path / "w.csv")) == ";"
+    assert _dialect(str(tmp_path / "w.csv")) == (";", ".")
 
 
 def test_a_csv_column_whose_type_changes_late_is_read_again_as_text(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ import weakref
 
 import numpy as np
 
-from .. import _cores
+from .. import _cores  # (by module: tests set its functions)
 from .._cores import usable_cores
 from ..errors import DataError
 

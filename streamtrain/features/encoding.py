@@ -151,13 +151,13 @@ def _parsed(arr, percent: bool = True) -> np.ndarray:
     if _T.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     text = pc.utf8_trim_whitespace(arr)
-    percent = pc.fill_null(pc.match_substring_regex(text, r"\d\s*%$"), False) if percent else \
-        pa.array(np.zeros(len(text), bool))
-    text = pc.if_else(percent, pc.utf8_rtrim_whitespace(pc.replace_substring_regex(text, r"%$", "")), text)
+    if percent:
+        percent = pc.fill_null(pc.match_substring_regex(text, r"\d\s*%$"), False)
+        text = pc.if_else(percent, pc.utf8_rtrim_whitespace(pc.replace_substring_regex(text, r"%$", "")), text)
     text = pc.if_else(pc.match_substring_regex(text, _GROUPED), pc.replace_substring(text, ",", ""), text)
     numbers = pc.if_else(pc.match_substring_regex(text, _NUMBER), text, pa.scalar(None, text.type))
     values = pc.cast(numbers, pa.float64()).to_numpy(zero_copy_only=False)
-    return np.where(percent.to_numpy(zero_copy_only=False), values / 100, values)
+    return np.where(percent.to_numpy(zero_copy_only=False), values / 100, values) if percent else values
 
 
 def _name(column: str, value) -> str:

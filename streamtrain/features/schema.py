@@ -80,7 +80,7 @@ def _classify(t: pa.DataType) -> tuple[str, str, bool]:
         return "numeric", f"{t}: numeric, as float64", False
     if _T.is_dictionary(t):
         if is_text(t.value_type) or _T.is_integer(t.value_type) or _T.is_boolean(t.value_type):
-            return "categorical", f"dictionary of {t.value_type}: categorical", False
+            return "categorical", f"{type_text(t)}: categorical", False
         kind, reason, _ = _classify(t.value_type)
         return kind, f"dictionary of {reason}", False
     if is_text(t):

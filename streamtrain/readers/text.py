@@ -74,11 +74,12 @@ def _decode(path: str, kind: str, out: Path, text: tuple[str, ...] | None = None
 
     types: dict = {}  # column -> the type it is read as, once it changed after the first block
     names: list = []  # the CSV's column names, as the reader found them
+    dialect = _dialect(path) if kind == "csv" else (",", ".")
     if kind == "csv":
-        types.update({name: pa.string() for name in (_zero_led(path) if text is None else text)})
+        types.update({name: pa.string() for name in (_zero_led(path, dialect) if text is None else text)})
     for _ in range(MAX_RETYPES):
         try:
-            return _write(path, kind, out, types, names)
+            return _write(path, kind, out, types, names, dialect)
         except _Again:
             continue
         except pa.ArrowInvalid as e:
@@ -86,7 +87,7 @@ def _decode(path: str, kind: str, out: Path, text: tuple[str, ...] | None = None
                 # a value that is not a timestamp after the first block: those columns stay text
                 types.update({k: None for k in types})
                 continue
-            retyped = _retype(str(e), types, names, _decimal_point(path, _delimiter(path)) if kind == "csv" else ".")
+            retyped = _retype(str(e), types, names, dialect[1])
             if retyped is None:
                 raise DataError(f"{path}: cannot be read as {kind.upper()} ({_first_line(e)})") from None
         except (OSError, EOFError, pa.ArrowException) as e:
@@ -142,41 +143,40 @@ def _head(path: str) -> tuple[str, list[str]]:
     return lines[0], lines[1:]  # (the line cut short at 64 KB is left out)
 
 
-def _delimiter(path: str) -> str:
-    """A CSV file's field separator: a tab in a .tsv file, else the one of ``,``, ``;``, tab and
-    ``|`` its header line holds most often outside quotes (a comma where none or a tie): Excel and
-    many European exports write semicolons."""
+def _dialect(path: str) -> tuple[str, str]:
+    """A CSV file's field separator and decimal point, from its first lines (``_head``).
+
+    The separator: a tab in a .tsv file, else the one of ``,``, ``;``, tab and ``|`` its header
+    line holds most often outside quotes (a comma where none or a tie): Excel and many European
+    exports write semicolons. The decimal point: ``,`` where a semicolon-separated file (as exports
+    in decimal-comma locales are) writes a number with one comma that cannot be a thousands' group
+    (``3,25``, ``12,5``, ``1234,5``) and none with a point; else ``.`` (``1,911`` alone could be
+    either: no guess)."""
+    header, lines = _head(path)
     if ".tsv" in Path(path).name.lower():
-        return "\t"
-    header, _ = _head(path)
-    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
-    best = max(counts, key=lambda d: (counts[d], d == ","))
-    return best if counts[best] else ","
-
-
-def _decimal_point(path: str, delimiter: str) -> str:
-    """``,`` where a semicolon-separated file (as exports in decimal-comma locales are) writes its
-    numbers with decimal commas: some field of its first lines a number with one comma that cannot
-    be a thousands' group (``3,25``, ``12,5``, ``1234,5``), and none with a point; else ``.``.
-    ``1,911`` alone could be either: ``.`` (no guess)."""
+        delimiter = "\t"
+    else:
+        counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
+        delimiter = max(counts, key=lambda d: (counts[d], d == ","))
+        delimiter = delimiter if counts[delimiter] else ","
     if delimiter != ";":
-        return "."
-    fields = [f.strip() for line in _head(path)[1] for f in line.split(delimiter)]
+        return delimiter, "."
+    fields = [f.strip() for line in lines for f in line.split(delimiter)]
     comma = any(re.fullmatch(r"[-+]?\d+,\d+", f) and not re.fullmatch(r"[-+]?\d{1,3},\d{3}", f) for f in fields)
     point = any(re.fullmatch(r"[-+]?\d*\.\d+([eE][-+]?\d+)?", f) for f in fields)
-    return "," if comma and not point else "."
+    return delimiter, "," if comma and not point else "."
 
 
-def _zero_led(path: str) -> list[str]:
+def _zero_led(path: str, dialect: tuple[str, str] | None = None) -> list[str]:
     """The columns of a CSV file that its first block would read as whole numbers but whose text
-    has a leading zero (zip codes, account numbers: "02139" is not 2139): read as text instead."""
+    has a leading zero (zip codes, account numbers: "02139" is not 2139): read as text instead.
+    ``dialect``: the file's ``_dialect``, where known."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    delimiter = _delimiter(path)
+    delimiter, point = dialect or _dialect(path)
     parse, block = pacsv.ParseOptions(delimiter=delimiter), min(BLOCK_BYTES, 1 << 20)
-    point = _decimal_point(path, delimiter)
     try:
         with pa.input_stream(path, compression="detect") as stream:
             schema = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse,
@@ -208,7 +208,7 @@ def _header_names(path: str, names: list[str]) -> list[str]:
     return out
 
 
-def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
+def _write(path: str, kind: str, out: Path, types: dict, names: list, dialect: tuple[str, str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -216,8 +216,7 @@ def _write(path: str, kind: str, out: Path, types: dict, names: list) -> None:
     if kind == "csv":
         import pyarrow.csv as pacsv
 
-        delimiter = _delimiter(path)
-        point = _decimal_point(path, delimiter)
+        delimiter, point = dialect
 
         def open_csv(stream, read_options):
             return pacsv.open_csv(stream, read_options=read_options, parse_options=pacsv.ParseOptions(delimiter=delimiter),
